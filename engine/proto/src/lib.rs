@@ -1,0 +1,14 @@
+//! The sans-IO core of splice-engine.
+//!
+//! It holds the protocol logic of a forwarded connection — which socket to read or write next,
+//! when a FIN or a reset passes from one side to the other, when the TLS session may go to the
+//! kernel — as state machines that take bytes and results in (`handle_*`) and give operations out
+//! (`poll_*`). It does no system calls, reads no clock and owns no socket; the engine's drivers
+//! (io_uring, epoll) do the I/O. That keeps it testable in memory and fuzzable.
+//!
+//! It does not do the kTLS hand-off itself (that needs the kernel), nor name resolution.
+#![forbid(unsafe_code)]
+
+pub mod forward;
+
+pub use forward::{Buffers, Failure, Fault, Io, Leg, TlsForward};

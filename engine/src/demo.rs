@@ -1,0 +1,239 @@
+//! `splice-engine demo`: the main job on loopback with no setup.
+//!
+//! It makes a throwaway CA and server certificate, starts an echo backend, a server-mode
+//! forwarder in front of it and a client-mode forwarder in front of that (verifying the server
+//! against the throwaway CA), pushes random bytes through the chain on a few connections, checks
+//! every byte that comes back, and reports what the engine did.
+
+use std::fmt::Write as _;
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+
+use crate::config::{EngineConfig, ForwarderConfig, Mode};
+use crate::engine::Engine;
+use crate::error::{Error, Result};
+
+/// Throwaway PEM files in a temporary directory, removed on drop.
+pub struct DemoCerts {
+    /// The directory.
+    pub dir: PathBuf,
+    /// CA certificate.
+    pub ca: PathBuf,
+    /// Server certificate (for `localhost` and 127.0.0.1), signed by the CA.
+    pub cert: PathBuf,
+    /// Its key.
+    pub key: PathBuf,
+}
+
+impl DemoCerts {
+    /// Writes a fresh CA and server certificate under a new temporary directory.
+    pub fn create() -> Result<Self> {
+        let io = |context: &str| {
+            let context = context.to_string();
+            move |source| Error::Io { context, source }
+        };
+        let dir = std::env::temp_dir().join(format!(
+            "splice-demo-{}-{}",
+            std::process::id(),
+            Instant::now().elapsed().as_nanos()
+        ));
+        std::fs::create_dir_all(&dir).map_err(io("create demo directory"))?;
+        let gen_err = |e: rcgen::Error| Error::certificate(&dir, format!("generate: {e}"));
+        let ca_key = rcgen::KeyPair::generate().map_err(gen_err)?;
+        let mut ca_params =
+            rcgen::CertificateParams::new(Vec::<String>::new()).map_err(gen_err)?;
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "splice-engine demo CA");
+        let ca = ca_params.self_signed(&ca_key).map_err(gen_err)?;
+        let issuer = rcgen::Issuer::new(ca_params, ca_key);
+        let key = rcgen::KeyPair::generate().map_err(gen_err)?;
+        let params = rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".into()])
+            .map_err(gen_err)?;
+        let cert = params.signed_by(&key, &issuer).map_err(gen_err)?;
+        let paths = Self {
+            ca: dir.join("ca.pem"),
+            cert: dir.join("server.pem"),
+            key: dir.join("server-key.pem"),
+            dir,
+        };
+        write(&paths.ca, &ca.pem())?;
+        write(&paths.cert, &cert.pem())?;
+        write(&paths.key, &key.serialize_pem())?;
+        Ok(paths)
+    }
+}
+
+fn write(path: &Path, text: &str) -> Result<()> {
+    std::fs::write(path, text).map_err(|source| Error::Io {
+        context: format!("write {}", path.display()),
+        source,
+    })
+}
+
+impl Drop for DemoCerts {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// An echo server on 127.0.0.1 (a thread per connection); returns its port.
+pub fn echo_backend() -> Result<u16> {
+    let l = TcpListener::bind("127.0.0.1:0").map_err(|source| Error::Io {
+        context: "bind echo backend".into(),
+        source,
+    })?;
+    let port = l.local_addr().map(|a| a.port()).unwrap_or(0);
+    std::thread::spawn(move || {
+        for s in l.incoming().flatten() {
+            std::thread::spawn(move || {
+                let _ = s.set_nodelay(true);
+                let Ok(mut w) = s.try_clone() else { return };
+                let mut r = s;
+                let _ = std::io::copy(&mut r, &mut w);
+                let _ = w.shutdown(Shutdown::Write);
+            });
+        }
+    });
+    Ok(port)
+}
+
+/// Runs the demo and returns the report to print.
+pub fn run(mut cfg: EngineConfig, bytes: u64, connections: usize) -> Result<String> {
+    let certs = DemoCerts::create()?;
+    let echo = echo_backend()?;
+    let connections = connections.max(1);
+    let mut server = ForwarderConfig::new(Mode::Server, "127.0.0.1:0", format!("127.0.0.1:{echo}"));
+    server.name = "demo-server".into();
+    server.cert = Some(certs.cert.clone());
+    server.key = Some(certs.key.clone());
+    cfg.forwarders = vec![server.clone()];
+    let engine = Engine::start(cfg.clone())?;
+    let server_addr = engine.local_addr("demo-server").expect("just started");
+    let mut client = ForwarderConfig::new(
+        Mode::Client,
+        "127.0.0.1:0",
+        format!("localhost:{}", server_addr.port()),
+    );
+    client.name = "demo-client".into();
+    client.ca = Some(certs.ca.clone());
+    cfg.forwarders = vec![server, client];
+    engine.reload(cfg)?;
+    let client_addr = engine.local_addr("demo-client").expect("just added");
+
+    let per_conn = bytes / connections as u64;
+    let start = Instant::now();
+    let workers: Vec<_> = (0..connections)
+        .map(|i| std::thread::spawn(move || push_through(client_addr, per_conn, i as u64 + 1)))
+        .collect();
+    let mut ok = 0;
+    let mut failures = Vec::new();
+    for w in workers {
+        match w.join() {
+            Ok(Ok(())) => ok += 1,
+            Ok(Err(e)) => failures.push(e),
+            Err(_) => failures.push("worker panicked".into()),
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let mut out = String::new();
+    let _ = writeln!(out, "splice-engine demo");
+    let _ = writeln!(
+        out,
+        "  chain      : you -> client mode {client_addr} -> TLS -> server mode {server_addr} -> echo 127.0.0.1:{echo}"
+    );
+    let _ = writeln!(
+        out,
+        "  driver     : {:?}    kernel TLS: {}",
+        engine.driver(),
+        if engine.ktls_enabled() {
+            "yes (sessions handed to the kernel)"
+        } else {
+            "no (rustls in user space)"
+        }
+    );
+    let total = per_conn * connections as u64;
+    let _ = writeln!(
+        out,
+        "  moved      : {} MiB up and {} MiB back on {connections} connections in {secs:.2} s ({:.0} MiB/s each way)",
+        total >> 20,
+        total >> 20,
+        total as f64 / (1 << 20) as f64 / secs.max(1e-9)
+    );
+    let _ = writeln!(
+        out,
+        "  verified   : {ok}/{connections} connections returned every byte in order (sha256)"
+    );
+    for s in engine.stats() {
+        let _ = writeln!(
+            out,
+            "  {:<11}: {} connections, {} B down->up, {} B up->down, kTLS {}, errors (down/up/tls) {}/{}/{}",
+            s.name,
+            s.accepted,
+            s.bytes_down_to_up,
+            s.bytes_up_to_down,
+            s.ktls,
+            s.errors_downstream,
+            s.errors_upstream,
+            s.errors_tls
+        );
+    }
+    engine.shutdown(Duration::from_secs(2));
+    if !failures.is_empty() {
+        return Err(Error::Io {
+            context: format!("demo failed: {}", failures.join("; ")),
+            source: std::io::Error::other("data did not come back intact"),
+        });
+    }
+    Ok(out)
+}
+
+/// Sends `n` pseudo-random bytes and checks that the echo matches.
+fn push_through(addr: std::net::SocketAddr, n: u64, seed: u64) -> std::result::Result<(), String> {
+    let s = TcpStream::connect(addr).map_err(|e| format!("connect {addr}: {e}"))?;
+    let _ = s.set_read_timeout(Some(Duration::from_secs(60)));
+    let mut w = s.try_clone().map_err(|e| e.to_string())?;
+    let writer = std::thread::spawn(move || -> std::result::Result<[u8; 32], String> {
+        let mut h = Sha256::new();
+        let mut rng = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        let mut buf = vec![0u8; 256 * 1024];
+        let mut left = n;
+        while left > 0 {
+            for chunk in buf.chunks_mut(8) {
+                rng ^= rng << 13;
+                rng ^= rng >> 7;
+                rng ^= rng << 17;
+                chunk.copy_from_slice(&rng.to_le_bytes()[..chunk.len()]);
+            }
+            let k = left.min(buf.len() as u64) as usize;
+            w.write_all(&buf[..k]).map_err(|e| format!("send: {e}"))?;
+            h.update(&buf[..k]);
+            left -= k as u64;
+        }
+        w.shutdown(Shutdown::Write).map_err(|e| e.to_string())?;
+        Ok(h.finalize().into())
+    });
+    let mut r = s;
+    let mut h = Sha256::new();
+    let mut got = 0u64;
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let k = r.read(&mut buf).map_err(|e| format!("receive: {e}"))?;
+        if k == 0 {
+            break;
+        }
+        h.update(&buf[..k]);
+        got += k as u64;
+    }
+    let sent = writer.join().map_err(|_| "writer panicked".to_string())??;
+    let back: [u8; 32] = h.finalize().into();
+    if got != n || sent != back {
+        return Err(format!("sent {n} bytes, got {got} back; hashes differ"));
+    }
+    Ok(())
+}

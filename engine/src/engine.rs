@@ -1,0 +1,387 @@
+//! The running engine: probes the kernel once, loads TLS material, binds listeners, starts the
+//! shards, and applies reloads and shutdowns from the control thread.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::config::{DriverKind, EngineConfig, ForwarderConfig, KtlsMode, Mode, split_host_port};
+use crate::error::{Error, Result};
+use crate::shard::{self, Command, Forwarder, ShardHandle};
+use crate::stats::{ListenerStats, StatsSnapshot};
+use crate::sys::ktls::{self, KtlsSupport};
+use crate::tls::material;
+
+struct Entry {
+    cfg: ForwarderConfig,
+    id: u32,
+    addr: SocketAddr,
+    fwd: Arc<Forwarder>,
+}
+
+/// The counters of every forwarder, shared with the metrics endpoint.
+pub(crate) type Registry = Arc<Mutex<Vec<(String, Mode, Arc<ListenerStats>)>>>;
+
+/// A running engine. Dropping it stops everything at once; [`Engine::shutdown`] drains first.
+pub struct Engine {
+    shards: Vec<ShardHandle>,
+    entries: Mutex<Vec<Entry>>,
+    next_id: Mutex<u32>,
+    driver: DriverKind,
+    ktls: Option<Arc<KtlsSupport>>,
+    registry: Registry,
+    _metrics: Option<crate::metrics::MetricsServer>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("driver", &self.driver)
+            .field("shards", &self.shards.len())
+            .field("ktls", &self.ktls.is_some())
+            .finish()
+    }
+}
+
+impl Engine {
+    /// Checks the configuration, loads every certificate, binds every listener and starts the
+    /// shards. Nothing is left running when it fails.
+    pub fn start(cfg: EngineConfig) -> Result<Engine> {
+        crate::sys::ignore_sigpipe();
+        cfg.validate("configuration")?;
+        let driver = match cfg.driver {
+            DriverKind::Auto => match crate::driver::probe_uring() {
+                Ok(()) => DriverKind::Uring,
+                Err(why) => {
+                    tracing::info!(reason = %why, "io_uring is not available; using the epoll driver");
+                    DriverKind::Epoll
+                }
+            },
+            k => k,
+        };
+        let ktls = match cfg.ktls {
+            KtlsMode::Off => None,
+            mode => {
+                let support = ktls::probe();
+                if support.available {
+                    tracing::info!(
+                        aes_128_gcm = support.aes_128_gcm,
+                        aes_256_gcm = support.aes_256_gcm,
+                        chacha20_poly1305 = support.chacha20_poly1305,
+                        "kernel TLS available: sessions are handed to the kernel after the handshake"
+                    );
+                    Some(Arc::new(support))
+                } else if mode == KtlsMode::On {
+                    return Err(Error::Unavailable {
+                        feature: "kernel TLS",
+                        why: support.reason.unwrap_or_else(|| "unknown".into()),
+                    });
+                } else {
+                    tracing::info!(
+                        reason = support.reason.as_deref().unwrap_or("unknown"),
+                        "kernel TLS is not available; TLS runs in user space (rustls)"
+                    );
+                    None
+                }
+            }
+        };
+        let registry: Registry = Arc::default();
+        let mut engine = Engine {
+            shards: Vec::new(),
+            entries: Mutex::new(Vec::new()),
+            next_id: Mutex::new(0),
+            driver,
+            ktls,
+            registry: registry.clone(),
+            _metrics: None,
+        };
+        // Everything that reads files or binds ports happens before a thread starts.
+        let mut built = Vec::new();
+        for f in &cfg.forwarders {
+            let stats = Arc::new(ListenerStats::default());
+            built.push((f.clone(), engine.build(f, stats)?));
+        }
+        let mut bound = Vec::new();
+        let threads = cfg.thread_count();
+        for (f, fwd) in built {
+            let (addr, fds) = bind_all(f.listen_addr()?, threads, true)?;
+            bound.push((f, fwd, addr, fds));
+        }
+        if let Some(m) = &cfg.metrics {
+            let addr: SocketAddr = m.parse().map_err(|e| Error::Address {
+                addr: m.clone(),
+                why: format!("{e}"),
+            })?;
+            engine._metrics = Some(crate::metrics::MetricsServer::start(addr, registry)?);
+        }
+        for i in 0..threads {
+            engine.shards.push(shard::spawn(i, driver)?);
+        }
+        for (f, fwd, addr, fds) in bound {
+            engine.install(f, Arc::new(fwd), addr, fds);
+        }
+        Ok(engine)
+    }
+
+    fn new_id(&self) -> u32 {
+        let mut n = self.next_id.lock().expect("id lock");
+        *n += 1;
+        *n
+    }
+
+    fn install(&self, cfg: ForwarderConfig, fwd: Arc<Forwarder>, addr: SocketAddr, fds: Vec<std::os::fd::OwnedFd>) {
+        let id = self.new_id();
+        tracing::info!(forwarder = %fwd.name, mode = cfg.mode.as_str(), addr = %addr, connect = %cfg.connect, "listening");
+        for (shard, fd) in self.shards.iter().zip(fds) {
+            shard.send(Command::AddListener {
+                id,
+                fd,
+                fwd: fwd.clone(),
+            });
+        }
+        self.registry.lock().expect("registry lock").push((
+            fwd.name.clone(),
+            cfg.mode,
+            fwd.stats.clone(),
+        ));
+        self.entries.lock().expect("entries lock").push(Entry {
+            cfg,
+            id,
+            addr,
+            fwd,
+        });
+    }
+
+    /// Builds what the shards need for one forwarder: resolved upstream, rustls configs.
+    fn build(&self, f: &ForwarderConfig, stats: Arc<ListenerStats>) -> Result<Forwarder> {
+        let (host, port) = split_host_port(&f.connect)?;
+        let upstream = (host.as_str(), port)
+            .to_socket_addrs()
+            .map_err(|e| Error::Address {
+                addr: f.connect.clone(),
+                why: format!("cannot resolve: {e}"),
+            })?
+            .next()
+            .ok_or_else(|| Error::Address {
+                addr: f.connect.clone(),
+                why: "resolves to no address".into(),
+            })?;
+        let (client_tls, server_tls) = match f.mode {
+            Mode::Client => {
+                let opts = material::ClientTlsOptions {
+                    ca: f.ca.clone(),
+                    cert: f.cert.clone(),
+                    key: f.key.clone(),
+                    alpn: f.alpn.clone(),
+                    versions: f.tls_versions.clone(),
+                };
+                let cfg = material::client_config(&opts)?;
+                let name_text = f.sni.clone().unwrap_or(host);
+                let name = rustls::pki_types::ServerName::try_from(name_text.clone()).map_err(
+                    |e| Error::Address {
+                        addr: name_text,
+                        why: format!("not a valid TLS server name: {e}"),
+                    },
+                )?;
+                (Some((cfg, name)), None)
+            }
+            Mode::Server => {
+                let opts = material::ServerTlsOptions {
+                    cert: f.cert.clone().expect("validated"),
+                    key: f.key.clone().expect("validated"),
+                    client_ca: f.client_ca.clone(),
+                    alpn: f.alpn.clone(),
+                    versions: f.tls_versions.clone(),
+                };
+                (None, Some(material::server_config(&opts)?))
+            }
+        };
+        Ok(Forwarder {
+            name: f.display_name(),
+            mode: f.mode,
+            upstream: upstream.into(),
+            upstream_text: f.connect.clone(),
+            client_tls,
+            server_tls,
+            stats,
+            max_connections: f.max_connections,
+            connect_timeout: f.connect_timeout,
+            handshake_timeout: f.handshake_timeout,
+            ktls: self.ktls.clone(),
+        })
+    }
+
+    /// Applies a new forwarder list and re-reads every certificate. Established connections are
+    /// untouched. On any error nothing changes. (Thread count and driver need a restart.)
+    pub fn reload(&self, cfg: EngineConfig) -> Result<()> {
+        cfg.validate("configuration")?;
+        let mut entries = self.entries.lock().expect("entries lock");
+        let threads = self.shards.len();
+        // Build everything first: a bad certificate aborts the reload with nothing changed.
+        enum Plan {
+            Update(usize, Arc<Forwarder>),
+            Add(ForwarderConfig, Arc<Forwarder>, SocketAddr, Vec<std::os::fd::OwnedFd>),
+        }
+        let mut plans = Vec::new();
+        for f in &cfg.forwarders {
+            let name = f.display_name();
+            let existing = entries.iter().position(|e| e.fwd.name == name);
+            let same_listen = existing.is_some_and(|i| entries[i].cfg.listen == f.listen);
+            let stats = match existing {
+                Some(i) if same_listen => entries[i].fwd.stats.clone(),
+                _ => Arc::new(ListenerStats::default()),
+            };
+            let fwd = Arc::new(self.build(f, stats)?);
+            match existing {
+                Some(i) if same_listen => plans.push(Plan::Update(i, fwd)),
+                _ => {
+                    // A listener we already own on this address (renamed, or moved between
+                    // forwarders) is not "in use" by someone else.
+                    let ours = entries.iter().any(|e| e.cfg.listen == f.listen);
+                    let (addr, fds) = bind_all(f.listen_addr()?, threads, !ours)?;
+                    plans.push(Plan::Add(f.clone(), fwd, addr, fds));
+                }
+            }
+        }
+        let keep: Vec<String> = cfg.forwarders.iter().map(|f| f.display_name()).collect();
+        let mut updated = vec![false; entries.len()];
+        let mut adds = Vec::new();
+        for p in plans {
+            match p {
+                Plan::Update(i, fwd) => {
+                    updated[i] = true;
+                    for s in &self.shards {
+                        s.send(Command::UpdateListener {
+                            id: entries[i].id,
+                            fwd: fwd.clone(),
+                        });
+                    }
+                    entries[i].fwd = fwd;
+                    entries[i].cfg = cfg
+                        .forwarders
+                        .iter()
+                        .find(|f| f.display_name() == entries[i].fwd.name)
+                        .expect("planned from this list")
+                        .clone();
+                }
+                Plan::Add(f, fwd, addr, fds) => adds.push((f, fwd, addr, fds)),
+            }
+        }
+        // Remove what is gone (or moved to another address).
+        let mut i = 0;
+        while i < entries.len() {
+            if !updated[i] {
+                let e = entries.remove(i);
+                updated.remove(i);
+                for s in &self.shards {
+                    s.send(Command::RemoveListener { id: e.id });
+                }
+                self.registry
+                    .lock()
+                    .expect("registry lock")
+                    .retain(|(n, _, st)| !(n == &e.fwd.name && Arc::ptr_eq(st, &e.fwd.stats)));
+                if !keep.contains(&e.fwd.name) {
+                    tracing::info!(forwarder = %e.fwd.name, "forwarder removed");
+                }
+            } else {
+                i += 1;
+            }
+        }
+        drop(entries);
+        for (f, fwd, addr, fds) in adds {
+            self.install(f, fwd, addr, fds);
+        }
+        tracing::info!(forwarders = cfg.forwarders.len(), "configuration reloaded");
+        Ok(())
+    }
+
+    /// The address a forwarder listens on (useful with port 0).
+    pub fn local_addr(&self, name: &str) -> Option<SocketAddr> {
+        self.entries
+            .lock()
+            .expect("entries lock")
+            .iter()
+            .find(|e| e.fwd.name == name)
+            .map(|e| e.addr)
+    }
+
+    /// The counters of every forwarder.
+    pub fn stats(&self) -> Vec<StatsSnapshot> {
+        self.registry
+            .lock()
+            .expect("registry lock")
+            .iter()
+            .map(|(n, m, s)| s.snapshot(n, m.as_str()))
+            .collect()
+    }
+
+    /// The driver the shards run (never `Auto`).
+    pub fn driver(&self) -> DriverKind {
+        self.driver
+    }
+
+    /// Whether TLS sessions are handed to the kernel.
+    pub fn ktls_enabled(&self) -> bool {
+        self.ktls.is_some()
+    }
+
+    /// Stops accepting, lets open connections finish for at most `drain`, then closes the rest.
+    pub fn shutdown(mut self, drain: Duration) {
+        for s in &self.shards {
+            s.send(Command::Drain);
+        }
+        let open = || {
+            self.registry
+                .lock()
+                .map(|r| r.iter().map(|(_, _, s)| s.active.load(Relaxed)).sum::<u64>())
+                .unwrap_or(0)
+        };
+        tracing::info!(open = open(), drain_ms = drain.as_millis() as u64, "draining");
+        let end = Instant::now() + drain;
+        while Instant::now() < end && !self.shards.iter().all(|s| s.is_finished()) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let left = open();
+        if left > 0 {
+            tracing::warn!(open = left, "drain time is up; closing the remaining connections");
+        }
+        self.stop();
+        tracing::info!("stopped");
+    }
+
+    fn stop(&mut self) {
+        for s in &self.shards {
+            s.send(Command::Stop);
+        }
+        for s in &mut self.shards {
+            s.join();
+        }
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Binds one SO_REUSEPORT listener per shard on `addr` (port 0: the first picks the port).
+fn bind_all(
+    addr: SocketAddr,
+    threads: usize,
+    check_free: bool,
+) -> Result<(SocketAddr, Vec<std::os::fd::OwnedFd>)> {
+    if check_free {
+        // SO_REUSEPORT would let us share a port with another process of the same user;
+        // refuse that the way a plain bind would.
+        shard::check_port_free(addr)?;
+    }
+    let first = shard::bind_listener(addr)?;
+    let actual = shard::local_addr(&first).unwrap_or(addr);
+    let mut fds = vec![first];
+    for _ in 1..threads {
+        fds.push(shard::bind_listener(actual)?);
+    }
+    Ok((actual, fds))
+}

@@ -1,0 +1,152 @@
+//! The engine's one public error type, grouped by fault.
+
+use std::io;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// A failed system call: which call, and what the kernel said.
+#[derive(Debug, thiserror::Error)]
+#[error("{call}: {source}")]
+pub struct SyscallError {
+    /// The name of the call (`"setsockopt(TCP_ULP)"`, `"io_uring_setup"`, ...).
+    pub call: &'static str,
+    /// The error the kernel returned.
+    #[source]
+    pub source: io::Error,
+}
+
+impl SyscallError {
+    /// Wraps `source` with the name of the call that failed.
+    pub fn new(call: &'static str, source: io::Error) -> Self {
+        Self { call, source }
+    }
+
+    /// Captures `errno` for `call`.
+    pub fn last(call: &'static str) -> Self {
+        Self::new(call, io::Error::last_os_error())
+    }
+}
+
+/// Which side of a forwarded connection a failure came from.
+///
+/// Accounting, logging and retry decisions use this rather than parsing strings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Side {
+    /// The accepted connection (the legacy app in client mode, the TLS peer in server mode).
+    Downstream,
+    /// The connection we opened (the TLS upstream in client mode, the backend in server mode).
+    Upstream,
+    /// The TLS layer itself (handshake, verification, record protection), on whichever leg runs TLS.
+    Tls,
+    /// The engine itself (a driver or resource failure).
+    Internal,
+}
+
+impl Side {
+    /// The lower-case label used in logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Side::Downstream => "downstream",
+            Side::Upstream => "upstream",
+            Side::Tls => "tls",
+            Side::Internal => "internal",
+        }
+    }
+}
+
+impl std::fmt::Display for Side {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Everything that can go wrong in the engine.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    // ---- configuration or API misuse ----
+    /// A configuration file (or a flag) is invalid; `file` names it, `key` the offending key.
+    #[error("{file}: {message}")]
+    Config {
+        /// The file (or `"command line"`).
+        file: String,
+        /// What is wrong, naming the key.
+        message: String,
+    },
+    /// A certificate, key or CA file is missing, unreadable or wrong.
+    #[error("{}: {what}", path.display())]
+    Certificate {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        what: String,
+    },
+    /// An address did not parse or did not resolve.
+    #[error("invalid address {addr:?}: {why}")]
+    Address {
+        /// The address as given.
+        addr: String,
+        /// Why it is not usable.
+        why: String,
+    },
+    /// A listener could not be opened (port in use, permission, ...).
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// The kernel's answer.
+        #[source]
+        source: io::Error,
+    },
+    /// A feature was required (`--driver uring`, `--ktls on`) but the kernel refuses it.
+    #[error("{feature} is not available: {why}")]
+    Unavailable {
+        /// The feature.
+        feature: &'static str,
+        /// Why not.
+        why: String,
+    },
+
+    // ---- kernel or syscall failures ----
+    /// A system call failed.
+    #[error(transparent)]
+    Syscall(#[from] SyscallError),
+    /// Other I/O failure.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The error.
+        #[source]
+        source: io::Error,
+    },
+
+    // ---- peer protocol violations ----
+    /// The TLS peer misbehaved or failed verification.
+    #[error("TLS: {0}")]
+    Tls(#[from] rustls::Error),
+    /// The kTLS peer sent a record we cannot handle after the hand-off.
+    #[error("kTLS: {0}")]
+    KtlsRecord(String),
+}
+
+impl Error {
+    /// A configuration error in `file`.
+    pub fn config(file: impl Into<String>, message: impl Into<String>) -> Self {
+        Error::Config {
+            file: file.into(),
+            message: message.into(),
+        }
+    }
+
+    /// A certificate-file error.
+    pub fn certificate(path: impl Into<PathBuf>, what: impl Into<String>) -> Self {
+        Error::Certificate {
+            path: path.into(),
+            what: what.into(),
+        }
+    }
+}
+
+/// `Result` with the engine's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,367 @@
+//! One proxied connection inside a shard: which state machine runs it (rustls in user space, or
+//! the splice pump after a kTLS hand-off), which fd each leg is, and the glue between the
+//! state machine's operations and the driver.
+
+use std::net::SocketAddr;
+use std::os::fd::{AsFd, AsRawFd};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
+
+use splice_proto::{Buffers, Fault, Io, Leg, TlsForward};
+
+use super::splice::SplicePump;
+use super::{
+    Forwarder, Shard, TAG_CONNECT, TAG_RECV_PLAIN, TAG_RECV_TLS, TAG_SEND_PLAIN, TAG_SEND_TLS,
+    token,
+};
+use crate::config::Mode;
+use crate::driver::{Completion, Fd, Op};
+use crate::error::{Error, Side};
+use crate::sys;
+
+pub(crate) enum Outcome {
+    Open,
+    Closed(Option<(Side, String)>),
+}
+
+enum State {
+    Tls(Box<TlsForward>),
+    Spliced(Box<SplicePump>),
+    Gone,
+}
+
+pub(crate) struct Conn {
+    pub(crate) generation: u32,
+    pub(crate) fwd: Arc<Forwarder>,
+    /// The accepted socket.
+    pub(crate) down: Fd,
+    /// The socket we opened.
+    pub(crate) up: Option<Fd>,
+    peer: Option<SocketAddr>,
+    state: State,
+    /// When the running handshake or connect must be over.
+    pub(crate) deadline: Option<Instant>,
+    /// The deadline a timer was last set for (so each change arms exactly one timer).
+    pub(crate) armed: Option<Instant>,
+    counted_in: u64,
+    counted_out: u64,
+    started: Instant,
+}
+
+impl Conn {
+    pub(crate) fn new(
+        fwd: Arc<Forwarder>,
+        down: Fd,
+        peer: Option<SocketAddr>,
+        generation: u32,
+    ) -> Result<Self, Error> {
+        let ktls = fwd.ktls.is_some();
+        let sm = match fwd.mode {
+            Mode::Client => {
+                let (cfg, name) = fwd.client_tls.as_ref().expect("client mode has a TLS config");
+                let c = rustls::ClientConnection::new(cfg.clone(), name.clone())?;
+                TlsForward::new(c.into(), false, true, ktls, Buffers::default())
+            }
+            Mode::Server => {
+                let cfg = fwd.server_tls.as_ref().expect("server mode has a TLS config");
+                let c = rustls::ServerConnection::new(cfg.clone())?;
+                TlsForward::new(c.into(), true, false, ktls, Buffers::default())
+            }
+        };
+        let budget = match fwd.mode {
+            Mode::Client => fwd.connect_timeout + fwd.handshake_timeout,
+            Mode::Server => fwd.handshake_timeout,
+        };
+        Ok(Self {
+            generation,
+            fwd,
+            down,
+            up: None,
+            peer,
+            state: State::Tls(Box::new(sm)),
+            deadline: Some(Instant::now() + budget),
+            armed: None,
+            counted_in: 0,
+            counted_out: 0,
+            started: Instant::now(),
+        })
+    }
+
+    fn leg_fd(&self, leg: Leg) -> Option<Fd> {
+        let down = matches!(
+            (self.fwd.mode, leg),
+            (Mode::Client, Leg::Plain) | (Mode::Server, Leg::Tls)
+        );
+        if down {
+            Some(self.down.clone())
+        } else {
+            self.up.clone()
+        }
+    }
+
+    /// The side a fault is on, for this connection's mode.
+    fn side(&self, fault: Fault) -> Side {
+        match (fault, self.fwd.mode) {
+            (Fault::Tls, _) => Side::Tls,
+            (Fault::Plain, Mode::Client) | (Fault::TlsTransport, Mode::Server) => Side::Downstream,
+            (Fault::Plain, Mode::Server) | (Fault::TlsTransport, Mode::Client) => Side::Upstream,
+        }
+    }
+
+    /// Hands a completion to the state machine.
+    pub(crate) fn complete(&mut self, tag: u8, c: Completion) {
+        match &mut self.state {
+            State::Tls(sm) => {
+                let leg_of = |t| match t {
+                    TAG_RECV_PLAIN | TAG_SEND_PLAIN => Leg::Plain,
+                    _ => Leg::Tls,
+                };
+                match (tag, c.op) {
+                    (TAG_CONNECT, _) => {
+                        let leg = match self.fwd.mode {
+                            Mode::Client => Leg::Tls,
+                            Mode::Server => Leg::Plain,
+                        };
+                        let ok = c.result.is_ok();
+                        sm.handle_connected(leg, c.result.map(|_| ()));
+                        self.deadline = match self.fwd.mode {
+                            // Connected: now the handshake has its own budget.
+                            Mode::Client if ok => {
+                                Some(Instant::now() + self.fwd.handshake_timeout)
+                            }
+                            // Server mode connects after the handshake: nothing left to time.
+                            _ => None,
+                        };
+                    }
+                    (TAG_RECV_PLAIN | TAG_RECV_TLS, Op::Recv { buf, .. }) => {
+                        sm.handle_recv(leg_of(tag), buf, c.result)
+                    }
+                    (TAG_SEND_PLAIN | TAG_SEND_TLS, Op::Send { buf, .. }) => {
+                        sm.handle_send(leg_of(tag), buf, c.result)
+                    }
+                    _ => {}
+                }
+                if !sm.is_handshaking() && self.fwd.mode == Mode::Client && tag != TAG_CONNECT {
+                    self.deadline = None;
+                }
+            }
+            State::Spliced(p) => p.complete(tag, c.result),
+            State::Gone => {}
+        }
+    }
+
+    pub(crate) fn timeout(&mut self) {
+        if let State::Tls(sm) = &mut self.state {
+            sm.handle_timeout();
+        }
+    }
+
+    /// Performs the state machine's operations until it has none; says whether it closed.
+    pub(crate) fn drive(&mut self, index: u32, shard: &mut Shard) -> Outcome {
+        loop {
+            let io = match &mut self.state {
+                State::Tls(sm) => match sm.poll_io() {
+                    Some(io) => io,
+                    None => break,
+                },
+                State::Spliced(p) => {
+                    let r = p.drive(index, self.generation, shard);
+                    self.account();
+                    return match r {
+                        None => Outcome::Open,
+                        Some(failure) => Outcome::Closed(failure),
+                    };
+                }
+                State::Gone => return Outcome::Closed(None),
+            };
+            match io {
+                Io::Connect(_) => {
+                    if let Err(e) = self.connect(index, shard) {
+                        let leg = match self.fwd.mode {
+                            Mode::Client => Leg::Tls,
+                            Mode::Server => Leg::Plain,
+                        };
+                        if let State::Tls(sm) = &mut self.state {
+                            sm.handle_connected(leg, Err(e));
+                        }
+                    }
+                }
+                Io::Recv { leg, buf, len } => {
+                    let tag = if leg == Leg::Plain {
+                        TAG_RECV_PLAIN
+                    } else {
+                        TAG_RECV_TLS
+                    };
+                    let fd = self.leg_fd(leg).expect("state machine reads an open leg");
+                    shard
+                        .driver
+                        .submit(token(tag, index, self.generation), Op::Recv { fd, buf, len });
+                }
+                Io::Send { leg, buf } => {
+                    let tag = if leg == Leg::Plain {
+                        TAG_SEND_PLAIN
+                    } else {
+                        TAG_SEND_TLS
+                    };
+                    let fd = self.leg_fd(leg).expect("state machine writes an open leg");
+                    shard
+                        .driver
+                        .submit(token(tag, index, self.generation), Op::Send { fd, buf });
+                }
+                Io::ShutdownWrite(leg) => {
+                    if let Some(fd) = self.leg_fd(leg) {
+                        let _ = socket2::SockRef::from(&*fd).shutdown(std::net::Shutdown::Write);
+                    }
+                }
+                Io::Handoff => self.handoff(shard),
+                Io::Close { failure } => {
+                    self.account();
+                    let failure = failure.map(|f| (self.side(f.fault), f.reason));
+                    return Outcome::Closed(failure);
+                }
+            }
+        }
+        self.account();
+        Outcome::Open
+    }
+
+    fn connect(&mut self, _index: u32, shard: &mut Shard) -> std::io::Result<()> {
+        let addr = &self.fwd.upstream;
+        let sock = socket2::Socket::new(
+            addr.domain(),
+            socket2::Type::STREAM.nonblocking().cloexec(),
+            Some(socket2::Protocol::TCP),
+        )?;
+        sock.set_tcp_nodelay(true)?;
+        let fd: Fd = Rc::new(sock.into());
+        self.up = Some(fd.clone());
+        self.deadline = Some(Instant::now() + self.fwd.connect_timeout);
+        shard.driver.submit(
+            token(TAG_CONNECT, _index, self.generation),
+            Op::Connect {
+                fd,
+                addr: Box::new(addr.clone()),
+            },
+        );
+        Ok(())
+    }
+
+    /// The handshake is over: give the session to the kernel if it can take this cipher.
+    fn handoff(&mut self, shard: &mut Shard) {
+        let State::Tls(sm) = &mut self.state else {
+            return;
+        };
+        let support = self.fwd.ktls.as_ref();
+        let suite = sm.tls().negotiated_cipher_suite();
+        let version = sm.tls().protocol_version();
+        let (Some(support), Some(suite), Some(version)) = (support, suite, version) else {
+            sm.handle_handoff_declined();
+            return;
+        };
+        if !support.supports(suite) {
+            tracing::debug!(suite = ?suite.suite(), "kernel lacks this cipher; staying in user space");
+            sm.handle_handoff_declined();
+            return;
+        }
+        let (plain_in, plain_out) = (sm.plain_bytes_in(), sm.plain_bytes_out());
+        let State::Tls(sm) = std::mem::replace(&mut self.state, State::Gone) else {
+            unreachable!()
+        };
+        let tls_fd = self
+            .leg_fd(Leg::Tls)
+            .expect("the TLS leg is open after the handshake");
+        let plain_fd = self
+            .leg_fd(Leg::Plain)
+            .expect("the plain leg is open before the hand-off");
+        let secrets = match sm.into_tls().dangerous_extract_secrets() {
+            Ok(s) => s,
+            Err(e) => {
+                self.state = State::Gone;
+                self.fail_now(Side::Tls, format!("extract secrets: {e}"));
+                return;
+            }
+        };
+        if let Err(e) = sys::ktls::enable(tls_fd.as_fd(), version, secrets) {
+            self.fail_now(Side::Internal, format!("kTLS hand-off: {e}"));
+            return;
+        }
+        self.fwd.stats.ktls.fetch_add(1, Relaxed);
+        let pump = match SplicePump::new(plain_fd, tls_fd, self.fwd.mode, version, shard) {
+            Ok(p) => p,
+            Err(e) => {
+                self.fail_now(Side::Internal, format!("pipes: {e}"));
+                return;
+            }
+        };
+        // Bytes counted so far stay counted; the pump counts from zero.
+        self.counted_in = 0;
+        self.counted_out = 0;
+        let _ = (plain_in, plain_out);
+        self.state = State::Spliced(Box::new(pump));
+    }
+
+    fn fail_now(&mut self, side: Side, reason: String) {
+        self.state = State::Spliced(Box::new(SplicePump::failed(side, reason)));
+    }
+
+    /// Adds the bytes moved since last time to the listener's counters.
+    fn account(&mut self) {
+        let (inn, out) = match &self.state {
+            State::Tls(sm) => (sm.plain_bytes_in(), sm.plain_bytes_out()),
+            State::Spliced(p) => p.bytes(),
+            State::Gone => return,
+        };
+        let d_in = inn.saturating_sub(self.counted_in);
+        let d_out = out.saturating_sub(self.counted_out);
+        self.counted_in = inn;
+        self.counted_out = out;
+        if d_in == 0 && d_out == 0 {
+            return;
+        }
+        // "in" is what the plain leg sent us; which direction that is depends on the mode.
+        let (down_up, up_down) = match self.fwd.mode {
+            Mode::Client => (d_in, d_out),
+            Mode::Server => (d_out, d_in),
+        };
+        self.fwd.stats.bytes_down_to_up.fetch_add(down_up, Relaxed);
+        self.fwd.stats.bytes_up_to_down.fetch_add(up_down, Relaxed);
+    }
+
+    /// Closes both sockets (resetting them on failure), logs and counts the outcome.
+    pub(crate) fn close(&mut self, failure: Option<(Side, String)>, shard: &mut Shard) {
+        self.account();
+        let stats = &self.fwd.stats;
+        stats.active.fetch_sub(1, Relaxed);
+        let fds = [Some(self.down.clone()), self.up.clone()];
+        if let Some((side, reason)) = &failure {
+            stats.record_error(*side);
+            tracing::warn!(
+                forwarder = %self.fwd.name,
+                peer = ?self.peer,
+                upstream = %self.fwd.upstream_text,
+                side = %side,
+                reason = %reason,
+                "connection failed"
+            );
+            for fd in fds.iter().flatten() {
+                // A reset, so that neither peer mistakes a cut stream for a complete one.
+                let _ = socket2::SockRef::from(&**fd).set_linger(Some(Duration::ZERO));
+            }
+        } else {
+            tracing::debug!(
+                forwarder = %self.fwd.name,
+                peer = ?self.peer,
+                ms = self.started.elapsed().as_millis() as u64,
+                "connection closed"
+            );
+        }
+        if let State::Spliced(p) = std::mem::replace(&mut self.state, State::Gone) {
+            p.release(shard);
+        }
+        for fd in fds.iter().flatten() {
+            shard.driver.cancel(fd.as_raw_fd());
+        }
+    }
+}

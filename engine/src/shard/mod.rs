@@ -1,0 +1,503 @@
+//! A shard: one thread, one driver, its own listeners (SO_REUSEPORT) and the connections it
+//! accepted, which it owns outright — no locks on the data path.
+//!
+//! The loop is thin: wait for completions, hand each to the connection (or listener) it belongs
+//! to, let that connection's state machine say what to do next, submit it; fire due timers;
+//! apply commands from the control thread (new listeners, new configs, drain, stop).
+
+mod conn;
+mod splice;
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::net::SocketAddr;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use socket2::SockAddr;
+
+use crate::config::{DriverKind, Mode};
+use crate::driver::{Completion, Driver, Fd, Op};
+use crate::error::Error;
+use crate::stats::ListenerStats;
+use crate::sys;
+use crate::sys::ktls::KtlsSupport;
+
+pub(crate) use conn::Conn;
+
+/// Everything a shard needs to serve one forwarder; replaced whole on reload.
+#[derive(Debug)]
+pub struct Forwarder {
+    /// Name for logs and metrics.
+    pub name: String,
+    /// Client or server.
+    pub mode: Mode,
+    /// The resolved upstream.
+    pub upstream: SockAddr,
+    /// The upstream as configured, for logs.
+    pub upstream_text: String,
+    /// Client mode: the rustls config and the name to verify.
+    pub client_tls: Option<(Arc<rustls::ClientConfig>, rustls::pki_types::ServerName<'static>)>,
+    /// Server mode: the rustls config.
+    pub server_tls: Option<Arc<rustls::ServerConfig>>,
+    /// Counters, kept across reloads.
+    pub stats: Arc<ListenerStats>,
+    /// Most open connections.
+    pub max_connections: usize,
+    /// Upstream connect timeout.
+    pub connect_timeout: Duration,
+    /// TLS handshake timeout.
+    pub handshake_timeout: Duration,
+    /// What the kernel offers for kTLS, when it is to be used.
+    pub ktls: Option<Arc<KtlsSupport>>,
+}
+
+/// Orders from the control thread.
+pub enum Command {
+    /// Start accepting on this (per-shard, SO_REUSEPORT) listener.
+    AddListener {
+        /// The listener key.
+        id: u32,
+        /// The listening socket.
+        fd: OwnedFd,
+        /// What to do with its connections.
+        fwd: Arc<Forwarder>,
+    },
+    /// New connections of listener `id` use `fwd` (certificates reloaded).
+    UpdateListener {
+        /// The listener key.
+        id: u32,
+        /// The new forwarder.
+        fwd: Arc<Forwarder>,
+    },
+    /// Stop accepting on listener `id` (its open connections carry on).
+    RemoveListener {
+        /// The listener key.
+        id: u32,
+    },
+    /// Stop accepting; exit once every connection has ended.
+    Drain,
+    /// Close everything now and exit.
+    Stop,
+}
+
+/// The control thread's handle on a running shard.
+pub struct ShardHandle {
+    tx: mpsc::Sender<Command>,
+    wake: Arc<OwnedFd>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ShardHandle {
+    /// Sends a command and wakes the shard.
+    pub fn send(&self, cmd: Command) {
+        if self.tx.send(cmd).is_ok() {
+            sys::eventfd_signal(self.wake.as_fd());
+        }
+    }
+
+    /// Whether the shard thread has exited.
+    pub fn is_finished(&self) -> bool {
+        self.thread.as_ref().is_none_or(|t| t.is_finished())
+    }
+
+    /// Waits for the shard thread to exit.
+    pub fn join(&mut self) {
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Starts a shard thread with a driver of `kind` (never `Auto` here).
+pub fn spawn(index: usize, kind: DriverKind) -> Result<ShardHandle, Error> {
+    let (tx, rx) = mpsc::channel();
+    let wake = Arc::new(sys::eventfd()?);
+    let wake2 = wake.clone();
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let thread = std::thread::Builder::new()
+        .name(format!("shard-{index}"))
+        .spawn(move || {
+            let driver = match Driver::open(kind) {
+                Ok(d) => d,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                    return;
+                }
+            };
+            let _ = ready_tx.send(Ok(()));
+            let wake = Rc::new(
+                wake2
+                    .try_clone()
+                    .expect("dup of the shard's eventfd (out of fds at start)"),
+            );
+            Shard::new(driver, rx, wake).run();
+        })
+        .map_err(|e| Error::Io {
+            context: "spawn shard thread".into(),
+            source: e,
+        })?;
+    match ready_rx.recv() {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return Err(e),
+        Err(_) => {
+            return Err(Error::Unavailable {
+                feature: "shard",
+                why: "the shard thread died at start".into(),
+            });
+        }
+    }
+    Ok(ShardHandle {
+        tx,
+        wake,
+        thread: Some(thread),
+    })
+}
+
+// Token layout: tag in bits 0-7, index in bits 8-39, generation in bits 40-63.
+const TAG_ACCEPT: u8 = 1;
+const TAG_WAKE: u8 = 2;
+pub(crate) const TAG_CONNECT: u8 = 10;
+pub(crate) const TAG_RECV_PLAIN: u8 = 11;
+pub(crate) const TAG_RECV_TLS: u8 = 12;
+pub(crate) const TAG_SEND_PLAIN: u8 = 13;
+pub(crate) const TAG_SEND_TLS: u8 = 14;
+/// Splice readiness: `TAG_POLL + dir * 2 + (0 = source readable, 1 = sink writable)`.
+pub(crate) const TAG_POLL: u8 = 20;
+
+pub(crate) fn token(tag: u8, index: u32, generation: u32) -> u64 {
+    (u64::from(generation & 0xff_ffff) << 40) | (u64::from(index) << 8) | u64::from(tag)
+}
+
+fn untoken(t: u64) -> (u8, u32, u32) {
+    ((t & 0xff) as u8, (t >> 8) as u32, (t >> 40) as u32)
+}
+
+struct Listener {
+    fd: Fd,
+    fwd: Arc<Forwarder>,
+}
+
+/// The shard's state, on its own thread.
+pub(crate) struct Shard {
+    pub(crate) driver: Driver,
+    listeners: HashMap<u32, Listener>,
+    conns: Vec<Option<Conn>>,
+    generations: Vec<u32>,
+    free: Vec<u32>,
+    timers: BinaryHeap<Reverse<(Instant, u64)>>,
+    rx: mpsc::Receiver<Command>,
+    wake: Fd,
+    draining: bool,
+    pub(crate) pipes: Vec<(OwnedFd, OwnedFd)>,
+    completions: Vec<Completion>,
+}
+
+impl Shard {
+    fn new(driver: Driver, rx: mpsc::Receiver<Command>, wake: Fd) -> Self {
+        Self {
+            driver,
+            listeners: HashMap::new(),
+            conns: Vec::new(),
+            generations: Vec::new(),
+            free: Vec::new(),
+            timers: BinaryHeap::new(),
+            rx,
+            wake,
+            draining: false,
+            pipes: Vec::new(),
+            completions: Vec::new(),
+        }
+    }
+
+    fn run(mut self) {
+        self.driver.submit(
+            token(TAG_WAKE, 0, 0),
+            Op::Poll {
+                fd: self.wake.clone(),
+                write: false,
+            },
+        );
+        loop {
+            if self.commands() {
+                break;
+            }
+            if self.draining && self.live_conns() == 0 {
+                break;
+            }
+            let timeout = self
+                .timers
+                .peek()
+                .map(|Reverse((t, _))| t.saturating_duration_since(Instant::now()));
+            let mut done = std::mem::take(&mut self.completions);
+            if let Err(e) = self.driver.wait(timeout, &mut done) {
+                tracing::error!(error = %e, "driver failed; shard stops");
+                break;
+            }
+            for c in done.drain(..) {
+                self.complete(c);
+            }
+            self.completions = done;
+            self.fire_timers();
+        }
+        // Close what is left (Stop, or a driver failure).
+        for i in 0..self.conns.len() {
+            if self.conns[i].is_some() {
+                self.close_conn(i as u32, None);
+            }
+        }
+    }
+
+    fn live_conns(&self) -> usize {
+        self.conns.len() - self.free.len()
+    }
+
+    /// Applies pending commands; returns true when the shard must stop now.
+    fn commands(&mut self) -> bool {
+        while let Ok(cmd) = self.rx.try_recv() {
+            match cmd {
+                Command::AddListener { id, fd, fwd } => {
+                    let fd = Rc::new(fd);
+                    self.driver
+                        .submit(token(TAG_ACCEPT, id, 0), Op::Accept { fd: fd.clone() });
+                    self.listeners.insert(id, Listener { fd, fwd });
+                }
+                Command::UpdateListener { id, fwd } => {
+                    if let Some(l) = self.listeners.get_mut(&id) {
+                        l.fwd = fwd;
+                    }
+                }
+                Command::RemoveListener { id } => {
+                    if let Some(l) = self.listeners.remove(&id) {
+                        self.driver.cancel(l.fd.as_raw_fd());
+                    }
+                }
+                Command::Drain => {
+                    self.draining = true;
+                    for (_, l) in self.listeners.drain() {
+                        self.driver.cancel(l.fd.as_raw_fd());
+                    }
+                }
+                Command::Stop => return true,
+            }
+        }
+        false
+    }
+
+    fn complete(&mut self, c: Completion) {
+        let (tag, index, generation) = untoken(c.token);
+        match tag {
+            TAG_WAKE => {
+                sys::eventfd_drain(self.wake.as_fd());
+                self.driver.submit(
+                    token(TAG_WAKE, 0, 0),
+                    Op::Poll {
+                        fd: self.wake.clone(),
+                        write: false,
+                    },
+                );
+            }
+            TAG_ACCEPT => self.accepted(index, c),
+            _ => {
+                let Some(conn) = self.conn_mut(index, generation) else {
+                    return; // the connection is gone; dropping `c` frees its buffer and fd
+                };
+                conn.complete(tag, c);
+                self.drive(index);
+            }
+        }
+    }
+
+    fn accepted(&mut self, id: u32, c: Completion) {
+        let Some(listener) = self.listeners.get(&id) else {
+            return; // removed meanwhile
+        };
+        // Keep accepting (unless the listener was cancelled).
+        let cancelled = matches!(&c.result, Err(e) if e.raw_os_error() == Some(libc::ECANCELED));
+        if !cancelled {
+            self.driver.submit(
+                token(TAG_ACCEPT, id, 0),
+                Op::Accept {
+                    fd: listener.fd.clone(),
+                },
+            );
+        }
+        let fwd = listener.fwd.clone();
+        let sock = match (c.result, c.accepted) {
+            (Ok(_), Some(s)) => s,
+            (Err(e), _) => {
+                if !cancelled {
+                    tracing::warn!(forwarder = %fwd.name, error = %e, "accept failed");
+                }
+                return;
+            }
+            (Ok(_), None) => return,
+        };
+        let stats = &fwd.stats;
+        stats
+            .accepted
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let active = stats
+            .active
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if active as usize >= fwd.max_connections {
+            stats
+                .active
+                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            stats
+                .refused
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let _ = socket2::SockRef::from(&sock).set_linger(Some(Duration::ZERO));
+            tracing::debug!(forwarder = %fwd.name, max = fwd.max_connections, "connection refused: limit reached");
+            return;
+        }
+        let _ = socket2::SockRef::from(&sock).set_tcp_nodelay(true);
+        let peer = socket2::SockRef::from(&sock)
+            .peer_addr()
+            .ok()
+            .and_then(|a| a.as_socket());
+        let index = match self.free.pop() {
+            Some(i) => i,
+            None => {
+                self.conns.push(None);
+                self.generations.push(0);
+                (self.conns.len() - 1) as u32
+            }
+        };
+        let generation = {
+            let g = &mut self.generations[index as usize];
+            *g = g.wrapping_add(1) & 0xff_ffff;
+            *g
+        };
+        match Conn::new(fwd.clone(), Rc::new(sock), peer, generation) {
+            Ok(conn) => {
+                self.conns[index as usize] = Some(conn);
+                self.drive(index);
+            }
+            Err(e) => {
+                fwd.stats
+                    .active
+                    .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                fwd.stats.record_error(crate::Side::Tls);
+                tracing::warn!(forwarder = %fwd.name, side = "tls", error = %e, "cannot start TLS session");
+                self.free.push(index);
+            }
+        }
+    }
+
+    fn conn_mut(&mut self, index: u32, generation: u32) -> Option<&mut Conn> {
+        self.conns
+            .get_mut(index as usize)?
+            .as_mut()
+            .filter(|c| c.generation == generation)
+    }
+
+    /// Lets the connection issue its next operations; closes it when it is done.
+    fn drive(&mut self, index: u32) {
+        let Some(mut conn) = self.conns[index as usize].take() else {
+            return;
+        };
+        let outcome = conn.drive(index, self);
+        if conn.deadline != conn.armed {
+            conn.armed = conn.deadline;
+            if let Some(d) = conn.deadline {
+                // A stale entry for an older deadline is ignored when it fires.
+                self.timers
+                    .push(Reverse((d, token(0, index, conn.generation))));
+            }
+        }
+        self.conns[index as usize] = Some(conn);
+        match outcome {
+            conn::Outcome::Open => {}
+            conn::Outcome::Closed(failure) => self.close_conn(index, failure),
+        }
+    }
+
+    fn close_conn(&mut self, index: u32, failure: Option<(crate::Side, String)>) {
+        let Some(mut conn) = self.conns[index as usize].take() else {
+            return;
+        };
+        conn.close(failure, self);
+        self.free.push(index);
+    }
+
+    fn fire_timers(&mut self) {
+        let now = Instant::now();
+        while let Some(Reverse((t, tok))) = self.timers.peek().copied() {
+            if t > now {
+                break;
+            }
+            self.timers.pop();
+            let (_, index, generation) = untoken(tok);
+            let Some(conn) = self.conn_mut(index, generation) else {
+                continue;
+            };
+            if conn.deadline.is_some_and(|d| d <= now) {
+                conn.deadline = None;
+                conn.timeout();
+                self.drive(index);
+            }
+        }
+    }
+
+    /// A pipe from the pool (or a new one).
+    pub(crate) fn take_pipe(&mut self) -> Result<(OwnedFd, OwnedFd), Error> {
+        match self.pipes.pop() {
+            Some(p) => Ok(p),
+            None => Ok(sys::pipe(splice::PIPE_SIZE)?),
+        }
+    }
+
+    /// Returns an empty pipe to the pool.
+    pub(crate) fn give_pipe(&mut self, pipe: (OwnedFd, OwnedFd)) {
+        if self.pipes.len() < 64 {
+            self.pipes.push(pipe);
+        }
+    }
+}
+
+/// Opens a listening socket bound to `addr` with SO_REUSEPORT, so each shard can have its own.
+pub fn bind_listener(addr: SocketAddr) -> Result<OwnedFd, Error> {
+    let err = |source| Error::Listen { addr, source };
+    let sock = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM.nonblocking().cloexec(),
+        Some(socket2::Protocol::TCP),
+    )
+    .map_err(err)?;
+    sock.set_reuse_address(true).map_err(err)?;
+    sock.set_reuse_port(true).map_err(err)?;
+    if addr.is_ipv6() {
+        let _ = sock.set_only_v6(true);
+    }
+    sock.bind(&addr.into()).map_err(err)?;
+    sock.listen(1024).map_err(err)?;
+    Ok(sock.into())
+}
+
+/// Whether something else (not one of our own SO_REUSEPORT sockets) holds `addr`: binding
+/// without SO_REUSEPORT fails only then... except against our own listeners, so callers use it
+/// only before binding their first socket for an address.
+pub fn check_port_free(addr: SocketAddr) -> Result<(), Error> {
+    let sock = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM.cloexec(),
+        Some(socket2::Protocol::TCP),
+    )
+    .map_err(|source| Error::Listen { addr, source })?;
+    sock.set_reuse_address(true)
+        .map_err(|source| Error::Listen { addr, source })?;
+    if addr.port() == 0 {
+        return Ok(());
+    }
+    sock.bind(&addr.into())
+        .map_err(|source| Error::Listen { addr, source })
+}
+
+/// The address a listener actually bound (resolves port 0).
+pub fn local_addr(fd: &OwnedFd) -> Option<SocketAddr> {
+    socket2::SockRef::from(fd).local_addr().ok()?.as_socket()
+}

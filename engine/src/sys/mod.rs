@@ -1,0 +1,198 @@
+//! System calls that the standard library and socket2 do not cover: splice, pipes, eventfd,
+//! poll, receiving into a vector's spare room, and the drivers (epoll, io_uring) and kTLS.
+//!
+//! This is one of the few modules allowed `unsafe` (the crate root denies it): every block
+//! states its invariant in a `// SAFETY:` comment.
+#![allow(unsafe_code, reason = "raw system calls live here and nowhere else")]
+
+pub mod epoll;
+pub mod ktls;
+pub mod uring;
+
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+
+use crate::error::SyscallError;
+
+fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+fn cvt_size(ret: libc::ssize_t) -> io::Result<usize> {
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret as usize)
+    }
+}
+
+/// Makes writes to a closed socket return `EPIPE` instead of killing the process.
+pub fn ignore_sigpipe() {
+    // SAFETY: setting SIGPIPE's disposition to SIG_IGN is async-signal-safe and affects no memory.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+    }
+}
+
+/// `recv(2)` of at most `len` bytes appended to `buf` (reserving room as needed).
+pub fn recv_into(fd: BorrowedFd<'_>, buf: &mut Vec<u8>, len: usize) -> io::Result<usize> {
+    buf.reserve(len);
+    let start = buf.len();
+    // SAFETY: `buf` has at least `len` bytes of spare capacity after `start` (reserved above);
+    // the kernel writes at most `len` bytes there.
+    let ret = unsafe {
+        libc::recv(
+            fd.as_raw_fd(),
+            buf.as_mut_ptr().add(start).cast(),
+            len,
+            libc::MSG_DONTWAIT,
+        )
+    };
+    let n = cvt_size(ret)?;
+    // SAFETY: the kernel initialised `n <= len` bytes after `start`, within capacity.
+    unsafe { buf.set_len(start + n) };
+    Ok(n)
+}
+
+/// Marks `n` bytes after `buf.len()` as written by the kernel (an io_uring recv completion).
+///
+/// # Safety
+/// The caller must guarantee that the kernel wrote `n` bytes starting at `buf.len()` and that
+/// `buf.len() + n <= buf.capacity()`.
+pub unsafe fn assume_filled(buf: &mut Vec<u8>, n: usize) {
+    debug_assert!(buf.len() + n <= buf.capacity());
+    // SAFETY: guaranteed by the caller.
+    unsafe { buf.set_len(buf.len() + n) };
+}
+
+/// `send(2)` with `MSG_NOSIGNAL`, nonblocking.
+pub fn send(fd: BorrowedFd<'_>, buf: &[u8]) -> io::Result<usize> {
+    // SAFETY: `buf` is a valid readable slice for its length.
+    let ret = unsafe {
+        libc::send(
+            fd.as_raw_fd(),
+            buf.as_ptr().cast(),
+            buf.len(),
+            libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
+        )
+    };
+    cvt_size(ret)
+}
+
+/// Nonblocking `accept4(2)`; the new socket is nonblocking and close-on-exec.
+pub fn accept(fd: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    // SAFETY: null address pointers are allowed; the result is a new fd we take ownership of.
+    let ret = unsafe {
+        libc::accept4(
+            fd.as_raw_fd(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+        )
+    };
+    let raw = cvt(ret)?;
+    // SAFETY: accept4 returned a fresh fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+}
+
+/// Takes ownership of an fd number the kernel returned (an io_uring accept).
+///
+/// # Safety
+/// `raw` must be an open fd that nothing else owns.
+pub unsafe fn own_fd(raw: RawFd) -> OwnedFd {
+    // SAFETY: guaranteed by the caller.
+    unsafe { OwnedFd::from_raw_fd(raw) }
+}
+
+/// The pending error of a socket (`SO_ERROR`), as the result of a nonblocking connect.
+pub fn take_socket_error(fd: BorrowedFd<'_>) -> io::Result<()> {
+    let mut err: libc::c_int = 0;
+    let mut len = size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: `err` and `len` are valid for writes of the sizes given.
+    let ret = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_ERROR,
+            (&raw mut err).cast(),
+            &mut len,
+        )
+    };
+    cvt(ret)?;
+    if err == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::from_raw_os_error(err))
+    }
+}
+
+/// Whether `fd` is readable (or writable) right now, without waiting.
+pub fn is_ready(fd: BorrowedFd<'_>, write: bool) -> io::Result<bool> {
+    let mut pfd = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: if write { libc::POLLOUT } else { libc::POLLIN },
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, zero timeout.
+    let n = cvt(unsafe { libc::poll(&mut pfd, 1, 0) })?;
+    Ok(n > 0)
+}
+
+/// A nonblocking pipe `(read end, write end)` resized to `size` bytes when possible.
+pub fn pipe(size: usize) -> Result<(OwnedFd, OwnedFd), SyscallError> {
+    let mut fds = [0 as libc::c_int; 2];
+    // SAFETY: `fds` is valid for two ints.
+    let ret = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) };
+    cvt(ret).map_err(|e| SyscallError::new("pipe2", e))?;
+    // SAFETY: pipe2 returned two fresh fds that nothing else owns.
+    let rd = unsafe { OwnedFd::from_raw_fd(fds[0]) };
+    // SAFETY: as above, for the write end.
+    let wr = unsafe { OwnedFd::from_raw_fd(fds[1]) };
+    // A larger pipe means fewer splices per byte; failure (over pipe-max-size) is harmless.
+    // SAFETY: F_SETPIPE_SZ takes an int argument and touches no memory of ours.
+    let _ = unsafe { libc::fcntl(wr.as_raw_fd(), libc::F_SETPIPE_SZ, size as libc::c_int) };
+    Ok((rd, wr))
+}
+
+/// Nonblocking `splice(2)` of up to `len` bytes from `from` to `to` (one of them a pipe).
+pub fn splice(from: BorrowedFd<'_>, to: BorrowedFd<'_>, len: usize) -> io::Result<usize> {
+    // SAFETY: null offsets are valid for pipes and sockets; no user memory is involved.
+    let ret = unsafe {
+        libc::splice(
+            from.as_raw_fd(),
+            std::ptr::null_mut(),
+            to.as_raw_fd(),
+            std::ptr::null_mut(),
+            len,
+            libc::SPLICE_F_NONBLOCK | libc::SPLICE_F_MOVE,
+        )
+    };
+    cvt_size(ret)
+}
+
+/// A nonblocking eventfd, used to wake a shard.
+pub fn eventfd() -> Result<OwnedFd, SyscallError> {
+    // SAFETY: plain call; the result is a new fd we own.
+    let ret = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+    let raw = cvt(ret).map_err(|e| SyscallError::new("eventfd", e))?;
+    // SAFETY: eventfd returned a fresh fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+}
+
+/// Adds one to an eventfd (wakes its reader).
+pub fn eventfd_signal(fd: BorrowedFd<'_>) {
+    let one: u64 = 1;
+    // SAFETY: writes 8 bytes from a valid u64.
+    let _ = unsafe { libc::write(fd.as_raw_fd(), (&raw const one).cast(), 8) };
+}
+
+/// Resets an eventfd's counter.
+pub fn eventfd_drain(fd: BorrowedFd<'_>) {
+    let mut v: u64 = 0;
+    // SAFETY: reads 8 bytes into a valid u64.
+    let _ = unsafe { libc::read(fd.as_raw_fd(), (&raw mut v).cast(), 8) };
+}

@@ -1,0 +1,6 @@
+//! TLS: PEM material and rustls configs, and the pure logic of the kTLS hand-off.
+//!
+//! The syscalls that hand keys to the kernel live in [`crate::sys::ktls`]; nothing here calls
+//! the kernel.
+pub mod ktls;
+pub mod material;

@@ -1,0 +1,150 @@
+//! Limits and timeouts: `--max-connections` refuses (and counts) the connection over the limit;
+//! `--handshake-timeout` closes connections whose handshake does not finish.
+
+use std::io::{Read, Write};
+use std::time::Duration;
+
+use crate::support::*;
+
+#[test]
+fn max_connections_refuses_and_counts() {
+    let pki = Pki::new();
+    let backend = echo_backend();
+    let (sp, mp) = (free_port(), free_port());
+    let _server = EngineCmd::server(sp, backend.addr, &pki.server, "auto")
+        .opt("--max-connections", "2")
+        // Long, so that a connection that is not refused would hang past our read timeout.
+        .opt("--handshake-timeout", "120s")
+        .opt("--name", "limited")
+        .metrics(mp)
+        .start();
+    let metrics = localhost(mp);
+    let labels = [("forwarder", "limited"), ("mode", "server")];
+    let cfg = client_config(&[&pki.ca], None, TLS_ANY);
+
+    let mut a = tls_connect(localhost(sp), "localhost", cfg.clone());
+    echo_roundtrip(&mut a, b"first");
+    let mut b = tls_connect(localhost(sp), "localhost", cfg.clone());
+    echo_roundtrip(&mut b, b"second");
+    wait_metric(metrics, "splice_connections_active", &labels, |v| v == 2.0);
+    assert_eq!(
+        scrape(metrics).value("splice_connections_refused_total", &labels),
+        0.0,
+        "nothing refused yet"
+    );
+
+    // The third is closed at once: a plain read sees EOF or a reset well before any timeout.
+    let mut c = connect(localhost(sp));
+    c.set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("read timeout");
+    let (data, end) = read_until_end(&mut c);
+    assert!(end.closed(), "the third connection was not closed: {end:?}");
+    assert!(data.is_empty(), "the refused connection got data: {data:?}");
+    wait_metric(metrics, "splice_connections_refused_total", &labels, |v| v == 1.0);
+
+    // A TLS client over the limit fails its handshake too.
+    assert!(
+        try_tls_connect(localhost(sp), "localhost", cfg.clone())
+            .and_then(|mut t| try_echo_roundtrip(&mut t, b"over the limit"))
+            .is_err(),
+        "a TLS connection over the limit worked"
+    );
+    wait_metric(metrics, "splice_connections_refused_total", &labels, |v| v == 2.0);
+
+    // The two admitted connections are unaffected.
+    echo_roundtrip(&mut a, b"first again");
+    echo_roundtrip(&mut b, b"second again");
+
+    // Closing one frees a slot.
+    tls_close(&mut a);
+    drop(a);
+    wait_metric(metrics, "splice_connections_active", &labels, |v| v == 1.0);
+    let mut d = tls_connect(localhost(sp), "localhost", cfg);
+    echo_roundtrip(&mut d, b"a freed slot");
+    let m = scrape(metrics);
+    assert_eq!(m.value("splice_connections_refused_total", &labels), 2.0);
+    assert!(
+        m.value("splice_connections_accepted_total", &labels) >= 3.0,
+        "accepted must count the three admitted connections:\n{}",
+        m.text
+    );
+}
+
+/// `--handshake-timeout 500ms`: a client that connects and sends nothing, and one that sends
+/// half a ClientHello, are both closed well before the default (10 s) would close them.
+#[test]
+fn handshake_timeout_closes_silent_clients() {
+    let pki = Pki::new();
+    let backend = echo_backend();
+    let (sp, mp) = (free_port(), free_port());
+    let _server = EngineCmd::server(sp, backend.addr, &pki.server, "auto")
+        .opt("--handshake-timeout", "500ms")
+        .metrics(mp)
+        .start();
+    // 8 s: 16 times the configured timeout, yet shorter than the 10 s default, so the test
+    // fails if the flag is ignored.
+    let bound = Duration::from_secs(8);
+
+    let mut silent = connect(localhost(sp));
+    silent.set_read_timeout(Some(bound)).expect("timeout");
+    let (data, end) = read_until_end(&mut silent);
+    assert!(
+        end.closed(),
+        "a silent client was not closed within {bound:?}: {end:?}"
+    );
+    assert!(data.len() < 64, "unexpected data to a silent client");
+
+    let mut partial = connect(localhost(sp));
+    partial.set_read_timeout(Some(bound)).expect("timeout");
+    // A handshake record header announcing 512 bytes, followed by only 4.
+    partial
+        .write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc])
+        .expect("write a partial ClientHello");
+    let (_, end) = read_until_end(&mut partial);
+    assert!(
+        end.closed(),
+        "a client with half a ClientHello was not closed within {bound:?}: {end:?}"
+    );
+
+    // A real client is still served.
+    let mut tls = tls_connect(
+        localhost(sp),
+        "localhost",
+        client_config(&[&pki.ca], None, TLS_ANY),
+    );
+    echo_roundtrip(&mut tls, b"a prompt client");
+    wait_metric(localhost(mp), "splice_connections_active", &[], |v| v == 1.0);
+}
+
+/// Client mode: an upstream that accepts TCP but never answers the ClientHello. With
+/// `--handshake-timeout 500ms` the plain client is closed well before the default timeout.
+#[test]
+fn handshake_timeout_on_silent_upstream() {
+    let pki = Pki::new();
+    let silent = Backend::spawn(|mut s| {
+        // Read whatever comes (the ClientHello) and never answer.
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = s.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+        }
+    });
+    let cp = free_port();
+    let client = EngineCmd::client(cp, silent.addr, &pki.ca, "auto")
+        .opt("--sni", "localhost")
+        .opt("--handshake-timeout", "500ms")
+        .start();
+    let mut s = connect(localhost(cp));
+    s.set_read_timeout(Some(Duration::from_secs(8)))
+        .expect("timeout");
+    let _ = s.write_all(b"waiting for a handshake that never finishes");
+    let (data, end) = read_until_end(&mut s);
+    assert!(end.closed(), "the client was not closed: {end:?}");
+    assert!(data.is_empty(), "data without a handshake: {data:?}");
+    assert!(
+        client.wait_log(SOON, |l| l.contains("WARN") || l.contains("\"warn\"")),
+        "no warning logged for the handshake timeout:\n{}",
+        client.stderr()
+    );
+}

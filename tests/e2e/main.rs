@@ -1,0 +1,19 @@
+//! End-to-end tests: they drive the real `splice-engine` binary over loopback sockets, with real
+//! TLS on the wire (rustls in the test process, and `openssl s_client` / `s_server` as an
+//! independent peer).
+//!
+//! Run with `cargo test --release -p splice-engine --test e2e`.
+
+mod support;
+
+mod bad_input;
+mod data;
+mod garbage;
+mod half_close;
+mod limits;
+mod mtls;
+mod openssl;
+mod reload;
+mod tls_params;
+mod verify;
+mod websocket;

@@ -1,0 +1,182 @@
+//! Interoperability with an independent TLS implementation: `openssl s_client` against server
+//! mode, and `openssl s_server` as the upstream of client mode, with TLS 1.2 and TLS 1.3.
+
+use std::io::{Read, Write};
+use std::time::Duration;
+
+use crate::support::*;
+
+/// `openssl s_client` (`-tls1_2` or `-tls1_3`) against server mode in front of the echo backend:
+/// a short line and 256 KiB of text come back intact, and the negotiated version is the one
+/// asked for.
+fn s_client_to_server_mode(version_flag: &str, version_name: &str) {
+    let pki = Pki::new();
+    let backend = echo_backend();
+    let sp = free_port();
+    let _server = EngineCmd::server(sp, backend.addr, &pki.server, "auto").start();
+
+    let connect = localhost(sp).to_string();
+    let ca = pki.ca.path.to_string_lossy().into_owned();
+    let mut cli = OpensslChild::spawn(&[
+        "s_client",
+        "-connect",
+        &connect,
+        "-CAfile",
+        &ca,
+        "-servername",
+        "localhost",
+        "-verify_hostname",
+        "localhost",
+        "-verify_return_error",
+        "-brief",
+        "-nocommands",
+        version_flag,
+    ]);
+    cli.send(b"0hello from openssl s_client\n");
+    assert!(
+        cli.wait_stdout(b"0hello from openssl s_client\n"),
+        "s_client did not get its line echoed; stdout {:?}, stderr:\n{}",
+        String::from_utf8_lossy(&cli.stdout()),
+        cli.stderr()
+    );
+    let err = cli.stderr();
+    assert!(
+        err.contains(&format!("Protocol version: {version_name}")),
+        "s_client did not negotiate {version_name}:\n{err}"
+    );
+    assert!(err.contains("Verification: OK"), "s_client verification:\n{err}");
+
+    // A bigger body: 4096 lines of 64 hex characters.
+    let data = random_bytes(4096 * 32, 50);
+    let mut text = Vec::new();
+    for chunk in data.chunks(32) {
+        text.extend_from_slice(b"0");
+        text.extend_from_slice(hex(chunk).as_bytes());
+        text.push(b'\n');
+    }
+    cli.send(&text);
+    let mut expected = b"0hello from openssl s_client\n".to_vec();
+    expected.extend_from_slice(&text);
+    let ok = wait_until(SOON, || cli.stdout().len() >= expected.len());
+    let got = cli.stdout();
+    assert!(
+        ok && got == expected,
+        "s_client got {} bytes back, want {} (equal: {})",
+        got.len(),
+        expected.len(),
+        got == expected
+    );
+    cli.close_stdin();
+    assert!(
+        cli.wait_exit(SOON).is_some(),
+        "s_client did not finish after its stdin closed"
+    );
+}
+
+#[test]
+fn s_client_tls12_to_server_mode() {
+    s_client_to_server_mode("-tls1_2", "TLSv1.2");
+}
+
+#[test]
+fn s_client_tls13_to_server_mode() {
+    s_client_to_server_mode("-tls1_3", "TLSv1.3");
+}
+
+/// `openssl s_server` (`-tls1_2` or `-tls1_3`) as the upstream of client mode (restricted to the
+/// same version with `--tls-version`): data flows both ways.
+fn s_server_behind_client_mode(version_flag: &str, engine_version: &str) {
+    let pki = Pki::new();
+    let up = free_port();
+    let accept = localhost(up).to_string();
+    let cert = pki.server.cert.to_string_lossy().into_owned();
+    let key = pki.server.key.to_string_lossy().into_owned();
+    let mut srv = OpensslChild::spawn(&[
+        "s_server",
+        "-accept",
+        &accept,
+        "-cert",
+        &cert,
+        "-key",
+        &key,
+        "-quiet",
+        "-naccept",
+        "1",
+        version_flag,
+    ]);
+    srv.wait_listening(up);
+
+    let cp = free_port();
+    let _client = EngineCmd::client(cp, localhost(up), &pki.ca, "auto")
+        .opt("--sni", "localhost")
+        .opt("--tls-version", engine_version)
+        .start();
+    let mut s = connect(localhost(cp));
+    s.write_all(b"0hello from the plain client\n").expect("write");
+    assert!(
+        srv.wait_stdout(b"0hello from the plain client\n"),
+        "s_server did not receive the client's line; stdout {:?}",
+        String::from_utf8_lossy(&srv.stdout())
+    );
+    srv.send(b"0hello from s_server\n");
+    let mut back = vec![0u8; b"0hello from s_server\n".len()];
+    s.read_exact(&mut back)
+        .expect("read s_server's line through client mode");
+    assert_eq!(back, b"0hello from s_server\n");
+
+    // A second round in each direction on the same connection.
+    s.write_all(b"0second line\n").expect("write");
+    assert!(srv.wait_stdout(b"0second line\n"), "s_server missed the second line");
+    srv.send(b"0second reply\n");
+    let mut back = vec![0u8; b"0second reply\n".len()];
+    s.read_exact(&mut back).expect("read the second reply");
+    assert_eq!(back, b"0second reply\n");
+}
+
+#[test]
+fn s_server_tls12_behind_client_mode() {
+    s_server_behind_client_mode("-tls1_2", "1.2");
+}
+
+#[test]
+fn s_server_tls13_behind_client_mode() {
+    s_server_behind_client_mode("-tls1_3", "1.3");
+}
+
+/// Client mode restricted to TLS 1.3 against an `s_server` that only speaks TLS 1.2: the
+/// handshake fails, the plain client is closed without data, and the engine logs side=tls.
+#[test]
+fn tls_version_mismatch_is_refused() {
+    let pki = Pki::new();
+    let up = free_port();
+    let accept = localhost(up).to_string();
+    let cert = pki.server.cert.to_string_lossy().into_owned();
+    let key = pki.server.key.to_string_lossy().into_owned();
+    let mut srv = OpensslChild::spawn(&[
+        "s_server", "-accept", &accept, "-cert", &cert, "-key", &key, "-quiet", "-tls1_2",
+    ]);
+    srv.wait_listening(up);
+    let cp = free_port();
+    let client = EngineCmd::client(cp, localhost(up), &pki.ca, "auto")
+        .opt("--sni", "localhost")
+        .opt("--tls-version", "1.3")
+        .start();
+    let mut s = connect(localhost(cp));
+    let _ = s.write_all(b"0should never arrive\n");
+    let (data, end) = read_until_end(&mut s);
+    assert!(end.closed(), "the connection was not closed: {end:?}");
+    assert!(data.is_empty(), "got data through a failed handshake: {data:?}");
+    assert!(
+        !srv.stdout()
+            .windows(b"should never arrive".len())
+            .any(|w| w == b"should never arrive"),
+        "s_server received data despite the version mismatch"
+    );
+    assert!(
+        client.wait_log(SOON, |l| !warn_lines_with_side(l, "tls").is_empty()),
+        "no warn line with side=tls for the failed handshake:\n{}",
+        client.stderr()
+    );
+    // Keep the borrow checker honest about srv living until here.
+    let _ = srv.wait_exit(Duration::from_millis(1));
+}

@@ -1,0 +1,160 @@
+//! Developer tasks for splice-engine, run as `cargo xtask <task>`:
+//!
+//! * `test` — the whole test suite: the host tests, then the kTLS tests in the VM;
+//! * `ci` — what CI runs: `cargo fmt --check`, `cargo clippy -D warnings`, then `test`;
+//! * `integration-test vm [TEST-ARGS...]` — builds `tests/kernel` as a static binary and runs it
+//!   inside the kTLS VM (`../shared/ktls-vm`, or `$SPLICE_KTLS_VM_DIR`). `TEST-ARGS` go to the
+//!   test binary (a test name filter, `--exact`, ...).
+//!
+//! Every child process inherits stdout and stderr, so its output streams as it runs.
+
+mod vm;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+
+const USAGE: &str = "\
+usage: cargo xtask <task>
+
+tasks:
+  test                             host tests, then the kTLS tests in the VM
+  ci                               fmt check, clippy -D warnings, then `test`
+  integration-test vm [ARGS...]    the kTLS tests in the VM (ARGS go to the test binary)";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut steps = Steps::default();
+    let result = match args.as_slice() {
+        ["test"] => test(&mut steps),
+        ["ci"] => ci(&mut steps),
+        ["integration-test", "vm", rest @ ..] => {
+            steps.run("kTLS tests in the VM", || vm::run(rest))
+        }
+        ["help" | "-h" | "--help"] => {
+            println!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        _ => {
+            eprintln!("{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    steps.summary(&args.join(" "), result)
+}
+
+/// `cargo xtask test`: everything that runs on the host, then the kernel tests in the VM.
+fn test(steps: &mut Steps) -> Result<()> {
+    // tests/kernel is excluded: its tests need kTLS and fail on purpose outside the VM.
+    steps.run("host tests", || {
+        run_cmd(cargo().args([
+            "test",
+            "--workspace",
+            "--exclude",
+            "splice-kernel-tests",
+            "--release",
+        ]))
+    })?;
+    steps.run("kTLS tests in the VM", || vm::run(&[]))
+}
+
+/// `cargo xtask ci`: formatting, lints (every crate and target, tests/kernel included), tests.
+fn ci(steps: &mut Steps) -> Result<()> {
+    steps.run("rustfmt", || {
+        run_cmd(cargo().args(["fmt", "--all", "--check"]))
+    })?;
+    steps.run("clippy", || {
+        run_cmd(cargo().args([
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ]))
+    })?;
+    test(steps)
+}
+
+/// The steps run so far, with their times, for the summary line.
+#[derive(Default)]
+struct Steps(Vec<(&'static str, f64, bool)>);
+
+impl Steps {
+    fn run(&mut self, name: &'static str, f: impl FnOnce() -> Result<()>) -> Result<()> {
+        eprintln!("\n==> xtask: {name}");
+        let started = Instant::now();
+        let result = f().with_context(|| format!("{name} failed"));
+        self.0
+            .push((name, started.elapsed().as_secs_f64(), result.is_ok()));
+        result
+    }
+
+    fn summary(&self, task: &str, result: Result<()>) -> ExitCode {
+        let steps: Vec<String> = self
+            .0
+            .iter()
+            .map(|(name, secs, ok)| {
+                format!("{name} {} {secs:.0}s", if *ok { "ok" } else { "FAILED" })
+            })
+            .collect();
+        let total: f64 = self.0.iter().map(|s| s.1).sum();
+        match result {
+            Ok(()) => {
+                eprintln!(
+                    "\nxtask {task}: PASSED in {total:.0}s ({})",
+                    steps.join(", ")
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("\nerror: {e:#}");
+                eprintln!(
+                    "\nxtask {task}: FAILED after {total:.0}s ({})",
+                    steps.join(", ")
+                );
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
+
+/// The workspace root (the parent of this crate).
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask/ has a parent")
+        .to_path_buf()
+}
+
+/// A `cargo` command in the workspace root, using the cargo that runs us.
+fn cargo() -> Command {
+    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cmd.current_dir(workspace_root());
+    cmd
+}
+
+/// Runs `cmd` with inherited stdio, waits for it, and fails unless it exits with 0.
+fn run_cmd(cmd: &mut Command) -> Result<()> {
+    eprintln!("$ {}", show(cmd));
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot start {}", show(cmd)))?;
+    if !status.success() {
+        bail!("`{}` exited with {status}", show(cmd));
+    }
+    Ok(())
+}
+
+/// `cmd` as a shell-like line, for logs.
+fn show(cmd: &Command) -> String {
+    let mut line = cmd.get_program().to_string_lossy().into_owned();
+    for arg in cmd.get_args() {
+        line.push(' ');
+        line.push_str(&arg.to_string_lossy());
+    }
+    line
+}
