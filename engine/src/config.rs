@@ -29,7 +29,9 @@ impl std::str::FromStr for DriverKind {
             "auto" => Ok(Self::Auto),
             "uring" | "io_uring" => Ok(Self::Uring),
             "epoll" => Ok(Self::Epoll),
-            other => Err(format!("unknown driver {other:?} (expected auto, uring or epoll)")),
+            other => Err(format!(
+                "unknown driver {other:?} (expected auto, uring or epoll)"
+            )),
         }
     }
 }
@@ -54,7 +56,9 @@ impl std::str::FromStr for KtlsMode {
             "auto" => Ok(Self::Auto),
             "on" => Ok(Self::On),
             "off" => Ok(Self::Off),
-            other => Err(format!("unknown kTLS mode {other:?} (expected auto, on or off)")),
+            other => Err(format!(
+                "unknown kTLS mode {other:?} (expected auto, on or off)"
+            )),
         }
     }
 }
@@ -249,8 +253,12 @@ pub fn split_host_port(s: &str) -> Result<(String, u16)> {
         addr: s.to_string(),
         why: why.to_string(),
     };
-    let (host, port) = s.rsplit_once(':').ok_or_else(|| bad("expected HOST:PORT"))?;
-    let port: u16 = port.parse().map_err(|_| bad("the port is not a number 0-65535"))?;
+    let (host, port) = s
+        .rsplit_once(':')
+        .ok_or_else(|| bad("expected HOST:PORT"))?;
+    let port: u16 = port
+        .parse()
+        .map_err(|_| bad("the port is not a number 0-65535"))?;
     let host = host.trim_start_matches('[').trim_end_matches(']');
     if host.is_empty() {
         return Err(bad("the host is empty"));
@@ -403,15 +411,23 @@ key = "k.pem"
         assert_eq!(cfg.drain_timeout, Duration::from_secs(3));
         assert_eq!(cfg.forwarders.len(), 2);
         assert!(cfg.forwarders[0].ca.as_ref().unwrap().is_absolute());
-        assert_eq!(cfg.forwarders[0].connect_timeout, Duration::from_millis(250));
-        assert_eq!(cfg.forwarders[1].cert.as_deref(), Some(Path::new("/abs/c.pem")));
+        assert_eq!(
+            cfg.forwarders[0].connect_timeout,
+            Duration::from_millis(250)
+        );
+        assert_eq!(
+            cfg.forwarders[1].cert.as_deref(),
+            Some(Path::new("/abs/c.pem"))
+        );
     }
 
     #[test]
     fn unknown_key_is_named_with_file() {
-        let err = parse("[[forwarder]]\nmode='client'\nlisten='127.0.0.1:1'\nconnect='a:1'\nbogus_key=1\n")
-            .unwrap_err()
-            .to_string();
+        let err = parse(
+            "[[forwarder]]\nmode='client'\nlisten='127.0.0.1:1'\nconnect='a:1'\nbogus_key=1\n",
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("bogus_key"), "{err}");
         assert!(err.contains(".toml"), "{err}");
     }

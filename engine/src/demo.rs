@@ -44,8 +44,7 @@ impl DemoCerts {
         std::fs::create_dir_all(&dir).map_err(io("create demo directory"))?;
         let gen_err = |e: rcgen::Error| Error::certificate(&dir, format!("generate: {e}"));
         let ca_key = rcgen::KeyPair::generate().map_err(gen_err)?;
-        let mut ca_params =
-            rcgen::CertificateParams::new(Vec::<String>::new()).map_err(gen_err)?;
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).map_err(gen_err)?;
         ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
         ca_params
             .distinguished_name
@@ -53,8 +52,9 @@ impl DemoCerts {
         let ca = ca_params.self_signed(&ca_key).map_err(gen_err)?;
         let issuer = rcgen::Issuer::new(ca_params, ca_key);
         let key = rcgen::KeyPair::generate().map_err(gen_err)?;
-        let params = rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".into()])
-            .map_err(gen_err)?;
+        let params =
+            rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".into()])
+                .map_err(gen_err)?;
         let cert = params.signed_by(&key, &issuer).map_err(gen_err)?;
         let paths = Self {
             ca: dir.join("ca.pem"),

@@ -130,7 +130,13 @@ impl Engine {
         *n
     }
 
-    fn install(&self, cfg: ForwarderConfig, fwd: Arc<Forwarder>, addr: SocketAddr, fds: Vec<std::os::fd::OwnedFd>) {
+    fn install(
+        &self,
+        cfg: ForwarderConfig,
+        fwd: Arc<Forwarder>,
+        addr: SocketAddr,
+        fds: Vec<std::os::fd::OwnedFd>,
+    ) {
         let id = self.new_id();
         tracing::info!(forwarder = %fwd.name, mode = cfg.mode.as_str(), addr = %addr, connect = %cfg.connect, "listening");
         for (shard, fd) in self.shards.iter().zip(fds) {
@@ -145,12 +151,10 @@ impl Engine {
             cfg.mode,
             fwd.stats.clone(),
         ));
-        self.entries.lock().expect("entries lock").push(Entry {
-            cfg,
-            id,
-            addr,
-            fwd,
-        });
+        self.entries
+            .lock()
+            .expect("entries lock")
+            .push(Entry { cfg, id, addr, fwd });
     }
 
     /// Builds what the shards need for one forwarder: resolved upstream, rustls configs.
@@ -178,12 +182,13 @@ impl Engine {
                 };
                 let cfg = material::client_config(&opts)?;
                 let name_text = f.sni.clone().unwrap_or(host);
-                let name = rustls::pki_types::ServerName::try_from(name_text.clone()).map_err(
-                    |e| Error::Address {
-                        addr: name_text,
-                        why: format!("not a valid TLS server name: {e}"),
-                    },
-                )?;
+                let name =
+                    rustls::pki_types::ServerName::try_from(name_text.clone()).map_err(|e| {
+                        Error::Address {
+                            addr: name_text,
+                            why: format!("not a valid TLS server name: {e}"),
+                        }
+                    })?;
                 (Some((cfg, name)), None)
             }
             Mode::Server => {
@@ -221,7 +226,12 @@ impl Engine {
         // Build everything first: a bad certificate aborts the reload with nothing changed.
         enum Plan {
             Update(usize, Arc<Forwarder>),
-            Add(ForwarderConfig, Arc<Forwarder>, SocketAddr, Vec<std::os::fd::OwnedFd>),
+            Add(
+                Box<ForwarderConfig>,
+                Arc<Forwarder>,
+                SocketAddr,
+                Vec<std::os::fd::OwnedFd>,
+            ),
         }
         let mut plans = Vec::new();
         for f in &cfg.forwarders {
@@ -240,7 +250,7 @@ impl Engine {
                     // forwarders) is not "in use" by someone else.
                     let ours = entries.iter().any(|e| e.cfg.listen == f.listen);
                     let (addr, fds) = bind_all(f.listen_addr()?, threads, !ours)?;
-                    plans.push(Plan::Add(f.clone(), fwd, addr, fds));
+                    plans.push(Plan::Add(Box::new(f.clone()), fwd, addr, fds));
                 }
             }
         }
@@ -265,7 +275,7 @@ impl Engine {
                         .expect("planned from this list")
                         .clone();
                 }
-                Plan::Add(f, fwd, addr, fds) => adds.push((f, fwd, addr, fds)),
+                Plan::Add(f, fwd, addr, fds) => adds.push((*f, fwd, addr, fds)),
             }
         }
         // Remove what is gone (or moved to another address).
@@ -334,17 +344,28 @@ impl Engine {
         let open = || {
             self.registry
                 .lock()
-                .map(|r| r.iter().map(|(_, _, s)| s.active.load(Relaxed)).sum::<u64>())
+                .map(|r| {
+                    r.iter()
+                        .map(|(_, _, s)| s.active.load(Relaxed))
+                        .sum::<u64>()
+                })
                 .unwrap_or(0)
         };
-        tracing::info!(open = open(), drain_ms = drain.as_millis() as u64, "draining");
+        tracing::info!(
+            open = open(),
+            drain_ms = drain.as_millis() as u64,
+            "draining"
+        );
         let end = Instant::now() + drain;
         while Instant::now() < end && !self.shards.iter().all(|s| s.is_finished()) {
             std::thread::sleep(Duration::from_millis(20));
         }
         let left = open();
         if left > 0 {
-            tracing::warn!(open = left, "drain time is up; closing the remaining connections");
+            tracing::warn!(
+                open = left,
+                "drain time is up; closing the remaining connections"
+            );
         }
         self.stop();
         tracing::info!("stopped");

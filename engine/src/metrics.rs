@@ -85,14 +85,15 @@ impl Drop for MetricsServer {
 /// Renders counters in the Prometheus text format.
 pub fn render(snaps: &[StatsSnapshot]) -> String {
     let mut out = String::new();
-    let mut family = |name: &str, kind: &str, help: &str, rows: &dyn Fn(&StatsSnapshot, &mut String, &str)| {
-        let _ = writeln!(out, "# HELP {name} {help}");
-        let _ = writeln!(out, "# TYPE {name} {kind}");
-        for s in snaps {
-            let labels = format!("forwarder=\"{}\",mode=\"{}\"", escape(&s.name), s.mode);
-            rows(s, &mut out, &labels);
-        }
-    };
+    let mut family =
+        |name: &str, kind: &str, help: &str, rows: &dyn Fn(&StatsSnapshot, &mut String, &str)| {
+            let _ = writeln!(out, "# HELP {name} {help}");
+            let _ = writeln!(out, "# TYPE {name} {kind}");
+            for s in snaps {
+                let labels = format!("forwarder=\"{}\",mode=\"{}\"", escape(&s.name), s.mode);
+                rows(s, &mut out, &labels);
+            }
+        };
     let simple = |f: fn(&StatsSnapshot) -> u64, name: &'static str| {
         move |s: &StatsSnapshot, out: &mut String, l: &str| {
             let _ = writeln!(out, "{name}{{{l}}} {}", f(s));
@@ -127,8 +128,16 @@ pub fn render(snaps: &[StatsSnapshot]) -> String {
         "counter",
         "Payload bytes forwarded; down is the accepted side.",
         &|s, out, l| {
-            let _ = writeln!(out, "splice_bytes_total{{{l},direction=\"down_to_up\"}} {}", s.bytes_down_to_up);
-            let _ = writeln!(out, "splice_bytes_total{{{l},direction=\"up_to_down\"}} {}", s.bytes_up_to_down);
+            let _ = writeln!(
+                out,
+                "splice_bytes_total{{{l},direction=\"down_to_up\"}} {}",
+                s.bytes_down_to_up
+            );
+            let _ = writeln!(
+                out,
+                "splice_bytes_total{{{l},direction=\"up_to_down\"}} {}",
+                s.bytes_up_to_down
+            );
         },
     );
     family(
@@ -142,7 +151,10 @@ pub fn render(snaps: &[StatsSnapshot]) -> String {
                 ("tls", s.errors_tls),
                 ("internal", s.errors_internal),
             ] {
-                let _ = writeln!(out, "splice_connection_errors_total{{{l},side=\"{side}\"}} {v}");
+                let _ = writeln!(
+                    out,
+                    "splice_connection_errors_total{{{l},side=\"{side}\"}} {v}"
+                );
             }
         },
     );
@@ -150,7 +162,9 @@ pub fn render(snaps: &[StatsSnapshot]) -> String {
 }
 
 fn escape(s: &str) -> String {
-    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 #[cfg(test)]
@@ -168,7 +182,12 @@ mod tests {
             ..Default::default()
         };
         let text = render(&[s]);
-        assert!(text.contains("splice_connections_accepted_total{forwarder=\"a\\\"b\",mode=\"client\"} 7"), "{text}");
+        assert!(
+            text.contains(
+                "splice_connections_accepted_total{forwarder=\"a\\\"b\",mode=\"client\"} 7"
+            ),
+            "{text}"
+        );
         assert!(text.contains("direction=\"up_to_down\"} 42"), "{text}");
         assert!(text.contains("side=\"tls\"} 3"), "{text}");
     }

@@ -65,7 +65,11 @@ fn missing_cert_file() {
 fn missing_key_file() {
     let pki = Pki::new();
     let missing = s(&pki.path().join("missing-key.pem"));
-    expect_error(server_with(&s(&pki.server.cert), &missing), &[&missing], &[]);
+    expect_error(
+        server_with(&s(&pki.server.cert), &missing),
+        &[&missing],
+        &[],
+    );
 }
 
 #[test]
@@ -103,7 +107,11 @@ fn garbage_pem_key() {
         b"-----BEGIN PRIVATE KEY-----\nbm90IGEga2V5IGF0IGFsbA==\n-----END PRIVATE KEY-----\n",
     );
     let garbage = s(&garbage);
-    expect_error(server_with(&s(&pki.server.cert), &garbage), &[&garbage], &[]);
+    expect_error(
+        server_with(&s(&pki.server.cert), &garbage),
+        &[&garbage],
+        &[],
+    );
 }
 
 #[test]

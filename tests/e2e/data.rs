@@ -36,7 +36,10 @@ fn large_echo(driver: &str) {
     assert_eq!(got, sent, "SHA-256 of the echoed data");
 
     // Both engines counted the bytes in both directions.
-    for (what, addr) in [("client", chain.client_metrics), ("server", chain.server_metrics)] {
+    for (what, addr) in [
+        ("client", chain.client_metrics),
+        ("server", chain.server_metrics),
+    ] {
         for dir in ["down_to_up", "up_to_down"] {
             // wait_metric panics with the metrics text if the counter never gets there.
             wait_metric(
@@ -109,7 +112,8 @@ fn many_connections(driver: &str) {
 
     // Open them all first so they really are concurrent, then drive them from a few workers.
     let socks: Vec<_> = (0..CONNS).map(|_| connect(entry)).collect();
-    let mut groups: Vec<Vec<(usize, std::net::TcpStream)>> = (0..WORKERS).map(|_| Vec::new()).collect();
+    let mut groups: Vec<Vec<(usize, std::net::TcpStream)>> =
+        (0..WORKERS).map(|_| Vec::new()).collect();
     for (i, s) in socks.into_iter().enumerate() {
         groups[i % WORKERS].push((i, s));
     }
@@ -168,8 +172,18 @@ fn many_connections(driver: &str) {
     );
     assert!(m.value("splice_connections_accepted_total", &[]) >= CONNS as f64);
     // Everything closed: nothing stays active in either engine.
-    wait_metric(chain.client_metrics, "splice_connections_active", &[], |v| v == 0.0);
-    wait_metric(chain.server_metrics, "splice_connections_active", &[], |v| v == 0.0);
+    wait_metric(
+        chain.client_metrics,
+        "splice_connections_active",
+        &[],
+        |v| v == 0.0,
+    );
+    wait_metric(
+        chain.server_metrics,
+        "splice_connections_active",
+        &[],
+        |v| v == 0.0,
+    );
 }
 
 #[test]
@@ -225,7 +239,11 @@ fn slow_reader(driver: &str) {
     let mut answer = String::new();
     sock.read_to_string(&mut answer)
         .expect("read the sink's report back");
-    assert_eq!(answer.trim(), format!("{TOTAL} {sent}"), "sink byte count and hash");
+    assert_eq!(
+        answer.trim(),
+        format!("{TOTAL} {sent}"),
+        "sink byte count and hash"
+    );
     let report = reports.recv_timeout(SOON).expect("sink report");
     assert!(report.error.is_none(), "sink read error: {report:?}");
 

@@ -10,7 +10,10 @@ fn garbage_inputs() -> Vec<(&'static str, Vec<u8>)> {
     let mut record_then_junk = vec![0x16, 0x03, 0x01, 0x00, 0x40, 0x01, 0x00, 0x00, 0x3c];
     record_then_junk.extend(random_bytes(60, 90));
     vec![
-        ("plain HTTP", b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n".to_vec()),
+        (
+            "plain HTTP",
+            b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n".to_vec(),
+        ),
         ("random bytes", random_bytes(4096, 91)),
         // A TLS record header announcing a 65535-byte handshake record, then junk.
         ("oversized record", {
@@ -37,7 +40,11 @@ fn garbage_loses_only_its_own_connection() {
         .metrics(mp)
         .start();
     let name = format!("server-{}", localhost(sp));
-    let labels = [("forwarder", name.as_str()), ("mode", "server"), ("side", "tls")];
+    let labels = [
+        ("forwarder", name.as_str()),
+        ("mode", "server"),
+        ("side", "tls"),
+    ];
     let cfg = client_config(&[&pki.ca], None, TLS_ANY);
 
     let mut good = tls_connect(localhost(sp), "localhost", cfg.clone());
@@ -50,7 +57,10 @@ fn garbage_loses_only_its_own_connection() {
         // The engine may close before reading it all: a write error is fine.
         let _ = s.write_all(&bytes);
         let (data, end) = read_until_end(&mut s);
-        assert!(end.closed(), "{what}: the connection was not closed ({end:?})");
+        assert!(
+            end.closed(),
+            "{what}: the connection was not closed ({end:?})"
+        );
         // At most a TLS alert comes back, never an echo of what we sent.
         assert!(
             data.len() < 64,
@@ -67,7 +77,10 @@ fn garbage_loses_only_its_own_connection() {
         |v| v >= n as f64,
     );
     assert!(
-        m.has("splice_connections_accepted_total", &[("forwarder", name.as_str()), ("mode", "server")]),
+        m.has(
+            "splice_connections_accepted_total",
+            &[("forwarder", name.as_str()), ("mode", "server")]
+        ),
         "the default forwarder name {name:?} is not in the metrics:\n{}",
         m.text
     );

@@ -3,8 +3,8 @@
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpStream};
-use std::sync::mpsc;
 use std::sync::Mutex;
+use std::sync::mpsc;
 
 use rustls::ServerConnection;
 
@@ -92,7 +92,11 @@ fn backend_half_close(driver: &str) {
         .recv_timeout(SOON)
         .expect("backend report")
         .expect("the backend read our data to a clean EOF");
-    assert_eq!(bn, 2 * 1024 * 1024, "bytes the backend got after its own FIN");
+    assert_eq!(
+        bn,
+        2 * 1024 * 1024,
+        "bytes the backend got after its own FIN"
+    );
     assert_eq!(bhash, sent);
 }
 
@@ -190,7 +194,11 @@ fn tls_truncation_downstream(driver: &str) {
     let (backend, rx) = reporting_backend(|mut s| read_until_end(&mut s));
     let sp = free_port();
     let _server = EngineCmd::server(sp, backend.addr, &pki.server, driver).start();
-    let mut tls = tls_connect(localhost(sp), "localhost", client_config(&[&pki.ca], None, TLS13));
+    let mut tls = tls_connect(
+        localhost(sp),
+        "localhost",
+        client_config(&[&pki.ca], None, TLS13),
+    );
     tls.write_all(b"some data, then a FIN without close_notify")
         .expect("write");
     tls.flush().expect("flush");
@@ -273,13 +281,20 @@ fn close_notify_is_clean_eof() {
     });
     let sp = free_port();
     let _server = EngineCmd::server(sp, backend.addr, &pki.server, "auto").start();
-    let mut tls = tls_connect(localhost(sp), "localhost", client_config(&[&pki.ca], None, TLS13));
+    let mut tls = tls_connect(
+        localhost(sp),
+        "localhost",
+        client_config(&[&pki.ca], None, TLS13),
+    );
     tls.write_all(b"all of it").expect("write");
     tls.flush().expect("flush");
     tls_close(&mut tls);
     let (data, end) = rx.recv_timeout(SOON).expect("backend report");
     assert_eq!(data, b"all of it");
-    assert!(matches!(end, End::Eof), "backend saw {end:?}; want a clean EOF");
+    assert!(
+        matches!(end, End::Eof),
+        "backend saw {end:?}; want a clean EOF"
+    );
     let (got, end) = read_until_end(&mut tls);
     assert_eq!(got, b"bye", "the backend's reply after our close_notify");
     assert!(

@@ -40,7 +40,9 @@ fn max_connections_refuses_and_counts() {
     let (data, end) = read_until_end(&mut c);
     assert!(end.closed(), "the third connection was not closed: {end:?}");
     assert!(data.is_empty(), "the refused connection got data: {data:?}");
-    wait_metric(metrics, "splice_connections_refused_total", &labels, |v| v == 1.0);
+    wait_metric(metrics, "splice_connections_refused_total", &labels, |v| {
+        v == 1.0
+    });
 
     // A TLS client over the limit fails its handshake too.
     assert!(
@@ -49,7 +51,9 @@ fn max_connections_refuses_and_counts() {
             .is_err(),
         "a TLS connection over the limit worked"
     );
-    wait_metric(metrics, "splice_connections_refused_total", &labels, |v| v == 2.0);
+    wait_metric(metrics, "splice_connections_refused_total", &labels, |v| {
+        v == 2.0
+    });
 
     // The two admitted connections are unaffected.
     echo_roundtrip(&mut a, b"first again");
@@ -113,7 +117,9 @@ fn handshake_timeout_closes_silent_clients() {
         client_config(&[&pki.ca], None, TLS_ANY),
     );
     echo_roundtrip(&mut tls, b"a prompt client");
-    wait_metric(localhost(mp), "splice_connections_active", &[], |v| v == 1.0);
+    wait_metric(localhost(mp), "splice_connections_active", &[], |v| {
+        v == 1.0
+    });
 }
 
 /// Client mode: an upstream that accepts TCP but never answers the ClientHello. With

@@ -73,7 +73,11 @@ fn client_mode_with_cert_is_accepted() {
     echo_roundtrip(&mut s, b"mutually authenticated hello");
     echo_roundtrip(&mut s, &random_bytes(512 * 1024, 60));
     assert!(m.backend.accepted() >= 1);
-    assert_eq!(tls_errors(m.metrics), 0.0, "no TLS errors for a good client");
+    assert_eq!(
+        tls_errors(m.metrics),
+        0.0,
+        "no TLS errors for a good client"
+    );
 }
 
 #[test]
@@ -204,7 +208,10 @@ fn client_mode_without_cert_is_closed() {
     let _ = s.write_all(b"must not be echoed");
     let (data, end) = read_until_end(&mut s);
     assert!(end.closed(), "the plain client was not closed: {end:?}");
-    assert!(data.is_empty(), "echo without a client certificate: {data:?}");
+    assert!(
+        data.is_empty(),
+        "echo without a client certificate: {data:?}"
+    );
     wait_metric(
         m.metrics,
         "splice_connection_errors_total",

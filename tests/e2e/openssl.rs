@@ -44,7 +44,10 @@ fn s_client_to_server_mode(version_flag: &str, version_name: &str) {
         err.contains(&format!("Protocol version: {version_name}")),
         "s_client did not negotiate {version_name}:\n{err}"
     );
-    assert!(err.contains("Verification: OK"), "s_client verification:\n{err}");
+    assert!(
+        err.contains("Verification: OK"),
+        "s_client verification:\n{err}"
+    );
 
     // A bigger body: 4096 lines of 64 hex characters.
     let data = random_bytes(4096 * 32, 50);
@@ -112,7 +115,8 @@ fn s_server_behind_client_mode(version_flag: &str, engine_version: &str) {
         .opt("--tls-version", engine_version)
         .start();
     let mut s = connect(localhost(cp));
-    s.write_all(b"0hello from the plain client\n").expect("write");
+    s.write_all(b"0hello from the plain client\n")
+        .expect("write");
     assert!(
         srv.wait_stdout(b"0hello from the plain client\n"),
         "s_server did not receive the client's line; stdout {:?}",
@@ -126,7 +130,10 @@ fn s_server_behind_client_mode(version_flag: &str, engine_version: &str) {
 
     // A second round in each direction on the same connection.
     s.write_all(b"0second line\n").expect("write");
-    assert!(srv.wait_stdout(b"0second line\n"), "s_server missed the second line");
+    assert!(
+        srv.wait_stdout(b"0second line\n"),
+        "s_server missed the second line"
+    );
     srv.send(b"0second reply\n");
     let mut back = vec![0u8; b"0second reply\n".len()];
     s.read_exact(&mut back).expect("read the second reply");
@@ -165,7 +172,10 @@ fn tls_version_mismatch_is_refused() {
     let _ = s.write_all(b"0should never arrive\n");
     let (data, end) = read_until_end(&mut s);
     assert!(end.closed(), "the connection was not closed: {end:?}");
-    assert!(data.is_empty(), "got data through a failed handshake: {data:?}");
+    assert!(
+        data.is_empty(),
+        "got data through a failed handshake: {data:?}"
+    );
     assert!(
         !srv.stdout()
             .windows(b"should never arrive".len())

@@ -134,7 +134,10 @@ fn sighup_reloads_certs_and_forwarders_keeping_connections() {
     echo_roundtrip(&mut second, b"the second forwarder");
     let m = scrape(localhost(mp));
     assert!(
-        m.has("splice_connections_accepted_total", &[("forwarder", "second"), ("mode", "server")]),
+        m.has(
+            "splice_connections_accepted_total",
+            &[("forwarder", "second"), ("mode", "server")]
+        ),
         "no metrics for the new forwarder:\n{}",
         m.text
     );
@@ -205,7 +208,11 @@ fn sigterm_drains_open_connection_then_exits_zero() {
             engine.stderr()
         )
     });
-    assert_eq!(status.code(), Some(0), "exit status after the drain: {status:?}");
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "exit status after the drain: {status:?}"
+    );
 }
 
 /// SIGTERM with a connection that stays open: the process exits 0 after `--drain-timeout`, and
@@ -231,7 +238,11 @@ fn sigterm_exits_after_drain_timeout() {
             engine.stderr()
         )
     });
-    assert_eq!(status.code(), Some(0), "exit status after the drain timeout: {status:?}");
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "exit status after the drain timeout: {status:?}"
+    );
     let (_, end) = read_until_end(&mut open);
     assert!(end.closed(), "the open connection was not closed: {end:?}");
 }
@@ -247,5 +258,9 @@ fn sigint_exits_zero() {
     let status = engine
         .wait_exit(SOON)
         .unwrap_or_else(|| panic!("no exit after SIGINT:\n{}", engine.stderr()));
-    assert_eq!(status.code(), Some(0), "exit status after SIGINT: {status:?}");
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "exit status after SIGINT: {status:?}"
+    );
 }

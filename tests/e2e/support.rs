@@ -2,7 +2,10 @@
 //! payload hashing, metrics scraping and socket utilities.
 //!
 //! Everything panics with context on failure: these are test helpers.
-#![allow(dead_code, reason = "each test file uses a different subset of the helpers")]
+#![allow(
+    dead_code,
+    reason = "each test file uses a different subset of the helpers"
+)]
 
 use std::collections::HashSet;
 use std::ffi::{OsStr, OsString};
@@ -75,7 +78,11 @@ fn new_key(kt: KeyType) -> KeyPair {
                 .stderr(Stdio::inherit())
                 .output()
                 .expect("run openssl genpkey");
-            assert!(out.status.success(), "openssl genpkey failed: {:?}", out.status);
+            assert!(
+                out.status.success(),
+                "openssl genpkey failed: {:?}",
+                out.status
+            );
             let pem = String::from_utf8(out.stdout).expect("openssl genpkey prints PEM");
             KeyPair::from_pem(&pem).expect("parse the RSA key from openssl genpkey")
         }
@@ -828,7 +835,13 @@ impl Proc {
         // SAFETY: kill(2) has no memory-safety preconditions; the pid is our own live child
         // (it has not been reaped, so the pid cannot have been reused).
         let rc = unsafe { libc::kill(self.pid(), sig) };
-        assert_eq!(rc, 0, "kill({}, {sig}): {}", self.pid(), io::Error::last_os_error());
+        assert_eq!(
+            rc,
+            0,
+            "kill({}, {sig}): {}",
+            self.pid(),
+            io::Error::last_os_error()
+        );
     }
 
     /// VmRSS in KiB.
@@ -921,7 +934,10 @@ pub fn q(s: impl std::fmt::Display) -> String {
 
 /// The lines of a log that start with `error: `.
 pub fn error_lines(stderr: &str) -> Vec<&str> {
-    stderr.lines().filter(|l| l.starts_with("error: ")).collect()
+    stderr
+        .lines()
+        .filter(|l| l.starts_with("error: "))
+        .collect()
 }
 
 /// Whether a log line carries `side=SIDE` (text format, quoted or not, or JSON).
@@ -947,8 +963,11 @@ pub fn warn_lines_with_side<'a>(log: &'a str, side: &str) -> Vec<&'a str> {
 pub struct Metrics {
     /// The body as served.
     pub text: String,
-    samples: Vec<(String, Vec<(String, String)>, f64)>,
+    samples: Vec<Sample>,
 }
+
+/// One series: name, labels, value.
+type Sample = (String, Vec<(String, String)>, f64);
 
 impl Metrics {
     /// Sum over the series of `name` whose labels include `labels` (0 when none matches).
@@ -988,7 +1007,9 @@ pub fn parse_metrics(text: &str) -> Metrics {
         }
         let (name, labels, rest) = match line.find('{') {
             Some(open) => {
-                let close = line.rfind('}').unwrap_or_else(|| panic!("bad line {line:?}"));
+                let close = line
+                    .rfind('}')
+                    .unwrap_or_else(|| panic!("bad line {line:?}"));
                 (
                     &line[..open],
                     parse_labels(&line[open + 1..close]),
@@ -1032,7 +1053,11 @@ fn parse_labels(s: &str) -> Vec<(String, String)> {
         if key.trim().is_empty() {
             return out;
         }
-        assert_eq!(chars.next(), Some('"'), "label value must be quoted in {s:?}");
+        assert_eq!(
+            chars.next(),
+            Some('"'),
+            "label value must be quoted in {s:?}"
+        );
         let mut value = String::new();
         while let Some(c) = chars.next() {
             match c {
@@ -1169,7 +1194,12 @@ pub fn set_linger_zero(s: &TcpStream) {
             len,
         )
     };
-    assert_eq!(rc, 0, "setsockopt(SO_LINGER): {}", io::Error::last_os_error());
+    assert_eq!(
+        rc,
+        0,
+        "setsockopt(SO_LINGER): {}",
+        io::Error::last_os_error()
+    );
 }
 
 /// How a stream ended.
@@ -1438,7 +1468,10 @@ fn collect(r: &mut impl Read, into: &Mutex<Vec<u8>>) {
     loop {
         match r.read(&mut buf) {
             Ok(0) | Err(_) => return,
-            Ok(n) => into.lock().expect("collect lock").extend_from_slice(&buf[..n]),
+            Ok(n) => into
+                .lock()
+                .expect("collect lock")
+                .extend_from_slice(&buf[..n]),
         }
     }
 }

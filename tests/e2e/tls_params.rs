@@ -79,14 +79,32 @@ fn server_tls_version_restriction() {
             "localhost",
             client_config(&[&pki.ca], None, TLS_ANY),
         );
-        assert_eq!(tls.conn.protocol_version(), Some(expect), "--tls-version {flag}");
+        assert_eq!(
+            tls.conn.protocol_version(),
+            Some(expect),
+            "--tls-version {flag}"
+        );
         echo_roundtrip(&mut tls, b"allowed version");
-        let ok = try_tls_connect(localhost(sp), "localhost", client_config(&[&pki.ca], None, allowed))
-            .and_then(|mut t| try_echo_roundtrip(&mut t, b"allowed"));
-        assert!(ok.is_ok(), "--tls-version {flag}: allowed client failed: {ok:?}");
-        let bad = try_tls_connect(localhost(sp), "localhost", client_config(&[&pki.ca], None, refused))
-            .and_then(|mut t| try_echo_roundtrip(&mut t, b"refused"));
-        assert!(bad.is_err(), "--tls-version {flag}: a client without that version got through");
+        let ok = try_tls_connect(
+            localhost(sp),
+            "localhost",
+            client_config(&[&pki.ca], None, allowed),
+        )
+        .and_then(|mut t| try_echo_roundtrip(&mut t, b"allowed"));
+        assert!(
+            ok.is_ok(),
+            "--tls-version {flag}: allowed client failed: {ok:?}"
+        );
+        let bad = try_tls_connect(
+            localhost(sp),
+            "localhost",
+            client_config(&[&pki.ca], None, refused),
+        )
+        .and_then(|mut t| try_echo_roundtrip(&mut t, b"refused"));
+        assert!(
+            bad.is_err(),
+            "--tls-version {flag}: a client without that version got through"
+        );
     }
 }
 
@@ -108,14 +126,29 @@ fn server_mode_alpn() {
         .opt("--alpn", "http/1.1")
         .start();
     let base = client_config(&[&pki.ca], None, TLS_ANY);
-    let mut tls = tls_connect(localhost(sp), "localhost", with_alpn(base.clone(), &["http/1.1"]));
+    let mut tls = tls_connect(
+        localhost(sp),
+        "localhost",
+        with_alpn(base.clone(), &["http/1.1"]),
+    );
     assert_eq!(tls.conn.alpn_protocol(), Some(&b"http/1.1"[..]));
     echo_roundtrip(&mut tls, b"alpn http/1.1");
-    let mut tls = tls_connect(localhost(sp), "localhost", with_alpn(base.clone(), &["h2", "http/1.1"]));
-    assert_eq!(tls.conn.alpn_protocol(), Some(&b"h2"[..]), "server preference or client order");
+    let tls = tls_connect(
+        localhost(sp),
+        "localhost",
+        with_alpn(base.clone(), &["h2", "http/1.1"]),
+    );
+    assert_eq!(
+        tls.conn.alpn_protocol(),
+        Some(&b"h2"[..]),
+        "server preference or client order"
+    );
     let bad = try_tls_connect(localhost(sp), "localhost", with_alpn(base, &["x-unknown"]))
         .and_then(|mut t| try_echo_roundtrip(&mut t, b"no common protocol"));
-    assert!(bad.is_err(), "a client with no common ALPN protocol got through");
+    assert!(
+        bad.is_err(),
+        "a client with no common ALPN protocol got through"
+    );
 }
 
 /// Client mode `--alpn x-test`: the upstream sees that protocol offered and negotiated.
@@ -150,5 +183,9 @@ fn client_mode_alpn() {
     echo_roundtrip(&mut s, b"hello");
     let (ok, proto) = rx.recv_timeout(SOON).expect("upstream report");
     assert!(ok, "the upstream did not get the data");
-    assert_eq!(proto.as_deref(), Some(&b"x-test"[..]), "ALPN negotiated with the upstream");
+    assert_eq!(
+        proto.as_deref(),
+        Some(&b"x-test"[..]),
+        "ALPN negotiated with the upstream"
+    );
 }

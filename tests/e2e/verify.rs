@@ -12,7 +12,10 @@ fn assert_closed_without_data(entry: SocketAddr, what: &str) {
     let mut s = connect(entry);
     let _ = s.write_all(b"must not reach anyone");
     let (data, end) = read_until_end(&mut s);
-    assert!(end.closed(), "{what}: the downstream was not closed ({end:?})");
+    assert!(
+        end.closed(),
+        "{what}: the downstream was not closed ({end:?})"
+    );
     assert!(data.is_empty(), "{what}: got data back: {data:?}");
 }
 
@@ -83,14 +86,19 @@ sni = "localhost"
 
     assert_closed_without_data(localhost(bad_ca), "upstream from an unknown CA");
     assert!(
-        engine.wait_log(SOON, |l| !warn_tls_lines_with(l, "invalid peer certificate").is_empty()),
+        engine.wait_log(SOON, |l| !warn_tls_lines_with(
+            l,
+            "invalid peer certificate"
+        )
+        .is_empty()),
         "no warn line with side=tls and \"invalid peer certificate\":\n{}",
         engine.stderr()
     );
     let n_before = warn_tls_lines_with(&engine.stderr(), "invalid peer certificate").len();
     assert_closed_without_data(localhost(wrong_sni), "wrong SNI");
     assert!(
-        engine.wait_log(SOON, |l| warn_tls_lines_with(l, "invalid peer certificate").len()
+        engine.wait_log(SOON, |l| warn_tls_lines_with(l, "invalid peer certificate")
+            .len()
             > n_before),
         "no new warn line with side=tls and \"invalid peer certificate\" for the wrong SNI:\n{}",
         engine.stderr()
@@ -109,15 +117,15 @@ sni = "localhost"
         |v| v >= 1.0,
     );
     assert_eq!(
-        m.value(
-            "splice_connection_errors_total",
-            &[("forwarder", "good")]
-        ),
+        m.value("splice_connection_errors_total", &[("forwarder", "good")]),
         0.0,
         "the good forwarder counted errors"
     );
     assert!(
-        m.has("splice_connections_accepted_total", &[("forwarder", "good"), ("mode", "client")]),
+        m.has(
+            "splice_connections_accepted_total",
+            &[("forwarder", "good"), ("mode", "client")]
+        ),
         "no accepted counter for the good forwarder:\n{}",
         m.text
     );
@@ -140,7 +148,9 @@ fn unknown_ca_with_json_logs() {
         .start();
     assert_closed_without_data(localhost(cp), "upstream from an unknown CA (json logs)");
     assert!(
-        client.wait_log(SOON, |l| l.lines().any(|line| line.trim_start().starts_with('{')
+        client.wait_log(SOON, |l| l.lines().any(|line| line
+            .trim_start()
+            .starts_with('{')
             && line.contains("\"side\":\"tls\"")
             && line.contains("invalid peer certificate"))),
         "no JSON log line with \"side\":\"tls\" and \"invalid peer certificate\":\n{}",

@@ -92,8 +92,9 @@ fn ws_through_the_chain() {
     let backend = ws_echo_backend();
     let chain = Chain::start(&pki, backend.addr, "auto");
     let sock = connect(chain.entry);
-    let (mut ws, resp) = tungstenite::client(format!("ws://localhost:{}/echo", chain.entry.port()), sock)
-        .expect("WebSocket handshake through client mode and server mode");
+    let (mut ws, resp) =
+        tungstenite::client(format!("ws://localhost:{}/echo", chain.entry.port()), sock)
+            .expect("WebSocket handshake through client mode and server mode");
     assert_eq!(resp.status().as_u16(), 101, "handshake status");
     exchange(&mut ws);
 }

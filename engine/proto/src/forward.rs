@@ -149,8 +149,10 @@ pub struct TlsForward {
     plain_eof: bool,
     /// Our write half of the TLS leg is shut.
     tls_shut: bool,
-    /// The TLS peer is done (close_notify seen, or EOF).
+    /// The TLS peer is done (close_notify seen and all plaintext taken).
     tls_eof: bool,
+    /// The TLS leg's TCP stream ended (FIN received).
+    tls_fin: bool,
     /// Our write half of the plain leg is shut.
     plain_shut: bool,
     closed: bool,
@@ -189,6 +191,7 @@ impl TlsForward {
             plain_eof: false,
             tls_shut: false,
             tls_eof: false,
+            tls_fin: false,
             plain_shut: false,
             closed: false,
             failure: None,
@@ -266,7 +269,8 @@ impl TlsForward {
                 };
                 match result {
                     Ok(0) => self.tls_transport_eof(),
-                    Ok(_) if self.record_mode && !self.handshake_done && !self.record_complete() => {}
+                    Ok(_)
+                        if self.record_mode && !self.handshake_done && !self.record_complete() => {}
                     Ok(_) => self.feed_tls(),
                     Err(e) => self.fail(Fault::TlsTransport, format!("recv: {e}")),
                 }
@@ -386,6 +390,7 @@ impl TlsForward {
                 .as_ref()
                 .is_some_and(|b| !b.is_empty() && record_want(b) > 0);
         if !self.tls_eof
+            && !self.tls_fin
             && self.tls_rx.idle()
             && self.tls.plaintext_bytes_pending() == 0
             && (self.tls_rx.pending() == 0 || partial_record)
@@ -589,19 +594,25 @@ impl TlsForward {
             }
         }
         // Continue feeding records held back for flow control.
-        if self.tls_rx.pending() > 0 && self.tls.plaintext_bytes_pending() == 0 && self.tls_rx.idle()
+        if self.tls_rx.pending() > 0
+            && self.tls.plaintext_bytes_pending() == 0
+            && self.tls_rx.idle()
         {
             self.feed_tls();
         }
     }
 
     fn tls_transport_eof(&mut self) {
-        // Tell rustls the transport ended; it reports truncation if close_notify never came.
+        // Tell rustls the transport ended; no more records will come.
+        self.tls_fin = true;
         let _ = self.tls.read_tls(&mut io::empty());
-        if let Err(e) = self.tls.process_new_packets() {
-            self.fail(Fault::Tls, e.to_string());
-            return;
-        }
+        let state = match self.tls.process_new_packets() {
+            Ok(state) => state,
+            Err(e) => {
+                self.fail(Fault::Tls, e.to_string());
+                return;
+            }
+        };
         if !self.handshake_done {
             self.fail(
                 Fault::TlsTransport,
@@ -609,17 +620,18 @@ impl TlsForward {
             );
             return;
         }
-        self.drain_plaintext();
-        if !self.tls_eof && self.failure.is_none() {
-            // Plaintext still pending: drain_plaintext will meet the truncation later.
-            if self.tls.plaintext_bytes_pending() == 0 {
-                self.fail(
-                    Fault::TlsTransport,
-                    "peer closed the connection without close_notify (stream may be truncated)"
-                        .to_string(),
-                );
-            }
+        if !state.peer_has_closed() {
+            // The stream was cut: reset rather than pass on a clean end that never came.
+            self.fail(
+                Fault::TlsTransport,
+                "peer closed the connection without close_notify (stream may be truncated)"
+                    .to_string(),
+            );
+            return;
         }
+        // close_notify came before the FIN: the reader reports the clean end once the
+        // plaintext before it has been passed on.
+        self.drain_plaintext();
     }
 
     fn fail(&mut self, fault: Fault, reason: String) {

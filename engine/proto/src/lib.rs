@@ -10,5 +10,7 @@
 #![forbid(unsafe_code)]
 
 pub mod forward;
+#[cfg(test)]
+mod tests;
 
 pub use forward::{Buffers, Failure, Fault, Io, Leg, TlsForward};

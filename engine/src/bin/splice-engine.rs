@@ -148,10 +148,17 @@ struct DemoArgs {
 
 fn parse_size(s: &str) -> Result<u64, String> {
     let s = s.trim();
-    let (num, mul) = [("GiB", 1u64 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10), ("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)]
-        .iter()
-        .find_map(|(suf, m)| s.strip_suffix(suf).map(|n| (n, *m)))
-        .unwrap_or((s, 1));
+    let (num, mul) = [
+        ("GiB", 1u64 << 30),
+        ("MiB", 1 << 20),
+        ("KiB", 1 << 10),
+        ("G", 1 << 30),
+        ("M", 1 << 20),
+        ("K", 1 << 10),
+    ]
+    .iter()
+    .find_map(|(suf, m)| s.strip_suffix(suf).map(|n| (n, *m)))
+    .unwrap_or((s, 1));
     num.trim()
         .parse::<u64>()
         .map(|n| n * mul)
@@ -283,7 +290,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         match sig {
             SIGHUP => match source.load().and_then(|cfg| engine.reload(cfg)) {
                 Ok(()) => {}
-                Err(e) => tracing::error!(error = %e, "reload failed; the previous configuration stays"),
+                Err(e) => {
+                    tracing::error!(error = %e, "reload failed; the previous configuration stays")
+                }
             },
             _ => {
                 let drain = match source.load() {

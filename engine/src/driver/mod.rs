@@ -93,7 +93,7 @@ pub struct Completion {
 #[derive(Debug)]
 pub enum Driver {
     /// io_uring.
-    Uring(UringDriver),
+    Uring(Box<UringDriver>),
     /// epoll.
     Epoll(EpollDriver),
 }
@@ -103,14 +103,14 @@ impl Driver {
     pub fn open(kind: DriverKind) -> Result<Driver, Error> {
         match kind {
             DriverKind::Epoll => Ok(Driver::Epoll(EpollDriver::new()?)),
-            DriverKind::Uring => UringDriver::new().map(Driver::Uring).map_err(|e| {
-                Error::Unavailable {
+            DriverKind::Uring => UringDriver::new()
+                .map(|d| Driver::Uring(Box::new(d)))
+                .map_err(|e| Error::Unavailable {
                     feature: "io_uring",
                     why: e.to_string(),
-                }
-            }),
+                }),
             DriverKind::Auto => match UringDriver::new() {
-                Ok(d) => Ok(Driver::Uring(d)),
+                Ok(d) => Ok(Driver::Uring(Box::new(d))),
                 Err(_) => Ok(Driver::Epoll(EpollDriver::new()?)),
             },
         }

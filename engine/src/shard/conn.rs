@@ -60,12 +60,18 @@ impl Conn {
         let ktls = fwd.ktls.is_some();
         let sm = match fwd.mode {
             Mode::Client => {
-                let (cfg, name) = fwd.client_tls.as_ref().expect("client mode has a TLS config");
+                let (cfg, name) = fwd
+                    .client_tls
+                    .as_ref()
+                    .expect("client mode has a TLS config");
                 let c = rustls::ClientConnection::new(cfg.clone(), name.clone())?;
                 TlsForward::new(c.into(), false, true, ktls, Buffers::default())
             }
             Mode::Server => {
-                let cfg = fwd.server_tls.as_ref().expect("server mode has a TLS config");
+                let cfg = fwd
+                    .server_tls
+                    .as_ref()
+                    .expect("server mode has a TLS config");
                 let c = rustls::ServerConnection::new(cfg.clone())?;
                 TlsForward::new(c.into(), true, false, ktls, Buffers::default())
             }
@@ -128,9 +134,7 @@ impl Conn {
                         sm.handle_connected(leg, c.result.map(|_| ()));
                         self.deadline = match self.fwd.mode {
                             // Connected: now the handshake has its own budget.
-                            Mode::Client if ok => {
-                                Some(Instant::now() + self.fwd.handshake_timeout)
-                            }
+                            Mode::Client if ok => Some(Instant::now() + self.fwd.handshake_timeout),
                             // Server mode connects after the handshake: nothing left to time.
                             _ => None,
                         };
@@ -195,9 +199,10 @@ impl Conn {
                         TAG_RECV_TLS
                     };
                     let fd = self.leg_fd(leg).expect("state machine reads an open leg");
-                    shard
-                        .driver
-                        .submit(token(tag, index, self.generation), Op::Recv { fd, buf, len });
+                    shard.driver.submit(
+                        token(tag, index, self.generation),
+                        Op::Recv { fd, buf, len },
+                    );
                 }
                 Io::Send { leg, buf } => {
                     let tag = if leg == Leg::Plain {

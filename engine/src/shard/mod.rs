@@ -40,7 +40,10 @@ pub struct Forwarder {
     /// The upstream as configured, for logs.
     pub upstream_text: String,
     /// Client mode: the rustls config and the name to verify.
-    pub client_tls: Option<(Arc<rustls::ClientConfig>, rustls::pki_types::ServerName<'static>)>,
+    pub client_tls: Option<(
+        Arc<rustls::ClientConfig>,
+        rustls::pki_types::ServerName<'static>,
+    )>,
     /// Server mode: the rustls config.
     pub server_tls: Option<Arc<rustls::ServerConfig>>,
     /// Counters, kept across reloads.

@@ -97,10 +97,8 @@ impl EpollDriver {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::hash_map::Entry::Vacant(v) => {
                 let mut ev = libc::epoll_event {
-                    events: (libc::EPOLLIN
-                        | libc::EPOLLOUT
-                        | libc::EPOLLRDHUP
-                        | libc::EPOLLET) as u32,
+                    events: (libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLET)
+                        as u32,
                     u64: fd as u64,
                 };
                 // SAFETY: `ev` is a valid epoll_event; `fd` is open (the op holds it).
@@ -134,11 +132,21 @@ impl EpollDriver {
         if let Some(w) = self.waiting.remove(&fd) {
             for (token, op) in [w.read, w.write].into_iter().flatten() {
                 self.pending -= 1;
-                self.finish(token, op, Err(io::Error::from_raw_os_error(libc::ECANCELED)), None);
+                self.finish(
+                    token,
+                    op,
+                    Err(io::Error::from_raw_os_error(libc::ECANCELED)),
+                    None,
+                );
             }
             // SAFETY: removing an fd from our epoll set; a null event is allowed for DEL.
             unsafe {
-                libc::epoll_ctl(self.ep.as_raw_fd(), libc::EPOLL_CTL_DEL, fd, std::ptr::null_mut());
+                libc::epoll_ctl(
+                    self.ep.as_raw_fd(),
+                    libc::EPOLL_CTL_DEL,
+                    fd,
+                    std::ptr::null_mut(),
+                );
             }
         }
     }
@@ -154,7 +162,10 @@ impl EpollDriver {
         } else {
             match timeout {
                 None => -1,
-                Some(d) => d.as_millis().min(i32::MAX as u128) as i32 + i32::from(d.subsec_nanos() % 1_000_000 != 0),
+                Some(d) => {
+                    d.as_millis().min(i32::MAX as u128) as i32
+                        + i32::from(d.subsec_nanos() % 1_000_000 != 0)
+                }
             }
         };
         // SAFETY: `events` is valid for `len` entries.

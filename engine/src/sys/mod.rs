@@ -42,16 +42,10 @@ pub fn ignore_sigpipe() {
 pub fn recv_into(fd: BorrowedFd<'_>, buf: &mut Vec<u8>, len: usize) -> io::Result<usize> {
     buf.reserve(len);
     let start = buf.len();
-    // SAFETY: `buf` has at least `len` bytes of spare capacity after `start` (reserved above);
+    let spare = buf.spare_capacity_mut().as_mut_ptr();
+    // SAFETY: `spare` points at `buf`'s spare capacity, at least `len` bytes (reserved above);
     // the kernel writes at most `len` bytes there.
-    let ret = unsafe {
-        libc::recv(
-            fd.as_raw_fd(),
-            buf.as_mut_ptr().add(start).cast(),
-            len,
-            libc::MSG_DONTWAIT,
-        )
-    };
+    let ret = unsafe { libc::recv(fd.as_raw_fd(), spare.cast(), len, libc::MSG_DONTWAIT) };
     let n = cvt_size(ret)?;
     // SAFETY: the kernel initialised `n <= len` bytes after `start`, within capacity.
     unsafe { buf.set_len(start + n) };

@@ -29,7 +29,9 @@ pub struct UringDriver {
 
 impl std::fmt::Debug for UringDriver {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("UringDriver").field("live", &self.live).finish()
+        f.debug_struct("UringDriver")
+            .field("live", &self.live)
+            .finish()
     }
 }
 
@@ -128,7 +130,11 @@ impl UringDriver {
         timeout: Option<Duration>,
         out: &mut Vec<Completion>,
     ) -> Result<(), SyscallError> {
-        let want = if self.ring.completion().is_empty() { 1 } else { 0 };
+        let want = if self.ring.completion().is_empty() {
+            1
+        } else {
+            0
+        };
         let res = match timeout {
             Some(d) => {
                 let ts = types::Timespec::from(d);
