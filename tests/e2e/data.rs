@@ -247,6 +247,10 @@ fn slow_reader(driver: &str) {
     let report = reports.recv_timeout(SOON).expect("sink report");
     assert!(report.error.is_none(), "sink read error: {report:?}");
 
+    eprintln!(
+        "slow reader ({driver}): {written_while_stalled} bytes accepted while stalled; RSS KiB \
+         client {base_client} -> {max_client}, server {base_server} -> {max_server}"
+    );
     assert!(
         written_while_stalled < TOTAL,
         "all {TOTAL} bytes were accepted while the backend did not read: no backpressure"

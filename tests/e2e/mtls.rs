@@ -2,7 +2,6 @@
 //! (client mode with `--cert/--key`, `openssl s_client -cert/-key`, rustls) and refuses clients
 //! without one or with one from another CA, counting them as TLS errors.
 
-use std::io::Write;
 use std::net::SocketAddr;
 
 use crate::support::*;
@@ -140,7 +139,7 @@ fn client_without_cert_is_refused() {
         m.server
             .wait_log(SOON, |l| !warn_lines_with_side(l, "tls").is_empty()),
         "no warn line with side=tls for the refused client:\n{}",
-        m.server.stderr()
+        m.server.log()
     );
 }
 
@@ -204,9 +203,7 @@ fn client_mode_without_cert_is_closed() {
     let _client = EngineCmd::client(cp, m.addr, &m.pki.ca, "auto")
         .opt("--sni", "localhost")
         .start();
-    let mut s = connect(localhost(cp));
-    let _ = s.write_all(b"must not be echoed");
-    let (data, end) = read_until_end(&mut s);
+    let (data, end) = send_and_read_to_end(localhost(cp), b"must not be echoed");
     assert!(end.closed(), "the plain client was not closed: {end:?}");
     assert!(
         data.is_empty(),

@@ -168,9 +168,7 @@ fn tls_version_mismatch_is_refused() {
         .opt("--sni", "localhost")
         .opt("--tls-version", "1.3")
         .start();
-    let mut s = connect(localhost(cp));
-    let _ = s.write_all(b"0should never arrive\n");
-    let (data, end) = read_until_end(&mut s);
+    let (data, end) = send_and_read_to_end(localhost(cp), b"0should never arrive\n");
     assert!(end.closed(), "the connection was not closed: {end:?}");
     assert!(
         data.is_empty(),
@@ -185,7 +183,7 @@ fn tls_version_mismatch_is_refused() {
     assert!(
         client.wait_log(SOON, |l| !warn_lines_with_side(l, "tls").is_empty()),
         "no warn line with side=tls for the failed handshake:\n{}",
-        client.stderr()
+        client.log()
     );
     // Keep the borrow checker honest about srv living until here.
     let _ = srv.wait_exit(Duration::from_millis(1));

@@ -193,7 +193,7 @@ fn sigterm_drains_open_connection_then_exits_zero() {
         engine.running(),
         "the engine exited with a connection still open and 120 s of drain left: {:?}\n{}",
         engine.wait_exit(Duration::ZERO),
-        engine.stderr()
+        engine.log()
     );
     echo_roundtrip(&mut open, b"during the drain");
     echo_roundtrip(&mut open, &random_bytes(1024 * 1024, 110));
@@ -205,7 +205,7 @@ fn sigterm_drains_open_connection_then_exits_zero() {
     let status = engine.wait_exit(SOON).unwrap_or_else(|| {
         panic!(
             "the engine did not exit after its last connection closed:\n{}",
-            engine.stderr()
+            engine.log()
         )
     });
     assert_eq!(
@@ -235,7 +235,7 @@ fn sigterm_exits_after_drain_timeout() {
     let status = engine.wait_exit(SOON).unwrap_or_else(|| {
         panic!(
             "the engine did not exit within {SOON:?} of SIGTERM with a 1 s drain timeout:\n{}",
-            engine.stderr()
+            engine.log()
         )
     });
     assert_eq!(
@@ -257,7 +257,7 @@ fn sigint_exits_zero() {
     engine.signal(libc::SIGINT);
     let status = engine
         .wait_exit(SOON)
-        .unwrap_or_else(|| panic!("no exit after SIGINT:\n{}", engine.stderr()));
+        .unwrap_or_else(|| panic!("no exit after SIGINT:\n{}", engine.log()));
     assert_eq!(
         status.code(),
         Some(0),

@@ -75,13 +75,13 @@ fn new_key(kt: KeyType) -> KeyPair {
                     "-pkeyopt",
                     "rsa_keygen_bits:2048",
                 ])
-                .stderr(Stdio::inherit())
                 .output()
                 .expect("run openssl genpkey");
             assert!(
                 out.status.success(),
-                "openssl genpkey failed: {:?}",
-                out.status
+                "openssl genpkey failed: {:?}: {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
             );
             let pem = String::from_utf8(out.stdout).expect("openssl genpkey prints PEM");
             KeyPair::from_pem(&pem).expect("parse the RSA key from openssl genpkey")
@@ -757,9 +757,14 @@ impl Proc {
         i32::try_from(self.child.id()).expect("pid fits in i32")
     }
 
-    /// Everything it wrote to stderr so far.
+    /// Everything it wrote to stderr so far, as written.
     pub fn stderr(&self) -> String {
         fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    /// Its stderr with terminal colour sequences removed (see `strip_ansi`).
+    pub fn log(&self) -> String {
+        strip_ansi(&self.stderr())
     }
 
     /// Whether the process is still running (reaps it if not).
@@ -856,9 +861,9 @@ impl Proc {
             .unwrap_or_else(|| panic!("no VmRSS in /proc/{}/status", self.pid()))
     }
 
-    /// Waits up to `timeout` for stderr to satisfy `pred`.
+    /// Waits up to `timeout` for the log (stderr without colour sequences) to satisfy `pred`.
     pub fn wait_log(&self, timeout: Duration, pred: impl Fn(&str) -> bool) -> bool {
-        wait_until(timeout, || pred(&self.stderr()))
+        wait_until(timeout, || pred(&self.log()))
     }
 }
 
@@ -869,7 +874,7 @@ impl Drop for Proc {
             let _ = self.child.wait();
         }
         if thread::panicking() {
-            let err = self.stderr();
+            let err = self.log();
             let lines: Vec<&str> = err.lines().collect();
             let tail = &lines[lines.len().saturating_sub(60)..];
             eprintln!(
@@ -922,6 +927,26 @@ fn socket_inodes(pid: i32) -> HashSet<u64> {
             {
                 out.insert(n);
             }
+        }
+    }
+    out
+}
+
+/// Removes ANSI escape sequences (`ESC [ ... letter`). The log checks look at the text; a
+/// separate test checks that a log written to a file has no such sequences at all.
+pub fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' && chars.peek() == Some(&'[') {
+            chars.next();
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
         }
     }
     out
@@ -1173,6 +1198,21 @@ pub fn try_connect(addr: SocketAddr) -> io::Result<TcpStream> {
     s.set_write_timeout(Some(IO_TIMEOUT))?;
     s.set_nodelay(true)?;
     Ok(s)
+}
+
+/// Connects, sends `payload` (a write error is ignored: the peer may already have closed), and
+/// reads until the connection ends. A reset while connecting counts as the end.
+pub fn send_and_read_to_end(addr: SocketAddr, payload: &[u8]) -> (Vec<u8>, End) {
+    match try_connect(addr) {
+        Ok(mut s) => {
+            let _ = s.write_all(payload);
+            read_until_end(&mut s)
+        }
+        Err(e) => match classify(e) {
+            End::Reset => (Vec::new(), End::Reset),
+            other => panic!("connect to {addr}: {other:?}"),
+        },
+    }
 }
 
 /// Sets SO_LINGER {on, 0}: closing the socket then sends a RST.

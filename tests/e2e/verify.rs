@@ -2,16 +2,13 @@
 //! `--sni` both close the downstream connection, log side=tls, count a TLS error, and do not
 //! disturb a good forwarder in the same process.
 
-use std::io::Write;
 use std::net::SocketAddr;
 
 use crate::support::*;
 
 /// Connects through a forwarder that must refuse: the connection is closed without data.
 fn assert_closed_without_data(entry: SocketAddr, what: &str) {
-    let mut s = connect(entry);
-    let _ = s.write_all(b"must not reach anyone");
-    let (data, end) = read_until_end(&mut s);
+    let (data, end) = send_and_read_to_end(entry, b"must not reach anyone");
     assert!(
         end.closed(),
         "{what}: the downstream was not closed ({end:?})"
@@ -92,16 +89,16 @@ sni = "localhost"
         )
         .is_empty()),
         "no warn line with side=tls and \"invalid peer certificate\":\n{}",
-        engine.stderr()
+        engine.log()
     );
-    let n_before = warn_tls_lines_with(&engine.stderr(), "invalid peer certificate").len();
+    let n_before = warn_tls_lines_with(&engine.log(), "invalid peer certificate").len();
     assert_closed_without_data(localhost(wrong_sni), "wrong SNI");
     assert!(
         engine.wait_log(SOON, |l| warn_tls_lines_with(l, "invalid peer certificate")
             .len()
             > n_before),
         "no new warn line with side=tls and \"invalid peer certificate\" for the wrong SNI:\n{}",
-        engine.stderr()
+        engine.log()
     );
     let m = wait_metric(
         localhost(metrics),
@@ -154,7 +151,7 @@ fn unknown_ca_with_json_logs() {
             && line.contains("\"side\":\"tls\"")
             && line.contains("invalid peer certificate"))),
         "no JSON log line with \"side\":\"tls\" and \"invalid peer certificate\":\n{}",
-        client.stderr()
+        client.log()
     );
 }
 
@@ -176,6 +173,36 @@ fn system_roots_do_not_trust_test_ca() {
     assert!(
         client.wait_log(SOON, |l| !warn_lines_with_side(l, "tls").is_empty()),
         "no warn line with side=tls:\n{}",
-        client.stderr()
+        client.log()
+    );
+}
+
+/// Logs written to a file (stderr is not a terminal here) are plain text: no terminal colour
+/// sequences, so `side=tls` can be found with grep.
+#[test]
+fn log_file_is_plain_text() {
+    let pki = Pki::new();
+    let untrusted = tls_echo_server(server_config(&pki.other_server, None, TLS_ANY));
+    let cp = free_port();
+    let client = EngineCmd::client(cp, untrusted.addr, &pki.ca, "auto")
+        .opt("--sni", "localhost")
+        .start();
+    assert_closed_without_data(localhost(cp), "upstream from an unknown CA");
+    assert!(
+        client.wait_log(SOON, |l| !warn_lines_with_side(l, "tls").is_empty()),
+        "no warn line with side=tls:\n{}",
+        client.log()
+    );
+    let raw = client.stderr();
+    assert!(
+        !raw.contains('\u{1b}'),
+        "stderr is a file, yet the log has terminal escape sequences: {:?}",
+        raw.lines()
+            .find(|l| l.contains('\u{1b}'))
+            .unwrap_or_default()
+    );
+    assert!(
+        raw.lines().any(|l| l.contains("side=tls")),
+        "no literal side=tls in the raw log:\n{raw}"
     );
 }

@@ -8,7 +8,9 @@
 //! Flow control is by construction: a leg is read only when the bytes read last time have been
 //! passed on, so each direction holds at most one buffer of plaintext and one of records.
 
-use std::io::{self, Read, Write};
+use std::io::{self, BufRead, Write};
+
+use crate::pool;
 
 use rustls::Connection;
 
@@ -109,10 +111,20 @@ struct Slot {
 }
 
 impl Slot {
-    fn new(cap: usize) -> Self {
+    /// A slot with no memory yet: buffers come from the pool when bytes arrive.
+    fn new() -> Self {
         Self {
-            buf: Some(Vec::with_capacity(cap)),
+            buf: Some(Vec::new()),
             off: 0,
+        }
+    }
+    /// When everything in the buffer has been consumed, returns it to the pool.
+    fn release_if_empty(&mut self) {
+        if let Some(b) = &mut self.buf
+            && self.off >= b.len()
+        {
+            pool::give(std::mem::take(b));
+            self.off = 0;
         }
     }
     fn idle(&self) -> bool {
@@ -178,10 +190,10 @@ impl TlsForward {
         Self {
             tls,
             sizes,
-            plain_rx: Slot::new(sizes.plain),
-            tls_tx: Slot::new(sizes.tls),
-            tls_rx: Slot::new(sizes.tls.max(MAX_RECORD)),
-            plain_tx: Slot::new(sizes.plain),
+            plain_rx: Slot::new(),
+            tls_tx: Slot::new(),
+            tls_rx: Slot::new(),
+            plain_tx: Slot::new(),
             tls_connected,
             plain_connected,
             connect_pending: false,
@@ -304,6 +316,7 @@ impl TlsForward {
             buf: Some(buf),
             off: 0,
         };
+        slot.release_if_empty();
         if leg == Leg::Plain {
             self.drain_plaintext();
         } else {
@@ -403,6 +416,9 @@ impl TlsForward {
                 buf.clear();
                 self.sizes.tls
             };
+            if buf.capacity() == 0 {
+                buf = pool::take(self.sizes.tls.max(MAX_RECORD));
+            }
             if buf.capacity() - buf.len() < len {
                 buf.reserve(len);
             }
@@ -443,6 +459,10 @@ impl TlsForward {
         {
             let mut buf = self.plain_rx.buf.take().unwrap_or_default();
             buf.clear();
+            if buf.capacity() < self.sizes.plain {
+                pool::give(buf);
+                buf = pool::take(self.sizes.plain);
+            }
             return Some(Io::Recv {
                 leg: Leg::Plain,
                 buf,
@@ -476,10 +496,16 @@ impl TlsForward {
         if !self.tls_tx.idle() {
             return None;
         }
+        if !self.tls.wants_write() && self.tls_tx.pending() == 0 {
+            return None;
+        }
         let buf = self.tls_tx.buf.as_mut().expect("idle slot has a buffer");
         if self.tls_tx.off > 0 {
             buf.drain(..self.tls_tx.off);
             self.tls_tx.off = 0;
+        }
+        if buf.capacity() == 0 {
+            *buf = pool::take(self.sizes.tls);
         }
         while self.tls.wants_write() {
             if self.tls.write_tls(buf).is_err() {
@@ -487,6 +513,7 @@ impl TlsForward {
             }
         }
         if buf.is_empty() {
+            self.tls_tx.release_if_empty();
             return None;
         }
         let buf = self.tls_tx.buf.take().expect("checked above");
@@ -509,10 +536,7 @@ impl TlsForward {
                 }
             }
         }
-        if self.plain_rx.off >= buf.len() {
-            buf.clear();
-            self.plain_rx.off = 0;
-        }
+        self.plain_rx.release_if_empty();
     }
 
     /// In record mode, whether `tls_rx` now holds one whole record.
@@ -529,6 +553,9 @@ impl TlsForward {
         while self.tls_rx.off < buf.len() {
             let mut rd = &buf[self.tls_rx.off..];
             match self.tls.read_tls(&mut rd) {
+                // After close_notify rustls takes nothing more (RFC 8446 6.1: bytes after it
+                // are ignored); drop them rather than offer them again forever.
+                Ok(0) => self.tls_rx.off = buf.len(),
                 Ok(n) => self.tls_rx.off += n,
                 Err(e) => {
                     let reason = format!("read records: {e}");
@@ -545,10 +572,7 @@ impl TlsForward {
                 break;
             }
         }
-        if self.tls_rx.off >= buf.len() {
-            buf.clear();
-            self.tls_rx.off = 0;
-        }
+        self.tls_rx.release_if_empty();
         if !self.tls.is_handshaking() {
             self.handshake_done = true;
         }
@@ -565,34 +589,39 @@ impl TlsForward {
             buf.drain(..self.plain_tx.off);
             self.plain_tx.off = 0;
         }
-        let room = self.sizes.plain.saturating_sub(buf.len());
-        if room > 0 && !self.tls_eof {
-            let start = buf.len();
-            buf.resize(start + room, 0);
-            let mut got = 0;
-            let mut eof = false;
-            while got < room {
-                match self.tls.reader().read(&mut buf[start + got..]) {
-                    Ok(0) => {
+        let limit = self.sizes.plain;
+        let mut eof = false;
+        if !self.tls_eof {
+            // Copy straight out of rustls's chunks (no zero-filling of our buffer).
+            let mut reader = self.tls.reader();
+            while buf.len() < limit {
+                match reader.fill_buf() {
+                    Ok([]) => {
                         eof = true;
                         break;
                     }
-                    Ok(n) => got += n,
+                    Ok(chunk) => {
+                        let k = chunk.len().min(limit - buf.len());
+                        if buf.capacity() == 0 {
+                            *buf = pool::take(limit);
+                        }
+                        buf.extend_from_slice(&chunk[..k]);
+                        reader.consume(k);
+                    }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                     Err(e) => {
-                        buf.truncate(start + got);
                         let reason = format!("stream truncated: {e}");
                         self.fail(Fault::TlsTransport, reason);
                         return;
                     }
                 }
             }
-            buf.truncate(start + got);
-            if eof {
-                // close_notify: the peer's direction is complete.
-                self.tls_eof = true;
-            }
         }
+        if eof {
+            // close_notify: the peer's direction is complete.
+            self.tls_eof = true;
+        }
+        self.plain_tx.release_if_empty();
         // Continue feeding records held back for flow control.
         if self.tls_rx.pending() > 0
             && self.tls.plaintext_bytes_pending() == 0
@@ -647,6 +676,11 @@ fn record_want(buf: &[u8]) -> usize {
         return 5 - buf.len();
     }
     let body = u16::from_be_bytes([buf[3], buf[4]]) as usize;
+    if !(20..=24).contains(&buf[0]) || buf[1] != 3 || body > MAX_RECORD - 5 + 2048 {
+        // No valid record starts like this (content type, major version, length): hand it to
+        // rustls now, which rejects it, rather than wait for a record that never ends.
+        return 0;
+    }
     (5 + body).saturating_sub(buf.len())
 }
 

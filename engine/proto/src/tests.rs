@@ -314,6 +314,11 @@ struct Peer {
     fin_sent: bool,
     /// Offset in the outgoing stream where this peer's first application data record starts.
     app_start: Option<u64>,
+    /// (bytes written to the socket, plaintext sent) whenever all records were flushed: maps
+    /// record bytes back to the plaintext they carry.
+    marks: Vec<(u64, u64)>,
+    /// Send a TLS 1.3 KeyUpdate (asking for one back) once this much plaintext is sent.
+    key_update_at: Option<usize>,
 }
 
 impl Peer {
@@ -339,7 +344,21 @@ impl Peer {
             ended: false,
             fin_sent: false,
             app_start: None,
+            marks: Vec::new(),
+            key_update_at: None,
         }
+    }
+
+    /// Most plaintext that the first `wire` bytes of our outgoing stream can carry.
+    fn plaintext_upto(&self, wire: u64) -> u64 {
+        if self.conn.is_none() {
+            return wire;
+        }
+        let i = self.marks.partition_point(|&(w, _)| w < wire);
+        self.marks
+            .get(i)
+            .map_or(self.sent as u64, |&(_, p)| p)
+            .min(wire)
     }
 
     fn summary(&self) -> String {
@@ -517,6 +536,9 @@ impl Peer {
             if conn.wants_write() {
                 return progress; // the socket is full
             }
+            if self.marks.last().is_none_or(|&(w, _)| w < tx.written) {
+                self.marks.push((tx.written, self.sent as u64));
+            }
             if self.error.is_some() {
                 // The alert is out: close the transport.
                 tx.fin = true;
@@ -525,6 +547,13 @@ impl Peer {
             }
             if !started || conn.is_handshaking() {
                 return progress;
+            }
+            if self.key_update_at.is_some_and(|at| self.sent >= at) {
+                // TLS 1.3 only: the forwarder must answer with its own key update.
+                self.key_update_at = None;
+                conn.refresh_traffic_keys().unwrap();
+                progress = true;
+                continue;
             }
             if self.sent < self.payload.len() {
                 self.app_start.get_or_insert(tx.written);
@@ -807,9 +836,11 @@ impl Pair {
             .fwd
             .plain_bytes_in()
             .saturating_sub(self.outbound[TLS].written);
-        // TLS -> plain: record bytes accepted minus plaintext delivered.
-        let back = self.inbound[TLS]
-            .read
+        // TLS -> plain: record bytes accepted minus plaintext delivered (records counted as no
+        // more than the plaintext they carry, which matters for tiny records).
+        let read = self.inbound[TLS].read;
+        let back = self.peers[TLS]
+            .plaintext_upto(read)
             .saturating_sub(self.fwd.plain_bytes_out());
         self.max_held[0] = self.max_held[0].max(out);
         self.max_held[1] = self.max_held[1].max(back);
@@ -1098,6 +1129,25 @@ impl Pair {
         }
     }
 
+    /// Steps until both ends of the TLS leg are through the handshake.
+    fn handshake(&mut self) {
+        let start = self.steps;
+        while self.fwd.is_handshaking()
+            || self.peers[TLS]
+                .conn
+                .as_ref()
+                .is_some_and(|c| c.is_handshaking())
+        {
+            assert!(self.closed.is_none(), "{}", self.summary());
+            self.step();
+            assert!(
+                self.steps < start + 1000,
+                "no handshake\n{}",
+                self.summary()
+            );
+        }
+    }
+
     /// Runs to the end: the forwarder must have closed.
     fn drive(&mut self) -> Option<Failure> {
         self.run();
@@ -1312,10 +1362,28 @@ fn bytes_after_close_notify_are_ignored() {
     // A peer that goes on sending after close_notify: RFC 8446 6.1 says to ignore it.
     for mode in MODES {
         for version in VERSIONS {
+            for (len, trailer) in [(50 * KIB, 20 * KIB), (0, 60 * KIB), (1000, 200 * KIB)] {
+                let mut p = Pair::new(Setup::new(mode, version));
+                p.peer().payload = payload(5, len);
+                p.peer().trailer = payload(6, trailer);
+                p.app().payload = payload(7, 1000);
+                p.drive();
+                p.assert_clean();
+            }
+        }
+    }
+}
+
+#[test]
+fn many_tiny_records() {
+    // Records of one byte each: a buffer read holds thousands of them.
+    for mode in MODES {
+        for version in VERSIONS {
             let mut p = Pair::new(Setup::new(mode, version));
-            p.peer().payload = payload(5, 50 * KIB);
-            p.peer().trailer = payload(6, 20 * KIB);
-            p.app().payload = payload(7, 1000);
+            p.peer().payload = payload(40, 100 * KIB);
+            p.peer().chunk = 1;
+            p.app().payload = payload(41, 100 * KIB);
+            p.app().chunk = 1;
             p.drive();
             p.assert_clean();
         }
@@ -1364,17 +1432,24 @@ fn tls_peer_fin_during_the_handshake_fails() {
 
 #[test]
 fn garbage_instead_of_tls() {
+    let garbage: [&[u8]; 3] = [
+        b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n",
+        b"SSH-2.0-OpenSSH_9.6\r\n",
+        b"\x16\x07\x01\x00\x04abcd", // a handshake record of TLS "7.1"
+    ];
     for mode in MODES {
         for ktls in [false, true] {
-            let mut s = Setup::new(mode, Version::Tls13);
-            s.ktls = ktls;
-            let mut p = Pair::new(s);
-            p.peer().conn = None;
-            p.peer().payload = b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n".to_vec();
-            p.peer().end = End::Open;
-            let f = p.drive_to_failure();
-            assert_eq!(f.fault, Fault::Tls, "ktls {ktls}: {f:?}");
-            assert!(!p.peers[PLAIN].fin_seen);
+            for bytes in garbage {
+                let mut s = Setup::new(mode, Version::Tls13);
+                s.ktls = ktls;
+                let mut p = Pair::new(s);
+                p.peer().conn = None;
+                p.peer().payload = bytes.to_vec();
+                p.peer().end = End::Open;
+                let f = p.drive_to_failure();
+                assert_eq!(f.fault, Fault::Tls, "{mode:?} ktls {ktls}: {f:?}");
+                assert!(!p.peers[PLAIN].fin_seen);
+            }
         }
     }
 }
@@ -1484,12 +1559,16 @@ fn timeouts() {
     // After the handshake the timer means nothing.
     let mut p = Pair::new(Setup::new(Mode::Client, Version::Tls13));
     p.app().payload = payload(13, 100 * KIB);
-    p.peer().payload = payload(14, 100 * KIB);
-    p.peers[TLS].reading = false;
+    p.peer().payload = payload(14, MIB);
+    p.peers[PLAIN].reading = false;
     p.run();
-    assert!(p.closed.is_none() && !p.fwd.is_handshaking());
+    assert!(
+        p.closed.is_none() && !p.fwd.is_handshaking(),
+        "{}",
+        p.summary()
+    );
     p.fwd.handle_timeout();
-    p.peers[TLS].reading = true;
+    p.peers[PLAIN].reading = true;
     p.drive();
     p.assert_clean();
 }
@@ -1651,6 +1730,7 @@ fn slow_reader_keeps_memory_bounded() {
             let mut p = Pair::new(s);
             p.app().payload = payload(32, 4 * MIB);
             p.peer().payload = payload(33, 10 * KIB);
+            p.handshake();
             p.peer().reading = false;
             p.run();
             assert!(p.closed.is_none(), "{}", p.summary());
@@ -1668,51 +1748,111 @@ fn slow_reader_keeps_memory_bounded() {
     }
 }
 
+/// How many seeds the randomized tests run (`PROTO_SEEDS` overrides).
+fn seeds(default: u64) -> u64 {
+    std::env::var("PROTO_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
+
+/// A world with everything drawn from `seed`: mode, version, record mode, buffer sizes,
+/// socket sizes, per-call I/O limits, completion order, payloads, chunking, who starts.
+fn random_pair(seed: u64) -> (Pair, String) {
+    let mut rng = Rng::new(seed);
+    let mode = MODES[rng.range(0, 1)];
+    let version = VERSIONS[rng.range(0, 1)];
+    let mut s = Setup::new(mode, version);
+    s.seed = seed;
+    s.ktls = rng.chance(25);
+    s.random_order = true;
+    s.random_peers = true;
+    if rng.chance(30) {
+        s.buffers = Buffers {
+            plain: rng.range(1, 80 * KIB),
+            tls: rng.range(1, 80 * KIB),
+        };
+    }
+    for i in [PLAIN, TLS] {
+        s.sock_cap[i] = rng.range(1, 128 * KIB);
+        s.limits[i] = Limits {
+            recv: rng.range(1, 100 * KIB),
+            send: rng.range(1, 100 * KIB),
+            random: true,
+        };
+    }
+    let app_len = rng.range(0, 300 * KIB);
+    let peer_len = rng.range(0, 300 * KIB);
+    let starts = match rng.range(0, 2) {
+        0 => (Start::Now, Start::Now),
+        1 => (Start::AfterEof, Start::Now),
+        _ => (Start::Now, Start::AfterEof),
+    };
+    let key_update = version == Version::Tls13 && rng.chance(30);
+    let desc = format!(
+        "seed {seed}: {s:?} starts {starts:?} app {app_len} peer {peer_len} key update \
+         {key_update}"
+    );
+    let mut p = Pair::new(s);
+    p.app().payload = payload(seed * 2, app_len);
+    p.peer().payload = payload(seed * 2 + 1, peer_len);
+    p.app().start = starts.0;
+    p.peer().start = starts.1;
+    p.app().chunk = rng.range(1, 64 * KIB);
+    p.peer().chunk = rng.range(1, 64 * KIB);
+    if key_update {
+        p.peer().key_update_at = Some(rng.range(0, peer_len));
+    }
+    (p, desc)
+}
+
 #[test]
 fn randomized_io() {
-    for seed in 0..48 {
-        let mut rng = Rng::new(seed);
-        let mode = MODES[rng.range(0, 1)];
-        let version = VERSIONS[rng.range(0, 1)];
-        let mut s = Setup::new(mode, version);
-        s.seed = seed;
-        s.ktls = rng.chance(25);
-        s.random_order = true;
-        s.random_peers = true;
-        if rng.chance(30) {
-            s.buffers = Buffers {
-                plain: rng.range(1, 80 * KIB),
-                tls: rng.range(1, 80 * KIB),
-            };
-        }
-        for i in [PLAIN, TLS] {
-            s.sock_cap[i] = rng.range(1, 128 * KIB);
-            s.limits[i] = Limits {
-                recv: rng.range(1, 100 * KIB),
-                send: rng.range(1, 100 * KIB),
-                random: true,
-            };
-        }
-        let app_len = rng.range(0, 300 * KIB);
-        let peer_len = rng.range(0, 300 * KIB);
-        let starts = match rng.range(0, 2) {
-            0 => (Start::Now, Start::Now),
-            1 => (Start::AfterEof, Start::Now),
-            _ => (Start::Now, Start::AfterEof),
-        };
-        let mut p = Pair::new(s.clone());
-        p.app().payload = payload(seed * 2, app_len);
-        p.peer().payload = payload(seed * 2 + 1, peer_len);
-        p.app().start = starts.0;
-        p.peer().start = starts.1;
-        p.app().chunk = rng.range(1, 64 * KIB);
-        p.peer().chunk = rng.range(1, 64 * KIB);
+    for seed in 0..seeds(48) {
+        let (mut p, desc) = random_pair(seed);
         p.run();
-        assert!(
-            p.closed == Some(None),
-            "seed {seed}: {s:?} {starts:?} app {app_len} peer {peer_len}\n{}",
-            p.summary()
-        );
+        assert!(p.closed == Some(None), "{desc}\n{}", p.summary());
         p.assert_clean();
+    }
+}
+
+#[test]
+fn randomized_endings() {
+    // Either side may end without a clean close: then the other side must not see one either,
+    // and must never get bytes that were not sent.
+    for seed in 0..seeds(48) {
+        let (mut p, desc) = random_pair(1_000_000 + seed);
+        let mut rng = Rng::new(seed);
+        let app_end = [End::Close, End::Reset][rng.range(0, 1)];
+        let peer_end = [End::Close, End::FinOnly, End::Reset][rng.range(0, 2)];
+        p.app().end = app_end;
+        p.peer().end = peer_end;
+        if app_end != End::Close {
+            p.peer().start = Start::Now;
+        }
+        if peer_end != End::Close {
+            p.app().start = Start::Now;
+        }
+        let desc = format!("{desc} ends {app_end:?}/{peer_end:?}");
+        let failure = p.drive();
+        let (app, peer) = (&p.peers[PLAIN], &p.peers[TLS]);
+        assert!(peer.payload.starts_with(&app.received), "{desc}");
+        assert!(app.payload.starts_with(&peer.received), "{desc}");
+        if app.fin_seen {
+            assert_eq!(peer_end, End::Close, "{desc}\n{}", p.summary());
+            same("app, at EOF", &app.received, &peer.payload);
+        }
+        if peer.close_notify {
+            assert_eq!(app_end, End::Close, "{desc}\n{}", p.summary());
+            same("peer, at close_notify", &peer.received, &app.payload);
+        }
+        match (app_end, peer_end, failure) {
+            (End::Close, End::Close, None) => p.assert_clean(),
+            (End::Close, End::Close, Some(f)) => panic!("{desc}: {f:?}\n{}", p.summary()),
+            (_, _, None) => panic!("{desc}: clean Close\n{}", p.summary()),
+            (End::Close, _, Some(f)) => assert_ne!(f.fault, Fault::Plain, "{desc}"),
+            (_, End::Close, Some(f)) => assert_eq!(f.fault, Fault::Plain, "{desc}"),
+            (_, _, Some(_)) => {}
+        }
     }
 }

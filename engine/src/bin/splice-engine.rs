@@ -234,7 +234,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // One line, naming the file, key or address.
-            let msg = format!("{e:#}").replace('\n', " ");
+            let msg = format!("{e}").replace('\n', " ");
             eprintln!("error: {msg}");
             ExitCode::FAILURE
         }

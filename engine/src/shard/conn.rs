@@ -14,7 +14,7 @@ use splice_proto::{Buffers, Fault, Io, Leg, TlsForward};
 use super::splice::SplicePump;
 use super::{
     Forwarder, Shard, TAG_CONNECT, TAG_RECV_PLAIN, TAG_RECV_TLS, TAG_SEND_PLAIN, TAG_SEND_TLS,
-    token,
+    TAG_WAIT_PLAIN, TAG_WAIT_TLS, token,
 };
 use crate::config::Mode;
 use crate::driver::{Completion, Fd, Op};
@@ -48,6 +48,13 @@ pub(crate) struct Conn {
     counted_in: u64,
     counted_out: u64,
     started: Instant,
+    /// Per leg (plain, TLS): the last read did not fill its buffer, so the next one waits for
+    /// readiness before taking a buffer — idle connections hold no buffer memory.
+    idle: [bool; 2],
+    /// Per leg: a readiness wait is in flight for a read of this many bytes.
+    waiting_len: [Option<usize>; 2],
+    /// Per leg: readiness arrived for a read of this many bytes; submit it.
+    ready_read: [Option<usize>; 2],
 }
 
 impl Conn {
@@ -92,6 +99,9 @@ impl Conn {
             counted_in: 0,
             counted_out: 0,
             started: Instant::now(),
+            idle: [true; 2],
+            waiting_len: [None; 2],
+            ready_read: [None; 2],
         })
     }
 
@@ -139,8 +149,20 @@ impl Conn {
                             _ => None,
                         };
                     }
-                    (TAG_RECV_PLAIN | TAG_RECV_TLS, Op::Recv { buf, .. }) => {
-                        sm.handle_recv(leg_of(tag), buf, c.result)
+                    (TAG_RECV_PLAIN | TAG_RECV_TLS, Op::Recv { buf, len, .. }) => {
+                        let leg = leg_of(tag);
+                        self.idle[leg as usize] = !matches!(c.result, Ok(n) if n == len);
+                        sm.handle_recv(leg, buf, c.result)
+                    }
+                    (TAG_WAIT_PLAIN | TAG_WAIT_TLS, Op::Poll { .. }) => {
+                        // Readable (or an error the read will report): read now.
+                        let leg = if tag == TAG_WAIT_PLAIN {
+                            Leg::Plain
+                        } else {
+                            Leg::Tls
+                        };
+                        let len = self.waiting_len[leg as usize].take().unwrap_or(0);
+                        self.ready_read[leg as usize] = Some(len);
                     }
                     (TAG_SEND_PLAIN | TAG_SEND_TLS, Op::Send { buf, .. }) => {
                         sm.handle_send(leg_of(tag), buf, c.result)
@@ -164,6 +186,21 @@ impl Conn {
 
     /// Performs the state machine's operations until it has none; says whether it closed.
     pub(crate) fn drive(&mut self, index: u32, shard: &mut Shard) -> Outcome {
+        for leg in [Leg::Plain, Leg::Tls] {
+            if let Some(len) = self.ready_read[leg as usize].take() {
+                let tag = if leg == Leg::Plain {
+                    TAG_RECV_PLAIN
+                } else {
+                    TAG_RECV_TLS
+                };
+                let fd = self.leg_fd(leg).expect("a leg that was polled is open");
+                let buf = splice_proto::pool::take(len);
+                shard.driver.submit(
+                    token(tag, index, self.generation),
+                    Op::Recv { fd, buf, len },
+                );
+            }
+        }
         loop {
             let io = match &mut self.state {
                 State::Tls(sm) => match sm.poll_io() {
@@ -193,16 +230,24 @@ impl Conn {
                     }
                 }
                 Io::Recv { leg, buf, len } => {
-                    let tag = if leg == Leg::Plain {
-                        TAG_RECV_PLAIN
-                    } else {
-                        TAG_RECV_TLS
-                    };
                     let fd = self.leg_fd(leg).expect("state machine reads an open leg");
-                    shard.driver.submit(
-                        token(tag, index, self.generation),
-                        Op::Recv { fd, buf, len },
-                    );
+                    let plain = leg == Leg::Plain;
+                    if buf.is_empty() && self.idle[leg as usize] {
+                        // Wait for bytes before tying up a buffer.
+                        splice_proto::pool::give(buf);
+                        self.waiting_len[leg as usize] = Some(len);
+                        let tag = if plain { TAG_WAIT_PLAIN } else { TAG_WAIT_TLS };
+                        shard.driver.submit(
+                            token(tag, index, self.generation),
+                            Op::Poll { fd, write: false },
+                        );
+                    } else {
+                        let tag = if plain { TAG_RECV_PLAIN } else { TAG_RECV_TLS };
+                        shard.driver.submit(
+                            token(tag, index, self.generation),
+                            Op::Recv { fd, buf, len },
+                        );
+                    }
                 }
                 Io::Send { leg, buf } => {
                     let tag = if leg == Leg::Plain {

@@ -168,6 +168,8 @@ pub(crate) const TAG_RECV_PLAIN: u8 = 11;
 pub(crate) const TAG_RECV_TLS: u8 = 12;
 pub(crate) const TAG_SEND_PLAIN: u8 = 13;
 pub(crate) const TAG_SEND_TLS: u8 = 14;
+pub(crate) const TAG_WAIT_PLAIN: u8 = 15;
+pub(crate) const TAG_WAIT_TLS: u8 = 16;
 /// Splice readiness: `TAG_POLL + dir * 2 + (0 = source readable, 1 = sink writable)`.
 pub(crate) const TAG_POLL: u8 = 20;
 

@@ -117,7 +117,6 @@ fn engine_chain(version: &str, driver: DriverKind, sizes: &[usize]) {
     let case = format!("chain TLS {version} {driver:?} {sizes:?}");
     let certs = certs();
     let echo = EchoBackend::spawn();
-    let before = TlsStat::read();
 
     let mut srv = ForwarderConfig::new(Mode::Server, "127.0.0.1:0", echo.addr.to_string());
     srv.name = "srv".into();
@@ -137,6 +136,8 @@ fn engine_chain(version: &str, driver: DriverKind, sizes: &[usize]) {
         "[{case}] client engine {cli_addr} -> server engine {srv_addr} -> echo {}",
         echo.addr
     );
+    // Read after the engines started: Engine::start probes kTLS with sockets of its own.
+    let before = TlsStat::read();
 
     let mut up = 0;
     let mut down = 0;
@@ -183,7 +184,6 @@ fn tickets_then_data(driver: DriverKind) {
     let case = format!("tickets TLS 1.3 {driver:?}");
     let certs = certs();
     let upstream = TicketServer::spawn(certs);
-    let before = TlsStat::read();
 
     let client = start_engine(&case, driver, client_forwarder("1.3", upstream.addr, certs));
     let cli_addr = client
@@ -193,6 +193,8 @@ fn tickets_then_data(driver: DriverKind) {
         "[{case}] client engine {cli_addr} -> rustls server {}",
         upstream.addr
     );
+    // Read after the engines started: Engine::start probes kTLS with sockets of its own.
+    let before = TlsStat::read();
 
     let mut up = 0;
     let mut down = 0;
@@ -649,18 +651,25 @@ fn echo_one(mut stream: TcpStream) -> io::Result<Seen> {
     Ok(Seen { bytes, sha256 })
 }
 
-/// When the rustls server sends its application data relative to its session tickets.
+/// When the rustls server sends its session tickets and its first application data.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum TicketTiming {
     /// Tickets and the banner go out in one write, right after the handshake.
     SameFlight,
-    /// Tickets go out right after the handshake; the banner 300 ms later, so the tickets reach
-    /// the client engine's socket after kTLS is (presumably) installed.
+    /// Tickets go out right after the handshake, the banner 300 ms later.
     BannerLater,
+    /// Nothing goes out for 300 ms after the handshake (the client engine has handed the session
+    /// to the kernel by then and is already sending), then the tickets and the banner: the
+    /// tickets can only arrive through kTLS RX.
+    TicketsLater,
 }
 
 impl TicketTiming {
-    const ALL: [TicketTiming; 2] = [TicketTiming::SameFlight, TicketTiming::BannerLater];
+    const ALL: [TicketTiming; 3] = [
+        TicketTiming::SameFlight,
+        TicketTiming::BannerLater,
+        TicketTiming::TicketsLater,
+    ];
 }
 
 /// What the rustls server saw on one connection.
@@ -674,7 +683,7 @@ struct TicketSeen {
 
 /// A rustls TLS 1.3 server: after the handshake it sends `TICKETS` NewSessionTicket messages
 /// and a random banner, then echoes; on the client's close it sends the trailer and its own
-/// close_notify. Connection `i` uses `TicketTiming::ALL[i % 2]`.
+/// close_notify. Connection `i` uses `TicketTiming::ALL[i % 3]`.
 struct TicketServer {
     addr: SocketAddr,
     seen: mpsc::Receiver<Result<TicketSeen, String>>,
@@ -754,9 +763,13 @@ fn serve_tickets(
         return Err("rustls queued no session tickets after the handshake".into());
     }
     let banner = random_bytes(BANNER);
-    if timing == TicketTiming::BannerLater {
-        flush(&mut conn, &mut sock).map_err(|e| io("send tickets", e))?;
-        thread::sleep(Duration::from_millis(300));
+    match timing {
+        TicketTiming::SameFlight => {}
+        TicketTiming::BannerLater => {
+            flush(&mut conn, &mut sock).map_err(|e| io("send tickets", e))?;
+            thread::sleep(Duration::from_millis(300));
+        }
+        TicketTiming::TicketsLater => thread::sleep(Duration::from_millis(300)),
     }
     conn.writer()
         .write_all(&banner)
