@@ -11,6 +11,7 @@ mod data;
 mod garbage;
 mod half_close;
 mod limits;
+mod metrics;
 mod mtls;
 mod openssl;
 mod reload;

@@ -1178,8 +1178,33 @@ pub fn localhost(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
 }
 
-/// A port that was free a moment ago.
+/// A port that was free a moment ago, for an engine to listen on.
+///
+/// Ports come from below the kernel's ephemeral range when there is room (so the many outgoing
+/// connections of concurrent tests cannot take one between this call and the engine's bind),
+/// each handed out once per test process, starting at an offset derived from the pid.
 pub fn free_port() -> u16 {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let ephemeral_low = fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| {
+            s.split_whitespace()
+                .next()
+                .and_then(|v| v.parse::<usize>().ok())
+        })
+        .unwrap_or(32768);
+    const LOW: usize = 10_000;
+    if ephemeral_low > LOW + 2_000 {
+        let span = ephemeral_low - LOW;
+        let base = (std::process::id() as usize * 7919) % span;
+        for _ in 0..span {
+            let port = LOW + (base + NEXT.fetch_add(1, Ordering::Relaxed)) % span;
+            let port = u16::try_from(port).expect("port fits in u16");
+            if TcpListener::bind(localhost(port)).is_ok() {
+                return port;
+            }
+        }
+    }
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("find a free port")

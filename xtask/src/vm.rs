@@ -130,7 +130,7 @@ fn run_in_vm(vm_dir: &Path, binary: &Path, test_args: &[&str]) -> Result<()> {
              test; see the `ktlsvm:` lines above. Serial log: {log}"
         ),
         Some(code) => {
-            bail!("the kTLS tests failed in the VM (exit code {code}). Serial log: {log}")
+            bail!("the test binary exited with {code} (failures above). Serial log: {log}")
         }
         None => bail!("run-in-vm.sh was killed ({status})"),
     }

@@ -53,7 +53,7 @@ pub(crate) struct Conn {
     idle: [bool; 2],
     /// Per leg: a readiness wait is in flight for a read of this many bytes.
     waiting_len: [Option<usize>; 2],
-    /// Per leg: readiness arrived for a read of this many bytes; submit it.
+    /// Per leg: readiness was spurious for a read of this many bytes; wait again.
     ready_read: [Option<usize>; 2],
 }
 
@@ -154,15 +154,27 @@ impl Conn {
                         self.idle[leg as usize] = !matches!(c.result, Ok(n) if n == len);
                         sm.handle_recv(leg, buf, c.result)
                     }
-                    (TAG_WAIT_PLAIN | TAG_WAIT_TLS, Op::Poll { .. }) => {
-                        // Readable (or an error the read will report): read now.
+                    (TAG_WAIT_PLAIN | TAG_WAIT_TLS, Op::Poll { fd, .. }) => {
+                        // Readable (or an error the read will report): read now with a plain
+                        // nonblocking recv; a second trip through the ring would only add
+                        // latency. Spurious readiness goes back to waiting.
                         let leg = if tag == TAG_WAIT_PLAIN {
                             Leg::Plain
                         } else {
                             Leg::Tls
                         };
                         let len = self.waiting_len[leg as usize].take().unwrap_or(0);
-                        self.ready_read[leg as usize] = Some(len);
+                        let mut buf = splice_proto::pool::take(len);
+                        match crate::sys::recv_into(fd.as_fd(), &mut buf, len) {
+                            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                                splice_proto::pool::give(buf);
+                                self.ready_read[leg as usize] = Some(len);
+                            }
+                            res => {
+                                self.idle[leg as usize] = !matches!(res, Ok(n) if n == len);
+                                sm.handle_recv(leg, buf, res);
+                            }
+                        }
                     }
                     (TAG_SEND_PLAIN | TAG_SEND_TLS, Op::Send { buf, .. }) => {
                         sm.handle_send(leg_of(tag), buf, c.result)
@@ -189,15 +201,15 @@ impl Conn {
         for leg in [Leg::Plain, Leg::Tls] {
             if let Some(len) = self.ready_read[leg as usize].take() {
                 let tag = if leg == Leg::Plain {
-                    TAG_RECV_PLAIN
+                    TAG_WAIT_PLAIN
                 } else {
-                    TAG_RECV_TLS
+                    TAG_WAIT_TLS
                 };
                 let fd = self.leg_fd(leg).expect("a leg that was polled is open");
-                let buf = splice_proto::pool::take(len);
+                self.waiting_len[leg as usize] = Some(len);
                 shard.driver.submit(
                     token(tag, index, self.generation),
-                    Op::Recv { fd, buf, len },
+                    Op::Poll { fd, write: false },
                 );
             }
         }

@@ -21,8 +21,14 @@
 //!   evidence that the kernel did the record crypto) and no decrypt errors.
 //!
 //! And with TLS 1.3 against a plain rustls server (not our engine) that sends NewSessionTicket
-//! messages right after the handshake, followed by data: the client-mode kTLS path must skip
-//! those post-handshake records without losing or corrupting a byte.
+//! messages after the handshake (with its first data, before it, or 300 ms later when the client
+//! engine is already on kTLS), followed by data: the client-mode kTLS path must skip those
+//! post-handshake records without losing or corrupting a byte, and half-close with a
+//! close_notify.
+//!
+//! And against the same rustls server pinned to each cipher suite the kernel supports (AES-128-GCM,
+//! AES-256-GCM, ChaCha20-Poly1305; TLS 1.2 and 1.3), since the kTLS key material differs per
+//! cipher.
 //!
 //! Tests are serialised by a lock: the VM is small and the kernel counters are global.
 
@@ -35,6 +41,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use rand::RngCore;
+use rustls::crypto::ring::cipher_suite as suites;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use sha2::{Digest, Sha256};
 use splice_engine::{
@@ -103,12 +110,51 @@ fn chain_tls12_epoll_short() {
 
 #[test]
 fn tls13_session_tickets_then_data_uring() {
-    tickets_then_data(DriverKind::Uring);
+    rustls_upstream(DriverKind::Uring, "1.3", None, 1 << 20);
 }
 
 #[test]
 fn tls13_session_tickets_then_data_epoll() {
-    tickets_then_data(DriverKind::Epoll);
+    rustls_upstream(DriverKind::Epoll, "1.3", None, 1 << 20);
+}
+
+// Each cipher suite the kernel supports, pinned by the rustls upstream: the kTLS key material
+// layout differs per cipher (key, IV and salt sizes).
+
+#[test]
+fn cipher_tls13_aes_128_gcm() {
+    let suite = suites::TLS13_AES_128_GCM_SHA256;
+    rustls_upstream(DriverKind::Uring, "1.3", Some(suite), 256 << 10);
+}
+
+#[test]
+fn cipher_tls13_aes_256_gcm() {
+    let suite = suites::TLS13_AES_256_GCM_SHA384;
+    rustls_upstream(DriverKind::Uring, "1.3", Some(suite), 256 << 10);
+}
+
+#[test]
+fn cipher_tls13_chacha20_poly1305() {
+    let suite = suites::TLS13_CHACHA20_POLY1305_SHA256;
+    rustls_upstream(DriverKind::Uring, "1.3", Some(suite), 256 << 10);
+}
+
+#[test]
+fn cipher_tls12_aes_128_gcm() {
+    let suite = suites::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256;
+    rustls_upstream(DriverKind::Uring, "1.2", Some(suite), 256 << 10);
+}
+
+#[test]
+fn cipher_tls12_aes_256_gcm() {
+    let suite = suites::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384;
+    rustls_upstream(DriverKind::Uring, "1.2", Some(suite), 256 << 10);
+}
+
+#[test]
+fn cipher_tls12_chacha20_poly1305() {
+    let suite = suites::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256;
+    rustls_upstream(DriverKind::Uring, "1.2", Some(suite), 256 << 10);
 }
 
 /// `client -> client-mode engine -> TLS -> server-mode engine -> echo`, kTLS required.
@@ -177,15 +223,26 @@ fn engine_chain(version: &str, driver: DriverKind, sizes: &[usize]) {
     server.shutdown(Duration::from_secs(5));
 }
 
-/// `client -> client-mode engine -> TLS 1.3 -> plain rustls server` that sends
-/// NewSessionTicket records right after the handshake, then data before it reads anything.
-fn tickets_then_data(driver: DriverKind) {
+/// `client -> client-mode engine -> TLS -> plain rustls server`, with the server's post-handshake
+/// flight (TLS 1.3: NewSessionTicket records) and first data sent at the different
+/// [`TicketTiming`]s, before it reads anything. `suite` pins the cipher suite.
+fn rustls_upstream(
+    driver: DriverKind,
+    version: &str,
+    suite: Option<rustls::SupportedCipherSuite>,
+    payload_size: usize,
+) {
     let _serial = setup();
-    let case = format!("tickets TLS 1.3 {driver:?}");
+    let suite_name = suite.map_or("default suites".into(), |s| format!("{:?}", s.suite()));
+    let case = format!("rustls upstream TLS {version} {suite_name} {driver:?}");
     let certs = certs();
-    let upstream = TicketServer::spawn(certs);
+    let upstream = UpstreamServer::spawn(certs, version, suite);
 
-    let client = start_engine(&case, driver, client_forwarder("1.3", upstream.addr, certs));
+    let client = start_engine(
+        &case,
+        driver,
+        client_forwarder(version, upstream.addr, certs),
+    );
     let cli_addr = client
         .local_addr("cli")
         .expect("client engine has no address for `cli`");
@@ -200,7 +257,7 @@ fn tickets_then_data(driver: DriverKind) {
     let mut down = 0;
     for (i, timing) in TicketTiming::ALL.into_iter().enumerate() {
         let what = format!("{case}, connection {i} ({timing:?})");
-        let payload = random_bytes(1 << 20);
+        let payload = random_bytes(payload_size);
         let started = Instant::now();
         let received = run_client(&what, cli_addr, &payload);
 
@@ -209,6 +266,10 @@ fn tickets_then_data(driver: DriverKind) {
             seen.timing, timing,
             "{what}: the rustls server took connections out of order"
         );
+        if let Some(suite) = suite {
+            let want = format!("{:?}", suite.suite());
+            assert_eq!(seen.suite, want, "{what}: negotiated another cipher suite");
+        }
         assert_eq!(
             (seen.bytes, seen.sha256.as_str()),
             (payload.len() as u64, sha256_hex(&payload).as_str()),
@@ -651,16 +712,17 @@ fn echo_one(mut stream: TcpStream) -> io::Result<Seen> {
     Ok(Seen { bytes, sha256 })
 }
 
-/// When the rustls server sends its session tickets and its first application data.
+/// When the rustls server sends what its handshake left queued (TLS 1.3: the session tickets;
+/// TLS 1.2: its ChangeCipherSpec and Finished) and its first application data.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum TicketTiming {
     /// Tickets and the banner go out in one write, right after the handshake.
     SameFlight,
     /// Tickets go out right after the handshake, the banner 300 ms later.
     BannerLater,
-    /// Nothing goes out for 300 ms after the handshake (the client engine has handed the session
-    /// to the kernel by then and is already sending), then the tickets and the banner: the
-    /// tickets can only arrive through kTLS RX.
+    /// Nothing goes out for 300 ms after the handshake, then the tickets and the banner. With
+    /// TLS 1.3 the client engine has handed the session to the kernel by then (and is already
+    /// sending), so the tickets can only arrive through kTLS RX.
     TicketsLater,
 }
 
@@ -673,29 +735,37 @@ impl TicketTiming {
 }
 
 /// What the rustls server saw on one connection.
-struct TicketSeen {
+struct UpstreamSeen {
     timing: TicketTiming,
+    suite: String,
     banner: Vec<u8>,
     bytes: u64,
     sha256: String,
     close_notify: bool,
 }
 
-/// A rustls TLS 1.3 server: after the handshake it sends `TICKETS` NewSessionTicket messages
-/// and a random banner, then echoes; on the client's close it sends the trailer and its own
-/// close_notify. Connection `i` uses `TicketTiming::ALL[i % 3]`.
-struct TicketServer {
+/// A plain rustls server: after the handshake (TLS 1.3: and `TICKETS` NewSessionTicket
+/// messages) it sends a random banner, then echoes; on the client's close it sends the trailer
+/// and its own close_notify. Connection `i` uses `TicketTiming::ALL[i % 3]`.
+struct UpstreamServer {
     addr: SocketAddr,
-    seen: mpsc::Receiver<Result<TicketSeen, String>>,
+    seen: mpsc::Receiver<Result<UpstreamSeen, String>>,
 }
 
-impl TicketServer {
-    fn spawn(certs: &Certs) -> Self {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+impl UpstreamServer {
+    fn spawn(certs: &Certs, version: &str, suite: Option<rustls::SupportedCipherSuite>) -> Self {
+        let mut provider = rustls::crypto::ring::default_provider();
+        if let Some(suite) = suite {
+            provider.cipher_suites = vec![suite];
+        }
+        let version = match version {
+            "1.2" => &rustls::version::TLS12,
+            _ => &rustls::version::TLS13,
+        };
         let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(certs.key_der.clone()));
-        let mut config = rustls::ServerConfig::builder_with_provider(provider)
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .expect("TLS 1.3 with ring")
+        let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(provider))
+            .with_protocol_versions(&[version])
+            .expect("the protocol version and the cipher suite go together")
             .with_no_client_auth()
             .with_single_cert(certs.chain_der.clone(), key)
             .expect("server certificate");
@@ -712,7 +782,7 @@ impl TicketServer {
                 thread::spawn(move || {
                     let result = stream
                         .map_err(|e| format!("accept: {e}"))
-                        .and_then(|s| serve_tickets(s, config, timing));
+                        .and_then(|s| serve_upstream(s, config, timing));
                     let _ = tx.send(result);
                 });
             }
@@ -720,7 +790,7 @@ impl TicketServer {
         Self { addr, seen }
     }
 
-    fn report(&self, what: &str) -> TicketSeen {
+    fn report(&self, what: &str) -> UpstreamSeen {
         match self.seen.recv_timeout(IO_TIMEOUT) {
             Ok(Ok(seen)) => seen,
             Ok(Err(e)) => panic!("{what}: the rustls server failed: {e}"),
@@ -729,11 +799,11 @@ impl TicketServer {
     }
 }
 
-fn serve_tickets(
+fn serve_upstream(
     mut sock: TcpStream,
     config: Arc<rustls::ServerConfig>,
     timing: TicketTiming,
-) -> Result<TicketSeen, String> {
+) -> Result<UpstreamSeen, String> {
     set_timeouts(&sock);
     let mut conn = rustls::ServerConnection::new(config).map_err(|e| e.to_string())?;
     conn.set_buffer_limit(None);
@@ -758,10 +828,13 @@ fn serve_tickets(
             return Err(format!("handshake: {e}"));
         }
     }
-    // The tickets are queued now.
+    // TLS 1.3: the tickets are queued now (TLS 1.2: the server's Finished).
     if !conn.wants_write() {
-        return Err("rustls queued no session tickets after the handshake".into());
+        return Err("rustls queued nothing (no session tickets) after the handshake".into());
     }
+    let suite = conn
+        .negotiated_cipher_suite()
+        .map_or("none".into(), |s| format!("{:?}", s.suite()));
     let banner = random_bytes(BANNER);
     match timing {
         TicketTiming::SameFlight => {}
@@ -814,8 +887,9 @@ fn serve_tickets(
     flush(&mut conn, &mut sock).map_err(|e| io("send trailer", e))?;
     sock.shutdown(Shutdown::Write)
         .map_err(|e| io("shutdown", e))?;
-    Ok(TicketSeen {
+    Ok(UpstreamSeen {
         timing,
+        suite,
         banner,
         bytes,
         sha256,
