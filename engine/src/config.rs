@@ -322,7 +322,7 @@ impl EngineConfig {
             let msg = e.message().to_string();
             let line = e
                 .span()
-                .map(|s| text[..s.start.min(text.len())].lines().count().max(1));
+                .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
             match line {
                 Some(l) => Error::config(&origin, format!("line {l}: {msg}")),
                 None => Error::config(&origin, msg),

@@ -50,11 +50,15 @@ impl Engine {
     pub fn start(cfg: EngineConfig) -> Result<Engine> {
         crate::sys::ignore_sigpipe();
         cfg.validate("configuration")?;
+        // Said once, after start-up succeeded (a failed start prints only its error).
+        let mut notes = Vec::new();
         let driver = match cfg.driver {
             DriverKind::Auto => match crate::driver::probe_uring() {
                 Ok(()) => DriverKind::Uring,
                 Err(why) => {
-                    tracing::info!(reason = %why, "io_uring is not available; using the epoll driver");
+                    notes.push(format!(
+                        "io_uring is not available ({why}); using the epoll driver"
+                    ));
                     DriverKind::Epoll
                 }
             },
@@ -65,12 +69,11 @@ impl Engine {
             mode => {
                 let support = ktls::probe();
                 if support.available {
-                    tracing::info!(
-                        aes_128_gcm = support.aes_128_gcm,
-                        aes_256_gcm = support.aes_256_gcm,
-                        chacha20_poly1305 = support.chacha20_poly1305,
-                        "kernel TLS available: sessions are handed to the kernel after the handshake"
-                    );
+                    notes.push(format!(
+                        "kernel TLS available (AES-128-GCM {}, AES-256-GCM {}, ChaCha20-Poly1305 {}): \
+                         sessions are handed to the kernel after the handshake",
+                        support.aes_128_gcm, support.aes_256_gcm, support.chacha20_poly1305
+                    ));
                     Some(Arc::new(support))
                 } else if mode == KtlsMode::On {
                     return Err(Error::Unavailable {
@@ -78,10 +81,10 @@ impl Engine {
                         why: support.reason.unwrap_or_else(|| "unknown".into()),
                     });
                 } else {
-                    tracing::info!(
-                        reason = support.reason.as_deref().unwrap_or("unknown"),
-                        "kernel TLS is not available; TLS runs in user space (rustls)"
-                    );
+                    notes.push(format!(
+                        "kernel TLS is not available ({}); TLS runs in user space (rustls)",
+                        support.reason.as_deref().unwrap_or("unknown")
+                    ));
                     None
                 }
             }
@@ -117,6 +120,9 @@ impl Engine {
         }
         for i in 0..threads {
             engine.shards.push(shard::spawn(i, driver)?);
+        }
+        for note in notes {
+            tracing::info!("{note}");
         }
         for (f, fwd, addr, fds) in bound {
             engine.install(f, Arc::new(fwd), addr, fds);
