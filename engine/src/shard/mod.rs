@@ -248,10 +248,12 @@ impl Shard {
             self.completions = done;
             self.fire_timers();
         }
-        // Close what is left (Stop, or a driver failure).
+        // Reset what is left (Stop after the drain time, or a driver failure): a clean FIN
+        // would tell the peers that a cut stream was complete.
         for i in 0..self.conns.len() {
             if self.conns[i].is_some() {
-                self.close_conn(i as u32, None);
+                let why = "engine stopping: drain time is up".to_string();
+                self.close_conn(i as u32, Some((crate::Side::Internal, why)));
             }
         }
     }
