@@ -98,6 +98,14 @@ fn sighup_reloads_certs_and_forwarders_keeping_connections() {
             + &forwarder("second", p2, backend.addr))
             .as_bytes(),
     );
+    let accepted_before = scrape(localhost(mp)).value(
+        "splice_connections_accepted_total",
+        &[("forwarder", "first")],
+    );
+    assert!(
+        accepted_before >= 2.0,
+        "accepted before the reload: {accepted_before}"
+    );
     engine.signal(libc::SIGHUP);
     engine.wait_listening(p2);
 
@@ -142,6 +150,16 @@ fn sighup_reloads_certs_and_forwarders_keeping_connections() {
         m.text
     );
 
+    // Counters are kept across the reload (matched by name), not restarted.
+    let accepted_after = m.value(
+        "splice_connections_accepted_total",
+        &[("forwarder", "first")],
+    );
+    assert!(
+        accepted_after >= accepted_before + 1.0,
+        "accepted_total of \"first\" went from {accepted_before} to {accepted_after} across the reload"
+    );
+
     // The old connection survived everything.
     echo_roundtrip(&mut old_conn, b"still here");
     assert!(engine.running(), "the engine exited during the reload");
@@ -159,6 +177,105 @@ fn sighup_reloads_certs_and_forwarders_keeping_connections() {
     echo_roundtrip(&mut old_conn, b"after the second reload");
     let mut again = tls_connect(localhost(p1), "localhost", new_ca_only);
     echo_roundtrip(&mut again, b"first forwarder after the second reload");
+}
+
+/// A reload that fails (an unknown key; then a certificate that does not match its key) is
+/// refused as a whole: the engine keeps running with the previous configuration and
+/// certificate, says why in the log, and a later good reload applies.
+#[test]
+fn bad_reload_keeps_previous_configuration() {
+    let pki = Pki::new();
+    let backend = echo_backend();
+    let conf_dir = tempfile::Builder::new()
+        .prefix("splice-e2e-badreload-")
+        .tempdir()
+        .expect("tempdir");
+    let dir = conf_dir.path();
+    let (p1, p2, mp) = (free_port(), free_port(), free_port());
+    install_cert(dir, &pki.server);
+    let config = dir.join("engine.toml");
+    let good = header(mp, "60s") + &forwarder("first", p1, backend.addr);
+    write_file(&config, good.as_bytes());
+    let mut engine = EngineCmd::new("run")
+        .opt("--config", &config)
+        .wait_port(p1)
+        .wait_port(mp)
+        .label("run (bad reload)")
+        .start();
+    let old_ca_only = client_config(&[&pki.ca], None, TLS_ANY);
+    let new_ca_only = client_config(&[&pki.other_ca], None, TLS_ANY);
+    let mut open = tls_connect(localhost(p1), "localhost", old_ca_only.clone());
+    echo_roundtrip(&mut open, b"before");
+
+    // 1. An unknown key, plus a new certificate on disk and a second forwarder: all refused.
+    install_cert(dir, &pki.other_server);
+    write_file(
+        &config,
+        (good.clone() + &forwarder("second", p2, backend.addr) + "surprise_key = 1\n").as_bytes(),
+    );
+    engine.signal(libc::SIGHUP);
+    assert!(
+        engine.wait_log(SOON, |l| l.contains("surprise_key")),
+        "the refused reload is not explained in the log (no mention of surprise_key):\n{}",
+        engine.log()
+    );
+    assert!(
+        engine.running(),
+        "the engine exited on a bad reload:\n{}",
+        engine.log()
+    );
+    assert!(
+        !engine.is_listening(p2),
+        "a forwarder from the refused reload listens"
+    );
+    echo_roundtrip(&mut open, b"after the refused reload");
+    let mut t = tls_connect(localhost(p1), "localhost", old_ca_only.clone());
+    echo_roundtrip(&mut t, b"old certificate still served");
+    assert!(
+        try_tls_connect(localhost(p1), "localhost", new_ca_only.clone())
+            .and_then(|mut t| try_echo_roundtrip(&mut t, b"new?"))
+            .is_err(),
+        "the certificate from a refused reload is being served"
+    );
+
+    // 2. A valid file, but the new certificate does not match its key: refused too.
+    write_file(&config, good.as_bytes());
+    write_file(
+        &dir.join("server.key"),
+        &std::fs::read(&pki.server.key).expect("read key"),
+    );
+    let log_len = engine.log().len();
+    engine.signal(libc::SIGHUP);
+    assert!(
+        engine.wait_log(SOON, |l| l.len() > log_len
+            && (l[log_len..].contains("server.crt")
+                || l[log_len..].contains("server.key"))),
+        "the refused reload (mismatched key) is not explained in the log:\n{}",
+        engine.log()
+    );
+    assert!(
+        engine.running(),
+        "the engine exited on a bad reload:\n{}",
+        engine.log()
+    );
+    let mut t = tls_connect(localhost(p1), "localhost", old_ca_only);
+    echo_roundtrip(&mut t, b"old certificate still served after a key mismatch");
+
+    // 3. A good reload applies.
+    install_cert(dir, &pki.other_server);
+    engine.signal(libc::SIGHUP);
+    let mut last = None;
+    assert!(
+        wait_until(SOON, || {
+            let r = try_tls_connect(localhost(p1), "localhost", new_ca_only.clone())
+                .and_then(|mut t| try_echo_roundtrip(&mut t, b"new certificate"));
+            let ok = r.is_ok();
+            last = r.err();
+            ok
+        }),
+        "the good reload after two refused ones did not apply: {last:?}"
+    );
+    echo_roundtrip(&mut open, b"the first connection is still fine");
 }
 
 /// SIGTERM with one open connection and a long drain timeout: new connections are refused, the
