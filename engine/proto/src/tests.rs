@@ -93,8 +93,11 @@ struct Pki {
     key: PrivateKeyDer<'static>,
 }
 
-fn pki() -> Pki {
-    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+/// A self-signed certificate for "localhost"; `extra_names` more names make it bigger.
+fn pki(extra_names: usize) -> Pki {
+    let mut names = vec!["localhost".to_string()];
+    names.extend((0..extra_names).map(|i| format!("host-{i}.a-rather-long-domain-name.example")));
+    let ck = rcgen::generate_simple_self_signed(names).unwrap();
     Pki {
         cert: ck.cert.der().clone(),
         key: PrivatePkcs8KeyDer::from(ck.signing_key.serialize_der()).into(),
@@ -125,28 +128,58 @@ impl Version {
     }
 }
 
-fn server_conn(pki: &Pki, version: Version, extract: bool) -> Connection {
-    let mut cfg = ServerConfig::builder_with_provider(Arc::new(default_provider()))
-        .with_protocol_versions(version.rustls())
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(vec![pki.cert.clone()], pki.key.clone_key())
-        .unwrap();
-    cfg.enable_secret_extraction = extract;
-    ServerConnection::new(Arc::new(cfg)).unwrap().into()
+/// The rustls configurations of one test: shared between connections to test resumption.
+struct Configs {
+    client: Arc<ClientConfig>,
+    server: Arc<ServerConfig>,
 }
 
-fn client_conn(trust: &CertificateDer<'static>, version: Version, extract: bool) -> Connection {
-    let mut roots = RootCertStore::empty();
-    roots.add(trust.clone()).unwrap();
-    let mut cfg = ClientConfig::builder_with_provider(Arc::new(default_provider()))
-        .with_protocol_versions(version.rustls())
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    cfg.enable_secret_extraction = extract;
-    let name = ServerName::try_from("localhost").unwrap();
-    ClientConnection::new(Arc::new(cfg), name).unwrap().into()
+impl Configs {
+    fn new(setup: &Setup) -> Self {
+        let server = pki(if setup.big_cert { 600 } else { 0 });
+        let stranger = pki(0);
+        let trust = if setup.trusted {
+            &server.cert
+        } else {
+            &stranger.cert
+        };
+        let mut server_provider = default_provider();
+        if setup.hello_retry {
+            // The client's first key share (X25519) is not acceptable: HelloRetryRequest.
+            server_provider.kx_groups = vec![rustls::crypto::ring::kx_group::SECP256R1];
+        }
+        let versions = setup.version.rustls();
+        let mut scfg = ServerConfig::builder_with_provider(Arc::new(server_provider))
+            .with_protocol_versions(versions)
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![server.cert.clone()], server.key.clone_key())
+            .unwrap();
+        scfg.enable_secret_extraction = setup.extract && setup.mode == Mode::Server;
+        let mut roots = RootCertStore::empty();
+        roots.add(trust.clone()).unwrap();
+        let mut ccfg = ClientConfig::builder_with_provider(Arc::new(default_provider()))
+            .with_protocol_versions(versions)
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        ccfg.enable_secret_extraction = setup.extract && setup.mode == Mode::Client;
+        Self {
+            client: Arc::new(ccfg),
+            server: Arc::new(scfg),
+        }
+    }
+
+    fn client(&self) -> Connection {
+        let name = ServerName::try_from("localhost").unwrap();
+        ClientConnection::new(self.client.clone(), name)
+            .unwrap()
+            .into()
+    }
+
+    fn server(&self) -> Connection {
+        ServerConnection::new(self.server.clone()).unwrap().into()
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -649,6 +682,10 @@ struct Setup {
     sock_cap: [usize; 2],
     /// The TLS client trusts the server's certificate.
     trusted: bool,
+    /// A server certificate of some 30 KB: handshake messages span several records.
+    big_cert: bool,
+    /// TLS 1.3: the server makes the client retry its hello.
+    hello_retry: bool,
     seed: u64,
     /// Complete the driver's operations in a random order each step.
     random_order: bool,
@@ -668,6 +705,8 @@ impl Setup {
             limits: [Limits::NONE; 2],
             sock_cap: [256 * KIB; 2],
             trusted: true,
+            big_cert: false,
+            hello_retry: false,
             seed: 1,
             random_order: false,
             random_peers: false,
@@ -712,23 +751,14 @@ struct Pair {
 
 impl Pair {
     fn new(setup: Setup) -> Self {
-        let server = pki();
-        let stranger = pki();
-        let trust = if setup.trusted {
-            &server.cert
-        } else {
-            &stranger.cert
-        };
-        let v = setup.version;
+        let configs = Configs::new(&setup);
+        Self::with_configs(setup, &configs)
+    }
+
+    fn with_configs(setup: Setup, configs: &Configs) -> Self {
         let (fwd_conn, peer_conn) = match setup.mode {
-            Mode::Client => (
-                client_conn(trust, v, setup.extract),
-                server_conn(&server, v, false),
-            ),
-            Mode::Server => (
-                server_conn(&server, v, setup.extract),
-                client_conn(trust, v, false),
-            ),
+            Mode::Client => (configs.client(), configs.server()),
+            Mode::Server => (configs.server(), configs.client()),
         };
         let (tls_connected, plain_connected) = match setup.mode {
             Mode::Client => (false, true),
@@ -961,9 +991,23 @@ impl Pair {
         self.events.push(format!("close {failure:?}"));
         // The driver cancels what is in flight and closes both sockets, with a reset on failure.
         self.closed = Some(failure.clone());
-        self.recv = [None, None];
-        self.send = [None, None];
-        self.connect = None;
+        // Cancelled operations still complete (as io_uring's do): the forwarder must take them
+        // back quietly.
+        let cancelled = || io::Error::other("operation cancelled");
+        for i in [PLAIN, TLS] {
+            if let Some((buf, _)) = self.recv[i].take() {
+                self.fwd.handle_recv(leg_of(i), buf, Err(cancelled()));
+            }
+            if let Some(buf) = self.send[i].take() {
+                self.fwd.handle_send(leg_of(i), buf, Err(cancelled()));
+            }
+        }
+        if let Some(leg) = self.connect.take() {
+            self.fwd.handle_connected(leg, Err(cancelled()));
+        }
+        if let Some(io) = self.fwd.poll_io() {
+            panic!("{io:?} after Close\n{}", self.summary());
+        }
         for i in [PLAIN, TLS] {
             if !self.connected[i] {
                 continue;
@@ -1386,6 +1430,107 @@ fn many_tiny_records() {
             p.app().chunk = 1;
             p.drive();
             p.assert_clean();
+        }
+    }
+}
+
+#[test]
+fn key_update_mid_stream() {
+    // TLS 1.3: the peer updates its keys and asks for ours; the forwarder answers through
+    // rustls while data flows both ways.
+    for mode in MODES {
+        for ktls in [false, true] {
+            let mut s = Setup::new(mode, Version::Tls13);
+            s.ktls = ktls;
+            let mut p = Pair::new(s);
+            p.app().payload = payload(50, 300 * KIB);
+            p.peer().payload = payload(51, 300 * KIB);
+            p.peer().key_update_at = Some(100 * KIB);
+            p.drive();
+            p.assert_clean();
+            assert!(p.peers[TLS].key_update_at.is_none());
+        }
+    }
+}
+
+#[test]
+fn big_certificate() {
+    // Handshake messages that span several records, in record mode with tiny reads too.
+    for mode in MODES {
+        for version in VERSIONS {
+            for (ktls, recv) in [(false, usize::MAX), (true, usize::MAX), (true, 1)] {
+                let mut s = Setup::new(mode, version);
+                s.big_cert = true;
+                s.ktls = ktls;
+                s.limits[TLS].recv = recv;
+                let mut p = Pair::new(s);
+                p.app().payload = payload(52, 50 * KIB);
+                p.peer().payload = payload(53, 50 * KIB);
+                p.drive();
+                p.assert_clean();
+                let certs = p.peers[TLS]
+                    .conn
+                    .as_ref()
+                    .unwrap()
+                    .peer_certificates()
+                    .or(p.fwd.tls().peer_certificates())
+                    .unwrap();
+                assert!(certs[0].len() > 20 * KIB, "{}", certs[0].len());
+            }
+        }
+    }
+}
+
+#[test]
+fn hello_retry_request() {
+    for mode in MODES {
+        for ktls in [false, true] {
+            let mut s = Setup::new(mode, Version::Tls13);
+            s.hello_retry = true;
+            s.ktls = ktls;
+            s.limits[TLS] = Limits {
+                recv: 7,
+                send: 7,
+                random: true,
+            };
+            let mut p = Pair::new(s);
+            p.app().payload = payload(54, 50 * KIB);
+            p.peer().payload = payload(55, 50 * KIB);
+            p.drive();
+            p.assert_clean();
+            assert_eq!(
+                p.fwd.tls().handshake_kind(),
+                Some(rustls::HandshakeKind::FullWithHelloRetryRequest)
+            );
+        }
+    }
+}
+
+#[test]
+fn resumption() {
+    // A second connection with the same configurations resumes the session (an abbreviated
+    // handshake, with a different order of flights in TLS 1.2).
+    for mode in MODES {
+        for version in VERSIONS {
+            for ktls in [false, true] {
+                let mut s = Setup::new(mode, version);
+                s.ktls = ktls;
+                let configs = Configs::new(&s);
+                for round in 0..2 {
+                    let mut p = Pair::with_configs(s.clone(), &configs);
+                    p.app().payload = payload(56, 20 * KIB);
+                    p.peer().payload = payload(57, 20 * KIB);
+                    p.drive();
+                    p.assert_clean();
+                    let kind = p.fwd.tls().handshake_kind();
+                    let want = if round == 0 {
+                        rustls::HandshakeKind::Full
+                    } else {
+                        rustls::HandshakeKind::Resumed
+                    };
+                    assert_eq!(kind, Some(want), "{mode:?} {version:?} ktls {ktls}");
+                }
+            }
         }
     }
 }
