@@ -126,6 +126,13 @@ pub struct ForwarderConfig {
     /// Time allowed for the TLS handshake.
     #[serde(default = "default_handshake_timeout", with = "humantime_serde")]
     pub handshake_timeout: Duration,
+    /// TLS session resumption (tickets / session IDs); `false` makes every handshake full.
+    #[serde(default = "default_true")]
+    pub resumption: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_max_connections() -> usize {
@@ -156,6 +163,7 @@ impl ForwarderConfig {
             max_connections: default_max_connections(),
             connect_timeout: default_connect_timeout(),
             handshake_timeout: default_handshake_timeout(),
+            resumption: true,
         }
     }
 

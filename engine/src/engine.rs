@@ -185,6 +185,7 @@ impl Engine {
                     key: f.key.clone(),
                     alpn: f.alpn.clone(),
                     versions: f.tls_versions.clone(),
+                    disable_resumption: !f.resumption,
                 };
                 let cfg = material::client_config(&opts)?;
                 let name_text = f.sni.clone().unwrap_or(host);
@@ -204,6 +205,7 @@ impl Engine {
                     client_ca: f.client_ca.clone(),
                     alpn: f.alpn.clone(),
                     versions: f.tls_versions.clone(),
+                    disable_resumption: !f.resumption,
                 };
                 (None, Some(material::server_config(&opts)?))
             }

@@ -86,6 +86,9 @@ struct ForwarderArgs {
     /// Time allowed for the TLS handshake (e.g. 10s).
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     handshake_timeout: Option<Duration>,
+    /// Turn TLS session resumption off: every connection does a full handshake.
+    #[arg(long)]
+    no_resumption: bool,
 }
 
 #[derive(Args, Debug)]
@@ -180,6 +183,7 @@ impl ForwarderArgs {
         if let Some(t) = self.handshake_timeout {
             f.handshake_timeout = t;
         }
+        f.resumption = !self.no_resumption;
         f
     }
 }

@@ -98,6 +98,8 @@ pub struct ClientTlsOptions {
     pub alpn: Vec<String>,
     /// TLS versions to allow, as `"1.2"` and `"1.3"`; empty allows both.
     pub versions: Vec<String>,
+    /// Never resume sessions: every connection does a full handshake.
+    pub disable_resumption: bool,
 }
 
 /// What a TLS server (the downstream leg in server mode) presents and requires.
@@ -113,6 +115,8 @@ pub struct ServerTlsOptions {
     pub alpn: Vec<String>,
     /// TLS versions to allow, as `"1.2"` and `"1.3"`; empty allows both.
     pub versions: Vec<String>,
+    /// Issue no session tickets or IDs: every connection does a full handshake.
+    pub disable_resumption: bool,
 }
 
 /// Builds the rustls client config for `o`.
@@ -152,6 +156,9 @@ pub fn client_config(o: &ClientTlsOptions) -> Result<Arc<rustls::ClientConfig>> 
     };
     config.alpn_protocols = alpn;
     config.enable_secret_extraction = true;
+    if o.disable_resumption {
+        config.resumption = rustls::client::Resumption::disabled();
+    }
     Ok(Arc::new(config))
 }
 
@@ -182,6 +189,10 @@ pub fn server_config(o: &ServerTlsOptions) -> Result<Arc<rustls::ServerConfig>> 
     let mut config = builder.with_single_cert(chain, key)?;
     config.alpn_protocols = alpn;
     config.enable_secret_extraction = true;
+    if o.disable_resumption {
+        config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+        config.send_tls13_tickets = 0;
+    }
     Ok(Arc::new(config))
 }
 
