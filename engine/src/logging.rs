@@ -1,5 +1,7 @@
 //! Structured logs to stderr (text or JSON), filtered by level or env-filter directive.
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::EnvFilter;
 
 use crate::error::{Error, Result};
@@ -15,6 +17,8 @@ pub fn init(level: Option<&str>, json: bool) -> Result<()> {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Colour only on a terminal: log files and pipes get plain `key=value` text.
+        .with_ansi(std::io::stderr().is_terminal())
         .with_target(false);
     let res = if json {
         builder.json().try_init()

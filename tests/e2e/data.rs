@@ -289,3 +289,30 @@ fn default_sni_is_connect_host() {
     let mut s = connect(localhost(cp));
     echo_roundtrip(&mut s, b"hello through the IP-verified chain");
 }
+
+/// IPv6 loopback: server mode listens on [::1], client mode connects to it by address.
+#[test]
+fn ipv6_loopback() {
+    let pki = Pki::new();
+    let backend = echo_backend();
+    let (sp, cp) = (free_port(), free_port());
+    let _server = EngineCmd::new("server")
+        .opt("--listen", format!("[::1]:{sp}"))
+        .opt("--connect", backend.addr.to_string())
+        .opt("--cert", &pki.server.cert)
+        .opt("--key", &pki.server.key)
+        .common("auto")
+        .wait_port(sp)
+        .start();
+    let _client = EngineCmd::new("client")
+        .opt("--listen", localhost(cp).to_string())
+        .opt("--connect", format!("[::1]:{sp}"))
+        .opt("--ca", &pki.ca.path)
+        .opt("--sni", "localhost")
+        .common("auto")
+        .wait_port(cp)
+        .start();
+    let mut s = connect(localhost(cp));
+    echo_roundtrip(&mut s, b"over IPv6 loopback");
+    echo_roundtrip(&mut s, &random_bytes(1024 * 1024, 140));
+}

@@ -7,7 +7,15 @@ use std::process::Command;
 /// Runs the demo with `io_uring_setup` failing with EPERM; returns (status ok, stdout, stderr).
 fn demo_without_io_uring(driver: &str) -> (bool, String, String) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_splice-engine"));
-    cmd.args(["demo", "--bytes", "4MiB", "--connections", "2", "--driver", driver]);
+    cmd.args([
+        "demo",
+        "--bytes",
+        "4MiB",
+        "--connections",
+        "2",
+        "--driver",
+        driver,
+    ]);
     // SAFETY: the closure runs in the forked child before exec; it only calls async-signal-safe
     // prctl(2) with pointers to data that lives on its own stack for the duration of the call.
     unsafe {
@@ -61,7 +69,13 @@ fn refuse_io_uring() -> std::io::Result<()> {
         return Err(std::io::Error::last_os_error());
     }
     // SAFETY: `prog` points at `filter`, both alive across the call; the kernel copies them.
-    if unsafe { libc::prctl(libc::PR_SET_SECCOMP, libc::SECCOMP_MODE_FILTER, &raw const prog) } != 0
+    if unsafe {
+        libc::prctl(
+            libc::PR_SET_SECCOMP,
+            libc::SECCOMP_MODE_FILTER,
+            &raw const prog,
+        )
+    } != 0
     {
         return Err(std::io::Error::last_os_error());
     }
@@ -83,7 +97,10 @@ fn auto_falls_back_to_epoll_when_io_uring_is_refused() {
 fn forced_uring_fails_clearly_when_io_uring_is_refused() {
     let (ok, stdout, stderr) = demo_without_io_uring("uring");
     assert!(!ok, "must not run without io_uring: {stdout}");
-    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error: ")).collect();
+    let errors: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("error: "))
+        .collect();
     assert_eq!(errors.len(), 1, "{stderr}");
     assert!(errors[0].contains("io_uring"), "{stderr}");
     assert!(

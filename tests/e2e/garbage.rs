@@ -31,12 +31,11 @@ fn garbage_inputs() -> Vec<(&'static str, Vec<u8>)> {
     ]
 }
 
-#[test]
-fn garbage_loses_only_its_own_connection() {
+fn garbage_loses_only_its_own_connection(driver: &str) {
     let pki = Pki::new();
     let backend = echo_backend();
     let (sp, mp) = (free_port(), free_port());
-    let _server = EngineCmd::server(sp, backend.addr, &pki.server, "auto")
+    let _server = EngineCmd::server(sp, backend.addr, &pki.server, driver)
         .metrics(mp)
         .start();
     let name = format!("server-{}", localhost(sp));
@@ -89,6 +88,16 @@ fn garbage_loses_only_its_own_connection() {
     echo_roundtrip(&mut good, &random_bytes(1024 * 1024, 94));
     let mut fresh = tls_connect(localhost(sp), "localhost", cfg);
     echo_roundtrip(&mut fresh, b"after the garbage");
+}
+
+#[test]
+fn garbage_loses_only_its_own_connection_uring() {
+    garbage_loses_only_its_own_connection("uring");
+}
+
+#[test]
+fn garbage_loses_only_its_own_connection_epoll() {
+    garbage_loses_only_its_own_connection("epoll");
 }
 
 /// Garbage on many connections at once while a bulk transfer runs on a good one.

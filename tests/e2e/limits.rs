@@ -6,12 +6,11 @@ use std::time::Duration;
 
 use crate::support::*;
 
-#[test]
-fn max_connections_refuses_and_counts() {
+fn max_connections_refuses_and_counts(driver: &str) {
     let pki = Pki::new();
     let backend = echo_backend();
     let (sp, mp) = (free_port(), free_port());
-    let _server = EngineCmd::server(sp, backend.addr, &pki.server, "auto")
+    let _server = EngineCmd::server(sp, backend.addr, &pki.server, driver)
         .opt("--max-connections", "2")
         // Long, so that a connection that is not refused would hang past our read timeout.
         .opt("--handshake-timeout", "120s")
@@ -72,14 +71,23 @@ fn max_connections_refuses_and_counts() {
     );
 }
 
+#[test]
+fn max_connections_refuses_and_counts_uring() {
+    max_connections_refuses_and_counts("uring");
+}
+
+#[test]
+fn max_connections_refuses_and_counts_epoll() {
+    max_connections_refuses_and_counts("epoll");
+}
+
 /// `--handshake-timeout 500ms`: a client that connects and sends nothing, and one that sends
 /// half a ClientHello, are both closed well before the default (10 s) would close them.
-#[test]
-fn handshake_timeout_closes_silent_clients() {
+fn handshake_timeout_closes_silent_clients(driver: &str) {
     let pki = Pki::new();
     let backend = echo_backend();
     let (sp, mp) = (free_port(), free_port());
-    let _server = EngineCmd::server(sp, backend.addr, &pki.server, "auto")
+    let _server = EngineCmd::server(sp, backend.addr, &pki.server, driver)
         .opt("--handshake-timeout", "500ms")
         .metrics(mp)
         .start();
@@ -120,6 +128,16 @@ fn handshake_timeout_closes_silent_clients() {
     });
 }
 
+#[test]
+fn handshake_timeout_closes_silent_clients_uring() {
+    handshake_timeout_closes_silent_clients("uring");
+}
+
+#[test]
+fn handshake_timeout_closes_silent_clients_epoll() {
+    handshake_timeout_closes_silent_clients("epoll");
+}
+
 /// Client mode: an upstream that accepts TCP but never answers the ClientHello. With
 /// `--handshake-timeout 500ms` the plain client is closed well before the default timeout.
 #[test]
@@ -149,6 +167,65 @@ fn handshake_timeout_on_silent_upstream() {
     assert!(
         client.wait_log(SOON, |l| l.contains("WARN") || l.contains("\"warn\"")),
         "no warning logged for the handshake timeout:\n{}",
+        client.log()
+    );
+}
+
+/// A listener whose accept queue is full: further SYNs are dropped, so connecting to it hangs.
+/// Returns the listener (keep it alive) and the connection that fills the queue.
+fn blackhole() -> (std::net::TcpListener, std::net::TcpStream) {
+    use std::os::fd::AsRawFd;
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    // SAFETY: listen(2) on a socket fd owned by `l`, which outlives the call.
+    let rc = unsafe { libc::listen(l.as_raw_fd(), 0) };
+    assert_eq!(rc, 0, "listen(fd, 0): {}", std::io::Error::last_os_error());
+    let filler = connect(l.local_addr().expect("addr"));
+    // Make sure the queue really is full: one more connect must not complete.
+    let probe = std::net::TcpStream::connect_timeout(
+        &l.local_addr().expect("addr"),
+        Duration::from_millis(500),
+    );
+    assert!(
+        probe.is_err(),
+        "test setup: a listener with backlog 0 and one queued connection still completed a connect"
+    );
+    (l, filler)
+}
+
+/// Client mode with `--connect-timeout 300ms` towards an upstream that never completes the TCP
+/// handshake: the plain client is closed well before the 5 s default would, and the failure
+/// is an upstream one.
+#[test]
+fn connect_timeout_closes_and_counts_upstream_error() {
+    let pki = Pki::new();
+    let (hole, _filler) = blackhole();
+    let (cp, mp) = (free_port(), free_port());
+    let client = EngineCmd::client(cp, hole.local_addr().expect("addr"), &pki.ca, "auto")
+        .opt("--sni", "localhost")
+        .opt("--connect-timeout", "300ms")
+        .opt("--name", "blackholed")
+        .metrics(mp)
+        .start();
+    let mut s = connect(localhost(cp));
+    // 4 s: more than ten times the configured timeout, less than the 5 s default.
+    s.set_read_timeout(Some(Duration::from_secs(4)))
+        .expect("timeout");
+    let _ = s.write_all(b"anyone there?");
+    let (data, end) = read_until_end(&mut s);
+    assert!(
+        end.closed(),
+        "the client was not closed although the upstream connect timed out: {end:?}"
+    );
+    assert!(data.is_empty(), "{data:?}");
+    wait_metric(
+        localhost(mp),
+        "splice_connection_errors_total",
+        &[("forwarder", "blackholed"), ("side", "upstream")],
+        |v| v >= 1.0,
+    );
+    assert!(
+        client.wait_log(SOON, |l| !warn_lines_with_side(l, "upstream").is_empty()),
+        "no side=upstream warning for the connect timeout:\n{}",
         client.log()
     );
 }

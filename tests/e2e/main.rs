@@ -7,7 +7,9 @@
 mod support;
 
 mod bad_input;
+mod config_file;
 mod data;
+mod fallback;
 mod garbage;
 mod half_close;
 mod limits;

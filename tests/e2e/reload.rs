@@ -55,8 +55,7 @@ fn new_connection_refused(addr: SocketAddr, cfg: std::sync::Arc<rustls::ClientCo
     }
 }
 
-#[test]
-fn sighup_reloads_certs_and_forwarders_keeping_connections() {
+fn sighup_reloads_certs_and_forwarders_keeping_connections(driver: &str) {
     let pki = Pki::new();
     let backend = echo_backend();
     let conf_dir = tempfile::Builder::new()
@@ -73,6 +72,7 @@ fn sighup_reloads_certs_and_forwarders_keeping_connections() {
     );
     let mut engine = EngineCmd::new("run")
         .opt("--config", &config)
+        .opt("--driver", driver)
         // Relative paths must resolve against the config's directory, not the cwd.
         .cwd("/")
         .wait_port(p1)
@@ -179,6 +179,16 @@ fn sighup_reloads_certs_and_forwarders_keeping_connections() {
     echo_roundtrip(&mut again, b"first forwarder after the second reload");
 }
 
+#[test]
+fn sighup_reloads_certs_and_forwarders_keeping_connections_uring() {
+    sighup_reloads_certs_and_forwarders_keeping_connections("uring");
+}
+
+#[test]
+fn sighup_reloads_certs_and_forwarders_keeping_connections_epoll() {
+    sighup_reloads_certs_and_forwarders_keeping_connections("epoll");
+}
+
 /// A reload that fails (an unknown key; then a certificate that does not match its key) is
 /// refused as a whole: the engine keeps running with the previous configuration and
 /// certificate, says why in the log, and a later good reload applies.
@@ -280,8 +290,7 @@ fn bad_reload_keeps_previous_configuration() {
 
 /// SIGTERM with one open connection and a long drain timeout: new connections are refused, the
 /// open one keeps working, and the process exits 0 once the test closes it.
-#[test]
-fn sigterm_drains_open_connection_then_exits_zero() {
+fn sigterm_drains_open_connection_then_exits_zero(driver: &str) {
     let pki = Pki::new();
     let backend = echo_backend();
     let dir = pki.path();
@@ -294,6 +303,7 @@ fn sigterm_drains_open_connection_then_exits_zero() {
     );
     let mut engine = EngineCmd::new("run")
         .opt("--config", &config)
+        .opt("--driver", driver)
         .wait_port(p1)
         .label("run (drain)")
         .start();
@@ -332,14 +342,23 @@ fn sigterm_drains_open_connection_then_exits_zero() {
     );
 }
 
+#[test]
+fn sigterm_drains_open_connection_then_exits_zero_uring() {
+    sigterm_drains_open_connection_then_exits_zero("uring");
+}
+
+#[test]
+fn sigterm_drains_open_connection_then_exits_zero_epoll() {
+    sigterm_drains_open_connection_then_exits_zero("epoll");
+}
+
 /// SIGTERM with a connection that stays open: the process exits 0 after `--drain-timeout`, and
 /// the connection is then closed.
-#[test]
-fn sigterm_exits_after_drain_timeout() {
+fn sigterm_exits_after_drain_timeout(driver: &str) {
     let pki = Pki::new();
     let backend = echo_backend();
     let sp = free_port();
-    let mut engine = EngineCmd::server(sp, backend.addr, &pki.server, "auto")
+    let mut engine = EngineCmd::server(sp, backend.addr, &pki.server, driver)
         .opt("--drain-timeout", "1s")
         .start();
     let mut open = tls_connect(
@@ -362,6 +381,16 @@ fn sigterm_exits_after_drain_timeout() {
     );
     let (_, end) = read_until_end(&mut open);
     assert!(end.closed(), "the open connection was not closed: {end:?}");
+}
+
+#[test]
+fn sigterm_exits_after_drain_timeout_uring() {
+    sigterm_exits_after_drain_timeout("uring");
+}
+
+#[test]
+fn sigterm_exits_after_drain_timeout_epoll() {
+    sigterm_exits_after_drain_timeout("epoll");
 }
 
 /// SIGINT behaves like SIGTERM: an idle engine exits 0.

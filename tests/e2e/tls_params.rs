@@ -189,3 +189,59 @@ fn client_mode_alpn() {
         "ALPN negotiated with the upstream"
     );
 }
+
+/// Client mode without `--sni` sends the connect host as SNI and verifies the certificate for
+/// it: `--connect localhost:PORT` against a certificate valid only for the name "localhost".
+/// With `--sni`, that name is sent instead.
+#[test]
+fn client_mode_sni_defaults_to_connect_host() {
+    let pki = Pki::new();
+    let dns_only = pki.ca.issue(
+        pki.path(),
+        "dns-only",
+        &["localhost", "alt.test"],
+        KeyType::Ecdsa,
+        Usage::Server,
+    );
+    let scfg = server_config(&dns_only, None, TLS_ANY);
+    let (tx, rx) = mpsc::channel();
+    let tx = Mutex::new(tx);
+    let upstream = Backend::spawn(move |sock| {
+        let Ok(conn) = ServerConnection::new(scfg.clone()) else {
+            return;
+        };
+        let mut tls = rustls::StreamOwned::new(conn, sock);
+        let mut hello = [0u8; 5];
+        if tls.read_exact(&mut hello).is_ok() {
+            let _ = tx
+                .lock()
+                .expect("chan")
+                .send(tls.conn.server_name().map(str::to_string));
+            let _ = std::io::Write::write_all(&mut tls, &hello);
+            let _ = std::io::Write::flush(&mut tls);
+        }
+    });
+    let port = upstream.addr.port();
+
+    let cp = free_port();
+    let _client = EngineCmd::new("client")
+        .opt("--listen", localhost(cp).to_string())
+        .opt("--connect", format!("localhost:{port}"))
+        .opt("--ca", &pki.ca.path)
+        .common("auto")
+        .wait_port(cp)
+        .start();
+    let mut s = connect(localhost(cp));
+    echo_roundtrip(&mut s, b"hello");
+    let sni = rx.recv_timeout(SOON).expect("upstream report");
+    assert_eq!(sni.as_deref(), Some("localhost"), "SNI sent by default");
+
+    let cp2 = free_port();
+    let _client2 = EngineCmd::client(cp2, upstream.addr, &pki.ca, "auto")
+        .opt("--sni", "alt.test")
+        .start();
+    let mut s = connect(localhost(cp2));
+    echo_roundtrip(&mut s, b"hello");
+    let sni = rx.recv_timeout(SOON).expect("upstream report");
+    assert_eq!(sni.as_deref(), Some("alt.test"), "SNI sent with --sni");
+}
