@@ -41,6 +41,7 @@ impl UringDriver {
         let ring = IoUring::builder()
             .setup_coop_taskrun()
             .setup_single_issuer()
+            .setup_defer_taskrun()
             .build(1024)
             .or_else(|_| IoUring::new(1024))
             .map_err(|e| SyscallError::new("io_uring_setup", e))?;

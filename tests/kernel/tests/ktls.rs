@@ -191,7 +191,8 @@ fn engine_chain(version: &str, driver: DriverKind, sizes: &[usize]) {
         let what = format!("{case}, connection {i} ({size} bytes)");
         let payload = random_bytes(size);
         let started = Instant::now();
-        let received = run_client(&what, cli_addr, &payload);
+        let received = run_client(&what, cli_addr, &payload)
+            .unwrap_or_else(|e| panic!("{e}\n  the echo backend: {}", echo.peek()));
 
         let seen = echo.report(&what);
         assert_eq!(
@@ -259,7 +260,8 @@ fn rustls_upstream(
         let what = format!("{case}, connection {i} ({timing:?})");
         let payload = random_bytes(payload_size);
         let started = Instant::now();
-        let received = run_client(&what, cli_addr, &payload);
+        let received = run_client(&what, cli_addr, &payload)
+            .unwrap_or_else(|e| panic!("{e}\n  the rustls server: {}", upstream.peek()));
 
         let seen = upstream.report(&what);
         assert_eq!(
@@ -559,8 +561,8 @@ fn check_tls_stat(before: &TlsStat, after: &TlsStat, legs: u64, problems: &mut V
 
 /// Connects to `addr`, sends `payload` from a second thread then shuts down the write side,
 /// and returns everything received until EOF.
-fn run_client(what: &str, addr: SocketAddr, payload: &[u8]) -> Vec<u8> {
-    let stream = TcpStream::connect(addr).unwrap_or_else(|e| panic!("{what}: connect {addr}: {e}"));
+fn run_client(what: &str, addr: SocketAddr, payload: &[u8]) -> Result<Vec<u8>, String> {
+    let stream = TcpStream::connect(addr).map_err(|e| format!("{what}: connect {addr}: {e}"))?;
     set_timeouts(&stream);
     let mut writer = stream.try_clone().expect("clone the client socket");
     let mut reader = stream;
@@ -585,18 +587,18 @@ fn run_client(what: &str, addr: SocketAddr, payload: &[u8]) -> Vec<u8> {
             // Unblock the sender (it may be stuck on a full window) before reporting.
             let _ = reader.shutdown(Shutdown::Both);
             let _ = sender.join();
-            panic!(
+            return Err(format!(
                 "{what}: client read failed after {} bytes (of {} sent): {e}",
                 received.len(),
                 payload.len()
-            );
+            ));
         }
         match sender.join().expect("sender thread panicked") {
-            Ok(()) => received,
-            Err(e) => panic!(
+            Ok(()) => Ok(received),
+            Err(e) => Err(format!(
                 "{what}: client write failed: {e} (received {} bytes before EOF)",
                 received.len()
-            ),
+            )),
         }
     })
 }
@@ -686,6 +688,15 @@ impl EchoBackend {
             Ok(Ok(seen)) => seen,
             Ok(Err(e)) => panic!("{what}: echo backend failed: {e}"),
             Err(e) => panic!("{what}: the echo backend never finished a connection: {e}"),
+        }
+    }
+
+    /// What the backend says about its latest connection, for a failure message.
+    fn peek(&self) -> String {
+        match self.seen.recv_timeout(Duration::from_secs(5)) {
+            Ok(Ok(seen)) => format!("received {} bytes, sha256 {}", seen.bytes, seen.sha256),
+            Ok(Err(e)) => format!("failed: {e}"),
+            Err(_) => "no connection finished within 5 s".into(),
         }
     }
 }
@@ -797,6 +808,18 @@ impl UpstreamServer {
             Err(e) => panic!("{what}: the rustls server never finished a connection: {e}"),
         }
     }
+
+    /// What the server says about its latest connection, for a failure message.
+    fn peek(&self) -> String {
+        match self.seen.recv_timeout(Duration::from_secs(5)) {
+            Ok(Ok(seen)) => format!(
+                "received {} bytes, sha256 {}, close_notify {}",
+                seen.bytes, seen.sha256, seen.close_notify
+            ),
+            Ok(Err(e)) => format!("failed: {e}"),
+            Err(_) => "no connection finished within 5 s".into(),
+        }
+    }
 }
 
 fn serve_upstream(
@@ -828,9 +851,11 @@ fn serve_upstream(
             return Err(format!("handshake: {e}"));
         }
     }
-    // TLS 1.3: the tickets are queued now (TLS 1.2: the server's Finished).
-    if !conn.wants_write() {
-        return Err("rustls queued nothing (no session tickets) after the handshake".into());
+    // TLS 1.3: the tickets are queued now. (TLS 1.2: the server's Finished after a full
+    // handshake; nothing after a resumed one, where the client speaks last.)
+    let tls13 = conn.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3);
+    if tls13 && !conn.wants_write() {
+        return Err("rustls queued no session tickets after the handshake".into());
     }
     let suite = conn
         .negotiated_cipher_suite()
