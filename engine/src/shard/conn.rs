@@ -312,6 +312,9 @@ impl Conn {
 
     /// The handshake is over: give the session to the kernel if it can take this cipher.
     fn handoff(&mut self, shard: &mut Shard) {
+        let Some(tls_fd) = self.leg_fd(Leg::Tls) else {
+            return;
+        };
         let State::Tls(sm) = &mut self.state else {
             return;
         };
@@ -327,13 +330,17 @@ impl Conn {
             sm.handle_handoff_declined();
             return;
         }
+        // Attach the ULP while the rustls session is still ours: if the kernel refuses (the
+        // peer's FIN already came, say), the connection simply stays in user space.
+        if let Err(e) = sys::ktls::attach(tls_fd.as_fd()) {
+            tracing::debug!(error = %e, "kTLS hand-off declined; staying in user space");
+            sm.handle_handoff_declined();
+            return;
+        }
         let (plain_in, plain_out) = (sm.plain_bytes_in(), sm.plain_bytes_out());
         let State::Tls(sm) = std::mem::replace(&mut self.state, State::Gone) else {
             unreachable!()
         };
-        let tls_fd = self
-            .leg_fd(Leg::Tls)
-            .expect("the TLS leg is open after the handshake");
         let plain_fd = self
             .leg_fd(Leg::Plain)
             .expect("the plain leg is open before the hand-off");
@@ -345,7 +352,7 @@ impl Conn {
                 return;
             }
         };
-        if let Err(e) = sys::ktls::enable(tls_fd.as_fd(), version, secrets) {
+        if let Err(e) = sys::ktls::enable_attached(tls_fd.as_fd(), version, secrets) {
             self.fail_now(Side::Internal, format!("kTLS hand-off: {e}"));
             return;
         }

@@ -148,7 +148,42 @@ pub fn enable(
     let (rx_seq, rx) = secrets.rx;
     let tx = CryptoInfo::new(version, tx_seq, &tx, Direction::Tx)?;
     let rx = CryptoInfo::new(version, rx_seq, &rx, Direction::Rx)?;
-    set_ulp(fd).map_err(|e| SyscallError::new(CALL_ULP, e))?;
+    attach(fd)?;
+    tx.install(fd, libc::TLS_TX)
+        .map_err(|e| SyscallError::new(CALL_TX, e))?;
+    rx.install(fd, libc::TLS_RX)
+        .map_err(|e| SyscallError::new(CALL_RX, e))?;
+    Ok(())
+}
+
+/// Attaches the `tls` ULP to a connected TCP socket without keys yet: the socket keeps working
+/// as plain TCP, so a caller can do this *before* consuming its rustls session and carry on in
+/// user space if it fails. The kernel refuses (`ENOTCONN`) once the connection has left
+/// `ESTABLISHED`, e.g. when the peer's FIN already arrived. Then call [`enable_attached`].
+pub fn attach(fd: BorrowedFd<'_>) -> Result<(), Error> {
+    set_ulp(fd).map_err(|e| SyscallError::new(CALL_ULP, e).into())
+}
+
+/// [`enable`] for a socket that [`attach`] already prepared: installs the TX and RX keys.
+pub fn enable_attached(
+    fd: BorrowedFd<'_>,
+    version: ProtocolVersion,
+    secrets: ExtractedSecrets,
+) -> Result<(), Error> {
+    let version = match version {
+        ProtocolVersion::TLSv1_2 => libc::TLS_1_2_VERSION,
+        ProtocolVersion::TLSv1_3 => libc::TLS_1_3_VERSION,
+        other => {
+            return Err(Error::Unavailable {
+                feature: "kernel TLS",
+                why: format!("protocol version {other:?} (the kernel supports TLS 1.2 and 1.3)"),
+            });
+        }
+    };
+    let (tx_seq, tx) = secrets.tx;
+    let (rx_seq, rx) = secrets.rx;
+    let tx = CryptoInfo::new(version, tx_seq, &tx, Direction::Tx)?;
+    let rx = CryptoInfo::new(version, rx_seq, &rx, Direction::Rx)?;
     tx.install(fd, libc::TLS_TX)
         .map_err(|e| SyscallError::new(CALL_TX, e))?;
     rx.install(fd, libc::TLS_RX)
