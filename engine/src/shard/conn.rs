@@ -51,6 +51,8 @@ pub(crate) struct Conn {
     /// Per leg (plain, TLS): the last read did not fill its buffer, so the next one waits for
     /// readiness before taking a buffer — idle connections hold no buffer memory.
     idle: [bool; 2],
+    /// The TLS leg has the kernel's `tls` ULP (keys come at the hand-off).
+    ulp_attached: bool,
     /// Per leg: a readiness wait is in flight for a read of this many bytes.
     waiting_len: [Option<usize>; 2],
     /// Per leg: readiness was spurious for a read of this many bytes; wait again.
@@ -64,7 +66,12 @@ impl Conn {
         peer: Option<SocketAddr>,
         generation: u32,
     ) -> Result<Self, Error> {
-        let ktls = fwd.ktls.is_some();
+        // The kTLS module is attached as soon as the TLS leg is connected (here, for an accepted
+        // socket; after the connect in client mode). Until keys are installed the socket is
+        // plain TCP, and attaching early means a peer's FIN that arrives right after the
+        // handshake no longer makes the kernel refuse (`ENOTCONN`).
+        let ulp_attached = fwd.ktls.is_some() && fwd.mode == Mode::Server && attach_ulp(&down);
+        let ktls = fwd.ktls.is_some() && (fwd.mode == Mode::Client || ulp_attached);
         let sm = match fwd.mode {
             Mode::Client => {
                 let (cfg, name) = fwd
@@ -100,6 +107,7 @@ impl Conn {
             counted_out: 0,
             started: Instant::now(),
             idle: [true; 2],
+            ulp_attached,
             waiting_len: [None; 2],
             ready_read: [None; 2],
         })
@@ -141,6 +149,12 @@ impl Conn {
                             Mode::Server => Leg::Plain,
                         };
                         let ok = c.result.is_ok();
+                        if ok && self.fwd.mode == Mode::Client && self.fwd.ktls.is_some() {
+                            match self.up.as_ref() {
+                                Some(up) if attach_ulp(up) => self.ulp_attached = true,
+                                _ => sm.handle_handoff_declined(),
+                            }
+                        }
                         sm.handle_connected(leg, c.result.map(|_| ()));
                         self.deadline = match self.fwd.mode {
                             // Connected: now the handshake has its own budget.
@@ -330,10 +344,9 @@ impl Conn {
             sm.handle_handoff_declined();
             return;
         }
-        // Attach the ULP while the rustls session is still ours: if the kernel refuses (the
-        // peer's FIN already came, say), the connection simply stays in user space.
-        if let Err(e) = sys::ktls::attach(tls_fd.as_fd()) {
-            tracing::debug!(error = %e, "kTLS hand-off declined; staying in user space");
+        // The ULP is normally attached already; if not, attach it while the rustls session is
+        // still ours, so that a refusal leaves the connection in user space.
+        if !self.ulp_attached && !attach_ulp(&tls_fd) {
             sm.handle_handoff_declined();
             return;
         }
@@ -431,6 +444,17 @@ impl Conn {
         }
         for fd in fds.iter().flatten() {
             shard.driver.cancel(fd.as_raw_fd());
+        }
+    }
+}
+
+/// Attaches the kernel's `tls` ULP to a connected socket; false (logged) when the kernel refuses.
+fn attach_ulp(fd: &Fd) -> bool {
+    match sys::ktls::attach(fd.as_fd()) {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::debug!(error = %e, "kTLS not attached; this connection stays in user space");
+            false
         }
     }
 }
