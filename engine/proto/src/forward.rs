@@ -93,8 +93,8 @@ pub struct Buffers {
 impl Default for Buffers {
     fn default() -> Self {
         Self {
-            plain: 64 * 1024,
-            tls: 64 * 1024 + 512,
+            plain: 256 * 1024,
+            tls: 256 * 1024 + 512,
         }
     }
 }
