@@ -31,6 +31,7 @@ pub struct Engine {
     driver: DriverKind,
     ktls: Option<Arc<KtlsSupport>>,
     registry: Registry,
+    /// Kept for its lifetime: the metrics thread stops when the engine drops.
     _metrics: Option<crate::metrics::MetricsServer>,
 }
 

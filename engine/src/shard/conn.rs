@@ -303,7 +303,7 @@ impl Conn {
         Outcome::Open
     }
 
-    fn connect(&mut self, _index: u32, shard: &mut Shard) -> std::io::Result<()> {
+    fn connect(&mut self, index: u32, shard: &mut Shard) -> std::io::Result<()> {
         let addr = &self.fwd.upstream;
         let sock = socket2::Socket::new(
             addr.domain(),
@@ -315,7 +315,7 @@ impl Conn {
         self.up = Some(fd.clone());
         self.deadline = Some(Instant::now() + self.fwd.connect_timeout);
         shard.driver.submit(
-            token(TAG_CONNECT, _index, self.generation),
+            token(TAG_CONNECT, index, self.generation),
             Op::Connect {
                 fd,
                 addr: Box::new(addr.clone()),
@@ -350,7 +350,6 @@ impl Conn {
             sm.handle_handoff_declined();
             return;
         }
-        let (plain_in, plain_out) = (sm.plain_bytes_in(), sm.plain_bytes_out());
         let State::Tls(sm) = std::mem::replace(&mut self.state, State::Gone) else {
             unreachable!()
         };
@@ -377,10 +376,9 @@ impl Conn {
                 return;
             }
         };
-        // Bytes counted so far stay counted; the pump counts from zero.
+        // Bytes counted so far stay counted (the handshake moves none); the pump counts from zero.
         self.counted_in = 0;
         self.counted_out = 0;
-        let _ = (plain_in, plain_out);
         self.state = State::Spliced(Box::new(pump));
     }
 

@@ -485,9 +485,9 @@ pub fn bind_listener(addr: SocketAddr) -> Result<OwnedFd, Error> {
     Ok(sock.into())
 }
 
-/// Whether something else (not one of our own SO_REUSEPORT sockets) holds `addr`: binding
-/// without SO_REUSEPORT fails only then... except against our own listeners, so callers use it
-/// only before binding their first socket for an address.
+/// Fails with `EADDRINUSE` when anyone holds `addr`: a plain bind (no SO_REUSEPORT) cannot
+/// share a port with a listener. Call it before binding the first of our own SO_REUSEPORT
+/// sockets for an address, which would otherwise share the port with another process.
 pub fn check_port_free(addr: SocketAddr) -> Result<(), Error> {
     let sock = socket2::Socket::new(
         socket2::Domain::for_address(addr),
