@@ -134,26 +134,10 @@ pub fn enable(
     version: ProtocolVersion,
     secrets: ExtractedSecrets,
 ) -> Result<(), Error> {
-    let version = match version {
-        ProtocolVersion::TLSv1_2 => libc::TLS_1_2_VERSION,
-        ProtocolVersion::TLSv1_3 => libc::TLS_1_3_VERSION,
-        other => {
-            return Err(Error::Unavailable {
-                feature: "kernel TLS",
-                why: format!("protocol version {other:?} (the kernel supports TLS 1.2 and 1.3)"),
-            });
-        }
-    };
-    let (tx_seq, tx) = secrets.tx;
-    let (rx_seq, rx) = secrets.rx;
-    let tx = CryptoInfo::new(version, tx_seq, &tx, Direction::Tx)?;
-    let rx = CryptoInfo::new(version, rx_seq, &rx, Direction::Rx)?;
+    // Checked before touching the socket: an unsupported version or cipher changes nothing.
+    let keys = crypto_infos(version, secrets)?;
     attach(fd)?;
-    tx.install(fd, libc::TLS_TX)
-        .map_err(|e| SyscallError::new(CALL_TX, e))?;
-    rx.install(fd, libc::TLS_RX)
-        .map_err(|e| SyscallError::new(CALL_RX, e))?;
-    Ok(())
+    install_keys(fd, keys)
 }
 
 /// Attaches the `tls` ULP to a connected TCP socket without keys yet: the socket keeps working
@@ -170,6 +154,14 @@ pub fn enable_attached(
     version: ProtocolVersion,
     secrets: ExtractedSecrets,
 ) -> Result<(), Error> {
+    install_keys(fd, crypto_infos(version, secrets)?)
+}
+
+/// The kernel's TX and RX key layouts for `secrets`, or why the kernel interface has none.
+fn crypto_infos(
+    version: ProtocolVersion,
+    secrets: ExtractedSecrets,
+) -> Result<(CryptoInfo, CryptoInfo), Error> {
     let version = match version {
         ProtocolVersion::TLSv1_2 => libc::TLS_1_2_VERSION,
         ProtocolVersion::TLSv1_3 => libc::TLS_1_3_VERSION,
@@ -182,8 +174,14 @@ pub fn enable_attached(
     };
     let (tx_seq, tx) = secrets.tx;
     let (rx_seq, rx) = secrets.rx;
-    let tx = CryptoInfo::new(version, tx_seq, &tx, Direction::Tx)?;
-    let rx = CryptoInfo::new(version, rx_seq, &rx, Direction::Rx)?;
+    Ok((
+        CryptoInfo::new(version, tx_seq, &tx, Direction::Tx)?,
+        CryptoInfo::new(version, rx_seq, &rx, Direction::Rx)?,
+    ))
+}
+
+/// Installs the TX then the RX keys on a socket that has the `tls` ULP.
+fn install_keys(fd: BorrowedFd<'_>, (tx, rx): (CryptoInfo, CryptoInfo)) -> Result<(), Error> {
     tx.install(fd, libc::TLS_TX)
         .map_err(|e| SyscallError::new(CALL_TX, e))?;
     rx.install(fd, libc::TLS_RX)
