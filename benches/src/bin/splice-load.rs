@@ -1,0 +1,3 @@
+//! `splice-load`: the load generator and backends behind `cargo xtask bench`.
+
+fn main() {}
