@@ -6,8 +6,7 @@ use std::process::Command;
 
 /// Runs the demo with `io_uring_setup` failing with EPERM; returns (status ok, stdout, stderr).
 fn demo_without_io_uring(driver: &str) -> (bool, String, String) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_splice-engine"));
-    cmd.args([
+    without_io_uring(&[
         "demo",
         "--bytes",
         "4MiB",
@@ -15,7 +14,13 @@ fn demo_without_io_uring(driver: &str) -> (bool, String, String) {
         "2",
         "--driver",
         driver,
-    ]);
+    ])
+}
+
+/// Runs `splice-engine ARGS` with `io_uring_setup` failing with EPERM.
+fn without_io_uring(args: &[&str]) -> (bool, String, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_splice-engine"));
+    cmd.args(args);
     // SAFETY: the closure runs in the forked child before exec; it only calls async-signal-safe
     // prctl(2) with pointers to data that lives on its own stack for the duration of the call.
     unsafe {
@@ -106,5 +111,27 @@ fn forced_uring_fails_clearly_when_io_uring_is_refused() {
     assert!(
         errors[0].contains("Operation not permitted"),
         "the reason is the kernel's: {stderr}"
+    );
+}
+
+#[test]
+fn probe_reports_io_uring_refused_and_why() {
+    let (ok, stdout, stderr) = without_io_uring(&["probe", "--json"]);
+    assert!(ok, "{stderr}");
+    let v: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON object");
+    assert_eq!(v["io_uring"], false, "{v}");
+    let why = v["io_uring_reason"].as_str().expect("a reason");
+    assert!(why.contains("Operation not permitted"), "{why}");
+    assert!(
+        v["ktls"].is_boolean() && v["ktls_ciphers"].is_array(),
+        "{v}"
+    );
+    assert!(!v["kernel"].as_str().expect("kernel").is_empty());
+
+    let (ok, stdout, _) = without_io_uring(&["probe"]);
+    assert!(ok);
+    assert!(
+        stdout.contains("io_uring: no,") && stdout.contains("--driver auto uses epoll"),
+        "{stdout}"
     );
 }

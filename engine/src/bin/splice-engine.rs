@@ -12,7 +12,7 @@ use splice_engine::{DriverKind, Engine, EngineConfig, ForwarderConfig, KtlsMode,
 /// Encrypted TCP forwarding on an io_uring data plane with kernel TLS offload.
 ///
 /// client: plain TCP in, TLS out. server: TLS in, plain TCP out. run: many of both from a file.
-/// demo: a self-contained tour on loopback.
+/// demo: a self-contained tour on loopback. probe: which kernel fast paths this machine has.
 #[derive(Parser, Debug)]
 #[command(name = "splice-engine", version, propagate_version = true)]
 struct Cli {
@@ -31,6 +31,16 @@ enum Command {
     /// Create throwaway certificates, chain client -> server -> echo on loopback, push data
     /// through, and print what happened.
     Demo(DemoArgs),
+    /// Report which kernel fast paths this machine offers (io_uring, kernel TLS and its ciphers)
+    /// and what `--driver auto` / `--ktls auto` would choose.
+    Probe(ProbeArgs),
+}
+
+#[derive(Args, Debug)]
+struct ProbeArgs {
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
 }
 
 /// Flags every subcommand has.
@@ -245,6 +255,54 @@ fn main() -> ExitCode {
     }
 }
 
+/// `splice-engine probe`: what the kernel offers, found the same way the engine finds it at start.
+fn probe(json: bool) {
+    let uring = splice_engine::driver::probe_uring();
+    let ktls = splice_engine::sys::ktls::probe();
+    let ciphers: Vec<&str> = [
+        (ktls.aes_128_gcm, "AES-128-GCM"),
+        (ktls.aes_256_gcm, "AES-256-GCM"),
+        (ktls.chacha20_poly1305, "CHACHA20-POLY1305"),
+    ]
+    .into_iter()
+    .filter_map(|(ok, name)| ok.then_some(name))
+    .collect();
+    if json {
+        let out = serde_json::json!({
+            "kernel": kernel_release(),
+            "io_uring": uring.is_ok(),
+            "io_uring_reason": uring.as_ref().err(),
+            "ktls": ktls.available,
+            "ktls_ciphers": ciphers,
+            "ktls_reason": ktls.reason,
+        });
+        println!("{out}");
+        return;
+    }
+    println!("kernel:   Linux {}", kernel_release());
+    match &uring {
+        Ok(()) => println!("io_uring: yes (--driver auto uses io_uring)"),
+        Err(e) => println!("io_uring: no, {e} (--driver auto uses epoll)"),
+    }
+    if ktls.available {
+        println!(
+            "kTLS:     yes, {} (--ktls auto hands these sessions to the kernel)",
+            ciphers.join(", ")
+        );
+    } else {
+        println!("kTLS:     no (--ktls auto keeps TLS in user space)");
+    }
+    if let Some(r) = &ktls.reason {
+        println!("          {r}");
+    }
+}
+
+fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
     let (source, common) = match cli.command {
         Command::Client(a) => {
@@ -271,6 +329,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             (Source::Fixed(cfg), a.common)
         }
         Command::Run(a) => (Source::File(a.config, a.common.clone()), a.common),
+        Command::Probe(a) => {
+            probe(a.json);
+            return Ok(());
+        }
         Command::Demo(a) => {
             let mut cfg = EngineConfig::default();
             a.common.apply(&mut cfg);
