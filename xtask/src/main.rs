@@ -2,12 +2,14 @@
 //!
 //! * `test` — the whole test suite: the host tests, then the kTLS tests in the VM;
 //! * `ci` — what CI runs: `cargo fmt --check`, `cargo clippy -D warnings`, then `test`;
+//! * `bench [FLAGS]` — load tests side by side with direct connections and peers (see `bench`);
 //! * `integration-test vm [TEST-ARGS...]` — builds `tests/kernel` as a static binary and runs it
 //!   inside the kTLS VM (`../shared/ktls-vm`, or `$SPLICE_KTLS_VM_DIR`). `TEST-ARGS` go to the
 //!   test binary (a test name filter, `--exact`, ...).
 //!
 //! Every child process inherits stdout and stderr, so its output streams as it runs.
 
+mod bench;
 mod vm;
 
 use std::path::{Path, PathBuf};
@@ -22,7 +24,8 @@ usage: cargo xtask <task>
 tasks:
   test                             host tests, then the kTLS tests in the VM
   ci                               fmt check, clippy -D warnings, then `test`
-  integration-test vm [ARGS...]    the kTLS tests in the VM (ARGS go to the test binary)";
+  integration-test vm [ARGS...]    the kTLS tests in the VM (ARGS go to the test binary)
+  bench [--quick] [FLAGS...]       load tests against direct and peers (`bench --help`)";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -34,6 +37,7 @@ fn main() -> ExitCode {
         ["integration-test", "vm", rest @ ..] => {
             steps.run("kTLS tests in the VM", || vm::run(rest))
         }
+        ["bench", rest @ ..] => steps.run("bench", || bench::main(rest)),
         ["help" | "-h" | "--help"] => {
             println!("{USAGE}");
             return ExitCode::SUCCESS;

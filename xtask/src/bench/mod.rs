@@ -1,0 +1,825 @@
+//! `cargo xtask bench`: splice-engine side by side with direct connections and the tools people
+//! use today, measured in one run on this machine.
+//!
+//! It builds the engine and the load generator (`splice-load`, from `benches/`) in release mode,
+//! starts the sink and echo backends, starts every path that can run here (see [`paths`]), and
+//! runs each scenario on each path, repetition by repetition (rep 1 of every path, then rep 2),
+//! so that a noisy machine hits every path alike. Ratios against `direct` and the best peer are
+//! taken within each repetition, then summarised by their median (see [`report`]).
+
+mod paths;
+mod procs;
+mod report;
+mod svg;
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, IsTerminal, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::Parser;
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use paths::{Endpoints, Kind, PathDef};
+use procs::Proc;
+
+/// Load tests: throughput, latency, handshakes and idle memory, per path, with ratios.
+#[derive(Parser, Debug)]
+#[command(name = "cargo xtask bench")]
+pub struct Args {
+    /// Scenarios to run, comma-separated (default: all). One of: bulk, bulk-multi, latency,
+    /// handshakes, resumed, idle.
+    #[arg(long, value_delimiter = ',')]
+    scenario: Vec<String>,
+    /// Paths to run, comma-separated (default: all that can run here). One of: direct,
+    /// splice-uring, splice-epoll, splice-ktls, nginx, haproxy, stunnel, socat.
+    #[arg(long, value_delimiter = ',')]
+    paths: Vec<String>,
+    /// Seconds each timed measurement runs (default 5; 1 with --quick).
+    #[arg(long)]
+    duration: Option<f64>,
+    /// Repetitions (default 3; 1 with --quick).
+    #[arg(long)]
+    reps: Option<usize>,
+    /// A short smoke run of every scenario (1 s measurements, 1 repetition, 200 idle
+    /// connections).
+    #[arg(long)]
+    quick: bool,
+    /// Where to write the JSON results (default target/bench/bench.json); the chart goes beside
+    /// it with the extension .svg.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Install the peers (nginx with its stream module, HAProxy, stunnel, socat) with apt-get
+    /// first.
+    #[arg(long)]
+    install_peers: bool,
+    /// Streams in the bulk-multi scenario.
+    #[arg(long, default_value_t = 4)]
+    streams: usize,
+    /// Connections held open in the idle scenario (default 2000; 200 with --quick).
+    #[arg(long)]
+    idle_conns: Option<usize>,
+    /// Parallel workers in the handshakes and resumed scenarios.
+    #[arg(long, default_value_t = 4)]
+    workers: usize,
+}
+
+/// The scenarios, in run order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Scenario {
+    /// One stream to the sink.
+    Bulk,
+    /// N streams to the sink.
+    BulkMulti,
+    /// Small request/response round trips on one connection.
+    Latency,
+    /// New connections, each a full handshake at every TLS hop.
+    Handshakes,
+    /// New connections with session resumption allowed.
+    Resumed,
+    /// Idle proxied connections held open: memory per connection.
+    Idle,
+}
+
+impl Scenario {
+    const ALL: [Scenario; 6] = [
+        Scenario::Bulk,
+        Scenario::BulkMulti,
+        Scenario::Latency,
+        Scenario::Handshakes,
+        Scenario::Resumed,
+        Scenario::Idle,
+    ];
+
+    /// Its name on the command line and in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::Bulk => "bulk",
+            Scenario::BulkMulti => "bulk-multi",
+            Scenario::Latency => "latency",
+            Scenario::Handshakes => "handshakes",
+            Scenario::Resumed => "resumed",
+            Scenario::Idle => "idle",
+        }
+    }
+}
+
+/// One scenario on one path in one repetition.
+#[derive(Debug, Clone, Serialize)]
+pub struct Measurement {
+    /// Repetition, from 1.
+    pub rep: usize,
+    /// Scenario.
+    pub scenario: Scenario,
+    /// Path name.
+    pub path: String,
+    /// The figures (see [`report::figures`] for names and units).
+    pub figures: BTreeMap<String, f64>,
+    /// Share of CPU time the hypervisor took (steal) during the measurement, in percent.
+    pub steal_pct: f64,
+    /// What went wrong, when it did.
+    pub error: Option<String>,
+    /// The load generator's own output.
+    pub raw: Value,
+}
+
+/// A path as the run saw it.
+#[derive(Debug, Clone, Serialize)]
+pub struct PathInfo {
+    /// Name.
+    pub name: String,
+    /// direct, ours or peer.
+    pub kind: String,
+    /// Version, when it ran.
+    pub version: Option<String>,
+    /// Why it was skipped, when it was.
+    pub skipped: Option<String>,
+}
+
+struct Settings {
+    duration: f64,
+    reps: usize,
+    idle_conns: usize,
+    streams: usize,
+    workers: usize,
+}
+
+/// `cargo xtask bench ARGS`.
+pub fn main(argv: &[&str]) -> Result<()> {
+    let args =
+        Args::try_parse_from(std::iter::once("cargo xtask bench").chain(argv.iter().copied()))
+            .unwrap_or_else(|e| e.exit());
+    let scenarios = pick(
+        &args.scenario,
+        &Scenario::ALL.map(Scenario::name),
+        "scenario",
+    )?;
+    let scenarios: Vec<Scenario> = Scenario::ALL
+        .into_iter()
+        .filter(|s| scenarios.contains(&s.name()))
+        .collect();
+    let all_paths = paths::all();
+    let names: Vec<&str> = all_paths.iter().map(|p| p.name()).collect();
+    let wanted = pick(&args.paths, &names, "path")?;
+    let s = Settings {
+        duration: args.duration.unwrap_or(if args.quick { 1.0 } else { 5.0 }),
+        reps: args.reps.unwrap_or(if args.quick { 1 } else { 3 }).max(1),
+        idle_conns: args
+            .idle_conns
+            .unwrap_or(if args.quick { 200 } else { 2000 }),
+        streams: args.streams.max(1),
+        workers: args.workers.max(1),
+    };
+    let root = crate::workspace_root();
+    let json_path = args
+        .json
+        .clone()
+        .unwrap_or_else(|| root.join("target/bench/bench.json"));
+
+    if args.install_peers {
+        eprintln!("bench: installing peers");
+        paths::install_peers()?;
+    }
+    eprintln!("bench: building splice-engine and splice-load (release)");
+    crate::run_cmd(crate::cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "splice-engine",
+        "-p",
+        "splice-bench",
+    ]))?;
+    procs::stop_all_on_signal()?;
+    let result = run(&root, &json_path, &scenarios, &wanted, &all_paths, &s);
+    procs::stop_all();
+    result
+}
+
+/// Checks a comma list against the known names; empty means all.
+fn pick<'a>(given: &[String], known: &[&'a str], what: &str) -> Result<Vec<&'a str>> {
+    if given.is_empty() {
+        return Ok(known.to_vec());
+    }
+    given
+        .iter()
+        .map(|g| {
+            known
+                .iter()
+                .find(|k| **k == g.as_str())
+                .copied()
+                .with_context(|| format!("unknown {what} `{g}`; known: {}", known.join(", ")))
+        })
+        .collect()
+}
+
+fn run(
+    root: &Path,
+    json_path: &Path,
+    scenarios: &[Scenario],
+    wanted: &[&str],
+    all_paths: &[Box<dyn PathDef>],
+    s: &Settings,
+) -> Result<()> {
+    let release = root.join("target/release");
+    let load_bin = release.join("splice-load");
+    let dir = root.join("target/bench/run");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    write_certs(&dir)?;
+    let engine = release.join("splice-engine");
+    let probe = engine_probe(&engine)?;
+
+    // The backends, for every path.
+    let est_secs = (s.reps * scenarios.len() * wanted.len()) as f64 * (s.duration + 10.0) + 600.0;
+    let mut serve_cmd = Command::new(&load_bin);
+    serve_cmd.args(["serve", "--max-runtime", &format!("{}", est_secs as u64)]);
+    let (serve, addrs) = start_backends(&mut serve_cmd, &dir)?;
+    let sink: SocketAddr = json_addr(&addrs, "sink")?;
+    let echo: SocketAddr = json_addr(&addrs, "echo")?;
+    let ctx = paths::Ctx {
+        dir: dir.clone(),
+        engine,
+        sink,
+        echo,
+        probe: probe.clone(),
+    };
+
+    let mut infos = Vec::new();
+    let mut running: Vec<(&dyn PathDef, paths::Running)> = Vec::new();
+    for p in all_paths.iter().filter(|p| wanted.contains(&p.name())) {
+        let mut info = PathInfo {
+            name: p.name().into(),
+            kind: format!("{:?}", p.kind()).to_lowercase(),
+            version: None,
+            skipped: None,
+        };
+        match p.check(&ctx) {
+            Ok(v) => {
+                info.version = Some(v);
+                eprintln!("bench: starting {}", p.name());
+                running.push((
+                    p.as_ref(),
+                    p.start(&ctx)
+                        .with_context(|| format!("starting {}", p.name()))?,
+                ));
+            }
+            Err(why) => {
+                eprintln!("bench: skipping {}: {why}", p.name());
+                info.skipped = Some(why);
+            }
+        }
+        infos.push(info);
+    }
+
+    let progress = Progress::new(s.reps * scenarios.len() * running.len());
+    let mut results = Vec::new();
+    for rep in 1..=s.reps {
+        for &sc in scenarios {
+            for (p, r) in running.iter_mut() {
+                progress.step(&format!(
+                    "rep {rep}/{} · {} · {}",
+                    s.reps,
+                    sc.name(),
+                    p.name()
+                ));
+                for end in r.ends.iter_mut() {
+                    end.check_alive()?;
+                }
+                let m = measure(&load_bin, sc, *p, r, rep, s);
+                if let Some(e) = &m.error {
+                    progress.note(&format!("{} {} rep {rep}: {e}", p.name(), sc.name()));
+                }
+                results.push(m);
+            }
+        }
+    }
+    progress.done();
+    drop(running);
+    drop(serve);
+
+    let machine = machine(&probe);
+    let settings = json!({
+        "duration_s": s.duration, "reps": s.reps, "idle_conns": s.idle_conns,
+        "bulk_multi_streams": s.streams, "connect_workers": s.workers,
+        "request_size": 64, "connect_echo_size": 32,
+        "tls": "TLS 1.3, TLS_AES_128_GCM_SHA256, ECDSA P-256 certificate verified by the client end; \
+                resumption off except in `resumed`",
+    });
+    let summary = report::summarise(&results, &infos);
+    println!("{}", report::table(&summary, &infos, &machine, &settings));
+    let doc = json!({
+        "machine": machine,
+        "settings": settings,
+        "paths": infos,
+        "measurements": results,
+        "summary": summary,
+    });
+    if let Some(d) = json_path.parent() {
+        std::fs::create_dir_all(d)?;
+    }
+    std::fs::write(json_path, serde_json::to_string_pretty(&doc)?)
+        .with_context(|| format!("writing {}", json_path.display()))?;
+    let svg_path = json_path.with_extension("svg");
+    std::fs::write(&svg_path, svg::chart(&summary, &infos, &machine))
+        .with_context(|| format!("writing {}", svg_path.display()))?;
+    eprintln!(
+        "bench: wrote {} and {}",
+        json_path.display(),
+        svg_path.display()
+    );
+
+    let failed: Vec<String> = results
+        .iter()
+        .filter_map(|m| {
+            m.error
+                .as_ref()
+                .map(|e| format!("{} {} rep {}: {e}", m.path, m.scenario.name(), m.rep))
+        })
+        .collect();
+    if !failed.is_empty() {
+        bail!(
+            "{} measurement(s) failed:\n  {}",
+            failed.len(),
+            failed.join("\n  ")
+        );
+    }
+    Ok(())
+}
+
+fn json_addr(v: &Value, key: &str) -> Result<SocketAddr> {
+    v[key]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .with_context(|| format!("no `{key}` address in {v}"))
+}
+
+/// Starts `splice-load serve` and reads the addresses it prints.
+fn start_backends(cmd: &mut Command, dir: &Path) -> Result<(Proc, Value)> {
+    let log = dir.join("backends.log");
+    let mut p = Proc::spawn("backends (splice-load serve)", cmd, &log)?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        p.check_alive()?;
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if let Some(line) = text.lines().find(|l| l.starts_with('{')) {
+            return Ok((p, serde_json::from_str(line)?));
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "the backends did not start within 10 s; see {}",
+                log.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A throwaway CA and an ECDSA P-256 leaf for `localhost` and 127.0.0.1.
+fn write_certs(dir: &Path) -> Result<()> {
+    let ca_key = rcgen::KeyPair::generate()?;
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new())?;
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "splice-engine bench CA");
+    let ca = ca_params.self_signed(&ca_key)?;
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let key = rcgen::KeyPair::generate()?;
+    let mut params =
+        rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".into()])?;
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "localhost");
+    let cert = params.signed_by(&key, &issuer)?;
+    std::fs::write(dir.join("ca.pem"), ca.pem())?;
+    std::fs::write(dir.join("leaf.pem"), cert.pem())?;
+    std::fs::write(dir.join("leaf.key"), key.serialize_pem())?;
+    std::fs::write(
+        dir.join("leaf-bundle.pem"),
+        cert.pem() + &key.serialize_pem(),
+    )?;
+    Ok(())
+}
+
+fn engine_probe(engine: &Path) -> Result<Value> {
+    let out = Command::new(engine).args(["probe", "--json"]).output()?;
+    if !out.status.success() {
+        bail!(
+            "`splice-engine probe --json` failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(serde_json::from_slice(&out.stdout)?)
+}
+
+/// The machine, for the JSON and the report's header.
+fn machine(probe: &Value) -> Value {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("model name")
+                .and_then(|r| r.split_once(':'))
+                .map(|(_, m)| m.trim())
+        })
+        .unwrap_or("unknown");
+    let mem_kib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .next()
+                .map(|l| l.split_whitespace().nth(1).unwrap_or("0").to_string())
+        })
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0);
+    let git = |args: &[&str]| {
+        Command::new("git")
+            .args(args)
+            .current_dir(crate::workspace_root())
+            .output()
+            .ok()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    let dirty =
+        git(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty());
+    let rustc = Command::new("rustc")
+        .arg("-V")
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+    let unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    json!({
+        "cpu_model": model,
+        "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        "memory_gib": (mem_kib as f64 / 1048576.0 * 10.0).round() / 10.0,
+        "kernel": probe["kernel"],
+        "io_uring": probe["io_uring"],
+        "ktls": probe["ktls"],
+        "ktls_reason": probe["ktls_reason"],
+        "git_commit": git(&["rev-parse", "--short", "HEAD"]),
+        "git_dirty": dirty,
+        "rustc": rustc,
+        "unix_time": unix,
+    })
+}
+
+/// Total and steal jiffies from the first line of /proc/stat.
+fn cpu_jiffies() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let f: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .skip(1)
+        .take(8)
+        .map(|v| v.parse().unwrap_or(0))
+        .collect();
+    (f.iter().sum(), f.get(7).copied().unwrap_or(0))
+}
+
+/// Runs one scenario on one path.
+fn measure(
+    load: &Path,
+    sc: Scenario,
+    p: &dyn PathDef,
+    r: &mut paths::Running,
+    rep: usize,
+    s: &Settings,
+) -> Measurement {
+    let (t0, st0) = cpu_jiffies();
+    let mut m = Measurement {
+        rep,
+        scenario: sc,
+        path: p.name().into(),
+        figures: BTreeMap::new(),
+        steal_pct: 0.0,
+        error: None,
+        raw: Value::Null,
+    };
+    let ep = r.endpoints;
+    let res = match sc {
+        Scenario::Bulk | Scenario::BulkMulti => bulk(load, sc, &ep, r, s, &mut m),
+        Scenario::Latency => latency(load, &ep, s, &mut m),
+        Scenario::Handshakes | Scenario::Resumed => connections(load, sc, &ep, s, &mut m),
+        Scenario::Idle => idle(load, &ep, r, p.kind(), s, &mut m),
+    };
+    if let Err(e) = res {
+        m.error = Some(format!("{e:#}"));
+    }
+    let (t1, st1) = cpu_jiffies();
+    if t1 > t0 {
+        m.steal_pct = (st1 - st0) as f64 * 100.0 / (t1 - t0) as f64;
+    }
+    m
+}
+
+/// Runs `splice-load ARGS` to completion within `limit` and parses the JSON it prints.
+fn load_json(load: &Path, args: &[String], limit: Duration) -> Result<Value> {
+    let mut cmd = Command::new(load);
+    cmd.args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .stdin(Stdio::null());
+    let mut child = procs::spawn_grouped(&mut cmd)?;
+    let pid = child.id() as i32;
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(st) = child.try_wait()? {
+            break st;
+        }
+        if Instant::now() > deadline {
+            procs::stop_group(pid);
+            let _ = child.wait();
+            bail!(
+                "splice-load {} did not finish within {limit:?}",
+                args.join(" ")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    procs::stop_group(pid);
+    let mut out = String::new();
+    let mut err = String::new();
+    std::io::Read::read_to_string(child.stdout.as_mut().expect("piped"), &mut out)?;
+    std::io::Read::read_to_string(child.stderr.as_mut().expect("piped"), &mut err)?;
+    if !status.success() {
+        bail!(
+            "splice-load {} failed ({status}): {}",
+            args.join(" "),
+            err.trim()
+        );
+    }
+    let v: Value =
+        serde_json::from_str(out.trim()).with_context(|| format!("splice-load printed {out:?}"))?;
+    Ok(v)
+}
+
+/// Fails when the load generator reported errors.
+fn check_errors(v: &Value) -> Result<()> {
+    let n = v["errors"]["count"].as_u64().unwrap_or(0);
+    if n > 0 {
+        bail!("{n} error(s), e.g. {}", v["errors"]["samples"]);
+    }
+    Ok(())
+}
+
+fn secs_arg(d: f64) -> String {
+    format!("{d}")
+}
+
+fn bulk(
+    load: &Path,
+    sc: Scenario,
+    ep: &Endpoints,
+    r: &paths::Running,
+    s: &Settings,
+    m: &mut Measurement,
+) -> Result<()> {
+    let streams = if sc == Scenario::Bulk { 1 } else { s.streams };
+    let cpu0: Vec<f64> = r
+        .ends
+        .iter()
+        .map(|p| procs::group_cpu_secs(p.pid()))
+        .collect();
+    let v = load_json(
+        load,
+        &[
+            "bulk".into(),
+            "--target".into(),
+            ep.sink.to_string(),
+            "--streams".into(),
+            streams.to_string(),
+            "--duration".into(),
+            secs_arg(s.duration),
+        ],
+        Duration::from_secs_f64(s.duration + 90.0),
+    )?;
+    let cpu: Vec<f64> = r
+        .ends
+        .iter()
+        .zip(&cpu0)
+        .map(|(p, c0)| procs::group_cpu_secs(p.pid()) - c0)
+        .collect();
+    m.raw = v.clone();
+    check_errors(&v)?;
+    let bytes = v["bytes"].as_f64().unwrap_or(0.0);
+    m.figures
+        .insert("gbit_per_s".into(), v["gbit_per_s"].as_f64().unwrap_or(0.0));
+    if !cpu.is_empty() && bytes > 0.0 {
+        let gib = bytes / (1u64 << 30) as f64;
+        m.figures
+            .insert("cpu_s_per_gib".into(), cpu.iter().sum::<f64>() / gib);
+        m.figures
+            .insert("client_cpu_s_per_gib".into(), cpu[0] / gib);
+        m.figures
+            .insert("server_cpu_s_per_gib".into(), cpu[1] / gib);
+    }
+    Ok(())
+}
+
+fn latency(load: &Path, ep: &Endpoints, s: &Settings, m: &mut Measurement) -> Result<()> {
+    let v = load_json(
+        load,
+        &[
+            "rr".into(),
+            "--target".into(),
+            ep.echo.to_string(),
+            "--size".into(),
+            "64".into(),
+            "--duration".into(),
+            secs_arg(s.duration),
+        ],
+        Duration::from_secs_f64(s.duration + 90.0),
+    )?;
+    m.raw = v.clone();
+    check_errors(&v)?;
+    for k in ["p50_us", "p90_us", "p99_us", "p999_us", "max_us"] {
+        m.figures
+            .insert(k.into(), v["latency"][k].as_f64().unwrap_or(0.0));
+    }
+    m.figures
+        .insert("requests".into(), v["requests"].as_f64().unwrap_or(0.0));
+    Ok(())
+}
+
+fn connections(
+    load: &Path,
+    sc: Scenario,
+    ep: &Endpoints,
+    s: &Settings,
+    m: &mut Measurement,
+) -> Result<()> {
+    let target = if sc == Scenario::Resumed {
+        ep.echo_resume
+    } else {
+        ep.echo
+    };
+    let v = load_json(
+        load,
+        &[
+            "connect".into(),
+            "--target".into(),
+            target.to_string(),
+            "--workers".into(),
+            s.workers.to_string(),
+            "--duration".into(),
+            secs_arg(s.duration),
+        ],
+        Duration::from_secs_f64(s.duration + 90.0),
+    )?;
+    m.raw = v.clone();
+    check_errors(&v)?;
+    m.figures
+        .insert("conn_per_s".into(), v["per_sec"].as_f64().unwrap_or(0.0));
+    m.figures.insert(
+        "connect_p50_us".into(),
+        v["latency"]["p50_us"].as_f64().unwrap_or(0.0),
+    );
+    m.figures.insert(
+        "connect_p99_us".into(),
+        v["latency"]["p99_us"].as_f64().unwrap_or(0.0),
+    );
+    Ok(())
+}
+
+/// Opens `idle_conns` connections through the path, holds them, and charges each proxy end's
+/// memory growth (PSS of its whole process group) to them.
+fn idle(
+    load: &Path,
+    ep: &Endpoints,
+    r: &paths::Running,
+    kind: Kind,
+    s: &Settings,
+    m: &mut Measurement,
+) -> Result<()> {
+    std::thread::sleep(Duration::from_millis(500)); // let the previous scenario's sockets go
+    let before: Vec<u64> = r
+        .ends
+        .iter()
+        .map(|p| procs::group_pss_kib(p.pid()))
+        .collect();
+    let mut cmd = Command::new(load);
+    cmd.args([
+        "idle",
+        "--target",
+        &ep.echo.to_string(),
+        "--count",
+        &s.idle_conns.to_string(),
+        "--hold",
+        "300",
+    ])
+    .stdin(Stdio::piped())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::null());
+    let mut child = procs::spawn_grouped(&mut cmd)?;
+    let pid = child.id() as i32;
+    let stdout = child.stdout.take().expect("piped");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let limit = Duration::from_secs(60 + s.idle_conns as u64 / 50);
+    let line = rx.recv_timeout(limit).unwrap_or_default();
+    let result = (|| {
+        let v: Value = serde_json::from_str(line.trim()).with_context(|| {
+            format!("splice-load idle printed {line:?} (or nothing within {limit:?})")
+        })?;
+        m.raw = v.clone();
+        check_errors(&v)?;
+        let open = v["open"].as_f64().unwrap_or(0.0);
+        if open == 0.0 {
+            bail!("no connection opened");
+        }
+        std::thread::sleep(Duration::from_millis(500)); // let every end settle
+        if kind != Kind::Direct {
+            let after: Vec<u64> = r
+                .ends
+                .iter()
+                .map(|p| procs::group_pss_kib(p.pid()))
+                .collect();
+            let per: Vec<f64> = after
+                .iter()
+                .zip(&before)
+                .map(|(a, b)| (*a as f64 - *b as f64) / open)
+                .collect();
+            m.figures.insert("client_kib_per_conn".into(), per[0]);
+            m.figures.insert("server_kib_per_conn".into(), per[1]);
+            m.figures.insert("kib_per_conn".into(), per[0].max(per[1]));
+        }
+        m.figures
+            .insert("open_secs".into(), v["secs"].as_f64().unwrap_or(0.0));
+        Ok(())
+    })();
+    // Closing stdin tells it to close the connections and exit.
+    drop(child.stdin.take());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while child.try_wait()?.is_none() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    procs::stop_group(pid);
+    let _ = child.wait();
+    result
+}
+
+/// The progress line: rewritten in place on a terminal, one line per step otherwise.
+struct Progress {
+    total: usize,
+    done: std::cell::Cell<usize>,
+    tty: bool,
+    started: Instant,
+}
+
+impl Progress {
+    fn new(total: usize) -> Self {
+        Self {
+            total,
+            done: 0.into(),
+            tty: std::io::stderr().is_terminal(),
+            started: Instant::now(),
+        }
+    }
+
+    fn step(&self, what: &str) {
+        let n = self.done.get() + 1;
+        self.done.set(n);
+        let line = format!(
+            "bench: [{n}/{}] {what} ({:.0}s)",
+            self.total,
+            self.started.elapsed().as_secs_f64()
+        );
+        let mut e = std::io::stderr().lock();
+        if self.tty {
+            let _ = write!(e, "\r\x1b[K{line}");
+        } else {
+            let _ = writeln!(e, "{line}");
+        }
+        let _ = e.flush();
+    }
+
+    fn note(&self, what: &str) {
+        let clear = if self.tty { "\r\x1b[K" } else { "" };
+        eprintln!("{clear}bench: {what}");
+    }
+
+    fn done(&self) {
+        if self.tty {
+            eprintln!();
+        }
+        eprintln!(
+            "bench: {} measurements in {:.0}s",
+            self.done.get(),
+            self.started.elapsed().as_secs_f64()
+        );
+    }
+}

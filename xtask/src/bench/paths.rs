@@ -1,0 +1,619 @@
+//! The paths a bench run measures: `direct` (no proxy), splice-engine's client -> server chain
+//! (per driver, and with kTLS), and the same chain through peers (nginx, HAProxy, stunnel,
+//! socat).
+//!
+//! Every chain is `load -> client end -> TLS 1.3 AES-128-GCM (ECDSA P-256, verified) -> server
+//! end -> backend`, with three routes: to the sink, to the echo backend, and to the echo backend
+//! with TLS session resumption allowed (the other two forbid it, so every connection is a full
+//! handshake). Adding a path means one [`PathDef`] implementation and one line in [`all`].
+
+use std::fmt::Write as _;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+use super::procs::Proc;
+
+/// What kind of path it is, for ratios: `direct` is the ceiling, peers are the comparison.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// No proxy.
+    Direct,
+    /// splice-engine.
+    Ours,
+    /// Another product.
+    Peer,
+}
+
+/// Everything a path needs to start.
+pub struct Ctx {
+    /// Where configs and logs go.
+    pub dir: PathBuf,
+    /// The release `splice-engine` binary.
+    pub engine: PathBuf,
+    /// The backends.
+    pub sink: SocketAddr,
+    /// The echo backend.
+    pub echo: SocketAddr,
+    /// `splice-engine probe --json`.
+    pub probe: serde_json::Value,
+}
+
+impl Ctx {
+    fn file(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    fn write(&self, name: &str, text: &str) -> Result<PathBuf> {
+        let p = self.file(name);
+        std::fs::write(&p, text).with_context(|| format!("writing {}", p.display()))?;
+        Ok(p)
+    }
+
+    /// The CA, leaf certificate and key (see [`super::certs`]).
+    fn ca(&self) -> PathBuf {
+        self.file("ca.pem")
+    }
+    fn cert(&self) -> PathBuf {
+        self.file("leaf.pem")
+    }
+    fn key(&self) -> PathBuf {
+        self.file("leaf.key")
+    }
+}
+
+/// Where the load generator connects on a started path.
+#[derive(Debug, Clone, Copy)]
+pub struct Endpoints {
+    /// Leads to the sink; full handshakes.
+    pub sink: SocketAddr,
+    /// Leads to the echo backend; full handshakes.
+    pub echo: SocketAddr,
+    /// Leads to the echo backend; session resumption allowed.
+    pub echo_resume: SocketAddr,
+}
+
+/// A started path: its entry points and its proxy processes.
+pub struct Running {
+    /// Entry points.
+    pub endpoints: Endpoints,
+    /// The client end then the server end (empty for `direct`).
+    pub ends: Vec<Proc>,
+}
+
+/// One route through a chain: client end listens on `entry`, server end on `middle`.
+pub struct Route {
+    name: &'static str,
+    entry: SocketAddr,
+    middle: SocketAddr,
+    backend: SocketAddr,
+    resume: bool,
+}
+
+/// A way through from the load generator to the backends.
+pub trait PathDef {
+    /// Its name on the command line and in reports.
+    fn name(&self) -> &'static str;
+    /// Direct, ours or a peer.
+    fn kind(&self) -> Kind;
+    /// `Ok(version)` when it can run here, `Err(reason)` to skip it.
+    fn check(&self, ctx: &Ctx) -> Result<String, String>;
+    /// The two ends' commands for these routes (configs written under `ctx.dir`).
+    fn ends(&self, ctx: &Ctx, routes: &[Route]) -> Result<[Command; 2]>;
+    /// Starts it and waits until every entry and middle port accepts.
+    fn start(&self, ctx: &Ctx) -> Result<Running> {
+        let routes = [
+            route("sink", ctx.sink, false)?,
+            route("echo", ctx.echo, false)?,
+            route("echo-resume", ctx.echo, true)?,
+        ];
+        let [mut client, mut server] = self.ends(ctx, &routes)?;
+        let name = self.name();
+        let mut server = Proc::spawn(
+            &format!("{name} server end"),
+            &mut server,
+            &ctx.file(&format!("{name}-server.log")),
+        )?;
+        let mut client = Proc::spawn(
+            &format!("{name} client end"),
+            &mut client,
+            &ctx.file(&format!("{name}-client.log")),
+        )?;
+        for r in &routes {
+            wait_listening(r.middle, &mut server)?;
+            wait_listening(r.entry, &mut client)?;
+        }
+        Ok(Running {
+            endpoints: Endpoints {
+                sink: routes[0].entry,
+                echo: routes[1].entry,
+                echo_resume: routes[2].entry,
+            },
+            ends: vec![client, server],
+        })
+    }
+}
+
+/// Every path, in report order.
+pub fn all() -> Vec<Box<dyn PathDef>> {
+    vec![
+        Box::new(Direct),
+        Box::new(Splice::Uring),
+        Box::new(Splice::Epoll),
+        Box::new(Splice::Ktls),
+        Box::new(Nginx),
+        Box::new(Haproxy),
+        Box::new(Stunnel),
+        Box::new(Socat),
+    ]
+}
+
+fn route(name: &'static str, backend: SocketAddr, resume: bool) -> Result<Route> {
+    Ok(Route {
+        name,
+        entry: free_port()?,
+        middle: free_port()?,
+        backend,
+        resume,
+    })
+}
+
+/// A loopback address with a port free right now.
+fn free_port() -> Result<SocketAddr> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+}
+
+fn wait_listening(addr: SocketAddr, p: &mut Proc) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        p.check_alive()?;
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("{} is not listening on {addr} after 15 s", p.name);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn pair(ends: Vec<Command>) -> Result<[Command; 2]> {
+    ends.try_into()
+        .map_err(|v: Vec<Command>| anyhow::anyhow!("a chain has two ends, not {}", v.len()))
+}
+
+/// The first line a command prints (stdout or stderr) for `args`, or why it cannot run.
+fn version_of(bin: &str, args: &[&str]) -> Result<String, String> {
+    let out = Command::new(bin).args(args).output().map_err(|e| {
+        format!("{bin} is not installed ({e}); `cargo xtask bench --install-peers` installs it")
+    })?;
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    Ok(text
+        .lines()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or(bin)
+        .trim()
+        .to_string())
+}
+
+/// No proxy: the load generator talks to the backends.
+struct Direct;
+
+impl PathDef for Direct {
+    fn name(&self) -> &'static str {
+        "direct"
+    }
+    fn kind(&self) -> Kind {
+        Kind::Direct
+    }
+    fn check(&self, _: &Ctx) -> Result<String, String> {
+        Ok("no proxy".into())
+    }
+    fn ends(&self, _: &Ctx, _: &[Route]) -> Result<[Command; 2]> {
+        unreachable!("direct starts nothing")
+    }
+    fn start(&self, ctx: &Ctx) -> Result<Running> {
+        Ok(Running {
+            endpoints: Endpoints {
+                sink: ctx.sink,
+                echo: ctx.echo,
+                echo_resume: ctx.echo,
+            },
+            ends: Vec::new(),
+        })
+    }
+}
+
+/// splice-engine at both ends.
+enum Splice {
+    Uring,
+    Epoll,
+    Ktls,
+}
+
+impl PathDef for Splice {
+    fn name(&self) -> &'static str {
+        match self {
+            Splice::Uring => "splice-uring",
+            Splice::Epoll => "splice-epoll",
+            Splice::Ktls => "splice-ktls",
+        }
+    }
+    fn kind(&self) -> Kind {
+        Kind::Ours
+    }
+    fn check(&self, ctx: &Ctx) -> Result<String, String> {
+        let p = &ctx.probe;
+        let why = |k: &str| p[k].as_str().unwrap_or("unknown").to_string();
+        match self {
+            Splice::Uring if p["io_uring"] != true => {
+                Err(format!("no io_uring: {}", why("io_uring_reason")))
+            }
+            Splice::Ktls if p["ktls"] != true => Err(format!("no kTLS: {}", why("ktls_reason"))),
+            _ => version_of(&ctx.engine.to_string_lossy(), &["--version"]),
+        }
+    }
+    fn ends(&self, ctx: &Ctx, routes: &[Route]) -> Result<[Command; 2]> {
+        let (driver, ktls) = match self {
+            Splice::Uring => ("uring", "off"),
+            Splice::Epoll => ("epoll", "off"),
+            Splice::Ktls => ("auto", "on"),
+        };
+        let mut ends = Vec::new();
+        for end in ["client", "server"] {
+            let mut t = format!("driver = \"{driver}\"\nktls = \"{ktls}\"\nlog_level = \"warn\"\n");
+            for r in routes {
+                let (listen, connect) = if end == "client" {
+                    (r.entry, format!("localhost:{}", r.middle.port()))
+                } else {
+                    (r.middle, r.backend.to_string())
+                };
+                write!(
+                    t,
+                    "\n[[forwarder]]\nname = \"{}\"\nmode = \"{end}\"\nlisten = \"{listen}\"\nconnect = \"{connect}\"\n\
+                     max_connections = 100000\nresumption = {}\ntls_versions = [\"1.3\"]\n",
+                    r.name, r.resume
+                )?;
+                if end == "client" {
+                    writeln!(t, "ca = {:?}", ctx.ca())?;
+                } else {
+                    writeln!(t, "cert = {:?}\nkey = {:?}", ctx.cert(), ctx.key())?;
+                }
+            }
+            let conf = ctx.write(&format!("{}-{end}.toml", self.name()), &t)?;
+            let mut cmd = Command::new(&ctx.engine);
+            cmd.arg("run").arg("--config").arg(conf);
+            ends.push(cmd);
+        }
+        pair(ends)
+    }
+}
+
+/// nginx's stream module: `proxy_ssl on` at the client end, `listen ... ssl` at the server end.
+struct Nginx;
+
+impl Nginx {
+    fn conf(ctx: &Ctx, end: &str, servers: &str) -> String {
+        let module = Path::new("/usr/lib/nginx/modules/ngx_stream_module.so");
+        let load = if module.exists() {
+            format!("load_module {};\n", module.display())
+        } else {
+            String::new()
+        };
+        let d = ctx.dir.display();
+        format!(
+            "{load}daemon off;\nmaster_process on;\nworker_processes auto;\nworker_rlimit_nofile 20000;\n\
+             pid {d}/nginx-{end}.pid;\nerror_log {d}/nginx-{end}.err warn;\n\
+             events {{ worker_connections 20000; }}\nstream {{\n{servers}}}\n"
+        )
+    }
+}
+
+impl PathDef for Nginx {
+    fn name(&self) -> &'static str {
+        "nginx"
+    }
+    fn kind(&self) -> Kind {
+        Kind::Peer
+    }
+    fn check(&self, _: &Ctx) -> Result<String, String> {
+        let v = version_of("nginx", &["-V"])?;
+        let all = Command::new("nginx")
+            .arg("-V")
+            .output()
+            .map_err(|e| e.to_string())?;
+        let all = String::from_utf8_lossy(&all.stderr);
+        if !all.contains("--with-stream") {
+            return Err("nginx has no stream module".into());
+        }
+        if all.contains("--with-stream=dynamic")
+            && !Path::new("/usr/lib/nginx/modules/ngx_stream_module.so").exists()
+        {
+            return Err(
+                "nginx's stream module is not installed (Debian: libnginx-mod-stream)".into(),
+            );
+        }
+        Ok(v.trim_start_matches("nginx version: ").to_string())
+    }
+    fn ends(&self, ctx: &Ctx, routes: &[Route]) -> Result<[Command; 2]> {
+        let (mut c, mut s) = (String::new(), String::new());
+        let tls = "TLSv1.3";
+        let suite = "TLS_AES_128_GCM_SHA256";
+        for r in routes {
+            let reuse = if r.resume { "on" } else { "off" };
+            write!(
+                c,
+                "  server {{ listen {}; proxy_pass {}; proxy_ssl on; proxy_ssl_protocols {tls};\n    \
+                 proxy_ssl_conf_command Ciphersuites {suite}; proxy_ssl_verify on;\n    \
+                 proxy_ssl_trusted_certificate {}; proxy_ssl_name localhost; proxy_ssl_server_name on;\n    \
+                 proxy_ssl_session_reuse {reuse}; proxy_half_close on; }}\n",
+                r.entry,
+                r.middle,
+                ctx.ca().display()
+            )?;
+            let cache = if r.resume {
+                "ssl_session_cache shared:resume:10m; ssl_session_tickets on;"
+            } else {
+                "ssl_session_cache off; ssl_session_tickets off;"
+            };
+            write!(
+                s,
+                "  server {{ listen {} ssl; proxy_pass {}; ssl_certificate {}; ssl_certificate_key {};\n    \
+                 ssl_protocols {tls}; ssl_conf_command Ciphersuites {suite}; {cache}\n    \
+                 proxy_half_close on; }}\n",
+                r.middle,
+                r.backend,
+                ctx.cert().display(),
+                ctx.key().display()
+            )?;
+        }
+        let mut ends = Vec::new();
+        for (end, servers) in [("client", c), ("server", s)] {
+            let conf = ctx.write(
+                &format!("nginx-{end}.conf"),
+                &Self::conf(ctx, end, &servers),
+            )?;
+            let mut cmd = Command::new("nginx");
+            cmd.arg("-e")
+                .arg(ctx.file(&format!("nginx-{end}.err")))
+                .arg("-c")
+                .arg(conf);
+            ends.push(cmd);
+        }
+        pair(ends)
+    }
+}
+
+/// HAProxy in TCP mode: `server ... ssl verify required` at the client end, `bind ... ssl crt`
+/// at the server end.
+struct Haproxy;
+
+impl PathDef for Haproxy {
+    fn name(&self) -> &'static str {
+        "haproxy"
+    }
+    fn kind(&self) -> Kind {
+        Kind::Peer
+    }
+    fn check(&self, _: &Ctx) -> Result<String, String> {
+        version_of("haproxy", &["-v"])
+    }
+    fn ends(&self, ctx: &Ctx, routes: &[Route]) -> Result<[Command; 2]> {
+        // maxconn bounds the descriptors HAProxy asks for (two per connection and end).
+        let head = "global\n  maxconn 8000\n  ssl-server-verify required\n\
+                    defaults\n  mode tcp\n  timeout connect 5s\n  timeout client 120s\n  timeout server 120s\n";
+        let (mut c, mut s) = (head.to_string(), head.to_string());
+        let tls = "ssl-min-ver TLSv1.3 ciphersuites TLS_AES_128_GCM_SHA256";
+        for r in routes {
+            let reuse = if r.resume { "" } else { " no-ssl-reuse" };
+            write!(
+                c,
+                "listen {n}\n  bind {}\n  server s {} ssl verify required ca-file {} sni str(localhost) {tls}{reuse}\n",
+                r.entry,
+                r.middle,
+                ctx.ca().display(),
+                n = r.name
+            )?;
+            let tickets = if r.resume { "" } else { " no-tls-tickets" };
+            write!(
+                s,
+                "listen {n}\n  bind {} ssl crt {} {tls}{tickets}\n  server s {}\n",
+                r.middle,
+                ctx.file("leaf-bundle.pem").display(),
+                r.backend,
+                n = r.name
+            )?;
+        }
+        let mut ends = Vec::new();
+        for (end, text) in [("client", c), ("server", s)] {
+            let conf = ctx.write(&format!("haproxy-{end}.cfg"), &text)?;
+            let mut cmd = Command::new("haproxy");
+            cmd.arg("-db").arg("-f").arg(conf);
+            ends.push(cmd);
+        }
+        pair(ends)
+    }
+}
+
+/// stunnel: `client = yes` services at the client end, plain services at the server end.
+struct Stunnel;
+
+impl Stunnel {
+    fn bin() -> &'static str {
+        if Path::new("/usr/bin/stunnel4").exists() {
+            "stunnel4"
+        } else {
+            "stunnel"
+        }
+    }
+}
+
+impl PathDef for Stunnel {
+    fn name(&self) -> &'static str {
+        "stunnel"
+    }
+    fn kind(&self) -> Kind {
+        Kind::Peer
+    }
+    fn check(&self, _: &Ctx) -> Result<String, String> {
+        let v = version_of(Self::bin(), &["-version"])?;
+        Ok(v.trim_start_matches("stunnel ").to_string())
+    }
+    fn ends(&self, ctx: &Ctx, routes: &[Route]) -> Result<[Command; 2]> {
+        let head = |end: &str| {
+            format!(
+                "foreground = yes\npid =\nsyslog = no\ndebug = 3\noutput = {}\n",
+                ctx.file(&format!("stunnel-{end}.out")).display()
+            )
+        };
+        let (mut c, mut s) = (head("client"), head("server"));
+        let tls = "sslVersionMin = TLSv1.3\nciphersuites = TLS_AES_128_GCM_SHA256\nsocket = l:TCP_NODELAY=1\nsocket = r:TCP_NODELAY=1\n";
+        for r in routes {
+            let resume = if r.resume { "yes" } else { "no" };
+            write!(
+                c,
+                "[{n}]\nclient = yes\naccept = {}\nconnect = {}\nCAfile = {}\nverifyChain = yes\n\
+                 checkHost = localhost\nsni = localhost\nsessionResume = {resume}\n{tls}",
+                r.entry,
+                r.middle,
+                ctx.ca().display(),
+                n = r.name
+            )?;
+            write!(
+                s,
+                "[{n}]\naccept = {}\nconnect = {}\ncert = {}\nkey = {}\n{tls}",
+                r.middle,
+                r.backend,
+                ctx.cert().display(),
+                ctx.key().display(),
+                n = r.name
+            )?;
+        }
+        let mut ends = Vec::new();
+        for (end, text) in [("client", c), ("server", s)] {
+            let conf = ctx.write(&format!("stunnel-{end}.conf"), &text)?;
+            let mut cmd = Command::new(Self::bin());
+            cmd.arg(conf);
+            ends.push(cmd);
+        }
+        pair(ends)
+    }
+}
+
+/// socat: one forked process per connection at each end. It cannot choose TLS 1.3 suites, so
+/// an OpenSSL configuration file (`OPENSSL_CONF`) pins TLS 1.3 and AES-128-GCM like the others.
+/// It keeps no session cache across its forked children, so `resumed` is full handshakes too.
+struct Socat;
+
+impl PathDef for Socat {
+    fn name(&self) -> &'static str {
+        "socat"
+    }
+    fn kind(&self) -> Kind {
+        Kind::Peer
+    }
+    fn check(&self, _: &Ctx) -> Result<String, String> {
+        let v = Command::new("socat").arg("-V").output().map_err(|e| {
+            format!("socat is not installed ({e}); `cargo xtask bench --install-peers` installs it")
+        })?;
+        let text = String::from_utf8_lossy(&v.stdout);
+        Ok(text
+            .lines()
+            .find(|l| l.contains("socat version"))
+            .unwrap_or("socat")
+            .trim()
+            .trim_start_matches(
+                "socat by Gerhard Rieger and contributors - see www.dest-unreach.org",
+            )
+            .to_string())
+    }
+    fn ends(&self, ctx: &Ctx, routes: &[Route]) -> Result<[Command; 2]> {
+        let conf = ctx.write(
+            "socat-openssl.cnf",
+            "openssl_conf = init\n[init]\nssl_conf = ssl\n[ssl]\nsystem_default = defaults\n\
+             [defaults]\nMinProtocol = TLSv1.3\nCiphersuites = TLS_AES_128_GCM_SHA256\n",
+        )?;
+        // One socat process pair per route, all in one process group per end: a small shell
+        // script starts them and waits, so stopping the group stops them all.
+        let (mut c, mut s) = (String::from("set -e\n"), String::from("set -e\n"));
+        for r in routes {
+            writeln!(
+                c,
+                "socat TCP-LISTEN:{},bind=127.0.0.1,reuseaddr,fork,backlog=4096,nodelay \
+                 OPENSSL:localhost:{},cafile={},verify=1,nodelay &",
+                r.entry.port(),
+                r.middle.port(),
+                ctx.ca().display()
+            )?;
+            writeln!(
+                s,
+                "socat OPENSSL-LISTEN:{},bind=127.0.0.1,reuseaddr,fork,backlog=4096,nodelay,cert={},key={},verify=0 \
+                 TCP:{},nodelay &",
+                r.middle.port(),
+                ctx.cert().display(),
+                ctx.key().display(),
+                r.backend
+            )?;
+        }
+        let mut ends = Vec::new();
+        for (end, mut text) in [("client", c), ("server", s)] {
+            text.push_str("wait\n");
+            let script = ctx.write(&format!("socat-{end}.sh"), &text)?;
+            let mut cmd = Command::new("sh");
+            cmd.arg(script).env("OPENSSL_CONF", &conf);
+            ends.push(cmd);
+        }
+        pair(ends)
+    }
+}
+
+/// Installs the peers from the distribution's packages (Debian/Ubuntu: apt-get), without
+/// letting the packages start their system services.
+pub fn install_peers() -> Result<()> {
+    let packages = [
+        "nginx-light",
+        "libnginx-mod-stream",
+        "haproxy",
+        "stunnel4",
+        "socat",
+    ];
+    if Command::new("apt-get").arg("--version").output().is_err() {
+        bail!(
+            "--install-peers knows only apt-get; install {} by hand",
+            packages.join(", ")
+        );
+    }
+    let root = rustix::process::geteuid().is_root();
+    // As root, a policy-rc.d that answers 101 keeps the packages' services from starting.
+    let policy = Path::new("/usr/sbin/policy-rc.d");
+    let ours = root && !policy.exists();
+    if ours {
+        std::fs::write(policy, "#!/bin/sh\nexit 101\n").context("writing /usr/sbin/policy-rc.d")?;
+        std::fs::set_permissions(policy, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    }
+    let apt = |args: &[&str]| {
+        let mut cmd = Command::new(if root { "apt-get" } else { "sudo" });
+        if !root {
+            cmd.args(["-n", "apt-get"]);
+        }
+        cmd.args(args).env("DEBIAN_FRONTEND", "noninteractive");
+        crate::run_cmd(&mut cmd)
+    };
+    let install: Vec<&str> = ["install", "-y", "-q", "--no-install-recommends"]
+        .into_iter()
+        .chain(packages)
+        .collect();
+    // The package lists may be missing or stale on a fresh machine: update once and retry.
+    let result = apt(&install).or_else(|_| {
+        apt(&["update", "-q"])?;
+        apt(&install)
+    });
+    if ours {
+        let _ = std::fs::remove_file(policy);
+    }
+    result
+}

@@ -1,0 +1,587 @@
+//! From raw measurements to the summary: medians, spreads, and ratios taken within each
+//! repetition (a path against `direct`, and against the best peer of that same repetition),
+//! then the terminal table.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use serde::Serialize;
+use serde_json::Value;
+
+use super::{Measurement, PathInfo, Scenario};
+
+/// Which way a figure improves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Better {
+    /// More is better (throughput, rates).
+    Higher,
+    /// Less is better (latency, CPU, memory).
+    Lower,
+}
+
+/// A figure's meaning.
+pub struct Figure {
+    /// Key in [`Measurement::figures`].
+    pub key: &'static str,
+    /// Column title.
+    pub label: &'static str,
+    /// Unit.
+    pub unit: &'static str,
+    /// Which way it improves.
+    pub better: Better,
+}
+
+const fn fig(key: &'static str, label: &'static str, unit: &'static str, better: Better) -> Figure {
+    Figure {
+        key,
+        label,
+        unit,
+        better,
+    }
+}
+
+/// How a scenario is reported: its figures (table columns, in order), and which figure the
+/// `×direct` and `×best peer` columns compare.
+pub struct Layout {
+    /// One line on what it measures.
+    pub what: &'static str,
+    /// Figures shown.
+    pub figures: &'static [Figure],
+    /// Compared with `direct`.
+    pub vs_direct: &'static str,
+    /// Compared with the best peer.
+    pub vs_peer: &'static str,
+}
+
+const BULK: &[Figure] = &[
+    fig("gbit_per_s", "Gbit/s", "Gbit/s", Better::Higher),
+    fig(
+        "cpu_s_per_gib",
+        "proxy CPU s/GiB",
+        "CPU s/GiB",
+        Better::Lower,
+    ),
+];
+const LATENCY: &[Figure] = &[
+    fig("p50_us", "p50 µs", "µs", Better::Lower),
+    fig("p90_us", "p90", "µs", Better::Lower),
+    fig("p99_us", "p99", "µs", Better::Lower),
+    fig("p999_us", "p99.9", "µs", Better::Lower),
+    fig("max_us", "max", "µs", Better::Lower),
+    fig("added_p50_us", "added p50 µs", "µs", Better::Lower),
+];
+const CONNECT: &[Figure] = &[
+    fig("conn_per_s", "conn/s", "connections/s", Better::Higher),
+    fig("connect_p50_us", "p50 µs", "µs", Better::Lower),
+];
+const IDLE: &[Figure] = &[
+    fig("kib_per_conn", "KiB/conn (worst end)", "KiB", Better::Lower),
+    fig("client_kib_per_conn", "client end", "KiB", Better::Lower),
+    fig("server_kib_per_conn", "server end", "KiB", Better::Lower),
+];
+
+/// The report layout of `sc`.
+pub fn layout(sc: Scenario) -> Layout {
+    match sc {
+        Scenario::Bulk => Layout {
+            what: "one stream to the sink, every byte checked",
+            figures: BULK,
+            vs_direct: "gbit_per_s",
+            vs_peer: "gbit_per_s",
+        },
+        Scenario::BulkMulti => Layout {
+            what: "parallel streams to the sink, every byte checked",
+            figures: BULK,
+            vs_direct: "gbit_per_s",
+            vs_peer: "gbit_per_s",
+        },
+        Scenario::Latency => Layout {
+            what: "64-byte request/response round trips on one connection",
+            figures: LATENCY,
+            vs_direct: "p50_us",
+            vs_peer: "added_p50_us",
+        },
+        Scenario::Handshakes => Layout {
+            what: "new connections (connect, 32-byte echo, close), full TLS handshakes",
+            figures: CONNECT,
+            vs_direct: "conn_per_s",
+            vs_peer: "conn_per_s",
+        },
+        Scenario::Resumed => Layout {
+            what: "new connections with TLS session resumption allowed",
+            figures: CONNECT,
+            vs_direct: "conn_per_s",
+            vs_peer: "conn_per_s",
+        },
+        Scenario::Idle => Layout {
+            what: "idle proxied connections held open: PSS growth per connection",
+            figures: IDLE,
+            vs_direct: "",
+            vs_peer: "kib_per_conn",
+        },
+    }
+}
+
+/// One figure of one path in one scenario, over the repetitions.
+#[derive(Debug, Clone, Serialize)]
+pub struct Row {
+    /// Scenario.
+    pub scenario: Scenario,
+    /// Path.
+    pub path: String,
+    /// Figure key.
+    pub figure: String,
+    /// Unit.
+    pub unit: String,
+    /// Which way it improves.
+    pub better: Better,
+    /// Median over the repetitions.
+    pub median: f64,
+    /// Smallest.
+    pub min: f64,
+    /// Largest.
+    pub max: f64,
+    /// Repetitions with a value.
+    pub n: usize,
+    /// Median over repetitions of (this path / `direct`), same repetition.
+    pub vs_direct: Option<f64>,
+    /// Median over repetitions of (this path / best peer of that repetition).
+    pub vs_best_peer: Option<f64>,
+    /// The peer that was best most often.
+    pub best_peer: Option<String>,
+    /// Highest steal seen in its measurements, percent.
+    pub max_steal_pct: f64,
+}
+
+/// Medians, spreads and ratios of every figure.
+pub fn summarise(ms: &[Measurement], infos: &[PathInfo]) -> Vec<Row> {
+    let peers: Vec<&str> = infos
+        .iter()
+        .filter(|i| i.kind == "peer")
+        .map(|i| i.name.as_str())
+        .collect();
+    // (scenario, rep, path) -> figures, with the derived "added over direct" figures.
+    let mut by: BTreeMap<(Scenario, usize, &str), BTreeMap<String, f64>> = BTreeMap::new();
+    let mut steal: BTreeMap<(Scenario, &str), f64> = BTreeMap::new();
+    for m in ms {
+        let s = steal.entry((m.scenario, m.path.as_str())).or_default();
+        *s = s.max(m.steal_pct);
+        if m.error.is_none() {
+            by.insert((m.scenario, m.rep, m.path.as_str()), m.figures.clone());
+        }
+    }
+    let keys: Vec<_> = by.keys().copied().collect();
+    for (sc, rep, path) in keys {
+        if sc != Scenario::Latency {
+            continue;
+        }
+        let Some(direct) = by
+            .get(&(sc, rep, "direct"))
+            .and_then(|d| d.get("p50_us"))
+            .copied()
+        else {
+            continue;
+        };
+        let f = by.get_mut(&(sc, rep, path)).expect("present");
+        if let Some(p50) = f.get("p50_us").copied() {
+            f.insert("added_p50_us".into(), p50 - direct);
+        }
+    }
+
+    let mut rows = Vec::new();
+    let scenarios: Vec<Scenario> = {
+        let mut v: Vec<Scenario> = ms.iter().map(|m| m.scenario).collect();
+        v.dedup();
+        v.sort();
+        v.dedup();
+        v
+    };
+    for sc in scenarios {
+        let reps: Vec<usize> = {
+            let mut r: Vec<usize> = ms
+                .iter()
+                .filter(|m| m.scenario == sc)
+                .map(|m| m.rep)
+                .collect();
+            r.sort();
+            r.dedup();
+            r
+        };
+        for info in infos.iter().filter(|i| i.skipped.is_none()) {
+            let path = info.name.as_str();
+            for f in layout(sc).figures {
+                let vals: Vec<(usize, f64)> = reps
+                    .iter()
+                    .filter_map(|&rep| {
+                        by.get(&(sc, rep, path))
+                            .and_then(|fs| fs.get(f.key))
+                            .map(|v| (rep, *v))
+                    })
+                    .collect();
+                if vals.is_empty() {
+                    continue;
+                }
+                let mut vs_direct = Vec::new();
+                let mut vs_peer = Vec::new();
+                let mut best_names = Vec::new();
+                for &(rep, v) in &vals {
+                    if let Some(d) = by.get(&(sc, rep, "direct")).and_then(|fs| fs.get(f.key))
+                        && *d != 0.0
+                        && path != "direct"
+                    {
+                        vs_direct.push(v / d);
+                    }
+                    let best = peers
+                        .iter()
+                        .filter_map(|p| {
+                            by.get(&(sc, rep, *p))
+                                .and_then(|fs| fs.get(f.key))
+                                .map(|x| (*p, *x))
+                        })
+                        .reduce(|a, b| match f.better {
+                            Better::Higher if b.1 > a.1 => b,
+                            Better::Lower if b.1 < a.1 => b,
+                            _ => a,
+                        });
+                    if let Some((name, b)) = best
+                        && b != 0.0
+                    {
+                        vs_peer.push(v / b);
+                        best_names.push(name);
+                    }
+                }
+                let nums: Vec<f64> = vals.iter().map(|v| v.1).collect();
+                rows.push(Row {
+                    scenario: sc,
+                    path: path.to_string(),
+                    figure: f.key.to_string(),
+                    unit: f.unit.to_string(),
+                    better: f.better,
+                    median: median(&nums),
+                    min: nums.iter().copied().fold(f64::INFINITY, f64::min),
+                    max: nums.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+                    n: nums.len(),
+                    vs_direct: (!vs_direct.is_empty()).then(|| median(&vs_direct)),
+                    vs_best_peer: (!vs_peer.is_empty()).then(|| median(&vs_peer)),
+                    best_peer: most_common(&best_names),
+                    max_steal_pct: steal.get(&(sc, path)).copied().unwrap_or(0.0),
+                });
+            }
+        }
+    }
+    rows
+}
+
+/// The median (the mean of the middle two for an even count).
+pub fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    let n = s.len();
+    if n == 0 {
+        return f64::NAN;
+    }
+    if n % 2 == 1 {
+        s[n / 2]
+    } else {
+        (s[n / 2 - 1] + s[n / 2]) / 2.0
+    }
+}
+
+fn most_common(names: &[&str]) -> Option<String> {
+    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+    for n in names {
+        *counts.entry(n).or_default() += 1;
+    }
+    counts
+        .into_iter()
+        .max_by_key(|(_, c)| *c)
+        .map(|(n, _)| n.to_string())
+}
+
+/// A number with a sensible number of digits.
+pub fn num(v: f64) -> String {
+    let a = v.abs();
+    if a >= 1000.0 {
+        format!("{v:.0}")
+    } else if a >= 100.0 {
+        format!("{v:.1}")
+    } else if a >= 10.0 {
+        format!("{v:.2}")
+    } else {
+        format!("{v:.3}")
+    }
+}
+
+/// Steal above this share (percent) marks a figure as suspect.
+pub const STEAL_WARN_PCT: f64 = 10.0;
+
+/// The terminal report.
+pub fn table(rows: &[Row], infos: &[PathInfo], machine: &Value, settings: &Value) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "\nsplice-engine bench — {} ({} cores), Linux {}, io_uring {}, kTLS {}; commit {}{}",
+        machine["cpu_model"].as_str().unwrap_or("?"),
+        machine["cores"],
+        machine["kernel"].as_str().unwrap_or("?"),
+        yes(&machine["io_uring"]),
+        yes(&machine["ktls"]),
+        machine["git_commit"].as_str().unwrap_or("?"),
+        if machine["git_dirty"] == true {
+            " (uncommitted changes)"
+        } else {
+            ""
+        },
+    );
+    let _ = writeln!(
+        out,
+        "{}; {} s per measurement, {} repetition(s); figures are medians, (min–max) the spread;\n\
+         ×direct and ×best peer are medians of per-repetition ratios.",
+        settings["tls"].as_str().unwrap_or(""),
+        settings["duration_s"],
+        settings["reps"],
+    );
+    let scenarios: Vec<Scenario> = {
+        let mut v: Vec<Scenario> = rows.iter().map(|r| r.scenario).collect();
+        v.sort();
+        v.dedup();
+        v
+    };
+    for sc in scenarios {
+        let l = layout(sc);
+        let _ = writeln!(out, "\n{} — {}", sc.name(), l.what);
+        let mut header = vec!["path".to_string()];
+        header.extend(l.figures.iter().map(|f| f.label.to_string()));
+        if !l.vs_direct.is_empty() {
+            header.push(format!("×direct ({})", label_of(&l, l.vs_direct)));
+        }
+        header.push(format!("×best peer ({})", label_of(&l, l.vs_peer)));
+        header.push("steal".into());
+        let mut lines = vec![header];
+        let mut best = Vec::new();
+        for info in infos.iter().filter(|i| i.skipped.is_none()) {
+            let get = |key: &str| {
+                rows.iter()
+                    .find(|r| r.scenario == sc && r.path == info.name && r.figure == key)
+            };
+            if l.figures.iter().all(|f| get(f.key).is_none()) {
+                continue;
+            }
+            let mut line = vec![info.name.clone()];
+            let mut steal = 0.0f64;
+            for f in l.figures {
+                line.push(match get(f.key) {
+                    Some(r) => {
+                        steal = steal.max(r.max_steal_pct);
+                        if r.n > 1 {
+                            format!("{} ({}–{})", num(r.median), num(r.min), num(r.max))
+                        } else {
+                            num(r.median)
+                        }
+                    }
+                    None => "—".into(),
+                });
+            }
+            let ratio = |v: Option<f64>| v.map_or("—".to_string(), |x| format!("{x:.2}"));
+            if !l.vs_direct.is_empty() {
+                line.push(ratio(get(l.vs_direct).and_then(|r| r.vs_direct)));
+            }
+            let peer_row = get(l.vs_peer);
+            line.push(ratio(peer_row.and_then(|r| r.vs_best_peer)));
+            if let Some(b) = peer_row.and_then(|r| r.best_peer.clone()) {
+                best.push(b);
+            }
+            line.push(format!(
+                "{steal:.0}%{}",
+                if steal > STEAL_WARN_PCT { " !" } else { "" }
+            ));
+            lines.push(line);
+        }
+        out.push_str(&columns(&lines));
+        if let Some(b) = most_common(&best.iter().map(String::as_str).collect::<Vec<_>>()) {
+            let _ = writeln!(out, "  best peer: {b}");
+        }
+    }
+    let skipped: Vec<String> = infos
+        .iter()
+        .filter_map(|i| i.skipped.as_ref().map(|w| format!("{} ({w})", i.name)))
+        .collect();
+    if !skipped.is_empty() {
+        let _ = writeln!(out, "\nskipped: {}", skipped.join("; "));
+    }
+    let _ = writeln!(
+        out,
+        "steal: the hypervisor's share of CPU time during the measurement; above {STEAL_WARN_PCT:.0}% (!) \
+         the figure is suspect — run again."
+    );
+    out
+}
+
+fn yes(v: &Value) -> &'static str {
+    if *v == true { "yes" } else { "no" }
+}
+
+fn label_of(l: &Layout, key: &str) -> String {
+    l.figures
+        .iter()
+        .find(|f| f.key == key)
+        .map_or(key.to_string(), |f| f.label.to_string())
+}
+
+/// Left-aligned first column, right-aligned others, two spaces apart.
+fn columns(lines: &[Vec<String>]) -> String {
+    let n = lines.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..n)
+        .map(|i| {
+            lines
+                .iter()
+                .filter_map(|l| l.get(i))
+                .map(|c| c.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    for l in lines {
+        let mut s = String::from("  ");
+        for (i, c) in l.iter().enumerate() {
+            let pad = widths[i] - c.chars().count();
+            if i == 0 {
+                s.push_str(c);
+                s.push_str(&" ".repeat(pad));
+            } else {
+                s.push_str("  ");
+                s.push_str(&" ".repeat(pad));
+                s.push_str(c);
+            }
+        }
+        out.push_str(s.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m(rep: usize, sc: Scenario, path: &str, figs: &[(&str, f64)]) -> Measurement {
+        Measurement {
+            rep,
+            scenario: sc,
+            path: path.into(),
+            figures: figs.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+            steal_pct: rep as f64,
+            error: None,
+            raw: Value::Null,
+        }
+    }
+
+    fn info(name: &str, kind: &str) -> PathInfo {
+        PathInfo {
+            name: name.into(),
+            kind: kind.into(),
+            version: None,
+            skipped: None,
+        }
+    }
+
+    #[test]
+    fn ratios_are_taken_within_each_repetition() {
+        let infos = [
+            info("direct", "direct"),
+            info("ours", "ours"),
+            info("p1", "peer"),
+            info("p2", "peer"),
+        ];
+        // Rep 2 is twice as fast for everyone: the ratios must not move.
+        let mut ms = Vec::new();
+        for (rep, k) in [(1, 1.0), (2, 2.0), (3, 1.0)] {
+            ms.push(m(
+                rep,
+                Scenario::Bulk,
+                "direct",
+                &[("gbit_per_s", 20.0 * k)],
+            ));
+            ms.push(m(rep, Scenario::Bulk, "ours", &[("gbit_per_s", 8.0 * k)]));
+            ms.push(m(rep, Scenario::Bulk, "p1", &[("gbit_per_s", 4.0 * k)]));
+            ms.push(m(rep, Scenario::Bulk, "p2", &[("gbit_per_s", 2.0 * k)]));
+        }
+        let rows = summarise(&ms, &infos);
+        let ours = rows.iter().find(|r| r.path == "ours").unwrap();
+        assert_eq!(ours.median, 8.0);
+        assert_eq!((ours.min, ours.max, ours.n), (8.0, 16.0, 3));
+        assert_eq!(ours.vs_direct, Some(0.4));
+        assert_eq!(ours.vs_best_peer, Some(2.0), "against p1, the best peer");
+        assert_eq!(ours.best_peer.as_deref(), Some("p1"));
+        assert_eq!(ours.max_steal_pct, 3.0);
+        let direct = rows.iter().find(|r| r.path == "direct").unwrap();
+        assert_eq!(direct.vs_direct, None, "direct is not compared with itself");
+    }
+
+    #[test]
+    fn lower_is_better_picks_the_lowest_peer_and_added_latency_is_over_direct() {
+        let infos = [
+            info("direct", "direct"),
+            info("ours", "ours"),
+            info("p1", "peer"),
+            info("p2", "peer"),
+        ];
+        let ms = vec![
+            m(1, Scenario::Latency, "direct", &[("p50_us", 20.0)]),
+            m(1, Scenario::Latency, "ours", &[("p50_us", 50.0)]),
+            m(1, Scenario::Latency, "p1", &[("p50_us", 80.0)]),
+            m(1, Scenario::Latency, "p2", &[("p50_us", 110.0)]),
+        ];
+        let rows = summarise(&ms, &infos);
+        let added = rows
+            .iter()
+            .find(|r| r.path == "ours" && r.figure == "added_p50_us")
+            .unwrap();
+        assert_eq!(added.median, 30.0);
+        assert_eq!(added.vs_best_peer, Some(0.5), "30 µs added against p1's 60");
+        assert_eq!(added.best_peer.as_deref(), Some("p1"));
+        let p50 = rows
+            .iter()
+            .find(|r| r.path == "ours" && r.figure == "p50_us")
+            .unwrap();
+        assert_eq!(p50.vs_direct, Some(2.5));
+    }
+
+    #[test]
+    fn failed_measurements_and_missing_peers_leave_gaps_not_zeros() {
+        let infos = [info("direct", "direct"), info("ours", "ours")];
+        let mut bad = m(2, Scenario::Bulk, "ours", &[("gbit_per_s", 0.0)]);
+        bad.error = Some("boom".into());
+        let ms = vec![
+            m(1, Scenario::Bulk, "direct", &[("gbit_per_s", 10.0)]),
+            m(1, Scenario::Bulk, "ours", &[("gbit_per_s", 5.0)]),
+            m(2, Scenario::Bulk, "direct", &[("gbit_per_s", 10.0)]),
+            bad,
+        ];
+        let rows = summarise(&ms, &infos);
+        let ours = rows.iter().find(|r| r.path == "ours").unwrap();
+        assert_eq!((ours.n, ours.median), (1, 5.0));
+        assert_eq!(ours.vs_best_peer, None, "no peer ran");
+        let text = table(
+            &rows,
+            &infos,
+            &serde_json::json!({}),
+            &serde_json::json!({}),
+        );
+        assert!(text.contains("bulk — one stream"), "{text}");
+        assert!(
+            text.lines()
+                .any(|l| l.trim_start().starts_with("ours") && l.contains("5.000")),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn median_of_even_and_odd_counts() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
+        assert!(median(&[]).is_nan());
+    }
+}
