@@ -1,7 +1,8 @@
 //! Developer tasks for splice-engine, run as `cargo xtask <task>`:
 //!
 //! * `test` — the whole test suite: the host tests, then the kTLS tests in the VM;
-//! * `ci` — what CI runs: `cargo fmt --check`, `cargo clippy -D warnings`, then `test`;
+//! * `ci` — what CI runs: `cargo fmt --check`, `cargo clippy -D warnings`, `test`, then a
+//!   `bench --quick` smoke run;
 //! * `bench [FLAGS]` — load tests side by side with direct connections and peers (see `bench`);
 //! * `integration-test vm [TEST-ARGS...]` — builds `tests/kernel` as a static binary and runs it
 //!   inside the kTLS VM (`../shared/ktls-vm`, or `$SPLICE_KTLS_VM_DIR`). `TEST-ARGS` go to the
@@ -23,7 +24,7 @@ usage: cargo xtask <task>
 
 tasks:
   test                             host tests, then the kTLS tests in the VM
-  ci                               fmt check, clippy -D warnings, then `test`
+  ci                               fmt check, clippy -D warnings, `test`, `bench --quick`
   integration-test vm [ARGS...]    the kTLS tests in the VM (ARGS go to the test binary)
   bench [--quick] [FLAGS...]       load tests against direct and peers (`bench --help`)";
 
@@ -80,7 +81,15 @@ fn ci(steps: &mut Steps) -> Result<()> {
             "warnings",
         ]))
     })?;
-    test(steps)
+    test(steps)?;
+    // A smoke run of every scenario on every path that can run here: it must run and write its
+    // JSON; no speed is asserted.
+    let json = workspace_root().join("target/bench/ci.json");
+    steps.run("bench smoke (bench --quick)", || {
+        let json_arg = json.to_string_lossy();
+        bench::main(&["--quick", "--json", &json_arg])?;
+        bench::check_results(&json)
+    })
 }
 
 /// The steps run so far, with their times, for the summary line.

@@ -351,6 +351,49 @@ fn run(
     Ok(())
 }
 
+/// Checks a results file for the CI smoke run: every scenario ran on every path that was not
+/// skipped, without errors, and splice-engine was among them.
+pub fn check_results(path: &Path) -> Result<()> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let doc: Value =
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    let ran: Vec<&str> = doc["paths"]
+        .as_array()
+        .context("no `paths`")?
+        .iter()
+        .filter(|p| p["skipped"].is_null())
+        .filter_map(|p| p["name"].as_str())
+        .collect();
+    if !ran.iter().any(|p| p.starts_with("splice-")) {
+        bail!("no splice-engine path ran: {ran:?}");
+    }
+    let ms = doc["measurements"]
+        .as_array()
+        .context("no `measurements`")?;
+    for sc in Scenario::ALL {
+        for p in &ran {
+            let ok = ms
+                .iter()
+                .any(|m| m["scenario"] == sc.name() && m["path"] == *p && m["error"].is_null());
+            if !ok {
+                bail!(
+                    "{}: no successful `{}` measurement for {p}",
+                    path.display(),
+                    sc.name()
+                );
+            }
+        }
+    }
+    eprintln!(
+        "bench: {} checked: {} scenarios × {} paths",
+        path.display(),
+        Scenario::ALL.len(),
+        ran.len()
+    );
+    Ok(())
+}
+
 fn json_addr(v: &Value, key: &str) -> Result<SocketAddr> {
     v[key]
         .as_str()

@@ -26,8 +26,18 @@ struct Bar {
 struct Panel {
     title: String,
     series: Vec<&'static str>,
-    rows: Vec<(String, Vec<Option<Bar>>)>,
+    /// Path name, its kind, its bars (one per series).
+    rows: Vec<(String, String, Vec<Option<Bar>>)>,
     log: bool,
+}
+
+/// Bar colour of a single-series panel, by path kind: the ceiling grey, ours blue, peers orange.
+fn kind_color(kind: &str) -> &'static str {
+    match kind {
+        "direct" => "#9e9e9e",
+        "ours" => "#1f77b4",
+        _ => "#ff7f0e",
+    }
 }
 
 fn panel(
@@ -53,7 +63,7 @@ fn panel(
             })
             .collect();
         if bars.iter().any(Option::is_some) {
-            out.push((info.name.clone(), bars));
+            out.push((info.name.clone(), info.kind.clone(), bars));
         }
     }
     (!out.is_empty()).then(|| Panel {
@@ -144,7 +154,7 @@ pub fn chart(rows: &[Row], infos: &[PathInfo], machine: &Value) -> String {
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{WIDTH}\" height=\"{y}\" viewBox=\"0 0 {WIDTH} {y}\" \
          font-family=\"sans-serif\" font-size=\"11\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
          <text x=\"10\" y=\"22\" font-size=\"14\" font-weight=\"bold\">{}</text>\n\
-         <text x=\"10\" y=\"38\" fill=\"#555\">bars: median; whiskers: min–max over repetitions</text>\n{body}</svg>\n",
+         <text x=\"10\" y=\"38\" fill=\"#555\">bars: median (grey: no proxy; blue: splice-engine; orange: peers); whiskers: min–max over repetitions</text>\n{body}</svg>\n",
         esc(&header)
     )
 }
@@ -176,14 +186,14 @@ fn draw(out: &mut String, p: &Panel, top: f64) -> f64 {
     let top_value = p
         .rows
         .iter()
-        .flat_map(|r| r.1.iter().flatten())
+        .flat_map(|r| r.2.iter().flatten())
         .map(|b| b.max.max(b.median))
         .fold(0.0f64, f64::max)
         .max(1e-9);
     let floor = if p.log {
         p.rows
             .iter()
-            .flat_map(|r| r.1.iter().flatten())
+            .flat_map(|r| r.2.iter().flatten())
             .map(|b| b.min.min(b.median))
             .fold(f64::INFINITY, f64::min)
             .max(1e-3)
@@ -199,7 +209,7 @@ fn draw(out: &mut String, p: &Panel, top: f64) -> f64 {
             v / top_value * span
         }
     };
-    for (label, bars) in &p.rows {
+    for (label, kind, bars) in &p.rows {
         let group_h = bars.len() as f64 * (BAR_H + 2.0);
         let _ = writeln!(
             out,
@@ -211,7 +221,11 @@ fn draw(out: &mut String, p: &Panel, top: f64) -> f64 {
             let by = y + i as f64 * (BAR_H + 2.0);
             let Some(b) = b else { continue };
             let w = scale(b.median).max(1.0);
-            let color = COLORS[i % COLORS.len()];
+            let color = if p.series.len() == 1 {
+                kind_color(kind)
+            } else {
+                COLORS[i % COLORS.len()]
+            };
             let _ = writeln!(
                 out,
                 "<rect x=\"{LABEL_W}\" y=\"{by}\" width=\"{w:.1}\" height=\"{BAR_H}\" fill=\"{color}\"/>"
