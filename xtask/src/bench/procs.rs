@@ -95,7 +95,7 @@ pub fn stop_group(pid: i32) {
     let _ = kill_process_group(pgid, Signal::KILL);
 }
 
-/// Stops every registered group (for Ctrl-C and fatal errors).
+/// Stops every registered group (at the end of a run and on fatal errors).
 pub fn stop_all() {
     let pids: Vec<i32> = LIVE.lock().expect("process list").clone();
     for pid in pids {
@@ -103,14 +103,23 @@ pub fn stop_all() {
     }
 }
 
-/// On SIGINT or SIGTERM: stop every started process, then exit with 130.
+/// On SIGINT or SIGTERM: kill every started process group at once (no grace: the user asked
+/// to stop), then exit with 130. The list stays locked, so nothing new starts meanwhile.
 pub fn stop_all_on_signal() -> Result<()> {
     use signal_hook::consts::{SIGINT, SIGTERM};
     let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])?;
     std::thread::spawn(move || {
         if let Some(sig) = signals.forever().next() {
-            eprintln!("\nbench: signal {sig}: stopping every process it started");
-            stop_all();
+            let live = LIVE.lock().unwrap_or_else(|e| e.into_inner());
+            eprintln!(
+                "\nbench: signal {sig}: killing the {} process group(s) it started",
+                live.len()
+            );
+            for &pid in live.iter() {
+                if let Some(pgid) = Pid::from_raw(pid) {
+                    let _ = kill_process_group(pgid, Signal::KILL);
+                }
+            }
             std::process::exit(130);
         }
     });
