@@ -6,6 +6,7 @@
 //! apply commands from the control thread (new listeners, new configs, drain, stop).
 
 mod conn;
+mod pipes;
 mod splice;
 
 use std::cmp::Reverse;
@@ -27,6 +28,7 @@ use crate::sys;
 use crate::sys::ktls::KtlsSupport;
 
 pub(crate) use conn::Conn;
+pub use pipes::{PIPE_SIZE, PipePool};
 
 /// Everything a shard needs to serve one forwarder; replaced whole on reload.
 #[derive(Debug)]
@@ -197,7 +199,7 @@ pub(crate) struct Shard {
     rx: mpsc::Receiver<Command>,
     wake: Fd,
     draining: bool,
-    pub(crate) pipes: Vec<(OwnedFd, OwnedFd)>,
+    pub(crate) pipes: PipePool,
     completions: Vec<Completion>,
 }
 
@@ -213,7 +215,7 @@ impl Shard {
             rx,
             wake,
             draining: false,
-            pipes: Vec::new(),
+            pipes: PipePool::new(PIPE_SIZE),
             completions: Vec::new(),
         }
     }
@@ -447,21 +449,6 @@ impl Shard {
                 conn.timeout();
                 self.drive(index);
             }
-        }
-    }
-
-    /// A pipe from the pool (or a new one).
-    pub(crate) fn take_pipe(&mut self) -> Result<(OwnedFd, OwnedFd), Error> {
-        match self.pipes.pop() {
-            Some(p) => Ok(p),
-            None => Ok(sys::pipe(splice::PIPE_SIZE)?),
-        }
-    }
-
-    /// Returns an empty pipe to the pool.
-    pub(crate) fn give_pipe(&mut self, pipe: (OwnedFd, OwnedFd)) {
-        if self.pipes.len() < 64 {
-            self.pipes.push(pipe);
         }
     }
 }

@@ -13,15 +13,12 @@ use std::os::fd::{AsFd, OwnedFd};
 
 use rustls::ProtocolVersion;
 
-use super::{Shard, TAG_POLL, token};
+use super::{PIPE_SIZE, Shard, TAG_POLL, token};
 use crate::config::Mode;
 use crate::driver::{Fd, Op};
 use crate::error::Side;
 use crate::sys;
 use crate::tls::ktls::{ControlAction, control_record};
-
-/// Bytes a pump's pipe holds.
-pub(crate) const PIPE_SIZE: usize = 256 * 1024;
 
 struct Dir {
     src: Fd,
@@ -62,8 +59,8 @@ impl SplicePump {
             Mode::Client => (Side::Downstream, Side::Upstream),
             Mode::Server => (Side::Upstream, Side::Downstream),
         };
-        let p0 = shard.take_pipe()?;
-        let p1 = shard.take_pipe()?;
+        let p0 = shard.pipes.take()?;
+        let p1 = shard.pipes.take()?;
         let dir = |src: &Fd, dst: &Fd, pipe, src_ktls, src_side, dst_side| Dir {
             src: src.clone(),
             dst: dst.clone(),
@@ -171,7 +168,7 @@ impl SplicePump {
                 if d.in_pipe == 0
                     && let Some(p) = d.pipe.take()
                 {
-                    shard.give_pipe(p);
+                    shard.pipes.give(p);
                 }
             }
         }
