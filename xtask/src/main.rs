@@ -63,6 +63,10 @@ fn test(steps: &mut Steps) -> Result<()> {
             "--release",
         ]))
     })?;
+    // The criterion micro-benchmarks, each run once (no timing) so that they keep working.
+    steps.run("criterion benches, once each", || {
+        run_cmd(cargo().args(["test", "--release", "-p", "splice-bench", "--benches"]))
+    })?;
     steps.run("kTLS tests in the VM", || vm::run(&[]))
 }
 
