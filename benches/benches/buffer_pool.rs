@@ -8,8 +8,9 @@
 //! 256 KiB plaintext reads, 256 KiB + 512 record reads). A pool that costs as much as the
 //! allocator is not worth keeping.
 
+mod settings;
+
 use std::hint::black_box;
-use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion};
 use splice_proto::{Buffers, pool};
@@ -35,15 +36,8 @@ fn take_give_vs_alloc(c: &mut Criterion) {
     group.finish();
 }
 
-// A plain `main` rather than criterion_group!/criterion_main!, whose generated `pub fn` has no
-// doc comment for the workspace's `missing_docs` lint. Command-line flags override these
-// defaults (`--quick`, `--measurement-time`, ...).
 fn main() {
-    let mut c = Criterion::default()
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(3))
-        .sample_size(50)
-        .configure_from_args();
+    let mut c = settings::criterion(3, 50);
     take_give_vs_alloc(&mut c);
     c.final_summary();
 }

@@ -6,8 +6,9 @@
 //! connections for the next ones. This measures what that saves per pipe, which bounds what
 //! the pool is worth in connections per second on the kTLS path.
 
+mod settings;
+
 use std::hint::black_box;
-use std::time::Duration;
 
 use criterion::Criterion;
 use splice_engine::shard::{PIPE_SIZE, PipePool};
@@ -32,15 +33,8 @@ fn pooled_vs_fresh(c: &mut Criterion) {
     group.finish();
 }
 
-// A plain `main` rather than criterion_group!/criterion_main!, whose generated `pub fn` has no
-// doc comment for the workspace's `missing_docs` lint. Command-line flags override these
-// defaults (`--quick`, `--measurement-time`, ...).
 fn main() {
-    let mut c = Criterion::default()
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(3))
-        .sample_size(50)
-        .configure_from_args();
+    let mut c = settings::criterion(3, 50);
     pooled_vs_fresh(&mut c);
     c.final_summary();
 }

@@ -10,9 +10,9 @@
 //! a full handshake (no resumption), which bounds new connections per second per core.
 
 mod common;
+mod settings;
 
 use std::hint::black_box;
-use std::time::Duration;
 
 use common::{Configs, Suite};
 use criterion::{BenchmarkId, Criterion, Throughput};
@@ -51,15 +51,8 @@ fn handshake(c: &mut Criterion) {
     group.finish();
 }
 
-// A plain `main` rather than criterion_group!/criterion_main!, whose generated `pub fn` has no
-// doc comment for the workspace's `missing_docs` lint. Command-line flags override these
-// defaults (`--quick`, `--measurement-time`, ...).
 fn main() {
-    let mut c = Criterion::default()
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(4))
-        .sample_size(20)
-        .configure_from_args();
+    let mut c = settings::criterion(4, 20);
     throughput(&mut c);
     handshake(&mut c);
     c.final_summary();

@@ -566,7 +566,7 @@ fn measure(
 }
 
 /// Runs `splice-load ARGS` to completion within `limit` and parses the JSON it prints.
-fn load_json(load: &Path, args: &[String], limit: Duration) -> Result<Value> {
+fn load_json(load: &Path, args: &[&str], limit: Duration) -> Result<Value> {
     let mut cmd = Command::new(load);
     cmd.args(args)
         .stdout(Stdio::piped())
@@ -615,8 +615,12 @@ fn check_errors(v: &Value) -> Result<()> {
     Ok(())
 }
 
-fn secs_arg(d: f64) -> String {
-    format!("{d}")
+/// Runs a timed `splice-load` command for `--duration`, allowing it 90 s more to finish.
+fn timed_load(load: &Path, s: &Settings, args: &[&str]) -> Result<Value> {
+    let duration = s.duration.to_string();
+    let mut all = args.to_vec();
+    all.extend(["--duration", &duration]);
+    load_json(load, &all, Duration::from_secs_f64(s.duration + 90.0))
 }
 
 fn bulk(
@@ -633,18 +637,16 @@ fn bulk(
         .iter()
         .map(|p| procs::group_cpu_secs(p.pid()))
         .collect();
-    let v = load_json(
+    let v = timed_load(
         load,
+        s,
         &[
-            "bulk".into(),
-            "--target".into(),
-            ep.sink.to_string(),
-            "--streams".into(),
-            streams.to_string(),
-            "--duration".into(),
-            secs_arg(s.duration),
+            "bulk",
+            "--target",
+            &ep.sink.to_string(),
+            "--streams",
+            &streams.to_string(),
         ],
-        Duration::from_secs_f64(s.duration + 90.0),
     )?;
     let cpu: Vec<f64> = r
         .ends
@@ -670,18 +672,10 @@ fn bulk(
 }
 
 fn latency(load: &Path, ep: &Endpoints, s: &Settings, m: &mut Measurement) -> Result<()> {
-    let v = load_json(
+    let v = timed_load(
         load,
-        &[
-            "rr".into(),
-            "--target".into(),
-            ep.echo.to_string(),
-            "--size".into(),
-            "64".into(),
-            "--duration".into(),
-            secs_arg(s.duration),
-        ],
-        Duration::from_secs_f64(s.duration + 90.0),
+        s,
+        &["rr", "--target", &ep.echo.to_string(), "--size", "64"],
     )?;
     m.raw = v.clone();
     check_errors(&v)?;
@@ -706,18 +700,16 @@ fn connections(
     } else {
         ep.echo
     };
-    let v = load_json(
+    let v = timed_load(
         load,
+        s,
         &[
-            "connect".into(),
-            "--target".into(),
-            target.to_string(),
-            "--workers".into(),
-            s.workers.to_string(),
-            "--duration".into(),
-            secs_arg(s.duration),
+            "connect",
+            "--target",
+            &target.to_string(),
+            "--workers",
+            &s.workers.to_string(),
         ],
-        Duration::from_secs_f64(s.duration + 90.0),
     )?;
     m.raw = v.clone();
     check_errors(&v)?;
