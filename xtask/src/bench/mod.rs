@@ -737,10 +737,10 @@ fn idle(
     m: &mut Measurement,
 ) -> Result<()> {
     std::thread::sleep(Duration::from_millis(500)); // let the previous scenario's sockets go
-    let before: Vec<u64> = r
+    let before: Vec<procs::Memory> = r
         .ends
         .iter()
-        .map(|p| procs::group_pss_kib(p.pid()))
+        .map(|p| procs::group_memory(p.pid()))
         .collect();
     let mut cmd = Command::new(load);
     cmd.args([
@@ -778,19 +778,24 @@ fn idle(
         }
         std::thread::sleep(Duration::from_millis(500)); // let every end settle
         if kind != Kind::Direct {
-            let after: Vec<u64> = r
+            let after: Vec<procs::Memory> = r
                 .ends
                 .iter()
-                .map(|p| procs::group_pss_kib(p.pid()))
+                .map(|p| procs::group_memory(p.pid()))
                 .collect();
-            let per: Vec<f64> = after
-                .iter()
-                .zip(&before)
-                .map(|(a, b)| (*a as f64 - *b as f64) / open)
-                .collect();
-            m.figures.insert("client_kib_per_conn".into(), per[0]);
-            m.figures.insert("server_kib_per_conn".into(), per[1]);
-            m.figures.insert("kib_per_conn".into(), per[0].max(per[1]));
+            let per = |f: fn(&procs::Memory) -> u64| -> Vec<f64> {
+                after
+                    .iter()
+                    .zip(&before)
+                    .map(|(a, b)| (f(a) as f64 - f(b) as f64) / open)
+                    .collect()
+            };
+            let (pss, rss) = (per(|m| m.pss_kib), per(|m| m.rss_kib));
+            m.figures.insert("client_kib_per_conn".into(), pss[0]);
+            m.figures.insert("server_kib_per_conn".into(), pss[1]);
+            m.figures.insert("kib_per_conn".into(), pss[0].max(pss[1]));
+            m.figures.insert("client_rss_kib_per_conn".into(), rss[0]);
+            m.figures.insert("server_rss_kib_per_conn".into(), rss[1]);
         }
         m.figures
             .insert("open_secs".into(), v["secs"].as_f64().unwrap_or(0.0));

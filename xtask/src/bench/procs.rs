@@ -162,18 +162,31 @@ pub fn group_cpu_secs(pgid: i32) -> f64 {
         / hz
 }
 
-/// Proportional set size of group `pgid` in KiB: each shared page counted once across the group,
-/// so a forking peer's copies of one binary are not counted per child.
-pub fn group_pss_kib(pgid: i32) -> u64 {
+/// Memory of a process group in KiB.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Memory {
+    /// Proportional set size: each shared page counted once across the group, so a forking
+    /// peer's copies of one binary are not counted per child.
+    pub pss_kib: u64,
+    /// Resident set size, summed over the group's processes.
+    pub rss_kib: u64,
+}
+
+/// The memory of the live processes of group `pgid`, from `/proc/PID/smaps_rollup`.
+pub fn group_memory(pgid: i32) -> Memory {
+    let field = |text: &str, name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    };
     group_members(pgid)
         .into_iter()
         .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok())
-        .filter_map(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Pss:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .fold(Memory::default(), |m, text| Memory {
+            pss_kib: m.pss_kib + field(&text, "Pss:"),
+            rss_kib: m.rss_kib + field(&text, "Rss:"),
         })
-        .sum()
 }
 
 /// The last `n` lines of a file, for error messages.
