@@ -296,6 +296,11 @@ pub struct EngineConfig {
     /// How long SIGTERM waits for open connections to finish.
     #[serde(default = "default_drain_timeout", with = "humantime_serde")]
     pub drain_timeout: Duration,
+    /// After activity, how long a shard keeps polling for more before it sleeps (zero: never).
+    /// It trades CPU for latency: a shard that is still polling when the next packet arrives
+    /// skips the wake-up. Like HAProxy's `busy-polling`, it is off by default.
+    #[serde(default, with = "humantime_serde")]
+    pub busy_poll: Duration,
     /// The forwarders.
     #[serde(default, rename = "forwarder")]
     pub forwarders: Vec<ForwarderConfig>,
@@ -314,6 +319,7 @@ impl Default for EngineConfig {
             log_level: None,
             metrics: None,
             drain_timeout: default_drain_timeout(),
+            busy_poll: Duration::ZERO,
             forwarders: Vec::new(),
         }
     }
@@ -397,6 +403,7 @@ mod tests {
 threads = 2
 driver = "epoll"
 drain_timeout = "3s"
+busy_poll = "50us"
 [[forwarder]]
 name = "a"
 mode = "client"
@@ -417,6 +424,7 @@ key = "k.pem"
         assert_eq!(cfg.threads, Some(2));
         assert_eq!(cfg.driver, DriverKind::Epoll);
         assert_eq!(cfg.drain_timeout, Duration::from_secs(3));
+        assert_eq!(cfg.busy_poll, Duration::from_micros(50));
         assert_eq!(cfg.forwarders.len(), 2);
         assert!(cfg.forwarders[0].ca.as_ref().unwrap().is_absolute());
         assert_eq!(

@@ -120,7 +120,7 @@ impl Engine {
             engine._metrics = Some(crate::metrics::MetricsServer::start(addr, registry)?);
         }
         for i in 0..threads {
-            engine.shards.push(shard::spawn(i, driver)?);
+            engine.shards.push(shard::spawn(i, driver, cfg.busy_poll)?);
         }
         for note in notes {
             tracing::info!("{note}");

@@ -279,6 +279,42 @@ fn slow_reader_epoll() {
 
 /// Client mode's default SNI is the connect host: with `--connect 127.0.0.1:PORT` and no
 /// `--sni`, the upstream certificate is verified against its IP address SAN.
+/// With busy polling on, both ends still deliver every byte, both ways, and many small round
+/// trips (the traffic busy polling is for) come back intact.
+fn busy_poll(driver: &str) {
+    let pki = Pki::new();
+    let backend = echo_backend();
+    let chain = Chain::start_with(&pki, backend.addr, driver, &[("--busy-poll", "50us")]);
+
+    let mut sock = connect(chain.entry);
+    for i in 0..2000u32 {
+        let msg = [i.to_le_bytes(), (!i).to_le_bytes()].concat();
+        std::io::Write::write_all(&mut sock, &msg).expect("write a request");
+        let mut back = [0u8; 8];
+        sock.read_exact(&mut back).expect("read the echo");
+        assert_eq!(back[..], msg[..], "round trip {i}");
+    }
+    let mut reader = sock.try_clone().expect("clone the socket");
+    let read = spawn("echo-reader", move || read_hashed(&mut reader));
+    let sent = write_random(&mut sock, 32 * MIB, 7, None).expect("write 32 MiB");
+    sock.shutdown(Shutdown::Write).expect("half-close");
+    let (n, got) = read
+        .join()
+        .expect("reader thread")
+        .unwrap_or_else(|(n, _, e)| panic!("reading the echo failed after {n} bytes: {e}"));
+    assert_eq!((n, got), (32 * MIB, sent));
+}
+
+#[test]
+fn busy_poll_uring() {
+    busy_poll("uring");
+}
+
+#[test]
+fn busy_poll_epoll() {
+    busy_poll("epoll");
+}
+
 #[test]
 fn default_sni_is_connect_host() {
     let pki = Pki::new();

@@ -1369,16 +1369,29 @@ pub struct Chain {
 impl Chain {
     /// Starts server mode in front of `backend` and client mode in front of it, both on `driver`.
     pub fn start(pki: &Pki, backend: SocketAddr, driver: &str) -> Chain {
+        Self::start_with(pki, backend, driver, &[])
+    }
+
+    /// [`Chain::start`] with extra `--flag value` options for both engines.
+    pub fn start_with(
+        pki: &Pki,
+        backend: SocketAddr,
+        driver: &str,
+        opts: &[(&str, &str)],
+    ) -> Chain {
         let (sp, smp, cp, cmp) = (free_port(), free_port(), free_port(), free_port());
-        let server = EngineCmd::server(sp, backend, &pki.server, driver)
+        let mut server = EngineCmd::server(sp, backend, &pki.server, driver)
             .metrics(smp)
-            .label(format!("server mode ({driver})"))
-            .start();
-        let client = EngineCmd::client(cp, localhost(sp), &pki.ca, driver)
+            .label(format!("server mode ({driver})"));
+        let mut client = EngineCmd::client(cp, localhost(sp), &pki.ca, driver)
             .opt("--sni", "localhost")
             .metrics(cmp)
-            .label(format!("client mode ({driver})"))
-            .start();
+            .label(format!("client mode ({driver})"));
+        for (flag, value) in opts {
+            server = server.opt(flag, value);
+            client = client.opt(flag, value);
+        }
+        let (server, client) = (server.start(), client.start());
         Chain {
             server,
             client,

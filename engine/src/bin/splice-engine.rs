@@ -67,6 +67,10 @@ struct Common {
     /// On SIGTERM/SIGINT, how long open connections may take to finish (e.g. 10s, 500ms).
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     drain_timeout: Option<Duration>,
+    /// After activity, keep polling this long before sleeping (e.g. 50us): lower latency for
+    /// more CPU. Off by default.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    busy_poll: Option<Duration>,
 }
 
 /// Flags of one forwarder (client and server subcommands).
@@ -215,6 +219,9 @@ impl Common {
         }
         if self.metrics.is_some() {
             cfg.metrics = self.metrics.clone();
+        }
+        if let Some(d) = self.busy_poll {
+            cfg.busy_poll = d;
         }
         if let Some(d) = self.drain_timeout {
             cfg.drain_timeout = d;

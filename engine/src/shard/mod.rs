@@ -118,7 +118,10 @@ impl ShardHandle {
 }
 
 /// Starts a shard thread with a driver of `kind` (never `Auto` here).
-pub fn spawn(index: usize, kind: DriverKind) -> Result<ShardHandle, Error> {
+///
+/// `busy_poll`: after activity, how long the shard polls before it sleeps (see
+/// [`crate::EngineConfig::busy_poll`]).
+pub fn spawn(index: usize, kind: DriverKind, busy_poll: Duration) -> Result<ShardHandle, Error> {
     let (tx, rx) = mpsc::channel();
     let wake = Arc::new(sys::eventfd()?);
     let wake2 = wake.clone();
@@ -139,7 +142,9 @@ pub fn spawn(index: usize, kind: DriverKind) -> Result<ShardHandle, Error> {
                     .try_clone()
                     .expect("dup of the shard's eventfd (out of fds at start)"),
             );
-            Shard::new(driver, rx, wake).run();
+            let mut shard = Shard::new(driver, rx, wake);
+            shard.busy_poll = busy_poll;
+            shard.run();
         })
         .map_err(|e| Error::Io {
             context: "spawn shard thread".into(),
@@ -201,6 +206,8 @@ pub(crate) struct Shard {
     draining: bool,
     pub(crate) pipes: PipePool,
     completions: Vec<Completion>,
+    /// After activity, how long to poll before sleeping.
+    busy_poll: Duration,
 }
 
 impl Shard {
@@ -217,6 +224,7 @@ impl Shard {
             draining: false,
             pipes: PipePool::new(PIPE_SIZE),
             completions: Vec::new(),
+            busy_poll: Duration::ZERO,
         }
     }
 
@@ -228,6 +236,7 @@ impl Shard {
                 write: false,
             },
         );
+        let mut last_active = Instant::now();
         loop {
             if self.commands() {
                 break;
@@ -240,9 +249,18 @@ impl Shard {
                 .peek()
                 .map(|Reverse((t, _))| t.saturating_duration_since(Instant::now()));
             let mut done = std::mem::take(&mut self.completions);
+            // Busy polling: right after activity, look again without sleeping.
+            let timeout = if last_active.elapsed() < self.busy_poll {
+                Some(Duration::ZERO)
+            } else {
+                timeout
+            };
             if let Err(e) = self.driver.wait(timeout, &mut done) {
                 tracing::error!(error = %e, "driver failed; shard stops");
                 break;
+            }
+            if !done.is_empty() {
+                last_active = Instant::now();
             }
             for c in done.drain(..) {
                 self.complete(c);
