@@ -290,6 +290,14 @@ fn run(
                 for end in r.ends.iter_mut() {
                     end.check_alive()?;
                 }
+                if sc == Scenario::Idle && !r.ends.is_empty() {
+                    // Fresh processes: memory an allocator kept from earlier scenarios (or from
+                    // the last repetition's idle connections) would hide the growth.
+                    r.ends.clear();
+                    *r = p
+                        .start(&ctx)
+                        .with_context(|| format!("restarting {}", p.name()))?;
+                }
                 let m = measure(&load_bin, sc, *p, r, rep, s);
                 if let Some(e) = &m.error {
                     progress.note(&format!("{} {} rep {rep}: {e}", p.name(), sc.name()));
