@@ -20,7 +20,8 @@ pub fn take(cap: usize) -> Vec<u8> {
     match pooled {
         Some(mut b) => {
             if b.capacity() < cap {
-                b.reserve(cap);
+                // Exact: `reserve` would double a slightly small buffer (256 KiB -> 512 KiB).
+                b.reserve_exact(cap);
             }
             b
         }
@@ -61,6 +62,14 @@ mod tests {
         let c = take(10);
         assert!(c.capacity() >= 1000, "the pooled buffer came back");
         assert!(c.is_empty());
+        give(c);
+        // A pooled buffer a little too small grows to the size asked for, not to double.
+        let d = take(1500);
+        assert!(
+            d.capacity() >= 1500 && d.capacity() < 2000,
+            "{}",
+            d.capacity()
+        );
         for _ in 0..(MAX_POOLED + 10) {
             give(Vec::with_capacity(8));
         }
