@@ -9,6 +9,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
+use rustls::client::UnbufferedClientConnection;
+use rustls::server::UnbufferedServerConnection;
 use splice_proto::{Buffers, Fault, Io, Leg, TlsForward};
 
 use super::splice::SplicePump;
@@ -78,7 +80,7 @@ impl Conn {
                     .client_tls
                     .as_ref()
                     .expect("client mode has a TLS config");
-                let c = rustls::ClientConnection::new(cfg.clone(), name.clone())?;
+                let c = UnbufferedClientConnection::new(cfg.clone(), name.clone())?;
                 TlsForward::new(c.into(), false, true, ktls, Buffers::default())
             }
             Mode::Server => {
@@ -86,7 +88,7 @@ impl Conn {
                     .server_tls
                     .as_ref()
                     .expect("server mode has a TLS config");
-                let c = rustls::ServerConnection::new(cfg.clone())?;
+                let c = UnbufferedServerConnection::new(cfg.clone())?;
                 TlsForward::new(c.into(), true, false, ktls, Buffers::default())
             }
         };
