@@ -74,13 +74,16 @@ pub enum Io {
         /// Most bytes to receive.
         len: usize,
     },
-    /// Send all of `buf` on `leg`. Report with [`TlsForward::handle_send`] (partial sends are
-    /// fine: the rest is asked for again).
+    /// Send the first `len` bytes of `buf` on `leg`; the rest of `buf` is scratch space to leave
+    /// alone. Report with [`TlsForward::handle_send`] (partial sends are fine: the rest is asked
+    /// for again).
     Send {
         /// The socket.
         leg: Leg,
-        /// The bytes.
+        /// The buffer, handed back with the report.
         buf: Vec<u8>,
+        /// How many bytes of `buf` to send (never 0).
+        len: usize,
     },
     /// Shut down the write half of `leg` (a FIN); nothing to report.
     ShutdownWrite(Leg),
@@ -152,6 +155,39 @@ impl Slot {
     }
 }
 
+/// The records waiting to be sent on the TLS leg: `buf[..filled]`.
+///
+/// rustls encrypts into a `&mut [u8]`, which safe code can only offer from initialised memory,
+/// so `buf` stays initialised over its whole length (it comes from
+/// [`pool::take_initialized`]) and `filled` says how much of it holds records. Zeroing fresh
+/// room before each record instead cost as much as a copy.
+#[derive(Debug)]
+struct TxRecords {
+    /// The buffer when we hold it; `None` while the driver sends from it.
+    buf: Option<Vec<u8>>,
+    filled: usize,
+    /// While the driver has `buf`: how many bytes it was asked to send.
+    lent: usize,
+}
+
+impl TxRecords {
+    fn idle(&self) -> bool {
+        self.buf.is_some()
+    }
+    fn pending(&self) -> usize {
+        self.buf.as_ref().map_or(0, |_| self.filled)
+    }
+    /// When nothing is waiting, returns the buffer to the pool (still initialised).
+    fn release_if_empty(&mut self) {
+        if let Some(b) = &mut self.buf
+            && self.filled == 0
+            && b.capacity() > 0
+        {
+            pool::give_initialized(std::mem::take(b));
+        }
+    }
+}
+
 /// The receive buffer of the TLS leg, in three parts: `buf[..off]` rustls has discarded;
 /// `buf[off..win]`, the window, has been shown to rustls, which processed it but may still keep
 /// part of a handshake message there; `buf[win..]` is not shown yet: whole records held back until
@@ -171,7 +207,7 @@ struct Core {
     /// Plain bytes read, waiting to be encrypted.
     plain_rx: Slot,
     /// Records waiting to be sent on the TLS leg.
-    tls_tx: Slot,
+    tls_tx: TxRecords,
     /// Records read, waiting to be decrypted.
     rx: Rx,
     /// Plaintext waiting to be sent on the plain leg.
@@ -232,7 +268,11 @@ impl TlsForward {
             core: Core {
                 sizes,
                 plain_rx: Slot::new(),
-                tls_tx: Slot::new(),
+                tls_tx: TxRecords {
+                    buf: Some(Vec::new()),
+                    filled: 0,
+                    lent: 0,
+                },
                 rx: Rx {
                     buf: Some(Vec::new()),
                     off: 0,
@@ -362,27 +402,35 @@ impl TlsForward {
     /// Reports the result of [`Io::Send`]; `buf` is the buffer that was sent from.
     pub fn handle_send(&mut self, leg: Leg, mut buf: Vec<u8>, result: io::Result<usize>) {
         let c = &mut self.core;
-        match result {
-            Ok(n) => {
-                if leg == Leg::Plain {
-                    c.plain_out += n as u64;
-                }
-                buf.drain(..n.min(buf.len()));
-            }
+        let sent = match result {
+            Ok(n) => n,
             Err(e) => {
-                buf.clear();
                 c.fail(fault_of(leg), format!("send: {e}"));
+                usize::MAX // nothing more goes out of this buffer
+            }
+        };
+        match leg {
+            Leg::Plain => {
+                if sent != usize::MAX {
+                    c.plain_out += sent as u64;
+                }
+                buf.drain(..sent.min(buf.len()));
+                c.plain_tx = Slot {
+                    buf: Some(buf),
+                    off: 0,
+                };
+                c.plain_tx.release_if_empty();
+            }
+            Leg::Tls => {
+                // The unsent records move to the front; the buffer stays initialised.
+                let lent = std::mem::take(&mut c.tls_tx.lent).min(buf.len());
+                let sent = sent.min(lent);
+                buf.copy_within(sent..lent, 0);
+                c.tls_tx.filled = lent - sent;
+                c.tls_tx.buf = Some(buf);
+                c.tls_tx.release_if_empty();
             }
         }
-        let slot = match leg {
-            Leg::Plain => &mut c.plain_tx,
-            Leg::Tls => &mut c.tls_tx,
-        };
-        *slot = Slot {
-            buf: Some(buf),
-            off: 0,
-        };
-        slot.release_if_empty();
         // Room again: plaintext may be decrypted into `plain_tx`, or encrypted into `tls_tx`.
         self.pump();
     }
@@ -431,11 +479,15 @@ impl Core {
                 && !self.ctrl.is_empty()
             {
                 if let Some(old) = self.tls_tx.buf.take() {
-                    pool::give(old);
+                    pool::give_initialized(old);
                 }
-                self.tls_tx.off = 0;
                 let buf = std::mem::take(&mut self.ctrl);
-                return Some(Io::Send { leg: Leg::Tls, buf });
+                self.tls_tx.lent = buf.len();
+                return Some(Io::Send {
+                    leg: Leg::Tls,
+                    len: buf.len(),
+                    buf,
+                });
             }
             if !self.tls_tx.idle() {
                 return None; // wait for the alert to go out
@@ -489,6 +541,7 @@ impl Core {
             let buf = self.plain_tx.buf.take().unwrap_or_default();
             return Some(Io::Send {
                 leg: Leg::Plain,
+                len: buf.len(),
                 buf,
             });
         }
@@ -550,7 +603,12 @@ impl Core {
             return None;
         }
         let buf = self.tls_tx.buf.take()?;
-        Some(Io::Send { leg: Leg::Tls, buf })
+        self.tls_tx.lent = self.tls_tx.filled;
+        Some(Io::Send {
+            leg: Leg::Tls,
+            buf,
+            len: self.tls_tx.filled,
+        })
     }
 
     /// Records in: only when every whole record received has gone through rustls (so a

@@ -751,7 +751,8 @@ struct Pair {
     connect_error: Option<io::ErrorKind>,
     connect_hangs: bool,
     recv: [Option<(Vec<u8>, usize)>; 2],
-    send: [Option<Vec<u8>>; 2],
+    /// A Send in flight: the buffer and how many of its bytes to send.
+    send: [Option<(Vec<u8>, usize)>; 2],
     shut: [bool; 2],
     closed: Option<Option<Failure>>,
     handoffs: usize,
@@ -772,6 +773,8 @@ struct Pair {
     recv_log: [Vec<usize>; 2],
     /// Per leg: length of each Send.
     send_log: [Vec<usize>; 2],
+    /// Per leg: length of the buffer of each Send (more than is sent when it has scratch room).
+    send_buf_log: [Vec<usize>; 2],
     /// When set, a copy of every Send on the TLS leg.
     tls_sends: Option<Vec<Vec<u8>>>,
     /// For each Recv on the TLS leg: bytes the forwarder moved to the front of its buffer first.
@@ -843,6 +846,7 @@ impl Pair {
             events: Vec::new(),
             recv_log: [Vec::new(), Vec::new()],
             send_log: [Vec::new(), Vec::new()],
+            send_buf_log: [Vec::new(), Vec::new()],
             tls_sends: None,
             compactions: Vec::new(),
             compacted: 0,
@@ -867,7 +871,7 @@ impl Pair {
                     .map(|(b, len)| format!("recv {leg:?} len {len} (buf {})", b.len()));
                 let s = self.send[i]
                     .as_ref()
-                    .map(|b| format!("send {leg:?} {}", b.len()));
+                    .map(|(_, len)| format!("send {leg:?} {len}"));
                 [r, s]
             })
             .flatten()
@@ -954,7 +958,7 @@ impl Pair {
                     }
                     self.recv[i] = Some((buf, len));
                 }
-                Io::Send { leg, buf } => {
+                Io::Send { leg, buf, len } => {
                     let i = ix(leg);
                     assert!(self.connected[i], "Send on unconnected {leg:?}");
                     assert!(
@@ -962,13 +966,15 @@ impl Pair {
                         "two Send on {leg:?}\n{}",
                         self.summary()
                     );
-                    assert!(!buf.is_empty(), "empty Send on {leg:?}");
+                    assert!(len > 0, "empty Send on {leg:?}");
+                    assert!(len <= buf.len(), "Send of {len} bytes from {}", buf.len());
                     assert!(!self.shut[i], "Send on {leg:?} after ShutdownWrite");
-                    self.send_log[i].push(buf.len());
+                    self.send_log[i].push(len);
+                    self.send_buf_log[i].push(buf.len());
                     if let (Leg::Tls, Some(copies)) = (leg, &mut self.tls_sends) {
-                        copies.push(buf.clone());
+                        copies.push(buf[..len].to_vec());
                     }
-                    self.send[i] = Some(buf);
+                    self.send[i] = Some((buf, len));
                 }
                 Io::ShutdownWrite(leg) => {
                     let i = ix(leg);
@@ -1042,7 +1048,7 @@ impl Pair {
             if let Some((buf, _)) = self.recv[i].take() {
                 self.fwd.handle_recv(leg_of(i), buf, Err(cancelled()));
             }
-            if let Some(buf) = self.send[i].take() {
+            if let Some((buf, _)) = self.send[i].take() {
                 self.fwd.handle_send(leg_of(i), buf, Err(cancelled()));
             }
         }
@@ -1128,9 +1134,10 @@ impl Pair {
     }
 
     fn complete_send(&mut self, i: usize) -> bool {
-        let Some(buf) = &self.send[i] else {
+        let Some((buf, len)) = &self.send[i] else {
             return false;
         };
+        let buf = &buf[..*len];
         let limits = self.setup.limits[i];
         let pipe = &mut self.outbound[i];
         let result = if pipe.reader_gone {
@@ -1146,7 +1153,7 @@ impl Pair {
             pipe.push(&buf[..n]);
             Ok(n)
         };
-        let buf = self.send[i].take().unwrap();
+        let (buf, _) = self.send[i].take().unwrap();
         self.fwd.handle_send(leg_of(i), buf, result);
         true
     }
@@ -2163,6 +2170,11 @@ fn plaintext_larger_than_one_record() {
             assert_eq!(overhead, if version == Version::Tls13 { 17 } else { 24 });
             assert!(records[..6].iter().all(|&(_, len)| len == 16384 + overhead));
             assert_eq!(records[6].1, 100 * KIB - 6 * 16384 + overhead);
+            // The record buffer goes out whole, initialised beyond the records, so that it need
+            // not be zeroed again before rustls encrypts into it next time.
+            let at = p.send_log[TLS].iter().position(|&n| n > 100 * KIB).unwrap();
+            let whole = p.send_buf_log[TLS][at];
+            assert!(whole >= Buffers::default().tls, "buffer of {whole} bytes");
         }
     }
 }

@@ -277,16 +277,17 @@ impl Conn {
                         );
                     }
                 }
-                Io::Send { leg, buf } => {
+                Io::Send { leg, buf, len } => {
                     let tag = if leg == Leg::Plain {
                         TAG_SEND_PLAIN
                     } else {
                         TAG_SEND_TLS
                     };
                     let fd = self.leg_fd(leg).expect("state machine writes an open leg");
-                    shard
-                        .driver
-                        .submit(token(tag, index, self.generation), Op::Send { fd, buf });
+                    shard.driver.submit(
+                        token(tag, index, self.generation),
+                        Op::Send { fd, buf, len },
+                    );
                 }
                 Io::ShutdownWrite(leg) => {
                     if let Some(fd) = self.leg_fd(leg) {

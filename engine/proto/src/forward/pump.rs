@@ -231,26 +231,21 @@ impl Core {
     /// (when only the alert should go), into `ctrl`.
     fn encode<D>(&mut self, records: &mut EncodeTlsData<'_, D>) {
         let direct = self.failure.is_none() && self.ctrl.is_empty();
-        let out = match self.tls_tx.buf.as_mut() {
-            Some(b) if direct => {
-                if b.capacity() == 0 {
-                    *b = pool::take(self.sizes.tls);
+        let encode = |room: &mut [u8]| records.encode(room);
+        match self.tls_tx.buf.as_mut() {
+            Some(out) if direct => {
+                if out.is_empty() {
+                    *out = pool::take_initialized(self.sizes.tls);
                 }
-                b
+                if let Ok(end) = put(out, self.tls_tx.filled, 0, encode, encode_need) {
+                    self.tls_tx.filled = end;
+                }
             }
-            _ => &mut self.ctrl,
-        };
-        let need = match records.encode(&mut []) {
-            Err(EncodeError::InsufficientSize(InsufficientSizeError { required_size })) => {
-                required_size
+            _ => {
+                let at = self.ctrl.len();
+                let end = put(&mut self.ctrl, at, 0, encode, encode_need).unwrap_or(at);
+                self.ctrl.truncate(end);
             }
-            Ok(_) | Err(_) => return, // nothing to copy
-        };
-        let start = out.len();
-        out.resize(start + need, 0);
-        match records.encode(&mut out[start..]) {
-            Ok(n) => out.truncate(start + n),
-            Err(_) => out.truncate(start),
         }
     }
 
@@ -264,16 +259,19 @@ impl Core {
         let mut result = Ok(());
         if let Some(plain) = self.plain_rx.buf.as_ref() {
             while result.is_ok() && self.plain_rx.off < plain.len() {
-                if out.capacity() == 0 {
-                    *out = pool::take(self.sizes.tls);
+                if out.is_empty() {
+                    *out = pool::take_initialized(self.sizes.tls);
                 }
                 let end = plain.len().min(self.plain_rx.off + MAX_PLAINTEXT);
                 let chunk = &plain[self.plain_rx.off..end];
-                result = seal(out, chunk.len() + SEAL_ROOM, |room| {
-                    traffic.encrypt(chunk, room)
-                });
-                if result.is_ok() {
-                    self.plain_rx.off = end;
+                let room = chunk.len() + SEAL_ROOM;
+                let encrypt = |room: &mut [u8]| traffic.encrypt(chunk, room);
+                match put(out, self.tls_tx.filled, room, encrypt, encrypt_need) {
+                    Ok(filled) => {
+                        self.tls_tx.filled = filled;
+                        self.plain_rx.off = end;
+                    }
+                    Err(e) => result = Err(e),
                 }
             }
         }
@@ -283,8 +281,17 @@ impl Core {
             .as_ref()
             .is_some_and(|b| self.plain_rx.off >= b.len());
         if result.is_ok() && self.plain_eof && all_encrypted && !self.close_sent {
-            result = seal(out, SEAL_ROOM, |room| traffic.queue_close_notify(room));
-            self.close_sent = result.is_ok();
+            if out.is_empty() {
+                *out = pool::take_initialized(self.sizes.tls);
+            }
+            let close = |room: &mut [u8]| traffic.queue_close_notify(room);
+            match put(out, self.tls_tx.filled, SEAL_ROOM, close, encrypt_need) {
+                Ok(filled) => {
+                    self.tls_tx.filled = filled;
+                    self.close_sent = true;
+                }
+                Err(e) => result = Err(e),
+            }
         }
         if let Err(e) = result {
             self.fail(Fault::Tls, format!("encrypt: {e}"));
@@ -323,10 +330,12 @@ impl Core {
             return;
         }
         if let Some(out) = self.tls_tx.buf.as_mut() {
-            if out.capacity() == 0 {
-                *out = pool::take(self.sizes.tls);
+            let (at, len) = (self.tls_tx.filled, self.ctrl.len());
+            if out.len() < at + len {
+                out.resize(at + len, 0);
             }
-            out.extend_from_slice(&self.ctrl);
+            out[at..at + len].copy_from_slice(&self.ctrl);
+            self.tls_tx.filled = at + len;
             self.ctrl = Vec::new();
         }
     }
@@ -350,37 +359,49 @@ impl Core {
     }
 }
 
-/// Runs `encrypt` (which writes records into the slice it is given and says how many bytes) on
-/// `room` fresh bytes at the end of `out`, with more if rustls asks for more, and keeps what it
-/// wrote.
+/// Runs `write` (rustls writing records into the slice it is given, and saying how many bytes)
+/// on `out[at..]`, with at least `room` bytes there, or as many as rustls says it needs when
+/// that is not enough; returns where the records end.
 ///
-/// rustls wants an initialised `&mut [u8]`, and safe code cannot lend it a `Vec`'s spare
-/// capacity, so the room is zeroed first. That is one record's worth at a time, still in L1 when
-/// rustls writes the record over it: a small fraction of the cost of sealing the record. (Keeping
-/// `tls_tx` initialised once and for all would need a length beside the `Vec` in [`Io::Send`].)
-///
-/// [`Io::Send`]: super::Io::Send
-fn seal(
+/// `out` is initialised over its whole length, which only grows: bytes are zeroed only where
+/// `out` never reached before (see `TxRecords`), so a record is not written twice.
+fn put<E>(
     out: &mut Vec<u8>,
+    at: usize,
     room: usize,
-    mut encrypt: impl FnMut(&mut [u8]) -> Result<usize, EncryptError>,
-) -> Result<(), EncryptError> {
-    let start = out.len();
-    out.resize(start + room, 0);
-    let mut result = encrypt(&mut out[start..]);
-    if let Err(EncryptError::InsufficientSize(InsufficientSizeError { required_size })) = result {
-        out.resize(start + required_size, 0);
-        result = encrypt(&mut out[start..]);
+    mut write: impl FnMut(&mut [u8]) -> Result<usize, E>,
+    need: fn(&E) -> Option<usize>,
+) -> Result<usize, E> {
+    if out.len() < at + room {
+        out.resize(at + room, 0);
     }
-    match result {
-        Ok(n) => {
-            out.truncate(start + n);
-            Ok(())
+    let mut result = write(&mut out[at..]);
+    if let Some(required) = result.as_ref().err().and_then(need) {
+        if out.len() < at + required {
+            out.resize(at + required, 0);
         }
-        Err(e) => {
-            out.truncate(start);
-            Err(e)
+        result = write(&mut out[at..]);
+    }
+    result.map(|n| at + n)
+}
+
+/// The room `EncodeTlsData::encode` asked for.
+fn encode_need(e: &EncodeError) -> Option<usize> {
+    match e {
+        EncodeError::InsufficientSize(InsufficientSizeError { required_size }) => {
+            Some(*required_size)
         }
+        _ => None,
+    }
+}
+
+/// The room `WriteTraffic::encrypt` or `queue_close_notify` asked for.
+fn encrypt_need(e: &EncryptError) -> Option<usize> {
+    match e {
+        EncryptError::InsufficientSize(InsufficientSizeError { required_size }) => {
+            Some(*required_size)
+        }
+        _ => None,
     }
 }
 
