@@ -1,18 +1,33 @@
 //! The forwarding state machine of one plain <-> TLS connection, in user space.
 //!
-//! A [`TlsForward`] owns a rustls connection and four buffers. The driver asks it what to do next
-//! with [`TlsForward::poll_io`], performs that I/O on the real sockets, and reports the result
-//! with one of the `handle_*` methods, handing the buffer back. Nothing here touches a socket or
-//! a clock.
+//! A [`TlsForward`] owns a rustls session on rustls's unbuffered API ([`TlsConn`]) and four
+//! buffers. The driver asks it what to do next with [`TlsForward::poll_io`], performs that I/O on
+//! the real sockets, and reports the result with one of the `handle_*` methods, handing the buffer
+//! back. Nothing here touches a socket or a clock.
 //!
 //! Flow control is by construction: a leg is read only when the bytes read last time have been
 //! passed on, so each direction holds at most one buffer of plaintext and one of records.
+//!
+//! # Where the bytes are copied
+//!
+//! rustls keeps no buffer of its own here; the record pump (`forward/pump.rs`) shows it our
+//! buffers:
+//! * TLS -> plain: records are received into the receive buffer and rustls decrypts them there,
+//!   in place. rustls 0.23 then copies each record's plaintext into a `Vec` of its own
+//!   (`ReadTraffic` does not yet lend out the in-place plaintext), and we copy it from there into
+//!   the plaintext buffer that the driver sends. Before the next receive, the unfinished record at
+//!   the end of the receive buffer (at most one) moves to its front.
+//! * plain -> TLS: `WriteTraffic::encrypt` puts the records into the buffer the driver sends,
+//!   with no queue in between (rustls seals each record in a `Vec` of its own and copies it out).
 
-use std::io::{self, BufRead, Write};
+use std::io;
+
+use rustls::CommonState;
 
 use crate::pool;
+use crate::tls_conn::TlsConn;
 
-use rustls::Connection;
+mod pump;
 
 /// Which socket of a connection an operation is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -59,19 +74,23 @@ pub enum Io {
         /// Most bytes to receive.
         len: usize,
     },
-    /// Send all of `buf` on `leg`. Report with [`TlsForward::handle_send`] (partial sends are
-    /// fine: the rest is asked for again).
+    /// Send the first `len` bytes of `buf` on `leg`; the rest of `buf` is scratch space to leave
+    /// alone. Report with [`TlsForward::handle_send`] (partial sends are fine: the rest is asked
+    /// for again).
     Send {
         /// The socket.
         leg: Leg,
-        /// The bytes.
+        /// The buffer, handed back with the report.
         buf: Vec<u8>,
+        /// How many bytes of `buf` to send (never 0).
+        len: usize,
     },
     /// Shut down the write half of `leg` (a FIN); nothing to report.
     ShutdownWrite(Leg),
     /// The handshake is done, the TLS leg is quiet and the config allows extraction: the driver
-    /// may now take the connection with [`TlsForward::into_tls`] and hand its keys to the kernel,
-    /// or decline with [`TlsForward::handle_handoff_declined`].
+    /// may now take the session with [`TlsForward::into_tls`] and hand its keys to the kernel
+    /// ([`TlsConn::dangerous_extract_secrets`]), or decline with
+    /// [`TlsForward::handle_handoff_declined`].
     Handoff,
     /// The connection is over: close both sockets (with a reset when `failure` is set, so that
     /// neither peer mistakes a cut stream for a complete one).
@@ -84,7 +103,8 @@ pub enum Io {
 /// Sizes of the buffers.
 #[derive(Debug, Clone, Copy)]
 pub struct Buffers {
-    /// Bytes read from the plain leg at once (becomes up to `plain/16 KiB` records).
+    /// Bytes read from the plain leg at once (becomes up to `plain/16 KiB` records), and about
+    /// the most plaintext decrypted before it is sent on (up to one record more).
     pub plain: usize,
     /// Bytes of records read from the TLS leg at once.
     pub tls: usize,
@@ -135,19 +155,66 @@ impl Slot {
     }
 }
 
-/// One forwarded connection with TLS on one leg, while rustls does the record layer.
+/// The records waiting to be sent on the TLS leg: `buf[..filled]`.
+///
+/// rustls encrypts into a `&mut [u8]`, which safe code can only offer from initialised memory,
+/// so `buf` stays initialised over its whole length (it comes from
+/// [`pool::take_initialized`]) and `filled` says how much of it holds records. Zeroing fresh
+/// room before each record instead cost as much as a copy.
 #[derive(Debug)]
-pub struct TlsForward {
-    tls: Connection,
+struct TxRecords {
+    /// The buffer when we hold it; `None` while the driver sends from it.
+    buf: Option<Vec<u8>>,
+    filled: usize,
+    /// While the driver has `buf`: how many bytes it was asked to send.
+    lent: usize,
+}
+
+impl TxRecords {
+    fn idle(&self) -> bool {
+        self.buf.is_some()
+    }
+    fn pending(&self) -> usize {
+        self.buf.as_ref().map_or(0, |_| self.filled)
+    }
+    /// When nothing is waiting, returns the buffer to the pool (still initialised).
+    fn release_if_empty(&mut self) {
+        if let Some(b) = &mut self.buf
+            && self.filled == 0
+            && b.capacity() > 0
+        {
+            pool::give_initialized(std::mem::take(b));
+        }
+    }
+}
+
+/// The receive buffer of the TLS leg, in three parts: `buf[..off]` rustls has discarded;
+/// `buf[off..win]`, the window, has been shown to rustls, which processed it but may still keep
+/// part of a handshake message there; `buf[win..]` is not shown yet: whole records held back until
+/// the plaintext buffer has room for them, then at most one unfinished record.
+#[derive(Debug, Default)]
+struct Rx {
+    /// The buffer when we hold it; `None` while the driver receives into it.
+    buf: Option<Vec<u8>>,
+    off: usize,
+    win: usize,
+}
+
+/// Everything but the rustls session, so that the pump can borrow both at once.
+#[derive(Debug)]
+struct Core {
     sizes: Buffers,
-    /// Plain bytes read, waiting to go into rustls.
+    /// Plain bytes read, waiting to be encrypted.
     plain_rx: Slot,
     /// Records waiting to be sent on the TLS leg.
-    tls_tx: Slot,
-    /// Records read, waiting to go into rustls.
-    tls_rx: Slot,
+    tls_tx: TxRecords,
+    /// Records read, waiting to be decrypted.
+    rx: Rx,
     /// Plaintext waiting to be sent on the plain leg.
     plain_tx: Slot,
+    /// Records rustls produced (handshake messages, alerts) while the driver was sending
+    /// `tls_tx`; they go out after it. After a failure, the alert that goes out alone.
+    ctrl: Vec<u8>,
     /// Whether the TLS leg's TCP connection must be opened first (client mode).
     tls_connected: bool,
     /// Whether the plain leg is open (server mode connects it after the handshake).
@@ -157,11 +224,13 @@ pub struct TlsForward {
     record_mode: bool,
     handoff_offered: bool,
     handshake_done: bool,
-    /// The plain leg sent FIN: close_notify queued.
+    /// The plain leg sent FIN: close_notify is to follow the last records.
     plain_eof: bool,
+    /// Our close_notify is in `tls_tx` (or sent).
+    close_sent: bool,
     /// Our write half of the TLS leg is shut.
     tls_shut: bool,
-    /// The TLS peer is done (close_notify seen and all plaintext taken).
+    /// The TLS peer is done (close_notify seen; the plaintext before it is in `plain_tx`).
     tls_eof: bool,
     /// The TLS leg's TCP stream ended (FIN received).
     tls_fin: bool,
@@ -171,6 +240,15 @@ pub struct TlsForward {
     failure: Option<Failure>,
     plain_in: u64,
     plain_out: u64,
+    /// Bytes moved to the front of the receive buffer (unfinished records), for tests.
+    compacted: u64,
+}
+
+/// One forwarded connection with TLS on one leg, while rustls does the record layer.
+#[derive(Debug)]
+pub struct TlsForward {
+    tls: TlsConn,
+    core: Core,
 }
 
 impl TlsForward {
@@ -179,181 +257,237 @@ impl TlsForward {
     /// `ktls_candidate` asks for the handshake to be read record by record so that the session
     /// can be handed to the kernel afterwards ([`Io::Handoff`]).
     pub fn new(
-        mut tls: Connection,
+        tls: TlsConn,
         tls_connected: bool,
         plain_connected: bool,
         ktls_candidate: bool,
         sizes: Buffers,
     ) -> Self {
-        // Our own buffers bound what rustls holds: we never hand it more than one read.
-        tls.set_buffer_limit(None);
-        Self {
+        let mut fwd = Self {
             tls,
-            sizes,
-            plain_rx: Slot::new(),
-            tls_tx: Slot::new(),
-            tls_rx: Slot::new(),
-            plain_tx: Slot::new(),
-            tls_connected,
-            plain_connected,
-            connect_pending: false,
-            record_mode: ktls_candidate,
-            handoff_offered: false,
-            handshake_done: false,
-            plain_eof: false,
-            tls_shut: false,
-            tls_eof: false,
-            tls_fin: false,
-            plain_shut: false,
-            closed: false,
-            failure: None,
-            plain_in: 0,
-            plain_out: 0,
-        }
+            core: Core {
+                sizes,
+                plain_rx: Slot::new(),
+                tls_tx: TxRecords {
+                    buf: Some(Vec::new()),
+                    filled: 0,
+                    lent: 0,
+                },
+                rx: Rx {
+                    buf: Some(Vec::new()),
+                    off: 0,
+                    win: 0,
+                },
+                plain_tx: Slot::new(),
+                ctrl: Vec::new(),
+                tls_connected,
+                plain_connected,
+                connect_pending: false,
+                record_mode: ktls_candidate,
+                handoff_offered: false,
+                handshake_done: false,
+                plain_eof: false,
+                close_sent: false,
+                tls_shut: false,
+                tls_eof: false,
+                tls_fin: false,
+                plain_shut: false,
+                closed: false,
+                failure: None,
+                plain_in: 0,
+                plain_out: 0,
+                compacted: 0,
+            },
+        };
+        // A client's first flight is ready at once.
+        fwd.pump();
+        fwd
     }
 
-    /// The rustls connection (for the negotiated version, cipher suite, ALPN, peer certs).
-    pub fn tls(&self) -> &Connection {
-        &self.tls
+    /// What the session negotiated (version, cipher suite, ALPN, peer certificates).
+    pub fn tls(&self) -> &CommonState {
+        self.tls.common()
     }
 
     /// Whether the TLS handshake is still running (the driver applies its handshake timeout).
     pub fn is_handshaking(&self) -> bool {
-        !self.handshake_done
+        !self.core.handshake_done
     }
 
     /// Plaintext bytes received from the plain leg so far.
     pub fn plain_bytes_in(&self) -> u64 {
-        self.plain_in
+        self.core.plain_in
     }
 
     /// Plaintext bytes sent on the plain leg so far.
     pub fn plain_bytes_out(&self) -> u64 {
-        self.plain_out
+        self.core.plain_out
     }
 
-    /// Gives up the connection for a kernel hand-off. Only valid after [`Io::Handoff`].
-    pub fn into_tls(self) -> Connection {
+    /// Bytes of unfinished records moved to the front of the receive buffer so far.
+    #[cfg(test)]
+    pub(crate) fn bytes_compacted(&self) -> u64 {
+        self.core.compacted
+    }
+
+    /// Whether the driver is receiving into the buffer in which rustls keeps part of a
+    /// handshake message.
+    #[cfg(test)]
+    pub(crate) fn handshake_fragment_out(&self) -> bool {
+        self.core.rx.buf.is_none() && self.core.rx.off < self.core.rx.win
+    }
+
+    /// Runs the record pump as any completion would.
+    #[cfg(test)]
+    pub(crate) fn repump(&mut self) {
+        self.pump();
+    }
+
+    /// Gives up the session for a kernel hand-off. Only valid after [`Io::Handoff`].
+    pub fn into_tls(self) -> TlsConn {
         self.tls
     }
 
     /// The driver will not hand this connection to the kernel: carry on in user space.
     pub fn handle_handoff_declined(&mut self) {
-        self.record_mode = false;
+        self.core.record_mode = false;
+        self.pump();
     }
 
     /// Reports the result of [`Io::Connect`].
     pub fn handle_connected(&mut self, leg: Leg, result: io::Result<()>) {
-        self.connect_pending = false;
+        let c = &mut self.core;
+        c.connect_pending = false;
         match result {
             Ok(()) => match leg {
-                Leg::Plain => self.plain_connected = true,
-                Leg::Tls => self.tls_connected = true,
+                Leg::Plain => c.plain_connected = true,
+                Leg::Tls => c.tls_connected = true,
             },
-            Err(e) => self.fail(fault_of(leg), format!("connect: {e}")),
+            Err(e) => c.fail(fault_of(leg), format!("connect: {e}")),
         }
     }
 
     /// Reports the result of [`Io::Recv`]: `Ok(0)` is end of stream. `buf` holds the bytes.
     pub fn handle_recv(&mut self, leg: Leg, buf: Vec<u8>, result: io::Result<usize>) {
+        let c = &mut self.core;
+        let mut fin = false;
         match leg {
             Leg::Plain => {
-                self.plain_rx = Slot {
+                c.plain_rx = Slot {
                     buf: Some(buf),
                     off: 0,
                 };
                 match result {
-                    Ok(0) => {
-                        self.plain_eof = true;
-                        self.tls.send_close_notify();
-                    }
-                    Ok(n) => {
-                        self.plain_in += n as u64;
-                        self.feed_plain();
-                    }
-                    Err(e) => self.fail(Fault::Plain, format!("recv: {e}")),
+                    Ok(0) => c.plain_eof = true,
+                    Ok(n) => c.plain_in += n as u64,
+                    Err(e) => c.fail(Fault::Plain, format!("recv: {e}")),
                 }
             }
             Leg::Tls => {
-                self.tls_rx = Slot {
-                    buf: Some(buf),
-                    off: 0,
-                };
+                // The bytes were appended after what the buffer held: `off` and `win` still hold.
+                c.rx.buf = Some(buf);
                 match result {
-                    Ok(0) => self.tls_transport_eof(),
-                    Ok(_)
-                        if self.record_mode && !self.handshake_done && !self.record_complete() => {}
-                    Ok(_) => self.feed_tls(),
-                    Err(e) => self.fail(Fault::TlsTransport, format!("recv: {e}")),
+                    Ok(0) => fin = true,
+                    Ok(_) => {}
+                    Err(e) => c.fail(Fault::TlsTransport, format!("recv: {e}")),
                 }
             }
+        }
+        self.pump();
+        if fin {
+            self.core.tls_transport_eof();
         }
     }
 
     /// Reports the result of [`Io::Send`]; `buf` is the buffer that was sent from.
     pub fn handle_send(&mut self, leg: Leg, mut buf: Vec<u8>, result: io::Result<usize>) {
-        match result {
-            Ok(n) => {
-                if leg == Leg::Plain {
-                    self.plain_out += n as u64;
-                }
-                buf.drain(..n.min(buf.len()));
-            }
+        let c = &mut self.core;
+        let sent = match result {
+            Ok(n) => n,
             Err(e) => {
-                buf.clear();
-                let fault = match leg {
-                    Leg::Plain => Fault::Plain,
-                    Leg::Tls => Fault::TlsTransport,
+                c.fail(fault_of(leg), format!("send: {e}"));
+                usize::MAX // nothing more goes out of this buffer
+            }
+        };
+        match leg {
+            Leg::Plain => {
+                if sent != usize::MAX {
+                    c.plain_out += sent as u64;
+                }
+                buf.drain(..sent.min(buf.len()));
+                c.plain_tx = Slot {
+                    buf: Some(buf),
+                    off: 0,
                 };
-                self.fail(fault, format!("send: {e}"));
+                c.plain_tx.release_if_empty();
+            }
+            Leg::Tls => {
+                // The unsent records move to the front; the buffer stays initialised.
+                let lent = std::mem::take(&mut c.tls_tx.lent).min(buf.len());
+                let sent = sent.min(lent);
+                buf.copy_within(sent..lent, 0);
+                c.tls_tx.filled = lent - sent;
+                c.tls_tx.buf = Some(buf);
+                c.tls_tx.release_if_empty();
             }
         }
-        let slot = match leg {
-            Leg::Plain => &mut self.plain_tx,
-            Leg::Tls => &mut self.tls_tx,
-        };
-        *slot = Slot {
-            buf: Some(buf),
-            off: 0,
-        };
-        slot.release_if_empty();
-        if leg == Leg::Plain {
-            self.drain_plaintext();
-        } else {
-            // Plain bytes that did not fit may be waiting.
-            self.feed_plain();
-        }
+        // Room again: plaintext may be decrypted into `plain_tx`, or encrypted into `tls_tx`.
+        self.pump();
     }
 
     /// A timer the driver runs expired: the handshake or the upstream connect took too long.
     pub fn handle_timeout(&mut self) {
-        if !self.handshake_done || self.connect_pending {
-            let (fault, what) = match (self.connect_pending, self.tls_connected) {
+        let c = &mut self.core;
+        if !c.handshake_done || c.connect_pending {
+            let (fault, what) = match (c.connect_pending, c.tls_connected) {
                 (true, false) => (Fault::TlsTransport, "connect timed out"),
                 (true, true) => (Fault::Plain, "connect timed out"),
                 (false, _) => (Fault::Tls, "handshake timed out"),
             };
-            self.fail(fault, what.to_string());
+            c.fail(fault, what.to_string());
         }
     }
 
     /// The next operation to perform, if any. Call it until it returns `None` after every
     /// `handle_*` call and at the start.
     pub fn poll_io(&mut self) -> Option<Io> {
+        let tls_idle = !self.tls.common().wants_write();
+        self.core.poll_io(tls_idle)
+    }
+
+    /// Lets rustls process what it can (see `forward/pump.rs`).
+    fn pump(&mut self) {
+        match &mut self.tls {
+            TlsConn::Client(c) => self.core.pump(c),
+            TlsConn::Server(s) => self.core.pump(s),
+        }
+    }
+}
+
+impl Core {
+    /// [`TlsForward::poll_io`]; `tls_idle` says that rustls has no record queued.
+    fn poll_io(&mut self, tls_idle: bool) -> Option<Io> {
         if self.closed {
             return None;
         }
         if let Some(f) = &self.failure {
-            // Flush a pending alert first if we can, then close with a reset.
+            // Send a pending alert first if we can (alone: records queued before it are
+            // dropped), then close with a reset.
             if f.fault == Fault::Tls
                 && self.tls_connected
                 && self.tls_tx.idle()
-                && self.tls.wants_write()
+                && !self.ctrl.is_empty()
             {
-                let mut buf = self.tls_tx.buf.take().unwrap_or_default();
-                buf.clear();
-                let _ = self.tls.write_tls(&mut buf);
-                return Some(Io::Send { leg: Leg::Tls, buf });
+                if let Some(old) = self.tls_tx.buf.take() {
+                    pool::give_initialized(old);
+                }
+                let buf = std::mem::take(&mut self.ctrl);
+                self.tls_tx.lent = buf.len();
+                return Some(Io::Send {
+                    leg: Leg::Tls,
+                    len: buf.len(),
+                    buf,
+                });
             }
             if !self.tls_tx.idle() {
                 return None; // wait for the alert to go out
@@ -386,7 +520,8 @@ impl TlsForward {
             && !self.handoff_offered
             && self.tls_tx.idle()
             && self.tls_tx.pending() == 0
-            && !self.tls.wants_write()
+            && self.ctrl.is_empty()
+            && tls_idle
             && self.plain_connected
         {
             self.handoff_offered = true;
@@ -395,38 +530,8 @@ impl TlsForward {
         if self.record_mode && self.handshake_done {
             return None; // waiting for the driver's hand-off decision
         }
-        // Records in.
-        let partial_record = self.record_mode
-            && self
-                .tls_rx
-                .buf
-                .as_ref()
-                .is_some_and(|b| !b.is_empty() && record_want(b) > 0);
-        if !self.tls_eof
-            && !self.tls_fin
-            && self.tls_rx.idle()
-            && self.tls.plaintext_bytes_pending() == 0
-            && (self.tls_rx.pending() == 0 || partial_record)
-            && (self.handshake_done || self.tls.wants_read())
-        {
-            let mut buf = self.tls_rx.buf.take().unwrap_or_default();
-            let len = if self.record_mode {
-                record_want(&buf)
-            } else {
-                buf.clear();
-                self.sizes.tls
-            };
-            if buf.capacity() == 0 {
-                buf = pool::take(self.sizes.tls.max(MAX_RECORD));
-            }
-            if buf.capacity() - buf.len() < len {
-                buf.reserve(len);
-            }
-            return Some(Io::Recv {
-                leg: Leg::Tls,
-                buf,
-                len,
-            });
+        if let Some(io) = self.poll_tls_recv() {
+            return Some(io);
         }
         if !self.handshake_done || !self.plain_connected {
             return None;
@@ -436,26 +541,23 @@ impl TlsForward {
             let buf = self.plain_tx.buf.take().unwrap_or_default();
             return Some(Io::Send {
                 leg: Leg::Plain,
+                len: buf.len(),
                 buf,
             });
         }
         // Peer finished and everything is delivered: pass the FIN on.
-        if self.tls_eof
-            && !self.plain_shut
-            && self.plain_tx.idle()
-            && self.plain_tx.pending() == 0
-            && self.tls.plaintext_bytes_pending() == 0
+        if self.tls_eof && !self.plain_shut && self.plain_tx.idle() && self.plain_tx.pending() == 0
         {
             self.plain_shut = true;
             return Some(Io::ShutdownWrite(Leg::Plain));
         }
-        // Plain bytes in.
+        // Plain bytes in, once the records of the last read are out.
         if !self.plain_eof
             && self.plain_rx.idle()
             && self.plain_rx.pending() == 0
             && self.tls_tx.idle()
             && self.tls_tx.pending() == 0
-            && !self.tls.wants_write()
+            && self.ctrl.is_empty()
         {
             let mut buf = self.plain_rx.buf.take().unwrap_or_default();
             buf.clear();
@@ -470,11 +572,11 @@ impl TlsForward {
             });
         }
         // Our close_notify is out: pass the FIN on.
-        if self.plain_eof
+        if self.close_sent
             && !self.tls_shut
             && self.tls_tx.idle()
             && self.tls_tx.pending() == 0
-            && !self.tls.wants_write()
+            && self.ctrl.is_empty()
         {
             self.tls_shut = true;
             return Some(Io::ShutdownWrite(Leg::Tls));
@@ -484,7 +586,7 @@ impl TlsForward {
             && self.tls_tx.idle()
             && self.plain_tx.idle()
             && self.plain_rx.idle()
-            && self.tls_rx.idle()
+            && self.rx.buf.is_some()
         {
             self.closed = true;
             return Some(Io::Close { failure: None });
@@ -496,171 +598,79 @@ impl TlsForward {
         if !self.tls_tx.idle() {
             return None;
         }
-        if !self.tls.wants_write() && self.tls_tx.pending() == 0 {
+        self.absorb_ctrl();
+        if self.tls_tx.pending() == 0 {
             return None;
         }
-        let buf = self.tls_tx.buf.as_mut().expect("idle slot has a buffer");
-        if self.tls_tx.off > 0 {
-            buf.drain(..self.tls_tx.off);
-            self.tls_tx.off = 0;
+        let buf = self.tls_tx.buf.take()?;
+        self.tls_tx.lent = self.tls_tx.filled;
+        Some(Io::Send {
+            leg: Leg::Tls,
+            buf,
+            len: self.tls_tx.filled,
+        })
+    }
+
+    /// Records in: only when every whole record received has gone through rustls (so a
+    /// direction holds one buffer of records), and never past a record boundary in record mode.
+    fn poll_tls_recv(&mut self) -> Option<Io> {
+        if self.tls_eof || self.tls_fin {
+            return None;
         }
+        let buf = self.rx.buf.as_mut()?;
+        let want = match pump::head(&buf[self.rx.win..]) {
+            pump::Head::Partial(want) => want,
+            pump::Head::Whole(_) => return None, // held back until plaintext has room
+        };
+        // The unfinished record (and any handshake message rustls keeps) moves to the front:
+        // the one memmove per receive buffer, of less than a record outside the handshake.
+        let pending = buf.len() - self.rx.off;
+        if self.rx.off > 0 {
+            buf.copy_within(self.rx.off.., 0);
+            buf.truncate(pending);
+            self.compacted += pending as u64;
+            self.rx.win -= self.rx.off;
+            self.rx.off = 0;
+        }
+        let len = if self.record_mode {
+            want
+        } else {
+            self.sizes
+                .tls
+                .saturating_sub(pending)
+                .max(want.min(self.sizes.tls))
+                .max(1)
+        };
         if buf.capacity() == 0 {
-            *buf = pool::take(self.sizes.tls);
+            *buf = pool::take(self.sizes.tls.max(MAX_RECORD));
         }
-        while self.tls.wants_write() {
-            if self.tls.write_tls(buf).is_err() {
-                break;
-            }
+        if buf.capacity() - buf.len() < len {
+            buf.reserve(len);
         }
-        if buf.is_empty() {
-            self.tls_tx.release_if_empty();
-            return None;
-        }
-        let buf = self.tls_tx.buf.take().expect("checked above");
-        Some(Io::Send { leg: Leg::Tls, buf })
+        let buf = self.rx.buf.take()?;
+        Some(Io::Recv {
+            leg: Leg::Tls,
+            buf,
+            len,
+        })
     }
 
-    /// Moves plain bytes read into rustls (which encrypts them into records).
-    fn feed_plain(&mut self) {
-        let Some(buf) = self.plain_rx.buf.as_mut() else {
-            return;
-        };
-        if self.plain_rx.off < buf.len() {
-            // With no buffer limit rustls takes everything once the handshake is done.
-            match self.tls.writer().write(&buf[self.plain_rx.off..]) {
-                Ok(n) => self.plain_rx.off += n,
-                Err(e) => {
-                    let reason = format!("encrypt: {e}");
-                    self.fail(Fault::Tls, reason);
-                    return;
-                }
-            }
-        }
-        self.plain_rx.release_if_empty();
-    }
-
-    /// In record mode, whether `tls_rx` now holds one whole record.
-    fn record_complete(&self) -> bool {
-        let buf = self.tls_rx.buf.as_ref().expect("just stored");
-        record_want(buf) == 0
-    }
-
-    /// Moves received records into rustls and plaintext out of it.
-    fn feed_tls(&mut self) {
-        let Some(buf) = self.tls_rx.buf.as_mut() else {
-            return;
-        };
-        while self.tls_rx.off < buf.len() {
-            let mut rd = &buf[self.tls_rx.off..];
-            match self.tls.read_tls(&mut rd) {
-                // After close_notify rustls takes nothing more (RFC 8446 6.1: bytes after it
-                // are ignored); drop them rather than offer them again forever.
-                Ok(0) => self.tls_rx.off = buf.len(),
-                Ok(n) => self.tls_rx.off += n,
-                Err(e) => {
-                    let reason = format!("read records: {e}");
-                    self.fail(Fault::Tls, reason);
-                    return;
-                }
-            }
-            if let Err(e) = self.tls.process_new_packets() {
-                self.fail(Fault::Tls, e.to_string());
-                return;
-            }
-            if self.tls.plaintext_bytes_pending() > 0 {
-                // Let plaintext drain before taking more records.
-                break;
-            }
-        }
-        self.tls_rx.release_if_empty();
-        if !self.tls.is_handshaking() {
-            self.handshake_done = true;
-        }
-        self.drain_plaintext();
-    }
-
-    /// Moves decrypted plaintext into `plain_tx` (when it is free) and notices close_notify.
-    fn drain_plaintext(&mut self) {
-        if !self.plain_tx.idle() || self.failure.is_some() {
-            return;
-        }
-        let buf = self.plain_tx.buf.as_mut().expect("idle");
-        if self.plain_tx.off > 0 {
-            buf.drain(..self.plain_tx.off);
-            self.plain_tx.off = 0;
-        }
-        let limit = self.sizes.plain;
-        let mut eof = false;
-        if !self.tls_eof {
-            // Copy straight out of rustls's chunks (no zero-filling of our buffer).
-            let mut reader = self.tls.reader();
-            while buf.len() < limit {
-                match reader.fill_buf() {
-                    Ok([]) => {
-                        eof = true;
-                        break;
-                    }
-                    Ok(chunk) => {
-                        let k = chunk.len().min(limit - buf.len());
-                        if buf.capacity() == 0 {
-                            *buf = pool::take(limit);
-                        }
-                        buf.extend_from_slice(&chunk[..k]);
-                        reader.consume(k);
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(e) => {
-                        let reason = format!("stream truncated: {e}");
-                        self.fail(Fault::TlsTransport, reason);
-                        return;
-                    }
-                }
-            }
-        }
-        if eof {
-            // close_notify: the peer's direction is complete.
-            self.tls_eof = true;
-        }
-        self.plain_tx.release_if_empty();
-        // Continue feeding records held back for flow control.
-        if self.tls_rx.pending() > 0
-            && self.tls.plaintext_bytes_pending() == 0
-            && self.tls_rx.idle()
-        {
-            self.feed_tls();
-        }
-    }
-
+    /// The TLS leg's TCP stream ended; rustls has seen every whole record before it.
     fn tls_transport_eof(&mut self) {
-        // Tell rustls the transport ended; no more records will come.
         self.tls_fin = true;
-        let _ = self.tls.read_tls(&mut io::empty());
-        let state = match self.tls.process_new_packets() {
-            Ok(state) => state,
-            Err(e) => {
-                self.fail(Fault::Tls, e.to_string());
-                return;
-            }
-        };
         if !self.handshake_done {
             self.fail(
                 Fault::TlsTransport,
                 "connection closed during the TLS handshake".to_string(),
             );
-            return;
-        }
-        if !state.peer_has_closed() {
+        } else if !self.tls_eof {
             // The stream was cut: reset rather than pass on a clean end that never came.
             self.fail(
                 Fault::TlsTransport,
                 "peer closed the connection without close_notify (stream may be truncated)"
                     .to_string(),
             );
-            return;
         }
-        // close_notify came before the FIN: the reader reports the clean end once the
-        // plaintext before it has been passed on.
-        self.drain_plaintext();
     }
 
     fn fail(&mut self, fault: Fault, reason: String) {
@@ -670,36 +680,9 @@ impl TlsForward {
     }
 }
 
-/// How many more bytes complete the record at the start of `buf` (0 when complete).
-fn record_want(buf: &[u8]) -> usize {
-    if buf.len() < 5 {
-        return 5 - buf.len();
-    }
-    let body = u16::from_be_bytes([buf[3], buf[4]]) as usize;
-    if !(20..=24).contains(&buf[0]) || buf[1] != 3 || body > MAX_RECORD - 5 + 2048 {
-        // No valid record starts like this (content type, major version, length): hand it to
-        // rustls now, which rejects it, rather than wait for a record that never ends.
-        return 0;
-    }
-    (5 + body).saturating_sub(buf.len())
-}
-
 fn fault_of(leg: Leg) -> Fault {
     match leg {
         Leg::Plain => Fault::Plain,
         Leg::Tls => Fault::TlsTransport,
-    }
-}
-
-trait PlaintextPending {
-    fn plaintext_bytes_pending(&mut self) -> usize;
-}
-
-impl PlaintextPending for Connection {
-    fn plaintext_bytes_pending(&mut self) -> usize {
-        match self.process_new_packets() {
-            Ok(s) => s.plaintext_bytes_to_read(),
-            Err(_) => 0,
-        }
     }
 }

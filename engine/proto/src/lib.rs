@@ -13,5 +13,7 @@ pub mod forward;
 pub mod pool;
 #[cfg(test)]
 mod tests;
+pub mod tls_conn;
 
 pub use forward::{Buffers, Failure, Fault, Io, Leg, TlsForward};
+pub use tls_conn::TlsConn;

@@ -47,12 +47,15 @@ pub enum Op {
         /// Most bytes.
         len: usize,
     },
-    /// Send the bytes of `buf` (the result says how many went).
+    /// Send the first `len` bytes of `buf` (the result says how many went). The rest of `buf`
+    /// is the owner's scratch space, kept so that it stays initialised.
     Send {
         /// The socket.
         fd: Fd,
         /// The bytes.
         buf: Vec<u8>,
+        /// How many of them to send (at most `buf.len()`).
+        len: usize,
     },
     /// Wait until `fd` is readable (or writable when `write`).
     Poll {

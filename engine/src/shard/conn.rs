@@ -9,6 +9,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
+use rustls::client::UnbufferedClientConnection;
+use rustls::server::UnbufferedServerConnection;
 use splice_proto::{Buffers, Fault, Io, Leg, TlsForward};
 
 use super::splice::SplicePump;
@@ -78,7 +80,7 @@ impl Conn {
                     .client_tls
                     .as_ref()
                     .expect("client mode has a TLS config");
-                let c = rustls::ClientConnection::new(cfg.clone(), name.clone())?;
+                let c = UnbufferedClientConnection::new(cfg.clone(), name.clone())?;
                 TlsForward::new(c.into(), false, true, ktls, Buffers::default())
             }
             Mode::Server => {
@@ -86,7 +88,7 @@ impl Conn {
                     .server_tls
                     .as_ref()
                     .expect("server mode has a TLS config");
-                let c = rustls::ServerConnection::new(cfg.clone())?;
+                let c = UnbufferedServerConnection::new(cfg.clone())?;
                 TlsForward::new(c.into(), true, false, ktls, Buffers::default())
             }
         };
@@ -275,16 +277,17 @@ impl Conn {
                         );
                     }
                 }
-                Io::Send { leg, buf } => {
+                Io::Send { leg, buf, len } => {
                     let tag = if leg == Leg::Plain {
                         TAG_SEND_PLAIN
                     } else {
                         TAG_SEND_TLS
                     };
                     let fd = self.leg_fd(leg).expect("state machine writes an open leg");
-                    shard
-                        .driver
-                        .submit(token(tag, index, self.generation), Op::Send { fd, buf });
+                    shard.driver.submit(
+                        token(tag, index, self.generation),
+                        Op::Send { fd, buf, len },
+                    );
                 }
                 Io::ShutdownWrite(leg) => {
                     if let Some(fd) = self.leg_fd(leg) {

@@ -239,7 +239,7 @@ fn attempt(op: &mut Op) -> Attempt {
             Err(e) => Err(e),
         },
         Op::Recv { fd, buf, len } => sys::recv_into(fd.as_fd(), buf, *len),
-        Op::Send { fd, buf } => sys::send(fd.as_fd(), buf),
+        Op::Send { fd, buf, len } => sys::send(fd.as_fd(), &buf[..(*len).min(buf.len())]),
         Op::Poll { fd, write } => match sys::is_ready(fd.as_fd(), *write) {
             Ok(true) => Ok(0),
             Ok(false) => return Attempt::Wait,

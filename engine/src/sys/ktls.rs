@@ -115,10 +115,10 @@ pub fn probe() -> KtlsSupport {
 /// the transmit and receive keys (`TLS_TX`, `TLS_RX`) from `secrets`.
 ///
 /// `version` is the negotiated protocol version (TLS 1.2 or 1.3). Call it only when rustls has
-/// no unsent records and has not read past the handshake from the socket: records already in
+/// no unsent records and nothing past the handshake was read from the socket: records already in
 /// the socket's receive queue are then decrypted by the kernel, in order. rustls refuses to
-/// extract secrets with unsent records, but it does not check for received bytes it has
-/// buffered and not yet processed, so the handshake must read the socket record by record.
+/// extract secrets with unsent records, but it cannot know about received bytes it was not
+/// shown, so the handshake must read the socket record by record.
 ///
 /// # Errors
 ///

@@ -220,8 +220,9 @@ fn build_sqe(op: &mut Op) -> squeue::Entry {
             debug_assert!(buf.capacity() - start >= *len);
             opcode::Recv::new(types::Fd(fd.as_raw_fd()), ptr, *len as u32).build()
         }
-        Op::Send { fd, buf } => {
-            opcode::Send::new(types::Fd(fd.as_raw_fd()), buf.as_ptr(), buf.len() as u32)
+        Op::Send { fd, buf, len } => {
+            let len = (*len).min(buf.len());
+            opcode::Send::new(types::Fd(fd.as_raw_fd()), buf.as_ptr(), len as u32)
                 .flags(libc::MSG_NOSIGNAL)
                 .build()
         }
