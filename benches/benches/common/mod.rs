@@ -14,13 +14,15 @@ use std::sync::Arc;
 
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
 use rustls::client::Resumption;
+use rustls::client::UnbufferedClientConnection;
 use rustls::crypto::CryptoProvider;
 use rustls::crypto::ring::{cipher_suite, default_provider};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
 use rustls::server::NoServerSessionStorage;
+use rustls::server::UnbufferedServerConnection;
 use rustls::{
-    CipherSuite, ClientConfig, ClientConnection, ProtocolVersion, RootCertStore, ServerConfig,
-    ServerConnection, SupportedCipherSuite, SupportedProtocolVersion,
+    CipherSuite, ClientConfig, ProtocolVersion, RootCertStore, ServerConfig, SupportedCipherSuite,
+    SupportedProtocolVersion,
 };
 use splice_proto::{Buffers, Io, Leg, TlsForward};
 
@@ -127,8 +129,10 @@ impl Configs {
     /// A new pair of forwarders (client mode and server mode), not yet connected.
     pub fn pair(&self) -> Pair {
         let name = ServerName::try_from("localhost").expect("server name");
-        let client = ClientConnection::new(self.client.clone(), name).expect("client connection");
-        let server = ServerConnection::new(self.server.clone()).expect("server connection");
+        let client =
+            UnbufferedClientConnection::new(self.client.clone(), name).expect("client connection");
+        let server =
+            UnbufferedServerConnection::new(self.server.clone()).expect("server connection");
         // The client's plain leg is the accepted connection, its TLS leg is still to connect;
         // the server's TLS leg is the accepted one and it connects its backend after the
         // handshake. No kTLS: rustls keeps the record layer.
@@ -202,7 +206,8 @@ struct End {
     connect: Option<Leg>,
     connected: [bool; 2],
     recv: [Option<(Vec<u8>, usize)>; 2],
-    send: [Option<Vec<u8>>; 2],
+    /// Each leg's pending send: the buffer and how many of its bytes to send.
+    send: [Option<(Vec<u8>, usize)>; 2],
 }
 
 impl End {
@@ -233,13 +238,13 @@ impl End {
                     );
                     self.recv[ix(leg)] = Some((buf, len));
                 }
-                Io::Send { leg, buf } => {
+                Io::Send { leg, buf, len } => {
                     assert!(
                         self.send[ix(leg)].is_none(),
                         "{}: two Send on {leg:?}",
                         self.name
                     );
-                    self.send[ix(leg)] = Some(buf);
+                    self.send[ix(leg)] = Some((buf, len));
                 }
                 Io::ShutdownWrite(leg) => panic!("{}: unexpected shutdown of {leg:?}", self.name),
                 Io::Handoff => panic!("{}: hand-off offered without kTLS", self.name),
@@ -275,14 +280,14 @@ impl End {
     /// Completes a TLS-leg send into `wire`, when it has room.
     fn complete_tls_send(&mut self, wire: &mut Wire) -> bool {
         let slot = &mut self.send[ix(Leg::Tls)];
-        let Some(buf) = slot.as_ref() else {
+        let Some((buf, len)) = slot.as_ref() else {
             return false;
         };
-        let n = wire.push(buf);
+        let n = wire.push(&buf[..*len]);
         if n == 0 {
             return false;
         }
-        let buf = slot.take().expect("checked above");
+        let (buf, _) = slot.take().expect("checked above");
         self.fwd.handle_send(Leg::Tls, buf, Ok(n));
         true
     }
@@ -393,19 +398,17 @@ impl Pair {
 
     /// The server's plain leg takes all it is sent, each byte checked against the payload.
     fn sink(&mut self, stream: &mut Stream<'_>) -> bool {
-        let Some(buf) = self.server.send[ix(Leg::Plain)].take() else {
+        let Some((buf, n)) = self.server.send[ix(Leg::Plain)].take() else {
             return false;
         };
         let at = stream.received;
-        let want = stream.payload.get(at..at + buf.len());
+        let want = stream.payload.get(at..at + n);
         assert!(
-            want == Some(&buf[..]),
-            "the server delivered {} bytes at offset {at} that differ from the {} bytes sent",
-            buf.len(),
+            want == Some(&buf[..n]),
+            "the server delivered {n} bytes at offset {at} that differ from the {} bytes sent",
             stream.payload.len()
         );
-        stream.received += buf.len();
-        let n = buf.len();
+        stream.received += n;
         self.server.fwd.handle_send(Leg::Plain, buf, Ok(n));
         true
     }
@@ -420,7 +423,7 @@ impl Pair {
                 e.fwd.plain_bytes_out(),
                 e.connected,
                 e.recv.each_ref().map(|r| r.as_ref().map(|(_, len)| *len)),
-                e.send.each_ref().map(|s| s.as_ref().map(Vec::len)),
+                e.send.each_ref().map(|s| s.as_ref().map(|(_, len)| *len)),
             )
         };
         format!(
