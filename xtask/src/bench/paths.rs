@@ -185,19 +185,21 @@ fn pair(ends: Vec<Command>) -> Result<[Command; 2]> {
         .map_err(|v: Vec<Command>| anyhow::anyhow!("a chain has two ends, not {}", v.len()))
 }
 
-/// The first line a command prints (stdout or stderr) for `args`, or why it cannot run.
-fn version_of(bin: &str, args: &[&str]) -> Result<String, String> {
+/// What `bin ARGS` prints (stdout and stderr), or why it cannot run.
+fn output_of(bin: &str, args: &[&str]) -> Result<String, String> {
     let out = Command::new(bin).args(args).output().map_err(|e| {
         format!("{bin} is not installed ({e}); `cargo xtask bench --install-peers` installs it")
     })?;
-    let text =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    Ok(text
-        .lines()
-        .find(|l| !l.trim().is_empty())
-        .unwrap_or(bin)
-        .trim()
-        .to_string())
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr))
+}
+
+/// The word after `prefix` on the first line of `text` that starts with it (a version number).
+fn word_after(text: &str, prefix: &str) -> String {
+    text.lines()
+        .find_map(|l| l.trim().strip_prefix(prefix))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or("unknown version")
+        .to_string()
 }
 
 /// No proxy: the load generator talks to the backends.
@@ -254,7 +256,10 @@ impl PathDef for Splice {
                 Err(format!("no io_uring: {}", why("io_uring_reason")))
             }
             Splice::Ktls if p["ktls"] != true => Err(format!("no kTLS: {}", why("ktls_reason"))),
-            _ => version_of(&ctx.engine.to_string_lossy(), &["--version"]),
+            _ => Ok(word_after(
+                &output_of(&ctx.engine.to_string_lossy(), &["--version"])?,
+                "splice-engine ",
+            )),
         }
     }
     fn ends(&self, ctx: &Ctx, routes: &[Route]) -> Result<[Command; 2]> {
@@ -321,12 +326,7 @@ impl PathDef for Nginx {
         Kind::Peer
     }
     fn check(&self, _: &Ctx) -> Result<String, String> {
-        let v = version_of("nginx", &["-V"])?;
-        let all = Command::new("nginx")
-            .arg("-V")
-            .output()
-            .map_err(|e| e.to_string())?;
-        let all = String::from_utf8_lossy(&all.stderr);
+        let all = output_of("nginx", &["-V"])?;
         if !all.contains("--with-stream") {
             return Err("nginx has no stream module".into());
         }
@@ -337,7 +337,7 @@ impl PathDef for Nginx {
                 "nginx's stream module is not installed (Debian: libnginx-mod-stream)".into(),
             );
         }
-        Ok(v.trim_start_matches("nginx version: ").to_string())
+        Ok(word_after(&all, "nginx version: nginx/"))
     }
     fn ends(&self, ctx: &Ctx, routes: &[Route]) -> Result<[Command; 2]> {
         let (mut c, mut s) = (String::new(), String::new());
@@ -400,7 +400,10 @@ impl PathDef for Haproxy {
         Kind::Peer
     }
     fn check(&self, _: &Ctx) -> Result<String, String> {
-        version_of("haproxy", &["-v"])
+        Ok(word_after(
+            &output_of("haproxy", &["-v"])?,
+            "HAProxy version ",
+        ))
     }
     fn ends(&self, ctx: &Ctx, routes: &[Route]) -> Result<[Command; 2]> {
         // maxconn bounds the descriptors HAProxy asks for (two per connection and end).
@@ -460,8 +463,10 @@ impl PathDef for Stunnel {
         Kind::Peer
     }
     fn check(&self, _: &Ctx) -> Result<String, String> {
-        let v = version_of(Self::bin(), &["-version"])?;
-        Ok(v.trim_start_matches("stunnel ").to_string())
+        Ok(word_after(
+            &output_of(Self::bin(), &["-version"])?,
+            "stunnel ",
+        ))
     }
     fn ends(&self, ctx: &Ctx, routes: &[Route]) -> Result<[Command; 2]> {
         let head = |end: &str| {
@@ -517,19 +522,7 @@ impl PathDef for Socat {
         Kind::Peer
     }
     fn check(&self, _: &Ctx) -> Result<String, String> {
-        let v = Command::new("socat").arg("-V").output().map_err(|e| {
-            format!("socat is not installed ({e}); `cargo xtask bench --install-peers` installs it")
-        })?;
-        let text = String::from_utf8_lossy(&v.stdout);
-        Ok(text
-            .lines()
-            .find(|l| l.contains("socat version"))
-            .unwrap_or("socat")
-            .trim()
-            .trim_start_matches(
-                "socat by Gerhard Rieger and contributors - see www.dest-unreach.org",
-            )
-            .to_string())
+        Ok(word_after(&output_of("socat", &["-V"])?, "socat version "))
     }
     fn ends(&self, ctx: &Ctx, routes: &[Route]) -> Result<[Command; 2]> {
         let conf = ctx.write(

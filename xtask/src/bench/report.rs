@@ -342,6 +342,14 @@ pub fn table(rows: &[Row], infos: &[PathInfo], machine: &Value, settings: &Value
         settings["duration_s"],
         settings["reps"],
     );
+    let versions: Vec<String> = infos
+        .iter()
+        .filter(|i| i.kind != "direct")
+        .filter_map(|i| Some(format!("{} {}", i.name, i.version.as_ref()?)))
+        .collect();
+    if !versions.is_empty() {
+        let _ = writeln!(out, "versions: {}", versions.join(", "));
+    }
     let scenarios: Vec<Scenario> = {
         let mut v: Vec<Scenario> = rows.iter().map(|r| r.scenario).collect();
         v.sort();
