@@ -142,9 +142,7 @@ pub fn spawn(index: usize, kind: DriverKind, busy_poll: Duration) -> Result<Shar
                     .try_clone()
                     .expect("dup of the shard's eventfd (out of fds at start)"),
             );
-            let mut shard = Shard::new(driver, rx, wake);
-            shard.busy_poll = busy_poll;
-            shard.run();
+            Shard::new(driver, rx, wake, busy_poll).run();
         })
         .map_err(|e| Error::Io {
             context: "spawn shard thread".into(),
@@ -211,7 +209,7 @@ pub(crate) struct Shard {
 }
 
 impl Shard {
-    fn new(driver: Driver, rx: mpsc::Receiver<Command>, wake: Fd) -> Self {
+    fn new(driver: Driver, rx: mpsc::Receiver<Command>, wake: Fd, busy_poll: Duration) -> Self {
         Self {
             driver,
             listeners: HashMap::new(),
@@ -224,7 +222,7 @@ impl Shard {
             draining: false,
             pipes: PipePool::new(PIPE_SIZE),
             completions: Vec::new(),
-            busy_poll: Duration::ZERO,
+            busy_poll,
         }
     }
 
@@ -236,7 +234,8 @@ impl Shard {
                 write: false,
             },
         );
-        let mut last_active = Instant::now();
+        // Busy polling: until this instant (set after activity), look again without sleeping.
+        let mut poll_until: Option<Instant> = None;
         loop {
             if self.commands() {
                 break;
@@ -249,8 +248,7 @@ impl Shard {
                 .peek()
                 .map(|Reverse((t, _))| t.saturating_duration_since(Instant::now()));
             let mut done = std::mem::take(&mut self.completions);
-            // Busy polling: right after activity, look again without sleeping.
-            let timeout = if last_active.elapsed() < self.busy_poll {
+            let timeout = if poll_until.is_some_and(|until| Instant::now() < until) {
                 Some(Duration::ZERO)
             } else {
                 timeout
@@ -259,8 +257,8 @@ impl Shard {
                 tracing::error!(error = %e, "driver failed; shard stops");
                 break;
             }
-            if !done.is_empty() {
-                last_active = Instant::now();
+            if !self.busy_poll.is_zero() && !done.is_empty() {
+                poll_until = Some(Instant::now() + self.busy_poll);
             }
             for c in done.drain(..) {
                 self.complete(c);

@@ -24,7 +24,7 @@ use clap::Parser;
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use paths::{Endpoints, Kind, PathDef};
+use paths::{Endpoints, PathDef};
 use procs::Proc;
 
 /// Load tests: throughput, latency, handshakes and idle memory, per path, with ratios.
@@ -561,7 +561,7 @@ fn measure(
         Scenario::Bulk | Scenario::BulkMulti => bulk(load, sc, &ep, r, s, &mut m),
         Scenario::Latency => latency(load, &ep, s, &mut m),
         Scenario::Handshakes | Scenario::Resumed => connections(load, sc, &ep, s, &mut m),
-        Scenario::Idle => idle(load, &ep, r, p.kind(), s, &mut m),
+        Scenario::Idle => idle(load, &ep, r, s, &mut m),
     };
     if let Err(e) = res {
         m.error = Some(format!("{e:#}"));
@@ -581,23 +581,12 @@ fn load_json(load: &Path, args: &[&str], limit: Duration) -> Result<Value> {
         .stderr(Stdio::piped())
         .stdin(Stdio::null());
     let mut child = procs::spawn_grouped(&mut cmd)?;
-    let pid = child.id() as i32;
-    let deadline = Instant::now() + limit;
-    let status = loop {
-        if let Some(st) = child.try_wait()? {
-            break st;
-        }
-        if Instant::now() > deadline {
-            procs::stop_group(pid);
-            let _ = child.wait();
-            bail!(
-                "splice-load {} did not finish within {limit:?}",
-                args.join(" ")
-            );
-        }
-        std::thread::sleep(Duration::from_millis(10));
+    let Some(status) = procs::finish(&mut child, limit)? else {
+        bail!(
+            "splice-load {} did not finish within {limit:?}",
+            args.join(" ")
+        );
     };
-    procs::stop_group(pid);
     let mut out = String::new();
     let mut err = String::new();
     std::io::Read::read_to_string(child.stdout.as_mut().expect("piped"), &mut out)?;
@@ -740,7 +729,6 @@ fn idle(
     load: &Path,
     ep: &Endpoints,
     r: &paths::Running,
-    kind: Kind,
     s: &Settings,
     m: &mut Measurement,
 ) -> Result<()> {
@@ -764,7 +752,6 @@ fn idle(
     .stdout(Stdio::piped())
     .stderr(Stdio::null());
     let mut child = procs::spawn_grouped(&mut cmd)?;
-    let pid = child.id() as i32;
     let stdout = child.stdout.take().expect("piped");
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -785,7 +772,7 @@ fn idle(
             bail!("no connection opened");
         }
         std::thread::sleep(Duration::from_millis(500)); // let every end settle
-        if kind != Kind::Direct {
+        if !r.ends.is_empty() {
             let after: Vec<procs::Memory> = r
                 .ends
                 .iter()
@@ -811,12 +798,7 @@ fn idle(
     })();
     // Closing stdin tells it to close the connections and exit.
     drop(child.stdin.take());
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while child.try_wait()?.is_none() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    procs::stop_group(pid);
-    let _ = child.wait();
+    procs::finish(&mut child, Duration::from_secs(30))?;
     result
 }
 

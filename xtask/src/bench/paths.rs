@@ -301,9 +301,12 @@ impl PathDef for Splice {
 /// nginx's stream module: `proxy_ssl on` at the client end, `listen ... ssl` at the server end.
 struct Nginx;
 
+/// Where Debian's libnginx-mod-stream puts the module when nginx is built with it dynamic.
+const NGINX_STREAM_MODULE: &str = "/usr/lib/nginx/modules/ngx_stream_module.so";
+
 impl Nginx {
     fn conf(ctx: &Ctx, end: &str, servers: &str) -> String {
-        let module = Path::new("/usr/lib/nginx/modules/ngx_stream_module.so");
+        let module = Path::new(NGINX_STREAM_MODULE);
         let load = if module.exists() {
             format!("load_module {};\n", module.display())
         } else {
@@ -330,9 +333,7 @@ impl PathDef for Nginx {
         if !all.contains("--with-stream") {
             return Err("nginx has no stream module".into());
         }
-        if all.contains("--with-stream=dynamic")
-            && !Path::new("/usr/lib/nginx/modules/ngx_stream_module.so").exists()
-        {
+        if all.contains("--with-stream=dynamic") && !Path::new(NGINX_STREAM_MODULE).exists() {
             return Err(
                 "nginx's stream module is not installed (Debian: libnginx-mod-stream)".into(),
             );

@@ -74,6 +74,24 @@ pub fn spawn_grouped(cmd: &mut Command) -> std::io::Result<Child> {
     Ok(child)
 }
 
+/// Waits up to `limit` for `child` (started with [`spawn_grouped`]) to exit, then stops what is
+/// left of its group either way. `None` means it had not exited by then.
+pub fn finish(child: &mut Child, limit: Duration) -> Result<Option<std::process::ExitStatus>> {
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(st) = child.try_wait()? {
+            break Some(st);
+        }
+        if Instant::now() > deadline {
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    stop_group(child.id() as i32);
+    let _ = child.wait();
+    Ok(status)
+}
+
 /// Stops the group led by `pid`: SIGTERM, then SIGKILL for whatever is left after a moment.
 pub fn stop_group(pid: i32) {
     let mut live = LIVE.lock().expect("process list");

@@ -2,7 +2,7 @@
 //! repetition (a path against `direct`, and against the best peer of that same repetition),
 //! then the terminal table.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 
 use serde::Serialize;
@@ -190,24 +190,13 @@ pub fn summarise(ms: &[Measurement], infos: &[PathInfo]) -> Vec<Row> {
     }
 
     let mut rows = Vec::new();
-    let scenarios: Vec<Scenario> = {
-        let mut v: Vec<Scenario> = ms.iter().map(|m| m.scenario).collect();
-        v.dedup();
-        v.sort();
-        v.dedup();
-        v
-    };
+    let scenarios: BTreeSet<Scenario> = ms.iter().map(|m| m.scenario).collect();
     for sc in scenarios {
-        let reps: Vec<usize> = {
-            let mut r: Vec<usize> = ms
-                .iter()
-                .filter(|m| m.scenario == sc)
-                .map(|m| m.rep)
-                .collect();
-            r.sort();
-            r.dedup();
-            r
-        };
+        let reps: BTreeSet<usize> = ms
+            .iter()
+            .filter(|m| m.scenario == sc)
+            .map(|m| m.rep)
+            .collect();
         for info in infos.iter().filter(|i| i.skipped.is_none()) {
             let path = info.name.as_str();
             for f in layout(sc).figures {
@@ -350,12 +339,7 @@ pub fn table(rows: &[Row], infos: &[PathInfo], machine: &Value, settings: &Value
     if !versions.is_empty() {
         let _ = writeln!(out, "versions: {}", versions.join(", "));
     }
-    let scenarios: Vec<Scenario> = {
-        let mut v: Vec<Scenario> = rows.iter().map(|r| r.scenario).collect();
-        v.sort();
-        v.dedup();
-        v
-    };
+    let scenarios: BTreeSet<Scenario> = rows.iter().map(|r| r.scenario).collect();
     for sc in scenarios {
         let l = layout(sc);
         let _ = writeln!(out, "\n{} — {}", sc.name(), l.what);
