@@ -51,7 +51,7 @@ pub const DRIVERS: [&str; 2] = ["uring", "epoll"];
 /// The kind of key a certificate carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KeyType {
-    /// RSA 2048 (the key comes from `openssl genpkey`: ring cannot generate RSA keys).
+    /// RSA 2048 (the key comes from `openssl genpkey`).
     Rsa,
     /// ECDSA P-256.
     Ecdsa,
@@ -271,9 +271,9 @@ pub const TLS12: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS1
 pub const TLS_ANY: &[&rustls::SupportedProtocolVersion] =
     &[&rustls::version::TLS13, &rustls::version::TLS12];
 
-/// The ring provider, explicitly.
+/// The engine's provider (aws-lc-rs), explicitly.
 pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
 /// A client config trusting only `roots`, presenting `cert` if given.

@@ -16,7 +16,7 @@ use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
 use rustls::client::Resumption;
 use rustls::client::UnbufferedClientConnection;
 use rustls::crypto::CryptoProvider;
-use rustls::crypto::ring::{cipher_suite, default_provider};
+use rustls::crypto::aws_lc_rs::{cipher_suite, default_provider};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
 use rustls::server::NoServerSessionStorage;
 use rustls::server::UnbufferedServerConnection;
@@ -332,13 +332,8 @@ impl Pair {
             );
         }
         for end in [&self.client, &self.server] {
-            let tls = end.fwd.tls();
-            let got = (
-                tls.negotiated_cipher_suite()
-                    .expect("a cipher suite")
-                    .suite(),
-                tls.protocol_version().expect("a protocol version"),
-            );
+            let tls = end.fwd.negotiated().expect("the handshake is over");
+            let got = (tls.suite.suite(), tls.version);
             assert_eq!(got, self.suite.wire(), "{}: negotiated", end.name);
         }
     }

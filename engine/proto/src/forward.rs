@@ -10,21 +10,28 @@
 //!
 //! # Where the bytes are copied
 //!
-//! rustls keeps no buffer of its own here; the record pump (`forward/pump.rs`) shows it our
-//! buffers:
-//! * TLS -> plain: records are received into the receive buffer and rustls decrypts them there,
-//!   in place. rustls 0.23 then copies each record's plaintext into a `Vec` of its own
-//!   (`ReadTraffic` does not yet lend out the in-place plaintext), and we copy it from there into
-//!   the plaintext buffer that the driver sends. Before the next receive, the unfinished record at
-//!   the end of the receive buffer (at most one) moves to its front.
-//! * plain -> TLS: `WriteTraffic::encrypt` puts the records into the buffer the driver sends,
-//!   with no queue in between (rustls seals each record in a `Vec` of its own and copies it out).
+//! During the handshake rustls keeps no buffer of its own here; the record pump
+//! (`forward/pump.rs`) shows it our buffers, and the few records that carry application data
+//! before the switch below are copied out of rustls.
+//!
+//! Once the handshake is over (and the connection is not waiting for a kernel hand-off), our own
+//! record layer (`record.rs`) takes over from rustls with the session's secrets, as the kernel
+//! would, and no byte is copied in user space besides the cipher's own pass:
+//! * plain -> TLS: plaintext is received into one buffer and sealed from there straight into
+//!   the records in the buffer the driver sends.
+//! * TLS -> plain: records are received into the receive buffer and opened from there straight
+//!   into the plaintext buffer the driver sends. Before the next receive, the unfinished record
+//!   at the end of the receive buffer (at most one) moves to its front.
+//!
+//! [`TlsForward::keep_rustls_records`] keeps rustls's record layer for the whole connection
+//! (for configs without secret extraction).
 
 use std::io;
 
-use rustls::CommonState;
+use rustls::{CipherSuite, HandshakeKind, ProtocolVersion, SupportedCipherSuite};
 
 use crate::pool;
+use crate::record::{RecordError, RecordLayer};
 use crate::tls_conn::TlsConn;
 
 mod pump;
@@ -155,14 +162,15 @@ impl Slot {
     }
 }
 
-/// The records waiting to be sent on the TLS leg: `buf[..filled]`.
+/// Bytes waiting to be sent on a leg, `buf[..filled]`: records for the TLS leg, plaintext for
+/// the plain leg.
 ///
-/// rustls encrypts into a `&mut [u8]`, which safe code can only offer from initialised memory,
-/// so `buf` stays initialised over its whole length (it comes from
-/// [`pool::take_initialized`]) and `filled` says how much of it holds records. Zeroing fresh
-/// room before each record instead cost as much as a copy.
+/// Ciphers and rustls write into a `&mut [u8]`, which safe code can only offer from initialised
+/// memory, so `buf` stays initialised over its whole length (it comes from
+/// [`pool::take_initialized`]) and `filled` says how much of it holds bytes to send. Zeroing
+/// fresh room before each record instead cost as much as a copy.
 #[derive(Debug)]
-struct TxRecords {
+struct TxBuf {
     /// The buffer when we hold it; `None` while the driver sends from it.
     buf: Option<Vec<u8>>,
     filled: usize,
@@ -170,7 +178,41 @@ struct TxRecords {
     lent: usize,
 }
 
-impl TxRecords {
+impl TxBuf {
+    fn new() -> Self {
+        Self {
+            buf: Some(Vec::new()),
+            filled: 0,
+            lent: 0,
+        }
+    }
+    /// Room for `more` bytes after `filled`, and the slice to write them to. A buffer with no
+    /// memory yet comes from the pool with at least `cap` bytes.
+    fn room(&mut self, more: usize, cap: usize) -> Option<&mut [u8]> {
+        let out = self.buf.as_mut()?;
+        if out.is_empty() {
+            *out = pool::take_initialized(cap.max(more));
+        }
+        if out.len() < self.filled + more {
+            out.resize(self.filled + more, 0);
+        }
+        Some(&mut out[self.filled..])
+    }
+    /// Lends the buffer to the driver to send `filled` bytes.
+    fn lend(&mut self) -> Option<(Vec<u8>, usize)> {
+        let buf = self.buf.take()?;
+        self.lent = self.filled;
+        Some((buf, self.filled))
+    }
+    /// The driver sent `sent` bytes of the buffer: the rest moves to the front.
+    fn returned(&mut self, mut buf: Vec<u8>, sent: usize) {
+        let lent = std::mem::take(&mut self.lent).min(buf.len());
+        let sent = sent.min(lent);
+        buf.copy_within(sent..lent, 0);
+        self.filled = lent - sent;
+        self.buf = Some(buf);
+        self.release_if_empty();
+    }
     fn idle(&self) -> bool {
         self.buf.is_some()
     }
@@ -207,13 +249,14 @@ struct Core {
     /// Plain bytes read, waiting to be encrypted.
     plain_rx: Slot,
     /// Records waiting to be sent on the TLS leg.
-    tls_tx: TxRecords,
+    tls_tx: TxBuf,
     /// Records read, waiting to be decrypted.
     rx: Rx,
     /// Plaintext waiting to be sent on the plain leg.
-    plain_tx: Slot,
-    /// Records rustls produced (handshake messages, alerts) while the driver was sending
-    /// `tls_tx`; they go out after it. After a failure, the alert that goes out alone.
+    plain_tx: TxBuf,
+    /// Records made outside the data flow (by rustls: handshake messages, alerts; by our record
+    /// layer: KeyUpdates, alerts) while the driver was sending `tls_tx`; they go out after it.
+    /// After a failure, the alert that goes out alone.
     ctrl: Vec<u8>,
     /// Whether the TLS leg's TCP connection must be opened first (client mode).
     tls_connected: bool,
@@ -242,13 +285,51 @@ struct Core {
     plain_out: u64,
     /// Bytes moved to the front of the receive buffer (unfinished records), for tests.
     compacted: u64,
+    /// Our record layer may take over from rustls after the handshake.
+    own_records: bool,
+    /// Records sealed before our record layer changes its send key, for tests.
+    #[cfg(test)]
+    tx_limit: Option<u64>,
 }
 
-/// One forwarded connection with TLS on one leg, while rustls does the record layer.
+/// Who does the record layer of a connection.
+#[derive(Debug)]
+enum Session {
+    /// rustls: the handshake, then (for kTLS candidates and when asked) everything.
+    Rustls(TlsConn),
+    /// Our own record layer, after the handshake.
+    Own(Box<RecordLayer>),
+    /// Taken for a kernel hand-off, or lost while changing over.
+    Gone,
+}
+
+/// What a finished handshake settled, kept for the connection's life (rustls's session object
+/// goes when our record layer takes over).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Negotiated {
+    /// The protocol version.
+    pub version: ProtocolVersion,
+    /// The cipher suite.
+    pub suite: SupportedCipherSuite,
+    /// The ALPN protocol, if one was agreed.
+    pub alpn: Option<Vec<u8>>,
+    /// Full, full with HelloRetryRequest, or resumed.
+    pub kind: Option<HandshakeKind>,
+}
+
+impl Negotiated {
+    /// The cipher suite's IANA name.
+    pub fn suite_name(&self) -> CipherSuite {
+        self.suite.suite()
+    }
+}
+
+/// One forwarded connection with TLS on one leg.
 #[derive(Debug)]
 pub struct TlsForward {
-    tls: TlsConn,
+    tls: Session,
     core: Core,
+    negotiated: Option<Negotiated>,
 }
 
 impl TlsForward {
@@ -264,21 +345,17 @@ impl TlsForward {
         sizes: Buffers,
     ) -> Self {
         let mut fwd = Self {
-            tls,
+            tls: Session::Rustls(tls),
             core: Core {
                 sizes,
                 plain_rx: Slot::new(),
-                tls_tx: TxRecords {
-                    buf: Some(Vec::new()),
-                    filled: 0,
-                    lent: 0,
-                },
+                tls_tx: TxBuf::new(),
                 rx: Rx {
                     buf: Some(Vec::new()),
                     off: 0,
                     win: 0,
                 },
-                plain_tx: Slot::new(),
+                plain_tx: TxBuf::new(),
                 ctrl: Vec::new(),
                 tls_connected,
                 plain_connected,
@@ -297,16 +374,59 @@ impl TlsForward {
                 plain_in: 0,
                 plain_out: 0,
                 compacted: 0,
+                own_records: true,
+                #[cfg(test)]
+                tx_limit: None,
             },
+            negotiated: None,
         };
         // A client's first flight is ready at once.
         fwd.pump();
         fwd
     }
 
-    /// What the session negotiated (version, cipher suite, ALPN, peer certificates).
-    pub fn tls(&self) -> &CommonState {
-        self.tls.common()
+    /// What the handshake settled, once it is over.
+    pub fn negotiated(&self) -> Option<&Negotiated> {
+        self.negotiated.as_ref()
+    }
+
+    /// rustls's session state, while rustls does the record layer (not after our record layer
+    /// took over, nor after a hand-off).
+    pub fn rustls(&self) -> Option<&rustls::CommonState> {
+        match &self.tls {
+            Session::Rustls(conn) => Some(conn.common()),
+            _ => None,
+        }
+    }
+
+    /// Keeps rustls's record layer after the handshake instead of our own (which needs the
+    /// config's `enable_secret_extraction`). Call it before the handshake ends.
+    pub fn keep_rustls_records(&mut self) {
+        self.core.own_records = false;
+    }
+
+    /// Our record layer's next send and receive sequence numbers, once it has taken over.
+    #[cfg(test)]
+    pub(crate) fn record_seqs(&self) -> Option<(u64, u64)> {
+        match &self.tls {
+            Session::Own(rl) => Some(rl.seqs()),
+            _ => None,
+        }
+    }
+
+    /// Whether our own record layer has taken over from rustls.
+    pub fn own_records(&self) -> bool {
+        matches!(self.tls, Session::Own(_))
+    }
+
+    /// Has our record layer change its send key after this many records, to exercise the
+    /// change.
+    #[cfg(test)]
+    pub(crate) fn set_tx_limit(&mut self, records: u64) {
+        self.core.tx_limit = Some(records);
+        if let Session::Own(rl) = &mut self.tls {
+            rl.set_tx_limit(records);
+        }
     }
 
     /// Whether the TLS handshake is still running (the driver applies its handshake timeout).
@@ -343,9 +463,13 @@ impl TlsForward {
         self.pump();
     }
 
-    /// Gives up the session for a kernel hand-off. Only valid after [`Io::Handoff`].
-    pub fn into_tls(self) -> TlsConn {
-        self.tls
+    /// Gives up the session for a kernel hand-off. Only valid after [`Io::Handoff`], when
+    /// rustls still has the session; `None` otherwise.
+    pub fn into_tls(self) -> Option<TlsConn> {
+        match self.tls {
+            Session::Rustls(conn) => Some(conn),
+            _ => None,
+        }
     }
 
     /// The driver will not hand this connection to the kernel: carry on in user space.
@@ -400,7 +524,7 @@ impl TlsForward {
     }
 
     /// Reports the result of [`Io::Send`]; `buf` is the buffer that was sent from.
-    pub fn handle_send(&mut self, leg: Leg, mut buf: Vec<u8>, result: io::Result<usize>) {
+    pub fn handle_send(&mut self, leg: Leg, buf: Vec<u8>, result: io::Result<usize>) {
         let c = &mut self.core;
         let sent = match result {
             Ok(n) => n,
@@ -409,27 +533,15 @@ impl TlsForward {
                 usize::MAX // nothing more goes out of this buffer
             }
         };
+        // The unsent bytes move to the front; the buffer stays initialised.
         match leg {
             Leg::Plain => {
                 if sent != usize::MAX {
                     c.plain_out += sent as u64;
                 }
-                buf.drain(..sent.min(buf.len()));
-                c.plain_tx = Slot {
-                    buf: Some(buf),
-                    off: 0,
-                };
-                c.plain_tx.release_if_empty();
+                c.plain_tx.returned(buf, sent);
             }
-            Leg::Tls => {
-                // The unsent records move to the front; the buffer stays initialised.
-                let lent = std::mem::take(&mut c.tls_tx.lent).min(buf.len());
-                let sent = sent.min(lent);
-                buf.copy_within(sent..lent, 0);
-                c.tls_tx.filled = lent - sent;
-                c.tls_tx.buf = Some(buf);
-                c.tls_tx.release_if_empty();
-            }
+            Leg::Tls => c.tls_tx.returned(buf, sent),
         }
         // Room again: plaintext may be decrypted into `plain_tx`, or encrypted into `tls_tx`.
         self.pump();
@@ -451,15 +563,83 @@ impl TlsForward {
     /// The next operation to perform, if any. Call it until it returns `None` after every
     /// `handle_*` call and at the start.
     pub fn poll_io(&mut self) -> Option<Io> {
-        let tls_idle = !self.tls.common().wants_write();
+        let tls_idle = match &self.tls {
+            Session::Rustls(conn) => !conn.common().wants_write(),
+            _ => true,
+        };
         self.core.poll_io(tls_idle)
     }
 
-    /// Lets rustls process what it can (see `forward/pump.rs`).
+    /// Lets rustls, or our record layer, process what it can (see `forward/pump.rs`).
     fn pump(&mut self) {
         match &mut self.tls {
-            TlsConn::Client(c) => self.core.pump(c),
-            TlsConn::Server(s) => self.core.pump(s),
+            Session::Rustls(TlsConn::Client(c)) => self.core.pump(c),
+            Session::Rustls(TlsConn::Server(s)) => self.core.pump(s),
+            Session::Own(rl) => return self.core.pump_own(rl),
+            Session::Gone => return,
+        }
+        if self.core.handshake_done && self.negotiated.is_none() {
+            self.negotiated = match &self.tls {
+                Session::Rustls(conn) => negotiated(conn.common()),
+                _ => None,
+            };
+        }
+        self.take_over_records();
+    }
+
+    /// Hands the record layer from rustls to ours once the handshake is over, rustls has
+    /// nothing queued and holds no part of a message, and no kernel hand-off is pending; then
+    /// processes what is waiting.
+    fn take_over_records(&mut self) {
+        let c = &self.core;
+        let ready = match &self.tls {
+            Session::Rustls(conn) => {
+                c.own_records
+                    && c.handshake_done
+                    && !c.record_mode
+                    && c.failure.is_none()
+                    && !c.closed
+                    && !c.tls_eof
+                    && c.rx.off == c.rx.win
+                    && !conn.common().wants_write()
+            }
+            _ => false,
+        };
+        if !ready {
+            return;
+        }
+        let Session::Rustls(conn) = std::mem::replace(&mut self.tls, Session::Gone) else {
+            return;
+        };
+        match RecordLayer::take_over(conn) {
+            Ok(mut rl) => {
+                #[cfg(test)]
+                if let Some(limit) = self.core.tx_limit {
+                    rl.set_tx_limit(limit);
+                }
+                self.core.pump_own(&mut rl);
+                self.tls = Session::Own(Box::new(rl));
+            }
+            Err(e) => self.core.fail(Fault::Tls, format!("internal: {e}")),
+        }
+    }
+}
+
+/// What `common` says the handshake settled.
+fn negotiated(common: &rustls::CommonState) -> Option<Negotiated> {
+    Some(Negotiated {
+        version: common.protocol_version()?,
+        suite: common.negotiated_cipher_suite()?,
+        alpn: common.alpn_protocol().map(<[u8]>::to_vec),
+        kind: common.handshake_kind(),
+    })
+}
+
+impl From<RecordError> for Failure {
+    fn from(e: RecordError) -> Self {
+        Failure {
+            fault: Fault::Tls,
+            reason: e.reason,
         }
     }
 }
@@ -537,12 +717,13 @@ impl Core {
             return None;
         }
         // Plaintext out.
-        if self.plain_tx.idle() && self.plain_tx.pending() > 0 {
-            let buf = self.plain_tx.buf.take().unwrap_or_default();
+        if self.plain_tx.pending() > 0
+            && let Some((buf, len)) = self.plain_tx.lend()
+        {
             return Some(Io::Send {
                 leg: Leg::Plain,
-                len: buf.len(),
                 buf,
+                len,
             });
         }
         // Peer finished and everything is delivered: pass the FIN on.
@@ -602,12 +783,11 @@ impl Core {
         if self.tls_tx.pending() == 0 {
             return None;
         }
-        let buf = self.tls_tx.buf.take()?;
-        self.tls_tx.lent = self.tls_tx.filled;
+        let (buf, len) = self.tls_tx.lend()?;
         Some(Io::Send {
             leg: Leg::Tls,
             buf,
-            len: self.tls_tx.filled,
+            len,
         })
     }
 

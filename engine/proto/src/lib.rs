@@ -11,9 +11,10 @@
 
 pub mod forward;
 pub mod pool;
+mod record;
 #[cfg(test)]
 mod tests;
 pub mod tls_conn;
 
-pub use forward::{Buffers, Failure, Fault, Io, Leg, TlsForward};
+pub use forward::{Buffers, Failure, Fault, Io, Leg, Negotiated, TlsForward};
 pub use tls_conn::TlsConn;

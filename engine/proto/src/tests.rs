@@ -10,7 +10,7 @@ use std::io::{self, Read, Write};
 use std::sync::Arc;
 
 use rustls::client::UnbufferedClientConnection;
-use rustls::crypto::ring::default_provider;
+use rustls::crypto::aws_lc_rs::default_provider;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
 use rustls::server::UnbufferedServerConnection;
 use rustls::unbuffered::ConnectionState;
@@ -150,7 +150,10 @@ impl Configs {
         let mut server_provider = default_provider();
         if setup.hello_retry {
             // The client's first key share (X25519) is not acceptable: HelloRetryRequest.
-            server_provider.kx_groups = vec![rustls::crypto::ring::kx_group::SECP256R1];
+            server_provider.kx_groups = vec![rustls::crypto::aws_lc_rs::kx_group::SECP256R1];
+        }
+        if let Some(suite) = setup.suite {
+            server_provider.cipher_suites = vec![suite];
         }
         let versions = setup.version.rustls();
         let mut scfg = ServerConfig::builder_with_provider(Arc::new(server_provider))
@@ -496,6 +499,9 @@ impl Peer {
     }
 
     fn process(&mut self) {
+        if self.error.is_some() {
+            return; // rustls asserts that it is not called again after a fatal alert
+        }
         let conn = self.conn.as_mut().unwrap();
         if let Err(e) = conn.process_new_packets() {
             self.error.get_or_insert(e);
@@ -698,6 +704,10 @@ struct Setup {
     ktls: bool,
     decline_handoff: bool,
     extract: bool,
+    /// Our record layer takes over after the handshake (else rustls keeps it).
+    own_records: bool,
+    /// The one cipher suite the server accepts.
+    suite: Option<rustls::SupportedCipherSuite>,
     buffers: Buffers,
     limits: [Limits; 2],
     sock_cap: [usize; 2],
@@ -721,7 +731,9 @@ impl Setup {
             version,
             ktls: false,
             decline_handoff: true,
-            extract: false,
+            extract: true,
+            own_records: true,
+            suite: None,
             buffers: Buffers::default(),
             limits: [Limits::NONE; 2],
             sock_cap: [256 * KIB; 2],
@@ -797,13 +809,16 @@ impl Pair {
             Mode::Client => (false, true),
             Mode::Server => (true, false),
         };
-        let fwd = TlsForward::new(
+        let mut fwd = TlsForward::new(
             fwd_conn,
             tls_connected,
             plain_connected,
             setup.ktls,
             setup.buffers,
         );
+        if !setup.own_records {
+            fwd.keep_rustls_records();
+        }
         let mut inbound = [
             Pipe::new(setup.sock_cap[PLAIN]),
             Pipe::new(setup.sock_cap[TLS]),
@@ -1387,10 +1402,100 @@ const VERSIONS: [Version; 2] = [Version::Tls12, Version::Tls13];
 fn data_both_ways() {
     for mode in MODES {
         for version in VERSIONS {
-            let p = both_ways(Setup::new(mode, version), 3 * MIB, 3 * MIB + 17);
-            assert_eq!(p.fwd.tls().protocol_version(), Some(version.wire()));
-            assert!(!p.fwd.is_handshaking());
-            assert_eq!(p.handoffs, 0);
+            for own in [true, false] {
+                let mut s = Setup::new(mode, version);
+                s.own_records = own;
+                let p = both_ways(s, 3 * MIB, 3 * MIB + 17);
+                assert_eq!(p.fwd.negotiated().map(|n| n.version), Some(version.wire()));
+                assert!(!p.fwd.is_handshaking());
+                assert_eq!(p.handoffs, 0);
+                assert_eq!(p.fwd.own_records(), own, "{mode:?} {version:?}");
+            }
+        }
+    }
+}
+
+#[test]
+fn own_record_layer_every_suite() {
+    // Our record layer against rustls's, for every suite either version has for an ECDSA
+    // certificate (TLS 1.2 AES-GCM carries an explicit nonce, ChaCha20-Poly1305 does not).
+    let mut tested = 0;
+    for suite in rustls::crypto::aws_lc_rs::ALL_CIPHER_SUITES {
+        if format!("{:?}", suite.suite()).contains("_RSA_") {
+            continue;
+        }
+        let version = match suite {
+            rustls::SupportedCipherSuite::Tls13(_) => Version::Tls13,
+            rustls::SupportedCipherSuite::Tls12(_) => Version::Tls12,
+        };
+        for mode in MODES {
+            let mut s = Setup::new(mode, version);
+            s.suite = Some(*suite);
+            let p = both_ways(s, 300 * KIB + 5, 200 * KIB + 3);
+            assert!(p.fwd.own_records());
+            assert_eq!(p.fwd.negotiated().map(|n| n.suite), Some(*suite));
+            tested += 1;
+        }
+    }
+    assert_eq!(tested, 12, "3 TLS 1.3 and 3 TLS 1.2 ECDSA suites, both modes");
+}
+
+#[test]
+fn own_key_update_at_the_confidentiality_limit() {
+    // Our send key reaches its (lowered) limit every few records. TLS 1.3 changes it with a
+    // KeyUpdate that the peer follows; TLS 1.2 cannot, so the connection fails there instead
+    // of sealing past the limit.
+    for mode in MODES {
+        for version in VERSIONS {
+            let mut p = Pair::new(Setup::new(mode, version));
+            p.fwd.set_tx_limit(5);
+            p.app().payload = payload(60, 400 * KIB);
+            p.peer().payload = payload(61, 100 * KIB);
+            match version {
+                Version::Tls13 => {
+                    p.drive();
+                    p.assert_clean();
+                    let (tx, _) = p.fwd.record_seqs().expect("our record layer");
+                    assert!(tx < 5, "the key changed: {tx} records under the last one");
+                }
+                Version::Tls12 => {
+                    let f = p.drive_to_failure();
+                    assert_eq!(f.fault, Fault::Tls);
+                    assert!(f.reason.contains("confidentiality limit"), "{f:?}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn forged_record_fails_the_connection_with_an_alert() {
+    for mode in MODES {
+        for version in VERSIONS {
+            let mut p = Pair::new(Setup::new(mode, version));
+            p.app().payload = payload(62, 10 * KIB);
+            p.peer().payload = payload(63, 10 * KIB);
+            p.app().end = End::Open;
+            p.peer().end = End::Open;
+            p.handshake();
+            // Application data the peer never sealed, after what it sent.
+            let mut forged = vec![23, 3, 3, 0, 40];
+            forged.extend([0x5a; 40]);
+            p.inbound[TLS].push(&forged);
+            let f = p.drive_to_failure();
+            assert_eq!(f.fault, Fault::Tls);
+            assert!(f.reason.contains("bad_record_mac"), "{f:?}");
+            assert!(!p.peers[PLAIN].fin_seen, "no clean end after a forged record");
+            assert!(
+                matches!(
+                    p.peers[TLS].error,
+                    Some(rustls::Error::AlertReceived(
+                        rustls::AlertDescription::BadRecordMac
+                    ))
+                ),
+                "{mode:?} {version:?}: the peer is told why\n{}",
+                p.summary()
+            );
         }
     }
 }
@@ -1531,12 +1636,13 @@ fn many_tiny_records() {
 
 #[test]
 fn key_update_mid_stream() {
-    // TLS 1.3: the peer updates its keys and asks for ours; the forwarder answers through
-    // rustls while data flows both ways.
-    for mode in MODES {
-        for ktls in [false, true] {
+    // TLS 1.3: the peer updates its keys and asks for ours; the forwarder answers (through our
+    // record layer, or through rustls) while data flows both ways.
+    for mode in [Mode::Server, Mode::Client] {
+        for (ktls, own) in [(false, false), (false, true), (true, true)] {
             let mut s = Setup::new(mode, Version::Tls13);
             s.ktls = ktls;
+            s.own_records = own;
             let mut p = Pair::new(s);
             p.app().payload = payload(50, 300 * KIB);
             p.peer().payload = payload(51, 300 * KIB);
@@ -1551,6 +1657,7 @@ fn key_update_mid_stream() {
 #[test]
 fn big_certificate() {
     // Handshake messages that span several records, in record mode with tiny reads too.
+    assert!(pki(600).cert.len() > 20 * KIB, "the certificate spans several records");
     for mode in MODES {
         for version in VERSIONS {
             for (ktls, recv) in [(false, usize::MAX), (true, usize::MAX), (true, 1)] {
@@ -1563,14 +1670,6 @@ fn big_certificate() {
                 p.peer().payload = payload(53, 50 * KIB);
                 p.drive();
                 p.assert_clean();
-                let certs = p.peers[TLS]
-                    .conn
-                    .as_ref()
-                    .unwrap()
-                    .peer_certificates()
-                    .or(p.fwd.tls().peer_certificates())
-                    .unwrap();
-                assert!(certs[0].len() > 20 * KIB, "{}", certs[0].len());
             }
         }
     }
@@ -1594,7 +1693,7 @@ fn hello_retry_request() {
             p.drive();
             p.assert_clean();
             assert_eq!(
-                p.fwd.tls().handshake_kind(),
+                p.fwd.negotiated().and_then(|n| n.kind),
                 Some(rustls::HandshakeKind::FullWithHelloRetryRequest)
             );
         }
@@ -1617,7 +1716,7 @@ fn resumption() {
                     p.peer().payload = payload(57, 20 * KIB);
                     p.drive();
                     p.assert_clean();
-                    let kind = p.fwd.tls().handshake_kind();
+                    let kind = p.fwd.negotiated().and_then(|n| n.kind);
                     let want = if round == 0 {
                         rustls::HandshakeKind::Full
                     } else {
@@ -1902,7 +2001,7 @@ fn record_mode_handoff_taken() {
                 peers,
                 ..
             } = p;
-            let mut conn = fwd.into_tls();
+            let mut conn = fwd.into_tls().expect("rustls has the session at Handoff");
             assert!(!conn.common().is_handshaking());
             // Whatever takes the session over carries on from the socket where the forwarder
             // stopped: the peer's data are all there, none went into the forwarder.
@@ -1927,7 +2026,7 @@ fn record_mode_handoff_taken() {
             p.peer().end = End::Open;
             p.run();
             assert!(p.handed_off, "{}", p.summary());
-            let conn = p.fwd.into_tls();
+            let conn = p.fwd.into_tls().expect("rustls has the session at Handoff");
             conn.dangerous_extract_secrets()
                 .expect("secrets at the Handoff point");
         }

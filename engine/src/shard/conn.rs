@@ -336,9 +336,8 @@ impl Conn {
             return;
         };
         let support = self.fwd.ktls.as_ref();
-        let suite = sm.tls().negotiated_cipher_suite();
-        let version = sm.tls().protocol_version();
-        let (Some(support), Some(suite), Some(version)) = (support, suite, version) else {
+        let settled = sm.negotiated().map(|n| (n.suite, n.version));
+        let (Some(support), Some((suite, version))) = (support, settled) else {
             sm.handle_handoff_declined();
             return;
         };
@@ -359,7 +358,11 @@ impl Conn {
         let plain_fd = self
             .leg_fd(Leg::Plain)
             .expect("the plain leg is open before the hand-off");
-        let secrets = match sm.into_tls().dangerous_extract_secrets() {
+        let extracted = sm
+            .into_tls()
+            .ok_or_else(|| "rustls no longer has the session".to_string())
+            .and_then(|tls| tls.dangerous_extract_secrets().map_err(|e| e.to_string()));
+        let secrets = match extracted {
             Ok(s) => s,
             Err(e) => {
                 self.state = State::Gone;

@@ -699,14 +699,14 @@ mod tests {
             chacha20_poly1305: true,
             reason: None,
         };
-        for suite in rustls::crypto::ring::ALL_CIPHER_SUITES {
+        for suite in rustls::crypto::aws_lc_rs::ALL_CIPHER_SUITES {
             let name = format!("{:?}", suite.suite());
             let expected = !name.contains("AES_256");
             assert_eq!(support.supports(*suite), expected, "{name}");
         }
         let none = KtlsSupport::default();
         assert!(
-            rustls::crypto::ring::ALL_CIPHER_SUITES
+            rustls::crypto::aws_lc_rs::ALL_CIPHER_SUITES
                 .iter()
                 .all(|suite| !none.supports(*suite))
         );
@@ -866,7 +866,7 @@ mod tests {
     ) -> Arc<rustls::ClientConfig> {
         let provider = rustls::crypto::CryptoProvider {
             cipher_suites: vec![suite],
-            ..rustls::crypto::ring::default_provider()
+            ..rustls::crypto::aws_lc_rs::default_provider()
         };
         let version = match suite {
             SupportedCipherSuite::Tls13(_) => &rustls::version::TLS13,
@@ -909,7 +909,7 @@ mod tests {
         })
         .expect("server config");
         let support = probe();
-        for suite in rustls::crypto::ring::ALL_CIPHER_SUITES {
+        for suite in rustls::crypto::aws_lc_rs::ALL_CIPHER_SUITES {
             // The ECDSA key from rcgen cannot serve the TLS 1.2 RSA suites.
             if format!("{:?}", suite.suite()).contains("_RSA_") {
                 continue;

@@ -42,7 +42,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use rand::RngCore;
-use rustls::crypto::ring::cipher_suite as suites;
+use rustls::crypto::aws_lc_rs::cipher_suite as suites;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use sha2::{Digest, Sha256};
 use splice_engine::{
@@ -771,7 +771,7 @@ struct UpstreamServer {
 
 impl UpstreamServer {
     fn spawn(certs: &Certs, version: &str, suite: Option<rustls::SupportedCipherSuite>) -> Self {
-        let mut provider = rustls::crypto::ring::default_provider();
+        let mut provider = rustls::crypto::aws_lc_rs::default_provider();
         if let Some(suite) = suite {
             provider.cipher_suites = vec![suite];
         }

@@ -26,12 +26,11 @@ use rustls::unbuffered::{
 
 use super::{Core, Fault};
 use crate::pool;
+use crate::record::{
+    APPLICATION_DATA, Control, HEADER, MAX_OVERHEAD, MAX_PLAINTEXT, RecordError, RecordLayer,
+};
 use crate::tls_conn::Records;
 
-/// Most plaintext in one record (2^14).
-const MAX_PLAINTEXT: usize = 16384;
-/// A record's header: content type, version, length.
-const HEADER: usize = 5;
 /// rustls rejects a record whose header claims this many payload bytes or more.
 const MAX_PAYLOAD: usize = 16384 + 2048;
 /// Room made for the expansion of one record when encrypting: more than any of our suites adds
@@ -143,17 +142,18 @@ impl Core {
         let step = match status.state {
             Ok(ConnectionState::ReadTraffic(mut records)) => {
                 let cap = self.sizes.plain + MAX_PLAINTEXT;
-                match self.plain_tx.buf.as_mut() {
-                    Some(out) => {
+                match self.plain_tx.idle() {
+                    true => {
                         let mut failed = None;
                         while let Some(record) = records.next_record() {
                             match record {
                                 Ok(record) => {
                                     discard += record.discard;
-                                    if out.capacity() == 0 {
-                                        *out = pool::take(cap);
+                                    let n = record.payload.len();
+                                    if let Some(room) = self.plain_tx.room(n, cap) {
+                                        room[..n].copy_from_slice(record.payload);
+                                        self.plain_tx.filled += n;
                                     }
-                                    out.extend_from_slice(record.payload);
                                 }
                                 Err(e) => {
                                     failed = Some(e);
@@ -169,7 +169,7 @@ impl Core {
                             }
                         }
                     }
-                    None => {
+                    false => {
                         // `extend_window` shows rustls records only while we hold `plain_tx`.
                         self.fail(
                             Fault::Tls,
@@ -300,18 +300,20 @@ impl Core {
 
     /// Shows rustls the next whole records received, as many as `plain_tx` has room for (their
     /// plaintext is shorter than their length; the last may overshoot the room by up to one
-    /// record). Returns whether the window grew.
+    /// record); during the handshake one at a time, so that rustls sees nothing past its end.
+    /// Returns whether the window grew.
     fn extend_window(&mut self) -> bool {
-        if self.tls_eof || (self.record_mode && self.handshake_done) {
-            // Nothing after close_notify counts; and in record mode what follows the handshake
-            // is for the kernel (or for after the driver's decision).
+        if self.tls_eof || (self.handshake_done && (self.record_mode || self.own_records)) {
+            // Nothing after close_notify counts; and what follows the handshake is for our
+            // record layer, or the kernel's (or for after the driver's decision). rustls must
+            // not process a KeyUpdate that we take over: it would keep its answer queued.
             return false;
         }
-        let (Some(rx), Some(out)) = (self.rx.buf.as_ref(), self.plain_tx.buf.as_ref()) else {
+        let (Some(rx), true) = (self.rx.buf.as_ref(), self.plain_tx.idle()) else {
             return false;
         };
         let start = self.rx.win;
-        let mut committed = out.len();
+        let mut committed = self.plain_tx.filled;
         while committed < self.sizes.plain {
             // `Whole` is never 0 long: an empty buffer is `Partial`.
             let Head::Whole(len) = head(&rx[self.rx.win..]) else {
@@ -319,6 +321,9 @@ impl Core {
             };
             self.rx.win += len;
             committed += len.saturating_sub(HEADER);
+            if !self.handshake_done {
+                break;
+            }
         }
         self.rx.win > start
     }
@@ -356,6 +361,124 @@ impl Core {
         self.plain_rx.release_if_empty();
         self.tls_tx.release_if_empty();
         self.plain_tx.release_if_empty();
+    }
+}
+
+impl Core {
+    /// Our record layer's pump: opens the records received into `plain_tx` while it has room,
+    /// then seals what `plain_rx` holds into `tls_tx` (and close_notify after the plain leg's
+    /// FIN). Call it after every change to the buffers.
+    pub(super) fn pump_own(&mut self, rl: &mut RecordLayer) {
+        if self.closed || self.failure.is_some() {
+            return;
+        }
+        let result = self.open_records(rl).and_then(|()| {
+            self.take_layer_output(rl);
+            self.seal_records(rl)
+        });
+        if let Err(e) = result {
+            self.fail(Fault::Tls, e.reason);
+            if let Some(alert) = e.alert {
+                // After a failure `ctrl` goes out alone (see `poll_io`): the records sealed
+                // before the alert go in front of it, so that the peer can open it.
+                rl.queue_alert(true, alert);
+                let mut records = Vec::new();
+                if let Some(buf) = self.tls_tx.buf.as_ref() {
+                    records.extend_from_slice(&buf[..self.tls_tx.filled]);
+                    self.tls_tx.filled = 0;
+                }
+                records.append(&mut self.ctrl);
+                records.extend_from_slice(&rl.take_outgoing());
+                self.ctrl = records;
+            }
+        }
+        self.release_idle();
+    }
+
+    /// Records the layer sealed on its own account (KeyUpdates, alerts) go behind everything
+    /// sealed before them.
+    fn take_layer_output(&mut self, rl: &mut RecordLayer) {
+        if rl.has_outgoing() {
+            let records = rl.take_outgoing();
+            self.ctrl.extend_from_slice(&records);
+            self.absorb_ctrl();
+        }
+    }
+
+    /// Opens whole records from the front of the receive buffer straight into `plain_tx`, as
+    /// long as it is ours and has room.
+    fn open_records(&mut self, rl: &mut RecordLayer) -> Result<(), RecordError> {
+        let cap = self.sizes.plain + MAX_PLAINTEXT;
+        while !self.tls_eof && self.plain_tx.idle() && self.plain_tx.filled < self.sizes.plain {
+            let Some(rx) = self.rx.buf.as_ref() else {
+                break;
+            };
+            // `Whole` is never 0 long: an empty buffer is `Partial`. A header that cannot start
+            // a record is `Whole` at once, and `open` rejects it.
+            let Head::Whole(len) = head(&rx[self.rx.off..]) else {
+                break;
+            };
+            let record = &rx[self.rx.off..self.rx.off + len];
+            let Some(out) = self.plain_tx.room(len, cap) else {
+                break;
+            };
+            let (typ, n) = rl.open(record, out)?;
+            self.rx.off += len;
+            self.rx.win = self.rx.off;
+            if typ == APPLICATION_DATA {
+                self.plain_tx.filled += n;
+                continue;
+            }
+            let content = out[..n].to_vec();
+            if rl.control(typ, &content)? == Control::PeerClosed {
+                self.tls_eof = true;
+            }
+            // A KeyUpdate of ours (the peer asked) goes out before the next record.
+            self.take_layer_output(rl);
+        }
+        Ok(())
+    }
+
+    /// Seals what `plain_rx` holds into `tls_tx`, then close_notify once the plain leg has
+    /// ended and everything before it is sealed. Waits while the driver is sending `tls_tx`
+    /// (records the layer made meanwhile wait in `ctrl`, and go first).
+    fn seal_records(&mut self, rl: &mut RecordLayer) -> Result<(), RecordError> {
+        if !self.tls_tx.idle() || !self.ctrl.is_empty() {
+            return Ok(());
+        }
+        let cap = self.sizes.tls;
+        if let Some(plain) = self.plain_rx.buf.as_ref() {
+            while self.plain_rx.off < plain.len() {
+                let end = plain.len().min(self.plain_rx.off + MAX_PLAINTEXT);
+                let chunk = &plain[self.plain_rx.off..end];
+                rl.before_seal()?;
+                if rl.has_outgoing() {
+                    // The send key changed: its KeyUpdate goes before the next record.
+                    let key_update = rl.take_outgoing();
+                    let room = self.tls_tx.room(key_update.len(), cap).expect("held");
+                    room[..key_update.len()].copy_from_slice(&key_update);
+                    self.tls_tx.filled += key_update.len();
+                }
+                let out = self
+                    .tls_tx
+                    .room(chunk.len() + MAX_OVERHEAD, cap)
+                    .expect("held");
+                self.tls_tx.filled += rl.seal(APPLICATION_DATA, chunk, out)?;
+                self.plain_rx.off = end;
+            }
+        }
+        let all_sealed = self
+            .plain_rx
+            .buf
+            .as_ref()
+            .is_some_and(|b| self.plain_rx.off >= b.len());
+        if self.plain_eof && all_sealed && !self.close_sent {
+            let out = self.tls_tx.room(MAX_OVERHEAD + 2, cap).expect("held");
+            let n = rl.seal_close_notify(out)?;
+            self.tls_tx.filled += n;
+            self.close_sent = true;
+        }
+        Ok(())
     }
 }
 
