@@ -1,20 +1,21 @@
 //! The userspace TLS record path: two `TlsForward` state machines back to back, in memory.
 //!
 //! Where the kernel cannot take the session (no kTLS, as on our own machines), every byte a
-//! forwarder moves goes through `TlsForward` and rustls: read into a pooled buffer, encrypted
-//! into records, sent, received, decrypted, copied out. This measures that path without
-//! sockets or threads, so changes to the state machine, the buffer sizes or the rustls setup
-//! show up without the noise of a network stack: `throughput` pushes 4 MiB per iteration from
-//! a client-mode forwarder's plain leg to a server-mode forwarder's plain leg (encrypt once,
-//! decrypt once, every byte checked), and `handshake` makes a new pair per iteration and runs
-//! a full handshake (no resumption), which bounds new connections per second per core.
+//! forwarder moves goes through `TlsForward`: read into a pooled buffer, sealed into records,
+//! sent, received, opened. This measures that path without sockets or threads, so changes to
+//! the state machine, the buffer sizes or the record layer show up without the noise of a
+//! network stack: `throughput` pushes 4 MiB per iteration from a client-mode forwarder's plain
+//! leg to a server-mode forwarder's plain leg (encrypt once, decrypt once, every byte checked),
+//! with our record layer (`own`, the engine's) and with rustls's (`rustls`, the baseline) in the
+//! same run; `handshake` makes a new pair per iteration and runs a full handshake (no
+//! resumption), which bounds new connections per second per core.
 
 mod common;
 mod settings;
 
 use std::hint::black_box;
 
-use common::{Configs, Suite};
+use common::{Configs, Records, Suite};
 use criterion::{BenchmarkId, Criterion, Throughput};
 
 /// Plaintext moved per iteration: 16 plaintext reads of the engine's default 256 KiB.
@@ -26,11 +27,13 @@ fn throughput(c: &mut Criterion) {
     group.throughput(Throughput::Bytes(TRANSFER as u64));
     for suite in Suite::ALL {
         let configs = Configs::new(suite);
-        let mut pair = configs.pair();
-        pair.handshake();
-        group.bench_function(BenchmarkId::from_parameter(suite.name()), |b| {
-            b.iter(|| pair.transfer(black_box(&payload)));
-        });
+        for records in Records::ALL {
+            let mut pair = configs.pair_with(records);
+            pair.handshake();
+            group.bench_function(BenchmarkId::new(suite.name(), records.name()), |b| {
+                b.iter(|| pair.transfer(black_box(&payload)));
+            });
+        }
     }
     group.finish();
 }

@@ -40,6 +40,28 @@ pub enum Suite {
     Tls12EcdheEcdsaAes128Gcm,
 }
 
+/// Who seals and opens records after the handshake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Records {
+    /// Our record layer (the engine's default).
+    Own,
+    /// rustls's, the baseline.
+    Rustls,
+}
+
+impl Records {
+    /// Both, in bench order.
+    pub const ALL: [Records; 2] = [Records::Own, Records::Rustls];
+
+    /// The bench parameter name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Records::Own => "own",
+            Records::Rustls => "rustls",
+        }
+    }
+}
+
 impl Suite {
     /// Every case, in bench order.
     pub const ALL: [Suite; 2] = [Suite::Tls13Aes128Gcm, Suite::Tls12EcdheEcdsaAes128Gcm];
@@ -110,6 +132,8 @@ impl Configs {
             .expect("server certificate");
         server.session_storage = Arc::new(NoServerSessionStorage {});
         server.send_tls13_tickets = 0;
+        // As in the engine: our record layer takes the secrets after the handshake.
+        server.enable_secret_extraction = true;
 
         let mut roots = RootCertStore::empty();
         roots.add(ca_cert.der().clone()).expect("CA as a root");
@@ -119,6 +143,7 @@ impl Configs {
             .with_root_certificates(roots)
             .with_no_client_auth();
         client.resumption = Resumption::disabled();
+        client.enable_secret_extraction = true;
         Self {
             suite,
             client: Arc::new(client),
@@ -126,8 +151,14 @@ impl Configs {
         }
     }
 
-    /// A new pair of forwarders (client mode and server mode), not yet connected.
+    /// A new pair of forwarders (client mode and server mode), not yet connected, with our
+    /// record layer taking over after the handshake (as in the engine).
     pub fn pair(&self) -> Pair {
+        self.pair_with(Records::Own)
+    }
+
+    /// A new pair, with the record layer given.
+    pub fn pair_with(&self, records: Records) -> Pair {
         let name = ServerName::try_from("localhost").expect("server name");
         let client =
             UnbufferedClientConnection::new(self.client.clone(), name).expect("client connection");
@@ -135,10 +166,14 @@ impl Configs {
             UnbufferedServerConnection::new(self.server.clone()).expect("server connection");
         // The client's plain leg is the accepted connection, its TLS leg is still to connect;
         // the server's TLS leg is the accepted one and it connects its backend after the
-        // handshake. No kTLS: rustls keeps the record layer.
+        // handshake. No kTLS.
         let sizes = Buffers::default();
-        let client = TlsForward::new(client.into(), false, true, false, sizes);
-        let server = TlsForward::new(server.into(), true, false, false, sizes);
+        let mut client = TlsForward::new(client.into(), false, true, false, sizes);
+        let mut server = TlsForward::new(server.into(), true, false, false, sizes);
+        if records == Records::Rustls {
+            client.keep_rustls_records();
+            server.keep_rustls_records();
+        }
         Pair {
             suite: self.suite,
             client: End::new("client", client, [true, false]),
