@@ -40,7 +40,7 @@ impl std::str::FromStr for DriverKind {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum KtlsMode {
-    /// Use kTLS when the kernel has it (and the negotiated cipher), else rustls in user space.
+    /// Use kTLS when the kernel has it (and the negotiated cipher), else user-space TLS.
     #[default]
     Auto,
     /// Require kTLS: fail at start when the kernel lacks it.

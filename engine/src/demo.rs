@@ -154,7 +154,7 @@ pub fn run(mut cfg: EngineConfig, bytes: u64, connections: usize) -> Result<Stri
         if engine.ktls_enabled() {
             "yes (sessions handed to the kernel)"
         } else {
-            "no (rustls in user space)"
+            "no (user-space TLS)"
         }
     );
     let total = per_conn * connections as u64;

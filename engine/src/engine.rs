@@ -83,7 +83,7 @@ impl Engine {
                     });
                 } else {
                     notes.push(format!(
-                        "kernel TLS is not available ({}); TLS runs in user space (rustls)",
+                        "kernel TLS is not available ({}); TLS runs in user space",
                         support.reason.as_deref().unwrap_or("unknown")
                     ));
                     None

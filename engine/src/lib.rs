@@ -3,7 +3,7 @@
 //! It accepts plain TCP and forwards it over TLS (*client* mode), or terminates TLS and forwards
 //! plain TCP (*server* mode), on shards that each own a ring (io_uring) or an epoll set. After a
 //! rustls handshake, session keys go to the kernel (kTLS) where it supports them and bytes move
-//! with `splice`; elsewhere rustls encrypts in user space.
+//! with `splice`; elsewhere our own record layer seals and opens records in user space.
 //!
 //! It does not (yet) run the relay, the C library or the Python bindings; those build on
 //! [`Engine`].

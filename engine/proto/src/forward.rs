@@ -295,8 +295,9 @@ struct Core {
 /// Who does the record layer of a connection.
 #[derive(Debug)]
 enum Session {
-    /// rustls: the handshake, then (for kTLS candidates and when asked) everything.
-    Rustls(TlsConn),
+    /// rustls: the handshake, then (for kTLS candidates and when asked) everything. Boxed: it
+    /// is large, and goes when our record layer takes over.
+    Rustls(Box<TlsConn>),
     /// Our own record layer, after the handshake.
     Own(Box<RecordLayer>),
     /// Taken for a kernel hand-off, or lost while changing over.
@@ -345,7 +346,7 @@ impl TlsForward {
         sizes: Buffers,
     ) -> Self {
         let mut fwd = Self {
-            tls: Session::Rustls(tls),
+            tls: Session::Rustls(Box::new(tls)),
             core: Core {
                 sizes,
                 plain_rx: Slot::new(),
@@ -467,7 +468,7 @@ impl TlsForward {
     /// rustls still has the session; `None` otherwise.
     pub fn into_tls(self) -> Option<TlsConn> {
         match self.tls {
-            Session::Rustls(conn) => Some(conn),
+            Session::Rustls(conn) => Some(*conn),
             _ => None,
         }
     }
@@ -573,8 +574,10 @@ impl TlsForward {
     /// Lets rustls, or our record layer, process what it can (see `forward/pump.rs`).
     fn pump(&mut self) {
         match &mut self.tls {
-            Session::Rustls(TlsConn::Client(c)) => self.core.pump(c),
-            Session::Rustls(TlsConn::Server(s)) => self.core.pump(s),
+            Session::Rustls(conn) => match conn.as_mut() {
+                TlsConn::Client(c) => self.core.pump(c),
+                TlsConn::Server(s) => self.core.pump(s),
+            },
             Session::Own(rl) => return self.core.pump_own(rl),
             Session::Gone => return,
         }
@@ -611,7 +614,7 @@ impl TlsForward {
         let Session::Rustls(conn) = std::mem::replace(&mut self.tls, Session::Gone) else {
             return;
         };
-        match RecordLayer::take_over(conn) {
+        match RecordLayer::take_over(*conn) {
             Ok(mut rl) => {
                 #[cfg(test)]
                 if let Some(limit) = self.core.tx_limit {

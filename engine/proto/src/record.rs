@@ -125,9 +125,7 @@ impl Keys {
         let (alg, key, iv): (&'static Algorithm, _, _) = match &secrets {
             ConnectionTrafficSecrets::Aes128Gcm { key, iv } => (&AES_128_GCM, key, iv),
             ConnectionTrafficSecrets::Aes256Gcm { key, iv } => (&AES_256_GCM, key, iv),
-            ConnectionTrafficSecrets::Chacha20Poly1305 { key, iv } => {
-                (&CHACHA20_POLY1305, key, iv)
-            }
+            ConnectionTrafficSecrets::Chacha20Poly1305 { key, iv } => (&CHACHA20_POLY1305, key, iv),
             _ => return Err("a cipher our record layer does not implement".to_string()),
         };
         let key = UnboundKey::new(alg, key.as_ref())
@@ -373,7 +371,10 @@ impl RecordLayer {
     fn update_tx_key(&mut self) -> Result<(), RecordError> {
         self.seal_into_outgoing(HANDSHAKE, &[KEY_UPDATE, 0, 0, 1, 0])?;
         let next = self.kernel.update(true).map_err(|e| {
-            RecordError::send(alert::INTERNAL_ERROR, format!("cannot derive a send key: {e}"))
+            RecordError::send(
+                alert::INTERNAL_ERROR,
+                format!("cannot derive a send key: {e}"),
+            )
         })?;
         self.tx = Keys::new(next).map_err(|e| RecordError::send(alert::INTERNAL_ERROR, e))?;
         Ok(())
@@ -616,7 +617,12 @@ impl RecordLayer {
                     "KeyUpdate with an unknown request",
                 ));
             }
-            _ => return Err(RecordError::send(alert::DECODE_ERROR, "malformed KeyUpdate")),
+            _ => {
+                return Err(RecordError::send(
+                    alert::DECODE_ERROR,
+                    "malformed KeyUpdate",
+                ));
+            }
         };
         let next = self.kernel.update(false).map_err(|e| {
             RecordError::send(

@@ -1437,7 +1437,10 @@ fn own_record_layer_every_suite() {
             tested += 1;
         }
     }
-    assert_eq!(tested, 12, "3 TLS 1.3 and 3 TLS 1.2 ECDSA suites, both modes");
+    assert_eq!(
+        tested, 12,
+        "3 TLS 1.3 and 3 TLS 1.2 ECDSA suites, both modes"
+    );
 }
 
 #[test]
@@ -1485,7 +1488,10 @@ fn forged_record_fails_the_connection_with_an_alert() {
             let f = p.drive_to_failure();
             assert_eq!(f.fault, Fault::Tls);
             assert!(f.reason.contains("bad_record_mac"), "{f:?}");
-            assert!(!p.peers[PLAIN].fin_seen, "no clean end after a forged record");
+            assert!(
+                !p.peers[PLAIN].fin_seen,
+                "no clean end after a forged record"
+            );
             assert!(
                 matches!(
                     p.peers[TLS].error,
@@ -1657,7 +1663,10 @@ fn key_update_mid_stream() {
 #[test]
 fn big_certificate() {
     // Handshake messages that span several records, in record mode with tiny reads too.
-    assert!(pki(600).cert.len() > 20 * KIB, "the certificate spans several records");
+    assert!(
+        pki(600).cert.len() > 20 * KIB,
+        "the certificate spans several records"
+    );
     for mode in MODES {
         for version in VERSIONS {
             for (ktls, recv) in [(false, usize::MAX), (true, usize::MAX), (true, 1)] {

@@ -1,4 +1,4 @@
-//! One proxied connection inside a shard: which state machine runs it (rustls in user space, or
+//! One proxied connection inside a shard: which state machine runs it (user-space TLS, or
 //! the splice pump after a kTLS hand-off), which fd each leg is, and the glue between the
 //! state machine's operations and the driver.
 
