@@ -26,6 +26,8 @@ pub enum Kind {
     Ours,
     /// Another product.
     Peer,
+    /// Not a TLS chain: a yardstick, left out of the best-peer comparison.
+    Reference,
 }
 
 /// Everything a path needs to start.
@@ -148,6 +150,7 @@ pub fn all() -> Vec<Box<dyn PathDef>> {
         Box::new(Haproxy),
         Box::new(Stunnel),
         Box::new(Socat),
+        Box::new(PlainRelays),
     ]
 }
 
@@ -553,15 +556,57 @@ impl PathDef for Socat {
                 r.backend
             )?;
         }
-        let mut ends = Vec::new();
-        for (end, mut text) in [("client", c), ("server", s)] {
-            text.push_str("wait\n");
-            let script = ctx.write(&format!("socat-{end}.sh"), &text)?;
-            let mut cmd = Command::new("sh");
-            cmd.arg(script).env("OPENSSL_CONF", &conf);
-            ends.push(cmd);
+        let [mut client, mut server] = script_ends(ctx, "socat", c, s)?;
+        client.env("OPENSSL_CONF", &conf);
+        server.env("OPENSSL_CONF", &conf);
+        Ok([client, server])
+    }
+}
+
+/// The two ends as `sh` running these scripts (the background processes they start, then
+/// `wait`), so that stopping an end's process group stops all its processes.
+fn script_ends(ctx: &Ctx, name: &str, client: String, server: String) -> Result<[Command; 2]> {
+    let mut ends = Vec::new();
+    for (end, mut text) in [("client", client), ("server", server)] {
+        text.push_str("wait\n");
+        let script = ctx.write(&format!("{name}-{end}.sh"), &text)?;
+        let mut cmd = Command::new("sh");
+        cmd.arg(script);
+        ends.push(cmd);
+    }
+    pair(ends)
+}
+
+/// Two plain TCP relays (socat, no TLS) in place of the two ends: the cost of the chain's extra
+/// processes and wake-ups with no work in them, the floor under any forwarder that sleeps
+/// between messages on this machine.
+struct PlainRelays;
+
+impl PathDef for PlainRelays {
+    fn name(&self) -> &'static str {
+        "plain-relays"
+    }
+    fn kind(&self) -> Kind {
+        Kind::Reference
+    }
+    fn check(&self, _: &Ctx) -> Result<String, String> {
+        Ok(word_after(&output_of("socat", &["-V"])?, "socat version "))
+    }
+    fn ends(&self, ctx: &Ctx, routes: &[Route]) -> Result<[Command; 2]> {
+        let (mut c, mut s) = (String::from("set -e\n"), String::from("set -e\n"));
+        for r in routes {
+            for (script, listen, to) in [
+                (&mut c, r.entry.port(), r.middle.to_string()),
+                (&mut s, r.middle.port(), r.backend.to_string()),
+            ] {
+                writeln!(
+                    script,
+                    "socat TCP-LISTEN:{listen},bind=127.0.0.1,reuseaddr,fork,backlog=4096,nodelay \
+                     TCP:{to},nodelay &"
+                )?;
+            }
         }
-        pair(ends)
+        script_ends(ctx, "plain-relays", c, s)
     }
 }
 
