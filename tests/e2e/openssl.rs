@@ -86,6 +86,62 @@ fn s_client_tls13_to_server_mode() {
     s_client_to_server_mode("-tls1_3", "TLSv1.3");
 }
 
+/// `openssl s_client` updates its TLS 1.3 keys in the middle of the stream and asks for ours
+/// (its `K` command): server mode's record layer changes its receive key, answers with a
+/// KeyUpdate of its own, and the echo goes on under the new keys both ways.
+#[test]
+fn s_client_key_update_against_server_mode() {
+    let pki = Pki::new();
+    let backend = echo_backend();
+    let sp = free_port();
+    let _server = EngineCmd::server(sp, backend.addr, &pki.server, "auto").start();
+    let connect = localhost(sp).to_string();
+    let ca = pki.ca.path.to_string_lossy().into_owned();
+    let mut cli = OpensslChild::spawn(&[
+        "s_client",
+        "-connect",
+        &connect,
+        "-CAfile",
+        &ca,
+        "-servername",
+        "localhost",
+        "-verify_return_error",
+        "-brief",
+        "-tls1_3",
+    ]);
+    cli.send(b"0before the key update\n");
+    assert!(
+        cli.wait_stdout(b"0before the key update\n"),
+        "no echo before the key update; stderr:\n{}",
+        cli.stderr()
+    );
+    for round in 0..3 {
+        // s_client reads a command only at the start of what one read returns, and drops the
+        // rest: wait until it has taken the command before sending the next line.
+        cli.send(b"K\n");
+        assert!(
+            wait_until(SOON, || cli.stderr().matches("KEYUPDATE").count() > round),
+            "s_client did not take its K command:\n{}",
+            cli.stderr()
+        );
+        let line = format!("0after key update {round}\n");
+        cli.send(line.as_bytes());
+        assert!(
+            cli.wait_stdout(line.as_bytes()),
+            "no echo after key update {round}; stdout {:?}, stderr:\n{}",
+            String::from_utf8_lossy(&cli.stdout()),
+            cli.stderr()
+        );
+    }
+    let err = cli.stderr();
+    assert_eq!(err.matches("KEYUPDATE").count(), 3, "s_client sent its key updates:\n{err}");
+    cli.close_stdin();
+    assert!(
+        cli.wait_exit(SOON).is_some(),
+        "s_client did not finish after its stdin closed"
+    );
+}
+
 /// `openssl s_server` (`-tls1_2` or `-tls1_3`) as the upstream of client mode (restricted to the
 /// same version with `--tls-version`): data flows both ways.
 fn s_server_behind_client_mode(version_flag: &str, engine_version: &str) {

@@ -31,11 +31,13 @@ struct Panel {
     log: bool,
 }
 
-/// Bar colour of a single-series panel, by path kind: the ceiling grey, ours blue, peers orange.
+/// Bar colour of a single-series panel, by path kind: the ceiling grey, ours blue, peers orange,
+/// yardsticks light grey.
 fn kind_color(kind: &str) -> &'static str {
     match kind {
         "direct" => "#9e9e9e",
         "ours" => "#1f77b4",
+        "reference" => "#c7c7c7",
         _ => "#ff7f0e",
     }
 }
@@ -154,7 +156,7 @@ pub fn chart(rows: &[Row], infos: &[PathInfo], machine: &Value) -> String {
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{WIDTH}\" height=\"{y}\" viewBox=\"0 0 {WIDTH} {y}\" \
          font-family=\"sans-serif\" font-size=\"11\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
          <text x=\"10\" y=\"22\" font-size=\"14\" font-weight=\"bold\">{}</text>\n\
-         <text x=\"10\" y=\"38\" fill=\"#555\">bars: median (grey: no proxy; blue: splice-engine; orange: peers); whiskers: min–max over repetitions</text>\n{body}</svg>\n",
+         <text x=\"10\" y=\"38\" fill=\"#555\">bars: median (grey: no proxy; blue: splice-engine; orange: peers; light grey: yardsticks); whiskers: min–max over repetitions</text>\n{body}</svg>\n",
         esc(&header)
     )
 }
