@@ -134,7 +134,11 @@ fn s_client_key_update_against_server_mode() {
         );
     }
     let err = cli.stderr();
-    assert_eq!(err.matches("KEYUPDATE").count(), 3, "s_client sent its key updates:\n{err}");
+    assert_eq!(
+        err.matches("KEYUPDATE").count(),
+        3,
+        "s_client sent its key updates:\n{err}"
+    );
     cli.close_stdin();
     assert!(
         cli.wait_exit(SOON).is_some(),
