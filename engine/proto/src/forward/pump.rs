@@ -300,13 +300,19 @@ impl Core {
 
     /// Shows rustls the next whole records received, as many as `plain_tx` has room for (their
     /// plaintext is shorter than their length; the last may overshoot the room by up to one
-    /// record); during the handshake one at a time, so that rustls sees nothing past its end.
+    /// record); during the handshake (and until our record layer takes over) one at a time, so
+    /// that rustls sees nothing past the handshake's end.
     /// Returns whether the window grew.
     fn extend_window(&mut self) -> bool {
-        if self.tls_eof || (self.handshake_done && (self.record_mode || self.own_records)) {
+        let held = self.rx.off < self.rx.win;
+        if self.tls_eof
+            || (self.handshake_done && (self.record_mode || (self.own_records && !held)))
+        {
             // Nothing after close_notify counts; and what follows the handshake is for our
             // record layer, or the kernel's (or for after the driver's decision). rustls must
             // not process a KeyUpdate that we take over: it would keep its answer queued.
+            // (Should rustls still hold part of a message, it gets the records it needs to
+            // finish it, one at a time, so that our record layer can take over after it.)
             return false;
         }
         let (Some(rx), true) = (self.rx.buf.as_ref(), self.plain_tx.idle()) else {
@@ -321,7 +327,7 @@ impl Core {
             };
             self.rx.win += len;
             committed += len.saturating_sub(HEADER);
-            if !self.handshake_done {
+            if !self.handshake_done || self.own_records {
                 break;
             }
         }
