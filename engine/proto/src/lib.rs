@@ -17,4 +17,4 @@ mod tests;
 pub mod tls_conn;
 
 pub use forward::{Buffers, Failure, Fault, Io, Leg, Negotiated, TlsForward};
-pub use tls_conn::TlsConn;
+pub use tls_conn::{TicketStore, TlsConn};

@@ -9,6 +9,7 @@
 use std::fmt;
 
 use rustls::client::{ClientConnectionData, UnbufferedClientConnection};
+use rustls::kernel::KernelConnection;
 use rustls::server::{ServerConnectionData, UnbufferedServerConnection};
 use rustls::unbuffered::UnbufferedStatus;
 use rustls::{CommonState, ExtractedSecrets};
@@ -32,28 +33,62 @@ impl TlsConn {
     }
 
     /// Consumes the session for a kernel TLS hand-off and returns its traffic secrets and
-    /// record sequence numbers.
+    /// record sequence numbers, and for a TLS client the [`TicketStore`] that keeps the session
+    /// tickets the server sends afterwards.
     ///
     /// Call it only where [`TlsForward`](crate::TlsForward) offered
     /// [`Io::Handoff`](crate::Io::Handoff): the handshake is over, no record is waiting to be sent
     /// and no byte past the handshake was read from the socket. The config must have
     /// `enable_secret_extraction` set.
     ///
-    /// This goes through rustls's `dangerous_into_kernel_connection` and drops the
-    /// `KernelConnection` it also returns (which could store TLS 1.3 session tickets and derive
-    /// KeyUpdate secrets): after the hand-off the engine ignores tickets and fails the connection
-    /// on a KeyUpdate, as the kernel's control records tell it (see the engine's `tls::ktls`).
-    /// Callers that want that object can match on the enum and call the method themselves.
+    /// This goes through rustls's `dangerous_into_kernel_connection`. The `KernelConnection` could
+    /// also derive KeyUpdate secrets, but the kernels we run on cannot take new receive keys, so
+    /// after the hand-off the engine fails the connection on a KeyUpdate, as the kernel's control
+    /// records tell it (see the engine's `tls::ktls`).
     ///
     /// # Errors
     ///
     /// rustls's error when extraction is disabled, the handshake is not complete or records are
     /// still queued.
-    pub fn dangerous_extract_secrets(self) -> Result<ExtractedSecrets, rustls::Error> {
+    pub fn dangerous_into_kernel(
+        self,
+    ) -> Result<(ExtractedSecrets, Option<TicketStore>), rustls::Error> {
         match self {
-            Self::Client(c) => c.dangerous_into_kernel_connection().map(|(s, _)| s),
-            Self::Server(s) => s.dangerous_into_kernel_connection().map(|(s, _)| s),
+            Self::Client(c) => c
+                .dangerous_into_kernel_connection()
+                .map(|(s, k)| (s, Some(TicketStore(k)))),
+            Self::Server(s) => s.dangerous_into_kernel_connection().map(|(s, _)| (s, None)),
         }
+    }
+
+    /// [`Self::dangerous_into_kernel`] without the ticket store.
+    ///
+    /// # Errors
+    ///
+    /// As [`Self::dangerous_into_kernel`].
+    pub fn dangerous_extract_secrets(self) -> Result<ExtractedSecrets, rustls::Error> {
+        self.dangerous_into_kernel().map(|(secrets, _)| secrets)
+    }
+}
+
+/// What a TLS client keeps of its session after a kernel hand-off: the session store, so that
+/// the TLS 1.3 tickets the server sends after the handshake let later connections resume.
+pub struct TicketStore(KernelConnection<ClientConnectionData>);
+
+impl TicketStore {
+    /// Stores one NewSessionTicket message body (without its 4-byte handshake header).
+    ///
+    /// # Errors
+    ///
+    /// rustls's error for a malformed ticket.
+    pub fn store(&mut self, ticket: &[u8]) -> Result<(), rustls::Error> {
+        self.0.handle_new_session_ticket(ticket)
+    }
+}
+
+impl fmt::Debug for TicketStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TicketStore").finish_non_exhaustive()
     }
 }
 

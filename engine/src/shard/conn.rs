@@ -361,8 +361,8 @@ impl Conn {
         let extracted = sm
             .into_tls()
             .ok_or_else(|| "rustls no longer has the session".to_string())
-            .and_then(|tls| tls.dangerous_extract_secrets().map_err(|e| e.to_string()));
-        let secrets = match extracted {
+            .and_then(|tls| tls.dangerous_into_kernel().map_err(|e| e.to_string()));
+        let (secrets, tickets) = match extracted {
             Ok(s) => s,
             Err(e) => {
                 self.state = State::Gone;
@@ -375,7 +375,7 @@ impl Conn {
             return;
         }
         self.fwd.stats.ktls.fetch_add(1, Relaxed);
-        let pump = match SplicePump::new(plain_fd, tls_fd, self.fwd.mode, version, shard) {
+        let pump = match SplicePump::new(plain_fd, tls_fd, self.fwd.mode, version, tickets, shard) {
             Ok(p) => p,
             Err(e) => {
                 self.fail_now(Side::Internal, format!("pipes: {e}"));

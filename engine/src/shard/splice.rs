@@ -5,13 +5,14 @@
 //! Every splice is nonblocking and issued only after the driver reported readiness (a poll op),
 //! so none can block a kernel worker. A kTLS socket refuses to splice a non-data record
 //! (`EINVAL`): that record is read with `recvmsg` and its control message, and judged by
-//! [`crate::tls::ktls::control_record`] (session tickets ignored, close_notify is end of
-//! stream, anything else resets the connection).
+//! [`crate::tls::ktls::control_record`] (a client stores session tickets, close_notify is end
+//! of stream, anything else resets the connection).
 
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 
 use rustls::ProtocolVersion;
+use splice_proto::TicketStore;
 
 use super::{PIPE_SIZE, Shard, TAG_POLL, token};
 use crate::config::Mode;
@@ -44,6 +45,8 @@ pub(crate) struct SplicePump {
     /// `[plain -> tls, tls -> plain]`; `None` when the pump was born failed.
     dirs: Option<[Dir; 2]>,
     version: ProtocolVersion,
+    /// A TLS client's session store, for the tickets that arrive after the hand-off.
+    tickets: Option<TicketStore>,
     failure: Option<(Side, String)>,
 }
 
@@ -53,6 +56,7 @@ impl SplicePump {
         tls: Fd,
         mode: Mode,
         version: ProtocolVersion,
+        tickets: Option<TicketStore>,
         shard: &mut Shard,
     ) -> Result<Self, crate::Error> {
         let (plain_side, tls_side) = match mode {
@@ -83,6 +87,7 @@ impl SplicePump {
                 dir(&tls, &plain, p1, true, tls_side, plain_side),
             ]),
             version,
+            tickets,
             failure: None,
         })
     }
@@ -92,6 +97,7 @@ impl SplicePump {
         Self {
             dirs: None,
             version: ProtocolVersion::TLSv1_3,
+            tickets: None,
             failure: Some((side, reason)),
         }
     }
@@ -129,7 +135,7 @@ impl SplicePump {
         }
         let dirs = self.dirs.as_mut()?;
         for (k, d) in dirs.iter_mut().enumerate() {
-            let (poll_src, poll_dst) = match pump(d, self.version) {
+            let (poll_src, poll_dst) = match pump(d, self.version, &mut self.tickets) {
                 Ok(p) => p,
                 Err(f) => return Some(Some(f)),
             };
@@ -177,7 +183,11 @@ impl SplicePump {
 
 /// Moves bytes in one direction until something would block; returns which ends newly need
 /// a readiness poll `(source readable, sink writable)`.
-fn pump(d: &mut Dir, version: ProtocolVersion) -> Result<(bool, bool), (Side, String)> {
+fn pump(
+    d: &mut Dir,
+    version: ProtocolVersion,
+    tickets: &mut Option<TicketStore>,
+) -> Result<(bool, bool), (Side, String)> {
     let mut blocked_src = d.wait_src;
     let mut blocked_dst = d.wait_dst;
     let (mut new_src, mut new_dst) = (false, false);
@@ -213,7 +223,16 @@ fn pump(d: &mut Dir, version: ProtocolVersion) -> Result<(bool, bool), (Side, St
                     let mut buf = vec![0u8; 16 * 1024 + 256];
                     match sys::ktls::recv_record(d.src.as_fd(), &mut buf) {
                         Ok((ty, n)) => match control_record(ty, &buf[..n], version) {
-                            ControlAction::Ignore => progress = true,
+                            ControlAction::Tickets(bodies) => {
+                                if let Some(store) = tickets.as_mut() {
+                                    for body in bodies {
+                                        store.store(&buf[body]).map_err(|e| {
+                                            (Side::Tls, format!("bad NewSessionTicket: {e}"))
+                                        })?;
+                                    }
+                                }
+                                progress = true;
+                            }
                             ControlAction::Eof => {
                                 d.close_notify_seen = true;
                                 d.eof = true;

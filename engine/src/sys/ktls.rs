@@ -890,7 +890,7 @@ mod tests {
                 return buf[..n].to_vec();
             }
             match control_record(kind, &buf[..n], version) {
-                ControlAction::Ignore => continue,
+                ControlAction::Tickets(_) => continue,
                 other => panic!("unexpected control record {kind}: {other:?}"),
             }
         }

@@ -6,6 +6,8 @@
 //! a record means for the forwarded connection. It is pure logic: no syscalls, no state, and no
 //! panic on any input, since the bytes come from the peer.
 
+use std::ops::Range;
+
 use rustls::ProtocolVersion;
 
 /// TLS record content types (RFC 8446 §5.1).
@@ -31,8 +33,9 @@ pub const KEY_UPDATE_FAILURE: &str =
 /// What a control record asks of the connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ControlAction {
-    /// Nothing: drop the record and keep reading (TLS 1.3 session tickets, which are optional).
-    Ignore,
+    /// TLS 1.3 NewSessionTicket messages: the bodies are at these ranges of the payload. A client
+    /// stores them (so that later connections resume); anyone else drops them.
+    Tickets(Vec<Range<usize>>),
     /// The peer closed its sending side cleanly (`close_notify`): treat it as end of stream.
     Eof,
     /// The connection cannot go on; the string says why, for logs and
@@ -43,7 +46,8 @@ pub enum ControlAction {
 /// Decides what a control record of content type `record_type`, whose decrypted body is
 /// `payload`, means on a connection that negotiated `version`.
 ///
-/// * TLS 1.3 handshake records holding only NewSessionTicket messages: [`ControlAction::Ignore`].
+/// * TLS 1.3 handshake records holding only NewSessionTicket messages:
+///   [`ControlAction::Tickets`].
 /// * A KeyUpdate: [`ControlAction::Fail`] with [`KEY_UPDATE_FAILURE`], since the new keys
 ///   cannot be given to the kernel from here.
 /// * TLS 1.2 handshake messages (HelloRequest or ClientHello, i.e. renegotiation, or anything
@@ -93,8 +97,9 @@ fn alert(payload: &[u8]) -> ControlAction {
     })
 }
 
-/// The types of the handshake messages in a record; `Err` describes the first malformed one.
-fn handshake_messages(payload: &[u8]) -> Result<Vec<u8>, String> {
+/// The types of the handshake messages in a record and where their bodies are; `Err` describes
+/// the first malformed one.
+fn handshake_messages(payload: &[u8]) -> Result<Vec<(u8, Range<usize>)>, String> {
     if payload.is_empty() {
         return Err("peer sent an empty handshake record".to_owned());
     }
@@ -116,7 +121,8 @@ fn handshake_messages(payload: &[u8]) -> Result<Vec<u8>, String> {
                 after.len()
             ));
         };
-        messages.push(kind);
+        let start = payload.len() - rest.len() + 4;
+        messages.push((kind, start..start + len));
         rest = after;
     }
     Ok(messages)
@@ -127,9 +133,10 @@ fn tls13_handshake(payload: &[u8]) -> ControlAction {
         Ok(messages) => messages,
         Err(why) => return ControlAction::Fail(why),
     };
-    for kind in messages {
+    let mut tickets = Vec::new();
+    for (kind, body) in messages {
         match kind {
-            NEW_SESSION_TICKET => {}
+            NEW_SESSION_TICKET => tickets.push(body),
             KEY_UPDATE => return ControlAction::Fail(KEY_UPDATE_FAILURE.to_owned()),
             CERTIFICATE_REQUEST => {
                 return ControlAction::Fail(
@@ -146,14 +153,14 @@ fn tls13_handshake(payload: &[u8]) -> ControlAction {
             }
         }
     }
-    ControlAction::Ignore
+    ControlAction::Tickets(tickets)
 }
 
 fn tls12_handshake(payload: &[u8]) -> ControlAction {
     // Anything after the TLS 1.2 handshake is (the start of) a renegotiation, which needs new
     // keys mid-stream; the kernel cannot follow.
     let kind = match handshake_messages(payload) {
-        Ok(messages) => messages.first().copied(),
+        Ok(messages) => messages.first().map(|(kind, _)| *kind),
         Err(why) => return ControlAction::Fail(why),
     };
     ControlAction::Fail(match kind {
@@ -260,11 +267,17 @@ mod tests {
     }
 
     #[test]
-    fn tickets_are_ignored_in_tls13() {
+    fn tickets_are_found_in_tls13() {
         let ticket = message(NEW_SESSION_TICKET, &[0, 0, 1, 0, 1, 2, 3, 4, 0, 0, 0, 0, 0]);
-        assert_eq!(control_record(22, &ticket, V13), ControlAction::Ignore);
+        assert_eq!(
+            control_record(22, &ticket, V13),
+            ControlAction::Tickets(std::iter::once(4..17).collect())
+        );
         let two = [ticket.clone(), ticket.clone()].concat();
-        assert_eq!(control_record(22, &two, V13), ControlAction::Ignore);
+        assert_eq!(
+            control_record(22, &two, V13),
+            ControlAction::Tickets(vec![4..17, 21..34])
+        );
         // The same bytes after a TLS 1.2 handshake are not expected.
         let why = fail_text(control_record(22, &ticket, V12));
         assert!(why.contains("new_session_ticket (4)"), "{why}");
@@ -358,7 +371,10 @@ mod tests {
             message(4, &[9; 300]),
         ]
         .concat();
-        assert_eq!(handshake_messages(&record), Ok(vec![4, 24, 4]));
+        assert_eq!(
+            handshake_messages(&record),
+            Ok(vec![(4, 4..7), (24, 11..11), (4, 15..315)])
+        );
     }
 
     /// xorshift64*: deterministic, dependency-free noise.
@@ -403,9 +419,12 @@ mod tests {
             };
             let version = versions[(noise.next() % 4) as usize];
             let action = control_record(record_type, &payload, version);
-            // Only a TLS 1.3 handshake record can be ignored, only an alert can end the stream.
+            // Only a TLS 1.3 handshake record can hold tickets, only an alert can end the stream.
             match action {
-                ControlAction::Ignore => assert!(record_type == 22 && version == V13),
+                ControlAction::Tickets(bodies) => {
+                    assert!(record_type == 22 && version == V13);
+                    assert!(bodies.iter().all(|b| b.end <= payload.len()));
+                }
                 ControlAction::Eof => assert_eq!(record_type, 21),
                 ControlAction::Fail(why) => assert!(!why.is_empty()),
             }

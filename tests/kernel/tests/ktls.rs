@@ -286,6 +286,15 @@ fn rustls_upstream(
             "{what}: the client engine half-closed its TLS leg without a close_notify alert \
              (the rustls server saw a bare TCP EOF, which TLS treats as truncation)"
         );
+        if version == "1.3" {
+            // The tickets of TLS 1.3 come after the hand-off: the client engine stored those of
+            // the connection before through its `TicketStore`.
+            assert_eq!(
+                seen.resumed,
+                i > 0,
+                "{what}: resumed (the engine keeps the tickets that arrive over kTLS)"
+            );
+        }
         let trailer = trailer(seen.bytes, &seen.sha256);
         let expected = [seen.banner.as_slice(), &payload, &trailer].concat();
         expect_same_stream(&what, &received, &expected);
@@ -759,6 +768,8 @@ struct UpstreamSeen {
     bytes: u64,
     sha256: String,
     close_notify: bool,
+    /// The handshake resumed a session.
+    resumed: bool,
 }
 
 /// A plain rustls server: after the handshake (TLS 1.3: and `TICKETS` NewSessionTicket
@@ -866,6 +877,7 @@ fn serve_upstream(
     let suite = conn
         .negotiated_cipher_suite()
         .map_or("none".into(), |s| format!("{:?}", s.suite()));
+    let resumed = conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
     let banner = random_bytes(BANNER);
     match timing {
         TicketTiming::SameFlight => {}
@@ -925,6 +937,7 @@ fn serve_upstream(
         bytes,
         sha256,
         close_notify,
+        resumed,
     })
 }
 
