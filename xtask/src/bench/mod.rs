@@ -341,14 +341,25 @@ fn run(
         svg_path.display()
     );
 
-    let failed: Vec<String> = results
-        .iter()
-        .filter_map(|m| {
-            m.error
-                .as_ref()
-                .map(|e| format!("{} {} rep {}: {e}", m.path, m.scenario.name(), m.rep))
-        })
-        .collect();
+    // A failed measurement of ours (or of the direct baseline) fails the run. A peer's is
+    // reported, in the table and the JSON, and warned about here, but does not: the peers are
+    // other people's software under load on a shared machine, and their bad moments are a
+    // finding about them, not a reason to stop ours from landing.
+    let gating = |path: &str| {
+        infos
+            .iter()
+            .any(|i| i.name == path && (i.kind == "direct" || i.kind == "ours"))
+    };
+    let mut failed = Vec::new();
+    for m in &results {
+        let Some(e) = &m.error else { continue };
+        let line = format!("{} {} rep {}: {e}", m.path, m.scenario.name(), m.rep);
+        if gating(&m.path) {
+            failed.push(line);
+        } else {
+            eprintln!("bench: warning: a peer's measurement failed: {line}");
+        }
+    }
     if !failed.is_empty() {
         bail!(
             "{} measurement(s) failed:\n  {}",
@@ -359,8 +370,9 @@ fn run(
     Ok(())
 }
 
-/// Checks a results file for the CI smoke run: every scenario ran on every path that was not
-/// skipped, without errors, and splice-engine was among them.
+/// Checks a results file for the CI smoke run: every scenario ran without errors on
+/// splice-engine's paths and the direct baseline, and splice-engine was among them. A peer's
+/// failures are warnings (see the end of `main`).
 pub fn check_results(path: &Path) -> Result<()> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
@@ -379,18 +391,30 @@ pub fn check_results(path: &Path) -> Result<()> {
     let ms = doc["measurements"]
         .as_array()
         .context("no `measurements`")?;
+    let gating: Vec<&str> = doc["paths"]
+        .as_array()
+        .context("no `paths`")?
+        .iter()
+        .filter(|p| p["kind"] == "direct" || p["kind"] == "ours")
+        .filter_map(|p| p["name"].as_str())
+        .collect();
     for sc in Scenario::ALL {
         for p in &ran {
             let ok = ms
                 .iter()
                 .any(|m| m["scenario"] == sc.name() && m["path"] == *p && m["error"].is_null());
-            if !ok {
-                bail!(
-                    "{}: no successful `{}` measurement for {p}",
-                    path.display(),
-                    sc.name()
-                );
+            if ok {
+                continue;
             }
+            let what = format!(
+                "{}: no successful `{}` measurement for {p}",
+                path.display(),
+                sc.name()
+            );
+            if gating.contains(p) {
+                bail!(what);
+            }
+            eprintln!("bench: warning (a peer): {what}");
         }
     }
     eprintln!(

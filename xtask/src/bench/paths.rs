@@ -540,7 +540,7 @@ impl PathDef for Socat {
         for r in routes {
             writeln!(
                 c,
-                "socat TCP-LISTEN:{},bind=127.0.0.1,reuseaddr,fork,backlog=4096,nodelay \
+                "socat -t 30 TCP-LISTEN:{},bind=127.0.0.1,reuseaddr,fork,backlog=4096,nodelay \
                  OPENSSL:localhost:{},cafile={},verify=1,nodelay &",
                 r.entry.port(),
                 r.middle.port(),
@@ -548,7 +548,7 @@ impl PathDef for Socat {
             )?;
             writeln!(
                 s,
-                "socat OPENSSL-LISTEN:{},bind=127.0.0.1,reuseaddr,fork,backlog=4096,nodelay,cert={},key={},verify=0 \
+                "socat -t 30 OPENSSL-LISTEN:{},bind=127.0.0.1,reuseaddr,fork,backlog=4096,nodelay,cert={},key={},verify=0 \
                  TCP:{},nodelay &",
                 r.middle.port(),
                 ctx.cert().display(),
@@ -601,7 +601,7 @@ impl PathDef for PlainRelays {
             ] {
                 writeln!(
                     script,
-                    "socat TCP-LISTEN:{listen},bind=127.0.0.1,reuseaddr,fork,backlog=4096,nodelay \
+                    "socat -t 30 TCP-LISTEN:{listen},bind=127.0.0.1,reuseaddr,fork,backlog=4096,nodelay \
                      TCP:{to},nodelay &"
                 )?;
             }
