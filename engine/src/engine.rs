@@ -31,8 +31,50 @@ pub struct Engine {
     driver: DriverKind,
     ktls: Option<Arc<KtlsSupport>>,
     registry: Registry,
+    /// The settings a reload cannot change, as the engine started with them.
+    start_only: StartOnly,
     /// Kept for its lifetime: the metrics thread stops when the engine drops.
     _metrics: Option<crate::metrics::MetricsServer>,
+}
+
+/// The engine-level settings that shape the shards and the process, which only a restart
+/// applies; a reload that changes them says so in the log.
+#[derive(Debug, Clone, PartialEq)]
+struct StartOnly {
+    threads: Option<usize>,
+    driver: DriverKind,
+    ktls: KtlsMode,
+    busy_poll: Duration,
+    metrics: Option<String>,
+    log_level: Option<String>,
+}
+
+impl StartOnly {
+    fn of(cfg: &EngineConfig) -> Self {
+        Self {
+            threads: cfg.threads,
+            driver: cfg.driver,
+            ktls: cfg.ktls,
+            busy_poll: cfg.busy_poll,
+            metrics: cfg.metrics.clone(),
+            log_level: cfg.log_level.clone(),
+        }
+    }
+
+    /// The configuration keys whose values differ in `new`.
+    fn changed(&self, new: &Self) -> Vec<&'static str> {
+        [
+            ("threads", self.threads != new.threads),
+            ("driver", self.driver != new.driver),
+            ("ktls", self.ktls != new.ktls),
+            ("busy_poll", self.busy_poll != new.busy_poll),
+            ("metrics", self.metrics != new.metrics),
+            ("log_level", self.log_level != new.log_level),
+        ]
+        .into_iter()
+        .filter_map(|(key, changed)| changed.then_some(key))
+        .collect()
+    }
 }
 
 impl std::fmt::Debug for Engine {
@@ -98,6 +140,7 @@ impl Engine {
             driver,
             ktls,
             registry: registry.clone(),
+            start_only: StartOnly::of(&cfg),
             _metrics: None,
         };
         // Everything that reads files or binds ports happens before a thread starts.
@@ -227,9 +270,18 @@ impl Engine {
     }
 
     /// Applies a new forwarder list and re-reads every certificate. Established connections are
-    /// untouched. On any error nothing changes. (Thread count and driver need a restart.)
+    /// untouched. On any error nothing changes. The engine-level settings (`threads`, `driver`,
+    /// `ktls`, `busy_poll`, `metrics`, `log_level`) need a restart: a change to one is named in
+    /// a warning.
     pub fn reload(&self, cfg: EngineConfig) -> Result<()> {
         cfg.validate("configuration")?;
+        for key in self.start_only.changed(&StartOnly::of(&cfg)) {
+            tracing::warn!(
+                key,
+                "changed in the configuration, but only a restart applies it; this reload \
+                 applies the forwarders and certificates"
+            );
+        }
         let mut entries = self.entries.lock().expect("entries lock");
         let threads = self.shards.len();
         // Build everything first: a bad certificate aborts the reload with nothing changed.

@@ -288,6 +288,52 @@ fn bad_reload_keeps_previous_configuration() {
     echo_roundtrip(&mut open, b"the first connection is still fine");
 }
 
+/// A reload that changes engine-level settings applies the forwarders and names, in a warning,
+/// each setting that only a restart applies.
+#[test]
+fn reload_names_settings_that_need_a_restart() {
+    let pki = Pki::new();
+    let backend = echo_backend();
+    let dir = pki.path();
+    let (p1, mp) = (free_port(), free_port());
+    install_cert(dir, &pki.server);
+    let config = dir.join("restart.toml");
+    let good = header(mp, "60s") + &forwarder("first", p1, backend.addr);
+    write_file(&config, good.as_bytes());
+    let mut engine = EngineCmd::new("run")
+        .opt("--config", &config)
+        .wait_port(p1)
+        .label("run (restart-only settings)")
+        .start();
+    let log_len = engine.log().len();
+    let changed = good.replace("threads = 2", "threads = 1\nbusy_poll = \"50us\"");
+    write_file(&config, changed.as_bytes());
+    engine.signal(libc::SIGHUP);
+    let named = |l: &str, key: &str| {
+        l.len() > log_len
+            && l[log_len..]
+                .lines()
+                .any(|line| line.contains(key) && line.contains("only a restart applies it"))
+    };
+    assert!(
+        engine.wait_log(SOON, |l| named(l, "threads") && named(l, "busy_poll")),
+        "the reload did not name threads and busy_poll as needing a restart:\n{}",
+        engine.log()
+    );
+    assert!(
+        !named(&engine.log(), "drain_timeout") && !named(&engine.log(), "driver"),
+        "unchanged settings named:\n{}",
+        engine.log()
+    );
+    assert!(engine.running(), "the engine exited:\n{}", engine.log());
+    let mut t = tls_connect(
+        localhost(p1),
+        "localhost",
+        client_config(&[&pki.ca], None, TLS_ANY),
+    );
+    echo_roundtrip(&mut t, b"still forwarding after the reload");
+}
+
 /// SIGTERM with one open connection and a long drain timeout: new connections are refused, the
 /// open one keeps working, and the process exits 0 once the test closes it.
 fn sigterm_drains_open_connection_then_exits_zero(driver: &str) {
