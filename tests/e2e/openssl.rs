@@ -6,32 +6,52 @@ use std::time::Duration;
 
 use crate::support::*;
 
+/// `openssl s_client` connected to server mode in front of the echo backend, verifying it against
+/// the test CA; the fields keep the backend, the engine and the certificates alive.
+struct SClient {
+    cli: OpensslChild,
+    _server: Proc,
+    _backend: Backend,
+    _pki: Pki,
+}
+
+impl SClient {
+    /// Starts both, with `extra` s_client flags after the common ones.
+    fn to_server_mode(extra: &[&str]) -> SClient {
+        let pki = Pki::new();
+        let backend = echo_backend();
+        let sp = free_port();
+        let server = EngineCmd::server(sp, backend.addr, &pki.server, "auto").start();
+        let connect = localhost(sp).to_string();
+        let ca = pki.ca.path.to_string_lossy().into_owned();
+        let mut args = vec![
+            "s_client",
+            "-connect",
+            &connect,
+            "-CAfile",
+            &ca,
+            "-servername",
+            "localhost",
+            "-verify_return_error",
+            "-brief",
+        ];
+        args.extend_from_slice(extra);
+        SClient {
+            cli: OpensslChild::spawn(&args),
+            _server: server,
+            _backend: backend,
+            _pki: pki,
+        }
+    }
+}
+
 /// `openssl s_client` (`-tls1_2` or `-tls1_3`) against server mode in front of the echo backend:
 /// a short line and 256 KiB of text come back intact, and the negotiated version is the one
 /// asked for.
 fn s_client_to_server_mode(version_flag: &str, version_name: &str) {
-    let pki = Pki::new();
-    let backend = echo_backend();
-    let sp = free_port();
-    let _server = EngineCmd::server(sp, backend.addr, &pki.server, "auto").start();
-
-    let connect = localhost(sp).to_string();
-    let ca = pki.ca.path.to_string_lossy().into_owned();
-    let mut cli = OpensslChild::spawn(&[
-        "s_client",
-        "-connect",
-        &connect,
-        "-CAfile",
-        &ca,
-        "-servername",
-        "localhost",
-        "-verify_hostname",
-        "localhost",
-        "-verify_return_error",
-        "-brief",
-        "-nocommands",
-        version_flag,
-    ]);
+    let mut s =
+        SClient::to_server_mode(&["-verify_hostname", "localhost", "-nocommands", version_flag]);
+    let cli = &mut s.cli;
     cli.send(b"0hello from openssl s_client\n");
     assert!(
         cli.wait_stdout(b"0hello from openssl s_client\n"),
@@ -91,24 +111,8 @@ fn s_client_tls13_to_server_mode() {
 /// KeyUpdate of its own, and the echo goes on under the new keys both ways.
 #[test]
 fn s_client_key_update_against_server_mode() {
-    let pki = Pki::new();
-    let backend = echo_backend();
-    let sp = free_port();
-    let _server = EngineCmd::server(sp, backend.addr, &pki.server, "auto").start();
-    let connect = localhost(sp).to_string();
-    let ca = pki.ca.path.to_string_lossy().into_owned();
-    let mut cli = OpensslChild::spawn(&[
-        "s_client",
-        "-connect",
-        &connect,
-        "-CAfile",
-        &ca,
-        "-servername",
-        "localhost",
-        "-verify_return_error",
-        "-brief",
-        "-tls1_3",
-    ]);
+    let mut s = SClient::to_server_mode(&["-tls1_3"]);
+    let cli = &mut s.cli;
     cli.send(b"0before the key update\n");
     assert!(
         cli.wait_stdout(b"0before the key update\n"),

@@ -28,7 +28,7 @@
 
 use std::io;
 
-use rustls::{CipherSuite, HandshakeKind, ProtocolVersion, SupportedCipherSuite};
+use rustls::{HandshakeKind, ProtocolVersion, SupportedCipherSuite};
 
 use crate::pool;
 use crate::record::{RecordError, RecordLayer};
@@ -316,13 +316,6 @@ pub struct Negotiated {
     pub alpn: Option<Vec<u8>>,
     /// Full, full with HelloRetryRequest, or resumed.
     pub kind: Option<HandshakeKind>,
-}
-
-impl Negotiated {
-    /// The cipher suite's IANA name.
-    pub fn suite_name(&self) -> CipherSuite {
-        self.suite.suite()
-    }
 }
 
 /// One forwarded connection with TLS on one leg.

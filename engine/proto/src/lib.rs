@@ -17,4 +17,5 @@ mod tests;
 pub mod tls_conn;
 
 pub use forward::{Buffers, Failure, Fault, Io, Leg, Negotiated, TlsForward};
+pub use record::alert_name;
 pub use tls_conn::{TicketStore, TlsConn};

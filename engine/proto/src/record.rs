@@ -103,13 +103,22 @@ enum Kernel {
 }
 
 impl Kernel {
-    fn update(&mut self, tx: bool) -> Result<(u64, ConnectionTrafficSecrets), rustls::Error> {
-        match (self, tx) {
+    /// The next keys of the send (`tx`) or the receive direction, from sequence number 0.
+    fn next_keys(&mut self, tx: bool) -> Result<Keys, RecordError> {
+        let next = match (self, tx) {
             (Kernel::Client(k), true) => k.update_tx_secret(),
             (Kernel::Client(k), false) => k.update_rx_secret(),
             (Kernel::Server(k), true) => k.update_tx_secret(),
             (Kernel::Server(k), false) => k.update_rx_secret(),
         }
+        .map_err(|e| {
+            let side = if tx { "send" } else { "receive" };
+            RecordError::send(
+                alert::INTERNAL_ERROR,
+                format!("cannot derive a {side} key: {e}"),
+            )
+        })?;
+        Keys::new(next).map_err(|e| RecordError::send(alert::INTERNAL_ERROR, e))
     }
 }
 
@@ -299,11 +308,7 @@ impl RecordLayer {
                 type_and_tag,
             )
         } else {
-            // AAD: sequence number, type, version, plaintext length.
-            let mut aad = [0u8; 13];
-            aad[..8].copy_from_slice(&self.tx.seq.to_be_bytes());
-            aad[8..11].copy_from_slice(&[typ, 3, 3]);
-            aad[11..].copy_from_slice(&(plain.len() as u16).to_be_bytes());
+            let aad = tls12_aad(self.tx.seq, typ, plain.len());
             let rest = if self.explicit_nonce {
                 let (explicit, rest) = rest.split_at_mut(EXPLICIT_NONCE);
                 explicit.copy_from_slice(&nonce[4..]);
@@ -370,13 +375,7 @@ impl RecordLayer {
     /// Sends a KeyUpdate (update_not_requested) under the current key, then changes it.
     fn update_tx_key(&mut self) -> Result<(), RecordError> {
         self.seal_into_outgoing(HANDSHAKE, &[KEY_UPDATE, 0, 0, 1, 0])?;
-        let next = self.kernel.update(true).map_err(|e| {
-            RecordError::send(
-                alert::INTERNAL_ERROR,
-                format!("cannot derive a send key: {e}"),
-            )
-        })?;
-        self.tx = Keys::new(next).map_err(|e| RecordError::send(alert::INTERNAL_ERROR, e))?;
+        self.tx = self.kernel.next_keys(true)?;
         Ok(())
     }
 
@@ -467,10 +466,7 @@ impl RecordLayer {
                     format!("record of type {typ} after the TLS 1.2 handshake"),
                 ));
             }
-            let mut aad = [0u8; 13];
-            aad[..8].copy_from_slice(&self.rx.seq.to_be_bytes());
-            aad[8..11].copy_from_slice(&[typ, 3, 3]);
-            aad[11..].copy_from_slice(&(n as u16).to_be_bytes());
+            let aad = tls12_aad(self.rx.seq, typ, n);
             self.rx.key.open_separate_gather(
                 Nonce::assume_unique_for_key(nonce),
                 Aad::from(aad),
@@ -550,7 +546,10 @@ impl RecordLayer {
         }
         Err(RecordError {
             alert: None,
-            reason: format!("peer sent fatal alert {}", alert_name(description)),
+            reason: match alert_name(description) {
+                Some(name) => format!("peer sent fatal alert {name}"),
+                None => format!("peer sent fatal alert {description}"),
+            },
         })
     }
 
@@ -624,13 +623,7 @@ impl RecordLayer {
                 ));
             }
         };
-        let next = self.kernel.update(false).map_err(|e| {
-            RecordError::send(
-                alert::INTERNAL_ERROR,
-                format!("cannot derive a receive key: {e}"),
-            )
-        })?;
-        self.rx = Keys::new(next).map_err(|e| RecordError::send(alert::INTERNAL_ERROR, e))?;
+        self.rx = self.kernel.next_keys(false)?;
         if requested && !self.tx_closed {
             self.update_tx_key()?;
         }
@@ -638,14 +631,26 @@ impl RecordLayer {
     }
 }
 
-/// An alert's name as RFC 8446 spells it, for the log.
-fn alert_name(description: u8) -> String {
-    let name = match description {
+/// TLS 1.2's additional data: sequence number, content type, version, plaintext length.
+fn tls12_aad(seq: u64, typ: u8, len: usize) -> [u8; 13] {
+    let mut aad = [0u8; 13];
+    aad[..8].copy_from_slice(&seq.to_be_bytes());
+    aad[8..11].copy_from_slice(&[typ, 3, 3]);
+    aad[11..].copy_from_slice(&(len as u16).to_be_bytes());
+    aad
+}
+
+/// The RFC 8446 §6 / RFC 5246 §7.2 name of an alert description.
+pub fn alert_name(description: u8) -> Option<&'static str> {
+    Some(match description {
         0 => "close_notify",
         10 => "unexpected_message",
         20 => "bad_record_mac",
+        21 => "decryption_failed",
         22 => "record_overflow",
+        30 => "decompression_failure",
         40 => "handshake_failure",
+        41 => "no_certificate",
         42 => "bad_certificate",
         43 => "unsupported_certificate",
         44 => "certificate_revoked",
@@ -656,6 +661,7 @@ fn alert_name(description: u8) -> String {
         49 => "access_denied",
         50 => "decode_error",
         51 => "decrypt_error",
+        60 => "export_restriction",
         70 => "protocol_version",
         71 => "insufficient_security",
         80 => "internal_error",
@@ -664,12 +670,14 @@ fn alert_name(description: u8) -> String {
         100 => "no_renegotiation",
         109 => "missing_extension",
         110 => "unsupported_extension",
+        111 => "certificate_unobtainable",
         112 => "unrecognized_name",
         113 => "bad_certificate_status_response",
+        114 => "bad_certificate_hash_value",
         115 => "unknown_psk_identity",
         116 => "certificate_required",
         120 => "no_application_protocol",
-        other => return format!("{other}"),
-    };
-    name.to_string()
+        121 => "ech_required",
+        _ => return None,
+    })
 }

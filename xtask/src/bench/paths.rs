@@ -526,7 +526,7 @@ impl PathDef for Socat {
         Kind::Peer
     }
     fn check(&self, _: &Ctx) -> Result<String, String> {
-        Ok(word_after(&output_of("socat", &["-V"])?, "socat version "))
+        socat_version()
     }
     fn ends(&self, ctx: &Ctx, routes: &[Route]) -> Result<[Command; 2]> {
         let conf = ctx.write(
@@ -563,6 +563,11 @@ impl PathDef for Socat {
     }
 }
 
+/// socat's version, or why it cannot run.
+fn socat_version() -> Result<String, String> {
+    Ok(word_after(&output_of("socat", &["-V"])?, "socat version "))
+}
+
 /// The two ends as `sh` running these scripts (the background processes they start, then
 /// `wait`), so that stopping an end's process group stops all its processes.
 fn script_ends(ctx: &Ctx, name: &str, client: String, server: String) -> Result<[Command; 2]> {
@@ -590,7 +595,7 @@ impl PathDef for PlainRelays {
         Kind::Reference
     }
     fn check(&self, _: &Ctx) -> Result<String, String> {
-        Ok(word_after(&output_of("socat", &["-V"])?, "socat version "))
+        socat_version()
     }
     fn ends(&self, ctx: &Ctx, routes: &[Route]) -> Result<[Command; 2]> {
         let (mut c, mut s) = (String::from("set -e\n"), String::from("set -e\n"));

@@ -459,7 +459,8 @@ impl Core {
                 let chunk = &plain[self.plain_rx.off..end];
                 rl.before_seal()?;
                 if rl.has_outgoing() {
-                    // The send key changed: its KeyUpdate goes before the next record.
+                    // The send key changed: its KeyUpdate goes before the next record. (Not
+                    // through `take_layer_output`: `plain` borrows `self.plain_rx`.)
                     let key_update = rl.take_outgoing();
                     let room = self.tls_tx.room(key_update.len(), cap).expect("held");
                     room[..key_update.len()].copy_from_slice(&key_update);
