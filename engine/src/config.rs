@@ -296,9 +296,13 @@ pub struct EngineConfig {
     /// How long SIGTERM waits for open connections to finish.
     #[serde(default = "default_drain_timeout", with = "humantime_serde")]
     pub drain_timeout: Duration,
-    /// After activity, how long a shard keeps polling for more before it sleeps (zero: never).
-    /// It trades CPU for latency: a shard that is still polling when the next packet arrives
-    /// skips the wake-up. Like HAProxy's `busy-polling`, it is off by default.
+    /// The longest a shard that ran out of work polls for more before it sleeps (zero, the
+    /// default: never). The window adapts between zero and this: it grows while work keeps
+    /// arriving soon after the shard went idle and shrinks when it does not (see
+    /// `shard/busy.rs`). A shard still polling when the next packet arrives skips a wake-up,
+    /// which is most of a hop's latency on a virtual machine; idle connections and sparse
+    /// traffic cost no polling. Off by default, like HAProxy's `busy-polling`: it spends CPU
+    /// that other processes on a shared or overcommitted machine may need.
     #[serde(default, with = "humantime_serde")]
     pub busy_poll: Duration,
     /// The forwarders.
@@ -435,6 +439,15 @@ key = "k.pem"
             cfg.forwarders[1].cert.as_deref(),
             Some(Path::new("/abs/c.pem"))
         );
+    }
+
+    #[test]
+    fn busy_polling_is_off_unless_given_a_ceiling() {
+        let base = "[[forwarder]]\nmode='client'\nlisten='127.0.0.1:1'\nconnect='a:1'\n";
+        assert!(parse(base).unwrap().busy_poll.is_zero());
+        assert!(EngineConfig::default().busy_poll.is_zero());
+        let on = parse(&format!("busy_poll = \"100us\"\n{base}")).unwrap();
+        assert_eq!(on.busy_poll, Duration::from_micros(100));
     }
 
     #[test]

@@ -284,7 +284,7 @@ fn slow_reader_epoll() {
 fn busy_poll(driver: &str) {
     let pki = Pki::new();
     let backend = echo_backend();
-    let chain = Chain::start_with(&pki, backend.addr, driver, &[("--busy-poll", "50us")]);
+    let chain = Chain::start_with(&pki, backend.addr, driver, &[("--busy-poll", "100us")]);
 
     let mut sock = connect(chain.entry);
     for i in 0..2000u32 {

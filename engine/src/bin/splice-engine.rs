@@ -67,8 +67,10 @@ struct Common {
     /// On SIGTERM/SIGINT, how long open connections may take to finish (e.g. 10s, 500ms).
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     drain_timeout: Option<Duration>,
-    /// After activity, keep polling this long before sleeping (e.g. 50us): lower latency for
-    /// more CPU. Off by default.
+    /// Busy polling: the longest a shard that ran out of work polls before it sleeps (e.g.
+    /// 100us; off by default). The window adapts: it grows while packets keep arriving soon
+    /// after the shard went idle and shrinks to nothing for idle or sparse traffic. Lower
+    /// latency for more CPU.
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     busy_poll: Option<Duration>,
 }

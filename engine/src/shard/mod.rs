@@ -5,6 +5,7 @@
 //! to, let that connection's state machine say what to do next, submit it; fire due timers;
 //! apply commands from the control thread (new listeners, new configs, drain, stop).
 
+mod busy;
 mod conn;
 mod pipes;
 mod splice;
@@ -26,6 +27,7 @@ use crate::error::Error;
 use crate::stats::ListenerStats;
 use crate::sys;
 use crate::sys::ktls::KtlsSupport;
+use busy::BusyPoll;
 
 pub(crate) use conn::Conn;
 pub use pipes::{PIPE_SIZE, PipePool};
@@ -204,8 +206,8 @@ pub(crate) struct Shard {
     draining: bool,
     pub(crate) pipes: PipePool,
     completions: Vec<Completion>,
-    /// After activity, how long to poll before sleeping.
-    busy_poll: Duration,
+    /// How long to poll, once out of work, before sleeping.
+    busy_poll: BusyPoll,
 }
 
 impl Shard {
@@ -222,7 +224,7 @@ impl Shard {
             draining: false,
             pipes: PipePool::new(PIPE_SIZE),
             completions: Vec::new(),
-            busy_poll,
+            busy_poll: BusyPoll::new(busy_poll),
         }
     }
 
@@ -234,8 +236,8 @@ impl Shard {
                 write: false,
             },
         );
-        // Busy polling: until this instant (set after activity), look again without sleeping.
-        let mut poll_until: Option<Instant> = None;
+        // When the shard last ran out of work (None while it has work).
+        let mut idle_since: Option<Instant> = None;
         loop {
             if self.commands() {
                 break;
@@ -243,22 +245,38 @@ impl Shard {
             if self.draining && self.live_conns() == 0 {
                 break;
             }
-            let timeout = self
-                .timers
-                .peek()
-                .map(|Reverse((t, _))| t.saturating_duration_since(Instant::now()));
             let mut done = std::mem::take(&mut self.completions);
-            let timeout = if poll_until.is_some_and(|until| Instant::now() < until) {
+            let window = self.busy_poll.window();
+            let polling = match idle_since {
+                Some(since) => since.elapsed() < window,
+                None => !window.is_zero(),
+            };
+            let timeout = if polling {
                 Some(Duration::ZERO)
             } else {
-                timeout
+                self.timers
+                    .peek()
+                    .map(|Reverse((t, _))| t.saturating_duration_since(Instant::now()))
             };
+            let before = Instant::now();
             if let Err(e) = self.driver.wait(timeout, &mut done) {
                 tracing::error!(error = %e, "driver failed; shard stops");
                 break;
             }
-            if !self.busy_poll.is_zero() && !done.is_empty() {
-                poll_until = Some(Instant::now() + self.busy_poll);
+            if done.is_empty() {
+                idle_since.get_or_insert(before);
+                if polling {
+                    // Let whatever else is runnable on this CPU go first: it is often the
+                    // process this shard is waiting for, and a spinning shard must not make it
+                    // wait for the end of a time slice.
+                    sys::yield_now();
+                    self.busy_poll.looked(before.elapsed());
+                }
+            } else if let Some(since) = idle_since.take() {
+                self.busy_poll.record(since.elapsed());
+            } else if !polling {
+                // Slept at once (no window) and was woken: that idle period began here.
+                self.busy_poll.record(before.elapsed());
             }
             for c in done.drain(..) {
                 self.complete(c);

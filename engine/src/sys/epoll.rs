@@ -28,6 +28,9 @@ pub struct EpollDriver {
     ready: VecDeque<Completion>,
     events: Vec<libc::epoll_event>,
     pending: usize,
+    /// The last `wait` handed back finished ops without asking epoll (the next one asks, so
+    /// ops that finish at once cannot starve the ones waiting for readiness).
+    skipped: bool,
 }
 
 enum Attempt {
@@ -50,6 +53,7 @@ impl EpollDriver {
             ready: VecDeque::new(),
             events: vec![libc::epoll_event { events: 0, u64: 0 }; 256],
             pending: 0,
+            skipped: false,
         })
     }
 
@@ -157,6 +161,14 @@ impl EpollDriver {
         timeout: Option<Duration>,
         out: &mut Vec<Completion>,
     ) -> Result<(), SyscallError> {
+        if !self.ready.is_empty() && !self.skipped {
+            // Ops finished at submission (a send that went at once): hand them back without
+            // a system call.
+            self.skipped = true;
+            out.extend(self.ready.drain(..));
+            return Ok(());
+        }
+        self.skipped = false;
         let ms = if !self.ready.is_empty() {
             0
         } else {
@@ -213,6 +225,10 @@ impl EpollDriver {
                 Ok(true) => Attempt::Done(sys::take_socket_error(fd.as_fd()).map(|()| 0), None),
                 Err(e) => Attempt::Done(Err(e), None),
             },
+            // epoll has just reported this direction ready (or an error, which the caller's
+            // read or write will meet): asking poll(2) again would only cost a system call. A
+            // caller that finds it spurious waits again.
+            Op::Poll { .. } => Attempt::Done(Ok(0), None),
             _ => attempt(&mut op),
         };
         match res {

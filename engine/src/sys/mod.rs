@@ -124,6 +124,12 @@ pub fn take_socket_error(fd: BorrowedFd<'_>) -> io::Result<()> {
     }
 }
 
+/// Gives the CPU to another runnable thread, if there is one.
+pub fn yield_now() {
+    // SAFETY: no arguments, no memory.
+    unsafe { libc::sched_yield() };
+}
+
 /// Whether `fd` is readable (or writable) right now, without waiting.
 pub fn is_ready(fd: BorrowedFd<'_>, write: bool) -> io::Result<bool> {
     let mut pfd = libc::pollfd {

@@ -36,7 +36,8 @@ pub struct Args {
     #[arg(long, value_delimiter = ',')]
     scenario: Vec<String>,
     /// Paths to run, comma-separated (default: all that can run here). One of: direct,
-    /// splice-uring, splice-epoll, splice-ktls, nginx, haproxy, stunnel, socat.
+    /// splice-uring, splice-epoll, splice-ktls, splice-poll, nginx, haproxy, stunnel, socat,
+    /// plain-relays.
     #[arg(long, value_delimiter = ',')]
     paths: Vec<String>,
     /// Seconds each timed measurement runs (default 5; 1 with --quick).
@@ -583,7 +584,7 @@ fn measure(
     let ep = r.endpoints;
     let res = match sc {
         Scenario::Bulk | Scenario::BulkMulti => bulk(load, sc, &ep, r, s, &mut m),
-        Scenario::Latency => latency(load, &ep, s, &mut m),
+        Scenario::Latency => latency(load, &ep, r, s, &mut m),
         Scenario::Handshakes | Scenario::Resumed => connections(load, sc, &ep, s, &mut m),
         Scenario::Idle => idle(load, &ep, r, s, &mut m),
     };
@@ -692,21 +693,39 @@ fn bulk(
     Ok(())
 }
 
-fn latency(load: &Path, ep: &Endpoints, s: &Settings, m: &mut Measurement) -> Result<()> {
+fn latency(
+    load: &Path,
+    ep: &Endpoints,
+    r: &paths::Running,
+    s: &Settings,
+    m: &mut Measurement,
+) -> Result<()> {
+    let cpu0 = proxy_cpu_secs(r);
     let v = timed_load(
         load,
         s,
         &["rr", "--target", &ep.echo.to_string(), "--size", "64"],
     )?;
+    let cpu = proxy_cpu_secs(r) - cpu0;
     m.raw = v.clone();
     check_errors(&v)?;
     for k in ["p50_us", "p90_us", "p99_us", "p999_us", "max_us"] {
         m.figures
             .insert(k.into(), v["latency"][k].as_f64().unwrap_or(0.0));
     }
-    m.figures
-        .insert("requests".into(), v["requests"].as_f64().unwrap_or(0.0));
+    let requests = v["requests"].as_f64().unwrap_or(0.0);
+    m.figures.insert("requests".into(), requests);
+    if !r.ends.is_empty() && requests > 0.0 {
+        // The warm-up requests are in the CPU time too: a slight overstatement.
+        m.figures
+            .insert("cpu_us_per_request".into(), cpu * 1e6 / requests);
+    }
     Ok(())
+}
+
+/// CPU seconds the proxy processes (both ends, all their threads and children) have used.
+fn proxy_cpu_secs(r: &paths::Running) -> f64 {
+    r.ends.iter().map(|p| procs::group_cpu_secs(p.pid())).sum()
 }
 
 fn connections(

@@ -146,6 +146,7 @@ pub fn all() -> Vec<Box<dyn PathDef>> {
         Box::new(Splice::Uring),
         Box::new(Splice::Epoll),
         Box::new(Splice::Ktls),
+        Box::new(Splice::Poll),
         Box::new(Nginx),
         Box::new(Haproxy),
         Box::new(Stunnel),
@@ -238,6 +239,8 @@ enum Splice {
     Uring,
     Epoll,
     Ktls,
+    /// io_uring with adaptive busy polling up to 100 µs (`busy_poll`, off by default).
+    Poll,
 }
 
 impl PathDef for Splice {
@@ -246,6 +249,7 @@ impl PathDef for Splice {
             Splice::Uring => "splice-uring",
             Splice::Epoll => "splice-epoll",
             Splice::Ktls => "splice-ktls",
+            Splice::Poll => "splice-poll",
         }
     }
     fn kind(&self) -> Kind {
@@ -270,10 +274,17 @@ impl PathDef for Splice {
             Splice::Uring => ("uring", "off"),
             Splice::Epoll => ("epoll", "off"),
             Splice::Ktls => ("auto", "on"),
+            Splice::Poll => ("uring", "off"),
+        };
+        let busy_poll = match self {
+            Splice::Poll => "busy_poll = \"100us\"\n",
+            _ => "",
         };
         let mut ends = Vec::new();
         for end in ["client", "server"] {
-            let mut t = format!("driver = \"{driver}\"\nktls = \"{ktls}\"\nlog_level = \"warn\"\n");
+            let mut t = format!(
+                "driver = \"{driver}\"\nktls = \"{ktls}\"\nlog_level = \"warn\"\n{busy_poll}"
+            );
             for r in routes {
                 let (listen, connect) = if end == "client" {
                     (r.entry, format!("localhost:{}", r.middle.port()))

@@ -70,6 +70,12 @@ const LATENCY: &[Figure] = &[
     fig("p999_us", "p99.9", "µs", Better::Lower),
     fig("max_us", "max", "µs", Better::Lower),
     fig("added_p50_us", "added p50 µs", "µs", Better::Lower),
+    fig(
+        "cpu_us_per_request",
+        "proxy CPU µs/req",
+        "CPU µs/request",
+        Better::Lower,
+    ),
 ];
 const CONNECT: &[Figure] = &[
     fig("conn_per_s", "conn/s", "connections/s", Better::Higher),
