@@ -259,6 +259,10 @@ impl Shard {
                     .map(|Reverse((t, _))| t.saturating_duration_since(Instant::now()))
             };
             let before = Instant::now();
+            if !polling {
+                // About to sleep: an idle period starts now, unless it started earlier.
+                idle_since.get_or_insert(before);
+            }
             if let Err(e) = self.driver.wait(timeout, &mut done) {
                 tracing::error!(error = %e, "driver failed; shard stops");
                 break;
@@ -274,9 +278,6 @@ impl Shard {
                 }
             } else if let Some(since) = idle_since.take() {
                 self.busy_poll.record(since.elapsed());
-            } else if !polling {
-                // Slept at once (no window) and was woken: that idle period began here.
-                self.busy_poll.record(before.elapsed());
             }
             for c in done.drain(..) {
                 self.complete(c);

@@ -134,6 +134,7 @@ impl UringDriver {
         timeout: Option<Duration>,
         out: &mut Vec<Completion>,
     ) -> Result<(), SyscallError> {
+        let want = usize::from(self.ring.completion().is_empty());
         let res = match timeout {
             Some(d) if d.is_zero() => {
                 // A poll: enter the kernel only when there is something to submit or task work
@@ -145,17 +146,12 @@ impl UringDriver {
                 };
                 if pending { self.ring.submit() } else { Ok(0) }
             }
-            _ => {
-                let want = usize::from(self.ring.completion().is_empty());
-                match timeout {
-                    Some(d) => {
-                        let ts = types::Timespec::from(d);
-                        let args = types::SubmitArgs::new().timespec(&ts);
-                        self.ring.submitter().submit_with_args(want, &args)
-                    }
-                    None => self.ring.submit_and_wait(want),
-                }
+            Some(d) => {
+                let ts = types::Timespec::from(d);
+                let args = types::SubmitArgs::new().timespec(&ts);
+                self.ring.submitter().submit_with_args(want, &args)
             }
+            None => self.ring.submit_and_wait(want),
         };
         if let Err(e) = res {
             match e.raw_os_error() {

@@ -654,11 +654,7 @@ fn bulk(
     m: &mut Measurement,
 ) -> Result<()> {
     let streams = if sc == Scenario::Bulk { 1 } else { s.streams };
-    let cpu0: Vec<f64> = r
-        .ends
-        .iter()
-        .map(|p| procs::group_cpu_secs(p.pid()))
-        .collect();
+    let cpu0 = ends_cpu_secs(r);
     let v = timed_load(
         load,
         s,
@@ -670,11 +666,10 @@ fn bulk(
             &streams.to_string(),
         ],
     )?;
-    let cpu: Vec<f64> = r
-        .ends
+    let cpu: Vec<f64> = ends_cpu_secs(r)
         .iter()
         .zip(&cpu0)
-        .map(|(p, c0)| procs::group_cpu_secs(p.pid()) - c0)
+        .map(|(c1, c0)| c1 - c0)
         .collect();
     m.raw = v.clone();
     check_errors(&v)?;
@@ -700,13 +695,13 @@ fn latency(
     s: &Settings,
     m: &mut Measurement,
 ) -> Result<()> {
-    let cpu0 = proxy_cpu_secs(r);
+    let cpu0: f64 = ends_cpu_secs(r).iter().sum();
     let v = timed_load(
         load,
         s,
         &["rr", "--target", &ep.echo.to_string(), "--size", "64"],
     )?;
-    let cpu = proxy_cpu_secs(r) - cpu0;
+    let cpu = ends_cpu_secs(r).iter().sum::<f64>() - cpu0;
     m.raw = v.clone();
     check_errors(&v)?;
     for k in ["p50_us", "p90_us", "p99_us", "p999_us", "max_us"] {
@@ -723,9 +718,12 @@ fn latency(
     Ok(())
 }
 
-/// CPU seconds the proxy processes (both ends, all their threads and children) have used.
-fn proxy_cpu_secs(r: &paths::Running) -> f64 {
-    r.ends.iter().map(|p| procs::group_cpu_secs(p.pid())).sum()
+/// CPU seconds each proxy end (all its processes, threads and children) has used so far.
+fn ends_cpu_secs(r: &paths::Running) -> Vec<f64> {
+    r.ends
+        .iter()
+        .map(|p| procs::group_cpu_secs(p.pid()))
+        .collect()
 }
 
 fn connections(

@@ -270,21 +270,17 @@ impl PathDef for Splice {
         }
     }
     fn ends(&self, ctx: &Ctx, routes: &[Route]) -> Result<[Command; 2]> {
-        let (driver, ktls) = match self {
-            Splice::Uring => ("uring", "off"),
-            Splice::Epoll => ("epoll", "off"),
-            Splice::Ktls => ("auto", "on"),
-            Splice::Poll => ("uring", "off"),
-        };
-        let busy_poll = match self {
-            Splice::Poll => "busy_poll = \"100us\"\n",
-            _ => "",
+        // Driver, kTLS, and any setting beyond the engine's defaults.
+        let (driver, ktls, extra) = match self {
+            Splice::Uring => ("uring", "off", ""),
+            Splice::Epoll => ("epoll", "off", ""),
+            Splice::Ktls => ("auto", "on", ""),
+            Splice::Poll => ("uring", "off", "busy_poll = \"100us\"\n"),
         };
         let mut ends = Vec::new();
         for end in ["client", "server"] {
-            let mut t = format!(
-                "driver = \"{driver}\"\nktls = \"{ktls}\"\nlog_level = \"warn\"\n{busy_poll}"
-            );
+            let mut t =
+                format!("driver = \"{driver}\"\nktls = \"{ktls}\"\nlog_level = \"warn\"\n{extra}");
             for r in routes {
                 let (listen, connect) = if end == "client" {
                     (r.entry, format!("localhost:{}", r.middle.port()))
