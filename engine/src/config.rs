@@ -296,14 +296,14 @@ pub struct EngineConfig {
     /// How long SIGTERM waits for open connections to finish.
     #[serde(default = "default_drain_timeout", with = "humantime_serde")]
     pub drain_timeout: Duration,
-    /// The longest a shard that ran out of work polls for more before it sleeps (zero, the
-    /// default: never). The window adapts between zero and this: it grows while work keeps
-    /// arriving soon after the shard went idle and shrinks when it does not (see
-    /// `shard/busy.rs`). A shard still polling when the next packet arrives skips a wake-up,
-    /// which is most of a hop's latency on a virtual machine; idle connections and sparse
-    /// traffic cost no polling. Off by default, like HAProxy's `busy-polling`: it spends CPU
-    /// that other processes on a shared or overcommitted machine may need.
-    #[serde(default, with = "humantime_serde")]
+    /// The longest a shard that ran out of work polls for more before it sleeps (default
+    /// 50 µs; zero: never). The window adapts between zero and this: it grows while work keeps
+    /// arriving soon after the shard went idle and shrinks when it does not, or when the shard
+    /// keeps losing the CPU while it polls (see `shard/busy.rs`). A shard still polling when
+    /// the next packet arrives skips a wake-up, which is most of a hop's latency on a virtual
+    /// machine; idle connections, sparse traffic and bulk transfers cost no polling. Set it to
+    /// zero where every CPU cycle belongs to someone else.
+    #[serde(default = "default_busy_poll", with = "humantime_serde")]
     pub busy_poll: Duration,
     /// The forwarders.
     #[serde(default, rename = "forwarder")]
@@ -312,6 +312,12 @@ pub struct EngineConfig {
 
 fn default_drain_timeout() -> Duration {
     Duration::from_secs(10)
+}
+
+/// Long enough to cover a backend's reply on the same machine or a LAN, short enough that a
+/// shard polling for nothing gives its CPU back within a scheduler tick's fraction.
+fn default_busy_poll() -> Duration {
+    Duration::from_micros(50)
 }
 
 impl Default for EngineConfig {
@@ -323,7 +329,7 @@ impl Default for EngineConfig {
             log_level: None,
             metrics: None,
             drain_timeout: default_drain_timeout(),
-            busy_poll: Duration::ZERO,
+            busy_poll: default_busy_poll(),
             forwarders: Vec::new(),
         }
     }
@@ -407,7 +413,7 @@ mod tests {
 threads = 2
 driver = "epoll"
 drain_timeout = "3s"
-busy_poll = "50us"
+busy_poll = "20us"
 [[forwarder]]
 name = "a"
 mode = "client"
@@ -428,7 +434,7 @@ key = "k.pem"
         assert_eq!(cfg.threads, Some(2));
         assert_eq!(cfg.driver, DriverKind::Epoll);
         assert_eq!(cfg.drain_timeout, Duration::from_secs(3));
-        assert_eq!(cfg.busy_poll, Duration::from_micros(50));
+        assert_eq!(cfg.busy_poll, Duration::from_micros(20));
         assert_eq!(cfg.forwarders.len(), 2);
         assert!(cfg.forwarders[0].ca.as_ref().unwrap().is_absolute());
         assert_eq!(
@@ -442,12 +448,14 @@ key = "k.pem"
     }
 
     #[test]
-    fn busy_polling_is_off_unless_given_a_ceiling() {
+    fn busy_polling_is_on_up_to_50us_unless_set() {
         let base = "[[forwarder]]\nmode='client'\nlisten='127.0.0.1:1'\nconnect='a:1'\n";
-        assert!(parse(base).unwrap().busy_poll.is_zero());
-        assert!(EngineConfig::default().busy_poll.is_zero());
-        let on = parse(&format!("busy_poll = \"100us\"\n{base}")).unwrap();
-        assert_eq!(on.busy_poll, Duration::from_micros(100));
+        assert_eq!(parse(base).unwrap().busy_poll, Duration::from_micros(50));
+        assert_eq!(EngineConfig::default().busy_poll, Duration::from_micros(50));
+        let longer = parse(&format!("busy_poll = \"100us\"\n{base}")).unwrap();
+        assert_eq!(longer.busy_poll, Duration::from_micros(100));
+        let off = parse(&format!("busy_poll = \"0s\"\n{base}")).unwrap();
+        assert!(off.busy_poll.is_zero());
     }
 
     #[test]

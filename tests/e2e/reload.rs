@@ -306,7 +306,7 @@ fn reload_names_settings_that_need_a_restart() {
         .label("run (restart-only settings)")
         .start();
     let log_len = engine.log().len();
-    let changed = good.replace("threads = 2", "threads = 1\nbusy_poll = \"50us\"");
+    let changed = good.replace("threads = 2", "threads = 1\nbusy_poll = \"20us\"");
     write_file(&config, changed.as_bytes());
     engine.signal(libc::SIGHUP);
     let named = |l: &str, key: &str| {

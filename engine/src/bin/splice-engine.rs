@@ -67,10 +67,10 @@ struct Common {
     /// On SIGTERM/SIGINT, how long open connections may take to finish (e.g. 10s, 500ms).
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     drain_timeout: Option<Duration>,
-    /// Busy polling: the longest a shard that ran out of work polls before it sleeps (e.g.
-    /// 100us; off by default). The window adapts: it grows while packets keep arriving soon
-    /// after the shard went idle and shrinks to nothing for idle or sparse traffic. Lower
-    /// latency for more CPU.
+    /// Busy polling: the longest a shard that ran out of work polls before it sleeps (default
+    /// 50us; 0 turns it off). The window adapts: it grows while packets keep arriving soon
+    /// after the shard went idle and shrinks to nothing for idle or sparse traffic and on a
+    /// contended CPU. Lower latency for request/response traffic, for some CPU.
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     busy_poll: Option<Duration>,
 }

@@ -36,7 +36,7 @@ pub struct Args {
     #[arg(long, value_delimiter = ',')]
     scenario: Vec<String>,
     /// Paths to run, comma-separated (default: all that can run here). One of: direct,
-    /// splice-uring, splice-epoll, splice-ktls, splice-poll, nginx, haproxy, stunnel, socat,
+    /// splice-uring, splice-epoll, splice-ktls, splice-nopoll, nginx, haproxy, stunnel, socat,
     /// plain-relays.
     #[arg(long, value_delimiter = ',')]
     paths: Vec<String>,

@@ -146,7 +146,7 @@ pub fn all() -> Vec<Box<dyn PathDef>> {
         Box::new(Splice::Uring),
         Box::new(Splice::Epoll),
         Box::new(Splice::Ktls),
-        Box::new(Splice::Poll),
+        Box::new(Splice::NoPoll),
         Box::new(Nginx),
         Box::new(Haproxy),
         Box::new(Stunnel),
@@ -239,8 +239,9 @@ enum Splice {
     Uring,
     Epoll,
     Ktls,
-    /// io_uring with adaptive busy polling up to 100 µs (`busy_poll`, off by default).
-    Poll,
+    /// io_uring with busy polling off (`busy_poll = "0s"`; the default polls up to 50 µs):
+    /// what polling buys, and what it costs.
+    NoPoll,
 }
 
 impl PathDef for Splice {
@@ -249,7 +250,7 @@ impl PathDef for Splice {
             Splice::Uring => "splice-uring",
             Splice::Epoll => "splice-epoll",
             Splice::Ktls => "splice-ktls",
-            Splice::Poll => "splice-poll",
+            Splice::NoPoll => "splice-nopoll",
         }
     }
     fn kind(&self) -> Kind {
@@ -275,7 +276,7 @@ impl PathDef for Splice {
             Splice::Uring => ("uring", "off", ""),
             Splice::Epoll => ("epoll", "off", ""),
             Splice::Ktls => ("auto", "on", ""),
-            Splice::Poll => ("uring", "off", "busy_poll = \"100us\"\n"),
+            Splice::NoPoll => ("uring", "off", "busy_poll = \"0s\"\n"),
         };
         let mut ends = Vec::new();
         for end in ["client", "server"] {
