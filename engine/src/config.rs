@@ -314,8 +314,9 @@ fn default_drain_timeout() -> Duration {
     Duration::from_secs(10)
 }
 
-/// Long enough to cover a backend's reply on the same machine or a LAN, short enough that a
-/// shard polling for nothing gives its CPU back within a scheduler tick's fraction.
+/// Long enough to catch a backend's reply on the same machine or a LAN (it bought as much as
+/// 100 µs in the bench, see docs/design.md), short enough to waste little when a poll finds
+/// nothing.
 fn default_busy_poll() -> Duration {
     Duration::from_micros(50)
 }

@@ -93,26 +93,20 @@ fn rustls_client_with_cert_is_accepted_on_both_versions() {
 #[test]
 fn openssl_client_with_cert_is_accepted() {
     let m = mtls_server();
-    let connect = m.addr.to_string();
-    let ca = m.pki.ca.path.to_string_lossy().into_owned();
-    let cert = m.pki.client.cert.to_string_lossy().into_owned();
-    let key = m.pki.client.key.to_string_lossy().into_owned();
-    let mut cli = OpensslChild::spawn(&[
-        "s_client",
-        "-connect",
-        &connect,
-        "-CAfile",
-        &ca,
-        "-servername",
-        "localhost",
-        "-verify_return_error",
-        "-cert",
-        &cert,
-        "-key",
-        &key,
-        "-brief",
-        "-nocommands",
-    ]);
+    let cert = m.pki.client.cert.to_string_lossy();
+    let key = m.pki.client.key.to_string_lossy();
+    let mut cli = OpensslChild::s_client(
+        m.addr,
+        &m.pki.ca.path,
+        &[
+            "-verify_return_error",
+            "-cert",
+            &cert,
+            "-key",
+            &key,
+            "-nocommands",
+        ],
+    );
     cli.send(b"0hello from s_client with a certificate\n");
     assert!(
         cli.wait_stdout(b"0hello from s_client with a certificate\n"),
@@ -162,19 +156,7 @@ fn client_with_cert_from_other_ca_is_refused() {
 #[test]
 fn openssl_client_without_cert_is_refused() {
     let m = mtls_server();
-    let connect = m.addr.to_string();
-    let ca = m.pki.ca.path.to_string_lossy().into_owned();
-    let mut cli = OpensslChild::spawn(&[
-        "s_client",
-        "-connect",
-        &connect,
-        "-CAfile",
-        &ca,
-        "-servername",
-        "localhost",
-        "-brief",
-        "-nocommands",
-    ]);
+    let mut cli = OpensslChild::s_client(m.addr, &m.pki.ca.path, &["-nocommands"]);
     cli.send(b"0must not be echoed\n");
     assert!(
         cli.wait_exit(SOON).is_some(),

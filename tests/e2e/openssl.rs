@@ -22,22 +22,9 @@ impl SClient {
         let backend = echo_backend();
         let sp = free_port();
         let server = EngineCmd::server(sp, backend.addr, &pki.server, "auto").start();
-        let connect = localhost(sp).to_string();
-        let ca = pki.ca.path.to_string_lossy().into_owned();
-        let mut args = vec![
-            "s_client",
-            "-connect",
-            &connect,
-            "-CAfile",
-            &ca,
-            "-servername",
-            "localhost",
-            "-verify_return_error",
-            "-brief",
-        ];
-        args.extend_from_slice(extra);
+        let args = [&["-verify_return_error"], extra].concat();
         SClient {
-            cli: OpensslChild::spawn(&args),
+            cli: OpensslChild::s_client(localhost(sp), &pki.ca.path, &args),
             _server: server,
             _backend: backend,
             _pki: pki,

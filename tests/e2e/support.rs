@@ -1428,6 +1428,27 @@ pub struct OpensslChild {
 }
 
 impl OpensslChild {
+    /// Spawns `openssl s_client` to `addr` with SNI `localhost`, trusting `ca`, quiet
+    /// (`-brief`), with `extra` flags after these. It does not add `-verify_return_error`:
+    /// a test that expects the server to hang up must not let a verification failure pass
+    /// for it.
+    pub fn s_client(addr: SocketAddr, ca: &Path, extra: &[&str]) -> OpensslChild {
+        let connect = addr.to_string();
+        let ca = ca.to_string_lossy();
+        let mut args = vec![
+            "s_client",
+            "-connect",
+            &connect,
+            "-CAfile",
+            &ca,
+            "-servername",
+            "localhost",
+            "-brief",
+        ];
+        args.extend_from_slice(extra);
+        OpensslChild::spawn(&args)
+    }
+
     /// Spawns `openssl ARGS...`.
     pub fn spawn(args: &[&str]) -> OpensslChild {
         let mut child = Command::new(OPENSSL)
