@@ -176,3 +176,70 @@ fn respond(req: &Request<Incoming>, source: &Source) -> Response<Full<Bytes>> {
         .insert(CONTENT_TYPE, HeaderValue::from_static(TEXT_FORMAT));
     r
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+
+    use super::*;
+    use crate::stats::ReloadStats;
+
+    /// Dropping the server returns with a client connected and idle, closes that client's
+    /// connection, and frees the port.
+    #[test]
+    fn drop_closes_the_port_and_idle_connections() {
+        let source = Source {
+            registry: Arc::default(),
+            reloads: Arc::new(ReloadStats::new()),
+        };
+        let server = MetricsServer::start(([127, 0, 0, 1], 0).into(), source).expect("start");
+        let addr = server.local_addr();
+        let mut idle = TcpStream::connect(addr).expect("connect");
+        assert!(scraped(addr));
+
+        drop(server);
+        idle.set_read_timeout(Some(Duration::from_secs(30)))
+            .expect("timeout");
+        let mut b = [0u8; 1];
+        match idle.read(&mut b) {
+            Ok(0) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+            other => panic!("the idle connection was not closed: {other:?}"),
+        }
+        assert!(TcpStream::connect(addr).is_err(), "still listening");
+    }
+
+    /// Past [`MAX_CONNECTIONS`] a new connection is closed at once; when one closes, scrapes
+    /// are served again.
+    #[test]
+    fn connection_cap() {
+        let source = Source {
+            registry: Arc::default(),
+            reloads: Arc::new(ReloadStats::new()),
+        };
+        let server = MetricsServer::start(([127, 0, 0, 1], 0).into(), source).expect("start");
+        let addr = server.local_addr();
+        let mut idle: Vec<TcpStream> = (0..MAX_CONNECTIONS)
+            .map(|_| TcpStream::connect(addr).expect("connect"))
+            .collect();
+        assert!(!scraped(addr), "a scrape past the cap was served");
+        drop(idle.pop());
+        let served = (0..100).any(|_| {
+            std::thread::sleep(Duration::from_millis(50));
+            scraped(addr)
+        });
+        assert!(served, "no scrape served after a connection closed");
+    }
+
+    /// Whether one `GET /metrics` on a new connection is answered 200.
+    fn scraped(addr: SocketAddr) -> bool {
+        let mut s = TcpStream::connect(addr).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(30)))
+            .expect("timeout");
+        let _ = s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        let mut answer = Vec::new();
+        let _ = s.read_to_end(&mut answer);
+        answer.starts_with(b"HTTP/1.1 200")
+    }
+}
