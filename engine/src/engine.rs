@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 use crate::config::{DriverKind, EngineConfig, ForwarderConfig, KtlsMode, Mode, split_host_port};
 use crate::error::{Error, Result};
 use crate::shard::{self, Command, Forwarder, ShardHandle};
-use crate::stats::{ListenerStats, StatsSnapshot};
+use crate::stats::{ListenerStats, ReloadStats, StatsSnapshot};
 use crate::sys::ktls::{self, KtlsSupport};
-use crate::tls::material;
+use crate::tls::{material, validity};
 
 struct Entry {
     cfg: ForwarderConfig,
@@ -31,6 +31,8 @@ pub struct Engine {
     driver: DriverKind,
     ktls: Option<Arc<KtlsSupport>>,
     registry: Registry,
+    /// Reload outcomes, for the metrics endpoint.
+    reloads: Arc<ReloadStats>,
     /// The settings a reload cannot change, as the engine started with them.
     start_only: StartOnly,
     /// Kept for its lifetime: the metrics thread stops when the engine drops.
@@ -140,6 +142,7 @@ impl Engine {
             driver,
             ktls,
             registry: registry.clone(),
+            reloads: Arc::new(ReloadStats::new()),
             start_only: StartOnly::of(&cfg),
             _metrics: None,
         };
@@ -160,7 +163,11 @@ impl Engine {
                 addr: m.clone(),
                 why: format!("{e}"),
             })?;
-            engine._metrics = Some(crate::metrics::MetricsServer::start(addr, registry)?);
+            let source = crate::metrics::Source {
+                registry,
+                reloads: engine.reloads.clone(),
+            };
+            engine._metrics = Some(crate::metrics::MetricsServer::start(addr, source)?);
         }
         for i in 0..threads {
             engine.shards.push(shard::spawn(i, driver, cfg.busy_poll)?);
@@ -189,6 +196,9 @@ impl Engine {
     ) {
         let id = self.new_id();
         tracing::info!(forwarder = %fwd.name, mode = cfg.mode.as_str(), addr = %addr, connect = %cfg.connect, "listening");
+        fwd.stats
+            .cert_not_after
+            .store(fwd.cert_not_after.unwrap_or(0), Relaxed);
         for (shard, fd) in self.shards.iter().zip(fds) {
             shard.send(Command::AddListener {
                 id,
@@ -254,6 +264,13 @@ impl Engine {
                 (None, Some(material::server_config(&opts)?))
             }
         };
+        // The certificate this forwarder presents (leaf first in a chain file), for metrics.
+        let cert_not_after = match &f.cert {
+            Some(path) => material::load_certs(path)?
+                .first()
+                .and_then(validity::not_after),
+            None => None,
+        };
         Ok(Forwarder {
             name: f.display_name(),
             mode: f.mode,
@@ -266,6 +283,7 @@ impl Engine {
             connect_timeout: f.connect_timeout,
             handshake_timeout: f.handshake_timeout,
             ktls: self.ktls.clone(),
+            cert_not_after,
         })
     }
 
@@ -274,6 +292,19 @@ impl Engine {
     /// `ktls`, `busy_poll`, `metrics`, `log_level`) need a restart: a change to one is named in
     /// a warning.
     pub fn reload(&self, cfg: EngineConfig) -> Result<()> {
+        self.reload_with(|| Ok(cfg))
+    }
+
+    /// [`Engine::reload`] with the configuration `load` returns; a failure to load counts as a
+    /// failed reload in the metrics, like a failure to apply.
+    pub fn reload_with(&self, load: impl FnOnce() -> Result<EngineConfig>) -> Result<()> {
+        self.reloads.attempt();
+        let result = load().and_then(|cfg| self.apply(cfg));
+        self.reloads.outcome(result.is_ok());
+        result
+    }
+
+    fn apply(&self, cfg: EngineConfig) -> Result<()> {
         cfg.validate("configuration")?;
         for key in self.start_only.changed(&StartOnly::of(&cfg)) {
             tracing::warn!(
@@ -328,6 +359,9 @@ impl Engine {
                             fwd: fwd.clone(),
                         });
                     }
+                    fwd.stats
+                        .cert_not_after
+                        .store(fwd.cert_not_after.unwrap_or(0), Relaxed);
                     entries[i].fwd = fwd;
                     entries[i].cfg = cfg
                         .forwarders

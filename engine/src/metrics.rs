@@ -1,84 +1,39 @@
-//! Prometheus text exposition of the per-forwarder counters at `GET /metrics`.
+//! Prometheus text exposition of the per-forwarder counters at `GET /metrics`, and of the
+//! engine's reloads and build.
 //!
-//! Control plane, not data plane: a plain thread with blocking sockets is enough.
+//! Control plane, not data plane: the HTTP side ([`server`]) runs hyper on its own thread.
 
 use std::fmt::Write as _;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
 
 use crate::engine::Registry;
-use crate::error::{Error, Result};
-use crate::stats::StatsSnapshot;
+use crate::stats::{HANDSHAKE_BUCKETS, ReloadSnapshot, ReloadStats, StatsSnapshot};
 
-/// The metrics endpoint's thread; stops when dropped.
-pub struct MetricsServer {
-    stop: Arc<AtomicBool>,
-    addr: SocketAddr,
-    thread: Option<std::thread::JoinHandle<()>>,
+pub mod server;
+
+pub use server::MetricsServer;
+
+/// What the endpoint reports: every forwarder's counters and the engine's reloads.
+pub(crate) struct Source {
+    pub(crate) registry: Registry,
+    pub(crate) reloads: Arc<ReloadStats>,
 }
 
-impl MetricsServer {
-    pub(crate) fn start(addr: SocketAddr, registry: Registry) -> Result<Self> {
-        let listener = TcpListener::bind(addr).map_err(|source| Error::Listen { addr, source })?;
-        let addr = listener.local_addr().unwrap_or(addr);
-        let stop = Arc::new(AtomicBool::new(false));
-        let stop2 = stop.clone();
-        let thread = std::thread::Builder::new()
-            .name("metrics".into())
-            .spawn(move || {
-                for conn in listener.incoming() {
-                    if stop2.load(Ordering::Relaxed) {
-                        break;
-                    }
-                    let Ok(mut conn) = conn else { continue };
-                    let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
-                    let mut req = [0u8; 2048];
-                    let n = conn.read(&mut req).unwrap_or(0);
-                    let head = String::from_utf8_lossy(&req[..n]);
-                    let (status, body) = if head.starts_with("GET /metrics") {
-                        let snaps: Vec<StatsSnapshot> = registry
-                            .lock()
-                            .map(|r| {
-                                r.iter()
-                                    .map(|(name, mode, s)| s.snapshot(name, mode.as_str()))
-                                    .collect()
-                            })
-                            .unwrap_or_default();
-                        ("200 OK", render(&snaps))
-                    } else {
-                        ("404 Not Found", "try /metrics\n".to_string())
-                    };
-                    let _ = write!(
-                        conn,
-                        "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                        body.len()
-                    );
-                }
+impl Source {
+    /// The whole exposition, as served.
+    pub(crate) fn render(&self) -> String {
+        let snaps: Vec<StatsSnapshot> = self
+            .registry
+            .lock()
+            .map(|r| {
+                r.iter()
+                    .map(|(name, mode, s)| s.snapshot(name, mode.as_str()))
+                    .collect()
             })
-            .map_err(|e| Error::Io {
-                context: "spawn metrics thread".into(),
-                source: e,
-            })?;
-        tracing::info!(addr = %addr, "metrics at http://{addr}/metrics");
-        Ok(Self {
-            stop,
-            addr,
-            thread: Some(thread),
-        })
-    }
-}
-
-impl Drop for MetricsServer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        // Wake the accept loop.
-        let _ = std::net::TcpStream::connect_timeout(&self.addr, Duration::from_millis(200));
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+            .unwrap_or_default();
+        let mut out = render(&snaps);
+        out.push_str(&render_engine(&self.reloads.snapshot()));
+        out
     }
 }
 
@@ -158,6 +113,95 @@ pub fn render(snaps: &[StatsSnapshot]) -> String {
             }
         },
     );
+    family(
+        "splice_handshake_duration_seconds",
+        "histogram",
+        "Completed TLS handshakes, from the TLS leg's TCP connection to the end of the handshake.",
+        &|s, out, l| {
+            let h = &s.handshakes;
+            let bounds = HANDSHAKE_BUCKETS.iter().map(|le| le.to_string());
+            for (le, n) in bounds.chain(["+Inf".to_string()]).zip(h.cumulative) {
+                let _ = writeln!(
+                    out,
+                    "splice_handshake_duration_seconds_bucket{{{l},le=\"{le}\"}} {n}"
+                );
+            }
+            let sum = h.sum_nanos as f64 / 1e9;
+            let _ = writeln!(out, "splice_handshake_duration_seconds_sum{{{l}}} {sum}");
+            let _ = writeln!(
+                out,
+                "splice_handshake_duration_seconds_count{{{l}}} {}",
+                h.count()
+            );
+        },
+    );
+    family(
+        "splice_certificate_expiry_timestamp_seconds",
+        "gauge",
+        "The notAfter time (unix seconds) of the certificate the forwarder presents: server \
+         mode's certificate, client mode's client certificate.",
+        &|s, out, l| {
+            if let Some(t) = s.cert_not_after {
+                let _ = writeln!(
+                    out,
+                    "splice_certificate_expiry_timestamp_seconds{{{l}}} {t}"
+                );
+            }
+        },
+    );
+    out
+}
+
+/// Renders the engine-wide series: build information and reloads.
+pub fn render_engine(reloads: &ReloadSnapshot) -> String {
+    let mut out = String::new();
+    let mut one = |name: &str, kind: &str, help: &str, sample: String| {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} {kind}");
+        let _ = writeln!(out, "{name}{sample}");
+    };
+    let profile = if cfg!(debug_assertions) {
+        "debug"
+    } else {
+        "release"
+    };
+    one(
+        "splice_build_info",
+        "gauge",
+        "Always 1; the labels say which build runs.",
+        format!(
+            "{{version=\"{}\",arch=\"{}\",os=\"{}\",profile=\"{profile}\"}} 1",
+            env!("CARGO_PKG_VERSION"),
+            std::env::consts::ARCH,
+            std::env::consts::OS,
+        ),
+    );
+    one(
+        "splice_reload_success_total",
+        "counter",
+        "Reloads (SIGHUP) applied.",
+        format!(" {}", reloads.success),
+    );
+    one(
+        "splice_reload_failure_total",
+        "counter",
+        "Reloads (SIGHUP) refused; the previous configuration stayed.",
+        format!(" {}", reloads.failure),
+    );
+    let secs = |ms: u64| ms as f64 / 1000.0;
+    one(
+        "splice_reload_last_attempt_timestamp_seconds",
+        "gauge",
+        "When the last reload was asked for (unix seconds; the start until the first reload).",
+        format!(" {}", secs(reloads.last_attempt_ms)),
+    );
+    one(
+        "splice_reload_last_success_timestamp_seconds",
+        "gauge",
+        "When the configuration in force was loaded (unix seconds; the start until the first \
+         successful reload).",
+        format!(" {}", secs(reloads.last_success_ms)),
+    );
     out
 }
 
@@ -169,6 +213,9 @@ fn escape(s: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::Ordering::Relaxed;
+    use std::time::Duration;
+
     use super::*;
 
     #[test]
@@ -190,5 +237,65 @@ mod tests {
         );
         assert!(text.contains("direction=\"up_to_down\"} 42"), "{text}");
         assert!(text.contains("side=\"tls\"} 3"), "{text}");
+    }
+
+    #[test]
+    fn renders_histogram_and_certificate_expiry() {
+        let stats = crate::stats::ListenerStats::default();
+        stats.handshakes.observe(Duration::from_micros(500));
+        stats.handshakes.observe(Duration::from_millis(30));
+        stats.handshakes.observe(Duration::from_secs(11));
+        stats.cert_not_after.store(1_936_742_400, Relaxed);
+        let text = render(&[stats.snapshot("f", "server")]);
+        let l = "forwarder=\"f\",mode=\"server\"";
+        for (le, n) in [
+            ("0.001", 1),
+            ("0.025", 1),
+            ("0.05", 2),
+            ("10", 2),
+            ("+Inf", 3),
+        ] {
+            let line = format!("splice_handshake_duration_seconds_bucket{{{l},le=\"{le}\"}} {n}\n");
+            assert!(text.contains(&line), "{line} in\n{text}");
+        }
+        assert!(text.contains(&format!(
+            "splice_handshake_duration_seconds_count{{{l}}} 3\n"
+        )));
+        assert!(text.contains(&format!(
+            "splice_handshake_duration_seconds_sum{{{l}}} 11.0305\n"
+        )));
+        assert!(text.contains("# TYPE splice_handshake_duration_seconds histogram\n"));
+        assert!(text.contains(&format!(
+            "splice_certificate_expiry_timestamp_seconds{{{l}}} 1936742400\n"
+        )));
+        // No certificate, no series.
+        let none = render(&[crate::stats::ListenerStats::default().snapshot("g", "client")]);
+        assert!(
+            !none.contains("splice_certificate_expiry_timestamp_seconds{"),
+            "{none}"
+        );
+    }
+
+    #[test]
+    fn renders_reloads_and_build_info() {
+        let r = ReloadStats::new();
+        r.attempt();
+        r.outcome(true);
+        r.attempt();
+        r.outcome(false);
+        let snap = r.snapshot();
+        assert!(snap.last_attempt_ms >= snap.last_success_ms);
+        let text = render_engine(&snap);
+        assert!(text.contains("splice_reload_success_total 1\n"), "{text}");
+        assert!(text.contains("splice_reload_failure_total 1\n"), "{text}");
+        assert!(
+            text.contains("# TYPE splice_reload_failure_total counter\n"),
+            "{text}"
+        );
+        let version = format!(
+            "splice_build_info{{version=\"{}\",",
+            env!("CARGO_PKG_VERSION")
+        );
+        assert!(text.contains(&version), "{text}");
     }
 }

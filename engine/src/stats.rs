@@ -1,7 +1,8 @@
 //! Per-listener counters, kept in user space with relaxed atomics (always available; the eBPF
 //! accounting that arrives later adds kernel-side byte counts beside them).
 
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, SystemTime};
 
 use crate::error::Side;
 
@@ -28,6 +29,11 @@ pub struct ListenerStats {
     pub errors_tls: AtomicU64,
     /// Connections that failed inside the engine.
     pub errors_internal: AtomicU64,
+    /// How long completed TLS handshakes took.
+    pub handshakes: Histogram,
+    /// The not-after time (unix seconds) of the certificate this forwarder presents (server
+    /// mode's certificate, client mode's client certificate); 0 when it presents none.
+    pub cert_not_after: AtomicI64,
 }
 
 impl ListenerStats {
@@ -57,6 +63,8 @@ impl ListenerStats {
             errors_upstream: self.errors_upstream.load(Relaxed),
             errors_tls: self.errors_tls.load(Relaxed),
             errors_internal: self.errors_internal.load(Relaxed),
+            handshakes: self.handshakes.snapshot(),
+            cert_not_after: Some(self.cert_not_after.load(Relaxed)).filter(|&t| t != 0),
         }
     }
 }
@@ -77,4 +85,139 @@ pub struct StatsSnapshot {
     pub errors_upstream: u64,
     pub errors_tls: u64,
     pub errors_internal: u64,
+    pub handshakes: HistogramSnapshot,
+    pub cert_not_after: Option<i64>,
+}
+
+/// Upper bounds (seconds) of the handshake duration buckets: 1 ms to 10 s.
+pub const HANDSHAKE_BUCKETS: [f64; 13] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// A fixed-bucket histogram of durations ([`HANDSHAKE_BUCKETS`]) with relaxed atomics: one
+/// add per observation, no lock.
+#[derive(Debug, Default)]
+pub struct Histogram {
+    /// Observations per bucket (not cumulative); the last one is above the largest bound.
+    buckets: [AtomicU64; HANDSHAKE_BUCKETS.len() + 1],
+    /// Sum of the observations, in nanoseconds.
+    sum_nanos: AtomicU64,
+}
+
+impl Histogram {
+    /// Records one observation.
+    pub fn observe(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        let i = HANDSHAKE_BUCKETS
+            .iter()
+            .position(|&le| secs <= le)
+            .unwrap_or(HANDSHAKE_BUCKETS.len());
+        self.buckets[i].fetch_add(1, Relaxed);
+        let nanos = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        self.sum_nanos.fetch_add(nanos, Relaxed);
+    }
+
+    /// Cumulative counts, as Prometheus reports them.
+    pub fn snapshot(&self) -> HistogramSnapshot {
+        let mut cumulative = [0; HANDSHAKE_BUCKETS.len() + 1];
+        let mut total = 0;
+        for (c, b) in cumulative.iter_mut().zip(&self.buckets) {
+            total += b.load(Relaxed);
+            *c = total;
+        }
+        HistogramSnapshot {
+            cumulative,
+            sum_nanos: self.sum_nanos.load(Relaxed),
+        }
+    }
+}
+
+/// A copy of a [`Histogram`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HistogramSnapshot {
+    /// Observations at or below each bound of [`HANDSHAKE_BUCKETS`], then the total (`+Inf`).
+    pub cumulative: [u64; HANDSHAKE_BUCKETS.len() + 1],
+    /// Sum of the observations, in nanoseconds.
+    pub sum_nanos: u64,
+}
+
+impl HistogramSnapshot {
+    /// The number of observations.
+    pub fn count(&self) -> u64 {
+        self.cumulative[HANDSHAKE_BUCKETS.len()]
+    }
+}
+
+/// Reload outcomes, for the whole engine.
+#[derive(Debug)]
+pub struct ReloadStats {
+    /// Reloads applied.
+    pub success: AtomicU64,
+    /// Reloads refused (the previous configuration stayed).
+    pub failure: AtomicU64,
+    /// When the last reload was asked for (unix milliseconds; the start at first).
+    pub last_attempt_ms: AtomicU64,
+    /// When the configuration in force was loaded (unix milliseconds; the start at first).
+    pub last_success_ms: AtomicU64,
+}
+
+impl ReloadStats {
+    /// Counters at zero, both times now (the start counts as the first load).
+    pub fn new() -> Self {
+        let now = unix_ms();
+        Self {
+            success: AtomicU64::new(0),
+            failure: AtomicU64::new(0),
+            last_attempt_ms: AtomicU64::new(now),
+            last_success_ms: AtomicU64::new(now),
+        }
+    }
+
+    /// A reload begins.
+    pub fn attempt(&self) {
+        self.last_attempt_ms.store(unix_ms(), Relaxed);
+    }
+
+    /// The reload that began last ended with `ok`.
+    pub fn outcome(&self, ok: bool) {
+        if ok {
+            self.last_success_ms.store(unix_ms(), Relaxed);
+            self.success.fetch_add(1, Relaxed);
+        } else {
+            self.failure.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// A copy for reporting.
+    pub fn snapshot(&self) -> ReloadSnapshot {
+        ReloadSnapshot {
+            success: self.success.load(Relaxed),
+            failure: self.failure.load(Relaxed),
+            last_attempt_ms: self.last_attempt_ms.load(Relaxed),
+            last_success_ms: self.last_success_ms.load(Relaxed),
+        }
+    }
+}
+
+impl Default for ReloadStats {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A copy of [`ReloadStats`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[allow(missing_docs, reason = "the fields mirror ReloadStats")]
+pub struct ReloadSnapshot {
+    pub success: u64,
+    pub failure: u64,
+    pub last_attempt_ms: u64,
+    pub last_success_ms: u64,
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
 }

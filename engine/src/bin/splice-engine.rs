@@ -363,7 +363,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     tracing::info!(driver = ?engine.driver(), ktls = engine.ktls_enabled(), "ready");
     for sig in signals.forever() {
         match sig {
-            SIGHUP => match source.load().and_then(|cfg| engine.reload(cfg)) {
+            SIGHUP => match engine.reload_with(|| source.load()) {
                 Ok(()) => {}
                 Err(e) => {
                     tracing::error!(error = %e, "reload failed; the previous configuration stays")

@@ -50,6 +50,8 @@ pub(crate) struct Conn {
     counted_in: u64,
     counted_out: u64,
     started: Instant,
+    /// When the TLS leg's TCP connection was made, until the handshake's time is recorded.
+    handshake_from: Option<Instant>,
     /// Per leg (plain, TLS): the last read did not fill its buffer, so the next one waits for
     /// readiness before taking a buffer — idle connections hold no buffer memory.
     idle: [bool; 2],
@@ -96,6 +98,8 @@ impl Conn {
             Mode::Client => fwd.connect_timeout + fwd.handshake_timeout,
             Mode::Server => fwd.handshake_timeout,
         };
+        // Server mode's TLS leg is the accepted socket; client mode's is connected later.
+        let handshake_from = (fwd.mode == Mode::Server).then(Instant::now);
         Ok(Self {
             generation,
             fwd,
@@ -108,6 +112,7 @@ impl Conn {
             counted_in: 0,
             counted_out: 0,
             started: Instant::now(),
+            handshake_from,
             idle: [true; 2],
             ulp_attached,
             waiting_len: [None; 2],
@@ -158,6 +163,9 @@ impl Conn {
                             }
                         }
                         sm.handle_connected(leg, c.result.map(|_| ()));
+                        if ok && self.fwd.mode == Mode::Client {
+                            self.handshake_from = Some(Instant::now());
+                        }
                         self.deadline = match self.fwd.mode {
                             // Connected: now the handshake has its own budget.
                             Mode::Client if ok => Some(Instant::now() + self.fwd.handshake_timeout),
@@ -199,6 +207,11 @@ impl Conn {
                 }
                 if !sm.is_handshaking() && self.fwd.mode == Mode::Client && tag != TAG_CONNECT {
                     self.deadline = None;
+                }
+                if !sm.is_handshaking() {
+                    if let Some(from) = self.handshake_from.take() {
+                        self.fwd.stats.handshakes.observe(from.elapsed());
+                    }
                 }
             }
             State::Spliced(p) => p.complete(tag, c.result),

@@ -60,6 +60,8 @@ pub struct Forwarder {
     pub handshake_timeout: Duration,
     /// What the kernel offers for kTLS, when it is to be used.
     pub ktls: Option<Arc<KtlsSupport>>,
+    /// The not-after time (unix seconds) of the certificate it presents, if any.
+    pub cert_not_after: Option<i64>,
 }
 
 /// Orders from the control thread.

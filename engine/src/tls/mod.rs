@@ -4,3 +4,4 @@
 //! the kernel.
 pub mod ktls;
 pub mod material;
+pub mod validity;

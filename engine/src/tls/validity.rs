@@ -1,0 +1,146 @@
+//! The validity period of an X.509 certificate, read straight from its DER.
+//!
+//! Only the path to `tbsCertificate.validity` is walked (RFC 5280 §4.1): a certificate that
+//! rustls accepted is well-formed, so a small reader is enough and spares the engine a full
+//! X.509 parser. It does not check signatures or anything else.
+
+use rustls::pki_types::CertificateDer;
+
+const SEQUENCE: u8 = 0x30;
+const UTC_TIME: u8 = 0x17;
+const GENERALIZED_TIME: u8 = 0x18;
+/// `[0] EXPLICIT Version`, present in v2 and v3 certificates.
+const VERSION_TAG: u8 = 0xa0;
+
+/// The `notAfter` time of `cert`, in unix seconds; `None` if the DER is not a certificate.
+pub fn not_after(cert: &CertificateDer<'_>) -> Option<i64> {
+    let (_, rest) = tlv(validity(cert.as_ref())?)?; // notBefore
+    let (tag, value, _) = tlv_tagged(rest)?;
+    der_time(tag, value)
+}
+
+/// The contents of the `validity` SEQUENCE.
+fn validity(der: &[u8]) -> Option<&[u8]> {
+    let (cert, _) = expect(der, SEQUENCE)?;
+    let (tbs, _) = expect(cert, SEQUENCE)?;
+    let mut rest = tbs;
+    if rest.first() == Some(&VERSION_TAG) {
+        rest = tlv(rest)?.1;
+    }
+    rest = tlv(rest)?.1; // serialNumber
+    rest = tlv(rest)?.1; // signature AlgorithmIdentifier
+    rest = tlv(rest)?.1; // issuer
+    expect(rest, SEQUENCE).map(|(validity, _)| validity)
+}
+
+/// One element of tag `tag`: its contents and what follows.
+fn expect(der: &[u8], tag: u8) -> Option<(&[u8], &[u8])> {
+    let (t, value, rest) = tlv_tagged(der)?;
+    (t == tag).then_some((value, rest))
+}
+
+/// One element, any tag: its contents and what follows.
+fn tlv(der: &[u8]) -> Option<(&[u8], &[u8])> {
+    tlv_tagged(der).map(|(_, v, rest)| (v, rest))
+}
+
+/// Tag, contents and rest of one DER element (single-byte tags, definite lengths).
+fn tlv_tagged(der: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, der) = der.split_first()?;
+    let (&first, mut der) = der.split_first()?;
+    let len = if first < 0x80 {
+        usize::from(first)
+    } else {
+        let n = usize::from(first & 0x7f);
+        if n == 0 || n > 4 || der.len() < n {
+            return None;
+        }
+        let (bytes, rest) = der.split_at(n);
+        der = rest;
+        bytes
+            .iter()
+            .fold(0usize, |acc, &b| (acc << 8) | usize::from(b))
+    };
+    if der.len() < len {
+        return None;
+    }
+    let (value, rest) = der.split_at(len);
+    Some((tag, value, rest))
+}
+
+/// A DER `UTCTime` (`YYMMDDHHMMSSZ`, years 1950–2049) or `GeneralizedTime` (`YYYYMMDDHHMMSSZ`)
+/// as unix seconds.
+fn der_time(tag: u8, value: &[u8]) -> Option<i64> {
+    let text = std::str::from_utf8(value).ok()?;
+    let digits = text.strip_suffix('Z')?;
+    if !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let num = |s: &str| s.parse::<i64>().ok();
+    let (year, rest) = match (tag, digits.len()) {
+        (UTC_TIME, 12) => {
+            let yy = num(&digits[..2])?;
+            (if yy >= 50 { 1900 + yy } else { 2000 + yy }, &digits[2..])
+        }
+        (GENERALIZED_TIME, 14) => (num(&digits[..4])?, &digits[4..]),
+        _ => return None,
+    };
+    let [month, day, hour, minute, second] =
+        [0, 2, 4, 6, 8].map(|i| num(&rest[i..i + 2]).unwrap_or(-1));
+    let valid = (1..=12).contains(&month)
+        && (1..=31).contains(&day)
+        && (0..24).contains(&hour)
+        && (0..60).contains(&minute)
+        && (0..=60).contains(&second);
+    valid.then(|| days_from_civil(year, month, day) * 86_400 + hour * 3600 + minute * 60 + second)
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's `days_from_civil`).
+fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cert_until(year: i32, month: u8, day: u8) -> CertificateDer<'static> {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let mut params = rcgen::CertificateParams::new(vec!["localhost".into()]).expect("params");
+        params.not_after = rcgen::date_time_ymd(year, month, day);
+        params.self_signed(&key).expect("sign").der().clone()
+    }
+
+    #[test]
+    fn reads_utc_and_generalized_times() {
+        // 2031-05-17T00:00:00Z (UTCTime) and 2051-01-01T00:00:00Z (GeneralizedTime, RFC 5280
+        // requires it from 2050 on).
+        assert_eq!(not_after(&cert_until(2031, 5, 17)), Some(1_936_742_400));
+        assert_eq!(not_after(&cert_until(2051, 1, 1)), Some(2_556_144_000));
+    }
+
+    #[test]
+    fn calendar() {
+        assert_eq!(days_from_civil(1970, 1, 1), 0);
+        assert_eq!(days_from_civil(2000, 3, 1), 11_017);
+        assert_eq!(der_time(UTC_TIME, b"491231235959Z"), Some(2_524_607_999));
+        assert_eq!(der_time(UTC_TIME, b"500101000000Z"), Some(-631_152_000));
+        assert_eq!(der_time(UTC_TIME, b"5001010000Z"), None);
+        assert_eq!(der_time(GENERALIZED_TIME, b"20241301000000Z"), None);
+    }
+
+    #[test]
+    fn not_a_certificate() {
+        assert_eq!(
+            not_after(&CertificateDer::from(vec![0x30, 0x03, 1, 2])),
+            None
+        );
+        assert_eq!(not_after(&CertificateDer::from(Vec::new())), None);
+    }
+}
