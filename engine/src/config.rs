@@ -643,13 +643,21 @@ impl EngineConfig {
                 .listen
                 .parse::<SocketAddr>()
                 .expect("checked by problem()");
-            if let Some((other, _)) = listens.iter().find(|(_, a)| listen_addrs_collide(*a, addr)) {
+            if let Some((other, other_addr)) =
+                listens.iter().find(|(_, a)| listen_addrs_collide(*a, addr))
+            {
+                let both = if *other_addr == addr {
+                    format!("`listen` = {addr}")
+                } else {
+                    format!("`listen` = {other_addr} and {addr}, which overlap")
+                };
                 return Some(Problem::new(
                     Some(i),
                     "listen",
                     format!(
-                        "forwarders \"{other}\" and \"{name}\" both listen on {addr}: \
-                         each address can belong to one forwarder only"
+                        "forwarders \"{other}\" and \"{name}\" both listen on port {} \
+                         ({both}): each address can belong to one forwarder only",
+                        addr.port()
                     ),
                 ));
             }
