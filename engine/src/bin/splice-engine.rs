@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
-use clap::{Args, CommandFactory, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueHint};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use splice_engine::{DriverKind, Engine, EngineConfig, ForwarderConfig, KtlsMode, LogFormat, Mode};
 
@@ -112,7 +112,7 @@ enum ConfigCommand {
 #[derive(Args, Debug)]
 struct CheckArgs {
     /// The configuration file (TOML) to check.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", value_hint = ValueHint::FilePath)]
     config: PathBuf,
 }
 
@@ -127,7 +127,7 @@ struct CompletionsArgs {
 struct ManArgs {
     /// Write splice-engine.1 and a page per subcommand into this directory instead of printing
     /// the main page [default: print to stdout].
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", value_hint = ValueHint::DirPath)]
     dir: Option<PathBuf>,
 }
 
@@ -238,16 +238,16 @@ struct ClientArgs {
     #[command(flatten)]
     fwd: ForwarderArgs,
     /// CA certificates (PEM) to verify the upstream with [default: the system's roots].
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", value_hint = ValueHint::FilePath)]
     ca: Option<PathBuf>,
     /// Server name to send (SNI) and verify [default: the host of --connect].
     #[arg(long, value_name = "NAME")]
     sni: Option<String>,
     /// Client certificate chain (PEM) to present; needs --key [default: none].
-    #[arg(long, value_name = "FILE", requires = "key")]
+    #[arg(long, value_name = "FILE", value_hint = ValueHint::FilePath, requires = "key")]
     cert: Option<PathBuf>,
     /// Private key (PEM) of --cert [default: none].
-    #[arg(long, value_name = "FILE", requires = "cert")]
+    #[arg(long, value_name = "FILE", value_hint = ValueHint::FilePath, requires = "cert")]
     key: Option<PathBuf>,
     #[command(flatten)]
     common: Common,
@@ -258,14 +258,14 @@ struct ServerArgs {
     #[command(flatten)]
     fwd: ForwarderArgs,
     /// Certificate chain (PEM) to present.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", value_hint = ValueHint::FilePath)]
     cert: PathBuf,
     /// Private key (PEM: PKCS#8, PKCS#1 or SEC1) of --cert.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", value_hint = ValueHint::FilePath)]
     key: PathBuf,
     /// CA certificates (PEM): require client certificates issued by them [default: none, no
     /// client certificate is asked for].
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", value_hint = ValueHint::FilePath)]
     client_ca: Option<PathBuf>,
     #[command(flatten)]
     common: Common,
@@ -274,7 +274,7 @@ struct ServerArgs {
 #[derive(Args, Debug)]
 struct RunArgs {
     /// The configuration file (TOML); `splice-engine config example` prints one with every key.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", value_hint = ValueHint::FilePath)]
     config: PathBuf,
     #[command(flatten)]
     common: Common,
