@@ -289,9 +289,10 @@ fn bad_reload_keeps_previous_configuration() {
 }
 
 /// A reload that adds a second forwarder on an address in use by the first (which
-/// SO_REUSEPORT would let the kernel split connections between), or a listen address that is
-/// not IP:PORT, is refused: the log names the file, the line and both forwarders, and every
-/// connection keeps going to the first forwarder's backend.
+/// SO_REUSEPORT would let the kernel split connections between), a listen address that is
+/// not IP:PORT, or a missing certificate, is refused: the log names the file, the line, the
+/// key (and both forwarders), and every connection keeps going to the first forwarder's
+/// backend.
 #[test]
 fn reload_refuses_duplicate_or_bad_listen_address() {
     let pki = Pki::new();
@@ -359,6 +360,25 @@ fn reload_refuses_duplicate_or_bad_listen_address() {
     assert!(
         engine.wait_log(SOON, refused),
         "the bad listen address was not refused naming the file, the line and the key:\n{}",
+        engine.log()
+    );
+
+    let missing = good.replace("cert = \"server.crt\"", "cert = \"missing.crt\"");
+    write_file(&config, missing.as_bytes());
+    let log_len = engine.log().len();
+    engine.signal(libc::SIGHUP);
+    let refused = |l: &str| {
+        l.len() > log_len
+            && l[log_len..].lines().any(|line| {
+                line.contains("reload failed")
+                    && ["dup-reload.toml", "line 11:", "`cert`", "missing.crt"]
+                        .iter()
+                        .all(|n| line.contains(n))
+            })
+    };
+    assert!(
+        engine.wait_log(SOON, refused),
+        "the missing certificate was not refused naming the file, the line and the key:\n{}",
         engine.log()
     );
     assert!(engine.running(), "the engine exited:\n{}", engine.log());

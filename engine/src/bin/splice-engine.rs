@@ -379,7 +379,9 @@ impl Source {
     fn load(&self) -> splice_engine::Result<EngineConfig> {
         match self {
             Source::File(path, common) => {
-                let mut cfg = EngineConfig::from_file(path)?;
+                // The checks of `check` first, so that a certificate or address that fails
+                // at start or on reload is named with its line and key too.
+                let (mut cfg, _) = Engine::check_file(path)?;
                 common.apply(&mut cfg);
                 cfg.validate(&path.display().to_string())?;
                 Ok(cfg)
