@@ -67,8 +67,11 @@ SIGHUP reloads the certificate files; SIGTERM or SIGINT drains (see --drain-time
   splice-engine run --config splice.toml
   kill -HUP $(pidof splice-engine)             # reload")]
     Run(RunArgs),
-    /// Check a configuration file without starting: parse it, load every certificate and key,
-    /// resolve every address (duplicates included), print a summary; exit 0 or 1.
+    /// Check a configuration file as `run` would load it, without starting anything.
+    ///
+    /// Parses the file, loads every certificate and key, parses and resolves every address
+    /// (two forwarders on one address included), and prints a summary of the forwarders and
+    /// exits 0, or prints the error (file, line and key) and exits 1. Nothing is bound.
     #[command(after_help = "Examples:
   splice-engine check --config /etc/splice-engine/splice.toml
   splice-engine check --config splice.toml && kill -HUP $(pidof splice-engine)")]
