@@ -574,8 +574,8 @@ impl EngineConfig {
             .map_err(|e| Error::config(&origin, format!("cannot read: {e}")))?;
         let at = Locator::new(&text);
         let mut cfg: EngineConfig = toml::from_str(&text).map_err(|e| {
-            // toml's message names the line; keep it on one line, and name the key when the
-            // message does not (a wrong type or value).
+            // One line: the line from the error's span, the key (with its forwarder) whose
+            // value the span points into, then toml's message.
             let mut msg = e.message().trim().replace('\n', " ");
             let start = e.span().map(|s| s.start);
             if let Some(key) = start.and_then(|o| at.key_at(o)) {
