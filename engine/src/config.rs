@@ -9,6 +9,9 @@ use serde::Deserialize;
 
 use crate::error::{Error, Result};
 
+/// A commented sample configuration file with every key (`splice-engine config example`).
+pub const EXAMPLE: &str = include_str!("../splice.example.toml");
+
 /// Which data-plane driver the shards use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -33,6 +36,23 @@ impl std::str::FromStr for DriverKind {
                 "unknown driver {other:?} (expected auto, uring or epoll)"
             )),
         }
+    }
+}
+
+impl DriverKind {
+    /// `"auto"`, `"uring"` or `"epoll"`, as the flag and the file spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Uring => "uring",
+            Self::Epoll => "epoll",
+        }
+    }
+}
+
+impl std::fmt::Display for DriverKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -63,6 +83,49 @@ impl std::str::FromStr for KtlsMode {
     }
 }
 
+impl std::fmt::Display for KtlsMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Auto => "auto",
+            Self::On => "on",
+            Self::Off => "off",
+        })
+    }
+}
+
+/// How log lines are written to stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One line of `key=value` text per event.
+    #[default]
+    Text,
+    /// One JSON object per line, with numbers and booleans as JSON numbers and booleans.
+    Json,
+}
+
+impl std::str::FromStr for LogFormat {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "text" => Ok(Self::Text),
+            "json" => Ok(Self::Json),
+            other => Err(format!(
+                "unknown log format {other:?} (expected text or json)"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for LogFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Text => "text",
+            Self::Json => "json",
+        })
+    }
+}
+
 /// What a forwarder does with the connections it accepts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -80,6 +143,12 @@ impl Mode {
             Mode::Client => "client",
             Mode::Server => "server",
         }
+    }
+}
+
+impl std::fmt::Display for Mode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -186,36 +255,66 @@ impl ForwarderConfig {
 
     /// Checks what can be checked without touching files; `origin` names the file or flags.
     pub fn validate(&self, origin: &str) -> Result<()> {
-        let what = format!("forwarder {:?}", self.display_name());
-        self.listen_addr()?;
-        split_host_port(&self.connect)?;
+        self.problem().map_or(Ok(()), |(key, why)| {
+            Err(Problem::new(None, key, why).into_error(origin, None))
+        })
+    }
+
+    /// The first thing wrong with this forwarder: the key at fault and what is wrong, in a
+    /// sentence that names the forwarder.
+    fn problem(&self) -> Option<(&'static str, String)> {
+        let what = format!("forwarder \"{}\"", self.display_name());
+        if let Err(e) = self.listen.parse::<SocketAddr>() {
+            return Some((
+                "listen",
+                format!(
+                    "{what}: `listen` must be IP:PORT, not \"{}\" ({e})",
+                    self.listen
+                ),
+            ));
+        }
+        if let Err(e) = split_host_port(&self.connect) {
+            let why = match e {
+                Error::Address { why, .. } => why,
+                other => other.to_string(),
+            };
+            return Some((
+                "connect",
+                format!(
+                    "{what}: `connect` must be HOST:PORT, not \"{}\" ({why})",
+                    self.connect
+                ),
+            ));
+        }
         match self.mode {
             Mode::Server => {
-                if self.cert.is_none() || self.key.is_none() {
-                    return Err(Error::config(
-                        origin,
-                        format!("{what}: server mode needs `cert` and `key`"),
-                    ));
+                for (key, set) in [("cert", self.cert.is_some()), ("key", self.key.is_some())] {
+                    if !set {
+                        return Some((
+                            "mode",
+                            format!(
+                                "{what}: server mode needs `cert` and `key` (`{key}` is missing)"
+                            ),
+                        ));
+                    }
                 }
                 for (key, set) in [("ca", self.ca.is_some()), ("sni", self.sni.is_some())] {
                     if set {
-                        return Err(Error::config(
-                            origin,
-                            format!("{what}: `{key}` applies to client mode only"),
-                        ));
+                        return Some((key, format!("{what}: `{key}` applies to client mode only")));
                     }
                 }
             }
             Mode::Client => {
                 if self.cert.is_some() != self.key.is_some() {
-                    return Err(Error::config(
-                        origin,
+                    let key = if self.cert.is_some() { "cert" } else { "key" };
+                    return Some((
+                        key,
                         format!("{what}: `cert` and `key` must be given together"),
                     ));
                 }
                 if self.client_ca.is_some() {
-                    return Err(Error::config(
-                        origin,
+                    return Some((
+                        "client_ca",
                         format!("{what}: `client_ca` applies to server mode only"),
                     ));
                 }
@@ -223,19 +322,19 @@ impl ForwarderConfig {
         }
         for v in &self.tls_versions {
             if v != "1.2" && v != "1.3" {
-                return Err(Error::config(
-                    origin,
-                    format!("{what}: `tls_versions` has {v:?}; expected \"1.2\" or \"1.3\""),
+                return Some((
+                    "tls_versions",
+                    format!("{what}: `tls_versions` has \"{v}\"; expected \"1.2\" or \"1.3\""),
                 ));
             }
         }
         if self.max_connections == 0 {
-            return Err(Error::config(
-                origin,
+            return Some((
+                "max_connections",
                 format!("{what}: `max_connections` must be at least 1"),
             ));
         }
-        Ok(())
+        None
     }
 
     fn resolve_paths(&mut self, base: &Path) {
@@ -274,6 +373,132 @@ pub fn split_host_port(s: &str) -> Result<(String, u16)> {
     Ok((host.to_string(), port))
 }
 
+/// Something wrong in a parsed configuration, with its place: which forwarder (an index into
+/// [`EngineConfig::forwarders`]) and which key. [`EngineConfig::from_file`] turns the place into
+/// a line of the file.
+#[derive(Debug)]
+struct Problem {
+    forwarder: Option<usize>,
+    key: &'static str,
+    message: String,
+}
+
+impl Problem {
+    fn new(forwarder: Option<usize>, key: &'static str, message: String) -> Self {
+        Self {
+            forwarder,
+            key,
+            message,
+        }
+    }
+
+    /// The error naming `origin` (a file or "command line"), and the line when it is known.
+    fn into_error(self, origin: &str, line: Option<usize>) -> Error {
+        match line {
+            Some(l) => Error::config(origin, format!("line {l}: {}", self.message)),
+            None => Error::config(origin, self.message),
+        }
+    }
+}
+
+/// Whether two listeners cannot both be bound (without SO_REUSEPORT sharing, which would split
+/// connections between two forwarders): the same port and family, and the same IP or either
+/// of them the wildcard. IPv6 listeners are IPV6_V6ONLY, so `[::]:443` and `0.0.0.0:443`
+/// coexist. Port 0 picks a free port, so it never collides.
+pub fn listen_addrs_collide(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() != 0
+        && a.port() == b.port()
+        && a.is_ipv4() == b.is_ipv4()
+        && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+}
+
+/// The line of `key` in forwarder `forwarder` (or at the top) of the TOML `text`, or of the
+/// forwarder when the key is not in the text; for errors found after parsing.
+pub(crate) fn line_of(text: &str, forwarder: Option<usize>, key: &str) -> Option<usize> {
+    Locator::new(text).line_of(forwarder, key)
+}
+
+/// Where things are in a TOML text: the line of a key, and the key at a byte offset.
+struct Locator<'a> {
+    text: &'a str,
+    doc: Option<toml::Spanned<toml::de::DeTable<'a>>>,
+}
+
+impl<'a> Locator<'a> {
+    fn new(text: &'a str) -> Self {
+        Self {
+            text,
+            doc: toml::de::DeTable::parse(text).ok(),
+        }
+    }
+
+    fn line_at(&self, offset: usize) -> usize {
+        self.text[..offset.min(self.text.len())]
+            .matches('\n')
+            .count()
+            + 1
+    }
+
+    fn forwarder(&self, i: usize) -> Option<&toml::Spanned<toml::de::DeValue<'a>>> {
+        self.doc
+            .as_ref()?
+            .get_ref()
+            .get("forwarder")?
+            .get_ref()
+            .as_array()?
+            .get(i)
+    }
+
+    /// The line of `key` (in forwarder `i`, or at the top), or of the forwarder when the key
+    /// is not in the file.
+    fn line_of(&self, forwarder: Option<usize>, key: &str) -> Option<usize> {
+        let span = match forwarder {
+            None => self.doc.as_ref()?.get_ref().get(key)?.span(),
+            Some(i) => {
+                let fwd = self.forwarder(i)?;
+                let found = fwd
+                    .get_ref()
+                    .as_table()?
+                    .iter()
+                    .find(|(k, _)| k.get_ref() == key);
+                match found {
+                    Some((k, _)) => k.span(),
+                    None => fwd.span(),
+                }
+            }
+        };
+        Some(self.line_at(span.start))
+    }
+
+    /// The key whose value holds byte `offset`, for an error message: `` `threads` `` or
+    /// ``forwarder "db": `listen` `` (``forwarder #2: `listen` `` when it has no name).
+    fn key_at(&self, offset: usize) -> Option<String> {
+        let top = self.doc.as_ref()?.get_ref();
+        let within = |k: &toml::Spanned<_>, v: &toml::Spanned<_>| {
+            k.span().contains(&offset) || v.span().contains(&offset)
+        };
+        for (k, v) in top.iter() {
+            // An array of tables has no span of its own that covers its tables: look inside.
+            for (i, item) in v.get_ref().as_array().into_iter().flatten().enumerate() {
+                let table = item.get_ref().as_table();
+                for (ik, iv) in table.into_iter().flatten() {
+                    if within(ik, iv) {
+                        let name = table
+                            .and_then(|t| t.get("name"))
+                            .and_then(|n| n.get_ref().as_str().map(|n| format!("\"{n}\"")))
+                            .unwrap_or_else(|| format!("#{}", i + 1));
+                        return Some(format!("{} {name}: `{}`", k.get_ref(), ik.get_ref()));
+                    }
+                }
+            }
+            if within(k, v) {
+                return Some(format!("`{}`", k.get_ref()));
+            }
+        }
+        None
+    }
+}
+
 /// The whole process: shards, logging and the forwarders.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -287,9 +512,13 @@ pub struct EngineConfig {
     /// kTLS use.
     #[serde(default)]
     pub ktls: KtlsMode,
-    /// Log filter (`error`, `warn`, `info`, `debug`, `trace`, or an env-filter directive).
+    /// Log filter (`error`, `warn`, `info`, `debug`, `trace`, `off`, or `TARGET=LEVEL`
+    /// directives); an unknown level is an error.
     #[serde(default)]
     pub log_level: Option<String>,
+    /// Log format on stderr: text or JSON.
+    #[serde(default)]
+    pub log_format: LogFormat,
     /// Where to serve Prometheus metrics (`IP:PORT`), if anywhere.
     #[serde(default)]
     pub metrics: Option<String>,
@@ -328,6 +557,7 @@ impl Default for EngineConfig {
             driver: DriverKind::Auto,
             ktls: KtlsMode::Auto,
             log_level: None,
+            log_format: LogFormat::Text,
             metrics: None,
             drain_timeout: default_drain_timeout(),
             busy_poll: default_busy_poll(),
@@ -337,19 +567,22 @@ impl Default for EngineConfig {
 }
 
 impl EngineConfig {
-    /// Reads and checks a TOML file. Errors name the file and the key.
+    /// Reads and checks a TOML file. Errors name the file, the line and the key.
     pub fn from_file(path: &Path) -> Result<Self> {
         let origin = path.display().to_string();
         let text = std::fs::read_to_string(path)
             .map_err(|e| Error::config(&origin, format!("cannot read: {e}")))?;
+        let at = Locator::new(&text);
         let mut cfg: EngineConfig = toml::from_str(&text).map_err(|e| {
-            // toml's message names the key and the line; keep it on one line.
-            let msg = e.message().to_string();
-            let line = e
-                .span()
-                .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
-            match line {
-                Some(l) => Error::config(&origin, format!("line {l}: {msg}")),
+            // One line: the line from the error's span, the key (with its forwarder) whose
+            // value the span points into, then toml's message.
+            let mut msg = e.message().trim().replace('\n', " ");
+            let start = e.span().map(|s| s.start);
+            if let Some(key) = start.and_then(|o| at.key_at(o)) {
+                msg = format!("{key}: {msg}");
+            }
+            match start {
+                Some(o) => Error::config(&origin, format!("line {}: {msg}", at.line_at(o))),
                 None => Error::config(&origin, msg),
             }
         })?;
@@ -357,32 +590,89 @@ impl EngineConfig {
         for f in &mut cfg.forwarders {
             f.resolve_paths(base);
         }
-        cfg.validate(&origin)?;
+        cfg.problem().map_or(Ok(()), |p| {
+            let line = at.line_of(p.forwarder, p.key);
+            Err(p.into_error(&origin, line))
+        })?;
         Ok(cfg)
     }
 
-    /// Checks the whole configuration.
+    /// Checks the whole configuration; `origin` names the file or "command line".
     pub fn validate(&self, origin: &str) -> Result<()> {
+        self.problem()
+            .map_or(Ok(()), |p| Err(p.into_error(origin, None)))
+    }
+
+    fn problem(&self) -> Option<Problem> {
+        let top = |key, message| Some(Problem::new(None, key, message));
         if self.threads == Some(0) {
-            return Err(Error::config(origin, "`threads` must be at least 1"));
+            return top("threads", "`threads` must be at least 1".into());
         }
-        if let Some(m) = &self.metrics {
-            m.parse::<SocketAddr>().map_err(|e| Error::Address {
-                addr: m.clone(),
-                why: format!("`metrics` must be IP:PORT ({e})"),
-            })?;
+        if let Some(l) = &self.log_level
+            && let Err(e) = crate::logging::parse_filter(l)
+        {
+            return top("log_level", format!("`log_level`: {e}"));
         }
+        let metrics = match &self.metrics {
+            Some(m) => match m.parse::<SocketAddr>() {
+                Ok(a) => Some(a),
+                Err(e) => {
+                    return top(
+                        "metrics",
+                        format!("`metrics` must be IP:PORT, not \"{m}\" ({e})"),
+                    );
+                }
+            },
+            None => None,
+        };
         let mut names = std::collections::HashSet::new();
-        for f in &self.forwarders {
-            f.validate(origin)?;
-            if !names.insert(f.display_name()) {
-                return Err(Error::config(
-                    origin,
-                    format!("two forwarders are named {:?}", f.display_name()),
+        let mut listens: Vec<(String, SocketAddr)> = Vec::new();
+        for (i, f) in self.forwarders.iter().enumerate() {
+            if let Some((key, message)) = f.problem() {
+                return Some(Problem::new(Some(i), key, message));
+            }
+            let name = f.display_name();
+            if !names.insert(name.clone()) {
+                return Some(Problem::new(
+                    Some(i),
+                    "name",
+                    format!("two forwarders are named \"{name}\""),
                 ));
             }
+            let addr = f
+                .listen
+                .parse::<SocketAddr>()
+                .expect("checked by problem()");
+            if let Some((other, other_addr)) =
+                listens.iter().find(|(_, a)| listen_addrs_collide(*a, addr))
+            {
+                let both = if *other_addr == addr {
+                    format!("`listen` = {addr}")
+                } else {
+                    format!("`listen` = {other_addr} and {addr}, which overlap")
+                };
+                return Some(Problem::new(
+                    Some(i),
+                    "listen",
+                    format!(
+                        "forwarders \"{other}\" and \"{name}\" both listen on port {} \
+                         ({both}): each address can belong to one forwarder only",
+                        addr.port()
+                    ),
+                ));
+            }
+            if let Some(m) = metrics.filter(|m| listen_addrs_collide(*m, addr)) {
+                return Some(Problem::new(
+                    Some(i),
+                    "listen",
+                    format!(
+                        "forwarder \"{name}\" listens on {addr}, where `metrics` ({m}) is served"
+                    ),
+                ));
+            }
+            listens.push((name, addr));
         }
-        Ok(())
+        None
     }
 
     /// The number of shards to run.
@@ -402,7 +692,10 @@ mod tests {
     fn parse(text: &str) -> Result<EngineConfig> {
         let dir = std::env::temp_dir().join(format!("splice-cfg-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join(format!("c{}.toml", text.len()));
+        // One file per call: tests run in parallel.
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = dir.join(format!("c{n}.toml"));
         std::fs::write(&path, text).unwrap();
         EngineConfig::from_file(&path)
     }
@@ -478,6 +771,101 @@ key = "k.pem"
         assert!(err.contains("nonsense"), "{err}");
         assert!(split_host_port("host:99999").is_err());
         assert_eq!(split_host_port("[::1]:443").unwrap(), ("::1".into(), 443));
+    }
+
+    fn two(a: &str, b: &str) -> String {
+        format!(
+            "threads = 1\n\n[[forwarder]]\nname = 'one'\nmode = 'client'\nlisten = '{a}'\nconnect = 'x:1'\n\n\
+             [[forwarder]]\nname = 'two'\nmode = 'client'\nlisten = '{b}'\nconnect = 'x:2'\n"
+        )
+    }
+
+    #[test]
+    fn duplicate_listen_addresses_are_refused_naming_both() {
+        for (a, b) in [
+            ("127.0.0.1:4443", "127.0.0.1:4443"),
+            ("0.0.0.0:4443", "127.0.0.1:4443"),
+            ("127.0.0.1:4443", "0.0.0.0:4443"),
+            ("[::]:4443", "[::1]:4443"),
+            ("[::1]:4443", "[0:0:0:0:0:0:0:1]:4443"),
+        ] {
+            let err = parse(&two(a, b)).unwrap_err().to_string();
+            assert!(
+                err.contains("\"one\"") && err.contains("\"two\"") && err.contains("line 12:"),
+                "{a} {b}: {err}"
+            );
+            assert!(err.contains(".toml"), "{err}");
+        }
+        for (a, b) in [
+            ("[::]:4443", "0.0.0.0:4443"),
+            ("127.0.0.1:4443", "127.0.0.2:4443"),
+            ("127.0.0.1:4443", "127.0.0.1:4444"),
+            ("127.0.0.1:0", "127.0.0.1:0"),
+        ] {
+            parse(&two(a, b)).unwrap_or_else(|e| panic!("{a} {b}: {e}"));
+        }
+    }
+
+    #[test]
+    fn errors_name_file_line_and_key() {
+        let base = "threads = 1\n[[forwarder]]\nname = 'db'\nmode = 'client'\nlisten = '127.0.0.1:1'\nconnect = 'a:1'\n";
+        for (extra, line, key) in [
+            ("max_connections = 'many'\n", 7, "`max_connections`"),
+            ("connect_timeout = '5 parsecs'\n", 7, "`connect_timeout`"),
+            ("tls_versions = ['1.1']\n", 7, "`tls_versions`"),
+            ("client_ca = 'x.pem'\n", 7, "`client_ca`"),
+        ] {
+            let err = parse(&format!("{base}{extra}")).unwrap_err().to_string();
+            assert!(err.contains(&format!("line {line}:")), "{extra}: {err}");
+            assert!(
+                err.contains(key) && err.contains("\"db\""),
+                "{extra}: {err}"
+            );
+        }
+        let bad_listen = base.replace("127.0.0.1:1", "localhost:1");
+        let err = parse(&bad_listen).unwrap_err().to_string();
+        assert!(err.contains("line 5:") && err.contains("`listen`"), "{err}");
+        let err = parse(&format!("log_level = 'verbose'\n{base}"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("line 1:") && err.contains("`log_level`"),
+            "{err}"
+        );
+        assert!(err.contains("error, warn"), "{err}");
+        let no_threads = base.replace("threads = 1\n", "");
+        let err = parse(&format!("threads = 'x'\n{no_threads}"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("line 1:") && err.contains("`threads`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn log_format_and_level_in_the_file() {
+        let base = "[[forwarder]]\nmode='client'\nlisten='127.0.0.1:1'\nconnect='a:1'\n";
+        let cfg = parse(&format!(
+            "log_format = 'json'\nlog_level = 'warning'\n{base}"
+        ))
+        .unwrap();
+        assert_eq!(cfg.log_format, LogFormat::Json);
+        assert_eq!(parse(base).unwrap().log_format, LogFormat::Text);
+        let err = parse(&format!("log_format = 'xml'\n{base}"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("`log_format`") && err.contains("json"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_example_parses() {
+        let cfg: EngineConfig = toml::from_str(EXAMPLE).unwrap();
+        cfg.validate("example").unwrap();
+        assert_eq!(cfg.forwarders.len(), 2);
     }
 
     #[test]

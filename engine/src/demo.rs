@@ -149,7 +149,7 @@ pub fn run(mut cfg: EngineConfig, bytes: u64, connections: usize) -> Result<Stri
     );
     let _ = writeln!(
         out,
-        "  driver     : {:?}    kernel TLS: {}",
+        "  driver     : {}    kernel TLS: {}",
         engine.driver(),
         if engine.ktls_enabled() {
             "yes (sessions handed to the kernel)"

@@ -2,11 +2,14 @@
 //! shards, and applies reloads and shutdowns from the control thread.
 
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::Path;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::config::{DriverKind, EngineConfig, ForwarderConfig, KtlsMode, Mode, split_host_port};
+use crate::config::{
+    DriverKind, EngineConfig, ForwarderConfig, KtlsMode, LogFormat, Mode, split_host_port,
+};
 use crate::error::{Error, Result};
 use crate::shard::{self, Command, Forwarder, ShardHandle};
 use crate::stats::{ListenerStats, ReloadStats, StatsSnapshot};
@@ -49,6 +52,7 @@ struct StartOnly {
     busy_poll: Duration,
     metrics: Option<String>,
     log_level: Option<String>,
+    log_format: LogFormat,
 }
 
 impl StartOnly {
@@ -60,6 +64,7 @@ impl StartOnly {
             busy_poll: cfg.busy_poll,
             metrics: cfg.metrics.clone(),
             log_level: cfg.log_level.clone(),
+            log_format: cfg.log_format,
         }
     }
 
@@ -72,6 +77,7 @@ impl StartOnly {
             ("busy_poll", self.busy_poll != new.busy_poll),
             ("metrics", self.metrics != new.metrics),
             ("log_level", self.log_level != new.log_level),
+            ("log_format", self.log_format != new.log_format),
         ]
         .into_iter()
         .filter_map(|(key, changed)| changed.then_some(key))
@@ -114,10 +120,18 @@ impl Engine {
             mode => {
                 let support = ktls::probe();
                 if support.available {
+                    let ciphers: Vec<&str> = [
+                        (support.aes_128_gcm, "AES-128-GCM"),
+                        (support.aes_256_gcm, "AES-256-GCM"),
+                        (support.chacha20_poly1305, "ChaCha20-Poly1305"),
+                    ]
+                    .into_iter()
+                    .filter_map(|(ok, name)| ok.then_some(name))
+                    .collect();
                     notes.push(format!(
-                        "kernel TLS available (AES-128-GCM {}, AES-256-GCM {}, ChaCha20-Poly1305 {}): \
-                         sessions are handed to the kernel after the handshake",
-                        support.aes_128_gcm, support.aes_256_gcm, support.chacha20_poly1305
+                        "kernel TLS available for {}: sessions with these ciphers are handed to \
+                         the kernel after the handshake",
+                        ciphers.join(", ")
                     ));
                     Some(Arc::new(support))
                 } else if mode == KtlsMode::On {
@@ -195,7 +209,7 @@ impl Engine {
         fds: Vec<std::os::fd::OwnedFd>,
     ) {
         let id = self.new_id();
-        tracing::info!(forwarder = %fwd.name, mode = cfg.mode.as_str(), addr = %addr, connect = %cfg.connect, "listening");
+        tracing::info!(forwarder = %fwd.name, mode = %cfg.mode, addr = %addr, connect = %cfg.connect, "listening");
         fwd.stats
             .cert_not_after
             .store(fwd.cert_not_after.unwrap_or(0), Relaxed);
@@ -215,6 +229,50 @@ impl Engine {
             .lock()
             .expect("entries lock")
             .push(Entry { cfg, id, addr, fwd });
+    }
+
+    /// Checks the configuration file at `path` as `run` would load it, without binding a port
+    /// or starting a thread: it is parsed, every address parsed (duplicates included) and
+    /// resolved, and every certificate and key loaded. Each error names the file, the line
+    /// and the key. This is `splice-engine check`.
+    pub fn check_file(path: &Path) -> Result<(EngineConfig, Vec<CheckedForwarder>)> {
+        let origin = path.display().to_string();
+        let cfg = EngineConfig::from_file(path)?;
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        // An engine with no shard, kTLS or metrics: only its `build` is used.
+        let engine = Engine {
+            shards: Vec::new(),
+            entries: Mutex::new(Vec::new()),
+            next_id: Mutex::new(0),
+            driver: cfg.driver,
+            ktls: None,
+            registry: Registry::default(),
+            reloads: Arc::new(ReloadStats::new()),
+            start_only: StartOnly::of(&cfg),
+            _metrics: None,
+        };
+        let mut out = Vec::new();
+        for (i, f) in cfg.forwarders.iter().enumerate() {
+            let name = f.display_name();
+            let fwd = engine.build(f, Arc::default()).map_err(|e| {
+                let key = key_of_failure(f, &e);
+                let line = crate::config::line_of(&text, Some(i), key)
+                    .map(|l| format!("line {l}: "))
+                    .unwrap_or_default();
+                Error::config(&origin, format!("{line}forwarder \"{name}\": `{key}`: {e}"))
+            })?;
+            out.push(CheckedForwarder {
+                name,
+                mode: f.mode,
+                listen: f.listen_addr()?,
+                connect: f.connect.clone(),
+                upstream: fwd
+                    .upstream
+                    .as_socket()
+                    .expect("resolved from an IP address"),
+            });
+        }
+        Ok((cfg, out))
     }
 
     /// Builds what the shards need for one forwarder: resolved upstream, rustls configs.
@@ -308,7 +366,7 @@ impl Engine {
         cfg.validate("configuration")?;
         for key in self.start_only.changed(&StartOnly::of(&cfg)) {
             tracing::warn!(
-                key,
+                key = %key,
                 "changed in the configuration, but only a restart applies it; this reload \
                  applies the forwarders and certificates"
             );
@@ -479,6 +537,39 @@ impl Engine {
 impl Drop for Engine {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// What [`Engine::check`] found for one forwarder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckedForwarder {
+    /// The name in logs and metrics.
+    pub name: String,
+    /// Client or server.
+    pub mode: Mode,
+    /// The address it would listen on.
+    pub listen: SocketAddr,
+    /// Where it forwards, as configured.
+    pub connect: String,
+    /// `connect`, resolved.
+    pub upstream: SocketAddr,
+}
+
+/// The key of `f` that `build` failed on.
+fn key_of_failure(f: &ForwarderConfig, e: &Error) -> &'static str {
+    match e {
+        Error::Certificate { path, .. } => [
+            ("ca", &f.ca),
+            ("cert", &f.cert),
+            ("key", &f.key),
+            ("client_ca", &f.client_ca),
+        ]
+        .into_iter()
+        .find(|(_, p)| p.as_deref() == Some(path.as_path()))
+        .map_or("cert", |(k, _)| k),
+        Error::Address { addr, .. } if f.sni.as_deref() == Some(addr.as_str()) => "sni",
+        Error::Config { .. } => "tls_versions",
+        _ => "connect",
     }
 }
 

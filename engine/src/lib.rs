@@ -21,7 +21,7 @@ pub mod stats;
 pub mod sys;
 pub mod tls;
 
-pub use config::{DriverKind, EngineConfig, ForwarderConfig, KtlsMode, Mode};
-pub use engine::Engine;
+pub use config::{DriverKind, EngineConfig, ForwarderConfig, KtlsMode, LogFormat, Mode};
+pub use engine::{CheckedForwarder, Engine};
 pub use error::{Error, Result, Side, SyscallError};
 pub use stats::{ListenerStats, StatsSnapshot};

@@ -91,7 +91,7 @@ fn refuse_io_uring() -> std::io::Result<()> {
 fn auto_falls_back_to_epoll_when_io_uring_is_refused() {
     let (ok, stdout, stderr) = demo_without_io_uring("auto");
     assert!(ok, "demo failed under seccomp:\n{stdout}\n{stderr}");
-    assert!(stdout.contains("driver     : Epoll"), "{stdout}");
+    assert!(stdout.contains("driver     : epoll"), "{stdout}");
     assert!(
         stdout.contains("verified   : 2/2"),
         "data must still arrive intact: {stdout}"

@@ -288,6 +288,104 @@ fn bad_reload_keeps_previous_configuration() {
     echo_roundtrip(&mut open, b"the first connection is still fine");
 }
 
+/// A reload that adds a second forwarder on an address in use by the first (which
+/// SO_REUSEPORT would let the kernel split connections between), a listen address that is
+/// not IP:PORT, or a missing certificate, is refused: the log names the file, the line, the
+/// key (and both forwarders), and every connection keeps going to the first forwarder's
+/// backend.
+#[test]
+fn reload_refuses_duplicate_or_bad_listen_address() {
+    let pki = Pki::new();
+    let (first_backend, second_backend) = (echo_backend(), echo_backend());
+    let dir = pki.path();
+    let (p1, mp) = (free_port(), free_port());
+    install_cert(dir, &pki.server);
+    let config = dir.join("dup-reload.toml");
+    let good = header(mp, "60s") + &forwarder("first", p1, first_backend.addr);
+    write_file(&config, good.as_bytes());
+    let mut engine = EngineCmd::new("run")
+        .opt("--config", &config)
+        .wait_port(p1)
+        .label("run (duplicate listen on reload)")
+        .start();
+    let ca = client_config(&[&pki.ca], None, TLS_ANY);
+
+    let dup = good.clone() + &forwarder("second", p1, second_backend.addr);
+    write_file(&config, dup.as_bytes());
+    let log_len = engine.log().len();
+    engine.signal(libc::SIGHUP);
+    let refused = |l: &str, needles: &[&str]| {
+        l.len() > log_len
+            && l[log_len..].lines().any(|line| {
+                line.contains("reload failed") && needles.iter().all(|n| line.contains(n))
+            })
+    };
+    assert!(
+        engine.wait_log(SOON, |l| refused(
+            l,
+            &["\"first\"", "\"second\"", "dup-reload.toml", "line 17:"]
+        )),
+        "the duplicate listen address was not refused naming both forwarders, the file and the \
+         line:\n{}",
+        engine.log()
+    );
+    for i in 0..8 {
+        let mut t = tls_connect(localhost(p1), "localhost", ca.clone());
+        echo_roundtrip(&mut t, format!("connection {i}").as_bytes());
+        tls_close(&mut t);
+    }
+    assert_eq!(
+        second_backend.accepted(),
+        0,
+        "connections went to the refused forwarder's backend"
+    );
+    assert!(first_backend.accepted() >= 8);
+
+    let bad = good.replace(
+        &format!("listen = {}", q(localhost(p1))),
+        "listen = \"nonsense\"",
+    );
+    write_file(&config, bad.as_bytes());
+    let log_len = engine.log().len();
+    engine.signal(libc::SIGHUP);
+    let refused = |l: &str| {
+        l.len() > log_len
+            && l[log_len..].lines().any(|line| {
+                line.contains("reload failed")
+                    && ["dup-reload.toml", "line 9:", "`listen`", "nonsense"]
+                        .iter()
+                        .all(|n| line.contains(n))
+            })
+    };
+    assert!(
+        engine.wait_log(SOON, refused),
+        "the bad listen address was not refused naming the file, the line and the key:\n{}",
+        engine.log()
+    );
+
+    let missing = good.replace("cert = \"server.crt\"", "cert = \"missing.crt\"");
+    write_file(&config, missing.as_bytes());
+    let log_len = engine.log().len();
+    engine.signal(libc::SIGHUP);
+    let refused = |l: &str| {
+        l.len() > log_len
+            && l[log_len..].lines().any(|line| {
+                line.contains("reload failed")
+                    && ["dup-reload.toml", "line 11:", "`cert`", "missing.crt"]
+                        .iter()
+                        .all(|n| line.contains(n))
+            })
+    };
+    assert!(
+        engine.wait_log(SOON, refused),
+        "the missing certificate was not refused naming the file, the line and the key:\n{}",
+        engine.log()
+    );
+    assert!(engine.running(), "the engine exited:\n{}", engine.log());
+    let mut t = tls_connect(localhost(p1), "localhost", ca);
+    echo_roundtrip(&mut t, b"still the first configuration");
+}
+
 /// A reload that changes engine-level settings applies the forwarders and names, in a warning,
 /// each setting that only a restart applies.
 #[test]

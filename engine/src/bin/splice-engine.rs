@@ -5,9 +5,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueHint};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
-use splice_engine::{DriverKind, Engine, EngineConfig, ForwarderConfig, KtlsMode, Mode};
+use splice_engine::{DriverKind, Engine, EngineConfig, ForwarderConfig, KtlsMode, LogFormat, Mode};
 
 /// Encrypted TCP forwarding on an io_uring data plane with kernel TLS offload.
 ///
@@ -15,6 +16,11 @@ use splice_engine::{DriverKind, Engine, EngineConfig, ForwarderConfig, KtlsMode,
 /// demo: a self-contained tour on loopback. probe: which kernel fast paths this machine has.
 #[derive(Parser, Debug)]
 #[command(name = "splice-engine", version, propagate_version = true)]
+#[command(after_help = "Examples:
+  splice-engine client --listen 127.0.0.1:3000 --connect db.example.com:443 --ca ca.pem
+  splice-engine server --listen 0.0.0.0:443 --connect 127.0.0.1:8080 --cert c.pem --key k.pem
+  splice-engine config example > splice.toml
+  splice-engine check --config splice.toml && splice-engine run --config splice.toml")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -23,17 +29,109 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Accept plain TCP and forward each connection over TLS to an upstream.
+    #[command(after_help = "Examples:
+  # plain TCP on :3000 -> TLS to db.example.com:443, verified against ca.pem
+  splice-engine client --listen 127.0.0.1:3000 --connect db.example.com:443 --ca ca.pem
+
+  # a client certificate, another SNI name, ALPN and TLS 1.3 only
+  splice-engine client --listen 127.0.0.1:3000 --connect 10.0.0.5:443 --sni db.internal \\
+      --cert client.pem --key client-key.pem --alpn postgresql --tls-version 1.3
+
+SIGHUP reloads the certificate files; SIGTERM or SIGINT drains (see --drain-timeout).")]
     Client(ClientArgs),
     /// Terminate TLS (optionally requiring client certificates) and forward plain TCP.
+    #[command(after_help = "Examples:
+  # TLS on :443 -> plain TCP to a local backend
+  splice-engine server --listen 0.0.0.0:443 --connect 127.0.0.1:8080 \\
+      --cert server.pem --key server-key.pem
+
+  # mutual TLS: require client certificates issued by clients-ca.pem
+  splice-engine server --listen 0.0.0.0:443 --connect 127.0.0.1:8080 \\
+      --cert server.pem --key server-key.pem --client-ca clients-ca.pem
+
+SIGHUP reloads the certificate files; SIGTERM or SIGINT drains (see --drain-timeout).")]
     Server(ServerArgs),
     /// Run many forwarders from a TOML file; SIGHUP reloads it, SIGTERM drains and exits.
+    ///
+    /// On SIGHUP the file is read again and every certificate reloaded: forwarders are added,
+    /// changed and removed, and established connections are untouched. If anything in the new
+    /// file is wrong, the reload is refused, the log says why (file, line and key), and the
+    /// previous configuration keeps running. The engine-level keys (threads, driver, ktls,
+    /// busy_poll, metrics, log_level, log_format) take effect at the next start. SIGTERM or
+    /// SIGINT stops accepting and waits up to drain_timeout for open connections.
+    ///
+    /// Flags override the file's engine-level keys.
+    #[command(after_help = "Examples:
+  splice-engine config example > splice.toml   # a commented sample to edit
+  splice-engine check --config splice.toml     # what `run` would load, without starting
+  splice-engine run --config splice.toml
+  kill -HUP $(pidof splice-engine)             # reload")]
     Run(RunArgs),
+    /// Check a configuration file as `run` would load it, without starting anything.
+    ///
+    /// Parses the file, loads every certificate and key, parses and resolves every address
+    /// (two forwarders on one address included), and prints a summary of the forwarders and
+    /// exits 0, or prints the error (file, line and key) and exits 1. Nothing is bound.
+    #[command(after_help = "Examples:
+  splice-engine check --config /etc/splice-engine/splice.toml
+  splice-engine check --config splice.toml && kill -HUP $(pidof splice-engine)")]
+    Check(CheckArgs),
+    /// Configuration helpers.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Print a shell completion script for bash, zsh, fish, elvish or powershell.
+    #[command(after_help = "Examples:
+  splice-engine completions bash > /etc/bash_completion.d/splice-engine
+  splice-engine completions zsh > \"${fpath[1]}/_splice-engine\"
+  splice-engine completions fish > ~/.config/fish/completions/splice-engine.fish")]
+    Completions(CompletionsArgs),
+    /// Print the manual page (roff), or write one page per subcommand to a directory.
+    #[command(after_help = "Examples:
+  splice-engine man | man -l -
+  splice-engine man --dir /usr/local/share/man/man1")]
+    Man(ManArgs),
     /// Create throwaway certificates, chain client -> server -> echo on loopback, push data
     /// through, and print what happened.
+    #[command(after_help = "Examples:
+  splice-engine demo
+  splice-engine demo --bytes 1GiB --connections 8 --driver epoll")]
     Demo(DemoArgs),
     /// Report which kernel fast paths this machine offers (io_uring, kernel TLS and its ciphers)
     /// and what `--driver auto` / `--ktls auto` would choose.
+    #[command(after_help = "Examples:
+  splice-engine probe
+  splice-engine probe --json")]
     Probe(ProbeArgs),
+}
+
+#[derive(Subcommand, Debug)]
+enum ConfigCommand {
+    /// Print a commented sample configuration file with every key.
+    #[command(after_help = "Examples:
+  splice-engine config example > splice.toml")]
+    Example,
+}
+
+#[derive(Args, Debug)]
+struct CheckArgs {
+    /// The configuration file (TOML) to check.
+    #[arg(long, value_name = "FILE", value_hint = ValueHint::FilePath)]
+    config: PathBuf,
+}
+
+#[derive(Args, Debug)]
+struct CompletionsArgs {
+    /// The shell.
+    #[arg(value_name = "SHELL")]
+    shell: clap_complete::Shell,
+}
+
+#[derive(Args, Debug)]
+struct ManArgs {
+    /// Write splice-engine.1 and a page per subcommand into this directory instead of printing
+    /// the main page [default: print to stdout].
+    #[arg(long, value_name = "DIR", value_hint = ValueHint::DirPath)]
+    dir: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -43,36 +141,67 @@ struct ProbeArgs {
     json: bool,
 }
 
-/// Flags every subcommand has.
+/// Flags every subcommand has. In `run` they override the file's keys; the defaults shown
+/// apply when neither sets them.
 #[derive(Args, Debug, Clone)]
 struct Common {
-    /// Shard threads (default: the number of cores).
+    /// Shard threads [default: the number of cores].
     #[arg(long, value_name = "N")]
     threads: Option<usize>,
-    /// Data-plane driver: auto (io_uring when the kernel allows it, else epoll), uring, epoll.
-    #[arg(long, value_name = "KIND", env = "SPLICE_DRIVER")]
+    /// Data-plane driver: auto (io_uring when the kernel allows it, else epoll), uring, epoll
+    /// [default: auto].
+    #[arg(long, value_name = "KIND", env = "SPLICE_DRIVER", value_parser = driver_parser())]
     driver: Option<DriverKind>,
-    /// Kernel TLS: auto (use it when the kernel has it), on (require it), off.
-    #[arg(long, value_name = "MODE")]
+    /// Kernel TLS: auto (use it when the kernel has it), on (require it), off [default: auto].
+    #[arg(long, value_name = "MODE", value_parser = ktls_parser())]
     ktls: Option<KtlsMode>,
-    /// Log level (error, warn, info, debug, trace) or a filter directive.
-    #[arg(long, value_name = "LEVEL")]
+    /// Log level: error, warn (or warning), info, debug, trace, off, or TARGET=LEVEL
+    /// directives such as splice_engine=debug [default: info, or RUST_LOG when set].
+    #[arg(long, value_name = "LEVEL", value_parser = log_level_parser)]
     log_level: Option<String>,
-    /// Log format.
-    #[arg(long, value_name = "FORMAT", default_value = "text", value_parser = ["text", "json"])]
-    log_format: String,
-    /// Serve Prometheus metrics at http://ADDR/metrics.
+    /// Log format on stderr [default: text].
+    #[arg(long, value_name = "FORMAT", value_parser = log_format_parser())]
+    log_format: Option<LogFormat>,
+    /// Serve Prometheus metrics at http://IP:PORT/metrics [default: off].
     #[arg(long, value_name = "IP:PORT")]
     metrics: Option<String>,
-    /// On SIGTERM/SIGINT, how long open connections may take to finish (e.g. 10s, 500ms).
+    /// On SIGTERM/SIGINT, how long open connections may take to finish (e.g. 10s, 500ms)
+    /// [default: 10s].
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     drain_timeout: Option<Duration>,
-    /// Busy polling: the longest a shard that ran out of work polls before it sleeps (default
-    /// 50us; 0 turns it off). The window adapts: it grows while packets keep arriving soon
-    /// after the shard went idle and shrinks to nothing for idle or sparse traffic and on a
-    /// contended CPU. Lower latency for request/response traffic, for some CPU.
+    /// Busy polling: the longest a shard that ran out of work polls before it sleeps (0 turns
+    /// it off). The window adapts: it grows while packets keep arriving soon after the shard
+    /// went idle and shrinks to nothing for idle or sparse traffic and on a contended CPU.
+    /// Lower latency for request/response traffic, for some CPU [default: 50us].
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     busy_poll: Option<Duration>,
+}
+
+/// `--driver`: its values listed in help and completions.
+fn driver_parser() -> impl TypedValueParser<Value = DriverKind> {
+    PossibleValuesParser::new([
+        PossibleValue::new("auto"),
+        PossibleValue::new("uring").alias("io_uring"),
+        PossibleValue::new("epoll"),
+    ])
+    .map(|s| s.parse().expect("one of the possible values"))
+}
+
+/// `--ktls`: its values listed in help and completions.
+fn ktls_parser() -> impl TypedValueParser<Value = KtlsMode> {
+    PossibleValuesParser::new(["auto", "on", "off"])
+        .map(|s| s.parse().expect("one of the possible values"))
+}
+
+/// `--log-format`: its values listed in help and completions.
+fn log_format_parser() -> impl TypedValueParser<Value = LogFormat> {
+    PossibleValuesParser::new(["text", "json"])
+        .map(|s| s.parse().expect("one of the possible values"))
+}
+
+/// `--log-level`: a known level or directive, or an error that lists the levels.
+fn log_level_parser(s: &str) -> Result<String, String> {
+    splice_engine::logging::parse_filter(s)
 }
 
 /// Flags of one forwarder (client and server subcommands).
@@ -84,22 +213,22 @@ struct ForwarderArgs {
     /// Where to forward connections (HOST:PORT).
     #[arg(long, value_name = "HOST:PORT")]
     connect: String,
-    /// Name in logs and metrics (default: MODE-LISTEN).
+    /// Name in logs and metrics [default: MODE-LISTEN, e.g. client-127.0.0.1:3000].
     #[arg(long)]
     name: Option<String>,
-    /// ALPN protocol to offer (client) or accept (server); repeatable.
+    /// ALPN protocol to offer (client) or accept (server); repeatable [default: none].
     #[arg(long = "alpn", value_name = "PROTOCOL")]
     alpn: Vec<String>,
-    /// Allowed TLS version, 1.2 or 1.3; repeatable (default: both).
+    /// Allowed TLS version, 1.2 or 1.3; repeatable [default: both].
     #[arg(long = "tls-version", value_name = "VERSION", value_parser = ["1.2", "1.3"])]
     tls_versions: Vec<String>,
-    /// Most connections open at once; more are refused (reset).
+    /// Most connections open at once; more are refused (reset) [default: 10000].
     #[arg(long, value_name = "N")]
     max_connections: Option<usize>,
-    /// Time allowed to connect to the upstream (e.g. 5s).
+    /// Time allowed to connect to the upstream [default: 5s].
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     connect_timeout: Option<Duration>,
-    /// Time allowed for the TLS handshake (e.g. 10s).
+    /// Time allowed for the TLS handshake [default: 10s].
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     handshake_timeout: Option<Duration>,
     /// Turn TLS session resumption off: every connection does a full handshake.
@@ -111,17 +240,17 @@ struct ForwarderArgs {
 struct ClientArgs {
     #[command(flatten)]
     fwd: ForwarderArgs,
-    /// CA certificates (PEM) to verify the upstream with (default: the system's roots).
-    #[arg(long, value_name = "FILE")]
+    /// CA certificates (PEM) to verify the upstream with [default: the system's roots].
+    #[arg(long, value_name = "FILE", value_hint = ValueHint::FilePath)]
     ca: Option<PathBuf>,
-    /// Server name to send (SNI) and verify (default: the host of --connect).
+    /// Server name to send (SNI) and verify [default: the host of --connect].
     #[arg(long, value_name = "NAME")]
     sni: Option<String>,
-    /// Client certificate chain (PEM) to present; needs --key.
-    #[arg(long, value_name = "FILE", requires = "key")]
+    /// Client certificate chain (PEM) to present; needs --key [default: none].
+    #[arg(long, value_name = "FILE", value_hint = ValueHint::FilePath, requires = "key")]
     cert: Option<PathBuf>,
-    /// Private key (PEM) of --cert.
-    #[arg(long, value_name = "FILE", requires = "cert")]
+    /// Private key (PEM) of --cert [default: none].
+    #[arg(long, value_name = "FILE", value_hint = ValueHint::FilePath, requires = "cert")]
     key: Option<PathBuf>,
     #[command(flatten)]
     common: Common,
@@ -132,13 +261,14 @@ struct ServerArgs {
     #[command(flatten)]
     fwd: ForwarderArgs,
     /// Certificate chain (PEM) to present.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", value_hint = ValueHint::FilePath)]
     cert: PathBuf,
     /// Private key (PEM: PKCS#8, PKCS#1 or SEC1) of --cert.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", value_hint = ValueHint::FilePath)]
     key: PathBuf,
-    /// CA certificates (PEM): require client certificates issued by them.
-    #[arg(long, value_name = "FILE")]
+    /// CA certificates (PEM): require client certificates issued by them [default: none, no
+    /// client certificate is asked for].
+    #[arg(long, value_name = "FILE", value_hint = ValueHint::FilePath)]
     client_ca: Option<PathBuf>,
     #[command(flatten)]
     common: Common,
@@ -146,8 +276,8 @@ struct ServerArgs {
 
 #[derive(Args, Debug)]
 struct RunArgs {
-    /// The configuration file (TOML); see the README for its keys.
-    #[arg(long, value_name = "FILE")]
+    /// The configuration file (TOML); `splice-engine config example` prints one with every key.
+    #[arg(long, value_name = "FILE", value_hint = ValueHint::FilePath)]
     config: PathBuf,
     #[command(flatten)]
     common: Common,
@@ -219,6 +349,9 @@ impl Common {
         if self.log_level.is_some() {
             cfg.log_level = self.log_level.clone();
         }
+        if let Some(f) = self.log_format {
+            cfg.log_format = f;
+        }
         if self.metrics.is_some() {
             cfg.metrics = self.metrics.clone();
         }
@@ -238,10 +371,20 @@ enum Source {
 }
 
 impl Source {
+    /// Where the configuration comes from, for error lines.
+    fn origin(&self) -> String {
+        match self {
+            Source::File(path, _) => path.display().to_string(),
+            Source::Fixed(_) => "command line".into(),
+        }
+    }
+
     fn load(&self) -> splice_engine::Result<EngineConfig> {
         match self {
             Source::File(path, common) => {
-                let mut cfg = EngineConfig::from_file(path)?;
+                // The checks of `check` first, so that a certificate or address that fails
+                // at start or on reload is named with its line and key too.
+                let (mut cfg, _) = Engine::check_file(path)?;
                 common.apply(&mut cfg);
                 cfg.validate(&path.display().to_string())?;
                 Ok(cfg)
@@ -306,6 +449,34 @@ fn probe(json: bool) {
     }
 }
 
+/// `splice-engine check`: what `run` would load, without binding or starting anything.
+fn check(path: &std::path::Path) -> anyhow::Result<()> {
+    let origin = path.display().to_string();
+    let (cfg, forwarders) = Engine::check_file(path)?;
+    let n = forwarders.len();
+    println!(
+        "{origin}: ok, {n} forwarder{}",
+        if n == 1 { "" } else { "s" }
+    );
+    let width = forwarders.iter().map(|f| f.name.len()).max().unwrap_or(0);
+    for f in &forwarders {
+        let resolved = f.upstream.to_string();
+        let via = if resolved == f.connect {
+            String::new()
+        } else {
+            format!(" ({resolved})")
+        };
+        println!(
+            "  {:width$}  {}  {} -> {}{via}",
+            f.name, f.mode, f.listen, f.connect
+        );
+    }
+    if let Some(m) = &cfg.metrics {
+        println!("  metrics at http://{m}/metrics");
+    }
+    Ok(())
+}
+
 fn kernel_release() -> String {
     std::fs::read_to_string("/proc/sys/kernel/osrelease")
         .map(|s| s.trim().to_string())
@@ -313,7 +484,7 @@ fn kernel_release() -> String {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
-    let (source, common) = match cli.command {
+    let source = match cli.command {
         Command::Client(a) => {
             let mut f = a.fwd.into_config(Mode::Client);
             f.ca = a.ca;
@@ -324,7 +495,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             cfg.forwarders.push(f);
             a.common.apply(&mut cfg);
             cfg.validate("command line")?;
-            (Source::Fixed(cfg), a.common)
+            Source::Fixed(cfg)
         }
         Command::Server(a) => {
             let mut f = a.fwd.into_config(Mode::Server);
@@ -335,9 +506,28 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             cfg.forwarders.push(f);
             a.common.apply(&mut cfg);
             cfg.validate("command line")?;
-            (Source::Fixed(cfg), a.common)
+            Source::Fixed(cfg)
         }
-        Command::Run(a) => (Source::File(a.config, a.common.clone()), a.common),
+        Command::Run(a) => Source::File(a.config, a.common),
+        Command::Check(a) => return check(&a.config),
+        Command::Config(ConfigCommand::Example) => {
+            print!("{}", splice_engine::config::EXAMPLE);
+            return Ok(());
+        }
+        Command::Completions(a) => {
+            let mut cmd = Cli::command();
+            clap_complete::generate(a.shell, &mut cmd, "splice-engine", &mut std::io::stdout());
+            return Ok(());
+        }
+        Command::Man(a) => {
+            let cmd = Cli::command();
+            match a.dir {
+                Some(dir) => clap_mangen::generate_to(cmd, &dir)
+                    .map_err(|e| anyhow::anyhow!("cannot write to {}: {e}", dir.display()))?,
+                None => clap_mangen::Man::new(cmd).render(&mut std::io::stdout())?,
+            }
+            return Ok(());
+        }
         Command::Probe(a) => {
             probe(a.json);
             return Ok(());
@@ -347,7 +537,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             a.common.apply(&mut cfg);
             splice_engine::logging::init(
                 Some(cfg.log_level.as_deref().unwrap_or("warn")),
-                a.common.log_format == "json",
+                cfg.log_format == LogFormat::Json,
             )?;
             let report = splice_engine::demo::run(cfg, a.bytes, a.connections)?;
             println!("{report}");
@@ -355,19 +545,21 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
     };
     let cfg = source.load()?;
-    splice_engine::logging::init(cfg.log_level.as_deref(), common.log_format == "json")?;
+    splice_engine::logging::init(cfg.log_level.as_deref(), cfg.log_format == LogFormat::Json)?;
     // Signals are registered before the engine starts so none is lost in between.
     let mut signals = signal_hook::iterator::Signals::new([SIGHUP, SIGTERM, SIGINT])?;
     let drain = cfg.drain_timeout;
     let engine = Engine::start(cfg)?;
-    tracing::info!(driver = ?engine.driver(), ktls = engine.ktls_enabled(), "ready");
+    tracing::info!(driver = %engine.driver(), ktls = engine.ktls_enabled(), "ready");
     for sig in signals.forever() {
         match sig {
             SIGHUP => match engine.reload_with(|| source.load()) {
                 Ok(()) => {}
-                Err(e) => {
-                    tracing::error!(error = %e, "reload failed; the previous configuration stays")
-                }
+                Err(e) => tracing::error!(
+                    config = %source.origin(),
+                    error = %e,
+                    "reload failed; the previous configuration stays"
+                ),
             },
             _ => {
                 let drain = match source.load() {
@@ -380,4 +572,99 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    /// Every optional flag that takes a value says its default, every subcommand has examples,
+    /// and the defaults the help states are the ones the engine uses.
+    #[test]
+    fn help_shows_every_default_and_an_example() {
+        let cli = Cli::command();
+        let mut commands: Vec<&clap::Command> = cli.get_subcommands().collect();
+        let nested: Vec<&clap::Command> =
+            commands.iter().flat_map(|c| c.get_subcommands()).collect();
+        commands.extend(nested);
+        for cmd in commands {
+            if cmd.get_subcommands().next().is_some() {
+                continue; // a group such as `config`: its subcommands are checked
+            }
+            let after = cmd
+                .get_after_help()
+                .map(|h| h.to_string())
+                .unwrap_or_default();
+            assert!(
+                after.contains("Examples:") && after.contains("splice-engine"),
+                "{} has no example",
+                cmd.get_name()
+            );
+            for arg in cmd.get_arguments() {
+                let takes_value = arg.get_num_args().is_some_and(|n| n.takes_values());
+                if !takes_value || arg.is_required_set() || arg.is_positional() {
+                    continue;
+                }
+                let help = arg.get_help().map(|h| h.to_string()).unwrap_or_default();
+                assert!(
+                    !arg.get_default_values().is_empty() || help.contains("[default: "),
+                    "{} --{}: no default in its help",
+                    cmd.get_name(),
+                    arg.get_id()
+                );
+            }
+        }
+        let f = ForwarderConfig::new(Mode::Client, "127.0.0.1:1", "a:1");
+        let e = EngineConfig::default();
+        let help = |sub: &str| {
+            let mut cmd = Cli::command();
+            cmd.find_subcommand_mut(sub)
+                .expect("subcommand")
+                .render_long_help()
+                .to_string()
+        };
+        let client = help("client");
+        for default in [
+            f.max_connections.to_string(),
+            humantime::format_duration(f.connect_timeout).to_string(),
+            humantime::format_duration(f.handshake_timeout).to_string(),
+            humantime::format_duration(e.drain_timeout).to_string(),
+            humantime::format_duration(e.busy_poll).to_string(),
+            e.driver.to_string(),
+            e.ktls.to_string(),
+            e.log_format.to_string(),
+        ] {
+            assert!(
+                client.contains(&format!("[default: {default}]")),
+                "client --help does not show the default {default}:\n{client}"
+            );
+        }
+        let run = help("run");
+        assert!(run.contains("SIGHUP") && run.contains("refused"), "{run}");
+    }
+
+    #[test]
+    fn log_level_flag_rejects_unknown_levels() {
+        let parse = |level: &str| {
+            Cli::try_parse_from([
+                "splice-engine",
+                "run",
+                "--config",
+                "x",
+                "--log-level",
+                level,
+            ])
+        };
+        let err = parse("verbose").unwrap_err().to_string();
+        assert!(err.contains("error, warn"), "{err}");
+        let Command::Run(a) = parse("warning").unwrap().command else {
+            panic!("not run")
+        };
+        assert_eq!(a.common.log_level.as_deref(), Some("warn"));
+    }
 }

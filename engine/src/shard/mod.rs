@@ -428,7 +428,7 @@ impl Shard {
                     .active
                     .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
                 fwd.stats.record_error(crate::Side::Tls);
-                tracing::warn!(forwarder = %fwd.name, side = "tls", error = %e, "cannot start TLS session");
+                tracing::warn!(forwarder = %fwd.name, side = %"tls", error = %e, "cannot start TLS session");
                 self.free.push(index);
             }
         }
