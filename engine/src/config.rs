@@ -99,6 +99,10 @@ pub struct ForwarderConfig {
     /// Client mode: CA file to verify the upstream (system roots when absent).
     #[serde(default)]
     pub ca: Option<PathBuf>,
+    /// Client mode: keys to trust instead of a CA, `sha256:<base64 or hex>` of the upstream's
+    /// subjectPublicKeyInfo (or of its whole certificate). Names and dates are not checked.
+    #[serde(default)]
+    pub pin: Vec<String>,
     /// Client mode: the name to send (SNI) and verify; default the connect host.
     #[serde(default)]
     pub sni: Option<String>,
@@ -129,6 +133,9 @@ pub struct ForwarderConfig {
     /// TLS session resumption (tickets / session IDs); `false` makes every handshake full.
     #[serde(default = "default_true")]
     pub resumption: bool,
+    /// An access line per connection at `info` (default: the engine's `access_log`).
+    #[serde(default)]
+    pub access_log: Option<bool>,
 }
 
 fn default_true() -> bool {
@@ -154,6 +161,7 @@ impl ForwarderConfig {
             listen: listen.into(),
             connect: connect.into(),
             ca: None,
+            pin: Vec::new(),
             sni: None,
             cert: None,
             key: None,
@@ -164,6 +172,7 @@ impl ForwarderConfig {
             connect_timeout: default_connect_timeout(),
             handshake_timeout: default_handshake_timeout(),
             resumption: true,
+            access_log: None,
         }
     }
 
@@ -197,7 +206,11 @@ impl ForwarderConfig {
                         format!("{what}: server mode needs `cert` and `key`"),
                     ));
                 }
-                for (key, set) in [("ca", self.ca.is_some()), ("sni", self.sni.is_some())] {
+                for (key, set) in [
+                    ("ca", self.ca.is_some()),
+                    ("sni", self.sni.is_some()),
+                    ("pin", !self.pin.is_empty()),
+                ] {
                     if set {
                         return Err(Error::config(
                             origin,
@@ -218,6 +231,19 @@ impl ForwarderConfig {
                         origin,
                         format!("{what}: `client_ca` applies to server mode only"),
                     ));
+                }
+                if !self.pin.is_empty() && self.ca.is_some() {
+                    return Err(Error::config(
+                        origin,
+                        format!(
+                            "{what}: `pin` and `ca` exclude each other (a pin trusts exactly \
+                             that key, without a CA)"
+                        ),
+                    ));
+                }
+                for p in &self.pin {
+                    crate::tls::check::parse_pin(p)
+                        .map_err(|e| Error::config(origin, format!("{what}: `pin`: {e}")))?;
                 }
             }
         }
@@ -305,6 +331,9 @@ pub struct EngineConfig {
     /// zero where every CPU cycle belongs to someone else.
     #[serde(default = "default_busy_poll", with = "humantime_serde")]
     pub busy_poll: Duration,
+    /// An access line per connection at `info`, for forwarders that do not say (default on).
+    #[serde(default = "default_true")]
+    pub access_log: bool,
     /// The forwarders.
     #[serde(default, rename = "forwarder")]
     pub forwarders: Vec<ForwarderConfig>,
@@ -331,6 +360,7 @@ impl Default for EngineConfig {
             metrics: None,
             drain_timeout: default_drain_timeout(),
             busy_poll: default_busy_poll(),
+            access_log: true,
             forwarders: Vec::new(),
         }
     }

@@ -147,7 +147,7 @@ impl Engine {
         let mut built = Vec::new();
         for f in &cfg.forwarders {
             let stats = Arc::new(ListenerStats::default());
-            built.push((f.clone(), engine.build(f, stats)?));
+            built.push((f.clone(), engine.build(f, stats, cfg.access_log)?));
         }
         let mut bound = Vec::new();
         let threads = cfg.thread_count();
@@ -208,7 +208,13 @@ impl Engine {
     }
 
     /// Builds what the shards need for one forwarder: resolved upstream, rustls configs.
-    fn build(&self, f: &ForwarderConfig, stats: Arc<ListenerStats>) -> Result<Forwarder> {
+    /// `access_log` is the engine-wide default, which the forwarder's own key overrides.
+    fn build(
+        &self,
+        f: &ForwarderConfig,
+        stats: Arc<ListenerStats>,
+        access_log: bool,
+    ) -> Result<Forwarder> {
         let (host, port) = split_host_port(&f.connect)?;
         let upstream = (host.as_str(), port)
             .to_socket_addrs()
@@ -230,6 +236,8 @@ impl Engine {
                     alpn: f.alpn.clone(),
                     versions: f.tls_versions.clone(),
                     disable_resumption: !f.resumption,
+                    pins: f.pin.clone(),
+                    server_name: Some(f.sni.clone().unwrap_or_else(|| host.clone())),
                 };
                 let cfg = material::client_config(&opts)?;
                 let name_text = f.sni.clone().unwrap_or(host);
@@ -266,6 +274,7 @@ impl Engine {
             connect_timeout: f.connect_timeout,
             handshake_timeout: f.handshake_timeout,
             ktls: self.ktls.clone(),
+            access_log: f.access_log.unwrap_or(access_log),
         })
     }
 
@@ -303,7 +312,7 @@ impl Engine {
                 Some(i) if same_listen => entries[i].fwd.stats.clone(),
                 _ => Arc::new(ListenerStats::default()),
             };
-            let fwd = Arc::new(self.build(f, stats)?);
+            let fwd = Arc::new(self.build(f, stats, cfg.access_log)?);
             match existing {
                 Some(i) if same_listen => plans.push(Plan::Update(i, fwd)),
                 _ => {

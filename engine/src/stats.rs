@@ -28,6 +28,10 @@ pub struct ListenerStats {
     pub errors_tls: AtomicU64,
     /// Connections that failed inside the engine.
     pub errors_internal: AtomicU64,
+    /// Connections whose TLS peer closed TCP without `close_notify` at a record boundary, with
+    /// nothing undelivered (browsers end `wss://` this way). The plain side was reset; these
+    /// are not counted as errors.
+    pub unclean_closes: AtomicU64,
 }
 
 impl ListenerStats {
@@ -57,6 +61,7 @@ impl ListenerStats {
             errors_upstream: self.errors_upstream.load(Relaxed),
             errors_tls: self.errors_tls.load(Relaxed),
             errors_internal: self.errors_internal.load(Relaxed),
+            unclean_closes: self.unclean_closes.load(Relaxed),
         }
     }
 }
@@ -77,4 +82,5 @@ pub struct StatsSnapshot {
     pub errors_upstream: u64,
     pub errors_tls: u64,
     pub errors_internal: u64,
+    pub unclean_closes: u64,
 }

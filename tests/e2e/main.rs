@@ -18,5 +18,6 @@ mod mtls;
 mod openssl;
 mod reload;
 mod tls_params;
+mod trust;
 mod verify;
 mod websocket;

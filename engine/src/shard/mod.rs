@@ -60,6 +60,8 @@ pub struct Forwarder {
     pub handshake_timeout: Duration,
     /// What the kernel offers for kTLS, when it is to be used.
     pub ktls: Option<Arc<KtlsSupport>>,
+    /// Log an access line (`info`) for each connection when it closes.
+    pub access_log: bool,
 }
 
 /// Orders from the control thread.

@@ -2,5 +2,9 @@
 //!
 //! The syscalls that hand keys to the kernel live in [`crate::sys::ktls`]; nothing here calls
 //! the kernel.
+pub mod check;
+mod explain;
 pub mod ktls;
 pub mod material;
+
+pub use explain::explain;
