@@ -59,7 +59,7 @@ pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
     }
     for (i, cert) in certs.iter().enumerate() {
         if let Some(problem) = check::validity_problem(cert, i) {
-            tracing::warn!(file = %path.display(), "{}: {problem}", path.display());
+            tracing::warn!(file = %path.display(), "{problem}");
         }
     }
     Ok(certs)
