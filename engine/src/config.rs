@@ -438,6 +438,25 @@ mod tests {
     }
 
     #[test]
+    fn pins_are_checked_with_the_file() {
+        let base = "[[forwarder]]\nmode = \"client\"\nlisten = \"127.0.0.1:0\"\n\
+                    connect = \"localhost:443\"\n";
+        let msg = parse(&format!("{base}pin = [\"sha256:AAAA\"]\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("`pin`") && msg.contains("3 bytes"), "{msg}");
+        let good = format!("sha256:{}", "ab".repeat(32));
+        let msg = parse(&format!("{base}pin = [\"{good}\"]\nca = \"ca.pem\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("`pin` and `ca` exclude each other"), "{msg}");
+        let cfg = parse(&format!("{base}pin = [\"{good}\"]\naccess_log = false\n")).unwrap();
+        assert_eq!(cfg.forwarders[0].pin, vec![good]);
+        assert_eq!(cfg.forwarders[0].access_log, Some(false));
+        assert!(cfg.access_log);
+    }
+
+    #[test]
     fn parses_full_file_and_resolves_paths() {
         let cfg = parse(
             r#"

@@ -215,6 +215,29 @@ fn self_signed_upstream_pinned_and_refused_as_ca() {
         "{stderr}"
     );
 
+    // Where the start-up check cannot tell (the certificate does not carry the name asked
+    // for: here the IP), each refusal says the same, with the pin.
+    let cp = free_port();
+    let client = EngineCmd::new("client")
+        .opt("--listen", localhost(cp).to_string())
+        .opt("--connect", localhost(sp).to_string())
+        .opt("--ca", dir.join("upstream.pem"))
+        .common("auto")
+        .wait_port(cp)
+        .label("client with the self-signed certificate as CA")
+        .start();
+    let (data, end) = send_and_read_to_end(localhost(cp), b"must not arrive");
+    assert!(data.is_empty() && end.closed(), "{end:?}");
+    assert!(
+        client.wait_log(SOON, |l| warn_lines_with_side(l, "tls")
+            .iter()
+            .any(|w| w.contains("CA:TRUE") && w.contains(&format!("--pin {pin}")))),
+        "{}",
+        client.log()
+    );
+    assert!(!client.log().contains("OtherError"), "{}", client.log());
+    drop(client);
+
     // Pinned by its key (base64, as openssl computes it) or by the whole certificate's
     // fingerprint (hex with colons, as `openssl x509 -fingerprint` prints it): it works.
     let fingerprint = openssl(

@@ -278,6 +278,84 @@ impl ServerCertVerifier for PinVerifier {
     }
 }
 
+/// The refusal of a CA certificate presented as the server's own, with the pin to use.
+#[derive(Debug)]
+struct CaAsServerCert(String);
+
+impl fmt::Display for CaAsServerCert {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "it is a CA certificate (CA:TRUE) used as the server's own (a self-signed `openssl \
+             req -x509` certificate?): trust exactly its key with `--pin {}`, or reissue it \
+             with CA:FALSE and a subjectAltName",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for CaAsServerCert {}
+
+/// webpki's verification, with one refusal made actionable: a CA certificate presented as the
+/// server's own (`CaUsedAsEndEntity`) is reported with the pin of its key.
+#[derive(Debug)]
+pub struct HintingVerifier(pub Arc<dyn ServerCertVerifier>);
+
+impl ServerCertVerifier for HintingVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        self.0
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+            .map_err(|e| match e {
+                rustls::Error::InvalidCertificate(rustls::CertificateError::Other(o))
+                    if o.to_string().contains("CaUsedAsEndEntity") =>
+                {
+                    let pin = pin_of(end_entity).unwrap_or_default();
+                    rustls::Error::InvalidCertificate(rustls::CertificateError::Other(
+                        rustls::OtherError(Arc::new(CaAsServerCert(pin))),
+                    ))
+                }
+                e => e,
+            })
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
+
+    fn requires_raw_public_keys(&self) -> bool {
+        self.0.requires_raw_public_keys()
+    }
+
+    fn root_hint_subjects(&self) -> Option<&[rustls::DistinguishedName]> {
+        self.0.root_hint_subjects()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
