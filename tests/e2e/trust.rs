@@ -385,22 +385,27 @@ fn access_line_per_connection_in_text_and_json() {
                 cmd = cmd.opt("--log-format", "json");
             }
             let engine = cmd.start();
-            let mut tls = tls_connect(
-                localhost(sp),
-                "localhost",
-                client_config(&[&pki.ca], None, TLS13),
-            );
-            echo_roundtrip(&mut tls, b"0123456789");
-            tls_close(&mut tls);
-            let mut rest = Vec::new();
-            let _ = tls.read_to_end(&mut rest);
+            // Twice with one client config: the second connection resumes the session.
+            let cfg = client_config(&[&pki.ca], None, TLS13);
+            for _ in 0..2 {
+                let mut tls = tls_connect(localhost(sp), "localhost", cfg.clone());
+                echo_roundtrip(&mut tls, b"0123456789");
+                tls_close(&mut tls);
+                let mut rest = Vec::new();
+                let _ = tls.read_to_end(&mut rest);
+            }
             assert!(
-                engine.wait_log(SOON, |l| !access_lines(l).is_empty()),
+                engine.wait_log(SOON, |l| access_lines(l).len() == 2),
                 "{driver}: no access line:\n{}",
                 engine.log()
             );
             let log = engine.log();
             let line = access_lines(&log)[0].to_string();
+            let second = access_lines(&log)[1].to_string();
+            assert!(
+                second.contains("resumed=true") || second.contains("\"resumed\":true"),
+                "{driver}: the second connection did not resume: {second}"
+            );
             assert!(line.contains("INFO") || line.contains("\"INFO\""), "{line}");
             if json {
                 let v: serde_json::Value = serde_json::from_str(&line).expect("a JSON line");
