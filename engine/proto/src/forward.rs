@@ -893,8 +893,14 @@ impl Core {
     /// it sent is delivered: the connection ends with a reset, counted as an unclean close
     /// when nothing to the peer is lost with it.
     fn cut_after_delivery(&mut self) {
-        let unsent = self.plain_rx.pending() + self.tls_tx.pending() + self.ctrl.len();
-        let (reason, unclean_close) = if unsent == 0 && self.tls_tx.idle() {
+        // Records being sent (lent to the driver) count too: the reset may drop them.
+        let in_flight = if self.tls_tx.idle() {
+            0
+        } else {
+            self.tls_tx.lent
+        };
+        let unsent = self.plain_rx.pending() + self.tls_tx.pending() + in_flight + self.ctrl.len();
+        let (reason, unclean_close) = if unsent == 0 {
             (
                 "peer closed the connection without close_notify".to_string(),
                 true,

@@ -306,9 +306,6 @@ impl Conn {
                 Io::Handoff => self.handoff(shard),
                 Io::Close { failure } => {
                     self.account();
-                    if let State::Tls(sm) = &self.state {
-                        self.negotiated = sm.negotiated().cloned();
-                    }
                     self.unclean_close = failure.as_ref().is_some_and(|f| f.unclean_close);
                     let failure = failure.map(|f| {
                         let reason = match &f.tls_error {
