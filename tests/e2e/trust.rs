@@ -3,6 +3,7 @@
 //! and a self-signed CA given as `--ca` refused at start); TLS failures in words with what to
 //! do; expired certificates warned about at load; the access line.
 
+use std::fs;
 use std::io::{Read, Write};
 use std::net::Shutdown;
 use std::path::Path;
@@ -339,17 +340,32 @@ fn common_tls_failures_say_what_to_do() {
     );
 }
 
-#[test]
-fn expired_certificate_is_warned_about_at_load() {
-    let pki = Pki::new();
-    let dir = pki.path();
+/// Writes a certificate for `localhost` valid only in 2019 to `dir/NAME.pem` and its key to
+/// `dir/NAME-key.pem`.
+fn write_expired(dir: &Path, name: &str) {
     let key = rcgen::KeyPair::generate().expect("key");
     let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).expect("params");
     params.not_before = rcgen::date_time_ymd(2019, 1, 1);
     params.not_after = rcgen::date_time_ymd(2020, 1, 1);
     let cert = params.self_signed(&key).expect("self-signed");
-    write_file(&dir.join("old.pem"), cert.pem().as_bytes());
-    write_file(&dir.join("old-key.pem"), key.serialize_pem().as_bytes());
+    write_file(&dir.join(format!("{name}.pem")), cert.pem().as_bytes());
+    write_file(
+        &dir.join(format!("{name}-key.pem")),
+        key.serialize_pem().as_bytes(),
+    );
+}
+
+fn warns_expired(log: &str, file: &str) -> bool {
+    log.lines().any(|l| {
+        l.contains("WARN") && l.contains(file) && l.contains("expired on 2020-01-01 00:00:00 UTC")
+    })
+}
+
+#[test]
+fn expired_certificate_is_warned_about_at_load_and_reload() {
+    let pki = Pki::new();
+    let dir = pki.path();
+    write_expired(dir, "old");
     let backend = echo_backend();
     let sp = free_port();
     let engine = EngineCmd::new("server")
@@ -361,11 +377,35 @@ fn expired_certificate_is_warned_about_at_load() {
         .wait_port(sp)
         .start();
     let log = engine.log();
+    assert!(warns_expired(&log, "old.pem"), "{log}");
+
+    // Run mode: a good certificate at start, replaced by an expired one before a SIGHUP.
+    let rp = free_port();
+    let (cert, key) = (dir.join("live.pem"), dir.join("live-key.pem"));
+    fs::copy(&pki.server.cert, &cert).expect("copy cert");
+    fs::copy(&pki.server.key, &key).expect("copy key");
+    let config = format!(
+        "[[forwarder]]\nmode = \"server\"\nlisten = {listen}\nconnect = {backend}\n\
+         cert = {cert}\nkey = {key}\n",
+        listen = q(localhost(rp)),
+        backend = q(backend.addr),
+        cert = q(cert.display()),
+        key = q(key.display()),
+    );
+    let path = dir.join("expiry.toml");
+    write_file(&path, config.as_bytes());
+    let run = EngineCmd::new("run")
+        .opt("--config", &path)
+        .opt("--log-level", "info")
+        .wait_port(rp)
+        .start();
+    assert!(!warns_expired(&run.log(), "live.pem"), "{}", run.log());
+    write_expired(dir, "live");
+    run.signal(libc::SIGHUP);
     assert!(
-        log.lines().any(|l| l.contains("WARN")
-            && l.contains("old.pem")
-            && l.contains("expired on 2020-01-01 00:00:00 UTC")),
-        "{log}"
+        run.wait_log(SOON, |l| warns_expired(l, "live.pem")),
+        "no warning at reload:\n{}",
+        run.log()
     );
 }
 
