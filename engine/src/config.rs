@@ -168,6 +168,10 @@ pub struct ForwarderConfig {
     /// Client mode: CA file to verify the upstream (system roots when absent).
     #[serde(default)]
     pub ca: Option<PathBuf>,
+    /// Client mode: keys to trust instead of a CA, `sha256:<base64 or hex>` of the upstream's
+    /// subjectPublicKeyInfo (or of its whole certificate). Names and dates are not checked.
+    #[serde(default)]
+    pub pin: Vec<String>,
     /// Client mode: the name to send (SNI) and verify; default the connect host.
     #[serde(default)]
     pub sni: Option<String>,
@@ -198,6 +202,9 @@ pub struct ForwarderConfig {
     /// TLS session resumption (tickets / session IDs); `false` makes every handshake full.
     #[serde(default = "default_true")]
     pub resumption: bool,
+    /// An access line per connection at `info` (default: the engine's `access_log`).
+    #[serde(default)]
+    pub access_log: Option<bool>,
 }
 
 fn default_true() -> bool {
@@ -223,6 +230,7 @@ impl ForwarderConfig {
             listen: listen.into(),
             connect: connect.into(),
             ca: None,
+            pin: Vec::new(),
             sni: None,
             cert: None,
             key: None,
@@ -233,6 +241,7 @@ impl ForwarderConfig {
             connect_timeout: default_connect_timeout(),
             handshake_timeout: default_handshake_timeout(),
             resumption: true,
+            access_log: None,
         }
     }
 
@@ -298,7 +307,11 @@ impl ForwarderConfig {
                         ));
                     }
                 }
-                for (key, set) in [("ca", self.ca.is_some()), ("sni", self.sni.is_some())] {
+                for (key, set) in [
+                    ("ca", self.ca.is_some()),
+                    ("sni", self.sni.is_some()),
+                    ("pin", !self.pin.is_empty()),
+                ] {
                     if set {
                         return Some((key, format!("{what}: `{key}` applies to client mode only")));
                     }
@@ -317,6 +330,20 @@ impl ForwarderConfig {
                         "client_ca",
                         format!("{what}: `client_ca` applies to server mode only"),
                     ));
+                }
+                if !self.pin.is_empty() && self.ca.is_some() {
+                    return Some((
+                        "pin",
+                        format!(
+                            "{what}: `pin` and `ca` exclude each other (a pin trusts exactly \
+                             that key, without a CA)"
+                        ),
+                    ));
+                }
+                for p in &self.pin {
+                    if let Err(e) = crate::tls::check::parse_pin(p) {
+                        return Some(("pin", format!("{what}: `pin`: {e}")));
+                    }
                 }
             }
         }
@@ -534,6 +561,9 @@ pub struct EngineConfig {
     /// zero where every CPU cycle belongs to someone else.
     #[serde(default = "default_busy_poll", with = "humantime_serde")]
     pub busy_poll: Duration,
+    /// An access line per connection at `info`, for forwarders that do not say (default on).
+    #[serde(default = "default_true")]
+    pub access_log: bool,
     /// The forwarders.
     #[serde(default, rename = "forwarder")]
     pub forwarders: Vec<ForwarderConfig>,
@@ -561,6 +591,7 @@ impl Default for EngineConfig {
             metrics: None,
             drain_timeout: default_drain_timeout(),
             busy_poll: default_busy_poll(),
+            access_log: true,
             forwarders: Vec::new(),
         }
     }
@@ -698,6 +729,25 @@ mod tests {
         let path = dir.join(format!("c{n}.toml"));
         std::fs::write(&path, text).unwrap();
         EngineConfig::from_file(&path)
+    }
+
+    #[test]
+    fn pins_are_checked_with_the_file() {
+        let base = "[[forwarder]]\nmode = \"client\"\nlisten = \"127.0.0.1:0\"\n\
+                    connect = \"localhost:443\"\n";
+        let msg = parse(&format!("{base}pin = [\"sha256:AAAA\"]\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("`pin`") && msg.contains("3 bytes"), "{msg}");
+        let good = format!("sha256:{}", "ab".repeat(32));
+        let msg = parse(&format!("{base}pin = [\"{good}\"]\nca = \"ca.pem\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("`pin` and `ca` exclude each other"), "{msg}");
+        let cfg = parse(&format!("{base}pin = [\"{good}\"]\naccess_log = false\n")).unwrap();
+        assert_eq!(cfg.forwarders[0].pin, vec![good]);
+        assert_eq!(cfg.forwarders[0].access_log, Some(false));
+        assert!(cfg.access_log);
     }
 
     #[test]

@@ -164,7 +164,7 @@ impl Engine {
         let mut built = Vec::new();
         for f in &cfg.forwarders {
             let stats = Arc::new(ListenerStats::default());
-            built.push((f.clone(), engine.build(f, stats)?));
+            built.push((f.clone(), engine.build(f, stats, cfg.access_log)?));
         }
         let mut bound = Vec::new();
         let threads = cfg.thread_count();
@@ -254,13 +254,15 @@ impl Engine {
         let mut out = Vec::new();
         for (i, f) in cfg.forwarders.iter().enumerate() {
             let name = f.display_name();
-            let fwd = engine.build(f, Arc::default()).map_err(|e| {
-                let key = key_of_failure(f, &e);
-                let line = crate::config::line_of(&text, Some(i), key)
-                    .map(|l| format!("line {l}: "))
-                    .unwrap_or_default();
-                Error::config(&origin, format!("{line}forwarder \"{name}\": `{key}`: {e}"))
-            })?;
+            let fwd = engine
+                .build(f, Arc::default(), cfg.access_log)
+                .map_err(|e| {
+                    let key = key_of_failure(f, &e);
+                    let line = crate::config::line_of(&text, Some(i), key)
+                        .map(|l| format!("line {l}: "))
+                        .unwrap_or_default();
+                    Error::config(&origin, format!("{line}forwarder \"{name}\": `{key}`: {e}"))
+                })?;
             out.push(CheckedForwarder {
                 name,
                 mode: f.mode,
@@ -276,7 +278,13 @@ impl Engine {
     }
 
     /// Builds what the shards need for one forwarder: resolved upstream, rustls configs.
-    fn build(&self, f: &ForwarderConfig, stats: Arc<ListenerStats>) -> Result<Forwarder> {
+    /// `access_log` is the engine-wide default, which the forwarder's own key overrides.
+    fn build(
+        &self,
+        f: &ForwarderConfig,
+        stats: Arc<ListenerStats>,
+        access_log: bool,
+    ) -> Result<Forwarder> {
         let (host, port) = split_host_port(&f.connect)?;
         let upstream = (host.as_str(), port)
             .to_socket_addrs()
@@ -298,6 +306,8 @@ impl Engine {
                     alpn: f.alpn.clone(),
                     versions: f.tls_versions.clone(),
                     disable_resumption: !f.resumption,
+                    pins: f.pin.clone(),
+                    server_name: Some(f.sni.clone().unwrap_or_else(|| host.clone())),
                 };
                 let cfg = material::client_config(&opts)?;
                 let name_text = f.sni.clone().unwrap_or(host);
@@ -342,6 +352,7 @@ impl Engine {
             handshake_timeout: f.handshake_timeout,
             ktls: self.ktls.clone(),
             cert_not_after,
+            access_log: f.access_log.unwrap_or(access_log),
         })
     }
 
@@ -392,7 +403,7 @@ impl Engine {
                 Some(i) if same_listen => entries[i].fwd.stats.clone(),
                 _ => Arc::new(ListenerStats::default()),
             };
-            let fwd = Arc::new(self.build(f, stats)?);
+            let fwd = Arc::new(self.build(f, stats, cfg.access_log)?);
             match existing {
                 Some(i) if same_listen => plans.push(Plan::Update(i, fwd)),
                 _ => {

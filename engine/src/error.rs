@@ -122,8 +122,9 @@ pub enum Error {
     },
 
     // ---- peer protocol violations ----
-    /// The TLS peer misbehaved or failed verification.
-    #[error("TLS: {0}")]
+    /// A TLS configuration was refused by rustls (the text is in words, see
+    /// [`crate::tls::explain`]).
+    #[error("TLS: {}", crate::tls::explain(.0, crate::config::Mode::Client))]
     Tls(#[from] rustls::Error),
     /// The kTLS peer sent a record we cannot handle after the hand-off.
     #[error("kTLS: {0}")]

@@ -96,6 +96,16 @@ pub fn render(snaps: &[StatsSnapshot]) -> String {
         },
     );
     family(
+        "splice_connection_unclean_closes_total",
+        "counter",
+        "Connections whose TLS peer closed TCP without close_notify at a record boundary, \
+         nothing lost (the plain side is reset; not an error).",
+        &simple(
+            |s| s.unclean_closes,
+            "splice_connection_unclean_closes_total",
+        ),
+    );
+    family(
         "splice_connection_errors_total",
         "counter",
         "Connections that failed, by the side that failed.",

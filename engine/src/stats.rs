@@ -34,6 +34,10 @@ pub struct ListenerStats {
     /// The not-after time (unix seconds) of the certificate this forwarder presents (server
     /// mode's certificate, client mode's client certificate); 0 when it presents none.
     pub cert_not_after: AtomicI64,
+    /// Connections whose TLS peer closed TCP without `close_notify` at a record boundary, with
+    /// nothing undelivered (browsers end `wss://` this way). The plain side was reset; these
+    /// are not counted as errors.
+    pub unclean_closes: AtomicU64,
 }
 
 impl ListenerStats {
@@ -65,6 +69,7 @@ impl ListenerStats {
             errors_internal: self.errors_internal.load(Relaxed),
             handshakes: self.handshakes.snapshot(),
             cert_not_after: Some(self.cert_not_after.load(Relaxed)).filter(|&t| t != 0),
+            unclean_closes: self.unclean_closes.load(Relaxed),
         }
     }
 }
@@ -85,6 +90,7 @@ pub struct StatsSnapshot {
     pub errors_upstream: u64,
     pub errors_tls: u64,
     pub errors_internal: u64,
+    pub unclean_closes: u64,
     pub handshakes: HistogramSnapshot,
     pub cert_not_after: Option<i64>,
 }

@@ -19,5 +19,6 @@ mod mtls;
 mod openssl;
 mod reload;
 mod tls_params;
+mod trust;
 mod verify;
 mod websocket;

@@ -83,21 +83,18 @@ sni = "localhost"
 
     assert_closed_without_data(localhost(bad_ca), "upstream from an unknown CA");
     assert!(
-        engine.wait_log(SOON, |l| !warn_tls_lines_with(
-            l,
-            "invalid peer certificate"
-        )
-        .is_empty()),
-        "no warn line with side=tls and \"invalid peer certificate\":\n{}",
+        engine.wait_log(SOON, |l| !warn_tls_lines_with(l, "certificate was refused")
+            .is_empty()),
+        "no warn line with side=tls and \"certificate was refused\":\n{}",
         engine.log()
     );
-    let n_before = warn_tls_lines_with(&engine.log(), "invalid peer certificate").len();
+    let n_before = warn_tls_lines_with(&engine.log(), "certificate was refused").len();
     assert_closed_without_data(localhost(wrong_sni), "wrong SNI");
     assert!(
-        engine.wait_log(SOON, |l| warn_tls_lines_with(l, "invalid peer certificate")
+        engine.wait_log(SOON, |l| warn_tls_lines_with(l, "certificate was refused")
             .len()
             > n_before),
-        "no new warn line with side=tls and \"invalid peer certificate\" for the wrong SNI:\n{}",
+        "no new warn line with side=tls and \"certificate was refused\" for the wrong SNI:\n{}",
         engine.log()
     );
     let m = wait_metric(
@@ -149,8 +146,8 @@ fn unknown_ca_with_json_logs() {
             .trim_start()
             .starts_with('{')
             && line.contains("\"side\":\"tls\"")
-            && line.contains("invalid peer certificate"))),
-        "no JSON log line with \"side\":\"tls\" and \"invalid peer certificate\":\n{}",
+            && line.contains("certificate was refused"))),
+        "no JSON log line with \"side\":\"tls\" and \"certificate was refused\":\n{}",
         client.log()
     );
 }

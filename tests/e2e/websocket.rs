@@ -98,3 +98,57 @@ fn ws_through_the_chain() {
     assert_eq!(resp.status().as_u16(), 101, "handshake status");
     exchange(&mut ws);
 }
+
+/// A browser ends `wss://` with the WebSocket close handshake and then closes TCP without
+/// close_notify (Chromium does): an unclean close, counted as such, not an error, and no
+/// warning.
+#[test]
+fn browser_style_wss_close_is_not_an_error() {
+    let pki = Pki::new();
+    for driver in DRIVERS {
+        let backend = ws_echo_backend();
+        let (sp, mp) = (free_port(), free_port());
+        let server = EngineCmd::server(sp, backend.addr, &pki.server, driver)
+            .metrics(mp)
+            .start();
+        let tls = tls_connect(
+            localhost(sp),
+            "localhost",
+            client_config(&[&pki.ca], None, TLS_ANY),
+        );
+        let (mut ws, _) = tungstenite::client(format!("wss://localhost:{sp}/echo"), tls)
+            .expect("WebSocket handshake");
+        ws.send(Message::text("bye soon")).expect("send");
+        assert_eq!(ws.read().expect("echo"), Message::text("bye soon"));
+        ws.close(None).expect("send close");
+        loop {
+            match ws.read() {
+                Ok(_) => continue,
+                Err(tungstenite::Error::ConnectionClosed) => break,
+                Err(e) => panic!("{driver}: closing handshake: {e}"),
+            }
+        }
+        // TCP closes with no close_notify.
+        let tls = ws.into_inner();
+        tls.sock
+            .shutdown(std::net::Shutdown::Both)
+            .expect("close TCP");
+        let m = wait_metric(
+            localhost(mp),
+            "splice_connection_unclean_closes_total",
+            &[],
+            |v| v == 1.0,
+        );
+        assert_eq!(
+            m.value("splice_connection_errors_total", &[]),
+            0.0,
+            "{driver}: {}",
+            m.text
+        );
+        let log = server.log();
+        assert!(
+            warn_lines_with_side(&log, "downstream").is_empty(),
+            "{driver}: {log}"
+        );
+    }
+}

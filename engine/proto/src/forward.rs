@@ -57,12 +57,21 @@ pub enum Fault {
 }
 
 /// Why a connection ended badly.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Failure {
     /// Where it failed.
     pub fault: Fault,
     /// What happened, for the log.
     pub reason: String,
+    /// The TLS peer ended its TCP stream (a FIN, not a reset) after the handshake without
+    /// `close_notify`, at a record boundary, with nothing of either direction left undelivered:
+    /// no byte is known to be lost, but the end cannot be told from a truncation either. The
+    /// connection is still reset; it is counted as an unclean close rather than an error.
+    /// Browsers end `wss://` connections this way after the WebSocket close handshake.
+    pub unclean_close: bool,
+    /// The rustls error behind a [`Fault::Tls`] failure, when rustls reported one (for the
+    /// driver to explain it; `reason` is its plain `Display`).
+    pub tls_error: Option<rustls::Error>,
 }
 
 /// An operation the driver should perform, with the buffer it needs.
@@ -636,6 +645,8 @@ impl From<RecordError> for Failure {
         Failure {
             fault: Fault::Tls,
             reason: e.reason,
+            unclean_close: false,
+            tls_error: None,
         }
     }
 }
@@ -721,6 +732,11 @@ impl Core {
                 buf,
                 len,
             });
+        }
+        // Peer's stream cut without close_notify and everything before it delivered: reset.
+        if self.tls_fin && !self.tls_eof && self.plain_tx.idle() && self.plain_tx.pending() == 0 {
+            self.cut_after_delivery();
+            return self.poll_io(tls_idle);
         }
         // Peer finished and everything is delivered: pass the FIN on.
         if self.tls_eof && !self.plain_shut && self.plain_tx.idle() && self.plain_tx.pending() == 0
@@ -840,18 +856,92 @@ impl Core {
                 "connection closed during the TLS handshake".to_string(),
             );
         } else if !self.tls_eof {
-            // The stream was cut: reset rather than pass on a clean end that never came.
-            self.fail(
-                Fault::TlsTransport,
-                "peer closed the connection without close_notify (stream may be truncated)"
-                    .to_string(),
-            );
+            // Without close_notify the end cannot be told from a truncation, so the plain side
+            // is reset, never given a clean FIN. Inside a record it is a truncation for sure;
+            // at a record boundary the records received are delivered first, and `poll_io`
+            // then resets it as an unclean close (or as a failure, if bytes to the peer are
+            // still unsent).
+            let partial = self.partial_record();
+            if partial > 0 {
+                self.fail(
+                    Fault::TlsTransport,
+                    format!(
+                        "peer closed the connection in the middle of a TLS record ({partial} \
+                         bytes of it received) without close_notify: the stream was truncated"
+                    ),
+                );
+            }
         }
+    }
+
+    /// Bytes received after the last whole record (a record cut short).
+    fn partial_record(&self) -> usize {
+        let Some(buf) = self.rx.buf.as_ref() else {
+            return 0;
+        };
+        let mut at = self.rx.win.max(self.rx.off);
+        while at < buf.len() {
+            match pump::head(&buf[at..]) {
+                pump::Head::Whole(len) => at += len,
+                pump::Head::Partial(_) => break,
+            }
+        }
+        buf.len().saturating_sub(at)
+    }
+
+    /// The TLS peer's stream ended without close_notify at a record boundary, and everything
+    /// it sent is delivered: the connection ends with a reset, counted as an unclean close
+    /// when nothing to the peer is lost with it.
+    fn cut_after_delivery(&mut self) {
+        // Records being sent (lent to the driver) count too: the reset may drop them.
+        let in_flight = if self.tls_tx.idle() {
+            0
+        } else {
+            self.tls_tx.lent
+        };
+        let unsent = self.plain_rx.pending() + self.tls_tx.pending() + in_flight + self.ctrl.len();
+        let (reason, unclean_close) = if unsent == 0 {
+            (
+                "peer closed the connection without close_notify".to_string(),
+                true,
+            )
+        } else {
+            (
+                format!(
+                    "peer closed the connection without close_notify while {unsent} bytes to \
+                     it were unsent"
+                ),
+                false,
+            )
+        };
+        self.failure = Some(Failure {
+            fault: Fault::TlsTransport,
+            reason,
+            unclean_close,
+            tls_error: None,
+        });
     }
 
     fn fail(&mut self, fault: Fault, reason: String) {
         if self.failure.is_none() {
-            self.failure = Some(Failure { fault, reason });
+            self.failure = Some(Failure {
+                fault,
+                reason,
+                unclean_close: false,
+                tls_error: None,
+            });
+        }
+    }
+
+    /// Fails with an error rustls reported.
+    fn fail_tls(&mut self, e: rustls::Error) {
+        if self.failure.is_none() {
+            self.failure = Some(Failure {
+                fault: Fault::Tls,
+                reason: e.to_string(),
+                unclean_close: false,
+                tls_error: Some(e),
+            });
         }
     }
 }

@@ -175,6 +175,9 @@ struct Common {
     /// Lower latency for request/response traffic, for some CPU [default: 50us].
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     busy_poll: Option<Duration>,
+    /// No access line per connection (by default each connection's end is logged at info).
+    #[arg(long)]
+    no_access_log: bool,
 }
 
 /// `--driver`: its values listed in help and completions.
@@ -243,6 +246,10 @@ struct ClientArgs {
     /// CA certificates (PEM) to verify the upstream with [default: the system's roots].
     #[arg(long, value_name = "FILE", value_hint = ValueHint::FilePath)]
     ca: Option<PathBuf>,
+    /// Trust exactly this key instead of a CA: sha256:<base64 or hex> of the upstream's public
+    /// key (SPKI) or whole certificate; repeatable. Names and dates are not checked.
+    #[arg(long = "pin", value_name = "sha256:HASH", conflicts_with = "ca")]
+    pin: Vec<String>,
     /// Server name to send (SNI) and verify [default: the host of --connect].
     #[arg(long, value_name = "NAME")]
     sni: Option<String>,
@@ -360,6 +367,12 @@ impl Common {
         }
         if let Some(d) = self.drain_timeout {
             cfg.drain_timeout = d;
+        }
+        if self.no_access_log {
+            cfg.access_log = false;
+            for f in &mut cfg.forwarders {
+                f.access_log = Some(false);
+            }
         }
     }
 }
@@ -488,6 +501,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Client(a) => {
             let mut f = a.fwd.into_config(Mode::Client);
             f.ca = a.ca;
+            f.pin = a.pin;
             f.sni = a.sni;
             f.cert = a.cert;
             f.key = a.key;

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use rustls::client::UnbufferedClientConnection;
 use rustls::server::UnbufferedServerConnection;
-use splice_proto::{Buffers, Fault, Io, Leg, TlsForward};
+use splice_proto::{Buffers, Fault, Io, Leg, Negotiated, TlsForward};
 
 use super::splice::SplicePump;
 use super::{
@@ -61,6 +61,12 @@ pub(crate) struct Conn {
     waiting_len: [Option<usize>; 2],
     /// Per leg: readiness was spurious for a read of this many bytes; wait again.
     ready_read: [Option<usize>; 2],
+    /// The failure the state machine closed with is an unclean close (see `Failure`).
+    unclean_close: bool,
+    /// What the handshake settled, kept past a kTLS hand-off for the access line.
+    negotiated: Option<Negotiated>,
+    /// Payload bytes moved over the connection's life: down to up, up to down.
+    moved: (u64, u64),
 }
 
 impl Conn {
@@ -117,6 +123,9 @@ impl Conn {
             ulp_attached,
             waiting_len: [None; 2],
             ready_read: [None; 2],
+            unclean_close: false,
+            negotiated: None,
+            moved: (0, 0),
         })
     }
 
@@ -310,7 +319,14 @@ impl Conn {
                 Io::Handoff => self.handoff(shard),
                 Io::Close { failure } => {
                     self.account();
-                    let failure = failure.map(|f| (self.side(f.fault), f.reason));
+                    self.unclean_close = failure.as_ref().is_some_and(|f| f.unclean_close);
+                    let failure = failure.map(|f| {
+                        let reason = match &f.tls_error {
+                            Some(e) => crate::tls::explain(e, self.fwd.mode),
+                            None => f.reason,
+                        };
+                        (self.side(f.fault), reason)
+                    });
                     return Outcome::Closed(failure);
                 }
             }
@@ -349,6 +365,7 @@ impl Conn {
             return;
         };
         let support = self.fwd.ktls.as_ref();
+        self.negotiated = sm.negotiated().cloned();
         let settled = sm.negotiated().map(|n| (n.suite, n.version));
         let (Some(support), Some((suite, version))) = (support, settled) else {
             sm.handle_handoff_declined();
@@ -424,6 +441,8 @@ impl Conn {
             Mode::Client => (d_in, d_out),
             Mode::Server => (d_out, d_in),
         };
+        self.moved.0 += down_up;
+        self.moved.1 += up_down;
         self.fwd.stats.bytes_down_to_up.fetch_add(down_up, Relaxed);
         self.fwd.stats.bytes_up_to_down.fetch_add(up_down, Relaxed);
     }
@@ -431,30 +450,45 @@ impl Conn {
     /// Closes both sockets (resetting them on failure), logs and counts the outcome.
     pub(crate) fn close(&mut self, failure: Option<(Side, String)>, shard: &mut Shard) {
         self.account();
+        if let State::Tls(sm) = &self.state
+            && self.negotiated.is_none()
+        {
+            self.negotiated = sm.negotiated().cloned();
+        }
         let stats = &self.fwd.stats;
         stats.active.fetch_sub(1, Relaxed);
         let fds = [Some(self.down.clone()), self.up.clone()];
+        let peer = self.peer.map_or_else(|| "-".to_string(), |p| p.to_string());
+        let unclean = failure.is_some() && self.unclean_close;
         if let Some((side, reason)) = &failure {
-            stats.record_error(*side);
-            tracing::warn!(
-                forwarder = %self.fwd.name,
-                peer = ?self.peer,
-                upstream = %self.fwd.upstream_text,
-                side = %side,
-                reason = %reason,
-                "connection failed"
-            );
+            if unclean {
+                // Not an error (browsers end `wss://` this way), but no clean end either.
+                stats.unclean_closes.fetch_add(1, Relaxed);
+                tracing::debug!(
+                    forwarder = %self.fwd.name,
+                    peer = %peer,
+                    side = %side,
+                    reason = %reason,
+                    "unclean close: the other side was reset"
+                );
+            } else {
+                stats.record_error(*side);
+                tracing::warn!(
+                    forwarder = %self.fwd.name,
+                    peer = %peer,
+                    upstream = %self.fwd.upstream_text,
+                    side = %side,
+                    reason = %reason,
+                    "connection failed"
+                );
+            }
             for fd in fds.iter().flatten() {
                 // A reset, so that neither peer mistakes a cut stream for a complete one.
                 let _ = socket2::SockRef::from(&**fd).set_linger(Some(Duration::ZERO));
             }
-        } else {
-            tracing::debug!(
-                forwarder = %self.fwd.name,
-                peer = ?self.peer,
-                ms = self.started.elapsed().as_millis() as u64,
-                "connection closed"
-            );
+        }
+        if self.fwd.access_log {
+            self.access_line(&peer, failure.as_ref(), unclean);
         }
         if let State::Spliced(p) = std::mem::replace(&mut self.state, State::Gone) {
             p.release(shard);
@@ -462,6 +496,41 @@ impl Conn {
         for fd in fds.iter().flatten() {
             shard.driver.cancel(fd.as_raw_fd());
         }
+    }
+}
+
+impl Conn {
+    /// The access line: one per connection at `info`, with stable field names and types.
+    fn access_line(&self, peer: &str, failure: Option<&(Side, String)>, unclean: bool) {
+        let n = self.negotiated.as_ref();
+        let tls = match n.map(|n| n.version) {
+            Some(rustls::ProtocolVersion::TLSv1_3) => "1.3",
+            Some(rustls::ProtocolVersion::TLSv1_2) => "1.2",
+            Some(_) => "other",
+            None => "-",
+        };
+        let suite = n.and_then(|n| n.suite.suite().as_str()).unwrap_or("-");
+        let resumed = n.is_some_and(|n| n.kind == Some(rustls::HandshakeKind::Resumed));
+        let (end, side, reason) = match failure {
+            None => ("clean", "-", ""),
+            Some((side, reason)) if unclean => ("unclean", side.as_str(), reason.as_str()),
+            Some((side, reason)) => ("error", side.as_str(), reason.as_str()),
+        };
+        tracing::info!(
+            forwarder = %self.fwd.name,
+            peer = %peer,
+            upstream = %self.fwd.upstream_text,
+            tls = tls,
+            suite = suite,
+            resumed = resumed,
+            bytes_down_up = self.moved.0,
+            bytes_up_down = self.moved.1,
+            ms = self.started.elapsed().as_millis() as u64,
+            end = end,
+            side = side,
+            reason = reason,
+            "access"
+        );
     }
 }
 

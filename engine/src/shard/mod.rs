@@ -62,6 +62,8 @@ pub struct Forwarder {
     pub ktls: Option<Arc<KtlsSupport>>,
     /// The not-after time (unix seconds) of the certificate it presents, if any.
     pub cert_not_after: Option<i64>,
+    /// Log an access line (`info`) for each connection when it closes.
+    pub access_log: bool,
 }
 
 /// Orders from the control thread.

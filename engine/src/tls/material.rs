@@ -11,6 +11,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::ServerCertVerifier;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
@@ -19,6 +21,7 @@ use rustls::{InconsistentKeys, RootCertStore, SupportedProtocolVersion};
 use rustls_pemfile::Item;
 
 use crate::error::{Error, Result};
+use crate::tls::check;
 
 /// The `file` named by configuration errors about [`ClientTlsOptions`] and [`ServerTlsOptions`].
 const OPTIONS: &str = "TLS options";
@@ -28,6 +31,9 @@ const OPTIONS: &str = "TLS options";
 /// Other PEM sections are skipped. It is an error if the file cannot be read, is not valid PEM,
 /// or holds no certificate; the error names the file and, where it can tell, what the file
 /// holds instead (a key, a DER blob).
+///
+/// A certificate that is expired or not yet valid is loaded, with a warning naming the file and
+/// the date: peers will refuse it, and the log should say so before they do.
 pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
     let pem = read_file(path)?;
     let mut certs = Vec::new();
@@ -51,6 +57,11 @@ pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
             format!("no PEM certificate found{hint}"),
         ));
     }
+    for (i, cert) in certs.iter().enumerate() {
+        if let Some(problem) = check::validity_problem(cert, i) {
+            tracing::warn!(file = %path.display(), "{problem}");
+        }
+    }
     Ok(certs)
 }
 
@@ -69,7 +80,11 @@ pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>> {
 ///
 /// Certificates that cannot serve as trust anchors are skipped; it is an error if none can.
 pub fn load_roots(path: &Path) -> Result<RootCertStore> {
-    let certs = load_certs(path)?;
+    roots_from(path, load_certs(path)?)
+}
+
+/// The trust anchors among `certs`, loaded from `path`.
+fn roots_from(path: &Path, certs: Vec<CertificateDer<'static>>) -> Result<RootCertStore> {
     let total = certs.len();
     let mut roots = RootCertStore::empty();
     let (added, _ignored) = roots.add_parsable_certificates(certs);
@@ -100,6 +115,12 @@ pub struct ClientTlsOptions {
     pub versions: Vec<String>,
     /// Never resume sessions: every connection does a full handshake.
     pub disable_resumption: bool,
+    /// Keys to trust instead of a CA: `sha256:<base64 or hex>` of a subjectPublicKeyInfo or of
+    /// a whole certificate (see [`check::PinVerifier`]). Not together with `ca`.
+    pub pins: Vec<String>,
+    /// The name the upstream's certificate is verified for (SNI), for the start-up check of
+    /// `ca` ([`client_config`]).
+    pub server_name: Option<String>,
 }
 
 /// What a TLS server (the downstream leg in server mode) presents and requires.
@@ -128,13 +149,43 @@ pub fn client_config(o: &ClientTlsOptions) -> Result<Arc<rustls::ClientConfig>> 
     let provider = Arc::new(engine_provider());
     let versions = protocol_versions(&o.versions)?;
     let alpn = alpn_protocols(&o.alpn)?;
-    let roots = match &o.ca {
-        Some(ca) => load_roots(ca)?,
-        None => system_roots()?,
-    };
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_protocol_versions(&versions)?
-        .with_root_certificates(roots);
+        .with_protocol_versions(&versions)?;
+    let builder = if o.pins.is_empty() {
+        let roots = match &o.ca {
+            Some(ca) => {
+                let certs = load_certs(ca)?;
+                let roots = roots_from(ca, certs.clone())?;
+                if let Some(name) = &o.server_name {
+                    refuse_server_cert_as_ca(ca, &certs, &roots, name, &provider)?;
+                }
+                roots
+            }
+            None => system_roots()?,
+        };
+        let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+            .build()
+            .map_err(|e| Error::config(OPTIONS, format!("cannot verify servers: {e}")))?;
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(check::HintingVerifier(webpki)))
+    } else {
+        if o.ca.is_some() {
+            return Err(Error::config(
+                OPTIONS,
+                "`pin` and `ca` exclude each other: a pin trusts exactly that key, without a CA",
+            ));
+        }
+        let pins = o
+            .pins
+            .iter()
+            .map(|p| check::parse_pin(p))
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| Error::config(OPTIONS, e))?;
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(check::PinVerifier::new(pins, &provider))
+    };
     let mut config = match (&o.cert, &o.key) {
         (Some(cert), Some(key)) => {
             let (chain, key) = certified_key(&provider, cert, key)?;
@@ -160,6 +211,56 @@ pub fn client_config(o: &ClientTlsOptions) -> Result<Arc<rustls::ClientConfig>> 
         config.resumption = rustls::client::Resumption::disabled();
     }
     Ok(Arc::new(config))
+}
+
+/// Fails when `ca` holds a self-signed CA certificate (CA:TRUE) naming `name`: most likely the
+/// upstream's own certificate, made with `openssl req -x509`, which webpki refuses as a server
+/// certificate (CaUsedAsEndEntity) on every connection. The error says how to pin it instead.
+fn refuse_server_cert_as_ca(
+    ca: &Path,
+    certs: &[CertificateDer<'static>],
+    roots: &RootCertStore,
+    name: &str,
+    provider: &Arc<CryptoProvider>,
+) -> Result<()> {
+    let Ok(server_name) = rustls::pki_types::ServerName::try_from(name.to_owned()) else {
+        return Ok(());
+    };
+    let Ok(verifier) =
+        WebPkiServerVerifier::builder_with_provider(Arc::new(roots.clone()), provider.clone())
+            .build()
+    else {
+        return Ok(());
+    };
+    let now = rustls::pki_types::UnixTime::now();
+    for cert in certs {
+        let names_it = cert
+            .as_ref()
+            .windows(name.len())
+            .any(|w| w.eq_ignore_ascii_case(name.as_bytes()));
+        if !check::self_issued(cert) || !names_it {
+            continue;
+        }
+        let refused = match verifier.verify_server_cert(cert, &[], &server_name, &[], now) {
+            Err(rustls::Error::InvalidCertificate(rustls::CertificateError::Other(e))) => {
+                e.to_string().contains("CaUsedAsEndEntity")
+            }
+            _ => false,
+        };
+        if refused {
+            let pin = check::pin_of(cert).unwrap_or_default();
+            return Err(Error::certificate(
+                ca,
+                format!(
+                    "this self-signed certificate for {name:?} is a CA (CA:TRUE), which TLS \
+                     verification refuses as the server's own certificate; trust exactly its \
+                     key with `--pin {pin}` (TOML: pin = [\"{pin}\"]) instead of `ca`, or \
+                     reissue it with CA:FALSE and subjectAltName=DNS:{name}"
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Builds the rustls server config for `o`.

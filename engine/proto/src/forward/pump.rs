@@ -164,7 +164,7 @@ impl Core {
                         match failed {
                             None => Step::Again,
                             Some(e) => {
-                                self.fail(Fault::Tls, e.to_string());
+                                self.fail_tls(e);
                                 Step::Failed
                             }
                         }
@@ -205,7 +205,7 @@ impl Core {
                 Step::Failed
             }
             Err(e) => {
-                self.fail(Fault::Tls, e.to_string());
+                self.fail_tls(e);
                 Step::Failed
             }
         };

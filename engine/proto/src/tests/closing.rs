@@ -93,7 +93,30 @@ fn truncation_without_close_notify_fails() {
                 assert!(app.reset_seen, "{}", p.summary());
                 assert!(!p.shut[PLAIN]);
                 assert!(p.peers[TLS].payload.starts_with(&app.received));
+                // At a record boundary: everything before the FIN is delivered, then the reset.
+                assert!(app.received == p.peers[TLS].payload, "{}", p.summary());
+                assert!(f.unclean_close, "{f:?}");
             }
+        }
+    }
+}
+
+#[test]
+fn fin_inside_a_record_is_a_truncation() {
+    // Part of a record (its header and 3 bytes of its 64) and then a FIN: an error, not an
+    // unclean close.
+    for mode in MODES {
+        for version in VERSIONS {
+            let mut p = Pair::new(Setup::new(mode, version));
+            p.peer().payload = payload(30, 10 * KIB);
+            p.peer().trailer = vec![0x17, 0x03, 0x03, 0x00, 0x40, 1, 2, 3];
+            p.peer().end = End::FinOnly;
+            p.app().end = End::Open;
+            let f = p.drive_to_failure();
+            assert_eq!(f.fault, Fault::TlsTransport, "{f:?}");
+            assert!(!f.unclean_close, "{f:?}");
+            assert!(f.reason.contains("middle of a TLS record"), "{f:?}");
+            assert!(p.peers[PLAIN].reset_seen, "{}", p.summary());
         }
     }
 }

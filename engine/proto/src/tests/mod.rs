@@ -355,7 +355,7 @@ struct Peer {
     sent: usize,
     start: Start,
     end: End,
-    /// Raw bytes written after close_notify (End::Close only).
+    /// Raw bytes written after close_notify (End::Close), or before the FIN (End::FinOnly).
     trailer: Vec<u8>,
     trailer_sent: usize,
     /// Most bytes written (or given to rustls) at once.
@@ -635,18 +635,15 @@ impl Peer {
                         conn.send_close_notify();
                         continue;
                     }
-                    End::FinOnly => {
-                        tx.fin = true;
-                        self.fin_sent = true;
-                        return progress;
-                    }
+                    // The FIN goes out below, after the trailer (if any).
+                    End::FinOnly => continue,
                     End::Reset => {
                         self.reset(rx, tx);
                         return progress;
                     }
                 }
             }
-            if self.end == End::Close {
+            if matches!(self.end, End::Close | End::FinOnly) {
                 if self.trailer_sent < self.trailer.len() {
                     let n = tx.push(&self.trailer[self.trailer_sent..]);
                     self.trailer_sent += n;

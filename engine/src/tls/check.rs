@@ -1,0 +1,385 @@
+//! What we check about certificates ourselves: validity dates when a file is loaded, the
+//! self-signed CA given as `ca` that verification would refuse, and key pins.
+//!
+//! The DER reading here is the minimum for that (the validity dates, the subjectPublicKeyInfo);
+//! verification proper is webpki's.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use rustls::DigitallySignedStruct;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use sha2::{Digest, Sha256};
+
+/// `YYYY-MM-DD HH:MM:SS UTC` for seconds since the Unix epoch.
+pub fn format_time(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    let (y, m, d) = civil_from_days(days);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
+}
+
+/// Days since 1970-01-01 to (year, month, day) (H. Hinnant's algorithm).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+/// (year, month, day) to days since 1970-01-01.
+fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let m = i64::from(m);
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(d) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// One DER TLV at the front of `der`: (tag, content, the bytes after it).
+fn tlv(der: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let tag = *der.first()?;
+    let first = *der.get(1)?;
+    let (len, head) = if first < 0x80 {
+        (usize::from(first), 2)
+    } else {
+        let count = usize::from(first & 0x7f);
+        if count == 0 || count > 4 {
+            return None;
+        }
+        let len = der
+            .get(2..2 + count)?
+            .iter()
+            .fold(0usize, |acc, b| (acc << 8) | usize::from(*b));
+        (len, 2 + count)
+    };
+    let content = der.get(head..head + len)?;
+    Some((tag, content, &der[head + len..]))
+}
+
+/// The fields of a certificate's `TBSCertificate` we read: the validity and the whole
+/// subjectPublicKeyInfo (header included, as pins hash it).
+struct Tbs<'a> {
+    issuer: &'a [u8],
+    validity: &'a [u8],
+    subject: &'a [u8],
+    spki: &'a [u8],
+}
+
+fn tbs(cert: &[u8]) -> Option<Tbs<'_>> {
+    let (_, certificate, _) = tlv(cert)?;
+    let (_, tbs, _) = tlv(certificate)?;
+    let mut rest = tbs;
+    let (tag, _, after) = tlv(rest)?;
+    if tag == 0xa0 {
+        rest = after; // [0] version
+    }
+    let (_, _, rest) = tlv(rest)?; // serialNumber
+    let (_, _, rest) = tlv(rest)?; // signature
+    let (_, issuer, rest) = tlv(rest)?;
+    let (_, validity, rest) = tlv(rest)?;
+    let (_, subject, rest) = tlv(rest)?;
+    let (_, _, after) = tlv(rest)?;
+    let spki = &rest[..rest.len() - after.len()];
+    Some(Tbs {
+        issuer,
+        validity,
+        subject,
+        spki,
+    })
+}
+
+/// Whether a certificate's issuer is its subject.
+pub fn self_issued(cert: &[u8]) -> bool {
+    tbs(cert).is_some_and(|t| t.issuer == t.subject)
+}
+
+/// A certificate's notBefore and notAfter, in seconds since the Unix epoch.
+pub fn validity(cert: &[u8]) -> Option<(i64, i64)> {
+    let v = tbs(cert)?.validity;
+    let (t1, a, rest) = tlv(v)?;
+    let (t2, b, _) = tlv(rest)?;
+    Some((time(t1, a)?, time(t2, b)?))
+}
+
+/// UTCTime (`YYMMDDHHMMSSZ`) or GeneralizedTime (`YYYYMMDDHHMMSSZ`).
+fn time(tag: u8, text: &[u8]) -> Option<i64> {
+    let text = std::str::from_utf8(text).ok()?.strip_suffix('Z')?;
+    let (year, rest) = match tag {
+        0x17 => {
+            let yy: i64 = text.get(..2)?.parse().ok()?;
+            (if yy < 50 { 2000 + yy } else { 1900 + yy }, text.get(2..)?)
+        }
+        0x18 => (text.get(..4)?.parse().ok()?, text.get(4..)?),
+        _ => return None,
+    };
+    let num = |r: std::ops::Range<usize>| rest.get(r)?.parse::<u32>().ok();
+    let days = days_from_civil(year, num(0..2)?, num(2..4)?);
+    let secs = i64::from(num(4..6)? * 3600 + num(6..8)? * 60 + num(8..10)?);
+    Some(days * 86_400 + secs)
+}
+
+/// sha256 of a certificate's subjectPublicKeyInfo (as `curl --pinnedpubkey` and HPKP hash it).
+pub fn spki_sha256(cert: &[u8]) -> Option<[u8; 32]> {
+    Some(Sha256::digest(tbs(cert)?.spki).into())
+}
+
+/// `sha256:<base64>` of a certificate's key: what `--pin` takes.
+pub fn pin_of(cert: &[u8]) -> Option<String> {
+    spki_sha256(cert).map(|h| format!("sha256:{}", BASE64.encode(h)))
+}
+
+/// Why a certificate loaded from `what` is not usable now, if it is not: expired or not yet
+/// valid. `index` is its position in the file.
+pub fn validity_problem(cert: &[u8], index: usize) -> Option<String> {
+    let (not_before, not_after) = validity(cert)?;
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let which = if index == 0 {
+        "the certificate".to_string()
+    } else {
+        format!("certificate {} in the file", index + 1)
+    };
+    if now > not_after {
+        Some(format!(
+            "{which} expired on {}; peers will refuse it",
+            format_time(not_after.max(0) as u64)
+        ))
+    } else if now < not_before {
+        Some(format!(
+            "{which} is not valid before {}; peers will refuse it until then (check the clock)",
+            format_time(not_before.max(0) as u64)
+        ))
+    } else {
+        None
+    }
+}
+
+/// Parses `sha256:<base64 or hex>` (hex may have colons, as `openssl x509 -fingerprint`
+/// prints it): the sha256 of a subjectPublicKeyInfo, or of a whole certificate.
+pub fn parse_pin(text: &str) -> Result<[u8; 32], String> {
+    let Some(value) = text.trim().strip_prefix("sha256:") else {
+        return Err(format!(
+            "pin {text:?} must start with \"sha256:\" (then base64 or hex of a SHA-256)"
+        ));
+    };
+    let hex: String = value.chars().filter(|c| *c != ':').collect();
+    let bytes = if hex.len() == 64 && hex.chars().all(|c| c.is_ascii_hexdigit()) {
+        (0..32)
+            .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).expect("hex digits"))
+            .collect()
+    } else {
+        BASE64
+            .decode(value)
+            .map_err(|e| format!("pin {text:?} is neither 64 hex digits nor base64 ({e})"))?
+    };
+    bytes.try_into().map_err(|b: Vec<u8>| {
+        format!(
+            "pin {text:?} is {} bytes long; a SHA-256 is 32 bytes",
+            b.len()
+        )
+    })
+}
+
+/// The refusal of a certificate whose key is not pinned.
+#[derive(Debug)]
+struct NotPinned(String);
+
+impl fmt::Display for NotPinned {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "its key ({}) matches no `--pin`", self.0)
+    }
+}
+
+impl std::error::Error for NotPinned {}
+
+/// Trusts exactly the pinned keys, with no CA: the server's certificate is accepted when the
+/// sha256 of its subjectPublicKeyInfo (or of the whole certificate) is pinned, whatever its
+/// names, issuer and dates. The handshake signature is still verified against that key, so
+/// only the holder of the private key passes.
+#[derive(Debug)]
+pub struct PinVerifier {
+    pins: Vec<[u8; 32]>,
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl PinVerifier {
+    /// A verifier for `pins`, checking signatures with `provider`'s algorithms.
+    pub fn new(pins: Vec<[u8; 32]>, provider: &CryptoProvider) -> Arc<Self> {
+        Arc::new(Self {
+            pins,
+            algorithms: provider.signature_verification_algorithms,
+        })
+    }
+}
+
+impl ServerCertVerifier for PinVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let whole: [u8; 32] = Sha256::digest(end_entity.as_ref()).into();
+        let spki = spki_sha256(end_entity).ok_or(rustls::Error::InvalidCertificate(
+            rustls::CertificateError::BadEncoding,
+        ))?;
+        if self.pins.iter().any(|p| *p == spki || *p == whole) {
+            return Ok(ServerCertVerified::assertion());
+        }
+        Err(rustls::Error::InvalidCertificate(
+            rustls::CertificateError::Other(rustls::OtherError(Arc::new(NotPinned(format!(
+                "sha256:{}",
+                BASE64.encode(spki)
+            ))))),
+        ))
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
+}
+
+/// The refusal of a CA certificate presented as the server's own, with the pin to use.
+#[derive(Debug)]
+struct CaAsServerCert(String);
+
+impl fmt::Display for CaAsServerCert {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "it is a CA certificate (CA:TRUE) used as the server's own (a self-signed `openssl \
+             req -x509` certificate?): trust exactly its key with `--pin {}`, or reissue it \
+             with CA:FALSE and a subjectAltName",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for CaAsServerCert {}
+
+/// webpki's verification, with one refusal made actionable: a CA certificate presented as the
+/// server's own (`CaUsedAsEndEntity`) is reported with the pin of its key.
+#[derive(Debug)]
+pub struct HintingVerifier(pub Arc<dyn ServerCertVerifier>);
+
+impl ServerCertVerifier for HintingVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        self.0
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+            .map_err(|e| match e {
+                rustls::Error::InvalidCertificate(rustls::CertificateError::Other(o))
+                    if o.to_string().contains("CaUsedAsEndEntity") =>
+                {
+                    let pin = pin_of(end_entity).unwrap_or_default();
+                    rustls::Error::InvalidCertificate(rustls::CertificateError::Other(
+                        rustls::OtherError(Arc::new(CaAsServerCert(pin))),
+                    ))
+                }
+                e => e,
+            })
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
+
+    fn requires_raw_public_keys(&self) -> bool {
+        self.0.requires_raw_public_keys()
+    }
+
+    fn root_hint_subjects(&self) -> Option<&[rustls::DistinguishedName]> {
+        self.0.root_hint_subjects()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates_round_trip() {
+        assert_eq!(format_time(0), "1970-01-01 00:00:00 UTC");
+        assert_eq!(format_time(1_700_000_000), "2023-11-14 22:13:20 UTC");
+        assert_eq!(days_from_civil(2023, 11, 14), 1_700_000_000 / 86_400);
+        assert_eq!(time(0x17, b"231114221320Z"), Some(1_700_000_000));
+        assert_eq!(time(0x18, b"20231114221320Z"), Some(1_700_000_000));
+        assert_eq!(time(0x17, b"491231235959Z"), Some(2_524_607_999));
+    }
+
+    #[test]
+    fn pins_parse_in_both_encodings() {
+        let h = [0xabu8; 32];
+        let hex: String = h.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(parse_pin(&format!("sha256:{hex}")), Ok(h));
+        let colons: Vec<String> = h.iter().map(|b| format!("{b:02X}")).collect();
+        assert_eq!(parse_pin(&format!("sha256:{}", colons.join(":"))), Ok(h));
+        assert_eq!(parse_pin(&format!("sha256:{}", BASE64.encode(h))), Ok(h));
+        assert!(parse_pin(&hex).unwrap_err().contains("must start with"));
+        assert!(parse_pin("sha256:AAAA").unwrap_err().contains("3 bytes"));
+        assert!(parse_pin("sha256:!!").unwrap_err().contains("neither"));
+    }
+}
