@@ -129,6 +129,10 @@ pub struct ForwarderConfig {
     /// TLS session resumption (tickets / session IDs); `false` makes every handshake full.
     #[serde(default = "default_true")]
     pub resumption: bool,
+    /// Reset a connection that moved no byte in either direction for this long (off when
+    /// unset).
+    #[serde(default, with = "humantime_serde")]
+    pub idle_timeout: Option<Duration>,
 }
 
 fn default_true() -> bool {
@@ -164,6 +168,7 @@ impl ForwarderConfig {
             connect_timeout: default_connect_timeout(),
             handshake_timeout: default_handshake_timeout(),
             resumption: true,
+            idle_timeout: None,
         }
     }
 
@@ -233,6 +238,12 @@ impl ForwarderConfig {
             return Err(Error::config(
                 origin,
                 format!("{what}: `max_connections` must be at least 1"),
+            ));
+        }
+        if self.idle_timeout.is_some_and(|t| t.is_zero()) {
+            return Err(Error::config(
+                origin,
+                format!("{what}: `idle_timeout` must be more than 0 (leave it out to turn it off)"),
             ));
         }
         Ok(())

@@ -10,6 +10,7 @@ mod bad_input;
 mod config_file;
 mod data;
 mod fallback;
+mod faults;
 mod garbage;
 mod half_close;
 mod limits;
