@@ -485,9 +485,7 @@ fn check_fd_limit(cfg: &EngineConfig) {
         .iter()
         .map(|f| f.max_connections as u64)
         .sum();
-    // The process's own fds: rings, epoll sets, eventfds, listeners, pipes, logs.
-    let own = 64 + 16 * cfg.thread_count() as u64;
-    let needed = conns.saturating_mul(2).saturating_add(own);
+    let needed = conns.saturating_mul(2);
     if needed > limit {
         tracing::warn!(
             limit,

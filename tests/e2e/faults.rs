@@ -264,26 +264,36 @@ fn never_reading_backend(done: Arc<AtomicBool>, tls: Option<Arc<rustls::ServerCo
     })
 }
 
-/// The backend does not read; the client writes until blocked, then resets. The engine must
-/// drop the connection (both legs reset) without waiting for the backend to read.
-fn stalled_then_reset(mode: &str, driver: &str, ktls: &str) {
+/// How the far side stalls the connection.
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Stall {
+    /// The backend never reads.
+    BackendNeverReads,
+    /// The backend echoes, and the client never reads: every buffer on the way fills up.
+    ClientNeverReads,
+}
+
+/// The connection stalls (see [`Stall`]); the client writes until blocked, then resets. The
+/// engine must drop the connection (both legs reset) without waiting for the stall to end.
+fn stalled_then_reset(mode: &str, driver: &str, ktls: &str, stall: Stall) {
     let pki = Pki::new();
     let done = Arc::new(AtomicBool::new(false));
     let (lp, mp) = (free_port(), free_port());
-    let (backend, engine) = if mode == "server" {
-        let backend = never_reading_backend(done.clone(), None);
-        let e = EngineCmd::server(lp, backend.addr, &pki.server, driver);
-        (backend, e)
+    let tls_backend = (mode == "client").then(|| server_config(&pki.server, None, TLS_ANY));
+    let backend = match (stall, tls_backend) {
+        (Stall::BackendNeverReads, tls) => never_reading_backend(done.clone(), tls),
+        (Stall::ClientNeverReads, Some(cfg)) => tls_echo_server(cfg),
+        (Stall::ClientNeverReads, None) => echo_backend(),
+    };
+    let engine = if mode == "server" {
+        EngineCmd::server(lp, backend.addr, &pki.server, driver)
     } else {
-        let cfg = server_config(&pki.server, None, TLS_ANY);
-        let backend = never_reading_backend(done.clone(), Some(cfg));
-        let e = EngineCmd::client(lp, backend.addr, &pki.ca, driver).opt("--sni", "localhost");
-        (backend, e)
+        EngineCmd::client(lp, backend.addr, &pki.ca, driver).opt("--sni", "localhost")
     };
     let engine = engine
         .opt("--ktls", ktls)
         .metrics(mp)
-        .label(format!("{mode} mode ({driver}, ktls {ktls})"))
+        .label(format!("{mode} mode ({driver}, ktls {ktls}, {stall:?})"))
         .start();
     let metrics = localhost(mp);
     const CONNS: usize = 3;
@@ -321,36 +331,42 @@ fn stalled_then_reset(mode: &str, driver: &str, ktls: &str) {
     );
     // Without the hang-up watch these stayed open for as long as the backend did not read.
     wait_metric(metrics, "splice_connections_active", &[], |v| v == 0.0);
-    let log = engine.log();
-    assert!(
-        log.contains("reset the connection"),
-        "no log line says why the connections closed:\n{log}"
-    );
+    if stall == Stall::BackendNeverReads {
+        let log = engine.log();
+        assert!(
+            log.contains("reset the connection"),
+            "no log line says why the connections closed:\n{log}"
+        );
+    }
     done.store(true, Ordering::SeqCst);
 }
 
 #[test]
 fn stalled_then_reset_server_uring() {
-    stalled_then_reset("server", "uring", "auto");
-    stalled_then_reset("server", "uring", "off");
+    stalled_then_reset("server", "uring", "auto", Stall::BackendNeverReads);
+    stalled_then_reset("server", "uring", "off", Stall::BackendNeverReads);
+    stalled_then_reset("server", "uring", "auto", Stall::ClientNeverReads);
 }
 
 #[test]
 fn stalled_then_reset_server_epoll() {
-    stalled_then_reset("server", "epoll", "auto");
-    stalled_then_reset("server", "epoll", "off");
+    stalled_then_reset("server", "epoll", "auto", Stall::BackendNeverReads);
+    stalled_then_reset("server", "epoll", "off", Stall::BackendNeverReads);
+    stalled_then_reset("server", "epoll", "auto", Stall::ClientNeverReads);
 }
 
 #[test]
 fn stalled_then_reset_client_uring() {
-    stalled_then_reset("client", "uring", "auto");
-    stalled_then_reset("client", "uring", "off");
+    stalled_then_reset("client", "uring", "auto", Stall::BackendNeverReads);
+    stalled_then_reset("client", "uring", "off", Stall::BackendNeverReads);
+    stalled_then_reset("client", "uring", "auto", Stall::ClientNeverReads);
 }
 
 #[test]
 fn stalled_then_reset_client_epoll() {
-    stalled_then_reset("client", "epoll", "auto");
-    stalled_then_reset("client", "epoll", "off");
+    stalled_then_reset("client", "epoll", "auto", Stall::BackendNeverReads);
+    stalled_then_reset("client", "epoll", "off", Stall::BackendNeverReads);
+    stalled_then_reset("client", "epoll", "auto", Stall::ClientNeverReads);
 }
 
 /// `--idle-timeout`: a connection that moves bytes now and then stays; one that moves none is

@@ -64,6 +64,8 @@ pub(crate) struct Conn {
     watched: [bool; 2],
     /// The upstream socket is connected (before that there is nothing to watch).
     up_connected: bool,
+    /// Per leg: we shut its write side (so a hang-up there can be a clean end).
+    shut_write: [bool; 2],
     /// A watch saw a reset, or the idle timeout fired: close with this at the next drive.
     hangup: Option<(Side, String)>,
     /// When the idle timeout next needs checking (`None`: no idle timeout).
@@ -129,6 +131,7 @@ impl Conn {
             ready_read: [None; 2],
             watched: [false; 2],
             up_connected: false,
+            shut_write: [false; 2],
             hangup: None,
             idle_deadline,
             idle_armed: None,
@@ -247,7 +250,11 @@ impl Conn {
             Err(e) if e.raw_os_error() == Some(libc::ECANCELED) => return,
             Err(_) => libc::POLLERR,
         };
-        if bits & libc::POLLERR != 0 {
+        // Both directions shut, though we never shut ours: the connection was reset or aborted
+        // (a write in flight may already have taken the error itself, leaving no POLLERR).
+        let shut_by_us = self.shut_write[leg as usize]
+            || matches!(&self.state, State::Spliced(p) if p.wrote_eof(leg));
+        if bits & libc::POLLERR != 0 || (bits & libc::POLLHUP != 0 && !shut_by_us) {
             // A reset (or another socket error) on a leg that may not be read or written for
             // a long time while the other direction is stalled. The socket error itself is left
             // for a read or write in flight to report; this one is closing the connection.
@@ -262,8 +269,8 @@ impl Conn {
                     .into(),
             ));
         }
-        // Otherwise the peer's FIN (or both directions shut): the state machine reads up to
-        // it in order. Stay unwatched: poll would report the FIN again at once.
+        // Otherwise the peer's FIN (or both directions shut, ours first): the state machine
+        // reads up to it in order. Stay unwatched: poll would report the FIN again at once.
     }
 
     /// Watches each connected leg for a reset, whatever its reads and writes are doing.
@@ -398,6 +405,7 @@ impl Conn {
                     );
                 }
                 Io::ShutdownWrite(leg) => {
+                    self.shut_write[leg as usize] = true;
                     if let Some(fd) = self.leg_fd(leg) {
                         let _ = socket2::SockRef::from(&*fd).shutdown(std::net::Shutdown::Write);
                     }
