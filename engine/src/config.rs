@@ -471,6 +471,26 @@ key = "k.pem"
     }
 
     #[test]
+    fn idle_timeout_is_off_unless_set_and_never_zero() {
+        // Parsed in memory: `parse` names its file after the text's length, shared by tests.
+        let parse = |extra: &str| {
+            let text = format!(
+                "[[forwarder]]\nmode='client'\nlisten='127.0.0.1:1'\nconnect='a:1'\n{extra}"
+            );
+            let cfg: EngineConfig = toml::from_str(&text).unwrap();
+            cfg.validate("test")
+                .map(|()| cfg.forwarders[0].idle_timeout)
+        };
+        assert_eq!(parse("").unwrap(), None);
+        assert_eq!(
+            parse("idle_timeout = \"90s\"").unwrap(),
+            Some(Duration::from_secs(90))
+        );
+        let err = parse("idle_timeout = \"0s\"").unwrap_err().to_string();
+        assert!(err.contains("idle_timeout"), "{err}");
+    }
+
+    #[test]
     fn unknown_key_is_named_with_file() {
         let err = parse(
             "[[forwarder]]\nmode='client'\nlisten='127.0.0.1:1'\nconnect='a:1'\nbogus_key=1\n",

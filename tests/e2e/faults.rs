@@ -374,12 +374,13 @@ fn stalled_then_reset_client_epoll() {
 fn idle_timeout(driver: &str) {
     let pki = Pki::new();
     let backend = echo_backend();
-    let chain = Chain::start_with(&pki, backend.addr, driver, &[("--idle-timeout", "1s")]);
+    let chain = Chain::start_with(&pki, backend.addr, driver, &[("--idle-timeout", "2s")]);
     let mut busy = connect(chain.entry);
     let mut idle = connect(chain.entry);
     echo_roundtrip(&mut idle, b"once");
-    // 2.4 s of traffic every 300 ms: more than twice the timeout in all, never idle for 1 s.
-    for i in 0..8u8 {
+    // 3 s of traffic every 300 ms: longer than the timeout in all, never idle for 2 s (room
+    // for a slow round trip on a busy machine).
+    for i in 0..10u8 {
         echo_roundtrip(&mut busy, &[i; 100]);
         thread::sleep(Duration::from_millis(300));
     }
