@@ -10,7 +10,7 @@ use std::io::{self, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::Command;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -238,8 +238,13 @@ fn write_until_blocked(mut write: impl FnMut() -> io::Result<usize>) -> u64 {
     panic!("the engine took {total} bytes without blocking: no backpressure");
 }
 
-/// A backend that accepts and never reads (holds each socket until `done` or 60 s).
-fn never_reading_backend(done: Arc<AtomicBool>, tls: Option<Arc<rustls::ServerConfig>>) -> Backend {
+/// A backend that accepts and never reads (holds each socket until `done` or 60 s); counts
+/// the connections on which the engine's reset arrived.
+fn never_reading_backend(
+    done: Arc<AtomicBool>,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    resets: Arc<AtomicUsize>,
+) -> Backend {
     Backend::spawn(move |mut sock| {
         let mut conn = None;
         if let Some(cfg) = &tls {
@@ -258,6 +263,11 @@ fn never_reading_backend(done: Arc<AtomicBool>, tls: Option<Arc<rustls::ServerCo
         }
         let start = Instant::now();
         while !done.load(Ordering::SeqCst) && start.elapsed() < Duration::from_secs(60) {
+            // SO_ERROR: set by a reset, without reading a byte.
+            if sock.take_error().ok().flatten().is_some() {
+                resets.fetch_add(1, Ordering::SeqCst);
+                break;
+            }
             thread::sleep(Duration::from_millis(20));
         }
         drop((conn, sock));
@@ -280,8 +290,9 @@ fn stalled_then_reset(mode: &str, driver: &str, ktls: &str, stall: Stall) {
     let done = Arc::new(AtomicBool::new(false));
     let (lp, mp) = (free_port(), free_port());
     let tls_backend = (mode == "client").then(|| server_config(&pki.server, None, TLS_ANY));
+    let resets = Arc::new(AtomicUsize::new(0));
     let backend = match (stall, tls_backend) {
-        (Stall::BackendNeverReads, tls) => never_reading_backend(done.clone(), tls),
+        (Stall::BackendNeverReads, tls) => never_reading_backend(done.clone(), tls, resets.clone()),
         (Stall::ClientNeverReads, Some(cfg)) => tls_echo_server(cfg),
         (Stall::ClientNeverReads, None) => echo_backend(),
     };
@@ -332,6 +343,12 @@ fn stalled_then_reset(mode: &str, driver: &str, ktls: &str, stall: Stall) {
     // Without the hang-up watch these stayed open for as long as the backend did not read.
     wait_metric(metrics, "splice_connections_active", &[], |v| v == 0.0);
     if stall == Stall::BackendNeverReads {
+        // Both legs were reset: the backend saw it on every connection, without reading.
+        assert!(
+            wait_until(SOON, || resets.load(Ordering::SeqCst) == CONNS),
+            "the backend saw {} resets of {CONNS}",
+            resets.load(Ordering::SeqCst)
+        );
         let log = engine.log();
         assert!(
             log.contains("reset the connection"),
