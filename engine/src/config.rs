@@ -205,6 +205,10 @@ pub struct ForwarderConfig {
     /// An access line per connection at `info` (default: the engine's `access_log`).
     #[serde(default)]
     pub access_log: Option<bool>,
+    /// Reset a connection that moved no byte in either direction for this long (off when
+    /// unset).
+    #[serde(default, with = "humantime_serde")]
+    pub idle_timeout: Option<Duration>,
 }
 
 fn default_true() -> bool {
@@ -242,6 +246,7 @@ impl ForwarderConfig {
             handshake_timeout: default_handshake_timeout(),
             resumption: true,
             access_log: None,
+            idle_timeout: None,
         }
     }
 
@@ -359,6 +364,12 @@ impl ForwarderConfig {
             return Some((
                 "max_connections",
                 format!("{what}: `max_connections` must be at least 1"),
+            ));
+        }
+        if self.idle_timeout.is_some_and(|t| t.is_zero()) {
+            return Some((
+                "idle_timeout",
+                format!("{what}: `idle_timeout` must be more than 0 (leave it out to turn it off)"),
             ));
         }
         None
@@ -800,6 +811,26 @@ key = "k.pem"
         assert_eq!(longer.busy_poll, Duration::from_micros(100));
         let off = parse(&format!("busy_poll = \"0s\"\n{base}")).unwrap();
         assert!(off.busy_poll.is_zero());
+    }
+
+    #[test]
+    fn idle_timeout_is_off_unless_set_and_never_zero() {
+        // Parsed in memory: `parse` names its file after the text's length, shared by tests.
+        let parse = |extra: &str| {
+            let text = format!(
+                "[[forwarder]]\nmode='client'\nlisten='127.0.0.1:1'\nconnect='a:1'\n{extra}"
+            );
+            let cfg: EngineConfig = toml::from_str(&text).unwrap();
+            cfg.validate("test")
+                .map(|()| cfg.forwarders[0].idle_timeout)
+        };
+        assert_eq!(parse("").unwrap(), None);
+        assert_eq!(
+            parse("idle_timeout = \"90s\"").unwrap(),
+            Some(Duration::from_secs(90))
+        );
+        let err = parse("idle_timeout = \"0s\"").unwrap_err().to_string();
+        assert!(err.contains("idle_timeout"), "{err}");
     }
 
     #[test]

@@ -148,6 +148,7 @@ impl Engine {
                 }
             }
         };
+        check_fd_limit(&cfg);
         let registry: Registry = Arc::default();
         let mut engine = Engine {
             shards: Vec::new(),
@@ -350,6 +351,7 @@ impl Engine {
             max_connections: f.max_connections,
             connect_timeout: f.connect_timeout,
             handshake_timeout: f.handshake_timeout,
+            idle_timeout: f.idle_timeout,
             ktls: self.ktls.clone(),
             cert_not_after,
             access_log: f.access_log.unwrap_or(access_log),
@@ -602,4 +604,31 @@ fn bind_all(
         fds.push(shard::bind_listener(actual)?);
     }
     Ok((actual, fds))
+}
+
+/// Raises the soft fd limit to the hard one, and warns when the forwarders' `max_connections`
+/// (two fds each: the accepted socket and the one we open) cannot fit under it.
+fn check_fd_limit(cfg: &EngineConfig) {
+    let limit = match crate::sys::raise_nofile_limit() {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the file descriptor limit (RLIMIT_NOFILE)");
+            return;
+        }
+    };
+    let conns: u64 = cfg
+        .forwarders
+        .iter()
+        .map(|f| f.max_connections as u64)
+        .sum();
+    let needed = conns.saturating_mul(2);
+    if needed > limit {
+        tracing::warn!(
+            limit,
+            needed,
+            "the file descriptor limit (RLIMIT_NOFILE) is below what max_connections allows \
+             (two per connection); at the limit new connections wait in the backlog. Raise the \
+             limit (ulimit -n, LimitNOFILE=) or lower max_connections"
+        );
+    }
 }

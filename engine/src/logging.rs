@@ -74,9 +74,127 @@ pub fn init(level: Option<&str>, json: bool) -> Result<()> {
     res.map_err(|e| Error::config("logging", e.to_string()))
 }
 
+/// Rate-limits repeated log lines of one kind: the first line of a kind is written at once,
+/// and the ones that follow within `interval` are only counted. [`RateLimiter::flush`] then
+/// hands back the counts of the windows that ended, for one summary line each.
+///
+/// Each shard keeps its own (no lock on the data path); a flood therefore writes at most two
+/// lines per kind, per shard and per interval, whatever its size.
+#[derive(Debug)]
+pub(crate) struct RateLimiter {
+    interval: std::time::Duration,
+    /// `(forwarder, kind)`, when its window started, lines suppressed in it.
+    windows: Vec<(String, &'static str, std::time::Instant, u64)>,
+}
+
+/// How long a kind of line stays quiet after it was written.
+pub(crate) const LOG_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
+impl RateLimiter {
+    /// A limiter writing at most one line per kind and `interval` (plus a summary).
+    pub(crate) fn new(interval: std::time::Duration) -> Self {
+        Self {
+            interval,
+            windows: Vec::new(),
+        }
+    }
+
+    /// Whether a line of this kind may be written now. `false`: it was counted instead, and
+    /// the caller must make sure [`RateLimiter::flush`] runs at [`RateLimiter::next_flush`].
+    pub(crate) fn allow(
+        &mut self,
+        forwarder: &str,
+        kind: &'static str,
+        now: std::time::Instant,
+    ) -> bool {
+        let found = self
+            .windows
+            .iter_mut()
+            .find(|(f, k, _, _)| *k == kind && f == forwarder);
+        match found {
+            Some((_, _, start, suppressed)) if now < *start + self.interval => {
+                *suppressed += 1;
+                false
+            }
+            // A window that ended with nothing suppressed (a flush removes the others).
+            Some((_, _, start, _)) => {
+                *start = now;
+                true
+            }
+            None => {
+                self.windows.push((forwarder.to_string(), kind, now, 0));
+                true
+            }
+        }
+    }
+
+    /// When the earliest window with suppressed lines ends.
+    pub(crate) fn next_flush(&self) -> Option<std::time::Instant> {
+        self.windows
+            .iter()
+            .filter(|w| w.3 > 0)
+            .map(|w| w.2 + self.interval)
+            .min()
+    }
+
+    /// Ends the windows that are over: returns `(forwarder, kind, suppressed lines)` for each
+    /// that suppressed any, and forgets them, so the next line of that kind is written at once.
+    pub(crate) fn flush(&mut self, now: std::time::Instant) -> Vec<(String, &'static str, u64)> {
+        let mut out = Vec::new();
+        let interval = self.interval;
+        self.windows.retain(|(f, k, start, suppressed)| {
+            if now < *start + interval {
+                return true;
+            }
+            if *suppressed > 0 {
+                out.push((f.clone(), *k, *suppressed));
+            }
+            false
+        });
+        out
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::parse_filter;
+    use std::time::{Duration, Instant};
+
+    use super::{RateLimiter, parse_filter};
+
+    #[test]
+    fn first_line_at_once_then_counted_then_summarised() {
+        let mut rl = RateLimiter::new(Duration::from_secs(5));
+        let t0 = Instant::now();
+        assert!(rl.allow("a", "refused", t0));
+        assert!(
+            rl.allow("b", "refused", t0),
+            "another forwarder has its own window"
+        );
+        assert!(
+            rl.allow("a", "accept", t0),
+            "another kind has its own window"
+        );
+        for i in 1..=1000 {
+            assert!(!rl.allow("a", "refused", t0 + Duration::from_millis(i)));
+        }
+        assert_eq!(rl.next_flush(), Some(t0 + Duration::from_secs(5)));
+        assert!(rl.flush(t0 + Duration::from_secs(4)).is_empty());
+        let summary = rl.flush(t0 + Duration::from_secs(5));
+        assert_eq!(summary, vec![("a".to_string(), "refused", 1000)]);
+        assert_eq!(rl.next_flush(), None);
+        // After the summary, the next line of that kind is written at once again.
+        assert!(rl.allow("a", "refused", t0 + Duration::from_secs(6)));
+    }
+
+    #[test]
+    fn a_quiet_window_restarts_without_a_summary() {
+        let mut rl = RateLimiter::new(Duration::from_secs(1));
+        let t0 = Instant::now();
+        assert!(rl.allow("a", "k", t0));
+        assert!(rl.allow("a", "k", t0 + Duration::from_secs(2)));
+        assert!(!rl.allow("a", "k", t0 + Duration::from_millis(2500)));
+        assert!(rl.flush(t0 + Duration::from_secs(2)).is_empty());
+    }
 
     #[test]
     fn levels_and_directives() {

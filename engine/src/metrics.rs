@@ -57,7 +57,7 @@ pub fn render(snaps: &[StatsSnapshot]) -> String {
     family(
         "splice_connections_accepted_total",
         "counter",
-        "Connections accepted.",
+        "Connections accepted and admitted (those refused at max_connections are counted in splice_connections_refused_total only).",
         &simple(|s| s.accepted, "splice_connections_accepted_total"),
     );
     family(

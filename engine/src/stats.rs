@@ -9,7 +9,7 @@ use crate::error::Side;
 /// Live counters of one forwarder. Shared by every shard that serves it.
 #[derive(Debug, Default)]
 pub struct ListenerStats {
-    /// Connections accepted (including refused ones).
+    /// Connections accepted and admitted (refused ones are counted in `refused` only).
     pub accepted: AtomicU64,
     /// Connections open now.
     pub active: AtomicU64,

@@ -11,6 +11,7 @@ mod cli;
 mod config_file;
 mod data;
 mod fallback;
+mod faults;
 mod garbage;
 mod half_close;
 mod limits;

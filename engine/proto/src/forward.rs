@@ -676,8 +676,11 @@ impl Core {
                     buf,
                 });
             }
-            if !self.tls_tx.idle() {
-                return None; // wait for the alert to go out
+            // A TLS failure waits for the records in flight, then sends its alert and waits
+            // for that. A transport failure has no alert to send: waiting for a send that a
+            // stalled peer may never take would keep the connection open for as long.
+            if f.fault == Fault::Tls && self.tls_connected && !self.tls_tx.idle() {
+                return None;
             }
             self.closed = true;
             return Some(Io::Close {

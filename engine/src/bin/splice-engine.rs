@@ -234,6 +234,9 @@ struct ForwarderArgs {
     /// Time allowed for the TLS handshake [default: 10s].
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     handshake_timeout: Option<Duration>,
+    /// Reset connections that move no byte in either direction for this long (default: off).
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    idle_timeout: Option<Duration>,
     /// Turn TLS session resumption off: every connection does a full handshake.
     #[arg(long)]
     no_resumption: bool,
@@ -336,6 +339,7 @@ impl ForwarderArgs {
         if let Some(t) = self.handshake_timeout {
             f.handshake_timeout = t;
         }
+        f.idle_timeout = self.idle_timeout;
         f.resumption = !self.no_resumption;
         f
     }

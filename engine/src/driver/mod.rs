@@ -64,6 +64,13 @@ pub enum Op {
         /// Wait for writability instead of readability.
         write: bool,
     },
+    /// Wait until the socket reports an error or a hang-up (`POLLERR`, `POLLHUP`) or the peer's
+    /// FIN (`POLLRDHUP`), whatever its reads and writes are doing. The result is the `poll`
+    /// event bits seen. Lets a connection notice a reset on a leg it is not reading.
+    Hangup {
+        /// The socket.
+        fd: Fd,
+    },
 }
 
 impl Op {
@@ -74,7 +81,8 @@ impl Op {
             | Op::Connect { fd, .. }
             | Op::Recv { fd, .. }
             | Op::Send { fd, .. }
-            | Op::Poll { fd, .. } => fd.as_raw_fd(),
+            | Op::Poll { fd, .. }
+            | Op::Hangup { fd } => fd.as_raw_fd(),
         }
     }
 }
@@ -86,7 +94,7 @@ pub struct Completion {
     pub token: u64,
     /// The op, with its buffer.
     pub op: Op,
-    /// Bytes moved (`Recv`, `Send`), or 0.
+    /// Bytes moved (`Recv`, `Send`), the `poll` event bits (`Hangup`), or 0.
     pub result: io::Result<usize>,
     /// The new socket of a successful `Accept`.
     pub accepted: Option<OwnedFd>,

@@ -15,8 +15,8 @@ use splice_proto::{Buffers, Fault, Io, Leg, Negotiated, TlsForward};
 
 use super::splice::SplicePump;
 use super::{
-    Forwarder, Shard, TAG_CONNECT, TAG_RECV_PLAIN, TAG_RECV_TLS, TAG_SEND_PLAIN, TAG_SEND_TLS,
-    TAG_WAIT_PLAIN, TAG_WAIT_TLS, token,
+    Forwarder, Shard, TAG_CONNECT, TAG_HANGUP_PLAIN, TAG_HANGUP_TLS, TAG_RECV_PLAIN, TAG_RECV_TLS,
+    TAG_SEND_PLAIN, TAG_SEND_TLS, TAG_WAIT_PLAIN, TAG_WAIT_TLS, token,
 };
 use crate::config::Mode;
 use crate::driver::{Completion, Fd, Op};
@@ -67,6 +67,21 @@ pub(crate) struct Conn {
     negotiated: Option<Negotiated>,
     /// Payload bytes moved over the connection's life: down to up, up to down.
     moved: (u64, u64),
+    /// Per leg: an [`Op::Hangup`] watch is in flight, or no longer wanted (the peer's FIN
+    /// came: what follows is read in order by the state machine).
+    watched: [bool; 2],
+    /// The upstream socket is connected (before that there is nothing to watch).
+    up_connected: bool,
+    /// Per leg: we shut its write side (so a hang-up there can be a clean end).
+    shut_write: [bool; 2],
+    /// A watch saw a reset, or the idle timeout fired: close with this at the next drive.
+    hangup: Option<(Side, String)>,
+    /// When the idle timeout next needs checking (`None`: no idle timeout).
+    pub(crate) idle_deadline: Option<Instant>,
+    /// The idle deadline a timer was last set for.
+    pub(crate) idle_armed: Option<Instant>,
+    /// When bytes last moved (only kept with an idle timeout).
+    last_active: Instant,
 }
 
 impl Conn {
@@ -106,6 +121,8 @@ impl Conn {
         };
         // Server mode's TLS leg is the accepted socket; client mode's is connected later.
         let handshake_from = (fwd.mode == Mode::Server).then(Instant::now);
+        let now = Instant::now();
+        let idle_deadline = fwd.idle_timeout.map(|t| now + t);
         Ok(Self {
             generation,
             fwd,
@@ -126,6 +143,13 @@ impl Conn {
             unclean_close: false,
             negotiated: None,
             moved: (0, 0),
+            watched: [false; 2],
+            up_connected: false,
+            shut_write: [false; 2],
+            hangup: None,
+            idle_deadline,
+            idle_armed: None,
+            last_active: now,
         })
     }
 
@@ -152,6 +176,18 @@ impl Conn {
 
     /// Hands a completion to the state machine.
     pub(crate) fn complete(&mut self, tag: u8, c: Completion) {
+        if tag == TAG_HANGUP_PLAIN || tag == TAG_HANGUP_TLS {
+            let leg = if tag == TAG_HANGUP_PLAIN {
+                Leg::Plain
+            } else {
+                Leg::Tls
+            };
+            self.hangup_seen(leg, c.result);
+            return;
+        }
+        if tag == TAG_CONNECT && c.result.is_ok() {
+            self.up_connected = true;
+        }
         match &mut self.state {
             State::Tls(sm) => {
                 let leg_of = |t| match t {
@@ -228,6 +264,80 @@ impl Conn {
         }
     }
 
+    /// A hang-up watch on `leg` completed.
+    fn hangup_seen(&mut self, leg: Leg, result: std::io::Result<usize>) {
+        let bits = match result {
+            Ok(bits) => bits as i16,
+            // Cancelled: the connection is closing anyway.
+            Err(e) if e.raw_os_error() == Some(libc::ECANCELED) => return,
+            Err(_) => libc::POLLERR,
+        };
+        // Both directions shut, though we never shut ours: the connection was reset or aborted
+        // (a write in flight may already have taken the error itself, leaving no POLLERR).
+        let shut_by_us = self.shut_write[leg as usize]
+            || matches!(&self.state, State::Spliced(p) if p.wrote_eof(leg));
+        if bits & libc::POLLERR != 0 || (bits & libc::POLLHUP != 0 && !shut_by_us) {
+            // A reset (or another socket error) on a leg that may not be read or written for
+            // a long time while the other direction is stalled. The socket error itself is left
+            // for a read or write in flight to report; this one is closing the connection.
+            let fault = match leg {
+                Leg::Plain => Fault::Plain,
+                Leg::Tls => Fault::TlsTransport,
+            };
+            let side = self.side(fault);
+            self.hangup.get_or_insert((
+                side,
+                "the peer reset the connection (noticed while the other direction was stalled)"
+                    .into(),
+            ));
+        }
+        // Otherwise the peer's FIN (or both directions shut, ours first): the state machine
+        // reads up to it in order. Stay unwatched: poll would report the FIN again at once.
+    }
+
+    /// Watches each connected leg for a reset, whatever its reads and writes are doing.
+    fn watch_legs(&mut self, index: u32, shard: &mut Shard) {
+        for (leg, tag) in [(Leg::Plain, TAG_HANGUP_PLAIN), (Leg::Tls, TAG_HANGUP_TLS)] {
+            if self.watched[leg as usize] {
+                continue;
+            }
+            let down = matches!(
+                (self.fwd.mode, leg),
+                (Mode::Client, Leg::Plain) | (Mode::Server, Leg::Tls)
+            );
+            if !down && !self.up_connected {
+                continue;
+            }
+            let Some(fd) = self.leg_fd(leg) else { continue };
+            self.watched[leg as usize] = true;
+            shard
+                .driver
+                .submit(token(tag, index, self.generation), Op::Hangup { fd });
+        }
+    }
+
+    /// The idle timer fired: reset the connection if no byte moved for `idle_timeout`.
+    pub(crate) fn idle_timeout(&mut self, now: Instant) {
+        let Some(limit) = self.fwd.idle_timeout else {
+            return;
+        };
+        let handshaking = matches!(&self.state, State::Tls(sm) if sm.is_handshaking());
+        if handshaking {
+            // The handshake has its own timeout.
+            self.idle_deadline = Some(now + limit);
+        } else if self.last_active + limit > now {
+            self.idle_deadline = Some(self.last_active + limit);
+        } else {
+            self.hangup.get_or_insert((
+                Side::Downstream,
+                format!(
+                    "no bytes moved for {} (idle_timeout)",
+                    humantime::format_duration(limit)
+                ),
+            ));
+        }
+    }
+
     pub(crate) fn timeout(&mut self) {
         if let State::Tls(sm) = &mut self.state {
             sm.handle_timeout();
@@ -236,6 +346,11 @@ impl Conn {
 
     /// Performs the state machine's operations until it has none; says whether it closed.
     pub(crate) fn drive(&mut self, index: u32, shard: &mut Shard) -> Outcome {
+        if let Some(failure) = self.hangup.take() {
+            self.account();
+            return Outcome::Closed(Some(failure));
+        }
+        self.watch_legs(index, shard);
         for leg in [Leg::Plain, Leg::Tls] {
             if let Some(len) = self.ready_read[leg as usize].take() {
                 let tag = if leg == Leg::Plain {
@@ -312,6 +427,7 @@ impl Conn {
                     );
                 }
                 Io::ShutdownWrite(leg) => {
+                    self.shut_write[leg as usize] = true;
                     if let Some(fd) = self.leg_fd(leg) {
                         let _ = socket2::SockRef::from(&*fd).shutdown(std::net::Shutdown::Write);
                     }
@@ -436,6 +552,9 @@ impl Conn {
         if d_in == 0 && d_out == 0 {
             return;
         }
+        if self.fwd.idle_timeout.is_some() {
+            self.last_active = Instant::now();
+        }
         // "in" is what the plain leg sent us; which direction that is depends on the mode.
         let (down_up, up_down) = match self.fwd.mode {
             Mode::Client => (d_in, d_out),
@@ -473,14 +592,16 @@ impl Conn {
                 );
             } else {
                 stats.record_error(*side);
-                tracing::warn!(
-                    forwarder = %self.fwd.name,
-                    peer = %peer,
-                    upstream = %self.fwd.upstream_text,
-                    side = %side,
-                    reason = %reason,
-                    "connection failed"
-                );
+                if shard.log_allow(&self.fwd.name, failure_kind(*side)) {
+                    tracing::warn!(
+                        forwarder = %self.fwd.name,
+                        peer = %peer,
+                        upstream = %self.fwd.upstream_text,
+                        side = %side,
+                        reason = %reason,
+                        "connection failed"
+                    );
+                }
             }
             for fd in fds.iter().flatten() {
                 // A reset, so that neither peer mistakes a cut stream for a complete one.
@@ -531,6 +652,16 @@ impl Conn {
             reason = reason,
             "access"
         );
+    }
+}
+
+/// The rate-limit kind of a "connection failed" line: one per side.
+fn failure_kind(side: Side) -> &'static str {
+    match side {
+        Side::Downstream => "connection failed: downstream",
+        Side::Upstream => "connection failed: upstream",
+        Side::Tls => "connection failed: tls",
+        Side::Internal => "connection failed: internal",
     }
 }
 

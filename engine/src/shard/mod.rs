@@ -24,6 +24,7 @@ use socket2::SockAddr;
 use crate::config::{DriverKind, Mode};
 use crate::driver::{Completion, Driver, Fd, Op};
 use crate::error::Error;
+use crate::logging::{LOG_INTERVAL, RateLimiter};
 use crate::stats::ListenerStats;
 use crate::sys;
 use crate::sys::ktls::KtlsSupport;
@@ -58,6 +59,8 @@ pub struct Forwarder {
     pub connect_timeout: Duration,
     /// TLS handshake timeout.
     pub handshake_timeout: Duration,
+    /// Reset connections with no bytes moving for this long (`None`: never).
+    pub idle_timeout: Option<Duration>,
     /// What the kernel offers for kTLS, when it is to be used.
     pub ktls: Option<Arc<KtlsSupport>>,
     /// The not-after time (unix seconds) of the certificate it presents, if any.
@@ -181,12 +184,26 @@ pub(crate) const TAG_SEND_PLAIN: u8 = 13;
 pub(crate) const TAG_SEND_TLS: u8 = 14;
 pub(crate) const TAG_WAIT_PLAIN: u8 = 15;
 pub(crate) const TAG_WAIT_TLS: u8 = 16;
+pub(crate) const TAG_HANGUP_PLAIN: u8 = 17;
+pub(crate) const TAG_HANGUP_TLS: u8 = 18;
 /// Splice readiness: `TAG_POLL + dir * 2 + (0 = source readable, 1 = sink writable)`.
 pub(crate) const TAG_POLL: u8 = 20;
 
 pub(crate) fn token(tag: u8, index: u32, generation: u32) -> u64 {
     (u64::from(generation & 0xff_ffff) << 40) | (u64::from(index) << 8) | u64::from(tag)
 }
+
+// Timer tokens, in the timer heap only: a connection's handshake or connect deadline (0), its
+// idle deadline, a listener's accept back-off, the end of a log rate-limit window.
+const TIMER_DEADLINE: u8 = 0;
+const TIMER_IDLE: u8 = 3;
+const TIMER_ACCEPT: u8 = 4;
+const TIMER_LOG: u8 = 5;
+
+/// The first pause of accepts when the process is out of file descriptors; it doubles while
+/// that lasts, up to [`ACCEPT_BACKOFF_MAX`].
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 
 fn untoken(t: u64) -> (u8, u32, u32) {
     ((t & 0xff) as u8, (t >> 8) as u32, (t >> 40) as u32)
@@ -195,6 +212,10 @@ fn untoken(t: u64) -> (u8, u32, u32) {
 struct Listener {
     fd: Fd,
     fwd: Arc<Forwarder>,
+    /// No accept is in flight: out of file descriptors, waiting for a close or the timer.
+    paused: bool,
+    /// The next pause, should accepting fail for lack of fds again.
+    backoff: Duration,
 }
 
 /// The shard's state, on its own thread.
@@ -212,6 +233,10 @@ pub(crate) struct Shard {
     completions: Vec<Completion>,
     /// How long to poll, once out of work, before sleeping.
     busy_poll: BusyPoll,
+    /// Repeated warnings (refusals, accept and connection failures) of one kind.
+    log_limit: RateLimiter,
+    /// When a timer to write the suppressed-lines summaries is set for.
+    log_flush_at: Option<Instant>,
 }
 
 impl Shard {
@@ -229,6 +254,8 @@ impl Shard {
             pipes: PipePool::new(PIPE_SIZE),
             completions: Vec::new(),
             busy_poll: BusyPoll::new(busy_poll),
+            log_limit: RateLimiter::new(LOG_INTERVAL),
+            log_flush_at: None,
         }
     }
 
@@ -311,7 +338,15 @@ impl Shard {
                     let fd = Rc::new(fd);
                     self.driver
                         .submit(token(TAG_ACCEPT, id, 0), Op::Accept { fd: fd.clone() });
-                    self.listeners.insert(id, Listener { fd, fwd });
+                    self.listeners.insert(
+                        id,
+                        Listener {
+                            fd,
+                            fwd,
+                            paused: false,
+                            backoff: ACCEPT_BACKOFF,
+                        },
+                    );
                 }
                 Command::UpdateListener { id, fwd } => {
                     if let Some(l) = self.listeners.get_mut(&id) {
@@ -360,34 +395,52 @@ impl Shard {
     }
 
     fn accepted(&mut self, id: u32, c: Completion) {
-        let Some(listener) = self.listeners.get(&id) else {
+        let Some(listener) = self.listeners.get_mut(&id) else {
             return; // removed meanwhile
         };
-        // Keep accepting (unless the listener was cancelled).
-        let cancelled = matches!(&c.result, Err(e) if e.raw_os_error() == Some(libc::ECANCELED));
-        if !cancelled {
-            self.driver.submit(
-                token(TAG_ACCEPT, id, 0),
-                Op::Accept {
-                    fd: listener.fd.clone(),
-                },
-            );
-        }
         let fwd = listener.fwd.clone();
         let sock = match (c.result, c.accepted) {
-            (Ok(_), Some(s)) => s,
+            (Ok(_), Some(s)) => {
+                listener.backoff = ACCEPT_BACKOFF;
+                s
+            }
+            // The listener was cancelled: no new accept.
+            (Err(e), _) if e.raw_os_error() == Some(libc::ECANCELED) => return,
+            (Err(e), _) if out_of_fds(&e) => {
+                // Retrying at once would spin: nothing frees an fd until a connection closes.
+                // Pause until one of ours closes or the back-off ends.
+                let pause = listener.backoff;
+                listener.backoff = (pause * 2).min(ACCEPT_BACKOFF_MAX);
+                listener.paused = true;
+                self.timers.push(Reverse((
+                    Instant::now() + pause,
+                    token(TIMER_ACCEPT, id, 0),
+                )));
+                if self.log_allow(&fwd.name, "accept: out of file descriptors") {
+                    tracing::warn!(
+                        forwarder = %fwd.name,
+                        error = %e,
+                        pause_ms = pause.as_millis() as u64,
+                        "cannot accept: out of file descriptors; accepting pauses until a \
+                         connection closes (raise the fd limit or lower max_connections)"
+                    );
+                }
+                return;
+            }
             (Err(e), _) => {
-                if !cancelled {
+                self.submit_accept(id);
+                if self.log_allow(&fwd.name, "accept failed") {
                     tracing::warn!(forwarder = %fwd.name, error = %e, "accept failed");
                 }
                 return;
             }
-            (Ok(_), None) => return,
+            (Ok(_), None) => {
+                self.submit_accept(id);
+                return;
+            }
         };
+        self.submit_accept(id);
         let stats = &fwd.stats;
-        stats
-            .accepted
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let active = stats
             .active
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -399,9 +452,19 @@ impl Shard {
                 .refused
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let _ = socket2::SockRef::from(&sock).set_linger(Some(Duration::ZERO));
-            tracing::debug!(forwarder = %fwd.name, max = fwd.max_connections, "connection refused: limit reached");
+            if self.log_allow(&fwd.name, "refused: max_connections") {
+                tracing::warn!(
+                    forwarder = %fwd.name,
+                    max = fwd.max_connections,
+                    "connection refused: max_connections reached (further refusals are counted \
+                     and summarised)"
+                );
+            }
             return;
         }
+        stats
+            .accepted
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let _ = socket2::SockRef::from(&sock).set_tcp_nodelay(true);
         let peer = socket2::SockRef::from(&sock)
             .peer_addr()
@@ -430,9 +493,67 @@ impl Shard {
                     .active
                     .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
                 fwd.stats.record_error(crate::Side::Tls);
-                tracing::warn!(forwarder = %fwd.name, side = %"tls", error = %e, "cannot start TLS session");
+                if self.log_allow(&fwd.name, "cannot start TLS session") {
+                    tracing::warn!(forwarder = %fwd.name, side = %"tls", error = %e, "cannot start TLS session");
+                }
                 self.free.push(index);
             }
+        }
+    }
+
+    fn submit_accept(&mut self, id: u32) {
+        if let Some(l) = self.listeners.get(&id) {
+            self.driver
+                .submit(token(TAG_ACCEPT, id, 0), Op::Accept { fd: l.fd.clone() });
+        }
+    }
+
+    /// Accepts again on the listeners that paused for lack of file descriptors (`only`: just
+    /// that one).
+    fn resume_accepts(&mut self, only: Option<u32>) {
+        let paused: Vec<u32> = self
+            .listeners
+            .iter_mut()
+            .filter(|(id, l)| l.paused && only.is_none_or(|o| o == **id))
+            .map(|(id, l)| {
+                l.paused = false;
+                *id
+            })
+            .collect();
+        for id in paused {
+            self.submit_accept(id);
+        }
+    }
+
+    /// Whether a warning of `kind` for `forwarder` may be written now; when not, it is counted
+    /// and a summary line follows at the end of the window.
+    pub(crate) fn log_allow(&mut self, forwarder: &str, kind: &'static str) -> bool {
+        if self.log_limit.allow(forwarder, kind, Instant::now()) {
+            return true;
+        }
+        if let Some(at) = self.log_limit.next_flush()
+            && self.log_flush_at.is_none_or(|armed| armed > at)
+        {
+            self.log_flush_at = Some(at);
+            self.timers.push(Reverse((at, token(TIMER_LOG, 0, 0))));
+        }
+        false
+    }
+
+    fn flush_log_summaries(&mut self, now: Instant) {
+        self.log_flush_at = None;
+        for (forwarder, kind, suppressed) in self.log_limit.flush(now) {
+            tracing::warn!(
+                forwarder = %forwarder,
+                kind,
+                suppressed,
+                secs = LOG_INTERVAL.as_secs(),
+                "similar lines suppressed"
+            );
+        }
+        if let Some(at) = self.log_limit.next_flush() {
+            self.log_flush_at = Some(at);
+            self.timers.push(Reverse((at, token(TIMER_LOG, 0, 0))));
         }
     }
 
@@ -454,7 +575,14 @@ impl Shard {
             if let Some(d) = conn.deadline {
                 // A stale entry for an older deadline is ignored when it fires.
                 self.timers
-                    .push(Reverse((d, token(0, index, conn.generation))));
+                    .push(Reverse((d, token(TIMER_DEADLINE, index, conn.generation))));
+            }
+        }
+        if conn.idle_deadline != conn.idle_armed {
+            conn.idle_armed = conn.idle_deadline;
+            if let Some(d) = conn.idle_deadline {
+                self.timers
+                    .push(Reverse((d, token(TIMER_IDLE, index, conn.generation))));
             }
         }
         self.conns[index as usize] = Some(conn);
@@ -470,6 +598,10 @@ impl Shard {
         };
         conn.close(failure, self);
         self.free.push(index);
+        // A proxied connection gave back at least two fds: enough for the next one.
+        if conn.up.is_some() {
+            self.resume_accepts(None);
+        }
     }
 
     fn fire_timers(&mut self) {
@@ -479,17 +611,45 @@ impl Shard {
                 break;
             }
             self.timers.pop();
-            let (_, index, generation) = untoken(tok);
+            let (tag, index, generation) = untoken(tok);
+            match tag {
+                TIMER_ACCEPT => {
+                    self.resume_accepts(Some(index));
+                    continue;
+                }
+                TIMER_LOG => {
+                    if self.log_flush_at.is_some_and(|at| at <= now) {
+                        self.flush_log_summaries(now);
+                    }
+                    continue;
+                }
+                _ => {}
+            }
             let Some(conn) = self.conn_mut(index, generation) else {
                 continue;
             };
-            if conn.deadline.is_some_and(|d| d <= now) {
+            if tag == TIMER_IDLE {
+                if conn.idle_deadline.is_some_and(|d| d <= now) {
+                    conn.idle_deadline = None;
+                    conn.idle_timeout(now);
+                    self.drive(index);
+                }
+            } else if conn.deadline.is_some_and(|d| d <= now) {
                 conn.deadline = None;
                 conn.timeout();
                 self.drive(index);
             }
         }
     }
+}
+
+/// Whether an accept failed because the process or the system ran out of file descriptors
+/// (or of the memory for a socket): retrying before something closes would only spin.
+fn out_of_fds(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
 }
 
 /// Opens a listening socket bound to `addr` with SO_REUSEPORT, so each shard can have its own.

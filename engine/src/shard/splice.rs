@@ -110,6 +110,16 @@ impl SplicePump {
         }
     }
 
+    /// Whether the pump shut the write side of `leg` (end of stream passed on).
+    pub(crate) fn wrote_eof(&self, leg: splice_proto::Leg) -> bool {
+        // `[plain -> tls, tls -> plain]`: the first writes the TLS leg.
+        let k = match leg {
+            splice_proto::Leg::Tls => 0,
+            splice_proto::Leg::Plain => 1,
+        };
+        self.dirs.as_ref().is_some_and(|d| d[k].shut)
+    }
+
     /// A readiness poll completed.
     pub(crate) fn complete(&mut self, tag: u8, _result: io::Result<usize>) {
         let Some(dirs) = &mut self.dirs else { return };

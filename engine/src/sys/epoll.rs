@@ -18,6 +18,8 @@ use crate::sys;
 struct Waiting {
     read: Option<(u64, Op)>,
     write: Option<(u64, Op)>,
+    /// A [`Op::Hangup`] watch, beside whatever read or write waits.
+    hangup: Option<(u64, Op)>,
 }
 
 /// A driver built on epoll.
@@ -117,7 +119,9 @@ impl EpollDriver {
                 v.insert(Waiting::default())
             }
         };
-        let slot = if is_write(&op) {
+        let slot = if matches!(op, Op::Hangup { .. }) {
+            &mut entry.hangup
+        } else if is_write(&op) {
             &mut entry.write
         } else {
             &mut entry.read
@@ -134,7 +138,7 @@ impl EpollDriver {
     /// Cancels the ops on `fd` (they complete with `ECANCELED`) and unregisters it.
     pub fn cancel(&mut self, fd: RawFd) {
         if let Some(w) = self.waiting.remove(&fd) {
-            for (token, op) in [w.read, w.write].into_iter().flatten() {
+            for (token, op) in [w.read, w.write, w.hangup].into_iter().flatten() {
                 self.pending -= 1;
                 self.finish(
                     token,
@@ -206,6 +210,9 @@ impl EpollDriver {
             if flags & libc::EPOLLOUT != 0 || err_or_hup {
                 self.retry(fd, true);
             }
+            if flags & libc::EPOLLRDHUP != 0 || err_or_hup {
+                self.retry_hangup(fd);
+            }
         }
         out.extend(self.ready.drain(..));
         Ok(())
@@ -241,6 +248,24 @@ impl EpollDriver {
     }
 }
 
+impl EpollDriver {
+    fn retry_hangup(&mut self, fd: RawFd) {
+        let Some(w) = self.waiting.get_mut(&fd) else {
+            return;
+        };
+        let Some((token, mut op)) = w.hangup.take() else {
+            return;
+        };
+        match attempt(&mut op) {
+            Attempt::Wait => w.hangup = Some((token, op)),
+            Attempt::Done(r, a) => {
+                self.pending -= 1;
+                self.finish(token, op, r, a);
+            }
+        }
+    }
+}
+
 fn is_write(op: &Op) -> bool {
     matches!(
         op,
@@ -259,6 +284,13 @@ fn attempt(op: &mut Op) -> Attempt {
         Op::Poll { fd, write } => match sys::is_ready(fd.as_fd(), *write) {
             Ok(true) => Ok(0),
             Ok(false) => return Attempt::Wait,
+            Err(e) => Err(e),
+        },
+        // Level-checked at submission too: an edge that came before this watch was parked
+        // went to the other slots and would not be seen again.
+        Op::Hangup { fd } => match sys::hangup_events(fd.as_fd()) {
+            Ok(0) => return Attempt::Wait,
+            Ok(bits) => Ok(bits as usize),
             Err(e) => Err(e),
         },
         Op::Connect { .. } => unreachable!("connect is started in submit"),

@@ -142,6 +142,41 @@ pub fn is_ready(fd: BorrowedFd<'_>, write: bool) -> io::Result<bool> {
     Ok(n > 0)
 }
 
+/// The error and hang-up events of a socket right now (`POLLERR | POLLHUP | POLLRDHUP` bits;
+/// 0 when none), without waiting.
+pub fn hangup_events(fd: BorrowedFd<'_>) -> io::Result<u16> {
+    let mut pfd = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLRDHUP,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, zero timeout.
+    cvt(unsafe { libc::poll(&mut pfd, 1, 0) })?;
+    Ok((pfd.revents & (libc::POLLERR | libc::POLLHUP | libc::POLLRDHUP)) as u16)
+}
+
+/// Raises the soft `RLIMIT_NOFILE` to the hard limit; returns the soft limit now in force.
+pub fn raise_nofile_limit() -> io::Result<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `lim` is a valid rlimit for the kernel to fill.
+    cvt(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) })?;
+    if lim.rlim_cur < lim.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: lim.rlim_max,
+            rlim_max: lim.rlim_max,
+        };
+        // SAFETY: `raised` is a valid rlimit; raising the soft limit up to the hard one needs
+        // no privilege and touches no memory of ours.
+        if cvt(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) }).is_ok() {
+            lim = raised;
+        }
+    }
+    Ok(lim.rlim_cur)
+}
+
 /// A nonblocking pipe `(read end, write end)` resized to `size` bytes when possible.
 pub fn pipe(size: usize) -> Result<(OwnedFd, OwnedFd), SyscallError> {
     let mut fds = [0 as libc::c_int; 2];

@@ -239,6 +239,10 @@ fn build_sqe(op: &mut Op) -> squeue::Entry {
             let mask = if *write { libc::POLLOUT } else { libc::POLLIN };
             opcode::PollAdd::new(types::Fd(fd.as_raw_fd()), mask as u32).build()
         }
+        // POLLERR and POLLHUP are always reported; POLLRDHUP must be asked for.
+        Op::Hangup { fd } => {
+            opcode::PollAdd::new(types::Fd(fd.as_raw_fd()), libc::POLLRDHUP as u32).build()
+        }
     }
 }
 

@@ -147,3 +147,25 @@ fn resets() {
         assert!(app.reset_seen && !app.fin_seen, "{}", app.summary());
     }
 }
+
+#[test]
+fn a_reset_while_the_other_leg_is_stalled_closes_at_once() {
+    for mode in MODES {
+        // Neither end reads, both send: every buffer fills and a send is in flight on each leg.
+        let mut s = Setup::new(mode, Version::Tls13);
+        s.sock_cap = [64 * KIB; 2];
+        let mut p = Pair::new(s);
+        p.app().payload = payload(40, 4 * MIB);
+        p.peer().payload = payload(41, 4 * MIB);
+        p.handshake();
+        p.app().reading = false;
+        p.peer().reading = false;
+        p.run();
+        assert!(p.closed.is_none(), "{}", p.summary());
+        // The app resets: the send to it fails. The send to the stalled TLS peer never
+        // completes, and must not hold the connection open.
+        p.peers[PLAIN].reset(&mut p.outbound[PLAIN], &mut p.inbound[PLAIN]);
+        let f = p.drive_to_failure();
+        assert_eq!(f.fault, Fault::Plain, "{f:?}");
+    }
+}
