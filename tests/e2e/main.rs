@@ -13,6 +13,7 @@ mod fallback;
 mod garbage;
 mod half_close;
 mod limits;
+mod memory;
 mod metrics;
 mod mtls;
 mod openssl;
