@@ -126,6 +126,13 @@ pub fn layout(sc: Scenario) -> Layout {
             vs_direct: "",
             vs_peer: "kib_per_conn",
         },
+        Scenario::IdleData => Layout {
+            what: "idle connections that moved 64 KiB each way first, opened in bursts: PSS growth \
+                   per connection",
+            figures: IDLE,
+            vs_direct: "",
+            vs_peer: "kib_per_conn",
+        },
     }
 }
 
