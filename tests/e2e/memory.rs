@@ -20,7 +20,8 @@ const WORKERS: usize = 100;
 /// How far above its idle baseline an engine's RSS may stay once the load is over. Before the
 /// pools decayed, each shard kept up to 256 buffers of 256 KiB and glibc kept the rest: this
 /// load left 35-61 MiB above the baseline for good (the issue saw 117 MB in client mode). Now
-/// 2-8 MiB stay, about a second after the load.
+/// RSS is under the bound about a second after the load and settles about 2 MiB above the
+/// baseline (the pools keep up to 1 MiB per shard).
 const KEPT_BOUND_KIB: u64 = 16 * 1024;
 
 fn echo_once(entry: std::net::SocketAddr) {
