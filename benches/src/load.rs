@@ -403,6 +403,12 @@ pub struct IdleOpts {
     pub count: usize,
     /// Threads opening them.
     pub threads: usize,
+    /// Bytes each connection sends and reads back before it goes idle (at most
+    /// [`MAX_CHUNK`]): 16 proves the path; 64 KiB makes every proxy on the way move real data.
+    pub bytes: usize,
+    /// Connections each thread opens at once, writing to all of them before reading any echo
+    /// back, so that a proxy holds that many busy connections at the same moment.
+    pub burst: usize,
 }
 
 /// Connections opened by [`idle_open`], each proven end to end by one echo.
@@ -415,8 +421,9 @@ pub struct IdleConns {
     pub secs: f64,
 }
 
-/// Opens `count` connections and echoes 16 bytes on each, so that every proxy on the way has
-/// finished its handshakes and holds the connection in its idle state.
+/// Opens `count` connections and echoes `bytes` on each (`burst` connections at a time per
+/// thread), so that every proxy on the way has finished its handshakes, moved the data, and
+/// holds the connection in its idle state.
 pub fn idle_open(o: &IdleOpts) -> IdleConns {
     let start = Instant::now();
     let out = Arc::new(Mutex::new((Vec::with_capacity(o.count), Errors::default())));
@@ -425,15 +432,35 @@ pub fn idle_open(o: &IdleOpts) -> IdleConns {
         .map(|t| {
             let out = out.clone();
             let n = o.count / threads + usize::from(t < o.count % threads);
-            let target = o.target;
+            let (target, burst) = (o.target, o.burst.max(1));
+            let msg = Pattern::new()
+                .chunk(t as u64, o.bytes.clamp(1, MAX_CHUNK))
+                .to_vec();
             thread::spawn(move || {
-                let msg = Pattern::new().chunk(t as u64, 16).to_vec();
-                for _ in 0..n {
-                    let r = connect(target).and_then(|mut s| echo_once(&mut s, &msg).map(|()| s));
-                    let mut out = out.lock().expect("idle lock");
-                    match r {
-                        Ok(s) => out.0.push(s),
-                        Err(e) => out.1.add(e.to_string()),
+                let mut left = n;
+                while left > 0 {
+                    let k = left.min(burst);
+                    left -= k;
+                    // Connect and send on all of them, then read every echo back.
+                    let sent: Vec<_> = (0..k)
+                        .map(|_| connect(target).and_then(|mut s| s.write_all(&msg).map(|()| s)))
+                        .collect();
+                    for r in sent {
+                        let r = r.and_then(|mut s| {
+                            let mut back = vec![0u8; msg.len()];
+                            s.read_exact(&mut back)?;
+                            if back != msg {
+                                return Err(io::Error::other(
+                                    "the echo differs from what was sent",
+                                ));
+                            }
+                            Ok(s)
+                        });
+                        let mut out = out.lock().expect("idle lock");
+                        match r {
+                            Ok(s) => out.0.push(s),
+                            Err(e) => out.1.add(e.to_string()),
+                        }
                     }
                 }
             })

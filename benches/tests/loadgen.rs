@@ -217,6 +217,8 @@ fn idle_opens_and_proves_each_connection() {
         target: b.echo,
         count: 300,
         threads: 3,
+        bytes: 16,
+        burst: 1,
     });
     assert!(idle.errors.is_empty(), "{:?}", idle.errors);
     assert_eq!(idle.conns.len(), 300);
@@ -227,4 +229,40 @@ fn idle_opens_and_proves_each_connection() {
         c.read_exact(&mut back).unwrap();
         assert_eq!(&back, b"still here");
     }
+}
+
+#[test]
+fn idle_moves_data_in_bursts() {
+    let (_rt, b) = backends();
+    let idle = load::idle_open(&IdleOpts {
+        target: b.echo,
+        count: 100,
+        threads: 2,
+        bytes: 64 * 1024,
+        burst: 25,
+    });
+    assert!(idle.errors.is_empty(), "{:?}", idle.errors);
+    assert_eq!(idle.conns.len(), 100);
+    // Each moved its 64 KiB and is still open and quiet: nothing more to read.
+    for c in idle.conns.iter().step_by(20) {
+        c.set_nonblocking(true).unwrap();
+        let mut one = [0u8; 1];
+        let r = (&*c).read(&mut one);
+        assert_eq!(
+            r.map_err(|e| e.kind()).unwrap_err(),
+            std::io::ErrorKind::WouldBlock
+        );
+    }
+    // A target that is not there: every connection is an error, none hangs.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = dead.local_addr().unwrap();
+    drop(dead);
+    let idle = load::idle_open(&IdleOpts {
+        target: addr,
+        count: 6,
+        threads: 2,
+        bytes: 64 * 1024,
+        burst: 3,
+    });
+    assert_eq!((idle.conns.len(), idle.errors.count), (0, 6));
 }

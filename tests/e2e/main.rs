@@ -15,6 +15,7 @@ mod faults;
 mod garbage;
 mod half_close;
 mod limits;
+mod memory;
 mod metrics;
 mod mtls;
 mod openssl;

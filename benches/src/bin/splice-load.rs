@@ -96,7 +96,7 @@ enum Cmd {
         #[arg(long, default_value_t = 1_000_000)]
         max_per_worker: u64,
     },
-    /// Open connections, echo once on each, and hold them.
+    /// Open connections, echo once on each (16 bytes, or `--bytes`), and hold them.
     Idle {
         /// The echo backend, or a proxy in front of it.
         #[arg(long)]
@@ -107,6 +107,12 @@ enum Cmd {
         /// Threads opening them.
         #[arg(long, default_value_t = 4)]
         threads: usize,
+        /// Bytes each connection sends and reads back before it goes idle (at most 256 KiB).
+        #[arg(long, default_value_t = 16)]
+        bytes: usize,
+        /// Connections each thread opens and sends on at once before reading their echoes.
+        #[arg(long, default_value_t = 1)]
+        burst: usize,
         /// Most seconds to hold them.
         #[arg(long, default_value_t = 120)]
         hold: u64,
@@ -177,12 +183,16 @@ fn main() -> Result<()> {
             target,
             count,
             threads,
+            bytes,
+            burst,
             hold,
         } => {
             let idle = load::idle_open(&load::IdleOpts {
                 target,
                 count,
                 threads,
+                bytes,
+                burst,
             });
             println!(
                 "{}",

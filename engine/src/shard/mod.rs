@@ -8,6 +8,7 @@
 mod busy;
 mod conn;
 mod pipes;
+mod reclaim;
 mod splice;
 
 use std::cmp::Reverse;
@@ -230,6 +231,7 @@ pub(crate) struct Shard {
     wake: Fd,
     draining: bool,
     pub(crate) pipes: PipePool,
+    reclaim: reclaim::Reclaim,
     completions: Vec<Completion>,
     /// How long to poll, once out of work, before sleeping.
     busy_poll: BusyPoll,
@@ -252,6 +254,7 @@ impl Shard {
             wake,
             draining: false,
             pipes: PipePool::new(PIPE_SIZE),
+            reclaim: reclaim::Reclaim::new(),
             completions: Vec::new(),
             busy_poll: BusyPoll::new(busy_poll),
             log_limit: RateLimiter::new(LOG_INTERVAL),
@@ -285,9 +288,13 @@ impl Shard {
             let timeout = if polling {
                 Some(Duration::ZERO)
             } else {
-                self.timers
-                    .peek()
-                    .map(|Reverse((t, _))| t.saturating_duration_since(Instant::now()))
+                let timer = self.timers.peek().map(|Reverse((t, _))| *t);
+                let reclaim = self.reclaim.deadline(&self.pipes);
+                timer
+                    .into_iter()
+                    .chain(reclaim)
+                    .min()
+                    .map(|t| t.saturating_duration_since(Instant::now()))
             };
             let before = Instant::now();
             if !polling {
@@ -315,6 +322,7 @@ impl Shard {
             }
             self.completions = done;
             self.fire_timers();
+            self.reclaim.tick(Instant::now(), &mut self.pipes);
         }
         // Reset what is left (Stop after the drain time, or a driver failure): a clean FIN
         // would tell the peers that a cut stream was complete.

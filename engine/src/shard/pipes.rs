@@ -13,11 +13,14 @@ use crate::sys;
 /// Bytes a splice pump's pipe holds (asked for with `F_SETPIPE_SZ` when the pipe is made).
 pub const PIPE_SIZE: usize = 256 * 1024;
 
-/// Pipes `(read end, write end)` kept for reuse, up to [`PipePool::MAX_POOLED`].
+/// Pipes `(read end, write end)` kept for reuse, up to [`PipePool::MAX_POOLED`]; those that sat
+/// unused between two [`PipePool::decay`] calls are closed, down to [`PipePool::KEPT_IDLE`].
 #[derive(Debug)]
 pub struct PipePool {
     pipes: Vec<(OwnedFd, OwnedFd)>,
     size: usize,
+    /// The fewest pipes pooled since the last `decay`: that many were not needed.
+    low: usize,
 }
 
 impl PipePool {
@@ -25,18 +28,25 @@ impl PipePool {
     /// covers the churn of 32 kTLS connections without holding many fds when idle.
     pub const MAX_POOLED: usize = 64;
 
+    /// Pipes that [`PipePool::decay`] leaves however long they sat unused (two connections').
+    pub const KEPT_IDLE: usize = 4;
+
     /// An empty pool whose new pipes are resized to `size` bytes (see [`sys::pipe`]).
     pub fn new(size: usize) -> Self {
         Self {
             pipes: Vec::new(),
             size,
+            low: 0,
         }
     }
 
     /// A pipe from the pool, or a new nonblocking one of the pool's size when it is empty.
     pub fn take(&mut self) -> Result<(OwnedFd, OwnedFd), SyscallError> {
         match self.pipes.pop() {
-            Some(p) => Ok(p),
+            Some(p) => {
+                self.low = self.low.min(self.pipes.len());
+                Ok(p)
+            }
             None => sys::pipe(self.size),
         }
     }
@@ -49,6 +59,23 @@ impl PipePool {
         if self.pipes.len() < Self::MAX_POOLED {
             self.pipes.push(pipe);
         }
+    }
+
+    /// Closes the pipes that stayed in the pool since the last call (the oldest first, down to
+    /// [`PipePool::KEPT_IDLE`]), so that a burst of kTLS connections does not keep its pipes'
+    /// kernel buffers (and fds) for ever. Returns how many were closed. Call it periodically.
+    pub fn decay(&mut self) -> usize {
+        let n = self
+            .low
+            .min(self.pipes.len().saturating_sub(Self::KEPT_IDLE));
+        self.pipes.drain(..n);
+        self.low = self.pipes.len();
+        n
+    }
+
+    /// Whether a [`PipePool::decay`] call could close anything.
+    pub fn decay_pending(&self) -> bool {
+        self.pipes.len() > Self::KEPT_IDLE
     }
 
     /// Pipes in the pool now.
@@ -117,5 +144,38 @@ mod tests {
                 .any(|(rd, wr)| (rd.as_raw_fd(), wr.as_raw_fd()) == (rd_raw, wr_raw)),
             "the first pipe stayed in the pool"
         );
+    }
+
+    #[test]
+    fn decay_closes_pipes_that_sat_unused() {
+        let mut pool = PipePool::new(4096);
+        // A burst of 20 pipes comes back.
+        let burst: Vec<_> = (0..20).map(|_| pool.take().unwrap()).collect();
+        let raw: Vec<_> = burst.iter().map(|(r, _)| r.as_raw_fd()).collect();
+        for p in burst {
+            pool.give(p);
+        }
+        assert!(pool.decay_pending());
+        // The period in which they were used: nothing is closed yet.
+        assert_eq!(pool.decay(), 0);
+        assert_eq!(pool.len(), 20);
+        // A period with two in use at a time: the rest sat unused and go, the oldest first.
+        for _ in 0..10 {
+            let (a, b) = (pool.take().unwrap(), pool.take().unwrap());
+            pool.give(b);
+            pool.give(a);
+        }
+        assert_eq!(pool.decay(), 20 - PipePool::KEPT_IDLE);
+        assert_eq!(pool.len(), PipePool::KEPT_IDLE);
+        assert!(!pool.decay_pending());
+        // The most recently used ones stayed: the oldest were closed.
+        let kept: Vec<_> = (0..PipePool::KEPT_IDLE)
+            .map(|_| pool.take().unwrap())
+            .collect();
+        let mut kept_raw: Vec<_> = kept.iter().map(|(r, _)| r.as_raw_fd()).collect();
+        kept_raw.sort();
+        let mut newest = raw[20 - PipePool::KEPT_IDLE..].to_vec();
+        newest.sort();
+        assert_eq!(kept_raw, newest);
     }
 }

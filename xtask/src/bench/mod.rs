@@ -7,6 +7,7 @@
 //! so that a noisy machine hits every path alike. Ratios against `direct` and the best peer are
 //! taken within each repetition, then summarised by their median (see [`report`]).
 
+mod baseline;
 mod paths;
 mod procs;
 mod report;
@@ -32,14 +33,18 @@ use procs::Proc;
 #[command(name = "cargo xtask bench")]
 pub struct Args {
     /// Scenarios to run, comma-separated (default: all). One of: bulk, bulk-multi, latency,
-    /// handshakes, resumed, idle.
+    /// handshakes, resumed, idle, idle-data.
     #[arg(long, value_delimiter = ',')]
     scenario: Vec<String>,
     /// Paths to run, comma-separated (default: all that can run here). One of: direct,
-    /// splice-uring, splice-epoll, splice-ktls, splice-nopoll, nginx, haproxy, stunnel, socat,
-    /// plain-relays.
+    /// splice-uring, splice-epoll, splice-ktls, splice-nopoll, splice-base, nginx, haproxy,
+    /// stunnel, socat, plain-relays.
     #[arg(long, value_delimiter = ',')]
     paths: Vec<String>,
+    /// Also measure splice-engine as built from this git revision (a commit, tag or branch), as
+    /// the path `splice-base`, run exactly like `splice-uring`, in the same repetitions.
+    #[arg(long, value_name = "REV")]
+    baseline: Option<String>,
     /// Seconds each timed measurement runs (default 5; 1 with --quick).
     #[arg(long)]
     duration: Option<f64>,
@@ -61,7 +66,8 @@ pub struct Args {
     /// Streams in the bulk-multi scenario.
     #[arg(long, default_value_t = 4)]
     streams: usize,
-    /// Connections held open in the idle scenario (default 2000; 200 with --quick).
+    /// Connections held open in the idle and idle-data scenarios (default 2000; 200 with
+    /// --quick).
     #[arg(long)]
     idle_conns: Option<usize>,
     /// Parallel workers in the handshakes and resumed scenarios.
@@ -85,16 +91,29 @@ pub enum Scenario {
     Resumed,
     /// Idle proxied connections held open: memory per connection.
     Idle,
+    /// Idle proxied connections that each moved [`IDLE_DATA_BYTES`] both ways first, opened in
+    /// bursts of [`IDLE_DATA_BURST`] per opener: memory per connection once the load is over.
+    IdleData,
 }
 
+/// Bytes each connection of the `idle-data` scenario sends (and reads back) before it idles.
+const IDLE_DATA_BYTES: usize = 64 * 1024;
+/// Connections each of the load generator's 4 openers opens and sends on at once in
+/// `idle-data`.
+const IDLE_DATA_BURST: usize = 100;
+/// How long `idle-data` lets the ends settle before it reads their memory: splice-engine's pools
+/// give back what sat unused for one to two seconds (`shard/reclaim.rs`).
+const IDLE_DATA_SETTLE: Duration = Duration::from_secs(3);
+
 impl Scenario {
-    const ALL: [Scenario; 6] = [
+    const ALL: [Scenario; 7] = [
         Scenario::Bulk,
         Scenario::BulkMulti,
         Scenario::Latency,
         Scenario::Handshakes,
         Scenario::Resumed,
         Scenario::Idle,
+        Scenario::IdleData,
     ];
 
     /// Its name on the command line and in reports.
@@ -106,6 +125,7 @@ impl Scenario {
             Scenario::Handshakes => "handshakes",
             Scenario::Resumed => "resumed",
             Scenario::Idle => "idle",
+            Scenario::IdleData => "idle-data",
         }
     }
 }
@@ -166,7 +186,10 @@ pub fn main(argv: &[&str]) -> Result<()> {
         .collect();
     let all_paths = paths::all();
     let names: Vec<&str> = all_paths.iter().map(|p| p.name()).collect();
-    let wanted = pick(&args.paths, &names, "path")?;
+    let mut wanted = pick(&args.paths, &names, "path")?;
+    if args.baseline.is_some() && !wanted.contains(&"splice-base") {
+        wanted.push("splice-base");
+    }
     let s = Settings {
         duration: args.duration.unwrap_or(if args.quick { 1.0 } else { 5.0 }),
         reps: args.reps.unwrap_or(if args.quick { 1 } else { 3 }).max(1),
@@ -186,6 +209,12 @@ pub fn main(argv: &[&str]) -> Result<()> {
         eprintln!("bench: installing peers");
         paths::install_peers()?;
     }
+    // The baseline first: it builds into the same target/release, and ours must be left there.
+    let base = args
+        .baseline
+        .as_deref()
+        .map(|rev| baseline::build(&root, rev))
+        .transpose()?;
     eprintln!("bench: building splice-engine and splice-load (release)");
     crate::run_cmd(crate::cargo().args([
         "build",
@@ -196,7 +225,15 @@ pub fn main(argv: &[&str]) -> Result<()> {
         "splice-bench",
     ]))?;
     procs::stop_all_on_signal()?;
-    let result = run(&root, &json_path, &scenarios, &wanted, &all_paths, &s);
+    let result = run(
+        &root,
+        &json_path,
+        &scenarios,
+        &wanted,
+        &all_paths,
+        &s,
+        base.as_ref(),
+    );
     procs::stop_all();
     result
 }
@@ -225,6 +262,7 @@ fn run(
     wanted: &[&str],
     all_paths: &[Box<dyn PathDef>],
     s: &Settings,
+    base: Option<&baseline::Baseline>,
 ) -> Result<()> {
     let release = root.join("target/release");
     let load_bin = release.join("splice-load");
@@ -248,6 +286,7 @@ fn run(
         sink,
         echo,
         probe: probe.clone(),
+        base_engine: base.map(|b| b.engine.clone()),
     };
 
     let mut infos = Vec::new();
@@ -291,7 +330,7 @@ fn run(
                 for end in r.ends.iter_mut() {
                     end.check_alive()?;
                 }
-                if sc == Scenario::Idle && !r.ends.is_empty() {
+                if matches!(sc, Scenario::Idle | Scenario::IdleData) && !r.ends.is_empty() {
                     // Fresh processes: memory an allocator kept from earlier scenarios (or from
                     // the last repetition's idle connections) would hide the growth.
                     r.ends.clear();
@@ -316,6 +355,8 @@ fn run(
         "duration_s": s.duration, "reps": s.reps, "idle_conns": s.idle_conns,
         "bulk_multi_streams": s.streams, "connect_workers": s.workers,
         "request_size": 64, "connect_echo_size": 32,
+        "idle_data_bytes": IDLE_DATA_BYTES, "idle_data_burst": IDLE_DATA_BURST,
+        "baseline": base.map(|b| json!({"rev": b.rev, "commit": b.commit})),
         "tls": "TLS 1.3, TLS_AES_128_GCM_SHA256, ECDSA P-256 certificate verified by the client end; \
                 resumption off except in `resumed`",
     });
@@ -586,7 +627,7 @@ fn measure(
         Scenario::Bulk | Scenario::BulkMulti => bulk(load, sc, &ep, r, s, &mut m),
         Scenario::Latency => latency(load, &ep, r, s, &mut m),
         Scenario::Handshakes | Scenario::Resumed => connections(load, sc, &ep, s, &mut m),
-        Scenario::Idle => idle(load, &ep, r, s, &mut m),
+        Scenario::Idle | Scenario::IdleData => idle(load, sc, &ep, r, s, &mut m),
     };
     if let Err(e) = res {
         m.error = Some(format!("{e:#}"));
@@ -765,9 +806,11 @@ fn connections(
 }
 
 /// Opens `idle_conns` connections through the path, holds them, and charges each proxy end's
-/// memory growth (PSS of its whole process group) to them.
+/// memory growth (PSS of its whole process group) to them. In `idle-data` each connection first
+/// moves [`IDLE_DATA_BYTES`] each way, [`IDLE_DATA_BURST`] connections at a time per opener.
 fn idle(
     load: &Path,
+    sc: Scenario,
     ep: &Endpoints,
     r: &paths::Running,
     s: &Settings,
@@ -779,6 +822,10 @@ fn idle(
         .iter()
         .map(|p| procs::group_memory(p.pid()))
         .collect();
+    let (bytes, burst, settle) = match sc {
+        Scenario::IdleData => (IDLE_DATA_BYTES, IDLE_DATA_BURST, IDLE_DATA_SETTLE),
+        _ => (16, 1, Duration::from_millis(500)),
+    };
     let mut cmd = Command::new(load);
     cmd.args([
         "idle",
@@ -786,6 +833,10 @@ fn idle(
         &ep.echo.to_string(),
         "--count",
         &s.idle_conns.to_string(),
+        "--bytes",
+        &bytes.to_string(),
+        "--burst",
+        &burst.to_string(),
         "--hold",
         "300",
     ])
@@ -812,7 +863,7 @@ fn idle(
         if open == 0.0 {
             bail!("no connection opened");
         }
-        std::thread::sleep(Duration::from_millis(500)); // let every end settle
+        std::thread::sleep(settle); // let every end settle
         if !r.ends.is_empty() {
             let after: Vec<procs::Memory> = r
                 .ends

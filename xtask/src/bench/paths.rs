@@ -42,6 +42,8 @@ pub struct Ctx {
     pub echo: SocketAddr,
     /// `splice-engine probe --json`.
     pub probe: serde_json::Value,
+    /// The `--baseline` revision's release `splice-engine`, when one was given.
+    pub base_engine: Option<PathBuf>,
 }
 
 impl Ctx {
@@ -147,6 +149,7 @@ pub fn all() -> Vec<Box<dyn PathDef>> {
         Box::new(Splice::Epoll),
         Box::new(Splice::Ktls),
         Box::new(Splice::NoPoll),
+        Box::new(Splice::Base),
         Box::new(Nginx),
         Box::new(Haproxy),
         Box::new(Stunnel),
@@ -242,6 +245,18 @@ enum Splice {
     /// io_uring with busy polling off (`busy_poll = "0s"`; the default polls up to 50 µs):
     /// what polling buys, and what it costs.
     NoPoll,
+    /// `splice-uring`, run by the `--baseline` revision's binary.
+    Base,
+}
+
+impl Splice {
+    /// The binary this path runs.
+    fn engine<'a>(&self, ctx: &'a Ctx) -> Option<&'a Path> {
+        match self {
+            Splice::Base => ctx.base_engine.as_deref(),
+            _ => Some(&ctx.engine),
+        }
+    }
 }
 
 impl PathDef for Splice {
@@ -251,6 +266,7 @@ impl PathDef for Splice {
             Splice::Epoll => "splice-epoll",
             Splice::Ktls => "splice-ktls",
             Splice::NoPoll => "splice-nopoll",
+            Splice::Base => "splice-base",
         }
     }
     fn kind(&self) -> Kind {
@@ -259,21 +275,34 @@ impl PathDef for Splice {
     fn check(&self, ctx: &Ctx) -> Result<String, String> {
         let p = &ctx.probe;
         let why = |k: &str| p[k].as_str().unwrap_or("unknown").to_string();
+        let engine = self
+            .engine(ctx)
+            .ok_or("no --baseline given: nothing to compare with")?;
         match self {
-            Splice::Uring if p["io_uring"] != true => {
+            Splice::Uring | Splice::Base if p["io_uring"] != true => {
                 Err(format!("no io_uring: {}", why("io_uring_reason")))
             }
             Splice::Ktls if p["ktls"] != true => Err(format!("no kTLS: {}", why("ktls_reason"))),
-            _ => Ok(word_after(
-                &output_of(&ctx.engine.to_string_lossy(), &["--version"])?,
-                "splice-engine ",
-            )),
+            _ => {
+                let v = word_after(
+                    &output_of(&engine.to_string_lossy(), &["--version"])?,
+                    "splice-engine ",
+                );
+                Ok(match self {
+                    // splice-base-<commit>: the version alone would not tell the two apart.
+                    Splice::Base => format!(
+                        "{v} ({})",
+                        engine.file_name().unwrap_or_default().to_string_lossy()
+                    ),
+                    _ => v,
+                })
+            }
         }
     }
     fn ends(&self, ctx: &Ctx, routes: &[Route]) -> Result<[Command; 2]> {
         // Driver, kTLS, and any setting beyond the engine's defaults.
         let (driver, ktls, extra) = match self {
-            Splice::Uring => ("uring", "off", ""),
+            Splice::Uring | Splice::Base => ("uring", "off", ""),
             Splice::Epoll => ("epoll", "off", ""),
             Splice::Ktls => ("auto", "on", ""),
             Splice::NoPoll => ("uring", "off", "busy_poll = \"0s\"\n"),
@@ -301,7 +330,8 @@ impl PathDef for Splice {
                 }
             }
             let conf = ctx.write(&format!("{}-{end}.toml", self.name()), &t)?;
-            let mut cmd = Command::new(&ctx.engine);
+            let engine = self.engine(ctx).context("no --baseline binary")?;
+            let mut cmd = Command::new(engine);
             cmd.arg("run").arg("--config").arg(conf);
             ends.push(cmd);
         }

@@ -126,6 +126,13 @@ pub fn layout(sc: Scenario) -> Layout {
             vs_direct: "",
             vs_peer: "kib_per_conn",
         },
+        Scenario::IdleData => Layout {
+            what: "idle connections that moved 64 KiB each way first, opened in bursts: PSS growth \
+                   per connection",
+            figures: IDLE,
+            vs_direct: "",
+            vs_peer: "kib_per_conn",
+        },
     }
 }
 
@@ -156,6 +163,9 @@ pub struct Row {
     pub vs_best_peer: Option<f64>,
     /// The peer that was best most often.
     pub best_peer: Option<String>,
+    /// For `splice-uring` in a run with `--baseline`: median over repetitions of (this path /
+    /// `splice-base`), same repetition.
+    pub vs_base: Option<f64>,
     /// Highest steal seen in its measurements, percent.
     pub max_steal_pct: f64,
 }
@@ -218,6 +228,7 @@ pub fn summarise(ms: &[Measurement], infos: &[PathInfo]) -> Vec<Row> {
                     continue;
                 }
                 let mut vs_direct = Vec::new();
+                let mut vs_base = Vec::new();
                 let mut vs_peer = Vec::new();
                 let mut best_names = Vec::new();
                 for &(rep, v) in &vals {
@@ -226,6 +237,12 @@ pub fn summarise(ms: &[Measurement], infos: &[PathInfo]) -> Vec<Row> {
                         && path != "direct"
                     {
                         vs_direct.push(v / d);
+                    }
+                    if let Some(b) = by.get(&(sc, rep, BASE)).and_then(|fs| fs.get(f.key))
+                        && *b != 0.0
+                        && path == NEW
+                    {
+                        vs_base.push(v / b);
                     }
                     let best = peers
                         .iter()
@@ -260,6 +277,7 @@ pub fn summarise(ms: &[Measurement], infos: &[PathInfo]) -> Vec<Row> {
                     vs_direct: (!vs_direct.is_empty()).then(|| median(&vs_direct)),
                     vs_best_peer: (!vs_peer.is_empty()).then(|| median(&vs_peer)),
                     best_peer: most_common(&best_names),
+                    vs_base: (!vs_base.is_empty()).then(|| median(&vs_base)),
                     max_steal_pct: steal.get(&(sc, path)).copied().unwrap_or(0.0),
                 });
             }
@@ -267,6 +285,10 @@ pub fn summarise(ms: &[Measurement], infos: &[PathInfo]) -> Vec<Row> {
     }
     rows
 }
+
+/// The path built from `--baseline`, and the one it is compared with.
+const BASE: &str = "splice-base";
+const NEW: &str = "splice-uring";
 
 /// The median (the mean of the middle two for an even count).
 pub fn median(v: &[f64]) -> f64 {
@@ -399,6 +421,23 @@ pub fn table(rows: &[Row], infos: &[PathInfo], machine: &Value, settings: &Value
         out.push_str(&columns(&lines));
         if let Some(b) = most_common(&best.iter().map(String::as_str).collect::<Vec<_>>()) {
             let _ = writeln!(out, "  best peer: {b}");
+        }
+        let vs_base: Vec<String> = l
+            .figures
+            .iter()
+            .filter_map(|f| {
+                let r = rows
+                    .iter()
+                    .find(|r| r.scenario == sc && r.path == NEW && r.figure == f.key)?;
+                Some(format!("{} {:.2}", f.label, r.vs_base?))
+            })
+            .collect();
+        if !vs_base.is_empty() {
+            let _ = writeln!(
+                out,
+                "  {NEW} ÷ {BASE} (median of per-repetition ratios): {}",
+                vs_base.join(", ")
+            );
         }
     }
     let skipped: Vec<String> = infos
@@ -574,6 +613,51 @@ mod tests {
                 .any(|l| l.trim_start().starts_with("ours") && l.contains("5.000")),
             "{text}"
         );
+    }
+
+    #[test]
+    fn the_new_build_is_compared_with_the_baseline_within_each_repetition() {
+        let infos = [
+            info("direct", "direct"),
+            info("splice-uring", "ours"),
+            info("splice-base", "ours"),
+        ];
+        let mut ms = Vec::new();
+        // Rep 2 is slower for both: the ratio stays 1.25.
+        for (rep, k) in [(1, 1.0), (2, 0.5), (3, 1.0)] {
+            let figs = |g: f64, cpu: f64| [("gbit_per_s", g * k), ("cpu_s_per_gib", cpu)];
+            ms.push(m(rep, Scenario::Bulk, "direct", &figs(20.0, 1.0)));
+            ms.push(m(rep, Scenario::Bulk, "splice-uring", &figs(10.0, 0.9)));
+            ms.push(m(rep, Scenario::Bulk, "splice-base", &figs(8.0, 1.2)));
+        }
+        let rows = summarise(&ms, &infos);
+        let get = |path: &str, fig: &str| {
+            rows.iter()
+                .find(|r| r.path == path && r.figure == fig)
+                .unwrap()
+        };
+        assert_eq!(get("splice-uring", "gbit_per_s").vs_base, Some(1.25));
+        assert_eq!(get("splice-uring", "cpu_s_per_gib").vs_base, Some(0.75));
+        assert_eq!(get("splice-base", "gbit_per_s").vs_base, None);
+        let text = table(
+            &rows,
+            &infos,
+            &serde_json::json!({}),
+            &serde_json::json!({}),
+        );
+        assert!(
+            text.contains("splice-uring ÷ splice-base (median of per-repetition ratios): Gbit/s 1.25, proxy CPU s/GiB 0.75"),
+            "{text}"
+        );
+        // Without a baseline there is no such line.
+        let rows = summarise(&ms[..2], &infos[..2]);
+        let text = table(
+            &rows,
+            &infos[..2],
+            &serde_json::json!({}),
+            &serde_json::json!({}),
+        );
+        assert!(!text.contains("÷"), "{text}");
     }
 
     #[test]

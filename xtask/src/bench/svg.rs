@@ -135,6 +135,17 @@ pub fn chart(rows: &[Row], infos: &[PathInfo], machine: &Value) -> String {
             ],
             false,
         ),
+        panel(
+            rows,
+            infos,
+            Scenario::IdleData,
+            "Memory per idle connection that moved 64 KiB each way, opened in bursts (KiB, lower is better)",
+            &[
+                ("client_kib_per_conn", "client end"),
+                ("server_kib_per_conn", "server end"),
+            ],
+            false,
+        ),
     ]
     .into_iter()
     .flatten()
