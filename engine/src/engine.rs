@@ -266,6 +266,8 @@ impl Engine {
             connect_timeout: f.connect_timeout,
             handshake_timeout: f.handshake_timeout,
             ktls: self.ktls.clone(),
+            accept_proxy: f.accept_proxy,
+            send_proxy: f.send_proxy,
         })
     }
 

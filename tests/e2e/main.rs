@@ -16,6 +16,7 @@ mod limits;
 mod metrics;
 mod mtls;
 mod openssl;
+mod proxy_protocol;
 mod reload;
 mod tls_params;
 mod verify;

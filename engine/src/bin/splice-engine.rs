@@ -105,6 +105,10 @@ struct ForwarderArgs {
     /// Turn TLS session resumption off: every connection does a full handshake.
     #[arg(long)]
     no_resumption: bool,
+    /// Expect a PROXY protocol header (v1 or v2) from a load balancer on every accepted
+    /// connection; the client address it carries is used in logs and in --send-proxy.
+    #[arg(long)]
+    accept_proxy: bool,
 }
 
 #[derive(Args, Debug)]
@@ -140,6 +144,9 @@ struct ServerArgs {
     /// CA certificates (PEM): require client certificates issued by them.
     #[arg(long, value_name = "FILE")]
     client_ca: Option<PathBuf>,
+    /// Send a PROXY protocol header (v1 or v2) to the backend, so it sees the client address.
+    #[arg(long, value_name = "VERSION")]
+    send_proxy: Option<splice_engine::config::ProxyVersion>,
     #[command(flatten)]
     common: Common,
 }
@@ -200,6 +207,7 @@ impl ForwarderArgs {
             f.handshake_timeout = t;
         }
         f.resumption = !self.no_resumption;
+        f.accept_proxy = self.accept_proxy;
         f
     }
 }
@@ -331,6 +339,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             f.cert = Some(a.cert);
             f.key = Some(a.key);
             f.client_ca = a.client_ca;
+            f.send_proxy = a.send_proxy;
             let mut cfg = EngineConfig::default();
             cfg.forwarders.push(f);
             a.common.apply(&mut cfg);

@@ -60,6 +60,10 @@ pub struct Forwarder {
     pub handshake_timeout: Duration,
     /// What the kernel offers for kTLS, when it is to be used.
     pub ktls: Option<Arc<KtlsSupport>>,
+    /// Read a PROXY protocol header first on each accepted connection.
+    pub accept_proxy: bool,
+    /// Send a PROXY protocol header of this version to the upstream (server mode).
+    pub send_proxy: Option<crate::config::ProxyVersion>,
 }
 
 /// Orders from the control thread.

@@ -52,6 +52,28 @@ pub fn recv_into(fd: BorrowedFd<'_>, buf: &mut Vec<u8>, len: usize) -> io::Resul
     Ok(n)
 }
 
+/// `recv(2)` with `MSG_PEEK` of at most `len` bytes appended to `buf`: the bytes stay queued
+/// on the socket.
+pub fn peek_into(fd: BorrowedFd<'_>, buf: &mut Vec<u8>, len: usize) -> io::Result<usize> {
+    buf.reserve(len);
+    let start = buf.len();
+    let spare = buf.spare_capacity_mut().as_mut_ptr();
+    // SAFETY: `spare` points at `buf`'s spare capacity, at least `len` bytes (reserved above);
+    // the kernel writes at most `len` bytes there.
+    let ret = unsafe {
+        libc::recv(
+            fd.as_raw_fd(),
+            spare.cast(),
+            len,
+            libc::MSG_DONTWAIT | libc::MSG_PEEK,
+        )
+    };
+    let n = cvt_size(ret)?;
+    // SAFETY: the kernel initialised `n <= len` bytes after `start`, within capacity.
+    unsafe { buf.set_len(start + n) };
+    Ok(n)
+}
+
 /// Marks `n` bytes after `buf.len()` as written by the kernel (an io_uring recv completion).
 ///
 /// # Safety
