@@ -35,6 +35,8 @@ pub struct Engine {
     start_only: StartOnly,
     /// Kept for its lifetime: the metrics thread stops when the engine drops.
     _metrics: Option<crate::metrics::MetricsServer>,
+    /// Sockets passed by systemd (socket activation) that no listener has taken yet.
+    activated: Mutex<Vec<crate::systemd::ActivatedSocket>>,
 }
 
 /// The engine-level settings that shape the shards and the process, which only a restart
@@ -142,6 +144,7 @@ impl Engine {
             registry: registry.clone(),
             start_only: StartOnly::of(&cfg),
             _metrics: None,
+            activated: Mutex::new(crate::systemd::listen_fds()),
         };
         // Everything that reads files or binds ports happens before a thread starts.
         let mut built = Vec::new();
@@ -152,7 +155,7 @@ impl Engine {
         let mut bound = Vec::new();
         let threads = cfg.thread_count();
         for (f, fwd) in built {
-            let (addr, fds) = bind_all(f.listen_addr()?, threads, true)?;
+            let (addr, fds) = engine.bind_all(f.listen_addr()?, threads, true)?;
             bound.push((f, fwd, addr, fds));
         }
         if let Some(m) = &cfg.metrics {
@@ -170,6 +173,13 @@ impl Engine {
         }
         for (f, fwd, addr, fds) in bound {
             engine.install(f, Arc::new(fwd), addr, fds);
+        }
+        for s in engine.activated.lock().expect("activated lock").iter() {
+            tracing::warn!(
+                name = %s.name,
+                addr = %s.addr,
+                "a socket passed by systemd matches no forwarder's listen address; kept for a reload"
+            );
         }
         Ok(engine)
     }
@@ -312,7 +322,7 @@ impl Engine {
                     // A listener we already own on this address (renamed, or moved between
                     // forwarders) is not "in use" by someone else.
                     let ours = entries.iter().any(|e| e.cfg.listen == f.listen);
-                    let (addr, fds) = bind_all(f.listen_addr()?, threads, !ours)?;
+                    let (addr, fds) = self.bind_all(f.listen_addr()?, threads, !ours)?;
                     plans.push(Plan::Add(Box::new(f.clone()), fwd, addr, fds));
                 }
             }
@@ -447,6 +457,38 @@ impl Engine {
 impl Drop for Engine {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+impl Engine {
+    /// The listening sockets of one forwarder, one per shard: the socket systemd passed for
+    /// `addr` if there is one (shared by every shard), else freshly bound ones.
+    fn bind_all(
+        &self,
+        addr: SocketAddr,
+        threads: usize,
+        check_free: bool,
+    ) -> Result<(SocketAddr, Vec<std::os::fd::OwnedFd>)> {
+        let passed = {
+            let mut activated = self.activated.lock().expect("activated lock");
+            let at = activated
+                .iter()
+                .position(|s| addr.port() != 0 && s.addr == addr);
+            at.map(|i| activated.remove(i))
+        };
+        let Some(passed) = passed else {
+            return bind_all(addr, threads, check_free);
+        };
+        let err = |source| Error::Listen { addr, source };
+        let sock = socket2::SockRef::from(&passed.fd);
+        sock.set_nonblocking(true).map_err(err)?;
+        let mut fds = Vec::with_capacity(threads);
+        for _ in 1..threads {
+            fds.push(passed.fd.try_clone().map_err(err)?);
+        }
+        fds.push(passed.fd);
+        tracing::info!(name = %passed.name, addr = %addr, "using the socket passed by systemd");
+        Ok((addr, fds))
     }
 }
 

@@ -18,6 +18,7 @@ mod mtls;
 mod openssl;
 mod proxy_protocol;
 mod reload;
+mod systemd;
 mod tls_params;
 mod verify;
 mod websocket;

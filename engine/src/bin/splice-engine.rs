@@ -370,15 +370,21 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let drain = cfg.drain_timeout;
     let engine = Engine::start(cfg)?;
     tracing::info!(driver = ?engine.driver(), ktls = engine.ktls_enabled(), "ready");
+    splice_engine::systemd::ready();
     for sig in signals.forever() {
         match sig {
-            SIGHUP => match source.load().and_then(|cfg| engine.reload(cfg)) {
-                Ok(()) => {}
-                Err(e) => {
-                    tracing::error!(error = %e, "reload failed; the previous configuration stays")
+            SIGHUP => {
+                splice_engine::systemd::reloading();
+                match source.load().and_then(|cfg| engine.reload(cfg)) {
+                    Ok(()) => {}
+                    Err(e) => {
+                        tracing::error!(error = %e, "reload failed; the previous configuration stays")
+                    }
                 }
-            },
+                splice_engine::systemd::ready();
+            }
             _ => {
+                splice_engine::systemd::stopping();
                 let drain = match source.load() {
                     Ok(c) => c.drain_timeout,
                     Err(_) => drain,
