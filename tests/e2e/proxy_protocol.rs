@@ -360,3 +360,39 @@ fn accept_proxy_resets_bad_headers() {
         tls_close(&mut tls);
     }
 }
+
+/// A v2 `LOCAL` header (a load balancer's own health check) and a v1 `UNKNOWN` one are
+/// accepted, and the header sent on carries the real connection's addresses.
+#[test]
+fn local_and_unknown_headers_keep_the_real_addresses() {
+    let pki = Pki::new();
+    let cfg = client_config(&[&pki.ca], None, TLS_ANY);
+    let mut local = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+    local.extend_from_slice(&[0x20, 0x00, 0x00, 0x00]);
+    for driver in DRIVERS {
+        let (backend, rx) = proxied_echo();
+        let sp = free_port();
+        let _server = EngineCmd::server(sp, backend.addr, &pki.server, driver)
+            .arg("--accept-proxy")
+            .opt("--send-proxy", "v1")
+            .start();
+        for header in [&local[..], b"PROXY UNKNOWN\r\n"] {
+            let mut sock = connect(localhost(sp));
+            let client = sock.local_addr().expect("client address");
+            sock.write_all(header).expect("write the header");
+            let mut tls = try_tls_on(sock, "localhost", cfg.clone())
+                .unwrap_or_else(|e| panic!("{driver}: TLS after {header:?}: {e}"));
+            echo_intact(&mut tls, 5);
+            assert_eq!(
+                seen(&rx),
+                Seen {
+                    version: 1,
+                    source: client,
+                    destination: localhost(sp),
+                },
+                "{driver}: after {header:?}"
+            );
+            tls_close(&mut tls);
+        }
+    }
+}
