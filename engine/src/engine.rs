@@ -35,8 +35,10 @@ pub struct Engine {
     start_only: StartOnly,
     /// Kept for its lifetime: the metrics thread stops when the engine drops.
     _metrics: Option<crate::metrics::MetricsServer>,
-    /// Sockets passed by systemd (socket activation) that no listener has taken yet.
-    activated: Mutex<Vec<crate::systemd::ActivatedSocket>>,
+    /// Sockets passed by systemd (socket activation), each with whether a listener uses it.
+    /// The engine keeps them for its lifetime (systemd holds them open too) and gives the
+    /// shards duplicates, so a reload that fails or removes a forwarder loses none.
+    activated: Mutex<Vec<(crate::systemd::ActivatedSocket, bool)>>,
 }
 
 /// The engine-level settings that shape the shards and the process, which only a restart
@@ -144,7 +146,12 @@ impl Engine {
             registry: registry.clone(),
             start_only: StartOnly::of(&cfg),
             _metrics: None,
-            activated: Mutex::new(crate::systemd::listen_fds()),
+            activated: Mutex::new(
+                crate::systemd::listen_fds()
+                    .into_iter()
+                    .map(|s| (s, false))
+                    .collect(),
+            ),
         };
         // Everything that reads files or binds ports happens before a thread starts.
         let mut built = Vec::new();
@@ -174,13 +181,15 @@ impl Engine {
         for (f, fwd, addr, fds) in bound {
             engine.install(f, Arc::new(fwd), addr, fds);
         }
-        for s in engine.activated.lock().expect("activated lock").iter() {
+        let activated = engine.activated.lock().expect("activated lock");
+        for (s, _) in activated.iter().filter(|(_, used)| !used) {
             tracing::warn!(
                 name = %s.name,
                 addr = %s.addr,
                 "a socket passed by systemd matches no forwarder's listen address; kept for a reload"
             );
         }
+        drop(activated);
         Ok(engine)
     }
 
@@ -469,24 +478,21 @@ impl Engine {
         threads: usize,
         check_free: bool,
     ) -> Result<(SocketAddr, Vec<std::os::fd::OwnedFd>)> {
-        let passed = {
-            let mut activated = self.activated.lock().expect("activated lock");
-            let at = activated
-                .iter()
-                .position(|s| addr.port() != 0 && s.addr == addr);
-            at.map(|i| activated.remove(i))
-        };
-        let Some(passed) = passed else {
+        let mut activated = self.activated.lock().expect("activated lock");
+        let Some((passed, used)) = activated
+            .iter_mut()
+            .find(|(s, _)| addr.port() != 0 && s.addr == addr)
+        else {
             return bind_all(addr, threads, check_free);
         };
         let err = |source| Error::Listen { addr, source };
-        let sock = socket2::SockRef::from(&passed.fd);
-        sock.set_nonblocking(true).map_err(err)?;
-        let mut fds = Vec::with_capacity(threads);
-        for _ in 1..threads {
-            fds.push(passed.fd.try_clone().map_err(err)?);
-        }
-        fds.push(passed.fd);
+        socket2::SockRef::from(&passed.fd)
+            .set_nonblocking(true)
+            .map_err(err)?;
+        let fds = (0..threads)
+            .map(|_| passed.fd.try_clone().map_err(err))
+            .collect::<Result<Vec<_>>>()?;
+        *used = true;
         tracing::info!(name = %passed.name, addr = %addr, "using the socket passed by systemd");
         Ok((addr, fds))
     }
