@@ -209,6 +209,36 @@ pub struct ForwarderConfig {
     /// unset).
     #[serde(default, with = "humantime_serde")]
     pub idle_timeout: Option<Duration>,
+    /// Read a PROXY protocol header (v1 or v2) from a load balancer before anything else on
+    /// each accepted connection, and take the client's address from it.
+    #[serde(default)]
+    pub accept_proxy: bool,
+    /// Server mode: send a PROXY protocol header of this version to the backend first.
+    #[serde(default)]
+    pub send_proxy: Option<ProxyVersion>,
+}
+
+/// A PROXY protocol version to send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProxyVersion {
+    /// The text form, `PROXY TCP4 ...`.
+    V1,
+    /// The binary form.
+    V2,
+}
+
+impl std::str::FromStr for ProxyVersion {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "v1" | "1" => Ok(Self::V1),
+            "v2" | "2" => Ok(Self::V2),
+            other => Err(format!(
+                "unknown PROXY protocol version {other:?} (expected v1 or v2)"
+            )),
+        }
+    }
 }
 
 fn default_true() -> bool {
@@ -247,6 +277,8 @@ impl ForwarderConfig {
             resumption: true,
             access_log: None,
             idle_timeout: None,
+            accept_proxy: false,
+            send_proxy: None,
         }
     }
 
@@ -349,6 +381,15 @@ impl ForwarderConfig {
                     if let Err(e) = crate::tls::check::parse_pin(p) {
                         return Some(("pin", format!("{what}: `pin`: {e}")));
                     }
+                }
+                if self.send_proxy.is_some() {
+                    return Some((
+                        "send_proxy",
+                        format!(
+                            "{what}: `send_proxy` applies to server mode only (the upstream \
+                             of client mode speaks TLS)"
+                        ),
+                    ));
                 }
             }
         }
@@ -759,6 +800,43 @@ mod tests {
         assert_eq!(cfg.forwarders[0].pin, vec![good]);
         assert_eq!(cfg.forwarders[0].access_log, Some(false));
         assert!(cfg.access_log);
+    }
+
+    #[test]
+    fn proxy_protocol_keys() {
+        let cfg = parse(
+            r#"
+[[forwarder]]
+mode = "server"
+listen = "127.0.0.1:3443"
+connect = "127.0.0.1:8080"
+cert = "c.pem"
+key = "k.pem"
+accept_proxy = true
+send_proxy = "v2"
+"#,
+        )
+        .unwrap();
+        assert!(cfg.forwarders[0].accept_proxy);
+        assert_eq!(cfg.forwarders[0].send_proxy, Some(ProxyVersion::V2));
+        cfg.validate("f").unwrap();
+        let bad = parse(
+            r#"
+[[forwarder]]
+mode = "server"
+listen = "127.0.0.1:3444"
+connect = "127.0.0.1:8080"
+cert = "c.pem"
+key = "k.pem"
+send_proxy = "v3"
+"#,
+        );
+        let e = bad.unwrap_err().to_string();
+        assert!(e.contains("v3") && e.contains("line"), "{e}");
+        let mut client = ForwarderConfig::new(Mode::Client, "127.0.0.1:1", "h:2");
+        client.send_proxy = Some(ProxyVersion::V1);
+        let e = client.validate("f").unwrap_err().to_string();
+        assert!(e.contains("server mode only"), "{e}");
     }
 
     #[test]

@@ -40,6 +40,10 @@ pub struct Engine {
     start_only: StartOnly,
     /// Kept for its lifetime: the metrics thread stops when the engine drops.
     _metrics: Option<crate::metrics::MetricsServer>,
+    /// Sockets passed by systemd (socket activation), each with whether a listener uses it.
+    /// The engine keeps them for its lifetime (systemd holds them open too) and gives the
+    /// shards duplicates, so a reload that fails or removes a forwarder loses none.
+    activated: Mutex<Vec<(crate::systemd::ActivatedSocket, bool)>>,
 }
 
 /// The engine-level settings that shape the shards and the process, which only a restart
@@ -160,6 +164,12 @@ impl Engine {
             reloads: Arc::new(ReloadStats::new()),
             start_only: StartOnly::of(&cfg),
             _metrics: None,
+            activated: Mutex::new(
+                crate::systemd::listen_fds()
+                    .into_iter()
+                    .map(|s| (s, false))
+                    .collect(),
+            ),
         };
         // Everything that reads files or binds ports happens before a thread starts.
         let mut built = Vec::new();
@@ -170,7 +180,7 @@ impl Engine {
         let mut bound = Vec::new();
         let threads = cfg.thread_count();
         for (f, fwd) in built {
-            let (addr, fds) = bind_all(f.listen_addr()?, threads, true)?;
+            let (addr, fds) = engine.bind_all(f.listen_addr()?, threads, true)?;
             bound.push((f, fwd, addr, fds));
         }
         if let Some(m) = &cfg.metrics {
@@ -193,6 +203,15 @@ impl Engine {
         for (f, fwd, addr, fds) in bound {
             engine.install(f, Arc::new(fwd), addr, fds);
         }
+        let activated = engine.activated.lock().expect("activated lock");
+        for (s, _) in activated.iter().filter(|(_, used)| !used) {
+            tracing::warn!(
+                name = %s.name,
+                addr = %s.addr,
+                "a socket passed by systemd matches no forwarder's listen address; kept for a reload"
+            );
+        }
+        drop(activated);
         Ok(engine)
     }
 
@@ -251,6 +270,7 @@ impl Engine {
             reloads: Arc::new(ReloadStats::new()),
             start_only: StartOnly::of(&cfg),
             _metrics: None,
+            activated: Mutex::new(Vec::new()),
         };
         let mut out = Vec::new();
         for (i, f) in cfg.forwarders.iter().enumerate() {
@@ -355,6 +375,8 @@ impl Engine {
             ktls: self.ktls.clone(),
             cert_not_after,
             access_log: f.access_log.unwrap_or(access_log),
+            accept_proxy: f.accept_proxy,
+            send_proxy: f.send_proxy,
         })
     }
 
@@ -412,7 +434,7 @@ impl Engine {
                     // A listener we already own on this address (renamed, or moved between
                     // forwarders) is not "in use" by someone else.
                     let ours = entries.iter().any(|e| e.cfg.listen == f.listen);
-                    let (addr, fds) = bind_all(f.listen_addr()?, threads, !ours)?;
+                    let (addr, fds) = self.bind_all(f.listen_addr()?, threads, !ours)?;
                     plans.push(Plan::Add(Box::new(f.clone()), fwd, addr, fds));
                 }
             }
@@ -583,6 +605,35 @@ fn key_of_failure(f: &ForwarderConfig, e: &Error) -> &'static str {
         Error::Address { addr, .. } if f.sni.as_deref() == Some(addr.as_str()) => "sni",
         Error::Config { .. } => "tls_versions",
         _ => "connect",
+    }
+}
+
+impl Engine {
+    /// The listening sockets of one forwarder, one per shard: the socket systemd passed for
+    /// `addr` if there is one (shared by every shard), else freshly bound ones.
+    fn bind_all(
+        &self,
+        addr: SocketAddr,
+        threads: usize,
+        check_free: bool,
+    ) -> Result<(SocketAddr, Vec<std::os::fd::OwnedFd>)> {
+        let mut activated = self.activated.lock().expect("activated lock");
+        let Some((passed, used)) = activated
+            .iter_mut()
+            .find(|(s, _)| addr.port() != 0 && s.addr == addr)
+        else {
+            return bind_all(addr, threads, check_free);
+        };
+        let err = |source| Error::Listen { addr, source };
+        socket2::SockRef::from(&passed.fd)
+            .set_nonblocking(true)
+            .map_err(err)?;
+        let fds = (0..threads)
+            .map(|_| passed.fd.try_clone().map_err(err))
+            .collect::<Result<Vec<_>>>()?;
+        *used = true;
+        tracing::info!(name = %passed.name, addr = %addr, "using the socket passed by systemd");
+        Ok((addr, fds))
     }
 }
 

@@ -90,7 +90,7 @@ pub enum Error {
         why: String,
     },
     /// A listener could not be opened (port in use, permission, ...).
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}: {source}{}", listen_hint(addr, source))]
     Listen {
         /// The address.
         addr: SocketAddr,
@@ -151,3 +151,14 @@ impl Error {
 
 /// `Result` with the engine's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A hint for the listen error an operator meets first: a port below 1024 as a non-root user.
+fn listen_hint(addr: &SocketAddr, e: &io::Error) -> &'static str {
+    if e.kind() == io::ErrorKind::PermissionDenied && addr.port() < 1024 {
+        " (ports below 1024 need root or CAP_NET_BIND_SERVICE: run under systemd with \
+         AmbientCapabilities=CAP_NET_BIND_SERVICE, see contrib/splice-engine.service, or \
+         `setcap cap_net_bind_service=+ep` on the binary)"
+    } else {
+        ""
+    }
+}

@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod shard;
 pub mod stats;
 pub mod sys;
+pub mod systemd;
 pub mod tls;
 
 pub use config::{DriverKind, EngineConfig, ForwarderConfig, KtlsMode, LogFormat, Mode};

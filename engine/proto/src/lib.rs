@@ -11,6 +11,7 @@
 
 pub mod forward;
 pub mod pool;
+pub mod proxy_protocol;
 mod record;
 #[cfg(test)]
 mod tests;

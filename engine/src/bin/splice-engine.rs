@@ -240,6 +240,10 @@ struct ForwarderArgs {
     /// Turn TLS session resumption off: every connection does a full handshake.
     #[arg(long)]
     no_resumption: bool,
+    /// Expect a PROXY protocol header (v1 or v2) from a load balancer on every accepted
+    /// connection; the client address it carries is used in logs and in --send-proxy.
+    #[arg(long)]
+    accept_proxy: bool,
 }
 
 #[derive(Args, Debug)]
@@ -280,6 +284,9 @@ struct ServerArgs {
     /// client certificate is asked for].
     #[arg(long, value_name = "FILE", value_hint = ValueHint::FilePath)]
     client_ca: Option<PathBuf>,
+    /// Send a PROXY protocol header (v1 or v2) to the backend, so it sees the client address.
+    #[arg(long, value_name = "VERSION")]
+    send_proxy: Option<splice_engine::config::ProxyVersion>,
     #[command(flatten)]
     common: Common,
 }
@@ -341,6 +348,7 @@ impl ForwarderArgs {
         }
         f.idle_timeout = self.idle_timeout;
         f.resumption = !self.no_resumption;
+        f.accept_proxy = self.accept_proxy;
         f
     }
 }
@@ -520,6 +528,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             f.cert = Some(a.cert);
             f.key = Some(a.key);
             f.client_ca = a.client_ca;
+            f.send_proxy = a.send_proxy;
             let mut cfg = EngineConfig::default();
             cfg.forwarders.push(f);
             a.common.apply(&mut cfg);
@@ -569,17 +578,22 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let drain = cfg.drain_timeout;
     let engine = Engine::start(cfg)?;
     tracing::info!(driver = %engine.driver(), ktls = engine.ktls_enabled(), "ready");
+    splice_engine::systemd::ready();
     for sig in signals.forever() {
         match sig {
-            SIGHUP => match engine.reload_with(|| source.load()) {
-                Ok(()) => {}
-                Err(e) => tracing::error!(
-                    config = %source.origin(),
-                    error = %e,
-                    "reload failed; the previous configuration stays"
-                ),
-            },
+            SIGHUP => {
+                splice_engine::systemd::reloading();
+                if let Err(e) = engine.reload_with(|| source.load()) {
+                    tracing::error!(
+                        config = %source.origin(),
+                        error = %e,
+                        "reload failed; the previous configuration stays"
+                    );
+                }
+                splice_engine::systemd::ready();
+            }
             _ => {
+                splice_engine::systemd::stopping();
                 let drain = match source.load() {
                     Ok(c) => c.drain_timeout,
                     Err(_) => drain,

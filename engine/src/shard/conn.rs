@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use rustls::client::UnbufferedClientConnection;
 use rustls::server::UnbufferedServerConnection;
+use splice_proto::proxy_protocol::{self, Addresses, Parsed};
 use splice_proto::{Buffers, Fault, Io, Leg, Negotiated, TlsForward};
 
 use super::splice::SplicePump;
@@ -18,7 +19,7 @@ use super::{
     Forwarder, Shard, TAG_CONNECT, TAG_HANGUP_PLAIN, TAG_HANGUP_TLS, TAG_RECV_PLAIN, TAG_RECV_TLS,
     TAG_SEND_PLAIN, TAG_SEND_TLS, TAG_WAIT_PLAIN, TAG_WAIT_TLS, token,
 };
-use crate::config::Mode;
+use crate::config::{Mode, ProxyVersion};
 use crate::driver::{Completion, Fd, Op};
 use crate::error::{Error, Side};
 use crate::sys;
@@ -82,6 +83,10 @@ pub(crate) struct Conn {
     pub(crate) idle_armed: Option<Instant>,
     /// When bytes last moved (only kept with an idle timeout).
     last_active: Instant,
+    /// `accept_proxy`: the PROXY header still being read; nothing else runs until it is done.
+    proxy_in: Option<Box<ProxyIn>>,
+    /// The destination address a PROXY header carried (the source replaces `peer`).
+    proxied_to: Option<SocketAddr>,
 }
 
 impl Conn {
@@ -123,6 +128,7 @@ impl Conn {
         let handshake_from = (fwd.mode == Mode::Server).then(Instant::now);
         let now = Instant::now();
         let idle_deadline = fwd.idle_timeout.map(|t| now + t);
+        let fwd_accepts_proxy = fwd.accept_proxy;
         Ok(Self {
             generation,
             fwd,
@@ -150,6 +156,8 @@ impl Conn {
             idle_deadline,
             idle_armed: None,
             last_active: now,
+            proxy_in: fwd_accepts_proxy.then(Box::default),
+            proxied_to: None,
         })
     }
 
@@ -175,7 +183,7 @@ impl Conn {
     }
 
     /// Hands a completion to the state machine.
-    pub(crate) fn complete(&mut self, tag: u8, c: Completion) {
+    pub(crate) fn complete(&mut self, tag: u8, mut c: Completion) {
         if tag == TAG_HANGUP_PLAIN || tag == TAG_HANGUP_TLS {
             let leg = if tag == TAG_HANGUP_PLAIN {
                 Leg::Plain
@@ -184,6 +192,17 @@ impl Conn {
             };
             self.hangup_seen(leg, c.result);
             return;
+        }
+        if self.proxy_in.is_some() {
+            // The only operation in flight while the header is read is its readiness wait.
+            self.proxy_readable(c);
+            return;
+        }
+        if let (TAG_CONNECT, Ok(_), Some(v)) = (tag, &c.result, self.fwd.send_proxy) {
+            // Before the state machine sees the connection, so the header goes first.
+            if let Err(e) = self.send_proxy_header(v) {
+                c.result = Err(e);
+            }
         }
         if tag == TAG_CONNECT && c.result.is_ok() {
             self.up_connected = true;
@@ -339,6 +358,11 @@ impl Conn {
     }
 
     pub(crate) fn timeout(&mut self) {
+        if let Some(p) = &mut self.proxy_in {
+            p.failed
+                .get_or_insert_with(|| "no complete PROXY header before the deadline".into());
+            return;
+        }
         if let State::Tls(sm) = &mut self.state {
             sm.handle_timeout();
         }
@@ -349,6 +373,9 @@ impl Conn {
         if let Some(failure) = self.hangup.take() {
             self.account();
             return Outcome::Closed(Some(failure));
+        }
+        if self.proxy_in.is_some() {
+            return self.drive_proxy_in(index, shard);
         }
         self.watch_legs(index, shard);
         for leg in [Leg::Plain, Leg::Tls] {
@@ -673,5 +700,147 @@ fn attach_ulp(fd: &Fd) -> bool {
             tracing::debug!(error = %e, "kTLS not attached; this connection stays in user space");
             false
         }
+    }
+}
+
+/// The PROXY header of an `accept_proxy` connection, read before anything else.
+#[derive(Default)]
+struct ProxyIn {
+    /// The header's bytes taken from the socket so far (every one of them is the header's).
+    got: Vec<u8>,
+    /// A readiness wait is in flight.
+    waiting: bool,
+    /// Why the connection is to be reset.
+    failed: Option<String>,
+}
+
+/// The most header bytes looked at in one read; a longer v2 header takes several.
+const PROXY_PEEK: usize = 512;
+
+impl Conn {
+    /// `accept_proxy`: waits for the accepted socket to be readable, or resets the connection
+    /// when the header was refused or is late.
+    fn drive_proxy_in(&mut self, index: u32, shard: &mut Shard) -> Outcome {
+        let Some(p) = self.proxy_in.as_mut() else {
+            return Outcome::Open;
+        };
+        if let Some(why) = p.failed.take() {
+            return Outcome::Closed(Some((Side::Downstream, why)));
+        }
+        if !p.waiting {
+            p.waiting = true;
+            let tag = match self.fwd.mode {
+                Mode::Client => TAG_WAIT_PLAIN,
+                Mode::Server => TAG_WAIT_TLS,
+            };
+            shard.driver.submit(
+                token(tag, index, self.generation),
+                Op::Poll {
+                    fd: self.down.clone(),
+                    write: false,
+                },
+            );
+        }
+        Outcome::Open
+    }
+
+    /// The accepted socket is readable: look at what arrived and take the header's bytes, and
+    /// only those, off the socket. While the header is incomplete every byte that arrived is
+    /// part of it, so each byte is read once and a slow sender cannot make us spin.
+    fn proxy_readable(&mut self, c: Completion) {
+        let Some(p) = self.proxy_in.as_mut() else {
+            return;
+        };
+        p.waiting = false;
+        if let Err(e) = c.result {
+            p.failed = Some(format!("waiting for the PROXY header: {e}"));
+            return;
+        }
+        let at_most = match proxy_protocol::parse(&p.got) {
+            Ok(Parsed::Incomplete { at_most }) => at_most.min(PROXY_PEEK),
+            _ => 0,
+        };
+        let had = p.got.len();
+        let mut seen = p.got.clone();
+        let take = match sys::peek_into(self.down.as_fd(), &mut seen, at_most) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+            Err(e) => Err(format!("reading the PROXY header: {e}")),
+            Ok(0) => Err("the peer closed before its PROXY header was complete".into()),
+            Ok(n) => match proxy_protocol::parse(&seen) {
+                Ok(Parsed::Incomplete { .. }) => Ok(n),
+                Ok(Parsed::Complete { len, .. }) => Ok(len - had),
+                Err(e) => Err(format!("bad PROXY header: {e}")),
+            },
+        };
+        let take = match take {
+            Ok(n) => n,
+            Err(why) => {
+                p.failed = Some(why);
+                return;
+            }
+        };
+        if let Err(e) = sys::recv_into(self.down.as_fd(), &mut p.got, take) {
+            p.failed = Some(format!("reading the PROXY header: {e}"));
+            return;
+        }
+        let header = match proxy_protocol::parse(&p.got) {
+            Ok(Parsed::Complete { header, .. }) => header,
+            Ok(Parsed::Incomplete { .. }) => return,
+            Err(e) => {
+                p.failed = Some(format!("bad PROXY header: {e}"));
+                return;
+            }
+        };
+        self.proxy_in = None;
+        tracing::debug!(
+            forwarder = %self.fwd.name,
+            peer = ?self.peer,
+            header = ?header,
+            "PROXY header read"
+        );
+        if let Addresses::Tcp {
+            source,
+            destination,
+        } = header.addresses
+        {
+            self.peer = Some(source);
+            self.proxied_to = Some(destination);
+        }
+    }
+
+    /// `send_proxy`: writes the header on the freshly connected upstream socket, before any
+    /// byte of the stream. Its send buffer is empty, so a header (at most 52 bytes here) goes
+    /// out whole or the connect is reported failed.
+    fn send_proxy_header(&self, version: ProxyVersion) -> std::io::Result<()> {
+        let up = self
+            .up
+            .as_ref()
+            .ok_or_else(|| std::io::Error::other("no upstream socket"))?;
+        let destination = self.proxied_to.or_else(|| {
+            socket2::SockRef::from(&*self.down)
+                .local_addr()
+                .ok()
+                .and_then(|a| a.as_socket())
+        });
+        let addresses = match (self.peer, destination) {
+            (Some(source), Some(destination)) => Addresses::Tcp {
+                source,
+                destination,
+            },
+            _ => Addresses::Unknown,
+        };
+        let version = match version {
+            ProxyVersion::V1 => proxy_protocol::Version::V1,
+            ProxyVersion::V2 => proxy_protocol::Version::V2,
+        };
+        let header = proxy_protocol::encode(version, &addresses);
+        let n = sys::send(up.as_fd(), &header)?;
+        if n < header.len() {
+            return Err(std::io::Error::other(format!(
+                "PROXY header: only {n} of {} bytes sent",
+                header.len()
+            )));
+        }
+        Ok(())
     }
 }

@@ -68,6 +68,10 @@ pub struct Forwarder {
     pub cert_not_after: Option<i64>,
     /// Log an access line (`info`) for each connection when it closes.
     pub access_log: bool,
+    /// Read a PROXY protocol header first on each accepted connection.
+    pub accept_proxy: bool,
+    /// Send a PROXY protocol header of this version to the upstream (server mode).
+    pub send_proxy: Option<crate::config::ProxyVersion>,
 }
 
 /// Orders from the control thread.

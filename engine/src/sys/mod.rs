@@ -52,6 +52,28 @@ pub fn recv_into(fd: BorrowedFd<'_>, buf: &mut Vec<u8>, len: usize) -> io::Resul
     Ok(n)
 }
 
+/// `recv(2)` with `MSG_PEEK` of at most `len` bytes appended to `buf`: the bytes stay queued
+/// on the socket.
+pub fn peek_into(fd: BorrowedFd<'_>, buf: &mut Vec<u8>, len: usize) -> io::Result<usize> {
+    buf.reserve(len);
+    let start = buf.len();
+    let spare = buf.spare_capacity_mut().as_mut_ptr();
+    // SAFETY: `spare` points at `buf`'s spare capacity, at least `len` bytes (reserved above);
+    // the kernel writes at most `len` bytes there.
+    let ret = unsafe {
+        libc::recv(
+            fd.as_raw_fd(),
+            spare.cast(),
+            len,
+            libc::MSG_DONTWAIT | libc::MSG_PEEK,
+        )
+    };
+    let n = cvt_size(ret)?;
+    // SAFETY: the kernel initialised `n <= len` bytes after `start`, within capacity.
+    unsafe { buf.set_len(start + n) };
+    Ok(n)
+}
+
 /// Marks `n` bytes after `buf.len()` as written by the kernel (an io_uring recv completion).
 ///
 /// # Safety
@@ -243,4 +265,39 @@ pub fn eventfd_drain(fd: BorrowedFd<'_>) {
     let mut v: u64 = 0;
     // SAFETY: reads 8 bytes into a valid u64.
     let _ = unsafe { libc::read(fd.as_raw_fd(), (&raw mut v).cast(), 8) };
+}
+
+/// `CLOCK_MONOTONIC` in microseconds, the clock systemd's `MONOTONIC_USEC=` is read on.
+pub fn monotonic_usec() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid timespec for the kernel to write.
+    let ret = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    if ret != 0 {
+        return 0;
+    }
+    (ts.tv_sec as u64) * 1_000_000 + (ts.tv_nsec as u64) / 1_000
+}
+
+/// Takes ownership of a socket that systemd passed at `raw` (socket activation), after
+/// checking that it is an open socket, and marks it close-on-exec.
+///
+/// Only [`crate::systemd::listen_fds`] calls it, once per fd, so nothing else owns it.
+pub fn take_inherited_socket(raw: RawFd) -> io::Result<OwnedFd> {
+    // SAFETY: F_GETFD reads the fd's flags; it touches no memory and fails on a closed fd.
+    let flags = cvt(unsafe { libc::fcntl(raw, libc::F_GETFD) })?;
+    // SAFETY: F_SETFD on an fd just shown to be open; no memory involved.
+    cvt(unsafe { libc::fcntl(raw, libc::F_SETFD, flags | libc::FD_CLOEXEC) })?;
+    // SAFETY: systemd passed this fd to this process for us (LISTEN_PID is ours), it is open
+    // (checked above), and the one caller takes each number once, so no other owner exists.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    let sock = socket2::SockRef::from(&fd);
+    if sock.r#type().is_err() {
+        // Not a socket: give the number back untouched rather than close what is not ours.
+        let _ = std::os::fd::IntoRawFd::into_raw_fd(fd);
+        return Err(io::Error::other(format!("fd {raw} is not a socket")));
+    }
+    Ok(fd)
 }

@@ -1398,5 +1398,6 @@ const VERSIONS: [Version; 2] = [Version::Tls12, Version::Tls13];
 mod closing;
 mod data;
 mod handshake;
+mod proxy_protocol;
 mod record_mode;
 mod records;
