@@ -50,16 +50,33 @@ pub fn parse_filter(s: &str) -> std::result::Result<String, String> {
     Ok(filter)
 }
 
+/// rustls logs through the `log` crate, which reaches our subscriber: at `warn` it writes its own
+/// line for a peer's protocol error (in Debug form, `Received a ClientHello handshake message
+/// while expecting [ServerHello, ...]`), beside ours that says the same in words and names the
+/// forwarder and side. So rustls is held to `error` unless the filter names it.
+fn with_defaults(filter: String) -> String {
+    if filter.contains("rustls") {
+        filter
+    } else {
+        format!("{filter},rustls=error")
+    }
+}
+
 /// Installs the global subscriber. `level` is a level or directive as [`parse_filter`] accepts
-/// it; `RUST_LOG` is used when it is `None`.
+/// it; `RUST_LOG` (checked the same way) is used when it is `None`, and `info` when neither is
+/// set.
 pub fn init(level: Option<&str>, json: bool) -> Result<()> {
     let filter = match level {
-        Some(l) => {
-            let f = parse_filter(l).map_err(|e| Error::config("log_level", e))?;
-            EnvFilter::try_new(f).map_err(|e| Error::config("log_level", e.to_string()))?
-        }
-        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        Some(l) => parse_filter(l).map_err(|e| Error::config("log_level", e))?,
+        None => match std::env::var("RUST_LOG") {
+            Ok(v) if !v.trim().is_empty() => {
+                parse_filter(&v).map_err(|e| Error::config("RUST_LOG", e))?
+            }
+            _ => "info".to_string(),
+        },
     };
+    let filter = EnvFilter::try_new(with_defaults(filter))
+        .map_err(|e| Error::config("log_level", e.to_string()))?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -194,6 +211,15 @@ mod tests {
         assert!(rl.allow("a", "k", t0 + Duration::from_secs(2)));
         assert!(!rl.allow("a", "k", t0 + Duration::from_millis(2500)));
         assert!(rl.flush(t0 + Duration::from_secs(2)).is_empty());
+    }
+
+    #[test]
+    fn rustls_is_quiet_unless_named() {
+        assert_eq!(super::with_defaults("info".into()), "info,rustls=error");
+        assert_eq!(
+            super::with_defaults("warn,rustls=debug".into()),
+            "warn,rustls=debug"
+        );
     }
 
     #[test]

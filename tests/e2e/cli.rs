@@ -580,3 +580,80 @@ fn duplicate_listen_addresses_refused_at_start() {
         engine.log()
     );
 }
+
+/// A peer's protocol error is logged once, by us, in words: rustls's own `log` line for it
+/// (`Received a ClientHello handshake message while expecting [ServerHello, ...]`, in Debug
+/// form) stays out of the log. The upstream here echoes, so our ClientHello comes back.
+fn rustls_own_lines_stay_out(driver: &str) {
+    let pki = Pki::new();
+    let echo = echo_backend();
+    let port = free_port();
+    let engine = EngineCmd::client(port, echo.addr, &pki.ca, driver)
+        .wait_port(port)
+        .label("client in front of an echo upstream")
+        .start();
+    let (_, end) = send_and_read_to_end(localhost(port), b"hello?");
+    assert!(end.closed(), "the connection did not end: {end:?}");
+    assert!(
+        engine.wait_log(SOON, |l| !warn_lines_with_side(l, "tls").is_empty()),
+        "no WARN line for the failed handshake:\n{}",
+        engine.log()
+    );
+    let log = engine.log();
+    assert!(
+        !log.contains("while expecting") && !log.contains("HandshakeType"),
+        "rustls's own line reached the log:\n{log}"
+    );
+}
+
+#[test]
+fn rustls_own_lines_stay_out_uring() {
+    rustls_own_lines_stay_out("uring");
+}
+
+#[test]
+fn rustls_own_lines_stay_out_epoll() {
+    rustls_own_lines_stay_out("epoll");
+}
+
+/// `RUST_LOG` (used when no level is given) is checked like `--log-level`: a typo is refused
+/// instead of silencing every line.
+#[test]
+fn bad_rust_log_is_refused() {
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let err = dir.path().join("err");
+    let mut child = Command::new(BIN)
+        .args(["client", "--listen"])
+        .arg(localhost(free_port()).to_string())
+        .args(["--connect", "127.0.0.1:9", "--ca"])
+        .arg(&pki.ca.path)
+        .env("RUST_LOG", "verbose")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(fs::File::create(&err).expect("stderr file"))
+        .spawn()
+        .expect("spawn splice-engine");
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break Some(s);
+        }
+        if start.elapsed() > SOON {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
+    let out_stderr = fs::read(&err).expect("read stderr");
+    let stderr = text(&out_stderr);
+    assert!(
+        status.is_some_and(|s| !s.success()),
+        "RUST_LOG=verbose accepted (still running or exit 0):\n{stderr}"
+    );
+    assert!(
+        stderr.contains("RUST_LOG") && stderr.contains("verbose") && stderr.contains("error, warn"),
+        "{stderr}"
+    );
+}

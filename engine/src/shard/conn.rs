@@ -668,15 +668,15 @@ impl Conn {
             forwarder = %self.fwd.name,
             peer = %peer,
             upstream = %self.fwd.upstream_text,
-            tls = tls,
-            suite = suite,
+            tls = %tls,
+            suite = %suite,
             resumed = resumed,
             bytes_down_up = self.moved.0,
             bytes_up_down = self.moved.1,
             ms = self.started.elapsed().as_millis() as u64,
-            end = end,
-            side = side,
-            reason = reason,
+            end = %end,
+            side = %side,
+            reason = %reason,
             "access"
         );
     }
