@@ -5,7 +5,7 @@
 
 use rustls::{AlertDescription, CertificateError, Error, InvalidMessage, PeerIncompatible};
 
-use crate::config::Mode;
+use crate::kinds::Mode;
 use crate::tls::check::format_time;
 
 /// One line saying what went wrong in `e`, from the point of view of a forwarder in `mode`
