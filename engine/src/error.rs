@@ -103,7 +103,7 @@ pub enum Error {
     // ---- peer protocol violations ----
     /// A TLS configuration was refused by rustls (the text is in words, see
     /// [`crate::tls::explain`]).
-    #[error("TLS: {}", crate::tls::explain(.0, crate::kinds::Mode::Client))]
+    #[error("TLS: {}", crate::explain::explain(.0, crate::kinds::Mode::Client))]
     Tls(#[from] rustls::Error),
     /// The kTLS peer sent a record we cannot handle after the hand-off.
     #[error("kTLS: {0}")]
