@@ -12,7 +12,7 @@ use crate::config::{
 };
 use crate::error::{Error, Result};
 use crate::shard::{self, Command, Forwarder, ShardHandle};
-use crate::stats::{ListenerStats, ReloadStats, StatsSnapshot};
+use crate::stats::{ListenerStats, Registry, ReloadStats, StatsSnapshot};
 use crate::sys::ktls::{self, KtlsSupport};
 use crate::tls::{material, validity};
 
@@ -22,9 +22,6 @@ struct Entry {
     addr: SocketAddr,
     fwd: Arc<Forwarder>,
 }
-
-/// The counters of every forwarder, shared with the metrics endpoint.
-pub(crate) type Registry = Arc<Mutex<Vec<(String, Mode, Arc<ListenerStats>)>>>;
 
 /// A running engine. Dropping it stops everything at once; [`Engine::shutdown`] drains first.
 pub struct Engine {

@@ -4,28 +4,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-/// A failed system call: which call, and what the kernel said.
-#[derive(Debug, thiserror::Error)]
-#[error("{call}: {source}")]
-pub struct SyscallError {
-    /// The name of the call (`"setsockopt(TCP_ULP)"`, `"io_uring_setup"`, ...).
-    pub call: &'static str,
-    /// The error the kernel returned.
-    #[source]
-    pub source: io::Error,
-}
-
-impl SyscallError {
-    /// Wraps `source` with the name of the call that failed.
-    pub fn new(call: &'static str, source: io::Error) -> Self {
-        Self { call, source }
-    }
-
-    /// Captures `errno` for `call`.
-    pub fn last(call: &'static str) -> Self {
-        Self::new(call, io::Error::last_os_error())
-    }
-}
+pub use crate::sys::SyscallError;
 
 /// Which side of a forwarded connection a failure came from.
 ///
@@ -124,7 +103,7 @@ pub enum Error {
     // ---- peer protocol violations ----
     /// A TLS configuration was refused by rustls (the text is in words, see
     /// [`crate::tls::explain`]).
-    #[error("TLS: {}", crate::tls::explain(.0, crate::config::Mode::Client))]
+    #[error("TLS: {}", crate::explain::explain(.0, crate::kinds::Mode::Client))]
     Tls(#[from] rustls::Error),
     /// The kTLS peer sent a record we cannot handle after the hand-off.
     #[error("kTLS: {0}")]
@@ -149,6 +128,17 @@ impl Error {
     }
 }
 
+impl From<crate::sys::ktls::Error> for Error {
+    fn from(e: crate::sys::ktls::Error) -> Self {
+        match e {
+            crate::sys::ktls::Error::Unavailable { feature, why } => {
+                Error::Unavailable { feature, why }
+            }
+            crate::sys::ktls::Error::Syscall(e) => Error::Syscall(e),
+        }
+    }
+}
+
 /// `Result` with the engine's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -160,5 +150,44 @@ fn listen_hint(addr: &SocketAddr, e: &io::Error) -> &'static str {
          `setcap cap_net_bind_service=+ep` on the binary)"
     } else {
         ""
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `sys` has its own kTLS error so that it imports nothing from above; callers above it
+    /// must still see the engine's variants and the same words.
+    #[test]
+    fn ktls_errors_keep_their_variant_and_text() {
+        let low = crate::sys::ktls::Error::Unavailable {
+            feature: "kernel TLS",
+            why: "the negotiated cipher has no kernel implementation".to_owned(),
+        };
+        let text = low.to_string();
+        let err = Error::from(low);
+        assert!(
+            matches!(err, Error::Unavailable { feature: "kernel TLS", ref why } if why.contains("cipher")),
+            "{err:?}"
+        );
+        assert_eq!(err.to_string(), text);
+        assert_eq!(
+            text,
+            "kernel TLS is not available: the negotiated cipher has no kernel implementation"
+        );
+
+        let low = crate::sys::ktls::Error::Syscall(SyscallError::new(
+            "setsockopt(SOL_TCP, TCP_ULP)",
+            io::Error::from(io::ErrorKind::NotFound),
+        ));
+        let text = low.to_string();
+        let err = Error::from(low);
+        let Error::Syscall(e) = &err else {
+            panic!("expected a syscall error, got {err:?}");
+        };
+        assert_eq!(e.call, "setsockopt(SOL_TCP, TCP_ULP)");
+        assert_eq!(err.to_string(), text);
+        assert!(text.starts_with("setsockopt(SOL_TCP, TCP_ULP): "), "{text}");
     }
 }

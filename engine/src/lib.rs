@@ -14,6 +14,8 @@ pub mod demo;
 pub mod driver;
 mod engine;
 pub mod error;
+mod explain;
+mod kinds;
 pub mod logging;
 pub mod metrics;
 pub mod shard;

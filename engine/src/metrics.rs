@@ -6,8 +6,7 @@
 use std::fmt::Write as _;
 use std::sync::Arc;
 
-use crate::engine::Registry;
-use crate::stats::{HANDSHAKE_BUCKETS, ReloadSnapshot, ReloadStats, StatsSnapshot};
+use crate::stats::{HANDSHAKE_BUCKETS, Registry, ReloadSnapshot, ReloadStats, StatsSnapshot};
 
 pub mod server;
 

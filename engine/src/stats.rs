@@ -2,9 +2,15 @@
 //! accounting that arrives later adds kernel-side byte counts beside them).
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use crate::error::Side;
+use crate::kinds::Mode;
+
+/// The counters of every forwarder (name, mode, counters), kept by the engine and read by the
+/// metrics endpoint. It lives here, below both, so neither imports the other.
+pub(crate) type Registry = Arc<Mutex<Vec<(String, Mode, Arc<ListenerStats>)>>>;
 
 /// Live counters of one forwarder. Shared by every shard that serves it.
 #[derive(Debug, Default)]

@@ -8,6 +8,9 @@
 //! at once and, on `EAGAIN`, waits for the readiness edge and tries again. Both give the same
 //! results, so everything above them is shared.
 
+pub mod epoll;
+pub mod uring;
+
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::rc::Rc;
@@ -15,10 +18,11 @@ use std::time::Duration;
 
 use socket2::SockAddr;
 
-use crate::config::DriverKind;
-use crate::error::{Error, SyscallError};
-use crate::sys::epoll::EpollDriver;
-use crate::sys::uring::UringDriver;
+pub use self::epoll::EpollDriver;
+pub use self::uring::UringDriver;
+use crate::error::Error;
+use crate::kinds::DriverKind;
+use crate::sys::SyscallError;
 
 /// A shared handle on a socket or pipe; the fd closes when the last handle drops.
 pub type Fd = Rc<OwnedFd>;

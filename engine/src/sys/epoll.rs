@@ -1,303 +1,51 @@
-//! The epoll driver: the same completion interface as io_uring, from readiness.
-//!
-//! Each op is tried at once with a nonblocking system call; on `EAGAIN` it waits in its fd's
-//! read or write slot until epoll reports an edge for that fd, then is tried again. Sockets are
-//! registered edge-triggered once, on their first op that has to wait, and removed by
-//! [`EpollDriver::cancel`].
+//! epoll(7): create a set, add and remove fds, wait for events. The driver that turns readiness
+//! into completions is [`crate::driver`]'s.
 
-use std::collections::{HashMap, VecDeque};
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::time::Duration;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
-use crate::driver::{Completion, Op};
-use crate::error::SyscallError;
-use crate::sys;
+use super::{SyscallError, cvt};
 
-#[derive(Debug, Default)]
-struct Waiting {
-    read: Option<(u64, Op)>,
-    write: Option<(u64, Op)>,
-    /// A [`Op::Hangup`] watch, beside whatever read or write waits.
-    hangup: Option<(u64, Op)>,
+/// `epoll_create1(EPOLL_CLOEXEC)`.
+pub fn create() -> Result<OwnedFd, SyscallError> {
+    // SAFETY: plain call; the result is a new fd we own.
+    let raw = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+    if raw < 0 {
+        return Err(SyscallError::last("epoll_create1"));
+    }
+    // SAFETY: epoll_create1 returned a fresh fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
 }
 
-/// A driver built on epoll.
-#[derive(Debug)]
-pub struct EpollDriver {
-    ep: OwnedFd,
-    waiting: HashMap<RawFd, Waiting>,
-    ready: VecDeque<Completion>,
-    events: Vec<libc::epoll_event>,
-    pending: usize,
-    /// The last `wait` handed back finished ops without asking epoll (the next one asks, so
-    /// ops that finish at once cannot starve the ones waiting for readiness).
-    skipped: bool,
+/// `epoll_ctl(EPOLL_CTL_ADD)`: watch `fd` for `events`, reported with `data`.
+pub fn add(ep: BorrowedFd<'_>, fd: RawFd, events: u32, data: u64) -> io::Result<()> {
+    let mut ev = libc::epoll_event { events, u64: data };
+    // SAFETY: `ev` is a valid epoll_event for the duration of the call; a closed `fd` is
+    // refused with EBADF.
+    cvt(unsafe { libc::epoll_ctl(ep.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut ev) }).map(drop)
 }
 
-enum Attempt {
-    Done(io::Result<usize>, Option<OwnedFd>),
-    Wait,
-}
-
-impl EpollDriver {
-    /// Creates the epoll set.
-    pub fn new() -> Result<Self, SyscallError> {
-        // SAFETY: plain call; the result is a new fd we own.
-        let raw = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
-        if raw < 0 {
-            return Err(SyscallError::last("epoll_create1"));
-        }
-        Ok(Self {
-            // SAFETY: epoll_create1 returned a fresh fd that nothing else owns.
-            ep: unsafe { OwnedFd::from_raw_fd(raw) },
-            waiting: HashMap::new(),
-            ready: VecDeque::new(),
-            events: vec![libc::epoll_event { events: 0, u64: 0 }; 256],
-            pending: 0,
-            skipped: false,
-        })
-    }
-
-    /// Ops not yet completed (waiting, or completed but not yet collected).
-    pub fn in_flight(&self) -> usize {
-        self.pending + self.ready.len()
-    }
-
-    /// Starts `op`.
-    pub fn submit(&mut self, token: u64, mut op: Op) {
-        // A connect starts here; later attempts only collect its result.
-        if let Op::Connect { fd, addr } = &op {
-            // SAFETY: `addr` is a valid socket address of `addr.len()` bytes.
-            let ret = unsafe { libc::connect(fd.as_raw_fd(), addr.as_ptr().cast(), addr.len()) };
-            if ret == 0 {
-                self.finish(token, op, Ok(0), None);
-                return;
-            }
-            let err = io::Error::last_os_error();
-            if err.raw_os_error() != Some(libc::EINPROGRESS) {
-                self.finish(token, op, Err(err), None);
-                return;
-            }
-            self.park(token, op);
-            return;
-        }
-        match attempt(&mut op) {
-            Attempt::Done(res, fd) => self.finish(token, op, res, fd),
-            Attempt::Wait => self.park(token, op),
-        }
-    }
-
-    fn finish(&mut self, token: u64, op: Op, result: io::Result<usize>, accepted: Option<OwnedFd>) {
-        self.ready.push_back(Completion {
-            token,
-            op,
-            result,
-            accepted,
-        });
-    }
-
-    fn park(&mut self, token: u64, op: Op) {
-        let fd = op.fd();
-        let entry = match self.waiting.entry(fd) {
-            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-            std::collections::hash_map::Entry::Vacant(v) => {
-                let mut ev = libc::epoll_event {
-                    events: (libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLET)
-                        as u32,
-                    u64: fd as u64,
-                };
-                // SAFETY: `ev` is a valid epoll_event; `fd` is open (the op holds it).
-                let ret = unsafe {
-                    libc::epoll_ctl(self.ep.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut ev)
-                };
-                if ret < 0 {
-                    let err = io::Error::last_os_error();
-                    self.finish(token, op, Err(err), None);
-                    return;
-                }
-                v.insert(Waiting::default())
-            }
-        };
-        let slot = if matches!(op, Op::Hangup { .. }) {
-            &mut entry.hangup
-        } else if is_write(&op) {
-            &mut entry.write
-        } else {
-            &mut entry.read
-        };
-        debug_assert!(slot.is_none(), "two ops of one direction on one fd");
-        if let Some((t, old)) = slot.replace((token, op)) {
-            // A misuse: complete the displaced op rather than leak it.
-            self.pending -= 1;
-            self.finish(t, old, Err(io::Error::from_raw_os_error(libc::EBUSY)), None);
-        }
-        self.pending += 1;
-    }
-
-    /// Cancels the ops on `fd` (they complete with `ECANCELED`) and unregisters it.
-    pub fn cancel(&mut self, fd: RawFd) {
-        if let Some(w) = self.waiting.remove(&fd) {
-            for (token, op) in [w.read, w.write, w.hangup].into_iter().flatten() {
-                self.pending -= 1;
-                self.finish(
-                    token,
-                    op,
-                    Err(io::Error::from_raw_os_error(libc::ECANCELED)),
-                    None,
-                );
-            }
-            // SAFETY: removing an fd from our epoll set; a null event is allowed for DEL.
-            unsafe {
-                libc::epoll_ctl(
-                    self.ep.as_raw_fd(),
-                    libc::EPOLL_CTL_DEL,
-                    fd,
-                    std::ptr::null_mut(),
-                );
-            }
-        }
-    }
-
-    /// Waits for readiness, retries the ops it concerns, and hands back what completed.
-    pub fn wait(
-        &mut self,
-        timeout: Option<Duration>,
-        out: &mut Vec<Completion>,
-    ) -> Result<(), SyscallError> {
-        if !self.ready.is_empty() && !self.skipped {
-            // Ops finished at submission (a send that went at once): hand them back without
-            // a system call.
-            self.skipped = true;
-            out.extend(self.ready.drain(..));
-            return Ok(());
-        }
-        self.skipped = false;
-        let ms = if !self.ready.is_empty() {
-            0
-        } else {
-            match timeout {
-                None => -1,
-                Some(d) => {
-                    d.as_millis().min(i32::MAX as u128) as i32
-                        + i32::from(d.subsec_nanos() % 1_000_000 != 0)
-                }
-            }
-        };
-        // SAFETY: `events` is valid for `len` entries.
-        let n = unsafe {
-            libc::epoll_wait(
-                self.ep.as_raw_fd(),
-                self.events.as_mut_ptr(),
-                self.events.len() as i32,
-                ms,
-            )
-        };
-        if n < 0 {
-            let err = io::Error::last_os_error();
-            if err.kind() != io::ErrorKind::Interrupted {
-                return Err(SyscallError::new("epoll_wait", err));
-            }
-        }
-        for i in 0..n.max(0) as usize {
-            let ev = self.events[i];
-            let fd = ev.u64 as RawFd;
-            let flags = ev.events as i32;
-            let err_or_hup = flags & (libc::EPOLLERR | libc::EPOLLHUP) != 0;
-            if flags & (libc::EPOLLIN | libc::EPOLLRDHUP) != 0 || err_or_hup {
-                self.retry(fd, false);
-            }
-            if flags & libc::EPOLLOUT != 0 || err_or_hup {
-                self.retry(fd, true);
-            }
-            if flags & libc::EPOLLRDHUP != 0 || err_or_hup {
-                self.retry_hangup(fd);
-            }
-        }
-        out.extend(self.ready.drain(..));
-        Ok(())
-    }
-
-    fn retry(&mut self, fd: RawFd, write: bool) {
-        let Some(w) = self.waiting.get_mut(&fd) else {
-            return;
-        };
-        let slot = if write { &mut w.write } else { &mut w.read };
-        let Some((token, mut op)) = slot.take() else {
-            return;
-        };
-        let res = match &op {
-            Op::Connect { fd, .. } => match sys::is_ready(fd.as_fd(), true) {
-                Ok(false) => Attempt::Wait,
-                Ok(true) => Attempt::Done(sys::take_socket_error(fd.as_fd()).map(|()| 0), None),
-                Err(e) => Attempt::Done(Err(e), None),
-            },
-            // epoll has just reported this direction ready (or an error, which the caller's
-            // read or write will meet): asking poll(2) again would only cost a system call. A
-            // caller that finds it spurious waits again.
-            Op::Poll { .. } => Attempt::Done(Ok(0), None),
-            _ => attempt(&mut op),
-        };
-        match res {
-            Attempt::Wait => *slot = Some((token, op)),
-            Attempt::Done(r, a) => {
-                self.pending -= 1;
-                self.finish(token, op, r, a);
-            }
-        }
+/// `epoll_ctl(EPOLL_CTL_DEL)`: stop watching `fd` (an fd not in the set is ignored).
+pub fn delete(ep: BorrowedFd<'_>, fd: RawFd) {
+    // SAFETY: removing an fd from our epoll set; a null event is allowed for DEL.
+    unsafe {
+        libc::epoll_ctl(
+            ep.as_raw_fd(),
+            libc::EPOLL_CTL_DEL,
+            fd,
+            std::ptr::null_mut(),
+        );
     }
 }
 
-impl EpollDriver {
-    fn retry_hangup(&mut self, fd: RawFd) {
-        let Some(w) = self.waiting.get_mut(&fd) else {
-            return;
-        };
-        let Some((token, mut op)) = w.hangup.take() else {
-            return;
-        };
-        match attempt(&mut op) {
-            Attempt::Wait => w.hangup = Some((token, op)),
-            Attempt::Done(r, a) => {
-                self.pending -= 1;
-                self.finish(token, op, r, a);
-            }
-        }
-    }
-}
-
-fn is_write(op: &Op) -> bool {
-    matches!(
-        op,
-        Op::Send { .. } | Op::Connect { .. } | Op::Poll { write: true, .. }
-    )
-}
-
-fn attempt(op: &mut Op) -> Attempt {
-    let res = match op {
-        Op::Accept { fd } => match sys::accept(fd.as_fd()) {
-            Ok(s) => return Attempt::Done(Ok(0), Some(s)),
-            Err(e) => Err(e),
-        },
-        Op::Recv { fd, buf, len } => sys::recv_into(fd.as_fd(), buf, *len),
-        Op::Send { fd, buf, len } => sys::send(fd.as_fd(), &buf[..(*len).min(buf.len())]),
-        Op::Poll { fd, write } => match sys::is_ready(fd.as_fd(), *write) {
-            Ok(true) => Ok(0),
-            Ok(false) => return Attempt::Wait,
-            Err(e) => Err(e),
-        },
-        // Level-checked at submission too: an edge that came before this watch was parked
-        // went to the other slots and would not be seen again.
-        Op::Hangup { fd } => match sys::hangup_events(fd.as_fd()) {
-            Ok(0) => return Attempt::Wait,
-            Ok(bits) => Ok(bits as usize),
-            Err(e) => Err(e),
-        },
-        Op::Connect { .. } => unreachable!("connect is started in submit"),
-    };
-    match res {
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Attempt::Wait,
-        Err(e) if e.kind() == io::ErrorKind::Interrupted => Attempt::Wait,
-        other => Attempt::Done(other, None),
-    }
+/// `epoll_wait`: fills the front of `events` and says how many; `timeout_ms` -1 waits forever.
+pub fn wait(
+    ep: BorrowedFd<'_>,
+    events: &mut [libc::epoll_event],
+    timeout_ms: i32,
+) -> io::Result<usize> {
+    let len = events.len().min(i32::MAX as usize) as i32;
+    // SAFETY: `events` is valid for writes of `len` entries.
+    let n = cvt(unsafe { libc::epoll_wait(ep.as_raw_fd(), events.as_mut_ptr(), len, timeout_ms) })?;
+    Ok(n as usize)
 }

@@ -22,7 +22,24 @@ use rustls::{
     CipherSuite, ConnectionTrafficSecrets, ExtractedSecrets, ProtocolVersion, SupportedCipherSuite,
 };
 
-use crate::error::{Error, SyscallError};
+use super::SyscallError;
+
+/// Why a socket could not be given kTLS keys. It converts into the engine's `Error` with the
+/// same variant and the same text, so callers above `sys` see no difference.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The kernel interface has no layout for the negotiated version or cipher.
+    #[error("{feature} is not available: {why}")]
+    Unavailable {
+        /// The feature (`"kernel TLS"`).
+        feature: &'static str,
+        /// Why not.
+        why: String,
+    },
+    /// A system call failed.
+    #[error(transparent)]
+    Syscall(#[from] SyscallError),
+}
 
 /// TLS record content types (RFC 8446 §5.1).
 const CONTENT_ALERT: u8 = 21;

@@ -1,5 +1,9 @@
 //! System calls that the standard library and socket2 do not cover: splice, pipes, eventfd,
-//! poll, receiving into a vector's spare room, and the drivers (epoll, io_uring) and kTLS.
+//! poll, receiving into a vector's spare room, io_uring setup, epoll, and kTLS.
+//!
+//! The bottom layer: thin wrappers that import nothing from the rest of the crate (only std,
+//! libc, io-uring, socket2 and rustls's key types), so everything above can use them. The
+//! drivers built on them live in `driver/`.
 //!
 //! This is one of the few modules allowed `unsafe` (the crate root denies it): every block
 //! states its invariant in a `// SAFETY:` comment.
@@ -12,7 +16,30 @@ pub mod uring;
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
-use crate::error::SyscallError;
+use socket2::SockAddr;
+
+/// A failed system call: which call, and what the kernel said.
+#[derive(Debug, thiserror::Error)]
+#[error("{call}: {source}")]
+pub struct SyscallError {
+    /// The name of the call (`"setsockopt(TCP_ULP)"`, `"io_uring_setup"`, ...).
+    pub call: &'static str,
+    /// The error the kernel returned.
+    #[source]
+    pub source: io::Error,
+}
+
+impl SyscallError {
+    /// Wraps `source` with the name of the call that failed.
+    pub fn new(call: &'static str, source: io::Error) -> Self {
+        Self { call, source }
+    }
+
+    /// Captures `errno` for `call`.
+    pub fn last(call: &'static str) -> Self {
+        Self::new(call, io::Error::last_os_error())
+    }
+}
 
 fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
     if ret < 0 {
@@ -97,6 +124,13 @@ pub fn send(fd: BorrowedFd<'_>, buf: &[u8]) -> io::Result<usize> {
         )
     };
     cvt_size(ret)
+}
+
+/// `connect(2)` on a nonblocking socket: `Ok` when it connected at once, `EINPROGRESS` when
+/// it goes on in the background.
+pub fn connect(fd: BorrowedFd<'_>, addr: &SockAddr) -> io::Result<()> {
+    // SAFETY: `addr` is a valid socket address of `addr.len()` bytes.
+    cvt(unsafe { libc::connect(fd.as_raw_fd(), addr.as_ptr().cast(), addr.len()) }).map(drop)
 }
 
 /// Nonblocking `accept4(2)`; the new socket is nonblocking and close-on-exec.

@@ -3,9 +3,8 @@
 //! The syscalls that hand keys to the kernel live in [`crate::sys::ktls`]; nothing here calls
 //! the kernel.
 pub mod check;
-mod explain;
 pub mod ktls;
 pub mod material;
 pub mod validity;
 
-pub use explain::explain;
+pub use crate::explain::explain;

@@ -2,11 +2,39 @@
 //!
 //! rustls's own `Display` shows Rust debug forms (`Other(OtherError(CaUsedAsEndEntity))`,
 //! `DnsName("db")`); every TLS error that reaches a log line goes through [`explain`] instead.
+//!
+//! It sits below `error` (whose `Tls` variant is shown through it) and below `tls` (whose
+//! certificate checks print dates with [`format_time`]), and imports only `kinds`.
 
 use rustls::{AlertDescription, CertificateError, Error, InvalidMessage, PeerIncompatible};
 
-use crate::config::Mode;
-use crate::tls::check::format_time;
+use crate::kinds::Mode;
+
+/// `YYYY-MM-DD HH:MM:SS UTC` for seconds since the Unix epoch.
+pub fn format_time(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    let (y, m, d) = civil_from_days(days);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
+}
+
+/// Days since 1970-01-01 to (year, month, day) (H. Hinnant's algorithm).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
 
 /// One line saying what went wrong in `e`, from the point of view of a forwarder in `mode`
 /// (whose TLS peer is the upstream in client mode, the client in server mode).
