@@ -496,30 +496,17 @@ fn start_backends(cmd: &mut Command, dir: &Path) -> Result<(Proc, Value)> {
     }
 }
 
-/// A throwaway CA and an ECDSA P-256 leaf for `localhost` and 127.0.0.1.
+/// A throwaway CA and an ECDSA P-256 leaf for `localhost` and 127.0.0.1 (the workspace's test
+/// PKI), written as `ca.pem`, `leaf.pem`, `leaf.key` and `leaf-bundle.pem` (certificate + key).
 fn write_certs(dir: &Path) -> Result<()> {
-    let ca_key = rcgen::KeyPair::generate()?;
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new())?;
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "splice-engine bench CA");
-    let ca = ca_params.self_signed(&ca_key)?;
-    let issuer = rcgen::Issuer::new(ca_params, ca_key);
-    let key = rcgen::KeyPair::generate()?;
-    let mut params =
-        rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".into()])?;
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "localhost");
-    let cert = params.signed_by(&key, &issuer)?;
-    std::fs::write(dir.join("ca.pem"), ca.pem())?;
-    std::fs::write(dir.join("leaf.pem"), cert.pem())?;
-    std::fs::write(dir.join("leaf.key"), key.serialize_pem())?;
-    std::fs::write(
-        dir.join("leaf-bundle.pem"),
-        cert.pem() + &key.serialize_pem(),
-    )?;
+    use splice_test_pki::{Authority, KeyType, SERVER_SANS, Usage};
+    let ca = Authority::new("splice-engine bench", KeyType::P256);
+    let leaf = ca.issue("localhost", SERVER_SANS, KeyType::P256, Usage::Server);
+    let key = leaf.key.pem();
+    std::fs::write(dir.join("ca.pem"), ca.cert_pem())?;
+    std::fs::write(dir.join("leaf.pem"), &leaf.pem)?;
+    std::fs::write(dir.join("leaf.key"), &key)?;
+    std::fs::write(dir.join("leaf-bundle.pem"), leaf.pem + &key)?;
     Ok(())
 }
 
