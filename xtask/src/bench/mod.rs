@@ -932,3 +932,37 @@ impl Progress {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// The bench's certificates verify with OpenSSL (an independent parser) for both names the
+    /// engines are given, and the bundle holds the certificate and then its key.
+    #[test]
+    fn write_certs_makes_a_verifiable_leaf() {
+        let dir = splice_test_pki::TempDir::new("xtask-bench");
+        super::write_certs(dir.path()).expect("write certs");
+        for name in [
+            ["-verify_hostname", "localhost"],
+            ["-verify_ip", "127.0.0.1"],
+        ] {
+            let out = std::process::Command::new("openssl")
+                .args(["verify", "-CAfile"])
+                .arg(dir.join("ca.pem"))
+                .args(name)
+                .arg(dir.join("leaf.pem"))
+                .output()
+                .expect("run openssl verify");
+            assert!(
+                out.status.success(),
+                "{name:?}: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let bundle = std::fs::read_to_string(dir.join("leaf-bundle.pem")).expect("bundle");
+        let leaf = std::fs::read_to_string(dir.join("leaf.pem")).expect("leaf");
+        let key = std::fs::read_to_string(dir.join("leaf.key")).expect("key");
+        assert_eq!(bundle, leaf + &key);
+        assert!(key.starts_with("-----BEGIN PRIVATE KEY-----"), "{key}");
+    }
+}
