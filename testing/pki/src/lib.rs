@@ -439,6 +439,48 @@ mod tests {
         }
     }
 
+    /// `openssl verify` on `cert` against `ca` with extra arguments; Ok or OpenSSL's words.
+    fn openssl_verify(ca: &Path, cert: &Path, args: &[&str]) -> Result<(), String> {
+        let out = process::Command::new("openssl")
+            .args(["verify", "-CAfile"])
+            .arg(ca)
+            .args(args)
+            .arg(cert)
+            .output()
+            .expect("run openssl verify");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(text)
+        }
+    }
+
+    /// OpenSSL, an independent X.509 implementation, accepts every key type's leaves for their
+    /// names, IP and purpose, and refuses them against the other CA and for the wrong purpose.
+    #[test]
+    fn openssl_accepts_the_leaves_for_what_they_are() {
+        for kt in KeyType::ALL {
+            let pki = Pki::with(kt);
+            let (ca, other) = (&pki.ca.path, &pki.other_ca.path);
+            let server = ["-purpose", "sslserver", "-verify_hostname", "localhost"];
+            openssl_verify(ca, &pki.server.cert, &server).expect("server by name");
+            let by_ip = ["-purpose", "sslserver", "-verify_ip", "127.0.0.1"];
+            openssl_verify(ca, &pki.server.cert, &by_ip).expect("server by IP");
+            let client = ["-purpose", "sslclient"];
+            openssl_verify(ca, &pki.client.cert, &client).expect("client");
+            openssl_verify(other, &pki.other_server.cert, &server).expect("other server");
+            openssl_verify(ca, &pki.other_server.cert, &server).expect_err("foreign CA");
+            openssl_verify(ca, &pki.client.cert, &server).expect_err("client as server");
+            let elsewhere = ["-verify_hostname", "elsewhere.test"];
+            openssl_verify(ca, &pki.server.cert, &elsewhere).expect_err("wrong name");
+        }
+    }
+
     #[test]
     fn temp_dir_is_removed_on_drop() {
         let dir = TempDir::new("drop");
