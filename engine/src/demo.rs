@@ -8,10 +8,11 @@
 use std::fmt::Write as _;
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
+use splice_test_pki::{Ca, KeyType, SERVER_SANS, Usage};
 
 use crate::config::{EngineConfig, ForwarderConfig, Mode};
 use crate::engine::Engine;
@@ -42,38 +43,18 @@ impl DemoCerts {
             Instant::now().elapsed().as_nanos()
         ));
         std::fs::create_dir_all(&dir).map_err(io("create demo directory"))?;
-        let gen_err = |e: rcgen::Error| Error::certificate(&dir, format!("generate: {e}"));
-        let ca_key = rcgen::KeyPair::generate().map_err(gen_err)?;
-        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).map_err(gen_err)?;
-        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        ca_params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, "splice-engine demo CA");
-        let ca = ca_params.self_signed(&ca_key).map_err(gen_err)?;
-        let issuer = rcgen::Issuer::new(ca_params, ca_key);
-        let key = rcgen::KeyPair::generate().map_err(gen_err)?;
-        let params =
-            rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".into()])
-                .map_err(gen_err)?;
-        let cert = params.signed_by(&key, &issuer).map_err(gen_err)?;
-        let paths = Self {
-            ca: dir.join("ca.pem"),
-            cert: dir.join("server.pem"),
-            key: dir.join("server-key.pem"),
+        // The workspace's test PKI: a P-256 CA and a server leaf for localhost and 127.0.0.1.
+        let ca = Ca::try_new(&dir, "demo", KeyType::P256).map_err(io("write demo certificates"))?;
+        let server = ca
+            .try_issue(&dir, "server", SERVER_SANS, KeyType::P256, Usage::Server)
+            .map_err(io("write demo certificates"))?;
+        Ok(Self {
+            ca: ca.path,
+            cert: server.cert,
+            key: server.key,
             dir,
-        };
-        write(&paths.ca, &ca.pem())?;
-        write(&paths.cert, &cert.pem())?;
-        write(&paths.key, &key.serialize_pem())?;
-        Ok(paths)
+        })
     }
-}
-
-fn write(path: &Path, text: &str) -> Result<()> {
-    std::fs::write(path, text).map_err(|source| Error::Io {
-        context: format!("write {}", path.display()),
-        source,
-    })
 }
 
 impl Drop for DemoCerts {

@@ -52,7 +52,7 @@ fn rsa_certificates() {
 
 #[test]
 fn ecdsa_certificates() {
-    key_type(KeyType::Ecdsa);
+    key_type(KeyType::P256);
 }
 
 #[test]
@@ -200,7 +200,7 @@ fn client_mode_sni_defaults_to_connect_host() {
         pki.path(),
         "dns-only",
         &["localhost", "alt.test"],
-        KeyType::Ecdsa,
+        KeyType::P256,
         Usage::Server,
     );
     let scfg = server_config(&dns_only, None, TLS_ANY);

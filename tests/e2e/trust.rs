@@ -343,15 +343,16 @@ fn common_tls_failures_say_what_to_do() {
 /// Writes a certificate for `localhost` valid only in 2019 to `dir/NAME.pem` and its key to
 /// `dir/NAME-key.pem`.
 fn write_expired(dir: &Path, name: &str) {
-    let key = rcgen::KeyPair::generate().expect("key");
-    let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).expect("params");
-    params.not_before = rcgen::date_time_ymd(2019, 1, 1);
-    params.not_after = rcgen::date_time_ymd(2020, 1, 1);
-    let cert = params.self_signed(&key).expect("self-signed");
-    write_file(&dir.join(format!("{name}.pem")), cert.pem().as_bytes());
+    let cert = splice_test_pki::Cert::self_signed_between(
+        &["localhost"],
+        KeyType::P256,
+        (2019, 1, 1),
+        (2020, 1, 1),
+    );
+    write_file(&dir.join(format!("{name}.pem")), cert.pem.as_bytes());
     write_file(
         &dir.join(format!("{name}-key.pem")),
-        key.serialize_pem().as_bytes(),
+        cert.key.pem().as_bytes(),
     );
 }
 

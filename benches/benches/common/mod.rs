@@ -12,12 +12,11 @@
 
 use std::sync::Arc;
 
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
 use rustls::client::Resumption;
 use rustls::client::UnbufferedClientConnection;
 use rustls::crypto::CryptoProvider;
 use rustls::crypto::aws_lc_rs::{cipher_suite, default_provider};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::server::NoServerSessionStorage;
 use rustls::server::UnbufferedServerConnection;
 use rustls::{
@@ -25,6 +24,7 @@ use rustls::{
     SupportedProtocolVersion,
 };
 use splice_proto::{Buffers, Io, Leg, TlsForward};
+use splice_test_pki::{Authority, KeyType, Usage};
 
 /// Bytes one direction of the simulated TCP connection holds in flight (the socket buffers).
 /// Larger than a forwarder's record buffer, as loopback's are, so a send of a whole buffer of
@@ -105,19 +105,10 @@ impl Configs {
     /// `suite` only. Resumption is off on both sides, as the engine configures it for
     /// `--no-resumption` (no tickets, no session cache), so every handshake is a full one.
     pub fn new(suite: Suite) -> Self {
-        let ca_key = KeyPair::generate().expect("CA key");
-        let mut ca_params = CertificateParams::new(Vec::new()).expect("CA params");
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca_params
-            .distinguished_name
-            .push(DnType::CommonName, "splice-bench CA");
-        let ca_cert = ca_params.self_signed(&ca_key).expect("CA certificate");
-        let issuer = Issuer::new(ca_params, ca_key);
-        let key = KeyPair::generate().expect("leaf key");
-        let params = CertificateParams::new(vec!["localhost".to_string()]).expect("leaf params");
-        let cert = params.signed_by(&key, &issuer).expect("leaf certificate");
-        let chain: Vec<CertificateDer<'static>> = vec![cert.der().clone(), ca_cert.der().clone()];
-        let key = PrivateKeyDer::from(PrivatePkcs8KeyDer::from(key.serialize_der()));
+        let ca = Authority::new("splice-bench", KeyType::P256);
+        let leaf = ca.issue("localhost", &["localhost"], KeyType::P256, Usage::Server);
+        let chain: Vec<CertificateDer<'static>> = vec![leaf.der.clone(), ca.cert_der().clone()];
+        let key = leaf.key.der();
 
         let (cs, version) = suite.rustls();
         let provider = Arc::new(CryptoProvider {
@@ -136,7 +127,7 @@ impl Configs {
         server.enable_secret_extraction = true;
 
         let mut roots = RootCertStore::empty();
-        roots.add(ca_cert.der().clone()).expect("CA as a root");
+        roots.add(ca.cert_der().clone()).expect("CA as a root");
         let mut client = ClientConfig::builder_with_provider(provider)
             .with_protocol_versions(&[version])
             .expect("client protocol versions")

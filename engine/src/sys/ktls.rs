@@ -624,47 +624,35 @@ mod tests {
     use std::net::Shutdown;
     use std::path::PathBuf;
     use std::sync::Arc;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::{env, fs, process, thread};
+    use std::thread;
 
     use rustls::crypto::cipher::{AeadKey, Iv};
     use rustls::pki_types::ServerName;
     use rustls::{ClientConnection, ServerConnection};
+    use splice_test_pki::{Cert, KeyType, Leaf, TempDir};
 
     use super::*;
     use crate::tls::ktls::{ControlAction, control_record};
     use crate::tls::material::{self, ServerTlsOptions};
 
-    /// A self-signed `localhost` certificate and its key in a fresh temp dir (removed on drop).
+    /// A self-signed ECDSA P-256 `localhost` certificate and its key as files in a fresh temp
+    /// dir (removed on drop).
     struct Identity {
-        dir: PathBuf,
+        _dir: TempDir,
         cert: PathBuf,
         key: PathBuf,
     }
 
     impl Identity {
         fn new() -> Self {
-            static NEXT: AtomicUsize = AtomicUsize::new(0);
-            let n = NEXT.fetch_add(1, Ordering::Relaxed);
-            let dir = env::temp_dir().join(format!("splice-ktls-{}-{n}", process::id()));
-            let _ = fs::remove_dir_all(&dir);
-            fs::create_dir_all(&dir).expect("temp dir");
-            let rcgen::CertifiedKey { cert, signing_key } =
-                rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("cert");
-            let (cert_path, key_path) = (dir.join("cert.pem"), dir.join("key.pem"));
-            fs::write(&cert_path, cert.pem()).expect("write cert");
-            fs::write(&key_path, signing_key.serialize_pem()).expect("write key");
+            let dir = TempDir::new("ktls");
+            let cert = Cert::self_signed(&["localhost"], KeyType::P256);
+            let leaf = Leaf::write(&cert, dir.path(), "localhost").expect("write identity");
             Identity {
-                dir,
-                cert: cert_path,
-                key: key_path,
+                _dir: dir,
+                cert: leaf.cert,
+                key: leaf.key,
             }
-        }
-    }
-
-    impl Drop for Identity {
-        fn drop(&mut self) {
-            let _ = fs::remove_dir_all(&self.dir);
         }
     }
 
@@ -927,7 +915,7 @@ mod tests {
         .expect("server config");
         let support = probe();
         for suite in rustls::crypto::aws_lc_rs::ALL_CIPHER_SUITES {
-            // The ECDSA key from rcgen cannot serve the TLS 1.2 RSA suites.
+            // The ECDSA key cannot serve the TLS 1.2 RSA suites.
             if format!("{:?}", suite.suite()).contains("_RSA_") {
                 continue;
             }

@@ -550,161 +550,31 @@ fn key_format(key: &PrivateKeyDer<'_>) -> &'static str {
 #[cfg(test)]
 mod tests {
     use std::io::{Read, Write};
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::{env, process};
 
-    use rcgen::{
-        BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose,
-        IsCa, KeyPair, KeyUsagePurpose,
-    };
     use rustls::pki_types::ServerName;
     use rustls::{ClientConnection, Connection, ProtocolVersion, ServerConnection};
+    use splice_test_pki::{Key, KeyType, Pki, TempDir};
 
     use super::*;
 
-    /// A 2048-bit RSA key, for tests only (fixed, so tests do not spend time generating one).
-    const TEST_RSA_PKCS8: &str = "-----BEGIN PRIVATE KEY-----
-MIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcwggSjAgEAAoIBAQCo20Dq/lfPXd90
-zpspOzlk9DqssZvoGZX+uylAGzQc5LZrmNZCZ8W3MBqGagU5Sp+T9eGmiBOhInbi
-9k/ZGfKrlrTPzxtyfNSkeVUh9NH3zkOZm0lbgy6ZxzYt3S6DD8Qt83lleR1GL//Y
-IXal7ok/7RgzKwnYTsrX9wWg4fUxFyKr4kgk9s5Zb+3mq3FxIKhicy5xR4PagfRa
-MO7NmaT7OXhDDlq3kRXYJdXDKiXAE3kkBWYIZiI7SDgm0/zKTqv+ll6TlP2TBrqY
-BMuP6AmXkNk0PyGwsJO+4zEhmCkA4lIPThNTtpGEISP+8hA2oGFjG6CWUwXYbXyC
-BmG0JnXRAgMBAAECggEAAVRdIFv8Tz9xzgueqqkq9dF9u1ERloJqIuPlLfpISTNZ
-JMEweaDTmjATGz/2DEPbHF0cWN+l3dkpE/cBca233dLHHJCYvNh51TCGEAk7e2Yy
-awNKrChRkI2kh8FdlAYf1ksuQuM8hd7gL89yklA0pR0GfhpvKNkZed4eZGoJoIPg
-KG5cssWR2HkA9mVxDwgH9yXGf4q8q+rPATrgAkSaWtjvQP8y88eLZH23ki5UmI3N
-J/fsYMCSjQxqNfL66gJ9cRI3VmYU6j8P2Tn/H2Z/2FJxF8Nsdrb/O0R3KPyiFtsv
-P2iGHdAd6S3YlilZqlhbwk7lskjpWN6yKpwUXuqfoQKBgQDQ8OiCJA82hAojmLP6
-FEQGLhZBraXDBJYbOlQnNQy5HROvMfQJz4DtstWAM0HonD1EvGo/vAJ1actsUhsB
-MH0Q7wv7AYYHWC9n+frmmXhvYZQ2WkSW6pei2t2UWO5lOMwPSUuNlRbBHGJ+0ZA0
-aeyXDNBeSq55A2ZiG4dr7ydO4QKBgQDO4yd04xcHBdHdk/WsKpL0rAZRns7t+re6
-5X9ixvJWzlZILD9nCIzgKbBaAbjW2JiNpfSV5Bdxxpg9rXr9WeDnDZEENH/1+6Kt
-Cw2or0YdMI9tD3Ofol3oVI1CqMs/w0GB1XHTnrbFiOVNV4vot2Xq71Vp1Lz+KERH
-JmrFfY+08QKBgEkBVAxc8x/WRQCpE4G24QnTwp0SQpAAoz5CRDMq2xY3LbCSYLWo
-1mC3ktfnkQjoxpOkze8VDzrdS2G+0oa43Yo0LFh48M7SJkZLVzqJt0Ybr0DKi5q7
-v1384V07MZkWnl5c+tQumrPA6j1rldpqhGtG4+t+ZrYL1RNEkS3Kc06hAoGARS2b
-kfAlUQnXJPpGma0auomTC1PI6bZ+HRaEQ+k2O2R/YV66TJ+FS6dk+pO81MpUKHkn
-kb9VP4wid+08RN763wegSAGuD/h2atpZVOBW14fXTaZvCR/nurobCgEbBVUq4FkY
-2KQnhWHDGtt9QvGgOLCSpPKnx2x7eDcWWLcliGECgYEA0GQygm7y0dZ3FORCDJHB
-hzIwQDvCdT91GV6uKuJoYSGAZqFU9iwIeg9YlYWT6jFMrhCDTR3JfxfPskLKrmyO
-qaC+nx90MNqWPKt0c63eW+Gr89iuRdLr3STS1e1/yoIl5HkSto2BQgEb8m8s0PLq
-m+dpuF22rz/RAPgPlWNuLa4=
------END PRIVATE KEY-----
-";
-
-    /// A fresh directory under the system temp dir, removed on drop.
-    pub(crate) struct TempDir(PathBuf);
-
-    impl TempDir {
-        pub(crate) fn new(tag: &str) -> Self {
-            static NEXT: AtomicUsize = AtomicUsize::new(0);
-            let n = NEXT.fetch_add(1, Ordering::Relaxed);
-            let dir = env::temp_dir().join(format!("splice-tls-{tag}-{}-{n}", process::id()));
-            // A leftover from a crashed run with a recycled pid.
-            let _ = fs::remove_dir_all(&dir);
-            fs::create_dir_all(&dir).expect("create temp dir");
-            TempDir(dir)
-        }
-
-        pub(crate) fn write(&self, name: &str, contents: impl AsRef<[u8]>) -> PathBuf {
-            let path = self.0.join(name);
-            fs::write(&path, contents).expect("write temp file");
-            path
-        }
-
-        pub(crate) fn path(&self, name: &str) -> PathBuf {
-            self.0.join(name)
-        }
+    /// The options that load `pki`'s server certificate, and that trust its CA.
+    trait Options {
+        fn server_options(&self) -> ServerTlsOptions;
+        fn client_options(&self) -> ClientTlsOptions;
     }
 
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = fs::remove_dir_all(&self.0);
-        }
-    }
-
-    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-    pub(crate) enum Alg {
-        Rsa,
-        P256,
-        P384,
-        Ed25519,
-    }
-
-    const ALL_ALGS: [Alg; 4] = [Alg::Rsa, Alg::P256, Alg::P384, Alg::Ed25519];
-
-    fn key_pair(alg: Alg) -> KeyPair {
-        match alg {
-            Alg::Rsa => KeyPair::from_pem(TEST_RSA_PKCS8),
-            Alg::P256 => KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256),
-            Alg::P384 => KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384),
-            Alg::Ed25519 => KeyPair::generate_for(&rcgen::PKCS_ED25519),
-        }
-        .expect("key pair")
-    }
-
-    /// A CA plus a server and a client certificate it issued, written as PEM files.
-    pub(crate) struct Pki {
-        pub(crate) dir: TempDir,
-        pub(crate) ca: PathBuf,
-        pub(crate) server_cert: PathBuf,
-        pub(crate) server_key: PathBuf,
-        pub(crate) client_cert: PathBuf,
-        pub(crate) client_key: PathBuf,
-    }
-
-    impl Pki {
-        pub(crate) fn new(tag: &str, server: Alg, client: Alg) -> Self {
-            let dir = TempDir::new(tag);
-            let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("ca params");
-            ca_params
-                .distinguished_name
-                .push(DnType::CommonName, format!("splice test CA {tag}"));
-            ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-            ca_params.key_usages = vec![
-                KeyUsagePurpose::KeyCertSign,
-                KeyUsagePurpose::CrlSign,
-                KeyUsagePurpose::DigitalSignature,
-            ];
-            let ca = CertifiedIssuer::self_signed(ca_params, key_pair(Alg::P256)).expect("ca");
-            let ca_path = dir.write("ca.pem", ca.pem());
-
-            let leaf = |name: &str, alg: Alg, eku: ExtendedKeyUsagePurpose| {
-                let key = key_pair(alg);
-                let mut params = CertificateParams::new(vec![name.to_owned()]).expect("params");
-                params.distinguished_name.push(DnType::CommonName, name);
-                params.extended_key_usages = vec![eku];
-                let cert = params.signed_by(&key, &*ca).expect("sign leaf");
-                (cert.pem(), key.serialize_pem())
-            };
-            let (cert, key) = leaf("localhost", server, ExtendedKeyUsagePurpose::ServerAuth);
-            let server_cert = dir.write("server.pem", cert);
-            let server_key = dir.write("server.key", key);
-            let (cert, key) = leaf("client.test", client, ExtendedKeyUsagePurpose::ClientAuth);
-            let client_cert = dir.write("client.pem", cert);
-            let client_key = dir.write("client.key", key);
-            Pki {
-                dir,
-                ca: ca_path,
-                server_cert,
-                server_key,
-                client_cert,
-                client_key,
-            }
-        }
-
-        pub(crate) fn server_options(&self) -> ServerTlsOptions {
+    impl Options for Pki {
+        fn server_options(&self) -> ServerTlsOptions {
             ServerTlsOptions {
-                cert: self.server_cert.clone(),
-                key: self.server_key.clone(),
+                cert: self.server.cert.clone(),
+                key: self.server.key.clone(),
                 ..ServerTlsOptions::default()
             }
         }
 
-        pub(crate) fn client_options(&self) -> ClientTlsOptions {
+        fn client_options(&self) -> ClientTlsOptions {
             ClientTlsOptions {
-                ca: Some(self.ca.clone()),
+                ca: Some(self.ca.path.clone()),
                 ..ClientTlsOptions::default()
             }
         }
@@ -771,7 +641,7 @@ m+dpuF22rz/RAPgPlWNuLa4=
     #[test]
     fn missing_file_is_named() {
         let dir = TempDir::new("missing");
-        let path = dir.path("nope.pem");
+        let path = dir.join("nope.pem");
         for msg in [
             message(load_certs(&path)),
             message(load_key(&path)),
@@ -789,23 +659,23 @@ m+dpuF22rz/RAPgPlWNuLa4=
 
     #[test]
     fn key_given_as_certificate() {
-        let pki = Pki::new("keyascert", Alg::P256, Alg::P256);
-        let msg = message(load_certs(&pki.server_key));
+        let pki = Pki::new();
+        let msg = message(load_certs(&pki.server.key));
         assert_eq!(
             msg,
             format!(
                 "{}: no PEM certificate found (is this a key?)",
-                pki.server_key.display()
+                pki.server.key.display()
             )
         );
         let mut opts = pki.server_options();
-        opts.cert = pki.server_key.clone();
+        opts.cert = pki.server.key.clone();
         assert!(message(server_config(&opts)).contains("(is this a key?)"));
         let mut opts = pki.client_options();
-        opts.ca = Some(pki.client_key.clone());
+        opts.ca = Some(pki.client.key.clone());
         let msg = message(client_config(&opts));
         assert!(
-            msg.starts_with(&pki.client_key.display().to_string()),
+            msg.starts_with(&pki.client.key.display().to_string()),
             "{msg}"
         );
         assert!(
@@ -816,20 +686,20 @@ m+dpuF22rz/RAPgPlWNuLa4=
 
     #[test]
     fn certificate_given_as_key() {
-        let pki = Pki::new("certaskey", Alg::P256, Alg::P256);
-        let msg = message(load_key(&pki.server_cert));
+        let pki = Pki::new();
+        let msg = message(load_key(&pki.server.cert));
         assert_eq!(
             msg,
             format!(
                 "{}: no private key found (is this a certificate?)",
-                pki.server_cert.display()
+                pki.server.cert.display()
             )
         );
         let mut opts = pki.server_options();
-        opts.key = pki.server_cert.clone();
+        opts.key = pki.server.cert.clone();
         let msg = message(server_config(&opts));
         assert!(
-            msg.starts_with(&pki.server_cert.display().to_string()),
+            msg.starts_with(&pki.server.cert.display().to_string()),
             "{msg}"
         );
         assert!(msg.contains("no private key found"), "{msg}");
@@ -915,59 +785,59 @@ m+dpuF22rz/RAPgPlWNuLa4=
             ..ClientTlsOptions::default()
         };
         assert_eq!(message(client_config(&opts)), msg);
-        let pki = Pki::new("roots-ok", Alg::P256, Alg::P256);
-        assert_eq!(load_roots(&pki.ca).expect("roots").len(), 1);
+        let pki = Pki::new();
+        assert_eq!(load_roots(&pki.ca.path).expect("roots").len(), 1);
     }
 
     #[test]
     fn mismatched_key_names_both_files() {
-        let a = Pki::new("mismatch-a", Alg::P256, Alg::P256);
-        let b = Pki::new("mismatch-b", Alg::P256, Alg::Ed25519);
+        let a = Pki::new();
+        let b = Pki::mixed(KeyType::P256, KeyType::P256, KeyType::Ed25519);
         let expected = format!(
             "{}: private key does not match the certificate in {}",
-            b.server_key.display(),
-            a.server_cert.display()
+            b.server.key.display(),
+            a.server.cert.display()
         );
         let opts = ServerTlsOptions {
-            cert: a.server_cert.clone(),
-            key: b.server_key.clone(),
+            cert: a.server.cert.clone(),
+            key: b.server.key.clone(),
             ..ServerTlsOptions::default()
         };
         assert_eq!(message(server_config(&opts)), expected);
 
         // Same for a client certificate, across key types.
         let opts = ClientTlsOptions {
-            ca: Some(a.ca.clone()),
-            cert: Some(a.client_cert.clone()),
-            key: Some(b.client_key.clone()),
+            ca: Some(a.ca.path.clone()),
+            cert: Some(a.client.cert.clone()),
+            key: Some(b.client.key.clone()),
             ..ClientTlsOptions::default()
         };
         assert_eq!(
             message(client_config(&opts)),
             format!(
                 "{}: private key does not match the certificate in {}",
-                b.client_key.display(),
-                a.client_cert.display()
+                b.client.key.display(),
+                a.client.cert.display()
             )
         );
     }
 
     #[test]
     fn half_a_client_identity_is_an_error() {
-        let pki = Pki::new("half", Alg::P256, Alg::P256);
+        let pki = Pki::new();
         let mut opts = pki.client_options();
-        opts.cert = Some(pki.client_cert.clone());
+        opts.cert = Some(pki.client.cert.clone());
         let msg = message(client_config(&opts));
         assert!(
-            msg.starts_with(&pki.client_cert.display().to_string()),
+            msg.starts_with(&pki.client.cert.display().to_string()),
             "{msg}"
         );
         assert!(msg.contains("without a private key"), "{msg}");
         let mut opts = pki.client_options();
-        opts.key = Some(pki.client_key.clone());
+        opts.key = Some(pki.client.key.clone());
         let msg = message(client_config(&opts));
         assert!(
-            msg.starts_with(&pki.client_key.display().to_string()),
+            msg.starts_with(&pki.client.key.display().to_string()),
             "{msg}"
         );
         assert!(msg.contains("without a certificate"), "{msg}");
@@ -985,8 +855,8 @@ m+dpuF22rz/RAPgPlWNuLa4=
             msg.starts_with(&format!("{}: encrypted private keys", enc.display())),
             "{msg}"
         );
-        let k1 = key_pair(Alg::P256).serialize_pem();
-        let k2 = key_pair(Alg::P256).serialize_pem();
+        let k1 = Key::generate(KeyType::P256).pem();
+        let k2 = Key::generate(KeyType::P256).pem();
         let two = dir.write("two.key", format!("{k1}{k2}"));
         assert_eq!(
             message(load_key(&two)),
@@ -1059,15 +929,15 @@ m+dpuF22rz/RAPgPlWNuLa4=
 
     #[test]
     fn every_key_format_loads_and_serves() {
-        let pki = Pki::new("formats", Alg::Rsa, Alg::P256);
-        let rsa = KeyPair::from_pem(TEST_RSA_PKCS8).expect("rsa");
+        let pki = Pki::mixed(KeyType::P256, KeyType::Rsa, KeyType::P256);
+        let rsa = pki.server.key_der();
         let pkcs1 = pki.dir.write(
             "rsa-pkcs1.key",
-            pem("RSA PRIVATE KEY", &pkcs8_inner(rsa.serialized_der())),
+            pem("RSA PRIVATE KEY", &pkcs8_inner(rsa.secret_der())),
         );
         assert!(matches!(load_key(&pkcs1), Ok(PrivateKeyDer::Pkcs1(_))));
         assert!(matches!(
-            load_key(&pki.server_key),
+            load_key(&pki.server.key),
             Ok(PrivateKeyDer::Pkcs8(_))
         ));
         // The server certificate's key, re-encoded as PKCS#1, serves a handshake.
@@ -1079,12 +949,11 @@ m+dpuF22rz/RAPgPlWNuLa4=
         )
         .expect("handshake with a PKCS#1 key");
 
-        let pki = Pki::new("formats-ec", Alg::P256, Alg::P256);
-        let ec =
-            KeyPair::from_pem(&fs::read_to_string(&pki.server_key).expect("read")).expect("ec");
+        let pki = Pki::new();
+        let ec = pki.server.key_der();
         let sec1 = pki.dir.write(
             "ec-sec1.key",
-            pem("EC PRIVATE KEY", &pkcs8_inner(ec.serialized_der())),
+            pem("EC PRIVATE KEY", &pkcs8_inner(ec.secret_der())),
         );
         assert!(matches!(load_key(&sec1), Ok(PrivateKeyDer::Sec1(_))));
         let mut opts = pki.server_options();
@@ -1095,23 +964,23 @@ m+dpuF22rz/RAPgPlWNuLa4=
         )
         .expect("handshake with a SEC1 key");
 
-        let pki = Pki::new("formats-ed", Alg::Ed25519, Alg::P256);
+        let pki = Pki::mixed(KeyType::P256, KeyType::Ed25519, KeyType::P256);
         assert!(matches!(
-            load_key(&pki.server_key),
+            load_key(&pki.server.key),
             Ok(PrivateKeyDer::Pkcs8(_))
         ));
     }
 
     #[test]
     fn every_algorithm_as_server_and_client() {
-        for server in ALL_ALGS {
-            for client in ALL_ALGS {
-                let pki = Pki::new("algs", server, client);
+        for server in KeyType::ALL {
+            for client in KeyType::ALL {
+                let pki = Pki::mixed(KeyType::P256, server, client);
                 let mut server_opts = pki.server_options();
-                server_opts.client_ca = Some(pki.ca.clone());
+                server_opts.client_ca = Some(pki.ca.path.clone());
                 let mut client_opts = pki.client_options();
-                client_opts.cert = Some(pki.client_cert.clone());
-                client_opts.key = Some(pki.client_key.clone());
+                client_opts.cert = Some(pki.client.cert.clone());
+                client_opts.key = Some(pki.client.key.clone());
                 for version in ["1.2", "1.3"] {
                     client_opts.versions = vec![version.to_owned()];
                     let (c, s) = connect(
@@ -1122,7 +991,7 @@ m+dpuF22rz/RAPgPlWNuLa4=
                         panic!("{server:?} server, {client:?} client, TLS {version}: {e:?}")
                     });
                     let peer = s.peer_certificates().expect("client certificate");
-                    assert_eq!(peer[0], load_certs(&pki.client_cert).expect("cert")[0]);
+                    assert_eq!(peer[0], load_certs(&pki.client.cert).expect("cert")[0]);
                     assert!(c.peer_certificates().is_some());
                 }
             }
@@ -1131,9 +1000,9 @@ m+dpuF22rz/RAPgPlWNuLa4=
 
     #[test]
     fn mtls_refuses_missing_and_foreign_client_certs() {
-        let pki = Pki::new("mtls", Alg::P256, Alg::P256);
+        let pki = Pki::new();
         let mut server_opts = pki.server_options();
-        server_opts.client_ca = Some(pki.ca.clone());
+        server_opts.client_ca = Some(pki.ca.path.clone());
         let server = server_config(&server_opts).expect("server config");
 
         let anonymous = client_config(&pki.client_options()).expect("client config");
@@ -1141,10 +1010,10 @@ m+dpuF22rz/RAPgPlWNuLa4=
         assert_eq!(side, Failed::Server);
         assert_eq!(err, rustls::Error::NoCertificatesPresented);
 
-        let other = Pki::new("mtls-other", Alg::P256, Alg::P256);
+        let other = Pki::new();
         let mut foreign = pki.client_options();
-        foreign.cert = Some(other.client_cert.clone());
-        foreign.key = Some(other.client_key.clone());
+        foreign.cert = Some(other.client.cert.clone());
+        foreign.key = Some(other.client.key.clone());
         let (side, err) = connect(client_config(&foreign).expect("client config"), server)
             .expect_err("client certificate from another CA");
         assert_eq!(side, Failed::Server);
@@ -1156,8 +1025,8 @@ m+dpuF22rz/RAPgPlWNuLa4=
 
     #[test]
     fn client_verifies_the_server() {
-        let pki = Pki::new("verify", Alg::P256, Alg::P256);
-        let other = Pki::new("verify-other", Alg::P256, Alg::P256);
+        let pki = Pki::new();
+        let other = Pki::new();
         let client = client_config(&other.client_options()).expect("client config");
         let (side, err) = connect(
             client,
@@ -1173,7 +1042,7 @@ m+dpuF22rz/RAPgPlWNuLa4=
 
     #[test]
     fn versions_are_pinned() {
-        let pki = Pki::new("versions", Alg::P256, Alg::P256);
+        let pki = Pki::new();
         let cases = [
             (vec!["1.2"], vec![], ProtocolVersion::TLSv1_2),
             (vec!["1.3"], vec![], ProtocolVersion::TLSv1_3),
@@ -1219,7 +1088,7 @@ m+dpuF22rz/RAPgPlWNuLa4=
 
     #[test]
     fn alpn_and_secret_extraction() {
-        let pki = Pki::new("alpn", Alg::P256, Alg::P256);
+        let pki = Pki::new();
         let mut c = pki.client_options();
         c.alpn = vec!["h2".into(), "http/1.1".into()];
         let mut s = pki.server_options();
@@ -1242,7 +1111,7 @@ m+dpuF22rz/RAPgPlWNuLa4=
 
     #[test]
     fn configs_keep_our_provider_and_resumption() {
-        let pki = Pki::new("provider", Alg::P256, Alg::P256);
+        let pki = Pki::new();
         let c = client_config(&pki.client_options()).expect("client");
         let s = server_config(&pki.server_options()).expect("server");
         let ours = engine_provider();

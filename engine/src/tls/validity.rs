@@ -111,10 +111,14 @@ mod tests {
     use super::*;
 
     fn cert_until(year: i32, month: u8, day: u8) -> CertificateDer<'static> {
-        let key = rcgen::KeyPair::generate().expect("key");
-        let mut params = rcgen::CertificateParams::new(vec!["localhost".into()]).expect("params");
-        params.not_after = rcgen::date_time_ymd(year, month, day);
-        params.self_signed(&key).expect("sign").der().clone()
+        use splice_test_pki::{Cert, KeyType};
+        Cert::self_signed_between(
+            &["localhost"],
+            KeyType::P256,
+            (1975, 1, 1),
+            (year, month, day),
+        )
+        .der
     }
 
     #[test]

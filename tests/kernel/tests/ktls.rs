@@ -43,11 +43,12 @@ use std::time::{Duration, Instant};
 
 use rand::RngCore;
 use rustls::crypto::aws_lc_rs::cipher_suite as suites;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use sha2::{Digest, Sha256};
 use splice_engine::{
     DriverKind, Engine, EngineConfig, ForwarderConfig, KtlsMode, Mode, StatsSnapshot,
 };
+use splice_test_pki::{Ca, KeyType, SERVER_SANS, Usage};
 
 /// The bulk payload per test connection. qemu emulates the CPU (6-9 MiB/s of kTLS traffic),
 /// so this stays small.
@@ -347,44 +348,23 @@ struct Certs {
     cert: PathBuf,
     key: PathBuf,
     chain_der: Vec<CertificateDer<'static>>,
-    key_der: Vec<u8>,
+    key_der: PrivateKeyDer<'static>,
 }
 
 fn certs() -> &'static Certs {
     static CERTS: OnceLock<Certs> = OnceLock::new();
     CERTS.get_or_init(|| {
-        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
-        let ca_key = KeyPair::generate().expect("CA key");
-        let mut ca_params = CertificateParams::new(Vec::new()).expect("CA params");
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca_params
-            .distinguished_name
-            .push(DnType::CommonName, "splice kTLS test CA");
-        let ca_cert = ca_params.self_signed(&ca_key).expect("CA certificate");
-        let issuer = Issuer::new(ca_params, ca_key);
-
-        let key = KeyPair::generate().expect("server key");
-        let mut params =
-            CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()]).expect("params");
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "localhost");
-        let cert = params.signed_by(&key, &issuer).expect("server certificate");
-
         // Inside the VM the temp dir is /tmp, a tmpfs the VM's init mounts.
         let dir = std::env::temp_dir().join(format!("splice-ktls-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
-        let write = |name: &str, pem: String| {
-            let path = dir.join(name);
-            std::fs::write(&path, pem).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
-            path
-        };
+        let ca = Ca::new(&dir, "ktls", KeyType::P256);
+        let leaf = ca.issue(&dir, "localhost", SERVER_SANS, KeyType::P256, Usage::Server);
         Certs {
-            ca: write("ca.pem", ca_cert.pem()),
-            cert: write("cert.pem", cert.pem()),
-            key: write("key.pem", key.serialize_pem()),
-            chain_der: vec![cert.der().clone()],
-            key_der: key.serialize_der(),
+            ca: ca.path,
+            chain_der: vec![leaf.cert_der.clone()],
+            key_der: leaf.key_der(),
+            cert: leaf.cert,
+            key: leaf.key,
         }
     })
 }
@@ -790,7 +770,7 @@ impl UpstreamServer {
             "1.2" => &rustls::version::TLS12,
             _ => &rustls::version::TLS13,
         };
-        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(certs.key_der.clone()));
+        let key = certs.key_der.clone_key();
         let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(provider))
             .with_protocol_versions(&[version])
             .expect("the protocol version and the cipher suite go together")

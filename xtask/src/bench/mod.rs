@@ -496,30 +496,17 @@ fn start_backends(cmd: &mut Command, dir: &Path) -> Result<(Proc, Value)> {
     }
 }
 
-/// A throwaway CA and an ECDSA P-256 leaf for `localhost` and 127.0.0.1.
+/// A throwaway CA and an ECDSA P-256 leaf for `localhost` and 127.0.0.1 (the workspace's test
+/// PKI), written as `ca.pem`, `leaf.pem`, `leaf.key` and `leaf-bundle.pem` (certificate + key).
 fn write_certs(dir: &Path) -> Result<()> {
-    let ca_key = rcgen::KeyPair::generate()?;
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new())?;
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "splice-engine bench CA");
-    let ca = ca_params.self_signed(&ca_key)?;
-    let issuer = rcgen::Issuer::new(ca_params, ca_key);
-    let key = rcgen::KeyPair::generate()?;
-    let mut params =
-        rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".into()])?;
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "localhost");
-    let cert = params.signed_by(&key, &issuer)?;
-    std::fs::write(dir.join("ca.pem"), ca.pem())?;
-    std::fs::write(dir.join("leaf.pem"), cert.pem())?;
-    std::fs::write(dir.join("leaf.key"), key.serialize_pem())?;
-    std::fs::write(
-        dir.join("leaf-bundle.pem"),
-        cert.pem() + &key.serialize_pem(),
-    )?;
+    use splice_test_pki::{Authority, KeyType, SERVER_SANS, Usage};
+    let ca = Authority::new("splice-engine bench", KeyType::P256);
+    let leaf = ca.issue("localhost", SERVER_SANS, KeyType::P256, Usage::Server);
+    let key = leaf.key.pem();
+    std::fs::write(dir.join("ca.pem"), ca.cert_pem())?;
+    std::fs::write(dir.join("leaf.pem"), &leaf.pem)?;
+    std::fs::write(dir.join("leaf.key"), &key)?;
+    std::fs::write(dir.join("leaf-bundle.pem"), leaf.pem + &key)?;
     Ok(())
 }
 
@@ -943,5 +930,39 @@ impl Progress {
             self.done.get(),
             self.started.elapsed().as_secs_f64()
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The bench's certificates verify with OpenSSL (an independent parser) for both names the
+    /// engines are given, and the bundle holds the certificate and then its key.
+    #[test]
+    fn write_certs_makes_a_verifiable_leaf() {
+        let dir = splice_test_pki::TempDir::new("xtask-bench");
+        super::write_certs(dir.path()).expect("write certs");
+        for name in [
+            ["-verify_hostname", "localhost"],
+            ["-verify_ip", "127.0.0.1"],
+        ] {
+            let out = std::process::Command::new("openssl")
+                .args(["verify", "-CAfile"])
+                .arg(dir.join("ca.pem"))
+                .args(name)
+                .arg(dir.join("leaf.pem"))
+                .output()
+                .expect("run openssl verify");
+            assert!(
+                out.status.success(),
+                "{name:?}: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let bundle = std::fs::read_to_string(dir.join("leaf-bundle.pem")).expect("bundle");
+        let leaf = std::fs::read_to_string(dir.join("leaf.pem")).expect("leaf");
+        let key = std::fs::read_to_string(dir.join("leaf.key")).expect("key");
+        assert_eq!(bundle, leaf + &key);
+        assert!(key.starts_with("-----BEGIN PRIVATE KEY-----"), "{key}");
     }
 }

@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use rustls::client::UnbufferedClientConnection;
 use rustls::crypto::aws_lc_rs::default_provider;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::server::UnbufferedServerConnection;
 use rustls::unbuffered::ConnectionState;
 use rustls::version::{TLS12, TLS13};
@@ -104,10 +104,11 @@ struct Pki {
 fn pki(extra_names: usize) -> Pki {
     let mut names = vec!["localhost".to_string()];
     names.extend((0..extra_names).map(|i| format!("host-{i}.a-rather-long-domain-name.example")));
-    let ck = rcgen::generate_simple_self_signed(names).unwrap();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let cert = splice_test_pki::Cert::self_signed(&names, splice_test_pki::KeyType::P256);
     Pki {
-        cert: ck.cert.der().clone(),
-        key: PrivatePkcs8KeyDer::from(ck.signing_key.serialize_der()).into(),
+        key: cert.key.der(),
+        cert: cert.der,
     }
 }
 
