@@ -1,0 +1,262 @@
+use super::*;
+
+fn parse(text: &str) -> Result<EngineConfig> {
+    let dir = std::env::temp_dir().join(format!("splice-cfg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // One file per call: tests run in parallel.
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let path = dir.join(format!("c{n}.toml"));
+    std::fs::write(&path, text).unwrap();
+    EngineConfig::from_file(&path)
+}
+
+#[test]
+fn pins_are_checked_with_the_file() {
+    let base = "[[forwarder]]\nmode = \"client\"\nlisten = \"127.0.0.1:0\"\n\
+                connect = \"localhost:443\"\n";
+    let msg = parse(&format!("{base}pin = [\"sha256:AAAA\"]\n"))
+        .unwrap_err()
+        .to_string();
+    assert!(msg.contains("`pin`") && msg.contains("3 bytes"), "{msg}");
+    let good = format!("sha256:{}", "ab".repeat(32));
+    let msg = parse(&format!("{base}pin = [\"{good}\"]\nca = \"ca.pem\"\n"))
+        .unwrap_err()
+        .to_string();
+    assert!(msg.contains("`pin` and `ca` exclude each other"), "{msg}");
+    let cfg = parse(&format!("{base}pin = [\"{good}\"]\naccess_log = false\n")).unwrap();
+    assert_eq!(cfg.forwarders[0].pin, vec![good]);
+    assert_eq!(cfg.forwarders[0].access_log, Some(false));
+    assert!(cfg.access_log);
+}
+
+#[test]
+fn proxy_protocol_keys() {
+    let cfg = parse(
+        r#"
+[[forwarder]]
+mode = "server"
+listen = "127.0.0.1:3443"
+connect = "127.0.0.1:8080"
+cert = "c.pem"
+key = "k.pem"
+accept_proxy = true
+send_proxy = "v2"
+"#,
+    )
+    .unwrap();
+    assert!(cfg.forwarders[0].accept_proxy);
+    assert_eq!(cfg.forwarders[0].send_proxy, Some(ProxyVersion::V2));
+    cfg.validate("f").unwrap();
+    let bad = parse(
+        r#"
+[[forwarder]]
+mode = "server"
+listen = "127.0.0.1:3444"
+connect = "127.0.0.1:8080"
+cert = "c.pem"
+key = "k.pem"
+send_proxy = "v3"
+"#,
+    );
+    let e = bad.unwrap_err().to_string();
+    assert!(e.contains("v3") && e.contains("line"), "{e}");
+    let mut client = ForwarderConfig::new(Mode::Client, "127.0.0.1:1", "h:2");
+    client.send_proxy = Some(ProxyVersion::V1);
+    let e = client.validate("f").unwrap_err().to_string();
+    assert!(e.contains("server mode only"), "{e}");
+}
+
+#[test]
+fn parses_full_file_and_resolves_paths() {
+    let cfg = parse(
+        r#"
+threads = 2
+driver = "epoll"
+drain_timeout = "3s"
+busy_poll = "20us"
+[[forwarder]]
+name = "a"
+mode = "client"
+listen = "127.0.0.1:3000"
+connect = "example.com:443"
+ca = "ca.pem"
+alpn = ["h2"]
+connect_timeout = "250ms"
+[[forwarder]]
+mode = "server"
+listen = "127.0.0.1:3443"
+connect = "127.0.0.1:8080"
+cert = "/abs/c.pem"
+key = "k.pem"
+"#,
+    )
+    .unwrap();
+    assert_eq!(cfg.threads, Some(2));
+    assert_eq!(cfg.driver, DriverKind::Epoll);
+    assert_eq!(cfg.drain_timeout, Duration::from_secs(3));
+    assert_eq!(cfg.busy_poll, Duration::from_micros(20));
+    assert_eq!(cfg.forwarders.len(), 2);
+    assert!(cfg.forwarders[0].ca.as_ref().unwrap().is_absolute());
+    assert_eq!(
+        cfg.forwarders[0].connect_timeout,
+        Duration::from_millis(250)
+    );
+    assert_eq!(
+        cfg.forwarders[1].cert.as_deref(),
+        Some(Path::new("/abs/c.pem"))
+    );
+}
+
+#[test]
+fn busy_polling_is_on_up_to_50us_unless_set() {
+    let base = "[[forwarder]]\nmode='client'\nlisten='127.0.0.1:1'\nconnect='a:1'\n";
+    assert_eq!(parse(base).unwrap().busy_poll, Duration::from_micros(50));
+    assert_eq!(EngineConfig::default().busy_poll, Duration::from_micros(50));
+    let longer = parse(&format!("busy_poll = \"100us\"\n{base}")).unwrap();
+    assert_eq!(longer.busy_poll, Duration::from_micros(100));
+    let off = parse(&format!("busy_poll = \"0s\"\n{base}")).unwrap();
+    assert!(off.busy_poll.is_zero());
+}
+
+#[test]
+fn idle_timeout_is_off_unless_set_and_never_zero() {
+    // Parsed in memory: `parse` names its file after the text's length, shared by tests.
+    let parse = |extra: &str| {
+        let text =
+            format!("[[forwarder]]\nmode='client'\nlisten='127.0.0.1:1'\nconnect='a:1'\n{extra}");
+        let cfg: EngineConfig = toml::from_str(&text).unwrap();
+        cfg.validate("test")
+            .map(|()| cfg.forwarders[0].idle_timeout)
+    };
+    assert_eq!(parse("").unwrap(), None);
+    assert_eq!(
+        parse("idle_timeout = \"90s\"").unwrap(),
+        Some(Duration::from_secs(90))
+    );
+    let err = parse("idle_timeout = \"0s\"").unwrap_err().to_string();
+    assert!(err.contains("idle_timeout"), "{err}");
+}
+
+#[test]
+fn unknown_key_is_named_with_file() {
+    let err =
+        parse("[[forwarder]]\nmode='client'\nlisten='127.0.0.1:1'\nconnect='a:1'\nbogus_key=1\n")
+            .unwrap_err()
+            .to_string();
+    assert!(err.contains("bogus_key"), "{err}");
+    assert!(err.contains(".toml"), "{err}");
+}
+
+#[test]
+fn bad_addresses_are_named() {
+    let err = parse("[[forwarder]]\nmode='client'\nlisten='nonsense'\nconnect='a:1'\n")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("nonsense"), "{err}");
+    assert!(split_host_port("host:99999").is_err());
+    assert_eq!(split_host_port("[::1]:443").unwrap(), ("::1".into(), 443));
+}
+
+fn two(a: &str, b: &str) -> String {
+    format!(
+        "threads = 1\n\n[[forwarder]]\nname = 'one'\nmode = 'client'\nlisten = '{a}'\nconnect = 'x:1'\n\n\
+         [[forwarder]]\nname = 'two'\nmode = 'client'\nlisten = '{b}'\nconnect = 'x:2'\n"
+    )
+}
+
+#[test]
+fn duplicate_listen_addresses_are_refused_naming_both() {
+    for (a, b) in [
+        ("127.0.0.1:4443", "127.0.0.1:4443"),
+        ("0.0.0.0:4443", "127.0.0.1:4443"),
+        ("127.0.0.1:4443", "0.0.0.0:4443"),
+        ("[::]:4443", "[::1]:4443"),
+        ("[::1]:4443", "[0:0:0:0:0:0:0:1]:4443"),
+    ] {
+        let err = parse(&two(a, b)).unwrap_err().to_string();
+        assert!(
+            err.contains("\"one\"") && err.contains("\"two\"") && err.contains("line 12:"),
+            "{a} {b}: {err}"
+        );
+        assert!(err.contains(".toml"), "{err}");
+    }
+    for (a, b) in [
+        ("[::]:4443", "0.0.0.0:4443"),
+        ("127.0.0.1:4443", "127.0.0.2:4443"),
+        ("127.0.0.1:4443", "127.0.0.1:4444"),
+        ("127.0.0.1:0", "127.0.0.1:0"),
+    ] {
+        parse(&two(a, b)).unwrap_or_else(|e| panic!("{a} {b}: {e}"));
+    }
+}
+
+#[test]
+fn errors_name_file_line_and_key() {
+    let base = "threads = 1\n[[forwarder]]\nname = 'db'\nmode = 'client'\nlisten = '127.0.0.1:1'\nconnect = 'a:1'\n";
+    for (extra, line, key) in [
+        ("max_connections = 'many'\n", 7, "`max_connections`"),
+        ("connect_timeout = '5 parsecs'\n", 7, "`connect_timeout`"),
+        ("tls_versions = ['1.1']\n", 7, "`tls_versions`"),
+        ("client_ca = 'x.pem'\n", 7, "`client_ca`"),
+    ] {
+        let err = parse(&format!("{base}{extra}")).unwrap_err().to_string();
+        assert!(err.contains(&format!("line {line}:")), "{extra}: {err}");
+        assert!(
+            err.contains(key) && err.contains("\"db\""),
+            "{extra}: {err}"
+        );
+    }
+    let bad_listen = base.replace("127.0.0.1:1", "localhost:1");
+    let err = parse(&bad_listen).unwrap_err().to_string();
+    assert!(err.contains("line 5:") && err.contains("`listen`"), "{err}");
+    let err = parse(&format!("log_level = 'verbose'\n{base}"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("line 1:") && err.contains("`log_level`"),
+        "{err}"
+    );
+    assert!(err.contains("error, warn"), "{err}");
+    let no_threads = base.replace("threads = 1\n", "");
+    let err = parse(&format!("threads = 'x'\n{no_threads}"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("line 1:") && err.contains("`threads`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn log_format_and_level_in_the_file() {
+    let base = "[[forwarder]]\nmode='client'\nlisten='127.0.0.1:1'\nconnect='a:1'\n";
+    let cfg = parse(&format!(
+        "log_format = 'json'\nlog_level = 'warning'\n{base}"
+    ))
+    .unwrap();
+    assert_eq!(cfg.log_format, LogFormat::Json);
+    assert_eq!(parse(base).unwrap().log_format, LogFormat::Text);
+    let err = parse(&format!("log_format = 'xml'\n{base}"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("`log_format`") && err.contains("json"),
+        "{err}"
+    );
+}
+
+#[test]
+fn the_example_parses() {
+    let cfg: EngineConfig = toml::from_str(EXAMPLE).unwrap();
+    cfg.validate("example").unwrap();
+    assert_eq!(cfg.forwarders.len(), 2);
+}
+
+#[test]
+fn server_needs_cert() {
+    let err = parse("[[forwarder]]\nmode='server'\nlisten='127.0.0.1:1'\nconnect='a:1'\n")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("cert"), "{err}");
+}
