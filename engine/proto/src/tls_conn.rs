@@ -44,7 +44,7 @@ impl TlsConn {
     /// This goes through rustls's `dangerous_into_kernel_connection`. The `KernelConnection` could
     /// also derive KeyUpdate secrets, but the kernels we run on cannot take new receive keys, so
     /// after the hand-off the engine fails the connection on a KeyUpdate, as the kernel's control
-    /// records tell it (see the engine's `tls::ktls`).
+    /// records tell it (see the engine's `tls::control`).
     ///
     /// # Errors
     ///

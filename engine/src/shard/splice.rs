@@ -5,7 +5,7 @@
 //! Every splice is nonblocking and issued only after the driver reported readiness (a poll op),
 //! so none can block a kernel worker. A kTLS socket refuses to splice a non-data record
 //! (`EINVAL`): that record is read with `recvmsg` and its control message, and judged by
-//! [`crate::tls::ktls::control_record`] (a client stores session tickets, close_notify is end
+//! [`crate::tls::control::control_record`] (a client stores session tickets, close_notify is end
 //! of stream, anything else resets the connection).
 
 use std::io;
@@ -19,7 +19,7 @@ use crate::config::Mode;
 use crate::driver::{Fd, Op};
 use crate::error::Side;
 use crate::sys;
-use crate::tls::ktls::{ControlAction, control_record};
+use crate::tls::control::{ControlAction, control_record};
 
 struct Dir {
     src: Fd,

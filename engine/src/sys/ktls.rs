@@ -10,7 +10,7 @@
 //!
 //! The layouts follow `include/uapi/linux/tls.h` through the `libc` crate's definitions. This
 //! module does not decide what to do with a control record (that is
-//! [`crate::tls::ktls::control_record`]) and does not run handshakes.
+//! [`crate::tls::control::control_record`]) and does not run handshakes.
 
 use std::io;
 use std::mem;

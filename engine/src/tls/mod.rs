@@ -3,7 +3,7 @@
 //! The syscalls that hand keys to the kernel live in [`crate::sys::ktls`]; nothing here calls
 //! the kernel.
 pub mod check;
-pub mod ktls;
+pub mod control;
 pub mod material;
 pub mod validity;
 

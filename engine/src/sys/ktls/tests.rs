@@ -10,7 +10,7 @@ use rustls::{ClientConnection, ServerConnection};
 use splice_test_pki::{Cert, KeyType, Leaf, TempDir};
 
 use super::*;
-use crate::tls::ktls::{ControlAction, control_record};
+use crate::tls::control::{ControlAction, control_record};
 use crate::tls::material::{self, ServerTlsOptions};
 
 /// A self-signed ECDSA P-256 `localhost` certificate and its key as files in a fresh temp
