@@ -1,8 +1,7 @@
 //! What we check about certificates ourselves: validity dates when a file is loaded, the
 //! self-signed CA given as `ca` that verification would refuse, and key pins.
 //!
-//! The DER reading here is the minimum for that (the validity dates, the subjectPublicKeyInfo);
-//! verification proper is webpki's.
+//! The DER is read by [`super::validity`]; verification proper is webpki's.
 
 use std::fmt;
 use std::sync::Arc;
@@ -16,100 +15,12 @@ use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use sha2::{Digest, Sha256};
 
+use super::validity::{tbs, validity};
 use crate::explain::format_time;
-
-/// (year, month, day) to days since 1970-01-01.
-fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y.rem_euclid(400);
-    let m = i64::from(m);
-    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(d) - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-/// One DER TLV at the front of `der`: (tag, content, the bytes after it).
-fn tlv(der: &[u8]) -> Option<(u8, &[u8], &[u8])> {
-    let tag = *der.first()?;
-    let first = *der.get(1)?;
-    let (len, head) = if first < 0x80 {
-        (usize::from(first), 2)
-    } else {
-        let count = usize::from(first & 0x7f);
-        if count == 0 || count > 4 {
-            return None;
-        }
-        let len = der
-            .get(2..2 + count)?
-            .iter()
-            .fold(0usize, |acc, b| (acc << 8) | usize::from(*b));
-        (len, 2 + count)
-    };
-    let content = der.get(head..head + len)?;
-    Some((tag, content, &der[head + len..]))
-}
-
-/// The fields of a certificate's `TBSCertificate` we read: the validity and the whole
-/// subjectPublicKeyInfo (header included, as pins hash it).
-struct Tbs<'a> {
-    issuer: &'a [u8],
-    validity: &'a [u8],
-    subject: &'a [u8],
-    spki: &'a [u8],
-}
-
-fn tbs(cert: &[u8]) -> Option<Tbs<'_>> {
-    let (_, certificate, _) = tlv(cert)?;
-    let (_, tbs, _) = tlv(certificate)?;
-    let mut rest = tbs;
-    let (tag, _, after) = tlv(rest)?;
-    if tag == 0xa0 {
-        rest = after; // [0] version
-    }
-    let (_, _, rest) = tlv(rest)?; // serialNumber
-    let (_, _, rest) = tlv(rest)?; // signature
-    let (_, issuer, rest) = tlv(rest)?;
-    let (_, validity, rest) = tlv(rest)?;
-    let (_, subject, rest) = tlv(rest)?;
-    let (_, _, after) = tlv(rest)?;
-    let spki = &rest[..rest.len() - after.len()];
-    Some(Tbs {
-        issuer,
-        validity,
-        subject,
-        spki,
-    })
-}
 
 /// Whether a certificate's issuer is its subject.
 pub fn self_issued(cert: &[u8]) -> bool {
     tbs(cert).is_some_and(|t| t.issuer == t.subject)
-}
-
-/// A certificate's notBefore and notAfter, in seconds since the Unix epoch.
-pub fn validity(cert: &[u8]) -> Option<(i64, i64)> {
-    let v = tbs(cert)?.validity;
-    let (t1, a, rest) = tlv(v)?;
-    let (t2, b, _) = tlv(rest)?;
-    Some((time(t1, a)?, time(t2, b)?))
-}
-
-/// UTCTime (`YYMMDDHHMMSSZ`) or GeneralizedTime (`YYYYMMDDHHMMSSZ`).
-fn time(tag: u8, text: &[u8]) -> Option<i64> {
-    let text = std::str::from_utf8(text).ok()?.strip_suffix('Z')?;
-    let (year, rest) = match tag {
-        0x17 => {
-            let yy: i64 = text.get(..2)?.parse().ok()?;
-            (if yy < 50 { 2000 + yy } else { 1900 + yy }, text.get(2..)?)
-        }
-        0x18 => (text.get(..4)?.parse().ok()?, text.get(4..)?),
-        _ => return None,
-    };
-    let num = |r: std::ops::Range<usize>| rest.get(r)?.parse::<u32>().ok();
-    let days = days_from_civil(year, num(0..2)?, num(2..4)?);
-    let secs = i64::from(num(4..6)? * 3600 + num(6..8)? * 60 + num(8..10)?);
-    Some(days * 86_400 + secs)
 }
 
 /// sha256 of a certificate's subjectPublicKeyInfo (as `curl --pinnedpubkey` and HPKP hash it).
@@ -340,10 +251,6 @@ mod tests {
     fn dates_round_trip() {
         assert_eq!(format_time(0), "1970-01-01 00:00:00 UTC");
         assert_eq!(format_time(1_700_000_000), "2023-11-14 22:13:20 UTC");
-        assert_eq!(days_from_civil(2023, 11, 14), 1_700_000_000 / 86_400);
-        assert_eq!(time(0x17, b"231114221320Z"), Some(1_700_000_000));
-        assert_eq!(time(0x18, b"20231114221320Z"), Some(1_700_000_000));
-        assert_eq!(time(0x17, b"491231235959Z"), Some(2_524_607_999));
     }
 
     #[test]

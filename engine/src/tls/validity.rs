@@ -1,8 +1,10 @@
-//! The validity period of an X.509 certificate, read straight from its DER.
+//! The few fields of an X.509 certificate the engine reads itself, straight from its DER: the
+//! validity period (expiry metrics and warnings), issuer and subject (is it self-issued?) and
+//! the subjectPublicKeyInfo (key pins).
 //!
-//! Only the path to `tbsCertificate.validity` is walked (RFC 5280 §4.1): a certificate that
+//! Only the path through `tbsCertificate` is walked (RFC 5280 §4.1): a certificate that
 //! rustls accepted is well-formed, so a small reader is enough and spares the engine a full
-//! X.509 parser. It does not check signatures or anything else.
+//! X.509 parser. It does not check signatures or anything else; verification is webpki's.
 
 use rustls::pki_types::CertificateDer;
 
@@ -14,14 +16,32 @@ const VERSION_TAG: u8 = 0xa0;
 
 /// The `notAfter` time of `cert`, in unix seconds; `None` if the DER is not a certificate.
 pub fn not_after(cert: &CertificateDer<'_>) -> Option<i64> {
-    let (_, rest) = tlv(validity(cert.as_ref())?)?; // notBefore
-    let (tag, value, _) = tlv_tagged(rest)?;
-    der_time(tag, value)
+    validity(cert.as_ref()).map(|(_, not_after)| not_after)
 }
 
-/// The contents of the `validity` SEQUENCE.
-fn validity(der: &[u8]) -> Option<&[u8]> {
-    let (cert, _) = expect(der, SEQUENCE)?;
+/// A certificate's `notBefore` and `notAfter`, in unix seconds.
+pub fn validity(cert: &[u8]) -> Option<(i64, i64)> {
+    let (tag, value, rest) = tlv_tagged(tbs(cert)?.validity)?;
+    let not_before = der_time(tag, value)?;
+    let (tag, value, _) = tlv_tagged(rest)?;
+    Some((not_before, der_time(tag, value)?))
+}
+
+/// The fields of a certificate's `tbsCertificate` that the engine reads itself.
+pub(crate) struct Tbs<'a> {
+    /// The issuer name's contents.
+    pub(crate) issuer: &'a [u8],
+    /// The contents of the `validity` SEQUENCE.
+    pub(crate) validity: &'a [u8],
+    /// The subject name's contents.
+    pub(crate) subject: &'a [u8],
+    /// The whole subjectPublicKeyInfo, header included (as key pins hash it).
+    pub(crate) spki: &'a [u8],
+}
+
+/// Walks `cert` to its `tbsCertificate` fields (RFC 5280 §4.1).
+pub(crate) fn tbs(cert: &[u8]) -> Option<Tbs<'_>> {
+    let (cert, _) = expect(cert, SEQUENCE)?;
     let (tbs, _) = expect(cert, SEQUENCE)?;
     let mut rest = tbs;
     if rest.first() == Some(&VERSION_TAG) {
@@ -29,8 +49,16 @@ fn validity(der: &[u8]) -> Option<&[u8]> {
     }
     rest = tlv(rest)?.1; // serialNumber
     rest = tlv(rest)?.1; // signature AlgorithmIdentifier
-    rest = tlv(rest)?.1; // issuer
-    expect(rest, SEQUENCE).map(|(validity, _)| validity)
+    let (issuer, rest) = tlv(rest)?;
+    let (validity, rest) = expect(rest, SEQUENCE)?;
+    let (subject, rest) = tlv(rest)?;
+    let (_, after) = tlv(rest)?;
+    Some(Tbs {
+        issuer,
+        validity,
+        subject,
+        spki: &rest[..rest.len() - after.len()],
+    })
 }
 
 /// One element of tag `tag`: its contents and what follows.
@@ -137,6 +165,12 @@ mod tests {
         assert_eq!(der_time(UTC_TIME, b"500101000000Z"), Some(-631_152_000));
         assert_eq!(der_time(UTC_TIME, b"5001010000Z"), None);
         assert_eq!(der_time(GENERALIZED_TIME, b"20241301000000Z"), None);
+        assert_eq!(days_from_civil(2023, 11, 14), 1_700_000_000 / 86_400);
+        assert_eq!(der_time(UTC_TIME, b"231114221320Z"), Some(1_700_000_000));
+        assert_eq!(
+            der_time(GENERALIZED_TIME, b"20231114221320Z"),
+            Some(1_700_000_000)
+        );
     }
 
     #[test]
