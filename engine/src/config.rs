@@ -457,6 +457,11 @@ pub struct EngineConfig {
     /// The forwarders.
     #[serde(default, rename = "forwarder")]
     pub forwarders: Vec<ForwarderConfig>,
+    /// The file this was read from ([`EngineConfig::from_file`]), so that an error found
+    /// later, when a forwarder's certificates are loaded and its addresses resolved, names
+    /// the file, the line and the key. Not a key of the file.
+    #[serde(skip)]
+    pub source_file: Option<PathBuf>,
 }
 
 fn default_drain_timeout() -> Duration {
@@ -483,6 +488,7 @@ impl Default for EngineConfig {
             busy_poll: default_busy_poll(),
             access_log: true,
             forwarders: Vec::new(),
+            source_file: None,
         }
     }
 }
@@ -515,6 +521,7 @@ impl EngineConfig {
             let line = at.line_of(p.forwarder, p.key);
             Err(p.into_error(&origin, line))
         })?;
+        cfg.source_file = Some(path.to_path_buf());
         Ok(cfg)
     }
 

@@ -170,9 +170,12 @@ impl Engine {
         };
         // Everything that reads files or binds ports happens before a thread starts.
         let mut built = Vec::new();
-        for f in &cfg.forwarders {
+        for i in 0..cfg.forwarders.len() {
             let stats = Arc::new(ListenerStats::default());
-            built.push((f.clone(), engine.build(f, stats, cfg.access_log)?));
+            built.push((
+                cfg.forwarders[i].clone(),
+                engine.build_named(&cfg, i, stats)?,
+            ));
         }
         let mut bound = Vec::new();
         let threads = cfg.thread_count();
@@ -253,9 +256,7 @@ impl Engine {
     /// resolved, and every certificate and key loaded. Each error names the file, the line
     /// and the key. This is `splice-engine check`.
     pub fn check_file(path: &Path) -> Result<(EngineConfig, Vec<CheckedForwarder>)> {
-        let origin = path.display().to_string();
         let cfg = EngineConfig::from_file(path)?;
-        let text = std::fs::read_to_string(path).unwrap_or_default();
         // An engine with no shard, kTLS or metrics: only its `build` is used.
         let engine = Engine {
             shards: Vec::new(),
@@ -271,18 +272,9 @@ impl Engine {
         };
         let mut out = Vec::new();
         for (i, f) in cfg.forwarders.iter().enumerate() {
-            let name = f.display_name();
-            let fwd = engine
-                .build(f, Arc::default(), cfg.access_log)
-                .map_err(|e| {
-                    let key = key_of_failure(f, &e);
-                    let line = crate::config::line_of(&text, Some(i), key)
-                        .map(|l| format!("line {l}: "))
-                        .unwrap_or_default();
-                    Error::config(&origin, format!("{line}forwarder \"{name}\": `{key}`: {e}"))
-                })?;
+            let fwd = engine.build_named(&cfg, i, Arc::default())?;
             out.push(CheckedForwarder {
-                name,
+                name: f.display_name(),
                 mode: f.mode,
                 listen: f.listen_addr()?,
                 connect: f.connect.clone(),
@@ -293,6 +285,32 @@ impl Engine {
             });
         }
         Ok((cfg, out))
+    }
+
+    /// [`Engine::build`] for `cfg`'s forwarder `i`. When `cfg` was read from a file, a failure
+    /// names the file, the line and the key, as every other configuration error does.
+    fn build_named(
+        &self,
+        cfg: &EngineConfig,
+        i: usize,
+        stats: Arc<ListenerStats>,
+    ) -> Result<Forwarder> {
+        let f = &cfg.forwarders[i];
+        self.build(f, stats, cfg.access_log).map_err(|e| {
+            let Some(path) = &cfg.source_file else {
+                return e;
+            };
+            let key = key_of_failure(f, &e);
+            let text = std::fs::read_to_string(path).unwrap_or_default();
+            let line = crate::config::line_of(&text, Some(i), key)
+                .map(|l| format!("line {l}: "))
+                .unwrap_or_default();
+            let name = f.display_name();
+            Error::config(
+                path.display().to_string(),
+                format!("{line}forwarder \"{name}\": `{key}`: {e}"),
+            )
+        })
     }
 
     /// Builds what the shards need for one forwarder: resolved upstream, rustls configs.
@@ -315,7 +333,8 @@ impl Engine {
                 addr: f.connect.clone(),
                 why: "resolves to no address".into(),
             })?;
-        let (client_tls, server_tls) = match f.mode {
+        // With the configs, the certificate the forwarder presents (for the expiry metric).
+        let (client_tls, server_tls, leaf) = match f.mode {
             Mode::Client => {
                 let opts = material::ClientTlsOptions {
                     ca: f.ca.clone(),
@@ -327,7 +346,7 @@ impl Engine {
                     pins: f.pin.clone(),
                     server_name: Some(f.sni.clone().unwrap_or_else(|| host.clone())),
                 };
-                let cfg = material::client_config(&opts)?;
+                let built = material::client_config(&opts)?;
                 let name_text = f.sni.clone().unwrap_or(host);
                 let name =
                     rustls::pki_types::ServerName::try_from(name_text.clone()).map_err(|e| {
@@ -336,7 +355,7 @@ impl Engine {
                             why: format!("not a valid TLS server name: {e}"),
                         }
                     })?;
-                (Some((cfg, name)), None)
+                (Some((built.config, name)), None, built.leaf)
             }
             Mode::Server => {
                 let opts = material::ServerTlsOptions {
@@ -347,16 +366,11 @@ impl Engine {
                     versions: f.tls_versions.clone(),
                     disable_resumption: !f.resumption,
                 };
-                (None, Some(material::server_config(&opts)?))
+                let built = material::server_config(&opts)?;
+                (None, Some(built.config), built.leaf)
             }
         };
-        // The certificate this forwarder presents (leaf first in a chain file), for metrics.
-        let cert_not_after = match &f.cert {
-            Some(path) => material::load_certs(path)?
-                .first()
-                .and_then(validity::not_after),
-            None => None,
-        };
+        let cert_not_after = leaf.as_ref().and_then(validity::not_after);
         Ok(Forwarder {
             name: f.display_name(),
             mode: f.mode,
@@ -416,7 +430,7 @@ impl Engine {
             ),
         }
         let mut plans = Vec::new();
-        for f in &cfg.forwarders {
+        for (i, f) in cfg.forwarders.iter().enumerate() {
             let name = f.display_name();
             let existing = entries.iter().position(|e| e.fwd.name == name);
             let same_listen = existing.is_some_and(|i| entries[i].cfg.listen == f.listen);
@@ -424,7 +438,7 @@ impl Engine {
                 Some(i) if same_listen => entries[i].fwd.stats.clone(),
                 _ => Arc::new(ListenerStats::default()),
             };
-            let fwd = Arc::new(self.build(f, stats, cfg.access_log)?);
+            let fwd = Arc::new(self.build_named(&cfg, i, stats)?);
             match existing {
                 Some(i) if same_listen => plans.push(Plan::Update(i, fwd)),
                 _ => {

@@ -408,6 +408,15 @@ fn expired_certificate_is_warned_about_at_load_and_reload() {
         "no warning at reload:\n{}",
         run.log()
     );
+    // Once per load: the reload reads each certificate once.
+    assert!(
+        run.wait_log(SOON, |l| l.contains("configuration reloaded")),
+        "{}",
+        run.log()
+    );
+    let log = run.log();
+    let warnings = log.lines().filter(|l| warns_expired(l, "live.pem")).count();
+    assert_eq!(warnings, 1, "the reload warned {warnings} times:\n{log}");
 }
 
 // ---------------------------------------------------------------------------------------------

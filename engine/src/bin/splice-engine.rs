@@ -407,9 +407,9 @@ impl Source {
     fn load(&self) -> splice_engine::Result<EngineConfig> {
         match self {
             Source::File(path, common) => {
-                // The checks of `check` first, so that a certificate or address that fails
-                // at start or on reload is named with its line and key too.
-                let (mut cfg, _) = Engine::check_file(path)?;
+                // The certificates are loaded and the addresses resolved once, when the engine
+                // starts or reloads; a failure there names the file, line and key too.
+                let mut cfg = EngineConfig::from_file(path)?;
                 common.apply(&mut cfg);
                 cfg.validate(&path.display().to_string())?;
                 Ok(cfg)

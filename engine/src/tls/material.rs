@@ -140,12 +140,22 @@ pub struct ServerTlsOptions {
     pub disable_resumption: bool,
 }
 
+/// A rustls config and the certificate it presents (the leaf of `cert`), loaded once for both:
+/// the engine reads the leaf's expiry for its metrics.
+#[derive(Debug)]
+pub struct Built<C> {
+    /// The config.
+    pub config: Arc<C>,
+    /// The certificate this end presents, if it presents one.
+    pub leaf: Option<CertificateDer<'static>>,
+}
+
 /// Builds the rustls client config for `o`.
 ///
 /// Server certificates are verified against `o.ca`, or against the system trust store when
 /// `o.ca` is `None` (an error if it yields no usable root). Session resumption keeps rustls's
 /// defaults, and secret extraction is enabled for the kTLS hand-off.
-pub fn client_config(o: &ClientTlsOptions) -> Result<Arc<rustls::ClientConfig>> {
+pub fn client_config(o: &ClientTlsOptions) -> Result<Built<rustls::ClientConfig>> {
     let provider = Arc::new(engine_provider());
     let versions = protocol_versions(&o.versions)?;
     let alpn = alpn_protocols(&o.alpn)?;
@@ -186,9 +196,11 @@ pub fn client_config(o: &ClientTlsOptions) -> Result<Arc<rustls::ClientConfig>> 
             .dangerous()
             .with_custom_certificate_verifier(check::PinVerifier::new(pins, &provider))
     };
+    let mut leaf = None;
     let mut config = match (&o.cert, &o.key) {
         (Some(cert), Some(key)) => {
             let (chain, key) = certified_key(&provider, cert, key)?;
+            leaf = chain.first().cloned();
             builder.with_client_auth_cert(chain, key)?
         }
         (None, None) => builder.with_no_client_auth(),
@@ -210,7 +222,10 @@ pub fn client_config(o: &ClientTlsOptions) -> Result<Arc<rustls::ClientConfig>> 
     if o.disable_resumption {
         config.resumption = rustls::client::Resumption::disabled();
     }
-    Ok(Arc::new(config))
+    Ok(Built {
+        config: Arc::new(config),
+        leaf,
+    })
 }
 
 /// Fails when `ca` holds a self-signed CA certificate (CA:TRUE) naming `name`: most likely the
@@ -268,7 +283,7 @@ fn refuse_server_cert_as_ca(
 /// With `o.client_ca`, clients must present a certificate chaining to one of its CAs
 /// (verified by [`WebPkiClientVerifier`]); without it, client certificates are not requested.
 /// Secret extraction is enabled for the kTLS hand-off.
-pub fn server_config(o: &ServerTlsOptions) -> Result<Arc<rustls::ServerConfig>> {
+pub fn server_config(o: &ServerTlsOptions) -> Result<Built<rustls::ServerConfig>> {
     let provider = Arc::new(engine_provider());
     let versions = protocol_versions(&o.versions)?;
     let alpn = alpn_protocols(&o.alpn)?;
@@ -287,6 +302,7 @@ pub fn server_config(o: &ServerTlsOptions) -> Result<Arc<rustls::ServerConfig>> 
         None => builder.with_no_client_auth(),
     };
     let (chain, key) = certified_key(&provider, &o.cert, &o.key)?;
+    let leaf = chain.first().cloned();
     let mut config = builder.with_single_cert(chain, key)?;
     config.alpn_protocols = alpn;
     config.enable_secret_extraction = true;
@@ -294,7 +310,10 @@ pub fn server_config(o: &ServerTlsOptions) -> Result<Arc<rustls::ServerConfig>> 
         config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
         config.send_tls13_tickets = 0;
     }
-    Ok(Arc::new(config))
+    Ok(Built {
+        config: Arc::new(config),
+        leaf,
+    })
 }
 
 /// The one crypto provider this engine uses: aws-lc-rs, with AES-128-GCM preferred.

@@ -288,7 +288,8 @@ fn enable_after_a_loopback_handshake() {
         key: id.key.clone(),
         ..ServerTlsOptions::default()
     })
-    .expect("server config");
+    .expect("server config")
+    .config;
     let support = probe();
     for suite in rustls::crypto::aws_lc_rs::ALL_CIPHER_SUITES {
         // The ECDSA key cannot serve the TLS 1.2 RSA suites.

@@ -389,8 +389,8 @@ fn every_key_format_loads_and_serves() {
     let mut opts = pki.server_options();
     opts.key = pkcs1;
     connect(
-        client_config(&pki.client_options()).expect("client"),
-        server_config(&opts).expect("server"),
+        client_config(&pki.client_options()).expect("client").config,
+        server_config(&opts).expect("server").config,
     )
     .expect("handshake with a PKCS#1 key");
 
@@ -404,8 +404,8 @@ fn every_key_format_loads_and_serves() {
     let mut opts = pki.server_options();
     opts.key = sec1;
     connect(
-        client_config(&pki.client_options()).expect("client"),
-        server_config(&opts).expect("server"),
+        client_config(&pki.client_options()).expect("client").config,
+        server_config(&opts).expect("server").config,
     )
     .expect("handshake with a SEC1 key");
 
@@ -429,8 +429,8 @@ fn every_algorithm_as_server_and_client() {
             for version in ["1.2", "1.3"] {
                 client_opts.versions = vec![version.to_owned()];
                 let (c, s) = connect(
-                    client_config(&client_opts).expect("client config"),
-                    server_config(&server_opts).expect("server config"),
+                    client_config(&client_opts).expect("client config").config,
+                    server_config(&server_opts).expect("server config").config,
                 )
                 .unwrap_or_else(|e| {
                     panic!("{server:?} server, {client:?} client, TLS {version}: {e:?}")
@@ -448,9 +448,11 @@ fn mtls_refuses_missing_and_foreign_client_certs() {
     let pki = Pki::new();
     let mut server_opts = pki.server_options();
     server_opts.client_ca = Some(pki.ca.path.clone());
-    let server = server_config(&server_opts).expect("server config");
+    let server = server_config(&server_opts).expect("server config").config;
 
-    let anonymous = client_config(&pki.client_options()).expect("client config");
+    let anonymous = client_config(&pki.client_options())
+        .expect("client config")
+        .config;
     let (side, err) = connect(anonymous, server.clone()).expect_err("anonymous client");
     assert_eq!(side, Failed::Server);
     assert_eq!(err, rustls::Error::NoCertificatesPresented);
@@ -459,8 +461,11 @@ fn mtls_refuses_missing_and_foreign_client_certs() {
     let mut foreign = pki.client_options();
     foreign.cert = Some(other.client.cert.clone());
     foreign.key = Some(other.client.key.clone());
-    let (side, err) = connect(client_config(&foreign).expect("client config"), server)
-        .expect_err("client certificate from another CA");
+    let (side, err) = connect(
+        client_config(&foreign).expect("client config").config,
+        server,
+    )
+    .expect_err("client certificate from another CA");
     assert_eq!(side, Failed::Server);
     assert!(
         matches!(err, rustls::Error::InvalidCertificate(_)),
@@ -472,10 +477,12 @@ fn mtls_refuses_missing_and_foreign_client_certs() {
 fn client_verifies_the_server() {
     let pki = Pki::new();
     let other = Pki::new();
-    let client = client_config(&other.client_options()).expect("client config");
+    let client = client_config(&other.client_options())
+        .expect("client config")
+        .config;
     let (side, err) = connect(
         client,
-        server_config(&pki.server_options()).expect("server"),
+        server_config(&pki.server_options()).expect("server").config,
     )
     .expect_err("server from an unknown CA");
     assert_eq!(side, Failed::Client);
@@ -506,8 +513,8 @@ fn versions_are_pinned() {
         let mut s = pki.server_options();
         s.versions = server_versions.iter().map(|v| v.to_string()).collect();
         let (c, s) = connect(
-            client_config(&c).expect("client"),
-            server_config(&s).expect("server"),
+            client_config(&c).expect("client").config,
+            server_config(&s).expect("server").config,
         )
         .expect("handshake");
         assert_eq!(c.protocol_version(), Some(expected));
@@ -519,8 +526,8 @@ fn versions_are_pinned() {
     let mut s = pki.server_options();
     s.versions = vec!["1.3".into()];
     connect(
-        client_config(&c).expect("client"),
-        server_config(&s).expect("server"),
+        client_config(&c).expect("client").config,
+        server_config(&s).expect("server").config,
     )
     .expect_err("no common version");
 
@@ -541,8 +548,8 @@ fn alpn_and_secret_extraction() {
     for version in ["1.2", "1.3"] {
         c.versions = vec![version.into()];
         let (client, server) = connect(
-            client_config(&c).expect("client"),
-            server_config(&s).expect("server"),
+            client_config(&c).expect("client").config,
+            server_config(&s).expect("server").config,
         )
         .expect("handshake");
         assert_eq!(client.alpn_protocol(), Some(&b"http/1.1"[..]));
@@ -557,8 +564,8 @@ fn alpn_and_secret_extraction() {
 #[test]
 fn configs_keep_our_provider_and_resumption() {
     let pki = Pki::new();
-    let c = client_config(&pki.client_options()).expect("client");
-    let s = server_config(&pki.server_options()).expect("server");
+    let c = client_config(&pki.client_options()).expect("client").config;
+    let s = server_config(&pki.server_options()).expect("server").config;
     let ours = engine_provider();
     assert_eq!(
         c.crypto_provider().cipher_suites.len(),
