@@ -341,45 +341,37 @@ fn reload_refuses_duplicate_or_bad_listen_address() {
     );
     assert!(first_backend.accepted() >= 8);
 
+    // Writes `text` as the file, sends SIGHUP and waits for the refusal naming all `names`.
+    let refused_naming = |text: &str, names: [&str; 4], what: &str| {
+        write_file(&config, text.as_bytes());
+        let log_len = engine.log().len();
+        engine.signal(libc::SIGHUP);
+        let refused = |l: &str| {
+            l.len() > log_len
+                && l[log_len..].lines().any(|line| {
+                    line.contains("reload failed") && names.iter().all(|n| line.contains(n))
+                })
+        };
+        assert!(
+            engine.wait_log(SOON, refused),
+            "{what} was not refused naming the file, the line and the key:\n{}",
+            engine.log()
+        );
+    };
     let bad = good.replace(
         &format!("listen = {}", q(localhost(p1))),
         "listen = \"nonsense\"",
     );
-    write_file(&config, bad.as_bytes());
-    let log_len = engine.log().len();
-    engine.signal(libc::SIGHUP);
-    let refused = |l: &str| {
-        l.len() > log_len
-            && l[log_len..].lines().any(|line| {
-                line.contains("reload failed")
-                    && ["dup-reload.toml", "line 9:", "`listen`", "nonsense"]
-                        .iter()
-                        .all(|n| line.contains(n))
-            })
-    };
-    assert!(
-        engine.wait_log(SOON, refused),
-        "the bad listen address was not refused naming the file, the line and the key:\n{}",
-        engine.log()
+    refused_naming(
+        &bad,
+        ["dup-reload.toml", "line 9:", "`listen`", "nonsense"],
+        "the bad listen address",
     );
-
     let missing = good.replace("cert = \"server.crt\"", "cert = \"missing.crt\"");
-    write_file(&config, missing.as_bytes());
-    let log_len = engine.log().len();
-    engine.signal(libc::SIGHUP);
-    let refused = |l: &str| {
-        l.len() > log_len
-            && l[log_len..].lines().any(|line| {
-                line.contains("reload failed")
-                    && ["dup-reload.toml", "line 11:", "`cert`", "missing.crt"]
-                        .iter()
-                        .all(|n| line.contains(n))
-            })
-    };
-    assert!(
-        engine.wait_log(SOON, refused),
-        "the missing certificate was not refused naming the file, the line and the key:\n{}",
-        engine.log()
+    refused_naming(
+        &missing,
+        ["dup-reload.toml", "line 11:", "`cert`", "missing.crt"],
+        "the missing certificate",
     );
     assert!(engine.running(), "the engine exited:\n{}", engine.log());
     let mut t = tls_connect(localhost(p1), "localhost", ca);
