@@ -325,8 +325,10 @@ impl Shard {
                 self.complete(c);
             }
             self.completions = done;
-            self.fire_timers();
-            self.reclaim.tick(Instant::now(), &mut self.pipes);
+            // One clock read for the timers and the pools' period.
+            let now = Instant::now();
+            self.fire_timers(now);
+            self.reclaim.tick(now, &mut self.pipes);
         }
         // Reset what is left (Stop after the drain time, or a driver failure): a clean FIN
         // would tell the peers that a cut stream was complete.
@@ -616,8 +618,7 @@ impl Shard {
         }
     }
 
-    fn fire_timers(&mut self) {
-        let now = Instant::now();
+    fn fire_timers(&mut self, now: Instant) {
         while let Some(Reverse((t, tok))) = self.timers.peek().copied() {
             if t > now {
                 break;
