@@ -604,7 +604,7 @@ impl Conn {
         let stats = &self.fwd.stats;
         stats.active.fetch_sub(1, Relaxed);
         let fds = [Some(self.down.clone()), self.up.clone()];
-        let peer = self.peer.map_or_else(|| "-".to_string(), |p| p.to_string());
+        let peer = self.peer_text();
         let unclean = failure.is_some() && self.unclean_close;
         if let Some((side, reason)) = &failure {
             if unclean {
@@ -648,6 +648,11 @@ impl Conn {
 }
 
 impl Conn {
+    /// The client's address for logs (`-` when unknown).
+    fn peer_text(&self) -> String {
+        self.peer.map_or_else(|| "-".to_string(), |p| p.to_string())
+    }
+
     /// The access line: one per connection at `info`, with stable field names and types.
     fn access_line(&self, peer: &str, failure: Option<&(Side, String)>, unclean: bool) {
         let n = self.negotiated.as_ref();
@@ -794,7 +799,7 @@ impl Conn {
         self.proxy_in = None;
         tracing::debug!(
             forwarder = %self.fwd.name,
-            peer = ?self.peer,
+            peer = %self.peer_text(),
             header = ?header,
             "PROXY header read"
         );
