@@ -11,6 +11,7 @@ use std::fmt::Write as _;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -168,8 +169,28 @@ fn route(name: &'static str, backend: SocketAddr, resume: bool) -> Result<Route>
     })
 }
 
-/// A loopback address with a port free right now.
+/// A loopback address with a port free right now, below the kernel's ephemeral range: a path
+/// is restarted on the same port between scenarios, and a port from that range may meanwhile
+/// be the local port of one of the load's own connections (then the listen fails with
+/// `EADDRINUSE`). The e2e tests' `support::free_port` picks its ports the same way.
 fn free_port() -> Result<SocketAddr> {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    const LOW: usize = 10_000;
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<usize>().ok())
+        .unwrap_or(32_768);
+    if ephemeral_low > LOW + 2_000 {
+        let span = ephemeral_low - LOW;
+        let base = (std::process::id() as usize * 7919) % span;
+        for _ in 0..span {
+            let port = LOW + (base + NEXT.fetch_add(1, Ordering::Relaxed)) % span;
+            let addr = SocketAddr::from(([127, 0, 0, 1], u16::try_from(port)?));
+            if TcpListener::bind(addr).is_ok() {
+                return Ok(addr);
+            }
+        }
+    }
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?)
 }
 
