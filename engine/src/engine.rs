@@ -14,7 +14,7 @@ use crate::error::{Error, Result};
 use crate::shard::{self, Command, Forwarder, ShardHandle};
 use crate::stats::{ListenerStats, Registry, ReloadStats, StatsSnapshot};
 use crate::sys::ktls::{self, KtlsSupport};
-use crate::tls::{material, validity};
+use crate::tls::validity;
 
 struct Entry {
     cfg: ForwarderConfig,
@@ -333,51 +333,15 @@ impl Engine {
                 addr: f.connect.clone(),
                 why: "resolves to no address".into(),
             })?;
-        // With the configs, the certificate the forwarder presents (for the expiry metric).
-        let (client_tls, server_tls, leaf) = match f.mode {
-            Mode::Client => {
-                let opts = material::ClientTlsOptions {
-                    ca: f.ca.clone(),
-                    cert: f.cert.clone(),
-                    key: f.key.clone(),
-                    alpn: f.alpn.clone(),
-                    versions: f.tls_versions.clone(),
-                    disable_resumption: !f.resumption,
-                    pins: f.pin.clone(),
-                    server_name: Some(f.sni.clone().unwrap_or_else(|| host.clone())),
-                };
-                let built = material::client_config(&opts)?;
-                let name_text = f.sni.clone().unwrap_or(host);
-                let name =
-                    rustls::pki_types::ServerName::try_from(name_text.clone()).map_err(|e| {
-                        Error::Address {
-                            addr: name_text,
-                            why: format!("not a valid TLS server name: {e}"),
-                        }
-                    })?;
-                (Some((built.config, name)), None, built.leaf)
-            }
-            Mode::Server => {
-                let opts = material::ServerTlsOptions {
-                    cert: f.cert.clone().expect("validated"),
-                    key: f.key.clone().expect("validated"),
-                    client_ca: f.client_ca.clone(),
-                    alpn: f.alpn.clone(),
-                    versions: f.tls_versions.clone(),
-                    disable_resumption: !f.resumption,
-                };
-                let built = material::server_config(&opts)?;
-                (None, Some(built.config), built.leaf)
-            }
-        };
+        // The mode's plan (its TLS configs), and the certificate it presents (expiry metric).
+        let crate::modes::Built { plan, leaf } = crate::modes::build(f, &host)?;
         let cert_not_after = leaf.as_ref().and_then(validity::not_after);
         Ok(Forwarder {
             name: f.display_name(),
             mode: f.mode,
             upstream: upstream.into(),
             upstream_text: f.connect.clone(),
-            client_tls,
-            server_tls,
+            plan,
             stats,
             max_connections: f.max_connections,
             connect_timeout: f.connect_timeout,

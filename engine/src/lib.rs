@@ -18,6 +18,7 @@ mod explain;
 mod kinds;
 pub mod logging;
 pub mod metrics;
+mod modes;
 pub mod shard;
 pub mod stats;
 pub mod sys;

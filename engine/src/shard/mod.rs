@@ -9,7 +9,6 @@ mod busy;
 mod conn;
 mod pipes;
 mod reclaim;
-mod splice;
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -45,13 +44,8 @@ pub struct Forwarder {
     pub upstream: SockAddr,
     /// The upstream as configured, for logs.
     pub upstream_text: String,
-    /// Client mode: the rustls config and the name to verify.
-    pub client_tls: Option<(
-        Arc<rustls::ClientConfig>,
-        rustls::pki_types::ServerName<'static>,
-    )>,
-    /// Server mode: the rustls config.
-    pub server_tls: Option<Arc<rustls::ServerConfig>>,
+    /// How its connections' legs are set up, from its mode (`crate::modes`).
+    pub(crate) plan: crate::modes::Plan,
     /// Counters, kept across reloads.
     pub stats: Arc<ListenerStats>,
     /// Most open connections.
@@ -613,7 +607,7 @@ impl Shard {
         conn.close(failure, self);
         self.free.push(index);
         // A proxied connection gave back at least two fds: enough for the next one.
-        if conn.up.is_some() {
+        if conn.dialed() {
             self.resume_accepts(None);
         }
     }

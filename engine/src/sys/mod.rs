@@ -335,3 +335,29 @@ pub fn take_inherited_socket(raw: RawFd) -> io::Result<OwnedFd> {
     }
     Ok(fd)
 }
+
+/// A nonblocking, close-on-exec TCP socket of `domain` with `TCP_NODELAY`, to connect.
+pub fn tcp_socket(domain: socket2::Domain) -> io::Result<OwnedFd> {
+    let sock = socket2::Socket::new(
+        domain,
+        socket2::Type::STREAM.nonblocking().cloexec(),
+        Some(socket2::Protocol::TCP),
+    )?;
+    sock.set_tcp_nodelay(true)?;
+    Ok(sock.into())
+}
+
+/// Shuts the write side of a socket (sends a FIN).
+pub fn shutdown_write(fd: BorrowedFd<'_>) -> io::Result<()> {
+    socket2::SockRef::from(&fd).shutdown(std::net::Shutdown::Write)
+}
+
+/// `SO_LINGER` of zero: closing the socket resets the connection instead of ending it cleanly.
+pub fn set_linger_reset(fd: BorrowedFd<'_>) -> io::Result<()> {
+    socket2::SockRef::from(&fd).set_linger(Some(std::time::Duration::ZERO))
+}
+
+/// The local address of a socket (`None` for a socket that is not IP, such as a socketpair).
+pub fn local_addr(fd: BorrowedFd<'_>) -> Option<std::net::SocketAddr> {
+    socket2::SockRef::from(&fd).local_addr().ok()?.as_socket()
+}

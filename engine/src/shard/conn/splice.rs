@@ -14,8 +14,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use rustls::ProtocolVersion;
 use splice_proto::TicketStore;
 
-use super::{PIPE_SIZE, Shard, TAG_POLL, token};
-use crate::config::Mode;
+use super::super::{PIPE_SIZE, Shard, TAG_POLL, token};
 use crate::driver::{Fd, Op};
 use crate::error::Side;
 use crate::sys;
@@ -41,7 +40,7 @@ struct Dir {
 }
 
 /// Both directions of a kTLS connection.
-pub(crate) struct SplicePump {
+pub(super) struct SplicePump {
     /// `[plain -> tls, tls -> plain]`; `None` when the pump was born failed.
     dirs: Option<[Dir; 2]>,
     version: ProtocolVersion,
@@ -54,15 +53,11 @@ impl SplicePump {
     pub(crate) fn new(
         plain: Fd,
         tls: Fd,
-        mode: Mode,
+        (plain_side, tls_side): (Side, Side),
         version: ProtocolVersion,
         tickets: Option<TicketStore>,
         shard: &mut Shard,
     ) -> Result<Self, crate::Error> {
-        let (plain_side, tls_side) = match mode {
-            Mode::Client => (Side::Downstream, Side::Upstream),
-            Mode::Server => (Side::Upstream, Side::Downstream),
-        };
         let p0 = shard.pipes.take()?;
         let p1 = shard.pipes.take()?;
         let dir = |src: &Fd, dst: &Fd, pipe, src_ktls, src_side, dst_side| Dir {
@@ -283,7 +278,7 @@ fn pump(
             {
                 return Err((d.dst_side, format!("send close_notify: {e}")));
             }
-            let _ = socket2::SockRef::from(&*d.dst).shutdown(std::net::Shutdown::Write);
+            let _ = sys::shutdown_write(d.dst.as_fd());
             d.shut = true;
         }
         if !progress {
