@@ -586,12 +586,9 @@ impl Shard {
                     .push(Reverse((d, token(TIMER_DEADLINE, index, conn.generation))));
             }
         }
-        if conn.idle_deadline != conn.idle_armed {
-            conn.idle_armed = conn.idle_deadline;
-            if let Some(d) = conn.idle_deadline {
-                self.timers
-                    .push(Reverse((d, token(TIMER_IDLE, index, conn.generation))));
-            }
+        if let Some(d) = conn.idle_timer_to_arm() {
+            self.timers
+                .push(Reverse((d, token(TIMER_IDLE, index, conn.generation))));
         }
         self.conns[index as usize] = Some(conn);
         match outcome {
@@ -636,9 +633,7 @@ impl Shard {
                 continue;
             };
             if tag == TIMER_IDLE {
-                if conn.idle_deadline.is_some_and(|d| d <= now) {
-                    conn.idle_deadline = None;
-                    conn.idle_timeout(now);
+                if conn.idle_timer_fired(now) {
                     self.drive(index);
                 }
             } else if conn.deadline.is_some_and(|d| d <= now) {

@@ -23,7 +23,7 @@ impl Conn {
             return;
         };
         let support = self.fwd.ktls.as_ref();
-        self.negotiated = sm.negotiated().cloned();
+        self.negotiated = sm.negotiated().cloned().map(Box::new);
         let settled = sm.negotiated().map(|n| (n.suite, n.version));
         let (Some(support), Some((suite, version))) = (support, settled) else {
             sm.handle_handoff_declined();

@@ -21,9 +21,9 @@ pub(super) struct LegIo {
     /// taking a buffer: idle connections hold no buffer memory.
     pub(super) idle: bool,
     /// A readiness wait is in flight for a read of this many bytes.
-    pub(super) waiting_len: Option<usize>,
+    pub(super) waiting_len: Option<u32>,
     /// Readiness was spurious for a read of this many bytes; wait again.
-    pub(super) ready_read: Option<usize>,
+    pub(super) ready_read: Option<u32>,
     /// An [`Op::Hangup`] watch is in flight, or no longer wanted (the peer's FIN came: what
     /// follows is read in order by the pump).
     pub(super) watched: bool,
@@ -78,11 +78,9 @@ impl Conn {
                 Leg::Tls => Fault::TlsTransport,
             };
             let side = self.side(fault);
-            self.hangup.get_or_insert((
-                side,
-                "the peer reset the connection (noticed while the other direction was stalled)"
-                    .into(),
-            ));
+            let why = "the peer reset the connection (noticed while the other direction was \
+                       stalled)";
+            self.hangup.get_or_insert(Box::new((side, why.into())));
         }
         // Otherwise the peer's FIN (or both directions shut, ours first): the pump reads up to
         // it in order. Stay unwatched: poll would report the FIN again at once.

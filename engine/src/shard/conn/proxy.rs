@@ -117,7 +117,7 @@ impl Conn {
         } = header.addresses
         {
             self.peer = Some(source);
-            self.proxied_to = Some(destination);
+            self.proxied_to = Some(Box::new(destination));
         }
     }
 
@@ -130,6 +130,8 @@ impl Conn {
             .ok_or_else(|| std::io::Error::other("no upstream socket"))?;
         let destination = self
             .proxied_to
+            .as_deref()
+            .copied()
             .or_else(|| sys::local_addr(self.accepted_fd().as_fd()));
         let addresses = match (self.peer, destination) {
             (Some(source), Some(destination)) => Addresses::Tcp {
