@@ -7,7 +7,7 @@ use std::os::fd::{AsFd, AsRawFd};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use rustls::client::UnbufferedClientConnection;
 use rustls::server::UnbufferedServerConnection;
@@ -480,13 +480,7 @@ impl Conn {
 
     fn connect(&mut self, index: u32, shard: &mut Shard) -> std::io::Result<()> {
         let addr = &self.fwd.upstream;
-        let sock = socket2::Socket::new(
-            addr.domain(),
-            socket2::Type::STREAM.nonblocking().cloexec(),
-            Some(socket2::Protocol::TCP),
-        )?;
-        sock.set_tcp_nodelay(true)?;
-        let fd: Fd = Rc::new(sock.into());
+        let fd: Fd = Rc::new(sys::socket::tcp_stream(addr)?);
         self.up = Some(fd.clone());
         self.deadline = Some(Instant::now() + self.fwd.connect_timeout);
         shard.driver.submit(
@@ -632,7 +626,7 @@ impl Conn {
             }
             for fd in fds.iter().flatten() {
                 // A reset, so that neither peer mistakes a cut stream for a complete one.
-                let _ = socket2::SockRef::from(&**fd).set_linger(Some(Duration::ZERO));
+                let _ = sys::socket::set_linger_zero(fd.as_fd());
             }
         }
         if self.fwd.access_log {
