@@ -17,6 +17,9 @@ use std::time::Duration;
 use super::{Completion, Op};
 use crate::sys::SyscallError;
 
+/// A test's action at each wait.
+pub type OnWait = Box<dyn FnMut(&mut FakeState)>;
+
 /// What a test sees of the fake driver.
 #[derive(Default)]
 pub struct FakeState {
@@ -32,7 +35,7 @@ pub struct FakeState {
     pub waits: Vec<Option<Duration>>,
     /// Called at each [`FakeDriver::wait`] before it hands back the ready completions: lets a
     /// test act while the shard runs its own loop.
-    pub on_wait: Option<Box<dyn FnMut(&mut FakeState)>>,
+    pub on_wait: Option<OnWait>,
 }
 
 impl std::fmt::Debug for FakeState {

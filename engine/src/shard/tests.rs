@@ -201,7 +201,11 @@ fn an_accepted_connection_connects_to_its_upstream_and_accepts_again() {
     // The upstream socket was made through sys (no socket here) and its connect submitted,
     // to the forwarder's upstream, under the connection's token.
     let up = conn.up.as_ref().expect("an upstream socket").as_raw_fd();
-    assert!(h.calls().contains(&Call::SetNodelay(down)), "{:?}", h.calls());
+    assert!(
+        h.calls().contains(&Call::SetNodelay(down)),
+        "{:?}",
+        h.calls()
+    );
     assert!(h.calls().contains(&Call::TcpStream { ipv6: false }));
     assert_eq!(h.ops(TAG_CONNECT), [(0, 1, up)]);
     let state = h.driver.borrow();
@@ -362,7 +366,11 @@ fn drain_cancels_the_listeners_and_exits_when_no_connection_is_left() {
         }
     }));
     h.shard.run();
-    assert_eq!(*waits.borrow(), 3, "the shard left as soon as its connection ended");
+    assert_eq!(
+        *waits.borrow(),
+        3,
+        "the shard left as soon as its connection ended"
+    );
     let state = h.driver.borrow();
     assert_eq!(state.cancelled[0], listener);
     assert!(state.cancelled.contains(&down) && state.cancelled.contains(&up));
@@ -389,7 +397,13 @@ fn completions_of_an_older_generation_are_ignored() {
 
     // The next connection takes the same slot, one generation on.
     h.accept(1);
-    assert_eq!(h.ops(TAG_CONNECT).iter().map(|o| (o.0, o.1)).collect::<Vec<_>>(), [(0, 2)]);
+    assert_eq!(
+        h.ops(TAG_CONNECT)
+            .iter()
+            .map(|o| (o.0, o.1))
+            .collect::<Vec<_>>(),
+        [(0, 2)]
+    );
     for c in stale {
         h.shard.complete(c);
     }

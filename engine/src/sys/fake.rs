@@ -160,7 +160,12 @@ pub struct Installed(());
 impl Installed {
     /// Every call the fake answered so far, in order.
     pub fn calls(&self) -> Vec<Call> {
-        FAKE.with(|f| f.borrow().as_ref().map(|f| f.calls.clone()).unwrap_or_default())
+        FAKE.with(|f| {
+            f.borrow()
+                .as_ref()
+                .map(|f| f.calls.clone())
+                .unwrap_or_default()
+        })
     }
 }
 
@@ -178,7 +183,10 @@ impl Drop for Installed {
 pub fn install(handler: impl FnMut(&Call) -> Option<io::Result<Reply>> + 'static) -> Installed {
     FAKE.with(|f| {
         let mut f = f.borrow_mut();
-        assert!(f.is_none(), "a sys fake is installed on this thread already");
+        assert!(
+            f.is_none(),
+            "a sys fake is installed on this thread already"
+        );
         *f = Some(Fake {
             handler: Box::new(handler),
             calls: Vec::new(),

@@ -56,7 +56,9 @@ pub fn check_port_free(addr: SocketAddr) -> io::Result<()> {
 /// ready for a nonblocking connect to `addr`.
 pub fn tcp_stream(addr: &SockAddr) -> io::Result<OwnedFd> {
     #[cfg(test)]
-    if let Some(r) = fake::intercept(Call::TcpStream { ipv6: addr.is_ipv6() }) {
+    if let Some(r) = fake::intercept(Call::TcpStream {
+        ipv6: addr.is_ipv6(),
+    }) {
         return r.map(fake::Reply::into_fd);
     }
     let sock = Socket::new(
