@@ -19,23 +19,40 @@ use super::*;
 use crate::driver::fake::{FakeDriver, FakeState};
 use crate::sys::fake::{self, Call, Installed, Reply};
 
-/// The one place tests build a [`Forwarder`]: client mode (plain in, TLS out), no kTLS, to an
-/// upstream nothing ever connects to (the fake driver holds the connect).
-fn forwarder(max_connections: usize) -> Arc<Forwarder> {
+/// The one place tests build a [`Forwarder`]: no kTLS, an upstream nothing ever connects to
+/// (the fake driver holds the connect). Client mode trusts nobody (no handshake gets that far
+/// here); server mode presents a fresh self-signed certificate.
+fn forwarder(mode: Mode, max_connections: usize) -> Arc<Forwarder> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .expect("default versions")
-        .with_root_certificates(rustls::RootCertStore::empty())
-        .with_no_client_auth();
-    let name = rustls::pki_types::ServerName::try_from("upstream.test").expect("a DNS name");
+    let (client_tls, server_tls) = match mode {
+        Mode::Client => {
+            let config = rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .expect("default versions")
+                .with_root_certificates(rustls::RootCertStore::empty())
+                .with_no_client_auth();
+            let name = rustls::pki_types::ServerName::try_from("upstream.test").expect("a name");
+            (Some((Arc::new(config), name)), None)
+        }
+        Mode::Server => {
+            let cert =
+                splice_test_pki::Cert::self_signed(&["localhost"], splice_test_pki::KeyType::P256);
+            let config = rustls::ServerConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .expect("default versions")
+                .with_no_client_auth()
+                .with_single_cert(vec![cert.der], cert.key.der())
+                .expect("a certificate and its key");
+            (None, Some(Arc::new(config)))
+        }
+    };
     Arc::new(Forwarder {
         name: "fake".into(),
-        mode: Mode::Client,
+        mode,
         upstream: SocketAddr::from(([127, 0, 0, 1], 9)).into(),
         upstream_text: "127.0.0.1:9".into(),
-        client_tls: Some((Arc::new(config), name)),
-        server_tls: None,
+        client_tls,
+        server_tls,
         stats: Arc::default(),
         max_connections,
         connect_timeout: Duration::from_secs(2),
@@ -187,7 +204,7 @@ fn errors(fwd: &Forwarder) -> [u64; 4] {
 #[test]
 fn an_accepted_connection_connects_to_its_upstream_and_accepts_again() {
     let mut h = harness();
-    let fwd = forwarder(10);
+    let fwd = forwarder(Mode::Client, 10);
     let listener = h.listen(7, &fwd);
     assert_eq!(h.ops(TAG_ACCEPT), [(7, 0, listener)]);
 
@@ -227,7 +244,7 @@ fn an_accepted_connection_connects_to_its_upstream_and_accepts_again() {
 #[test]
 fn past_max_connections_a_connection_is_reset_and_counted_as_refused() {
     let mut h = harness();
-    let fwd = forwarder(1);
+    let fwd = forwarder(Mode::Client, 1);
     h.listen(1, &fwd);
     let first = h.accept(1);
     let second = h.accept(1);
@@ -247,7 +264,7 @@ fn past_max_connections_a_connection_is_reset_and_counted_as_refused() {
 #[test]
 fn out_of_fds_pauses_accepting_with_a_doubling_backoff() {
     let mut h = harness();
-    let fwd = forwarder(10);
+    let fwd = forwarder(Mode::Client, 10);
     h.listen(3, &fwd);
     let emfile = || Err(io::Error::from_raw_os_error(libc::EMFILE));
 
@@ -284,7 +301,7 @@ fn out_of_fds_pauses_accepting_with_a_doubling_backoff() {
 #[test]
 fn a_closing_connection_resumes_a_paused_listener_before_its_timer() {
     let mut h = harness();
-    let fwd = forwarder(10);
+    let fwd = forwarder(Mode::Client, 10);
     h.listen(3, &fwd);
     h.accept(3);
     h.accept_with(3, Err(io::Error::from_raw_os_error(libc::ENFILE)));
@@ -310,7 +327,7 @@ fn a_closing_connection_resumes_a_paused_listener_before_its_timer() {
 #[test]
 fn a_removed_listener_is_cancelled_and_accepts_no_more() {
     let mut h = harness();
-    let fwd = forwarder(10);
+    let fwd = forwarder(Mode::Client, 10);
     let kept = h.listen(1, &fwd);
     let removed = h.listen(2, &fwd);
     h.command(Command::RemoveListener { id: 2 });
@@ -336,7 +353,7 @@ fn a_removed_listener_is_cancelled_and_accepts_no_more() {
 
 #[test]
 fn drain_cancels_the_listeners_and_exits_when_no_connection_is_left() {
-    let fwd = forwarder(10);
+    let fwd = forwarder(Mode::Client, 10);
     {
         // No connection: the shard exits without waiting for anything.
         let mut h = harness();
@@ -380,7 +397,7 @@ fn drain_cancels_the_listeners_and_exits_when_no_connection_is_left() {
 #[test]
 fn completions_of_an_older_generation_are_ignored() {
     let mut h = harness();
-    let fwd = forwarder(10);
+    let fwd = forwarder(Mode::Client, 10);
     h.listen(1, &fwd);
     h.accept(1);
     let budget = fwd.connect_timeout + fwd.handshake_timeout;
@@ -417,7 +434,7 @@ fn completions_of_an_older_generation_are_ignored() {
 #[test]
 fn a_connect_deadline_closes_the_connection_as_an_upstream_failure() {
     let mut h = harness();
-    let fwd = forwarder(10);
+    let fwd = forwarder(Mode::Client, 10);
     h.listen(1, &fwd);
     let start = Instant::now();
     let down = h.accept(1);
@@ -463,4 +480,44 @@ fn a_wake_up_resets_the_eventfd_and_waits_for_the_next() {
     h.finish(wake_token, Ok(0));
     assert_eq!(h.calls(), [Call::EventfdDrain(wake)]);
     assert!(h.has(wake_token));
+}
+
+#[test]
+fn a_handshake_deadline_closes_a_server_connection_as_a_tls_failure() {
+    let mut h = harness();
+    let fwd = forwarder(Mode::Server, 10);
+    h.listen(1, &fwd);
+    let start = Instant::now();
+    let down = h.accept(1);
+    // Server mode: no upstream before the handshake; the accepted (TLS) leg waits for bytes.
+    assert!(h.ops(TAG_CONNECT).is_empty());
+    assert_eq!(h.ops(TAG_WAIT_TLS), [(0, 1, down)]);
+    let [armed] = h.timers(TIMER_DEADLINE, 0)[..] else {
+        panic!("one deadline timer");
+    };
+    assert!(armed >= start + fwd.handshake_timeout);
+
+    h.shard.fire_timers(armed);
+    assert_eq!(h.shard.live_conns(), 0);
+    assert_eq!(errors(&fwd), [0, 0, 1, 0]);
+    assert!(h.calls().contains(&Call::SetLingerZero(down)));
+    assert!(h.driver.borrow().cancelled.contains(&down));
+}
+
+#[test]
+fn a_reset_seen_on_a_watched_leg_closes_the_connection_on_that_side() {
+    let mut h = harness();
+    let fwd = forwarder(Mode::Client, 10);
+    h.listen(1, &fwd);
+    let down = h.accept(1);
+    // The client's (plain) leg reports an error while the upstream connect is in flight.
+    h.finish(token(TAG_HANGUP_PLAIN, 0, 1), Ok(libc::POLLERR as usize));
+    assert_eq!(h.shard.live_conns(), 0);
+    assert_eq!(errors(&fwd), [1, 0, 0, 0]);
+    assert!(h.calls().contains(&Call::SetLingerZero(down)));
+    // A FIN alone (POLLRDHUP) is no reset: the state machine reads up to it in order.
+    h.accept(1);
+    h.finish(token(TAG_HANGUP_PLAIN, 0, 2), Ok(libc::POLLRDHUP as usize));
+    assert_eq!(h.shard.live_conns(), 1);
+    assert_eq!(errors(&fwd), [1, 0, 0, 0]);
 }
