@@ -6,9 +6,12 @@
 //! the kernel is writing, nor lets its fd number be reused under the op ("ignored but kept
 //! alive"). The io_uring driver maps each op to one SQE; the epoll driver tries the system call
 //! at once and, on `EAGAIN`, waits for the readiness edge and tries again. Both give the same
-//! results, so everything above them is shared.
+//! results, so everything above them is shared. Under `cfg(test)` a third, [`fake`], completes
+//! ops only when a unit test says so.
 
 pub mod epoll;
+#[cfg(test)]
+pub(crate) mod fake;
 pub mod uring;
 
 use std::io;
@@ -111,6 +114,9 @@ pub enum Driver {
     Uring(Box<UringDriver>),
     /// epoll.
     Epoll(EpollDriver),
+    /// A unit test's fake (see [`fake`]).
+    #[cfg(test)]
+    Fake(fake::FakeDriver),
 }
 
 impl Driver {
@@ -136,6 +142,9 @@ impl Driver {
         match self {
             Driver::Uring(_) => DriverKind::Uring,
             Driver::Epoll(_) => DriverKind::Epoll,
+            // Like epoll, it never sleeps in the kernel on an op's behalf.
+            #[cfg(test)]
+            Driver::Fake(_) => DriverKind::Epoll,
         }
     }
 
@@ -144,6 +153,8 @@ impl Driver {
         match self {
             Driver::Uring(d) => d.submit(token, op),
             Driver::Epoll(d) => d.submit(token, op),
+            #[cfg(test)]
+            Driver::Fake(d) => d.submit(token, op),
         }
     }
 
@@ -153,6 +164,8 @@ impl Driver {
         match self {
             Driver::Uring(d) => d.cancel(fd),
             Driver::Epoll(d) => d.cancel(fd),
+            #[cfg(test)]
+            Driver::Fake(d) => d.cancel(fd),
         }
     }
 
@@ -165,6 +178,8 @@ impl Driver {
         match self {
             Driver::Uring(d) => d.wait(timeout, out),
             Driver::Epoll(d) => d.wait(timeout, out),
+            #[cfg(test)]
+            Driver::Fake(d) => d.wait(timeout, out),
         }
     }
 
@@ -173,6 +188,8 @@ impl Driver {
         match self {
             Driver::Uring(d) => d.in_flight(),
             Driver::Epoll(d) => d.in_flight(),
+            #[cfg(test)]
+            Driver::Fake(d) => d.in_flight(),
         }
     }
 }

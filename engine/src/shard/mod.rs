@@ -9,6 +9,8 @@ mod busy;
 mod conn;
 mod pipes;
 mod reclaim;
+#[cfg(test)]
+mod tests;
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -459,7 +461,7 @@ impl Shard {
             stats
                 .refused
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let _ = socket2::SockRef::from(&sock).set_linger(Some(Duration::ZERO));
+            let _ = sys::socket::set_linger_zero(sock.as_fd());
             if self.log_allow(&fwd.name, "refused: max_connections") {
                 tracing::warn!(
                     forwarder = %fwd.name,
@@ -473,11 +475,8 @@ impl Shard {
         stats
             .accepted
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let _ = socket2::SockRef::from(&sock).set_tcp_nodelay(true);
-        let peer = socket2::SockRef::from(&sock)
-            .peer_addr()
-            .ok()
-            .and_then(|a| a.as_socket());
+        let _ = sys::socket::set_nodelay(sock.as_fd());
+        let peer = sys::socket::peer_addr(sock.as_fd());
         let index = match self.free.pop() {
             Some(i) => i,
             None => {
@@ -656,43 +655,17 @@ fn out_of_fds(e: &std::io::Error) -> bool {
 
 /// Opens a listening socket bound to `addr` with SO_REUSEPORT, so each shard can have its own.
 pub fn bind_listener(addr: SocketAddr) -> Result<OwnedFd, Error> {
-    let err = |source| Error::Listen { addr, source };
-    let sock = socket2::Socket::new(
-        socket2::Domain::for_address(addr),
-        socket2::Type::STREAM.nonblocking().cloexec(),
-        Some(socket2::Protocol::TCP),
-    )
-    .map_err(err)?;
-    sock.set_reuse_address(true).map_err(err)?;
-    sock.set_reuse_port(true).map_err(err)?;
-    if addr.is_ipv6() {
-        let _ = sock.set_only_v6(true);
-    }
-    sock.bind(&addr.into()).map_err(err)?;
-    sock.listen(1024).map_err(err)?;
-    Ok(sock.into())
+    sys::socket::bind_listener(addr).map_err(|source| Error::Listen { addr, source })
 }
 
 /// Fails with `EADDRINUSE` when anyone holds `addr`: a plain bind (no SO_REUSEPORT) cannot
 /// share a port with a listener. Call it before binding the first of our own SO_REUSEPORT
 /// sockets for an address, which would otherwise share the port with another process.
 pub fn check_port_free(addr: SocketAddr) -> Result<(), Error> {
-    let sock = socket2::Socket::new(
-        socket2::Domain::for_address(addr),
-        socket2::Type::STREAM.cloexec(),
-        Some(socket2::Protocol::TCP),
-    )
-    .map_err(|source| Error::Listen { addr, source })?;
-    sock.set_reuse_address(true)
-        .map_err(|source| Error::Listen { addr, source })?;
-    if addr.port() == 0 {
-        return Ok(());
-    }
-    sock.bind(&addr.into())
-        .map_err(|source| Error::Listen { addr, source })
+    sys::socket::check_port_free(addr).map_err(|source| Error::Listen { addr, source })
 }
 
 /// The address a listener actually bound (resolves port 0).
 pub fn local_addr(fd: &OwnedFd) -> Option<SocketAddr> {
-    socket2::SockRef::from(fd).local_addr().ok()?.as_socket()
+    sys::socket::local_addr(fd.as_fd())
 }

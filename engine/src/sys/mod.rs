@@ -1,16 +1,20 @@
-//! System calls that the standard library and socket2 do not cover: splice, pipes, eventfd,
-//! poll, receiving into a vector's spare room, io_uring setup, epoll, and kTLS.
+//! System calls: splice, pipes, eventfd, poll, receiving into a vector's spare room, io_uring
+//! setup, epoll, kTLS, and the TCP socket calls the data plane makes (`socket`).
 //!
 //! The bottom layer: thin wrappers that import nothing from the rest of the crate (only std,
 //! libc, io-uring, socket2 and rustls's key types), so everything above can use them. The
-//! drivers built on them live in `driver/`.
+//! drivers built on them live in `driver/`. Under `cfg(test)`, the calls a shard makes itself
+//! can be replaced by a per-thread fake (`fake`), so that shard logic is tested without a kernel.
 //!
 //! This is one of the few modules allowed `unsafe` (the crate root denies it): every block
 //! states its invariant in a `// SAFETY:` comment.
 #![allow(unsafe_code, reason = "raw system calls live here and nowhere else")]
 
 pub mod epoll;
+#[cfg(test)]
+pub(crate) mod fake;
 pub mod ktls;
+pub mod socket;
 pub mod uring;
 
 use std::io;
@@ -67,6 +71,13 @@ pub fn ignore_sigpipe() {
 
 /// `recv(2)` of at most `len` bytes appended to `buf` (reserving room as needed).
 pub fn recv_into(fd: BorrowedFd<'_>, buf: &mut Vec<u8>, len: usize) -> io::Result<usize> {
+    #[cfg(test)]
+    if let Some(r) = fake::intercept(fake::Call::RecvInto {
+        fd: fd.as_raw_fd(),
+        len,
+    }) {
+        return r.map(|reply| fake_fill(buf, reply.into_bytes(), len));
+    }
     buf.reserve(len);
     let start = buf.len();
     let spare = buf.spare_capacity_mut().as_mut_ptr();
@@ -82,6 +93,13 @@ pub fn recv_into(fd: BorrowedFd<'_>, buf: &mut Vec<u8>, len: usize) -> io::Resul
 /// `recv(2)` with `MSG_PEEK` of at most `len` bytes appended to `buf`: the bytes stay queued
 /// on the socket.
 pub fn peek_into(fd: BorrowedFd<'_>, buf: &mut Vec<u8>, len: usize) -> io::Result<usize> {
+    #[cfg(test)]
+    if let Some(r) = fake::intercept(fake::Call::PeekInto {
+        fd: fd.as_raw_fd(),
+        len,
+    }) {
+        return r.map(|reply| fake_fill(buf, reply.into_bytes(), len));
+    }
     buf.reserve(len);
     let start = buf.len();
     let spare = buf.spare_capacity_mut().as_mut_ptr();
@@ -101,6 +119,14 @@ pub fn peek_into(fd: BorrowedFd<'_>, buf: &mut Vec<u8>, len: usize) -> io::Resul
     Ok(n)
 }
 
+/// Appends the bytes a fake read returned, at most `len` of them, as the kernel would.
+#[cfg(test)]
+fn fake_fill(buf: &mut Vec<u8>, bytes: Vec<u8>, len: usize) -> usize {
+    let n = bytes.len().min(len);
+    buf.extend_from_slice(&bytes[..n]);
+    n
+}
+
 /// Marks `n` bytes after `buf.len()` as written by the kernel (an io_uring recv completion).
 ///
 /// # Safety
@@ -114,6 +140,13 @@ pub unsafe fn assume_filled(buf: &mut Vec<u8>, n: usize) {
 
 /// `send(2)` with `MSG_NOSIGNAL`, nonblocking.
 pub fn send(fd: BorrowedFd<'_>, buf: &[u8]) -> io::Result<usize> {
+    #[cfg(test)]
+    if let Some(r) = fake::intercept(fake::Call::Send {
+        fd: fd.as_raw_fd(),
+        len: buf.len(),
+    }) {
+        return r.map(fake::Reply::into_len);
+    }
     // SAFETY: `buf` is a valid readable slice for its length.
     let ret = unsafe {
         libc::send(
@@ -280,6 +313,12 @@ pub fn splice(from: BorrowedFd<'_>, to: BorrowedFd<'_>, len: usize) -> io::Resul
 
 /// A nonblocking eventfd, used to wake a shard.
 pub fn eventfd() -> Result<OwnedFd, SyscallError> {
+    #[cfg(test)]
+    if let Some(r) = fake::intercept(fake::Call::Eventfd) {
+        return r
+            .map(fake::Reply::into_fd)
+            .map_err(|e| SyscallError::new("eventfd", e));
+    }
     // SAFETY: plain call; the result is a new fd we own.
     let ret = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
     let raw = cvt(ret).map_err(|e| SyscallError::new("eventfd", e))?;
@@ -289,6 +328,10 @@ pub fn eventfd() -> Result<OwnedFd, SyscallError> {
 
 /// Adds one to an eventfd (wakes its reader).
 pub fn eventfd_signal(fd: BorrowedFd<'_>) {
+    #[cfg(test)]
+    if fake::intercept(fake::Call::EventfdSignal(fd.as_raw_fd())).is_some() {
+        return;
+    }
     let one: u64 = 1;
     // SAFETY: writes 8 bytes from a valid u64.
     let _ = unsafe { libc::write(fd.as_raw_fd(), (&raw const one).cast(), 8) };
@@ -296,6 +339,10 @@ pub fn eventfd_signal(fd: BorrowedFd<'_>) {
 
 /// Resets an eventfd's counter.
 pub fn eventfd_drain(fd: BorrowedFd<'_>) {
+    #[cfg(test)]
+    if fake::intercept(fake::Call::EventfdDrain(fd.as_raw_fd())).is_some() {
+        return;
+    }
     let mut v: u64 = 0;
     // SAFETY: reads 8 bytes into a valid u64.
     let _ = unsafe { libc::read(fd.as_raw_fd(), (&raw mut v).cast(), 8) };
@@ -334,30 +381,4 @@ pub fn take_inherited_socket(raw: RawFd) -> io::Result<OwnedFd> {
         return Err(io::Error::other(format!("fd {raw} is not a socket")));
     }
     Ok(fd)
-}
-
-/// A nonblocking, close-on-exec TCP socket of `domain` with `TCP_NODELAY`, to connect.
-pub fn tcp_socket(domain: socket2::Domain) -> io::Result<OwnedFd> {
-    let sock = socket2::Socket::new(
-        domain,
-        socket2::Type::STREAM.nonblocking().cloexec(),
-        Some(socket2::Protocol::TCP),
-    )?;
-    sock.set_tcp_nodelay(true)?;
-    Ok(sock.into())
-}
-
-/// Shuts the write side of a socket (sends a FIN).
-pub fn shutdown_write(fd: BorrowedFd<'_>) -> io::Result<()> {
-    socket2::SockRef::from(&fd).shutdown(std::net::Shutdown::Write)
-}
-
-/// `SO_LINGER` of zero: closing the socket resets the connection instead of ending it cleanly.
-pub fn set_linger_reset(fd: BorrowedFd<'_>) -> io::Result<()> {
-    socket2::SockRef::from(&fd).set_linger(Some(std::time::Duration::ZERO))
-}
-
-/// The local address of a socket (`None` for a socket that is not IP, such as a socketpair).
-pub fn local_addr(fd: BorrowedFd<'_>) -> Option<std::net::SocketAddr> {
-    socket2::SockRef::from(&fd).local_addr().ok()?.as_socket()
 }

@@ -193,6 +193,12 @@ impl Conn {
             .expect("the accepted leg is open from the start")
     }
 
+    /// The socket of `role`, once there is one (for the shard's tests).
+    #[cfg(test)]
+    pub(crate) fn socket(&self, role: Role) -> Option<Fd> {
+        self.leg_fd(self.leg_of(role))
+    }
+
     /// Whether the connection opened a socket of its own (it gives back two fds on close).
     pub(crate) fn dialed(&self) -> bool {
         self.leg(self.leg_of(Role::Dialed)).fd.is_some()
@@ -434,7 +440,7 @@ impl Conn {
                 Io::ShutdownWrite(leg) => {
                     self.leg_mut(leg).shut_write = true;
                     if let Some(fd) = self.leg_fd(leg) {
-                        let _ = sys::shutdown_write(fd.as_fd());
+                        let _ = sys::socket::shutdown_write(fd.as_fd());
                     }
                 }
                 Io::Handoff => self.handoff(shard),
@@ -460,7 +466,7 @@ impl Conn {
     fn connect(&mut self, index: u32, shard: &mut Shard) -> std::io::Result<()> {
         let fwd = self.fwd.clone();
         let addr = &fwd.upstream;
-        let fd: Fd = std::rc::Rc::new(sys::tcp_socket(addr.domain())?);
+        let fd: Fd = std::rc::Rc::new(sys::socket::tcp_stream(addr)?);
         let dialed = self.leg_of(Role::Dialed);
         self.leg_mut(dialed).open(fd.clone());
         self.deadline = Some(Instant::now() + self.fwd.connect_timeout);
@@ -541,7 +547,7 @@ impl Conn {
             }
             for fd in &fds {
                 // A reset, so that neither peer mistakes a cut stream for a complete one.
-                let _ = sys::set_linger_reset(fd.as_fd());
+                let _ = sys::socket::set_linger_zero(fd.as_fd());
             }
         }
         if self.fwd.access_log {

@@ -132,7 +132,7 @@ impl Conn {
             .proxied_to
             .as_deref()
             .copied()
-            .or_else(|| sys::local_addr(self.accepted_fd().as_fd()));
+            .or_else(|| sys::socket::local_addr(self.accepted_fd().as_fd()));
         let addresses = match (self.peer, destination) {
             (Some(source), Some(destination)) => Addresses::Tcp {
                 source,

@@ -278,7 +278,7 @@ fn pump(
             {
                 return Err((d.dst_side, format!("send close_notify: {e}")));
             }
-            let _ = sys::shutdown_write(d.dst.as_fd());
+            let _ = sys::socket::shutdown_write(d.dst.as_fd());
             d.shut = true;
         }
         if !progress {
