@@ -116,6 +116,29 @@ pub enum Io {
     },
 }
 
+/// Which leg a forwarder opens itself, after the other was accepted: the TLS leg in client mode
+/// (plain TCP in, TLS out), the plain leg in server mode (TLS in, plain TCP out, connected once
+/// the handshake is over). The driver is asked for it with [`Io::Connect`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Opens {
+    /// The TLS leg is connected first, then the handshake runs over it (client mode).
+    TlsLeg,
+    /// The TLS leg is the accepted socket; the plain leg is connected after the handshake
+    /// (server mode).
+    PlainLeg,
+}
+
+/// Whether the session may go to the kernel (kTLS) once the handshake is over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Handoff {
+    /// Read the handshake record by record, so that no byte past it is taken from the kernel,
+    /// then offer the session with [`Io::Handoff`].
+    Offer,
+    /// Stay in user space for the connection's whole life.
+    #[default]
+    Never,
+}
+
 /// Sizes of the buffers.
 #[derive(Debug, Clone, Copy)]
 pub struct Buffers {
@@ -336,17 +359,14 @@ pub struct TlsForward {
 }
 
 impl TlsForward {
-    /// Starts a connection. `tls_connected`/`plain_connected` say which legs are already open
-    /// (client mode: plain open, TLS leg to be connected; server mode: the reverse).
-    /// `ktls_candidate` asks for the handshake to be read record by record so that the session
-    /// can be handed to the kernel afterwards ([`Io::Handoff`]).
-    pub fn new(
-        tls: TlsConn,
-        tls_connected: bool,
-        plain_connected: bool,
-        ktls_candidate: bool,
-        sizes: Buffers,
-    ) -> Self {
+    /// Starts a connection whose other leg was accepted and which `opens` the given leg itself.
+    /// [`Handoff::Offer`] reads the handshake record by record so that the session can be
+    /// handed to the kernel afterwards ([`Io::Handoff`]).
+    pub fn new(tls: TlsConn, opens: Opens, handoff: Handoff, sizes: Buffers) -> Self {
+        let (tls_connected, plain_connected) = match opens {
+            Opens::TlsLeg => (false, true),
+            Opens::PlainLeg => (true, false),
+        };
         let mut fwd = Self {
             tls: Session::Rustls(Box::new(tls)),
             core: Core {
@@ -363,7 +383,7 @@ impl TlsForward {
                 tls_connected,
                 plain_connected,
                 connect_pending: false,
-                record_mode: ktls_candidate,
+                record_mode: handoff == Handoff::Offer,
                 handoff_offered: false,
                 handshake_done: false,
                 plain_eof: false,

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use rustls::client::UnbufferedClientConnection;
 use rustls::server::UnbufferedServerConnection;
 use splice_proto::proxy_protocol::{self, Addresses, Parsed};
-use splice_proto::{Buffers, Fault, Io, Leg, Negotiated, TlsForward};
+use splice_proto::{Buffers, Fault, Handoff, Io, Leg, Negotiated, Opens, TlsForward};
 
 use super::splice::SplicePump;
 use super::{
@@ -102,6 +102,7 @@ impl Conn {
         // handshake no longer makes the kernel refuse (`ENOTCONN`).
         let ulp_attached = fwd.ktls.is_some() && fwd.mode == Mode::Server && attach_ulp(&down);
         let ktls = fwd.ktls.is_some() && (fwd.mode == Mode::Client || ulp_attached);
+        let handoff = if ktls { Handoff::Offer } else { Handoff::Never };
         let sm = match fwd.mode {
             Mode::Client => {
                 let (cfg, name) = fwd
@@ -109,7 +110,7 @@ impl Conn {
                     .as_ref()
                     .expect("client mode has a TLS config");
                 let c = UnbufferedClientConnection::new(cfg.clone(), name.clone())?;
-                TlsForward::new(c.into(), false, true, ktls, Buffers::default())
+                TlsForward::new(c.into(), Opens::TlsLeg, handoff, Buffers::default())
             }
             Mode::Server => {
                 let cfg = fwd
@@ -117,7 +118,7 @@ impl Conn {
                     .as_ref()
                     .expect("server mode has a TLS config");
                 let c = UnbufferedServerConnection::new(cfg.clone())?;
-                TlsForward::new(c.into(), true, false, ktls, Buffers::default())
+                TlsForward::new(c.into(), Opens::PlainLeg, handoff, Buffers::default())
             }
         };
         let budget = match fwd.mode {

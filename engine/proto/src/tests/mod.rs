@@ -24,7 +24,7 @@ use rustls::{
 };
 
 use crate::tls_conn::Records;
-use crate::{Buffers, Failure, Fault, Io, Leg, TlsConn, TlsForward};
+use crate::{Buffers, Failure, Fault, Handoff, Io, Leg, Opens, TlsConn, TlsForward};
 
 const PLAIN: usize = 0;
 const TLS: usize = 1;
@@ -806,17 +806,16 @@ impl Pair {
             Mode::Client => (configs.fwd_client(), configs.server()),
             Mode::Server => (configs.fwd_server(), configs.client()),
         };
-        let (tls_connected, plain_connected) = match setup.mode {
-            Mode::Client => (false, true),
-            Mode::Server => (true, false),
+        // Which legs are open at the start, indexed by PLAIN and TLS.
+        let (opens, connected) = match setup.mode {
+            Mode::Client => (Opens::TlsLeg, [true, false]),
+            Mode::Server => (Opens::PlainLeg, [false, true]),
         };
-        let mut fwd = TlsForward::new(
-            fwd_conn,
-            tls_connected,
-            plain_connected,
-            setup.ktls,
-            setup.buffers,
-        );
+        let handoff = match setup.ktls {
+            true => Handoff::Offer,
+            false => Handoff::Never,
+        };
+        let mut fwd = TlsForward::new(fwd_conn, opens, handoff, setup.buffers);
         if !setup.own_records {
             fwd.keep_rustls_records();
         }
@@ -841,7 +840,7 @@ impl Pair {
                 Pipe::new(setup.sock_cap[TLS]),
             ],
             peers: [app, peer],
-            connected: [plain_connected, tls_connected],
+            connected,
             connect: None,
             connect_error: None,
             connect_hangs: false,
