@@ -11,7 +11,7 @@
 //! # Where the bytes are copied
 //!
 //! During the handshake rustls keeps no buffer of its own here; the record pump
-//! (`forward/pump.rs`) shows it our buffers, and the few records that carry application data
+//! (`forward/records.rs`) shows it our buffers, and the few records that carry application data
 //! before the switch below are copied out of rustls.
 //!
 //! Once the handshake is over (and the connection is not waiting for a kernel hand-off), our own
@@ -34,7 +34,7 @@ use crate::pool;
 use crate::record::{RecordError, RecordLayer};
 use crate::tls_conn::TlsConn;
 
-mod pump;
+mod records;
 
 /// Which socket of a connection an operation is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -274,7 +274,7 @@ struct Rx {
     win: usize,
 }
 
-/// Everything but the rustls session, so that the pump can borrow both at once.
+/// Everything but the rustls session, so that `run_records` can borrow both at once.
 #[derive(Debug)]
 struct Core {
     sizes: Buffers,
@@ -404,7 +404,7 @@ impl TlsForward {
             negotiated: None,
         };
         // A client's first flight is ready at once.
-        fwd.pump();
+        fwd.run_records();
         fwd
     }
 
@@ -480,12 +480,6 @@ impl TlsForward {
         self.core.rx.buf.is_none() && self.core.rx.off < self.core.rx.win
     }
 
-    /// Runs the record pump as any completion would.
-    #[cfg(test)]
-    pub(crate) fn repump(&mut self) {
-        self.pump();
-    }
-
     /// Gives up the session for a kernel hand-off. Only valid after [`Io::Handoff`], when
     /// rustls still has the session; `None` otherwise.
     pub fn into_tls(self) -> Option<TlsConn> {
@@ -498,7 +492,7 @@ impl TlsForward {
     /// The driver will not hand this connection to the kernel: carry on in user space.
     pub fn handle_handoff_declined(&mut self) {
         self.core.record_mode = false;
-        self.pump();
+        self.run_records();
     }
 
     /// Reports the result of [`Io::Connect`].
@@ -540,7 +534,7 @@ impl TlsForward {
                 }
             }
         }
-        self.pump();
+        self.run_records();
         if fin {
             self.core.tls_transport_eof();
         }
@@ -567,7 +561,7 @@ impl TlsForward {
             Leg::Tls => c.tls_tx.returned(buf, sent),
         }
         // Room again: plaintext may be decrypted into `plain_tx`, or encrypted into `tls_tx`.
-        self.pump();
+        self.run_records();
     }
 
     /// A timer the driver runs expired: the handshake or the upstream connect took too long.
@@ -593,14 +587,15 @@ impl TlsForward {
         self.core.poll_io(tls_idle)
     }
 
-    /// Lets rustls, or our record layer, process what it can (see `forward/pump.rs`).
-    fn pump(&mut self) {
+    /// Lets rustls, or our record layer, process what it can (see `forward/records.rs`): one
+    /// run of the record pump. Every completion ends with it; tests call it as one would.
+    pub(crate) fn run_records(&mut self) {
         match &mut self.tls {
             Session::Rustls(conn) => match conn.as_mut() {
-                TlsConn::Client(c) => self.core.pump(c),
-                TlsConn::Server(s) => self.core.pump(s),
+                TlsConn::Client(c) => self.core.run_rustls(c),
+                TlsConn::Server(s) => self.core.run_rustls(s),
             },
-            Session::Own(rl) => return self.core.pump_own(rl),
+            Session::Own(rl) => return self.core.run_own(rl),
             Session::Gone => return,
         }
         if self.core.handshake_done && self.negotiated.is_none() {
@@ -642,7 +637,7 @@ impl TlsForward {
                 if let Some(limit) = self.core.tx_limit {
                     rl.set_tx_limit(limit);
                 }
-                self.core.pump_own(&mut rl);
+                self.core.run_own(&mut rl);
                 self.tls = Session::Own(Box::new(rl));
             }
             Err(e) => self.core.fail(Fault::Tls, format!("internal: {e}")),
@@ -833,9 +828,9 @@ impl Core {
             return None;
         }
         let buf = self.rx.buf.as_mut()?;
-        let want = match pump::head(&buf[self.rx.win..]) {
-            pump::Head::Partial(want) => want,
-            pump::Head::Whole(_) => return None, // held back until plaintext has room
+        let want = match records::head(&buf[self.rx.win..]) {
+            records::Head::Partial(want) => want,
+            records::Head::Whole(_) => return None, // held back until plaintext has room
         };
         // The unfinished record (and any handshake message rustls keeps) moves to the front:
         // the one memmove per receive buffer, of less than a record outside the handshake.
@@ -904,9 +899,9 @@ impl Core {
         };
         let mut at = self.rx.win.max(self.rx.off);
         while at < buf.len() {
-            match pump::head(&buf[at..]) {
-                pump::Head::Whole(len) => at += len,
-                pump::Head::Partial(_) => break,
+            match records::head(&buf[at..]) {
+                records::Head::Whole(len) => at += len,
+                records::Head::Partial(_) => break,
             }
         }
         buf.len().saturating_sub(at)

@@ -1,6 +1,7 @@
-//! Driving rustls's unbuffered state machine over the forwarder's buffers.
+//! Running the records through the session over the forwarder's buffers: rustls's unbuffered
+//! state machine during the handshake (and when asked to keep it), our record layer after.
 //!
-//! [`Core::pump`] calls `process_tls_records` until rustls needs bytes the forwarder does not
+//! [`Core::run_rustls`] calls `process_tls_records` until rustls needs bytes the forwarder does not
 //! have yet, and handles each state it returns:
 //! * `ReadTraffic`: the records in the window were decrypted in place in the receive buffer; every
 //!   record's plaintext is taken into `plain_tx` at once. None is ever left inside rustls: while
@@ -13,7 +14,7 @@
 //!   after the plain leg's FIN.
 //! * `BlockedHandshake` / `WriteTraffic`: rustls wants more records. The window grows by the
 //!   whole records received and not shown yet, as many as `plain_tx` has room for; when there are
-//!   none, the pump stops and the driver receives more.
+//!   none, the run stops and the driver receives more.
 //!
 //! rustls only ever sees whole records it is allowed to decrypt, so flow control is ours: a record
 //! is decrypted only when its plaintext has somewhere to go.
@@ -38,7 +39,7 @@ const MAX_PAYLOAD: usize = 16384 + 2048;
 /// needs more (a KeyUpdate or alert queued in front), and then it gets more.
 const SEAL_ROOM: usize = 64;
 
-/// What one call to rustls leaves the pump to do.
+/// What one call to rustls leaves `run_rustls` to do.
 enum Step {
     /// Call rustls again.
     Again,
@@ -46,7 +47,7 @@ enum Step {
     Input,
     /// close_notify came: the records after it are to be ignored (RFC 8446 6.1).
     PeerClosed,
-    /// rustls must not look at the records now; the pump resumes after the next completion.
+    /// rustls must not look at the records now; the next completion runs it again.
     Stop,
     /// The connection failed; rustls may have an alert queued.
     Failed,
@@ -91,7 +92,7 @@ pub(super) fn head(buf: &[u8]) -> Head {
 impl Core {
     /// Lets rustls process what it can: records received, plaintext to encrypt, close_notify to
     /// send. Call it after every change to the buffers.
-    pub(super) fn pump<C: Records>(&mut self, conn: &mut C) {
+    pub(super) fn run_rustls<C: Records>(&mut self, conn: &mut C) {
         if self.closed || self.failure.is_some() {
             return;
         }
@@ -371,10 +372,10 @@ impl Core {
 }
 
 impl Core {
-    /// Our record layer's pump: opens the records received into `plain_tx` while it has room,
+    /// Our record layer's run: opens the records received into `plain_tx` while it has room,
     /// then seals what `plain_rx` holds into `tls_tx` (and close_notify after the plain leg's
     /// FIN). Call it after every change to the buffers.
-    pub(super) fn pump_own(&mut self, rl: &mut RecordLayer) {
+    pub(super) fn run_own(&mut self, rl: &mut RecordLayer) {
         if self.closed || self.failure.is_some() {
             return;
         }
