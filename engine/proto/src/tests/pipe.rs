@@ -1,4 +1,4 @@
-//! In-memory sockets: one direction of a TCP connection is a bounded byte queue with FIN and reset.
+//! In-memory sockets: each direction of a TCP connection is a bounded queue with FIN and reset.
 
 use super::*;
 
