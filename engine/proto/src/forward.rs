@@ -274,6 +274,54 @@ struct Rx {
     win: usize,
 }
 
+/// How far a leg's TCP connection has come.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Link {
+    /// Not open: the forwarder opens it ([`Opens`]) when its time comes, or its connect failed.
+    Unopened,
+    /// [`Io::Connect`] is out.
+    Connecting,
+    /// Connected, or accepted.
+    Open,
+}
+
+/// What the forwarder knows of one leg's TCP connection.
+#[derive(Debug)]
+struct LegState {
+    link: Link,
+    /// The peer's FIN arrived (a receive returned 0). On the plain leg, close_notify is to
+    /// follow the last records; on the TLS leg, the stream ended (cleanly only after
+    /// close_notify).
+    read_ended: bool,
+    /// Our write half is shut ([`Io::ShutdownWrite`] went out).
+    write_shut: bool,
+}
+
+impl LegState {
+    fn new(link: Link) -> Self {
+        Self {
+            link,
+            read_ended: false,
+            write_shut: false,
+        }
+    }
+    fn is_open(&self) -> bool {
+        self.link == Link::Open
+    }
+}
+
+/// Where a kernel hand-off stands ([`Handoff`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum HandoffState {
+    /// Not for this connection (never asked for, or declined by the driver).
+    Never,
+    /// Asked for: the handshake is read record by record (*record mode*), so no byte past it is
+    /// taken from the kernel, and the session is offered once the handshake is over.
+    Candidate,
+    /// [`Io::Handoff`] went out; nothing moves until the driver takes the session or declines.
+    Offered,
+}
+
 /// Everything but the rustls session, so that `run_records` can borrow both at once.
 #[derive(Debug)]
 struct Core {
@@ -290,27 +338,16 @@ struct Core {
     /// layer: KeyUpdates, alerts) while the driver was sending `tls_tx`; they go out after it.
     /// After a failure, the alert that goes out alone.
     ctrl: Vec<u8>,
-    /// Whether the TLS leg's TCP connection must be opened first (client mode).
-    tls_connected: bool,
-    /// Whether the plain leg is open (server mode connects it after the handshake).
-    plain_connected: bool,
-    connect_pending: bool,
-    /// Read the handshake record by record, so no byte past it is taken from the kernel.
-    record_mode: bool,
-    handoff_offered: bool,
+    /// The plain leg's TCP connection (server mode opens it after the handshake).
+    plain_leg: LegState,
+    /// The TLS leg's TCP connection (client mode opens it first).
+    tls_leg: LegState,
+    handoff: HandoffState,
     handshake_done: bool,
-    /// The plain leg sent FIN: close_notify is to follow the last records.
-    plain_eof: bool,
     /// Our close_notify is in `tls_tx` (or sent).
-    close_sent: bool,
-    /// Our write half of the TLS leg is shut.
-    tls_shut: bool,
+    close_notify_sent: bool,
     /// The TLS peer is done (close_notify seen; the plaintext before it is in `plain_tx`).
-    tls_eof: bool,
-    /// The TLS leg's TCP stream ended (FIN received).
-    tls_fin: bool,
-    /// Our write half of the plain leg is shut.
-    plain_shut: bool,
+    close_notify_received: bool,
     closed: bool,
     failure: Option<Failure>,
     plain_in: u64,
@@ -363,9 +400,9 @@ impl TlsForward {
     /// [`Handoff::Offer`] reads the handshake record by record so that the session can be
     /// handed to the kernel afterwards ([`Io::Handoff`]).
     pub fn new(tls: TlsConn, opens: Opens, handoff: Handoff, sizes: Buffers) -> Self {
-        let (tls_connected, plain_connected) = match opens {
-            Opens::TlsLeg => (false, true),
-            Opens::PlainLeg => (true, false),
+        let (plain_link, tls_link) = match opens {
+            Opens::TlsLeg => (Link::Open, Link::Unopened),
+            Opens::PlainLeg => (Link::Unopened, Link::Open),
         };
         let mut fwd = Self {
             tls: Session::Rustls(Box::new(tls)),
@@ -380,18 +417,15 @@ impl TlsForward {
                 },
                 plain_tx: TxBuf::new(),
                 ctrl: Vec::new(),
-                tls_connected,
-                plain_connected,
-                connect_pending: false,
-                record_mode: handoff == Handoff::Offer,
-                handoff_offered: false,
+                plain_leg: LegState::new(plain_link),
+                tls_leg: LegState::new(tls_link),
+                handoff: match handoff {
+                    Handoff::Offer => HandoffState::Candidate,
+                    Handoff::Never => HandoffState::Never,
+                },
                 handshake_done: false,
-                plain_eof: false,
-                close_sent: false,
-                tls_shut: false,
-                tls_eof: false,
-                tls_fin: false,
-                plain_shut: false,
+                close_notify_sent: false,
+                close_notify_received: false,
                 closed: false,
                 failure: None,
                 plain_in: 0,
@@ -491,20 +525,19 @@ impl TlsForward {
 
     /// The driver will not hand this connection to the kernel: carry on in user space.
     pub fn handle_handoff_declined(&mut self) {
-        self.core.record_mode = false;
+        self.core.handoff = HandoffState::Never;
         self.run_records();
     }
 
     /// Reports the result of [`Io::Connect`].
     pub fn handle_connected(&mut self, leg: Leg, result: io::Result<()>) {
         let c = &mut self.core;
-        c.connect_pending = false;
         match result {
-            Ok(()) => match leg {
-                Leg::Plain => c.plain_connected = true,
-                Leg::Tls => c.tls_connected = true,
-            },
-            Err(e) => c.fail(fault_of(leg), format!("connect: {e}")),
+            Ok(()) => c.leg_mut(leg).link = Link::Open,
+            Err(e) => {
+                c.leg_mut(leg).link = Link::Unopened;
+                c.fail(fault_of(leg), format!("connect: {e}"));
+            }
         }
     }
 
@@ -519,7 +552,7 @@ impl TlsForward {
                     off: 0,
                 };
                 match result {
-                    Ok(0) => c.plain_eof = true,
+                    Ok(0) => c.plain_leg.read_ended = true,
                     Ok(n) => c.plain_in += n as u64,
                     Err(e) => c.fail(Fault::Plain, format!("recv: {e}")),
                 }
@@ -567,14 +600,16 @@ impl TlsForward {
     /// A timer the driver runs expired: the handshake or the upstream connect took too long.
     pub fn handle_timeout(&mut self) {
         let c = &mut self.core;
-        if !c.handshake_done || c.connect_pending {
-            let (fault, what) = match (c.connect_pending, c.tls_connected) {
-                (true, false) => (Fault::TlsTransport, "connect timed out"),
-                (true, true) => (Fault::Plain, "connect timed out"),
-                (false, _) => (Fault::Tls, "handshake timed out"),
-            };
-            c.fail(fault, what.to_string());
-        }
+        let (fault, what) = if c.tls_leg.link == Link::Connecting {
+            (Fault::TlsTransport, "connect timed out")
+        } else if c.plain_leg.link == Link::Connecting {
+            (Fault::Plain, "connect timed out")
+        } else if !c.handshake_done {
+            (Fault::Tls, "handshake timed out")
+        } else {
+            return;
+        };
+        c.fail(fault, what.to_string());
     }
 
     /// The next operation to perform, if any. Call it until it returns `None` after every
@@ -616,10 +651,10 @@ impl TlsForward {
             Session::Rustls(conn) => {
                 c.own_records
                     && c.handshake_done
-                    && !c.record_mode
+                    && c.handoff == HandoffState::Never
                     && c.failure.is_none()
                     && !c.closed
-                    && !c.tls_eof
+                    && !c.close_notify_received
                     && c.rx.off == c.rx.win
                     && !conn.common().wants_write()
             }
@@ -676,7 +711,7 @@ impl Core {
             // Send a pending alert first if we can (alone: records queued before it are
             // dropped), then close with a reset.
             if f.fault == Fault::Tls
-                && self.tls_connected
+                && self.tls_leg.is_open()
                 && self.tls_tx.idle()
                 && !self.ctrl.is_empty()
             {
@@ -694,7 +729,7 @@ impl Core {
             // A TLS failure waits for the records in flight, then sends its alert and waits
             // for that. A transport failure has no alert to send: waiting for a send that a
             // stalled peer may never take would keep the connection open for as long.
-            if f.fault == Fault::Tls && self.tls_connected && !self.tls_tx.idle() {
+            if f.fault == Fault::Tls && self.tls_leg.is_open() && !self.tls_tx.idle() {
                 return None;
             }
             self.closed = true;
@@ -703,42 +738,45 @@ impl Core {
             });
         }
         // Open the legs that are not open yet.
-        if !self.tls_connected {
-            if self.connect_pending {
-                return None;
+        match self.tls_leg.link {
+            Link::Unopened => {
+                self.tls_leg.link = Link::Connecting;
+                return Some(Io::Connect(Leg::Tls));
             }
-            self.connect_pending = true;
-            return Some(Io::Connect(Leg::Tls));
+            Link::Connecting => return None,
+            Link::Open => {}
         }
-        if self.handshake_done && !self.plain_connected {
-            if self.connect_pending {
-                return self.poll_tls_send();
+        if self.handshake_done {
+            match self.plain_leg.link {
+                Link::Unopened => {
+                    self.plain_leg.link = Link::Connecting;
+                    return Some(Io::Connect(Leg::Plain));
+                }
+                Link::Connecting => return self.poll_tls_send(),
+                Link::Open => {}
             }
-            self.connect_pending = true;
-            return Some(Io::Connect(Leg::Plain));
         }
         if let Some(io) = self.poll_tls_send() {
             return Some(io);
         }
         if self.handshake_done
-            && self.record_mode
-            && !self.handoff_offered
+            && self.handoff == HandoffState::Candidate
             && self.tls_tx.idle()
             && self.tls_tx.pending() == 0
             && self.ctrl.is_empty()
             && tls_idle
-            && self.plain_connected
+            && self.plain_leg.is_open()
         {
-            self.handoff_offered = true;
+            self.handoff = HandoffState::Offered;
             return Some(Io::Handoff);
         }
-        if self.record_mode && self.handshake_done {
+        if self.record_mode() && self.handshake_done {
             return None; // waiting for the driver's hand-off decision
         }
         if let Some(io) = self.poll_tls_recv() {
             return Some(io);
         }
-        if !self.handshake_done || !self.plain_connected {
+        if !self.handshake_done || !self.plain_leg.is_open() {
             return None;
         }
         // Plaintext out.
@@ -752,18 +790,25 @@ impl Core {
             });
         }
         // Peer's stream cut without close_notify and everything before it delivered: reset.
-        if self.tls_fin && !self.tls_eof && self.plain_tx.idle() && self.plain_tx.pending() == 0 {
+        if self.tls_leg.read_ended
+            && !self.close_notify_received
+            && self.plain_tx.idle()
+            && self.plain_tx.pending() == 0
+        {
             self.cut_after_delivery();
             return self.poll_io(tls_idle);
         }
         // Peer finished and everything is delivered: pass the FIN on.
-        if self.tls_eof && !self.plain_shut && self.plain_tx.idle() && self.plain_tx.pending() == 0
+        if self.close_notify_received
+            && !self.plain_leg.write_shut
+            && self.plain_tx.idle()
+            && self.plain_tx.pending() == 0
         {
-            self.plain_shut = true;
+            self.plain_leg.write_shut = true;
             return Some(Io::ShutdownWrite(Leg::Plain));
         }
         // Plain bytes in, once the records of the last read are out.
-        if !self.plain_eof
+        if !self.plain_leg.read_ended
             && self.plain_rx.idle()
             && self.plain_rx.pending() == 0
             && self.tls_tx.idle()
@@ -783,17 +828,17 @@ impl Core {
             });
         }
         // Our close_notify is out: pass the FIN on.
-        if self.close_sent
-            && !self.tls_shut
+        if self.close_notify_sent
+            && !self.tls_leg.write_shut
             && self.tls_tx.idle()
             && self.tls_tx.pending() == 0
             && self.ctrl.is_empty()
         {
-            self.tls_shut = true;
+            self.tls_leg.write_shut = true;
             return Some(Io::ShutdownWrite(Leg::Tls));
         }
-        if self.tls_shut
-            && self.plain_shut
+        if self.tls_leg.write_shut
+            && self.plain_leg.write_shut
             && self.tls_tx.idle()
             && self.plain_tx.idle()
             && self.plain_rx.idle()
@@ -824,7 +869,7 @@ impl Core {
     /// Records in: only when every whole record received has gone through rustls (so a
     /// direction holds one buffer of records), and never past a record boundary in record mode.
     fn poll_tls_recv(&mut self) -> Option<Io> {
-        if self.tls_eof || self.tls_fin {
+        if self.close_notify_received || self.tls_leg.read_ended {
             return None;
         }
         let buf = self.rx.buf.as_mut()?;
@@ -842,7 +887,7 @@ impl Core {
             self.rx.win -= self.rx.off;
             self.rx.off = 0;
         }
-        let len = if self.record_mode {
+        let len = if self.handoff != HandoffState::Never {
             want
         } else {
             self.sizes
@@ -867,13 +912,13 @@ impl Core {
 
     /// The TLS leg's TCP stream ended; rustls has seen every whole record before it.
     fn tls_transport_eof(&mut self) {
-        self.tls_fin = true;
+        self.tls_leg.read_ended = true;
         if !self.handshake_done {
             self.fail(
                 Fault::TlsTransport,
                 "connection closed during the TLS handshake".to_string(),
             );
-        } else if !self.tls_eof {
+        } else if !self.close_notify_received {
             // Without close_notify the end cannot be told from a truncation, so the plain side
             // is reset, never given a clean FIN. Inside a record it is a truncation for sure;
             // at a record boundary the records received are delivered first, and `poll_io`
@@ -938,6 +983,18 @@ impl Core {
             unclean_close,
             tls_error: None,
         });
+    }
+
+    /// Whether the handshake is read record by record: a hand-off is asked for or offered.
+    fn record_mode(&self) -> bool {
+        self.handoff != HandoffState::Never
+    }
+
+    fn leg_mut(&mut self, leg: Leg) -> &mut LegState {
+        match leg {
+            Leg::Plain => &mut self.plain_leg,
+            Leg::Tls => &mut self.tls_leg,
+        }
     }
 
     fn fail(&mut self, fault: Fault, reason: String) {

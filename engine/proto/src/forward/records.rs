@@ -109,7 +109,7 @@ impl Core {
             }
             match step {
                 Step::Again => {}
-                Step::PeerClosed => self.tls_eof = true,
+                Step::PeerClosed => self.close_notify_received = true,
                 Step::Input => {
                     if !self.extend_window() {
                         break;
@@ -281,7 +281,7 @@ impl Core {
             .buf
             .as_ref()
             .is_some_and(|b| self.plain_rx.off >= b.len());
-        if result.is_ok() && self.plain_eof && all_encrypted && !self.close_sent {
+        if result.is_ok() && self.plain_leg.read_ended && all_encrypted && !self.close_notify_sent {
             if out.is_empty() {
                 *out = pool::take_initialized(self.sizes.tls);
             }
@@ -289,7 +289,7 @@ impl Core {
             match put(out, self.tls_tx.filled, SEAL_ROOM, close, encrypt_need) {
                 Ok(filled) => {
                     self.tls_tx.filled = filled;
-                    self.close_sent = true;
+                    self.close_notify_sent = true;
                 }
                 Err(e) => result = Err(e),
             }
@@ -306,8 +306,8 @@ impl Core {
     /// Returns whether the window grew.
     fn extend_window(&mut self) -> bool {
         let held = self.rx.off < self.rx.win;
-        if self.tls_eof
-            || (self.handshake_done && (self.record_mode || (self.own_records && !held)))
+        if self.close_notify_received
+            || (self.handshake_done && (self.record_mode() || (self.own_records && !held)))
         {
             // Nothing after close_notify counts; and what follows the handshake is for our
             // record layer, or the kernel's (or for after the driver's decision). rustls must
@@ -355,7 +355,7 @@ impl Core {
     /// Returns emptied buffers to the pool, so that an idle connection holds none.
     fn release_idle(&mut self) {
         if let Some(b) = &mut self.rx.buf {
-            if self.tls_eof {
+            if self.close_notify_received {
                 // Bytes after close_notify are ignored (RFC 8446 6.1).
                 self.rx.off = b.len();
             }
@@ -416,7 +416,10 @@ impl Core {
     /// long as it is ours and has room.
     fn open_records(&mut self, rl: &mut RecordLayer) -> Result<(), RecordError> {
         let cap = self.sizes.plain + MAX_PLAINTEXT;
-        while !self.tls_eof && self.plain_tx.idle() && self.plain_tx.filled < self.sizes.plain {
+        while !self.close_notify_received
+            && self.plain_tx.idle()
+            && self.plain_tx.filled < self.sizes.plain
+        {
             let Some(rx) = self.rx.buf.as_ref() else {
                 break;
             };
@@ -438,7 +441,7 @@ impl Core {
             }
             let content = out[..n].to_vec();
             if rl.control(typ, &content)? == Control::PeerClosed {
-                self.tls_eof = true;
+                self.close_notify_received = true;
             }
             // A KeyUpdate of ours (the peer asked) goes out before the next record.
             self.take_layer_output(rl);
@@ -480,11 +483,11 @@ impl Core {
             .buf
             .as_ref()
             .is_some_and(|b| self.plain_rx.off >= b.len());
-        if self.plain_eof && all_sealed && !self.close_sent {
+        if self.plain_leg.read_ended && all_sealed && !self.close_notify_sent {
             let out = self.tls_tx.room(MAX_OVERHEAD + 2, cap).expect("held");
             let n = rl.seal_close_notify(out)?;
             self.tls_tx.filled += n;
-            self.close_sent = true;
+            self.close_notify_sent = true;
         }
         Ok(())
     }
