@@ -7,7 +7,8 @@ use super::{Core, Failure, Fault, HandoffState, Io, Leg, LegState, Link};
 use crate::pool;
 
 impl Core {
-    /// [`TlsForward::poll_io`]; `tls_idle` says that rustls has no record queued.
+    /// [`TlsForward::poll_io`](super::TlsForward::poll_io); `tls_idle` says that rustls has no
+    /// record queued.
     pub(super) fn poll_io(&mut self, tls_idle: bool) -> Option<Io> {
         if self.closed {
             return None;
