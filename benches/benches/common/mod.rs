@@ -23,7 +23,7 @@ use rustls::{
     CipherSuite, ClientConfig, ProtocolVersion, RootCertStore, ServerConfig, SupportedCipherSuite,
     SupportedProtocolVersion,
 };
-use splice_proto::{Buffers, Io, Leg, TlsForward};
+use splice_proto::{Buffers, Handoff, Io, Leg, Opens, TlsForward};
 use splice_test_pki::{Authority, KeyType, Usage};
 
 /// Bytes one direction of the simulated TCP connection holds in flight (the socket buffers).
@@ -159,8 +159,8 @@ impl Configs {
         // the server's TLS leg is the accepted one and it connects its backend after the
         // handshake. No kTLS.
         let sizes = Buffers::default();
-        let mut client = TlsForward::new(client.into(), false, true, false, sizes);
-        let mut server = TlsForward::new(server.into(), true, false, false, sizes);
+        let mut client = TlsForward::new(client.into(), Opens::TlsLeg, Handoff::Never, sizes);
+        let mut server = TlsForward::new(server.into(), Opens::PlainLeg, Handoff::Never, sizes);
         if records == Records::Rustls {
             client.keep_rustls_records();
             server.keep_rustls_records();

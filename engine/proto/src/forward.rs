@@ -11,7 +11,7 @@
 //! # Where the bytes are copied
 //!
 //! During the handshake rustls keeps no buffer of its own here; the record pump
-//! (`forward/pump.rs`) shows it our buffers, and the few records that carry application data
+//! (`forward/records.rs`) shows it our buffers, and the few records that carry application data
 //! before the switch below are copied out of rustls.
 //!
 //! Once the handshake is over (and the connection is not waiting for a kernel hand-off), our own
@@ -30,11 +30,15 @@ use std::io;
 
 use rustls::{HandshakeKind, ProtocolVersion, SupportedCipherSuite};
 
-use crate::pool;
 use crate::record::{RecordError, RecordLayer};
 use crate::tls_conn::TlsConn;
 
-mod pump;
+mod buffers;
+mod poll;
+mod records;
+
+use buffers::{Rx, Slot, TxBuf};
+use poll::fault_of;
 
 /// Which socket of a connection an operation is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -116,6 +120,29 @@ pub enum Io {
     },
 }
 
+/// Which leg a forwarder opens itself, after the other was accepted: the TLS leg in client mode
+/// (plain TCP in, TLS out), the plain leg in server mode (TLS in, plain TCP out, connected once
+/// the handshake is over). The driver is asked for it with [`Io::Connect`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Opens {
+    /// The TLS leg is connected first, then the handshake runs over it (client mode).
+    TlsLeg,
+    /// The TLS leg is the accepted socket; the plain leg is connected after the handshake
+    /// (server mode).
+    PlainLeg,
+}
+
+/// Whether the session may go to the kernel (kTLS) once the handshake is over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Handoff {
+    /// Read the handshake record by record, so that no byte past it is taken from the kernel,
+    /// then offer the session with [`Io::Handoff`].
+    Offer,
+    /// Stay in user space for the connection's whole life.
+    #[default]
+    Never,
+}
+
 /// Sizes of the buffers.
 #[derive(Debug, Clone, Copy)]
 pub struct Buffers {
@@ -135,123 +162,55 @@ impl Default for Buffers {
     }
 }
 
-/// The largest TLS record on the wire: header, 2^14 payload, 256 bytes of expansion.
-const MAX_RECORD: usize = 5 + 16384 + 256;
-
-#[derive(Debug, Default)]
-struct Slot {
-    /// The buffer when we hold it; `None` while the driver has it.
-    buf: Option<Vec<u8>>,
-    /// Bytes at the front of `buf` already consumed.
-    off: usize,
+/// How far a leg's TCP connection has come.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Link {
+    /// Not open: the forwarder opens it ([`Opens`]) when its time comes, or its connect failed.
+    Unopened,
+    /// [`Io::Connect`] is out.
+    Connecting,
+    /// Connected, or accepted.
+    Open,
 }
 
-impl Slot {
-    /// A slot with no memory yet: buffers come from the pool when bytes arrive.
-    fn new() -> Self {
-        Self {
-            buf: Some(Vec::new()),
-            off: 0,
-        }
-    }
-    /// When everything in the buffer has been consumed, returns it to the pool.
-    fn release_if_empty(&mut self) {
-        if let Some(b) = &mut self.buf
-            && self.off >= b.len()
-        {
-            pool::give(std::mem::take(b));
-            self.off = 0;
-        }
-    }
-    fn idle(&self) -> bool {
-        self.buf.is_some()
-    }
-    fn pending(&self) -> usize {
-        self.buf.as_ref().map_or(0, |b| b.len() - self.off)
-    }
-}
-
-/// Bytes waiting to be sent on a leg, `buf[..filled]`: records for the TLS leg, plaintext for
-/// the plain leg.
-///
-/// Ciphers and rustls write into a `&mut [u8]`, which safe code can only offer from initialised
-/// memory, so `buf` stays initialised over its whole length (it comes from
-/// [`pool::take_initialized`]) and `filled` says how much of it holds bytes to send. Zeroing
-/// fresh room before each record instead cost as much as a copy.
+/// What the forwarder knows of one leg's TCP connection.
 #[derive(Debug)]
-struct TxBuf {
-    /// The buffer when we hold it; `None` while the driver sends from it.
-    buf: Option<Vec<u8>>,
-    filled: usize,
-    /// While the driver has `buf`: how many bytes it was asked to send.
-    lent: usize,
+struct LegState {
+    link: Link,
+    /// The peer's FIN arrived (a receive returned 0). On the plain leg, close_notify is to
+    /// follow the last records; on the TLS leg, the stream ended (cleanly only after
+    /// close_notify).
+    read_ended: bool,
+    /// Our write half is shut ([`Io::ShutdownWrite`] went out).
+    write_shut: bool,
 }
 
-impl TxBuf {
-    fn new() -> Self {
+impl LegState {
+    fn new(link: Link) -> Self {
         Self {
-            buf: Some(Vec::new()),
-            filled: 0,
-            lent: 0,
+            link,
+            read_ended: false,
+            write_shut: false,
         }
     }
-    /// Room for `more` bytes after `filled`, and the slice to write them to. A buffer with no
-    /// memory yet comes from the pool with at least `cap` bytes.
-    fn room(&mut self, more: usize, cap: usize) -> Option<&mut [u8]> {
-        let out = self.buf.as_mut()?;
-        if out.is_empty() {
-            *out = pool::take_initialized(cap.max(more));
-        }
-        if out.len() < self.filled + more {
-            out.resize(self.filled + more, 0);
-        }
-        Some(&mut out[self.filled..])
-    }
-    /// Lends the buffer to the driver to send `filled` bytes.
-    fn lend(&mut self) -> Option<(Vec<u8>, usize)> {
-        let buf = self.buf.take()?;
-        self.lent = self.filled;
-        Some((buf, self.filled))
-    }
-    /// The driver sent `sent` bytes of the buffer: the rest moves to the front.
-    fn returned(&mut self, mut buf: Vec<u8>, sent: usize) {
-        let lent = std::mem::take(&mut self.lent).min(buf.len());
-        let sent = sent.min(lent);
-        buf.copy_within(sent..lent, 0);
-        self.filled = lent - sent;
-        self.buf = Some(buf);
-        self.release_if_empty();
-    }
-    fn idle(&self) -> bool {
-        self.buf.is_some()
-    }
-    fn pending(&self) -> usize {
-        self.buf.as_ref().map_or(0, |_| self.filled)
-    }
-    /// When nothing is waiting, returns the buffer to the pool (still initialised).
-    fn release_if_empty(&mut self) {
-        if let Some(b) = &mut self.buf
-            && self.filled == 0
-            && b.capacity() > 0
-        {
-            pool::give_initialized(std::mem::take(b));
-        }
+    fn is_open(&self) -> bool {
+        self.link == Link::Open
     }
 }
 
-/// The receive buffer of the TLS leg, in three parts: `buf[..off]` rustls has discarded;
-/// `buf[off..win]`, the window, has been shown to rustls, which processed it but may still keep
-/// part of a handshake message there; `buf[win..]` is not shown yet: whole records held back until
-/// the plaintext buffer has room for them, then at most one unfinished record.
-#[derive(Debug, Default)]
-struct Rx {
-    /// The buffer when we hold it; `None` while the driver receives into it.
-    buf: Option<Vec<u8>>,
-    off: usize,
-    win: usize,
+/// Where a kernel hand-off stands ([`Handoff`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum HandoffState {
+    /// Not for this connection (never asked for, or declined by the driver).
+    Never,
+    /// Asked for: the handshake is read record by record (*record mode*), so no byte past it is
+    /// taken from the kernel, and the session is offered once the handshake is over.
+    Candidate,
+    /// [`Io::Handoff`] went out; nothing moves until the driver takes the session or declines.
+    Offered,
 }
 
-/// Everything but the rustls session, so that the pump can borrow both at once.
+/// Everything but the rustls session, so that `run_records` can borrow both at once.
 #[derive(Debug)]
 struct Core {
     sizes: Buffers,
@@ -267,27 +226,16 @@ struct Core {
     /// layer: KeyUpdates, alerts) while the driver was sending `tls_tx`; they go out after it.
     /// After a failure, the alert that goes out alone.
     ctrl: Vec<u8>,
-    /// Whether the TLS leg's TCP connection must be opened first (client mode).
-    tls_connected: bool,
-    /// Whether the plain leg is open (server mode connects it after the handshake).
-    plain_connected: bool,
-    connect_pending: bool,
-    /// Read the handshake record by record, so no byte past it is taken from the kernel.
-    record_mode: bool,
-    handoff_offered: bool,
+    /// The plain leg's TCP connection (server mode opens it after the handshake).
+    plain_leg: LegState,
+    /// The TLS leg's TCP connection (client mode opens it first).
+    tls_leg: LegState,
+    handoff: HandoffState,
     handshake_done: bool,
-    /// The plain leg sent FIN: close_notify is to follow the last records.
-    plain_eof: bool,
     /// Our close_notify is in `tls_tx` (or sent).
-    close_sent: bool,
-    /// Our write half of the TLS leg is shut.
-    tls_shut: bool,
+    close_notify_sent: bool,
     /// The TLS peer is done (close_notify seen; the plaintext before it is in `plain_tx`).
-    tls_eof: bool,
-    /// The TLS leg's TCP stream ended (FIN received).
-    tls_fin: bool,
-    /// Our write half of the plain leg is shut.
-    plain_shut: bool,
+    close_notify_received: bool,
     closed: bool,
     failure: Option<Failure>,
     plain_in: u64,
@@ -336,17 +284,14 @@ pub struct TlsForward {
 }
 
 impl TlsForward {
-    /// Starts a connection. `tls_connected`/`plain_connected` say which legs are already open
-    /// (client mode: plain open, TLS leg to be connected; server mode: the reverse).
-    /// `ktls_candidate` asks for the handshake to be read record by record so that the session
-    /// can be handed to the kernel afterwards ([`Io::Handoff`]).
-    pub fn new(
-        tls: TlsConn,
-        tls_connected: bool,
-        plain_connected: bool,
-        ktls_candidate: bool,
-        sizes: Buffers,
-    ) -> Self {
+    /// Starts a connection whose other leg was accepted and which `opens` the given leg itself.
+    /// [`Handoff::Offer`] reads the handshake record by record so that the session can be
+    /// handed to the kernel afterwards ([`Io::Handoff`]).
+    pub fn new(tls: TlsConn, opens: Opens, handoff: Handoff, sizes: Buffers) -> Self {
+        let (plain_link, tls_link) = match opens {
+            Opens::TlsLeg => (Link::Open, Link::Unopened),
+            Opens::PlainLeg => (Link::Unopened, Link::Open),
+        };
         let mut fwd = Self {
             tls: Session::Rustls(Box::new(tls)),
             core: Core {
@@ -360,18 +305,15 @@ impl TlsForward {
                 },
                 plain_tx: TxBuf::new(),
                 ctrl: Vec::new(),
-                tls_connected,
-                plain_connected,
-                connect_pending: false,
-                record_mode: ktls_candidate,
-                handoff_offered: false,
+                plain_leg: LegState::new(plain_link),
+                tls_leg: LegState::new(tls_link),
+                handoff: match handoff {
+                    Handoff::Offer => HandoffState::Candidate,
+                    Handoff::Never => HandoffState::Never,
+                },
                 handshake_done: false,
-                plain_eof: false,
-                close_sent: false,
-                tls_shut: false,
-                tls_eof: false,
-                tls_fin: false,
-                plain_shut: false,
+                close_notify_sent: false,
+                close_notify_received: false,
                 closed: false,
                 failure: None,
                 plain_in: 0,
@@ -384,7 +326,7 @@ impl TlsForward {
             negotiated: None,
         };
         // A client's first flight is ready at once.
-        fwd.pump();
+        fwd.run_records();
         fwd
     }
 
@@ -460,12 +402,6 @@ impl TlsForward {
         self.core.rx.buf.is_none() && self.core.rx.off < self.core.rx.win
     }
 
-    /// Runs the record pump as any completion would.
-    #[cfg(test)]
-    pub(crate) fn repump(&mut self) {
-        self.pump();
-    }
-
     /// Gives up the session for a kernel hand-off. Only valid after [`Io::Handoff`], when
     /// rustls still has the session; `None` otherwise.
     pub fn into_tls(self) -> Option<TlsConn> {
@@ -477,20 +413,19 @@ impl TlsForward {
 
     /// The driver will not hand this connection to the kernel: carry on in user space.
     pub fn handle_handoff_declined(&mut self) {
-        self.core.record_mode = false;
-        self.pump();
+        self.core.handoff = HandoffState::Never;
+        self.run_records();
     }
 
     /// Reports the result of [`Io::Connect`].
     pub fn handle_connected(&mut self, leg: Leg, result: io::Result<()>) {
         let c = &mut self.core;
-        c.connect_pending = false;
         match result {
-            Ok(()) => match leg {
-                Leg::Plain => c.plain_connected = true,
-                Leg::Tls => c.tls_connected = true,
-            },
-            Err(e) => c.fail(fault_of(leg), format!("connect: {e}")),
+            Ok(()) => c.leg_mut(leg).link = Link::Open,
+            Err(e) => {
+                c.leg_mut(leg).link = Link::Unopened;
+                c.fail(fault_of(leg), format!("connect: {e}"));
+            }
         }
     }
 
@@ -505,7 +440,7 @@ impl TlsForward {
                     off: 0,
                 };
                 match result {
-                    Ok(0) => c.plain_eof = true,
+                    Ok(0) => c.plain_leg.read_ended = true,
                     Ok(n) => c.plain_in += n as u64,
                     Err(e) => c.fail(Fault::Plain, format!("recv: {e}")),
                 }
@@ -520,7 +455,7 @@ impl TlsForward {
                 }
             }
         }
-        self.pump();
+        self.run_records();
         if fin {
             self.core.tls_transport_eof();
         }
@@ -547,20 +482,22 @@ impl TlsForward {
             Leg::Tls => c.tls_tx.returned(buf, sent),
         }
         // Room again: plaintext may be decrypted into `plain_tx`, or encrypted into `tls_tx`.
-        self.pump();
+        self.run_records();
     }
 
     /// A timer the driver runs expired: the handshake or the upstream connect took too long.
     pub fn handle_timeout(&mut self) {
         let c = &mut self.core;
-        if !c.handshake_done || c.connect_pending {
-            let (fault, what) = match (c.connect_pending, c.tls_connected) {
-                (true, false) => (Fault::TlsTransport, "connect timed out"),
-                (true, true) => (Fault::Plain, "connect timed out"),
-                (false, _) => (Fault::Tls, "handshake timed out"),
-            };
-            c.fail(fault, what.to_string());
-        }
+        let (fault, what) = if c.tls_leg.link == Link::Connecting {
+            (Fault::TlsTransport, "connect timed out")
+        } else if c.plain_leg.link == Link::Connecting {
+            (Fault::Plain, "connect timed out")
+        } else if !c.handshake_done {
+            (Fault::Tls, "handshake timed out")
+        } else {
+            return;
+        };
+        c.fail(fault, what.to_string());
     }
 
     /// The next operation to perform, if any. Call it until it returns `None` after every
@@ -573,14 +510,15 @@ impl TlsForward {
         self.core.poll_io(tls_idle)
     }
 
-    /// Lets rustls, or our record layer, process what it can (see `forward/pump.rs`).
-    fn pump(&mut self) {
+    /// Lets rustls, or our record layer, process what it can (see `forward/records.rs`): one
+    /// run of the record pump. Every completion ends with it; tests call it as one would.
+    pub(crate) fn run_records(&mut self) {
         match &mut self.tls {
             Session::Rustls(conn) => match conn.as_mut() {
-                TlsConn::Client(c) => self.core.pump(c),
-                TlsConn::Server(s) => self.core.pump(s),
+                TlsConn::Client(c) => self.core.run_rustls(c),
+                TlsConn::Server(s) => self.core.run_rustls(s),
             },
-            Session::Own(rl) => return self.core.pump_own(rl),
+            Session::Own(rl) => return self.core.run_own(rl),
             Session::Gone => return,
         }
         if self.core.handshake_done && self.negotiated.is_none() {
@@ -601,10 +539,10 @@ impl TlsForward {
             Session::Rustls(conn) => {
                 c.own_records
                     && c.handshake_done
-                    && !c.record_mode
+                    && c.handoff == HandoffState::Never
                     && c.failure.is_none()
                     && !c.closed
-                    && !c.tls_eof
+                    && !c.close_notify_received
                     && c.rx.off == c.rx.win
                     && !conn.common().wants_write()
             }
@@ -622,7 +560,7 @@ impl TlsForward {
                 if let Some(limit) = self.core.tx_limit {
                     rl.set_tx_limit(limit);
                 }
-                self.core.pump_own(&mut rl);
+                self.core.run_own(&mut rl);
                 self.tls = Session::Own(Box::new(rl));
             }
             Err(e) => self.core.fail(Fault::Tls, format!("internal: {e}")),
@@ -648,310 +586,5 @@ impl From<RecordError> for Failure {
             unclean_close: false,
             tls_error: None,
         }
-    }
-}
-
-impl Core {
-    /// [`TlsForward::poll_io`]; `tls_idle` says that rustls has no record queued.
-    fn poll_io(&mut self, tls_idle: bool) -> Option<Io> {
-        if self.closed {
-            return None;
-        }
-        if let Some(f) = &self.failure {
-            // Send a pending alert first if we can (alone: records queued before it are
-            // dropped), then close with a reset.
-            if f.fault == Fault::Tls
-                && self.tls_connected
-                && self.tls_tx.idle()
-                && !self.ctrl.is_empty()
-            {
-                if let Some(old) = self.tls_tx.buf.take() {
-                    pool::give_initialized(old);
-                }
-                let buf = std::mem::take(&mut self.ctrl);
-                self.tls_tx.lent = buf.len();
-                return Some(Io::Send {
-                    leg: Leg::Tls,
-                    len: buf.len(),
-                    buf,
-                });
-            }
-            // A TLS failure waits for the records in flight, then sends its alert and waits
-            // for that. A transport failure has no alert to send: waiting for a send that a
-            // stalled peer may never take would keep the connection open for as long.
-            if f.fault == Fault::Tls && self.tls_connected && !self.tls_tx.idle() {
-                return None;
-            }
-            self.closed = true;
-            return Some(Io::Close {
-                failure: self.failure.clone(),
-            });
-        }
-        // Open the legs that are not open yet.
-        if !self.tls_connected {
-            if self.connect_pending {
-                return None;
-            }
-            self.connect_pending = true;
-            return Some(Io::Connect(Leg::Tls));
-        }
-        if self.handshake_done && !self.plain_connected {
-            if self.connect_pending {
-                return self.poll_tls_send();
-            }
-            self.connect_pending = true;
-            return Some(Io::Connect(Leg::Plain));
-        }
-        if let Some(io) = self.poll_tls_send() {
-            return Some(io);
-        }
-        if self.handshake_done
-            && self.record_mode
-            && !self.handoff_offered
-            && self.tls_tx.idle()
-            && self.tls_tx.pending() == 0
-            && self.ctrl.is_empty()
-            && tls_idle
-            && self.plain_connected
-        {
-            self.handoff_offered = true;
-            return Some(Io::Handoff);
-        }
-        if self.record_mode && self.handshake_done {
-            return None; // waiting for the driver's hand-off decision
-        }
-        if let Some(io) = self.poll_tls_recv() {
-            return Some(io);
-        }
-        if !self.handshake_done || !self.plain_connected {
-            return None;
-        }
-        // Plaintext out.
-        if self.plain_tx.pending() > 0
-            && let Some((buf, len)) = self.plain_tx.lend()
-        {
-            return Some(Io::Send {
-                leg: Leg::Plain,
-                buf,
-                len,
-            });
-        }
-        // Peer's stream cut without close_notify and everything before it delivered: reset.
-        if self.tls_fin && !self.tls_eof && self.plain_tx.idle() && self.plain_tx.pending() == 0 {
-            self.cut_after_delivery();
-            return self.poll_io(tls_idle);
-        }
-        // Peer finished and everything is delivered: pass the FIN on.
-        if self.tls_eof && !self.plain_shut && self.plain_tx.idle() && self.plain_tx.pending() == 0
-        {
-            self.plain_shut = true;
-            return Some(Io::ShutdownWrite(Leg::Plain));
-        }
-        // Plain bytes in, once the records of the last read are out.
-        if !self.plain_eof
-            && self.plain_rx.idle()
-            && self.plain_rx.pending() == 0
-            && self.tls_tx.idle()
-            && self.tls_tx.pending() == 0
-            && self.ctrl.is_empty()
-        {
-            let mut buf = self.plain_rx.buf.take().unwrap_or_default();
-            buf.clear();
-            if buf.capacity() < self.sizes.plain {
-                pool::give(buf);
-                buf = pool::take(self.sizes.plain);
-            }
-            return Some(Io::Recv {
-                leg: Leg::Plain,
-                buf,
-                len: self.sizes.plain,
-            });
-        }
-        // Our close_notify is out: pass the FIN on.
-        if self.close_sent
-            && !self.tls_shut
-            && self.tls_tx.idle()
-            && self.tls_tx.pending() == 0
-            && self.ctrl.is_empty()
-        {
-            self.tls_shut = true;
-            return Some(Io::ShutdownWrite(Leg::Tls));
-        }
-        if self.tls_shut
-            && self.plain_shut
-            && self.tls_tx.idle()
-            && self.plain_tx.idle()
-            && self.plain_rx.idle()
-            && self.rx.buf.is_some()
-        {
-            self.closed = true;
-            return Some(Io::Close { failure: None });
-        }
-        None
-    }
-
-    fn poll_tls_send(&mut self) -> Option<Io> {
-        if !self.tls_tx.idle() {
-            return None;
-        }
-        self.absorb_ctrl();
-        if self.tls_tx.pending() == 0 {
-            return None;
-        }
-        let (buf, len) = self.tls_tx.lend()?;
-        Some(Io::Send {
-            leg: Leg::Tls,
-            buf,
-            len,
-        })
-    }
-
-    /// Records in: only when every whole record received has gone through rustls (so a
-    /// direction holds one buffer of records), and never past a record boundary in record mode.
-    fn poll_tls_recv(&mut self) -> Option<Io> {
-        if self.tls_eof || self.tls_fin {
-            return None;
-        }
-        let buf = self.rx.buf.as_mut()?;
-        let want = match pump::head(&buf[self.rx.win..]) {
-            pump::Head::Partial(want) => want,
-            pump::Head::Whole(_) => return None, // held back until plaintext has room
-        };
-        // The unfinished record (and any handshake message rustls keeps) moves to the front:
-        // the one memmove per receive buffer, of less than a record outside the handshake.
-        let pending = buf.len() - self.rx.off;
-        if self.rx.off > 0 {
-            buf.copy_within(self.rx.off.., 0);
-            buf.truncate(pending);
-            self.compacted += pending as u64;
-            self.rx.win -= self.rx.off;
-            self.rx.off = 0;
-        }
-        let len = if self.record_mode {
-            want
-        } else {
-            self.sizes
-                .tls
-                .saturating_sub(pending)
-                .max(want.min(self.sizes.tls))
-                .max(1)
-        };
-        if buf.capacity() == 0 {
-            *buf = pool::take(self.sizes.tls.max(MAX_RECORD));
-        }
-        if buf.capacity() - buf.len() < len {
-            buf.reserve(len);
-        }
-        let buf = self.rx.buf.take()?;
-        Some(Io::Recv {
-            leg: Leg::Tls,
-            buf,
-            len,
-        })
-    }
-
-    /// The TLS leg's TCP stream ended; rustls has seen every whole record before it.
-    fn tls_transport_eof(&mut self) {
-        self.tls_fin = true;
-        if !self.handshake_done {
-            self.fail(
-                Fault::TlsTransport,
-                "connection closed during the TLS handshake".to_string(),
-            );
-        } else if !self.tls_eof {
-            // Without close_notify the end cannot be told from a truncation, so the plain side
-            // is reset, never given a clean FIN. Inside a record it is a truncation for sure;
-            // at a record boundary the records received are delivered first, and `poll_io`
-            // then resets it as an unclean close (or as a failure, if bytes to the peer are
-            // still unsent).
-            let partial = self.partial_record();
-            if partial > 0 {
-                self.fail(
-                    Fault::TlsTransport,
-                    format!(
-                        "peer closed the connection in the middle of a TLS record ({partial} \
-                         bytes of it received) without close_notify: the stream was truncated"
-                    ),
-                );
-            }
-        }
-    }
-
-    /// Bytes received after the last whole record (a record cut short).
-    fn partial_record(&self) -> usize {
-        let Some(buf) = self.rx.buf.as_ref() else {
-            return 0;
-        };
-        let mut at = self.rx.win.max(self.rx.off);
-        while at < buf.len() {
-            match pump::head(&buf[at..]) {
-                pump::Head::Whole(len) => at += len,
-                pump::Head::Partial(_) => break,
-            }
-        }
-        buf.len().saturating_sub(at)
-    }
-
-    /// The TLS peer's stream ended without close_notify at a record boundary, and everything
-    /// it sent is delivered: the connection ends with a reset, counted as an unclean close
-    /// when nothing to the peer is lost with it.
-    fn cut_after_delivery(&mut self) {
-        // Records being sent (lent to the driver) count too: the reset may drop them.
-        let in_flight = if self.tls_tx.idle() {
-            0
-        } else {
-            self.tls_tx.lent
-        };
-        let unsent = self.plain_rx.pending() + self.tls_tx.pending() + in_flight + self.ctrl.len();
-        let (reason, unclean_close) = if unsent == 0 {
-            (
-                "peer closed the connection without close_notify".to_string(),
-                true,
-            )
-        } else {
-            (
-                format!(
-                    "peer closed the connection without close_notify while {unsent} bytes to \
-                     it were unsent"
-                ),
-                false,
-            )
-        };
-        self.failure = Some(Failure {
-            fault: Fault::TlsTransport,
-            reason,
-            unclean_close,
-            tls_error: None,
-        });
-    }
-
-    fn fail(&mut self, fault: Fault, reason: String) {
-        if self.failure.is_none() {
-            self.failure = Some(Failure {
-                fault,
-                reason,
-                unclean_close: false,
-                tls_error: None,
-            });
-        }
-    }
-
-    /// Fails with an error rustls reported.
-    fn fail_tls(&mut self, e: rustls::Error) {
-        if self.failure.is_none() {
-            self.failure = Some(Failure {
-                fault: Fault::Tls,
-                reason: e.to_string(),
-                unclean_close: false,
-                tls_error: Some(e),
-            });
-        }
-    }
-}
-
-fn fault_of(leg: Leg) -> Fault {
-    match leg {
-        Leg::Plain => Fault::Plain,
-        Leg::Tls => Fault::TlsTransport,
     }
 }

@@ -17,6 +17,6 @@ mod record;
 mod tests;
 pub mod tls_conn;
 
-pub use forward::{Buffers, Failure, Fault, Io, Leg, Negotiated, TlsForward};
+pub use forward::{Buffers, Failure, Fault, Handoff, Io, Leg, Negotiated, Opens, TlsForward};
 pub use record::alert_name;
 pub use tls_conn::{TicketStore, TlsConn};

@@ -229,7 +229,7 @@ fn upload_flows_while_download_is_stalled() {
 #[test]
 fn handshake_fragment_while_the_receive_buffer_is_out() {
     // A certificate split across records: rustls keeps the first part in the receive buffer
-    // while the driver receives the rest into it. Anything that runs the pump meanwhile must
+    // while the driver receives the rest into it. Anything that runs the records meanwhile must
     // leave rustls alone (it would look for the part in a buffer that is not there).
     for version in VERSIONS {
         for ktls in [false, true] {
@@ -247,7 +247,7 @@ fn handshake_fragment_while_the_receive_buffer_is_out() {
                 seen = p.fwd.handshake_fragment_out();
             }
             assert!(seen, "{version:?}: the certificate never spanned a receive");
-            p.fwd.repump();
+            p.fwd.run_records();
             assert!(p.fwd.handshake_fragment_out());
             p.drive();
             p.assert_clean();

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
 
-use splice_proto::{Buffers, Fault, Io, Leg, Negotiated, TlsForward};
+use splice_proto::{Buffers, Fault, Handoff, Io, Leg, Negotiated, Opens, TlsForward};
 
 use super::{
     Forwarder, Shard, TAG_CONNECT, TAG_HANGUP_PLAIN, TAG_HANGUP_TLS, TAG_RECV_PLAIN, TAG_RECV_TLS,
@@ -108,14 +108,13 @@ impl Conn {
         let ulp_attached =
             fwd.ktls.is_some() && tls_on == Role::Accepted && kernel::attach_ulp(&accepted);
         let ktls = fwd.ktls.is_some() && (tls_on == Role::Dialed || ulp_attached);
-        let tls_accepted = tls_on == Role::Accepted;
-        let records = TlsForward::new(
-            tls.session()?,
-            tls_accepted,
-            !tls_accepted,
-            ktls,
-            Buffers::default(),
-        );
+        // Which leg the pump opens itself, and whether the session may go to the kernel.
+        let opens = match tls_on {
+            Role::Dialed => Opens::TlsLeg,
+            Role::Accepted => Opens::PlainLeg,
+        };
+        let handoff = if ktls { Handoff::Offer } else { Handoff::Never };
+        let records = TlsForward::new(tls.session()?, opens, handoff, Buffers::default());
         // The handshake's budget starts now when the TLS leg is the accepted one; a dialed one
         // must connect first.
         let budget = match tls_on {
@@ -133,7 +132,10 @@ impl Conn {
         });
         let proxy_in = fwd.accept_proxy.then(Box::default);
         let mut legs = [LegIo::new(tls_on.other()), LegIo::new(tls_on)];
-        let accepted_leg = if tls_accepted { Leg::Tls } else { Leg::Plain };
+        let accepted_leg = match opens {
+            Opens::TlsLeg => Leg::Plain,
+            Opens::PlainLeg => Leg::Tls,
+        };
         legs[accepted_leg as usize].open(accepted);
         Ok(Self {
             generation,

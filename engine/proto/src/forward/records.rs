@@ -1,6 +1,7 @@
-//! Driving rustls's unbuffered state machine over the forwarder's buffers.
+//! Running the records through the session over the forwarder's buffers: rustls's unbuffered
+//! state machine during the handshake (and when asked to keep it), our record layer after.
 //!
-//! [`Core::pump`] calls `process_tls_records` until rustls needs bytes the forwarder does not
+//! [`Core::run_rustls`] calls `process_tls_records` until rustls needs bytes the forwarder does not
 //! have yet, and handles each state it returns:
 //! * `ReadTraffic`: the records in the window were decrypted in place in the receive buffer; every
 //!   record's plaintext is taken into `plain_tx` at once. None is ever left inside rustls: while
@@ -13,7 +14,7 @@
 //!   after the plain leg's FIN.
 //! * `BlockedHandshake` / `WriteTraffic`: rustls wants more records. The window grows by the
 //!   whole records received and not shown yet, as many as `plain_tx` has room for; when there are
-//!   none, the pump stops and the driver receives more.
+//!   none, the run stops and the driver receives more.
 //!
 //! rustls only ever sees whole records it is allowed to decrypt, so flow control is ours: a record
 //! is decrypted only when its plaintext has somewhere to go.
@@ -38,7 +39,7 @@ const MAX_PAYLOAD: usize = 16384 + 2048;
 /// needs more (a KeyUpdate or alert queued in front), and then it gets more.
 const SEAL_ROOM: usize = 64;
 
-/// What one call to rustls leaves the pump to do.
+/// What one call to rustls leaves `run_rustls` to do.
 enum Step {
     /// Call rustls again.
     Again,
@@ -46,7 +47,7 @@ enum Step {
     Input,
     /// close_notify came: the records after it are to be ignored (RFC 8446 6.1).
     PeerClosed,
-    /// rustls must not look at the records now; the pump resumes after the next completion.
+    /// rustls must not look at the records now; the next completion runs it again.
     Stop,
     /// The connection failed; rustls may have an alert queued.
     Failed,
@@ -91,7 +92,7 @@ pub(super) fn head(buf: &[u8]) -> Head {
 impl Core {
     /// Lets rustls process what it can: records received, plaintext to encrypt, close_notify to
     /// send. Call it after every change to the buffers.
-    pub(super) fn pump<C: Records>(&mut self, conn: &mut C) {
+    pub(super) fn run_rustls<C: Records>(&mut self, conn: &mut C) {
         if self.closed || self.failure.is_some() {
             return;
         }
@@ -108,7 +109,7 @@ impl Core {
             }
             match step {
                 Step::Again => {}
-                Step::PeerClosed => self.tls_eof = true,
+                Step::PeerClosed => self.close_notify_received = true,
                 Step::Input => {
                     if !self.extend_window() {
                         break;
@@ -280,7 +281,7 @@ impl Core {
             .buf
             .as_ref()
             .is_some_and(|b| self.plain_rx.off >= b.len());
-        if result.is_ok() && self.plain_eof && all_encrypted && !self.close_sent {
+        if result.is_ok() && self.plain_leg.read_ended && all_encrypted && !self.close_notify_sent {
             if out.is_empty() {
                 *out = pool::take_initialized(self.sizes.tls);
             }
@@ -288,7 +289,7 @@ impl Core {
             match put(out, self.tls_tx.filled, SEAL_ROOM, close, encrypt_need) {
                 Ok(filled) => {
                     self.tls_tx.filled = filled;
-                    self.close_sent = true;
+                    self.close_notify_sent = true;
                 }
                 Err(e) => result = Err(e),
             }
@@ -305,8 +306,8 @@ impl Core {
     /// Returns whether the window grew.
     fn extend_window(&mut self) -> bool {
         let held = self.rx.off < self.rx.win;
-        if self.tls_eof
-            || (self.handshake_done && (self.record_mode || (self.own_records && !held)))
+        if self.close_notify_received
+            || (self.handshake_done && (self.record_mode() || (self.own_records && !held)))
         {
             // Nothing after close_notify counts; and what follows the handshake is for our
             // record layer, or the kernel's (or for after the driver's decision). rustls must
@@ -354,7 +355,7 @@ impl Core {
     /// Returns emptied buffers to the pool, so that an idle connection holds none.
     fn release_idle(&mut self) {
         if let Some(b) = &mut self.rx.buf {
-            if self.tls_eof {
+            if self.close_notify_received {
                 // Bytes after close_notify are ignored (RFC 8446 6.1).
                 self.rx.off = b.len();
             }
@@ -371,10 +372,10 @@ impl Core {
 }
 
 impl Core {
-    /// Our record layer's pump: opens the records received into `plain_tx` while it has room,
+    /// Our record layer's run: opens the records received into `plain_tx` while it has room,
     /// then seals what `plain_rx` holds into `tls_tx` (and close_notify after the plain leg's
     /// FIN). Call it after every change to the buffers.
-    pub(super) fn pump_own(&mut self, rl: &mut RecordLayer) {
+    pub(super) fn run_own(&mut self, rl: &mut RecordLayer) {
         if self.closed || self.failure.is_some() {
             return;
         }
@@ -415,7 +416,10 @@ impl Core {
     /// long as it is ours and has room.
     fn open_records(&mut self, rl: &mut RecordLayer) -> Result<(), RecordError> {
         let cap = self.sizes.plain + MAX_PLAINTEXT;
-        while !self.tls_eof && self.plain_tx.idle() && self.plain_tx.filled < self.sizes.plain {
+        while !self.close_notify_received
+            && self.plain_tx.idle()
+            && self.plain_tx.filled < self.sizes.plain
+        {
             let Some(rx) = self.rx.buf.as_ref() else {
                 break;
             };
@@ -437,7 +441,7 @@ impl Core {
             }
             let content = out[..n].to_vec();
             if rl.control(typ, &content)? == Control::PeerClosed {
-                self.tls_eof = true;
+                self.close_notify_received = true;
             }
             // A KeyUpdate of ours (the peer asked) goes out before the next record.
             self.take_layer_output(rl);
@@ -479,11 +483,11 @@ impl Core {
             .buf
             .as_ref()
             .is_some_and(|b| self.plain_rx.off >= b.len());
-        if self.plain_eof && all_sealed && !self.close_sent {
+        if self.plain_leg.read_ended && all_sealed && !self.close_notify_sent {
             let out = self.tls_tx.room(MAX_OVERHEAD + 2, cap).expect("held");
             let n = rl.seal_close_notify(out)?;
             self.tls_tx.filled += n;
-            self.close_sent = true;
+            self.close_notify_sent = true;
         }
         Ok(())
     }
