@@ -131,14 +131,6 @@ impl Driver {
         }
     }
 
-    /// Which kind this is (never `Auto`).
-    pub fn kind(&self) -> DriverKind {
-        match self {
-            Driver::Uring(_) => DriverKind::Uring,
-            Driver::Epoll(_) => DriverKind::Epoll,
-        }
-    }
-
     /// Starts `op`; its completion will carry `token`.
     pub fn submit(&mut self, token: u64, op: Op) {
         match self {
@@ -165,14 +157,6 @@ impl Driver {
         match self {
             Driver::Uring(d) => d.wait(timeout, out),
             Driver::Epoll(d) => d.wait(timeout, out),
-        }
-    }
-
-    /// Ops submitted and not yet completed.
-    pub fn in_flight(&self) -> usize {
-        match self {
-            Driver::Uring(d) => d.in_flight(),
-            Driver::Epoll(d) => d.in_flight(),
         }
     }
 }
