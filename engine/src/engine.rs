@@ -24,6 +24,9 @@ struct Entry {
 }
 
 /// A running engine. Dropping it stops everything at once; [`Engine::shutdown`] drains first.
+///
+/// The [crate documentation](crate#example) starts one, adds a forwarder by reload, moves
+/// bytes through it and drains it.
 pub struct Engine {
     shards: Vec<ShardHandle>,
     entries: Mutex<Vec<Entry>>,

@@ -48,3 +48,27 @@ pub fn probe() -> KernelProbe {
         ktls_reason: ktls.reason,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Whatever this machine has, the answer is consistent: a feature is either there or has a
+    /// reason, and kTLS is there exactly when some cipher is.
+    #[test]
+    fn probe_is_consistent() {
+        let p = probe();
+        assert!(!p.kernel.is_empty());
+        assert_eq!(p.io_uring, p.io_uring_reason.is_none(), "{p:?}");
+        assert_eq!(p.ktls, !p.ktls_ciphers.is_empty(), "{p:?}");
+        if !p.ktls {
+            assert!(p.ktls_reason.is_some(), "{p:?}");
+        }
+        for c in &p.ktls_ciphers {
+            assert!(
+                ["AES-128-GCM", "AES-256-GCM", "CHACHA20-POLY1305"].contains(c),
+                "{c}"
+            );
+        }
+    }
+}
