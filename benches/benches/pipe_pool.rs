@@ -1,4 +1,4 @@
-//! A shard's pipe pool (`splice_engine::shard::PipePool`) against making and closing pipes.
+//! A shard's pipe pool (`splice_engine::bench_internals::PipePool`) against making and closing pipes.
 //!
 //! After a kTLS hand-off each connection moves its bytes with `splice(2)` through two pipes of
 //! `PIPE_SIZE` bytes. A new pipe is `pipe2` plus `F_SETPIPE_SZ` (which allocates the kernel's
@@ -11,8 +11,7 @@ mod settings;
 use std::hint::black_box;
 
 use criterion::Criterion;
-use splice_engine::shard::{PIPE_SIZE, PipePool};
-use splice_engine::sys;
+use splice_engine::bench_internals::{PIPE_SIZE, PipePool, pipe};
 
 fn pooled_vs_fresh(c: &mut Criterion) {
     let mut group = c.benchmark_group("pipe_pool");
@@ -28,7 +27,7 @@ fn pooled_vs_fresh(c: &mut Criterion) {
     });
     group.bench_function("pipe2_setpipe_sz_close", |b| {
         // Both ends close when the pair drops at the end of the iteration.
-        b.iter(|| black_box(sys::pipe(black_box(PIPE_SIZE)).expect("pipe2")));
+        b.iter(|| black_box(pipe(black_box(PIPE_SIZE)).expect("pipe2")));
     });
     group.finish();
 }

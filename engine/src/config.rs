@@ -11,7 +11,7 @@ use crate::error::{Error, Result};
 pub use crate::kinds::{DriverKind, KtlsMode, LogFormat, Mode, ProxyVersion};
 
 /// A commented sample configuration file with every key (`splice-engine config example`).
-pub const EXAMPLE: &str = include_str!("../splice.example.toml");
+pub(crate) const EXAMPLE: &str = include_str!("../splice.example.toml");
 
 /// One listener and where its connections go.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -130,7 +130,7 @@ impl ForwarderConfig {
     }
 
     /// Parses the listen address.
-    pub fn listen_addr(&self) -> Result<SocketAddr> {
+    pub(crate) fn listen_addr(&self) -> Result<SocketAddr> {
         self.listen.parse().map_err(|e| Error::Address {
             addr: self.listen.clone(),
             why: format!("listen address must be IP:PORT ({e})"),
@@ -494,6 +494,10 @@ impl Default for EngineConfig {
 }
 
 impl EngineConfig {
+    /// A commented sample configuration file with every key, as [`EngineConfig::from_file`]
+    /// reads it (`splice-engine config example` prints it).
+    pub const EXAMPLE: &str = EXAMPLE;
+
     /// Reads and checks a TOML file. Errors name the file, the line and the key.
     pub fn from_file(path: &Path) -> Result<Self> {
         let origin = path.display().to_string();
@@ -604,7 +608,7 @@ impl EngineConfig {
     }
 
     /// The number of shards to run.
-    pub fn thread_count(&self) -> usize {
+    pub(crate) fn thread_count(&self) -> usize {
         self.threads.unwrap_or_else(|| {
             std::thread::available_parallelism()
                 .map(|n| n.get())
@@ -613,5 +617,6 @@ impl EngineConfig {
     }
 }
 
+mod builder;
 #[cfg(test)]
 mod tests;

@@ -24,6 +24,9 @@ struct Entry {
 }
 
 /// A running engine. Dropping it stops everything at once; [`Engine::shutdown`] drains first.
+///
+/// The [crate documentation](crate#example) starts one, adds a forwarder by reload, moves
+/// bytes through it and drains it.
 pub struct Engine {
     shards: Vec<ShardHandle>,
     entries: Mutex<Vec<Entry>>,
@@ -338,7 +341,6 @@ impl Engine {
         let cert_not_after = leaf.as_ref().and_then(validity::not_after);
         Ok(Forwarder {
             name: f.display_name(),
-            mode: f.mode,
             upstream: upstream.into(),
             upstream_text: f.connect.clone(),
             plan,
@@ -550,7 +552,7 @@ impl Drop for Engine {
     }
 }
 
-/// What [`Engine::check`] found for one forwarder.
+/// What [`Engine::check_file`] found for one forwarder.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CheckedForwarder {
     /// The name in logs and metrics.

@@ -101,8 +101,8 @@ pub enum Error {
     },
 
     // ---- peer protocol violations ----
-    /// A TLS configuration was refused by rustls (the text is in words, see
-    /// [`crate::tls::explain`]).
+    /// A TLS configuration was refused by rustls (its text says why in words, not in rustls's
+    /// debug forms).
     #[error("TLS: {}", crate::explain::explain(.0, crate::kinds::Mode::Client))]
     Tls(#[from] rustls::Error),
     /// The kTLS peer sent a record we cannot handle after the hand-off.

@@ -1,4 +1,8 @@
 //! Structured logs to stderr (text or JSON), filtered by level or env-filter directive.
+//!
+//! The engine logs through [`tracing`]. A program that has no subscriber of its own (the
+//! `splice-engine` binary, a C or Python host) installs this one with [`init`]; one that has
+//! its own gets the engine's events there and need not call anything here.
 
 use std::io::IsTerminal;
 
@@ -7,7 +11,7 @@ use tracing_subscriber::EnvFilter;
 use crate::error::{Error, Result};
 
 /// The levels `--log-level` and `log_level` accept, as the error lists them.
-pub const LEVELS: &str = "error, warn (or warning), info, debug, trace, off";
+pub(crate) const LEVELS: &str = "error, warn (or warning), info, debug, trace, off";
 
 /// Checks a log level or filter directive and returns it in the form [`EnvFilter`] reads.
 ///

@@ -80,24 +80,41 @@ impl ListenerStats {
     }
 }
 
-/// A copy of one forwarder's counters.
+/// A copy of one forwarder's counters, taken by [`Engine::stats`](crate::Engine::stats). The
+/// counters start at zero when the forwarder is added and survive reloads that keep it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-#[allow(missing_docs, reason = "the fields mirror ListenerStats")]
 pub struct StatsSnapshot {
+    /// The forwarder's name ([`ForwarderConfig::name`](crate::ForwarderConfig::name)).
     pub name: String,
+    /// Its mode: `"client"` or `"server"`.
     pub mode: String,
+    /// Connections accepted and admitted (refused ones are counted in `refused` only).
     pub accepted: u64,
+    /// Connections open now.
     pub active: u64,
+    /// Connections refused because `max_connections` was reached.
     pub refused: u64,
+    /// Connections whose TLS leg was handed to the kernel (kTLS).
     pub ktls: u64,
+    /// Payload bytes from downstream (the accepted connection) to upstream.
     pub bytes_down_to_up: u64,
+    /// Payload bytes from upstream to downstream.
     pub bytes_up_to_down: u64,
+    /// Connections that failed on the downstream side ([`Side::Downstream`]).
     pub errors_downstream: u64,
+    /// Connections that failed on the upstream side ([`Side::Upstream`]).
     pub errors_upstream: u64,
+    /// Connections that failed in TLS: handshake, verification, bad records ([`Side::Tls`]).
     pub errors_tls: u64,
+    /// Connections that failed inside the engine ([`Side::Internal`]).
     pub errors_internal: u64,
+    /// Connections whose TLS peer closed TCP without `close_notify` at a record boundary, with
+    /// nothing undelivered (browsers end `wss://` this way); not counted as errors.
     pub unclean_closes: u64,
+    /// How long completed TLS handshakes took.
     pub handshakes: HistogramSnapshot,
+    /// The not-after time (unix seconds) of the certificate this forwarder presents (server
+    /// mode's certificate, client mode's client certificate); `None` when it presents none.
     pub cert_not_after: Option<i64>,
 }
 
@@ -144,7 +161,7 @@ impl Histogram {
     }
 }
 
-/// A copy of a [`Histogram`].
+/// A fixed-bucket histogram of durations ([`HANDSHAKE_BUCKETS`]), as counted so far.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct HistogramSnapshot {
     /// Observations at or below each bound of [`HANDSHAKE_BUCKETS`], then the total (`+Inf`).

@@ -1,70 +1,14 @@
-//! systemd integration, without libsystemd: readiness notifications (`sd_notify`) written by
-//! hand to the `NOTIFY_SOCKET` datagram socket, and socket activation (`LISTEN_FDS`).
-//!
-//! Both are no-ops outside systemd: without `NOTIFY_SOCKET` nothing is sent, and without
-//! `LISTEN_FDS` (or with a `LISTEN_PID` that is not ours) no socket is taken.
+//! systemd socket activation (`LISTEN_FDS`), without libsystemd: the sockets systemd passes
+//! become the listeners of the forwarders whose address they are bound to. Without
+//! `LISTEN_FDS` (or with a `LISTEN_PID` that is not ours) no socket is taken. (The readiness
+//! notifications are the binary's.)
 
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
-use std::os::unix::net::UnixDatagram;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 /// The first fd systemd passes (`SD_LISTEN_FDS_START`).
 const LISTEN_FDS_START: i32 = 3;
-
-/// Sends `state` (newline-separated `KEY=VALUE` lines) to the service manager, when there is
-/// one; a failure is logged, never fatal.
-pub fn notify(state: &str) {
-    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
-        return;
-    };
-    if let Err(e) = send(&path, state) {
-        tracing::warn!(socket = ?path, error = %e, "cannot notify systemd");
-    }
-}
-
-fn send(path: &std::ffi::OsStr, state: &str) -> std::io::Result<()> {
-    use std::os::unix::ffi::OsStrExt;
-    let sock = UnixDatagram::unbound()?;
-    let bytes = path.as_bytes();
-    let sent = match bytes.first() {
-        // An abstract socket name: '@' stands for the leading NUL byte.
-        Some(b'@') => {
-            use std::os::linux::net::SocketAddrExt;
-            let addr = std::os::unix::net::SocketAddr::from_abstract_name(&bytes[1..])?;
-            sock.send_to_addr(state.as_bytes(), &addr)?
-        }
-        Some(b'/') => sock.send_to(state.as_bytes(), path)?,
-        _ => {
-            return Err(std::io::Error::other(
-                "NOTIFY_SOCKET is neither a path nor an abstract name",
-            ));
-        }
-    };
-    if sent != state.len() {
-        return Err(std::io::Error::other("short datagram"));
-    }
-    Ok(())
-}
-
-/// `READY=1`: every listener is open.
-pub fn ready() {
-    notify("READY=1");
-}
-
-/// `RELOADING=1` with the monotonic time, as `Type=notify-reload` wants it; follow with
-/// [`ready`] when the reload is over, whether or not it succeeded.
-pub fn reloading() {
-    notify(&format!(
-        "RELOADING=1\nMONOTONIC_USEC={}",
-        crate::sys::monotonic_usec()
-    ));
-}
-
-/// `STOPPING=1`: draining has begun.
-pub fn stopping() {
-    notify("STOPPING=1");
-}
 
 /// A listening socket systemd passed to us.
 #[derive(Debug)]

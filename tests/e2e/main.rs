@@ -2,7 +2,7 @@
 //! TLS on the wire (rustls in the test process, and `openssl s_client` / `s_server` as an
 //! independent peer).
 //!
-//! Run with `cargo test --release -p splice-engine --test e2e`.
+//! Run with `cargo test --release -p splice-engine-cli --test e2e`.
 
 mod support;
 

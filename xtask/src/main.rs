@@ -1,6 +1,7 @@
 //! Developer tasks for splice-engine, run as `cargo xtask <task>`:
 //!
-//! * `test` — the whole test suite: the host tests, then the kTLS tests in the VM;
+//! * `test` — the whole test suite: the host tests (doctests included), the library's rustdoc
+//!   with `-D warnings`, the criterion benches once each, then the kTLS tests in the VM;
 //! * `ci` — what CI runs: `cargo fmt --check`, `cargo clippy -D warnings`, `test`, then a
 //!   `bench --quick` smoke run;
 //! * `bench [FLAGS]` — load tests side by side with direct connections and peers (see `bench`);
@@ -61,6 +62,15 @@ fn test(steps: &mut Steps) -> Result<()> {
             "--exclude",
             "splice-kernel-tests",
             "--release",
+        ]))
+    })?;
+    // Every public item of the library documented, and every intra-doc link resolving.
+    steps.run("rustdoc", || {
+        run_cmd(cargo().env("RUSTDOCFLAGS", "-D warnings").args([
+            "doc",
+            "-p",
+            "splice-engine",
+            "--no-deps",
         ]))
     })?;
     // The criterion micro-benchmarks, each run once (no timing) so that they keep working.

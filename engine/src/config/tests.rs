@@ -260,3 +260,115 @@ fn server_needs_cert() {
         .to_string();
     assert!(err.contains("cert"), "{err}");
 }
+
+/// Each builder method sets the key of the same name: a configuration built in code equals the
+/// one the TOML loader reads from a file with every key set.
+#[test]
+fn builders_set_what_the_file_keys_set() {
+    let text = r#"
+threads = 3
+driver = "epoll"
+ktls = "off"
+log_level = "debug"
+log_format = "json"
+metrics = "127.0.0.1:9100"
+drain_timeout = "7s"
+busy_poll = "0s"
+access_log = false
+
+[[forwarder]]
+name = "out"
+mode = "client"
+listen = "127.0.0.1:3000"
+connect = "db.example.com:443"
+pin = ["sha256:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=", "sha256:abababababababababababababababababababababababababababababababab"]
+sni = "db.internal"
+cert = "/etc/client.pem"
+key = "/etc/client-key.pem"
+alpn = ["h2", "postgresql"]
+tls_versions = ["1.3"]
+max_connections = 12
+connect_timeout = "2s"
+handshake_timeout = "3s"
+idle_timeout = "4s"
+resumption = false
+access_log = true
+accept_proxy = true
+
+[[forwarder]]
+mode = "server"
+listen = "127.0.0.1:4430"
+connect = "127.0.0.1:8080"
+cert = "/etc/server.pem"
+key = "/etc/server-key.pem"
+client_ca = "/etc/clients.pem"
+send_proxy = "v2"
+
+[[forwarder]]
+mode = "client"
+listen = "127.0.0.1:3001"
+connect = "db.example.com:443"
+ca = "/etc/ca.pem"
+"#;
+    let mut from_file = parse(text).unwrap();
+    from_file.source_file = None;
+    let secs = Duration::from_secs;
+    let built = EngineConfig::new()
+        .threads(3)
+        .driver(DriverKind::Epoll)
+        .ktls(KtlsMode::Off)
+        .log_level("debug")
+        .log_format(LogFormat::Json)
+        .metrics("127.0.0.1:9100")
+        .drain_timeout(secs(7))
+        .busy_poll(Duration::ZERO)
+        .access_log(false)
+        .forwarder(
+            ForwarderConfig::client("127.0.0.1:3000", "db.example.com:443")
+                .name("out")
+                .pin("sha256:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=")
+                .pin("sha256:abababababababababababababababababababababababababababababababab")
+                .sni("db.internal")
+                .certificate("/etc/client.pem", "/etc/client-key.pem")
+                .alpn("h2")
+                .alpn("postgresql")
+                .tls_version("1.3")
+                .max_connections(12)
+                .connect_timeout(secs(2))
+                .handshake_timeout(secs(3))
+                .idle_timeout(secs(4))
+                .resumption(false)
+                .access_log(true)
+                .accept_proxy(true),
+        )
+        .forwarder(
+            ForwarderConfig::server(
+                "127.0.0.1:4430",
+                "127.0.0.1:8080",
+                "/etc/server.pem",
+                "/etc/server-key.pem",
+            )
+            .client_ca("/etc/clients.pem")
+            .send_proxy(ProxyVersion::V2),
+        )
+        .forwarder(
+            ForwarderConfig::client("127.0.0.1:3001", "db.example.com:443").ca("/etc/ca.pem"),
+        );
+    assert_eq!(built, from_file);
+    // The defaults of `new` are those of a file that sets nothing.
+    let mut empty = parse("").unwrap();
+    empty.source_file = None;
+    assert_eq!(EngineConfig::new(), empty);
+    assert_eq!(
+        ForwarderConfig::client("127.0.0.1:1", "a:1"),
+        ForwarderConfig::new(Mode::Client, "127.0.0.1:1", "a:1")
+    );
+}
+
+/// A builder does not check; starting does, and the error names the key.
+#[test]
+fn a_built_configuration_is_checked_like_a_file() {
+    let cfg = EngineConfig::new().forwarder(ForwarderConfig::client("localhost:3000", "a:443"));
+    let msg = cfg.validate("configuration").unwrap_err().to_string();
+    assert!(msg.contains("`listen` must be IP:PORT"), "{msg}");
+}

@@ -52,11 +52,6 @@ impl EpollDriver {
         })
     }
 
-    /// Ops not yet completed (waiting, or completed but not yet collected).
-    pub fn in_flight(&self) -> usize {
-        self.pending + self.ready.len()
-    }
-
     /// Starts `op`.
     pub fn submit(&mut self, token: u64, mut op: Op) {
         // A connect starts here; later attempts only collect its result.

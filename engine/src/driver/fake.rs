@@ -134,10 +134,4 @@ impl FakeDriver {
         out.extend(s.ready.drain(..));
         Ok(())
     }
-
-    /// Ops submitted and not yet handed back.
-    pub fn in_flight(&self) -> usize {
-        let s = self.0.borrow();
-        s.in_flight.len() + s.ready.len()
-    }
 }

@@ -137,17 +137,6 @@ impl Driver {
         }
     }
 
-    /// Which kind this is (never `Auto`).
-    pub fn kind(&self) -> DriverKind {
-        match self {
-            Driver::Uring(_) => DriverKind::Uring,
-            Driver::Epoll(_) => DriverKind::Epoll,
-            // Like epoll, it never sleeps in the kernel on an op's behalf.
-            #[cfg(test)]
-            Driver::Fake(_) => DriverKind::Epoll,
-        }
-    }
-
     /// Starts `op`; its completion will carry `token`.
     pub fn submit(&mut self, token: u64, op: Op) {
         match self {
@@ -180,16 +169,6 @@ impl Driver {
             Driver::Epoll(d) => d.wait(timeout, out),
             #[cfg(test)]
             Driver::Fake(d) => d.wait(timeout, out),
-        }
-    }
-
-    /// Ops submitted and not yet completed.
-    pub fn in_flight(&self) -> usize {
-        match self {
-            Driver::Uring(d) => d.in_flight(),
-            Driver::Epoll(d) => d.in_flight(),
-            #[cfg(test)]
-            Driver::Fake(d) => d.in_flight(),
         }
     }
 }

@@ -53,11 +53,6 @@ impl UringDriver {
         })
     }
 
-    /// Ops submitted and not yet completed.
-    pub fn in_flight(&self) -> usize {
-        self.live
-    }
-
     /// Starts `op`.
     pub fn submit(&mut self, token: u64, op: Op) {
         let idx = match self.free.pop() {

@@ -95,6 +95,7 @@ impl MetricsServer {
     }
 
     /// The address it listens on.
+    #[cfg(test)]
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
     }

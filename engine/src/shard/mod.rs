@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use socket2::SockAddr;
 
-use crate::config::{DriverKind, Mode};
+use crate::config::DriverKind;
 use crate::driver::{Completion, Driver, Fd, Op};
 use crate::error::Error;
 use crate::logging::{LOG_INTERVAL, RateLimiter};
@@ -40,8 +40,6 @@ pub use pipes::{PIPE_SIZE, PipePool};
 pub struct Forwarder {
     /// Name for logs and metrics.
     pub name: String,
-    /// Client or server.
-    pub mode: Mode,
     /// The resolved upstream.
     pub upstream: SockAddr,
     /// The upstream as configured, for logs.

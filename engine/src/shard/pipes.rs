@@ -79,11 +79,13 @@ impl PipePool {
     }
 
     /// Pipes in the pool now.
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.pipes.len()
     }
 
     /// Whether the pool holds no pipe.
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.pipes.is_empty()
     }

@@ -16,6 +16,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use super::*;
+use crate::config::Mode;
 use crate::driver::fake::{FakeDriver, FakeState};
 use crate::modes::{Plan, Role, Tls};
 use crate::sys::fake::{self, Call, Installed, Reply};
@@ -60,7 +61,6 @@ fn forwarder(mode: Mode, max_connections: usize) -> Arc<Forwarder> {
     };
     Arc::new(Forwarder {
         name: "fake".into(),
-        mode,
         upstream: SocketAddr::from(([127, 0, 0, 1], 9)).into(),
         upstream_text: "127.0.0.1:9".into(),
         plan,

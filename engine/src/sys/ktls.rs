@@ -146,6 +146,7 @@ pub fn probe() -> KtlsSupport {
 /// session was consumed to extract `secrets`, so the connection cannot continue: check
 /// [`KtlsSupport::supports`] for the negotiated suite *before* extracting, and close the socket
 /// on error.
+#[cfg(test)]
 pub fn enable(
     fd: BorrowedFd<'_>,
     version: ProtocolVersion,

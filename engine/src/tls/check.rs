@@ -7,13 +7,13 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use aws_lc_rs::digest::{SHA256, digest};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use rustls::DigitallySignedStruct;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use sha2::{Digest, Sha256};
 
 use super::validity::{tbs, validity};
 use crate::explain::format_time;
@@ -23,9 +23,16 @@ pub fn self_issued(cert: &[u8]) -> bool {
     tbs(cert).is_some_and(|t| t.issuer == t.subject)
 }
 
+/// SHA-256 of `data`, by aws-lc-rs (rustls's provider here).
+fn sha256(data: &[u8]) -> [u8; 32] {
+    let mut out = [0; 32];
+    out.copy_from_slice(digest(&SHA256, data).as_ref());
+    out
+}
+
 /// sha256 of a certificate's subjectPublicKeyInfo (as `curl --pinnedpubkey` and HPKP hash it).
 pub fn spki_sha256(cert: &[u8]) -> Option<[u8; 32]> {
-    Some(Sha256::digest(tbs(cert)?.spki).into())
+    Some(sha256(tbs(cert)?.spki))
 }
 
 /// `sha256:<base64>` of a certificate's key: what `--pin` takes.
@@ -127,7 +134,7 @@ impl ServerCertVerifier for PinVerifier {
         _ocsp_response: &[u8],
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let whole: [u8; 32] = Sha256::digest(end_entity.as_ref()).into();
+        let whole = sha256(end_entity.as_ref());
         let spki = spki_sha256(end_entity).ok_or(rustls::Error::InvalidCertificate(
             rustls::CertificateError::BadEncoding,
         ))?;
@@ -251,6 +258,16 @@ mod tests {
     fn dates_round_trip() {
         assert_eq!(format_time(0), "1970-01-01 00:00:00 UTC");
         assert_eq!(format_time(1_700_000_000), "2023-11-14 22:13:20 UTC");
+    }
+
+    #[test]
+    fn sha256_matches_the_standard_vector() {
+        // FIPS 180-2, appendix B.1: SHA-256("abc").
+        let hex: String = sha256(b"abc").iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(
+            hex,
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
     }
 
     #[test]

@@ -71,6 +71,7 @@ pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
 /// The key is also checked to be usable by our crypto provider (aws-lc-rs) (RSA of at least 2048 bits,
 /// ECDSA P-256 or P-384, Ed25519), so a bad key is reported here, naming this file, rather than
 /// later in a config builder. Encrypted keys and files with more than one key are errors.
+#[cfg(test)]
 pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>> {
     let provider = engine_provider();
     load_signing_key(path, &provider).map(|(key, _)| key)

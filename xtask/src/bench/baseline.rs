@@ -77,7 +77,9 @@ pub fn build(root: &Path, rev: &str) -> Result<Baseline> {
     let mut cmd = crate::cargo();
     cmd.current_dir(&src)
         .env("CARGO_TARGET_DIR", root.join("target"))
-        .args(["build", "--release", "-p", "splice-engine"]);
+        // By binary name: its package is `splice-engine` in revisions before the cli/ split
+        // and `splice-engine-cli` after it.
+        .args(["build", "--release", "--bin", "splice-engine"]);
     crate::run_cmd(&mut cmd)?;
     let built = root.join("target/release/splice-engine");
     std::fs::copy(&built, &engine)

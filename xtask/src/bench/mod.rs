@@ -216,13 +216,15 @@ pub fn main(argv: &[&str]) -> Result<()> {
         .map(|rev| baseline::build(&root, rev))
         .transpose()?;
     eprintln!("bench: building splice-engine and splice-load (release)");
+    // By binary name, as the baseline is built: the package that holds `splice-engine` moved
+    // (engine, then cli).
     crate::run_cmd(crate::cargo().args([
         "build",
         "--release",
-        "-p",
+        "--bin",
         "splice-engine",
-        "-p",
-        "splice-bench",
+        "--bin",
+        "splice-load",
     ]))?;
     procs::stop_all_on_signal()?;
     let result = run(

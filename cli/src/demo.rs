@@ -1,4 +1,4 @@
-//! `splice-engine demo`: the main job on loopback with no setup.
+//! `splice-engine demo`: the main job on loopback with no setup, through the library's API.
 //!
 //! It makes a throwaway CA and server certificate, starts an echo backend, a server-mode
 //! forwarder in front of it and a client-mode forwarder in front of that (verifying the server
@@ -14,40 +14,35 @@ use std::time::{Duration, Instant};
 use sha2::{Digest, Sha256};
 use splice_test_pki::{Ca, KeyType, SERVER_SANS, Usage};
 
-use crate::config::{EngineConfig, ForwarderConfig, Mode};
-use crate::engine::Engine;
-use crate::error::{Error, Result};
+use anyhow::{Context, Result, bail};
+use splice_engine::{Engine, EngineConfig, ForwarderConfig};
 
 /// Throwaway PEM files in a temporary directory, removed on drop.
-pub struct DemoCerts {
+struct DemoCerts {
     /// The directory.
-    pub dir: PathBuf,
+    dir: PathBuf,
     /// CA certificate.
-    pub ca: PathBuf,
+    ca: PathBuf,
     /// Server certificate (for `localhost` and 127.0.0.1), signed by the CA.
-    pub cert: PathBuf,
+    cert: PathBuf,
     /// Its key.
-    pub key: PathBuf,
+    key: PathBuf,
 }
 
 impl DemoCerts {
     /// Writes a fresh CA and server certificate under a new temporary directory.
-    pub fn create() -> Result<Self> {
-        let io = |context: &str| {
-            let context = context.to_string();
-            move |source| Error::Io { context, source }
-        };
+    fn create() -> Result<Self> {
         let dir = std::env::temp_dir().join(format!(
             "splice-demo-{}-{}",
             std::process::id(),
             Instant::now().elapsed().as_nanos()
         ));
-        std::fs::create_dir_all(&dir).map_err(io("create demo directory"))?;
+        std::fs::create_dir_all(&dir).context("create demo directory")?;
         // The workspace's test PKI: a P-256 CA and a server leaf for localhost and 127.0.0.1.
-        let ca = Ca::try_new(&dir, "demo", KeyType::P256).map_err(io("write demo certificates"))?;
+        let ca = Ca::try_new(&dir, "demo", KeyType::P256).context("write demo certificates")?;
         let server = ca
             .try_issue(&dir, "server", SERVER_SANS, KeyType::P256, Usage::Server)
-            .map_err(io("write demo certificates"))?;
+            .context("write demo certificates")?;
         Ok(Self {
             ca: ca.path,
             cert: server.cert,
@@ -64,11 +59,8 @@ impl Drop for DemoCerts {
 }
 
 /// An echo server on 127.0.0.1 (a thread per connection); returns its port.
-pub fn echo_backend() -> Result<u16> {
-    let l = TcpListener::bind("127.0.0.1:0").map_err(|source| Error::Io {
-        context: "bind echo backend".into(),
-        source,
-    })?;
+fn echo_backend() -> Result<u16> {
+    let l = TcpListener::bind("127.0.0.1:0").context("bind echo backend")?;
     let port = l.local_addr().map(|a| a.port()).unwrap_or(0);
     std::thread::spawn(move || {
         for s in l.incoming().flatten() {
@@ -85,24 +77,24 @@ pub fn echo_backend() -> Result<u16> {
 }
 
 /// Runs the demo and returns the report to print.
-pub fn run(mut cfg: EngineConfig, bytes: u64, connections: usize) -> Result<String> {
+pub(crate) fn run(mut cfg: EngineConfig, bytes: u64, connections: usize) -> Result<String> {
     let certs = DemoCerts::create()?;
     let echo = echo_backend()?;
     let connections = connections.max(1);
-    let mut server = ForwarderConfig::new(Mode::Server, "127.0.0.1:0", format!("127.0.0.1:{echo}"));
-    server.name = "demo-server".into();
-    server.cert = Some(certs.cert.clone());
-    server.key = Some(certs.key.clone());
+    let server = ForwarderConfig::server(
+        "127.0.0.1:0",
+        format!("127.0.0.1:{echo}"),
+        &certs.cert,
+        &certs.key,
+    )
+    .name("demo-server");
     cfg.forwarders = vec![server.clone()];
     let engine = Engine::start(cfg.clone())?;
     let server_addr = engine.local_addr("demo-server").expect("just started");
-    let mut client = ForwarderConfig::new(
-        Mode::Client,
-        "127.0.0.1:0",
-        format!("localhost:{}", server_addr.port()),
-    );
-    client.name = "demo-client".into();
-    client.ca = Some(certs.ca.clone());
+    let client =
+        ForwarderConfig::client("127.0.0.1:0", format!("localhost:{}", server_addr.port()))
+            .name("demo-client")
+            .ca(&certs.ca);
     cfg.forwarders = vec![server, client];
     engine.reload(cfg)?;
     let client_addr = engine.local_addr("demo-client").expect("just added");
@@ -166,10 +158,10 @@ pub fn run(mut cfg: EngineConfig, bytes: u64, connections: usize) -> Result<Stri
     }
     engine.shutdown(Duration::from_secs(2));
     if !failures.is_empty() {
-        return Err(Error::Io {
-            context: format!("demo failed: {}", failures.join("; ")),
-            source: std::io::Error::other("data did not come back intact"),
-        });
+        bail!(
+            "demo failed: {}: data did not come back intact",
+            failures.join("; ")
+        );
     }
     Ok(out)
 }

@@ -1,14 +1,11 @@
-//! `splice-engine`: the command-line front end. It parses flags and files into an
-//! [`EngineConfig`], starts the [`Engine`], and turns signals into reloads and drains.
+//! The command line: subcommands and flags (clap), and how flags become an [`EngineConfig`].
 
 use std::path::PathBuf;
-use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
-use clap::{Args, CommandFactory, Parser, Subcommand, ValueHint};
-use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
-use splice_engine::{DriverKind, Engine, EngineConfig, ForwarderConfig, KtlsMode, LogFormat, Mode};
+use clap::{Args, Parser, Subcommand, ValueHint};
+use splice_engine::{DriverKind, EngineConfig, ForwarderConfig, KtlsMode, LogFormat, Mode};
 
 /// Encrypted TCP forwarding on an io_uring data plane with kernel TLS offload.
 ///
@@ -21,13 +18,13 @@ use splice_engine::{DriverKind, Engine, EngineConfig, ForwarderConfig, KtlsMode,
   splice-engine server --listen 0.0.0.0:443 --connect 127.0.0.1:8080 --cert c.pem --key k.pem
   splice-engine config example > splice.toml
   splice-engine check --config splice.toml && splice-engine run --config splice.toml")]
-struct Cli {
+pub(crate) struct Cli {
     #[command(subcommand)]
-    command: Command,
+    pub(crate) command: Command,
 }
 
 #[derive(Subcommand, Debug)]
-enum Command {
+pub(crate) enum Command {
     /// Accept plain TCP and forward each connection over TLS to an upstream.
     #[command(after_help = "Examples:
   # plain TCP on :3000 -> TLS to db.example.com:443, verified against ca.pem
@@ -105,7 +102,7 @@ SIGHUP reloads the certificate files; SIGTERM or SIGINT drains (see --drain-time
 }
 
 #[derive(Subcommand, Debug)]
-enum ConfigCommand {
+pub(crate) enum ConfigCommand {
     /// Print a commented sample configuration file with every key.
     #[command(after_help = "Examples:
   splice-engine config example > splice.toml")]
@@ -113,71 +110,71 @@ enum ConfigCommand {
 }
 
 #[derive(Args, Debug)]
-struct CheckArgs {
+pub(crate) struct CheckArgs {
     /// The configuration file (TOML) to check.
     #[arg(long, value_name = "FILE", value_hint = ValueHint::FilePath)]
-    config: PathBuf,
+    pub(crate) config: PathBuf,
 }
 
 #[derive(Args, Debug)]
-struct CompletionsArgs {
+pub(crate) struct CompletionsArgs {
     /// The shell.
     #[arg(value_name = "SHELL")]
-    shell: clap_complete::Shell,
+    pub(crate) shell: clap_complete::Shell,
 }
 
 #[derive(Args, Debug)]
-struct ManArgs {
+pub(crate) struct ManArgs {
     /// Write splice-engine.1 and a page per subcommand into this directory instead of printing
     /// the main page [default: print to stdout].
     #[arg(long, value_name = "DIR", value_hint = ValueHint::DirPath)]
-    dir: Option<PathBuf>,
+    pub(crate) dir: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
-struct ProbeArgs {
+pub(crate) struct ProbeArgs {
     /// Print one JSON object instead of text.
     #[arg(long)]
-    json: bool,
+    pub(crate) json: bool,
 }
 
 /// Flags every subcommand has. In `run` they override the file's keys; the defaults shown
 /// apply when neither sets them.
 #[derive(Args, Debug, Clone)]
-struct Common {
+pub(crate) struct Common {
     /// Shard threads [default: the number of cores].
     #[arg(long, value_name = "N")]
-    threads: Option<usize>,
+    pub(crate) threads: Option<usize>,
     /// Data-plane driver: auto (io_uring when the kernel allows it, else epoll), uring, epoll
     /// [default: auto].
     #[arg(long, value_name = "KIND", env = "SPLICE_DRIVER", value_parser = driver_parser())]
-    driver: Option<DriverKind>,
+    pub(crate) driver: Option<DriverKind>,
     /// Kernel TLS: auto (use it when the kernel has it), on (require it), off [default: auto].
     #[arg(long, value_name = "MODE", value_parser = ktls_parser())]
-    ktls: Option<KtlsMode>,
+    pub(crate) ktls: Option<KtlsMode>,
     /// Log level: error, warn (or warning), info, debug, trace, off, or TARGET=LEVEL
     /// directives such as splice_engine=debug [default: info, or RUST_LOG when set].
     #[arg(long, value_name = "LEVEL", value_parser = log_level_parser)]
-    log_level: Option<String>,
+    pub(crate) log_level: Option<String>,
     /// Log format on stderr [default: text].
     #[arg(long, value_name = "FORMAT", value_parser = log_format_parser())]
-    log_format: Option<LogFormat>,
+    pub(crate) log_format: Option<LogFormat>,
     /// Serve Prometheus metrics at http://IP:PORT/metrics [default: off].
     #[arg(long, value_name = "IP:PORT")]
-    metrics: Option<String>,
+    pub(crate) metrics: Option<String>,
     /// On SIGTERM/SIGINT, how long open connections may take to finish (e.g. 10s, 500ms)
     /// [default: 10s].
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
-    drain_timeout: Option<Duration>,
+    pub(crate) drain_timeout: Option<Duration>,
     /// Busy polling: the longest a shard that ran out of work polls before it sleeps (0 turns
     /// it off). The window adapts: it grows while packets keep arriving soon after the shard
     /// went idle and shrinks to nothing for idle or sparse traffic and on a contended CPU.
     /// Lower latency for request/response traffic, for some CPU [default: 50us].
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
-    busy_poll: Option<Duration>,
+    pub(crate) busy_poll: Option<Duration>,
     /// No access line per connection (by default each connection's end is logged at info).
     #[arg(long)]
-    no_access_log: bool,
+    pub(crate) no_access_log: bool,
 }
 
 /// `--driver`: its values listed in help and completions.
@@ -209,107 +206,107 @@ fn log_level_parser(s: &str) -> Result<String, String> {
 
 /// Flags of one forwarder (client and server subcommands).
 #[derive(Args, Debug, Clone)]
-struct ForwarderArgs {
+pub(crate) struct ForwarderArgs {
     /// Address to accept connections on (IP:PORT; port 0 picks a free port).
     #[arg(long, value_name = "IP:PORT")]
-    listen: String,
+    pub(crate) listen: String,
     /// Where to forward connections (HOST:PORT).
     #[arg(long, value_name = "HOST:PORT")]
-    connect: String,
+    pub(crate) connect: String,
     /// Name in logs and metrics [default: MODE-LISTEN, e.g. client-127.0.0.1:3000].
     #[arg(long)]
-    name: Option<String>,
+    pub(crate) name: Option<String>,
     /// ALPN protocol to offer (client) or accept (server); repeatable [default: none].
     #[arg(long = "alpn", value_name = "PROTOCOL")]
-    alpn: Vec<String>,
+    pub(crate) alpn: Vec<String>,
     /// Allowed TLS version, 1.2 or 1.3; repeatable [default: both].
     #[arg(long = "tls-version", value_name = "VERSION", value_parser = ["1.2", "1.3"])]
-    tls_versions: Vec<String>,
+    pub(crate) tls_versions: Vec<String>,
     /// Most connections open at once; more are refused (reset) [default: 10000].
     #[arg(long, value_name = "N")]
-    max_connections: Option<usize>,
+    pub(crate) max_connections: Option<usize>,
     /// Time allowed to connect to the upstream [default: 5s].
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
-    connect_timeout: Option<Duration>,
+    pub(crate) connect_timeout: Option<Duration>,
     /// Time allowed for the TLS handshake [default: 10s].
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
-    handshake_timeout: Option<Duration>,
+    pub(crate) handshake_timeout: Option<Duration>,
     /// Reset connections that move no byte in either direction for this long (default: off).
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
-    idle_timeout: Option<Duration>,
+    pub(crate) idle_timeout: Option<Duration>,
     /// Turn TLS session resumption off: every connection does a full handshake.
     #[arg(long)]
-    no_resumption: bool,
+    pub(crate) no_resumption: bool,
     /// Expect a PROXY protocol header (v1 or v2) from a load balancer on every accepted
     /// connection; the client address it carries is used in logs and in --send-proxy.
     #[arg(long)]
-    accept_proxy: bool,
+    pub(crate) accept_proxy: bool,
 }
 
 #[derive(Args, Debug)]
-struct ClientArgs {
+pub(crate) struct ClientArgs {
     #[command(flatten)]
-    fwd: ForwarderArgs,
+    pub(crate) fwd: ForwarderArgs,
     /// CA certificates (PEM) to verify the upstream with [default: the system's roots].
     #[arg(long, value_name = "FILE", value_hint = ValueHint::FilePath)]
-    ca: Option<PathBuf>,
+    pub(crate) ca: Option<PathBuf>,
     /// Trust exactly this key instead of a CA: sha256:<base64 or hex> of the upstream's public
     /// key (SPKI) or whole certificate; repeatable. Names and dates are not checked.
     #[arg(long = "pin", value_name = "sha256:HASH", conflicts_with = "ca")]
-    pin: Vec<String>,
+    pub(crate) pin: Vec<String>,
     /// Server name to send (SNI) and verify [default: the host of --connect].
     #[arg(long, value_name = "NAME")]
-    sni: Option<String>,
+    pub(crate) sni: Option<String>,
     /// Client certificate chain (PEM) to present; needs --key [default: none].
     #[arg(long, value_name = "FILE", value_hint = ValueHint::FilePath, requires = "key")]
-    cert: Option<PathBuf>,
+    pub(crate) cert: Option<PathBuf>,
     /// Private key (PEM) of --cert [default: none].
     #[arg(long, value_name = "FILE", value_hint = ValueHint::FilePath, requires = "cert")]
-    key: Option<PathBuf>,
+    pub(crate) key: Option<PathBuf>,
     #[command(flatten)]
-    common: Common,
+    pub(crate) common: Common,
 }
 
 #[derive(Args, Debug)]
-struct ServerArgs {
+pub(crate) struct ServerArgs {
     #[command(flatten)]
-    fwd: ForwarderArgs,
+    pub(crate) fwd: ForwarderArgs,
     /// Certificate chain (PEM) to present.
     #[arg(long, value_name = "FILE", value_hint = ValueHint::FilePath)]
-    cert: PathBuf,
+    pub(crate) cert: PathBuf,
     /// Private key (PEM: PKCS#8, PKCS#1 or SEC1) of --cert.
     #[arg(long, value_name = "FILE", value_hint = ValueHint::FilePath)]
-    key: PathBuf,
+    pub(crate) key: PathBuf,
     /// CA certificates (PEM): require client certificates issued by them [default: none, no
     /// client certificate is asked for].
     #[arg(long, value_name = "FILE", value_hint = ValueHint::FilePath)]
-    client_ca: Option<PathBuf>,
+    pub(crate) client_ca: Option<PathBuf>,
     /// Send a PROXY protocol header (v1 or v2) to the backend, so it sees the client address.
     #[arg(long, value_name = "VERSION")]
-    send_proxy: Option<splice_engine::config::ProxyVersion>,
+    pub(crate) send_proxy: Option<splice_engine::ProxyVersion>,
     #[command(flatten)]
-    common: Common,
+    pub(crate) common: Common,
 }
 
 #[derive(Args, Debug)]
-struct RunArgs {
+pub(crate) struct RunArgs {
     /// The configuration file (TOML); `splice-engine config example` prints one with every key.
     #[arg(long, value_name = "FILE", value_hint = ValueHint::FilePath)]
-    config: PathBuf,
+    pub(crate) config: PathBuf,
     #[command(flatten)]
-    common: Common,
+    pub(crate) common: Common,
 }
 
 #[derive(Args, Debug)]
-struct DemoArgs {
+pub(crate) struct DemoArgs {
     /// Bytes to push through the chain each way (e.g. 64MiB, 1GiB, 1000000).
     #[arg(long, default_value = "256MiB", value_parser = parse_size)]
-    bytes: u64,
+    pub(crate) bytes: u64,
     /// Concurrent connections.
     #[arg(long, default_value_t = 4)]
-    connections: usize,
+    pub(crate) connections: usize,
     #[command(flatten)]
-    common: Common,
+    pub(crate) common: Common,
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
@@ -332,7 +329,7 @@ fn parse_size(s: &str) -> Result<u64, String> {
 }
 
 impl ForwarderArgs {
-    fn into_config(self, mode: Mode) -> ForwarderConfig {
+    pub(crate) fn into_config(self, mode: Mode) -> ForwarderConfig {
         let mut f = ForwarderConfig::new(mode, self.listen, self.connect);
         f.name = self.name.unwrap_or_default();
         f.alpn = self.alpn;
@@ -355,7 +352,7 @@ impl ForwarderArgs {
 
 impl Common {
     /// Flags override the file.
-    fn apply(&self, cfg: &mut EngineConfig) {
+    pub(crate) fn apply(&self, cfg: &mut EngineConfig) {
         if self.threads.is_some() {
             cfg.threads = self.threads;
         }
@@ -389,225 +386,10 @@ impl Common {
     }
 }
 
-/// How to rebuild the configuration on SIGHUP.
-enum Source {
-    File(PathBuf, Common),
-    Fixed(EngineConfig),
-}
-
-impl Source {
-    /// Where the configuration comes from, for error lines.
-    fn origin(&self) -> String {
-        match self {
-            Source::File(path, _) => path.display().to_string(),
-            Source::Fixed(_) => "command line".into(),
-        }
-    }
-
-    fn load(&self) -> splice_engine::Result<EngineConfig> {
-        match self {
-            Source::File(path, common) => {
-                // The certificates are loaded and the addresses resolved once, when the engine
-                // starts or reloads; a failure there names the file, line and key too.
-                let mut cfg = EngineConfig::from_file(path)?;
-                common.apply(&mut cfg);
-                cfg.validate(&path.display().to_string())?;
-                Ok(cfg)
-            }
-            Source::Fixed(cfg) => Ok(cfg.clone()),
-        }
-    }
-}
-
-fn main() -> ExitCode {
-    let cli = Cli::parse();
-    match run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            // One line, naming the file, key or address.
-            let msg = format!("{e}").replace('\n', " ");
-            eprintln!("error: {msg}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-/// `splice-engine probe`: what the kernel offers, found the same way the engine finds it at start.
-fn probe(json: bool) {
-    let uring = splice_engine::driver::probe_uring();
-    let ktls = splice_engine::sys::ktls::probe();
-    let ciphers: Vec<&str> = [
-        (ktls.aes_128_gcm, "AES-128-GCM"),
-        (ktls.aes_256_gcm, "AES-256-GCM"),
-        (ktls.chacha20_poly1305, "CHACHA20-POLY1305"),
-    ]
-    .into_iter()
-    .filter_map(|(ok, name)| ok.then_some(name))
-    .collect();
-    if json {
-        let out = serde_json::json!({
-            "kernel": kernel_release(),
-            "io_uring": uring.is_ok(),
-            "io_uring_reason": uring.as_ref().err(),
-            "ktls": ktls.available,
-            "ktls_ciphers": ciphers,
-            "ktls_reason": ktls.reason,
-        });
-        println!("{out}");
-        return;
-    }
-    println!("kernel:   Linux {}", kernel_release());
-    match &uring {
-        Ok(()) => println!("io_uring: yes (--driver auto uses io_uring)"),
-        Err(e) => println!("io_uring: no, {e} (--driver auto uses epoll)"),
-    }
-    if ktls.available {
-        println!(
-            "kTLS:     yes, {} (--ktls auto hands these sessions to the kernel)",
-            ciphers.join(", ")
-        );
-    } else {
-        println!("kTLS:     no (--ktls auto keeps TLS in user space)");
-    }
-    if let Some(r) = &ktls.reason {
-        println!("          {r}");
-    }
-}
-
-/// `splice-engine check`: what `run` would load, without binding or starting anything.
-fn check(path: &std::path::Path) -> anyhow::Result<()> {
-    let origin = path.display().to_string();
-    let (cfg, forwarders) = Engine::check_file(path)?;
-    let n = forwarders.len();
-    println!(
-        "{origin}: ok, {n} forwarder{}",
-        if n == 1 { "" } else { "s" }
-    );
-    let width = forwarders.iter().map(|f| f.name.len()).max().unwrap_or(0);
-    for f in &forwarders {
-        let resolved = f.upstream.to_string();
-        let via = if resolved == f.connect {
-            String::new()
-        } else {
-            format!(" ({resolved})")
-        };
-        println!(
-            "  {:width$}  {}  {} -> {}{via}",
-            f.name, f.mode, f.listen, f.connect
-        );
-    }
-    if let Some(m) = &cfg.metrics {
-        println!("  metrics at http://{m}/metrics");
-    }
-    Ok(())
-}
-
-fn kernel_release() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|_| "unknown".into())
-}
-
-fn run(cli: Cli) -> anyhow::Result<()> {
-    let source = match cli.command {
-        Command::Client(a) => {
-            let mut f = a.fwd.into_config(Mode::Client);
-            f.ca = a.ca;
-            f.pin = a.pin;
-            f.sni = a.sni;
-            f.cert = a.cert;
-            f.key = a.key;
-            let mut cfg = EngineConfig::default();
-            cfg.forwarders.push(f);
-            a.common.apply(&mut cfg);
-            cfg.validate("command line")?;
-            Source::Fixed(cfg)
-        }
-        Command::Server(a) => {
-            let mut f = a.fwd.into_config(Mode::Server);
-            f.cert = Some(a.cert);
-            f.key = Some(a.key);
-            f.client_ca = a.client_ca;
-            f.send_proxy = a.send_proxy;
-            let mut cfg = EngineConfig::default();
-            cfg.forwarders.push(f);
-            a.common.apply(&mut cfg);
-            cfg.validate("command line")?;
-            Source::Fixed(cfg)
-        }
-        Command::Run(a) => Source::File(a.config, a.common),
-        Command::Check(a) => return check(&a.config),
-        Command::Config(ConfigCommand::Example) => {
-            print!("{}", splice_engine::config::EXAMPLE);
-            return Ok(());
-        }
-        Command::Completions(a) => {
-            let mut cmd = Cli::command();
-            clap_complete::generate(a.shell, &mut cmd, "splice-engine", &mut std::io::stdout());
-            return Ok(());
-        }
-        Command::Man(a) => {
-            let cmd = Cli::command();
-            match a.dir {
-                Some(dir) => clap_mangen::generate_to(cmd, &dir)
-                    .map_err(|e| anyhow::anyhow!("cannot write to {}: {e}", dir.display()))?,
-                None => clap_mangen::Man::new(cmd).render(&mut std::io::stdout())?,
-            }
-            return Ok(());
-        }
-        Command::Probe(a) => {
-            probe(a.json);
-            return Ok(());
-        }
-        Command::Demo(a) => {
-            let mut cfg = EngineConfig::default();
-            a.common.apply(&mut cfg);
-            splice_engine::logging::init(
-                Some(cfg.log_level.as_deref().unwrap_or("warn")),
-                cfg.log_format == LogFormat::Json,
-            )?;
-            let report = splice_engine::demo::run(cfg, a.bytes, a.connections)?;
-            println!("{report}");
-            return Ok(());
-        }
-    };
-    let cfg = source.load()?;
-    splice_engine::logging::init(cfg.log_level.as_deref(), cfg.log_format == LogFormat::Json)?;
-    // Signals are registered before the engine starts so none is lost in between.
-    let mut signals = signal_hook::iterator::Signals::new([SIGHUP, SIGTERM, SIGINT])?;
-    let drain = cfg.drain_timeout;
-    let engine = Engine::start(cfg)?;
-    tracing::info!(driver = %engine.driver(), ktls = engine.ktls_enabled(), "ready");
-    splice_engine::systemd::ready();
-    for sig in signals.forever() {
-        match sig {
-            SIGHUP => {
-                splice_engine::systemd::reloading();
-                if let Err(e) = engine.reload_with(|| source.load()) {
-                    tracing::error!(
-                        config = %source.origin(),
-                        error = %e,
-                        "reload failed; the previous configuration stays"
-                    );
-                }
-                splice_engine::systemd::ready();
-            }
-            _ => {
-                splice_engine::systemd::stopping();
-                let drain = match source.load() {
-                    Ok(c) => c.drain_timeout,
-                    Err(_) => drain,
-                };
-                engine.shutdown(drain);
-                return Ok(());
-            }
-        }
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
+    use clap::CommandFactory;
+
     use super::*;
 
     #[test]

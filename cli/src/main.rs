@@ -1,0 +1,185 @@
+//! `splice-engine`: the command-line front end of the splice-engine library. It parses flags
+//! and files into an [`EngineConfig`], starts the [`Engine`], turns signals into reloads and
+//! drains, and prints what `check`, `probe` and `demo` found.
+
+mod args;
+mod demo;
+mod probe;
+mod systemd;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{CommandFactory, Parser};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use splice_engine::{Engine, EngineConfig, LogFormat, Mode};
+
+use crate::args::{Cli, Command, Common, ConfigCommand};
+
+/// How to rebuild the configuration on SIGHUP.
+enum Source {
+    File(PathBuf, Common),
+    Fixed(EngineConfig),
+}
+
+impl Source {
+    /// Where the configuration comes from, for error lines.
+    fn origin(&self) -> String {
+        match self {
+            Source::File(path, _) => path.display().to_string(),
+            Source::Fixed(_) => "command line".into(),
+        }
+    }
+
+    fn load(&self) -> splice_engine::Result<EngineConfig> {
+        match self {
+            Source::File(path, common) => {
+                // The certificates are loaded and the addresses resolved once, when the engine
+                // starts or reloads; a failure there names the file, line and key too.
+                let mut cfg = EngineConfig::from_file(path)?;
+                common.apply(&mut cfg);
+                cfg.validate(&path.display().to_string())?;
+                Ok(cfg)
+            }
+            Source::Fixed(cfg) => Ok(cfg.clone()),
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One line, naming the file, key or address.
+            let msg = format!("{e}").replace('\n', " ");
+            eprintln!("error: {msg}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn check(path: &std::path::Path) -> anyhow::Result<()> {
+    let origin = path.display().to_string();
+    let (cfg, forwarders) = Engine::check_file(path)?;
+    let n = forwarders.len();
+    println!(
+        "{origin}: ok, {n} forwarder{}",
+        if n == 1 { "" } else { "s" }
+    );
+    let width = forwarders.iter().map(|f| f.name.len()).max().unwrap_or(0);
+    for f in &forwarders {
+        let resolved = f.upstream.to_string();
+        let via = if resolved == f.connect {
+            String::new()
+        } else {
+            format!(" ({resolved})")
+        };
+        println!(
+            "  {:width$}  {}  {} -> {}{via}",
+            f.name, f.mode, f.listen, f.connect
+        );
+    }
+    if let Some(m) = &cfg.metrics {
+        println!("  metrics at http://{m}/metrics");
+    }
+    Ok(())
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let source = match cli.command {
+        Command::Client(a) => {
+            let mut f = a.fwd.into_config(Mode::Client);
+            f.ca = a.ca;
+            f.pin = a.pin;
+            f.sni = a.sni;
+            f.cert = a.cert;
+            f.key = a.key;
+            let mut cfg = EngineConfig::default();
+            cfg.forwarders.push(f);
+            a.common.apply(&mut cfg);
+            cfg.validate("command line")?;
+            Source::Fixed(cfg)
+        }
+        Command::Server(a) => {
+            let mut f = a.fwd.into_config(Mode::Server);
+            f.cert = Some(a.cert);
+            f.key = Some(a.key);
+            f.client_ca = a.client_ca;
+            f.send_proxy = a.send_proxy;
+            let mut cfg = EngineConfig::default();
+            cfg.forwarders.push(f);
+            a.common.apply(&mut cfg);
+            cfg.validate("command line")?;
+            Source::Fixed(cfg)
+        }
+        Command::Run(a) => Source::File(a.config, a.common),
+        Command::Check(a) => return check(&a.config),
+        Command::Config(ConfigCommand::Example) => {
+            print!("{}", EngineConfig::EXAMPLE);
+            return Ok(());
+        }
+        Command::Completions(a) => {
+            let mut cmd = Cli::command();
+            clap_complete::generate(a.shell, &mut cmd, "splice-engine", &mut std::io::stdout());
+            return Ok(());
+        }
+        Command::Man(a) => {
+            let cmd = Cli::command();
+            match a.dir {
+                Some(dir) => clap_mangen::generate_to(cmd, &dir)
+                    .map_err(|e| anyhow::anyhow!("cannot write to {}: {e}", dir.display()))?,
+                None => clap_mangen::Man::new(cmd).render(&mut std::io::stdout())?,
+            }
+            return Ok(());
+        }
+        Command::Probe(a) => {
+            probe::print(&splice_engine::probe(), a.json);
+            return Ok(());
+        }
+        Command::Demo(a) => {
+            let mut cfg = EngineConfig::default();
+            a.common.apply(&mut cfg);
+            splice_engine::logging::init(
+                Some(cfg.log_level.as_deref().unwrap_or("warn")),
+                cfg.log_format == LogFormat::Json,
+            )?;
+            let report = demo::run(cfg, a.bytes, a.connections)?;
+            println!("{report}");
+            return Ok(());
+        }
+    };
+    let cfg = source.load()?;
+    splice_engine::logging::init(cfg.log_level.as_deref(), cfg.log_format == LogFormat::Json)?;
+    // Signals are registered before the engine starts so none is lost in between.
+    let mut signals = signal_hook::iterator::Signals::new([SIGHUP, SIGTERM, SIGINT])?;
+    let drain = cfg.drain_timeout;
+    let engine = Engine::start(cfg)?;
+    tracing::info!(driver = %engine.driver(), ktls = engine.ktls_enabled(), "ready");
+    systemd::ready();
+    for sig in signals.forever() {
+        match sig {
+            SIGHUP => {
+                systemd::reloading();
+                if let Err(e) = engine.reload_with(|| source.load()) {
+                    tracing::error!(
+                        config = %source.origin(),
+                        error = %e,
+                        "reload failed; the previous configuration stays"
+                    );
+                }
+                systemd::ready();
+            }
+            _ => {
+                systemd::stopping();
+                let drain = match source.load() {
+                    Ok(c) => c.drain_timeout,
+                    Err(_) => drain,
+                };
+                engine.shutdown(drain);
+                return Ok(());
+            }
+        }
+    }
+    Ok(())
+}

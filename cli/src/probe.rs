@@ -1,0 +1,38 @@
+//! `splice-engine probe`: the library's [`KernelProbe`] for people (text) or programs (JSON).
+
+use splice_engine::KernelProbe;
+
+/// Prints `p` on stdout: one JSON object, or a few lines that say what `auto` would choose.
+pub(crate) fn print(p: &KernelProbe, json: bool) {
+    if json {
+        let out = serde_json::json!({
+            "kernel": p.kernel,
+            "io_uring": p.io_uring,
+            "io_uring_reason": p.io_uring_reason,
+            "ktls": p.ktls,
+            "ktls_ciphers": p.ktls_ciphers,
+            "ktls_reason": p.ktls_reason,
+        });
+        println!("{out}");
+        return;
+    }
+    println!("kernel:   Linux {}", p.kernel);
+    match &p.io_uring_reason {
+        None if p.io_uring => println!("io_uring: yes (--driver auto uses io_uring)"),
+        reason => println!(
+            "io_uring: no, {} (--driver auto uses epoll)",
+            reason.as_deref().unwrap_or("unknown reason")
+        ),
+    }
+    if p.ktls {
+        println!(
+            "kTLS:     yes, {} (--ktls auto hands these sessions to the kernel)",
+            p.ktls_ciphers.join(", ")
+        );
+    } else {
+        println!("kTLS:     no (--ktls auto keeps TLS in user space)");
+    }
+    if let Some(r) = &p.ktls_reason {
+        println!("          {r}");
+    }
+}
