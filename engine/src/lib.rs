@@ -25,6 +25,6 @@ pub mod systemd;
 pub mod tls;
 
 pub use config::{DriverKind, EngineConfig, ForwarderConfig, KtlsMode, LogFormat, Mode};
-pub use engine::{CheckedForwarder, Engine};
+pub use engine::{CheckedForwarder, Engine, Listening};
 pub use error::{Error, Result, Side, SyscallError};
 pub use stats::{ListenerStats, StatsSnapshot};
