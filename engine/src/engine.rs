@@ -11,7 +11,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::config::{
-    Balance, DriverKind, EngineConfig, ForwarderConfig, KtlsMode, LogFormat, Mode, split_host_port,
+    Balance, DriverKind, EngineConfig, ForwarderConfig, KtlsMode, LogFormat, Mode,
+    listen_addrs_collide, split_host_port,
 };
 use crate::error::{Error, Result};
 use crate::shard::{self, Command, Forwarder, Handoff, ShardHandle};
@@ -559,10 +560,34 @@ impl Engine {
                     plans.push(Plan::Add(Box::new(f.clone()), fwd, None, Vec::new()));
                 }
                 _ => {
+                    let want = f.listen_addr()?;
+                    // A port that a forwarder which stays picked (`listen` with port 0) is not
+                    // in the configuration, so validation cannot see the clash: name it here.
+                    let stays = |e: &Entry| {
+                        cfg.forwarders
+                            .iter()
+                            .any(|g| g.display_name() == e.fwd.name && g.listen == e.cfg.listen)
+                    };
+                    if let Some(other) = entries.iter().find(|e| {
+                        e.fwd.name != name
+                            && stays(e)
+                            && e.addr.is_some_and(|a| listen_addrs_collide(a, want))
+                    }) {
+                        return Err(Error::config(
+                            origin,
+                            format!(
+                                "forwarders \"{}\" and \"{name}\" both listen on {want} (\"{}\" \
+                                 is on {}): each address can belong to one forwarder only",
+                                other.fwd.name,
+                                other.fwd.name,
+                                other.addr.expect("checked above"),
+                            ),
+                        ));
+                    }
                     // A listener we already own on this address (renamed, or moved between
                     // forwarders) is not "in use" by someone else.
                     let ours = entries.iter().any(|e| e.cfg.listen == f.listen);
-                    let (addr, fds) = self.bind_all(f.listen_addr()?, threads, !ours)?;
+                    let (addr, fds) = self.bind_all(want, threads, !ours)?;
                     plans.push(Plan::Add(Box::new(f.clone()), fwd, Some(addr), fds));
                 }
             }
@@ -900,3 +925,6 @@ fn check_fd_limit(cfg: &EngineConfig) {
         );
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,43 @@
+use splice_test_pki::Pki;
+
+use super::*;
+
+/// Once the drain began, `connect` refuses at once; once every shard has exited, a connection
+/// that no shard takes is refused too, and given back: it counts nowhere.
+#[test]
+fn connect_is_refused_while_draining() {
+    let pki = Pki::new();
+    let mut f = ForwarderConfig::new(Mode::Client, "", "127.0.0.1:9");
+    f.name = "out".into();
+    f.ca = Some(pki.ca.path.clone());
+    let engine = Engine::start(EngineConfig {
+        threads: Some(2),
+        driver: DriverKind::Epoll,
+        ktls: KtlsMode::Off,
+        forwarders: vec![f],
+        ..EngineConfig::default()
+    })
+    .expect("start");
+    engine.begin_drain();
+    let e = engine.connect("out").expect_err("connect while draining");
+    assert!(matches!(e, Error::Draining), "{e}");
+    assert!(e.to_string().contains("draining"), "{e}");
+
+    // The shards exit (nothing is open); a connect that got past the flag finds none to take
+    // its connection.
+    let end = Instant::now() + Duration::from_secs(30);
+    while !engine.shards.iter().all(|s| s.is_finished()) {
+        assert!(
+            Instant::now() < end,
+            "the shards did not exit after the drain"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    engine.draining.store(false, Relaxed);
+    let e = engine
+        .connect("out")
+        .expect_err("connect with no shard left");
+    assert!(matches!(e, Error::Draining), "{e}");
+    let s = &engine.stats()[0];
+    assert_eq!((s.accepted, s.active, s.refused), (0, 0, 0), "{s:?}");
+}
