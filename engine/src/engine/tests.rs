@@ -41,3 +41,18 @@ fn connect_is_refused_while_draining() {
     let s = &engine.stats()[0];
     assert_eq!((s.accepted, s.active, s.refused), (0, 0, 0), "{s:?}");
 }
+
+/// `check` lists a connector with no listen address.
+#[test]
+fn check_lists_a_connector() {
+    let pki = Pki::new();
+    let path = pki.path().join("connector.toml");
+    let text = format!(
+        "[[forwarder]]\nname = \"db\"\nmode = \"client\"\nconnect = \"127.0.0.1:5432\"\nca = {:?}\n",
+        pki.ca.path.display().to_string()
+    );
+    std::fs::write(&path, text).expect("write the file");
+    let (_, checked) = Engine::check_file(&path).expect("check");
+    assert_eq!(checked[0].listen, Listening::ConnectOnly);
+    assert!(checked[0].listen.to_string().contains("no listener"));
+}

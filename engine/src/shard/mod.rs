@@ -149,10 +149,7 @@ impl Drop for Handoff {
     fn drop(&mut self) {
         if let Some(sock) = self.sock.take() {
             let _ = socket2::SockRef::from(&sock).set_linger(Some(Duration::ZERO));
-            self.fwd
-                .stats
-                .active
-                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            self.fwd.stats.active.fetch_sub(1, Ordering::Relaxed);
         }
     }
 }
@@ -611,9 +608,7 @@ impl Shard {
         match self.round_robin_target() {
             Some(target) => match self.peers[target].adopt(conn) {
                 Ok(()) => {
-                    fwd.stats
-                        .handed_off
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    fwd.stats.handed_off.fetch_add(1, Ordering::Relaxed);
                 }
                 // That shard has exited (the engine is stopping): serve it here.
                 Err(conn) => self.start(conn),
