@@ -4,22 +4,16 @@
 //! `run` process with two shards), both drivers: every byte arrives, and the counter of
 //! connections handed off shows that hand-offs happened.
 
-use std::net::{Shutdown, TcpStream};
+use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::support::*;
 
-fn round_robin(driver: &str) {
-    const CONNS: usize = 60;
-    const EACH: u64 = 256 * 1024;
-    const WORKERS: usize = 10;
-    let pki = Pki::new();
-    let backend = echo_backend();
-    let dir = tempfile::Builder::new()
-        .prefix("splice-e2e-handoff-")
-        .tempdir()
-        .expect("tempdir");
+/// A `run` process with two shards on `driver` and `balance = "round-robin"`: forwarder
+/// `plain-in` (client mode) in front of `tls-in` (server mode) in front of `backend`. Returns
+/// the process, the entry port and the metrics port.
+fn start_chain(driver: &str, pki: &Pki, backend: SocketAddr, drain: &str) -> (Proc, u16, u16) {
     let (cp, sp, mp) = (free_port(), free_port(), free_port());
     let text = format!(
         r#"
@@ -28,6 +22,7 @@ driver = "{driver}"
 balance = "round-robin"
 log_level = "info"
 metrics = {metrics}
+drain_timeout = "{drain}"
 
 [[forwarder]]
 name = "plain-in"
@@ -49,19 +44,29 @@ key = {key}
         cl = q(localhost(cp)),
         sv = q(localhost(sp)),
         ca = q(pki.ca.path.display()),
-        backend = q(backend.addr),
+        backend = q(backend),
         cert = q(pki.server.cert.display()),
         key = q(pki.server.key.display()),
     );
-    let config = dir.path().join("splice.toml");
+    let config = pki.path().join(format!("round-robin-{cp}.toml"));
     write_file(&config, text.as_bytes());
-    let _engine = EngineCmd::new("run")
+    let engine = EngineCmd::new("run")
         .opt("--config", &config)
         .wait_port(cp)
         .wait_port(sp)
         .wait_port(mp)
         .label(format!("run, round-robin ({driver})"))
         .start();
+    (engine, cp, mp)
+}
+
+fn round_robin(driver: &str) {
+    const CONNS: usize = 60;
+    const EACH: u64 = 256 * 1024;
+    const WORKERS: usize = 10;
+    let pki = Pki::new();
+    let backend = echo_backend();
+    let (_engine, cp, mp) = start_chain(driver, &pki, backend.addr, "10s");
 
     // All open at once, so that both shards hold several while bytes move.
     let deadline = Instant::now() + Duration::from_secs(150);
@@ -151,4 +156,60 @@ fn round_robin_uring() {
 #[test]
 fn round_robin_epoll() {
     round_robin(DRIVERS[1]);
+}
+
+/// SIGTERM while connections handed to either shard are open: the engine keeps serving every
+/// one of them (each shard waits for the connections it adopted), and exits 0 once they close.
+fn round_robin_drain(driver: &str) {
+    const CONNS: usize = 8;
+    let pki = Pki::new();
+    let backend = echo_backend();
+    let (mut engine, cp, mp) = start_chain(driver, &pki, backend.addr, "120s");
+    let mut open: Vec<TcpStream> = (0..CONNS).map(|_| connect(localhost(cp))).collect();
+    for (i, s) in open.iter_mut().enumerate() {
+        echo_roundtrip(s, format!("before SIGTERM {i}").as_bytes());
+    }
+    let m = scrape(localhost(mp));
+    let handed = m.value("splice_connections_handed_off_total", &[]);
+    assert!(
+        handed > 0.0,
+        "no hand-off before the drain; metrics:\n{}",
+        m.text
+    );
+
+    engine.signal(libc::SIGTERM);
+    assert!(
+        wait_until(SOON, || try_connect(localhost(cp)).is_err()),
+        "new connections were still accepted {SOON:?} after SIGTERM"
+    );
+    for (i, s) in open.iter_mut().enumerate() {
+        echo_roundtrip(s, &random_bytes(256 * 1024, 900 + i as u64));
+    }
+    assert!(engine.running(), "the engine exited during the drain");
+    for s in open {
+        let _ = s.shutdown(Shutdown::Write);
+        let mut s = s;
+        let (rest, end) = read_until_end(&mut s);
+        assert!(
+            rest.is_empty() && matches!(end, End::Eof),
+            "after the half-close: {rest:?} {end:?}"
+        );
+    }
+    let status = engine.wait_exit(SOON).unwrap_or_else(|| {
+        panic!(
+            "the engine did not exit after its last connection closed:\n{}",
+            engine.log()
+        )
+    });
+    assert_eq!(status.code(), Some(0), "exit status after the drain");
+}
+
+#[test]
+fn round_robin_drain_uring() {
+    round_robin_drain(DRIVERS[0]);
+}
+
+#[test]
+fn round_robin_drain_epoll() {
+    round_robin_drain(DRIVERS[1]);
 }
