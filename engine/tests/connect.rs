@@ -210,6 +210,73 @@ fn through_our_server_mode_epoll() {
     through_our_server_mode(DRIVERS[1]);
 }
 
+/// A backend that reads each connection to its end and reports the byte count and SHA-256.
+fn sink_backend() -> (
+    SocketAddr,
+    std::sync::mpsc::Receiver<io::Result<(usize, String)>>,
+) {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind the sink");
+    let addr = l.local_addr().expect("sink address");
+    let (tx, rx) = std::sync::mpsc::channel();
+    thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { return };
+            let tx = tx.clone();
+            thread::spawn(move || {
+                let _ = tx.send(read_hashed(&mut s));
+            });
+        }
+    });
+    (addr, rx)
+}
+
+/// A program that writes and closes its socket at once (no `shutdown`, no read): its bytes
+/// still all arrive, as they would from a TCP client that wrote and closed. A Unix socket
+/// whose peer closed polls as hung up, which on TCP would mean a reset.
+fn write_then_close(driver: DriverKind) {
+    const BYTES: usize = 4 * 1024 * 1024;
+    let pki = Pki::new();
+    let (sink, got) = sink_backend();
+    let engine = engine(driver, vec![server_mode("tls-in", sink, &pki)]);
+    let tls_in = engine.local_addr("tls-in").expect("tls-in listens");
+    engine
+        .add_forwarder(connector("out", tls_in, &pki))
+        .expect("add the connector");
+    for seed in 0..4 {
+        let mut sock = engine.connect("out").expect("connect");
+        sock.set_write_timeout(Some(IO_TIMEOUT)).expect("timeout");
+        let sent = write_random(&mut sock, BYTES, seed).expect("write");
+        drop(sock);
+        let (n, hash) = got
+            .recv_timeout(SOON)
+            .expect("the sink saw the connection end")
+            .expect("the sink read to a clean end");
+        assert_eq!(
+            (n, hash),
+            (BYTES, sent),
+            "what reached the backend (seed {seed})"
+        );
+    }
+    assert!(
+        wait_until(|| stats_of(&engine, "out").active == 0),
+        "{:?}",
+        stats_of(&engine, "out")
+    );
+    let s = stats_of(&engine, "out");
+    let errors = s.errors_downstream + s.errors_upstream + s.errors_tls + s.errors_internal;
+    assert_eq!(errors, 0, "{s:?}");
+}
+
+#[test]
+fn write_then_close_uring() {
+    write_then_close(DRIVERS[0]);
+}
+
+#[test]
+fn write_then_close_epoll() {
+    write_then_close(DRIVERS[1]);
+}
+
 /// `openssl s_server` with its stdin and stdout piped; killed on drop.
 struct SServer {
     child: Child,

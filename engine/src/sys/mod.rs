@@ -287,6 +287,13 @@ pub fn socketpair() -> Result<(OwnedFd, OwnedFd), SyscallError> {
     Ok((ours, theirs))
 }
 
+/// Whether `fd` is a Unix-domain socket (`getsockopt(SO_DOMAIN)`); false when it cannot tell.
+pub fn is_unix_socket(fd: BorrowedFd<'_>) -> bool {
+    socket2::SockRef::from(&fd)
+        .domain()
+        .is_ok_and(|d| d == socket2::Domain::UNIX)
+}
+
 /// Nonblocking `splice(2)` of up to `len` bytes from `from` to `to` (one of them a pipe).
 pub fn splice(from: BorrowedFd<'_>, to: BorrowedFd<'_>, len: usize) -> io::Result<usize> {
     // SAFETY: null offsets are valid for pipes and sockets; no user memory is involved.
