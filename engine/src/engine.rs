@@ -666,8 +666,8 @@ impl Engine {
     /// otherwise `connect(2)` to its listener: the returned socket (one end of a `socketpair`,
     /// blocking) is its plain leg. What the caller writes leaves as TLS to the forwarder's
     /// upstream, verified as the forwarder verifies it; what the upstream sends arrives
-    /// decrypted. Shutting down the write side sends the end of the stream (`close_notify`);
-    /// the upstream's end arrives as end of file. The connection counts against the
+    /// decrypted. Shutting down the write side, or closing the socket, ends what the caller
+    /// sends (`close_notify` after its last byte); the upstream's end arrives as end of file. The connection counts against the
     /// forwarder's `max_connections` and in its statistics like an accepted one; the shards
     /// take these connections in turn.
     ///
