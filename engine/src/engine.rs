@@ -799,7 +799,7 @@ impl Drop for Engine {
     }
 }
 
-/// What [`Engine::check`] found for one forwarder.
+/// What [`Engine::check_file`] found for one forwarder.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CheckedForwarder {
     /// The name in logs and metrics.
