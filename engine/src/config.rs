@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
-pub use crate::kinds::{DriverKind, KtlsMode, LogFormat, Mode, ProxyVersion};
+pub use crate::kinds::{Balance, DriverKind, KtlsMode, LogFormat, Mode, ProxyVersion};
 
 /// A commented sample configuration file with every key (`splice-engine config example`).
 pub(crate) const EXAMPLE: &str = include_str!("../splice.example.toml");
@@ -22,7 +22,10 @@ pub struct ForwarderConfig {
     pub name: String,
     /// Client or server.
     pub mode: Mode,
-    /// Address to accept on (`IP:PORT`; port 0 picks one).
+    /// Address to accept on (`IP:PORT`; port 0 picks one). Empty (or absent from the file):
+    /// no listener, a *connector* whose connections come only from [`crate::Engine::connect`]
+    /// (client mode only; it needs a `name`).
+    #[serde(default)]
     pub listen: String,
     /// Where to forward (`HOST:PORT`).
     pub connect: String,
@@ -129,6 +132,11 @@ impl ForwarderConfig {
         }
     }
 
+    /// Whether it has a listener (an empty `listen` makes a connector, see [`Self::listen`]).
+    pub fn listens(&self) -> bool {
+        !self.listen.is_empty()
+    }
+
     /// Parses the listen address.
     pub(crate) fn listen_addr(&self) -> Result<SocketAddr> {
         self.listen.parse().map_err(|e| Error::Address {
@@ -148,7 +156,34 @@ impl ForwarderConfig {
     /// sentence that names the forwarder.
     fn problem(&self) -> Option<(&'static str, String)> {
         let what = format!("forwarder \"{}\"", self.display_name());
-        if let Err(e) = self.listen.parse::<SocketAddr>() {
+        if !self.listens() {
+            if self.mode != Mode::Client {
+                return Some((
+                    "listen",
+                    format!(
+                        "{what}: `listen` is missing; only a client-mode forwarder may go \
+                         without a listener (a connector for Engine::connect)"
+                    ),
+                ));
+            }
+            if self.name.is_empty() {
+                return Some((
+                    "name",
+                    "a forwarder without `listen` (a connector for Engine::connect) needs a \
+                     `name`, which Engine::connect takes"
+                        .into(),
+                ));
+            }
+            if self.accept_proxy {
+                return Some((
+                    "accept_proxy",
+                    format!(
+                        "{what}: `accept_proxy` needs a listener (this forwarder has no \
+                         `listen`)"
+                    ),
+                ));
+            }
+        } else if let Err(e) = self.listen.parse::<SocketAddr>() {
             return Some((
                 "listen",
                 format!(
@@ -454,6 +489,11 @@ pub struct EngineConfig {
     /// An access line per connection at `info`, for forwarders that do not say (default on).
     #[serde(default = "default_true")]
     pub access_log: bool,
+    /// How accepted connections are spread over the shards: `"kernel"` (default: the
+    /// SO_REUSEPORT hash picks the shard) or `"round-robin"` (each shard hands what it accepts
+    /// to every shard in turn).
+    #[serde(default)]
+    pub balance: Balance,
     /// The forwarders.
     #[serde(default, rename = "forwarder")]
     pub forwarders: Vec<ForwarderConfig>,
@@ -487,6 +527,7 @@ impl Default for EngineConfig {
             drain_timeout: default_drain_timeout(),
             busy_poll: default_busy_poll(),
             access_log: true,
+            balance: Balance::Kernel,
             forwarders: Vec::new(),
             source_file: None,
         }
@@ -570,6 +611,9 @@ impl EngineConfig {
                     "name",
                     format!("two forwarders are named \"{name}\""),
                 ));
+            }
+            if !f.listens() {
+                continue;
             }
             let addr = f
                 .listen

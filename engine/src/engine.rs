@@ -1,17 +1,21 @@
 //! The running engine: probes the kernel once, loads TLS material, binds listeners, starts the
-//! shards, and applies reloads and shutdowns from the control thread.
+//! shards, and applies reloads, run-time forwarder changes, [`Engine::connect`] and shutdowns
+//! from the control thread (or any thread of an embedding program).
 
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::config::{
-    DriverKind, EngineConfig, ForwarderConfig, KtlsMode, LogFormat, Mode, split_host_port,
+    Balance, DriverKind, EngineConfig, ForwarderConfig, KtlsMode, LogFormat, Mode,
+    listen_addrs_collide, split_host_port,
 };
 use crate::error::{Error, Result};
-use crate::shard::{self, Command, Forwarder, ShardHandle};
+use crate::shard::{self, Command, Forwarder, Handoff, ShardHandle};
 use crate::stats::{ListenerStats, Registry, ReloadStats, StatsSnapshot};
 use crate::sys::ktls::{self, KtlsSupport};
 use crate::tls::validity;
@@ -19,7 +23,8 @@ use crate::tls::validity;
 struct Entry {
     cfg: ForwarderConfig,
     id: u32,
-    addr: SocketAddr,
+    /// Where it listens (`None`: a connector, see [`ForwarderConfig::listen`]).
+    addr: Option<SocketAddr>,
     fwd: Arc<Forwarder>,
 }
 
@@ -44,6 +49,13 @@ pub struct Engine {
     /// The engine keeps them for its lifetime (systemd holds them open too) and gives the
     /// shards duplicates, so a reload that fails or removes a forwarder loses none.
     activated: Mutex<Vec<(crate::systemd::ActivatedSocket, bool)>>,
+    /// The configuration in force: what the add/remove/replace calls edit. Held for the whole
+    /// of a change, so that reloads and run-time changes apply one at a time.
+    config: Mutex<EngineConfig>,
+    /// Set when the drain begins: [`Engine::connect`] refuses from then on.
+    draining: AtomicBool,
+    /// The shard the next [`Engine::connect`] goes to (taken in turn).
+    next_shard: AtomicUsize,
 }
 
 /// The engine-level settings that shape the shards and the process, which only a restart
@@ -57,6 +69,7 @@ struct StartOnly {
     metrics: Option<String>,
     log_level: Option<String>,
     log_format: LogFormat,
+    balance: Balance,
 }
 
 impl StartOnly {
@@ -69,6 +82,7 @@ impl StartOnly {
             metrics: cfg.metrics.clone(),
             log_level: cfg.log_level.clone(),
             log_format: cfg.log_format,
+            balance: cfg.balance,
         }
     }
 
@@ -82,6 +96,7 @@ impl StartOnly {
             ("metrics", self.metrics != new.metrics),
             ("log_level", self.log_level != new.log_level),
             ("log_format", self.log_format != new.log_format),
+            ("balance", self.balance != new.balance),
         ]
         .into_iter()
         .filter_map(|(key, changed)| changed.then_some(key))
@@ -170,6 +185,9 @@ impl Engine {
                     .map(|s| (s, false))
                     .collect(),
             ),
+            config: Mutex::new(cfg.clone()),
+            draining: AtomicBool::new(false),
+            next_shard: AtomicUsize::new(0),
         };
         // Everything that reads files or binds ports happens before a thread starts.
         let mut built = Vec::new();
@@ -183,7 +201,13 @@ impl Engine {
         let mut bound = Vec::new();
         let threads = cfg.thread_count();
         for (f, fwd) in built {
-            let (addr, fds) = engine.bind_all(f.listen_addr()?, threads, true)?;
+            let (addr, fds) = match f.listens() {
+                true => {
+                    let (addr, fds) = engine.bind_all(f.listen_addr()?, threads, true)?;
+                    (Some(addr), fds)
+                }
+                false => (None, Vec::new()),
+            };
             bound.push((f, fwd, addr, fds));
         }
         if let Some(m) = &cfg.metrics {
@@ -199,6 +223,14 @@ impl Engine {
         }
         for i in 0..threads {
             engine.shards.push(shard::spawn(i, driver, cfg.busy_poll)?);
+        }
+        // Before any listener: a shard may hand its first accepted connection to another.
+        let peers: Vec<shard::Peer> = engine.shards.iter().map(|s| s.peer()).collect();
+        for s in &engine.shards {
+            s.send(Command::Peers {
+                peers: peers.clone(),
+                balance: cfg.balance,
+            });
         }
         for note in notes {
             tracing::info!("{note}");
@@ -228,11 +260,18 @@ impl Engine {
         &self,
         cfg: ForwarderConfig,
         fwd: Arc<Forwarder>,
-        addr: SocketAddr,
+        addr: Option<SocketAddr>,
         fds: Vec<std::os::fd::OwnedFd>,
     ) {
         let id = self.new_id();
-        tracing::info!(forwarder = %fwd.name, mode = %cfg.mode, addr = %addr, connect = %cfg.connect, "listening");
+        match addr {
+            Some(addr) => {
+                tracing::info!(forwarder = %fwd.name, mode = %cfg.mode, addr = %addr, connect = %cfg.connect, "listening")
+            }
+            None => {
+                tracing::info!(forwarder = %fwd.name, mode = %cfg.mode, connect = %cfg.connect, "ready, without a listener (Engine::connect only)")
+            }
+        }
         fwd.stats
             .cert_not_after
             .store(fwd.cert_not_after.unwrap_or(0), Relaxed);
@@ -272,6 +311,9 @@ impl Engine {
             start_only: StartOnly::of(&cfg),
             _metrics: None,
             activated: Mutex::new(Vec::new()),
+            config: Mutex::new(cfg.clone()),
+            draining: AtomicBool::new(false),
+            next_shard: AtomicUsize::new(0),
         };
         let mut out = Vec::new();
         for (i, f) in cfg.forwarders.iter().enumerate() {
@@ -279,7 +321,10 @@ impl Engine {
             out.push(CheckedForwarder {
                 name: f.display_name(),
                 mode: f.mode,
-                listen: f.listen_addr()?,
+                listen: match f.listens() {
+                    true => Listening::At(f.listen_addr()?),
+                    false => Listening::ConnectOnly,
+                },
                 connect: f.connect.clone(),
                 upstream: fwd
                     .upstream
@@ -368,15 +413,80 @@ impl Engine {
     /// [`Engine::reload`] with the configuration `load` returns; a failure to load counts as a
     /// failed reload in the metrics, like a failure to apply.
     pub fn reload_with(&self, load: impl FnOnce() -> Result<EngineConfig>) -> Result<()> {
+        let mut current = self.config.lock().expect("config lock");
         self.reloads.attempt();
-        let result = load().and_then(|cfg| self.apply(cfg));
+        let result = load().and_then(|cfg| {
+            self.apply(&cfg, "configuration", true)?;
+            *current = cfg;
+            Ok(())
+        });
         self.reloads.outcome(result.is_ok());
         result
     }
 
-    fn apply(&self, cfg: EngineConfig) -> Result<()> {
-        cfg.validate("configuration")?;
-        for key in self.start_only.changed(&StartOnly::of(&cfg)) {
+    /// Starts one more forwarder (a listener, or a connector when `listen` is empty), as a
+    /// reload that adds it would; the others are untouched. Errors: a forwarder of that name
+    /// runs already ([`Error::ForwarderExists`]), its address is taken ([`Error::Listen`], or
+    /// [`Error::Config`] when another forwarder has it), or its configuration or certificates
+    /// are wrong.
+    pub fn add_forwarder(&self, f: ForwarderConfig) -> Result<()> {
+        self.change("add_forwarder", |cfg| {
+            let name = f.display_name();
+            if cfg.forwarders.iter().any(|g| g.display_name() == name) {
+                return Err(Error::ForwarderExists { name });
+            }
+            cfg.forwarders.push(f);
+            Ok(())
+        })
+    }
+
+    /// Stops accepting for forwarder `name` (its open connections carry on to their end), as a
+    /// reload without it would. Error: no forwarder has that name ([`Error::UnknownForwarder`]).
+    pub fn remove_forwarder(&self, name: &str) -> Result<()> {
+        self.change("remove_forwarder", |cfg| {
+            let before = cfg.forwarders.len();
+            cfg.forwarders.retain(|g| g.display_name() != name);
+            if cfg.forwarders.len() == before {
+                return Err(Error::UnknownForwarder { name: name.into() });
+            }
+            Ok(())
+        })
+    }
+
+    /// Replaces the forwarder of `f`'s name with `f` (certificates re-read), as a reload that
+    /// changes it would: new connections use `f`, open ones carry on with what they started
+    /// with; a new `listen` opens the new listener before the old one closes. Errors: no
+    /// forwarder has that name ([`Error::UnknownForwarder`]), or the new address or
+    /// configuration is refused (nothing changes then).
+    pub fn replace_forwarder(&self, f: ForwarderConfig) -> Result<()> {
+        self.change("replace_forwarder", |cfg| {
+            let name = f.display_name();
+            let Some(slot) = cfg.forwarders.iter_mut().find(|g| g.display_name() == name) else {
+                return Err(Error::UnknownForwarder { name });
+            };
+            *slot = f;
+            Ok(())
+        })
+    }
+
+    /// Applies the configuration in force as `edit` changes it; on any error nothing changes.
+    /// Forwarders `edit` left as they were keep running as they are (certificates not re-read).
+    fn change(&self, call: &str, edit: impl FnOnce(&mut EngineConfig) -> Result<()>) -> Result<()> {
+        let mut current = self.config.lock().expect("config lock");
+        let mut cfg = current.clone();
+        // Errors name the call, not a file that this change is not in.
+        cfg.source_file = None;
+        edit(&mut cfg)?;
+        self.apply(&cfg, call, false)?;
+        *current = cfg;
+        Ok(())
+    }
+
+    /// Makes the forwarders of `cfg` run; `origin` names it in errors. `reread`: rebuild every
+    /// forwarder (a reload re-reads certificates); else only those whose configuration changed.
+    fn apply(&self, cfg: &EngineConfig, origin: &str, reread: bool) -> Result<()> {
+        cfg.validate(origin)?;
+        for key in self.start_only.changed(&StartOnly::of(cfg)) {
             tracing::warn!(
                 key = %key,
                 "changed in the configuration, but only a restart applies it; this reload \
@@ -387,11 +497,12 @@ impl Engine {
         let threads = self.shards.len();
         // Build everything first: a bad certificate aborts the reload with nothing changed.
         enum Plan {
+            Keep(usize),
             Update(usize, Arc<Forwarder>),
             Add(
                 Box<ForwarderConfig>,
                 Arc<Forwarder>,
-                SocketAddr,
+                Option<SocketAddr>,
                 Vec<std::os::fd::OwnedFd>,
             ),
         }
@@ -399,20 +510,51 @@ impl Engine {
         for (i, f) in cfg.forwarders.iter().enumerate() {
             let name = f.display_name();
             let existing = entries.iter().position(|e| e.fwd.name == name);
+            if !reread && let Some(i) = existing.filter(|&i| entries[i].cfg == *f) {
+                plans.push(Plan::Keep(i));
+                continue;
+            }
             let same_listen = existing.is_some_and(|i| entries[i].cfg.listen == f.listen);
             let stats = match existing {
                 Some(i) if same_listen => entries[i].fwd.stats.clone(),
                 _ => Arc::new(ListenerStats::default()),
             };
-            let fwd = Arc::new(self.build_named(&cfg, i, stats)?);
+            let fwd = Arc::new(self.build_named(cfg, i, stats)?);
             match existing {
                 Some(i) if same_listen => plans.push(Plan::Update(i, fwd)),
+                _ if !f.listens() => {
+                    plans.push(Plan::Add(Box::new(f.clone()), fwd, None, Vec::new()));
+                }
                 _ => {
+                    let want = f.listen_addr()?;
+                    // A port that a forwarder which stays picked (`listen` with port 0) is not
+                    // in the configuration, so validation cannot see the clash: name it here.
+                    let stays = |e: &Entry| {
+                        cfg.forwarders
+                            .iter()
+                            .any(|g| g.display_name() == e.fwd.name && g.listen == e.cfg.listen)
+                    };
+                    if let Some(other) = entries.iter().find(|e| {
+                        e.fwd.name != name
+                            && stays(e)
+                            && e.addr.is_some_and(|a| listen_addrs_collide(a, want))
+                    }) {
+                        return Err(Error::config(
+                            origin,
+                            format!(
+                                "forwarders \"{}\" and \"{name}\" both listen on {want} (\"{}\" \
+                                 is on {}): each address can belong to one forwarder only",
+                                other.fwd.name,
+                                other.fwd.name,
+                                other.addr.expect("checked above"),
+                            ),
+                        ));
+                    }
                     // A listener we already own on this address (renamed, or moved between
                     // forwarders) is not "in use" by someone else.
                     let ours = entries.iter().any(|e| e.cfg.listen == f.listen);
-                    let (addr, fds) = self.bind_all(f.listen_addr()?, threads, !ours)?;
-                    plans.push(Plan::Add(Box::new(f.clone()), fwd, addr, fds));
+                    let (addr, fds) = self.bind_all(want, threads, !ours)?;
+                    plans.push(Plan::Add(Box::new(f.clone()), fwd, Some(addr), fds));
                 }
             }
         }
@@ -421,6 +563,7 @@ impl Engine {
         let mut adds = Vec::new();
         for p in plans {
             match p {
+                Plan::Keep(i) => updated[i] = true,
                 Plan::Update(i, fwd) => {
                     updated[i] = true;
                     for s in &self.shards {
@@ -467,18 +610,84 @@ impl Engine {
         for (f, fwd, addr, fds) in adds {
             self.install(f, fwd, addr, fds);
         }
-        tracing::info!(forwarders = cfg.forwarders.len(), "configuration reloaded");
+        if reread {
+            tracing::info!(forwarders = cfg.forwarders.len(), "configuration reloaded");
+        } else {
+            tracing::info!(forwarders = cfg.forwarders.len(), call = %origin, "forwarders changed");
+        }
         Ok(())
     }
 
-    /// The address a forwarder listens on (useful with port 0).
+    /// The address a forwarder listens on (useful with port 0); `None` for a connector.
     pub fn local_addr(&self, name: &str) -> Option<SocketAddr> {
         self.entries
             .lock()
             .expect("entries lock")
             .iter()
             .find(|e| e.fwd.name == name)
-            .map(|e| e.addr)
+            .and_then(|e| e.addr)
+    }
+
+    /// A new connection of client-mode forwarder `forwarder`, for a program that would
+    /// otherwise `connect(2)` to its listener: the returned socket (one end of a `socketpair`,
+    /// blocking) is its plain leg. What the caller writes leaves as TLS to the forwarder's
+    /// upstream, verified as the forwarder verifies it; what the upstream sends arrives
+    /// decrypted. Shutting down the write side, or closing the socket, ends what the caller
+    /// sends (`close_notify` after its last byte); the upstream's end arrives as end of file. The connection counts against the
+    /// forwarder's `max_connections` and in its statistics like an accepted one; the shards
+    /// take these connections in turn.
+    ///
+    /// A Unix socket has no reset: when the TLS side fails, the caller sees end of file (or
+    /// `ECONNRESET` if bytes it wrote were still unread); the forwarder's error counters and
+    /// log say which. Errors: no such forwarder ([`Error::UnknownForwarder`]), not in client
+    /// mode ([`Error::NotClientMode`]), `max_connections` open ([`Error::AtCapacity`], counted
+    /// as refused), the engine drains ([`Error::Draining`]), or the `socketpair` failed.
+    pub fn connect(&self, forwarder: &str) -> Result<UnixStream> {
+        if self.draining.load(Relaxed) {
+            return Err(Error::Draining);
+        }
+        let (fwd, mode) = self
+            .entries
+            .lock()
+            .expect("entries lock")
+            .iter()
+            .find(|e| e.fwd.name == forwarder)
+            .map(|e| (e.fwd.clone(), e.cfg.mode))
+            .ok_or_else(|| Error::UnknownForwarder {
+                name: forwarder.into(),
+            })?;
+        // The caller's socket becomes the accepted leg, which must be the plain one.
+        let crate::modes::Plan::PlainTls { tls_on, .. } = &fwd.plan;
+        if *tls_on != crate::modes::Role::Dialed {
+            return Err(Error::NotClientMode {
+                name: fwd.name.clone(),
+                mode,
+            });
+        }
+        let (ours, theirs) = crate::sys::socketpair()?;
+        let stats = fwd.stats.clone();
+        if stats.active.fetch_add(1, Relaxed) as usize >= fwd.max_connections {
+            stats.active.fetch_sub(1, Relaxed);
+            stats.refused.fetch_add(1, Relaxed);
+            return Err(Error::AtCapacity {
+                name: fwd.name.clone(),
+                max: fwd.max_connections,
+            });
+        }
+        let mut conn = Handoff::new(ours, None, fwd);
+        let first = self.next_shard.fetch_add(1, Relaxed);
+        for k in 0..self.shards.len() {
+            match self.shards[(first + k) % self.shards.len()].adopt(conn) {
+                Ok(()) => {
+                    stats.accepted.fetch_add(1, Relaxed);
+                    return Ok(UnixStream::from(theirs));
+                }
+                // That shard has exited; another may not have.
+                Err(back) => conn = back,
+            }
+        }
+        // Every shard has exited; dropping `conn` gives its count back.
+        Err(Error::Draining)
     }
 
     /// The counters of every forwarder.
@@ -503,9 +712,7 @@ impl Engine {
 
     /// Stops accepting, lets open connections finish for at most `drain`, then closes the rest.
     pub fn shutdown(mut self, drain: Duration) {
-        for s in &self.shards {
-            s.send(Command::Drain);
-        }
+        self.begin_drain();
         let open = || {
             self.registry
                 .lock()
@@ -536,6 +743,14 @@ impl Engine {
         tracing::info!("stopped");
     }
 
+    /// Stops accepting and refuses [`Engine::connect`]; open connections carry on.
+    fn begin_drain(&self) {
+        self.draining.store(true, Relaxed);
+        for s in &self.shards {
+            s.send(Command::Drain);
+        }
+    }
+
     fn stop(&mut self) {
         for s in &self.shards {
             s.send(Command::Stop);
@@ -559,12 +774,30 @@ pub struct CheckedForwarder {
     pub name: String,
     /// Client or server.
     pub mode: Mode,
-    /// The address it would listen on.
-    pub listen: SocketAddr,
+    /// The address it would listen on, if any.
+    pub listen: Listening,
     /// Where it forwards, as configured.
     pub connect: String,
     /// `connect`, resolved.
     pub upstream: SocketAddr,
+}
+
+/// Where a checked forwarder would accept connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listening {
+    /// On this address.
+    At(SocketAddr),
+    /// Nowhere: a connector, whose connections come from [`Engine::connect`] only.
+    ConnectOnly,
+}
+
+impl std::fmt::Display for Listening {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Listening::At(addr) => addr.fmt(f),
+            Listening::ConnectOnly => f.write_str("(no listener: Engine::connect only)"),
+        }
+    }
 }
 
 /// The key of `f` that `build` failed on.
@@ -602,9 +835,7 @@ impl Engine {
             return bind_all(addr, threads, check_free);
         };
         let err = |source| Error::Listen { addr, source };
-        socket2::SockRef::from(&passed.fd)
-            .set_nonblocking(true)
-            .map_err(err)?;
+        crate::sys::socket::set_nonblocking(std::os::fd::AsFd::as_fd(&passed.fd)).map_err(err)?;
         let fds = (0..threads)
             .map(|_| passed.fd.try_clone().map_err(err))
             .collect::<Result<Vec<_>>>()?;
@@ -660,3 +891,6 @@ fn check_fd_limit(cfg: &EngineConfig) {
         );
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -77,6 +77,33 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    /// [`crate::Engine::connect`], `remove_forwarder` or `replace_forwarder` named a forwarder
+    /// the engine does not run.
+    #[error("no forwarder is named {name:?}")]
+    UnknownForwarder {
+        /// The name given.
+        name: String,
+    },
+    /// [`crate::Engine::add_forwarder`] was given the name of a forwarder already running.
+    #[error("a forwarder named {name:?} is already running (replace_forwarder changes it)")]
+    ForwarderExists {
+        /// The name given.
+        name: String,
+    },
+    /// [`crate::Engine::connect`] named a forwarder that is not in client mode.
+    #[error(
+        "forwarder {name:?} is in {mode} mode; Engine::connect needs a client-mode forwarder \
+         (plain in, TLS out)"
+    )]
+    NotClientMode {
+        /// The forwarder.
+        name: String,
+        /// Its mode.
+        mode: crate::kinds::Mode,
+    },
+    /// [`crate::Engine::connect`] while the engine drains or stops: no new connections.
+    #[error("the engine is draining: it takes no new connections")]
+    Draining,
     /// A feature was required (`--driver uring`, `--ktls on`) but the kernel refuses it.
     #[error("{feature} is not available: {why}")]
     Unavailable {
@@ -108,6 +135,17 @@ pub enum Error {
     /// The kTLS peer sent a record we cannot handle after the hand-off.
     #[error("kTLS: {0}")]
     KtlsRecord(String),
+
+    // ---- resource exhaustion ----
+    /// [`crate::Engine::connect`] found the forwarder at its `max_connections`; the connection
+    /// was refused (and counted as refused).
+    #[error("forwarder {name:?} has max_connections ({max}) open; the connection was refused")]
+    AtCapacity {
+        /// The forwarder.
+        name: String,
+        /// Its `max_connections`.
+        max: usize,
+    },
 }
 
 impl Error {

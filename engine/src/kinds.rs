@@ -168,3 +168,44 @@ impl std::str::FromStr for ProxyVersion {
         }
     }
 }
+
+/// How a forwarder's accepted connections are spread over the shards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Balance {
+    /// The kernel's SO_REUSEPORT hash picks the shard that accepts, and that shard serves it.
+    #[default]
+    Kernel,
+    /// Each shard hands the connections it accepts to every shard in turn (itself included),
+    /// so that a few long-lived connections the hash put on one shard spread over the cores.
+    RoundRobin,
+}
+
+impl std::str::FromStr for Balance {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "kernel" => Ok(Self::Kernel),
+            "round-robin" => Ok(Self::RoundRobin),
+            other => Err(format!(
+                "unknown balance {other:?} (expected kernel or round-robin)"
+            )),
+        }
+    }
+}
+
+impl Balance {
+    /// `"kernel"` or `"round-robin"`, as the file spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Kernel => "kernel",
+            Self::RoundRobin => "round-robin",
+        }
+    }
+}
+
+impl std::fmt::Display for Balance {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}

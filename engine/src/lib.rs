@@ -96,7 +96,7 @@ mod tls;
 pub use config::{
     DriverKind, EngineConfig, ForwarderConfig, KtlsMode, LogFormat, Mode, ProxyVersion,
 };
-pub use engine::{CheckedForwarder, Engine};
+pub use engine::{CheckedForwarder, Engine, Listening};
 pub use error::{Error, Result, Side, SyscallError};
 pub use probe::{KernelProbe, probe};
 pub use stats::{HANDSHAKE_BUCKETS, HistogramSnapshot, StatsSnapshot};

@@ -72,6 +72,12 @@ pub fn render(snaps: &[StatsSnapshot]) -> String {
         &simple(|s| s.refused, "splice_connections_refused_total"),
     );
     family(
+        "splice_connections_handed_off_total",
+        "counter",
+        "Connections the accepting shard handed to another shard (balance = \"round-robin\").",
+        &simple(|s| s.handed_off, "splice_connections_handed_off_total"),
+    );
+    family(
         "splice_connections_ktls_total",
         "counter",
         "Connections whose TLS session was handed to the kernel.",

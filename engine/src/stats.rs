@@ -21,6 +21,9 @@ pub struct ListenerStats {
     pub active: AtomicU64,
     /// Connections refused because `max_connections` was reached.
     pub refused: AtomicU64,
+    /// Connections the shard that accepted them handed to another shard (`balance =
+    /// "round-robin"`); they are counted in `accepted` too.
+    pub handed_off: AtomicU64,
     /// Connections whose TLS leg was handed to the kernel (kTLS).
     pub ktls: AtomicU64,
     /// Payload bytes from downstream to upstream.
@@ -66,6 +69,7 @@ impl ListenerStats {
             accepted: self.accepted.load(Relaxed),
             active: self.active.load(Relaxed),
             refused: self.refused.load(Relaxed),
+            handed_off: self.handed_off.load(Relaxed),
             ktls: self.ktls.load(Relaxed),
             bytes_down_to_up: self.bytes_down_to_up.load(Relaxed),
             bytes_up_to_down: self.bytes_up_to_down.load(Relaxed),
@@ -94,6 +98,8 @@ pub struct StatsSnapshot {
     pub active: u64,
     /// Connections refused because `max_connections` was reached.
     pub refused: u64,
+    /// Connections this shard accepted and handed to another shard (`balance = "round-robin"`).
+    pub handed_off: u64,
     /// Connections whose TLS leg was handed to the kernel (kTLS).
     pub ktls: u64,
     /// Payload bytes from downstream (the accepted connection) to upstream.

@@ -14,6 +14,7 @@ mod fallback;
 mod faults;
 mod garbage;
 mod half_close;
+mod handoff;
 mod limits;
 mod memory;
 mod metrics;

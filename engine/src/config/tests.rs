@@ -372,3 +372,53 @@ fn a_built_configuration_is_checked_like_a_file() {
     let msg = cfg.validate("configuration").unwrap_err().to_string();
     assert!(msg.contains("`listen` must be IP:PORT"), "{msg}");
 }
+
+#[test]
+fn a_client_forwarder_without_listen_is_a_connector() {
+    let cfg =
+        parse("[[forwarder]]\nname = \"db\"\nmode = \"client\"\nconnect = \"db:443\"\n").unwrap();
+    assert!(!cfg.forwarders[0].listens());
+    // Two connectors never collide on an address.
+    let two = "[[forwarder]]\nname = \"a\"\nmode = \"client\"\nconnect = \"a:443\"\n\
+               [[forwarder]]\nname = \"b\"\nmode = \"client\"\nconnect = \"b:443\"\n";
+    assert_eq!(parse(two).unwrap().forwarders.len(), 2);
+}
+
+#[test]
+fn only_a_named_client_forwarder_may_go_without_listen() {
+    let msg = parse(
+        "[[forwarder]]\nname = \"api\"\nmode = \"server\"\nconnect = \"b:80\"\n\
+         cert = \"c.pem\"\nkey = \"k.pem\"\n",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        msg.contains("line 1") && msg.contains("`listen` is missing") && msg.contains("client"),
+        "{msg}"
+    );
+    let msg = parse("[[forwarder]]\nmode = \"client\"\nconnect = \"db:443\"\n")
+        .unwrap_err()
+        .to_string();
+    assert!(msg.contains("needs a") && msg.contains("`name`"), "{msg}");
+    let msg = parse(
+        "[[forwarder]]\nname = \"db\"\nmode = \"client\"\nconnect = \"db:443\"\naccept_proxy = true\n",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        msg.contains("line 5") && msg.contains("needs a listener"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn balance_key() {
+    assert_eq!(parse("").unwrap().balance, Balance::Kernel);
+    let cfg = parse("balance = \"round-robin\"\n").unwrap();
+    assert_eq!(cfg.balance, Balance::RoundRobin);
+    let msg = parse("balance = \"random\"\n").unwrap_err().to_string();
+    assert!(
+        msg.contains("line 1") && msg.contains("`balance`") && msg.contains("round-robin"),
+        "{msg}"
+    );
+}

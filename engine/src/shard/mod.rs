@@ -3,7 +3,8 @@
 //!
 //! The loop is thin: wait for completions, hand each to the connection (or listener) it belongs
 //! to, let that connection's state machine say what to do next, submit it; fire due timers;
-//! apply commands from the control thread (new listeners, new configs, drain, stop).
+//! apply commands from the control thread (new listeners, new configs, drain, stop) and
+//! connections handed over by other shards or by [`crate::Engine::connect`] (see [`Handoff`]).
 
 mod busy;
 mod conn;
@@ -18,12 +19,13 @@ use std::net::SocketAddr;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::rc::Rc;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use socket2::SockAddr;
 
-use crate::config::DriverKind;
+use crate::config::{Balance, DriverKind};
 use crate::driver::{Completion, Driver, Fd, Op};
 use crate::error::Error;
 use crate::logging::{LOG_INTERVAL, RateLimiter};
@@ -91,25 +93,111 @@ pub enum Command {
         /// The listener key.
         id: u32,
     },
+    /// Every shard of the engine (this one included, at its index) and how accepted
+    /// connections are spread over them. Sent once, before any listener.
+    Peers {
+        /// The shards, by index.
+        peers: Vec<Peer>,
+        /// Whether the shard keeps what it accepts or hands it out in turn.
+        balance: Balance,
+    },
+    /// Start this connection here (a hand-off from another shard, or [`crate::Engine::connect`]).
+    Adopt {
+        /// The socket and what the connection needs.
+        conn: Handoff,
+    },
     /// Stop accepting; exit once every connection has ended.
     Drain,
     /// Close everything now and exit.
     Stop,
 }
 
-/// The control thread's handle on a running shard.
-pub struct ShardHandle {
+/// A connection on its way to a shard: the socket of its first leg (accepted by another
+/// shard, or the engine's end of [`crate::Engine::connect`]'s socketpair), the client's address
+/// and the forwarder it belongs to. The forwarder's `accepted` and `active` counters already
+/// count it. Dropped before a shard starts it (that shard has exited), it resets the socket and
+/// leaves `active`, so that no connection is lost without a trace.
+pub struct Handoff {
+    sock: Option<OwnedFd>,
+    peer: Option<SocketAddr>,
+    fwd: Arc<Forwarder>,
+}
+
+impl Handoff {
+    /// A connection of `fwd` on `sock`, already counted in `accepted` and `active`.
+    pub(crate) fn new(sock: OwnedFd, peer: Option<SocketAddr>, fwd: Arc<Forwarder>) -> Self {
+        Self {
+            sock: Some(sock),
+            peer,
+            fwd,
+        }
+    }
+
+    fn into_parts(mut self) -> (OwnedFd, Option<SocketAddr>, Arc<Forwarder>) {
+        let sock = self.sock.take().expect("taken once, here");
+        (sock, self.peer, self.fwd.clone())
+    }
+}
+
+impl Drop for Handoff {
+    fn drop(&mut self) {
+        if let Some(sock) = self.sock.take() {
+            let _ = sys::socket::set_linger_zero(sock.as_fd());
+            self.fwd.stats.active.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// A way to reach a shard from any thread: its command channel and the eventfd that wakes it.
+#[derive(Clone)]
+pub struct Peer {
     tx: mpsc::Sender<Command>,
     wake: Arc<OwnedFd>,
+    /// Hand-offs sent and not yet started: a draining shard waits for them before it exits.
+    incoming: Arc<AtomicUsize>,
+}
+
+impl Peer {
+    /// Sends a command and wakes the shard; gives the command back when the shard has exited.
+    fn send(&self, cmd: Command) -> Result<(), Command> {
+        self.tx.send(cmd).map_err(|e| e.0)?;
+        sys::eventfd_signal(self.wake.as_fd());
+        Ok(())
+    }
+
+    /// Hands `conn` to the shard; gives it back when the shard has exited.
+    pub(crate) fn adopt(&self, conn: Handoff) -> Result<(), Handoff> {
+        self.incoming.fetch_add(1, Ordering::SeqCst);
+        self.send(Command::Adopt { conn }).map_err(|cmd| {
+            self.incoming.fetch_sub(1, Ordering::SeqCst);
+            match cmd {
+                Command::Adopt { conn } => conn,
+                _ => unreachable!("the command sent was an Adopt"),
+            }
+        })
+    }
+}
+
+/// The control thread's handle on a running shard.
+pub struct ShardHandle {
+    peer: Peer,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl ShardHandle {
     /// Sends a command and wakes the shard.
     pub fn send(&self, cmd: Command) {
-        if self.tx.send(cmd).is_ok() {
-            sys::eventfd_signal(self.wake.as_fd());
-        }
+        let _ = self.peer.send(cmd);
+    }
+
+    /// How other threads reach this shard.
+    pub fn peer(&self) -> Peer {
+        self.peer.clone()
+    }
+
+    /// Hands `conn` to this shard; gives it back when the shard has exited.
+    pub(crate) fn adopt(&self, conn: Handoff) -> Result<(), Handoff> {
+        self.peer.adopt(conn)
     }
 
     /// Whether the shard thread has exited.
@@ -133,6 +221,8 @@ pub fn spawn(index: usize, kind: DriverKind, busy_poll: Duration) -> Result<Shar
     let (tx, rx) = mpsc::channel();
     let wake = Arc::new(sys::eventfd()?);
     let wake2 = wake.clone();
+    let incoming = Arc::new(AtomicUsize::new(0));
+    let incoming2 = incoming.clone();
     let (ready_tx, ready_rx) = mpsc::channel();
     let thread = std::thread::Builder::new()
         .name(format!("shard-{index}"))
@@ -150,7 +240,10 @@ pub fn spawn(index: usize, kind: DriverKind, busy_poll: Duration) -> Result<Shar
                     .try_clone()
                     .expect("dup of the shard's eventfd (out of fds at start)"),
             );
-            Shard::new(driver, rx, wake, busy_poll).run();
+            let mut shard = Shard::new(driver, rx, wake, busy_poll);
+            shard.index = index;
+            shard.incoming = incoming2;
+            shard.run();
         })
         .map_err(|e| Error::Io {
             context: "spawn shard thread".into(),
@@ -167,8 +260,7 @@ pub fn spawn(index: usize, kind: DriverKind, busy_poll: Duration) -> Result<Shar
         }
     }
     Ok(ShardHandle {
-        tx,
-        wake,
+        peer: Peer { tx, wake, incoming },
         thread: Some(thread),
     })
 }
@@ -237,6 +329,16 @@ pub(crate) struct Shard {
     log_limit: RateLimiter,
     /// When a timer to write the suppressed-lines summaries is set for.
     log_flush_at: Option<Instant>,
+    /// This shard's place among `peers`.
+    index: usize,
+    /// Every shard of the engine, this one included (empty until [`Command::Peers`]).
+    peers: Vec<Peer>,
+    /// Whether accepted connections stay here or go to `peers` in turn.
+    balance: Balance,
+    /// Round-robin: the shard the next accepted connection goes to.
+    next_peer: usize,
+    /// Hand-offs sent to this shard and not yet started (see [`Peer::adopt`]).
+    incoming: Arc<AtomicUsize>,
 }
 
 impl Shard {
@@ -257,6 +359,11 @@ impl Shard {
             busy_poll: BusyPoll::new(busy_poll),
             log_limit: RateLimiter::new(LOG_INTERVAL),
             log_flush_at: None,
+            index: 0,
+            peers: Vec::new(),
+            balance: Balance::Kernel,
+            next_peer: 0,
+            incoming: Arc::default(),
         }
     }
 
@@ -274,7 +381,9 @@ impl Shard {
             if self.commands() {
                 break;
             }
-            if self.draining && self.live_conns() == 0 {
+            // A hand-off on its way here is a connection too: it was counted where it began.
+            if self.draining && self.live_conns() == 0 && self.incoming.load(Ordering::SeqCst) == 0
+            {
                 break;
             }
             let mut done = std::mem::take(&mut self.completions);
@@ -365,6 +474,17 @@ impl Shard {
                     if let Some(l) = self.listeners.remove(&id) {
                         self.driver.cancel(l.fd.as_raw_fd());
                     }
+                }
+                Command::Peers { peers, balance } => {
+                    // Start the turn at this shard's successor, so the shards do not all hand
+                    // their first connections to the same one.
+                    self.next_peer = (self.index + 1) % peers.len().max(1);
+                    self.peers = peers;
+                    self.balance = balance;
+                }
+                Command::Adopt { conn } => {
+                    self.incoming.fetch_sub(1, Ordering::SeqCst);
+                    self.start(conn);
                 }
                 Command::Drain => {
                     self.draining = true;
@@ -475,6 +595,34 @@ impl Shard {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let _ = sys::socket::set_nodelay(sock.as_fd());
         let peer = sys::socket::peer_addr(sock.as_fd());
+        let conn = Handoff::new(sock, peer, fwd.clone());
+        match self.round_robin_target() {
+            Some(target) => match self.peers[target].adopt(conn) {
+                Ok(()) => {
+                    fwd.stats.handed_off.fetch_add(1, Ordering::Relaxed);
+                }
+                // That shard has exited (the engine is stopping): serve it here.
+                Err(conn) => self.start(conn),
+            },
+            None => self.start(conn),
+        }
+    }
+
+    /// Round-robin balance: the other shard whose turn it is to take the connection just
+    /// accepted (`None`: this shard's turn, or kernel balance).
+    fn round_robin_target(&mut self) -> Option<usize> {
+        if self.balance != Balance::RoundRobin || self.peers.len() < 2 {
+            return None;
+        }
+        let target = self.next_peer;
+        self.next_peer = (target + 1) % self.peers.len();
+        (target != self.index).then_some(target)
+    }
+
+    /// Starts a connection on its first leg's socket: the one place a connection begins,
+    /// whether this shard accepted it or another handed it over. Its counters already count it.
+    fn start(&mut self, conn: Handoff) {
+        let (sock, peer, fwd) = conn.into_parts();
         let index = match self.free.pop() {
             Some(i) => i,
             None => {

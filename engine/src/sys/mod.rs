@@ -295,6 +295,38 @@ pub fn pipe(size: usize) -> Result<(OwnedFd, OwnedFd), SyscallError> {
     Ok((rd, wr))
 }
 
+/// A connected pair of Unix stream sockets, both close-on-exec: `(engine's end, caller's end)`.
+/// The engine's end is nonblocking (the drivers and `splice` expect it); the caller's end is
+/// left blocking, as `connect(2)` would return it.
+pub fn socketpair() -> Result<(OwnedFd, OwnedFd), SyscallError> {
+    let mut fds = [0 as libc::c_int; 2];
+    // SAFETY: `fds` is valid for the two ints the call writes.
+    let ret = unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
+            0,
+            fds.as_mut_ptr(),
+        )
+    };
+    cvt(ret).map_err(|e| SyscallError::new("socketpair", e))?;
+    // SAFETY: socketpair returned two fresh fds that nothing else owns.
+    let ours = unsafe { OwnedFd::from_raw_fd(fds[0]) };
+    // SAFETY: as above, for the second one.
+    let theirs = unsafe { OwnedFd::from_raw_fd(fds[1]) };
+    socket2::SockRef::from(&ours)
+        .set_nonblocking(true)
+        .map_err(|e| SyscallError::new("fcntl(O_NONBLOCK)", e))?;
+    Ok((ours, theirs))
+}
+
+/// Whether `fd` is a Unix-domain socket (`getsockopt(SO_DOMAIN)`); false when it cannot tell.
+pub fn is_unix_socket(fd: BorrowedFd<'_>) -> bool {
+    socket2::SockRef::from(&fd)
+        .domain()
+        .is_ok_and(|d| d == socket2::Domain::UNIX)
+}
+
 /// Nonblocking `splice(2)` of up to `len` bytes from `from` to `to` (one of them a pipe).
 pub fn splice(from: BorrowedFd<'_>, to: BorrowedFd<'_>, len: usize) -> io::Result<usize> {
     // SAFETY: null offsets are valid for pipes and sockets; no user memory is involved.

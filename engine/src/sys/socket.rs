@@ -115,3 +115,8 @@ pub fn local_addr(fd: BorrowedFd<'_>) -> Option<SocketAddr> {
     }
     SockRef::from(&fd).local_addr().ok()?.as_socket()
 }
+
+/// Makes a socket nonblocking (a socket passed by systemd may come blocking).
+pub fn set_nonblocking(fd: BorrowedFd<'_>) -> io::Result<()> {
+    SockRef::from(&fd).set_nonblocking(true)
+}

@@ -2,12 +2,15 @@
 //! reads are waiting for, and the hang-up watch that notices a reset while the other direction
 //! is stalled.
 
+use std::os::fd::AsFd;
+
 use splice_proto::{Fault, Leg};
 
 use super::super::{Shard, TAG_HANGUP_PLAIN, TAG_HANGUP_TLS, token};
 use super::{Conn, Pump};
 use crate::driver::{Fd, Op};
 use crate::modes::Role;
+use crate::sys;
 
 /// One leg of a connection.
 pub(super) struct LegIo {
@@ -69,7 +72,15 @@ impl Conn {
         // (a write in flight may already have taken the error itself, leaving no POLLERR).
         let shut_by_us =
             self.leg(leg).shut_write || matches!(&self.pump, Pump::Splice(p) if p.wrote_eof(leg));
-        if bits & libc::POLLERR != 0 || (bits & libc::POLLHUP != 0 && !shut_by_us) {
+        // On a Unix socket (`Engine::connect`'s socketpair) a hang-up is the peer's close: what
+        // it wrote is still to be read, as after a FIN. A reset there shows as POLLERR.
+        let unix = || {
+            self.leg(leg)
+                .fd
+                .as_ref()
+                .is_some_and(|fd| sys::is_unix_socket(fd.as_fd()))
+        };
+        if bits & libc::POLLERR != 0 || (bits & libc::POLLHUP != 0 && !shut_by_us && !unix()) {
             // A reset (or another socket error) on a leg that may not be read or written for
             // a long time while the other direction is stalled. The socket error itself is left
             // for a read or write in flight to report; this one is closing the connection.
