@@ -94,7 +94,7 @@ mod systemd;
 mod tls;
 
 pub use config::{
-    DriverKind, EngineConfig, ForwarderConfig, KtlsMode, LogFormat, Mode, ProxyVersion,
+    Balance, DriverKind, EngineConfig, ForwarderConfig, KtlsMode, LogFormat, Mode, ProxyVersion,
 };
 pub use engine::{CheckedForwarder, Engine, Listening};
 pub use error::{Error, Result, Side, SyscallError};

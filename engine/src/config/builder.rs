@@ -10,7 +10,9 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::{DriverKind, EngineConfig, ForwarderConfig, KtlsMode, LogFormat, Mode, ProxyVersion};
+use super::{
+    Balance, DriverKind, EngineConfig, ForwarderConfig, KtlsMode, LogFormat, Mode, ProxyVersion,
+};
 
 impl ForwarderConfig {
     /// A client-mode forwarder: accepts plain TCP on `listen` (`IP:PORT`, port 0 picks one) and
@@ -200,6 +202,13 @@ impl EngineConfig {
     /// turns busy polling off).
     pub fn busy_poll(mut self, window: Duration) -> Self {
         self.busy_poll = window;
+        self
+    }
+
+    /// How accepted connections are spread over the shards (default: by the kernel's
+    /// `SO_REUSEPORT` hash; [`Balance::RoundRobin`] hands them out in turn).
+    pub fn balance(mut self, balance: Balance) -> Self {
+        self.balance = balance;
         self
     }
 

@@ -275,6 +275,7 @@ metrics = "127.0.0.1:9100"
 drain_timeout = "7s"
 busy_poll = "0s"
 access_log = false
+balance = "round-robin"
 
 [[forwarder]]
 name = "out"
@@ -323,6 +324,7 @@ ca = "/etc/ca.pem"
         .drain_timeout(secs(7))
         .busy_poll(Duration::ZERO)
         .access_log(false)
+        .balance(Balance::RoundRobin)
         .forwarder(
             ForwarderConfig::client("127.0.0.1:3000", "db.example.com:443")
                 .name("out")

@@ -59,6 +59,8 @@ const BULK_SIZES: [usize; 1] = [BULK];
 /// the handshake at once (possibly before the server engine has handed the session to the
 /// kernel); the last sends nothing at all.
 const SHORT_SIZES: [usize; 3] = [1000, 1, 0];
+/// What `Engine::connect`'s programs write: a megabyte, one byte, nothing, and 300 KB.
+const CONNECT_SIZES: [usize; 4] = [1 << 20, 1, 0, 300_000];
 /// How long any single socket read or write may block before the test gives up.
 const IO_TIMEOUT: Duration = Duration::from_secs(90);
 /// Post-handshake tickets the plain rustls server sends per connection.
@@ -72,42 +74,55 @@ const BANNER: usize = 256 << 10;
 
 #[test]
 fn chain_tls13_uring_bulk() {
-    engine_chain("1.3", DriverKind::Uring, &BULK_SIZES);
+    engine_chain("1.3", DriverKind::Uring, &BULK_SIZES, Via::Listener);
 }
 
 #[test]
 fn chain_tls13_uring_short() {
-    engine_chain("1.3", DriverKind::Uring, &SHORT_SIZES);
+    engine_chain("1.3", DriverKind::Uring, &SHORT_SIZES, Via::Listener);
 }
 
 #[test]
 fn chain_tls13_epoll_bulk() {
-    engine_chain("1.3", DriverKind::Epoll, &BULK_SIZES);
+    engine_chain("1.3", DriverKind::Epoll, &BULK_SIZES, Via::Listener);
 }
 
 #[test]
 fn chain_tls13_epoll_short() {
-    engine_chain("1.3", DriverKind::Epoll, &SHORT_SIZES);
+    engine_chain("1.3", DriverKind::Epoll, &SHORT_SIZES, Via::Listener);
 }
 
 #[test]
 fn chain_tls12_uring_bulk() {
-    engine_chain("1.2", DriverKind::Uring, &BULK_SIZES);
+    engine_chain("1.2", DriverKind::Uring, &BULK_SIZES, Via::Listener);
 }
 
 #[test]
 fn chain_tls12_uring_short() {
-    engine_chain("1.2", DriverKind::Uring, &SHORT_SIZES);
+    engine_chain("1.2", DriverKind::Uring, &SHORT_SIZES, Via::Listener);
 }
 
 #[test]
 fn chain_tls12_epoll_bulk() {
-    engine_chain("1.2", DriverKind::Epoll, &BULK_SIZES);
+    engine_chain("1.2", DriverKind::Epoll, &BULK_SIZES, Via::Listener);
 }
 
 #[test]
 fn chain_tls12_epoll_short() {
-    engine_chain("1.2", DriverKind::Epoll, &SHORT_SIZES);
+    engine_chain("1.2", DriverKind::Epoll, &SHORT_SIZES, Via::Listener);
+}
+
+#[test]
+fn connect_tls13_uring() {
+    engine_chain("1.3", DriverKind::Uring, &CONNECT_SIZES, Via::Connect);
+}
+#[test]
+fn connect_tls13_epoll() {
+    engine_chain("1.3", DriverKind::Epoll, &CONNECT_SIZES, Via::Connect);
+}
+#[test]
+fn connect_tls12_uring() {
+    engine_chain("1.2", DriverKind::Uring, &CONNECT_SIZES, Via::Connect);
 }
 
 #[test]
@@ -163,28 +178,26 @@ fn cipher_tls12_chacha20_poly1305() {
 /// connection at both ends — also when the client's close_notify and FIN reach the server engine
 /// before its hand-off (the engine attaches the `tls` ULP at accept time, while the socket is
 /// still ESTABLISHED, so the kernel cannot refuse it then).
-fn engine_chain(version: &str, driver: DriverKind, sizes: &[usize]) {
+///
+/// With [`Via::Connect`] the client is a program that calls `Engine::connect` on a connector
+/// (a client-mode forwarder with no listener): the splice pump then moves bytes between the
+/// kTLS leg and a Unix socket, the caller's end of a socketpair.
+fn engine_chain(version: &str, driver: DriverKind, sizes: &[usize], via: Via) {
     let _serial = setup();
-    let case = format!("chain TLS {version} {driver:?} {sizes:?}");
+    let case = format!("chain TLS {version} {driver:?} {sizes:?} {via:?}");
     let certs = certs();
     let echo = EchoBackend::spawn();
 
-    let mut srv = ForwarderConfig::new(Mode::Server, "127.0.0.1:0", echo.addr.to_string());
-    srv.name = "srv".into();
-    srv.cert = Some(certs.cert.clone());
-    srv.key = Some(certs.key.clone());
-    srv.tls_versions = vec![version.into()];
-    let server = start_engine(&case, driver, srv);
-    let srv_addr = server
-        .local_addr("srv")
-        .expect("server engine has no address for `srv`");
+    let (server, srv_addr) = server_engine(&case, driver, version, echo.addr, certs);
 
-    let client = start_engine(&case, driver, client_forwarder(version, srv_addr, certs));
-    let cli_addr = client
-        .local_addr("cli")
-        .expect("client engine has no address for `cli`");
+    let mut cli = client_forwarder(version, srv_addr, certs);
+    if via == Via::Connect {
+        cli.listen = String::new();
+    }
+    let client = start_engine(&case, driver, cli);
+    let cli_addr = client.local_addr("cli");
     eprintln!(
-        "[{case}] client engine {cli_addr} -> server engine {srv_addr} -> echo {}",
+        "[{case}] client engine {cli_addr:?} -> server engine {srv_addr} -> echo {}",
         echo.addr
     );
     // Read after the engines started: Engine::start probes kTLS with sockets of its own.
@@ -196,8 +209,14 @@ fn engine_chain(version: &str, driver: DriverKind, sizes: &[usize]) {
         let what = format!("{case}, connection {i} ({size} bytes)");
         let payload = random_bytes(size);
         let started = Instant::now();
-        let received = run_client(&what, cli_addr, &payload)
-            .unwrap_or_else(|e| panic!("{e}\n  the echo backend: {}", echo.peek()));
+        let received = match cli_addr {
+            Some(addr) => run_client(&what, addr, &payload),
+            None => client
+                .connect("cli")
+                .map_err(|e| format!("{what}: Engine::connect: {e}"))
+                .and_then(|sock| exchange(&what, sock, &payload)),
+        }
+        .unwrap_or_else(|e| panic!("{e}\n  the echo backend: {}", echo.peek()));
 
         let seen = echo.report(&what);
         assert_eq!(
@@ -387,6 +406,35 @@ fn start_engine(case: &str, driver: DriverKind, forwarder: ForwarderConfig) -> E
         .unwrap_or_else(|e| panic!("[{case}] engine with forwarder {name:?} did not start: {e}"))
 }
 
+/// How the client reaches the client-mode engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Via {
+    /// Over TCP, to the forwarder's listener.
+    Listener,
+    /// Through `Engine::connect`.
+    Connect,
+}
+
+/// A server-mode engine (forwarder `srv`, kTLS required) in front of `backend`, and its address.
+fn server_engine(
+    case: &str,
+    driver: DriverKind,
+    version: &str,
+    backend: SocketAddr,
+    certs: &Certs,
+) -> (Engine, SocketAddr) {
+    let mut srv = ForwarderConfig::new(Mode::Server, "127.0.0.1:0", backend.to_string());
+    srv.name = "srv".into();
+    srv.cert = Some(certs.cert.clone());
+    srv.key = Some(certs.key.clone());
+    srv.tls_versions = vec![version.into()];
+    let server = start_engine(case, driver, srv);
+    let addr = server
+        .local_addr("srv")
+        .expect("server engine has no address for `srv`");
+    (server, addr)
+}
+
 /// The client-mode forwarder: plain TCP in, TLS to `upstream`, verifying `localhost` against
 /// the test CA. It connects by IP: the VM has no /etc/hosts, so `localhost` does not resolve.
 fn client_forwarder(version: &str, upstream: SocketAddr, certs: &Certs) -> ForwarderConfig {
@@ -559,14 +607,45 @@ fn check_tls_stat(before: &TlsStat, after: &TlsStat, legs: u64, problems: &mut V
 fn run_client(what: &str, addr: SocketAddr, payload: &[u8]) -> Result<Vec<u8>, String> {
     let stream = TcpStream::connect(addr).map_err(|e| format!("{what}: connect {addr}: {e}"))?;
     set_timeouts(&stream);
-    let mut writer = stream.try_clone().expect("clone the client socket");
+    exchange(what, stream, payload)
+}
+
+/// A connected stream (TCP, or the Unix socket `Engine::connect` returns) on which a program
+/// writes `payload` and shuts its write side, while it reads until end of stream.
+trait Stream: Read + Write + Send + Sized {
+    fn split(&self) -> Self;
+    fn shut(&self, how: Shutdown) -> io::Result<()>;
+}
+
+impl Stream for TcpStream {
+    fn split(&self) -> Self {
+        self.try_clone().expect("clone the client socket")
+    }
+    fn shut(&self, how: Shutdown) -> io::Result<()> {
+        self.shutdown(how)
+    }
+}
+
+impl Stream for std::os::unix::net::UnixStream {
+    fn split(&self) -> Self {
+        self.set_read_timeout(Some(Duration::from_secs(20)))
+            .expect("read timeout");
+        self.try_clone().expect("clone the program's socket")
+    }
+    fn shut(&self, how: Shutdown) -> io::Result<()> {
+        self.shutdown(how)
+    }
+}
+
+fn exchange<S: Stream>(what: &str, stream: S, payload: &[u8]) -> Result<Vec<u8>, String> {
+    let mut writer = stream.split();
     let mut reader = stream;
     thread::scope(|scope| {
         let sender = scope.spawn(move || -> io::Result<()> {
             for chunk in payload.chunks(64 << 10) {
                 writer.write_all(chunk)?;
             }
-            writer.shutdown(Shutdown::Write)
+            writer.shut(Shutdown::Write)
         });
         let mut received = Vec::with_capacity(payload.len() + BANNER + 256);
         let mut buf = vec![0; 64 << 10];
@@ -580,7 +659,7 @@ fn run_client(what: &str, addr: SocketAddr, payload: &[u8]) -> Result<Vec<u8>, S
         };
         if let Err(e) = read_result {
             // Unblock the sender (it may be stuck on a full window) before reporting.
-            let _ = reader.shutdown(Shutdown::Both);
+            let _ = reader.shut(Shutdown::Both);
             let _ = sender.join();
             return Err(format!(
                 "{what}: client read failed after {} bytes (of {} sent): {e}",
