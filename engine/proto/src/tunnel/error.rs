@@ -59,7 +59,7 @@ pub enum Error {
         field: u32,
     },
     /// A message longer than the 2-byte length prefix can say (65535 bytes); only the encoder
-    /// meets it. Costs nothing on the wire: the frame is never sent.
+    /// meets it (the caller's error: nothing is sent).
     #[error("tunnel message of {len} bytes is longer than the frame limit of {max}")]
     MessageTooLong {
         /// The message's length without its prefix.
@@ -67,7 +67,8 @@ pub enum Error {
         /// [`super::MAX_MESSAGE`].
         max: usize,
     },
-    /// A caller's buffer is too small for what is to be written into it (encoder only).
+    /// A caller's buffer is too small for what is to be written into it (the encoder's; the
+    /// caller's error).
     #[error("buffer of {have} bytes cannot hold the {need} bytes to write")]
     BufferTooSmall {
         /// Bytes needed.
@@ -98,9 +99,9 @@ pub enum Error {
         /// The limit applied.
         max: usize,
     },
-    /// A serviceId longer than [`super::MAX_SERVICE_ID`] bytes, or with a byte outside
-    /// `[A-Za-z0-9:_-]`. Costs the connection (the service closes a peer that names a
-    /// service the tunnel does not have).
+    /// A service name a caller gives that is empty, longer than [`super::MAX_SERVICE_ID`]
+    /// bytes, or has a byte outside `[A-Za-z0-9:_-]` (the caller's error; a peer's serviceId
+    /// is checked against the tunnel's services by the session).
     #[error("tunnel serviceId of {len} bytes is not a service name (1 to {max} of [A-Za-z0-9:_-])")]
     BadServiceId {
         /// Its length in bytes.
@@ -111,7 +112,12 @@ pub enum Error {
 }
 
 impl Error {
-    /// What the error costs the peer that sent the bytes.
+    /// What the error costs the peer whose bytes were decoded or checked.
+    ///
+    /// The encoder's errors ([`Error::BufferTooSmall`], [`Error::MessageTooLong`], and those
+    /// of [`super::DataFraming::new`] and [`super::check_service_id`]) are the caller's, not a
+    /// peer's: nothing was sent, and `cost` has nothing to say about them (it says
+    /// [`Cost::Connection`]).
     pub fn cost(&self) -> Cost {
         match self {
             Error::PayloadTooLong { .. } => Cost::Stream,

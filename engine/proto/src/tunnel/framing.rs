@@ -27,6 +27,8 @@ impl FrameDecoder {
     /// Call with each piece of the stream as it arrives (say each WebSocket frame's unmasked
     /// payload); then call [`Frames::next_frame`] until it returns `None`, which means every
     /// byte of `input` is used: it is in the frames handed out or held for the next call.
+    /// Bytes of `input` not reached when the [`Frames`] is dropped are not taken.
+    #[must_use = "the frames are taken out with next_frame"]
     pub fn handle_bytes<'d, 'i>(&'d mut self, input: &'i [u8]) -> Frames<'d, 'i> {
         self.finish_handed_out();
         Frames {

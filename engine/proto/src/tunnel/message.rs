@@ -220,6 +220,12 @@ impl<'a> Message<'a> {
         }
     }
 
+    /// The connection the message is for, as a V3 receiver counts: a message without a
+    /// connectionId (from a V1 or V2 peer) is for connection 1 (reference §6).
+    pub fn connection(&self) -> u32 {
+        self.connection_id.max(1)
+    }
+
     /// Checks the protocol's rules that hold for every message, whoever sent it (§4, §5):
     /// a type other than UNKNOWN (0); a type the `receiver` version knows, unless ignorable;
     /// a non-zero streamId on stream-scoped types; a connectionId on CONNECTION_START and

@@ -53,9 +53,6 @@ pub const MAX_PAYLOAD: usize = 64512;
 /// name (1 to 128 characters of `[A-Za-z0-9:_-]`).
 pub const MAX_SERVICE_ID: usize = 128;
 
-/// The largest WebSocket frame payload the service sends or accepts, each direction (§3, §9).
-pub const MAX_WEBSOCKET_FRAME: usize = 131076;
-
 /// A message's `type`. Proto3 enums are open, so any `i32` is a `Type`; the constants are the
 /// ones `Message.proto` names.
 #[derive(Clone, Copy, Default, PartialEq, Eq, Hash)]

@@ -367,6 +367,9 @@ fn versions_say_what_they_write() {
     assert_eq!(Version::V3.ids("SSH1", 2), ("SSH1", 2));
     assert_eq!(Version::V2.ids("SSH1", 2), ("SSH1", 0));
     assert_eq!(Version::V1.ids("SSH1", 2), ("", 0));
+    // A V3 receiver counts a message without connectionId as connection 1.
+    assert_eq!(msg(Type::DATA, 1, "SSH1", 0).connection(), 1);
+    assert_eq!(msg(Type::DATA, 1, "SSH1", 3).connection(), 3);
     for v in Version::ALL {
         assert_eq!(Version::from_subprotocol(v.subprotocol()), Some(v));
     }
