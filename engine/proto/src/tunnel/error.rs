@@ -83,6 +83,16 @@ pub enum Error {
     /// only an ignorable one. Costs the connection (localproxy reconnects).
     #[error("tunnel message of unknown type {0:?} and not ignorable")]
     UnknownType(Type),
+    /// A type its sender may not send ([`Type::may_be_sent_by`]): SERVICE_IDS or
+    /// SESSION_RESET from a peer, STREAM_START or CONNECTION_START from the destination.
+    /// Costs the connection (the service closes it).
+    #[error("tunnel message {kind:?} may not come from the {sender:?}")]
+    NotFromSender {
+        /// The type.
+        kind: Type,
+        /// Who sent it.
+        sender: super::Sender,
+    },
     /// A stream-scoped type (DATA, STREAM_START, STREAM_RESET, CONNECTION_START,
     /// CONNECTION_RESET) with streamId 0. Costs the connection (the service closes it).
     #[error("tunnel message {0:?} with streamId 0")]

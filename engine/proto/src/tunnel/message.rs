@@ -2,7 +2,7 @@
 //! field from the input, encoding writes into the caller's buffer.
 
 use super::wire::{LEN, Reader, VARINT, Writer, varint_len};
-use super::{Error, LENGTH_PREFIX, MAX_MESSAGE, Type, Version};
+use super::{Error, LENGTH_PREFIX, MAX_MESSAGE, Sender, Type, Version};
 
 /// Field numbers of `Message.proto`.
 mod field {
@@ -226,18 +226,31 @@ impl<'a> Message<'a> {
         self.connection_id.max(1)
     }
 
-    /// Checks the protocol's rules that hold for every message, whoever sent it (§4, §5):
-    /// a type other than UNKNOWN (0); a type the `receiver` version knows, unless ignorable;
+    /// Checks the protocol's rules that hold for every message (§4, §5): a type other than
+    /// UNKNOWN (0); a type the `receiver` version knows, unless ignorable;
     /// a non-zero streamId on stream-scoped types; a connectionId on CONNECTION_START and
     /// CONNECTION_RESET; a DATA payload of at most `max_payload` bytes ([`super::MAX_PAYLOAD`] by the
     /// protocol; a receiver may tolerate up to what a frame can hold, §12.3).
     ///
+    /// `sender` may send its type ([`Type::may_be_sent_by`]).
+    ///
     /// `Ok(false)` means the message is of a type `receiver` does not know and is ignorable:
-    /// drop it. Who may send what (the relay's role rules) and which services exist are the
-    /// session's to check.
-    pub fn check(&self, receiver: Version, max_payload: usize) -> Result<bool, Error> {
+    /// drop it. Which services and streams exist, and whether a peer keeps to one format
+    /// (§4), are the session's to check.
+    pub fn check(
+        &self,
+        sender: Sender,
+        receiver: Version,
+        max_payload: usize,
+    ) -> Result<bool, Error> {
         if self.kind == Type::UNKNOWN {
             return Err(Error::NoType);
+        }
+        if !self.kind.may_be_sent_by(sender) {
+            return Err(Error::NotFromSender {
+                kind: self.kind,
+                sender,
+            });
         }
         if !receiver.knows(self.kind) {
             return if self.ignorable {

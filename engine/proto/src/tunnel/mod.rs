@@ -101,6 +101,21 @@ impl Type {
         }
     }
 
+    /// Whether `sender` may send it (reference §4, §5): SERVICE_IDS and SESSION_RESET come
+    /// from the relay only, STREAM_START and CONNECTION_START from the source only; DATA and
+    /// the resets from either peer, STREAM_RESET from the relay too. A type outside the schema
+    /// is for [`Message::check`] to judge (dropped if ignorable), so any sender may send it.
+    pub fn may_be_sent_by(self, sender: Sender) -> bool {
+        match self {
+            Type::SERVICE_IDS | Type::SESSION_RESET => sender == Sender::Relay,
+            Type::STREAM_START | Type::CONNECTION_START => sender == Sender::Source,
+            Type::DATA | Type::CONNECTION_RESET => sender != Sender::Relay,
+            Type::STREAM_RESET => true,
+            Type::UNKNOWN => false,
+            _ => true,
+        }
+    }
+
     /// Whether it names a stream, so needs a non-zero streamId.
     pub fn is_stream_scoped(self) -> bool {
         matches!(
@@ -121,6 +136,17 @@ impl fmt::Debug for Type {
             None => write!(f, "Type({})", self.0),
         }
     }
+}
+
+/// Who sent a message: one of a tunnel's two peers (by the mode it connected in), or the relay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Sender {
+    /// The peer in `source` mode: it accepts local connections and starts streams.
+    Source,
+    /// The peer in `destination` mode: it connects to the local service.
+    Destination,
+    /// The relay itself (SERVICE_IDS, SESSION_RESET, the STREAM_RESET of a replaced peer).
+    Relay,
 }
 
 /// Checks a service name a caller gives (to write as serviceId or in SERVICE_IDS): 1 to

@@ -54,6 +54,15 @@ fn expected() -> Vec<Message<'static>> {
     ]
 }
 
+/// Who sends each type of the vectors.
+fn sender_of(kind: Type) -> Sender {
+    if kind == Type::SERVICE_IDS {
+        Sender::Relay
+    } else {
+        Sender::Source
+    }
+}
+
 fn frame_of(message: &Message<'_>) -> Vec<u8> {
     let mut out = Vec::new();
     message.append_frame(&mut out).expect("encodes");
@@ -76,7 +85,11 @@ fn every_vector_decodes_as_described_and_reencodes_identically() {
         assert_eq!(&got, want, "{what}");
         assert!(frames.next_frame().is_none(), "{what}");
         assert_eq!(frame_of(want), *bytes, "{what}: re-encoded");
-        assert_eq!(want.check(Version::V3, MAX_PAYLOAD), Ok(true), "{what}");
+        assert_eq!(
+            want.check(sender_of(want.kind), Version::V3, MAX_PAYLOAD),
+            Ok(true),
+            "{what}"
+        );
     }
 }
 
@@ -296,7 +309,7 @@ fn malformed_messages_are_typed_errors() {
 fn check_applies_the_protocol_rules() {
     let max = MAX_PAYLOAD;
     assert_eq!(
-        Message::default().check(Version::V3, max),
+        Message::default().check(Sender::Source, Version::V3, max),
         Err(Error::NoType)
     );
     let future = Message {
@@ -304,7 +317,7 @@ fn check_applies_the_protocol_rules() {
         ..Message::default()
     };
     assert_eq!(
-        future.check(Version::V3, max),
+        future.check(Sender::Source, Version::V3, max),
         Err(Error::UnknownType(Type(9)))
     );
     assert_eq!(
@@ -312,18 +325,18 @@ fn check_applies_the_protocol_rules() {
             ignorable: true,
             ..future
         }
-        .check(Version::V3, max),
+        .check(Sender::Source, Version::V3, max),
         Ok(false)
     );
     // A V1 or V2 receiver does not know the V3 types.
     let start = msg(Type::CONNECTION_START, 1, "SSH1", 2);
-    assert_eq!(start.check(Version::V3, max), Ok(true));
+    assert_eq!(start.check(Sender::Source, Version::V3, max), Ok(true));
     assert_eq!(
-        start.check(Version::V2, max),
+        start.check(Sender::Source, Version::V2, max),
         Err(Error::UnknownType(Type::CONNECTION_START))
     );
     assert_eq!(
-        msg(Type::SERVICE_IDS, 0, "", 0).check(Version::V1, max),
+        msg(Type::SERVICE_IDS, 0, "", 0).check(Sender::Relay, Version::V1, max),
         Err(Error::UnknownType(Type::SERVICE_IDS))
     );
     for kind in [
@@ -333,21 +346,23 @@ fn check_applies_the_protocol_rules() {
         Type::CONNECTION_RESET,
     ] {
         assert_eq!(
-            msg(kind, 0, "", 1).check(Version::V3, max),
+            msg(kind, 0, "", 1).check(Sender::Source, Version::V3, max),
             Err(Error::NoStreamId(kind))
         );
     }
     assert_eq!(
-        msg(Type::SESSION_RESET, 0, "", 0).check(Version::V1, max),
+        msg(Type::SESSION_RESET, 0, "", 0).check(Sender::Relay, Version::V1, max),
         Ok(true)
     );
     assert_eq!(
-        msg(Type::CONNECTION_RESET, 1, "SSH1", 0).check(Version::V3, max),
+        msg(Type::CONNECTION_RESET, 1, "SSH1", 0).check(Sender::Source, Version::V3, max),
         Err(Error::NoConnectionId(Type::CONNECTION_RESET))
     );
     // A payload above 64512 costs the stream, unless the receiver tolerates it (§12.3).
     let long = vec![0u8; MAX_PAYLOAD + 1];
-    let err = data(1, "", 0, &long).check(Version::V1, max).unwrap_err();
+    let err = data(1, "", 0, &long)
+        .check(Sender::Source, Version::V1, max)
+        .unwrap_err();
     assert_eq!(
         err,
         Error::PayloadTooLong {
@@ -357,8 +372,44 @@ fn check_applies_the_protocol_rules() {
     );
     assert_eq!(err.cost(), Cost::Stream);
     assert_eq!(
-        data(1, "", 0, &long).check(Version::V1, MAX_MESSAGE),
+        data(1, "", 0, &long).check(Sender::Source, Version::V1, MAX_MESSAGE),
         Ok(true)
+    );
+}
+
+#[test]
+fn each_sender_sends_only_its_types() {
+    use Sender::*;
+    let allowed = |kind: Type| -> Vec<Sender> {
+        [Source, Destination, Relay]
+            .into_iter()
+            .filter(|s| kind.may_be_sent_by(*s))
+            .collect()
+    };
+    assert_eq!(allowed(Type::SERVICE_IDS), [Relay]);
+    assert_eq!(allowed(Type::SESSION_RESET), [Relay]);
+    assert_eq!(allowed(Type::STREAM_START), [Source]);
+    assert_eq!(allowed(Type::CONNECTION_START), [Source]);
+    assert_eq!(allowed(Type::DATA), [Source, Destination]);
+    assert_eq!(allowed(Type::CONNECTION_RESET), [Source, Destination]);
+    assert_eq!(allowed(Type::STREAM_RESET), [Source, Destination, Relay]);
+    assert_eq!(allowed(Type(42)), [Source, Destination, Relay]);
+    let start = msg(Type::STREAM_START, 1, "SSH1", 1);
+    let err = start
+        .check(Destination, Version::V3, MAX_PAYLOAD)
+        .unwrap_err();
+    assert_eq!(
+        err,
+        Error::NotFromSender {
+            kind: Type::STREAM_START,
+            sender: Destination
+        }
+    );
+    assert_eq!(err.cost(), Cost::Connection);
+    assert!(
+        msg(Type::SERVICE_IDS, 0, "", 0)
+            .check(Source, Version::V3, MAX_PAYLOAD)
+            .is_err()
     );
 }
 
@@ -495,7 +546,7 @@ impl Rng {
 /// the same message.
 fn decode_anything(bytes: &[u8]) {
     if let Ok(message) = Message::decode(bytes) {
-        let _ = message.check(Version::V3, MAX_PAYLOAD);
+        let _ = message.check(Sender::Source, Version::V3, MAX_PAYLOAD);
         let mut out = vec![0; message.encoded_len()];
         let len = message.encode(&mut out).expect("room");
         let again = Message::decode(&out[..len]).expect("re-decodes");
