@@ -127,6 +127,8 @@ pub(crate) enum Refusal {
     ClientTokenMismatch,
     #[error("tunnel {0} is closed")]
     TunnelClosed(String),
+    #[error("the client token is in use by another open tunnel")]
+    ClientTokenInUse,
     #[error("the tunnel registry is unavailable: {0}")]
     Unavailable(String),
 }
@@ -141,6 +143,7 @@ impl Refusal {
             | Refusal::TokenUsed
             | Refusal::ClientTokenMismatch => 403,
             Refusal::TunnelClosed(_) => 410,
+            Refusal::ClientTokenInUse => 409,
             Refusal::Unavailable(_) => 503,
         }
     }
@@ -302,6 +305,13 @@ impl Registry {
         if t.status == TunnelStatus::Closed {
             return Err(RegistryError::Closed(t.id));
         }
+        if let Some(c) = &client
+            && client_token_in_use(&**store, c, &t.id, now)?
+        {
+            return Err(RegistryError::Invalid(
+                "clientToken is in use by another open tunnel".into(),
+            ));
+        }
         let mut rotated = Rotated::default();
         for side in Side::BOTH.into_iter().filter(|s| sides.includes(*s)) {
             let token = new_token()?;
@@ -398,14 +408,23 @@ impl Registry {
             });
         }
         let given = client_token.map(TokenHash::of);
-        let peer = t.peer_mut(side);
-        let reconnect = peer.token_use.used;
-        match (peer.token_use.client, given) {
+        let token_use = t.peer(side).token_use;
+        let reconnect = token_use.used;
+        match (token_use.client, given) {
             (Some(bound), Some(given)) if bound.matches(&given) => {}
             (Some(_), _) => return Err(Refusal::ClientTokenMismatch),
-            (None, _) if peer.token_use.used => return Err(Refusal::TokenUsed),
-            (None, given) => peer.token_use.client = given,
+            (None, _) if token_use.used => return Err(Refusal::TokenUsed),
+            (None, None) => {}
+            (None, Some(given)) => {
+                let in_use =
+                    client_token_in_use(&**store, &given, &t.id, now).map_err(unavailable)?;
+                if in_use {
+                    return Err(Refusal::ClientTokenInUse);
+                }
+                t.peer_mut(side).token_use.client = Some(given);
+            }
         }
+        let peer = t.peer_mut(side);
         peer.token_use.used = true;
         peer.connected = true;
         peer.updated_at = now;
@@ -418,6 +437,30 @@ impl Registry {
             side,
             reconnect,
         })
+    }
+
+    /// Marks every side of every tunnel disconnected: for a relay that starts, since no
+    /// peer outlives the relay it was connected to. Returns how many sides it changed.
+    pub(crate) fn reset_connections(&self, now: Timestamp) -> Result<usize, RegistryError> {
+        let mut store = self.store();
+        let mut changed = 0;
+        for mut t in store.list()? {
+            let mut touched = false;
+            for side in Side::BOTH {
+                let peer = t.peer_mut(side);
+                if peer.connected {
+                    peer.connected = false;
+                    peer.updated_at = now;
+                    changed += 1;
+                    touched = true;
+                }
+            }
+            if touched {
+                t.last_updated_at = now;
+                store.put(&t)?;
+            }
+        }
+        Ok(changed)
     }
 
     /// The peer on `side` of tunnel `id` has gone. An unknown tunnel (deleted meanwhile) is
@@ -440,6 +483,20 @@ impl Registry {
         }
         Ok(())
     }
+}
+
+/// Whether an open tunnel other than `this` has a side bound to the client token with hash
+/// `client` (reference §2: a client token is unique among the open tunnels).
+fn client_token_in_use(
+    store: &dyn TunnelStore,
+    client: &TokenHash,
+    this: &str,
+    now: Timestamp,
+) -> Result<bool, StoreError> {
+    Ok(store
+        .find_by_client_token(client)?
+        .iter()
+        .any(|t| t.id != this && t.is_open_at(now)))
 }
 
 /// Marks `t` closed if it is open and its lifetime has ended; whether it did.

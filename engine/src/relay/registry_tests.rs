@@ -441,6 +441,9 @@ fn sqlite_survives_a_reopen_and_holds_no_token() {
         bytes.windows(32).any(|w| w == rotated.hash().0),
         "the rotated token's hash is not in the file"
     );
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&path).expect("stat").permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "{mode:o}");
     for leftover in ["relay.db-journal", "relay.db-wal"] {
         assert!(!path.with_file_name(leftover).exists(), "{leftover}");
     }
@@ -488,4 +491,84 @@ fn sqlite_survives_a_reopen_and_holds_no_token() {
     );
     drop(r);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Reference §2: a client token is unique among the open tunnels; a closed tunnel's no
+/// longer counts.
+#[test]
+fn a_client_token_belongs_to_one_open_tunnel() {
+    for (store, r) in registries() {
+        let a = r.open(ssh(), T0).expect("open");
+        let b = r.open(ssh(), T0).expect("open");
+        r.admit(
+            a.source_token.expose(),
+            Side::Source,
+            Some(CLIENT_A),
+            secs(1),
+        )
+        .expect("bind to tunnel a");
+        // The other side of the same tunnel may bring it too.
+        r.admit(
+            a.destination_token.expose(),
+            Side::Destination,
+            Some(CLIENT_A),
+            secs(1),
+        )
+        .expect("same tunnel");
+        let taken = r.admit(
+            b.source_token.expose(),
+            Side::Source,
+            Some(CLIENT_A),
+            secs(2),
+        );
+        assert_eq!(taken, Err(Refusal::ClientTokenInUse), "{store}");
+        assert_eq!(Refusal::ClientTokenInUse.status(), 409);
+        let rot = r.rotate(&b.tunnel_id, RotateSides::Both, Some(CLIENT_A), secs(2));
+        assert!(
+            matches!(&rot, Err(RegistryError::Invalid(m)) if m.contains("in use")),
+            "{store}: {rot:?}"
+        );
+        // The refusal did not spend b's token.
+        r.admit(
+            b.source_token.expose(),
+            Side::Source,
+            Some(CLIENT_B),
+            secs(2),
+        )
+        .expect("another client token");
+
+        r.close(&a.tunnel_id, false, secs(3)).expect("close a");
+        let c = r.open(ssh(), secs(3)).expect("open");
+        r.admit(
+            c.source_token.expose(),
+            Side::Source,
+            Some(CLIENT_A),
+            secs(4),
+        )
+        .expect("free again once a is closed");
+    }
+}
+
+#[test]
+fn reset_connections_after_a_restart() {
+    for (store, r) in registries() {
+        let a = r.open(ssh(), T0).expect("open");
+        let b = r.open(ssh(), T0).expect("open");
+        r.admit(a.source_token.expose(), Side::Source, None, secs(1))
+            .expect("admit");
+        r.admit(
+            a.destination_token.expose(),
+            Side::Destination,
+            None,
+            secs(1),
+        )
+        .expect("admit");
+        assert_eq!(r.reset_connections(secs(2)).expect("reset"), 2, "{store}");
+        let t = r.describe(&a.tunnel_id, secs(3)).expect("describe");
+        assert!(!t.source.connected && !t.destination.connected, "{store}");
+        assert_eq!((t.source.updated_at, t.last_updated_at), (secs(2), secs(2)));
+        let untouched = r.describe(&b.tunnel_id, secs(3)).expect("describe");
+        assert_eq!(untouched.last_updated_at, T0, "{store}");
+        assert_eq!(r.reset_connections(secs(4)).expect("reset"), 0, "{store}");
+    }
 }

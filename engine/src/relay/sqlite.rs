@@ -89,7 +89,12 @@ impl SqliteStore {
                     .create(dir)
                     .map_err(|e| StoreError(format!("{}: {e}", dir.display())))?;
             }
-            Connection::open(path).map_err(err)?
+            let db = Connection::open(path).map_err(err)?;
+            // Only hashes in it, but the tunnels' names and states are the operator's.
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+                .map_err(|e| StoreError(format!("{name}: {e}")))?;
+            db
         };
         let has_schema: bool = db
             .query_row(
@@ -178,6 +183,11 @@ impl TunnelStore for SqliteStore {
         Ok(self
             .query("WHERE source_token = ?1 OR destination_token = ?1", &[&h])?
             .pop())
+    }
+
+    fn find_by_client_token(&self, hash: &TokenHash) -> Result<Vec<Tunnel>, StoreError> {
+        let h = hash.0.to_vec();
+        self.query("WHERE source_client = ?1 OR destination_client = ?1", &[&h])
     }
 
     fn list(&self) -> Result<Vec<Tunnel>, StoreError> {

@@ -22,6 +22,8 @@ pub(crate) trait TunnelStore: Send {
     fn get(&self, id: &str) -> Result<Option<Tunnel>, StoreError>;
     /// The tunnel one of whose sides has the access token with this hash.
     fn find_by_token(&self, hash: &TokenHash) -> Result<Option<Tunnel>, StoreError>;
+    /// The tunnels one of whose sides is bound to the client token with this hash.
+    fn find_by_client_token(&self, hash: &TokenHash) -> Result<Vec<Tunnel>, StoreError>;
     /// Every tunnel, oldest first.
     fn list(&self) -> Result<Vec<Tunnel>, StoreError>;
     /// Forgets the tunnel with this id; whether there was one.
@@ -51,6 +53,18 @@ impl TunnelStore for MemoryStore {
             .values()
             .find(|t| t.source.token == *hash || t.destination.token == *hash)
             .cloned())
+    }
+
+    fn find_by_client_token(&self, hash: &TokenHash) -> Result<Vec<Tunnel>, StoreError> {
+        Ok(self
+            .tunnels
+            .values()
+            .filter(|t| {
+                t.source.token_use.client == Some(*hash)
+                    || t.destination.token_use.client == Some(*hash)
+            })
+            .cloned()
+            .collect())
     }
 
     fn list(&self) -> Result<Vec<Tunnel>, StoreError> {
