@@ -35,6 +35,8 @@ CREATE TABLE tunnels (
     destination_connected INTEGER NOT NULL,
     destination_updated_at INTEGER NOT NULL
 );
+CREATE INDEX tunnels_source_client ON tunnels (source_client);
+CREATE INDEX tunnels_destination_client ON tunnels (destination_client);
 ";
 
 const COLUMNS: &str = "id, description, thing_name, services, lifetime_minutes, status, \
@@ -96,6 +98,14 @@ impl SqliteStore {
                 .map_err(|e| StoreError(format!("{name}: {e}")))?;
             db
         };
+        // One fsync per change (of the log) instead of several, and readers that do not
+        // wait for a writer; on a clean close SQLite folds the log back into the file.
+        // `:memory:` answers "memory" and keeps its journal in memory.
+        let _mode: String = db
+            .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+            .map_err(err)?;
+        db.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(err)?;
         let has_schema: bool = db
             .query_row(
                 "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'",
