@@ -87,6 +87,7 @@ pub mod logging;
 mod metrics;
 mod modes;
 mod probe;
+mod relay;
 mod shard;
 mod stats;
 mod sys;

@@ -1,0 +1,581 @@
+//! The tunnel API: HTTP/1.1 and JSON on hyper, on a current-thread tokio runtime of its own
+//! thread (as the metrics endpoint). Paths and field names mirror AWS IoT Secure
+//! Tunneling's API, so scripts written against `aws iotsecuretunneling` port with a URL
+//! change:
+//!
+//! | Call | AWS | Answer |
+//! |---|---|---|
+//! | `POST /tunnels` | OpenTunnel | `tunnelId`, `sourceAccessToken`, `destinationAccessToken` |
+//! | `GET /tunnels[?thingName=T]` | ListTunnels | `tunnelSummaries` |
+//! | `GET /tunnels/{id}` | DescribeTunnel | `tunnel` |
+//! | `POST /tunnels/{id}/rotate` | RotateTunnelAccessToken | the new token(s) |
+//! | `POST /tunnels/{id}/close` | CloseTunnel (`{"delete": true}` forgets it too) | `{}` |
+//! | `DELETE /tunnels/{id}` | CloseTunnel with `delete` | `{}` |
+//!
+//! Errors are `{"message": "..."}` with 400 (bad JSON or field), 401 (API token missing or
+//! wrong), 404 (unknown path or tunnel id), 405, 408 (body too slow), 409 (the tunnel is
+//! closed), 413 (body over [`MAX_BODY`]) or 503 (the store failed).
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{
+    ALLOW, AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, HeaderValue, WWW_AUTHENTICATE,
+};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+use tokio::sync::{Semaphore, oneshot};
+
+use super::registry::{OpenRequest, Registry, RegistryError, RotateSides};
+use super::secret::{Secret, secret_matches};
+use super::tunnel::{Peer, Timestamp, Tunnel};
+use crate::error::{Error, Result};
+
+/// How long a connection may take to send a request head (an idle keep-alive connection
+/// included) before it is closed.
+pub(crate) const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a request body may take to arrive.
+pub(crate) const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The largest request body accepted (an OpenTunnel body is a few hundred bytes).
+pub(crate) const MAX_BODY: usize = 64 * 1024;
+
+/// Connections served at once; more are closed as soon as they are accepted.
+pub(crate) const MAX_CONNECTIONS: usize = 64;
+
+/// The API server's thread; stops (closing its port and every connection) when dropped.
+pub(crate) struct ApiServer {
+    addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for ApiServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiServer")
+            .field("addr", &self.addr)
+            .finish()
+    }
+}
+
+/// What each request needs.
+struct Shared {
+    registry: Arc<Registry>,
+    /// `Authorization: Bearer` must carry it, when set.
+    api_token: Option<Secret>,
+}
+
+impl ApiServer {
+    /// Binds `addr` (an error names it) and serves the API for `registry` on a new thread;
+    /// with `api_token`, every request must carry `Authorization: Bearer <api_token>`.
+    pub(crate) fn start(
+        addr: SocketAddr,
+        registry: Arc<Registry>,
+        api_token: Option<Secret>,
+    ) -> Result<Self> {
+        let io_err = |context: &str| {
+            let context = context.to_string();
+            move |source| Error::Io { context, source }
+        };
+        let listener =
+            std::net::TcpListener::bind(addr).map_err(|source| Error::Listen { addr, source })?;
+        let addr = listener.local_addr().unwrap_or(addr);
+        listener
+            .set_nonblocking(true)
+            .map_err(io_err("tunnel API listener"))?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .enable_time()
+            .build()
+            .map_err(io_err("tunnel API runtime"))?;
+        let (stop, stopped) = oneshot::channel::<()>();
+        let shared = Arc::new(Shared {
+            registry,
+            api_token,
+        });
+        let thread = std::thread::Builder::new()
+            .name("tunnel-api".into())
+            .spawn(move || {
+                runtime.block_on(async move {
+                    match tokio::net::TcpListener::from_std(listener) {
+                        Ok(listener) => {
+                            tokio::spawn(accept_loop(listener, shared));
+                        }
+                        Err(e) => tracing::error!(error = %e, "tunnel API not started"),
+                    }
+                    let _ = stopped.await;
+                });
+                // Dropping the runtime cancels every connection task, closing its socket.
+                drop(runtime);
+            })
+            .map_err(io_err("spawn tunnel API thread"))?;
+        tracing::info!(addr = %addr, "tunnel API at http://{addr}/tunnels");
+        Ok(Self {
+            addr,
+            stop: Some(stop),
+            thread: Some(thread),
+        })
+    }
+
+    /// The address it listens on.
+    pub(crate) fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+impl Drop for ApiServer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+async fn accept_loop(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                // EMFILE and the like: wait a little instead of spinning on the error.
+                tracing::debug!(error = %e, "tunnel API accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::debug!(%peer, "tunnel API: too many connections; closing this one");
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req| {
+                let shared = shared.clone();
+                async move { Ok::<_, Infallible>(respond(req, &shared, peer).await) }
+            });
+            let served = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+            if let Err(e) = served {
+                tracing::debug!(%peer, error = %e, "tunnel API connection ended");
+            }
+            drop(slot);
+        });
+    }
+}
+
+/// An answer: a status and a JSON body.
+struct Answer {
+    status: StatusCode,
+    body: Value,
+    /// It shows access tokens: no cache may keep it.
+    secret: bool,
+    allow: Option<&'static str>,
+}
+
+impl Answer {
+    fn ok(body: Value) -> Self {
+        Self {
+            status: StatusCode::OK,
+            body,
+            secret: false,
+            allow: None,
+        }
+    }
+
+    fn error(status: StatusCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            body: json!({ "message": message.into() }),
+            secret: false,
+            allow: None,
+        }
+    }
+}
+
+impl From<RegistryError> for Answer {
+    fn from(e: RegistryError) -> Self {
+        let status = match e {
+            RegistryError::Invalid(_) => StatusCode::BAD_REQUEST,
+            RegistryError::NotFound(_) => StatusCode::NOT_FOUND,
+            RegistryError::Closed(_) => StatusCode::CONFLICT,
+            RegistryError::Store(_) | RegistryError::Random(_) => {
+                tracing::warn!(error = %e, "tunnel API: registry failed");
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+        };
+        Answer::error(status, e.to_string())
+    }
+}
+
+async fn respond(
+    req: Request<Incoming>,
+    shared: &Shared,
+    peer: SocketAddr,
+) -> Response<Full<Bytes>> {
+    let answer = route(req, shared, peer).await;
+    let mut r = Response::new(Full::new(Bytes::from(answer.body.to_string())));
+    *r.status_mut() = answer.status;
+    let h = r.headers_mut();
+    h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    if answer.secret {
+        h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+    if answer.status == StatusCode::UNAUTHORIZED {
+        h.insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    }
+    if let Some(allow) = answer.allow {
+        h.insert(ALLOW, HeaderValue::from_static(allow));
+    }
+    r
+}
+
+async fn route(req: Request<Incoming>, shared: &Shared, peer: SocketAddr) -> Answer {
+    if let Some(expected) = &shared.api_token
+        && !authorized(&req, expected)
+    {
+        tracing::debug!(%peer, "tunnel API: request without the API token refused");
+        return Answer::error(
+            StatusCode::UNAUTHORIZED,
+            "this API needs the header Authorization: Bearer <API token>",
+        );
+    }
+    let path = req.uri().path().to_string();
+    let query = req.uri().query().unwrap_or("").to_string();
+    let method = req.method().clone();
+    let segments: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
+    let registry = &shared.registry;
+    let now = Timestamp::now();
+    let not_allowed = |allow: &'static str| Answer {
+        allow: Some(allow),
+        ..Answer::error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!("{method} is not allowed on {path}; use {allow}"),
+        )
+    };
+    match segments.as_slice() {
+        ["tunnels"] => match method {
+            Method::GET => list(registry, &query, now),
+            Method::POST => match body::<OpenBody>(req).await {
+                Ok(b) => open(registry, b, now),
+                Err(a) => a,
+            },
+            _ => not_allowed("GET, POST"),
+        },
+        ["tunnels", id] => match method {
+            Method::GET => match registry.describe(id, now) {
+                Ok(t) => Answer::ok(json!({ "tunnel": tunnel_json(&t) })),
+                Err(e) => e.into(),
+            },
+            Method::DELETE => close(registry, id, true, now),
+            _ => not_allowed("GET, DELETE"),
+        },
+        ["tunnels", id, "rotate"] => match method {
+            Method::POST => match body::<RotateBody>(req).await {
+                Ok(b) => rotate(registry, id, b, now),
+                Err(a) => a,
+            },
+            _ => not_allowed("POST"),
+        },
+        ["tunnels", id, "close"] => match method {
+            Method::POST => match body::<CloseBody>(req).await {
+                Ok(b) => close(registry, id, b.delete.unwrap_or(false), now),
+                Err(a) => a,
+            },
+            _ => not_allowed("POST"),
+        },
+        _ => Answer::error(
+            StatusCode::NOT_FOUND,
+            format!("no such path {path:?}; the tunnel API is under /tunnels"),
+        ),
+    }
+}
+
+/// Whether `Authorization: Bearer <token>` carries `expected` (compared in constant time).
+fn authorized(req: &Request<Incoming>, expected: &Secret) -> bool {
+    let mut values = req.headers().get_all(AUTHORIZATION).iter();
+    let (Some(value), None) = (values.next(), values.next()) else {
+        return false;
+    };
+    let Some(given) = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim())
+    else {
+        return false;
+    };
+    secret_matches(given, expected)
+}
+
+/// The request body as `T`; an empty body is `{}`.
+async fn body<T: serde::de::DeserializeOwned>(
+    req: Request<Incoming>,
+) -> std::result::Result<T, Answer> {
+    let collected = tokio::time::timeout(
+        BODY_READ_TIMEOUT,
+        Limited::new(req.into_body(), MAX_BODY).collect(),
+    )
+    .await;
+    let bytes = match collected {
+        Err(_) => {
+            return Err(Answer::error(
+                StatusCode::REQUEST_TIMEOUT,
+                format!("the request body did not arrive within {BODY_READ_TIMEOUT:?}"),
+            ));
+        }
+        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => {
+            return Err(Answer::error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("the request body is over {MAX_BODY} bytes"),
+            ));
+        }
+        Ok(Err(e)) => {
+            return Err(Answer::error(
+                StatusCode::BAD_REQUEST,
+                format!("reading the request body: {e}"),
+            ));
+        }
+        Ok(Ok(b)) => b.to_bytes(),
+    };
+    let text: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
+        b"{}"
+    } else {
+        &bytes
+    };
+    let bad = |why: String| {
+        Answer::error(
+            StatusCode::BAD_REQUEST,
+            format!("the request body is not the JSON this call takes{why}"),
+        )
+    };
+    let mut json = serde_json::Deserializer::from_slice(text);
+    let value = serde_path_to_error::deserialize(&mut json).map_err(|e| {
+        let path = e.path().to_string();
+        let at = if path == "." {
+            String::new()
+        } else {
+            format!(" at {path}")
+        };
+        bad(format!("{at}: {}", e.inner()))
+    })?;
+    // Nothing but whitespace may follow the value.
+    json.end().map_err(|e| bad(format!(": {e}")))?;
+    Ok(value)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct OpenBody {
+    description: Option<String>,
+    destination_config: Option<DestinationConfig>,
+    timeout_config: Option<TimeoutConfig>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct DestinationConfig {
+    thing_name: Option<String>,
+    services: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct TimeoutConfig {
+    max_lifetime_timeout_minutes: Option<u32>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RotateBody {
+    client_mode: ClientMode,
+    client_token: Option<String>,
+}
+
+#[derive(Deserialize, Clone, Copy)]
+#[serde(rename_all = "UPPERCASE")]
+enum ClientMode {
+    Source,
+    Destination,
+    All,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CloseBody {
+    delete: Option<bool>,
+}
+
+fn open(registry: &Registry, b: OpenBody, now: Timestamp) -> Answer {
+    let (thing_name, services) = b
+        .destination_config
+        .map(|d| (d.thing_name, d.services))
+        .unwrap_or_default();
+    let req = OpenRequest {
+        description: b.description,
+        thing_name,
+        services,
+        lifetime_minutes: b
+            .timeout_config
+            .and_then(|t| t.max_lifetime_timeout_minutes),
+    };
+    match registry.open(req, now) {
+        Ok(o) => {
+            tracing::info!(tunnel = %o.tunnel_id, "tunnel opened");
+            Answer {
+                secret: true,
+                ..Answer::ok(json!({
+                    "tunnelId": o.tunnel_id,
+                    "sourceAccessToken": o.source_token.expose(),
+                    "destinationAccessToken": o.destination_token.expose(),
+                }))
+            }
+        }
+        Err(e) => e.into(),
+    }
+}
+
+fn list(registry: &Registry, query: &str, now: Timestamp) -> Answer {
+    let mut thing = None;
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        match pair.split_once('=') {
+            Some(("thingName", v)) => match percent_decode(v) {
+                Some(v) => thing = Some(v),
+                None => {
+                    return Answer::error(
+                        StatusCode::BAD_REQUEST,
+                        "thingName is not valid percent-encoded UTF-8",
+                    );
+                }
+            },
+            _ => {
+                return Answer::error(
+                    StatusCode::BAD_REQUEST,
+                    format!("unknown query parameter {pair:?}; GET /tunnels takes thingName"),
+                );
+            }
+        }
+    }
+    match registry.list(thing.as_deref(), now) {
+        Ok(all) => {
+            let summaries: Vec<Value> = all.iter().map(summary_json).collect();
+            Answer::ok(json!({ "tunnelSummaries": summaries }))
+        }
+        Err(e) => e.into(),
+    }
+}
+
+fn rotate(registry: &Registry, id: &str, b: RotateBody, now: Timestamp) -> Answer {
+    let sides = match b.client_mode {
+        ClientMode::Source => RotateSides::Source,
+        ClientMode::Destination => RotateSides::Destination,
+        ClientMode::All => RotateSides::Both,
+    };
+    match registry.rotate(id, sides, b.client_token.as_deref(), now) {
+        Ok(r) => {
+            tracing::info!(tunnel = %id, ?sides, "tunnel access tokens rotated");
+            let mut body = Map::new();
+            body.insert("tunnelId".into(), id.into());
+            if let Some(t) = &r.source_token {
+                body.insert("sourceAccessToken".into(), t.expose().into());
+            }
+            if let Some(t) = &r.destination_token {
+                body.insert("destinationAccessToken".into(), t.expose().into());
+            }
+            Answer {
+                secret: true,
+                ..Answer::ok(Value::Object(body))
+            }
+        }
+        Err(e) => e.into(),
+    }
+}
+
+fn close(registry: &Registry, id: &str, delete: bool, now: Timestamp) -> Answer {
+    match registry.close(id, delete, now) {
+        Ok(()) => {
+            tracing::info!(tunnel = %id, delete, "tunnel closed");
+            Answer::ok(json!({}))
+        }
+        Err(e) => e.into(),
+    }
+}
+
+/// `DescribeTunnel`'s `tunnel`: everything but the tokens.
+fn tunnel_json(t: &Tunnel) -> Value {
+    let state = |p: &Peer| {
+        json!({
+            "status": if p.connected { "CONNECTED" } else { "DISCONNECTED" },
+            "lastUpdatedAt": p.updated_at.epoch_seconds(),
+        })
+    };
+    let mut destination = Map::new();
+    if let Some(thing) = &t.thing_name {
+        destination.insert("thingName".into(), thing.as_str().into());
+    }
+    destination.insert("services".into(), t.services.clone().into());
+    let mut v = summary_json(t);
+    let o = v.as_object_mut().expect("an object");
+    o.insert("sourceConnectionState".into(), state(&t.source));
+    o.insert("destinationConnectionState".into(), state(&t.destination));
+    o.insert("destinationConfig".into(), Value::Object(destination));
+    o.insert(
+        "timeoutConfig".into(),
+        json!({ "maxLifetimeTimeoutMinutes": t.lifetime_minutes }),
+    );
+    v
+}
+
+/// `ListTunnels`' `TunnelSummary`.
+fn summary_json(t: &Tunnel) -> Value {
+    let mut o = Map::new();
+    o.insert("tunnelId".into(), t.id.as_str().into());
+    o.insert("status".into(), t.status.as_str().into());
+    if let Some(d) = &t.description {
+        o.insert("description".into(), d.as_str().into());
+    }
+    o.insert("createdAt".into(), t.created_at.epoch_seconds().into());
+    o.insert(
+        "lastUpdatedAt".into(),
+        t.last_updated_at.epoch_seconds().into(),
+    );
+    Value::Object(o)
+}
+
+/// `%XX` and `+` decoded; `None` for a bad escape or bytes that are not UTF-8.
+fn percent_decode(s: &str) -> Option<String> {
+    let mut out = Vec::with_capacity(s.len());
+    let mut bytes = s.bytes();
+    while let Some(b) = bytes.next() {
+        match b {
+            b'%' => {
+                let hi = (bytes.next()? as char).to_digit(16)?;
+                let lo = (bytes.next()? as char).to_digit(16)?;
+                out.push(u8::try_from(hi * 16 + lo).ok()?);
+            }
+            b'+' => out.push(b' '),
+            b => out.push(b),
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+#[cfg(test)]
+#[path = "api_tests.rs"]
+mod tests;

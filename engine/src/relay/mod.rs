@@ -1,0 +1,15 @@
+//! The relay's control side: the tunnel registry (tunnels, access tokens, lifetimes), its
+//! storage, and the HTTP API that opens, lists, describes, rotates and closes tunnels.
+//!
+//! Not here: the data plane (TLS + WebSocket endpoint, pairing peers, passing tunnel
+//! frames), which runs on the shards and asks [`registry::Registry::admit`] whether a peer
+//! may join. See `docs/relay.md`.
+// Wired into the relay command in the next step.
+#![allow(dead_code)]
+
+pub(crate) mod api;
+pub(crate) mod registry;
+pub(crate) mod secret;
+pub(crate) mod sqlite;
+pub(crate) mod store;
+pub(crate) mod tunnel;

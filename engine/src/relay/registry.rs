@@ -1,0 +1,527 @@
+//! The tunnel registry: opens, lists, describes, rotates, closes and expires tunnels, and
+//! decides whether a peer that presents an access token may connect ([`Registry::admit`]).
+//! It reads no clock (every call takes `now`) and keeps its records in a [`TunnelStore`].
+
+use std::sync::Mutex;
+
+use super::secret::{RandomError, Secret, TokenHash, new_token, new_tunnel_id};
+use super::store::{StoreError, TunnelStore};
+use super::tunnel::{Peer, Side, Timestamp, Tunnel, TunnelStatus};
+
+/// What an operator may change; the defaults are AWS IoT Secure Tunneling's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Limits {
+    /// The lifetime of a tunnel opened without `timeoutConfig` (AWS: 720 minutes, 12 h).
+    pub(crate) default_lifetime_minutes: u32,
+    /// The longest `maxLifetimeTimeoutMinutes` accepted (AWS: 720).
+    pub(crate) max_lifetime_minutes: u32,
+    /// Services per tunnel (AWS's default quota: 3).
+    pub(crate) max_services: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            default_lifetime_minutes: 720,
+            max_lifetime_minutes: 720,
+            max_services: 3,
+        }
+    }
+}
+
+/// `OpenTunnel`'s input.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct OpenRequest {
+    pub(crate) description: Option<String>,
+    pub(crate) thing_name: Option<String>,
+    pub(crate) services: Vec<String>,
+    /// `None`: [`Limits::default_lifetime_minutes`].
+    pub(crate) lifetime_minutes: Option<u32>,
+}
+
+/// A new tunnel's id and its two access tokens, shown this once.
+#[derive(Debug)]
+pub(crate) struct Opened {
+    pub(crate) tunnel_id: String,
+    pub(crate) source_token: Secret,
+    pub(crate) destination_token: Secret,
+}
+
+/// Which tokens a rotation replaces (AWS's `clientMode`: `SOURCE`, `DESTINATION`, `ALL`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum RotateSides {
+    Source,
+    Destination,
+    Both,
+}
+
+impl RotateSides {
+    fn includes(self, side: Side) -> bool {
+        matches!(
+            (self, side),
+            (RotateSides::Both, _)
+                | (RotateSides::Source, Side::Source)
+                | (RotateSides::Destination, Side::Destination)
+        )
+    }
+}
+
+/// The new tokens of a rotation, shown this once.
+#[derive(Debug, Default)]
+pub(crate) struct Rotated {
+    pub(crate) source_token: Option<Secret>,
+    pub(crate) destination_token: Option<Secret>,
+}
+
+/// A failed registry call, by what the caller did wrong (or not).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum RegistryError {
+    /// The request itself is wrong (a field out of range, a bad name): HTTP 400.
+    #[error("{0}")]
+    Invalid(String),
+    /// No tunnel has this id: HTTP 404.
+    #[error("no tunnel has the id {0:?}")]
+    NotFound(String),
+    /// The call needs an open tunnel: HTTP 409.
+    #[error("tunnel {0} is closed")]
+    Closed(String),
+    /// The store failed: HTTP 503.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// No randomness for a token: HTTP 503.
+    #[error(transparent)]
+    Random(#[from] RandomError),
+}
+
+/// A peer admitted to a tunnel.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Admission {
+    pub(crate) tunnel_id: String,
+    pub(crate) side: Side,
+    /// What `SERVICE_IDS` carries.
+    pub(crate) services: Vec<String>,
+    /// The token had been used before (a reconnect with its client token): a peer on this
+    /// side, if still there, is being replaced, and the other peer gets `STREAM_RESET`s.
+    pub(crate) reconnect: bool,
+    /// When the tunnel's lifetime ends (the relay closes both peers then).
+    pub(crate) expires_at: Timestamp,
+}
+
+/// Why a peer was not admitted. Each maps to the HTTP status of the upgrade's answer
+/// ([`Refusal::status`]): 4xx for what retrying cannot fix (the AWS local proxy gives up),
+/// 503 for trouble that may pass (it retries every 2.5 s).
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum Refusal {
+    #[error("the client token is not 32 to 128 characters of [a-zA-Z0-9-]")]
+    BadClientToken,
+    #[error("no open tunnel has this access token")]
+    UnknownToken,
+    #[error("the access token is for {token} mode, the peer asked for {asked}")]
+    WrongMode {
+        token: &'static str,
+        asked: &'static str,
+    },
+    #[error("the access token was used already and no client token was given with it")]
+    TokenUsed,
+    #[error("the access token is bound to another client token")]
+    ClientTokenMismatch,
+    #[error("tunnel {0} is closed")]
+    TunnelClosed(String),
+    #[error("the client token is in use by another open tunnel")]
+    ClientTokenInUse,
+    #[error("the tunnel registry is unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl Refusal {
+    /// The HTTP status the relay answers the upgrade with.
+    pub(crate) fn status(&self) -> u16 {
+        match self {
+            Refusal::BadClientToken => 400,
+            Refusal::UnknownToken
+            | Refusal::WrongMode { .. }
+            | Refusal::TokenUsed
+            | Refusal::ClientTokenMismatch => 403,
+            Refusal::TunnelClosed(_) => 410,
+            Refusal::ClientTokenInUse => 409,
+            Refusal::Unavailable(_) => 503,
+        }
+    }
+}
+
+/// The registry. Its calls may come from the API server's thread and the shards at once;
+/// each is one short critical section on the store.
+pub(crate) struct Registry {
+    store: Mutex<Box<dyn TunnelStore>>,
+    limits: Limits,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registry")
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Registry {
+    pub(crate) fn new(store: Box<dyn TunnelStore>, limits: Limits) -> Self {
+        Self {
+            store: Mutex::new(store),
+            limits,
+        }
+    }
+
+    fn store(&self) -> std::sync::MutexGuard<'_, Box<dyn TunnelStore>> {
+        // A panic while holding the lock leaves at worst one record unwritten; the store
+        // itself stays consistent (each put is one statement), so carry on.
+        self.store.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Opens a tunnel (`OpenTunnel`).
+    pub(crate) fn open(&self, req: OpenRequest, now: Timestamp) -> Result<Opened, RegistryError> {
+        self.validate(&req)?;
+        let lifetime = req
+            .lifetime_minutes
+            .unwrap_or(self.limits.default_lifetime_minutes);
+        let (source_token, destination_token) = (new_token()?, new_token()?);
+        let tunnel = Tunnel {
+            id: new_tunnel_id()?,
+            description: req.description,
+            thing_name: req.thing_name,
+            services: req.services,
+            lifetime_minutes: lifetime,
+            status: TunnelStatus::Open,
+            created_at: now,
+            last_updated_at: now,
+            source: Peer::new(source_token.hash(), None, now),
+            destination: Peer::new(destination_token.hash(), None, now),
+        };
+        self.store().put(&tunnel)?;
+        Ok(Opened {
+            tunnel_id: tunnel.id,
+            source_token,
+            destination_token,
+        })
+    }
+
+    fn validate(&self, req: &OpenRequest) -> Result<(), RegistryError> {
+        let invalid = |m: String| Err(RegistryError::Invalid(m));
+        let max = self.limits.max_lifetime_minutes;
+        if let Some(m) = req.lifetime_minutes
+            && !(1..=max).contains(&m)
+        {
+            return invalid(format!(
+                "timeoutConfig.maxLifetimeTimeoutMinutes is {m}; it must be 1 to {max}"
+            ));
+        }
+        if req.services.len() > self.limits.max_services {
+            return invalid(format!(
+                "destinationConfig.services has {} services; at most {} are allowed",
+                req.services.len(),
+                self.limits.max_services
+            ));
+        }
+        for (i, s) in req.services.iter().enumerate() {
+            if !valid_name(s) {
+                return invalid(format!(
+                    "destinationConfig.services: {s:?} is not 1 to 128 characters of \
+                     [a-zA-Z0-9:_-]"
+                ));
+            }
+            if req.services[..i].contains(s) {
+                return invalid(format!("destinationConfig.services names {s:?} twice"));
+            }
+        }
+        if let Some(t) = &req.thing_name
+            && !valid_name(t)
+        {
+            return invalid(format!(
+                "destinationConfig.thingName {t:?} is not 1 to 128 characters of [a-zA-Z0-9:_-]"
+            ));
+        }
+        if let Some(d) = &req.description
+            && (d.chars().count() > 2048 || d.chars().any(char::is_control))
+        {
+            return invalid(
+                "description must be at most 2048 characters, without control characters".into(),
+            );
+        }
+        Ok(())
+    }
+
+    /// Every tunnel (`ListTunnels`), oldest first; those of `thing_name` only if given.
+    /// Tunnels whose lifetime ended are closed first.
+    pub(crate) fn list(
+        &self,
+        thing_name: Option<&str>,
+        now: Timestamp,
+    ) -> Result<Vec<Tunnel>, RegistryError> {
+        self.expire(now)?;
+        let mut all = self.store().list()?;
+        if let Some(thing) = thing_name {
+            all.retain(|t| t.thing_name.as_deref() == Some(thing));
+        }
+        Ok(all)
+    }
+
+    /// One tunnel (`DescribeTunnel`), closed first if its lifetime ended.
+    pub(crate) fn describe(&self, id: &str, now: Timestamp) -> Result<Tunnel, RegistryError> {
+        let mut store = self.store();
+        let mut t = store
+            .get(id)?
+            .ok_or_else(|| RegistryError::NotFound(id.to_string()))?;
+        if close_if_expired(&mut t, now) {
+            store.put(&t)?;
+        }
+        Ok(t)
+    }
+
+    /// New access tokens for `sides` (`RotateTunnelAccessToken`); the old ones stop working
+    /// at once. With `client_token`, only a peer that brings it may use the new tokens.
+    pub(crate) fn rotate(
+        &self,
+        id: &str,
+        sides: RotateSides,
+        client_token: Option<&str>,
+        now: Timestamp,
+    ) -> Result<Rotated, RegistryError> {
+        let client = match client_token {
+            Some(c) if !valid_client_token(c) => {
+                return Err(RegistryError::Invalid(
+                    "clientToken must be 32 to 128 characters of [a-zA-Z0-9-]".into(),
+                ));
+            }
+            Some(c) => Some(TokenHash::of(c)),
+            None => None,
+        };
+        let mut store = self.store();
+        let mut t = store
+            .get(id)?
+            .ok_or_else(|| RegistryError::NotFound(id.to_string()))?;
+        if close_if_expired(&mut t, now) {
+            store.put(&t)?;
+        }
+        if t.status == TunnelStatus::Closed {
+            return Err(RegistryError::Closed(t.id));
+        }
+        if let Some(c) = &client
+            && client_token_in_use(&**store, c, &t.id, now)?
+        {
+            return Err(RegistryError::Invalid(
+                "clientToken is in use by another open tunnel".into(),
+            ));
+        }
+        let mut rotated = Rotated::default();
+        for side in Side::BOTH.into_iter().filter(|s| sides.includes(*s)) {
+            let token = new_token()?;
+            let peer = t.peer_mut(side);
+            let connected = peer.connected;
+            *peer = Peer::new(token.hash(), client, now);
+            // The relay drops a peer connected with the old token; until it reports that,
+            // the peer is still there.
+            peer.connected = connected;
+            match side {
+                Side::Source => rotated.source_token = Some(token),
+                Side::Destination => rotated.destination_token = Some(token),
+            }
+        }
+        t.last_updated_at = now;
+        store.put(&t)?;
+        Ok(rotated)
+    }
+
+    /// Closes a tunnel (`CloseTunnel`); closing a closed tunnel is not an error. With
+    /// `delete`, the record goes too.
+    pub(crate) fn close(
+        &self,
+        id: &str,
+        delete: bool,
+        now: Timestamp,
+    ) -> Result<(), RegistryError> {
+        let mut store = self.store();
+        let mut t = store
+            .get(id)?
+            .ok_or_else(|| RegistryError::NotFound(id.to_string()))?;
+        if delete {
+            store.remove(id)?;
+            return Ok(());
+        }
+        if t.status == TunnelStatus::Open {
+            t.status = TunnelStatus::Closed;
+            t.last_updated_at = now;
+            store.put(&t)?;
+        }
+        Ok(())
+    }
+
+    /// Closes every open tunnel whose lifetime ended by `now`; returns their ids, so the
+    /// relay can send both peers a close frame.
+    pub(crate) fn expire(&self, now: Timestamp) -> Result<Vec<String>, RegistryError> {
+        let mut store = self.store();
+        let mut closed = Vec::new();
+        for mut t in store.list()? {
+            if close_if_expired(&mut t, now) {
+                store.put(&t)?;
+                closed.push(t.id);
+            }
+        }
+        Ok(closed)
+    }
+
+    /// Whether a peer that presents `token` in `mode` (with `client_token`, if it sent one)
+    /// may join its tunnel; if so, its side is marked connected and the token's use is
+    /// recorded (reference §2: single-use, unless bound to a client token).
+    pub(crate) fn admit(
+        &self,
+        token: &str,
+        mode: Side,
+        client_token: Option<&str>,
+        now: Timestamp,
+    ) -> Result<Admission, Refusal> {
+        if client_token.is_some_and(|c| !valid_client_token(c)) {
+            return Err(Refusal::BadClientToken);
+        }
+        let hash = TokenHash::of(token);
+        let unavailable = |e: StoreError| Refusal::Unavailable(e.0);
+        let mut store = self.store();
+        let mut t = store
+            .find_by_token(&hash)
+            .map_err(unavailable)?
+            .ok_or(Refusal::UnknownToken)?;
+        // The store found it by hash; compare again in constant time, which also covers a
+        // store whose lookup is not an exact match.
+        let side = Side::BOTH
+            .into_iter()
+            .find(|s| t.peer(*s).token.matches(&hash))
+            .ok_or(Refusal::UnknownToken)?;
+        if close_if_expired(&mut t, now) {
+            store.put(&t).map_err(unavailable)?;
+        }
+        if t.status == TunnelStatus::Closed {
+            return Err(Refusal::TunnelClosed(t.id));
+        }
+        if side != mode {
+            return Err(Refusal::WrongMode {
+                token: side.as_str(),
+                asked: mode.as_str(),
+            });
+        }
+        let given = client_token.map(TokenHash::of);
+        let token_use = t.peer(side).token_use;
+        let reconnect = token_use.used;
+        match (token_use.client, given) {
+            (Some(bound), Some(given)) if bound.matches(&given) => {}
+            (Some(_), _) => return Err(Refusal::ClientTokenMismatch),
+            (None, _) if token_use.used => return Err(Refusal::TokenUsed),
+            (None, None) => {}
+            (None, Some(given)) => {
+                let in_use =
+                    client_token_in_use(&**store, &given, &t.id, now).map_err(unavailable)?;
+                if in_use {
+                    return Err(Refusal::ClientTokenInUse);
+                }
+                t.peer_mut(side).token_use.client = Some(given);
+            }
+        }
+        let peer = t.peer_mut(side);
+        peer.token_use.used = true;
+        peer.connected = true;
+        peer.updated_at = now;
+        t.last_updated_at = now;
+        store.put(&t).map_err(unavailable)?;
+        Ok(Admission {
+            services: t.services.clone(),
+            expires_at: t.expires_at(),
+            tunnel_id: t.id,
+            side,
+            reconnect,
+        })
+    }
+
+    /// Marks every side of every tunnel disconnected: for a relay that starts, since no
+    /// peer outlives the relay it was connected to. Returns how many sides it changed.
+    pub(crate) fn reset_connections(&self, now: Timestamp) -> Result<usize, RegistryError> {
+        let mut store = self.store();
+        let mut changed = 0;
+        for mut t in store.list()? {
+            let mut touched = false;
+            for side in Side::BOTH {
+                let peer = t.peer_mut(side);
+                if peer.connected {
+                    peer.connected = false;
+                    peer.updated_at = now;
+                    changed += 1;
+                    touched = true;
+                }
+            }
+            if touched {
+                t.last_updated_at = now;
+                store.put(&t)?;
+            }
+        }
+        Ok(changed)
+    }
+
+    /// The peer on `side` of tunnel `id` has gone. An unknown tunnel (deleted meanwhile) is
+    /// not an error.
+    pub(crate) fn disconnected(
+        &self,
+        id: &str,
+        side: Side,
+        now: Timestamp,
+    ) -> Result<(), RegistryError> {
+        let mut store = self.store();
+        if let Some(mut t) = store.get(id)? {
+            let peer = t.peer_mut(side);
+            if peer.connected {
+                peer.connected = false;
+                peer.updated_at = now;
+                t.last_updated_at = now;
+                store.put(&t)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whether an open tunnel other than `this` has a side bound to the client token with hash
+/// `client` (reference §2: a client token is unique among the open tunnels).
+fn client_token_in_use(
+    store: &dyn TunnelStore,
+    client: &TokenHash,
+    this: &str,
+    now: Timestamp,
+) -> Result<bool, StoreError> {
+    Ok(store
+        .find_by_client_token(client)?
+        .iter()
+        .any(|t| t.id != this && t.is_open_at(now)))
+}
+
+/// Marks `t` closed if it is open and its lifetime has ended; whether it did.
+fn close_if_expired(t: &mut Tunnel, now: Timestamp) -> bool {
+    if t.status == TunnelStatus::Open && !t.is_open_at(now) {
+        t.status = TunnelStatus::Closed;
+        t.last_updated_at = now.min(t.expires_at()).max(t.last_updated_at);
+        true
+    } else {
+        false
+    }
+}
+
+/// AWS's pattern for a thing name or a service id: `[a-zA-Z0-9:_-]{1,128}`.
+fn valid_name(s: &str) -> bool {
+    (1..=128).contains(&s.len())
+        && s.bytes()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b':' | b'_' | b'-'))
+}
+
+/// Reference §2: `^[a-zA-Z0-9-]{32,128}$`.
+pub(crate) fn valid_client_token(s: &str) -> bool {
+    (32..=128).contains(&s.len()) && s.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-')
+}
+
+#[cfg(test)]
+#[path = "registry_tests.rs"]
+mod tests;
