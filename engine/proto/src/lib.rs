@@ -16,6 +16,7 @@ mod record;
 #[cfg(test)]
 mod tests;
 pub mod tls_conn;
+pub mod ws;
 
 pub use forward::{Buffers, Failure, Fault, Handoff, Io, Leg, Negotiated, Opens, TlsForward};
 pub use record::alert_name;
