@@ -222,8 +222,8 @@ impl Decoder {
         let item = match header.opcode {
             OpCode::Binary if header.fin => Some(Item::Binary(payload)),
             OpCode::Binary => {
-                let mut message = Vec::with_capacity(payload.len().max(4096));
-                message.extend_from_slice(&buf[payload]);
+                let mut message = Vec::new();
+                self.append(&mut message, &buf[payload]);
                 self.fragments = Some(message);
                 None
             }
@@ -232,7 +232,7 @@ impl Decoder {
                     .fragments
                     .take()
                     .ok_or(ProtocolError::UnexpectedContinuation)?;
-                message.extend_from_slice(&buf[payload]);
+                self.append(&mut message, &buf[payload]);
                 if header.fin {
                     Some(Item::Reassembled(message))
                 } else {
@@ -254,6 +254,26 @@ impl Decoder {
             consumed: end,
             item,
         })
+    }
+
+    /// The bytes the decoder holds: the capacity of the message being reassembled, at most
+    /// [`Limits::max_message`]; 0 between messages (an idle connection costs nothing here).
+    pub fn memory(&self) -> usize {
+        self.fragments.as_ref().map_or(0, Vec::capacity)
+    }
+
+    /// Appends a fragment, growing the buffer by doubling but never past `max_message` (the
+    /// header check already made sure the fragment fits).
+    fn append(&self, message: &mut Vec<u8>, fragment: &[u8]) {
+        let need = message.len() + fragment.len();
+        if need > message.capacity() {
+            let target = need
+                .max(message.capacity() * 2)
+                .max(4096)
+                .min(self.limits.max_message);
+            message.reserve_exact(target.max(need) - message.len());
+        }
+        message.extend_from_slice(fragment);
     }
 
     /// Parses and checks the header at the front of `buf`, or `None` if it is not all there.

@@ -472,6 +472,11 @@ fn reassembly_is_bounded_by_max_message() {
         None,
     ));
     assert_eq!(receiver.feed(&bytes), Ok(vec![]));
+    assert!(
+        (200..=250).contains(&receiver.decoder.memory()),
+        "{}",
+        receiver.decoder.memory()
+    );
     // The third fragment would make 300: refused from its header.
     let third = frame(Role::Server, OpCode::Continuation, true, &[3; 100], None);
     assert_eq!(
@@ -489,6 +494,11 @@ fn reassembly_is_bounded_by_max_message() {
     ));
     let got = receiver.feed(&bytes).unwrap();
     assert_eq!(got[0].message().map(<[u8]>::len), Some(250));
+    assert_eq!(
+        receiver.decoder.memory(),
+        0,
+        "nothing kept between messages"
+    );
 }
 
 #[test]

@@ -104,6 +104,7 @@ fn frames_random_and_mutated_never_panic_and_stay_bounded() {
                     break;
                 }
             }
+            assert!(receiver.decoder.memory() <= limits.max_message);
             // What is held is at most one unfinished frame.
             assert!(
                 receiver.buf.len() < MAX_HEADER_LEN + limits.max_frame,
