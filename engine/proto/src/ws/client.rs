@@ -3,7 +3,7 @@
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 
-use super::upgrade::{Headers, accept_key};
+use super::upgrade::{Headers, accept_key, header_safe};
 use super::{AccessToken, ClientToken, MAX_REQUEST_LEN, Mode, Subprotocol};
 
 /// The upgrade request an agent sends, in localproxy v3.3.1's header order.
@@ -26,7 +26,8 @@ pub struct ClientRequest<'a> {
 }
 
 impl ClientRequest<'_> {
-    /// The request's bytes.
+    /// The request's bytes. Control characters in `host` and `user_agent` are left out, so
+    /// neither can end a header line.
     pub fn encode(&self) -> Vec<u8> {
         let protocols: Vec<&str> = self.protocols.iter().map(|p| p.as_str()).collect();
         let mut head = format!(
@@ -39,7 +40,7 @@ impl ClientRequest<'_> {
              Sec-WebSocket-Protocol: {}\r\n\
              access-token: {}\r\n",
             self.mode.as_str(),
-            self.host,
+            header_safe(self.host),
             BASE64.encode(self.key),
             protocols.join(", "),
             self.access_token.secret(),
@@ -47,7 +48,10 @@ impl ClientRequest<'_> {
         if let Some(token) = self.client_token {
             head.push_str(&format!("client-token: {}\r\n", token.secret()));
         }
-        head.push_str(&format!("User-Agent: {}\r\n\r\n", self.user_agent));
+        head.push_str(&format!(
+            "User-Agent: {}\r\n\r\n",
+            header_safe(self.user_agent)
+        ));
         head.into_bytes()
     }
 }

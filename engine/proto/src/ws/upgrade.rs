@@ -124,6 +124,8 @@ pub struct UpgradeRequest {
     pub host: String,
     /// `User-Agent`, if sent.
     pub user_agent: Option<String>,
+    /// `Origin`, if sent (browsers do): for the relay to check against the origins it allows.
+    pub origin: Option<String>,
     /// `Sec-WebSocket-Key`.
     key: String,
 }
@@ -267,7 +269,7 @@ fn reason_phrase(status: u16) -> &'static str {
 }
 
 /// `text` without the bytes that would end a header line or the head.
-fn header_safe(text: &str) -> String {
+pub(super) fn header_safe(text: &str) -> String {
     text.chars().filter(|c| !c.is_control()).collect()
 }
 
@@ -349,6 +351,11 @@ pub fn parse_request(buf: &[u8]) -> Result<ParsedRequest, UpgradeError> {
         .all("user-agent")
         .find_map(Result::ok)
         .map(str::to_owned);
+    let origin = match headers.all("origin").collect::<Vec<_>>()[..] {
+        [] => None,
+        [Ok(origin)] => Some(origin.to_owned()),
+        _ => return Err(UpgradeError::Header("Origin")),
+    };
     Ok(ParsedRequest::Complete {
         request: UpgradeRequest {
             mode,
@@ -358,6 +365,7 @@ pub fn parse_request(buf: &[u8]) -> Result<ParsedRequest, UpgradeError> {
             protocol,
             host,
             user_agent,
+            origin,
             key: key.to_owned(),
         },
         len,

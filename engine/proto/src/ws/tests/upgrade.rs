@@ -544,3 +544,32 @@ fn client_refuses_a_bad_101() {
         Err(ResponseError::TooLarge)
     );
 }
+
+#[test]
+fn origin_is_reported_and_header_values_cannot_inject_lines() {
+    let token = format!("access-token: {TOKEN}");
+    let (request, _) = complete(&localproxy(&[&token, "Origin: https://console.example"]));
+    assert_eq!(request.origin.as_deref(), Some("https://console.example"));
+    assert_eq!(complete(&localproxy(&[&token])).0.origin, None);
+    assert_eq!(
+        parse_request(&localproxy(&[
+            &token,
+            "Origin: https://a",
+            "Origin: https://b"
+        ])),
+        Err(UpgradeError::Header("Origin"))
+    );
+    let access = AccessToken::new(TOKEN).unwrap();
+    let mut ours = client_request(&access, &Subprotocol::ALL);
+    ours.host = "evil\r\nX-Injected: 1";
+    ours.user_agent = "ua\r\n\r\nGET /";
+    let bytes = String::from_utf8(ours.encode()).unwrap();
+    assert!(bytes.contains("\r\nHost: evilX-Injected: 1\r\n"), "{bytes}");
+    assert!(
+        bytes.ends_with("\r\nUser-Agent: uaGET /\r\n\r\n"),
+        "{bytes}"
+    );
+    assert!(
+        matches!(parse_request(bytes.as_bytes()), Ok(ParsedRequest::Complete { len, .. }) if len == bytes.len())
+    );
+}
