@@ -17,6 +17,7 @@ mod record;
 mod tests;
 pub mod tls_conn;
 pub mod tunnel;
+pub mod ws;
 
 pub use forward::{Buffers, Failure, Fault, Handoff, Io, Leg, Negotiated, Opens, TlsForward};
 pub use record::alert_name;

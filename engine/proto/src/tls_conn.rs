@@ -3,7 +3,7 @@
 //!
 //! The unbuffered API has no enum like rustls's `Connection`, and the client and server sessions
 //! return differently typed states from `process_tls_records`. [`TlsConn`] is that enum, and the
-//! crate-private [`Records`] trait lets the forwarder's run of rustls (`forward/records.rs`) be
+//! crate-private `Records` trait lets the forwarder's run of rustls (`forward/records.rs`) be
 //! written once, generic over the side.
 
 use std::fmt;
