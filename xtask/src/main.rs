@@ -64,12 +64,15 @@ fn test(steps: &mut Steps) -> Result<()> {
             "--release",
         ]))
     })?;
-    // Every public item of the library documented, and every intra-doc link resolving.
+    // Every public item of the library (and of the sans-IO core it builds on) documented, and
+    // every intra-doc link resolving.
     steps.run("rustdoc", || {
         run_cmd(cargo().env("RUSTDOCFLAGS", "-D warnings").args([
             "doc",
             "-p",
             "splice-engine",
+            "-p",
+            "splice-proto",
             "--no-deps",
         ]))
     })?;
