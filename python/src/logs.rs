@@ -11,7 +11,8 @@ use std::sync::atomic::{AtomicU8, Ordering::Relaxed};
 
 use pyo3::prelude::*;
 use tracing::field::{Field, Visit};
-use tracing::{Event, Level, Subscriber};
+use tracing::subscriber::Interest;
+use tracing::{Event, Level, Metadata, Subscriber};
 use tracing_subscriber::Layer;
 use tracing_subscriber::layer::{Context, SubscriberExt};
 
@@ -50,7 +51,10 @@ pub(crate) fn set_level(level: i32) {
         l if l > 5 => 4,
         _ => 5,
     };
-    MAX.store(max, Relaxed);
+    if MAX.swap(max, Relaxed) != max {
+        // Call sites cache whether anyone listens; have them ask again.
+        tracing::callsite::rebuild_interest_cache();
+    }
 }
 
 /// Installs the bridge as the global subscriber, once (not when the program has one).
@@ -75,6 +79,15 @@ pub(crate) fn install(py: Python<'_>) -> PyResult<()> {
 struct ToPython;
 
 impl<S: Subscriber> Layer<S> for ToPython {
+    fn register_callsite(&self, _: &'static Metadata<'static>) -> Interest {
+        // The level can change (`set_level`): never let a call site cache a "no".
+        Interest::sometimes()
+    }
+
+    fn enabled(&self, m: &Metadata<'_>, _: Context<'_, S>) -> bool {
+        rank(m.level()) <= MAX.load(Relaxed)
+    }
+
     fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
         let mut line = Line::default();
         event.record(&mut line);
