@@ -4,6 +4,8 @@
 //!   with `-D warnings`, the criterion benches once each, then the kTLS tests in the VM;
 //! * `ci` — what CI runs: `cargo fmt --check`, `cargo clippy -D warnings`, `test`, then a
 //!   `bench --quick` smoke run;
+//! * `py-test` — the Python package: `pip install ./python` into a fresh virtual environment,
+//!   then pytest, `mypy --strict` and stubtest against what was installed (see `pytest.rs`);
 //! * `bench [FLAGS]` — load tests side by side with direct connections and peers (see `bench`);
 //! * `integration-test vm [TEST-ARGS...]` — builds `tests/kernel` as a static binary and runs it
 //!   inside the kTLS VM (`../shared/ktls-vm`, or `$SPLICE_KTLS_VM_DIR`). `TEST-ARGS` go to the
@@ -12,6 +14,7 @@
 //! Every child process inherits stdout and stderr, so its output streams as it runs.
 
 mod bench;
+mod pytest;
 mod vm;
 
 use std::path::{Path, PathBuf};
@@ -26,6 +29,7 @@ usage: cargo xtask <task>
 tasks:
   test                             host tests, then the kTLS tests in the VM
   ci                               fmt check, clippy -D warnings, `test`, `bench --quick`
+  py-test                          the Python package: pip install, pytest, mypy --strict
   integration-test vm [ARGS...]    the kTLS tests in the VM (ARGS go to the test binary)
   bench [--quick] [FLAGS...]       load tests against direct and peers (`bench --help`)";
 
@@ -39,6 +43,7 @@ fn main() -> ExitCode {
         ["integration-test", "vm", rest @ ..] => {
             steps.run("kTLS tests in the VM", || vm::run(rest))
         }
+        ["py-test"] => steps.run("python package (py-test)", pytest::run),
         ["bench", rest @ ..] => steps.run("bench", || bench::main(rest)),
         ["help" | "-h" | "--help"] => {
             println!("{USAGE}");
@@ -52,7 +57,8 @@ fn main() -> ExitCode {
     steps.summary(&args.join(" "), result)
 }
 
-/// `cargo xtask test`: everything that runs on the host, then the kernel tests in the VM.
+/// `cargo xtask test`: everything that runs on the host (the Python package included), then
+/// the kernel tests in the VM.
 fn test(steps: &mut Steps) -> Result<()> {
     // tests/kernel is excluded: its tests need kTLS and fail on purpose outside the VM.
     steps.run("host tests", || {
@@ -80,6 +86,8 @@ fn test(steps: &mut Steps) -> Result<()> {
     steps.run("criterion benches, once each", || {
         run_cmd(cargo().args(["test", "--release", "-p", "splice-bench", "--benches"]))
     })?;
+    // The Python package, installed as a user installs it.
+    steps.run("python package (py-test)", pytest::run)?;
     steps.run("kTLS tests in the VM", || vm::run(&[]))
 }
 

@@ -1,6 +1,10 @@
 """Type stubs of the native module (see splice_engine's facade for the documented API)."""
 
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple, final
+
+from typing_extensions import Self
+
+__all__ = ["ConfigError", "ConnectionError", "EXAMPLE_CONFIG", "Engine", "Error", "TlsError", "set_level"]
 
 EXAMPLE_CONFIG: str
 
@@ -11,13 +15,14 @@ class ConnectionError(Error): ...
 
 def set_level(level: int) -> None: ...
 
+@final
 class Engine:
-    def __init__(
-        self,
+    def __new__(
+        cls,
         toml: Optional[str] = None,
         file: Optional[str] = None,
         settings: Optional[Dict[str, Any]] = None,
-    ) -> None: ...
+    ) -> Self: ...
     def add_forwarder(self, settings: Dict[str, Any]) -> None: ...
     def replace_forwarder(self, settings: Dict[str, Any]) -> None: ...
     def remove_forwarder(self, name: str) -> None: ...
