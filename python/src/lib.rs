@@ -19,6 +19,7 @@ mod values;
 use std::collections::HashMap;
 use std::os::fd::IntoRawFd;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Mutex, RwLock};
 use std::time::Duration;
 
@@ -46,6 +47,9 @@ struct PyEngine {
     engine: RwLock<Option<Engine>>,
     /// The connectors `connect` added, by the options they carry.
     connectors: Mutex<HashMap<ConnectorKey, String>>,
+    /// The number in the next connector's name (never reused, so a name removed by
+    /// `remove_forwarder` cannot come back for other options).
+    next_connector: AtomicU64,
 }
 
 impl PyEngine {
@@ -95,6 +99,7 @@ impl PyEngine {
         Ok(Self {
             engine: RwLock::new(Some(engine)),
             connectors: Mutex::new(HashMap::new()),
+            next_connector: AtomicU64::new(1),
         })
     }
 
@@ -172,7 +177,8 @@ impl PyEngine {
             let name = match connectors.get(&k) {
                 Some(n) => n.clone(),
                 None => {
-                    let name = format!("connect-{} {}", connectors.len() + 1, k.connect);
+                    let n = self.next_connector.fetch_add(1, Relaxed);
+                    let name = format!("connect-{n} {}", k.connect);
                     e.add_forwarder(connector(&k, &name))?;
                     connectors.insert(k.clone(), name.clone());
                     name

@@ -123,3 +123,25 @@ key = "{pki.key}"
         assert engine.local_addr("out") is None
         with engine.open("out") as sock:
             hashed_roundtrip(sock, 70_000)
+
+
+def test_a_removed_connector_is_added_again(pki: Pki, backend: Backend) -> None:
+    with splice_engine.Engine(threads=1) as engine:
+        port = tls_front(engine, pki, backend, "front")
+        with engine.connect("localhost", port, ca=pki.ca) as s:
+            hashed_roundtrip(s, 10)
+        with engine.connect("localhost", port, ca=pki.ca, sni="localhost") as s:
+            hashed_roundtrip(s, 10)
+        engine.remove_forwarder(f"connect-1 localhost:{port}")
+        # Other options after a removal: a name of its own, not a clash with connect-2.
+        for host in ("localhost", "localhost"):
+            with engine.connect(host, port, ca=pki.ca, alpn=["h2"]) as s:
+                hashed_roundtrip(s, 10)
+        with engine.connect("localhost", port, ca=pki.ca) as s:
+            hashed_roundtrip(s, 10)
+        names = sorted(s["name"] for s in engine.stats() if s["name"] != "front")
+        assert names == [
+            f"connect-2 localhost:{port}",
+            f"connect-3 localhost:{port}",
+            f"connect-4 localhost:{port}",
+        ]
