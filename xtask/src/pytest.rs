@@ -2,7 +2,7 @@
 //! into a fresh virtual environment (maturin comes in through the build requirements, and
 //! builds the native module into the workspace's `target/`), then, from outside the source
 //! tree so that the installed package is what is imported: pytest on `python/tests`,
-//! `mypy --strict` on the examples and the package, and `mypy.stubtest` on the native
+//! `mypy --strict` on the examples, the bench script and the package, and `mypy.stubtest` on the native
 //! module's stubs.
 //!
 //! Needs `python3` with `venv` and `pip` (Debian: python3-venv, python3-pip, python3-dev),
@@ -48,7 +48,8 @@ pub fn run() -> Result<()> {
         python()
             .args(["-m", "mypy", "--strict", "--cache-dir"])
             .arg(&cache)
-            .arg(root.join("python/examples")),
+            .arg(root.join("python/examples"))
+            .arg(root.join("python/bench")),
     )?;
     run_cmd(
         python()
