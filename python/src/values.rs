@@ -101,6 +101,6 @@ fn value(v: &Bound<'_, PyAny>, at: &str) -> PyResult<Value> {
     }
     let ty = v.get_type().name()?;
     Err(ConfigError::new_err(format!(
-        "`{at}`: a {ty} is not a setting value (str, path, bool, int, float, list or dict)"
+        "`{at}`: a value of type {ty} is not a setting (str, path, bool, int, float, list or dict)"
     )))
 }

@@ -44,7 +44,7 @@ def test_keyword_errors_name_the_key() -> None:
         splice_engine.Engine(thread=1)
     with pytest.raises(ConfigError, match=r"driver"):
         splice_engine.Engine(driver="carrier-pigeon")
-    with pytest.raises(ConfigError, match=r"`bogus`: a object is not a setting value"):
+    with pytest.raises(ConfigError, match=r"`bogus`: a value of type object is not a setting"):
         splice_engine.Engine(bogus=object())
     with pytest.raises(ConfigError, match=r"not several"):
         splice_engine.Engine("threads = 1", threads=1)
@@ -56,6 +56,12 @@ def test_forwarder_errors(pki: Pki, tmp_path: Path) -> None:
             engine.add_forwarder(name="f", mode="client", lisen="x", connect="a:1")
         with pytest.raises(ConfigError, match=r"connect"):
             engine.add_forwarder(name="f", mode="client", connect="no-port")
+        with pytest.raises(ConfigError, match=r'"f": .*`-1`.* in `max_connections`'):
+            engine.add_forwarder(name="f", mode="client", connect="a:1", max_connections=-1)
+        with pytest.raises(ConfigError, match=r'"f": .*"5 parsecs".* in `connect_timeout`'):
+            engine.add_forwarder(name="f", mode="client", connect="a:1", connect_timeout="5 parsecs")
+        with pytest.raises(ConfigError, match=r'"f": .*`sideways`.* in `mode`'):
+            engine.add_forwarder(name="f", mode="sideways", connect="a:1")
         missing = tmp_path / "missing.pem"
         with pytest.raises(TlsError, match=rf"{missing}"):
             engine.add_forwarder(

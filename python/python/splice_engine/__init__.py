@@ -66,7 +66,8 @@ class Engine:
 
     Start it from one of:
 
-    - ``Engine(toml)``: a TOML document, as a configuration file holds it;
+    - ``Engine(toml)``: a TOML document, as a configuration file holds it (paths in it are
+      relative to the current directory);
     - ``Engine(file=path)``: a configuration file (paths in it are relative to it);
     - keyword settings, the file's top-level keys: ``Engine(threads=2, forwarders=[{...}])``,
       each forwarder a dict of a ``[[forwarder]]`` table's keys (``name``, ``mode``,
