@@ -162,3 +162,11 @@ def test_closed_engine() -> None:
             call()
     with pytest.raises(ConfigError, match="drain"):
         splice_engine.Engine(threads=1).close(drain=-1)
+
+
+def test_unavailable_kernel_feature_is_the_base_error() -> None:
+    if Path("/sys/module/tls").exists():
+        pytest.skip("this kernel has kTLS: `ktls = \"on\"` starts")
+    with pytest.raises(Error, match=r"kernel TLS is not available: .*`tls` module") as e:
+        splice_engine.Engine(threads=1, ktls="on")
+    assert type(e.value) is Error
