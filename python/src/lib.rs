@@ -82,24 +82,32 @@ impl PyEngine {
         settings: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<Self> {
         logs::install(py)?;
-        let cfg = match (toml, file, settings) {
-            (Some(text), None, None) => values::config_from_toml(text)?,
-            (None, Some(path), None) => py
-                .detach(|| EngineConfig::from_file(&path))
-                .map_err(engine_error)?,
-            (None, None, Some(s)) => values::config_from_settings(s)?,
-            (None, None, None) => EngineConfig::new(),
-            _ => {
-                return Err(ConfigError::new_err(
-                    "give one of a TOML string, a file or keyword settings, not several",
-                ));
-            }
-        };
+        let cfg = config(py, toml, file, settings)?;
         let engine = py.detach(|| Engine::start(cfg)).map_err(engine_error)?;
         Ok(Self {
             engine: RwLock::new(Some(engine)),
             connectors: Mutex::new(HashMap::new()),
             next_connector: AtomicU64::new(1),
+        })
+    }
+
+    /// Applies a whole new configuration (as `new` reads it): forwarders added, changed and
+    /// removed, certificates re-read; on any error nothing changes. The connectors `connect`
+    /// added are not in it, so they go; the next `connect` adds them again.
+    #[pyo3(signature = (toml = None, file = None, settings = None))]
+    fn reload(
+        &self,
+        py: Python<'_>,
+        toml: Option<&str>,
+        file: Option<PathBuf>,
+        settings: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<()> {
+        let cfg = config(py, toml, file, settings)?;
+        self.with(py, |e| {
+            let mut connectors = self.connectors.lock().expect("connectors lock");
+            e.reload(cfg)?;
+            connectors.clear();
+            Ok(())
         })
     }
 
@@ -241,6 +249,27 @@ impl Drop for PyEngine {
         if let Some(e) = engine {
             Python::attach(|py| py.detach(|| drop(e)));
         }
+    }
+}
+
+/// A configuration from one of a TOML document, a file or a table of settings (none: the
+/// defaults, no forwarder).
+fn config(
+    py: Python<'_>,
+    toml: Option<&str>,
+    file: Option<PathBuf>,
+    settings: Option<&Bound<'_, PyDict>>,
+) -> PyResult<EngineConfig> {
+    match (toml, file, settings) {
+        (Some(text), None, None) => values::config_from_toml(text),
+        (None, Some(path), None) => py
+            .detach(|| EngineConfig::from_file(&path))
+            .map_err(engine_error),
+        (None, None, Some(s)) => values::config_from_settings(s),
+        (None, None, None) => Ok(EngineConfig::new()),
+        _ => Err(ConfigError::new_err(
+            "give one of a TOML string, a file or keyword settings, not several",
+        )),
     }
 }
 

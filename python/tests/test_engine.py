@@ -11,6 +11,7 @@ import pytest
 
 import splice_engine
 from conftest import DRIVERS, SOON, Backend, Pki, hashed_roundtrip
+from splice_engine import ConfigError
 
 
 def test_the_installed_package_is_tested() -> None:
@@ -118,3 +119,36 @@ def test_logs_go_to_logging(caplog: pytest.LogCaptureFixture) -> None:
     with splice_engine.Engine(threads=1):
         pass
     assert [r for r in caplog.records if r.name == "splice_engine"] == []
+
+
+def test_reload(pki: Pki, tmp_path: Path) -> None:
+    b1, b2 = Backend(), Backend()
+    try:
+        def server(name: str, b: Backend) -> "dict[str, object]":
+            return dict(name=name, mode="server", listen="127.0.0.1:0",
+                        connect=f"127.0.0.1:{b.port}", cert=pki.cert, key=pki.key)
+
+        with splice_engine.Engine(threads=1, forwarders=[server("a", b1)]) as engine:
+            a = engine.local_addr("a")
+            assert a is not None
+            with engine.connect("localhost", a[1], ca=pki.ca) as s:
+                hashed_roundtrip(s, 100)
+            engine.reload(threads=1, forwarders=[server("a", b2), server("b", b1)])
+            b = engine.local_addr("b")
+            assert b is not None and engine.local_addr("a") == a
+            # The connector went with the old configuration; connect adds it again.
+            assert sorted(s["name"] for s in engine.stats()) == ["a", "b"]
+            with engine.connect("localhost", a[1], ca=pki.ca) as s:
+                hashed_roundtrip(s, 100)
+            with engine.connect("localhost", b[1], ca=pki.ca) as s:
+                hashed_roundtrip(s, 100)
+            assert (b1.connections, b2.connections) == (2, 1)
+            # A wrong configuration changes nothing.
+            with pytest.raises(ConfigError, match=r'forwarder "a".*`lisen`|unknown field `lisen`'):
+                engine.reload(threads=1, forwarders=[dict(name="a", mode="server", lisen="x")])
+            with pytest.raises(ConfigError, match="not several"):
+                engine.reload("threads = 1", file=tmp_path / "x.toml")
+            assert engine.local_addr("b") == b
+    finally:
+        b1.close()
+        b2.close()

@@ -61,6 +61,24 @@ def _settings(values: Mapping[str, Setting]) -> Dict[str, Any]:
     return out
 
 
+def _config(
+    call: str,
+    toml: Optional[str],
+    file: Optional[StrPath],
+    forwarders: Iterable[Mapping[str, Setting]],
+    settings: Mapping[str, Setting],
+) -> Tuple[Optional[str], Optional[str], Optional[Dict[str, Any]]]:
+    """The native call's arguments: one of a TOML string, a file name, a table."""
+    fwds = [_settings(f) for f in forwarders]
+    if toml is not None or file is not None:
+        if fwds or settings or (toml is not None and file is not None):
+            raise ConfigError(f"{call}: give a TOML string, a file or keyword settings, not several")
+        return toml, os.fspath(file) if file is not None else None, None
+    table = _settings(settings)
+    table["forwarder"] = fwds
+    return None, None, table
+
+
 class Engine:
     """A running engine: shards on their own threads, and its forwarders.
 
@@ -89,19 +107,7 @@ class Engine:
         forwarders: Iterable[Mapping[str, Setting]] = (),
         **settings: Setting,
     ) -> None:
-        fwds = [_settings(f) for f in forwarders]
-        if toml is not None or file is not None:
-            if fwds or settings:
-                raise ConfigError(
-                    "Engine(): give a TOML string, a file or keyword settings, not several"
-                )
-            table: Optional[Dict[str, Any]] = None
-        else:
-            table = _settings(settings)
-            table["forwarder"] = fwds
-        self._native = _native.Engine(
-            toml, os.fspath(file) if file is not None else None, table
-        )
+        self._native = _native.Engine(*_config("Engine()", toml, file, forwarders, settings))
         _engines.add(self)
 
     def __enter__(self) -> "Engine":
@@ -128,6 +134,21 @@ class Engine:
         """Stops accepting, lets open connections finish for at most ``drain`` seconds, then
         closes the rest and stops the engine's threads. Later calls do nothing."""
         self._native.close(drain)
+
+    def reload(
+        self,
+        toml: Optional[str] = None,
+        *,
+        file: Optional[StrPath] = None,
+        forwarders: Iterable[Mapping[str, Setting]] = (),
+        **settings: Setting,
+    ) -> None:
+        """Applies a whole new configuration, given as to ``Engine(...)``: forwarders added,
+        changed and removed, certificates re-read; open connections carry on. On any error
+        nothing changes. Engine-level settings (``threads``, ``driver``, ...) need a new
+        engine; a change to one is logged as a warning. :meth:`connect`'s connectors are not
+        part of a configuration: they go, and the next :meth:`connect` adds them again."""
+        self._native.reload(*_config("reload()", toml, file, forwarders, settings))
 
     def add_forwarder(self, **forwarder: Setting) -> None:
         """Starts one more forwarder, given as a ``[[forwarder]]`` table's keys
