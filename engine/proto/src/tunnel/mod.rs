@@ -20,6 +20,7 @@ mod data;
 mod error;
 mod framing;
 mod message;
+pub mod relay;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
