@@ -279,7 +279,8 @@ impl Session {
     /// Call when the connection of the peer on `side` is down (it closed, failed, or was
     /// closed by a verdict or action). The other peer gets a STREAM_RESET for each open
     /// stream: its local connections have no other end any more. Nothing if no peer was
-    /// connected on `side`.
+    /// connected on `side`. Call it for the connection the session holds on `side`, never for
+    /// one it has replaced ([`Action::CloseReplaced`]): that one is forgotten already.
     pub fn peer_gone(&mut self, side: Side) -> Vec<Action> {
         let mut actions = Vec::new();
         self.disconnect(side, &mut actions);
@@ -576,8 +577,14 @@ impl Session {
 
     fn connection_start(&mut self, slot: usize, message: &Message<'_>) -> Verdict {
         let started = self.live(Side::Source).expect("the sender").started[slot];
-        let destination_here = self.live(Side::Destination).is_some();
-        let max = self.limits.max_connections;
+        let destination = self.live(Side::Destination).map(|peer| peer.version);
+        // A destination that negotiated V1 or V2 does not know CONNECTION_START and would
+        // refuse it (and reconnect, with a token that may be spent): the source's extra
+        // connection is reset instead, as at the limit.
+        let max = match destination {
+            Some(Version::V3) => self.limits.max_connections,
+            _ => 0,
+        };
         let connection = message.connection();
         let stream = match self.streams[slot].as_mut() {
             Some(stream) if stream.id == message.stream_id => stream,
@@ -585,10 +592,7 @@ impl Session {
             // The stream has ended (reset by either side or by the relay): so has this.
             _ => return Verdict::Reply(vec![reset_of(Type::CONNECTION_RESET, message)]),
         };
-        if !destination_here {
-            return Verdict::Reply(vec![reset_of(Type::CONNECTION_RESET, message)]);
-        }
-        if stream.contains(connection) {
+        if stream.contains(connection) && max > 0 {
             // A duplicate: the destination answers it with a CONNECTION_RESET (§5).
             return Verdict::Forward;
         }

@@ -244,6 +244,15 @@ fn a_v3_source_runs_services_side_by_side_with_a_v2_destination() {
     assert_eq!(s.open_stream("SSH"), None);
     assert_eq!(s.open_stream("HTTP"), Some(2));
     forward(&mut s, SRC, &data(2, "HTTP", 1));
+    // A second connection: the V2 destination does not know CONNECTION_START (it would
+    // refuse it and reconnect), so the source's connection is reset instead.
+    assert_eq!(
+        s.frame_from(SRC, &msg(Type::CONNECTION_START, 2, "HTTP", 2)),
+        Verdict::Reply(vec![frame(&msg(Type::CONNECTION_RESET, 2, "HTTP", 2))])
+    );
+    assert_eq!(s.frame_from(SRC, &data(2, "HTTP", 2)), Verdict::Drop);
+    forward(&mut s, SRC, &data(2, "HTTP", 1));
+    assert_eq!(s.tracked_connections(), 1);
 }
 
 #[test]
