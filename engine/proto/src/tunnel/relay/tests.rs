@@ -736,3 +736,131 @@ fn a_flooding_peer_cannot_grow_the_session() {
     assert_eq!(s.tracked_connections(), 0);
     assert!(s.is_connected(DST));
 }
+
+/// WebSocket frames a client (an agent) writes for one binary message: masked, and cut into
+/// `fragment`-byte frames as localproxy cuts at 4096.
+fn client_message(message: &[u8], fragment: usize, out: &mut Vec<u8>) {
+    use crate::ws::{Encoder, MAX_HEADER_LEN, OpCode, Role};
+    let encoder = Encoder::new(Role::Client);
+    let pieces: Vec<&[u8]> = message.chunks(fragment).collect();
+    for (i, piece) in pieces.iter().enumerate() {
+        let mut buf = vec![0; MAX_HEADER_LEN];
+        buf.extend_from_slice(piece);
+        let end = buf.len();
+        let opcode = if i == 0 {
+            OpCode::Binary
+        } else {
+            OpCode::Continuation
+        };
+        let mask = [i as u8, 0x5a, 0xa5, 0x3c];
+        let start = encoder
+            .frame_in_place(
+                &mut buf,
+                MAX_HEADER_LEN..end,
+                opcode,
+                i + 1 == pieces.len(),
+                Some(mask),
+            )
+            .expect("frames");
+        out.extend_from_slice(&buf[start..]);
+    }
+}
+
+/// The relay's read side as the data plane will run it: WebSocket frames from `side` decoded,
+/// their payloads cut into tunnel frames, each judged by the session; a forwarded frame's bytes
+/// go out to the other peer as one unmasked WebSocket message.
+fn relay_pass(s: &mut Session, side: Side, mut wire: Vec<u8>) -> (Vec<Verdict>, Vec<u8>) {
+    use crate::tunnel::FrameDecoder;
+    use crate::ws::{Decoder, Encoder, Item, Limits as WsLimits, MAX_HEADER_LEN, OpCode, Role};
+    let mut ws = Decoder::new(Role::Server, WsLimits::default());
+    let mut frames = FrameDecoder::new();
+    let encoder = Encoder::new(Role::Server);
+    let (mut verdicts, mut out) = (Vec::new(), Vec::new());
+    let mut at = 0;
+    while at < wire.len() {
+        let decoded = ws.handle_bytes(&mut wire[at..]).expect("valid WebSocket");
+        assert!(decoded.consumed > 0, "whole frames only in this test");
+        let payload = match decoded.item {
+            Some(Item::Binary(range)) => wire[at..][range].to_vec(),
+            Some(Item::Reassembled(message)) => message,
+            None => Vec::new(),
+            Some(item) => panic!("{item:?}"),
+        };
+        at += decoded.consumed;
+        let mut cut = frames.handle_bytes(&payload);
+        while let Some(frame) = cut.next_frame() {
+            let verdict = s.frame_bytes_from(side, frame.bytes());
+            if verdict == Verdict::Forward {
+                let mut buf = vec![0; MAX_HEADER_LEN];
+                buf.extend_from_slice(frame.bytes());
+                let end = buf.len();
+                let start = encoder
+                    .frame_in_place(&mut buf, MAX_HEADER_LEN..end, OpCode::Binary, true, None)
+                    .expect("frames");
+                out.extend_from_slice(&buf[start..]);
+            }
+            verdicts.push(verdict);
+        }
+    }
+    (verdicts, out)
+}
+
+/// The messages a client (the other agent) reads from the relay's bytes.
+fn client_reads(mut wire: Vec<u8>) -> Vec<Vec<u8>> {
+    use crate::ws::{Decoder, Item, Limits as WsLimits, Role};
+    let mut ws = Decoder::new(Role::Client, WsLimits::default());
+    let mut messages = Vec::new();
+    let mut at = 0;
+    while at < wire.len() {
+        let decoded = ws.handle_bytes(&mut wire[at..]).expect("valid WebSocket");
+        match decoded.item {
+            Some(Item::Binary(range)) => messages.push(wire[at..][range].to_vec()),
+            item => panic!("the relay sends whole binary messages only: {item:?}"),
+        }
+        at += decoded.consumed;
+    }
+    messages
+}
+
+/// localproxy's framing (one tunnel frame a message, cut at 4096 bytes) and the joined and
+/// split framings the reference allows a peer: the other peer reads each forwarded tunnel
+/// frame as exactly one WebSocket message, byte for byte as sent (§11.5).
+#[test]
+fn forwarded_frames_reach_the_other_peer_unchanged_one_message_each() {
+    let mut s = paired(&["SSH1"], Version::V3, Version::V3, Instant::now());
+    let full = {
+        let payload: Vec<u8> = (0..crate::tunnel::MAX_PAYLOAD).map(|i| i as u8).collect();
+        frame(&Message {
+            payload: &payload,
+            ..msg(Type::DATA, 1, "SSH1", 1)
+        })
+    };
+    assert_eq!(&full[..2], [0xfc, 0x10]);
+    let sent = [
+        vector("V3 STREAM_START stream=1 svc=SSH1 conn=1"),
+        full,
+        vector("V3 CONNECTION_START stream=1 svc=SSH1 conn=2"),
+        vector("V3 DATA stream=1 svc=SSH1 conn=2 payload \"hello-2\""),
+        vector("V3 CONNECTION_RESET stream=1 svc=SSH1 conn=1"),
+        // Stale: connection 1 has ended. Dropped, so the reader never sees it.
+        vector("V3 DATA stream=1 svc=SSH1 conn=1 payload \"x\""),
+        vector("V3 DATA stream=1 svc=SSH1 conn=2 payload \"hello-2\""),
+    ];
+    let mut wire = Vec::new();
+    for f in &sent[..2] {
+        client_message(f, 4096, &mut wire);
+    }
+    // Two frames in one message, then one frame split across two messages.
+    client_message(&[&sent[2][..], &sent[3][..]].concat(), 4096, &mut wire);
+    client_message(&sent[4][..5], 4096, &mut wire);
+    client_message(&sent[4][5..], 4096, &mut wire);
+    client_message(&[&sent[5][..], &sent[6][..]].concat(), 7, &mut wire);
+
+    let (verdicts, out) = relay_pass(&mut s, SRC, wire);
+    let mut expected = vec![Verdict::Forward; 7];
+    expected[5] = Verdict::Drop;
+    assert_eq!(verdicts, expected);
+    let mut forwarded = sent.to_vec();
+    forwarded.remove(5);
+    assert_eq!(client_reads(out), forwarded);
+}
