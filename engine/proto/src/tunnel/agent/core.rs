@@ -115,7 +115,11 @@ impl Core {
             unique.dedup();
             match unique.as_slice() {
                 [] => self.services[0].wire.clear(),
-                [one] => self.services[0].wire = one.to_string(),
+                [one] => {
+                    // Written in every frame: a peer's name must be one a frame has room for.
+                    check_service_id(one)?;
+                    self.services[0].wire = one.to_string();
+                }
                 more => return Err(Error::TooManyServices(more.len())),
             }
             self.services[0].served = true;

@@ -10,7 +10,8 @@ use crate::tunnel::{Message, Sender, Type, Version};
 ///
 /// Give it the services it connects to (names, or one empty name for the bare V1 form) and
 /// the newest format it may write; it writes the format of the source's STREAM_START
-/// (serviceId and connectionId as the source sent them), up to that one.
+/// (serviceId and connectionId as the source sent them), up to that one. Below V3 it refuses
+/// CONNECTION_START as an older peer does (it could not answer it).
 #[derive(Debug)]
 pub struct Destination {
     core: Core,
@@ -78,6 +79,10 @@ impl Destination {
         let core = &mut self.core;
         if !core.setup {
             return Err(Error::BeforeServiceIds(message.kind));
+        }
+        if !core.max_version.writes_connection_id() {
+            // As a V1 or V2 peer: it could not answer this connection in its format.
+            return Err(crate::tunnel::Error::UnknownType(message.kind).into());
         }
         let Some(index) = core.service_of(message.service_id) else {
             self.refuse_stream(message);

@@ -25,6 +25,8 @@
 //! It does not do the WebSocket or the HTTP upgrade ([`crate::ws`]), read a clock or open a
 //! socket; local connections are named by the [`LocalId`]s the agent hands out.
 
+#[cfg(test)]
+mod chaos;
 mod core;
 mod destination;
 mod reconnect;

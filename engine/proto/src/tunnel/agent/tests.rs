@@ -210,6 +210,14 @@ fn bare_service_adopts_the_tunnels_only_one() {
         s.drain(),
         [send(v("STREAM_START stream=1 svc=SSH1 conn=1"))]
     );
+    // The adopted name goes into every frame: one that is not a service name is refused
+    // (a 60000-byte one would not leave room for a full payload).
+    let long = "A".repeat(60_000);
+    for bad in [long.as_str(), "a b"] {
+        let mut s = Source::new(&[""], Version::V3, Limits::default()).unwrap();
+        let err = s.bytes(&service_ids(&[bad])).unwrap_err();
+        assert!(matches!(err, Error::Frame(_)) && err.is_fatal(), "{err}");
+    }
     // With several ids the bare form cannot choose.
     let mut s = Source::new(&[""], Version::V3, Limits::default()).unwrap();
     assert_eq!(
@@ -486,6 +494,15 @@ fn destination_answers_in_the_sources_format() {
             send(v("STREAM_RESET stream=1 svc=SSH1"))
         ]
     );
+    // A destination held to V2 refuses CONNECTION_START as a V2 peer does: it could not
+    // answer it.
+    let mut d = Destination::new(&["SSH1"], Version::V2, Limits::default()).unwrap();
+    d.bytes(&v("SERVICE_IDS [\"SSH1\"]")).unwrap();
+    d.bytes(&v("STREAM_START stream=1 svc=SSH1 conn=1"))
+        .unwrap();
+    assert_eq!(d.format(), Version::V2);
+    let err = d.bytes(&v("CONNECTION_START stream=1 svc=SSH1 conn=2"));
+    assert!(err.is_err_and(|e| e.is_fatal()));
     // A connectionId without serviceId (the reference's last group).
     let mut d = Destination::new(&[""], Version::V3, Limits::default()).unwrap();
     d.bytes(&v("SERVICE_IDS []")).unwrap();
