@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use super::{Action, Error, Limits, LocalId};
-use crate::tunnel::{FrameDecoder, Message, Sender, Type, Version, check_service_id};
+use crate::tunnel::{DataFraming, FrameDecoder, Message, Sender, Type, Version, check_service_id};
 
 /// One service of the agent.
 #[derive(Debug)]
@@ -293,6 +293,17 @@ impl Core {
             .append_frame(&mut frame)
             .expect("an agent's frame fits: payload and serviceId are bounded");
         self.actions.push_back(Action::Send(frame));
+    }
+
+    /// The head and tail of a DATA frame of `len` bytes read from `id`, to frame them in place.
+    pub fn data_framing(&self, id: LocalId, len: usize) -> Option<DataFraming> {
+        let local = self.locals.get(&id)?;
+        if len > self.limits.payload {
+            return None;
+        }
+        let (service_id, connection_id) =
+            (self.format).ids(&self.services[local.service].wire, local.conn);
+        DataFraming::new(local.stream, service_id, connection_id, len).ok()
     }
 
     /// Local bytes read from a connection: DATA messages of at most `limits.payload` bytes.

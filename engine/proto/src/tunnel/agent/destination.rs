@@ -161,6 +161,16 @@ impl Destination {
         self.core.local_data(local, data);
     }
 
+    /// For a driver that frames DATA in place ([`crate::tunnel::DataFraming`]): the head and
+    /// tail of the DATA frame for `len` bytes read from `local` (1 to [`Limits::payload`]),
+    /// byte for byte what [`Destination::handle_local_data`] would send for them. Read the bytes
+    /// after [`crate::tunnel::DATA_HEADROOM`] bytes of headroom, frame them with
+    /// [`crate::tunnel::DataFraming::frame_in_place`] and send the frame as one WebSocket
+    /// message. `None` when `local` is closed (drop the bytes) or `len` is out of range.
+    pub fn data_framing(&self, local: LocalId, len: usize) -> Option<crate::tunnel::DataFraming> {
+        self.core.data_framing(local, len)
+    }
+
     /// The local connection ended (the target closed it, or an error): the peer is told
     /// (CONNECTION_RESET in V3, STREAM_RESET in V1 and V2). Not for a connection the agent
     /// closed.

@@ -18,7 +18,7 @@ use crate::tunnel::{Message, Sender, Type, Version};
 pub struct Source {
     core: Core,
     /// The last streamId given (they count from 1 and wrap at `i32::MAX`, §5).
-    last_stream: i32,
+    pub(super) last_stream: i32,
     /// Services whose listener was asked for.
     listening: Vec<bool>,
 }
@@ -115,6 +115,16 @@ impl Source {
     /// [`Limits::payload`]). Bytes of a connection already closed are dropped.
     pub fn handle_local_data(&mut self, local: LocalId, data: &[u8]) {
         self.core.local_data(local, data);
+    }
+
+    /// For a driver that frames DATA in place ([`crate::tunnel::DataFraming`]): the head and
+    /// tail of the DATA frame for `len` bytes read from `local` (1 to [`Limits::payload`]),
+    /// byte for byte what [`Source::handle_local_data`] would send for them. Read the bytes
+    /// after [`crate::tunnel::DATA_HEADROOM`] bytes of headroom, frame them with
+    /// [`crate::tunnel::DataFraming::frame_in_place`] and send the frame as one WebSocket
+    /// message. `None` when `local` is closed (drop the bytes) or `len` is out of range.
+    pub fn data_framing(&self, local: LocalId, len: usize) -> Option<crate::tunnel::DataFraming> {
+        self.core.data_framing(local, len)
     }
 
     /// The local connection ended (EOF or error): the peer is told (CONNECTION_RESET in V3,

@@ -823,3 +823,52 @@ fn reconnect_schedule() {
     assert_eq!(keep.handle_end(End::Closed, 1.0), ms(100));
     assert_eq!(keep.handle_end(End::Status(403), 1.0), ms(200));
 }
+
+#[test]
+fn data_framed_in_place_is_what_handle_local_data_sends() {
+    use crate::tunnel::{DATA_HEADROOM, DATA_TAILROOM};
+    for (services, version, ids) in [
+        (&["SSH1"][..], Version::V3, "SERVICE_IDS [\"SSH1\"]"),
+        (&["SSH1"][..], Version::V2, "SERVICE_IDS [\"SSH1\"]"),
+        (&[""][..], Version::V1, "SERVICE_IDS []"),
+    ] {
+        let mut s = Source::new(services, version, Limits::default()).unwrap();
+        s.bytes(&v(ids)).unwrap();
+        let c1 = s.handle_accept(services[0]).unwrap();
+        s.drain();
+        for len in [1, 127, 128, crate::tunnel::MAX_PAYLOAD] {
+            let payload: Vec<u8> = (0..len).map(|i| i as u8).collect();
+            s.handle_local_data(c1, &payload);
+            let [Action::Send(sent)] = &s.drain()[..] else {
+                panic!("one frame")
+            };
+            let mut buf = vec![0; DATA_HEADROOM + len + DATA_TAILROOM];
+            buf[DATA_HEADROOM..DATA_HEADROOM + len].copy_from_slice(&payload);
+            let framing = s.data_framing(c1, len).unwrap();
+            let range = framing.frame_in_place(&mut buf, DATA_HEADROOM).unwrap();
+            assert_eq!(&buf[range], &sent[..], "{version:?} {len}");
+        }
+        assert!(s.data_framing(c1, 0).is_none());
+        assert!(s.data_framing(c1, crate::tunnel::MAX_PAYLOAD + 1).is_none());
+        s.handle_local_closed(c1);
+        assert!(s.data_framing(c1, 1).is_none(), "closed");
+    }
+}
+
+#[test]
+fn stream_ids_wrap_at_i32_max() {
+    let mut s = source(&["SSH1"], Version::V2);
+    s.drain();
+    s.last_stream = i32::MAX - 1;
+    let c1 = s.handle_accept("SSH1").unwrap();
+    s.handle_local_closed(c1);
+    s.handle_accept("SSH1").unwrap();
+    let starts: Vec<i32> = (s.drain().into_iter())
+        .filter_map(|a| match a {
+            Action::Send(f) => Some(Message::decode(&f[2..]).unwrap())
+                .and_then(|m| (m.kind == Type::STREAM_START).then_some(m.stream_id)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(starts, [i32::MAX, 1]);
+}
