@@ -45,6 +45,8 @@ struct End {
     /// Write actions not yet taken by the (slow) local end.
     to_write: VecDeque<Vec<u8>>,
     closed: bool,
+    /// The agent finished it (the peer closed): it is closed once `to_write` is taken.
+    finished: bool,
     connected: bool,
 }
 
@@ -110,6 +112,11 @@ impl Sim {
                     end.closed = true;
                     end.to_write.clear();
                 }
+                Action::Finish { local } => {
+                    let end = self.src_ends.get_mut(&local).unwrap();
+                    assert!(!end.closed, "finished when closed");
+                    (end.closed, end.finished) = (true, true);
+                }
                 Action::PauseTunnelReads => self.src_paused = true,
                 Action::ResumeTunnelReads => self.src_paused = false,
                 Action::Connect { .. } => panic!("a source connects nowhere"),
@@ -137,6 +144,11 @@ impl Sim {
                     assert!(!end.closed, "closed twice");
                     end.closed = true;
                     end.to_write.clear();
+                }
+                Action::Finish { local } => {
+                    let end = self.dst_ends.get_mut(&local).unwrap();
+                    assert!(!end.closed, "finished when closed");
+                    (end.closed, end.finished) = (true, true);
                 }
                 Action::PauseTunnelReads => self.dst_paused = true,
                 Action::ResumeTunnelReads => self.dst_paused = false,
@@ -212,8 +224,12 @@ impl Sim {
     }
 
     fn open(ends: &HashMap<LocalId, End>, pick: impl Fn(&End) -> bool) -> Vec<LocalId> {
+        Self::any(ends, |e| !e.closed && pick(e))
+    }
+
+    fn any(ends: &HashMap<LocalId, End>, pick: impl Fn(&End) -> bool) -> Vec<LocalId> {
         let mut ids: Vec<LocalId> = (ends.iter())
-            .filter(|(_, e)| !e.closed && pick(e))
+            .filter(|(_, e)| pick(e))
             .map(|(&id, _)| id)
             .collect();
         ids.sort();
@@ -281,7 +297,7 @@ impl Sim {
             71..=98 => {
                 let src = self.rng.chance(500);
                 let ends = if src { &self.src_ends } else { &self.dst_ends };
-                let open = Self::open(ends, |e| !e.to_write.is_empty());
+                let open = Self::any(ends, |e| !e.to_write.is_empty());
                 if !open.is_empty() {
                     let local = open[self.rng.below(open.len())];
                     let max = 1 + self.rng.below(8000);
@@ -311,7 +327,7 @@ impl Sim {
             self.take_actions();
             for src in [true, false] {
                 let ends = if src { &self.src_ends } else { &self.dst_ends };
-                for local in Self::open(ends, |e| !e.to_write.is_empty()) {
+                for local in Self::any(ends, |e| !e.to_write.is_empty()) {
                     while self.local_takes(src, local, usize::MAX) {}
                     moved = true;
                 }
@@ -351,6 +367,9 @@ impl Sim {
                 }
                 if let Some(back) = peer.got_tag() {
                     assert_eq!(back, end.tag, "{what}: {id} and its peer disagree");
+                }
+                if end.finished {
+                    assert_eq!(end.got.len(), peer.sent, "{what}: {id} finished short");
                 }
                 if !end.closed {
                     assert!(!peer.closed, "{what}: {id} open, its peer closed");

@@ -37,6 +37,9 @@ pub(super) struct Local {
     /// Destination: the connection is up; until then DATA is held.
     pub connected: bool,
     pub held: Vec<Vec<u8>>,
+    /// Destination: the peer ended it before it connected; it is out of its stream and is
+    /// finished once it connects.
+    pub finishing: bool,
 }
 
 #[derive(Debug)]
@@ -161,6 +164,7 @@ impl Core {
                 over: false,
                 connected,
                 held: Vec::new(),
+                finishing: false,
             },
         );
         id
@@ -183,11 +187,21 @@ impl Core {
         Some(local)
     }
 
-    /// Ends `service`'s active stream: closes its local connections.
+    /// Ends `service`'s active stream: closes (aborts) its local connections.
     pub fn end_stream(&mut self, service: usize) {
+        self.end_stream_with(service, false);
+    }
+
+    /// Ends `service`'s active stream: its local connections are finished (`finish`: the
+    /// peer closed them, what it sent is written first) or closed (aborted).
+    pub fn end_stream_with(&mut self, service: usize, finish: bool) {
         let conns: Vec<LocalId> = self.services[service].conns.values().copied().collect();
         for id in conns {
-            self.remove_local(id, true);
+            if finish {
+                self.finish_local(id);
+            } else {
+                self.remove_local(id, true);
+            }
         }
         self.services[service].stream = None;
         self.services[service].last_conn = 0;
@@ -253,14 +267,39 @@ impl Core {
         self.maybe_resume();
     }
 
-    /// A destination's connection is up: hand out what was held.
+    /// A destination's connection is up: hand out what was held (and finish it if the peer
+    /// ended it meanwhile).
     pub fn connected(&mut self, id: LocalId) {
         let Some(local) = self.locals.get_mut(&id) else {
             return;
         };
         local.connected = true;
+        let finishing = local.finishing;
         for data in std::mem::take(&mut local.held) {
             self.actions.push_back(Action::Write { local: id, data });
+        }
+        if finishing {
+            self.finish_local(id);
+        }
+    }
+
+    /// The peer ended the local connection `id` (its own local side closed): what it sent
+    /// is written out, then the connection is closed ([`Action::Finish`]). One not connected
+    /// yet leaves its stream and is finished once it connects.
+    pub fn finish_local(&mut self, id: LocalId) {
+        let Some(local) = self.locals.get_mut(&id) else {
+            return;
+        };
+        if local.connected {
+            self.actions.push_back(Action::Finish { local: id });
+            self.remove_local(id, false);
+        } else {
+            local.finishing = true;
+            let (service, conn) = (local.service, local.conn);
+            let conns = &mut self.services[service].conns;
+            if conns.get(&conn) == Some(&id) {
+                conns.remove(&conn);
+            }
         }
     }
 
@@ -362,7 +401,11 @@ impl Core {
                 if let Some(service) = self.service_of(message.service_id)
                     && self.services[service].stream == Some(message.stream_id)
                 {
-                    self.end_stream(service);
+                    // In V1 and V2 it is how the peer's local connection ends (a close, not
+                    // a cut); in V3 that is CONNECTION_RESET, and a STREAM_RESET is trouble
+                    // (a target out of reach, a peer replaced at the relay).
+                    let finish = !self.format.writes_connection_id();
+                    self.end_stream_with(service, finish);
                 }
                 Ok(None)
             }
@@ -372,7 +415,7 @@ impl Core {
                     && self.services[service].stream == Some(message.stream_id)
                     && let Some(&id) = self.services[service].conns.get(&message.connection())
                 {
-                    self.remove_local(id, true);
+                    self.finish_local(id);
                 }
                 Ok(None)
             }

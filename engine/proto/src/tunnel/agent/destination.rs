@@ -141,6 +141,11 @@ impl Destination {
         let Some(l) = core.locals.get(&local) else {
             return;
         };
+        if l.finishing {
+            // The source's side ended already: nothing to tell it.
+            core.remove_local(local, false);
+            return;
+        }
         let (index, stream, conn) = (l.service, l.stream, l.conn);
         let alone = core.services[index].conns.len() <= 1;
         core.remove_local(local, false);

@@ -80,10 +80,19 @@ pub enum Action {
         /// The bytes, in order.
         data: Vec<u8>,
     },
-    /// Close (reset) the local connection and forget its id: its stream or connection ended
-    /// in the tunnel, or the tunnel was lost. Bytes not yet written to it are dropped, so a
+    /// Close (reset) the local connection and forget its id: its stream was cut (replaced, a
+    /// V3 STREAM_RESET, SESSION_RESET, a fall-back the connection cannot survive), or the
+    /// tunnel was lost. Bytes not yet written to it are dropped, so a
     /// reset (RST) rather than a FIN says to its peer that it was cut.
     Close {
+        /// The connection.
+        local: LocalId,
+    },
+    /// The peer closed this local connection's counterpart (CONNECTION_RESET, or STREAM_RESET
+    /// in the V1 and V2 formats): write out every [`Action::Write`] given for it, then close
+    /// it (a FIN). Its id is forgotten: what is read from it from now on is dropped, and
+    /// neither `handle_written` nor `handle_local_closed` is needed for it.
+    Finish {
         /// The connection.
         local: LocalId,
     },

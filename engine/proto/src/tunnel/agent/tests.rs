@@ -126,9 +126,10 @@ fn v3_source_sends_what_localproxy_sends() {
         s.drain(),
         [send(v("CONNECTION_RESET stream=1 svc=SSH1 conn=1"))]
     );
-    // The destination's reset of connection 2 closes it; the stream stays.
+    // The destination's reset of connection 2 finishes it (what came before it is written
+    // first); the stream stays.
     s.bytes(&hex("000c080710012a04535348313802")).unwrap();
-    assert_eq!(s.drain(), [Action::Close { local: c2 }]);
+    assert_eq!(s.drain(), [Action::Finish { local: c2 }]);
     // Every connection closed: the next one is connection 3 of stream 1 (§5, observed).
     let c3 = s.handle_accept("SSH1").unwrap();
     assert_eq!(
@@ -626,7 +627,7 @@ fn closing_a_backed_up_connection_resumes_the_tunnel() {
         .unwrap();
     assert_eq!(
         s.drain(),
-        [Action::Close { local: c1 }, Action::ResumeTunnelReads]
+        [Action::Finish { local: c1 }, Action::ResumeTunnelReads]
     );
     // Losing the tunnel closes everything and starts counting again at stream 1.
     let c2 = s.handle_accept("SSH1").unwrap();
@@ -650,6 +651,7 @@ struct Pair {
     /// Per side: local id -> bytes received.
     src_got: HashMap<LocalId, Vec<u8>>,
     dst_got: HashMap<LocalId, Vec<u8>>,
+    /// Finished (closed after their writes) by the agent; a Close (a cut) fails the test.
     dst_closed: Vec<LocalId>,
     src_closed: Vec<LocalId>,
 }
@@ -683,7 +685,7 @@ impl Pair {
                         self.src.handle_written(local, data.len());
                         self.src_got.entry(local).or_default().extend(data);
                     }
-                    Action::Close { local } => self.src_closed.push(local),
+                    Action::Finish { local } => self.src_closed.push(local),
                     Action::Listen { .. } => {}
                     other => panic!("{other:?}"),
                 }
@@ -697,7 +699,7 @@ impl Pair {
                         self.dst.handle_written(local, data.len());
                         self.dst_got.entry(local).or_default().extend(data);
                     }
-                    Action::Close { local } => self.dst_closed.push(local),
+                    Action::Finish { local } => self.dst_closed.push(local),
                     other => panic!("{other:?}"),
                 }
             }
@@ -871,4 +873,70 @@ fn stream_ids_wrap_at_i32_max() {
         })
         .collect();
     assert_eq!(starts, [i32::MAX, 1]);
+}
+
+/// The peer's close comes after its last DATA: the local connection gets every byte, then a
+/// FIN (Finish), never a cut (Close) that would drop bytes still waiting to be written.
+#[test]
+fn a_peer_close_finishes_after_the_data_before_it() {
+    // Source: the target answered and closed (V3: CONNECTION_RESET; V2: STREAM_RESET).
+    for (version, reset) in [
+        (Version::V3, v("CONNECTION_RESET stream=1 svc=SSH1 conn=1")),
+        (Version::V2, v("STREAM_RESET stream=1 svc=SSH1")),
+    ] {
+        let mut s = source(&["SSH1"], version);
+        s.drain();
+        let c1 = s.handle_accept("SSH1").unwrap();
+        s.drain();
+        let data = if version == Version::V3 {
+            v("DATA stream=1 svc=SSH1 conn=1 payload \"x\"")
+        } else {
+            v("DATA stream=1 svc=SSH1 payload \"x\"")
+        };
+        s.bytes(&[data, reset].concat()).unwrap();
+        assert_eq!(
+            s.drain(),
+            [write(c1, b"x"), Action::Finish { local: c1 }],
+            "{version:?}"
+        );
+    }
+    // In V3 a STREAM_RESET is trouble (a target out of reach, a peer replaced): a cut.
+    let mut s = source(&["SSH1"], Version::V3);
+    s.drain();
+    let c1 = s.handle_accept("SSH1").unwrap();
+    s.drain();
+    s.bytes(&v("STREAM_RESET stream=1 svc=SSH1")).unwrap();
+    assert_eq!(s.drain(), [Action::Close { local: c1 }]);
+
+    // Destination: the client sent its request and closed before the target connected.
+    let mut d = Destination::new(&["SSH1"], Version::V3, Limits::default()).unwrap();
+    d.bytes(&v("SERVICE_IDS [\"SSH1\"]")).unwrap();
+    let c1 = LocalId(0);
+    d.bytes(
+        &[
+            v("STREAM_START stream=1 svc=SSH1 conn=1"),
+            v("DATA stream=1 svc=SSH1 conn=1 payload \"x\""),
+            v("CONNECTION_RESET stream=1 svc=SSH1 conn=1"),
+        ]
+        .concat(),
+    )
+    .unwrap();
+    d.drain();
+    // The stream goes on without it: connection 2 opens meanwhile.
+    d.bytes(&v("CONNECTION_START stream=1 svc=SSH1 conn=2"))
+        .unwrap();
+    assert_eq!(
+        d.drain(),
+        [Action::Connect {
+            local: LocalId(1),
+            service: "SSH1".into()
+        }]
+    );
+    d.handle_connected(c1);
+    assert_eq!(d.drain(), [write(c1, b"x"), Action::Finish { local: c1 }]);
+    assert_eq!(d.pending(c1), 0, "forgotten");
+    // One that cannot connect any more tells the source nothing: its side is gone already.
+    d.bytes(&hex("000c080710012a04535348313802")).unwrap();
+    d.handle_connect_failed(LocalId(1));
+    assert_eq!(d.drain(), []);
 }
