@@ -7,8 +7,9 @@
 //! connections accepted, connected, read, written and closed (`handle_*`), and the tunnel
 //! lost (`handle_tunnel_lost`). It takes out what to do with [`Source::poll_action`] /
 //! [`Destination::poll_action`] until `None`: frames to send, each as one WebSocket message
-//! ([`Action::Send`]), local connections to open, write or close, listeners to open, and
-//! [`Action::PauseTunnelReads`] / [`Action::ResumeTunnelReads`].
+//! ([`Action::Send`]), local connections to open, write, finish (the peer closed: write out,
+//! then FIN) or close (cut), listeners to open, and [`Action::PauseTunnelReads`] /
+//! [`Action::ResumeTunnelReads`].
 //!
 //! **Flow control.** The protocol has none per stream, and localproxy keeps reading the
 //! tunnel behind a slow local reader until it dies (§12.1). An agent counts the bytes it
