@@ -162,3 +162,52 @@ impl LogSink {
         unsafe { (self.callback)(level, target.as_ptr(), message.as_ptr(), self.userdata) };
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::ffi::CStr;
+
+    use super::*;
+
+    fn last_error() -> String {
+        // SAFETY: tunnel_last_error returns this thread's NUL-terminated buffer.
+        unsafe { CStr::from_ptr(crate::error::tunnel_last_error()) }
+            .to_string_lossy()
+            .into_owned()
+    }
+
+    /// A panic inside a call comes back as TUNNEL_ERR_PANIC with its message, not an unwind.
+    #[test]
+    fn a_panic_stops_at_the_boundary() {
+        let code = entry("tunnel_test_call", || panic!("boom {}", 42));
+        assert_eq!(code, tunnel_result::TUNNEL_ERR_PANIC);
+        assert_eq!(
+            last_error(),
+            "tunnel_test_call: internal error (panic): boom 42"
+        );
+    }
+
+    /// A message longer than the buffer is cut at a character boundary, and stays a C string.
+    #[test]
+    fn a_long_message_is_cut_whole() {
+        let long = "é".repeat(2000);
+        let code = entry("x", || {
+            Err(Failure::new(tunnel_result::TUNNEL_ERR_OTHER, long.clone()))
+        });
+        assert_eq!(code, tunnel_result::TUNNEL_ERR_OTHER);
+        let got = last_error();
+        assert!(got.len() <= 1023 && got.len() > 1000, "{}", got.len());
+        assert!(got.starts_with("x: éé"));
+    }
+
+    /// Freeing through the same variable twice: the first frees and sets NULL, the second is a
+    /// no-op.
+    #[test]
+    fn take_box_clears_the_variable() {
+        let mut handle = Box::into_raw(Box::new(7u64));
+        assert_eq!(take_box(&mut handle).as_deref(), Some(&7));
+        assert!(handle.is_null());
+        assert!(take_box(&mut handle).is_none());
+        assert!(take_box::<u64>(std::ptr::null_mut()).is_none());
+    }
+}

@@ -197,7 +197,47 @@ pub fn test_main() -> Result<()> {
         }
         against_s_server(bin, &lib, &pki)?;
     }
-    Ok(())
+    examples(&dir, &lib, &pki)
+}
+
+/// The two examples together: the legacy client's line goes over TLS to the embedded server,
+/// and its answer comes back.
+fn examples(dir: &Path, lib: &Path, pki: &splice_test_pki::Pki) -> Result<()> {
+    eprintln!("--- examples: legacy_client to embedded_server");
+    let port = free_port()?;
+    let mut server = Command::new(dir.join("embedded_server"))
+        .arg(format!("127.0.0.1:{port}"))
+        .arg(&pki.server.cert)
+        .arg(&pki.server.key)
+        .env("LD_LIBRARY_PATH", lib)
+        .spawn()
+        .context("run embedded_server")?;
+    let result = (|| -> Result<()> {
+        let end = Instant::now() + LIMIT;
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            ensure!(
+                Instant::now() < end,
+                "embedded_server did not listen on {port}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let mut client = Command::new(dir.join("legacy_client"))
+            .arg(format!("localhost:{port}"))
+            .arg(&pki.ca.path)
+            .env("LD_LIBRARY_PATH", lib)
+            .stdout(Stdio::piped())
+            .spawn()
+            .context("run legacy_client")?;
+        let got = collect(client.stdout.take().expect("piped"));
+        wait_limited(&mut client, "legacy_client")?;
+        let got = String::from_utf8_lossy(&got.lock().expect("lock")).into_owned();
+        ensure!(got == "hello over TLS\n", "legacy_client printed {got:?}");
+        eprintln!("ok: legacy_client got the embedded server's answer over TLS");
+        Ok(())
+    })();
+    let _ = server.kill();
+    let _ = server.wait();
+    result
 }
 
 /// The test binary with the sanitizers' settings and the installed library on its path.
