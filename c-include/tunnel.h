@@ -169,9 +169,14 @@ typedef struct tunnel_engine tunnel_engine;
  */
 typedef struct tunnel_connect_opts {
   /**
-   * CA file (PEM) to verify the upstream's certificate with (default: the system roots).
+   * CA file (PEM) to verify the upstream's certificate with (default: `ca_pem`, else the
+   * system roots).
    */
   const char *ca_file;
+  /**
+   * CA certificates as PEM text, instead of `ca_file` (not both).
+   */
+  const char *ca_pem;
   /**
    * The name to send (SNI) and verify (default: the host of `host:port`).
    */
@@ -213,9 +218,14 @@ typedef struct tunnel_forwarder_opts {
    */
   const char *connect;
   /**
-   * Client mode: CA file (PEM) to verify the upstream with (default: the system roots).
+   * Client mode: CA file (PEM) to verify the upstream with (default: `ca_pem`, else the
+   * system roots).
    */
   const char *ca;
+  /**
+   * Client mode: CA certificates as PEM text, instead of `ca` (not both).
+   */
+  const char *ca_pem;
   /**
    * Client mode: the name to send (SNI) and verify (default: the host of `connect`).
    */
@@ -335,8 +345,9 @@ const char *tunnel_version(void);
  * CA, certificate and key files then); later calls with equal options reuse it.
  *
  * Thread-safe. Errors: `TUNNEL_ERR_NULL_ARGUMENT` (`host_port` or `fd`),
- * `TUNNEL_ERR_INVALID_ARGUMENT`, `TUNNEL_ERR_CONFIG` (`host_port` is not `HOST:PORT`),
- * `TUNNEL_ERR_CERTIFICATE` (the message names the CA, certificate or key file),
+ * `TUNNEL_ERR_INVALID_ARGUMENT`, `TUNNEL_ERR_CONFIG` (`host_port` is not `HOST:PORT`, or both
+ * `ca_file` and `ca_pem`),
+ * `TUNNEL_ERR_CERTIFICATE` (the message names the CA, certificate or key file, or `ca_pem`),
  * `TUNNEL_ERR_ADDRESS`, `TUNNEL_ERR_AT_CAPACITY`, `TUNNEL_ERR_SHUT_DOWN`, `TUNNEL_ERR_IO`.
  */
 tunnel_result tunnel_connect(const struct tunnel_engine *engine, const char *host_port, const struct tunnel_connect_opts *opts, int *fd);

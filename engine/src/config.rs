@@ -32,6 +32,10 @@ pub struct ForwarderConfig {
     /// Client mode: CA file to verify the upstream (system roots when absent).
     #[serde(default)]
     pub ca: Option<PathBuf>,
+    /// Client mode: CA certificates as PEM text, instead of a `ca` file (for programs, such as
+    /// the C library's `tunnel_connect`; not a key of the file).
+    #[serde(skip)]
+    pub ca_pem: Option<String>,
     /// Client mode: keys to trust instead of a CA, `sha256:<base64 or hex>` of the upstream's
     /// subjectPublicKeyInfo (or of its whole certificate). Names and dates are not checked.
     #[serde(default)]
@@ -105,6 +109,7 @@ impl ForwarderConfig {
             listen: listen.into(),
             connect: connect.into(),
             ca: None,
+            ca_pem: None,
             pin: Vec::new(),
             sni: None,
             cert: None,
@@ -219,6 +224,7 @@ impl ForwarderConfig {
                 }
                 for (key, set) in [
                     ("ca", self.ca.is_some()),
+                    ("ca_pem", self.ca_pem.is_some()),
                     ("sni", self.sni.is_some()),
                     ("pin", !self.pin.is_empty()),
                 ] {
@@ -228,6 +234,12 @@ impl ForwarderConfig {
                 }
             }
             Mode::Client => {
+                if self.ca.is_some() && self.ca_pem.is_some() {
+                    return Some((
+                        "ca",
+                        format!("{what}: `ca` and `ca_pem` exclude each other"),
+                    ));
+                }
                 if self.cert.is_some() != self.key.is_some() {
                     let key = if self.cert.is_some() { "cert" } else { "key" };
                     return Some((

@@ -16,8 +16,11 @@ use crate::error::{Failure, tunnel_result};
 /// `tunnel_connect_opts*` means all unset.
 #[repr(C)]
 pub struct tunnel_connect_opts {
-    /// CA file (PEM) to verify the upstream's certificate with (default: the system roots).
+    /// CA file (PEM) to verify the upstream's certificate with (default: `ca_pem`, else the
+    /// system roots).
     pub ca_file: *const c_char,
+    /// CA certificates as PEM text, instead of `ca_file` (not both).
+    pub ca_pem: *const c_char,
     /// The name to send (SNI) and verify (default: the host of `host:port`).
     pub sni: *const c_char,
     /// Client certificate chain file (PEM), for upstreams that ask for one.
@@ -33,6 +36,7 @@ pub struct tunnel_connect_opts {
 pub(crate) struct ConnectKey {
     upstream: String,
     ca: Option<String>,
+    ca_pem: Option<String>,
     sni: Option<String>,
     cert: Option<String>,
     key: Option<String>,
@@ -49,6 +53,7 @@ fn key_of(upstream: &str, o: Option<&tunnel_connect_opts>) -> Result<ConnectKey,
     Ok(ConnectKey {
         upstream: upstream.to_string(),
         ca: field(o.map(|o| o.ca_file), "ca_file")?,
+        ca_pem: field(o.map(|o| o.ca_pem), "ca_pem")?,
         sni: field(o.map(|o| o.sni), "sni")?,
         cert: field(o.map(|o| o.cert), "cert")?,
         key: field(o.map(|o| o.key), "key")?,
@@ -66,6 +71,7 @@ fn connector(h: &tunnel_engine, k: ConnectKey) -> Result<String, Failure> {
     let mut f = ForwarderConfig::new(Mode::Client, "", k.upstream.clone());
     f.name = name.clone();
     f.ca = k.ca.clone().map(Into::into);
+    f.ca_pem = k.ca_pem.clone();
     f.sni = k.sni.clone();
     f.cert = k.cert.clone().map(Into::into);
     f.key = k.key.clone().map(Into::into);
@@ -110,8 +116,9 @@ fn default_engine() -> Result<Arc<tunnel_engine>, Failure> {
 /// CA, certificate and key files then); later calls with equal options reuse it.
 ///
 /// Thread-safe. Errors: `TUNNEL_ERR_NULL_ARGUMENT` (`host_port` or `fd`),
-/// `TUNNEL_ERR_INVALID_ARGUMENT`, `TUNNEL_ERR_CONFIG` (`host_port` is not `HOST:PORT`),
-/// `TUNNEL_ERR_CERTIFICATE` (the message names the CA, certificate or key file),
+/// `TUNNEL_ERR_INVALID_ARGUMENT`, `TUNNEL_ERR_CONFIG` (`host_port` is not `HOST:PORT`, or both
+/// `ca_file` and `ca_pem`),
+/// `TUNNEL_ERR_CERTIFICATE` (the message names the CA, certificate or key file, or `ca_pem`),
 /// `TUNNEL_ERR_ADDRESS`, `TUNNEL_ERR_AT_CAPACITY`, `TUNNEL_ERR_SHUT_DOWN`, `TUNNEL_ERR_IO`.
 #[unsafe(no_mangle)]
 pub extern "C" fn tunnel_connect(

@@ -68,8 +68,11 @@ pub struct tunnel_forwarder_opts {
     pub listen: *const c_char,
     /// `HOST:PORT` to forward to (required).
     pub connect: *const c_char,
-    /// Client mode: CA file (PEM) to verify the upstream with (default: the system roots).
+    /// Client mode: CA file (PEM) to verify the upstream with (default: `ca_pem`, else the
+    /// system roots).
     pub ca: *const c_char,
+    /// Client mode: CA certificates as PEM text, instead of `ca` (not both).
+    pub ca_pem: *const c_char,
     /// Client mode: the name to send (SNI) and verify (default: the host of `connect`).
     pub sni: *const c_char,
     /// Certificate chain file (PEM): server mode's certificate (required), or client mode's
@@ -103,6 +106,7 @@ fn forwarder(o: &tunnel_forwarder_opts) -> Result<ForwarderConfig, Failure> {
     let mut f = ForwarderConfig::new(mode, listen, str_arg(o.connect, "connect")?);
     f.name = opt_str_arg(o.name, "name")?.unwrap_or("").to_string();
     f.ca = opt_str_arg(o.ca, "ca")?.map(Into::into);
+    f.ca_pem = opt_str_arg(o.ca_pem, "ca_pem")?.map(Into::into);
     f.sni = opt_str_arg(o.sni, "sni")?.map(Into::into);
     f.cert = opt_str_arg(o.cert, "cert")?.map(Into::into);
     f.key = opt_str_arg(o.key, "key")?.map(Into::into);

@@ -217,7 +217,19 @@ static int mode_server(const char *cert, const char *key, size_t nbytes, const c
 #define THREADS 6
 #define PER_THREAD (1024 * 1024)
 
-struct worker { tunnel_engine *eng; const char *upstream; const char *ca; int id; };
+struct worker { tunnel_engine *eng; const char *upstream; const char *ca; const char *ca_pem; int id; };
+
+/* The whole of a (small) file as a string, to free. */
+static char *slurp(const char *path) {
+    FILE *f = fopen(path, "rb");
+    char *text = calloc(1, 1 << 16);
+    size_t n;
+    CHECK(f != NULL && text != NULL, "open %s", path);
+    n = fread(text, 1, (1 << 16) - 1, f);
+    CHECK(n > 0, "read %s", path);
+    fclose(f);
+    return text;
+}
 
 static void *worker_main(void *arg) {
     struct worker *w = arg;
@@ -226,7 +238,8 @@ static void *worker_main(void *arg) {
     unsigned char out[8192], in[8192];
     uint32_t x = 2463534242u + (uint32_t)w->id;
     memset(&opts, 0, sizeof opts);
-    opts.ca_file = w->ca;
+    /* Half the threads trust the CA as a file, half as PEM text: two connectors. */
+    if (w->id % 2) opts.ca_pem = w->ca_pem; else opts.ca_file = w->ca;
     opts.sni = "localhost";
     OK(tunnel_connect(w->eng, w->upstream, &opts, &fd));
     for (size_t done = 0; done < PER_THREAD; done += sizeof out) {
@@ -254,32 +267,39 @@ static int mode_threads(const char *ca, const char *cert, const char *key, const
     size_t n = 0, i;
     char *json = NULL;
     int fds = count_dir("/proc/self/fd"), tasks = count_dir("/proc/self/task");
+    uint64_t through_connectors = 0;
+    char *ca_pem = slurp(ca);
     tunnel_engine *eng;
     echo_start(&e, THREADS, backend, sizeof backend);
     eng = server_engine(driver, cert, key, backend, &port);
     snprintf(upstream, sizeof upstream, "localhost:%u", port);
     for (i = 0; i < THREADS; i++) {
-        w[i].eng = eng; w[i].upstream = upstream; w[i].ca = ca; w[i].id = (int)i;
+        w[i].eng = eng; w[i].upstream = upstream; w[i].ca = ca; w[i].ca_pem = ca_pem; w[i].id = (int)i;
         CHECK(pthread_create(&t[i], NULL, worker_main, &w[i]) == 0, "pthread_create");
     }
     for (i = 0; i < THREADS; i++) pthread_join(t[i], NULL);
     pthread_join(e.thread, NULL);
 
     OK(tunnel_engine_stats(eng, &stats, &n));
-    CHECK(n == 2, "two forwarders (tls-in and one connector), not %zu", n);
+    CHECK(n == 3, "three forwarders (tls-in and two connectors), not %zu", n);
     for (i = 0; i < n; i++) {
+        uint64_t want = strcmp(stats[i].name, "tls-in") == 0 ? THREADS : THREADS / 2;
         printf("stats: %s (%s): accepted %llu, bytes %llu/%llu\n", stats[i].name, stats[i].mode,
                (unsigned long long)stats[i].accepted, (unsigned long long)stats[i].bytes_down_to_up,
                (unsigned long long)stats[i].bytes_up_to_down);
-        CHECK(stats[i].accepted == THREADS, "%s accepted %llu", stats[i].name, (unsigned long long)stats[i].accepted);
-        CHECK(stats[i].bytes_down_to_up == (uint64_t)THREADS * PER_THREAD, "%s bytes in", stats[i].name);
-        CHECK(stats[i].bytes_up_to_down == (uint64_t)THREADS * PER_THREAD, "%s bytes out", stats[i].name);
+        CHECK(stats[i].accepted == want, "%s accepted %llu", stats[i].name, (unsigned long long)stats[i].accepted);
+        CHECK(stats[i].bytes_down_to_up == want * PER_THREAD, "%s bytes in", stats[i].name);
+        CHECK(stats[i].bytes_up_to_down == want * PER_THREAD, "%s bytes out", stats[i].name);
+        if (strcmp(stats[i].name, "tls-in") != 0) through_connectors += stats[i].accepted;
     }
+    CHECK(through_connectors == THREADS, "every connection went through a connector");
     OK(tunnel_stats_free(stats, n));
+    free(ca_pem);
     OK(tunnel_engine_stats_json(eng, &json));
     printf("json: %s\n", json);
     CHECK(strstr(json, "\"name\":\"tls-in\"") != NULL, "JSON names tls-in");
     CHECK(strstr(json, "\"name\":\"tunnel-connect-1\"") != NULL, "JSON names the connector");
+    CHECK(strstr(json, "\"name\":\"tunnel-connect-2\"") != NULL, "JSON names the other connector");
     OK(tunnel_string_free(json));
 
     OK(tunnel_engine_shutdown(eng, 5000));
@@ -425,7 +445,12 @@ static int mode_errors(const char *ca, const char *cert, const char *key,
     o.ca_file = "/nonexistent/ca.pem";
     snprintf(up, sizeof up, "localhost:%u", port);
     FAILS(tunnel_connect(eng, up, &o, &fd), TUNNEL_ERR_CERTIFICATE, "/nonexistent/ca.pem");
+    o.ca_file = NULL;
+    o.ca_pem = "-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n";
+    FAILS(tunnel_connect(eng, up, &o, &fd), TUNNEL_ERR_CERTIFICATE, "ca_pem");
     o.ca_file = ca;
+    FAILS(tunnel_connect(eng, up, &o, &fd), TUNNEL_ERR_CONFIG, "`ca` and `ca_pem` exclude each other");
+    o.ca_pem = NULL;
     FAILS(tunnel_connect(eng, "no-port-here", &o, &fd), TUNNEL_ERR_CONFIG, "no-port-here");
 
     /* Verification failure: tls-in presents a certificate from a CA we do not trust. The call
