@@ -138,16 +138,7 @@ pub extern "C" fn tunnel_config_from_toml(
         let text = str_arg(toml, "toml")?;
         put_box(
             out,
-            || {
-                let cfg: EngineConfig = toml::from_str(text).map_err(|e| {
-                    splice_engine::Error::config(
-                        "<string>",
-                        e.to_string().trim().replace('\n', " "),
-                    )
-                })?;
-                cfg.validate("<string>")?;
-                Ok(tunnel_config(cfg))
-            },
+            || Ok(tunnel_config(EngineConfig::from_toml(text, "<string>")?)),
             "out",
         )
     })

@@ -381,7 +381,9 @@ static int mode_errors(const char *ca, const char *cert, const char *key,
 
     /* Bad TOML: as text, as a file, a key that does not exist. */
     FAILS(tunnel_config_from_toml("threads = [", &cfg), TUNNEL_ERR_CONFIG, "<string>");
-    FAILS(tunnel_config_from_toml("thread = 2", &cfg), TUNNEL_ERR_CONFIG, "thread");
+    FAILS(tunnel_config_from_toml("threads = 1\nthread = 2", &cfg), TUNNEL_ERR_CONFIG, "<string>: line 2: `thread`");
+    FAILS(tunnel_config_from_toml("[[forwarder]]\nmode = \"client\"\nlisten = \"127.0.0.1:0\"\nconnect = \"x\"", &cfg),
+          TUNNEL_ERR_CONFIG, "line 4");
     FAILS(tunnel_config_from_file("/nonexistent/splice.toml", &cfg), TUNNEL_ERR_CONFIG, "/nonexistent/splice.toml");
     CHECK(cfg == NULL, "no config on failure");
 
