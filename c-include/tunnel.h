@@ -165,7 +165,8 @@ typedef struct tunnel_engine tunnel_engine;
 /**
  * How `tunnel_connect` verifies and authenticates to the upstream. Strings are
  * NUL-terminated UTF-8, borrowed for the call; NULL or `""` leaves one unset. A NULL
- * `tunnel_connect_opts*` means all unset.
+ * `tunnel_connect_opts*` means all unset. Zero the struct before setting fields (`memset`,
+ * or `= {0}`), so that fields a later version adds stay unset.
  */
 typedef struct tunnel_connect_opts {
   /**
@@ -198,6 +199,8 @@ typedef struct tunnel_connect_opts {
 /**
  * One forwarder's settings. Strings are NUL-terminated UTF-8, borrowed for the call only;
  * NULL or `""` leaves an optional one unset. Paths are relative to the working directory.
+ * Zero the struct before setting fields (`memset`, or `= {0}`), so that fields a later
+ * version adds stay unset.
  */
 typedef struct tunnel_forwarder_opts {
   /**
@@ -256,11 +259,11 @@ typedef struct tunnel_stats {
   /**
    * The forwarder's name.
    */
-  char *name;
+  const char *name;
   /**
    * `"client"` or `"server"`.
    */
-  char *mode;
+  const char *mode;
   /**
    * Connections accepted and admitted.
    */

@@ -13,7 +13,8 @@ use crate::error::{Failure, tunnel_result};
 
 /// How `tunnel_connect` verifies and authenticates to the upstream. Strings are
 /// NUL-terminated UTF-8, borrowed for the call; NULL or `""` leaves one unset. A NULL
-/// `tunnel_connect_opts*` means all unset.
+/// `tunnel_connect_opts*` means all unset. Zero the struct before setting fields (`memset`,
+/// or `= {0}`), so that fields a later version adds stay unset.
 #[repr(C)]
 pub struct tunnel_connect_opts {
     /// CA file (PEM) to verify the upstream's certificate with (default: `ca_pem`, else the

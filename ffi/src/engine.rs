@@ -57,6 +57,8 @@ impl tunnel_engine {
 
 /// One forwarder's settings. Strings are NUL-terminated UTF-8, borrowed for the call only;
 /// NULL or `""` leaves an optional one unset. Paths are relative to the working directory.
+/// Zero the struct before setting fields (`memset`, or `= {0}`), so that fields a later
+/// version adds stay unset.
 #[repr(C)]
 pub struct tunnel_forwarder_opts {
     /// `TUNNEL_MODE_CLIENT` or `TUNNEL_MODE_SERVER`.
@@ -303,9 +305,9 @@ pub extern "C" fn tunnel_engine_local_port(
 #[repr(C)]
 pub struct tunnel_stats {
     /// The forwarder's name.
-    pub name: *mut c_char,
+    pub name: *const c_char,
     /// `"client"` or `"server"`.
-    pub mode: *mut c_char,
+    pub mode: *const c_char,
     /// Connections accepted and admitted.
     pub accepted: u64,
     /// Connections open now.
@@ -336,8 +338,8 @@ fn cstring(s: &str) -> CString {
 
 fn c_stats(s: &StatsSnapshot) -> tunnel_stats {
     tunnel_stats {
-        name: cstring(&s.name).into_raw(),
-        mode: cstring(&s.mode).into_raw(),
+        name: cstring(&s.name).into_raw().cast_const(),
+        mode: cstring(&s.mode).into_raw().cast_const(),
         accepted: s.accepted,
         active: s.active,
         refused: s.refused,
@@ -380,8 +382,8 @@ pub extern "C" fn tunnel_engine_stats(
 pub extern "C" fn tunnel_stats_free(stats: *mut tunnel_stats, len: usize) -> tunnel_result {
     entry("tunnel_stats_free", || {
         for s in take_slice(stats, len).into_iter().flatten() {
-            drop(take_string(s.name));
-            drop(take_string(s.mode));
+            drop(take_string(s.name.cast_mut()));
+            drop(take_string(s.mode.cast_mut()));
         }
         Ok(())
     })
