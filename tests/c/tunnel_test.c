@@ -174,6 +174,7 @@ static int mode_connect(const char *upstream, const char *ca, size_t want) {
     pthread_t writer;
     struct pump p;
     unsigned char *got = malloc(want ? want : 1);
+    int fds = count_dir("/proc/self/fd"), tasks = count_dir("/proc/self/task");
     memset(&opts, 0, sizeof opts);
     opts.ca_file = ca;
     opts.sni = "localhost";
@@ -188,6 +189,8 @@ static int mode_connect(const char *upstream, const char *ca, size_t want) {
     /* What we wrote may still be on its way: the drain delivers it before the engine stops. */
     close(fd);
     OK(tunnel_default_engine_shutdown(10000));
+    CHECK(count_dir("/proc/self/fd") == fds, "fds left: %d, before: %d", count_dir("/proc/self/fd"), fds);
+    CHECK(count_dir("/proc/self/task") == tasks, "threads left: %d, before: %d", count_dir("/proc/self/task"), tasks);
     return 0;
 }
 
