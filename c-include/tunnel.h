@@ -356,6 +356,15 @@ const char *tunnel_version(void);
 tunnel_result tunnel_connect(const struct tunnel_engine *engine, const char *host_port, const struct tunnel_connect_opts *opts, int *fd);
 
 /**
+ * Opens a connection through client-mode forwarder `name` of `engine` (one from its
+ * configuration, a connector with no `listen`, or one `tunnel_connect` added) and writes its
+ * plain end to `*fd`, as `tunnel_connect` does. Thread-safe. Errors:
+ * `TUNNEL_ERR_NULL_ARGUMENT`, `TUNNEL_ERR_UNKNOWN_FORWARDER`, `TUNNEL_ERR_NOT_CLIENT_MODE`,
+ * `TUNNEL_ERR_AT_CAPACITY`, `TUNNEL_ERR_SHUT_DOWN`, `TUNNEL_ERR_IO`.
+ */
+tunnel_result tunnel_engine_connect(const struct tunnel_engine *engine, const char *name, int *fd);
+
+/**
  * Stops the process-wide engine of `tunnel_connect(NULL, ...)` and frees it: it takes no new
  * connection, lets the open ones finish for at most `drain_ms` milliseconds (what the
  * program wrote before closing its socket is delivered in that time), closes the rest, and

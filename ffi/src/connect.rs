@@ -152,6 +152,28 @@ pub extern "C" fn tunnel_connect(
     })
 }
 
+/// Opens a connection through client-mode forwarder `name` of `engine` (one from its
+/// configuration, a connector with no `listen`, or one `tunnel_connect` added) and writes its
+/// plain end to `*fd`, as `tunnel_connect` does. Thread-safe. Errors:
+/// `TUNNEL_ERR_NULL_ARGUMENT`, `TUNNEL_ERR_UNKNOWN_FORWARDER`, `TUNNEL_ERR_NOT_CLIENT_MODE`,
+/// `TUNNEL_ERR_AT_CAPACITY`, `TUNNEL_ERR_SHUT_DOWN`, `TUNNEL_ERR_IO`.
+#[unsafe(no_mangle)]
+pub extern "C" fn tunnel_engine_connect(
+    engine: *const tunnel_engine,
+    name: *const c_char,
+    fd: *mut c_int,
+) -> tunnel_result {
+    entry("tunnel_engine_connect", || {
+        let h = ref_arg(engine, "engine")?;
+        let name = str_arg(name, "name")?;
+        if fd.is_null() {
+            return write_out(fd, -1, "fd");
+        }
+        let sock = h.with(|e| Ok(e.connect(name)?))?;
+        write_out(fd, sock.into_raw_fd(), "fd")
+    })
+}
+
 /// Stops the process-wide engine of `tunnel_connect(NULL, ...)` and frees it: it takes no new
 /// connection, lets the open ones finish for at most `drain_ms` milliseconds (what the
 /// program wrote before closing its socket is delivered in that time), closes the rest, and

@@ -21,7 +21,9 @@ mod log;
 
 use std::ffi::c_char;
 
-pub use connect::{tunnel_connect, tunnel_connect_opts, tunnel_default_engine_shutdown};
+pub use connect::{
+    tunnel_connect, tunnel_connect_opts, tunnel_default_engine_shutdown, tunnel_engine_connect,
+};
 pub use engine::*;
 pub use error::{tunnel_last_error, tunnel_result, tunnel_result_name};
 pub use log::*;

@@ -273,7 +273,7 @@ static int mode_threads(const char *ca, const char *cert, const char *key, const
     uint64_t through_connectors = 0;
     char *ca_pem = slurp(ca);
     tunnel_engine *eng;
-    echo_start(&e, THREADS, backend, sizeof backend);
+    echo_start(&e, THREADS + 1, backend, sizeof backend);
     eng = server_engine(driver, cert, key, backend, &port);
     snprintf(upstream, sizeof upstream, "localhost:%u", port);
     for (i = 0; i < THREADS; i++) {
@@ -281,7 +281,6 @@ static int mode_threads(const char *ca, const char *cert, const char *key, const
         CHECK(pthread_create(&t[i], NULL, worker_main, &w[i]) == 0, "pthread_create");
     }
     for (i = 0; i < THREADS; i++) pthread_join(t[i], NULL);
-    pthread_join(e.thread, NULL);
 
     OK(tunnel_engine_stats(eng, &stats, &n));
     CHECK(n == 3, "three forwarders (tls-in and two connectors), not %zu", n);
@@ -298,6 +297,16 @@ static int mode_threads(const char *ca, const char *cert, const char *key, const
     CHECK(through_connectors == THREADS, "every connection went through a connector");
     OK(tunnel_stats_free(stats, n));
     free(ca_pem);
+    {
+        /* One more, through the connector by its name. */
+        int fd = -1;
+        unsigned char back[5];
+        OK(tunnel_engine_connect(eng, "tunnel-connect-1", &fd));
+        write_all(fd, (const unsigned char *)"named", 5);
+        CHECK(read_full(fd, back, 5) == 1 && memcmp(back, "named", 5) == 0, "echo by name");
+        close(fd);
+    }
+    pthread_join(e.thread, NULL);
     OK(tunnel_engine_stats_json(eng, &json));
     printf("json: %s\n", json);
     CHECK(strstr(json, "\"name\":\"tls-in\"") != NULL, "JSON names tls-in");
@@ -418,6 +427,9 @@ static int mode_errors(const char *ca, const char *cert, const char *key,
     FAILS(tunnel_engine_local_port(eng, "nope", &port), TUNNEL_ERR_UNKNOWN_FORWARDER, "nope");
     FAILS(tunnel_engine_add_forwarder(eng, &f), TUNNEL_ERR_FORWARDER_EXISTS, "tls-in");
     FAILS(tunnel_engine_remove_forwarder(eng, "nope"), TUNNEL_ERR_UNKNOWN_FORWARDER, "nope");
+    FAILS(tunnel_engine_connect(eng, "nope", &fd), TUNNEL_ERR_UNKNOWN_FORWARDER, "nope");
+    FAILS(tunnel_engine_connect(eng, "tls-in", &fd), TUNNEL_ERR_NOT_CLIENT_MODE, "tls-in");
+    FAILS(tunnel_engine_connect(eng, NULL, &fd), TUNNEL_ERR_NULL_ARGUMENT, "`name`");
     f.name = "tls-in-2";
     f.cert = "/nonexistent/cert.pem";
     FAILS(tunnel_engine_add_forwarder(eng, &f), TUNNEL_ERR_CERTIFICATE, "/nonexistent/cert.pem");
