@@ -4,6 +4,8 @@
 //!   with `-D warnings`, the criterion benches once each, then the kTLS tests in the VM;
 //! * `ci` — what CI runs: `cargo fmt --check`, `cargo clippy -D warnings`, `test`, then a
 //!   `bench --quick` smoke run;
+//! * `c-test` — libtunnel's C tests (`tests/c/`, see `ctest`), also a step of `test`;
+//! * `install-c [--prefix DIR]` — installs libtunnel, `tunnel.h` and `tunnel.pc`;
 //! * `bench [FLAGS]` — load tests side by side with direct connections and peers (see `bench`);
 //! * `integration-test vm [TEST-ARGS...]` — builds `tests/kernel` as a static binary and runs it
 //!   inside the kTLS VM (`../shared/ktls-vm`, or `$SPLICE_KTLS_VM_DIR`). `TEST-ARGS` go to the
@@ -12,6 +14,7 @@
 //! Every child process inherits stdout and stderr, so its output streams as it runs.
 
 mod bench;
+mod ctest;
 mod vm;
 
 use std::path::{Path, PathBuf};
@@ -27,6 +30,8 @@ tasks:
   test                             host tests, then the kTLS tests in the VM
   ci                               fmt check, clippy -D warnings, `test`, `bench --quick`
   integration-test vm [ARGS...]    the kTLS tests in the VM (ARGS go to the test binary)
+  c-test                           libtunnel's C tests (ASan, shared and static, openssl peers)
+  install-c [--prefix DIR]         install libtunnel, tunnel.h and tunnel.pc (default /usr/local)
   bench [--quick] [FLAGS...]       load tests against direct and peers (`bench --help`)";
 
 fn main() -> ExitCode {
@@ -40,6 +45,8 @@ fn main() -> ExitCode {
             steps.run("kTLS tests in the VM", || vm::run(rest))
         }
         ["bench", rest @ ..] => steps.run("bench", || bench::main(rest)),
+        ["c-test"] => steps.run("C tests (libtunnel)", ctest::test_main),
+        ["install-c", rest @ ..] => steps.run("install libtunnel", || ctest::install_main(rest)),
         ["help" | "-h" | "--help"] => {
             println!("{USAGE}");
             return ExitCode::SUCCESS;
@@ -80,6 +87,7 @@ fn test(steps: &mut Steps) -> Result<()> {
     steps.run("criterion benches, once each", || {
         run_cmd(cargo().args(["test", "--release", "-p", "splice-bench", "--benches"]))
     })?;
+    steps.run("C tests (libtunnel)", ctest::test_main)?;
     steps.run("kTLS tests in the VM", || vm::run(&[]))
 }
 
