@@ -32,6 +32,10 @@ pub struct ForwarderConfig {
     /// Client mode: CA file to verify the upstream (system roots when absent).
     #[serde(default)]
     pub ca: Option<PathBuf>,
+    /// Client mode: CA certificates as PEM text, instead of a `ca` file (for programs, such as
+    /// the C library's `tunnel_connect`; not a key of the file).
+    #[serde(skip)]
+    pub ca_pem: Option<String>,
     /// Client mode: keys to trust instead of a CA, `sha256:<base64 or hex>` of the upstream's
     /// subjectPublicKeyInfo (or of its whole certificate). Names and dates are not checked.
     #[serde(default)]
@@ -105,6 +109,7 @@ impl ForwarderConfig {
             listen: listen.into(),
             connect: connect.into(),
             ca: None,
+            ca_pem: None,
             pin: Vec::new(),
             sni: None,
             cert: None,
@@ -219,6 +224,7 @@ impl ForwarderConfig {
                 }
                 for (key, set) in [
                     ("ca", self.ca.is_some()),
+                    ("ca_pem", self.ca_pem.is_some()),
                     ("sni", self.sni.is_some()),
                     ("pin", !self.pin.is_empty()),
                 ] {
@@ -228,6 +234,12 @@ impl ForwarderConfig {
                 }
             }
             Mode::Client => {
+                if self.ca.is_some() && self.ca_pem.is_some() {
+                    return Some((
+                        "ca",
+                        format!("{what}: `ca` and `ca_pem` exclude each other"),
+                    ));
+                }
                 if self.cert.is_some() != self.key.is_some() {
                     let key = if self.cert.is_some() { "cert" } else { "key" };
                     return Some((
@@ -544,8 +556,26 @@ impl EngineConfig {
         let origin = path.display().to_string();
         let text = std::fs::read_to_string(path)
             .map_err(|e| Error::config(&origin, format!("cannot read: {e}")))?;
-        let at = Locator::new(&text);
-        let mut cfg: EngineConfig = toml::from_str(&text).map_err(|e| {
+        let mut cfg = Self::parse(
+            &text,
+            &origin,
+            Some(path.parent().unwrap_or(Path::new("."))),
+        )?;
+        cfg.source_file = Some(path.to_path_buf());
+        Ok(cfg)
+    }
+
+    /// Reads and checks TOML text, as [`EngineConfig::from_file`] reads a file (relative paths
+    /// are relative to the working directory). Errors name `origin` (what the text is, e.g.
+    /// `"<string>"`), the line and the key.
+    pub fn from_toml(text: &str, origin: &str) -> Result<Self> {
+        Self::parse(text, origin, None)
+    }
+
+    /// `text`, read and checked; relative paths are made relative to `base` when given.
+    fn parse(text: &str, origin: &str, base: Option<&Path>) -> Result<Self> {
+        let at = Locator::new(text);
+        let mut cfg: EngineConfig = toml::from_str(text).map_err(|e| {
             // One line: the line from the error's span, the key (with its forwarder) whose
             // value the span points into, then toml's message.
             let mut msg = e.message().trim().replace('\n', " ");
@@ -554,19 +584,19 @@ impl EngineConfig {
                 msg = format!("{key}: {msg}");
             }
             match start {
-                Some(o) => Error::config(&origin, format!("line {}: {msg}", at.line_at(o))),
-                None => Error::config(&origin, msg),
+                Some(o) => Error::config(origin, format!("line {}: {msg}", at.line_at(o))),
+                None => Error::config(origin, msg),
             }
         })?;
-        let base = path.parent().unwrap_or(Path::new("."));
-        for f in &mut cfg.forwarders {
-            f.resolve_paths(base);
+        if let Some(base) = base {
+            for f in &mut cfg.forwarders {
+                f.resolve_paths(base);
+            }
         }
         cfg.problem().map_or(Ok(()), |p| {
             let line = at.line_of(p.forwarder, p.key);
-            Err(p.into_error(&origin, line))
+            Err(p.into_error(origin, line))
         })?;
-        cfg.source_file = Some(path.to_path_buf());
         Ok(cfg)
     }
 

@@ -9,12 +9,10 @@ use toml::{Table, Value};
 
 use crate::errors::{ConfigError, engine_error};
 
-/// Reads a TOML document (paths in it are relative to the current directory).
+/// Reads a TOML document as a file is read (paths in it are relative to the current
+/// directory); errors name the line and the key.
 pub(crate) fn config_from_toml(text: &str) -> PyResult<EngineConfig> {
-    let cfg: EngineConfig = toml::from_str(text)
-        .map_err(|e| ConfigError::new_err(format!("TOML string: {}", one_line(&e))))?;
-    cfg.validate("TOML string").map_err(engine_error)?;
-    Ok(cfg)
+    EngineConfig::from_toml(text, "TOML string").map_err(engine_error)
 }
 
 /// Reads the engine's settings (the top-level keys of a file, `forwarder` a list of tables).

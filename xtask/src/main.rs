@@ -4,6 +4,8 @@
 //!   with `-D warnings`, the criterion benches once each, then the kTLS tests in the VM;
 //! * `ci` — what CI runs: `cargo fmt --check`, `cargo clippy -D warnings`, `test`, then a
 //!   `bench --quick` smoke run;
+//! * `c-test` — libtunnel's C tests (`tests/c/`, see `ctest`), also a step of `test`;
+//! * `install-c [--prefix DIR]` — installs libtunnel, `tunnel.h` and `tunnel.pc`;
 //! * `py-test` — the Python package: `pip install ./python` into a fresh virtual environment,
 //!   then pytest, `mypy --strict` and stubtest against what was installed (see `pytest.rs`);
 //! * `bench [FLAGS]` — load tests side by side with direct connections and peers (see `bench`);
@@ -14,6 +16,7 @@
 //! Every child process inherits stdout and stderr, so its output streams as it runs.
 
 mod bench;
+mod ctest;
 mod pytest;
 mod vm;
 
@@ -31,6 +34,8 @@ tasks:
   ci                               fmt check, clippy -D warnings, `test`, `bench --quick`
   py-test                          the Python package: pip install, pytest, mypy --strict
   integration-test vm [ARGS...]    the kTLS tests in the VM (ARGS go to the test binary)
+  c-test                           libtunnel's C tests (ASan, shared and static, openssl peers)
+  install-c [--prefix DIR]         install libtunnel, tunnel.h and tunnel.pc (default /usr/local)
   bench [--quick] [FLAGS...]       load tests against direct and peers (`bench --help`)";
 
 fn main() -> ExitCode {
@@ -45,6 +50,8 @@ fn main() -> ExitCode {
         }
         ["py-test"] => steps.run("python package (py-test)", pytest::run),
         ["bench", rest @ ..] => steps.run("bench", || bench::main(rest)),
+        ["c-test"] => steps.run("C tests (libtunnel)", ctest::test_main),
+        ["install-c", rest @ ..] => steps.run("install libtunnel", || ctest::install_main(rest)),
         ["help" | "-h" | "--help"] => {
             println!("{USAGE}");
             return ExitCode::SUCCESS;
@@ -86,6 +93,7 @@ fn test(steps: &mut Steps) -> Result<()> {
     steps.run("criterion benches, once each", || {
         run_cmd(cargo().args(["test", "--release", "-p", "splice-bench", "--benches"]))
     })?;
+    steps.run("C tests (libtunnel)", ctest::test_main)?;
     // The Python package, installed as a user installs it.
     steps.run("python package (py-test)", pytest::run)?;
     steps.run("kTLS tests in the VM", || vm::run(&[]))

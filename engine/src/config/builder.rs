@@ -50,6 +50,13 @@ impl ForwarderConfig {
         self
     }
 
+    /// Client mode: verify the upstream against the CA certificates in this PEM text (instead
+    /// of a [`ca`](ForwarderConfig::ca) file or the system's roots).
+    pub fn ca_pem(mut self, pem: impl Into<String>) -> Self {
+        self.ca_pem = Some(pem.into());
+        self
+    }
+
     /// Client mode: trust an upstream whose key (or whole certificate) has this hash,
     /// `sha256:<base64 or hex>`, instead of a CA; names and dates are not checked. Each call
     /// adds one.

@@ -424,3 +424,17 @@ fn balance_key() {
         "{msg}"
     );
 }
+
+#[test]
+fn from_toml_reads_text_as_a_file_is_read() {
+    let text = "threads = 1\n[[forwarder]]\nmode = \"client\"\nlisten = \"127.0.0.1:0\"\nconnect = \"db:443\"\nca = \"ca.pem\"\n";
+    let cfg = EngineConfig::from_toml(text, "<string>").expect("valid");
+    assert_eq!(cfg.forwarders[0].ca.as_deref(), Some(Path::new("ca.pem")));
+    assert!(cfg.source_file.is_none());
+    let err = EngineConfig::from_toml("threads = 1\nthread = 2\n", "<string>").unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with("<string>: line 2: `thread`: unknown field"),
+        "{err}"
+    );
+}

@@ -13,6 +13,7 @@ pub(super) fn build(f: &ForwarderConfig, host: &str) -> Result<Built> {
     let name_text = f.sni.clone().unwrap_or_else(|| host.to_string());
     let opts = material::ClientTlsOptions {
         ca: f.ca.clone(),
+        ca_pem: f.ca_pem.clone(),
         cert: f.cert.clone(),
         key: f.key.clone(),
         alpn: f.alpn.clone(),

@@ -26,6 +26,9 @@ use crate::tls::check;
 /// The `file` named by configuration errors about [`ClientTlsOptions`] and [`ServerTlsOptions`].
 const OPTIONS: &str = "TLS options";
 
+/// What errors about [`ClientTlsOptions::ca_pem`] name in place of a file.
+const CA_PEM: &str = "ca_pem (CA certificates given as PEM text)";
+
 /// Loads every PEM `CERTIFICATE` in `path`, in file order (leaf first for a chain).
 ///
 /// Other PEM sections are skipped. It is an error if the file cannot be read, is not valid PEM,
@@ -35,10 +38,15 @@ const OPTIONS: &str = "TLS options";
 /// A certificate that is expired or not yet valid is loaded, with a warning naming the file and
 /// the date: peers will refuse it, and the log should say so before they do.
 pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
-    let pem = read_file(path)?;
+    certs_in(path, &read_file(path)?)
+}
+
+/// The certificates in PEM text `pem`, as [`load_certs`] takes them from a file; `path` names
+/// where the text came from in errors and warnings.
+fn certs_in(path: &Path, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>> {
     let mut certs = Vec::new();
     let mut others = Vec::new();
-    for item in parse_pem(path, &pem)? {
+    for item in parse_pem(path, pem)? {
         match item {
             Item::X509Certificate(cert) => certs.push(cert),
             other => others.push(other),
@@ -50,7 +58,7 @@ pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
         } else if let Some(other) = others.first() {
             format!(" (found {})", describe(other))
         } else {
-            not_pem_hint(&pem)
+            not_pem_hint(pem)
         };
         return Err(Error::certificate(
             path,
@@ -104,8 +112,10 @@ fn roots_from(path: &Path, certs: Vec<CertificateDer<'static>>) -> Result<RootCe
 /// What a TLS client (the upstream leg in client mode) trusts and presents.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ClientTlsOptions {
-    /// PEM file of CA certificates to trust; `None` uses the system trust store.
+    /// PEM file of CA certificates to trust; `None` uses `ca_pem`, else the system trust store.
     pub ca: Option<PathBuf>,
+    /// CA certificates to trust as PEM text, when `ca` is `None`.
+    pub ca_pem: Option<String>,
     /// PEM certificate chain to present for client authentication (needs `key`).
     pub cert: Option<PathBuf>,
     /// PEM private key for `cert`.
@@ -163,9 +173,16 @@ pub fn client_config(o: &ClientTlsOptions) -> Result<Built<rustls::ClientConfig>
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&versions)?;
     let builder = if o.pins.is_empty() {
-        let roots = match &o.ca {
-            Some(ca) => {
-                let certs = load_certs(ca)?;
+        let anchors = match (&o.ca, &o.ca_pem) {
+            (Some(ca), _) => Some((ca.as_path(), load_certs(ca)?)),
+            (None, Some(pem)) => Some((
+                Path::new(CA_PEM),
+                certs_in(Path::new(CA_PEM), pem.as_bytes())?,
+            )),
+            (None, None) => None,
+        };
+        let roots = match anchors {
+            Some((ca, certs)) => {
                 let roots = roots_from(ca, certs.clone())?;
                 if let Some(name) = &o.server_name {
                     refuse_server_cert_as_ca(ca, &certs, &roots, name, &provider)?;
@@ -181,7 +198,7 @@ pub fn client_config(o: &ClientTlsOptions) -> Result<Built<rustls::ClientConfig>
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(check::HintingVerifier(webpki)))
     } else {
-        if o.ca.is_some() {
+        if o.ca.is_some() || o.ca_pem.is_some() {
             return Err(Error::config(
                 OPTIONS,
                 "`pin` and `ca` exclude each other: a pin trusts exactly that key, without a CA",

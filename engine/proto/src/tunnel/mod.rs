@@ -16,10 +16,12 @@
 //! It does not know sessions: who may send which type, which services a tunnel has, which
 //! streams are open are the relay's and the agents' to check.
 
+pub mod agent;
 mod data;
 mod error;
 mod framing;
 mod message;
+pub mod relay;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]

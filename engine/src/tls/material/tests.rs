@@ -596,3 +596,23 @@ fn system_roots_are_used_without_a_ca() {
         Err(e) => panic!("unexpected error: {e}"),
     }
 }
+
+#[test]
+fn ca_as_pem_text() {
+    let pki = Pki::new();
+    let pem = std::fs::read_to_string(&pki.ca.path).expect("CA file");
+    let opts = ClientTlsOptions {
+        ca_pem: Some(pem),
+        server_name: Some("localhost".into()),
+        ..ClientTlsOptions::default()
+    };
+    client_config(&opts).expect("a CA given as PEM text");
+    let opts = ClientTlsOptions {
+        ca_pem: Some("not PEM".into()),
+        ..ClientTlsOptions::default()
+    };
+    assert!(
+        message(client_config(&opts)).starts_with("ca_pem (CA certificates given as PEM text): "),
+        "the error names ca_pem"
+    );
+}

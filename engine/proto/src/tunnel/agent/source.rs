@@ -1,0 +1,168 @@
+//! The source agent: local connections accepted on a service's listener become streams (V1,
+//! V2: one stream per connection) or connections of the service's stream (V3) (§5, §6).
+
+use std::collections::BTreeMap;
+
+use super::core::Core;
+use super::{Action, Error, Limits, LocalId};
+use crate::tunnel::{Message, Sender, Type, Version};
+
+/// The source agent's state machine.
+///
+/// Give it the services it listens for (their names, or one empty name for the bare V1 form)
+/// and the newest format it may write; it writes that format until the destination shows an
+/// older one (a DATA or CONNECTION_RESET without connectionId: V2; without serviceId too: V1),
+/// then falls back to it for the rest of the tunnel connection, as localproxy's V3 receiver
+/// does (§6).
+#[derive(Debug)]
+pub struct Source {
+    core: Core,
+    /// The last streamId given (they count from 1 and wrap at `i32::MAX`, §5).
+    pub(super) last_stream: i32,
+    /// Services whose listener was asked for.
+    listening: Vec<bool>,
+}
+
+impl Source {
+    /// A source for `services` (names, or `[""]` for the bare V1 form), writing at most the
+    /// `version` format. Waits for the tunnel's SERVICE_IDS before it listens.
+    pub fn new(services: &[&str], version: Version, limits: Limits) -> Result<Self, Error> {
+        let core = Core::new(services, version, limits)?;
+        let listening = vec![false; core.services.len()];
+        Ok(Source {
+            core,
+            last_stream: 0,
+            listening,
+        })
+    }
+
+    /// Call with the tunnel's bytes (the binary WebSocket payload), in order, whenever the
+    /// tunnel reads are not paused. An error means the tunnel connection is to be dropped
+    /// ([`Error::is_fatal`] is true for all it returns).
+    pub fn handle_tunnel_bytes(&mut self, bytes: &[u8]) -> Result<(), Error> {
+        Core::frames(
+            self,
+            bytes,
+            |s| &mut s.core,
+            Sender::Destination,
+            Source::handle_message,
+        )
+    }
+
+    fn handle_message(&mut self, message: &Message<'_>) -> Result<(), Error> {
+        let Some(message) = self.core.common(message)? else {
+            return Ok(());
+        };
+        if message.kind == Type::SERVICE_IDS {
+            for (i, service) in self.core.services.iter().enumerate() {
+                if service.served && !self.listening[i] {
+                    self.listening[i] = true;
+                    self.core.actions.push_back(Action::Listen {
+                        service: service.name.clone(),
+                    });
+                }
+            }
+        }
+        // An unknown, ignorable type was dropped by the check; what is left has no meaning
+        // for a source.
+        Ok(())
+    }
+
+    /// A local connection was accepted on `service`'s listener: it starts a stream (V1, V2,
+    /// or V3's first) or a connection of the service's stream (V3). Returns its id, or an
+    /// error if it is to be closed at once (no tunnel up, or the service is at its limit).
+    pub fn handle_accept(&mut self, service: &str) -> Result<LocalId, Error> {
+        let core = &mut self.core;
+        let index = (core.services.iter())
+            .position(|s| s.name == service && s.served)
+            .ok_or_else(|| Error::NotServed(service.to_string()))?;
+        let format = core.format;
+        let svc = &core.services[index];
+        let limit = if format.writes_connection_id() {
+            core.limits.connections_per_service
+        } else {
+            1
+        };
+        if svc.conns.len() >= limit {
+            return Err(Error::Busy(service.to_string()));
+        }
+        if format.writes_connection_id() && svc.stream.is_some() && svc.last_conn < u32::MAX {
+            // V3: another connection of the open stream, even when all earlier ones closed.
+            let (stream, conn) = (svc.stream.unwrap_or_default(), svc.last_conn + 1);
+            core.services[index].last_conn = conn;
+            let id = core.add_local(index, conn, true);
+            core.send(Type::CONNECTION_START, index, stream, conn, &[]);
+            return Ok(id);
+        }
+        if svc.stream.is_some() {
+            core.end_stream(index);
+        }
+        self.last_stream = if self.last_stream == i32::MAX {
+            1
+        } else {
+            self.last_stream + 1
+        };
+        let stream = self.last_stream;
+        core.services[index].stream = Some(stream);
+        core.services[index].conns = BTreeMap::new();
+        core.services[index].last_conn = 1;
+        let id = core.add_local(index, 1, true);
+        core.send(Type::STREAM_START, index, stream, 1, &[]);
+        Ok(id)
+    }
+
+    /// Bytes read from a local connection: they go out as DATA (cut at
+    /// [`Limits::payload`]). Bytes of a connection already closed are dropped.
+    pub fn handle_local_data(&mut self, local: LocalId, data: &[u8]) {
+        self.core.local_data(local, data);
+    }
+
+    /// For a driver that frames DATA in place ([`crate::tunnel::DataFraming`]): the head and
+    /// tail of the DATA frame for `len` bytes read from `local` (1 to [`Limits::payload`]),
+    /// byte for byte what [`Source::handle_local_data`] would send for them. Read the bytes
+    /// after [`crate::tunnel::DATA_HEADROOM`] bytes of headroom, frame them with
+    /// [`crate::tunnel::DataFraming::frame_in_place`] and send the frame as one WebSocket
+    /// message. `None` when `local` is closed (drop the bytes) or `len` is out of range.
+    pub fn data_framing(&self, local: LocalId, len: usize) -> Option<crate::tunnel::DataFraming> {
+        self.core.data_framing(local, len)
+    }
+
+    /// The local connection ended (EOF or error): the peer is told (CONNECTION_RESET in V3,
+    /// STREAM_RESET in V1 and V2). Call it once, and not for a connection the agent closed.
+    pub fn handle_local_closed(&mut self, local: LocalId) {
+        self.core.local_closed(local);
+    }
+
+    /// The driver wrote `n` bytes of the [`Action::Write`]s to `local`.
+    pub fn handle_written(&mut self, local: LocalId, n: usize) {
+        self.core.written(local, n);
+    }
+
+    /// The tunnel connection is gone (dropped, or refused by the agent): every local
+    /// connection closes, stream and connection ids start again at 1 on the next tunnel
+    /// connection, which waits for SERVICE_IDS before it serves (§8). Listeners stay.
+    pub fn handle_tunnel_lost(&mut self) {
+        self.core.tunnel_lost();
+        self.last_stream = 0;
+    }
+
+    /// The next action, in order; call until `None` after each `handle_*`.
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.core.actions.pop_front()
+    }
+
+    /// The format written to the destination now.
+    pub fn format(&self) -> Version {
+        self.core.format
+    }
+
+    /// Whether tunnel reads are paused ([`Action::PauseTunnelReads`] given, not resumed).
+    pub fn is_paused(&self) -> bool {
+        self.core.paused()
+    }
+
+    /// Bytes waiting to be written to `local` (given in [`Action::Write`], not reported).
+    pub fn pending(&self, local: LocalId) -> usize {
+        self.core.locals.get(&local).map_or(0, |l| l.pending)
+    }
+}

@@ -1,0 +1,942 @@
+//! The agents in memory, with the frame codec: each version's message sequences as the
+//! reference's §7 shows them (the frames.md vectors, byte for byte), the fall-back, resets,
+//! bounded memory behind a slow local reader, a source and a destination through a relay that
+//! passes frames, and the reconnect schedule.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use super::*;
+use crate::tunnel::{Message, Type, vectors};
+
+/// The frames.md vector described as `what` (its version tag and remark left out).
+fn v(what: &str) -> Vec<u8> {
+    let matches = |described: &str| {
+        let described = ["V1 ", "V2 ", "V3 "]
+            .iter()
+            .find_map(|tag| described.strip_prefix(tag))
+            .unwrap_or(described);
+        described == what || described.starts_with(&format!("{what} ("))
+    };
+    let found: Vec<Vec<u8>> = (vectors::all().into_iter())
+        .filter(|(_, described)| matches(described))
+        .map(|(bytes, _)| bytes)
+        .collect();
+    assert_eq!(found.len(), 1, "vectors for {what:?}");
+    found.into_iter().next().unwrap()
+}
+
+fn hex(text: &str) -> Vec<u8> {
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).unwrap())
+        .collect()
+}
+
+fn frame(message: Message<'_>) -> Vec<u8> {
+    let mut out = Vec::new();
+    message.append_frame(&mut out).unwrap();
+    out
+}
+
+fn service_ids(ids: &[&str]) -> Vec<u8> {
+    frame(Message {
+        kind: Type::SERVICE_IDS,
+        available_service_ids: ids.to_vec(),
+        ..Message::default()
+    })
+}
+
+trait Agent {
+    fn poll(&mut self) -> Option<Action>;
+    fn bytes(&mut self, b: &[u8]) -> Result<(), Error>;
+    fn drain(&mut self) -> Vec<Action> {
+        std::iter::from_fn(|| self.poll()).collect()
+    }
+}
+
+impl Agent for Source {
+    fn poll(&mut self) -> Option<Action> {
+        self.poll_action()
+    }
+    fn bytes(&mut self, b: &[u8]) -> Result<(), Error> {
+        self.handle_tunnel_bytes(b)
+    }
+}
+
+impl Agent for Destination {
+    fn poll(&mut self) -> Option<Action> {
+        self.poll_action()
+    }
+    fn bytes(&mut self, b: &[u8]) -> Result<(), Error> {
+        self.handle_tunnel_bytes(b)
+    }
+}
+
+fn send(frame: Vec<u8>) -> Action {
+    Action::Send(frame)
+}
+
+fn write(local: LocalId, data: &[u8]) -> Action {
+    Action::Write {
+        local,
+        data: data.to_vec(),
+    }
+}
+
+fn source(services: &[&str], version: Version) -> Source {
+    let mut s = Source::new(services, version, Limits::default()).unwrap();
+    s.bytes(&service_ids(&["SSH1"])).unwrap();
+    s
+}
+
+#[test]
+fn v3_source_sends_what_localproxy_sends() {
+    let mut s = Source::new(&["SSH1"], Version::V3, Limits::default()).unwrap();
+    assert_eq!(
+        s.handle_accept("SSH1"),
+        Err(Error::NotServed("SSH1".into())),
+        "no listener before SERVICE_IDS"
+    );
+    s.bytes(&v("SERVICE_IDS [\"SSH1\"]")).unwrap();
+    assert_eq!(
+        s.drain(),
+        [Action::Listen {
+            service: "SSH1".into()
+        }]
+    );
+    let c1 = s.handle_accept("SSH1").unwrap();
+    s.handle_local_data(c1, b"x");
+    let c2 = s.handle_accept("SSH1").unwrap();
+    s.handle_local_data(c2, b"hello-2");
+    assert_eq!(
+        s.drain(),
+        [
+            send(v("STREAM_START stream=1 svc=SSH1 conn=1")),
+            send(v("DATA stream=1 svc=SSH1 conn=1 payload \"x\"")),
+            send(v("CONNECTION_START stream=1 svc=SSH1 conn=2")),
+            send(v("DATA stream=1 svc=SSH1 conn=2 payload \"hello-2\"")),
+        ]
+    );
+    s.bytes(&v("DATA stream=1 svc=SSH1 conn=1 payload fb fc fd fe ff"))
+        .unwrap();
+    assert_eq!(s.drain(), [write(c1, &[0xfb, 0xfc, 0xfd, 0xfe, 0xff])]);
+    s.handle_local_closed(c1);
+    assert_eq!(
+        s.drain(),
+        [send(v("CONNECTION_RESET stream=1 svc=SSH1 conn=1"))]
+    );
+    // The destination's reset of connection 2 finishes it (what came before it is written
+    // first); the stream stays.
+    s.bytes(&hex("000c080710012a04535348313802")).unwrap();
+    assert_eq!(s.drain(), [Action::Finish { local: c2 }]);
+    // Every connection closed: the next one is connection 3 of stream 1 (§5, observed).
+    let c3 = s.handle_accept("SSH1").unwrap();
+    assert_eq!(
+        s.drain(),
+        [send(v("CONNECTION_START stream=1 svc=SSH1 conn=3"))]
+    );
+    // Data for a connection reset in flight is dropped, not delivered elsewhere.
+    s.bytes(&v("DATA stream=1 svc=SSH1 conn=2 payload \"hello-2\""))
+        .unwrap();
+    assert_eq!(s.drain(), []);
+    // The stream's reset closes every connection; the next accept starts stream 2.
+    s.bytes(&v("STREAM_RESET stream=1 svc=SSH1")).unwrap();
+    assert_eq!(s.drain(), [Action::Close { local: c3 }]);
+    s.handle_accept("SSH1").unwrap();
+    assert_eq!(
+        s.drain(),
+        [send(hex("000c080210022a04535348313801"))],
+        "STREAM_START stream=2 conn=1"
+    );
+}
+
+#[test]
+fn v2_source_one_stream_per_connection() {
+    let mut s = source(&["SSH1"], Version::V2);
+    s.drain();
+    let c1 = s.handle_accept("SSH1").unwrap();
+    assert_eq!(
+        s.handle_accept("SSH1"),
+        Err(Error::Busy("SSH1".into())),
+        "V2: one connection per service at a time"
+    );
+    assert!(!Error::Busy(String::new()).is_fatal());
+    s.handle_local_data(c1, b"x");
+    s.handle_local_closed(c1);
+    assert_eq!(
+        s.drain(),
+        [
+            send(v("STREAM_START stream=1 svc=SSH1")),
+            send(v("DATA stream=1 svc=SSH1 payload \"x\"")),
+            send(v("STREAM_RESET stream=1 svc=SSH1")),
+        ]
+    );
+    s.handle_accept("SSH1").unwrap();
+    assert_eq!(
+        s.drain(),
+        [send(hex("000a080210022a0453534831"))],
+        "the next connection is stream 2"
+    );
+}
+
+#[test]
+fn v1_source_bare_service() {
+    let mut s = Source::new(&[""], Version::V1, Limits::default()).unwrap();
+    s.bytes(&v("SERVICE_IDS []")).unwrap();
+    assert_eq!(s.drain(), [Action::Listen { service: "".into() }]);
+    let c1 = s.handle_accept("").unwrap();
+    s.handle_local_data(c1, b"x");
+    s.bytes(&v("DATA stream=1 payload \"x\"")).unwrap();
+    s.handle_local_closed(c1);
+    assert_eq!(
+        s.drain(),
+        [
+            send(v("STREAM_START stream=1")),
+            send(v("DATA stream=1 payload \"x\"")),
+            write(c1, b"x"),
+            send(v("STREAM_RESET stream=1")),
+        ]
+    );
+}
+
+#[test]
+fn bare_service_adopts_the_tunnels_only_one() {
+    // §5: a bare port and exactly one id: the id is adopted (and written in V3).
+    let mut s = Source::new(&[""], Version::V3, Limits::default()).unwrap();
+    s.bytes(&v("SERVICE_IDS [\"SSH1\"]")).unwrap();
+    s.drain();
+    s.handle_accept("").unwrap();
+    assert_eq!(
+        s.drain(),
+        [send(v("STREAM_START stream=1 svc=SSH1 conn=1"))]
+    );
+    // The adopted name goes into every frame: one that is not a service name is refused
+    // (a 60000-byte one would not leave room for a full payload).
+    let long = "A".repeat(60_000);
+    for bad in [long.as_str(), "a b"] {
+        let mut s = Source::new(&[""], Version::V3, Limits::default()).unwrap();
+        let err = s.bytes(&service_ids(&[bad])).unwrap_err();
+        assert!(matches!(err, Error::Frame(_)) && err.is_fatal(), "{err}");
+    }
+    // With several ids the bare form cannot choose.
+    let mut s = Source::new(&[""], Version::V3, Limits::default()).unwrap();
+    assert_eq!(
+        s.bytes(&service_ids(&["A", "B"])),
+        Err(Error::TooManyServices(2))
+    );
+}
+
+#[test]
+fn configured_service_missing_from_the_tunnel_is_fatal() {
+    let mut s = Source::new(&["SSH1", "HTTP"], Version::V3, Limits::default()).unwrap();
+    let err = s.bytes(&v("SERVICE_IDS [\"SSH1\"]")).unwrap_err();
+    assert_eq!(err, Error::ServiceNotInTunnel("HTTP".into()));
+    assert!(err.is_fatal());
+    // A service of the tunnel that this side does not serve is fine; a later SERVICE_IDS is
+    // ignored (§5).
+    let mut s = Source::new(&["SSH1"], Version::V3, Limits::default()).unwrap();
+    s.bytes(&service_ids(&["SSH1", "HTTP"])).unwrap();
+    s.bytes(&service_ids(&[])).unwrap();
+    assert_eq!(
+        s.drain(),
+        [Action::Listen {
+            service: "SSH1".into()
+        }]
+    );
+    assert!(Source::new(&["bad name"], Version::V3, Limits::default()).is_err());
+    assert!(Source::new(&["A", "A"], Version::V3, Limits::default()).is_err());
+    assert!(Source::new(&[], Version::V3, Limits::default()).is_err());
+}
+
+#[test]
+fn v3_source_falls_back_to_v2_then_v1() {
+    let mut s = source(&["SSH1"], Version::V3);
+    s.drain();
+    let c1 = s.handle_accept("SSH1").unwrap();
+    let c2 = s.handle_accept("SSH1").unwrap();
+    s.drain();
+    // A V2 destination answers without connectionId: connection 1 is its stream (§6), the
+    // second connection cannot exist for it and is closed.
+    s.bytes(&v("DATA stream=1 svc=SSH1 payload \"x\"")).unwrap();
+    assert_eq!(s.format(), Version::V2);
+    let actions = s.drain();
+    assert!(actions.contains(&write(c1, b"x")), "{actions:?}");
+    assert!(
+        actions.contains(&Action::Close { local: c2 }),
+        "{actions:?}"
+    );
+    s.handle_local_closed(c1);
+    assert_eq!(s.drain(), [send(v("STREAM_RESET stream=1 svc=SSH1"))]);
+    // V2 from now on: one connection, a stream each.
+    let c3 = s.handle_accept("SSH1").unwrap();
+    assert_eq!(s.drain(), [send(hex("000a080210022a0453534831"))]);
+    // A V1 destination (no serviceId): down to V1, on a one-service tunnel.
+    s.bytes(&hex("000708011002220179")).unwrap();
+    assert_eq!(s.format(), Version::V1);
+    assert_eq!(s.drain(), [write(c3, b"y")]);
+    s.handle_local_closed(c3);
+    assert_eq!(s.drain(), [send(hex("000408031002"))]);
+    // Never back up on that tunnel connection; a new one starts at V3 again.
+    s.bytes(&v("DATA stream=1 svc=SSH1 conn=1 payload \"x\""))
+        .unwrap();
+    assert_eq!(s.format(), Version::V1);
+    s.handle_tunnel_lost();
+    assert_eq!(s.format(), Version::V3);
+}
+
+#[test]
+fn source_refuses_what_a_destination_may_not_send() {
+    for bad in [
+        "STREAM_START stream=1 svc=SSH1 conn=1",
+        "CONNECTION_START stream=1 svc=SSH1 conn=2",
+    ] {
+        let mut s = source(&["SSH1"], Version::V3);
+        let err = s.bytes(&v(bad)).unwrap_err();
+        assert!(
+            matches!(err, Error::Frame(_)) && err.is_fatal(),
+            "{bad}: {err}"
+        );
+    }
+    // A type outside the schema: dropped if ignorable, else fatal (§5).
+    let mut s = source(&["SSH1"], Version::V3);
+    s.drain();
+    let unknown = |ignorable| {
+        frame(Message {
+            kind: Type(42),
+            stream_id: 1,
+            ignorable,
+            ..Message::default()
+        })
+    };
+    s.bytes(&unknown(true)).unwrap();
+    assert_eq!(s.drain(), []);
+    assert!(s.bytes(&unknown(false)).is_err());
+    // Garbage is fatal.
+    let mut s = source(&["SSH1"], Version::V3);
+    assert!(s.bytes(&hex("0003ffffff")).is_err());
+}
+
+#[test]
+fn explicit_defaults_and_split_frames_are_taken() {
+    // protobufjs writes ignorable=false as 18 00 (§12.4); and frames may be cut anywhere.
+    let mut s = source(&["SSH1"], Version::V3);
+    s.drain();
+    let c1 = s.handle_accept("SSH1").unwrap();
+    s.drain();
+    let mut stream = hex("0011080110011800220178" /* DATA s=1 ign=false "x" */);
+    stream.extend(hex("2a04535348313801"));
+    stream.extend(v("DATA stream=1 svc=SSH1 conn=1 payload fb fc fd fe ff"));
+    for b in stream.chunks(1) {
+        s.bytes(b).unwrap();
+    }
+    assert_eq!(
+        s.drain(),
+        [write(c1, b"x"), write(c1, &[0xfb, 0xfc, 0xfd, 0xfe, 0xff])]
+    );
+}
+
+#[test]
+fn long_local_reads_are_cut_at_the_payload_limit() {
+    let mut s = Source::new(&[""], Version::V1, Limits::default()).unwrap();
+    s.bytes(&v("SERVICE_IDS []")).unwrap();
+    let c1 = s.handle_accept("").unwrap();
+    s.drain();
+    let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    s.handle_local_data(c1, &data);
+    let mut got = Vec::new();
+    for action in s.drain() {
+        let Action::Send(f) = action else {
+            panic!("{action:?}")
+        };
+        let m = Message::decode(&f[2..]).unwrap();
+        assert_eq!(m.kind, Type::DATA);
+        assert!(m.payload.len() <= crate::tunnel::MAX_PAYLOAD);
+        got.extend_from_slice(m.payload);
+    }
+    assert_eq!(got, data);
+}
+
+#[test]
+fn v3_destination_answers_as_localproxy_does() {
+    let mut d = Destination::new(&["SSH1"], Version::V3, Limits::default()).unwrap();
+    assert_eq!(
+        d.bytes(&v("STREAM_START stream=1 svc=SSH1 conn=1")),
+        Err(Error::BeforeServiceIds(Type::STREAM_START)),
+    );
+    d.handle_tunnel_lost();
+    d.drain();
+    d.bytes(&v("SERVICE_IDS [\"SSH1\"]")).unwrap();
+    d.bytes(&v("STREAM_START stream=1 svc=SSH1 conn=1"))
+        .unwrap();
+    // DATA may follow STREAM_START at once: it waits for the connection.
+    d.bytes(&v("DATA stream=1 svc=SSH1 conn=1 payload \"x\""))
+        .unwrap();
+    let c1 = LocalId(0);
+    assert_eq!(
+        d.drain(),
+        [Action::Connect {
+            local: c1,
+            service: "SSH1".into()
+        }]
+    );
+    assert_eq!(d.pending(c1), 1);
+    d.handle_connected(c1);
+    assert_eq!(d.drain(), [write(c1, b"x")]);
+    d.bytes(&v("CONNECTION_START stream=1 svc=SSH1 conn=2"))
+        .unwrap();
+    let c2 = LocalId(1);
+    assert_eq!(
+        d.drain(),
+        [Action::Connect {
+            local: c2,
+            service: "SSH1".into()
+        }]
+    );
+    // Connection 2 cannot connect: only it is reset; connection 1 goes on.
+    d.handle_connect_failed(c2);
+    d.handle_local_data(c1, b"x");
+    d.handle_local_closed(c1);
+    assert_eq!(
+        d.drain(),
+        [
+            send(hex("000c080710012a04535348313802")),
+            send(v("DATA stream=1 svc=SSH1 conn=1 payload \"x\"")),
+            send(v("CONNECTION_RESET stream=1 svc=SSH1 conn=1")),
+        ]
+    );
+    // A lone connection that cannot connect resets its stream, as localproxy does.
+    d.bytes(&v("CONNECTION_START stream=1 svc=SSH1 conn=3"))
+        .unwrap();
+    let c3 = LocalId(2);
+    d.drain();
+    d.handle_connect_failed(c3);
+    assert_eq!(d.drain(), [send(v("STREAM_RESET stream=1 svc=SSH1"))]);
+    // A connection of a stream no longer active is reset, not opened.
+    d.bytes(&v("CONNECTION_START stream=1 svc=SSH1 conn=2"))
+        .unwrap();
+    assert_eq!(d.drain(), [send(hex("000c080710012a04535348313802"))]);
+}
+
+#[test]
+fn destination_resets_streams_of_unserved_services_and_duplicates() {
+    let mut d = Destination::new(&["SSH1"], Version::V3, Limits::default()).unwrap();
+    d.bytes(&service_ids(&["SSH1", "HTTP"])).unwrap();
+    d.bytes(&hex("000c080210012a04485454503801")).unwrap();
+    assert_eq!(d.drain(), [send(hex("000a080310012a0448545450"))]);
+    d.bytes(&v("STREAM_START stream=1 svc=SSH1 conn=1"))
+        .unwrap();
+    d.bytes(&v("CONNECTION_START stream=1 svc=SSH1 conn=2"))
+        .unwrap();
+    d.drain();
+    // A duplicate connectionId is an error: that connection is reset (§5).
+    d.bytes(&v("CONNECTION_START stream=1 svc=SSH1 conn=2"))
+        .unwrap();
+    assert_eq!(
+        d.drain(),
+        [
+            Action::Close { local: LocalId(1) },
+            send(hex("000c080710012a04535348313802"))
+        ]
+    );
+    // A new stream replaces the active one: its connections close (§5).
+    d.bytes(&hex("000c080210022a04535348313801")).unwrap();
+    assert_eq!(
+        d.drain(),
+        [
+            Action::Close { local: LocalId(0) },
+            Action::Connect {
+                local: LocalId(2),
+                service: "SSH1".into()
+            }
+        ]
+    );
+    // The old stream's reset and DATA are stale: ignored.
+    d.bytes(&v("STREAM_RESET stream=1 svc=SSH1")).unwrap();
+    d.bytes(&v("DATA stream=1 svc=SSH1 conn=1 payload \"x\""))
+        .unwrap();
+    assert_eq!(d.drain(), []);
+    // SESSION_RESET ends every stream.
+    d.bytes(&hex("00020804")).unwrap();
+    assert_eq!(d.drain(), [Action::Close { local: LocalId(2) }]);
+}
+
+#[test]
+fn destination_answers_in_the_sources_format() {
+    // §12.2: a V1 STREAM_START on a one-service tunnel is taken, and answered in V1.
+    let mut d = Destination::new(&["SSH1"], Version::V3, Limits::default()).unwrap();
+    d.bytes(&v("SERVICE_IDS [\"SSH1\"]")).unwrap();
+    d.bytes(&v("STREAM_START stream=1")).unwrap();
+    let c1 = LocalId(0);
+    d.handle_connected(c1);
+    d.handle_local_data(c1, b"x");
+    d.handle_local_closed(c1);
+    let sent: Vec<Action> = d.drain().into_iter().skip(1).collect();
+    assert_eq!(
+        sent,
+        [
+            send(v("DATA stream=1 payload \"x\"")),
+            send(v("STREAM_RESET stream=1"))
+        ]
+    );
+    assert_eq!(d.format(), Version::V1);
+    // V2 (serviceId, no connectionId).
+    let mut d = Destination::new(&["SSH1"], Version::V3, Limits::default()).unwrap();
+    d.bytes(&v("SERVICE_IDS [\"SSH1\"]")).unwrap();
+    d.bytes(&v("STREAM_START stream=1 svc=SSH1")).unwrap();
+    d.handle_connected(c1);
+    d.handle_local_data(c1, b"x");
+    d.handle_local_closed(c1);
+    let sent: Vec<Action> = d.drain().into_iter().skip(1).collect();
+    assert_eq!(
+        sent,
+        [
+            send(v("DATA stream=1 svc=SSH1 payload \"x\"")),
+            send(v("STREAM_RESET stream=1 svc=SSH1"))
+        ]
+    );
+    // A destination held to V2 refuses CONNECTION_START as a V2 peer does: it could not
+    // answer it.
+    let mut d = Destination::new(&["SSH1"], Version::V2, Limits::default()).unwrap();
+    d.bytes(&v("SERVICE_IDS [\"SSH1\"]")).unwrap();
+    d.bytes(&v("STREAM_START stream=1 svc=SSH1 conn=1"))
+        .unwrap();
+    assert_eq!(d.format(), Version::V2);
+    let err = d.bytes(&v("CONNECTION_START stream=1 svc=SSH1 conn=2"));
+    assert!(err.is_err_and(|e| e.is_fatal()));
+    // A connectionId without serviceId (the reference's last group).
+    let mut d = Destination::new(&[""], Version::V3, Limits::default()).unwrap();
+    d.bytes(&v("SERVICE_IDS []")).unwrap();
+    d.bytes(&v("STREAM_START stream=1 conn=1 (no svc)"))
+        .unwrap();
+    d.handle_connected(c1);
+    d.handle_local_data(c1, b"x");
+    d.handle_local_closed(c1);
+    let sent: Vec<Action> = d.drain().into_iter().skip(1).collect();
+    assert_eq!(
+        sent,
+        [
+            send(v("DATA stream=1 conn=1 payload \"x\" (no svc)")),
+            send(v("CONNECTION_RESET stream=1 conn=1 (no svc)"))
+        ]
+    );
+}
+
+/// A slow local reader behind the destination: the tunnel is read only while the agent does
+/// not pause it, the local connection takes a little at a time. Every byte arrives in order,
+/// and the bytes waiting for it never pass the bound plus one tunnel read and one frame.
+#[test]
+fn slow_local_reader_pauses_the_tunnel_and_memory_stays_bounded() {
+    let limits = Limits {
+        pending: 64 * 1024,
+        ..Limits::default()
+    };
+    let mut d = Destination::new(&["SSH1"], Version::V3, limits).unwrap();
+    d.bytes(&v("SERVICE_IDS [\"SSH1\"]")).unwrap();
+    d.bytes(&v("STREAM_START stream=1 svc=SSH1 conn=1"))
+        .unwrap();
+    let c1 = LocalId(0);
+    d.handle_connected(c1);
+    d.drain();
+    // 8 MiB of DATA, in full 64512-byte payloads, read from the tunnel 16 KiB at a time.
+    let total = 8 << 20;
+    let sent: Vec<u8> = (0..total).map(|i: usize| (i * 7 % 253) as u8).collect();
+    let mut tunnel = Vec::new();
+    for chunk in sent.chunks(crate::tunnel::MAX_PAYLOAD) {
+        tunnel.extend(frame(Message {
+            kind: Type::DATA,
+            stream_id: 1,
+            payload: chunk,
+            service_id: "SSH1",
+            connection_id: 1,
+            ..Message::default()
+        }));
+    }
+    let read = 16 * 1024;
+    let (mut at, mut paused, mut pauses, mut resumes) = (0, false, 0, 0);
+    let mut local: Vec<u8> = Vec::new();
+    let mut to_write: std::collections::VecDeque<Vec<u8>> = Default::default();
+    let mut max_pending = 0;
+    while local.len() < total {
+        if !paused && at < tunnel.len() {
+            let end = (at + read).min(tunnel.len());
+            d.bytes(&tunnel[at..end]).unwrap();
+            at = end;
+        }
+        for action in d.drain() {
+            match action {
+                Action::Write { local, data } => {
+                    assert_eq!(local, c1);
+                    to_write.push_back(data);
+                }
+                Action::PauseTunnelReads => {
+                    assert!(!paused);
+                    (paused, pauses) = (true, pauses + 1);
+                }
+                Action::ResumeTunnelReads => {
+                    assert!(paused);
+                    (paused, resumes) = (false, resumes + 1);
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        max_pending = max_pending.max(d.pending(c1));
+        // A read may complete a frame the decoder held the start of.
+        let bound = limits.pending + read + crate::tunnel::MAX_FRAME;
+        assert!(d.pending(c1) <= bound, "{}", d.pending(c1));
+        // The local reader takes 4 KiB per turn.
+        if let Some(mut front) = to_write.pop_front() {
+            let n = front.len().min(4096);
+            local.extend_from_slice(&front[..n]);
+            d.handle_written(c1, n);
+            if n < front.len() {
+                front.drain(..n);
+                to_write.push_front(front);
+            }
+        }
+    }
+    assert_eq!(local, sent);
+    assert!(pauses > 10 && resumes == pauses, "{pauses} {resumes}");
+    assert!(max_pending > limits.pending, "the bound was reached");
+    assert!(!d.is_paused());
+    assert_eq!(d.pending(c1), 0);
+}
+
+#[test]
+fn closing_a_backed_up_connection_resumes_the_tunnel() {
+    let limits = Limits {
+        pending: 10,
+        ..Limits::default()
+    };
+    let mut s = Source::new(&["SSH1"], Version::V3, limits).unwrap();
+    s.bytes(&v("SERVICE_IDS [\"SSH1\"]")).unwrap();
+    let c1 = s.handle_accept("SSH1").unwrap();
+    s.drain();
+    s.bytes(&frame(Message {
+        kind: Type::DATA,
+        stream_id: 1,
+        payload: &[1; 20],
+        service_id: "SSH1",
+        connection_id: 1,
+        ..Message::default()
+    }))
+    .unwrap();
+    assert!(s.is_paused());
+    assert_eq!(s.drain(), [write(c1, &[1; 20]), Action::PauseTunnelReads]);
+    s.bytes(&v("CONNECTION_RESET stream=1 svc=SSH1 conn=1"))
+        .unwrap();
+    assert_eq!(
+        s.drain(),
+        [Action::Finish { local: c1 }, Action::ResumeTunnelReads]
+    );
+    // Losing the tunnel closes everything and starts counting again at stream 1.
+    let c2 = s.handle_accept("SSH1").unwrap();
+    s.drain();
+    s.handle_tunnel_lost();
+    assert_eq!(s.drain(), [Action::Close { local: c2 }]);
+    assert!(s.handle_accept("SSH1").is_err(), "no tunnel, no service");
+    s.bytes(&v("SERVICE_IDS [\"SSH1\"]")).unwrap();
+    assert_eq!(s.drain(), [], "the listener is still there");
+    s.handle_accept("SSH1").unwrap();
+    assert_eq!(
+        s.drain(),
+        [send(v("STREAM_START stream=1 svc=SSH1 conn=1"))]
+    );
+}
+
+/// The relay: SERVICE_IDS to both, then each frame passed as it is.
+struct Pair {
+    src: Source,
+    dst: Destination,
+    /// Per side: local id -> bytes received.
+    src_got: HashMap<LocalId, Vec<u8>>,
+    dst_got: HashMap<LocalId, Vec<u8>>,
+    /// Finished (closed after their writes) by the agent; a Close (a cut) fails the test.
+    dst_closed: Vec<LocalId>,
+    src_closed: Vec<LocalId>,
+}
+
+impl Pair {
+    fn new(services: &[&str], src: Version, dst: Version) -> Pair {
+        let mut pair = Pair {
+            src: Source::new(services, src, Limits::default()).unwrap(),
+            dst: Destination::new(services, dst, Limits::default()).unwrap(),
+            src_got: HashMap::new(),
+            dst_got: HashMap::new(),
+            dst_closed: Vec::new(),
+            src_closed: Vec::new(),
+        };
+        let ids = service_ids(services);
+        pair.src.bytes(&ids).unwrap();
+        pair.dst.bytes(&ids).unwrap();
+        pair.run();
+        pair
+    }
+
+    /// Moves frames both ways and does the local side's work until nothing moves.
+    fn run(&mut self) {
+        loop {
+            let mut moved = false;
+            for action in self.src.drain() {
+                moved = true;
+                match action {
+                    Action::Send(f) => self.dst.bytes(&f).unwrap(),
+                    Action::Write { local, data } => {
+                        self.src.handle_written(local, data.len());
+                        self.src_got.entry(local).or_default().extend(data);
+                    }
+                    Action::Finish { local } => self.src_closed.push(local),
+                    Action::Listen { .. } => {}
+                    other => panic!("{other:?}"),
+                }
+            }
+            for action in self.dst.drain() {
+                moved = true;
+                match action {
+                    Action::Send(f) => self.src.bytes(&f).unwrap(),
+                    Action::Connect { local, .. } => self.dst.handle_connected(local),
+                    Action::Write { local, data } => {
+                        self.dst.handle_written(local, data.len());
+                        self.dst_got.entry(local).or_default().extend(data);
+                    }
+                    Action::Finish { local } => self.dst_closed.push(local),
+                    other => panic!("{other:?}"),
+                }
+            }
+            if !moved {
+                return;
+            }
+        }
+    }
+}
+
+#[test]
+fn source_and_destination_echo_through_a_relay_in_every_pairing() {
+    for src in Version::ALL {
+        for dst in Version::ALL {
+            // V1 has one service; V2 and V3 carry several.
+            let services: &[&str] = if src == Version::V1 || dst == Version::V1 {
+                &["SSH1"]
+            } else {
+                &["SSH1", "HTTP", "PLC"]
+            };
+            let mut pair = Pair::new(services, src, dst);
+            let mut open = Vec::new();
+            for (i, name) in services.iter().enumerate() {
+                let local = pair.src.handle_accept(name).unwrap();
+                pair.run();
+                let payload: Vec<u8> = (0..100_000 + i).map(|b| (b * 13 + i) as u8).collect();
+                pair.src.handle_local_data(local, &payload);
+                pair.run();
+                open.push((local, payload));
+            }
+            // Destination locals were handed out in order; echo back what each got.
+            let mut dst_ids: Vec<LocalId> = pair.dst_got.keys().copied().collect();
+            dst_ids.sort();
+            assert_eq!(dst_ids.len(), services.len(), "{src:?}->{dst:?}");
+            for (&d, (s, payload)) in dst_ids.iter().zip(&open) {
+                assert_eq!(&pair.dst_got[&d], payload, "{src:?}->{dst:?}");
+                let echo = pair.dst_got[&d].clone();
+                pair.dst.handle_local_data(d, &echo);
+                pair.run();
+                assert_eq!(&pair.src_got[s], payload, "{src:?}->{dst:?}");
+            }
+            assert_eq!(pair.src.format(), src.min(dst), "{src:?}->{dst:?}");
+            // The source's client closes: the destination's connection closes too.
+            for (s, _) in &open {
+                pair.src.handle_local_closed(*s);
+            }
+            pair.run();
+            assert_eq!(pair.dst_closed.len(), services.len(), "{src:?}->{dst:?}");
+        }
+    }
+}
+
+#[test]
+fn v3_pair_carries_many_connections_per_service() {
+    let mut pair = Pair::new(&["SSH1"], Version::V3, Version::V3);
+    let locals: Vec<LocalId> = (0..128)
+        .map(|_| pair.src.handle_accept("SSH1").unwrap())
+        .collect();
+    assert_eq!(
+        pair.src.handle_accept("SSH1"),
+        Err(Error::Busy("SSH1".into()))
+    );
+    pair.run();
+    for (i, &l) in locals.iter().enumerate() {
+        pair.src
+            .handle_local_data(l, format!("conn {i}").as_bytes());
+    }
+    pair.run();
+    let mut got: Vec<String> = (pair.dst_got.values())
+        .map(|b| String::from_utf8(b.clone()).unwrap())
+        .collect();
+    got.sort();
+    let mut want: Vec<String> = (0..128).map(|i| format!("conn {i}")).collect();
+    want.sort();
+    assert_eq!(got, want);
+    // The destination's target closes one: only that one closes at the source.
+    let d = *pair.dst_got.keys().min().unwrap();
+    pair.dst.handle_local_closed(d);
+    pair.run();
+    assert_eq!(pair.src_closed, [locals[0]]);
+}
+
+#[test]
+fn reconnect_schedule() {
+    let backoff = Backoff {
+        base: Duration::from_millis(100),
+        max: Duration::from_secs(10),
+    };
+    assert_eq!(backoff.delay(0, 0.0), Duration::from_millis(50));
+    assert_eq!(backoff.delay(0, 1.0), Duration::from_millis(100));
+    assert_eq!(backoff.delay(3, 0.5), Duration::from_millis(600));
+    assert_eq!(backoff.delay(7, 1.0), Duration::from_secs(10), "capped");
+    assert_eq!(backoff.delay(u32::MAX, 1.0), Duration::from_secs(10));
+    assert_eq!(backoff.delay(2, f64::NAN), Duration::from_millis(200));
+    assert_eq!(backoff.delay(2, 7.0), Duration::from_millis(400));
+
+    let mut r = Reconnect::new(backoff, false);
+    let delays: Vec<Next> = (0..9).map(|_| r.handle_end(End::Dropped, 1.0)).collect();
+    let ms = |m| Next::Retry(Duration::from_millis(m));
+    assert_eq!(
+        delays,
+        [
+            ms(100),
+            ms(200),
+            ms(400),
+            ms(800),
+            ms(1600),
+            ms(3200),
+            ms(6400),
+            ms(10_000),
+            ms(10_000)
+        ]
+    );
+    assert_eq!(r.handle_end(End::Status(503), 0.0), ms(5000));
+    r.handle_connected();
+    assert_eq!(r.failures(), 0);
+    assert_eq!(r.handle_end(End::Dropped, 0.0), ms(50));
+    assert_eq!(r.handle_end(End::Closed, 0.0), Next::Stop);
+    assert_eq!(r.handle_end(End::Status(403), 0.0), Next::Stop);
+    assert_eq!(r.handle_end(End::Status(400), 0.0), Next::Stop);
+
+    let mut keep = Reconnect::new(backoff, true);
+    assert_eq!(keep.handle_end(End::Closed, 1.0), ms(100));
+    assert_eq!(keep.handle_end(End::Status(403), 1.0), ms(200));
+}
+
+#[test]
+fn data_framed_in_place_is_what_handle_local_data_sends() {
+    use crate::tunnel::{DATA_HEADROOM, DATA_TAILROOM};
+    for (services, version, ids) in [
+        (&["SSH1"][..], Version::V3, "SERVICE_IDS [\"SSH1\"]"),
+        (&["SSH1"][..], Version::V2, "SERVICE_IDS [\"SSH1\"]"),
+        (&[""][..], Version::V1, "SERVICE_IDS []"),
+    ] {
+        let mut s = Source::new(services, version, Limits::default()).unwrap();
+        s.bytes(&v(ids)).unwrap();
+        let c1 = s.handle_accept(services[0]).unwrap();
+        s.drain();
+        for len in [1, 127, 128, crate::tunnel::MAX_PAYLOAD] {
+            let payload: Vec<u8> = (0..len).map(|i| i as u8).collect();
+            s.handle_local_data(c1, &payload);
+            let [Action::Send(sent)] = &s.drain()[..] else {
+                panic!("one frame")
+            };
+            let mut buf = vec![0; DATA_HEADROOM + len + DATA_TAILROOM];
+            buf[DATA_HEADROOM..DATA_HEADROOM + len].copy_from_slice(&payload);
+            let framing = s.data_framing(c1, len).unwrap();
+            let range = framing.frame_in_place(&mut buf, DATA_HEADROOM).unwrap();
+            assert_eq!(&buf[range], &sent[..], "{version:?} {len}");
+        }
+        assert!(s.data_framing(c1, 0).is_none());
+        assert!(s.data_framing(c1, crate::tunnel::MAX_PAYLOAD + 1).is_none());
+        s.handle_local_closed(c1);
+        assert!(s.data_framing(c1, 1).is_none(), "closed");
+    }
+}
+
+#[test]
+fn stream_ids_wrap_at_i32_max() {
+    let mut s = source(&["SSH1"], Version::V2);
+    s.drain();
+    s.last_stream = i32::MAX - 1;
+    let c1 = s.handle_accept("SSH1").unwrap();
+    s.handle_local_closed(c1);
+    s.handle_accept("SSH1").unwrap();
+    let starts: Vec<i32> = (s.drain().into_iter())
+        .filter_map(|a| match a {
+            Action::Send(f) => Some(Message::decode(&f[2..]).unwrap())
+                .and_then(|m| (m.kind == Type::STREAM_START).then_some(m.stream_id)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(starts, [i32::MAX, 1]);
+}
+
+/// The peer's close comes after its last DATA: the local connection gets every byte, then a
+/// FIN (Finish), never a cut (Close) that would drop bytes still waiting to be written.
+#[test]
+fn a_peer_close_finishes_after_the_data_before_it() {
+    // Source: the target answered and closed (V3: CONNECTION_RESET; V2: STREAM_RESET).
+    for (version, reset) in [
+        (Version::V3, v("CONNECTION_RESET stream=1 svc=SSH1 conn=1")),
+        (Version::V2, v("STREAM_RESET stream=1 svc=SSH1")),
+    ] {
+        let mut s = source(&["SSH1"], version);
+        s.drain();
+        let c1 = s.handle_accept("SSH1").unwrap();
+        s.drain();
+        let data = if version == Version::V3 {
+            v("DATA stream=1 svc=SSH1 conn=1 payload \"x\"")
+        } else {
+            v("DATA stream=1 svc=SSH1 payload \"x\"")
+        };
+        s.bytes(&[data, reset].concat()).unwrap();
+        assert_eq!(
+            s.drain(),
+            [write(c1, b"x"), Action::Finish { local: c1 }],
+            "{version:?}"
+        );
+    }
+    // In V3 a STREAM_RESET is trouble (a target out of reach, a peer replaced): a cut.
+    let mut s = source(&["SSH1"], Version::V3);
+    s.drain();
+    let c1 = s.handle_accept("SSH1").unwrap();
+    s.drain();
+    s.bytes(&v("STREAM_RESET stream=1 svc=SSH1")).unwrap();
+    assert_eq!(s.drain(), [Action::Close { local: c1 }]);
+
+    // Destination: the client sent its request and closed before the target connected.
+    let mut d = Destination::new(&["SSH1"], Version::V3, Limits::default()).unwrap();
+    d.bytes(&v("SERVICE_IDS [\"SSH1\"]")).unwrap();
+    let c1 = LocalId(0);
+    d.bytes(
+        &[
+            v("STREAM_START stream=1 svc=SSH1 conn=1"),
+            v("DATA stream=1 svc=SSH1 conn=1 payload \"x\""),
+            v("CONNECTION_RESET stream=1 svc=SSH1 conn=1"),
+        ]
+        .concat(),
+    )
+    .unwrap();
+    d.drain();
+    // The stream goes on without it: connection 2 opens meanwhile.
+    d.bytes(&v("CONNECTION_START stream=1 svc=SSH1 conn=2"))
+        .unwrap();
+    assert_eq!(
+        d.drain(),
+        [Action::Connect {
+            local: LocalId(1),
+            service: "SSH1".into()
+        }]
+    );
+    d.handle_connected(c1);
+    assert_eq!(d.drain(), [write(c1, b"x"), Action::Finish { local: c1 }]);
+    assert_eq!(d.pending(c1), 0, "forgotten");
+    // One that cannot connect any more tells the source nothing: its side is gone already.
+    d.bytes(&hex("000c080710012a04535348313802")).unwrap();
+    d.handle_connect_failed(LocalId(1));
+    assert_eq!(d.drain(), []);
+}

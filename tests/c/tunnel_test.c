@@ -1,0 +1,528 @@
+/*
+ * libtunnel's C tests, driven by `cargo xtask c-test` (xtask/src/ctest.rs), which builds this
+ * file twice (shared through pkg-config, and static) under AddressSanitizer and LeakSanitizer,
+ * and runs each mode against real peers on loopback:
+ *
+ *   connect HOST:PORT CA NBYTES    tunnel_connect(NULL, ...) to `openssl s_server`: sends stdin,
+ *                                  writes the first NBYTES received to stdout
+ *   server CA CERT KEY NBYTES DRIVER
+ *                                  an embedded server-mode forwarder in front of an echo
+ *                                  backend of this process; prints its port, echoes NBYTES for
+ *                                  `openssl s_client`, then shuts down
+ *   threads CA CERT KEY DRIVER     several threads tunnel_connect at once through an embedded
+ *                                  server mode to an echo backend; stats; no thread or fd left
+ *   errors CA CERT KEY OTHER_CERT OTHER_KEY
+ *                                  every error path: code and message
+ *
+ * Exit status 0 on success; a failed check prints what and where and exits 1.
+ */
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <dirent.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <tunnel.h>
+
+static void fail(int line, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stderr, "tunnel_test.c:%d: FAILED: ", line);
+    vfprintf(stderr, fmt, ap);
+    fprintf(stderr, "\n");
+    va_end(ap);
+    exit(1);
+}
+
+#define CHECK(cond, ...) do { if (!(cond)) fail(__LINE__, __VA_ARGS__); } while (0)
+/* A call that must succeed. */
+#define OK(call) do { tunnel_result r_ = (call); \
+    CHECK(r_ == TUNNEL_OK, "%s: %s: %s", #call, tunnel_result_name(r_), tunnel_last_error()); } while (0)
+/* A call that must fail with `code`, with a last error containing `needle`. */
+#define FAILS(call, code, needle) do { tunnel_result r_ = (call); \
+    CHECK(r_ == (code), "%s returned %s, not %s (%s)", #call, tunnel_result_name(r_), #code, tunnel_last_error()); \
+    CHECK(strstr(tunnel_last_error(), (needle)) != NULL, "%s: message %s does not name %s", #call, tunnel_last_error(), (needle)); \
+    printf("ok: %s -> %s: %s\n", #call, #code, tunnel_last_error()); } while (0)
+
+static int count_dir(const char *path) {
+    DIR *d = opendir(path);
+    int n = 0;
+    CHECK(d != NULL, "opendir %s", path);
+    while (readdir(d) != NULL) n++;
+    closedir(d);
+    return n;
+}
+
+static void write_all(int fd, const unsigned char *p, size_t n) {
+    while (n > 0) {
+        ssize_t w = write(fd, p, n);
+        if (w < 0 && errno == EINTR) continue;
+        CHECK(w > 0, "write: %s", strerror(errno));
+        p += w;
+        n -= (size_t)w;
+    }
+}
+
+/* Reads exactly n bytes (0 when end of file comes first, -1 on error). */
+static int read_full(int fd, unsigned char *p, size_t n) {
+    while (n > 0) {
+        ssize_t r = read(fd, p, n);
+        if (r < 0 && errno == EINTR) continue;
+        if (r <= 0) return (int)r;
+        p += r;
+        n -= (size_t)r;
+    }
+    return 1;
+}
+
+/* ---- an echo backend: a thread that serves `conns` connections, one thread each ---- */
+
+struct echo { int listener; int conns; pthread_t thread; };
+
+/* Bytes each echo connection serves before it closes (0: until end of file). */
+static size_t echo_limit;
+
+static void *echo_conn(void *arg) {
+    int fd = (int)(intptr_t)arg;
+    unsigned char buf[16384];
+    size_t done = 0, want;
+    ssize_t r;
+    for (;;) {
+        want = sizeof buf;
+        if (echo_limit && echo_limit - done < want) want = echo_limit - done;
+        if (want == 0 || (r = read(fd, buf, want)) <= 0) break;
+        write_all(fd, buf, (size_t)r);
+        done += (size_t)r;
+    }
+    close(fd);
+    return NULL;
+}
+
+static void *echo_main(void *arg) {
+    struct echo *e = arg;
+    pthread_t *t = calloc((size_t)e->conns, sizeof *t);
+    for (int i = 0; i < e->conns; i++) {
+        int fd = accept(e->listener, NULL, NULL);
+        CHECK(fd >= 0, "accept: %s", strerror(errno));
+        CHECK(pthread_create(&t[i], NULL, echo_conn, (void *)(intptr_t)fd) == 0, "pthread_create");
+    }
+    for (int i = 0; i < e->conns; i++) pthread_join(t[i], NULL);
+    free(t);
+    close(e->listener);
+    return NULL;
+}
+
+/* Starts an echo backend for `conns` connections; writes "127.0.0.1:PORT" to `addr`. */
+static void echo_start(struct echo *e, int conns, char *addr, size_t len) {
+    struct sockaddr_in sa;
+    socklen_t sl = sizeof sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sin_family = AF_INET;
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    e->listener = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    CHECK(e->listener >= 0, "socket");
+    CHECK(bind(e->listener, (struct sockaddr *)&sa, sizeof sa) == 0, "bind");
+    CHECK(listen(e->listener, 64) == 0, "listen");
+    CHECK(getsockname(e->listener, (struct sockaddr *)&sa, &sl) == 0, "getsockname");
+    snprintf(addr, len, "127.0.0.1:%u", ntohs(sa.sin_port));
+    e->conns = conns;
+    CHECK(pthread_create(&e->thread, NULL, echo_main, e) == 0, "pthread_create");
+}
+
+/* An engine with a server-mode forwarder "tls-in" (TLS in on a free port, plain out to
+ * `backend`), configured by TOML text; its port goes to `port`. */
+static tunnel_engine *server_engine(const char *driver, const char *cert, const char *key,
+                                    const char *backend, uint16_t *port) {
+    char toml[4096];
+    tunnel_config *cfg = NULL;
+    tunnel_engine *eng = NULL;
+    snprintf(toml, sizeof toml,
+             "threads = 2\ndriver = \"%s\"\naccess_log = false\n"
+             "[[forwarder]]\nname = \"tls-in\"\nmode = \"server\"\nlisten = \"127.0.0.1:0\"\n"
+             "connect = \"%s\"\ncert = \"%s\"\nkey = \"%s\"\n",
+             driver, backend, cert, key);
+    OK(tunnel_config_from_toml(toml, &cfg));
+    OK(tunnel_engine_start(cfg, &eng));
+    OK(tunnel_config_free(&cfg));
+    CHECK(cfg == NULL, "tunnel_config_free sets the handle to NULL");
+    OK(tunnel_engine_local_port(eng, "tls-in", port));
+    return eng;
+}
+
+/* ---- connect: the legacy client's path, against openssl s_server ---- */
+
+struct pump { int fd; };
+
+static void *stdin_to_fd(void *arg) {
+    struct pump *p = arg;
+    unsigned char buf[16384];
+    ssize_t r;
+    while ((r = read(0, buf, sizeof buf)) > 0) write_all(p->fd, buf, (size_t)r);
+    return NULL;
+}
+
+static int mode_connect(const char *upstream, const char *ca, size_t want) {
+    tunnel_connect_opts opts;
+    int fd = -1;
+    pthread_t writer;
+    struct pump p;
+    unsigned char *got = malloc(want ? want : 1);
+    int fds = count_dir("/proc/self/fd"), tasks = count_dir("/proc/self/task");
+    memset(&opts, 0, sizeof opts);
+    opts.ca_file = ca;
+    opts.sni = "localhost";
+    OK(tunnel_connect(NULL, upstream, &opts, &fd));
+    p.fd = fd;
+    CHECK(pthread_create(&writer, NULL, stdin_to_fd, &p) == 0, "pthread_create");
+    CHECK(read_full(fd, got, want) == 1, "read %zu bytes from s_server: %s", want, strerror(errno));
+    pthread_join(writer, NULL);
+    fwrite(got, 1, want, stdout);
+    fflush(stdout);
+    free(got);
+    /* What we wrote may still be on its way: the drain delivers it before the engine stops. */
+    close(fd);
+    OK(tunnel_default_engine_shutdown(10000));
+    CHECK(count_dir("/proc/self/fd") == fds, "fds left: %d, before: %d", count_dir("/proc/self/fd"), fds);
+    CHECK(count_dir("/proc/self/task") == tasks, "threads left: %d, before: %d", count_dir("/proc/self/task"), tasks);
+    return 0;
+}
+
+/* ---- server: an embedded server mode, against openssl s_client ---- */
+
+static int mode_server(const char *cert, const char *key, size_t nbytes, const char *driver) {
+    struct echo e;
+    char backend[64];
+    uint16_t port = 0;
+    int fds = count_dir("/proc/self/fd"), tasks = count_dir("/proc/self/task");
+    tunnel_engine *eng;
+    echo_limit = nbytes;
+    echo_start(&e, 1, backend, sizeof backend);
+    eng = server_engine(driver, cert, key, backend, &port);
+    printf("%u\n", port);
+    fflush(stdout);
+    pthread_join(e.thread, NULL);
+    OK(tunnel_engine_shutdown(eng, 5000));
+    OK(tunnel_engine_free(&eng));
+    CHECK(count_dir("/proc/self/fd") == fds, "fds left after free: %d, before: %d", count_dir("/proc/self/fd"), fds);
+    CHECK(count_dir("/proc/self/task") == tasks, "threads left after free");
+    return 0;
+}
+
+/* ---- threads: several threads through tunnel_connect and the embedded server at once ---- */
+
+#define THREADS 6
+#define PER_THREAD (1024 * 1024)
+
+struct worker { tunnel_engine *eng; const char *upstream; const char *ca; const char *ca_pem; int id; };
+
+/* The whole of a (small) file as a string, to free. */
+static char *slurp(const char *path) {
+    FILE *f = fopen(path, "rb");
+    char *text = calloc(1, 1 << 16);
+    size_t n;
+    CHECK(f != NULL && text != NULL, "open %s", path);
+    n = fread(text, 1, (1 << 16) - 1, f);
+    CHECK(n > 0, "read %s", path);
+    fclose(f);
+    return text;
+}
+
+static void *worker_main(void *arg) {
+    struct worker *w = arg;
+    tunnel_connect_opts opts;
+    int fd = -1;
+    unsigned char out[8192], in[8192];
+    uint32_t x = 2463534242u + (uint32_t)w->id;
+    memset(&opts, 0, sizeof opts);
+    /* Half the threads trust the CA as a file, half as PEM text: two connectors. */
+    if (w->id % 2) opts.ca_pem = w->ca_pem; else opts.ca_file = w->ca;
+    opts.sni = "localhost";
+    OK(tunnel_connect(w->eng, w->upstream, &opts, &fd));
+    for (size_t done = 0; done < PER_THREAD; done += sizeof out) {
+        for (size_t i = 0; i < sizeof out; i++) {
+            x ^= x << 13; x ^= x >> 17; x ^= x << 5;
+            out[i] = (unsigned char)x;
+        }
+        write_all(fd, out, sizeof out);
+        CHECK(read_full(fd, in, sizeof in) == 1, "thread %d: echo cut at %zu: %s", w->id, done, strerror(errno));
+        CHECK(memcmp(in, out, sizeof in) == 0, "thread %d: echo differs at %zu", w->id, done);
+    }
+    shutdown(fd, SHUT_WR);
+    CHECK(read(fd, in, 1) == 0, "thread %d: end of file after the echo", w->id);
+    close(fd);
+    return NULL;
+}
+
+static int mode_threads(const char *ca, const char *cert, const char *key, const char *driver) {
+    struct echo e;
+    char backend[64], upstream[64];
+    uint16_t port = 0;
+    pthread_t t[THREADS];
+    struct worker w[THREADS];
+    tunnel_stats *stats = NULL;
+    size_t n = 0, i;
+    char *json = NULL;
+    int fds = count_dir("/proc/self/fd"), tasks = count_dir("/proc/self/task");
+    uint64_t through_connectors = 0;
+    char *ca_pem = slurp(ca);
+    tunnel_engine *eng;
+    echo_start(&e, THREADS + 1, backend, sizeof backend);
+    eng = server_engine(driver, cert, key, backend, &port);
+    snprintf(upstream, sizeof upstream, "localhost:%u", port);
+    for (i = 0; i < THREADS; i++) {
+        w[i].eng = eng; w[i].upstream = upstream; w[i].ca = ca; w[i].ca_pem = ca_pem; w[i].id = (int)i;
+        CHECK(pthread_create(&t[i], NULL, worker_main, &w[i]) == 0, "pthread_create");
+    }
+    for (i = 0; i < THREADS; i++) pthread_join(t[i], NULL);
+
+    OK(tunnel_engine_stats(eng, &stats, &n));
+    CHECK(n == 3, "three forwarders (tls-in and two connectors), not %zu", n);
+    for (i = 0; i < n; i++) {
+        uint64_t want = strcmp(stats[i].name, "tls-in") == 0 ? THREADS : THREADS / 2;
+        printf("stats: %s (%s): accepted %llu, bytes %llu/%llu\n", stats[i].name, stats[i].mode,
+               (unsigned long long)stats[i].accepted, (unsigned long long)stats[i].bytes_down_to_up,
+               (unsigned long long)stats[i].bytes_up_to_down);
+        CHECK(stats[i].accepted == want, "%s accepted %llu", stats[i].name, (unsigned long long)stats[i].accepted);
+        CHECK(stats[i].bytes_down_to_up == want * PER_THREAD, "%s bytes in", stats[i].name);
+        CHECK(stats[i].bytes_up_to_down == want * PER_THREAD, "%s bytes out", stats[i].name);
+        if (strcmp(stats[i].name, "tls-in") != 0) through_connectors += stats[i].accepted;
+    }
+    CHECK(through_connectors == THREADS, "every connection went through a connector");
+    OK(tunnel_stats_free(stats, n));
+    free(ca_pem);
+    {
+        /* One more, through the connector by its name. */
+        int fd = -1;
+        unsigned char back[5];
+        OK(tunnel_engine_connect(eng, "tunnel-connect-1", &fd));
+        write_all(fd, (const unsigned char *)"named", 5);
+        CHECK(read_full(fd, back, 5) == 1 && memcmp(back, "named", 5) == 0, "echo by name");
+        close(fd);
+    }
+    pthread_join(e.thread, NULL);
+    OK(tunnel_engine_stats_json(eng, &json));
+    printf("json: %s\n", json);
+    CHECK(strstr(json, "\"name\":\"tls-in\"") != NULL, "JSON names tls-in");
+    CHECK(strstr(json, "\"name\":\"tunnel-connect-1\"") != NULL, "JSON names the connector");
+    CHECK(strstr(json, "\"name\":\"tunnel-connect-2\"") != NULL, "JSON names the other connector");
+    OK(tunnel_string_free(json));
+
+    OK(tunnel_engine_shutdown(eng, 5000));
+    OK(tunnel_engine_free(&eng));
+    CHECK(eng == NULL, "tunnel_engine_free sets the handle to NULL");
+    CHECK(count_dir("/proc/self/fd") == fds, "fds left after free: %d, before: %d", count_dir("/proc/self/fd"), fds);
+    CHECK(count_dir("/proc/self/task") == tasks, "threads left after free: %d, before: %d", count_dir("/proc/self/task"), tasks);
+    printf("ok: %d threads x %d bytes echoed; no fd or thread left\n", THREADS, PER_THREAD);
+    return 0;
+}
+
+/* ---- errors ---- */
+
+static pthread_mutex_t log_lock = PTHREAD_MUTEX_INITIALIZER;
+static char log_text[65536];
+
+static void on_log(uint32_t level, const char *target, const char *message, void *userdata) {
+    size_t used;
+    (void)userdata;
+    pthread_mutex_lock(&log_lock);
+    used = strlen(log_text);
+    snprintf(log_text + used, sizeof log_text - used, "%u %s %s\n", level, target, message);
+    pthread_mutex_unlock(&log_lock);
+}
+
+static int log_has(const char *needle) {
+    int found;
+    pthread_mutex_lock(&log_lock);
+    found = strstr(log_text, needle) != NULL;
+    pthread_mutex_unlock(&log_lock);
+    return found;
+}
+
+static uint64_t stat_of(tunnel_engine *eng, const char *name, int which) {
+    tunnel_stats *s = NULL;
+    size_t n = 0, i;
+    uint64_t v = 0;
+    OK(tunnel_engine_stats(eng, &s, &n));
+    for (i = 0; i < n; i++)
+        if (strcmp(s[i].name, name) == 0) v = which == 0 ? s[i].errors_upstream : s[i].errors_tls;
+    OK(tunnel_stats_free(s, n));
+    return v;
+}
+
+/* Waits (up to 10 s) for `cond`. */
+#define EVENTUALLY(cond) do { int k_; for (k_ = 0; k_ < 1000 && !(cond); k_++) usleep(10000); \
+    CHECK(cond, "never: %s", #cond); } while (0)
+
+static int mode_errors(const char *ca, const char *cert, const char *key,
+                       const char *other_cert, const char *other_key) {
+    tunnel_config *cfg = NULL;
+    tunnel_engine *eng = NULL, *eng2 = NULL, *bad = NULL;
+    tunnel_forwarder_opts f;
+    tunnel_connect_opts o;
+    uint16_t port = 0;
+    int fd = -1, dead, fds = count_dir("/proc/self/fd"), tasks = count_dir("/proc/self/task");
+    char up[64], buf[16];
+    struct sockaddr_in sa;
+    socklen_t sl = sizeof sa;
+
+    OK(tunnel_log_set_callback(on_log, NULL, "warn"));
+    FAILS(tunnel_log_to_stderr(NULL), TUNNEL_ERR_LOG_ALREADY_SET, "already set");
+    CHECK(strcmp(tunnel_result_name(TUNNEL_ERR_CONFIG), "TUNNEL_ERR_CONFIG") == 0, "result name");
+    CHECK(strlen(tunnel_version()) >= 5, "version %s", tunnel_version());
+
+    /* NULL pointers. */
+    FAILS(tunnel_config_new(NULL), TUNNEL_ERR_NULL_ARGUMENT, "`out`");
+    FAILS(tunnel_config_from_toml(NULL, &cfg), TUNNEL_ERR_NULL_ARGUMENT, "`toml`");
+    FAILS(tunnel_engine_start(NULL, &eng), TUNNEL_ERR_NULL_ARGUMENT, "`cfg`");
+    FAILS(tunnel_engine_stats(NULL, NULL, NULL), TUNNEL_ERR_NULL_ARGUMENT, "`engine`");
+    FAILS(tunnel_config_from_toml("threads = 1", NULL), TUNNEL_ERR_NULL_ARGUMENT, "`out`");
+    FAILS(tunnel_config_from_file("/nonexistent/splice.toml", NULL), TUNNEL_ERR_NULL_ARGUMENT, "`out`");
+    FAILS(tunnel_connect(NULL, NULL, NULL, &fd), TUNNEL_ERR_NULL_ARGUMENT, "`host_port`");
+    FAILS(tunnel_connect(NULL, "localhost:1", NULL, NULL), TUNNEL_ERR_NULL_ARGUMENT, "`fd`");
+    FAILS(tunnel_log_set_callback(NULL, NULL, NULL), TUNNEL_ERR_NULL_ARGUMENT, "`callback`");
+    OK(tunnel_engine_free(NULL));
+    OK(tunnel_engine_free(&bad));
+    OK(tunnel_config_free(NULL));
+
+    /* Bad TOML: as text, as a file, a key that does not exist. */
+    FAILS(tunnel_config_from_toml("threads = [", &cfg), TUNNEL_ERR_CONFIG, "<string>");
+    FAILS(tunnel_config_from_toml("threads = 1\nthread = 2", &cfg), TUNNEL_ERR_CONFIG, "<string>: line 2: `thread`");
+    FAILS(tunnel_config_from_toml("[[forwarder]]\nmode = \"client\"\nlisten = \"127.0.0.1:0\"\nconnect = \"x\"", &cfg),
+          TUNNEL_ERR_CONFIG, "line 4");
+    FAILS(tunnel_config_from_file("/nonexistent/splice.toml", &cfg), TUNNEL_ERR_CONFIG, "/nonexistent/splice.toml");
+    CHECK(cfg == NULL, "no config on failure");
+
+    /* Option calls, and what a bad forwarder gets. */
+    OK(tunnel_config_new(&cfg));
+    FAILS(tunnel_config_set_threads(cfg, 0), TUNNEL_ERR_INVALID_ARGUMENT, "threads");
+    OK(tunnel_config_set_threads(cfg, 1));
+    memset(&f, 0, sizeof f);
+    f.mode = 7;
+    f.connect = "localhost:1";
+    FAILS(tunnel_config_add_forwarder(cfg, &f), TUNNEL_ERR_INVALID_ARGUMENT, "mode 7");
+    f.mode = TUNNEL_MODE_SERVER;
+    f.name = "tls-in";
+    f.listen = "127.0.0.1:0";
+    f.connect = "127.0.0.1:1";
+    f.cert = other_cert;
+    f.key = other_key;
+    OK(tunnel_config_add_forwarder(cfg, &f));
+    FAILS(tunnel_engine_start(cfg, NULL), TUNNEL_ERR_NULL_ARGUMENT, "`out`");
+    OK(tunnel_engine_start(cfg, &eng));
+    OK(tunnel_engine_local_port(eng, "tls-in", &port));
+    {
+        tunnel_stats *s = NULL;
+        char *json = NULL;
+        FAILS(tunnel_engine_stats(eng, &s, NULL), TUNNEL_ERR_NULL_ARGUMENT, "`len`");
+        FAILS(tunnel_engine_stats_json(eng, NULL), TUNNEL_ERR_NULL_ARGUMENT, "`json`");
+        CHECK(s == NULL && json == NULL, "nothing allocated on failure");
+    }
+    FAILS(tunnel_engine_local_port(eng, "nope", &port), TUNNEL_ERR_UNKNOWN_FORWARDER, "nope");
+    FAILS(tunnel_engine_add_forwarder(eng, &f), TUNNEL_ERR_FORWARDER_EXISTS, "tls-in");
+    FAILS(tunnel_engine_remove_forwarder(eng, "nope"), TUNNEL_ERR_UNKNOWN_FORWARDER, "nope");
+    FAILS(tunnel_engine_connect(eng, "nope", &fd), TUNNEL_ERR_UNKNOWN_FORWARDER, "nope");
+    FAILS(tunnel_engine_connect(eng, "tls-in", &fd), TUNNEL_ERR_NOT_CLIENT_MODE, "tls-in");
+    FAILS(tunnel_engine_connect(eng, NULL, &fd), TUNNEL_ERR_NULL_ARGUMENT, "`name`");
+    f.name = "tls-in-2";
+    f.cert = "/nonexistent/cert.pem";
+    FAILS(tunnel_engine_add_forwarder(eng, &f), TUNNEL_ERR_CERTIFICATE, "/nonexistent/cert.pem");
+    f.name = "tls-in";
+    f.cert = cert;
+    f.key = key;
+    OK(tunnel_engine_replace_forwarder(eng, &f));
+    f.name = "tls-in";
+    f.cert = other_cert;
+    f.key = other_key;
+    OK(tunnel_engine_replace_forwarder(eng, &f));
+    {
+        /* A listen address already taken: by the engine's own listener, from another engine. */
+        char taken[64];
+        snprintf(taken, sizeof taken, "127.0.0.1:%u", port);
+        f.listen = taken;
+        OK(tunnel_config_free(&cfg));
+        OK(tunnel_config_new(&cfg));
+        OK(tunnel_config_set_threads(cfg, 1));
+        OK(tunnel_config_add_forwarder(cfg, &f));
+        FAILS(tunnel_engine_start(cfg, &eng2), TUNNEL_ERR_LISTEN, taken);
+        CHECK(eng2 == NULL, "no engine on failure");
+        f.listen = "127.0.0.1:0";
+    }
+    OK(tunnel_config_free(&cfg));
+    OK(tunnel_config_free(&cfg));  /* the second free of the same variable is a no-op */
+
+    /* tunnel_connect: a CA file that does not exist, a host:port that is not one. */
+    memset(&o, 0, sizeof o);
+    o.ca_file = "/nonexistent/ca.pem";
+    snprintf(up, sizeof up, "localhost:%u", port);
+    FAILS(tunnel_connect(eng, up, &o, &fd), TUNNEL_ERR_CERTIFICATE, "/nonexistent/ca.pem");
+    o.ca_file = NULL;
+    o.ca_pem = "-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n";
+    FAILS(tunnel_connect(eng, up, &o, &fd), TUNNEL_ERR_CERTIFICATE, "ca_pem");
+    o.ca_file = ca;
+    FAILS(tunnel_connect(eng, up, &o, &fd), TUNNEL_ERR_CONFIG, "`ca` and `ca_pem` exclude each other");
+    o.ca_pem = NULL;
+    FAILS(tunnel_connect(eng, "no-port-here", &o, &fd), TUNNEL_ERR_CONFIG, "no-port-here");
+
+    /* Verification failure: tls-in presents a certificate from a CA we do not trust. The call
+     * succeeds; the connection ends, the connector counts a TLS error and the log says why. */
+    OK(tunnel_connect(eng, up, &o, &fd));
+    CHECK(read(fd, buf, sizeof buf) <= 0, "a connection that fails verification ends");
+    close(fd);
+    EVENTUALLY(stat_of(eng, "tunnel-connect-1", 1) >= 1);
+    EVENTUALLY(log_has("tunnel-connect-1"));
+    printf("ok: verification failure: end of file, errors_tls counted, logged\n");
+
+    /* Unreachable upstream: a port nobody listens on. */
+    dead = socket(AF_INET, SOCK_STREAM, 0);
+    memset(&sa, 0, sizeof sa);
+    sa.sin_family = AF_INET;
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    CHECK(bind(dead, (struct sockaddr *)&sa, sizeof sa) == 0, "bind");
+    CHECK(getsockname(dead, (struct sockaddr *)&sa, &sl) == 0, "getsockname");
+    snprintf(up, sizeof up, "127.0.0.1:%u", ntohs(sa.sin_port));
+    OK(tunnel_connect(eng, up, &o, &fd));
+    CHECK(read(fd, buf, sizeof buf) <= 0, "a connection to an unreachable upstream ends");
+    close(fd);
+    close(dead);
+    EVENTUALLY(stat_of(eng, "tunnel-connect-2", 0) >= 1);
+    EVENTUALLY(log_has(up));
+    printf("ok: unreachable upstream: end of file, errors_upstream counted, logged with %s\n", up);
+
+    /* After shutdown, every call on the handle says so; free twice is harmless. */
+    OK(tunnel_engine_remove_forwarder(eng, "tls-in"));
+    OK(tunnel_engine_shutdown(eng, 1000));
+    FAILS(tunnel_engine_shutdown(eng, 1000), TUNNEL_ERR_SHUT_DOWN, "shut down");
+    FAILS(tunnel_connect(eng, up, &o, &fd), TUNNEL_ERR_SHUT_DOWN, "shut down");
+    {
+        char *json = NULL;
+        FAILS(tunnel_engine_stats_json(eng, &json), TUNNEL_ERR_SHUT_DOWN, "shut down");
+        CHECK(json == NULL, "no JSON after shutdown");
+    }
+    OK(tunnel_engine_free(&eng));
+    OK(tunnel_engine_free(&eng));
+    CHECK(count_dir("/proc/self/fd") == fds, "fds left: %d, before: %d", count_dir("/proc/self/fd"), fds);
+    CHECK(count_dir("/proc/self/task") == tasks, "threads left: %d, before: %d", count_dir("/proc/self/task"), tasks);
+    printf("ok: errors\n");
+    return 0;
+}
+
+int main(int argc, char **argv) {
+    setvbuf(stdout, NULL, _IOLBF, 0);
+    if (argc == 5 && strcmp(argv[1], "connect") == 0)
+        return mode_connect(argv[2], argv[3], (size_t)strtoul(argv[4], NULL, 10));
+    if (argc == 7 && strcmp(argv[1], "server") == 0)
+        return mode_server(argv[3], argv[4], (size_t)strtoul(argv[5], NULL, 10), argv[6]);
+    if (argc == 6 && strcmp(argv[1], "threads") == 0)
+        return mode_threads(argv[2], argv[3], argv[4], argv[5]);
+    if (argc == 7 && strcmp(argv[1], "errors") == 0)
+        return mode_errors(argv[2], argv[3], argv[4], argv[5], argv[6]);
+    fprintf(stderr, "usage: see the comment at the top of tunnel_test.c\n");
+    return 2;
+}
