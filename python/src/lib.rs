@@ -34,6 +34,7 @@ use crate::errors::{ConfigError, engine_error};
 struct ConnectorKey {
     connect: String,
     ca: Option<PathBuf>,
+    ca_pem: Option<String>,
     sni: Option<String>,
     cert: Option<PathBuf>,
     key: Option<PathBuf>,
@@ -149,7 +150,7 @@ impl PyEngine {
     /// A new connection to `host:port` whose bytes leave as verified TLS: the plain end's file
     /// descriptor, owned by the caller. The first call with a set of options adds a connector
     /// (a client-mode forwarder without a listener) for them; later calls reuse it.
-    #[pyo3(signature = (host, port, ca = None, sni = None, cert = None, key = None, alpn = Vec::new()))]
+    #[pyo3(signature = (host, port, ca = None, sni = None, cert = None, key = None, alpn = Vec::new(), ca_pem = None))]
     #[expect(clippy::too_many_arguments, reason = "Python keyword arguments")]
     fn connect(
         &self,
@@ -161,6 +162,7 @@ impl PyEngine {
         cert: Option<PathBuf>,
         key: Option<PathBuf>,
         alpn: Vec<String>,
+        ca_pem: Option<String>,
     ) -> PyResult<i32> {
         if cert.is_some() != key.is_some() {
             return Err(ConfigError::new_err(
@@ -175,6 +177,7 @@ impl PyEngine {
         let k = ConnectorKey {
             connect,
             ca,
+            ca_pem,
             sni,
             cert,
             key,
@@ -277,6 +280,7 @@ fn config(
 fn connector(k: &ConnectorKey, name: &str) -> ForwarderConfig {
     let mut f = ForwarderConfig::client("", k.connect.clone()).name(name);
     f.ca = k.ca.clone();
+    f.ca_pem = k.ca_pem.clone();
     f.sni = k.sni.clone();
     f.cert = k.cert.clone();
     f.key = k.key.clone();

@@ -145,3 +145,14 @@ def test_a_removed_connector_is_added_again(pki: Pki, backend: Backend) -> None:
             f"connect-3 localhost:{port}",
             f"connect-4 localhost:{port}",
         ]
+
+
+def test_ca_as_pem_text(pki: Pki, backend: Backend) -> None:
+    with splice_engine.Engine(threads=1) as engine:
+        port = tls_front(engine, pki, backend, "front")
+        with engine.connect("localhost", port, ca_pem=pki.ca.read_text()) as s:
+            hashed_roundtrip(s, 5000)
+        with pytest.raises(splice_engine.ConfigError, match="`ca` and `ca_pem` exclude each other"):
+            engine.connect("localhost", port, ca=pki.ca, ca_pem=pki.ca.read_text())
+        with pytest.raises(splice_engine.TlsError, match="ca_pem"):
+            engine.connect("localhost", port, ca_pem="not a certificate\n")

@@ -196,9 +196,11 @@ class Engine:
         cert: Optional[StrPath] = None,
         key: Optional[StrPath] = None,
         alpn: Sequence[str] = (),
+        ca_pem: Optional[str] = None,
     ) -> socket.socket:
         """A connection to ``host:port`` whose bytes leave as TLS, verified against ``ca``
-        (a PEM file; the system's roots when ``None``) for the name ``sni`` (default
+        (a PEM file) or ``ca_pem`` (PEM text), the system's roots when neither is given, for
+        the name ``sni`` (default
         ``host``), presenting the client certificate ``cert``/``key`` if given, offering
         ``alpn``.
 
@@ -224,6 +226,7 @@ class Engine:
             os.fspath(cert) if cert is not None else None,
             os.fspath(key) if key is not None else None,
             list(alpn),
+            ca_pem,
         )
         return socket.socket(fileno=fd)
 
@@ -243,13 +246,15 @@ class Engine:
         cert: Optional[StrPath] = None,
         key: Optional[StrPath] = None,
         alpn: Sequence[str] = (),
+        ca_pem: Optional[str] = None,
         limit: int = 2**16,
     ) -> Tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         """:meth:`connect` in asyncio's form: ``(reader, writer)`` as
         :func:`asyncio.open_connection` gives them."""
         loop = asyncio.get_running_loop()
         call = functools.partial(
-            self.connect, host, port, ca=ca, sni=sni, cert=cert, key=key, alpn=alpn
+            self.connect, host, port, ca=ca, sni=sni, cert=cert, key=key, alpn=alpn,
+            ca_pem=ca_pem,
         )
         sock = await loop.run_in_executor(None, call)
         return await asyncio.open_connection(sock=sock, limit=limit)
@@ -277,6 +282,7 @@ async def open_connection(
     cert: Optional[StrPath] = None,
     key: Optional[StrPath] = None,
     alpn: Sequence[str] = (),
+    ca_pem: Optional[str] = None,
     limit: int = 2**16,
 ) -> Tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     """Like :func:`asyncio.open_connection`, with the bytes leaving as verified TLS
@@ -284,7 +290,7 @@ async def open_connection(
     engine is started on first use and closed at exit."""
     e = engine if engine is not None else _default_engine()
     return await e.open_connection(
-        host, port, ca=ca, sni=sni, cert=cert, key=key, alpn=alpn, limit=limit
+        host, port, ca=ca, sni=sni, cert=cert, key=key, alpn=alpn, ca_pem=ca_pem, limit=limit
     )
 
 
