@@ -29,6 +29,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("ws_client", targets::ws_client),
     ("upgrade_request", targets::upgrade_request),
     ("upgrade_response", targets::upgrade_response),
+    ("client_request", targets::client_request),
 ];
 
 /// The target named `name`.

@@ -79,6 +79,29 @@ pub fn all() -> Vec<(&'static str, Vec<u8>)> {
     for response in responses() {
         seeds.push(("upgrade_response", response));
     }
+    // client_request: flags, the key, then host, user agent, access token, client token.
+    let fields = [
+        (
+            0b11111u8,
+            [
+                "localhost",
+                USER_AGENT,
+                "AQGAAXhJk3yRqmWcT0d1",
+                CLIENT_TOKEN,
+            ],
+        ),
+        (0b00100, ["relay.example.net", "", "t", ""]),
+        (
+            0b11000,
+            [" h\r\nX-Injected: 1 ", "ua\r\n\r\nGET /", "tok", "short"],
+        ),
+    ];
+    for (flags, fields) in fields {
+        let mut input = vec![flags];
+        input.extend_from_slice(b"0123456789abcdef");
+        input.extend_from_slice(fields.join("\0").as_bytes());
+        seeds.push(("client_request", input));
+    }
     seeds
 }
 

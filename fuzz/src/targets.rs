@@ -569,3 +569,77 @@ pub fn upgrade_response(data: &[u8]) {
 
 /// The `Sec-WebSocket-Key` (raw) that [`upgrade_response`] checks responses against.
 pub const RESPONSE_KEY: [u8; 16] = *b"splice-fuzz-key!";
+
+/// The agent's request ([`ws::ClientRequest::encode`]) read by the relay's parser: the first
+/// byte picks the mode, whether a client token is sent and the subprotocols offered, the next
+/// 16 are the key, the rest is the host, user agent, access token and client token, split at
+/// NUL bytes (a token of the wrong shape is replaced by a valid one). Invariants: the relay
+/// reads back the mode, tokens, the highest subprotocol offered, the host and user agent
+/// (control characters left out, trimmed), and no header the agent did not write; an empty
+/// host or no subprotocol is refused, nothing else.
+pub fn client_request(data: &[u8]) {
+    let [flags, rest @ ..] = data else {
+        return;
+    };
+    let Some((key, rest)) = rest.split_first_chunk::<16>() else {
+        return;
+    };
+    let mut fields = rest.split(|&b| b == 0).map(String::from_utf8_lossy);
+    let mut field = || fields.next().unwrap_or_default();
+    let (host, user_agent, access, client) = (field(), field(), field(), field());
+    let access = ws::AccessToken::new(access.as_ref())
+        .unwrap_or_else(|_| ws::AccessToken::new("AQGAAXhJk3yR").expect("a token"));
+    let client = ws::ClientToken::new(client.as_ref()).unwrap_or_else(|_| {
+        ws::ClientToken::new("6f1d4c3e-8a2b-4f7d-9c1e-2b3a4d5e6f70").expect("a client token")
+    });
+    let mode = if flags & 1 == 0 {
+        ws::Mode::Source
+    } else {
+        ws::Mode::Destination
+    };
+    let protocols: Vec<Subprotocol> = Subprotocol::ALL
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| flags & (4 << i) != 0)
+        .map(|(_, p)| p)
+        .collect();
+    let request = ws::ClientRequest {
+        host: &host,
+        mode,
+        access_token: &access,
+        client_token: (flags & 2 != 0).then_some(&client),
+        protocols: &protocols,
+        key: *key,
+        user_agent: &user_agent,
+    }
+    .encode();
+    let safe = |text: &str| -> String {
+        let kept: String = text.chars().filter(|c| !c.is_control()).collect();
+        kept.trim().to_owned()
+    };
+    let parsed = ws::parse_request(&request);
+    if safe(&host).is_empty() {
+        assert_eq!(parsed, Err(ws::UpgradeError::Header("Host")));
+        return;
+    }
+    if protocols.is_empty() {
+        assert_eq!(parsed, Err(ws::UpgradeError::Subprotocol));
+        return;
+    }
+    if request.len() > MAX_REQUEST_LEN {
+        assert_eq!(parsed, Err(ws::UpgradeError::TooLarge));
+        return;
+    }
+    let Ok(ParsedRequest::Complete { request: got, len }) = parsed else {
+        panic!("the relay refuses the agent's request: {parsed:?}");
+    };
+    assert_eq!(len, request.len());
+    assert_eq!(got.mode, mode);
+    assert_eq!(got.access_token, access);
+    assert_eq!(got.token_source, ws::TokenSource::Header);
+    assert_eq!(got.client_token, (flags & 2 != 0).then(|| client.clone()));
+    assert_eq!(Some(got.protocol), protocols.iter().copied().max());
+    assert_eq!(got.host, safe(&host));
+    assert_eq!(got.user_agent, Some(safe(&user_agent)));
+    assert_eq!(got.origin, None);
+}
