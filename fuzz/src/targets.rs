@@ -45,18 +45,25 @@ impl Pieces {
 /// * every frame is a whole frame: its length prefix, then that many bytes;
 /// * the frames, then the bytes held, are the stream: nothing lost, reordered or made up;
 /// * the bytes held are less than one frame ([`MAX_FRAME`]), and none are held between frames;
-/// * feeding the stream in pieces gives the same frames as feeding it whole;
+/// * feeding the stream in pieces gives the same frames as feeding it whole, and so does a
+///   caller that stops taking frames and hands the bytes not taken back in;
 /// * every frame's message passes [`message_invariants`].
 pub fn tunnel_frames(data: &[u8]) {
     let Some((&seed, stream)) = data.split_first() else {
         return;
     };
-    let whole = decode_frames(&[stream]);
-    let pieces = Pieces::new(seed).cut(stream);
-    let pieced = decode_frames(&pieces);
+    let whole = decode_frames(&[stream], None);
+    let mut generator = Pieces::new(seed);
+    let pieces = generator.cut(stream);
+    let pieced = decode_frames(&pieces, None);
     assert_eq!(
         whole, pieced,
         "frames differ when the stream comes in pieces"
+    );
+    let stopped = decode_frames(&pieces, Some(&mut generator));
+    assert_eq!(
+        whole, stopped,
+        "frames differ when the caller stops taking them"
     );
     for frame in &whole {
         message_invariants(&frame[LENGTH_PREFIX..]);
@@ -64,39 +71,63 @@ pub fn tunnel_frames(data: &[u8]) {
 }
 
 /// Feeds `pieces` to a [`FrameDecoder`], checks the framing invariants, returns the frames.
-fn decode_frames(pieces: &[&[u8]]) -> Vec<Vec<u8>> {
+/// With `stop`, the caller takes at most that many frames of each `handle_bytes` (one to
+/// three, from the generator) and then hands the bytes not taken to it again: they must not
+/// have been taken.
+fn decode_frames(pieces: &[&[u8]], mut stop: Option<&mut Pieces>) -> Vec<Vec<u8>> {
     let mut decoder = FrameDecoder::new();
     let mut frames = Vec::new();
-    let mut seen = Vec::new();
+    // The bytes of the stream the decoder took, and how many of them are in frames.
+    let mut taken = Vec::new();
     let mut framed = 0;
     for piece in pieces {
-        seen.extend_from_slice(piece);
-        let mut out = decoder.handle_bytes(piece);
-        while let Some(frame) = out.next_frame() {
-            let bytes = frame.bytes();
-            assert!(bytes.len() >= LENGTH_PREFIX && bytes.len() <= MAX_FRAME);
-            let len = usize::from(u16::from_be_bytes([bytes[0], bytes[1]]));
-            assert_eq!(
-                bytes.len(),
-                LENGTH_PREFIX + len,
-                "a frame of the wrong length"
-            );
-            assert_eq!(frame.message_bytes(), &bytes[LENGTH_PREFIX..]);
-            assert_eq!(
-                bytes,
-                &seen[framed..framed + bytes.len()],
-                "a frame that is not the stream's next bytes"
-            );
-            framed += bytes.len();
-            frames.push(bytes.to_vec());
+        let mut rest: &[u8] = piece;
+        loop {
+            let limit = stop.as_mut().map_or(usize::MAX, |p| p.next() % 3 + 1);
+            let mut out = decoder.handle_bytes(rest);
+            let mut count = 0;
+            let mut used_up = true;
+            while let Some(frame) = out.next_frame() {
+                let bytes = frame.bytes();
+                assert!(bytes.len() >= LENGTH_PREFIX && bytes.len() <= MAX_FRAME);
+                let len = usize::from(u16::from_be_bytes([bytes[0], bytes[1]]));
+                assert_eq!(
+                    bytes.len(),
+                    LENGTH_PREFIX + len,
+                    "a frame of the wrong length"
+                );
+                assert_eq!(frame.message_bytes(), &bytes[LENGTH_PREFIX..]);
+                frames.push(bytes.to_vec());
+                count += 1;
+                if count == limit {
+                    used_up = false;
+                    break;
+                }
+            }
+            // The frames and the bytes held are what was taken of the stream, in order.
+            let before = taken.len();
+            let now_framed: usize = frames.iter().map(Vec::len).sum();
+            let took = now_framed + decoder.buffered() - before;
+            assert!(took <= rest.len(), "took more than it was given");
+            if used_up {
+                assert_eq!(took, rest.len(), "bytes given neither framed nor held");
+            }
+            taken.extend_from_slice(&rest[..took]);
+            for frame in &frames[frames.len() - count..] {
+                assert_eq!(
+                    frame[..],
+                    taken[framed..framed + frame.len()],
+                    "a frame that is not the stream's next bytes"
+                );
+                framed += frame.len();
+            }
+            assert!(decoder.buffered() < MAX_FRAME, "holds a whole frame");
+            assert_eq!(decoder.is_between_frames(), decoder.buffered() == 0);
+            rest = &rest[took..];
+            if used_up || rest.is_empty() {
+                break;
+            }
         }
-        assert_eq!(
-            decoder.buffered(),
-            seen.len() - framed,
-            "bytes of the stream neither framed nor held"
-        );
-        assert!(decoder.buffered() < MAX_FRAME, "holds a whole frame");
-        assert_eq!(decoder.is_between_frames(), decoder.buffered() == 0);
     }
     frames
 }
@@ -107,7 +138,7 @@ pub fn tunnel_message(data: &[u8]) {
     if data.len() <= MAX_MESSAGE {
         let mut frame = (data.len() as u16).to_be_bytes().to_vec();
         frame.extend_from_slice(data);
-        assert_eq!(decode_frames(&[&frame]), [frame]);
+        assert_eq!(decode_frames(&[&frame], None), [frame]);
     }
 }
 
