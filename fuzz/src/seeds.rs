@@ -67,9 +67,15 @@ pub fn all() -> Vec<(&'static str, Vec<u8>)> {
         for limits in [[0x80, 0x80], [0x04, 0x10]] {
             for (seed, frames) in [(0u8, &frames[..3]), (77, &frames[..])] {
                 let mut input = vec![limits[0], limits[1], seed];
-                input.extend(ws_session(role, frames));
+                input.extend(ws_session(role, frames, 4096));
                 seeds.push((target, input));
             }
+        }
+        // Short ones: one tunnel frame each, in 5-byte fragments with a ping between them.
+        for (i, frame) in frames[..frames.len() - 1].iter().enumerate() {
+            let mut input = vec![0x80, if i % 2 == 0 { 0x80 } else { 0x02 }, i as u8];
+            input.extend(ws_session(role, std::slice::from_ref(frame), 5));
+            seeds.push((target, input));
         }
     }
 
@@ -106,8 +112,9 @@ pub fn all() -> Vec<(&'static str, Vec<u8>)> {
 }
 
 /// What a peer in `role` sends: a ping (localproxy's, milliseconds since the epoch), each
-/// frame as one binary message in 4096-byte fragments, a pong, a close.
-fn ws_session(role: Role, frames: &[Vec<u8>]) -> Vec<u8> {
+/// frame as one binary message in `fragment`-byte fragments (localproxy's are 4096 bytes),
+/// a pong between fragments, then a close.
+fn ws_session(role: Role, frames: &[Vec<u8>], fragment: usize) -> Vec<u8> {
     let encoder = Encoder::new(role);
     let mask = (role == Role::Client).then_some([0x37, 0xfa, 0x21, 0x3d]);
     let mut out = Vec::new();
@@ -115,8 +122,13 @@ fn ws_session(role: Role, frames: &[Vec<u8>]) -> Vec<u8> {
         .control(OpCode::Ping, b"1764720000000", mask, &mut out)
         .expect("a ping");
     for frame in frames {
-        let pieces: Vec<&[u8]> = frame.chunks(4096).collect();
+        let pieces: Vec<&[u8]> = frame.chunks(fragment).collect();
         for (i, piece) in pieces.iter().enumerate() {
+            if i == 1 {
+                encoder
+                    .control(OpCode::Pong, b"", mask, &mut out)
+                    .expect("a pong");
+            }
             let opcode = if i == 0 {
                 OpCode::Binary
             } else {
