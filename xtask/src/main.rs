@@ -1,13 +1,16 @@
 //! Developer tasks for splice-engine, run as `cargo xtask <task>`:
 //!
 //! * `test` — the whole test suite: the host tests (doctests included), the library's rustdoc
-//!   with `-D warnings`, the criterion benches once each, then the kTLS tests in the VM;
+//!   with `-D warnings`, a bounded `fuzz` run, the criterion benches once each, then the kTLS
+//!   tests in the VM;
 //! * `ci` — what CI runs: `cargo fmt --check`, `cargo clippy -D warnings`, `test`, then a
 //!   `bench --quick` smoke run;
 //! * `c-test` — libtunnel's C tests (`tests/c/`, see `ctest`), also a step of `test`;
 //! * `install-c [--prefix DIR]` — installs libtunnel, `tunnel.h` and `tunnel.pc`;
 //! * `py-test` — the Python package: `pip install ./python` into a fresh virtual environment,
 //!   then pytest, `mypy --strict` and stubtest against what was installed (see `pytest.rs`);
+//! * `fuzz [--time SECS] [ARGS...]` — the decoders' fuzz targets (`fuzz/`): the corpus, then
+//!   random mutations for `SECS` seconds (default 60); `test` runs it for [`TEST_FUZZ_SECS`];
 //! * `bench [FLAGS]` — load tests side by side with direct connections and peers (see `bench`);
 //! * `integration-test vm [TEST-ARGS...]` — builds `tests/kernel` as a static binary and runs it
 //!   inside the kTLS VM (`../shared/ktls-vm`, or `$SPLICE_KTLS_VM_DIR`). `TEST-ARGS` go to the
@@ -30,12 +33,13 @@ const USAGE: &str = "\
 usage: cargo xtask <task>
 
 tasks:
-  test                             host tests, then the kTLS tests in the VM
+  test                             host tests, a bounded fuzz run, then the kTLS tests in the VM
   ci                               fmt check, clippy -D warnings, `test`, `bench --quick`
   py-test                          the Python package: pip install, pytest, mypy --strict
   integration-test vm [ARGS...]    the kTLS tests in the VM (ARGS go to the test binary)
   c-test                           libtunnel's C tests (ASan, shared and static, openssl peers)
   install-c [--prefix DIR]         install libtunnel, tunnel.h and tunnel.pc (default /usr/local)
+  fuzz [--time SECS] [ARGS...]     fuzz the decoders (default 60 s; ARGS go to splice-fuzz run)
   bench [--quick] [FLAGS...]       load tests against direct and peers (`bench --help`)";
 
 fn main() -> ExitCode {
@@ -49,6 +53,7 @@ fn main() -> ExitCode {
             steps.run("kTLS tests in the VM", || vm::run(rest))
         }
         ["py-test"] => steps.run("python package (py-test)", pytest::run),
+        ["fuzz", rest @ ..] => steps.run("fuzz", || fuzz(rest)),
         ["bench", rest @ ..] => steps.run("bench", || bench::main(rest)),
         ["c-test"] => steps.run("C tests (libtunnel)", ctest::test_main),
         ["install-c", rest @ ..] => steps.run("install libtunnel", || ctest::install_main(rest)),
@@ -89,6 +94,9 @@ fn test(steps: &mut Steps) -> Result<()> {
             "--no-deps",
         ]))
     })?;
+    steps.run("fuzz, bounded", || {
+        fuzz(&["--time", &TEST_FUZZ_SECS.to_string()])
+    })?;
     // The criterion micro-benchmarks, each run once (no timing) so that they keep working.
     steps.run("criterion benches, once each", || {
         run_cmd(cargo().args(["test", "--release", "-p", "splice-bench", "--benches"]))
@@ -97,6 +105,25 @@ fn test(steps: &mut Steps) -> Result<()> {
     // The Python package, installed as a user installs it.
     steps.run("python package (py-test)", pytest::run)?;
     steps.run("kTLS tests in the VM", || vm::run(&[]))
+}
+
+/// How long `test` fuzzes, all targets together (the corpus replay comes first and is quick).
+const TEST_FUZZ_SECS: u32 = 24;
+
+/// `cargo xtask fuzz [--time SECS] [ARGS...]`: `splice-fuzz run`, all targets by default
+/// (`fuzz/src/main.rs` has the flags). It is built in the dev profile on purpose: overflow
+/// checks and debug assertions on, so an arithmetic slip in a decoder is a failure, not a
+/// wrapped length.
+fn fuzz(args: &[&str]) -> Result<()> {
+    let mut args = args.to_vec();
+    if !args.contains(&"--time") {
+        args.splice(0..0, ["--time", "60"]);
+    }
+    run_cmd(
+        cargo()
+            .args(["run", "--quiet", "-p", "splice-fuzz", "--", "run"])
+            .args(args),
+    )
 }
 
 /// `cargo xtask ci`: formatting, lints (every crate and target, tests/kernel included), tests.
