@@ -610,12 +610,31 @@ impl Engine {
         for (f, fwd, addr, fds) in adds {
             self.install(f, fwd, addr, fds);
         }
+        // In force on return: a connection made after this call meets the new forwarders.
+        self.sync_shards();
         if reread {
             tracing::info!(forwarders = cfg.forwarders.len(), "configuration reloaded");
         } else {
             tracing::info!(forwarders = cfg.forwarders.len(), call = %origin, "forwarders changed");
         }
         Ok(())
+    }
+
+    /// Waits until every shard has applied the commands sent to it so far (a shard that has
+    /// exited, or one that does not answer within a second, is not waited for).
+    fn sync_shards(&self) {
+        let (tx, rx) = std::sync::mpsc::channel();
+        for s in &self.shards {
+            s.send(Command::Sync(tx.clone()));
+        }
+        drop(tx);
+        let end = Instant::now() + Duration::from_secs(1);
+        for _ in &self.shards {
+            let left = end.saturating_duration_since(Instant::now());
+            if rx.recv_timeout(left).is_err() {
+                break;
+            }
+        }
     }
 
     /// The address a forwarder listens on (useful with port 0); `None` for a connector.

@@ -106,6 +106,9 @@ pub enum Command {
         /// The socket and what the connection needs.
         conn: Handoff,
     },
+    /// Answer on this channel once every command sent before it is applied: the control
+    /// thread's barrier, so that a change it made is in force on return.
+    Sync(mpsc::Sender<()>),
     /// Stop accepting; exit once every connection has ended.
     Drain,
     /// Close everything now and exit.
@@ -491,6 +494,9 @@ impl Shard {
                     for (_, l) in self.listeners.drain() {
                         self.driver.cancel(l.fd.as_raw_fd());
                     }
+                }
+                Command::Sync(done) => {
+                    let _ = done.send(());
                 }
                 Command::Stop => return true,
             }
