@@ -82,6 +82,7 @@ mod driver;
 mod engine;
 mod error;
 mod explain;
+mod http;
 mod kinds;
 pub mod logging;
 mod metrics;

@@ -14,6 +14,8 @@ pub mod pool;
 pub mod proxy_protocol;
 mod record;
 #[cfg(test)]
+mod test_rng;
+#[cfg(test)]
 mod tests;
 pub mod tls_conn;
 pub mod tunnel;

@@ -1,150 +1,45 @@
-//! The HTTP side of `/metrics`: hyper's HTTP/1 server on a current-thread tokio runtime, on
-//! its own thread.
-//!
-//! Each connection is a task, so an idle or slow client never holds up a scrape; a client
-//! that sends no complete request head within [`HEADER_READ_TIMEOUT`] is closed, and at most
-//! [`MAX_CONNECTIONS`] are served at once (more are closed at once), so the endpoint cannot
-//! take the file descriptors the forwarders need.
+//! The HTTP side of `/metrics`, on the control plane's HTTP server ([`crate::http`]: its own
+//! thread, a task per connection, a header timeout and a connection cap).
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::header::{ALLOW, CONTENT_TYPE, HeaderValue};
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::sync::{Semaphore, oneshot};
 
 use super::Source;
-use crate::error::{Error, Result};
-
-/// How long a connection may take to send a request head (an idle keep-alive connection
-/// included) before it is closed.
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Connections served at once; more are closed as soon as they are accepted.
-pub const MAX_CONNECTIONS: usize = 64;
+use crate::error::Result;
+use crate::http::HttpServer;
 
 /// The media type of the Prometheus text format.
 const TEXT_FORMAT: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-/// The metrics endpoint's thread; stops (closing its port and every connection) when dropped.
+/// The metrics endpoint; stops (closing its port and every connection) when dropped.
+#[derive(Debug)]
 pub struct MetricsServer {
-    addr: SocketAddr,
-    stop: Option<oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl std::fmt::Debug for MetricsServer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MetricsServer")
-            .field("addr", &self.addr)
-            .finish()
-    }
+    /// Held for its drop, which stops the endpoint.
+    _http: HttpServer,
 }
 
 impl MetricsServer {
     /// Binds `addr` (an error names it) and starts serving `source` on a new thread.
     pub(crate) fn start(addr: SocketAddr, source: Source) -> Result<Self> {
-        let io_err = |context: &str| {
-            let context = context.to_string();
-            move |source| Error::Io { context, source }
-        };
-        let listener =
-            std::net::TcpListener::bind(addr).map_err(|source| Error::Listen { addr, source })?;
-        let addr = listener.local_addr().unwrap_or(addr);
-        listener
-            .set_nonblocking(true)
-            .map_err(io_err("metrics listener"))?;
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_io()
-            .enable_time()
-            .build()
-            .map_err(io_err("metrics runtime"))?;
-        let (stop, stopped) = oneshot::channel::<()>();
         let source = Arc::new(source);
-        let thread = std::thread::Builder::new()
-            .name("metrics".into())
-            .spawn(move || {
-                runtime.block_on(async move {
-                    match tokio::net::TcpListener::from_std(listener) {
-                        Ok(listener) => {
-                            tokio::spawn(accept_loop(listener, source));
-                        }
-                        Err(e) => tracing::error!(error = %e, "metrics endpoint not started"),
-                    }
-                    // Sender dropped or signalled: either way, stop.
-                    let _ = stopped.await;
-                });
-                // Dropping the runtime cancels the accept loop and every connection task,
-                // which closes their sockets.
-                drop(runtime);
-            })
-            .map_err(io_err("spawn metrics thread"))?;
+        let server = HttpServer::start("metrics", "metrics", addr, move |req, _peer| {
+            let answer = respond(&req, &source);
+            async move { answer }
+        })?;
+        let addr = server.local_addr();
         tracing::info!(addr = %addr, "metrics at http://{addr}/metrics");
-        Ok(Self {
-            addr,
-            stop: Some(stop),
-            thread: Some(thread),
-        })
+        Ok(Self { _http: server })
     }
 
     /// The address it listens on.
     #[cfg(test)]
     pub fn local_addr(&self) -> SocketAddr {
-        self.addr
-    }
-}
-
-impl Drop for MetricsServer {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-async fn accept_loop(listener: tokio::net::TcpListener, source: Arc<Source>) {
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(e) => {
-                // EMFILE and the like: wait a little instead of spinning on the error.
-                tracing::debug!(error = %e, "metrics accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            tracing::debug!(%peer, "metrics: too many connections; closing this one");
-            continue;
-        };
-        let _ = stream.set_nodelay(true);
-        let source = source.clone();
-        tokio::spawn(async move {
-            let service = service_fn(move |req| {
-                let response = respond(&req, &source);
-                async move { Ok::<_, Infallible>(response) }
-            });
-            let served = http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_READ_TIMEOUT)
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-            if let Err(e) = served {
-                tracing::debug!(%peer, error = %e, "metrics connection ended");
-            }
-            drop(slot);
-        });
+        self._http.local_addr()
     }
 }
 
@@ -183,7 +78,10 @@ mod tests {
     use std::io::{Read, Write};
     use std::net::TcpStream;
 
+    use std::time::Duration;
+
     use super::*;
+    use crate::http::MAX_CONNECTIONS;
     use crate::stats::ReloadStats;
 
     /// Dropping the server returns with a client connected and idle, closes that client's

@@ -1,5 +1,5 @@
-//! The tunnel API: HTTP/1.1 and JSON on hyper, on a current-thread tokio runtime of its own
-//! thread (as the metrics endpoint). Paths and field names mirror AWS IoT Secure
+//! The tunnel API: HTTP/1.1 and JSON on the control plane's HTTP server ([`crate::http`], as
+//! the metrics endpoint). Paths and field names mirror AWS IoT Secure
 //! Tunneling's API, so scripts written against `aws iotsecuretunneling` port with a URL
 //! change:
 //!
@@ -16,7 +16,6 @@
 //! wrong), 404 (unknown path or tunnel id), 405, 408 (body too slow), 409 (the tunnel is
 //! closed), 413 (body over [`MAX_BODY`]) or 503 (the store failed).
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,22 +25,15 @@ use hyper::body::{Bytes, Incoming};
 use hyper::header::{
     ALLOW, AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, HeaderValue, WWW_AUTHENTICATE,
 };
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
-use tokio::sync::{Semaphore, oneshot};
 
 use super::registry::{OpenRequest, Registry, RegistryError, RotateSides};
 use super::secret::{Secret, secret_matches};
 use super::tunnel::{Peer, Timestamp, Tunnel};
-use crate::error::{Error, Result};
-
-/// How long a connection may take to send a request head (an idle keep-alive connection
-/// included) before it is closed.
-pub(crate) const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+use crate::error::Result;
+use crate::http::HttpServer;
 
 /// How long a request body may take to arrive.
 pub(crate) const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -49,23 +41,9 @@ pub(crate) const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// The largest request body accepted (an OpenTunnel body is a few hundred bytes).
 pub(crate) const MAX_BODY: usize = 64 * 1024;
 
-/// Connections served at once; more are closed as soon as they are accepted.
-pub(crate) const MAX_CONNECTIONS: usize = 64;
-
-/// The API server's thread; stops (closing its port and every connection) when dropped.
-pub(crate) struct ApiServer {
-    addr: SocketAddr,
-    stop: Option<oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl std::fmt::Debug for ApiServer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ApiServer")
-            .field("addr", &self.addr)
-            .finish()
-    }
-}
+/// The API server; it stops (closing its port and every connection) when dropped.
+#[derive(Debug)]
+pub(crate) struct ApiServer(HttpServer);
 
 /// What each request needs.
 struct Shared {
@@ -82,100 +60,22 @@ impl ApiServer {
         registry: Arc<Registry>,
         api_token: Option<Secret>,
     ) -> Result<Self> {
-        let io_err = |context: &str| {
-            let context = context.to_string();
-            move |source| Error::Io { context, source }
-        };
-        let listener =
-            std::net::TcpListener::bind(addr).map_err(|source| Error::Listen { addr, source })?;
-        let addr = listener.local_addr().unwrap_or(addr);
-        listener
-            .set_nonblocking(true)
-            .map_err(io_err("tunnel API listener"))?;
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_io()
-            .enable_time()
-            .build()
-            .map_err(io_err("tunnel API runtime"))?;
-        let (stop, stopped) = oneshot::channel::<()>();
         let shared = Arc::new(Shared {
             registry,
             api_token,
         });
-        let thread = std::thread::Builder::new()
-            .name("tunnel-api".into())
-            .spawn(move || {
-                runtime.block_on(async move {
-                    match tokio::net::TcpListener::from_std(listener) {
-                        Ok(listener) => {
-                            tokio::spawn(accept_loop(listener, shared));
-                        }
-                        Err(e) => tracing::error!(error = %e, "tunnel API not started"),
-                    }
-                    let _ = stopped.await;
-                });
-                // Dropping the runtime cancels every connection task, closing its socket.
-                drop(runtime);
-            })
-            .map_err(io_err("spawn tunnel API thread"))?;
+        let server = HttpServer::start("tunnel API", "tunnel-api", addr, move |req, peer| {
+            let shared = shared.clone();
+            async move { respond(req, &shared, peer).await }
+        })?;
+        let addr = server.local_addr();
         tracing::info!(addr = %addr, "tunnel API at http://{addr}/tunnels");
-        Ok(Self {
-            addr,
-            stop: Some(stop),
-            thread: Some(thread),
-        })
+        Ok(Self(server))
     }
 
     /// The address it listens on.
     pub(crate) fn local_addr(&self) -> SocketAddr {
-        self.addr
-    }
-}
-
-impl Drop for ApiServer {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-async fn accept_loop(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(e) => {
-                // EMFILE and the like: wait a little instead of spinning on the error.
-                tracing::debug!(error = %e, "tunnel API accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            tracing::debug!(%peer, "tunnel API: too many connections; closing this one");
-            continue;
-        };
-        let _ = stream.set_nodelay(true);
-        let shared = shared.clone();
-        tokio::spawn(async move {
-            let service = service_fn(move |req| {
-                let shared = shared.clone();
-                async move { Ok::<_, Infallible>(respond(req, &shared, peer).await) }
-            });
-            let served = http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_READ_TIMEOUT)
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-            if let Err(e) = served {
-                tracing::debug!(%peer, error = %e, "tunnel API connection ended");
-            }
-            drop(slot);
-        });
+        self.0.local_addr()
     }
 }
 

@@ -3,6 +3,7 @@
 
 use super::vectors;
 use super::*;
+use crate::test_rng::Rng;
 
 fn msg<'a>(kind: Type, stream_id: i32, service_id: &'a str, connection_id: u32) -> Message<'a> {
     Message {
@@ -524,22 +525,6 @@ fn whole_frames_are_borrowed_from_the_input() {
     assert_eq!(empty.decode(), Ok(Message::default()));
     assert!(frames.next_frame().is_none());
     assert!(decoder.is_between_frames());
-}
-
-/// A small deterministic generator (xorshift64*), so the fuzz run is the same every time.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
 }
 
 /// Decodes anything without panicking; whatever decodes re-encodes to bytes that decode to

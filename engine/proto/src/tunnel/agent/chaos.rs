@@ -8,21 +8,10 @@
 use std::collections::{HashMap, VecDeque};
 
 use super::*;
+use crate::test_rng::Rng;
 use crate::tunnel::{Message, Type};
 
-/// xorshift64*: deterministic, no dependency.
-struct Rng(u64);
-
 impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
     fn chance(&mut self, per_mille: usize) -> bool {
         self.below(1000) < per_mille
     }

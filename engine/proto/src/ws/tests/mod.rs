@@ -3,6 +3,7 @@
 //! fuzz-style run (`fuzz`).
 
 use super::*;
+use crate::test_rng::Rng;
 
 mod frames;
 mod fuzz;
@@ -114,21 +115,7 @@ fn frame(role: Role, opcode: OpCode, fin: bool, payload: &[u8], mask: Option<[u8
     buf
 }
 
-/// A deterministic pseudo-random source (xorshift64*), for masks, keys and the fuzz run.
-struct Rng(u64);
-
 impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-
     fn mask(&mut self) -> [u8; 4] {
         (self.next() as u32).to_ne_bytes()
     }
