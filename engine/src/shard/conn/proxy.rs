@@ -54,6 +54,7 @@ impl Conn {
     /// only those, off the socket. While the header is incomplete every byte that arrived is
     /// part of it, so each byte is read once and a slow sender cannot make us spin.
     pub(super) fn proxy_readable(&mut self, c: Completion) {
+        let accepted = self.accepted_fd().clone();
         let Some(p) = self.proxy_in.as_mut() else {
             return;
         };
@@ -68,13 +69,6 @@ impl Conn {
         };
         let had = p.got.len();
         let mut seen = p.got.clone();
-        let accepted = self.legs[self.leg_of(Role::Accepted) as usize]
-            .fd
-            .clone()
-            .expect("the accepted leg is open from the start");
-        let Some(p) = self.proxy_in.as_mut() else {
-            return;
-        };
         let take = match sys::peek_into(accepted.as_fd(), &mut seen, at_most) {
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
             Err(e) => Err(format!("reading the PROXY header: {e}")),
