@@ -509,6 +509,15 @@ pub struct EngineConfig {
     /// The forwarders.
     #[serde(default, rename = "forwarder")]
     pub forwarders: Vec<ForwarderConfig>,
+    /// The tunnel relays.
+    #[serde(default, rename = "relay")]
+    pub relays: Vec<RelayConfig>,
+    /// The tunnels' source agents.
+    #[serde(default, rename = "source")]
+    pub sources: Vec<SourceConfig>,
+    /// The tunnels' destination agents.
+    #[serde(default, rename = "destination")]
+    pub destinations: Vec<DestinationConfig>,
     /// The file this was read from ([`EngineConfig::from_file`]), so that an error found
     /// later, when a forwarder's certificates are loaded and its addresses resolved, names
     /// the file, the line and the key. Not a key of the file.
@@ -541,6 +550,9 @@ impl Default for EngineConfig {
             access_log: true,
             balance: Balance::Kernel,
             forwarders: Vec::new(),
+            relays: Vec::new(),
+            sources: Vec::new(),
+            destinations: Vec::new(),
             source_file: None,
         }
     }
@@ -694,3 +706,9 @@ impl EngineConfig {
 mod builder;
 #[cfg(test)]
 mod tests;
+mod tunnel;
+
+pub use tunnel::{
+    DestinationConfig, RelayConfig, SecretText, SourceConfig, TOKEN_ENV, TunnelProtocol,
+    split_service,
+};

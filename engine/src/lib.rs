@@ -96,7 +96,9 @@ mod systemd;
 mod tls;
 
 pub use config::{
-    Balance, DriverKind, EngineConfig, ForwarderConfig, KtlsMode, LogFormat, Mode, ProxyVersion,
+    Balance, DestinationConfig, DriverKind, EngineConfig, ForwarderConfig, KtlsMode, LogFormat,
+    Mode, ProxyVersion, RelayConfig, SecretText, SourceConfig, TOKEN_ENV, TunnelProtocol,
+    split_service,
 };
 pub use engine::{CheckedForwarder, Engine, Listening};
 pub use error::{Error, Result, Side, SyscallError};

@@ -1,0 +1,206 @@
+//! The tunnel's tables: `[[relay]]`, `[[source]]` and `[[destination]]`, beside
+//! `[[forwarder]]` in a `run --config` file, and what the `relay`, `source` and `destination`
+//! commands build from their flags.
+//!
+//! A service is written `NAME=ADDR` (a named service, V2/V3) or a bare `ADDR` (the one
+//! unnamed service of a V1 tunnel), in the file as in the flags.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// The environment variable an agent reads its access token from when neither `token` nor
+/// `token_file` is given (the AWS local proxy's name, so existing scripts keep working).
+pub const TOKEN_ENV: &str = "AWSIOT_TUNNEL_ACCESS_TOKEN";
+
+/// A secret written in a configuration (an access or client token). Its `Debug` prints
+/// `<redacted>`, so a configuration can be logged without leaking it.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct SecretText(pub String);
+
+impl std::fmt::Debug for SecretText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// Which tunnel protocol version an agent speaks at most (it falls back to what the peer
+/// speaks, as the AWS local proxy does).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TunnelProtocol {
+    /// `aws.iot.securetunneling-1.0`: one unnamed service, one connection at a time.
+    V1,
+    /// `aws.iot.securetunneling-2.0`: named services, one connection each.
+    V2,
+    /// `aws.iot.securetunneling-3.0`: named services, many connections each.
+    #[default]
+    V3,
+}
+
+impl std::str::FromStr for TunnelProtocol {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "v1" | "1" => Ok(Self::V1),
+            "v2" | "2" => Ok(Self::V2),
+            "v3" | "3" => Ok(Self::V3),
+            other => Err(format!(
+                "unknown tunnel protocol {other:?} (expected v1, v2 or v3)"
+            )),
+        }
+    }
+}
+
+/// A relay: the TLS + WebSocket endpoint both agents of a tunnel dial out to, and the tunnel
+/// API that opens tunnels and hands out their tokens.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RelayConfig {
+    /// A name for logs and metrics (default `relay-<listen>`).
+    #[serde(default)]
+    pub name: String,
+    /// Where agents connect (`IP:PORT`, TLS + WebSocket).
+    pub listen: String,
+    /// The certificate chain the relay presents (PEM).
+    pub cert: PathBuf,
+    /// Its private key (PEM).
+    pub key: PathBuf,
+    /// Where the tunnel API listens (`IP:PORT`; keep it on loopback unless it has a token).
+    pub api: String,
+    /// A file holding the API's bearer token; without it the API asks for none.
+    #[serde(default)]
+    pub api_token_file: Option<PathBuf>,
+    /// The registry's SQLite file; `":memory:"` for a throwaway relay. Default:
+    /// `$XDG_STATE_HOME/splice-engine/relay-<name>.sqlite` (or `~/.local/state/...`).
+    #[serde(default)]
+    pub state: Option<String>,
+    /// Most services per tunnel (AWS: 3).
+    #[serde(default = "default_max_services")]
+    pub max_services: usize,
+    /// The longest lifetime a tunnel may ask for (AWS: 12 h).
+    #[serde(default = "default_max_lifetime", with = "humantime_serde")]
+    pub max_lifetime: Duration,
+    /// Bytes per second per tunnel and direction the relay forwards at most (off when unset):
+    /// protects destinations behind slow links.
+    #[serde(default)]
+    pub rate_limit: Option<u64>,
+    /// Most agents connected at once (more are refused).
+    #[serde(default = "default_max_peers")]
+    pub max_peers: usize,
+    /// Time allowed for an agent's TLS handshake and WebSocket upgrade together.
+    #[serde(default = "default_handshake_timeout", with = "humantime_serde")]
+    pub handshake_timeout: Duration,
+    /// A peer silent this long is pinged.
+    #[serde(default = "default_ping_after", with = "humantime_serde")]
+    pub ping_after: Duration,
+    /// A peer silent this long (no frame, no pong) is dropped.
+    #[serde(default = "default_peer_idle_timeout", with = "humantime_serde")]
+    pub idle_timeout: Duration,
+}
+
+/// The source agent: accepts local connections on each service's address and carries them
+/// through the tunnel.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    /// A name for logs and metrics (default `source-<relay>`).
+    #[serde(default)]
+    pub name: String,
+    /// The relay (`HOST:PORT`).
+    pub relay: String,
+    /// CA file to verify the relay (system roots when absent).
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
+    /// The name to send (SNI) and verify; default the relay's host.
+    #[serde(default)]
+    pub sni: Option<String>,
+    /// The access token, written in the file (prefer `token_file`, or the environment).
+    #[serde(default)]
+    pub token: Option<SecretText>,
+    /// A file holding the access token.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+    /// The client token (`[A-Za-z0-9-]{32,128}`) that lets this agent reconnect with the same
+    /// access token.
+    #[serde(default)]
+    pub client_token: Option<SecretText>,
+    /// The services: `NAME=IP:PORT` each (or one bare `IP:PORT`, the V1 form).
+    pub listen: Vec<String>,
+    /// The newest protocol version to speak.
+    #[serde(default)]
+    pub protocol: TunnelProtocol,
+    /// Keep reconnecting after a close frame or a 4xx (the local proxy exits).
+    #[serde(default)]
+    pub keep_trying: bool,
+}
+
+/// The destination agent: connects each stream of the tunnel to its service's address.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DestinationConfig {
+    /// A name for logs and metrics (default `destination-<relay>`).
+    #[serde(default)]
+    pub name: String,
+    /// The relay (`HOST:PORT`).
+    pub relay: String,
+    /// CA file to verify the relay (system roots when absent).
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
+    /// The name to send (SNI) and verify; default the relay's host.
+    #[serde(default)]
+    pub sni: Option<String>,
+    /// The access token, written in the file (prefer `token_file`, or the environment).
+    #[serde(default)]
+    pub token: Option<SecretText>,
+    /// A file holding the access token.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+    /// The client token (`[A-Za-z0-9-]{32,128}`).
+    #[serde(default)]
+    pub client_token: Option<SecretText>,
+    /// The services: `NAME=HOST:PORT` each (or one bare `HOST:PORT`, the V1 form).
+    pub connect: Vec<String>,
+    /// The newest protocol version to speak.
+    #[serde(default)]
+    pub protocol: TunnelProtocol,
+    /// Keep reconnecting after a close frame or a 4xx (the local proxy exits).
+    #[serde(default)]
+    pub keep_trying: bool,
+    /// Time allowed to connect to a service.
+    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+    pub connect_timeout: Duration,
+}
+
+fn default_max_services() -> usize {
+    3
+}
+fn default_max_lifetime() -> Duration {
+    Duration::from_secs(12 * 3600)
+}
+fn default_max_peers() -> usize {
+    100_000
+}
+fn default_handshake_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_ping_after() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_peer_idle_timeout() -> Duration {
+    Duration::from_secs(90)
+}
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+
+/// Splits a service written `NAME=ADDR` into its name and address; a bare `ADDR` is the
+/// unnamed (V1) service, named `""`.
+pub fn split_service(s: &str) -> (&str, &str) {
+    match s.split_once('=') {
+        Some((name, addr)) => (name, addr),
+        None => ("", s),
+    }
+}
