@@ -204,3 +204,215 @@ pub fn split_service(s: &str) -> (&str, &str) {
         None => ("", s),
     }
 }
+
+impl RelayConfig {
+    /// A relay for agents on `listen` (TLS with `cert` and `key`) and its API on `api`; every
+    /// other field at its default (the registry in the default state file).
+    pub fn new(
+        listen: impl Into<String>,
+        cert: impl Into<PathBuf>,
+        key: impl Into<PathBuf>,
+        api: impl Into<String>,
+    ) -> Self {
+        Self {
+            name: String::new(),
+            listen: listen.into(),
+            cert: cert.into(),
+            key: key.into(),
+            api: api.into(),
+            api_token_file: None,
+            state: None,
+            max_services: default_max_services(),
+            max_lifetime: default_max_lifetime(),
+            rate_limit: None,
+            max_peers: default_max_peers(),
+            handshake_timeout: default_handshake_timeout(),
+            ping_after: default_ping_after(),
+            idle_timeout: default_peer_idle_timeout(),
+        }
+    }
+
+    /// A name for logs and metrics (default `relay-<listen>`).
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// The API asks for `Authorization: Bearer <the token in this file>`.
+    pub fn api_token_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.api_token_file = Some(path.into());
+        self
+    }
+
+    /// The registry's SQLite file, or `":memory:"`.
+    pub fn state(mut self, state: impl Into<String>) -> Self {
+        self.state = Some(state.into());
+        self
+    }
+
+    /// Most services per tunnel (default 3).
+    pub fn max_services(mut self, n: usize) -> Self {
+        self.max_services = n;
+        self
+    }
+
+    /// The longest lifetime a tunnel may ask for (default 12 h).
+    pub fn max_lifetime(mut self, d: Duration) -> Self {
+        self.max_lifetime = d;
+        self
+    }
+
+    /// Bytes per second per tunnel and direction (default: no limit).
+    pub fn rate_limit(mut self, bytes_per_second: u64) -> Self {
+        self.rate_limit = Some(bytes_per_second);
+        self
+    }
+
+    /// Most agents connected at once (default 100,000).
+    pub fn max_peers(mut self, n: usize) -> Self {
+        self.max_peers = n;
+        self
+    }
+
+    /// A peer silent this long is pinged (default 30 s).
+    pub fn ping_after(mut self, d: Duration) -> Self {
+        self.ping_after = d;
+        self
+    }
+
+    /// A peer silent this long is dropped (default 90 s).
+    pub fn idle_timeout(mut self, d: Duration) -> Self {
+        self.idle_timeout = d;
+        self
+    }
+
+    /// Time allowed for an agent's TLS handshake and upgrade (default 10 s).
+    pub fn handshake_timeout(mut self, d: Duration) -> Self {
+        self.handshake_timeout = d;
+        self
+    }
+}
+
+/// What both agents' builders share.
+macro_rules! agent_builders {
+    () => {
+        /// A name for logs and metrics.
+        pub fn name(mut self, name: impl Into<String>) -> Self {
+            self.name = name.into();
+            self
+        }
+
+        /// The CA file to verify the relay with (default: the system's roots).
+        pub fn ca(mut self, path: impl Into<PathBuf>) -> Self {
+            self.ca = Some(path.into());
+            self
+        }
+
+        /// The name to send (SNI) and verify (default: the relay's host).
+        pub fn sni(mut self, name: impl Into<String>) -> Self {
+            self.sni = Some(name.into());
+            self
+        }
+
+        /// The access token itself (prefer [`Self::token_file`] or the environment).
+        pub fn token(mut self, token: impl Into<String>) -> Self {
+            self.token = Some(SecretText(token.into()));
+            self
+        }
+
+        /// A file holding the access token.
+        pub fn token_file(mut self, path: impl Into<PathBuf>) -> Self {
+            self.token_file = Some(path.into());
+            self
+        }
+
+        /// The client token that lets the agent reconnect with the same access token.
+        pub fn client_token(mut self, token: impl Into<String>) -> Self {
+            self.client_token = Some(SecretText(token.into()));
+            self
+        }
+
+        /// The newest protocol version to speak (default V3).
+        pub fn protocol(mut self, protocol: TunnelProtocol) -> Self {
+            self.protocol = protocol;
+            self
+        }
+
+        /// Keep reconnecting after a close frame or a 4xx.
+        pub fn keep_trying(mut self, on: bool) -> Self {
+            self.keep_trying = on;
+            self
+        }
+    };
+}
+
+impl SourceConfig {
+    /// A source agent of the relay at `relay` (`HOST:PORT`), with no service yet (add them
+    /// with [`SourceConfig::service`]); the token from [`TOKEN_ENV`] unless set.
+    pub fn new(relay: impl Into<String>) -> Self {
+        Self {
+            name: String::new(),
+            relay: relay.into(),
+            ca: None,
+            sni: None,
+            token: None,
+            token_file: None,
+            client_token: None,
+            listen: Vec::new(),
+            protocol: TunnelProtocol::default(),
+            keep_trying: false,
+        }
+    }
+
+    /// Accepts connections for service `name` on `addr` (`IP:PORT`); an empty `name` is the
+    /// one service of a V1 tunnel.
+    pub fn service(mut self, name: &str, addr: impl Into<String>) -> Self {
+        self.listen.push(join_service(name, &addr.into()));
+        self
+    }
+
+    agent_builders!();
+}
+
+impl DestinationConfig {
+    /// A destination agent of the relay at `relay` (`HOST:PORT`), with no service yet (add
+    /// them with [`DestinationConfig::service`]); the token from [`TOKEN_ENV`] unless set.
+    pub fn new(relay: impl Into<String>) -> Self {
+        Self {
+            name: String::new(),
+            relay: relay.into(),
+            ca: None,
+            sni: None,
+            token: None,
+            token_file: None,
+            client_token: None,
+            connect: Vec::new(),
+            protocol: TunnelProtocol::default(),
+            keep_trying: false,
+            connect_timeout: default_connect_timeout(),
+        }
+    }
+
+    /// Connects the streams of service `name` to `addr` (`HOST:PORT`); an empty `name` is
+    /// the one service of a V1 tunnel.
+    pub fn service(mut self, name: &str, addr: impl Into<String>) -> Self {
+        self.connect.push(join_service(name, &addr.into()));
+        self
+    }
+
+    /// Time allowed to connect to a service (default 5 s).
+    pub fn connect_timeout(mut self, d: Duration) -> Self {
+        self.connect_timeout = d;
+        self
+    }
+
+    agent_builders!();
+}
+
+fn join_service(name: &str, addr: &str) -> String {
+    if name.is_empty() {
+        addr.to_string()
+    } else {
+        format!("{name}={addr}")
+    }
+}
