@@ -194,11 +194,7 @@ fn expiry_loop(name: &str, registry: &Registry, events: &Events, stop: &mpsc::Re
 
 /// `name`, or `relay-<listen>` when unset.
 pub(crate) fn relay_name(cfg: &RelayConfig) -> String {
-    if cfg.name.is_empty() {
-        format!("relay-{}", cfg.listen)
-    } else {
-        cfg.name.clone()
-    }
+    cfg.display_name()
 }
 
 /// `state`, or `relay-<name>.sqlite` in the user's state directory (`None` when there is
