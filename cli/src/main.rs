@@ -6,6 +6,8 @@ mod args;
 mod demo;
 mod probe;
 mod systemd;
+mod tunnel;
+mod tunnel_args;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -48,6 +50,16 @@ impl Source {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Tunnel(cmd) = cli.command {
+        // An API client: no engine, no logging; 1 when the API refuses.
+        return match tunnel::run(cmd, &mut std::io::stdout().lock()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {}", e.to_string().replace('\n', " "));
+                ExitCode::FAILURE
+            }
+        };
+    }
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -86,6 +98,12 @@ fn check(path: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A configuration built from flags, checked as a file would be.
+fn fixed(cfg: EngineConfig) -> anyhow::Result<Source> {
+    cfg.validate("command line")?;
+    Ok(Source::Fixed(cfg))
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
     let source = match cli.command {
         Command::Client(a) => {
@@ -114,6 +132,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Source::Fixed(cfg)
         }
         Command::Run(a) => Source::File(a.config, a.common),
+        Command::Relay(a) => fixed(a.into_config())?,
+        Command::Source(a) => fixed(a.into_config()?)?,
+        Command::Destination(a) => fixed(a.into_config()?)?,
+        Command::Tunnel(_) => unreachable!("handled in main"),
         Command::Check(a) => return check(&a.config),
         Command::Config(ConfigCommand::Example) => {
             print!("{}", EngineConfig::EXAMPLE);
