@@ -92,6 +92,26 @@ fn check(path: &std::path::Path) -> anyhow::Result<()> {
             f.name, f.mode, f.listen, f.connect
         );
     }
+    for r in &cfg.relays {
+        println!(
+            "  {}  relay  agents on {}, API at http://{}",
+            r.display_name(),
+            r.listen,
+            r.api
+        );
+    }
+    for s in &cfg.sources {
+        let services = s.listen.join(", ");
+        println!("  {}  source  {services} -> {}", s.display_name(), s.relay);
+    }
+    for d in &cfg.destinations {
+        let services = d.connect.join(", ");
+        println!(
+            "  {}  destination  {} -> {services}",
+            d.display_name(),
+            d.relay
+        );
+    }
     if let Some(m) = &cfg.metrics {
         println!("  metrics at http://{m}/metrics");
     }

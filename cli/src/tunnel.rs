@@ -343,7 +343,11 @@ fn describe(out: &mut impl Write, t: &Value) -> std::io::Result<()> {
     };
     writeln!(out, "services:     {services}")?;
     let minutes = &t["timeoutConfig"]["maxLifetimeTimeoutMinutes"];
-    writeln!(out, "lifetime:     {} minutes", text(minutes))?;
+    let ends = match (t["createdAt"].as_f64(), minutes.as_f64()) {
+        (Some(c), Some(m)) => format!(", ends {}", time(&(c + m * 60.0).into())),
+        _ => String::new(),
+    };
+    writeln!(out, "lifetime:     {} minutes{ends}", text(minutes))?;
     for (label, key) in [
         ("source:      ", "sourceConnectionState"),
         ("destination: ", "destinationConnectionState"),

@@ -467,3 +467,58 @@ fn token_flags_warn_that_command_lines_are_visible() {
         );
     }
 }
+
+#[test]
+fn check_summarises_the_tunnel_tables_and_reads_their_files() {
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    fs::write(dir.path().join("source.token"), "a-token\n").expect("write");
+    let file = dir.path().join("tunnel.toml");
+    let write = |relay_key: &Path| {
+        fs::write(
+            &file,
+            format!(
+                "[[relay]]\nname = \"edge\"\nlisten = \"127.0.0.1:8443\"\ncert = {:?}\n\
+                 key = {:?}\napi = \"127.0.0.1:8480\"\n\
+                 [[source]]\nrelay = \"relay.example:8443\"\nca = {:?}\n\
+                 token_file = \"source.token\"\nlisten = [\"SSH=127.0.0.1:2222\"]\n",
+                pki.server.cert, relay_key, pki.ca.path
+            ),
+        )
+        .expect("write");
+    };
+    write(&pki.server.key);
+    let out = cli(&[
+        OsStr::new("check"),
+        OsStr::new("--config"),
+        file.as_os_str(),
+    ]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        stdout.contains("edge  relay  agents on 127.0.0.1:8443, API at http://127.0.0.1:8480"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("SSH=127.0.0.1:2222 -> relay.example:8443"),
+        "{stdout}"
+    );
+
+    // The token file is relative to the configuration file; a missing key file is named.
+    let missing = dir.path().join("missing-key.pem");
+    write(&missing);
+    let e = fails(&[
+        OsStr::new("check"),
+        OsStr::new("--config"),
+        file.as_os_str(),
+    ]);
+    assert!(e.contains("missing-key.pem"), "{e}");
+    write(&pki.server.key);
+    fs::write(dir.path().join("source.token"), "\n").expect("write");
+    let e = fails(&[
+        OsStr::new("check"),
+        OsStr::new("--config"),
+        file.as_os_str(),
+    ]);
+    assert!(e.contains("source.token") && e.contains("empty"), "{e}");
+}

@@ -86,6 +86,13 @@ fn the_default_state_file_is_named_after_the_relay() {
     }
     let unnamed = RelayConfig::new("127.0.0.1:4443", "c", "k", "127.0.0.1:0");
     assert_eq!(relay_name(&unnamed), "relay-127.0.0.1:4443");
+    if let Some(p) = state_path(&unnamed, &relay_name(&unnamed)) {
+        assert!(
+            p.ends_with("splice-engine/relay-127.0.0.1_4443.sqlite"),
+            "{}",
+            p.display()
+        );
+    }
     let given = unnamed.state(":memory:");
     assert_eq!(state_path(&given, "x"), Some(PathBuf::from(":memory:")));
 }
