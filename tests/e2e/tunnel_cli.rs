@@ -522,3 +522,43 @@ fn check_summarises_the_tunnel_tables_and_reads_their_files() {
     ]);
     assert!(e.contains("source.token") && e.contains("empty"), "{e}");
 }
+
+#[test]
+fn run_config_starts_a_relay_with_paths_relative_to_the_file() {
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let conf = dir.path().join("conf");
+    fs::create_dir_all(&conf).expect("mkdir");
+    fs::write(conf.join("api.token"), format!("{API_TOKEN}\n")).expect("write");
+    let api_port = free_port();
+    let file = conf.join("relay.toml");
+    fs::write(
+        &file,
+        format!(
+            "[[relay]]\nname = \"edge\"\nlisten = \"127.0.0.1:{}\"\ncert = {:?}\nkey = {:?}\n\
+             api = \"127.0.0.1:{api_port}\"\napi_token_file = \"api.token\"\n\
+             state = \"state/relay.sqlite\"\n",
+            free_port(),
+            pki.server.cert,
+            pki.server.key
+        ),
+    )
+    .expect("write");
+    // Started elsewhere: the relative paths are the file's, not the working directory's.
+    let proc = EngineCmd::new("run")
+        .opt("--config", &file)
+        .common("epoll")
+        .cwd(dir.path())
+        .wait_port(api_port)
+        .start();
+    let relay = Relay {
+        proc,
+        api: localhost(api_port),
+        token_file: conf.join("api.token"),
+    };
+    let opened = tunnel_json(&relay, &["open"]);
+    assert!(opened["tunnelId"].is_string(), "{opened}");
+    assert!(conf.join("state/relay.sqlite").is_file());
+    assert!(!dir.path().join("state").exists());
+    relay.stop();
+}
