@@ -56,6 +56,8 @@ pub struct Engine {
     draining: AtomicBool,
     /// The shard the next [`Engine::connect`] goes to (taken in turn).
     next_shard: AtomicUsize,
+    /// The tunnel relays (`[[relay]]`).
+    relays: Vec<crate::tunnel::start::RunningRelay>,
 }
 
 /// The engine-level settings that shape the shards and the process, which only a restart
@@ -188,6 +190,7 @@ impl Engine {
             config: Mutex::new(cfg.clone()),
             draining: AtomicBool::new(false),
             next_shard: AtomicUsize::new(0),
+            relays: Vec::new(),
         };
         // Everything that reads files or binds ports happens before a thread starts.
         let mut built = Vec::new();
@@ -237,6 +240,10 @@ impl Engine {
         }
         for (f, fwd, addr, fds) in bound {
             engine.install(f, Arc::new(fwd), addr, fds);
+        }
+        for (i, r) in cfg.relays.iter().enumerate() {
+            let relay = crate::tunnel::start::start_relay(r, i as u32 + 1, &engine.shards)?;
+            engine.relays.push(relay);
         }
         let activated = engine.activated.lock().expect("activated lock");
         for (s, _) in activated.iter().filter(|(_, used)| !used) {
@@ -314,6 +321,7 @@ impl Engine {
             config: Mutex::new(cfg.clone()),
             draining: AtomicBool::new(false),
             next_shard: AtomicUsize::new(0),
+            relays: Vec::new(),
         };
         let mut out = Vec::new();
         for (i, f) in cfg.forwarders.iter().enumerate() {
@@ -717,6 +725,22 @@ impl Engine {
             .iter()
             .map(|(n, m, s)| s.snapshot(n, m.as_str()))
             .collect()
+    }
+
+    /// The address relay `name` listens on for agents (port 0 resolved), if it runs.
+    pub fn relay_addr(&self, name: &str) -> Option<SocketAddr> {
+        self.relays
+            .iter()
+            .find(|r| r.relay.name == name)
+            .map(|r| r.addr)
+    }
+
+    /// The address of relay `name`'s tunnel API, if it runs.
+    pub fn relay_api_addr(&self, name: &str) -> Option<SocketAddr> {
+        self.relays
+            .iter()
+            .find(|r| r.relay.name == name)
+            .and_then(|r| r.api_addr)
     }
 
     /// The driver the shards run (never `Auto`).
