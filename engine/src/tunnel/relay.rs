@@ -497,9 +497,10 @@ impl TunnelPeers {
         let actions = self.session.peer_connected(side, version, now);
         self.framers[index(side)] = FrameDecoder::new();
         self.relay.stats.peers[index(side)].fetch_add(1, Relaxed);
-        // The old link goes with the CloseReplaced action; put it where the action finds it.
-        self.apply(actions, replaced, plane, shard);
+        // The new link takes its side before the actions (SERVICE_IDS goes to it); the old
+        // one goes with the CloseReplaced action.
         self.links[index(side)] = Some(r);
+        self.apply(actions, replaced, plane, shard);
         self.session.peer_active(side, now);
         // Messages that came with the upgrade's bytes.
         self.read(side, plane, shard);
