@@ -45,6 +45,8 @@ pub struct Engine {
     start_only: StartOnly,
     /// Kept for its lifetime: the metrics thread stops when the engine drops.
     _metrics: Option<crate::metrics::MetricsServer>,
+    /// The relays' control sides (registry, API, expiry), one per `[[relay]]`.
+    relays: Vec<crate::relay::service::RelayService>,
     /// Sockets passed by systemd (socket activation), each with whether a listener uses it.
     /// The engine keeps them for its lifetime (systemd holds them open too) and gives the
     /// shards duplicates, so a reload that fails or removes a forwarder loses none.
@@ -181,6 +183,7 @@ impl Engine {
             reloads: Arc::new(ReloadStats::new()),
             start_only: StartOnly::of(&cfg),
             _metrics: None,
+            relays: Vec::new(),
             activated: Mutex::new(
                 crate::systemd::listen_fds()
                     .into_iter()
@@ -223,6 +226,15 @@ impl Engine {
                 reloads: engine.reloads.clone(),
             };
             engine._metrics = Some(crate::metrics::MetricsServer::start(addr, source)?);
+        }
+        let origin = cfg
+            .source_file
+            .as_ref()
+            .map_or_else(|| "configuration".to_string(), |p| p.display().to_string());
+        for r in &cfg.relays {
+            engine
+                .relays
+                .push(crate::relay::service::RelayService::start(r, &origin)?);
         }
         for i in 0..threads {
             engine.shards.push(shard::spawn(i, driver, cfg.busy_poll)?);
@@ -317,6 +329,7 @@ impl Engine {
             reloads: Arc::new(ReloadStats::new()),
             start_only: StartOnly::of(&cfg),
             _metrics: None,
+            relays: Vec::new(),
             activated: Mutex::new(Vec::new()),
             config: Mutex::new(cfg.clone()),
             draining: AtomicBool::new(false),
@@ -425,6 +438,14 @@ impl Engine {
         self.reloads.attempt();
         let result = load().and_then(|cfg| {
             self.apply(&cfg, "configuration", true)?;
+            if (&cfg.relays, &cfg.sources, &cfg.destinations)
+                != (&current.relays, &current.sources, &current.destinations)
+            {
+                tracing::warn!(
+                    "the [[relay]], [[source]] or [[destination]] tables changed, but only a \
+                     restart applies them; this reload applies the forwarders and certificates"
+                );
+            }
             *current = cfg;
             Ok(())
         });
