@@ -58,8 +58,8 @@ pub struct Engine {
     draining: AtomicBool,
     /// The shard the next [`Engine::connect`] goes to (taken in turn).
     next_shard: AtomicUsize,
-    /// The tunnel relays (`[[relay]]`).
-    relays: Vec<crate::tunnel::start::RunningRelay>,
+    /// The relays' data planes on the shards, one per `[[relay]]` (as `relays`).
+    relay_planes: Vec<crate::tunnel::start::RunningRelay>,
 }
 
 /// The engine-level settings that shape the shards and the process, which only a restart
@@ -193,7 +193,7 @@ impl Engine {
             config: Mutex::new(cfg.clone()),
             draining: AtomicBool::new(false),
             next_shard: AtomicUsize::new(0),
-            relays: Vec::new(),
+            relay_planes: Vec::new(),
         };
         // Everything that reads files or binds ports happens before a thread starts.
         let mut built = Vec::new();
@@ -253,9 +253,10 @@ impl Engine {
         for (f, fwd, addr, fds) in bound {
             engine.install(f, Arc::new(fwd), addr, fds);
         }
-        for (i, r) in cfg.relays.iter().enumerate() {
-            let relay = crate::tunnel::start::start_relay(r, i as u32 + 1, &engine.shards)?;
-            engine.relays.push(relay);
+        for (i, (r, service)) in cfg.relays.iter().zip(&engine.relays).enumerate() {
+            let plane =
+                crate::tunnel::start::start_relay(r, service, i as u32 + 1, &engine.shards)?;
+            engine.relay_planes.push(plane);
         }
         let activated = engine.activated.lock().expect("activated lock");
         for (s, _) in activated.iter().filter(|(_, used)| !used) {
@@ -334,7 +335,7 @@ impl Engine {
             config: Mutex::new(cfg.clone()),
             draining: AtomicBool::new(false),
             next_shard: AtomicUsize::new(0),
-            relays: Vec::new(),
+            relay_planes: Vec::new(),
         };
         let mut out = Vec::new();
         for (i, f) in cfg.forwarders.iter().enumerate() {
@@ -750,7 +751,7 @@ impl Engine {
 
     /// The address relay `name` listens on for agents (port 0 resolved), if it runs.
     pub fn relay_addr(&self, name: &str) -> Option<SocketAddr> {
-        self.relays
+        self.relay_planes
             .iter()
             .find(|r| r.relay.name == name)
             .map(|r| r.addr)
@@ -760,8 +761,8 @@ impl Engine {
     pub fn relay_api_addr(&self, name: &str) -> Option<SocketAddr> {
         self.relays
             .iter()
-            .find(|r| r.relay.name == name)
-            .and_then(|r| r.api_addr)
+            .find(|r| r.name() == name)
+            .map(|r| r.api_addr())
     }
 
     /// The driver the shards run (never `Auto`).

@@ -204,9 +204,14 @@ fn kind_of(frame: &[u8]) -> u64 {
 
 /// Reads until the peer's close frame; its code.
 fn close_code(ws: &mut Ws) -> Option<u16> {
+    close_frame(ws).map(|(code, _)| code)
+}
+
+/// Reads until the peer's close frame; its code and reason.
+fn close_frame(ws: &mut Ws) -> Option<(u16, String)> {
     loop {
         match ws.read() {
-            Ok(Message::Close(c)) => return c.map(|c| u16::from(c.code)),
+            Ok(Message::Close(c)) => return c.map(|c| (u16::from(c.code), c.reason.to_string())),
             Ok(_) => continue,
             Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed) => {
                 return None;
@@ -305,6 +310,60 @@ fn relay_pairs_peers_and_forwards_frames_as_they_came() {
             !log.contains(" ERROR "),
             "{driver}: errors in the log:\n{log}"
         );
+    }
+}
+
+/// `CloseTunnel` through the API sends both peers a close frame (1000, "tunnel closed");
+/// a rotation of one side's token drops that side's peer and only it.
+#[test]
+fn relay_tunnel_close_and_rotate_reach_the_peers() {
+    let pki = Pki::new();
+    for driver in DRIVERS {
+        let relay = start_relay(&pki, driver, "");
+        for _ in 0..3 {
+            let t = open_tunnel(&relay, &["ssh"]);
+            let (mut src, mut dst) = pair(&pki, &relay, &t);
+            let (status, _) = api(relay.api, "POST", &format!("/tunnels/{}/close", t.id), "{}");
+            assert_eq!(status, 200);
+            for (who, ws) in [("source", &mut src), ("destination", &mut dst)] {
+                assert_eq!(
+                    close_frame(ws),
+                    Some((1000, "tunnel closed".to_string())),
+                    "{driver}: the {who} hears the close"
+                );
+            }
+        }
+        let t = open_tunnel(&relay, &["ssh"]);
+        let (mut src, mut dst) = pair(&pki, &relay, &t);
+        let (status, json) = api(
+            relay.api,
+            "POST",
+            &format!("/tunnels/{}/rotate", t.id),
+            r#"{"clientMode":"DESTINATION"}"#,
+        );
+        assert_eq!(status, 200, "rotate: {json}");
+        let end = loop {
+            match dst.read() {
+                Ok(Message::Ping(_) | Message::Pong(_)) => continue,
+                other => break other,
+            }
+        };
+        assert!(
+            end.is_err(),
+            "{driver}: the rotated destination is dropped: {end:?}"
+        );
+        src.send(Message::Ping(b"still here".to_vec().into()))
+            .expect("ping");
+        loop {
+            match src.read().expect("the source stays") {
+                Message::Pong(p) => {
+                    assert_eq!(&p[..], b"still here");
+                    break;
+                }
+                Message::Binary(_) | Message::Ping(_) => continue,
+                other => panic!("{driver}: {other:?}"),
+            }
+        }
     }
 }
 

@@ -109,7 +109,6 @@ pub(crate) enum Cmd {
     /// An admitted relay peer, moved here because its tunnel lives on this shard.
     Peer(Box<relay::Arrival>),
     /// A relay's control side says a tunnel closed or its tokens were rotated.
-    #[allow(dead_code, reason = "sent once the relay service's events are wired")]
     Event { relay: u32, event: relay::Event },
 }
 

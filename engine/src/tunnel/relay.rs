@@ -80,17 +80,7 @@ pub(crate) struct Relay {
 }
 
 /// What the control side tells the shards.
-#[derive(Debug, Clone)]
-#[allow(dead_code, reason = "sent once the relay service's events are wired")]
-pub(crate) enum Event {
-    /// The tunnel was closed by the API or expired: close frames to both peers.
-    Closed { tunnel_id: String, expired: bool },
-    /// Its tokens were rotated: peers connected with the old ones go.
-    Rotated {
-        tunnel_id: String,
-        sides: RotateSides,
-    },
-}
+pub(crate) use crate::relay::service::RelayEvent as Event;
 
 fn side_of(s: RegSide) -> Side {
     match s {
