@@ -216,6 +216,7 @@ impl Engine {
             };
             bound.push((f, fwd, addr, fds));
         }
+        let relay_stats = crate::tunnel::metrics::StatsList::default();
         if let Some(m) = &cfg.metrics {
             let addr: SocketAddr = m.parse().map_err(|e| Error::Address {
                 addr: m.clone(),
@@ -224,6 +225,7 @@ impl Engine {
             let source = crate::metrics::Source {
                 registry,
                 reloads: engine.reloads.clone(),
+                relays: relay_stats.clone(),
             };
             engine._metrics = Some(crate::metrics::MetricsServer::start(addr, source)?);
         }
@@ -254,8 +256,13 @@ impl Engine {
             engine.install(f, Arc::new(fwd), addr, fds);
         }
         for (i, (r, service)) in cfg.relays.iter().zip(&engine.relays).enumerate() {
-            let plane =
-                crate::tunnel::start::start_relay(r, service, i as u32 + 1, &engine.shards)?;
+            let plane = crate::tunnel::start::start_relay(
+                r,
+                service,
+                i as u32 + 1,
+                &engine.shards,
+                &relay_stats,
+            )?;
             engine.relay_planes.push(plane);
         }
         let activated = engine.activated.lock().expect("activated lock");

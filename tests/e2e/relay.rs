@@ -17,18 +17,19 @@ type Ws = WebSocket<TlsStream>;
 const V3: &str = "aws.iot.securetunneling-3.0";
 const V2: &str = "aws.iot.securetunneling-2.0";
 
-/// A relay started by `run --config`.
+/// A relay started by `run --config`, with its metrics endpoint.
 struct Relay {
     proc: Proc,
     port: u16,
     api: SocketAddr,
+    metrics: SocketAddr,
 }
 
 fn start_relay(pki: &Pki, driver: &str, extra: &str) -> Relay {
-    let (port, api) = (free_port(), free_port());
+    let (port, api, metrics) = (free_port(), free_port(), free_port());
     let path = pki.dir.path().join(format!("relay-{port}.toml"));
     let toml = format!(
-        "driver = \"{driver}\"\nthreads = 2\n\n[[relay]]\nname = \"r\"\nlisten = \"127.0.0.1:{port}\"\n\
+        "driver = \"{driver}\"\nthreads = 2\nmetrics = \"127.0.0.1:{metrics}\"\n\n[[relay]]\nname = \"r\"\nlisten = \"127.0.0.1:{port}\"\n\
          cert = \"{}\"\nkey = \"{}\"\napi = \"127.0.0.1:{api}\"\nstate = \":memory:\"\n{extra}",
         pki.server.cert.display(),
         pki.server.key.display(),
@@ -39,12 +40,14 @@ fn start_relay(pki: &Pki, driver: &str, extra: &str) -> Relay {
         .opt("--log-level", "info")
         .wait_port(port)
         .wait_port(api)
+        .wait_port(metrics)
         .label(format!("relay ({driver})"))
         .start();
     Relay {
         proc,
         port,
         api: localhost(api),
+        metrics: localhost(metrics),
     }
 }
 
@@ -275,8 +278,9 @@ fn relay_pairs_peers_and_forwards_frames_as_they_came() {
     for driver in DRIVERS {
         let relay = start_relay(&pki, driver, "");
         // Several tunnels: with two shards, some peers are accepted on the shard that is not
-        // their tunnel's and are handed over.
-        for n in 0..4 {
+        // their tunnel's and are handed over (16 connections all landing on their tunnel's
+        // shard by chance: 1 in 65536).
+        for n in 0..8 {
             let t = open_tunnel(&relay, &["ssh", "web"]);
             let (mut src, mut dst) = pair(&pki, &relay, &t);
             exchange(
@@ -310,6 +314,35 @@ fn relay_pairs_peers_and_forwards_frames_as_they_came() {
             !log.contains(" ERROR "),
             "{driver}: errors in the log:\n{log}"
         );
+        let r = [("relay", "r")];
+        let m = wait_metric(relay.metrics, "splice_tunnels_open", &r, |v| v == 0.0);
+        assert!(
+            m.value("splice_tunnel_handoffs_total", &r) > 0.0,
+            "{driver}: peers handed to their tunnel's shard:\n{}",
+            m.text
+        );
+        // Per tunnel: STREAM_START, 4 DATA and the two joined ones each way.
+        let out: f64 = [1usize, 100, 4096, 64512]
+            .iter()
+            .map(|len| frame(DATA, 1, "ssh", 1, &vec![1; *len]).len() as f64)
+            .sum::<f64>()
+            + (frame(STREAM_START, 1, "ssh", 1, b"").len()
+                + frame(DATA, 1, "ssh", 1, b"first").len()
+                + frame(DATA, 1, "ssh", 1, b"second").len()) as f64;
+        let sent = m.value(
+            "splice_tunnel_bytes_total",
+            &[("relay", "r"), ("direction", "source_to_destination")],
+        );
+        assert_eq!(sent, 8.0 * out, "{driver}: bytes source to destination");
+        for side in ["source", "destination"] {
+            let m = wait_metric(
+                relay.metrics,
+                "splice_tunnel_peers_connected",
+                &[("relay", "r"), ("side", side)],
+                |v| v == 0.0,
+            );
+            assert_eq!(m.value("splice_tunnel_streams_active", &r), 0.0);
+        }
     }
 }
 
@@ -524,6 +557,35 @@ fn relay_bad_inputs_cost_only_that_peer() {
         assert!(
             !log.contains(&t.source) && !log.contains(&t.destination),
             "{driver}: a token in the log"
+        );
+        let m = scrape(relay.metrics);
+        let refused = |status: &str| {
+            m.value(
+                "splice_tunnel_upgrades_refused_total",
+                &[("relay", "r"), ("status", status)],
+            )
+        };
+        assert_eq!(
+            refused("400"),
+            3.0,
+            "{driver}: bad HTTP, no subprotocol, two tokens"
+        );
+        assert_eq!(refused("403"), 2.0, "{driver}: wrong and reused tokens");
+        assert_eq!(refused("410"), 1.0, "{driver}: closed tunnel");
+        assert_eq!(
+            m.value("splice_tunnel_tls_failures_total", &[("relay", "r")]),
+            1.0
+        );
+        assert_eq!(
+            m.value("splice_tunnel_rule_breaks_total", &[("relay", "r")]),
+            4.0
+        );
+        assert_eq!(
+            m.value(
+                "splice_tunnel_peers_connected",
+                &[("relay", "r"), ("side", "destination")]
+            ),
+            1.0
         );
     }
 }

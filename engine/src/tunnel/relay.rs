@@ -50,6 +50,8 @@ pub(crate) struct RelayStats {
     pub(crate) tls_failures: AtomicU64,
     /// Peers closed for breaking the protocol's rules.
     pub(crate) rule_breaks: AtomicU64,
+    /// Admitted peers moved to their tunnel's shard.
+    pub(crate) handoffs: AtomicU64,
 }
 
 /// The statuses counted in [`RelayStats::refused`], in order ("other" last).
@@ -301,6 +303,7 @@ impl Pending {
             return true;
         };
         self.admitted = true;
+        self.relay.stats.handoffs.fetch_add(1, Relaxed);
         let arrival = Arrival {
             relay: self.relay.id,
             fd,

@@ -25,6 +25,7 @@ pub(crate) fn start_relay(
     service: &RelayService,
     id: u32,
     shards: &[ShardHandle],
+    stats_list: &super::metrics::StatsList,
 ) -> Result<RunningRelay> {
     let name = service.name().to_string();
     let tls = crate::tls::material::server_config(&crate::tls::material::ServerTlsOptions {
@@ -62,6 +63,9 @@ pub(crate) fn start_relay(
         peers: AtomicI64::new(0),
         stats: Arc::new(RelayStats::default()),
     });
+    if let Ok(mut list) = stats_list.lock() {
+        list.push((name.clone(), relay.stats.clone()));
+    }
     for (shard, fd) in shards.iter().zip(fds) {
         shard.send(crate::shard::Command::Tunnel(Cmd::AddRelay {
             fd,
