@@ -4,6 +4,7 @@
 
 use std::io::{Read, Write};
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use tungstenite::Message;
 use tungstenite::client::IntoClientRequest;
@@ -587,5 +588,65 @@ fn relay_bad_inputs_cost_only_that_peer() {
             ),
             1.0
         );
+    }
+}
+
+/// A destination that stops reading: the relay stops reading its source (back-pressure)
+/// instead of buffering, so its memory stays bounded while the source pushes on; once the
+/// destination reads again every frame arrives, in order and intact.
+#[test]
+fn relay_slow_destination_holds_back_the_source_with_bounded_memory() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let pki = Pki::new();
+    for driver in DRIVERS {
+        let relay = start_relay(&pki, driver, "");
+        let t = open_tunnel(&relay, &["ssh"]);
+        let (mut src, mut dst) = pair(&pki, &relay, &t);
+        let start = frame(STREAM_START, 1, "ssh", 1, b"");
+        src.send(Message::binary(start.clone()))
+            .expect("STREAM_START");
+        assert_eq!(next_binary(&mut dst), start);
+        let rss_before = relay.proc.rss_kib();
+        // 96 MiB of DATA in 63 KiB frames, each frame's payload filled with its number.
+        const FRAMES: u64 = 1600;
+        let payload_of = |i: u64| vec![(i % 251) as u8; 64512];
+        let sent = Arc::new(AtomicU64::new(0));
+        let sent2 = sent.clone();
+        src.get_mut()
+            .sock
+            .set_write_timeout(Some(IO_TIMEOUT))
+            .expect("write timeout");
+        let writer = spawn("slow-dst-source", move || {
+            for i in 0..FRAMES {
+                let f = frame(DATA, 1, "ssh", 1, &payload_of(i));
+                src.send(Message::binary(f)).expect("source send");
+                sent2.fetch_add(1, Ordering::SeqCst);
+            }
+            src
+        });
+        // The destination reads nothing for a while: the source gets stuck.
+        std::thread::sleep(Duration::from_secs(2));
+        let stuck_at = sent.load(Ordering::SeqCst);
+        assert!(
+            stuck_at < FRAMES / 4,
+            "{driver}: the source sent {stuck_at} of {FRAMES} frames to a destination that reads nothing"
+        );
+        let grown = relay.proc.rss_kib().saturating_sub(rss_before);
+        assert!(
+            grown < 24 * 1024,
+            "{driver}: the relay grew by {grown} KiB behind a destination that reads nothing"
+        );
+        // Now it reads: everything comes, in order.
+        for i in 0..FRAMES {
+            let got = next_binary(&mut dst);
+            assert_eq!(
+                got,
+                frame(DATA, 1, "ssh", 1, &payload_of(i)),
+                "{driver}: frame {i}"
+            );
+        }
+        let _src = writer.join().expect("source thread");
+        assert_eq!(sent.load(Ordering::SeqCst), FRAMES);
     }
 }
