@@ -650,3 +650,91 @@ fn relay_slow_destination_holds_back_the_source_with_bounded_memory() {
         assert_eq!(sent.load(Ordering::SeqCst), FRAMES);
     }
 }
+
+/// Python's `websockets` (python3-websockets, installed by .ci/run) as the source and the
+/// destination: a second WebSocket and TLS stack that is not ours, speaking V2.
+const PY_PEERS: &str = r#"
+import asyncio, ssl, sys
+import websockets
+
+port, ca, src_token, dst_token = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
+V2 = "aws.iot.securetunneling-2.0"
+
+def varint(v):
+    out = bytearray()
+    while v >= 0x80:
+        out.append((v & 0x7f) | 0x80)
+        v >>= 7
+    out.append(v)
+    return bytes(out)
+
+def frame(kind, stream, service, payload=b""):
+    m = b"\x08" + varint(kind)
+    if stream:
+        m += b"\x10" + varint(stream)
+    if payload:
+        m += b"\x22" + varint(len(payload)) + payload
+    if service:
+        s = service.encode()
+        m += b"\x2a" + varint(len(s)) + s
+    return len(m).to_bytes(2, "big") + m
+
+async def peer(mode, token):
+    ctx = ssl.create_default_context(cafile=ca)
+    ws = await websockets.connect(
+        f"wss://localhost:{port}/tunnel?local-proxy-mode={mode}",
+        ssl=ctx, subprotocols=[V2], extra_headers={"access-token": token},
+        max_size=None, ping_interval=None)
+    assert ws.subprotocol == V2, ws.subprotocol
+    ids = await ws.recv()
+    assert isinstance(ids, bytes) and ids[2:4] == b"\x08\x05", ids
+    return ws
+
+async def main():
+    src = await peer("source", src_token)
+    dst = await peer("destination", dst_token)
+    start = frame(2, 1, "ssh")
+    await src.send(start)
+    assert await dst.recv() == start
+    for n in (1, 1000, 64512):
+        data = frame(1, 1, "ssh", bytes(range(256)) * (n // 256) + b"x" * (n % 256))
+        await src.send(data)
+        assert await dst.recv() == data, n
+        back = frame(1, 1, "ssh", b"reply %d" % n)
+        await dst.send(back)
+        assert await src.recv() == back, n
+    pong = await src.ping(b"py")
+    await asyncio.wait_for(pong, 10)
+    await src.close()
+    reset = await dst.recv()
+    assert reset[2:4] == b"\x08\x03", reset
+    await dst.close()
+    print("OK")
+
+asyncio.run(asyncio.wait_for(main(), 30))
+"#;
+
+#[test]
+fn relay_serves_python_websockets_peers() {
+    let pki = Pki::new();
+    for driver in DRIVERS {
+        let relay = start_relay(&pki, driver, "");
+        let t = open_tunnel(&relay, &["ssh"]);
+        let out = std::process::Command::new("/usr/bin/python3")
+            .arg("-c")
+            .arg(PY_PEERS)
+            .arg(relay.port.to_string())
+            .arg(&pki.ca.path)
+            .arg(&t.source)
+            .arg(&t.destination)
+            .output()
+            .expect("run /usr/bin/python3 (the tests need python3 and python3-websockets)");
+        assert!(
+            out.status.success() && out.stdout.starts_with(b"OK"),
+            "{driver}: python websockets peers: {}\n{}\nrelay log:\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr),
+            relay.proc.log()
+        );
+    }
+}
