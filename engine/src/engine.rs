@@ -58,6 +58,8 @@ pub struct Engine {
     draining: AtomicBool,
     /// The shard the next [`Engine::connect`] goes to (taken in turn).
     next_shard: AtomicUsize,
+    /// The relays' data planes on the shards, one per `[[relay]]` (as `relays`).
+    relay_planes: Vec<crate::tunnel::start::RunningRelay>,
 }
 
 /// The engine-level settings that shape the shards and the process, which only a restart
@@ -191,6 +193,7 @@ impl Engine {
             config: Mutex::new(cfg.clone()),
             draining: AtomicBool::new(false),
             next_shard: AtomicUsize::new(0),
+            relay_planes: Vec::new(),
         };
         // Everything that reads files or binds ports happens before a thread starts.
         let mut built = Vec::new();
@@ -213,6 +216,7 @@ impl Engine {
             };
             bound.push((f, fwd, addr, fds));
         }
+        let relay_stats = crate::tunnel::metrics::StatsList::default();
         if let Some(m) = &cfg.metrics {
             let addr: SocketAddr = m.parse().map_err(|e| Error::Address {
                 addr: m.clone(),
@@ -221,6 +225,7 @@ impl Engine {
             let source = crate::metrics::Source {
                 registry,
                 reloads: engine.reloads.clone(),
+                relays: relay_stats.clone(),
             };
             engine._metrics = Some(crate::metrics::MetricsServer::start(addr, source)?);
         }
@@ -249,6 +254,16 @@ impl Engine {
         }
         for (f, fwd, addr, fds) in bound {
             engine.install(f, Arc::new(fwd), addr, fds);
+        }
+        for (i, (r, service)) in cfg.relays.iter().zip(&engine.relays).enumerate() {
+            let plane = crate::tunnel::start::start_relay(
+                r,
+                service,
+                i as u32 + 1,
+                &engine.shards,
+                &relay_stats,
+            )?;
+            engine.relay_planes.push(plane);
         }
         let activated = engine.activated.lock().expect("activated lock");
         for (s, _) in activated.iter().filter(|(_, used)| !used) {
@@ -327,6 +342,7 @@ impl Engine {
             config: Mutex::new(cfg.clone()),
             draining: AtomicBool::new(false),
             next_shard: AtomicUsize::new(0),
+            relay_planes: Vec::new(),
         };
         let mut out = Vec::new();
         for (i, f) in cfg.forwarders.iter().enumerate() {
@@ -739,6 +755,22 @@ impl Engine {
             .iter()
             .map(|(n, m, s)| s.snapshot(n, m.as_str()))
             .collect()
+    }
+
+    /// The address relay `name` listens on for agents (port 0 resolved), if it runs.
+    pub fn relay_addr(&self, name: &str) -> Option<SocketAddr> {
+        self.relay_planes
+            .iter()
+            .find(|r| r.relay.name == name)
+            .map(|r| r.addr)
+    }
+
+    /// The address of relay `name`'s tunnel API, if it runs.
+    pub fn relay_api_addr(&self, name: &str) -> Option<SocketAddr> {
+        self.relays
+            .iter()
+            .find(|r| r.name() == name)
+            .map(|r| r.api_addr())
     }
 
     /// The driver the shards run (never `Auto`).

@@ -94,6 +94,7 @@ mod stats;
 mod sys;
 mod systemd;
 mod tls;
+mod tunnel;
 
 pub use config::{
     Balance, DestinationConfig, DriverKind, EngineConfig, ForwarderConfig, KtlsMode, LogFormat,

@@ -16,6 +16,8 @@ pub use server::MetricsServer;
 pub(crate) struct Source {
     pub(crate) registry: Registry,
     pub(crate) reloads: Arc<ReloadStats>,
+    /// The tunnel relays' figures.
+    pub(crate) relays: crate::tunnel::metrics::StatsList,
 }
 
 impl Source {
@@ -32,6 +34,7 @@ impl Source {
             .unwrap_or_default();
         let mut out = render(&snaps);
         out.push_str(&render_engine(&self.reloads.snapshot()));
+        out.push_str(&crate::tunnel::metrics::render(&self.relays));
         out
     }
 }
