@@ -56,6 +56,10 @@ pub struct Engine {
     draining: AtomicBool,
     /// The shard the next [`Engine::connect`] goes to (taken in turn).
     next_shard: AtomicUsize,
+    /// The tunnel's source and destination agents (`sources`, `destinations`).
+    agents: Mutex<Vec<crate::tunnel::agent::AgentHandle>>,
+    /// Their state and counters, for `/metrics`.
+    agent_stats: Arc<Mutex<Vec<Arc<crate::tunnel::agent::AgentShared>>>>,
 }
 
 /// The engine-level settings that shape the shards and the process, which only a restart
@@ -188,6 +192,8 @@ impl Engine {
             config: Mutex::new(cfg.clone()),
             draining: AtomicBool::new(false),
             next_shard: AtomicUsize::new(0),
+            agents: Mutex::new(Vec::new()),
+            agent_stats: Arc::default(),
         };
         // Everything that reads files or binds ports happens before a thread starts.
         let mut built = Vec::new();
@@ -218,6 +224,7 @@ impl Engine {
             let source = crate::metrics::Source {
                 registry,
                 reloads: engine.reloads.clone(),
+                agents: engine.agent_stats.clone(),
             };
             engine._metrics = Some(crate::metrics::MetricsServer::start(addr, source)?);
         }
@@ -247,7 +254,65 @@ impl Engine {
             );
         }
         drop(activated);
+        engine.start_agents(&cfg)?;
         Ok(engine)
+    }
+
+    /// Starts the tunnel's source and destination agents of `cfg`.
+    fn start_agents(&self, cfg: &EngineConfig) -> Result<()> {
+        use crate::tunnel::agent;
+        let mut agents = self.agents.lock().expect("agents lock");
+        for s in &cfg.sources {
+            agents.push(agent::start_source(s, self.driver)?);
+        }
+        for d in &cfg.destinations {
+            agents.push(agent::start_destination(d, self.driver)?);
+        }
+        *self.agent_stats.lock().expect("agent stats lock") =
+            agents.iter().map(|a| a.shared.clone()).collect();
+        Ok(())
+    }
+
+    /// Where source agent `name` listens for `service` (`""` for the bare, V1 form): the
+    /// address bound, with a port 0 resolved. `None` if there is no such agent or service.
+    pub fn source_addr(&self, name: &str, service: &str) -> Option<SocketAddr> {
+        let agents = self.agents.lock().expect("agents lock");
+        agents
+            .iter()
+            .filter(|a| a.shared.name == name && a.shared.kind == "source")
+            .flat_map(|a| a.addrs.iter())
+            .find(|(s, _)| s == service)
+            .map(|(_, addr)| *addr)
+    }
+
+    /// The state of agent `name` (a source or destination), `None` if there is none.
+    pub fn agent_state(&self, name: &str) -> Option<crate::AgentState> {
+        let agents = self.agents.lock().expect("agents lock");
+        agents
+            .iter()
+            .find(|a| a.shared.name == name)
+            .map(|a| a.shared.state())
+    }
+
+    /// Waits up to `timeout` for any agent to give up, and returns its name and state
+    /// ([`crate::AgentState::Finished`] says why). The `source` and `destination` commands
+    /// exit non-zero when this returns `Some`. `None`: none gave up (or there is none).
+    pub fn wait_agent_finished(&self, timeout: Duration) -> Option<(String, crate::AgentState)> {
+        let end = Instant::now() + timeout;
+        loop {
+            let shared = self.agent_stats.lock().expect("agent stats lock").clone();
+            for a in &shared {
+                if let s @ crate::AgentState::Finished(_) = a.state() {
+                    return Some((a.name.clone(), s));
+                }
+            }
+            let left = end.saturating_duration_since(Instant::now());
+            if left.is_zero() || shared.is_empty() {
+                return None;
+            }
+            // One agent is waited on at a time; the others are looked at every 100 ms.
+            shared[0].wait_finished(left.min(Duration::from_millis(100)));
+        }
     }
 
     fn new_id(&self) -> u32 {
@@ -314,6 +379,8 @@ impl Engine {
             config: Mutex::new(cfg.clone()),
             draining: AtomicBool::new(false),
             next_shard: AtomicUsize::new(0),
+            agents: Mutex::new(Vec::new()),
+            agent_stats: Arc::default(),
         };
         let mut out = Vec::new();
         for (i, f) in cfg.forwarders.iter().enumerate() {
@@ -771,6 +838,9 @@ impl Engine {
     }
 
     fn stop(&mut self) {
+        for a in self.agents.lock().expect("agents lock").iter_mut() {
+            a.stop();
+        }
         for s in &self.shards {
             s.send(Command::Stop);
         }

@@ -16,6 +16,8 @@ pub use server::MetricsServer;
 pub(crate) struct Source {
     pub(crate) registry: Registry,
     pub(crate) reloads: Arc<ReloadStats>,
+    /// The tunnel's agents.
+    pub(crate) agents: Arc<std::sync::Mutex<Vec<Arc<crate::tunnel::agent::AgentShared>>>>,
 }
 
 impl Source {
@@ -32,6 +34,9 @@ impl Source {
             .unwrap_or_default();
         let mut out = render(&snaps);
         out.push_str(&render_engine(&self.reloads.snapshot()));
+        if let Ok(agents) = self.agents.lock() {
+            out.push_str(&crate::tunnel::agent::render(&agents));
+        }
         out
     }
 }

@@ -91,6 +91,7 @@ mod tests {
         let source = Source {
             registry: Arc::default(),
             reloads: Arc::new(ReloadStats::new()),
+            agents: Arc::default(),
         };
         let server = MetricsServer::start(([127, 0, 0, 1], 0).into(), source).expect("start");
         let addr = server.local_addr();
@@ -116,6 +117,7 @@ mod tests {
         let source = Source {
             registry: Arc::default(),
             reloads: Arc::new(ReloadStats::new()),
+            agents: Arc::default(),
         };
         let server = MetricsServer::start(([127, 0, 0, 1], 0).into(), source).expect("start");
         let addr = server.local_addr();
