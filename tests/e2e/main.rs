@@ -25,5 +25,6 @@ mod reload;
 mod systemd;
 mod tls_params;
 mod trust;
+mod tunnel_agents;
 mod verify;
 mod websocket;
