@@ -112,6 +112,10 @@ impl WsRelay {
     }
 }
 
+#[expect(
+    clippy::result_large_err,
+    reason = "the callback's type is tungstenite's"
+)]
 fn upgrade(
     sock: TcpStream,
     tls: Arc<ServerConfig>,
