@@ -60,6 +60,8 @@ pub struct Engine {
     agents: Mutex<Vec<crate::tunnel::agent::AgentHandle>>,
     /// Their state and counters, for `/metrics`.
     agent_stats: Arc<Mutex<Vec<Arc<crate::tunnel::agent::AgentShared>>>>,
+    /// The tunnel relays (`[[relay]]`).
+    relays: Vec<crate::tunnel::start::RunningRelay>,
 }
 
 /// The engine-level settings that shape the shards and the process, which only a restart
@@ -194,6 +196,7 @@ impl Engine {
             next_shard: AtomicUsize::new(0),
             agents: Mutex::new(Vec::new()),
             agent_stats: Arc::default(),
+            relays: Vec::new(),
         };
         // Everything that reads files or binds ports happens before a thread starts.
         let mut built = Vec::new();
@@ -244,6 +247,10 @@ impl Engine {
         }
         for (f, fwd, addr, fds) in bound {
             engine.install(f, Arc::new(fwd), addr, fds);
+        }
+        for (i, r) in cfg.relays.iter().enumerate() {
+            let relay = crate::tunnel::start::start_relay(r, i as u32 + 1, &engine.shards)?;
+            engine.relays.push(relay);
         }
         let activated = engine.activated.lock().expect("activated lock");
         for (s, _) in activated.iter().filter(|(_, used)| !used) {
@@ -381,6 +388,7 @@ impl Engine {
             next_shard: AtomicUsize::new(0),
             agents: Mutex::new(Vec::new()),
             agent_stats: Arc::default(),
+            relays: Vec::new(),
         };
         let mut out = Vec::new();
         for (i, f) in cfg.forwarders.iter().enumerate() {
@@ -784,6 +792,22 @@ impl Engine {
             .iter()
             .map(|(n, m, s)| s.snapshot(n, m.as_str()))
             .collect()
+    }
+
+    /// The address relay `name` listens on for agents (port 0 resolved), if it runs.
+    pub fn relay_addr(&self, name: &str) -> Option<SocketAddr> {
+        self.relays
+            .iter()
+            .find(|r| r.relay.name == name)
+            .map(|r| r.addr)
+    }
+
+    /// The address of relay `name`'s tunnel API, if it runs.
+    pub fn relay_api_addr(&self, name: &str) -> Option<SocketAddr> {
+        self.relays
+            .iter()
+            .find(|r| r.relay.name == name)
+            .and_then(|r| r.api_addr)
     }
 
     /// The driver the shards run (never `Auto`).

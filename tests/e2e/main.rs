@@ -21,6 +21,7 @@ mod metrics;
 mod mtls;
 mod openssl;
 mod proxy_protocol;
+mod relay;
 mod reload;
 mod systemd;
 mod tls_params;

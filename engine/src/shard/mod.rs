@@ -113,6 +113,9 @@ pub enum Command {
     Drain,
     /// Close everything now and exit.
     Stop,
+    /// For the tunnel plane (relay listeners, relay peers moving to their tunnel's shard,
+    /// control events, the agents' entities).
+    Tunnel(crate::tunnel::Cmd),
 }
 
 /// A connection on its way to a shard: the socket of its first leg (accepted by another
@@ -166,6 +169,14 @@ impl Peer {
         self.tx.send(cmd).map_err(|e| e.0)?;
         sys::eventfd_signal(self.wake.as_fd());
         Ok(())
+    }
+
+    /// Sends a tunnel command; gives it back when the shard has exited.
+    pub(crate) fn send_tunnel(&self, cmd: crate::tunnel::Cmd) -> Result<(), crate::tunnel::Cmd> {
+        self.send(Command::Tunnel(cmd)).map_err(|cmd| match cmd {
+            Command::Tunnel(cmd) => cmd,
+            _ => unreachable!("the command sent was a Tunnel"),
+        })
     }
 
     /// Hands `conn` to the shard; gives it back when the shard has exited.
@@ -319,7 +330,7 @@ pub(crate) struct Shard {
     conns: Vec<Option<Conn>>,
     generations: Vec<u32>,
     free: Vec<u32>,
-    timers: BinaryHeap<Reverse<(Instant, u64)>>,
+    pub(crate) timers: BinaryHeap<Reverse<(Instant, u64)>>,
     rx: mpsc::Receiver<Command>,
     wake: Fd,
     draining: bool,
@@ -333,15 +344,17 @@ pub(crate) struct Shard {
     /// When a timer to write the suppressed-lines summaries is set for.
     log_flush_at: Option<Instant>,
     /// This shard's place among `peers`.
-    index: usize,
+    pub(crate) index: usize,
     /// Every shard of the engine, this one included (empty until [`Command::Peers`]).
-    peers: Vec<Peer>,
+    pub(crate) peers: Vec<Peer>,
     /// Whether accepted connections stay here or go to `peers` in turn.
     balance: Balance,
     /// Round-robin: the shard the next accepted connection goes to.
     next_peer: usize,
     /// Hand-offs sent to this shard and not yet started (see [`Peer::adopt`]).
     incoming: Arc<AtomicUsize>,
+    /// The tunnel's links and entities (see [`crate::tunnel`]).
+    pub(crate) plane: crate::tunnel::Plane,
 }
 
 impl Shard {
@@ -367,6 +380,7 @@ impl Shard {
             balance: Balance::Kernel,
             next_peer: 0,
             incoming: Arc::default(),
+            plane: crate::tunnel::Plane::default(),
         }
     }
 
@@ -385,7 +399,10 @@ impl Shard {
                 break;
             }
             // A hand-off on its way here is a connection too: it was counted where it began.
-            if self.draining && self.live_conns() == 0 && self.incoming.load(Ordering::SeqCst) == 0
+            if self.draining
+                && self.live_conns() == 0
+                && self.incoming.load(Ordering::SeqCst) == 0
+                && self.plane.is_idle()
             {
                 break;
             }
@@ -494,7 +511,9 @@ impl Shard {
                     for (_, l) in self.listeners.drain() {
                         self.driver.cancel(l.fd.as_raw_fd());
                     }
+                    crate::tunnel::drain(self);
                 }
+                Command::Tunnel(cmd) => crate::tunnel::command(self, cmd),
                 Command::Sync(done) => {
                     let _ = done.send(());
                 }
@@ -518,6 +537,9 @@ impl Shard {
                 );
             }
             TAG_ACCEPT => self.accepted(index, c),
+            t if t >= crate::tunnel::TAG_FIRST => {
+                crate::tunnel::complete(self, t, index, generation, c)
+            }
             _ => {
                 let Some(conn) = self.conn_mut(index, generation) else {
                     return; // the connection is gone; dropping `c` frees its buffer and fd
@@ -776,6 +798,10 @@ impl Shard {
                     if self.log_flush_at.is_some_and(|at| at <= now) {
                         self.flush_log_summaries(now);
                     }
+                    continue;
+                }
+                crate::tunnel::TIMER_TUNNEL => {
+                    crate::tunnel::timer(self, index, generation, now);
                     continue;
                 }
                 _ => {}

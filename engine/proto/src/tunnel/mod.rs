@@ -20,6 +20,7 @@ pub mod agent;
 mod data;
 mod error;
 mod framing;
+pub mod link;
 mod message;
 pub mod relay;
 #[cfg(test)]

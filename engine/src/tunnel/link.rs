@@ -1,0 +1,234 @@
+//! One tunnel link on a shard: a socket, the sans-IO [`Link`] (TLS in user space, the HTTP
+//! upgrade, WebSocket messages) and the driver ops that move its bytes.
+//!
+//! # For an entity that uses links (the relay's peers, the agents' tunnel links)
+//!
+//! A link lives in the shard's [`Plane`](super::Plane) slab of links; an entity refers to it
+//! by [`LinkRef`] and is told of everything that happens on it.
+//!
+//! - **Create an entity**: add a variant to [`super::Entity`] (the agents' go in
+//!   `tunnel/agent*`), then `plane.insert_entity(entity)` gives its [`super::EntityRef`].
+//!   Its callback is [`super::Entity::on_link`] (and [`super::Entity::on_timer`] for timers
+//!   armed with [`super::Plane::arm`]).
+//! - **Dial a link (client role)**: build a `rustls::ClientConnection` from the agent's
+//!   `ClientConfig` and the relay's server name, and the upgrade request with
+//!   [`splice_proto::ws::ClientRequest`] (the key from a random source); then
+//!   `Link::client(tls, &request, seed)` and [`super::Plane::dial`]`(shard, addr, link,
+//!   owner)`: the socket connects, TLS handshakes and the request goes out; the link's
+//!   [`Link::poll`] gives `Event::Open` (or `Event::Refused`, with the HTTP status) once the
+//!   relay answers.
+//! - **Accepted links (server role)**: [`super::Plane::adopt_link`] with an accepted socket.
+//! - **Send a binary message**: `plane.link_mut(r).link.send_message(bytes)`, then
+//!   [`super::Plane::kick`]`(shard, r)` to write it out (the plane also kicks every link after
+//!   an entity's callback returns, so inside a callback no kick is needed).
+//! - **Receive messages**: in `on_link`, loop `while let Some(ev) = link.link.poll()`:
+//!   `Event::Message(bytes)` is one whole binary message (borrowed until the next poll).
+//! - **Pause / resume reads (head-of-line flow control)**: [`LinkIo::pause`] stops reading
+//!   the socket (stop polling it too: messages already read stay buffered, at most
+//!   [`splice_proto::tunnel::link::MAX_BUFFERED`] bytes); [`LinkIo::resume`] then a poll
+//!   loop and a kick start again. [`Link::pending_output`] says how much waits to be written:
+//!   bound it on the links you write to.
+//! - **Close and loss**: `link.close(code, reason)` queues a close frame; then
+//!   [`super::Plane::release`] hands the link to the plane, which writes what is queued and
+//!   closes the socket. The entity is told of loss by `on_link` with [`LinkIo::is_lost`] true
+//!   (socket error, the peer's end, a TLS error) or an `Event::Closed`/`Event::Failed` from
+//!   poll; it then calls [`super::Plane::release`] (or [`super::Plane::drop_link`] to reset at
+//!   once).
+
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::rc::Rc;
+
+use splice_proto::tunnel::link::Link;
+
+use crate::driver::{Completion, Driver, Fd, Op};
+use crate::shard::token;
+
+use super::{EntityRef, TAG_LINK_CONNECT, TAG_LINK_RECV, TAG_LINK_SEND};
+
+/// Bytes asked for in one receive.
+const RECV_CHUNK: usize = 64 * 1024;
+
+/// A link's place in the plane's slab: its index and generation (the tokens of its ops).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct LinkRef {
+    pub(crate) index: u32,
+    pub(crate) generation: u32,
+}
+
+/// A link on a shard: see the [module documentation](self).
+pub(crate) struct LinkIo {
+    /// The sans-IO link.
+    pub(crate) link: Link,
+    pub(crate) fd: Fd,
+    /// Who is told of what happens on it (`None`: released, the plane closes it when its
+    /// output is written).
+    pub(crate) owner: Option<EntityRef>,
+    connecting: bool,
+    recv_busy: bool,
+    send_busy: bool,
+    paused: bool,
+    /// The socket failed or ended, or TLS did: the link is lost.
+    lost: Option<String>,
+    /// Buffers kept between ops.
+    recv_buf: Vec<u8>,
+    send_buf: Vec<u8>,
+}
+
+impl LinkIo {
+    pub(crate) fn new(fd: OwnedFd, link: Link, owner: Option<EntityRef>) -> Self {
+        Self {
+            link,
+            fd: Rc::new(fd),
+            owner,
+            connecting: false,
+            recv_busy: false,
+            send_busy: false,
+            paused: false,
+            lost: None,
+            recv_buf: Vec::new(),
+            send_buf: Vec::new(),
+        }
+    }
+
+    #[allow(dead_code, reason = "for the agents' entities")]
+    pub(crate) fn set_connecting(&mut self) {
+        self.connecting = true;
+    }
+
+    /// Stops reading the socket (flow control).
+    pub(crate) fn pause(&mut self) {
+        self.paused = true;
+    }
+
+    /// Reads again.
+    pub(crate) fn resume(&mut self) {
+        self.paused = false;
+    }
+
+    pub(crate) fn is_paused(&self) -> bool {
+        self.paused
+    }
+
+    /// Why the link is lost, if it is.
+    pub(crate) fn lost(&self) -> Option<&str> {
+        self.lost.as_deref()
+    }
+
+    pub(crate) fn is_lost(&self) -> bool {
+        self.lost.is_some()
+    }
+
+    pub(crate) fn mark_lost(&mut self, why: impl Into<String>) {
+        if self.lost.is_none() {
+            self.lost = Some(why.into());
+        }
+    }
+
+    /// No op in flight.
+    pub(crate) fn is_idle(&self) -> bool {
+        !self.connecting && !self.recv_busy && !self.send_busy
+    }
+
+    /// Whether a released link is finished: lost, or done with everything written.
+    pub(crate) fn finished(&self) -> bool {
+        self.is_lost()
+            || (self.link.is_done() && self.link.pending_output() == 0 && !self.send_busy)
+    }
+
+    /// Submits the ops the link needs now: a send of its pending output, a receive when it
+    /// wants bytes and is not paused.
+    pub(crate) fn submit(&mut self, at: LinkRef, driver: &mut Driver) {
+        if self.connecting || self.is_lost() {
+            return;
+        }
+        if !self.send_busy && self.link.pending_output() > 0 {
+            let mut buf = std::mem::take(&mut self.send_buf);
+            self.link.take_output(&mut buf);
+            let len = buf.len();
+            self.send_busy = true;
+            driver.submit(
+                token(TAG_LINK_SEND, at.index, at.generation),
+                Op::Send {
+                    fd: self.fd.clone(),
+                    buf,
+                    len,
+                },
+            );
+        }
+        let reading = self.owner.is_some() || !self.link.is_done();
+        if !self.recv_busy && !self.paused && reading && self.link.wants_read() {
+            let mut buf = std::mem::take(&mut self.recv_buf);
+            buf.clear();
+            buf.reserve(RECV_CHUNK);
+            self.recv_busy = true;
+            driver.submit(
+                token(TAG_LINK_RECV, at.index, at.generation),
+                Op::Recv {
+                    fd: self.fd.clone(),
+                    buf,
+                    len: RECV_CHUNK,
+                },
+            );
+        }
+    }
+
+    /// Takes a completion of one of its ops. Returns whether the owner should look at the
+    /// link (bytes arrived, it was lost, output drained).
+    pub(crate) fn complete(&mut self, tag: u8, c: Completion) -> bool {
+        match (tag, c.op) {
+            (TAG_LINK_CONNECT, _) => {
+                self.connecting = false;
+                if let Err(e) = c.result {
+                    self.mark_lost(format!("connect: {e}"));
+                }
+                true
+            }
+            (TAG_LINK_RECV, Op::Recv { buf, .. }) => {
+                self.recv_busy = false;
+                let result = c.result;
+                let r = match result {
+                    Ok(0) => {
+                        self.link.receive_eof();
+                        if self.link.is_open() {
+                            self.mark_lost("the peer closed the connection");
+                        }
+                        Ok(())
+                    }
+                    Ok(_) => self.link.receive_tls(&buf).map_err(|e| e.to_string()),
+                    Err(e) => Err(format!("receive: {e}")),
+                };
+                self.recv_buf = buf;
+                if let Err(e) = r {
+                    self.mark_lost(e);
+                }
+                true
+            }
+            (TAG_LINK_SEND, Op::Send { buf, len, .. }) => {
+                self.send_busy = false;
+                match c.result {
+                    Ok(n) if n < len => self.link.unsent(&buf[n..len]),
+                    Ok(_) => {}
+                    Err(e) => self.mark_lost(format!("send: {e}")),
+                }
+                self.send_buf = buf;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Cancels its ops (their completions find no link and are dropped).
+    pub(crate) fn cancel(&self, driver: &mut Driver) {
+        driver.cancel(self.fd.as_raw_fd());
+    }
+
+    /// The socket and the link, to move to another shard: only with no op in flight (`None`
+    /// otherwise, or when something else still holds the fd; the link is then closed).
+    pub(crate) fn into_parts(self) -> Option<(OwnedFd, Link)> {
+        if !self.is_idle() {
+            return None;
+        }
+        let LinkIo { link, fd, .. } = self;
+        Rc::try_unwrap(fd).ok().map(|fd| (fd, link))
+    }
+}

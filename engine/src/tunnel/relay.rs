@@ -1,0 +1,834 @@
+//! The relay's data plane: a listener per `[[relay]]` on every shard, the peers' TLS and
+//! upgrade ([`Pending`]), admission by the registry, the hand-off of an admitted peer to its
+//! tunnel's shard ([`Arrival`]), and the tunnel there ([`TunnelPeers`]): a
+//! [`Session`] that judges each frame, and the two peers' links.
+//!
+//! A tunnel's shard is a hash of its id modulo the shard count, so both peers meet there
+//! without a shared map. Frames are forwarded as they came (each tunnel frame one WebSocket
+//! message, never re-encoded). Flow control: when the link a peer's frames go to has more
+//! than [`HIGH_WATER`] bytes waiting, the relay stops reading that peer until it is under
+//! [`LOW_WATER`], so a peer that stops reading costs bounded memory and slows only its tunnel.
+
+use std::hash::{Hash, Hasher};
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+use splice_proto::tunnel::FrameDecoder;
+use splice_proto::tunnel::Version;
+use splice_proto::tunnel::link::{Event as LinkEvent, Link};
+use splice_proto::tunnel::relay::{Action, Closing, Limits, Session, Side, Verdict};
+use splice_proto::ws::{self, Mode};
+
+use super::{Entity, EntityRef, LinkRef, Plane, TAG_RELAY_ACCEPT};
+use crate::driver::{Completion, Op};
+use crate::relay::registry::{Admission, Registry, RotateSides};
+use crate::relay::tunnel::{Side as RegSide, Timestamp};
+use crate::shard::{Shard, token};
+
+/// Bytes waiting to go to a peer above which the relay stops reading the other peer.
+pub(crate) const HIGH_WATER: usize = 256 * 1024;
+/// ... and below which it reads again.
+pub(crate) const LOW_WATER: usize = 64 * 1024;
+
+/// A relay's figures, for `/metrics` (per relay, not per tunnel: a label per tunnel would
+/// grow the exposition without bound).
+#[derive(Debug, Default)]
+pub(crate) struct RelayStats {
+    /// Tunnels with a session on a shard (at least one peer connected).
+    pub(crate) tunnels_open: AtomicI64,
+    /// Peers connected, by side (source, destination).
+    pub(crate) peers: [AtomicI64; 2],
+    /// Open streams over all tunnels.
+    pub(crate) streams: AtomicI64,
+    /// Bytes of tunnel frames forwarded, source to destination and back.
+    pub(crate) bytes: [AtomicU64; 2],
+    /// Upgrades refused, by status: 400, 401, 403, 409, 410, 426, 431, 503, other.
+    pub(crate) refused: [AtomicU64; 9],
+    /// Peers whose TLS handshake failed (garbage instead of TLS, bad certificates).
+    pub(crate) tls_failures: AtomicU64,
+    /// Peers closed for breaking the protocol's rules.
+    pub(crate) rule_breaks: AtomicU64,
+}
+
+/// The statuses counted in [`RelayStats::refused`], in order ("other" last).
+pub(crate) const REFUSAL_STATUSES: [u16; 8] = [400, 401, 403, 409, 410, 426, 431, 503];
+
+impl RelayStats {
+    fn refusal(&self, status: u16) {
+        let i = REFUSAL_STATUSES
+            .iter()
+            .position(|s| *s == status)
+            .unwrap_or(REFUSAL_STATUSES.len());
+        self.refused[i].fetch_add(1, Relaxed);
+    }
+}
+
+/// One `[[relay]]` as the shards see it.
+pub(crate) struct Relay {
+    pub(crate) id: u32,
+    pub(crate) name: String,
+    pub(crate) tls: Arc<rustls::ServerConfig>,
+    pub(crate) registry: Arc<Registry>,
+    pub(crate) limits: Limits,
+    pub(crate) handshake_timeout: Duration,
+    pub(crate) max_peers: usize,
+    /// Peers connected or in their upgrade, over all shards (against `max_peers`).
+    pub(crate) peers: AtomicI64,
+    pub(crate) stats: Arc<RelayStats>,
+}
+
+/// What the control side tells the shards.
+#[derive(Debug, Clone)]
+#[allow(dead_code, reason = "sent once the relay service's events are wired")]
+pub(crate) enum Event {
+    /// The tunnel was closed by the API or expired: close frames to both peers.
+    Closed { tunnel_id: String, expired: bool },
+    /// Its tokens were rotated: peers connected with the old ones go.
+    Rotated {
+        tunnel_id: String,
+        sides: RotateSides,
+    },
+}
+
+fn side_of(s: RegSide) -> Side {
+    match s {
+        RegSide::Source => Side::Source,
+        RegSide::Destination => Side::Destination,
+    }
+}
+
+fn reg_side(s: Side) -> RegSide {
+    match s {
+        Side::Source => RegSide::Source,
+        Side::Destination => RegSide::Destination,
+    }
+}
+
+fn index(s: Side) -> usize {
+    match s {
+        Side::Source => 0,
+        Side::Destination => 1,
+    }
+}
+
+/// The shard a tunnel lives on.
+pub(crate) fn shard_of(tunnel_id: &str, shards: usize) -> usize {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    tunnel_id.hash(&mut h);
+    (h.finish() % shards.max(1) as u64) as usize
+}
+
+/// A relay listener accepted (or failed to).
+pub(super) fn accepted(plane: &mut Plane, shard: &mut Shard, id: u32, c: Completion) {
+    let Some((fd, relay)) = plane.relays.get(&id) else {
+        return;
+    };
+    let relay = relay.clone();
+    let sock = match (c.result, c.accepted) {
+        (Ok(_), Some(s)) => s,
+        (Err(e), _) if e.raw_os_error() == Some(libc::ECANCELED) => return,
+        (Err(e), _) => {
+            if shard.log_allow(&relay.name, "relay accept failed") {
+                tracing::warn!(relay = %relay.name, error = %e, "accept failed");
+            }
+            // Out of fds or another failure: try again on the next completion (no spin: the
+            // driver reports the failure once per attempt).
+            shard.driver.submit(
+                token(TAG_RELAY_ACCEPT, id, 0),
+                Op::Accept { fd: fd.clone() },
+            );
+            return;
+        }
+        (Ok(_), None) => {
+            shard.driver.submit(
+                token(TAG_RELAY_ACCEPT, id, 0),
+                Op::Accept { fd: fd.clone() },
+            );
+            return;
+        }
+    };
+    shard.driver.submit(
+        token(TAG_RELAY_ACCEPT, id, 0),
+        Op::Accept { fd: fd.clone() },
+    );
+    if relay.peers.fetch_add(1, Relaxed) as usize >= relay.max_peers {
+        relay.peers.fetch_sub(1, Relaxed);
+        let _ = crate::sys::socket::set_linger_zero(sock.as_fd());
+        relay.stats.refusal(503);
+        if shard.log_allow(&relay.name, "relay refused: max_peers") {
+            tracing::warn!(relay = %relay.name, max = relay.max_peers, "peer refused: max_peers reached");
+        }
+        return;
+    }
+    let _ = crate::sys::socket::set_nodelay(sock.as_fd());
+    let tls = match rustls::ServerConnection::new(relay.tls.clone()) {
+        Ok(t) => t,
+        Err(e) => {
+            relay.peers.fetch_sub(1, Relaxed);
+            tracing::warn!(relay = %relay.name, error = %e, "cannot start a TLS session");
+            return;
+        }
+    };
+    let peer_addr = crate::sys::socket::peer_addr(sock.as_fd());
+    let deadline = Instant::now() + relay.handshake_timeout;
+    let e = plane.insert_entity(Entity::Pending(Pending {
+        relay,
+        link: None,
+        deadline,
+        peer_addr,
+        handing: None,
+        admitted: false,
+    }));
+    let link = plane.adopt_link(sock, Link::server(tls), Some(e));
+    if let Some(Entity::Pending(p)) = plane.entities.get_mut(e.index, e.generation) {
+        p.link = Some(link);
+    }
+    plane.arm(shard, e, deadline);
+}
+
+/// A peer in its TLS handshake and upgrade, on the shard that accepted it.
+pub(crate) struct Pending {
+    relay: Arc<Relay>,
+    link: Option<LinkRef>,
+    deadline: Instant,
+    peer_addr: Option<std::net::SocketAddr>,
+    /// Admitted, waiting for its send to finish before it moves to its tunnel's shard.
+    handing: Option<(Admission, Version)>,
+    /// Admitted and on its way: its count in `Relay::peers` goes with it.
+    admitted: bool,
+}
+
+impl Pending {
+    pub(super) fn on_link(
+        &mut self,
+        _me: EntityRef,
+        r: LinkRef,
+        plane: &mut Plane,
+        shard: &mut Shard,
+    ) -> bool {
+        if let Some((admission, version)) = self.handing.take() {
+            return self.hand_off(r, admission, version, plane, shard);
+        }
+        let relay = self.relay.clone();
+        let Some(io) = plane.link_mut(r) else {
+            return self.gone();
+        };
+        if let Some(why) = io.lost() {
+            if why.starts_with("TLS") {
+                relay.stats.tls_failures.fetch_add(1, Relaxed);
+                if shard.log_allow(&relay.name, "relay TLS handshake failed") {
+                    tracing::warn!(relay = %relay.name, peer = ?self.peer_addr, error = %why, "peer's TLS handshake failed");
+                }
+            }
+            plane.release(r);
+            return self.gone();
+        }
+        let mut decision = None;
+        while let Some(ev) = io.link.poll() {
+            match ev {
+                LinkEvent::Request(req) => {
+                    decision = Some(req);
+                    break;
+                }
+                LinkEvent::BadRequest(e) => {
+                    relay.stats.refusal(e.status());
+                    if shard.log_allow(&relay.name, "relay upgrade refused") {
+                        tracing::warn!(relay = %relay.name, peer = ?self.peer_addr, status = e.status(), error = %e, "upgrade request refused");
+                    }
+                    plane.release(r);
+                    return self.gone();
+                }
+                _ => {}
+            }
+        }
+        if io.link.is_done() {
+            plane.release(r);
+            return self.gone();
+        }
+        let Some(req) = decision else {
+            return true;
+        };
+        let mode = match req.mode {
+            Mode::Source => RegSide::Source,
+            Mode::Destination => RegSide::Destination,
+        };
+        let version =
+            Version::from_subprotocol(req.protocol.as_str()).expect("the versions are the same");
+        let admitted = relay.registry.admit(
+            req.access_token.secret(),
+            mode,
+            req.client_token.as_ref().map(|t| t.secret()),
+            Timestamp::now(),
+        );
+        let admission = match admitted {
+            Ok(a) => a,
+            Err(refusal) => {
+                let status = refusal.status();
+                relay.stats.refusal(status);
+                if shard.log_allow(&relay.name, "relay peer refused") {
+                    tracing::warn!(relay = %relay.name, peer = ?self.peer_addr, mode = mode.as_str(), status, reason = %refusal, "peer refused");
+                }
+                io.link
+                    .refuse(&ws::error_response(status, &refusal.to_string(), None));
+                plane.release(r);
+                return self.gone();
+            }
+        };
+        let channel = format!("{}-{}", admission.tunnel_id, mode.as_str());
+        io.link.accept(&req.accept_response(&channel));
+        tracing::info!(relay = %relay.name, tunnel = %admission.tunnel_id, side = mode.as_str(), peer = ?self.peer_addr, protocol = version.subprotocol(), reconnect = admission.reconnect, "peer admitted");
+        self.hand_off(r, admission, version, plane, shard)
+    }
+
+    fn hand_off(
+        &mut self,
+        r: LinkRef,
+        admission: Admission,
+        version: Version,
+        plane: &mut Plane,
+        shard: &mut Shard,
+    ) -> bool {
+        let shards = shard.peers.len();
+        let target = shard_of(&admission.tunnel_id, shards);
+        if shards < 2 || target == shard.index {
+            self.admitted = true;
+            attach(
+                plane,
+                shard,
+                self.relay.clone(),
+                admission,
+                version,
+                Attach::Here(r),
+            );
+            self.link = None;
+            return false;
+        }
+        let Some((fd, link)) = plane.take_link(shard, r) else {
+            // A send is in flight: move it once that is done.
+            self.handing = Some((admission, version));
+            return true;
+        };
+        self.admitted = true;
+        let arrival = Arrival {
+            relay: self.relay.id,
+            fd,
+            link,
+            admission,
+            version,
+        };
+        if let Err(super::Cmd::Peer(a)) =
+            shard.peers[target].send_tunnel(super::Cmd::Peer(Box::new(arrival)))
+        {
+            // That shard has exited (the engine is stopping): serve it here.
+            arrived(plane, shard, *a);
+        }
+        self.link = None;
+        false
+    }
+
+    pub(super) fn on_timer(
+        &mut self,
+        _me: EntityRef,
+        now: Instant,
+        plane: &mut Plane,
+        shard: &mut Shard,
+    ) -> bool {
+        if now < self.deadline {
+            return true;
+        }
+        if let Some(r) = self.link.take() {
+            if shard.log_allow(&self.relay.name, "relay handshake timeout") {
+                tracing::warn!(relay = %self.relay.name, peer = ?self.peer_addr, "peer's TLS handshake and upgrade took too long");
+            }
+            plane.drop_link(shard, r);
+        }
+        self.gone()
+    }
+
+    pub(super) fn drain(&mut self, plane: &mut Plane) -> bool {
+        if let Some(r) = self.link.take() {
+            plane.release(r);
+        }
+        self.gone()
+    }
+
+    fn gone(&mut self) -> bool {
+        self.link = None;
+        false
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        // An admitted peer keeps its count (it moves on to its tunnel).
+        if !self.admitted {
+            self.relay.peers.fetch_sub(1, Relaxed);
+        }
+    }
+}
+
+/// An admitted peer on its way to its tunnel's shard: the socket, the started link (TLS
+/// session, the queued 101 and any bytes read past the request), and what admission said.
+pub(crate) struct Arrival {
+    relay: u32,
+    fd: OwnedFd,
+    link: Link,
+    admission: Admission,
+    version: Version,
+}
+
+enum Attach {
+    /// The link is in this shard's plane already.
+    Here(LinkRef),
+    /// The link came from another shard.
+    Moved(OwnedFd, Box<Link>),
+}
+
+/// An admitted peer arrived from another shard.
+pub(super) fn arrived(plane: &mut Plane, shard: &mut Shard, a: Arrival) {
+    let Some((_, relay)) = plane.relays.get(&a.relay) else {
+        return; // the relay is gone: dropping the socket closes it
+    };
+    let relay = relay.clone();
+    attach(
+        plane,
+        shard,
+        relay,
+        a.admission,
+        a.version,
+        Attach::Moved(a.fd, Box::new(a.link)),
+    );
+}
+
+/// Connects an admitted peer to its tunnel's session on this shard (made if need be).
+fn attach(
+    plane: &mut Plane,
+    shard: &mut Shard,
+    relay: Arc<Relay>,
+    admission: Admission,
+    version: Version,
+    link: Attach,
+) {
+    let key = (relay.id, admission.tunnel_id.clone());
+    let side = side_of(admission.side);
+    let existing = plane.tunnels.get(&key).copied();
+    let e = match existing {
+        Some(e) if plane.entities.get_mut(e.index, e.generation).is_some() => e,
+        _ => {
+            let session = match Session::new(admission.services.clone(), relay.limits) {
+                Ok(s) => s,
+                Err(err) => {
+                    tracing::warn!(relay = %relay.name, tunnel = %admission.tunnel_id, error = %err, "cannot make the tunnel's session");
+                    return;
+                }
+            };
+            relay.stats.tunnels_open.fetch_add(1, Relaxed);
+            let e = plane.insert_entity(Entity::Tunnel(TunnelPeers {
+                relay: relay.clone(),
+                tunnel_id: admission.tunnel_id.clone(),
+                session,
+                links: [None, None],
+                framers: [FrameDecoder::new(), FrameDecoder::new()],
+                armed: None,
+                streams: 0,
+            }));
+            plane.tunnels.insert(key, e);
+            e
+        }
+    };
+    let r = match link {
+        Attach::Here(r) => {
+            if let Some(io) = plane.link_mut(r) {
+                io.owner = Some(e);
+            }
+            r
+        }
+        Attach::Moved(fd, link) => plane.adopt_link(fd, *link, Some(e)),
+    };
+    plane.run_entity(shard, e, |entity, plane, shard| match entity {
+        Entity::Tunnel(t) => t.connect(e, side, version, r, plane, shard),
+        _ => true,
+    });
+}
+
+/// A control event for relay `relay`: applies to the tunnel if it lives here.
+pub(super) fn event(plane: &mut Plane, shard: &mut Shard, relay: u32, event: Event) {
+    let id = match &event {
+        Event::Closed { tunnel_id, .. } | Event::Rotated { tunnel_id, .. } => tunnel_id.clone(),
+    };
+    let Some(e) = plane.tunnels.get(&(relay, id)).copied() else {
+        return;
+    };
+    plane.run_entity(shard, e, |entity, plane, shard| match entity {
+        Entity::Tunnel(t) => t.control(e, &event, plane, shard),
+        _ => true,
+    });
+}
+
+/// A tunnel on its shard: the session and the peers' links.
+pub(crate) struct TunnelPeers {
+    relay: Arc<Relay>,
+    tunnel_id: String,
+    session: Session,
+    /// The link of each side ([`index`]).
+    links: [Option<LinkRef>; 2],
+    /// Each peer's byte stream cut into frames.
+    framers: [FrameDecoder; 2],
+    /// When its timer is armed for.
+    armed: Option<Instant>,
+    /// Its open streams, as last counted into the metrics.
+    streams: i64,
+}
+
+impl TunnelPeers {
+    fn connect(
+        &mut self,
+        me: EntityRef,
+        side: Side,
+        version: Version,
+        r: LinkRef,
+        plane: &mut Plane,
+        shard: &mut Shard,
+    ) -> bool {
+        let now = Instant::now();
+        let replaced = self.links[index(side)].take();
+        let actions = self.session.peer_connected(side, version, now);
+        self.framers[index(side)] = FrameDecoder::new();
+        self.relay.stats.peers[index(side)].fetch_add(1, Relaxed);
+        // The new link takes its side before the actions (SERVICE_IDS goes to it); the old
+        // one goes with the CloseReplaced action.
+        self.links[index(side)] = Some(r);
+        self.apply(actions, replaced, plane, shard);
+        self.session.peer_active(side, now);
+        // Messages that came with the upgrade's bytes.
+        self.read(side, plane, shard);
+        self.finish(me, plane, shard)
+    }
+
+    /// Carries out the session's actions. `replaced`: the link a `CloseReplaced` closes.
+    fn apply(
+        &mut self,
+        actions: Vec<Action>,
+        mut replaced: Option<LinkRef>,
+        plane: &mut Plane,
+        shard: &mut Shard,
+    ) {
+        for action in actions {
+            match action {
+                Action::Send { to, frame } => {
+                    if let Some(io) = self.links[index(to)].and_then(|r| plane.link_mut(r)) {
+                        io.link.send_message(&frame);
+                    }
+                }
+                Action::Ping { to } => {
+                    if let Some(io) = self.links[index(to)].and_then(|r| plane.link_mut(r)) {
+                        io.link.send_ping();
+                    }
+                }
+                Action::Close { to, code, reason } => {
+                    if let Some(r) = self.links[index(to)].take() {
+                        if let Some(io) = plane.link_mut(r) {
+                            io.link.close(code, reason);
+                        }
+                        plane.release(r);
+                        self.left(to, plane, shard);
+                    }
+                }
+                Action::CloseReplaced { side, code, reason } => {
+                    if let Some(r) = replaced.take() {
+                        if let Some(io) = plane.link_mut(r) {
+                            io.link.close(code, reason);
+                        }
+                        plane.release(r);
+                        self.relay.stats.peers[index(side)].fetch_sub(1, Relaxed);
+                        self.relay.peers.fetch_sub(1, Relaxed);
+                    }
+                }
+                Action::Disconnect { to, reason } => {
+                    if let Some(r) = self.links[index(to)].take() {
+                        tracing::info!(relay = %self.relay.name, tunnel = %self.tunnel_id, side = ?to, reason, "peer disconnected");
+                        plane.drop_link(shard, r);
+                        self.left(to, plane, shard);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The peer on `side` is down (its link is released or dropped already).
+    fn left(&mut self, side: Side, plane: &mut Plane, shard: &mut Shard) {
+        self.relay.stats.peers[index(side)].fetch_sub(1, Relaxed);
+        self.relay.peers.fetch_sub(1, Relaxed);
+        self.framers[index(side)] = FrameDecoder::new();
+        if let Err(e) =
+            self.relay
+                .registry
+                .disconnected(&self.tunnel_id, reg_side(side), Timestamp::now())
+        {
+            tracing::warn!(relay = %self.relay.name, tunnel = %self.tunnel_id, error = %e, "cannot record a disconnect");
+        }
+        let actions = self.session.peer_gone(side);
+        self.apply(actions, None, plane, shard);
+    }
+
+    pub(super) fn on_link(
+        &mut self,
+        me: EntityRef,
+        r: LinkRef,
+        plane: &mut Plane,
+        shard: &mut Shard,
+    ) -> bool {
+        let Some(side) = [Side::Source, Side::Destination]
+            .into_iter()
+            .find(|s| self.links[index(*s)] == Some(r))
+        else {
+            return self.finish(me, plane, shard);
+        };
+        self.read(side, plane, shard);
+        // Output drained on this link: the other side may read again.
+        self.resume(side.other(), plane, shard);
+        self.finish(me, plane, shard)
+    }
+
+    /// Reads what the peer on `side` sent, unless it is paused.
+    fn read(&mut self, side: Side, plane: &mut Plane, shard: &mut Shard) {
+        let Some(r) = self.links[index(side)] else {
+            return;
+        };
+        let other = self.links[index(side.other())];
+        let now = Instant::now();
+        let mut gone: Option<String> = None;
+        let mut rule_break: Option<(u16, &'static str)> = None;
+        let mut forwarded = 0u64;
+        {
+            let (io, mut out) = match other {
+                Some(o) => match plane.links_mut(r, o) {
+                    Some([a, b]) => (a, Some(b)),
+                    None => return,
+                },
+                None => match plane.link_mut(r) {
+                    Some(a) => (a, None),
+                    None => return,
+                },
+            };
+            if io.is_paused() {
+                return;
+            }
+            let framer = &mut self.framers[index(side)];
+            let mut replies: Vec<Vec<u8>> = Vec::new();
+            'events: while let Some(ev) = io.link.poll() {
+                self.session.peer_active(side, now);
+                match ev {
+                    LinkEvent::Message(bytes) => {
+                        let mut frames = framer.handle_bytes(bytes);
+                        while let Some(frame) = frames.next_frame() {
+                            match self.session.frame_bytes_from(side, frame.bytes()) {
+                                Verdict::Forward => {
+                                    if let Some(out) = out.as_deref_mut() {
+                                        out.link.send_message(frame.bytes());
+                                        forwarded += frame.bytes().len() as u64;
+                                    }
+                                }
+                                Verdict::Drop => {}
+                                Verdict::Reply(frames) => replies.extend(frames),
+                                Verdict::ClosePeer { code, reason } => {
+                                    rule_break = Some((code, reason));
+                                    break 'events;
+                                }
+                            }
+                        }
+                        if let Some(out) = out.as_deref()
+                            && out.link.pending_output() > HIGH_WATER
+                        {
+                            io.pause();
+                            break;
+                        }
+                    }
+                    LinkEvent::Closed { code, reason } => {
+                        gone = Some(format!("closed by the peer ({code:?} {reason})"));
+                        break;
+                    }
+                    LinkEvent::Failed(e) => {
+                        rule_break = Some((e.close_code(), "WebSocket protocol error"));
+                        gone = Some(format!("WebSocket protocol error: {e}"));
+                        break;
+                    }
+                    _ => {}
+                }
+            }
+            for frame in replies {
+                io.link.send_message(&frame);
+            }
+            if gone.is_none() && rule_break.is_none() {
+                if let Some(why) = io.lost() {
+                    gone = Some(why.to_string());
+                } else if io.link.is_done() {
+                    gone = Some("the link ended".into());
+                }
+            }
+            if let Some((code, reason)) = rule_break
+                && gone.is_none()
+            {
+                io.link.close(code, reason);
+            }
+        }
+        if forwarded > 0 {
+            self.relay.stats.bytes[index(side)].fetch_add(forwarded, Relaxed);
+        }
+        if let Some((code, reason)) = rule_break {
+            self.relay.stats.rule_breaks.fetch_add(1, Relaxed);
+            if shard.log_allow(&self.relay.name, "relay peer broke the rules") {
+                tracing::warn!(relay = %self.relay.name, tunnel = %self.tunnel_id, side = ?side, code, reason, detail = gone.as_deref().unwrap_or(""), "peer closed for breaking the protocol's rules");
+            }
+        } else if let Some(why) = &gone {
+            tracing::info!(relay = %self.relay.name, tunnel = %self.tunnel_id, side = ?side, why = %why, "peer gone");
+        }
+        if rule_break.is_some() || gone.is_some() {
+            self.links[index(side)] = None;
+            plane.release(r);
+            self.left(side, plane, shard);
+        }
+    }
+
+    /// Lets the peer on `side` read again once the other peer's link has drained.
+    fn resume(&mut self, side: Side, plane: &mut Plane, shard: &mut Shard) {
+        let (Some(r), Some(o)) = (self.links[index(side)], self.links[index(side.other())]) else {
+            if let Some(io) = self.links[index(side)].and_then(|r| plane.link_mut(r))
+                && io.is_paused()
+            {
+                io.resume();
+                self.read(side, plane, shard);
+            }
+            return;
+        };
+        let Some([io, out]) = plane.links_mut(r, o) else {
+            return;
+        };
+        if io.is_paused() && out.link.pending_output() < LOW_WATER {
+            io.resume();
+            self.read(side, plane, shard);
+        }
+    }
+
+    pub(super) fn on_timer(
+        &mut self,
+        me: EntityRef,
+        now: Instant,
+        plane: &mut Plane,
+        shard: &mut Shard,
+    ) -> bool {
+        self.armed = None;
+        let actions = self.session.handle_timeout(now);
+        self.apply(actions, None, plane, shard);
+        self.finish(me, plane, shard)
+    }
+
+    fn control(
+        &mut self,
+        me: EntityRef,
+        event: &Event,
+        plane: &mut Plane,
+        shard: &mut Shard,
+    ) -> bool {
+        match event {
+            Event::Closed { expired, .. } => {
+                let why = if *expired {
+                    Closing::Expired
+                } else {
+                    Closing::Closed
+                };
+                tracing::info!(relay = %self.relay.name, tunnel = %self.tunnel_id, expired, "tunnel closed: closing its peers");
+                let actions = self.session.tunnel_closed(why);
+                self.apply(actions, None, plane, shard);
+                // The session is closed: nothing more can join it here.
+                for side in [Side::Source, Side::Destination] {
+                    if let Some(r) = self.links[index(side)].take() {
+                        plane.release(r);
+                        self.left(side, plane, shard);
+                    }
+                }
+                self.end(plane);
+                false
+            }
+            Event::Rotated { sides, .. } => {
+                for side in [Side::Source, Side::Destination] {
+                    let rotated = matches!(
+                        (sides, side),
+                        (RotateSides::Both, _)
+                            | (RotateSides::Source, Side::Source)
+                            | (RotateSides::Destination, Side::Destination)
+                    );
+                    if rotated && let Some(r) = self.links[index(side)].take() {
+                        tracing::info!(relay = %self.relay.name, tunnel = %self.tunnel_id, side = ?side, "token rotated: peer dropped");
+                        plane.drop_link(shard, r);
+                        self.left(side, plane, shard);
+                    }
+                }
+                self.finish(me, plane, shard)
+            }
+        }
+    }
+
+    pub(super) fn drain(&mut self, _me: EntityRef, plane: &mut Plane, _shard: &mut Shard) -> bool {
+        for side in [Side::Source, Side::Destination] {
+            if let Some(r) = self.links[index(side)].take() {
+                if let Some(io) = plane.link_mut(r) {
+                    io.link
+                        .close(ws::close_code::GOING_AWAY, "relay shutting down");
+                }
+                plane.release(r);
+                self.relay.stats.peers[index(side)].fetch_sub(1, Relaxed);
+                self.relay.peers.fetch_sub(1, Relaxed);
+                let _ = self.relay.registry.disconnected(
+                    &self.tunnel_id,
+                    reg_side(side),
+                    Timestamp::now(),
+                );
+            }
+        }
+        self.end(plane);
+        false
+    }
+
+    /// After each call: the metrics, the timer, and whether the tunnel stays.
+    fn finish(&mut self, me: EntityRef, plane: &mut Plane, shard: &mut Shard) -> bool {
+        let streams = self
+            .session
+            .services()
+            .iter()
+            .filter(|s| self.session.open_stream(s).is_some())
+            .count() as i64
+            + i64::from(
+                self.session.services().is_empty() && self.session.open_stream("").is_some(),
+            );
+        if streams != self.streams {
+            self.relay
+                .stats
+                .streams
+                .fetch_add(streams - self.streams, Relaxed);
+            self.streams = streams;
+        }
+        if self.links.iter().all(Option::is_none) {
+            self.end(plane);
+            return false;
+        }
+        if let Some(at) = self.session.poll_timeout()
+            && self.armed.is_none_or(|a| a > at)
+        {
+            self.armed = Some(at);
+            plane.arm(shard, me, at);
+        }
+        true
+    }
+
+    fn end(&mut self, plane: &mut Plane) {
+        self.relay.stats.tunnels_open.fetch_sub(1, Relaxed);
+        self.relay.stats.streams.fetch_sub(self.streams, Relaxed);
+        self.streams = 0;
+        plane
+            .tunnels
+            .remove(&(self.relay.id, self.tunnel_id.clone()));
+    }
+}

@@ -1,0 +1,470 @@
+//! The tunnel relay (`[[relay]]` in a `run --config` file) against independent WebSocket
+//! clients: tungstenite over rustls as the source and the destination, tunnels opened through
+//! the relay's HTTP API, tunnel frames written by hand (protobuf, as `Message.proto` says).
+
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+
+use tungstenite::Message;
+use tungstenite::client::IntoClientRequest;
+use tungstenite::http::HeaderValue;
+use tungstenite::protocol::WebSocket;
+
+use crate::support::*;
+
+type Ws = WebSocket<TlsStream>;
+
+const V3: &str = "aws.iot.securetunneling-3.0";
+const V2: &str = "aws.iot.securetunneling-2.0";
+
+/// A relay started by `run --config`.
+struct Relay {
+    proc: Proc,
+    port: u16,
+    api: SocketAddr,
+}
+
+fn start_relay(pki: &Pki, driver: &str, extra: &str) -> Relay {
+    let (port, api) = (free_port(), free_port());
+    let path = pki.dir.path().join(format!("relay-{port}.toml"));
+    let toml = format!(
+        "driver = \"{driver}\"\nthreads = 2\n\n[[relay]]\nname = \"r\"\nlisten = \"127.0.0.1:{port}\"\n\
+         cert = \"{}\"\nkey = \"{}\"\napi = \"127.0.0.1:{api}\"\nstate = \":memory:\"\n{extra}",
+        pki.server.cert.display(),
+        pki.server.key.display(),
+    );
+    write_file(&path, toml.as_bytes());
+    let proc = EngineCmd::new("run")
+        .opt("--config", &path)
+        .opt("--log-level", "info")
+        .wait_port(port)
+        .wait_port(api)
+        .label(format!("relay ({driver})"))
+        .start();
+    Relay {
+        proc,
+        port,
+        api: localhost(api),
+    }
+}
+
+/// One HTTP/1.1 request to the API; the status and the JSON body.
+fn api(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, serde_json::Value) {
+    let mut s = connect(addr);
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .expect("write API request");
+    let mut text = String::new();
+    s.read_to_string(&mut text).expect("read API answer");
+    let status: u16 = text[9..12].parse().expect("status");
+    let json = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| serde_json::from_str(b).unwrap_or(serde_json::Value::Null))
+        .unwrap_or_default();
+    (status, json)
+}
+
+struct Tunnel {
+    id: String,
+    source: String,
+    destination: String,
+}
+
+fn open_tunnel(relay: &Relay, services: &[&str]) -> Tunnel {
+    let body = serde_json::json!({ "destinationConfig": { "services": services } }).to_string();
+    let (status, json) = api(relay.api, "POST", "/tunnels", &body);
+    assert_eq!(status, 200, "open: {json}");
+    let s = |k: &str| json[k].as_str().expect(k).to_string();
+    Tunnel {
+        id: s("tunnelId"),
+        source: s("sourceAccessToken"),
+        destination: s("destinationAccessToken"),
+    }
+}
+
+/// The upgrade as localproxy sends it, with `headers` added (name, value).
+fn try_peer(
+    pki: &Pki,
+    port: u16,
+    mode: &str,
+    headers: &[(&str, &str)],
+) -> Result<Ws, tungstenite::Error> {
+    let tls = tls_connect(
+        localhost(port),
+        "localhost",
+        client_config(&[&pki.ca], None, TLS_ANY),
+    );
+    let mut req = format!("wss://localhost:{port}/tunnel?local-proxy-mode={mode}")
+        .into_client_request()
+        .expect("request");
+    for (k, v) in headers {
+        let name = tungstenite::http::HeaderName::from_bytes(k.as_bytes()).expect("header name");
+        req.headers_mut()
+            .append(name, HeaderValue::from_str(v).expect("header value"));
+    }
+    let (mut ws, _) = tungstenite::client(req, tls).map_err(|e| match e {
+        tungstenite::HandshakeError::Failure(e) => e,
+        tungstenite::HandshakeError::Interrupted(_) => panic!("blocking handshake interrupted"),
+    })?;
+    ws.get_mut()
+        .sock
+        .set_read_timeout(Some(IO_TIMEOUT))
+        .expect("timeout");
+    Ok(ws)
+}
+
+fn peer(pki: &Pki, port: u16, mode: &str, token: &str, protocol: &str) -> Ws {
+    try_peer(
+        pki,
+        port,
+        mode,
+        &[
+            ("access-token", token),
+            ("Sec-WebSocket-Protocol", protocol),
+        ],
+    )
+    .unwrap_or_else(|e| panic!("{mode} upgrade: {e}"))
+}
+
+/// The HTTP status a refused upgrade got.
+fn refused(r: Result<Ws, tungstenite::Error>) -> u16 {
+    match r {
+        Err(tungstenite::Error::Http(resp)) => resp.status().as_u16(),
+        Err(e) => panic!("expected an HTTP refusal, got {e}"),
+        Ok(_) => panic!("expected an HTTP refusal, the upgrade succeeded"),
+    }
+}
+
+// --- tunnel frames, hand-coded protobuf ---
+
+fn varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push(v as u8 | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+fn field_varint(out: &mut Vec<u8>, field: u64, v: u64) {
+    if v != 0 {
+        varint(out, field << 3);
+        varint(out, v);
+    }
+}
+
+fn field_bytes(out: &mut Vec<u8>, field: u64, b: &[u8]) {
+    if !b.is_empty() {
+        varint(out, (field << 3) | 2);
+        varint(out, b.len() as u64);
+        out.extend_from_slice(b);
+    }
+}
+
+/// A whole frame: the 2-byte length, then the message.
+fn frame(kind: u64, stream: u64, service: &str, connection: u64, payload: &[u8]) -> Vec<u8> {
+    let mut m = Vec::new();
+    field_varint(&mut m, 1, kind);
+    field_varint(&mut m, 2, stream);
+    field_bytes(&mut m, 4, payload);
+    field_bytes(&mut m, 5, service.as_bytes());
+    field_varint(&mut m, 7, connection);
+    let mut f = (m.len() as u16).to_be_bytes().to_vec();
+    f.extend_from_slice(&m);
+    f
+}
+
+const DATA: u64 = 1;
+const STREAM_START: u64 = 2;
+const STREAM_RESET: u64 = 3;
+const SERVICE_IDS: u64 = 5;
+
+/// The next binary message (pings and pongs skipped).
+fn next_binary(ws: &mut Ws) -> Vec<u8> {
+    loop {
+        match ws.read() {
+            Ok(Message::Binary(b)) => return b.to_vec(),
+            Ok(Message::Ping(_) | Message::Pong(_)) => continue,
+            other => panic!("expected a binary message, got {other:?}"),
+        }
+    }
+}
+
+/// The message's `type` (field 1, the first byte after the prefix and the tag).
+fn kind_of(frame: &[u8]) -> u64 {
+    assert!(
+        frame.len() >= 4 && frame[2] == 0x08,
+        "a frame starting with its type: {frame:?}"
+    );
+    u64::from(frame[3])
+}
+
+/// Reads until the peer's close frame; its code.
+fn close_code(ws: &mut Ws) -> Option<u16> {
+    loop {
+        match ws.read() {
+            Ok(Message::Close(c)) => return c.map(|c| u16::from(c.code)),
+            Ok(_) => continue,
+            Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed) => {
+                return None;
+            }
+            Err(e) => panic!("waiting for a close frame: {e}"),
+        }
+    }
+}
+
+/// The source starts a stream on `service` and both sides exchange frames; each frame comes
+/// out as one message, byte-identical.
+fn exchange(src: &mut Ws, dst: &mut Ws, service: &str, stream: u64) {
+    let start = frame(STREAM_START, stream, service, 1, b"");
+    src.send(Message::binary(start.clone()))
+        .expect("send STREAM_START");
+    assert_eq!(next_binary(dst), start, "STREAM_START forwarded as is");
+    for (i, len) in [1usize, 100, 4096, 64512].into_iter().enumerate() {
+        let payload = random_bytes(len, 300 + i as u64);
+        let f = frame(DATA, stream, service, 1, &payload);
+        src.send(Message::binary(f.clone())).expect("send DATA");
+        assert_eq!(
+            next_binary(dst),
+            f,
+            "DATA of {len} bytes, source to destination"
+        );
+        let back = frame(DATA, stream, service, 1, &payload[..len / 2 + 1]);
+        dst.send(Message::binary(back.clone()))
+            .expect("send DATA back");
+        assert_eq!(next_binary(src), back, "DATA, destination to source");
+    }
+    // Two frames in one WebSocket message come out as two messages.
+    let a = frame(DATA, stream, service, 1, b"first");
+    let b = frame(DATA, stream, service, 1, b"second");
+    src.send(Message::binary([a.clone(), b.clone()].concat()))
+        .expect("send two frames");
+    assert_eq!(next_binary(dst), a, "first of two frames");
+    assert_eq!(next_binary(dst), b, "second of two frames");
+}
+
+fn pair(pki: &Pki, relay: &Relay, t: &Tunnel) -> (Ws, Ws) {
+    let mut src = peer(pki, relay.port, "source", &t.source, V3);
+    let ids = next_binary(&mut src);
+    assert_eq!(
+        kind_of(&ids),
+        SERVICE_IDS,
+        "SERVICE_IDS first, to the source"
+    );
+    let mut dst = peer(pki, relay.port, "destination", &t.destination, V3);
+    let ids = next_binary(&mut dst);
+    assert_eq!(
+        kind_of(&ids),
+        SERVICE_IDS,
+        "SERVICE_IDS first, to the destination"
+    );
+    (src, dst)
+}
+
+#[test]
+fn relay_pairs_peers_and_forwards_frames_as_they_came() {
+    let pki = Pki::new();
+    for driver in DRIVERS {
+        let relay = start_relay(&pki, driver, "");
+        // Several tunnels: with two shards, some peers are accepted on the shard that is not
+        // their tunnel's and are handed over.
+        for n in 0..4 {
+            let t = open_tunnel(&relay, &["ssh", "web"]);
+            let (mut src, mut dst) = pair(&pki, &relay, &t);
+            exchange(
+                &mut src,
+                &mut dst,
+                if n % 2 == 0 { "ssh" } else { "web" },
+                1,
+            );
+            // A ping is answered.
+            src.send(Message::Ping(b"are you there".to_vec().into()))
+                .expect("ping");
+            let pong = loop {
+                match src.read().expect("pong") {
+                    Message::Pong(p) => break p,
+                    Message::Ping(_) => continue,
+                    other => panic!("{driver}: expected the pong, got {other:?}"),
+                }
+            };
+            assert_eq!(&pong[..], b"are you there", "{driver}: pong payload");
+            // The source goes: the destination hears a STREAM_RESET for the open stream.
+            drop(src);
+            let reset = next_binary(&mut dst);
+            assert_eq!(
+                kind_of(&reset),
+                STREAM_RESET,
+                "{driver}: reset when the source goes"
+            );
+        }
+        let log = relay.proc.log();
+        assert!(
+            !log.contains(" ERROR "),
+            "{driver}: errors in the log:\n{log}"
+        );
+    }
+}
+
+fn raw_send(ws: &mut Ws, bytes: &[u8]) {
+    let tls = ws.get_mut();
+    tls.write_all(bytes).expect("raw write");
+    tls.flush().expect("flush");
+}
+
+/// Each bad input costs only the peer that sent it its connection, with the documented
+/// status or close code; the tunnel's other peer keeps working.
+#[test]
+fn relay_bad_inputs_cost_only_that_peer() {
+    let pki = Pki::new();
+    for driver in DRIVERS {
+        let relay = start_relay(&pki, driver, "");
+        let t = open_tunnel(&relay, &["ssh"]);
+        let client_token = "c".repeat(40);
+        let mut src = peer(&pki, relay.port, "source", &t.source, V3);
+        assert_eq!(kind_of(&next_binary(&mut src)), SERVICE_IDS);
+        let dst_headers = [
+            ("access-token", t.destination.as_str()),
+            ("client-token", client_token.as_str()),
+            ("Sec-WebSocket-Protocol", V3),
+        ];
+        let connect_dst = || {
+            let mut d = try_peer(&pki, relay.port, "destination", &dst_headers)
+                .expect("destination with its client token");
+            assert_eq!(kind_of(&next_binary(&mut d)), SERVICE_IDS);
+            d
+        };
+        let mut dst = connect_dst();
+
+        // Garbage instead of TLS: the connection is closed, nothing else happens.
+        let mut g = connect(localhost(relay.port));
+        g.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        let _ = g.write_all(b"GET /tunnel HTTP/1.1\r\nHost: x\r\n\r\n");
+        let mut buf = [0u8; 64];
+        let r = g.read(&mut buf);
+        assert!(
+            matches!(r, Ok(n) if n < 64) || r.is_err(),
+            "{driver}: garbage instead of TLS is answered by an alert or nothing, then closed"
+        );
+        drop(g);
+
+        // Bad HTTP: not a GET.
+        let mut tls = tls_connect(
+            localhost(relay.port),
+            "localhost",
+            client_config(&[&pki.ca], None, TLS_ANY),
+        );
+        tls.write_all(b"POST /tunnel?local-proxy-mode=source HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let mut answer = String::new();
+        let _ = tls.read_to_string(&mut answer);
+        assert!(
+            answer.starts_with("HTTP/1.1 400"),
+            "{driver}: bad HTTP: {answer}"
+        );
+
+        // No subprotocol offered.
+        let r = try_peer(&pki, relay.port, "source", &[("access-token", &t.source)]);
+        assert_eq!(refused(r), 400, "{driver}: no subprotocol");
+        // Two tokens.
+        let r = try_peer(
+            &pki,
+            relay.port,
+            "source",
+            &[
+                ("access-token", &t.source),
+                ("access-token", &t.destination),
+                ("Sec-WebSocket-Protocol", V3),
+            ],
+        );
+        assert_eq!(refused(r), 400, "{driver}: two tokens");
+        // A wrong token, and the source's used one again (no client token): 403.
+        let wrong = "A".repeat(t.source.len());
+        let r = try_peer(
+            &pki,
+            relay.port,
+            "source",
+            &[("access-token", &wrong), ("Sec-WebSocket-Protocol", V3)],
+        );
+        assert_eq!(refused(r), 403, "{driver}: wrong token");
+        let r = try_peer(
+            &pki,
+            relay.port,
+            "source",
+            &[("access-token", &t.source), ("Sec-WebSocket-Protocol", V2)],
+        );
+        assert_eq!(refused(r), 403, "{driver}: reused token");
+        // A closed tunnel: 410.
+        let closed = open_tunnel(&relay, &["ssh"]);
+        let (status, _) = api(
+            relay.api,
+            "POST",
+            &format!("/tunnels/{}/close", closed.id),
+            "{}",
+        );
+        assert_eq!(status, 200, "close through the API");
+        let r = try_peer(
+            &pki,
+            relay.port,
+            "source",
+            &[
+                ("access-token", &closed.source),
+                ("Sec-WebSocket-Protocol", V3),
+            ],
+        );
+        assert_eq!(refused(r), 410, "{driver}: closed tunnel");
+
+        // Frame-level rule breaks by the destination: each closes it with its code; the
+        // source hears a STREAM_RESET and stays; the destination comes back with its client
+        // token.
+        let cases: [(&str, Vec<u8>, u16); 4] = [
+            ("DATA before STREAM_START", Vec::new(), 1008),
+            // A text frame (masked, "hi").
+            (
+                "text frame",
+                vec![0x81, 0x82, 1, 2, 3, 4, b'h' ^ 1, b'i' ^ 2],
+                1003,
+            ),
+            // An unmasked binary frame.
+            ("unmasked frame", vec![0x82, 0x01, 0x00], 1002),
+            // A frame longer than the limit (its header alone says so).
+            (
+                "oversized frame",
+                {
+                    let mut h = vec![0x82, 0x80 | 127];
+                    h.extend_from_slice(&(200_000u64).to_be_bytes());
+                    h.extend_from_slice(&[0, 0, 0, 0]);
+                    h
+                },
+                1009,
+            ),
+        ];
+        for (what, bytes, code) in cases {
+            if bytes.is_empty() {
+                // A fresh destination connection has no stream: DATA on it breaks the rule.
+                let f = frame(DATA, 7, "ssh", 1, b"too early");
+                dst.send(Message::binary(f)).expect("send DATA");
+            } else {
+                raw_send(&mut dst, &bytes);
+            }
+            assert_eq!(close_code(&mut dst), Some(code), "{driver}: {what}");
+            if what != "DATA before STREAM_START" {
+                let reset = next_binary(&mut src);
+                assert_eq!(
+                    kind_of(&reset),
+                    STREAM_RESET,
+                    "{driver}: {what}: source reset"
+                );
+            }
+            dst = connect_dst();
+            exchange(&mut src, &mut dst, "ssh", 2 + code as u64);
+        }
+        let log = relay.proc.log();
+        assert!(
+            !log.contains(&t.source) && !log.contains(&t.destination),
+            "{driver}: a token in the log"
+        );
+    }
+}
