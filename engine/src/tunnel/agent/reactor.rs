@@ -27,7 +27,9 @@ use splice_proto::tunnel::agent::{
     Action, Backoff, Destination, End, Error as AgentError, Limits, LocalId, Next, Reconnect,
     Source,
 };
-use splice_proto::tunnel::{DATA_HEADROOM, DATA_TAILROOM, DataFraming, MAX_PAYLOAD};
+use splice_proto::tunnel::{
+    DATA_HEADROOM, DATA_TAILROOM, DataFraming, MAX_PAYLOAD, Message, Type, Version,
+};
 use splice_proto::ws::{Mode, close_code};
 
 use super::link::{ClientLink, LinkError, LinkEvent, WS_HEADROOM};
@@ -57,6 +59,26 @@ const LINK_READ: usize = 256 * 1024;
 const HEADROOM: usize = WS_HEADROOM + DATA_HEADROOM;
 /// Time for the TCP connect, TLS handshake and upgrade to the relay together.
 const LINK_DEADLINE: Duration = Duration::from_secs(10);
+
+/// SERVICE_IDS naming the agent's own services (none for the bare form), as a tunnel frame.
+fn own_service_ids(spec: &AgentSpec) -> Vec<u8> {
+    let ids: Vec<&str> = spec
+        .services
+        .iter()
+        .map(|s| s.name.as_str())
+        .filter(|n| !n.is_empty())
+        .collect();
+    let message = Message {
+        kind: Type::SERVICE_IDS,
+        available_service_ids: ids,
+        ..Message::default()
+    };
+    let mut frame = Vec::new();
+    message
+        .append_frame(&mut frame)
+        .expect("checked service names fit a frame");
+    frame
+}
 
 pub(crate) fn token(tag: u8, index: u32, generation: u32) -> u64 {
     (u64::from(generation & 0xff_ffff) << 40) | (u64::from(index) << 8) | u64::from(tag)
@@ -484,7 +506,13 @@ impl Reactor {
                         protocol = %version.subprotocol(),
                         "tunnel connection up"
                     );
-                    Ok(())
+                    if version == Version::V1 {
+                        // The V1 format has no SERVICE_IDS (the relay sends none to a V1
+                        // peer): the agent's own service list stands for it.
+                        self.sans.handle_tunnel_bytes(&own_service_ids(&self.spec))
+                    } else {
+                        Ok(())
+                    }
                 }
                 LinkEvent::Message(range) => {
                     let bytes = t.link.message(range);
@@ -678,7 +706,7 @@ impl Reactor {
             Err(e) => {
                 stats.failed.fetch_add(1, Relaxed);
                 let _ = sys::socket::set_linger_zero(sock.as_fd());
-                tracing::debug!(agent = %self.spec.name, service = %name, error = %e, "local connection refused");
+                tracing::warn!(agent = %self.spec.name, service = %name, error = %e, "local connection refused");
                 self.apply_actions(io);
                 return;
             }
