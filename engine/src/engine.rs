@@ -269,11 +269,13 @@ impl Engine {
     fn start_agents(&self, cfg: &EngineConfig) -> Result<()> {
         use crate::tunnel::agent;
         let mut agents = self.agents.lock().expect("agents lock");
-        for s in &cfg.sources {
-            agents.push(agent::start_source(s, self.driver)?);
+        // Spread over the shards in turn; each agent lives on one.
+        let shard = |i: usize| &self.shards[i % self.shards.len()];
+        for (i, s) in cfg.sources.iter().enumerate() {
+            agents.push(agent::start_source(s, shard(i))?);
         }
-        for d in &cfg.destinations {
-            agents.push(agent::start_destination(d, self.driver)?);
+        for (i, d) in cfg.destinations.iter().enumerate() {
+            agents.push(agent::start_destination(d, shard(cfg.sources.len() + i))?);
         }
         *self.agent_stats.lock().expect("agent stats lock") =
             agents.iter().map(|a| a.shared.clone()).collect();

@@ -38,6 +38,7 @@ use super::status::{AgentShared, AgentState};
 use crate::driver::{Completion, Driver, Fd, Op};
 use crate::sys;
 
+// Op tags, offset by `TAG_AGENT_FIRST` on the shard.
 pub(crate) const TAG_LINK_CONNECT: u8 = 1;
 pub(crate) const TAG_LINK_RECV: u8 = 2;
 pub(crate) const TAG_LINK_SEND: u8 = 3;
@@ -80,11 +81,22 @@ fn own_service_ids(spec: &AgentSpec) -> Vec<u8> {
     frame
 }
 
+/// An op's token on the shard: the plane's agent tags, the agent's slot on this shard in the
+/// index's top 8 bits, the socket's index below.
+fn op_token(slot: u32, tag: u8, index: u32, generation: u32) -> u64 {
+    crate::shard::token(
+        crate::tunnel::TAG_AGENT_FIRST + tag,
+        (slot << 24) | (index & 0xff_ffff),
+        generation,
+    )
+}
+
+/// A timer's token, within the agent's own heap.
 pub(crate) fn token(tag: u8, index: u32, generation: u32) -> u64 {
     (u64::from(generation & 0xff_ffff) << 40) | (u64::from(index) << 8) | u64::from(tag)
 }
 
-pub(crate) fn untoken(t: u64) -> (u8, u32, u32) {
+fn untoken(t: u64) -> (u8, u32, u32) {
     (
         (t & 0xff) as u8,
         (t >> 8) as u32,
@@ -100,12 +112,26 @@ pub(crate) struct Io<'a> {
     pub now: Instant,
 }
 
-enum Sans {
+/// The sans-IO agent.
+pub(crate) enum Sans {
     Source(Source),
     Destination(Destination),
 }
 
 impl Sans {
+    /// The agent for `spec`: checks its services against the protocol's rules.
+    pub fn new(spec: &AgentSpec) -> Result<Sans, AgentError> {
+        let names = spec.service_names();
+        let limits = Limits {
+            payload: MAX_PAYLOAD,
+            ..Limits::default()
+        };
+        Ok(match spec.mode {
+            Mode::Source => Sans::Source(Source::new(&names, spec.version, limits)?),
+            Mode::Destination => Sans::Destination(Destination::new(&names, spec.version, limits)?),
+        })
+    }
+
     fn poll_action(&mut self) -> Option<Action> {
         match self {
             Sans::Source(s) => s.poll_action(),
@@ -208,30 +234,27 @@ pub(crate) struct Reactor {
     jitter: u64,
     /// Gave up or stopped: nothing new starts.
     done: bool,
+    /// Draining: no new local connections; stops once the open ones end.
+    draining: bool,
+    /// Its place among the agents of its shard (in its ops' tokens).
+    slot: u32,
 }
 
 impl Reactor {
-    /// An agent for `spec`; `listeners` are the source's bound listeners, one per service in
-    /// order (none for a destination).
+    /// An agent for `spec` running `sans`; `listeners` are the source's bound listeners, one
+    /// per service in order (none for a destination); `slot` is its place on its shard.
     pub fn new(
         spec: Arc<AgentSpec>,
         shared: Arc<AgentShared>,
+        sans: Sans,
         listeners: Vec<OwnedFd>,
-    ) -> Result<Reactor, AgentError> {
-        let names = spec.service_names();
-        let limits = Limits {
-            payload: MAX_PAYLOAD,
-            ..Limits::default()
-        };
-        let sans = match spec.mode {
-            Mode::Source => Sans::Source(Source::new(&names, spec.version, limits)?),
-            Mode::Destination => Sans::Destination(Destination::new(&names, spec.version, limits)?),
-        };
+        slot: u32,
+    ) -> Reactor {
         let seed = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(1, |d| d.as_nanos() as u64)
             | 1;
-        Ok(Reactor {
+        Reactor {
             spec,
             shared,
             sans,
@@ -250,7 +273,9 @@ impl Reactor {
             parked: Vec::new(),
             jitter: seed,
             done: false,
-        })
+            draining: false,
+            slot,
+        }
     }
 
     /// Starts the first tunnel connection.
@@ -300,7 +325,7 @@ impl Reactor {
         self.link_generation = (self.link_generation + 1) & 0xff_ffff;
         let generation = self.link_generation;
         io.driver.submit(
-            token(TAG_LINK_CONNECT, 0, generation),
+            op_token(self.slot, TAG_LINK_CONNECT, 0, generation),
             Op::Connect {
                 fd: fd.clone(),
                 addr: Box::new(addr),
@@ -333,6 +358,9 @@ impl Reactor {
         self.apply_actions(io);
         if self.done {
             return;
+        }
+        if self.draining {
+            return self.finish(io, AgentState::Stopped);
         }
         let jitter = self.next_jitter();
         match self.reconnect.handle_end(end, jitter) {
@@ -381,6 +409,29 @@ impl Reactor {
             }
         }
         self.by_id.clear();
+    }
+
+    /// The engine drains: no new local connections; the agent stops once the open ones
+    /// ended ([`Reactor::is_finished`]).
+    pub fn drain(&mut self, io: &mut Io<'_>) {
+        self.draining = true;
+        for (fd, accepting) in &mut self.listeners {
+            *accepting = false;
+            io.driver.cancel(fd.as_raw_fd());
+        }
+        self.listeners.clear();
+        if self.locals.iter().all(Option::is_none) {
+            self.stop(io);
+        }
+    }
+
+    /// Whether the agent is done (stopped, or drained with nothing left open): its host may
+    /// drop it.
+    pub fn is_finished(&mut self, io: &mut Io<'_>) -> bool {
+        if self.draining && !self.done && self.locals.iter().all(Option::is_none) {
+            self.stop(io);
+        }
+        self.done
     }
 
     /// The engine stops the agent.
@@ -433,7 +484,7 @@ impl Reactor {
                     let len = buf.len();
                     t.sending = Some(len);
                     io.driver.submit(
-                        token(TAG_LINK_SEND, 0, generation),
+                        op_token(self.slot, TAG_LINK_SEND, 0, generation),
                         Op::Send {
                             fd: t.fd.clone(),
                             buf,
@@ -473,7 +524,7 @@ impl Reactor {
         buf.reserve(LINK_READ);
         t.recv_in_flight = true;
         io.driver.submit(
-            token(TAG_LINK_RECV, 0, t.generation),
+            op_token(self.slot, TAG_LINK_RECV, 0, t.generation),
             Op::Recv {
                 fd: t.fd.clone(),
                 buf,
@@ -564,7 +615,7 @@ impl Reactor {
         let len = buf.len();
         t.sending = Some(len);
         io.driver.submit(
-            token(TAG_LINK_SEND, 0, t.generation),
+            op_token(self.slot, TAG_LINK_SEND, 0, t.generation),
             Op::Send {
                 fd: t.fd.clone(),
                 buf,
@@ -661,7 +712,7 @@ impl Reactor {
         {
             *accepting = true;
             io.driver.submit(
-                token(TAG_ACCEPT, i as u32, 0),
+                op_token(self.slot, TAG_ACCEPT, i as u32, 0),
                 Op::Accept { fd: fd.clone() },
             );
         }
@@ -691,7 +742,8 @@ impl Reactor {
             (Ok(_), Some(sock)) => self.start_local(io, i as usize, sock),
             (Ok(_), None) => {}
         }
-        io.driver.submit(token(TAG_ACCEPT, i, 0), Op::Accept { fd });
+        io.driver
+            .submit(op_token(self.slot, TAG_ACCEPT, i, 0), Op::Accept { fd });
     }
 
     fn start_local(&mut self, io: &mut Io<'_>, service: usize, sock: OwnedFd) {
@@ -720,6 +772,7 @@ impl Reactor {
     }
 
     fn insert_local(&mut self, fd: Fd, service: usize, id: LocalId, connecting: bool) -> u32 {
+        // (Socket indexes have 24 bits in a token: 16 million connections per agent.)
         let index = match self.free.pop() {
             Some(i) => i,
             None => {
@@ -771,7 +824,7 @@ impl Reactor {
         let index = self.insert_local(fd.clone(), i, local, true);
         let generation = self.generations[index as usize];
         io.driver.submit(
-            token(TAG_LOCAL_CONNECT, index, generation),
+            op_token(self.slot, TAG_LOCAL_CONNECT, index, generation),
             Op::Connect {
                 fd,
                 addr: Box::new(addr),
@@ -954,7 +1007,7 @@ impl Reactor {
         buf.resize(HEADROOM, 0);
         l.recv_in_flight = true;
         io.driver.submit(
-            token(TAG_LOCAL_RECV, index, l.generation),
+            op_token(self.slot, TAG_LOCAL_RECV, index, l.generation),
             Op::Recv {
                 fd: l.fd.clone(),
                 buf,
@@ -974,7 +1027,7 @@ impl Reactor {
             let len = buf.len();
             l.sending = true;
             io.driver.submit(
-                token(TAG_LOCAL_SEND, index, l.generation),
+                op_token(self.slot, TAG_LOCAL_SEND, index, l.generation),
                 Op::Send {
                     fd: l.fd.clone(),
                     buf,
@@ -1018,9 +1071,16 @@ impl Reactor {
 
     // ---- entry points for the host loop ----
 
-    /// A completion of one of this agent's ops.
-    pub fn complete(&mut self, io: &mut Io<'_>, c: Completion) {
-        let (tag, index, generation) = untoken(c.token);
+    /// A completion of one of this agent's ops: its tag (less `TAG_AGENT_FIRST`), socket
+    /// index and generation.
+    pub fn complete(
+        &mut self,
+        io: &mut Io<'_>,
+        tag: u8,
+        index: u32,
+        generation: u32,
+        c: Completion,
+    ) {
         match tag {
             TAG_LINK_CONNECT | TAG_LINK_RECV | TAG_LINK_SEND => {
                 self.link_completed(io, tag, generation, c)
@@ -1059,7 +1119,8 @@ impl Reactor {
                 let i = generation;
                 if let Some((fd, true)) = self.listeners.get(i as usize) {
                     let fd = fd.clone();
-                    io.driver.submit(token(TAG_ACCEPT, i, 0), Op::Accept { fd });
+                    io.driver
+                        .submit(op_token(self.slot, TAG_ACCEPT, i, 0), Op::Accept { fd });
                 }
             }
             (TIMER_LINK, 0) if link_is(self) == Some(false) => {
