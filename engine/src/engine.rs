@@ -60,6 +60,10 @@ pub struct Engine {
     next_shard: AtomicUsize,
     /// The relays' data planes on the shards, one per `[[relay]]` (as `relays`).
     relay_planes: Vec<crate::tunnel::start::RunningRelay>,
+    /// The tunnel's source and destination agents (`sources`, `destinations`).
+    agents: Mutex<Vec<crate::tunnel::agent::AgentHandle>>,
+    /// Their state and counters, for `/metrics`.
+    agent_stats: Arc<Mutex<Vec<Arc<crate::tunnel::agent::AgentShared>>>>,
 }
 
 /// The engine-level settings that shape the shards and the process, which only a restart
@@ -194,6 +198,8 @@ impl Engine {
             draining: AtomicBool::new(false),
             next_shard: AtomicUsize::new(0),
             relay_planes: Vec::new(),
+            agents: Mutex::new(Vec::new()),
+            agent_stats: Arc::default(),
         };
         // Everything that reads files or binds ports happens before a thread starts.
         let mut built = Vec::new();
@@ -226,6 +232,7 @@ impl Engine {
                 registry,
                 reloads: engine.reloads.clone(),
                 relays: relay_stats.clone(),
+                agents: engine.agent_stats.clone(),
             };
             engine._metrics = Some(crate::metrics::MetricsServer::start(addr, source)?);
         }
@@ -274,7 +281,67 @@ impl Engine {
             );
         }
         drop(activated);
+        engine.start_agents(&cfg)?;
         Ok(engine)
+    }
+
+    /// Starts the tunnel's source and destination agents of `cfg`.
+    fn start_agents(&self, cfg: &EngineConfig) -> Result<()> {
+        use crate::tunnel::agent;
+        let mut agents = self.agents.lock().expect("agents lock");
+        // Spread over the shards in turn; each agent lives on one.
+        let shard = |i: usize| &self.shards[i % self.shards.len()];
+        for (i, s) in cfg.sources.iter().enumerate() {
+            agents.push(agent::start_source(s, shard(i))?);
+        }
+        for (i, d) in cfg.destinations.iter().enumerate() {
+            agents.push(agent::start_destination(d, shard(cfg.sources.len() + i))?);
+        }
+        *self.agent_stats.lock().expect("agent stats lock") =
+            agents.iter().map(|a| a.shared.clone()).collect();
+        Ok(())
+    }
+
+    /// Where source agent `name` listens for `service` (`""` for the bare, V1 form): the
+    /// address bound, with a port 0 resolved. `None` if there is no such agent or service.
+    pub fn source_addr(&self, name: &str, service: &str) -> Option<SocketAddr> {
+        let agents = self.agents.lock().expect("agents lock");
+        agents
+            .iter()
+            .filter(|a| a.shared.name == name && a.shared.kind == "source")
+            .flat_map(|a| a.addrs.iter())
+            .find(|(s, _)| s == service)
+            .map(|(_, addr)| *addr)
+    }
+
+    /// The state of agent `name` (a source or destination), `None` if there is none.
+    pub fn agent_state(&self, name: &str) -> Option<crate::AgentState> {
+        let agents = self.agents.lock().expect("agents lock");
+        agents
+            .iter()
+            .find(|a| a.shared.name == name)
+            .map(|a| a.shared.state())
+    }
+
+    /// Waits up to `timeout` for any agent to give up, and returns its name and state
+    /// ([`crate::AgentState::Finished`] says why). The `source` and `destination` commands
+    /// exit non-zero when this returns `Some`. `None`: none gave up (or there is none).
+    pub fn wait_agent_finished(&self, timeout: Duration) -> Option<(String, crate::AgentState)> {
+        let end = Instant::now() + timeout;
+        loop {
+            let shared = self.agent_stats.lock().expect("agent stats lock").clone();
+            for a in &shared {
+                if let s @ crate::AgentState::Finished(_) = a.state() {
+                    return Some((a.name.clone(), s));
+                }
+            }
+            let left = end.saturating_duration_since(Instant::now());
+            if left.is_zero() || shared.is_empty() {
+                return None;
+            }
+            // One agent is waited on at a time; the others are looked at every 100 ms.
+            shared[0].wait_finished(left.min(Duration::from_millis(100)));
+        }
     }
 
     fn new_id(&self) -> u32 {
@@ -343,6 +410,8 @@ impl Engine {
             draining: AtomicBool::new(false),
             next_shard: AtomicUsize::new(0),
             relay_planes: Vec::new(),
+            agents: Mutex::new(Vec::new()),
+            agent_stats: Arc::default(),
         };
         let mut out = Vec::new();
         for (i, f) in cfg.forwarders.iter().enumerate() {
@@ -825,6 +894,9 @@ impl Engine {
     }
 
     fn stop(&mut self) {
+        for a in self.agents.lock().expect("agents lock").iter_mut() {
+            a.stop();
+        }
         for s in &self.shards {
             s.send(Command::Stop);
         }

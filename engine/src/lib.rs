@@ -105,6 +105,7 @@ pub use engine::{CheckedForwarder, Engine, Listening};
 pub use error::{Error, Result, Side, SyscallError};
 pub use probe::{KernelProbe, probe};
 pub use stats::{HANDSHAKE_BUCKETS, HistogramSnapshot, StatsSnapshot};
+pub use tunnel::agent::AgentState;
 
 /// Internals that `splice-bench`'s criterion benchmarks measure. Not part of the API: only
 /// built with the `bench-internals` feature, and may change in any release.

@@ -18,6 +18,8 @@ pub(crate) struct Source {
     pub(crate) reloads: Arc<ReloadStats>,
     /// The tunnel relays' figures.
     pub(crate) relays: crate::tunnel::metrics::StatsList,
+    /// The tunnel's agents.
+    pub(crate) agents: Arc<std::sync::Mutex<Vec<Arc<crate::tunnel::agent::AgentShared>>>>,
 }
 
 impl Source {
@@ -35,6 +37,9 @@ impl Source {
         let mut out = render(&snaps);
         out.push_str(&render_engine(&self.reloads.snapshot()));
         out.push_str(&crate::tunnel::metrics::render(&self.relays));
+        if let Ok(agents) = self.agents.lock() {
+            out.push_str(&crate::tunnel::agent::render(&agents));
+        }
         out
     }
 }

@@ -13,6 +13,7 @@
 //! `tunnel::relay::Session` for a tunnel's rules); this module is the I/O glue. How an entity
 //! uses a link is in [`link`]'s documentation.
 
+pub(crate) mod agent;
 pub(crate) mod link;
 pub(crate) mod metrics;
 pub(crate) mod relay;
@@ -41,7 +42,6 @@ pub(crate) const TAG_RELAY_ACCEPT: u8 = 67;
 /// The first tag the plane owns: the shard sends every tag from here on to the plane.
 pub(crate) const TAG_FIRST: u8 = 64;
 /// Free for the agents' own ops (local sockets, listeners): 80 to 127.
-#[allow(dead_code, reason = "for the agents' entities")]
 pub(crate) const TAG_AGENT_FIRST: u8 = 80;
 /// An entity's timer, in the shard's timer heap (token: tag, entity index, generation).
 pub(crate) const TIMER_TUNNEL: u8 = 64;
@@ -59,6 +59,8 @@ pub(crate) enum Entity {
     Pending(relay::Pending),
     /// A tunnel's session and its peers.
     Tunnel(relay::TunnelPeers),
+    /// A source or destination agent.
+    Agent(Box<agent::host::AgentEntity>),
 }
 
 impl Entity {
@@ -74,6 +76,7 @@ impl Entity {
         match self {
             Entity::Pending(p) => p.on_link(me, link, plane, shard),
             Entity::Tunnel(t) => t.on_link(me, link, plane, shard),
+            Entity::Agent(a) => a.on_link(),
         }
     }
 
@@ -88,6 +91,7 @@ impl Entity {
         match self {
             Entity::Pending(p) => p.on_timer(me, now, plane, shard),
             Entity::Tunnel(t) => t.on_timer(me, now, plane, shard),
+            Entity::Agent(a) => a.on_timer(me, now, plane, shard),
         }
     }
 
@@ -96,6 +100,7 @@ impl Entity {
         match self {
             Entity::Pending(p) => p.drain(plane),
             Entity::Tunnel(t) => t.drain(me, plane, shard),
+            Entity::Agent(a) => a.drain(me, plane, shard),
         }
     }
 }
@@ -109,6 +114,8 @@ pub(crate) enum Cmd {
     },
     /// An admitted relay peer, moved here because its tunnel lives on this shard.
     Peer(Box<relay::Arrival>),
+    /// Start a source or destination agent here.
+    StartAgent(Box<agent::host::AgentStart>),
     /// A relay's control side says a tunnel closed or its tokens were rotated.
     Event { relay: u32, event: relay::Event },
 }
@@ -125,6 +132,8 @@ pub(crate) struct Plane {
     /// The paired tunnels here, by relay id and tunnel id.
     tunnels: HashMap<(u32, String), EntityRef>,
     draining: bool,
+    /// The agents on this shard, by the slot their ops' tokens carry.
+    agents: Vec<Option<EntityRef>>,
 }
 
 impl Plane {
@@ -269,6 +278,11 @@ impl Plane {
     }
 
     fn complete(&mut self, shard: &mut Shard, tag: u8, index: u32, generation: u32, c: Completion) {
+        if tag >= TAG_AGENT_FIRST {
+            agent::host::complete(self, shard, tag, index, generation, c);
+            self.kick_dirty(shard);
+            return;
+        }
         if tag == TAG_RELAY_ACCEPT {
             relay::accepted(self, shard, index, c);
             self.kick_dirty(shard);
@@ -318,6 +332,7 @@ impl Plane {
             }
             Cmd::Peer(arrival) => relay::arrived(self, shard, *arrival),
             Cmd::Event { relay, event } => relay::event(self, shard, relay, event),
+            Cmd::StartAgent(start) => agent::host::start(self, shard, *start),
         }
         self.kick_dirty(shard);
     }

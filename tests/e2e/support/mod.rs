@@ -38,6 +38,7 @@ mod net;
 mod openssl;
 mod payload;
 mod tls;
+mod ws_relay;
 
 pub use backends::*;
 pub use chain::*;
@@ -48,6 +49,7 @@ pub use net::*;
 pub use openssl::*;
 pub use payload::*;
 pub use tls::*;
+pub use ws_relay::*;
 
 /// The binary under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_splice-engine");

@@ -1,0 +1,98 @@
+//! The source and destination agents (issue 11): the I/O around the sans-IO
+//! [`splice_proto::tunnel::agent`] state machines, on the shards.
+//!
+//! - [`spec`]: the `[[source]]` / `[[destination]]` tables checked and loaded (token, client
+//!   token, TLS, services).
+//! - [`link`]: the tunnel connection in the client role (rustls, the upgrade, WebSocket).
+//! - [`reactor`]: one agent's sockets and ops (the tunnel connection, listeners, local
+//!   connections), flow control and reconnects.
+//! - [`host`]: the agent as an entity of a shard's tunnel plane.
+//! - [`status`]: the state the CLI waits on and the counters on `/metrics`.
+//!
+//! An agent lives on one shard: its tunnel connection, its listeners (one socket per
+//! service, on that shard only) and every local connection they accept or it dials, so a
+//! local connection and its tunnel never cross threads.
+
+pub(crate) mod host;
+mod link;
+mod reactor;
+mod spec;
+mod status;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+pub use status::AgentState;
+pub(crate) use status::{AgentShared, render};
+
+use crate::config::{DestinationConfig, SourceConfig, TOKEN_ENV};
+use crate::error::{Error, Result};
+use crate::shard::{Command, ShardHandle};
+use host::AgentStart;
+use reactor::Sans;
+
+/// The control thread's handle on a running agent.
+pub(crate) struct AgentHandle {
+    pub shared: Arc<AgentShared>,
+    /// Source: each service's name and the address its listener bound.
+    pub addrs: Vec<(String, SocketAddr)>,
+}
+
+impl AgentHandle {
+    /// Marks the agent stopped (its shard closes its sockets as it stops).
+    pub fn stop(&mut self) {
+        self.shared.set_state(AgentState::Stopped);
+    }
+}
+
+/// Starts a source agent on `shard`: binds its listeners here (so a port 0 is known at
+/// once), then the shard connects to the relay.
+pub(crate) fn start_source(cfg: &SourceConfig, shard: &ShardHandle) -> Result<AgentHandle> {
+    let spec = spec::source_spec(cfg, std::env::var(TOKEN_ENV).ok())?;
+    let mut fds = Vec::new();
+    let mut addrs = Vec::new();
+    for s in &spec.services {
+        if s.addr.port() != 0 {
+            crate::shard::check_port_free(s.addr)?;
+        }
+        let fd = crate::shard::bind_listener(s.addr)?;
+        let addr = crate::shard::local_addr(&fd).unwrap_or(s.addr);
+        addrs.push((s.name.clone(), addr));
+        fds.push(fd);
+    }
+    start(spec, shard, fds, addrs)
+}
+
+/// Starts a destination agent on `shard`.
+pub(crate) fn start_destination(
+    cfg: &DestinationConfig,
+    shard: &ShardHandle,
+) -> Result<AgentHandle> {
+    let spec = spec::destination_spec(cfg, std::env::var(TOKEN_ENV).ok())?;
+    start(spec, shard, Vec::new(), Vec::new())
+}
+
+fn start(
+    spec: spec::AgentSpec,
+    shard: &ShardHandle,
+    listeners: Vec<std::os::fd::OwnedFd>,
+    addrs: Vec<(String, SocketAddr)>,
+) -> Result<AgentHandle> {
+    let sans = Sans::new(&spec).map_err(|e| Error::config(&spec.name, e.to_string()))?;
+    let spec = Arc::new(spec);
+    let shared = Arc::new(AgentShared::new(
+        spec.name.clone(),
+        spec.mode.as_str(),
+        &spec.service_names(),
+    ));
+    tracing::info!(agent = %spec.name, relay = %spec.relay, mode = spec.mode.as_str(), "agent started");
+    shard.send(Command::Tunnel(crate::tunnel::Cmd::StartAgent(Box::new(
+        AgentStart {
+            spec,
+            shared: shared.clone(),
+            sans,
+            listeners,
+        },
+    ))));
+    Ok(AgentHandle { shared, addrs })
+}

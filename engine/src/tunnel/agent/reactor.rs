@@ -1,0 +1,1138 @@
+//! One agent's I/O: the tunnel connection to the relay ([`ClientLink`] over a TCP socket), the
+//! source's service listeners or the destination's dialed connections, and the local
+//! connections, all driven by the driver's ops and the sans-IO [`Source`] / [`Destination`].
+//!
+//! Everything of one agent lives on one thread, so a local connection and its tunnel never
+//! cross threads. Its ops carry tokens `token(tag, index, generation)` with the tags below;
+//! its timers are kept by the loop that hosts it ([`Io::timers`]).
+//!
+//! Flow control, both ways:
+//! - tunnel to local: the sans-IO agent counts each local connection's unwritten bytes and
+//!   says [`Action::PauseTunnelReads`]; the reactor then stops decoding and stops reading the
+//!   relay's socket (head-of-line, as the protocol has no per-stream window), so memory stays
+//!   at the bound plus one read.
+//! - local to tunnel: while more than [`BACKLOG_HIGH`] bytes wait to go to the relay, local
+//!   reads that complete are not renewed (the connections wait, parked) until the backlog is
+//!   under half of it.
+
+use std::collections::{HashMap, VecDeque};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
+
+use socket2::SockAddr;
+use splice_proto::tunnel::agent::{
+    Action, Backoff, Destination, End, Error as AgentError, Limits, LocalId, Next, Reconnect,
+    Source,
+};
+use splice_proto::tunnel::{
+    DATA_HEADROOM, DATA_TAILROOM, DataFraming, MAX_PAYLOAD, Message, Type, Version,
+};
+use splice_proto::ws::{Mode, close_code};
+
+use super::link::{ClientLink, LinkError, LinkEvent, WS_HEADROOM};
+use super::spec::AgentSpec;
+use super::status::{AgentShared, AgentState};
+use crate::driver::{Completion, Driver, Fd, Op};
+use crate::sys;
+
+// Op tags, offset by `TAG_AGENT_FIRST` on the shard.
+pub(crate) const TAG_LINK_CONNECT: u8 = 1;
+pub(crate) const TAG_LINK_RECV: u8 = 2;
+pub(crate) const TAG_LINK_SEND: u8 = 3;
+pub(crate) const TAG_ACCEPT: u8 = 4;
+pub(crate) const TAG_LOCAL_CONNECT: u8 = 5;
+pub(crate) const TAG_LOCAL_RECV: u8 = 6;
+pub(crate) const TAG_LOCAL_SEND: u8 = 7;
+/// Timers: the reconnect delay, the tunnel connection's handshake deadline, a local
+/// connection's connect deadline.
+pub(crate) const TIMER_RETRY: u8 = 20;
+pub(crate) const TIMER_LINK: u8 = 21;
+pub(crate) const TIMER_LOCAL_CONNECT: u8 = 22;
+
+/// Bytes waiting to go to the relay past which local reads pause.
+pub(crate) const BACKLOG_HIGH: usize = 1 << 20;
+/// Bytes read from the relay's socket at a time.
+const LINK_READ: usize = 256 * 1024;
+/// Room in front of a local read: the WebSocket header, then the DATA frame's head.
+const HEADROOM: usize = WS_HEADROOM + DATA_HEADROOM;
+/// Time for the TCP connect, TLS handshake and upgrade to the relay together.
+const LINK_DEADLINE: Duration = Duration::from_secs(10);
+
+/// SERVICE_IDS naming the agent's own services (none for the bare form), as a tunnel frame.
+fn own_service_ids(spec: &AgentSpec) -> Vec<u8> {
+    let ids: Vec<&str> = spec
+        .services
+        .iter()
+        .map(|s| s.name.as_str())
+        .filter(|n| !n.is_empty())
+        .collect();
+    let message = Message {
+        kind: Type::SERVICE_IDS,
+        available_service_ids: ids,
+        ..Message::default()
+    };
+    let mut frame = Vec::new();
+    message
+        .append_frame(&mut frame)
+        .expect("checked service names fit a frame");
+    frame
+}
+
+/// An op's token on the shard: the plane's agent tags, the agent's slot on this shard in the
+/// index's top 8 bits, the socket's index below.
+fn op_token(slot: u32, tag: u8, index: u32, generation: u32) -> u64 {
+    crate::shard::token(
+        crate::tunnel::TAG_AGENT_FIRST + tag,
+        (slot << 24) | (index & 0xff_ffff),
+        generation,
+    )
+}
+
+/// A timer's token, within the agent's own heap.
+pub(crate) fn token(tag: u8, index: u32, generation: u32) -> u64 {
+    (u64::from(generation & 0xff_ffff) << 40) | (u64::from(index) << 8) | u64::from(tag)
+}
+
+fn untoken(t: u64) -> (u8, u32, u32) {
+    (
+        (t & 0xff) as u8,
+        (t >> 8) as u32,
+        ((t >> 40) & 0xff_ffff) as u32,
+    )
+}
+
+/// What the reactor needs from the loop hosting it.
+pub(crate) struct Io<'a> {
+    pub driver: &'a mut Driver,
+    /// Timers to arm: (when, token); the host calls [`Reactor::timer`] with the token then.
+    pub timers: &'a mut Vec<(Instant, u64)>,
+    pub now: Instant,
+}
+
+/// The sans-IO agent.
+pub(crate) enum Sans {
+    Source(Source),
+    Destination(Destination),
+}
+
+impl Sans {
+    /// The agent for `spec`: checks its services against the protocol's rules.
+    pub fn new(spec: &AgentSpec) -> Result<Sans, AgentError> {
+        let names = spec.service_names();
+        let limits = Limits {
+            payload: MAX_PAYLOAD,
+            ..Limits::default()
+        };
+        Ok(match spec.mode {
+            Mode::Source => Sans::Source(Source::new(&names, spec.version, limits)?),
+            Mode::Destination => Sans::Destination(Destination::new(&names, spec.version, limits)?),
+        })
+    }
+
+    fn poll_action(&mut self) -> Option<Action> {
+        match self {
+            Sans::Source(s) => s.poll_action(),
+            Sans::Destination(d) => d.poll_action(),
+        }
+    }
+    fn handle_tunnel_bytes(&mut self, b: &[u8]) -> Result<(), AgentError> {
+        match self {
+            Sans::Source(s) => s.handle_tunnel_bytes(b),
+            Sans::Destination(d) => d.handle_tunnel_bytes(b),
+        }
+    }
+    fn handle_tunnel_lost(&mut self) {
+        match self {
+            Sans::Source(s) => s.handle_tunnel_lost(),
+            Sans::Destination(d) => d.handle_tunnel_lost(),
+        }
+    }
+    fn handle_local_closed(&mut self, id: LocalId) {
+        match self {
+            Sans::Source(s) => s.handle_local_closed(id),
+            Sans::Destination(d) => d.handle_local_closed(id),
+        }
+    }
+    fn handle_written(&mut self, id: LocalId, n: usize) {
+        match self {
+            Sans::Source(s) => s.handle_written(id, n),
+            Sans::Destination(d) => d.handle_written(id, n),
+        }
+    }
+    fn data_framing(&self, id: LocalId, n: usize) -> Option<DataFraming> {
+        match self {
+            Sans::Source(s) => s.data_framing(id, n),
+            Sans::Destination(d) => d.data_framing(id, n),
+        }
+    }
+}
+
+/// The tunnel connection.
+struct Tunnel {
+    fd: Fd,
+    generation: u32,
+    link: ClientLink,
+    upgraded: bool,
+    recv_in_flight: bool,
+    /// Ciphertext handed to a Send op (it comes back in the completion).
+    sending: Option<usize>,
+    /// Ciphertext not yet handed to an op.
+    out: Vec<u8>,
+    /// A spare buffer for the next Send.
+    spare: Vec<u8>,
+    recv_buf: Option<Vec<u8>>,
+}
+
+impl Tunnel {
+    fn backlog(&self) -> usize {
+        self.out.len() + self.sending.unwrap_or(0)
+    }
+}
+
+/// A local connection.
+struct Local {
+    fd: Fd,
+    generation: u32,
+    service: usize,
+    /// The agent's name for it; `None` once the agent forgot it (finished, or it ended).
+    id: Option<LocalId>,
+    connecting: bool,
+    recv_in_flight: bool,
+    /// Its read completed while the tunnel's backlog was high: read again when it falls.
+    parked: bool,
+    /// No more reads: the peer's end came (or the agent finished it and it is draining).
+    read_done: bool,
+    queue: VecDeque<Vec<u8>>,
+    sending: bool,
+    /// Write out the queue, then FIN, then drain reads until the peer's FIN.
+    finishing: bool,
+    /// Write out the queue, then close (its reading side already ended).
+    ending: bool,
+    rbuf: Option<Vec<u8>>,
+}
+
+/// One source or destination agent.
+pub(crate) struct Reactor {
+    spec: Arc<AgentSpec>,
+    shared: Arc<AgentShared>,
+    sans: Sans,
+    /// Source: the services' listeners (bound at start), and whether an accept is running.
+    listeners: Vec<(Fd, bool)>,
+    tunnel: Option<Tunnel>,
+    link_generation: u32,
+    reconnect: Reconnect,
+    /// A reconnect is due at this time (its timer is armed).
+    retry_at: Option<Instant>,
+    locals: Vec<Option<Local>>,
+    generations: Vec<u32>,
+    free: Vec<u32>,
+    by_id: HashMap<LocalId, u32>,
+    parked: Vec<u32>,
+    jitter: u64,
+    /// Gave up or stopped: nothing new starts.
+    done: bool,
+    /// Draining: no new local connections; stops once the open ones end.
+    draining: bool,
+    /// Its place among the agents of its shard (in its ops' tokens).
+    slot: u32,
+}
+
+impl Reactor {
+    /// An agent for `spec` running `sans`; `listeners` are the source's bound listeners, one
+    /// per service in order (none for a destination); `slot` is its place on its shard.
+    pub fn new(
+        spec: Arc<AgentSpec>,
+        shared: Arc<AgentShared>,
+        sans: Sans,
+        listeners: Vec<OwnedFd>,
+        slot: u32,
+    ) -> Reactor {
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64)
+            | 1;
+        Reactor {
+            spec,
+            shared,
+            sans,
+            listeners: listeners
+                .into_iter()
+                .map(|fd| (Rc::new(fd), false))
+                .collect(),
+            tunnel: None,
+            link_generation: 0,
+            reconnect: Reconnect::new(Backoff::default(), false),
+            retry_at: None,
+            locals: Vec::new(),
+            generations: Vec::new(),
+            free: Vec::new(),
+            by_id: HashMap::new(),
+            parked: Vec::new(),
+            jitter: seed,
+            done: false,
+            draining: false,
+            slot,
+        }
+    }
+
+    /// Starts the first tunnel connection.
+    pub fn start(&mut self, io: &mut Io<'_>) {
+        self.reconnect = Reconnect::new(Backoff::default(), self.spec.keep_trying);
+        self.connect_tunnel(io);
+    }
+
+    fn log_name(&self) -> &str {
+        &self.spec.name
+    }
+
+    fn next_jitter(&mut self) -> f64 {
+        let mut x = self.jitter;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.jitter = x;
+        (x >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    // ---- the tunnel connection ----
+
+    fn connect_tunnel(&mut self, io: &mut Io<'_>) {
+        if self.done {
+            return;
+        }
+        self.shared.set_state(AgentState::Connecting);
+        let spec = &self.spec;
+        let link = match ClientLink::new(
+            spec.tls.clone(),
+            spec.server_name.clone(),
+            &spec.host,
+            spec.mode,
+            &spec.token,
+            spec.client_token.as_ref(),
+            spec.version,
+        ) {
+            Ok(l) => l,
+            Err(e) => return self.tunnel_failed(io, End::Dropped, &e.to_string()),
+        };
+        let addr = SockAddr::from(spec.relay);
+        let fd = match sys::socket::tcp_stream(&addr) {
+            Ok(fd) => Rc::new(fd),
+            Err(e) => return self.tunnel_failed(io, End::Dropped, &format!("socket: {e}")),
+        };
+        self.link_generation = (self.link_generation + 1) & 0xff_ffff;
+        let generation = self.link_generation;
+        io.driver.submit(
+            op_token(self.slot, TAG_LINK_CONNECT, 0, generation),
+            Op::Connect {
+                fd: fd.clone(),
+                addr: Box::new(addr),
+            },
+        );
+        io.timers
+            .push((io.now + LINK_DEADLINE, token(TIMER_LINK, 0, generation)));
+        self.tunnel = Some(Tunnel {
+            fd,
+            generation,
+            link,
+            upgraded: false,
+            recv_in_flight: false,
+            sending: None,
+            out: Vec::new(),
+            spare: Vec::new(),
+            recv_buf: None,
+        });
+    }
+
+    /// Drops the tunnel connection (if any) and decides, by the reconnect policy, whether and
+    /// when to connect again.
+    fn tunnel_failed(&mut self, io: &mut Io<'_>, end: End, why: &str) {
+        let was_up = self.tunnel.as_ref().is_some_and(|t| t.upgraded);
+        if let Some(t) = self.tunnel.take() {
+            let _ = sys::socket::set_linger_zero(t.fd.as_fd());
+            io.driver.cancel(t.fd.as_raw_fd());
+        }
+        self.sans.handle_tunnel_lost();
+        self.apply_actions(io);
+        if self.done {
+            return;
+        }
+        if self.draining {
+            return self.finish(io, AgentState::Stopped);
+        }
+        let jitter = self.next_jitter();
+        match self.reconnect.handle_end(end, jitter) {
+            Next::Retry(delay) => {
+                self.shared.reconnects.fetch_add(1, Relaxed);
+                self.shared.set_state(AgentState::Connecting);
+                tracing::warn!(
+                    agent = %self.log_name(),
+                    relay = %self.spec.relay,
+                    error = %why,
+                    was_up,
+                    retry_in_ms = delay.as_millis() as u64,
+                    "tunnel connection lost; reconnecting"
+                );
+                let at = io.now + delay;
+                self.retry_at = Some(at);
+                io.timers
+                    .push((at, token(TIMER_RETRY, 0, self.link_generation)));
+            }
+            Next::Stop => {
+                let why = format!("{} gave up: {why}", self.spec.mode.as_str());
+                tracing::error!(agent = %self.log_name(), relay = %self.spec.relay, "{why}");
+                self.finish(io, AgentState::Finished(why));
+            }
+        }
+    }
+
+    /// Gives up for good: closes everything.
+    fn finish(&mut self, io: &mut Io<'_>, state: AgentState) {
+        self.done = true;
+        self.shared.set_state(state);
+        if let Some(mut t) = self.tunnel.take() {
+            // A last close frame, best effort: the socket goes now.
+            t.link.close(close_code::GOING_AWAY);
+            let mut out = Vec::new();
+            t.link.take_ciphertext(&mut out);
+            let _ = sys::send(t.fd.as_fd(), &out);
+            io.driver.cancel(t.fd.as_raw_fd());
+        }
+        for (fd, _) in self.listeners.drain(..) {
+            io.driver.cancel(fd.as_raw_fd());
+        }
+        for i in 0..self.locals.len() {
+            if self.locals[i].is_some() {
+                self.reset_local(io, i as u32);
+            }
+        }
+        self.by_id.clear();
+    }
+
+    /// The engine drains: no new local connections; the agent stops once the open ones
+    /// ended ([`Reactor::is_finished`]).
+    pub fn drain(&mut self, io: &mut Io<'_>) {
+        self.draining = true;
+        for (fd, accepting) in &mut self.listeners {
+            *accepting = false;
+            io.driver.cancel(fd.as_raw_fd());
+        }
+        self.listeners.clear();
+        if self.locals.iter().all(Option::is_none) {
+            self.stop(io);
+        }
+    }
+
+    /// Whether the agent is done (stopped, or drained with nothing left open): its host may
+    /// drop it.
+    pub fn is_finished(&mut self, io: &mut Io<'_>) -> bool {
+        if self.draining && !self.done && self.locals.iter().all(Option::is_none) {
+            self.stop(io);
+        }
+        self.done
+    }
+
+    /// The engine stops the agent.
+    pub fn stop(&mut self, io: &mut Io<'_>) {
+        if !self.done {
+            self.finish(io, AgentState::Stopped);
+        }
+    }
+
+    fn link_completed(&mut self, io: &mut Io<'_>, tag: u8, generation: u32, c: Completion) {
+        let Some(t) = self.tunnel.as_mut().filter(|t| t.generation == generation) else {
+            return;
+        };
+        match (tag, c.op) {
+            (TAG_LINK_CONNECT, _) => {
+                if let Err(e) = c.result {
+                    return self.tunnel_failed(io, End::Dropped, &format!("connect: {e}"));
+                }
+                self.flush_tunnel(io);
+                self.read_tunnel(io);
+            }
+            (TAG_LINK_RECV, Op::Recv { mut buf, .. }) => {
+                t.recv_in_flight = false;
+                let n = match c.result {
+                    Ok(0) => {
+                        return self.tunnel_failed(
+                            io,
+                            End::Dropped,
+                            "the relay closed the connection",
+                        );
+                    }
+                    Ok(n) => n,
+                    Err(e) => return self.tunnel_failed(io, End::Dropped, &format!("read: {e}")),
+                };
+                let r = t.link.handle_ciphertext(&buf[..n]);
+                buf.clear();
+                t.recv_buf = Some(buf);
+                if let Err(e) = r {
+                    return self.link_error(io, e);
+                }
+                self.tunnel_events(io);
+            }
+            (TAG_LINK_SEND, Op::Send { mut buf, len, .. }) => {
+                let n = match c.result {
+                    Ok(n) => n,
+                    Err(e) => return self.tunnel_failed(io, End::Dropped, &format!("write: {e}")),
+                };
+                if n < len {
+                    buf.drain(..n);
+                    let len = buf.len();
+                    t.sending = Some(len);
+                    io.driver.submit(
+                        op_token(self.slot, TAG_LINK_SEND, 0, generation),
+                        Op::Send {
+                            fd: t.fd.clone(),
+                            buf,
+                            len,
+                        },
+                    );
+                    return;
+                }
+                t.sending = None;
+                buf.clear();
+                t.spare = buf;
+                self.flush_tunnel(io);
+                self.unpark(io);
+            }
+            _ => {}
+        }
+    }
+
+    fn link_error(&mut self, io: &mut Io<'_>, e: LinkError) {
+        let end = match e.status() {
+            Some(status) => End::Status(status),
+            None => End::Dropped,
+        };
+        self.tunnel_failed(io, end, &e.to_string());
+    }
+
+    /// Reads the relay's socket unless paused or a read is running.
+    fn read_tunnel(&mut self, io: &mut Io<'_>) {
+        let Some(t) = self.tunnel.as_mut() else {
+            return;
+        };
+        if t.recv_in_flight || t.link.is_paused() || t.link.is_closed() {
+            return;
+        }
+        let mut buf = t.recv_buf.take().unwrap_or_default();
+        buf.clear();
+        buf.reserve(LINK_READ);
+        t.recv_in_flight = true;
+        io.driver.submit(
+            op_token(self.slot, TAG_LINK_RECV, 0, t.generation),
+            Op::Recv {
+                fd: t.fd.clone(),
+                buf,
+                len: LINK_READ,
+            },
+        );
+    }
+
+    /// Hands the link's events to the agent until the link has none (or is paused).
+    fn tunnel_events(&mut self, io: &mut Io<'_>) {
+        loop {
+            let Some(t) = self.tunnel.as_mut() else {
+                return;
+            };
+            let event = match t.link.poll_event() {
+                Ok(Some(e)) => e,
+                Ok(None) => break,
+                Err(e) => return self.link_error(io, e),
+            };
+            let r = match event {
+                LinkEvent::Upgraded(version) => {
+                    t.upgraded = true;
+                    self.reconnect.handle_connected();
+                    self.retry_at = None;
+                    self.shared.tunnel_connects.fetch_add(1, Relaxed);
+                    self.shared.set_state(AgentState::Connected);
+                    tracing::info!(
+                        agent = %self.spec.name,
+                        relay = %self.spec.relay,
+                        protocol = %version.subprotocol(),
+                        "tunnel connection up"
+                    );
+                    if version == Version::V1 {
+                        // The V1 format has no SERVICE_IDS (the relay sends none to a V1
+                        // peer): the agent's own service list stands for it.
+                        self.sans.handle_tunnel_bytes(&own_service_ids(&self.spec))
+                    } else {
+                        Ok(())
+                    }
+                }
+                LinkEvent::Message(range) => {
+                    let bytes = t.link.message(range);
+                    self.sans.handle_tunnel_bytes(bytes)
+                }
+                LinkEvent::Reassembled(v) => self.sans.handle_tunnel_bytes(&v),
+                LinkEvent::Closed(code, reason) => {
+                    self.flush_tunnel(io);
+                    let why = format!(
+                        "the relay closed the tunnel (code {}{}{})",
+                        code.map_or("none".to_string(), |c| c.to_string()),
+                        if reason.is_empty() { "" } else { ": " },
+                        reason
+                    );
+                    return self.tunnel_failed(io, End::Closed, &why);
+                }
+            };
+            if let Err(e) = r {
+                let why = format!("bad input from the relay: {e}");
+                if matches!(
+                    e,
+                    AgentError::ServiceNotInTunnel(_) | AgentError::TooManyServices(_)
+                ) {
+                    // The configuration does not fit the tunnel: retrying cannot help.
+                    tracing::error!(agent = %self.spec.name, "{why}");
+                    self.sans.handle_tunnel_lost();
+                    self.apply_actions(io);
+                    return self.finish(io, AgentState::Finished(why));
+                }
+                return self.tunnel_failed(io, End::Dropped, &why);
+            }
+            self.apply_actions(io);
+        }
+        self.flush_tunnel(io);
+        self.read_tunnel(io);
+    }
+
+    /// Moves the link's ciphertext to the socket.
+    fn flush_tunnel(&mut self, io: &mut Io<'_>) {
+        let Some(t) = self.tunnel.as_mut() else {
+            return;
+        };
+        t.link.take_ciphertext(&mut t.out);
+        if t.sending.is_some() || t.out.is_empty() {
+            return;
+        }
+        let mut buf = std::mem::take(&mut t.spare);
+        std::mem::swap(&mut buf, &mut t.out);
+        let len = buf.len();
+        t.sending = Some(len);
+        io.driver.submit(
+            op_token(self.slot, TAG_LINK_SEND, 0, t.generation),
+            Op::Send {
+                fd: t.fd.clone(),
+                buf,
+                len,
+            },
+        );
+    }
+
+    fn backlog_high(&self) -> bool {
+        self.tunnel
+            .as_ref()
+            .is_some_and(|t| t.backlog() > BACKLOG_HIGH)
+    }
+
+    fn unpark(&mut self, io: &mut Io<'_>) {
+        if self.parked.is_empty()
+            || self
+                .tunnel
+                .as_ref()
+                .is_some_and(|t| t.backlog() > BACKLOG_HIGH / 2)
+        {
+            return;
+        }
+        for index in std::mem::take(&mut self.parked) {
+            if let Some(l) = self.locals.get_mut(index as usize).and_then(Option::as_mut)
+                && l.parked
+            {
+                l.parked = false;
+                self.read_local(io, index);
+            }
+        }
+    }
+
+    // ---- the agent's actions ----
+
+    fn apply_actions(&mut self, io: &mut Io<'_>) {
+        while let Some(action) = self.sans.poll_action() {
+            match action {
+                Action::Send(frame) => {
+                    if let Some(t) = self.tunnel.as_mut() {
+                        t.link.send_frame_vec(&frame);
+                    }
+                }
+                Action::Listen { service } => self.listen(io, &service),
+                Action::Connect { local, service } => self.dial(io, local, &service),
+                Action::Write { local, data } => {
+                    if let Some(&index) = self.by_id.get(&local) {
+                        if let Some(l) = self.locals[index as usize].as_mut() {
+                            l.queue.push_back(data);
+                        }
+                        self.write_local(io, index);
+                    }
+                }
+                Action::Close { local } => {
+                    if let Some(index) = self.by_id.remove(&local) {
+                        self.reset_local(io, index);
+                    }
+                }
+                Action::Finish { local } => {
+                    if let Some(index) = self.by_id.remove(&local)
+                        && let Some(l) = self.locals[index as usize].as_mut()
+                    {
+                        l.id = None;
+                        l.finishing = true;
+                        self.write_local(io, index);
+                    }
+                }
+                Action::PauseTunnelReads => {
+                    if let Some(t) = self.tunnel.as_mut() {
+                        t.link.set_paused(true);
+                    }
+                }
+                Action::ResumeTunnelReads => {
+                    if let Some(t) = self.tunnel.as_mut()
+                        && t.link.is_paused()
+                    {
+                        t.link.set_paused(false);
+                        // Deferred: the events waiting are handed out from the loop, not from
+                        // inside this one (which may be inside `tunnel_events`).
+                        io.timers.push((io.now, token(TIMER_LINK, 1, t.generation)));
+                    }
+                }
+            }
+        }
+        self.flush_tunnel(io);
+    }
+
+    fn listen(&mut self, io: &mut Io<'_>, service: &str) {
+        let Some(i) = self.spec.services.iter().position(|s| s.name == service) else {
+            return;
+        };
+        if let Some((fd, accepting)) = self.listeners.get_mut(i)
+            && !*accepting
+        {
+            *accepting = true;
+            io.driver.submit(
+                op_token(self.slot, TAG_ACCEPT, i as u32, 0),
+                Op::Accept { fd: fd.clone() },
+            );
+        }
+    }
+
+    fn accepted(&mut self, io: &mut Io<'_>, i: u32, c: Completion) {
+        let Some((fd, _)) = self.listeners.get(i as usize) else {
+            return;
+        };
+        let fd = fd.clone();
+        match (c.result, c.accepted) {
+            (Err(e), _) if e.raw_os_error() == Some(libc::ECANCELED) => return,
+            (Err(e), _) => {
+                tracing::warn!(agent = %self.spec.name, error = %e, "accept failed");
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+                ) {
+                    // Out of fds: try again after a pause rather than spin.
+                    io.timers.push((
+                        io.now + Duration::from_millis(100),
+                        token(TIMER_RETRY, 1, i),
+                    ));
+                    return;
+                }
+            }
+            (Ok(_), Some(sock)) => self.start_local(io, i as usize, sock),
+            (Ok(_), None) => {}
+        }
+        io.driver
+            .submit(op_token(self.slot, TAG_ACCEPT, i, 0), Op::Accept { fd });
+    }
+
+    fn start_local(&mut self, io: &mut Io<'_>, service: usize, sock: OwnedFd) {
+        let name = self.spec.services[service].name.clone();
+        let stats = self.shared.service(service);
+        let id = match &mut self.sans {
+            Sans::Source(s) => s.handle_accept(&name),
+            Sans::Destination(_) => return,
+        };
+        let id = match id {
+            Ok(id) => id,
+            Err(e) => {
+                stats.failed.fetch_add(1, Relaxed);
+                let _ = sys::socket::set_linger_zero(sock.as_fd());
+                tracing::warn!(agent = %self.spec.name, service = %name, error = %e, "local connection refused");
+                self.apply_actions(io);
+                return;
+            }
+        };
+        stats.connections.fetch_add(1, Relaxed);
+        stats.active.fetch_add(1, Relaxed);
+        let _ = sys::socket::set_nodelay(sock.as_fd());
+        let index = self.insert_local(Rc::new(sock), service, id, false);
+        self.apply_actions(io);
+        self.read_local(io, index);
+    }
+
+    fn insert_local(&mut self, fd: Fd, service: usize, id: LocalId, connecting: bool) -> u32 {
+        // (Socket indexes have 24 bits in a token: 16 million connections per agent.)
+        let index = match self.free.pop() {
+            Some(i) => i,
+            None => {
+                self.locals.push(None);
+                self.generations.push(0);
+                (self.locals.len() - 1) as u32
+            }
+        };
+        let g = &mut self.generations[index as usize];
+        *g = g.wrapping_add(1) & 0xff_ffff;
+        self.locals[index as usize] = Some(Local {
+            fd,
+            generation: *g,
+            service,
+            id: Some(id),
+            connecting,
+            recv_in_flight: false,
+            parked: false,
+            read_done: false,
+            queue: VecDeque::new(),
+            sending: false,
+            finishing: false,
+            ending: false,
+            rbuf: None,
+        });
+        self.by_id.insert(id, index);
+        index
+    }
+
+    fn dial(&mut self, io: &mut Io<'_>, local: LocalId, service: &str) {
+        let Some(i) = self.spec.services.iter().position(|s| s.name == service) else {
+            return;
+        };
+        let addr = SockAddr::from(self.spec.services[i].addr);
+        let stats = self.shared.service(i);
+        stats.connections.fetch_add(1, Relaxed);
+        let fd = match sys::socket::tcp_stream(&addr) {
+            Ok(fd) => Rc::new(fd),
+            Err(e) => {
+                stats.failed.fetch_add(1, Relaxed);
+                tracing::warn!(agent = %self.spec.name, service, error = %e, "cannot open a socket for the service");
+                if let Sans::Destination(d) = &mut self.sans {
+                    d.handle_connect_failed(local);
+                }
+                return;
+            }
+        };
+        stats.active.fetch_add(1, Relaxed);
+        let index = self.insert_local(fd.clone(), i, local, true);
+        let generation = self.generations[index as usize];
+        io.driver.submit(
+            op_token(self.slot, TAG_LOCAL_CONNECT, index, generation),
+            Op::Connect {
+                fd,
+                addr: Box::new(addr),
+            },
+        );
+        io.timers.push((
+            io.now + self.spec.connect_timeout,
+            token(TIMER_LOCAL_CONNECT, index, generation),
+        ));
+    }
+
+    fn connect_failed(&mut self, io: &mut Io<'_>, index: u32, why: &str) {
+        let Some(l) = self.locals[index as usize].as_ref() else {
+            return;
+        };
+        let service = l.service;
+        self.shared.service(service).failed.fetch_add(1, Relaxed);
+        tracing::warn!(
+            agent = %self.spec.name,
+            service = %self.spec.services[service].name,
+            target = %self.spec.services[service].addr,
+            error = %why,
+            "cannot reach the service; its stream is reset"
+        );
+        let id = l.id;
+        self.remove_local(io, index, true);
+        if let (Some(id), Sans::Destination(d)) = (id, &mut self.sans) {
+            self.by_id.remove(&id);
+            d.handle_connect_failed(id);
+        }
+        self.apply_actions(io);
+    }
+
+    fn local_completed(
+        &mut self,
+        io: &mut Io<'_>,
+        tag: u8,
+        index: u32,
+        generation: u32,
+        c: Completion,
+    ) {
+        let Some(l) = self
+            .locals
+            .get_mut(index as usize)
+            .and_then(Option::as_mut)
+            .filter(|l| l.generation == generation)
+        else {
+            return;
+        };
+        match (tag, c.op) {
+            (TAG_LOCAL_CONNECT, _) => {
+                if !l.connecting {
+                    return;
+                }
+                l.connecting = false;
+                if let Err(e) = c.result {
+                    return self.connect_failed(io, index, &e.to_string());
+                }
+                if let (Some(id), Sans::Destination(d)) = (l.id, &mut self.sans) {
+                    d.handle_connected(id);
+                }
+                self.apply_actions(io);
+                self.read_local(io, index);
+                self.write_local(io, index);
+            }
+            (TAG_LOCAL_RECV, Op::Recv { mut buf, .. }) => {
+                l.recv_in_flight = false;
+                let n = match c.result {
+                    Ok(n) => n,
+                    Err(e) => {
+                        tracing::debug!(agent = %self.spec.name, error = %e, "local connection failed");
+                        if let Some(id) = l.id.take() {
+                            self.by_id.remove(&id);
+                            self.sans.handle_local_closed(id);
+                        }
+                        self.remove_local(io, index, true);
+                        self.apply_actions(io);
+                        return;
+                    }
+                };
+                if n == 0 {
+                    l.read_done = true;
+                    if l.finishing {
+                        // Drained to the peer's FIN after ours: done.
+                        return self.remove_local(io, index, false);
+                    }
+                    // The peer ended it: the tunnel's side is told; what is queued goes out.
+                    l.ending = true;
+                    if let Some(id) = l.id.take() {
+                        self.by_id.remove(&id);
+                        self.sans.handle_local_closed(id);
+                    }
+                    self.apply_actions(io);
+                    self.write_local(io, index);
+                    return;
+                }
+                let service = l.service;
+                let id = l.id;
+                if let Some(id) = id {
+                    self.shared
+                        .service(service)
+                        .to_tunnel
+                        .fetch_add(n as u64, Relaxed);
+                    self.send_data(id, &mut buf, n);
+                }
+                if let Some(l) = self.locals[index as usize].as_mut() {
+                    l.rbuf = Some(buf);
+                }
+                self.flush_tunnel(io);
+                if self.backlog_high() {
+                    if let Some(l) = self.locals[index as usize].as_mut() {
+                        l.parked = true;
+                        self.parked.push(index);
+                    }
+                } else {
+                    self.read_local(io, index);
+                }
+            }
+            (TAG_LOCAL_SEND, Op::Send { mut buf, len, .. }) => {
+                l.sending = false;
+                let n = match c.result {
+                    Ok(n) => n,
+                    Err(e) => {
+                        tracing::debug!(agent = %self.spec.name, error = %e, "local connection write failed");
+                        if let Some(id) = l.id.take() {
+                            self.by_id.remove(&id);
+                            self.sans.handle_local_closed(id);
+                        }
+                        self.remove_local(io, index, true);
+                        self.apply_actions(io);
+                        return;
+                    }
+                };
+                self.shared
+                    .service(l.service)
+                    .from_tunnel
+                    .fetch_add(n as u64, Relaxed);
+                if n < len {
+                    buf.drain(..n);
+                    l.queue.push_front(buf);
+                }
+                if let Some(id) = l.id {
+                    self.sans.handle_written(id, n);
+                    self.apply_actions(io);
+                }
+                self.write_local(io, index);
+            }
+            _ => {}
+        }
+    }
+
+    /// Frames `n` bytes read into `buf` (after [`HEADROOM`]) as DATA in place and sends them.
+    fn send_data(&mut self, id: LocalId, buf: &mut Vec<u8>, n: usize) {
+        let Some(t) = self.tunnel.as_mut() else {
+            return;
+        };
+        let Some(framing) = self.sans.data_framing(id, n) else {
+            return;
+        };
+        buf.resize(HEADROOM + n + DATA_TAILROOM, 0);
+        let frame = framing
+            .frame_in_place(&mut buf[WS_HEADROOM..], DATA_HEADROOM)
+            .expect("the buffer has the head- and tailroom");
+        let frame = frame.start + WS_HEADROOM..frame.end + WS_HEADROOM;
+        t.link.send_frame(buf, frame);
+    }
+
+    fn read_local(&mut self, io: &mut Io<'_>, index: u32) {
+        let Some(l) = self.locals[index as usize].as_mut() else {
+            return;
+        };
+        if l.recv_in_flight || l.read_done || l.connecting || l.parked {
+            return;
+        }
+        let mut buf = l
+            .rbuf
+            .take()
+            .unwrap_or_else(|| Vec::with_capacity(HEADROOM + MAX_PAYLOAD + DATA_TAILROOM));
+        buf.clear();
+        buf.resize(HEADROOM, 0);
+        l.recv_in_flight = true;
+        io.driver.submit(
+            op_token(self.slot, TAG_LOCAL_RECV, index, l.generation),
+            Op::Recv {
+                fd: l.fd.clone(),
+                buf,
+                len: MAX_PAYLOAD,
+            },
+        );
+    }
+
+    fn write_local(&mut self, io: &mut Io<'_>, index: u32) {
+        let Some(l) = self.locals[index as usize].as_mut() else {
+            return;
+        };
+        if l.sending || l.connecting {
+            return;
+        }
+        if let Some(buf) = l.queue.pop_front() {
+            let len = buf.len();
+            l.sending = true;
+            io.driver.submit(
+                op_token(self.slot, TAG_LOCAL_SEND, index, l.generation),
+                Op::Send {
+                    fd: l.fd.clone(),
+                    buf,
+                    len,
+                },
+            );
+            return;
+        }
+        if l.ending {
+            self.remove_local(io, index, false);
+        } else if l.finishing && !l.read_done {
+            // Everything is written: FIN, then read (and drop) until the peer's FIN, so that
+            // closing never resets bytes the peer has not read yet.
+            let _ = sys::socket::shutdown_write(l.fd.as_fd());
+            l.parked = false;
+            self.read_local(io, index);
+        } else if l.finishing {
+            self.remove_local(io, index, false);
+        }
+    }
+
+    /// Resets a local connection (RST) and forgets it.
+    fn reset_local(&mut self, io: &mut Io<'_>, index: u32) {
+        self.remove_local(io, index, true);
+    }
+
+    fn remove_local(&mut self, io: &mut Io<'_>, index: u32, reset: bool) {
+        let Some(l) = self.locals[index as usize].take() else {
+            return;
+        };
+        if reset {
+            let _ = sys::socket::set_linger_zero(l.fd.as_fd());
+        }
+        if let Some(id) = l.id {
+            self.by_id.remove(&id);
+        }
+        io.driver.cancel(l.fd.as_raw_fd());
+        self.shared.service(l.service).active.fetch_sub(1, Relaxed);
+        self.free.push(index);
+    }
+
+    // ---- entry points for the host loop ----
+
+    /// A completion of one of this agent's ops: its tag (less `TAG_AGENT_FIRST`), socket
+    /// index and generation.
+    pub fn complete(
+        &mut self,
+        io: &mut Io<'_>,
+        tag: u8,
+        index: u32,
+        generation: u32,
+        c: Completion,
+    ) {
+        match tag {
+            TAG_LINK_CONNECT | TAG_LINK_RECV | TAG_LINK_SEND => {
+                self.link_completed(io, tag, generation, c)
+            }
+            TAG_ACCEPT => self.accepted(io, index, c),
+            TAG_LOCAL_CONNECT | TAG_LOCAL_RECV | TAG_LOCAL_SEND => {
+                self.local_completed(io, tag, index, generation, c)
+            }
+            _ => {}
+        }
+    }
+
+    /// A timer armed through [`Io::timers`] is due.
+    pub fn timer(&mut self, io: &mut Io<'_>, tok: u64) {
+        let (tag, index, generation) = untoken(tok);
+        let link_is = |r: &Reactor| {
+            r.tunnel
+                .as_ref()
+                .filter(|t| t.generation == generation)
+                .map(|t| t.upgraded)
+        };
+        let retry_due =
+            generation == self.link_generation && self.retry_at.is_some_and(|at| at <= io.now);
+        let connecting = self
+            .locals
+            .get(index as usize)
+            .and_then(Option::as_ref)
+            .is_some_and(|l| l.generation == generation && l.connecting);
+        match (tag, index) {
+            (TIMER_RETRY, 0) if retry_due => {
+                self.retry_at = None;
+                self.connect_tunnel(io);
+            }
+            (TIMER_RETRY, 1) => {
+                // An accept paused for lack of fds.
+                let i = generation;
+                if let Some((fd, true)) = self.listeners.get(i as usize) {
+                    let fd = fd.clone();
+                    io.driver
+                        .submit(op_token(self.slot, TAG_ACCEPT, i, 0), Op::Accept { fd });
+                }
+            }
+            (TIMER_LINK, 0) if link_is(self) == Some(false) => {
+                let why = format!("no upgrade within {} s", LINK_DEADLINE.as_secs());
+                self.tunnel_failed(io, End::Dropped, &why);
+            }
+            (TIMER_LINK, 1) if link_is(self).is_some() => self.tunnel_events(io),
+            (TIMER_LOCAL_CONNECT, _) if connecting => {
+                let t = self.spec.connect_timeout;
+                self.connect_failed(io, index, &format!("no connection within {t:?}"));
+            }
+            _ => {}
+        }
+    }
+}

@@ -1,0 +1,400 @@
+//! An agent's configuration, checked and loaded once at start: the relay's address and TLS
+//! settings, the access token (from `token`, `token_file` or [`TOKEN_ENV`]), the client token,
+//! and the services with their addresses. Everything that reads a file or resolves a name
+//! happens here, before a shard sees the agent.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::pki_types::ServerName;
+use splice_proto::tunnel::Version;
+use splice_proto::ws::{AccessToken, ClientToken, Mode};
+
+use crate::config::{
+    DestinationConfig, SecretText, SourceConfig, TOKEN_ENV, TunnelProtocol, split_host_port,
+    split_service,
+};
+use crate::error::{Error, Result};
+use crate::tls::material::{ClientTlsOptions, client_config};
+
+/// One service of an agent: its name (empty for the bare V1 form) and its address (where a
+/// source listens, where a destination connects).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ServiceSpec {
+    pub name: String,
+    pub addr: SocketAddr,
+}
+
+/// A source's or destination's settings, checked.
+#[derive(Debug)]
+pub(crate) struct AgentSpec {
+    /// For logs and metrics.
+    pub name: String,
+    /// `source` or `destination` (the `local-proxy-mode`).
+    pub mode: Mode,
+    /// The relay's address, resolved.
+    pub relay: SocketAddr,
+    /// The relay's host as given: the `Host` header.
+    pub host: String,
+    /// The name verified in the relay's certificate and sent as SNI.
+    pub server_name: ServerName<'static>,
+    pub tls: Arc<rustls::ClientConfig>,
+    pub token: AccessToken,
+    pub client_token: Option<ClientToken>,
+    pub services: Vec<ServiceSpec>,
+    /// The newest format to speak; it offers the subprotocols from it down to V1.
+    pub version: Version,
+    pub keep_trying: bool,
+    /// Destination: time allowed to connect to a service.
+    pub connect_timeout: Duration,
+}
+
+impl AgentSpec {
+    /// The service names, as the sans-IO agents take them.
+    pub fn service_names(&self) -> Vec<&str> {
+        self.services.iter().map(|s| s.name.as_str()).collect()
+    }
+}
+
+/// The fields both agent tables share.
+struct Common<'a> {
+    what: String,
+    name: &'a str,
+    relay: &'a str,
+    ca: Option<&'a Path>,
+    sni: Option<&'a str>,
+    token: Option<&'a SecretText>,
+    token_file: Option<&'a Path>,
+    client_token: Option<&'a SecretText>,
+    protocol: TunnelProtocol,
+    keep_trying: bool,
+}
+
+/// Checks and loads a `[[source]]`. `env_token` is the value of [`TOKEN_ENV`], if set.
+pub(crate) fn source_spec(cfg: &SourceConfig, env_token: Option<String>) -> Result<AgentSpec> {
+    let common = Common {
+        what: format!("source {:?}", display_name(&cfg.name, "source", &cfg.relay)),
+        name: &cfg.name,
+        relay: &cfg.relay,
+        ca: cfg.ca.as_deref(),
+        sni: cfg.sni.as_deref(),
+        token: cfg.token.as_ref(),
+        token_file: cfg.token_file.as_deref(),
+        client_token: cfg.client_token.as_ref(),
+        protocol: cfg.protocol,
+        keep_trying: cfg.keep_trying,
+    };
+    let services = services(&common.what, "listen", &cfg.listen, |addr| {
+        addr.parse::<SocketAddr>().map_err(|e| e.to_string())
+    })?;
+    build(common, Mode::Source, services, Duration::ZERO, env_token)
+}
+
+/// Checks and loads a `[[destination]]`. `env_token` is the value of [`TOKEN_ENV`], if set.
+pub(crate) fn destination_spec(
+    cfg: &DestinationConfig,
+    env_token: Option<String>,
+) -> Result<AgentSpec> {
+    let common = Common {
+        what: format!(
+            "destination {:?}",
+            display_name(&cfg.name, "destination", &cfg.relay)
+        ),
+        name: &cfg.name,
+        relay: &cfg.relay,
+        ca: cfg.ca.as_deref(),
+        sni: cfg.sni.as_deref(),
+        token: cfg.token.as_ref(),
+        token_file: cfg.token_file.as_deref(),
+        client_token: cfg.client_token.as_ref(),
+        protocol: cfg.protocol,
+        keep_trying: cfg.keep_trying,
+    };
+    let services = services(&common.what, "connect", &cfg.connect, resolve)?;
+    if cfg.connect_timeout.is_zero() {
+        return Err(Error::config(
+            &common.what,
+            "`connect_timeout` must be more than 0",
+        ));
+    }
+    build(
+        common,
+        Mode::Destination,
+        services,
+        cfg.connect_timeout,
+        env_token,
+    )
+}
+
+/// The name an agent goes by: its own, or `<kind>-<relay>`.
+pub(crate) fn display_name(name: &str, kind: &str, relay: &str) -> String {
+    if name.is_empty() {
+        format!("{kind}-{relay}")
+    } else {
+        name.to_string()
+    }
+}
+
+fn resolve(addr: &str) -> std::result::Result<SocketAddr, String> {
+    split_host_port(addr).map_err(|e| e.to_string())?;
+    addr.to_socket_addrs()
+        .map_err(|e| e.to_string())?
+        .next()
+        .ok_or_else(|| "resolves to no address".to_string())
+}
+
+fn services(
+    what: &str,
+    key: &str,
+    list: &[String],
+    parse: impl Fn(&str) -> std::result::Result<SocketAddr, String>,
+) -> Result<Vec<ServiceSpec>> {
+    if list.is_empty() {
+        return Err(Error::config(
+            what,
+            format!("`{key}` needs at least one NAME=ADDR (or one bare ADDR)"),
+        ));
+    }
+    let mut out: Vec<ServiceSpec> = Vec::new();
+    for item in list {
+        let (name, addr) = split_service(item);
+        if name.is_empty() && list.len() > 1 {
+            return Err(Error::config(
+                what,
+                format!(
+                    "`{key}` {item:?}: a bare address is the one service of a V1 tunnel; \
+                     with several services, name each (NAME=ADDR)"
+                ),
+            ));
+        }
+        if !name.is_empty() {
+            splice_proto::tunnel::check_service_id(name).map_err(|e| {
+                Error::config(what, format!("`{key}` {item:?}: bad service name: {e}"))
+            })?;
+        }
+        if out.iter().any(|s| s.name == name) {
+            return Err(Error::config(
+                what,
+                format!("`{key}`: service {name:?} given twice"),
+            ));
+        }
+        let addr =
+            parse(addr).map_err(|why| Error::config(what, format!("`{key}` {item:?}: {why}")))?;
+        out.push(ServiceSpec {
+            name: name.to_string(),
+            addr,
+        });
+    }
+    Ok(out)
+}
+
+fn build(
+    c: Common<'_>,
+    mode: Mode,
+    services: Vec<ServiceSpec>,
+    connect_timeout: Duration,
+    env_token: Option<String>,
+) -> Result<AgentSpec> {
+    let what = &c.what;
+    let (host, port) = split_host_port(c.relay)
+        .map_err(|e| Error::config(what, format!("`relay` {:?}: {e}", c.relay)))?;
+    let relay = (host.as_str(), port)
+        .to_socket_addrs()
+        .map_err(|e| Error::config(what, format!("`relay` {:?}: {e}", c.relay)))?
+        .next()
+        .ok_or_else(|| Error::config(what, format!("`relay` {:?} resolves to nothing", c.relay)))?;
+    let sni = c.sni.map_or(host.clone(), str::to_string);
+    let server_name = ServerName::try_from(sni.clone())
+        .map_err(|e| Error::config(what, format!("`sni` {sni:?}: {e}")))?;
+    let tls = client_config(&ClientTlsOptions {
+        ca: c.ca.map(Path::to_path_buf),
+        server_name: Some(sni),
+        ..ClientTlsOptions::default()
+    })?
+    .config;
+    let token = access_token(what, c.token, c.token_file, env_token)?;
+    let client_token = c
+        .client_token
+        .map(|t| {
+            ClientToken::new(t.0.clone())
+                .map_err(|e| Error::config(what, format!("`client_token`: {e}")))
+        })
+        .transpose()?;
+    let version = match c.protocol {
+        TunnelProtocol::V1 => Version::V1,
+        TunnelProtocol::V2 => Version::V2,
+        TunnelProtocol::V3 => Version::V3,
+    };
+    if version == Version::V1 && services.len() > 1 {
+        return Err(Error::config(
+            what,
+            "protocol v1 carries one service: give one, or speak v2 or v3",
+        ));
+    }
+    Ok(AgentSpec {
+        name: display_name(c.name, mode.as_str(), c.relay),
+        mode,
+        relay,
+        host,
+        server_name,
+        tls,
+        token,
+        client_token,
+        services,
+        version,
+        keep_trying: c.keep_trying,
+        connect_timeout,
+    })
+}
+
+/// The access token: `token`, else the file, else the environment; one of them, never logged.
+fn access_token(
+    what: &str,
+    token: Option<&SecretText>,
+    file: Option<&Path>,
+    env: Option<String>,
+) -> Result<AccessToken> {
+    let text = match (token, file) {
+        (Some(_), Some(_)) => {
+            return Err(Error::config(
+                what,
+                "`token` and `token_file` exclude each other: give one",
+            ));
+        }
+        (Some(t), None) => t.0.trim().to_string(),
+        (None, Some(path)) => {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                Error::config(what, format!("`token_file` {}: {e}", path.display()))
+            })?;
+            let text = text.trim().to_string();
+            if text.is_empty() {
+                return Err(Error::config(
+                    what,
+                    format!("`token_file` {}: the file is empty", path.display()),
+                ));
+            }
+            text
+        }
+        (None, None) => match env {
+            Some(t) if !t.trim().is_empty() => t.trim().to_string(),
+            _ => {
+                return Err(Error::config(
+                    what,
+                    format!("no access token: set `token_file`, `token` or {TOKEN_ENV}"),
+                ));
+            }
+        },
+    };
+    AccessToken::new(text).map_err(|e| Error::config(what, format!("access token: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn source(listen: &[&str]) -> SourceConfig {
+        SourceConfig {
+            name: String::new(),
+            relay: "127.0.0.1:4443".into(),
+            ca: None,
+            sni: Some("localhost".into()),
+            token: Some(SecretText("tok".into())),
+            token_file: None,
+            client_token: None,
+            listen: listen.iter().map(|s| s.to_string()).collect(),
+            protocol: TunnelProtocol::V3,
+            keep_trying: false,
+        }
+    }
+
+    fn err(cfg: &SourceConfig, env: Option<&str>) -> String {
+        source_spec(cfg, env.map(str::to_string))
+            .expect_err("refused")
+            .to_string()
+    }
+
+    #[test]
+    fn services_named_or_one_bare() {
+        let spec = source_spec(&source(&["ssh=127.0.0.1:0", "web=127.0.0.1:0"]), None).unwrap();
+        assert_eq!(spec.service_names(), ["ssh", "web"]);
+        assert_eq!(spec.name, "source-127.0.0.1:4443");
+        assert_eq!(spec.host, "127.0.0.1");
+        let bare = source_spec(&source(&["127.0.0.1:0"]), None).unwrap();
+        assert_eq!(bare.service_names(), [""]);
+        assert!(err(&source(&["127.0.0.1:0", "web=127.0.0.1:0"]), None).contains("name each"));
+        assert!(err(&source(&["a=127.0.0.1:0", "a=127.0.0.1:1"]), None).contains("twice"));
+        assert!(err(&source(&["a b=127.0.0.1:0"]), None).contains("bad service name"));
+        assert!(err(&source(&["a=nowhere"]), None).contains("\"a=nowhere\""));
+        assert!(err(&source(&[]), None).contains("at least one"));
+        let mut v1 = source(&["a=127.0.0.1:0", "b=127.0.0.1:0"]);
+        v1.protocol = TunnelProtocol::V1;
+        assert!(err(&v1, None).contains("v1 carries one service"));
+    }
+
+    #[test]
+    fn token_from_flag_file_or_env_and_never_shown() {
+        let dir = std::env::temp_dir().join(format!("splice-agent-spec-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut cfg = source(&["127.0.0.1:0"]);
+        cfg.token = None;
+        assert!(err(&cfg, None).contains("AWSIOT_TUNNEL_ACCESS_TOKEN"));
+        let spec = source_spec(&cfg, Some("from-env\n".into())).unwrap();
+        assert_eq!(spec.token.secret(), "from-env");
+        assert!(!format!("{spec:?}").contains("from-env"));
+
+        let file = dir.join("token");
+        std::fs::write(&file, "from-file\n").unwrap();
+        cfg.token_file = Some(file.clone());
+        let spec = source_spec(&cfg, Some("from-env".into())).unwrap();
+        assert_eq!(spec.token.secret(), "from-file");
+        std::fs::write(&file, "\n").unwrap();
+        let e = err(&cfg, None);
+        assert!(
+            e.contains(&file.display().to_string()) && e.contains("empty"),
+            "{e}"
+        );
+        cfg.token_file = Some(dir.join("missing"));
+        assert!(err(&cfg, None).contains("missing"));
+        cfg.token = Some(SecretText("x".into()));
+        assert!(err(&cfg, None).contains("exclude each other"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn client_token_is_checked_and_redacted() {
+        let mut cfg = source(&["127.0.0.1:0"]);
+        cfg.client_token = Some(SecretText("short".into()));
+        let e = err(&cfg, None);
+        assert!(e.contains("client token") && !e.contains("short"), "{e}");
+        let good = "a".repeat(32) + "-B9";
+        cfg.client_token = Some(SecretText(good.clone()));
+        let spec = source_spec(&cfg, None).unwrap();
+        assert_eq!(spec.client_token.as_ref().unwrap().secret(), good);
+        assert!(!format!("{spec:?}").contains(&good));
+    }
+
+    #[test]
+    fn destination_resolves_targets() {
+        let cfg = DestinationConfig {
+            name: "dev".into(),
+            relay: "localhost:4443".into(),
+            ca: None,
+            sni: None,
+            token: Some(SecretText("tok".into())),
+            token_file: None,
+            client_token: None,
+            connect: vec!["ssh=localhost:22".into()],
+            protocol: TunnelProtocol::V2,
+            keep_trying: true,
+            connect_timeout: Duration::from_secs(1),
+        };
+        let spec = destination_spec(&cfg, None).unwrap();
+        assert_eq!(spec.name, "dev");
+        assert_eq!(spec.services[0].addr.port(), 22);
+        assert!(spec.services[0].addr.ip().is_loopback());
+        assert_eq!(spec.version, Version::V2);
+        assert_eq!(spec.mode, Mode::Destination);
+    }
+}

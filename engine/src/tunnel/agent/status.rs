@@ -1,0 +1,239 @@
+//! What an agent shows outside its shard: its state (for `Engine::agent_state` and for the
+//! `source` / `destination` commands, which exit when their agent gives up) and its counters
+//! (for `/metrics`).
+
+use std::fmt::Write as _;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Condvar, Mutex};
+use std::time::Duration;
+
+/// Where a source or destination agent is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum AgentState {
+    /// Connecting to the relay (the first time, or again after a drop).
+    Connecting,
+    /// The relay accepted the upgrade: the tunnel connection is up.
+    Connected,
+    /// Gave up: the tunnel was closed, the relay refused what retrying cannot fix (a 4xx),
+    /// or the configuration does not fit the tunnel. The text says which; it never holds a
+    /// token.
+    Finished(String),
+    /// The engine stopped it.
+    Stopped,
+}
+
+/// Counters of one service of an agent.
+#[derive(Debug, Default)]
+pub(crate) struct ServiceStats {
+    /// Bytes read from local connections and sent into the tunnel.
+    pub to_tunnel: AtomicU64,
+    /// Bytes from the tunnel written to local connections.
+    pub from_tunnel: AtomicU64,
+    /// Local connections begun (accepted by a source, dialed by a destination).
+    pub connections: AtomicU64,
+    /// Local connections open now.
+    pub active: AtomicU64,
+    /// Local connections refused or failed (a source's service not served or busy, a
+    /// destination's target unreachable).
+    pub failed: AtomicU64,
+}
+
+/// An agent's state and counters, shared by its shard and the control thread.
+#[derive(Debug)]
+pub(crate) struct AgentShared {
+    pub name: String,
+    /// `source` or `destination`.
+    pub kind: &'static str,
+    pub services: Vec<(String, ServiceStats)>,
+    /// Tunnel connections made (the 101 arrived).
+    pub tunnel_connects: AtomicU64,
+    /// Tunnel connections lost or attempts failed, each followed by a retry.
+    pub reconnects: AtomicU64,
+    state: Mutex<AgentState>,
+    changed: Condvar,
+}
+
+impl AgentShared {
+    pub fn new(name: String, kind: &'static str, services: &[&str]) -> Self {
+        AgentShared {
+            name,
+            kind,
+            services: services
+                .iter()
+                .map(|s| (s.to_string(), ServiceStats::default()))
+                .collect(),
+            tunnel_connects: AtomicU64::new(0),
+            reconnects: AtomicU64::new(0),
+            state: Mutex::new(AgentState::Connecting),
+            changed: Condvar::new(),
+        }
+    }
+
+    pub fn state(&self) -> AgentState {
+        self.state.lock().expect("agent state lock").clone()
+    }
+
+    /// Sets the state; a finished or stopped agent stays so.
+    pub fn set_state(&self, state: AgentState) {
+        let mut s = self.state.lock().expect("agent state lock");
+        if matches!(*s, AgentState::Finished(_) | AgentState::Stopped) {
+            return;
+        }
+        *s = state;
+        self.changed.notify_all();
+    }
+
+    /// Waits until the state is not `Connecting`/`Connected` or `timeout` passes; returns it.
+    pub fn wait_finished(&self, timeout: Duration) -> AgentState {
+        let s = self.state.lock().expect("agent state lock");
+        let (s, _) = self
+            .changed
+            .wait_timeout_while(s, timeout, |s| {
+                matches!(s, AgentState::Connecting | AgentState::Connected)
+            })
+            .expect("agent state lock");
+        s.clone()
+    }
+
+    pub fn service(&self, index: usize) -> &ServiceStats {
+        &self.services[index].1
+    }
+}
+
+/// The agents' counters in the Prometheus text format.
+pub(crate) fn render(agents: &[std::sync::Arc<AgentShared>]) -> String {
+    let mut out = String::new();
+    if agents.is_empty() {
+        return out;
+    }
+    type Get = fn(&ServiceStats) -> u64;
+    let per_service: [(&str, &str, &str, Get); 5] = [
+        (
+            "splice_agent_bytes_total",
+            "counter",
+            "Bytes an agent moved, by service and direction (to_tunnel: read from local \
+             connections; from_tunnel: written to them).",
+            |s| s.to_tunnel.load(Relaxed),
+        ),
+        ("splice_agent_bytes_total", "", "", |s| {
+            s.from_tunnel.load(Relaxed)
+        }),
+        (
+            "splice_agent_connections_total",
+            "counter",
+            "Local connections an agent began (accepted by a source, dialed by a destination).",
+            |s| s.connections.load(Relaxed),
+        ),
+        (
+            "splice_agent_connections_active",
+            "gauge",
+            "Local connections of an agent open now.",
+            |s| s.active.load(Relaxed),
+        ),
+        (
+            "splice_agent_connections_failed_total",
+            "counter",
+            "Local connections an agent refused or could not make.",
+            |s| s.failed.load(Relaxed),
+        ),
+    ];
+    for (i, (name, kind, help, get)) in per_service.iter().enumerate() {
+        if !kind.is_empty() {
+            let _ = writeln!(out, "# HELP {name} {help}");
+            let _ = writeln!(out, "# TYPE {name} {kind}");
+        }
+        for a in agents {
+            for (service, stats) in &a.services {
+                let dir = match i {
+                    0 => ",direction=\"to_tunnel\"",
+                    1 => ",direction=\"from_tunnel\"",
+                    _ => "",
+                };
+                let _ = writeln!(
+                    out,
+                    "{name}{{agent=\"{}\",kind=\"{}\",service=\"{}\"{dir}}} {}",
+                    escape(&a.name),
+                    a.kind,
+                    escape(service),
+                    get(stats)
+                );
+            }
+        }
+    }
+    type GetA = fn(&AgentShared) -> u64;
+    let per_agent: [(&str, &str, &str, GetA); 3] = [
+        (
+            "splice_agent_tunnel_connects_total",
+            "counter",
+            "Tunnel connections an agent made to its relay (upgrade accepted).",
+            |a| a.tunnel_connects.load(Relaxed),
+        ),
+        (
+            "splice_agent_tunnel_reconnects_total",
+            "counter",
+            "Tunnel connections an agent lost or could not make, each followed by a retry.",
+            |a| a.reconnects.load(Relaxed),
+        ),
+        (
+            "splice_agent_tunnel_up",
+            "gauge",
+            "1 while an agent's tunnel connection is up.",
+            |a| u64::from(a.state() == AgentState::Connected),
+        ),
+    ];
+    for (name, kind, help, get) in per_agent {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} {kind}");
+        for a in agents {
+            let _ = writeln!(
+                out,
+                "{name}{{agent=\"{}\",kind=\"{}\"}} {}",
+                escape(&a.name),
+                a.kind,
+                get(a)
+            );
+        }
+    }
+    out
+}
+
+fn escape(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    #[test]
+    fn renders_per_service_and_direction() {
+        let a = Arc::new(AgentShared::new("src".into(), "source", &["ssh", "web"]));
+        a.service(1).to_tunnel.store(7, Relaxed);
+        a.service(1).from_tunnel.store(9, Relaxed);
+        a.reconnects.store(2, Relaxed);
+        a.set_state(AgentState::Connected);
+        let text = render(std::slice::from_ref(&a));
+        for line in [
+            "splice_agent_bytes_total{agent=\"src\",kind=\"source\",service=\"web\",direction=\"to_tunnel\"} 7",
+            "splice_agent_bytes_total{agent=\"src\",kind=\"source\",service=\"web\",direction=\"from_tunnel\"} 9",
+            "splice_agent_tunnel_reconnects_total{agent=\"src\",kind=\"source\"} 2",
+            "splice_agent_tunnel_up{agent=\"src\",kind=\"source\"} 1",
+        ] {
+            assert!(text.contains(line), "{line} missing in\n{text}");
+        }
+        assert_eq!(text.matches("# TYPE splice_agent_bytes_total").count(), 1);
+        a.set_state(AgentState::Finished("closed".into()));
+        a.set_state(AgentState::Connecting);
+        assert_eq!(a.state(), AgentState::Finished("closed".into()));
+        assert_eq!(
+            a.wait_finished(Duration::ZERO),
+            AgentState::Finished("closed".into())
+        );
+    }
+}

@@ -1,0 +1,727 @@
+//! The tunnel's source and destination agents (`[[source]]`, `[[destination]]` in `run
+//! --config`), each in its own engine process, through a relay: services, many connections,
+//! version fall-back, a target out of reach, reconnects, a close frame.
+//!
+//! They run through our relay (`[[relay]]`, tunnels opened with its API) and some also
+//! through `WsRelay`, a relay written with tungstenite in the test (an independent WebSocket
+//! implementation), so the agents are not only compatible with our relay.
+
+use std::fs;
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::thread;
+use std::time::Duration;
+
+use crate::support::*;
+
+/// One agent's table.
+struct Agent<'a> {
+    kind: &'a str,
+    name: &'a str,
+    services: Vec<String>,
+    protocol: &'a str,
+    client_token: Option<&'a str>,
+    token: String,
+}
+
+impl Agent<'_> {
+    fn toml(&self, relay: SocketAddr, ca: &Path) -> String {
+        let key = if self.kind == "source" {
+            "listen"
+        } else {
+            "connect"
+        };
+        let services: Vec<String> = self.services.iter().map(|s| format!("{s:?}")).collect();
+        let client_token = self
+            .client_token
+            .map(|t| format!("client_token = {t:?}\n"))
+            .unwrap_or_default();
+        format!(
+            "[[{kind}]]\nname = {name:?}\nrelay = \"{relay}\"\nca = {ca:?}\nsni = \"localhost\"\n\
+             token = {token:?}\n{client_token}{key} = [{services}]\nprotocol = {protocol:?}\n",
+            kind = self.kind,
+            token = self.token,
+            name = self.name,
+            ca = ca.display().to_string(),
+            services = services.join(", "),
+            protocol = self.protocol,
+        )
+    }
+}
+
+/// Starts an engine running `agent` against `relay`, waiting for `ports` to listen.
+fn start_agent(
+    agent: &Agent<'_>,
+    relay: SocketAddr,
+    pki: &Pki,
+    driver: &str,
+    ports: &[u16],
+) -> Proc {
+    let dir = tempfile::Builder::new()
+        .prefix("splice-e2e-agent-")
+        .tempdir()
+        .expect("tempdir");
+    let path = dir.path().join("agent.toml");
+    fs::write(&path, agent.toml(relay, &pki.ca.path)).expect("write the config");
+    let mut cmd = EngineCmd::new("run")
+        .opt("--config", &path)
+        .common(driver)
+        .label(format!("{} ({driver})", agent.kind));
+    for &p in ports {
+        cmd = cmd.wait_port(p);
+    }
+    let proc = cmd.start();
+    // The file is read at start: once the agent runs, the directory may go.
+    assert!(
+        proc.wait_log(SOON, |l| l.contains("agent started")),
+        "the agent starts:\n{}",
+        proc.log()
+    );
+    drop(dir);
+    proc
+}
+
+/// Sends `total` random bytes through `addr` (an echo behind the tunnel) while reading them
+/// back; true when every byte came back in order.
+fn echo_through(addr: SocketAddr, total: u64, seed: u64) -> Result<(), String> {
+    echo_within(addr, total, seed, IO_TIMEOUT)
+}
+
+/// [`echo_through`], failing when a read waits longer than `timeout`.
+fn echo_within(addr: SocketAddr, total: u64, seed: u64, timeout: Duration) -> Result<(), String> {
+    let sock = try_connect(addr).map_err(|e| format!("connect {addr}: {e}"))?;
+    sock.set_read_timeout(Some(timeout)).ok();
+    let mut w = sock.try_clone().expect("clone");
+    let writer = spawn("echo-writer", move || {
+        write_random(&mut w, total, seed, None)
+    });
+    let mut r = (&sock).take(total);
+    let got = read_hashed(&mut r).map_err(|(n, _, e)| format!("read after {n} bytes: {e}"))?;
+    let sent = writer
+        .join()
+        .expect("writer thread")
+        .map_err(|e| format!("write: {e}"))?;
+    let _ = sock.shutdown(Shutdown::Both);
+    if got.0 != total {
+        return Err(format!("{} of {total} bytes came back", got.0));
+    }
+    if got.1 != sent {
+        return Err("the bytes came back altered".into());
+    }
+    Ok(())
+}
+
+/// `n` echo round trips of `each` bytes at once on every address; panics on any failure.
+fn echo_many(addrs: &[SocketAddr], n: usize, each: u64) {
+    let mut threads = Vec::new();
+    for (i, &addr) in addrs.iter().enumerate() {
+        for k in 0..n {
+            let seed = (i * 1000 + k) as u64;
+            threads.push(spawn("echo-client", move || echo_through(addr, each, seed)));
+        }
+    }
+    let failed: Vec<String> = threads
+        .into_iter()
+        .filter_map(|t| t.join().expect("client thread").err())
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "{} failed: {:?}",
+        failed.len(),
+        &failed[..failed.len().min(5)]
+    );
+}
+
+/// The relay a test runs through.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Via {
+    /// Ours: `[[relay]]` in an engine process, tunnels opened with its API.
+    Ours,
+    /// The tungstenite relay of the test.
+    Ws,
+}
+
+/// Our relay in its own engine process.
+struct OurRelay {
+    proc: Proc,
+    port: u16,
+    api: SocketAddr,
+    config: PathBuf,
+}
+
+impl OurRelay {
+    /// A relay with its registry at `state`.
+    fn start(pki: &Pki, driver: &str, state: &str, port: Option<u16>) -> OurRelay {
+        let (port, api) = (port.unwrap_or_else(free_port), free_port());
+        let config = pki.dir.path().join(format!("relay-{port}-{api}.toml"));
+        let toml = format!(
+            "driver = \"{driver}\"\nthreads = 2\n\n[[relay]]\nname = \"r\"\n\
+             listen = \"127.0.0.1:{port}\"\ncert = {:?}\nkey = {:?}\napi = \"127.0.0.1:{api}\"\n\
+             state = {state:?}\n",
+            pki.server.cert.display().to_string(),
+            pki.server.key.display().to_string(),
+        );
+        write_file(&config, toml.as_bytes());
+        let proc = EngineCmd::new("run")
+            .opt("--config", &config)
+            .opt("--log-level", "info")
+            .wait_port(port)
+            .wait_port(api)
+            .label(format!("relay ({driver})"))
+            .start();
+        OurRelay {
+            proc,
+            port,
+            api: localhost(api),
+            config,
+        }
+    }
+
+    fn addr(&self) -> SocketAddr {
+        localhost(self.port)
+    }
+
+    /// One API call: status and JSON body.
+    fn api(&self, method: &str, path: &str, body: &str) -> (u16, serde_json::Value) {
+        let mut s = connect(self.api);
+        write!(
+            s,
+            "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .expect("write an API request");
+        let mut text = String::new();
+        s.read_to_string(&mut text).expect("read the API's answer");
+        let status: u16 = text[9..12].parse().expect("status");
+        let json = text
+            .split_once("\r\n\r\n")
+            .and_then(|(_, b)| serde_json::from_str(b).ok())
+            .unwrap_or_default();
+        (status, json)
+    }
+
+    /// Opens a tunnel of `services`: its id and the source and destination tokens.
+    fn open(&self, services: &[&str]) -> (String, String, String) {
+        let body = serde_json::json!({ "destinationConfig": { "services": services } });
+        let (status, json) = self.api("POST", "/tunnels", &body.to_string());
+        assert_eq!(status, 200, "open a tunnel: {json}");
+        let s = |k: &str| json[k].as_str().expect(k).to_string();
+        (
+            s("tunnelId"),
+            s("sourceAccessToken"),
+            s("destinationAccessToken"),
+        )
+    }
+
+    /// Whether both peers of tunnel `id` are connected.
+    fn both_connected(&self, id: &str) -> bool {
+        let (status, json) = self.api("GET", &format!("/tunnels/{id}"), "");
+        let t = &json["tunnel"];
+        status == 200
+            && t["sourceConnectionState"]["status"] == "CONNECTED"
+            && t["destinationConnectionState"]["status"] == "CONNECTED"
+    }
+}
+
+enum RelayUnderTest {
+    Ours(OurRelay, String),
+    Ws(WsRelay),
+}
+
+struct Tunnel {
+    relay: RelayUnderTest,
+    relay_addr: SocketAddr,
+    source: Proc,
+    destination: Proc,
+    ports: Vec<u16>,
+    _backends: Vec<Backend>,
+    /// The destination's table, to start it again.
+    dst_services: Vec<String>,
+    dst_token: String,
+    dst_protocol: String,
+    client_token: Option<String>,
+    driver: String,
+}
+
+impl Tunnel {
+    /// Starts another destination agent with the same table (the first one is gone).
+    fn restart_destination(&mut self, pki: &Pki) {
+        self.destination = start_agent(
+            &Agent {
+                kind: "destination",
+                name: "dst",
+                services: self.dst_services.clone(),
+                protocol: &self.dst_protocol,
+                client_token: self.client_token.as_deref(),
+                token: self.dst_token.clone(),
+            },
+            self.relay_addr,
+            pki,
+            &self.driver,
+            &[],
+        );
+    }
+}
+
+impl Tunnel {
+    /// Waits until both agents are connected through the relay.
+    fn wait_paired(&self, upgrades: usize) {
+        let ok = wait_until(SOON, || match &self.relay {
+            RelayUnderTest::Ours(r, id) => r.both_connected(id),
+            RelayUnderTest::Ws(r) => r.upgrades.lock().unwrap().len() >= upgrades,
+        });
+        assert!(
+            ok,
+            "both agents connect; source log:\n{}\ndestination log:\n{}",
+            self.source.log(),
+            self.destination.log()
+        );
+    }
+}
+
+/// A relay, a destination with an echo backend per service, and a source listening for each.
+fn tunnel(
+    via: Via,
+    pki: &Pki,
+    driver: &str,
+    services: &[&str],
+    src_protocol: &str,
+    dst_protocol: &str,
+    client_token: Option<&str>,
+) -> Tunnel {
+    let relay_services: Vec<&str> = services.iter().copied().filter(|s| !s.is_empty()).collect();
+    let (relay, relay_addr, src_token, dst_token) = match via {
+        Via::Ours => {
+            let r = OurRelay::start(pki, driver, ":memory:", None);
+            let (id, src, dst) = r.open(&relay_services);
+            let addr = r.addr();
+            (RelayUnderTest::Ours(r, id), addr, src, dst)
+        }
+        Via::Ws => {
+            let r = WsRelay::start(&pki.server, &relay_services, 3);
+            let addr = r.addr;
+            (RelayUnderTest::Ws(r), addr, "t".into(), "t".into())
+        }
+    };
+    let backends: Vec<Backend> = services.iter().map(|_| echo_backend()).collect();
+    let ports: Vec<u16> = services.iter().map(|_| free_port()).collect();
+    let named = |s: &str, addr: String| {
+        if s.is_empty() {
+            addr
+        } else {
+            format!("{s}={addr}")
+        }
+    };
+    let dst_services: Vec<String> = services
+        .iter()
+        .zip(&backends)
+        .map(|(s, b)| named(s, b.addr.to_string()))
+        .collect();
+    let destination = start_agent(
+        &Agent {
+            kind: "destination",
+            name: "dst",
+            services: dst_services.clone(),
+            protocol: dst_protocol,
+            client_token,
+            token: dst_token.clone(),
+        },
+        relay_addr,
+        pki,
+        driver,
+        &[],
+    );
+    let source = start_agent(
+        &Agent {
+            kind: "source",
+            name: "src",
+            services: services
+                .iter()
+                .zip(&ports)
+                .map(|(s, p)| named(s, localhost(*p).to_string()))
+                .collect(),
+            protocol: src_protocol,
+            client_token,
+            token: src_token,
+        },
+        relay_addr,
+        pki,
+        driver,
+        &ports,
+    );
+    let t = Tunnel {
+        relay,
+        relay_addr,
+        source,
+        destination,
+        ports,
+        _backends: backends,
+        dst_services,
+        dst_token,
+        dst_protocol: dst_protocol.to_string(),
+        client_token: client_token.map(str::to_string),
+        driver: driver.to_string(),
+    };
+    t.wait_paired(2);
+    t
+}
+
+fn addrs(t: &Tunnel) -> Vec<SocketAddr> {
+    t.ports.iter().map(|&p| localhost(p)).collect()
+}
+
+#[test]
+fn several_services_many_connections() {
+    let pki = Pki::new();
+    for driver in DRIVERS {
+        let t = tunnel(Via::Ours, &pki, driver, &["ssh", "web"], "v3", "v3", None);
+        // 200 connections at once, 100 MiB each way, every byte checked.
+        echo_many(&addrs(&t), 100, 512 * 1024);
+    }
+}
+
+#[test]
+fn through_an_independent_relay() {
+    let pki = Pki::new();
+    for driver in DRIVERS {
+        let t = tunnel(Via::Ws, &pki, driver, &["ssh", "web"], "v3", "v3", None);
+        echo_many(&addrs(&t), 10, 256 * 1024);
+        let RelayUnderTest::Ws(r) = &t.relay else {
+            unreachable!()
+        };
+        let up = r.upgrades.lock().unwrap().clone();
+        assert!(
+            up.iter()
+                .all(|u| u.protocol == "aws.iot.securetunneling-3.0"),
+            "{up:?}"
+        );
+    }
+}
+
+#[test]
+fn version_pairings() {
+    let pki = Pki::new();
+    for driver in DRIVERS {
+        for (src, dst, services) in [
+            ("v3", "v2", &["ssh", "web"][..]),
+            ("v2", "v3", &["ssh"][..]),
+            ("v3", "v1", &[""][..]),
+            ("v1", "v3", &[""][..]),
+            ("v2", "v2", &["ssh"][..]),
+            ("v1", "v1", &[""][..]),
+        ] {
+            let t = tunnel(Via::Ours, &pki, driver, services, src, dst, None);
+            // V1 and V2 carry one connection per service at a time.
+            for k in 0..3 {
+                for addr in addrs(&t) {
+                    echo_through(addr, 300_000, k).unwrap_or_else(|e| {
+                        panic!("{src} source, {dst} destination ({driver}): {e}\nsource:\n{}\ndestination:\n{}", t.source.log(), t.destination.log())
+                    });
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn target_down_resets_only_its_stream() {
+    let pki = Pki::new();
+    for driver in DRIVERS {
+        let relay = OurRelay::start(&pki, driver, ":memory:", None);
+        let (_, src_token, dst_token) = relay.open(&["up", "down"]);
+        let backend = echo_backend();
+        let dead = {
+            // A port nobody listens on.
+            let l = TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap()
+        };
+        let (pu, pd) = (free_port(), free_port());
+        let _dst = start_agent(
+            &Agent {
+                kind: "destination",
+                name: "dst",
+                services: vec![format!("up={}", backend.addr), format!("down={dead}")],
+                protocol: "v3",
+                client_token: None,
+                token: dst_token,
+            },
+            relay.addr(),
+            &pki,
+            driver,
+            &[],
+        );
+        let _src = start_agent(
+            &Agent {
+                kind: "source",
+                name: "src",
+                services: vec![format!("up=127.0.0.1:{pu}"), format!("down=127.0.0.1:{pd}")],
+                protocol: "v3",
+                client_token: None,
+                token: src_token,
+            },
+            relay.addr(),
+            &pki,
+            driver,
+            &[pu, pd],
+        );
+        assert!(wait_until(SOON, || echo_within(
+            localhost(pu),
+            10,
+            0,
+            Duration::from_secs(2)
+        )
+        .is_ok()));
+        // A long transfer on "up" runs while "down" fails.
+        let long = spawn("long", move || echo_through(localhost(pu), 8 << 20, 7));
+        for _ in 0..3 {
+            let mut s = connect(localhost(pd));
+            s.set_read_timeout(Some(SOON)).unwrap();
+            let _ = s.write_all(b"hello");
+            let mut buf = [0u8; 16];
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => {}
+                Ok(n) => panic!("{n} bytes from a service whose target is down"),
+            }
+        }
+        long.join()
+            .unwrap()
+            .expect("the other service's transfer is untouched");
+        echo_through(localhost(pu), 1000, 1).expect("and it still works");
+    }
+}
+
+#[test]
+fn reconnect_after_drop_with_client_token() {
+    let pki = Pki::new();
+    let token = "0123456789abcdef-0123456789ABCDEF-xyz";
+    for (driver, client_token) in [("epoll", None), ("uring", Some(token))] {
+        let t = tunnel(Via::Ws, &pki, driver, &["ssh"], "v3", "v3", client_token);
+        let RelayUnderTest::Ws(relay) = &t.relay else {
+            unreachable!()
+        };
+        echo_through(localhost(t.ports[0]), 100_000, 1).unwrap();
+        relay.kick.store(true, std::sync::atomic::Ordering::SeqCst);
+        assert!(
+            wait_until(SOON, || relay.upgrades.lock().unwrap().len() >= 4),
+            "both agents reconnect; source log:\n{}",
+            t.source.log()
+        );
+        let up = relay.upgrades.lock().unwrap().clone();
+        assert!(
+            up.iter().all(|u| u.client_token.as_deref() == client_token),
+            "{up:?}"
+        );
+        // The test relay drops what comes while the other peer is away: try again until
+        // both are back.
+        let again = || echo_within(localhost(t.ports[0]), 100_000, 2, Duration::from_secs(2));
+        assert!(wait_until(SOON, || again().is_ok()), "{:?}", again());
+        assert!(
+            t.source.log().contains("reconnecting"),
+            "{}",
+            t.source.log()
+        );
+        assert!(
+            !t.source.log().contains("\"t\""),
+            "the token never reaches a log"
+        );
+    }
+}
+
+#[test]
+fn close_frame_makes_the_agents_give_up() {
+    let pki = Pki::new();
+    let t = tunnel(Via::Ws, &pki, "epoll", &["ssh"], "v3", "v3", None);
+    let RelayUnderTest::Ws(relay) = &t.relay else {
+        unreachable!()
+    };
+    echo_through(localhost(t.ports[0]), 1000, 1).unwrap();
+    relay.close.store(true, std::sync::atomic::Ordering::SeqCst);
+    for p in [&t.source, &t.destination] {
+        assert!(
+            p.wait_log(SOON, |l| l.contains("gave up")
+                && l.contains("closed the tunnel")),
+            "{}",
+            p.log()
+        );
+    }
+    thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        relay.upgrades.lock().unwrap().len(),
+        2,
+        "no reconnect after a close frame"
+    );
+}
+
+/// An echo through the tunnel works again soon (reads wait 2 s each try).
+fn echo_again(port: u16) {
+    let again = || echo_within(localhost(port), 100_000, 9, Duration::from_secs(2));
+    assert!(wait_until(SOON, || again().is_ok()), "{:?}", again());
+}
+
+#[test]
+fn destination_killed_and_started_again() {
+    let pki = Pki::new();
+    let token = "fedcba9876543210-FEDCBA9876543210-abc";
+    for (driver, client_token) in [("uring", Some(token)), ("epoll", None)] {
+        let mut t = tunnel(Via::Ours, &pki, driver, &["ssh"], "v3", "v3", client_token);
+        echo_through(localhost(t.ports[0]), 100_000, 1).unwrap();
+        // A connection open through the tunnel when its destination dies is cut, not hung.
+        let mut open = connect(localhost(t.ports[0]));
+        open.set_read_timeout(Some(SOON)).unwrap();
+        open.write_all(b"ping").unwrap();
+        let mut four = [0u8; 4];
+        open.read_exact(&mut four).unwrap();
+        t.destination.signal(libc::SIGKILL);
+        let mut rest = Vec::new();
+        let _ = open.read_to_end(&mut rest);
+        assert!(rest.is_empty(), "nothing after the destination died");
+        t.restart_destination(&pki);
+        if client_token.is_some() {
+            // Its client token lets the same access token in again.
+            echo_again(t.ports[0]);
+        } else {
+            // A single-use token: the new destination is refused and gives up.
+            assert!(
+                t.destination
+                    .wait_log(SOON, |l| l.contains("gave up") && l.contains("answered 4")),
+                "{}",
+                t.destination.log()
+            );
+            assert!(
+                !t.destination.log().contains(&t.dst_token),
+                "no token in the log"
+            );
+        }
+    }
+}
+
+#[test]
+fn relay_restart_with_registry_on_disk() {
+    let pki = Pki::new();
+    let token = "0123456789abcdef-FEDCBA9876543210-abc";
+    let driver = "epoll";
+    let state = pki.dir.path().join("relay.sqlite");
+    let state = state.to_str().unwrap();
+    let relay = OurRelay::start(&pki, driver, state, None);
+    let (id, src_token, dst_token) = relay.open(&["ssh"]);
+    let backend = echo_backend();
+    let port = free_port();
+    let _dst = start_agent(
+        &Agent {
+            kind: "destination",
+            name: "dst",
+            services: vec![format!("ssh={}", backend.addr)],
+            protocol: "v3",
+            client_token: Some(token),
+            token: dst_token,
+        },
+        relay.addr(),
+        &pki,
+        driver,
+        &[],
+    );
+    let src = start_agent(
+        &Agent {
+            kind: "source",
+            name: "src",
+            services: vec![format!("ssh=127.0.0.1:{port}")],
+            protocol: "v3",
+            client_token: Some(token),
+            token: src_token,
+        },
+        relay.addr(),
+        &pki,
+        driver,
+        &[port],
+    );
+    assert!(wait_until(SOON, || relay.both_connected(&id)));
+    echo_through(localhost(port), 100_000, 1).unwrap();
+    let relay_port = relay.port;
+    drop(relay);
+    let relay = OurRelay::start(&pki, driver, state, Some(relay_port));
+    assert!(
+        wait_until(SOON, || relay.both_connected(&id)),
+        "both agents are back; source:\n{}\nrelay:\n{}",
+        src.log(),
+        relay.proc.log()
+    );
+    echo_again(port);
+    assert!(relay.config.exists());
+}
+
+#[test]
+fn slow_reader_keeps_memory_bounded() {
+    let pki = Pki::new();
+    for driver in DRIVERS {
+        // A backend that sends 256 MiB as fast as it can to a reader that waits.
+        let total: u64 = 256 << 20;
+        let sent = Arc::new(AtomicU64::new(0));
+        let firehose = {
+            let sent = sent.clone();
+            Backend::spawn(move |mut sock| {
+                let _ = write_random(&mut sock, total, 5, Some(&sent));
+            })
+        };
+        let relay = OurRelay::start(&pki, driver, ":memory:", None);
+        let (id, src_token, dst_token) = relay.open(&["bulk"]);
+        let port = free_port();
+        let _dst = start_agent(
+            &Agent {
+                kind: "destination",
+                name: "dst",
+                services: vec![format!("bulk={}", firehose.addr)],
+                protocol: "v3",
+                client_token: None,
+                token: dst_token,
+            },
+            relay.addr(),
+            &pki,
+            driver,
+            &[],
+        );
+        let src = start_agent(
+            &Agent {
+                kind: "source",
+                name: "src",
+                services: vec![format!("bulk=127.0.0.1:{port}")],
+                protocol: "v3",
+                client_token: None,
+                token: src_token,
+            },
+            relay.addr(),
+            &pki,
+            driver,
+            &[port],
+        );
+        assert!(wait_until(SOON, || relay.both_connected(&id)));
+        let rss_before = src.rss_kib();
+        let mut reader = connect(localhost(port));
+        reader.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        // The reader takes nothing for a while: the backend must be held back, and the
+        // source must not buffer what it cannot deliver.
+        // (The kernel's socket buffers on the way take what they may: here up to 32 MiB
+        // each, so the test asserts that the flow stops, not where.)
+        thread::sleep(Duration::from_secs(3));
+        let held = sent.load(Ordering::SeqCst);
+        thread::sleep(Duration::from_secs(1));
+        let later = sent.load(Ordering::SeqCst);
+        let rss = src.rss_kib();
+        assert!(
+            held < total && later - held < 1 << 20,
+            "the backend went on sending ({held}, then {later} bytes) to a reader that reads \
+             nothing ({driver})"
+        );
+        assert!(
+            rss < rss_before + 32 * 1024,
+            "source RSS grew from {rss_before} KiB to {rss} KiB ({driver})"
+        );
+        // Then it reads everything, in order.
+        let (n, hash) = read_hashed(&mut (&mut reader).take(total)).expect("read it all");
+        assert_eq!(n, total);
+        assert_eq!(hash, random_hash(total, 5), "every byte, in order");
+    }
+}
