@@ -23,6 +23,37 @@
 #include <stdint.h>
 
 /**
+ * A source agent: local listeners whose connections go into the tunnel.
+ */
+#define TUNNEL_AGENT_SOURCE 0
+
+/**
+ * A destination agent: the tunnel's streams go out to local targets.
+ */
+#define TUNNEL_AGENT_DESTINATION 1
+
+/**
+ * Connecting to the relay: the first time, or again after the tunnel connection dropped.
+ */
+#define TUNNEL_AGENT_CONNECTING 0
+
+/**
+ * The relay accepted the agent: the tunnel connection is up.
+ */
+#define TUNNEL_AGENT_CONNECTED 1
+
+/**
+ * Gave up (the tunnel was closed, the relay refused the token, the services do not fit);
+ * the reason says which.
+ */
+#define TUNNEL_AGENT_FINISHED 2
+
+/**
+ * Stopped by `tunnel_agent_stop`.
+ */
+#define TUNNEL_AGENT_STOPPED 3
+
+/**
  * Client mode: plain TCP in, TLS out.
  */
 #define TUNNEL_MODE_CLIENT 0
@@ -140,6 +171,11 @@ enum tunnel_result
    * An engine error this version of the header has no code for.
    */
   TUNNEL_ERR_OTHER = 17,
+  /**
+   * A relay's tunnel API refused a call or did not answer; the message names the URL, the
+   * HTTP status and the API's message.
+   */
+  TUNNEL_ERR_TUNNEL_API = 18,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L
@@ -148,6 +184,13 @@ typedef enum tunnel_result tunnel_result;
 typedef uint32_t tunnel_result;
 #endif // __STDC_VERSION__ >= 202311L
 #endif // __cplusplus
+
+/**
+ * A running tunnel agent (its own engine with one source or destination). Owned by the
+ * program until `tunnel_agent_free`. Every call on it is thread-safe, except
+ * `tunnel_agent_free`, which must come after every other thread's last call.
+ */
+typedef struct tunnel_agent tunnel_agent;
 
 /**
  * An engine configuration being built: from TOML, or empty and filled by option calls.
@@ -161,6 +204,47 @@ typedef struct tunnel_config tunnel_config;
  * must come after every other thread's last call.
  */
 typedef struct tunnel_engine tunnel_engine;
+
+/**
+ * A tunnel agent's settings. Strings are NUL-terminated UTF-8, borrowed for the call only;
+ * NULL or `""` leaves an optional one unset. Zero the struct before setting fields.
+ */
+typedef struct tunnel_agent_opts {
+  /**
+   * `TUNNEL_AGENT_SOURCE` or `TUNNEL_AGENT_DESTINATION`.
+   */
+  uint32_t kind;
+  /**
+   * The relay's agent endpoint, `HOST:PORT` (required).
+   */
+  const char *relay;
+  /**
+   * CA file (PEM) to verify the relay with (default: the system roots).
+   */
+  const char *ca;
+  /**
+   * The name to send (SNI) and verify (default: the host of `relay`).
+   */
+  const char *sni;
+  /**
+   * The tunnel's access token for this side (required; from `tunnel_api_open`).
+   */
+  const char *token;
+  /**
+   * The client token the access token was bound to (`tunnel_api_rotate`), if any.
+   */
+  const char *client_token;
+  /**
+   * `services_len` services, each `NAME=ADDR`: a source listens on `ADDR` (`IP:PORT`,
+   * port 0 picks one: see `tunnel_agent_local_port`), a destination connects to `ADDR`
+   * (`HOST:PORT`). A bare `ADDR` is the one unnamed service of a V1 tunnel.
+   */
+  const char *const *services;
+  /**
+   * How many `services` there are (at least 1).
+   */
+  size_t services_len;
+} tunnel_agent_opts;
 
 /**
  * How `tunnel_connect` verifies and authenticates to the upstream. Strings are
@@ -327,6 +411,93 @@ extern "C" {
  * The library's version, `"MAJOR.MINOR.PATCH"` (static; thread-safe; never NULL).
  */
 const char *tunnel_version(void);
+
+/**
+ * Starts a tunnel agent in `*out`: checks the options, loads the CA, binds a source's
+ * listeners and starts connecting to the relay (in the background: a wrong token or an
+ * unreachable relay shows in `tunnel_agent_state`, not here). Thread-safe. Errors:
+ * `TUNNEL_ERR_NULL_ARGUMENT`, `TUNNEL_ERR_INVALID_ARGUMENT`, `TUNNEL_ERR_CONFIG` (the
+ * message names the option), `TUNNEL_ERR_CERTIFICATE`, `TUNNEL_ERR_ADDRESS`,
+ * `TUNNEL_ERR_LISTEN`, `TUNNEL_ERR_IO`.
+ */
+tunnel_result tunnel_agent_start(const struct tunnel_agent_opts *opts, struct tunnel_agent **out);
+
+/**
+ * Writes the agent's state (`TUNNEL_AGENT_*`) into `*state` and, when `reason` is not NULL,
+ * why it finished into `*reason` (`""` unless finished; never a token), a string the
+ * program frees with `tunnel_string_free`. A stopped agent reads `TUNNEL_AGENT_STOPPED`.
+ * Thread-safe. Errors: `TUNNEL_ERR_NULL_ARGUMENT`.
+ */
+tunnel_result tunnel_agent_state(const struct tunnel_agent *agent, uint32_t *state, char **reason);
+
+/**
+ * Waits up to `timeout_ms` for the agent to give up; `*state` is then its state
+ * (`TUNNEL_AGENT_FINISHED` if it did). Thread-safe; blocks. Errors:
+ * `TUNNEL_ERR_NULL_ARGUMENT`, `TUNNEL_ERR_SHUT_DOWN` (stopped).
+ */
+tunnel_result tunnel_agent_wait_finished(const struct tunnel_agent *agent, uint32_t timeout_ms, uint32_t *state);
+
+/**
+ * Writes the port a source listens on for `service` (its `NAME`; `""` for a V1 tunnel's
+ * one service) into `*port`: what port 0 picked. Thread-safe. Errors:
+ * `TUNNEL_ERR_NULL_ARGUMENT`, `TUNNEL_ERR_INVALID_ARGUMENT` (not a source's service),
+ * `TUNNEL_ERR_SHUT_DOWN`.
+ */
+tunnel_result tunnel_agent_local_port(const struct tunnel_agent *agent, const char *service, uint16_t *port);
+
+/**
+ * Stops the agent: it closes its tunnel connection and local connections (after at most
+ * `drain_ms` for open ones) and its threads end; it still has to be freed. Thread-safe.
+ * Errors: `TUNNEL_ERR_NULL_ARGUMENT`, `TUNNEL_ERR_SHUT_DOWN` (stopped already).
+ */
+tunnel_result tunnel_agent_stop(const struct tunnel_agent *agent, uint32_t drain_ms);
+
+/**
+ * Frees an agent (stopping it at once if it runs) and sets `*agent` to NULL; NULL or
+ * `*agent == NULL` is a no-op. Not thread-safe: call it after every other call on the agent
+ * has returned. Always `TUNNEL_OK`.
+ */
+tunnel_result tunnel_agent_free(struct tunnel_agent **agent);
+
+/**
+ * Opens a tunnel through the relay's API at `api` (`http://HOST:PORT`; `api_token` its
+ * bearer token, or NULL) with `services_len` service names (0: a V1 tunnel with one unnamed
+ * service), a lifetime in minutes (0: the relay's), a thing and a description (NULL: none).
+ * Its id and the two access tokens go into `*id`, `*source_token` and `*destination_token`,
+ * strings the program frees with `tunnel_string_free` (the tokens are secrets: they are
+ * shown this once). Thread-safe; blocks for the call (at most 30 s). Errors:
+ * `TUNNEL_ERR_NULL_ARGUMENT`, `TUNNEL_ERR_ADDRESS` (a bad URL), `TUNNEL_ERR_TUNNEL_API`
+ * (no answer, or refused: the message names the URL, the status and the API's message).
+ */
+tunnel_result tunnel_api_open(const char *api_url, const char *api_token, const char *const *services, size_t services_len, uint32_t lifetime_minutes, const char *thing, const char *description, char **id, char **source_token, char **destination_token);
+
+/**
+ * Lists the tunnels (only `thing`'s unless NULL) as the API's JSON
+ * (`{"tunnelSummaries": [...]}`) in `*json`, freed with `tunnel_string_free`. Thread-safe;
+ * blocks. Errors: as `tunnel_api_open`.
+ */
+tunnel_result tunnel_api_list(const char *api_url, const char *api_token, const char *thing, char **json);
+
+/**
+ * Describes tunnel `id` as the API's JSON (`{"tunnel": {...}}`) in `*json`, freed with
+ * `tunnel_string_free`. Thread-safe; blocks. Errors: as `tunnel_api_open`.
+ */
+tunnel_result tunnel_api_describe(const char *api_url, const char *api_token, const char *id, char **json);
+
+/**
+ * Closes tunnel `id` (both agents get a close frame and finish; its tokens stop working);
+ * with `delete` non-zero it is forgotten too. Thread-safe; blocks. Errors: as
+ * `tunnel_api_open`.
+ */
+tunnel_result tunnel_api_close(const char *api_url, const char *api_token, const char *id, int32_t delete_);
+
+/**
+ * Writes the ports of relay `name` (a `[[relay]]` of the engine's configuration) into
+ * `*agents_port` (where agents connect) and `*api_port` (its tunnel API): what port 0
+ * picked. Thread-safe. Errors: `TUNNEL_ERR_NULL_ARGUMENT`, `TUNNEL_ERR_INVALID_ARGUMENT` (no
+ * relay of that name), `TUNNEL_ERR_SHUT_DOWN`.
+ */
+tunnel_result tunnel_engine_relay_ports(const struct tunnel_engine *engine, const char *name, uint16_t *agents_port, uint16_t *api_port);
 
 /**
  * Opens a connection to `host_port` (`HOST:PORT`) over TLS and writes its plain end to

@@ -6,20 +6,10 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{Context, anyhow, bail};
+use anyhow::Context;
 use clap::{Args, Subcommand, ValueHint};
-use http_body_util::{BodyExt, Full};
-use hyper::body::Bytes;
-use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HOST};
-use hyper::{Method, Request, Uri};
-use hyper_util::rt::TokioIo;
-use serde_json::{Value, json};
-
-/// How long a call may take, connection included.
-const CALL_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// The largest answer read (a list of many tunnels is well under this).
-const MAX_ANSWER: usize = 64 << 20;
+use serde_json::Value;
+use splice_engine::{RotateSide, TunnelApi};
 
 #[derive(Subcommand, Debug)]
 pub(crate) enum TunnelCommand {
@@ -174,6 +164,17 @@ pub(crate) enum Failure {
     Other(anyhow::Error),
 }
 
+impl From<splice_engine::Error> for Failure {
+    fn from(e: splice_engine::Error) -> Self {
+        match e {
+            e @ splice_engine::Error::TunnelApi {
+                status: Some(_), ..
+            } => Failure::Refused(e.to_string()),
+            e => Failure::Other(e.into()),
+        }
+    }
+}
+
 impl From<anyhow::Error> for Failure {
     fn from(e: anyhow::Error) -> Self {
         Failure::Other(e)
@@ -193,18 +194,13 @@ impl std::fmt::Display for Failure {
 pub(crate) fn run(cmd: TunnelCommand, out: &mut impl Write) -> Result<(), Failure> {
     match cmd {
         TunnelCommand::Open(a) => {
-            let mut destination = json!({ "services": a.services });
-            if let Some(t) = &a.thing {
-                destination["thingName"] = t.as_str().into();
-            }
-            let mut body = json!({ "destinationConfig": destination });
-            if let Some(m) = a.lifetime {
-                body["timeoutConfig"] = json!({ "maxLifetimeTimeoutMinutes": m });
-            }
-            if let Some(d) = &a.description {
-                body["description"] = d.as_str().into();
-            }
-            let answer = call(&a.api, Method::POST, "/tunnels", Some(body))?;
+            let services: Vec<&str> = a.services.iter().map(String::as_str).collect();
+            let answer = client(&a.api)?.open_json(
+                &services,
+                a.lifetime,
+                a.thing.as_deref(),
+                a.description.as_deref(),
+            )?;
             let shown = save_tokens(&answer, &a.files)?;
             if a.api.json {
                 print_json(out, &shown)?;
@@ -214,11 +210,7 @@ pub(crate) fn run(cmd: TunnelCommand, out: &mut impl Write) -> Result<(), Failur
             }
         }
         TunnelCommand::List(a) => {
-            let path = match &a.thing {
-                Some(t) => format!("/tunnels?thingName={}", percent_encode(t)),
-                None => "/tunnels".into(),
-            };
-            let answer = call(&a.api, Method::GET, &path, None)?;
+            let answer = client(&a.api)?.list(a.thing.as_deref())?;
             if a.api.json {
                 print_json(out, &answer)?;
             } else {
@@ -248,7 +240,7 @@ pub(crate) fn run(cmd: TunnelCommand, out: &mut impl Write) -> Result<(), Failur
             }
         }
         TunnelCommand::Describe(a) => {
-            let answer = call(&a.api, Method::GET, &tunnel_path(&a.id, ""), None)?;
+            let answer = client(&a.api)?.describe(&a.id)?;
             if a.api.json {
                 print_json(out, &answer)?;
             } else {
@@ -256,21 +248,12 @@ pub(crate) fn run(cmd: TunnelCommand, out: &mut impl Write) -> Result<(), Failur
             }
         }
         TunnelCommand::Rotate(a) => {
-            let mode = match a.side.as_str() {
-                "source" => "SOURCE",
-                "destination" => "DESTINATION",
-                _ => "ALL",
+            let side = match a.side.as_str() {
+                "source" => RotateSide::Source,
+                "destination" => RotateSide::Destination,
+                _ => RotateSide::Both,
             };
-            let mut body = json!({ "clientMode": mode });
-            if let Some(c) = &a.client_token {
-                body["clientToken"] = c.as_str().into();
-            }
-            let answer = call(
-                &a.api,
-                Method::POST,
-                &tunnel_path(&a.id, "/rotate"),
-                Some(body),
-            )?;
+            let answer = client(&a.api)?.rotate_json(&a.id, side, a.client_token.as_deref())?;
             let shown = save_tokens(&answer, &a.files)?;
             if a.api.json {
                 print_json(out, &shown)?;
@@ -285,8 +268,7 @@ pub(crate) fn run(cmd: TunnelCommand, out: &mut impl Write) -> Result<(), Failur
             }
         }
         TunnelCommand::Close(a) => {
-            let body = a.delete.then(|| json!({ "delete": true }));
-            let answer = call(&a.api, Method::POST, &tunnel_path(&a.id, "/close"), body)?;
+            let answer = client(&a.api)?.close(&a.id, a.delete)?;
             if a.api.json {
                 print_json(out, &answer)?;
             } else {
@@ -302,8 +284,18 @@ pub(crate) fn run(cmd: TunnelCommand, out: &mut impl Write) -> Result<(), Failur
     Ok(())
 }
 
-fn tunnel_path(id: &str, tail: &str) -> String {
-    format!("/tunnels/{}{tail}", percent_encode(id))
+/// The library's API client for `--api` and `--api-token-file`.
+fn client(api: &ApiArgs) -> Result<TunnelApi, Failure> {
+    let c = TunnelApi::new(&api.api).map_err(|e| match e {
+        splice_engine::Error::Address { addr, why } => {
+            Failure::Other(anyhow::anyhow!("--api {addr:?}: {why}"))
+        }
+        e => Failure::from(e),
+    })?;
+    match &api.api_token_file {
+        Some(f) => Ok(c.bearer_token_file(f)?),
+        None => Ok(c),
+    }
 }
 
 /// A JSON string's text, or the JSON itself.
@@ -422,187 +414,4 @@ fn print_tokens(out: &mut impl Write, shown: &Value, files: &TokenFiles) -> anyh
 fn print_json(out: &mut impl Write, v: &Value) -> anyhow::Result<()> {
     let text = serde_json::to_string_pretty(v).context("JSON")?;
     writeln!(out, "{text}").context("stdout")
-}
-
-/// Percent-encodes everything but RFC 3986's unreserved characters.
-fn percent_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
-/// The API's base: host, port and path prefix of an `http://` URL.
-#[derive(Debug, PartialEq, Eq)]
-struct Base {
-    host: String,
-    port: u16,
-    /// The `Host` header.
-    authority: String,
-    /// Without a trailing slash.
-    prefix: String,
-}
-
-fn parse_base(url: &str) -> anyhow::Result<Base> {
-    let uri: Uri = url
-        .parse()
-        .map_err(|e| anyhow!("--api {url:?} is not a URL ({e}); expected http://HOST:PORT"))?;
-    match uri.scheme_str() {
-        Some("http") => {}
-        Some("https") => bail!(
-            "--api {url:?}: https is not supported; the API is plain HTTP (keep it on loopback, \
-             or reach it through an SSH or TLS tunnel)"
-        ),
-        _ => bail!("--api {url:?}: expected http://HOST:PORT"),
-    }
-    let authority = uri
-        .authority()
-        .ok_or_else(|| anyhow!("--api {url:?}: no host"))?;
-    if authority.as_str().contains('@') {
-        bail!("--api {url:?}: no user information in the URL (use --api-token-file)");
-    }
-    if uri.query().is_some() {
-        bail!("--api {url:?}: no query in the URL");
-    }
-    let host = authority
-        .host()
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_string();
-    Ok(Base {
-        host,
-        port: authority.port_u16().unwrap_or(80),
-        authority: authority.as_str().to_string(),
-        prefix: uri.path().trim_end_matches('/').to_string(),
-    })
-}
-
-/// The bearer token in `path` (surrounding whitespace removed); an unreadable or empty file
-/// is an error naming it.
-fn read_api_token(path: &Path) -> anyhow::Result<String> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read the API token file {}", path.display()))?;
-    let token = text.trim();
-    if token.is_empty() {
-        bail!("the API token file {} is empty", path.display());
-    }
-    Ok(token.to_string())
-}
-
-/// One API call; the answer's JSON, or [`Failure::Refused`] with the API's message.
-fn call(api: &ApiArgs, method: Method, path: &str, body: Option<Value>) -> Result<Value, Failure> {
-    let base = parse_base(&api.api)?;
-    let token = api
-        .api_token_file
-        .as_deref()
-        .map(read_api_token)
-        .transpose()?;
-    let mut req = Request::builder()
-        .method(method.clone())
-        .uri(format!("{}{path}", base.prefix))
-        .header(HOST, &base.authority);
-    if let Some(t) = &token {
-        req = req.header(AUTHORIZATION, format!("Bearer {t}"));
-    }
-    let bytes = match &body {
-        Some(b) => {
-            req = req.header(CONTENT_TYPE, "application/json");
-            Bytes::from(b.to_string())
-        }
-        None => Bytes::new(),
-    };
-    let req = req.body(Full::new(bytes)).context("building the request")?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_io()
-        .enable_time()
-        .build()
-        .context("tokio runtime")?;
-    let url = format!("http://{}{}{path}", base.authority, base.prefix);
-    let (status, body) = runtime
-        .block_on(async {
-            tokio::time::timeout(CALL_TIMEOUT, send(&base, req))
-                .await
-                .map_err(|_| anyhow!("no answer within {CALL_TIMEOUT:?}"))?
-        })
-        .with_context(|| format!("{method} {url}"))?;
-    let json: Option<Value> = serde_json::from_slice(&body).ok();
-    if !(200..300).contains(&status) {
-        let message = json
-            .as_ref()
-            .and_then(|j| j["message"].as_str())
-            .map(str::to_string)
-            .unwrap_or_else(|| String::from_utf8_lossy(&body).trim().to_string());
-        return Err(Failure::Refused(format!(
-            "the tunnel API refused {method} {url} ({status}): {message}"
-        )));
-    }
-    json.ok_or_else(|| {
-        Failure::Other(anyhow!(
-            "{method} {url}: the answer ({status}) is not JSON: {:?}",
-            String::from_utf8_lossy(&body)
-        ))
-    })
-}
-
-async fn send(base: &Base, req: Request<Full<Bytes>>) -> anyhow::Result<(u16, Bytes)> {
-    let stream = tokio::net::TcpStream::connect((base.host.as_str(), base.port))
-        .await
-        .with_context(|| format!("cannot connect to {}", base.authority))?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .context("HTTP handshake")?;
-    let driver = tokio::spawn(conn);
-    let answer = sender
-        .send_request(req)
-        .await
-        .context("sending the request")?;
-    let status = answer.status().as_u16();
-    let body = http_body_util::Limited::new(answer.into_body(), MAX_ANSWER)
-        .collect()
-        .await
-        .map_err(|e| anyhow!("reading the answer: {e}"))?
-        .to_bytes();
-    drop(sender);
-    let _ = driver.await;
-    Ok((status, body))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn api_urls() {
-        assert_eq!(
-            parse_base("http://127.0.0.1:8480").unwrap(),
-            Base {
-                host: "127.0.0.1".into(),
-                port: 8480,
-                authority: "127.0.0.1:8480".into(),
-                prefix: String::new(),
-            }
-        );
-        let b = parse_base("http://[::1]/relay/").unwrap();
-        assert_eq!((b.host.as_str(), b.port), ("::1", 80));
-        assert_eq!(b.prefix, "/relay");
-        for bad in ["https://x:1", "127.0.0.1:8480", "http://u:p@x:1", "ftp://x"] {
-            assert!(parse_base(bad).is_err(), "{bad}");
-        }
-        let e = parse_base("https://x:1").unwrap_err().to_string();
-        assert!(e.contains("https is not supported"), "{e}");
-    }
-
-    #[test]
-    fn ids_are_percent_encoded() {
-        assert_eq!(
-            tunnel_path("a b/../c", "/close"),
-            "/tunnels/a%20b%2F..%2Fc/close"
-        );
-        assert_eq!(percent_encode("pump-7_x.y~"), "pump-7_x.y~");
-    }
 }

@@ -127,6 +127,20 @@ pub enum Error {
         source: io::Error,
     },
 
+    /// A relay's tunnel API refused a call (`status` and its message), or gave no answer
+    /// (`status` is `None`; the message says why).
+    #[error("{}", tunnel_api_text(method, url, status, message))]
+    TunnelApi {
+        /// `GET` or `POST`.
+        method: String,
+        /// The URL called.
+        url: String,
+        /// The HTTP status of a refusal.
+        status: Option<u16>,
+        /// The API's message, or what failed.
+        message: String,
+    },
+
     // ---- peer protocol violations ----
     /// A TLS configuration was refused by rustls (its text says why in words, not in rustls's
     /// debug forms).
@@ -179,6 +193,13 @@ impl From<crate::sys::ktls::Error> for Error {
 
 /// `Result` with the engine's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+fn tunnel_api_text(method: &str, url: &str, status: &Option<u16>, message: &str) -> String {
+    match status {
+        Some(s) => format!("the tunnel API refused {method} {url} ({s}): {message}"),
+        None => format!("{method} {url}: {message}"),
+    }
+}
 
 /// A hint for the listen error an operator meets first: a port below 1024 as a non-root user.
 fn listen_hint(addr: &SocketAddr, e: &io::Error) -> &'static str {

@@ -104,6 +104,7 @@ pub use config::{
 pub use engine::{CheckedForwarder, Engine, Listening};
 pub use error::{Error, Result, Side, SyscallError};
 pub use probe::{KernelProbe, probe};
+pub use relay::client::{RotateSide, TunnelApi, TunnelTokens};
 pub use stats::{HANDSHAKE_BUCKETS, HistogramSnapshot, StatsSnapshot};
 pub use tunnel::agent::AgentState;
 

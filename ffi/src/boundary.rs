@@ -60,6 +60,32 @@ pub(crate) fn str_arg<'a>(p: *const c_char, what: &str) -> Result<&'a str, Failu
     })
 }
 
+/// The `len` strings of the array `p` points at; an error naming `what` when `p` is NULL,
+/// `len` is 0, or one of them is NULL or not UTF-8.
+pub(crate) fn str_list_arg<'a>(
+    p: *const *const c_char,
+    len: usize,
+    what: &str,
+) -> Result<Vec<&'a str>, Failure> {
+    if p.is_null() {
+        return Err(null(what));
+    }
+    if len == 0 {
+        return Err(Failure::new(
+            tunnel_result::TUNNEL_ERR_INVALID_ARGUMENT,
+            format!("`{what}` is empty (its length is 0)"),
+        ));
+    }
+    // SAFETY: not NULL; the header requires an array of `len` pointers that stays valid for
+    // the call.
+    let items = unsafe { std::slice::from_raw_parts(p, len) };
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, &item)| str_arg(item, &format!("{what}[{i}]")))
+        .collect()
+}
+
 /// Like [`str_arg`], but NULL (and the empty string) is `None`.
 pub(crate) fn opt_str_arg<'a>(p: *const c_char, what: &str) -> Result<Option<&'a str>, Failure> {
     if p.is_null() {

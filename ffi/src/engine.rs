@@ -447,17 +447,21 @@ pub extern "C" fn tunnel_engine_shutdown(
     drain_ms: u32,
 ) -> tunnel_result {
     entry("tunnel_engine_shutdown", || {
-        let h = ref_arg(engine, "engine")?;
-        let taken = h.engine.write().unwrap_or_else(|p| p.into_inner()).take();
-        let e = taken.ok_or_else(|| {
-            Failure::new(
-                tunnel_result::TUNNEL_ERR_SHUT_DOWN,
-                "the engine was shut down",
-            )
-        })?;
-        e.shutdown(Duration::from_millis(drain_ms.into()));
-        Ok(())
+        shutdown(ref_arg(engine, "engine")?, drain_ms)
     })
+}
+
+/// Shuts `h`'s engine down (also a tunnel agent's).
+pub(crate) fn shutdown(h: &tunnel_engine, drain_ms: u32) -> Result<(), Failure> {
+    let taken = h.engine.write().unwrap_or_else(|p| p.into_inner()).take();
+    let e = taken.ok_or_else(|| {
+        Failure::new(
+            tunnel_result::TUNNEL_ERR_SHUT_DOWN,
+            "the engine was shut down",
+        )
+    })?;
+    e.shutdown(Duration::from_millis(drain_ms.into()));
+    Ok(())
 }
 
 /// Frees an engine and sets `*engine` to NULL; an engine still running stops at once (no

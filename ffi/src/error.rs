@@ -49,6 +49,9 @@ pub enum tunnel_result {
     TUNNEL_ERR_PANIC = 16,
     /// An engine error this version of the header has no code for.
     TUNNEL_ERR_OTHER = 17,
+    /// A relay's tunnel API refused a call or did not answer; the message names the URL, the
+    /// HTTP status and the API's message.
+    TUNNEL_ERR_TUNNEL_API = 18,
 }
 
 /// A failed call: its code and message.
@@ -83,6 +86,7 @@ impl From<Error> for Failure {
             Error::Syscall(_) | Error::Io { .. } => TUNNEL_ERR_IO,
             Error::Tls(_) | Error::KtlsRecord(_) => TUNNEL_ERR_TLS,
             Error::AtCapacity { .. } => TUNNEL_ERR_AT_CAPACITY,
+            Error::TunnelApi { .. } => TUNNEL_ERR_TUNNEL_API,
             _ => TUNNEL_ERR_OTHER,
         };
         Failure::new(code, e.to_string())
@@ -146,6 +150,7 @@ pub extern "C" fn tunnel_result_name(code: u32) -> *const c_char {
         15 => c"TUNNEL_ERR_LOG_ALREADY_SET",
         16 => c"TUNNEL_ERR_PANIC",
         17 => c"TUNNEL_ERR_OTHER",
+        18 => c"TUNNEL_ERR_TUNNEL_API",
         _ => c"TUNNEL_ERR_UNKNOWN_CODE",
     };
     name.as_ptr()

@@ -3,8 +3,9 @@
 //! A thin translator over `splice_engine`'s public API: opaque handles (`tunnel_config`,
 //! `tunnel_engine`), numbered `tunnel_result` codes mapped from the engine's errors in one
 //! place (error.rs), a last-error message per thread, and a boundary (boundary.rs, the only
-//! `unsafe`) that catches panics and checks pointers. It holds no forwarding logic; it does
-//! not (yet) run tunnel agents, which need the relay.
+//! `unsafe`) that catches panics and checks pointers. It holds no forwarding logic; a tunnel
+//! agent is an engine of its own with one `[[source]]` or `[[destination]]` (agent.rs), and
+//! the tunnel API calls go through `splice_engine::TunnelApi`.
 //!
 //! The header `c-include/tunnel.h` is generated from this crate by cbindgen (`tests/header.rs`
 //! fails when it is stale; `TUNNEL_BLESS=1` rewrites it).
@@ -13,6 +14,7 @@
     reason = "the C names (tunnel_engine, tunnel_result, TUNNEL_OK) are the API"
 )]
 
+mod agent;
 mod boundary;
 mod connect;
 mod engine;
@@ -21,6 +23,7 @@ mod log;
 
 use std::ffi::c_char;
 
+pub use agent::*;
 pub use connect::{
     tunnel_connect, tunnel_connect_opts, tunnel_default_engine_shutdown, tunnel_engine_connect,
 };

@@ -13,6 +13,10 @@
  *                                  server mode to an echo backend; stats; no thread or fd left
  *   errors CA CERT KEY OTHER_CERT OTHER_KEY
  *                                  every error path: code and message
+ *   agents CA CERT KEY DRIVER      a relay in an engine from TOML, a tunnel opened through its
+ *                                  API, a destination agent in front of an echo backend and a
+ *                                  source agent; payloads hashed; close; error paths; no
+ *                                  thread or fd left
  *
  * Exit status 0 on success; a failed check prints what and where and exits 1.
  */
@@ -513,6 +517,172 @@ static int mode_errors(const char *ca, const char *cert, const char *key,
     return 0;
 }
 
+/* ---- agents: a tunnel through our relay, both agents in this process ---- */
+
+/* FNV-1a, 64 bits. */
+static uint64_t fnv(uint64_t h, const unsigned char *p, size_t n) {
+    for (size_t i = 0; i < n; i++) { h ^= p[i]; h *= 1099511628211ull; }
+    return h;
+}
+
+/* Polls the agent until it is in `want` (10 s at most). */
+static void wait_state(tunnel_agent *a, uint32_t want, const char *what) {
+    uint32_t st = 99;
+    for (int i = 0; i < 1000; i++) {
+        OK(tunnel_agent_state(a, &st, NULL));
+        if (st == want) return;
+        usleep(10000);
+    }
+    fail(__LINE__, "%s: state %u, not %u after 10 s", what, st, want);
+}
+
+#define AGENT_CONNS 4
+#define AGENT_BYTES (256 * 1024)
+
+static int mode_agents(const char *ca, const char *cert, const char *key, const char *driver) {
+    char toml[4096], url[64], relay[64], backend[64], service[96], bad_token[64];
+    uint16_t relay_port = 0, api_port = 0, src_port = 0;
+    tunnel_config *cfg = NULL;
+    tunnel_engine *eng = NULL;
+    tunnel_agent *dst = NULL, *src = NULL, *bad = NULL;
+    tunnel_agent_opts o;
+    char *id = NULL, *src_token = NULL, *dst_token = NULL, *json = NULL, *reason = NULL;
+    const char *names[] = {"echo"};
+    const char *services[1];
+    struct echo e;
+    uint32_t st = 99;
+    int fds = count_dir("/proc/self/fd"), tasks = count_dir("/proc/self/task");
+
+    snprintf(toml, sizeof toml,
+             "threads = 2\ndriver = \"%s\"\naccess_log = false\n"
+             "[[relay]]\nname = \"r\"\nlisten = \"127.0.0.1:0\"\ncert = \"%s\"\nkey = \"%s\"\n"
+             "api = \"127.0.0.1:0\"\nstate = \":memory:\"\n",
+             driver, cert, key);
+    OK(tunnel_config_from_toml(toml, &cfg));
+    OK(tunnel_engine_start(cfg, &eng));
+    OK(tunnel_config_free(&cfg));
+    OK(tunnel_engine_relay_ports(eng, "r", &relay_port, &api_port));
+    FAILS(tunnel_engine_relay_ports(eng, "nope", &relay_port, &api_port), TUNNEL_ERR_INVALID_ARGUMENT, "nope");
+    snprintf(url, sizeof url, "http://127.0.0.1:%u", api_port);
+    snprintf(relay, sizeof relay, "127.0.0.1:%u", relay_port);
+
+    OK(tunnel_api_open(url, NULL, names, 1, 30, "pump-7", "from C", &id, &src_token, &dst_token));
+    CHECK(strlen(id) > 0 && strlen(src_token) > 0 && strlen(dst_token) > 0, "id and tokens");
+    OK(tunnel_api_list(url, NULL, "pump-7", &json));
+    CHECK(strstr(json, id) != NULL, "the list names the tunnel: %s", json);
+    OK(tunnel_string_free(json));
+
+    echo_limit = 0;
+    echo_start(&e, AGENT_CONNS, backend, sizeof backend);
+    snprintf(service, sizeof service, "echo=%s", backend);
+    services[0] = service;
+    memset(&o, 0, sizeof o);
+    o.kind = TUNNEL_AGENT_DESTINATION;
+    o.relay = relay; o.ca = ca; o.sni = "localhost"; o.token = dst_token;
+    o.services = services; o.services_len = 1;
+    OK(tunnel_agent_start(&o, &dst));
+    services[0] = "echo=127.0.0.1:0";
+    o.kind = TUNNEL_AGENT_SOURCE;
+    o.token = src_token;
+    OK(tunnel_agent_start(&o, &src));
+    OK(tunnel_agent_local_port(src, "echo", &src_port));
+    CHECK(src_port != 0, "the source's port");
+    FAILS(tunnel_agent_local_port(dst, "echo", &src_port), TUNNEL_ERR_INVALID_ARGUMENT, "echo");
+    wait_state(dst, TUNNEL_AGENT_CONNECTED, "destination");
+    wait_state(src, TUNNEL_AGENT_CONNECTED, "source");
+    OK(tunnel_api_describe(url, NULL, id, &json));
+    CHECK(strstr(json, id) != NULL, "describe names the tunnel: %s", json);
+    OK(tunnel_string_free(json));
+
+    for (int c = 0; c < AGENT_CONNS; c++) {
+        struct sockaddr_in sa;
+        unsigned char out[8192], in[8192];
+        uint64_t sent = 14695981039346656037ull, got = sent;
+        uint32_t x = 2463534242u + (uint32_t)c;
+        int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        memset(&sa, 0, sizeof sa);
+        sa.sin_family = AF_INET;
+        sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        sa.sin_port = htons(src_port);
+        CHECK(connect(fd, (struct sockaddr *)&sa, sizeof sa) == 0, "connect to the source: %s", strerror(errno));
+        for (size_t done = 0; done < AGENT_BYTES; done += sizeof out) {
+            for (size_t i = 0; i < sizeof out; i++) {
+                x ^= x << 13; x ^= x >> 17; x ^= x << 5;
+                out[i] = (unsigned char)x;
+            }
+            sent = fnv(sent, out, sizeof out);
+            write_all(fd, out, sizeof out);
+            CHECK(read_full(fd, in, sizeof in) == 1, "connection %d: echo cut at %zu", c, done);
+            got = fnv(got, in, sizeof in);
+        }
+        CHECK(sent == got, "connection %d: hash %016llx sent, %016llx back", c,
+              (unsigned long long)sent, (unsigned long long)got);
+        shutdown(fd, SHUT_WR);
+        CHECK(read(fd, in, 1) == 0, "connection %d: end of file after the echo", c);
+        close(fd);
+    }
+    pthread_join(e.thread, NULL);
+    printf("ok: %d connections x %d bytes through the tunnel, hashes equal\n", AGENT_CONNS, AGENT_BYTES);
+
+    /* A wrong token: the agent starts, and finishes with a reason (no token in it). */
+    snprintf(bad_token, sizeof bad_token, "not-a-token-of-this-relay");
+    o.token = bad_token;
+    services[0] = "echo=127.0.0.1:0";
+    OK(tunnel_agent_start(&o, &bad));
+    OK(tunnel_agent_wait_finished(bad, 10000, &st));
+    CHECK(st == TUNNEL_AGENT_FINISHED, "a wrong token finishes the agent (state %u)", st);
+    OK(tunnel_agent_state(bad, &st, &reason));
+    printf("ok: wrong token -> finished: %s\n", reason);
+    CHECK(strlen(reason) > 0 && strstr(reason, bad_token) == NULL, "a reason without the token: %s", reason);
+    OK(tunnel_string_free(reason));
+    OK(tunnel_agent_free(&bad));
+
+    /* Closing the tunnel finishes both agents. */
+    OK(tunnel_api_close(url, NULL, id, 0));
+    OK(tunnel_agent_wait_finished(src, 10000, &st));
+    CHECK(st == TUNNEL_AGENT_FINISHED, "closing finishes the source (state %u)", st);
+    OK(tunnel_agent_wait_finished(dst, 10000, &st));
+    CHECK(st == TUNNEL_AGENT_FINISHED, "closing finishes the destination (state %u)", st);
+    OK(tunnel_agent_state(src, &st, &reason));
+    printf("ok: closed -> source finished: %s\n", reason);
+    OK(tunnel_string_free(reason));
+
+    /* Error paths. */
+    services[0] = "echo=127.0.0.1:0";
+    o.relay = "no-port-here";
+    FAILS(tunnel_agent_start(&o, &bad), TUNNEL_ERR_CONFIG, "no-port-here");
+    o.relay = relay;
+    o.kind = 7;
+    FAILS(tunnel_agent_start(&o, &bad), TUNNEL_ERR_INVALID_ARGUMENT, "kind 7");
+    o.kind = TUNNEL_AGENT_SOURCE;
+    o.services_len = 0;
+    FAILS(tunnel_agent_start(&o, &bad), TUNNEL_ERR_INVALID_ARGUMENT, "services");
+    o.services_len = 1;
+    o.token = NULL;
+    FAILS(tunnel_agent_start(&o, &bad), TUNNEL_ERR_NULL_ARGUMENT, "token");
+    FAILS(tunnel_api_describe(url, NULL, "no-such-tunnel", &json), TUNNEL_ERR_TUNNEL_API, "404");
+    FAILS(tunnel_api_list("https://127.0.0.1:1", NULL, NULL, &json), TUNNEL_ERR_ADDRESS, "https");
+    FAILS(tunnel_api_open(url, NULL, names, 1, 0, NULL, NULL, NULL, &src_token, &dst_token), TUNNEL_ERR_NULL_ARGUMENT, "id");
+    CHECK(bad == NULL, "no agent from a failed start");
+
+    OK(tunnel_agent_stop(src, 1000));
+    FAILS(tunnel_agent_stop(src, 1000), TUNNEL_ERR_SHUT_DOWN, "shut down");
+    OK(tunnel_agent_state(src, &st, NULL));
+    CHECK(st == TUNNEL_AGENT_STOPPED, "a stopped agent reads stopped (%u)", st);
+    OK(tunnel_agent_free(&src));
+    OK(tunnel_agent_free(&src));
+    OK(tunnel_agent_free(&dst));
+    OK(tunnel_string_free(id));
+    OK(tunnel_string_free(src_token));
+    OK(tunnel_string_free(dst_token));
+    OK(tunnel_engine_shutdown(eng, 1000));
+    OK(tunnel_engine_free(&eng));
+    CHECK(count_dir("/proc/self/fd") == fds, "fds left: %d, before: %d", count_dir("/proc/self/fd"), fds);
+    CHECK(count_dir("/proc/self/task") == tasks, "threads left: %d, before: %d", count_dir("/proc/self/task"), tasks);
+    printf("ok: agents\n");
+    return 0;
+}
+
 int main(int argc, char **argv) {
     setvbuf(stdout, NULL, _IOLBF, 0);
     if (argc == 5 && strcmp(argv[1], "connect") == 0)
@@ -521,6 +691,8 @@ int main(int argc, char **argv) {
         return mode_server(argv[3], argv[4], (size_t)strtoul(argv[5], NULL, 10), argv[6]);
     if (argc == 6 && strcmp(argv[1], "threads") == 0)
         return mode_threads(argv[2], argv[3], argv[4], argv[5]);
+    if (argc == 6 && strcmp(argv[1], "agents") == 0)
+        return mode_agents(argv[2], argv[3], argv[4], argv[5]);
     if (argc == 7 && strcmp(argv[1], "errors") == 0)
         return mode_errors(argv[2], argv[3], argv[4], argv[5], argv[6]);
     fprintf(stderr, "usage: see the comment at the top of tunnel_test.c\n");

@@ -143,7 +143,7 @@ pub fn test_main() -> Result<()> {
     )?;
 
     // The examples build, shared.
-    for ex in ["legacy_client", "embedded_server"] {
+    for ex in ["legacy_client", "embedded_server", "destination_agent"] {
         run_cmd(
             Command::new("cc")
                 .args(["-std=c99"])
@@ -193,6 +193,7 @@ pub fn test_main() -> Result<()> {
         run(&["errors", &ca, &cert, &key, &other_cert, &other_key])?;
         for driver in DRIVERS {
             run(&["threads", &ca, &cert, &key, driver])?;
+            run(&["agents", &ca, &cert, &key, driver])?;
             against_s_client(bin, &lib, &pki, driver)?;
         }
         against_s_server(bin, &lib, &pki)?;

@@ -8,6 +8,7 @@
 #![allow(dead_code)]
 
 pub(crate) mod api;
+pub(crate) mod client;
 pub(crate) mod registry;
 pub(crate) mod secret;
 pub(crate) mod service;
