@@ -31,6 +31,13 @@ create_exception!(
     "A listener could not open, a connection was refused (capacity, draining, closed \
      engine) or a system call failed; the message names the address or forwarder."
 );
+create_exception!(
+    splice_engine,
+    TunnelError,
+    Error,
+    "A relay's tunnel API refused a call or did not answer (the message names the URL, the \
+     HTTP status and the API's message), or a tunnel agent gave up."
+);
 
 /// The exception for an engine error: configuration and API misuse, TLS material, connections
 /// and the system, anything else the base class.
@@ -46,6 +53,7 @@ pub(crate) fn engine_error(e: E) -> PyErr {
         E::Listen { .. } | E::Draining | E::AtCapacity { .. } | E::Syscall(_) | E::Io { .. } => {
             ConnectionError::new_err(msg)
         }
+        E::TunnelApi { .. } => TunnelError::new_err(msg),
         _ => Error::new_err(msg),
     }
 }
@@ -61,5 +69,6 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("ConfigError", py.get_type::<ConfigError>())?;
     m.add("TlsError", py.get_type::<TlsError>())?;
     m.add("ConnectionError", py.get_type::<ConnectionError>())?;
+    m.add("TunnelError", py.get_type::<TunnelError>())?;
     Ok(())
 }

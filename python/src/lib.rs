@@ -201,6 +201,52 @@ impl PyEngine {
         Ok(s.into_raw_fd())
     }
 
+    /// `(host, port)` relay `name`'s agents connect to, `None` when no such relay runs.
+    fn relay_addr(&self, py: Python<'_>, name: &str) -> PyResult<Option<(String, u16)>> {
+        let a = self.with(py, |e| Ok(e.relay_addr(name)))?;
+        Ok(a.map(|a| (a.ip().to_string(), a.port())))
+    }
+
+    /// `(host, port)` of relay `name`'s tunnel API, `None` when no such relay runs.
+    fn relay_api_addr(&self, py: Python<'_>, name: &str) -> PyResult<Option<(String, u16)>> {
+        let a = self.with(py, |e| Ok(e.relay_api_addr(name)))?;
+        Ok(a.map(|a| (a.ip().to_string(), a.port())))
+    }
+
+    /// `(host, port)` source agent `name` listens on for `service`, `None` if none.
+    fn source_addr(
+        &self,
+        py: Python<'_>,
+        name: &str,
+        service: &str,
+    ) -> PyResult<Option<(String, u16)>> {
+        let a = self.with(py, |e| Ok(e.source_addr(name, service)))?;
+        Ok(a.map(|a| (a.ip().to_string(), a.port())))
+    }
+
+    /// Agent `name`'s state and why it finished: `("connecting" | "connected" | "finished"
+    /// | "stopped", reason)`; `None` when there is no such agent.
+    fn agent_state(&self, py: Python<'_>, name: &str) -> PyResult<Option<(String, String)>> {
+        let s = self.with(py, |e| Ok(e.agent_state(name)))?;
+        Ok(s.map(|s| agent_state(&s)))
+    }
+
+    /// Waits up to `timeout` seconds for an agent to give up: `(name, state, reason)`, or
+    /// `None` when none did.
+    fn wait_agent_finished(
+        &self,
+        py: Python<'_>,
+        timeout: f64,
+    ) -> PyResult<Option<(String, String, String)>> {
+        let d = Duration::try_from_secs_f64(timeout.max(0.0))
+            .map_err(|e| ConfigError::new_err(format!("timeout {timeout}: {e}")))?;
+        let got = self.with(py, |e| Ok(e.wait_agent_finished(d)))?;
+        Ok(got.map(|(n, s)| {
+            let (state, reason) = agent_state(&s);
+            (n, state, reason)
+        }))
+    }
+
     /// The counters of every forwarder, one dict each.
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
         let stats = self.with(py, |e| Ok(e.stats()))?;
@@ -319,12 +365,135 @@ fn stats_dict<'py>(py: Python<'py>, s: &StatsSnapshot) -> PyResult<Bound<'py, Py
     Ok(d)
 }
 
+/// An agent's state as words, and why it finished.
+fn agent_state(s: &splice_engine::AgentState) -> (String, String) {
+    use splice_engine::AgentState as S;
+    match s {
+        S::Connecting => ("connecting".into(), String::new()),
+        S::Connected => ("connected".into(), String::new()),
+        S::Finished(why) => ("finished".into(), why.clone()),
+        _ => ("stopped".into(), String::new()),
+    }
+}
+
+/// A tunnel API client for `url` with an optional bearer token.
+fn tunnel_api(url: &str, token: Option<String>) -> PyResult<splice_engine::TunnelApi> {
+    let api = splice_engine::TunnelApi::new(url).map_err(engine_error)?;
+    Ok(match token {
+        Some(t) => api.bearer_token(t),
+        None => api,
+    })
+}
+
+/// Runs one tunnel API call with the GIL released; the answer as JSON text.
+fn api_call<T: ToString + Send>(
+    py: Python<'_>,
+    url: &str,
+    token: Option<String>,
+    f: impl FnOnce(&splice_engine::TunnelApi) -> splice_engine::Result<T> + Send,
+) -> PyResult<String> {
+    let api = tunnel_api(url, token)?;
+    py.detach(|| f(&api))
+        .map(|v| v.to_string())
+        .map_err(engine_error)
+}
+
+/// `POST /tunnels`: the answer (id and both access tokens) as JSON text.
+#[pyfunction]
+#[pyo3(signature = (url, token, services, lifetime_minutes = None, thing = None, description = None))]
+fn api_open(
+    py: Python<'_>,
+    url: &str,
+    token: Option<String>,
+    services: Vec<String>,
+    lifetime_minutes: Option<u64>,
+    thing: Option<String>,
+    description: Option<String>,
+) -> PyResult<String> {
+    api_call(py, url, token, |api| {
+        let names: Vec<&str> = services.iter().map(String::as_str).collect();
+        api.open_json(
+            &names,
+            lifetime_minutes,
+            thing.as_deref(),
+            description.as_deref(),
+        )
+    })
+}
+
+/// `GET /tunnels`: the answer as JSON text.
+#[pyfunction]
+#[pyo3(signature = (url, token, thing = None))]
+fn api_list(
+    py: Python<'_>,
+    url: &str,
+    token: Option<String>,
+    thing: Option<String>,
+) -> PyResult<String> {
+    api_call(py, url, token, |api| api.list(thing.as_deref()))
+}
+
+/// `GET /tunnels/{id}`: the answer as JSON text.
+#[pyfunction]
+fn api_describe(py: Python<'_>, url: &str, token: Option<String>, id: String) -> PyResult<String> {
+    api_call(py, url, token, |api| api.describe(&id))
+}
+
+/// `POST /tunnels/{id}/rotate` (`side`: `source`, `destination` or `both`): the answer (the
+/// new tokens) as JSON text.
+#[pyfunction]
+#[pyo3(signature = (url, token, id, side, client_token = None))]
+fn api_rotate(
+    py: Python<'_>,
+    url: &str,
+    token: Option<String>,
+    id: String,
+    side: &str,
+    client_token: Option<String>,
+) -> PyResult<String> {
+    let side = match side {
+        "source" => splice_engine::RotateSide::Source,
+        "destination" => splice_engine::RotateSide::Destination,
+        "both" => splice_engine::RotateSide::Both,
+        s => {
+            return Err(ConfigError::new_err(format!(
+                "side {s:?}: expected \"source\", \"destination\" or \"both\""
+            )));
+        }
+    };
+    api_call(py, url, token, |api| {
+        api.rotate_json(&id, side, client_token.as_deref())
+    })
+}
+
+/// `POST /tunnels/{id}/close`: the answer as JSON text.
+#[pyfunction]
+#[pyo3(signature = (url, token, id, delete = false))]
+fn api_close(
+    py: Python<'_>,
+    url: &str,
+    token: Option<String>,
+    id: String,
+    delete: bool,
+) -> PyResult<String> {
+    api_call(py, url, token, |api| api.close(&id, delete))
+}
+
 /// The module: the engine class, the exceptions, the log bridge's level.
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyEngine>()?;
     errors::register(m)?;
     m.add_function(wrap_pyfunction!(logs::set_level, m)?)?;
+    for f in [
+        wrap_pyfunction!(api_open, m)?,
+        wrap_pyfunction!(api_list, m)?,
+        wrap_pyfunction!(api_describe, m)?,
+        wrap_pyfunction!(api_rotate, m)?,
+        wrap_pyfunction!(api_close, m)?,
+    ] {
+        m.add_function(f)?;
+    }
     m.add("EXAMPLE_CONFIG", EngineConfig::EXAMPLE)?;
     Ok(())
 }

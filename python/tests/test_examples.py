@@ -26,3 +26,8 @@ def test_tls_client_example(pki: Pki, s_server: SServer) -> None:
 def test_asyncio_example(pki: Pki, s_server: SServer) -> None:
     out = run(str(EXAMPLES / "asyncio_client.py"), "localhost", str(s_server.port), str(pki.ca))
     assert sorted(out.splitlines()) == sorted(f"{i} olleh" for i in range(5))
+
+
+def test_tunnel_example(pki: Pki) -> None:
+    out = run(str(EXAMPLES / "tunnel.py"), str(pki.cert), str(pki.key), str(pki.ca))
+    assert out == "HELLO THROUGH THE TUNNEL\n"

@@ -5,8 +5,11 @@ process. Its forwarders accept plain TCP and forward it over TLS (client mode), 
 TLS and forward plain TCP (server mode); :meth:`Engine.connect` gives a ``socket.socket``
 whose bytes leave as verified TLS, and :func:`open_connection` the asyncio form.
 
-Errors are :class:`Error` and its subclasses :class:`ConfigError`, :class:`TlsError` and
-:class:`ConnectionError`. The engine logs to the ``splice_engine`` logger of :mod:`logging`.
+Tunnels: :func:`open_tunnel` and its siblings call a relay's tunnel API, and
+:class:`Source` / :class:`Destination` run the two agents in-process.
+
+Errors are :class:`Error` and its subclasses :class:`ConfigError`, :class:`TlsError`,
+:class:`ConnectionError` and :class:`TunnelError`. The engine logs to the ``splice_engine`` logger of :mod:`logging`.
 Every call that can block releases the GIL; an engine may be used from several threads.
 """
 
@@ -15,24 +18,47 @@ from __future__ import annotations
 import asyncio
 import atexit
 import functools
+import json
 import os
 import socket
 import threading
+import time
 import weakref
 from types import TracebackType
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Type, Union
+from typing import (
+    Any,
+    Dict,
+    Iterable,
+    List,
+    Mapping,
+    Optional,
+    Sequence,
+    Tuple,
+    Type,
+    TypeVar,
+    Union,
+)
 
 from . import _native
-from ._native import ConfigError, ConnectionError, Error, TlsError
+from ._native import ConfigError, ConnectionError, Error, TlsError, TunnelError
 
 __all__ = [
     "EXAMPLE_CONFIG",
     "ConfigError",
     "ConnectionError",
+    "Destination",
     "Engine",
     "Error",
+    "OpenedTunnel",
+    "Source",
     "TlsError",
+    "TunnelError",
+    "close_tunnel",
+    "describe_tunnel",
+    "list_tunnels",
     "open_connection",
+    "open_tunnel",
+    "rotate_tunnel",
     "set_log_level",
 ]
 
@@ -181,6 +207,17 @@ class Engine:
         ``cert_not_after``. :meth:`connect`'s connectors are listed as ``connect-N HOST:PORT``."""
         return self._native.stats()
 
+    def relay_addr(self, name: str) -> Optional[Tuple[str, int]]:
+        """``(host, port)`` relay ``name`` (a ``[[relay]]`` of the configuration) takes
+        agents on; ``None`` when no such relay runs."""
+        return self._native.relay_addr(name)
+
+    def relay_api_url(self, name: str) -> Optional[str]:
+        """The URL of relay ``name``'s tunnel API (``http://HOST:PORT``), for
+        :func:`open_tunnel` and its siblings; ``None`` when no such relay runs."""
+        a = self._native.relay_api_addr(name)
+        return None if a is None else f"http://{_host_port(*a)}"
+
     @property
     def driver(self) -> str:
         """The driver the engine's threads run: ``"uring"`` or ``"epoll"``."""
@@ -292,6 +329,232 @@ async def open_connection(
     return await e.open_connection(
         host, port, ca=ca, sni=sni, cert=cert, key=key, alpn=alpn, ca_pem=ca_pem, limit=limit
     )
+
+
+def _host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+# ---- tunnels: the relay's API ----
+
+
+class OpenedTunnel:
+    """A tunnel's id and the access tokens :func:`open_tunnel` or :func:`rotate_tunnel`
+    gave (``None`` for a side a rotation left alone). Its ``repr`` hides the tokens."""
+
+    __slots__ = ("id", "source_token", "destination_token")
+
+    def __init__(
+        self, id: str, source_token: Optional[str], destination_token: Optional[str]
+    ) -> None:
+        self.id = id
+        self.source_token = source_token
+        self.destination_token = destination_token
+
+    def __repr__(self) -> str:
+        return f"<splice_engine.OpenedTunnel {self.id} tokens=<redacted>>"
+
+    @classmethod
+    def _from(cls, answer: str) -> "OpenedTunnel":
+        a = json.loads(answer)
+        return cls(a["tunnelId"], a.get("sourceAccessToken"), a.get("destinationAccessToken"))
+
+
+def open_tunnel(
+    api: str,
+    services: Sequence[str] = (),
+    *,
+    lifetime: Optional[int] = None,
+    thing: Optional[str] = None,
+    description: Optional[str] = None,
+    api_token: Optional[str] = None,
+) -> OpenedTunnel:
+    """Opens a tunnel through the relay's tunnel API at ``api`` (``http://HOST:PORT``) for
+    ``services`` (none: a V1 tunnel with one unnamed service), living ``lifetime`` minutes
+    (default: the relay's), for ``thing`` with a ``description``; ``api_token`` is the API's
+    bearer token. Returns its id and both access tokens (shown this once). Raises
+    :class:`TunnelError` when the API refuses or does not answer, naming the URL and the
+    API's message; :class:`ConfigError` for a bad URL."""
+    return OpenedTunnel._from(
+        _native.api_open(api, api_token, list(services), lifetime, thing, description)
+    )
+
+
+def list_tunnels(
+    api: str, *, thing: Optional[str] = None, api_token: Optional[str] = None
+) -> List[Dict[str, Any]]:
+    """The tunnels (only ``thing``'s when given), oldest first: the API's summaries
+    (``tunnelId``, ``status``, ``thingName``, ``description``, ``createdAt``, ...)."""
+    summaries: List[Dict[str, Any]] = json.loads(_native.api_list(api, api_token, thing))[
+        "tunnelSummaries"
+    ]
+    return summaries
+
+
+def describe_tunnel(api: str, id: str, *, api_token: Optional[str] = None) -> Dict[str, Any]:
+    """Tunnel ``id`` as the API describes it: ``tunnelId``, ``status``,
+    ``destinationConfig``, ``timeoutConfig``, ``sourceConnectionState``,
+    ``destinationConnectionState``, ... Raises :class:`TunnelError` for an unknown id."""
+    tunnel: Dict[str, Any] = json.loads(_native.api_describe(api, api_token, id))["tunnel"]
+    return tunnel
+
+
+def rotate_tunnel(
+    api: str,
+    id: str,
+    side: str = "both",
+    *,
+    client_token: Optional[str] = None,
+    api_token: Optional[str] = None,
+) -> OpenedTunnel:
+    """Replaces the access tokens of ``side`` (``"source"``, ``"destination"`` or
+    ``"both"``); the old ones stop working and peers using them are dropped. With
+    ``client_token``, only an agent that brings it may use the new ones."""
+    return OpenedTunnel._from(_native.api_rotate(api, api_token, id, side, client_token))
+
+
+def close_tunnel(
+    api: str, id: str, *, delete: bool = False, api_token: Optional[str] = None
+) -> None:
+    """Closes tunnel ``id``: both agents get a close frame and finish, its tokens stop
+    working; with ``delete`` it is forgotten too."""
+    _native.api_close(api, api_token, id, delete)
+
+
+# ---- tunnels: the agents ----
+
+_AGENT = "agent"
+
+_A = TypeVar("_A", bound="_Agent")
+
+
+class _Agent:
+    _kind = ""
+    _addr_key = ""
+
+    def __init__(
+        self,
+        relay: str,
+        *,
+        token: str,
+        services: Mapping[str, str],
+        ca: Optional[StrPath] = None,
+        sni: Optional[str] = None,
+        client_token: Optional[str] = None,
+        driver: Optional[str] = None,
+    ) -> None:
+        agent: Dict[str, Any] = {
+            "name": _AGENT,
+            "relay": relay,
+            "token": token,
+            self._addr_key: [f"{n}={a}" if n else a for n, a in services.items()],
+        }
+        if ca is not None:
+            agent["ca"] = os.fspath(ca)
+        if sni is not None:
+            agent["sni"] = sni
+        if client_token is not None:
+            agent["client_token"] = client_token
+        settings: Dict[str, Any] = {"threads": 1, self._kind: [agent]}
+        if driver is not None:
+            settings["driver"] = driver
+        self._engine = Engine(**settings)
+
+    def __enter__(self: _A) -> _A:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: Optional[Type[BaseException]],
+        exc: Optional[BaseException],
+        tb: Optional[TracebackType],
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<splice_engine.{type(self).__name__} {self.state}>"
+
+    def _state(self) -> Tuple[str, str]:
+        if self._engine.closed:
+            return ("stopped", "")
+        s = self._engine._native.agent_state(_AGENT)
+        return s if s is not None else ("stopped", "")
+
+    @property
+    def state(self) -> str:
+        """``"connecting"`` (also again after a drop: it reconnects by itself),
+        ``"connected"``, ``"finished"`` (gave up: see :attr:`reason`) or ``"stopped"``."""
+        return self._state()[0]
+
+    @property
+    def reason(self) -> str:
+        """Why the agent finished (the tunnel was closed, the relay refused its token, ...);
+        ``""`` unless finished. Never holds a token."""
+        return self._state()[1]
+
+    def wait_connected(self, timeout: float = 10.0) -> None:
+        """Waits up to ``timeout`` seconds for the tunnel connection; raises
+        :class:`TunnelError` if the agent finished or the time ran out."""
+        end = time.monotonic() + timeout
+        while True:
+            state, reason = self._state()
+            if state == "connected":
+                return
+            if state in ("finished", "stopped"):
+                raise TunnelError(f"the {self._kind} agent {state}: {reason}")
+            if time.monotonic() > end:
+                raise TunnelError(f"the {self._kind} agent is not connected after {timeout} s")
+            time.sleep(0.02)
+
+    def wait_finished(self, timeout: float) -> str:
+        """Waits up to ``timeout`` seconds for the agent to give up; its state then."""
+        if not self._engine.closed:
+            self._engine._native.wait_agent_finished(timeout)
+        return self.state
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` ran."""
+        return self._engine.closed
+
+    def close(self, drain: float = 5.0) -> None:
+        """Stops the agent: its local connections get ``drain`` seconds to end, then it
+        closes them and its tunnel connection. Later calls do nothing."""
+        self._engine.close(drain)
+
+
+class Source(_Agent):
+    """A source agent in-process: for each ``services`` entry ``NAME: "IP:PORT"`` it listens
+    on the address (port 0 picks one: see :meth:`address`) and carries the connections it
+    accepts through the relay at ``relay`` (``HOST:PORT``, TLS verified against ``ca`` for
+    the name ``sni``) to the tunnel's destination, with the source access ``token``
+    (``client_token`` when the token is bound to one). A V1 tunnel's one service has the
+    name ``""``.
+
+    It connects in the background and reconnects by itself; a wrong token or a closed
+    tunnel shows as :attr:`state` ``"finished"`` with a :attr:`reason`. Use it as a context
+    manager, or call :meth:`close`. Raises :class:`ConfigError`, :class:`TlsError` or
+    :class:`ConnectionError` for bad settings, a bad CA file or an address in use."""
+
+    _kind = "source"
+    _addr_key = "listen"
+
+    def address(self, service: str) -> Tuple[str, int]:
+        """``(host, port)`` the agent listens on for ``service``."""
+        a = self._engine._native.source_addr(_AGENT, service)
+        if a is None:
+            raise ConfigError(f"the source has no service {service!r}")
+        return a
+
+
+class Destination(_Agent):
+    """A destination agent in-process: it connects out to the relay at ``relay``
+    (``HOST:PORT``, TLS verified against ``ca`` for the name ``sni``) with the destination
+    access ``token``, and connects each stream of service ``NAME`` to ``services[NAME]``
+    (``"HOST:PORT"``). Otherwise as :class:`Source`."""
+
+    _kind = "destination"
+    _addr_key = "connect"
 
 
 def set_log_level(level: int) -> None:
