@@ -342,6 +342,8 @@ pub fn split_host_port(s: &str) -> Result<(String, u16)> {
 /// a line of the file.
 #[derive(Debug)]
 struct Problem {
+    /// The array of tables the entry is in (`forwarder`, `relay`, `source`, `destination`).
+    table: &'static str,
     forwarder: Option<usize>,
     key: &'static str,
     message: String,
@@ -350,7 +352,18 @@ struct Problem {
 impl Problem {
     fn new(forwarder: Option<usize>, key: &'static str, message: String) -> Self {
         Self {
+            table: "forwarder",
             forwarder,
+            key,
+            message,
+        }
+    }
+
+    /// A problem of entry `i` of the array of tables `table`.
+    fn in_table(table: &'static str, i: usize, key: &'static str, message: String) -> Self {
+        Self {
+            table,
+            forwarder: Some(i),
             key,
             message,
         }
@@ -403,11 +416,11 @@ impl<'a> Locator<'a> {
             + 1
     }
 
-    fn forwarder(&self, i: usize) -> Option<&toml::Spanned<toml::de::DeValue<'a>>> {
+    fn entry(&self, table: &str, i: usize) -> Option<&toml::Spanned<toml::de::DeValue<'a>>> {
         self.doc
             .as_ref()?
             .get_ref()
-            .get("forwarder")?
+            .get(table)?
             .get_ref()
             .as_array()?
             .get(i)
@@ -416,10 +429,15 @@ impl<'a> Locator<'a> {
     /// The line of `key` (in forwarder `i`, or at the top), or of the forwarder when the key
     /// is not in the file.
     fn line_of(&self, forwarder: Option<usize>, key: &str) -> Option<usize> {
-        let span = match forwarder {
+        self.line_in("forwarder", forwarder, key)
+    }
+
+    /// [`Locator::line_of`] in entry `i` of the array of tables `table`.
+    fn line_in(&self, table: &str, i: Option<usize>, key: &str) -> Option<usize> {
+        let span = match i {
             None => self.doc.as_ref()?.get_ref().get(key)?.span(),
             Some(i) => {
-                let fwd = self.forwarder(i)?;
+                let fwd = self.entry(table, i)?;
                 let found = fwd
                     .get_ref()
                     .as_table()?
@@ -604,9 +622,18 @@ impl EngineConfig {
             for f in &mut cfg.forwarders {
                 f.resolve_paths(base);
             }
+            for r in &mut cfg.relays {
+                r.resolve_paths(base);
+            }
+            for s in &mut cfg.sources {
+                s.resolve_paths(base);
+            }
+            for d in &mut cfg.destinations {
+                d.resolve_paths(base);
+            }
         }
         cfg.problem().map_or(Ok(()), |p| {
-            let line = at.line_of(p.forwarder, p.key);
+            let line = at.line_in(p.table, p.forwarder, p.key);
             Err(p.into_error(origin, line))
         })?;
         Ok(cfg)
@@ -689,6 +716,96 @@ impl EngineConfig {
                 ));
             }
             listens.push((name, addr));
+        }
+        self.tunnel_problem(metrics, listens)
+    }
+
+    /// The `[[relay]]`, `[[source]]` and `[[destination]]` tables: each checked, names unique
+    /// per table, and no address listened on twice (forwarders' in `listens`, `metrics`).
+    fn tunnel_problem(
+        &self,
+        metrics: Option<SocketAddr>,
+        forwarders: Vec<(String, SocketAddr)>,
+    ) -> Option<Problem> {
+        let mut listens: Vec<(String, SocketAddr)> = forwarders
+            .into_iter()
+            .map(|(name, addr)| (format!("forwarder \"{name}\""), addr))
+            .collect();
+        if let Some(m) = metrics {
+            listens.push(("`metrics`".into(), m));
+        }
+        let names = |all: Vec<String>| -> Option<(usize, String)> {
+            let mut seen = std::collections::HashSet::new();
+            all.into_iter()
+                .enumerate()
+                .find(|(_, n)| !seen.insert(n.clone()))
+        };
+        let mut taken = |table: &'static str, i: usize, key: &'static str, who: String, addr| {
+            if let Some((other, _)) = listens.iter().find(|(_, a)| listen_addrs_collide(*a, addr)) {
+                return Some(Problem::in_table(
+                    table,
+                    i,
+                    key,
+                    format!(
+                        "{who}: `{key}` = {addr} overlaps {other}: each address can be listened \
+                         on once"
+                    ),
+                ));
+            }
+            listens.push((who, addr));
+            None
+        };
+        for (table, all) in [
+            (
+                "relay",
+                self.relays.iter().map(|r| r.display_name()).collect(),
+            ),
+            (
+                "source",
+                self.sources.iter().map(|s| s.display_name()).collect(),
+            ),
+            (
+                "destination",
+                self.destinations.iter().map(|d| d.display_name()).collect(),
+            ),
+        ] {
+            if let Some((i, name)) = names(all) {
+                return Some(Problem::in_table(
+                    table,
+                    i,
+                    "name",
+                    format!("two {table}s are named \"{name}\" (give each a `name`)"),
+                ));
+            }
+        }
+        for (i, r) in self.relays.iter().enumerate() {
+            if let Some((key, message)) = r.problem() {
+                return Some(Problem::in_table("relay", i, key, message));
+            }
+            let who = format!("relay \"{}\"", r.display_name());
+            for (key, addr) in [("listen", &r.listen), ("api", &r.api)] {
+                let addr = addr.parse().expect("checked by problem()");
+                if let Some(p) = taken("relay", i, key, who.clone(), addr) {
+                    return Some(p);
+                }
+            }
+        }
+        for (i, s) in self.sources.iter().enumerate() {
+            if let Some((key, message)) = s.problem() {
+                return Some(Problem::in_table("source", i, key, message));
+            }
+            for (service, addr) in s.listen_addrs() {
+                let who = format!("source \"{}\" service \"{service}\"", s.display_name());
+                let addr = addr.expect("checked by problem()");
+                if let Some(p) = taken("source", i, "listen", who, addr) {
+                    return Some(p);
+                }
+            }
+        }
+        for (i, d) in self.destinations.iter().enumerate() {
+            if let Some((key, message)) = d.problem() {
+                return Some(Problem::in_table("destination", i, key, message));
+            }
         }
         None
     }

@@ -45,6 +45,8 @@ pub struct Engine {
     start_only: StartOnly,
     /// Kept for its lifetime: the metrics thread stops when the engine drops.
     _metrics: Option<crate::metrics::MetricsServer>,
+    /// The relays' control sides (registry, API, expiry), one per `[[relay]]`.
+    relays: Vec<crate::relay::service::RelayService>,
     /// Sockets passed by systemd (socket activation), each with whether a listener uses it.
     /// The engine keeps them for its lifetime (systemd holds them open too) and gives the
     /// shards duplicates, so a reload that fails or removes a forwarder loses none.
@@ -60,8 +62,8 @@ pub struct Engine {
     agents: Mutex<Vec<crate::tunnel::agent::AgentHandle>>,
     /// Their state and counters, for `/metrics`.
     agent_stats: Arc<Mutex<Vec<Arc<crate::tunnel::agent::AgentShared>>>>,
-    /// The tunnel relays (`[[relay]]`).
-    relays: Vec<crate::tunnel::start::RunningRelay>,
+    /// The relays' data planes on the shards, one per `[[relay]]` (as `relays`).
+    relay_planes: Vec<crate::tunnel::start::RunningRelay>,
 }
 
 /// The engine-level settings that shape the shards and the process, which only a restart
@@ -185,6 +187,7 @@ impl Engine {
             reloads: Arc::new(ReloadStats::new()),
             start_only: StartOnly::of(&cfg),
             _metrics: None,
+            relays: Vec::new(),
             activated: Mutex::new(
                 crate::systemd::listen_fds()
                     .into_iter()
@@ -196,7 +199,7 @@ impl Engine {
             next_shard: AtomicUsize::new(0),
             agents: Mutex::new(Vec::new()),
             agent_stats: Arc::default(),
-            relays: Vec::new(),
+            relay_planes: Vec::new(),
         };
         // Everything that reads files or binds ports happens before a thread starts.
         let mut built = Vec::new();
@@ -219,6 +222,7 @@ impl Engine {
             };
             bound.push((f, fwd, addr, fds));
         }
+        let relay_stats = crate::tunnel::metrics::StatsList::default();
         if let Some(m) = &cfg.metrics {
             let addr: SocketAddr = m.parse().map_err(|e| Error::Address {
                 addr: m.clone(),
@@ -228,8 +232,18 @@ impl Engine {
                 registry,
                 reloads: engine.reloads.clone(),
                 agents: engine.agent_stats.clone(),
+                relays: relay_stats.clone(),
             };
             engine._metrics = Some(crate::metrics::MetricsServer::start(addr, source)?);
+        }
+        let origin = cfg
+            .source_file
+            .as_ref()
+            .map_or_else(|| "configuration".to_string(), |p| p.display().to_string());
+        for r in &cfg.relays {
+            engine
+                .relays
+                .push(crate::relay::service::RelayService::start(r, &origin)?);
         }
         for i in 0..threads {
             engine.shards.push(shard::spawn(i, driver, cfg.busy_poll)?);
@@ -248,9 +262,15 @@ impl Engine {
         for (f, fwd, addr, fds) in bound {
             engine.install(f, Arc::new(fwd), addr, fds);
         }
-        for (i, r) in cfg.relays.iter().enumerate() {
-            let relay = crate::tunnel::start::start_relay(r, i as u32 + 1, &engine.shards)?;
-            engine.relays.push(relay);
+        for (i, (r, service)) in cfg.relays.iter().zip(&engine.relays).enumerate() {
+            let plane = crate::tunnel::start::start_relay(
+                r,
+                service,
+                i as u32 + 1,
+                &engine.shards,
+                &relay_stats,
+            )?;
+            engine.relay_planes.push(plane);
         }
         let activated = engine.activated.lock().expect("activated lock");
         for (s, _) in activated.iter().filter(|(_, used)| !used) {
@@ -384,13 +404,14 @@ impl Engine {
             reloads: Arc::new(ReloadStats::new()),
             start_only: StartOnly::of(&cfg),
             _metrics: None,
+            relays: Vec::new(),
             activated: Mutex::new(Vec::new()),
             config: Mutex::new(cfg.clone()),
             draining: AtomicBool::new(false),
             next_shard: AtomicUsize::new(0),
             agents: Mutex::new(Vec::new()),
             agent_stats: Arc::default(),
-            relays: Vec::new(),
+            relay_planes: Vec::new(),
         };
         let mut out = Vec::new();
         for (i, f) in cfg.forwarders.iter().enumerate() {
@@ -494,6 +515,14 @@ impl Engine {
         self.reloads.attempt();
         let result = load().and_then(|cfg| {
             self.apply(&cfg, "configuration", true)?;
+            if (&cfg.relays, &cfg.sources, &cfg.destinations)
+                != (&current.relays, &current.sources, &current.destinations)
+            {
+                tracing::warn!(
+                    "the [[relay]], [[source]] or [[destination]] tables changed, but only a \
+                     restart applies them; this reload applies the forwarders and certificates"
+                );
+            }
             *current = cfg;
             Ok(())
         });
@@ -798,7 +827,7 @@ impl Engine {
 
     /// The address relay `name` listens on for agents (port 0 resolved), if it runs.
     pub fn relay_addr(&self, name: &str) -> Option<SocketAddr> {
-        self.relays
+        self.relay_planes
             .iter()
             .find(|r| r.relay.name == name)
             .map(|r| r.addr)
@@ -808,8 +837,8 @@ impl Engine {
     pub fn relay_api_addr(&self, name: &str) -> Option<SocketAddr> {
         self.relays
             .iter()
-            .find(|r| r.relay.name == name)
-            .and_then(|r| r.api_addr)
+            .find(|r| r.name() == name)
+            .map(|r| r.api_addr())
     }
 
     /// The driver the shards run (never `Auto`).

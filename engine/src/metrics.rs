@@ -18,6 +18,8 @@ pub(crate) struct Source {
     pub(crate) reloads: Arc<ReloadStats>,
     /// The tunnel's agents.
     pub(crate) agents: Arc<std::sync::Mutex<Vec<Arc<crate::tunnel::agent::AgentShared>>>>,
+    /// The tunnel relays' figures.
+    pub(crate) relays: crate::tunnel::metrics::StatsList,
 }
 
 impl Source {
@@ -37,6 +39,7 @@ impl Source {
         if let Ok(agents) = self.agents.lock() {
             out.push_str(&crate::tunnel::agent::render(&agents));
         }
+        out.push_str(&crate::tunnel::metrics::render(&self.relays));
         out
     }
 }

@@ -4,6 +4,7 @@
 
 use std::io::{Read, Write};
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use tungstenite::Message;
 use tungstenite::client::IntoClientRequest;
@@ -17,18 +18,19 @@ type Ws = WebSocket<TlsStream>;
 const V3: &str = "aws.iot.securetunneling-3.0";
 const V2: &str = "aws.iot.securetunneling-2.0";
 
-/// A relay started by `run --config`.
+/// A relay started by `run --config`, with its metrics endpoint.
 struct Relay {
     proc: Proc,
     port: u16,
     api: SocketAddr,
+    metrics: SocketAddr,
 }
 
 fn start_relay(pki: &Pki, driver: &str, extra: &str) -> Relay {
-    let (port, api) = (free_port(), free_port());
+    let (port, api, metrics) = (free_port(), free_port(), free_port());
     let path = pki.dir.path().join(format!("relay-{port}.toml"));
     let toml = format!(
-        "driver = \"{driver}\"\nthreads = 2\n\n[[relay]]\nname = \"r\"\nlisten = \"127.0.0.1:{port}\"\n\
+        "driver = \"{driver}\"\nthreads = 2\nmetrics = \"127.0.0.1:{metrics}\"\n\n[[relay]]\nname = \"r\"\nlisten = \"127.0.0.1:{port}\"\n\
          cert = \"{}\"\nkey = \"{}\"\napi = \"127.0.0.1:{api}\"\nstate = \":memory:\"\n{extra}",
         pki.server.cert.display(),
         pki.server.key.display(),
@@ -39,12 +41,14 @@ fn start_relay(pki: &Pki, driver: &str, extra: &str) -> Relay {
         .opt("--log-level", "info")
         .wait_port(port)
         .wait_port(api)
+        .wait_port(metrics)
         .label(format!("relay ({driver})"))
         .start();
     Relay {
         proc,
         port,
         api: localhost(api),
+        metrics: localhost(metrics),
     }
 }
 
@@ -204,9 +208,14 @@ fn kind_of(frame: &[u8]) -> u64 {
 
 /// Reads until the peer's close frame; its code.
 fn close_code(ws: &mut Ws) -> Option<u16> {
+    close_frame(ws).map(|(code, _)| code)
+}
+
+/// Reads until the peer's close frame; its code and reason.
+fn close_frame(ws: &mut Ws) -> Option<(u16, String)> {
     loop {
         match ws.read() {
-            Ok(Message::Close(c)) => return c.map(|c| u16::from(c.code)),
+            Ok(Message::Close(c)) => return c.map(|c| (u16::from(c.code), c.reason.to_string())),
             Ok(_) => continue,
             Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed) => {
                 return None;
@@ -270,8 +279,9 @@ fn relay_pairs_peers_and_forwards_frames_as_they_came() {
     for driver in DRIVERS {
         let relay = start_relay(&pki, driver, "");
         // Several tunnels: with two shards, some peers are accepted on the shard that is not
-        // their tunnel's and are handed over.
-        for n in 0..4 {
+        // their tunnel's and are handed over (16 connections all landing on their tunnel's
+        // shard by chance: 1 in 65536).
+        for n in 0..8 {
             let t = open_tunnel(&relay, &["ssh", "web"]);
             let (mut src, mut dst) = pair(&pki, &relay, &t);
             exchange(
@@ -305,6 +315,89 @@ fn relay_pairs_peers_and_forwards_frames_as_they_came() {
             !log.contains(" ERROR "),
             "{driver}: errors in the log:\n{log}"
         );
+        let r = [("relay", "r")];
+        let m = wait_metric(relay.metrics, "splice_tunnels_open", &r, |v| v == 0.0);
+        assert!(
+            m.value("splice_tunnel_handoffs_total", &r) > 0.0,
+            "{driver}: peers handed to their tunnel's shard:\n{}",
+            m.text
+        );
+        // Per tunnel: STREAM_START, 4 DATA and the two joined ones each way.
+        let out: f64 = [1usize, 100, 4096, 64512]
+            .iter()
+            .map(|len| frame(DATA, 1, "ssh", 1, &vec![1; *len]).len() as f64)
+            .sum::<f64>()
+            + (frame(STREAM_START, 1, "ssh", 1, b"").len()
+                + frame(DATA, 1, "ssh", 1, b"first").len()
+                + frame(DATA, 1, "ssh", 1, b"second").len()) as f64;
+        let sent = m.value(
+            "splice_tunnel_bytes_total",
+            &[("relay", "r"), ("direction", "source_to_destination")],
+        );
+        assert_eq!(sent, 8.0 * out, "{driver}: bytes source to destination");
+        for side in ["source", "destination"] {
+            let m = wait_metric(
+                relay.metrics,
+                "splice_tunnel_peers_connected",
+                &[("relay", "r"), ("side", side)],
+                |v| v == 0.0,
+            );
+            assert_eq!(m.value("splice_tunnel_streams_active", &r), 0.0);
+        }
+    }
+}
+
+/// `CloseTunnel` through the API sends both peers a close frame (1000, "tunnel closed");
+/// a rotation of one side's token drops that side's peer and only it.
+#[test]
+fn relay_tunnel_close_and_rotate_reach_the_peers() {
+    let pki = Pki::new();
+    for driver in DRIVERS {
+        let relay = start_relay(&pki, driver, "");
+        for _ in 0..3 {
+            let t = open_tunnel(&relay, &["ssh"]);
+            let (mut src, mut dst) = pair(&pki, &relay, &t);
+            let (status, _) = api(relay.api, "POST", &format!("/tunnels/{}/close", t.id), "{}");
+            assert_eq!(status, 200);
+            for (who, ws) in [("source", &mut src), ("destination", &mut dst)] {
+                assert_eq!(
+                    close_frame(ws),
+                    Some((1000, "tunnel closed".to_string())),
+                    "{driver}: the {who} hears the close"
+                );
+            }
+        }
+        let t = open_tunnel(&relay, &["ssh"]);
+        let (mut src, mut dst) = pair(&pki, &relay, &t);
+        let (status, json) = api(
+            relay.api,
+            "POST",
+            &format!("/tunnels/{}/rotate", t.id),
+            r#"{"clientMode":"DESTINATION"}"#,
+        );
+        assert_eq!(status, 200, "rotate: {json}");
+        let end = loop {
+            match dst.read() {
+                Ok(Message::Ping(_) | Message::Pong(_)) => continue,
+                other => break other,
+            }
+        };
+        assert!(
+            end.is_err(),
+            "{driver}: the rotated destination is dropped: {end:?}"
+        );
+        src.send(Message::Ping(b"still here".to_vec().into()))
+            .expect("ping");
+        loop {
+            match src.read().expect("the source stays") {
+                Message::Pong(p) => {
+                    assert_eq!(&p[..], b"still here");
+                    break;
+                }
+                Message::Binary(_) | Message::Ping(_) => continue,
+                other => panic!("{driver}: {other:?}"),
+            }
+        }
     }
 }
 
@@ -465,6 +558,183 @@ fn relay_bad_inputs_cost_only_that_peer() {
         assert!(
             !log.contains(&t.source) && !log.contains(&t.destination),
             "{driver}: a token in the log"
+        );
+        let m = scrape(relay.metrics);
+        let refused = |status: &str| {
+            m.value(
+                "splice_tunnel_upgrades_refused_total",
+                &[("relay", "r"), ("status", status)],
+            )
+        };
+        assert_eq!(
+            refused("400"),
+            3.0,
+            "{driver}: bad HTTP, no subprotocol, two tokens"
+        );
+        assert_eq!(refused("403"), 2.0, "{driver}: wrong and reused tokens");
+        assert_eq!(refused("410"), 1.0, "{driver}: closed tunnel");
+        assert_eq!(
+            m.value("splice_tunnel_tls_failures_total", &[("relay", "r")]),
+            1.0
+        );
+        assert_eq!(
+            m.value("splice_tunnel_rule_breaks_total", &[("relay", "r")]),
+            4.0
+        );
+        assert_eq!(
+            m.value(
+                "splice_tunnel_peers_connected",
+                &[("relay", "r"), ("side", "destination")]
+            ),
+            1.0
+        );
+    }
+}
+
+/// A destination that stops reading: the relay stops reading its source (back-pressure)
+/// instead of buffering, so its memory stays bounded while the source pushes on; once the
+/// destination reads again every frame arrives, in order and intact.
+#[test]
+fn relay_slow_destination_holds_back_the_source_with_bounded_memory() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let pki = Pki::new();
+    for driver in DRIVERS {
+        let relay = start_relay(&pki, driver, "");
+        let t = open_tunnel(&relay, &["ssh"]);
+        let (mut src, mut dst) = pair(&pki, &relay, &t);
+        let start = frame(STREAM_START, 1, "ssh", 1, b"");
+        src.send(Message::binary(start.clone()))
+            .expect("STREAM_START");
+        assert_eq!(next_binary(&mut dst), start);
+        let rss_before = relay.proc.rss_kib();
+        // 96 MiB of DATA in 63 KiB frames, each frame's payload filled with its number.
+        const FRAMES: u64 = 1600;
+        let payload_of = |i: u64| vec![(i % 251) as u8; 64512];
+        let sent = Arc::new(AtomicU64::new(0));
+        let sent2 = sent.clone();
+        src.get_mut()
+            .sock
+            .set_write_timeout(Some(IO_TIMEOUT))
+            .expect("write timeout");
+        let writer = spawn("slow-dst-source", move || {
+            for i in 0..FRAMES {
+                let f = frame(DATA, 1, "ssh", 1, &payload_of(i));
+                src.send(Message::binary(f)).expect("source send");
+                sent2.fetch_add(1, Ordering::SeqCst);
+            }
+            src
+        });
+        // The destination reads nothing for a while: the source gets stuck.
+        std::thread::sleep(Duration::from_secs(2));
+        let stuck_at = sent.load(Ordering::SeqCst);
+        assert!(
+            stuck_at < FRAMES / 4,
+            "{driver}: the source sent {stuck_at} of {FRAMES} frames to a destination that reads nothing"
+        );
+        let grown = relay.proc.rss_kib().saturating_sub(rss_before);
+        assert!(
+            grown < 24 * 1024,
+            "{driver}: the relay grew by {grown} KiB behind a destination that reads nothing"
+        );
+        // Now it reads: everything comes, in order.
+        for i in 0..FRAMES {
+            let got = next_binary(&mut dst);
+            assert_eq!(
+                got,
+                frame(DATA, 1, "ssh", 1, &payload_of(i)),
+                "{driver}: frame {i}"
+            );
+        }
+        let _src = writer.join().expect("source thread");
+        assert_eq!(sent.load(Ordering::SeqCst), FRAMES);
+    }
+}
+
+/// Python's `websockets` (python3-websockets, installed by .ci/run) as the source and the
+/// destination: a second WebSocket and TLS stack that is not ours, speaking V2.
+const PY_PEERS: &str = r#"
+import asyncio, ssl, sys
+import websockets
+
+port, ca, src_token, dst_token = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
+V2 = "aws.iot.securetunneling-2.0"
+
+def varint(v):
+    out = bytearray()
+    while v >= 0x80:
+        out.append((v & 0x7f) | 0x80)
+        v >>= 7
+    out.append(v)
+    return bytes(out)
+
+def frame(kind, stream, service, payload=b""):
+    m = b"\x08" + varint(kind)
+    if stream:
+        m += b"\x10" + varint(stream)
+    if payload:
+        m += b"\x22" + varint(len(payload)) + payload
+    if service:
+        s = service.encode()
+        m += b"\x2a" + varint(len(s)) + s
+    return len(m).to_bytes(2, "big") + m
+
+async def peer(mode, token):
+    ctx = ssl.create_default_context(cafile=ca)
+    ws = await websockets.connect(
+        f"wss://localhost:{port}/tunnel?local-proxy-mode={mode}",
+        ssl=ctx, subprotocols=[V2], extra_headers={"access-token": token},
+        max_size=None, ping_interval=None)
+    assert ws.subprotocol == V2, ws.subprotocol
+    ids = await ws.recv()
+    assert isinstance(ids, bytes) and ids[2:4] == b"\x08\x05", ids
+    return ws
+
+async def main():
+    src = await peer("source", src_token)
+    dst = await peer("destination", dst_token)
+    start = frame(2, 1, "ssh")
+    await src.send(start)
+    assert await dst.recv() == start
+    for n in (1, 1000, 64512):
+        data = frame(1, 1, "ssh", bytes(range(256)) * (n // 256) + b"x" * (n % 256))
+        await src.send(data)
+        assert await dst.recv() == data, n
+        back = frame(1, 1, "ssh", b"reply %d" % n)
+        await dst.send(back)
+        assert await src.recv() == back, n
+    pong = await src.ping(b"py")
+    await asyncio.wait_for(pong, 10)
+    await src.close()
+    reset = await dst.recv()
+    assert reset[2:4] == b"\x08\x03", reset
+    await dst.close()
+    print("OK")
+
+asyncio.run(asyncio.wait_for(main(), 30))
+"#;
+
+#[test]
+fn relay_serves_python_websockets_peers() {
+    let pki = Pki::new();
+    for driver in DRIVERS {
+        let relay = start_relay(&pki, driver, "");
+        let t = open_tunnel(&relay, &["ssh"]);
+        let out = std::process::Command::new("/usr/bin/python3")
+            .arg("-c")
+            .arg(PY_PEERS)
+            .arg(relay.port.to_string())
+            .arg(&pki.ca.path)
+            .arg(&t.source)
+            .arg(&t.destination)
+            .output()
+            .expect("run /usr/bin/python3 (the tests need python3 and python3-websockets)");
+        assert!(
+            out.status.success() && out.stdout.starts_with(b"OK"),
+            "{driver}: python websockets peers: {}\n{}\nrelay log:\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr),
+            relay.proc.log()
         );
     }
 }

@@ -11,7 +11,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::{
-    Balance, DriverKind, EngineConfig, ForwarderConfig, KtlsMode, LogFormat, Mode, ProxyVersion,
+    Balance, DestinationConfig, DriverKind, EngineConfig, ForwarderConfig, KtlsMode, LogFormat,
+    Mode, ProxyVersion, RelayConfig, SourceConfig,
 };
 
 impl ForwarderConfig {
@@ -222,6 +223,26 @@ impl EngineConfig {
     /// An access line per connection at `info`, for forwarders that do not say (default on).
     pub fn access_log(mut self, on: bool) -> Self {
         self.access_log = on;
+        self
+    }
+}
+
+impl EngineConfig {
+    /// Adds a tunnel relay.
+    pub fn relay(mut self, relay: RelayConfig) -> Self {
+        self.relays.push(relay);
+        self
+    }
+
+    /// Adds a tunnel source agent.
+    pub fn source(mut self, source: SourceConfig) -> Self {
+        self.sources.push(source);
+        self
+    }
+
+    /// Adds a tunnel destination agent.
+    pub fn destination(mut self, destination: DestinationConfig) -> Self {
+        self.destinations.push(destination);
         self
     }
 }

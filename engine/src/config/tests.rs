@@ -438,3 +438,252 @@ fn from_toml_reads_text_as_a_file_is_read() {
         "{err}"
     );
 }
+
+const RELAY: &str = "[[relay]]\nname = \"edge\"\nlisten = \"127.0.0.1:4443\"\ncert = \"c.pem\"\n\
+                     key = \"k.pem\"\napi = \"127.0.0.1:4480\"\n";
+const SOURCE: &str = "[[source]]\nname = \"laptop\"\nrelay = \"relay.example:443\"\n";
+const DESTINATION: &str = "[[destination]]\nname = \"pump\"\nrelay = \"relay.example:443\"\n";
+
+/// The error's text, which must name the file (`c<N>.toml`), `line` and `key`.
+fn refused(text: &str, line: usize, key: &str) -> String {
+    let msg = parse(text).unwrap_err().to_string();
+    assert!(msg.contains(".toml: "), "no file in {msg}");
+    assert!(
+        msg.contains(&format!("line {line}:")),
+        "not line {line}: {msg}"
+    );
+    assert!(msg.contains(&format!("`{key}`")), "no `{key}` in {msg}");
+    msg
+}
+
+#[test]
+fn tunnel_tables_parse_and_resolve_paths() {
+    let cfg = parse(&format!(
+        "{RELAY}api_token_file = \"api.token\"\nstate = \"state/relay.sqlite\"\n\
+         max_lifetime = \"1h\"\n\
+         {SOURCE}token_file = \"/etc/tok\"\nca = \"ca.pem\"\nlisten = [\"SSH=127.0.0.1:2222\", \
+         \"web=127.0.0.1:8080\"]\nprotocol = \"v2\"\n\
+         {DESTINATION}connect = [\"SSH=localhost:22\"]\n\
+         client_token = \"0123456789abcdef0123456789abcdef-x\"\n"
+    ))
+    .unwrap();
+    let r = &cfg.relays[0];
+    assert!(r.cert.is_absolute() && r.cert.ends_with("c.pem"));
+    assert!(r.api_token_file.as_ref().unwrap().is_absolute());
+    assert!(
+        Path::new(r.state.as_deref().unwrap()).is_absolute(),
+        "{:?}",
+        r.state
+    );
+    assert_eq!(r.max_lifetime, Duration::from_secs(3600));
+    let s = &cfg.sources[0];
+    assert_eq!(s.token_file.as_deref(), Some(Path::new("/etc/tok")));
+    assert!(s.ca.as_ref().unwrap().is_absolute());
+    assert_eq!(s.protocol, TunnelProtocol::V2);
+    assert_eq!(cfg.destinations[0].connect, vec!["SSH=localhost:22"]);
+    // The client token is not shown by Debug.
+    assert!(!format!("{cfg:?}").contains("0123456789abcdef"));
+
+    // `:memory:` is not a path.
+    let cfg = parse(&format!("{RELAY}state = \":memory:\"\n")).unwrap();
+    assert_eq!(cfg.relays[0].state.as_deref(), Some(":memory:"));
+}
+
+#[test]
+fn tunnel_table_errors_name_file_line_and_key() {
+    refused(&RELAY.replace("127.0.0.1:4480", "localhost:80"), 6, "api");
+    refused(&format!("{RELAY}max_services = 0\n"), 7, "max_services");
+    refused(
+        &format!("{RELAY}max_lifetime = \"30s\"\n"),
+        7,
+        "max_lifetime",
+    );
+    refused(
+        &format!("{RELAY}ping_after = \"2m\"\nidle_timeout = \"1m\"\n"),
+        8,
+        "idle_timeout",
+    );
+    refused(
+        &format!("{SOURCE}listen = [\"SSH=127.0.0.1:1\"]\ntoken = \"t\"\ntoken_file = \"f\"\n"),
+        5,
+        "token",
+    );
+    let msg = refused(
+        &format!("{SOURCE}listen = [\"SSH=127.0.0.1:1\"]\nclient_token = \"short-secret\"\n"),
+        5,
+        "client_token",
+    );
+    assert!(!msg.contains("short-secret"), "the token leaked: {msg}");
+    refused(
+        &format!("{SOURCE}listen = [\"SSH=127.0.0.1:1\"]\n").replace("relay.example:443", "x"),
+        3,
+        "relay",
+    );
+    refused(&format!("{SOURCE}listen = []\n"), 4, "listen");
+    refused(
+        &format!("{SOURCE}listen = [\"S H=127.0.0.1:1\"]\n"),
+        4,
+        "listen",
+    );
+    refused(
+        &format!("{SOURCE}listen = [\"{}=127.0.0.1:1\"]\n", "x".repeat(129)),
+        4,
+        "listen",
+    );
+    refused(
+        &format!("{SOURCE}listen = [\"SSH=127.0.0.1:1\", \"SSH=127.0.0.1:2\"]\n"),
+        4,
+        "listen",
+    );
+    let msg = refused(
+        &format!("{SOURCE}listen = [\"127.0.0.1:1\", \"127.0.0.1:2\"]\n"),
+        4,
+        "listen",
+    );
+    assert!(msg.contains("more than one unnamed service"), "{msg}");
+    let msg = refused(
+        &format!("{SOURCE}listen = [\"127.0.0.1:1\", \"SSH=127.0.0.1:2\"]\n"),
+        4,
+        "listen",
+    );
+    assert!(msg.contains("mixes a bare ADDR"), "{msg}");
+    refused(
+        &format!("{SOURCE}listen = [\"SSH=localhost:1\"]\n"),
+        4,
+        "listen",
+    );
+    refused(
+        &format!("{SOURCE}listen = [\"a=127.0.0.1:1\", \"b=127.0.0.1:2\"]\nprotocol = \"v1\"\n"),
+        5,
+        "protocol",
+    );
+    refused(
+        &format!("{DESTINATION}connect = [\"SSH=nohost\"]\n"),
+        4,
+        "connect",
+    );
+    refused(
+        &format!("{DESTINATION}connect = [\"SSH=h:1\"]\nconnect_timeout = \"0s\"\n"),
+        5,
+        "connect_timeout",
+    );
+    // An unknown key, and a bad protocol, at parse time.
+    refused(
+        &format!("{DESTINATION}connect = [\"h:1\"]\ntokn = \"x\"\n"),
+        5,
+        "tokn",
+    );
+    refused(
+        &format!("{DESTINATION}connect = [\"h:1\"]\nprotocol = \"v4\"\n"),
+        5,
+        "protocol",
+    );
+}
+
+#[test]
+fn tunnel_names_are_unique_and_listeners_do_not_collide() {
+    let msg = refused(&format!("{RELAY}{RELAY}"), 8, "name");
+    assert!(msg.contains("two relays are named \"edge\""), "{msg}");
+    // A relay on a forwarder's port.
+    let msg = refused(
+        &format!(
+            "[[forwarder]]\nmode = \"client\"\nlisten = \"127.0.0.1:4443\"\n\
+             connect = \"h:443\"\n{RELAY}"
+        ),
+        7,
+        "listen",
+    );
+    assert!(msg.contains("forwarder"), "{msg}");
+    // A relay's API on `metrics`.
+    let msg = refused(&format!("metrics = \"127.0.0.1:4480\"\n{RELAY}"), 7, "api");
+    assert!(msg.contains("`metrics`"), "{msg}");
+    // A source service on the relay's API, and on another source.
+    refused(
+        &format!("{RELAY}{SOURCE}listen = [\"SSH=0.0.0.0:4480\"]\n"),
+        10,
+        "listen",
+    );
+    refused(
+        &format!(
+            "{SOURCE}listen = [\"a=127.0.0.1:7000\"]\n\
+             [[source]]\nname = \"b\"\nrelay = \"r:1\"\nlisten = [\"127.0.0.1:7000\"]\n"
+        ),
+        8,
+        "listen",
+    );
+    // Port 0 never collides.
+    parse(&format!(
+        "{}{SOURCE}listen = [\"a=127.0.0.1:0\"]\n",
+        RELAY.replace("4443", "0").replace("4480", "0")
+    ))
+    .unwrap();
+}
+
+#[test]
+fn tunnel_builders_make_what_the_file_makes() {
+    let file = parse(&format!(
+        "{RELAY}state = \"/s.sqlite\"\n{SOURCE}listen = [\"SSH=127.0.0.1:2222\", \
+         \"127.0.0.1:1\"]\n"
+    ));
+    assert!(file.is_err(), "mixed");
+    let file = parse(&format!(
+        "{RELAY}state = \"/s.sqlite\"\nmax_services = 5\n\
+         {SOURCE}listen = [\"SSH=127.0.0.1:2222\"]\ntoken_file = \"/t\"\n\
+         {DESTINATION}connect = [\"localhost:22\"]\nprotocol = \"v1\"\n"
+    ))
+    .unwrap();
+    let built = EngineConfig::new()
+        .relay(
+            RelayConfig::new("127.0.0.1:4443", "/x", "/y", "127.0.0.1:4480")
+                .name("edge")
+                .state("/s.sqlite")
+                .max_services(5),
+        )
+        .source(
+            SourceConfig::new("relay.example:443")
+                .name("laptop")
+                .service("SSH", "127.0.0.1:2222")
+                .token_file("/t"),
+        )
+        .destination(
+            DestinationConfig::new("relay.example:443")
+                .name("pump")
+                .service("", "localhost:22")
+                .protocol(TunnelProtocol::V1),
+        );
+    built.validate("built").unwrap();
+    let mut relay = file.relays[0].clone();
+    relay.cert = "/x".into();
+    relay.key = "/y".into();
+    assert_eq!(built.relays[0], relay);
+    assert_eq!(built.sources, file.sources);
+    assert_eq!(built.destinations, file.destinations);
+    // A built configuration is checked as a file is.
+    let bad = EngineConfig::new().source(SourceConfig::new("r:1"));
+    let msg = bad.validate("command line").unwrap_err().to_string();
+    assert!(
+        msg.contains("command line") && msg.contains("`listen`"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn the_examples_tunnel_tables_parse_once_uncommented() {
+    let (head, tunnel) = EXAMPLE
+        .split_once("# ---- the tunnel")
+        .expect("a tunnel part");
+    let uncommented: String = tunnel
+        .lines()
+        .skip(1)
+        .map(|l| match l.strip_prefix('#') {
+            Some(rest) if !rest.starts_with('#') => format!("{rest}\n"),
+            _ => format!("{l}\n"),
+        })
+        .collect();
+    let cfg = EngineConfig::from_toml(&format!("{head}{uncommented}"), "example").unwrap();
+    assert_eq!(
+        (cfg.relays.len(), cfg.sources.len(), cfg.destinations.len()),
+        (1, 1, 1)
+    );
+    assert_eq!(cfg.sources[0].listen.len(), 2);
+}

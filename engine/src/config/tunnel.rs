@@ -5,7 +5,8 @@
 //! A service is written `NAME=ADDR` (a named service, V2/V3) or a bare `ADDR` (the one
 //! unnamed service of a V1 tunnel), in the file as in the flags.
 
-use std::path::PathBuf;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -202,5 +203,577 @@ pub fn split_service(s: &str) -> (&str, &str) {
     match s.split_once('=') {
         Some((name, addr)) => (name, addr),
         None => ("", s),
+    }
+}
+
+impl RelayConfig {
+    /// A relay for agents on `listen` (TLS with `cert` and `key`) and its API on `api`; every
+    /// other field at its default (the registry in the default state file).
+    pub fn new(
+        listen: impl Into<String>,
+        cert: impl Into<PathBuf>,
+        key: impl Into<PathBuf>,
+        api: impl Into<String>,
+    ) -> Self {
+        Self {
+            name: String::new(),
+            listen: listen.into(),
+            cert: cert.into(),
+            key: key.into(),
+            api: api.into(),
+            api_token_file: None,
+            state: None,
+            max_services: default_max_services(),
+            max_lifetime: default_max_lifetime(),
+            rate_limit: None,
+            max_peers: default_max_peers(),
+            handshake_timeout: default_handshake_timeout(),
+            ping_after: default_ping_after(),
+            idle_timeout: default_peer_idle_timeout(),
+        }
+    }
+
+    /// A name for logs and metrics (default `relay-<listen>`).
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// The API asks for `Authorization: Bearer <the token in this file>`.
+    pub fn api_token_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.api_token_file = Some(path.into());
+        self
+    }
+
+    /// The registry's SQLite file, or `":memory:"`.
+    pub fn state(mut self, state: impl Into<String>) -> Self {
+        self.state = Some(state.into());
+        self
+    }
+
+    /// Most services per tunnel (default 3).
+    pub fn max_services(mut self, n: usize) -> Self {
+        self.max_services = n;
+        self
+    }
+
+    /// The longest lifetime a tunnel may ask for (default 12 h).
+    pub fn max_lifetime(mut self, d: Duration) -> Self {
+        self.max_lifetime = d;
+        self
+    }
+
+    /// Bytes per second per tunnel and direction (default: no limit).
+    pub fn rate_limit(mut self, bytes_per_second: u64) -> Self {
+        self.rate_limit = Some(bytes_per_second);
+        self
+    }
+
+    /// Most agents connected at once (default 100,000).
+    pub fn max_peers(mut self, n: usize) -> Self {
+        self.max_peers = n;
+        self
+    }
+
+    /// A peer silent this long is pinged (default 30 s).
+    pub fn ping_after(mut self, d: Duration) -> Self {
+        self.ping_after = d;
+        self
+    }
+
+    /// A peer silent this long is dropped (default 90 s).
+    pub fn idle_timeout(mut self, d: Duration) -> Self {
+        self.idle_timeout = d;
+        self
+    }
+
+    /// Time allowed for an agent's TLS handshake and upgrade (default 10 s).
+    pub fn handshake_timeout(mut self, d: Duration) -> Self {
+        self.handshake_timeout = d;
+        self
+    }
+}
+
+/// What both agents' builders share.
+macro_rules! agent_builders {
+    () => {
+        /// A name for logs and metrics.
+        pub fn name(mut self, name: impl Into<String>) -> Self {
+            self.name = name.into();
+            self
+        }
+
+        /// The CA file to verify the relay with (default: the system's roots).
+        pub fn ca(mut self, path: impl Into<PathBuf>) -> Self {
+            self.ca = Some(path.into());
+            self
+        }
+
+        /// The name to send (SNI) and verify (default: the relay's host).
+        pub fn sni(mut self, name: impl Into<String>) -> Self {
+            self.sni = Some(name.into());
+            self
+        }
+
+        /// The access token itself (prefer [`Self::token_file`] or the environment).
+        pub fn token(mut self, token: impl Into<String>) -> Self {
+            self.token = Some(SecretText(token.into()));
+            self
+        }
+
+        /// A file holding the access token.
+        pub fn token_file(mut self, path: impl Into<PathBuf>) -> Self {
+            self.token_file = Some(path.into());
+            self
+        }
+
+        /// The client token that lets the agent reconnect with the same access token.
+        pub fn client_token(mut self, token: impl Into<String>) -> Self {
+            self.client_token = Some(SecretText(token.into()));
+            self
+        }
+
+        /// The newest protocol version to speak (default V3).
+        pub fn protocol(mut self, protocol: TunnelProtocol) -> Self {
+            self.protocol = protocol;
+            self
+        }
+
+        /// Keep reconnecting after a close frame or a 4xx.
+        pub fn keep_trying(mut self, on: bool) -> Self {
+            self.keep_trying = on;
+            self
+        }
+    };
+}
+
+impl SourceConfig {
+    /// A source agent of the relay at `relay` (`HOST:PORT`), with no service yet (add them
+    /// with [`SourceConfig::service`]); the token from [`TOKEN_ENV`] unless set.
+    pub fn new(relay: impl Into<String>) -> Self {
+        Self {
+            name: String::new(),
+            relay: relay.into(),
+            ca: None,
+            sni: None,
+            token: None,
+            token_file: None,
+            client_token: None,
+            listen: Vec::new(),
+            protocol: TunnelProtocol::default(),
+            keep_trying: false,
+        }
+    }
+
+    /// Accepts connections for service `name` on `addr` (`IP:PORT`); an empty `name` is the
+    /// one service of a V1 tunnel.
+    pub fn service(mut self, name: &str, addr: impl Into<String>) -> Self {
+        self.listen.push(join_service(name, &addr.into()));
+        self
+    }
+
+    agent_builders!();
+}
+
+impl DestinationConfig {
+    /// A destination agent of the relay at `relay` (`HOST:PORT`), with no service yet (add
+    /// them with [`DestinationConfig::service`]); the token from [`TOKEN_ENV`] unless set.
+    pub fn new(relay: impl Into<String>) -> Self {
+        Self {
+            name: String::new(),
+            relay: relay.into(),
+            ca: None,
+            sni: None,
+            token: None,
+            token_file: None,
+            client_token: None,
+            connect: Vec::new(),
+            protocol: TunnelProtocol::default(),
+            keep_trying: false,
+            connect_timeout: default_connect_timeout(),
+        }
+    }
+
+    /// Connects the streams of service `name` to `addr` (`HOST:PORT`); an empty `name` is
+    /// the one service of a V1 tunnel.
+    pub fn service(mut self, name: &str, addr: impl Into<String>) -> Self {
+        self.connect.push(join_service(name, &addr.into()));
+        self
+    }
+
+    /// Time allowed to connect to a service (default 5 s).
+    pub fn connect_timeout(mut self, d: Duration) -> Self {
+        self.connect_timeout = d;
+        self
+    }
+
+    agent_builders!();
+}
+
+fn join_service(name: &str, addr: &str) -> String {
+    if name.is_empty() {
+        addr.to_string()
+    } else {
+        format!("{name}={addr}")
+    }
+}
+
+// ---- validation ----
+
+/// AWS's pattern for a service id (and a thing name): `[A-Za-z0-9:_-]{1,128}`.
+pub(crate) fn valid_service_name(s: &str) -> bool {
+    (1..=128).contains(&s.len())
+        && s.bytes()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b':' | b'_' | b'-'))
+}
+
+/// Reference §2: a client token is `[A-Za-z0-9-]{32,128}`.
+pub(crate) fn valid_client_token(s: &str) -> bool {
+    (32..=128).contains(&s.len()) && s.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-')
+}
+
+impl RelayConfig {
+    /// `name`, or `relay-<listen>`.
+    pub fn display_name(&self) -> String {
+        if self.name.is_empty() {
+            format!("relay-{}", self.listen)
+        } else {
+            self.name.clone()
+        }
+    }
+
+    /// The first thing wrong, as the key at fault and a sentence naming the relay.
+    pub(crate) fn problem(&self) -> Option<(&'static str, String)> {
+        let what = format!("relay \"{}\"", self.display_name());
+        for (key, value) in [("listen", &self.listen), ("api", &self.api)] {
+            if let Err(e) = value.parse::<SocketAddr>() {
+                return Some((
+                    key,
+                    format!("{what}: `{key}` must be IP:PORT, not \"{value}\" ({e})"),
+                ));
+            }
+        }
+        for (key, path) in [("cert", &self.cert), ("key", &self.key)] {
+            if path.as_os_str().is_empty() {
+                return Some((key, format!("{what}: `{key}` is empty")));
+            }
+        }
+        if self.state.as_deref() == Some("") {
+            return Some((
+                "state",
+                format!("{what}: `state` is empty (a file, or \":memory:\")"),
+            ));
+        }
+        if self
+            .api_token_file
+            .as_ref()
+            .is_some_and(|p| p.as_os_str().is_empty())
+        {
+            return Some((
+                "api_token_file",
+                format!("{what}: `api_token_file` is empty"),
+            ));
+        }
+        if self.max_services == 0 {
+            return Some((
+                "max_services",
+                format!("{what}: `max_services` must be at least 1"),
+            ));
+        }
+        let minutes = self.max_lifetime.as_secs() / 60;
+        if minutes == 0 || minutes > u64::from(u32::MAX) {
+            return Some((
+                "max_lifetime",
+                format!(
+                    "{what}: `max_lifetime` must be at least 1 minute (and less than {} \
+                     years)",
+                    u64::from(u32::MAX) / (60 * 24 * 365)
+                ),
+            ));
+        }
+        if self.rate_limit == Some(0) {
+            return Some((
+                "rate_limit",
+                format!("{what}: `rate_limit` must be more than 0 (leave it out for no limit)"),
+            ));
+        }
+        if self.max_peers == 0 {
+            return Some((
+                "max_peers",
+                format!("{what}: `max_peers` must be at least 1"),
+            ));
+        }
+        for (key, d) in [
+            ("handshake_timeout", self.handshake_timeout),
+            ("ping_after", self.ping_after),
+            ("idle_timeout", self.idle_timeout),
+        ] {
+            if d.is_zero() {
+                return Some((key, format!("{what}: `{key}` must be more than 0")));
+            }
+        }
+        if self.idle_timeout <= self.ping_after {
+            return Some((
+                "idle_timeout",
+                format!(
+                    "{what}: `idle_timeout` ({:?}) must be longer than `ping_after` ({:?}), or \
+                     a quiet peer is dropped before it is pinged",
+                    self.idle_timeout, self.ping_after
+                ),
+            ));
+        }
+        None
+    }
+
+    pub(crate) fn resolve_paths(&mut self, base: &Path) {
+        for p in [&mut self.cert, &mut self.key]
+            .into_iter()
+            .chain(self.api_token_file.as_mut())
+        {
+            if p.is_relative() && !p.as_os_str().is_empty() {
+                *p = base.join(&*p);
+            }
+        }
+        if let Some(s) = &mut self.state
+            && s != ":memory:"
+            && !s.is_empty()
+            && Path::new(s).is_relative()
+        {
+            *s = base.join(&*s).display().to_string();
+        }
+    }
+}
+
+/// What the two agents share, for their checks.
+struct Agent<'a> {
+    what: String,
+    relay: &'a str,
+    sni: Option<&'a str>,
+    token: Option<&'a SecretText>,
+    token_file: Option<&'a Path>,
+    client_token: Option<&'a SecretText>,
+    /// `listen` or `connect`.
+    services_key: &'static str,
+    services: &'a [String],
+    protocol: TunnelProtocol,
+}
+
+impl Agent<'_> {
+    fn problem(&self) -> Option<(&'static str, String)> {
+        let what = &self.what;
+        if let Err(e) = super::split_host_port(self.relay) {
+            return Some((
+                "relay",
+                format!(
+                    "{what}: `relay` must be HOST:PORT, not \"{}\" ({})",
+                    self.relay,
+                    address_why(e)
+                ),
+            ));
+        }
+        if self.sni == Some("") {
+            return Some(("sni", format!("{what}: `sni` is empty")));
+        }
+        if self.token.is_some() && self.token_file.is_some() {
+            return Some((
+                "token",
+                format!(
+                    "{what}: `token` and `token_file` exclude each other (give one, or neither \
+                     to read {TOKEN_ENV})"
+                ),
+            ));
+        }
+        if self.token.is_some_and(|t| t.0.trim().is_empty()) {
+            return Some(("token", format!("{what}: `token` is empty")));
+        }
+        if self.token_file.is_some_and(|p| p.as_os_str().is_empty()) {
+            return Some(("token_file", format!("{what}: `token_file` is empty")));
+        }
+        if self.client_token.is_some_and(|t| !valid_client_token(&t.0)) {
+            // The value is a secret: say what is wrong, never what it is.
+            return Some((
+                "client_token",
+                format!("{what}: `client_token` must be 32 to 128 characters of [A-Za-z0-9-]"),
+            ));
+        }
+        let key = self.services_key;
+        if self.services.is_empty() {
+            return Some((
+                key,
+                format!("{what}: `{key}` is empty: give at least one NAME=ADDR (or one bare ADDR)"),
+            ));
+        }
+        let mut names: Vec<&str> = Vec::new();
+        for s in self.services {
+            let (name, _) = split_service(s);
+            if name.is_empty() {
+                if s.contains('=') {
+                    return Some((
+                        key,
+                        format!("{what}: `{key}` has \"{s}\", with an empty service name"),
+                    ));
+                }
+            } else if !valid_service_name(name) {
+                return Some((
+                    key,
+                    format!(
+                        "{what}: `{key}` has service \"{name}\": a service name is 1 to 128 \
+                         characters of [A-Za-z0-9:_-]"
+                    ),
+                ));
+            }
+            if names.contains(&name) {
+                let which = if name.is_empty() {
+                    "more than one unnamed service (a bare ADDR is the one service of a V1 \
+                     tunnel)"
+                        .to_string()
+                } else {
+                    format!("service \"{name}\" twice")
+                };
+                return Some((key, format!("{what}: `{key}` names {which}")));
+            }
+            names.push(name);
+        }
+        if names.len() > 1 && names.contains(&"") {
+            return Some((
+                key,
+                format!(
+                    "{what}: `{key}` mixes a bare ADDR (the one unnamed service of a V1 tunnel) \
+                     with named services; name every service NAME=ADDR"
+                ),
+            ));
+        }
+        if self.protocol == TunnelProtocol::V1 && names.len() > 1 {
+            return Some((
+                "protocol",
+                format!(
+                    "{what}: `protocol` = \"v1\" carries one service, and `{key}` has {}",
+                    names.len()
+                ),
+            ));
+        }
+        None
+    }
+}
+
+fn address_why(e: crate::error::Error) -> String {
+    match e {
+        crate::error::Error::Address { why, .. } => why,
+        other => other.to_string(),
+    }
+}
+
+fn resolve(p: &mut Option<PathBuf>, base: &Path) {
+    if let Some(p) = p
+        && p.is_relative()
+        && !p.as_os_str().is_empty()
+    {
+        *p = base.join(&*p);
+    }
+}
+
+impl SourceConfig {
+    /// `name`, or `source-<relay>`.
+    pub fn display_name(&self) -> String {
+        if self.name.is_empty() {
+            format!("source-{}", self.relay)
+        } else {
+            self.name.clone()
+        }
+    }
+
+    /// Each service's name (`""` for the unnamed one) and listening address; `listen` must
+    /// have passed [`SourceConfig::problem`].
+    pub(crate) fn listen_addrs(&self) -> impl Iterator<Item = (&str, Option<SocketAddr>)> {
+        self.listen.iter().map(|s| {
+            let (name, addr) = split_service(s);
+            (name, addr.parse().ok())
+        })
+    }
+
+    pub(crate) fn problem(&self) -> Option<(&'static str, String)> {
+        let what = format!("source \"{}\"", self.display_name());
+        let agent = Agent {
+            what: what.clone(),
+            relay: &self.relay,
+            sni: self.sni.as_deref(),
+            token: self.token.as_ref(),
+            token_file: self.token_file.as_deref(),
+            client_token: self.client_token.as_ref(),
+            services_key: "listen",
+            services: &self.listen,
+            protocol: self.protocol,
+        };
+        if let Some(p) = agent.problem() {
+            return Some(p);
+        }
+        for s in &self.listen {
+            let (_, addr) = split_service(s);
+            if let Err(e) = addr.parse::<SocketAddr>() {
+                return Some((
+                    "listen",
+                    format!("{what}: `listen` has \"{s}\": the address must be IP:PORT ({e})"),
+                ));
+            }
+        }
+        None
+    }
+
+    pub(crate) fn resolve_paths(&mut self, base: &Path) {
+        resolve(&mut self.ca, base);
+        resolve(&mut self.token_file, base);
+    }
+}
+
+impl DestinationConfig {
+    /// `name`, or `destination-<relay>`.
+    pub fn display_name(&self) -> String {
+        if self.name.is_empty() {
+            format!("destination-{}", self.relay)
+        } else {
+            self.name.clone()
+        }
+    }
+
+    pub(crate) fn problem(&self) -> Option<(&'static str, String)> {
+        let what = format!("destination \"{}\"", self.display_name());
+        let agent = Agent {
+            what: what.clone(),
+            relay: &self.relay,
+            sni: self.sni.as_deref(),
+            token: self.token.as_ref(),
+            token_file: self.token_file.as_deref(),
+            client_token: self.client_token.as_ref(),
+            services_key: "connect",
+            services: &self.connect,
+            protocol: self.protocol,
+        };
+        if let Some(p) = agent.problem() {
+            return Some(p);
+        }
+        for s in &self.connect {
+            let (_, addr) = split_service(s);
+            if let Err(e) = super::split_host_port(addr) {
+                return Some((
+                    "connect",
+                    format!(
+                        "{what}: `connect` has \"{s}\": the address must be HOST:PORT ({})",
+                        address_why(e)
+                    ),
+                ));
+            }
+        }
+        if self.connect_timeout.is_zero() {
+            return Some((
+                "connect_timeout",
+                format!("{what}: `connect_timeout` must be more than 0"),
+            ));
+        }
+        None
+    }
+
+    pub(crate) fn resolve_paths(&mut self, base: &Path) {
+        resolve(&mut self.ca, base);
+        resolve(&mut self.token_file, base);
     }
 }

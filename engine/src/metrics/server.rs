@@ -92,6 +92,7 @@ mod tests {
             registry: Arc::default(),
             reloads: Arc::new(ReloadStats::new()),
             agents: Arc::default(),
+            relays: Arc::default(),
         };
         let server = MetricsServer::start(([127, 0, 0, 1], 0).into(), source).expect("start");
         let addr = server.local_addr();
@@ -118,6 +119,7 @@ mod tests {
             registry: Arc::default(),
             reloads: Arc::new(ReloadStats::new()),
             agents: Arc::default(),
+            relays: Arc::default(),
         };
         let server = MetricsServer::start(([127, 0, 0, 1], 0).into(), source).expect("start");
         let addr = server.local_addr();

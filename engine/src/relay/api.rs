@@ -31,6 +31,7 @@ use serde_json::{Map, Value, json};
 
 use super::registry::{OpenRequest, Registry, RegistryError, RotateSides};
 use super::secret::{Secret, secret_matches};
+use super::service::{Events, RelayEvent};
 use super::tunnel::{Peer, Timestamp, Tunnel};
 use crate::error::Result;
 use crate::http::HttpServer;
@@ -50,6 +51,8 @@ struct Shared {
     registry: Arc<Registry>,
     /// `Authorization: Bearer` must carry it, when set.
     api_token: Option<Secret>,
+    /// Told of each close and rotation, so the data plane drops the peers.
+    events: Arc<Events>,
 }
 
 impl ApiServer {
@@ -60,9 +63,21 @@ impl ApiServer {
         registry: Arc<Registry>,
         api_token: Option<Secret>,
     ) -> Result<Self> {
+        Self::start_with_events(addr, registry, api_token, Arc::default())
+    }
+
+    /// [`ApiServer::start`], telling `events` of each tunnel closed (by a call, or because
+    /// a call found its lifetime ended) and each rotation.
+    pub(crate) fn start_with_events(
+        addr: SocketAddr,
+        registry: Arc<Registry>,
+        api_token: Option<Secret>,
+        events: Arc<Events>,
+    ) -> Result<Self> {
         let shared = Arc::new(Shared {
             registry,
             api_token,
+            events,
         });
         let server = HttpServer::start("tunnel API", "tunnel-api", addr, move |req, peer| {
             let shared = shared.clone();
@@ -160,7 +175,22 @@ async fn route(req: Request<Incoming>, shared: &Shared, peer: SocketAddr) -> Ans
     let method = req.method().clone();
     let segments: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
     let registry = &shared.registry;
+    let events = &*shared.events;
     let now = Timestamp::now();
+    // Listing or describing closes tunnels whose lifetime ended; close them here first, so
+    // that the data plane hears of each (the expiry timer would not see them again).
+    match registry.expire(now) {
+        Ok(ids) => {
+            for tunnel_id in ids {
+                tracing::info!(tunnel = %tunnel_id, "tunnel expired");
+                events.emit(RelayEvent::Closed {
+                    tunnel_id,
+                    expired: true,
+                });
+            }
+        }
+        Err(e) => return e.into(),
+    }
     let not_allowed = |allow: &'static str| Answer {
         allow: Some(allow),
         ..Answer::error(
@@ -182,19 +212,19 @@ async fn route(req: Request<Incoming>, shared: &Shared, peer: SocketAddr) -> Ans
                 Ok(t) => Answer::ok(json!({ "tunnel": tunnel_json(&t) })),
                 Err(e) => e.into(),
             },
-            Method::DELETE => close(registry, id, true, now),
+            Method::DELETE => close(registry, events, id, true, now),
             _ => not_allowed("GET, DELETE"),
         },
         ["tunnels", id, "rotate"] => match method {
             Method::POST => match body::<RotateBody>(req).await {
-                Ok(b) => rotate(registry, id, b, now),
+                Ok(b) => rotate(registry, events, id, b, now),
                 Err(a) => a,
             },
             _ => not_allowed("POST"),
         },
         ["tunnels", id, "close"] => match method {
             Method::POST => match body::<CloseBody>(req).await {
-                Ok(b) => close(registry, id, b.delete.unwrap_or(false), now),
+                Ok(b) => close(registry, events, id, b.delete.unwrap_or(false), now),
                 Err(a) => a,
             },
             _ => not_allowed("POST"),
@@ -381,7 +411,7 @@ fn list(registry: &Registry, query: &str, now: Timestamp) -> Answer {
     }
 }
 
-fn rotate(registry: &Registry, id: &str, b: RotateBody, now: Timestamp) -> Answer {
+fn rotate(registry: &Registry, events: &Events, id: &str, b: RotateBody, now: Timestamp) -> Answer {
     let sides = match b.client_mode {
         ClientMode::Source => RotateSides::Source,
         ClientMode::Destination => RotateSides::Destination,
@@ -390,6 +420,10 @@ fn rotate(registry: &Registry, id: &str, b: RotateBody, now: Timestamp) -> Answe
     match registry.rotate(id, sides, b.client_token.as_deref(), now) {
         Ok(r) => {
             tracing::info!(tunnel = %id, ?sides, "tunnel access tokens rotated");
+            events.emit(RelayEvent::Rotated {
+                tunnel_id: id.to_string(),
+                sides,
+            });
             let mut body = Map::new();
             body.insert("tunnelId".into(), id.into());
             if let Some(t) = &r.source_token {
@@ -407,10 +441,14 @@ fn rotate(registry: &Registry, id: &str, b: RotateBody, now: Timestamp) -> Answe
     }
 }
 
-fn close(registry: &Registry, id: &str, delete: bool, now: Timestamp) -> Answer {
+fn close(registry: &Registry, events: &Events, id: &str, delete: bool, now: Timestamp) -> Answer {
     match registry.close(id, delete, now) {
         Ok(()) => {
             tracing::info!(tunnel = %id, delete, "tunnel closed");
+            events.emit(RelayEvent::Closed {
+                tunnel_id: id.to_string(),
+                expired: false,
+            });
             Answer::ok(json!({}))
         }
         Err(e) => e.into(),

@@ -10,6 +10,7 @@
 pub(crate) mod api;
 pub(crate) mod registry;
 pub(crate) mod secret;
+pub(crate) mod service;
 pub(crate) mod sqlite;
 pub(crate) mod store;
 pub(crate) mod tunnel;

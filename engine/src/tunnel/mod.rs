@@ -15,6 +15,7 @@
 
 pub(crate) mod agent;
 pub(crate) mod link;
+pub(crate) mod metrics;
 pub(crate) mod relay;
 mod slab;
 pub(crate) mod start;
@@ -116,7 +117,6 @@ pub(crate) enum Cmd {
     /// Start a source or destination agent here.
     StartAgent(Box<agent::host::AgentStart>),
     /// A relay's control side says a tunnel closed or its tokens were rotated.
-    #[allow(dead_code, reason = "sent once the relay service's events are wired")]
     Event { relay: u32, event: relay::Event },
 }
 

@@ -50,6 +50,8 @@ pub(crate) struct RelayStats {
     pub(crate) tls_failures: AtomicU64,
     /// Peers closed for breaking the protocol's rules.
     pub(crate) rule_breaks: AtomicU64,
+    /// Admitted peers moved to their tunnel's shard.
+    pub(crate) handoffs: AtomicU64,
 }
 
 /// The statuses counted in [`RelayStats::refused`], in order ("other" last).
@@ -80,17 +82,7 @@ pub(crate) struct Relay {
 }
 
 /// What the control side tells the shards.
-#[derive(Debug, Clone)]
-#[allow(dead_code, reason = "sent once the relay service's events are wired")]
-pub(crate) enum Event {
-    /// The tunnel was closed by the API or expired: close frames to both peers.
-    Closed { tunnel_id: String, expired: bool },
-    /// Its tokens were rotated: peers connected with the old ones go.
-    Rotated {
-        tunnel_id: String,
-        sides: RotateSides,
-    },
-}
+pub(crate) use crate::relay::service::RelayEvent as Event;
 
 fn side_of(s: RegSide) -> Side {
     match s {
@@ -311,6 +303,7 @@ impl Pending {
             return true;
         };
         self.admitted = true;
+        self.relay.stats.handoffs.fetch_add(1, Relaxed);
         let arrival = Arrival {
             relay: self.relay.id,
             fd,
