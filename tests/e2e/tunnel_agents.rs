@@ -394,8 +394,8 @@ fn several_services_many_connections() {
     let pki = Pki::new();
     for driver in DRIVERS {
         let t = tunnel(Via::Ours, &pki, driver, &["ssh", "web"], "v3", "v3", None);
-        // 200 connections at once, 100 MiB each way, every byte checked.
-        echo_many(&addrs(&t), 100, 512 * 1024);
+        // 200 connections at once, 125 MiB each way, every byte checked.
+        echo_many(&addrs(&t), 100, 640 * 1024);
     }
 }
 
