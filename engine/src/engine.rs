@@ -58,12 +58,12 @@ pub struct Engine {
     draining: AtomicBool,
     /// The shard the next [`Engine::connect`] goes to (taken in turn).
     next_shard: AtomicUsize,
-    /// The relays' data planes on the shards, one per `[[relay]]` (as `relays`).
-    relay_planes: Vec<crate::tunnel::start::RunningRelay>,
     /// The tunnel's source and destination agents (`sources`, `destinations`).
     agents: Mutex<Vec<crate::tunnel::agent::AgentHandle>>,
     /// Their state and counters, for `/metrics`.
     agent_stats: Arc<Mutex<Vec<Arc<crate::tunnel::agent::AgentShared>>>>,
+    /// The relays' data planes on the shards, one per `[[relay]]` (as `relays`).
+    relay_planes: Vec<crate::tunnel::start::RunningRelay>,
 }
 
 /// The engine-level settings that shape the shards and the process, which only a restart
@@ -197,9 +197,9 @@ impl Engine {
             config: Mutex::new(cfg.clone()),
             draining: AtomicBool::new(false),
             next_shard: AtomicUsize::new(0),
-            relay_planes: Vec::new(),
             agents: Mutex::new(Vec::new()),
             agent_stats: Arc::default(),
+            relay_planes: Vec::new(),
         };
         // Everything that reads files or binds ports happens before a thread starts.
         let mut built = Vec::new();
@@ -231,8 +231,8 @@ impl Engine {
             let source = crate::metrics::Source {
                 registry,
                 reloads: engine.reloads.clone(),
-                relays: relay_stats.clone(),
                 agents: engine.agent_stats.clone(),
+                relays: relay_stats.clone(),
             };
             engine._metrics = Some(crate::metrics::MetricsServer::start(addr, source)?);
         }
@@ -409,9 +409,9 @@ impl Engine {
             config: Mutex::new(cfg.clone()),
             draining: AtomicBool::new(false),
             next_shard: AtomicUsize::new(0),
-            relay_planes: Vec::new(),
             agents: Mutex::new(Vec::new()),
             agent_stats: Arc::default(),
+            relay_planes: Vec::new(),
         };
         let mut out = Vec::new();
         for (i, f) in cfg.forwarders.iter().enumerate() {
@@ -430,7 +430,6 @@ impl Engine {
                     .expect("resolved from an IP address"),
             });
         }
-        crate::relay::service::check_files(&cfg)?;
         Ok((cfg, out))
     }
 

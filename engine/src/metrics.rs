@@ -16,10 +16,10 @@ pub use server::MetricsServer;
 pub(crate) struct Source {
     pub(crate) registry: Registry,
     pub(crate) reloads: Arc<ReloadStats>,
-    /// The tunnel relays' figures.
-    pub(crate) relays: crate::tunnel::metrics::StatsList,
     /// The tunnel's agents.
     pub(crate) agents: Arc<std::sync::Mutex<Vec<Arc<crate::tunnel::agent::AgentShared>>>>,
+    /// The tunnel relays' figures.
+    pub(crate) relays: crate::tunnel::metrics::StatsList,
 }
 
 impl Source {
@@ -36,10 +36,10 @@ impl Source {
             .unwrap_or_default();
         let mut out = render(&snaps);
         out.push_str(&render_engine(&self.reloads.snapshot()));
-        out.push_str(&crate::tunnel::metrics::render(&self.relays));
         if let Ok(agents) = self.agents.lock() {
             out.push_str(&crate::tunnel::agent::render(&agents));
         }
+        out.push_str(&crate::tunnel::metrics::render(&self.relays));
         out
     }
 }

@@ -26,7 +26,7 @@ mod reload;
 mod systemd;
 mod tls_params;
 mod trust;
-mod tunnel_cli;
 mod tunnel_agents;
+mod tunnel_cli;
 mod verify;
 mod websocket;

@@ -738,3 +738,71 @@ fn relay_serves_python_websockets_peers() {
         );
     }
 }
+
+/// A peer that goes silent is pinged after `ping_after` and dropped after `idle_timeout`
+/// (localproxy never times out a pong: half-open connections are the relay's to find); the
+/// other peer, which answers, stays.
+#[test]
+fn relay_pings_and_drops_a_silent_peer() {
+    let pki = Pki::new();
+    for driver in DRIVERS {
+        let relay = start_relay(&pki, driver, "ping_after = \"1s\"\nidle_timeout = \"3s\"\n");
+        let t = open_tunnel(&relay, &["ssh"]);
+        let (mut src, mut dst) = pair(&pki, &relay, &t);
+        let start = frame(STREAM_START, 1, "ssh", 1, b"");
+        src.send(Message::binary(start.clone()))
+            .expect("STREAM_START");
+        assert_eq!(next_binary(&mut dst), start);
+        // The source reads (tungstenite answers pings as it reads); the destination does not.
+        src.get_mut()
+            .sock
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let began = std::time::Instant::now();
+        let mut pinged = false;
+        let mut reset = false;
+        while began.elapsed() < Duration::from_secs(5) {
+            match src.read() {
+                Ok(Message::Ping(_)) => pinged = true,
+                Ok(Message::Binary(b)) => {
+                    assert_eq!(kind_of(&b), STREAM_RESET, "{driver}");
+                    reset = true;
+                }
+                Ok(other) => panic!("{driver}: {other:?}"),
+                Err(tungstenite::Error::Io(e))
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(e) => panic!(
+                    "{driver}: the source lost its connection: {e}\n{}",
+                    relay.proc.log()
+                ),
+            }
+            let _ = src.flush();
+        }
+        assert!(pinged, "{driver}: the relay pinged the source");
+        assert!(
+            reset,
+            "{driver}: the source heard the silent destination's stream reset"
+        );
+        // The destination was pinged, then dropped without a close frame.
+        let mut saw_ping = false;
+        let end = loop {
+            match dst.read() {
+                Ok(Message::Ping(_)) => saw_ping = true,
+                Ok(other) => panic!("{driver}: {other:?}"),
+                Err(e) => break e,
+            }
+        };
+        assert!(saw_ping, "{driver}: the destination was pinged first");
+        assert!(
+            !matches!(end, tungstenite::Error::ConnectionClosed),
+            "{driver}: dropped without a close handshake: {end}"
+        );
+        assert!(
+            relay.proc.log().contains("idle"),
+            "{driver}: the drop is logged"
+        );
+    }
+}

@@ -60,6 +60,18 @@ fn start_agent(
     driver: &str,
     ports: &[u16],
 ) -> Proc {
+    start_agent_with(agent, relay, pki, driver, ports, None)
+}
+
+/// [`start_agent`], with `/metrics` on `metrics` if given.
+fn start_agent_with(
+    agent: &Agent<'_>,
+    relay: SocketAddr,
+    pki: &Pki,
+    driver: &str,
+    ports: &[u16],
+    metrics: Option<u16>,
+) -> Proc {
     let dir = tempfile::Builder::new()
         .prefix("splice-e2e-agent-")
         .tempdir()
@@ -72,6 +84,9 @@ fn start_agent(
         .label(format!("{} ({driver})", agent.kind));
     for &p in ports {
         cmd = cmd.wait_port(p);
+    }
+    if let Some(m) = metrics {
+        cmd = cmd.metrics(m);
     }
     let proc = cmd.start();
     // The file is read at start: once the agent runs, the directory may go.
@@ -379,8 +394,8 @@ fn several_services_many_connections() {
     let pki = Pki::new();
     for driver in DRIVERS {
         let t = tunnel(Via::Ours, &pki, driver, &["ssh", "web"], "v3", "v3", None);
-        // 200 connections at once, 100 MiB each way, every byte checked.
-        echo_many(&addrs(&t), 100, 512 * 1024);
+        // 200 connections at once, 125 MiB each way, every byte checked.
+        echo_many(&addrs(&t), 100, 640 * 1024);
     }
 }
 
@@ -724,4 +739,94 @@ fn slow_reader_keeps_memory_bounded() {
         assert_eq!(n, total);
         assert_eq!(hash, random_hash(total, 5), "every byte, in order");
     }
+}
+
+#[test]
+fn tunnel_closed_through_the_api_makes_the_agents_give_up() {
+    let pki = Pki::new();
+    for driver in DRIVERS {
+        let t = tunnel(Via::Ours, &pki, driver, &["ssh"], "v3", "v3", None);
+        echo_through(localhost(t.ports[0]), 1000, 1).unwrap();
+        let RelayUnderTest::Ours(relay, id) = &t.relay else {
+            unreachable!()
+        };
+        let (status, json) = relay.api("DELETE", &format!("/tunnels/{id}"), "");
+        assert_eq!(status, 200, "{json}");
+        for p in [&t.source, &t.destination] {
+            assert!(
+                p.wait_log(SOON, |l| l.contains("gave up")
+                    && l.contains("closed the tunnel")),
+                "{}",
+                p.log()
+            );
+        }
+        // The source closed its listeners: what comes now is refused, nothing hangs.
+        if let Ok(mut s) = try_connect(localhost(t.ports[0])) {
+            s.set_read_timeout(Some(SOON)).unwrap();
+            let mut buf = [0u8; 1];
+            assert!(matches!(s.read(&mut buf), Ok(0) | Err(_)));
+        }
+    }
+}
+
+#[test]
+fn agent_metrics() {
+    let pki = Pki::new();
+    let driver = "uring";
+    let relay = OurRelay::start(&pki, driver, ":memory:", None);
+    let (id, src_token, dst_token) = relay.open(&["ssh"]);
+    let backend = echo_backend();
+    let (port, metrics) = (free_port(), free_port());
+    let _dst = start_agent(
+        &Agent {
+            kind: "destination",
+            name: "dst",
+            services: vec![format!("ssh={}", backend.addr)],
+            protocol: "v3",
+            client_token: None,
+            token: dst_token,
+        },
+        relay.addr(),
+        &pki,
+        driver,
+        &[],
+    );
+    let _src = start_agent_with(
+        &Agent {
+            kind: "source",
+            name: "src",
+            services: vec![format!("ssh=127.0.0.1:{port}")],
+            protocol: "v3",
+            client_token: None,
+            token: src_token,
+        },
+        relay.addr(),
+        &pki,
+        driver,
+        &[port],
+        Some(metrics),
+    );
+    assert!(wait_until(SOON, || relay.both_connected(&id)));
+    for k in 0..3 {
+        echo_through(localhost(port), 100_000, k).unwrap();
+    }
+    let labels = |dir: &'static str| [("agent", "src"), ("service", "ssh"), ("direction", dir)];
+    let m = localhost(metrics);
+    assert!(
+        wait_until(SOON, || {
+            let s = scrape(m);
+            s.value("splice_agent_bytes_total", &labels("to_tunnel")) == 300_000.0
+                && s.value("splice_agent_bytes_total", &labels("from_tunnel")) == 300_000.0
+                && s.value("splice_agent_connections_total", &[("agent", "src")]) == 3.0
+                && s.value("splice_agent_connections_active", &[("agent", "src")]) == 0.0
+        }),
+        "{:?}",
+        try_scrape(m).map(|s| format!("{s:?}"))
+    );
+    let s = scrape(m);
+    assert_eq!(s.value("splice_agent_tunnel_up", &[("agent", "src")]), 1.0);
+    assert_eq!(
+        s.value("splice_agent_tunnel_connects_total", &[("agent", "src")]),
+        1.0
+    );
 }

@@ -91,8 +91,8 @@ mod tests {
         let source = Source {
             registry: Arc::default(),
             reloads: Arc::new(ReloadStats::new()),
-            relays: Arc::default(),
             agents: Arc::default(),
+            relays: Arc::default(),
         };
         let server = MetricsServer::start(([127, 0, 0, 1], 0).into(), source).expect("start");
         let addr = server.local_addr();
@@ -118,8 +118,8 @@ mod tests {
         let source = Source {
             registry: Arc::default(),
             reloads: Arc::new(ReloadStats::new()),
-            relays: Arc::default(),
             agents: Arc::default(),
+            relays: Arc::default(),
         };
         let server = MetricsServer::start(([127, 0, 0, 1], 0).into(), source).expect("start");
         let addr = server.local_addr();

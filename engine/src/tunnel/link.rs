@@ -69,6 +69,8 @@ pub(crate) struct LinkIo {
     paused: bool,
     /// The socket failed or ended, or TLS did: the link is lost.
     lost: Option<String>,
+    /// Bytes arrived since [`LinkIo::take_heard`] last asked.
+    heard: bool,
     /// Buffers kept between ops.
     recv_buf: Vec<u8>,
     send_buf: Vec<u8>,
@@ -85,9 +87,16 @@ impl LinkIo {
             send_busy: false,
             paused: false,
             lost: None,
+            heard: false,
             recv_buf: Vec::new(),
             send_buf: Vec::new(),
         }
+    }
+
+    /// Whether bytes arrived (any: messages, pings, pongs) since the last call: the peer is
+    /// alive.
+    pub(crate) fn take_heard(&mut self) -> bool {
+        std::mem::take(&mut self.heard)
     }
 
     #[allow(dead_code, reason = "for the agents' entities")]
@@ -194,7 +203,10 @@ impl LinkIo {
                         }
                         Ok(())
                     }
-                    Ok(_) => self.link.receive_tls(&buf).map_err(|e| e.to_string()),
+                    Ok(_) => {
+                        self.heard = true;
+                        self.link.receive_tls(&buf).map_err(|e| e.to_string())
+                    }
                     Err(e) => Err(format!("receive: {e}")),
                 };
                 self.recv_buf = buf;

@@ -298,7 +298,11 @@ impl Pending {
             return false;
         }
         let Some((fd, link)) = plane.take_link(shard, r) else {
-            // A send is in flight: move it once that is done.
+            // A send is in flight: move it once that is done, reading nothing meanwhile (a
+            // receive in flight would keep it here).
+            if let Some(io) = plane.link_mut(r) {
+                io.pause();
+            }
             self.handing = Some((admission, version));
             return true;
         };
@@ -606,6 +610,9 @@ impl TunnelPeers {
                     None => return,
                 },
             };
+            if io.take_heard() {
+                self.session.peer_active(side, now);
+            }
             if io.is_paused() {
                 return;
             }
@@ -713,6 +720,14 @@ impl TunnelPeers {
         shard: &mut Shard,
     ) -> bool {
         self.armed = None;
+        // A peer the relay stopped reading (back-pressure) is not idle: its silence is ours.
+        for side in [Side::Source, Side::Destination] {
+            if let Some(io) = self.links[index(side)].and_then(|r| plane.link_mut(r))
+                && io.is_paused()
+            {
+                self.session.peer_active(side, now);
+            }
+        }
         let actions = self.session.handle_timeout(now);
         self.apply(actions, None, plane, shard);
         self.finish(me, plane, shard)

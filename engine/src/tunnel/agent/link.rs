@@ -343,7 +343,177 @@ impl ClientLink {
 
 #[cfg(test)]
 mod tests {
+    use std::io::{Read as _, Write as _};
+
+    use rustls::ServerConnection;
+    use splice_proto::ws::{ParsedRequest, parse_request};
+    use splice_test_pki::{Cert, KeyType};
+
     use super::*;
+
+    fn configs() -> (Arc<rustls::ClientConfig>, Arc<rustls::ServerConfig>) {
+        let cert = Cert::self_signed(&["relay.test"], KeyType::P256);
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(cert.der.clone()).unwrap();
+        let client = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let server = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![cert.der.clone()], cert.key.der())
+            .unwrap();
+        (Arc::new(client), Arc::new(server))
+    }
+
+    /// Moves the client's records to the server and back until neither has any; returns the
+    /// plaintext the server read.
+    fn pump(client: &mut ClientLink, server: &mut ServerConnection) -> Vec<u8> {
+        let mut plain = Vec::new();
+        loop {
+            let mut out = Vec::new();
+            client.take_ciphertext(&mut out);
+            let mut back = Vec::new();
+            if !out.is_empty() {
+                server.read_tls(&mut &out[..]).unwrap();
+                server.process_new_packets().unwrap();
+                let _ = server.reader().read_to_end(&mut plain);
+            }
+            while server.wants_write() {
+                server.write_tls(&mut back).unwrap();
+            }
+            if !back.is_empty() {
+                client.handle_ciphertext(&back).unwrap();
+            }
+            if out.is_empty() && back.is_empty() {
+                return plain;
+            }
+        }
+    }
+
+    fn link(client: Arc<rustls::ClientConfig>, ct: Option<&ClientToken>) -> ClientLink {
+        ClientLink::new(
+            client,
+            ServerName::try_from("relay.test").unwrap(),
+            "relay.test",
+            Mode::Destination,
+            &AccessToken::new("secret-token").unwrap(),
+            ct,
+            Version::V3,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn upgrade_messages_ping_and_close_in_memory() {
+        let (client_cfg, server_cfg) = configs();
+        let ct = ClientToken::new("c".repeat(40)).unwrap();
+        let mut client = link(client_cfg, Some(&ct));
+        let mut server = ServerConnection::new(server_cfg).unwrap();
+        let request = pump(&mut client, &mut server);
+        let ParsedRequest::Complete { request, len } = parse_request(&request).unwrap() else {
+            panic!("a whole request");
+        };
+        assert!(len > 0);
+        assert_eq!(request.mode, Mode::Destination);
+        assert_eq!(request.access_token.secret(), "secret-token");
+        assert_eq!(request.client_token.as_ref(), Some(&ct));
+        assert_eq!(request.protocol, Subprotocol::V3);
+        assert!(!format!("{client:?}").contains("secret-token"));
+
+        // The 101, a ping, a message, a close: each comes out as it should.
+        let enc = Encoder::new(Role::Server);
+        let mut wire = request.accept_response("chan-1");
+        enc.control(OpCode::Ping, b"hi", None, &mut wire).unwrap();
+        let frame = b"\x00\x02\x08\x05".to_vec();
+        let mut msg = vec![0u8; WS_HEADROOM];
+        msg.extend_from_slice(&frame);
+        let end = msg.len();
+        let start = enc
+            .frame_in_place(&mut msg, WS_HEADROOM..end, OpCode::Binary, true, None)
+            .unwrap();
+        wire.extend_from_slice(&msg[start..]);
+        enc.close(1000, "tunnel closed", None, &mut wire).unwrap();
+        server.writer().write_all(&wire).unwrap();
+        pump(&mut client, &mut server);
+        assert_eq!(
+            client.poll_event().unwrap(),
+            Some(LinkEvent::Upgraded(Version::V3))
+        );
+        let Some(LinkEvent::Message(range)) = client.poll_event().unwrap() else {
+            panic!("a message");
+        };
+        assert_eq!(client.message(range), &frame[..]);
+        assert_eq!(
+            client.poll_event().unwrap(),
+            Some(LinkEvent::Closed(Some(1000), "tunnel closed".into()))
+        );
+        assert!(client.is_closed());
+
+        // The pong and our close answer went out, masked.
+        let back = pump(&mut client, &mut server);
+        let mut dec = splice_proto::ws::Decoder::new(Role::Server, ws::Limits::default());
+        let mut buf = back.clone();
+        let first = dec.handle_bytes(&mut buf).unwrap();
+        let Some(Item::Pong(r)) = first.item else {
+            panic!("a pong first: {first:?}");
+        };
+        assert_eq!(&buf[r], b"hi");
+        let mut rest = buf[first.consumed..].to_vec();
+        assert!(matches!(
+            dec.handle_bytes(&mut rest).unwrap().item,
+            Some(Item::Close(_))
+        ));
+    }
+
+    #[test]
+    fn frames_sent_are_masked_binary_messages() {
+        let (client_cfg, server_cfg) = configs();
+        let mut client = link(client_cfg, None);
+        let mut server = ServerConnection::new(server_cfg).unwrap();
+        let request = pump(&mut client, &mut server);
+        let ParsedRequest::Complete { request, .. } = parse_request(&request).unwrap() else {
+            panic!("a whole request");
+        };
+        assert_eq!(request.client_token, None);
+        server
+            .writer()
+            .write_all(&request.accept_response("c"))
+            .unwrap();
+        pump(&mut client, &mut server);
+        assert!(matches!(
+            client.poll_event().unwrap(),
+            Some(LinkEvent::Upgraded(_))
+        ));
+        let frame: Vec<u8> = (0..300u32).map(|i| i as u8).collect();
+        client.send_frame_vec(&frame);
+        let mut got = pump(&mut client, &mut server);
+        let mut dec = splice_proto::ws::Decoder::new(Role::Server, ws::Limits::default());
+        let d = dec.handle_bytes(&mut got).unwrap();
+        let Some(Item::Binary(r)) = d.item else {
+            panic!("a binary message: {d:?}");
+        };
+        assert_eq!(&got[r], &frame[..]);
+    }
+
+    #[test]
+    fn a_refusal_names_its_status() {
+        let (client_cfg, server_cfg) = configs();
+        let mut client = link(client_cfg, None);
+        let mut server = ServerConnection::new(server_cfg).unwrap();
+        pump(&mut client, &mut server);
+        server
+            .writer()
+            .write_all(b"HTTP/1.1 403 Forbidden\r\ncontent-length: 0\r\n\r\n")
+            .unwrap();
+        pump(&mut client, &mut server);
+        let e = client.poll_event().unwrap_err();
+        assert_eq!(e.status(), Some(403));
+    }
 
     #[test]
     fn offers_from_the_newest_down() {

@@ -1,0 +1,400 @@
+//! The agent's local connections: the source's listeners and what they accept, the
+//! destination's dialed connections, their reads (framed as DATA in place) and writes.
+
+use super::*;
+
+/// A local connection.
+pub(super) struct Local {
+    pub(super) fd: Fd,
+    pub(super) generation: u32,
+    pub(super) service: usize,
+    /// The agent's name for it; `None` once the agent forgot it (finished, or it ended).
+    pub(super) id: Option<LocalId>,
+    pub(super) connecting: bool,
+    pub(super) recv_in_flight: bool,
+    /// Its read completed while the tunnel's backlog was high: read again when it falls.
+    pub(super) parked: bool,
+    /// No more reads: the peer's end came (or the agent finished it and it is draining).
+    pub(super) read_done: bool,
+    pub(super) queue: VecDeque<Vec<u8>>,
+    pub(super) sending: bool,
+    /// Write out the queue, then FIN, then drain reads until the peer's FIN.
+    pub(super) finishing: bool,
+    /// Write out the queue, then close (its reading side already ended).
+    pub(super) ending: bool,
+    pub(super) rbuf: Option<Vec<u8>>,
+}
+
+impl Reactor {
+    pub(super) fn listen(&mut self, io: &mut Io<'_>, service: &str) {
+        let Some(i) = self.spec.services.iter().position(|s| s.name == service) else {
+            return;
+        };
+        if let Some((fd, accepting)) = self.listeners.get_mut(i)
+            && !*accepting
+        {
+            *accepting = true;
+            io.driver.submit(
+                op_token(self.slot, TAG_ACCEPT, i as u32, 0),
+                Op::Accept { fd: fd.clone() },
+            );
+        }
+    }
+
+    pub(super) fn accepted(&mut self, io: &mut Io<'_>, i: u32, c: Completion) {
+        let Some((fd, _)) = self.listeners.get(i as usize) else {
+            return;
+        };
+        let fd = fd.clone();
+        match (c.result, c.accepted) {
+            (Err(e), _) if e.raw_os_error() == Some(libc::ECANCELED) => return,
+            (Err(e), _) => {
+                tracing::warn!(agent = %self.spec.name, error = %e, "accept failed");
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+                ) {
+                    // Out of fds: try again after a pause rather than spin.
+                    io.timers.push((
+                        io.now + Duration::from_millis(100),
+                        token(TIMER_RETRY, 1, i),
+                    ));
+                    return;
+                }
+            }
+            (Ok(_), Some(sock)) => self.start_local(io, i as usize, sock),
+            (Ok(_), None) => {}
+        }
+        io.driver
+            .submit(op_token(self.slot, TAG_ACCEPT, i, 0), Op::Accept { fd });
+    }
+
+    pub(super) fn start_local(&mut self, io: &mut Io<'_>, service: usize, sock: OwnedFd) {
+        let name = self.spec.services[service].name.clone();
+        let stats = self.shared.service(service);
+        let id = match &mut self.sans {
+            Sans::Source(s) => s.handle_accept(&name),
+            Sans::Destination(_) => return,
+        };
+        let id = match id {
+            Ok(id) => id,
+            Err(e) => {
+                stats.failed.fetch_add(1, Relaxed);
+                let _ = sys::socket::set_linger_zero(sock.as_fd());
+                tracing::warn!(agent = %self.spec.name, service = %name, error = %e, "local connection refused");
+                self.apply_actions(io);
+                return;
+            }
+        };
+        stats.connections.fetch_add(1, Relaxed);
+        stats.active.fetch_add(1, Relaxed);
+        let _ = sys::socket::set_nodelay(sock.as_fd());
+        let index = self.insert_local(Rc::new(sock), service, id, false);
+        self.apply_actions(io);
+        self.read_local(io, index);
+    }
+
+    pub(super) fn insert_local(
+        &mut self,
+        fd: Fd,
+        service: usize,
+        id: LocalId,
+        connecting: bool,
+    ) -> u32 {
+        // (Socket indexes have 24 bits in a token: 16 million connections per agent.)
+        let index = match self.free.pop() {
+            Some(i) => i,
+            None => {
+                self.locals.push(None);
+                self.generations.push(0);
+                (self.locals.len() - 1) as u32
+            }
+        };
+        let g = &mut self.generations[index as usize];
+        *g = g.wrapping_add(1) & 0xff_ffff;
+        self.locals[index as usize] = Some(Local {
+            fd,
+            generation: *g,
+            service,
+            id: Some(id),
+            connecting,
+            recv_in_flight: false,
+            parked: false,
+            read_done: false,
+            queue: VecDeque::new(),
+            sending: false,
+            finishing: false,
+            ending: false,
+            rbuf: None,
+        });
+        self.by_id.insert(id, index);
+        index
+    }
+
+    pub(super) fn dial(&mut self, io: &mut Io<'_>, local: LocalId, service: &str) {
+        let Some(i) = self.spec.services.iter().position(|s| s.name == service) else {
+            return;
+        };
+        let addr = SockAddr::from(self.spec.services[i].addr);
+        let stats = self.shared.service(i);
+        stats.connections.fetch_add(1, Relaxed);
+        let fd = match sys::socket::tcp_stream(&addr) {
+            Ok(fd) => Rc::new(fd),
+            Err(e) => {
+                stats.failed.fetch_add(1, Relaxed);
+                tracing::warn!(agent = %self.spec.name, service, error = %e, "cannot open a socket for the service");
+                if let Sans::Destination(d) = &mut self.sans {
+                    d.handle_connect_failed(local);
+                }
+                return;
+            }
+        };
+        stats.active.fetch_add(1, Relaxed);
+        let index = self.insert_local(fd.clone(), i, local, true);
+        let generation = self.generations[index as usize];
+        io.driver.submit(
+            op_token(self.slot, TAG_LOCAL_CONNECT, index, generation),
+            Op::Connect {
+                fd,
+                addr: Box::new(addr),
+            },
+        );
+        io.timers.push((
+            io.now + self.spec.connect_timeout,
+            token(TIMER_LOCAL_CONNECT, index, generation),
+        ));
+    }
+
+    pub(super) fn connect_failed(&mut self, io: &mut Io<'_>, index: u32, why: &str) {
+        let Some(l) = self.locals[index as usize].as_ref() else {
+            return;
+        };
+        let service = l.service;
+        self.shared.service(service).failed.fetch_add(1, Relaxed);
+        tracing::warn!(
+            agent = %self.spec.name,
+            service = %self.spec.services[service].name,
+            target = %self.spec.services[service].addr,
+            error = %why,
+            "cannot reach the service; its stream is reset"
+        );
+        let id = l.id;
+        self.remove_local(io, index, true);
+        if let (Some(id), Sans::Destination(d)) = (id, &mut self.sans) {
+            self.by_id.remove(&id);
+            d.handle_connect_failed(id);
+        }
+        self.apply_actions(io);
+    }
+
+    pub(super) fn local_completed(
+        &mut self,
+        io: &mut Io<'_>,
+        tag: u8,
+        index: u32,
+        generation: u32,
+        c: Completion,
+    ) {
+        let Some(l) = self
+            .locals
+            .get_mut(index as usize)
+            .and_then(Option::as_mut)
+            .filter(|l| l.generation == generation)
+        else {
+            return;
+        };
+        match (tag, c.op) {
+            (TAG_LOCAL_CONNECT, _) => {
+                if !l.connecting {
+                    return;
+                }
+                l.connecting = false;
+                if let Err(e) = c.result {
+                    return self.connect_failed(io, index, &e.to_string());
+                }
+                if let (Some(id), Sans::Destination(d)) = (l.id, &mut self.sans) {
+                    d.handle_connected(id);
+                }
+                self.apply_actions(io);
+                self.read_local(io, index);
+                self.write_local(io, index);
+            }
+            (TAG_LOCAL_RECV, Op::Recv { mut buf, .. }) => {
+                l.recv_in_flight = false;
+                let n = match c.result {
+                    Ok(n) => n,
+                    Err(e) => {
+                        tracing::debug!(agent = %self.spec.name, error = %e, "local connection failed");
+                        if let Some(id) = l.id.take() {
+                            self.by_id.remove(&id);
+                            self.sans.handle_local_closed(id);
+                        }
+                        self.remove_local(io, index, true);
+                        self.apply_actions(io);
+                        return;
+                    }
+                };
+                if n == 0 {
+                    l.read_done = true;
+                    if l.finishing {
+                        // Drained to the peer's FIN after ours: done.
+                        return self.remove_local(io, index, false);
+                    }
+                    // The peer ended it: the tunnel's side is told; what is queued goes out.
+                    l.ending = true;
+                    if let Some(id) = l.id.take() {
+                        self.by_id.remove(&id);
+                        self.sans.handle_local_closed(id);
+                    }
+                    self.apply_actions(io);
+                    self.write_local(io, index);
+                    return;
+                }
+                let service = l.service;
+                let id = l.id;
+                if let Some(id) = id {
+                    self.shared
+                        .service(service)
+                        .to_tunnel
+                        .fetch_add(n as u64, Relaxed);
+                    self.send_data(id, &mut buf, n);
+                }
+                if let Some(l) = self.locals[index as usize].as_mut() {
+                    l.rbuf = Some(buf);
+                }
+                self.flush_tunnel(io);
+                if self.backlog_high() {
+                    if let Some(l) = self.locals[index as usize].as_mut() {
+                        l.parked = true;
+                        self.parked.push(index);
+                    }
+                } else {
+                    self.read_local(io, index);
+                }
+            }
+            (TAG_LOCAL_SEND, Op::Send { mut buf, len, .. }) => {
+                l.sending = false;
+                let n = match c.result {
+                    Ok(n) => n,
+                    Err(e) => {
+                        tracing::debug!(agent = %self.spec.name, error = %e, "local connection write failed");
+                        if let Some(id) = l.id.take() {
+                            self.by_id.remove(&id);
+                            self.sans.handle_local_closed(id);
+                        }
+                        self.remove_local(io, index, true);
+                        self.apply_actions(io);
+                        return;
+                    }
+                };
+                self.shared
+                    .service(l.service)
+                    .from_tunnel
+                    .fetch_add(n as u64, Relaxed);
+                if n < len {
+                    buf.drain(..n);
+                    l.queue.push_front(buf);
+                }
+                if let Some(id) = l.id {
+                    self.sans.handle_written(id, n);
+                    self.apply_actions(io);
+                }
+                self.write_local(io, index);
+            }
+            _ => {}
+        }
+    }
+
+    /// Frames `n` bytes read into `buf` (after [`HEADROOM`]) as DATA in place and sends them.
+    pub(super) fn send_data(&mut self, id: LocalId, buf: &mut Vec<u8>, n: usize) {
+        let Some(t) = self.tunnel.as_mut() else {
+            return;
+        };
+        let Some(framing) = self.sans.data_framing(id, n) else {
+            return;
+        };
+        buf.resize(HEADROOM + n + DATA_TAILROOM, 0);
+        let frame = framing
+            .frame_in_place(&mut buf[WS_HEADROOM..], DATA_HEADROOM)
+            .expect("the buffer has the head- and tailroom");
+        let frame = frame.start + WS_HEADROOM..frame.end + WS_HEADROOM;
+        t.link.send_frame(buf, frame);
+    }
+
+    pub(super) fn read_local(&mut self, io: &mut Io<'_>, index: u32) {
+        let Some(l) = self.locals[index as usize].as_mut() else {
+            return;
+        };
+        if l.recv_in_flight || l.read_done || l.connecting || l.parked {
+            return;
+        }
+        let mut buf = l
+            .rbuf
+            .take()
+            .unwrap_or_else(|| Vec::with_capacity(HEADROOM + MAX_PAYLOAD + DATA_TAILROOM));
+        buf.clear();
+        buf.resize(HEADROOM, 0);
+        l.recv_in_flight = true;
+        io.driver.submit(
+            op_token(self.slot, TAG_LOCAL_RECV, index, l.generation),
+            Op::Recv {
+                fd: l.fd.clone(),
+                buf,
+                len: MAX_PAYLOAD,
+            },
+        );
+    }
+
+    pub(super) fn write_local(&mut self, io: &mut Io<'_>, index: u32) {
+        let Some(l) = self.locals[index as usize].as_mut() else {
+            return;
+        };
+        if l.sending || l.connecting {
+            return;
+        }
+        if let Some(buf) = l.queue.pop_front() {
+            let len = buf.len();
+            l.sending = true;
+            io.driver.submit(
+                op_token(self.slot, TAG_LOCAL_SEND, index, l.generation),
+                Op::Send {
+                    fd: l.fd.clone(),
+                    buf,
+                    len,
+                },
+            );
+            return;
+        }
+        if l.ending {
+            self.remove_local(io, index, false);
+        } else if l.finishing && !l.read_done {
+            // Everything is written: FIN, then read (and drop) until the peer's FIN, so that
+            // closing never resets bytes the peer has not read yet.
+            let _ = sys::socket::shutdown_write(l.fd.as_fd());
+            l.parked = false;
+            self.read_local(io, index);
+        } else if l.finishing {
+            self.remove_local(io, index, false);
+        }
+    }
+
+    /// Resets a local connection (RST) and forgets it.
+    pub(super) fn reset_local(&mut self, io: &mut Io<'_>, index: u32) {
+        self.remove_local(io, index, true);
+    }
+
+    pub(super) fn remove_local(&mut self, io: &mut Io<'_>, index: u32, reset: bool) {
+        let Some(l) = self.locals[index as usize].take() else {
+            return;
+        };
+        if reset {
+            let _ = sys::socket::set_linger_zero(l.fd.as_fd());
+        }
+        if let Some(id) = l.id {
+            self.by_id.remove(&id);
+        }
+        io.driver.cancel(l.fd.as_raw_fd());
+        self.shared.service(l.service).active.fetch_sub(1, Relaxed);
+        self.free.push(index);
+    }
+}
