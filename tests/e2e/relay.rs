@@ -806,3 +806,49 @@ fn relay_pings_and_drops_a_silent_peer() {
         );
     }
 }
+
+/// Idle connected peers cost the relay little memory, even after a burst: no receive buffer
+/// is held while a peer sends nothing (readiness first), and no message buffer between
+/// messages.
+#[test]
+fn relay_idle_peers_cost_little_memory() {
+    let pki = Pki::new();
+    for driver in DRIVERS {
+        let relay = start_relay(&pki, driver, "");
+        // Warm up (allocator arenas, first tunnels), then measure the next ones.
+        let mut held = Vec::new();
+        for _ in 0..20 {
+            let t = open_tunnel(&relay, &["ssh"]);
+            held.push(pair(&pki, &relay, &t));
+        }
+        let before = relay.proc.rss_kib();
+        const TUNNELS: usize = 200;
+        for _ in 0..TUNNELS {
+            let t = open_tunnel(&relay, &["ssh"]);
+            let (mut src, mut dst) = pair(&pki, &relay, &t);
+            // One burst each way first, so that buffers were used, then silence.
+            let start = frame(STREAM_START, 1, "ssh", 1, b"");
+            src.send(Message::binary(start.clone()))
+                .expect("STREAM_START");
+            assert_eq!(next_binary(&mut dst), start);
+            let data = frame(DATA, 1, "ssh", 1, &[7; 60_000]);
+            src.send(Message::binary(data.clone())).expect("DATA");
+            assert_eq!(next_binary(&mut dst), data);
+            dst.send(Message::binary(data.clone())).expect("DATA back");
+            assert_eq!(next_binary(&mut src), data);
+            held.push((src, dst));
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        let grown = relay.proc.rss_kib().saturating_sub(before);
+        let per_peer = grown as f64 / (2 * TUNNELS) as f64;
+        eprintln!(
+            "{driver}: {per_peer:.1} KiB per idle peer ({grown} KiB for {} peers)",
+            2 * TUNNELS
+        );
+        assert!(
+            per_peer < 64.0,
+            "{driver}: {per_peer:.1} KiB per idle connected peer ({grown} KiB for {} peers)",
+            2 * TUNNELS
+        );
+    }
+}

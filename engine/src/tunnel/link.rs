@@ -43,7 +43,7 @@ use splice_proto::tunnel::link::Link;
 use crate::driver::{Completion, Driver, Fd, Op};
 use crate::shard::token;
 
-use super::{EntityRef, TAG_LINK_CONNECT, TAG_LINK_RECV, TAG_LINK_SEND};
+use super::{EntityRef, TAG_LINK_CONNECT, TAG_LINK_POLL, TAG_LINK_RECV, TAG_LINK_SEND};
 
 /// Bytes asked for in one receive.
 const RECV_CHUNK: usize = 64 * 1024;
@@ -71,6 +71,9 @@ pub(crate) struct LinkIo {
     lost: Option<String>,
     /// Bytes arrived since [`LinkIo::take_heard`] last asked.
     heard: bool,
+    /// The last receive emptied the socket: wait for readability before the next one, so an
+    /// idle link holds no receive buffer (as the forwarders do).
+    ready_first: bool,
     /// Buffers kept between ops.
     recv_buf: Vec<u8>,
     send_buf: Vec<u8>,
@@ -88,6 +91,7 @@ impl LinkIo {
             paused: false,
             lost: None,
             heard: false,
+            ready_first: false,
             recv_buf: Vec::new(),
             send_buf: Vec::new(),
         }
@@ -166,10 +170,20 @@ impl LinkIo {
         }
         let reading = self.owner.is_some() || !self.link.is_done();
         if !self.recv_busy && !self.paused && reading && self.link.wants_read() {
+            self.recv_busy = true;
+            if self.ready_first {
+                driver.submit(
+                    token(TAG_LINK_POLL, at.index, at.generation),
+                    Op::Poll {
+                        fd: self.fd.clone(),
+                        write: false,
+                    },
+                );
+                return;
+            }
             let mut buf = std::mem::take(&mut self.recv_buf);
             buf.clear();
             buf.reserve(RECV_CHUNK);
-            self.recv_busy = true;
             driver.submit(
                 token(TAG_LINK_RECV, at.index, at.generation),
                 Op::Recv {
@@ -182,9 +196,20 @@ impl LinkIo {
     }
 
     /// Takes a completion of one of its ops. Returns whether the owner should look at the
-    /// link (bytes arrived, it was lost, output drained).
+    /// link (bytes arrived, it was lost, output drained); if not, only its ops need a kick.
     pub(crate) fn complete(&mut self, tag: u8, c: Completion) -> bool {
         match (tag, c.op) {
+            (TAG_LINK_POLL, _) => {
+                self.recv_busy = false;
+                self.ready_first = false;
+                match c.result {
+                    Err(e) if e.raw_os_error() != Some(libc::ECANCELED) => {
+                        self.mark_lost(format!("poll: {e}"));
+                        true
+                    }
+                    _ => false,
+                }
+            }
             (TAG_LINK_CONNECT, _) => {
                 self.connecting = false;
                 if let Err(e) = c.result {
@@ -203,13 +228,15 @@ impl LinkIo {
                         }
                         Ok(())
                     }
-                    Ok(_) => {
+                    Ok(n) => {
                         self.heard = true;
+                        self.ready_first = n < RECV_CHUNK;
                         self.link.receive_tls(&buf).map_err(|e| e.to_string())
                     }
                     Err(e) => Err(format!("receive: {e}")),
                 };
-                self.recv_buf = buf;
+                // Keep the buffer for the next receive only while bytes keep coming.
+                self.recv_buf = if self.ready_first { Vec::new() } else { buf };
                 if let Err(e) = r {
                     self.mark_lost(e);
                 }
@@ -222,7 +249,10 @@ impl LinkIo {
                     Ok(_) => {}
                     Err(e) => self.mark_lost(format!("send: {e}")),
                 }
-                self.send_buf = buf;
+                // Keep the buffer only while there is more to send.
+                if self.link.pending_output() > 0 {
+                    self.send_buf = buf;
+                }
                 true
             }
             _ => false,

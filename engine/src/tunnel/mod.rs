@@ -39,6 +39,8 @@ pub(crate) const TAG_LINK_SEND: u8 = 65;
 pub(crate) const TAG_LINK_CONNECT: u8 = 66;
 /// A relay listener's accept (token: tag, relay id, 0).
 pub(crate) const TAG_RELAY_ACCEPT: u8 = 67;
+/// A link waits for readability before it receives (it is idle).
+pub(crate) const TAG_LINK_POLL: u8 = 68;
 /// The first tag the plane owns: the shard sends every tag from here on to the plane.
 pub(crate) const TAG_FIRST: u8 = 64;
 /// Free for the agents' own ops (local sockets, listeners): 80 to 127.
@@ -293,6 +295,7 @@ impl Plane {
             return; // the link is gone; dropping `c` frees its buffer and fd
         };
         if !io.complete(tag, c) {
+            self.kick(shard, r);
             return;
         }
         let owner = io.owner;
