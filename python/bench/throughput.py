@@ -1,18 +1,26 @@
 """Bulk throughput: ``engine.connect()`` against the CLI's client mode (a benchmark, not a test).
 
     python python/bench/throughput.py [--binary target/release/splice-engine] [--mib 512] [--runs 5]
+        [--c-client PATH]
 
 Both paths send the same bytes from the same Python loop to the same TLS server (the
 ``splice-engine`` binary in server mode, in front of ``socat`` writing to /dev/null), one
 shard thread each; only the client leg differs: the engine in this process through
 ``engine.connect()`` (a Unix socketpair), or ``splice-engine client`` in its own process
 (loopback TCP). A run ends when the server's end of file arrives, so every byte was
-delivered. Prints MiB/s per run and the median of each path; loopback only.
+delivered. Prints Gbit/s per run and the median of each path, and beside it the CPU seconds
+per GiB of the client side (this process, sender included, plus the CLI client's process:
+the part that differs between the paths); loopback only.
+
+With ``--c-client PATH`` (``ffi/bench/throughput.c``, built against libtunnel), two more paths:
+a C client through ``tunnel_connect`` (libtunnel's engine in the C process), and the same C
+client over plain TCP to the CLI's client mode (its CPU plus the CLI client's).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import socket
 import statistics
 import subprocess
@@ -57,16 +65,38 @@ def pki(d: Path) -> None:
         "-CAcreateserial", "-out", "cert.pem", "-days", "1", "-extfile", "ext")
 
 
-def send(sock: socket.socket, mib: int) -> float:
-    """Sends `mib` MiB, ends the write side, waits for the server's end; returns MiB/s."""
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process `pid` so far (all its threads)."""
+    if pid == os.getpid():
+        t = os.times()
+        return t.user + t.system
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def send(sock: socket.socket, mib: int, pids: List[int]) -> tuple[float, float]:
+    """Sends `mib` MiB, ends the write side, waits for the server's end; returns Gbit/s and
+    the CPU seconds per GiB that `pids` spent meanwhile."""
     sock.settimeout(120)
+    cpu = sum(cpu_seconds(p) for p in pids)
     start = time.perf_counter()
     for _ in range(mib):
         sock.sendall(CHUNK)
     sock.shutdown(socket.SHUT_WR)
     while sock.recv(65536):
         pass
-    return mib / (time.perf_counter() - start)
+    elapsed = time.perf_counter() - start
+    cpu = sum(cpu_seconds(p) for p in pids) - cpu
+    return mib * 8 * (1 << 20) / elapsed / 1e9, cpu / (mib / 1024)
+
+
+def run_c(cmd: List[str], pids: List[int], mib: int) -> tuple[float, float]:
+    """Runs the C client; its Gbit/s, and CPU seconds per GiB (its own plus `pids`')."""
+    before = sum(cpu_seconds(p) for p in pids)
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=300).stdout
+    others = sum(cpu_seconds(p) for p in pids) - before
+    gbit, own = (float(x) for x in out.split())
+    return gbit, (own + others) / (mib / 1024)
 
 
 def main() -> None:
@@ -74,6 +104,7 @@ def main() -> None:
     p.add_argument("--binary", default="target/release/splice-engine")
     p.add_argument("--mib", type=int, default=512)
     p.add_argument("--runs", type=int, default=5)
+    p.add_argument("--c-client", help="ffi/bench/throughput.c, built: add the C paths")
     args = p.parse_args()
     procs: List["subprocess.Popen[bytes]"] = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -101,15 +132,39 @@ def main() -> None:
                     ("engine.connect()", lambda: engine.connect("localhost", tls, ca=d / "ca.pem")),
                     ("CLI client mode", lambda: socket.create_connection(("127.0.0.1", cli))),
                 ]
-                results: dict[str, List[float]] = {name: [] for name, _ in paths}
+                # The client side: this process and the CLI client (idle in the other path).
+                pids = [os.getpid(), procs[2].pid]
+                results: dict[str, List[tuple[float, float]]] = {name: [] for name, _ in paths}
+                c_paths: List[tuple[str, List[str], List[int]]] = []
+                if args.c_client:
+                    mib = str(args.mib)
+                    c_paths = [
+                        ("C tunnel_connect", [args.c_client, "tunnel", f"localhost:{tls}",
+                                              str(d / "ca.pem"), mib], []),
+                        ("C to CLI client mode", [args.c_client, "plain", f"127.0.0.1:{cli}",
+                                                  mib], [procs[2].pid]),
+                    ]
+                    for name, _, _ in c_paths:
+                        results[name] = []
                 for run in range(args.runs):
+                    for name, cmd, others in c_paths:
+                        results[name].append(run_c(cmd, others, args.mib))
+                        gbit, cpu = results[name][-1]
+                        print(f"run {run + 1}: {name}: {gbit:.2f} Gbit/s, {cpu:.2f} CPU s/GiB",
+                              flush=True)
                     for name, open_ in paths:
                         with open_() as sock:
-                            results[name].append(send(sock, args.mib))
-                        print(f"run {run + 1}: {name}: {results[name][-1]:.0f} MiB/s", flush=True)
+                            results[name].append(send(sock, args.mib, pids))
+                        gbit, cpu = results[name][-1]
+                        print(f"run {run + 1}: {name}: {gbit:.2f} Gbit/s, {cpu:.2f} CPU s/GiB",
+                              flush=True)
                 for name, r in results.items():
-                    print(f"{name}: median {statistics.median(r):.0f} MiB/s "
-                          f"(min {min(r):.0f}, max {max(r):.0f}, {args.mib} MiB x {args.runs})")
+                    g = [x[0] for x in r]
+                    c = [x[1] for x in r]
+                    print(f"{name}: median {statistics.median(g):.2f} Gbit/s "
+                          f"(min {min(g):.2f}, max {max(g):.2f}), "
+                          f"{statistics.median(c):.2f} CPU s/GiB client side "
+                          f"({args.mib} MiB x {args.runs})")
         finally:
             for proc in procs:
                 proc.terminate()

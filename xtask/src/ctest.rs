@@ -156,6 +156,18 @@ pub fn test_main() -> Result<()> {
         )?;
     }
 
+    // The benchmark client builds too (python/bench/throughput.py --c-client runs it).
+    run_cmd(
+        Command::new("cc")
+            .args(["-std=c99", "-O2"])
+            .args(warn)
+            .args(&cflags)
+            .arg(root.join("ffi/bench/throughput.c"))
+            .arg("-o")
+            .arg(dir.join("throughput"))
+            .args(&shared_libs),
+    )?;
+
     // The tests, shared and static, under ASan + LSan.
     let san = ["-g", "-O1", "-fsanitize=address", "-fno-omit-frame-pointer"];
     let source = root.join("tests/c/tunnel_test.c");
