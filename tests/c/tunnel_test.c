@@ -364,6 +364,38 @@ static uint64_t stat_of(tunnel_engine *eng, const char *name, int which) {
 #define EVENTUALLY(cond) do { int k_; for (k_ = 0; k_ < 1000 && !(cond); k_++) usleep(10000); \
     CHECK(cond, "never: %s", #cond); } while (0)
 
+/* A connector with max_connections = 1 whose first connection stays open (its upstream
+ * accepts and never answers the handshake): the second connection is refused with
+ * TUNNEL_ERR_AT_CAPACITY, naming the forwarder. */
+static void at_capacity(const char *ca) {
+    struct sockaddr_in sa;
+    socklen_t sl = sizeof sa;
+    char toml[1024];
+    tunnel_config *cfg = NULL;
+    tunnel_engine *eng = NULL;
+    int held = -1, second = -1;
+    int silent = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    memset(&sa, 0, sizeof sa);
+    sa.sin_family = AF_INET;
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    CHECK(silent >= 0 && bind(silent, (struct sockaddr *)&sa, sizeof sa) == 0, "bind");
+    CHECK(listen(silent, 8) == 0 && getsockname(silent, (struct sockaddr *)&sa, &sl) == 0, "listen");
+    snprintf(toml, sizeof toml,
+             "threads = 1\naccess_log = false\n[[forwarder]]\nname = \"capped\"\nmode = \"client\"\n"
+             "connect = \"localhost:%u\"\nca = \"%s\"\nmax_connections = 1\n",
+             ntohs(sa.sin_port), ca);
+    OK(tunnel_config_from_toml(toml, &cfg));
+    OK(tunnel_engine_start(cfg, &eng));
+    OK(tunnel_config_free(&cfg));
+    OK(tunnel_engine_connect(eng, "capped", &held));
+    FAILS(tunnel_engine_connect(eng, "capped", &second), TUNNEL_ERR_AT_CAPACITY, "capped");
+    CHECK(second == -1, "no descriptor from a refused connection");
+    close(held);
+    OK(tunnel_engine_shutdown(eng, 0));
+    OK(tunnel_engine_free(&eng));
+    close(silent);
+}
+
 static int mode_errors(const char *ca, const char *cert, const char *key,
                        const char *other_cert, const char *other_key) {
     tunnel_config *cfg = NULL;
@@ -378,6 +410,7 @@ static int mode_errors(const char *ca, const char *cert, const char *key,
 
     OK(tunnel_log_set_callback(on_log, NULL, "warn"));
     FAILS(tunnel_log_to_stderr(NULL), TUNNEL_ERR_LOG_ALREADY_SET, "already set");
+    at_capacity(ca);
     CHECK(strcmp(tunnel_result_name(TUNNEL_ERR_CONFIG), "TUNNEL_ERR_CONFIG") == 0, "result name");
     CHECK(strlen(tunnel_version()) >= 5, "version %s", tunnel_version());
 
