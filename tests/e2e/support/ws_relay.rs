@@ -33,6 +33,8 @@ pub struct WsRelay {
     pub kick: Arc<AtomicBool>,
     /// Set to send both peers a close frame (the tunnel closed) and drop them.
     pub close: Arc<AtomicBool>,
+    /// Peers connected now (0 to 2). It drops what a peer sends while the other is away.
+    pub connected: Arc<AtomicUsize>,
     stop: Arc<AtomicBool>,
     threads: Vec<thread::JoinHandle<()>>,
 }
@@ -73,6 +75,7 @@ impl WsRelay {
         let kick = Arc::new(AtomicBool::new(false));
         let close = Arc::new(AtomicBool::new(false));
         let upgrades = Arc::new(Mutex::new(Vec::new()));
+        let connected = Arc::new(AtomicUsize::new(0));
         let services_frame = service_ids_frame(services);
         let (tx, rx) = mpsc::channel::<(String, Peer)>();
         let accept = {
@@ -97,8 +100,9 @@ impl WsRelay {
         };
         let pump = {
             let (stop, kick, close) = (stop.clone(), kick.clone(), close.clone());
+            let connected = connected.clone();
             spawn("ws-relay-pump", move || {
-                pump(rx, &services_frame, &stop, &kick, &close)
+                pump(rx, &services_frame, &stop, &kick, &close, &connected)
             })
         };
         WsRelay {
@@ -106,6 +110,7 @@ impl WsRelay {
             upgrades,
             kick,
             close,
+            connected,
             stop,
             threads: vec![accept, pump],
         }
@@ -185,6 +190,7 @@ fn pump(
     stop: &AtomicBool,
     kick: &AtomicBool,
     close: &AtomicBool,
+    connected: &AtomicUsize,
 ) {
     // [source, destination]
     let mut peers: [Option<Peer>; 2] = [None, None];
@@ -206,6 +212,7 @@ fn pump(
                 }
             }
         }
+        connected.store(peers.iter().flatten().count(), Ordering::SeqCst);
         let mut idle = true;
         for i in 0..2 {
             let Some(ws) = peers[i].as_mut() else {

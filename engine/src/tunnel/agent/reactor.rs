@@ -652,11 +652,13 @@ impl Reactor {
                     }
                 }
                 Action::Close { local } => {
+                    tracing::debug!(agent = %self.spec.name, %local, "local connection cut (reset)");
                     if let Some(index) = self.by_id.remove(&local) {
                         self.reset_local(io, index);
                     }
                 }
                 Action::Finish { local } => {
+                    tracing::debug!(agent = %self.spec.name, %local, "local connection ended by the peer");
                     if let Some(index) = self.by_id.remove(&local)
                         && let Some(l) = self.locals[index as usize].as_mut()
                     {
