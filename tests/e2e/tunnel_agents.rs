@@ -26,6 +26,8 @@ struct Agent<'a> {
     client_token: Option<&'a str>,
     token: String,
     keep_trying: bool,
+    /// More lines for the table.
+    extra: &'a str,
 }
 
 impl Agent<'_> {
@@ -43,10 +45,11 @@ impl Agent<'_> {
         format!(
             "[[{kind}]]\nname = {name:?}\nrelay = \"{relay}\"\nca = {ca:?}\nsni = \"localhost\"\n\
              token = {token:?}\n{client_token}{key} = [{services}]\nprotocol = {protocol:?}\n\
-             keep_trying = {keep_trying}\n",
+             keep_trying = {keep_trying}\n{extra}",
             kind = self.kind,
             token = self.token,
             keep_trying = self.keep_trying,
+            extra = self.extra,
             name = self.name,
             ca = ca.display().to_string(),
             services = services.join(", "),
@@ -277,6 +280,7 @@ impl Tunnel {
                 client_token: self.client_token.as_deref(),
                 token: self.dst_token.clone(),
                 keep_trying: false,
+                extra: "",
             },
             self.relay_addr,
             pki,
@@ -352,6 +356,7 @@ fn tunnel(
             client_token,
             token: dst_token.clone(),
             keep_trying: false,
+            extra: "",
         },
         relay_addr,
         pki,
@@ -371,6 +376,7 @@ fn tunnel(
             client_token,
             token: src_token,
             keep_trying: false,
+            extra: "",
         },
         relay_addr,
         pki,
@@ -473,6 +479,7 @@ fn target_down_resets_only_its_stream() {
                 client_token: None,
                 token: dst_token,
                 keep_trying: false,
+                extra: "",
             },
             relay.addr(),
             &pki,
@@ -488,6 +495,7 @@ fn target_down_resets_only_its_stream() {
                 client_token: None,
                 token: src_token,
                 keep_trying: false,
+                extra: "",
             },
             relay.addr(),
             &pki,
@@ -646,6 +654,7 @@ fn relay_restart_with_registry_on_disk() {
             client_token: Some(token),
             token: dst_token,
             keep_trying: false,
+            extra: "",
         },
         relay.addr(),
         &pki,
@@ -661,6 +670,7 @@ fn relay_restart_with_registry_on_disk() {
             client_token: Some(token),
             token: src_token,
             keep_trying: false,
+            extra: "",
         },
         relay.addr(),
         &pki,
@@ -707,6 +717,7 @@ fn slow_reader_keeps_memory_bounded() {
                 client_token: None,
                 token: dst_token,
                 keep_trying: false,
+                extra: "",
             },
             relay.addr(),
             &pki,
@@ -722,6 +733,7 @@ fn slow_reader_keeps_memory_bounded() {
                 client_token: None,
                 token: src_token,
                 keep_trying: false,
+                extra: "",
             },
             relay.addr(),
             &pki,
@@ -802,6 +814,7 @@ fn agent_metrics() {
             client_token: None,
             token: dst_token,
             keep_trying: false,
+            extra: "",
         },
         relay.addr(),
         &pki,
@@ -817,6 +830,7 @@ fn agent_metrics() {
             client_token: None,
             token: src_token,
             keep_trying: false,
+            extra: "",
         },
         relay.addr(),
         &pki,
@@ -864,6 +878,7 @@ fn keep_trying_reconnects_after_a_close_frame() {
         client_token: None,
         token: "t".into(),
         keep_trying,
+        extra: "",
     };
     let dst = start_agent(
         &agent("destination", vec![format!("ssh={}", backend.addr)], true),
@@ -899,4 +914,41 @@ fn keep_trying_reconnects_after_a_close_frame() {
         dst.log()
     );
     assert!(!src.log().contains("gave up"), "{}", src.log());
+}
+
+#[test]
+fn a_silent_relay_is_dropped_and_reconnected() {
+    let pki = Pki::new();
+    for driver in DRIVERS {
+        let relay = WsRelay::start(&pki.server, &["ssh"], 3);
+        let port = free_port();
+        let src = start_agent(
+            &Agent {
+                kind: "source",
+                name: "src",
+                services: vec![format!("ssh=127.0.0.1:{port}")],
+                protocol: "v3",
+                client_token: None,
+                token: "t".into(),
+                keep_trying: false,
+                extra: "ping_after = \"300ms\"\nidle_timeout = \"1s\"\n",
+            },
+            relay.addr,
+            &pki,
+            driver,
+            &[port],
+        );
+        assert!(wait_until(SOON, || relay.connected.load(Ordering::SeqCst) == 1));
+        // Answered pings keep a quiet tunnel up.
+        thread::sleep(Duration::from_secs(2));
+        assert_eq!(relay.upgrades.lock().unwrap().len(), 1, "{}", src.log());
+        relay.mute.store(true, Ordering::SeqCst);
+        assert!(
+            src.wait_log(SOON, |l| l.contains("the relay was silent")),
+            "{}",
+            src.log()
+        );
+        relay.mute.store(false, Ordering::SeqCst);
+        assert!(wait_until(SOON, || relay.upgrades.lock().unwrap().len() >= 2));
+    }
 }
