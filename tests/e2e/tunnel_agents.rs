@@ -25,6 +25,9 @@ struct Agent<'a> {
     protocol: &'a str,
     client_token: Option<&'a str>,
     token: String,
+    keep_trying: bool,
+    /// More lines for the table.
+    extra: &'a str,
 }
 
 impl Agent<'_> {
@@ -41,9 +44,12 @@ impl Agent<'_> {
             .unwrap_or_default();
         format!(
             "[[{kind}]]\nname = {name:?}\nrelay = \"{relay}\"\nca = {ca:?}\nsni = \"localhost\"\n\
-             token = {token:?}\n{client_token}{key} = [{services}]\nprotocol = {protocol:?}\n",
+             token = {token:?}\n{client_token}{key} = [{services}]\nprotocol = {protocol:?}\n\
+             keep_trying = {keep_trying}\n{extra}",
             kind = self.kind,
             token = self.token,
+            keep_trying = self.keep_trying,
+            extra = self.extra,
             name = self.name,
             ca = ca.display().to_string(),
             services = services.join(", "),
@@ -273,6 +279,8 @@ impl Tunnel {
                 protocol: &self.dst_protocol,
                 client_token: self.client_token.as_deref(),
                 token: self.dst_token.clone(),
+                keep_trying: false,
+                extra: "",
             },
             self.relay_addr,
             pki,
@@ -287,7 +295,10 @@ impl Tunnel {
     fn wait_paired(&self, upgrades: usize) {
         let ok = wait_until(SOON, || match &self.relay {
             RelayUnderTest::Ours(r, id) => r.both_connected(id),
-            RelayUnderTest::Ws(r) => r.upgrades.lock().unwrap().len() >= upgrades,
+            RelayUnderTest::Ws(r) => {
+                r.upgrades.lock().unwrap().len() >= upgrades
+                    && r.connected.load(Ordering::SeqCst) == 2
+            }
         });
         assert!(
             ok,
@@ -344,6 +355,8 @@ fn tunnel(
             protocol: dst_protocol,
             client_token,
             token: dst_token.clone(),
+            keep_trying: false,
+            extra: "",
         },
         relay_addr,
         pki,
@@ -362,6 +375,8 @@ fn tunnel(
             protocol: src_protocol,
             client_token,
             token: src_token,
+            keep_trying: false,
+            extra: "",
         },
         relay_addr,
         pki,
@@ -463,6 +478,8 @@ fn target_down_resets_only_its_stream() {
                 protocol: "v3",
                 client_token: None,
                 token: dst_token,
+                keep_trying: false,
+                extra: "",
             },
             relay.addr(),
             &pki,
@@ -477,6 +494,8 @@ fn target_down_resets_only_its_stream() {
                 protocol: "v3",
                 client_token: None,
                 token: src_token,
+                keep_trying: false,
+                extra: "",
             },
             relay.addr(),
             &pki,
@@ -521,7 +540,8 @@ fn reconnect_after_drop_with_client_token() {
         echo_through(localhost(t.ports[0]), 100_000, 1).unwrap();
         relay.kick.store(true, std::sync::atomic::Ordering::SeqCst);
         assert!(
-            wait_until(SOON, || relay.upgrades.lock().unwrap().len() >= 4),
+            wait_until(SOON, || relay.upgrades.lock().unwrap().len() >= 4
+                && relay.connected.load(Ordering::SeqCst) == 2),
             "both agents reconnect; source log:\n{}",
             t.source.log()
         );
@@ -633,6 +653,8 @@ fn relay_restart_with_registry_on_disk() {
             protocol: "v3",
             client_token: Some(token),
             token: dst_token,
+            keep_trying: false,
+            extra: "",
         },
         relay.addr(),
         &pki,
@@ -647,6 +669,8 @@ fn relay_restart_with_registry_on_disk() {
             protocol: "v3",
             client_token: Some(token),
             token: src_token,
+            keep_trying: false,
+            extra: "",
         },
         relay.addr(),
         &pki,
@@ -692,6 +716,8 @@ fn slow_reader_keeps_memory_bounded() {
                 protocol: "v3",
                 client_token: None,
                 token: dst_token,
+                keep_trying: false,
+                extra: "",
             },
             relay.addr(),
             &pki,
@@ -706,6 +732,8 @@ fn slow_reader_keeps_memory_bounded() {
                 protocol: "v3",
                 client_token: None,
                 token: src_token,
+                keep_trying: false,
+                extra: "",
             },
             relay.addr(),
             &pki,
@@ -785,6 +813,8 @@ fn agent_metrics() {
             protocol: "v3",
             client_token: None,
             token: dst_token,
+            keep_trying: false,
+            extra: "",
         },
         relay.addr(),
         &pki,
@@ -799,6 +829,8 @@ fn agent_metrics() {
             protocol: "v3",
             client_token: None,
             token: src_token,
+            keep_trying: false,
+            extra: "",
         },
         relay.addr(),
         &pki,
@@ -829,4 +861,94 @@ fn agent_metrics() {
         s.value("splice_agent_tunnel_connects_total", &[("agent", "src")]),
         1.0
     );
+}
+
+#[test]
+fn keep_trying_reconnects_after_a_close_frame() {
+    let pki = Pki::new();
+    let driver = "epoll";
+    let relay = WsRelay::start(&pki.server, &["ssh"], 3);
+    let backend = echo_backend();
+    let port = free_port();
+    let agent = |kind, services: Vec<String>, keep_trying| Agent {
+        kind,
+        name: kind,
+        services,
+        protocol: "v3",
+        client_token: None,
+        token: "t".into(),
+        keep_trying,
+        extra: "",
+    };
+    let dst = start_agent(
+        &agent("destination", vec![format!("ssh={}", backend.addr)], true),
+        relay.addr,
+        &pki,
+        driver,
+        &[],
+    );
+    let src = start_agent(
+        &agent("source", vec![format!("ssh=127.0.0.1:{port}")], true),
+        relay.addr,
+        &pki,
+        driver,
+        &[port],
+    );
+    assert!(wait_until(SOON, || relay.upgrades.lock().unwrap().len() >= 2));
+    // The test relay drops what comes while a peer is away (ours resets it): the wait for
+    // both peers below is what makes the first connection after the reconnect safe.
+    relay.close.store(true, Ordering::SeqCst);
+    assert!(
+        wait_until(SOON, || relay.upgrades.lock().unwrap().len() >= 4
+            && relay.connected.load(Ordering::SeqCst) == 2),
+        "both come back; source:\n{}\ndestination:\n{}",
+        src.log(),
+        dst.log()
+    );
+    let again = || echo_within(localhost(port), 100_000, 9, Duration::from_secs(2));
+    assert!(
+        wait_until(SOON, || again().is_ok()),
+        "{:?}\nsource:\n{}\ndestination:\n{}",
+        again(),
+        src.log(),
+        dst.log()
+    );
+    assert!(!src.log().contains("gave up"), "{}", src.log());
+}
+
+#[test]
+fn a_silent_relay_is_dropped_and_reconnected() {
+    let pki = Pki::new();
+    for driver in DRIVERS {
+        let relay = WsRelay::start(&pki.server, &["ssh"], 3);
+        let port = free_port();
+        let src = start_agent(
+            &Agent {
+                kind: "source",
+                name: "src",
+                services: vec![format!("ssh=127.0.0.1:{port}")],
+                protocol: "v3",
+                client_token: None,
+                token: "t".into(),
+                keep_trying: false,
+                extra: "ping_after = \"300ms\"\nidle_timeout = \"1s\"\n",
+            },
+            relay.addr,
+            &pki,
+            driver,
+            &[port],
+        );
+        assert!(wait_until(SOON, || relay.connected.load(Ordering::SeqCst) == 1));
+        // Answered pings keep a quiet tunnel up.
+        thread::sleep(Duration::from_secs(2));
+        assert_eq!(relay.upgrades.lock().unwrap().len(), 1, "{}", src.log());
+        relay.mute.store(true, Ordering::SeqCst);
+        assert!(
+            src.wait_log(SOON, |l| l.contains("the relay was silent")),
+            "{}",
+            src.log()
+        );
+        relay.mute.store(false, Ordering::SeqCst);
+        assert!(wait_until(SOON, || relay.upgrades.lock().unwrap().len() >= 2));
+    }
 }

@@ -136,6 +136,13 @@ pub struct SourceConfig {
     /// Keep reconnecting after a close frame or a 4xx (the local proxy exits).
     #[serde(default)]
     pub keep_trying: bool,
+    /// Ping the relay after this long without a byte from it.
+    #[serde(default = "default_ping_after", with = "humantime_serde")]
+    pub ping_after: Duration,
+    /// Drop the connection to the relay (and reconnect) after this long without a byte from
+    /// it, a pong included: a relay gone without a FIN (a NAT that forgot the connection).
+    #[serde(default = "default_peer_idle_timeout", with = "humantime_serde")]
+    pub idle_timeout: Duration,
 }
 
 /// The destination agent: connects each stream of the tunnel to its service's address.
@@ -173,6 +180,13 @@ pub struct DestinationConfig {
     /// Time allowed to connect to a service.
     #[serde(default = "default_connect_timeout", with = "humantime_serde")]
     pub connect_timeout: Duration,
+    /// Ping the relay after this long without a byte from it.
+    #[serde(default = "default_ping_after", with = "humantime_serde")]
+    pub ping_after: Duration,
+    /// Drop the connection to the relay (and reconnect) after this long without a byte from
+    /// it, a pong included: a relay gone without a FIN (a NAT that forgot the connection).
+    #[serde(default = "default_peer_idle_timeout", with = "humantime_serde")]
+    pub idle_timeout: Duration,
 }
 
 fn default_max_services() -> usize {
@@ -362,6 +376,8 @@ impl SourceConfig {
             listen: Vec::new(),
             protocol: TunnelProtocol::default(),
             keep_trying: false,
+            ping_after: default_ping_after(),
+            idle_timeout: default_peer_idle_timeout(),
         }
     }
 
@@ -391,6 +407,8 @@ impl DestinationConfig {
             protocol: TunnelProtocol::default(),
             keep_trying: false,
             connect_timeout: default_connect_timeout(),
+            ping_after: default_ping_after(),
+            idle_timeout: default_peer_idle_timeout(),
         }
     }
 

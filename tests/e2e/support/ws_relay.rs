@@ -33,6 +33,11 @@ pub struct WsRelay {
     pub kick: Arc<AtomicBool>,
     /// Set to send both peers a close frame (the tunnel closed) and drop them.
     pub close: Arc<AtomicBool>,
+    /// Set to stop reading from the peers (no frame passed, no ping answered): a relay gone
+    /// silent without a FIN.
+    pub mute: Arc<AtomicBool>,
+    /// Peers connected now (0 to 2). It drops what a peer sends while the other is away.
+    pub connected: Arc<AtomicUsize>,
     stop: Arc<AtomicBool>,
     threads: Vec<thread::JoinHandle<()>>,
 }
@@ -73,6 +78,8 @@ impl WsRelay {
         let kick = Arc::new(AtomicBool::new(false));
         let close = Arc::new(AtomicBool::new(false));
         let upgrades = Arc::new(Mutex::new(Vec::new()));
+        let connected = Arc::new(AtomicUsize::new(0));
+        let mute = Arc::new(AtomicBool::new(false));
         let services_frame = service_ids_frame(services);
         let (tx, rx) = mpsc::channel::<(String, Peer)>();
         let accept = {
@@ -97,8 +104,9 @@ impl WsRelay {
         };
         let pump = {
             let (stop, kick, close) = (stop.clone(), kick.clone(), close.clone());
+            let (connected, mute) = (connected.clone(), mute.clone());
             spawn("ws-relay-pump", move || {
-                pump(rx, &services_frame, &stop, &kick, &close)
+                pump(rx, &services_frame, &stop, &kick, &close, &connected, &mute)
             })
         };
         WsRelay {
@@ -106,6 +114,8 @@ impl WsRelay {
             upgrades,
             kick,
             close,
+            mute,
+            connected,
             stop,
             threads: vec![accept, pump],
         }
@@ -185,6 +195,8 @@ fn pump(
     stop: &AtomicBool,
     kick: &AtomicBool,
     close: &AtomicBool,
+    connected: &AtomicUsize,
+    mute: &AtomicBool,
 ) {
     // [source, destination]
     let mut peers: [Option<Peer>; 2] = [None, None];
@@ -205,6 +217,11 @@ fn pump(
                     let _ = ws.flush();
                 }
             }
+        }
+        connected.store(peers.iter().flatten().count(), Ordering::SeqCst);
+        if mute.load(Ordering::SeqCst) {
+            thread::sleep(Duration::from_millis(2));
+            continue;
         }
         let mut idle = true;
         for i in 0..2 {

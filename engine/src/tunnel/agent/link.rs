@@ -309,6 +309,16 @@ impl ClientLink {
         self.send_frame(&mut buf, WS_HEADROOM..len);
     }
 
+    /// Queues a ping (its pong counts as a sign of life, like any byte).
+    pub fn send_ping(&mut self) {
+        if self.phase == Phase::Open {
+            let mask = Some(self.mask());
+            let _ = self
+                .encoder
+                .control(OpCode::Ping, b"", mask, &mut self.control);
+        }
+    }
+
     /// Queues a close frame with `code` (ours, when the agent stops).
     pub fn close(&mut self, code: u16) {
         if self.phase == Phase::Open {

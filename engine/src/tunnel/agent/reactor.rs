@@ -188,6 +188,8 @@ struct Tunnel {
     /// A spare buffer for the next Send.
     spare: Vec<u8>,
     recv_buf: Option<Vec<u8>>,
+    /// When the relay last sent a byte (or the connection began).
+    last_rx: Instant,
 }
 
 impl Tunnel {
@@ -325,6 +327,7 @@ impl Reactor {
             out: Vec::new(),
             spare: Vec::new(),
             recv_buf: None,
+            last_rx: io.now,
         });
     }
 
@@ -437,6 +440,7 @@ impl Reactor {
             }
             (TAG_LINK_RECV, Op::Recv { mut buf, .. }) => {
                 t.recv_in_flight = false;
+                t.last_rx = io.now;
                 let n = match c.result {
                     Ok(0) => {
                         return self.tunnel_failed(
@@ -533,6 +537,10 @@ impl Reactor {
                     self.retry_at = None;
                     self.shared.tunnel_connects.fetch_add(1, Relaxed);
                     self.shared.set_state(AgentState::Connected);
+                    io.timers.push((
+                        io.now + self.spec.ping_after,
+                        token(TIMER_LINK, 2, t.generation),
+                    ));
                     tracing::info!(
                         agent = %self.spec.name,
                         relay = %self.spec.relay,
@@ -581,6 +589,30 @@ impl Reactor {
         }
         self.flush_tunnel(io);
         self.read_tunnel(io);
+    }
+
+    /// The relay's silence: a ping after `ping_after`, a drop after `idle_timeout`.
+    fn keepalive(&mut self, io: &mut Io<'_>) {
+        let (ping_after, idle) = (self.spec.ping_after, self.spec.idle_timeout);
+        let Some(t) = self.tunnel.as_mut() else {
+            return;
+        };
+        let silent = io.now.saturating_duration_since(t.last_rx);
+        if silent >= idle {
+            let why = format!("the relay was silent for {} s", silent.as_secs());
+            return self.tunnel_failed(io, End::Dropped, &why);
+        }
+        let next = if silent >= ping_after {
+            t.link.send_ping();
+            (idle - silent).min(ping_after)
+        } else {
+            ping_after - silent
+        };
+        io.timers.push((
+            io.now + next.max(Duration::from_millis(10)),
+            token(TIMER_LINK, 2, t.generation),
+        ));
+        self.flush_tunnel(io);
     }
 
     /// Moves the link's ciphertext to the socket.
@@ -652,11 +684,13 @@ impl Reactor {
                     }
                 }
                 Action::Close { local } => {
+                    tracing::debug!(agent = %self.spec.name, %local, "local connection cut (reset)");
                     if let Some(index) = self.by_id.remove(&local) {
                         self.reset_local(io, index);
                     }
                 }
                 Action::Finish { local } => {
+                    tracing::debug!(agent = %self.spec.name, %local, "local connection ended by the peer");
                     if let Some(index) = self.by_id.remove(&local)
                         && let Some(l) = self.locals[index as usize].as_mut()
                     {
@@ -744,6 +778,7 @@ impl Reactor {
                 self.tunnel_failed(io, End::Dropped, &why);
             }
             (TIMER_LINK, 1) if link_is(self).is_some() => self.tunnel_events(io),
+            (TIMER_LINK, 2) if link_is(self) == Some(true) => self.keepalive(io),
             (TIMER_LOCAL_CONNECT, _) if connecting => {
                 let t = self.spec.connect_timeout;
                 self.connect_failed(io, index, &format!("no connection within {t:?}"));

@@ -49,6 +49,10 @@ pub(crate) struct AgentSpec {
     pub keep_trying: bool,
     /// Destination: time allowed to connect to a service.
     pub connect_timeout: Duration,
+    /// Ping the relay after this long without a byte from it.
+    pub ping_after: Duration,
+    /// Drop the connection to the relay after this long without a byte from it.
+    pub idle_timeout: Duration,
 }
 
 impl AgentSpec {
@@ -70,6 +74,8 @@ struct Common<'a> {
     client_token: Option<&'a SecretText>,
     protocol: TunnelProtocol,
     keep_trying: bool,
+    ping_after: Duration,
+    idle_timeout: Duration,
 }
 
 /// Checks and loads a `[[source]]`. `env_token` is the value of [`TOKEN_ENV`], if set.
@@ -85,6 +91,8 @@ pub(crate) fn source_spec(cfg: &SourceConfig, env_token: Option<String>) -> Resu
         client_token: cfg.client_token.as_ref(),
         protocol: cfg.protocol,
         keep_trying: cfg.keep_trying,
+        ping_after: cfg.ping_after,
+        idle_timeout: cfg.idle_timeout,
     };
     let services = services(&common.what, "listen", &cfg.listen, |addr| {
         addr.parse::<SocketAddr>().map_err(|e| e.to_string())
@@ -111,6 +119,8 @@ pub(crate) fn destination_spec(
         client_token: cfg.client_token.as_ref(),
         protocol: cfg.protocol,
         keep_trying: cfg.keep_trying,
+        ping_after: cfg.ping_after,
+        idle_timeout: cfg.idle_timeout,
     };
     let services = services(&common.what, "connect", &cfg.connect, resolve)?;
     if cfg.connect_timeout.is_zero() {
@@ -198,6 +208,12 @@ fn build(
     env_token: Option<String>,
 ) -> Result<AgentSpec> {
     let what = &c.what;
+    if c.ping_after.is_zero() || c.idle_timeout <= c.ping_after {
+        return Err(Error::config(
+            what,
+            "`idle_timeout` must be longer than `ping_after`, and both more than 0",
+        ));
+    }
     let (host, port) = split_host_port(c.relay)
         .map_err(|e| Error::config(what, format!("`relay` {:?}: {e}", c.relay)))?;
     let relay = (host.as_str(), port)
@@ -246,6 +262,8 @@ fn build(
         version,
         keep_trying: c.keep_trying,
         connect_timeout,
+        ping_after: c.ping_after,
+        idle_timeout: c.idle_timeout,
     })
 }
 
@@ -306,6 +324,8 @@ mod tests {
             listen: listen.iter().map(|s| s.to_string()).collect(),
             protocol: TunnelProtocol::V3,
             keep_trying: false,
+            ping_after: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(90),
         }
     }
 
@@ -328,6 +348,9 @@ mod tests {
         assert!(err(&source(&["a b=127.0.0.1:0"]), None).contains("bad service name"));
         assert!(err(&source(&["a=nowhere"]), None).contains("\"a=nowhere\""));
         assert!(err(&source(&[]), None).contains("at least one"));
+        let mut idle = source(&["127.0.0.1:0"]);
+        idle.idle_timeout = idle.ping_after;
+        assert!(err(&idle, None).contains("idle_timeout"));
         let mut v1 = source(&["a=127.0.0.1:0", "b=127.0.0.1:0"]);
         v1.protocol = TunnelProtocol::V1;
         assert!(err(&v1, None).contains("v1 carries one service"));
@@ -389,6 +412,8 @@ mod tests {
             protocol: TunnelProtocol::V2,
             keep_trying: true,
             connect_timeout: Duration::from_secs(1),
+            ping_after: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(90),
         };
         let spec = destination_spec(&cfg, None).unwrap();
         assert_eq!(spec.name, "dev");
