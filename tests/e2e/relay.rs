@@ -888,3 +888,42 @@ fn relay_close_frame_reaches_a_peer_that_keeps_sending() {
         }
     }
 }
+
+/// `rate_limit` holds each tunnel direction to its bytes per second (after a one-second
+/// burst): the relay stops reading the sender while it is over, so nothing is buffered or lost.
+#[test]
+fn relay_rate_limit_holds_a_tunnel_back() {
+    let pki = Pki::new();
+    for driver in DRIVERS {
+        let relay = start_relay(&pki, driver, "rate_limit = 1000000\n");
+        let t = open_tunnel(&relay, &["ssh"]);
+        let (mut src, mut dst) = pair(&pki, &relay, &t);
+        let start = frame(STREAM_START, 1, "ssh", 1, b"");
+        src.send(Message::binary(start.clone()))
+            .expect("STREAM_START");
+        assert_eq!(next_binary(&mut dst), start);
+        // About 3.1 MB: the first 1 MB goes at once, the rest at 1 MB/s, so at least 2 s.
+        const FRAMES: usize = 48;
+        let began = std::time::Instant::now();
+        let writer = spawn("rate-limited-source", move || {
+            for i in 0..FRAMES {
+                let f = frame(DATA, 1, "ssh", 1, &vec![i as u8; 64512]);
+                src.send(Message::binary(f)).expect("source send");
+            }
+            src
+        });
+        for i in 0..FRAMES {
+            assert_eq!(
+                next_binary(&mut dst),
+                frame(DATA, 1, "ssh", 1, &vec![i as u8; 64512]),
+                "{driver}: frame {i}"
+            );
+        }
+        let took = began.elapsed();
+        let _src = writer.join().expect("source thread");
+        assert!(
+            took >= Duration::from_millis(1500),
+            "{driver}: 3.1 MB through a 1 MB/s tunnel took only {took:?}"
+        );
+    }
+}

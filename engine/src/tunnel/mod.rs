@@ -62,7 +62,7 @@ pub(crate) enum Entity {
     /// A relay peer in its TLS handshake and upgrade.
     Pending(relay::Pending),
     /// A tunnel's session and its peers.
-    Tunnel(relay::TunnelPeers),
+    Tunnel(Box<relay::TunnelPeers>),
 }
 
 impl Entity {
