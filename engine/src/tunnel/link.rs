@@ -47,6 +47,10 @@ use super::{EntityRef, TAG_LINK_CONNECT, TAG_LINK_POLL, TAG_LINK_RECV, TAG_LINK_
 
 /// Bytes asked for in one receive.
 const RECV_CHUNK: usize = 64 * 1024;
+/// Bytes asked for in one receive of a lingering link (they are dropped).
+const LINGER_CHUNK: usize = 16 * 1024;
+/// How long a released link waits for its peer's end before it closes anyway.
+pub(crate) const LINGER: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// A link's place in the plane's slab: its index and generation (the tokens of its ops).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -74,6 +78,12 @@ pub(crate) struct LinkIo {
     /// The last receive emptied the socket: wait for readability before the next one, so an
     /// idle link holds no receive buffer (as the forwarders do).
     ready_first: bool,
+    /// Released and written out: our side is shut down and what the peer still sends is
+    /// read and dropped until its end (or the linger time), so that it reads our last words
+    /// (a close frame, an error response) instead of a reset.
+    lingering: bool,
+    /// The peer's end was read while lingering.
+    drained: bool,
     /// Buffers kept between ops.
     recv_buf: Vec<u8>,
     send_buf: Vec<u8>,
@@ -92,6 +102,8 @@ impl LinkIo {
             lost: None,
             heard: false,
             ready_first: false,
+            lingering: false,
+            drained: false,
             recv_buf: Vec::new(),
             send_buf: Vec::new(),
         }
@@ -142,16 +154,52 @@ impl LinkIo {
         !self.connecting && !self.recv_busy && !self.send_busy
     }
 
-    /// Whether a released link is finished: lost, or done with everything written.
+    /// Whether a released link has written everything it will write (or is lost).
     pub(crate) fn finished(&self) -> bool {
         self.is_lost()
             || (self.link.is_done() && self.link.pending_output() == 0 && !self.send_busy)
+    }
+
+    /// Whether a finished link may close now: lost, or the peer's end was read.
+    pub(crate) fn closable(&self) -> bool {
+        self.is_lost() || self.drained || self.link.peer_ended()
+    }
+
+    /// Starts lingering (see the field); false if it already does.
+    pub(crate) fn start_lingering(&mut self) -> bool {
+        if self.lingering {
+            return false;
+        }
+        self.lingering = true;
+        let _ = crate::sys::socket::shutdown_write(std::os::fd::AsFd::as_fd(&*self.fd));
+        true
+    }
+
+    pub(crate) fn is_lingering(&self) -> bool {
+        self.lingering
     }
 
     /// Submits the ops the link needs now: a send of its pending output, a receive when it
     /// wants bytes and is not paused.
     pub(crate) fn submit(&mut self, at: LinkRef, driver: &mut Driver) {
         if self.connecting || self.is_lost() {
+            return;
+        }
+        if self.lingering {
+            if !self.recv_busy && !self.drained {
+                let mut buf = std::mem::take(&mut self.recv_buf);
+                buf.clear();
+                buf.reserve(LINGER_CHUNK);
+                self.recv_busy = true;
+                driver.submit(
+                    token(TAG_LINK_RECV, at.index, at.generation),
+                    Op::Recv {
+                        fd: self.fd.clone(),
+                        buf,
+                        len: LINGER_CHUNK,
+                    },
+                );
+            }
             return;
         }
         if !self.send_busy && self.link.pending_output() > 0 {
@@ -214,6 +262,15 @@ impl LinkIo {
                 self.connecting = false;
                 if let Err(e) = c.result {
                     self.mark_lost(format!("connect: {e}"));
+                }
+                true
+            }
+            (TAG_LINK_RECV, Op::Recv { buf, .. }) if self.lingering => {
+                self.recv_busy = false;
+                match c.result {
+                    Ok(0) => self.drained = true,
+                    Ok(_) => self.recv_buf = buf,
+                    Err(e) => self.mark_lost(format!("receive: {e}")),
                 }
                 true
             }
