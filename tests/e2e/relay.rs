@@ -806,3 +806,124 @@ fn relay_pings_and_drops_a_silent_peer() {
         );
     }
 }
+
+/// Idle connected peers cost the relay little memory, even after a burst: no receive buffer
+/// is held while a peer sends nothing (readiness first), and no message buffer between
+/// messages.
+#[test]
+fn relay_idle_peers_cost_little_memory() {
+    let pki = Pki::new();
+    for driver in DRIVERS {
+        let relay = start_relay(&pki, driver, "");
+        // Warm up (allocator arenas, first tunnels), then measure the next ones.
+        let mut held = Vec::new();
+        for _ in 0..20 {
+            let t = open_tunnel(&relay, &["ssh"]);
+            held.push(pair(&pki, &relay, &t));
+        }
+        let before = relay.proc.rss_kib();
+        const TUNNELS: usize = 200;
+        for _ in 0..TUNNELS {
+            let t = open_tunnel(&relay, &["ssh"]);
+            let (mut src, mut dst) = pair(&pki, &relay, &t);
+            // One burst each way first, so that buffers were used, then silence.
+            let start = frame(STREAM_START, 1, "ssh", 1, b"");
+            src.send(Message::binary(start.clone()))
+                .expect("STREAM_START");
+            assert_eq!(next_binary(&mut dst), start);
+            let data = frame(DATA, 1, "ssh", 1, &[7; 60_000]);
+            src.send(Message::binary(data.clone())).expect("DATA");
+            assert_eq!(next_binary(&mut dst), data);
+            dst.send(Message::binary(data.clone())).expect("DATA back");
+            assert_eq!(next_binary(&mut src), data);
+            held.push((src, dst));
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        let grown = relay.proc.rss_kib().saturating_sub(before);
+        let per_peer = grown as f64 / (2 * TUNNELS) as f64;
+        eprintln!(
+            "{driver}: {per_peer:.1} KiB per idle peer ({grown} KiB for {} peers)",
+            2 * TUNNELS
+        );
+        assert!(
+            per_peer < 64.0,
+            "{driver}: {per_peer:.1} KiB per idle connected peer ({grown} KiB for {} peers)",
+            2 * TUNNELS
+        );
+    }
+}
+
+/// A peer closed for a rule break while it still sends gets the close frame that says why,
+/// not a reset that would discard it: the relay half-closes and drains what the peer sends
+/// before it closes the socket.
+#[test]
+fn relay_close_frame_reaches_a_peer_that_keeps_sending() {
+    let pki = Pki::new();
+    for driver in DRIVERS {
+        let relay = start_relay(&pki, driver, "");
+        for round in 0..3 {
+            let t = open_tunnel(&relay, &["ssh"]);
+            let (_src, mut dst) = pair(&pki, &relay, &t);
+            // A text frame, then 1 MiB more in binary frames, all in one go.
+            let mut bytes = vec![0x81, 0x82, 1, 2, 3, 4, b'h' ^ 1, b'i' ^ 2];
+            let payload = vec![0u8; 65_000];
+            for _ in 0..16 {
+                bytes.extend_from_slice(&[0x82, 0x80 | 126]);
+                bytes.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+                bytes.extend_from_slice(&[0, 0, 0, 0]);
+                bytes.extend_from_slice(&payload);
+            }
+            raw_send(&mut dst, &bytes);
+            let end = loop {
+                match dst.read() {
+                    Ok(Message::Close(c)) => break Ok(c.map(|c| u16::from(c.code))),
+                    Ok(_) => continue,
+                    Err(e) => break Err(e),
+                }
+            };
+            assert!(
+                matches!(end, Ok(Some(1003))),
+                "{driver}, round {round}: the close frame (1003) reaches the peer: {end:?}"
+            );
+        }
+    }
+}
+
+/// `rate_limit` holds each tunnel direction to its bytes per second (after a one-second
+/// burst): the relay stops reading the sender while it is over, so nothing is buffered or lost.
+#[test]
+fn relay_rate_limit_holds_a_tunnel_back() {
+    let pki = Pki::new();
+    for driver in DRIVERS {
+        let relay = start_relay(&pki, driver, "rate_limit = 1000000\n");
+        let t = open_tunnel(&relay, &["ssh"]);
+        let (mut src, mut dst) = pair(&pki, &relay, &t);
+        let start = frame(STREAM_START, 1, "ssh", 1, b"");
+        src.send(Message::binary(start.clone()))
+            .expect("STREAM_START");
+        assert_eq!(next_binary(&mut dst), start);
+        // About 3.1 MB: the first 1 MB goes at once, the rest at 1 MB/s, so at least 2 s.
+        const FRAMES: usize = 48;
+        let began = std::time::Instant::now();
+        let writer = spawn("rate-limited-source", move || {
+            for i in 0..FRAMES {
+                let f = frame(DATA, 1, "ssh", 1, &vec![i as u8; 64512]);
+                src.send(Message::binary(f)).expect("source send");
+            }
+            src
+        });
+        for i in 0..FRAMES {
+            assert_eq!(
+                next_binary(&mut dst),
+                frame(DATA, 1, "ssh", 1, &vec![i as u8; 64512]),
+                "{driver}: frame {i}"
+            );
+        }
+        let took = began.elapsed();
+        let _src = writer.join().expect("source thread");
+        assert!(
+            took >= Duration::from_millis(1500),
+            "{driver}: 3.1 MB through a 1 MB/s tunnel took only {took:?}"
+        );
+    }
+}

@@ -800,8 +800,8 @@ impl Shard {
                     }
                     continue;
                 }
-                crate::tunnel::TIMER_TUNNEL => {
-                    crate::tunnel::timer(self, index, generation, now);
+                t if t >= crate::tunnel::TIMER_TUNNEL => {
+                    crate::tunnel::timer(self, t, index, generation, now);
                     continue;
                 }
                 _ => {}

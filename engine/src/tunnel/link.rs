@@ -43,10 +43,14 @@ use splice_proto::tunnel::link::Link;
 use crate::driver::{Completion, Driver, Fd, Op};
 use crate::shard::token;
 
-use super::{EntityRef, TAG_LINK_CONNECT, TAG_LINK_RECV, TAG_LINK_SEND};
+use super::{EntityRef, TAG_LINK_CONNECT, TAG_LINK_POLL, TAG_LINK_RECV, TAG_LINK_SEND};
 
 /// Bytes asked for in one receive.
 const RECV_CHUNK: usize = 64 * 1024;
+/// Bytes asked for in one receive of a lingering link (they are dropped).
+const LINGER_CHUNK: usize = 16 * 1024;
+/// How long a released link waits for its peer's end before it closes anyway.
+pub(crate) const LINGER: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// A link's place in the plane's slab: its index and generation (the tokens of its ops).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -71,6 +75,15 @@ pub(crate) struct LinkIo {
     lost: Option<String>,
     /// Bytes arrived since [`LinkIo::take_heard`] last asked.
     heard: bool,
+    /// The last receive emptied the socket: wait for readability before the next one, so an
+    /// idle link holds no receive buffer (as the forwarders do).
+    ready_first: bool,
+    /// Released and written out: our side is shut down and what the peer still sends is
+    /// read and dropped until its end (or the linger time), so that it reads our last words
+    /// (a close frame, an error response) instead of a reset.
+    lingering: bool,
+    /// The peer's end was read while lingering.
+    drained: bool,
     /// Buffers kept between ops.
     recv_buf: Vec<u8>,
     send_buf: Vec<u8>,
@@ -88,6 +101,9 @@ impl LinkIo {
             paused: false,
             lost: None,
             heard: false,
+            ready_first: false,
+            lingering: false,
+            drained: false,
             recv_buf: Vec::new(),
             send_buf: Vec::new(),
         }
@@ -138,16 +154,52 @@ impl LinkIo {
         !self.connecting && !self.recv_busy && !self.send_busy
     }
 
-    /// Whether a released link is finished: lost, or done with everything written.
+    /// Whether a released link has written everything it will write (or is lost).
     pub(crate) fn finished(&self) -> bool {
         self.is_lost()
             || (self.link.is_done() && self.link.pending_output() == 0 && !self.send_busy)
+    }
+
+    /// Whether a finished link may close now: lost, or the peer's end was read.
+    pub(crate) fn closable(&self) -> bool {
+        self.is_lost() || self.drained || self.link.peer_ended()
+    }
+
+    /// Starts lingering (see the field); false if it already does.
+    pub(crate) fn start_lingering(&mut self) -> bool {
+        if self.lingering {
+            return false;
+        }
+        self.lingering = true;
+        let _ = crate::sys::socket::shutdown_write(std::os::fd::AsFd::as_fd(&*self.fd));
+        true
+    }
+
+    pub(crate) fn is_lingering(&self) -> bool {
+        self.lingering
     }
 
     /// Submits the ops the link needs now: a send of its pending output, a receive when it
     /// wants bytes and is not paused.
     pub(crate) fn submit(&mut self, at: LinkRef, driver: &mut Driver) {
         if self.connecting || self.is_lost() {
+            return;
+        }
+        if self.lingering {
+            if !self.recv_busy && !self.drained {
+                let mut buf = std::mem::take(&mut self.recv_buf);
+                buf.clear();
+                buf.reserve(LINGER_CHUNK);
+                self.recv_busy = true;
+                driver.submit(
+                    token(TAG_LINK_RECV, at.index, at.generation),
+                    Op::Recv {
+                        fd: self.fd.clone(),
+                        buf,
+                        len: LINGER_CHUNK,
+                    },
+                );
+            }
             return;
         }
         if !self.send_busy && self.link.pending_output() > 0 {
@@ -166,10 +218,20 @@ impl LinkIo {
         }
         let reading = self.owner.is_some() || !self.link.is_done();
         if !self.recv_busy && !self.paused && reading && self.link.wants_read() {
+            self.recv_busy = true;
+            if self.ready_first {
+                driver.submit(
+                    token(TAG_LINK_POLL, at.index, at.generation),
+                    Op::Poll {
+                        fd: self.fd.clone(),
+                        write: false,
+                    },
+                );
+                return;
+            }
             let mut buf = std::mem::take(&mut self.recv_buf);
             buf.clear();
             buf.reserve(RECV_CHUNK);
-            self.recv_busy = true;
             driver.submit(
                 token(TAG_LINK_RECV, at.index, at.generation),
                 Op::Recv {
@@ -182,13 +244,33 @@ impl LinkIo {
     }
 
     /// Takes a completion of one of its ops. Returns whether the owner should look at the
-    /// link (bytes arrived, it was lost, output drained).
+    /// link (bytes arrived, it was lost, output drained); if not, only its ops need a kick.
     pub(crate) fn complete(&mut self, tag: u8, c: Completion) -> bool {
         match (tag, c.op) {
+            (TAG_LINK_POLL, _) => {
+                self.recv_busy = false;
+                self.ready_first = false;
+                match c.result {
+                    Err(e) if e.raw_os_error() != Some(libc::ECANCELED) => {
+                        self.mark_lost(format!("poll: {e}"));
+                        true
+                    }
+                    _ => false,
+                }
+            }
             (TAG_LINK_CONNECT, _) => {
                 self.connecting = false;
                 if let Err(e) = c.result {
                     self.mark_lost(format!("connect: {e}"));
+                }
+                true
+            }
+            (TAG_LINK_RECV, Op::Recv { buf, .. }) if self.lingering => {
+                self.recv_busy = false;
+                match c.result {
+                    Ok(0) => self.drained = true,
+                    Ok(_) => self.recv_buf = buf,
+                    Err(e) => self.mark_lost(format!("receive: {e}")),
                 }
                 true
             }
@@ -203,13 +285,15 @@ impl LinkIo {
                         }
                         Ok(())
                     }
-                    Ok(_) => {
+                    Ok(n) => {
                         self.heard = true;
+                        self.ready_first = n < RECV_CHUNK;
                         self.link.receive_tls(&buf).map_err(|e| e.to_string())
                     }
                     Err(e) => Err(format!("receive: {e}")),
                 };
-                self.recv_buf = buf;
+                // Keep the buffer for the next receive only while bytes keep coming.
+                self.recv_buf = if self.ready_first { Vec::new() } else { buf };
                 if let Err(e) = r {
                     self.mark_lost(e);
                 }
@@ -222,7 +306,10 @@ impl LinkIo {
                     Ok(_) => {}
                     Err(e) => self.mark_lost(format!("send: {e}")),
                 }
-                self.send_buf = buf;
+                // Keep the buffer only while there is more to send.
+                if self.link.pending_output() > 0 {
+                    self.send_buf = buf;
+                }
                 true
             }
             _ => false,

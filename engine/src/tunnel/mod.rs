@@ -39,12 +39,16 @@ pub(crate) const TAG_LINK_SEND: u8 = 65;
 pub(crate) const TAG_LINK_CONNECT: u8 = 66;
 /// A relay listener's accept (token: tag, relay id, 0).
 pub(crate) const TAG_RELAY_ACCEPT: u8 = 67;
+/// A link waits for readability before it receives (it is idle).
+pub(crate) const TAG_LINK_POLL: u8 = 68;
 /// The first tag the plane owns: the shard sends every tag from here on to the plane.
 pub(crate) const TAG_FIRST: u8 = 64;
 /// Free for the agents' own ops (local sockets, listeners): 80 to 127.
 pub(crate) const TAG_AGENT_FIRST: u8 = 80;
 /// An entity's timer, in the shard's timer heap (token: tag, entity index, generation).
 pub(crate) const TIMER_TUNNEL: u8 = 64;
+/// A released link's linger time is up (token: tag, link index, generation).
+pub(crate) const TIMER_LINK: u8 = 65;
 
 /// An entity's place in the plane's slab.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -58,7 +62,7 @@ pub(crate) enum Entity {
     /// A relay peer in its TLS handshake and upgrade.
     Pending(relay::Pending),
     /// A tunnel's session and its peers.
-    Tunnel(relay::TunnelPeers),
+    Tunnel(Box<relay::TunnelPeers>),
     /// A source or destination agent.
     Agent(Box<agent::host::AgentEntity>),
 }
@@ -200,22 +204,26 @@ impl Plane {
             .get2_mut((a.index, a.generation), (b.index, b.generation))
     }
 
-    /// Submits what link `r` needs now.
+    /// Submits what link `r` needs now. A released link that has written everything shuts
+    /// its side down and lingers: it reads (and drops) until the peer's end or [`link::LINGER`],
+    /// so that the peer reads our last words instead of a reset.
     pub(crate) fn kick(&mut self, shard: &mut Shard, r: LinkRef) {
-        let finished = match self.links.get_mut(r.index, r.generation) {
-            Some(io) => {
-                if io.owner.is_none() && io.finished() {
-                    true
-                } else {
-                    io.submit(r, &mut shard.driver);
-                    false
-                }
-            }
-            None => false,
+        let Some(io) = self.links.get_mut(r.index, r.generation) else {
+            return;
         };
-        if finished {
-            self.drop_link(shard, r);
+        if io.owner.is_none() && io.finished() {
+            if io.closable() {
+                self.drop_link(shard, r);
+                return;
+            }
+            if io.start_lingering() {
+                shard.timers.push(Reverse((
+                    Instant::now() + link::LINGER,
+                    token(TIMER_LINK, r.index, r.generation),
+                )));
+            }
         }
+        io.submit(r, &mut shard.driver);
     }
 
     fn kick_dirty(&mut self, shard: &mut Shard) {
@@ -293,6 +301,7 @@ impl Plane {
             return; // the link is gone; dropping `c` frees its buffer and fd
         };
         if !io.complete(tag, c) {
+            self.kick(shard, r);
             return;
         }
         let owner = io.owner;
@@ -313,7 +322,18 @@ impl Plane {
         }
     }
 
-    fn timer(&mut self, shard: &mut Shard, index: u32, generation: u32, now: Instant) {
+    fn timer(&mut self, shard: &mut Shard, tag: u8, index: u32, generation: u32, now: Instant) {
+        if tag == TIMER_LINK {
+            let r = LinkRef { index, generation };
+            if self
+                .links
+                .get_mut(index, generation)
+                .is_some_and(|io| io.is_lingering())
+            {
+                self.drop_link(shard, r);
+            }
+            return;
+        }
         let e = EntityRef { index, generation };
         self.run_entity(shard, e, |entity, plane, shard| {
             entity.on_timer(e, now, plane, shard)
@@ -358,10 +378,10 @@ pub(crate) fn complete(shard: &mut Shard, tag: u8, index: u32, generation: u32, 
     shard.plane = plane;
 }
 
-/// The shard hook: an entity's timer.
-pub(crate) fn timer(shard: &mut Shard, index: u32, generation: u32, now: Instant) {
+/// The shard hook: a timer of the plane's (an entity's, or a lingering link's).
+pub(crate) fn timer(shard: &mut Shard, tag: u8, index: u32, generation: u32, now: Instant) {
     let mut plane = std::mem::take(&mut shard.plane);
-    plane.timer(shard, index, generation, now);
+    plane.timer(shard, tag, index, generation, now);
     shard.plane = plane;
 }
 

@@ -76,6 +76,8 @@ pub(crate) struct Relay {
     pub(crate) limits: Limits,
     pub(crate) handshake_timeout: Duration,
     pub(crate) max_peers: usize,
+    /// Bytes per second each tunnel forwards at most in each direction (`None`: no limit).
+    pub(crate) rate_limit: Option<u64>,
     /// Peers connected or in their upgrade, over all shards (against `max_peers`).
     pub(crate) peers: AtomicI64,
     pub(crate) stats: Arc<RelayStats>,
@@ -422,7 +424,7 @@ fn attach(
                 }
             };
             relay.stats.tunnels_open.fetch_add(1, Relaxed);
-            let e = plane.insert_entity(Entity::Tunnel(TunnelPeers {
+            let e = plane.insert_entity(Entity::Tunnel(Box::new(TunnelPeers {
                 relay: relay.clone(),
                 tunnel_id: admission.tunnel_id.clone(),
                 session,
@@ -430,7 +432,8 @@ fn attach(
                 framers: [FrameDecoder::new(), FrameDecoder::new()],
                 armed: None,
                 streams: 0,
-            }));
+                buckets: [None, None],
+            })));
             plane.tunnels.insert(key, e);
             e
         }
@@ -477,6 +480,27 @@ pub(crate) struct TunnelPeers {
     armed: Option<Instant>,
     /// Its open streams, as last counted into the metrics.
     streams: i64,
+    /// The rate limit's budget per direction (by sender side), when one is set.
+    buckets: [Option<Bucket>; 2],
+}
+
+/// A token bucket: `tokens` bytes may go now (negative: a debt), refilled at the relay's
+/// `rate_limit` per second up to one second's worth.
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+    /// Reading from the sender is paused until then.
+    until: Option<Instant>,
+}
+
+impl Bucket {
+    fn refill(&mut self, rate: u64, now: Instant) {
+        let rate = rate as f64;
+        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * rate).min(rate);
+        self.at = now;
+    }
 }
 
 impl TunnelPeers {
@@ -676,6 +700,31 @@ impl TunnelPeers {
         }
         if forwarded > 0 {
             self.relay.stats.bytes[index(side)].fetch_add(forwarded, Relaxed);
+            if let Some(rate) = self.relay.rate_limit {
+                let bucket = self.buckets[index(side)].get_or_insert(Bucket {
+                    tokens: rate as f64,
+                    at: now,
+                    until: None,
+                });
+                bucket.refill(rate, now);
+                bucket.tokens -= forwarded as f64;
+                if bucket.tokens < 0.0 {
+                    // In debt: read nothing more from this peer until it is paid.
+                    let wait = Duration::from_secs_f64(-bucket.tokens / rate.max(1) as f64);
+                    let until = now + wait;
+                    bucket.until = Some(until);
+                    if let Some(io) = plane.link_mut(r) {
+                        io.pause();
+                    }
+                    let me = plane
+                        .tunnels
+                        .get(&(self.relay.id, self.tunnel_id.clone()))
+                        .copied();
+                    if let Some(me) = me {
+                        plane.arm(shard, me, until);
+                    }
+                }
+            }
         }
         if let Some((code, reason)) = rule_break {
             self.relay.stats.rule_breaks.fetch_add(1, Relaxed);
@@ -694,6 +743,9 @@ impl TunnelPeers {
 
     /// Lets the peer on `side` read again once the other peer's link has drained.
     fn resume(&mut self, side: Side, plane: &mut Plane, shard: &mut Shard) {
+        if self.buckets[index(side)].is_some_and(|b| b.until.is_some()) {
+            return; // held back by the rate limit until its timer
+        }
         let (Some(r), Some(o)) = (self.links[index(side)], self.links[index(side.other())]) else {
             if let Some(io) = self.links[index(side)].and_then(|r| plane.link_mut(r))
                 && io.is_paused()
@@ -720,7 +772,17 @@ impl TunnelPeers {
         shard: &mut Shard,
     ) -> bool {
         self.armed = None;
-        // A peer the relay stopped reading (back-pressure) is not idle: its silence is ours.
+        // Peers held back by the rate limit whose debt is paid read again.
+        for side in [Side::Source, Side::Destination] {
+            if let Some(b) = self.buckets[index(side)].as_mut()
+                && b.until.is_some_and(|u| u <= now)
+            {
+                b.until = None;
+                self.resume(side, plane, shard);
+            }
+        }
+        // A peer the relay stopped reading (back-pressure, rate limit) is not idle: its silence
+        // is ours.
         for side in [Side::Source, Side::Destination] {
             if let Some(io) = self.links[index(side)].and_then(|r| plane.link_mut(r))
                 && io.is_paused()

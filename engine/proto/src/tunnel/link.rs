@@ -282,6 +282,10 @@ impl Link {
         if self.consumed > 0 {
             self.plain.drain(..self.consumed);
             self.consumed = 0;
+            if self.plain.is_empty() && self.plain.capacity() > 16 * 1024 {
+                // Between messages: an idle link keeps no big buffer.
+                self.plain = Vec::new();
+            }
         }
         match (self.state, self.role) {
             (State::Upgrading, Role::Server) => self.poll_request(),
@@ -323,6 +327,7 @@ impl Link {
     }
 
     fn poll_frames(&mut self) -> Option<Event<'_>> {
+        self.current = Vec::new();
         if let Some(message) = self.reassembled.pop_front() {
             self.current = message;
             return Some(Event::Message(&self.current));
