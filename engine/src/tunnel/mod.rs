@@ -304,7 +304,15 @@ impl Plane {
             self.kick(shard, r);
             return;
         }
-        let owner = io.owner;
+        let mut owner = io.owner;
+        if let Some(e) = owner
+            && self.entities.get_mut(e.index, e.generation).is_none()
+        {
+            // Its owner is gone without letting go of it (a bug, or a failure on the way):
+            // the plane closes it rather than keep it forever.
+            io.owner = None;
+            owner = None;
+        }
         match owner {
             Some(owner) => {
                 self.run_entity(shard, owner, |entity, plane, shard| {

@@ -420,6 +420,19 @@ fn attach(
                 Ok(s) => s,
                 Err(err) => {
                     tracing::warn!(relay = %relay.name, tunnel = %admission.tunnel_id, error = %err, "cannot make the tunnel's session");
+                    relay.peers.fetch_sub(1, Relaxed);
+                    let _ = relay.registry.disconnected(
+                        &admission.tunnel_id,
+                        admission.side,
+                        Timestamp::now(),
+                    );
+                    if let Attach::Here(r) = link {
+                        if let Some(io) = plane.link_mut(r) {
+                            io.link
+                                .close(ws::close_code::INTERNAL_ERROR, "tunnel session failed");
+                        }
+                        plane.release(r);
+                    }
                     return;
                 }
             };
