@@ -386,6 +386,19 @@ fn relay_tunnel_close_and_rotate_reach_the_peers() {
             end.is_err(),
             "{driver}: the rotated destination is dropped: {end:?}"
         );
+        // The registry hears of it: the destination is disconnected, the source is not.
+        let state = |side: &str| {
+            let (_, json) = api(relay.api, "GET", &format!("/tunnels/{}", t.id), "");
+            json["tunnel"][format!("{side}ConnectionState")]["status"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        };
+        assert!(
+            wait_until(SOON, || state("destination") == "DISCONNECTED"),
+            "{driver}: the rotated destination is recorded disconnected"
+        );
+        assert_eq!(state("source"), "CONNECTED", "{driver}");
         src.send(Message::Ping(b"still here".to_vec().into()))
             .expect("ping");
         loop {
@@ -924,6 +937,32 @@ fn relay_rate_limit_holds_a_tunnel_back() {
         assert!(
             took >= Duration::from_millis(1500),
             "{driver}: 3.1 MB through a 1 MB/s tunnel took only {took:?}"
+        );
+    }
+}
+
+/// SIGTERM: the relay stops accepting, sends its peers a close frame (1001) and exits.
+#[test]
+fn relay_drain_closes_peers_with_going_away() {
+    let pki = Pki::new();
+    for driver in DRIVERS {
+        let mut relay = start_relay(&pki, driver, "");
+        let t = open_tunnel(&relay, &["ssh"]);
+        let (mut src, mut dst) = pair(&pki, &relay, &t);
+        relay.proc.signal(libc::SIGTERM);
+        for (who, ws) in [("source", &mut src), ("destination", &mut dst)] {
+            assert_eq!(
+                close_code(ws),
+                Some(1001),
+                "{driver}: the {who} hears the relay go away"
+            );
+        }
+        drop((src, dst));
+        let status = relay.proc.wait_exit(SOON);
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "{driver}: the relay exits cleanly after its peers: {status:?}\n{}",
+            relay.proc.log()
         );
     }
 }
