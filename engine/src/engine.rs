@@ -361,6 +361,7 @@ impl Engine {
                     .expect("resolved from an IP address"),
             });
         }
+        crate::relay::service::check_files(&cfg)?;
         Ok((cfg, out))
     }
 

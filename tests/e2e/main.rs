@@ -26,5 +26,6 @@ mod reload;
 mod systemd;
 mod tls_params;
 mod trust;
+mod tunnel_cli;
 mod verify;
 mod websocket;

@@ -966,3 +966,44 @@ fn relay_drain_closes_peers_with_going_away() {
         );
     }
 }
+
+/// The tunnel in the commands: `splice-engine relay`, `splice-engine tunnel open --json`, then
+/// two peers through the relay's agent endpoint.
+#[test]
+fn relay_command_serves_agents() {
+    let pki = Pki::new();
+    for driver in DRIVERS {
+        let (port, api) = (free_port(), free_port());
+        let _proc = EngineCmd::new("relay")
+            .opt("--listen", localhost(port).to_string())
+            .opt("--cert", &pki.server.cert)
+            .opt("--key", &pki.server.key)
+            .opt("--api", localhost(api).to_string())
+            .opt("--state", ":memory:")
+            .common(driver)
+            .wait_port(port)
+            .wait_port(api)
+            .label(format!("relay command ({driver})"))
+            .start();
+        let out = std::process::Command::new(BIN)
+            .args(["tunnel", "open", "--api"])
+            .arg(format!("http://{}", localhost(api)))
+            .args(["--service", "ssh", "--json"])
+            .output()
+            .expect("run splice-engine tunnel open");
+        assert!(out.status.success(), "{driver}: tunnel open: {out:?}");
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+        let token = |k: &str| json[k].as_str().expect(k).to_string();
+        let mut src = peer(&pki, port, "source", &token("sourceAccessToken"), V3);
+        assert_eq!(kind_of(&next_binary(&mut src)), SERVICE_IDS);
+        let mut dst = peer(
+            &pki,
+            port,
+            "destination",
+            &token("destinationAccessToken"),
+            V3,
+        );
+        assert_eq!(kind_of(&next_binary(&mut dst)), SERVICE_IDS);
+        exchange(&mut src, &mut dst, "ssh", 1);
+    }
+}
