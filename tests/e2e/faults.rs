@@ -20,7 +20,7 @@ use rustls::pki_types::ServerName;
 use crate::support::*;
 
 /// CPU time (user + system) the process used so far, in clock ticks.
-fn cpu_ticks(pid: i32) -> u64 {
+pub(crate) fn cpu_ticks(pid: i32) -> u64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read /proc/PID/stat");
     // Fields after the command name (which may hold spaces): state is field 3, utime 14.
     let rest = &stat[stat.rfind(')').expect("comm in stat") + 2..];
@@ -28,20 +28,20 @@ fn cpu_ticks(pid: i32) -> u64 {
     f[11].parse::<u64>().expect("utime") + f[12].parse::<u64>().expect("stime")
 }
 
-fn clock_ticks_per_sec() -> u64 {
+pub(crate) fn clock_ticks_per_sec() -> u64 {
     // SAFETY: sysconf has no memory-safety preconditions.
     let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     u64::try_from(t).ok().filter(|&t| t > 0).unwrap_or(100)
 }
 
-fn open_fds(pid: i32) -> usize {
+pub(crate) fn open_fds(pid: i32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
         .map(|d| d.count())
         .unwrap_or(0)
 }
 
 /// Sets both fd limits of a running process (util-linux `prlimit`).
-fn set_nofile(pid: i32, n: usize) {
+pub(crate) fn set_nofile(pid: i32, n: usize) {
     let out = Command::new("prlimit")
         .args(["--pid", &pid.to_string(), &format!("--nofile={n}:{n}")])
         .output()

@@ -1007,3 +1007,40 @@ fn relay_command_serves_agents() {
         exchange(&mut src, &mut dst, "ssh", 1);
     }
 }
+
+/// Out of file descriptors, the relay's listeners pause instead of spinning on `EMFILE`, and
+/// accept again once fds are free.
+#[test]
+fn relay_out_of_fds_does_not_spin() {
+    use crate::faults::{clock_ticks_per_sec, cpu_ticks, open_fds, set_nofile};
+    let pki = Pki::new();
+    for driver in DRIVERS {
+        // The held connections say nothing: keep them for the whole test.
+        let relay = start_relay(&pki, driver, "handshake_timeout = \"120s\"\n");
+        let pid = relay.proc.pid();
+        let limit = open_fds(pid) + 20;
+        set_nofile(pid, limit);
+        let held: Vec<std::net::TcpStream> =
+            (0..100).map(|_| connect(localhost(relay.port))).collect();
+        assert!(
+            relay
+                .proc
+                .wait_log(SOON, |l| l.contains("Too many open files")),
+            "{driver}: the relay never ran out of fds (limit {limit})"
+        );
+        let before = cpu_ticks(pid);
+        let window = Duration::from_secs(3);
+        std::thread::sleep(window);
+        let cpu = cpu_ticks(pid) - before;
+        let max = clock_ticks_per_sec() * window.as_secs() / 3;
+        assert!(
+            cpu <= max,
+            "{driver}: {cpu} ticks of CPU in {window:?} out of fds (bound {max}): the accept loop spins"
+        );
+        // Freed fds: the relay serves peers again.
+        drop(held);
+        let t = open_tunnel(&relay, &["ssh"]);
+        let (mut src, mut dst) = pair(&pki, &relay, &t);
+        exchange(&mut src, &mut dst, "ssh", 1);
+    }
+}

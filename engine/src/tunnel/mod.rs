@@ -49,6 +49,8 @@ pub(crate) const TAG_AGENT_FIRST: u8 = 80;
 pub(crate) const TIMER_TUNNEL: u8 = 64;
 /// A released link's linger time is up (token: tag, link index, generation).
 pub(crate) const TIMER_LINK: u8 = 65;
+/// A relay listener's pause (out of file descriptors) is over (token: tag, relay id, 0).
+pub(crate) const TIMER_RELAY_ACCEPT: u8 = 66;
 
 /// An entity's place in the plane's slab.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -331,6 +333,10 @@ impl Plane {
     }
 
     fn timer(&mut self, shard: &mut Shard, tag: u8, index: u32, generation: u32, now: Instant) {
+        if tag == TIMER_RELAY_ACCEPT {
+            relay::resume_accept(self, shard, index);
+            return;
+        }
         if tag == TIMER_LINK {
             let r = LinkRef { index, generation };
             if self

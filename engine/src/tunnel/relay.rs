@@ -27,6 +27,19 @@ use crate::relay::registry::{Admission, Registry, RotateSides};
 use crate::relay::tunnel::{Side as RegSide, Timestamp};
 use crate::shard::{Shard, token};
 
+/// How long a relay listener pauses when the process is out of file descriptors.
+const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
+
+/// A relay listener's pause is over: accept again.
+pub(super) fn resume_accept(plane: &mut Plane, shard: &mut Shard, id: u32) {
+    if let Some((fd, _)) = plane.relays.get(&id) {
+        shard.driver.submit(
+            token(TAG_RELAY_ACCEPT, id, 0),
+            Op::Accept { fd: fd.clone() },
+        );
+    }
+}
+
 /// Bytes waiting to go to a peer above which the relay stops reading the other peer.
 pub(crate) const HIGH_WATER: usize = 256 * 1024;
 /// ... and below which it reads again.
@@ -127,12 +140,21 @@ pub(super) fn accepted(plane: &mut Plane, shard: &mut Shard, id: u32, c: Complet
             if shard.log_allow(&relay.name, "relay accept failed") {
                 tracing::warn!(relay = %relay.name, error = %e, "accept failed");
             }
-            // Out of fds or another failure: try again on the next completion (no spin: the
-            // driver reports the failure once per attempt).
-            shard.driver.submit(
-                token(TAG_RELAY_ACCEPT, id, 0),
-                Op::Accept { fd: fd.clone() },
-            );
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+            ) {
+                // Retrying at once would spin until an fd is freed: pause a little.
+                shard.timers.push(std::cmp::Reverse((
+                    Instant::now() + ACCEPT_PAUSE,
+                    token(super::TIMER_RELAY_ACCEPT, id, 0),
+                )));
+            } else {
+                shard.driver.submit(
+                    token(TAG_RELAY_ACCEPT, id, 0),
+                    Op::Accept { fd: fd.clone() },
+                );
+            }
             return;
         }
         (Ok(_), None) => {
