@@ -952,3 +952,35 @@ fn a_silent_relay_is_dropped_and_reconnected() {
         assert!(wait_until(SOON, || relay.upgrades.lock().unwrap().len() >= 2));
     }
 }
+
+#[test]
+fn sigterm_lets_an_open_connection_finish_then_exits() {
+    let pki = Pki::new();
+    for driver in DRIVERS {
+        let mut t = tunnel(Via::Ours, &pki, driver, &["ssh"], "v3", "v3", None);
+        let mut open = connect(localhost(t.ports[0]));
+        open.set_read_timeout(Some(SOON)).unwrap();
+        let mut round_trip = |n: u8| {
+            open.write_all(&[n; 1000]).unwrap();
+            let mut back = [0u8; 1000];
+            open.read_exact(&mut back).unwrap();
+            assert!(back.iter().all(|&b| b == n));
+        };
+        round_trip(1);
+        t.source.signal(libc::SIGTERM);
+        // Draining: no new connection, but the open one carries on.
+        thread::sleep(Duration::from_millis(300));
+        round_trip(2);
+        assert!(t.source.running(), "it waits for the open connection");
+        assert!(
+            try_connect(localhost(t.ports[0])).is_err(),
+            "its listener is closed"
+        );
+        drop(open);
+        let status = t
+            .source
+            .wait_exit(SOON)
+            .expect("exits once the connection ended");
+        assert!(status.success(), "{status:?}\n{}", t.source.log());
+    }
+}
