@@ -99,6 +99,42 @@ SIGHUP reloads the certificate files; SIGTERM or SIGINT drains (see --drain-time
   splice-engine probe
   splice-engine probe --json")]
     Probe(ProbeArgs),
+    /// Run a tunnel relay: agents dial out to it (TLS + WebSocket) and it pairs each tunnel's
+    /// source and destination; its API (HTTP, JSON) opens and closes tunnels.
+    ///
+    /// Compatible with AWS IoT Secure Tunneling: the AWS local proxy and device SDK clients
+    /// connect to it as to AWS. The registry (tunnels, hashed tokens, lifetimes) is kept in a
+    /// SQLite file (--state) and survives a restart. SIGTERM or SIGINT drains and exits.
+    #[command(after_help = "Examples:
+  splice-engine relay --listen 0.0.0.0:8443 --cert relay.pem --key relay-key.pem \\
+      --api 127.0.0.1:8480 --api-token-file api.token --state /var/lib/splice/relay.sqlite
+  splice-engine tunnel open --api http://127.0.0.1:8480 --api-token-file api.token \\
+      --service SSH --source-token-file source.token --destination-token-file dest.token")]
+    Relay(crate::tunnel_args::RelayArgs),
+    /// Open, list, describe, rotate and close tunnels through a relay's API.
+    #[command(subcommand)]
+    Tunnel(crate::tunnel::TunnelCommand),
+    /// Run a tunnel's source agent: local connections to each service's address go through
+    /// the relay to the destination.
+    ///
+    /// The access token comes from --token-file, --token or the AWSIOT_TUNNEL_ACCESS_TOKEN
+    /// environment variable (the AWS local proxy's). SIGTERM or SIGINT drains and exits.
+    #[command(after_help = "Examples:
+  # ssh -p 2222 localhost reaches the device's SSH
+  splice-engine source --relay relay.example.com:8443 --token-file source.token \\
+      --listen SSH=127.0.0.1:2222
+  AWSIOT_TUNNEL_ACCESS_TOKEN=$(cat source.token) \\
+      splice-engine source --relay relay.example.com:8443 --listen 127.0.0.1:2222")]
+    Source(crate::tunnel_args::SourceArgs),
+    /// Run a tunnel's destination agent (on the device): each stream of the tunnel is
+    /// connected to its service's address.
+    ///
+    /// The access token comes from --token-file, --token or the AWSIOT_TUNNEL_ACCESS_TOKEN
+    /// environment variable (the AWS local proxy's). SIGTERM or SIGINT drains and exits.
+    #[command(after_help = "Examples:
+  splice-engine destination --relay relay.example.com:8443 --token-file dest.token \\
+      --connect SSH=127.0.0.1:22 --connect HTTP=127.0.0.1:80")]
+    Destination(crate::tunnel_args::DestinationArgs),
 }
 
 #[derive(Subcommand, Debug)]

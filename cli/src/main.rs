@@ -6,6 +6,8 @@ mod args;
 mod demo;
 mod probe;
 mod systemd;
+mod tunnel;
+mod tunnel_args;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -48,6 +50,16 @@ impl Source {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Tunnel(cmd) = cli.command {
+        // An API client: no engine, no logging; 1 when the API refuses.
+        return match tunnel::run(cmd, &mut std::io::stdout().lock()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {}", e.to_string().replace('\n', " "));
+                ExitCode::FAILURE
+            }
+        };
+    }
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -80,10 +92,36 @@ fn check(path: &std::path::Path) -> anyhow::Result<()> {
             f.name, f.mode, f.listen, f.connect
         );
     }
+    for r in &cfg.relays {
+        println!(
+            "  {}  relay  agents on {}, API at http://{}",
+            r.display_name(),
+            r.listen,
+            r.api
+        );
+    }
+    for s in &cfg.sources {
+        let services = s.listen.join(", ");
+        println!("  {}  source  {services} -> {}", s.display_name(), s.relay);
+    }
+    for d in &cfg.destinations {
+        let services = d.connect.join(", ");
+        println!(
+            "  {}  destination  {} -> {services}",
+            d.display_name(),
+            d.relay
+        );
+    }
     if let Some(m) = &cfg.metrics {
         println!("  metrics at http://{m}/metrics");
     }
     Ok(())
+}
+
+/// A configuration built from flags, checked as a file would be.
+fn fixed(cfg: EngineConfig) -> anyhow::Result<Source> {
+    cfg.validate("command line")?;
+    Ok(Source::Fixed(cfg))
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
@@ -114,6 +152,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Source::Fixed(cfg)
         }
         Command::Run(a) => Source::File(a.config, a.common),
+        Command::Relay(a) => fixed(a.into_config())?,
+        Command::Source(a) => fixed(a.into_config()?)?,
+        Command::Destination(a) => fixed(a.into_config()?)?,
+        Command::Tunnel(_) => unreachable!("handled in main"),
         Command::Check(a) => return check(&a.config),
         Command::Config(ConfigCommand::Example) => {
             print!("{}", EngineConfig::EXAMPLE);

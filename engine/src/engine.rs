@@ -430,6 +430,7 @@ impl Engine {
                     .expect("resolved from an IP address"),
             });
         }
+        crate::relay::service::check_files(&cfg)?;
         Ok((cfg, out))
     }
 

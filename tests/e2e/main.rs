@@ -27,5 +27,6 @@ mod systemd;
 mod tls_params;
 mod trust;
 mod tunnel_agents;
+mod tunnel_cli;
 mod verify;
 mod websocket;

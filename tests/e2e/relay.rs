@@ -386,6 +386,19 @@ fn relay_tunnel_close_and_rotate_reach_the_peers() {
             end.is_err(),
             "{driver}: the rotated destination is dropped: {end:?}"
         );
+        // The registry hears of it: the destination is disconnected, the source is not.
+        let state = |side: &str| {
+            let (_, json) = api(relay.api, "GET", &format!("/tunnels/{}", t.id), "");
+            json["tunnel"][format!("{side}ConnectionState")]["status"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        };
+        assert!(
+            wait_until(SOON, || state("destination") == "DISCONNECTED"),
+            "{driver}: the rotated destination is recorded disconnected"
+        );
+        assert_eq!(state("source"), "CONNECTED", "{driver}");
         src.send(Message::Ping(b"still here".to_vec().into()))
             .expect("ping");
         loop {
@@ -925,5 +938,72 @@ fn relay_rate_limit_holds_a_tunnel_back() {
             took >= Duration::from_millis(1500),
             "{driver}: 3.1 MB through a 1 MB/s tunnel took only {took:?}"
         );
+    }
+}
+
+/// SIGTERM: the relay stops accepting, sends its peers a close frame (1001) and exits.
+#[test]
+fn relay_drain_closes_peers_with_going_away() {
+    let pki = Pki::new();
+    for driver in DRIVERS {
+        let mut relay = start_relay(&pki, driver, "");
+        let t = open_tunnel(&relay, &["ssh"]);
+        let (mut src, mut dst) = pair(&pki, &relay, &t);
+        relay.proc.signal(libc::SIGTERM);
+        for (who, ws) in [("source", &mut src), ("destination", &mut dst)] {
+            assert_eq!(
+                close_code(ws),
+                Some(1001),
+                "{driver}: the {who} hears the relay go away"
+            );
+        }
+        drop((src, dst));
+        let status = relay.proc.wait_exit(SOON);
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "{driver}: the relay exits cleanly after its peers: {status:?}\n{}",
+            relay.proc.log()
+        );
+    }
+}
+
+/// The tunnel in the commands: `splice-engine relay`, `splice-engine tunnel open --json`, then
+/// two peers through the relay's agent endpoint.
+#[test]
+fn relay_command_serves_agents() {
+    let pki = Pki::new();
+    for driver in DRIVERS {
+        let (port, api) = (free_port(), free_port());
+        let _proc = EngineCmd::new("relay")
+            .opt("--listen", localhost(port).to_string())
+            .opt("--cert", &pki.server.cert)
+            .opt("--key", &pki.server.key)
+            .opt("--api", localhost(api).to_string())
+            .opt("--state", ":memory:")
+            .common(driver)
+            .wait_port(port)
+            .wait_port(api)
+            .label(format!("relay command ({driver})"))
+            .start();
+        let out = std::process::Command::new(BIN)
+            .args(["tunnel", "open", "--api"])
+            .arg(format!("http://{}", localhost(api)))
+            .args(["--service", "ssh", "--json"])
+            .output()
+            .expect("run splice-engine tunnel open");
+        assert!(out.status.success(), "{driver}: tunnel open: {out:?}");
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+        let token = |k: &str| json[k].as_str().expect(k).to_string();
+        let mut src = peer(&pki, port, "source", &token("sourceAccessToken"), V3);
+        assert_eq!(kind_of(&next_binary(&mut src)), SERVICE_IDS);
+        let mut dst = peer(
+            &pki,
+            port,
+            "destination",
+            &token("destinationAccessToken"),
+            V3,
+        );
+        assert_eq!(kind_of(&next_binary(&mut dst)), SERVICE_IDS);
+        exchange(&mut src, &mut dst, "ssh", 1);
     }
 }

@@ -214,7 +214,13 @@ pub(crate) fn state_path(cfg: &RelayConfig, name: &str) -> Option<PathBuf> {
                     }
                 })
                 .collect();
-            Some(dir.join(format!("relay-{file}.sqlite")))
+            // `relay-edge.sqlite` for a relay named `edge`, `relay-0.0.0.0_8443.sqlite` for
+            // an unnamed one (named `relay-<listen>`).
+            let stem = match file.strip_prefix("relay-") {
+                Some(_) => file,
+                None => format!("relay-{file}"),
+            };
+            Some(dir.join(format!("{stem}.sqlite")))
         }
     }
 }
@@ -240,21 +246,52 @@ fn limits(cfg: &RelayConfig) -> std::result::Result<Limits, String> {
     })
 }
 
-/// The bearer token in `path` (surrounding whitespace removed); an unreadable or empty file
-/// is an error that names it.
+/// The token in `path` (surrounding whitespace removed); an unreadable or empty file is an
+/// error that names it.
 pub(crate) fn read_token_file(path: &Path) -> Result<Secret> {
     let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
-        context: format!("reading the API token file {}", path.display()),
+        context: format!("reading the token file {}", path.display()),
         source,
     })?;
     let token = text.trim();
     if token.is_empty() {
         return Err(Error::config(
             path.display().to_string(),
-            "the API token file is empty",
+            "the token file is empty",
         ));
     }
     Ok(Secret::new(token))
+}
+
+/// `check`'s look at the files the tunnel tables name: each relay's certificate, key and API
+/// token file, each agent's CA and token file (read, not kept). Errors name the file.
+pub(crate) fn check_files(cfg: &crate::config::EngineConfig) -> Result<()> {
+    use crate::tls::material::{ServerTlsOptions, load_roots, server_config};
+    for r in &cfg.relays {
+        // As a TLS server would: the chain, the key, and that they belong together.
+        server_config(&ServerTlsOptions {
+            cert: r.cert.clone(),
+            key: r.key.clone(),
+            ..ServerTlsOptions::default()
+        })?;
+        if let Some(f) = &r.api_token_file {
+            read_token_file(f)?;
+        }
+    }
+    let agents = cfg
+        .sources
+        .iter()
+        .map(|s| (&s.ca, &s.token_file))
+        .chain(cfg.destinations.iter().map(|d| (&d.ca, &d.token_file)));
+    for (ca, token_file) in agents {
+        if let Some(ca) = ca {
+            load_roots(ca)?;
+        }
+        if let Some(f) = token_file {
+            read_token_file(f)?;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

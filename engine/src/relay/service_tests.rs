@@ -86,6 +86,13 @@ fn the_default_state_file_is_named_after_the_relay() {
     }
     let unnamed = RelayConfig::new("127.0.0.1:4443", "c", "k", "127.0.0.1:0");
     assert_eq!(relay_name(&unnamed), "relay-127.0.0.1:4443");
+    if let Some(p) = state_path(&unnamed, &relay_name(&unnamed)) {
+        assert!(
+            p.ends_with("splice-engine/relay-127.0.0.1_4443.sqlite"),
+            "{}",
+            p.display()
+        );
+    }
     let given = unnamed.state(":memory:");
     assert_eq!(state_path(&given, "x"), Some(PathBuf::from(":memory:")));
 }
@@ -232,19 +239,42 @@ fn expiry_fires_an_event() {
         .expect("still listed");
     assert_eq!(t.status, TunnelStatus::Closed);
 
-    // One that an API call finds expired first is announced too.
-    other.put(&expired_tunnel("listed-tunnel")).expect("put");
-    let (status, _) = call(service.api_addr(), "GET", "/tunnels", "", None);
-    assert_eq!(status, 200);
-    wait_for(
-        &seen,
-        &RelayEvent::Closed {
-            tunnel_id: "listed-tunnel".into(),
-            expired: true,
-        },
-    );
     drop(service);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn an_api_call_that_finds_a_tunnel_expired_announces_it() {
+    // No timer here: only the API can see the tunnel expire.
+    let mut store = MemoryStore::default();
+    store.put(&expired_tunnel("listed-tunnel")).expect("put");
+    store.put(&expired_tunnel("described-tunnel")).expect("put");
+    let registry = Arc::new(Registry::new(Box::new(store), Limits::default()));
+    let events = Arc::new(Events::default());
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let sink = seen.clone();
+    events.set(Box::new(move |e| sink.lock().expect("lock").push(e)));
+    let api =
+        ApiServer::start_with_events(([127, 0, 0, 1], 0).into(), registry.clone(), None, events)
+            .expect("start");
+    let (status, body) = call(
+        api.local_addr(),
+        "GET",
+        "/tunnels/described-tunnel",
+        "",
+        None,
+    );
+    assert_eq!(status, 200);
+    assert_eq!(body["tunnel"]["status"], "CLOSED");
+    let mut got = seen.lock().expect("lock").clone();
+    got.sort_by(|a, b| format!("{a:?}").cmp(&format!("{b:?}")));
+    assert_eq!(
+        got,
+        ["described-tunnel", "listed-tunnel"].map(|id| RelayEvent::Closed {
+            tunnel_id: id.into(),
+            expired: true
+        })
+    );
 }
 
 #[test]

@@ -110,3 +110,39 @@ impl<T> Slab<T> {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Slab;
+
+    #[test]
+    fn stale_references_find_nothing_and_slots_are_reused() {
+        let mut s = Slab::default();
+        let (a, ga) = s.insert("a");
+        let (b, gb) = s.insert("b");
+        assert_eq!(s.get_mut(a, ga), Some(&mut "a"));
+        assert_eq!(s.remove(a, ga), Some("a"));
+        assert_eq!(s.get_mut(a, ga), None, "removed");
+        let (c, gc) = s.insert("c");
+        assert_eq!(c, a, "the slot is reused");
+        assert_ne!(gc, ga, "with a new generation");
+        assert_eq!(s.get_mut(a, ga), None, "the old reference stays stale");
+        assert_eq!(s.get_mut(c, gc), Some(&mut "c"));
+        // Two at once, either order; the same one twice is refused.
+        let [x, y] = s.get2_mut((b, gb), (c, gc)).expect("two");
+        assert_eq!((*x, *y), ("b", "c"));
+        let [y, x] = s.get2_mut((c, gc), (b, gb)).expect("two");
+        assert_eq!((*x, *y), ("b", "c"));
+        assert!(s.get2_mut((b, gb), (b, gb)).is_none());
+        // Taken out for a call: the slot stays reserved, then comes back or is freed.
+        let v = s.take(b, gb).expect("taken");
+        assert!(s.get_mut(b, gb).is_none());
+        assert!(!s.is_empty());
+        s.put_back(b, v);
+        assert_eq!(s.keys().len(), 2);
+        let _ = s.take(b, gb);
+        s.free(b);
+        let _ = s.remove(c, gc);
+        assert!(s.is_empty());
+    }
+}

@@ -58,6 +58,11 @@ pub enum Error {
         /// The field number (5 or 6).
         field: u32,
     },
+    /// More than [`super::MAX_SERVICE_IDS`] `availableServiceIds`: a 64 KiB message of empty
+    /// ids would otherwise decode into some 32,000 string slices (half a megabyte), before the
+    /// protocol's rules could refuse it. Costs the connection.
+    #[error("tunnel message: more than {max} availableServiceIds", max = super::MAX_SERVICE_IDS)]
+    TooManyServiceIds,
     /// A message longer than the 2-byte length prefix can say (65535 bytes); only the encoder
     /// meets it (the caller's error: nothing is sent).
     #[error("tunnel message of {len} bytes is longer than the frame limit of {max}")]

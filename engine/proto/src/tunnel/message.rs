@@ -92,6 +92,9 @@ impl<'a> Message<'a> {
                 field::AVAILABLE_SERVICE_IDS => {
                     check_wire_type(number, wire_type, LEN)?;
                     let id = utf8(reader.len_delimited("availableServiceIds")?, number)?;
+                    if message.available_service_ids.len() == super::MAX_SERVICE_IDS {
+                        return Err(Error::TooManyServiceIds);
+                    }
                     message.available_service_ids.push(id);
                 }
                 field::CONNECTION_ID => {

@@ -56,6 +56,11 @@ pub const MAX_PAYLOAD: usize = 64512;
 /// name (1 to 128 characters of `[A-Za-z0-9:_-]`).
 pub const MAX_SERVICE_ID: usize = 128;
 
+/// The most `availableServiceIds` a message may carry. The protocol sets no number (AWS allows
+/// 3 services per tunnel, an operator of our relay a few more); the bound keeps what one
+/// message can make the decoder allocate at a few KiB.
+pub const MAX_SERVICE_IDS: usize = 256;
+
 /// A message's `type`. Proto3 enums are open, so any `i32` is a `Type`; the constants are the
 /// ones `Message.proto` names.
 #[derive(Clone, Copy, Default, PartialEq, Eq, Hash)]

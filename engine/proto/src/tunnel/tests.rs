@@ -252,6 +252,19 @@ fn proto3_rules_defaults_order_repeats_and_unknown_fields() {
 }
 
 #[test]
+fn service_ids_are_bounded_whatever_the_type() {
+    // A message of nothing but empty ids (two bytes each) is refused once it names more than
+    // the bound, before anything looks at its type; at the bound it decodes.
+    let at_bound = "3200".repeat(MAX_SERVICE_IDS);
+    let decoded = decode_hex(&format!("0805{at_bound}")).expect("at the bound");
+    assert_eq!(decoded.available_service_ids.len(), MAX_SERVICE_IDS);
+    let over = format!("0801{at_bound}3200");
+    let err = decode_hex(&over).expect_err("over the bound");
+    assert_eq!(err, Error::TooManyServiceIds);
+    assert_eq!(err.cost(), Cost::Connection);
+}
+
+#[test]
 fn malformed_messages_are_typed_errors() {
     let cases: &[(&str, Error)] = &[
         ("08", Error::Truncated { what: "varint" }),

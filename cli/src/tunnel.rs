@@ -1,0 +1,608 @@
+//! `splice-engine tunnel open|list|describe|rotate|close`: a client of the relay's tunnel
+//! API (HTTP/1.1, JSON with AWS IoT Secure Tunneling's field names). It prints text, or the
+//! API's JSON with `--json`; exit 1 when the API refuses (its message printed), 2 for usage.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, anyhow, bail};
+use clap::{Args, Subcommand, ValueHint};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HOST};
+use hyper::{Method, Request, Uri};
+use hyper_util::rt::TokioIo;
+use serde_json::{Value, json};
+
+/// How long a call may take, connection included.
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The largest answer read (a list of many tunnels is well under this).
+const MAX_ANSWER: usize = 64 << 20;
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum TunnelCommand {
+    /// Open a tunnel and print its id and its two access tokens (shown this once).
+    #[command(after_help = "Examples:
+  splice-engine tunnel open --api http://127.0.0.1:8480 --service SSH --thing pump-7 \\
+      --source-token-file source.token --destination-token-file destination.token
+  splice-engine tunnel open --service SSH --service HTTP --lifetime 2h --json")]
+    Open(OpenArgs),
+    /// List the tunnels (oldest first).
+    #[command(after_help = "Examples:
+  splice-engine tunnel list --api http://127.0.0.1:8480
+  splice-engine tunnel list --thing pump-7 --json")]
+    List(ListArgs),
+    /// Describe one tunnel: services, lifetime, status, and whether each side is connected.
+    #[command(after_help = "Examples:
+  splice-engine tunnel describe 0b6a2f4e-6d3c-4b7a-9f0e-2d1c3b4a5f6e --json")]
+    Describe(IdArgs),
+    /// Replace a tunnel's access tokens (the old ones stop working; peers using them are
+    /// dropped) and print the new ones.
+    #[command(after_help = "Examples:
+  splice-engine tunnel rotate 0b6a2f4e-6d3c-4b7a-9f0e-2d1c3b4a5f6e --side destination \\
+      --destination-token-file destination.token")]
+    Rotate(RotateArgs),
+    /// Close a tunnel: both peers get a WebSocket close frame, its tokens stop working.
+    #[command(after_help = "Examples:
+  splice-engine tunnel close 0b6a2f4e-6d3c-4b7a-9f0e-2d1c3b4a5f6e
+  splice-engine tunnel close 0b6a2f4e-6d3c-4b7a-9f0e-2d1c3b4a5f6e --delete")]
+    Close(CloseArgs),
+}
+
+/// Where the API is, and how to talk to it.
+#[derive(Args, Debug)]
+pub(crate) struct ApiArgs {
+    /// The relay's tunnel API (http://HOST:PORT).
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "SPLICE_TUNNEL_API",
+        default_value = "http://127.0.0.1:8480"
+    )]
+    pub(crate) api: String,
+    /// A file holding the API's bearer token (the relay's --api-token-file) [default: none].
+    #[arg(long, value_name = "FILE", value_hint = ValueHint::FilePath)]
+    pub(crate) api_token_file: Option<PathBuf>,
+    /// Print the API's JSON answer (AWS IoT Secure Tunneling's field names) instead of text.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+/// Where new access tokens go besides the answer.
+#[derive(Args, Debug)]
+pub(crate) struct TokenFiles {
+    /// Write the source access token into this file (mode 0600) instead of printing it
+    /// [default: printed].
+    #[arg(long, value_name = "FILE", value_hint = ValueHint::FilePath)]
+    pub(crate) source_token_file: Option<PathBuf>,
+    /// Write the destination access token into this file (mode 0600) instead of printing it
+    /// [default: printed].
+    #[arg(long, value_name = "FILE", value_hint = ValueHint::FilePath)]
+    pub(crate) destination_token_file: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct OpenArgs {
+    /// A service the destination offers (1 to 128 characters of A-Z a-z 0-9 : _ -);
+    /// repeatable [default: none, a V1 tunnel with one unnamed service].
+    #[arg(long = "service", value_name = "NAME")]
+    pub(crate) services: Vec<String>,
+    /// How long the tunnel lives, in whole minutes (e.g. 30m, 2h) [default: the relay's, 12h].
+    #[arg(long, value_name = "DURATION", value_parser = parse_minutes)]
+    pub(crate) lifetime: Option<u64>,
+    /// The thing (device) the tunnel reaches, for `list --thing` [default: none].
+    #[arg(long, value_name = "NAME")]
+    pub(crate) thing: Option<String>,
+    /// A description [default: none].
+    #[arg(long, value_name = "TEXT")]
+    pub(crate) description: Option<String>,
+    #[command(flatten)]
+    pub(crate) files: TokenFiles,
+    #[command(flatten)]
+    pub(crate) api: ApiArgs,
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct ListArgs {
+    /// Only the tunnels of this thing [default: all].
+    #[arg(long, value_name = "NAME")]
+    pub(crate) thing: Option<String>,
+    #[command(flatten)]
+    pub(crate) api: ApiArgs,
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct IdArgs {
+    /// The tunnel's id.
+    #[arg(value_name = "ID")]
+    pub(crate) id: String,
+    #[command(flatten)]
+    pub(crate) api: ApiArgs,
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct RotateArgs {
+    /// The tunnel's id.
+    #[arg(value_name = "ID")]
+    pub(crate) id: String,
+    /// Which access tokens to replace.
+    #[arg(long, value_name = "SIDE", value_parser = ["source", "destination", "both"])]
+    pub(crate) side: String,
+    /// Bind the new tokens to this client token (32 to 128 characters of A-Z a-z 0-9 -): only
+    /// an agent that brings it may use them [default: none]. A value given on the command line
+    /// is visible to every user of the machine (ps, /proc/PID/cmdline); the agents take their
+    /// access token from --token-file or the AWSIOT_TUNNEL_ACCESS_TOKEN environment variable.
+    #[arg(long, value_name = "TOKEN")]
+    pub(crate) client_token: Option<String>,
+    #[command(flatten)]
+    pub(crate) files: TokenFiles,
+    #[command(flatten)]
+    pub(crate) api: ApiArgs,
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct CloseArgs {
+    /// The tunnel's id.
+    #[arg(value_name = "ID")]
+    pub(crate) id: String,
+    /// Forget the tunnel too (it no longer shows in `list`).
+    #[arg(long)]
+    pub(crate) delete: bool,
+    #[command(flatten)]
+    pub(crate) api: ApiArgs,
+}
+
+/// `--lifetime`: a duration in whole minutes, as minutes.
+fn parse_minutes(s: &str) -> Result<u64, String> {
+    let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
+    if d.is_zero() || d.subsec_nanos() != 0 || d.as_secs() % 60 != 0 {
+        return Err(format!(
+            "{s:?} is not a whole number of minutes (e.g. 30m, 2h)"
+        ));
+    }
+    Ok(d.as_secs() / 60)
+}
+
+/// What a call failed on.
+#[derive(Debug)]
+pub(crate) enum Failure {
+    /// The API answered with an error status: exit 1.
+    Refused(String),
+    /// Anything else (no connection, a bad file): exit 1 too, with its own words.
+    Other(anyhow::Error),
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(e: anyhow::Error) -> Self {
+        Failure::Other(e)
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Refused(m) => f.write_str(m),
+            Failure::Other(e) => write!(f, "{e:#}"),
+        }
+    }
+}
+
+/// Runs a `tunnel` subcommand, printing to `out`.
+pub(crate) fn run(cmd: TunnelCommand, out: &mut impl Write) -> Result<(), Failure> {
+    match cmd {
+        TunnelCommand::Open(a) => {
+            let mut destination = json!({ "services": a.services });
+            if let Some(t) = &a.thing {
+                destination["thingName"] = t.as_str().into();
+            }
+            let mut body = json!({ "destinationConfig": destination });
+            if let Some(m) = a.lifetime {
+                body["timeoutConfig"] = json!({ "maxLifetimeTimeoutMinutes": m });
+            }
+            if let Some(d) = &a.description {
+                body["description"] = d.as_str().into();
+            }
+            let answer = call(&a.api, Method::POST, "/tunnels", Some(body))?;
+            let shown = save_tokens(&answer, &a.files)?;
+            if a.api.json {
+                print_json(out, &shown)?;
+            } else {
+                writeln!(out, "tunnel {} opened", text(&answer["tunnelId"])).context("stdout")?;
+                print_tokens(out, &shown, &a.files)?;
+            }
+        }
+        TunnelCommand::List(a) => {
+            let path = match &a.thing {
+                Some(t) => format!("/tunnels?thingName={}", percent_encode(t)),
+                None => "/tunnels".into(),
+            };
+            let answer = call(&a.api, Method::GET, &path, None)?;
+            if a.api.json {
+                print_json(out, &answer)?;
+            } else {
+                let empty = Vec::new();
+                let all = answer["tunnelSummaries"].as_array().unwrap_or(&empty);
+                if all.is_empty() {
+                    writeln!(out, "no tunnels").context("stdout")?;
+                } else {
+                    writeln!(
+                        out,
+                        "{:36}  {:6}  {:20}  DESCRIPTION",
+                        "ID", "STATUS", "CREATED"
+                    )
+                    .context("stdout")?;
+                }
+                for t in all {
+                    writeln!(
+                        out,
+                        "{:36}  {:6}  {:20}  {}",
+                        text(&t["tunnelId"]),
+                        text(&t["status"]),
+                        time(&t["createdAt"]),
+                        t["description"].as_str().unwrap_or("")
+                    )
+                    .context("stdout")?;
+                }
+            }
+        }
+        TunnelCommand::Describe(a) => {
+            let answer = call(&a.api, Method::GET, &tunnel_path(&a.id, ""), None)?;
+            if a.api.json {
+                print_json(out, &answer)?;
+            } else {
+                describe(out, &answer["tunnel"]).context("stdout")?;
+            }
+        }
+        TunnelCommand::Rotate(a) => {
+            let mode = match a.side.as_str() {
+                "source" => "SOURCE",
+                "destination" => "DESTINATION",
+                _ => "ALL",
+            };
+            let mut body = json!({ "clientMode": mode });
+            if let Some(c) = &a.client_token {
+                body["clientToken"] = c.as_str().into();
+            }
+            let answer = call(
+                &a.api,
+                Method::POST,
+                &tunnel_path(&a.id, "/rotate"),
+                Some(body),
+            )?;
+            let shown = save_tokens(&answer, &a.files)?;
+            if a.api.json {
+                print_json(out, &shown)?;
+            } else {
+                writeln!(
+                    out,
+                    "tunnel {}: new access tokens",
+                    text(&answer["tunnelId"])
+                )
+                .context("stdout")?;
+                print_tokens(out, &shown, &a.files)?;
+            }
+        }
+        TunnelCommand::Close(a) => {
+            let body = a.delete.then(|| json!({ "delete": true }));
+            let answer = call(&a.api, Method::POST, &tunnel_path(&a.id, "/close"), body)?;
+            if a.api.json {
+                print_json(out, &answer)?;
+            } else {
+                let what = if a.delete {
+                    "closed and deleted"
+                } else {
+                    "closed"
+                };
+                writeln!(out, "tunnel {} {what}", a.id).context("stdout")?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn tunnel_path(id: &str, tail: &str) -> String {
+    format!("/tunnels/{}{tail}", percent_encode(id))
+}
+
+/// A JSON string's text, or the JSON itself.
+fn text(v: &Value) -> String {
+    v.as_str().map_or_else(|| v.to_string(), str::to_string)
+}
+
+/// Epoch seconds as RFC 3339 (UTC, to the second).
+fn time(v: &Value) -> String {
+    v.as_f64()
+        .filter(|s| *s >= 0.0)
+        .map(|s| {
+            let t = std::time::UNIX_EPOCH + Duration::from_secs(s as u64);
+            humantime::format_rfc3339_seconds(t).to_string()
+        })
+        .unwrap_or_else(|| "-".into())
+}
+
+fn describe(out: &mut impl Write, t: &Value) -> std::io::Result<()> {
+    writeln!(out, "tunnel:       {}", text(&t["tunnelId"]))?;
+    writeln!(out, "status:       {}", text(&t["status"]))?;
+    if let Some(d) = t["description"].as_str() {
+        writeln!(out, "description:  {d}")?;
+    }
+    let d = &t["destinationConfig"];
+    if let Some(thing) = d["thingName"].as_str() {
+        writeln!(out, "thing:        {thing}")?;
+    }
+    let services: Vec<String> = d["services"]
+        .as_array()
+        .map(|s| s.iter().map(text).collect())
+        .unwrap_or_default();
+    let services = if services.is_empty() {
+        "(one unnamed service, V1)".to_string()
+    } else {
+        services.join(", ")
+    };
+    writeln!(out, "services:     {services}")?;
+    let minutes = &t["timeoutConfig"]["maxLifetimeTimeoutMinutes"];
+    let ends = match (t["createdAt"].as_f64(), minutes.as_f64()) {
+        (Some(c), Some(m)) => format!(", ends {}", time(&(c + m * 60.0).into())),
+        _ => String::new(),
+    };
+    writeln!(out, "lifetime:     {} minutes{ends}", text(minutes))?;
+    for (label, key) in [
+        ("source:      ", "sourceConnectionState"),
+        ("destination: ", "destinationConnectionState"),
+    ] {
+        let s = &t[key];
+        writeln!(
+            out,
+            "{label} {} (since {})",
+            text(&s["status"]),
+            time(&s["lastUpdatedAt"])
+        )?;
+    }
+    writeln!(out, "created:      {}", time(&t["createdAt"]))?;
+    writeln!(out, "updated:      {}", time(&t["lastUpdatedAt"]))?;
+    Ok(())
+}
+
+/// Writes the answer's tokens into the files asked for; returns the answer without the
+/// tokens that went into files (so they are not printed too).
+fn save_tokens(answer: &Value, files: &TokenFiles) -> anyhow::Result<Value> {
+    let mut shown = answer.clone();
+    for (key, file) in [
+        ("sourceAccessToken", &files.source_token_file),
+        ("destinationAccessToken", &files.destination_token_file),
+    ] {
+        let (Some(file), Some(token)) = (file, answer[key].as_str()) else {
+            continue;
+        };
+        write_secret(file, token)?;
+        if let Some(o) = shown.as_object_mut() {
+            o.remove(key);
+        }
+    }
+    Ok(shown)
+}
+
+/// `token` and a newline into `path`, readable by its owner only.
+fn write_secret(path: &Path, token: &str) -> anyhow::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    // An existing file keeps its mode: make it private too.
+    use std::os::unix::fs::PermissionsExt;
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("cannot chmod {}", path.display()))?;
+    writeln!(f, "{token}").with_context(|| format!("cannot write {}", path.display()))
+}
+
+fn print_tokens(out: &mut impl Write, shown: &Value, files: &TokenFiles) -> anyhow::Result<()> {
+    for (label, key, file) in [
+        ("source", "sourceAccessToken", &files.source_token_file),
+        (
+            "destination",
+            "destinationAccessToken",
+            &files.destination_token_file,
+        ),
+    ] {
+        if let Some(token) = shown[key].as_str() {
+            writeln!(out, "{label} access token: {token}").context("stdout")?;
+        } else if let Some(f) = file {
+            writeln!(out, "{label} access token: written to {}", f.display()).context("stdout")?;
+        }
+    }
+    Ok(())
+}
+
+fn print_json(out: &mut impl Write, v: &Value) -> anyhow::Result<()> {
+    let text = serde_json::to_string_pretty(v).context("JSON")?;
+    writeln!(out, "{text}").context("stdout")
+}
+
+/// Percent-encodes everything but RFC 3986's unreserved characters.
+fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// The API's base: host, port and path prefix of an `http://` URL.
+#[derive(Debug, PartialEq, Eq)]
+struct Base {
+    host: String,
+    port: u16,
+    /// The `Host` header.
+    authority: String,
+    /// Without a trailing slash.
+    prefix: String,
+}
+
+fn parse_base(url: &str) -> anyhow::Result<Base> {
+    let uri: Uri = url
+        .parse()
+        .map_err(|e| anyhow!("--api {url:?} is not a URL ({e}); expected http://HOST:PORT"))?;
+    match uri.scheme_str() {
+        Some("http") => {}
+        Some("https") => bail!(
+            "--api {url:?}: https is not supported; the API is plain HTTP (keep it on loopback, \
+             or reach it through an SSH or TLS tunnel)"
+        ),
+        _ => bail!("--api {url:?}: expected http://HOST:PORT"),
+    }
+    let authority = uri
+        .authority()
+        .ok_or_else(|| anyhow!("--api {url:?}: no host"))?;
+    if authority.as_str().contains('@') {
+        bail!("--api {url:?}: no user information in the URL (use --api-token-file)");
+    }
+    if uri.query().is_some() {
+        bail!("--api {url:?}: no query in the URL");
+    }
+    let host = authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
+    Ok(Base {
+        host,
+        port: authority.port_u16().unwrap_or(80),
+        authority: authority.as_str().to_string(),
+        prefix: uri.path().trim_end_matches('/').to_string(),
+    })
+}
+
+/// The bearer token in `path` (surrounding whitespace removed); an unreadable or empty file
+/// is an error naming it.
+fn read_api_token(path: &Path) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the API token file {}", path.display()))?;
+    let token = text.trim();
+    if token.is_empty() {
+        bail!("the API token file {} is empty", path.display());
+    }
+    Ok(token.to_string())
+}
+
+/// One API call; the answer's JSON, or [`Failure::Refused`] with the API's message.
+fn call(api: &ApiArgs, method: Method, path: &str, body: Option<Value>) -> Result<Value, Failure> {
+    let base = parse_base(&api.api)?;
+    let token = api
+        .api_token_file
+        .as_deref()
+        .map(read_api_token)
+        .transpose()?;
+    let mut req = Request::builder()
+        .method(method.clone())
+        .uri(format!("{}{path}", base.prefix))
+        .header(HOST, &base.authority);
+    if let Some(t) = &token {
+        req = req.header(AUTHORIZATION, format!("Bearer {t}"));
+    }
+    let bytes = match &body {
+        Some(b) => {
+            req = req.header(CONTENT_TYPE, "application/json");
+            Bytes::from(b.to_string())
+        }
+        None => Bytes::new(),
+    };
+    let req = req.body(Full::new(bytes)).context("building the request")?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .enable_time()
+        .build()
+        .context("tokio runtime")?;
+    let url = format!("http://{}{}{path}", base.authority, base.prefix);
+    let (status, body) = runtime
+        .block_on(async {
+            tokio::time::timeout(CALL_TIMEOUT, send(&base, req))
+                .await
+                .map_err(|_| anyhow!("no answer within {CALL_TIMEOUT:?}"))?
+        })
+        .with_context(|| format!("{method} {url}"))?;
+    let json: Option<Value> = serde_json::from_slice(&body).ok();
+    if !(200..300).contains(&status) {
+        let message = json
+            .as_ref()
+            .and_then(|j| j["message"].as_str())
+            .map(str::to_string)
+            .unwrap_or_else(|| String::from_utf8_lossy(&body).trim().to_string());
+        return Err(Failure::Refused(format!(
+            "the tunnel API refused {method} {url} ({status}): {message}"
+        )));
+    }
+    json.ok_or_else(|| {
+        Failure::Other(anyhow!(
+            "{method} {url}: the answer ({status}) is not JSON: {:?}",
+            String::from_utf8_lossy(&body)
+        ))
+    })
+}
+
+async fn send(base: &Base, req: Request<Full<Bytes>>) -> anyhow::Result<(u16, Bytes)> {
+    let stream = tokio::net::TcpStream::connect((base.host.as_str(), base.port))
+        .await
+        .with_context(|| format!("cannot connect to {}", base.authority))?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .context("HTTP handshake")?;
+    let driver = tokio::spawn(conn);
+    let answer = sender
+        .send_request(req)
+        .await
+        .context("sending the request")?;
+    let status = answer.status().as_u16();
+    let body = http_body_util::Limited::new(answer.into_body(), MAX_ANSWER)
+        .collect()
+        .await
+        .map_err(|e| anyhow!("reading the answer: {e}"))?
+        .to_bytes();
+    drop(sender);
+    let _ = driver.await;
+    Ok((status, body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn api_urls() {
+        assert_eq!(
+            parse_base("http://127.0.0.1:8480").unwrap(),
+            Base {
+                host: "127.0.0.1".into(),
+                port: 8480,
+                authority: "127.0.0.1:8480".into(),
+                prefix: String::new(),
+            }
+        );
+        let b = parse_base("http://[::1]/relay/").unwrap();
+        assert_eq!((b.host.as_str(), b.port), ("::1", 80));
+        assert_eq!(b.prefix, "/relay");
+        for bad in ["https://x:1", "127.0.0.1:8480", "http://u:p@x:1", "ftp://x"] {
+            assert!(parse_base(bad).is_err(), "{bad}");
+        }
+        let e = parse_base("https://x:1").unwrap_err().to_string();
+        assert!(e.contains("https is not supported"), "{e}");
+    }
+
+    #[test]
+    fn ids_are_percent_encoded() {
+        assert_eq!(
+            tunnel_path("a b/../c", "/close"),
+            "/tunnels/a%20b%2F..%2Fc/close"
+        );
+        assert_eq!(percent_encode("pump-7_x.y~"), "pump-7_x.y~");
+    }
+}

@@ -1,0 +1,564 @@
+//! The tunnel's command line without its data plane: `splice-engine relay` serving the tunnel
+//! API (with its token and its state file across a restart), `splice-engine tunnel
+//! open|list|describe|rotate|close` against it (AWS field names in `--json`), and the errors
+//! and help of `relay`, `source` and `destination`.
+
+use std::ffi::OsStr;
+use std::fs;
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::support::*;
+
+const API_TOKEN: &str = "the-relay-api-token-of-this-test";
+
+/// Runs `splice-engine ARGS` to its end (at most `SOON`), without the environment variables
+/// the tunnel commands read.
+fn cli<S: AsRef<OsStr>>(args: &[S]) -> Output {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (out, err) = (dir.path().join("out"), dir.path().join("err"));
+    let mut child = Command::new(BIN)
+        .args(args)
+        .env_remove("AWSIOT_TUNNEL_ACCESS_TOKEN")
+        .env_remove("SPLICE_TUNNEL_API")
+        .stdin(Stdio::null())
+        .stdout(fs::File::create(&out).expect("stdout file"))
+        .stderr(fs::File::create(&err).expect("stderr file"))
+        .spawn()
+        .expect("spawn splice-engine");
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break s;
+        }
+        if start.elapsed() > SOON {
+            let _ = child.kill();
+            panic!("splice-engine did not exit within {SOON:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    Output {
+        status,
+        stdout: fs::read(&out).expect("read stdout"),
+        stderr: fs::read(&err).expect("read stderr"),
+    }
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// `splice-engine tunnel ARGS --api URL --api-token-file FILE [extra]`: exit 0 and its JSON.
+fn tunnel_json(relay: &Relay, args: &[&str]) -> Value {
+    let out = relay.tunnel(args, true);
+    assert!(
+        out.status.success(),
+        "tunnel {args:?} failed: {}",
+        text(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", text(&out.stdout)))
+}
+
+/// A running `splice-engine relay`.
+struct Relay {
+    proc: Proc,
+    api: SocketAddr,
+    token_file: std::path::PathBuf,
+}
+
+impl Relay {
+    fn start(pki: &Pki, dir: &Path, state: &str, driver: &str) -> Relay {
+        let token_file = dir.join("api.token");
+        fs::write(&token_file, format!("{API_TOKEN}\n")).expect("write the API token");
+        let api_port = free_port();
+        let proc = EngineCmd::new("relay")
+            .opt("--listen", localhost(free_port()).to_string())
+            .opt("--cert", &pki.server.cert)
+            .opt("--key", &pki.server.key)
+            .opt("--api", localhost(api_port).to_string())
+            .opt("--api-token-file", &token_file)
+            .opt("--state", state)
+            .common(driver)
+            .wait_port(api_port)
+            .label(format!("relay ({driver})"))
+            .start();
+        Relay {
+            proc,
+            api: localhost(api_port),
+            token_file,
+        }
+    }
+
+    /// `splice-engine tunnel ARGS` against this relay, with its API token, `--json` if asked.
+    fn tunnel(&self, args: &[&str], json: bool) -> Output {
+        let url = format!("http://{}", self.api);
+        let mut all: Vec<&OsStr> = vec![OsStr::new("tunnel")];
+        all.extend(args.iter().map(OsStr::new));
+        all.extend([
+            OsStr::new("--api"),
+            OsStr::new(&url),
+            OsStr::new("--api-token-file"),
+            self.token_file.as_os_str(),
+        ]);
+        if json {
+            all.push(OsStr::new("--json"));
+        }
+        cli(&all)
+    }
+
+    fn stop(mut self) {
+        self.proc.signal(libc::SIGTERM);
+        let status = self
+            .proc
+            .wait_exit(SOON)
+            .expect("the relay exits on SIGTERM");
+        assert!(status.success(), "{status}:\n{}", self.proc.stderr());
+    }
+}
+
+/// A raw HTTP/1.1 request; the status.
+fn raw_status(addr: SocketAddr, request: &str) -> u16 {
+    let mut s = connect(addr);
+    s.write_all(request.as_bytes()).expect("write");
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).expect("read");
+    answer
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {answer:?}"))
+}
+
+#[test]
+fn relay_serves_the_tunnel_api_to_the_tunnel_commands() {
+    let pki = Pki::new();
+    for driver in DRIVERS {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let relay = Relay::start(&pki, dir.path(), ":memory:", driver);
+
+        // open: the id and both tokens, AWS's names.
+        let opened = tunnel_json(
+            &relay,
+            &[
+                "open",
+                "--service",
+                "SSH",
+                "--service",
+                "HTTP",
+                "--thing",
+                "pump-7",
+                "--lifetime",
+                "30m",
+                "--description",
+                "pump 7",
+            ],
+        );
+        let id = opened["tunnelId"].as_str().expect("tunnelId").to_string();
+        let source = opened["sourceAccessToken"].as_str().expect("source token");
+        let destination = opened["destinationAccessToken"]
+            .as_str()
+            .expect("destination token");
+        assert_eq!(source.len(), 43, "256 bits in base64url: {source}");
+        assert_ne!(source, destination);
+
+        // list and describe: never a token.
+        let list = tunnel_json(&relay, &["list"]);
+        let summaries = list["tunnelSummaries"].as_array().expect("tunnelSummaries");
+        assert_eq!(summaries.len(), 1, "{list}");
+        assert_eq!(summaries[0]["tunnelId"], id.as_str());
+        assert_eq!(summaries[0]["status"], "OPEN");
+        assert!(summaries[0]["createdAt"].is_number(), "{list}");
+        assert!(summaries[0]["lastUpdatedAt"].is_number(), "{list}");
+        let thing = tunnel_json(&relay, &["list", "--thing", "pump-7"]);
+        assert_eq!(thing["tunnelSummaries"][0]["tunnelId"], id.as_str());
+        let other = tunnel_json(&relay, &["list", "--thing", "other"]);
+        assert_eq!(other["tunnelSummaries"], serde_json::json!([]));
+
+        let described = tunnel_json(&relay, &["describe", &id]);
+        let t = &described["tunnel"];
+        assert_eq!(t["tunnelId"], id.as_str());
+        assert_eq!(t["status"], "OPEN");
+        assert_eq!(t["description"], "pump 7");
+        assert_eq!(t["destinationConfig"]["thingName"], "pump-7");
+        assert_eq!(
+            t["destinationConfig"]["services"],
+            serde_json::json!(["SSH", "HTTP"])
+        );
+        assert_eq!(t["timeoutConfig"]["maxLifetimeTimeoutMinutes"], 30);
+        for side in ["sourceConnectionState", "destinationConnectionState"] {
+            assert_eq!(t[side]["status"], "DISCONNECTED", "{described}");
+            assert!(t[side]["lastUpdatedAt"].is_number(), "{described}");
+        }
+        assert!(t["createdAt"].is_number() && t["lastUpdatedAt"].is_number());
+        for shown in [list.to_string(), described.to_string()] {
+            assert!(!shown.contains(source) && !shown.contains(destination));
+        }
+        // The text form names the same things.
+        let human = relay.tunnel(&["describe", &id], false);
+        let human = text(&human.stdout);
+        assert!(
+            human.contains(&id) && human.contains("SSH, HTTP") && human.contains("pump-7"),
+            "{human}"
+        );
+
+        // rotate: a new source token only; into a private file when asked.
+        let file = dir.path().join("source.token");
+        let rotated = tunnel_json(
+            &relay,
+            &[
+                "rotate",
+                &id,
+                "--side",
+                "source",
+                "--source-token-file",
+                file.to_str().expect("UTF-8 path"),
+            ],
+        );
+        assert_eq!(rotated["tunnelId"], id.as_str());
+        assert!(rotated.get("sourceAccessToken").is_none(), "{rotated}");
+        assert!(rotated.get("destinationAccessToken").is_none(), "{rotated}");
+        let new_source = fs::read_to_string(&file).expect("the token file");
+        let new_source = new_source.trim();
+        assert_eq!(new_source.len(), 43);
+        assert_ne!(new_source, source);
+        use std::os::unix::fs::PermissionsExt;
+        let mode = fs::metadata(&file).expect("stat").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+        let both = tunnel_json(&relay, &["rotate", &id, "--side", "both"]);
+        assert!(
+            both["sourceAccessToken"].is_string() && both["destinationAccessToken"].is_string()
+        );
+
+        // close, then it shows closed; an unknown id is refused with the API's message.
+        tunnel_json(&relay, &["close", &id]);
+        let t = tunnel_json(&relay, &["describe", &id]);
+        assert_eq!(t["tunnel"]["status"], "CLOSED");
+        let out = relay.tunnel(&["describe", "no-such-tunnel"], false);
+        assert_eq!(out.status.code(), Some(1));
+        let err = text(&out.stderr);
+        assert!(
+            err.contains("404") && err.contains("no-such-tunnel"),
+            "{err}"
+        );
+        let out = relay.tunnel(&["rotate", &id, "--side", "both"], false);
+        assert_eq!(out.status.code(), Some(1), "a closed tunnel cannot rotate");
+        tunnel_json(&relay, &["close", &id, "--delete"]);
+        let list = tunnel_json(&relay, &["list"]);
+        assert_eq!(list["tunnelSummaries"], serde_json::json!([]));
+
+        // Without the API token: 401, from the command and on the wire.
+        let out = cli(&["tunnel", "list", "--api", &format!("http://{}", relay.api)]);
+        assert_eq!(out.status.code(), Some(1));
+        assert!(text(&out.stderr).contains("401"), "{}", text(&out.stderr));
+        let get = "GET /tunnels HTTP/1.1\r\nHost: x\r\nConnection: close\r\n";
+        assert_eq!(raw_status(relay.api, &format!("{get}\r\n")), 401);
+        assert_eq!(
+            raw_status(
+                relay.api,
+                &format!("{get}Authorization: Bearer wrong\r\n\r\n")
+            ),
+            401
+        );
+        assert_eq!(
+            raw_status(
+                relay.api,
+                &format!("{get}Authorization: Bearer {API_TOKEN}\r\n\r\n")
+            ),
+            200
+        );
+        // The API token is never logged.
+        assert!(!relay.proc.stderr().contains(API_TOKEN));
+        relay.stop();
+    }
+}
+
+#[test]
+fn the_relay_state_file_survives_a_restart() {
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("state/relay.sqlite");
+    let state = state.to_str().expect("UTF-8 path");
+    let relay = Relay::start(&pki, dir.path(), state, "epoll");
+    let opened = tunnel_json(&relay, &["open", "--service", "SSH"]);
+    let id = opened["tunnelId"].as_str().expect("id").to_string();
+    let token = opened["sourceAccessToken"]
+        .as_str()
+        .expect("token")
+        .to_string();
+    relay.stop();
+    let on_disk = fs::read(state).expect("the state file");
+    assert!(!String::from_utf8_lossy(&on_disk).contains(&token));
+
+    let relay = Relay::start(&pki, dir.path(), state, "uring");
+    let list = tunnel_json(&relay, &["list"]);
+    assert_eq!(
+        list["tunnelSummaries"][0]["tunnelId"],
+        id.as_str(),
+        "{list}"
+    );
+    assert_eq!(list["tunnelSummaries"][0]["status"], "OPEN");
+    let t = tunnel_json(&relay, &["describe", &id]);
+    assert_eq!(
+        t["tunnel"]["destinationConfig"]["services"],
+        serde_json::json!(["SSH"])
+    );
+    relay.stop();
+
+    // `:memory:` keeps nothing.
+    let relay = Relay::start(&pki, dir.path(), ":memory:", "epoll");
+    let list = tunnel_json(&relay, &["list"]);
+    assert_eq!(list["tunnelSummaries"], serde_json::json!([]));
+    relay.stop();
+}
+
+/// Exit status 1 and one `error:` line, which it returns.
+fn fails<S: AsRef<OsStr> + std::fmt::Debug>(args: &[S]) -> String {
+    let out = cli(args);
+    let stderr = text(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{args:?} was accepted:\n{stderr}"
+    );
+    let lines = error_lines(&stderr);
+    assert_eq!(lines.len(), 1, "want one error line:\n{stderr}");
+    lines[0].to_string()
+}
+
+#[test]
+fn bad_tunnel_flags_and_tables_are_named() {
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cert = pki.server.cert.to_str().expect("UTF-8");
+    let key = pki.server.key.to_str().expect("UTF-8");
+    let relay = |extra: &[&str]| -> Vec<String> {
+        [
+            "relay",
+            "--listen",
+            "127.0.0.1:0",
+            "--cert",
+            cert,
+            "--key",
+            key,
+            "--state",
+            ":memory:",
+        ]
+        .iter()
+        .chain(extra)
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let e = fails(&relay(&["--api", "localhost:1"]));
+    assert!(e.contains("`api`"), "{e}");
+    let missing = dir.path().join("missing.token");
+    let e = fails(&relay(&[
+        "--api",
+        "127.0.0.1:0",
+        "--api-token-file",
+        missing.to_str().expect("UTF-8"),
+    ]));
+    assert!(e.contains("missing.token"), "{e}");
+    let e = fails(&relay(&["--api", "127.0.0.1:0", "--max-lifetime", "10s"]));
+    assert!(e.contains("`max_lifetime`"), "{e}");
+
+    let secret = "a-secret-client-token";
+    let e = fails(&[
+        "source",
+        "--relay",
+        "relay.example:443",
+        "--token-file",
+        "/nonexistent",
+        "--client-token",
+        secret,
+        "--listen",
+        "SSH=127.0.0.1:0",
+    ]);
+    assert!(e.contains("`client_token`"), "{e}");
+    assert!(!e.contains(secret), "the token leaked: {e}");
+    let e = fails(&[
+        "destination",
+        "--relay",
+        "relay.example:443",
+        "--token-file",
+        "/t",
+        "--connect",
+        "SSH=localhost:22",
+        "--connect",
+        "localhost:80",
+    ]);
+    assert!(e.contains("`connect`") && e.contains("mixes"), "{e}");
+    let e = fails(&["source", "--relay", "r:1", "--listen", "127.0.0.1:0"]);
+    assert!(e.contains("AWSIOT_TUNNEL_ACCESS_TOKEN"), "{e}");
+
+    // Usage errors: exit 2.
+    for args in [
+        &[
+            "source",
+            "--relay",
+            "r:1",
+            "--token",
+            "a",
+            "--token-file",
+            "b",
+            "--listen",
+            "x:1",
+        ][..],
+        &["tunnel", "open", "--lifetime", "90s"],
+        &["tunnel", "rotate", "some-id"],
+        &["tunnel", "rotate", "some-id", "--side", "left"],
+        &[
+            "source",
+            "--relay",
+            "r:1",
+            "--token-file",
+            "f",
+            "--listen",
+            "x:1",
+            "--protocol",
+            "v4",
+        ],
+    ] {
+        let out = cli(args);
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+    }
+    let e = fails(&["tunnel", "list", "--api", "https://127.0.0.1:1"]);
+    assert!(e.contains("https is not supported"), "{e}");
+
+    // A file's tunnel tables: errors name the file, the line and the key.
+    let file = dir.path().join("tunnel.toml");
+    fs::write(
+        &file,
+        "[[source]]\nrelay = \"relay.example:443\"\ntoken_file = \"t\"\n\
+         listen = [\"SSH=127.0.0.1:1\", \"SSH=127.0.0.1:2\"]\n",
+    )
+    .expect("write");
+    let e = fails(&["run", "--config", file.to_str().expect("UTF-8")]);
+    assert!(
+        e.contains("tunnel.toml") && e.contains("line 4") && e.contains("`listen`"),
+        "{e}"
+    );
+}
+
+#[test]
+fn token_flags_warn_that_command_lines_are_visible() {
+    for cmd in [&["source"][..], &["destination"], &["tunnel", "rotate"]] {
+        let mut args = cmd.to_vec();
+        args.push("--help");
+        let out = cli(&args);
+        assert!(out.status.success());
+        let help = text(&out.stdout).replace('\n', " ");
+        let help = help.split_whitespace().collect::<Vec<_>>().join(" ");
+        assert!(
+            help.contains("visible to every user of the machine")
+                && help.contains("--token-file")
+                && help.contains("AWSIOT_TUNNEL_ACCESS_TOKEN"),
+            "{cmd:?} --help:\n{help}"
+        );
+    }
+}
+
+#[test]
+fn check_summarises_the_tunnel_tables_and_reads_their_files() {
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    fs::write(dir.path().join("source.token"), "a-token\n").expect("write");
+    let file = dir.path().join("tunnel.toml");
+    let write = |relay_key: &Path| {
+        fs::write(
+            &file,
+            format!(
+                "[[relay]]\nname = \"edge\"\nlisten = \"127.0.0.1:8443\"\ncert = {:?}\n\
+                 key = {:?}\napi = \"127.0.0.1:8480\"\n\
+                 [[source]]\nrelay = \"relay.example:8443\"\nca = {:?}\n\
+                 token_file = \"source.token\"\nlisten = [\"SSH=127.0.0.1:2222\"]\n",
+                pki.server.cert, relay_key, pki.ca.path
+            ),
+        )
+        .expect("write");
+    };
+    write(&pki.server.key);
+    let out = cli(&[
+        OsStr::new("check"),
+        OsStr::new("--config"),
+        file.as_os_str(),
+    ]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        stdout.contains("edge  relay  agents on 127.0.0.1:8443, API at http://127.0.0.1:8480"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("SSH=127.0.0.1:2222 -> relay.example:8443"),
+        "{stdout}"
+    );
+
+    // The token file is relative to the configuration file; a missing key file is named.
+    let missing = dir.path().join("missing-key.pem");
+    write(&missing);
+    let e = fails(&[
+        OsStr::new("check"),
+        OsStr::new("--config"),
+        file.as_os_str(),
+    ]);
+    assert!(e.contains("missing-key.pem"), "{e}");
+    write(&pki.server.key);
+    fs::write(dir.path().join("source.token"), "\n").expect("write");
+    let e = fails(&[
+        OsStr::new("check"),
+        OsStr::new("--config"),
+        file.as_os_str(),
+    ]);
+    assert!(e.contains("source.token") && e.contains("empty"), "{e}");
+}
+
+#[test]
+fn run_config_starts_a_relay_with_paths_relative_to_the_file() {
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let conf = dir.path().join("conf");
+    fs::create_dir_all(&conf).expect("mkdir");
+    fs::write(conf.join("api.token"), format!("{API_TOKEN}\n")).expect("write");
+    let api_port = free_port();
+    let file = conf.join("relay.toml");
+    fs::write(
+        &file,
+        format!(
+            "[[relay]]\nname = \"edge\"\nlisten = \"127.0.0.1:{}\"\ncert = {:?}\nkey = {:?}\n\
+             api = \"127.0.0.1:{api_port}\"\napi_token_file = \"api.token\"\n\
+             state = \"state/relay.sqlite\"\n",
+            free_port(),
+            pki.server.cert,
+            pki.server.key
+        ),
+    )
+    .expect("write");
+    // Started elsewhere: the relative paths are the file's, not the working directory's.
+    let proc = EngineCmd::new("run")
+        .opt("--config", &file)
+        .common("epoll")
+        .cwd(dir.path())
+        .wait_port(api_port)
+        .start();
+    let relay = Relay {
+        proc,
+        api: localhost(api_port),
+        token_file: conf.join("api.token"),
+    };
+    let opened = tunnel_json(&relay, &["open"]);
+    assert!(opened["tunnelId"].is_string(), "{opened}");
+    assert!(conf.join("state/relay.sqlite").is_file());
+    assert!(!dir.path().join("state").exists());
+    relay.stop();
+}
