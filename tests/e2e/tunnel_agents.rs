@@ -984,3 +984,41 @@ fn sigterm_lets_an_open_connection_finish_then_exits() {
         assert!(status.success(), "{status:?}\n{}", t.source.log());
     }
 }
+
+#[test]
+fn the_source_and_destination_commands() {
+    let pki = Pki::new();
+    let driver = "epoll";
+    let relay = OurRelay::start(&pki, driver, ":memory:", None);
+    let (id, src_token, dst_token) = relay.open(&["ssh"]);
+    let backend = echo_backend();
+    let port = free_port();
+    let token_file = pki.dir.path().join("dst.token");
+    write_file(&token_file, format!("{dst_token}\n").as_bytes());
+    let _dst = EngineCmd::new("destination")
+        .opt("--relay", relay.addr().to_string())
+        .opt("--ca", &pki.ca.path)
+        .opt("--sni", "localhost")
+        .opt("--token-file", &token_file)
+        .opt("--connect", format!("ssh={}", backend.addr))
+        .common(driver)
+        .label("destination command")
+        .start();
+    let src = EngineCmd::new("source")
+        .opt("--relay", relay.addr().to_string())
+        .opt("--ca", &pki.ca.path)
+        .opt("--sni", "localhost")
+        .opt("--token", &src_token)
+        .opt("--listen", format!("ssh=127.0.0.1:{port}"))
+        .common(driver)
+        .wait_port(port)
+        .label("source command")
+        .start();
+    assert!(
+        wait_until(SOON, || relay.both_connected(&id)),
+        "{}",
+        src.log()
+    );
+    echo_through(localhost(port), 1 << 20, 3).unwrap();
+    assert!(!src.log().contains(&src_token), "no token in the log");
+}
