@@ -952,3 +952,73 @@ fn a_silent_relay_is_dropped_and_reconnected() {
         assert!(wait_until(SOON, || relay.upgrades.lock().unwrap().len() >= 2));
     }
 }
+
+#[test]
+fn sigterm_lets_an_open_connection_finish_then_exits() {
+    let pki = Pki::new();
+    for driver in DRIVERS {
+        let mut t = tunnel(Via::Ours, &pki, driver, &["ssh"], "v3", "v3", None);
+        let mut open = connect(localhost(t.ports[0]));
+        open.set_read_timeout(Some(SOON)).unwrap();
+        let mut round_trip = |n: u8| {
+            open.write_all(&[n; 1000]).unwrap();
+            let mut back = [0u8; 1000];
+            open.read_exact(&mut back).unwrap();
+            assert!(back.iter().all(|&b| b == n));
+        };
+        round_trip(1);
+        t.source.signal(libc::SIGTERM);
+        // Draining: no new connection, but the open one carries on.
+        thread::sleep(Duration::from_millis(300));
+        round_trip(2);
+        assert!(t.source.running(), "it waits for the open connection");
+        assert!(
+            try_connect(localhost(t.ports[0])).is_err(),
+            "its listener is closed"
+        );
+        drop(open);
+        let status = t
+            .source
+            .wait_exit(SOON)
+            .expect("exits once the connection ended");
+        assert!(status.success(), "{status:?}\n{}", t.source.log());
+    }
+}
+
+#[test]
+fn the_source_and_destination_commands() {
+    let pki = Pki::new();
+    let driver = "epoll";
+    let relay = OurRelay::start(&pki, driver, ":memory:", None);
+    let (id, src_token, dst_token) = relay.open(&["ssh"]);
+    let backend = echo_backend();
+    let port = free_port();
+    let token_file = pki.dir.path().join("dst.token");
+    write_file(&token_file, format!("{dst_token}\n").as_bytes());
+    let _dst = EngineCmd::new("destination")
+        .opt("--relay", relay.addr().to_string())
+        .opt("--ca", &pki.ca.path)
+        .opt("--sni", "localhost")
+        .opt("--token-file", &token_file)
+        .opt("--connect", format!("ssh={}", backend.addr))
+        .common(driver)
+        .label("destination command")
+        .start();
+    let src = EngineCmd::new("source")
+        .opt("--relay", relay.addr().to_string())
+        .opt("--ca", &pki.ca.path)
+        .opt("--sni", "localhost")
+        .opt("--token", &src_token)
+        .opt("--listen", format!("ssh=127.0.0.1:{port}"))
+        .common(driver)
+        .wait_port(port)
+        .label("source command")
+        .start();
+    assert!(
+        wait_until(SOON, || relay.both_connected(&id)),
+        "{}",
+        src.log()
+    );
+    echo_through(localhost(port), 1 << 20, 3).unwrap();
+    assert!(!src.log().contains(&src_token), "no token in the log");
+}
