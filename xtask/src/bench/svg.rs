@@ -146,6 +146,17 @@ pub fn chart(rows: &[Row], infos: &[PathInfo], machine: &Value) -> String {
             ],
             false,
         ),
+        panel(
+            rows,
+            infos,
+            Scenario::IdleTunnels,
+            "Relay memory per connected idle tunnel peer (KiB, lower is better)",
+            &[
+                ("relay_kib_per_peer", "PSS"),
+                ("relay_rss_kib_per_peer", "RSS"),
+            ],
+            false,
+        ),
     ]
     .into_iter()
     .flatten()
