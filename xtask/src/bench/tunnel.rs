@@ -6,9 +6,12 @@
 //! - `tunnel`: splice-engine's `relay`, `source` and `destination` commands, the tunnel opened
 //!   with `splice-engine tunnel open` (WebSocket with the AWS IoT Secure Tunneling protocol).
 //! - `rathole`: rathole's server (the entry, where the services are exposed) and client (beside
-//!   the backends), with its TLS transport (native-tls, so OpenSSL; pinned to TLS 1.3
-//!   AES-128-GCM like the chains). It multiplexes nothing: each connection gets its own TLS data
-//!   channel, from a pool of 8 the server keeps the client opening ahead.
+//!   the backends), with its TLS transport. That is native-tls on OpenSSL, whose server side
+//!   takes OpenSSL's Mozilla "intermediate v4" settings: TLS 1.2 only, the server's cipher order,
+//!   ChaCha20-Poly1305 first; the library sets them after OpenSSL's configuration file is read,
+//!   so unlike socat it cannot be pinned to TLS 1.3 AES-128-GCM. The start prints what it
+//!   negotiates. It multiplexes nothing: each connection gets its own TLS data channel, from a
+//!   pool of 8 the server keeps the client opening ahead.
 //!
 //! The `idle-tunnels` scenario runs only on `tunnel`: it opens N more tunnels through the API
 //! and connects both peers of each from this process (TLS, the WebSocket upgrade, then
@@ -615,20 +618,12 @@ impl PathDef for Rathole {
                 "\n[client.services.{service}]\nlocal_addr = \"{backend}\"\n"
             ));
         }
-        // TLS 1.3 with AES-128-GCM, as every chain: rathole cannot choose, OpenSSL's
-        // configuration file can (as for socat).
-        let ssl_conf = ctx.write(
-            "rathole-openssl.cnf",
-            "openssl_conf = init\n[init]\nssl_conf = ssl\n[ssl]\nsystem_default = defaults\n\
-             [defaults]\nMinProtocol = TLSv1.3\nCiphersuites = TLS_AES_128_GCM_SHA256\n",
-        )?;
         let mut procs = Vec::new();
         for (end, text) in [("server", server), ("client", client)] {
             let conf = ctx.write(&format!("rathole-{end}.toml"), &text)?;
             let mut cmd = Command::new(Self::bin());
             cmd.arg(if end == "server" { "-s" } else { "-c" })
                 .arg(conf)
-                .env("OPENSSL_CONF", &ssl_conf)
                 .env("RUST_LOG", "warn");
             procs.push(Proc::spawn(
                 &format!("rathole {end}"),
@@ -637,6 +632,8 @@ impl PathDef for Rathole {
             )?);
         }
         wait_listening(control, &mut procs[0])?;
+        static SAID: std::sync::Once = std::sync::Once::new();
+        SAID.call_once(|| eprintln!("bench: rathole's TLS: {}", negotiated(control, &ctx.ca())));
         for e in entry {
             wait_listening(e, &mut procs[0])?;
         }
@@ -648,6 +645,31 @@ impl PathDef for Rathole {
             relay: None,
         })
     }
+}
+
+/// The protocol and cipher a TLS server at `addr` picks for OpenSSL's client (which offers
+/// what rathole's client offers), from `openssl s_client`.
+fn negotiated(addr: SocketAddr, ca: &Path) -> String {
+    let out = Command::new("openssl")
+        .args([
+            "s_client",
+            "-connect",
+            &addr.to_string(),
+            "-servername",
+            "localhost",
+        ])
+        .arg("-CAfile")
+        .arg(ca)
+        .stdin(std::process::Stdio::null())
+        .output();
+    let Ok(out) = out else {
+        return "unknown (openssl s_client did not run)".into();
+    };
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .find_map(|l| l.trim().strip_prefix("New, "))
+        .map(|l| l.replace(", Cipher is", ""))
+        .unwrap_or_else(|| "unknown (no handshake)".into())
 }
 
 /// `cargo install rathole` unless it is there already (for `--install-peers`).
@@ -676,6 +698,155 @@ mod tests {
         let e = format!("{:#}", tokens(&v).unwrap_err());
         assert!(e.contains("destinationAccessToken"), "{e}");
         assert!(!e.contains("SECRET"), "{e}");
+    }
+
+    /// A one-connection TLS server with the bench's leaf: hands the request head it read to the
+    /// test, answers `status`, then reports whether anything more arrived within 300 ms.
+    fn upgrade_server(
+        dir: &Path,
+        status: &'static str,
+    ) -> (
+        SocketAddr,
+        std::sync::mpsc::Receiver<String>,
+        std::thread::JoinHandle<bool>,
+    ) {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let certs: Vec<CertificateDer<'static>> =
+            CertificateDer::pem_file_iter(dir.join("leaf.pem"))
+                .unwrap()
+                .map(|c| c.unwrap())
+                .collect();
+        let key = PrivateKeyDer::from_pem_file(dir.join("leaf.key")).unwrap();
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let config = Arc::new(
+            rustls::ServerConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_no_client_auth()
+                .with_single_cert(certs, key)
+                .unwrap(),
+        );
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let server = std::thread::spawn(move || {
+            let (mut sock, _) = listener.accept().unwrap();
+            sock.set_read_timeout(Some(Duration::from_secs(10)))
+                .unwrap();
+            let mut conn = rustls::ServerConnection::new(config).unwrap();
+            let mut s = rustls::Stream::new(&mut conn, &mut sock);
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") {
+                s.read_exact(&mut byte).unwrap();
+                head.push(byte[0]);
+            }
+            tx.send(String::from_utf8(head).unwrap()).unwrap();
+            write!(
+                s,
+                "{status}\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n"
+            )
+            .unwrap();
+            s.flush().unwrap();
+            s.sock
+                .set_read_timeout(Some(Duration::from_millis(300)))
+                .unwrap();
+            let mut more = [0u8; 1];
+            matches!(s.read(&mut more), Ok(n) if n > 0)
+        });
+        (addr, rx, server)
+    }
+
+    #[test]
+    fn an_idle_peer_is_tls_then_the_upgrade_with_its_mode_and_token_then_silence() {
+        let dir = splice_test_pki::TempDir::new("xtask-tunnel-peer");
+        super::super::write_certs(dir.path()).unwrap();
+        let tls = Arc::new(client_config(&dir.join("ca.pem")).unwrap());
+
+        let (addr, head, server) = upgrade_server(dir.path(), "HTTP/1.1 101 Switching Protocols");
+        let sock = connect_peer(addr, &tls, "destination", "TOKEN-1").unwrap();
+        let head = head.recv().unwrap();
+        assert!(
+            head.starts_with("GET /tunnel?local-proxy-mode=destination HTTP/1.1\r\n"),
+            "{head}"
+        );
+        for h in [
+            "access-token: TOKEN-1\r\n",
+            "Sec-WebSocket-Protocol: aws.iot.securetunneling-3.0\r\n",
+            "Upgrade: websocket\r\n",
+            "Sec-WebSocket-Version: 13\r\n",
+        ] {
+            assert!(head.contains(h), "no {h:?} in {head}");
+        }
+        assert!(
+            !server.join().unwrap(),
+            "the peer sent more than the upgrade"
+        );
+        drop(sock);
+
+        let (addr, _head, server) = upgrade_server(dir.path(), "HTTP/1.1 401 Unauthorized");
+        let e = format!(
+            "{:#}",
+            connect_peer(addr, &tls, "source", "TOKEN-2").unwrap_err()
+        );
+        assert!(e.contains("401") && e.contains("source"), "{e}");
+        assert!(!e.contains("TOKEN-2"), "{e}");
+        let _ = server.join();
+    }
+
+    /// A one-request HTTP server answering `answer`; returns the request it read.
+    fn http_server(answer: String) -> (SocketAddr, std::thread::JoinHandle<String>) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = std::thread::spawn(move || {
+            let (mut sock, _) = listener.accept().unwrap();
+            sock.set_read_timeout(Some(Duration::from_secs(10)))
+                .unwrap();
+            let mut req = Vec::new();
+            let mut buf = [0u8; 4096];
+            // Until the head and the body its Content-Length announces are in.
+            loop {
+                let n = sock.read(&mut buf).unwrap();
+                req.extend_from_slice(&buf[..n]);
+                let text = String::from_utf8_lossy(&req).to_string();
+                if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                    let len = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("Content-Length: "))
+                        .map_or(0, |v| v.parse::<usize>().unwrap());
+                    if body.len() >= len {
+                        break;
+                    }
+                }
+                assert!(n > 0, "the client closed early");
+            }
+            sock.write_all(answer.as_bytes()).unwrap();
+            String::from_utf8(req).unwrap()
+        });
+        (addr, server)
+    }
+
+    #[test]
+    fn the_api_client_posts_json_and_reads_the_answer_or_the_error() {
+        let body = r#"{"tunnelId":"t","sourceAccessToken":"S","destinationAccessToken":"D"}"#;
+        let (addr, server) = http_server(format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        ));
+        let v = api_call(addr, "POST", "/tunnels", r#"{"x":1}"#).unwrap();
+        assert_eq!(tokens(&v).unwrap(), ("S".into(), "D".into()));
+        let req = server.join().unwrap();
+        assert!(req.starts_with("POST /tunnels HTTP/1.1\r\n"), "{req}");
+        assert!(req.ends_with("\r\n\r\n{\"x\":1}"), "{req}");
+
+        let (addr, server) = http_server(
+            "HTTP/1.1 401 Unauthorized\r\ncontent-length: 24\r\n\r\n{\"message\":\"no token\"}\n"
+                .into(),
+        );
+        let e = format!("{:#}", api_call(addr, "GET", "/tunnels", "").unwrap_err());
+        assert!(e.contains("401") && e.contains("no token"), "{e}");
+        server.join().unwrap();
     }
 
     #[test]
