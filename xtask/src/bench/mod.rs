@@ -985,6 +985,51 @@ impl Progress {
 
 #[cfg(test)]
 mod tests {
+    /// A path is checked on the scenarios it runs: a tunnel path of ours that lacks its
+    /// `idle-tunnels` fails the check, a tunnel peer that never runs `resumed` does not.
+    #[test]
+    fn check_results_asks_each_path_for_the_scenarios_it_runs() {
+        let dir = splice_test_pki::TempDir::new("xtask-bench-check");
+        let all: Vec<&str> = super::Scenario::ALL.iter().map(|s| s.name()).collect();
+        let tunnel: Vec<&str> = all
+            .iter()
+            .copied()
+            .filter(|s| !["resumed", "idle-data"].contains(s))
+            .collect();
+        let doc = |tunnel_ran: &[&str]| {
+            let mut ms = Vec::new();
+            for sc in &all {
+                if *sc != "idle-tunnels" {
+                    ms.push(
+                        serde_json::json!({"scenario": sc, "path": "splice-uring", "error": null}),
+                    );
+                }
+            }
+            for sc in tunnel_ran {
+                ms.push(serde_json::json!({"scenario": sc, "path": "tunnel", "error": null}));
+            }
+            serde_json::json!({
+                "paths": [
+                    {"name": "splice-uring", "kind": "ours", "skipped": null,
+                     "scenarios": all.iter().filter(|s| **s != "idle-tunnels").collect::<Vec<_>>()},
+                    {"name": "tunnel", "kind": "ours", "skipped": null, "scenarios": tunnel},
+                ],
+                "measurements": ms,
+            })
+        };
+        let file = dir.join("bench.json");
+        std::fs::write(&file, doc(&tunnel).to_string()).unwrap();
+        super::check_results(&file).expect("every path ran what it runs");
+        let short: Vec<&str> = tunnel
+            .iter()
+            .copied()
+            .filter(|s| *s != "idle-tunnels")
+            .collect();
+        std::fs::write(&file, doc(&short).to_string()).unwrap();
+        let e = format!("{:#}", super::check_results(&file).unwrap_err());
+        assert!(e.contains("idle-tunnels") && e.contains("tunnel"), "{e}");
+    }
+
     /// The bench's certificates verify with OpenSSL (an independent parser) for both names the
     /// engines are given, and the bundle holds the certificate and then its key.
     #[test]
