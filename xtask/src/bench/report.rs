@@ -116,13 +116,19 @@ const TUNNEL_IDLE: &[Figure] = &[
 ];
 const IDLE_TUNNELS: &[Figure] = &[
     fig(
-        "relay_kib_per_peer",
-        "relay KiB/peer (PSS)",
+        "relay_kib_per_tunnel",
+        "relay/server KiB/tunnel",
         "KiB",
         Better::Lower,
     ),
-    fig("relay_rss_kib_per_peer", "RSS", "KiB", Better::Lower),
-    fig("peers", "peers", "peers", Better::Higher),
+    fig("relay_kib_per_peer", "relay KiB/peer", "KiB", Better::Lower),
+    fig(
+        "relay_rss_kib_per_peer",
+        "RSS KiB/peer",
+        "KiB",
+        Better::Lower,
+    ),
+    fig("tunnels", "tunnels", "tunnels", Better::Higher),
     fig("connect_secs", "connect s", "s", Better::Lower),
 ];
 const IDLE: &[Figure] = &[
@@ -212,11 +218,11 @@ pub fn layout(sc: Scenario, family: &str) -> Layout {
             vs_peer: "kib_per_conn",
         },
         Scenario::IdleTunnels => Layout {
-            what: "idle tunnels, both peers connected (TLS + WebSocket, then silence): the \
-                   relay's memory growth per peer",
+            what: "idle tunnels, both ends connected: the relay's (rathole: the server's) PSS \
+                   growth per tunnel, and per peer",
             figures: IDLE_TUNNELS,
             vs_direct: "",
-            vs_peer: "relay_kib_per_peer",
+            vs_peer: "relay_kib_per_tunnel",
         },
     }
 }

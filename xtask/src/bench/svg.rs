@@ -150,10 +150,10 @@ pub fn chart(rows: &[Row], infos: &[PathInfo], machine: &Value) -> String {
             rows,
             infos,
             Scenario::IdleTunnels,
-            "Relay memory per connected idle tunnel peer (KiB, lower is better)",
+            "Relay (rathole: server) memory per idle tunnel, and per peer (KiB PSS, lower is better)",
             &[
-                ("relay_kib_per_peer", "PSS"),
-                ("relay_rss_kib_per_peer", "RSS"),
+                ("relay_kib_per_tunnel", "per tunnel"),
+                ("relay_kib_per_peer", "per peer"),
             ],
             false,
         ),
