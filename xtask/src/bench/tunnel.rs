@@ -96,6 +96,10 @@ fn wait_round_trip(echo: SocketAddr, ends: &mut [Proc]) -> Result<()> {
     bail!("no round trip through {echo} within 20 s (last: {last})")
 }
 
+/// The log level of our processes, as the chains' `log_level = "warn"`: no line per tunnel or
+/// connection.
+const LOG: [&str; 2] = ["--log-level", "warn"];
+
 /// splice-engine's relay and agents.
 pub struct Tunnel;
 
@@ -221,7 +225,8 @@ impl PathDef for Tunnel {
             .arg(ctx.key())
             .arg("--api")
             .arg(relay_addrs.api.to_string())
-            .args(["--state", ":memory:"]);
+            .args(["--state", ":memory:"])
+            .args(LOG);
         let mut relay = Proc::spawn(
             "tunnel relay",
             &mut relay_cmd,
@@ -238,7 +243,8 @@ impl PathDef for Tunnel {
                 .arg("--ca")
                 .arg(ctx.ca())
                 .arg("--token-file")
-                .arg(token);
+                .arg(token)
+                .args(LOG);
             cmd
         };
         let mut dest_cmd = agent(
