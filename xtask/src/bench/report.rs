@@ -101,19 +101,6 @@ const TUNNEL_BULK: &[Figure] = &[
     fig("server_cpu_s_per_gib", "server", "CPU s/GiB", Better::Lower),
     fig("client_cpu_s_per_gib", "client", "CPU s/GiB", Better::Lower),
 ];
-const TUNNEL_IDLE: &[Figure] = &[
-    fig("kib_per_conn", "KiB/conn (worst)", "KiB", Better::Lower),
-    fig("source_kib_per_conn", "source", "KiB", Better::Lower),
-    fig("relay_kib_per_conn", "relay", "KiB", Better::Lower),
-    fig(
-        "destination_kib_per_conn",
-        "destination",
-        "KiB",
-        Better::Lower,
-    ),
-    fig("server_kib_per_conn", "server", "KiB", Better::Lower),
-    fig("client_kib_per_conn", "client", "KiB", Better::Lower),
-];
 const IDLE_TUNNELS: &[Figure] = &[
     fig(
         "relay_kib_per_tunnel",
@@ -159,15 +146,6 @@ pub fn layout(sc: Scenario, family: &str) -> Layout {
                     figures: CONNECT,
                     vs_direct: "conn_per_s",
                     vs_peer: "conn_per_s",
-                };
-            }
-            Scenario::Idle => {
-                return Layout {
-                    what: "idle connections held open through one tunnel: PSS growth per \
-                           connection",
-                    figures: TUNNEL_IDLE,
-                    vs_direct: "",
-                    vs_peer: "kib_per_conn",
                 };
             }
             _ => {}
