@@ -102,8 +102,8 @@ pub enum Scenario {
     /// Idle proxied connections that each moved [`IDLE_DATA_BYTES`] both ways first, opened in
     /// bursts of [`IDLE_DATA_BURST`] per opener: memory per connection once the load is over.
     IdleData,
-    /// Idle tunnels, each with both peers connected: the relay's memory per peer (tunnel paths
-    /// of ours only).
+    /// Idle tunnels, each with both ends connected: the relay's (rathole: the server's)
+    /// memory per tunnel and per peer (tunnel paths only).
     IdleTunnels,
 }
 

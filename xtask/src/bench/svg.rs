@@ -112,7 +112,7 @@ pub fn chart(rows: &[Row], infos: &[PathInfo], machine: &Value) -> String {
             rows,
             infos,
             Scenario::Handshakes,
-            "New connections per second, full handshakes (higher is better)",
+            "New connections per second: chains with full handshakes, tunnels through the open tunnel (higher is better)",
             &[("conn_per_s", "conn/s")],
             false,
         ),
