@@ -6,12 +6,16 @@
 //! runs each scenario on each path, repetition by repetition (rep 1 of every path, then rep 2),
 //! so that a noisy machine hits every path alike. Ratios against `direct` and the best peer are
 //! taken within each repetition, then summarised by their median (see [`report`]).
+//!
+//! The tunnel paths ([`tunnel`]: splice-engine's relay and agents, rathole) run the scenarios
+//! that mean something for a tunnel, and are compared only with each other.
 
 mod baseline;
 mod paths;
 mod procs;
 mod report;
 mod svg;
+mod tunnel;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, IsTerminal, Write};
@@ -33,12 +37,12 @@ use procs::Proc;
 #[command(name = "cargo xtask bench")]
 pub struct Args {
     /// Scenarios to run, comma-separated (default: all). One of: bulk, bulk-multi, latency,
-    /// handshakes, resumed, idle, idle-data.
+    /// handshakes, resumed, idle, idle-data, idle-tunnels.
     #[arg(long, value_delimiter = ',')]
     scenario: Vec<String>,
     /// Paths to run, comma-separated (default: all that can run here). One of: direct,
     /// splice-uring, splice-epoll, splice-ktls, splice-nopoll, splice-base, nginx, haproxy,
-    /// stunnel, socat, plain-relays.
+    /// stunnel, socat, plain-relays, tunnel, rathole.
     #[arg(long, value_delimiter = ',')]
     paths: Vec<String>,
     /// Also measure splice-engine as built from this git revision (a commit, tag or branch), as
@@ -52,15 +56,15 @@ pub struct Args {
     #[arg(long)]
     reps: Option<usize>,
     /// A short smoke run of every scenario (1 s measurements, 1 repetition, 200 idle
-    /// connections).
+    /// connections, 100 idle tunnels).
     #[arg(long)]
     quick: bool,
     /// Where to write the JSON results (default target/bench/bench.json); the chart goes beside
     /// it with the extension .svg.
     #[arg(long)]
     json: Option<PathBuf>,
-    /// Install the peers (nginx with its stream module, HAProxy, stunnel, socat) with apt-get
-    /// first.
+    /// Install the peers (nginx with its stream module, HAProxy, stunnel, socat) with apt-get,
+    /// and rathole with `cargo install`, first.
     #[arg(long)]
     install_peers: bool,
     /// Streams in the bulk-multi scenario.
@@ -70,6 +74,10 @@ pub struct Args {
     /// --quick).
     #[arg(long)]
     idle_conns: Option<usize>,
+    /// Tunnels opened (each with its source and destination peer connected) in the
+    /// idle-tunnels scenario (default 5000; 100 with --quick).
+    #[arg(long)]
+    idle_tunnels: Option<usize>,
     /// Parallel workers in the handshakes and resumed scenarios.
     #[arg(long, default_value_t = 4)]
     workers: usize,
@@ -94,6 +102,9 @@ pub enum Scenario {
     /// Idle proxied connections that each moved [`IDLE_DATA_BYTES`] both ways first, opened in
     /// bursts of [`IDLE_DATA_BURST`] per opener: memory per connection once the load is over.
     IdleData,
+    /// Idle tunnels, each with both ends connected: the relay's (rathole: the server's)
+    /// memory per tunnel and per peer (tunnel paths only).
+    IdleTunnels,
 }
 
 /// Bytes each connection of the `idle-data` scenario sends (and reads back) before it idles.
@@ -106,7 +117,7 @@ const IDLE_DATA_BURST: usize = 100;
 const IDLE_DATA_SETTLE: Duration = Duration::from_secs(3);
 
 impl Scenario {
-    const ALL: [Scenario; 7] = [
+    const ALL: [Scenario; 8] = [
         Scenario::Bulk,
         Scenario::BulkMulti,
         Scenario::Latency,
@@ -114,6 +125,7 @@ impl Scenario {
         Scenario::Resumed,
         Scenario::Idle,
         Scenario::IdleData,
+        Scenario::IdleTunnels,
     ];
 
     /// Its name on the command line and in reports.
@@ -126,6 +138,7 @@ impl Scenario {
             Scenario::Resumed => "resumed",
             Scenario::Idle => "idle",
             Scenario::IdleData => "idle-data",
+            Scenario::IdleTunnels => "idle-tunnels",
         }
     }
 }
@@ -160,12 +173,17 @@ pub struct PathInfo {
     pub version: Option<String>,
     /// Why it was skipped, when it was.
     pub skipped: Option<String>,
+    /// chain or tunnel: its peers are the paths of the same family.
+    pub family: String,
+    /// The scenarios it runs.
+    pub scenarios: Vec<String>,
 }
 
 struct Settings {
     duration: f64,
     reps: usize,
     idle_conns: usize,
+    idle_tunnels: usize,
     streams: usize,
     workers: usize,
 }
@@ -196,6 +214,10 @@ pub fn main(argv: &[&str]) -> Result<()> {
         idle_conns: args
             .idle_conns
             .unwrap_or(if args.quick { 200 } else { 2000 }),
+        idle_tunnels: args
+            .idle_tunnels
+            .unwrap_or(if args.quick { 100 } else { 5000 })
+            .max(1),
         streams: args.streams.max(1),
         workers: args.workers.max(1),
     };
@@ -208,6 +230,7 @@ pub fn main(argv: &[&str]) -> Result<()> {
     if args.install_peers {
         eprintln!("bench: installing peers");
         paths::install_peers()?;
+        tunnel::install_peers()?;
     }
     // The baseline first: it builds into the same target/release, and ours must be left there.
     let base = args
@@ -299,6 +322,12 @@ fn run(
             kind: format!("{:?}", p.kind()).to_lowercase(),
             version: None,
             skipped: None,
+            family: p.family().name().into(),
+            scenarios: scenarios
+                .iter()
+                .filter(|sc| p.supports(**sc))
+                .map(|sc| sc.name().to_string())
+                .collect(),
         };
         match p.check(&ctx) {
             Ok(v) => {
@@ -318,11 +347,15 @@ fn run(
         infos.push(info);
     }
 
-    let progress = Progress::new(s.reps * scenarios.len() * running.len());
+    let steps = scenarios
+        .iter()
+        .map(|sc| running.iter().filter(|(p, _)| p.supports(*sc)).count())
+        .sum::<usize>();
+    let progress = Progress::new(s.reps * steps);
     let mut results = Vec::new();
     for rep in 1..=s.reps {
         for &sc in scenarios {
-            for (p, r) in running.iter_mut() {
+            for (p, r) in running.iter_mut().filter(|(p, _)| p.supports(sc)) {
                 progress.step(&format!(
                     "rep {rep}/{} · {} · {}",
                     s.reps,
@@ -332,7 +365,11 @@ fn run(
                 for end in r.ends.iter_mut() {
                     end.check_alive()?;
                 }
-                if matches!(sc, Scenario::Idle | Scenario::IdleData) && !r.ends.is_empty() {
+                if matches!(
+                    sc,
+                    Scenario::Idle | Scenario::IdleData | Scenario::IdleTunnels
+                ) && !r.ends.is_empty()
+                {
                     // Fresh processes: memory an allocator kept from earlier scenarios (or from
                     // the last repetition's idle connections) would hide the growth.
                     r.ends.clear();
@@ -340,7 +377,7 @@ fn run(
                         .start(&ctx)
                         .with_context(|| format!("restarting {}", p.name()))?;
                 }
-                let m = measure(&load_bin, sc, *p, r, rep, s);
+                let m = measure(&load_bin, &ctx, sc, *p, r, rep, s);
                 if let Some(e) = &m.error {
                     progress.note(&format!("{} {} rep {rep}: {e}", p.name(), sc.name()));
                 }
@@ -355,6 +392,7 @@ fn run(
     let machine = machine(&probe);
     let settings = json!({
         "duration_s": s.duration, "reps": s.reps, "idle_conns": s.idle_conns,
+        "idle_tunnels": s.idle_tunnels,
         "bulk_multi_streams": s.streams, "connect_workers": s.workers,
         "request_size": 64, "connect_echo_size": 32,
         "idle_data_bytes": IDLE_DATA_BYTES, "idle_data_burst": IDLE_DATA_BURST,
@@ -442,8 +480,16 @@ pub fn check_results(path: &Path) -> Result<()> {
         .filter(|p| p["kind"] == "direct" || p["kind"] == "ours")
         .filter_map(|p| p["name"].as_str())
         .collect();
+    // The scenarios each path runs (all of them in a file from before the tunnel paths).
+    let runs = |p: &str, sc: Scenario| {
+        doc["paths"]
+            .as_array()
+            .and_then(|ps| ps.iter().find(|i| i["name"] == p))
+            .and_then(|i| i["scenarios"].as_array())
+            .is_none_or(|l| l.iter().any(|x| x == sc.name()))
+    };
     for sc in Scenario::ALL {
-        for p in &ran {
+        for p in ran.iter().filter(|p| runs(p, sc)) {
             let ok = ms
                 .iter()
                 .any(|m| m["scenario"] == sc.name() && m["path"] == *p && m["error"].is_null());
@@ -595,6 +641,7 @@ fn cpu_jiffies() -> (u64, u64) {
 /// Runs one scenario on one path.
 fn measure(
     load: &Path,
+    ctx: &paths::Ctx,
     sc: Scenario,
     p: &dyn PathDef,
     r: &mut paths::Running,
@@ -617,6 +664,7 @@ fn measure(
         Scenario::Latency => latency(load, &ep, r, s, &mut m),
         Scenario::Handshakes | Scenario::Resumed => connections(load, sc, &ep, s, &mut m),
         Scenario::Idle | Scenario::IdleData => idle(load, sc, &ep, r, s, &mut m),
+        Scenario::IdleTunnels => p.idle_tunnels(ctx, r, s.idle_tunnels, &mut m.figures),
     };
     if let Err(e) = res {
         m.error = Some(format!("{e:#}"));
@@ -710,10 +758,9 @@ fn bulk(
         let gib = bytes / (1u64 << 30) as f64;
         m.figures
             .insert("cpu_s_per_gib".into(), cpu.iter().sum::<f64>() / gib);
-        m.figures
-            .insert("client_cpu_s_per_gib".into(), cpu[0] / gib);
-        m.figures
-            .insert("server_cpu_s_per_gib".into(), cpu[1] / gib);
+        for (role, c) in r.roles.iter().zip(&cpu) {
+            m.figures.insert(format!("{role}_cpu_s_per_gib"), c / gib);
+        }
     }
     Ok(())
 }
@@ -867,11 +914,12 @@ fn idle(
                     .collect()
             };
             let (pss, rss) = (per(|m| m.pss_kib), per(|m| m.rss_kib));
-            m.figures.insert("client_kib_per_conn".into(), pss[0]);
-            m.figures.insert("server_kib_per_conn".into(), pss[1]);
-            m.figures.insert("kib_per_conn".into(), pss[0].max(pss[1]));
-            m.figures.insert("client_rss_kib_per_conn".into(), rss[0]);
-            m.figures.insert("server_rss_kib_per_conn".into(), rss[1]);
+            for (i, role) in r.roles.iter().enumerate() {
+                m.figures.insert(format!("{role}_kib_per_conn"), pss[i]);
+                m.figures.insert(format!("{role}_rss_kib_per_conn"), rss[i]);
+            }
+            let worst = pss.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            m.figures.insert("kib_per_conn".into(), worst);
         }
         m.figures
             .insert("open_secs".into(), v["secs"].as_f64().unwrap_or(0.0));
@@ -937,6 +985,51 @@ impl Progress {
 
 #[cfg(test)]
 mod tests {
+    /// A path is checked on the scenarios it runs: a tunnel path of ours that lacks its
+    /// `idle-tunnels` fails the check, a tunnel peer that never runs `resumed` does not.
+    #[test]
+    fn check_results_asks_each_path_for_the_scenarios_it_runs() {
+        let dir = splice_test_pki::TempDir::new("xtask-bench-check");
+        let all: Vec<&str> = super::Scenario::ALL.iter().map(|s| s.name()).collect();
+        let tunnel: Vec<&str> = all
+            .iter()
+            .copied()
+            .filter(|s| !["resumed", "idle-data"].contains(s))
+            .collect();
+        let doc = |tunnel_ran: &[&str]| {
+            let mut ms = Vec::new();
+            for sc in &all {
+                if *sc != "idle-tunnels" {
+                    ms.push(
+                        serde_json::json!({"scenario": sc, "path": "splice-uring", "error": null}),
+                    );
+                }
+            }
+            for sc in tunnel_ran {
+                ms.push(serde_json::json!({"scenario": sc, "path": "tunnel", "error": null}));
+            }
+            serde_json::json!({
+                "paths": [
+                    {"name": "splice-uring", "kind": "ours", "skipped": null,
+                     "scenarios": all.iter().filter(|s| **s != "idle-tunnels").collect::<Vec<_>>()},
+                    {"name": "tunnel", "kind": "ours", "skipped": null, "scenarios": tunnel},
+                ],
+                "measurements": ms,
+            })
+        };
+        let file = dir.join("bench.json");
+        std::fs::write(&file, doc(&tunnel).to_string()).unwrap();
+        super::check_results(&file).expect("every path ran what it runs");
+        let short: Vec<&str> = tunnel
+            .iter()
+            .copied()
+            .filter(|s| *s != "idle-tunnels")
+            .collect();
+        std::fs::write(&file, doc(&short).to_string()).unwrap();
+        let e = format!("{:#}", super::check_results(&file).unwrap_err());
+        assert!(e.contains("idle-tunnels") && e.contains("tunnel"), "{e}");
+    }
+
     /// The bench's certificates verify with OpenSSL (an independent parser) for both names the
     /// engines are given, and the bundle holds the certificate and then its key.
     #[test]

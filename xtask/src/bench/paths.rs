@@ -6,6 +6,8 @@
 //! end -> backend`, with three routes: to the sink, to the echo backend, and to the echo backend
 //! with TLS session resumption allowed (the other two forbid it, so every connection is a full
 //! handshake). Adding a path means one [`PathDef`] implementation and one line in [`all`].
+//! The tunnel paths (relay and agents, and the peers that do that job) are in
+//! [`super::tunnel`].
 
 use std::fmt::Write as _;
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -16,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
+use super::Scenario;
 use super::procs::Proc;
 
 /// What kind of path it is, for ratios: `direct` is the ceiling, peers are the comparison.
@@ -29,6 +32,25 @@ pub enum Kind {
     Peer,
     /// Not a TLS chain: a yardstick, left out of the best-peer comparison.
     Reference,
+}
+
+/// Which job a path does: peers are compared only with paths of the same family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    /// A client end -> TLS -> server end chain.
+    Chain,
+    /// A tunnel: both agents dial out to a relay (or the peer's equivalent), which pairs them.
+    Tunnel,
+}
+
+impl Family {
+    /// Its name in the JSON.
+    pub fn name(self) -> &'static str {
+        match self {
+            Family::Chain => "chain",
+            Family::Tunnel => "tunnel",
+        }
+    }
 }
 
 /// Everything a path needs to start.
@@ -48,24 +70,24 @@ pub struct Ctx {
 }
 
 impl Ctx {
-    fn file(&self, name: &str) -> PathBuf {
+    pub(super) fn file(&self, name: &str) -> PathBuf {
         self.dir.join(name)
     }
 
-    fn write(&self, name: &str, text: &str) -> Result<PathBuf> {
+    pub(super) fn write(&self, name: &str, text: &str) -> Result<PathBuf> {
         let p = self.file(name);
         std::fs::write(&p, text).with_context(|| format!("writing {}", p.display()))?;
         Ok(p)
     }
 
     /// The CA, leaf certificate and key (see [`super::certs`]).
-    fn ca(&self) -> PathBuf {
+    pub(super) fn ca(&self) -> PathBuf {
         self.file("ca.pem")
     }
-    fn cert(&self) -> PathBuf {
+    pub(super) fn cert(&self) -> PathBuf {
         self.file("leaf.pem")
     }
-    fn key(&self) -> PathBuf {
+    pub(super) fn key(&self) -> PathBuf {
         self.file("leaf.key")
     }
 }
@@ -85,8 +107,23 @@ pub struct Endpoints {
 pub struct Running {
     /// Entry points.
     pub endpoints: Endpoints,
-    /// The client end then the server end (empty for `direct`).
+    /// The client end then the server end (empty for `direct`); a tunnel's processes from the
+    /// entry to the backend.
     pub ends: Vec<Proc>,
+    /// What each of `ends` is (`client`, `server`; `source`, `relay`, `destination`), for the
+    /// per-process figures.
+    pub roles: Vec<&'static str>,
+    /// A relay of ours: where its agents and its API listen.
+    pub relay: Option<RelayAddrs>,
+}
+
+/// Where a relay listens.
+#[derive(Debug, Clone, Copy)]
+pub struct RelayAddrs {
+    /// TLS + WebSocket, for the agents.
+    pub listen: SocketAddr,
+    /// The tunnel API (HTTP).
+    pub api: SocketAddr,
 }
 
 /// One route through a chain: client end listens on `entry`, server end on `middle`.
@@ -104,6 +141,25 @@ pub trait PathDef {
     fn name(&self) -> &'static str;
     /// Direct, ours or a peer.
     fn kind(&self) -> Kind;
+    /// The job it does (a chain unless it says otherwise).
+    fn family(&self) -> Family {
+        Family::Chain
+    }
+    /// Whether scenario `sc` is measured on it.
+    fn supports(&self, sc: Scenario) -> bool {
+        sc != Scenario::IdleTunnels
+    }
+    /// The `idle-tunnels` scenario on started path `r`: `n` more tunnels with both peers
+    /// connected and idle; the figures go into `figures`.
+    fn idle_tunnels(
+        &self,
+        _ctx: &Ctx,
+        _r: &mut Running,
+        _n: usize,
+        _figures: &mut std::collections::BTreeMap<String, f64>,
+    ) -> Result<()> {
+        bail!("{} does not run idle-tunnels", self.name())
+    }
     /// `Ok(version)` when it can run here, `Err(reason)` to skip it.
     fn check(&self, ctx: &Ctx) -> Result<String, String>;
     /// The two ends' commands for these routes (configs written under `ctx.dir`).
@@ -138,6 +194,8 @@ pub trait PathDef {
                 echo_resume: routes[2].entry,
             },
             ends: vec![client, server],
+            roles: vec!["client", "server"],
+            relay: None,
         })
     }
 }
@@ -156,6 +214,8 @@ pub fn all() -> Vec<Box<dyn PathDef>> {
         Box::new(Stunnel),
         Box::new(Socat),
         Box::new(PlainRelays),
+        Box::new(super::tunnel::Tunnel),
+        Box::new(super::tunnel::Rathole),
     ]
 }
 
@@ -173,7 +233,7 @@ fn route(name: &'static str, backend: SocketAddr, resume: bool) -> Result<Route>
 /// is restarted on the same port between scenarios, and a port from that range may meanwhile
 /// be the local port of one of the load's own connections (then the listen fails with
 /// `EADDRINUSE`). The e2e tests' `support::free_port` picks its ports the same way.
-fn free_port() -> Result<SocketAddr> {
+pub(super) fn free_port() -> Result<SocketAddr> {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
     const LOW: usize = 10_000;
     let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
@@ -194,7 +254,7 @@ fn free_port() -> Result<SocketAddr> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?)
 }
 
-fn wait_listening(addr: SocketAddr, p: &mut Proc) -> Result<()> {
+pub(super) fn wait_listening(addr: SocketAddr, p: &mut Proc) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         p.check_alive()?;
@@ -214,7 +274,7 @@ fn pair(ends: Vec<Command>) -> Result<[Command; 2]> {
 }
 
 /// What `bin ARGS` prints (stdout and stderr), or why it cannot run.
-fn output_of(bin: &str, args: &[&str]) -> Result<String, String> {
+pub(super) fn output_of(bin: &str, args: &[&str]) -> Result<String, String> {
     let out = Command::new(bin).args(args).output().map_err(|e| {
         format!("{bin} is not installed ({e}); `cargo xtask bench --install-peers` installs it")
     })?;
@@ -222,7 +282,7 @@ fn output_of(bin: &str, args: &[&str]) -> Result<String, String> {
 }
 
 /// The word after `prefix` on the first line of `text` that starts with it (a version number).
-fn word_after(text: &str, prefix: &str) -> String {
+pub(super) fn word_after(text: &str, prefix: &str) -> String {
     text.lines()
         .find_map(|l| l.trim().strip_prefix(prefix))
         .and_then(|l| l.split_whitespace().next())
@@ -254,6 +314,8 @@ impl PathDef for Direct {
                 echo_resume: ctx.echo,
             },
             ends: Vec::new(),
+            roles: Vec::new(),
+            relay: None,
         })
     }
 }

@@ -1,6 +1,7 @@
 //! From raw measurements to the summary: medians, spreads, and ratios taken within each
 //! repetition (a path against `direct`, and against the best peer of that same repetition),
-//! then the terminal table.
+//! then the terminal table. Tunnel paths are compared with tunnel peers only, in tables of
+//! their own.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -81,14 +82,75 @@ const CONNECT: &[Figure] = &[
     fig("conn_per_s", "conn/s", "connections/s", Better::Higher),
     fig("connect_p50_us", "p50 µs", "µs", Better::Lower),
 ];
+const TUNNEL_BULK: &[Figure] = &[
+    fig("gbit_per_s", "Gbit/s", "Gbit/s", Better::Higher),
+    fig(
+        "cpu_s_per_gib",
+        "CPU s/GiB, all",
+        "CPU s/GiB",
+        Better::Lower,
+    ),
+    fig("source_cpu_s_per_gib", "source", "CPU s/GiB", Better::Lower),
+    fig("relay_cpu_s_per_gib", "relay", "CPU s/GiB", Better::Lower),
+    fig(
+        "destination_cpu_s_per_gib",
+        "destination",
+        "CPU s/GiB",
+        Better::Lower,
+    ),
+    fig("server_cpu_s_per_gib", "server", "CPU s/GiB", Better::Lower),
+    fig("client_cpu_s_per_gib", "client", "CPU s/GiB", Better::Lower),
+];
+const IDLE_TUNNELS: &[Figure] = &[
+    fig(
+        "relay_kib_per_tunnel",
+        "relay/server KiB/tunnel",
+        "KiB",
+        Better::Lower,
+    ),
+    fig("relay_kib_per_peer", "relay KiB/peer", "KiB", Better::Lower),
+    fig(
+        "relay_rss_kib_per_peer",
+        "RSS KiB/peer",
+        "KiB",
+        Better::Lower,
+    ),
+    fig("tunnels", "tunnels", "tunnels", Better::Higher),
+    fig("connect_secs", "connect s", "s", Better::Lower),
+];
 const IDLE: &[Figure] = &[
     fig("kib_per_conn", "KiB/conn (worst end)", "KiB", Better::Lower),
     fig("client_kib_per_conn", "client end", "KiB", Better::Lower),
     fig("server_kib_per_conn", "server end", "KiB", Better::Lower),
 ];
 
-/// The report layout of `sc`.
-pub fn layout(sc: Scenario) -> Layout {
+/// The report layout of `sc` for the paths of `family` (`chain` or `tunnel`).
+pub fn layout(sc: Scenario, family: &str) -> Layout {
+    if family == "tunnel" {
+        match sc {
+            Scenario::Bulk | Scenario::BulkMulti => {
+                return Layout {
+                    what: if sc == Scenario::Bulk {
+                        "one stream through the tunnel to the sink; CPU per process"
+                    } else {
+                        "parallel streams through one tunnel to the sink; CPU per process"
+                    },
+                    figures: TUNNEL_BULK,
+                    vs_direct: "gbit_per_s",
+                    vs_peer: "gbit_per_s",
+                };
+            }
+            Scenario::Handshakes => {
+                return Layout {
+                    what: "new connections through an open tunnel (connect, 32-byte echo, close)",
+                    figures: CONNECT,
+                    vs_direct: "conn_per_s",
+                    vs_peer: "conn_per_s",
+                };
+            }
+            _ => {}
+        }
+    }
     match sc {
         Scenario::Bulk => Layout {
             what: "one stream to the sink, every byte checked",
@@ -133,6 +195,13 @@ pub fn layout(sc: Scenario) -> Layout {
             vs_direct: "",
             vs_peer: "kib_per_conn",
         },
+        Scenario::IdleTunnels => Layout {
+            what: "idle tunnels, both ends connected: the relay's (rathole: the server's) PSS \
+                   growth per tunnel, and per peer",
+            figures: IDLE_TUNNELS,
+            vs_direct: "",
+            vs_peer: "relay_kib_per_tunnel",
+        },
     }
 }
 
@@ -172,11 +241,14 @@ pub struct Row {
 
 /// Medians, spreads and ratios of every figure.
 pub fn summarise(ms: &[Measurement], infos: &[PathInfo]) -> Vec<Row> {
-    let peers: Vec<&str> = infos
-        .iter()
-        .filter(|i| i.kind == "peer")
-        .map(|i| i.name.as_str())
-        .collect();
+    // A path's peers: the peers of its family.
+    let peers_of = |family: &str| -> Vec<&str> {
+        infos
+            .iter()
+            .filter(|i| i.kind == "peer" && i.family == family)
+            .map(|i| i.name.as_str())
+            .collect()
+    };
     // (scenario, rep, path) -> figures, with the derived "added over direct" figures.
     let mut by: BTreeMap<(Scenario, usize, &str), BTreeMap<String, f64>> = BTreeMap::new();
     let mut steal: BTreeMap<(Scenario, &str), f64> = BTreeMap::new();
@@ -215,7 +287,8 @@ pub fn summarise(ms: &[Measurement], infos: &[PathInfo]) -> Vec<Row> {
             .collect();
         for info in infos.iter().filter(|i| i.skipped.is_none()) {
             let path = info.name.as_str();
-            for f in layout(sc).figures {
+            let peers = peers_of(&info.family);
+            for f in layout(sc, &info.family).figures {
                 let vals: Vec<(usize, f64)> = reps
                     .iter()
                     .filter_map(|&rep| {
@@ -368,9 +441,25 @@ pub fn table(rows: &[Row], infos: &[PathInfo], machine: &Value, settings: &Value
         let _ = writeln!(out, "versions: {}", versions.join(", "));
     }
     let scenarios: BTreeSet<Scenario> = rows.iter().map(|r| r.scenario).collect();
-    for sc in scenarios {
-        let l = layout(sc);
-        let _ = writeln!(out, "\n{} — {}", sc.name(), l.what);
+    let families = ["chain", "tunnel"];
+    for (sc, family) in scenarios
+        .into_iter()
+        .flat_map(|sc| families.map(|f| (sc, f)))
+    {
+        let in_family = |i: &&PathInfo| i.family == family;
+        if !rows
+            .iter()
+            .any(|r| r.scenario == sc && infos.iter().filter(in_family).any(|i| i.name == r.path))
+        {
+            continue;
+        }
+        let l = layout(sc, family);
+        let title = if family == "tunnel" {
+            format!("{} (tunnels)", sc.name())
+        } else {
+            sc.name().to_string()
+        };
+        let _ = writeln!(out, "\n{title} — {}", l.what);
         let mut header = vec!["path".to_string()];
         header.extend(l.figures.iter().map(|f| f.label.to_string()));
         if !l.vs_direct.is_empty() {
@@ -380,7 +469,11 @@ pub fn table(rows: &[Row], infos: &[PathInfo], machine: &Value, settings: &Value
         header.push("steal".into());
         let mut lines = vec![header];
         let mut best = Vec::new();
-        for info in infos.iter().filter(|i| i.skipped.is_none()) {
+        for info in infos
+            .iter()
+            .filter(|i| i.skipped.is_none())
+            .filter(in_family)
+        {
             let get = |key: &str| {
                 rows.iter()
                     .find(|r| r.scenario == sc && r.path == info.name && r.figure == key)
@@ -425,6 +518,7 @@ pub fn table(rows: &[Row], infos: &[PathInfo], machine: &Value, settings: &Value
         let vs_base: Vec<String> = l
             .figures
             .iter()
+            .filter(|_| family == "chain")
             .filter_map(|f| {
                 let r = rows
                     .iter()
@@ -521,6 +615,15 @@ mod tests {
             kind: kind.into(),
             version: None,
             skipped: None,
+            family: "chain".into(),
+            scenarios: Vec::new(),
+        }
+    }
+
+    fn tunnel_info(name: &str, kind: &str) -> PathInfo {
+        PathInfo {
+            family: "tunnel".into(),
+            ..info(name, kind)
         }
     }
 
@@ -658,6 +761,63 @@ mod tests {
             &serde_json::json!({}),
         );
         assert!(!text.contains("÷"), "{text}");
+    }
+
+    #[test]
+    fn tunnel_paths_are_compared_with_tunnel_peers_only_in_a_table_of_their_own() {
+        let infos = [
+            info("direct", "direct"),
+            info("ours", "ours"),
+            info("fast-chain-peer", "peer"),
+            tunnel_info("tunnel", "ours"),
+            tunnel_info("tpeer", "peer"),
+        ];
+        let ms = vec![
+            m(1, Scenario::Bulk, "direct", &[("gbit_per_s", 20.0)]),
+            m(1, Scenario::Bulk, "ours", &[("gbit_per_s", 8.0)]),
+            m(
+                1,
+                Scenario::Bulk,
+                "fast-chain-peer",
+                &[("gbit_per_s", 10.0)],
+            ),
+            m(
+                1,
+                Scenario::Bulk,
+                "tunnel",
+                &[("gbit_per_s", 6.0), ("relay_cpu_s_per_gib", 0.25)],
+            ),
+            m(1, Scenario::Bulk, "tpeer", &[("gbit_per_s", 3.0)]),
+        ];
+        let rows = summarise(&ms, &infos);
+        let get = |path: &str, fig: &str| {
+            rows.iter()
+                .find(|r| r.path == path && r.figure == fig)
+                .unwrap()
+        };
+        assert_eq!(get("tunnel", "gbit_per_s").vs_best_peer, Some(2.0));
+        assert_eq!(
+            get("tunnel", "gbit_per_s").best_peer.as_deref(),
+            Some("tpeer")
+        );
+        assert_eq!(get("ours", "gbit_per_s").vs_best_peer, Some(0.8));
+        assert_eq!(get("tunnel", "relay_cpu_s_per_gib").median, 0.25);
+        let text = table(
+            &rows,
+            &infos,
+            &serde_json::json!({}),
+            &serde_json::json!({}),
+        );
+        let (chain, tunnels) = text.split_once("bulk (tunnels)").expect(&text);
+        assert!(
+            !chain.contains("tpeer") && !chain.contains("tunnel "),
+            "{text}"
+        );
+        assert!(
+            tunnels.contains("tpeer") && !tunnels.contains("fast-chain-peer"),
+            "{text}"
+        );
+        assert!(tunnels.contains("relay"), "{text}");
     }
 
     #[test]

@@ -112,7 +112,7 @@ pub fn chart(rows: &[Row], infos: &[PathInfo], machine: &Value) -> String {
             rows,
             infos,
             Scenario::Handshakes,
-            "New connections per second, full handshakes (higher is better)",
+            "New connections per second: chains with full handshakes, tunnels through the open tunnel (higher is better)",
             &[("conn_per_s", "conn/s")],
             false,
         ),
@@ -143,6 +143,17 @@ pub fn chart(rows: &[Row], infos: &[PathInfo], machine: &Value) -> String {
             &[
                 ("client_kib_per_conn", "client end"),
                 ("server_kib_per_conn", "server end"),
+            ],
+            false,
+        ),
+        panel(
+            rows,
+            infos,
+            Scenario::IdleTunnels,
+            "Relay (rathole: server) memory per idle tunnel, and per peer (KiB PSS, lower is better)",
+            &[
+                ("relay_kib_per_tunnel", "per tunnel"),
+                ("relay_kib_per_peer", "per peer"),
             ],
             false,
         ),
