@@ -191,6 +191,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             return Ok(());
         }
     };
+    // The agents' commands end, as the AWS local proxy does, when their agent gives up.
+    let agent_command = matches!(&source, Source::Fixed(c) if c.forwarders.is_empty()
+        && c.relays.is_empty()
+        && c.sources.len() + c.destinations.len() == 1);
     let cfg = source.load()?;
     splice_engine::logging::init(cfg.log_level.as_deref(), cfg.log_format == LogFormat::Json)?;
     // Signals are registered before the engine starts so none is lost in between.
@@ -199,7 +203,27 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let engine = Engine::start(cfg)?;
     tracing::info!(driver = %engine.driver(), ktls = engine.ktls_enabled(), "ready");
     systemd::ready();
-    for sig in signals.forever() {
+    loop {
+        let sig = if agent_command {
+            match signals.pending().next() {
+                Some(sig) => sig,
+                None => {
+                    if let Some((name, splice_engine::AgentState::Finished(why))) =
+                        engine.wait_agent_finished(std::time::Duration::from_millis(200))
+                    {
+                        systemd::stopping();
+                        engine.shutdown(std::time::Duration::ZERO);
+                        anyhow::bail!("{name}: gave up: {why}");
+                    }
+                    continue;
+                }
+            }
+        } else {
+            match signals.forever().next() {
+                Some(sig) => sig,
+                None => return Ok(()),
+            }
+        };
         match sig {
             SIGHUP => {
                 systemd::reloading();
@@ -223,5 +247,4 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
     }
-    Ok(())
 }

@@ -995,7 +995,7 @@ fn the_source_and_destination_commands() {
     let port = free_port();
     let token_file = pki.dir.path().join("dst.token");
     write_file(&token_file, format!("{dst_token}\n").as_bytes());
-    let _dst = EngineCmd::new("destination")
+    let dst = EngineCmd::new("destination")
         .opt("--relay", relay.addr().to_string())
         .opt("--ca", &pki.ca.path)
         .opt("--sni", "localhost")
@@ -1021,4 +1021,17 @@ fn the_source_and_destination_commands() {
     );
     echo_through(localhost(port), 1 << 20, 3).unwrap();
     assert!(!src.log().contains(&src_token), "no token in the log");
+    // Closing the tunnel makes both agents give up, and their commands exit non-zero with a
+    // line saying why, as the AWS local proxy does.
+    let (status, json) = relay.api("DELETE", &format!("/tunnels/{id}"), "");
+    assert_eq!(status, 200, "{json}");
+    for (mut p, what) in [(src, "source"), (dst, "destination")] {
+        let exit = p.wait_exit(SOON);
+        assert!(
+            exit.is_some_and(|s| !s.success()),
+            "the {what} command exits non-zero: {exit:?}\n{}",
+            p.log()
+        );
+        assert!(p.log().contains("gave up"), "{}", p.log());
+    }
 }
