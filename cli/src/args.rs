@@ -433,6 +433,37 @@ mod tests {
         Cli::command().debug_assert();
     }
 
+    /// An access token is base64url and a client token may hold `-`: one in 64 tokens starts
+    /// with `-`, and clap must take it as the flag's value, not as another flag.
+    #[test]
+    fn tokens_may_start_with_a_hyphen() {
+        use clap::Parser;
+        let cli = Cli::try_parse_from([
+            "splice-engine",
+            "source",
+            "--relay",
+            "127.0.0.1:1",
+            "--token",
+            "-UUuDs2bhEbpDs7KBDDCy1OM1AwI9eJyuuQHsC7zCK0",
+            "--client-token",
+            "--0123456789abcdef0123456789abcdef",
+            "--listen",
+            "ssh=127.0.0.1:2",
+        ])
+        .expect("parses");
+        let Command::Source(a) = cli.command else {
+            panic!("a source command")
+        };
+        assert_eq!(
+            a.agent.token.as_deref(),
+            Some("-UUuDs2bhEbpDs7KBDDCy1OM1AwI9eJyuuQHsC7zCK0")
+        );
+        assert_eq!(
+            a.agent.client_token.as_deref(),
+            Some("--0123456789abcdef0123456789abcdef")
+        );
+    }
+
     /// Every optional flag that takes a value says its default, every subcommand has examples,
     /// and the defaults the help states are the ones the engine uses.
     #[test]

@@ -124,7 +124,7 @@ pub(crate) struct RotateArgs {
     /// an agent that brings it may use them [default: none]. A value given on the command line
     /// is visible to every user of the machine (ps, /proc/PID/cmdline); the agents take their
     /// access token from --token-file or the AWSIOT_TUNNEL_ACCESS_TOKEN environment variable.
-    #[arg(long, value_name = "TOKEN")]
+    #[arg(long, value_name = "TOKEN", allow_hyphen_values = true)]
     pub(crate) client_token: Option<String>,
     #[command(flatten)]
     pub(crate) files: TokenFiles,

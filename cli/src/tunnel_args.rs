@@ -81,7 +81,12 @@ pub(crate) struct AgentArgs {
     /// The access token itself [default: none]. A value given on the command line is visible
     /// to every user of the machine (ps, /proc/PID/cmdline): prefer --token-file or the
     /// AWSIOT_TUNNEL_ACCESS_TOKEN environment variable.
-    #[arg(long, value_name = "TOKEN", conflicts_with = "token_file")]
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        conflicts_with = "token_file",
+        allow_hyphen_values = true
+    )]
     pub(crate) token: Option<String>,
     /// A client token (32 to 128 characters of A-Z a-z 0-9 -): the first connection binds the
     /// access token to it, and reconnects reuse both [default: none, the access token is
@@ -89,7 +94,7 @@ pub(crate) struct AgentArgs {
     /// (ps, /proc/PID/cmdline): prefer --token-file or the AWSIOT_TUNNEL_ACCESS_TOKEN
     /// environment variable for the access token, and keep this one in a configuration file
     /// (`run --config`) where that matters.
-    #[arg(long, value_name = "TOKEN")]
+    #[arg(long, value_name = "TOKEN", allow_hyphen_values = true)]
     pub(crate) client_token: Option<String>,
     /// The newest tunnel protocol version to speak; the agent falls back to the peer's
     /// [default: v3].
