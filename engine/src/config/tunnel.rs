@@ -438,16 +438,14 @@ fn join_service(name: &str, addr: &str) -> String {
 
 // ---- validation ----
 
-/// AWS's pattern for a service id (and a thing name): `[A-Za-z0-9:_-]{1,128}`.
-pub(crate) fn valid_service_name(s: &str) -> bool {
-    (1..=128).contains(&s.len())
-        && s.bytes()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b':' | b'_' | b'-'))
+/// AWS's pattern for a service id: `[A-Za-z0-9:_-]{1,128}` (the protocol's own check).
+fn valid_service_name(s: &str) -> bool {
+    splice_proto::tunnel::check_service_id(s).is_ok()
 }
 
 /// Reference §2: a client token is `[A-Za-z0-9-]{32,128}`.
-pub(crate) fn valid_client_token(s: &str) -> bool {
-    (32..=128).contains(&s.len()) && s.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-')
+fn valid_client_token(s: &str) -> bool {
+    splice_proto::ws::ClientToken::is_valid(s)
 }
 
 impl RelayConfig {

@@ -510,16 +510,15 @@ fn close_if_expired(t: &mut Tunnel, now: Timestamp) -> bool {
     }
 }
 
-/// AWS's pattern for a thing name or a service id: `[a-zA-Z0-9:_-]{1,128}`.
+/// AWS's pattern for a thing name or a service id: `[a-zA-Z0-9:_-]{1,128}` (the same as the
+/// protocol's check of a service id).
 fn valid_name(s: &str) -> bool {
-    (1..=128).contains(&s.len())
-        && s.bytes()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b':' | b'_' | b'-'))
+    splice_proto::tunnel::check_service_id(s).is_ok()
 }
 
 /// Reference §2: `^[a-zA-Z0-9-]{32,128}$`.
-pub(crate) fn valid_client_token(s: &str) -> bool {
-    (32..=128).contains(&s.len()) && s.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-')
+fn valid_client_token(s: &str) -> bool {
+    splice_proto::ws::ClientToken::is_valid(s)
 }
 
 #[cfg(test)]

@@ -76,14 +76,19 @@ impl ClientToken {
     /// Checks and wraps a client token: `^[a-zA-Z0-9-]{32,128}$`.
     pub fn new(token: impl Into<String>) -> Result<ClientToken, TokenError> {
         let token = token.into();
-        if !(32..=128).contains(&token.len())
-            || !token
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
-        {
+        if !ClientToken::is_valid(&token) {
             return Err(TokenError::Client);
         }
         Ok(ClientToken(token))
+    }
+
+    /// Whether `token` is a client token by the pattern of reference §2,
+    /// `^[a-zA-Z0-9-]{32,128}$` (for callers that check one without keeping it).
+    pub fn is_valid(token: &str) -> bool {
+        (32..=128).contains(&token.len())
+            && token
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
     }
 
     /// The token itself: only for comparing or hashing, never for a log.
