@@ -33,7 +33,7 @@
 #define TUNNEL_AGENT_DESTINATION 1
 
 /**
- * Connecting to the relay: the first time, or again after the tunnel connection dropped.
+ * Connecting to the relay for the first time.
  */
 #define TUNNEL_AGENT_CONNECTING 0
 
@@ -52,6 +52,27 @@
  * Stopped by `tunnel_agent_stop`.
  */
 #define TUNNEL_AGENT_STOPPED 3
+
+/**
+ * Lost the tunnel connection (or failed to make it) and waiting to retry, or retrying: the
+ * agent reconnects by itself.
+ */
+#define TUNNEL_AGENT_RECONNECTING 4
+
+/**
+ * `tunnel_api_rotate`: replace the source's access token.
+ */
+#define TUNNEL_ROTATE_SOURCE 0
+
+/**
+ * `tunnel_api_rotate`: replace the destination's access token.
+ */
+#define TUNNEL_ROTATE_DESTINATION 1
+
+/**
+ * `tunnel_api_rotate`: replace both access tokens.
+ */
+#define TUNNEL_ROTATE_BOTH 2
 
 /**
  * Client mode: plain TCP in, TLS out.
@@ -219,7 +240,8 @@ typedef struct tunnel_agent_opts {
    */
   const char *relay;
   /**
-   * CA file (PEM) to verify the relay with (default: the system roots).
+   * CA file (PEM) to verify the relay with (default: the system roots); excludes
+   * `ca_pem`.
    */
   const char *ca;
   /**
@@ -244,6 +266,10 @@ typedef struct tunnel_agent_opts {
    * How many `services` there are (at least 1).
    */
   size_t services_len;
+  /**
+   * CA certificates (PEM text) to verify the relay with, instead of a file in `ca`.
+   */
+  const char *ca_pem;
 } tunnel_agent_opts;
 
 /**
@@ -483,6 +509,21 @@ tunnel_result tunnel_api_list(const char *api_url, const char *api_token, const 
  * `tunnel_string_free`. Thread-safe; blocks. Errors: as `tunnel_api_open`.
  */
 tunnel_result tunnel_api_describe(const char *api_url, const char *api_token, const char *id, char **json);
+
+/**
+ * Replaces tunnel `id`'s access tokens for `side` (`TUNNEL_ROTATE_SOURCE`,
+ * `TUNNEL_ROTATE_DESTINATION` or `TUNNEL_ROTATE_BOTH`): the relay drops an agent connected
+ * with an old token, and the old tokens stop working at once. With `client_token` (32 to 128
+ * characters of `[A-Za-z0-9-]`; NULL: none) only an agent that brings it (its
+ * `client_token` option) may use the new tokens, and may reconnect with them. The new tokens
+ * go into `*source_token` and `*destination_token` (`""` for a side left unchanged), strings
+ * the program frees with `tunnel_string_free` (secrets: shown this once). Thread-safe;
+ * blocks for the call (at most 30 s). Errors: `TUNNEL_ERR_NULL_ARGUMENT`,
+ * `TUNNEL_ERR_INVALID_ARGUMENT` (an unknown `side`), `TUNNEL_ERR_ADDRESS` (a bad URL),
+ * `TUNNEL_ERR_TUNNEL_API` (no answer, or refused: a closed or unknown tunnel, a bad client
+ * token; the message names the URL, the status and the API's message).
+ */
+tunnel_result tunnel_api_rotate(const char *api_url, const char *api_token, const char *id, uint32_t side, const char *client_token, char **source_token, char **destination_token);
 
 /**
  * Closes tunnel `id` (both agents get a close frame and finish; its tokens stop working);

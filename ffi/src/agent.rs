@@ -4,7 +4,8 @@ use std::ffi::{CString, c_char};
 use std::time::Duration;
 
 use splice_engine::{
-    AgentState, DestinationConfig, Engine, EngineConfig, SourceConfig, TunnelApi, split_service,
+    AgentState, DestinationConfig, Engine, EngineConfig, RotateSide, SecretText, SourceConfig,
+    TunnelApi, split_service,
 };
 
 use crate::boundary::{
@@ -17,7 +18,7 @@ pub const TUNNEL_AGENT_SOURCE: u32 = 0;
 /// A destination agent: the tunnel's streams go out to local targets.
 pub const TUNNEL_AGENT_DESTINATION: u32 = 1;
 
-/// Connecting to the relay: the first time, or again after the tunnel connection dropped.
+/// Connecting to the relay for the first time.
 pub const TUNNEL_AGENT_CONNECTING: u32 = 0;
 /// The relay accepted the agent: the tunnel connection is up.
 pub const TUNNEL_AGENT_CONNECTED: u32 = 1;
@@ -26,6 +27,16 @@ pub const TUNNEL_AGENT_CONNECTED: u32 = 1;
 pub const TUNNEL_AGENT_FINISHED: u32 = 2;
 /// Stopped by `tunnel_agent_stop`.
 pub const TUNNEL_AGENT_STOPPED: u32 = 3;
+/// Lost the tunnel connection (or failed to make it) and waiting to retry, or retrying: the
+/// agent reconnects by itself.
+pub const TUNNEL_AGENT_RECONNECTING: u32 = 4;
+
+/// `tunnel_api_rotate`: replace the source's access token.
+pub const TUNNEL_ROTATE_SOURCE: u32 = 0;
+/// `tunnel_api_rotate`: replace the destination's access token.
+pub const TUNNEL_ROTATE_DESTINATION: u32 = 1;
+/// `tunnel_api_rotate`: replace both access tokens.
+pub const TUNNEL_ROTATE_BOTH: u32 = 2;
 
 /// The name each agent's engine gives its one agent.
 const NAME: &str = "agent";
@@ -43,7 +54,8 @@ pub struct tunnel_agent_opts {
     pub kind: u32,
     /// The relay's agent endpoint, `HOST:PORT` (required).
     pub relay: *const c_char,
-    /// CA file (PEM) to verify the relay with (default: the system roots).
+    /// CA file (PEM) to verify the relay with (default: the system roots); excludes
+    /// `ca_pem`.
     pub ca: *const c_char,
     /// The name to send (SNI) and verify (default: the host of `relay`).
     pub sni: *const c_char,
@@ -57,6 +69,8 @@ pub struct tunnel_agent_opts {
     pub services: *const *const c_char,
     /// How many `services` there are (at least 1).
     pub services_len: usize,
+    /// CA certificates (PEM text) to verify the relay with, instead of a file in `ca`.
+    pub ca_pem: *const c_char,
 }
 
 fn agent_config(o: &tunnel_agent_opts) -> Result<EngineConfig, Failure> {
@@ -69,6 +83,9 @@ fn agent_config(o: &tunnel_agent_opts) -> Result<EngineConfig, Failure> {
             let mut c = $c.name(NAME).token(token);
             if let Some(ca) = opt_str_arg(o.ca, "ca")? {
                 c = c.ca(ca);
+            }
+            if let Some(pem) = opt_str_arg(o.ca_pem, "ca_pem")? {
+                c = c.ca_pem(pem);
             }
             if let Some(sni) = opt_str_arg(o.sni, "sni")? {
                 c = c.sni(sni);
@@ -131,6 +148,7 @@ pub extern "C" fn tunnel_agent_start(
 fn state_code(s: &AgentState) -> (u32, String) {
     match s {
         AgentState::Connecting => (TUNNEL_AGENT_CONNECTING, String::new()),
+        AgentState::Reconnecting => (TUNNEL_AGENT_RECONNECTING, String::new()),
         AgentState::Connected => (TUNNEL_AGENT_CONNECTED, String::new()),
         AgentState::Finished(why) => (TUNNEL_AGENT_FINISHED, why.clone()),
         _ => (TUNNEL_AGENT_STOPPED, "stopped".into()),
@@ -243,6 +261,11 @@ fn api(url: *const c_char, token: *const c_char) -> Result<TunnelApi, Failure> {
     })
 }
 
+/// A token's text, `""` when there is none.
+fn secret(s: &Option<SecretText>) -> String {
+    s.as_ref().map(|s| s.0.clone()).unwrap_or_default()
+}
+
 fn put_string(out: *mut *mut c_char, s: &str, what: &str) -> Result<(), Failure> {
     write_out(out, c_string(s).into_raw(), what)
 }
@@ -287,9 +310,6 @@ pub extern "C" fn tunnel_api_open(
             opt_str_arg(thing, "thing")?,
             opt_str_arg(description, "description")?,
         )?;
-        let secret = |s: &Option<splice_engine::SecretText>| {
-            s.as_ref().map(|s| s.0.clone()).unwrap_or_default()
-        };
         put_string(id, &t.id, "id")?;
         put_string(source_token, &secret(&t.source), "source_token")?;
         put_string(
@@ -328,6 +348,60 @@ pub extern "C" fn tunnel_api_describe(
     entry("tunnel_api_describe", || {
         let answer = api(api_url, api_token)?.describe(str_arg(id, "id")?)?;
         put_string(json, &answer.to_string(), "json")
+    })
+}
+
+/// Replaces tunnel `id`'s access tokens for `side` (`TUNNEL_ROTATE_SOURCE`,
+/// `TUNNEL_ROTATE_DESTINATION` or `TUNNEL_ROTATE_BOTH`): the relay drops an agent connected
+/// with an old token, and the old tokens stop working at once. With `client_token` (32 to 128
+/// characters of `[A-Za-z0-9-]`; NULL: none) only an agent that brings it (its
+/// `client_token` option) may use the new tokens, and may reconnect with them. The new tokens
+/// go into `*source_token` and `*destination_token` (`""` for a side left unchanged), strings
+/// the program frees with `tunnel_string_free` (secrets: shown this once). Thread-safe;
+/// blocks for the call (at most 30 s). Errors: `TUNNEL_ERR_NULL_ARGUMENT`,
+/// `TUNNEL_ERR_INVALID_ARGUMENT` (an unknown `side`), `TUNNEL_ERR_ADDRESS` (a bad URL),
+/// `TUNNEL_ERR_TUNNEL_API` (no answer, or refused: a closed or unknown tunnel, a bad client
+/// token; the message names the URL, the status and the API's message).
+#[unsafe(no_mangle)]
+pub extern "C" fn tunnel_api_rotate(
+    api_url: *const c_char,
+    api_token: *const c_char,
+    id: *const c_char,
+    side: u32,
+    client_token: *const c_char,
+    source_token: *mut *mut c_char,
+    destination_token: *mut *mut c_char,
+) -> tunnel_result {
+    entry("tunnel_api_rotate", || {
+        let client = api(api_url, api_token)?;
+        let id = str_arg(id, "id")?;
+        let side = match side {
+            TUNNEL_ROTATE_SOURCE => RotateSide::Source,
+            TUNNEL_ROTATE_DESTINATION => RotateSide::Destination,
+            TUNNEL_ROTATE_BOTH => RotateSide::Both,
+            s => {
+                return Err(Failure::new(
+                    tunnel_result::TUNNEL_ERR_INVALID_ARGUMENT,
+                    format!(
+                        "side {s} is none of TUNNEL_ROTATE_SOURCE (0), TUNNEL_ROTATE_DESTINATION \
+                         (1) and TUNNEL_ROTATE_BOTH (2)"
+                    ),
+                ));
+            }
+        };
+        if source_token.is_null() || destination_token.is_null() {
+            return Err(Failure::new(
+                tunnel_result::TUNNEL_ERR_NULL_ARGUMENT,
+                "`source_token` or `destination_token` is NULL",
+            ));
+        }
+        let t = client.rotate(id, side, opt_str_arg(client_token, "client_token")?)?;
+        put_string(source_token, &secret(&t.source), "source_token")?;
+        put_string(
+            destination_token,
+            &secret(&t.destination),
+            "destination_token",
+        )
     })
 }
 

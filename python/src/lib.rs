@@ -224,8 +224,8 @@ impl PyEngine {
         Ok(a.map(|a| (a.ip().to_string(), a.port())))
     }
 
-    /// Agent `name`'s state and why it finished: `("connecting" | "connected" | "finished"
-    /// | "stopped", reason)`; `None` when there is no such agent.
+    /// Agent `name`'s state and why it finished: `("connecting" | "reconnecting" |
+    /// "connected" | "finished" | "stopped", reason)`; `None` when there is no such agent.
     fn agent_state(&self, py: Python<'_>, name: &str) -> PyResult<Option<(String, String)>> {
         let s = self.with(py, |e| Ok(e.agent_state(name)))?;
         Ok(s.map(|s| agent_state(&s)))
@@ -370,6 +370,7 @@ fn agent_state(s: &splice_engine::AgentState) -> (String, String) {
     use splice_engine::AgentState as S;
     match s {
         S::Connecting => ("connecting".into(), String::new()),
+        S::Reconnecting => ("reconnecting".into(), String::new()),
         S::Connected => ("connected".into(), String::new()),
         S::Finished(why) => ("finished".into(), why.clone()),
         _ => ("stopped".into(), String::new()),

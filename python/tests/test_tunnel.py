@@ -10,8 +10,12 @@ from __future__ import annotations
 import hashlib
 import os
 import socket
+import subprocess
+import sys
 import threading
-from typing import Iterator, List, Tuple
+import time
+from pathlib import Path
+from typing import Iterator, List, Optional, Tuple
 
 import pytest
 
@@ -118,7 +122,7 @@ def test_tunnel_through_our_relay(relay: Tuple[str, str], pki: Pki, echo: Echo) 
         services={"echo": f"127.0.0.1:{echo.port}"},
     ) as dst, splice_engine.Source(
         relay_addr,
-        ca=pki.ca,
+        ca_pem=pki.ca.read_text(),
         sni="localhost",
         token=t.source_token,
         services={"echo": "127.0.0.1:0"},
@@ -174,6 +178,15 @@ def test_tunnel_errors(relay: Tuple[str, str], pki: Pki) -> None:
         splice_engine.list_tunnels("https://127.0.0.1:1")
     with pytest.raises(splice_engine.ConfigError, match="side"):
         splice_engine.rotate_tunnel(api, "x", "left")
+    with pytest.raises(splice_engine.ConfigError, match="`ca` and `ca_pem` exclude each other"):
+        splice_engine.Source(
+            relay_addr, ca=pki.ca, ca_pem=pki.ca.read_text(), token="t",
+            services={"x": "127.0.0.1:0"},
+        )
+    with pytest.raises(splice_engine.TlsError, match="ca_pem"):
+        splice_engine.Source(
+            relay_addr, ca_pem="not PEM", token="t", services={"x": "127.0.0.1:0"}
+        )
     with pytest.raises(splice_engine.ConfigError, match="no-port-here"):
         splice_engine.Destination("no-port-here", token="t", services={"x": "127.0.0.1:1"})
     # Rotation: new tokens, the old ones refused.
@@ -188,3 +201,94 @@ def test_tunnel_errors(relay: Tuple[str, str], pki: Pki) -> None:
         assert old.wait_finished(SOON) == "finished"
     splice_engine.close_tunnel(api, t.id, delete=True)
     assert all(s["tunnelId"] != t.id for s in splice_engine.list_tunnels(api))
+
+
+# A relay in a child process (killed without a close frame, as a crash or a reboot would end
+# it), its tunnels in a SQLite file so that a new one on the same ports knows them.
+RELAY_CHILD = """
+import sys
+import splice_engine
+cert, key, state, port, api_port, driver = sys.argv[1:]
+with splice_engine.Engine(
+    f'threads = 1\\ndriver = "{driver}"\\naccess_log = false\\n'
+    f'[[relay]]\\nname = "r"\\nlisten = "127.0.0.1:{port}"\\ncert = "{cert}"\\n'
+    f'key = "{key}"\\napi = "127.0.0.1:{api_port}"\\nstate = "{state}"\\n'
+) as e:
+    print(e.relay_addr("r")[1], e.relay_api_url("r"), flush=True)
+    sys.stdin.read()
+"""
+
+
+class RelayProcess:
+    """``RELAY_CHILD`` run by this interpreter: started, killed, started again."""
+
+    def __init__(self, pki: Pki, state: str, driver: str) -> None:
+        self.args = [str(pki.cert), str(pki.key), state]
+        self.driver = driver
+        self.port = 0
+        self.api_port = 0
+        self.api = ""
+        self.proc: Optional["subprocess.Popen[str]"] = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", RELAY_CHILD, *self.args, str(self.port), str(self.api_port),
+             self.driver],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        )
+        assert self.proc.stdout is not None
+        port, self.api = self.proc.stdout.readline().split()
+        self.port = int(port)
+        self.api_port = int(self.api.rsplit(":", 1)[1])
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(SOON)
+        for f in (self.proc.stdin, self.proc.stdout):
+            if f is not None:
+                f.close()
+        self.proc = None
+
+
+def wait_state(agent: splice_engine.Source | splice_engine.Destination, want: str) -> None:
+    end = time.monotonic() + SOON * 3
+    while agent.state != want:
+        assert time.monotonic() < end, f"{agent!r}: not {want} after {SOON * 3} s"
+        time.sleep(0.02)
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
+def test_agents_reconnect_when_the_relay_comes_back(
+    driver: str, pki: Pki, echo: Echo, tmp_path: Path
+) -> None:
+    relay = RelayProcess(pki, str(tmp_path / "relay.sqlite"), driver)
+    relay.start()
+    try:
+        t = splice_engine.open_tunnel(relay.api, ["echo"])
+        # Tokens bound to a client token: an agent may come back with them.
+        client = "py-test-client-token-0123456789-abcdef"
+        r = splice_engine.rotate_tunnel(relay.api, t.id, "both", client_token=client)
+        relay_addr = f"127.0.0.1:{relay.port}"
+        with splice_engine.Destination(
+            relay_addr, ca=pki.ca, sni="localhost", token=r.destination_token or "",
+            client_token=client, services={"echo": f"127.0.0.1:{echo.port}"},
+        ) as dst, splice_engine.Source(
+            relay_addr, ca=pki.ca, sni="localhost", token=r.source_token or "",
+            client_token=client, services={"echo": "127.0.0.1:0"},
+        ) as src:
+            dst.wait_connected(SOON)
+            src.wait_connected(SOON)
+            echoed(src.address("echo"), 100_000)
+            relay.kill()
+            wait_state(src, "reconnecting")
+            wait_state(dst, "reconnecting")
+            relay.start()
+            wait_state(dst, "connected")
+            wait_state(src, "connected")
+            echoed(src.address("echo"), 100_000)
+            splice_engine.close_tunnel(relay.api, t.id)
+            assert src.wait_finished(SOON) == "finished"
+    finally:
+        if relay.proc is not None:
+            relay.kill()

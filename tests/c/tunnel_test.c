@@ -16,7 +16,10 @@
  *   agents CA CERT KEY DRIVER      a relay in an engine from TOML, a tunnel opened through its
  *                                  API, a destination agent in front of an echo backend and a
  *                                  source agent; payloads hashed; close; error paths; no
- *                                  thread or fd left
+ *                                  thread or fd left; token rotation; CA as PEM text
+ *   reconnect CA CERT KEY DRIVER   agents through a relay in a child process (mode `relay`)
+ *                                  that is killed and started again: `reconnecting`, then
+ *                                  `connected` again
  *
  * Exit status 0 on success; a failed check prints what and where and exits 1.
  */
@@ -24,13 +27,16 @@
 #include <arpa/inet.h>
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <tunnel.h>
@@ -572,6 +578,39 @@ static void wait_state(tunnel_agent *a, uint32_t want, const char *what) {
 #define AGENT_CONNS 4
 #define AGENT_BYTES (256 * 1024)
 
+/* One connection to a source agent's `port`: `bytes` of pseudo-random data echoed back
+ * through the tunnel, hashes compared, then a half-close answered by end of file. */
+static void echo_through(uint16_t port, int c, size_t bytes) {
+    struct sockaddr_in sa;
+    unsigned char out[8192], in[8192];
+    uint64_t sent = 14695981039346656037ull, got = sent;
+    uint32_t x = 2463534242u + (uint32_t)c;
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    memset(&sa, 0, sizeof sa);
+    sa.sin_family = AF_INET;
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    sa.sin_port = htons(port);
+    CHECK(connect(fd, (struct sockaddr *)&sa, sizeof sa) == 0, "connect to the source: %s", strerror(errno));
+    for (size_t done = 0; done < bytes; done += sizeof out) {
+        for (size_t i = 0; i < sizeof out; i++) {
+            x ^= x << 13; x ^= x >> 17; x ^= x << 5;
+            out[i] = (unsigned char)x;
+        }
+        sent = fnv(sent, out, sizeof out);
+        write_all(fd, out, sizeof out);
+        CHECK(read_full(fd, in, sizeof in) == 1, "connection %d: echo cut at %zu", c, done);
+        got = fnv(got, in, sizeof in);
+    }
+    CHECK(sent == got, "connection %d: hash %016llx sent, %016llx back", c,
+          (unsigned long long)sent, (unsigned long long)got);
+    shutdown(fd, SHUT_WR);
+    CHECK(read(fd, in, 1) == 0, "connection %d: end of file after the echo", c);
+    close(fd);
+}
+
+/* A client token (`[A-Za-z0-9-]{32,128}`) for tunnel_api_rotate and the agents. */
+#define CLIENT_TOKEN "c-test-client-token-0123456789-abcdef"
+
 static int mode_agents(const char *ca, const char *cert, const char *key, const char *driver) {
     char toml[4096], url[64], relay[64], backend[64], service[96], bad_token[64];
     uint16_t relay_port = 0, api_port = 0, src_port = 0;
@@ -580,6 +619,7 @@ static int mode_agents(const char *ca, const char *cert, const char *key, const 
     tunnel_agent *dst = NULL, *src = NULL, *bad = NULL;
     tunnel_agent_opts o;
     char *id = NULL, *src_token = NULL, *dst_token = NULL, *json = NULL, *reason = NULL;
+    char *new_src = NULL, *new_dst = NULL, *ca_pem = NULL;
     const char *names[] = {"echo"};
     const char *services[1];
     struct echo e;
@@ -606,7 +646,8 @@ static int mode_agents(const char *ca, const char *cert, const char *key, const 
     OK(tunnel_string_free(json));
 
     echo_limit = 0;
-    echo_start(&e, AGENT_CONNS, backend, sizeof backend);
+    /* The connections below, and one each after two rotations. */
+    echo_start(&e, AGENT_CONNS + 2, backend, sizeof backend);
     snprintf(service, sizeof service, "echo=%s", backend);
     services[0] = service;
     memset(&o, 0, sizeof o);
@@ -627,34 +668,7 @@ static int mode_agents(const char *ca, const char *cert, const char *key, const 
     CHECK(strstr(json, id) != NULL, "describe names the tunnel: %s", json);
     OK(tunnel_string_free(json));
 
-    for (int c = 0; c < AGENT_CONNS; c++) {
-        struct sockaddr_in sa;
-        unsigned char out[8192], in[8192];
-        uint64_t sent = 14695981039346656037ull, got = sent;
-        uint32_t x = 2463534242u + (uint32_t)c;
-        int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-        memset(&sa, 0, sizeof sa);
-        sa.sin_family = AF_INET;
-        sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-        sa.sin_port = htons(src_port);
-        CHECK(connect(fd, (struct sockaddr *)&sa, sizeof sa) == 0, "connect to the source: %s", strerror(errno));
-        for (size_t done = 0; done < AGENT_BYTES; done += sizeof out) {
-            for (size_t i = 0; i < sizeof out; i++) {
-                x ^= x << 13; x ^= x >> 17; x ^= x << 5;
-                out[i] = (unsigned char)x;
-            }
-            sent = fnv(sent, out, sizeof out);
-            write_all(fd, out, sizeof out);
-            CHECK(read_full(fd, in, sizeof in) == 1, "connection %d: echo cut at %zu", c, done);
-            got = fnv(got, in, sizeof in);
-        }
-        CHECK(sent == got, "connection %d: hash %016llx sent, %016llx back", c,
-              (unsigned long long)sent, (unsigned long long)got);
-        shutdown(fd, SHUT_WR);
-        CHECK(read(fd, in, 1) == 0, "connection %d: end of file after the echo", c);
-        close(fd);
-    }
-    pthread_join(e.thread, NULL);
+    for (int c = 0; c < AGENT_CONNS; c++) echo_through(src_port, c, AGENT_BYTES);
     printf("ok: %d connections x %d bytes through the tunnel, hashes equal\n", AGENT_CONNS, AGENT_BYTES);
 
     /* A wrong token: the agent starts, and finishes with a reason (no token in it). */
@@ -670,6 +684,67 @@ static int mode_agents(const char *ca, const char *cert, const char *key, const 
     OK(tunnel_string_free(reason));
     OK(tunnel_agent_free(&bad));
 
+    /* Rotating the source's token: the relay drops the source, whose old token is refused
+     * when it tries again, and so is a new agent's with the old token; the new token works
+     * (for an agent that trusts the CA as PEM text). */
+    OK(tunnel_api_rotate(url, NULL, id, TUNNEL_ROTATE_SOURCE, NULL, &new_src, &new_dst));
+    CHECK(strlen(new_src) > 0 && strcmp(new_src, src_token) != 0 && strlen(new_dst) == 0,
+          "rotating the source gives a new source token only");
+    OK(tunnel_agent_wait_finished(src, 10000, &st));
+    CHECK(st == TUNNEL_AGENT_FINISHED, "the source with the rotated token finishes (state %u)", st);
+    OK(tunnel_agent_free(&src));
+    o.token = src_token;
+    OK(tunnel_agent_start(&o, &bad));
+    OK(tunnel_agent_wait_finished(bad, 10000, &st));
+    CHECK(st == TUNNEL_AGENT_FINISHED, "the old source token is refused (state %u)", st);
+    OK(tunnel_agent_free(&bad));
+    printf("ok: rotated source token: the old one is refused\n");
+    ca_pem = slurp(ca);
+    o.ca = NULL;
+    o.ca_pem = ca_pem;
+    o.token = new_src;
+    OK(tunnel_agent_start(&o, &src));
+    OK(tunnel_agent_local_port(src, "echo", &src_port));
+    wait_state(src, TUNNEL_AGENT_CONNECTED, "source with the new token");
+    echo_through(src_port, 10, 64 * 1024);
+    printf("ok: the new source token works (CA as PEM text)\n");
+    OK(tunnel_string_free(new_src));
+    OK(tunnel_string_free(new_dst));
+
+    /* Rotating both, bound to a client token: both agents are dropped and refused; agents
+     * that bring the client token connect with the new tokens. */
+    OK(tunnel_api_rotate(url, NULL, id, TUNNEL_ROTATE_BOTH, CLIENT_TOKEN, &new_src, &new_dst));
+    CHECK(strlen(new_src) > 0 && strlen(new_dst) > 0 && strcmp(new_dst, dst_token) != 0,
+          "rotating both gives two new tokens");
+    OK(tunnel_agent_wait_finished(src, 10000, &st));
+    CHECK(st == TUNNEL_AGENT_FINISHED, "rotating both finishes the source (state %u)", st);
+    OK(tunnel_agent_wait_finished(dst, 10000, &st));
+    CHECK(st == TUNNEL_AGENT_FINISHED, "rotating both finishes the destination (state %u)", st);
+    OK(tunnel_agent_free(&src));
+    OK(tunnel_agent_free(&dst));
+    o.client_token = CLIENT_TOKEN;
+    o.kind = TUNNEL_AGENT_DESTINATION;
+    o.token = new_dst;
+    services[0] = service;
+    OK(tunnel_agent_start(&o, &dst));
+    o.kind = TUNNEL_AGENT_SOURCE;
+    o.token = new_src;
+    services[0] = "echo=127.0.0.1:0";
+    OK(tunnel_agent_start(&o, &src));
+    OK(tunnel_agent_local_port(src, "echo", &src_port));
+    wait_state(dst, TUNNEL_AGENT_CONNECTED, "destination with the client token");
+    wait_state(src, TUNNEL_AGENT_CONNECTED, "source with the client token");
+    echo_through(src_port, 11, 64 * 1024);
+    pthread_join(e.thread, NULL);
+    printf("ok: both tokens rotated with a client token: the new ones work\n");
+    FAILS(tunnel_api_rotate(url, NULL, id, 9, NULL, &new_src, &new_dst), TUNNEL_ERR_INVALID_ARGUMENT, "side 9");
+    FAILS(tunnel_api_rotate(url, NULL, id, TUNNEL_ROTATE_BOTH, "short", &new_src, &new_dst), TUNNEL_ERR_TUNNEL_API, "clientToken");
+    FAILS(tunnel_api_rotate(url, NULL, "no-such-tunnel", TUNNEL_ROTATE_BOTH, NULL, &new_src, &new_dst), TUNNEL_ERR_TUNNEL_API, "404");
+    FAILS(tunnel_api_rotate(url, NULL, id, TUNNEL_ROTATE_BOTH, NULL, NULL, &new_dst), TUNNEL_ERR_NULL_ARGUMENT, "source_token");
+    OK(tunnel_string_free(new_src));
+    OK(tunnel_string_free(new_dst));
+    o.token = src_token;
+
     /* Closing the tunnel finishes both agents. */
     OK(tunnel_api_close(url, NULL, id, 0));
     OK(tunnel_agent_wait_finished(src, 10000, &st));
@@ -681,6 +756,16 @@ static int mode_agents(const char *ca, const char *cert, const char *key, const 
     OK(tunnel_string_free(reason));
 
     /* Error paths. */
+    o.ca = ca;
+    o.ca_pem = ca_pem;
+    FAILS(tunnel_agent_start(&o, &bad), TUNNEL_ERR_CONFIG, "`ca` and `ca_pem` exclude each other");
+    o.ca = NULL;
+    o.ca_pem = "not PEM";
+    FAILS(tunnel_agent_start(&o, &bad), TUNNEL_ERR_CERTIFICATE, "ca_pem");
+    o.ca = ca;
+    o.ca_pem = NULL;
+    free(ca_pem);
+    o.client_token = NULL;
     services[0] = "echo=127.0.0.1:0";
     o.relay = "no-port-here";
     FAILS(tunnel_agent_start(&o, &bad), TUNNEL_ERR_CONFIG, "no-port-here");
@@ -716,6 +801,158 @@ static int mode_agents(const char *ca, const char *cert, const char *key, const 
     return 0;
 }
 
+/* ---- reconnect: the relay in a child process, killed and started again ---- */
+
+/* `relay CERT KEY STATE AGENTS_PORT API_PORT DRIVER`: a relay (ports 0: free ones) whose
+ * tunnels live in the SQLite file STATE; prints "AGENTS_PORT API_PORT" and runs until its
+ * stdin ends (or it is killed). */
+static int mode_relay(const char *cert, const char *key, const char *state, const char *agents_port,
+                      const char *api_port, const char *driver) {
+    char toml[4096], buf[64];
+    uint16_t a = 0, b = 0;
+    tunnel_config *cfg = NULL;
+    tunnel_engine *eng = NULL;
+    snprintf(toml, sizeof toml,
+             "threads = 1\ndriver = \"%s\"\naccess_log = false\n"
+             "[[relay]]\nname = \"r\"\nlisten = \"127.0.0.1:%s\"\ncert = \"%s\"\nkey = \"%s\"\n"
+             "api = \"127.0.0.1:%s\"\nstate = \"%s\"\n",
+             driver, agents_port, cert, key, api_port, state);
+    OK(tunnel_config_from_toml(toml, &cfg));
+    OK(tunnel_engine_start(cfg, &eng));
+    OK(tunnel_config_free(&cfg));
+    OK(tunnel_engine_relay_ports(eng, "r", &a, &b));
+    printf("%u %u\n", a, b);
+    fflush(stdout);
+    while (read(0, buf, sizeof buf) > 0) {}
+    OK(tunnel_engine_shutdown(eng, 1000));
+    OK(tunnel_engine_free(&eng));
+    return 0;
+}
+
+struct relay_child { pid_t pid; int in; uint16_t agents_port, api_port; };
+
+/* Starts `mode_relay` in a child process (this program again) and reads its ports. */
+static void relay_spawn(struct relay_child *r, const char *cert, const char *key, const char *state,
+                        const char *driver) {
+    char agents[8], api[8], line[64];
+    int to_child[2], from_child[2];
+    unsigned a = 0, b = 0;
+    ssize_t n;
+    snprintf(agents, sizeof agents, "%u", r->agents_port);
+    snprintf(api, sizeof api, "%u", r->api_port);
+    CHECK(pipe2(to_child, O_CLOEXEC) == 0 && pipe2(from_child, O_CLOEXEC) == 0, "pipe2");
+    r->pid = fork();
+    CHECK(r->pid >= 0, "fork: %s", strerror(errno));
+    if (r->pid == 0) {
+        /* Only async-signal-safe calls until exec: the parent has threads. */
+        dup2(to_child[0], 0);
+        dup2(from_child[1], 1);
+        execl("/proc/self/exe", "tunnel_test", "relay", cert, key, state, agents, api, driver, (char *)NULL);
+        _exit(127);
+    }
+    close(to_child[0]);
+    close(from_child[1]);
+    r->in = to_child[1];
+    n = read(from_child[0], line, sizeof line - 1);
+    close(from_child[0]);
+    CHECK(n > 0, "the relay child printed no ports");
+    line[n] = 0;
+    CHECK(sscanf(line, "%u %u", &a, &b) == 2, "the relay child printed %s", line);
+    r->agents_port = (uint16_t)a;
+    r->api_port = (uint16_t)b;
+}
+
+static void relay_kill(struct relay_child *r) {
+    int status = 0;
+    CHECK(kill(r->pid, SIGKILL) == 0, "kill the relay: %s", strerror(errno));
+    CHECK(waitpid(r->pid, &status, 0) == r->pid, "waitpid: %s", strerror(errno));
+    close(r->in);
+}
+
+/* Polls the agent until it is in `want` (`seconds` at most). */
+static void wait_state_for(tunnel_agent *a, uint32_t want, int seconds, const char *what) {
+    uint32_t st = 99;
+    for (int i = 0; i < seconds * 100; i++) {
+        OK(tunnel_agent_state(a, &st, NULL));
+        if (st == want) return;
+        usleep(10000);
+    }
+    fail(__LINE__, "%s: state %u, not %u after %d s", what, st, want, seconds);
+}
+
+/* Agents through a relay that is killed (no close frame: its process ends) and started again
+ * on the same ports with the same state: both agents read `reconnecting`, then `connected`
+ * again, and carry data again. */
+static int mode_reconnect(const char *ca, const char *cert, const char *key, const char *driver) {
+    char url[64], relay[64], backend[64], service[96], state[128];
+    struct relay_child rc;
+    tunnel_agent *dst = NULL, *src = NULL;
+    tunnel_agent_opts o;
+    char *id = NULL, *src_token = NULL, *dst_token = NULL, *new_src = NULL, *new_dst = NULL;
+    const char *names[] = {"echo"};
+    const char *services[1];
+    struct echo e;
+    uint16_t src_port = 0;
+    uint32_t st = 99;
+
+    snprintf(state, sizeof state, "/tmp/tunnel-test-relay-%d.sqlite", (int)getpid());
+    unlink(state);
+    memset(&rc, 0, sizeof rc);
+    relay_spawn(&rc, cert, key, state, driver);
+    snprintf(url, sizeof url, "http://127.0.0.1:%u", rc.api_port);
+    snprintf(relay, sizeof relay, "127.0.0.1:%u", rc.agents_port);
+    OK(tunnel_api_open(url, NULL, names, 1, 30, NULL, NULL, &id, &src_token, &dst_token));
+    /* Tokens bound to a client token: an agent may come back with them. */
+    OK(tunnel_api_rotate(url, NULL, id, TUNNEL_ROTATE_BOTH, CLIENT_TOKEN, &new_src, &new_dst));
+
+    echo_limit = 0;
+    echo_start(&e, 2, backend, sizeof backend);
+    snprintf(service, sizeof service, "echo=%s", backend);
+    services[0] = service;
+    memset(&o, 0, sizeof o);
+    o.kind = TUNNEL_AGENT_DESTINATION;
+    o.relay = relay; o.ca = ca; o.sni = "localhost"; o.token = new_dst;
+    o.client_token = CLIENT_TOKEN;
+    o.services = services; o.services_len = 1;
+    OK(tunnel_agent_start(&o, &dst));
+    OK(tunnel_agent_state(dst, &st, NULL));
+    CHECK(st == TUNNEL_AGENT_CONNECTING || st == TUNNEL_AGENT_CONNECTED, "a new agent is connecting (%u)", st);
+    services[0] = "echo=127.0.0.1:0";
+    o.kind = TUNNEL_AGENT_SOURCE;
+    o.token = new_src;
+    OK(tunnel_agent_start(&o, &src));
+    OK(tunnel_agent_local_port(src, "echo", &src_port));
+    wait_state(dst, TUNNEL_AGENT_CONNECTED, "destination");
+    wait_state(src, TUNNEL_AGENT_CONNECTED, "source");
+    echo_through(src_port, 20, 64 * 1024);
+
+    relay_kill(&rc);
+    wait_state(src, TUNNEL_AGENT_RECONNECTING, "source after the relay died");
+    wait_state(dst, TUNNEL_AGENT_RECONNECTING, "destination after the relay died");
+    printf("ok: relay killed: both agents reconnecting\n");
+    relay_spawn(&rc, cert, key, state, driver);
+    wait_state_for(dst, TUNNEL_AGENT_CONNECTED, 60, "destination after the relay came back");
+    wait_state_for(src, TUNNEL_AGENT_CONNECTED, 60, "source after the relay came back");
+    echo_through(src_port, 21, 64 * 1024);
+    pthread_join(e.thread, NULL);
+    printf("ok: relay back: both agents connected again, data flows\n");
+
+    OK(tunnel_api_close(url, NULL, id, 0));
+    OK(tunnel_agent_wait_finished(src, 10000, &st));
+    CHECK(st == TUNNEL_AGENT_FINISHED, "closing finishes the source (state %u)", st);
+    OK(tunnel_agent_free(&src));
+    OK(tunnel_agent_free(&dst));
+    relay_kill(&rc);
+    unlink(state);
+    OK(tunnel_string_free(id));
+    OK(tunnel_string_free(src_token));
+    OK(tunnel_string_free(dst_token));
+    OK(tunnel_string_free(new_src));
+    OK(tunnel_string_free(new_dst));
+    printf("ok: reconnect\n");
+    return 0;
+}
+
 int main(int argc, char **argv) {
     setvbuf(stdout, NULL, _IOLBF, 0);
     if (argc == 5 && strcmp(argv[1], "connect") == 0)
@@ -726,6 +963,10 @@ int main(int argc, char **argv) {
         return mode_threads(argv[2], argv[3], argv[4], argv[5]);
     if (argc == 6 && strcmp(argv[1], "agents") == 0)
         return mode_agents(argv[2], argv[3], argv[4], argv[5]);
+    if (argc == 6 && strcmp(argv[1], "reconnect") == 0)
+        return mode_reconnect(argv[2], argv[3], argv[4], argv[5]);
+    if (argc == 8 && strcmp(argv[1], "relay") == 0)
+        return mode_relay(argv[2], argv[3], argv[4], argv[5], argv[6], argv[7]);
     if (argc == 7 && strcmp(argv[1], "errors") == 0)
         return mode_errors(argv[2], argv[3], argv[4], argv[5], argv[6]);
     fprintf(stderr, "usage: see the comment at the top of tunnel_test.c\n");

@@ -206,6 +206,7 @@ pub fn test_main() -> Result<()> {
         for driver in DRIVERS {
             run(&["threads", &ca, &cert, &key, driver])?;
             run(&["agents", &ca, &cert, &key, driver])?;
+            run(&["reconnect", &ca, &cert, &key, driver])?;
             against_s_client(bin, &lib, &pki, driver)?;
         }
         against_s_server(bin, &lib, &pki)?;

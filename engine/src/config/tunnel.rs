@@ -115,6 +115,9 @@ pub struct SourceConfig {
     /// CA file to verify the relay (system roots when absent).
     #[serde(default)]
     pub ca: Option<PathBuf>,
+    /// CA certificates to verify the relay, as PEM text (instead of `ca`).
+    #[serde(default)]
+    pub ca_pem: Option<String>,
     /// The name to send (SNI) and verify; default the relay's host.
     #[serde(default)]
     pub sni: Option<String>,
@@ -157,6 +160,9 @@ pub struct DestinationConfig {
     /// CA file to verify the relay (system roots when absent).
     #[serde(default)]
     pub ca: Option<PathBuf>,
+    /// CA certificates to verify the relay, as PEM text (instead of `ca`).
+    #[serde(default)]
+    pub ca_pem: Option<String>,
     /// The name to send (SNI) and verify; default the relay's host.
     #[serde(default)]
     pub sni: Option<String>,
@@ -323,6 +329,12 @@ macro_rules! agent_builders {
             self
         }
 
+        /// The CA certificates to verify the relay with, as PEM text (instead of a file).
+        pub fn ca_pem(mut self, pem: impl Into<String>) -> Self {
+            self.ca_pem = Some(pem.into());
+            self
+        }
+
         /// The name to send (SNI) and verify (default: the relay's host).
         pub fn sni(mut self, name: impl Into<String>) -> Self {
             self.sni = Some(name.into());
@@ -369,6 +381,7 @@ impl SourceConfig {
             name: String::new(),
             relay: relay.into(),
             ca: None,
+            ca_pem: None,
             sni: None,
             token: None,
             token_file: None,
@@ -399,6 +412,7 @@ impl DestinationConfig {
             name: String::new(),
             relay: relay.into(),
             ca: None,
+            ca_pem: None,
             sni: None,
             token: None,
             token_file: None,

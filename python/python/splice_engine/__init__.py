@@ -442,6 +442,7 @@ class _Agent:
         sni: Optional[str] = None,
         client_token: Optional[str] = None,
         driver: Optional[str] = None,
+        ca_pem: Optional[str] = None,
     ) -> None:
         agent: Dict[str, Any] = {
             "name": _AGENT,
@@ -451,6 +452,8 @@ class _Agent:
         }
         if ca is not None:
             agent["ca"] = os.fspath(ca)
+        if ca_pem is not None:
+            agent["ca_pem"] = ca_pem
         if sni is not None:
             agent["sni"] = sni
         if client_token is not None:
@@ -482,8 +485,9 @@ class _Agent:
 
     @property
     def state(self) -> str:
-        """``"connecting"`` (also again after a drop: it reconnects by itself),
-        ``"connected"``, ``"finished"`` (gave up: see :attr:`reason`) or ``"stopped"``."""
+        """``"connecting"`` (the first time), ``"connected"``, ``"reconnecting"`` (lost
+        the tunnel connection or failed to make it, and retrying by itself), ``"finished"``
+        (gave up: see :attr:`reason`) or ``"stopped"``."""
         return self._state()[0]
 
     @property
@@ -526,15 +530,16 @@ class _Agent:
 class Source(_Agent):
     """A source agent in-process: for each ``services`` entry ``NAME: "IP:PORT"`` it listens
     on the address (port 0 picks one: see :meth:`address`) and carries the connections it
-    accepts through the relay at ``relay`` (``HOST:PORT``, TLS verified against ``ca`` for
-    the name ``sni``) to the tunnel's destination, with the source access ``token``
+    accepts through the relay at ``relay`` (``HOST:PORT``, TLS verified against ``ca``, a PEM
+    file, or ``ca_pem``, PEM text, else the system's roots, for the name ``sni``) to the tunnel's destination, with the source access ``token``
     (``client_token`` when the token is bound to one). A V1 tunnel's one service has the
     name ``""``.
 
     It connects in the background and reconnects by itself; a wrong token or a closed
     tunnel shows as :attr:`state` ``"finished"`` with a :attr:`reason`. Use it as a context
     manager, or call :meth:`close`. Raises :class:`ConfigError`, :class:`TlsError` or
-    :class:`ConnectionError` for bad settings, a bad CA file or an address in use."""
+    :class:`ConnectionError` for bad settings (``ca`` and ``ca_pem`` together), a bad CA
+    file or PEM text, or an address in use."""
 
     _kind = "source"
     _addr_key = "listen"
@@ -549,8 +554,8 @@ class Source(_Agent):
 
 class Destination(_Agent):
     """A destination agent in-process: it connects out to the relay at ``relay``
-    (``HOST:PORT``, TLS verified against ``ca`` for the name ``sni``) with the destination
-    access ``token``, and connects each stream of service ``NAME`` to ``services[NAME]``
+    (``HOST:PORT``, TLS verified against ``ca`` or ``ca_pem`` for the name ``sni``) with the
+    destination access ``token``, and connects each stream of service ``NAME`` to ``services[NAME]``
     (``"HOST:PORT"``). Otherwise as :class:`Source`."""
 
     _kind = "destination"

@@ -287,7 +287,7 @@ impl Reactor {
         if self.done {
             return;
         }
-        self.shared.set_state(AgentState::Connecting);
+        // The first attempt is `Connecting` from the start; a retry stays `Reconnecting`.
         let spec = &self.spec;
         let link = match ClientLink::new(
             spec.tls.clone(),
@@ -351,7 +351,7 @@ impl Reactor {
         match self.reconnect.handle_end(end, jitter) {
             Next::Retry(delay) => {
                 self.shared.reconnects.fetch_add(1, Relaxed);
-                self.shared.set_state(AgentState::Connecting);
+                self.shared.set_state(AgentState::Reconnecting);
                 tracing::warn!(
                     agent = %self.log_name(),
                     relay = %self.spec.relay,

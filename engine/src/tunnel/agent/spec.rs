@@ -68,6 +68,7 @@ struct Common<'a> {
     name: &'a str,
     relay: &'a str,
     ca: Option<&'a Path>,
+    ca_pem: Option<&'a str>,
     sni: Option<&'a str>,
     token: Option<&'a SecretText>,
     token_file: Option<&'a Path>,
@@ -85,6 +86,7 @@ pub(crate) fn source_spec(cfg: &SourceConfig, env_token: Option<String>) -> Resu
         name: &cfg.name,
         relay: &cfg.relay,
         ca: cfg.ca.as_deref(),
+        ca_pem: cfg.ca_pem.as_deref(),
         sni: cfg.sni.as_deref(),
         token: cfg.token.as_ref(),
         token_file: cfg.token_file.as_deref(),
@@ -113,6 +115,7 @@ pub(crate) fn destination_spec(
         name: &cfg.name,
         relay: &cfg.relay,
         ca: cfg.ca.as_deref(),
+        ca_pem: cfg.ca_pem.as_deref(),
         sni: cfg.sni.as_deref(),
         token: cfg.token.as_ref(),
         token_file: cfg.token_file.as_deref(),
@@ -224,8 +227,12 @@ fn build(
     let sni = c.sni.map_or(host.clone(), str::to_string);
     let server_name = ServerName::try_from(sni.clone())
         .map_err(|e| Error::config(what, format!("`sni` {sni:?}: {e}")))?;
+    if c.ca.is_some() && c.ca_pem.is_some() {
+        return Err(Error::config(what, "`ca` and `ca_pem` exclude each other"));
+    }
     let tls = client_config(&ClientTlsOptions {
         ca: c.ca.map(Path::to_path_buf),
+        ca_pem: c.ca_pem.map(str::to_string),
         server_name: Some(sni),
         ..ClientTlsOptions::default()
     })?
@@ -317,6 +324,7 @@ mod tests {
             name: String::new(),
             relay: "127.0.0.1:4443".into(),
             ca: None,
+            ca_pem: None,
             sni: Some("localhost".into()),
             token: Some(SecretText("tok".into())),
             token_file: None,
@@ -386,6 +394,21 @@ mod tests {
     }
 
     #[test]
+    fn ca_as_pem_text_or_file_not_both() {
+        let mut cfg = source(&["127.0.0.1:0"]);
+        let pki = splice_test_pki::Pki::new();
+        cfg.ca_pem = Some(std::fs::read_to_string(&pki.ca.path).unwrap());
+        source_spec(&cfg, None).expect("a CA given as PEM text loads");
+        cfg.ca = Some("ca.pem".into());
+        let e = err(&cfg, None);
+        assert!(e.contains("`ca` and `ca_pem` exclude each other"), "{e}");
+        cfg.ca = None;
+        cfg.ca_pem = Some("not PEM".into());
+        let e = err(&cfg, None);
+        assert!(e.contains("ca_pem"), "the error names the key: {e}");
+    }
+
+    #[test]
     fn client_token_is_checked_and_redacted() {
         let mut cfg = source(&["127.0.0.1:0"]);
         cfg.client_token = Some(SecretText("short".into()));
@@ -404,6 +427,7 @@ mod tests {
             name: "dev".into(),
             relay: "localhost:4443".into(),
             ca: None,
+            ca_pem: None,
             sni: None,
             token: Some(SecretText("tok".into())),
             token_file: None,

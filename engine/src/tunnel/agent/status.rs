@@ -12,8 +12,11 @@ use std::time::Duration;
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum AgentState {
-    /// Connecting to the relay (the first time, or again after a drop).
+    /// Connecting to the relay for the first time.
     Connecting,
+    /// Lost the tunnel connection (or failed to make it) and waiting to retry, or retrying:
+    /// the agent reconnects by itself.
+    Reconnecting,
     /// The relay accepted the upgrade: the tunnel connection is up.
     Connected,
     /// Gave up: the tunnel was closed, the relay refused what retrying cannot fix (a 4xx),
@@ -85,13 +88,13 @@ impl AgentShared {
         self.changed.notify_all();
     }
 
-    /// Waits until the state is not `Connecting`/`Connected` or `timeout` passes; returns it.
+    /// Waits until the agent is finished or stopped, or `timeout` passes; returns its state.
     pub fn wait_finished(&self, timeout: Duration) -> AgentState {
         let s = self.state.lock().expect("agent state lock");
         let (s, _) = self
             .changed
             .wait_timeout_while(s, timeout, |s| {
-                matches!(s, AgentState::Connecting | AgentState::Connected)
+                !matches!(s, AgentState::Finished(_) | AgentState::Stopped)
             })
             .expect("agent state lock");
         s.clone()
