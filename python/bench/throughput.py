@@ -1,7 +1,6 @@
 """Bulk throughput: ``engine.connect()`` against the CLI's client mode (a benchmark, not a test).
 
     python python/bench/throughput.py [--binary target/release/splice-engine] [--mib 512] [--runs 5]
-        [--c-client PATH]
 
 Both paths send the same bytes from the same Python loop to the same TLS server (the
 ``splice-engine`` binary in server mode, in front of ``socat`` writing to /dev/null), one
@@ -12,9 +11,8 @@ delivered. Prints Gbit/s per run and the median of each path, and beside it the 
 per GiB of the client side (this process, sender included, plus the CLI client's process:
 the part that differs between the paths); loopback only.
 
-With ``--c-client PATH`` (``ffi/bench/throughput.c``, built against libtunnel), two more paths:
-a C client through ``tunnel_connect`` (libtunnel's engine in the C process), and the same C
-client over plain TCP to the CLI's client mode (its CPU plus the CLI client's).
+``cargo xtask bench --paths splice-uring,py-connect,c-connect`` measures the same in the bench
+(``python/bench/load.py``, ``ffi/bench/throughput.c``), with the sink checking every byte.
 """
 
 from __future__ import annotations
@@ -90,21 +88,11 @@ def send(sock: socket.socket, mib: int, pids: List[int]) -> tuple[float, float]:
     return mib * 8 * (1 << 20) / elapsed / 1e9, cpu / (mib / 1024)
 
 
-def run_c(cmd: List[str], pids: List[int], mib: int) -> tuple[float, float]:
-    """Runs the C client; its Gbit/s, and CPU seconds per GiB (its own plus `pids`')."""
-    before = sum(cpu_seconds(p) for p in pids)
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=300).stdout
-    others = sum(cpu_seconds(p) for p in pids) - before
-    gbit, own = (float(x) for x in out.split())
-    return gbit, (own + others) / (mib / 1024)
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description="engine.connect() against the CLI's client mode")
     p.add_argument("--binary", default="target/release/splice-engine")
     p.add_argument("--mib", type=int, default=512)
     p.add_argument("--runs", type=int, default=5)
-    p.add_argument("--c-client", help="ffi/bench/throughput.c, built: add the C paths")
     args = p.parse_args()
     procs: List["subprocess.Popen[bytes]"] = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -135,23 +123,7 @@ def main() -> None:
                 # The client side: this process and the CLI client (idle in the other path).
                 pids = [os.getpid(), procs[2].pid]
                 results: dict[str, List[tuple[float, float]]] = {name: [] for name, _ in paths}
-                c_paths: List[tuple[str, List[str], List[int]]] = []
-                if args.c_client:
-                    mib = str(args.mib)
-                    c_paths = [
-                        ("C tunnel_connect", [args.c_client, "tunnel", f"localhost:{tls}",
-                                              str(d / "ca.pem"), mib], []),
-                        ("C to CLI client mode", [args.c_client, "plain", f"127.0.0.1:{cli}",
-                                                  mib], [procs[2].pid]),
-                    ]
-                    for name, _, _ in c_paths:
-                        results[name] = []
                 for run in range(args.runs):
-                    for name, cmd, others in c_paths:
-                        results[name].append(run_c(cmd, others, args.mib))
-                        gbit, cpu = results[name][-1]
-                        print(f"run {run + 1}: {name}: {gbit:.2f} Gbit/s, {cpu:.2f} CPU s/GiB",
-                              flush=True)
                     for name, open_ in paths:
                         with open_() as sock:
                             results[name].append(send(sock, args.mib, pids))

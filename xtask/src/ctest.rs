@@ -156,7 +156,7 @@ pub fn test_main() -> Result<()> {
         )?;
     }
 
-    // The benchmark client builds too (python/bench/throughput.py --c-client runs it).
+    // The benchmark client builds too (`cargo xtask bench` runs it as the path `c-connect`).
     run_cmd(
         Command::new("cc")
             .args(["-std=c99", "-O2"])

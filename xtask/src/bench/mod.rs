@@ -8,9 +8,12 @@
 //! taken within each repetition, then summarised by their median (see [`report`]).
 //!
 //! The tunnel paths ([`tunnel`]: splice-engine's relay and agents, rathole) run the scenarios
-//! that mean something for a tunnel, and are compared only with each other.
+//! that mean something for a tunnel, and are compared only with each other. The embedding
+//! paths ([`embed`]: the engine inside a C or a Python program) make their own load, and are
+//! compared with the CLI's client mode.
 
 mod baseline;
+mod embed;
 mod paths;
 mod procs;
 mod report;
@@ -42,7 +45,7 @@ pub struct Args {
     scenario: Vec<String>,
     /// Paths to run, comma-separated (default: all that can run here). One of: direct,
     /// splice-uring, splice-epoll, splice-ktls, splice-nopoll, splice-base, nginx, haproxy,
-    /// stunnel, socat, plain-relays, tunnel, rathole.
+    /// stunnel, socat, plain-relays, tunnel, rathole, c-connect, py-connect.
     #[arg(long, value_delimiter = ',')]
     paths: Vec<String>,
     /// Also measure splice-engine as built from this git revision (a commit, tag or branch), as
@@ -177,6 +180,8 @@ pub struct PathInfo {
     pub family: String,
     /// The scenarios it runs.
     pub scenarios: Vec<String>,
+    /// The path its figures are divided by in the report, if any.
+    pub compared_with: Option<String>,
 }
 
 struct Settings {
@@ -202,7 +207,7 @@ pub fn main(argv: &[&str]) -> Result<()> {
         .into_iter()
         .filter(|s| scenarios.contains(&s.name()))
         .collect();
-    let all_paths = paths::all();
+    let all_paths = all_paths();
     let names: Vec<&str> = all_paths.iter().map(|p| p.name()).collect();
     let mut wanted = pick(&args.paths, &names, "path")?;
     if args.baseline.is_some() && !wanted.contains(&"splice-base") {
@@ -261,6 +266,35 @@ pub fn main(argv: &[&str]) -> Result<()> {
     );
     procs::stop_all();
     result
+}
+
+/// Every path, in report order.
+fn all_paths() -> Vec<Box<dyn PathDef>> {
+    let mut all = paths::chains();
+    all.extend([
+        Box::new(tunnel::Tunnel) as Box<dyn PathDef>,
+        Box::new(tunnel::Rathole),
+        Box::new(embed::Embed::C),
+        Box::new(embed::Embed::Python),
+    ]);
+    all
+}
+
+/// A load generator: `splice-load`, or a path's own program that takes the same arguments
+/// after `args` and prints the same JSON (see [`embed`]).
+pub struct LoadGen {
+    /// The program.
+    pub program: PathBuf,
+    /// Its arguments before `splice-load`'s.
+    pub args: Vec<String>,
+}
+
+impl LoadGen {
+    fn command(&self) -> Command {
+        let mut c = Command::new(&self.program);
+        c.args(&self.args);
+        c
+    }
 }
 
 /// Checks a comma list against the known names; empty means all.
@@ -328,6 +362,7 @@ fn run(
                 .filter(|sc| p.supports(**sc))
                 .map(|sc| sc.name().to_string())
                 .collect(),
+            compared_with: p.compared_with().map(String::from),
         };
         match p.check(&ctx) {
             Ok(v) => {
@@ -659,10 +694,14 @@ fn measure(
         raw: Value::Null,
     };
     let ep = r.endpoints;
+    let load_gen = p.load_gen(ctx).unwrap_or_else(|| LoadGen {
+        program: load.to_path_buf(),
+        args: Vec::new(),
+    });
     let res = match sc {
-        Scenario::Bulk | Scenario::BulkMulti => bulk(load, sc, &ep, r, s, &mut m),
-        Scenario::Latency => latency(load, &ep, r, s, &mut m),
-        Scenario::Handshakes | Scenario::Resumed => connections(load, sc, &ep, s, &mut m),
+        Scenario::Bulk | Scenario::BulkMulti => bulk(&load_gen, sc, &ep, r, s, &mut m),
+        Scenario::Latency => latency(&load_gen, &ep, r, s, &mut m),
+        Scenario::Handshakes | Scenario::Resumed => connections(&load_gen, sc, &ep, s, &mut m),
         Scenario::Idle | Scenario::IdleData => idle(load, sc, &ep, r, s, &mut m),
         Scenario::IdleTunnels => p.idle_tunnels(ctx, r, s.idle_tunnels, &mut m.figures),
     };
@@ -676,9 +715,11 @@ fn measure(
     m
 }
 
-/// Runs `splice-load ARGS` to completion within `limit` and parses the JSON it prints.
-fn load_json(load: &Path, args: &[&str], limit: Duration) -> Result<Value> {
-    let mut cmd = Command::new(load);
+/// Runs `splice-load ARGS` (or `load_gen`'s program) to completion within `limit` and parses the
+/// JSON it prints.
+fn load_json(load_gen: &LoadGen, args: &[&str], limit: Duration) -> Result<Value> {
+    let mut cmd = load_gen.command();
+    let load = &load_gen.program;
     cmd.args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -686,7 +727,8 @@ fn load_json(load: &Path, args: &[&str], limit: Duration) -> Result<Value> {
     let mut child = procs::spawn_grouped(&mut cmd)?;
     let Some(status) = procs::finish(&mut child, limit)? else {
         bail!(
-            "splice-load {} did not finish within {limit:?}",
+            "{} {} did not finish within {limit:?}",
+            load.display(),
             args.join(" ")
         );
     };
@@ -696,13 +738,15 @@ fn load_json(load: &Path, args: &[&str], limit: Duration) -> Result<Value> {
     std::io::Read::read_to_string(child.stderr.as_mut().expect("piped"), &mut err)?;
     if !status.success() {
         bail!(
-            "splice-load {} failed ({status}): {}",
+            "{} {} failed ({status}): {} {}",
+            load.display(),
             args.join(" "),
+            out.trim(),
             err.trim()
         );
     }
-    let v: Value =
-        serde_json::from_str(out.trim()).with_context(|| format!("splice-load printed {out:?}"))?;
+    let v: Value = serde_json::from_str(out.trim())
+        .with_context(|| format!("{} printed {out:?}", load.display()))?;
     Ok(v)
 }
 
@@ -716,7 +760,7 @@ fn check_errors(v: &Value) -> Result<()> {
 }
 
 /// Runs a timed `splice-load` command for `--duration`, allowing it 90 s more to finish.
-fn timed_load(load: &Path, s: &Settings, args: &[&str]) -> Result<Value> {
+fn timed_load(load: &LoadGen, s: &Settings, args: &[&str]) -> Result<Value> {
     let duration = s.duration.to_string();
     let mut all = args.to_vec();
     all.extend(["--duration", &duration]);
@@ -724,7 +768,7 @@ fn timed_load(load: &Path, s: &Settings, args: &[&str]) -> Result<Value> {
 }
 
 fn bulk(
-    load: &Path,
+    load: &LoadGen,
     sc: Scenario,
     ep: &Endpoints,
     r: &paths::Running,
@@ -744,13 +788,19 @@ fn bulk(
             &streams.to_string(),
         ],
     )?;
-    let cpu: Vec<f64> = ends_cpu_secs(r)
+    let mut cpu: Vec<f64> = ends_cpu_secs(r)
         .iter()
         .zip(&cpu0)
         .map(|(c1, c0)| c1 - c0)
         .collect();
     m.raw = v.clone();
     check_errors(&v)?;
+    let mut roles = r.roles.clone();
+    // A program with the engine inside: its engine's threads are the client end.
+    if let Some(c) = v["client_cpu_s"].as_f64() {
+        roles.insert(0, "client");
+        cpu.insert(0, c);
+    }
     let bytes = v["bytes"].as_f64().unwrap_or(0.0);
     m.figures
         .insert("gbit_per_s".into(), v["gbit_per_s"].as_f64().unwrap_or(0.0));
@@ -758,7 +808,7 @@ fn bulk(
         let gib = bytes / (1u64 << 30) as f64;
         m.figures
             .insert("cpu_s_per_gib".into(), cpu.iter().sum::<f64>() / gib);
-        for (role, c) in r.roles.iter().zip(&cpu) {
+        for (role, c) in roles.iter().zip(&cpu) {
             m.figures.insert(format!("{role}_cpu_s_per_gib"), c / gib);
         }
     }
@@ -766,7 +816,7 @@ fn bulk(
 }
 
 fn latency(
-    load: &Path,
+    load: &LoadGen,
     ep: &Endpoints,
     r: &paths::Running,
     s: &Settings,
@@ -778,7 +828,8 @@ fn latency(
         s,
         &["rr", "--target", &ep.echo.to_string(), "--size", "64"],
     )?;
-    let cpu = ends_cpu_secs(r).iter().sum::<f64>() - cpu0;
+    let cpu =
+        ends_cpu_secs(r).iter().sum::<f64>() - cpu0 + v["client_cpu_s"].as_f64().unwrap_or(0.0);
     m.raw = v.clone();
     check_errors(&v)?;
     for k in ["p50_us", "p90_us", "p99_us", "p999_us", "max_us"] {
@@ -804,7 +855,7 @@ fn ends_cpu_secs(r: &paths::Running) -> Vec<f64> {
 }
 
 fn connections(
-    load: &Path,
+    load: &LoadGen,
     sc: Scenario,
     ep: &Endpoints,
     s: &Settings,

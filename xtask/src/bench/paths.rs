@@ -5,9 +5,10 @@
 //! Every chain is `load -> client end -> TLS 1.3 AES-128-GCM (ECDSA P-256, verified) -> server
 //! end -> backend`, with three routes: to the sink, to the echo backend, and to the echo backend
 //! with TLS session resumption allowed (the other two forbid it, so every connection is a full
-//! handshake). Adding a path means one [`PathDef`] implementation and one line in [`all`].
-//! The tunnel paths (relay and agents, and the peers that do that job) are in
-//! [`super::tunnel`].
+//! handshake). Adding a path means one [`PathDef`] implementation and one line in [`chains`]
+//! (or in `super::all_paths`, for the paths of the other modules). The tunnel paths (relay and
+//! agents, and the peers that do that job) are in `super::tunnel`, the engine inside a C or
+//! Python program in `super::embed`.
 
 use std::fmt::Write as _;
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -160,6 +161,16 @@ pub trait PathDef {
     ) -> Result<()> {
         bail!("{} does not run idle-tunnels", self.name())
     }
+    /// The path whose figures this one's are divided by in the report (same repetition), as
+    /// the embedding paths are by the CLI's client mode.
+    fn compared_with(&self) -> Option<&'static str> {
+        None
+    }
+    /// The program that makes this path's load, when it is not `splice-load` (a program with
+    /// the engine inside it).
+    fn load_gen(&self, _ctx: &Ctx) -> Option<super::LoadGen> {
+        None
+    }
     /// `Ok(version)` when it can run here, `Err(reason)` to skip it.
     fn check(&self, ctx: &Ctx) -> Result<String, String>;
     /// The two ends' commands for these routes (configs written under `ctx.dir`).
@@ -200,8 +211,8 @@ pub trait PathDef {
     }
 }
 
-/// Every path, in report order.
-pub fn all() -> Vec<Box<dyn PathDef>> {
+/// The chains of this module, in report order.
+pub fn chains() -> Vec<Box<dyn PathDef>> {
     vec![
         Box::new(Direct),
         Box::new(Splice::Uring),
@@ -214,8 +225,6 @@ pub fn all() -> Vec<Box<dyn PathDef>> {
         Box::new(Stunnel),
         Box::new(Socat),
         Box::new(PlainRelays),
-        Box::new(super::tunnel::Tunnel),
-        Box::new(super::tunnel::Rathole),
     ]
 }
 

@@ -235,6 +235,9 @@ pub struct Row {
     /// For `splice-uring` in a run with `--baseline`: median over repetitions of (this path /
     /// `splice-base`), same repetition.
     pub vs_base: Option<f64>,
+    /// For a path compared with another (an embedding path with the CLI's client mode):
+    /// median over repetitions of (this path / that one), same repetition.
+    pub vs_compared: Option<f64>,
     /// Highest steal seen in its measurements, percent.
     pub max_steal_pct: f64,
 }
@@ -303,8 +306,15 @@ pub fn summarise(ms: &[Measurement], infos: &[PathInfo]) -> Vec<Row> {
                 let mut vs_direct = Vec::new();
                 let mut vs_base = Vec::new();
                 let mut vs_peer = Vec::new();
+                let mut vs_compared = Vec::new();
                 let mut best_names = Vec::new();
                 for &(rep, v) in &vals {
+                    if let Some(c) = info.compared_with.as_deref()
+                        && let Some(b) = by.get(&(sc, rep, c)).and_then(|fs| fs.get(f.key))
+                        && *b != 0.0
+                    {
+                        vs_compared.push(v / b);
+                    }
                     if let Some(d) = by.get(&(sc, rep, "direct")).and_then(|fs| fs.get(f.key))
                         && *d != 0.0
                         && path != "direct"
@@ -351,6 +361,7 @@ pub fn summarise(ms: &[Measurement], infos: &[PathInfo]) -> Vec<Row> {
                     vs_best_peer: (!vs_peer.is_empty()).then(|| median(&vs_peer)),
                     best_peer: most_common(&best_names),
                     vs_base: (!vs_base.is_empty()).then(|| median(&vs_base)),
+                    vs_compared: (!vs_compared.is_empty()).then(|| median(&vs_compared)),
                     max_steal_pct: steal.get(&(sc, path)).copied().unwrap_or(0.0),
                 });
             }
@@ -533,6 +544,29 @@ pub fn table(rows: &[Row], infos: &[PathInfo], machine: &Value, settings: &Value
                 vs_base.join(", ")
             );
         }
+        for info in infos.iter().filter(in_family) {
+            let Some(other) = info.compared_with.as_deref() else {
+                continue;
+            };
+            let ratios: Vec<String> = l
+                .figures
+                .iter()
+                .filter_map(|f| {
+                    let r = rows
+                        .iter()
+                        .find(|r| r.scenario == sc && r.path == info.name && r.figure == f.key)?;
+                    Some(format!("{} {:.2}", f.label, r.vs_compared?))
+                })
+                .collect();
+            if !ratios.is_empty() {
+                let _ = writeln!(
+                    out,
+                    "  {} ÷ {other} (median of per-repetition ratios): {}",
+                    info.name,
+                    ratios.join(", ")
+                );
+            }
+        }
     }
     let skipped: Vec<String> = infos
         .iter()
@@ -617,6 +651,7 @@ mod tests {
             skipped: None,
             family: "chain".into(),
             scenarios: Vec::new(),
+            compared_with: None,
         }
     }
 
@@ -625,6 +660,37 @@ mod tests {
             family: "tunnel".into(),
             ..info(name, kind)
         }
+    }
+
+    #[test]
+    fn an_embedding_path_is_divided_by_the_path_it_is_compared_with() {
+        let infos = [
+            info("cli", "ours"),
+            PathInfo {
+                compared_with: Some("cli".into()),
+                ..info("c", "ours")
+            },
+        ];
+        let mut ms = Vec::new();
+        for (rep, k) in [(1, 1.0), (2, 2.0), (3, 1.0)] {
+            ms.push(m(rep, Scenario::Bulk, "cli", &[("gbit_per_s", 10.0 * k)]));
+            ms.push(m(rep, Scenario::Bulk, "c", &[("gbit_per_s", 9.0 * k)]));
+        }
+        let rows = summarise(&ms, &infos);
+        let c = rows.iter().find(|r| r.path == "c").unwrap();
+        assert_eq!(c.vs_compared, Some(0.9));
+        let cli = rows.iter().find(|r| r.path == "cli").unwrap();
+        assert_eq!(cli.vs_compared, None);
+        let text = table(
+            &rows,
+            &infos,
+            &serde_json::json!({}),
+            &serde_json::json!({}),
+        );
+        assert!(
+            text.contains("c ÷ cli (median of per-repetition ratios): Gbit/s 0.90"),
+            "{text}"
+        );
     }
 
     #[test]
