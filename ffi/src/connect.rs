@@ -32,54 +32,40 @@ pub struct tunnel_connect_opts {
     pub alpn: *const c_char,
 }
 
-/// What makes two `tunnel_connect` calls use the same connector.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct ConnectKey {
-    upstream: String,
-    ca: Option<String>,
-    ca_pem: Option<String>,
-    sni: Option<String>,
-    cert: Option<String>,
-    key: Option<String>,
-    alpn: Option<String>,
-}
-
-fn key_of(upstream: &str, o: Option<&tunnel_connect_opts>) -> Result<ConnectKey, Failure> {
+/// The client-mode forwarder `tunnel_connect` needs for `upstream` and `o` (its name left
+/// empty: equal settings share one connector).
+fn connector_config(
+    upstream: &str,
+    o: Option<&tunnel_connect_opts>,
+) -> Result<ForwarderConfig, Failure> {
     let field = |p: Option<*const c_char>, what| -> Result<Option<String>, Failure> {
         Ok(match p {
             Some(p) => opt_str_arg(p, what)?.map(str::to_string),
             None => None,
         })
     };
-    Ok(ConnectKey {
-        upstream: upstream.to_string(),
-        ca: field(o.map(|o| o.ca_file), "ca_file")?,
-        ca_pem: field(o.map(|o| o.ca_pem), "ca_pem")?,
-        sni: field(o.map(|o| o.sni), "sni")?,
-        cert: field(o.map(|o| o.cert), "cert")?,
-        key: field(o.map(|o| o.key), "key")?,
-        alpn: field(o.map(|o| o.alpn), "alpn")?,
-    })
+    let mut f = ForwarderConfig::new(Mode::Client, "", upstream);
+    f.ca = field(o.map(|o| o.ca_file), "ca_file")?.map(Into::into);
+    f.ca_pem = field(o.map(|o| o.ca_pem), "ca_pem")?;
+    f.sni = field(o.map(|o| o.sni), "sni")?;
+    f.cert = field(o.map(|o| o.cert), "cert")?.map(Into::into);
+    f.key = field(o.map(|o| o.key), "key")?.map(Into::into);
+    f.alpn = alpn_list(field(o.map(|o| o.alpn), "alpn")?.as_deref());
+    Ok(f)
 }
 
-/// The connector for `k` on `h`, added on first use.
-fn connector(h: &tunnel_engine, k: ConnectKey) -> Result<String, Failure> {
+/// The connector for `f` on `h`, added on first use; its name.
+fn connector(h: &tunnel_engine, f: ForwarderConfig) -> Result<String, Failure> {
     let mut known = h.connectors.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some((_, name)) = known.iter().find(|(c, _)| *c == k) {
+    if let Some((_, name)) = known.iter().find(|(c, _)| *c == f) {
         return Ok(name.clone());
     }
     let name = format!("tunnel-connect-{}", known.len() + 1);
-    let mut f = ForwarderConfig::new(Mode::Client, "", k.upstream.clone());
-    f.name = name.clone();
-    f.ca = k.ca.clone().map(Into::into);
-    f.ca_pem = k.ca_pem.clone();
-    f.sni = k.sni.clone();
-    f.cert = k.cert.clone().map(Into::into);
-    f.key = k.key.clone().map(Into::into);
-    f.alpn = alpn_list(k.alpn.as_deref());
-    f.validate("tunnel_connect options")?;
-    h.with(|e| Ok(e.add_forwarder(f)?))?;
-    known.push((k, name.clone()));
+    let mut named = f.clone();
+    named.name = name.clone();
+    named.validate("tunnel_connect options")?;
+    h.with(|e| Ok(e.add_forwarder(named)?))?;
+    known.push((f, name.clone()));
     Ok(name)
 }
 
@@ -138,7 +124,7 @@ pub extern "C" fn tunnel_connect(
         } else {
             Some(ref_arg(opts, "opts")?)
         };
-        let k = key_of(upstream, opts)?;
+        let k = connector_config(upstream, opts)?;
         let held;
         let h = if engine.is_null() {
             held = default_engine()?;

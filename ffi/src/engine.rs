@@ -28,8 +28,9 @@ pub struct tunnel_config(EngineConfig);
 pub struct tunnel_engine {
     /// `None` once shut down.
     pub(crate) engine: RwLock<Option<Engine>>,
-    /// The connectors `tunnel_connect` added, by options (see connect.rs).
-    pub(crate) connectors: Mutex<Vec<(crate::connect::ConnectKey, String)>>,
+    /// The connectors `tunnel_connect` added (see connect.rs): each one's settings, with an
+    /// empty name, and its name.
+    pub(crate) connectors: Mutex<Vec<(ForwarderConfig, String)>>,
 }
 
 impl tunnel_engine {
