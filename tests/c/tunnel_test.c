@@ -894,6 +894,7 @@ static int mode_reconnect(const char *ca, const char *cert, const char *key, con
     struct echo e;
     uint16_t src_port = 0;
     uint32_t st = 99;
+    int fds = count_dir("/proc/self/fd"), tasks = count_dir("/proc/self/task");
 
     snprintf(state, sizeof state, "/tmp/tunnel-test-relay-%d.sqlite", (int)getpid());
     unlink(state);
@@ -943,12 +944,18 @@ static int mode_reconnect(const char *ca, const char *cert, const char *key, con
     OK(tunnel_agent_free(&src));
     OK(tunnel_agent_free(&dst));
     relay_kill(&rc);
-    unlink(state);
+    for (const char *const *ext = (const char *const[]){"", "-wal", "-shm", "-journal", NULL}; *ext; ext++) {
+        char path[160];
+        snprintf(path, sizeof path, "%s%s", state, *ext);
+        unlink(path);
+    }
     OK(tunnel_string_free(id));
     OK(tunnel_string_free(src_token));
     OK(tunnel_string_free(dst_token));
     OK(tunnel_string_free(new_src));
     OK(tunnel_string_free(new_dst));
+    CHECK(count_dir("/proc/self/fd") == fds, "fds left: %d, before: %d", count_dir("/proc/self/fd"), fds);
+    CHECK(count_dir("/proc/self/task") == tasks, "threads left: %d, before: %d", count_dir("/proc/self/task"), tasks);
     printf("ok: reconnect\n");
     return 0;
 }
