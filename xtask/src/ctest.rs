@@ -43,7 +43,11 @@ pub fn install_main(args: &[&str]) -> Result<()> {
 fn install(prefix: &Path) -> Result<()> {
     run_cmd(cargo().args(["build", "--release", "-p", "splice-tunnel-ffi"]))?;
     let root = workspace_root();
-    let built = root.join("target/release");
+    // Where cargo put it: `CARGO_TARGET_DIR` (relative to the workspace) when set.
+    let built = std::env::var_os("CARGO_TARGET_DIR")
+        .map(|dir| root.join(dir))
+        .unwrap_or_else(|| root.join("target"))
+        .join("release");
     let version = env!("CARGO_PKG_VERSION");
     let major = version.split('.').next().unwrap_or("0");
     let (lib, include, pc) = (
@@ -71,6 +75,7 @@ fn install(prefix: &Path) -> Result<()> {
             .with_context(|| format!("symlink {}", path.display()))?;
     }
     copy(&built.join("libtunnel.a"), &lib.join("libtunnel.a"))?;
+    strip_debug(&lib.join("libtunnel.a"));
     copy(&root.join("c-include/tunnel.h"), &include.join("tunnel.h"))?;
     let template = std::fs::read_to_string(root.join("ffi/tunnel.pc.in"))?;
     let text = template
@@ -78,6 +83,27 @@ fn install(prefix: &Path) -> Result<()> {
         .replace("@VERSION@", version);
     std::fs::write(pc.join("tunnel.pc"), text)?;
     Ok(())
+}
+
+/// Drops the line tables from the installed static library: the release profile keeps them
+/// (perf names functions with them) and `strip = "debuginfo"` does not reach into an archive, so
+/// it would weigh about 190 MB instead of under 50. Without binutils' `strip` it stays as it is.
+fn strip_debug(archive: &Path) {
+    match Command::new("strip")
+        .arg("--strip-debug")
+        .arg(archive)
+        .status()
+    {
+        Ok(s) if s.success() => {}
+        Ok(s) => eprintln!(
+            "note: strip --strip-debug {} failed ({s}); installed as built",
+            archive.display()
+        ),
+        Err(e) => eprintln!(
+            "note: no strip ({e}); {} installed with its line tables",
+            archive.display()
+        ),
+    }
 }
 
 /// `c-test`.
