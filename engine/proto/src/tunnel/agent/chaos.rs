@@ -109,6 +109,7 @@ impl Sim {
                 Action::PauseTunnelReads => self.src_paused = true,
                 Action::ResumeTunnelReads => self.src_paused = false,
                 Action::Connect { .. } => panic!("a source connects nowhere"),
+                Action::ShutdownWrite { .. } => panic!("half-close is off here"),
             }
         }
         while let Some(action) = self.dst.poll_action() {
@@ -142,6 +143,7 @@ impl Sim {
                 Action::PauseTunnelReads => self.dst_paused = true,
                 Action::ResumeTunnelReads => self.dst_paused = false,
                 Action::Listen { .. } => panic!("a destination listens nowhere"),
+                Action::ShutdownWrite { .. } => panic!("half-close is off here"),
             }
         }
     }
