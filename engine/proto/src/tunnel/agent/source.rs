@@ -83,7 +83,16 @@ impl Source {
         } else {
             1
         };
-        if svc.conns.len() >= limit {
+        // In the V1 and V2 formats (one connection per stream) a connection whose client has
+        // ended its side (half-closed, waiting for the rest of its answer) gives way: the new
+        // stream replaces it, as a new STREAM_START always does (§5), and it is cut. Without
+        // half-close it would have been gone at its client's FIN already.
+        let open = (svc.conns.values())
+            .filter(|id| {
+                format.writes_connection_id() || core.locals.get(id).is_none_or(|l| !l.local_eof)
+            })
+            .count();
+        if open >= limit {
             return Err(Error::Busy(service.to_string()));
         }
         if format.writes_connection_id() && svc.stream.is_some() && svc.last_conn < u32::MAX {

@@ -1221,3 +1221,50 @@ fn half_close_waits_for_the_hello_and_for_the_connect() {
         ]
     );
 }
+
+/// V1 and V2 carry one connection per stream: a connection whose client ended its side gives
+/// way to the next one (cut, as a new STREAM_START replaces a stream), rather than refuse it
+/// while its answer comes back.
+#[test]
+fn one_connection_formats_let_a_half_closed_connection_give_way() {
+    for version in [Version::V1, Version::V2] {
+        let mut pair = Pair::with(
+            &["SSH1"],
+            (version, half_close_on()),
+            (version, half_close_on()),
+        );
+        let s1 = pair.src.handle_accept("SSH1").unwrap();
+        pair.run();
+        assert!(
+            matches!(pair.src.handle_accept("SSH1"), Err(Error::Busy(_))),
+            "{version:?}"
+        );
+        pair.src.drain();
+        assert_eq!(pair.src.handle_local_eof(s1), LocalEof::HalfClosed);
+        pair.run();
+        pair.src.handle_accept("SSH1").unwrap();
+        let mut to_dst = Vec::new();
+        for action in pair.src.drain() {
+            match action {
+                Action::Send(f) => to_dst.push(f),
+                other => assert_eq!(other, Action::Close { local: s1 }, "{version:?}"),
+            }
+        }
+        pair.dst.bytes(&to_dst.concat()).unwrap();
+        // The destination's side of the first is cut too, and the second connects.
+        let got: Vec<Action> = (pair.dst.drain().into_iter())
+            .filter(|a| !matches!(a, Action::Send(_)))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                Action::Close { local: LocalId(0) },
+                Action::Connect {
+                    local: LocalId(1),
+                    service: "SSH1".into()
+                }
+            ],
+            "{version:?}"
+        );
+    }
+}
