@@ -239,7 +239,9 @@ impl ClientLink {
                         return Ok(None);
                     }
                     let head = self.head;
-                    let decoded = self.decoder.handle_bytes(&mut self.plain[head..self.filled])?;
+                    let decoded = self
+                        .decoder
+                        .handle_bytes(&mut self.plain[head..self.filled])?;
                     if decoded.consumed == 0 {
                         return Ok(None);
                     }
