@@ -319,6 +319,36 @@ fn tunnel(
     dst_protocol: &str,
     client_token: Option<&str>,
 ) -> Tunnel {
+    let backends = services.iter().map(|_| echo_backend()).collect();
+    let protocols = (src_protocol, dst_protocol);
+    tunnel_with(
+        via,
+        pki,
+        driver,
+        services,
+        protocols,
+        client_token,
+        backends,
+        ("", ""),
+    )
+}
+
+/// [`tunnel`] with `backends` (one per service) and `extra` lines for the source's and the
+/// destination's tables.
+#[allow(
+    clippy::too_many_arguments,
+    reason = "a test helper with its tunnel's every knob"
+)]
+fn tunnel_with(
+    via: Via,
+    pki: &Pki,
+    driver: &str,
+    services: &[&str],
+    (src_protocol, dst_protocol): (&str, &str),
+    client_token: Option<&str>,
+    backends: Vec<Backend>,
+    (src_extra, dst_extra): (&str, &str),
+) -> Tunnel {
     let relay_services: Vec<&str> = services.iter().copied().filter(|s| !s.is_empty()).collect();
     let (relay, relay_addr, src_token, dst_token) = match via {
         Via::Ours => {
@@ -333,7 +363,6 @@ fn tunnel(
             (RelayUnderTest::Ws(r), addr, "t".into(), "t".into())
         }
     };
-    let backends: Vec<Backend> = services.iter().map(|_| echo_backend()).collect();
     let ports: Vec<u16> = services.iter().map(|_| free_port()).collect();
     let named = |s: &str, addr: String| {
         if s.is_empty() {
@@ -356,7 +385,7 @@ fn tunnel(
             client_token,
             token: dst_token.clone(),
             keep_trying: false,
-            extra: "",
+            extra: dst_extra,
         },
         relay_addr,
         pki,
@@ -376,7 +405,7 @@ fn tunnel(
             client_token,
             token: src_token,
             keep_trying: false,
-            extra: "",
+            extra: src_extra,
         },
         relay_addr,
         pki,
@@ -1033,5 +1062,209 @@ fn the_source_and_destination_commands() {
             p.log()
         );
         assert!(p.log().contains("gave up"), "{}", p.log());
+    }
+}
+
+/// A client's request of `n` bytes, its FIN, then the answer of a sink (`sink_backend`: reads
+/// to EOF, answers with the count and hash of what it got, half-closes): the answer as read,
+/// and how the connection ended.
+fn request_fin_answer(addr: SocketAddr, n: u64, seed: u64) -> (String, String, End) {
+    let mut sock = try_connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    sock.set_read_timeout(Some(IO_TIMEOUT)).ok();
+    let sent = write_random(&mut sock, n, seed, None).expect("write the request");
+    sock.shutdown(Shutdown::Write).expect("FIN");
+    let (answer, end) = read_until_end(&mut sock);
+    (
+        String::from_utf8_lossy(&answer).into_owned(),
+        format!("{n} {sent}\n"),
+        end,
+    )
+}
+
+/// An HTTP/1.0-style exchange through the tunnel: the request, its FIN, then the answer,
+/// which comes back whole over the half-closed connection (before half-close, the source's
+/// EOF reset the connection and the answer was lost). Every version pairing, our relay and
+/// the tungstenite one (which passes the ignorable messages as it passes every frame).
+#[test]
+fn half_close_carries_the_answer_after_the_requests_fin() {
+    let pki = Pki::new();
+    for driver in DRIVERS {
+        for (via, src, dst, services) in [
+            (Via::Ours, "v3", "v3", &["web"][..]),
+            (Via::Ours, "v3", "v2", &["web"][..]),
+            (Via::Ours, "v1", "v1", &[""][..]),
+            (Via::Ws, "v3", "v3", &["web"][..]),
+        ] {
+            let (sink, reports) = sink_backend(None);
+            let t = tunnel_with(
+                via,
+                &pki,
+                driver,
+                services,
+                (src, dst),
+                None,
+                vec![sink],
+                ("", ""),
+            );
+            let addr = addrs(&t)[0];
+            let what = format!("{via:?} relay, {src} source, {dst} destination ({driver})");
+            // One after another (a new stream each in V1 and V2), then several at once (V3).
+            let at_once = if src == "v3" && dst == "v3" { 8 } else { 1 };
+            for round in 0..3u64 {
+                let runs: Vec<_> = (0..at_once)
+                    .map(|k| {
+                        let seed = round * 100 + k;
+                        spawn("client", move || {
+                            request_fin_answer(addr, 3 * 1024 * 1024 + seed, seed)
+                        })
+                    })
+                    .collect();
+                for run in runs {
+                    let (answer, expected, end) = run.join().expect("client");
+                    assert!(
+                        answer == expected && matches!(end, End::Eof),
+                        "{what}: answer {answer:?} ({end:?}), expected {expected:?}\n\
+                         source:\n{}\ndestination:\n{}",
+                        t.source.log(),
+                        t.destination.log()
+                    );
+                }
+            }
+            for _ in 0..3 * at_once {
+                let report = reports.recv_timeout(SOON).expect("a sink report");
+                assert!(report.error.is_none(), "{what}: {report:?}");
+            }
+        }
+    }
+}
+
+/// Bulk both ways at once where one direction ends long before the other: each side writes
+/// its bytes then FINs, and reads the other's to their end. Every byte arrives, hashed, and
+/// both ends see a clean EOF.
+#[test]
+fn bulk_each_way_with_half_close() {
+    const SMALL: u64 = 4 * 1024 * 1024;
+    const LARGE: u64 = 48 * 1024 * 1024;
+    let pki = Pki::new();
+    for driver in DRIVERS {
+        let (tx, rx) = std::sync::mpsc::channel::<(u64, Result<(u64, String), String>)>();
+        let tx = std::sync::Mutex::new(tx);
+        // The backend: its first byte says how much to send back (0: SMALL, 1: LARGE).
+        let backend = Backend::spawn(move |sock| {
+            let mut first = [0u8; 1];
+            if (&sock).read_exact(&mut first).is_err() {
+                return;
+            }
+            let back = if first[0] == 0 { SMALL } else { LARGE };
+            let mut w = sock.try_clone().expect("clone");
+            let writer = thread::spawn(move || {
+                let r = write_random(&mut w, back, back, None);
+                let _ = w.shutdown(Shutdown::Write);
+                r
+            });
+            let got = read_hashed(&mut &sock).map_err(|(n, _, e)| format!("after {n}: {e}"));
+            let _ = writer.join();
+            let _ = tx.lock().unwrap().send((back, got));
+        });
+        let t = tunnel_with(
+            Via::Ours,
+            &pki,
+            driver,
+            &["bulk"],
+            ("v3", "v3"),
+            None,
+            vec![backend],
+            ("", ""),
+        );
+        let addr = addrs(&t)[0];
+        // The client sends LARGE and gets SMALL, and the other way round, both at once.
+        let runs: Vec<_> = [(LARGE, 0u8), (SMALL, 1u8)]
+            .into_iter()
+            .map(|(out, ask)| {
+                spawn("client", move || {
+                    let sock = try_connect(addr).expect("connect");
+                    sock.set_read_timeout(Some(IO_TIMEOUT)).ok();
+                    let mut w = sock.try_clone().expect("clone");
+                    let writer = thread::spawn(move || {
+                        w.write_all(&[ask])?;
+                        let sent = write_random(&mut w, out, out + 1, None)?;
+                        w.shutdown(Shutdown::Write)?;
+                        Ok::<_, std::io::Error>(sent)
+                    });
+                    let got = read_hashed(&mut &sock);
+                    let sent = writer.join().expect("writer");
+                    (
+                        out,
+                        ask,
+                        sent.map_err(|e| e.to_string()),
+                        got.map_err(|(n, _, e)| format!("after {n}: {e}")),
+                    )
+                })
+            })
+            .collect();
+        for run in runs {
+            let (out, ask, sent, got) = run.join().expect("client");
+            let back = if ask == 0 { SMALL } else { LARGE };
+            assert!(sent.is_ok(), "{driver}: write {sent:?}");
+            let got = got.unwrap_or_else(|e| {
+                panic!(
+                    "{driver}: read {e}\nsource:\n{}\ndestination:\n{}",
+                    t.source.log(),
+                    t.destination.log()
+                )
+            });
+            assert_eq!(
+                got,
+                (back, random_hash(back, back)),
+                "{driver}: {out} out, {back} back"
+            );
+        }
+        for _ in 0..2 {
+            let (back, got) = rx.recv_timeout(SOON).expect("the backend's report");
+            let out = if back == SMALL { LARGE } else { SMALL };
+            let got = got.unwrap_or_else(|e| panic!("{driver}: backend read {e}"));
+            assert_eq!(
+                got,
+                (out, random_hash(out, out + 1)),
+                "{driver}: the backend got every byte"
+            );
+        }
+    }
+}
+
+/// Agents that do not both take half-close (here one has `half_close = false`; localproxy
+/// never does) work the old way: echo through the tunnel, and a FIN ends the whole
+/// connection (the request arrives whole, the answer does not come back, nothing hangs).
+#[test]
+fn without_the_peers_half_close_a_fin_ends_the_connection() {
+    let pki = Pki::new();
+    for driver in DRIVERS {
+        for (src_extra, dst_extra) in [("half_close = false\n", ""), ("", "half_close = false\n")] {
+            let (sink, reports) = sink_backend(None);
+            let t = tunnel_with(
+                Via::Ours,
+                &pki,
+                driver,
+                &["web", "echo"],
+                ("v3", "v3"),
+                None,
+                vec![sink, echo_backend()],
+                (src_extra, dst_extra),
+            );
+            let what = format!("source {src_extra:?}, destination {dst_extra:?} ({driver})");
+            let a = addrs(&t);
+            echo_through(a[1], 4 * 1024 * 1024, 7).unwrap_or_else(|e| panic!("{what}: {e}"));
+            let (answer, expected, end) = request_fin_answer(a[0], 1024 * 1024, 3);
+            assert!(
+                answer.is_empty() && end.closed(),
+                "{what}: {answer:?} ({end:?})"
+            );
+            let report = reports.recv_timeout(SOON).expect("a sink report");
+            assert_eq!(
+                format!("{} {}\n", report.bytes, report.sha256),
+                expected,
+                "{what}: the request arrived whole"
+            );
+        }
     }
 }

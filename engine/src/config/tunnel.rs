@@ -139,6 +139,11 @@ pub struct SourceConfig {
     /// Keep reconnecting after a close frame or a 4xx (the local proxy exits).
     #[serde(default)]
     pub keep_trying: bool,
+    /// Negotiate half-close with a splice-engine agent at the other end (ignorable messages
+    /// that localproxy drops): one direction of a connection can end while the other goes on.
+    /// Off, a local EOF ends the whole connection, as localproxy does.
+    #[serde(default = "default_half_close")]
+    pub half_close: bool,
     /// Ping the relay after this long without a byte from it.
     #[serde(default = "default_ping_after", with = "humantime_serde")]
     pub ping_after: Duration,
@@ -183,6 +188,11 @@ pub struct DestinationConfig {
     /// Keep reconnecting after a close frame or a 4xx (the local proxy exits).
     #[serde(default)]
     pub keep_trying: bool,
+    /// Negotiate half-close with a splice-engine agent at the other end (ignorable messages
+    /// that localproxy drops): one direction of a connection can end while the other goes on.
+    /// Off, a local EOF ends the whole connection, as localproxy does.
+    #[serde(default = "default_half_close")]
+    pub half_close: bool,
     /// Time allowed to connect to a service.
     #[serde(default = "default_connect_timeout", with = "humantime_serde")]
     pub connect_timeout: Duration,
@@ -195,6 +205,9 @@ pub struct DestinationConfig {
     pub idle_timeout: Duration,
 }
 
+fn default_half_close() -> bool {
+    true
+}
 fn default_max_services() -> usize {
     3
 }
@@ -370,6 +383,12 @@ macro_rules! agent_builders {
             self.keep_trying = on;
             self
         }
+
+        /// Negotiate half-close with a splice-engine peer (default on).
+        pub fn half_close(mut self, on: bool) -> Self {
+            self.half_close = on;
+            self
+        }
     };
 }
 
@@ -389,6 +408,7 @@ impl SourceConfig {
             listen: Vec::new(),
             protocol: TunnelProtocol::default(),
             keep_trying: false,
+            half_close: true,
             ping_after: default_ping_after(),
             idle_timeout: default_peer_idle_timeout(),
         }
@@ -420,6 +440,7 @@ impl DestinationConfig {
             connect: Vec::new(),
             protocol: TunnelProtocol::default(),
             keep_trying: false,
+            half_close: true,
             connect_timeout: default_connect_timeout(),
             ping_after: default_ping_after(),
             idle_timeout: default_peer_idle_timeout(),

@@ -195,12 +195,9 @@ impl PathDef for Tunnel {
         Family::Tunnel
     }
     fn supports(&self, sc: Scenario) -> bool {
-        // Not bulk yet: the bulk sink reports its count after the sender's FIN, and the
-        // tunnel protocol has no half-close (a FIN ends the whole stream, as with AWS's local
-        // proxy), so the report cannot come back. It returns with a half-close negotiated
-        // between two splice-engine agents.
-        let without_half_close = matches!(sc, Scenario::Bulk | Scenario::BulkMulti);
-        (tunnel_supports(sc) && !without_half_close) || sc == Scenario::IdleTunnels
+        // Bulk too: the sink's report comes back after the sender's FIN because our two
+        // agents negotiate half-close (the AWS protocol has none).
+        tunnel_supports(sc) || sc == Scenario::IdleTunnels
     }
     fn check(&self, ctx: &Ctx) -> Result<String, String> {
         Self::commands_exist(&ctx.engine)?;

@@ -87,8 +87,10 @@ pub(crate) struct ClientLink {
     phase: Phase,
     key: [u8; 16],
     offered: Vec<Subprotocol>,
-    /// Decrypted bytes; those before `head` are decoded.
+    /// Decrypted bytes in `plain[..filled]`; those before `head` are decoded. The rest is
+    /// room kept from earlier reads, so that a read does not zero it again.
     plain: Vec<u8>,
+    filled: usize,
     head: usize,
     /// Bytes after `head` that the last event used: skipped at the next poll (the event's
     /// range points into them until then).
@@ -155,6 +157,7 @@ impl ClientLink {
             key,
             offered,
             plain: Vec::new(),
+            filled: 0,
             head: 0,
             used: 0,
             decoder: Decoder::new(Role::Client, ws::Limits::default()),
@@ -179,7 +182,8 @@ impl ClientLink {
     pub fn handle_ciphertext(&mut self, mut data: &[u8]) -> Result<(), LinkError> {
         self.skip_used();
         if self.head > 0 {
-            self.plain.drain(..self.head);
+            self.plain.copy_within(self.head..self.filled, 0);
+            self.filled -= self.head;
             self.head = 0;
         }
         while !data.is_empty() {
@@ -189,12 +193,15 @@ impl ClientLink {
             let state = self.tls.process_new_packets()?;
             let n = state.plaintext_bytes_to_read();
             if n > 0 {
-                let at = self.plain.len();
-                self.plain.resize(at + n, 0);
+                let at = self.filled;
+                if self.plain.len() < at + n {
+                    self.plain.resize(at + n, 0);
+                }
                 self.tls
                     .reader()
-                    .read_exact(&mut self.plain[at..])
+                    .read_exact(&mut self.plain[at..at + n])
                     .expect("rustls said these bytes are there");
+                self.filled = at + n;
             }
         }
         Ok(())
@@ -212,10 +219,11 @@ impl ClientLink {
             match self.phase {
                 Phase::Closed => return Ok(None),
                 Phase::Upgrading => {
-                    if self.head == self.plain.len() {
+                    if self.head == self.filled {
                         return Ok(None);
                     }
-                    match ws::parse_response(&self.plain[self.head..], &self.key, &self.offered)
+                    let text = &self.plain[self.head..self.filled];
+                    match ws::parse_response(text, &self.key, &self.offered)
                         .map_err(LinkError::Response)?
                     {
                         ParsedResponse::Incomplete => return Ok(None),
@@ -231,7 +239,9 @@ impl ClientLink {
                         return Ok(None);
                     }
                     let head = self.head;
-                    let decoded = self.decoder.handle_bytes(&mut self.plain[head..])?;
+                    let decoded = self
+                        .decoder
+                        .handle_bytes(&mut self.plain[head..self.filled])?;
                     if decoded.consumed == 0 {
                         return Ok(None);
                     }
@@ -265,8 +275,8 @@ impl ClientLink {
 
     fn skip_used(&mut self) {
         self.head += std::mem::take(&mut self.used);
-        if self.head == self.plain.len() {
-            self.plain.clear();
+        if self.head == self.filled {
+            self.filled = 0;
             self.head = 0;
         }
     }

@@ -24,8 +24,8 @@ use std::time::{Duration, Instant};
 
 use socket2::SockAddr;
 use splice_proto::tunnel::agent::{
-    Action, Backoff, Destination, End, Error as AgentError, Limits, LocalId, Next, Reconnect,
-    Source,
+    Action, Backoff, Destination, EOF_WAIT, End, Error as AgentError, Limits, LocalEof, LocalId,
+    Next, Reconnect, Source,
 };
 use splice_proto::tunnel::{
     DATA_HEADROOM, DATA_TAILROOM, DataFraming, MAX_PAYLOAD, Message, Type, Version,
@@ -55,6 +55,8 @@ pub(crate) const TAG_LOCAL_SEND: u8 = 7;
 pub(crate) const TIMER_RETRY: u8 = 20;
 pub(crate) const TIMER_LINK: u8 = 21;
 pub(crate) const TIMER_LOCAL_CONNECT: u8 = 22;
+/// A local EOF waiting for the peer's word on half-close ([`EOF_WAIT`]).
+pub(crate) const TIMER_EOF_WAIT: u8 = 23;
 
 /// Bytes waiting to go to the relay past which local reads pause.
 pub(crate) const BACKLOG_HIGH: usize = 1 << 20;
@@ -128,6 +130,7 @@ impl Sans {
         let names = spec.service_names();
         let limits = Limits {
             payload: MAX_PAYLOAD,
+            half_close: spec.half_close,
             ..Limits::default()
         };
         Ok(match spec.mode {
@@ -158,6 +161,18 @@ impl Sans {
         match self {
             Sans::Source(s) => s.handle_local_closed(id),
             Sans::Destination(d) => d.handle_local_closed(id),
+        }
+    }
+    fn handle_local_eof(&mut self, id: LocalId) -> LocalEof {
+        match self {
+            Sans::Source(s) => s.handle_local_eof(id),
+            Sans::Destination(d) => d.handle_local_eof(id),
+        }
+    }
+    fn handle_eof_wait_over(&mut self, id: LocalId) {
+        match self {
+            Sans::Source(s) => s.handle_eof_wait_over(id),
+            Sans::Destination(d) => d.handle_eof_wait_over(id),
         }
     }
     fn handle_written(&mut self, id: LocalId, n: usize) {
@@ -699,6 +714,15 @@ impl Reactor {
                         self.write_local(io, index);
                     }
                 }
+                Action::ShutdownWrite { local } => {
+                    tracing::debug!(agent = %self.spec.name, %local, "local connection half-closed by the peer");
+                    if let Some(&index) = self.by_id.get(&local) {
+                        if let Some(l) = self.locals[index as usize].as_mut() {
+                            l.shut_write = true;
+                        }
+                        self.write_local(io, index);
+                    }
+                }
                 Action::PauseTunnelReads => {
                     if let Some(t) = self.tunnel.as_mut() {
                         t.link.set_paused(true);
@@ -782,6 +806,16 @@ impl Reactor {
             (TIMER_LOCAL_CONNECT, _) if connecting => {
                 let t = self.spec.connect_timeout;
                 self.connect_failed(io, index, &format!("no connection within {t:?}"));
+            }
+            (TIMER_EOF_WAIT, _) => {
+                if let Some(id) = (self.locals.get(index as usize))
+                    .and_then(Option::as_ref)
+                    .filter(|l| l.generation == generation)
+                    .and_then(|l| l.id)
+                {
+                    self.sans.handle_eof_wait_over(id);
+                    self.apply_actions(io);
+                }
             }
             _ => {}
         }

@@ -47,6 +47,8 @@ pub(crate) struct AgentSpec {
     /// The newest format to speak; it offers the subprotocols from it down to V1.
     pub version: Version,
     pub keep_trying: bool,
+    /// Negotiate half-close with a splice-engine peer.
+    pub half_close: bool,
     /// Destination: time allowed to connect to a service.
     pub connect_timeout: Duration,
     /// Ping the relay after this long without a byte from it.
@@ -75,6 +77,7 @@ struct Common<'a> {
     client_token: Option<&'a SecretText>,
     protocol: TunnelProtocol,
     keep_trying: bool,
+    half_close: bool,
     ping_after: Duration,
     idle_timeout: Duration,
 }
@@ -93,6 +96,7 @@ pub(crate) fn source_spec(cfg: &SourceConfig, env_token: Option<String>) -> Resu
         client_token: cfg.client_token.as_ref(),
         protocol: cfg.protocol,
         keep_trying: cfg.keep_trying,
+        half_close: cfg.half_close,
         ping_after: cfg.ping_after,
         idle_timeout: cfg.idle_timeout,
     };
@@ -122,6 +126,7 @@ pub(crate) fn destination_spec(
         client_token: cfg.client_token.as_ref(),
         protocol: cfg.protocol,
         keep_trying: cfg.keep_trying,
+        half_close: cfg.half_close,
         ping_after: cfg.ping_after,
         idle_timeout: cfg.idle_timeout,
     };
@@ -268,6 +273,7 @@ fn build(
         services,
         version,
         keep_trying: c.keep_trying,
+        half_close: c.half_close,
         connect_timeout,
         ping_after: c.ping_after,
         idle_timeout: c.idle_timeout,
@@ -332,6 +338,7 @@ mod tests {
             listen: listen.iter().map(|s| s.to_string()).collect(),
             protocol: TunnelProtocol::V3,
             keep_trying: false,
+            half_close: true,
             ping_after: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(90),
         }
@@ -435,6 +442,7 @@ mod tests {
             connect: vec!["ssh=localhost:22".into()],
             protocol: TunnelProtocol::V2,
             keep_trying: true,
+            half_close: true,
             connect_timeout: Duration::from_secs(1),
             ping_after: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(90),

@@ -1,9 +1,11 @@
 //! A source and a destination through a relay that passes frames, driven by a seeded random
 //! schedule: accepts, local reads and closes on both sides, connects that succeed or fail,
 //! slow local writers, tunnel bytes cut anywhere and delivered late (so resets cross DATA in
-//! flight), and tunnel drops. Whatever happens, each local connection receives a prefix of
-//! what its peer sent, in order, from one peer only; and once everything settles, every pair
-//! still open has received everything.
+//! flight), and tunnel drops; with half-close on, local EOFs (and the wait for the peer's
+//! HELLO) too. Whatever happens, each local connection receives a prefix of what its peer
+//! sent, in order, from one peer only, and nothing after its write side was shut; and once
+//! everything settles, every pair still open has received everything, and a shut write side
+//! had everything its peer sent before its EOF.
 
 use std::collections::{HashMap, VecDeque};
 
@@ -37,6 +39,10 @@ struct End {
     /// The agent finished it (the peer closed): it is closed once `to_write` is taken.
     finished: bool,
     connected: bool,
+    /// It sent its EOF (half-close): it writes no more.
+    eof: bool,
+    /// The agent shut its write side (the peer half-closed): nothing more may come.
+    shut: bool,
 }
 
 impl End {
@@ -59,6 +65,8 @@ struct Sim {
     dst_paused: bool,
     next_tag: u32,
     errors: usize,
+    /// `settle` ran the EOF waits out.
+    settled_waits: bool,
 }
 
 impl Sim {
@@ -89,12 +97,11 @@ impl Sim {
             match action {
                 Action::Send(f) => self.to_dst.extend(f),
                 Action::Listen { .. } => {}
-                Action::Write { local, data } => self
-                    .src_ends
-                    .get_mut(&local)
-                    .unwrap()
-                    .to_write
-                    .push_back(data),
+                Action::Write { local, data } => {
+                    let end = self.src_ends.get_mut(&local).unwrap();
+                    assert!(!end.shut, "a write after the write side was shut");
+                    end.to_write.push_back(data);
+                }
                 Action::Close { local } => {
                     let end = self.src_ends.get_mut(&local).unwrap();
                     assert!(!end.closed, "closed twice");
@@ -109,6 +116,11 @@ impl Sim {
                 Action::PauseTunnelReads => self.src_paused = true,
                 Action::ResumeTunnelReads => self.src_paused = false,
                 Action::Connect { .. } => panic!("a source connects nowhere"),
+                Action::ShutdownWrite { local } => {
+                    let end = self.src_ends.get_mut(&local).unwrap();
+                    assert!(!end.closed && !end.shut, "shut when closed or shut");
+                    end.shut = true;
+                }
             }
         }
         while let Some(action) = self.dst.poll_action() {
@@ -122,12 +134,11 @@ impl Sim {
                     };
                     assert!(self.dst_ends.insert(local, end).is_none());
                 }
-                Action::Write { local, data } => self
-                    .dst_ends
-                    .get_mut(&local)
-                    .unwrap()
-                    .to_write
-                    .push_back(data),
+                Action::Write { local, data } => {
+                    let end = self.dst_ends.get_mut(&local).unwrap();
+                    assert!(!end.shut, "a write after the write side was shut");
+                    end.to_write.push_back(data);
+                }
                 Action::Close { local } => {
                     let end = self.dst_ends.get_mut(&local).unwrap();
                     assert!(!end.closed, "closed twice");
@@ -142,6 +153,11 @@ impl Sim {
                 Action::PauseTunnelReads => self.dst_paused = true,
                 Action::ResumeTunnelReads => self.dst_paused = false,
                 Action::Listen { .. } => panic!("a destination listens nowhere"),
+                Action::ShutdownWrite { local } => {
+                    let end = self.dst_ends.get_mut(&local).unwrap();
+                    assert!(!end.closed && !end.shut, "shut when closed or shut");
+                    end.shut = true;
+                }
             }
         }
     }
@@ -185,6 +201,33 @@ impl Sim {
             self.src.handle_local_data(local, &data);
         } else {
             self.dst.handle_local_data(local, &data);
+        }
+    }
+
+    /// A local end sends its EOF (it writes no more; the agent says what becomes of it).
+    fn local_eof(&mut self, src: bool, local: LocalId) {
+        let end = if src {
+            self.src_ends.get_mut(&local).unwrap()
+        } else {
+            self.dst_ends.get_mut(&local).unwrap()
+        };
+        end.eof = true;
+        if src {
+            self.src.handle_local_eof(local);
+        } else {
+            self.dst.handle_local_eof(local);
+        }
+    }
+
+    /// [`EOF_WAIT`] passes for every local EOF of one side (a no-op for those settled).
+    fn eof_waits_over(&mut self, src: bool) {
+        let ends = if src { &self.src_ends } else { &self.dst_ends };
+        for local in Self::open(ends, |e| e.eof) {
+            if src {
+                self.src.handle_eof_wait_over(local);
+            } else {
+                self.dst.handle_eof_wait_over(local);
+            }
         }
     }
 
@@ -233,8 +276,8 @@ impl Sim {
         } else {
             1 + rng.below(3000)
         };
-        let src_open = Self::open(&self.src_ends, |_| true);
-        let dst_up = Self::open(&self.dst_ends, |e| e.connected);
+        let src_open = Self::open(&self.src_ends, |e| !e.eof);
+        let dst_up = Self::open(&self.dst_ends, |e| e.connected && !e.eof);
         let dst_waiting = Self::open(&self.dst_ends, |e| !e.connected);
         match what {
             0..=7 => {
@@ -255,8 +298,12 @@ impl Sim {
             }
             28..=30 if !src_open.is_empty() => {
                 let local = src_open[self.rng.below(src_open.len())];
-                self.src_ends.get_mut(&local).unwrap().closed = true;
-                self.src.handle_local_closed(local);
+                if self.rng.chance(500) {
+                    self.local_eof(true, local);
+                } else {
+                    self.src_ends.get_mut(&local).unwrap().closed = true;
+                    self.src.handle_local_closed(local);
+                }
             }
             31..=38 if !dst_waiting.is_empty() => {
                 let local = dst_waiting[self.rng.below(dst_waiting.len())];
@@ -275,8 +322,12 @@ impl Sim {
             }
             53..=54 if !dst_up.is_empty() => {
                 let local = dst_up[self.rng.below(dst_up.len())];
-                self.dst_ends.get_mut(&local).unwrap().closed = true;
-                self.dst.handle_local_closed(local);
+                if self.rng.chance(500) {
+                    self.local_eof(false, local);
+                } else {
+                    self.dst_ends.get_mut(&local).unwrap().closed = true;
+                    self.dst.handle_local_closed(local);
+                }
             }
             55..=70 => {
                 let max = 1 + self.rng.below(40_000);
@@ -294,6 +345,10 @@ impl Sim {
                 }
             }
             99 if self.rng.chance(100) => self.tunnel_lost(),
+            99 => {
+                let src = self.rng.chance(500);
+                self.eof_waits_over(src);
+            }
             _ => {}
         }
         self.take_actions();
@@ -323,7 +378,14 @@ impl Sim {
                 self.take_actions();
             }
             if !moved {
-                return;
+                if self.settled_waits {
+                    return;
+                }
+                // Then the EOF waits run out (each side's timer), and it settles again.
+                self.settled_waits = true;
+                self.eof_waits_over(true);
+                self.eof_waits_over(false);
+                self.take_actions();
             }
         }
     }
@@ -357,8 +419,18 @@ impl Sim {
                 if let Some(back) = peer.got_tag() {
                     assert_eq!(back, end.tag, "{what}: {id} and its peer disagree");
                 }
-                if end.finished {
+                // (An end finished after its own EOF went out as a reset may be short: without
+                // half-close the other direction ends there.)
+                if end.finished && (!end.eof || end.shut) {
                     assert_eq!(end.got.len(), peer.sent, "{what}: {id} finished short");
+                }
+                assert!(
+                    !end.shut || peer.eof,
+                    "{what}: {id} shut, its peer did not end"
+                );
+                // Unless it was cut (a reset) since.
+                if end.shut && (!end.closed || end.finished) {
+                    assert_eq!(end.got.len(), peer.sent, "{what}: {id} shut short");
                 }
                 if !end.closed {
                     assert!(!peer.closed, "{what}: {id} open, its peer closed");
@@ -377,7 +449,7 @@ impl Sim {
 
 #[test]
 fn random_schedules_keep_every_byte_in_order_or_reset() {
-    let mut runs = 0;
+    let (mut runs, mut half_closed) = (0, 0);
     for src in Version::ALL {
         for dst in Version::ALL {
             let services = if src == Version::V1 || dst == Version::V1 {
@@ -385,10 +457,16 @@ fn random_schedules_keep_every_byte_in_order_or_reset() {
             } else {
                 vec!["SSH1", "HTTP"]
             };
-            for seed in 1..=8u64 {
+            let runs_of = |s| {
+                [(s, false)]
+                    .into_iter()
+                    .chain((s <= 4).then_some((s, true)))
+            };
+            for (seed, half_close) in (1..=8u64).flat_map(runs_of) {
                 let limits = Limits {
                     pending: 16 * 1024,
                     connections_per_service: 6,
+                    half_close,
                     ..Limits::default()
                 };
                 let names = &services;
@@ -405,6 +483,7 @@ fn random_schedules_keep_every_byte_in_order_or_reset() {
                     dst_paused: false,
                     next_tag: 0,
                     errors: 0,
+                    settled_waits: false,
                 };
                 sim.tunnel_lost();
                 sim.take_actions();
@@ -412,14 +491,19 @@ fn random_schedules_keep_every_byte_in_order_or_reset() {
                     sim.step();
                 }
                 sim.settle();
-                let what = format!("{src:?}->{dst:?} seed {seed}");
+                let what = format!("{src:?}->{dst:?} seed {seed} half-close {half_close}");
                 sim.check(&what);
                 if src <= dst {
                     assert_eq!(sim.errors, 0, "{what}");
                 }
                 runs += sim.src_ends.len();
+                half_closed += (sim.src_ends.values())
+                    .chain(sim.dst_ends.values())
+                    .filter(|e| e.shut)
+                    .count();
             }
         }
     }
     assert!(runs > 1000, "{runs} local connections in all");
+    assert!(half_closed > 50, "{half_closed} write sides shut in all");
 }

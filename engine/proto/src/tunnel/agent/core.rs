@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
+use super::half_close::PeerHalfClose;
 use super::{Action, Error, Limits, LocalId};
 use crate::tunnel::{DataFraming, FrameDecoder, Message, Sender, Type, Version, check_service_id};
 
@@ -22,6 +23,8 @@ pub(super) struct Service {
     pub conns: BTreeMap<u32, LocalId>,
     /// Source: the last connectionId given in the active stream.
     pub last_conn: u32,
+    /// Whether the peer takes half-closes on the active stream (reset with each stream).
+    pub peer_half_close: PeerHalfClose,
 }
 
 /// A local connection's state.
@@ -40,6 +43,13 @@ pub(super) struct Local {
     /// Destination: the peer ended it before it connected; it is out of its stream and is
     /// finished once it connects.
     pub finishing: bool,
+    /// Its local side sent its end (EOF) and the peer was told with a HALF_CLOSE, or will be
+    /// once it is known whether it takes one (`eof_waiting`).
+    pub local_eof: bool,
+    /// The local EOF waits for the peer's HELLO (or a sign that none comes).
+    pub eof_waiting: bool,
+    /// The peer half-closed it: its write side is (to be) shut once the bytes before are out.
+    pub peer_eof: bool,
 }
 
 #[derive(Debug)]
@@ -90,6 +100,7 @@ impl Core {
                     stream: None,
                     conns: BTreeMap::new(),
                     last_conn: 0,
+                    peer_half_close: PeerHalfClose::No,
                 })
                 .collect(),
             setup: false,
@@ -165,6 +176,9 @@ impl Core {
                 connected,
                 held: Vec::new(),
                 finishing: false,
+                local_eof: false,
+                eof_waiting: false,
+                peer_eof: false,
             },
         );
         id
@@ -274,12 +288,14 @@ impl Core {
             return;
         };
         local.connected = true;
-        let finishing = local.finishing;
+        let (finishing, peer_eof) = (local.finishing, local.peer_eof);
         for data in std::mem::take(&mut local.held) {
             self.actions.push_back(Action::Write { local: id, data });
         }
         if finishing {
             self.finish_local(id);
+        } else if peer_eof {
+            self.actions.push_back(Action::ShutdownWrite { local: id });
         }
     }
 
@@ -413,9 +429,11 @@ impl Core {
                 self.seen(message);
                 if let Some(service) = self.service_of(message.service_id)
                     && self.services[service].stream == Some(message.stream_id)
-                    && let Some(&id) = self.services[service].conns.get(&message.connection())
                 {
-                    self.finish_local(id);
+                    if let Some(&id) = self.services[service].conns.get(&message.connection()) {
+                        self.finish_local(id);
+                    }
+                    self.peer_spoke(service);
                 }
                 Ok(None)
             }
@@ -424,9 +442,11 @@ impl Core {
                 // Stale DATA (an older stream, a connection reset in flight) is dropped (§5).
                 if let Some(service) = self.service_of(message.service_id)
                     && self.services[service].stream == Some(message.stream_id)
-                    && let Some(&id) = self.services[service].conns.get(&message.connection())
                 {
-                    self.deliver(id, message.payload);
+                    if let Some(&id) = self.services[service].conns.get(&message.connection()) {
+                        self.deliver(id, message.payload);
+                    }
+                    self.peer_spoke(service);
                 }
                 Ok(None)
             }
@@ -473,6 +493,8 @@ impl Core {
                 if message.check(from, Version::V3, crate::tunnel::MAX_MESSAGE)? {
                     handle(this, &message)
                 } else {
+                    // An unknown type marked ignorable: splice-engine's own, or dropped.
+                    core(this).extension(&message);
                     Ok(())
                 }
             });

@@ -67,6 +67,7 @@ impl Destination {
             core.end_stream(index);
         }
         core.services[index].stream = Some(message.stream_id);
+        core.half_close_start(index);
         let id = core.add_local(index, message.connection(), false);
         core.actions.push_back(Action::Connect {
             local: id,
@@ -88,6 +89,9 @@ impl Destination {
             self.refuse_stream(message);
             return Ok(());
         };
+        if core.services[index].stream == Some(message.stream_id) {
+            core.peer_spoke(index);
+        }
         let svc = &core.services[index];
         let conn = message.connection_id;
         if svc.stream != Some(message.stream_id) {
@@ -181,6 +185,21 @@ impl Destination {
     /// closed.
     pub fn handle_local_closed(&mut self, local: LocalId) {
         self.core.local_closed(local);
+    }
+
+    /// The local connection sent its end (EOF; not for an error: that is
+    /// [`Destination::handle_local_closed`]). With a peer that takes half-closes, the peer is told
+    /// with a [`super::HALF_CLOSE`] and the connection stays for the other direction; else
+    /// as `handle_local_closed`, and an [`Action::Finish`] for it follows. Keep reading its
+    /// actions either way.
+    pub fn handle_local_eof(&mut self, local: LocalId) -> super::LocalEof {
+        self.core.local_eof(local)
+    }
+
+    /// [`super::EOF_WAIT`] has passed since `handle_local_eof` said
+    /// [`super::LocalEof::Waiting`] for `local` (nothing if it was settled meanwhile).
+    pub fn handle_eof_wait_over(&mut self, local: LocalId) {
+        self.core.eof_wait_over(local);
     }
 
     /// The driver wrote `n` bytes of the [`Action::Write`]s to `local`.

@@ -30,6 +30,7 @@
 mod chaos;
 mod core;
 mod destination;
+mod half_close;
 mod reconnect;
 mod source;
 #[cfg(test)]
@@ -38,6 +39,7 @@ mod tests;
 use std::fmt;
 
 pub use destination::Destination;
+pub use half_close::{EOF_WAIT, HALF_CLOSE, HELLO, LocalEof};
 pub use reconnect::{Backoff, End, Next, Reconnect};
 pub use source::Source;
 
@@ -97,6 +99,13 @@ pub enum Action {
         /// The connection.
         local: LocalId,
     },
+    /// The peer half-closed this local connection's counterpart ([`HALF_CLOSE`]): write out
+    /// every [`Action::Write`] given for it, then shut its write side (a FIN), and go on
+    /// reading it. Its id stays.
+    ShutdownWrite {
+        /// The connection.
+        local: LocalId,
+    },
     /// Stop reading the tunnel: a local connection has more than [`Limits::pending`] bytes
     /// waiting to be written.
     PauseTunnelReads,
@@ -115,6 +124,9 @@ pub struct Limits {
     /// The longest DATA payload the agent writes: local reads longer than this are cut into
     /// several DATA messages (so a V1 peer's long read is never stranded, §12.3).
     pub payload: usize,
+    /// Negotiate half-closes with a splice-engine peer ([`HELLO`], [`HALF_CLOSE`]); off, the
+    /// agent sends neither and drops both, as localproxy does.
+    pub half_close: bool,
 }
 
 impl Default for Limits {
@@ -123,6 +135,7 @@ impl Default for Limits {
             pending: 256 * 1024,
             connections_per_service: 128,
             payload: super::MAX_PAYLOAD,
+            half_close: false,
         }
     }
 }

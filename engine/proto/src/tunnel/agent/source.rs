@@ -83,7 +83,16 @@ impl Source {
         } else {
             1
         };
-        if svc.conns.len() >= limit {
+        // In the V1 and V2 formats (one connection per stream) a connection whose client has
+        // ended its side (half-closed, waiting for the rest of its answer) gives way: the new
+        // stream replaces it, as a new STREAM_START always does (§5), and it is cut. Without
+        // half-close it would have been gone at its client's FIN already.
+        let open = (svc.conns.values())
+            .filter(|id| {
+                format.writes_connection_id() || core.locals.get(id).is_none_or(|l| !l.local_eof)
+            })
+            .count();
+        if open >= limit {
             return Err(Error::Busy(service.to_string()));
         }
         if format.writes_connection_id() && svc.stream.is_some() && svc.last_conn < u32::MAX {
@@ -108,6 +117,7 @@ impl Source {
         core.services[index].last_conn = 1;
         let id = core.add_local(index, 1, true);
         core.send(Type::STREAM_START, index, stream, 1, &[]);
+        core.half_close_start(index);
         Ok(id)
     }
 
@@ -131,6 +141,21 @@ impl Source {
     /// STREAM_RESET in V1 and V2). Call it once, and not for a connection the agent closed.
     pub fn handle_local_closed(&mut self, local: LocalId) {
         self.core.local_closed(local);
+    }
+
+    /// The local connection sent its end (EOF; not for an error: that is
+    /// [`Source::handle_local_closed`]). With a peer that takes half-closes, the peer is told
+    /// with a [`super::HALF_CLOSE`] and the connection stays for the other direction; else
+    /// as `handle_local_closed`, and an [`Action::Finish`] for it follows. Keep reading its
+    /// actions either way.
+    pub fn handle_local_eof(&mut self, local: LocalId) -> super::LocalEof {
+        self.core.local_eof(local)
+    }
+
+    /// [`super::EOF_WAIT`] has passed since `handle_local_eof` said
+    /// [`super::LocalEof::Waiting`] for `local` (nothing if it was settled meanwhile).
+    pub fn handle_eof_wait_over(&mut self, local: LocalId) {
+        self.core.eof_wait_over(local);
     }
 
     /// The driver wrote `n` bytes of the [`Action::Write`]s to `local`.

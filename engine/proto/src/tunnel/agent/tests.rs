@@ -654,17 +654,26 @@ struct Pair {
     /// Finished (closed after their writes) by the agent; a Close (a cut) fails the test.
     dst_closed: Vec<LocalId>,
     src_closed: Vec<LocalId>,
+    /// Write sides shut after the peer's HALF_CLOSE.
+    dst_shut: Vec<LocalId>,
+    src_shut: Vec<LocalId>,
 }
 
 impl Pair {
     fn new(services: &[&str], src: Version, dst: Version) -> Pair {
+        Pair::with(services, (src, Limits::default()), (dst, Limits::default()))
+    }
+
+    fn with(services: &[&str], src: (Version, Limits), dst: (Version, Limits)) -> Pair {
         let mut pair = Pair {
-            src: Source::new(services, src, Limits::default()).unwrap(),
-            dst: Destination::new(services, dst, Limits::default()).unwrap(),
+            src: Source::new(services, src.0, src.1).unwrap(),
+            dst: Destination::new(services, dst.0, dst.1).unwrap(),
             src_got: HashMap::new(),
             dst_got: HashMap::new(),
             dst_closed: Vec::new(),
             src_closed: Vec::new(),
+            dst_shut: Vec::new(),
+            src_shut: Vec::new(),
         };
         let ids = service_ids(services);
         pair.src.bytes(&ids).unwrap();
@@ -686,6 +695,7 @@ impl Pair {
                         self.src_got.entry(local).or_default().extend(data);
                     }
                     Action::Finish { local } => self.src_closed.push(local),
+                    Action::ShutdownWrite { local } => self.src_shut.push(local),
                     Action::Listen { .. } => {}
                     other => panic!("{other:?}"),
                 }
@@ -700,6 +710,7 @@ impl Pair {
                         self.dst_got.entry(local).or_default().extend(data);
                     }
                     Action::Finish { local } => self.dst_closed.push(local),
+                    Action::ShutdownWrite { local } => self.dst_shut.push(local),
                     other => panic!("{other:?}"),
                 }
             }
@@ -939,4 +950,321 @@ fn a_peer_close_finishes_after_the_data_before_it() {
     d.bytes(&hex("000c080710012a04535348313802")).unwrap();
     d.handle_connect_failed(LocalId(1));
     assert_eq!(d.drain(), []);
+}
+
+fn half_close_on() -> Limits {
+    Limits {
+        half_close: true,
+        ..Limits::default()
+    }
+}
+
+/// An HTTP/1.0 exchange through two agents that both take half-closes, in every version
+/// pairing: the client's request and EOF, then the answer and the target's EOF, each whole.
+#[test]
+fn half_close_carries_the_answer_after_the_requests_eof() {
+    for src in Version::ALL {
+        for dst in Version::ALL {
+            let what = format!("{src:?}->{dst:?}");
+            let mut pair = Pair::with(&["SSH1"], (src, half_close_on()), (dst, half_close_on()));
+            let s = pair.src.handle_accept("SSH1").unwrap();
+            pair.run();
+            pair.src.handle_local_data(s, b"GET / HTTP/1.0\r\n\r\n");
+            assert_eq!(pair.src.handle_local_eof(s), LocalEof::HalfClosed, "{what}");
+            pair.run();
+            let d = LocalId(0);
+            assert_eq!(pair.dst_got[&d], b"GET / HTTP/1.0\r\n\r\n", "{what}");
+            assert_eq!(pair.dst_shut, [d], "{what}: its write side shut");
+            assert!(
+                pair.dst_closed.is_empty() && pair.src_closed.is_empty(),
+                "{what}"
+            );
+            // The answer comes back over the half-closed connection, then the target's EOF.
+            let answer: Vec<u8> = (0..200_000).map(|i| (i * 7) as u8).collect();
+            pair.dst.handle_local_data(d, &answer);
+            assert_eq!(pair.dst.handle_local_eof(d), LocalEof::Closed, "{what}");
+            pair.run();
+            assert_eq!(pair.src_got[&s], answer, "{what}");
+            assert_eq!(pair.src_closed, [s], "{what}: finished after the answer");
+            assert_eq!(pair.dst_closed, [d], "{what}");
+            assert!(pair.src_shut.is_empty(), "{what}");
+            // The stream (V1, V2) or connection (V3) ended the ordinary way: a new one works.
+            let s2 = pair.src.handle_accept("SSH1").unwrap();
+            pair.run();
+            pair.src.handle_local_data(s2, b"again");
+            pair.run();
+            assert_eq!(pair.dst_got[&LocalId(1)], b"again", "{what}");
+        }
+    }
+}
+
+/// Both sides end at once: the HALF_CLOSEs cross, each side closes its connection with the
+/// ordinary reset, and the crossing resets are dropped.
+#[test]
+fn crossing_half_closes_end_both_sides() {
+    for version in Version::ALL {
+        let mut pair = Pair::with(
+            &["SSH1"],
+            (version, half_close_on()),
+            (version, half_close_on()),
+        );
+        let s = pair.src.handle_accept("SSH1").unwrap();
+        pair.run();
+        let d = LocalId(0);
+        pair.src.handle_local_data(s, b"ping");
+        pair.dst.handle_local_data(d, b"pong");
+        assert_eq!(pair.src.handle_local_eof(s), LocalEof::HalfClosed);
+        assert_eq!(pair.dst.handle_local_eof(d), LocalEof::HalfClosed);
+        pair.run();
+        assert_eq!(pair.src_got[&s], b"pong", "{version:?}");
+        assert_eq!(pair.dst_got[&d], b"ping", "{version:?}");
+        assert_eq!(pair.src_closed, [s], "{version:?}");
+        assert_eq!(pair.dst_closed, [d], "{version:?}");
+    }
+}
+
+/// What goes on the wire: STREAM_START then the source's HELLO (ignorable, streamId and
+/// serviceId as the stream's), the destination's HELLO before anything else, a HALF_CLOSE
+/// with the connection's ids; and nothing of it with the feature off.
+#[test]
+fn half_close_messages_on_the_wire() {
+    let mut s = Source::new(&["SSH1"], Version::V3, half_close_on()).unwrap();
+    s.bytes(&service_ids(&["SSH1"])).unwrap();
+    s.drain();
+    let c1 = s.handle_accept("SSH1").unwrap();
+    // type 1001 (e9 07), streamId 1, ignorable, serviceId SSH1.
+    let hello = hex("000d08e907100118012a0453534831");
+    assert_eq!(
+        s.drain(),
+        [
+            send(v("STREAM_START stream=1 svc=SSH1 conn=1")),
+            send(hello.clone())
+        ]
+    );
+    assert_eq!(
+        Message::decode(&hello[2..]).unwrap(),
+        Message {
+            kind: HELLO,
+            stream_id: 1,
+            ignorable: true,
+            service_id: "SSH1",
+            ..Message::default()
+        }
+    );
+    s.bytes(&hello).unwrap();
+    assert_eq!(s.handle_local_eof(c1), LocalEof::HalfClosed);
+    let sent = s.drain();
+    let [Action::Send(half)] = sent.as_slice() else {
+        panic!("{sent:?}")
+    };
+    assert_eq!(
+        Message::decode(&half[2..]).unwrap(),
+        Message {
+            kind: HALF_CLOSE,
+            stream_id: 1,
+            ignorable: true,
+            service_id: "SSH1",
+            connection_id: 1,
+            ..Message::default()
+        }
+    );
+
+    // The destination says HELLO as it takes the STREAM_START, before it connects.
+    let mut d = Destination::new(&["SSH1"], Version::V3, half_close_on()).unwrap();
+    d.bytes(&service_ids(&["SSH1"])).unwrap();
+    d.bytes(&v("STREAM_START stream=1 svc=SSH1 conn=1"))
+        .unwrap();
+    assert_eq!(
+        d.drain(),
+        [
+            send(hello.clone()),
+            Action::Connect {
+                local: LocalId(0),
+                service: "SSH1".into()
+            }
+        ]
+    );
+
+    // Off (the default): exactly what localproxy sends, and HELLO / HALF_CLOSE are dropped.
+    let mut s = source(&["SSH1"], Version::V3);
+    s.drain();
+    let c1 = s.handle_accept("SSH1").unwrap();
+    assert_eq!(
+        s.drain(),
+        [send(v("STREAM_START stream=1 svc=SSH1 conn=1"))]
+    );
+    s.bytes(&[hello.clone(), half.clone()].concat()).unwrap();
+    assert_eq!(s.drain(), []);
+    assert_eq!(s.handle_local_eof(c1), LocalEof::Closed);
+    assert_eq!(
+        s.drain(),
+        [
+            send(v("CONNECTION_RESET stream=1 svc=SSH1 conn=1")),
+            Action::Finish { local: c1 }
+        ]
+    );
+}
+
+/// A peer that never says HELLO (localproxy, or an agent with the feature off): an EOF
+/// before it said anything waits, then goes out as the ordinary reset, after the peer's DATA
+/// (which shows no HELLO is coming) or after the wait. Nothing the peer sent is lost.
+#[test]
+fn a_peer_without_half_close_gets_the_ordinary_reset() {
+    for version in Version::ALL {
+        // Our source, a destination with the feature off.
+        let mut pair = Pair::with(
+            &["SSH1"],
+            (version, half_close_on()),
+            (version, Limits::default()),
+        );
+        let s = pair.src.handle_accept("SSH1").unwrap();
+        pair.src.handle_local_data(s, b"request");
+        assert_eq!(pair.src.handle_local_eof(s), LocalEof::Waiting);
+        pair.run();
+        let d = LocalId(0);
+        assert_eq!(pair.dst_got[&d], b"request");
+        assert!(pair.dst_closed.is_empty(), "{version:?}: waits for a word");
+        // The answer shows the destination does not say HELLO: the reset goes out after it.
+        pair.dst.handle_local_data(d, b"answer");
+        pair.run();
+        assert_eq!(pair.src_got[&s], b"answer", "{version:?}");
+        assert_eq!(pair.src_closed, [s], "{version:?}");
+        assert_eq!(pair.dst_closed, [d], "{version:?}: the ordinary reset");
+        assert!(pair.dst_shut.is_empty(), "{version:?}");
+        // The stream's later EOFs do not wait.
+        if version == Version::V3 {
+            let s2 = pair.src.handle_accept("SSH1").unwrap();
+            pair.run();
+            assert_eq!(pair.src.handle_local_eof(s2), LocalEof::Closed);
+        }
+
+        // A silent peer: the wait ends it.
+        let mut pair = Pair::with(
+            &["SSH1"],
+            (version, half_close_on()),
+            (version, Limits::default()),
+        );
+        let s = pair.src.handle_accept("SSH1").unwrap();
+        pair.run();
+        assert_eq!(pair.src.handle_local_eof(s), LocalEof::Waiting);
+        pair.run();
+        assert!(pair.dst_closed.is_empty());
+        pair.src.handle_eof_wait_over(s);
+        pair.run();
+        assert_eq!(pair.src_closed, [s], "{version:?}");
+        assert_eq!(pair.dst_closed, [LocalId(0)], "{version:?}");
+
+        // Our destination, a source with the feature off: its EOF goes out as a reset at
+        // once once the source's first word about the stream was not HELLO.
+        let mut pair = Pair::with(
+            &["SSH1"],
+            (version, Limits::default()),
+            (version, half_close_on()),
+        );
+        let s = pair.src.handle_accept("SSH1").unwrap();
+        pair.src.handle_local_data(s, b"x");
+        pair.run();
+        let d = LocalId(0);
+        assert_eq!(
+            pair.dst.handle_local_eof(d),
+            LocalEof::Closed,
+            "{version:?}"
+        );
+        pair.run();
+        assert_eq!(pair.src_closed, [s], "{version:?}");
+    }
+}
+
+/// An EOF before the peer's HELLO arrived waits for it, then goes out as a HALF_CLOSE; a
+/// HALF_CLOSE for a connection still connecting shuts it after the bytes held for it.
+#[test]
+fn half_close_waits_for_the_hello_and_for_the_connect() {
+    let mut src = Source::new(&["SSH1"], Version::V3, half_close_on()).unwrap();
+    let mut dst = Destination::new(&["SSH1"], Version::V3, half_close_on()).unwrap();
+    src.bytes(&service_ids(&["SSH1"])).unwrap();
+    dst.bytes(&service_ids(&["SSH1"])).unwrap();
+    src.drain();
+    let s = src.handle_accept("SSH1").unwrap();
+    src.handle_local_data(s, b"all of it");
+    assert_eq!(src.handle_local_eof(s), LocalEof::Waiting);
+    for action in src.drain() {
+        let Action::Send(f) = action else { panic!() };
+        dst.bytes(&f).unwrap();
+    }
+    // The destination's HELLO, then its Connect; the connection is not up yet.
+    let d = LocalId(0);
+    for action in dst.drain() {
+        if let Action::Send(f) = action {
+            src.bytes(&f).unwrap();
+        }
+    }
+    let sent = src.drain();
+    assert_eq!(sent.len(), 1, "the HALF_CLOSE: {sent:?}");
+    let Action::Send(half) = &sent[0] else {
+        panic!()
+    };
+    assert_eq!(Message::decode(&half[2..]).unwrap().kind, HALF_CLOSE);
+    dst.bytes(half).unwrap();
+    assert_eq!(dst.drain(), []);
+    dst.handle_connected(d);
+    assert_eq!(
+        dst.drain(),
+        [write(d, b"all of it"), Action::ShutdownWrite { local: d }]
+    );
+    // The target's EOF then closes both halves: the ordinary reset, and Finish here.
+    assert_eq!(dst.handle_local_eof(d), LocalEof::Closed);
+    assert_eq!(
+        dst.drain(),
+        [
+            send(v("CONNECTION_RESET stream=1 svc=SSH1 conn=1")),
+            Action::Finish { local: d }
+        ]
+    );
+}
+
+/// V1 and V2 carry one connection per stream: a connection whose client ended its side gives
+/// way to the next one (cut, as a new STREAM_START replaces a stream), rather than refuse it
+/// while its answer comes back.
+#[test]
+fn one_connection_formats_let_a_half_closed_connection_give_way() {
+    for version in [Version::V1, Version::V2] {
+        let mut pair = Pair::with(
+            &["SSH1"],
+            (version, half_close_on()),
+            (version, half_close_on()),
+        );
+        let s1 = pair.src.handle_accept("SSH1").unwrap();
+        pair.run();
+        assert!(
+            matches!(pair.src.handle_accept("SSH1"), Err(Error::Busy(_))),
+            "{version:?}"
+        );
+        pair.src.drain();
+        assert_eq!(pair.src.handle_local_eof(s1), LocalEof::HalfClosed);
+        pair.run();
+        pair.src.handle_accept("SSH1").unwrap();
+        let mut to_dst = Vec::new();
+        for action in pair.src.drain() {
+            match action {
+                Action::Send(f) => to_dst.push(f),
+                other => assert_eq!(other, Action::Close { local: s1 }, "{version:?}"),
+            }
+        }
+        pair.dst.bytes(&to_dst.concat()).unwrap();
+        // The destination's side of the first is cut too, and the second connects.
+        let got: Vec<Action> = (pair.dst.drain().into_iter())
+            .filter(|a| !matches!(a, Action::Send(_)))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                Action::Close { local: LocalId(0) },
+                Action::Connect {
+                    local: LocalId(1),
+                    service: "SSH1".into()
+                }
+            ],
+            "{version:?}"
+        );
+    }
 }

@@ -22,6 +22,10 @@ pub(super) struct Local {
     pub(super) finishing: bool,
     /// Write out the queue, then close (its reading side already ended).
     pub(super) ending: bool,
+    /// The peer half-closed it: write out the queue, then shut the write side (FIN).
+    pub(super) shut_write: bool,
+    /// Its write side is shut.
+    pub(super) write_shut: bool,
     pub(super) rbuf: Option<Vec<u8>>,
 }
 
@@ -125,6 +129,8 @@ impl Reactor {
             sending: false,
             finishing: false,
             ending: false,
+            shut_write: false,
+            write_shut: false,
             rbuf: None,
         });
         self.by_id.insert(id, index);
@@ -240,14 +246,19 @@ impl Reactor {
                         // Drained to the peer's FIN after ours: done.
                         return self.remove_local(io, index, false);
                     }
-                    // The peer ended it: the tunnel's side is told; what is queued goes out.
-                    l.ending = true;
-                    if let Some(id) = l.id.take() {
-                        self.by_id.remove(&id);
-                        self.sans.handle_local_closed(id);
+                    let Some(id) = l.id else {
+                        // Forgotten by the agent already: what is queued goes out, then close.
+                        l.ending = true;
+                        self.write_local(io, index);
+                        return;
+                    };
+                    // The tunnel's side is told: a HALF_CLOSE (the connection stays for the
+                    // other direction), or the ordinary reset and a Finish (write out, close).
+                    if self.sans.handle_local_eof(id) == LocalEof::Waiting {
+                        io.timers
+                            .push((io.now + EOF_WAIT, token(TIMER_EOF_WAIT, index, generation)));
                     }
                     self.apply_actions(io);
-                    self.write_local(io, index);
                     return;
                 }
                 let service = l.service;
@@ -364,6 +375,11 @@ impl Reactor {
                 },
             );
             return;
+        }
+        if l.shut_write && !l.write_shut {
+            // The peer's half-close, after everything it sent before it.
+            let _ = sys::socket::shutdown_write(l.fd.as_fd());
+            l.write_shut = true;
         }
         if l.ending {
             self.remove_local(io, index, false);
