@@ -663,11 +663,20 @@ fn destination_killed_and_started_again() {
     }
 }
 
+/// The relay stops (killed, or SIGTERM: a relay going down for a restart or an upgrade) and
+/// comes back on the same port with its registry: both agents reconnect, although they were
+/// not told to keep trying, and the tunnel carries bytes again.
 #[test]
 fn relay_restart_with_registry_on_disk() {
+    for graceful in [false, true] {
+        relay_restart(graceful);
+    }
+}
+
+fn relay_restart(graceful: bool) {
     let pki = Pki::new();
     let token = "0123456789abcdef-FEDCBA9876543210-abc";
-    let driver = "epoll";
+    let driver = if graceful { "uring" } else { "epoll" };
     let state = pki.dir.path().join("relay.sqlite");
     let state = state.to_str().unwrap();
     let relay = OurRelay::start(&pki, driver, state, None);
@@ -709,7 +718,18 @@ fn relay_restart_with_registry_on_disk() {
     assert!(wait_until(SOON, || relay.both_connected(&id)));
     echo_through(localhost(port), 100_000, 1).unwrap();
     let relay_port = relay.port;
-    drop(relay);
+    if graceful {
+        let mut relay = relay;
+        relay.proc.signal(libc::SIGTERM);
+        let status = relay.proc.wait_exit(SOON);
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "the relay drains and exits: {status:?}\n{}",
+            relay.proc.log()
+        );
+    } else {
+        drop(relay);
+    }
     let relay = OurRelay::start(&pki, driver, state, Some(relay_port));
     assert!(
         wait_until(SOON, || relay.both_connected(&id)),

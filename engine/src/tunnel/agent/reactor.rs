@@ -583,7 +583,7 @@ impl Reactor {
                         if reason.is_empty() { "" } else { ": " },
                         reason
                     );
-                    return self.tunnel_failed(io, End::Closed, &why);
+                    return self.tunnel_failed(io, End::from_close(code), &why);
                 }
             };
             if let Err(e) = r {

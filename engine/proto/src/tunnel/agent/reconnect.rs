@@ -49,12 +49,28 @@ impl Backoff {
 /// How a tunnel connection (or an attempt at one) ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum End {
-    /// The relay sent a WebSocket close frame: the tunnel is closed or expired.
+    /// The relay sent a WebSocket close frame: the tunnel is closed or expired. (A close
+    /// with 1001, "going away", is a relay shutting down, not the tunnel ending: see
+    /// [`End::from_close`].)
     Closed,
     /// The upgrade was answered with this HTTP status (not 101).
     Status(u16),
     /// TCP, TLS or WebSocket trouble, a bad frame, a connect error: transient.
     Dropped,
+}
+
+impl End {
+    /// How a close frame with this code ends the connection. 1001 ("going away", RFC 6455
+    /// §7.4.1) says the relay itself is going down, for a restart or an upgrade: the tunnel
+    /// lives on in its registry, so it is a drop and the agent reconnects. localproxy gives up
+    /// on any close frame; a relay restart should not end every agent. Any other code, or
+    /// none, is the tunnel closed or expired.
+    pub fn from_close(code: Option<u16>) -> End {
+        match code {
+            Some(crate::ws::close_code::GOING_AWAY) => End::Dropped,
+            _ => End::Closed,
+        }
+    }
 }
 
 /// What to do next.

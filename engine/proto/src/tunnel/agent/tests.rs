@@ -838,6 +838,20 @@ fn reconnect_schedule() {
 }
 
 #[test]
+fn a_relay_going_away_is_a_drop_and_any_other_close_ends_the_tunnel() {
+    assert_eq!(End::from_close(Some(1001)), End::Dropped);
+    for code in [None, Some(1000), Some(1008), Some(1011), Some(4000)] {
+        assert_eq!(End::from_close(code), End::Closed, "{code:?}");
+    }
+    let mut r = Reconnect::new(Backoff::default(), false);
+    assert!(matches!(
+        r.handle_end(End::from_close(Some(1001)), 0.0),
+        Next::Retry(_)
+    ));
+    assert_eq!(r.handle_end(End::from_close(Some(1000)), 0.0), Next::Stop);
+}
+
+#[test]
 fn data_framed_in_place_is_what_handle_local_data_sends() {
     use crate::tunnel::{DATA_HEADROOM, DATA_TAILROOM};
     for (services, version, ids) in [
