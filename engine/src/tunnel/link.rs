@@ -373,13 +373,14 @@ mod tests {
         let cert =
             splice_test_pki::Cert::self_signed(&["localhost"], splice_test_pki::KeyType::P256);
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let config = rustls::ServerConfig::builder_with_provider(provider)
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .unwrap()
             .with_no_client_auth()
             .with_single_cert(vec![cert.der.clone()], cert.key.der())
             .unwrap();
-        Link::server(rustls::ServerConnection::new(Arc::new(config)).unwrap())
+        config.enable_secret_extraction = true;
+        Link::server(rustls::server::UnbufferedServerConnection::new(Arc::new(config)).unwrap())
     }
 
     /// A relay holds thousands of idle links, each in a slab slot: the slot stays small, and a
