@@ -237,12 +237,13 @@ impl Link {
     }
 
     /// Whether to read from the socket: the link is not ending and holds less than
-    /// [`MAX_BUFFERED`] plaintext bytes. (A caller that pauses a link for flow control simply
+    /// [`MAX_BUFFERED`] plaintext bytes (and ciphertext bytes not yet opened). (A caller that pauses a link for flow control simply
     /// stops reading and polling it.)
     pub fn wants_read(&self) -> bool {
         !self.eof
             && !matches!(self.state, State::Done | State::Deciding)
             && self.plain.len() < MAX_BUFFERED
+            && self.rx.len() < MAX_BUFFERED
     }
 
     /// Ciphertext bytes waiting to be written to the socket: what a caller bounds.
@@ -279,6 +280,9 @@ impl Link {
     /// Feeds ciphertext read from the socket. A TLS error ends the link (the alert for the
     /// peer, if one goes, is in the output).
     pub fn receive_tls(&mut self, data: &[u8]) -> Result<(), TlsError> {
+        if matches!(self.tls, Tls::Gone) {
+            return Ok(()); // failed: nothing more is read
+        }
         let result = if self.rx.is_empty() && matches!(self.tls, Tls::Records(_)) {
             // The usual case: the records are opened where the caller received them, and only
             // a record's start that is not whole yet is kept.
@@ -287,7 +291,7 @@ impl Link {
             self.keep(data);
             self.run()
         };
-        if self.rx.is_empty() {
+        if self.rx.is_empty() || matches!(self.tls, Tls::Gone) {
             pool::give(std::mem::take(&mut self.rx));
         }
         result
@@ -1100,6 +1104,10 @@ mod tests {
         let mut server = Link::server(rustls::server::UnbufferedServerConnection::new(sc).unwrap());
         assert!(server.receive_tls(b"GET / HTTP/1.1\r\n\r\n").is_err());
         assert!(server.is_done());
+        // Nothing more is read, nor kept.
+        assert!(server.receive_tls(&[0x16; 1000]).is_ok());
+        server.take_output(&mut Vec::new()); // the alert
+        assert_eq!(server.buffer_capacity(), 0);
     }
 
     #[test]
