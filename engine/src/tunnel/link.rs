@@ -10,8 +10,9 @@
 //!   `tunnel/agent*`), then `plane.insert_entity(entity)` gives its [`super::EntityRef`].
 //!   Its callback is [`super::Entity::on_link`] (and [`super::Entity::on_timer`] for timers
 //!   armed with [`super::Plane::arm`]).
-//! - **Dial a link (client role)**: build a `rustls::ClientConnection` from the agent's
-//!   `ClientConfig` and the relay's server name, and the upgrade request with
+//! - **Dial a link (client role)**: build a `rustls::client::UnbufferedClientConnection` from
+//!   the agent's `ClientConfig` (with `enable_secret_extraction`: after the handshake the
+//!   link's own record layer takes over) and the relay's server name, and the upgrade request with
 //!   [`splice_proto::ws::ClientRequest`] (the key from a random source); then
 //!   `Link::client(tls, &request, seed)` and [`super::Plane::dial`]`(shard, addr, link,
 //!   owner)`: the socket connects, TLS handshakes and the request goes out; the link's
