@@ -980,6 +980,10 @@ mod tests {
     fn an_idle_link_holds_no_buffer_and_stays_small() {
         let size = std::mem::size_of::<Link>();
         assert!(size <= 264, "Link is {size} bytes");
+        // Its boxed TLS state past the handshake (aws-lc's key contexts, about 0.6 KiB, and
+        // rustls's key schedule come on top).
+        let size = std::mem::size_of::<RecordLayer>();
+        assert!(size <= 736, "RecordLayer is {size} bytes");
         let token = AccessToken::new("c".repeat(40)).unwrap();
         let (mut client, mut server) = open_pair(&token, None);
         shuttle(&mut client, &mut server);
