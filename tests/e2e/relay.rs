@@ -694,11 +694,17 @@ def frame(kind, stream, service, payload=b""):
 
 async def peer(mode, token):
     ctx = ssl.create_default_context(cafile=ca)
+    if mode == "destination":
+        # OpenSSL on TLS 1.2 on one side, TLS 1.3 on the other: both of the relay's record
+        # layers against an independent TLS stack.
+        ctx.maximum_version = ssl.TLSVersion.TLSv1_2
     ws = await websockets.connect(
         f"wss://localhost:{port}/tunnel?local-proxy-mode={mode}",
         ssl=ctx, subprotocols=[V2], extra_headers={"access-token": token},
         max_size=None, ping_interval=None)
     assert ws.subprotocol == V2, ws.subprotocol
+    version = ws.transport.get_extra_info("ssl_object").version()
+    assert version == ("TLSv1.2" if mode == "destination" else "TLSv1.3"), version
     ids = await ws.recv()
     assert isinstance(ids, bytes) and ids[2:4] == b"\x08\x05", ids
     return ws

@@ -35,7 +35,7 @@ use crate::tls_conn::TlsConn;
 
 mod buffers;
 mod poll;
-mod records;
+pub(crate) mod records;
 
 use buffers::{Rx, Slot, TxBuf};
 use poll::fault_of;

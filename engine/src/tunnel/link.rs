@@ -10,8 +10,9 @@
 //!   `tunnel/agent*`), then `plane.insert_entity(entity)` gives its [`super::EntityRef`].
 //!   Its callback is [`super::Entity::on_link`] (and [`super::Entity::on_timer`] for timers
 //!   armed with [`super::Plane::arm`]).
-//! - **Dial a link (client role)**: build a `rustls::ClientConnection` from the agent's
-//!   `ClientConfig` and the relay's server name, and the upgrade request with
+//! - **Dial a link (client role)**: build a `rustls::client::UnbufferedClientConnection` from
+//!   the agent's `ClientConfig` (with `enable_secret_extraction`: after the handshake the
+//!   link's own record layer takes over) and the relay's server name, and the upgrade request with
 //!   [`splice_proto::ws::ClientRequest`] (the key from a random source); then
 //!   `Link::client(tls, &request, seed)` and [`super::Plane::dial`]`(shard, addr, link,
 //!   owner)`: the socket connects, TLS handshakes and the request goes out; the link's
@@ -38,6 +39,7 @@
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::rc::Rc;
 
+use splice_proto::pool;
 use splice_proto::tunnel::link::Link;
 
 use crate::driver::{Completion, Driver, Fd, Op};
@@ -51,6 +53,18 @@ const RECV_CHUNK: usize = 64 * 1024;
 const LINGER_CHUNK: usize = 16 * 1024;
 /// How long a released link waits for its peer's end before it closes anyway.
 pub(crate) const LINGER: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The buffer for a receive of `len` bytes: `kept` (the last receive's, while bytes keep
+/// coming) or one from the shard's pool.
+fn recv_buffer(kept: &mut Vec<u8>, len: usize) -> Vec<u8> {
+    let mut buf = std::mem::take(kept);
+    if buf.capacity() < len {
+        pool::give(buf);
+        buf = pool::take(len);
+    }
+    buf.clear();
+    buf
+}
 
 /// A link's place in the plane's slab: its index and generation (the tokens of its ops).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -75,8 +89,8 @@ pub(crate) struct LinkIo {
     lost: Option<String>,
     /// Bytes arrived since [`LinkIo::take_heard`] last asked.
     heard: bool,
-    /// The last receive emptied the socket: wait for readability before the next one, so an
-    /// idle link holds no receive buffer (as the forwarders do).
+    /// The last receive emptied the socket (or none was made yet): wait for readability
+    /// before the next one, so an idle link holds no receive buffer (as the forwarders do).
     ready_first: bool,
     /// Released and written out: our side is shut down and what the peer still sends is
     /// read and dropped until its end (or the linger time), so that it reads our last words
@@ -101,7 +115,9 @@ impl LinkIo {
             paused: false,
             lost: None,
             heard: false,
-            ready_first: false,
+            // A link starts by waiting for readability: one that arrives idle (a relay peer
+            // moved to its tunnel's shard after its upgrade) then holds no receive buffer.
+            ready_first: true,
             lingering: false,
             drained: false,
             recv_buf: Vec::new(),
@@ -187,9 +203,7 @@ impl LinkIo {
         }
         if self.lingering {
             if !self.recv_busy && !self.drained {
-                let mut buf = std::mem::take(&mut self.recv_buf);
-                buf.clear();
-                buf.reserve(LINGER_CHUNK);
+                let buf = recv_buffer(&mut self.recv_buf, LINGER_CHUNK);
                 self.recv_busy = true;
                 driver.submit(
                     token(TAG_LINK_RECV, at.index, at.generation),
@@ -229,9 +243,7 @@ impl LinkIo {
                 );
                 return;
             }
-            let mut buf = std::mem::take(&mut self.recv_buf);
-            buf.clear();
-            buf.reserve(RECV_CHUNK);
+            let buf = recv_buffer(&mut self.recv_buf, RECV_CHUNK);
             driver.submit(
                 token(TAG_LINK_RECV, at.index, at.generation),
                 Op::Recv {
@@ -269,9 +281,13 @@ impl LinkIo {
                 self.recv_busy = false;
                 match c.result {
                     Ok(0) => self.drained = true,
-                    Ok(_) => self.recv_buf = buf,
+                    Ok(_) => {
+                        self.recv_buf = buf;
+                        return true;
+                    }
                     Err(e) => self.mark_lost(format!("receive: {e}")),
                 }
+                pool::give(buf);
                 true
             }
             (TAG_LINK_RECV, Op::Recv { buf, .. }) => {
@@ -292,8 +308,13 @@ impl LinkIo {
                     }
                     Err(e) => Err(format!("receive: {e}")),
                 };
-                // Keep the buffer for the next receive only while bytes keep coming.
-                self.recv_buf = if self.ready_first { Vec::new() } else { buf };
+                // Keep the buffer for the next receive only while bytes keep coming; else it
+                // goes back to the shard's pool.
+                if self.ready_first {
+                    pool::give(buf);
+                } else {
+                    self.recv_buf = buf;
+                }
                 if let Err(e) = r {
                     self.mark_lost(e);
                 }
@@ -316,6 +337,12 @@ impl LinkIo {
         }
     }
 
+    /// The buffers it keeps between ops (an idle link keeps none).
+    #[cfg(test)]
+    pub(crate) fn kept_buffers(&self) -> usize {
+        self.recv_buf.capacity() + self.send_buf.capacity()
+    }
+
     /// Cancels its ops (their completions find no link and are dropped).
     pub(crate) fn cancel(&self, driver: &mut Driver) {
         driver.cancel(self.fd.as_raw_fd());
@@ -329,5 +356,59 @@ impl LinkIo {
         }
         let LinkIo { link, fd, .. } = self;
         Rc::try_unwrap(fd).ok().map(|fd| (fd, link))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::OwnedFd;
+    use std::sync::Arc;
+
+    use splice_proto::tunnel::link::Link;
+
+    use super::{LinkIo, LinkRef};
+    use crate::driver::fake::FakeDriver;
+    use crate::driver::{Driver, Op};
+
+    fn server_link() -> Link {
+        let cert =
+            splice_test_pki::Cert::self_signed(&["localhost"], splice_test_pki::KeyType::P256);
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![cert.der.clone()], cert.key.der())
+            .unwrap();
+        config.enable_secret_extraction = true;
+        Link::server(rustls::server::UnbufferedServerConnection::new(Arc::new(config)).unwrap())
+    }
+
+    /// A relay holds thousands of idle links, each in a slab slot: the slot stays small, and a
+    /// link that has nothing to read (a fresh one, or one moved to its tunnel's shard after its
+    /// upgrade) waits for readability with no receive buffer, rather than hold a 64 KiB one in
+    /// a receive until its peer speaks.
+    #[test]
+    fn an_idle_link_is_small_and_waits_without_a_buffer() {
+        let size = std::mem::size_of::<LinkIo>();
+        assert!(size <= 384, "LinkIo is {size} bytes");
+        let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let mut io = LinkIo::new(OwnedFd::from(a), server_link(), None);
+        let fake = FakeDriver::default();
+        let mut driver = Driver::Fake(fake.clone());
+        io.submit(
+            LinkRef {
+                index: 0,
+                generation: 1,
+            },
+            &mut driver,
+        );
+        let state = fake.0.borrow();
+        assert_eq!(state.in_flight.len(), 1, "{state:?}");
+        assert!(
+            matches!(state.in_flight[0].1, Op::Poll { write: false, .. }),
+            "{state:?}"
+        );
+        assert_eq!(io.kept_buffers(), 0);
     }
 }

@@ -179,7 +179,7 @@ pub(super) fn accepted(plane: &mut Plane, shard: &mut Shard, id: u32, c: Complet
         return;
     }
     let _ = crate::sys::socket::set_nodelay(sock.as_fd());
-    let tls = match rustls::ServerConnection::new(relay.tls.clone()) {
+    let tls = match rustls::server::UnbufferedServerConnection::new(relay.tls.clone()) {
         Ok(t) => t,
         Err(e) => {
             relay.peers.fetch_sub(1, Relaxed);

@@ -55,7 +55,7 @@ enum Step {
 
 /// The start of a record, as far as it has arrived.
 #[derive(Debug, PartialEq, Eq)]
-pub(super) enum Head {
+pub(crate) enum Head {
     /// This many more bytes complete it (5 for an empty buffer).
     Partial(usize),
     /// The record is all there and this long; or (for bytes that cannot start a record) this
@@ -66,7 +66,7 @@ pub(super) enum Head {
 /// Where the record at the start of `buf` ends. Headers are judged as rustls's deframer judges
 /// them (content type after one byte, version after three, length after five), so that what
 /// rustls would reject at once is handed to it at once.
-pub(super) fn head(buf: &[u8]) -> Head {
+pub(crate) fn head(buf: &[u8]) -> Head {
     let bad_type = buf.first().is_some_and(|t| !(20..=24).contains(t));
     let bad_version = buf.get(1..3).is_some_and(|v| {
         let v = u16::from_be_bytes([v[0], v[1]]);

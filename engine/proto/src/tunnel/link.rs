@@ -15,14 +15,30 @@
 //! the close frame its close code says, then [`Event::Failed`].
 //!
 //! The caller moves bytes: [`Link::receive_tls`] with what the socket gave, and
-//! [`Link::take_output`] for what to write to it. It uses rustls's buffered `Connection` with
-//! `read_tls`/`write_tls` on the caller's buffers (its unbuffered API, which [`crate::TlsConn`]
-//! wraps for the forwarders, pays off for a kTLS hand-off; a link stays in user space), with the
-//! send buffer limit off: the link's own [`Link::pending_output`] is what the caller bounds.
+//! [`Link::take_output`] for what to write to it; [`Link::pending_output`] is what the caller
+//! bounds.
+//!
+//! TLS is the forwarders' (see `crate::record`): rustls runs the handshake on its unbuffered
+//! API, shown one whole record at a time so that it sees nothing past the handshake's end, then
+//! our record layer takes the session's secrets over and opens and seals the records itself.
+//! Records are opened from the caller's buffer straight into the link's plaintext buffer and
+//! messages sealed straight into its output: no copy besides the cipher's pass and the
+//! WebSocket frame's assembly, and no buffer inside rustls. Every buffer goes back to the
+//! thread's [`crate::pool`] once it is empty, so an idle link holds none (the relay holds
+//! thousands of idle peers). The sessions must allow secret extraction
+//! (`enable_secret_extraction`), as the engine's TLS configs do.
 
 use std::collections::VecDeque;
-use std::io::{Read, Write};
 
+use rustls::ProtocolVersion;
+use rustls::client::UnbufferedClientConnection;
+use rustls::server::UnbufferedServerConnection;
+use rustls::unbuffered::{ConnectionState, EncodeError, InsufficientSizeError};
+
+use crate::forward::records::{Head, head};
+use crate::pool;
+use crate::record::{APPLICATION_DATA, Control, MAX_PLAINTEXT, RecordError, RecordLayer};
+use crate::tls_conn::{Records, TlsConn};
 use crate::ws::{
     self, ClientRequest, Decoder, Encoder, Item, Limits, MAX_HEADER_LEN, OpCode, ParsedRequest,
     ParsedResponse, ProtocolError, ResponseError, Role, Subprotocol, UpgradeError, UpgradeRequest,
@@ -70,11 +86,44 @@ pub enum Event<'a> {
 /// A TLS failure: the link cannot go on (a TLS alert may be queued for the peer).
 #[derive(Debug, thiserror::Error)]
 #[error("TLS: {0}")]
-pub struct TlsError(#[from] pub rustls::Error);
+pub struct TlsError(pub String);
+
+/// The TLS session, boxed (a link sits in a slab slot, which should stay small).
+enum Tls {
+    /// rustls runs the handshake.
+    Handshake(Box<Handshake>),
+    /// Our record layer, past the handshake (smaller than rustls's session).
+    Records(Box<RecordLayer>),
+    /// Failed: nothing more is opened or sealed.
+    Gone,
+}
+
+/// A session in its handshake.
+struct Handshake {
+    conn: TlsConn,
+    /// The bytes at the front of the link's `rx` shown to rustls.
+    shown: usize,
+    /// Plaintext queued before the handshake was over (a client's request), sealed after it.
+    early: Vec<u8>,
+}
+
+/// What one call to rustls during the handshake leaves to do.
+enum Step {
+    Again,
+    /// rustls wants records that have not arrived.
+    Input,
+    /// The handshake is over: our record layer takes over.
+    Done,
+    PeerClosed,
+    Failed(String),
+}
 
 /// Most plaintext bytes held unread: one whole WebSocket frame of the tunnel's size and its
 /// header, plus room for the TLS record being read when it ends.
 pub const MAX_BUFFERED: usize = Limits::TUNNEL_FRAME + MAX_HEADER_LEN + 16 * 1024 + 256;
+
+/// The size of a plaintext or ciphertext buffer taken from the pool.
+const CHUNK: usize = 16 * 1024;
 
 /// The client side's check of the 101.
 #[derive(Debug)]
@@ -85,7 +134,14 @@ struct ClientSide {
 
 /// One link: see the [module documentation](self).
 pub struct Link {
-    tls: rustls::Connection,
+    tls: Tls,
+    /// The negotiated version, once the record layer has taken over.
+    version: Option<ProtocolVersion>,
+    /// Ciphertext received and not yet opened: part of a record (during the handshake, the
+    /// records rustls has not discarded, and those not shown to it yet).
+    rx: Vec<u8>,
+    /// Our close_notify is sealed.
+    tx_closed: bool,
     role: Role,
     state: State,
     /// Plaintext received and not yet consumed.
@@ -119,10 +175,16 @@ impl std::fmt::Debug for Link {
 }
 
 impl Link {
-    fn new(mut tls: rustls::Connection, role: Role, client: Option<ClientSide>, seed: u64) -> Link {
-        tls.set_buffer_limit(None);
+    fn new(tls: TlsConn, role: Role, client: Option<ClientSide>, seed: u64) -> Link {
         Link {
-            tls,
+            tls: Tls::Handshake(Box::new(Handshake {
+                conn: tls,
+                shown: 0,
+                early: Vec::new(),
+            })),
+            version: None,
+            rx: Vec::new(),
+            tx_closed: false,
             role,
             state: State::Upgrading,
             plain: Vec::new(),
@@ -139,19 +201,21 @@ impl Link {
     }
 
     /// The relay's side of a link accepted on `tls`, a fresh server session.
-    pub fn server(tls: rustls::ServerConnection) -> Link {
+    pub fn server(tls: UnbufferedServerConnection) -> Link {
         Link::new(tls.into(), Role::Server, None, 1)
     }
 
     /// An agent's side on `tls`, a fresh client session: `request` is queued at once, to go
     /// right after the handshake. `seed` seeds the masking keys (any value; a random one keeps
     /// them unpredictable, as RFC 6455 asks).
-    pub fn client(tls: rustls::ClientConnection, request: &ClientRequest<'_>, seed: u64) -> Link {
+    pub fn client(tls: UnbufferedClientConnection, request: &ClientRequest<'_>, seed: u64) -> Link {
         let side = ClientSide {
             key: request.key,
             offered: request.protocols.to_vec(),
         };
         let mut link = Link::new(tls.into(), Role::Client, Some(side), seed);
+        // The ClientHello goes out at once; a session that cannot even start fails then.
+        let _ = link.handshake();
         link.write_plain(&request.encode());
         link
     }
@@ -173,12 +237,13 @@ impl Link {
     }
 
     /// Whether to read from the socket: the link is not ending and holds less than
-    /// [`MAX_BUFFERED`] plaintext bytes. (A caller that pauses a link for flow control simply
+    /// [`MAX_BUFFERED`] plaintext bytes (and ciphertext bytes not yet opened). (A caller that pauses a link for flow control simply
     /// stops reading and polling it.)
     pub fn wants_read(&self) -> bool {
         !self.eof
             && !matches!(self.state, State::Done | State::Deciding)
             && self.plain.len() < MAX_BUFFERED
+            && self.rx.len() < MAX_BUFFERED
     }
 
     /// Ciphertext bytes waiting to be written to the socket: what a caller bounds.
@@ -204,29 +269,43 @@ impl Link {
         self.out = rest;
     }
 
-    /// The subprotocol-negotiated and TLS details, for logs.
-    pub fn tls_version(&self) -> Option<rustls::ProtocolVersion> {
-        self.tls.protocol_version()
+    /// The negotiated TLS version, for logs.
+    pub fn tls_version(&self) -> Option<ProtocolVersion> {
+        match &self.tls {
+            Tls::Handshake(h) => h.conn.common().protocol_version(),
+            _ => self.version,
+        }
     }
 
-    /// Feeds ciphertext read from the socket. A TLS error ends the link (the alert rustls
-    /// queued is in the output).
-    pub fn receive_tls(&mut self, mut data: &[u8]) -> Result<(), TlsError> {
-        while !data.is_empty() {
-            match self.tls.read_tls(&mut data) {
-                Ok(0) => break,
-                Ok(_) => {}
-                Err(_) => break,
-            }
-            if let Err(e) = self.tls.process_new_packets() {
-                self.flush_tls();
-                self.state = State::Done;
-                return Err(e.into());
-            }
-            self.read_plain();
+    /// Feeds ciphertext read from the socket. A TLS error ends the link (the alert for the
+    /// peer, if one goes, is in the output).
+    pub fn receive_tls(&mut self, data: &[u8]) -> Result<(), TlsError> {
+        if matches!(self.tls, Tls::Gone) {
+            return Ok(()); // failed: nothing more is read
         }
-        self.flush_tls();
-        Ok(())
+        let result = if self.rx.is_empty() && matches!(self.tls, Tls::Records(_)) {
+            // The usual case: the records are opened where the caller received them, and only
+            // a record's start that is not whole yet is kept.
+            self.open_records(data).map(|used| self.keep(&data[used..]))
+        } else {
+            self.keep(data);
+            self.run()
+        };
+        if self.rx.is_empty() || matches!(self.tls, Tls::Gone) {
+            pool::give(std::mem::take(&mut self.rx));
+        }
+        result
+    }
+
+    /// Appends `data` to the ciphertext kept.
+    fn keep(&mut self, data: &[u8]) {
+        if data.is_empty() {
+            return;
+        }
+        if self.rx.capacity() == 0 {
+            self.rx = pool::take(CHUNK.max(data.len()));
+        }
+        self.rx.extend_from_slice(data);
     }
 
     /// The socket reached its end (the peer shut down or reset).
@@ -234,33 +313,146 @@ impl Link {
         self.eof = true;
     }
 
-    fn read_plain(&mut self) {
-        let mut chunk = [0u8; 16 * 1024];
+    /// Runs the handshake on what `rx` holds, then opens the records after it.
+    fn run(&mut self) -> Result<(), TlsError> {
+        if matches!(self.tls, Tls::Handshake(_)) {
+            self.handshake()?;
+        }
+        if matches!(self.tls, Tls::Records(_)) {
+            let rx = std::mem::take(&mut self.rx);
+            let result = self.open_records(&rx);
+            self.rx = rx;
+            let used = result?;
+            self.rx.drain(..used);
+        }
+        Ok(())
+    }
+
+    /// Lets rustls process the handshake records received, one at a time; once the handshake
+    /// is over our record layer takes over and seals what was queued meanwhile.
+    fn handshake(&mut self) -> Result<(), TlsError> {
         loop {
-            match self.tls.reader().read(&mut chunk) {
-                Ok(0) => {
+            let Tls::Handshake(hs) = &mut self.tls else {
+                return Ok(());
+            };
+            let step = match &mut hs.conn {
+                TlsConn::Client(c) => hs_step(c, &mut self.rx, &mut hs.shown, &mut self.out),
+                TlsConn::Server(c) => hs_step(c, &mut self.rx, &mut hs.shown, &mut self.out),
+            };
+            match step {
+                Step::Again => {}
+                Step::Input => return Ok(()),
+                Step::PeerClosed => {
                     self.eof = true;
+                    return Ok(());
+                }
+                Step::Failed(why) => {
+                    // rustls hands out the alert it queued before looking at any input.
+                    match &mut hs.conn {
+                        TlsConn::Client(c) => hs_alert(c, &mut self.out),
+                        TlsConn::Server(c) => hs_alert(c, &mut self.out),
+                    }
+                    return Err(self.fail(why));
+                }
+                Step::Done => {
+                    let Tls::Handshake(conn) = std::mem::replace(&mut self.tls, Tls::Gone) else {
+                        unreachable!("checked above");
+                    };
+                    let Handshake { conn, early, .. } = *conn;
+                    self.version = conn.common().protocol_version();
+                    match RecordLayer::take_over(conn) {
+                        Ok(layer) => self.tls = Tls::Records(Box::new(layer)),
+                        Err(why) => return Err(self.fail(why)),
+                    }
+                    if !early.is_empty() {
+                        self.write_plain(&early);
+                    }
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    /// Opens the whole records at the front of `input` into `plain`; returns the bytes used.
+    /// After close_notify nothing more counts (RFC 8446 6.1), so it is all used.
+    fn open_records(&mut self, input: &[u8]) -> Result<usize, TlsError> {
+        let Tls::Records(layer) = &mut self.tls else {
+            return Ok(0);
+        };
+        let mut at = 0;
+        let mut failed = None;
+        while !self.eof {
+            let Head::Whole(len) = head(&input[at..]) else {
+                break;
+            };
+            if self.plain.capacity() == 0 {
+                self.plain = pool::take(CHUNK.max(len));
+            }
+            let start = self.plain.len();
+            self.plain.resize(start + len, 0);
+            match layer.open(&input[at..at + len], &mut self.plain[start..]) {
+                Ok((APPLICATION_DATA, n)) => {
+                    at += len;
+                    self.plain.truncate(start + n);
+                }
+                Ok((typ, n)) => {
+                    at += len;
+                    let content = self.plain[start..start + n].to_vec();
+                    self.plain.truncate(start);
+                    match layer.control(typ, &content) {
+                        Ok(Control::PeerClosed) => self.eof = true,
+                        Ok(Control::Nothing) => {}
+                        Err(e) => {
+                            failed = Some(e);
+                            break;
+                        }
+                    }
+                    // A KeyUpdate of ours (the peer asked) goes out before the next record.
+                    if layer.has_outgoing() {
+                        self.out.extend_from_slice(&layer.take_outgoing());
+                    }
+                }
+                Err(e) => {
+                    self.plain.truncate(start);
+                    failed = Some(e);
                     break;
                 }
-                Ok(n) => self.plain.extend_from_slice(&chunk[..n]),
-                Err(_) => break, // WouldBlock: nothing more now
             }
         }
-    }
-
-    fn flush_tls(&mut self) {
-        while self.tls.wants_write() {
-            match self.tls.write_tls(&mut self.out) {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {}
-            }
+        if let Some(e) = failed {
+            return Err(self.fail_records(e));
         }
+        Ok(if self.eof { input.len() } else { at })
     }
 
+    /// The record layer failed: its alert goes out, and the link ends.
+    fn fail_records(&mut self, e: RecordError) -> TlsError {
+        if let (Tls::Records(layer), Some(alert)) = (&mut self.tls, e.alert) {
+            layer.queue_alert(true, alert);
+            self.out.extend_from_slice(&layer.take_outgoing());
+        }
+        self.fail(e.reason)
+    }
+
+    fn fail(&mut self, why: String) -> TlsError {
+        self.tls = Tls::Gone;
+        self.state = State::Done;
+        TlsError(why)
+    }
+
+    /// Seals `bytes` into the output (or keeps them until the handshake is over).
     fn write_plain(&mut self, bytes: &[u8]) {
-        // The buffer limit is off, so rustls takes it all.
-        let _ = self.tls.writer().write_all(bytes);
-        self.flush_tls();
+        let layer = match &mut self.tls {
+            Tls::Handshake(hs) => {
+                hs.early.extend_from_slice(bytes);
+                return;
+            }
+            Tls::Records(layer) if !self.tx_closed => layer,
+            _ => return,
+        };
+        if let Err(e) = seal(layer, bytes, &mut self.out) {
+            let _ = self.fail_records(e);
+        }
     }
 
     fn next_mask(&mut self) -> Option<[u8; 4]> {
@@ -282,10 +474,13 @@ impl Link {
         if self.consumed > 0 {
             self.plain.drain(..self.consumed);
             self.consumed = 0;
-            if self.plain.is_empty() && self.plain.capacity() > 16 * 1024 {
-                // Between messages: an idle link keeps no big buffer.
-                self.plain = Vec::new();
+            if self.plain.is_empty() {
+                // Between messages: an idle link keeps no buffer.
+                crate::pool::give(std::mem::take(&mut self.plain));
             }
+        }
+        if self.plain.is_empty() {
+            pool::give(std::mem::take(&mut self.plain));
         }
         match (self.state, self.role) {
             (State::Upgrading, Role::Server) => self.poll_request(),
@@ -404,8 +599,17 @@ impl Link {
 
     /// Ends our side: close_notify after what is queued; nothing more is read.
     fn end_tls(&mut self) {
-        self.tls.send_close_notify();
-        self.flush_tls();
+        if let Tls::Records(layer) = &mut self.tls
+            && !self.tx_closed
+        {
+            let result = seal_with(layer, &mut self.out, 2, |layer, room| {
+                layer.seal_close_notify(room)
+            });
+            if let Err(e) = result {
+                let _ = self.fail_records(e);
+            }
+            self.tx_closed = true;
+        }
         self.state = State::Done;
     }
 
@@ -428,7 +632,7 @@ impl Link {
         if self.state != State::Open {
             return;
         }
-        let mut frame = Vec::with_capacity(MAX_HEADER_LEN + payload.len());
+        let mut frame = pool::take(MAX_HEADER_LEN + payload.len());
         frame.resize(MAX_HEADER_LEN, 0);
         frame.extend_from_slice(payload);
         let end = frame.len();
@@ -438,6 +642,7 @@ impl Link {
             .frame_in_place(&mut frame, MAX_HEADER_LEN..end, OpCode::Binary, true, mask)
             .expect("headroom, masking and range are right");
         self.write_plain(&frame[start..]);
+        pool::give(frame);
     }
 
     /// Sends a ping (its pong is taken silently: the caller counts any bytes as activity).
@@ -469,6 +674,147 @@ impl Link {
     pub fn buffered(&self) -> usize {
         self.plain.len() + self.reassembled.iter().map(Vec::len).sum::<usize>()
     }
+
+    /// Bytes of buffer capacity the link holds outside its TLS session: none once everything
+    /// it received is handed out and everything it queued is taken (an idle link).
+    pub fn buffer_capacity(&self) -> usize {
+        self.plain.capacity()
+            + self.rx.capacity()
+            + match &self.tls {
+                Tls::Handshake(hs) => hs.early.capacity(),
+                _ => 0,
+            }
+            + self.out.capacity()
+            + self.current.capacity()
+            + self.reassembled.capacity() * std::mem::size_of::<Vec<u8>>()
+            + self.reassembled.iter().map(Vec::capacity).sum::<usize>()
+            + self.decoder.memory()
+    }
+}
+
+/// One call to rustls during the handshake, with the records shown so far (`rx[..shown]`);
+/// what it queued goes into `out`. When it wants more, the next whole record received is
+/// shown, one at a time, so that it sees nothing past the handshake's end.
+fn hs_step<C: Records>(
+    conn: &mut C,
+    rx: &mut Vec<u8>,
+    shown: &mut usize,
+    out: &mut Vec<u8>,
+) -> Step {
+    let status = conn.process(&mut rx[..*shown]);
+    let discard = status.discard;
+    let mut wants = false;
+    let step = match status.state {
+        Ok(ConnectionState::EncodeTlsData(mut records)) => {
+            match encode(out, |room| records.encode(room)) {
+                Ok(()) => Step::Again,
+                Err(e) => Step::Failed(format!("encoding a handshake record: {e}")),
+            }
+        }
+        Ok(ConnectionState::TransmitTlsData(sent)) => {
+            sent.done();
+            Step::Again
+        }
+        Ok(ConnectionState::BlockedHandshake) => Step::Input,
+        Ok(ConnectionState::WriteTraffic(_)) => {
+            // A TLS 1.3 server may send before the client's Finished: over only when rustls
+            // says so.
+            wants = true;
+            Step::Input
+        }
+        Ok(ConnectionState::PeerClosed | ConnectionState::Closed) => Step::PeerClosed,
+        Ok(other) => Step::Failed(format!("unexpected TLS state {other:?} in the handshake")),
+        Err(e) => Step::Failed(e.to_string()),
+    };
+    rx.drain(..discard);
+    *shown -= discard;
+    if wants && !conn.state().is_handshaking() {
+        return Step::Done;
+    }
+    if let Step::Input = step
+        && let Head::Whole(len) = head(&rx[*shown..])
+    {
+        *shown += len;
+        return Step::Again;
+    }
+    step
+}
+
+/// Takes the alert rustls queued when the handshake failed.
+fn hs_alert<C: Records>(conn: &mut C, out: &mut Vec<u8>) {
+    while conn.state().wants_write() {
+        let status = conn.process(&mut []);
+        let Ok(ConnectionState::EncodeTlsData(mut records)) = status.state else {
+            break;
+        };
+        if encode(out, |room| records.encode(room)).is_err() {
+            break;
+        }
+    }
+}
+
+/// Appends what `write` encodes to `out`, with as much room as it asks for.
+fn encode(
+    out: &mut Vec<u8>,
+    mut write: impl FnMut(&mut [u8]) -> Result<usize, EncodeError>,
+) -> Result<(), EncodeError> {
+    let at = out.len();
+    let mut room = 1024;
+    loop {
+        out.resize(at + room, 0);
+        match write(&mut out[at..]) {
+            Ok(n) => {
+                out.truncate(at + n);
+                return Ok(());
+            }
+            Err(EncodeError::InsufficientSize(InsufficientSizeError { required_size }))
+                if required_size > room =>
+            {
+                room = required_size;
+            }
+            Err(e) => {
+                out.truncate(at);
+                return Err(e);
+            }
+        }
+    }
+}
+
+/// Seals `bytes` as application data records into `out`, behind any record the layer made on
+/// its own account (a KeyUpdate).
+fn seal(layer: &mut RecordLayer, bytes: &[u8], out: &mut Vec<u8>) -> Result<(), RecordError> {
+    for chunk in bytes.chunks(MAX_PLAINTEXT) {
+        layer.before_seal()?;
+        seal_with(layer, out, chunk.len(), |layer, room| {
+            layer.seal(APPLICATION_DATA, chunk, room)
+        })?;
+    }
+    Ok(())
+}
+
+/// Runs `f` (sealing one record of `len` plaintext bytes into the room it is given) at the end
+/// of `out`, after the layer's own records.
+fn seal_with(
+    layer: &mut RecordLayer,
+    out: &mut Vec<u8>,
+    len: usize,
+    f: impl FnOnce(&mut RecordLayer, &mut [u8]) -> Result<usize, RecordError>,
+) -> Result<(), RecordError> {
+    if layer.has_outgoing() {
+        out.extend_from_slice(&layer.take_outgoing());
+    }
+    let at = out.len();
+    out.resize(at + layer.record_len(len), 0);
+    match f(layer, &mut out[at..]) {
+        Ok(n) => {
+            out.truncate(at + n);
+            Ok(())
+        }
+        Err(e) => {
+            out.truncate(at);
+            Err(e)
+        }
+    }
 }
 
 #[cfg(test)]
@@ -481,22 +827,30 @@ mod tests {
     use crate::ws::{AccessToken, ClientToken, Mode, close_code};
 
     fn configs() -> (Arc<rustls::ClientConfig>, Arc<rustls::ServerConfig>) {
+        configs_for(rustls::DEFAULT_VERSIONS)
+    }
+
+    fn configs_for(
+        versions: &[&'static rustls::SupportedProtocolVersion],
+    ) -> (Arc<rustls::ClientConfig>, Arc<rustls::ServerConfig>) {
         let cert =
             splice_test_pki::Cert::self_signed(&["localhost"], splice_test_pki::KeyType::P256);
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let server = rustls::ServerConfig::builder_with_provider(provider.clone())
-            .with_safe_default_protocol_versions()
+        let mut server = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(versions)
             .unwrap()
             .with_no_client_auth()
             .with_single_cert(vec![cert.der.clone()], cert.key.der())
             .unwrap();
+        server.enable_secret_extraction = true;
         let mut roots = rustls::RootCertStore::empty();
         roots.add(cert.der.clone()).unwrap();
-        let client = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
+        let mut client = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(versions)
             .unwrap()
             .with_root_certificates(roots)
             .with_no_client_auth();
+        client.enable_secret_extraction = true;
         (Arc::new(client), Arc::new(server))
     }
 
@@ -521,8 +875,28 @@ mod tests {
         }
     }
 
+    /// Like [`shuttle`], but one byte at a time: every record arrives in pieces.
+    fn trickle(a: &mut Link, b: &mut Link) {
+        fn one_way(from: &mut Link, to: &mut Link) -> bool {
+            let mut buf = Vec::new();
+            from.take_output(&mut buf);
+            for byte in &buf {
+                to.receive_tls(std::slice::from_ref(byte)).unwrap();
+            }
+            !buf.is_empty()
+        }
+        while one_way(a, b) | one_way(b, a) {}
+    }
+
     fn open_pair(token: &AccessToken, client_token: Option<&ClientToken>) -> (Link, Link) {
-        let (cc, sc) = configs();
+        open_pair_with(configs(), token, client_token)
+    }
+
+    fn open_pair_with(
+        (cc, sc): (Arc<rustls::ClientConfig>, Arc<rustls::ServerConfig>),
+        token: &AccessToken,
+        client_token: Option<&ClientToken>,
+    ) -> (Link, Link) {
         let name = ServerName::try_from("localhost").unwrap();
         let request = ClientRequest {
             host: "localhost",
@@ -534,11 +908,11 @@ mod tests {
             user_agent: "test",
         };
         let client = Link::client(
-            rustls::ClientConnection::new(cc, name).unwrap(),
+            rustls::client::UnbufferedClientConnection::new(cc, name).unwrap(),
             &request,
             42,
         );
-        let server = Link::server(rustls::ServerConnection::new(sc).unwrap());
+        let server = Link::server(rustls::server::UnbufferedServerConnection::new(sc).unwrap());
         (client, server)
     }
 
@@ -598,11 +972,107 @@ mod tests {
         assert!(client.is_done() && server.is_done());
     }
 
+    /// An idle peer's link (past its handshake and upgrade, a message each way, nothing
+    /// buffered) keeps no buffer of its own, and its struct, which sits in a shard's slab
+    /// slot, stays small: the relay holds thousands of these (the `idle-tunnels` bench shows
+    /// the cost per peer). Raise the budget only knowingly.
+    #[test]
+    fn an_idle_link_holds_no_buffer_and_stays_small() {
+        let size = std::mem::size_of::<Link>();
+        assert!(size <= 264, "Link is {size} bytes");
+        // Its boxed TLS state past the handshake (aws-lc's key contexts, about 0.6 KiB, and
+        // rustls's key schedule come on top).
+        let size = std::mem::size_of::<RecordLayer>();
+        assert!(size <= 736, "RecordLayer is {size} bytes");
+        let token = AccessToken::new("c".repeat(40)).unwrap();
+        let (mut client, mut server) = open_pair(&token, None);
+        shuttle(&mut client, &mut server);
+        let Some(Event::Request(r)) = server.poll() else {
+            panic!()
+        };
+        server.accept(&r.accept_response("c"));
+        shuttle(&mut client, &mut server);
+        assert!(matches!(client.poll(), Some(Event::Open(_))));
+        client.send_message(&[9; 3000]);
+        server.send_message(b"back");
+        shuttle(&mut client, &mut server);
+        assert!(matches!(server.poll(), Some(Event::Message(m)) if m.len() == 3000));
+        assert!(matches!(client.poll(), Some(Event::Message(b"back"))));
+        assert!(server.poll().is_none() && client.poll().is_none());
+        // What the shard does once a send is done: its buffer goes, the link's is empty.
+        server.take_output(&mut Vec::new());
+        client.take_output(&mut Vec::new());
+        assert_eq!(server.buffer_capacity(), 0, "the relay's side");
+        assert_eq!(client.buffer_capacity(), 0, "the agent's side");
+    }
+
+    /// Records that arrive a byte at a time, in the handshake and after it, on TLS 1.3 and
+    /// TLS 1.2: the link keeps the start of a record until it is whole.
+    #[test]
+    fn records_in_pieces_on_both_versions() {
+        for version in [&rustls::version::TLS13, &rustls::version::TLS12] {
+            let token = AccessToken::new("d".repeat(40)).unwrap();
+            let (mut client, mut server) = open_pair_with(configs_for(&[version]), &token, None);
+            trickle(&mut client, &mut server);
+            let Some(Event::Request(r)) = server.poll() else {
+                panic!("no request over {version:?}")
+            };
+            assert_eq!(server.tls_version(), Some(version.version));
+            server.accept(&r.accept_response("c"));
+            trickle(&mut client, &mut server);
+            assert!(matches!(client.poll(), Some(Event::Open(_))));
+            let big: Vec<u8> = (0..40_000u32).map(|i| (i * 7) as u8).collect();
+            client.send_message(&big);
+            server.send_message(b"back");
+            trickle(&mut client, &mut server);
+            match server.poll() {
+                Some(Event::Message(m)) => assert_eq!(m, &big[..]),
+                other => panic!("{other:?}"),
+            }
+            assert!(matches!(client.poll(), Some(Event::Message(b"back"))));
+            client.close(close_code::NORMAL, "bye");
+            trickle(&mut client, &mut server);
+            assert!(matches!(
+                server.poll(),
+                Some(Event::Closed {
+                    code: Some(1000),
+                    ..
+                })
+            ));
+            assert!(client.is_done() && server.is_done());
+        }
+    }
+
+    /// A record that does not open (forged, or cut and joined wrong) after the upgrade fails
+    /// the link with bad_record_mac, sealed for the peer, which hears it as a fatal alert.
+    #[test]
+    fn a_record_that_does_not_open_fails_the_link_with_an_alert() {
+        let token = AccessToken::new("e".repeat(40)).unwrap();
+        let (mut client, mut server) = open_pair(&token, None);
+        shuttle(&mut client, &mut server);
+        let Some(Event::Request(r)) = server.poll() else {
+            panic!()
+        };
+        server.accept(&r.accept_response("c"));
+        shuttle(&mut client, &mut server);
+        assert!(matches!(client.poll(), Some(Event::Open(_))));
+        let mut forged = vec![23, 3, 3, 0, 40];
+        forged.extend_from_slice(&[0x5a; 40]);
+        let e = server.receive_tls(&forged).unwrap_err();
+        assert!(e.to_string().contains("bad_record_mac"), "{e}");
+        assert!(server.is_done());
+        assert!(server.poll().is_none());
+        let mut alert = Vec::new();
+        server.take_output(&mut alert);
+        let e = client.receive_tls(&alert).unwrap_err();
+        assert!(e.to_string().contains("bad_record_mac"), "{e}");
+    }
+
     #[test]
     fn bad_request_is_refused_with_its_status() {
         let token = AccessToken::new("a".repeat(40)).unwrap();
         let (cc, sc) = configs();
-        let mut server = Link::server(rustls::ServerConnection::new(sc).unwrap());
+        let mut server = Link::server(rustls::server::UnbufferedServerConnection::new(sc).unwrap());
         // A client that speaks TLS but sends a request offering no subprotocol.
         let request = ClientRequest {
             host: "localhost",
@@ -615,7 +1085,7 @@ mod tests {
         };
         let name = ServerName::try_from("localhost").unwrap();
         let mut client = Link::client(
-            rustls::ClientConnection::new(cc, name).unwrap(),
+            rustls::client::UnbufferedClientConnection::new(cc, name).unwrap(),
             &request,
             3,
         );
@@ -635,9 +1105,13 @@ mod tests {
     #[test]
     fn garbage_instead_of_tls_is_a_tls_error() {
         let (_, sc) = configs();
-        let mut server = Link::server(rustls::ServerConnection::new(sc).unwrap());
+        let mut server = Link::server(rustls::server::UnbufferedServerConnection::new(sc).unwrap());
         assert!(server.receive_tls(b"GET / HTTP/1.1\r\n\r\n").is_err());
         assert!(server.is_done());
+        // Nothing more is read, nor kept.
+        assert!(server.receive_tls(&[0x16; 1000]).is_ok());
+        server.take_output(&mut Vec::new()); // the alert
+        assert_eq!(server.buffer_capacity(), 0);
     }
 
     #[test]
