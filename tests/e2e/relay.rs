@@ -225,6 +225,22 @@ fn close_frame(ws: &mut Ws) -> Option<(u16, String)> {
     }
 }
 
+/// Reads until the connection ends: true when it ended without a close frame.
+fn hung_up(ws: &mut Ws) -> bool {
+    use tungstenite::error::ProtocolError::ResetWithoutClosingHandshake;
+    loop {
+        match ws.read() {
+            Ok(Message::Close(_)) => return false,
+            Ok(_) => continue,
+            Err(tungstenite::Error::Protocol(ResetWithoutClosingHandshake)) => return true,
+            Err(tungstenite::Error::Io(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                return true;
+            }
+            Err(e) => panic!("waiting for the connection to end: {e}"),
+        }
+    }
+}
+
 /// The source starts a stream on `service` and both sides exchange frames; each frame comes
 /// out as one message, byte-identical.
 fn exchange(src: &mut Ws, dst: &mut Ws, service: &str, stream: u64) {
@@ -947,9 +963,11 @@ fn relay_rate_limit_holds_a_tunnel_back() {
     }
 }
 
-/// SIGTERM: the relay stops accepting, sends its peers a close frame (1001) and exits.
+/// SIGTERM: the relay stops accepting, ends its peers' connections without a close frame (the
+/// tunnels outlive the relay in its registry; a close frame would make localproxy give up, §8)
+/// and exits.
 #[test]
-fn relay_drain_closes_peers_with_going_away() {
+fn relay_drain_hangs_up_without_a_close_frame() {
     let pki = Pki::new();
     for driver in DRIVERS {
         let mut relay = start_relay(&pki, driver, "");
@@ -957,10 +975,9 @@ fn relay_drain_closes_peers_with_going_away() {
         let (mut src, mut dst) = pair(&pki, &relay, &t);
         relay.proc.signal(libc::SIGTERM);
         for (who, ws) in [("source", &mut src), ("destination", &mut dst)] {
-            assert_eq!(
-                close_code(ws),
-                Some(1001),
-                "{driver}: the {who} hears the relay go away"
+            assert!(
+                hung_up(ws),
+                "{driver}: the {who}'s connection ends with no close frame"
             );
         }
         drop((src, dst));

@@ -880,8 +880,9 @@ impl TunnelPeers {
         for side in [Side::Source, Side::Destination] {
             if let Some(r) = self.links[index(side)].take() {
                 if let Some(io) = plane.link_mut(r) {
-                    io.link
-                        .close(ws::close_code::GOING_AWAY, "relay shutting down");
+                    // No close frame: the tunnel is not over, the relay is (for a restart
+                    // or an upgrade); every agent, localproxy too, reconnects after a drop.
+                    io.link.hang_up();
                 }
                 plane.release(r);
                 self.relay.stats.peers[index(side)].fetch_sub(1, Relaxed);

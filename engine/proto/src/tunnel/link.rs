@@ -670,6 +670,16 @@ impl Link {
         }
     }
 
+    /// Ends the link without a close frame: TLS close_notify after what is queued, then the
+    /// connection ends. A peer reads a dropped connection, not a closed tunnel, and
+    /// reconnects (localproxy gives up on any close frame, §8): what the relay does when it
+    /// shuts down, since its tunnels outlive it in the registry.
+    pub fn hang_up(&mut self) {
+        if self.state != State::Done {
+            self.end_tls();
+        }
+    }
+
     /// Plaintext bytes held (for memory accounting).
     pub fn buffered(&self) -> usize {
         self.plain.len() + self.reassembled.iter().map(Vec::len).sum::<usize>()
