@@ -114,14 +114,15 @@ fn count(ctx: &SockOpsContext, ops: &bpf_sock_ops, entry: &mut Socket) {
     {
         flags |= FLAG_FIN_IN;
     }
-    // Our FIN has been acknowledged: FIN_WAIT2 and TIME_WAIT come only after that; from
-    // CLOSING or LAST_ACK, the close that follows the ack has nothing left unacknowledged.
+    // Our FIN has been acknowledged: FIN_WAIT2 and TIME_WAIT come only after that; in the other
+    // states where our FIN is queued (FIN_WAIT1, CLOSING, LAST_ACK, and the close that follows
+    // them), nothing is left unacknowledged. That last test also holds, wrongly, while a
+    // FIN that the peer's zero window holds back is still unsent: the count is then one short
+    // for a while (never one over, which could not be taken back).
     if old == TCP_FIN_WAIT2
         || new == TCP_FIN_WAIT2
         || old == TCP_TIME_WAIT
-        || ((old == TCP_CLOSING || old == TCP_LAST_ACK)
-            && new == TCP_CLOSE
-            && ops.snd_una == ops.snd_nxt)
+        || (fin_queued_state(old) && ops.snd_una == ops.snd_nxt)
     {
         flags |= FLAG_FIN_ACKED;
     }
@@ -151,6 +152,11 @@ fn count(ctx: &SockOpsContext, ops: &bpf_sock_ops, entry: &mut Socket) {
         t.rx += d_rx;
         t.tx += d_tx;
     }
+}
+
+/// States in which our FIN is queued (sent, unless a zero window holds it back).
+fn fin_queued_state(s: u32) -> bool {
+    s == TCP_FIN_WAIT1 || s == TCP_CLOSING || s == TCP_LAST_ACK
 }
 
 /// States that only a received FIN leads to.

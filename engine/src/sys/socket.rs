@@ -120,3 +120,10 @@ pub fn local_addr(fd: BorrowedFd<'_>) -> Option<SocketAddr> {
 pub fn set_nonblocking(fd: BorrowedFd<'_>) -> io::Result<()> {
     SockRef::from(&fd).set_nonblocking(true)
 }
+
+#[cfg(feature = "ebpf")]
+/// The socket's cookie (`SO_COOKIE`): the kernel's 64-bit id of the socket, which the eBPF
+/// accounting program keys its counts by.
+pub fn cookie(fd: BorrowedFd<'_>) -> io::Result<u64> {
+    SockRef::from(&fd).cookie()
+}
