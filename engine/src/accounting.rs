@@ -321,3 +321,97 @@ mod loaded {
         Ok(mount.join(path.trim().trim_start_matches('/')))
     }
 }
+
+#[cfg(all(test, feature = "ebpf"))]
+mod tests {
+    use std::io::{Read, Write};
+    use std::net::{Shutdown, TcpListener, TcpStream};
+    use std::os::fd::AsFd;
+    use std::time::{Duration, Instant};
+
+    use super::*;
+
+    fn pair() -> (TcpStream, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let c = TcpStream::connect(l.local_addr().expect("addr")).expect("connect");
+        let (s, _) = l.accept().expect("accept");
+        (c, s)
+    }
+
+    /// A leg moved with splice alone (socket -> pipe -> socket, as after a kTLS hand-off):
+    /// user space never reads a byte, and the kernel counts each one, exactly, on both the
+    /// accepted socket (in) and the dialed one (out). Needs CAP_BPF (CI runs as root).
+    #[test]
+    fn spliced_bytes_are_counted_exactly() {
+        let acct = Arc::new(Accounting::load().unwrap_or_else(|why| {
+            panic!("eBPF accounting must load for this test (run it as root): {why}")
+        }));
+        let slots = acct.slots().expect("two slots");
+        // `client` -> `accepted` (downstream, registered after accept, as the shards do);
+        // `dialed` (upstream, registered before its connect) -> `sink`.
+        let (mut client, accepted) = pair();
+        slots.register(accepted.as_fd(), Leg::Downstream, false);
+        let sink_l = TcpListener::bind("127.0.0.1:0").expect("bind the sink");
+        let dialed = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .expect("socket");
+        slots.register(dialed.as_fd(), Leg::Upstream, true);
+        dialed
+            .connect(&sink_l.local_addr().expect("addr").into())
+            .expect("connect");
+        let dialed: TcpStream = dialed.into();
+        let (mut sink, _) = sink_l.accept().expect("accept");
+
+        let payload: Vec<u8> = (0..5_000_003u32).map(|i| (i * 7 + i / 251) as u8).collect();
+        let sent = payload.clone();
+        let writer = std::thread::spawn(move || {
+            client.write_all(&sent).expect("write");
+            client.shutdown(Shutdown::Write).expect("half-close");
+            client
+        });
+        let reader = std::thread::spawn(move || {
+            let mut got = Vec::new();
+            sink.read_to_end(&mut got).expect("read");
+            (sink, got)
+        });
+        let (pr, pw) = crate::sys::pipe(1 << 16).expect("pipe");
+        loop {
+            let n = crate::sys::splice(accepted.as_fd(), pw.as_fd(), 1 << 16).expect("splice in");
+            if n == 0 {
+                break;
+            }
+            let mut left = n;
+            while left > 0 {
+                match crate::sys::splice(pr.as_fd(), dialed.as_fd(), left) {
+                    Ok(m) => left -= m,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        std::thread::yield_now()
+                    }
+                    Err(e) => panic!("splice out: {e}"),
+                }
+            }
+        }
+        dialed
+            .shutdown(Shutdown::Write)
+            .expect("half-close upstream");
+        let (sink, got) = reader.join().expect("reader");
+        assert!(
+            got == payload,
+            "the sink got {} bytes, not the payload",
+            got.len()
+        );
+        let client = writer.join().expect("writer");
+        drop((client, accepted, dialed, sink));
+
+        let want = KernelBytes {
+            downstream_in: payload.len() as u64,
+            downstream_out: 0,
+            upstream_in: 0,
+            upstream_out: payload.len() as u64,
+        };
+        let end = Instant::now() + Duration::from_secs(30);
+        while slots.bytes() != want && Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(slots.bytes(), want);
+    }
+}

@@ -41,8 +41,8 @@ pub struct Args {
     #[arg(long, value_delimiter = ',')]
     scenario: Vec<String>,
     /// Paths to run, comma-separated (default: all that can run here). One of: direct,
-    /// splice-uring, splice-epoll, splice-ktls, splice-nopoll, splice-base, nginx, haproxy,
-    /// stunnel, socat, plain-relays, tunnel, rathole.
+    /// splice-uring, splice-epoll, splice-ktls, splice-nopoll, splice-ebpf, splice-base, nginx,
+    /// haproxy, stunnel, socat, plain-relays, tunnel, rathole.
     #[arg(long, value_delimiter = ',')]
     paths: Vec<String>,
     /// Also measure splice-engine as built from this git revision (a commit, tag or branch), as
