@@ -327,6 +327,17 @@ impl Engine {
         for (i, d) in cfg.destinations.iter().enumerate() {
             agents.push(agent::start_destination(d, shard(cfg.sources.len() + i))?);
         }
+        // Kernel byte accounting for the agents' local connections, per service (set as the
+        // agent starts: a local connection made before this is counted in user space only).
+        if let Some(acct) = &self.kernel_acct {
+            for a in agents.iter() {
+                for (_, stats) in &a.shared.services {
+                    if let Some(slots) = acct.slots() {
+                        let _ = stats.kernel.set(slots);
+                    }
+                }
+            }
+        }
         *self.agent_stats.lock().expect("agent stats lock") =
             agents.iter().map(|a| a.shared.clone()).collect();
         Ok(())
