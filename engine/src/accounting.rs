@@ -2,7 +2,7 @@
 //! each of the engine's sockets received and had acknowledged, in the kernel, so that spliced
 //! and kTLS bytes, which user space never touches, are counted as exactly as the rest.
 //!
-//! [`Accounting::start`] loads the committed object (embedded at build time), attaches its
+//! [`start`] loads the committed object (embedded at build time), attaches its
 //! `sock_ops` program to the engine's cgroup (v2) with a BPF link (multi-attach), and keeps the maps:
 //! each engine has its own, so two engines on one host never see each other's sockets. The
 //! shards register each socket's cookie with the slot it counts toward ([`Slots::register`])
@@ -11,7 +11,7 @@
 //! bytes may be acknowledged after the engine closed it). Dropping the [`Accounting`] (the
 //! engine) detaches the program and frees the maps.
 //!
-//! Everything that needs aya is behind the `ebpf` feature; without it, [`Accounting::start`]
+//! Everything that needs aya is behind the `ebpf` feature; without it, [`start`]
 //! says so and the engine counts in user space only.
 
 use std::sync::Arc;
