@@ -98,11 +98,13 @@ fn kernel_counts_equal_payloads_and_user_space_counters() {
     for driver in DRIVERS {
         let (backend, reports) = sink_backend(None);
         let chain = chain(&pki, backend.addr, driver);
-        assert!(
-            chain.client.log().contains("eBPF accounting loaded"),
-            "{}",
-            chain.client.log()
-        );
+        for p in [&chain.client, &chain.server] {
+            assert!(
+                p.wait_log(SOON, |l| l.contains("eBPF accounting loaded")),
+                "{}",
+                p.log()
+            );
+        }
         let payload = random_bytes(3 * 1024 * 1024 + 4321, 15);
         let mut s = connect(chain.entry);
         let writer = {
@@ -260,7 +262,11 @@ fn without_permission_auto_falls_back_and_on_fails() {
     let port = free_port();
     let log = dir.path().join("auto.log");
     let mut auto = without_caps(&pki, port, "auto", &log);
-    let listening = wait_until(SOON, || try_connect(localhost(port)).is_ok());
+    // Listening, and past the start-up notes (logged once the shards run, after the bind).
+    let read = || strip_ansi(&fs::read_to_string(&log).unwrap_or_default());
+    let listening = wait_until(SOON, || {
+        try_connect(localhost(port)).is_ok() && read().contains("eBPF accounting is not available")
+    });
     let _ = auto.kill();
     let _ = auto.wait();
     let text = strip_ansi(&fs::read_to_string(&log).unwrap_or_default());
