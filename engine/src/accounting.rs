@@ -233,11 +233,16 @@ mod loaded {
 
         pub(super) fn register(&self, fd: BorrowedFd<'_>, slot: u32, active: bool) {
             let result = crate::sys::socket::cookie(fd).and_then(|cookie| {
-                self.sockets.update(
-                    &cookie.to_ne_bytes(),
-                    &encode(&Socket::new(slot, active)),
-                    0,
-                )
+                let key = cookie.to_ne_bytes();
+                self.sockets
+                    .update(&key, &encode(&Socket::new(slot, active)), 0)?;
+                // An accepted socket reset before it was accepted is closed already: no
+                // callback will come to retire its entry, so it goes now. (A socket to be
+                // connected is in TCP_CLOSE too, until its connect: that one stays.)
+                if !active && crate::sys::socket::tcp_state(fd)? == TCP_CLOSE {
+                    self.sockets.delete(&key)?;
+                }
+                Ok(())
             });
             if let Err(e) = result {
                 self.failed.fetch_add(1, Relaxed);
@@ -249,6 +254,16 @@ mod loaded {
                     );
                 }
             }
+        }
+
+        /// Whether `fd`'s cookie is in `SOCKETS` now (tests).
+        #[cfg(test)]
+        pub(super) fn is_registered(&self, fd: BorrowedFd<'_>) -> bool {
+            let cookie = crate::sys::socket::cookie(fd).expect("SO_COOKIE");
+            let mut value = [0u8; 32];
+            self.sockets
+                .lookup(&cookie.to_ne_bytes(), &mut value)
+                .expect("lookup")
         }
 
         pub(super) fn totals(&self, slot: u32) -> (u64, u64) {
@@ -275,6 +290,9 @@ mod loaded {
     }
 
     const _: () = assert!(size_of::<Socket>() == 32);
+
+    /// `TCP_CLOSE` in linux/tcp_states.h.
+    const TCP_CLOSE: u8 = 7;
 
     /// `what` failed with `e`: its message with its causes, and what to do about a refusal.
     fn explain(what: &str, e: &dyn std::error::Error) -> String {
@@ -336,6 +354,33 @@ mod tests {
         let c = TcpStream::connect(l.local_addr().expect("addr")).expect("connect");
         let (s, _) = l.accept().expect("accept");
         (c, s)
+    }
+
+    /// A socket reset before the engine registered it gets no more callbacks, so registering
+    /// it leaves no entry behind (the map would fill up with them); a live one stays.
+    #[test]
+    fn a_socket_already_reset_leaves_no_entry() {
+        let acct = Arc::new(Accounting::load().unwrap_or_else(|why| {
+            panic!("eBPF accounting must load for this test (run it as root): {why}")
+        }));
+        let slots = acct.slots().expect("two slots");
+        let (client, reset) = pair();
+        socket2::SockRef::from(&client)
+            .set_linger(Some(Duration::ZERO))
+            .expect("SO_LINGER");
+        drop(client);
+        let end = Instant::now() + Duration::from_secs(10);
+        while crate::sys::socket::tcp_state(reset.as_fd()).expect("TCP_INFO") != 7
+            && Instant::now() < end
+        {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        slots.register(reset.as_fd(), Leg::Downstream, false);
+        assert!(!acct.is_registered(reset.as_fd()));
+
+        let (_peer, live) = pair();
+        slots.register(live.as_fd(), Leg::Downstream, false);
+        assert!(acct.is_registered(live.as_fd()));
     }
 
     /// A leg moved with splice alone (socket -> pipe -> socket, as after a kTLS hand-off):

@@ -1,5 +1,5 @@
 //! The BPF map calls the shards make per connection (kernel byte accounting, see
-//! `crate::accounting` and docs/ebpf.md): insert an element into a map that aya
+//! `crate::accounting` and docs/ebpf.md): insert (and, for a socket already closed, delete) an element of a map that aya
 //! created, by its fd. Loading and attaching the program, and reading the per-CPU totals, go
 //! through aya; these calls do not, so that a shard registers a socket with one `bpf(2)` call
 //! and no lock.
@@ -9,7 +9,10 @@ use std::os::fd::{AsRawFd, OwnedFd};
 
 use super::cvt;
 
+#[cfg(test)]
+const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
 const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
+const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 
 /// `BPF_MAP_*_ELEM`'s part of `union bpf_attr` (the kernel zero-fills the rest).
@@ -110,5 +113,40 @@ impl BpfMap {
             flags,
         };
         bpf(BPF_MAP_UPDATE_ELEM, &mut attr)
+    }
+
+    /// `BPF_MAP_DELETE_ELEM`; `Ok(false)` when the key was not there.
+    pub fn delete(&self, key: &[u8]) -> io::Result<bool> {
+        self.check(key, None)?;
+        let mut attr = ElemAttr {
+            map_fd: self.fd.as_raw_fd() as u32,
+            pad: 0,
+            key: key.as_ptr() as u64,
+            value: 0,
+            flags: 0,
+        };
+        match bpf(BPF_MAP_DELETE_ELEM, &mut attr) {
+            Ok(()) => Ok(true),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// `BPF_MAP_LOOKUP_ELEM` into `value`; `Ok(false)` when the key is not there.
+    #[cfg(test)]
+    pub fn lookup(&self, key: &[u8], value: &mut [u8]) -> io::Result<bool> {
+        self.check(key, Some(value.len()))?;
+        let mut attr = ElemAttr {
+            map_fd: self.fd.as_raw_fd() as u32,
+            pad: 0,
+            key: key.as_ptr() as u64,
+            value: value.as_mut_ptr() as u64,
+            flags: 0,
+        };
+        match bpf(BPF_MAP_LOOKUP_ELEM, &mut attr) {
+            Ok(()) => Ok(true),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 }
