@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
 use clap::{Args, Parser, Subcommand, ValueHint};
-use splice_engine::{DriverKind, EngineConfig, ForwarderConfig, KtlsMode, LogFormat, Mode};
+use splice_engine::{
+    DriverKind, EbpfMode, EngineConfig, ForwarderConfig, KtlsMode, LogFormat, Mode,
+};
 
 /// Encrypted TCP forwarding on an io_uring data plane with kernel TLS offload.
 ///
@@ -54,8 +56,8 @@ SIGHUP reloads the certificate files; SIGTERM or SIGINT drains (see --drain-time
     /// changed and removed, and established connections are untouched. If anything in the new
     /// file is wrong, the reload is refused, the log says why (file, line and key), and the
     /// previous configuration keeps running. The engine-level keys (threads, driver, ktls,
-    /// busy_poll, metrics, log_level, log_format) take effect at the next start. SIGTERM or
-    /// SIGINT stops accepting and waits up to drain_timeout for open connections.
+    /// ebpf, busy_poll, metrics, log_level, log_format) take effect at the next start. SIGTERM
+    /// or SIGINT stops accepting and waits up to drain_timeout for open connections.
     ///
     /// Flags override the file's engine-level keys.
     #[command(after_help = "Examples:
@@ -188,6 +190,10 @@ pub(crate) struct Common {
     /// Kernel TLS: auto (use it when the kernel has it), on (require it), off [default: auto].
     #[arg(long, value_name = "MODE", value_parser = ktls_parser())]
     pub(crate) ktls: Option<KtlsMode>,
+    /// Kernel byte accounting with eBPF: auto (when the process may: CAP_BPF or root, cgroup
+    /// v2), on (require it), off [default: auto].
+    #[arg(long, value_name = "MODE", value_parser = ebpf_parser())]
+    pub(crate) ebpf: Option<EbpfMode>,
     /// Log level: error, warn (or warning), info, debug, trace, off, or TARGET=LEVEL
     /// directives such as splice_engine=debug [default: info, or RUST_LOG when set].
     #[arg(long, value_name = "LEVEL", value_parser = log_level_parser)]
@@ -225,6 +231,12 @@ fn driver_parser() -> impl TypedValueParser<Value = DriverKind> {
 
 /// `--ktls`: its values listed in help and completions.
 fn ktls_parser() -> impl TypedValueParser<Value = KtlsMode> {
+    PossibleValuesParser::new(["auto", "on", "off"])
+        .map(|s| s.parse().expect("one of the possible values"))
+}
+
+/// `--ebpf`: its values listed in help and completions.
+fn ebpf_parser() -> impl TypedValueParser<Value = EbpfMode> {
     PossibleValuesParser::new(["auto", "on", "off"])
         .map(|s| s.parse().expect("one of the possible values"))
 }
@@ -398,6 +410,9 @@ impl Common {
         if let Some(k) = self.ktls {
             cfg.ktls = k;
         }
+        if let Some(m) = self.ebpf {
+            cfg.ebpf = m;
+        }
         if self.log_level.is_some() {
             cfg.log_level = self.log_level.clone();
         }
@@ -518,6 +533,7 @@ mod tests {
             humantime::format_duration(e.busy_poll).to_string(),
             e.driver.to_string(),
             e.ktls.to_string(),
+            e.ebpf.to_string(),
             e.log_format.to_string(),
         ] {
             assert!(

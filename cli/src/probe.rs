@@ -12,6 +12,8 @@ pub(crate) fn print(p: &KernelProbe, json: bool) {
             "ktls": p.ktls,
             "ktls_ciphers": p.ktls_ciphers,
             "ktls_reason": p.ktls_reason,
+            "ebpf": p.ebpf,
+            "ebpf_reason": p.ebpf_reason,
         });
         println!("{out}");
         return;
@@ -34,5 +36,14 @@ pub(crate) fn print(p: &KernelProbe, json: bool) {
     }
     if let Some(r) = &p.ktls_reason {
         println!("          {r}");
+    }
+    match &p.ebpf_reason {
+        None if p.ebpf => {
+            println!("eBPF:     yes (--ebpf auto counts every socket's bytes in the kernel too)")
+        }
+        reason => println!(
+            "eBPF:     no, {} (--ebpf auto counts in user space only)",
+            reason.as_deref().unwrap_or("unknown reason")
+        ),
     }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
-pub use crate::kinds::{Balance, DriverKind, KtlsMode, LogFormat, Mode, ProxyVersion};
+pub use crate::kinds::{Balance, DriverKind, EbpfMode, KtlsMode, LogFormat, Mode, ProxyVersion};
 
 /// A commented sample configuration file with every key (`splice-engine config example`).
 pub(crate) const EXAMPLE: &str = include_str!("../splice.example.toml");
@@ -494,6 +494,9 @@ pub struct EngineConfig {
     /// kTLS use.
     #[serde(default)]
     pub ktls: KtlsMode,
+    /// Kernel byte accounting (eBPF): `auto`, `on` or `off`.
+    #[serde(default)]
+    pub ebpf: EbpfMode,
     /// Log filter (`error`, `warn`, `info`, `debug`, `trace`, `off`, or `TARGET=LEVEL`
     /// directives); an unknown level is an error.
     #[serde(default)]
@@ -560,6 +563,7 @@ impl Default for EngineConfig {
             threads: None,
             driver: DriverKind::Auto,
             ktls: KtlsMode::Auto,
+            ebpf: EbpfMode::Auto,
             log_level: None,
             log_format: LogFormat::Text,
             metrics: None,

@@ -38,6 +38,8 @@ pub struct Engine {
     next_id: Mutex<u32>,
     driver: DriverKind,
     ktls: Option<Arc<KtlsSupport>>,
+    /// Kernel byte accounting (eBPF), when it runs; dropped last of all (see `Drop`).
+    kernel_acct: Option<Arc<crate::accounting::Accounting>>,
     registry: Registry,
     /// Reload outcomes, for the metrics endpoint.
     reloads: Arc<ReloadStats>,
@@ -73,6 +75,7 @@ struct StartOnly {
     threads: Option<usize>,
     driver: DriverKind,
     ktls: KtlsMode,
+    ebpf: crate::kinds::EbpfMode,
     busy_poll: Duration,
     metrics: Option<String>,
     log_level: Option<String>,
@@ -86,6 +89,7 @@ impl StartOnly {
             threads: cfg.threads,
             driver: cfg.driver,
             ktls: cfg.ktls,
+            ebpf: cfg.ebpf,
             busy_poll: cfg.busy_poll,
             metrics: cfg.metrics.clone(),
             log_level: cfg.log_level.clone(),
@@ -100,6 +104,7 @@ impl StartOnly {
             ("threads", self.threads != new.threads),
             ("driver", self.driver != new.driver),
             ("ktls", self.ktls != new.ktls),
+            ("ebpf", self.ebpf != new.ebpf),
             ("busy_poll", self.busy_poll != new.busy_poll),
             ("metrics", self.metrics != new.metrics),
             ("log_level", self.log_level != new.log_level),
@@ -175,6 +180,30 @@ impl Engine {
                 }
             }
         };
+        let kernel_acct = match crate::accounting::start(cfg.ebpf) {
+            Ok(Some(acct)) => {
+                notes.push(
+                    "eBPF accounting loaded: the kernel counts every socket's bytes too \
+                     (splice_kernel_bytes_total)"
+                        .to_string(),
+                );
+                Some(acct)
+            }
+            Ok(None) => None,
+            Err(why) if cfg.ebpf == crate::kinds::EbpfMode::On => {
+                return Err(Error::Unavailable {
+                    feature: "eBPF accounting",
+                    why,
+                });
+            }
+            Err(why) => {
+                notes.push(format!(
+                    "eBPF accounting is not available ({why}); bytes are counted in user space \
+                     only"
+                ));
+                None
+            }
+        };
         check_fd_limit(&cfg);
         let registry: Registry = Arc::default();
         let mut engine = Engine {
@@ -183,6 +212,7 @@ impl Engine {
             next_id: Mutex::new(0),
             driver,
             ktls,
+            kernel_acct,
             registry: registry.clone(),
             reloads: Arc::new(ReloadStats::new()),
             start_only: StartOnly::of(&cfg),
@@ -297,6 +327,17 @@ impl Engine {
         for (i, d) in cfg.destinations.iter().enumerate() {
             agents.push(agent::start_destination(d, shard(cfg.sources.len() + i))?);
         }
+        // Kernel byte accounting for the agents' local connections, per service (set as the
+        // agent starts: a local connection made before this is counted in user space only).
+        if let Some(acct) = &self.kernel_acct {
+            for a in agents.iter() {
+                for (_, stats) in &a.shared.services {
+                    if let Some(slots) = acct.slots() {
+                        let _ = stats.kernel.set(slots);
+                    }
+                }
+            }
+        }
         *self.agent_stats.lock().expect("agent stats lock") =
             agents.iter().map(|a| a.shared.clone()).collect();
         Ok(())
@@ -400,6 +441,7 @@ impl Engine {
             next_id: Mutex::new(0),
             driver: cfg.driver,
             ktls: None,
+            kernel_acct: None,
             registry: Registry::default(),
             reloads: Arc::new(ReloadStats::new()),
             start_only: StartOnly::of(&cfg),
@@ -483,6 +525,12 @@ impl Engine {
         // The mode's plan (its TLS configs), and the certificate it presents (expiry metric).
         let crate::modes::Built { plan, leaf } = crate::modes::build(f, &host)?;
         let cert_not_after = leaf.as_ref().and_then(validity::not_after);
+        if let Some(acct) = &self.kernel_acct
+            && stats.kernel.get().is_none()
+            && let Some(slots) = acct.slots()
+        {
+            let _ = stats.kernel.set(slots);
+        }
         Ok(Forwarder {
             name: f.display_name(),
             upstream: upstream.into(),

@@ -87,6 +87,44 @@ impl std::fmt::Display for KtlsMode {
     }
 }
 
+/// Whether the engine counts bytes in the kernel too (eBPF, see docs/ebpf.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EbpfMode {
+    /// Load the accounting program when the process may (CAP_BPF or root, cgroup v2, a build
+    /// with the `ebpf` feature); otherwise say once in the log why, and count in user space only.
+    #[default]
+    Auto,
+    /// Require it: fail at start, with the reason, when it cannot be loaded.
+    On,
+    /// Never load it.
+    Off,
+}
+
+impl std::str::FromStr for EbpfMode {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "on" => Ok(Self::On),
+            "off" => Ok(Self::Off),
+            other => Err(format!(
+                "unknown eBPF mode {other:?} (expected auto, on or off)"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for EbpfMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Auto => "auto",
+            Self::On => "on",
+            Self::Off => "off",
+        })
+    }
+}
+
 /// How log lines are written to stderr.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -11,7 +11,7 @@
 //! - [`Engine`]: start forwarders from an [`EngineConfig`], read [`StatsSnapshot`]s, reload a
 //!   new configuration, shut down with a drain;
 //! - the configuration: [`EngineConfig`] and [`ForwarderConfig`] (with builders, or read from a
-//!   TOML file) and the enums they use ([`Mode`], [`DriverKind`], [`KtlsMode`], [`LogFormat`],
+//!   TOML file) and the enums they use ([`Mode`], [`DriverKind`], [`KtlsMode`], [`EbpfMode`], [`LogFormat`],
 //!   [`ProxyVersion`]);
 //! - [`Error`] (with the [`Side`] a connection failed on), and [`Result`];
 //! - [`probe()`]: which kernel fast paths the machine has;
@@ -77,6 +77,7 @@
 #![deny(unsafe_code)]
 #![deny(missing_docs)]
 
+mod accounting;
 mod config;
 mod driver;
 mod engine;
@@ -97,15 +98,15 @@ mod tls;
 mod tunnel;
 
 pub use config::{
-    Balance, DestinationConfig, DriverKind, EngineConfig, ForwarderConfig, KtlsMode, LogFormat,
-    Mode, ProxyVersion, RelayConfig, SecretText, SourceConfig, TOKEN_ENV, TunnelProtocol,
-    split_service,
+    Balance, DestinationConfig, DriverKind, EbpfMode, EngineConfig, ForwarderConfig, KtlsMode,
+    LogFormat, Mode, ProxyVersion, RelayConfig, SecretText, SourceConfig, TOKEN_ENV,
+    TunnelProtocol, split_service,
 };
 pub use engine::{CheckedForwarder, Engine, Listening};
 pub use error::{Error, Result, Side, SyscallError};
 pub use probe::{KernelProbe, probe};
 pub use relay::client::{RotateSide, TunnelApi, TunnelTokens};
-pub use stats::{HANDSHAKE_BUCKETS, HistogramSnapshot, StatsSnapshot};
+pub use stats::{HANDSHAKE_BUCKETS, HistogramSnapshot, KernelBytes, StatsSnapshot};
 pub use tunnel::agent::AgentState;
 
 /// Internals that `splice-bench`'s criterion benchmarks measure. Not part of the API: only

@@ -108,6 +108,27 @@ pub fn render(snaps: &[StatsSnapshot]) -> String {
             );
         },
     );
+    if snaps.iter().any(|s| s.kernel.is_some()) {
+        family(
+            "splice_kernel_bytes_total",
+            "counter",
+            "TCP payload bytes the kernel counted on the forwarder's sockets (eBPF accounting): received (in) and sent and acknowledged (out), on the accepted (downstream) and dialed (upstream) sockets. On the plain leg they equal splice_bytes_total; on the TLS leg they are TLS records.",
+            &|s, out, l| {
+                let Some(k) = s.kernel else { return };
+                for (leg, dir, v) in [
+                    ("downstream", "in", k.downstream_in),
+                    ("downstream", "out", k.downstream_out),
+                    ("upstream", "in", k.upstream_in),
+                    ("upstream", "out", k.upstream_out),
+                ] {
+                    let _ = writeln!(
+                        out,
+                        "splice_kernel_bytes_total{{{l},leg=\"{leg}\",direction=\"{dir}\"}} {v}"
+                    );
+                }
+            },
+        );
+    }
     family(
         "splice_connection_unclean_closes_total",
         "counter",
@@ -260,6 +281,34 @@ mod tests {
         );
         assert!(text.contains("direction=\"up_to_down\"} 42"), "{text}");
         assert!(text.contains("side=\"tls\"} 3"), "{text}");
+        assert!(!text.contains("splice_kernel_bytes_total"), "{text}");
+    }
+
+    #[test]
+    fn renders_kernel_bytes_when_counted() {
+        let s = StatsSnapshot {
+            name: "k".into(),
+            mode: "server".into(),
+            kernel: Some(crate::stats::KernelBytes {
+                downstream_in: 1,
+                downstream_out: 2,
+                upstream_in: 3,
+                upstream_out: 4,
+            }),
+            ..Default::default()
+        };
+        let text = render(&[s]);
+        for (leg, dir, v) in [
+            ("downstream", "in", 1),
+            ("downstream", "out", 2),
+            ("upstream", "in", 3),
+            ("upstream", "out", 4),
+        ] {
+            let row = format!(
+                "splice_kernel_bytes_total{{forwarder=\"k\",mode=\"server\",leg=\"{leg}\",direction=\"{dir}\"}} {v}"
+            );
+            assert!(text.contains(&row), "{row} not in\n{text}");
+        }
     }
 
     #[test]

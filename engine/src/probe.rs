@@ -1,6 +1,6 @@
 //! What the kernel offers the engine, found the way [`Engine::start`](crate::Engine::start)
 //! finds it: io_uring by setting up a ring, kernel TLS by installing dummy keys on a loopback
-//! socket pair for each cipher.
+//! socket pair for each cipher, eBPF accounting by loading and attaching its program.
 
 /// The kernel fast paths this machine offers, as [`probe`] found them.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,6 +21,11 @@ pub struct KernelProbe {
     pub ktls_ciphers: Vec<&'static str>,
     /// Why kTLS (or some cipher) is not available; `None` when everything is.
     pub ktls_reason: Option<String>,
+    /// The eBPF accounting program loads and attaches here: `ebpf = "auto"` counts bytes in
+    /// the kernel too (docs/ebpf.md).
+    pub ebpf: bool,
+    /// Why eBPF accounting is not available, when it is not.
+    pub ebpf_reason: Option<String>,
 }
 
 /// Probes the kernel. It never fails: whatever is missing is reported in the result, with the
@@ -29,6 +34,7 @@ pub struct KernelProbe {
 pub fn probe() -> KernelProbe {
     let uring = crate::driver::probe_uring();
     let ktls = crate::sys::ktls::probe();
+    let ebpf = crate::accounting::probe();
     let ktls_ciphers = [
         (ktls.aes_128_gcm, "AES-128-GCM"),
         (ktls.aes_256_gcm, "AES-256-GCM"),
@@ -46,6 +52,8 @@ pub fn probe() -> KernelProbe {
         ktls: ktls.available,
         ktls_ciphers,
         ktls_reason: ktls.reason,
+        ebpf: ebpf.is_ok(),
+        ebpf_reason: ebpf.err(),
     }
 }
 
@@ -61,6 +69,7 @@ mod tests {
         assert!(!p.kernel.is_empty());
         assert_eq!(p.io_uring, p.io_uring_reason.is_none(), "{p:?}");
         assert_eq!(p.ktls, !p.ktls_ciphers.is_empty(), "{p:?}");
+        assert_eq!(p.ebpf, p.ebpf_reason.is_none(), "{p:?}");
         if !p.ktls {
             assert!(p.ktls_reason.is_some(), "{p:?}");
         }

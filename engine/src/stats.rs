@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+pub use crate::accounting::KernelBytes;
 use crate::error::Side;
 use crate::kinds::Mode;
 
@@ -47,6 +48,9 @@ pub struct ListenerStats {
     /// nothing undelivered (browsers end `wss://` this way). The plain side was reset; these
     /// are not counted as errors.
     pub unclean_closes: AtomicU64,
+    /// Where its sockets' bytes are counted in the kernel, when eBPF accounting runs (set when
+    /// the forwarder is first built; kept, like the rest, across reloads).
+    pub(crate) kernel: std::sync::OnceLock<crate::accounting::Slots>,
 }
 
 impl ListenerStats {
@@ -80,6 +84,7 @@ impl ListenerStats {
             handshakes: self.handshakes.snapshot(),
             cert_not_after: Some(self.cert_not_after.load(Relaxed)).filter(|&t| t != 0),
             unclean_closes: self.unclean_closes.load(Relaxed),
+            kernel: self.kernel.get().map(crate::accounting::Slots::bytes),
         }
     }
 }
@@ -122,6 +127,9 @@ pub struct StatsSnapshot {
     /// The not-after time (unix seconds) of the certificate this forwarder presents (server
     /// mode's certificate, client mode's client certificate); `None` when it presents none.
     pub cert_not_after: Option<i64>,
+    /// The bytes the kernel counted on its sockets (eBPF accounting, docs/ebpf.md); `None`
+    /// when that does not run.
+    pub kernel: Option<KernelBytes>,
 }
 
 /// Upper bounds (seconds) of the handshake duration buckets: 1 ms to 10 s.

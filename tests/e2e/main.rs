@@ -10,6 +10,7 @@ mod bad_input;
 mod cli;
 mod config_file;
 mod data;
+mod ebpf;
 mod fallback;
 mod faults;
 mod garbage;

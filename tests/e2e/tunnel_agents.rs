@@ -912,6 +912,83 @@ fn agent_metrics() {
     );
 }
 
+/// eBPF accounting (docs/ebpf.md; CI runs as root, where the default `ebpf = "auto"` loads
+/// it), through a tunnel on both drivers: what the kernel counted on the agents' local
+/// sockets, each way, equals the bytes echoed through and the agents' own counters.
+#[test]
+fn agent_kernel_bytes_equal_the_payload() {
+    let pki = Pki::new();
+    for driver in DRIVERS {
+        let relay = OurRelay::start(&pki, driver, ":memory:", None);
+        let (id, src_token, dst_token) = relay.open(&["ssh"]);
+        let backend = echo_backend();
+        let (port, src_metrics, dst_metrics) = (free_port(), free_port(), free_port());
+        let agent = |kind, name, services, token| Agent {
+            kind,
+            name,
+            services,
+            protocol: "v3",
+            client_token: None,
+            token,
+            keep_trying: false,
+            extra: "",
+        };
+        let _dst = start_agent_with(
+            &agent(
+                "destination",
+                "dst",
+                vec![format!("ssh={}", backend.addr)],
+                dst_token,
+            ),
+            relay.addr(),
+            &pki,
+            driver,
+            &[],
+            Some(dst_metrics),
+        );
+        let _src = start_agent_with(
+            &agent(
+                "source",
+                "src",
+                vec![format!("ssh=127.0.0.1:{port}")],
+                src_token,
+            ),
+            relay.addr(),
+            &pki,
+            driver,
+            &[port],
+            Some(src_metrics),
+        );
+        assert!(wait_until(SOON, || relay.both_connected(&id)));
+        let mut total = 0;
+        for k in 0..3 {
+            echo_through(localhost(port), 100_000 + k, k).unwrap();
+            total += 100_000 + k;
+        }
+        let total = total as f64;
+        for (m, name) in [
+            (localhost(src_metrics), "src"),
+            (localhost(dst_metrics), "dst"),
+        ] {
+            let counts = |s: &Metrics| {
+                [
+                    ("splice_agent_kernel_bytes_total", "in"),
+                    ("splice_agent_kernel_bytes_total", "out"),
+                    ("splice_agent_bytes_total", "to_tunnel"),
+                    ("splice_agent_bytes_total", "from_tunnel"),
+                ]
+                .map(|(metric, dir)| s.value(metric, &[("agent", name), ("direction", dir)]))
+            };
+            assert!(
+                wait_until(SOON, || counts(&scrape(m)) == [total; 4]),
+                "{name} ({driver}): {:?} are not all {total}:\n{}",
+                counts(&scrape(m)),
+                scrape(m).text
+            );
+        }
+    }
+}
+
 #[test]
 fn keep_trying_reconnects_after_a_close_frame() {
     let pki = Pki::new();

@@ -12,6 +12,8 @@
 //! * `fuzz [--time SECS] [ARGS...]` — the decoders' fuzz targets (`fuzz/`): the corpus, then
 //!   random mutations for `SECS` seconds (default 60); `test` runs it for [`TEST_FUZZ_SECS`];
 //! * `bench [FLAGS]` — load tests side by side with direct connections and peers (see `bench`);
+//! * `ebpf [--check]` — rebuilds the eBPF accounting object `ebpf/splice-accounting.bpf.o` from
+//!   `ebpf/` (pinned nightly + bpf-linker); `--check` fails when the committed one differs;
 //! * `integration-test vm [TEST-ARGS...]` — builds `tests/kernel` as a static binary and runs it
 //!   inside the kTLS VM (`../shared/ktls-vm`, or `$SPLICE_KTLS_VM_DIR`). `TEST-ARGS` go to the
 //!   test binary (a test name filter, `--exact`, ...).
@@ -20,6 +22,7 @@
 
 mod bench;
 mod ctest;
+mod ebpf;
 mod pytest;
 mod vm;
 
@@ -40,7 +43,8 @@ tasks:
   c-test                           libtunnel's C tests (ASan, shared and static, openssl peers)
   install-c [--prefix DIR]         install libtunnel, tunnel.h and tunnel.pc (default /usr/local)
   fuzz [--time SECS] [ARGS...]     fuzz the decoders (default 60 s; ARGS go to splice-fuzz run)
-  bench [--quick] [FLAGS...]       load tests against direct and peers (`bench --help`)";
+  bench [--quick] [FLAGS...]       load tests against direct and peers (`bench --help`)
+  ebpf [--check]                   rebuild ebpf/splice-accounting.bpf.o (--check: fail if it differs)";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -56,6 +60,7 @@ fn main() -> ExitCode {
         ["fuzz", rest @ ..] => steps.run("fuzz", || fuzz(rest)),
         ["bench", rest @ ..] => steps.run("bench", || bench::main(rest)),
         ["c-test"] => steps.run("C tests (libtunnel)", ctest::test_main),
+        ["ebpf", rest @ ..] => steps.run("eBPF object (ebpf/)", || ebpf::main(rest)),
         ["install-c", rest @ ..] => steps.run("install libtunnel", || ctest::install_main(rest)),
         ["help" | "-h" | "--help"] => {
             println!("{USAGE}");

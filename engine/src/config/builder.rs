@@ -11,8 +11,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::{
-    Balance, DestinationConfig, DriverKind, EngineConfig, ForwarderConfig, KtlsMode, LogFormat,
-    Mode, ProxyVersion, RelayConfig, SourceConfig,
+    Balance, DestinationConfig, DriverKind, EbpfMode, EngineConfig, ForwarderConfig, KtlsMode,
+    LogFormat, Mode, ProxyVersion, RelayConfig, SourceConfig,
 };
 
 impl ForwarderConfig {
@@ -176,6 +176,12 @@ impl EngineConfig {
     /// Kernel TLS use (default [`KtlsMode::Auto`]).
     pub fn ktls(mut self, mode: KtlsMode) -> Self {
         self.ktls = mode;
+        self
+    }
+
+    /// Kernel byte accounting with eBPF (default [`EbpfMode::Auto`]).
+    pub fn ebpf(mut self, mode: EbpfMode) -> Self {
+        self.ebpf = mode;
         self
     }
 

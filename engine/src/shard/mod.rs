@@ -622,6 +622,9 @@ impl Shard {
             .accepted
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let _ = sys::socket::set_nodelay(sock.as_fd());
+        if let Some(kernel) = fwd.stats.kernel.get() {
+            kernel.register(sock.as_fd(), crate::accounting::Leg::Downstream, false);
+        }
         let peer = sys::socket::peer_addr(sock.as_fd());
         let conn = Handoff::new(sock, peer, fwd.clone());
         match self.round_robin_target() {

@@ -1,5 +1,6 @@
 //! System calls: splice, pipes, eventfd, poll, receiving into a vector's spare room, io_uring
-//! setup, epoll, kTLS, and the TCP socket calls the data plane makes (`socket`).
+//! setup, epoll, kTLS, the TCP socket calls the data plane makes (`socket`), and the BPF map
+//! calls of the kernel byte accounting (`bpf`).
 //!
 //! The bottom layer: thin wrappers that import nothing from the rest of the crate (only std,
 //! libc, io-uring, socket2 and rustls's key types), so everything above can use them. The
@@ -10,6 +11,8 @@
 //! states its invariant in a `// SAFETY:` comment.
 #![allow(unsafe_code, reason = "raw system calls live here and nowhere else")]
 
+#[cfg(feature = "ebpf")]
+pub mod bpf;
 pub mod epoll;
 #[cfg(test)]
 pub(crate) mod fake;

@@ -120,3 +120,33 @@ pub fn local_addr(fd: BorrowedFd<'_>) -> Option<SocketAddr> {
 pub fn set_nonblocking(fd: BorrowedFd<'_>) -> io::Result<()> {
     SockRef::from(&fd).set_nonblocking(true)
 }
+
+#[cfg(feature = "ebpf")]
+/// The socket's cookie (`SO_COOKIE`): the kernel's 64-bit id of the socket, which the eBPF
+/// accounting program keys its counts by.
+pub fn cookie(fd: BorrowedFd<'_>) -> io::Result<u64> {
+    SockRef::from(&fd).cookie()
+}
+
+#[cfg(feature = "ebpf")]
+/// The TCP state of a socket (`tcpi_state`, the first byte of `TCP_INFO`: 1 established, 7
+/// closed, ...).
+pub fn tcp_state(fd: BorrowedFd<'_>) -> io::Result<u8> {
+    use std::os::fd::AsRawFd;
+    let mut info = [0u8; 8];
+    let mut len = info.len() as libc::socklen_t;
+    // SAFETY: `info` and `len` are valid for writes; the kernel writes at most `len` bytes.
+    let ret = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            info.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(info[0])
+}

@@ -44,8 +44,8 @@ pub struct Args {
     #[arg(long, value_delimiter = ',')]
     scenario: Vec<String>,
     /// Paths to run, comma-separated (default: all that can run here). One of: direct,
-    /// splice-uring, splice-epoll, splice-ktls, splice-nopoll, splice-base, nginx, haproxy,
-    /// stunnel, socat, plain-relays, tunnel, rathole, c-connect, py-connect.
+    /// splice-uring, splice-epoll, splice-ktls, splice-nopoll, splice-ebpf, splice-base, nginx,
+    /// haproxy, stunnel, socat, plain-relays, tunnel, rathole, c-connect, py-connect.
     #[arg(long, value_delimiter = ',')]
     paths: Vec<String>,
     /// Also measure splice-engine as built from this git revision (a commit, tag or branch), as

@@ -219,6 +219,7 @@ pub fn chains() -> Vec<Box<dyn PathDef>> {
         Box::new(Splice::Epoll),
         Box::new(Splice::Ktls),
         Box::new(Splice::NoPoll),
+        Box::new(Splice::Ebpf),
         Box::new(Splice::Base),
         Box::new(Nginx),
         Box::new(Haproxy),
@@ -337,6 +338,9 @@ enum Splice {
     /// io_uring with busy polling off (`busy_poll = "0s"`; the default polls up to 50 µs):
     /// what polling buys, and what it costs.
     NoPoll,
+    /// io_uring with eBPF byte accounting on (`ebpf = "on"`; the other paths run with it
+    /// off): what counting in the kernel costs (`splice-ebpf` ÷ `splice-uring` in the report).
+    Ebpf,
     /// `splice-uring`, run by the `--baseline` revision's binary.
     Base,
 }
@@ -358,6 +362,7 @@ impl PathDef for Splice {
             Splice::Epoll => "splice-epoll",
             Splice::Ktls => "splice-ktls",
             Splice::NoPoll => "splice-nopoll",
+            Splice::Ebpf => "splice-ebpf",
             Splice::Base => "splice-base",
         }
     }
@@ -375,6 +380,7 @@ impl PathDef for Splice {
                 Err(format!("no io_uring: {}", why("io_uring_reason")))
             }
             Splice::Ktls if p["ktls"] != true => Err(format!("no kTLS: {}", why("ktls_reason"))),
+            Splice::Ebpf if p["ebpf"] != true => Err(format!("no eBPF: {}", why("ebpf_reason"))),
             _ => {
                 let v = word_after(
                     &output_of(&engine.to_string_lossy(), &["--version"])?,
@@ -393,11 +399,15 @@ impl PathDef for Splice {
     }
     fn ends(&self, ctx: &Ctx, routes: &[Route]) -> Result<[Command; 2]> {
         // Driver, kTLS, and any setting beyond the engine's defaults.
+        // eBPF accounting off but on the path that measures it (the baseline's binary may
+        // predate the key, and has no accounting anyway).
         let (driver, ktls, extra) = match self {
-            Splice::Uring | Splice::Base => ("uring", "off", ""),
-            Splice::Epoll => ("epoll", "off", ""),
-            Splice::Ktls => ("auto", "on", ""),
-            Splice::NoPoll => ("uring", "off", "busy_poll = \"0s\"\n"),
+            Splice::Uring => ("uring", "off", "ebpf = \"off\"\n"),
+            Splice::Base => ("uring", "off", ""),
+            Splice::Epoll => ("epoll", "off", "ebpf = \"off\"\n"),
+            Splice::Ktls => ("auto", "on", "ebpf = \"off\"\n"),
+            Splice::NoPoll => ("uring", "off", "busy_poll = \"0s\"\nebpf = \"off\"\n"),
+            Splice::Ebpf => ("uring", "off", "ebpf = \"on\"\n"),
         };
         let mut ends = Vec::new();
         for end in ["client", "server"] {

@@ -233,7 +233,7 @@ pub struct Row {
     /// The peer that was best most often.
     pub best_peer: Option<String>,
     /// For `splice-uring` in a run with `--baseline`: median over repetitions of (this path /
-    /// `splice-base`), same repetition.
+    /// `splice-base`), same repetition; for `splice-ebpf`, the same over `splice-uring`.
     pub vs_base: Option<f64>,
     /// For a path compared with another (an embedding path with the CLI's client mode):
     /// median over repetitions of (this path / that one), same repetition.
@@ -321,9 +321,9 @@ pub fn summarise(ms: &[Measurement], infos: &[PathInfo]) -> Vec<Row> {
                     {
                         vs_direct.push(v / d);
                     }
-                    if let Some(b) = by.get(&(sc, rep, BASE)).and_then(|fs| fs.get(f.key))
+                    if let Some(base) = base_of(path)
+                        && let Some(b) = by.get(&(sc, rep, base)).and_then(|fs| fs.get(f.key))
                         && *b != 0.0
-                        && path == NEW
                     {
                         vs_base.push(v / b);
                     }
@@ -373,6 +373,17 @@ pub fn summarise(ms: &[Measurement], infos: &[PathInfo]) -> Vec<Row> {
 /// The path built from `--baseline`, and the one it is compared with.
 const BASE: &str = "splice-base";
 const NEW: &str = "splice-uring";
+/// `splice-uring` with eBPF accounting on (the others run with it off), compared with it.
+const EBPF: &str = "splice-ebpf";
+
+/// The path `path` is compared with, same repetition (`Row::vs_base`).
+fn base_of(path: &str) -> Option<&'static str> {
+    match path {
+        NEW => Some(BASE),
+        EBPF => Some(NEW),
+        _ => None,
+    }
+}
 
 /// The median (the mean of the middle two for an even count).
 pub fn median(v: &[f64]) -> f64 {
@@ -526,23 +537,26 @@ pub fn table(rows: &[Row], infos: &[PathInfo], machine: &Value, settings: &Value
         if let Some(b) = most_common(&best.iter().map(String::as_str).collect::<Vec<_>>()) {
             let _ = writeln!(out, "  best peer: {b}");
         }
-        let vs_base: Vec<String> = l
-            .figures
-            .iter()
-            .filter(|_| family == "chain")
-            .filter_map(|f| {
-                let r = rows
-                    .iter()
-                    .find(|r| r.scenario == sc && r.path == NEW && r.figure == f.key)?;
-                Some(format!("{} {:.2}", f.label, r.vs_base?))
-            })
-            .collect();
-        if !vs_base.is_empty() {
-            let _ = writeln!(
-                out,
-                "  {NEW} ÷ {BASE} (median of per-repetition ratios): {}",
-                vs_base.join(", ")
-            );
+        for new in [NEW, EBPF] {
+            let vs_base: Vec<String> = l
+                .figures
+                .iter()
+                .filter(|_| family == "chain")
+                .filter_map(|f| {
+                    let r = rows
+                        .iter()
+                        .find(|r| r.scenario == sc && r.path == new && r.figure == f.key)?;
+                    Some(format!("{} {:.2}", f.label, r.vs_base?))
+                })
+                .collect();
+            if !vs_base.is_empty() {
+                let _ = writeln!(
+                    out,
+                    "  {new} ÷ {} (median of per-repetition ratios): {}",
+                    base_of(new).unwrap_or_default(),
+                    vs_base.join(", ")
+                );
+            }
         }
         for info in infos.iter().filter(in_family) {
             let Some(other) = info.compared_with.as_deref() else {
@@ -827,6 +841,41 @@ mod tests {
             &serde_json::json!({}),
         );
         assert!(!text.contains("÷"), "{text}");
+    }
+
+    #[test]
+    fn ebpf_accounting_is_compared_with_the_same_path_without_it() {
+        let infos = [
+            info("direct", "direct"),
+            info("splice-uring", "ours"),
+            info("splice-ebpf", "ours"),
+        ];
+        let mut ms = Vec::new();
+        for (rep, k) in [(1, 1.0), (2, 0.5), (3, 1.0)] {
+            let figs = |g: f64, cpu: f64| [("gbit_per_s", g * k), ("cpu_s_per_gib", cpu)];
+            ms.push(m(rep, Scenario::Bulk, "direct", &figs(20.0, 1.0)));
+            ms.push(m(rep, Scenario::Bulk, "splice-uring", &figs(10.0, 1.0)));
+            ms.push(m(rep, Scenario::Bulk, "splice-ebpf", &figs(9.8, 1.02)));
+        }
+        let rows = summarise(&ms, &infos);
+        let get = |path: &str, fig: &str| {
+            rows.iter()
+                .find(|r| r.path == path && r.figure == fig)
+                .unwrap()
+        };
+        let r = get("splice-ebpf", "gbit_per_s").vs_base.expect("a ratio");
+        assert!((r - 0.98).abs() < 1e-9, "{r}");
+        assert_eq!(get("splice-uring", "gbit_per_s").vs_base, None);
+        let text = table(
+            &rows,
+            &infos,
+            &serde_json::json!({}),
+            &serde_json::json!({}),
+        );
+        assert!(
+            text.contains("splice-ebpf ÷ splice-uring (median of per-repetition ratios): Gbit/s 0.98, proxy CPU s/GiB 1.02"),
+            "{text}"
+        );
     }
 
     #[test]

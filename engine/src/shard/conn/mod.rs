@@ -469,6 +469,9 @@ impl Conn {
         let fwd = self.fwd.clone();
         let addr = &fwd.upstream;
         let fd: Fd = std::rc::Rc::new(sys::socket::tcp_stream(addr)?);
+        if let Some(kernel) = fwd.stats.kernel.get() {
+            kernel.register(fd.as_fd(), crate::accounting::Leg::Upstream, true);
+        }
         let dialed = self.leg_of(Role::Dialed);
         self.leg_mut(dialed).open(fd.clone());
         self.deadline = Some(Instant::now() + self.fwd.connect_timeout);

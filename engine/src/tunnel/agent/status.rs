@@ -41,6 +41,8 @@ pub(crate) struct ServiceStats {
     /// Local connections refused or failed (a source's service not served or busy, a
     /// destination's target unreachable).
     pub failed: AtomicU64,
+    /// Where the kernel counts its local sockets' bytes (eBPF accounting, docs/ebpf.md).
+    pub(crate) kernel: std::sync::OnceLock<crate::accounting::Slots>,
 }
 
 /// An agent's state and counters, shared by its shard and the control thread.
@@ -105,6 +107,41 @@ impl AgentShared {
     }
 }
 
+/// `splice_agent_kernel_bytes_total`: what the kernel counted on each service's local sockets
+/// (eBPF accounting; no series while it does not run). A source's are the connections it
+/// accepted, a destination's those it dialed.
+fn render_kernel(out: &mut String, agents: &[std::sync::Arc<AgentShared>]) {
+    let rows: Vec<_> = agents
+        .iter()
+        .flat_map(|a| a.services.iter().map(move |(s, st)| (a, s, st)))
+        .filter_map(|(a, s, st)| st.kernel.get().map(|k| (a, s, k.bytes())))
+        .collect();
+    if rows.is_empty() {
+        return;
+    }
+    let name = "splice_agent_kernel_bytes_total";
+    let _ = writeln!(
+        out,
+        "# HELP {name} TCP payload bytes the kernel counted on an agent's local sockets (eBPF \
+         accounting), received (in) and sent and acknowledged (out)."
+    );
+    let _ = writeln!(out, "# TYPE {name} counter");
+    for (a, service, k) in rows {
+        for (dir, v) in [
+            ("in", k.downstream_in + k.upstream_in),
+            ("out", k.downstream_out + k.upstream_out),
+        ] {
+            let _ = writeln!(
+                out,
+                "{name}{{agent=\"{}\",kind=\"{}\",service=\"{}\",direction=\"{dir}\"}} {v}",
+                escape(&a.name),
+                a.kind,
+                escape(service),
+            );
+        }
+    }
+}
+
 /// The agents' counters in the Prometheus text format.
 pub(crate) fn render(agents: &[std::sync::Arc<AgentShared>]) -> String {
     let mut out = String::new();
@@ -165,6 +202,7 @@ pub(crate) fn render(agents: &[std::sync::Arc<AgentShared>]) -> String {
             }
         }
     }
+    render_kernel(&mut out, agents);
     type GetA = fn(&AgentShared) -> u64;
     let per_agent: [(&str, &str, &str, GetA); 3] = [
         (

@@ -93,6 +93,9 @@ impl Reactor {
         stats.connections.fetch_add(1, Relaxed);
         stats.active.fetch_add(1, Relaxed);
         let _ = sys::socket::set_nodelay(sock.as_fd());
+        if let Some(kernel) = stats.kernel.get() {
+            kernel.register(sock.as_fd(), crate::accounting::Leg::Downstream, false);
+        }
         let index = self.insert_local(Rc::new(sock), service, id, false);
         self.apply_actions(io);
         self.read_local(io, index);
@@ -156,6 +159,9 @@ impl Reactor {
             }
         };
         stats.active.fetch_add(1, Relaxed);
+        if let Some(kernel) = stats.kernel.get() {
+            kernel.register(fd.as_fd(), crate::accounting::Leg::Upstream, true);
+        }
         let index = self.insert_local(fd.clone(), i, local, true);
         let generation = self.generations[index as usize];
         io.driver.submit(
