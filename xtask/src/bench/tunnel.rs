@@ -97,6 +97,9 @@ fn wait_round_trip(echo: SocketAddr, ends: &mut [Proc]) -> Result<()> {
 /// The log level of our processes, as the chains' `log_level = "warn"`: no line per tunnel or
 /// connection.
 const LOG: [&str; 2] = ["--log-level", "warn"];
+/// eBPF accounting off, as on the `splice-*` paths but `splice-ebpf`: the figures stay
+/// comparable with runs before it existed.
+const NO_EBPF: [&str; 2] = ["--ebpf", "off"];
 
 /// splice-engine's relay and agents.
 pub struct Tunnel;
@@ -226,6 +229,7 @@ impl PathDef for Tunnel {
             .arg("--api")
             .arg(relay_addrs.api.to_string())
             .args(["--state", ":memory:"])
+            .args(NO_EBPF)
             .args(LOG);
         let mut relay = Proc::spawn(
             "tunnel relay",
@@ -244,6 +248,7 @@ impl PathDef for Tunnel {
                 .arg(ctx.ca())
                 .arg("--token-file")
                 .arg(token)
+                .args(NO_EBPF)
                 .args(LOG);
             cmd
         };
