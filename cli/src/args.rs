@@ -88,10 +88,12 @@ SIGHUP reloads the certificate files; SIGTERM or SIGINT drains (see --drain-time
   splice-engine man --dir /usr/local/share/man/man1")]
     Man(ManArgs),
     /// Create throwaway certificates, chain client -> server -> echo on loopback, push data
-    /// through, and print what happened.
+    /// through, and print what happened; `demo tunnel` does the same through a tunnel (relay,
+    /// source and destination agents).
     #[command(after_help = "Examples:
   splice-engine demo
-  splice-engine demo --bytes 1GiB --connections 8 --driver epoll")]
+  splice-engine demo --bytes 1GiB --connections 8 --driver epoll
+  splice-engine demo tunnel --bytes 64MiB")]
     Demo(DemoArgs),
     /// Report which kernel fast paths this machine offers (io_uring, kernel TLS and its ciphers)
     /// and what `--driver auto` / `--ktls auto` would choose.
@@ -335,6 +337,10 @@ pub(crate) struct RunArgs {
 
 #[derive(Args, Debug)]
 pub(crate) struct DemoArgs {
+    /// What to show: `forwarders` (client mode -> server mode -> echo) or `tunnel` (source ->
+    /// relay -> destination -> echo).
+    #[arg(value_enum, default_value = "forwarders")]
+    pub(crate) what: DemoKind,
     /// Bytes to push through the chain each way (e.g. 64MiB, 1GiB, 1000000).
     #[arg(long, default_value = "256MiB", value_parser = parse_size)]
     pub(crate) bytes: u64,
@@ -343,6 +349,15 @@ pub(crate) struct DemoArgs {
     pub(crate) connections: usize,
     #[command(flatten)]
     pub(crate) common: Common,
+}
+
+/// What `demo` shows.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum DemoKind {
+    /// Client mode -> TLS -> server mode -> echo.
+    Forwarders,
+    /// Source -> relay -> destination -> echo, the tunnel opened through the relay's API.
+    Tunnel,
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {

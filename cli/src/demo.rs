@@ -3,7 +3,10 @@
 //! It makes a throwaway CA and server certificate, starts an echo backend, a server-mode
 //! forwarder in front of it and a client-mode forwarder in front of that (verifying the server
 //! against the throwaway CA), pushes random bytes through the chain on a few connections, checks
-//! every byte that comes back, and reports what the engine did.
+//! every byte that comes back, and reports what the engine did. `demo tunnel` does the same
+//! through the tunnel (relay, source and destination agents): see [`tunnel`].
+
+pub(crate) mod tunnel;
 
 use std::fmt::Write as _;
 use std::io::{Read, Write};
@@ -166,8 +169,21 @@ pub(crate) fn run(mut cfg: EngineConfig, bytes: u64, connections: usize) -> Resu
     Ok(out)
 }
 
-/// Sends `n` pseudo-random bytes and checks that the echo matches.
+/// Sends `n` pseudo-random bytes and checks that the echo matches (then a FIN, and the echo's).
 fn push_through(addr: std::net::SocketAddr, n: u64, seed: u64) -> std::result::Result<(), String> {
+    push_and_check(addr, n, seed, true)
+}
+
+/// Sends `n` pseudo-random bytes and checks that the echo matches. With `half_close` the
+/// sender's FIN follows its last byte and the reply is read to the echo's FIN; without, the
+/// reply is read to its `n`th byte and then the connection is closed (the tunnel protocol
+/// has no half-close: a FIN crossing it ends the connection both ways).
+fn push_and_check(
+    addr: std::net::SocketAddr,
+    n: u64,
+    seed: u64,
+    half_close: bool,
+) -> std::result::Result<(), String> {
     let s = TcpStream::connect(addr).map_err(|e| format!("connect {addr}: {e}"))?;
     let _ = s.set_read_timeout(Some(Duration::from_secs(60)));
     let mut w = s.try_clone().map_err(|e| e.to_string())?;
@@ -188,14 +204,16 @@ fn push_through(addr: std::net::SocketAddr, n: u64, seed: u64) -> std::result::R
             h.update(&buf[..k]);
             left -= k as u64;
         }
-        w.shutdown(Shutdown::Write).map_err(|e| e.to_string())?;
+        if half_close {
+            w.shutdown(Shutdown::Write).map_err(|e| e.to_string())?;
+        }
         Ok(h.finalize().into())
     });
     let mut r = s;
     let mut h = Sha256::new();
     let mut got = 0u64;
     let mut buf = vec![0u8; 256 * 1024];
-    loop {
+    while half_close || got < n {
         let k = r.read(&mut buf).map_err(|e| format!("receive: {e}"))?;
         if k == 0 {
             break;

@@ -186,7 +186,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 Some(cfg.log_level.as_deref().unwrap_or("warn")),
                 cfg.log_format == LogFormat::Json,
             )?;
-            let report = demo::run(cfg, a.bytes, a.connections)?;
+            let report = match a.what {
+                args::DemoKind::Forwarders => demo::run(cfg, a.bytes, a.connections)?,
+                args::DemoKind::Tunnel => demo::tunnel::run(cfg, a.bytes, a.connections)?,
+            };
             println!("{report}");
             return Ok(());
         }
