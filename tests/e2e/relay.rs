@@ -1044,3 +1044,112 @@ fn relay_out_of_fds_does_not_spin() {
         exchange(&mut src, &mut dst, "ssh", 1);
     }
 }
+
+/// `/metrics` counts per open tunnel (bytes by direction, peers, streams), beside the
+/// per-relay totals; describe shows the tunnel's bytes; a closed tunnel's series go.
+#[test]
+fn relay_metrics_per_tunnel_follow_open_tunnels() {
+    let pki = Pki::new();
+    for driver in DRIVERS {
+        let relay = start_relay(&pki, driver, "");
+        let (busy, quiet) = (open_tunnel(&relay, &["ssh"]), open_tunnel(&relay, &["ssh"]));
+        let (mut src, mut dst) = pair(&pki, &relay, &busy);
+        let (_qsrc, _qdst) = pair(&pki, &relay, &quiet);
+        exchange(&mut src, &mut dst, "ssh", 1);
+        // What `exchange` sends from the source: STREAM_START, 4 DATA and two joined ones.
+        let up: usize = [1usize, 100, 4096, 64512]
+            .iter()
+            .map(|len| frame(DATA, 1, "ssh", 1, &vec![1; *len]).len())
+            .sum::<usize>()
+            + frame(STREAM_START, 1, "ssh", 1, b"").len()
+            + frame(DATA, 1, "ssh", 1, b"first").len()
+            + frame(DATA, 1, "ssh", 1, b"second").len();
+        let down: usize = [1usize, 100, 4096, 64512]
+            .iter()
+            .map(|len| frame(DATA, 1, "ssh", 1, &vec![1; len / 2 + 1]).len())
+            .sum();
+        let series = "splice_relay_tunnel_bytes_total";
+        fn bytes<'a>(id: &'a str, dir: &'a str) -> [(&'a str, &'a str); 3] {
+            [("relay", "r"), ("tunnel", id), ("direction", dir)]
+        }
+        let (busy_id, quiet_id) = (busy.id.as_str(), quiet.id.as_str());
+        let m = wait_metric(
+            relay.metrics,
+            series,
+            &bytes(busy_id, "destination_to_source"),
+            |v| v == down as f64,
+        );
+        assert_eq!(
+            m.value(series, &bytes(busy_id, "source_to_destination")),
+            up as f64,
+            "{driver}: the busy tunnel's bytes up:\n{}",
+            m.text
+        );
+        for dir in ["source_to_destination", "destination_to_source"] {
+            assert_eq!(
+                m.value(series, &bytes(quiet_id, dir)),
+                0.0,
+                "{driver}: the quiet tunnel moved nothing {dir}"
+            );
+        }
+        for (id, streams) in [(busy_id, 1.0), (quiet_id, 0.0)] {
+            for side in ["source", "destination"] {
+                assert_eq!(
+                    m.value(
+                        "splice_relay_tunnel_peers_connected",
+                        &[("relay", "r"), ("tunnel", id), ("side", side)]
+                    ),
+                    1.0,
+                    "{driver}: {id} {side}:\n{}",
+                    m.text
+                );
+            }
+            assert_eq!(
+                m.value(
+                    "splice_relay_tunnel_streams_active",
+                    &[("relay", "r"), ("tunnel", id)]
+                ),
+                streams,
+                "{driver}: {id} streams"
+            );
+        }
+        // The per-relay totals stay.
+        assert_eq!(
+            m.value(
+                "splice_tunnel_bytes_total",
+                &[("relay", "r"), ("direction", "source_to_destination")]
+            ),
+            up as f64,
+            "{driver}: relay total"
+        );
+        let (status, json) = api(relay.api, "GET", &format!("/tunnels/{}", busy.id), "");
+        assert_eq!(status, 200);
+        assert_eq!(
+            json["tunnel"]["bytes"],
+            serde_json::json!({ "sourceToDestination": up, "destinationToSource": down }),
+            "{driver}: describe shows the bytes: {json}"
+        );
+        // Closed: its series leave /metrics, the other tunnel's stay.
+        let (status, _) = api(
+            relay.api,
+            "POST",
+            &format!("/tunnels/{}/close", busy.id),
+            "{}",
+        );
+        assert_eq!(status, 200);
+        assert!(
+            wait_until(SOON, || !scrape(relay.metrics).text.contains(&busy.id)),
+            "{driver}: the closed tunnel's series go:\n{}",
+            scrape(relay.metrics).text
+        );
+        let m = scrape(relay.metrics);
+        assert!(
+            m.text.contains(&quiet.id),
+            "{driver}: the open one stays:\n{}",
+            m.text
+        );
+        let (_, json) = api(relay.api, "GET", &format!("/tunnels/{}", busy.id), "");
+        assert_eq!(json["tunnel"]["status"], "CLOSED", "{json}");
+        assert!(json["tunnel"].get("bytes").is_none(), "{json}");
+    }
+}

@@ -494,7 +494,7 @@ fn tunnel_table_errors_name_file_line_and_key() {
     refused(&RELAY.replace("127.0.0.1:4480", "localhost:80"), 6, "api");
     refused(&format!("{RELAY}max_services = 0\n"), 7, "max_services");
     refused(
-        &format!("{RELAY}max_lifetime = \"30s\"\n"),
+        &format!("{RELAY}max_lifetime = \"500ms\"\n"),
         7,
         "max_lifetime",
     );

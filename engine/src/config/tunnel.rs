@@ -496,14 +496,15 @@ impl RelayConfig {
                 format!("{what}: `max_services` must be at least 1"),
             ));
         }
-        let minutes = self.max_lifetime.as_secs() / 60;
-        if minutes == 0 || minutes > u64::from(u32::MAX) {
+        // Seconds, not AWS's whole minutes: an operator may allow short tunnels.
+        let seconds = self.max_lifetime.as_secs();
+        if seconds == 0 || seconds > u64::from(u32::MAX) {
             return Some((
                 "max_lifetime",
                 format!(
-                    "{what}: `max_lifetime` must be at least 1 minute (and less than {} \
+                    "{what}: `max_lifetime` must be at least 1 second (and less than {} \
                      years)",
-                    u64::from(u32::MAX) / (60 * 24 * 365)
+                    u64::from(u32::MAX) / (3600 * 24 * 365)
                 ),
             ));
         }

@@ -9,6 +9,7 @@
 
 pub(crate) mod api;
 pub(crate) mod client;
+pub(crate) mod counters;
 pub(crate) mod registry;
 pub(crate) mod secret;
 pub(crate) mod service;

@@ -9,6 +9,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use super::api::ApiServer;
+use super::counters::PerTunnel;
 use super::registry::{Limits, Registry, RotateSides};
 use super::secret::Secret;
 use super::sqlite::{SqliteStore, default_state_path};
@@ -37,14 +38,18 @@ pub(crate) enum RelayEvent {
 /// plane is there to take the events (until then they are only logged).
 pub(crate) type EventHook = Box<dyn Fn(RelayEvent) + Send + Sync>;
 
-/// Where events go: empty until [`RelayService::set_events`].
+/// Where events go: empty until [`RelayService::set_events`]; and the per-tunnel counters,
+/// whose entry goes when its tunnel closes.
 #[derive(Default)]
-pub(crate) struct Events(RwLock<Option<EventHook>>);
+pub(crate) struct Events(RwLock<Option<EventHook>>, Arc<PerTunnel>);
 
 impl Events {
     /// Hands `event` to the hook, if one is set.
     pub(crate) fn emit(&self, event: RelayEvent) {
         tracing::debug!(?event, "relay event");
+        if let RelayEvent::Closed { tunnel_id, .. } = &event {
+            self.1.forget(tunnel_id);
+        }
         let hook = self.0.read().unwrap_or_else(|p| p.into_inner());
         if let Some(hook) = hook.as_ref() {
             hook(event);
@@ -53,6 +58,11 @@ impl Events {
 
     fn set(&self, hook: EventHook) {
         *self.0.write().unwrap_or_else(|p| p.into_inner()) = Some(hook);
+    }
+
+    /// The relay's per-tunnel counters.
+    pub(crate) fn counters(&self) -> &Arc<PerTunnel> {
+        &self.1
     }
 }
 
@@ -156,6 +166,11 @@ impl RelayService {
         self.api.local_addr()
     }
 
+    /// The per-tunnel counters the data plane fills (`/metrics`, describe).
+    pub(crate) fn counters(&self) -> Arc<PerTunnel> {
+        self.events.counters().clone()
+    }
+
     /// Sets where [`RelayEvent`]s go (replacing a hook set before).
     pub(crate) fn set_events(&self, hook: EventHook) {
         self.events.set(hook);
@@ -228,20 +243,20 @@ pub(crate) fn state_path(cfg: &RelayConfig, name: &str) -> Option<PathBuf> {
 /// The registry's limits from the configuration: a tunnel opened without a lifetime gets
 /// AWS's 12 h, or `max_lifetime` when that is shorter.
 fn limits(cfg: &RelayConfig) -> std::result::Result<Limits, String> {
-    let max_minutes = cfg.max_lifetime.as_secs() / 60;
-    if max_minutes == 0 || max_minutes > u64::from(u32::MAX) {
+    let max_seconds = cfg.max_lifetime.as_secs();
+    if max_seconds == 0 || max_seconds > u64::from(u32::MAX) {
         return Err(format!(
-            "must be at least one minute, at most {} minutes, not {:?}",
+            "must be at least one second, at most {} seconds, not {:?}",
             u32::MAX,
             cfg.max_lifetime
         ));
     }
-    let max_lifetime_minutes = max_minutes as u32;
+    let max_lifetime_seconds = max_seconds as u32;
     Ok(Limits {
-        default_lifetime_minutes: Limits::default()
-            .default_lifetime_minutes
-            .min(max_lifetime_minutes),
-        max_lifetime_minutes,
+        default_lifetime_seconds: Limits::default()
+            .default_lifetime_seconds
+            .min(max_lifetime_seconds),
+        max_lifetime_seconds,
         max_services: cfg.max_services,
     })
 }

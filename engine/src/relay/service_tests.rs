@@ -201,7 +201,7 @@ fn expired_tunnel(id: &str) -> Tunnel {
         description: None,
         thing_name: None,
         services: vec![],
-        lifetime_minutes: 1,
+        lifetime_seconds: 60,
         status: TunnelStatus::Open,
         created_at: then,
         last_updated_at: then,

@@ -62,7 +62,10 @@ pub(crate) fn start_relay(
         max_peers: cfg.max_peers,
         rate_limit: cfg.rate_limit.filter(|r| *r > 0),
         peers: AtomicI64::new(0),
-        stats: Arc::new(RelayStats::default()),
+        stats: Arc::new(RelayStats {
+            per_tunnel: service.counters(),
+            ..RelayStats::default()
+        }),
     });
     if let Ok(mut list) = stats_list.lock() {
         list.push((name.clone(), relay.stats.clone()));

@@ -2,11 +2,12 @@
 //! `source` / `destination` commands, which exit when their agent gives up) and its counters
 //! (for `/metrics`).
 
-use std::fmt::Write as _;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Condvar, Mutex};
 use std::time::Duration;
+
+use crate::tunnel::metrics::{header, sample};
 
 /// Where a source or destination agent is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -104,22 +105,34 @@ impl AgentShared {
 
 /// The agents' counters in the Prometheus text format.
 pub(crate) fn render(agents: &[std::sync::Arc<AgentShared>]) -> String {
-    let mut out = String::new();
+    let mut text = String::new();
     if agents.is_empty() {
-        return out;
+        return text;
+    }
+    let out = &mut text;
+    let name = "splice_agent_bytes_total";
+    header(
+        out,
+        name,
+        "counter",
+        "Bytes an agent moved, by service and direction (to_tunnel: read from local \
+         connections; from_tunnel: written to them).",
+    );
+    for a in agents {
+        for (service, s) in &a.services {
+            for (dir, n) in [("to_tunnel", &s.to_tunnel), ("from_tunnel", &s.from_tunnel)] {
+                let labels = [
+                    ("agent", a.name.as_str()),
+                    ("kind", a.kind),
+                    ("service", service),
+                    ("direction", dir),
+                ];
+                sample(out, name, &labels, n.load(Relaxed));
+            }
+        }
     }
     type Get = fn(&ServiceStats) -> u64;
-    let per_service: [(&str, &str, &str, Get); 5] = [
-        (
-            "splice_agent_bytes_total",
-            "counter",
-            "Bytes an agent moved, by service and direction (to_tunnel: read from local \
-             connections; from_tunnel: written to them).",
-            |s| s.to_tunnel.load(Relaxed),
-        ),
-        ("splice_agent_bytes_total", "", "", |s| {
-            s.from_tunnel.load(Relaxed)
-        }),
+    let per_service: [(&str, &str, &str, Get); 3] = [
         (
             "splice_agent_connections_total",
             "counter",
@@ -139,26 +152,16 @@ pub(crate) fn render(agents: &[std::sync::Arc<AgentShared>]) -> String {
             |s| s.failed.load(Relaxed),
         ),
     ];
-    for (i, (name, kind, help, get)) in per_service.iter().enumerate() {
-        if !kind.is_empty() {
-            let _ = writeln!(out, "# HELP {name} {help}");
-            let _ = writeln!(out, "# TYPE {name} {kind}");
-        }
+    for (name, kind, help, get) in per_service {
+        header(out, name, kind, help);
         for a in agents {
-            for (service, stats) in &a.services {
-                let dir = match i {
-                    0 => ",direction=\"to_tunnel\"",
-                    1 => ",direction=\"from_tunnel\"",
-                    _ => "",
-                };
-                let _ = writeln!(
-                    out,
-                    "{name}{{agent=\"{}\",kind=\"{}\",service=\"{}\"{dir}}} {}",
-                    escape(&a.name),
-                    a.kind,
-                    escape(service),
-                    get(stats)
-                );
+            for (service, s) in &a.services {
+                let labels = [
+                    ("agent", a.name.as_str()),
+                    ("kind", a.kind),
+                    ("service", service),
+                ];
+                sample(out, name, &labels, get(s));
             }
         }
     }
@@ -184,25 +187,12 @@ pub(crate) fn render(agents: &[std::sync::Arc<AgentShared>]) -> String {
         ),
     ];
     for (name, kind, help, get) in per_agent {
-        let _ = writeln!(out, "# HELP {name} {help}");
-        let _ = writeln!(out, "# TYPE {name} {kind}");
+        header(out, name, kind, help);
         for a in agents {
-            let _ = writeln!(
-                out,
-                "{name}{{agent=\"{}\",kind=\"{}\"}} {}",
-                escape(&a.name),
-                a.kind,
-                get(a)
-            );
+            sample(out, name, &[("agent", &a.name), ("kind", a.kind)], get(a));
         }
     }
-    out
-}
-
-fn escape(s: &str) -> String {
-    s.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+    text
 }
 
 #[cfg(test)]
