@@ -1035,3 +1035,126 @@ fn the_source_and_destination_commands() {
         assert!(p.log().contains("gave up"), "{}", p.log());
     }
 }
+
+/// `connections_per_service`: a source at its limit refuses one more local connection, a
+/// destination at its limit resets one more `CONNECTION_START`; each says so in its log and
+/// counts it in `splice_agent_connections_over_limit_total`, and the connections within
+/// the limit carry on.
+#[test]
+fn connections_per_service_limit_is_logged_and_counted() {
+    let pki = Pki::new();
+    for driver in DRIVERS {
+        for (limited, src_limit, dst_limit) in [("source", 2, 128), ("destination", 128, 1)] {
+            let relay = OurRelay::start(&pki, driver, ":memory:", None);
+            let (id, src_token, dst_token) = relay.open(&["ssh"]);
+            let backend = echo_backend();
+            let (port, src_metrics, dst_metrics) = (free_port(), free_port(), free_port());
+            let dst_extra = format!("connections_per_service = {dst_limit}\n");
+            let dst = start_agent_with(
+                &Agent {
+                    kind: "destination",
+                    name: "dst",
+                    services: vec![format!("ssh={}", backend.addr)],
+                    protocol: "v3",
+                    client_token: None,
+                    token: dst_token,
+                    keep_trying: false,
+                    extra: &dst_extra,
+                },
+                relay.addr(),
+                &pki,
+                driver,
+                &[],
+                Some(dst_metrics),
+            );
+            let src_extra = format!("connections_per_service = {src_limit}\n");
+            let src = start_agent_with(
+                &Agent {
+                    kind: "source",
+                    name: "src",
+                    services: vec![format!("ssh=127.0.0.1:{port}")],
+                    protocol: "v3",
+                    client_token: None,
+                    token: src_token,
+                    keep_trying: false,
+                    extra: &src_extra,
+                },
+                relay.addr(),
+                &pki,
+                driver,
+                &[port],
+                Some(src_metrics),
+            );
+            assert!(wait_until(SOON, || relay.both_connected(&id)));
+            let round_trip = |s: &mut std::net::TcpStream, n: u8| -> std::io::Result<()> {
+                s.write_all(&[n; 100])?;
+                let mut back = [0u8; 100];
+                s.read_exact(&mut back)?;
+                assert!(back.iter().all(|&b| b == n));
+                Ok(())
+            };
+            let within = src_limit.min(dst_limit);
+            let mut open: Vec<_> = (0..within)
+                .map(|i| {
+                    let mut s = connect(localhost(port));
+                    s.set_read_timeout(Some(SOON)).unwrap();
+                    round_trip(&mut s, i as u8).expect("within the limit");
+                    s
+                })
+                .collect();
+            // One more: refused (reset or closed) without a byte back.
+            let mut extra = connect(localhost(port));
+            extra.set_read_timeout(Some(SOON)).unwrap();
+            assert!(
+                round_trip(&mut extra, 9).is_err(),
+                "({driver}, {limited}) the connection over the limit is refused"
+            );
+            for (i, s) in open.iter_mut().enumerate() {
+                round_trip(s, 20 + i as u8).expect("the others carry on");
+            }
+            let (who, metrics) = match limited {
+                "source" => (&src, src_metrics),
+                _ => (&dst, dst_metrics),
+            };
+            let agent = if limited == "source" { "src" } else { "dst" };
+            let m = wait_metric(
+                localhost(metrics),
+                "splice_agent_connections_over_limit_total",
+                &[("agent", agent), ("service", "ssh")],
+                |v| v == 1.0,
+            );
+            let other = if limited == "source" {
+                dst_metrics
+            } else {
+                src_metrics
+            };
+            assert_eq!(
+                scrape(localhost(other)).value(
+                    "splice_agent_connections_over_limit_total",
+                    &[("service", "ssh")]
+                ),
+                0.0,
+                "({driver}, {limited}) only the limited agent counts:\n{}",
+                m.text
+            );
+            assert!(
+                who.wait_log(SOON, |l| l.contains("WARN")
+                    && l.contains("connections_per_service")
+                    && l.contains(&format!("limit={}", src_limit.min(dst_limit)))),
+                "({driver}, {limited}) a warning:\n{}",
+                who.log()
+            );
+            // A connection closed makes room again.
+            drop(open.pop());
+            assert!(
+                wait_until(SOON, || {
+                    let mut s = connect(localhost(port));
+                    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                    round_trip(&mut s, 42).is_ok()
+                }),
+                "({driver}, {limited}) room again after a close"
+            );
+            drop((src, dst, relay));
+        }
+    }
+}

@@ -521,6 +521,16 @@ fn tunnel_table_errors_name_file_line_and_key() {
     );
     refused(&format!("{SOURCE}listen = []\n"), 4, "listen");
     refused(
+        &format!("{SOURCE}listen = [\"SSH=127.0.0.1:1\"]\nconnections_per_service = 0\n"),
+        5,
+        "connections_per_service",
+    );
+    refused(
+        &format!("{DESTINATION}connect = [\"SSH=h:1\"]\nconnections_per_service = 0\n"),
+        5,
+        "connections_per_service",
+    );
+    refused(
         &format!("{SOURCE}listen = [\"S H=127.0.0.1:1\"]\n"),
         4,
         "listen",

@@ -130,6 +130,10 @@ pub struct SourceConfig {
     pub client_token: Option<SecretText>,
     /// The services: `NAME=IP:PORT` each (or one bare `IP:PORT`, the V1 form).
     pub listen: Vec<String>,
+    /// Simultaneous local connections per service (the AWS local proxy's 128); one more is
+    /// refused (a source resets it, a destination resets its `CONNECTION_START`).
+    #[serde(default = "default_connections_per_service")]
+    pub connections_per_service: usize,
     /// The newest protocol version to speak.
     #[serde(default)]
     pub protocol: TunnelProtocol,
@@ -171,6 +175,10 @@ pub struct DestinationConfig {
     pub client_token: Option<SecretText>,
     /// The services: `NAME=HOST:PORT` each (or one bare `HOST:PORT`, the V1 form).
     pub connect: Vec<String>,
+    /// Simultaneous local connections per service (the AWS local proxy's 128); one more is
+    /// refused (a source resets it, a destination resets its `CONNECTION_START`).
+    #[serde(default = "default_connections_per_service")]
+    pub connections_per_service: usize,
     /// The newest protocol version to speak.
     #[serde(default)]
     pub protocol: TunnelProtocol,
@@ -206,6 +214,9 @@ fn default_ping_after() -> Duration {
 }
 fn default_peer_idle_timeout() -> Duration {
     Duration::from_secs(90)
+}
+fn default_connections_per_service() -> usize {
+    128
 }
 fn default_connect_timeout() -> Duration {
     Duration::from_secs(5)
@@ -358,6 +369,12 @@ macro_rules! agent_builders {
             self.keep_trying = on;
             self
         }
+
+        /// Simultaneous local connections per service (default 128, as the local proxy).
+        pub fn connections_per_service(mut self, n: usize) -> Self {
+            self.connections_per_service = n;
+            self
+        }
     };
 }
 
@@ -374,6 +391,7 @@ impl SourceConfig {
             token_file: None,
             client_token: None,
             listen: Vec::new(),
+            connections_per_service: default_connections_per_service(),
             protocol: TunnelProtocol::default(),
             keep_trying: false,
             ping_after: default_ping_after(),
@@ -404,6 +422,7 @@ impl DestinationConfig {
             token_file: None,
             client_token: None,
             connect: Vec::new(),
+            connections_per_service: default_connections_per_service(),
             protocol: TunnelProtocol::default(),
             keep_trying: false,
             connect_timeout: default_connect_timeout(),
@@ -573,11 +592,18 @@ struct Agent<'a> {
     services_key: &'static str,
     services: &'a [String],
     protocol: TunnelProtocol,
+    connections_per_service: usize,
 }
 
 impl Agent<'_> {
     fn problem(&self) -> Option<(&'static str, String)> {
         let what = &self.what;
+        if self.connections_per_service == 0 {
+            return Some((
+                "connections_per_service",
+                format!("{what}: `connections_per_service` must be at least 1"),
+            ));
+        }
         if let Err(e) = super::split_host_port(self.relay) {
             return Some((
                 "relay",
@@ -720,6 +746,7 @@ impl SourceConfig {
             services_key: "listen",
             services: &self.listen,
             protocol: self.protocol,
+            connections_per_service: self.connections_per_service,
         };
         if let Some(p) = agent.problem() {
             return Some(p);
@@ -764,6 +791,7 @@ impl DestinationConfig {
             services_key: "connect",
             services: &self.connect,
             protocol: self.protocol,
+            connections_per_service: self.connections_per_service,
         };
         if let Some(p) = agent.problem() {
             return Some(p);

@@ -128,6 +128,7 @@ impl Sans {
         let names = spec.service_names();
         let limits = Limits {
             payload: MAX_PAYLOAD,
+            connections_per_service: spec.connections_per_service,
             ..Limits::default()
         };
         Ok(match spec.mode {
@@ -666,6 +667,7 @@ impl Reactor {
     // ---- the agent's actions ----
 
     fn apply_actions(&mut self, io: &mut Io<'_>) {
+        self.count_over_limit();
         while let Some(action) = self.sans.poll_action() {
             match action {
                 Action::Send(frame) => {

@@ -47,6 +47,8 @@ pub(crate) struct AgentSpec {
     /// The newest format to speak; it offers the subprotocols from it down to V1.
     pub version: Version,
     pub keep_trying: bool,
+    /// Simultaneous local connections per service.
+    pub connections_per_service: usize,
     /// Destination: time allowed to connect to a service.
     pub connect_timeout: Duration,
     /// Ping the relay after this long without a byte from it.
@@ -74,6 +76,7 @@ struct Common<'a> {
     client_token: Option<&'a SecretText>,
     protocol: TunnelProtocol,
     keep_trying: bool,
+    connections_per_service: usize,
     ping_after: Duration,
     idle_timeout: Duration,
 }
@@ -91,6 +94,7 @@ pub(crate) fn source_spec(cfg: &SourceConfig, env_token: Option<String>) -> Resu
         client_token: cfg.client_token.as_ref(),
         protocol: cfg.protocol,
         keep_trying: cfg.keep_trying,
+        connections_per_service: cfg.connections_per_service,
         ping_after: cfg.ping_after,
         idle_timeout: cfg.idle_timeout,
     };
@@ -119,6 +123,7 @@ pub(crate) fn destination_spec(
         client_token: cfg.client_token.as_ref(),
         protocol: cfg.protocol,
         keep_trying: cfg.keep_trying,
+        connections_per_service: cfg.connections_per_service,
         ping_after: cfg.ping_after,
         idle_timeout: cfg.idle_timeout,
     };
@@ -261,6 +266,7 @@ fn build(
         services,
         version,
         keep_trying: c.keep_trying,
+        connections_per_service: c.connections_per_service,
         connect_timeout,
         ping_after: c.ping_after,
         idle_timeout: c.idle_timeout,
@@ -324,6 +330,7 @@ mod tests {
             listen: listen.iter().map(|s| s.to_string()).collect(),
             protocol: TunnelProtocol::V3,
             keep_trying: false,
+            connections_per_service: 128,
             ping_after: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(90),
         }
@@ -411,6 +418,7 @@ mod tests {
             connect: vec!["ssh=localhost:22".into()],
             protocol: TunnelProtocol::V2,
             keep_trying: true,
+            connections_per_service: 128,
             connect_timeout: Duration::from_secs(1),
             ping_after: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(90),

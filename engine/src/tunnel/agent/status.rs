@@ -39,7 +39,13 @@ pub(crate) struct ServiceStats {
     /// Local connections refused or failed (a source's service not served or busy, a
     /// destination's target unreachable).
     pub failed: AtomicU64,
+    /// Local connections refused because the service had `connections_per_service` open (a
+    /// source's accepts, a destination's `CONNECTION_START`s).
+    pub over_limit: AtomicU64,
 }
+
+/// The shortest time between two warnings about connections refused at the limit.
+pub(crate) const WARN_EVERY: Duration = Duration::from_secs(10);
 
 /// An agent's state and counters, shared by its shard and the control thread.
 #[derive(Debug)]
@@ -52,6 +58,9 @@ pub(crate) struct AgentShared {
     pub tunnel_connects: AtomicU64,
     /// Tunnel connections lost or attempts failed, each followed by a retry.
     pub reconnects: AtomicU64,
+    /// When the last warning about the connection limit was logged, and the refusals
+    /// counted since.
+    over_limit_warned: Mutex<(Option<std::time::Instant>, u64)>,
     state: Mutex<AgentState>,
     changed: Condvar,
 }
@@ -67,6 +76,7 @@ impl AgentShared {
                 .collect(),
             tunnel_connects: AtomicU64::new(0),
             reconnects: AtomicU64::new(0),
+            over_limit_warned: Mutex::new((None, 0)),
             state: Mutex::new(AgentState::Connecting),
             changed: Condvar::new(),
         }
@@ -101,6 +111,22 @@ impl AgentShared {
     pub fn service(&self, index: usize) -> &ServiceStats {
         &self.services[index].1
     }
+
+    /// Counts `n` connections of service `index` refused at the limit; `Some(refusals since
+    /// the last warning)` when a warning is due (the first, then at most every
+    /// [`WARN_EVERY`]).
+    pub fn over_limit(&self, index: usize, n: u64) -> Option<u64> {
+        self.service(index).over_limit.fetch_add(n, Relaxed);
+        let mut w = self.over_limit_warned.lock().expect("agent warn lock");
+        w.1 += n;
+        let now = std::time::Instant::now();
+        if w.0.is_some_and(|at| now.duration_since(at) < WARN_EVERY) {
+            return None;
+        }
+        let total = std::mem::take(&mut w.1);
+        w.0 = Some(now);
+        Some(total)
+    }
 }
 
 /// The agents' counters in the Prometheus text format.
@@ -132,7 +158,7 @@ pub(crate) fn render(agents: &[std::sync::Arc<AgentShared>]) -> String {
         }
     }
     type Get = fn(&ServiceStats) -> u64;
-    let per_service: [(&str, &str, &str, Get); 3] = [
+    let per_service: [(&str, &str, &str, Get); 4] = [
         (
             "splice_agent_connections_total",
             "counter",
@@ -150,6 +176,13 @@ pub(crate) fn render(agents: &[std::sync::Arc<AgentShared>]) -> String {
             "counter",
             "Local connections an agent refused or could not make.",
             |s| s.failed.load(Relaxed),
+        ),
+        (
+            "splice_agent_connections_over_limit_total",
+            "counter",
+            "Local connections refused because their service had connections_per_service \
+             open (a source's accepts, a destination's CONNECTION_STARTs).",
+            |s| s.over_limit.load(Relaxed),
         ),
     ];
     for (name, kind, help, get) in per_service {

@@ -22,6 +22,9 @@ pub(super) struct Service {
     pub conns: BTreeMap<u32, LocalId>,
     /// Source: the last connectionId given in the active stream.
     pub last_conn: u32,
+    /// Destination: CONNECTION_STARTs reset because the service had
+    /// [`Limits::connections_per_service`] open, not yet taken by the driver.
+    pub over_limit: u64,
 }
 
 /// A local connection's state.
@@ -90,6 +93,7 @@ impl Core {
                     stream: None,
                     conns: BTreeMap::new(),
                     last_conn: 0,
+                    over_limit: 0,
                 })
                 .collect(),
             setup: false,
