@@ -3,6 +3,7 @@
 //! drains, and prints what `check`, `probe` and `demo` found.
 
 mod args;
+mod common_args;
 mod demo;
 mod probe;
 mod systemd;
@@ -16,7 +17,8 @@ use clap::{CommandFactory, Parser};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use splice_engine::{Engine, EngineConfig, LogFormat, Mode};
 
-use crate::args::{Cli, Command, Common, ConfigCommand};
+use crate::args::{Cli, Command, ConfigCommand};
+use crate::common_args::Common;
 
 /// How to rebuild the configuration on SIGHUP.
 enum Source {

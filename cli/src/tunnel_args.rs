@@ -9,7 +9,7 @@ use splice_engine::{
     DestinationConfig, EngineConfig, RelayConfig, SourceConfig, TOKEN_ENV, TunnelProtocol,
 };
 
-use crate::args::Common;
+use crate::common_args::Common;
 
 #[derive(Args, Debug)]
 pub(crate) struct RelayArgs {

@@ -29,9 +29,9 @@ use hyper::{Method, Request, Response, StatusCode};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
+use super::events::{Events, RelayEvent};
 use super::registry::{OpenRequest, Registry, RegistryError, RotateSides};
 use super::secret::{Secret, secret_matches};
-use super::service::{Events, RelayEvent};
 use super::tunnel::{Peer, Timestamp, Tunnel};
 use crate::error::Result;
 use crate::http::HttpServer;

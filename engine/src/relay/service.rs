@@ -4,13 +4,14 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::mpsc::{self, RecvTimeoutError};
-use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use super::api::ApiServer;
 use super::counters::PerTunnel;
-use super::registry::{Limits, Registry, RotateSides};
+pub(crate) use super::events::{EventHook, Events, RelayEvent};
+use super::registry::{Limits, Registry};
 use super::secret::Secret;
 use super::sqlite::{SqliteStore, default_state_path};
 use super::store::{MemoryStore, TunnelStore};
@@ -20,57 +21,6 @@ use crate::error::{Error, Result};
 
 /// How often the expiry timer closes tunnels whose lifetime ended.
 pub(crate) const EXPIRY_INTERVAL: Duration = Duration::from_secs(1);
-
-/// What the data plane must act on.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) enum RelayEvent {
-    /// The tunnel was closed (by the API, or `expired`: its lifetime ended): both peers get a
-    /// WebSocket close frame.
-    Closed { tunnel_id: String, expired: bool },
-    /// New access tokens for `sides`: peers connected with the old ones must be dropped.
-    Rotated {
-        tunnel_id: String,
-        sides: RotateSides,
-    },
-}
-
-/// The event hook, shared by the API's handlers and the expiry timer; set once the data
-/// plane is there to take the events (until then they are only logged).
-pub(crate) type EventHook = Box<dyn Fn(RelayEvent) + Send + Sync>;
-
-/// Where events go: empty until [`RelayService::set_events`]; and the per-tunnel counters,
-/// whose entry goes when its tunnel closes.
-#[derive(Default)]
-pub(crate) struct Events(RwLock<Option<EventHook>>, Arc<PerTunnel>);
-
-impl Events {
-    /// Hands `event` to the hook, if one is set.
-    pub(crate) fn emit(&self, event: RelayEvent) {
-        tracing::debug!(?event, "relay event");
-        if let RelayEvent::Closed { tunnel_id, .. } = &event {
-            self.1.forget(tunnel_id);
-        }
-        let hook = self.0.read().unwrap_or_else(|p| p.into_inner());
-        if let Some(hook) = hook.as_ref() {
-            hook(event);
-        }
-    }
-
-    fn set(&self, hook: EventHook) {
-        *self.0.write().unwrap_or_else(|p| p.into_inner()) = Some(hook);
-    }
-
-    /// The relay's per-tunnel counters.
-    pub(crate) fn counters(&self) -> &Arc<PerTunnel> {
-        &self.1
-    }
-}
-
-impl std::fmt::Debug for Events {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Events")
-    }
-}
 
 /// A running relay control side. Dropping it stops the API and the expiry timer.
 #[derive(Debug)]

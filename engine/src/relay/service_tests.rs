@@ -6,6 +6,7 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use super::*;
+use crate::relay::registry::RotateSides;
 use crate::relay::sqlite::tests::tempdir;
 use crate::relay::tunnel::{Peer, Side, Tunnel, TunnelStatus};
 

@@ -2,36 +2,14 @@
 //! (per relay, and per open tunnel: a tunnel's series go when it closes or expires, so they
 //! follow the open tunnels) and, through the same helpers, the agents'.
 
-use std::fmt::{Display, Write as _};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 
+use super::exposition::{header, sample};
 use super::relay::{REFUSAL_STATUSES, RelayStats};
 
 /// The relays' statistics, by name: filled as relays start, read by the metrics thread.
 pub(crate) type StatsList = Arc<Mutex<Vec<(String, Arc<RelayStats>)>>>;
-
-/// Writes a family's `# HELP` and `# TYPE` lines.
-pub(crate) fn header(out: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}");
-    let _ = writeln!(out, "# TYPE {name} {kind}");
-}
-
-/// Writes one sample, `name{k="v",...} value`, the label values escaped.
-pub(crate) fn sample(out: &mut String, name: &str, labels: &[(&str, &str)], value: impl Display) {
-    let _ = write!(out, "{name}{{");
-    for (i, (k, v)) in labels.iter().enumerate() {
-        let sep = if i == 0 { "" } else { "," };
-        let _ = write!(out, "{sep}{k}=\"{}\"", escape(v));
-    }
-    let _ = writeln!(out, "}} {value}");
-}
-
-fn escape(s: &str) -> String {
-    s.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}
 
 /// The sides, in the order of the counters' arrays.
 const SIDES: [&str; 2] = ["source", "destination"];

@@ -14,6 +14,7 @@
 //! uses a link is in [`link`]'s documentation.
 
 pub(crate) mod agent;
+pub(crate) mod exposition;
 pub(crate) mod link;
 pub(crate) mod metrics;
 pub(crate) mod relay;
