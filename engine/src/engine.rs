@@ -515,15 +515,22 @@ impl Engine {
         let mut current = self.config.lock().expect("config lock");
         self.reloads.attempt();
         let result = load().and_then(|cfg| {
+            cfg.validate("configuration")?;
+            crate::tunnel::agent::reload::check(&current, &cfg)?;
             self.apply(&cfg, "configuration", true)?;
-            if (&cfg.relays, &cfg.sources, &cfg.destinations)
-                != (&current.relays, &current.sources, &current.destinations)
-            {
+            if cfg.relays != current.relays {
                 tracing::warn!(
-                    "the [[relay]], [[source]] or [[destination]] tables changed, but only a \
-                     restart applies them; this reload applies the forwarders and certificates"
+                    "the [[relay]] tables changed, but only a restart applies them; this \
+                     reload applies the forwarders, certificates and agents"
                 );
             }
+            let mut agents = self.agents.lock().expect("agents lock");
+            let applied =
+                crate::tunnel::agent::reload::apply(&current, &cfg, &mut agents, &self.shards);
+            *self.agent_stats.lock().expect("agent stats lock") =
+                agents.iter().map(|a| a.shared.clone()).collect();
+            drop(agents);
+            applied?;
             *current = cfg;
             Ok(())
         });

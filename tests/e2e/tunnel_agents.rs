@@ -1158,3 +1158,142 @@ fn connections_per_service_limit_is_logged_and_counted() {
         }
     }
 }
+
+/// SIGHUP applies the agent tables of `run --config`: an added pair starts, an unchanged
+/// source keeps its open connection, a removed pair stops, a changed source moves to its new
+/// address (its client token lets it reconnect with the same access token), and a bad table
+/// is refused by file, line and key while the running agents carry on.
+#[test]
+fn sighup_applies_added_changed_and_removed_agent_tables() {
+    let pki = Pki::new();
+    for driver in DRIVERS {
+        let relay = OurRelay::start(&pki, driver, ":memory:", None);
+        let (id1, s1_token, d1_token) = relay.open(&["ssh"]);
+        let (id2, s2_token, d2_token) = relay.open(&["ssh"]);
+        let backend = echo_backend();
+        let (pa, pb, pc) = (free_port(), free_port(), free_port());
+        let client = "reload-client-token-0123456789abcdef";
+        let table = |kind, name, service: String, token: &str, client_token| {
+            Agent {
+                kind,
+                name,
+                services: vec![service],
+                protocol: "v3",
+                client_token,
+                token: token.to_string(),
+                keep_trying: false,
+                extra: "",
+            }
+            .toml(relay.addr(), &pki.ca.path)
+        };
+        let backend_svc = format!("ssh={}", backend.addr);
+        let d1 = table(
+            "destination",
+            "d1",
+            backend_svc.clone(),
+            &d1_token,
+            Some(client),
+        );
+        let s1 = |port: u16| {
+            let svc = format!("ssh=127.0.0.1:{port}");
+            table("source", "s1", svc, &s1_token, Some(client))
+        };
+        let d2 = table("destination", "d2", backend_svc.clone(), &d2_token, None);
+        let s2 = table(
+            "source",
+            "s2",
+            format!("ssh=127.0.0.1:{pb}"),
+            &s2_token,
+            None,
+        );
+        let path = pki.dir.path().join(format!("agents-{driver}.toml"));
+        write_file(&path, format!("{d1}\n{}", s1(pa)).as_bytes());
+        let mut engine = EngineCmd::new("run")
+            .opt("--config", &path)
+            .common(driver)
+            .wait_port(pa)
+            .label(format!("agents ({driver})"))
+            .start();
+        assert!(wait_until(SOON, || relay.both_connected(&id1)));
+        let mut held = connect(localhost(pa));
+        held.set_read_timeout(Some(SOON)).unwrap();
+        let mut round_trip = |n: u8| {
+            held.write_all(&[n; 1000]).unwrap();
+            let mut back = [0u8; 1000];
+            held.read_exact(&mut back).unwrap();
+            assert!(back.iter().all(|&b| b == n));
+        };
+        round_trip(1);
+
+        // Added: the second tunnel's agents start; s1 and its connection are untouched.
+        write_file(&path, format!("{d1}\n{}\n{d2}\n{s2}", s1(pa)).as_bytes());
+        engine.signal(libc::SIGHUP);
+        assert!(
+            wait_until(SOON, || relay.both_connected(&id2)),
+            "({driver}) the added agents connect:\n{}",
+            engine.log()
+        );
+        echo_through(localhost(pb), 1 << 20, 2).unwrap();
+        round_trip(2);
+        assert!(
+            !engine.log().contains("stopped by the reload"),
+            "{}",
+            engine.log()
+        );
+
+        // Removed and changed: s2 and d2 stop, s1 moves from pa to pc.
+        write_file(&path, format!("{d1}\n{}", s1(pc)).as_bytes());
+        engine.signal(libc::SIGHUP);
+        assert!(
+            wait_until(SOON, || echo_through(localhost(pc), 1 << 16, 3).is_ok()),
+            "({driver}) the changed source serves its new address:\n{}",
+            engine.log()
+        );
+        assert!(
+            wait_until(SOON, || try_connect(localhost(pb)).is_err()
+                && try_connect(localhost(pa)).is_err()),
+            "({driver}) the removed and the old addresses are closed"
+        );
+        assert!(
+            wait_until(SOON, || !relay.both_connected(&id2)),
+            "({driver}) the removed agents left the relay"
+        );
+        let log = engine.log();
+        for name in ["s1", "s2", "d2"] {
+            assert!(
+                log.lines()
+                    .any(|l| l.contains("stopped by the reload") && l.contains(name)),
+                "({driver}) {name} stopped:\n{log}"
+            );
+        }
+        assert!(
+            !log.lines()
+                .any(|l| l.contains("stopped by the reload") && l.contains("d1")),
+            "({driver}) d1 is untouched:\n{log}"
+        );
+
+        // A bad table: refused, named; the running agents carry on.
+        let bad = format!(
+            "{d1}\n{}\n[[source]]\nname = \"s3\"\nrelay = \"{}\"\ntoken = \"t\"\n\
+             listen = [\"ssh=127.0.0.1:{pb}\"]\nconnections_per_service = 0\n",
+            s1(pc),
+            relay.addr()
+        );
+        write_file(&path, bad.as_bytes());
+        engine.signal(libc::SIGHUP);
+        assert!(
+            engine.wait_log(SOON, |l| l.contains("reload failed")
+                && l.contains("connections_per_service")
+                && l.contains("line ")),
+            "({driver}) the bad table is named:\n{}",
+            engine.log()
+        );
+        echo_through(localhost(pc), 1 << 16, 4).unwrap();
+        assert!(
+            try_connect(localhost(pb)).is_err(),
+            "({driver}) s3 did not start"
+        );
+        engine.signal(libc::SIGTERM);
+        let _ = engine.wait_exit(SOON);
+    }
+}

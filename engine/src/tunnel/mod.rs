@@ -123,6 +123,8 @@ pub(crate) enum Cmd {
     Peer(Box<relay::Arrival>),
     /// Start a source or destination agent here.
     StartAgent(Box<agent::host::AgentStart>),
+    /// Stop this agent if it is here (a reload removed or changed it).
+    StopAgent(std::sync::Arc<agent::AgentShared>),
     /// A relay's control side says a tunnel closed or its tokens were rotated.
     Event { relay: u32, event: relay::Event },
 }
@@ -368,6 +370,7 @@ impl Plane {
             Cmd::Peer(arrival) => relay::arrived(self, shard, *arrival),
             Cmd::Event { relay, event } => relay::event(self, shard, relay, event),
             Cmd::StartAgent(start) => agent::host::start(self, shard, *start),
+            Cmd::StopAgent(shared) => agent::host::stop(self, shard, &shared),
         }
         self.kick_dirty(shard);
     }
