@@ -52,12 +52,12 @@ SIGHUP reloads the certificate files; SIGTERM or SIGINT drains (see --drain-time
     Server(ServerArgs),
     /// Run many forwarders from a TOML file; SIGHUP reloads it, SIGTERM drains and exits.
     ///
-    /// On SIGHUP the file is read again and every certificate reloaded: forwarders and tunnel
-    /// agents ([[source]], [[destination]]) are added, changed and removed, and established
-    /// connections of the others are untouched. If anything in the new file is wrong, the
-    /// reload is refused, the log says why (file, line and key), and the previous
-    /// configuration keeps running. The engine-level keys (threads, driver, ktls, busy_poll,
-    /// metrics, log_level, log_format) and [[relay]] tables take effect at the next start. SIGTERM or
+    /// On SIGHUP the file is read again and every certificate reloaded: forwarders and the
+    /// tunnel tables ([[relay]], [[source]], [[destination]]) are added, changed and removed,
+    /// and established connections of the others are untouched. If anything in the new file
+    /// is wrong, the reload is refused, the log says why (file, line and key), and the
+    /// previous configuration keeps running. The engine-level keys (threads, driver, ktls,
+    /// busy_poll, metrics, log_level, log_format) take effect at the next start. SIGTERM or
     /// SIGINT stops accepting and waits up to drain_timeout for open connections.
     ///
     /// Flags override the file's engine-level keys.

@@ -103,20 +103,7 @@ pub(crate) fn run(mut cfg: EngineConfig, bytes: u64, connections: usize) -> Resu
     let client_addr = engine.local_addr("demo-client").expect("just added");
 
     let per_conn = bytes / connections as u64;
-    let start = Instant::now();
-    let workers: Vec<_> = (0..connections)
-        .map(|i| std::thread::spawn(move || push_through(client_addr, per_conn, i as u64 + 1)))
-        .collect();
-    let mut ok = 0;
-    let mut failures = Vec::new();
-    for w in workers {
-        match w.join() {
-            Ok(Ok(())) => ok += 1,
-            Ok(Err(e)) => failures.push(e),
-            Err(_) => failures.push("worker panicked".into()),
-        }
-    }
-    let secs = start.elapsed().as_secs_f64();
+    let Pushed { ok, failures, secs } = push_all(client_addr, per_conn, connections, true);
     let mut out = String::new();
     let _ = writeln!(out, "splice-engine demo");
     let _ = writeln!(
@@ -169,9 +156,44 @@ pub(crate) fn run(mut cfg: EngineConfig, bytes: u64, connections: usize) -> Resu
     Ok(out)
 }
 
-/// Sends `n` pseudo-random bytes and checks that the echo matches (then a FIN, and the echo's).
-fn push_through(addr: std::net::SocketAddr, n: u64, seed: u64) -> std::result::Result<(), String> {
-    push_and_check(addr, n, seed, true)
+/// What [`push_all`] found.
+struct Pushed {
+    /// Connections that got every byte back.
+    ok: usize,
+    /// What went wrong on the others.
+    failures: Vec<String>,
+    /// How long it took.
+    secs: f64,
+}
+
+/// Pushes `per_conn` bytes through `addr` on `connections` connections at once, each checked
+/// by [`push_and_check`] (with `half_close`).
+fn push_all(
+    addr: std::net::SocketAddr,
+    per_conn: u64,
+    connections: usize,
+    half_close: bool,
+) -> Pushed {
+    let start = Instant::now();
+    let workers: Vec<_> = (0..connections)
+        .map(|i| {
+            std::thread::spawn(move || push_and_check(addr, per_conn, i as u64 + 1, half_close))
+        })
+        .collect();
+    let mut ok = 0;
+    let mut failures = Vec::new();
+    for w in workers {
+        match w.join() {
+            Ok(Ok(())) => ok += 1,
+            Ok(Err(e)) => failures.push(e),
+            Err(_) => failures.push("worker panicked".into()),
+        }
+    }
+    Pushed {
+        ok,
+        failures,
+        secs: start.elapsed().as_secs_f64(),
+    }
 }
 
 /// Sends `n` pseudo-random bytes and checks that the echo matches. With `half_close` the

@@ -14,7 +14,7 @@ use splice_engine::{
     AgentState, DestinationConfig, Engine, EngineConfig, RelayConfig, SourceConfig, TunnelApi,
 };
 
-use super::{DemoCerts, echo_backend, push_and_check};
+use super::{DemoCerts, Pushed, echo_backend, push_all};
 
 /// The service the demo's tunnel carries.
 const SERVICE: &str = "echo";
@@ -75,22 +75,7 @@ pub(crate) fn run(cfg: EngineConfig, bytes: u64, connections: usize) -> Result<S
     wait_paired(&api, &tunnel.id)?;
 
     let per_conn = bytes / connections as u64;
-    let start = Instant::now();
-    let workers: Vec<_> = (0..connections)
-        .map(|i| {
-            std::thread::spawn(move || push_and_check(source_addr, per_conn, i as u64 + 1, false))
-        })
-        .collect();
-    let mut ok = 0;
-    let mut failures = Vec::new();
-    for w in workers {
-        match w.join() {
-            Ok(Ok(())) => ok += 1,
-            Ok(Err(e)) => failures.push(e),
-            Err(_) => failures.push("worker panicked".into()),
-        }
-    }
-    let secs = start.elapsed().as_secs_f64();
+    let Pushed { ok, failures, secs } = push_all(source_addr, per_conn, connections, false);
     let described = api.describe(&tunnel.id).ok();
 
     let total = per_conn * connections as u64;

@@ -123,6 +123,9 @@ pub(crate) enum Cmd {
     Peer(Box<relay::Arrival>),
     /// Start a source or destination agent here.
     StartAgent(Box<agent::host::AgentStart>),
+    /// Relay `id` is gone (a reload removed or changed it): close its listener here and its
+    /// tunnels' peers (close frame 1001).
+    RemoveRelay(u32),
     /// Stop this agent if it is here (a reload removed or changed it).
     StopAgent(std::sync::Arc<agent::AgentShared>),
     /// A relay's control side says a tunnel closed or its tokens were rotated.
@@ -371,6 +374,20 @@ impl Plane {
             Cmd::Event { relay, event } => relay::event(self, shard, relay, event),
             Cmd::StartAgent(start) => agent::host::start(self, shard, *start),
             Cmd::StopAgent(shared) => agent::host::stop(self, shard, &shared),
+            Cmd::RemoveRelay(id) => {
+                if let Some((fd, _)) = self.relays.remove(&id) {
+                    shard.driver.cancel(fd.as_raw_fd());
+                }
+                let gone: Vec<EntityRef> = (self.tunnels.iter())
+                    .filter(|((relay, _), _)| *relay == id)
+                    .map(|(_, e)| *e)
+                    .collect();
+                for e in gone {
+                    self.run_entity(shard, e, |entity, plane, shard| {
+                        entity.drain(e, plane, shard)
+                    });
+                }
+            }
         }
         self.kick_dirty(shard);
     }
