@@ -103,7 +103,7 @@ pub(crate) fn run(mut cfg: EngineConfig, bytes: u64, connections: usize) -> Resu
     let client_addr = engine.local_addr("demo-client").expect("just added");
 
     let per_conn = bytes / connections as u64;
-    let Pushed { ok, failures, secs } = push_all(client_addr, per_conn, connections, true);
+    let pushed = push_all(client_addr, per_conn, connections, true);
     let mut out = String::new();
     let _ = writeln!(out, "splice-engine demo");
     let _ = writeln!(
@@ -120,18 +120,7 @@ pub(crate) fn run(mut cfg: EngineConfig, bytes: u64, connections: usize) -> Resu
             "no (user-space TLS)"
         }
     );
-    let total = per_conn * connections as u64;
-    let _ = writeln!(
-        out,
-        "  moved      : {} MiB up and {} MiB back on {connections} connections in {secs:.2} s ({:.0} MiB/s each way)",
-        total >> 20,
-        total >> 20,
-        total as f64 / (1 << 20) as f64 / secs.max(1e-9)
-    );
-    let _ = writeln!(
-        out,
-        "  verified   : {ok}/{connections} connections returned every byte in order (sha256)"
-    );
+    pushed.report(&mut out, per_conn * connections as u64, connections, 11);
     for s in engine.stats() {
         let _ = writeln!(
             out,
@@ -147,10 +136,10 @@ pub(crate) fn run(mut cfg: EngineConfig, bytes: u64, connections: usize) -> Resu
         );
     }
     engine.shutdown(Duration::from_secs(2));
-    if !failures.is_empty() {
+    if !pushed.failures.is_empty() {
         bail!(
             "demo failed: {}: data did not come back intact",
-            failures.join("; ")
+            pushed.failures.join("; ")
         );
     }
     Ok(out)
@@ -164,6 +153,27 @@ struct Pushed {
     failures: Vec<String>,
     /// How long it took.
     secs: f64,
+}
+
+impl Pushed {
+    /// The report's "moved" and "verified" lines (`total` bytes each way), labels padded to
+    /// `width`.
+    fn report(&self, out: &mut String, total: u64, connections: usize, width: usize) {
+        let _ = writeln!(
+            out,
+            "  {:<width$}: {} MiB up and {} MiB back on {connections} connections in {:.2} s ({:.0} MiB/s each way)",
+            "moved",
+            total >> 20,
+            total >> 20,
+            self.secs,
+            total as f64 / (1 << 20) as f64 / self.secs.max(1e-9)
+        );
+        let _ = writeln!(
+            out,
+            "  {:<width$}: {}/{connections} connections returned every byte in order (sha256)",
+            "verified", self.ok
+        );
+    }
 }
 
 /// Pushes `per_conn` bytes through `addr` on `connections` connections at once, each checked

@@ -14,7 +14,7 @@ use splice_engine::{
     AgentState, DestinationConfig, Engine, EngineConfig, RelayConfig, SourceConfig, TunnelApi,
 };
 
-use super::{DemoCerts, Pushed, echo_backend, push_all};
+use super::{DemoCerts, echo_backend, push_all};
 
 /// The service the demo's tunnel carries.
 const SERVICE: &str = "echo";
@@ -75,7 +75,7 @@ pub(crate) fn run(cfg: EngineConfig, bytes: u64, connections: usize) -> Result<S
     wait_paired(&api, &tunnel.id)?;
 
     let per_conn = bytes / connections as u64;
-    let Pushed { ok, failures, secs } = push_all(source_addr, per_conn, connections, false);
+    let pushed = push_all(source_addr, per_conn, connections, false);
     let described = api.describe(&tunnel.id).ok();
 
     let total = per_conn * connections as u64;
@@ -99,17 +99,7 @@ pub(crate) fn run(cfg: EngineConfig, bytes: u64, connections: usize) -> Result<S
         "  driver      : {}    (three engines in this process: relay, destination, source)",
         relay.driver()
     );
-    let _ = writeln!(
-        out,
-        "  moved       : {} MiB up and {} MiB back on {connections} connections in {secs:.2} s ({:.0} MiB/s each way)",
-        total >> 20,
-        total >> 20,
-        total as f64 / (1 << 20) as f64 / secs.max(1e-9)
-    );
-    let _ = writeln!(
-        out,
-        "  verified    : {ok}/{connections} connections returned every byte in order (sha256)"
-    );
+    pushed.report(&mut out, total, connections, 12);
     if let Some(bytes) = described
         .as_ref()
         .map(|d| &d["tunnel"]["bytes"])
@@ -146,10 +136,10 @@ pub(crate) fn run(cfg: EngineConfig, bytes: u64, connections: usize) -> Result<S
     destination.shutdown(Duration::ZERO);
     let _ = api.close(&tunnel.id, false);
     relay.shutdown(Duration::from_secs(1));
-    if !failures.is_empty() {
+    if !pushed.failures.is_empty() {
         bail!(
             "demo tunnel failed: {}: data did not come back intact",
-            failures.join("; ")
+            pushed.failures.join("; ")
         );
     }
     Ok(out)

@@ -102,99 +102,199 @@ pub struct RelayConfig {
     pub idle_timeout: Duration,
 }
 
-/// The source agent: accepts local connections on each service's address and carries them
-/// through the tunnel.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SourceConfig {
-    /// A name for logs and metrics (default `source-<relay>`).
-    #[serde(default)]
-    pub name: String,
-    /// The relay (`HOST:PORT`).
-    pub relay: String,
-    /// CA file to verify the relay (system roots when absent).
-    #[serde(default)]
-    pub ca: Option<PathBuf>,
-    /// The name to send (SNI) and verify; default the relay's host.
-    #[serde(default)]
-    pub sni: Option<String>,
-    /// The access token, written in the file (prefer `token_file`, or the environment).
-    #[serde(default)]
-    pub token: Option<SecretText>,
-    /// A file holding the access token.
-    #[serde(default)]
-    pub token_file: Option<PathBuf>,
-    /// The client token (`[A-Za-z0-9-]{32,128}`) that lets this agent reconnect with the same
-    /// access token.
-    #[serde(default)]
-    pub client_token: Option<SecretText>,
-    /// The services: `NAME=IP:PORT` each (or one bare `IP:PORT`, the V1 form).
-    pub listen: Vec<String>,
-    /// Simultaneous local connections per service (the AWS local proxy's 128); one more is
-    /// refused (a source resets it, a destination resets its `CONNECTION_START`).
-    #[serde(default = "default_connections_per_service")]
-    pub connections_per_service: usize,
-    /// The newest protocol version to speak.
-    #[serde(default)]
-    pub protocol: TunnelProtocol,
-    /// Keep reconnecting after a close frame or a 4xx (the local proxy exits).
-    #[serde(default)]
-    pub keep_trying: bool,
-    /// Ping the relay after this long without a byte from it.
-    #[serde(default = "default_ping_after", with = "humantime_serde")]
-    pub ping_after: Duration,
-    /// Drop the connection to the relay (and reconnect) after this long without a byte from
-    /// it, a pong included: a relay gone without a FIN (a NAT that forgot the connection).
-    #[serde(default = "default_peer_idle_timeout", with = "humantime_serde")]
-    pub idle_timeout: Duration,
+/// What both agents' builders share.
+macro_rules! agent_builders {
+    () => {
+        /// A name for logs and metrics.
+        pub fn name(mut self, name: impl Into<String>) -> Self {
+            self.name = name.into();
+            self
+        }
+
+        /// The CA file to verify the relay with (default: the system's roots).
+        pub fn ca(mut self, path: impl Into<PathBuf>) -> Self {
+            self.ca = Some(path.into());
+            self
+        }
+
+        /// The name to send (SNI) and verify (default: the relay's host).
+        pub fn sni(mut self, name: impl Into<String>) -> Self {
+            self.sni = Some(name.into());
+            self
+        }
+
+        /// The access token itself (prefer [`Self::token_file`] or the environment).
+        pub fn token(mut self, token: impl Into<String>) -> Self {
+            self.token = Some(SecretText(token.into()));
+            self
+        }
+
+        /// A file holding the access token.
+        pub fn token_file(mut self, path: impl Into<PathBuf>) -> Self {
+            self.token_file = Some(path.into());
+            self
+        }
+
+        /// The client token that lets the agent reconnect with the same access token.
+        pub fn client_token(mut self, token: impl Into<String>) -> Self {
+            self.client_token = Some(SecretText(token.into()));
+            self
+        }
+
+        /// The newest protocol version to speak (default V3).
+        pub fn protocol(mut self, protocol: TunnelProtocol) -> Self {
+            self.protocol = protocol;
+            self
+        }
+
+        /// Keep reconnecting after a close frame or a 4xx.
+        pub fn keep_trying(mut self, on: bool) -> Self {
+            self.keep_trying = on;
+            self
+        }
+
+        /// Simultaneous local connections per service (default 128, as the local proxy).
+        pub fn connections_per_service(mut self, n: usize) -> Self {
+            self.connections_per_service = n;
+            self
+        }
+    };
 }
 
-/// The destination agent: connects each stream of the tunnel to its service's address.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DestinationConfig {
-    /// A name for logs and metrics (default `destination-<relay>`).
-    #[serde(default)]
-    pub name: String,
-    /// The relay (`HOST:PORT`).
-    pub relay: String,
-    /// CA file to verify the relay (system roots when absent).
-    #[serde(default)]
-    pub ca: Option<PathBuf>,
-    /// The name to send (SNI) and verify; default the relay's host.
-    #[serde(default)]
-    pub sni: Option<String>,
-    /// The access token, written in the file (prefer `token_file`, or the environment).
-    #[serde(default)]
-    pub token: Option<SecretText>,
-    /// A file holding the access token.
-    #[serde(default)]
-    pub token_file: Option<PathBuf>,
-    /// The client token (`[A-Za-z0-9-]{32,128}`).
-    #[serde(default)]
-    pub client_token: Option<SecretText>,
-    /// The services: `NAME=HOST:PORT` each (or one bare `HOST:PORT`, the V1 form).
-    pub connect: Vec<String>,
-    /// Simultaneous local connections per service (the AWS local proxy's 128); one more is
-    /// refused (a source resets it, a destination resets its `CONNECTION_START`).
-    #[serde(default = "default_connections_per_service")]
-    pub connections_per_service: usize,
-    /// The newest protocol version to speak.
-    #[serde(default)]
-    pub protocol: TunnelProtocol,
-    /// Keep reconnecting after a close frame or a 4xx (the local proxy exits).
-    #[serde(default)]
-    pub keep_trying: bool,
-    /// Time allowed to connect to a service.
-    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
-    pub connect_timeout: Duration,
-    /// Ping the relay after this long without a byte from it.
-    #[serde(default = "default_ping_after", with = "humantime_serde")]
-    pub ping_after: Duration,
-    /// Drop the connection to the relay (and reconnect) after this long without a byte from
-    /// it, a pong included: a relay gone without a FIN (a NAT that forgot the connection).
-    #[serde(default = "default_peer_idle_timeout", with = "humantime_serde")]
-    pub idle_timeout: Duration,
+/// Declares an agent table: the fields both agents share (name, relay, TLS, tokens, protocol,
+/// reconnects, the connection limit, keepalive) and then its own, with `new`, the shared
+/// builders, `display_name`, path resolution and the shared checks' view. One
+/// `deny_unknown_fields` struct each, rather than a `#[serde(flatten)]` common struct: with
+/// `flatten` serde takes unknown keys without a word and loses the line of a mistyped value.
+macro_rules! agent_table {
+    (
+        $(#[$doc:meta])*
+        $ty:ident, $kind:literal {
+            $( $(#[$fdoc:meta])* $field:ident: $fty:ty = $default:expr, )*
+        }
+    ) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        pub struct $ty {
+            #[doc = concat!("A name for logs and metrics (default `", $kind, "-<relay>`).")]
+            #[serde(default)]
+            pub name: String,
+            /// The relay (`HOST:PORT`).
+            pub relay: String,
+            /// CA file to verify the relay (system roots when absent).
+            #[serde(default)]
+            pub ca: Option<PathBuf>,
+            /// The name to send (SNI) and verify; default the relay's host.
+            #[serde(default)]
+            pub sni: Option<String>,
+            /// The access token, written in the file (prefer `token_file`, or the environment).
+            #[serde(default)]
+            pub token: Option<SecretText>,
+            /// A file holding the access token.
+            #[serde(default)]
+            pub token_file: Option<PathBuf>,
+            /// The client token (`[A-Za-z0-9-]{32,128}`) that lets this agent reconnect with
+            /// the same access token.
+            #[serde(default)]
+            pub client_token: Option<SecretText>,
+            /// Simultaneous local connections per service (the AWS local proxy's 128); one
+            /// more is refused (a source resets it, a destination resets its
+            /// `CONNECTION_START`).
+            #[serde(default = "default_connections_per_service")]
+            pub connections_per_service: usize,
+            /// The newest protocol version to speak.
+            #[serde(default)]
+            pub protocol: TunnelProtocol,
+            /// Keep reconnecting after a close frame or a 4xx (the local proxy exits).
+            #[serde(default)]
+            pub keep_trying: bool,
+            /// Ping the relay after this long without a byte from it.
+            #[serde(default = "default_ping_after", with = "humantime_serde")]
+            pub ping_after: Duration,
+            /// Drop the connection to the relay (and reconnect) after this long without a
+            /// byte from it, a pong included: a relay gone without a FIN (a NAT that forgot
+            /// the connection).
+            #[serde(default = "default_peer_idle_timeout", with = "humantime_serde")]
+            pub idle_timeout: Duration,
+            $( $(#[$fdoc])* pub $field: $fty, )*
+        }
+
+        impl $ty {
+            #[doc = concat!("A ", $kind, " agent of the relay at `relay` (`HOST:PORT`), with \
+                no service yet (add them with `service`); the token from [`TOKEN_ENV`] unless \
+                set.")]
+            pub fn new(relay: impl Into<String>) -> Self {
+                Self {
+                    name: String::new(),
+                    relay: relay.into(),
+                    ca: None,
+                    sni: None,
+                    token: None,
+                    token_file: None,
+                    client_token: None,
+                    connections_per_service: default_connections_per_service(),
+                    protocol: TunnelProtocol::default(),
+                    keep_trying: false,
+                    ping_after: default_ping_after(),
+                    idle_timeout: default_peer_idle_timeout(),
+                    $( $field: $default, )*
+                }
+            }
+
+            #[doc = concat!("`name`, or `", $kind, "-<relay>`.")]
+            pub fn display_name(&self) -> String {
+                if self.name.is_empty() {
+                    format!(concat!($kind, "-{}"), self.relay)
+                } else {
+                    self.name.clone()
+                }
+            }
+
+            pub(crate) fn resolve_paths(&mut self, base: &Path) {
+                resolve(&mut self.ca, base);
+                resolve(&mut self.token_file, base);
+            }
+
+            /// The shared checks' view, with this agent's services under `services_key`.
+            fn agent<'a>(&'a self, services_key: &'static str, services: &'a [String]) -> Agent<'a> {
+                Agent {
+                    what: format!(concat!($kind, " \"{}\""), self.display_name()),
+                    relay: &self.relay,
+                    sni: self.sni.as_deref(),
+                    token: self.token.as_ref(),
+                    token_file: self.token_file.as_deref(),
+                    client_token: self.client_token.as_ref(),
+                    services_key,
+                    services,
+                    protocol: self.protocol,
+                    connections_per_service: self.connections_per_service,
+                }
+            }
+
+            agent_builders!();
+        }
+    };
+}
+
+agent_table! {
+    /// The source agent: accepts local connections on each service's address and carries them
+    /// through the tunnel.
+    SourceConfig, "source" {
+        /// The services: `NAME=IP:PORT` each (or one bare `IP:PORT`, the V1 form).
+        listen: Vec<String> = Vec::new(),
+    }
+}
+
+agent_table! {
+    /// The destination agent: connects each stream of the tunnel to its service's address.
+    DestinationConfig, "destination" {
+        /// The services: `NAME=HOST:PORT` each (or one bare `HOST:PORT`, the V1 form).
+        connect: Vec<String> = Vec::new(),
+        /// Time allowed to connect to a service.
+        #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+        connect_timeout: Duration = default_connect_timeout(),
+    }
 }
 
 fn default_max_services() -> usize {
@@ -319,118 +419,16 @@ impl RelayConfig {
     }
 }
 
-/// What both agents' builders share.
-macro_rules! agent_builders {
-    () => {
-        /// A name for logs and metrics.
-        pub fn name(mut self, name: impl Into<String>) -> Self {
-            self.name = name.into();
-            self
-        }
-
-        /// The CA file to verify the relay with (default: the system's roots).
-        pub fn ca(mut self, path: impl Into<PathBuf>) -> Self {
-            self.ca = Some(path.into());
-            self
-        }
-
-        /// The name to send (SNI) and verify (default: the relay's host).
-        pub fn sni(mut self, name: impl Into<String>) -> Self {
-            self.sni = Some(name.into());
-            self
-        }
-
-        /// The access token itself (prefer [`Self::token_file`] or the environment).
-        pub fn token(mut self, token: impl Into<String>) -> Self {
-            self.token = Some(SecretText(token.into()));
-            self
-        }
-
-        /// A file holding the access token.
-        pub fn token_file(mut self, path: impl Into<PathBuf>) -> Self {
-            self.token_file = Some(path.into());
-            self
-        }
-
-        /// The client token that lets the agent reconnect with the same access token.
-        pub fn client_token(mut self, token: impl Into<String>) -> Self {
-            self.client_token = Some(SecretText(token.into()));
-            self
-        }
-
-        /// The newest protocol version to speak (default V3).
-        pub fn protocol(mut self, protocol: TunnelProtocol) -> Self {
-            self.protocol = protocol;
-            self
-        }
-
-        /// Keep reconnecting after a close frame or a 4xx.
-        pub fn keep_trying(mut self, on: bool) -> Self {
-            self.keep_trying = on;
-            self
-        }
-
-        /// Simultaneous local connections per service (default 128, as the local proxy).
-        pub fn connections_per_service(mut self, n: usize) -> Self {
-            self.connections_per_service = n;
-            self
-        }
-    };
-}
-
 impl SourceConfig {
-    /// A source agent of the relay at `relay` (`HOST:PORT`), with no service yet (add them
-    /// with [`SourceConfig::service`]); the token from [`TOKEN_ENV`] unless set.
-    pub fn new(relay: impl Into<String>) -> Self {
-        Self {
-            name: String::new(),
-            relay: relay.into(),
-            ca: None,
-            sni: None,
-            token: None,
-            token_file: None,
-            client_token: None,
-            listen: Vec::new(),
-            connections_per_service: default_connections_per_service(),
-            protocol: TunnelProtocol::default(),
-            keep_trying: false,
-            ping_after: default_ping_after(),
-            idle_timeout: default_peer_idle_timeout(),
-        }
-    }
-
     /// Accepts connections for service `name` on `addr` (`IP:PORT`); an empty `name` is the
     /// one service of a V1 tunnel.
     pub fn service(mut self, name: &str, addr: impl Into<String>) -> Self {
         self.listen.push(join_service(name, &addr.into()));
         self
     }
-
-    agent_builders!();
 }
 
 impl DestinationConfig {
-    /// A destination agent of the relay at `relay` (`HOST:PORT`), with no service yet (add
-    /// them with [`DestinationConfig::service`]); the token from [`TOKEN_ENV`] unless set.
-    pub fn new(relay: impl Into<String>) -> Self {
-        Self {
-            name: String::new(),
-            relay: relay.into(),
-            ca: None,
-            sni: None,
-            token: None,
-            token_file: None,
-            client_token: None,
-            connect: Vec::new(),
-            connections_per_service: default_connections_per_service(),
-            protocol: TunnelProtocol::default(),
-            keep_trying: false,
-            connect_timeout: default_connect_timeout(),
-            ping_after: default_ping_after(),
-            idle_timeout: default_peer_idle_timeout(),
-        }
-    }
-
     /// Connects the streams of service `name` to `addr` (`HOST:PORT`); an empty `name` is
     /// the one service of a V1 tunnel.
     pub fn service(mut self, name: &str, addr: impl Into<String>) -> Self {
@@ -443,8 +441,6 @@ impl DestinationConfig {
         self.connect_timeout = d;
         self
     }
-
-    agent_builders!();
 }
 
 fn join_service(name: &str, addr: &str) -> String {
@@ -716,15 +712,6 @@ fn resolve(p: &mut Option<PathBuf>, base: &Path) {
 }
 
 impl SourceConfig {
-    /// `name`, or `source-<relay>`.
-    pub fn display_name(&self) -> String {
-        if self.name.is_empty() {
-            format!("source-{}", self.relay)
-        } else {
-            self.name.clone()
-        }
-    }
-
     /// Each service's name (`""` for the unnamed one) and listening address; `listen` must
     /// have passed [`SourceConfig::problem`].
     pub(crate) fn listen_addrs(&self) -> impl Iterator<Item = (&str, Option<SocketAddr>)> {
@@ -736,19 +723,7 @@ impl SourceConfig {
 
     pub(crate) fn problem(&self) -> Option<(&'static str, String)> {
         let what = format!("source \"{}\"", self.display_name());
-        let agent = Agent {
-            what: what.clone(),
-            relay: &self.relay,
-            sni: self.sni.as_deref(),
-            token: self.token.as_ref(),
-            token_file: self.token_file.as_deref(),
-            client_token: self.client_token.as_ref(),
-            services_key: "listen",
-            services: &self.listen,
-            protocol: self.protocol,
-            connections_per_service: self.connections_per_service,
-        };
-        if let Some(p) = agent.problem() {
+        if let Some(p) = self.agent("listen", &self.listen).problem() {
             return Some(p);
         }
         for s in &self.listen {
@@ -762,38 +737,12 @@ impl SourceConfig {
         }
         None
     }
-
-    pub(crate) fn resolve_paths(&mut self, base: &Path) {
-        resolve(&mut self.ca, base);
-        resolve(&mut self.token_file, base);
-    }
 }
 
 impl DestinationConfig {
-    /// `name`, or `destination-<relay>`.
-    pub fn display_name(&self) -> String {
-        if self.name.is_empty() {
-            format!("destination-{}", self.relay)
-        } else {
-            self.name.clone()
-        }
-    }
-
     pub(crate) fn problem(&self) -> Option<(&'static str, String)> {
         let what = format!("destination \"{}\"", self.display_name());
-        let agent = Agent {
-            what: what.clone(),
-            relay: &self.relay,
-            sni: self.sni.as_deref(),
-            token: self.token.as_ref(),
-            token_file: self.token_file.as_deref(),
-            client_token: self.client_token.as_ref(),
-            services_key: "connect",
-            services: &self.connect,
-            protocol: self.protocol,
-            connections_per_service: self.connections_per_service,
-        };
-        if let Some(p) = agent.problem() {
+        if let Some(p) = self.agent("connect", &self.connect).problem() {
             return Some(p);
         }
         for s in &self.connect {
@@ -815,10 +764,5 @@ impl DestinationConfig {
             ));
         }
         None
-    }
-
-    pub(crate) fn resolve_paths(&mut self, base: &Path) {
-        resolve(&mut self.ca, base);
-        resolve(&mut self.token_file, base);
     }
 }
