@@ -1,13 +1,13 @@
-//! The command line: subcommands and flags (clap), and how flags become an [`EngineConfig`].
+//! The command line: subcommands and flags (clap), and how flags become an
+//! [`splice_engine::EngineConfig`]; the flags every subcommand has are in `common_args`.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
 use clap::{Args, Parser, Subcommand, ValueHint};
-use splice_engine::{
-    DriverKind, EbpfMode, EngineConfig, ForwarderConfig, KtlsMode, LogFormat, Mode,
-};
+use splice_engine::{ForwarderConfig, Mode};
+
+use crate::common_args::Common;
 
 /// Encrypted TCP forwarding on an io_uring data plane with kernel TLS offload.
 ///
@@ -52,9 +52,10 @@ SIGHUP reloads the certificate files; SIGTERM or SIGINT drains (see --drain-time
     Server(ServerArgs),
     /// Run many forwarders from a TOML file; SIGHUP reloads it, SIGTERM drains and exits.
     ///
-    /// On SIGHUP the file is read again and every certificate reloaded: forwarders are added,
-    /// changed and removed, and established connections are untouched. If anything in the new
-    /// file is wrong, the reload is refused, the log says why (file, line and key), and the
+    /// On SIGHUP the file is read again and every certificate reloaded: forwarders and the
+    /// tunnel tables ([[relay]], [[source]], [[destination]]) are added, changed and removed,
+    /// and established connections of the others are untouched. If anything in the new file
+    /// is wrong, the reload is refused, the log says why (file, line and key), and the
     /// previous configuration keeps running. The engine-level keys (threads, driver, ktls,
     /// ebpf, busy_poll, metrics, log_level, log_format) take effect at the next start. SIGTERM
     /// or SIGINT stops accepting and waits up to drain_timeout for open connections.
@@ -90,10 +91,12 @@ SIGHUP reloads the certificate files; SIGTERM or SIGINT drains (see --drain-time
   splice-engine man --dir /usr/local/share/man/man1")]
     Man(ManArgs),
     /// Create throwaway certificates, chain client -> server -> echo on loopback, push data
-    /// through, and print what happened.
+    /// through, and print what happened; `demo tunnel` does the same through a tunnel (relay,
+    /// source and destination agents).
     #[command(after_help = "Examples:
   splice-engine demo
-  splice-engine demo --bytes 1GiB --connections 8 --driver epoll")]
+  splice-engine demo --bytes 1GiB --connections 8 --driver epoll
+  splice-engine demo tunnel --bytes 64MiB")]
     Demo(DemoArgs),
     /// Report which kernel fast paths this machine offers (io_uring, kernel TLS and its ciphers)
     /// and what `--driver auto` / `--ktls auto` would choose.
@@ -174,82 +177,6 @@ pub(crate) struct ProbeArgs {
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub(crate) json: bool,
-}
-
-/// Flags every subcommand has. In `run` they override the file's keys; the defaults shown
-/// apply when neither sets them.
-#[derive(Args, Debug, Clone)]
-pub(crate) struct Common {
-    /// Shard threads [default: the number of cores].
-    #[arg(long, value_name = "N")]
-    pub(crate) threads: Option<usize>,
-    /// Data-plane driver: auto (io_uring when the kernel allows it, else epoll), uring, epoll
-    /// [default: auto].
-    #[arg(long, value_name = "KIND", env = "SPLICE_DRIVER", value_parser = driver_parser())]
-    pub(crate) driver: Option<DriverKind>,
-    /// Kernel TLS: auto (use it when the kernel has it), on (require it), off [default: auto].
-    #[arg(long, value_name = "MODE", value_parser = ktls_parser())]
-    pub(crate) ktls: Option<KtlsMode>,
-    /// Kernel byte accounting with eBPF: auto (when the process may: CAP_BPF or root, cgroup
-    /// v2), on (require it), off [default: auto].
-    #[arg(long, value_name = "MODE", value_parser = ebpf_parser())]
-    pub(crate) ebpf: Option<EbpfMode>,
-    /// Log level: error, warn (or warning), info, debug, trace, off, or TARGET=LEVEL
-    /// directives such as splice_engine=debug [default: info, or RUST_LOG when set].
-    #[arg(long, value_name = "LEVEL", value_parser = log_level_parser)]
-    pub(crate) log_level: Option<String>,
-    /// Log format on stderr [default: text].
-    #[arg(long, value_name = "FORMAT", value_parser = log_format_parser())]
-    pub(crate) log_format: Option<LogFormat>,
-    /// Serve Prometheus metrics at http://IP:PORT/metrics [default: off].
-    #[arg(long, value_name = "IP:PORT")]
-    pub(crate) metrics: Option<String>,
-    /// On SIGTERM/SIGINT, how long open connections may take to finish (e.g. 10s, 500ms)
-    /// [default: 10s].
-    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
-    pub(crate) drain_timeout: Option<Duration>,
-    /// Busy polling: the longest a shard that ran out of work polls before it sleeps (0 turns
-    /// it off). The window adapts: it grows while packets keep arriving soon after the shard
-    /// went idle and shrinks to nothing for idle or sparse traffic and on a contended CPU.
-    /// Lower latency for request/response traffic, for some CPU [default: 50us].
-    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
-    pub(crate) busy_poll: Option<Duration>,
-    /// No access line per connection (by default each connection's end is logged at info).
-    #[arg(long)]
-    pub(crate) no_access_log: bool,
-}
-
-/// `--driver`: its values listed in help and completions.
-fn driver_parser() -> impl TypedValueParser<Value = DriverKind> {
-    PossibleValuesParser::new([
-        PossibleValue::new("auto"),
-        PossibleValue::new("uring").alias("io_uring"),
-        PossibleValue::new("epoll"),
-    ])
-    .map(|s| s.parse().expect("one of the possible values"))
-}
-
-/// `--ktls`: its values listed in help and completions.
-fn ktls_parser() -> impl TypedValueParser<Value = KtlsMode> {
-    PossibleValuesParser::new(["auto", "on", "off"])
-        .map(|s| s.parse().expect("one of the possible values"))
-}
-
-/// `--ebpf`: its values listed in help and completions.
-fn ebpf_parser() -> impl TypedValueParser<Value = EbpfMode> {
-    PossibleValuesParser::new(["auto", "on", "off"])
-        .map(|s| s.parse().expect("one of the possible values"))
-}
-
-/// `--log-format`: its values listed in help and completions.
-fn log_format_parser() -> impl TypedValueParser<Value = LogFormat> {
-    PossibleValuesParser::new(["text", "json"])
-        .map(|s| s.parse().expect("one of the possible values"))
-}
-
-/// `--log-level`: a known level or directive, or an error that lists the levels.
-fn log_level_parser(s: &str) -> Result<String, String> {
-    splice_engine::logging::parse_filter(s)
 }
 
 /// Flags of one forwarder (client and server subcommands).
@@ -347,6 +274,10 @@ pub(crate) struct RunArgs {
 
 #[derive(Args, Debug)]
 pub(crate) struct DemoArgs {
+    /// What to show: `forwarders` (client mode -> server mode -> echo) or `tunnel` (source ->
+    /// relay -> destination -> echo).
+    #[arg(value_enum, default_value = "forwarders")]
+    pub(crate) what: DemoKind,
     /// Bytes to push through the chain each way (e.g. 64MiB, 1GiB, 1000000).
     #[arg(long, default_value = "256MiB", value_parser = parse_size)]
     pub(crate) bytes: u64,
@@ -355,6 +286,15 @@ pub(crate) struct DemoArgs {
     pub(crate) connections: usize,
     #[command(flatten)]
     pub(crate) common: Common,
+}
+
+/// What `demo` shows.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum DemoKind {
+    /// Client mode -> TLS -> server mode -> echo.
+    Forwarders,
+    /// Source -> relay -> destination -> echo, the tunnel opened through the relay's API.
+    Tunnel,
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
@@ -398,48 +338,10 @@ impl ForwarderArgs {
     }
 }
 
-impl Common {
-    /// Flags override the file.
-    pub(crate) fn apply(&self, cfg: &mut EngineConfig) {
-        if self.threads.is_some() {
-            cfg.threads = self.threads;
-        }
-        if let Some(d) = self.driver {
-            cfg.driver = d;
-        }
-        if let Some(k) = self.ktls {
-            cfg.ktls = k;
-        }
-        if let Some(m) = self.ebpf {
-            cfg.ebpf = m;
-        }
-        if self.log_level.is_some() {
-            cfg.log_level = self.log_level.clone();
-        }
-        if let Some(f) = self.log_format {
-            cfg.log_format = f;
-        }
-        if self.metrics.is_some() {
-            cfg.metrics = self.metrics.clone();
-        }
-        if let Some(d) = self.busy_poll {
-            cfg.busy_poll = d;
-        }
-        if let Some(d) = self.drain_timeout {
-            cfg.drain_timeout = d;
-        }
-        if self.no_access_log {
-            cfg.access_log = false;
-            for f in &mut cfg.forwarders {
-                f.access_log = Some(false);
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use clap::CommandFactory;
+    use splice_engine::EngineConfig;
 
     use super::*;
 

@@ -3,7 +3,10 @@
 //! It makes a throwaway CA and server certificate, starts an echo backend, a server-mode
 //! forwarder in front of it and a client-mode forwarder in front of that (verifying the server
 //! against the throwaway CA), pushes random bytes through the chain on a few connections, checks
-//! every byte that comes back, and reports what the engine did.
+//! every byte that comes back, and reports what the engine did. `demo tunnel` does the same
+//! through the tunnel (relay, source and destination agents): see [`tunnel`].
+
+pub(crate) mod tunnel;
 
 use std::fmt::Write as _;
 use std::io::{Read, Write};
@@ -100,20 +103,7 @@ pub(crate) fn run(mut cfg: EngineConfig, bytes: u64, connections: usize) -> Resu
     let client_addr = engine.local_addr("demo-client").expect("just added");
 
     let per_conn = bytes / connections as u64;
-    let start = Instant::now();
-    let workers: Vec<_> = (0..connections)
-        .map(|i| std::thread::spawn(move || push_through(client_addr, per_conn, i as u64 + 1)))
-        .collect();
-    let mut ok = 0;
-    let mut failures = Vec::new();
-    for w in workers {
-        match w.join() {
-            Ok(Ok(())) => ok += 1,
-            Ok(Err(e)) => failures.push(e),
-            Err(_) => failures.push("worker panicked".into()),
-        }
-    }
-    let secs = start.elapsed().as_secs_f64();
+    let pushed = push_all(client_addr, per_conn, connections, true);
     let mut out = String::new();
     let _ = writeln!(out, "splice-engine demo");
     let _ = writeln!(
@@ -130,18 +120,7 @@ pub(crate) fn run(mut cfg: EngineConfig, bytes: u64, connections: usize) -> Resu
             "no (user-space TLS)"
         }
     );
-    let total = per_conn * connections as u64;
-    let _ = writeln!(
-        out,
-        "  moved      : {} MiB up and {} MiB back on {connections} connections in {secs:.2} s ({:.0} MiB/s each way)",
-        total >> 20,
-        total >> 20,
-        total as f64 / (1 << 20) as f64 / secs.max(1e-9)
-    );
-    let _ = writeln!(
-        out,
-        "  verified   : {ok}/{connections} connections returned every byte in order (sha256)"
-    );
+    pushed.report(&mut out, per_conn * connections as u64, connections, 11);
     for s in engine.stats() {
         let _ = writeln!(
             out,
@@ -157,17 +136,86 @@ pub(crate) fn run(mut cfg: EngineConfig, bytes: u64, connections: usize) -> Resu
         );
     }
     engine.shutdown(Duration::from_secs(2));
-    if !failures.is_empty() {
+    if !pushed.failures.is_empty() {
         bail!(
             "demo failed: {}: data did not come back intact",
-            failures.join("; ")
+            pushed.failures.join("; ")
         );
     }
     Ok(out)
 }
 
-/// Sends `n` pseudo-random bytes and checks that the echo matches.
-fn push_through(addr: std::net::SocketAddr, n: u64, seed: u64) -> std::result::Result<(), String> {
+/// What [`push_all`] found.
+struct Pushed {
+    /// Connections that got every byte back.
+    ok: usize,
+    /// What went wrong on the others.
+    failures: Vec<String>,
+    /// How long it took.
+    secs: f64,
+}
+
+impl Pushed {
+    /// The report's "moved" and "verified" lines (`total` bytes each way), labels padded to
+    /// `width`.
+    fn report(&self, out: &mut String, total: u64, connections: usize, width: usize) {
+        let _ = writeln!(
+            out,
+            "  {:<width$}: {} MiB up and {} MiB back on {connections} connections in {:.2} s ({:.0} MiB/s each way)",
+            "moved",
+            total >> 20,
+            total >> 20,
+            self.secs,
+            total as f64 / (1 << 20) as f64 / self.secs.max(1e-9)
+        );
+        let _ = writeln!(
+            out,
+            "  {:<width$}: {}/{connections} connections returned every byte in order (sha256)",
+            "verified", self.ok
+        );
+    }
+}
+
+/// Pushes `per_conn` bytes through `addr` on `connections` connections at once, each checked
+/// by [`push_and_check`] (with `half_close`).
+fn push_all(
+    addr: std::net::SocketAddr,
+    per_conn: u64,
+    connections: usize,
+    half_close: bool,
+) -> Pushed {
+    let start = Instant::now();
+    let workers: Vec<_> = (0..connections)
+        .map(|i| {
+            std::thread::spawn(move || push_and_check(addr, per_conn, i as u64 + 1, half_close))
+        })
+        .collect();
+    let mut ok = 0;
+    let mut failures = Vec::new();
+    for w in workers {
+        match w.join() {
+            Ok(Ok(())) => ok += 1,
+            Ok(Err(e)) => failures.push(e),
+            Err(_) => failures.push("worker panicked".into()),
+        }
+    }
+    Pushed {
+        ok,
+        failures,
+        secs: start.elapsed().as_secs_f64(),
+    }
+}
+
+/// Sends `n` pseudo-random bytes and checks that the echo matches. With `half_close` the
+/// sender's FIN follows its last byte and the reply is read to the echo's FIN; without, the
+/// reply is read to its `n`th byte and then the connection is closed (the tunnel protocol
+/// has no half-close: a FIN crossing it ends the connection both ways).
+fn push_and_check(
+    addr: std::net::SocketAddr,
+    n: u64,
+    seed: u64,
+    half_close: bool,
+) -> std::result::Result<(), String> {
     let s = TcpStream::connect(addr).map_err(|e| format!("connect {addr}: {e}"))?;
     let _ = s.set_read_timeout(Some(Duration::from_secs(60)));
     let mut w = s.try_clone().map_err(|e| e.to_string())?;
@@ -188,14 +236,16 @@ fn push_through(addr: std::net::SocketAddr, n: u64, seed: u64) -> std::result::R
             h.update(&buf[..k]);
             left -= k as u64;
         }
-        w.shutdown(Shutdown::Write).map_err(|e| e.to_string())?;
+        if half_close {
+            w.shutdown(Shutdown::Write).map_err(|e| e.to_string())?;
+        }
         Ok(h.finalize().into())
     });
     let mut r = s;
     let mut h = Sha256::new();
     let mut got = 0u64;
     let mut buf = vec![0u8; 256 * 1024];
-    loop {
+    while half_close || got < n {
         let k = r.read(&mut buf).map_err(|e| format!("receive: {e}"))?;
         if k == 0 {
             break;

@@ -3,6 +3,7 @@
 //! drains, and prints what `check`, `probe` and `demo` found.
 
 mod args;
+mod common_args;
 mod demo;
 mod probe;
 mod systemd;
@@ -16,7 +17,8 @@ use clap::{CommandFactory, Parser};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use splice_engine::{Engine, EngineConfig, LogFormat, Mode};
 
-use crate::args::{Cli, Command, Common, ConfigCommand};
+use crate::args::{Cli, Command, ConfigCommand};
+use crate::common_args::Common;
 
 /// How to rebuild the configuration on SIGHUP.
 enum Source {
@@ -186,7 +188,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 Some(cfg.log_level.as_deref().unwrap_or("warn")),
                 cfg.log_format == LogFormat::Json,
             )?;
-            let report = demo::run(cfg, a.bytes, a.connections)?;
+            let report = match a.what {
+                args::DemoKind::Forwarders => demo::run(cfg, a.bytes, a.connections)?,
+                args::DemoKind::Tunnel => demo::tunnel::run(cfg, a.bytes, a.connections)?,
+            };
             println!("{report}");
             return Ok(());
         }

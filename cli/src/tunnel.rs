@@ -79,9 +79,10 @@ pub(crate) struct OpenArgs {
     /// repeatable [default: none, a V1 tunnel with one unnamed service].
     #[arg(long = "service", value_name = "NAME")]
     pub(crate) services: Vec<String>,
-    /// How long the tunnel lives, in whole minutes (e.g. 30m, 2h) [default: the relay's, 12h].
-    #[arg(long, value_name = "DURATION", value_parser = parse_minutes)]
-    pub(crate) lifetime: Option<u64>,
+    /// How long the tunnel lives, in whole seconds (e.g. 30m, 2h; AWS takes whole minutes,
+    /// our relay also shorter, such as 10s) [default: the relay's, 12h].
+    #[arg(long, value_name = "DURATION", value_parser = parse_lifetime)]
+    pub(crate) lifetime: Option<Duration>,
     /// The thing (device) the tunnel reaches, for `list --thing` [default: none].
     #[arg(long, value_name = "NAME")]
     pub(crate) thing: Option<String>,
@@ -144,15 +145,15 @@ pub(crate) struct CloseArgs {
     pub(crate) api: ApiArgs,
 }
 
-/// `--lifetime`: a duration in whole minutes, as minutes.
-fn parse_minutes(s: &str) -> Result<u64, String> {
+/// `--lifetime`: a duration in whole seconds.
+fn parse_lifetime(s: &str) -> Result<Duration, String> {
     let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
-    if d.is_zero() || d.subsec_nanos() != 0 || d.as_secs() % 60 != 0 {
+    if d.is_zero() || d.subsec_nanos() != 0 {
         return Err(format!(
-            "{s:?} is not a whole number of minutes (e.g. 30m, 2h)"
+            "{s:?} is not a whole number of seconds (e.g. 30m, 2h, 10s)"
         ));
     }
-    Ok(d.as_secs() / 60)
+    Ok(d)
 }
 
 /// What a call failed on.
@@ -195,7 +196,7 @@ pub(crate) fn run(cmd: TunnelCommand, out: &mut impl Write) -> Result<(), Failur
     match cmd {
         TunnelCommand::Open(a) => {
             let services: Vec<&str> = a.services.iter().map(String::as_str).collect();
-            let answer = client(&a.api)?.open_json(
+            let answer = client(&a.api)?.open_json_for(
                 &services,
                 a.lifetime,
                 a.thing.as_deref(),
@@ -334,12 +335,23 @@ fn describe(out: &mut impl Write, t: &Value) -> std::io::Result<()> {
         services.join(", ")
     };
     writeln!(out, "services:     {services}")?;
-    let minutes = &t["timeoutConfig"]["maxLifetimeTimeoutMinutes"];
-    let ends = match (t["createdAt"].as_f64(), minutes.as_f64()) {
-        (Some(c), Some(m)) => format!(", ends {}", time(&(c + m * 60.0).into())),
+    let timeout = &t["timeoutConfig"];
+    // Our relay writes the exact seconds beside AWS's whole minutes.
+    let seconds = timeout["maxLifetimeTimeoutSeconds"].as_f64().or_else(|| {
+        timeout["maxLifetimeTimeoutMinutes"]
+            .as_f64()
+            .map(|m| m * 60.0)
+    });
+    let ends = match (t["createdAt"].as_f64(), seconds) {
+        (Some(c), Some(s)) => format!(", ends {}", time(&(c + s).into())),
         _ => String::new(),
     };
-    writeln!(out, "lifetime:     {} minutes{ends}", text(minutes))?;
+    let lifetime = match seconds {
+        Some(s) if s % 60.0 == 0.0 => format!("{} minutes", s / 60.0),
+        Some(s) => format!("{s} seconds"),
+        None => "-".into(),
+    };
+    writeln!(out, "lifetime:     {lifetime}{ends}")?;
     for (label, key) in [
         ("source:      ", "sourceConnectionState"),
         ("destination: ", "destinationConnectionState"),
@@ -350,6 +362,15 @@ fn describe(out: &mut impl Write, t: &Value) -> std::io::Result<()> {
             "{label} {} (since {})",
             text(&s["status"]),
             time(&s["lastUpdatedAt"])
+        )?;
+    }
+    let bytes = &t["bytes"];
+    if bytes.is_object() {
+        writeln!(
+            out,
+            "bytes:        {} source to destination, {} back",
+            text(&bytes["sourceToDestination"]),
+            text(&bytes["destinationToSource"])
         )?;
     }
     writeln!(out, "created:      {}", time(&t["createdAt"]))?;

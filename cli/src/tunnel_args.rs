@@ -9,7 +9,7 @@ use splice_engine::{
     DestinationConfig, EngineConfig, RelayConfig, SourceConfig, TOKEN_ENV, TunnelProtocol,
 };
 
-use crate::args::Common;
+use crate::common_args::Common;
 
 #[derive(Args, Debug)]
 pub(crate) struct RelayArgs {
@@ -104,6 +104,10 @@ pub(crate) struct AgentArgs {
     /// the agent exits then, as the AWS local proxy does).
     #[arg(long)]
     pub(crate) keep_trying: bool,
+    /// Simultaneous local connections per service; one more is refused, with a warning in
+    /// the log and a count in the metrics [default: 128, as the AWS local proxy].
+    #[arg(long, value_name = "N")]
+    pub(crate) max_connections: Option<usize>,
     /// Name in logs and metrics [default: source-RELAY or destination-RELAY].
     #[arg(long)]
     pub(crate) name: Option<String>,
@@ -203,6 +207,9 @@ macro_rules! set_agent {
         $c.client_token = a.client_token.map(splice_engine::SecretText);
         $c.protocol = protocol;
         $c.keep_trying = a.keep_trying;
+        if let Some(n) = a.max_connections {
+            $c.connections_per_service = n;
+        }
     }};
 }
 

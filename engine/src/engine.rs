@@ -48,7 +48,7 @@ pub struct Engine {
     /// Kept for its lifetime: the metrics thread stops when the engine drops.
     _metrics: Option<crate::metrics::MetricsServer>,
     /// The relays' control sides (registry, API, expiry), one per `[[relay]]`.
-    relays: Vec<crate::relay::service::RelayService>,
+    relays: Mutex<Vec<crate::relay::service::RelayService>>,
     /// Sockets passed by systemd (socket activation), each with whether a listener uses it.
     /// The engine keeps them for its lifetime (systemd holds them open too) and gives the
     /// shards duplicates, so a reload that fails or removes a forwarder loses none.
@@ -65,7 +65,11 @@ pub struct Engine {
     /// Their state and counters, for `/metrics`.
     agent_stats: Arc<Mutex<Vec<Arc<crate::tunnel::agent::AgentShared>>>>,
     /// The relays' data planes on the shards, one per `[[relay]]` (as `relays`).
-    relay_planes: Vec<crate::tunnel::start::RunningRelay>,
+    relay_planes: Mutex<Vec<crate::tunnel::start::RunningRelay>>,
+    /// The relays' figures for `/metrics` (a reload adds and removes entries).
+    relay_stats: crate::tunnel::metrics::StatsList,
+    /// The id the next relay started gets (ids are never reused while the shards run).
+    next_relay_id: std::sync::atomic::AtomicU32,
 }
 
 /// The engine-level settings that shape the shards and the process, which only a restart
@@ -217,7 +221,7 @@ impl Engine {
             reloads: Arc::new(ReloadStats::new()),
             start_only: StartOnly::of(&cfg),
             _metrics: None,
-            relays: Vec::new(),
+            relays: Mutex::new(Vec::new()),
             activated: Mutex::new(
                 crate::systemd::listen_fds()
                     .into_iter()
@@ -229,7 +233,9 @@ impl Engine {
             next_shard: AtomicUsize::new(0),
             agents: Mutex::new(Vec::new()),
             agent_stats: Arc::default(),
-            relay_planes: Vec::new(),
+            relay_planes: Mutex::new(Vec::new()),
+            relay_stats: Default::default(),
+            next_relay_id: Default::default(),
         };
         // Everything that reads files or binds ports happens before a thread starts.
         let mut built = Vec::new();
@@ -252,7 +258,7 @@ impl Engine {
             };
             bound.push((f, fwd, addr, fds));
         }
-        let relay_stats = crate::tunnel::metrics::StatsList::default();
+        let relay_stats = engine.relay_stats.clone();
         if let Some(m) = &cfg.metrics {
             let addr: SocketAddr = m.parse().map_err(|e| Error::Address {
                 addr: m.clone(),
@@ -273,6 +279,8 @@ impl Engine {
         for r in &cfg.relays {
             engine
                 .relays
+                .get_mut()
+                .expect("relays lock")
                 .push(crate::relay::service::RelayService::start(r, &origin)?);
         }
         for i in 0..threads {
@@ -292,7 +300,8 @@ impl Engine {
         for (f, fwd, addr, fds) in bound {
             engine.install(f, Arc::new(fwd), addr, fds);
         }
-        for (i, (r, service)) in cfg.relays.iter().zip(&engine.relays).enumerate() {
+        let services = std::mem::take(engine.relays.get_mut().expect("relays lock"));
+        for (i, (r, service)) in cfg.relays.iter().zip(&services).enumerate() {
             let plane = crate::tunnel::start::start_relay(
                 r,
                 service,
@@ -300,8 +309,16 @@ impl Engine {
                 &engine.shards,
                 &relay_stats,
             )?;
-            engine.relay_planes.push(plane);
+            engine
+                .relay_planes
+                .get_mut()
+                .expect("planes lock")
+                .push(plane);
         }
+        *engine.relays.get_mut().expect("relays lock") = services;
+        engine
+            .next_relay_id
+            .store(cfg.relays.len() as u32 + 1, Relaxed);
         let activated = engine.activated.lock().expect("activated lock");
         for (s, _) in activated.iter().filter(|(_, used)| !used) {
             tracing::warn!(
@@ -446,14 +463,16 @@ impl Engine {
             reloads: Arc::new(ReloadStats::new()),
             start_only: StartOnly::of(&cfg),
             _metrics: None,
-            relays: Vec::new(),
+            relays: Mutex::new(Vec::new()),
             activated: Mutex::new(Vec::new()),
             config: Mutex::new(cfg.clone()),
             draining: AtomicBool::new(false),
             next_shard: AtomicUsize::new(0),
             agents: Mutex::new(Vec::new()),
             agent_stats: Arc::default(),
-            relay_planes: Vec::new(),
+            relay_planes: Mutex::new(Vec::new()),
+            relay_stats: Default::default(),
+            next_relay_id: Default::default(),
         };
         let mut out = Vec::new();
         for (i, f) in cfg.forwarders.iter().enumerate() {
@@ -563,14 +582,32 @@ impl Engine {
         let mut current = self.config.lock().expect("config lock");
         self.reloads.attempt();
         let result = load().and_then(|cfg| {
+            cfg.validate("configuration")?;
+            crate::tunnel::agent::reload::check(&current, &cfg)?;
             self.apply(&cfg, "configuration", true)?;
-            if (&cfg.relays, &cfg.sources, &cfg.destinations)
-                != (&current.relays, &current.sources, &current.destinations)
-            {
-                tracing::warn!(
-                    "the [[relay]], [[source]] or [[destination]] tables changed, but only a \
-                     restart applies them; this reload applies the forwarders and certificates"
-                );
+            let relays_changed = cfg.relays != current.relays;
+            if relays_changed {
+                crate::tunnel::start::check_relays(&current, &cfg)?;
+            }
+            let mut agents = self.agents.lock().expect("agents lock");
+            let applied =
+                crate::tunnel::agent::reload::apply(&current, &cfg, &mut agents, &self.shards);
+            *self.agent_stats.lock().expect("agent stats lock") =
+                agents.iter().map(|a| a.shared.clone()).collect();
+            drop(agents);
+            applied?;
+            if relays_changed {
+                let mut services = self.relays.lock().expect("relays lock");
+                let mut planes = self.relay_planes.lock().expect("planes lock");
+                crate::tunnel::start::reload_relays(
+                    &current,
+                    &cfg,
+                    &mut services,
+                    &mut planes,
+                    &self.shards,
+                    &self.relay_stats,
+                    &self.next_relay_id,
+                )?;
             }
             *current = cfg;
             Ok(())
@@ -877,6 +914,8 @@ impl Engine {
     /// The address relay `name` listens on for agents (port 0 resolved), if it runs.
     pub fn relay_addr(&self, name: &str) -> Option<SocketAddr> {
         self.relay_planes
+            .lock()
+            .expect("planes lock")
             .iter()
             .find(|r| r.relay.name == name)
             .map(|r| r.addr)
@@ -885,6 +924,8 @@ impl Engine {
     /// The address of relay `name`'s tunnel API, if it runs.
     pub fn relay_api_addr(&self, name: &str) -> Option<SocketAddr> {
         self.relays
+            .lock()
+            .expect("relays lock")
             .iter()
             .find(|r| r.name() == name)
             .map(|r| r.api_addr())

@@ -1067,3 +1067,237 @@ fn relay_out_of_fds_does_not_spin() {
         exchange(&mut src, &mut dst, "ssh", 1);
     }
 }
+
+/// `/metrics` counts per open tunnel (bytes by direction, peers, streams), beside the
+/// per-relay totals; describe shows the tunnel's bytes; a closed tunnel's series go.
+#[test]
+fn relay_metrics_per_tunnel_follow_open_tunnels() {
+    let pki = Pki::new();
+    for driver in DRIVERS {
+        let relay = start_relay(&pki, driver, "");
+        let (busy, quiet) = (open_tunnel(&relay, &["ssh"]), open_tunnel(&relay, &["ssh"]));
+        let (mut src, mut dst) = pair(&pki, &relay, &busy);
+        let (_qsrc, _qdst) = pair(&pki, &relay, &quiet);
+        exchange(&mut src, &mut dst, "ssh", 1);
+        // What `exchange` sends from the source: STREAM_START, 4 DATA and two joined ones.
+        let up: usize = [1usize, 100, 4096, 64512]
+            .iter()
+            .map(|len| frame(DATA, 1, "ssh", 1, &vec![1; *len]).len())
+            .sum::<usize>()
+            + frame(STREAM_START, 1, "ssh", 1, b"").len()
+            + frame(DATA, 1, "ssh", 1, b"first").len()
+            + frame(DATA, 1, "ssh", 1, b"second").len();
+        let down: usize = [1usize, 100, 4096, 64512]
+            .iter()
+            .map(|len| frame(DATA, 1, "ssh", 1, &vec![1; len / 2 + 1]).len())
+            .sum();
+        let series = "splice_relay_tunnel_bytes_total";
+        fn bytes<'a>(id: &'a str, dir: &'a str) -> [(&'a str, &'a str); 3] {
+            [("relay", "r"), ("tunnel", id), ("direction", dir)]
+        }
+        let (busy_id, quiet_id) = (busy.id.as_str(), quiet.id.as_str());
+        let m = wait_metric(
+            relay.metrics,
+            series,
+            &bytes(busy_id, "destination_to_source"),
+            |v| v == down as f64,
+        );
+        assert_eq!(
+            m.value(series, &bytes(busy_id, "source_to_destination")),
+            up as f64,
+            "{driver}: the busy tunnel's bytes up:\n{}",
+            m.text
+        );
+        for dir in ["source_to_destination", "destination_to_source"] {
+            assert_eq!(
+                m.value(series, &bytes(quiet_id, dir)),
+                0.0,
+                "{driver}: the quiet tunnel moved nothing {dir}"
+            );
+        }
+        for (id, streams) in [(busy_id, 1.0), (quiet_id, 0.0)] {
+            for side in ["source", "destination"] {
+                assert_eq!(
+                    m.value(
+                        "splice_relay_tunnel_peers_connected",
+                        &[("relay", "r"), ("tunnel", id), ("side", side)]
+                    ),
+                    1.0,
+                    "{driver}: {id} {side}:\n{}",
+                    m.text
+                );
+            }
+            assert_eq!(
+                m.value(
+                    "splice_relay_tunnel_streams_active",
+                    &[("relay", "r"), ("tunnel", id)]
+                ),
+                streams,
+                "{driver}: {id} streams"
+            );
+        }
+        // The per-relay totals stay.
+        assert_eq!(
+            m.value(
+                "splice_tunnel_bytes_total",
+                &[("relay", "r"), ("direction", "source_to_destination")]
+            ),
+            up as f64,
+            "{driver}: relay total"
+        );
+        let (status, json) = api(relay.api, "GET", &format!("/tunnels/{}", busy.id), "");
+        assert_eq!(status, 200);
+        assert_eq!(
+            json["tunnel"]["bytes"],
+            serde_json::json!({ "sourceToDestination": up, "destinationToSource": down }),
+            "{driver}: describe shows the bytes: {json}"
+        );
+        // Closed: its series leave /metrics, the other tunnel's stay.
+        let (status, _) = api(
+            relay.api,
+            "POST",
+            &format!("/tunnels/{}/close", busy.id),
+            "{}",
+        );
+        assert_eq!(status, 200);
+        assert!(
+            wait_until(SOON, || !scrape(relay.metrics).text.contains(&busy.id)),
+            "{driver}: the closed tunnel's series go:\n{}",
+            scrape(relay.metrics).text
+        );
+        let m = scrape(relay.metrics);
+        assert!(
+            m.text.contains(&quiet.id),
+            "{driver}: the open one stays:\n{}",
+            m.text
+        );
+        let (_, json) = api(relay.api, "GET", &format!("/tunnels/{}", busy.id), "");
+        assert_eq!(json["tunnel"]["status"], "CLOSED", "{json}");
+        assert!(json["tunnel"].get("bytes").is_none(), "{json}");
+    }
+}
+
+/// SIGHUP applies `[[relay]]` tables by name: an added relay serves its API and agents, an
+/// unchanged one keeps its peers, a removed one closes its peers (1001) and its ports, a
+/// changed one starts again with its new settings, and a table whose files are wrong is
+/// refused while the running relays carry on.
+#[test]
+fn sighup_applies_added_changed_and_removed_relay_tables() {
+    let pki = Pki::new();
+    for driver in DRIVERS {
+        let (p1, a1, p2, a2) = (free_port(), free_port(), free_port(), free_port());
+        let table = |name: &str, port: u16, api: u16, extra: &str| {
+            format!(
+                "[[relay]]\nname = \"{name}\"\nlisten = \"127.0.0.1:{port}\"\ncert = \"{}\"\n\
+                 key = \"{}\"\napi = \"127.0.0.1:{api}\"\nstate = \":memory:\"\n{extra}\n",
+                pki.server.cert.display(),
+                pki.server.key.display(),
+            )
+        };
+        let top = format!("driver = \"{driver}\"\nthreads = 2\n\n");
+        let path = pki.dir.path().join(format!("relays-{driver}.toml"));
+        write_file(
+            &path,
+            format!("{top}{}", table("r1", p1, a1, "")).as_bytes(),
+        );
+        let engine = EngineCmd::new("run")
+            .opt("--config", &path)
+            .opt("--log-level", "info")
+            .wait_port(p1)
+            .wait_port(a1)
+            .label(format!("relays ({driver})"))
+            .start();
+        // `metrics` is not used here.
+        let r1 = Relay {
+            proc: engine,
+            port: p1,
+            api: localhost(a1),
+            metrics: localhost(a1),
+        };
+        let t = open_tunnel(&r1, &["ssh"]);
+        let (mut src, _dst) = pair(&pki, &r1, &t);
+
+        // Added: r2 serves; r1's peers stay.
+        let both = format!(
+            "{top}{}{}",
+            table("r1", p1, a1, ""),
+            table("r2", p2, a2, "")
+        );
+        write_file(&path, both.as_bytes());
+        r1.proc.signal(libc::SIGHUP);
+        assert!(
+            wait_until(SOON, || try_connect(localhost(a2)).is_ok()),
+            "({driver}) the added relay's API:\n{}",
+            r1.proc.log()
+        );
+        let (status, _) = api(localhost(a2), "POST", "/tunnels", "{}");
+        assert_eq!(status, 200, "({driver}) r2 opens tunnels");
+        src.send(Message::Ping(b"still".to_vec().into()))
+            .expect("ping");
+        assert!(
+            matches!(src.read(), Ok(Message::Pong(_))),
+            "({driver}) r1's peer is untouched"
+        );
+
+        // Removed r1, changed r2 (5 services allowed now).
+        write_file(
+            &path,
+            format!("{top}{}", table("r2", p2, a2, "max_services = 5")).as_bytes(),
+        );
+        r1.proc.signal(libc::SIGHUP);
+        assert_eq!(
+            close_code(&mut src),
+            Some(1001),
+            "({driver}) r1's peer gets a close frame"
+        );
+        assert!(
+            wait_until(SOON, || try_connect(localhost(a1)).is_err()
+                && try_connect(localhost(p1)).is_err()),
+            "({driver}) r1's ports are closed"
+        );
+        let body = r#"{"destinationConfig": {"services": ["a","b","c","d"]}}"#;
+        assert!(
+            wait_until(SOON, || open_status(localhost(a2), body) == Some(200)),
+            "({driver}) the changed r2 takes 4 services:\n{}",
+            r1.proc.log()
+        );
+
+        // A table with a missing certificate: refused, named; r2 carries on.
+        let bad = format!(
+            "{top}{}{}",
+            table("r2", p2, a2, "max_services = 5"),
+            table("r3", free_port(), free_port(), "").replace(
+                &pki.server.cert.display().to_string(),
+                "/nonexistent/relay-cert.pem"
+            )
+        );
+        write_file(&path, bad.as_bytes());
+        r1.proc.signal(libc::SIGHUP);
+        assert!(
+            r1.proc.wait_log(SOON, |l| l.contains("reload failed")
+                && l.contains("/nonexistent/relay-cert.pem")),
+            "({driver}) the bad table is named:\n{}",
+            r1.proc.log()
+        );
+        assert_eq!(api(localhost(a2), "POST", "/tunnels", body).0, 200);
+        let mut proc = r1.proc;
+        proc.signal(libc::SIGTERM);
+        let _ = proc.wait_exit(SOON);
+    }
+}
+
+/// `POST /tunnels` with `body`: the status, or `None` when the API cannot be reached (yet).
+fn open_status(addr: SocketAddr, body: &str) -> Option<u16> {
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(IO_TIMEOUT)).ok()?;
+    write!(
+        s,
+        "POST /tunnels HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    text.get(9..12)?.parse().ok()
+}

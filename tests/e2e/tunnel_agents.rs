@@ -1365,3 +1365,265 @@ fn without_the_peers_half_close_a_fin_ends_the_connection() {
         }
     }
 }
+
+/// `connections_per_service`: a source at its limit refuses one more local connection, a
+/// destination at its limit resets one more `CONNECTION_START`; each says so in its log and
+/// counts it in `splice_agent_connections_over_limit_total`, and the connections within
+/// the limit carry on.
+#[test]
+fn connections_per_service_limit_is_logged_and_counted() {
+    let pki = Pki::new();
+    for driver in DRIVERS {
+        for (limited, src_limit, dst_limit) in [("source", 2, 128), ("destination", 128, 1)] {
+            let relay = OurRelay::start(&pki, driver, ":memory:", None);
+            let (id, src_token, dst_token) = relay.open(&["ssh"]);
+            let backend = echo_backend();
+            let (port, src_metrics, dst_metrics) = (free_port(), free_port(), free_port());
+            let dst_extra = format!("connections_per_service = {dst_limit}\n");
+            let dst = start_agent_with(
+                &Agent {
+                    kind: "destination",
+                    name: "dst",
+                    services: vec![format!("ssh={}", backend.addr)],
+                    protocol: "v3",
+                    client_token: None,
+                    token: dst_token,
+                    keep_trying: false,
+                    extra: &dst_extra,
+                },
+                relay.addr(),
+                &pki,
+                driver,
+                &[],
+                Some(dst_metrics),
+            );
+            let src_extra = format!("connections_per_service = {src_limit}\n");
+            let src = start_agent_with(
+                &Agent {
+                    kind: "source",
+                    name: "src",
+                    services: vec![format!("ssh=127.0.0.1:{port}")],
+                    protocol: "v3",
+                    client_token: None,
+                    token: src_token,
+                    keep_trying: false,
+                    extra: &src_extra,
+                },
+                relay.addr(),
+                &pki,
+                driver,
+                &[port],
+                Some(src_metrics),
+            );
+            assert!(wait_until(SOON, || relay.both_connected(&id)));
+            let round_trip = |s: &mut std::net::TcpStream, n: u8| -> std::io::Result<()> {
+                s.write_all(&[n; 100])?;
+                let mut back = [0u8; 100];
+                s.read_exact(&mut back)?;
+                assert!(back.iter().all(|&b| b == n));
+                Ok(())
+            };
+            let within = src_limit.min(dst_limit);
+            let mut open: Vec<_> = (0..within)
+                .map(|i| {
+                    let mut s = connect(localhost(port));
+                    s.set_read_timeout(Some(SOON)).unwrap();
+                    round_trip(&mut s, i as u8).expect("within the limit");
+                    s
+                })
+                .collect();
+            // One more: refused (reset or closed) without a byte back.
+            let mut extra = connect(localhost(port));
+            extra.set_read_timeout(Some(SOON)).unwrap();
+            assert!(
+                round_trip(&mut extra, 9).is_err(),
+                "({driver}, {limited}) the connection over the limit is refused"
+            );
+            for (i, s) in open.iter_mut().enumerate() {
+                round_trip(s, 20 + i as u8).expect("the others carry on");
+            }
+            let (who, metrics) = match limited {
+                "source" => (&src, src_metrics),
+                _ => (&dst, dst_metrics),
+            };
+            let agent = if limited == "source" { "src" } else { "dst" };
+            let m = wait_metric(
+                localhost(metrics),
+                "splice_agent_connections_over_limit_total",
+                &[("agent", agent), ("service", "ssh")],
+                |v| v == 1.0,
+            );
+            let other = if limited == "source" {
+                dst_metrics
+            } else {
+                src_metrics
+            };
+            assert_eq!(
+                scrape(localhost(other)).value(
+                    "splice_agent_connections_over_limit_total",
+                    &[("service", "ssh")]
+                ),
+                0.0,
+                "({driver}, {limited}) only the limited agent counts:\n{}",
+                m.text
+            );
+            assert!(
+                who.wait_log(SOON, |l| l.contains("WARN")
+                    && l.contains("connections_per_service")
+                    && l.contains(&format!("limit={}", src_limit.min(dst_limit)))),
+                "({driver}, {limited}) a warning:\n{}",
+                who.log()
+            );
+            // A connection closed makes room again.
+            drop(open.pop());
+            assert!(
+                wait_until(SOON, || {
+                    let mut s = connect(localhost(port));
+                    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                    round_trip(&mut s, 42).is_ok()
+                }),
+                "({driver}, {limited}) room again after a close"
+            );
+            drop((src, dst, relay));
+        }
+    }
+}
+
+/// SIGHUP applies the agent tables of `run --config`: an added pair starts, an unchanged
+/// source keeps its open connection, a removed pair stops, a changed source moves to its new
+/// address (its client token lets it reconnect with the same access token), and a bad table
+/// is refused by file, line and key while the running agents carry on.
+#[test]
+fn sighup_applies_added_changed_and_removed_agent_tables() {
+    let pki = Pki::new();
+    for driver in DRIVERS {
+        let relay = OurRelay::start(&pki, driver, ":memory:", None);
+        let (id1, s1_token, d1_token) = relay.open(&["ssh"]);
+        let (id2, s2_token, d2_token) = relay.open(&["ssh"]);
+        let backend = echo_backend();
+        let (pa, pb, pc) = (free_port(), free_port(), free_port());
+        let client = "reload-client-token-0123456789abcdef";
+        let table = |kind, name, service: String, token: &str, client_token| {
+            Agent {
+                kind,
+                name,
+                services: vec![service],
+                protocol: "v3",
+                client_token,
+                token: token.to_string(),
+                keep_trying: false,
+                extra: "",
+            }
+            .toml(relay.addr(), &pki.ca.path)
+        };
+        let backend_svc = format!("ssh={}", backend.addr);
+        let d1 = table(
+            "destination",
+            "d1",
+            backend_svc.clone(),
+            &d1_token,
+            Some(client),
+        );
+        let s1 = |port: u16| {
+            let svc = format!("ssh=127.0.0.1:{port}");
+            table("source", "s1", svc, &s1_token, Some(client))
+        };
+        let d2 = table("destination", "d2", backend_svc.clone(), &d2_token, None);
+        let s2 = table(
+            "source",
+            "s2",
+            format!("ssh=127.0.0.1:{pb}"),
+            &s2_token,
+            None,
+        );
+        let path = pki.dir.path().join(format!("agents-{driver}.toml"));
+        write_file(&path, format!("{d1}\n{}", s1(pa)).as_bytes());
+        let mut engine = EngineCmd::new("run")
+            .opt("--config", &path)
+            .common(driver)
+            .wait_port(pa)
+            .label(format!("agents ({driver})"))
+            .start();
+        assert!(wait_until(SOON, || relay.both_connected(&id1)));
+        let mut held = connect(localhost(pa));
+        held.set_read_timeout(Some(SOON)).unwrap();
+        let mut round_trip = |n: u8| {
+            held.write_all(&[n; 1000]).unwrap();
+            let mut back = [0u8; 1000];
+            held.read_exact(&mut back).unwrap();
+            assert!(back.iter().all(|&b| b == n));
+        };
+        round_trip(1);
+
+        // Added: the second tunnel's agents start; s1 and its connection are untouched.
+        write_file(&path, format!("{d1}\n{}\n{d2}\n{s2}", s1(pa)).as_bytes());
+        engine.signal(libc::SIGHUP);
+        assert!(
+            wait_until(SOON, || relay.both_connected(&id2)),
+            "({driver}) the added agents connect:\n{}",
+            engine.log()
+        );
+        echo_through(localhost(pb), 1 << 20, 2).unwrap();
+        round_trip(2);
+        assert!(
+            !engine.log().contains("stopped by the reload"),
+            "{}",
+            engine.log()
+        );
+
+        // Removed and changed: s2 and d2 stop, s1 moves from pa to pc.
+        write_file(&path, format!("{d1}\n{}", s1(pc)).as_bytes());
+        engine.signal(libc::SIGHUP);
+        assert!(
+            wait_until(SOON, || echo_through(localhost(pc), 1 << 16, 3).is_ok()),
+            "({driver}) the changed source serves its new address:\n{}",
+            engine.log()
+        );
+        assert!(
+            wait_until(SOON, || try_connect(localhost(pb)).is_err()
+                && try_connect(localhost(pa)).is_err()),
+            "({driver}) the removed and the old addresses are closed"
+        );
+        assert!(
+            wait_until(SOON, || !relay.both_connected(&id2)),
+            "({driver}) the removed agents left the relay"
+        );
+        let log = engine.log();
+        for name in ["s1", "s2", "d2"] {
+            assert!(
+                log.lines()
+                    .any(|l| l.contains("stopped by the reload") && l.contains(name)),
+                "({driver}) {name} stopped:\n{log}"
+            );
+        }
+        assert!(
+            !log.lines()
+                .any(|l| l.contains("stopped by the reload") && l.contains("d1")),
+            "({driver}) d1 is untouched:\n{log}"
+        );
+
+        // A bad table: refused, named; the running agents carry on.
+        let bad = format!(
+            "{d1}\n{}\n[[source]]\nname = \"s3\"\nrelay = \"{}\"\ntoken = \"t\"\n\
+             listen = [\"ssh=127.0.0.1:{pb}\"]\nconnections_per_service = 0\n",
+            s1(pc),
+            relay.addr()
+        );
+        write_file(&path, bad.as_bytes());
+        engine.signal(libc::SIGHUP);
+        assert!(
+            engine.wait_log(SOON, |l| l.contains("reload failed")
+                && l.contains("connections_per_service")
+                && l.contains("line ")),
+            "({driver}) the bad table is named:\n{}",
+            engine.log()
+        );
+        echo_through(localhost(pc), 1 << 16, 4).unwrap();
+        assert!(
+            try_connect(localhost(pb)).is_err(),
+            "({driver}) s3 did not start"
+        );
+        engine.signal(libc::SIGTERM);
+        let _ = engine.wait_exit(SOON);
+    }
+}

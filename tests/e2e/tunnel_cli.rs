@@ -74,11 +74,16 @@ struct Relay {
 
 impl Relay {
     fn start(pki: &Pki, dir: &Path, state: &str, driver: &str) -> Relay {
+        Self::start_on(pki, dir, state, driver, free_port())
+    }
+
+    /// [`Relay::start`] with agents on `port`.
+    fn start_on(pki: &Pki, dir: &Path, state: &str, driver: &str, port: u16) -> Relay {
         let token_file = dir.join("api.token");
         fs::write(&token_file, format!("{API_TOKEN}\n")).expect("write the API token");
         let api_port = free_port();
         let proc = EngineCmd::new("relay")
-            .opt("--listen", localhost(free_port()).to_string())
+            .opt("--listen", localhost(port).to_string())
             .opt("--cert", &pki.server.cert)
             .opt("--key", &pki.server.key)
             .opt("--api", localhost(api_port).to_string())
@@ -364,7 +369,7 @@ fn bad_tunnel_flags_and_tables_are_named() {
         missing.to_str().expect("UTF-8"),
     ]));
     assert!(e.contains("missing.token"), "{e}");
-    let e = fails(&relay(&["--api", "127.0.0.1:0", "--max-lifetime", "10s"]));
+    let e = fails(&relay(&["--api", "127.0.0.1:0", "--max-lifetime", "500ms"]));
     assert!(e.contains("`max_lifetime`"), "{e}");
 
     let secret = "a-secret-client-token";
@@ -409,7 +414,7 @@ fn bad_tunnel_flags_and_tables_are_named() {
             "--listen",
             "x:1",
         ][..],
-        &["tunnel", "open", "--lifetime", "90s"],
+        &["tunnel", "open", "--lifetime", "1500ms"],
         &["tunnel", "rotate", "some-id"],
         &["tunnel", "rotate", "some-id", "--side", "left"],
         &[
@@ -561,4 +566,141 @@ fn run_config_starts_a_relay_with_paths_relative_to_the_file() {
     assert!(conf.join("state/relay.sqlite").is_file());
     assert!(!dir.path().join("state").exists());
     relay.stop();
+}
+
+/// `splice-engine demo tunnel`, with no setup: a relay, a tunnel opened through its API, both
+/// agents, and bytes through them both ways checked by hash; the report says what ran where
+/// and the commands that do it by hand (tokens in files).
+#[test]
+fn demo_tunnel_runs_the_tunnel_on_loopback() {
+    for driver in DRIVERS {
+        let out = cli(&[
+            "demo",
+            "tunnel",
+            "--bytes",
+            "6MiB",
+            "--connections",
+            "3",
+            "--threads",
+            "2",
+            "--driver",
+            driver,
+        ]);
+        let report = text(&out.stdout);
+        assert!(
+            out.status.success(),
+            "demo tunnel ({driver}) failed:\n{report}\n{}",
+            text(&out.stderr)
+        );
+        for want in [
+            "verified    : 3/3 connections returned every byte in order",
+            &format!("driver      : {driver}"),
+            "moved       : 6 MiB up and 6 MiB back on 3 connections",
+            "splice-engine relay --listen 127.0.0.1:",
+            "splice-engine tunnel open --api http://127.0.0.1:",
+            "--token-file dest.token --connect echo=127.0.0.1:",
+            "--token-file source.token --listen echo=127.0.0.1:",
+        ] {
+            assert!(
+                report.contains(want),
+                "({driver}) lacks {want:?}:\n{report}"
+            );
+        }
+        assert!(
+            !text(&out.stderr).contains("gave up"),
+            "({driver}) an agent gave up:\n{}",
+            text(&out.stderr)
+        );
+    }
+}
+
+/// A lifetime shorter than AWS's minimum minute (`tunnel open --lifetime 8s`): at expiry the
+/// relay sends both agents a close frame ("tunnel expired"), the `source` and `destination`
+/// commands exit non-zero with their "gave up" line, and `tunnel describe` says CLOSED.
+#[test]
+fn a_tunnel_expires_and_both_agent_commands_give_up() {
+    let pki = Pki::new();
+    for driver in DRIVERS {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let relay_port = free_port();
+        let relay = Relay::start_on(&pki, dir.path(), ":memory:", driver, relay_port);
+        let (src_file, dst_file) = (dir.path().join("src.token"), dir.path().join("dst.token"));
+        let t = tunnel_json(
+            &relay,
+            &[
+                "open",
+                "--service",
+                "ssh",
+                "--lifetime",
+                "8s",
+                "--source-token-file",
+                src_file.to_str().expect("UTF-8"),
+                "--destination-token-file",
+                dst_file.to_str().expect("UTF-8"),
+            ],
+        );
+        let id = t["tunnelId"].as_str().expect("tunnelId").to_string();
+        let shown = tunnel_json(&relay, &["describe", &id]);
+        assert_eq!(
+            shown["tunnel"]["timeoutConfig"]["maxLifetimeTimeoutSeconds"], 8,
+            "{shown}"
+        );
+        let agent = |kind: &str, service: String, file: &Path| {
+            EngineCmd::new(kind)
+                .opt("--relay", format!("localhost:{relay_port}"))
+                .opt("--ca", &pki.ca.path)
+                .opt("--token-file", file)
+                .opt(
+                    if kind == "source" {
+                        "--listen"
+                    } else {
+                        "--connect"
+                    },
+                    service,
+                )
+                .common(driver)
+                .label(format!("{kind} command ({driver})"))
+                .start()
+        };
+        let dst = agent("destination", "ssh=127.0.0.1:9".into(), &dst_file);
+        let src = agent(
+            "source",
+            format!("ssh=127.0.0.1:{}", free_port()),
+            &src_file,
+        );
+        let connected = |side: &str, t: &Value| {
+            t["tunnel"][format!("{side}ConnectionState")]["status"] == "CONNECTED"
+        };
+        assert!(
+            wait_until(SOON, || {
+                let t = tunnel_json(&relay, &["describe", &id]);
+                connected("source", &t) && connected("destination", &t)
+            }),
+            "({driver}) both agents connect before the tunnel expires:\n{}\n{}",
+            src.log(),
+            dst.log()
+        );
+        for (mut p, what) in [(src, "source"), (dst, "destination")] {
+            let exit = p.wait_exit(SOON);
+            assert!(
+                exit.is_some_and(|s| !s.success()),
+                "({driver}) the {what} command exits non-zero at expiry: {exit:?}\n{}",
+                p.log()
+            );
+            let log = p.log();
+            assert!(
+                log.contains("gave up") && log.contains("tunnel expired"),
+                "({driver}) the {what} got the close frame and gave up:\n{log}"
+            );
+        }
+        let out = relay.tunnel(&["describe", &id], false);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        assert!(
+            text(&out.stdout).contains("status:       CLOSED")
+                && text(&out.stdout).contains("lifetime:     8 seconds"),
+            "({driver}) describe after expiry:\n{}",
+            text(&out.stdout)
+        );
+        relay.stop();
+    }
 }

@@ -494,7 +494,7 @@ fn tunnel_table_errors_name_file_line_and_key() {
     refused(&RELAY.replace("127.0.0.1:4480", "localhost:80"), 6, "api");
     refused(&format!("{RELAY}max_services = 0\n"), 7, "max_services");
     refused(
-        &format!("{RELAY}max_lifetime = \"30s\"\n"),
+        &format!("{RELAY}max_lifetime = \"500ms\"\n"),
         7,
         "max_lifetime",
     );
@@ -520,6 +520,16 @@ fn tunnel_table_errors_name_file_line_and_key() {
         "relay",
     );
     refused(&format!("{SOURCE}listen = []\n"), 4, "listen");
+    refused(
+        &format!("{SOURCE}listen = [\"SSH=127.0.0.1:1\"]\nconnections_per_service = 0\n"),
+        5,
+        "connections_per_service",
+    );
+    refused(
+        &format!("{DESTINATION}connect = [\"SSH=h:1\"]\nconnections_per_service = 0\n"),
+        5,
+        "connections_per_service",
+    );
     refused(
         &format!("{SOURCE}listen = [\"S H=127.0.0.1:1\"]\n"),
         4,

@@ -102,107 +102,221 @@ pub struct RelayConfig {
     pub idle_timeout: Duration,
 }
 
-/// The source agent: accepts local connections on each service's address and carries them
-/// through the tunnel.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SourceConfig {
-    /// A name for logs and metrics (default `source-<relay>`).
-    #[serde(default)]
-    pub name: String,
-    /// The relay (`HOST:PORT`).
-    pub relay: String,
-    /// CA file to verify the relay (system roots when absent).
-    #[serde(default)]
-    pub ca: Option<PathBuf>,
-    /// CA certificates to verify the relay, as PEM text (instead of `ca`).
-    #[serde(default)]
-    pub ca_pem: Option<String>,
-    /// The name to send (SNI) and verify; default the relay's host.
-    #[serde(default)]
-    pub sni: Option<String>,
-    /// The access token, written in the file (prefer `token_file`, or the environment).
-    #[serde(default)]
-    pub token: Option<SecretText>,
-    /// A file holding the access token.
-    #[serde(default)]
-    pub token_file: Option<PathBuf>,
-    /// The client token (`[A-Za-z0-9-]{32,128}`) that lets this agent reconnect with the same
-    /// access token.
-    #[serde(default)]
-    pub client_token: Option<SecretText>,
-    /// The services: `NAME=IP:PORT` each (or one bare `IP:PORT`, the V1 form).
-    pub listen: Vec<String>,
-    /// The newest protocol version to speak.
-    #[serde(default)]
-    pub protocol: TunnelProtocol,
-    /// Keep reconnecting after a close frame or a 4xx (the local proxy exits).
-    #[serde(default)]
-    pub keep_trying: bool,
-    /// Negotiate half-close with a splice-engine agent at the other end (ignorable messages
-    /// that localproxy drops): one direction of a connection can end while the other goes on.
-    /// Off, a local EOF ends the whole connection, as localproxy does.
-    #[serde(default = "default_half_close")]
-    pub half_close: bool,
-    /// Ping the relay after this long without a byte from it.
-    #[serde(default = "default_ping_after", with = "humantime_serde")]
-    pub ping_after: Duration,
-    /// Drop the connection to the relay (and reconnect) after this long without a byte from
-    /// it, a pong included: a relay gone without a FIN (a NAT that forgot the connection).
-    #[serde(default = "default_peer_idle_timeout", with = "humantime_serde")]
-    pub idle_timeout: Duration,
+/// What both agents' builders share.
+macro_rules! agent_builders {
+    () => {
+        /// A name for logs and metrics.
+        pub fn name(mut self, name: impl Into<String>) -> Self {
+            self.name = name.into();
+            self
+        }
+
+        /// The CA file to verify the relay with (default: the system's roots).
+        pub fn ca(mut self, path: impl Into<PathBuf>) -> Self {
+            self.ca = Some(path.into());
+            self
+        }
+
+        /// The CA certificates to verify the relay with, as PEM text (instead of a file).
+        pub fn ca_pem(mut self, pem: impl Into<String>) -> Self {
+            self.ca_pem = Some(pem.into());
+            self
+        }
+
+        /// The name to send (SNI) and verify (default: the relay's host).
+        pub fn sni(mut self, name: impl Into<String>) -> Self {
+            self.sni = Some(name.into());
+            self
+        }
+
+        /// The access token itself (prefer [`Self::token_file`] or the environment).
+        pub fn token(mut self, token: impl Into<String>) -> Self {
+            self.token = Some(SecretText(token.into()));
+            self
+        }
+
+        /// A file holding the access token.
+        pub fn token_file(mut self, path: impl Into<PathBuf>) -> Self {
+            self.token_file = Some(path.into());
+            self
+        }
+
+        /// The client token that lets the agent reconnect with the same access token.
+        pub fn client_token(mut self, token: impl Into<String>) -> Self {
+            self.client_token = Some(SecretText(token.into()));
+            self
+        }
+
+        /// The newest protocol version to speak (default V3).
+        pub fn protocol(mut self, protocol: TunnelProtocol) -> Self {
+            self.protocol = protocol;
+            self
+        }
+
+        /// Keep reconnecting after a close frame or a 4xx.
+        pub fn keep_trying(mut self, on: bool) -> Self {
+            self.keep_trying = on;
+            self
+        }
+
+        /// Negotiate half-close with a splice-engine peer (default on).
+        pub fn half_close(mut self, on: bool) -> Self {
+            self.half_close = on;
+            self
+        }
+
+        /// Simultaneous local connections per service (default 128, as the local proxy).
+        pub fn connections_per_service(mut self, n: usize) -> Self {
+            self.connections_per_service = n;
+            self
+        }
+    };
 }
 
-/// The destination agent: connects each stream of the tunnel to its service's address.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DestinationConfig {
-    /// A name for logs and metrics (default `destination-<relay>`).
-    #[serde(default)]
-    pub name: String,
-    /// The relay (`HOST:PORT`).
-    pub relay: String,
-    /// CA file to verify the relay (system roots when absent).
-    #[serde(default)]
-    pub ca: Option<PathBuf>,
-    /// CA certificates to verify the relay, as PEM text (instead of `ca`).
-    #[serde(default)]
-    pub ca_pem: Option<String>,
-    /// The name to send (SNI) and verify; default the relay's host.
-    #[serde(default)]
-    pub sni: Option<String>,
-    /// The access token, written in the file (prefer `token_file`, or the environment).
-    #[serde(default)]
-    pub token: Option<SecretText>,
-    /// A file holding the access token.
-    #[serde(default)]
-    pub token_file: Option<PathBuf>,
-    /// The client token (`[A-Za-z0-9-]{32,128}`).
-    #[serde(default)]
-    pub client_token: Option<SecretText>,
-    /// The services: `NAME=HOST:PORT` each (or one bare `HOST:PORT`, the V1 form).
-    pub connect: Vec<String>,
-    /// The newest protocol version to speak.
-    #[serde(default)]
-    pub protocol: TunnelProtocol,
-    /// Keep reconnecting after a close frame or a 4xx (the local proxy exits).
-    #[serde(default)]
-    pub keep_trying: bool,
-    /// Negotiate half-close with a splice-engine agent at the other end (ignorable messages
-    /// that localproxy drops): one direction of a connection can end while the other goes on.
-    /// Off, a local EOF ends the whole connection, as localproxy does.
-    #[serde(default = "default_half_close")]
-    pub half_close: bool,
-    /// Time allowed to connect to a service.
-    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
-    pub connect_timeout: Duration,
-    /// Ping the relay after this long without a byte from it.
-    #[serde(default = "default_ping_after", with = "humantime_serde")]
-    pub ping_after: Duration,
-    /// Drop the connection to the relay (and reconnect) after this long without a byte from
-    /// it, a pong included: a relay gone without a FIN (a NAT that forgot the connection).
-    #[serde(default = "default_peer_idle_timeout", with = "humantime_serde")]
-    pub idle_timeout: Duration,
+/// Declares an agent table: the fields both agents share (name, relay, TLS, tokens, protocol,
+/// reconnects, the connection limit, keepalive) and then its own, with `new`, the shared
+/// builders, `display_name`, path resolution and the shared checks' view. One
+/// `deny_unknown_fields` struct each, rather than a `#[serde(flatten)]` common struct: with
+/// `flatten` serde takes unknown keys without a word and loses the line of a mistyped value.
+macro_rules! agent_table {
+    (
+        $(#[$doc:meta])*
+        $ty:ident, $kind:literal {
+            $( $(#[$fdoc:meta])* $field:ident: $fty:ty = $default:expr, )*
+        }
+    ) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        pub struct $ty {
+            #[doc = concat!("A name for logs and metrics (default `", $kind, "-<relay>`).")]
+            #[serde(default)]
+            pub name: String,
+            /// The relay (`HOST:PORT`).
+            pub relay: String,
+            /// CA file to verify the relay (system roots when absent).
+            #[serde(default)]
+            pub ca: Option<PathBuf>,
+            /// CA certificates to verify the relay, as PEM text (instead of `ca`).
+            #[serde(default)]
+            pub ca_pem: Option<String>,
+            /// The name to send (SNI) and verify; default the relay's host.
+            #[serde(default)]
+            pub sni: Option<String>,
+            /// The access token, written in the file (prefer `token_file`, or the environment).
+            #[serde(default)]
+            pub token: Option<SecretText>,
+            /// A file holding the access token.
+            #[serde(default)]
+            pub token_file: Option<PathBuf>,
+            /// The client token (`[A-Za-z0-9-]{32,128}`) that lets this agent reconnect with
+            /// the same access token.
+            #[serde(default)]
+            pub client_token: Option<SecretText>,
+            /// Simultaneous local connections per service (the AWS local proxy's 128); one
+            /// more is refused (a source resets it, a destination resets its
+            /// `CONNECTION_START`).
+            #[serde(default = "default_connections_per_service")]
+            pub connections_per_service: usize,
+            /// The newest protocol version to speak.
+            #[serde(default)]
+            pub protocol: TunnelProtocol,
+            /// Keep reconnecting after a close frame or a 4xx (the local proxy exits).
+            #[serde(default)]
+            pub keep_trying: bool,
+            /// Negotiate half-close with a splice-engine agent at the other end (ignorable
+            /// messages that localproxy drops): one direction of a connection can end while the
+            /// other goes on. Off, a local EOF ends the whole connection, as localproxy does.
+            #[serde(default = "default_half_close")]
+            pub half_close: bool,
+            /// Ping the relay after this long without a byte from it.
+            #[serde(default = "default_ping_after", with = "humantime_serde")]
+            pub ping_after: Duration,
+            /// Drop the connection to the relay (and reconnect) after this long without a
+            /// byte from it, a pong included: a relay gone without a FIN (a NAT that forgot
+            /// the connection).
+            #[serde(default = "default_peer_idle_timeout", with = "humantime_serde")]
+            pub idle_timeout: Duration,
+            $( $(#[$fdoc])* pub $field: $fty, )*
+        }
+
+        impl $ty {
+            #[doc = concat!("A ", $kind, " agent of the relay at `relay` (`HOST:PORT`), with \
+                no service yet (add them with `service`); the token from [`TOKEN_ENV`] unless \
+                set.")]
+            pub fn new(relay: impl Into<String>) -> Self {
+                Self {
+                    name: String::new(),
+                    relay: relay.into(),
+                    ca: None,
+                    ca_pem: None,
+                    sni: None,
+                    token: None,
+                    token_file: None,
+                    client_token: None,
+                    connections_per_service: default_connections_per_service(),
+                    protocol: TunnelProtocol::default(),
+                    keep_trying: false,
+                    half_close: true,
+                    ping_after: default_ping_after(),
+                    idle_timeout: default_peer_idle_timeout(),
+                    $( $field: $default, )*
+                }
+            }
+
+            #[doc = concat!("`name`, or `", $kind, "-<relay>`.")]
+            pub fn display_name(&self) -> String {
+                if self.name.is_empty() {
+                    format!(concat!($kind, "-{}"), self.relay)
+                } else {
+                    self.name.clone()
+                }
+            }
+
+            pub(crate) fn resolve_paths(&mut self, base: &Path) {
+                resolve(&mut self.ca, base);
+                resolve(&mut self.token_file, base);
+            }
+
+            /// The shared checks' view, with this agent's services under `services_key`.
+            fn agent<'a>(&'a self, services_key: &'static str, services: &'a [String]) -> Agent<'a> {
+                Agent {
+                    what: format!(concat!($kind, " \"{}\""), self.display_name()),
+                    relay: &self.relay,
+                    sni: self.sni.as_deref(),
+                    token: self.token.as_ref(),
+                    token_file: self.token_file.as_deref(),
+                    client_token: self.client_token.as_ref(),
+                    services_key,
+                    services,
+                    protocol: self.protocol,
+                    connections_per_service: self.connections_per_service,
+                }
+            }
+
+            agent_builders!();
+        }
+    };
+}
+
+agent_table! {
+    /// The source agent: accepts local connections on each service's address and carries them
+    /// through the tunnel.
+    SourceConfig, "source" {
+        /// The services: `NAME=IP:PORT` each (or one bare `IP:PORT`, the V1 form).
+        listen: Vec<String> = Vec::new(),
+    }
+}
+
+agent_table! {
+    /// The destination agent: connects each stream of the tunnel to its service's address.
+    DestinationConfig, "destination" {
+        /// The services: `NAME=HOST:PORT` each (or one bare `HOST:PORT`, the V1 form).
+        connect: Vec<String> = Vec::new(),
+        /// Time allowed to connect to a service.
+        #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+        connect_timeout: Duration = default_connect_timeout(),
+    }
 }
 
 fn default_half_close() -> bool {
@@ -225,6 +339,9 @@ fn default_ping_after() -> Duration {
 }
 fn default_peer_idle_timeout() -> Duration {
     Duration::from_secs(90)
+}
+fn default_connections_per_service() -> usize {
+    128
 }
 fn default_connect_timeout() -> Duration {
     Duration::from_secs(5)
@@ -327,126 +444,16 @@ impl RelayConfig {
     }
 }
 
-/// What both agents' builders share.
-macro_rules! agent_builders {
-    () => {
-        /// A name for logs and metrics.
-        pub fn name(mut self, name: impl Into<String>) -> Self {
-            self.name = name.into();
-            self
-        }
-
-        /// The CA file to verify the relay with (default: the system's roots).
-        pub fn ca(mut self, path: impl Into<PathBuf>) -> Self {
-            self.ca = Some(path.into());
-            self
-        }
-
-        /// The CA certificates to verify the relay with, as PEM text (instead of a file).
-        pub fn ca_pem(mut self, pem: impl Into<String>) -> Self {
-            self.ca_pem = Some(pem.into());
-            self
-        }
-
-        /// The name to send (SNI) and verify (default: the relay's host).
-        pub fn sni(mut self, name: impl Into<String>) -> Self {
-            self.sni = Some(name.into());
-            self
-        }
-
-        /// The access token itself (prefer [`Self::token_file`] or the environment).
-        pub fn token(mut self, token: impl Into<String>) -> Self {
-            self.token = Some(SecretText(token.into()));
-            self
-        }
-
-        /// A file holding the access token.
-        pub fn token_file(mut self, path: impl Into<PathBuf>) -> Self {
-            self.token_file = Some(path.into());
-            self
-        }
-
-        /// The client token that lets the agent reconnect with the same access token.
-        pub fn client_token(mut self, token: impl Into<String>) -> Self {
-            self.client_token = Some(SecretText(token.into()));
-            self
-        }
-
-        /// The newest protocol version to speak (default V3).
-        pub fn protocol(mut self, protocol: TunnelProtocol) -> Self {
-            self.protocol = protocol;
-            self
-        }
-
-        /// Keep reconnecting after a close frame or a 4xx.
-        pub fn keep_trying(mut self, on: bool) -> Self {
-            self.keep_trying = on;
-            self
-        }
-
-        /// Negotiate half-close with a splice-engine peer (default on).
-        pub fn half_close(mut self, on: bool) -> Self {
-            self.half_close = on;
-            self
-        }
-    };
-}
-
 impl SourceConfig {
-    /// A source agent of the relay at `relay` (`HOST:PORT`), with no service yet (add them
-    /// with [`SourceConfig::service`]); the token from [`TOKEN_ENV`] unless set.
-    pub fn new(relay: impl Into<String>) -> Self {
-        Self {
-            name: String::new(),
-            relay: relay.into(),
-            ca: None,
-            ca_pem: None,
-            sni: None,
-            token: None,
-            token_file: None,
-            client_token: None,
-            listen: Vec::new(),
-            protocol: TunnelProtocol::default(),
-            keep_trying: false,
-            half_close: true,
-            ping_after: default_ping_after(),
-            idle_timeout: default_peer_idle_timeout(),
-        }
-    }
-
     /// Accepts connections for service `name` on `addr` (`IP:PORT`); an empty `name` is the
     /// one service of a V1 tunnel.
     pub fn service(mut self, name: &str, addr: impl Into<String>) -> Self {
         self.listen.push(join_service(name, &addr.into()));
         self
     }
-
-    agent_builders!();
 }
 
 impl DestinationConfig {
-    /// A destination agent of the relay at `relay` (`HOST:PORT`), with no service yet (add
-    /// them with [`DestinationConfig::service`]); the token from [`TOKEN_ENV`] unless set.
-    pub fn new(relay: impl Into<String>) -> Self {
-        Self {
-            name: String::new(),
-            relay: relay.into(),
-            ca: None,
-            ca_pem: None,
-            sni: None,
-            token: None,
-            token_file: None,
-            client_token: None,
-            connect: Vec::new(),
-            protocol: TunnelProtocol::default(),
-            keep_trying: false,
-            half_close: true,
-            connect_timeout: default_connect_timeout(),
-            ping_after: default_ping_after(),
-            idle_timeout: default_peer_idle_timeout(),
-        }
-    }
-
     /// Connects the streams of service `name` to `addr` (`HOST:PORT`); an empty `name` is
     /// the one service of a V1 tunnel.
     pub fn service(mut self, name: &str, addr: impl Into<String>) -> Self {
@@ -459,8 +466,6 @@ impl DestinationConfig {
         self.connect_timeout = d;
         self
     }
-
-    agent_builders!();
 }
 
 fn join_service(name: &str, addr: &str) -> String {
@@ -531,14 +536,15 @@ impl RelayConfig {
                 format!("{what}: `max_services` must be at least 1"),
             ));
         }
-        let minutes = self.max_lifetime.as_secs() / 60;
-        if minutes == 0 || minutes > u64::from(u32::MAX) {
+        // Seconds, not AWS's whole minutes: an operator may allow short tunnels.
+        let seconds = self.max_lifetime.as_secs();
+        if seconds == 0 || seconds > u64::from(u32::MAX) {
             return Some((
                 "max_lifetime",
                 format!(
-                    "{what}: `max_lifetime` must be at least 1 minute (and less than {} \
+                    "{what}: `max_lifetime` must be at least 1 second (and less than {} \
                      years)",
-                    u64::from(u32::MAX) / (60 * 24 * 365)
+                    u64::from(u32::MAX) / (3600 * 24 * 365)
                 ),
             ));
         }
@@ -607,11 +613,18 @@ struct Agent<'a> {
     services_key: &'static str,
     services: &'a [String],
     protocol: TunnelProtocol,
+    connections_per_service: usize,
 }
 
 impl Agent<'_> {
     fn problem(&self) -> Option<(&'static str, String)> {
         let what = &self.what;
+        if self.connections_per_service == 0 {
+            return Some((
+                "connections_per_service",
+                format!("{what}: `connections_per_service` must be at least 1"),
+            ));
+        }
         if let Err(e) = super::split_host_port(self.relay) {
             return Some((
                 "relay",
@@ -724,15 +737,6 @@ fn resolve(p: &mut Option<PathBuf>, base: &Path) {
 }
 
 impl SourceConfig {
-    /// `name`, or `source-<relay>`.
-    pub fn display_name(&self) -> String {
-        if self.name.is_empty() {
-            format!("source-{}", self.relay)
-        } else {
-            self.name.clone()
-        }
-    }
-
     /// Each service's name (`""` for the unnamed one) and listening address; `listen` must
     /// have passed [`SourceConfig::problem`].
     pub(crate) fn listen_addrs(&self) -> impl Iterator<Item = (&str, Option<SocketAddr>)> {
@@ -744,18 +748,7 @@ impl SourceConfig {
 
     pub(crate) fn problem(&self) -> Option<(&'static str, String)> {
         let what = format!("source \"{}\"", self.display_name());
-        let agent = Agent {
-            what: what.clone(),
-            relay: &self.relay,
-            sni: self.sni.as_deref(),
-            token: self.token.as_ref(),
-            token_file: self.token_file.as_deref(),
-            client_token: self.client_token.as_ref(),
-            services_key: "listen",
-            services: &self.listen,
-            protocol: self.protocol,
-        };
-        if let Some(p) = agent.problem() {
+        if let Some(p) = self.agent("listen", &self.listen).problem() {
             return Some(p);
         }
         for s in &self.listen {
@@ -769,37 +762,12 @@ impl SourceConfig {
         }
         None
     }
-
-    pub(crate) fn resolve_paths(&mut self, base: &Path) {
-        resolve(&mut self.ca, base);
-        resolve(&mut self.token_file, base);
-    }
 }
 
 impl DestinationConfig {
-    /// `name`, or `destination-<relay>`.
-    pub fn display_name(&self) -> String {
-        if self.name.is_empty() {
-            format!("destination-{}", self.relay)
-        } else {
-            self.name.clone()
-        }
-    }
-
     pub(crate) fn problem(&self) -> Option<(&'static str, String)> {
         let what = format!("destination \"{}\"", self.display_name());
-        let agent = Agent {
-            what: what.clone(),
-            relay: &self.relay,
-            sni: self.sni.as_deref(),
-            token: self.token.as_ref(),
-            token_file: self.token_file.as_deref(),
-            client_token: self.client_token.as_ref(),
-            services_key: "connect",
-            services: &self.connect,
-            protocol: self.protocol,
-        };
-        if let Some(p) = agent.problem() {
+        if let Some(p) = self.agent("connect", &self.connect).problem() {
             return Some(p);
         }
         for s in &self.connect {
@@ -821,10 +789,5 @@ impl DestinationConfig {
             ));
         }
         None
-    }
-
-    pub(crate) fn resolve_paths(&mut self, base: &Path) {
-        resolve(&mut self.ca, base);
-        resolve(&mut self.token_file, base);
     }
 }

@@ -29,9 +29,9 @@ use hyper::{Method, Request, Response, StatusCode};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
+use super::events::{Events, RelayEvent};
 use super::registry::{OpenRequest, Registry, RegistryError, RotateSides};
 use super::secret::{Secret, secret_matches};
-use super::service::{Events, RelayEvent};
 use super::tunnel::{Peer, Timestamp, Tunnel};
 use crate::error::Result;
 use crate::http::HttpServer;
@@ -209,7 +209,16 @@ async fn route(req: Request<Incoming>, shared: &Shared, peer: SocketAddr) -> Ans
         },
         ["tunnels", id] => match method {
             Method::GET => match registry.describe(id, now) {
-                Ok(t) => Answer::ok(json!({ "tunnel": tunnel_json(&t) })),
+                Ok(t) => {
+                    let mut tunnel = tunnel_json(&t);
+                    // Not in AWS's answer: the bytes the relay forwarded while the tunnel is
+                    // open (its counters go when it closes).
+                    if let Some([up, down]) = events.counters().bytes(id) {
+                        tunnel["bytes"] =
+                            json!({ "sourceToDestination": up, "destinationToSource": down });
+                    }
+                    Answer::ok(json!({ "tunnel": tunnel }))
+                }
                 Err(e) => e.into(),
             },
             Method::DELETE => close(registry, events, id, true, now),
@@ -329,6 +338,9 @@ struct DestinationConfig {
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct TimeoutConfig {
     max_lifetime_timeout_minutes: Option<u32>,
+    /// Ours, not AWS's: a lifetime under a minute (or not in whole minutes). Takes the place
+    /// of the minutes when both are given.
+    max_lifetime_timeout_seconds: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -361,9 +373,12 @@ fn open(registry: &Registry, b: OpenBody, now: Timestamp) -> Answer {
         description: b.description,
         thing_name,
         services,
-        lifetime_minutes: b
-            .timeout_config
-            .and_then(|t| t.max_lifetime_timeout_minutes),
+        lifetime_seconds: b.timeout_config.and_then(|t| {
+            t.max_lifetime_timeout_seconds.or(t
+                .max_lifetime_timeout_minutes
+                // Too many minutes for seconds: still too many, as u32::MAX says.
+                .map(|m| m.saturating_mul(60)))
+        }),
     };
     match registry.open(req, now) {
         Ok(o) => {
@@ -475,7 +490,11 @@ fn tunnel_json(t: &Tunnel) -> Value {
     o.insert("destinationConfig".into(), Value::Object(destination));
     o.insert(
         "timeoutConfig".into(),
-        json!({ "maxLifetimeTimeoutMinutes": t.lifetime_minutes }),
+        // AWS's field in whole minutes (a lifetime under one rounds up), and ours exact.
+        json!({
+            "maxLifetimeTimeoutMinutes": t.lifetime_seconds.div_ceil(60),
+            "maxLifetimeTimeoutSeconds": t.lifetime_seconds,
+        }),
     );
     v
 }

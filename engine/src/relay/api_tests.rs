@@ -353,7 +353,7 @@ fn bad_json_gets_400_with_a_clear_message() {
         (r#"{"tags": []}"#, "tags"),
         (
             r#"{"timeoutConfig": {"maxLifetimeTimeoutMinutes": 721}}"#,
-            "1 to 720",
+            "1 second to 720 minutes",
         ),
         (
             r#"{"destinationConfig": {"services": ["a","b","c","d"]}}"#,
@@ -425,4 +425,26 @@ fn drop_closes_the_port() {
     let addr = api.server.local_addr();
     drop(api);
     assert!(TcpStream::connect(addr).is_err(), "still listening");
+}
+
+/// Our `maxLifetimeTimeoutSeconds` opens a tunnel shorter than AWS's whole minutes; describe
+/// writes AWS's field rounded up and ours exact.
+#[test]
+fn lifetimes_in_seconds() {
+    let api = api(None);
+    let opened = api.open(r#"{"timeoutConfig": {"maxLifetimeTimeoutSeconds": 90}}"#);
+    let id = opened["tunnelId"].as_str().expect("tunnelId");
+    let r = api.call("GET", &format!("/tunnels/{id}"), None);
+    let timeout = r.json()["tunnel"]["timeoutConfig"].clone();
+    assert_eq!(
+        timeout,
+        json!({ "maxLifetimeTimeoutMinutes": 2, "maxLifetimeTimeoutSeconds": 90 })
+    );
+    let r = api.call(
+        "POST",
+        "/tunnels",
+        Some(r#"{"timeoutConfig": {"maxLifetimeTimeoutSeconds": 0}}"#),
+    );
+    assert_eq!(r.status, 400, "{}", r.text);
+    assert!(r.message().contains("is 0 seconds"), "{}", r.text);
 }

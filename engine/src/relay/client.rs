@@ -130,13 +130,33 @@ impl TunnelApi {
         thing: Option<&str>,
         description: Option<&str>,
     ) -> Result<Value> {
+        let lifetime = lifetime_minutes.map(|m| Duration::from_secs(m.saturating_mul(60)));
+        self.open_json_for(services, lifetime, thing, description)
+    }
+
+    /// [`TunnelApi::open_json`] with the lifetime as a duration: sent as AWS's whole minutes
+    /// when it is some, else as our `maxLifetimeTimeoutSeconds` (a relay of ours takes
+    /// lifetimes shorter than AWS's one minute, up to its `max_lifetime`; sub-second parts
+    /// are dropped).
+    pub fn open_json_for(
+        &self,
+        services: &[&str],
+        lifetime: Option<Duration>,
+        thing: Option<&str>,
+        description: Option<&str>,
+    ) -> Result<Value> {
         let mut destination = json!({ "services": services });
         if let Some(t) = thing {
             destination["thingName"] = t.into();
         }
         let mut body = json!({ "destinationConfig": destination });
-        if let Some(m) = lifetime_minutes {
-            body["timeoutConfig"] = json!({ "maxLifetimeTimeoutMinutes": m });
+        if let Some(d) = lifetime {
+            let s = d.as_secs();
+            body["timeoutConfig"] = if s % 60 == 0 {
+                json!({ "maxLifetimeTimeoutMinutes": s / 60 })
+            } else {
+                json!({ "maxLifetimeTimeoutSeconds": s })
+            };
         }
         if let Some(d) = description {
             body["description"] = d.into();

@@ -9,6 +9,8 @@
 
 pub(crate) mod api;
 pub(crate) mod client;
+pub(crate) mod counters;
+pub(crate) mod events;
 pub(crate) mod registry;
 pub(crate) mod secret;
 pub(crate) mod service;

@@ -11,10 +11,11 @@ use super::tunnel::{Peer, Side, Timestamp, Tunnel, TunnelStatus};
 /// What an operator may change; the defaults are AWS IoT Secure Tunneling's.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Limits {
-    /// The lifetime of a tunnel opened without `timeoutConfig` (AWS: 720 minutes, 12 h).
-    pub(crate) default_lifetime_minutes: u32,
-    /// The longest `maxLifetimeTimeoutMinutes` accepted (AWS: 720).
-    pub(crate) max_lifetime_minutes: u32,
+    /// The lifetime in seconds of a tunnel opened without `timeoutConfig` (AWS: 720
+    /// minutes, 12 h).
+    pub(crate) default_lifetime_seconds: u32,
+    /// The longest lifetime accepted, in seconds (AWS: 720 minutes).
+    pub(crate) max_lifetime_seconds: u32,
     /// Services per tunnel (AWS's default quota: 3).
     pub(crate) max_services: usize,
 }
@@ -22,8 +23,8 @@ pub(crate) struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Self {
-            default_lifetime_minutes: 720,
-            max_lifetime_minutes: 720,
+            default_lifetime_seconds: 720 * 60,
+            max_lifetime_seconds: 720 * 60,
             max_services: 3,
         }
     }
@@ -35,8 +36,8 @@ pub(crate) struct OpenRequest {
     pub(crate) description: Option<String>,
     pub(crate) thing_name: Option<String>,
     pub(crate) services: Vec<String>,
-    /// `None`: [`Limits::default_lifetime_minutes`].
-    pub(crate) lifetime_minutes: Option<u32>,
+    /// In seconds; `None`: [`Limits::default_lifetime_seconds`].
+    pub(crate) lifetime_seconds: Option<u32>,
 }
 
 /// A new tunnel's id and its two access tokens, shown this once.
@@ -182,15 +183,15 @@ impl Registry {
     pub(crate) fn open(&self, req: OpenRequest, now: Timestamp) -> Result<Opened, RegistryError> {
         self.validate(&req)?;
         let lifetime = req
-            .lifetime_minutes
-            .unwrap_or(self.limits.default_lifetime_minutes);
+            .lifetime_seconds
+            .unwrap_or(self.limits.default_lifetime_seconds);
         let (source_token, destination_token) = (new_token()?, new_token()?);
         let tunnel = Tunnel {
             id: new_tunnel_id()?,
             description: req.description,
             thing_name: req.thing_name,
             services: req.services,
-            lifetime_minutes: lifetime,
+            lifetime_seconds: lifetime,
             status: TunnelStatus::Open,
             created_at: now,
             last_updated_at: now,
@@ -207,12 +208,14 @@ impl Registry {
 
     fn validate(&self, req: &OpenRequest) -> Result<(), RegistryError> {
         let invalid = |m: String| Err(RegistryError::Invalid(m));
-        let max = self.limits.max_lifetime_minutes;
-        if let Some(m) = req.lifetime_minutes
-            && !(1..=max).contains(&m)
+        let max = self.limits.max_lifetime_seconds;
+        if let Some(s) = req.lifetime_seconds
+            && !(1..=max).contains(&s)
         {
             return invalid(format!(
-                "timeoutConfig.maxLifetimeTimeoutMinutes is {m}; it must be 1 to {max}"
+                "the lifetime (timeoutConfig) is {}; it must be 1 second to {}",
+                lifetime_text(s),
+                lifetime_text(max)
             ));
         }
         if req.services.len() > self.limits.max_services {
@@ -497,6 +500,15 @@ fn client_token_in_use(
         .find_by_client_token(client)?
         .iter()
         .any(|t| t.id != this && t.is_open_at(now)))
+}
+
+/// A lifetime in seconds as the API writes it: whole minutes as `N minutes`, else seconds.
+fn lifetime_text(seconds: u32) -> String {
+    if seconds > 0 && seconds % 60 == 0 {
+        format!("{} minutes", seconds / 60)
+    } else {
+        format!("{seconds} seconds")
+    }
 }
 
 /// Marks `t` closed if it is open and its lifetime has ended; whether it did.

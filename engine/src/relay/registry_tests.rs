@@ -48,7 +48,7 @@ fn open_gives_two_distinct_tokens_and_an_open_tunnel() {
         assert_eq!(t.status, TunnelStatus::Open, "{store}");
         assert_eq!(t.services, ["SSH", "HTTP"], "{store}");
         assert_eq!(t.thing_name.as_deref(), Some("pump-7"), "{store}");
-        assert_eq!(t.lifetime_minutes, 720, "{store}: AWS's default");
+        assert_eq!(t.lifetime_seconds, 720 * 60, "{store}: AWS's default");
         assert_eq!(t.created_at, T0, "{store}");
         assert!(!t.source.connected && !t.destination.connected, "{store}");
         // Only the hashes are kept.
@@ -72,7 +72,7 @@ fn a_token_without_client_token_is_single_use() {
         assert_eq!(a.side, Side::Source, "{store}");
         assert_eq!(a.services, ["SSH", "HTTP"], "{store}");
         assert!(!a.reconnect, "{store}");
-        assert_eq!(a.expires_at, T0.plus_minutes(720), "{store}");
+        assert_eq!(a.expires_at, T0.plus_seconds(720 * 60), "{store}");
         let t = r.describe(&o.tunnel_id, secs(1)).expect("describe");
         assert!(t.source.connected && !t.destination.connected, "{store}");
 
@@ -240,7 +240,7 @@ fn close_refuses_peers_and_rotations_and_delete_forgets() {
 fn expiry_by_lifetime() {
     for (store, r) in registries() {
         let short = OpenRequest {
-            lifetime_minutes: Some(1),
+            lifetime_seconds: Some(60),
             ..ssh()
         };
         let a = r.open(short, T0).expect("open");
@@ -268,7 +268,7 @@ fn expiry_by_lifetime() {
         let d = r
             .open(
                 OpenRequest {
-                    lifetime_minutes: Some(2),
+                    lifetime_seconds: Some(120),
                     ..ssh()
                 },
                 T0,
@@ -295,17 +295,17 @@ fn open_checks_its_input() {
         let cases = [
             (
                 OpenRequest {
-                    lifetime_minutes: Some(0),
+                    lifetime_seconds: Some(0),
                     ..ssh()
                 },
-                "1 to 720",
+                "is 0 seconds; it must be 1 second to 720 minutes",
             ),
             (
                 OpenRequest {
-                    lifetime_minutes: Some(721),
+                    lifetime_seconds: Some(721 * 60),
                     ..ssh()
                 },
-                "1 to 720",
+                "is 721 minutes; it must be 1 second to 720 minutes",
             ),
             (
                 OpenRequest {
@@ -364,13 +364,13 @@ fn open_checks_its_input() {
     let r = Registry::new(
         Box::new(MemoryStore::default()),
         Limits {
-            max_lifetime_minutes: 7 * 24 * 60,
+            max_lifetime_seconds: 7 * 24 * 3600,
             max_services: 10,
             ..Limits::default()
         },
     );
     let req = OpenRequest {
-        lifetime_minutes: Some(7 * 24 * 60),
+        lifetime_seconds: Some(7 * 24 * 3600),
         services: (0..10).map(|i| format!("s{i}")).collect(),
         ..OpenRequest::default()
     };

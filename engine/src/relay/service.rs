@@ -4,12 +4,14 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::mpsc::{self, RecvTimeoutError};
-use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use super::api::ApiServer;
-use super::registry::{Limits, Registry, RotateSides};
+use super::counters::PerTunnel;
+pub(crate) use super::events::{EventHook, Events, RelayEvent};
+use super::registry::{Limits, Registry};
 use super::secret::Secret;
 use super::sqlite::{SqliteStore, default_state_path};
 use super::store::{MemoryStore, TunnelStore};
@@ -19,48 +21,6 @@ use crate::error::{Error, Result};
 
 /// How often the expiry timer closes tunnels whose lifetime ended.
 pub(crate) const EXPIRY_INTERVAL: Duration = Duration::from_secs(1);
-
-/// What the data plane must act on.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) enum RelayEvent {
-    /// The tunnel was closed (by the API, or `expired`: its lifetime ended): both peers get a
-    /// WebSocket close frame.
-    Closed { tunnel_id: String, expired: bool },
-    /// New access tokens for `sides`: peers connected with the old ones must be dropped.
-    Rotated {
-        tunnel_id: String,
-        sides: RotateSides,
-    },
-}
-
-/// The event hook, shared by the API's handlers and the expiry timer; set once the data
-/// plane is there to take the events (until then they are only logged).
-pub(crate) type EventHook = Box<dyn Fn(RelayEvent) + Send + Sync>;
-
-/// Where events go: empty until [`RelayService::set_events`].
-#[derive(Default)]
-pub(crate) struct Events(RwLock<Option<EventHook>>);
-
-impl Events {
-    /// Hands `event` to the hook, if one is set.
-    pub(crate) fn emit(&self, event: RelayEvent) {
-        tracing::debug!(?event, "relay event");
-        let hook = self.0.read().unwrap_or_else(|p| p.into_inner());
-        if let Some(hook) = hook.as_ref() {
-            hook(event);
-        }
-    }
-
-    fn set(&self, hook: EventHook) {
-        *self.0.write().unwrap_or_else(|p| p.into_inner()) = Some(hook);
-    }
-}
-
-impl std::fmt::Debug for Events {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Events")
-    }
-}
 
 /// A running relay control side. Dropping it stops the API and the expiry timer.
 #[derive(Debug)]
@@ -156,6 +116,11 @@ impl RelayService {
         self.api.local_addr()
     }
 
+    /// The per-tunnel counters the data plane fills (`/metrics`, describe).
+    pub(crate) fn counters(&self) -> Arc<PerTunnel> {
+        self.events.counters().clone()
+    }
+
     /// Sets where [`RelayEvent`]s go (replacing a hook set before).
     pub(crate) fn set_events(&self, hook: EventHook) {
         self.events.set(hook);
@@ -228,20 +193,20 @@ pub(crate) fn state_path(cfg: &RelayConfig, name: &str) -> Option<PathBuf> {
 /// The registry's limits from the configuration: a tunnel opened without a lifetime gets
 /// AWS's 12 h, or `max_lifetime` when that is shorter.
 fn limits(cfg: &RelayConfig) -> std::result::Result<Limits, String> {
-    let max_minutes = cfg.max_lifetime.as_secs() / 60;
-    if max_minutes == 0 || max_minutes > u64::from(u32::MAX) {
+    let max_seconds = cfg.max_lifetime.as_secs();
+    if max_seconds == 0 || max_seconds > u64::from(u32::MAX) {
         return Err(format!(
-            "must be at least one minute, at most {} minutes, not {:?}",
+            "must be at least one second, at most {} seconds, not {:?}",
             u32::MAX,
             cfg.max_lifetime
         ));
     }
-    let max_lifetime_minutes = max_minutes as u32;
+    let max_lifetime_seconds = max_seconds as u32;
     Ok(Limits {
-        default_lifetime_minutes: Limits::default()
-            .default_lifetime_minutes
-            .min(max_lifetime_minutes),
-        max_lifetime_minutes,
+        default_lifetime_seconds: Limits::default()
+            .default_lifetime_seconds
+            .min(max_lifetime_seconds),
+        max_lifetime_seconds,
         max_services: cfg.max_services,
     })
 }

@@ -6,6 +6,7 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use super::*;
+use crate::relay::registry::RotateSides;
 use crate::relay::sqlite::tests::tempdir;
 use crate::relay::tunnel::{Peer, Side, Tunnel, TunnelStatus};
 
@@ -201,7 +202,7 @@ fn expired_tunnel(id: &str) -> Tunnel {
         description: None,
         thing_name: None,
         services: vec![],
-        lifetime_minutes: 1,
+        lifetime_seconds: 60,
         status: TunnelStatus::Open,
         created_at: then,
         last_updated_at: then,

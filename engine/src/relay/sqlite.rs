@@ -11,7 +11,14 @@ use super::store::{StoreError, TunnelStore};
 use super::tunnel::{Peer, Timestamp, TokenUse, Tunnel, TunnelStatus};
 
 /// The schema this code reads and writes.
-pub(crate) const SCHEMA_VERSION: i64 = 1;
+pub(crate) const SCHEMA_VERSION: i64 = 2;
+
+/// Version 1 to 2: the lifetime in seconds rather than minutes.
+const MIGRATE_1_TO_2: &str = "
+ALTER TABLE tunnels RENAME COLUMN lifetime_minutes TO lifetime_seconds;
+UPDATE tunnels SET lifetime_seconds = lifetime_seconds * 60;
+UPDATE schema_version SET version = 2;
+";
 
 const SCHEMA: &str = "
 CREATE TABLE schema_version (version INTEGER NOT NULL);
@@ -20,7 +27,7 @@ CREATE TABLE tunnels (
     description TEXT,
     thing_name TEXT,
     services TEXT NOT NULL,              -- a JSON array of names, in order
-    lifetime_minutes INTEGER NOT NULL,
+    lifetime_seconds INTEGER NOT NULL,
     status TEXT NOT NULL,                -- OPEN | CLOSED
     created_at INTEGER NOT NULL,         -- ms since the epoch
     last_updated_at INTEGER NOT NULL,
@@ -39,7 +46,7 @@ CREATE INDEX tunnels_source_client ON tunnels (source_client);
 CREATE INDEX tunnels_destination_client ON tunnels (destination_client);
 ";
 
-const COLUMNS: &str = "id, description, thing_name, services, lifetime_minutes, status, \
+const COLUMNS: &str = "id, description, thing_name, services, lifetime_seconds, status, \
     created_at, last_updated_at, \
     source_token, source_used, source_client, source_connected, source_updated_at, \
     destination_token, destination_used, destination_client, destination_connected, \
@@ -119,7 +126,10 @@ impl SqliteStore {
                 .query_row("SELECT version FROM schema_version", [], |r| r.get(0))
                 .optional()
                 .map_err(err)?;
-            if version != Some(SCHEMA_VERSION) {
+            if version == Some(1) {
+                db.execute_batch(&format!("BEGIN; {MIGRATE_1_TO_2} COMMIT;"))
+                    .map_err(err)?;
+            } else if version != Some(SCHEMA_VERSION) {
                 return Err(StoreError(format!(
                     "{name}: schema version {version:?}; this splice-engine reads version \
                      {SCHEMA_VERSION}"
@@ -164,7 +174,7 @@ impl TunnelStore for SqliteStore {
                     t.description,
                     t.thing_name,
                     services,
-                    t.lifetime_minutes,
+                    t.lifetime_seconds,
                     t.status.as_str(),
                     ms(t.created_at),
                     ms(t.last_updated_at),
@@ -258,7 +268,7 @@ fn row_to_tunnel(r: &Row<'_>) -> rusqlite::Result<Tunnel> {
         description: r.get(1)?,
         thing_name: r.get(2)?,
         services,
-        lifetime_minutes: r.get(4)?,
+        lifetime_seconds: r.get(4)?,
         status,
         created_at: time(6)?,
         last_updated_at: time(7)?,
@@ -312,6 +322,37 @@ pub(crate) mod tests {
         std::fs::write(&junk, vec![b'x'; 4096]).expect("write");
         let e = SqliteStore::open(&junk).expect_err("not a database");
         assert!(e.to_string().contains("junk.db"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A version 1 file (lifetimes in minutes) is migrated: its tunnels keep their lifetime.
+    #[test]
+    fn a_version_1_file_is_migrated_to_seconds() {
+        let dir = tempdir();
+        let path = dir.join("relay.db");
+        {
+            let db = Connection::open(&path).expect("open");
+            let v1 = SCHEMA.replace("lifetime_seconds", "lifetime_minutes");
+            db.execute_batch(&format!(
+                "{v1} INSERT INTO schema_version (version) VALUES (1);"
+            ))
+            .expect("a version 1 file");
+            db.execute(
+                "INSERT INTO tunnels VALUES ('t1', NULL, NULL, '[]', 30, 'OPEN', 0, 0, \
+                 zeroblob(32), 0, NULL, 0, 0, randomblob(32), 0, NULL, 0, 0)",
+                [],
+            )
+            .expect("a tunnel");
+        }
+        let store = SqliteStore::open(&path).expect("migrated");
+        let t = store.get("t1").expect("read").expect("the tunnel");
+        assert_eq!(t.lifetime_seconds, 30 * 60);
+        drop(store);
+        let db = Connection::open(&path).expect("open");
+        let v: i64 = db
+            .query_row("SELECT version FROM schema_version", [], |r| r.get(0))
+            .expect("version");
+        assert_eq!(v, SCHEMA_VERSION);
         let _ = std::fs::remove_dir_all(&dir);
     }
 

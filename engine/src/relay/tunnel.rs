@@ -17,9 +17,9 @@ impl Timestamp {
         Self::from(SystemTime::now())
     }
 
-    /// `self` plus `minutes`, saturating.
-    pub(crate) fn plus_minutes(self, minutes: u32) -> Self {
-        Self(self.0.saturating_add(u64::from(minutes) * 60_000))
+    /// `self` plus `seconds`, saturating.
+    pub(crate) fn plus_seconds(self, seconds: u32) -> Self {
+        Self(self.0.saturating_add(u64::from(seconds) * 1000))
     }
 
     /// Seconds since the epoch, as the AWS API writes its timestamps.
@@ -137,8 +137,9 @@ pub(crate) struct Tunnel {
     pub(crate) thing_name: Option<String>,
     /// `destinationConfig.services`, in the order given: what `SERVICE_IDS` carries.
     pub(crate) services: Vec<String>,
-    /// `timeoutConfig.maxLifetimeTimeoutMinutes`.
-    pub(crate) lifetime_minutes: u32,
+    /// The lifetime in seconds: `timeoutConfig.maxLifetimeTimeoutMinutes` times 60, or
+    /// our `maxLifetimeTimeoutSeconds` (shorter lifetimes than AWS allows).
+    pub(crate) lifetime_seconds: u32,
     pub(crate) status: TunnelStatus,
     pub(crate) created_at: Timestamp,
     pub(crate) last_updated_at: Timestamp,
@@ -163,7 +164,7 @@ impl Tunnel {
 
     /// When its lifetime ends.
     pub(crate) fn expires_at(&self) -> Timestamp {
-        self.created_at.plus_minutes(self.lifetime_minutes)
+        self.created_at.plus_seconds(self.lifetime_seconds)
     }
 
     /// Open, and its lifetime not over at `now`.

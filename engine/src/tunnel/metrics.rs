@@ -1,147 +1,160 @@
-//! The relays' figures in the Prometheus text format, appended to `/metrics`.
-//!
-//! Per relay, not per tunnel: a label per tunnel id would grow the exposition (and the
-//! scraper's series) with every tunnel ever opened.
+//! The tunnel's figures in the Prometheus text format, appended to `/metrics`: the relays'
+//! (per relay, and per open tunnel: a tunnel's series go when it closes or expires, so they
+//! follow the open tunnels) and, through the same helpers, the agents'.
 
-use std::fmt::Write as _;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 
+use super::exposition::{header, sample};
 use super::relay::{REFUSAL_STATUSES, RelayStats};
 
 /// The relays' statistics, by name: filled as relays start, read by the metrics thread.
 pub(crate) type StatsList = Arc<Mutex<Vec<(String, Arc<RelayStats>)>>>;
 
-fn escape(s: &str) -> String {
-    s.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}
+/// The sides, in the order of the counters' arrays.
+const SIDES: [&str; 2] = ["source", "destination"];
+/// The directions, in the order of the byte counters' arrays.
+const DIRECTIONS: [&str; 2] = ["source_to_destination", "destination_to_source"];
+
+/// A family of one sample per relay: its name, type, help and value.
+type PerRelay = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&RelayStats) -> i64,
+);
 
 /// The exposition of every relay in `list` (nothing when there is none).
 pub(crate) fn render(list: &StatsList) -> String {
     let relays = list.lock().map(|l| l.clone()).unwrap_or_default();
-    let mut out = String::new();
+    let mut text = String::new();
     if relays.is_empty() {
-        return out;
+        return text;
     }
-    let mut family =
-        |name: &str, kind: &str, help: &str, rows: &dyn Fn(&str, &RelayStats, &mut String)| {
-            let _ = writeln!(out, "# HELP {name} {help}");
-            let _ = writeln!(out, "# TYPE {name} {kind}");
-            for (relay, s) in &relays {
-                rows(&escape(relay), s, &mut out);
-            }
-        };
-    family(
-        "splice_tunnels_open",
-        "gauge",
-        "Tunnels with at least one peer connected to the relay.",
-        &|r, s, out| {
-            let _ = writeln!(
-                out,
-                "splice_tunnels_open{{relay=\"{r}\"}} {}",
-                s.tunnels_open.load(Relaxed)
-            );
-        },
-    );
-    family(
-        "splice_tunnel_peers_connected",
+    let out = &mut text;
+    let single: [PerRelay; 5] = [
+        (
+            "splice_tunnels_open",
+            "gauge",
+            "Tunnels with at least one peer connected to the relay.",
+            |s| s.tunnels_open.load(Relaxed),
+        ),
+        (
+            "splice_tunnel_streams_active",
+            "gauge",
+            "Open streams over the relay's tunnels.",
+            |s| s.streams.load(Relaxed),
+        ),
+        (
+            "splice_tunnel_tls_failures_total",
+            "counter",
+            "Agents whose TLS handshake with the relay failed (garbage instead of TLS included).",
+            |s| s.tls_failures.load(Relaxed) as i64,
+        ),
+        (
+            "splice_tunnel_rule_breaks_total",
+            "counter",
+            "Peers the relay closed for breaking the WebSocket or tunnel rules.",
+            |s| s.rule_breaks.load(Relaxed) as i64,
+        ),
+        (
+            "splice_tunnel_handoffs_total",
+            "counter",
+            "Admitted peers moved to the shard their tunnel lives on.",
+            |s| s.handoffs.load(Relaxed) as i64,
+        ),
+    ];
+    for (name, kind, help, get) in single {
+        header(out, name, kind, help);
+        for (r, s) in &relays {
+            sample(out, name, &[("relay", r)], get(s));
+        }
+    }
+    let name = "splice_tunnel_peers_connected";
+    header(
+        out,
+        name,
         "gauge",
         "Agents connected to the relay (upgrade done), by side.",
-        &|r, s, out| {
-            for (i, side) in ["source", "destination"].into_iter().enumerate() {
-                let _ = writeln!(
-                    out,
-                    "splice_tunnel_peers_connected{{relay=\"{r}\",side=\"{side}\"}} {}",
-                    s.peers[i].load(Relaxed)
-                );
-            }
-        },
     );
-    family(
-        "splice_tunnel_streams_active",
-        "gauge",
-        "Open streams over the relay's tunnels.",
-        &|r, s, out| {
-            let _ = writeln!(
-                out,
-                "splice_tunnel_streams_active{{relay=\"{r}\"}} {}",
-                s.streams.load(Relaxed)
-            );
-        },
-    );
-    family(
-        "splice_tunnel_bytes_total",
+    for (r, s) in &relays {
+        for (side, n) in SIDES.iter().zip(&s.peers) {
+            sample(out, name, &[("relay", r), ("side", side)], n.load(Relaxed));
+        }
+    }
+    let name = "splice_tunnel_bytes_total";
+    header(
+        out,
+        name,
         "counter",
         "Bytes of tunnel frames the relay forwarded, by direction (over all its tunnels).",
-        &|r, s, out| {
-            for (i, dir) in ["source_to_destination", "destination_to_source"]
-                .into_iter()
-                .enumerate()
-            {
-                let _ = writeln!(
-                    out,
-                    "splice_tunnel_bytes_total{{relay=\"{r}\",direction=\"{dir}\"}} {}",
-                    s.bytes[i].load(Relaxed)
-                );
-            }
-        },
     );
-    family(
-        "splice_tunnel_upgrades_refused_total",
+    for (r, s) in &relays {
+        for (dir, n) in DIRECTIONS.iter().zip(&s.bytes) {
+            let labels = [("relay", r.as_str()), ("direction", dir)];
+            sample(out, name, &labels, n.load(Relaxed));
+        }
+    }
+    let name = "splice_tunnel_upgrades_refused_total";
+    header(
+        out,
+        name,
         "counter",
         "Agents' upgrades the relay refused, by the HTTP status answered (503 includes max_peers).",
-        &|r, s, out| {
-            for (i, status) in REFUSAL_STATUSES
-                .iter()
-                .map(|s| s.to_string())
-                .chain(["other".to_string()])
-                .enumerate()
-            {
-                let _ = writeln!(
-                    out,
-                    "splice_tunnel_upgrades_refused_total{{relay=\"{r}\",status=\"{status}\"}} {}",
-                    s.refused[i].load(Relaxed)
-                );
+    );
+    for (r, s) in &relays {
+        let statuses = REFUSAL_STATUSES.iter().map(u16::to_string);
+        for (status, n) in statuses.chain(["other".into()]).zip(&s.refused) {
+            let labels = [("relay", r.as_str()), ("status", &status)];
+            sample(out, name, &labels, n.load(Relaxed));
+        }
+    }
+    render_per_tunnel(out, &relays);
+    text
+}
+
+/// The per-tunnel families: a series per open tunnel that had a peer.
+fn render_per_tunnel(out: &mut String, relays: &[(String, Arc<RelayStats>)]) {
+    let tunnels: Vec<_> = relays
+        .iter()
+        .map(|(r, s)| (r, s.per_tunnel.snapshot()))
+        .collect();
+    let name = "splice_relay_tunnel_bytes_total";
+    header(
+        out,
+        name,
+        "counter",
+        "Bytes of tunnel frames the relay forwarded for an open tunnel, by direction.",
+    );
+    for (r, list) in &tunnels {
+        for (id, c) in list {
+            for (dir, n) in DIRECTIONS.iter().zip(&c.bytes) {
+                let labels = [("relay", r.as_str()), ("tunnel", id), ("direction", dir)];
+                sample(out, name, &labels, n.load(Relaxed));
             }
-        },
+        }
+    }
+    let name = "splice_relay_tunnel_peers_connected";
+    header(
+        out,
+        name,
+        "gauge",
+        "Agents of an open tunnel connected to the relay, by side.",
     );
-    family(
-        "splice_tunnel_tls_failures_total",
-        "counter",
-        "Agents whose TLS handshake with the relay failed (garbage instead of TLS included).",
-        &|r, s, out| {
-            let _ = writeln!(
-                out,
-                "splice_tunnel_tls_failures_total{{relay=\"{r}\"}} {}",
-                s.tls_failures.load(Relaxed)
-            );
-        },
-    );
-    family(
-        "splice_tunnel_rule_breaks_total",
-        "counter",
-        "Peers the relay closed for breaking the WebSocket or tunnel rules.",
-        &|r, s, out| {
-            let _ = writeln!(
-                out,
-                "splice_tunnel_rule_breaks_total{{relay=\"{r}\"}} {}",
-                s.rule_breaks.load(Relaxed)
-            );
-        },
-    );
-    family(
-        "splice_tunnel_handoffs_total",
-        "counter",
-        "Admitted peers moved to the shard their tunnel lives on.",
-        &|r, s, out| {
-            let _ = writeln!(
-                out,
-                "splice_tunnel_handoffs_total{{relay=\"{r}\"}} {}",
-                s.handoffs.load(Relaxed)
-            );
-        },
-    );
-    out
+    for (r, list) in &tunnels {
+        for (id, c) in list {
+            for (side, n) in SIDES.iter().zip(&c.peers) {
+                let labels = [("relay", r.as_str()), ("tunnel", id), ("side", side)];
+                sample(out, name, &labels, n.load(Relaxed));
+            }
+        }
+    }
+    let name = "splice_relay_tunnel_streams_active";
+    header(out, name, "gauge", "Open streams of an open tunnel.");
+    for (r, list) in &tunnels {
+        for (id, c) in list {
+            let labels = [("relay", r.as_str()), ("tunnel", id)];
+            sample(out, name, &labels, c.streams.load(Relaxed));
+        }
+    }
 }

@@ -14,6 +14,7 @@
 //! uses a link is in [`link`]'s documentation.
 
 pub(crate) mod agent;
+pub(crate) mod exposition;
 pub(crate) mod link;
 pub(crate) mod metrics;
 pub(crate) mod relay;
@@ -122,6 +123,11 @@ pub(crate) enum Cmd {
     Peer(Box<relay::Arrival>),
     /// Start a source or destination agent here.
     StartAgent(Box<agent::host::AgentStart>),
+    /// Relay `id` is gone (a reload removed or changed it): close its listener here and its
+    /// tunnels' peers (hung up without a close frame: they reconnect).
+    RemoveRelay(u32),
+    /// Stop this agent if it is here (a reload removed or changed it).
+    StopAgent(std::sync::Arc<agent::AgentShared>),
     /// A relay's control side says a tunnel closed or its tokens were rotated.
     Event { relay: u32, event: relay::Event },
 }
@@ -367,6 +373,21 @@ impl Plane {
             Cmd::Peer(arrival) => relay::arrived(self, shard, *arrival),
             Cmd::Event { relay, event } => relay::event(self, shard, relay, event),
             Cmd::StartAgent(start) => agent::host::start(self, shard, *start),
+            Cmd::StopAgent(shared) => agent::host::stop(self, shard, &shared),
+            Cmd::RemoveRelay(id) => {
+                if let Some((fd, _)) = self.relays.remove(&id) {
+                    shard.driver.cancel(fd.as_raw_fd());
+                }
+                let gone: Vec<EntityRef> = (self.tunnels.iter())
+                    .filter(|((relay, _), _)| *relay == id)
+                    .map(|(_, e)| *e)
+                    .collect();
+                for e in gone {
+                    self.run_entity(shard, e, |entity, plane, shard| {
+                        entity.drain(e, plane, shard)
+                    });
+                }
+            }
         }
         self.kick_dirty(shard);
     }
@@ -406,7 +427,7 @@ pub(crate) fn command(shard: &mut Shard, cmd: Cmd) {
     shard.plane = plane;
 }
 
-/// The shard hook: the engine drains (listeners stop, peers are closed with 1001).
+/// The shard hook: the engine drains (listeners stop, peers are hung up without a close frame).
 pub(crate) fn drain(shard: &mut Shard) {
     let mut plane = std::mem::take(&mut shard.plane);
     plane.drain(shard);

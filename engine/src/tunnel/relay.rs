@@ -23,6 +23,7 @@ use splice_proto::ws::{self, Mode};
 
 use super::{Entity, EntityRef, LinkRef, Plane, TAG_RELAY_ACCEPT};
 use crate::driver::{Completion, Op};
+use crate::relay::counters::{PerTunnel, TunnelCounters};
 use crate::relay::registry::{Admission, Registry, RotateSides};
 use crate::relay::tunnel::{Side as RegSide, Timestamp};
 use crate::shard::{Shard, token};
@@ -45,8 +46,7 @@ pub(crate) const HIGH_WATER: usize = 256 * 1024;
 /// ... and below which it reads again.
 pub(crate) const LOW_WATER: usize = 64 * 1024;
 
-/// A relay's figures, for `/metrics` (per relay, not per tunnel: a label per tunnel would
-/// grow the exposition without bound).
+/// A relay's figures, for `/metrics`: per relay, and per open tunnel in `per_tunnel`.
 #[derive(Debug, Default)]
 pub(crate) struct RelayStats {
     /// Tunnels with a session on a shard (at least one peer connected).
@@ -65,6 +65,9 @@ pub(crate) struct RelayStats {
     pub(crate) rule_breaks: AtomicU64,
     /// Admitted peers moved to their tunnel's shard.
     pub(crate) handoffs: AtomicU64,
+    /// The same figures per open tunnel (shared with the control side, which drops a
+    /// tunnel's entry when it closes).
+    pub(crate) per_tunnel: Arc<PerTunnel>,
 }
 
 /// The statuses counted in [`RelayStats::refused`], in order ("other" last).
@@ -468,6 +471,7 @@ fn attach(
                 armed: None,
                 streams: 0,
                 buckets: [None, None],
+                counters: relay.stats.per_tunnel.get(&admission.tunnel_id),
             })));
             plane.tunnels.insert(key, e);
             e
@@ -517,6 +521,8 @@ pub(crate) struct TunnelPeers {
     streams: i64,
     /// The rate limit's budget per direction (by sender side), when one is set.
     buckets: [Option<Bucket>; 2],
+    /// This tunnel's counters (`/metrics`, describe).
+    counters: Arc<TunnelCounters>,
 }
 
 /// A token bucket: `tokens` bytes may go now (negative: a debt), refilled at the relay's
@@ -553,6 +559,7 @@ impl TunnelPeers {
         let actions = self.session.peer_connected(side, version, now);
         self.framers[index(side)] = FrameDecoder::new();
         self.relay.stats.peers[index(side)].fetch_add(1, Relaxed);
+        self.counters.peers[index(side)].fetch_add(1, Relaxed);
         // The new link takes its side before the actions (SERVICE_IDS goes to it); the old
         // one goes with the CloseReplaced action.
         self.links[index(side)] = Some(r);
@@ -599,6 +606,7 @@ impl TunnelPeers {
                         }
                         plane.release(r);
                         self.relay.stats.peers[index(side)].fetch_sub(1, Relaxed);
+                        self.counters.peers[index(side)].fetch_sub(1, Relaxed);
                         self.relay.peers.fetch_sub(1, Relaxed);
                     }
                 }
@@ -616,6 +624,7 @@ impl TunnelPeers {
     /// The peer on `side` is down (its link is released or dropped already).
     fn left(&mut self, side: Side, plane: &mut Plane, shard: &mut Shard) {
         self.relay.stats.peers[index(side)].fetch_sub(1, Relaxed);
+        self.counters.peers[index(side)].fetch_sub(1, Relaxed);
         self.relay.peers.fetch_sub(1, Relaxed);
         self.framers[index(side)] = FrameDecoder::new();
         if let Err(e) =
@@ -735,6 +744,7 @@ impl TunnelPeers {
         }
         if forwarded > 0 {
             self.relay.stats.bytes[index(side)].fetch_add(forwarded, Relaxed);
+            self.counters.bytes[index(side)].fetch_add(forwarded, Relaxed);
             if let Some(rate) = self.relay.rate_limit {
                 let bucket = self.buckets[index(side)].get_or_insert(Bucket {
                     tokens: rate as f64,
@@ -886,6 +896,7 @@ impl TunnelPeers {
                 }
                 plane.release(r);
                 self.relay.stats.peers[index(side)].fetch_sub(1, Relaxed);
+                self.counters.peers[index(side)].fetch_sub(1, Relaxed);
                 self.relay.peers.fetch_sub(1, Relaxed);
                 let _ = self.relay.registry.disconnected(
                     &self.tunnel_id,
@@ -914,6 +925,9 @@ impl TunnelPeers {
                 .stats
                 .streams
                 .fetch_add(streams - self.streams, Relaxed);
+            self.counters
+                .streams
+                .fetch_add(streams - self.streams, Relaxed);
             self.streams = streams;
         }
         if self.links.iter().all(Option::is_none) {
@@ -932,7 +946,18 @@ impl TunnelPeers {
     fn end(&mut self, plane: &mut Plane) {
         self.relay.stats.tunnels_open.fetch_sub(1, Relaxed);
         self.relay.stats.streams.fetch_sub(self.streams, Relaxed);
+        self.counters.streams.fetch_sub(self.streams, Relaxed);
         self.streams = 0;
+        // A tunnel closed while no session of it was here (or as this one began) keeps no
+        // counters.
+        if !self
+            .relay
+            .registry
+            .describe(&self.tunnel_id, Timestamp::now())
+            .is_ok_and(|t| t.is_open_at(Timestamp::now()))
+        {
+            self.relay.stats.per_tunnel.forget(&self.tunnel_id);
+        }
         plane
             .tunnels
             .remove(&(self.relay.id, self.tunnel_id.clone()));

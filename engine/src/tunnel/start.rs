@@ -3,11 +3,13 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::AtomicI64;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicI64, AtomicU32};
+use std::time::{Duration, Instant};
 
 use super::Cmd;
 use super::relay::{Relay, RelayStats};
-use crate::config::RelayConfig;
+use crate::config::{EngineConfig, RelayConfig};
 use crate::error::{Error, Result};
 use crate::relay::service::RelayService;
 use crate::shard::ShardHandle;
@@ -62,7 +64,10 @@ pub(crate) fn start_relay(
         max_peers: cfg.max_peers,
         rate_limit: cfg.rate_limit.filter(|r| *r > 0),
         peers: AtomicI64::new(0),
-        stats: Arc::new(RelayStats::default()),
+        stats: Arc::new(RelayStats {
+            per_tunnel: service.counters(),
+            ..RelayStats::default()
+        }),
     });
     if let Ok(mut list) = stats_list.lock() {
         list.push((name.clone(), relay.stats.clone()));
@@ -85,4 +90,85 @@ pub(crate) fn start_relay(
     }));
     tracing::info!(relay = %name, addr = %addr, api = %service.api_addr(), "relay listening");
     Ok(RunningRelay { relay, addr })
+}
+
+/// The relay tables of `new` that `old` does not have as they are (added or changed).
+fn fresh<'a>(old: &EngineConfig, new: &'a EngineConfig) -> Vec<&'a RelayConfig> {
+    new.relays
+        .iter()
+        .filter(|r| !old.relays.contains(r))
+        .collect()
+}
+
+/// A reload's check of its added and changed `[[relay]]` tables (certificate, key, API token
+/// file), before anything changes.
+pub(crate) fn check_relays(old: &EngineConfig, new: &EngineConfig) -> Result<()> {
+    let fresh = EngineConfig {
+        relays: fresh(old, new).into_iter().cloned().collect(),
+        ..EngineConfig::default()
+    };
+    crate::relay::service::check_files(&fresh)
+}
+
+/// How long a reload retries a relay whose addresses its old self still holds.
+const RESTART_WAIT: Duration = Duration::from_secs(5);
+
+/// A reload's part for the relays, matched by name: unchanged ones keep running untouched;
+/// removed and changed ones stop (listeners closed, their peers hung up without a close frame, API
+/// and expiry timer stopped); changed and added ones start (a changed relay with a
+/// `:memory:` registry starts empty).
+pub(crate) fn reload_relays(
+    old: &EngineConfig,
+    new: &EngineConfig,
+    services: &mut Vec<RelayService>,
+    planes: &mut Vec<RunningRelay>,
+    shards: &[ShardHandle],
+    stats_list: &super::metrics::StatsList,
+    next_id: &AtomicU32,
+) -> Result<()> {
+    for gone in old.relays.iter().filter(|r| !new.relays.contains(r)) {
+        let name = gone.display_name();
+        if let Some(i) = planes.iter().position(|p| p.relay.name == name) {
+            let plane = planes.remove(i);
+            for s in shards {
+                s.send(crate::shard::Command::Tunnel(Cmd::RemoveRelay(
+                    plane.relay.id,
+                )));
+            }
+        }
+        if let Some(i) = services.iter().position(|s| s.name() == name) {
+            drop(services.remove(i));
+        }
+        if let Ok(mut list) = stats_list.lock() {
+            list.retain(|(n, _)| *n != name);
+        }
+        tracing::info!(relay = %name, "relay stopped by the reload");
+    }
+    let origin = new
+        .source_file
+        .as_ref()
+        .map_or_else(|| "configuration".to_string(), |p| p.display().to_string());
+    for r in fresh(old, new) {
+        let end = Instant::now() + RESTART_WAIT;
+        loop {
+            let started = RelayService::start(r, &origin).and_then(|service| {
+                let id = next_id.fetch_add(1, Relaxed);
+                let plane = start_relay(r, &service, id, shards, stats_list)?;
+                Ok((service, plane))
+            });
+            match started {
+                Ok((service, plane)) => {
+                    services.push(service);
+                    planes.push(plane);
+                    break;
+                }
+                // Its old self's listeners close as their shards get to it.
+                Err(Error::Listen { .. } | Error::Io { .. }) if Instant::now() < end => {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Ok(())
 }

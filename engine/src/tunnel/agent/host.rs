@@ -32,6 +32,8 @@ pub(crate) struct AgentEntity {
     /// When the plane's timer for this entity is armed for.
     armed: Option<Instant>,
     slot: usize,
+    /// Its state and counters, by which [`stop`] finds it.
+    shared: Arc<AgentShared>,
 }
 
 /// Starts an agent on this shard.
@@ -49,18 +51,33 @@ pub(crate) fn start(plane: &mut Plane, shard: &mut Shard, s: AgentStart) {
             return;
         }
     };
+    let shared = s.shared.clone();
     let reactor = Reactor::new(s.spec, s.shared, s.sans, s.listeners, slot as u32);
     let e = plane.insert_entity(Entity::Agent(Box::new(AgentEntity {
         reactor,
         timers: BinaryHeap::new(),
         armed: None,
         slot,
+        shared,
     })));
     plane.agents[slot] = Some(e);
     plane.run_entity(shard, e, |entity, plane, shard| match entity {
         Entity::Agent(a) => a.with_io(e, plane, shard, |r, io| r.start(io)),
         _ => true,
     });
+}
+
+/// Stops the agent of `shared` if it is on this shard: its sockets close, its state becomes
+/// `Stopped`.
+pub(crate) fn stop(plane: &mut Plane, shard: &mut Shard, shared: &Arc<AgentShared>) {
+    for e in plane.agents.clone().into_iter().flatten() {
+        plane.run_entity(shard, e, |entity, plane, shard| match entity {
+            Entity::Agent(a) if Arc::ptr_eq(&a.shared, shared) => {
+                a.with_io(e, plane, shard, |r, io| r.stop(io))
+            }
+            _ => true,
+        });
+    }
 }
 
 /// A completion of an agent's op (tag from [`TAG_AGENT_FIRST`]).

@@ -8,6 +8,7 @@
 //!   connections), flow control and reconnects.
 //! - [`host`]: the agent as an entity of a shard's tunnel plane.
 //! - [`status`]: the state the CLI waits on and the counters on `/metrics`.
+//! - [`reload`]: a reload's added, changed and removed agents.
 //!
 //! An agent lives on one shard: its tunnel connection, its listeners (one socket per
 //! service, on that shard only) and every local connection they accept or it dials, so a
@@ -16,6 +17,7 @@
 pub(crate) mod host;
 mod link;
 mod reactor;
+pub(crate) mod reload;
 mod spec;
 mod status;
 

@@ -131,6 +131,7 @@ impl Sans {
         let limits = Limits {
             payload: MAX_PAYLOAD,
             half_close: spec.half_close,
+            connections_per_service: spec.connections_per_service,
             ..Limits::default()
         };
         Ok(match spec.mode {
@@ -681,6 +682,7 @@ impl Reactor {
     // ---- the agent's actions ----
 
     fn apply_actions(&mut self, io: &mut Io<'_>) {
+        self.count_over_limit();
         while let Some(action) = self.sans.poll_action() {
             match action {
                 Action::Send(frame) => {

@@ -49,6 +49,8 @@ pub(crate) struct AgentSpec {
     pub keep_trying: bool,
     /// Negotiate half-close with a splice-engine peer.
     pub half_close: bool,
+    /// Simultaneous local connections per service.
+    pub connections_per_service: usize,
     /// Destination: time allowed to connect to a service.
     pub connect_timeout: Duration,
     /// Ping the relay after this long without a byte from it.
@@ -78,6 +80,7 @@ struct Common<'a> {
     protocol: TunnelProtocol,
     keep_trying: bool,
     half_close: bool,
+    connections_per_service: usize,
     ping_after: Duration,
     idle_timeout: Duration,
 }
@@ -97,6 +100,7 @@ pub(crate) fn source_spec(cfg: &SourceConfig, env_token: Option<String>) -> Resu
         protocol: cfg.protocol,
         keep_trying: cfg.keep_trying,
         half_close: cfg.half_close,
+        connections_per_service: cfg.connections_per_service,
         ping_after: cfg.ping_after,
         idle_timeout: cfg.idle_timeout,
     };
@@ -127,6 +131,7 @@ pub(crate) fn destination_spec(
         protocol: cfg.protocol,
         keep_trying: cfg.keep_trying,
         half_close: cfg.half_close,
+        connections_per_service: cfg.connections_per_service,
         ping_after: cfg.ping_after,
         idle_timeout: cfg.idle_timeout,
     };
@@ -274,6 +279,7 @@ fn build(
         version,
         keep_trying: c.keep_trying,
         half_close: c.half_close,
+        connections_per_service: c.connections_per_service,
         connect_timeout,
         ping_after: c.ping_after,
         idle_timeout: c.idle_timeout,
@@ -339,6 +345,7 @@ mod tests {
             protocol: TunnelProtocol::V3,
             keep_trying: false,
             half_close: true,
+            connections_per_service: 128,
             ping_after: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(90),
         }
@@ -443,6 +450,7 @@ mod tests {
             protocol: TunnelProtocol::V2,
             keep_trying: true,
             half_close: true,
+            connections_per_service: 128,
             connect_timeout: Duration::from_secs(1),
             ping_after: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(90),

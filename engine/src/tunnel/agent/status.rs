@@ -2,11 +2,12 @@
 //! `source` / `destination` commands, which exit when their agent gives up) and its counters
 //! (for `/metrics`).
 
-use std::fmt::Write as _;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Condvar, Mutex};
 use std::time::Duration;
+
+use crate::tunnel::exposition::{header, sample};
 
 /// Where a source or destination agent is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,7 +44,13 @@ pub(crate) struct ServiceStats {
     pub failed: AtomicU64,
     /// Where the kernel counts its local sockets' bytes (eBPF accounting, docs/ebpf.md).
     pub(crate) kernel: std::sync::OnceLock<crate::accounting::Slots>,
+    /// Local connections refused because the service had `connections_per_service` open (a
+    /// source's accepts, a destination's `CONNECTION_START`s).
+    pub over_limit: AtomicU64,
 }
+
+/// The shortest time between two warnings about connections refused at the limit.
+pub(crate) const WARN_EVERY: Duration = Duration::from_secs(10);
 
 /// An agent's state and counters, shared by its shard and the control thread.
 #[derive(Debug)]
@@ -56,6 +63,9 @@ pub(crate) struct AgentShared {
     pub tunnel_connects: AtomicU64,
     /// Tunnel connections lost or attempts failed, each followed by a retry.
     pub reconnects: AtomicU64,
+    /// When the last warning about the connection limit was logged, and the refusals
+    /// counted since.
+    over_limit_warned: Mutex<(Option<std::time::Instant>, u64)>,
     state: Mutex<AgentState>,
     changed: Condvar,
 }
@@ -71,6 +81,7 @@ impl AgentShared {
                 .collect(),
             tunnel_connects: AtomicU64::new(0),
             reconnects: AtomicU64::new(0),
+            over_limit_warned: Mutex::new((None, 0)),
             state: Mutex::new(AgentState::Connecting),
             changed: Condvar::new(),
         }
@@ -105,6 +116,22 @@ impl AgentShared {
     pub fn service(&self, index: usize) -> &ServiceStats {
         &self.services[index].1
     }
+
+    /// Counts `n` connections of service `index` refused at the limit; `Some(refusals since
+    /// the last warning)` when a warning is due (the first, then at most every
+    /// [`WARN_EVERY`]).
+    pub fn over_limit(&self, index: usize, n: u64) -> Option<u64> {
+        self.service(index).over_limit.fetch_add(n, Relaxed);
+        let mut w = self.over_limit_warned.lock().expect("agent warn lock");
+        w.1 += n;
+        let now = std::time::Instant::now();
+        if w.0.is_some_and(|at| now.duration_since(at) < WARN_EVERY) {
+            return None;
+        }
+        let total = std::mem::take(&mut w.1);
+        w.0 = Some(now);
+        Some(total)
+    }
 }
 
 /// `splice_agent_kernel_bytes_total`: what the kernel counted on each service's local sockets
@@ -120,46 +147,59 @@ fn render_kernel(out: &mut String, agents: &[std::sync::Arc<AgentShared>]) {
         return;
     }
     let name = "splice_agent_kernel_bytes_total";
-    let _ = writeln!(
+    header(
         out,
-        "# HELP {name} TCP payload bytes the kernel counted on an agent's local sockets (eBPF \
-         accounting), received (in) and sent and acknowledged (out)."
+        name,
+        "counter",
+        "TCP payload bytes the kernel counted on an agent's local sockets (eBPF accounting), \
+         received (in) and sent and acknowledged (out).",
     );
-    let _ = writeln!(out, "# TYPE {name} counter");
     for (a, service, k) in rows {
         for (dir, v) in [
             ("in", k.downstream_in + k.upstream_in),
             ("out", k.downstream_out + k.upstream_out),
         ] {
-            let _ = writeln!(
-                out,
-                "{name}{{agent=\"{}\",kind=\"{}\",service=\"{}\",direction=\"{dir}\"}} {v}",
-                escape(&a.name),
-                a.kind,
-                escape(service),
-            );
+            let labels = [
+                ("agent", a.name.as_str()),
+                ("kind", a.kind),
+                ("service", service.as_str()),
+                ("direction", dir),
+            ];
+            sample(out, name, &labels, v);
         }
     }
 }
 
 /// The agents' counters in the Prometheus text format.
 pub(crate) fn render(agents: &[std::sync::Arc<AgentShared>]) -> String {
-    let mut out = String::new();
+    let mut text = String::new();
     if agents.is_empty() {
-        return out;
+        return text;
+    }
+    let out = &mut text;
+    let name = "splice_agent_bytes_total";
+    header(
+        out,
+        name,
+        "counter",
+        "Bytes an agent moved, by service and direction (to_tunnel: read from local \
+         connections; from_tunnel: written to them).",
+    );
+    for a in agents {
+        for (service, s) in &a.services {
+            for (dir, n) in [("to_tunnel", &s.to_tunnel), ("from_tunnel", &s.from_tunnel)] {
+                let labels = [
+                    ("agent", a.name.as_str()),
+                    ("kind", a.kind),
+                    ("service", service),
+                    ("direction", dir),
+                ];
+                sample(out, name, &labels, n.load(Relaxed));
+            }
+        }
     }
     type Get = fn(&ServiceStats) -> u64;
-    let per_service: [(&str, &str, &str, Get); 5] = [
-        (
-            "splice_agent_bytes_total",
-            "counter",
-            "Bytes an agent moved, by service and direction (to_tunnel: read from local \
-             connections; from_tunnel: written to them).",
-            |s| s.to_tunnel.load(Relaxed),
-        ),
-        ("splice_agent_bytes_total", "", "", |s| {
-            s.from_tunnel.load(Relaxed)
-        }),
+    let per_service: [(&str, &str, &str, Get); 4] = [
         (
             "splice_agent_connections_total",
             "counter",
@@ -178,31 +218,28 @@ pub(crate) fn render(agents: &[std::sync::Arc<AgentShared>]) -> String {
             "Local connections an agent refused or could not make.",
             |s| s.failed.load(Relaxed),
         ),
+        (
+            "splice_agent_connections_over_limit_total",
+            "counter",
+            "Local connections refused because their service had connections_per_service \
+             open (a source's accepts, a destination's CONNECTION_STARTs).",
+            |s| s.over_limit.load(Relaxed),
+        ),
     ];
-    for (i, (name, kind, help, get)) in per_service.iter().enumerate() {
-        if !kind.is_empty() {
-            let _ = writeln!(out, "# HELP {name} {help}");
-            let _ = writeln!(out, "# TYPE {name} {kind}");
-        }
+    for (name, kind, help, get) in per_service {
+        header(out, name, kind, help);
         for a in agents {
-            for (service, stats) in &a.services {
-                let dir = match i {
-                    0 => ",direction=\"to_tunnel\"",
-                    1 => ",direction=\"from_tunnel\"",
-                    _ => "",
-                };
-                let _ = writeln!(
-                    out,
-                    "{name}{{agent=\"{}\",kind=\"{}\",service=\"{}\"{dir}}} {}",
-                    escape(&a.name),
-                    a.kind,
-                    escape(service),
-                    get(stats)
-                );
+            for (service, s) in &a.services {
+                let labels = [
+                    ("agent", a.name.as_str()),
+                    ("kind", a.kind),
+                    ("service", service),
+                ];
+                sample(out, name, &labels, get(s));
             }
         }
     }
-    render_kernel(&mut out, agents);
+    render_kernel(out, agents);
     type GetA = fn(&AgentShared) -> u64;
     let per_agent: [(&str, &str, &str, GetA); 3] = [
         (
@@ -225,25 +262,12 @@ pub(crate) fn render(agents: &[std::sync::Arc<AgentShared>]) -> String {
         ),
     ];
     for (name, kind, help, get) in per_agent {
-        let _ = writeln!(out, "# HELP {name} {help}");
-        let _ = writeln!(out, "# TYPE {name} {kind}");
+        header(out, name, kind, help);
         for a in agents {
-            let _ = writeln!(
-                out,
-                "{name}{{agent=\"{}\",kind=\"{}\"}} {}",
-                escape(&a.name),
-                a.kind,
-                get(a)
-            );
+            sample(out, name, &[("agent", &a.name), ("kind", a.kind)], get(a));
         }
     }
-    out
-}
-
-fn escape(s: &str) -> String {
-    s.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+    text
 }
 
 #[cfg(test)]

@@ -25,6 +25,9 @@ pub(super) struct Service {
     pub last_conn: u32,
     /// Whether the peer takes half-closes on the active stream (reset with each stream).
     pub peer_half_close: PeerHalfClose,
+    /// Destination: CONNECTION_STARTs reset because the service had
+    /// [`Limits::connections_per_service`] open, not yet taken by the driver.
+    pub over_limit: u64,
 }
 
 /// A local connection's state.
@@ -101,6 +104,7 @@ impl Core {
                     conns: BTreeMap::new(),
                     last_conn: 0,
                     peer_half_close: PeerHalfClose::No,
+                    over_limit: 0,
                 })
                 .collect(),
             setup: false,

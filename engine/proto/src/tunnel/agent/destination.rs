@@ -26,6 +26,16 @@ impl Destination {
         })
     }
 
+    /// How many `CONNECTION_START`s of service `service` (its index in the configured list)
+    /// were reset since the last call because it had [`Limits::connections_per_service`]
+    /// connections open. Call after `handle_tunnel_bytes` to count and log them.
+    pub fn take_over_limit(&mut self, service: usize) -> u64 {
+        self.core
+            .services
+            .get_mut(service)
+            .map_or(0, |s| std::mem::take(&mut s.over_limit))
+    }
+
     /// Call with the tunnel's bytes (the binary WebSocket payload), in order, whenever the
     /// tunnel reads are not paused. An error means the tunnel connection is to be dropped.
     pub fn handle_tunnel_bytes(&mut self, bytes: &[u8]) -> Result<(), Error> {
@@ -106,6 +116,7 @@ impl Destination {
             return Ok(());
         }
         if svc.conns.len() >= core.limits.connections_per_service {
+            core.services[index].over_limit += 1;
             core.send(Type::CONNECTION_RESET, index, message.stream_id, conn, &[]);
             return Ok(());
         }

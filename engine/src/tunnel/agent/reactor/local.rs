@@ -80,11 +80,18 @@ impl Reactor {
             Sans::Source(s) => s.handle_accept(&name),
             Sans::Destination(_) => return,
         };
+        // V1 and V2 carry one connection per service: Busy there is not the configured limit.
+        let per_service = matches!(&self.sans, Sans::Source(s) if s.format() >= Version::V3);
         let id = match id {
             Ok(id) => id,
             Err(e) => {
                 stats.failed.fetch_add(1, Relaxed);
                 let _ = sys::socket::set_linger_zero(sock.as_fd());
+                if matches!(e, AgentError::Busy(_)) && per_service {
+                    self.over_limit(service, 1);
+                    self.apply_actions(io);
+                    return;
+                }
                 tracing::warn!(agent = %self.spec.name, service = %name, error = %e, "local connection refused");
                 self.apply_actions(io);
                 return;
@@ -99,6 +106,32 @@ impl Reactor {
         let index = self.insert_local(Rc::new(sock), service, id, false);
         self.apply_actions(io);
         self.read_local(io, index);
+    }
+
+    /// Counts `n` connections of `service` refused at `connections_per_service`, with a
+    /// warning at most every [`crate::tunnel::agent::status::WARN_EVERY`].
+    pub(super) fn over_limit(&mut self, service: usize, n: u64) {
+        if let Some(total) = self.shared.over_limit(service, n) {
+            tracing::warn!(
+                agent = %self.spec.name,
+                service = %self.spec.services[service].name,
+                limit = self.spec.connections_per_service,
+                refused = total,
+                "local connections refused: the service has connections_per_service open"
+            );
+        }
+    }
+
+    /// A destination's `CONNECTION_START`s reset at its limit, since the last look.
+    pub(super) fn count_over_limit(&mut self) {
+        if let Sans::Destination(d) = &mut self.sans {
+            let counts: Vec<u64> = (0..self.spec.services.len())
+                .map(|i| d.take_over_limit(i))
+                .collect();
+            for (i, n) in counts.into_iter().enumerate().filter(|(_, n)| *n > 0) {
+                self.over_limit(i, n);
+            }
+        }
     }
 
     pub(super) fn insert_local(
