@@ -1245,10 +1245,9 @@ fn sighup_applies_added_changed_and_removed_relay_tables() {
             format!("{top}{}", table("r2", p2, a2, "max_services = 5")).as_bytes(),
         );
         r1.proc.signal(libc::SIGHUP);
-        assert_eq!(
-            close_code(&mut src),
-            Some(1001),
-            "({driver}) r1's peer gets a close frame"
+        assert!(
+            hung_up(&mut src),
+            "({driver}) r1's peer is hung up (no close frame: its agent would retry)"
         );
         assert!(
             wait_until(SOON, || try_connect(localhost(a1)).is_err()
