@@ -22,6 +22,7 @@ mod mtls;
 mod openssl;
 mod proxy_protocol;
 mod relay;
+mod relay_cookie;
 mod reload;
 mod systemd;
 mod tls_params;

@@ -9,6 +9,7 @@
 
 pub(crate) mod api;
 pub(crate) mod client;
+pub(crate) mod cookie;
 pub(crate) mod registry;
 pub(crate) mod secret;
 pub(crate) mod service;
