@@ -11,14 +11,14 @@ use splice_proto::ws::{TokenSource, UpgradeRequest};
 use super::registry::Registry;
 use super::tunnel::Timestamp;
 
-/// The answer's bytes to `request` (the link sends them and ends).
+/// The answer to `request`: its status, and its bytes (the link sends them and ends).
 pub(crate) fn answer(
     relay: &str,
     registry: &Registry,
     cors_origins: &[String],
     request: &HttpRequest,
     peer: Option<SocketAddr>,
-) -> Vec<u8> {
+) -> (u16, Vec<u8>) {
     let answer = cookie::respond(request, cors_origins, |token| {
         registry.cookie_check(token.secret(), Timestamp::now())
     });
@@ -27,7 +27,7 @@ pub(crate) fn answer(
     } else {
         tracing::warn!(relay, ?peer, status = answer.status, origin = ?request.origin, reason = answer.reason, "cookie request refused");
     }
-    answer.bytes
+    (answer.status, answer.bytes)
 }
 
 /// Why an upgrade whose token came in the cookie is refused before the registry sees it: a

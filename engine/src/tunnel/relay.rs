@@ -251,13 +251,16 @@ impl Pending {
                     break;
                 }
                 LinkEvent::Http(req) => {
-                    let answer = crate::relay::cookie::answer(
+                    let (status, answer) = crate::relay::cookie::answer(
                         &relay.name,
                         &relay.registry,
                         &relay.cors_origins,
                         &req,
                         self.peer_addr,
                     );
+                    if status >= 400 {
+                        relay.stats.refusal(status);
+                    }
                     io.link.refuse(&answer);
                     plane.release(r);
                     return self.gone();

@@ -386,7 +386,12 @@ pub fn respond(
         Some(_) => return Answer::error(403, "origin not allowed", None),
     };
     if request.path != PATH {
-        return Answer::error(404, "not found", cors);
+        // As the upgrade's parser answers a method other than GET.
+        return Answer::error(
+            400,
+            "only GET /tunnel (WebSocket) and POST /cookie here",
+            cors,
+        );
     }
     match request.problem {
         Some(HeadProblem::BodyTooLarge) => return Answer::error(413, "body too large", cors),

@@ -217,7 +217,12 @@ fn a_request_in_pieces_is_incomplete_until_its_body_is_whole() {
 }
 
 #[test]
-fn other_paths_are_404() {
-    let req = parsed(b"POST /tunnel HTTP/1.1\r\nHost: r\r\nContent-Length: 0\r\n\r\n");
-    assert_eq!(respond(&req, &allowed(), valid).status, 404);
+fn other_paths_are_400() {
+    for req in [
+        &b"POST /tunnel HTTP/1.1\r\nHost: r\r\nContent-Length: 0\r\n\r\n"[..],
+        b"POST /tunnel?local-proxy-mode=source HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"OPTIONS /tunnel HTTP/1.1\r\nHost: x\r\n\r\n",
+    ] {
+        assert_eq!(respond(&parsed(req), &allowed(), valid).status, 400);
+    }
 }
