@@ -12,19 +12,22 @@ use super::registry::Registry;
 use super::tunnel::Timestamp;
 
 /// The answer to `request`: its status, and its bytes (the link sends them and ends).
+/// `log_refusal` says whether a refusal may be logged now (the shard's rate limit on log
+/// lines).
 pub(crate) fn answer(
     relay: &str,
     registry: &Registry,
     cors_origins: &[String],
     request: &HttpRequest,
     peer: Option<SocketAddr>,
+    log_refusal: impl FnOnce() -> bool,
 ) -> (u16, Vec<u8>) {
     let answer = cookie::respond(request, cors_origins, |token| {
         registry.cookie_check(token.secret(), Timestamp::now())
     });
     if answer.status < 400 {
         tracing::info!(relay, ?peer, status = answer.status, origin = ?request.origin, reason = answer.reason, "cookie request");
-    } else {
+    } else if log_refusal() {
         tracing::warn!(relay, ?peer, status = answer.status, origin = ?request.origin, reason = answer.reason, "cookie request refused");
     }
     (answer.status, answer.bytes)

@@ -257,6 +257,7 @@ impl Pending {
                         &relay.cors_origins,
                         &req,
                         self.peer_addr,
+                        || shard.log_allow(&relay.name, "relay cookie refused"),
                     );
                     if status >= 400 {
                         relay.stats.refusal(status);
@@ -293,7 +294,9 @@ impl Pending {
             crate::relay::cookie::upgrade_refusal(&req, &relay.cors_origins)
         {
             relay.stats.refusal(status);
-            tracing::warn!(relay = %relay.name, peer = ?self.peer_addr, origin = ?req.origin, status, reason, "peer refused");
+            if shard.log_allow(&relay.name, "relay peer refused") {
+                tracing::warn!(relay = %relay.name, peer = ?self.peer_addr, origin = ?req.origin, status, reason, "peer refused");
+            }
             io.link.refuse(&ws::error_response(status, reason, None));
             plane.release(r);
             return self.gone();
