@@ -46,6 +46,10 @@ pub(crate) struct RelayArgs {
     /// Bytes per second per tunnel and direction, at most [default: no limit].
     #[arg(long, value_name = "BYTES")]
     pub(crate) rate_limit: Option<u64>,
+    /// An origin (scheme://host:port) whose pages may POST the token to /cookie and open the
+    /// WebSocket with that cookie (repeatable) [default: none].
+    #[arg(long = "cors-origin", value_name = "ORIGIN")]
+    pub(crate) cors_origins: Vec<String>,
     /// Most agents connected at once [default: 100000].
     #[arg(long, value_name = "N")]
     pub(crate) max_peers: Option<usize>,
@@ -153,6 +157,7 @@ impl RelayArgs {
             r.max_lifetime = d;
         }
         r.rate_limit = self.rate_limit;
+        r.cors_origins = self.cors_origins;
         if let Some(n) = self.max_peers {
             r.max_peers = n;
         }

@@ -7,6 +7,7 @@
 mod support;
 
 mod bad_input;
+mod browser;
 mod cli;
 mod config_file;
 mod data;
@@ -23,6 +24,7 @@ mod mtls;
 mod openssl;
 mod proxy_protocol;
 mod relay;
+mod relay_cookie;
 mod reload;
 mod systemd;
 mod tls_params;

@@ -696,4 +696,31 @@ fn the_examples_tunnel_tables_parse_once_uncommented() {
         (1, 1, 1)
     );
     assert_eq!(cfg.sources[0].listen.len(), 2);
+    assert_eq!(cfg.relays[0].cors_origins, ["https://console.example:8443"]);
+}
+
+#[test]
+fn cors_origins_must_be_origins() {
+    let relay = |origins: &str| {
+        format!(
+            "[[relay]]\nlisten = \"127.0.0.1:8443\"\ncert = \"c.pem\"\nkey = \"k.pem\"\n\
+             api = \"127.0.0.1:8480\"\ncors_origins = {origins}\n"
+        )
+    };
+    let ok = EngineConfig::from_toml(
+        &relay("[\"https://a.example:8443\", \"http://127.0.0.1:9000\", \"https://[::1]:1\"]"),
+        "t",
+    );
+    assert!(ok.is_ok(), "{ok:?}");
+    for bad in [
+        "\"*\"",
+        "\"https://a.example/\"",
+        "\"a.example\"",
+        "\"https://\"",
+    ] {
+        let e = EngineConfig::from_toml(&relay(&format!("[{bad}]")), "t")
+            .expect_err(bad)
+            .to_string();
+        assert!(e.contains("cors_origins"), "{bad}: {e}");
+    }
 }

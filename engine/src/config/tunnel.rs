@@ -88,6 +88,10 @@ pub struct RelayConfig {
     /// protects destinations behind slow links.
     #[serde(default)]
     pub rate_limit: Option<u64>,
+    /// Origins (`https://host:port`, exactly as a browser sends `Origin`) whose pages may
+    /// `POST /cookie` with credentials and open the tunnel's WebSocket with that cookie.
+    #[serde(default)]
+    pub cors_origins: Vec<String>,
     /// Most agents connected at once (more are refused).
     #[serde(default = "default_max_peers")]
     pub max_peers: usize,
@@ -376,6 +380,7 @@ impl RelayConfig {
             max_services: default_max_services(),
             max_lifetime: default_max_lifetime(),
             rate_limit: None,
+            cors_origins: Vec::new(),
             max_peers: default_max_peers(),
             handshake_timeout: default_handshake_timeout(),
             ping_after: default_ping_after(),
@@ -416,6 +421,12 @@ impl RelayConfig {
     /// Bytes per second per tunnel and direction (default: no limit).
     pub fn rate_limit(mut self, bytes_per_second: u64) -> Self {
         self.rate_limit = Some(bytes_per_second);
+        self
+    }
+
+    /// Lets pages from `origin` use `POST /cookie` (CORS) and the cookie (repeatable).
+    pub fn cors_origin(mut self, origin: impl Into<String>) -> Self {
+        self.cors_origins.push(origin.into());
         self
     }
 
@@ -552,6 +563,15 @@ impl RelayConfig {
             return Some((
                 "rate_limit",
                 format!("{what}: `rate_limit` must be more than 0 (leave it out for no limit)"),
+            ));
+        }
+        if let Some(bad) = self.cors_origins.iter().find(|o| !origin_shape(o)) {
+            return Some((
+                "cors_origins",
+                format!(
+                    "{what}: `cors_origins` entry {bad:?} is not an origin (scheme://host[:port], \
+                     no path, as a browser sends it)"
+                ),
             ));
         }
         if self.max_peers == 0 {
@@ -790,4 +810,20 @@ impl DestinationConfig {
         }
         None
     }
+}
+
+/// Whether `o` looks like a serialized origin: `http://` or `https://`, a host, maybe a port,
+/// nothing after.
+fn origin_shape(o: &str) -> bool {
+    let Some(rest) = o
+        .strip_prefix("https://")
+        .or_else(|| o.strip_prefix("http://"))
+    else {
+        return false;
+    };
+    !rest.is_empty()
+        && !rest.ends_with(':')
+        && rest
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']'))
 }

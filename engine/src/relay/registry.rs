@@ -150,6 +150,9 @@ impl Refusal {
     }
 }
 
+/// The registry's answer to `POST /cookie` (the sans-IO decision's input).
+pub(crate) use splice_proto::tunnel::relay::cookie::TokenCheck as CookieCheck;
+
 /// The registry. Its calls may come from the API server's thread and the shards at once;
 /// each is one short critical section on the store.
 pub(crate) struct Registry {
@@ -440,6 +443,34 @@ impl Registry {
             side,
             reconnect,
         })
+    }
+
+    /// What `POST /cookie` may say about `token` at `now`: an open tunnel's token not used
+    /// yet, and the seconds until the tunnel's end. Marks nothing (the upgrade that follows
+    /// is the token's use).
+    pub(crate) fn cookie_check(&self, token: &str, now: Timestamp) -> CookieCheck {
+        let hash = TokenHash::of(token);
+        let store = self.store();
+        let t = match store.find_by_token(&hash) {
+            Ok(Some(t)) => t,
+            Ok(None) => return CookieCheck::Unknown,
+            Err(_) => return CookieCheck::Unavailable,
+        };
+        let Some(side) = Side::BOTH
+            .into_iter()
+            .find(|s| t.peer(*s).token.matches(&hash))
+        else {
+            return CookieCheck::Unknown;
+        };
+        if !t.is_open_at(now) {
+            return CookieCheck::Closed;
+        }
+        if t.peer(side).token_use.used {
+            return CookieCheck::Used;
+        }
+        CookieCheck::Valid {
+            seconds_left: t.expires_at().0.saturating_sub(now.0) / 1000,
+        }
     }
 
     /// Marks every side of every tunnel disconnected: for a relay that starts, since no

@@ -572,3 +572,45 @@ fn reset_connections_after_a_restart() {
         assert_eq!(r.reset_connections(secs(4)).expect("reset"), 0, "{store}");
     }
 }
+
+#[test]
+fn cookie_check_looks_without_using_the_token() {
+    for (store, r) in registries() {
+        let o = r.open(ssh(), T0).expect("open");
+        let src = o.source_token.expose();
+        let dst = o.destination_token.expose();
+        let left = 720 * 60 - 10;
+        assert_eq!(
+            r.cookie_check(src, secs(10)),
+            CookieCheck::Valid { seconds_left: left },
+            "{store}"
+        );
+        // Asking twice changes nothing: the upgrade is the token's use.
+        assert_eq!(
+            r.cookie_check(src, secs(10)),
+            CookieCheck::Valid { seconds_left: left },
+            "{store}"
+        );
+        r.admit(src, Side::Source, None, secs(11))
+            .expect("the cookie check did not use the token");
+        assert_eq!(r.cookie_check(src, secs(12)), CookieCheck::Used, "{store}");
+        assert_eq!(
+            r.cookie_check("no-such-token", secs(12)),
+            CookieCheck::Unknown,
+            "{store}"
+        );
+        // Past its lifetime; then closed.
+        assert_eq!(
+            r.cookie_check(dst, T0.plus_seconds(720 * 60)),
+            CookieCheck::Closed,
+            "{store}"
+        );
+        let o2 = r.open(ssh(), T0).expect("open");
+        r.close(&o2.tunnel_id, false, secs(1)).expect("close");
+        assert_eq!(
+            r.cookie_check(o2.source_token.expose(), secs(2)),
+            CookieCheck::Closed,
+            "{store}"
+        );
+    }
+}

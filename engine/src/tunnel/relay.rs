@@ -94,6 +94,8 @@ pub(crate) struct Relay {
     pub(crate) max_peers: usize,
     /// Bytes per second each tunnel forwards at most in each direction (`None`: no limit).
     pub(crate) rate_limit: Option<u64>,
+    /// The origins whose pages may use `POST /cookie` and the cookie (`--cors-origin`).
+    pub(crate) cors_origins: Vec<String>,
     /// Peers connected or in their upgrade, over all shards (against `max_peers`).
     pub(crate) peers: AtomicI64,
     pub(crate) stats: Arc<RelayStats>,
@@ -251,6 +253,22 @@ impl Pending {
                     decision = Some(req);
                     break;
                 }
+                LinkEvent::Http(req) => {
+                    let (status, answer) = crate::relay::cookie::answer(
+                        &relay.name,
+                        &relay.registry,
+                        &relay.cors_origins,
+                        &req,
+                        self.peer_addr,
+                        || shard.log_allow(&relay.name, "relay cookie refused"),
+                    );
+                    if status >= 400 {
+                        relay.stats.refusal(status);
+                    }
+                    io.link.refuse(&answer);
+                    plane.release(r);
+                    return self.gone();
+                }
                 LinkEvent::BadRequest(e) => {
                     relay.stats.refusal(e.status());
                     if shard.log_allow(&relay.name, "relay upgrade refused") {
@@ -275,6 +293,17 @@ impl Pending {
         };
         let version =
             Version::from_subprotocol(req.protocol.as_str()).expect("the versions are the same");
+        if let Some((status, reason)) =
+            crate::relay::cookie::upgrade_refusal(&req, &relay.cors_origins)
+        {
+            relay.stats.refusal(status);
+            if shard.log_allow(&relay.name, "relay peer refused") {
+                tracing::warn!(relay = %relay.name, peer = ?self.peer_addr, origin = ?req.origin, status, reason, "peer refused");
+            }
+            io.link.refuse(&ws::error_response(status, reason, None));
+            plane.release(r);
+            return self.gone();
+        }
         let admitted = relay.registry.admit(
             req.access_token.secret(),
             mode,

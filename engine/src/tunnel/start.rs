@@ -63,6 +63,7 @@ pub(crate) fn start_relay(
         handshake_timeout: cfg.handshake_timeout,
         max_peers: cfg.max_peers,
         rate_limit: cfg.rate_limit.filter(|r| *r > 0),
+        cors_origins: cfg.cors_origins.clone(),
         peers: AtomicI64::new(0),
         stats: Arc::new(RelayStats {
             per_tunnel: service.counters(),

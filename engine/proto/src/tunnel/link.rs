@@ -65,6 +65,9 @@ pub enum Event<'a> {
     /// Server: a request refused by its own content; the 4xx is queued already (the link is
     /// ending).
     BadRequest(UpgradeError),
+    /// Server: a `POST` or `OPTIONS` request instead of an upgrade (the relay's `/cookie`, see
+    /// [`super::relay::cookie`]); answer with [`Link::refuse`] and the link ends.
+    Http(super::relay::cookie::HttpRequest),
     /// Client: the relay's 101 checked out; messages flow.
     Open(ws::Accepted),
     /// Client: the relay refused (or did not answer with a 101). The link is ending.
@@ -491,6 +494,25 @@ impl Link {
     }
 
     fn poll_request(&mut self) -> Option<Event<'_>> {
+        use super::relay::cookie;
+        match cookie::classify(&self.plain) {
+            cookie::Kind::Unknown => return None,
+            cookie::Kind::Http => {
+                return match cookie::parse_request(&self.plain) {
+                    Ok(cookie::Parsed::Incomplete) => None,
+                    Ok(cookie::Parsed::Complete { request, len }) => {
+                        self.consumed = len;
+                        self.state = State::Deciding;
+                        Some(Event::Http(request))
+                    }
+                    Err(e) => {
+                        self.refuse(&e.response());
+                        Some(Event::BadRequest(UpgradeError::Method))
+                    }
+                };
+            }
+            cookie::Kind::Other => {}
+        }
         match ws::parse_request(&self.plain) {
             Ok(ParsedRequest::Incomplete) => None,
             Ok(ParsedRequest::Complete { request, len }) => {

@@ -17,6 +17,7 @@
 //! alone, and when its connection is down ([`Session::peer_gone`]) the other peer hears a
 //! STREAM_RESET for each stream that was open, as it does for any peer that goes away.
 
+pub mod cookie;
 mod streams;
 #[cfg(test)]
 mod tests;

@@ -1,0 +1,356 @@
+//! The relay's `POST /cookie` (issue 12, browsers) from a plain HTTP-over-TLS client (rustls
+//! in the test), and the WebSocket upgrade that carries the token in the cookie; both
+//! drivers. The real-browser run of the same flow is `browser.rs`.
+
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+
+use tungstenite::Message;
+use tungstenite::client::IntoClientRequest;
+use tungstenite::http::HeaderValue;
+use tungstenite::protocol::WebSocket;
+
+use crate::support::*;
+
+type Ws = WebSocket<TlsStream>;
+
+pub(crate) const PAGE: &str = "https://console.test:8443";
+const V3: &str = "aws.iot.securetunneling-3.0";
+
+pub(crate) struct Relay {
+    pub(crate) proc: Proc,
+    pub(crate) port: u16,
+    pub(crate) api: SocketAddr,
+}
+
+/// A relay by the `relay` command, with `--cors-origin` for each of `origins`.
+pub(crate) fn start_relay(pki: &Pki, driver: &str, origins: &[&str]) -> Relay {
+    let (port, api) = (free_port(), free_port());
+    let mut cmd = EngineCmd::new("relay")
+        .opt("--listen", localhost(port).to_string())
+        .opt("--cert", &pki.server.cert)
+        .opt("--key", &pki.server.key)
+        .opt("--api", localhost(api).to_string())
+        .opt("--state", ":memory:");
+    for o in origins {
+        cmd = cmd.opt("--cors-origin", o);
+    }
+    let proc = cmd
+        .common(driver)
+        .wait_port(port)
+        .wait_port(api)
+        .label(format!("relay ({driver})"))
+        .start();
+    Relay {
+        proc,
+        port,
+        api: localhost(api),
+    }
+}
+
+/// One plain HTTP/1.1 request and its answer: status, head, body.
+fn http(s: &mut (impl Read + Write), request: &[u8]) -> (u16, String, String) {
+    s.write_all(request).expect("write request");
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw);
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("an HTTP answer: {text:?}"));
+    let status = head[9..12].parse().expect("status");
+    (status, head.to_owned(), body.to_owned())
+}
+
+/// `request` to the relay's agent port over TLS.
+fn https(pki: &Pki, port: u16, request: &[u8]) -> (u16, String, String) {
+    let mut tls = tls_connect(
+        localhost(port),
+        "localhost",
+        client_config(&[&pki.ca], None, TLS_ANY),
+    );
+    http(&mut tls, request)
+}
+
+pub(crate) fn open_tunnel(api: SocketAddr, services: &[&str]) -> (String, String, String) {
+    let body = serde_json::json!({ "destinationConfig": { "services": services } }).to_string();
+    let mut s = connect(api);
+    let req = format!(
+        "POST /tunnels HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let (status, _, body) = http(&mut s, req.as_bytes());
+    assert_eq!(status, 200, "open: {body}");
+    let json: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    let s = |k: &str| json[k].as_str().expect(k).to_string();
+    (
+        s("tunnelId"),
+        s("sourceAccessToken"),
+        s("destinationAccessToken"),
+    )
+}
+
+fn post_cookie(origin: Option<&str>, body: &str) -> Vec<u8> {
+    let origin = origin
+        .map(|o| format!("Origin: {o}\r\n"))
+        .unwrap_or_default();
+    format!(
+        "POST /cookie HTTP/1.1\r\nHost: localhost\r\n{origin}Content-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.lines().find_map(|l| {
+        let (n, v) = l.split_once(':')?;
+        n.eq_ignore_ascii_case(name).then(|| v.trim())
+    })
+}
+
+fn try_peer(
+    pki: &Pki,
+    port: u16,
+    mode: &str,
+    headers: &[(&str, &str)],
+) -> Result<Ws, tungstenite::Error> {
+    let tls = tls_connect(
+        localhost(port),
+        "localhost",
+        client_config(&[&pki.ca], None, TLS_ANY),
+    );
+    let mut req = format!("wss://localhost:{port}/tunnel?local-proxy-mode={mode}")
+        .into_client_request()
+        .expect("request");
+    req.headers_mut()
+        .append("Sec-WebSocket-Protocol", HeaderValue::from_static(V3));
+    for (k, v) in headers {
+        let name = tungstenite::http::HeaderName::from_bytes(k.as_bytes()).expect("header name");
+        req.headers_mut()
+            .append(name, HeaderValue::from_str(v).expect("header value"));
+    }
+    let (ws, _) = tungstenite::client(req, tls).map_err(|e| match e {
+        tungstenite::HandshakeError::Failure(e) => e,
+        tungstenite::HandshakeError::Interrupted(_) => panic!("blocking handshake interrupted"),
+    })?;
+    ws.get_ref()
+        .sock
+        .set_read_timeout(Some(IO_TIMEOUT))
+        .expect("timeout");
+    Ok(ws)
+}
+
+fn refused(r: Result<Ws, tungstenite::Error>) -> u16 {
+    match r {
+        Err(tungstenite::Error::Http(resp)) => resp.status().as_u16(),
+        Err(e) => panic!("expected an HTTP refusal, got {e}"),
+        Ok(_) => panic!("expected an HTTP refusal, the upgrade succeeded"),
+    }
+}
+
+fn next_binary(ws: &mut Ws) -> Vec<u8> {
+    loop {
+        match ws.read() {
+            Ok(Message::Binary(b)) => return b.to_vec(),
+            Ok(Message::Ping(_) | Message::Pong(_)) => continue,
+            other => panic!("expected a binary message, got {other:?}"),
+        }
+    }
+}
+
+/// A STREAM_START frame (type 2, stream 1, service "echo", connection 1), hand-coded.
+fn stream_start() -> Vec<u8> {
+    let m = [0x08, 2, 0x10, 1, 0x2a, 4, b'e', b'c', b'h', b'o', 0x38, 1];
+    let mut f = (m.len() as u16).to_be_bytes().to_vec();
+    f.extend_from_slice(&m);
+    f
+}
+
+#[test]
+fn relay_cookie_is_set_for_an_allowed_origin_and_the_upgrade_pairs_with_it() {
+    let pki = Pki::new();
+    for driver in DRIVERS {
+        let relay = start_relay(&pki, driver, &[PAGE, "http://127.0.0.1:1"]);
+        let (_id, src, dst) = open_tunnel(relay.api, &["echo"]);
+
+        // The preflight.
+        let pre = format!(
+            "OPTIONS /cookie HTTP/1.1\r\nHost: localhost\r\nOrigin: {PAGE}\r\n\
+             Access-Control-Request-Method: POST\r\nAccess-Control-Request-Headers: content-type\r\n\r\n"
+        );
+        let (status, head, _) = https(&pki, relay.port, pre.as_bytes());
+        assert_eq!(status, 204, "{driver}: preflight: {head}");
+        assert_eq!(header(&head, "access-control-allow-origin"), Some(PAGE));
+        assert_eq!(
+            header(&head, "access-control-allow-credentials"),
+            Some("true")
+        );
+        assert_eq!(header(&head, "access-control-allow-methods"), Some("POST"));
+        assert_eq!(
+            header(&head, "access-control-allow-headers"),
+            Some("content-type")
+        );
+        assert_eq!(header(&head, "vary"), Some("Origin"));
+
+        // The cookie, with the tunnel's remaining lifetime (12 h by default) at most.
+        let body = serde_json::json!({ "token": src }).to_string();
+        let (status, head, answer) = https(&pki, relay.port, &post_cookie(Some(PAGE), &body));
+        assert_eq!(status, 200, "{driver}: {head}\n{answer}");
+        let cookie = header(&head, "set-cookie").expect("Set-Cookie");
+        let attrs: Vec<&str> = cookie.split(';').map(str::trim).collect();
+        assert_eq!(attrs[0], format!("awsiot-tunnel-token={src}"));
+        for a in ["Path=/tunnel", "Secure", "HttpOnly", "SameSite=None"] {
+            assert!(attrs.contains(&a), "{driver}: {a} in {cookie}");
+        }
+        let max_age: u64 = attrs
+            .iter()
+            .find_map(|a| a.strip_prefix("Max-Age="))
+            .expect("Max-Age")
+            .parse()
+            .expect("a number");
+        assert!(
+            (12 * 3600 - 120..=12 * 3600).contains(&max_age),
+            "{driver}: Max-Age {max_age}"
+        );
+        assert_eq!(header(&head, "access-control-allow-origin"), Some(PAGE));
+        assert_eq!(header(&head, "connection"), Some("close"));
+        let json: serde_json::Value = serde_json::from_str(&answer).expect("JSON");
+        assert_eq!(json["expiresIn"].as_u64(), Some(max_age));
+        // Without Origin (not a browser): the cookie, no CORS. The token is still unused.
+        let (status, head, _) = https(&pki, relay.port, &post_cookie(None, &body));
+        assert_eq!(status, 200, "{driver}: {head}");
+        assert!(!head.contains("Access-Control"), "{driver}: {head}");
+
+        // The browser's upgrade: the token in the cookie (among others), Origin allowed.
+        let cookie_header = format!("theme=dark; awsiot-tunnel-token={src}; lang=en");
+        let mut s = try_peer(
+            &pki,
+            relay.port,
+            "source",
+            &[("Cookie", &cookie_header), ("Origin", PAGE)],
+        )
+        .unwrap_or_else(|e| panic!("{driver}: the cookie upgrade: {e}"));
+        let ids = next_binary(&mut s);
+        assert_eq!(ids[3], 5, "{driver}: SERVICE_IDS first");
+        let mut d = try_peer(&pki, relay.port, "destination", &[("access-token", &dst)])
+            .unwrap_or_else(|e| panic!("{driver}: destination: {e}"));
+        next_binary(&mut d);
+        s.send(Message::binary(stream_start())).expect("send");
+        assert_eq!(next_binary(&mut d), stream_start(), "{driver}: forwarded");
+
+        // The token is used now: another cookie for it is refused.
+        let (status, _, answer) = https(&pki, relay.port, &post_cookie(Some(PAGE), &body));
+        assert_eq!(status, 403, "{driver}: a used token: {answer}");
+        assert!(answer.contains("\"error\""), "{driver}: {answer}");
+
+        // Never a token in the log.
+        let log = relay.proc.log();
+        assert!(log.contains("cookie request"), "{driver}: {log}");
+        assert!(
+            !log.contains(&src) && !log.contains(&dst),
+            "{driver}: {log}"
+        );
+    }
+}
+
+#[test]
+fn relay_cookie_refusals() {
+    let pki = Pki::new();
+    for driver in DRIVERS {
+        let relay = start_relay(&pki, driver, &[PAGE]);
+        let (id, src, dst) = open_tunnel(relay.api, &["echo"]);
+        let body = serde_json::json!({ "token": src }).to_string();
+        let cases: Vec<(&str, Vec<u8>, u16)> = vec![
+            (
+                "another origin",
+                post_cookie(Some("https://evil.test"), &body),
+                403,
+            ),
+            (
+                "another origin's preflight",
+                b"OPTIONS /cookie HTTP/1.1\r\nHost: x\r\nOrigin: https://evil.test\r\n\r\n"
+                    .to_vec(),
+                403,
+            ),
+            ("not JSON", post_cookie(Some(PAGE), "token=abc"), 400),
+            (
+                "no token member",
+                post_cookie(Some(PAGE), "{\"tok\": \"abc\"}"),
+                400,
+            ),
+            (
+                "a body over the limit",
+                post_cookie(
+                    Some(PAGE),
+                    &format!("{{\"token\": \"{}\"}}", "a".repeat(9000)),
+                ),
+                413,
+            ),
+            (
+                "an unknown token",
+                post_cookie(Some(PAGE), "{\"token\": \"no-such-token\"}"),
+                403,
+            ),
+            (
+                "another path",
+                b"POST /tunnels HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n".to_vec(),
+                400,
+            ),
+        ];
+        for (what, req, want) in cases {
+            let (status, head, answer) = https(&pki, relay.port, &req);
+            assert_eq!(status, want, "{driver}: {what}: {head}\n{answer}");
+            assert!(!head.contains("Set-Cookie"), "{driver}: {what}");
+            if what.starts_with("another origin") {
+                assert!(!head.contains("Access-Control"), "{driver}: {what}: {head}");
+            } else {
+                let json: serde_json::Value =
+                    serde_json::from_str(&answer).unwrap_or_else(|_| panic!("{what}: {answer}"));
+                assert!(json["error"].is_string(), "{driver}: {what}: {answer}");
+            }
+        }
+
+        // Two tokens: header and cookie.
+        let cookie = format!("awsiot-tunnel-token={src}");
+        let two = try_peer(
+            &pki,
+            relay.port,
+            "source",
+            &[("access-token", &src), ("Cookie", &cookie)],
+        );
+        assert_eq!(refused(two), 400, "{driver}: header + cookie");
+        // A cookie upgrade from a page of another origin.
+        let evil = try_peer(
+            &pki,
+            relay.port,
+            "source",
+            &[("Cookie", &cookie), ("Origin", "https://evil.test")],
+        );
+        assert_eq!(refused(evil), 403, "{driver}: cookie from another origin");
+        // Both refusals left the token unused: the cookie is still given.
+        let (status, _, _) = https(&pki, relay.port, &post_cookie(Some(PAGE), &body));
+        assert_eq!(status, 200, "{driver}: the token is unused");
+
+        // A closed tunnel's token.
+        let mut s = connect(relay.api);
+        let (status, _, _) = http(
+            &mut s,
+            format!(
+                "POST /tunnels/{id}/close HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+                 Content-Length: 2\r\nConnection: close\r\n\r\n{{}}"
+            )
+            .as_bytes(),
+        );
+        assert!((200..300).contains(&status), "{driver}: close: {status}");
+        let body = serde_json::json!({ "token": dst }).to_string();
+        let (status, _, answer) = https(&pki, relay.port, &post_cookie(Some(PAGE), &body));
+        assert_eq!(status, 410, "{driver}: a closed tunnel: {answer}");
+
+        let log = relay.proc.log();
+        assert!(
+            !log.contains(&src) && !log.contains(&dst),
+            "{driver}: {log}"
+        );
+    }
+}
