@@ -10,7 +10,9 @@
 //!   or [`Event::Refused`].
 //!
 //! Then [`Event::Message`] for each binary message (borrowed from the link's buffer until the
-//! next call), [`Link::send_message`] to send one, [`Link::send_ping`], [`Link::close`]; pings
+//! next call, or that buffer taken over with [`Link::take_message`]), [`Link::send_message`] to
+//! send one (or [`Link::send_in_place`], framed and sealed in the caller's buffer),
+//! [`Link::send_ping`], [`Link::close`]; pings
 //! are answered and a peer's close frame is echoed here. Any protocol error is answered with
 //! the close frame its close code says, then [`Event::Failed`].
 //!
@@ -163,7 +165,12 @@ pub struct Link {
     /// Plaintext received and not yet consumed.
     plain: Vec<u8>,
     /// Bytes at the front of `plain` that the last event used; dropped at the next call.
-    consumed: usize,
+    /// (`plain` holds at most about [`MAX_BUFFERED`] bytes: 32 bits keep the struct within its
+    /// budget.)
+    consumed: u32,
+    /// Where in `plain` the message handed out last starts (it ends at `consumed`), for
+    /// [`Link::take_message`]; `u32::MAX` when the last event was no message from `plain`.
+    message_at: u32,
     decoder: Decoder,
     encoder: Encoder,
     client: Option<ClientSide>,
@@ -208,6 +215,7 @@ impl Link {
             state: State::Upgrading,
             plain: Vec::new(),
             consumed: 0,
+            message_at: u32::MAX,
             decoder: Decoder::new(role, Limits::default()),
             encoder: Encoder::new(role),
             client,
@@ -502,8 +510,10 @@ impl Link {
     /// The next thing the bytes received say, if any. Call after [`Link::receive_tls`] until it
     /// gives `None`. Pings are answered here and pongs taken silently.
     pub fn poll(&mut self) -> Option<Event<'_>> {
+        self.message_at = u32::MAX;
+        self.current = Vec::new();
         if self.consumed > 0 {
-            self.plain.drain(..self.consumed);
+            self.plain.drain(..self.consumed as usize);
             self.consumed = 0;
             if self.plain.is_empty() {
                 // Between messages: an idle link keeps no buffer.
@@ -525,7 +535,7 @@ impl Link {
         match ws::parse_request(&self.plain) {
             Ok(ParsedRequest::Incomplete) => None,
             Ok(ParsedRequest::Complete { request, len }) => {
-                self.consumed = len;
+                self.consumed = len as u32;
                 self.state = State::Deciding;
                 Some(Event::Request(request))
             }
@@ -541,7 +551,7 @@ impl Link {
         match ws::parse_response(&self.plain, &side.key, &side.offered) {
             Ok(ParsedResponse::Incomplete) => None,
             Ok(ParsedResponse::Complete { accepted, len }) => {
-                self.consumed = len;
+                self.consumed = len as u32;
                 self.state = State::Open;
                 Some(Event::Open(accepted))
             }
@@ -553,13 +563,15 @@ impl Link {
     }
 
     fn poll_frames(&mut self) -> Option<Event<'_>> {
-        self.current = Vec::new();
         if let Some(message) = self.reassembled.pop_front() {
             self.current = message;
             return Some(Event::Message(&self.current));
         }
         loop {
-            let decoded = match self.decoder.handle_bytes(&mut self.plain[self.consumed..]) {
+            let decoded = match self
+                .decoder
+                .handle_bytes(&mut self.plain[self.consumed as usize..])
+            {
                 Ok(d) => d,
                 Err(e) => {
                     if self.state == State::Open {
@@ -575,8 +587,8 @@ impl Link {
             if decoded.consumed == 0 {
                 return None;
             }
-            let base = self.consumed;
-            self.consumed += decoded.consumed;
+            let base = self.consumed as usize;
+            self.consumed += decoded.consumed as u32;
             match decoded.item {
                 None => continue,
                 Some(Item::Binary(range)) => {
@@ -584,6 +596,12 @@ impl Link {
                         continue;
                     }
                     let range = base + range.start..base + range.end;
+                    debug_assert_eq!(
+                        range.end,
+                        base + decoded.consumed,
+                        "a frame ends with its payload"
+                    );
+                    self.message_at = range.start as u32;
                     return Some(Event::Message(&self.plain[range]));
                 }
                 Some(Item::Reassembled(message)) => {
@@ -741,6 +759,39 @@ impl Link {
                 let _ = self.fail_records(e);
             }
         }
+    }
+
+    /// Right after [`Link::poll`] gave [`Event::Message`]: the buffer that holds the message,
+    /// and the message's range in it, for the caller to keep (and give back to the pool once
+    /// done) instead of copying the message out. The link goes on with a fresh buffer from the
+    /// pool holding what it received after the message, so it hands its buffer over only when
+    /// that is shorter than the message; else (and at any other time) `None`: copy the message
+    /// from the event. A message reassembled from fragments is always handed over.
+    pub fn take_message(&mut self) -> Option<(Vec<u8>, Range<usize>)> {
+        if !self.current.is_empty() {
+            let message = std::mem::take(&mut self.current);
+            let len = message.len();
+            return Some((message, 0..len));
+        }
+        if self.message_at == u32::MAX {
+            return None;
+        }
+        let consumed = self.consumed as usize;
+        let range = self.message_at as usize..consumed;
+        let rest = self.plain.len() - consumed;
+        if range.is_empty() || rest >= range.len() {
+            return None;
+        }
+        self.message_at = u32::MAX;
+        let mut kept = Vec::new();
+        if rest > 0 {
+            kept = pool::take(CHUNK.max(rest));
+            kept.extend_from_slice(&self.plain[consumed..]);
+        }
+        let mut buf = std::mem::replace(&mut self.plain, kept);
+        buf.truncate(consumed);
+        self.consumed = 0;
+        Some((buf, range))
     }
 
     /// Sends a ping (its pong is taken silently: the caller counts any bytes as activity).
@@ -1260,6 +1311,160 @@ mod tests {
                 assert!(server.poll().is_none());
             }
         }
+    }
+
+    /// Moves bytes between a client link and rustls's own server (an independent record
+    /// layer) until neither has any; the plaintext rustls reads is appended to `plain`.
+    fn pump(client: &mut Link, server: &mut rustls::ServerConnection, plain: &mut Vec<u8>) {
+        use std::io::Read;
+        loop {
+            let mut moved = false;
+            let mut buf = Vec::new();
+            let at = client.take_output_at(&mut buf);
+            let mut rd = &buf[at..];
+            moved |= !rd.is_empty();
+            while !rd.is_empty() {
+                server.read_tls(&mut rd).unwrap();
+                server.process_new_packets().unwrap();
+            }
+            let _ = server.reader().read_to_end(plain); // WouldBlock once all is read
+            let mut out = Vec::new();
+            while server.wants_write() {
+                server.write_tls(&mut out).unwrap();
+            }
+            if !out.is_empty() {
+                moved = true;
+                client.receive_tls(&out).unwrap();
+            }
+            if !moved {
+                return;
+            }
+        }
+    }
+
+    /// rustls, as the relay's TLS stack, opens what the link sealed in place on each record
+    /// layout, and the frames in it (unmasked here by hand) carry the payloads.
+    #[test]
+    fn rustls_opens_records_sealed_in_place() {
+        for (cc, sc) in all_layouts() {
+            let token = AccessToken::new("h".repeat(40)).unwrap();
+            let request = ClientRequest {
+                host: "localhost",
+                mode: Mode::Destination,
+                access_token: &token,
+                client_token: None,
+                protocols: &Subprotocol::ALL,
+                key: [9; 16],
+                user_agent: "test",
+            };
+            let name = ServerName::try_from("localhost").unwrap();
+            let mut client = Link::client(
+                rustls::client::UnbufferedClientConnection::new(cc, name).unwrap(),
+                &request,
+                77,
+            );
+            let mut server = rustls::ServerConnection::new(sc).unwrap();
+            let mut plain = Vec::new();
+            pump(&mut client, &mut server, &mut plain);
+            let Ok(ParsedRequest::Complete { request, len }) = ws::parse_request(&plain) else {
+                panic!("no request")
+            };
+            assert_eq!(len, plain.len());
+            plain.clear();
+            std::io::Write::write_all(&mut server.writer(), &request.accept_response("c")).unwrap();
+            pump(&mut client, &mut server, &mut plain);
+            assert!(matches!(client.poll(), Some(Event::Open(_))));
+            let version = client.tls_version();
+            for n in [0, 1, 125, 126, 9000, MAX_IN_PLACE] {
+                let payload: Vec<u8> = (0..n).map(|i| (i * 13 + 5) as u8).collect();
+                let mut buf = vec![0; SEND_HEADROOM];
+                buf.extend_from_slice(&payload);
+                client.send_in_place(buf, SEND_HEADROOM..SEND_HEADROOM + n);
+                plain.clear();
+                pump(&mut client, &mut server, &mut plain);
+                // A masked FIN binary frame: 0x82, the length (7 or 7+16 bits), the key.
+                assert_eq!(plain[0], 0x82, "{n} bytes over {version:?}");
+                let (len, key_at) = match plain[1] & 0x7f {
+                    126 => (u16::from_be_bytes([plain[2], plain[3]]) as usize, 4),
+                    short => (short as usize, 2),
+                };
+                assert_eq!(plain[1] & 0x80, 0x80, "masked");
+                assert_eq!(len, n);
+                let key: [u8; 4] = plain[key_at..key_at + 4].try_into().unwrap();
+                let body: Vec<u8> = plain[key_at + 4..]
+                    .iter()
+                    .enumerate()
+                    .map(|(i, b)| b ^ key[i % 4])
+                    .collect();
+                assert!(body == payload, "{n} bytes over {version:?}");
+            }
+        }
+    }
+
+    /// A message handed out whole takes the link's buffer with it (no copy) when less than it
+    /// follows in the buffer; the rest stays and is read next, in order. Not twice, nor after
+    /// another event; a reassembled message is handed over too.
+    #[test]
+    fn take_message_hands_the_buffer_over() {
+        let (mut client, mut server) = opened(configs());
+        let big: Vec<u8> = (0..12_000u32).map(|i| (i * 3) as u8).collect();
+        server.send_message(&big);
+        server.send_message(b"small");
+        server.send_message(b"tiny");
+        shuttle(&mut client, &mut server);
+        // The big one, with less behind it: handed over.
+        assert!(matches!(client.poll(), Some(Event::Message(m)) if m == &big[..]));
+        let (buf, range) = client.take_message().expect("handed over");
+        assert!(buf[range] == big[..]);
+        assert!(client.take_message().is_none(), "not twice");
+        // The small one, with more behind it: copied.
+        assert!(matches!(client.poll(), Some(Event::Message(b"small"))));
+        assert!(client.take_message().is_none());
+        assert!(matches!(client.poll(), Some(Event::Message(b"tiny"))));
+        assert!(client.poll().is_none());
+        server.send_message(&big);
+        shuttle(&mut client, &mut server);
+        assert!(matches!(client.poll(), Some(Event::Message(m)) if m == &big[..]));
+        let (buf, range) = client
+            .take_message()
+            .expect("the last one, nothing behind it");
+        assert!(buf[range] == big[..]);
+        assert!(client.poll().is_none());
+        assert!(client.take_message().is_none(), "no message");
+        // Fragments: the reassembled message is handed over.
+        for (opcode, fin, part) in [
+            (OpCode::Binary, false, &b"frag"[..]),
+            (OpCode::Continuation, true, &b"ments"[..]),
+        ] {
+            let mut frame = vec![0; MAX_HEADER_LEN];
+            frame.extend_from_slice(part);
+            let end = frame.len();
+            let start = server
+                .encoder
+                .frame_in_place(&mut frame, MAX_HEADER_LEN..end, opcode, fin, None)
+                .unwrap();
+            server.write_plain(&frame[start..]);
+        }
+        shuttle(&mut client, &mut server);
+        assert!(matches!(client.poll(), Some(Event::Message(b"fragments"))));
+        let (buf, range) = client.take_message().expect("reassembled");
+        assert_eq!(&buf[range], b"fragments");
+        assert!(client.poll().is_none());
+        // The relay's side, whose frames come masked: unmasked in the buffer handed over.
+        let (buf, range) = {
+            let mut buf = vec![0; SEND_HEADROOM];
+            buf.extend_from_slice(&big);
+            client.send_in_place(buf, SEND_HEADROOM..SEND_HEADROOM + big.len());
+            shuttle(&mut client, &mut server);
+            assert!(matches!(server.poll(), Some(Event::Message(m)) if m == &big[..]));
+            server.take_message().expect("nothing behind it")
+        };
+        assert!(buf[range] == big[..]);
+        assert!(server.poll().is_none());
+        // The link goes on: close both ways.
+        client.close(close_code::NORMAL, "");
+        shuttle(&mut client, &mut server);
+        assert!(matches!(server.poll(), Some(Event::Closed { .. })));
     }
 
     /// Sent in place behind queued output (a message, a ping), the record is appended after
