@@ -39,9 +39,9 @@ pub(crate) const HEADER: usize = 5;
 /// Most plaintext in one record (2^14).
 pub(crate) const MAX_PLAINTEXT: usize = 16384;
 /// The AEAD tag of every suite we seal with.
-const TAG: usize = 16;
+pub(crate) const TAG: usize = 16;
 /// TLS 1.2 AES-GCM's explicit nonce, carried in each record.
-const EXPLICIT_NONCE: usize = 8;
+pub(crate) const EXPLICIT_NONCE: usize = 8;
 /// Most bytes a record adds to its plaintext, over all versions and suites.
 pub(crate) const MAX_OVERHEAD: usize = HEADER + EXPLICIT_NONCE + 1 + TAG;
 /// Post-handshake handshake bytes held while a message is incomplete, at most.
@@ -329,6 +329,63 @@ impl RecordLayer {
         sealed.map_err(|_| RecordError::send(alert::INTERNAL_ERROR, "sealing a record failed"))?;
         self.tx.advance()?;
         Ok(len)
+    }
+
+    /// Seals `buf[plain]` (at most [`MAX_PLAINTEXT`] bytes of application data) as one record
+    /// where it lies, and returns the record's range in `buf`: its header (and TLS 1.2
+    /// AES-GCM's explicit nonce) go in the [`HEADER`] + [`EXPLICIT_NONCE`] bytes before
+    /// `plain` (which must be there), TLS 1.3's inner content type and the tag in the
+    /// `1 + TAG` bytes after it (which `buf` must hold). No byte of the plaintext is copied.
+    pub(crate) fn seal_in_place(
+        &mut self,
+        buf: &mut [u8],
+        plain: std::ops::Range<usize>,
+    ) -> Result<std::ops::Range<usize>, RecordError> {
+        let n = plain.len();
+        debug_assert!(n <= MAX_PLAINTEXT);
+        let len = self.record_len(n);
+        let front = HEADER
+            + if self.explicit_nonce {
+                EXPLICIT_NONCE
+            } else {
+                0
+            };
+        let start = plain.start - front;
+        let nonce = self.tx.nonce();
+        let [l0, l1] = u16::try_from(len - HEADER)
+            .expect("a record body fits in 16 bits")
+            .to_be_bytes();
+        buf[start..start + HEADER].copy_from_slice(&[APPLICATION_DATA, 3, 3, l0, l1]);
+        let (sealed_end, tag) = if self.tls13 {
+            // The inner content type follows the plaintext, under the cipher too; the AAD is
+            // the record header.
+            buf[plain.end] = APPLICATION_DATA;
+            let (head, body) = buf.split_at_mut(plain.start);
+            let aad: [u8; HEADER] = head[start..].try_into().expect("a record header");
+            let tag = self.tx.key.seal_in_place_separate_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(aad),
+                &mut body[..n + 1],
+            );
+            (plain.end + 1, tag)
+        } else {
+            if self.explicit_nonce {
+                buf[start + HEADER..plain.start].copy_from_slice(&nonce[4..]);
+            }
+            let aad = tls12_aad(self.tx.seq, APPLICATION_DATA, n);
+            let tag = self.tx.key.seal_in_place_separate_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(aad),
+                &mut buf[plain.clone()],
+            );
+            (plain.end, tag)
+        };
+        let tag =
+            tag.map_err(|_| RecordError::send(alert::INTERNAL_ERROR, "sealing a record failed"))?;
+        buf[sealed_end..sealed_end + TAG].copy_from_slice(tag.as_ref());
+        debug_assert_eq!(sealed_end + TAG - start, len);
+        self.tx.advance()?;
+        Ok(start..start + len)
     }
 
     /// Whether sealed records wait in [`Self::take_outgoing`].

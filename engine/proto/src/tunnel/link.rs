@@ -10,7 +10,9 @@
 //!   or [`Event::Refused`].
 //!
 //! Then [`Event::Message`] for each binary message (borrowed from the link's buffer until the
-//! next call), [`Link::send_message`] to send one, [`Link::send_ping`], [`Link::close`]; pings
+//! next call, or that buffer taken over with [`Link::take_message`]), [`Link::send_message`] to
+//! send one (or [`Link::send_in_place`], framed and sealed in the caller's buffer),
+//! [`Link::send_ping`], [`Link::close`]; pings
 //! are answered and a peer's close frame is echoed here. Any protocol error is answered with
 //! the close frame its close code says, then [`Event::Failed`].
 //!
@@ -29,6 +31,7 @@
 //! (`enable_secret_extraction`), as the engine's TLS configs do.
 
 use std::collections::VecDeque;
+use std::ops::Range;
 
 use rustls::ProtocolVersion;
 use rustls::client::UnbufferedClientConnection;
@@ -37,7 +40,9 @@ use rustls::unbuffered::{ConnectionState, EncodeError, InsufficientSizeError};
 
 use crate::forward::records::{Head, head};
 use crate::pool;
-use crate::record::{APPLICATION_DATA, Control, MAX_PLAINTEXT, RecordError, RecordLayer};
+use crate::record::{
+    APPLICATION_DATA, Control, EXPLICIT_NONCE, HEADER, MAX_PLAINTEXT, RecordError, RecordLayer, TAG,
+};
 use crate::tls_conn::{Records, TlsConn};
 use crate::ws::{
     self, ClientRequest, Decoder, Encoder, Item, Limits, MAX_HEADER_LEN, OpCode, ParsedRequest,
@@ -125,6 +130,19 @@ enum Step {
 /// header, plus room for the TLS record being read when it ends.
 pub const MAX_BUFFERED: usize = Limits::TUNNEL_FRAME + MAX_HEADER_LEN + 16 * 1024 + 256;
 
+/// Bytes [`Link::send_in_place`] needs in front of the payload: the TLS record header, TLS
+/// 1.2 AES-GCM's explicit nonce and the WebSocket header.
+pub const SEND_HEADROOM: usize = HEADER + EXPLICIT_NONCE + MAX_HEADER_LEN;
+
+/// Bytes [`Link::send_in_place`] needs after the payload: TLS 1.3's inner content type and the
+/// AEAD tag.
+pub const SEND_TAILROOM: usize = 1 + TAG;
+
+/// The largest payload [`Link::send_in_place`] seals where it lies: its masked frame (a
+/// 4-byte header and the 4-byte key) fills one TLS record. A larger one spans records and is
+/// copied.
+pub const MAX_IN_PLACE: usize = MAX_PLAINTEXT - 8;
+
 /// The size of a plaintext or ciphertext buffer taken from the pool.
 const CHUNK: usize = 16 * 1024;
 
@@ -150,14 +168,22 @@ pub struct Link {
     /// Plaintext received and not yet consumed.
     plain: Vec<u8>,
     /// Bytes at the front of `plain` that the last event used; dropped at the next call.
-    consumed: usize,
+    /// (`plain` holds at most about [`MAX_BUFFERED`] bytes: 32 bits keep the struct within its
+    /// budget.)
+    consumed: u32,
+    /// Where in `plain` the message handed out last starts (it ends at `consumed`), for
+    /// [`Link::take_message`]; `u32::MAX` when the last event was no message from `plain`.
+    message_at: u32,
     decoder: Decoder,
     encoder: Encoder,
     client: Option<ClientSide>,
     /// Masking keys for a client (xorshift64*, seeded by the caller).
     mask_state: u64,
-    /// Ciphertext to write to the socket.
+    /// Ciphertext to write to the socket: `out[out_at..]` (a buffer sealed in place by
+    /// [`Link::send_in_place`] starts past its headroom).
     out: Vec<u8>,
+    /// (32 bits keep the struct within its budget; a buffer's headroom is far below that.)
+    out_at: u32,
     /// The peer ended TLS (close_notify or EOF given to [`Link::receive_eof`]).
     eof: bool,
     /// Messages reassembled from fragments, waiting to be handed out.
@@ -172,7 +198,7 @@ impl std::fmt::Debug for Link {
             .field("role", &self.role)
             .field("state", &self.state)
             .field("plain", &self.plain.len())
-            .field("out", &self.out.len())
+            .field("out", &self.pending_output())
             .finish_non_exhaustive()
     }
 }
@@ -192,11 +218,13 @@ impl Link {
             state: State::Upgrading,
             plain: Vec::new(),
             consumed: 0,
+            message_at: u32::MAX,
             decoder: Decoder::new(role, Limits::default()),
             encoder: Encoder::new(role),
             client,
             mask_state: seed | 1,
             out: Vec::new(),
+            out_at: 0,
             eof: false,
             reassembled: VecDeque::new(),
             current: Vec::new(),
@@ -251,13 +279,23 @@ impl Link {
 
     /// Ciphertext bytes waiting to be written to the socket: what a caller bounds.
     pub fn pending_output(&self) -> usize {
-        self.out.len()
+        self.out.len() - self.out_at as usize
     }
 
-    /// Takes the ciphertext to write (appended to `buf`, which is cleared first).
+    /// Takes the ciphertext to write (`buf` is cleared and then holds exactly it). When the
+    /// output is a buffer sealed in place this moves it to the front; a caller that can write
+    /// from an offset takes it with [`Link::take_output_at`] instead.
     pub fn take_output(&mut self, buf: &mut Vec<u8>) {
+        let at = self.take_output_at(buf);
+        buf.drain(..at);
+    }
+
+    /// Takes the ciphertext to write without moving it: `buf` (cleared first) is swapped with
+    /// the link's output, and the bytes to write are `buf[returned..]`.
+    pub fn take_output_at(&mut self, buf: &mut Vec<u8>) -> usize {
         buf.clear();
         std::mem::swap(buf, &mut self.out);
+        std::mem::take(&mut self.out_at) as usize
     }
 
     /// Puts back the bytes of `buf` from `from` on that the socket did not take: they go before
@@ -266,10 +304,11 @@ impl Link {
         if buf.is_empty() {
             return;
         }
-        let mut rest = Vec::with_capacity(buf.len() + self.out.len());
+        let mut rest = Vec::with_capacity(buf.len() + self.pending_output());
         rest.extend_from_slice(buf);
-        rest.extend_from_slice(&self.out);
-        self.out = rest;
+        rest.extend_from_slice(&self.out[self.out_at as usize..]);
+        pool::give(std::mem::replace(&mut self.out, rest));
+        self.out_at = 0;
     }
 
     /// The negotiated TLS version, for logs.
@@ -474,8 +513,10 @@ impl Link {
     /// The next thing the bytes received say, if any. Call after [`Link::receive_tls`] until it
     /// gives `None`. Pings are answered here and pongs taken silently.
     pub fn poll(&mut self) -> Option<Event<'_>> {
+        self.message_at = u32::MAX;
+        self.current = Vec::new();
         if self.consumed > 0 {
-            self.plain.drain(..self.consumed);
+            self.plain.drain(..self.consumed as usize);
             self.consumed = 0;
             if self.plain.is_empty() {
                 // Between messages: an idle link keeps no buffer.
@@ -516,7 +557,7 @@ impl Link {
         match ws::parse_request(&self.plain) {
             Ok(ParsedRequest::Incomplete) => None,
             Ok(ParsedRequest::Complete { request, len }) => {
-                self.consumed = len;
+                self.consumed = len as u32;
                 self.state = State::Deciding;
                 Some(Event::Request(request))
             }
@@ -532,7 +573,7 @@ impl Link {
         match ws::parse_response(&self.plain, &side.key, &side.offered) {
             Ok(ParsedResponse::Incomplete) => None,
             Ok(ParsedResponse::Complete { accepted, len }) => {
-                self.consumed = len;
+                self.consumed = len as u32;
                 self.state = State::Open;
                 Some(Event::Open(accepted))
             }
@@ -544,13 +585,15 @@ impl Link {
     }
 
     fn poll_frames(&mut self) -> Option<Event<'_>> {
-        self.current = Vec::new();
         if let Some(message) = self.reassembled.pop_front() {
             self.current = message;
             return Some(Event::Message(&self.current));
         }
         loop {
-            let decoded = match self.decoder.handle_bytes(&mut self.plain[self.consumed..]) {
+            let decoded = match self
+                .decoder
+                .handle_bytes(&mut self.plain[self.consumed as usize..])
+            {
                 Ok(d) => d,
                 Err(e) => {
                     if self.state == State::Open {
@@ -566,8 +609,8 @@ impl Link {
             if decoded.consumed == 0 {
                 return None;
             }
-            let base = self.consumed;
-            self.consumed += decoded.consumed;
+            let base = self.consumed as usize;
+            self.consumed += decoded.consumed as u32;
             match decoded.item {
                 None => continue,
                 Some(Item::Binary(range)) => {
@@ -575,6 +618,12 @@ impl Link {
                         continue;
                     }
                     let range = base + range.start..base + range.end;
+                    debug_assert_eq!(
+                        range.end,
+                        base + decoded.consumed,
+                        "a frame ends with its payload"
+                    );
+                    self.message_at = range.start as u32;
                     return Some(Event::Message(&self.plain[range]));
                 }
                 Some(Item::Reassembled(message)) => {
@@ -665,6 +714,106 @@ impl Link {
             .expect("headroom, masking and range are right");
         self.write_plain(&frame[start..]);
         pool::give(frame);
+    }
+
+    /// Sends `buf[payload]` as one binary message, framed and sealed where it lies: the
+    /// WebSocket header (and the client's mask, applied in place) and the TLS record header go
+    /// into the [`SEND_HEADROOM`] bytes the caller left in front of `payload`, TLS 1.3's
+    /// content type and the tag after it (`buf` grows by [`SEND_TAILROOM`] bytes, within its
+    /// capacity if the caller left that room). The link owns `buf` from now on: when nothing
+    /// else waits to be written it becomes the output itself (take it with
+    /// [`Link::take_output_at`]), so the payload is not copied at all; else its record is
+    /// appended to the output, and `buf` goes back to the pool. A payload over
+    /// [`MAX_IN_PLACE`] bytes, or with less headroom, is sent as [`Link::send_message`] would.
+    /// Nothing is sent unless the link is open.
+    ///
+    /// # Panics
+    /// If `payload` is not a range within `buf`.
+    pub fn send_in_place(&mut self, mut buf: Vec<u8>, payload: Range<usize>) {
+        assert!(
+            payload.start <= payload.end && payload.end <= buf.len(),
+            "send_in_place: {payload:?} is not within the buffer's {} bytes",
+            buf.len()
+        );
+        if self.state != State::Open {
+            pool::give(buf);
+            return;
+        }
+        let fits = payload.start >= SEND_HEADROOM && payload.len() <= MAX_IN_PLACE;
+        if !fits || self.tx_closed || !matches!(self.tls, Tls::Records(_)) {
+            self.send_message(&buf[payload]);
+            pool::give(buf);
+            return;
+        }
+        let mask = self.next_mask();
+        let Tls::Records(layer) = &mut self.tls else {
+            unreachable!("checked above");
+        };
+        if let Err(e) = layer.before_seal() {
+            let _ = self.fail_records(e);
+            pool::give(buf);
+            return;
+        }
+        if layer.has_outgoing() {
+            // A KeyUpdate goes first.
+            self.out.extend_from_slice(&layer.take_outgoing());
+        }
+        let end = payload.end;
+        let frame = self
+            .encoder
+            .frame_in_place(&mut buf, payload, OpCode::Binary, true, mask)
+            .expect("headroom, masking and range are right");
+        buf.truncate(end);
+        buf.resize(end + SEND_TAILROOM, 0);
+        match layer.seal_in_place(&mut buf, frame..end) {
+            Ok(record) => {
+                if let (0, Ok(at)) = (self.pending_output(), u32::try_from(record.start)) {
+                    buf.truncate(record.end);
+                    pool::give(std::mem::replace(&mut self.out, buf));
+                    self.out_at = at;
+                } else {
+                    self.out.extend_from_slice(&buf[record]);
+                    pool::give(buf);
+                }
+            }
+            Err(e) => {
+                pool::give(buf);
+                let _ = self.fail_records(e);
+            }
+        }
+    }
+
+    /// Right after [`Link::poll`] gave [`Event::Message`]: the buffer that holds the message,
+    /// and the message's range in it, for the caller to keep (and give back to the pool once
+    /// done) instead of copying the message out. The link goes on with a fresh buffer from the
+    /// pool holding what it received after the message, so it hands its buffer over only when
+    /// that is shorter than the message; else (and at any other time) `None`: copy the message
+    /// from the event. A message reassembled from fragments is always handed over.
+    pub fn take_message(&mut self) -> Option<(Vec<u8>, Range<usize>)> {
+        if !self.current.is_empty() {
+            let message = std::mem::take(&mut self.current);
+            let len = message.len();
+            return Some((message, 0..len));
+        }
+        if self.message_at == u32::MAX {
+            return None;
+        }
+        let consumed = self.consumed as usize;
+        let range = self.message_at as usize..consumed;
+        let rest = self.plain.len() - consumed;
+        if range.is_empty() || rest >= range.len() {
+            return None;
+        }
+        self.message_at = u32::MAX;
+        let mut kept = Vec::new();
+        if rest > 0 {
+            kept = pool::take(CHUNK.max(rest));
+            kept.extend_from_slice(&self.plain[consumed..]);
+        }
+        let mut buf = std::mem::replace(&mut self.plain, kept);
+        buf.truncate(consumed);
+        self.consumed = 0;
+        Some((buf, range))
     }
 
     /// Sends a ping (its pong is taken silently: the caller counts any bytes as activity).
@@ -865,9 +1014,16 @@ mod tests {
     fn configs_for(
         versions: &[&'static rustls::SupportedProtocolVersion],
     ) -> (Arc<rustls::ClientConfig>, Arc<rustls::ServerConfig>) {
+        configs_with(rustls::crypto::aws_lc_rs::default_provider(), versions)
+    }
+
+    fn configs_with(
+        provider: rustls::crypto::CryptoProvider,
+        versions: &[&'static rustls::SupportedProtocolVersion],
+    ) -> (Arc<rustls::ClientConfig>, Arc<rustls::ServerConfig>) {
         let cert =
             splice_test_pki::Cert::self_signed(&["localhost"], splice_test_pki::KeyType::P256);
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let provider = Arc::new(provider);
         let mut server = rustls::ServerConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(versions)
             .unwrap()
@@ -1098,6 +1254,344 @@ mod tests {
         server.take_output(&mut alert);
         let e = client.receive_tls(&alert).unwrap_err();
         assert!(e.to_string().contains("bad_record_mac"), "{e}");
+    }
+
+    /// Opens a pair past its upgrade.
+    fn opened(configs: (Arc<rustls::ClientConfig>, Arc<rustls::ServerConfig>)) -> (Link, Link) {
+        let token = AccessToken::new("f".repeat(40)).unwrap();
+        let (mut client, mut server) = open_pair_with(configs, &token, None);
+        shuttle(&mut client, &mut server);
+        let Some(Event::Request(r)) = server.poll() else {
+            panic!("no request")
+        };
+        server.accept(&r.accept_response("c"));
+        shuttle(&mut client, &mut server);
+        assert!(matches!(client.poll(), Some(Event::Open(_))));
+        (client, server)
+    }
+
+    /// TLS 1.3, TLS 1.2 with AES-GCM (an explicit nonce per record) and TLS 1.2 with
+    /// ChaCha20-Poly1305 (none): the three record layouts.
+    fn all_layouts() -> Vec<(Arc<rustls::ClientConfig>, Arc<rustls::ServerConfig>)> {
+        use rustls::crypto::aws_lc_rs::{cipher_suite, default_provider};
+        let chacha = rustls::crypto::CryptoProvider {
+            cipher_suites: vec![cipher_suite::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256],
+            ..default_provider()
+        };
+        vec![
+            configs_for(&[&rustls::version::TLS13]),
+            configs_for(&[&rustls::version::TLS12]),
+            configs_with(chacha, &[&rustls::version::TLS12]),
+        ]
+    }
+
+    /// A payload read into a buffer with the headroom (the agents' local reads) goes out
+    /// framed, masked and sealed in that buffer: the output is that very buffer, and the
+    /// relay's side reads the message. Payloads too big for one record, or with too little
+    /// headroom, go the copying way, in order with the rest.
+    #[test]
+    fn send_in_place_seals_the_callers_buffer_on_every_record_layout() {
+        for configs in all_layouts() {
+            let (mut client, mut server) = opened(configs);
+            let version = client.tls_version();
+            for (n, headroom) in [
+                (0, SEND_HEADROOM),
+                (1, SEND_HEADROOM),
+                (125, SEND_HEADROOM + 3),
+                (126, SEND_HEADROOM),
+                (5000, 64),
+                (MAX_IN_PLACE, SEND_HEADROOM),
+                (MAX_IN_PLACE + 1, SEND_HEADROOM),
+                (40_000, SEND_HEADROOM),
+                (300, SEND_HEADROOM - 1),
+            ] {
+                let payload: Vec<u8> = (0..n).map(|i| (i * 31 + n) as u8).collect();
+                let mut buf = Vec::with_capacity(headroom + n + SEND_TAILROOM);
+                buf.resize(headroom, 0xee);
+                buf.extend_from_slice(&payload);
+                let ptr = buf.as_ptr();
+                client.send_in_place(buf, headroom..headroom + n);
+                let mut out = Vec::new();
+                let at = client.take_output_at(&mut out);
+                if n <= MAX_IN_PLACE && headroom >= SEND_HEADROOM {
+                    assert_eq!(
+                        out.as_ptr(),
+                        ptr,
+                        "{n} bytes over {version:?}: not in place"
+                    );
+                    assert!(at > 0, "the record starts past the unused headroom");
+                } else {
+                    assert_eq!(at, 0);
+                }
+                server.receive_tls(&out[at..]).unwrap();
+                match server.poll() {
+                    Some(Event::Message(m)) => {
+                        assert!(m == &payload[..], "{n} bytes over {version:?}")
+                    }
+                    other => panic!("{n} bytes over {version:?}: {other:?}"),
+                }
+                assert!(server.poll().is_none());
+            }
+        }
+    }
+
+    /// Moves bytes between a client link and rustls's own server (an independent record
+    /// layer) until neither has any; the plaintext rustls reads is appended to `plain`.
+    fn pump(client: &mut Link, server: &mut rustls::ServerConnection, plain: &mut Vec<u8>) {
+        use std::io::Read;
+        loop {
+            let mut moved = false;
+            let mut buf = Vec::new();
+            let at = client.take_output_at(&mut buf);
+            let mut rd = &buf[at..];
+            moved |= !rd.is_empty();
+            while !rd.is_empty() {
+                server.read_tls(&mut rd).unwrap();
+                server.process_new_packets().unwrap();
+            }
+            let _ = server.reader().read_to_end(plain); // WouldBlock once all is read
+            let mut out = Vec::new();
+            while server.wants_write() {
+                server.write_tls(&mut out).unwrap();
+            }
+            if !out.is_empty() {
+                moved = true;
+                client.receive_tls(&out).unwrap();
+            }
+            if !moved {
+                return;
+            }
+        }
+    }
+
+    /// rustls, as the relay's TLS stack, opens what the link sealed in place on each record
+    /// layout, and the frames in it (unmasked here by hand) carry the payloads.
+    #[test]
+    fn rustls_opens_records_sealed_in_place() {
+        for (cc, sc) in all_layouts() {
+            let token = AccessToken::new("h".repeat(40)).unwrap();
+            let request = ClientRequest {
+                host: "localhost",
+                mode: Mode::Destination,
+                access_token: &token,
+                client_token: None,
+                protocols: &Subprotocol::ALL,
+                key: [9; 16],
+                user_agent: "test",
+            };
+            let name = ServerName::try_from("localhost").unwrap();
+            let mut client = Link::client(
+                rustls::client::UnbufferedClientConnection::new(cc, name).unwrap(),
+                &request,
+                77,
+            );
+            let mut server = rustls::ServerConnection::new(sc).unwrap();
+            let mut plain = Vec::new();
+            pump(&mut client, &mut server, &mut plain);
+            let Ok(ParsedRequest::Complete { request, len }) = ws::parse_request(&plain) else {
+                panic!("no request")
+            };
+            assert_eq!(len, plain.len());
+            plain.clear();
+            std::io::Write::write_all(&mut server.writer(), &request.accept_response("c")).unwrap();
+            pump(&mut client, &mut server, &mut plain);
+            assert!(matches!(client.poll(), Some(Event::Open(_))));
+            let version = client.tls_version();
+            for n in [0, 1, 125, 126, 9000, MAX_IN_PLACE] {
+                let payload: Vec<u8> = (0..n).map(|i| (i * 13 + 5) as u8).collect();
+                let mut buf = vec![0; SEND_HEADROOM];
+                buf.extend_from_slice(&payload);
+                client.send_in_place(buf, SEND_HEADROOM..SEND_HEADROOM + n);
+                plain.clear();
+                pump(&mut client, &mut server, &mut plain);
+                // A masked FIN binary frame: 0x82, the length (7 or 7+16 bits), the key.
+                assert_eq!(plain[0], 0x82, "{n} bytes over {version:?}");
+                let (len, key_at) = match plain[1] & 0x7f {
+                    126 => (u16::from_be_bytes([plain[2], plain[3]]) as usize, 4),
+                    short => (short as usize, 2),
+                };
+                assert_eq!(plain[1] & 0x80, 0x80, "masked");
+                assert_eq!(len, n);
+                let key: [u8; 4] = plain[key_at..key_at + 4].try_into().unwrap();
+                let body: Vec<u8> = plain[key_at + 4..]
+                    .iter()
+                    .enumerate()
+                    .map(|(i, b)| b ^ key[i % 4])
+                    .collect();
+                assert!(body == payload, "{n} bytes over {version:?}");
+            }
+        }
+    }
+
+    /// A message handed out whole takes the link's buffer with it (no copy) when less than it
+    /// follows in the buffer; the rest stays and is read next, in order. Not twice, nor after
+    /// another event; a reassembled message is handed over too.
+    #[test]
+    fn take_message_hands_the_buffer_over() {
+        let (mut client, mut server) = opened(configs());
+        let big: Vec<u8> = (0..12_000u32).map(|i| (i * 3) as u8).collect();
+        server.send_message(&big);
+        server.send_message(b"small");
+        server.send_message(b"tiny");
+        shuttle(&mut client, &mut server);
+        // The big one, with less behind it: handed over.
+        assert!(matches!(client.poll(), Some(Event::Message(m)) if m == &big[..]));
+        let (buf, range) = client.take_message().expect("handed over");
+        assert!(buf[range] == big[..]);
+        assert!(client.take_message().is_none(), "not twice");
+        // The small one, with more behind it: copied.
+        assert!(matches!(client.poll(), Some(Event::Message(b"small"))));
+        assert!(client.take_message().is_none());
+        assert!(matches!(client.poll(), Some(Event::Message(b"tiny"))));
+        assert!(client.poll().is_none());
+        server.send_message(&big);
+        shuttle(&mut client, &mut server);
+        assert!(matches!(client.poll(), Some(Event::Message(m)) if m == &big[..]));
+        let (buf, range) = client
+            .take_message()
+            .expect("the last one, nothing behind it");
+        assert!(buf[range] == big[..]);
+        assert!(client.poll().is_none());
+        assert!(client.take_message().is_none(), "no message");
+        // Fragments: the reassembled message is handed over.
+        for (opcode, fin, part) in [
+            (OpCode::Binary, false, &b"frag"[..]),
+            (OpCode::Continuation, true, &b"ments"[..]),
+        ] {
+            let mut frame = vec![0; MAX_HEADER_LEN];
+            frame.extend_from_slice(part);
+            let end = frame.len();
+            let start = server
+                .encoder
+                .frame_in_place(&mut frame, MAX_HEADER_LEN..end, opcode, fin, None)
+                .unwrap();
+            server.write_plain(&frame[start..]);
+        }
+        shuttle(&mut client, &mut server);
+        assert!(matches!(client.poll(), Some(Event::Message(b"fragments"))));
+        let (buf, range) = client.take_message().expect("reassembled");
+        assert_eq!(&buf[range], b"fragments");
+        assert!(client.poll().is_none());
+        // The relay's side, whose frames come masked: unmasked in the buffer handed over.
+        let (buf, range) = {
+            let mut buf = vec![0; SEND_HEADROOM];
+            buf.extend_from_slice(&big);
+            client.send_in_place(buf, SEND_HEADROOM..SEND_HEADROOM + big.len());
+            shuttle(&mut client, &mut server);
+            assert!(matches!(server.poll(), Some(Event::Message(m)) if m == &big[..]));
+            server.take_message().expect("nothing behind it")
+        };
+        assert!(buf[range] == big[..]);
+        assert!(server.poll().is_none());
+        // The link goes on: close both ways.
+        client.close(close_code::NORMAL, "");
+        shuttle(&mut client, &mut server);
+        assert!(matches!(server.poll(), Some(Event::Closed { .. })));
+    }
+
+    /// Sent in place behind queued output (a message, a ping), the record is appended after
+    /// it; output sealed in place and taken with `take_output`, or partly written and put
+    /// back, keeps its order.
+    #[test]
+    fn send_in_place_keeps_order_with_queued_and_unsent_output() {
+        for configs in all_layouts() {
+            let (mut client, mut server) = opened(configs);
+            let in_place = |client: &mut Link, byte: u8, n: usize| {
+                let mut buf = vec![0; SEND_HEADROOM];
+                buf.resize(SEND_HEADROOM + n, byte);
+                client.send_in_place(buf, SEND_HEADROOM..SEND_HEADROOM + n);
+            };
+            // Behind queued output.
+            client.send_message(b"first");
+            client.send_ping();
+            in_place(&mut client, 2, 3000);
+            // Alone, taken the moving way.
+            let mut out = Vec::new();
+            client.take_output(&mut out);
+            server.receive_tls(&out).unwrap();
+            in_place(&mut client, 3, 4000);
+            client.take_output(&mut out);
+            server.receive_tls(&out).unwrap();
+            // Alone, written in two parts: the rest is put back, and more queued after it.
+            in_place(&mut client, 4, 5000);
+            let at = client.take_output_at(&mut out);
+            server.receive_tls(&out[at..at + 100]).unwrap();
+            client.unsent(&out[at + 100..]);
+            client.send_message(b"last");
+            shuttle(&mut client, &mut server);
+            let mut got = Vec::new();
+            while let Some(event) = server.poll() {
+                match event {
+                    Event::Message(m) => got.push(m.to_vec()),
+                    other => panic!("{other:?}"),
+                }
+            }
+            let want: Vec<Vec<u8>> = vec![
+                b"first".to_vec(),
+                vec![2; 3000],
+                vec![3; 4000],
+                vec![4; 5000],
+                b"last".to_vec(),
+            ];
+            assert!(
+                got == want,
+                "{:?}",
+                got.iter().map(Vec::len).collect::<Vec<_>>()
+            );
+        }
+    }
+
+    /// A send key at its cipher's limit changes before the record sealed in place: the
+    /// KeyUpdate goes out first (else the relay's side could not open the record).
+    #[test]
+    fn send_in_place_sends_a_key_update_first() {
+        let (mut client, mut server) = opened(configs_for(&[&rustls::version::TLS13]));
+        let Tls::Records(layer) = &mut client.tls else {
+            panic!("no record layer")
+        };
+        layer.set_tx_limit(3);
+        for i in 0..10u8 {
+            let mut buf = vec![0; SEND_HEADROOM];
+            buf.resize(SEND_HEADROOM + 1000, i);
+            client.send_in_place(buf, SEND_HEADROOM..SEND_HEADROOM + 1000);
+            shuttle(&mut client, &mut server);
+            match server.poll() {
+                Some(Event::Message(m)) => assert!(m == &[i; 1000][..], "message {i}"),
+                other => panic!("message {i}: {other:?}"),
+            }
+        }
+        let Tls::Records(layer) = &client.tls else {
+            panic!()
+        };
+        assert!(layer.seqs().0 < 3, "the key changed");
+    }
+
+    /// Sent before the link is open, or after it ended, nothing goes out (as with
+    /// `send_message`), and the buffer goes back to the pool.
+    #[test]
+    fn send_in_place_sends_nothing_unless_open() {
+        let token = AccessToken::new("g".repeat(40)).unwrap();
+        let (mut client, mut server) = open_pair(&token, None);
+        client.send_in_place(
+            vec![1; SEND_HEADROOM + 10],
+            SEND_HEADROOM..SEND_HEADROOM + 10,
+        );
+        shuttle(&mut client, &mut server);
+        let Some(Event::Request(r)) = server.poll() else {
+            panic!()
+        };
+        assert!(server.poll().is_none());
+        server.accept(&r.accept_response("c"));
+        shuttle(&mut client, &mut server);
+        assert!(matches!(client.poll(), Some(Event::Open(_))));
+        assert!(server.poll().is_none(), "nothing was sent before the 101");
+        client.close(close_code::NORMAL, "bye");
+        let before = client.pending_output();
+        client.send_in_place(
+            vec![1; SEND_HEADROOM + 10],
+            SEND_HEADROOM..SEND_HEADROOM + 10,
+        );
+        assert_eq!(client.pending_output(), before);
     }
 
     #[test]
