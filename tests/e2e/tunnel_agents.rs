@@ -1168,6 +1168,19 @@ fn relay_kernel_bytes_equal_the_bytes_on_the_wire() {
             kernel(&s, "splice_relay_kernel_bytes_total", &[]),
             s.text
         );
+        // Deleting the tunnel drops its series with its other per-tunnel ones; the relay's
+        // totals stay.
+        let (status, json) = relay.api("DELETE", &format!("/tunnels/{id}"), "");
+        assert_eq!(status, 200, "{json}");
+        let gone = |s: &Metrics| {
+            !s.has("splice_relay_tunnel_bytes_total", &tunnel)
+                && !s.has("splice_relay_tunnel_kernel_bytes_total", &tunnel)
+        };
+        assert!(wait_until(SOON, || gone(&scrape(m))), "{}", scrape(m).text);
+        assert_eq!(
+            kernel(&scrape(m), "splice_relay_kernel_bytes_total", &[]),
+            wire
+        );
     }
 }
 
