@@ -316,6 +316,7 @@ impl Engine {
                 .push(plane);
         }
         *engine.relays.get_mut().expect("relays lock") = services;
+        engine.count_relays_in_kernel();
         engine
             .next_relay_id
             .store(cfg.relays.len() as u32 + 1, Relaxed);
@@ -406,6 +407,18 @@ impl Engine {
         let mut n = self.next_id.lock().expect("id lock");
         *n += 1;
         *n
+    }
+
+    /// Kernel byte accounting for the relays' peer sockets (set as each relay starts: a peer
+    /// admitted in that instant is counted in user space only).
+    fn count_relays_in_kernel(&self) {
+        if let Some(acct) = &self.kernel_acct
+            && let Ok(list) = self.relay_stats.lock()
+        {
+            for (_, stats) in list.iter() {
+                stats.kernel.start(acct);
+            }
+        }
     }
 
     fn install(
@@ -608,6 +621,7 @@ impl Engine {
                     &self.relay_stats,
                     &self.next_relay_id,
                 )?;
+                self.count_relays_in_kernel();
             }
             *current = cfg;
             Ok(())

@@ -285,3 +285,165 @@ fn without_permission_auto_falls_back_and_on_fails() {
         notes[0]
     );
 }
+
+/// Sends `payload` through `entry` to a sink (which answers its size and hash) and returns
+/// the answer, checking it.
+fn transfer(entry: SocketAddr, payload: &[u8]) -> Vec<u8> {
+    let mut s = connect(entry);
+    let writer = {
+        let mut w = s.try_clone().expect("clone");
+        let p = payload.to_vec();
+        thread::spawn(move || {
+            w.write_all(&p).expect("write the payload");
+            w.shutdown(Shutdown::Write).expect("half-close");
+        })
+    };
+    let (reply, end) = read_until_end(&mut s);
+    writer.join().expect("writer");
+    assert!(matches!(end, End::Eof), "{end:?}");
+    assert_eq!(
+        reply,
+        format!("{} {}\n", payload.len(), sha256_hex(payload)).as_bytes()
+    );
+    reply
+}
+
+/// Two chains (four engines, each loading its own program on the same cgroup) at once, one
+/// on each driver, moving different sizes at the same time: each engine's kernel counts are
+/// exactly its own transfer's, none of the other chain's sockets.
+#[test]
+fn two_engines_on_one_host_each_count_only_their_own_sockets() {
+    let pki = Pki::new();
+    let sizes = [1_000_003usize, 2_500_019];
+    let runs: Vec<_> = DRIVERS
+        .iter()
+        .zip(sizes)
+        .map(|(driver, size)| {
+            let (backend, reports) = sink_backend(None);
+            let chain = chain(&pki, backend.addr, driver);
+            for p in [&chain.client, &chain.server] {
+                assert!(
+                    p.wait_log(SOON, |l| l.contains("eBPF accounting loaded")),
+                    "{}",
+                    p.log()
+                );
+            }
+            (backend, reports, chain, size)
+        })
+        .collect();
+    let moving: Vec<_> = runs
+        .iter()
+        .enumerate()
+        .map(|(i, (_, _, chain, size))| {
+            let (entry, size) = (chain.entry, *size);
+            thread::spawn(move || transfer(entry, &random_bytes(size, 40 + i as u64)))
+        })
+        .collect();
+    let replies: Vec<Vec<u8>> = moving
+        .into_iter()
+        .map(|t| t.join().expect("transfer"))
+        .collect();
+    for ((_, reports, chain, size), reply) in runs.iter().zip(&replies) {
+        let report = reports.recv_timeout(SOON).expect("the sink's report");
+        assert_eq!(report.bytes, *size as u64);
+        let (up, down) = (*size as u64, reply.len() as u64);
+        wait_kernel(
+            chain.client_metrics,
+            "client",
+            &[("downstream", "in", up), ("downstream", "out", down)],
+        );
+        wait_kernel(
+            chain.server_metrics,
+            "server",
+            &[("upstream", "out", up), ("upstream", "in", down)],
+        );
+        // The TLS hop's last record (the close_notify) is counted when each end's socket
+        // closes: wait for both ends' counts to agree, then check them.
+        let hop = || {
+            let (c, s) = (scrape(chain.client_metrics), scrape(chain.server_metrics));
+            let agree = kernel(&c, "client", "upstream", "out")
+                == kernel(&s, "server", "downstream", "in")
+                && kernel(&c, "client", "upstream", "in")
+                    == kernel(&s, "server", "downstream", "out");
+            (agree, c, s)
+        };
+        wait_until(SOON, || hop().0);
+        let (_, client, server) = hop();
+        assert_tls_hop(&client, &server, up, down);
+    }
+}
+
+/// The ids of the BPF objects (`prog_id`, `map_id`, `link_id`) process `pid` holds open, by
+/// kind, read from its file descriptors' fdinfo.
+fn bpf_ids(pid: i32) -> [Vec<u32>; 3] {
+    let mut ids: [Vec<u32>; 3] = Default::default();
+    let dir = fs::read_dir(format!("/proc/{pid}/fdinfo")).expect("fdinfo");
+    for entry in dir.flatten() {
+        let Ok(text) = fs::read_to_string(entry.path()) else {
+            continue;
+        };
+        // A link's fdinfo names its program too (`prog_id`): only its own kind counts.
+        let kind = ["link_id:", "map_id:", "prog_id:"].iter().find_map(|k| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(k).map(|v| (*k, v)))
+        });
+        if let Some((k, v)) = kind {
+            let i = ["prog_id:", "map_id:", "link_id:"]
+                .iter()
+                .position(|x| *x == k)
+                .expect("a kind");
+            ids[i].push(v.trim().parse().expect("an id"));
+        }
+    }
+    ids
+}
+
+/// Whether BPF object `kind` (`prog`, `map`, `link`) `id` exists (bpftool, which CI installs).
+fn bpf_exists(kind: &str, id: u32) -> bool {
+    let out = Command::new("bpftool")
+        .args([kind, "show", "id", &id.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("bpftool (apt-get install bpftool; .ci/run does)");
+    out.success()
+}
+
+/// After an engine with eBPF exits, by SIGTERM (drained) or SIGKILL, its program, link and
+/// maps are gone from the kernel, while they existed as it ran.
+#[test]
+fn programs_links_and_maps_are_gone_after_the_engine_exits() {
+    let pki = Pki::new();
+    let (backend, _reports) = sink_backend(None);
+    let mut chain = chain(&pki, backend.addr, "epoll");
+    let mut held = Vec::new();
+    for p in [&chain.client, &chain.server] {
+        assert!(
+            p.wait_log(SOON, |l| l.contains("eBPF accounting loaded")),
+            "{}",
+            p.log()
+        );
+        let ids = bpf_ids(p.pid());
+        for (kind, list) in ["prog", "map", "link"].iter().zip(&ids) {
+            assert!(!list.is_empty(), "{kind}s held: {ids:?}");
+            for &id in list {
+                assert!(bpf_exists(kind, id), "{kind} {id} exists while it runs");
+            }
+        }
+        held.push(ids);
+    }
+    transfer(chain.entry, &random_bytes(10_000, 3));
+    chain.client.signal(libc::SIGTERM);
+    assert!(chain.client.wait_exit(SOON).is_some(), "the client exits");
+    drop(chain); // SIGKILL for the server.
+    for ids in &held {
+        for (kind, list) in ["prog", "map", "link"].iter().zip(ids) {
+            for &id in list {
+                assert!(
+                    wait_until(SOON, || !bpf_exists(kind, id)),
+                    "{kind} {id} is gone after the engine exits"
+                );
+            }
+        }
+    }
+}

@@ -176,6 +176,17 @@ struct OurRelay {
 impl OurRelay {
     /// A relay with its registry at `state`.
     fn start(pki: &Pki, driver: &str, state: &str, port: Option<u16>) -> OurRelay {
+        Self::start_with(pki, driver, state, port, None)
+    }
+
+    /// [`OurRelay::start`], with `/metrics` on `metrics` if given.
+    fn start_with(
+        pki: &Pki,
+        driver: &str,
+        state: &str,
+        port: Option<u16>,
+        metrics: Option<u16>,
+    ) -> OurRelay {
         let (port, api) = (port.unwrap_or_else(free_port), free_port());
         let config = pki.dir.path().join(format!("relay-{port}-{api}.toml"));
         let toml = format!(
@@ -186,13 +197,16 @@ impl OurRelay {
             pki.server.key.display().to_string(),
         );
         write_file(&config, toml.as_bytes());
-        let proc = EngineCmd::new("run")
+        let mut cmd = EngineCmd::new("run")
             .opt("--config", &config)
             .opt("--log-level", "info")
             .wait_port(port)
             .wait_port(api)
-            .label(format!("relay ({driver})"))
-            .start();
+            .label(format!("relay ({driver})"));
+        if let Some(m) = metrics {
+            cmd = cmd.metrics(m);
+        }
+        let proc = cmd.start();
         OurRelay {
             proc,
             port,
@@ -986,6 +1000,187 @@ fn agent_kernel_bytes_equal_the_payload() {
                 scrape(m).text
             );
         }
+    }
+}
+
+/// A TCP proxy of the test between an agent and the relay, for one connection: it counts
+/// the bytes it wrote to the relay and read from it (the relay's socket's TCP payload, each
+/// way), and ends cleanly: it reads from the relay until the relay's end, whatever the
+/// agent does.
+struct CountingProxy {
+    addr: SocketAddr,
+    /// Written to the relay, read from the relay.
+    counts: Arc<[AtomicU64; 2]>,
+    done: Arc<AtomicU64>,
+}
+
+impl CountingProxy {
+    fn start(relay: SocketAddr) -> CountingProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the proxy");
+        let addr = listener.local_addr().expect("proxy address");
+        let counts: Arc<[AtomicU64; 2]> = Arc::new([AtomicU64::new(0), AtomicU64::new(0)]);
+        let done = Arc::new(AtomicU64::new(0));
+        let (c, d) = (counts.clone(), done.clone());
+        spawn("counting-proxy", move || {
+            let Ok((agent, _)) = listener.accept() else {
+                return;
+            };
+            let up = connect(relay);
+            for (mut from, mut to, i) in [
+                (agent.try_clone().unwrap(), up.try_clone().unwrap(), 0),
+                (up, agent, 1),
+            ] {
+                let (c, d) = (c.clone(), d.clone());
+                spawn("counting-proxy-copy", move || {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    let mut to_ok = true;
+                    while let Ok(n) = from.read(&mut buf) {
+                        if n == 0 {
+                            break;
+                        }
+                        // Toward the relay (i = 0), count what was written; from it (i = 1),
+                        // what was read, whether or not the agent still takes it.
+                        if i == 1 {
+                            c[1].fetch_add(n as u64, Ordering::SeqCst);
+                        }
+                        let mut off = 0;
+                        while to_ok && off < n {
+                            match to.write(&buf[off..n]) {
+                                Ok(0) | Err(_) => to_ok = false,
+                                Ok(k) => {
+                                    if i == 0 {
+                                        c[0].fetch_add(k as u64, Ordering::SeqCst);
+                                    }
+                                    off += k;
+                                }
+                            }
+                        }
+                        if i == 0 && !to_ok {
+                            break;
+                        }
+                    }
+                    let _ = to.shutdown(Shutdown::Write);
+                    d.fetch_add(1, Ordering::SeqCst);
+                });
+            }
+        });
+        CountingProxy { addr, counts, done }
+    }
+
+    /// `[written to the relay, read from it]` once both ways have ended.
+    fn finished(&self) -> Option<[u64; 2]> {
+        (self.done.load(Ordering::SeqCst) == 2)
+            .then(|| [0, 1].map(|i| self.counts[i].load(Ordering::SeqCst)))
+    }
+}
+
+/// eBPF accounting of the relay's peer sockets, on both drivers: each agent reaches the
+/// relay through a counting proxy of the test; once the agents have gone, what the kernel
+/// counted on the relay's socket of each side (per tunnel and over the relay) equals, exactly,
+/// what that side's proxy wrote to the relay and read from it.
+#[test]
+fn relay_kernel_bytes_equal_the_bytes_on_the_wire() {
+    let pki = Pki::new();
+    for driver in DRIVERS {
+        let metrics = free_port();
+        let relay = OurRelay::start_with(&pki, driver, ":memory:", None, Some(metrics));
+        let (id, src_token, dst_token) = relay.open(&["ssh"]);
+        let backend = echo_backend();
+        let port = free_port();
+        let proxies = [
+            CountingProxy::start(relay.addr()),
+            CountingProxy::start(relay.addr()),
+        ];
+        let agent = |kind, name, services, token| Agent {
+            kind,
+            name,
+            services,
+            protocol: "v3",
+            client_token: None,
+            token,
+            keep_trying: false,
+            extra: "",
+        };
+        let dst = start_agent(
+            &agent(
+                "destination",
+                "dst",
+                vec![format!("ssh={}", backend.addr)],
+                dst_token,
+            ),
+            proxies[1].addr,
+            &pki,
+            driver,
+            &[],
+        );
+        let src = start_agent(
+            &agent(
+                "source",
+                "src",
+                vec![format!("ssh=127.0.0.1:{port}")],
+                src_token,
+            ),
+            proxies[0].addr,
+            &pki,
+            driver,
+            &[port],
+        );
+        assert!(wait_until(SOON, || relay.both_connected(&id)));
+        let mut total = 0;
+        for k in 0..3 {
+            echo_through(localhost(port), 200_000 + 7 * k, k).unwrap();
+            total += 200_000 + 7 * k;
+        }
+        drop(src);
+        drop(dst);
+        assert!(
+            wait_until(SOON, || proxies.iter().all(|p| p.finished().is_some())),
+            "the proxies end ({driver})"
+        );
+        let wire = proxies.map(|p| p.finished().expect("finished"));
+        // Each side carried every payload byte one way, in TLS records: more than the payload.
+        assert!(
+            wire.iter().all(|w| w[0] > total && w[1] > total),
+            "{wire:?}"
+        );
+        let m = localhost(metrics);
+        let kernel = |s: &Metrics, name: &str, extra: &[(&str, &str)]| {
+            ["source", "destination"].map(|side| {
+                ["in", "out"].map(|dir| {
+                    let mut l = vec![("relay", "r"), ("side", side), ("direction", dir)];
+                    l.extend_from_slice(extra);
+                    s.value(name, &l) as u64
+                })
+            })
+        };
+        let tunnel = [("tunnel", id.as_str())];
+        let ok = wait_until(SOON, || {
+            let s = scrape(m);
+            kernel(&s, "splice_relay_tunnel_kernel_bytes_total", &tunnel) == wire
+                && kernel(&s, "splice_relay_kernel_bytes_total", &[]) == wire
+        });
+        let s = scrape(m);
+        assert!(
+            ok,
+            "{driver}: the relay's kernel counts {:?} (tunnel) {:?} (relay) are not the wire's \
+             {wire:?}:\n{}",
+            kernel(&s, "splice_relay_tunnel_kernel_bytes_total", &tunnel),
+            kernel(&s, "splice_relay_kernel_bytes_total", &[]),
+            s.text
+        );
+        // Deleting the tunnel drops its series with its other per-tunnel ones; the relay's
+        // totals stay.
+        let (status, json) = relay.api("DELETE", &format!("/tunnels/{id}"), "");
+        assert_eq!(status, 200, "{json}");
+        let gone = |s: &Metrics| {
+            !s.has("splice_relay_tunnel_bytes_total", &tunnel)
+                && !s.has("splice_relay_tunnel_kernel_bytes_total", &tunnel)
+        };
+        assert!(wait_until(SOON, || gone(&scrape(m))), "{}", scrape(m).text);
+        assert_eq!(
+            kernel(&scrape(m), "splice_relay_kernel_bytes_total", &[]),
+            wire
+        );
     }
 }
 

@@ -15,6 +15,8 @@ pub(crate) type StatsList = Arc<Mutex<Vec<(String, Arc<RelayStats>)>>>;
 const SIDES: [&str; 2] = ["source", "destination"];
 /// The directions, in the order of the byte counters' arrays.
 const DIRECTIONS: [&str; 2] = ["source_to_destination", "destination_to_source"];
+/// The directions of the kernel's counts of a socket: received, sent and acknowledged.
+const KERNEL_DIRECTIONS: [&str; 2] = ["in", "out"];
 
 /// A family of one sample per relay: its name, type, help and value.
 type PerRelay = (
@@ -109,8 +111,35 @@ pub(crate) fn render(list: &StatsList) -> String {
             sample(out, name, &labels, n.load(Relaxed));
         }
     }
+    let totals: Vec<_> = relays
+        .iter()
+        .filter_map(|(r, s)| Some((r, s.kernel.total()?)))
+        .collect();
+    if !totals.is_empty() {
+        let name = "splice_relay_kernel_bytes_total";
+        header(
+            out,
+            name,
+            "counter",
+            "TCP payload bytes the kernel counted on the relay's admitted peer sockets (eBPF accounting), over all its tunnels, by side: received (in) and sent and acknowledged (out). TLS records, the bytes on the wire.",
+        );
+        for (r, counts) in &totals {
+            kernel_samples(out, name, &[("relay", r)], counts);
+        }
+    }
     render_per_tunnel(out, &relays);
     text
+}
+
+/// The samples of one `[side][direction]` array of kernel counts, under `labels`.
+fn kernel_samples(out: &mut String, name: &str, labels: &[(&str, &str)], counts: &[[u64; 2]; 2]) {
+    for (side, by_dir) in SIDES.iter().zip(counts) {
+        for (dir, n) in KERNEL_DIRECTIONS.iter().zip(by_dir) {
+            let mut l = labels.to_vec();
+            l.extend([("side", *side), ("direction", *dir)]);
+            sample(out, name, &l, *n);
+        }
+    }
 }
 
 /// The per-tunnel families: a series per open tunnel that had a peer.
@@ -147,6 +176,24 @@ fn render_per_tunnel(out: &mut String, relays: &[(String, Arc<RelayStats>)]) {
                 let labels = [("relay", r.as_str()), ("tunnel", id), ("side", side)];
                 sample(out, name, &labels, n.load(Relaxed));
             }
+        }
+    }
+    let kernel: Vec<_> = (relays.iter().zip(&tunnels))
+        .flat_map(|((r, s), (_, list))| {
+            list.iter()
+                .filter_map(move |(id, _)| Some((r, id, s.kernel.tunnel(id)?)))
+        })
+        .collect();
+    if !kernel.is_empty() {
+        let name = "splice_relay_tunnel_kernel_bytes_total";
+        header(
+            out,
+            name,
+            "counter",
+            "TCP payload bytes the kernel counted on an open tunnel's peer sockets at the relay (eBPF accounting), by side: received (in) and sent and acknowledged (out).",
+        );
+        for (r, id, counts) in &kernel {
+            kernel_samples(out, name, &[("relay", r), ("tunnel", id)], counts);
         }
     }
     let name = "splice_relay_tunnel_streams_active";

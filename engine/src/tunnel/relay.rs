@@ -9,6 +9,7 @@
 //! than [`HIGH_WATER`] bytes waiting, the relay stops reading that peer until it is under
 //! [`LOW_WATER`], so a peer that stops reading costs bounded memory and slows only its tunnel.
 
+use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
@@ -68,6 +69,90 @@ pub(crate) struct RelayStats {
     /// The same figures per open tunnel (shared with the control side, which drops a
     /// tunnel's entry when it closes).
     pub(crate) per_tunnel: Arc<PerTunnel>,
+    /// The kernel's counts of the admitted peers' sockets (eBPF accounting).
+    pub(crate) kernel: RelayKernel,
+}
+
+/// Where the kernel counts the relay's peer sockets (eBPF accounting, docs/ebpf.md): two
+/// slots per tunnel id (source side, destination side), taken when its first peer is
+/// admitted and kept while the relay runs, so a tunnel that closes and opens again counts on
+/// and the relay's totals (the sum over every tunnel it admitted a peer of) never go back.
+/// A socket is registered when its peer is admitted: the kernel's counters start with the
+/// socket, so its TLS handshake and upgrade are counted too; a peer refused before admission
+/// is counted in user space only.
+#[derive(Default)]
+pub(crate) struct RelayKernel {
+    acct: std::sync::OnceLock<Arc<crate::accounting::Accounting>>,
+    /// Tunnel id -> its slots (`None`: every slot was taken).
+    tunnels: std::sync::Mutex<HashMap<String, Option<crate::accounting::Slots>>>,
+}
+
+impl std::fmt::Debug for RelayKernel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RelayKernel")
+            .field("running", &self.acct.get().is_some())
+            .finish()
+    }
+}
+
+impl RelayKernel {
+    /// Counts from now on with `acct` (set once, as the relay starts).
+    pub(crate) fn start(&self, acct: &Arc<crate::accounting::Accounting>) {
+        let _ = self.acct.set(acct.clone());
+    }
+
+    /// Registers `fd`, the socket of a peer admitted to `tunnel` on `side`.
+    fn register(&self, tunnel: &str, side: Side, fd: std::os::fd::BorrowedFd<'_>) {
+        let Some(acct) = self.acct.get() else {
+            return;
+        };
+        let mut tunnels = self.tunnels.lock().expect("relay kernel slots lock");
+        let slots = tunnels
+            .entry(tunnel.to_string())
+            .or_insert_with(|| acct.slots());
+        if let Some(slots) = slots {
+            slots.register(fd, leg(side), false);
+        }
+    }
+
+    /// Tunnel `id`'s counts as `[side][direction]` (`[source, destination]` × `[in, out]`),
+    /// `None` when the kernel does not count it.
+    pub(crate) fn tunnel(&self, id: &str) -> Option<[[u64; 2]; 2]> {
+        let tunnels = self.tunnels.lock().expect("relay kernel slots lock");
+        tunnels.get(id)?.as_ref().map(|s| by_side(s.bytes()))
+    }
+
+    /// The relay's counts over every tunnel, as [`Self::tunnel`]'s (`None` while the kernel
+    /// does not count).
+    pub(crate) fn total(&self) -> Option<[[u64; 2]; 2]> {
+        self.acct.get()?;
+        let tunnels = self.tunnels.lock().expect("relay kernel slots lock");
+        let mut sum = [[0; 2]; 2];
+        for slots in tunnels.values().flatten() {
+            let b = by_side(slots.bytes());
+            for (s, t) in sum.iter_mut().zip(b) {
+                s[0] += t[0];
+                s[1] += t[1];
+            }
+        }
+        Some(sum)
+    }
+}
+
+/// A tunnel's two slots are a forwarder's two legs: the source side's peers count as the
+/// downstream leg, the destination side's as the upstream one.
+fn leg(side: Side) -> crate::accounting::Leg {
+    match side {
+        Side::Source => crate::accounting::Leg::Downstream,
+        Side::Destination => crate::accounting::Leg::Upstream,
+    }
+}
+
+fn by_side(b: crate::accounting::KernelBytes) -> [[u64; 2]; 2] {
+    [
+        [b.downstream_in, b.downstream_out],
+        [b.upstream_in, b.upstream_out],
+    ]
 }
 
 /// The statuses counted in [`RelayStats::refused`], in order ("other" last).
@@ -324,6 +409,10 @@ impl Pending {
                 return self.gone();
             }
         };
+        relay
+            .stats
+            .kernel
+            .register(&admission.tunnel_id, side_of(mode), AsFd::as_fd(&*io.fd));
         let channel = format!("{}-{}", admission.tunnel_id, mode.as_str());
         io.link.accept(&req.accept_response(&channel));
         tracing::info!(relay = %relay.name, tunnel = %admission.tunnel_id, side = mode.as_str(), peer = ?self.peer_addr, protocol = version.subprotocol(), reconnect = admission.reconnect, "peer admitted");
