@@ -61,13 +61,13 @@ pub struct Engine {
     /// The shard the next [`Engine::connect`] goes to (taken in turn).
     next_shard: AtomicUsize,
     /// The tunnel's source and destination agents (`sources`, `destinations`).
-    agents: Mutex<Vec<crate::tunnel::agent::AgentHandle>>,
+    agents: Mutex<Vec<crate::shard::tunnel::agent::AgentHandle>>,
     /// Their state and counters, for `/metrics`.
-    agent_stats: Arc<Mutex<Vec<Arc<crate::tunnel::agent::AgentShared>>>>,
+    agent_stats: Arc<Mutex<Vec<Arc<crate::shard::tunnel::agent::AgentShared>>>>,
     /// The relays' data planes on the shards, one per `[[relay]]` (as `relays`).
-    relay_planes: Mutex<Vec<crate::tunnel::start::RunningRelay>>,
+    relay_planes: Mutex<Vec<crate::shard::tunnel::start::RunningRelay>>,
     /// The relays' figures for `/metrics` (a reload adds and removes entries).
-    relay_stats: crate::tunnel::metrics::StatsList,
+    relay_stats: crate::shard::tunnel::metrics::StatsList,
     /// The id the next relay started gets (ids are never reused while the shards run).
     next_relay_id: std::sync::atomic::AtomicU32,
 }
@@ -302,7 +302,7 @@ impl Engine {
         }
         let services = std::mem::take(engine.relays.get_mut().expect("relays lock"));
         for (i, (r, service)) in cfg.relays.iter().zip(&services).enumerate() {
-            let plane = crate::tunnel::start::start_relay(
+            let plane = crate::shard::tunnel::start::start_relay(
                 r,
                 service,
                 i as u32 + 1,
@@ -335,7 +335,7 @@ impl Engine {
 
     /// Starts the tunnel's source and destination agents of `cfg`.
     fn start_agents(&self, cfg: &EngineConfig) -> Result<()> {
-        use crate::tunnel::agent;
+        use crate::shard::tunnel::agent;
         let mut agents = self.agents.lock().expect("agents lock");
         // Spread over the shards in turn; each agent lives on one.
         let shard = |i: usize| &self.shards[i % self.shards.len()];
@@ -596,15 +596,19 @@ impl Engine {
         self.reloads.attempt();
         let result = load().and_then(|cfg| {
             cfg.validate("configuration")?;
-            crate::tunnel::agent::reload::check(&current, &cfg)?;
+            crate::shard::tunnel::agent::reload::check(&current, &cfg)?;
             self.apply(&cfg, "configuration", true)?;
             let relays_changed = cfg.relays != current.relays;
             if relays_changed {
-                crate::tunnel::start::check_relays(&current, &cfg)?;
+                crate::shard::tunnel::start::check_relays(&current, &cfg)?;
             }
             let mut agents = self.agents.lock().expect("agents lock");
-            let applied =
-                crate::tunnel::agent::reload::apply(&current, &cfg, &mut agents, &self.shards);
+            let applied = crate::shard::tunnel::agent::reload::apply(
+                &current,
+                &cfg,
+                &mut agents,
+                &self.shards,
+            );
             *self.agent_stats.lock().expect("agent stats lock") =
                 agents.iter().map(|a| a.shared.clone()).collect();
             drop(agents);
@@ -612,7 +616,7 @@ impl Engine {
             if relays_changed {
                 let mut services = self.relays.lock().expect("relays lock");
                 let mut planes = self.relay_planes.lock().expect("planes lock");
-                crate::tunnel::start::reload_relays(
+                crate::shard::tunnel::start::reload_relays(
                     &current,
                     &cfg,
                     &mut services,

@@ -50,6 +50,37 @@ impl std::fmt::Display for DriverKind {
     }
 }
 
+/// `FromStr` and `Display` for a mode that is `auto`, `on` or `off`; `what` names it in the
+/// error.
+macro_rules! auto_on_off {
+    ($ty:ty, $what:literal) => {
+        impl std::str::FromStr for $ty {
+            type Err = String;
+            fn from_str(s: &str) -> std::result::Result<Self, String> {
+                match s {
+                    "auto" => Ok(Self::Auto),
+                    "on" => Ok(Self::On),
+                    "off" => Ok(Self::Off),
+                    other => Err(format!(
+                        concat!("unknown ", $what, " mode {:?} (expected auto, on or off)"),
+                        other
+                    )),
+                }
+            }
+        }
+
+        impl std::fmt::Display for $ty {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(match self {
+                    Self::Auto => "auto",
+                    Self::On => "on",
+                    Self::Off => "off",
+                })
+            }
+        }
+    };
+}
+
 /// Whether TLS legs are handed to the kernel after the handshake.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -63,29 +94,7 @@ pub enum KtlsMode {
     Off,
 }
 
-impl std::str::FromStr for KtlsMode {
-    type Err = String;
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
-        match s {
-            "auto" => Ok(Self::Auto),
-            "on" => Ok(Self::On),
-            "off" => Ok(Self::Off),
-            other => Err(format!(
-                "unknown kTLS mode {other:?} (expected auto, on or off)"
-            )),
-        }
-    }
-}
-
-impl std::fmt::Display for KtlsMode {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Self::Auto => "auto",
-            Self::On => "on",
-            Self::Off => "off",
-        })
-    }
-}
+auto_on_off!(KtlsMode, "kTLS");
 
 /// Whether the engine counts bytes in the kernel too (eBPF, see docs/ebpf.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -101,29 +110,7 @@ pub enum EbpfMode {
     Off,
 }
 
-impl std::str::FromStr for EbpfMode {
-    type Err = String;
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
-        match s {
-            "auto" => Ok(Self::Auto),
-            "on" => Ok(Self::On),
-            "off" => Ok(Self::Off),
-            other => Err(format!(
-                "unknown eBPF mode {other:?} (expected auto, on or off)"
-            )),
-        }
-    }
-}
-
-impl std::fmt::Display for EbpfMode {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Self::Auto => "auto",
-            Self::On => "on",
-            Self::Off => "off",
-        })
-    }
-}
+auto_on_off!(EbpfMode, "eBPF");
 
 /// How log lines are written to stderr.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]

@@ -95,7 +95,6 @@ mod stats;
 mod sys;
 mod systemd;
 mod tls;
-mod tunnel;
 
 pub use config::{
     Balance, DestinationConfig, DriverKind, EbpfMode, EngineConfig, ForwarderConfig, KtlsMode,
@@ -106,8 +105,8 @@ pub use engine::{CheckedForwarder, Engine, Listening};
 pub use error::{Error, Result, Side, SyscallError};
 pub use probe::{KernelProbe, probe};
 pub use relay::client::{RotateSide, TunnelApi, TunnelTokens};
+pub use shard::tunnel::agent::AgentState;
 pub use stats::{HANDSHAKE_BUCKETS, HistogramSnapshot, KernelBytes, StatsSnapshot};
-pub use tunnel::agent::AgentState;
 
 /// Internals that `splice-bench`'s criterion benchmarks measure. Not part of the API: only
 /// built with the `bench-internals` feature, and may change in any release.

@@ -17,9 +17,9 @@ pub(crate) struct Source {
     pub(crate) registry: Registry,
     pub(crate) reloads: Arc<ReloadStats>,
     /// The tunnel's agents.
-    pub(crate) agents: Arc<std::sync::Mutex<Vec<Arc<crate::tunnel::agent::AgentShared>>>>,
+    pub(crate) agents: Arc<std::sync::Mutex<Vec<Arc<crate::shard::tunnel::agent::AgentShared>>>>,
     /// The tunnel relays' figures.
-    pub(crate) relays: crate::tunnel::metrics::StatsList,
+    pub(crate) relays: crate::shard::tunnel::metrics::StatsList,
 }
 
 impl Source {
@@ -37,9 +37,9 @@ impl Source {
         let mut out = render(&snaps);
         out.push_str(&render_engine(&self.reloads.snapshot()));
         if let Ok(agents) = self.agents.lock() {
-            out.push_str(&crate::tunnel::agent::render(&agents));
+            out.push_str(&crate::shard::tunnel::agent::render(&agents));
         }
-        out.push_str(&crate::tunnel::metrics::render(&self.relays));
+        out.push_str(&crate::shard::tunnel::metrics::render(&self.relays));
         out
     }
 }

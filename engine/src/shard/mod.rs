@@ -12,6 +12,7 @@ mod pipes;
 mod reclaim;
 #[cfg(test)]
 mod tests;
+pub(crate) mod tunnel;
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -115,7 +116,7 @@ pub enum Command {
     Stop,
     /// For the tunnel plane (relay listeners, relay peers moving to their tunnel's shard,
     /// control events, the agents' entities).
-    Tunnel(crate::tunnel::Cmd),
+    Tunnel(tunnel::Cmd),
 }
 
 /// A connection on its way to a shard: the socket of its first leg (accepted by another
@@ -172,7 +173,7 @@ impl Peer {
     }
 
     /// Sends a tunnel command; gives it back when the shard has exited.
-    pub(crate) fn send_tunnel(&self, cmd: crate::tunnel::Cmd) -> Result<(), crate::tunnel::Cmd> {
+    pub(crate) fn send_tunnel(&self, cmd: tunnel::Cmd) -> Result<(), tunnel::Cmd> {
         self.send(Command::Tunnel(cmd)).map_err(|cmd| match cmd {
             Command::Tunnel(cmd) => cmd,
             _ => unreachable!("the command sent was a Tunnel"),
@@ -353,8 +354,8 @@ pub(crate) struct Shard {
     next_peer: usize,
     /// Hand-offs sent to this shard and not yet started (see [`Peer::adopt`]).
     incoming: Arc<AtomicUsize>,
-    /// The tunnel's links and entities (see [`crate::tunnel`]).
-    pub(crate) plane: crate::tunnel::Plane,
+    /// The tunnel's links and entities (see [`tunnel`]).
+    pub(crate) plane: tunnel::Plane,
 }
 
 impl Shard {
@@ -380,7 +381,7 @@ impl Shard {
             balance: Balance::Kernel,
             next_peer: 0,
             incoming: Arc::default(),
-            plane: crate::tunnel::Plane::default(),
+            plane: tunnel::Plane::default(),
         }
     }
 
@@ -511,9 +512,9 @@ impl Shard {
                     for (_, l) in self.listeners.drain() {
                         self.driver.cancel(l.fd.as_raw_fd());
                     }
-                    crate::tunnel::drain(self);
+                    tunnel::drain(self);
                 }
-                Command::Tunnel(cmd) => crate::tunnel::command(self, cmd),
+                Command::Tunnel(cmd) => tunnel::command(self, cmd),
                 Command::Sync(done) => {
                     let _ = done.send(());
                 }
@@ -537,9 +538,7 @@ impl Shard {
                 );
             }
             TAG_ACCEPT => self.accepted(index, c),
-            t if t >= crate::tunnel::TAG_FIRST => {
-                crate::tunnel::complete(self, t, index, generation, c)
-            }
+            t if t >= tunnel::TAG_FIRST => tunnel::complete(self, t, index, generation, c),
             _ => {
                 let Some(conn) = self.conn_mut(index, generation) else {
                     return; // the connection is gone; dropping `c` frees its buffer and fd
@@ -803,8 +802,8 @@ impl Shard {
                     }
                     continue;
                 }
-                t if t >= crate::tunnel::TIMER_TUNNEL => {
-                    crate::tunnel::timer(self, t, index, generation, now);
+                t if t >= tunnel::TIMER_TUNNEL => {
+                    tunnel::timer(self, t, index, generation, now);
                     continue;
                 }
                 _ => {}

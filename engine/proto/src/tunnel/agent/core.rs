@@ -3,9 +3,19 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
-use super::half_close::PeerHalfClose;
 use super::{Action, Error, Limits, LocalId};
 use crate::tunnel::{DataFraming, FrameDecoder, Message, Sender, Type, Version, check_service_id};
+
+/// Whether the peer takes half-closes on a service's active stream (see `half_close.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum PeerHalfClose {
+    /// Its HELLO has not come yet, nor anything else about the stream.
+    Unknown,
+    /// It said HELLO.
+    Yes,
+    /// It said something else first, or the wait is over, or the feature is off.
+    No,
+}
 
 /// One service of the agent.
 #[derive(Debug)]

@@ -20,7 +20,7 @@
 
 use std::time::Duration;
 
-use super::core::Core;
+use super::core::{Core, PeerHalfClose};
 use super::{Action, LocalId};
 use crate::tunnel::{Message, Type};
 
@@ -35,17 +35,6 @@ pub const HALF_CLOSE: Type = Type(1002);
 /// leaves the peer as it takes the STREAM_START, so this is one round trip through the relay
 /// with room to spare.
 pub const EOF_WAIT: Duration = Duration::from_secs(1);
-
-/// Whether the peer takes half-closes on a service's active stream.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum PeerHalfClose {
-    /// Its HELLO has not come yet, nor anything else about the stream.
-    Unknown,
-    /// It said HELLO.
-    Yes,
-    /// It said something else first, or the wait is over, or the feature is off.
-    No,
-}
 
 /// What became of a local connection's EOF ([`super::Source::handle_local_eof`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -91,7 +91,7 @@ fn own_service_ids(spec: &AgentSpec) -> Vec<u8> {
 /// index's top 8 bits, the socket's index below.
 fn op_token(slot: u32, tag: u8, index: u32, generation: u32) -> u64 {
     crate::shard::token(
-        crate::tunnel::TAG_AGENT_FIRST + tag,
+        crate::shard::tunnel::TAG_AGENT_FIRST + tag,
         (slot << 24) | (index & 0xff_ffff),
         generation,
     )

@@ -93,7 +93,7 @@ pub(crate) fn apply(
         };
         let handle = agents.remove(i);
         for s in shards {
-            s.send(Command::Tunnel(crate::tunnel::Cmd::StopAgent(
+            s.send(Command::Tunnel(crate::shard::tunnel::Cmd::StopAgent(
                 handle.shared.clone(),
             )));
         }

@@ -109,7 +109,7 @@ impl Reactor {
     }
 
     /// Counts `n` connections of `service` refused at `connections_per_service`, with a
-    /// warning at most every [`crate::tunnel::agent::status::WARN_EVERY`].
+    /// warning at most every [`crate::shard::tunnel::agent::status::WARN_EVERY`].
     pub(super) fn over_limit(&mut self, service: usize, n: u64) {
         if let Some(total) = self.shared.over_limit(service, n) {
             tracing::warn!(

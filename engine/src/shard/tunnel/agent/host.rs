@@ -14,7 +14,7 @@ use super::spec::AgentSpec;
 use super::status::{AgentShared, AgentState};
 use crate::driver::Completion;
 use crate::shard::Shard;
-use crate::tunnel::{Entity, EntityRef, Plane, TAG_AGENT_FIRST};
+use crate::shard::tunnel::{Entity, EntityRef, Plane, TAG_AGENT_FIRST};
 
 /// An agent on its way to a shard.
 pub(crate) struct AgentStart {

@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Condvar, Mutex};
 use std::time::Duration;
 
-use crate::tunnel::exposition::{header, sample};
+use crate::shard::tunnel::exposition::{header, sample};
 
 /// Where a source or destination agent is.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -88,13 +88,13 @@ fn start(
         &spec.service_names(),
     ));
     tracing::info!(agent = %spec.name, relay = %spec.relay, mode = spec.mode.as_str(), "agent started");
-    shard.send(Command::Tunnel(crate::tunnel::Cmd::StartAgent(Box::new(
-        AgentStart {
+    shard.send(Command::Tunnel(crate::shard::tunnel::Cmd::StartAgent(
+        Box::new(AgentStart {
             spec,
             shared: shared.clone(),
             sans,
             listeners,
-        },
-    ))));
+        }),
+    )));
     Ok(AgentHandle { shared, addrs })
 }
