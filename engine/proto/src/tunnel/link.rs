@@ -542,7 +542,7 @@ impl Link {
                 return match cookie::parse_request(&self.plain) {
                     Ok(cookie::Parsed::Incomplete) => None,
                     Ok(cookie::Parsed::Complete { request, len }) => {
-                        self.consumed = len;
+                        self.consumed = len as u32;
                         self.state = State::Deciding;
                         Some(Event::Http(request))
                     }
