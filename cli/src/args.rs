@@ -104,6 +104,13 @@ SIGHUP reloads the certificate files; SIGTERM or SIGINT drains (see --drain-time
   splice-engine probe
   splice-engine probe --json")]
     Probe(ProbeArgs),
+    /// Print a running engine's byte counts, read from its Prometheus endpoint (`--metrics` /
+    /// `metrics =`): the engine's own counters beside the kernel's (eBPF accounting) per
+    /// forwarder, relay, tunnel and agent service.
+    #[command(after_help = "Examples:
+  splice-engine stats --metrics 127.0.0.1:9898
+  splice-engine stats --metrics 127.0.0.1:9898 --json")]
+    Stats(StatsArgs),
     /// Run a tunnel relay: agents dial out to it (TLS + WebSocket) and it pairs each tunnel's
     /// source and destination; its API (HTTP, JSON) opens and closes tunnels.
     ///
@@ -175,6 +182,17 @@ pub(crate) struct ManArgs {
 #[derive(Args, Debug)]
 pub(crate) struct ProbeArgs {
     /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+/// `stats` flags.
+#[derive(Args, Debug)]
+pub(crate) struct StatsArgs {
+    /// The engine's metrics address (its `--metrics` or `metrics =`).
+    #[arg(long, value_name = "IP:PORT")]
+    pub(crate) metrics: String,
+    /// Print JSON (one object per sample) instead of text.
     #[arg(long)]
     pub(crate) json: bool,
 }

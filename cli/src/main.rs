@@ -6,6 +6,7 @@ mod args;
 mod common_args;
 mod demo;
 mod probe;
+mod stats;
 mod systemd;
 mod tunnel;
 mod tunnel_args;
@@ -181,6 +182,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             probe::print(&splice_engine::probe(), a.json);
             return Ok(());
         }
+        Command::Stats(a) => return stats::print(&a.metrics, a.json),
         Command::Demo(a) => {
             let mut cfg = EngineConfig::default();
             a.common.apply(&mut cfg);

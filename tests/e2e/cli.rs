@@ -282,6 +282,7 @@ fn help_shows_defaults_examples_and_reload() {
         "check",
         "demo",
         "probe",
+        "stats",
         "completions",
         "man",
     ] {

@@ -79,6 +79,21 @@ fn wait_user(addr: SocketAddr, dir: &str, want: u64) {
 /// The TLS hop between the two engines is one TCP connection: when it ended cleanly, what one
 /// engine's kernel counted sent and acknowledged on it, the other's counted received, each
 /// way; and it carried more than the payload (records add their overhead).
+/// The TLS hop's last record (the close_notify) is counted when each end's socket closes:
+/// waits (up to `SOON`) for both ends' counts of the hop to agree; the two scrapes.
+fn settled_tls_hop(chain: &Chain) -> (Metrics, Metrics) {
+    let hop = || {
+        let (c, s) = (scrape(chain.client_metrics), scrape(chain.server_metrics));
+        let agree = kernel(&c, "client", "upstream", "out")
+            == kernel(&s, "server", "downstream", "in")
+            && kernel(&c, "client", "upstream", "in") == kernel(&s, "server", "downstream", "out");
+        (agree, c, s)
+    };
+    wait_until(SOON, || hop().0);
+    let (_, c, s) = hop();
+    (c, s)
+}
+
 fn assert_tls_hop(client: &Metrics, server: &Metrics, up: u64, down: u64) {
     let c_out = kernel(client, "client", "upstream", "out");
     let c_in = kernel(client, "client", "upstream", "in");
@@ -130,12 +145,12 @@ fn kernel_counts_equal_payloads_and_user_space_counters() {
         drop(s);
 
         let (up, down) = (payload.len() as u64, reply.len() as u64);
-        let client = wait_kernel(
+        wait_kernel(
             chain.client_metrics,
             "client",
             &[("downstream", "in", up), ("downstream", "out", down)],
         );
-        let server = wait_kernel(
+        wait_kernel(
             chain.server_metrics,
             "server",
             &[("upstream", "out", up), ("upstream", "in", down)],
@@ -144,8 +159,57 @@ fn kernel_counts_equal_payloads_and_user_space_counters() {
             wait_user(addr, "down_to_up", up);
             wait_user(addr, "up_to_down", down);
         }
+        let (client, server) = settled_tls_hop(&chain);
         assert_tls_hop(&client, &server, up, down);
+        stats_command_shows(chain.client_metrics, up, down);
     }
+}
+
+/// `splice-engine stats --metrics ADDR` (text and `--json`) shows the client engine's kernel
+/// counts on its plain leg beside the user-space counters.
+fn stats_command_shows(metrics: SocketAddr, up: u64, down: u64) {
+    let run = |json: bool| {
+        let addr = metrics.to_string();
+        let mut args = vec!["stats", "--metrics", addr.as_str()];
+        if json {
+            args.push("--json");
+        }
+        let out = Command::new(BIN).args(&args).output().expect("run stats");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).expect("UTF-8")
+    };
+    let rows: serde_json::Value = serde_json::from_str(&run(true)).expect("JSON");
+    let find = |metric: &str, labels: &[(&str, &str)]| {
+        rows.as_array()
+            .expect("an array")
+            .iter()
+            .find(|r| {
+                r["metric"] == metric && labels.iter().all(|(k, v)| r["labels"][*k] == *v)
+            })
+            .unwrap_or_else(|| panic!("no {metric} {labels:?} in {rows:#}"))["bytes"]
+            .as_f64()
+            .expect("a number")
+    };
+    let kernel_in = find(
+        "splice_kernel_bytes_total",
+        &[("forwarder", "acct"), ("leg", "downstream"), ("direction", "in")],
+    );
+    let kernel_out = find(
+        "splice_kernel_bytes_total",
+        &[("forwarder", "acct"), ("leg", "downstream"), ("direction", "out")],
+    );
+    let user_up = find(
+        "splice_bytes_total",
+        &[("forwarder", "acct"), ("direction", "down_to_up")],
+    );
+    assert_eq!((kernel_in, kernel_out), (up as f64, down as f64));
+    assert_eq!(user_up, up as f64);
+    let text = run(false);
+    assert!(
+        text.contains("counted by the kernel (eBPF):")
+            && text.contains("kernel_bytes_total forwarder=acct"),
+        "{text}"
+    );
 }
 
 /// Many short connections, each closed by the peer first: 25 clients each write a few bytes
@@ -357,18 +421,7 @@ fn two_engines_on_one_host_each_count_only_their_own_sockets() {
             "server",
             &[("upstream", "out", up), ("upstream", "in", down)],
         );
-        // The TLS hop's last record (the close_notify) is counted when each end's socket
-        // closes: wait for both ends' counts to agree, then check them.
-        let hop = || {
-            let (c, s) = (scrape(chain.client_metrics), scrape(chain.server_metrics));
-            let agree = kernel(&c, "client", "upstream", "out")
-                == kernel(&s, "server", "downstream", "in")
-                && kernel(&c, "client", "upstream", "in")
-                    == kernel(&s, "server", "downstream", "out");
-            (agree, c, s)
-        };
-        wait_until(SOON, || hop().0);
-        let (_, client, server) = hop();
+        let (client, server) = settled_tls_hop(&chain);
         assert_tls_hop(&client, &server, up, down);
     }
 }
