@@ -36,7 +36,7 @@ pub(crate) fn print(addr: &str, json: bool) -> Result<()> {
                 serde_json::json!({
                     "metric": s.name,
                     "counted_by": if s.kernel() { "kernel" } else { "user space" },
-                    "labels": s.labels.iter().cloned().collect::<serde_json::Map<_, _>>(),
+                    "labels": s.labels.iter().map(|(k, v)| (k.clone(), serde_json::Value::from(v.as_str()))).collect::<serde_json::Map<_, _>>(),
                     "bytes": s.value,
                 })
             })
@@ -51,7 +51,10 @@ pub(crate) fn print(addr: &str, json: bool) -> Result<()> {
 /// The text report: user-space counts, then the kernel's.
 pub(crate) fn render(samples: &[Sample]) -> String {
     let mut out = String::new();
-    for (title, kernel) in [("counted by the engine", false), ("counted by the kernel (eBPF)", true)] {
+    for (title, kernel) in [
+        ("counted by the engine", false),
+        ("counted by the kernel (eBPF)", true),
+    ] {
         let rows: Vec<_> = samples.iter().filter(|s| s.kernel() == kernel).collect();
         out.push_str(title);
         out.push_str(":\n");
@@ -67,8 +70,13 @@ pub(crate) fn render(samples: &[Sample]) -> String {
         let keys: Vec<String> = rows
             .iter()
             .map(|s| {
-                let labels: Vec<String> = s.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
-                format!("{} {}", s.name.trim_start_matches("splice_"), labels.join(" "))
+                let labels: Vec<String> =
+                    s.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                format!(
+                    "{} {}",
+                    s.name.trim_start_matches("splice_"),
+                    labels.join(" ")
+                )
             })
             .collect();
         let width = keys.iter().map(String::len).max().unwrap_or(0);
@@ -190,7 +198,10 @@ mod tests {
         assert!(s[1].kernel() && s[1].value == 1000.0);
         assert!(s[2].labels.is_empty() && s[2].value == 7.0);
         let text = render(&s);
-        assert!(text.contains("kernel_bytes_total forwarder=a leg=upstream direction=in"), "{text}");
+        assert!(
+            text.contains("kernel_bytes_total forwarder=a leg=upstream direction=in"),
+            "{text}"
+        );
         let none = render(&s[..1]);
         assert!(none.contains("eBPF accounting is not running"), "{none}");
     }

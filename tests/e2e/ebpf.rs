@@ -175,7 +175,11 @@ fn stats_command_shows(metrics: SocketAddr, up: u64, down: u64) {
             args.push("--json");
         }
         let out = Command::new(BIN).args(&args).output().expect("run stats");
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8(out.stdout).expect("UTF-8")
     };
     let rows: serde_json::Value = serde_json::from_str(&run(true)).expect("JSON");
@@ -183,20 +187,26 @@ fn stats_command_shows(metrics: SocketAddr, up: u64, down: u64) {
         rows.as_array()
             .expect("an array")
             .iter()
-            .find(|r| {
-                r["metric"] == metric && labels.iter().all(|(k, v)| r["labels"][*k] == *v)
-            })
+            .find(|r| r["metric"] == metric && labels.iter().all(|(k, v)| r["labels"][*k] == *v))
             .unwrap_or_else(|| panic!("no {metric} {labels:?} in {rows:#}"))["bytes"]
             .as_f64()
             .expect("a number")
     };
     let kernel_in = find(
         "splice_kernel_bytes_total",
-        &[("forwarder", "acct"), ("leg", "downstream"), ("direction", "in")],
+        &[
+            ("forwarder", "acct"),
+            ("leg", "downstream"),
+            ("direction", "in"),
+        ],
     );
     let kernel_out = find(
         "splice_kernel_bytes_total",
-        &[("forwarder", "acct"), ("leg", "downstream"), ("direction", "out")],
+        &[
+            ("forwarder", "acct"),
+            ("leg", "downstream"),
+            ("direction", "out"),
+        ],
     );
     let user_up = find(
         "splice_bytes_total",
@@ -421,7 +431,7 @@ fn two_engines_on_one_host_each_count_only_their_own_sockets() {
             "server",
             &[("upstream", "out", up), ("upstream", "in", down)],
         );
-        let (client, server) = settled_tls_hop(&chain);
+        let (client, server) = settled_tls_hop(chain);
         assert_tls_hop(&client, &server, up, down);
     }
 }
