@@ -69,7 +69,8 @@ impl AgentSpec {
 /// The fields both agent tables share.
 struct Common<'a> {
     what: String,
-    name: &'a str,
+    /// `name`, or `<kind>-<relay>`.
+    name: String,
     relay: &'a str,
     ca: Option<&'a Path>,
     ca_pem: Option<&'a str>,
@@ -85,25 +86,35 @@ struct Common<'a> {
     idle_timeout: Duration,
 }
 
+/// The [`Common`] view of an agent table: `SourceConfig` and `DestinationConfig` are declared
+/// by one macro (config/tunnel.rs) with the same shared fields, so one expression reads both.
+macro_rules! common {
+    ($cfg:expr, $kind:literal) => {{
+        let cfg = $cfg;
+        let name = cfg.display_name();
+        Common {
+            what: format!(concat!($kind, " {:?}"), name),
+            name,
+            relay: &cfg.relay,
+            ca: cfg.ca.as_deref(),
+            ca_pem: cfg.ca_pem.as_deref(),
+            sni: cfg.sni.as_deref(),
+            token: cfg.token.as_ref(),
+            token_file: cfg.token_file.as_deref(),
+            client_token: cfg.client_token.as_ref(),
+            protocol: cfg.protocol,
+            keep_trying: cfg.keep_trying,
+            half_close: cfg.half_close,
+            connections_per_service: cfg.connections_per_service,
+            ping_after: cfg.ping_after,
+            idle_timeout: cfg.idle_timeout,
+        }
+    }};
+}
+
 /// Checks and loads a `[[source]]`. `env_token` is the value of [`TOKEN_ENV`], if set.
 pub(crate) fn source_spec(cfg: &SourceConfig, env_token: Option<String>) -> Result<AgentSpec> {
-    let common = Common {
-        what: format!("source {:?}", display_name(&cfg.name, "source", &cfg.relay)),
-        name: &cfg.name,
-        relay: &cfg.relay,
-        ca: cfg.ca.as_deref(),
-        ca_pem: cfg.ca_pem.as_deref(),
-        sni: cfg.sni.as_deref(),
-        token: cfg.token.as_ref(),
-        token_file: cfg.token_file.as_deref(),
-        client_token: cfg.client_token.as_ref(),
-        protocol: cfg.protocol,
-        keep_trying: cfg.keep_trying,
-        half_close: cfg.half_close,
-        connections_per_service: cfg.connections_per_service,
-        ping_after: cfg.ping_after,
-        idle_timeout: cfg.idle_timeout,
-    };
+    let common = common!(cfg, "source");
     let services = services(&common.what, "listen", &cfg.listen, |addr| {
         addr.parse::<SocketAddr>().map_err(|e| e.to_string())
     })?;
@@ -115,26 +126,7 @@ pub(crate) fn destination_spec(
     cfg: &DestinationConfig,
     env_token: Option<String>,
 ) -> Result<AgentSpec> {
-    let common = Common {
-        what: format!(
-            "destination {:?}",
-            display_name(&cfg.name, "destination", &cfg.relay)
-        ),
-        name: &cfg.name,
-        relay: &cfg.relay,
-        ca: cfg.ca.as_deref(),
-        ca_pem: cfg.ca_pem.as_deref(),
-        sni: cfg.sni.as_deref(),
-        token: cfg.token.as_ref(),
-        token_file: cfg.token_file.as_deref(),
-        client_token: cfg.client_token.as_ref(),
-        protocol: cfg.protocol,
-        keep_trying: cfg.keep_trying,
-        half_close: cfg.half_close,
-        connections_per_service: cfg.connections_per_service,
-        ping_after: cfg.ping_after,
-        idle_timeout: cfg.idle_timeout,
-    };
+    let common = common!(cfg, "destination");
     let services = services(&common.what, "connect", &cfg.connect, resolve)?;
     if cfg.connect_timeout.is_zero() {
         return Err(Error::config(
@@ -152,14 +144,6 @@ pub(crate) fn destination_spec(
 }
 
 /// The name an agent goes by: its own, or `<kind>-<relay>`.
-pub(crate) fn display_name(name: &str, kind: &str, relay: &str) -> String {
-    if name.is_empty() {
-        format!("{kind}-{relay}")
-    } else {
-        name.to_string()
-    }
-}
-
 fn resolve(addr: &str) -> std::result::Result<SocketAddr, String> {
     split_host_port(addr).map_err(|e| e.to_string())?;
     addr.to_socket_addrs()
@@ -267,7 +251,7 @@ fn build(
         ));
     }
     Ok(AgentSpec {
-        name: display_name(c.name, mode.as_str(), c.relay),
+        name: c.name,
         mode,
         relay,
         host,
