@@ -1172,15 +1172,7 @@ mod tests {
         // rustls's key schedule come on top).
         let size = std::mem::size_of::<RecordLayer>();
         assert!(size <= 736, "RecordLayer is {size} bytes");
-        let token = AccessToken::new("c".repeat(40)).unwrap();
-        let (mut client, mut server) = open_pair(&token, None);
-        shuttle(&mut client, &mut server);
-        let Some(Event::Request(r)) = server.poll() else {
-            panic!()
-        };
-        server.accept(&r.accept_response("c"));
-        shuttle(&mut client, &mut server);
-        assert!(matches!(client.poll(), Some(Event::Open(_))));
+        let (mut client, mut server) = opened(configs());
         client.send_message(&[9; 3000]);
         server.send_message(b"back");
         shuttle(&mut client, &mut server);
@@ -1235,15 +1227,7 @@ mod tests {
     /// the link with bad_record_mac, sealed for the peer, which hears it as a fatal alert.
     #[test]
     fn a_record_that_does_not_open_fails_the_link_with_an_alert() {
-        let token = AccessToken::new("e".repeat(40)).unwrap();
-        let (mut client, mut server) = open_pair(&token, None);
-        shuttle(&mut client, &mut server);
-        let Some(Event::Request(r)) = server.poll() else {
-            panic!()
-        };
-        server.accept(&r.accept_response("c"));
-        shuttle(&mut client, &mut server);
-        assert!(matches!(client.poll(), Some(Event::Open(_))));
+        let (mut client, mut server) = opened(configs());
         let mut forged = vec![23, 3, 3, 0, 40];
         forged.extend_from_slice(&[0x5a; 40]);
         let e = server.receive_tls(&forged).unwrap_err();
@@ -1642,15 +1626,7 @@ mod tests {
 
     #[test]
     fn unmasked_client_frame_fails_the_link_with_1002() {
-        let token = AccessToken::new("b".repeat(40)).unwrap();
-        let (mut client, mut server) = open_pair(&token, None);
-        shuttle(&mut client, &mut server);
-        let Some(Event::Request(r)) = server.poll() else {
-            panic!()
-        };
-        server.accept(&r.accept_response("c"));
-        shuttle(&mut client, &mut server);
-        assert!(matches!(client.poll(), Some(Event::Open(_))));
+        let (mut client, mut server) = opened(configs());
         // Write an unmasked binary frame through the client's TLS directly.
         client.write_plain(&[0x82, 0x01, 0x00]);
         shuttle(&mut client, &mut server);
