@@ -768,42 +768,17 @@ fn slow_reader_keeps_memory_bounded() {
                 let _ = write_random(&mut sock, total, 5, Some(&sent));
             })
         };
-        let relay = OurRelay::start(&pki, driver, ":memory:", None);
-        let (id, src_token, dst_token) = relay.open(&["bulk"]);
-        let port = free_port();
-        let _dst = start_agent(
-            &Agent {
-                kind: "destination",
-                name: "dst",
-                services: vec![format!("bulk={}", firehose.addr)],
-                protocol: "v3",
-                client_token: None,
-                token: dst_token,
-                keep_trying: false,
-                extra: "",
-            },
-            relay.addr(),
+        let t = tunnel_with(
+            Via::Ours,
             &pki,
             driver,
-            &[],
+            &["bulk"],
+            ("v3", "v3"),
+            None,
+            vec![firehose],
+            ("", ""),
         );
-        let src = start_agent(
-            &Agent {
-                kind: "source",
-                name: "src",
-                services: vec![format!("bulk=127.0.0.1:{port}")],
-                protocol: "v3",
-                client_token: None,
-                token: src_token,
-                keep_trying: false,
-                extra: "",
-            },
-            relay.addr(),
-            &pki,
-            driver,
-            &[port],
-        );
-        assert!(wait_until(SOON, || relay.both_connected(&id)));
+        let (src, port) = (&t.source, t.ports[0]);
         let rss_before = src.rss_kib();
         let mut reader = connect(localhost(port));
         reader.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
