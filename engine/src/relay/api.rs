@@ -370,6 +370,7 @@ fn open(registry: &Registry, b: OpenBody, now: Timestamp) -> Answer {
         .map(|d| (d.thing_name, d.services))
         .unwrap_or_default();
     let req = OpenRequest {
+        pairing: Default::default(),
         description: b.description,
         thing_name,
         services,
@@ -506,6 +507,14 @@ fn summary_json(t: &Tunnel) -> Value {
     o.insert("status".into(), t.status.as_str().into());
     if let Some(d) = &t.description {
         o.insert("description".into(), d.as_str().into());
+    }
+    // Not in AWS's answer: how a tunnel not paired by tokens was paired, and by whom
+    // (a certificate identity or a thing name; never a token).
+    if let Some(identity) = t.pairing.identity() {
+        o.insert(
+            "pairing".into(),
+            json!({ "kind": t.pairing.kind(), "identity": identity }),
+        );
     }
     o.insert("createdAt".into(), t.created_at.epoch_seconds().into());
     o.insert(
