@@ -487,6 +487,7 @@ fn peer(
 
 const DATA: u64 = 1;
 const STREAM_START: u64 = 2;
+const STREAM_RESET: u64 = 3;
 const SERVICE_IDS: u64 = 5;
 
 /// A whole tunnel frame: the 2-byte length, then the message (hand-coded protobuf).
@@ -644,14 +645,16 @@ fn bad_certificates_cost_only_that_peer() {
         let body = serde_json::json!({ "destinationConfig": { "services": ["ssh"] } }).to_string();
         let (_, json) = relay.api("POST", "/tunnels", &body);
         let token = json["destinationAccessToken"].as_str().unwrap();
-        let ws = peer(
+        let mut both = peer(
             &ids,
             port,
             "destination",
             Some(&good),
             &[("access-token", token)],
-        );
-        assert_eq!(outcome(ws), "admitted", "{driver}: token and certificate");
+        )
+        .unwrap_or_else(|e| panic!("{driver}: token and certificate: {e}"));
+        // Kept open (a dropped peer would be disconnected again by the time it is looked at).
+        assert_eq!(kind_of(&next_binary(&mut both)), SERVICE_IDS);
         let id = json["tunnelId"].as_str().unwrap();
         assert!(
             wait_until(SOON, || relay.connected(id, "destination")),
@@ -659,6 +662,28 @@ fn bad_certificates_cost_only_that_peer() {
         );
         // The good pair was not disturbed.
         exchange(&mut src, &mut dst);
+        // The same identity again as destination (a restarted device): it replaces the
+        // first in the same tunnel, and the source's open stream is reset.
+        let mut dst2 = peer(
+            &ids,
+            port,
+            "destination",
+            Some(&good),
+            &[("splice-services", "ssh")],
+        )
+        .unwrap_or_else(|e| panic!("{driver}: the replacing destination: {e}"));
+        assert_eq!(kind_of(&next_binary(&mut dst2)), SERVICE_IDS);
+        assert_eq!(
+            kind_of(&next_binary(&mut src)),
+            STREAM_RESET,
+            "{driver}: the source's stream is reset when its destination is replaced"
+        );
+        assert_eq!(
+            relay.paired("spiffe://t/good").len(),
+            1,
+            "{driver}: one tunnel still"
+        );
+        drop(dst);
     }
 }
 
