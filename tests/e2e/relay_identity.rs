@@ -785,3 +785,82 @@ fn fifty_pairs_at_once() {
         drop(dst);
     }
 }
+
+/// The same from the command line: `relay --client-ca --client-crl`, and `source` and
+/// `destination` with `--identity-cert --identity-key` and no token; and the command line's
+/// errors name the file and what is wrong with it.
+#[test]
+fn the_commands_pair_by_certificate_and_name_bad_files() {
+    let ids = Ids::new();
+    let driver = "epoll";
+    let leaf = ids.client("cli-pair", &["spiffe://t/cli"]);
+    let (port, api) = (free_port(), free_port());
+    let relay_cmd = |extra: &[(&str, &Path)]| {
+        let mut cmd = EngineCmd::new("relay")
+            .opt("--listen", format!("127.0.0.1:{port}"))
+            .opt("--cert", &ids.pki.server.cert)
+            .opt("--key", &ids.pki.server.key)
+            .opt("--api", format!("127.0.0.1:{api}"))
+            .opt("--state", ":memory:")
+            .common(driver);
+        for (flag, path) in extra {
+            cmd = cmd.opt(flag, path);
+        }
+        cmd
+    };
+    // Bad files: each error names its file and says what is wrong.
+    let missing = ids.pki.dir.path().join("missing-ca.pem");
+    let (status, err) = relay_cmd(&[("--client-ca", &missing)]).run_to_exit();
+    assert!(!status.success() && err.contains("missing-ca.pem"), "{err}");
+    let (status, err) = relay_cmd(&[
+        ("--client-ca", &ids.clients.path),
+        ("--client-crl", &ids.clients.path),
+    ])
+    .run_to_exit();
+    assert!(
+        !status.success() && err.contains("clients-ca.pem") && err.contains("revocation list"),
+        "{err}"
+    );
+    let (status, err) = relay_cmd(&[("--client-crl", &ids.crl)]).run_to_exit();
+    assert!(!status.success() && err.contains("client_crls"), "{err}");
+    let (status, err) = EngineCmd::new("source")
+        .opt("--relay", format!("127.0.0.1:{port}"))
+        .opt("--identity-cert", &leaf.cert)
+        .opt("--listen", "a=127.0.0.1:1")
+        .run_to_exit();
+    assert!(!status.success() && err.contains("--identity-key"), "{err}");
+    // The pair, from the command line.
+    let relay = relay_cmd(&[
+        ("--client-ca", &ids.clients.path),
+        ("--client-crl", &ids.crl),
+    ])
+    .wait_port(port)
+    .wait_port(api)
+    .label("relay command")
+    .start();
+    let echo = echo_backend();
+    let local = free_port();
+    let agent = |kind: &str, key: &str, value: String| {
+        EngineCmd::new(kind)
+            .opt("--relay", format!("127.0.0.1:{port}"))
+            .opt("--ca", &ids.pki.ca.path)
+            .opt("--sni", "localhost")
+            .opt("--identity-cert", &leaf.cert)
+            .opt("--identity-key", &leaf.key)
+            .opt(key, value)
+            .common(driver)
+            .label(format!("{kind} command"))
+    };
+    let dst = agent("destination", "--connect", format!("echo={}", echo.addr)).start();
+    let src = agent("source", "--listen", format!("echo=127.0.0.1:{local}"))
+        .wait_port(local)
+        .start();
+    let r = Relay {
+        proc: relay,
+        port,
+        api: localhost(api),
+        metrics: localhost(api),
+    };
+    r.wait_pair("spiffe://t/cli", &[&src, &dst]);
+    echo_through(localhost(local), 1 << 20, 5).unwrap();
+}
