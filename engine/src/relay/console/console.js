@@ -37,7 +37,7 @@ function bytes(n) {
   const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
   let i = 0;
   while (n >= 1024 && i < units.length - 1) { n /= 1024; i++; }
-  return (i ? n.toFixed(1) : n) + ' ' + units[i];
+  return (i ? n.toFixed(1) : Math.round(n)) + ' ' + units[i];
 }
 
 function relayUrl() {
@@ -80,11 +80,35 @@ function peer(p) {
   return el('span', { class: 'state ' + s }, s.toLowerCase());
 }
 
+// One row per tunnel, kept across polls (a button under the pointer stays the same button);
+// each poll refills its cells.
+const rows = new Map(); // tunnelId -> {row, cells, canvas, rotate, close}
+function rowFor(id) {
+  let r = rows.get(id);
+  if (r) return r;
+  const cells = {};
+  for (const k of ['id', 'status', 'source', 'destination', 'services', 'thing', 'pairing', 'bytes', 'chart', 'actions']) {
+    cells[k] = el('td', { class: k });
+  }
+  cells.id.classList.add('mono');
+  cells.services.classList.add('mono');
+  cells.pairing.classList.add('mono');
+  cells.bytes.classList.add('mono');
+  const canvas = el('canvas', { class: 'chart', width: '180', height: '44' });
+  cells.chart.append(canvas);
+  const rotate = el('button', { class: 'rotate', onclick: () => showRotate(r.tunnel) }, 'Rotate');
+  const close = el('button', { class: 'close danger', onclick: () => closeTunnel(r.tunnel) }, 'Close');
+  cells.actions.append(el('div', { class: 'actions' }, rotate, close));
+  const row = el('tr', { 'data-tunnel': id }, ...Object.values(cells));
+  r = { row, cells, canvas, rotate, close, tunnel: null };
+  rows.set(id, r);
+  return r;
+}
+
 function render(list) {
   const tbody = $('tunnels').querySelector('tbody');
   const now = Date.now();
   const seen = new Set();
-  const rows = [];
   for (const t of list) {
     seen.add(t.tunnelId);
     const b = t.bytes || { sourceToDestination: 0, destinationToSource: 0 };
@@ -94,27 +118,32 @@ function render(list) {
     history.set(t.tunnelId, h);
     const open = t.status === 'OPEN';
     const pairing = t.pairing ? t.pairing.kind + (t.pairing.identity ? ': ' + t.pairing.identity : '') : 'token';
-    const canvas = el('canvas', { class: 'chart', width: '180', height: '44' });
-    const row = el('tr', { 'data-tunnel': t.tunnelId, 'data-status': t.status },
-      el('td', { class: 'mono', title: t.tunnelId }, t.tunnelId.slice(0, 8), t.description ? el('div', { class: 'note' }, t.description) : ''),
-      el('td', {}, el('span', { class: 'state ' + t.status }, t.status.toLowerCase())),
-      el('td', {}, peer(t.sourceConnectionState)),
-      el('td', {}, peer(t.destinationConnectionState)),
-      el('td', { class: 'mono' }, ((t.destinationConfig || {}).services || []).join(', ')),
-      el('td', {}, (t.destinationConfig || {}).thingName || ''),
-      el('td', { class: 'mono' }, pairing),
-      el('td', { class: 'mono bytes' }, el('span', { class: 'legend up' }, bytes(b.sourceToDestination)), ' / ',
-        el('span', { class: 'legend down' }, bytes(b.destinationToSource))),
-      el('td', {}, canvas),
-      el('td', { class: 'actions' },
-        el('button', { class: 'rotate', disabled: open ? null : 'disabled', onclick: () => showRotate(t) }, 'Rotate'),
-        el('button', { class: 'close danger', disabled: open ? null : 'disabled', onclick: () => closeTunnel(t) }, 'Close')));
-    if (!open) row.querySelectorAll('button').forEach((btn) => { btn.disabled = true; });
-    rows.push([row, canvas, h]);
+    const r = rowFor(t.tunnelId);
+    r.tunnel = t;
+    r.row.dataset.status = t.status;
+    const c = r.cells;
+    c.id.title = t.tunnelId;
+    c.id.replaceChildren(t.tunnelId.slice(0, 8), t.description ? el('div', { class: 'note' }, t.description) : '');
+    c.status.replaceChildren(el('span', { class: 'state ' + t.status }, t.status.toLowerCase()));
+    c.source.replaceChildren(peer(t.sourceConnectionState));
+    c.destination.replaceChildren(peer(t.destinationConnectionState));
+    c.services.textContent = ((t.destinationConfig || {}).services || []).join(', ');
+    c.thing.textContent = (t.destinationConfig || {}).thingName || '';
+    c.pairing.textContent = pairing;
+    c.bytes.replaceChildren(el('span', { class: 'legend up' }, bytes(b.sourceToDestination)), ' / ',
+      el('span', { class: 'legend down' }, bytes(b.destinationToSource)));
+    r.rotate.disabled = !open;
+    r.close.disabled = !open;
+    draw(r.canvas, h);
   }
-  tbody.replaceChildren(...rows.map((r) => r[0]));
-  for (const [, canvas, h] of rows) draw(canvas, h);
-  for (const id of history.keys()) if (!seen.has(id)) history.delete(id);
+  for (const id of [...rows.keys()]) {
+    if (!seen.has(id)) { rows.get(id).row.remove(); rows.delete(id); history.delete(id); }
+  }
+  // Reorder only when the order changed (moving a row would move the button under the pointer).
+  const order = list.map((t) => rows.get(t.tunnelId).row);
+  if (order.some((row, i) => tbody.children[i] !== row) || tbody.children.length !== order.length) {
+    tbody.replaceChildren(...order);
+  }
   $('count').textContent = list.length + ' tunnel(s); updated ' + new Date().toLocaleTimeString();
 }
 
