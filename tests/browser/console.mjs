@@ -8,10 +8,12 @@
 //      Step "destination-token": the test starts its destination agent with it.
 //   3. "Open browser source": the page on the relay's TLS port connects with the source token;
 //      lines in line mode (CRLF, then LF), keystrokes in raw mode; what comes back is recorded.
+//      Then a new stream to the service "bye", which writes a line and closes: the reset.
 //   4. Rotate the source token from the console (step "rotated": the test checks the relay),
 //      then close the tunnel (step "closed").
 // Screenshots: SHOT_PREFIX-console-open-dialog.png, -browser-source.png, -console-list.png.
-// Writes RESULT_FILE: {"redirectedTo", "unauthorizedStatus", "received" (hex), "hashAfterLoad",
+// Writes RESULT_FILE: {"redirectedTo", "unauthorizedStatus", "received" (hex),
+// "receivedAfterReset", "stateAfterReset", "hashAfterLoad",
 // "sourceStates", "sourceAfterRotate", "log": [...]}.
 
 import fs from 'node:fs';
@@ -77,7 +79,7 @@ try {
   await tab.waitForURL(`${api}/console`, { timeout: 30000 });
   await tab.waitForFunction(() => document.getElementById('auth').textContent.includes('Logged in'));
   await tab.click('#open');
-  await tab.fill('#open-services', 'echo');
+  await tab.fill('#open-services', 'echo, bye');
   await tab.fill('#open-minutes', '10');
   await tab.fill('#open-thing', 'pump-7');
   await tab.fill('#open-description', 'browser e2e');
@@ -122,8 +124,15 @@ try {
   await received(src, 17);
   // Give a stray extra byte the chance to arrive (it would show in the exact comparison).
   await src.waitForTimeout(300);
-  result.received = await src.evaluate(() =>
+  const hex = () => src.evaluate(() =>
     window.sourceStatus.received.map((b) => b.toString(16).padStart(2, '0')).join(''));
+  result.received = await hex();
+  // A new stream to the service "bye", which says bye and closes: the page shows the reset.
+  await src.selectOption('#service', 'bye');
+  await src.click('#restart');
+  await src.waitForFunction(() => window.sourceStatus.resets >= 1, null, { timeout: 30000 });
+  result.receivedAfterReset = await hex();
+  result.stateAfterReset = await src.evaluate(() => window.sourceStatus.state);
   await src.screenshot({ path: shot('browser-source') });
 
   // The console's list: the bytes and the chart (a poll each second).

@@ -235,6 +235,10 @@ fn browser_console_opens_a_tunnel_and_its_browser_source_talks_to_it() {
     npm_ci();
     let pki = Pki::new();
     let echo = echo_backend();
+    // A service that says bye and closes: the browser source shows the stream's reset.
+    let bye = Backend::spawn(|mut sock| {
+        let _ = sock.write_all(b"bye\r\n");
+    });
     for driver in DRIVERS {
         let dir = out_dir().join(format!("console-steps-{driver}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -267,8 +271,8 @@ fn browser_console_opens_a_tunnel_and_its_browser_source_talks_to_it() {
         let tunnel_id = step["tunnelId"].as_str().expect("tunnelId").to_owned();
         let described = api_get(relay.api, &format!("/tunnels/{tunnel_id}"));
         assert_eq!(
-            described["tunnel"]["destinationConfig"]["services"][0],
-            "echo"
+            described["tunnel"]["destinationConfig"]["services"],
+            serde_json::json!(["echo", "bye"])
         );
         assert_eq!(
             described["tunnel"]["destinationConfig"]["thingName"],
@@ -283,6 +287,7 @@ fn browser_console_opens_a_tunnel_and_its_browser_source_talks_to_it() {
                 step["destination"].as_str().expect("destination"),
             )
             .opt("--connect", format!("echo={}", echo.addr))
+            .opt("--connect", format!("bye={}", bye.addr))
             .common(driver)
             .label(format!("destination ({driver})"))
             .start();
@@ -345,6 +350,15 @@ fn browser_console_opens_a_tunnel_and_its_browser_source_talks_to_it() {
             r["received"],
             want.as_str(),
             "{driver}: the echoed bytes: {log}"
+        );
+        assert_eq!(
+            r["receivedAfterReset"],
+            format!("{want}{}", "6279650d0a"),
+            "{driver}: then bye + CRLF from the second stream: {log}"
+        );
+        assert_eq!(
+            r["stateAfterReset"], "stream 2 reset by the destination",
+            "{driver}: {log}"
         );
         assert_eq!(r["rotatedDiffers"], true, "{driver}: {log}");
         assert_eq!(r["rotatedHasDestination"], false, "{driver}: source only");

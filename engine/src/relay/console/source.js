@@ -8,6 +8,7 @@
 // Tunnel frames: a 2-byte big-endian length, then a protobuf Message: type=1, streamId=2,
 // ignorable=3, payload=4, serviceId=5, availableServiceIds=6, connectionId=7.
 const DATA = 1, STREAM_START = 2, STREAM_RESET = 3, SESSION_RESET = 4, SERVICE_IDS = 5;
+const CONNECTION_RESET = 7;
 const MAX_CHUNK = 32 * 1024;
 const enc = new TextEncoder(), dec = new TextDecoder();
 
@@ -23,12 +24,17 @@ function frame(type, stream, service, connection, payload) {
   return new Uint8Array([m.length >> 8, m.length & 255, ...m]);
 }
 function decode(bytes) {
-  const msg = { type: 0, stream: 0, payload: new Uint8Array(0), services: [], service: '' };
+  const msg = { type: 0, stream: 0, payload: new Uint8Array(0), services: [], service: '', connection: 0 };
   let i = 0;
   const rv = () => { let v = 0, mul = 1, b; do { b = bytes[i++]; v += (b & 127) * mul; mul *= 128; } while (b & 128); return v; };
   while (i < bytes.length) {
     const key = rv(), field = Math.floor(key / 8), wire = key & 7;
-    if (wire === 0) { const v = rv(); if (field === 1) msg.type = v; if (field === 2) msg.stream = v; }
+    if (wire === 0) {
+      const v = rv();
+      if (field === 1) msg.type = v;
+      if (field === 2) msg.stream = v;
+      if (field === 7) msg.connection = v;
+    }
     else if (wire === 2) {
       const n = rv(); const b = bytes.subarray(i, i + n); i += n;
       if (field === 4) msg.payload = b;
@@ -81,14 +87,19 @@ function send(bytes) {
   counts();
 }
 
+// A new stream, to the service chosen now; one still open is reset first (its connection to
+// the service ends).
 function startStream() {
-  // A new stream takes the service chosen now; the one open keeps its own.
+  if (streamOpen) {
+    ws.send(frame(STREAM_RESET, stream, service, connection));
+    note('stream ' + stream + ' reset by you');
+  }
   service = $('service').value || service;
   stream += 1;
   streamOpen = true;
   ws.send(frame(STREAM_START, stream, service, connection));
   setState('connected: stream ' + stream + ' to ' + service, 'OPEN');
-  $('restart').disabled = true;
+  $('restart').disabled = false;
 }
 
 function onFrame(m) {
@@ -103,19 +114,20 @@ function onFrame(m) {
     for (const b of m.payload) status.received.push(b);
     term.write(m.payload);
     counts();
-  } else if (m.type === STREAM_RESET) {
-    if (m.stream !== stream) return;
+  } else if (m.type === STREAM_RESET || m.type === CONNECTION_RESET) {
+    // The destination's service closed our connection (V3: CONNECTION_RESET; V1 and V2, or
+    // when it could not connect at all: STREAM_RESET).
+    if (m.stream !== stream || !streamOpen) return;
+    if (m.type === CONNECTION_RESET && m.connection && m.connection !== connection) return;
     streamOpen = false;
     status.resets += 1;
     setState('stream ' + stream + ' reset by the destination', 'error');
     note('stream reset: the destination closed the connection to ' + service + '; "New stream" opens another');
-    $('restart').disabled = false;
   } else if (m.type === SESSION_RESET) {
     streamOpen = false;
     status.resets += 1;
     setState('session reset: the destination agent left', 'error');
     note('session reset');
-    $('restart').disabled = false;
   }
 }
 
@@ -173,6 +185,8 @@ term.onData((d) => {
     send(enc.encode(d));
     return;
   }
+  // An escape sequence (a cursor or function key) does not edit the line.
+  if (d.length > 1 && d[0] === '\x1b') return;
   for (const ch of d) {
     if (ch === '\r' || ch === '\n') {
       const eol = $('eol').value === 'crlf' ? '\r\n' : '\n';
