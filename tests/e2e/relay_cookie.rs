@@ -62,7 +62,7 @@ fn http(s: &mut (impl Read + Write), request: &[u8]) -> (u16, String, String) {
 }
 
 /// `request` to the relay's agent port over TLS.
-fn https(pki: &Pki, port: u16, request: &[u8]) -> (u16, String, String) {
+pub(crate) fn https(pki: &Pki, port: u16, request: &[u8]) -> (u16, String, String) {
     let mut tls = tls_connect(
         localhost(port),
         "localhost",
@@ -90,7 +90,7 @@ pub(crate) fn open_tunnel(api: SocketAddr, services: &[&str]) -> (String, String
     )
 }
 
-fn post_cookie(origin: Option<&str>, body: &str) -> Vec<u8> {
+pub(crate) fn post_cookie(origin: Option<&str>, body: &str) -> Vec<u8> {
     let origin = origin
         .map(|o| format!("Origin: {o}\r\n"))
         .unwrap_or_default();
@@ -352,5 +352,78 @@ fn relay_cookie_refusals() {
             !log.contains(&src) && !log.contains(&dst),
             "{driver}: {log}"
         );
+    }
+}
+
+/// The browser source's files on the agents' port, whole (xterm.js is about 480 KB), and the
+/// relay's own https origin (a page it serves) using the cookie without `--cors-origin`.
+#[test]
+fn relay_serves_the_browser_source_and_its_own_origin_needs_no_cors_origin() {
+    let pki = Pki::new();
+    let xterm = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../engine/src/relay/console/vendor/xterm/xterm.js"
+    ))
+    .expect("the vendored xterm.js");
+    for driver in DRIVERS {
+        let relay = start_relay(&pki, driver, &[]);
+        let get = |path: &str| {
+            let req = format!(
+                "GET {path} HTTP/1.1\r\nHost: localhost:{}\r\n\r\n",
+                relay.port
+            );
+            https(&pki, relay.port, req.as_bytes())
+        };
+        let (status, head, page) = get("/source");
+        assert_eq!(status, 200, "{driver}: {head}");
+        assert_eq!(
+            header(&head, "content-type"),
+            Some("text/html; charset=utf-8")
+        );
+        assert!(
+            header(&head, "content-security-policy")
+                .is_some_and(|p| p.contains("connect-src 'self'")),
+            "{driver}: {head}"
+        );
+        assert!(page.contains("/source/xterm.js"), "{driver}: {page}");
+        let (status, _, body) = get("/source/xterm.js");
+        assert_eq!(status, 200);
+        assert!(
+            body == xterm,
+            "{driver}: {} of {} bytes",
+            body.len(),
+            xterm.len()
+        );
+        assert_eq!(get("/source/missing").0, 404, "{driver}");
+
+        let (_id, src, dst) = open_tunnel(relay.api, &["echo"]);
+        let own = format!("https://localhost:{}", relay.port);
+        let body = serde_json::json!({ "token": src }).to_string();
+        let req = format!(
+            "POST /cookie HTTP/1.1\r\nHost: localhost:{}\r\nOrigin: {own}\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            relay.port,
+            body.len()
+        );
+        let (status, head, answer) = https(&pki, relay.port, req.as_bytes());
+        assert_eq!(status, 200, "{driver}: {head}\n{answer}");
+        // The upgrade with the cookie from the relay's own origin pairs; from another, no.
+        let cookie = format!("awsiot-tunnel-token={dst}");
+        let other = format!("https://localhost:{}", relay.port + 1);
+        let r = try_peer(
+            &pki,
+            relay.port,
+            "destination",
+            &[("Cookie", &cookie), ("Origin", &other)],
+        );
+        assert_eq!(refused(r), 403, "{driver}: another origin");
+        let cookie = format!("awsiot-tunnel-token={src}");
+        try_peer(
+            &pki,
+            relay.port,
+            "source",
+            &[("Cookie", &cookie), ("Origin", &own)],
+        )
+        .unwrap_or_else(|e| panic!("{driver}: the relay's own origin: {e}"));
     }
 }

@@ -12,6 +12,9 @@
 //! | `POST /tunnels/{id}/close` | CloseTunnel (`{"delete": true}` forgets it too) | `{}` |
 //! | `DELETE /tunnels/{id}` | CloseTunnel with `delete` | `{}` |
 //!
+//! The web console ([`super::console`]) is under `/console` on the same server; its session
+//! cookie (with its header) stands in for the bearer token.
+//!
 //! Errors are `{"message": "..."}` with 400 (bad JSON or field), 401 (API token missing or
 //! wrong), 404 (unknown path or tunnel id), 405, 408 (body too slow), 409 (the tunnel is
 //! closed), 413 (body over [`MAX_BODY`]) or 503 (the store failed).
@@ -29,6 +32,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
+use super::console::Console;
 use super::events::{Events, RelayEvent};
 use super::registry::{OpenRequest, Registry, RegistryError, RotateSides};
 use super::secret::{Secret, secret_matches};
@@ -53,6 +57,8 @@ struct Shared {
     api_token: Option<Secret>,
     /// Told of each close and rotation, so the data plane drops the peers.
     events: Arc<Events>,
+    /// `/console`, and its sessions.
+    console: Console,
 }
 
 impl ApiServer {
@@ -74,8 +80,21 @@ impl ApiServer {
         api_token: Option<Secret>,
         events: Arc<Events>,
     ) -> Result<Self> {
+        Self::start_with_console(addr, registry, api_token, events, None)
+    }
+
+    /// [`ApiServer::start_with_events`]; the console links its browser source to the
+    /// relay's agents' port `agent_port`.
+    pub(crate) fn start_with_console(
+        addr: SocketAddr,
+        registry: Arc<Registry>,
+        api_token: Option<Secret>,
+        events: Arc<Events>,
+        agent_port: Option<u16>,
+    ) -> Result<Self> {
         let shared = Arc::new(Shared {
             registry,
+            console: Console::new(api_token.clone(), agent_port),
             api_token,
             events,
         });
@@ -143,6 +162,10 @@ async fn respond(
     shared: &Shared,
     peer: SocketAddr,
 ) -> Response<Full<Bytes>> {
+    if super::console::is_console_path(req.uri().path()) {
+        let s = shared;
+        return s.console.respond(req, &s.registry, &s.events, peer).await;
+    }
     let answer = route(req, shared, peer).await;
     let mut r = Response::new(Full::new(Bytes::from(answer.body.to_string())));
     *r.status_mut() = answer.status;
@@ -163,6 +186,7 @@ async fn respond(
 async fn route(req: Request<Incoming>, shared: &Shared, peer: SocketAddr) -> Answer {
     if let Some(expected) = &shared.api_token
         && !authorized(&req, expected)
+        && !shared.console.session_allows(req.headers())
     {
         tracing::debug!(%peer, "tunnel API: request without the API token refused");
         return Answer::error(
@@ -177,19 +201,8 @@ async fn route(req: Request<Incoming>, shared: &Shared, peer: SocketAddr) -> Ans
     let registry = &shared.registry;
     let events = &*shared.events;
     let now = Timestamp::now();
-    // Listing or describing closes tunnels whose lifetime ended; close them here first, so
-    // that the data plane hears of each (the expiry timer would not see them again).
-    match registry.expire(now) {
-        Ok(ids) => {
-            for tunnel_id in ids {
-                tracing::info!(tunnel = %tunnel_id, "tunnel expired");
-                events.emit(RelayEvent::Closed {
-                    tunnel_id,
-                    expired: true,
-                });
-            }
-        }
-        Err(e) => return e.into(),
+    if let Err(e) = expire(registry, events, now) {
+        return e.into();
     }
     let not_allowed = |allow: &'static str| Answer {
         allow: Some(allow),
@@ -243,6 +256,24 @@ async fn route(req: Request<Incoming>, shared: &Shared, peer: SocketAddr) -> Ans
             format!("no such path {path:?}; the tunnel API is under /tunnels"),
         ),
     }
+}
+
+/// Closes the tunnels whose lifetime ended. Listing or describing would close them; close
+/// them here first, so that the data plane hears of each (the expiry timer would not see
+/// them again).
+pub(super) fn expire(
+    registry: &Registry,
+    events: &Events,
+    now: Timestamp,
+) -> std::result::Result<(), RegistryError> {
+    for tunnel_id in registry.expire(now)? {
+        tracing::info!(tunnel = %tunnel_id, "tunnel expired");
+        events.emit(RelayEvent::Closed {
+            tunnel_id,
+            expired: true,
+        });
+    }
+    Ok(())
 }
 
 /// Whether `Authorization: Bearer <token>` carries `expected` (compared in constant time).
@@ -472,7 +503,7 @@ fn close(registry: &Registry, events: &Events, id: &str, delete: bool, now: Time
 }
 
 /// `DescribeTunnel`'s `tunnel`: everything but the tokens.
-fn tunnel_json(t: &Tunnel) -> Value {
+pub(super) fn tunnel_json(t: &Tunnel) -> Value {
     let state = |p: &Peer| {
         json!({
             "status": if p.connected { "CONNECTED" } else { "DISCONNECTED" },

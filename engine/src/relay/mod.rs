@@ -9,6 +9,7 @@
 
 pub(crate) mod api;
 pub(crate) mod client;
+pub(crate) mod console;
 pub(crate) mod cookie;
 pub(crate) mod counters;
 pub(crate) mod events;

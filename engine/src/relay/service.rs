@@ -78,8 +78,20 @@ impl RelayService {
         for id in registry.expire(now).map_err(registry_err)? {
             tracing::info!(relay = %name, tunnel = %id, "tunnel expired");
         }
-        let api =
-            ApiServer::start_with_events(api_addr, registry.clone(), api_token, events.clone())?;
+        // The console's browser source is served on the agents' port (see console.rs).
+        let agent_port = cfg
+            .listen
+            .parse::<SocketAddr>()
+            .ok()
+            .map(|a| a.port())
+            .filter(|&p| p != 0);
+        let api = ApiServer::start_with_console(
+            api_addr,
+            registry.clone(),
+            api_token,
+            events.clone(),
+            agent_port,
+        )?;
         let (stop_expiry, stopped) = mpsc::channel::<()>();
         let expiry = {
             let (registry, events, name) = (registry.clone(), events.clone(), name.clone());

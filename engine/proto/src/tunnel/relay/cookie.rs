@@ -3,7 +3,8 @@
 //! `awsiot-tunnel-token` cookie, which its `new WebSocket(...)` then carries to `/tunnel`.
 //!
 //! [`classify`] tells whether the bytes at the front of a connection are one of these requests
-//! (rather than an upgrade); [`parse_request`] reads the request (head and body, at most
+//! or a `GET` under [`SOURCE_PATH`] (the browser source's static page, [`respond_get`]),
+//! rather than an upgrade; [`parse_request`] reads the request (head and body, at most
 //! [`MAX_REQUEST_LEN`] and [`MAX_BODY`] bytes); [`respond`] decides and writes the whole
 //! answer: CORS for the allowed origins, the preflight, the JSON body's check, the token's
 //! check (through the caller's closure: the registry), and the `Set-Cookie`. Every answer
@@ -17,6 +18,10 @@ use crate::ws::{AccessToken, MAX_REQUEST_LEN};
 
 /// The path.
 pub const PATH: &str = "/cookie";
+
+/// Where the browser source's static files are served (`GET`): on this port, the page is
+/// the relay's own origin, so its cookie and WebSocket need no `--cors-origin`.
+pub const SOURCE_PATH: &str = "/source";
 
 /// The cookie the WebSocket upgrade reads the token from (reference §2).
 pub const COOKIE: &str = "awsiot-tunnel-token";
@@ -35,16 +40,17 @@ const PREFLIGHT_MAX_AGE: u32 = 600;
 pub enum Kind {
     /// Too few bytes to tell: read more.
     Unknown,
-    /// A `POST` or an `OPTIONS` request: [`parse_request`] it.
+    /// A `POST`, an `OPTIONS` or a `GET /source...` request: [`parse_request`] it.
     Http,
     /// Anything else: the WebSocket upgrade's parser judges it.
     Other,
 }
 
-/// Whether `buf`, the bytes received so far, begin a `POST` or `OPTIONS` request.
+/// Whether `buf`, the bytes received so far, begin a `POST`, an `OPTIONS` or a
+/// `GET /source...` request.
 pub fn classify(buf: &[u8]) -> Kind {
     let mut unknown = false;
-    for method in [&b"POST "[..], b"OPTIONS "] {
+    for method in [&b"POST "[..], b"OPTIONS ", b"GET /source"] {
         let n = buf.len().min(method.len());
         if buf[..n] == method[..n] {
             if n == method.len() {
@@ -67,6 +73,8 @@ pub enum Method {
     Post,
     /// `OPTIONS`: a CORS preflight.
     Options,
+    /// `GET`: one of the browser source's static files ([`respond_get`]).
+    Get,
 }
 
 /// A request read whole (or as far as its head, when the head already says it is refused).
@@ -78,6 +86,9 @@ pub struct HttpRequest {
     pub path: String,
     /// `Origin`, when sent (browsers do).
     pub origin: Option<String>,
+    /// `Host`, when sent once: a page from `https://<Host>` is the relay's own origin
+    /// ([`same_origin`]).
+    pub host: Option<String>,
     /// The body (empty when `problem` is set).
     pub body: Vec<u8>,
     /// A refusal the head already decides (the body was not read).
@@ -91,6 +102,7 @@ impl std::fmt::Debug for HttpRequest {
             .field("method", &self.method)
             .field("path", &self.path)
             .field("origin", &self.origin)
+            .field("host", &self.host)
             .field("body", &self.body.len())
             .field("problem", &self.problem)
             .finish()
@@ -175,7 +187,12 @@ pub fn parse_request(buf: &[u8]) -> Result<Parsed, HttpError> {
     let method = match request.method {
         Some("POST") => Method::Post,
         Some("OPTIONS") => Method::Options,
-        _ => return Err(HttpError::NotHttp("the method must be POST or OPTIONS")),
+        Some("GET") => Method::Get,
+        _ => {
+            return Err(HttpError::NotHttp(
+                "the method must be POST, OPTIONS or GET",
+            ));
+        }
     };
     let target = request.path.unwrap_or_default();
     let path = target.split_once('?').map_or(target, |(p, _)| p).to_owned();
@@ -191,9 +208,13 @@ pub fn parse_request(buf: &[u8]) -> Result<Parsed, HttpError> {
         method,
         path,
         origin: None,
+        host: None,
         body: Vec::new(),
         problem: None,
     };
+    if let [Ok(h)] = values("host")[..] {
+        req.host = Some(h.to_owned());
+    }
     match values("origin")[..] {
         [] => {}
         [Ok(o)] => req.origin = Some(o.to_owned()),
@@ -345,6 +366,13 @@ fn phrase(status: u16) -> &'static str {
     }
 }
 
+/// Whether `origin` is the relay's own: `https://` and the request's `Host` (the browser
+/// source page that this port serves, [`SOURCE_PATH`]). Another site's page sends its own
+/// origin, never the relay's, so this admits no cross-site request.
+pub fn same_origin(origin: &str, host: Option<&str>) -> bool {
+    host.is_some_and(|h| origin.strip_prefix("https://") == Some(h))
+}
+
 /// Whether `origin` is one of `allowed`, exactly (scheme, host and port as the browser sends
 /// them; `*` is not a wildcard: credentials need an exact origin).
 pub fn origin_allowed(origin: &str, allowed: &[String]) -> bool {
@@ -382,9 +410,14 @@ pub fn respond(
 ) -> Answer {
     let cors = match &request.origin {
         None => None,
-        Some(o) if origin_allowed(o, allowed) => Some(o.as_str()),
+        Some(o) if origin_allowed(o, allowed) || same_origin(o, request.host.as_deref()) => {
+            Some(o.as_str())
+        }
         Some(_) => return Answer::error(403, "origin not allowed", None),
     };
+    if request.method == Method::Get {
+        return Answer::error(405, "GET is for the browser source's files only", cors);
+    }
     if request.path != PATH {
         // As the upgrade's parser answers a method other than GET.
         return Answer::error(
@@ -439,6 +472,49 @@ pub fn respond(
         ),
         &format!("{{\"expiresIn\":{seconds}}}\n"),
     )
+}
+
+/// A static file for [`respond_get`].
+#[derive(Debug, Clone, Copy)]
+pub struct Asset<'a> {
+    /// Its `Content-Type`.
+    pub content_type: &'static str,
+    /// Its bytes.
+    pub body: &'a [u8],
+}
+
+/// The policy of the browser source's files: scripts and styles from this origin only (the
+/// terminal sets inline styles), connections to this origin only (its `/cookie` and
+/// `wss://` `/tunnel`), no framing (no other page can overlay its terminal).
+const SOURCE_CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; \
+     connect-src 'self'; img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'; form-action 'none'";
+
+/// The answer to a `GET` ([`Method::Get`]): `asset` (what the caller found at the request's
+/// path) with a strict content security policy, or 404. Static files, no secrets: no
+/// origin check, and the token the page uses travels in the URL's fragment, which no
+/// request carries.
+pub fn respond_get(request: &HttpRequest, asset: Option<Asset<'_>>) -> Answer {
+    if request.problem.is_some() || !request.body.is_empty() {
+        return Answer::error(400, "a GET takes no body", None);
+    }
+    let Some(asset) = asset else {
+        return Answer::error(404, "no such file under /source", None);
+    };
+    let mut bytes = format!(
+        "HTTP/1.1 200 OK\r\nConnection: close\r\nCache-Control: no-cache\r\n\
+         Content-Type: {}\r\nContent-Length: {}\r\nX-Content-Type-Options: nosniff\r\n\
+         Referrer-Policy: no-referrer\r\nX-Frame-Options: DENY\r\n\
+         Content-Security-Policy: {SOURCE_CSP}\r\n\r\n",
+        asset.content_type,
+        asset.body.len()
+    )
+    .into_bytes();
+    bytes.extend_from_slice(asset.body);
+    Answer {
+        status: 200,
+        reason: "browser source file",
+        bytes,
+    }
 }
 
 #[cfg(test)]

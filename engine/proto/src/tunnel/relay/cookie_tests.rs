@@ -226,3 +226,79 @@ fn other_paths_are_400() {
         assert_eq!(respond(&parsed(req), &allowed(), valid).status, 400);
     }
 }
+
+#[test]
+fn get_under_source_is_http_and_other_gets_are_upgrades() {
+    assert_eq!(classify(b"GET "), Kind::Unknown);
+    assert_eq!(classify(b"GET /sou"), Kind::Unknown);
+    assert_eq!(classify(b"GET /source"), Kind::Http);
+    assert_eq!(classify(b"GET /source/xterm.js HTTP/1.1"), Kind::Http);
+    assert_eq!(
+        classify(b"GET /tunnel?local-proxy-mode=source"),
+        Kind::Other
+    );
+    assert_eq!(classify(b"GET / HTTP/1.1"), Kind::Other);
+    let req = parsed(b"GET /source?x=1 HTTP/1.1\r\nHost: relay.example:8443\r\n\r\n");
+    assert_eq!(req.method, Method::Get);
+    assert_eq!(req.path, "/source");
+    assert_eq!(req.host.as_deref(), Some("relay.example:8443"));
+}
+
+#[test]
+fn get_serves_the_asset_with_its_policy_or_404() {
+    let req = parsed(b"GET /source HTTP/1.1\r\nHost: r\r\n\r\n");
+    let page = b"<!doctype html><p>hi</p>";
+    let a = respond_get(
+        &req,
+        Some(Asset {
+            content_type: "text/html; charset=utf-8",
+            body: page,
+        }),
+    );
+    assert_eq!(a.status, 200);
+    let t = text(&a);
+    assert!(t.starts_with("HTTP/1.1 200 OK\r\n"), "{t}");
+    assert!(
+        t.contains("\r\nContent-Type: text/html; charset=utf-8\r\n"),
+        "{t}"
+    );
+    assert!(t.contains(&format!("\r\nContent-Length: {}\r\n", page.len())));
+    assert!(t.contains("\r\nContent-Security-Policy: default-src 'none'; script-src 'self';"));
+    assert!(t.contains("\r\nX-Frame-Options: DENY\r\n"));
+    assert!(t.ends_with("\r\n\r\n<!doctype html><p>hi</p>"), "{t}");
+    let a = respond_get(&req, None);
+    assert_eq!(a.status, 404);
+    // respond() is for POST and OPTIONS: a GET there is not served.
+    assert_eq!(
+        respond(&req, &allowed(), |_| panic!("no token check")).status,
+        405
+    );
+}
+
+#[test]
+fn the_relays_own_https_origin_may_post_without_cors_origin() {
+    let body = format!("{{\"token\":\"{TOKEN}\"}}");
+    let own = format!(
+        "POST /cookie HTTP/1.1\r\nHost: relay.example:8443\r\nOrigin: https://relay.example:8443\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let a = respond(&parsed(own.as_bytes()), &[], valid);
+    assert_eq!(a.status, 200, "{}", text(&a));
+    for (host, origin) in [
+        // http:// is another site to the browser, and not the relay's TLS port.
+        ("relay.example:8443", "http://relay.example:8443"),
+        ("relay.example:8443", "https://relay.example:8444"),
+        ("relay.example:8443", "https://relay.example"),
+        ("relay.example", "https://relay.example.evil"),
+    ] {
+        let req = format!(
+            "POST /cookie HTTP/1.1\r\nHost: {host}\r\nOrigin: {origin}\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        let a = respond(&parsed(req.as_bytes()), &[], |_| panic!("no token check"));
+        assert_eq!(a.status, 403, "{origin} on {host}");
+    }
+    assert!(same_origin("https://h:1", Some("h:1")));
+    assert!(!same_origin("https://h:1", None));
+}
