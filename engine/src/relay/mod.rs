@@ -18,3 +18,4 @@ pub(crate) mod service;
 pub(crate) mod sqlite;
 pub(crate) mod store;
 pub(crate) mod tunnel;
+pub(crate) mod writer;
