@@ -539,13 +539,23 @@ impl Registry {
         admission: &Admission,
         now: Timestamp,
     ) -> Result<(), RegistryError> {
+        self.gone(&admission.tunnel_id, admission.side, admission.serial, now)
+    }
+
+    /// The peer admitted as [`Admission::serial`] `serial` on `side` of tunnel `id` has gone:
+    /// its side is disconnected, unless a later peer was admitted on that side meanwhile (a
+    /// reconnect on its way to the tunnel while the old connection is found dead).
+    pub(crate) fn gone(
+        &self,
+        id: &str,
+        side: Side,
+        serial: u64,
+        now: Timestamp,
+    ) -> Result<(), RegistryError> {
         let store = self.store();
-        let latest = self
-            .latest()
-            .get(&(admission.tunnel_id.clone(), admission.side))
-            .copied();
-        if latest == Some(admission.serial) {
-            self.mark_disconnected(store, &admission.tunnel_id, admission.side, now)?;
+        let latest = self.latest().get(&(id.to_string(), side)).copied();
+        if latest == Some(serial) {
+            self.mark_disconnected(store, id, side, now)?;
         }
         Ok(())
     }

@@ -708,6 +708,7 @@ fn attach(
                 streams: 0,
                 buckets: [None, None],
                 counters: relay.stats.per_tunnel.get(&admission.tunnel_id),
+                serials: [0, 0],
             })));
             plane.tunnels.insert(key, e);
             e
@@ -723,9 +724,12 @@ fn attach(
         Attach::Moved(fd, link) => plane.adopt_link(fd, *link, Some(e)),
     };
     // The tunnel has the peer now: its `left` reports the peer's end.
-    admission.arrived();
+    let serial = admission.arrived().serial;
     plane.run_entity(shard, e, |entity, plane, shard| match entity {
-        Entity::Tunnel(t) => t.connect(e, side, version, r, plane, shard),
+        Entity::Tunnel(t) => {
+            t.serials[index(side)] = serial;
+            t.connect(e, side, version, r, plane, shard)
+        }
         _ => true,
     });
 }
@@ -761,6 +765,9 @@ pub(crate) struct TunnelPeers {
     buckets: [Option<Bucket>; 2],
     /// This tunnel's counters (`/metrics`, describe).
     counters: Arc<TunnelCounters>,
+    /// The registry's serial of each side's peer ([`index`]): when it goes, its side is
+    /// marked disconnected only if no later peer was admitted on it.
+    serials: [u64; 2],
 }
 
 /// A token bucket: `tokens` bytes may go now (negative: a debt), refilled at the relay's
@@ -865,10 +872,11 @@ impl TunnelPeers {
         self.counters.peers[index(side)].fetch_sub(1, Relaxed);
         self.relay.peers.fetch_sub(1, Relaxed);
         self.framers[index(side)] = FrameDecoder::new();
+        let serial = self.serials[index(side)];
         if let Err(e) =
             self.relay
                 .registry
-                .disconnected(&self.tunnel_id, reg_side(side), Timestamp::now())
+                .gone(&self.tunnel_id, reg_side(side), serial, Timestamp::now())
         {
             tracing::warn!(relay = %self.relay.name, tunnel = %self.tunnel_id, error = %e, "cannot record a disconnect");
         }
@@ -1136,9 +1144,10 @@ impl TunnelPeers {
                 self.relay.stats.peers[index(side)].fetch_sub(1, Relaxed);
                 self.counters.peers[index(side)].fetch_sub(1, Relaxed);
                 self.relay.peers.fetch_sub(1, Relaxed);
-                let _ = self.relay.registry.disconnected(
+                let _ = self.relay.registry.gone(
                     &self.tunnel_id,
                     reg_side(side),
+                    self.serials[index(side)],
                     Timestamp::now(),
                 );
             }
