@@ -494,8 +494,16 @@ tunnel_result tunnel_agent_free(struct tunnel_agent **agent);
  * shown this once). Thread-safe; blocks for the call (at most 30 s). Errors:
  * `TUNNEL_ERR_NULL_ARGUMENT`, `TUNNEL_ERR_ADDRESS` (a bad URL), `TUNNEL_ERR_TUNNEL_API`
  * (no answer, or refused: the message names the URL, the status and the API's message).
+ * `tunnel_api_open_seconds` takes the lifetime in seconds.
  */
 tunnel_result tunnel_api_open(const char *api_url, const char *api_token, const char *const *services, size_t services_len, uint32_t lifetime_minutes, const char *thing, const char *description, char **id, char **source_token, char **destination_token);
+
+/**
+ * `tunnel_api_open` with the lifetime in seconds (0: the relay's), as the CLI's
+ * `--lifetime 90s`: whole minutes are sent as AWS's `maxLifetimeTimeoutMinutes`, anything
+ * else as our relay's `maxLifetimeTimeoutSeconds` (AWS's service takes whole minutes only).
+ */
+tunnel_result tunnel_api_open_seconds(const char *api_url, const char *api_token, const char *const *services, size_t services_len, uint32_t lifetime_seconds, const char *thing, const char *description, char **id, char **source_token, char **destination_token);
 
 /**
  * Lists the tunnels (only `thing`'s unless NULL) as the API's JSON

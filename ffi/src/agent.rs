@@ -278,6 +278,7 @@ fn put_string(out: *mut *mut c_char, s: &str, what: &str) -> Result<(), Failure>
 /// shown this once). Thread-safe; blocks for the call (at most 30 s). Errors:
 /// `TUNNEL_ERR_NULL_ARGUMENT`, `TUNNEL_ERR_ADDRESS` (a bad URL), `TUNNEL_ERR_TUNNEL_API`
 /// (no answer, or refused: the message names the URL, the status and the API's message).
+/// `tunnel_api_open_seconds` takes the lifetime in seconds.
 #[unsafe(no_mangle)]
 pub extern "C" fn tunnel_api_open(
     api_url: *const c_char,
@@ -292,32 +293,77 @@ pub extern "C" fn tunnel_api_open(
     destination_token: *mut *mut c_char,
 ) -> tunnel_result {
     entry("tunnel_api_open", || {
-        let client = api(api_url, api_token)?;
-        let names = if services_len == 0 {
-            Vec::new()
-        } else {
-            str_list_arg(services, services_len, "services")?
-        };
-        if id.is_null() || source_token.is_null() || destination_token.is_null() {
-            return Err(Failure::new(
-                tunnel_result::TUNNEL_ERR_NULL_ARGUMENT,
-                "`id`, `source_token` or `destination_token` is NULL",
-            ));
-        }
-        let t = client.open(
-            &names,
-            (lifetime_minutes > 0).then_some(lifetime_minutes.into()),
-            opt_str_arg(thing, "thing")?,
-            opt_str_arg(description, "description")?,
-        )?;
-        put_string(id, &t.id, "id")?;
-        put_string(source_token, &secret(&t.source), "source_token")?;
-        put_string(
-            destination_token,
-            &secret(&t.destination),
-            "destination_token",
+        let lifetime = u64::from(lifetime_minutes) * 60;
+        api_open(
+            (api_url, api_token),
+            (services, services_len),
+            lifetime,
+            (thing, description),
+            (id, source_token, destination_token),
         )
     })
+}
+
+/// `tunnel_api_open` with the lifetime in seconds (0: the relay's), as the CLI's
+/// `--lifetime 90s`: whole minutes are sent as AWS's `maxLifetimeTimeoutMinutes`, anything
+/// else as our relay's `maxLifetimeTimeoutSeconds` (AWS's service takes whole minutes only).
+#[unsafe(no_mangle)]
+pub extern "C" fn tunnel_api_open_seconds(
+    api_url: *const c_char,
+    api_token: *const c_char,
+    services: *const *const c_char,
+    services_len: usize,
+    lifetime_seconds: u32,
+    thing: *const c_char,
+    description: *const c_char,
+    id: *mut *mut c_char,
+    source_token: *mut *mut c_char,
+    destination_token: *mut *mut c_char,
+) -> tunnel_result {
+    entry("tunnel_api_open_seconds", || {
+        api_open(
+            (api_url, api_token),
+            (services, services_len),
+            lifetime_seconds.into(),
+            (thing, description),
+            (id, source_token, destination_token),
+        )
+    })
+}
+
+/// Both opens: the lifetime in seconds, 0 for the relay's.
+fn api_open(
+    (api_url, api_token): (*const c_char, *const c_char),
+    (services, services_len): (*const *const c_char, usize),
+    lifetime_seconds: u64,
+    (thing, description): (*const c_char, *const c_char),
+    (id, source_token, destination_token): (*mut *mut c_char, *mut *mut c_char, *mut *mut c_char),
+) -> Result<(), Failure> {
+    let client = api(api_url, api_token)?;
+    let names = if services_len == 0 {
+        Vec::new()
+    } else {
+        str_list_arg(services, services_len, "services")?
+    };
+    if id.is_null() || source_token.is_null() || destination_token.is_null() {
+        return Err(Failure::new(
+            tunnel_result::TUNNEL_ERR_NULL_ARGUMENT,
+            "`id`, `source_token` or `destination_token` is NULL",
+        ));
+    }
+    let t = client.open_for(
+        &names,
+        (lifetime_seconds > 0).then(|| std::time::Duration::from_secs(lifetime_seconds)),
+        opt_str_arg(thing, "thing")?,
+        opt_str_arg(description, "description")?,
+    )?;
+    put_string(id, &t.id, "id")?;
+    put_string(source_token, &secret(&t.source), "source_token")?;
+    put_string(
+        destination_token,
+        &secret(&t.destination),
+        "destination_token",
+    )
 }
 
 /// Lists the tunnels (only `thing`'s unless NULL) as the API's JSON

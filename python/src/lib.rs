@@ -399,9 +399,11 @@ fn api_call<T: ToString + Send>(
         .map_err(engine_error)
 }
 
-/// `POST /tunnels`: the answer (id and both access tokens) as JSON text.
+/// `POST /tunnels`: the answer (id and both access tokens) as JSON text. The lifetime in
+/// minutes or, to the second, `lifetime_seconds` (not both).
 #[pyfunction]
-#[pyo3(signature = (url, token, services, lifetime_minutes = None, thing = None, description = None))]
+#[pyo3(signature = (url, token, services, lifetime_minutes = None, thing = None, description = None, lifetime_seconds = None))]
+#[expect(clippy::too_many_arguments, reason = "the keywords of a Python call")]
 fn api_open(
     py: Python<'_>,
     url: &str,
@@ -410,15 +412,20 @@ fn api_open(
     lifetime_minutes: Option<u64>,
     thing: Option<String>,
     description: Option<String>,
+    lifetime_seconds: Option<u64>,
 ) -> PyResult<String> {
+    let lifetime = match (lifetime_minutes, lifetime_seconds) {
+        (Some(_), Some(_)) => {
+            return Err(ConfigError::new_err(
+                "api_open(): give the lifetime in minutes or in seconds, not both",
+            ));
+        }
+        (Some(m), None) => Some(Duration::from_secs(m.saturating_mul(60))),
+        (None, s) => s.map(Duration::from_secs),
+    };
     api_call(py, url, token, |api| {
         let names: Vec<&str> = services.iter().map(String::as_str).collect();
-        api.open_json(
-            &names,
-            lifetime_minutes,
-            thing.as_deref(),
-            description.as_deref(),
-        )
+        api.open_json_for(&names, lifetime, thing.as_deref(), description.as_deref())
     })
 }
 

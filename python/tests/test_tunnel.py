@@ -7,6 +7,7 @@ file as ``conftest.Backend`` does."""
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import os
 import socket
@@ -106,6 +107,21 @@ def relay(request: pytest.FixtureRequest, pki: Pki) -> Iterator[Tuple[str, str]]
         url = e.relay_api_url("r")
         assert url is not None and port != 0
         yield f"{host}:{port}", url
+
+
+def test_lifetime_in_seconds(relay: Tuple[str, str]) -> None:
+    """A ``timedelta`` lifetime keeps its seconds (an ``int`` is whole minutes, as before)."""
+    _, api = relay
+    t = splice_engine.open_tunnel(api, ["echo"], lifetime=datetime.timedelta(seconds=90))
+    timeout = splice_engine.describe_tunnel(api, t.id)["timeoutConfig"]
+    assert timeout["maxLifetimeTimeoutSeconds"] == 90, timeout
+    t = splice_engine.open_tunnel(api, ["echo"], lifetime=3)
+    timeout = splice_engine.describe_tunnel(api, t.id)["timeoutConfig"]
+    assert timeout["maxLifetimeTimeoutSeconds"] == 180, timeout
+    with pytest.raises(splice_engine.ConfigError, match="negative"):
+        splice_engine.open_tunnel(api, ["echo"], lifetime=datetime.timedelta(seconds=-5))
+    with pytest.raises(splice_engine.ConfigError, match="not both"):
+        splice_engine._native.api_open(api, None, ["echo"], 1, None, None, 60)
 
 
 def test_tunnel_through_our_relay(relay: Tuple[str, str], pki: Pki, echo: Echo) -> None:

@@ -668,6 +668,21 @@ static int mode_agents(const char *ca, const char *cert, const char *key, const 
     CHECK(strstr(json, id) != NULL, "describe names the tunnel: %s", json);
     OK(tunnel_string_free(json));
 
+    /* A lifetime in seconds: the relay keeps 90 s (minutes would have made it 2). */
+    {
+        char *id90 = NULL, *src90 = NULL, *dst90 = NULL;
+        OK(tunnel_api_open_seconds(url, NULL, names, 1, 90, NULL, NULL, &id90, &src90, &dst90));
+        OK(tunnel_api_describe(url, NULL, id90, &json));
+        CHECK(strstr(json, "\"maxLifetimeTimeoutSeconds\":90") != NULL, "a 90 s lifetime: %s", json);
+        OK(tunnel_string_free(json));
+        FAILS(tunnel_api_open_seconds(url, NULL, names, 1, 90, NULL, NULL, &id90, NULL, &dst90),
+              TUNNEL_ERR_NULL_ARGUMENT, "source_token");
+        OK(tunnel_api_close(url, NULL, id90, 1));
+        OK(tunnel_string_free(id90));
+        OK(tunnel_string_free(src90));
+        OK(tunnel_string_free(dst90));
+    }
+
     for (int c = 0; c < AGENT_CONNS; c++) echo_through(src_port, c, AGENT_BYTES);
     printf("ok: %d connections x %d bytes through the tunnel, hashes equal\n", AGENT_CONNS, AGENT_BYTES);
 

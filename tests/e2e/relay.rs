@@ -27,11 +27,16 @@ struct Relay {
 }
 
 fn start_relay(pki: &Pki, driver: &str, extra: &str) -> Relay {
+    start_relay_with(pki, driver, 2, ":memory:", extra)
+}
+
+/// [`start_relay`] on `threads` shards with its registry at `state`.
+fn start_relay_with(pki: &Pki, driver: &str, threads: usize, state: &str, extra: &str) -> Relay {
     let (port, api, metrics) = (free_port(), free_port(), free_port());
     let path = pki.dir.path().join(format!("relay-{port}.toml"));
     let toml = format!(
-        "driver = \"{driver}\"\nthreads = 2\nmetrics = \"127.0.0.1:{metrics}\"\n\n[[relay]]\nname = \"r\"\nlisten = \"127.0.0.1:{port}\"\n\
-         cert = \"{}\"\nkey = \"{}\"\napi = \"127.0.0.1:{api}\"\nstate = \":memory:\"\n{extra}",
+        "driver = \"{driver}\"\nthreads = {threads}\nmetrics = \"127.0.0.1:{metrics}\"\n\n[[relay]]\nname = \"r\"\nlisten = \"127.0.0.1:{port}\"\n\
+         cert = \"{}\"\nkey = \"{}\"\napi = \"127.0.0.1:{api}\"\nstate = {state:?}\n{extra}",
         pki.server.cert.display(),
         pki.server.key.display(),
     );
@@ -1299,4 +1304,114 @@ fn open_status(addr: SocketAddr, body: &str) -> Option<u16> {
     let mut text = String::new();
     s.read_to_string(&mut text).ok()?;
     text.get(9..12)?.parse().ok()
+}
+
+/// The registry file held by another writer (`BEGIN IMMEDIATE`), which is a slow disk as far as
+/// the relay can tell (SQLite waits for the lock). A first use of a token is answered only once
+/// its use is in the file, and the shard's other peers are served meanwhile: the registry's
+/// writes are not on the shard.
+#[test]
+fn relay_admits_while_its_registry_file_is_slow() {
+    for driver in DRIVERS {
+        let pki = Pki::new();
+        let state = pki.dir.path().join("relay.sqlite");
+        // One shard: every peer is on the shard that admits.
+        let relay = start_relay_with(&pki, driver, 1, state.to_str().unwrap(), "");
+        let a = open_tunnel(&relay, &["ssh"]);
+        let b = open_tunnel(&relay, &["ssh"]);
+        let (mut src, mut dst) = pair(&pki, &relay, &a);
+        let db = rusqlite::Connection::open(&state).expect("open the registry file");
+        db.execute_batch("BEGIN IMMEDIATE").expect("hold the file");
+        std::thread::scope(|s| {
+            let upgrading = s.spawn(|| {
+                let mut ws = peer(&pki, relay.port, "source", &b.source, V3);
+                assert_eq!(kind_of(&next_binary(&mut ws)), SERVICE_IDS, "{driver}");
+            });
+            // B's upgrade is in, waiting for the file.
+            assert!(
+                wait_until(SOON, || source_state(&relay, &b.id) == "CONNECTED"),
+                "{driver}: B's source admitted\n{}",
+                relay.proc.log()
+            );
+            for stream in 1..=3 {
+                exchange(&mut src, &mut dst, "ssh", stream);
+            }
+            assert!(
+                !upgrading.is_finished(),
+                "{driver}: B's 101 came before its token's use was in the file"
+            );
+            db.execute_batch("COMMIT").expect("let go of the file");
+            upgrading
+                .join()
+                .expect("B's source upgraded once the file moved");
+        });
+        let used: bool = db
+            .query_row(
+                "SELECT source_used FROM tunnels WHERE id = ?1",
+                [&b.id],
+                |r| r.get(0),
+            )
+            .expect("B's record");
+        assert!(used, "{driver}: B's token's use is in the file");
+    }
+}
+
+/// A peer admitted while the registry's file is held, whose upgrade then takes longer than
+/// `handshake_timeout`: it is dropped before it reaches its tunnel, and its side goes back to
+/// disconnected (it stayed connected for ever before).
+#[test]
+fn relay_peer_gone_before_its_tunnel_is_disconnected() {
+    for driver in DRIVERS {
+        let pki = Pki::new();
+        let state = pki.dir.path().join("relay.sqlite");
+        let relay = start_relay_with(
+            &pki,
+            driver,
+            2,
+            state.to_str().unwrap(),
+            "handshake_timeout = \"1s\"\n",
+        );
+        let t = open_tunnel(&relay, &["ssh"]);
+        let db = rusqlite::Connection::open(&state).expect("open the registry file");
+        db.execute_batch("BEGIN IMMEDIATE").expect("hold the file");
+        std::thread::scope(|s| {
+            let upgrading = s.spawn(|| {
+                try_peer(
+                    &pki,
+                    relay.port,
+                    "source",
+                    &[
+                        ("access-token", t.source.as_str()),
+                        ("Sec-WebSocket-Protocol", V3),
+                    ],
+                )
+                .is_err()
+            });
+            assert!(
+                wait_until(SOON, || source_state(&relay, &t.id) == "CONNECTED"),
+                "{driver}: admitted\n{}",
+                relay.proc.log()
+            );
+            assert!(
+                wait_until(SOON, || source_state(&relay, &t.id) == "DISCONNECTED"),
+                "{driver}: the dropped peer is still marked connected\n{}",
+                relay.proc.log()
+            );
+            assert!(
+                upgrading.join().unwrap(),
+                "{driver}: no 101 for the dropped peer"
+            );
+        });
+        db.execute_batch("COMMIT").expect("let go of the file");
+    }
+}
+
+/// The API's `sourceConnectionState.status` of tunnel `id`.
+fn source_state(relay: &Relay, id: &str) -> String {
+    let (status, json) = api(relay.api, "GET", &format!("/tunnels/{id}"), "");
+    assert_eq!(status, 200, "describe: {json}");
+    json["tunnel"]["sourceConnectionState"]["status"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
 }

@@ -176,6 +176,19 @@ impl TunnelApi {
         Ok(TunnelTokens::from_answer(&answer))
     }
 
+    /// [`TunnelApi::open`] with the lifetime as a duration, to the second (see
+    /// [`TunnelApi::open_json_for`]): as the CLI's `--lifetime 90s`.
+    pub fn open_for(
+        &self,
+        services: &[&str],
+        lifetime: Option<Duration>,
+        thing: Option<&str>,
+        description: Option<&str>,
+    ) -> Result<TunnelTokens> {
+        let answer = self.open_json_for(services, lifetime, thing, description)?;
+        Ok(TunnelTokens::from_answer(&answer))
+    }
+
     /// `GET /tunnels` (only `thing`'s when given): `{"tunnelSummaries": [...]}`, oldest first.
     pub fn list(&self, thing: Option<&str>) -> Result<Value> {
         let path = match thing {
@@ -432,6 +445,43 @@ mod tests {
         let shown = format!("{t:?}");
         assert!(shown.contains("t1") && !shown.contains("s3cret"), "{shown}");
         assert_eq!(t.source.unwrap().0, "s3cret-source");
+    }
+
+    /// `open_for` keeps the seconds (`open` has whole minutes only): the relay's record has
+    /// 90 s, and whole minutes still go as AWS's field.
+    #[test]
+    fn open_for_keeps_the_seconds() {
+        use std::sync::Arc;
+
+        use crate::relay::api::ApiServer;
+        use crate::relay::registry::{Limits, Registry};
+        use crate::relay::store::MemoryStore;
+
+        let registry = Arc::new(Registry::new(
+            Box::new(MemoryStore::default()),
+            Limits::default(),
+        ));
+        let server = ApiServer::start(([127, 0, 0, 1], 0).into(), registry, None).expect("start");
+        let api = TunnelApi::new(&format!("http://{}", server.local_addr())).unwrap();
+        for (lifetime, seconds, minutes) in [(90, 90, 2), (120, 120, 2), (1, 1, 1)] {
+            let t = api
+                .open_for(&["ssh"], Some(Duration::from_secs(lifetime)), None, None)
+                .expect("open");
+            assert!(t.source.is_some() && t.destination.is_some());
+            let shown = api.describe(&t.id).expect("describe");
+            assert_eq!(
+                shown["tunnel"]["timeoutConfig"],
+                json!({
+                    "maxLifetimeTimeoutMinutes": minutes,
+                    "maxLifetimeTimeoutSeconds": seconds,
+                }),
+                "{lifetime} s"
+            );
+        }
+        let e = api
+            .open_for(&["ssh"], Some(Duration::from_secs(0)), None, None)
+            .unwrap_err();
+        assert!(e.to_string().contains("is 0 seconds"), "{e}");
     }
 
     /// No API listening: the error names the URL and says it could not connect.

@@ -20,3 +20,4 @@ pub(crate) mod service;
 pub(crate) mod sqlite;
 pub(crate) mod store;
 pub(crate) mod tunnel;
+pub(crate) mod writer;

@@ -2,11 +2,14 @@
 //! decides whether a peer that presents an access token may connect ([`Registry::admit`]).
 //! It reads no clock (every call takes `now`) and keeps its records in a [`TunnelStore`].
 
-use std::sync::Mutex;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Mutex, MutexGuard};
 
 use super::secret::{RandomError, Secret, TokenHash, new_token, new_tunnel_id};
 use super::store::{StoreError, TunnelStore};
 use super::tunnel::{Pairing, Peer, Side, Timestamp, Tunnel, TunnelStatus};
+use super::writer::Durable;
 
 /// What an operator may change; the defaults are AWS IoT Secure Tunneling's.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -111,6 +114,12 @@ pub(crate) struct Admission {
     pub(crate) expires_at: Timestamp,
     /// How the tunnel is paired (for its metrics' labels).
     pub(crate) pairing: Pairing,
+    /// This admission among all of the registry's (see [`Registry::abandoned`]).
+    pub(crate) serial: u64,
+    /// Done once the token's use is on disk: the relay answers the upgrade (101) only then,
+    /// so that a single-use token is never taken twice, even by a relay that dies right
+    /// after admitting. Done at once on a store that writes as it is called.
+    pub(crate) durable: Durable,
 }
 
 /// Why a peer was not admitted. Each maps to the HTTP status of the upgrade's answer
@@ -188,6 +197,11 @@ pub(crate) use splice_proto::tunnel::relay::cookie::TokenCheck as CookieCheck;
 pub(crate) struct Registry {
     store: Mutex<Box<dyn TunnelStore>>,
     limits: Limits,
+    /// The last [`Admission::serial`] given out.
+    serials: AtomicU64,
+    /// The serial of the last peer admitted on each side of a tunnel (in memory only: no
+    /// peer outlives the relay).
+    latest: Mutex<HashMap<(String, Side), u64>>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -203,10 +217,12 @@ impl Registry {
         Self {
             store: Mutex::new(store),
             limits,
+            serials: AtomicU64::new(0),
+            latest: Mutex::default(),
         }
     }
 
-    fn store(&self) -> std::sync::MutexGuard<'_, Box<dyn TunnelStore>> {
+    fn store(&self) -> MutexGuard<'_, Box<dyn TunnelStore>> {
         // A panic while holding the lock leaves at worst one record unwritten; the store
         // itself stays consistent (each put is one statement), so carry on.
         self.store.lock().unwrap_or_else(|p| p.into_inner())
@@ -232,7 +248,9 @@ impl Registry {
             destination: Peer::new(destination_token.hash(), None, now),
             pairing: req.pairing,
         };
-        self.store().put(&tunnel)?;
+        let mut store = self.store();
+        store.put(&tunnel)?;
+        durable(store)?;
         Ok(Opened {
             tunnel_id: tunnel.id,
             source_token,
@@ -310,6 +328,7 @@ impl Registry {
             .ok_or_else(|| RegistryError::NotFound(id.to_string()))?;
         if close_if_expired(&mut t, now) {
             store.put(&t)?;
+            durable(store)?;
         }
         Ok(t)
     }
@@ -372,6 +391,7 @@ impl Registry {
         }
         t.last_updated_at = now;
         store.put(&t)?;
+        durable(store)?;
         Ok(rotated)
     }
 
@@ -389,12 +409,14 @@ impl Registry {
             .ok_or_else(|| RegistryError::NotFound(id.to_string()))?;
         if delete {
             store.remove(id)?;
-            return Ok(());
+            self.latest().retain(|(t, _), _| t != id);
+            return Ok(durable(store)?);
         }
         if t.status == TunnelStatus::Open {
             t.status = TunnelStatus::Closed;
             t.last_updated_at = now;
             store.put(&t)?;
+            durable(store)?;
         }
         Ok(())
     }
@@ -409,6 +431,9 @@ impl Registry {
                 store.put(&t)?;
                 closed.push(t.id);
             }
+        }
+        if !closed.is_empty() {
+            durable(store)?;
         }
         Ok(closed)
     }
@@ -474,6 +499,12 @@ impl Registry {
         peer.updated_at = now;
         t.last_updated_at = now;
         store.put(&t).map_err(unavailable)?;
+        // What must survive a crash before the 101: a token's first use (and the client
+        // token it was bound to). A reconnect waits too: the use it reconnects with may be
+        // the one whose write is still queued (or failed).
+        let durable = store.barrier();
+        let serial = self.serials.fetch_add(1, Relaxed) + 1;
+        self.latest().insert((t.id.clone(), side), serial);
         Ok(Admission {
             services: t.services.clone(),
             expires_at: t.expires_at(),
@@ -481,6 +512,8 @@ impl Registry {
             tunnel_id: t.id,
             side,
             reconnect,
+            serial,
+            durable,
         })
     }
 
@@ -555,6 +588,11 @@ impl Registry {
         peer.updated_at = now;
         t.last_updated_at = now;
         store.put(&t).map_err(unavailable)?;
+        // The tunnel this contact made (or its side's use) is on disk before the 101, as
+        // for a token's first use.
+        let durable = store.barrier();
+        let serial = self.serials.fetch_add(1, Relaxed) + 1;
+        self.latest().insert((t.id.clone(), mode), serial);
         Ok(Admission {
             services: t.services.clone(),
             expires_at: t.expires_at(),
@@ -562,6 +600,8 @@ impl Registry {
             tunnel_id: t.id,
             side: mode,
             reconnect,
+            serial,
+            durable,
         })
     }
 
@@ -614,7 +654,41 @@ impl Registry {
                 store.put(&t)?;
             }
         }
+        durable(store)?;
         Ok(changed)
+    }
+
+    /// A peer admitted as `admission` went before it reached its tunnel (it died during
+    /// its hand-off, its relay was removed, its tunnel's session could not start): its side
+    /// is disconnected, unless a later peer was admitted on that side meanwhile.
+    pub(crate) fn abandoned(
+        &self,
+        admission: &Admission,
+        now: Timestamp,
+    ) -> Result<(), RegistryError> {
+        self.gone(&admission.tunnel_id, admission.side, admission.serial, now)
+    }
+
+    /// The peer admitted as [`Admission::serial`] `serial` on `side` of tunnel `id` has gone:
+    /// its side is disconnected, unless a later peer was admitted on that side meanwhile (a
+    /// reconnect on its way to the tunnel while the old connection is found dead).
+    pub(crate) fn gone(
+        &self,
+        id: &str,
+        side: Side,
+        serial: u64,
+        now: Timestamp,
+    ) -> Result<(), RegistryError> {
+        let store = self.store();
+        let latest = self.latest().get(&(id.to_string(), side)).copied();
+        if latest == Some(serial) {
+            self.mark_disconnected(store, id, side, now)?;
+        }
+        Ok(())
+    }
+
+    fn latest(&self) -> MutexGuard<'_, HashMap<(String, Side), u64>> {
+        self.latest.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The peer on `side` of tunnel `id` has gone. An unknown tunnel (deleted meanwhile) is
@@ -625,7 +699,17 @@ impl Registry {
         side: Side,
         now: Timestamp,
     ) -> Result<(), RegistryError> {
-        let mut store = self.store();
+        self.mark_disconnected(self.store(), id, side, now)
+    }
+
+    /// Written behind: a shard calls it.
+    fn mark_disconnected(
+        &self,
+        mut store: MutexGuard<'_, Box<dyn TunnelStore>>,
+        id: &str,
+        side: Side,
+        now: Timestamp,
+    ) -> Result<(), RegistryError> {
         if let Some(mut t) = store.get(id)? {
             let peer = t.peer_mut(side);
             if peer.connected {
@@ -637,6 +721,14 @@ impl Registry {
         }
         Ok(())
     }
+}
+
+/// Waits until every change `store` was told of is on disk, after letting go of its lock (so
+/// the shards' calls do not wait for the disk): for the API's calls, which answer only then.
+fn durable(mut store: MutexGuard<'_, Box<dyn TunnelStore>>) -> Result<(), StoreError> {
+    let d = store.barrier();
+    drop(store);
+    d.wait()
 }
 
 /// Whether an open tunnel other than `this` has a side bound to the client token with hash

@@ -28,6 +28,18 @@ fn registries() -> Vec<(&'static str, Registry)> {
                 Limits::default(),
             ),
         ),
+        (
+            "sqlite written behind",
+            Registry::new(
+                Box::new(
+                    crate::relay::writer::WriteBehind::new(Box::new(
+                        SqliteStore::open(Path::new(":memory:")).expect("sqlite"),
+                    ))
+                    .expect("write-behind"),
+                ),
+                Limits::default(),
+            ),
+        ),
     ]
 }
 

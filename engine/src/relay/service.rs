@@ -16,6 +16,7 @@ use super::secret::Secret;
 use super::sqlite::{SqliteStore, default_state_path};
 use super::store::{MemoryStore, TunnelStore};
 use super::tunnel::Timestamp;
+use super::writer::WriteBehind;
 use crate::config::RelayConfig;
 use crate::error::{Error, Result};
 
@@ -54,7 +55,11 @@ impl RelayService {
         };
         let store: Box<dyn TunnelStore> = match state_path(cfg, &name) {
             Some(p) if p == Path::new(":memory:") => Box::new(MemoryStore::default()),
-            Some(p) => Box::new(SqliteStore::open(&p).map_err(|e| bad("state", e.to_string()))?),
+            // The shards' calls answer from memory; the file is written behind, in order.
+            Some(p) => {
+                let file = SqliteStore::open(&p).map_err(|e| bad("state", e.to_string()))?;
+                Box::new(WriteBehind::new(Box::new(file)).map_err(|e| bad("state", e.to_string()))?)
+            }
             None => {
                 return Err(bad(
                     "state",

@@ -226,22 +226,42 @@ fn expiry_fires_an_event() {
     let path = dir.join("relay.sqlite");
     let service = RelayService::start(&config(&path.display().to_string()), "test").expect("start");
     let seen = record(&service);
-    let mut other = SqliteStore::open(&path).expect("open beside");
-    other.put(&expired_tunnel("old-tunnel")).expect("put");
+    // The registry's memory is the truth while the relay runs (the file is written behind
+    // it), so the tunnel comes through the registry, with a lifetime of a second.
+    let opened = service
+        .registry()
+        .open(
+            super::super::registry::OpenRequest {
+                lifetime_seconds: Some(1),
+                ..Default::default()
+            },
+            Timestamp::now(),
+        )
+        .expect("open");
     wait_for(
         &seen,
         &RelayEvent::Closed {
-            tunnel_id: "old-tunnel".into(),
+            tunnel_id: opened.tunnel_id.clone(),
             expired: true,
         },
     );
     let t = service
         .registry()
-        .describe("old-tunnel", Timestamp::now())
+        .describe(&opened.tunnel_id, Timestamp::now())
         .expect("still listed");
     assert_eq!(t.status, TunnelStatus::Closed);
 
     drop(service);
+    // And the file has it closed once the relay is gone.
+    let on_disk = SqliteStore::open(&path).expect("reopen");
+    assert_eq!(
+        on_disk
+            .get(&opened.tunnel_id)
+            .expect("get")
+            .expect("there")
+            .status,
+        TunnelStatus::Closed
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 

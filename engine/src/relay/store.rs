@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 
 use super::secret::TokenHash;
 use super::tunnel::{Pairing, Tunnel};
+use super::writer::Durable;
 
 /// A store failed (a file that cannot be read or written, a schema it does not know).
 /// Transient as far as a peer is concerned: the relay answers 503 and the peer retries.
@@ -30,6 +31,11 @@ pub(crate) trait TunnelStore: Send {
     fn find_by_pairing(&self, pairing: &Pairing) -> Result<Vec<Tunnel>, StoreError>;
     /// Forgets the tunnel with this id; whether there was one.
     fn remove(&mut self, id: &str) -> Result<bool, StoreError>;
+    /// A ticket that is done once every change made so far is on disk. A store that
+    /// writes as it is called is done at once (the default); see `writer::WriteBehind`.
+    fn barrier(&mut self) -> Durable {
+        Durable::done()
+    }
 }
 
 /// A store that lives as long as the process: for `--state :memory:`-like throwaway relays

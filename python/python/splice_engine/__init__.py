@@ -24,6 +24,7 @@ import socket
 import threading
 import time
 import weakref
+from datetime import timedelta
 from types import TracebackType
 from typing import (
     Any,
@@ -364,19 +365,30 @@ def open_tunnel(
     api: str,
     services: Sequence[str] = (),
     *,
-    lifetime: Optional[int] = None,
+    lifetime: Union[int, timedelta, None] = None,
     thing: Optional[str] = None,
     description: Optional[str] = None,
     api_token: Optional[str] = None,
 ) -> OpenedTunnel:
     """Opens a tunnel through the relay's tunnel API at ``api`` (``http://HOST:PORT``) for
-    ``services`` (none: a V1 tunnel with one unnamed service), living ``lifetime`` minutes
-    (default: the relay's), for ``thing`` with a ``description``; ``api_token`` is the API's
-    bearer token. Returns its id and both access tokens (shown this once). Raises
-    :class:`TunnelError` when the API refuses or does not answer, naming the URL and the
-    API's message; :class:`ConfigError` for a bad URL."""
+    ``services`` (none: a V1 tunnel with one unnamed service), living ``lifetime`` (an ``int``:
+    minutes; a :class:`datetime.timedelta`: to the second, as the CLI's ``--lifetime 90s``,
+    a fraction of a second dropped; default: the relay's), for ``thing`` with a
+    ``description``; ``api_token`` is the API's bearer token. Returns its id and both access
+    tokens (shown this once). Raises :class:`TunnelError` when the API refuses or does not
+    answer, naming the URL and the API's message; :class:`ConfigError` for a bad URL or a
+    negative lifetime."""
+    minutes: Optional[int] = None
+    seconds: Optional[int] = None
+    if isinstance(lifetime, timedelta):
+        seconds = int(lifetime.total_seconds())
+    else:
+        minutes = lifetime
+    amount = seconds if seconds is not None else minutes
+    if amount is not None and amount < 0:
+        raise ConfigError(f"open_tunnel(): the lifetime {lifetime!r} is negative")
     return OpenedTunnel._from(
-        _native.api_open(api, api_token, list(services), lifetime, thing, description)
+        _native.api_open(api, api_token, list(services), minutes, thing, description, seconds)
     )
 
 

@@ -130,6 +130,9 @@ pub(crate) enum Cmd {
     StopAgent(std::sync::Arc<agent::AgentShared>),
     /// A relay's control side says a tunnel closed or its tokens were rotated.
     Event { relay: u32, event: relay::Event },
+    /// The registry's write that an admitted peer (this entity) waits for is on disk (or
+    /// failed): answer its upgrade.
+    Durable(EntityRef),
 }
 
 /// A shard's tunnel plane: see the [module documentation](self).
@@ -372,6 +375,10 @@ impl Plane {
             }
             Cmd::Peer(arrival) => relay::arrived(self, shard, *arrival),
             Cmd::Event { relay, event } => relay::event(self, shard, relay, event),
+            Cmd::Durable(e) => self.run_entity(shard, e, |entity, plane, shard| match entity {
+                Entity::Pending(p) => p.on_durable(plane, shard),
+                _ => true,
+            }),
             Cmd::StartAgent(start) => agent::host::start(self, shard, *start),
             Cmd::StopAgent(shared) => agent::host::stop(self, shard, &shared),
             Cmd::RemoveRelay(id) => {

@@ -287,6 +287,7 @@ pub(super) fn accepted(plane: &mut Plane, shard: &mut Shard, id: u32, c: Complet
         link: None,
         deadline,
         peer_addr,
+        waiting: None,
         handing: None,
         admitted: false,
     }));
@@ -303,8 +304,11 @@ pub(crate) struct Pending {
     link: Option<LinkRef>,
     deadline: Instant,
     peer_addr: Option<std::net::SocketAddr>,
+    /// Admitted, waiting for the registry's write of the token's use (its 101 goes once
+    /// that is on disk).
+    waiting: Option<Box<Waiting>>,
     /// Admitted, waiting for its send to finish before it moves to its tunnel's shard.
-    handing: Option<(Admission, Version)>,
+    handing: Option<(Admitted, Version)>,
     /// Admitted and on its way: its count in `Relay::peers` goes with it.
     admitted: bool,
 }
@@ -312,13 +316,21 @@ pub(crate) struct Pending {
 impl Pending {
     pub(super) fn on_link(
         &mut self,
-        _me: EntityRef,
+        me: EntityRef,
         r: LinkRef,
         plane: &mut Plane,
         shard: &mut Shard,
     ) -> bool {
         if let Some((admission, version)) = self.handing.take() {
             return self.hand_off(r, admission, version, plane, shard);
+        }
+        if self.waiting.is_some() {
+            // Only its end matters now: the answer waits for the registry.
+            if plane.link_mut(r).is_none_or(|io| io.lost().is_some()) {
+                plane.release(r);
+                return self.gone();
+            }
+            return true;
         }
         let relay = self.relay.clone();
         let Some(io) = plane.link_mut(r) else {
@@ -428,7 +440,7 @@ impl Pending {
             (None, None) => Err(Refusal::NoToken),
         };
         let admission = match admitted {
-            Ok(a) => a,
+            Ok(a) => Admitted::new(relay.clone(), a),
             Err(refusal) => {
                 let status = refusal.status();
                 relay.stats.refusal(status);
@@ -441,20 +453,77 @@ impl Pending {
                 return self.gone();
             }
         };
+        // The admission has the peer's place in `max_peers` from here on.
+        self.admitted = true;
+        let channel = format!("{}-{}", admission.tunnel_id, mode.as_str());
+        let waiting = Waiting {
+            response: req.accept_response(&channel),
+            admission,
+            version,
+        };
+        let durable = waiting.admission.durable.clone();
+        if durable.poll().is_none() {
+            // The token's first use is on its way to disk: answer once it is there, and
+            // serve the shard's other peers meanwhile.
+            self.waiting = Some(Box::new(waiting));
+            match shard.peers.get(shard.index) {
+                Some(peer) => {
+                    let peer = peer.clone();
+                    durable.on_ready(move || {
+                        let _ = peer.send_tunnel(super::Cmd::Durable(me));
+                    });
+                }
+                // No way to be woken (a shard without its peers): wait here.
+                None => {
+                    let _ = durable.wait();
+                    return self.on_durable(plane, shard);
+                }
+            }
+            return true;
+        }
+        self.answer(r, waiting, plane, shard)
+    }
+
+    /// The registry's write this peer waited for is done (or failed).
+    pub(super) fn on_durable(&mut self, plane: &mut Plane, shard: &mut Shard) -> bool {
+        let (Some(waiting), Some(r)) = (self.waiting.take(), self.link) else {
+            return true;
+        };
+        self.answer(r, *waiting, plane, shard)
+    }
+
+    /// The upgrade's answer once the admission is on disk: the 101 and the hand-off, or a
+    /// 503 when the registry could not write it (the token's use stays recorded: it is
+    /// never taken twice, at worst not at all).
+    fn answer(&mut self, r: LinkRef, w: Waiting, plane: &mut Plane, shard: &mut Shard) -> bool {
+        let relay = self.relay.clone();
+        let Some(io) = plane.link_mut(r) else {
+            return self.gone();
+        };
+        let mode = w.admission.side;
+        if let Some(Err(e)) = w.admission.durable.poll() {
+            relay.stats.refusal(503);
+            if shard.log_allow(&relay.name, "relay peer refused") {
+                tracing::warn!(relay = %relay.name, peer = ?self.peer_addr, mode = mode.as_str(), status = 503, error = %e, "peer refused: the registry cannot record the token's use");
+            }
+            let reason = format!("the tunnel registry is unavailable: {e}");
+            io.link.refuse(&ws::error_response(503, &reason, None));
+            plane.release(r);
+            return self.gone();
+        }
         relay
             .stats
             .kernel
-            .register(&admission.tunnel_id, side_of(mode), AsFd::as_fd(&*io.fd));
-        let channel = format!("{}-{}", admission.tunnel_id, mode.as_str());
-        io.link.accept(&req.accept_response(&channel));
-        tracing::info!(relay = %relay.name, tunnel = %admission.tunnel_id, side = mode.as_str(), peer = ?self.peer_addr, protocol = version.subprotocol(), reconnect = admission.reconnect, pairing = admission.pairing.kind(), identity = admission.pairing.identity(), "peer admitted");
-        self.hand_off(r, admission, version, plane, shard)
+            .register(&w.admission.tunnel_id, side_of(mode), AsFd::as_fd(&*io.fd));
+        io.link.accept(&w.response);
+        tracing::info!(relay = %relay.name, tunnel = %w.admission.tunnel_id, side = mode.as_str(), peer = ?self.peer_addr, protocol = w.version.subprotocol(), reconnect = w.admission.reconnect, pairing = w.admission.pairing.kind(), identity = w.admission.pairing.identity(), "peer admitted");
+        self.hand_off(r, w.admission, w.version, plane, shard)
     }
 
     fn hand_off(
         &mut self,
         r: LinkRef,
-        admission: Admission,
+        admission: Admitted,
         version: Version,
         plane: &mut Plane,
         shard: &mut Shard,
@@ -543,13 +612,67 @@ impl Drop for Pending {
     }
 }
 
+/// An admitted peer waiting for its admission to be on disk: its answer and what it needs
+/// afterwards.
+struct Waiting {
+    admission: Admitted,
+    version: Version,
+    /// The 101.
+    response: Vec<u8>,
+}
+
+/// An admission on its way to its tunnel, from the registry's answer until the peer's link
+/// is the tunnel's. Dropped before that (the peer died during its hand-off or while its
+/// admission was written, its relay was removed, its tunnel's shard had exited, its
+/// tunnel's session could not start), it gives back the peer's place in `max_peers` and
+/// tells the registry the peer went, so no side stays marked connected.
+struct Admitted {
+    relay: Arc<Relay>,
+    admission: Option<Admission>,
+}
+
+impl Admitted {
+    fn new(relay: Arc<Relay>, admission: Admission) -> Self {
+        Self {
+            relay,
+            admission: Some(admission),
+        }
+    }
+
+    /// The peer reached its tunnel, which takes its place and its state over.
+    fn arrived(mut self) -> Admission {
+        self.admission.take().expect("taken once, here")
+    }
+}
+
+impl std::ops::Deref for Admitted {
+    type Target = Admission;
+
+    fn deref(&self) -> &Admission {
+        self.admission.as_ref().expect("there until it arrived")
+    }
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        let Some(a) = self.admission.take() else {
+            return;
+        };
+        self.relay.peers.fetch_sub(1, Relaxed);
+        tracing::info!(relay = %self.relay.name, tunnel = %a.tunnel_id, side = a.side.as_str(), "admitted peer gone before it reached its tunnel");
+        if let Err(e) = self.relay.registry.abandoned(&a, Timestamp::now()) {
+            tracing::warn!(relay = %self.relay.name, tunnel = %a.tunnel_id, error = %e, "cannot record a disconnect");
+        }
+    }
+}
+
 /// An admitted peer on its way to its tunnel's shard: the socket, the started link (TLS
 /// session, the queued 101 and any bytes read past the request), and what admission said.
 pub(crate) struct Arrival {
     relay: u32,
     fd: OwnedFd,
     link: Link,
-    admission: Admission,
+    admission: Admitted,
     version: Version,
 }
 
@@ -581,7 +704,7 @@ fn attach(
     plane: &mut Plane,
     shard: &mut Shard,
     relay: Arc<Relay>,
-    admission: Admission,
+    admission: Admitted,
     version: Version,
     link: Attach,
 ) {
@@ -595,12 +718,7 @@ fn attach(
                 Ok(s) => s,
                 Err(err) => {
                     tracing::warn!(relay = %relay.name, tunnel = %admission.tunnel_id, error = %err, "cannot make the tunnel's session");
-                    relay.peers.fetch_sub(1, Relaxed);
-                    let _ = relay.registry.disconnected(
-                        &admission.tunnel_id,
-                        admission.side,
-                        Timestamp::now(),
-                    );
+                    // Dropping `admission` gives its place back and marks it gone.
                     if let Attach::Here(r) = link {
                         if let Some(io) = plane.link_mut(r) {
                             io.link
@@ -626,6 +744,7 @@ fn attach(
                     let _ = counters.pairing.set(admission.pairing.clone());
                     counters
                 },
+                serials: [0, 0],
             })));
             plane.tunnels.insert(key, e);
             e
@@ -640,8 +759,13 @@ fn attach(
         }
         Attach::Moved(fd, link) => plane.adopt_link(fd, *link, Some(e)),
     };
+    // The tunnel has the peer now: its `left` reports the peer's end.
+    let serial = admission.arrived().serial;
     plane.run_entity(shard, e, |entity, plane, shard| match entity {
-        Entity::Tunnel(t) => t.connect(e, side, version, r, plane, shard),
+        Entity::Tunnel(t) => {
+            t.serials[index(side)] = serial;
+            t.connect(e, side, version, r, plane, shard)
+        }
         _ => true,
     });
 }
@@ -677,6 +801,9 @@ pub(crate) struct TunnelPeers {
     buckets: [Option<Bucket>; 2],
     /// This tunnel's counters (`/metrics`, describe).
     counters: Arc<TunnelCounters>,
+    /// The registry's serial of each side's peer ([`index`]): when it goes, its side is
+    /// marked disconnected only if no later peer was admitted on it.
+    serials: [u64; 2],
 }
 
 /// A token bucket: `tokens` bytes may go now (negative: a debt), refilled at the relay's
@@ -781,10 +908,11 @@ impl TunnelPeers {
         self.counters.peers[index(side)].fetch_sub(1, Relaxed);
         self.relay.peers.fetch_sub(1, Relaxed);
         self.framers[index(side)] = FrameDecoder::new();
+        let serial = self.serials[index(side)];
         if let Err(e) =
             self.relay
                 .registry
-                .disconnected(&self.tunnel_id, reg_side(side), Timestamp::now())
+                .gone(&self.tunnel_id, reg_side(side), serial, Timestamp::now())
         {
             tracing::warn!(relay = %self.relay.name, tunnel = %self.tunnel_id, error = %e, "cannot record a disconnect");
         }
@@ -1052,9 +1180,10 @@ impl TunnelPeers {
                 self.relay.stats.peers[index(side)].fetch_sub(1, Relaxed);
                 self.counters.peers[index(side)].fetch_sub(1, Relaxed);
                 self.relay.peers.fetch_sub(1, Relaxed);
-                let _ = self.relay.registry.disconnected(
+                let _ = self.relay.registry.gone(
                     &self.tunnel_id,
                     reg_side(side),
+                    self.serials[index(side)],
                     Timestamp::now(),
                 );
             }

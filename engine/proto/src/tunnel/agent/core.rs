@@ -38,6 +38,11 @@ pub(super) struct Service {
     /// Destination: CONNECTION_STARTs reset because the service had
     /// [`Limits::connections_per_service`] open, not yet taken by the driver.
     pub over_limit: u64,
+    /// Source: the peer said something about the active stream that only a peer that took its
+    /// STREAM_START says (DATA, a reset of its first connection, an extension message). A
+    /// relay may drop a STREAM_START (one of another make, while the destination is away):
+    /// see [`super::START_WAIT`].
+    pub heard: bool,
 }
 
 /// A local connection's state.
@@ -115,6 +120,7 @@ impl Core {
                     last_conn: 0,
                     peer_half_close: PeerHalfClose::No,
                     over_limit: 0,
+                    heard: false,
                 })
                 .collect(),
             setup: false,
@@ -444,6 +450,12 @@ impl Core {
                 if let Some(service) = self.service_of(message.service_id)
                     && self.services[service].stream == Some(message.stream_id)
                 {
+                    // A destination that never took the STREAM_START resets the stream's
+                    // later connections (CONNECTION_START of a stream it does not have), but
+                    // only one that took it knows the first.
+                    if message.connection() == 1 {
+                        self.services[service].heard = true;
+                    }
                     if let Some(&id) = self.services[service].conns.get(&message.connection()) {
                         self.finish_local(id);
                     }
@@ -457,6 +469,7 @@ impl Core {
                 if let Some(service) = self.service_of(message.service_id)
                     && self.services[service].stream == Some(message.stream_id)
                 {
+                    self.services[service].heard = true;
                     if let Some(&id) = self.services[service].conns.get(&message.connection()) {
                         self.deliver(id, message.payload);
                     }

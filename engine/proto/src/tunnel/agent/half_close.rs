@@ -133,14 +133,16 @@ impl Core {
     /// An ignorable message of a type outside the schema: ours when the feature is on, else
     /// dropped.
     pub fn extension(&mut self, message: &Message<'_>) {
-        if !self.limits.half_close {
-            return;
-        }
         let Some(service) = self.service_of(message.service_id) else {
             return;
         };
         if self.services[service].stream != Some(message.stream_id) {
             // An older stream's, or one this side never had.
+            return;
+        }
+        // Only a peer that has the stream speaks of it so (a HELLO as it takes the start).
+        self.services[service].heard = true;
+        if !self.limits.half_close {
             return;
         }
         match message.kind {

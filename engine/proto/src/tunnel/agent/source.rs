@@ -2,10 +2,28 @@
 //! V2: one stream per connection) or connections of the service's stream (V3) (§5, §6).
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use super::core::Core;
 use super::{Action, Error, Limits, LocalId};
 use crate::tunnel::{Message, Sender, Type, Version};
+
+/// How long a new stream may go without a word from the destination before the source takes
+/// its STREAM_START for lost ([`Source::handle_start_wait_over`]).
+///
+/// The destination answers a STREAM_START with nothing (§5), and a relay may drop one (AWS's
+/// and localproxy's drop what comes while the other peer is away; ours answers with a reset):
+/// the source would then send DATA the destination drops as stale, its client would wait for
+/// ever, and in V3 every later connection of the service would be a CONNECTION_START of a
+/// stream the destination does not have (reset at once) for as long as the first one lives.
+/// A destination that took the STREAM_START shows it with its first DATA (or, ours, with a
+/// HELLO at once); a stream without either for this long is given up: its local connections
+/// are reset, a STREAM_RESET goes out for it (dropped as stale by a destination that never
+/// had it), and the service's next connection starts a new stream. The tunnel lives on. The
+/// price: against a destination without our HELLO, a first connection of a stream whose
+/// client and server both stay silent this long (or whose server takes this long to answer
+/// its first request) is reset too; a client gets a reset, never bytes cut short.
+pub const START_WAIT: Duration = Duration::from_secs(30);
 
 /// The source agent's state machine.
 ///
@@ -21,6 +39,12 @@ pub struct Source {
     pub(super) last_stream: i32,
     /// Services whose listener was asked for.
     listening: Vec<bool>,
+    /// STREAM_STARTs given up after [`START_WAIT`] (see [`Source::lost_starts`]).
+    lost_starts: u64,
+    /// STREAM_STARTs sent in this agent's life (stream ids start again with each tunnel
+    /// connection; this does not), and the number of each service's active stream's.
+    starts: u32,
+    start_of: Vec<u32>,
 }
 
 impl Source {
@@ -29,10 +53,14 @@ impl Source {
     pub fn new(services: &[&str], version: Version, limits: Limits) -> Result<Self, Error> {
         let core = Core::new(services, version, limits)?;
         let listening = vec![false; core.services.len()];
+        let start_of = vec![0; core.services.len()];
         Ok(Source {
             core,
             last_stream: 0,
             listening,
+            lost_starts: 0,
+            starts: 0,
+            start_of,
         })
     }
 
@@ -113,12 +141,54 @@ impl Source {
         };
         let stream = self.last_stream;
         core.services[index].stream = Some(stream);
+        core.services[index].heard = false;
+        self.starts = self.starts.wrapping_add(1);
+        self.start_of[index] = self.starts;
         core.services[index].conns = BTreeMap::new();
         core.services[index].last_conn = 1;
         let id = core.add_local(index, 1, true);
         core.send(Type::STREAM_START, index, stream, 1, &[]);
         core.half_close_start(index);
         Ok(id)
+    }
+
+    /// When `local` (just accepted) started a stream (V3: the stream's first connection; V1
+    /// and V2: every connection), that start's number (its own in this agent's life, not the
+    /// streamId). Arm a timer of [`START_WAIT`] for it, then call
+    /// [`Source::handle_start_wait_over`] with the service and this number, whether or not
+    /// `local` is still open then.
+    pub fn started_stream(&self, local: LocalId) -> Option<u32> {
+        let l = self.core.locals.get(&local)?;
+        let active = self.core.services[l.service].stream == Some(l.stream);
+        (l.conn == 1 && active).then_some(self.start_of[l.service])
+    }
+
+    /// [`START_WAIT`] has passed since `service`'s stream start number `start`
+    /// ([`Source::started_stream`]): if that stream is still the service's and the
+    /// destination has said nothing that shows it took the STREAM_START, the stream is given
+    /// up (its connections reset, a STREAM_RESET sent; the next connection starts a new
+    /// stream). Nothing otherwise.
+    pub fn handle_start_wait_over(&mut self, service: &str, start: u32) {
+        let core = &mut self.core;
+        let Some(index) = (core.services.iter()).position(|s| s.name == service) else {
+            return;
+        };
+        let svc = &core.services[index];
+        let Some(stream) = svc.stream.filter(|_| self.start_of[index] == start) else {
+            return;
+        };
+        if svc.heard {
+            return;
+        }
+        self.lost_starts += 1;
+        core.send(Type::STREAM_RESET, index, stream, 1, &[]);
+        core.end_stream(index);
+    }
+
+    /// How many streams were given up because the destination never showed it had their
+    /// STREAM_START ([`START_WAIT`]).
+    pub fn lost_starts(&self) -> u64 {
+        self.lost_starts
     }
 
     /// Bytes read from a local connection: they go out as DATA (cut at

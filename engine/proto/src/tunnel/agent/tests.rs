@@ -1282,3 +1282,107 @@ fn one_connection_formats_let_a_half_closed_connection_give_way() {
         );
     }
 }
+
+/// The kinds of the frames among `actions`' sends.
+fn sent_kinds(actions: &[Action]) -> Vec<Type> {
+    (actions.iter())
+        .filter_map(|a| match a {
+            Action::Send(f) => Some(
+                Message::decode(&f[crate::tunnel::LENGTH_PREFIX..])
+                    .unwrap()
+                    .kind,
+            ),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A relay that drops the STREAM_START (one of another make, while the destination was
+/// away): the destination drops the source's DATA as stale and, in V3, resets the stream's
+/// later connections. After `START_WAIT` the source gives the stream up (its connection reset,
+/// a STREAM_RESET out) and the next connection starts a new stream, which works: the tunnel
+/// lives on. A stream the destination showed it has is left alone. Before, the first
+/// connection waited for ever and (V3) every later one was reset while it lived.
+#[test]
+fn a_stream_start_the_relay_drops_is_given_up_after_start_wait() {
+    for (version, half_close) in [
+        (Version::V3, false),
+        (Version::V3, true),
+        (Version::V2, false),
+        (Version::V1, false),
+    ] {
+        let limits = Limits {
+            half_close,
+            ..Limits::default()
+        };
+        let case = format!("{version:?}, half_close {half_close}");
+        let mut pair = Pair::with(&["SSH1"], (version, limits), (version, limits));
+        let first = pair.src.handle_accept("SSH1").unwrap();
+        let stream = pair.src.started_stream(first).expect("a new stream");
+        let dropped = pair.src.drain();
+        assert_eq!(sent_kinds(&dropped)[0], Type::STREAM_START, "{case}");
+        pair.src.handle_local_data(first, b"anyone there?");
+        pair.run();
+        assert!(pair.dst_got.is_empty(), "{case}: the DATA is stale to it");
+        if version == Version::V3 {
+            let second = pair.src.handle_accept("SSH1").unwrap();
+            assert_eq!(pair.src.started_stream(second), None, "{case}");
+            pair.run();
+            assert_eq!(
+                pair.src_closed,
+                [second],
+                "{case}: reset by the destination"
+            );
+        }
+        pair.src.handle_start_wait_over("SSH1", stream);
+        let actions = pair.src.drain();
+        assert!(
+            actions.contains(&Action::Close { local: first }),
+            "{case}: {actions:?}"
+        );
+        assert_eq!(sent_kinds(&actions), [Type::STREAM_RESET], "{case}");
+        assert_eq!(pair.src.lost_starts(), 1, "{case}");
+        for a in actions {
+            if let Action::Send(f) = a {
+                pair.dst.bytes(&f).unwrap();
+            }
+        }
+        pair.run();
+        // The next connection starts a new stream, which the relay passes this time.
+        let next = pair.src.handle_accept("SSH1").unwrap();
+        let again = pair.src.started_stream(next).expect("a new stream");
+        assert_ne!(again, stream, "{case}");
+        pair.run();
+        pair.src.handle_local_data(next, b"ping");
+        pair.run();
+        let (&d, got) = pair.dst_got.iter().next().expect("the destination has it");
+        assert_eq!(got, b"ping", "{case}");
+        pair.dst.handle_local_data(d, b"pong");
+        pair.run();
+        assert_eq!(pair.src_got[&next], b"pong", "{case}");
+        // The destination showed it has the stream: the wait's end leaves it be.
+        pair.src.handle_start_wait_over("SSH1", again);
+        assert_eq!(pair.src.drain(), [], "{case}");
+        // And a stale wait (an older stream's) does nothing either.
+        pair.src.handle_start_wait_over("SSH1", stream);
+        assert_eq!(pair.src.drain(), [], "{case}");
+        assert_eq!(pair.src.lost_starts(), 1, "{case}");
+    }
+}
+
+/// With our destination's HELLO (half-close on both sides) a stream is known to be taken
+/// at once, before any DATA: a silent first connection is not given up.
+#[test]
+fn a_hello_shows_the_stream_start_arrived() {
+    let mut pair = Pair::with(
+        &["SSH1"],
+        (Version::V3, half_close_on()),
+        (Version::V3, half_close_on()),
+    );
+    let local = pair.src.handle_accept("SSH1").unwrap();
+    let stream = pair.src.started_stream(local).unwrap();
+    pair.run();
+    pair.src.handle_start_wait_over("SSH1", stream);
+    assert_eq!(pair.src.drain(), []);
+    assert_eq!(pair.src.lost_starts(), 0);
+}

@@ -18,6 +18,7 @@ pub(crate) mod host;
 mod link;
 mod reactor;
 pub(crate) mod reload;
+mod resolve;
 mod spec;
 mod status;
 

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use socket2::SockAddr;
 use splice_proto::tunnel::agent::{
     Action, Backoff, Destination, EOF_WAIT, End, Error as AgentError, Limits, LocalEof, LocalId,
-    Next, Reconnect, Source,
+    Next, Reconnect, START_WAIT, Source,
 };
 use splice_proto::tunnel::{
     DATA_HEADROOM, DATA_TAILROOM, DataFraming, MAX_PAYLOAD, Message, Type, Version,
@@ -37,6 +37,7 @@ mod local;
 use local::Local;
 
 use super::link::{ClientLink, LinkError, LinkEvent, WS_HEADROOM};
+use super::resolve::{Attempt, RelayName};
 use super::spec::AgentSpec;
 use super::status::{AgentShared, AgentState};
 use crate::driver::{Completion, Driver, Fd, Op};
@@ -57,6 +58,9 @@ pub(crate) const TIMER_LINK: u8 = 21;
 pub(crate) const TIMER_LOCAL_CONNECT: u8 = 22;
 /// A local EOF waiting for the peer's word on half-close ([`EOF_WAIT`]).
 pub(crate) const TIMER_EOF_WAIT: u8 = 23;
+/// A source's new stream waiting for the destination's first word ([`START_WAIT`]): the
+/// token's index is the start's number, its generation the service.
+pub(crate) const TIMER_START_WAIT: u8 = 24;
 
 /// Bytes waiting to go to the relay past which local reads pause.
 pub(crate) const BACKLOG_HIGH: usize = 1 << 20;
@@ -216,6 +220,10 @@ impl Tunnel {
 
 /// One source or destination agent.
 pub(crate) struct Reactor {
+    /// The relay's name, looked up again for each reconnect.
+    relay_name: RelayName,
+    /// The addresses of the current connection attempt (the next is tried when one refuses).
+    attempt: Option<Attempt>,
     spec: Arc<AgentSpec>,
     shared: Arc<AgentShared>,
     sans: Sans,
@@ -254,6 +262,7 @@ impl Reactor {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(1, |d| d.as_nanos() as u64)
             | 1;
+        let relay_name = RelayName::new(&spec.host, spec.relay.port(), spec.relay_addrs.clone());
         Reactor {
             spec,
             shared,
@@ -262,6 +271,8 @@ impl Reactor {
                 .into_iter()
                 .map(|fd| (Rc::new(fd), false))
                 .collect(),
+            relay_name,
+            attempt: None,
             tunnel: None,
             link_generation: 0,
             reconnect: Reconnect::new(Backoff::default(), false),
@@ -304,6 +315,13 @@ impl Reactor {
             return;
         }
         // The first attempt is `Connecting` from the start; a retry stays `Reconnecting`.
+        let attempt = self
+            .attempt
+            .get_or_insert_with(|| self.relay_name.attempt());
+        let Some(relay) = attempt.next_addr() else {
+            let why = "no address of the relay's name is left to try";
+            return self.tunnel_failed(io, End::Dropped, why);
+        };
         let spec = &self.spec;
         let link = match ClientLink::new(
             spec.tls.clone(),
@@ -318,7 +336,7 @@ impl Reactor {
             Ok(l) => l,
             Err(e) => return self.tunnel_failed(io, End::Dropped, &e.to_string()),
         };
-        let addr = SockAddr::from(spec.relay);
+        let addr = SockAddr::from(relay);
         let fd = match sys::socket::tcp_stream(&addr) {
             Ok(fd) => Rc::new(fd),
             Err(e) => return self.tunnel_failed(io, End::Dropped, &format!("socket: {e}")),
@@ -351,6 +369,10 @@ impl Reactor {
     /// Drops the tunnel connection (if any) and decides, by the reconnect policy, whether and
     /// when to connect again.
     fn tunnel_failed(&mut self, io: &mut Io<'_>, end: End, why: &str) {
+        // The next attempt starts from the first address again, of a fresh lookup if it
+        // comes back in time.
+        self.attempt = None;
+        self.relay_name.refresh();
         let was_up = self.tunnel.as_ref().is_some_and(|t| t.upgraded);
         if let Some(t) = self.tunnel.take() {
             let _ = sys::socket::set_linger_zero(t.fd.as_fd());
@@ -450,6 +472,14 @@ impl Reactor {
         match (tag, c.op) {
             (TAG_LINK_CONNECT, _) => {
                 if let Err(e) = c.result {
+                    if self.attempt.as_ref().is_some_and(Attempt::has_next) {
+                        // The name has another address (`::1` refused, `127.0.0.1` next).
+                        tracing::info!(agent = %self.log_name(), error = %e, "connecting to one of the relay's addresses failed; trying the next");
+                        if let Some(t) = self.tunnel.take() {
+                            io.driver.cancel(t.fd.as_raw_fd());
+                        }
+                        return self.connect_tunnel(io);
+                    }
                     return self.tunnel_failed(io, End::Dropped, &format!("connect: {e}"));
                 }
                 self.flush_tunnel(io);
@@ -809,6 +839,21 @@ impl Reactor {
             (TIMER_LOCAL_CONNECT, _) if connecting => {
                 let t = self.spec.connect_timeout;
                 self.connect_failed(io, index, &format!("no connection within {t:?}"));
+            }
+            (TIMER_START_WAIT, start) => {
+                let Some(name) =
+                    (self.spec.services.get(generation as usize)).map(|s| s.name.clone())
+                else {
+                    return;
+                };
+                if let Sans::Source(s) = &mut self.sans {
+                    let lost = s.lost_starts();
+                    s.handle_start_wait_over(&name, start);
+                    if s.lost_starts() > lost {
+                        tracing::warn!(agent = %self.spec.name, service = %name, wait = ?START_WAIT, "the destination never answered a stream's start (a relay dropped it?): its connections are reset, the next one starts a new stream");
+                    }
+                    self.apply_actions(io);
+                }
             }
             (TIMER_EOF_WAIT, _) => {
                 if let Some(id) = (self.locals.get(index as usize))

@@ -34,8 +34,11 @@ pub(crate) struct AgentSpec {
     pub name: String,
     /// `source` or `destination` (the `local-proxy-mode`).
     pub mode: Mode,
-    /// The relay's address, resolved.
+    /// The relay's address, resolved (the first of `relay_addrs`).
     pub relay: SocketAddr,
+    /// Every address the relay's name had at start (the agent looks it up again for each
+    /// reconnect: `resolve.rs`).
+    pub relay_addrs: Vec<SocketAddr>,
     /// The relay's host as given: the `Host` header.
     pub host: String,
     /// The name verified in the relay's certificate and sent as SNI.
@@ -229,10 +232,12 @@ fn build(
     }
     let (host, port) = split_host_port(c.relay)
         .map_err(|e| Error::config(what, format!("`relay` {:?}: {e}", c.relay)))?;
-    let relay = (host.as_str(), port)
+    let relay_addrs: Vec<SocketAddr> = (host.as_str(), port)
         .to_socket_addrs()
         .map_err(|e| Error::config(what, format!("`relay` {:?}: {e}", c.relay)))?
-        .next()
+        .collect();
+    let relay = *relay_addrs
+        .first()
         .ok_or_else(|| Error::config(what, format!("`relay` {:?} resolves to nothing", c.relay)))?;
     let sni = c.sni.map_or(host.clone(), str::to_string);
     let server_name = ServerName::try_from(sni.clone())
@@ -279,6 +284,7 @@ fn build(
         name: c.name,
         mode,
         relay,
+        relay_addrs,
         host,
         server_name,
         tls,

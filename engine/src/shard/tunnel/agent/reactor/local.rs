@@ -104,6 +104,12 @@ impl Reactor {
             kernel.register(sock.as_fd(), crate::accounting::Leg::Downstream, false);
         }
         let index = self.insert_local(Rc::new(sock), service, id, false);
+        if let Sans::Source(s) = &self.sans
+            && let Some(start) = s.started_stream(id)
+        {
+            let t = token(TIMER_START_WAIT, start, service as u32);
+            io.timers.push((io.now + START_WAIT, t));
+        }
         self.apply_actions(io);
         self.read_local(io, index);
     }

@@ -1,0 +1,231 @@
+//! A [`TunnelStore`] that answers from memory and writes behind, in order, on its own thread
+//! ([`WriteBehind`]), and the ticket that says when a write is on disk ([`Durable`]).
+//!
+//! The shards call the registry while they admit peers and as peers go: with the SQLite
+//! store in the way, a slow disk (an fsync of the log per change) stalled every peer of the
+//! shard. Here the records the registry reads and changes are in memory, so its calls stay
+//! short; the writer thread applies each change to the inner store in the order it was made.
+//! A caller that must not go on before its change is on disk (the API before it answers,
+//! admission before a single-use token's 101) takes a [`Durable`] with
+//! [`TunnelStore::barrier`] and waits for it, off the shard (the shard is woken).
+
+use std::sync::mpsc;
+use std::sync::{Arc, Condvar, Mutex};
+
+use super::secret::TokenHash;
+use super::store::{MemoryStore, StoreError, TunnelStore};
+use super::tunnel::{Pairing, Tunnel};
+
+/// Whether the writes made before it are on disk: done at once for a store that writes as
+/// it is called, later for [`WriteBehind`]. Its result is the first write that failed since
+/// the previous barrier, if any.
+#[derive(Clone)]
+pub(crate) struct Durable(Arc<Slot>);
+
+#[derive(Default)]
+struct Slot {
+    state: Mutex<SlotState>,
+    ready: Condvar,
+}
+
+#[derive(Default)]
+struct SlotState {
+    result: Option<Result<(), String>>,
+    /// Called (on the writer thread) once the result is known.
+    waker: Option<Box<dyn FnOnce() + Send>>,
+}
+
+impl std::fmt::Debug for Durable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Durable").field(&self.poll()).finish()
+    }
+}
+
+/// The same ticket.
+impl PartialEq for Durable {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for Durable {}
+
+impl Durable {
+    /// A ticket whose writes are on disk already.
+    pub(crate) fn done() -> Self {
+        let d = Durable(Arc::default());
+        d.complete(Ok(()));
+        d
+    }
+
+    fn pending() -> Self {
+        Durable(Arc::default())
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, SlotState> {
+        self.0.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn complete(&self, result: Result<(), String>) {
+        let waker = {
+            let mut s = self.state();
+            s.result = Some(result);
+            s.waker.take()
+        };
+        self.0.ready.notify_all();
+        if let Some(w) = waker {
+            w();
+        }
+    }
+
+    /// The outcome if it is known (never blocks).
+    pub(crate) fn poll(&self) -> Option<Result<(), StoreError>> {
+        self.state().result.clone().map(|r| r.map_err(StoreError))
+    }
+
+    /// Blocks until the outcome is known: for the API's and the expiry's threads, never a
+    /// shard.
+    pub(crate) fn wait(&self) -> Result<(), StoreError> {
+        let mut s = self.state();
+        loop {
+            if let Some(r) = &s.result {
+                return r.clone().map_err(StoreError);
+            }
+            s = self.0.ready.wait(s).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    /// Calls `wake` once the outcome is known: now (on this thread) when it is, else on the
+    /// writer's thread. A second call replaces the first's `wake`.
+    pub(crate) fn on_ready(&self, wake: impl FnOnce() + Send + 'static) {
+        let mut s = self.state();
+        if s.result.is_some() {
+            drop(s);
+            wake();
+        } else {
+            s.waker = Some(Box::new(wake));
+        }
+    }
+}
+
+/// One change for the writer thread.
+enum Write {
+    Put(Box<Tunnel>),
+    Remove(String),
+    /// Every change before it is applied: complete the ticket.
+    Barrier(Durable),
+}
+
+/// See the [module documentation](self). The inner store is read once, when this starts;
+/// from then on this store's memory is the truth and the inner store follows it.
+pub(crate) struct WriteBehind {
+    memory: MemoryStore,
+    queue: Option<mpsc::Sender<Write>>,
+    writer: Option<std::thread::JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for WriteBehind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WriteBehind")
+            .field("memory", &self.memory)
+            .finish_non_exhaustive()
+    }
+}
+
+impl WriteBehind {
+    /// Reads every record of `inner`, and starts the thread that writes the changes to it.
+    pub(crate) fn new(mut inner: Box<dyn TunnelStore>) -> Result<Self, StoreError> {
+        let mut memory = MemoryStore::default();
+        for t in inner.list()? {
+            memory.put(&t)?;
+        }
+        let (tx, rx) = mpsc::channel::<Write>();
+        let writer = std::thread::Builder::new()
+            .name("relay-store".into())
+            .spawn(move || {
+                // The first failure since the last barrier, which that barrier reports.
+                let mut failed: Option<String> = None;
+                for w in rx {
+                    let r = match w {
+                        Write::Put(t) => inner.put(&t),
+                        Write::Remove(id) => inner.remove(&id).map(|_| ()),
+                        Write::Barrier(d) => {
+                            d.complete(failed.take().map_or(Ok(()), Err));
+                            continue;
+                        }
+                    };
+                    if let Err(e) = r {
+                        tracing::warn!(error = %e, "cannot write the tunnel registry");
+                        failed.get_or_insert(e.0);
+                    }
+                }
+            })
+            .map_err(|e| StoreError(format!("the registry's writer thread: {e}")))?;
+        Ok(Self {
+            memory,
+            queue: Some(tx),
+            writer: Some(writer),
+        })
+    }
+
+    fn send(&self, w: Write) -> Result<(), StoreError> {
+        self.queue
+            .as_ref()
+            .and_then(|q| q.send(w).ok())
+            .ok_or_else(|| StoreError("the registry's writer thread has stopped".into()))
+    }
+}
+
+impl Drop for WriteBehind {
+    /// Writes what is queued, then stops the thread.
+    fn drop(&mut self) {
+        self.queue = None;
+        if let Some(w) = self.writer.take() {
+            let _ = w.join();
+        }
+    }
+}
+
+impl TunnelStore for WriteBehind {
+    fn put(&mut self, tunnel: &Tunnel) -> Result<(), StoreError> {
+        self.send(Write::Put(Box::new(tunnel.clone())))?;
+        self.memory.put(tunnel)
+    }
+
+    fn get(&self, id: &str) -> Result<Option<Tunnel>, StoreError> {
+        self.memory.get(id)
+    }
+
+    fn find_by_token(&self, hash: &TokenHash) -> Result<Option<Tunnel>, StoreError> {
+        self.memory.find_by_token(hash)
+    }
+
+    fn find_by_client_token(&self, hash: &TokenHash) -> Result<Vec<Tunnel>, StoreError> {
+        self.memory.find_by_client_token(hash)
+    }
+
+    fn list(&self) -> Result<Vec<Tunnel>, StoreError> {
+        self.memory.list()
+    }
+
+    fn find_by_pairing(&self, pairing: &Pairing) -> Result<Vec<Tunnel>, StoreError> {
+        self.memory.find_by_pairing(pairing)
+    }
+
+    fn remove(&mut self, id: &str) -> Result<bool, StoreError> {
+        self.send(Write::Remove(id.to_string()))?;
+        self.memory.remove(id)
+    }
+
+    fn barrier(&mut self) -> Durable {
+        let d = Durable::pending();
+        if let Err(e) = self.send(Write::Barrier(d.clone())) {
+            d.complete(Err(e.0));
+        }
+        d
+    }
+}
+
+#[cfg(test)]
+#[path = "writer_tests.rs"]
+mod tests;

@@ -1,0 +1,256 @@
+//! The relay's `HOST:PORT` for an agent's connection attempts: looked up again after every
+//! lost or failed connection, off the shard, and every address of the answer tried in turn.
+//!
+//! A relay that moves (a new address behind its name, a fail-over) is found at the next
+//! reconnect, and a name with several addresses (`localhost`: `::1` and `127.0.0.1`; a relay
+//! behind several A records) is not stuck on a first one that refuses. The lookup
+//! (`getaddrinfo`, which may wait seconds for a DNS server) runs on a short-lived thread of
+//! its own while the agent waits out its reconnect delay; an attempt uses the latest answer
+//! (the one from start-up until a new one came). An IP address is never looked up.
+
+use std::io;
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
+use std::sync::{Arc, Mutex};
+
+/// How a name is looked up: `getaddrinfo` (a test gives its own).
+pub(crate) type Lookup = Arc<dyn Fn(&str, u16) -> io::Result<Vec<SocketAddr>> + Send + Sync>;
+
+/// See the [module documentation](self).
+pub(crate) struct RelayName {
+    host: String,
+    port: u16,
+    lookup: Lookup,
+    shared: Arc<Shared>,
+}
+
+#[derive(Default)]
+struct Shared {
+    /// The latest non-empty answer.
+    addrs: Mutex<Vec<SocketAddr>>,
+    /// A lookup is running.
+    busy: AtomicBool,
+    /// Lookups finished (with an answer or not).
+    lookups: AtomicU64,
+}
+
+impl std::fmt::Debug for RelayName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RelayName")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("addrs", &self.addrs())
+            .finish_non_exhaustive()
+    }
+}
+
+impl RelayName {
+    /// `host:port`, whose addresses at start-up were `first`.
+    pub(crate) fn new(host: &str, port: u16, first: Vec<SocketAddr>) -> Self {
+        Self::with_lookup(
+            host,
+            port,
+            first,
+            Arc::new(|h: &str, p: u16| Ok((h, p).to_socket_addrs()?.collect())),
+        )
+    }
+
+    /// [`RelayName::new`] with its own way of looking the name up.
+    pub(crate) fn with_lookup(
+        host: &str,
+        port: u16,
+        first: Vec<SocketAddr>,
+        lookup: Lookup,
+    ) -> Self {
+        let host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
+        Self {
+            host,
+            port,
+            lookup,
+            shared: Arc::new(Shared {
+                addrs: Mutex::new(first),
+                ..Shared::default()
+            }),
+        }
+    }
+
+    /// Looks the name up again, in the background (nothing if a lookup is running or the host
+    /// is an IP address). A failed lookup or an empty answer keeps the addresses known.
+    pub(crate) fn refresh(&self) {
+        if self.host.parse::<IpAddr>().is_ok() || self.shared.busy.swap(true, SeqCst) {
+            return;
+        }
+        let (host, port, lookup, shared) = (
+            self.host.clone(),
+            self.port,
+            self.lookup.clone(),
+            self.shared.clone(),
+        );
+        let spawned = std::thread::Builder::new()
+            .name("relay-lookup".into())
+            .spawn(move || {
+                match lookup(&host, port) {
+                    Ok(found) if !found.is_empty() => {
+                        *shared.addrs.lock().unwrap_or_else(|p| p.into_inner()) = found;
+                    }
+                    Ok(_) => tracing::warn!(relay = %host, "the relay's name resolves to nothing now; trying the addresses known"),
+                    Err(e) => tracing::warn!(relay = %host, error = %e, "cannot resolve the relay's name; trying the addresses known"),
+                }
+                shared.busy.store(false, SeqCst);
+                shared.lookups.fetch_add(1, SeqCst);
+            });
+        if spawned.is_err() {
+            self.shared.busy.store(false, SeqCst);
+        }
+    }
+
+    /// The addresses known now, to try in order.
+    pub(crate) fn addrs(&self) -> Vec<SocketAddr> {
+        self.shared
+            .addrs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// A connection attempt: every address known now, in turn.
+    pub(crate) fn attempt(&self) -> Attempt {
+        Attempt {
+            addrs: self.addrs(),
+            next: 0,
+        }
+    }
+
+    /// Lookups finished since start-up.
+    #[cfg(test)]
+    fn lookups(&self) -> u64 {
+        self.shared.lookups.load(SeqCst)
+    }
+}
+
+/// One connection attempt's addresses: the next is tried when one refuses.
+#[derive(Debug, Clone)]
+pub(crate) struct Attempt {
+    addrs: Vec<SocketAddr>,
+    next: usize,
+}
+
+impl Attempt {
+    /// The address to connect to next, if one is left.
+    pub(crate) fn next_addr(&mut self) -> Option<SocketAddr> {
+        let a = self.addrs.get(self.next).copied();
+        self.next += 1;
+        a
+    }
+
+    /// Whether an address is left after the one being tried.
+    pub(crate) fn has_next(&self) -> bool {
+        self.next < self.addrs.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{Ipv4Addr, Ipv6Addr, TcpListener, TcpStream};
+    use std::time::{Duration, Instant};
+
+    use super::*;
+
+    /// Waits (up to 10 s) until `name` has finished `n` lookups.
+    fn wait_lookups(name: &RelayName, n: u64) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while name.lookups() < n {
+            assert!(
+                Instant::now() < deadline,
+                "{} lookups, not {n}",
+                name.lookups()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// A name whose answer is `::1` then `127.0.0.1`, with a listener on `127.0.0.1` only: the
+    /// first address refuses (or is not there at all without IPv6) and the attempt goes on to
+    /// the next, which connects.
+    #[test]
+    fn an_attempt_tries_every_address_in_turn() {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let both = vec![
+            SocketAddr::from((Ipv6Addr::LOCALHOST, port)),
+            SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+        ];
+        let answer = both.clone();
+        let name = RelayName::with_lookup(
+            "relay.test",
+            port,
+            vec![],
+            Arc::new(move |_: &str, _: u16| Ok(answer.clone())),
+        );
+        name.refresh();
+        wait_lookups(&name, 1);
+        let mut attempt = name.attempt();
+        let mut tried = Vec::new();
+        let connected = loop {
+            let Some(addr) = attempt.next_addr() else {
+                break None;
+            };
+            tried.push(addr);
+            if let Ok(s) = TcpStream::connect_timeout(&addr, Duration::from_secs(5)) {
+                break Some(s);
+            }
+            assert!(attempt.has_next(), "{addr} refused and nothing left");
+        };
+        assert!(connected.is_some(), "tried {tried:?}");
+        assert_eq!(tried, both);
+        assert!(!attempt.has_next());
+    }
+
+    /// Each refresh looks the name up again (the relay moved: the next attempt has its new
+    /// address); a failed or empty lookup keeps what was known; an IP address is not looked up.
+    #[test]
+    fn each_refresh_looks_the_name_up_again() {
+        let calls = Arc::new(AtomicU64::new(0));
+        let seen = calls.clone();
+        let name = RelayName::with_lookup(
+            "relay.test",
+            7000,
+            vec![SocketAddr::from((Ipv4Addr::new(127, 0, 0, 1), 7000))],
+            Arc::new(move |host: &str, port: u16| {
+                assert_eq!((host, port), ("relay.test", 7000));
+                match seen.fetch_add(1, SeqCst) {
+                    0 => Ok(vec![SocketAddr::from((Ipv4Addr::new(127, 0, 0, 2), port))]),
+                    1 => Err(io::Error::other("no DNS server")),
+                    2 => Ok(vec![]),
+                    _ => Ok(vec![SocketAddr::from((Ipv6Addr::LOCALHOST, port))]),
+                }
+            }),
+        );
+        let first = |n: &RelayName| n.attempt().next_addr().unwrap().ip().to_string();
+        assert_eq!(first(&name), "127.0.0.1");
+        for (n, want) in [
+            (1, "127.0.0.2"),
+            (2, "127.0.0.2"),
+            (3, "127.0.0.2"),
+            (4, "::1"),
+        ] {
+            name.refresh();
+            wait_lookups(&name, n);
+            assert_eq!(first(&name), want, "after lookup {n}");
+        }
+        assert_eq!(calls.load(SeqCst), 4);
+
+        let literal = RelayName::with_lookup(
+            "[::1]",
+            7000,
+            vec![SocketAddr::from((Ipv6Addr::LOCALHOST, 7000))],
+            Arc::new(|_: &str, _: u16| panic!("an IP address is not looked up")),
+        );
+        literal.refresh();
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(literal.lookups(), 0);
+    }
+}
