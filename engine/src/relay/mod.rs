@@ -17,4 +17,5 @@ pub(crate) mod secret;
 pub(crate) mod service;
 pub(crate) mod sqlite;
 pub(crate) mod store;
+pub(crate) mod things;
 pub(crate) mod tunnel;
