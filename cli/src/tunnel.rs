@@ -222,18 +222,19 @@ pub(crate) fn run(cmd: TunnelCommand, out: &mut impl Write) -> Result<(), Failur
                 } else {
                     writeln!(
                         out,
-                        "{:36}  {:6}  {:20}  DESCRIPTION",
-                        "ID", "STATUS", "CREATED"
+                        "{:36}  {:6}  {:20}  {:11}  DESCRIPTION",
+                        "ID", "STATUS", "CREATED", "PAIRING"
                     )
                     .context("stdout")?;
                 }
                 for t in all {
                     writeln!(
                         out,
-                        "{:36}  {:6}  {:20}  {}",
+                        "{:36}  {:6}  {:20}  {:11}  {}",
                         text(&t["tunnelId"]),
                         text(&t["status"]),
                         time(&t["createdAt"]),
+                        t["pairing"]["kind"].as_str().unwrap_or("token"),
                         t["description"].as_str().unwrap_or("")
                     )
                     .context("stdout")?;
@@ -320,6 +321,13 @@ fn describe(out: &mut impl Write, t: &Value) -> std::io::Result<()> {
     writeln!(out, "status:       {}", text(&t["status"]))?;
     if let Some(d) = t["description"].as_str() {
         writeln!(out, "description:  {d}")?;
+    }
+    match (
+        t["pairing"]["kind"].as_str(),
+        t["pairing"]["identity"].as_str(),
+    ) {
+        (Some(kind), Some(identity)) => writeln!(out, "pairing:      {kind} {identity}")?,
+        _ => writeln!(out, "pairing:      token")?,
     }
     let d = &t["destinationConfig"];
     if let Some(thing) = d["thingName"].as_str() {

@@ -62,6 +62,18 @@ pub(crate) struct RelayArgs {
     /// A peer silent this long (no frame, no pong) is dropped [default: 1m 30s].
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub(crate) idle_timeout: Option<Duration>,
+    /// CA certificates (PEM) for pairing by certificate: a source and a destination with
+    /// certificates from these CAs and the same identity (URI SAN, else SHA-256 fingerprint)
+    /// are paired without a token [default: none, tokens only].
+    #[arg(long, value_name = "FILE", value_hint = ValueHint::FilePath)]
+    pub(crate) client_ca: Option<PathBuf>,
+    /// CA certificates (PEM) of devices in standby (`destination --thing`) [default: none].
+    #[arg(long, value_name = "FILE", value_hint = ValueHint::FilePath)]
+    pub(crate) device_ca: Option<PathBuf>,
+    /// A certificate revocation list (PEM) for --client-ca and --device-ca certificates
+    /// (repeatable) [default: none].
+    #[arg(long = "client-crl", value_name = "FILE", value_hint = ValueHint::FilePath)]
+    pub(crate) client_crls: Vec<PathBuf>,
     #[command(flatten)]
     pub(crate) common: Common,
 }
@@ -115,6 +127,14 @@ pub(crate) struct AgentArgs {
     /// Name in logs and metrics [default: source-RELAY or destination-RELAY].
     #[arg(long)]
     pub(crate) name: Option<String>,
+    /// A client certificate (PEM chain) to present to the relay: a relay with --client-ca
+    /// pairs a source and a destination with the same identity, and no token is needed
+    /// [default: none].
+    #[arg(long, value_name = "FILE", value_hint = ValueHint::FilePath, requires = "identity_key")]
+    pub(crate) identity_cert: Option<PathBuf>,
+    /// The private key (PEM) of --identity-cert.
+    #[arg(long, value_name = "FILE", value_hint = ValueHint::FilePath, requires = "identity_cert")]
+    pub(crate) identity_key: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -175,6 +195,9 @@ impl RelayArgs {
         if let Some(d) = self.idle_timeout {
             r.idle_timeout = d;
         }
+        r.client_ca = self.client_ca;
+        r.device_ca = self.device_ca;
+        r.client_crls = self.client_crls;
         let mut cfg = EngineConfig::new().relay(r);
         self.common.apply(&mut cfg);
         cfg
@@ -184,13 +207,15 @@ impl RelayArgs {
 impl AgentArgs {
     /// The access token must come from somewhere: say where it could before anything starts.
     fn check_token(&self) -> anyhow::Result<()> {
-        if self.token.is_none()
+        if self.identity_cert.is_none()
+            && self.token.is_none()
             && self.token_file.is_none()
             && std::env::var_os(TOKEN_ENV).is_none_or(|v| v.is_empty())
         {
             anyhow::bail!(
                 "command line: no access token: give --token-file FILE, or set {TOKEN_ENV} \
-                 (or --token, which other users can see)"
+                 (or --token, which other users can see), or pair by certificate with \
+                 --identity-cert FILE --identity-key FILE"
             );
         }
         Ok(())
@@ -215,6 +240,8 @@ macro_rules! set_agent {
         $c.token = a.token.map(splice_engine::SecretText);
         $c.token_file = a.token_file;
         $c.client_token = a.client_token.map(splice_engine::SecretText);
+        $c.identity_cert = a.identity_cert;
+        $c.identity_key = a.identity_key;
         $c.protocol = protocol;
         $c.keep_trying = a.keep_trying;
         if let Some(n) = a.max_connections {

@@ -173,7 +173,8 @@ fn requests() -> Vec<Vec<u8>> {
                 let request = ClientRequest {
                     host: "localhost",
                     mode,
-                    access_token: &token,
+                    access_token: Some(&token),
+                    services: &[],
                     client_token,
                     protocols,
                     key: *b"0123456789abcdef",
@@ -207,7 +208,8 @@ fn responses() -> Vec<Vec<u8>> {
         let request = ClientRequest {
             host: "localhost",
             mode: Mode::Source,
-            access_token: &token,
+            access_token: Some(&token),
+            services: &[],
             client_token: None,
             protocols: &[protocol],
             key: RESPONSE_KEY,

@@ -637,7 +637,8 @@ pub fn client_request(data: &[u8]) {
     let request = ws::ClientRequest {
         host: &host,
         mode,
-        access_token: &access,
+        access_token: Some(&access),
+        services: &[],
         client_token: (flags & 2 != 0).then_some(&client),
         protocols: &protocols,
         key: *key,
@@ -666,7 +667,7 @@ pub fn client_request(data: &[u8]) {
     };
     assert_eq!(len, request.len());
     assert_eq!(got.mode, mode);
-    assert_eq!(got.access_token, access);
+    assert_eq!(got.access_token, Some(access));
     assert_eq!(got.token_source, ws::TokenSource::Header);
     assert_eq!(got.client_token, (flags & 2 != 0).then(|| client.clone()));
     assert_eq!(Some(got.protocol), protocols.iter().copied().max());

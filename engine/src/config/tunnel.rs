@@ -104,6 +104,18 @@ pub struct RelayConfig {
     /// A peer silent this long (no frame, no pong) is dropped.
     #[serde(default = "default_peer_idle_timeout", with = "humantime_serde")]
     pub idle_timeout: Duration,
+    /// CA certificates (PEM) for pairing by certificate: a source and a destination that
+    /// present certificates from these CAs with the same identity, and no token, are paired
+    /// into a tunnel the relay makes on first contact.
+    #[serde(default)]
+    pub client_ca: Option<PathBuf>,
+    /// CA certificates (PEM) for devices in standby (`destination --thing`).
+    #[serde(default)]
+    pub device_ca: Option<PathBuf>,
+    /// Certificate revocation lists (PEM) for the certificates of `client_ca` and
+    /// `device_ca`.
+    #[serde(default)]
+    pub client_crls: Vec<PathBuf>,
 }
 
 /// What both agents' builders share.
@@ -174,6 +186,14 @@ macro_rules! agent_builders {
             self.connections_per_service = n;
             self
         }
+
+        /// The client certificate (PEM chain) and its key presented to the relay: the
+        /// agent's identity, by which a relay with `client_ca` pairs it without a token.
+        pub fn identity(mut self, cert: impl Into<PathBuf>, key: impl Into<PathBuf>) -> Self {
+            self.identity_cert = Some(cert.into());
+            self.identity_key = Some(key.into());
+            self
+        }
     };
 }
 
@@ -241,6 +261,13 @@ macro_rules! agent_table {
             /// the connection).
             #[serde(default = "default_peer_idle_timeout", with = "humantime_serde")]
             pub idle_timeout: Duration,
+            /// A client certificate (PEM chain) presented to the relay: with a relay's
+            /// `client_ca`, the agent is paired by it and needs no token.
+            #[serde(default)]
+            pub identity_cert: Option<PathBuf>,
+            /// The private key of `identity_cert` (PEM).
+            #[serde(default)]
+            pub identity_key: Option<PathBuf>,
             $( $(#[$fdoc])* pub $field: $fty, )*
         }
 
@@ -264,6 +291,8 @@ macro_rules! agent_table {
                     half_close: true,
                     ping_after: default_ping_after(),
                     idle_timeout: default_peer_idle_timeout(),
+                    identity_cert: None,
+                    identity_key: None,
                     $( $field: $default, )*
                 }
             }
@@ -280,6 +309,8 @@ macro_rules! agent_table {
             pub(crate) fn resolve_paths(&mut self, base: &Path) {
                 resolve(&mut self.ca, base);
                 resolve(&mut self.token_file, base);
+                resolve(&mut self.identity_cert, base);
+                resolve(&mut self.identity_key, base);
             }
 
             /// The shared checks' view, with this agent's services under `services_key`.
@@ -291,6 +322,7 @@ macro_rules! agent_table {
                     token: self.token.as_ref(),
                     token_file: self.token_file.as_deref(),
                     client_token: self.client_token.as_ref(),
+                    identity: (self.identity_cert.as_deref(), self.identity_key.as_deref()),
                     services_key,
                     services,
                     protocol: self.protocol,
@@ -390,7 +422,28 @@ impl RelayConfig {
             handshake_timeout: default_handshake_timeout(),
             ping_after: default_ping_after(),
             idle_timeout: default_peer_idle_timeout(),
+            client_ca: None,
+            device_ca: None,
+            client_crls: Vec::new(),
         }
+    }
+
+    /// Pairs by certificate the agents whose certificates chain to the CAs in `path`.
+    pub fn client_ca(mut self, path: impl Into<PathBuf>) -> Self {
+        self.client_ca = Some(path.into());
+        self
+    }
+
+    /// Lets devices with certificates from the CAs in `path` stand by for their thing.
+    pub fn device_ca(mut self, path: impl Into<PathBuf>) -> Self {
+        self.device_ca = Some(path.into());
+        self
+    }
+
+    /// Refuses the client and device certificates revoked by the CRL in `path` (repeatable).
+    pub fn client_crl(mut self, path: impl Into<PathBuf>) -> Self {
+        self.client_crls.push(path.into());
+        self
     }
 
     /// A name for logs and metrics (default `relay-<listen>`).
@@ -579,6 +632,29 @@ impl RelayConfig {
                 ),
             ));
         }
+        for (key, path) in [
+            ("client_ca", self.client_ca.as_ref()),
+            ("device_ca", self.device_ca.as_ref()),
+        ] {
+            if path.is_some_and(|p| p.as_os_str().is_empty()) {
+                return Some((key, format!("{what}: `{key}` is empty")));
+            }
+        }
+        if self.client_crls.iter().any(|p| p.as_os_str().is_empty()) {
+            return Some((
+                "client_crls",
+                format!("{what}: `client_crls` has an empty path"),
+            ));
+        }
+        if !self.client_crls.is_empty() && self.client_ca.is_none() && self.device_ca.is_none() {
+            return Some((
+                "client_crls",
+                format!(
+                    "{what}: `client_crls` is given without `client_ca` or `device_ca`: \
+                     there is no client certificate to revoke"
+                ),
+            ));
+        }
         if self.max_peers == 0 {
             return Some((
                 "max_peers",
@@ -611,6 +687,9 @@ impl RelayConfig {
         for p in [&mut self.cert, &mut self.key]
             .into_iter()
             .chain(self.api_token_file.as_mut())
+            .chain(self.client_ca.as_mut())
+            .chain(self.device_ca.as_mut())
+            .chain(self.client_crls.iter_mut())
         {
             if p.is_relative() && !p.as_os_str().is_empty() {
                 *p = base.join(&*p);
@@ -634,6 +713,8 @@ struct Agent<'a> {
     token: Option<&'a SecretText>,
     token_file: Option<&'a Path>,
     client_token: Option<&'a SecretText>,
+    /// `identity_cert` and `identity_key`.
+    identity: (Option<&'a Path>, Option<&'a Path>),
     /// `listen` or `connect`.
     services_key: &'static str,
     services: &'a [String],
@@ -671,6 +752,21 @@ impl Agent<'_> {
                      to read {TOKEN_ENV})"
                 ),
             ));
+        }
+        match self.identity {
+            (Some(_), None) => {
+                return Some((
+                    "identity_key",
+                    format!("{what}: `identity_cert` is given without `identity_key`"),
+                ));
+            }
+            (None, Some(_)) => {
+                return Some((
+                    "identity_cert",
+                    format!("{what}: `identity_key` is given without `identity_cert`"),
+                ));
+            }
+            _ => {}
         }
         if self.token.is_some_and(|t| t.0.trim().is_empty()) {
             return Some(("token", format!("{what}: `token` is empty")));

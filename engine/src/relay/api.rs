@@ -370,6 +370,10 @@ fn open(registry: &Registry, events: &Events, b: OpenBody, now: Timestamp) -> An
         .map(|d| (d.thing_name, d.services))
         .unwrap_or_default();
     let req = OpenRequest {
+        // A thing's tunnel is paired by the thing's device in standby (issue 12 §2).
+        pairing: thing_name
+            .clone()
+            .map_or_else(Default::default, super::tunnel::Pairing::Thing),
         description: b.description,
         thing_name,
         services,
@@ -511,6 +515,14 @@ fn summary_json(t: &Tunnel) -> Value {
     o.insert("status".into(), t.status.as_str().into());
     if let Some(d) = &t.description {
         o.insert("description".into(), d.as_str().into());
+    }
+    // Not in AWS's answer: how a tunnel not paired by tokens was paired, and by whom
+    // (a certificate identity or a thing name; never a token).
+    if let Some(identity) = t.pairing.identity() {
+        o.insert(
+            "pairing".into(),
+            json!({ "kind": t.pairing.kind(), "identity": identity }),
+        );
     }
     o.insert("createdAt".into(), t.created_at.epoch_seconds().into());
     o.insert(

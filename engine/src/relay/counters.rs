@@ -5,7 +5,9 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use super::tunnel::Pairing;
 
 /// One tunnel's counters; the data plane holds an `Arc` of it, so counting takes no lock.
 #[derive(Debug, Default)]
@@ -16,6 +18,20 @@ pub(crate) struct TunnelCounters {
     pub(crate) peers: [AtomicI64; 2],
     /// Open streams.
     pub(crate) streams: AtomicI64,
+    /// How the tunnel was paired (set when its first peer joins), for the metrics' labels.
+    pub(crate) pairing: OnceLock<Pairing>,
+}
+
+impl TunnelCounters {
+    /// The `pairing` and `identity` labels: the kind, and the certificate identity or thing
+    /// name (empty for tokens, which are never shown).
+    pub(crate) fn pairing_labels(&self) -> (&'static str, &str) {
+        let p = self.pairing.get();
+        (
+            p.map_or("token", Pairing::kind),
+            p.and_then(Pairing::identity).unwrap_or(""),
+        )
+    }
 }
 
 /// A relay's [`TunnelCounters`] by tunnel id.

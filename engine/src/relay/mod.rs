@@ -12,6 +12,7 @@ pub(crate) mod client;
 pub(crate) mod cookie;
 pub(crate) mod counters;
 pub(crate) mod events;
+pub(crate) mod identity;
 pub(crate) mod registry;
 pub(crate) mod secret;
 pub(crate) mod service;

@@ -6,7 +6,7 @@ use std::sync::Mutex;
 
 use super::secret::{RandomError, Secret, TokenHash, new_token, new_tunnel_id};
 use super::store::{StoreError, TunnelStore};
-use super::tunnel::{Peer, Side, Timestamp, Tunnel, TunnelStatus};
+use super::tunnel::{Pairing, Peer, Side, Timestamp, Tunnel, TunnelStatus};
 
 /// What an operator may change; the defaults are AWS IoT Secure Tunneling's.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -38,6 +38,9 @@ pub(crate) struct OpenRequest {
     pub(crate) services: Vec<String>,
     /// In seconds; `None`: [`Limits::default_lifetime_seconds`].
     pub(crate) lifetime_seconds: Option<u32>,
+    /// How its peers will be paired (the API opens `Token` and `Thing` tunnels; the relay
+    /// makes `Certificate` ones itself).
+    pub(crate) pairing: Pairing,
 }
 
 /// A new tunnel's id and its two access tokens, shown this once.
@@ -106,6 +109,8 @@ pub(crate) struct Admission {
     pub(crate) reconnect: bool,
     /// When the tunnel's lifetime ends (the relay closes both peers then).
     pub(crate) expires_at: Timestamp,
+    /// How the tunnel is paired (for its metrics' labels).
+    pub(crate) pairing: Pairing,
 }
 
 /// Why a peer was not admitted. Each maps to the HTTP status of the upgrade's answer
@@ -200,6 +205,7 @@ impl Registry {
             last_updated_at: now,
             source: Peer::new(source_token.hash(), None, now),
             destination: Peer::new(destination_token.hash(), None, now),
+            pairing: req.pairing,
         };
         self.store().put(&tunnel)?;
         Ok(Opened {
@@ -439,6 +445,7 @@ impl Registry {
         Ok(Admission {
             services: t.services.clone(),
             expires_at: t.expires_at(),
+            pairing: t.pairing.clone(),
             tunnel_id: t.id,
             side,
             reconnect,

@@ -242,6 +242,25 @@ pub(crate) fn check_files(cfg: &crate::config::EngineConfig) -> Result<()> {
         if let Some(f) = &r.api_token_file {
             read_token_file(f)?;
         }
+        crate::relay::identity::Identities::load(
+            r.client_ca.as_deref(),
+            r.device_ca.as_deref(),
+            &r.client_crls,
+        )?;
+    }
+    for (cert, key) in cfg
+        .sources
+        .iter()
+        .map(|s| (&s.identity_cert, &s.identity_key))
+        .chain(
+            cfg.destinations
+                .iter()
+                .map(|d| (&d.identity_cert, &d.identity_key)),
+        )
+    {
+        if let (Some(cert), Some(key)) = (cert, key) {
+            crate::tls::material::check_certified_key(cert, key)?;
+        }
     }
     let agents = cfg
         .sources

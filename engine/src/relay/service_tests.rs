@@ -203,6 +203,7 @@ fn expired_tunnel(id: &str) -> Tunnel {
         thing_name: None,
         services: vec![],
         lifetime_seconds: 60,
+        pairing: Default::default(),
         status: TunnelStatus::Open,
         created_at: then,
         last_updated_at: then,

@@ -8,10 +8,10 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use super::secret::TokenHash;
 use super::store::{StoreError, TunnelStore};
-use super::tunnel::{Peer, Timestamp, TokenUse, Tunnel, TunnelStatus};
+use super::tunnel::{Pairing, Peer, Timestamp, TokenUse, Tunnel, TunnelStatus};
 
 /// The schema this code reads and writes.
-pub(crate) const SCHEMA_VERSION: i64 = 2;
+pub(crate) const SCHEMA_VERSION: i64 = 3;
 
 /// Version 1 to 2: the lifetime in seconds rather than minutes.
 const MIGRATE_1_TO_2: &str = "
@@ -20,6 +20,16 @@ UPDATE tunnels SET lifetime_seconds = lifetime_seconds * 60;
 UPDATE schema_version SET version = 2;
 ";
 
+/// Version 2 to 3: how each tunnel was paired (every tunnel so far was by tokens).
+const MIGRATE_2_TO_3: &str = "
+ALTER TABLE tunnels ADD COLUMN pairing_kind TEXT NOT NULL DEFAULT 'token';
+ALTER TABLE tunnels ADD COLUMN pairing_identity TEXT;
+CREATE INDEX tunnels_pairing ON tunnels (pairing_kind, pairing_identity);
+UPDATE schema_version SET version = 3;
+";
+
+/// The version 2 tables; [`MIGRATE_2_TO_3`] makes them the current ones (also on a new file,
+/// so that a new file and a migrated one are the same).
 const SCHEMA: &str = "
 CREATE TABLE schema_version (version INTEGER NOT NULL);
 CREATE TABLE tunnels (
@@ -50,7 +60,7 @@ const COLUMNS: &str = "id, description, thing_name, services, lifetime_seconds, 
     created_at, last_updated_at, \
     source_token, source_used, source_client, source_connected, source_updated_at, \
     destination_token, destination_used, destination_client, destination_connected, \
-    destination_updated_at";
+    destination_updated_at, pairing_kind, pairing_identity";
 
 /// The default `--state`: `$XDG_STATE_HOME/splice-engine/relay.db`, or
 /// `~/.local/state/splice-engine/relay.db`; `None` when neither variable gives an absolute
@@ -129,6 +139,10 @@ impl SqliteStore {
             if version == Some(1) {
                 db.execute_batch(&format!("BEGIN; {MIGRATE_1_TO_2} COMMIT;"))
                     .map_err(err)?;
+            }
+            if matches!(version, Some(1 | 2)) {
+                db.execute_batch(&format!("BEGIN; {MIGRATE_2_TO_3} COMMIT;"))
+                    .map_err(err)?;
             } else if version != Some(SCHEMA_VERSION) {
                 return Err(StoreError(format!(
                     "{name}: schema version {version:?}; this splice-engine reads version \
@@ -137,7 +151,7 @@ impl SqliteStore {
             }
         } else {
             db.execute_batch(&format!(
-                "BEGIN; {SCHEMA} INSERT INTO schema_version (version) VALUES ({SCHEMA_VERSION}); COMMIT;"
+                "BEGIN; {SCHEMA} INSERT INTO schema_version (version) VALUES (2); {MIGRATE_2_TO_3} COMMIT;"
             ))
             .map_err(err)?;
         }
@@ -167,7 +181,8 @@ impl TunnelStore for SqliteStore {
             .execute(
                 &format!(
                     "INSERT OR REPLACE INTO tunnels ({COLUMNS}) VALUES \
-                     (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)"
+                     (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, \
+                     ?19, ?20)"
                 ),
                 params![
                     t.id,
@@ -188,6 +203,8 @@ impl TunnelStore for SqliteStore {
                     opt_hash(t.destination.token_use.client),
                     t.destination.connected,
                     ms(t.destination.updated_at),
+                    t.pairing.kind(),
+                    t.pairing.identity(),
                 ],
             )
             .map_err(|e| StoreError(e.to_string()))?;
@@ -212,6 +229,13 @@ impl TunnelStore for SqliteStore {
 
     fn list(&self) -> Result<Vec<Tunnel>, StoreError> {
         self.query("ORDER BY created_at, id", &[])
+    }
+
+    fn find_by_pairing(&self, pairing: &Pairing) -> Result<Vec<Tunnel>, StoreError> {
+        self.query(
+            "WHERE pairing_kind = ?1 AND pairing_identity IS ?2 ORDER BY created_at, id",
+            &[&pairing.kind(), &pairing.identity()],
+        )
     }
 
     fn remove(&mut self, id: &str) -> Result<bool, StoreError> {
@@ -274,6 +298,11 @@ fn row_to_tunnel(r: &Row<'_>) -> rusqlite::Result<Tunnel> {
         last_updated_at: time(7)?,
         source: peer(8)?,
         destination: peer(13)?,
+        pairing: {
+            let kind: String = r.get(18)?;
+            Pairing::parse(&kind, r.get(19)?)
+                .ok_or_else(|| bad(18, format!("pairing kind {kind:?} without its identity")))?
+        },
     })
 }
 

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use super::secret::TokenHash;
-use super::tunnel::Tunnel;
+use super::tunnel::{Pairing, Tunnel};
 
 /// A store failed (a file that cannot be read or written, a schema it does not know).
 /// Transient as far as a peer is concerned: the relay answers 503 and the peer retries.
@@ -26,6 +26,8 @@ pub(crate) trait TunnelStore: Send {
     fn find_by_client_token(&self, hash: &TokenHash) -> Result<Vec<Tunnel>, StoreError>;
     /// Every tunnel, oldest first.
     fn list(&self) -> Result<Vec<Tunnel>, StoreError>;
+    /// The tunnels paired as `pairing` (kind and identity), oldest first.
+    fn find_by_pairing(&self, pairing: &Pairing) -> Result<Vec<Tunnel>, StoreError>;
     /// Forgets the tunnel with this id; whether there was one.
     fn remove(&mut self, id: &str) -> Result<bool, StoreError>;
 }
@@ -75,5 +77,11 @@ impl TunnelStore for MemoryStore {
 
     fn remove(&mut self, id: &str) -> Result<bool, StoreError> {
         Ok(self.tunnels.remove(id).is_some())
+    }
+
+    fn find_by_pairing(&self, pairing: &Pairing) -> Result<Vec<Tunnel>, StoreError> {
+        let mut all = self.list()?;
+        all.retain(|t| t.pairing == *pairing);
+        Ok(all)
     }
 }

@@ -65,6 +65,51 @@ impl Side {
     }
 }
 
+/// How a tunnel's peers were paired: by its access tokens (the AWS way), by the client
+/// certificates of both peers (the same identity), or for a thing whose device stands by
+/// (its device certificate). Never holds a token.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) enum Pairing {
+    /// Opened by the API; each peer brings its side's access token.
+    #[default]
+    Token,
+    /// Made by the relay when a peer with this client-certificate identity (a URI SAN, or
+    /// the certificate's SHA-256 fingerprint in hex) came without a token.
+    Certificate(String),
+    /// Opened for the thing of this name, whose device in standby is told of it.
+    Thing(String),
+}
+
+impl Pairing {
+    /// `token`, `certificate` or `thing`: as the API, the store and the metrics write it.
+    pub(crate) fn kind(&self) -> &'static str {
+        match self {
+            Pairing::Token => "token",
+            Pairing::Certificate(_) => "certificate",
+            Pairing::Thing(_) => "thing",
+        }
+    }
+
+    /// Who: the certificate identity or the thing name; `None` for tokens.
+    pub(crate) fn identity(&self) -> Option<&str> {
+        match self {
+            Pairing::Token => None,
+            Pairing::Certificate(id) | Pairing::Thing(id) => Some(id),
+        }
+    }
+
+    /// From [`Pairing::kind`] and [`Pairing::identity`]; `None` for a kind it does not know
+    /// or one that needs an identity and has none.
+    pub(crate) fn parse(kind: &str, identity: Option<String>) -> Option<Pairing> {
+        match (kind, identity) {
+            ("token", _) => Some(Pairing::Token),
+            ("certificate", Some(id)) => Some(Pairing::Certificate(id)),
+            ("thing", Some(id)) => Some(Pairing::Thing(id)),
+            _ => None,
+        }
+    }
+}
+
 /// `OPEN` until closed by a call or by the end of its lifetime; then `CLOSED` for good.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum TunnelStatus {
@@ -145,6 +190,8 @@ pub(crate) struct Tunnel {
     pub(crate) last_updated_at: Timestamp,
     pub(crate) source: Peer,
     pub(crate) destination: Peer,
+    /// How its peers are paired.
+    pub(crate) pairing: Pairing,
 }
 
 impl Tunnel {

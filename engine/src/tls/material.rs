@@ -14,8 +14,9 @@ use std::sync::Arc;
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::ServerCertVerifier;
 use rustls::crypto::CryptoProvider;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
+use rustls::server::danger::ClientCertVerifier;
 use rustls::sign::{CertifiedKey, SigningKey};
 use rustls::{InconsistentKeys, RootCertStore, SupportedProtocolVersion};
 use rustls_pemfile::Item;
@@ -302,21 +303,26 @@ fn refuse_server_cert_as_ca(
 /// (verified by [`WebPkiClientVerifier`]); without it, client certificates are not requested.
 /// Secret extraction is enabled for the kTLS hand-off.
 pub fn server_config(o: &ServerTlsOptions) -> Result<Built<rustls::ServerConfig>> {
+    let verifier = match &o.client_ca {
+        Some(ca) => Some(client_verifier(ca, &[], false)?),
+        None => None,
+    };
+    server_config_with(o, verifier)
+}
+
+/// [`server_config`] with the client certificate verifier given (e.g. the relay's, which
+/// asks for an optional certificate from two sets of roots); `o.client_ca` is not read.
+pub fn server_config_with(
+    o: &ServerTlsOptions,
+    verifier: Option<Arc<dyn ClientCertVerifier>>,
+) -> Result<Built<rustls::ServerConfig>> {
     let provider = Arc::new(engine_provider());
     let versions = protocol_versions(&o.versions)?;
     let alpn = alpn_protocols(&o.alpn)?;
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&versions)?;
-    let builder = match &o.client_ca {
-        Some(ca) => {
-            let roots = Arc::new(load_roots(ca)?);
-            let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider.clone())
-                .build()
-                .map_err(|e| {
-                    Error::certificate(ca, format!("cannot verify client certificates: {e}"))
-                })?;
-            builder.with_client_cert_verifier(verifier)
-        }
+    let builder = match verifier {
+        Some(v) => builder.with_client_cert_verifier(v),
         None => builder.with_no_client_auth(),
     };
     let (chain, key) = certified_key(&provider, &o.cert, &o.key)?;
@@ -332,6 +338,59 @@ pub fn server_config(o: &ServerTlsOptions) -> Result<Built<rustls::ServerConfig>
         config: Arc::new(config),
         leaf,
     })
+}
+
+/// A verifier of client certificates that chain to the CAs in `ca`, checked against `crls`
+/// (end-entity certificates only; a certificate whose issuer has no CRL here passes, so CRLs
+/// can be given for some CAs and not others). `optional`: a client may present none (the
+/// handshake then goes on without an identity). Errors name `ca`.
+pub fn client_verifier(
+    ca: &Path,
+    crls: &[CertificateRevocationListDer<'static>],
+    optional: bool,
+) -> Result<Arc<dyn ClientCertVerifier>> {
+    let roots = Arc::new(load_roots(ca)?);
+    let mut builder =
+        WebPkiClientVerifier::builder_with_provider(roots, Arc::new(engine_provider()));
+    if !crls.is_empty() {
+        builder = builder
+            .with_crls(crls.iter().cloned())
+            .only_check_end_entity_revocation()
+            .allow_unknown_revocation_status();
+    }
+    if optional {
+        builder = builder.allow_unauthenticated();
+    }
+    builder
+        .build()
+        .map_err(|e| Error::certificate(ca, format!("cannot verify client certificates: {e}")))
+}
+
+/// Loads every certificate revocation list (PEM `X509 CRL`) in `path`. It is an error if the
+/// file cannot be read, is not PEM, or holds no CRL (the error says what it holds instead).
+/// Whether webpki can parse each CRL shows when a verifier is built with it
+/// ([`client_verifier`]).
+pub fn load_crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>> {
+    let pem = read_file(path)?;
+    let mut crls = Vec::new();
+    let mut others = Vec::new();
+    for item in parse_pem(path, &pem)? {
+        match item {
+            Item::Crl(crl) => crls.push(crl),
+            other => others.push(other),
+        }
+    }
+    if crls.is_empty() {
+        let hint = match others.first() {
+            Some(other) => format!(" (found {})", describe(other)),
+            None => not_pem_hint(&pem),
+        };
+        return Err(Error::certificate(
+            path,
+            format!("no PEM certificate revocation list (X509 CRL) found{hint}"),
+        ));
+    }
+    Ok(crls)
 }
 
 /// The one crypto provider this engine uses: aws-lc-rs, with AES-128-GCM preferred.
@@ -455,6 +514,12 @@ fn load_signing_key(
             )
         })?;
     Ok((key, signing))
+}
+
+/// Checks that `cert_path` holds a certificate chain and `key_path` its usable private key
+/// (for `check`: a client certificate an agent would present). Errors name the file.
+pub fn check_certified_key(cert_path: &Path, key_path: &Path) -> Result<()> {
+    certified_key(&engine_provider(), cert_path, key_path).map(|_| ())
 }
 
 /// Loads a certificate chain and its key, and checks that the key belongs to the leaf.

@@ -1,6 +1,7 @@
 //! The few fields of an X.509 certificate the engine reads itself, straight from its DER: the
 //! validity period (expiry metrics and warnings), issuer and subject (is it self-issued?) and
-//! the subjectPublicKeyInfo (key pins).
+//! the subjectPublicKeyInfo (key pins), and the names of the subject (the relay's client
+//! identities: the common name and the DNS and URI subject alternative names).
 //!
 //! Only the path through `tbsCertificate` is walked (RFC 5280 §4.1): a certificate that
 //! rustls accepted is well-formed, so a small reader is enough and spares the engine a full
@@ -37,6 +38,8 @@ pub(crate) struct Tbs<'a> {
     pub(crate) subject: &'a [u8],
     /// The whole subjectPublicKeyInfo, header included (as key pins hash it).
     pub(crate) spki: &'a [u8],
+    /// What follows it: the unique ids, if any, and the `[3]` extensions.
+    pub(crate) after_spki: &'a [u8],
 }
 
 /// Walks `cert` to its `tbsCertificate` fields (RFC 5280 §4.1).
@@ -58,7 +61,96 @@ pub(crate) fn tbs(cert: &[u8]) -> Option<Tbs<'_>> {
         validity,
         subject,
         spki: &rest[..rest.len() - after.len()],
+        after_spki: after,
     })
+}
+
+/// The names a certificate gives its subject.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub(crate) struct SubjectNames {
+    /// The subject's (first) common name, if it has one in a string type we read.
+    pub(crate) common_name: Option<String>,
+    /// `dNSName` subject alternative names, in order.
+    pub(crate) dns: Vec<String>,
+    /// `uniformResourceIdentifier` subject alternative names (e.g. SPIFFE IDs), in order.
+    pub(crate) uris: Vec<String>,
+}
+
+/// id-at-commonName (2.5.4.3), DER contents.
+const OID_CN: &[u8] = &[0x55, 0x04, 0x03];
+/// id-ce-subjectAltName (2.5.29.17), DER contents.
+const OID_SAN: &[u8] = &[0x55, 0x1d, 0x11];
+const OID: u8 = 0x06;
+const SET: u8 = 0x31;
+const OCTET_STRING: u8 = 0x04;
+const BOOLEAN: u8 = 0x01;
+/// `[3] EXPLICIT Extensions` in a v3 `tbsCertificate`.
+const EXTENSIONS_TAG: u8 = 0xa3;
+/// GeneralName `[2] dNSName` and `[6] uniformResourceIdentifier` (IMPLICIT IA5String).
+const DNS_NAME: u8 = 0x82;
+const URI: u8 = 0x86;
+
+/// The subject's names in `cert` (RFC 5280 §4.1.2.6, §4.2.1.6); `None` if the DER is not a
+/// certificate. Names that are not valid UTF-8 are left out.
+pub(crate) fn subject_names(cert: &[u8]) -> Option<SubjectNames> {
+    let tbs = tbs(cert)?;
+    let mut names = SubjectNames {
+        common_name: common_name(tbs.subject),
+        ..SubjectNames::default()
+    };
+    let mut rest = tbs.after_spki;
+    while let Some((tag, value, after)) = tlv_tagged(rest) {
+        rest = after;
+        if tag != EXTENSIONS_TAG {
+            continue; // issuerUniqueID, subjectUniqueID
+        }
+        let (mut exts, _) = expect(value, SEQUENCE)?;
+        while let Some((ext, after)) = expect(exts, SEQUENCE) {
+            exts = after;
+            let (oid, mut ext) = expect(ext, OID)?;
+            if oid != OID_SAN {
+                continue;
+            }
+            if ext.first() == Some(&BOOLEAN) {
+                ext = tlv(ext)?.1;
+            }
+            let (san, _) = expect(ext, OCTET_STRING)?;
+            let (mut general, _) = expect(san, SEQUENCE)?;
+            while let Some((tag, value, after)) = tlv_tagged(general) {
+                general = after;
+                let Ok(text) = std::str::from_utf8(value) else {
+                    continue;
+                };
+                match tag {
+                    DNS_NAME => names.dns.push(text.to_owned()),
+                    URI => names.uris.push(text.to_owned()),
+                    _ => {}
+                }
+            }
+        }
+    }
+    Some(names)
+}
+
+/// The first common name in a Name's RDNSequence contents.
+fn common_name(mut name: &[u8]) -> Option<String> {
+    while let Some((rdn, after)) = expect(name, SET) {
+        name = after;
+        let mut attrs = rdn;
+        while let Some((attr, after)) = expect(attrs, SEQUENCE) {
+            attrs = after;
+            let (oid, value) = expect(attr, OID)?;
+            if oid != OID_CN {
+                continue;
+            }
+            // UTF8String, PrintableString, TeletexString (read as Latin-1-ish ASCII), IA5String.
+            let (tag, text, _) = tlv_tagged(value)?;
+            if matches!(tag, 0x0c | 0x13 | 0x14 | 0x16) {
+                return std::str::from_utf8(text).ok().map(str::to_owned);
+            }
+        }
+    }
+    None
 }
 
 /// One element of tag `tag`: its contents and what follows.
@@ -171,6 +263,31 @@ mod tests {
             der_time(GENERALIZED_TIME, b"20231114221320Z"),
             Some(1_700_000_000)
         );
+    }
+
+    #[test]
+    fn subject_names_of_a_leaf() {
+        use splice_test_pki::{Authority, KeyType, Usage};
+        let ca = Authority::new("names", KeyType::P256);
+        let leaf = ca.issue_with(
+            "dev-7",
+            &["dev7.example", "127.0.0.1"],
+            &["spiffe://fleet.example/dev/7"],
+            None,
+            KeyType::P256,
+            Usage::Client,
+        );
+        let names = subject_names(leaf.der.as_ref()).expect("a certificate");
+        assert_eq!(names.common_name.as_deref(), Some("dev-7"));
+        assert_eq!(names.dns, ["dev7.example"]);
+        assert_eq!(names.uris, ["spiffe://fleet.example/dev/7"]);
+        let ca_names = subject_names(ca.cert_der().as_ref()).expect("a certificate");
+        assert_eq!(
+            ca_names.common_name.as_deref(),
+            Some("splice test names CA")
+        );
+        assert!(ca_names.dns.is_empty() && ca_names.uris.is_empty());
+        assert_eq!(subject_names(&[0x30, 0x03, 1, 2]), None);
     }
 
     #[test]

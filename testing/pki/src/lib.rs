@@ -12,9 +12,12 @@
 //!   most tests start from (a CA with a server and a client certificate, and an unrelated CA
 //!   with the same).
 //!
+//! Also: leaves with URI subject alternative names (SPIFFE IDs) and a validity period of the
+//! caller's choice ([`Authority::issue_with`], [`Ca::issue_with`]), and certificate revocation
+//! lists ([`Authority::crl_pem`], [`Ca::write_crl`]).
+//!
 //! What it does not do: intermediate CAs and chains longer than leaf + root (no caller needs
-//! them), validity periods other than rcgen's default (1975 to 4096) except on a self-signed
-//! certificate ([`Cert::self_signed_between`]), revocation, encrypted keys, or any key
+//! them), encrypted keys, or any key
 //! format other than PKCS#8 (tests that need PKCS#1 or SEC1 re-encode [`Key::pkcs8_der`]).
 //! Everything is random and made anew on each call: nothing here is fit to protect anything.
 //!
@@ -27,8 +30,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::{env, fs, io, process};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose,
+    BasicConstraints, CertificateParams, CertificateRevocationListParams, DnType,
+    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose,
+    RevokedCertParams, SanType, SerialNumber,
 };
 pub use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
@@ -84,6 +88,10 @@ impl Key {
         PrivatePkcs8KeyDer::from(self.0.serialize_der()).into()
     }
 }
+
+/// A validity period: from midnight UTC of the first date to midnight UTC of the second,
+/// each a year, month and day.
+pub type Validity = ((i32, u8, u8), (i32, u8, u8));
 
 /// What a leaf certificate is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -184,7 +192,30 @@ impl Authority {
     /// Issues a leaf named `common_name` for `sans` (DNS names or IP addresses) with a new key
     /// of type `kt`.
     pub fn issue(&self, common_name: &str, sans: &[&str], kt: KeyType, usage: Usage) -> Cert {
+        self.issue_with(common_name, sans, &[], None, kt, usage)
+    }
+
+    /// As [`Authority::issue`], with URI subject alternative names `uris` (e.g. SPIFFE IDs)
+    /// after `sans`, and valid from midnight UTC of `validity.0` to midnight UTC of
+    /// `validity.1` (year, month, day) when given, e.g. an expired certificate.
+    pub fn issue_with(
+        &self,
+        common_name: &str,
+        sans: &[&str],
+        uris: &[&str],
+        validity: Option<Validity>,
+        kt: KeyType,
+        usage: Usage,
+    ) -> Cert {
         let mut params = CertificateParams::new(owned(sans)).expect("leaf params");
+        for uri in uris {
+            let uri = (*uri).try_into().expect("a URI SAN is ASCII");
+            params.subject_alt_names.push(SanType::URI(uri));
+        }
+        if let Some((from, until)) = validity {
+            params.not_before = rcgen::date_time_ymd(from.0, from.1, from.2);
+            params.not_after = rcgen::date_time_ymd(until.0, until.1, until.2);
+        }
         params
             .distinguished_name
             .push(DnType::CommonName, common_name);
@@ -205,6 +236,62 @@ impl Authority {
             key,
         }
     }
+}
+
+impl Authority {
+    /// A CRL (PEM `X509 CRL`) of this CA that revokes `revoked` (certificates it issued),
+    /// valid from 2000 to 4000.
+    pub fn crl_pem(&self, revoked: &[&CertificateDer<'_>]) -> String {
+        let at = rcgen::date_time_ymd(2000, 1, 1);
+        let params = CertificateRevocationListParams {
+            this_update: at,
+            next_update: rcgen::date_time_ymd(4000, 1, 1),
+            crl_number: SerialNumber::from(1u64),
+            issuing_distribution_point: None,
+            revoked_certs: revoked
+                .iter()
+                .map(|cert| RevokedCertParams {
+                    serial_number: SerialNumber::from_slice(
+                        serial_of(cert.as_ref()).expect("a certificate's serial number"),
+                    ),
+                    revocation_time: at,
+                    reason_code: None,
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: KeyIdMethod::Sha256,
+        };
+        params
+            .signed_by(&self.issuer)
+            .expect("sign the CRL")
+            .pem()
+            .expect("the CRL as PEM")
+    }
+}
+
+/// The serialNumber's contents in a certificate's DER (RFC 5280 §4.1).
+fn serial_of(cert: &[u8]) -> Option<&[u8]> {
+    fn tlv(der: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+        let (&tag, der) = der.split_first()?;
+        let (&first, mut der) = der.split_first()?;
+        let len = if first < 0x80 {
+            usize::from(first)
+        } else {
+            let n = usize::from(first & 0x7f);
+            let (bytes, rest) = der.split_at_checked(n)?;
+            der = rest;
+            bytes.iter().fold(0, |acc, &b| (acc << 8) | usize::from(b))
+        };
+        let (value, rest) = der.split_at_checked(len)?;
+        Some((tag, value, rest))
+    }
+    let (_, cert, _) = tlv(cert)?;
+    let (_, tbs, _) = tlv(cert)?;
+    let (tag, value, rest) = tlv(tbs)?;
+    if tag == 0xa0 {
+        return tlv(rest).map(|(_, serial, _)| serial);
+    }
+    Some(value)
 }
 
 fn owned(sans: &[&str]) -> Vec<String> {
@@ -263,6 +350,30 @@ impl Ca {
         usage: Usage,
     ) -> io::Result<Leaf> {
         Leaf::write(&self.authority.issue(stem, sans, kt, usage), dir, stem)
+    }
+
+    /// As [`Ca::issue`], with URI SANs and a validity period ([`Authority::issue_with`]);
+    /// the common name is `stem`.
+    pub fn issue_with(
+        &self,
+        dir: &Path,
+        stem: &str,
+        uris: &[&str],
+        validity: Option<Validity>,
+        usage: Usage,
+    ) -> Leaf {
+        let cert = self
+            .authority
+            .issue_with(stem, &[], uris, validity, KeyType::P256, usage);
+        Leaf::write(&cert, dir, stem).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Writes a CRL revoking `revoked` ([`Authority::crl_pem`]) to `dir/NAME.crl`; its path.
+    pub fn write_crl(&self, dir: &Path, name: &str, revoked: &[&Leaf]) -> PathBuf {
+        let ders: Vec<&CertificateDer<'_>> = revoked.iter().map(|l| &l.cert_der).collect();
+        let path = dir.join(format!("{name}.crl"));
+        write(&path, &self.authority.crl_pem(&ders)).unwrap_or_else(|e| panic!("{e}"));
+        path
     }
 }
 
@@ -479,6 +590,26 @@ mod tests {
             let elsewhere = ["-verify_hostname", "elsewhere.test"];
             openssl_verify(ca, &pki.server.cert, &elsewhere).expect_err("wrong name");
         }
+    }
+
+    /// OpenSSL checks a leaf against the CRL: the revoked one fails, another passes.
+    #[test]
+    fn openssl_honours_the_crl() {
+        let dir = TempDir::new("crl");
+        let ca = Ca::new(dir.path(), "crl", KeyType::P256);
+        let gone = ca.issue_with(
+            dir.path(),
+            "gone",
+            &["spiffe://t/gone"],
+            None,
+            Usage::Client,
+        );
+        let kept = ca.issue_with(dir.path(), "kept", &[], None, Usage::Client);
+        let crl = ca.write_crl(dir.path(), "main", &[&gone]);
+        let crl = crl.to_str().expect("utf-8 path");
+        let args = ["-crl_check", "-CRLfile", crl];
+        openssl_verify(&ca.path, &gone.cert, &args).expect_err("revoked");
+        openssl_verify(&ca.path, &kept.cert, &args).expect("not revoked");
     }
 
     #[test]

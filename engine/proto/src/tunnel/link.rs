@@ -35,6 +35,7 @@ use std::ops::Range;
 
 use rustls::ProtocolVersion;
 use rustls::client::UnbufferedClientConnection;
+use rustls::pki_types::CertificateDer;
 use rustls::server::UnbufferedServerConnection;
 use rustls::unbuffered::{ConnectionState, EncodeError, InsufficientSizeError};
 
@@ -184,7 +185,8 @@ pub struct Link {
     message_at: u32,
     decoder: Decoder,
     encoder: Encoder,
-    client: Option<ClientSide>,
+    /// The client's check of the 101, or the server's record of the client's certificate.
+    side: LinkSide,
     /// Masking keys for a client (xorshift64*, seeded by the caller).
     mask_state: u64,
     /// Ciphertext to write to the socket: `out[out_at..]` (a buffer sealed in place by
@@ -198,6 +200,14 @@ pub struct Link {
     reassembled: VecDeque<Vec<u8>>,
     /// The message handed out last when it was a reassembled one.
     current: Vec<u8>,
+}
+
+/// What only one role keeps (one field for both keeps [`Link`] small).
+enum LinkSide {
+    Client(ClientSide),
+    /// The certificate chain the client presented (end entity first) and rustls verified,
+    /// until [`Link::take_peer_certificates`] (boxed: most peers present none).
+    Server(Option<Box<[CertificateDer<'static>]>>),
 }
 
 impl std::fmt::Debug for Link {
@@ -229,7 +239,10 @@ impl Link {
             message_at: u32::MAX,
             decoder: Decoder::new(role, Limits::default()),
             encoder: Encoder::new(role),
-            client,
+            side: match client {
+                Some(c) => LinkSide::Client(c),
+                None => LinkSide::Server(None),
+            },
             mask_state: seed | 1,
             out: Vec::new(),
             out_at: 0,
@@ -336,6 +349,16 @@ impl Link {
         self.out_at = 0;
     }
 
+    /// Server: the certificate chain the client presented in the handshake (end entity
+    /// first), verified by the server config's client certificate verifier; `None` when it
+    /// presented none, before the handshake is over, or once taken.
+    pub fn take_peer_certificates(&mut self) -> Option<Vec<CertificateDer<'static>>> {
+        match &mut self.side {
+            LinkSide::Server(certs) => certs.take().map(<[_]>::into_vec),
+            LinkSide::Client(_) => None,
+        }
+    }
+
     /// The negotiated TLS version, for logs.
     pub fn tls_version(&self) -> Option<ProtocolVersion> {
         match &self.tls {
@@ -427,6 +450,13 @@ impl Link {
                     };
                     let Handshake { conn, early, .. } = *conn;
                     self.version = conn.common().protocol_version();
+                    if let LinkSide::Server(certs) = &mut self.side {
+                        *certs = conn
+                            .common()
+                            .peer_certificates()
+                            .filter(|c| !c.is_empty())
+                            .map(|c| c.iter().map(|c| c.clone().into_owned()).collect());
+                    }
                     match RecordLayer::take_over(conn) {
                         Ok(layer) => self.tls = Tls::Records(Box::new(layer)),
                         Err(why) => return Err(self.fail(why)),
@@ -614,7 +644,9 @@ impl Link {
     }
 
     fn poll_response(&mut self) -> Option<Event<'_>> {
-        let side = self.client.as_ref().expect("a client link has its side");
+        let LinkSide::Client(side) = &self.side else {
+            unreachable!("only a client link reads a response")
+        };
         if side.offered.is_empty() {
             return match super::relay::notify::parse_response(&self.plain, &side.key) {
                 Ok(None) => None,
@@ -1153,7 +1185,8 @@ mod tests {
         let request = ClientRequest {
             host: "localhost",
             mode: Mode::Source,
-            access_token: token,
+            access_token: Some(token),
+            services: &[],
             client_token,
             protocols: &Subprotocol::ALL,
             key: [7; 16],
@@ -1168,6 +1201,63 @@ mod tests {
         (client, server)
     }
 
+    /// The relay reads the certificate a client presented once the handshake is over, and
+    /// nothing from a client that presented none.
+    #[test]
+    fn the_server_keeps_the_client_certificate_until_taken() {
+        use splice_test_pki::{Authority, KeyType, Usage};
+        let ca = Authority::new("link", KeyType::P256);
+        let server_cert = ca.issue("relay", &["localhost"], KeyType::P256, Usage::Server);
+        let client_cert = ca.issue("agent", &[], KeyType::P256, Usage::Client);
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ca.cert_der().clone()).unwrap();
+        let roots = Arc::new(roots);
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            roots.clone(),
+            provider.clone(),
+        )
+        .allow_unauthenticated()
+        .build()
+        .unwrap();
+        let mut sc = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(vec![server_cert.der.clone()], server_cert.key.der())
+            .unwrap();
+        sc.enable_secret_extraction = true;
+        let sc = Arc::new(sc);
+        let client = |with_cert: bool| {
+            let b = rustls::ClientConfig::builder_with_provider(provider.clone())
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(roots.clone());
+            let mut cc = if with_cert {
+                b.with_client_auth_cert(vec![client_cert.der.clone()], client_cert.key.der())
+                    .unwrap()
+            } else {
+                b.with_no_client_auth()
+            };
+            cc.enable_secret_extraction = true;
+            Arc::new(cc)
+        };
+        let token = AccessToken::new("a".repeat(40)).unwrap();
+        let (mut c, mut s) = open_pair_with((client(true), sc.clone()), &token, None);
+        assert_eq!(s.take_peer_certificates(), None, "before the handshake");
+        shuttle(&mut c, &mut s);
+        assert!(matches!(s.poll(), Some(Event::Request(_))));
+        assert_eq!(
+            s.take_peer_certificates(),
+            Some(vec![client_cert.der.clone()])
+        );
+        assert_eq!(s.take_peer_certificates(), None, "taken");
+        let (mut c, mut s) = open_pair_with((client(false), sc), &token, None);
+        shuttle(&mut c, &mut s);
+        assert!(matches!(s.poll(), Some(Event::Request(_))));
+        assert_eq!(s.take_peer_certificates(), None);
+    }
+
     #[test]
     fn upgrade_messages_ping_and_close_both_ways() {
         let token = AccessToken::new("a".repeat(40)).unwrap();
@@ -1178,7 +1268,10 @@ mod tests {
             other => panic!("expected the request, got {other:?}"),
         };
         assert_eq!(request.mode, Mode::Source);
-        assert_eq!(request.access_token.secret(), token.secret());
+        assert_eq!(
+            request.access_token.as_ref().unwrap().secret(),
+            token.secret()
+        );
         assert_eq!(request.protocol, Subprotocol::V3);
         server.accept(&request.accept_response("chan"));
         shuttle(&mut client, &mut server);
@@ -1421,7 +1514,8 @@ mod tests {
             let request = ClientRequest {
                 host: "localhost",
                 mode: Mode::Destination,
-                access_token: &token,
+                access_token: Some(&token),
+                services: &[],
                 client_token: None,
                 protocols: &Subprotocol::ALL,
                 key: [9; 16],
@@ -1651,7 +1745,8 @@ mod tests {
         let request = ClientRequest {
             host: "localhost",
             mode: Mode::Destination,
-            access_token: &token,
+            access_token: Some(&token),
+            services: &[],
             client_token: None,
             protocols: &[],
             key: [1; 16],

@@ -13,8 +13,9 @@ pub struct ClientRequest<'a> {
     pub host: &'a str,
     /// `local-proxy-mode`.
     pub mode: Mode,
-    /// Sent in the `access-token` header.
-    pub access_token: &'a AccessToken,
+    /// Sent in the `access-token` header; `None` for an agent paired by its client
+    /// certificate, which has no token.
+    pub access_token: Option<&'a AccessToken>,
     /// Sent in the `client-token` header when given.
     pub client_token: Option<&'a ClientToken>,
     /// The subprotocols offered, in order of preference ([`Subprotocol::ALL`]: V3, V2, V1).
@@ -23,7 +24,15 @@ pub struct ClientRequest<'a> {
     pub key: [u8; 16],
     /// `User-Agent`.
     pub user_agent: &'a str,
+    /// Sent in the [`SERVICES_HEADER`] header when not empty: the services a destination
+    /// paired by certificate announces (the relay makes its tunnel with them).
+    pub services: &'a [&'a str],
 }
+
+/// The header in which a destination paired by its client certificate announces its
+/// services, comma-separated (not part of the AWS protocol; a relay that does not know it
+/// ignores it).
+pub const SERVICES_HEADER: &str = "splice-services";
 
 impl ClientRequest<'_> {
     /// The request's bytes. Control characters in `host` and `user_agent` are left out, so
@@ -37,14 +46,19 @@ impl ClientRequest<'_> {
              Connection: upgrade\r\n\
              Sec-WebSocket-Key: {}\r\n\
              Sec-WebSocket-Version: 13\r\n\
-             Sec-WebSocket-Protocol: {}\r\n\
-             access-token: {}\r\n",
+             Sec-WebSocket-Protocol: {}\r\n",
             self.mode.as_str(),
             header_safe(self.host),
             BASE64.encode(self.key),
             protocols.join(", "),
-            self.access_token.secret(),
         );
+        if let Some(token) = self.access_token {
+            head.push_str(&format!("access-token: {}\r\n", token.secret()));
+        }
+        if !self.services.is_empty() {
+            let services: Vec<String> = self.services.iter().map(|s| header_safe(s)).collect();
+            head.push_str(&format!("{SERVICES_HEADER}: {}\r\n", services.join(",")));
+        }
         if let Some(token) = self.client_token {
             head.push_str(&format!("client-token: {}\r\n", token.secret()));
         }

@@ -30,7 +30,9 @@ mod frame;
 mod tests;
 mod upgrade;
 
-pub use client::{Accepted, ClientRequest, ParsedResponse, ResponseError, parse_response};
+pub use client::{
+    Accepted, ClientRequest, ParsedResponse, ResponseError, SERVICES_HEADER, parse_response,
+};
 pub use decoder::{Close, Decoded, Decoder, Item, Limits, ProtocolError};
 pub use frame::{
     EncodeError, Encoder, MAX_CONTROL_PAYLOAD, MAX_HEADER_LEN, OpCode, apply_mask, close_payload,

@@ -117,10 +117,15 @@ pub enum TokenSource {
 pub struct UpgradeRequest {
     /// `local-proxy-mode`.
     pub mode: Mode,
-    /// The access token.
-    pub access_token: AccessToken,
-    /// Header or cookie.
+    /// The access token; `None` when the request carried none, which only a peer that
+    /// presented a client certificate may do (the relay answers [`UpgradeError::NoToken`] to
+    /// the others).
+    pub access_token: Option<AccessToken>,
+    /// Header or cookie (`Header` when there is no token).
     pub token_source: TokenSource,
+    /// The services a destination announced in the [`super::SERVICES_HEADER`] header (for a
+    /// tunnel paired by certificate), in order; empty when it sent none.
+    pub services: Vec<String>,
     /// The client token, if one was sent.
     pub client_token: Option<ClientToken>,
     /// The highest subprotocol offered that we speak: the one the 101 names.
@@ -203,7 +208,8 @@ pub enum UpgradeError {
     /// No subprotocol we speak was offered.
     #[error("Sec-WebSocket-Protocol must offer aws.iot.securetunneling-3.0, -2.0 or -1.0")]
     Subprotocol,
-    /// No access token.
+    /// No access token (and no client certificate to pair by: the parser accepts a request
+    /// without a token, the relay answers this).
     #[error("no access token (access-token header or awsiot-tunnel-token cookie)")]
     NoToken,
     /// More than one access token (headers and cookies together).
@@ -345,7 +351,29 @@ pub fn parse_request(buf: &[u8]) -> Result<ParsedRequest, UpgradeError> {
         .filter_map(|p| Subprotocol::from_token(p.trim()))
         .max()
         .ok_or(UpgradeError::Subprotocol)?;
-    let (access_token, token_source) = token(&headers)?;
+    let (access_token, token_source) = match token(&headers) {
+        Ok((token, source)) => (Some(token), source),
+        Err(UpgradeError::NoToken) => (None, TokenSource::Header),
+        Err(e) => return Err(e),
+    };
+    let services = match headers.all(super::SERVICES_HEADER).collect::<Vec<_>>()[..] {
+        [] => Vec::new(),
+        [Ok(list)] => {
+            let services: Vec<String> = list
+                .split(',')
+                .map(|s| s.trim().to_owned())
+                .filter(|s| !s.is_empty())
+                .collect();
+            if services
+                .iter()
+                .any(|s| crate::tunnel::check_service_id(s).is_err())
+            {
+                return Err(UpgradeError::Header(super::SERVICES_HEADER));
+            }
+            services
+        }
+        _ => return Err(UpgradeError::Header(super::SERVICES_HEADER)),
+    };
     let client_token = match headers.all("client-token").collect::<Vec<_>>()[..] {
         [] => None,
         [Ok(value)] => Some(ClientToken::new(value)?),
@@ -366,6 +394,7 @@ pub fn parse_request(buf: &[u8]) -> Result<ParsedRequest, UpgradeError> {
             mode,
             access_token,
             token_source,
+            services,
             client_token,
             protocol,
             host,

@@ -178,7 +178,14 @@ fn render_per_tunnel(out: &mut String, relays: &[(String, Arc<RelayStats>)]) {
     for (r, list) in &tunnels {
         for (id, c) in list {
             for (dir, n) in DIRECTIONS.iter().zip(&c.bytes) {
-                let labels = [("relay", r.as_str()), ("tunnel", id), ("direction", dir)];
+                let (kind, who) = c.pairing_labels();
+                let labels = [
+                    ("relay", r.as_str()),
+                    ("tunnel", id),
+                    ("pairing", kind),
+                    ("identity", who),
+                    ("direction", dir),
+                ];
                 sample(out, name, &labels, n.load(Relaxed));
             }
         }
@@ -193,7 +200,14 @@ fn render_per_tunnel(out: &mut String, relays: &[(String, Arc<RelayStats>)]) {
     for (r, list) in &tunnels {
         for (id, c) in list {
             for (side, n) in SIDES.iter().zip(&c.peers) {
-                let labels = [("relay", r.as_str()), ("tunnel", id), ("side", side)];
+                let (kind, who) = c.pairing_labels();
+                let labels = [
+                    ("relay", r.as_str()),
+                    ("tunnel", id),
+                    ("pairing", kind),
+                    ("identity", who),
+                    ("side", side),
+                ];
                 sample(out, name, &labels, n.load(Relaxed));
             }
         }
@@ -220,7 +234,13 @@ fn render_per_tunnel(out: &mut String, relays: &[(String, Arc<RelayStats>)]) {
     header(out, name, "gauge", "Open streams of an open tunnel.");
     for (r, list) in &tunnels {
         for (id, c) in list {
-            let labels = [("relay", r.as_str()), ("tunnel", id)];
+            let (kind, who) = c.pairing_labels();
+            let labels = [
+                ("relay", r.as_str()),
+                ("tunnel", id),
+                ("pairing", kind),
+                ("identity", who),
+            ];
             sample(out, name, &labels, c.streams.load(Relaxed));
         }
     }

@@ -176,6 +176,8 @@ pub(crate) struct Relay {
     pub(crate) id: u32,
     pub(crate) name: String,
     pub(crate) tls: Arc<rustls::ServerConfig>,
+    /// The client and device CAs (`client_ca`, `device_ca`), when either is set.
+    pub(crate) identities: Option<Arc<crate::relay::identity::Identities>>,
     pub(crate) registry: Arc<Registry>,
     pub(crate) limits: Limits,
     pub(crate) handshake_timeout: Duration,
@@ -407,8 +409,30 @@ impl Pending {
             plane.release(r);
             return self.gone();
         }
+        // Who the peer is by its client certificate (verified in the handshake), when the
+        // relay has client CAs and the peer presented one.
+        let identity = io.link.take_peer_certificates().and_then(|chain| {
+            relay
+                .identities
+                .as_ref()
+                .and_then(|ids| ids.identify(&chain))
+        });
+        let Some(token) = req.access_token.as_ref() else {
+            let e = ws::UpgradeError::NoToken;
+            relay.stats.refusal(e.status());
+            if shard.log_allow(&relay.name, "relay peer refused") {
+                tracing::warn!(relay = %relay.name, peer = ?self.peer_addr, mode = mode.as_str(), status = e.status(), identity = identity.as_ref().map(|i| i.describe()), "peer refused: no access token");
+            }
+            io.link.refuse(&e.response(None));
+            plane.release(r);
+            return self.gone();
+        };
+        if let Some(id) = &identity {
+            // A token wins over a certificate: the peer joins the token's tunnel.
+            tracing::debug!(relay = %relay.name, peer = ?self.peer_addr, identity = %id.describe(), "peer brought a token and a client certificate: the token decides");
+        }
         let admitted = relay.registry.admit(
-            req.access_token.secret(),
+            token.secret(),
             mode,
             req.client_token.as_ref().map(|t| t.secret()),
             Timestamp::now(),
@@ -607,7 +631,11 @@ fn attach(
                 armed: None,
                 streams: 0,
                 buckets: [None, None],
-                counters: relay.stats.per_tunnel.get(&admission.tunnel_id),
+                counters: {
+                    let counters = relay.stats.per_tunnel.get(&admission.tunnel_id);
+                    let _ = counters.pairing.set(admission.pairing.clone());
+                    counters
+                },
             })));
             plane.tunnels.insert(key, e);
             e

@@ -16,12 +16,13 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
 
 use splice_proto::tunnel::link::Event as LinkEvent;
-use splice_proto::tunnel::relay::notify::{Notice, StandbyRequest};
+use splice_proto::tunnel::relay::notify::{Notice, StandbyRequest, may_speak_for};
 use splice_proto::ws::close_code;
 
 use super::link::LinkRef;
 use super::relay::{Event, Relay};
 use super::{Entity, EntityRef, Plane};
+use crate::relay::identity::CaRole;
 use crate::relay::registry::RotateSides;
 use crate::relay::tunnel::{Side, Timestamp};
 use crate::shard::Shard;
@@ -283,15 +284,42 @@ pub(super) fn of_relay(
 }
 
 /// Why the peer on `io` may not wait for `req`'s thing, as the status and reason of the
-/// refusal (`None`: it may).
+/// refusal (`None`: it may). It must present a client certificate that the relay's device CA
+/// verified, whose subject CN is the thing name or which has the URI SAN
+/// `urn:splice:thing:<thing>` (docs/relay.md "Fleets").
 pub(super) fn refusal(
     relay: &Relay,
-    io: &super::link::LinkIo,
+    io: &mut super::link::LinkIo,
     req: &StandbyRequest,
 ) -> Option<(u16, String)> {
-    let _ = (relay, io, req);
-    Some((
-        403,
-        "standby needs a client certificate verified against the relay's --device-ca".into(),
-    ))
+    let Some(ids) = relay.identities.as_ref() else {
+        return Some((
+            403,
+            "this relay takes no standby agents (no device CA)".into(),
+        ));
+    };
+    let Some(identity) = io
+        .link
+        .take_peer_certificates()
+        .and_then(|chain| ids.identify(&chain))
+    else {
+        return Some((403, "a standby agent needs a device certificate".into()));
+    };
+    if !identity.verified_as(CaRole::Device) {
+        return Some((
+            403,
+            "the certificate is not from the relay's device CA".into(),
+        ));
+    }
+    if !may_speak_for(
+        &req.thing,
+        identity.common_name.as_deref(),
+        identity.uri_sans.iter().map(String::as_str),
+    ) {
+        return Some((
+            403,
+            format!("the certificate does not name thing {:?}", req.thing),
+        ));
+    }
+    None
 }

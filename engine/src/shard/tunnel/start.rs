@@ -30,14 +30,24 @@ pub(crate) fn start_relay(
     stats_list: &super::metrics::StatsList,
 ) -> Result<RunningRelay> {
     let name = service.name().to_string();
-    let tls = crate::tls::material::server_config(&crate::tls::material::ServerTlsOptions {
-        cert: cfg.cert.clone(),
-        key: cfg.key.clone(),
-        client_ca: None,
-        alpn: Vec::new(),
-        versions: Vec::new(),
-        disable_resumption: false,
-    })?
+    let identities = crate::relay::identity::Identities::load(
+        cfg.client_ca.as_deref(),
+        cfg.device_ca.as_deref(),
+        &cfg.client_crls,
+    )?
+    .map(Arc::new);
+    // With a client or device CA the relay asks for an optional client certificate.
+    let tls = crate::tls::material::server_config_with(
+        &crate::tls::material::ServerTlsOptions {
+            cert: cfg.cert.clone(),
+            key: cfg.key.clone(),
+            client_ca: None,
+            alpn: Vec::new(),
+            versions: Vec::new(),
+            disable_resumption: false,
+        },
+        identities.as_ref().map(|i| i.verifier()),
+    )?
     .config;
     let listen: SocketAddr = cfg.listen.parse().map_err(|e| Error::Address {
         addr: cfg.listen.clone(),
@@ -54,6 +64,7 @@ pub(crate) fn start_relay(
         id,
         name: name.clone(),
         tls,
+        identities,
         registry: service.registry(),
         limits: Limits {
             ping_after: cfg.ping_after,

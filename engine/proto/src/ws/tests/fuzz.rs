@@ -124,7 +124,8 @@ fn upgrade_random_and_mutated_never_panic() {
     let request = ClientRequest {
         host: "localhost",
         mode: Mode::Source,
-        access_token: &access,
+        access_token: Some(&access),
+        services: &[],
         client_token: None,
         protocols: &Subprotocol::ALL,
         key: [1; 16],

@@ -338,7 +338,7 @@ fn tungstenite_client_upgrades_against_our_server() {
         (request.mode, request.protocol),
         (Mode::Source, Subprotocol::V2)
     );
-    assert_eq!(request.access_token.secret(), TOKEN);
+    assert_eq!(request.access_token.as_ref().unwrap().secret(), TOKEN);
     our_end.write_all(&request.accept_response("chan")).unwrap();
     let (mut theirs, response) = mid.handshake().expect("tungstenite accepts our 101");
     assert_eq!(
@@ -395,7 +395,8 @@ fn our_client_upgrades_against_tungstenite_server() {
     let ours = ClientRequest {
         host: "localhost",
         mode: Mode::Destination,
-        access_token: &access,
+        access_token: Some(&access),
+        services: &[],
         client_token: Some(&client),
         protocols: &Subprotocol::ALL,
         key: *b"0123456789abcdef",

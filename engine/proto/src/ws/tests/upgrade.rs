@@ -38,6 +38,28 @@ fn complete(bytes: &[u8]) -> (UpgradeRequest, usize) {
     }
 }
 
+/// A request without a token parses (the relay decides: a peer with a client certificate may
+/// pair by it, any other gets a 401), with the services a destination announces.
+#[test]
+fn no_token_and_announced_services() {
+    let (request, _) = complete(&localproxy(&["splice-services: ssh, web"]));
+    assert_eq!(request.access_token, None);
+    assert_eq!(request.services, ["ssh", "web"]);
+    let (request, _) = complete(&localproxy(&[]));
+    assert!(request.access_token.is_none() && request.services.is_empty());
+    assert_eq!(UpgradeError::NoToken.status(), 401);
+    let access = AccessToken::new(TOKEN).unwrap();
+    let ours = ClientRequest {
+        access_token: None,
+        services: &["ssh", "web"],
+        ..client_request(&access, &Subprotocol::ALL)
+    }
+    .encode();
+    let (request, _) = complete(&ours);
+    assert_eq!(request.access_token, None);
+    assert_eq!(request.services, ["ssh", "web"]);
+}
+
 #[test]
 fn localproxy_request_is_accepted_byte_at_a_time() {
     let token = format!("access-token: {TOKEN}");
@@ -56,7 +78,7 @@ fn localproxy_request_is_accepted_byte_at_a_time() {
     let (request, len) = complete(&with_frame);
     assert_eq!(len, bytes.len());
     assert_eq!(request.mode, Mode::Source);
-    assert_eq!(request.access_token.secret(), TOKEN);
+    assert_eq!(request.access_token.as_ref().unwrap().secret(), TOKEN);
     assert_eq!(request.token_source, TokenSource::Header);
     assert_eq!(
         request.client_token.as_ref().map(ClientToken::secret),
@@ -125,7 +147,7 @@ fn the_token_may_come_in_the_cookie() {
         format!("Cookie: a=b; awsiot-tunnel-token=\"{TOKEN}\"; c=d"),
     ] {
         let (request, _) = complete(&localproxy(&[&cookie]));
-        assert_eq!(request.access_token.secret(), TOKEN);
+        assert_eq!(request.access_token.as_ref().unwrap().secret(), TOKEN);
         assert_eq!(request.token_source, TokenSource::Cookie);
     }
 }
@@ -191,7 +213,12 @@ fn every_refusal_and_its_status() {
             UpgradeError::Query,
             400,
         ),
-        ("no token", localproxy(&[]), UpgradeError::NoToken, 401),
+        (
+            "bad announced service",
+            localproxy(&["splice-services: ssh,no spaces"]),
+            UpgradeError::Header("splice-services"),
+            400,
+        ),
         (
             "two headers",
             localproxy(&[&token, &token]),
@@ -385,7 +412,8 @@ fn tokens_are_redacted_in_debug() {
     let ours = ClientRequest {
         host: "relay.example",
         mode: Mode::Source,
-        access_token: &access,
+        access_token: Some(&access),
+        services: &[],
         client_token: Some(&client),
         protocols: &Subprotocol::ALL,
         key: [7; 16],
@@ -418,7 +446,8 @@ fn client_request<'a>(access: &'a AccessToken, protocols: &'a [Subprotocol]) -> 
     ClientRequest {
         host: "localhost",
         mode: Mode::Destination,
-        access_token: access,
+        access_token: Some(access),
+        services: &[],
         client_token: None,
         protocols,
         key: *b"the sample nonce",

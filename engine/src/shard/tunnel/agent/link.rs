@@ -118,15 +118,17 @@ impl std::fmt::Debug for ClientLink {
 pub(crate) const WS_HEADROOM: usize = ws::MAX_HEADER_LEN;
 
 impl ClientLink {
-    /// A link that sends the upgrade for `mode` with these tokens as soon as TLS allows.
+    /// A link that sends the upgrade for `mode` with these tokens (none: paired by the
+    /// client certificate in `tls`) and announced `services` as soon as TLS allows.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         tls: Arc<rustls::ClientConfig>,
         server_name: ServerName<'static>,
         host: &str,
         mode: Mode,
-        token: &AccessToken,
+        token: Option<&AccessToken>,
         client_token: Option<&ClientToken>,
+        services: &[&str],
         max: Version,
     ) -> Result<ClientLink, LinkError> {
         let mut tls = ClientConnection::new(tls, server_name)?;
@@ -142,6 +144,7 @@ impl ClientLink {
             host,
             mode,
             access_token: token,
+            services,
             client_token,
             protocols: &offered,
             key,
@@ -421,8 +424,9 @@ mod tests {
             ServerName::try_from("relay.test").unwrap(),
             "relay.test",
             Mode::Destination,
-            &AccessToken::new("secret-token").unwrap(),
+            Some(&AccessToken::new("secret-token").unwrap()),
             ct,
+            &[],
             Version::V3,
         )
         .unwrap()
@@ -440,7 +444,10 @@ mod tests {
         };
         assert!(len > 0);
         assert_eq!(request.mode, Mode::Destination);
-        assert_eq!(request.access_token.secret(), "secret-token");
+        assert_eq!(
+            request.access_token.as_ref().unwrap().secret(),
+            "secret-token"
+        );
         assert_eq!(request.client_token.as_ref(), Some(&ct));
         assert_eq!(request.protocol, Subprotocol::V3);
         assert!(!format!("{client:?}").contains("secret-token"));

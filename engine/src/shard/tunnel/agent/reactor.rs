@@ -310,8 +310,9 @@ impl Reactor {
             spec.server_name.clone(),
             &spec.host,
             spec.mode,
-            &spec.token,
+            spec.token.as_ref(),
             spec.client_token.as_ref(),
+            &spec.announced(),
             spec.version,
         ) {
             Ok(l) => l,

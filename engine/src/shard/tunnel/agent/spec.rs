@@ -40,8 +40,10 @@ pub(crate) struct AgentSpec {
     pub host: String,
     /// The name verified in the relay's certificate and sent as SNI.
     pub server_name: ServerName<'static>,
+    /// With the client certificate of `identity_cert`, when given.
     pub tls: Arc<rustls::ClientConfig>,
-    pub token: AccessToken,
+    /// `None`: the agent is paired by its client certificate (`identity_cert`).
+    pub token: Option<AccessToken>,
     pub client_token: Option<ClientToken>,
     pub services: Vec<ServiceSpec>,
     /// The newest format to speak; it offers the subprotocols from it down to V1.
@@ -64,6 +66,16 @@ impl AgentSpec {
     pub fn service_names(&self) -> Vec<&str> {
         self.services.iter().map(|s| s.name.as_str()).collect()
     }
+
+    /// The services to announce in the upgrade request: a destination paired by its
+    /// certificate (no token) names its services, with which the relay makes the tunnel.
+    pub fn announced(&self) -> Vec<&str> {
+        if self.token.is_none() && self.mode == Mode::Destination {
+            self.service_names()
+        } else {
+            Vec::new()
+        }
+    }
 }
 
 /// The fields both agent tables share.
@@ -78,6 +90,8 @@ struct Common<'a> {
     token: Option<&'a SecretText>,
     token_file: Option<&'a Path>,
     client_token: Option<&'a SecretText>,
+    identity_cert: Option<&'a Path>,
+    identity_key: Option<&'a Path>,
     protocol: TunnelProtocol,
     keep_trying: bool,
     half_close: bool,
@@ -102,6 +116,8 @@ macro_rules! common {
             token: cfg.token.as_ref(),
             token_file: cfg.token_file.as_deref(),
             client_token: cfg.client_token.as_ref(),
+            identity_cert: cfg.identity_cert.as_deref(),
+            identity_key: cfg.identity_key.as_deref(),
             protocol: cfg.protocol,
             keep_trying: cfg.keep_trying,
             half_close: cfg.half_close,
@@ -148,7 +164,7 @@ pub(crate) fn destination_spec(
 }
 
 /// A standby destination (`thing`) gets its tokens from the relay, one per tunnel: it takes
-/// none, and its spec carries a placeholder that is never sent.
+/// none (and not the environment's), and it needs its device certificate.
 fn standby_token(c: &Common<'_>, thing: &str) -> Result<Option<String>> {
     splice_proto::tunnel::relay::notify::check_thing_name(thing)
         .map_err(|e| Error::config(&c.what, format!("`thing` {thing:?}: {e}")))?;
@@ -159,7 +175,13 @@ fn standby_token(c: &Common<'_>, thing: &str) -> Result<Option<String>> {
              `client_token`",
         ));
     }
-    Ok(Some("standby-placeholder".into()))
+    if c.identity_cert.is_none() || c.identity_key.is_none() {
+        return Err(Error::config(
+            &c.what,
+            "`thing` needs the device's client certificate: `identity_cert` and `identity_key`",
+        ));
+    }
+    Ok(None)
 }
 
 /// The name an agent goes by: its own, or `<kind>-<relay>`.
@@ -243,14 +265,23 @@ fn build(
     if c.ca.is_some() && c.ca_pem.is_some() {
         return Err(Error::config(what, "`ca` and `ca_pem` exclude each other"));
     }
+    // The identity's certificate goes in the TLS config: the link presents it when the
+    // relay asks (a relay without client CAs does not ask).
     let tls = client_config(&ClientTlsOptions {
         ca: c.ca.map(Path::to_path_buf),
         ca_pem: c.ca_pem.map(str::to_string),
+        cert: c.identity_cert.map(Path::to_path_buf),
+        key: c.identity_key.map(Path::to_path_buf),
         server_name: Some(sni),
         ..ClientTlsOptions::default()
     })?
     .config;
-    let token = access_token(what, c.token, c.token_file, env_token)?;
+    let has_identity = c.identity_cert.is_some();
+    let token = match access_token(what, c.token, c.token_file, env_token) {
+        Ok(t) => Some(t),
+        Err(_) if has_identity && c.token.is_none() && c.token_file.is_none() => None,
+        Err(e) => return Err(e),
+    };
     let client_token = c
         .client_token
         .map(|t| {
@@ -322,7 +353,10 @@ fn access_token(
             _ => {
                 return Err(Error::config(
                     what,
-                    format!("no access token: set `token_file`, `token` or {TOKEN_ENV}"),
+                    format!(
+                        "no access token: set `token_file`, `token` or {TOKEN_ENV}, or pair by \
+                         certificate with `identity_cert` and `identity_key`"
+                    ),
                 ));
             }
         },
@@ -351,6 +385,8 @@ mod tests {
             connections_per_service: 128,
             ping_after: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(90),
+            identity_cert: None,
+            identity_key: None,
         }
     }
 
@@ -389,14 +425,14 @@ mod tests {
         cfg.token = None;
         assert!(err(&cfg, None).contains("AWSIOT_TUNNEL_ACCESS_TOKEN"));
         let spec = source_spec(&cfg, Some("from-env\n".into())).unwrap();
-        assert_eq!(spec.token.secret(), "from-env");
+        assert_eq!(spec.token.as_ref().unwrap().secret(), "from-env");
         assert!(!format!("{spec:?}").contains("from-env"));
 
         let file = dir.join("token");
         std::fs::write(&file, "from-file\n").unwrap();
         cfg.token_file = Some(file.clone());
         let spec = source_spec(&cfg, Some("from-env".into())).unwrap();
-        assert_eq!(spec.token.secret(), "from-file");
+        assert_eq!(spec.token.as_ref().unwrap().secret(), "from-file");
         std::fs::write(&file, "\n").unwrap();
         let e = err(&cfg, None);
         assert!(
@@ -408,6 +444,28 @@ mod tests {
         cfg.token = Some(SecretText("x".into()));
         assert!(err(&cfg, None).contains("exclude each other"));
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// An identity makes the token optional; the destination then announces its services,
+    /// and a token given beside it is still sent (it wins at the relay).
+    #[test]
+    fn identity_without_a_token() {
+        let pki = splice_test_pki::Pki::new();
+        let mut cfg = source(&["a=127.0.0.1:0"]);
+        cfg.token = None;
+        cfg.identity_cert = Some(pki.client.cert.clone());
+        cfg.identity_key = Some(pki.client.key.clone());
+        let spec = source_spec(&cfg, None).expect("an identity needs no token");
+        assert!(spec.token.is_none());
+        assert!(spec.announced().is_empty(), "a source announces nothing");
+        let spec = source_spec(&cfg, Some("from-env".into())).unwrap();
+        assert_eq!(spec.token.as_ref().unwrap().secret(), "from-env");
+        cfg.identity_key = Some(pki.other_client.key.clone());
+        let e = err(&cfg, None);
+        assert!(e.contains("does not match"), "{e}");
+        cfg.token_file = Some(pki.path().join("missing-token"));
+        cfg.identity_key = Some(pki.client.key.clone());
+        assert!(err(&cfg, None).contains("missing-token"));
     }
 
     #[test]
@@ -458,6 +516,8 @@ mod tests {
             ping_after: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(90),
             thing: None,
+            identity_cert: None,
+            identity_key: None,
         };
         let spec = destination_spec(&cfg, None).unwrap();
         assert_eq!(spec.name, "dev");
@@ -468,12 +528,29 @@ mod tests {
 
         // Standby: the relay gives the tokens; a token given too, or a bad thing name, is
         // refused with a reason.
+        let pki = splice_test_pki::Pki::new();
         let standby = DestinationConfig {
             token: None,
             thing: Some("pump-7".into()),
+            identity_cert: Some(pki.client.cert.clone()),
+            identity_key: Some(pki.client.key.clone()),
             ..cfg.clone()
         };
-        destination_spec(&standby, Some("from-env".into())).expect("standby needs no token");
+        let spec = destination_spec(&standby, Some("from-env".into())).expect("no token");
+        assert!(spec.token.is_none(), "not the environment's token either");
+        let e = destination_spec(
+            &DestinationConfig {
+                identity_cert: None,
+                ..standby.clone()
+            },
+            None,
+        )
+        .expect_err("a thing without a certificate")
+        .to_string();
+        assert!(
+            e.contains("`thing` needs the device's client certificate"),
+            "{e}"
+        );
         let e = destination_spec(
             &DestinationConfig {
                 token: Some(SecretText("t".into())),

@@ -38,7 +38,7 @@ const LINK_DEADLINE: Duration = Duration::from_secs(10);
 
 /// A standby agent on its way to a shard.
 pub(crate) struct StandbyStart {
-    /// The destination's settings; its token is a placeholder, replaced by each pushed one.
+    /// The destination's settings (no token: each pushed tunnel brings its own).
     pub spec: Arc<AgentSpec>,
     pub thing: String,
     pub shared: Arc<AgentShared>,
@@ -339,7 +339,7 @@ impl StandbyAgent {
         };
         let spec = AgentSpec {
             name: format!("{}/{}", self.spec.name, n.tunnel_id),
-            token,
+            token: Some(token),
             client_token: client_token(),
             services,
             keep_trying: false,
