@@ -323,3 +323,16 @@ pub(super) fn refusal(
     }
     None
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A relay holds a standby channel per device of its fleet: what it costs beside its link
+    /// (whose own budget is `link::tests`) stays small. Raise the budget only knowingly.
+    #[test]
+    fn a_standby_channel_costs_little() {
+        let size = std::mem::size_of::<StandbyPeer>();
+        assert!(size <= 96, "StandbyPeer is {size} bytes");
+    }
+}
