@@ -45,6 +45,18 @@ impl Fleet {
         (leaf.cert, leaf.key)
     }
 
+    /// A device certificate whose CN is a serial number and whose URI SAN names `thing`
+    /// (`urn:splice:thing:THING`).
+    fn thing_uri_cert(&self, thing: &str) -> (PathBuf, PathBuf) {
+        let dir = self.pki.dir.path().join("uri");
+        std::fs::create_dir_all(&dir).expect("a directory for the thing's files");
+        let uri = format!("urn:splice:thing:{thing}");
+        let leaf =
+            self.device_ca
+                .issue_with(&dir, "serial-0001", &[uri.as_str()], None, Usage::Client);
+        (leaf.cert, leaf.key)
+    }
+
     fn relay(&self, driver: &str) -> Relay {
         let (port, api, metrics) = (free_port(), free_port(), free_port());
         let proc = EngineCmd::new("relay")
@@ -257,7 +269,8 @@ fn a_standby_agent_started_again_picks_up_the_open_tunnels() {
         let fleet = Fleet::new();
         let relay = fleet.relay(driver);
         let ssh = echo_backend();
-        let cert = fleet.thing_cert("gate-1", false);
+        // This device's certificate names its thing by a URI SAN (its CN is a serial).
+        let cert = fleet.thing_uri_cert("gate-1");
         let connect = [format!("ssh={}", ssh.addr)];
         // Opened while no agent waits: pushed when one comes.
         let (id, token) = relay.open("gate-1", &["ssh"]);
