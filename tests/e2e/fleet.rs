@@ -58,8 +58,17 @@ impl Fleet {
     }
 
     fn relay(&self, driver: &str) -> Relay {
+        self.relay_with(driver, &[])
+    }
+
+    /// [`Fleet::relay`] with more flags.
+    fn relay_with(&self, driver: &str, flags: &[(&str, &str)]) -> Relay {
         let (port, api, metrics) = (free_port(), free_port(), free_port());
-        let proc = EngineCmd::new("relay")
+        let mut cmd = EngineCmd::new("relay");
+        for (flag, value) in flags {
+            cmd = cmd.opt(flag, value);
+        }
+        let proc = cmd
             .opt("--listen", localhost(port).to_string())
             .opt("--cert", &self.pki.server.cert)
             .opt("--key", &self.pki.server.key)
@@ -335,5 +344,89 @@ fn another_ca_or_another_thing_gets_nothing() {
         assert_eq!(relay.metric("splice_tunnel_standby_notices_total"), 0.0);
         assert_eq!(relay.metric("splice_tunnel_standby_connected"), 0.0);
         assert!(!a.log().contains("tunnel pushed"), "{}", a.log());
+    }
+}
+
+/// The standby channel as an independent WebSocket client (tungstenite over rustls) sees it:
+/// the 101 names `splice.notify.v1`; a tunnel opened for the thing arrives as one message with
+/// AWS's notify fields; a message from the device is a rule break (close 1008); a device that
+/// stops answering pings is dropped after the relay's idle timeout.
+#[test]
+fn the_standby_channel_to_an_independent_websocket_client() {
+    use tungstenite::Message;
+    use tungstenite::client::IntoClientRequest;
+
+    for driver in DRIVERS {
+        let fleet = Fleet::new();
+        let relay = fleet.relay_with(driver, &[("--ping-after", "1s"), ("--idle-timeout", "3s")]);
+        let dir = fleet.pki.dir.path().join("raw");
+        std::fs::create_dir_all(&dir).unwrap();
+        let leaf = fleet
+            .device_ca
+            .issue(&dir, "pump-9", &[], KeyType::P256, Usage::Client);
+        let cfg = client_config(&[&fleet.pki.ca], Some(&leaf), TLS_ANY);
+        let channel = || {
+            let tls = tls_connect(relay.addr, "localhost", cfg.clone());
+            let mut req = format!("wss://localhost:{}/notify?thing=pump-9", relay.addr.port())
+                .into_client_request()
+                .unwrap();
+            req.headers_mut().insert(
+                "Sec-WebSocket-Protocol",
+                "splice.notify.v1".parse().unwrap(),
+            );
+            let (ws, response) = tungstenite::client::client(req, tls).expect("the 101");
+            assert_eq!(
+                response.headers()["sec-websocket-protocol"],
+                "splice.notify.v1"
+            );
+            ws
+        };
+        let mut ws = channel();
+        ws.get_mut()
+            .sock
+            .set_read_timeout(Some(IO_TIMEOUT))
+            .unwrap();
+        let (id, _) = relay.open("pump-9", &["ssh", "web"]);
+        let notice = loop {
+            match ws.read().expect("a notice") {
+                Message::Binary(b) => {
+                    break serde_json::from_slice::<serde_json::Value>(&b).unwrap();
+                }
+                Message::Ping(_) | Message::Pong(_) => continue,
+                other => panic!("{other:?}"),
+            }
+        };
+        assert_eq!(notice["tunnelId"], id.as_str(), "{notice}");
+        assert_eq!(notice["clientMode"], "destination");
+        assert_eq!(notice["services"], serde_json::json!(["ssh", "web"]));
+        assert!(notice["region"].is_string(), "{notice}");
+        let token = notice["clientAccessToken"].as_str().expect("a token");
+        assert!(token.len() >= 32 && !relay.proc.log().contains(token));
+
+        // A message from the device: closed for the rule break.
+        ws.send(Message::Binary(b"hello".to_vec().into())).unwrap();
+        let code = loop {
+            match ws.read() {
+                Ok(Message::Close(Some(f))) => break u16::from(f.code),
+                Ok(_) => continue,
+                Err(e) => panic!("no close frame: {e}"),
+            }
+        };
+        assert_eq!(code, 1008);
+
+        // A device that reads nothing (so answers no ping) is dropped after the idle timeout.
+        let silent = channel();
+        wait_metric(relay.metrics, "splice_tunnel_standby_connected", &[], |v| {
+            v == 1.0
+        });
+        let since = Instant::now();
+        wait_metric(relay.metrics, "splice_tunnel_standby_connected", &[], |v| {
+            v == 0.0
+        });
+        assert!(
+            since.elapsed() >= Duration::from_secs(1),
+            "dropped only once silent"
+        );
+        drop(silent);
     }
 }
