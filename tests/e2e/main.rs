@@ -26,6 +26,7 @@ mod openssl;
 mod proxy_protocol;
 mod relay;
 mod relay_cookie;
+mod relay_identity;
 mod reload;
 mod systemd;
 mod tls_params;

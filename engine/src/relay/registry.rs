@@ -137,20 +137,45 @@ pub(crate) enum Refusal {
     ClientTokenInUse,
     #[error("the tunnel registry is unavailable: {0}")]
     Unavailable(String),
+    #[error(
+        "no access token (access-token header or awsiot-tunnel-token cookie) and no client certificate from the relay's client CA"
+    )]
+    NoToken,
+    #[error("{0}")]
+    NotPairable(String),
+    #[error(
+        "no destination with this certificate identity has connected yet: the tunnel is made \
+         when it does (retry)"
+    )]
+    NoPairYet,
+    #[error(
+        "the tunnel of this certificate identity has the services {has:?}, the destination \
+         announces {announced:?}: close the tunnel (its next contact makes a new one)"
+    )]
+    ServicesChanged {
+        has: Vec<String>,
+        announced: Vec<String>,
+    },
+    #[error("the announced services are refused: {0}")]
+    BadServices(String),
 }
 
 impl Refusal {
     /// The HTTP status the relay answers the upgrade with.
     pub(crate) fn status(&self) -> u16 {
         match self {
-            Refusal::BadClientToken => 400,
+            Refusal::BadClientToken | Refusal::BadServices(_) => 400,
+            Refusal::NoToken => 401,
             Refusal::UnknownToken
             | Refusal::WrongMode { .. }
             | Refusal::TokenUsed
-            | Refusal::ClientTokenMismatch => 403,
+            | Refusal::ClientTokenMismatch
+            | Refusal::NotPairable(_) => 403,
             Refusal::TunnelClosed(_) => 410,
-            Refusal::ClientTokenInUse => 409,
-            Refusal::Unavailable(_) => 503,
+            Refusal::ClientTokenInUse | Refusal::ServicesChanged { .. } => 409,
+            // The source of a pair waits for its destination: the agents (and the AWS local
+            // proxy) retry a 5xx.
+            Refusal::Unavailable(_) | Refusal::NoPairYet => 503,
         }
     }
 }
@@ -317,6 +342,13 @@ impl Registry {
         if t.status == TunnelStatus::Closed {
             return Err(RegistryError::Closed(t.id));
         }
+        if let Pairing::Certificate(identity) = &t.pairing {
+            return Err(RegistryError::Invalid(format!(
+                "tunnel {} is paired by the certificate identity {identity}: it has no tokens \
+                 to rotate",
+                t.id
+            )));
+        }
         if let Some(c) = &client
             && client_token_in_use(&**store, c, &t.id, now)?
         {
@@ -448,6 +480,87 @@ impl Registry {
             pairing: t.pairing.clone(),
             tunnel_id: t.id,
             side,
+            reconnect,
+        })
+    }
+
+    /// Whether a peer without a token whose client certificate (from the client CA) has
+    /// `identity` may join the tunnel of that identity in `mode`; if so, its side is marked
+    /// connected. The tunnel is made by the first destination of the identity, with the
+    /// services it `announced` (a source that comes first is told to retry), and lives as a
+    /// tunnel opened by the API would (the default lifetime; closed by the API or its end, the
+    /// next contact makes a new one). Its tokens are made and thrown away: nobody can use one.
+    pub(crate) fn admit_identity(
+        &self,
+        identity: &str,
+        mode: Side,
+        announced: &[String],
+        now: Timestamp,
+    ) -> Result<Admission, Refusal> {
+        let pairing = Pairing::Certificate(identity.to_string());
+        let unavailable = |e: StoreError| Refusal::Unavailable(e.0);
+        let mut store = self.store();
+        let mut open = None;
+        for mut t in store.find_by_pairing(&pairing).map_err(unavailable)? {
+            if close_if_expired(&mut t, now) {
+                store.put(&t).map_err(unavailable)?;
+            }
+            if t.status == TunnelStatus::Open {
+                open = Some(t);
+            }
+        }
+        let (mut t, reconnect) = match open {
+            Some(t) => {
+                if mode == Side::Destination && t.services != announced {
+                    return Err(Refusal::ServicesChanged {
+                        has: t.services,
+                        announced: announced.to_vec(),
+                    });
+                }
+                let reconnect = t.peer(mode).token_use.used;
+                (t, reconnect)
+            }
+            None if mode == Side::Source => return Err(Refusal::NoPairYet),
+            None => {
+                let req = OpenRequest {
+                    description: Some(format!("paired by certificate {identity}")),
+                    services: announced.to_vec(),
+                    pairing: pairing.clone(),
+                    ..OpenRequest::default()
+                };
+                self.validate(&req)
+                    .map_err(|e| Refusal::BadServices(e.to_string()))?;
+                let token = || new_token().map_err(|e| Refusal::Unavailable(e.to_string()));
+                let (source_token, destination_token) = (token()?, token()?);
+                let id = new_tunnel_id().map_err(|e| Refusal::Unavailable(e.to_string()))?;
+                let t = Tunnel {
+                    id,
+                    description: req.description,
+                    thing_name: None,
+                    services: req.services,
+                    lifetime_seconds: self.limits.default_lifetime_seconds,
+                    status: TunnelStatus::Open,
+                    created_at: now,
+                    last_updated_at: now,
+                    source: Peer::new(source_token.hash(), None, now),
+                    destination: Peer::new(destination_token.hash(), None, now),
+                    pairing,
+                };
+                (t, false)
+            }
+        };
+        let peer = t.peer_mut(mode);
+        peer.token_use.used = true;
+        peer.connected = true;
+        peer.updated_at = now;
+        t.last_updated_at = now;
+        store.put(&t).map_err(unavailable)?;
+        Ok(Admission {
+            services: t.services.clone(),
+            expires_at: t.expires_at(),
+            pairing: t.pairing.clone(),
+            tunnel_id: t.id,
+            side: mode,
             reconnect,
         })
     }

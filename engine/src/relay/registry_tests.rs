@@ -614,3 +614,112 @@ fn cookie_check_looks_without_using_the_token() {
         );
     }
 }
+
+/// Pairing by certificate: the first destination of an identity makes its tunnel with the
+/// services it announces, a source before it is told to retry, both re-pair into it, a
+/// closed tunnel is replaced on the next contact, and other identities get their own.
+#[test]
+fn pairing_by_certificate_identity() {
+    let id = "spiffe://fleet.test/pair/1";
+    let services = vec!["ssh".to_string(), "web".to_string()];
+    for (store, r) in registries() {
+        assert_eq!(
+            r.admit_identity(id, Side::Source, &[], T0),
+            Err(Refusal::NoPairYet),
+            "{store}"
+        );
+        let d = r
+            .admit_identity(id, Side::Destination, &services, T0)
+            .expect("the destination makes the tunnel");
+        assert_eq!(d.services, services);
+        assert_eq!(d.pairing, Pairing::Certificate(id.into()));
+        assert!(!d.reconnect);
+        let s = r
+            .admit_identity(id, Side::Source, &[], secs(1))
+            .expect("pairs");
+        assert_eq!(s.tunnel_id, d.tunnel_id, "{store}");
+        assert_eq!(s.services, services);
+        // A reconnect re-pairs into the same tunnel, marked as such.
+        let again = r.admit_identity(id, Side::Source, &[], secs(2)).unwrap();
+        assert_eq!(
+            (again.tunnel_id.as_str(), again.reconnect),
+            (d.tunnel_id.as_str(), true)
+        );
+        let t = r.describe(&d.tunnel_id, secs(2)).unwrap();
+        assert_eq!(t.pairing, Pairing::Certificate(id.into()));
+        assert!(t.source.connected && t.destination.connected);
+        // Other services from the same identity: refused, the tunnel stays.
+        let e = r
+            .admit_identity(id, Side::Destination, &["x".into()], secs(3))
+            .unwrap_err();
+        assert_eq!(e.status(), 409, "{store}: {e}");
+        // Another identity is another tunnel.
+        let other = r
+            .admit_identity("f".repeat(64).as_str(), Side::Destination, &[], secs(3))
+            .unwrap();
+        assert_ne!(other.tunnel_id, d.tunnel_id);
+        // Certificate tunnels have no tokens to rotate.
+        assert!(matches!(
+            r.rotate(&d.tunnel_id, RotateSides::Both, None, secs(3)),
+            Err(RegistryError::Invalid(_))
+        ));
+        // Closed: the next contact makes a new one.
+        r.close(&d.tunnel_id, false, secs(4)).unwrap();
+        assert_eq!(
+            r.admit_identity(id, Side::Source, &[], secs(5)),
+            Err(Refusal::NoPairYet)
+        );
+        let d2 = r
+            .admit_identity(id, Side::Destination, &services, secs(5))
+            .unwrap();
+        assert_ne!(d2.tunnel_id, d.tunnel_id, "{store}");
+        // Bad announced services are refused.
+        let e = r
+            .admit_identity(
+                "spiffe://x",
+                Side::Destination,
+                &["no spaces".into()],
+                secs(5),
+            )
+            .unwrap_err();
+        assert_eq!(e.status(), 400, "{e}");
+    }
+}
+
+/// The pairing is kept across a reopen of the SQLite file.
+#[test]
+fn pairing_is_persisted() {
+    let dir = crate::relay::sqlite::tests::tempdir();
+    let path = dir.join("relay.db");
+    let r = Registry::new(
+        Box::new(SqliteStore::open(&path).unwrap()),
+        Limits::default(),
+    );
+    let d = r
+        .admit_identity("abcd", Side::Destination, &["ssh".into()], T0)
+        .unwrap();
+    let thing = r
+        .open(
+            OpenRequest {
+                thing_name: Some("pump-7".into()),
+                pairing: Pairing::Thing("pump-7".into()),
+                ..ssh()
+            },
+            T0,
+        )
+        .unwrap();
+    drop(r);
+    let r = Registry::new(
+        Box::new(SqliteStore::open(&path).unwrap()),
+        Limits::default(),
+    );
+    assert_eq!(
+        r.describe(&d.tunnel_id, T0).unwrap().pairing,
+        Pairing::Certificate("abcd".into())
+    );
+    assert_eq!(
+        r.describe(&thing.tunnel_id, T0).unwrap().pairing,
+        Pairing::Thing("pump-7".into())
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -25,7 +25,8 @@ use splice_proto::ws::{self, Mode};
 use super::{Entity, EntityRef, LinkRef, Plane, TAG_RELAY_ACCEPT};
 use crate::driver::{Completion, Op};
 use crate::relay::counters::{PerTunnel, TunnelCounters};
-use crate::relay::registry::{Admission, Registry, RotateSides};
+use crate::relay::identity::CaRole;
+use crate::relay::registry::{Admission, Refusal, Registry, RotateSides};
 use crate::relay::tunnel::{Side as RegSide, Timestamp};
 use crate::shard::{Shard, token};
 
@@ -417,33 +418,40 @@ impl Pending {
                 .as_ref()
                 .and_then(|ids| ids.identify(&chain))
         });
-        let Some(token) = req.access_token.as_ref() else {
-            let e = ws::UpgradeError::NoToken;
-            relay.stats.refusal(e.status());
-            if shard.log_allow(&relay.name, "relay peer refused") {
-                tracing::warn!(relay = %relay.name, peer = ?self.peer_addr, mode = mode.as_str(), status = e.status(), identity = identity.as_ref().map(|i| i.describe()), "peer refused: no access token");
+        let admitted = match (req.access_token.as_ref(), &identity) {
+            (Some(token), _) => {
+                if let Some(id) = &identity {
+                    // A token wins over a certificate: the peer joins the token's tunnel (a
+                    // device in standby brings the token it was sent, and its certificate).
+                    tracing::debug!(relay = %relay.name, peer = ?self.peer_addr, identity = %id.describe(), "peer brought a token and a client certificate: the token decides");
+                }
+                relay.registry.admit(
+                    token.secret(),
+                    mode,
+                    req.client_token.as_ref().map(|t| t.secret()),
+                    Timestamp::now(),
+                )
             }
-            io.link.refuse(&e.response(None));
-            plane.release(r);
-            return self.gone();
+            (None, Some(id)) if id.verified_as(CaRole::Client) => relay.registry.admit_identity(
+                &id.pairing_identity(),
+                mode,
+                &req.services,
+                Timestamp::now(),
+            ),
+            (None, Some(id)) => Err(Refusal::NotPairable(format!(
+                "no access token, and the client certificate {} is not from the client CA \
+                 (--client-ca): it cannot pair",
+                id.describe()
+            ))),
+            (None, None) => Err(Refusal::NoToken),
         };
-        if let Some(id) = &identity {
-            // A token wins over a certificate: the peer joins the token's tunnel.
-            tracing::debug!(relay = %relay.name, peer = ?self.peer_addr, identity = %id.describe(), "peer brought a token and a client certificate: the token decides");
-        }
-        let admitted = relay.registry.admit(
-            token.secret(),
-            mode,
-            req.client_token.as_ref().map(|t| t.secret()),
-            Timestamp::now(),
-        );
         let admission = match admitted {
             Ok(a) => a,
             Err(refusal) => {
                 let status = refusal.status();
                 relay.stats.refusal(status);
                 if shard.log_allow(&relay.name, "relay peer refused") {
-                    tracing::warn!(relay = %relay.name, peer = ?self.peer_addr, mode = mode.as_str(), status, reason = %refusal, "peer refused");
+                    tracing::warn!(relay = %relay.name, peer = ?self.peer_addr, mode = mode.as_str(), status, identity = identity.as_ref().map(|i| i.pairing_identity()), reason = %refusal, "peer refused");
                 }
                 io.link
                     .refuse(&ws::error_response(status, &refusal.to_string(), None));
@@ -457,7 +465,7 @@ impl Pending {
             .register(&admission.tunnel_id, side_of(mode), AsFd::as_fd(&*io.fd));
         let channel = format!("{}-{}", admission.tunnel_id, mode.as_str());
         io.link.accept(&req.accept_response(&channel));
-        tracing::info!(relay = %relay.name, tunnel = %admission.tunnel_id, side = mode.as_str(), peer = ?self.peer_addr, protocol = version.subprotocol(), reconnect = admission.reconnect, "peer admitted");
+        tracing::info!(relay = %relay.name, tunnel = %admission.tunnel_id, side = mode.as_str(), peer = ?self.peer_addr, protocol = version.subprotocol(), reconnect = admission.reconnect, pairing = admission.pairing.kind(), identity = admission.pairing.identity(), "peer admitted");
         self.hand_off(r, admission, version, plane, shard)
     }
 
