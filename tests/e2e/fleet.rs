@@ -98,6 +98,19 @@ impl Fleet {
         connect: &[String],
         driver: &str,
     ) -> Proc {
+        self.standby_with(relay, thing, cert, connect, driver, None)
+    }
+
+    /// [`Fleet::standby`], with `/metrics` on `metrics` if given.
+    fn standby_with(
+        &self,
+        relay: &Relay,
+        thing: &str,
+        cert: &(PathBuf, PathBuf),
+        connect: &[String],
+        driver: &str,
+        metrics: Option<u16>,
+    ) -> Proc {
         let mut cmd = EngineCmd::new("destination")
             .opt("--relay", relay.addr.to_string())
             .opt("--ca", &self.pki.ca.path)
@@ -107,6 +120,9 @@ impl Fleet {
             .opt("--identity-key", &cert.1);
         for c in connect {
             cmd = cmd.opt("--connect", c);
+        }
+        if let Some(m) = metrics {
+            cmd = cmd.metrics(m);
         }
         cmd.common(driver)
             .label(format!("standby {thing} ({driver})"))
@@ -213,7 +229,15 @@ fn a_thing_in_standby_gets_its_tunnels_and_they_end_when_closed() {
         let (ssh, web) = (echo_backend(), echo_backend());
         let cert = fleet.thing_cert("pump-7", false);
         let connect = [format!("ssh={}", ssh.addr), format!("web={}", web.addr)];
-        let standby = fleet.standby(&relay, "pump-7", &cert, &connect, driver);
+        let device_metrics = free_port();
+        let standby = fleet.standby_with(
+            &relay,
+            "pump-7",
+            &cert,
+            &connect,
+            driver,
+            Some(device_metrics),
+        );
         assert!(
             standby.wait_log(SOON, |l| l.contains("standby: waiting for tunnels")),
             "{}\nrelay:\n{}",
@@ -248,6 +272,15 @@ fn a_thing_in_standby_gets_its_tunnels_and_they_end_when_closed() {
         let s2 = fleet.source(&relay, &two_token, "web", p2, driver);
         echo_hashed(localhost(p1), 1 << 20, 1);
         echo_hashed(localhost(p2), 1 << 20, 2);
+        // The device's metrics show each tunnel's agent beside the standby one.
+        let agent = format!("destination-{}/{one}", relay.addr);
+        let labels = [("agent", agent.as_str()), ("service", "ssh")];
+        wait_metric(
+            localhost(device_metrics),
+            "splice_agent_bytes_total",
+            &labels,
+            |v| v == 2.0 * f64::from(1 << 20),
+        );
         assert!(relay.metric("splice_tunnel_standby_notices_total") >= 2.0);
         for token in [&one_token, &two_token] {
             assert!(!standby.log().contains(token.as_str()));

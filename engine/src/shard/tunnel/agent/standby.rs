@@ -360,6 +360,7 @@ impl StandbyAgent {
         ));
         tracing::info!(agent = %self.spec.name, thing = %self.thing, tunnel = %n.tunnel_id, services = ?spec.service_names(), "tunnel pushed: connecting its destination");
         self.tunnels.insert(n.tunnel_id, shared.clone());
+        self.shared.add_child(shared.clone());
         super::host::start(
             plane,
             shard,
