@@ -163,7 +163,12 @@ pub(crate) struct DestinationArgs {
     /// Standby for this thing: no token; keep one connection to the relay (with the client
     /// certificate of --identity-cert, which the relay's --device-ca verifies) and connect
     /// each tunnel the relay opens for the thing, at once.
-    #[arg(long, value_name = "NAME", conflicts_with_all = ["token", "token_file", "client_token"])]
+    #[arg(
+        long,
+        value_name = "NAME",
+        conflicts_with_all = ["token", "token_file", "client_token"],
+        requires = "identity_cert"
+    )]
     pub(crate) thing: Option<String>,
     #[command(flatten)]
     pub(crate) common: Common,

@@ -463,3 +463,40 @@ fn the_standby_channel_to_an_independent_websocket_client() {
         drop(silent);
     }
 }
+
+/// `destination --thing` without the device's certificate, with a token, or with a name that
+/// is no thing name: a usage or configuration error naming what is wrong, before anything
+/// connects.
+#[test]
+fn standby_flags_are_checked_before_anything_starts() {
+    let fleet = Fleet::new();
+    let cert = fleet.thing_cert("pump-1", false);
+    let cert_args = [
+        "--identity-cert",
+        cert.0.to_str().unwrap(),
+        "--identity-key",
+        cert.1.to_str().unwrap(),
+    ];
+    let cases: [(&[&str], &str); 3] = [
+        (&[], "--identity-cert"),
+        (&["--token", "abc"], "--token"),
+        (&cert_args, "`thing` \"a/b\""),
+    ];
+    for (extra, says) in cases {
+        let thing = if says.contains("a/b") {
+            "a/b"
+        } else {
+            "pump-1"
+        };
+        let mut cmd = EngineCmd::new("destination")
+            .opt("--relay", "127.0.0.1:9")
+            .opt("--thing", thing)
+            .opt("--connect", "ssh=127.0.0.1:22");
+        for a in extra {
+            cmd = cmd.arg(a);
+        }
+        let (status, stderr) = cmd.run_to_exit();
+        assert!(!status.success(), "{extra:?}: {stderr}");
+        assert!(stderr.contains(says), "{extra:?} names {says}: {stderr}");
+    }
+}
