@@ -355,3 +355,40 @@ fn an_open_for_a_thing_fires_a_notice_with_the_destination_token() {
     assert_eq!(notice.services, ["ssh", "web"]);
     assert!(!format!("{events:?}").contains(&notice.client_access_token));
 }
+
+/// `check` reads the relay's client CAs and CRLs and the agents' identities: a bad file is an
+/// error that names it.
+#[test]
+fn check_reads_client_cas_crls_and_identities() {
+    use crate::config::{EngineConfig, SourceConfig};
+    let pki = splice_test_pki::Pki::new();
+    let relay = RelayConfig::new(
+        "127.0.0.1:0",
+        &pki.server.cert,
+        &pki.server.key,
+        "127.0.0.1:0",
+    )
+    .client_ca(&pki.ca.path);
+    let ok = EngineConfig::new().relay(relay.clone()).source(
+        SourceConfig::new("127.0.0.1:1")
+            .service("a", "127.0.0.1:0")
+            .identity(&pki.client.cert, &pki.client.key),
+    );
+    check_files(&ok).expect("good files");
+    let bad_crl = EngineConfig::new().relay(relay.client_crl(&pki.client.cert));
+    let e = check_files(&bad_crl).unwrap_err().to_string();
+    assert!(
+        e.contains("client.crt") && e.contains("revocation list"),
+        "{e}"
+    );
+    let bad_key = EngineConfig::new().source(
+        SourceConfig::new("127.0.0.1:1")
+            .service("a", "127.0.0.1:0")
+            .identity(&pki.client.cert, &pki.other_client.key),
+    );
+    let e = check_files(&bad_key).unwrap_err().to_string();
+    assert!(
+        e.contains("other-client.key") && e.contains("does not match"),
+        "{e}"
+    );
+}
