@@ -160,6 +160,16 @@ pub(crate) struct DestinationArgs {
     /// Time allowed to connect to a service [default: 5s].
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub(crate) connect_timeout: Option<Duration>,
+    /// Standby for this thing: no token; keep one connection to the relay (with the client
+    /// certificate of --identity-cert, which the relay's --device-ca verifies) and connect
+    /// each tunnel the relay opens for the thing, at once.
+    #[arg(
+        long,
+        value_name = "NAME",
+        conflicts_with_all = ["token", "token_file", "client_token"],
+        requires = "identity_cert"
+    )]
+    pub(crate) thing: Option<String>,
     #[command(flatten)]
     pub(crate) common: Common,
 }
@@ -259,9 +269,12 @@ impl SourceArgs {
 
 impl DestinationArgs {
     pub(crate) fn into_config(self) -> anyhow::Result<EngineConfig> {
-        self.agent.check_token()?;
+        if self.thing.is_none() {
+            self.agent.check_token()?;
+        }
         let mut d = DestinationConfig::new(self.agent.relay.clone());
         d.connect = self.connect;
+        d.thing = self.thing;
         if let Some(t) = self.connect_timeout {
             d.connect_timeout = t;
         }

@@ -14,6 +14,7 @@ mod data;
 mod ebpf;
 mod fallback;
 mod faults;
+mod fleet;
 mod garbage;
 mod half_close;
 mod handoff;

@@ -352,6 +352,11 @@ agent_table! {
         /// Time allowed to connect to a service.
         #[serde(default = "default_connect_timeout", with = "humantime_serde")]
         connect_timeout: Duration = default_connect_timeout(),
+        /// Standby for this thing (AWS IoT's thing name): no token; one channel to the
+        /// relay, on which it pushes each tunnel opened for the thing (docs/relay.md
+        /// "Fleets"). Needs a client certificate the relay's `device_ca` verifies.
+        #[serde(default)]
+        thing: Option<String> = None,
     }
 }
 

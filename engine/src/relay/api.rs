@@ -215,7 +215,7 @@ async fn route(req: Request<Incoming>, shared: &Shared, peer: SocketAddr) -> Ans
         ["tunnels"] => match method {
             Method::GET => list(registry, &query, now),
             Method::POST => match body::<OpenBody>(req).await {
-                Ok(b) => open(registry, b, now),
+                Ok(b) => open(registry, events, b, now),
                 Err(a) => a,
             },
             _ => not_allowed("GET, POST"),
@@ -395,13 +395,16 @@ struct CloseBody {
     delete: Option<bool>,
 }
 
-fn open(registry: &Registry, b: OpenBody, now: Timestamp) -> Answer {
+fn open(registry: &Registry, events: &Events, b: OpenBody, now: Timestamp) -> Answer {
     let (thing_name, services) = b
         .destination_config
         .map(|d| (d.thing_name, d.services))
         .unwrap_or_default();
     let req = OpenRequest {
-        pairing: Default::default(),
+        // A thing's tunnel is paired by the thing's device in standby (issue 12 §2).
+        pairing: thing_name
+            .clone()
+            .map_or_else(Default::default, super::tunnel::Pairing::Thing),
         description: b.description,
         thing_name,
         services,
@@ -412,9 +415,14 @@ fn open(registry: &Registry, b: OpenBody, now: Timestamp) -> Answer {
                 .map(|m| m.saturating_mul(60)))
         }),
     };
+    let thing = req.thing_name.clone();
+    let services = req.services.clone();
     match registry.open(req, now) {
         Ok(o) => {
-            tracing::info!(tunnel = %o.tunnel_id, "tunnel opened");
+            tracing::info!(tunnel = %o.tunnel_id, thing = thing.as_deref(), "tunnel opened");
+            if let Some(thing) = thing {
+                events.emit(super::things::opened(thing, &o, services));
+            }
             Answer {
                 secret: true,
                 ..Answer::ok(json!({

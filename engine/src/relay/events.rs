@@ -18,6 +18,12 @@ pub(crate) enum RelayEvent {
         tunnel_id: String,
         sides: RotateSides,
     },
+    /// A tunnel was opened for `thing`: its standby agents get `notice` (which carries the
+    /// destination token: its `Debug` hides it).
+    Notify {
+        thing: String,
+        notice: Box<splice_proto::tunnel::relay::notify::Notice>,
+    },
 }
 
 /// The event hook, shared by the API's handlers and the expiry timer; set once the data

@@ -19,5 +19,6 @@ pub(crate) mod secret;
 pub(crate) mod service;
 pub(crate) mod sqlite;
 pub(crate) mod store;
+pub(crate) mod things;
 pub(crate) mod tunnel;
 pub(crate) mod writer;

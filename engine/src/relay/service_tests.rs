@@ -350,6 +350,32 @@ fn a_restart_keeps_the_tunnels_and_their_tokens() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A tunnel opened for a thing tells the data plane, with the destination token the answer
+/// carries (the thing's standby agents get it); one opened without a thing does not.
+#[test]
+fn an_open_for_a_thing_fires_a_notice_with_the_destination_token() {
+    let service = RelayService::start(&config(":memory:"), "test").expect("start");
+    let seen = record(&service);
+    let body = r#"{"destinationConfig": {"thingName": "pump-7", "services": ["ssh", "web"]}}"#;
+    let (status, opened) = call(service.api_addr(), "POST", "/tunnels", body, None);
+    assert_eq!(status, 200, "{opened}");
+    let (status, _) = call(service.api_addr(), "POST", "/tunnels", "", None);
+    assert_eq!(status, 200);
+    let events = seen.lock().expect("lock").clone();
+    let [RelayEvent::Notify { thing, notice }] = &events[..] else {
+        panic!("one notice: {events:?}")
+    };
+    assert_eq!(thing, "pump-7");
+    assert_eq!(notice.tunnel_id, opened["tunnelId"].as_str().unwrap());
+    assert_eq!(
+        notice.client_access_token,
+        opened["destinationAccessToken"].as_str().unwrap()
+    );
+    assert_eq!(notice.client_mode, "destination");
+    assert_eq!(notice.services, ["ssh", "web"]);
+    assert!(!format!("{events:?}").contains(&notice.client_access_token));
+}
+
 /// `check` reads the relay's client CAs and CRLs and the agents' identities: a bad file is an
 /// error that names it.
 #[test]

@@ -74,6 +74,11 @@ pub enum Event<'a> {
     /// Server: a `POST` or `OPTIONS` request instead of an upgrade (the relay's `/cookie`, see
     /// [`super::relay::cookie`]); answer with [`Link::refuse`] and the link ends.
     Http(super::relay::cookie::HttpRequest),
+    /// Server: a standby agent's `GET /notify` upgrade (see [`super::relay::notify`]); answer
+    /// with [`Link::accept`] or [`Link::refuse`].
+    Standby(super::relay::notify::StandbyRequest),
+    /// Client: the relay's 101 to a standby request ([`Link::standby_client`]) checked out.
+    Standing,
     /// Client: the relay's 101 checked out; messages flow.
     Open(ws::Accepted),
     /// Client: the relay refused (or did not answer with a 101). The link is ending.
@@ -151,6 +156,9 @@ const CHUNK: usize = 16 * 1024;
 #[derive(Debug)]
 struct ClientSide {
     key: [u8; 16],
+    /// The subprotocols offered; none for a standby request ([`super::relay::notify`]),
+    /// which offers its own (a tunnel's upgrade offers at least one: the struct stays
+    /// within the link's size budget without a flag).
     offered: Vec<Subprotocol>,
 }
 
@@ -259,6 +267,23 @@ impl Link {
         };
         let mut link = Link::new(tls.into(), Role::Client, Some(side), seed);
         // The ClientHello goes out at once; a session that cannot even start fails then.
+        let _ = link.handshake();
+        link.write_plain(&request.encode());
+        link
+    }
+
+    /// A standby agent's side on `tls` (see [`super::relay::notify`]): `request` is queued at
+    /// once; [`Link::poll`] gives [`Event::Standing`] for the relay's 101.
+    pub fn standby_client(
+        tls: UnbufferedClientConnection,
+        request: &super::relay::notify::ClientRequest<'_>,
+        seed: u64,
+    ) -> Link {
+        let side = ClientSide {
+            key: request.key,
+            offered: Vec::new(),
+        };
+        let mut link = Link::new(tls.into(), Role::Client, Some(side), seed);
         let _ = link.handshake();
         link.write_plain(&request.encode());
         link
@@ -565,7 +590,27 @@ impl Link {
     }
 
     fn poll_request(&mut self) -> Option<Event<'_>> {
-        use super::relay::cookie;
+        use super::relay::{cookie, notify};
+        match notify::classify(&self.plain) {
+            notify::Kind::Unknown => return None,
+            notify::Kind::Standby => {
+                return match notify::parse_request(&self.plain) {
+                    Ok(notify::Parsed::Incomplete) => None,
+                    Ok(notify::Parsed::Complete { request, len }) => {
+                        self.consumed = len as u32;
+                        self.state = State::Deciding;
+                        Some(Event::Standby(request))
+                    }
+                    Err(e) => {
+                        self.refuse(&e.response());
+                        Some(Event::BadRequest(UpgradeError::NotHttp(
+                            "a bad standby request",
+                        )))
+                    }
+                };
+            }
+            notify::Kind::Other => {}
+        }
         match cookie::classify(&self.plain) {
             cookie::Kind::Unknown => return None,
             cookie::Kind::Http => {
@@ -602,6 +647,25 @@ impl Link {
         let LinkSide::Client(side) = &self.side else {
             unreachable!("only a client link reads a response")
         };
+        if side.offered.is_empty() {
+            return match super::relay::notify::parse_response(&self.plain, &side.key) {
+                Ok(None) => None,
+                Ok(Some(len)) => {
+                    self.consumed = len as u32;
+                    self.state = State::Open;
+                    Some(Event::Standing)
+                }
+                Err(e) => {
+                    self.end_tls();
+                    Some(Event::Refused(match e {
+                        super::relay::notify::StandbyError::Rejected(status) => {
+                            ResponseError::Rejected { status }
+                        }
+                        _ => ResponseError::Subprotocol,
+                    }))
+                }
+            };
+        }
         match ws::parse_response(&self.plain, &side.key, &side.offered) {
             Ok(ParsedResponse::Incomplete) => None,
             Ok(ParsedResponse::Complete { accepted, len }) => {
@@ -1734,5 +1798,59 @@ mod tests {
             Some(Event::Closed { code, .. }) => assert_eq!(code, Some(1002)),
             other => panic!("{other:?}"),
         }
+    }
+
+    fn standby_pair(thing: &str) -> (Link, Link) {
+        let (cc, sc) = configs();
+        let name = ServerName::try_from("localhost").unwrap();
+        let request = crate::tunnel::relay::notify::ClientRequest {
+            host: "localhost",
+            thing,
+            key: [5; 16],
+            user_agent: "test",
+        };
+        let client = Link::standby_client(
+            rustls::client::UnbufferedClientConnection::new(cc, name).unwrap(),
+            &request,
+            9,
+        );
+        let server = Link::server(rustls::server::UnbufferedServerConnection::new(sc).unwrap());
+        (client, server)
+    }
+
+    /// The standby channel: `GET /notify` is told from a tunnel's upgrade, its 101 checks
+    /// out on the client, and the relay's messages flow; a refusal reaches the client as one.
+    #[test]
+    fn standby_request_accepted_or_refused() {
+        let (mut client, mut server) = standby_pair("pump-1");
+        shuttle(&mut client, &mut server);
+        let Some(Event::Standby(r)) = server.poll() else {
+            panic!("no standby request")
+        };
+        assert_eq!(r.thing, "pump-1");
+        server.accept(&r.accept_response());
+        server.send_message(b"{\"x\":1}");
+        shuttle(&mut client, &mut server);
+        assert!(matches!(client.poll(), Some(Event::Standing)));
+        assert!(matches!(client.poll(), Some(Event::Message(b"{\"x\":1}"))));
+
+        let (mut client, mut server) = standby_pair("pump-1");
+        shuttle(&mut client, &mut server);
+        assert!(matches!(server.poll(), Some(Event::Standby(_))));
+        server.refuse(&ws::error_response(403, "not this thing", None));
+        shuttle(&mut client, &mut server);
+        assert!(matches!(
+            client.poll(),
+            Some(Event::Refused(ResponseError::Rejected { status: 403 }))
+        ));
+
+        let (mut client, mut server) = standby_pair("bad/name");
+        shuttle(&mut client, &mut server);
+        assert!(matches!(server.poll(), Some(Event::BadRequest(_))));
+        shuttle(&mut client, &mut server);
+        assert!(matches!(
+            client.poll(),
+            Some(Event::Refused(ResponseError::Rejected { status: 400 }))
+        ));
     }
 }

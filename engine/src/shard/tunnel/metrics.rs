@@ -72,6 +72,26 @@ pub(crate) fn render(list: &StatsList) -> String {
             sample(out, name, &[("relay", r)], get(s));
         }
     }
+    let standby: [PerRelay; 2] = [
+        (
+            "splice_tunnel_standby_connected",
+            "gauge",
+            "Standby agents (destination --thing) connected to the relay.",
+            |s| s.standby.load(Relaxed),
+        ),
+        (
+            "splice_tunnel_standby_notices_total",
+            "counter",
+            "Tunnels pushed to standby agents.",
+            |s| s.standby_notices.load(Relaxed) as i64,
+        ),
+    ];
+    for (name, kind, help, get) in standby {
+        header(out, name, kind, help);
+        for (r, s) in &relays {
+            sample(out, name, &[("relay", r)], get(s));
+        }
+    }
     let name = "splice_tunnel_peers_connected";
     header(
         out,

@@ -19,6 +19,7 @@ pub(crate) mod link;
 pub(crate) mod metrics;
 pub(crate) mod relay;
 mod slab;
+pub(crate) mod standby;
 pub(crate) mod start;
 
 use std::cmp::Reverse;
@@ -68,6 +69,10 @@ pub(crate) enum Entity {
     Tunnel(Box<relay::TunnelPeers>),
     /// A source or destination agent.
     Agent(Box<agent::host::AgentEntity>),
+    /// A standby agent's channel to the relay (`GET /notify`).
+    Standby(Box<standby::StandbyPeer>),
+    /// A destination agent in standby for a thing (it starts an `Agent` per pushed tunnel).
+    StandbyAgent(Box<agent::standby::StandbyAgent>),
 }
 
 impl Entity {
@@ -84,6 +89,8 @@ impl Entity {
             Entity::Pending(p) => p.on_link(me, link, plane, shard),
             Entity::Tunnel(t) => t.on_link(me, link, plane, shard),
             Entity::Agent(a) => a.on_link(),
+            Entity::Standby(s) => s.on_link(me, link, plane, shard),
+            Entity::StandbyAgent(a) => a.on_link(me, link, plane, shard),
         }
     }
 
@@ -99,6 +106,8 @@ impl Entity {
             Entity::Pending(p) => p.on_timer(me, now, plane, shard),
             Entity::Tunnel(t) => t.on_timer(me, now, plane, shard),
             Entity::Agent(a) => a.on_timer(me, now, plane, shard),
+            Entity::Standby(s) => s.on_timer(me, now, plane, shard),
+            Entity::StandbyAgent(a) => a.on_timer(me, now, plane, shard),
         }
     }
 
@@ -108,6 +117,8 @@ impl Entity {
             Entity::Pending(p) => p.drain(plane),
             Entity::Tunnel(t) => t.drain(me, plane, shard),
             Entity::Agent(a) => a.drain(me, plane, shard),
+            Entity::Standby(s) => s.drain(me, plane),
+            Entity::StandbyAgent(a) => a.drain(plane, shard),
         }
     }
 }
@@ -123,6 +134,8 @@ pub(crate) enum Cmd {
     Peer(Box<relay::Arrival>),
     /// Start a source or destination agent here.
     StartAgent(Box<agent::host::AgentStart>),
+    /// Start a standby agent (`destination --thing`) here.
+    StartStandby(Box<agent::standby::StandbyStart>),
     /// Relay `id` is gone (a reload removed or changed it): close its listener here and its
     /// tunnels' peers (hung up without a close frame: they reconnect).
     RemoveRelay(u32),
@@ -149,6 +162,8 @@ pub(crate) struct Plane {
     draining: bool,
     /// The agents on this shard, by the slot their ops' tokens carry.
     agents: Vec<Option<EntityRef>>,
+    /// The standby channels here, by relay id and thing.
+    standby: HashMap<(u32, String), Vec<EntityRef>>,
 }
 
 impl Plane {
@@ -380,7 +395,11 @@ impl Plane {
                 _ => true,
             }),
             Cmd::StartAgent(start) => agent::host::start(self, shard, *start),
-            Cmd::StopAgent(shared) => agent::host::stop(self, shard, &shared),
+            Cmd::StartStandby(start) => agent::standby::start(self, shard, *start),
+            Cmd::StopAgent(shared) => {
+                agent::host::stop(self, shard, &shared);
+                agent::standby::stop(self, shard, &shared);
+            }
             Cmd::RemoveRelay(id) => {
                 if let Some((fd, _)) = self.relays.remove(&id) {
                     shard.driver.cancel(fd.as_raw_fd());
@@ -388,6 +407,7 @@ impl Plane {
                 let gone: Vec<EntityRef> = (self.tunnels.iter())
                     .filter(|((relay, _), _)| *relay == id)
                     .map(|(_, e)| *e)
+                    .chain(standby::of_relay(&self.standby, id))
                     .collect();
                 for e in gone {
                     self.run_entity(shard, e, |entity, plane, shard| {

@@ -67,6 +67,9 @@ pub(crate) struct RelayStats {
     pub(crate) rule_breaks: AtomicU64,
     /// Admitted peers moved to their tunnel's shard.
     pub(crate) handoffs: AtomicU64,
+    /// Standby agents connected (`GET /notify`), and the notices pushed to them.
+    pub(crate) standby: AtomicI64,
+    pub(crate) standby_notices: AtomicU64,
     /// The same figures per open tunnel (shared with the control side, which drops a
     /// tunnel's entry when it closes).
     pub(crate) per_tunnel: Arc<PerTunnel>,
@@ -367,6 +370,21 @@ impl Pending {
                     }
                     io.link.refuse(&answer);
                     plane.release(r);
+                    return self.gone();
+                }
+                LinkEvent::Standby(req) => {
+                    if let Some((status, reason)) = super::standby::refusal(&relay, io, &req) {
+                        relay.stats.refusal(status);
+                        if shard.log_allow(&relay.name, "relay standby refused") {
+                            tracing::warn!(relay = %relay.name, peer = ?self.peer_addr, thing = %req.thing, status, reason = %reason, "standby agent refused");
+                        }
+                        io.link.refuse(&ws::error_response(status, &reason, None));
+                        plane.release(r);
+                        return self.gone();
+                    }
+                    if super::standby::accept(plane, shard, relay, r, req, self.peer_addr) {
+                        self.admitted = true;
+                    }
                     return self.gone();
                 }
                 LinkEvent::BadRequest(e) => {
@@ -774,6 +792,10 @@ fn attach(
 pub(super) fn event(plane: &mut Plane, shard: &mut Shard, relay: u32, event: Event) {
     let id = match &event {
         Event::Closed { tunnel_id, .. } | Event::Rotated { tunnel_id, .. } => tunnel_id.clone(),
+        Event::Notify { .. } => {
+            super::standby::handle_event(plane, shard, relay, &event);
+            return;
+        }
     };
     let Some(e) = plane.tunnels.get(&(relay, id)).copied() else {
         return;
@@ -1165,6 +1187,8 @@ impl TunnelPeers {
                 }
                 self.finish(me, plane, shard)
             }
+            // For the standby channels, not a tunnel (see `event`).
+            Event::Notify { .. } => true,
         }
     }
 

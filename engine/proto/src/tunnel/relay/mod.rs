@@ -18,6 +18,7 @@
 //! STREAM_RESET for each stream that was open, as it does for any peer that goes away.
 
 pub mod cookie;
+pub mod notify;
 mod streams;
 #[cfg(test)]
 mod tests;

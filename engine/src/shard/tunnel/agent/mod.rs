@@ -20,6 +20,7 @@ mod reactor;
 pub(crate) mod reload;
 mod resolve;
 mod spec;
+pub(crate) mod standby;
 mod status;
 
 use std::net::SocketAddr;
@@ -72,7 +73,32 @@ pub(crate) fn start_destination(
     shard: &ShardHandle,
 ) -> Result<AgentHandle> {
     let spec = spec::destination_spec(cfg, std::env::var(TOKEN_ENV).ok())?;
+    if let Some(thing) = &cfg.thing {
+        return start_standby(spec, thing.clone(), shard);
+    }
     start(spec, shard, Vec::new(), Vec::new())
+}
+
+/// Starts a destination agent in standby for `thing` on `shard`.
+fn start_standby(spec: spec::AgentSpec, thing: String, shard: &ShardHandle) -> Result<AgentHandle> {
+    Sans::new(&spec).map_err(|e| Error::config(&spec.name, e.to_string()))?;
+    let shared = Arc::new(AgentShared::new(
+        spec.name.clone(),
+        spec.mode.as_str(),
+        &spec.service_names(),
+    ));
+    tracing::info!(agent = %spec.name, relay = %spec.relay, thing = %thing, "standby agent started");
+    shard.send(Command::Tunnel(crate::shard::tunnel::Cmd::StartStandby(
+        Box::new(standby::StandbyStart {
+            spec: Arc::new(spec),
+            thing,
+            shared: shared.clone(),
+        }),
+    )));
+    Ok(AgentHandle {
+        shared,
+        addrs: Vec::new(),
+    })
 }
 
 fn start(

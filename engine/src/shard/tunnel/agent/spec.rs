@@ -28,7 +28,7 @@ pub(crate) struct ServiceSpec {
 }
 
 /// A source's or destination's settings, checked.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct AgentSpec {
     /// For logs and metrics.
     pub name: String,
@@ -147,6 +147,10 @@ pub(crate) fn destination_spec(
 ) -> Result<AgentSpec> {
     let common = common!(cfg, "destination");
     let services = services(&common.what, "connect", &cfg.connect, resolve)?;
+    let env_token = match &cfg.thing {
+        None => env_token,
+        Some(thing) => standby_token(&common, thing)?,
+    };
     if cfg.connect_timeout.is_zero() {
         return Err(Error::config(
             &common.what,
@@ -160,6 +164,27 @@ pub(crate) fn destination_spec(
         cfg.connect_timeout,
         env_token,
     )
+}
+
+/// A standby destination (`thing`) gets its tokens from the relay, one per tunnel: it takes
+/// none (and not the environment's), and it needs its device certificate.
+fn standby_token(c: &Common<'_>, thing: &str) -> Result<Option<String>> {
+    splice_proto::tunnel::relay::notify::check_thing_name(thing)
+        .map_err(|e| Error::config(&c.what, format!("`thing` {thing:?}: {e}")))?;
+    if c.token.is_some() || c.token_file.is_some() || c.client_token.is_some() {
+        return Err(Error::config(
+            &c.what,
+            "`thing` gets its tokens from the relay: drop `token`, `token_file` and \
+             `client_token`",
+        ));
+    }
+    if c.identity_cert.is_none() || c.identity_key.is_none() {
+        return Err(Error::config(
+            &c.what,
+            "`thing` needs the device's client certificate: `identity_cert` and `identity_key`",
+        ));
+    }
+    Ok(None)
 }
 
 /// The name an agent goes by: its own, or `<kind>-<relay>`.
@@ -496,6 +521,7 @@ mod tests {
             connect_timeout: Duration::from_secs(1),
             ping_after: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(90),
+            thing: None,
             identity_cert: None,
             identity_key: None,
         };
@@ -505,5 +531,51 @@ mod tests {
         assert!(spec.services[0].addr.ip().is_loopback());
         assert_eq!(spec.version, Version::V2);
         assert_eq!(spec.mode, Mode::Destination);
+
+        // Standby: the relay gives the tokens; a token given too, or a bad thing name, is
+        // refused with a reason.
+        let pki = splice_test_pki::Pki::new();
+        let standby = DestinationConfig {
+            token: None,
+            thing: Some("pump-7".into()),
+            identity_cert: Some(pki.client.cert.clone()),
+            identity_key: Some(pki.client.key.clone()),
+            ..cfg.clone()
+        };
+        let spec = destination_spec(&standby, Some("from-env".into())).expect("no token");
+        assert!(spec.token.is_none(), "not the environment's token either");
+        let e = destination_spec(
+            &DestinationConfig {
+                identity_cert: None,
+                ..standby.clone()
+            },
+            None,
+        )
+        .expect_err("a thing without a certificate")
+        .to_string();
+        assert!(
+            e.contains("`thing` needs the device's client certificate"),
+            "{e}"
+        );
+        let e = destination_spec(
+            &DestinationConfig {
+                token: Some(SecretText("t".into())),
+                ..standby.clone()
+            },
+            None,
+        )
+        .expect_err("a token with a thing")
+        .to_string();
+        assert!(e.contains("`thing` gets its tokens from the relay"), "{e}");
+        let e = destination_spec(
+            &DestinationConfig {
+                thing: Some("a b".into()),
+                ..standby
+            },
+            None,
+        )
+        .expect_err("a bad thing name")
+        .to_string();
+        assert!(e.contains("`thing` \"a b\""), "{e}");
     }
 }

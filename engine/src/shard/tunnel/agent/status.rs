@@ -68,6 +68,9 @@ pub(crate) struct AgentShared {
     over_limit_warned: Mutex<(Option<std::time::Instant>, u64)>,
     state: Mutex<AgentState>,
     changed: Condvar,
+    /// A standby agent's agents, one per pushed tunnel, while they run (shown in `/metrics`
+    /// beside it).
+    children: Mutex<Vec<std::sync::Arc<AgentShared>>>,
 }
 
 impl AgentShared {
@@ -84,7 +87,26 @@ impl AgentShared {
             over_limit_warned: Mutex::new((None, 0)),
             state: Mutex::new(AgentState::Connecting),
             changed: Condvar::new(),
+            children: Mutex::new(Vec::new()),
         }
+    }
+
+    /// A standby agent started `child` (for a pushed tunnel); those that ended are forgotten.
+    pub fn add_child(&self, child: std::sync::Arc<AgentShared>) {
+        let mut c = self.children.lock().expect("agent children lock");
+        c.retain(|a| !matches!(a.state(), AgentState::Finished(_) | AgentState::Stopped));
+        c.push(child);
+    }
+
+    /// This agent and the children it runs now.
+    fn with_children(self: &std::sync::Arc<Self>) -> Vec<std::sync::Arc<AgentShared>> {
+        let mut all = vec![self.clone()];
+        all.extend(
+            (self.children.lock().expect("agent children lock").iter())
+                .filter(|a| !matches!(a.state(), AgentState::Finished(_) | AgentState::Stopped))
+                .cloned(),
+        );
+        all
     }
 
     pub fn state(&self) -> AgentState {
@@ -176,6 +198,8 @@ pub(crate) fn render(agents: &[std::sync::Arc<AgentShared>]) -> String {
     if agents.is_empty() {
         return text;
     }
+    let all: Vec<_> = agents.iter().flat_map(AgentShared::with_children).collect();
+    let agents = &all[..];
     let out = &mut text;
     let name = "splice_agent_bytes_total";
     header(
