@@ -320,6 +320,14 @@ impl Registry {
         Ok(all)
     }
 
+    /// The tunnels of `thing` as they are in memory, expired ones included (the caller checks
+    /// `is_open_at`): for a shard, which must not wait for the disk as [`Registry::list`] may.
+    pub(crate) fn of_thing(&self, thing: &str) -> Result<Vec<Tunnel>, RegistryError> {
+        let mut all = self.store().list()?;
+        all.retain(|t| t.thing_name.as_deref() == Some(thing));
+        Ok(all)
+    }
+
     /// One tunnel (`DescribeTunnel`), closed first if its lifetime ended.
     pub(crate) fn describe(&self, id: &str, now: Timestamp) -> Result<Tunnel, RegistryError> {
         let mut store = self.store();
@@ -335,6 +343,7 @@ impl Registry {
 
     /// New access tokens for `sides` (`RotateTunnelAccessToken`); the old ones stop working
     /// at once. With `client_token`, only a peer that brings it may use the new tokens.
+    /// Answers once the new tokens are on disk.
     pub(crate) fn rotate(
         &self,
         id: &str,
@@ -342,6 +351,21 @@ impl Registry {
         client_token: Option<&str>,
         now: Timestamp,
     ) -> Result<Rotated, RegistryError> {
+        let (rotated, durable) = self.rotate_behind(id, sides, client_token, now)?;
+        durable.wait()?;
+        Ok(rotated)
+    }
+
+    /// [`Registry::rotate`] without waiting for the disk, for a shard (a standby device's
+    /// tunnels): the new tokens work at once, and a relay that dies before they are written
+    /// knows the old ones, which the device is pushed again with new ones when it comes back.
+    pub(crate) fn rotate_behind(
+        &self,
+        id: &str,
+        sides: RotateSides,
+        client_token: Option<&str>,
+        now: Timestamp,
+    ) -> Result<(Rotated, Durable), RegistryError> {
         let client = match client_token {
             Some(c) if !valid_client_token(c) => {
                 return Err(RegistryError::Invalid(
@@ -391,8 +415,7 @@ impl Registry {
         }
         t.last_updated_at = now;
         store.put(&t)?;
-        durable(store)?;
-        Ok(rotated)
+        Ok((rotated, store.barrier()))
     }
 
     /// Closes a tunnel (`CloseTunnel`); closing a closed tunnel is not an error. With

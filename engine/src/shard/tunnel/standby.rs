@@ -92,7 +92,7 @@ pub(super) fn accept(
 /// destination token.
 fn waiting_tunnels(relay: &Relay, thing: &str) -> Vec<Notice> {
     let now = Timestamp::now();
-    let tunnels = match relay.registry.list(Some(thing), now) {
+    let tunnels = match relay.registry.of_thing(thing) {
         Ok(t) => t,
         Err(e) => {
             tracing::warn!(relay = %relay.name, thing, error = %e, "cannot list the thing's tunnels");
@@ -103,9 +103,10 @@ fn waiting_tunnels(relay: &Relay, thing: &str) -> Vec<Notice> {
         .into_iter()
         .filter(|t| t.is_open_at(now) && !t.peer(Side::Destination).connected)
         .filter_map(|t| {
-            let rotated = relay
+            // Not waiting for the disk here: this is the shard's thread.
+            let (rotated, _on_disk) = relay
                 .registry
-                .rotate(&t.id, RotateSides::Destination, None, now)
+                .rotate_behind(&t.id, RotateSides::Destination, None, now)
                 .ok()?;
             Some(Notice {
                 client_access_token: rotated.destination_token?.expose().to_string(),
