@@ -492,6 +492,10 @@ impl Link {
             Tls::Records(layer) if !self.tx_closed => layer,
             _ => return,
         };
+        if self.out.capacity() == 0 {
+            // Room for the records of a tunnel frame, from the pool rather than grown.
+            self.out = pool::take(CHUNK.max(bytes.len() + bytes.len() / 256 + 64));
+        }
         if let Err(e) = seal(layer, bytes, &mut self.out) {
             let _ = self.fail_records(e);
         }
@@ -703,6 +707,11 @@ impl Link {
         if self.state != State::Open {
             return;
         }
+        if self.role == Role::Server && !self.tx_closed && matches!(self.tls, Tls::Records(_)) {
+            // Unmasked: the payload is sealed from where it lies, but for the bytes that share
+            // the first record with the header.
+            return self.send_unmasked(payload);
+        }
         let mut frame = pool::take(MAX_HEADER_LEN + payload.len());
         frame.resize(MAX_HEADER_LEN, 0);
         frame.extend_from_slice(payload);
@@ -716,6 +725,23 @@ impl Link {
         pool::give(frame);
     }
 
+    /// A server's binary message, sealed without a copy of the payload: its first record
+    /// holds the header and the payload's first bytes (copied together), the rest is sealed
+    /// straight from `payload`.
+    fn send_unmasked(&mut self, payload: &[u8]) {
+        let mut head = [0u8; MAX_HEADER_LEN];
+        let hlen = unmasked_header(&mut head, payload.len());
+        let split = payload.len().min(MAX_PLAINTEXT - hlen);
+        let mut first = pool::take(hlen + split);
+        first.extend_from_slice(&head[..hlen]);
+        first.extend_from_slice(&payload[..split]);
+        self.write_plain(&first);
+        pool::give(first);
+        if split < payload.len() {
+            self.write_plain(&payload[split..]);
+        }
+    }
+
     /// Sends `buf[payload]` as one binary message, framed and sealed where it lies: the
     /// WebSocket header (and the client's mask, applied in place) and the TLS record header go
     /// into the [`SEND_HEADROOM`] bytes the caller left in front of `payload`, TLS 1.3's
@@ -724,7 +750,9 @@ impl Link {
     /// else waits to be written it becomes the output itself (take it with
     /// [`Link::take_output_at`]), so the payload is not copied at all; else its record is
     /// appended to the output, and `buf` goes back to the pool. A payload over
-    /// [`MAX_IN_PLACE`] bytes, or with less headroom, is sent as [`Link::send_message`] would.
+    /// [`MAX_IN_PLACE`] bytes (or with less headroom, but at least [`MAX_HEADER_LEN`]) is
+    /// framed and masked where it lies and sealed from there into the output, record by
+    /// record; with less headroom still it is sent as [`Link::send_message`] would.
     /// Nothing is sent unless the link is open.
     ///
     /// # Panics
@@ -741,7 +769,19 @@ impl Link {
         }
         let fits = payload.start >= SEND_HEADROOM && payload.len() <= MAX_IN_PLACE;
         if !fits || self.tx_closed || !matches!(self.tls, Tls::Records(_)) {
-            self.send_message(&buf[payload]);
+            if payload.start >= MAX_HEADER_LEN && !self.tx_closed {
+                // Framed (and masked) where it lies, then sealed record by record from there
+                // into the output: the cipher's pass is the only one over the payload.
+                let end = payload.end;
+                let mask = self.next_mask();
+                let start = self
+                    .encoder
+                    .frame_in_place(&mut buf, payload, OpCode::Binary, true, mask)
+                    .expect("headroom, masking and range are right");
+                self.write_plain(&buf[start..end]);
+            } else {
+                self.send_message(&buf[payload]);
+            }
             pool::give(buf);
             return;
         }
@@ -919,6 +959,28 @@ fn hs_step<C: Records>(
         return Step::Again;
     }
     step
+}
+
+/// Writes the header of an unmasked, final binary frame of `len` bytes into `out`; returns its
+/// length.
+fn unmasked_header(out: &mut [u8; MAX_HEADER_LEN], len: usize) -> usize {
+    out[0] = 0x80 | OpCode::Binary.bits();
+    match len {
+        0..=125 => {
+            out[1] = len as u8;
+            2
+        }
+        126..=0xffff => {
+            out[1] = 126;
+            out[2..4].copy_from_slice(&(len as u16).to_be_bytes());
+            4
+        }
+        _ => {
+            out[1] = 127;
+            out[2..10].copy_from_slice(&(len as u64).to_be_bytes());
+            10
+        }
+    }
 }
 
 /// Takes the alert rustls queued when the handshake failed.
@@ -1315,6 +1377,42 @@ mod tests {
                     other => panic!("{n} bytes over {version:?}: {other:?}"),
                 }
                 assert!(server.poll().is_none());
+            }
+        }
+    }
+
+    /// The relay's messages (unmasked: their payload is sealed from where it lies, but for
+    /// the part that shares the first record with the header) arrive whole on every record
+    /// layout, at each size where the header or the records change.
+    #[test]
+    fn server_messages_of_every_size_arrive_whole() {
+        for configs in all_layouts() {
+            let (mut client, mut server) = opened(configs);
+            let version = client.tls_version();
+            for n in [
+                0,
+                1,
+                125,
+                126,
+                MAX_PLAINTEXT - 5,
+                MAX_PLAINTEXT - 4,
+                MAX_PLAINTEXT - 3,
+                MAX_PLAINTEXT,
+                2 * MAX_PLAINTEXT - 4,
+                65_535,
+                65_536,
+                100_000,
+            ] {
+                let payload: Vec<u8> = (0..n).map(|i| (i * 7 + n) as u8).collect();
+                server.send_message(&payload);
+                shuttle(&mut server, &mut client);
+                match client.poll() {
+                    Some(Event::Message(m)) => {
+                        assert!(m == &payload[..], "{n} bytes over {version:?}")
+                    }
+                    other => panic!("{n} bytes over {version:?}: {other:?}"),
+                }
+                assert!(client.poll().is_none());
             }
         }
     }
