@@ -165,11 +165,13 @@ pub struct Link {
     tx_closed: bool,
     role: Role,
     state: State,
-    /// Plaintext received and not yet consumed.
+    /// Plaintext received: `plain[consumed..]` is not yet consumed.
     plain: Vec<u8>,
-    /// Bytes at the front of `plain` that the last event used; dropped at the next call.
-    /// (`plain` holds at most about [`MAX_BUFFERED`] bytes: 32 bits keep the struct within its
-    /// budget.)
+    /// Bytes at the front of `plain` already handed out: dropped when more bytes arrive (all
+    /// of `plain` at the next poll once nothing else is left; while the upgrade runs, at the
+    /// next poll), so that the bytes after a message do not move once per message. (`plain`
+    /// holds at most [`MAX_BUFFERED`] bytes plus one receive's: 32 bits keep the struct within
+    /// its budget.)
     consumed: u32,
     /// Where in `plain` the message handed out last starts (it ends at `consumed`), for
     /// [`Link::take_message`]; `u32::MAX` when the last event was no message from `plain`.
@@ -273,7 +275,7 @@ impl Link {
     pub fn wants_read(&self) -> bool {
         !self.eof
             && !matches!(self.state, State::Done | State::Deciding)
-            && self.plain.len() < MAX_BUFFERED
+            && self.plain.len() - (self.consumed as usize) < MAX_BUFFERED
             && self.rx.len() < MAX_BUFFERED
     }
 
@@ -421,6 +423,13 @@ impl Link {
         let Tls::Records(layer) = &mut self.tls else {
             return Ok(0);
         };
+        if self.consumed > 0 {
+            // What was handed out goes before more is appended: only the bytes not yet
+            // decoded (a message's start) move.
+            self.plain.drain(..self.consumed as usize);
+            self.consumed = 0;
+            self.message_at = u32::MAX;
+        }
         let mut at = 0;
         let mut failed = None;
         while !self.eof {
@@ -428,7 +437,8 @@ impl Link {
                 break;
             };
             if self.plain.capacity() == 0 {
-                self.plain = pool::take(CHUNK.max(len));
+                // Room for all the records given: the buffer does not grow record by record.
+                self.plain = pool::take(CHUNK.max(input.len()));
             }
             let start = self.plain.len();
             self.plain.resize(start + len, 0);
@@ -519,17 +529,17 @@ impl Link {
     pub fn poll(&mut self) -> Option<Event<'_>> {
         self.message_at = u32::MAX;
         self.current = Vec::new();
-        if self.consumed > 0 {
+        if self.consumed as usize == self.plain.len() {
+            // Between messages: an idle link keeps no buffer.
+            self.consumed = 0;
+            self.plain.clear();
+            pool::give(std::mem::take(&mut self.plain));
+        } else if self.consumed > 0 && self.state != State::Open {
             self.plain.drain(..self.consumed as usize);
             self.consumed = 0;
-            if self.plain.is_empty() {
-                // Between messages: an idle link keeps no buffer.
-                crate::pool::give(std::mem::take(&mut self.plain));
-            }
         }
-        if self.plain.is_empty() {
-            pool::give(std::mem::take(&mut self.plain));
-        }
+        // (While messages flow, those handed out stay in front of `consumed`, and are dropped
+        // when more bytes arrive: the rest does not move once per message.)
         match (self.state, self.role) {
             (State::Upgrading, Role::Server) => self.poll_request(),
             (State::Upgrading, Role::Client) => self.poll_response(),
@@ -893,7 +903,8 @@ impl Link {
 
     /// Plaintext bytes held (for memory accounting).
     pub fn buffered(&self) -> usize {
-        self.plain.len() + self.reassembled.iter().map(Vec::len).sum::<usize>()
+        self.plain.len() - self.consumed as usize
+            + self.reassembled.iter().map(Vec::len).sum::<usize>()
     }
 
     /// Bytes of buffer capacity the link holds outside its TLS session: none once everything
@@ -1569,6 +1580,47 @@ mod tests {
         client.close(close_code::NORMAL, "");
         shuttle(&mut client, &mut server);
         assert!(matches!(server.poll(), Some(Event::Closed { .. })));
+    }
+
+    /// Messages that came in one receive are handed out where they lie: the bytes behind one
+    /// do not move to the buffer's front when it is handed out (they did once per message,
+    /// most of a large read each time). A message's start left at the end stays, and comes
+    /// out whole with the rest.
+    #[test]
+    fn messages_of_one_receive_are_handed_out_in_place() {
+        let (mut client, mut server) = opened(configs());
+        let sizes = [5000usize, 7000, 300, 20_000];
+        for (i, n) in sizes.iter().enumerate() {
+            server.send_message(&vec![i as u8; *n]);
+        }
+        let mut wire = Vec::new();
+        server.take_output(&mut wire);
+        // All but the end of the last message's second record: its first record opens.
+        let cut = wire.len() - 200;
+        client.receive_tls(&wire[..cut]).unwrap();
+        let mut at = Vec::new();
+        for (i, n) in sizes[..3].iter().enumerate() {
+            match client.poll() {
+                Some(Event::Message(m)) => {
+                    assert!(
+                        m.len() == *n && m.iter().all(|b| *b == i as u8),
+                        "message {i}"
+                    );
+                    at.push(m.as_ptr() as usize);
+                }
+                other => panic!("message {i}: {other:?}"),
+            }
+        }
+        assert_eq!(
+            at[1] - at[0],
+            sizes[0] + 4,
+            "the second message did not move"
+        );
+        assert_eq!(at[2] - at[1], sizes[1] + 4, "nor the third");
+        assert!(client.poll().is_none(), "the last one is not whole yet");
+        client.receive_tls(&wire[cut..]).unwrap();
+        assert!(matches!(client.poll(), Some(Event::Message(m)) if m == &[3u8; 20_000][..]));
+        assert!(client.poll().is_none());
     }
 
     /// Sent in place behind queued output (a message, a ping), the record is appended after
