@@ -63,7 +63,7 @@ pub(crate) const TIMER_EOF_WAIT: u8 = 23;
 /// Bytes waiting to go to the relay past which local reads pause.
 pub(crate) const BACKLOG_HIGH: usize = 1 << 20;
 /// Bytes read from the relay's socket at a time.
-const LINK_READ: usize = 256 * 1024;
+const LINK_READ: usize = 64 * 1024;
 /// Room in front of a local read: the TLS record's header and the WebSocket header
 /// ([`SEND_HEADROOM`]), then the DATA frame's head: the frame is sealed where it was read.
 const HEADROOM: usize = SEND_HEADROOM + DATA_HEADROOM;
