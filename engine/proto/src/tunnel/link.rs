@@ -174,11 +174,13 @@ pub struct Link {
     tx_closed: bool,
     role: Role,
     state: State,
-    /// Plaintext received and not yet consumed.
+    /// Plaintext received: `plain[consumed..]` is not yet consumed.
     plain: Vec<u8>,
-    /// Bytes at the front of `plain` that the last event used; dropped at the next call.
-    /// (`plain` holds at most about [`MAX_BUFFERED`] bytes: 32 bits keep the struct within its
-    /// budget.)
+    /// Bytes at the front of `plain` already handed out: dropped when more bytes arrive (all
+    /// of `plain` at the next poll once nothing else is left; while the upgrade runs, at the
+    /// next poll), so that the bytes after a message do not move once per message. (`plain`
+    /// holds at most [`MAX_BUFFERED`] bytes plus one receive's: 32 bits keep the struct within
+    /// its budget.)
     consumed: u32,
     /// Where in `plain` the message handed out last starts (it ends at `consumed`), for
     /// [`Link::take_message`]; `u32::MAX` when the last event was no message from `plain`.
@@ -311,7 +313,7 @@ impl Link {
     pub fn wants_read(&self) -> bool {
         !self.eof
             && !matches!(self.state, State::Done | State::Deciding)
-            && self.plain.len() < MAX_BUFFERED
+            && self.plain.len() - (self.consumed as usize) < MAX_BUFFERED
             && self.rx.len() < MAX_BUFFERED
     }
 
@@ -476,6 +478,13 @@ impl Link {
         let Tls::Records(layer) = &mut self.tls else {
             return Ok(0);
         };
+        if self.consumed > 0 {
+            // What was handed out goes before more is appended: only the bytes not yet
+            // decoded (a message's start) move.
+            self.plain.drain(..self.consumed as usize);
+            self.consumed = 0;
+            self.message_at = u32::MAX;
+        }
         let mut at = 0;
         let mut failed = None;
         while !self.eof {
@@ -483,7 +492,8 @@ impl Link {
                 break;
             };
             if self.plain.capacity() == 0 {
-                self.plain = pool::take(CHUNK.max(len));
+                // Room for all the records given: the buffer does not grow record by record.
+                self.plain = pool::take(CHUNK.max(input.len()));
             }
             let start = self.plain.len();
             self.plain.resize(start + len, 0);
@@ -547,6 +557,10 @@ impl Link {
             Tls::Records(layer) if !self.tx_closed => layer,
             _ => return,
         };
+        if self.out.capacity() == 0 {
+            // Room for the records of a tunnel frame, from the pool rather than grown.
+            self.out = pool::take(CHUNK.max(bytes.len() + bytes.len() / 256 + 64));
+        }
         if let Err(e) = seal(layer, bytes, &mut self.out) {
             let _ = self.fail_records(e);
         }
@@ -570,17 +584,17 @@ impl Link {
     pub fn poll(&mut self) -> Option<Event<'_>> {
         self.message_at = u32::MAX;
         self.current = Vec::new();
-        if self.consumed > 0 {
+        if self.consumed as usize == self.plain.len() {
+            // Between messages: an idle link keeps no buffer.
+            self.consumed = 0;
+            self.plain.clear();
+            pool::give(std::mem::take(&mut self.plain));
+        } else if self.consumed > 0 && self.state != State::Open {
             self.plain.drain(..self.consumed as usize);
             self.consumed = 0;
-            if self.plain.is_empty() {
-                // Between messages: an idle link keeps no buffer.
-                crate::pool::give(std::mem::take(&mut self.plain));
-            }
         }
-        if self.plain.is_empty() {
-            pool::give(std::mem::take(&mut self.plain));
-        }
+        // (While messages flow, those handed out stay in front of `consumed`, and are dropped
+        // when more bytes arrive: the rest does not move once per message.)
         match (self.state, self.role) {
             (State::Upgrading, Role::Server) => self.poll_request(),
             (State::Upgrading, Role::Client) => self.poll_response(),
@@ -799,6 +813,11 @@ impl Link {
         if self.state != State::Open {
             return;
         }
+        if self.role == Role::Server && !self.tx_closed && matches!(self.tls, Tls::Records(_)) {
+            // Unmasked: the payload is sealed from where it lies, but for the bytes that share
+            // the first record with the header.
+            return self.send_unmasked(payload);
+        }
         let mut frame = pool::take(MAX_HEADER_LEN + payload.len());
         frame.resize(MAX_HEADER_LEN, 0);
         frame.extend_from_slice(payload);
@@ -812,6 +831,23 @@ impl Link {
         pool::give(frame);
     }
 
+    /// A server's binary message, sealed without a copy of the payload: its first record
+    /// holds the header and the payload's first bytes (copied together), the rest is sealed
+    /// straight from `payload`.
+    fn send_unmasked(&mut self, payload: &[u8]) {
+        let mut head = [0u8; MAX_HEADER_LEN];
+        let hlen = unmasked_header(&mut head, payload.len());
+        let split = payload.len().min(MAX_PLAINTEXT - hlen);
+        let mut first = pool::take(hlen + split);
+        first.extend_from_slice(&head[..hlen]);
+        first.extend_from_slice(&payload[..split]);
+        self.write_plain(&first);
+        pool::give(first);
+        if split < payload.len() {
+            self.write_plain(&payload[split..]);
+        }
+    }
+
     /// Sends `buf[payload]` as one binary message, framed and sealed where it lies: the
     /// WebSocket header (and the client's mask, applied in place) and the TLS record header go
     /// into the [`SEND_HEADROOM`] bytes the caller left in front of `payload`, TLS 1.3's
@@ -820,7 +856,9 @@ impl Link {
     /// else waits to be written it becomes the output itself (take it with
     /// [`Link::take_output_at`]), so the payload is not copied at all; else its record is
     /// appended to the output, and `buf` goes back to the pool. A payload over
-    /// [`MAX_IN_PLACE`] bytes, or with less headroom, is sent as [`Link::send_message`] would.
+    /// [`MAX_IN_PLACE`] bytes (or with less headroom, but at least [`MAX_HEADER_LEN`]) is
+    /// framed and masked where it lies and sealed from there into the output, record by
+    /// record; with less headroom still it is sent as [`Link::send_message`] would.
     /// Nothing is sent unless the link is open.
     ///
     /// # Panics
@@ -837,7 +875,19 @@ impl Link {
         }
         let fits = payload.start >= SEND_HEADROOM && payload.len() <= MAX_IN_PLACE;
         if !fits || self.tx_closed || !matches!(self.tls, Tls::Records(_)) {
-            self.send_message(&buf[payload]);
+            if payload.start >= MAX_HEADER_LEN && !self.tx_closed {
+                // Framed (and masked) where it lies, then sealed record by record from there
+                // into the output: the cipher's pass is the only one over the payload.
+                let end = payload.end;
+                let mask = self.next_mask();
+                let start = self
+                    .encoder
+                    .frame_in_place(&mut buf, payload, OpCode::Binary, true, mask)
+                    .expect("headroom, masking and range are right");
+                self.write_plain(&buf[start..end]);
+            } else {
+                self.send_message(&buf[payload]);
+            }
             pool::give(buf);
             return;
         }
@@ -949,7 +999,8 @@ impl Link {
 
     /// Plaintext bytes held (for memory accounting).
     pub fn buffered(&self) -> usize {
-        self.plain.len() + self.reassembled.iter().map(Vec::len).sum::<usize>()
+        self.plain.len() - self.consumed as usize
+            + self.reassembled.iter().map(Vec::len).sum::<usize>()
     }
 
     /// Bytes of buffer capacity the link holds outside its TLS session: none once everything
@@ -1015,6 +1066,28 @@ fn hs_step<C: Records>(
         return Step::Again;
     }
     step
+}
+
+/// Writes the header of an unmasked, final binary frame of `len` bytes into `out`; returns its
+/// length.
+fn unmasked_header(out: &mut [u8; MAX_HEADER_LEN], len: usize) -> usize {
+    out[0] = 0x80 | OpCode::Binary.bits();
+    match len {
+        0..=125 => {
+            out[1] = len as u8;
+            2
+        }
+        126..=0xffff => {
+            out[1] = 126;
+            out[2..4].copy_from_slice(&(len as u16).to_be_bytes());
+            4
+        }
+        _ => {
+            out[1] = 127;
+            out[2..10].copy_from_slice(&(len as u64).to_be_bytes());
+            10
+        }
+    }
 }
 
 /// Takes the alert rustls queued when the handshake failed.
@@ -1476,6 +1549,42 @@ mod tests {
         }
     }
 
+    /// The relay's messages (unmasked: their payload is sealed from where it lies, but for
+    /// the part that shares the first record with the header) arrive whole on every record
+    /// layout, at each size where the header or the records change.
+    #[test]
+    fn server_messages_of_every_size_arrive_whole() {
+        for configs in all_layouts() {
+            let (mut client, mut server) = opened(configs);
+            let version = client.tls_version();
+            for n in [
+                0,
+                1,
+                125,
+                126,
+                MAX_PLAINTEXT - 5,
+                MAX_PLAINTEXT - 4,
+                MAX_PLAINTEXT - 3,
+                MAX_PLAINTEXT,
+                2 * MAX_PLAINTEXT - 4,
+                65_535,
+                65_536,
+                100_000,
+            ] {
+                let payload: Vec<u8> = (0..n).map(|i| (i * 7 + n) as u8).collect();
+                server.send_message(&payload);
+                shuttle(&mut server, &mut client);
+                match client.poll() {
+                    Some(Event::Message(m)) => {
+                        assert!(m == &payload[..], "{n} bytes over {version:?}")
+                    }
+                    other => panic!("{n} bytes over {version:?}: {other:?}"),
+                }
+                assert!(client.poll().is_none());
+            }
+        }
+    }
+
     /// Moves bytes between a client link and rustls's own server (an independent record
     /// layer) until neither has any; the plaintext rustls reads is appended to `plain`.
     fn pump(client: &mut Link, server: &mut rustls::ServerConnection, plain: &mut Vec<u8>) {
@@ -1629,6 +1738,47 @@ mod tests {
         client.close(close_code::NORMAL, "");
         shuttle(&mut client, &mut server);
         assert!(matches!(server.poll(), Some(Event::Closed { .. })));
+    }
+
+    /// Messages that came in one receive are handed out where they lie: the bytes behind one
+    /// do not move to the buffer's front when it is handed out (they did once per message,
+    /// most of a large read each time). A message's start left at the end stays, and comes
+    /// out whole with the rest.
+    #[test]
+    fn messages_of_one_receive_are_handed_out_in_place() {
+        let (mut client, mut server) = opened(configs());
+        let sizes = [5000usize, 7000, 300, 20_000];
+        for (i, n) in sizes.iter().enumerate() {
+            server.send_message(&vec![i as u8; *n]);
+        }
+        let mut wire = Vec::new();
+        server.take_output(&mut wire);
+        // All but the end of the last message's second record: its first record opens.
+        let cut = wire.len() - 200;
+        client.receive_tls(&wire[..cut]).unwrap();
+        let mut at = Vec::new();
+        for (i, n) in sizes[..3].iter().enumerate() {
+            match client.poll() {
+                Some(Event::Message(m)) => {
+                    assert!(
+                        m.len() == *n && m.iter().all(|b| *b == i as u8),
+                        "message {i}"
+                    );
+                    at.push(m.as_ptr() as usize);
+                }
+                other => panic!("message {i}: {other:?}"),
+            }
+        }
+        assert_eq!(
+            at[1] - at[0],
+            sizes[0] + 4,
+            "the second message did not move"
+        );
+        assert_eq!(at[2] - at[1], sizes[1] + 4, "nor the third");
+        assert!(client.poll().is_none(), "the last one is not whole yet");
+        client.receive_tls(&wire[cut..]).unwrap();
+        assert!(matches!(client.poll(), Some(Event::Message(m)) if m == &[3u8; 20_000][..]));
+        assert!(client.poll().is_none());
     }
 
     /// Sent in place behind queued output (a message, a ping), the record is appended after

@@ -327,9 +327,12 @@ impl LinkIo {
                     Ok(_) => {}
                     Err(e) => self.mark_lost(format!("send: {e}")),
                 }
-                // Keep the buffer only while there is more to send.
+                // Keep the buffer only while there is more to send; else it goes back to the
+                // shard's pool (the link takes its next output buffer from there).
                 if self.link.pending_output() > 0 {
                     self.send_buf = buf;
+                } else {
+                    pool::give(buf);
                 }
                 true
             }

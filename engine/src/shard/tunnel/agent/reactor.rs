@@ -1,4 +1,5 @@
-//! One agent's I/O: the tunnel connection to the relay ([`ClientLink`] over a TCP socket), the
+//! One agent's I/O: the tunnel connection to the relay (the shared sans-IO [`Link`] in its
+//! client role, over a TCP socket, see [`super::link`]), the
 //! source's service listeners or the destination's dialed connections, and the local
 //! connections, all driven by the driver's ops and the sans-IO [`Source`] / [`Destination`].
 //!
@@ -8,9 +9,9 @@
 //!
 //! Flow control, both ways:
 //! - tunnel to local: the sans-IO agent counts each local connection's unwritten bytes and
-//!   says [`Action::PauseTunnelReads`]; the reactor then stops decoding and stops reading the
-//!   relay's socket (head-of-line, as the protocol has no per-stream window), so memory stays
-//!   at the bound plus one read.
+//!   says [`Action::PauseTunnelReads`]; the reactor then stops polling the link and stops
+//!   reading the relay's socket (head-of-line, as the protocol has no per-stream window), so
+//!   memory stays at the bound plus one read.
 //! - local to tunnel: while more than [`BACKLOG_HIGH`] bytes wait to go to the relay, local
 //!   reads that complete are not renewed (the connections wait, parked) until the backlog is
 //!   under half of it.
@@ -27,6 +28,7 @@ use splice_proto::tunnel::agent::{
     Action, Backoff, Destination, EOF_WAIT, End, Error as AgentError, Limits, LocalEof, LocalId,
     Next, Reconnect, START_WAIT, Source,
 };
+use splice_proto::tunnel::link::{Event, Link, SEND_HEADROOM, SEND_TAILROOM};
 use splice_proto::tunnel::{
     DATA_HEADROOM, DATA_TAILROOM, DataFraming, MAX_PAYLOAD, Message, Type, Version,
 };
@@ -36,7 +38,7 @@ mod local;
 
 use local::Local;
 
-use super::link::{ClientLink, LinkError, LinkEvent, WS_HEADROOM};
+use super::link::{client_link, refused_status, version_of};
 use super::resolve::{Attempt, RelayName};
 use super::spec::AgentSpec;
 use super::status::{AgentShared, AgentState};
@@ -65,9 +67,10 @@ pub(crate) const TIMER_START_WAIT: u8 = 24;
 /// Bytes waiting to go to the relay past which local reads pause.
 pub(crate) const BACKLOG_HIGH: usize = 1 << 20;
 /// Bytes read from the relay's socket at a time.
-const LINK_READ: usize = 256 * 1024;
-/// Room in front of a local read: the WebSocket header, then the DATA frame's head.
-const HEADROOM: usize = WS_HEADROOM + DATA_HEADROOM;
+const LINK_READ: usize = 64 * 1024;
+/// Room in front of a local read: the TLS record's header and the WebSocket header
+/// ([`SEND_HEADROOM`]), then the DATA frame's head: the frame is sealed where it was read.
+const HEADROOM: usize = SEND_HEADROOM + DATA_HEADROOM;
 /// Time for the TCP connect, TLS handshake and upgrade to the relay together.
 const LINK_DEADLINE: Duration = Duration::from_secs(10);
 
@@ -198,13 +201,13 @@ impl Sans {
 struct Tunnel {
     fd: Fd,
     generation: u32,
-    link: ClientLink,
+    link: Link,
     upgraded: bool,
+    /// Head-of-line pause: the link is not polled and the socket not read.
+    paused: bool,
     recv_in_flight: bool,
     /// Ciphertext handed to a Send op (it comes back in the completion).
     sending: Option<usize>,
-    /// Ciphertext not yet handed to an op.
-    out: Vec<u8>,
     /// A spare buffer for the next Send.
     spare: Vec<u8>,
     recv_buf: Option<Vec<u8>>,
@@ -213,8 +216,9 @@ struct Tunnel {
 }
 
 impl Tunnel {
+    /// Ciphertext not yet written: what the watermarks bound.
     fn backlog(&self) -> usize {
-        self.out.len() + self.sending.unwrap_or(0)
+        self.link.pending_output() + self.sending.unwrap_or(0)
     }
 }
 
@@ -323,7 +327,7 @@ impl Reactor {
             return self.tunnel_failed(io, End::Dropped, why);
         };
         let spec = &self.spec;
-        let link = match ClientLink::new(
+        let link = match client_link(
             spec.tls.clone(),
             spec.server_name.clone(),
             &spec.host,
@@ -334,7 +338,7 @@ impl Reactor {
             spec.version,
         ) {
             Ok(l) => l,
-            Err(e) => return self.tunnel_failed(io, End::Dropped, &e.to_string()),
+            Err(e) => return self.tunnel_failed(io, End::Dropped, &e),
         };
         let addr = SockAddr::from(relay);
         let fd = match sys::socket::tcp_stream(&addr) {
@@ -357,9 +361,9 @@ impl Reactor {
             generation,
             link,
             upgraded: false,
+            paused: false,
             recv_in_flight: false,
             sending: None,
-            out: Vec::new(),
             spare: Vec::new(),
             recv_buf: None,
             last_rx: io.now,
@@ -418,9 +422,9 @@ impl Reactor {
         self.shared.set_state(state);
         if let Some(mut t) = self.tunnel.take() {
             // A last close frame, best effort: the socket goes now.
-            t.link.close(close_code::GOING_AWAY);
+            t.link.close(close_code::GOING_AWAY, "");
             let mut out = Vec::new();
-            t.link.take_ciphertext(&mut out);
+            t.link.take_output(&mut out);
             let _ = sys::send(t.fd.as_fd(), &out);
             io.driver.cancel(t.fd.as_raw_fd());
         }
@@ -499,11 +503,12 @@ impl Reactor {
                     Ok(n) => n,
                     Err(e) => return self.tunnel_failed(io, End::Dropped, &format!("read: {e}")),
                 };
-                let r = t.link.handle_ciphertext(&buf[..n]);
+                let r = t.link.receive_tls(&buf[..n]);
                 buf.clear();
                 t.recv_buf = Some(buf);
                 if let Err(e) = r {
-                    return self.link_error(io, e);
+                    self.flush_tunnel(io); // its alert, if one goes
+                    return self.tunnel_failed(io, End::Dropped, &e.to_string());
                 }
                 self.tunnel_events(io);
             }
@@ -536,20 +541,12 @@ impl Reactor {
         }
     }
 
-    fn link_error(&mut self, io: &mut Io<'_>, e: LinkError) {
-        let end = match e.status() {
-            Some(status) => End::Status(status),
-            None => End::Dropped,
-        };
-        self.tunnel_failed(io, end, &e.to_string());
-    }
-
     /// Reads the relay's socket unless paused or a read is running.
     fn read_tunnel(&mut self, io: &mut Io<'_>) {
         let Some(t) = self.tunnel.as_mut() else {
             return;
         };
-        if t.recv_in_flight || t.link.is_paused() || t.link.is_closed() {
+        if t.recv_in_flight || t.paused || !t.link.wants_read() {
             return;
         }
         let mut buf = t.recv_buf.take().unwrap_or_default();
@@ -572,13 +569,21 @@ impl Reactor {
             let Some(t) = self.tunnel.as_mut() else {
                 return;
             };
-            let event = match t.link.poll_event() {
-                Ok(Some(e)) => e,
-                Ok(None) => break,
-                Err(e) => return self.link_error(io, e),
+            if t.paused {
+                break;
+            }
+            let Some(event) = t.link.poll() else {
+                if t.link.is_done() || t.link.peer_ended() {
+                    // TLS ended (the relay's close_notify, or an error of ours): no close
+                    // frame came, so this is a dropped connection.
+                    self.flush_tunnel(io);
+                    return self.tunnel_failed(io, End::Dropped, "the relay ended TLS");
+                }
+                break;
             };
             let r = match event {
-                LinkEvent::Upgraded(version) => {
+                Event::Open(accepted) => {
+                    let version = version_of(accepted.protocol);
                     t.upgraded = true;
                     self.reconnect.handle_connected();
                     self.retry_at = None;
@@ -602,12 +607,13 @@ impl Reactor {
                         Ok(())
                     }
                 }
-                LinkEvent::Message(range) => {
-                    let bytes = t.link.message(range);
-                    self.sans.handle_tunnel_bytes(bytes)
+                Event::Message(bytes) => self.sans.handle_tunnel_bytes(bytes),
+                Event::Refused(e) => {
+                    let end = refused_status(&e).map_or(End::Dropped, End::Status);
+                    let why = format!("upgrade refused: {e}");
+                    return self.tunnel_failed(io, end, &why);
                 }
-                LinkEvent::Reassembled(v) => self.sans.handle_tunnel_bytes(&v),
-                LinkEvent::Closed(code, reason) => {
+                Event::Closed { code, reason } => {
                     self.flush_tunnel(io);
                     let why = format!(
                         "the relay closed the tunnel (code {}{}{})",
@@ -617,6 +623,15 @@ impl Reactor {
                     );
                     return self.tunnel_failed(io, End::from_close(code), &why);
                 }
+                Event::Failed(e) => {
+                    self.flush_tunnel(io);
+                    let why = format!("WebSocket: {e}");
+                    return self.tunnel_failed(io, End::Dropped, &why);
+                }
+                Event::Request(_) | Event::BadRequest(_) | Event::Http(_) | Event::Standby(_) => {
+                    unreachable!("a client link sees no requests")
+                }
+                Event::Standing => unreachable!("an agent's link is not a standby channel"),
             };
             if let Err(e) = r {
                 let why = format!("bad input from the relay: {e}");
@@ -667,12 +682,11 @@ impl Reactor {
         let Some(t) = self.tunnel.as_mut() else {
             return;
         };
-        t.link.take_ciphertext(&mut t.out);
-        if t.sending.is_some() || t.out.is_empty() {
+        if t.sending.is_some() || t.link.pending_output() == 0 {
             return;
         }
         let mut buf = std::mem::take(&mut t.spare);
-        std::mem::swap(&mut buf, &mut t.out);
+        t.link.take_output(&mut buf);
         let len = buf.len();
         t.sending = Some(len);
         io.driver.submit(
@@ -718,7 +732,7 @@ impl Reactor {
             match action {
                 Action::Send(frame) => {
                     if let Some(t) = self.tunnel.as_mut() {
-                        t.link.send_frame_vec(&frame);
+                        t.link.send_message(&frame);
                     }
                 }
                 Action::Listen { service } => self.listen(io, &service),
@@ -758,14 +772,14 @@ impl Reactor {
                 }
                 Action::PauseTunnelReads => {
                     if let Some(t) = self.tunnel.as_mut() {
-                        t.link.set_paused(true);
+                        t.paused = true;
                     }
                 }
                 Action::ResumeTunnelReads => {
                     if let Some(t) = self.tunnel.as_mut()
-                        && t.link.is_paused()
+                        && t.paused
                     {
-                        t.link.set_paused(false);
+                        t.paused = false;
                         // Deferred: the events waiting are handed out from the loop, not from
                         // inside this one (which may be inside `tunnel_events`).
                         io.timers.push((io.now, token(TIMER_LINK, 1, t.generation)));

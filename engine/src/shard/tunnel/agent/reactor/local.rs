@@ -270,7 +270,7 @@ impl Reactor {
                 self.read_local(io, index);
                 self.write_local(io, index);
             }
-            (TAG_LOCAL_RECV, Op::Recv { mut buf, .. }) => {
+            (TAG_LOCAL_RECV, Op::Recv { buf, .. }) => {
                 l.recv_in_flight = false;
                 let n = match c.result {
                     Ok(n) => n,
@@ -307,16 +307,15 @@ impl Reactor {
                     return;
                 }
                 let service = l.service;
-                let id = l.id;
-                if let Some(id) = id {
-                    self.shared
-                        .service(service)
-                        .to_tunnel
-                        .fetch_add(n as u64, Relaxed);
-                    self.send_data(id, &mut buf, n);
-                }
-                if let Some(l) = self.locals[index as usize].as_mut() {
-                    l.rbuf = Some(buf);
+                match l.id {
+                    Some(id) => {
+                        self.shared
+                            .service(service)
+                            .to_tunnel
+                            .fetch_add(n as u64, Relaxed);
+                        self.send_data(id, buf, n);
+                    }
+                    None => l.rbuf = Some(buf),
                 }
                 self.flush_tunnel(io);
                 if self.backlog_high() {
@@ -361,20 +360,23 @@ impl Reactor {
         }
     }
 
-    /// Frames `n` bytes read into `buf` (after [`HEADROOM`]) as DATA in place and sends them.
-    pub(super) fn send_data(&mut self, id: LocalId, buf: &mut Vec<u8>, n: usize) {
+    /// Frames `n` bytes read into `buf` (after [`HEADROOM`]) as DATA in place and sends them
+    /// from there: the link takes the buffer over (its WebSocket frame and TLS record are
+    /// made in it), so the next read gets a fresh one.
+    pub(super) fn send_data(&mut self, id: LocalId, buf: Vec<u8>, n: usize) {
         let Some(t) = self.tunnel.as_mut() else {
             return;
         };
         let Some(framing) = self.sans.data_framing(id, n) else {
             return;
         };
+        let mut buf = buf;
         buf.resize(HEADROOM + n + DATA_TAILROOM, 0);
         let frame = framing
-            .frame_in_place(&mut buf[WS_HEADROOM..], DATA_HEADROOM)
+            .frame_in_place(&mut buf[SEND_HEADROOM..], DATA_HEADROOM)
             .expect("the buffer has the head- and tailroom");
-        let frame = frame.start + WS_HEADROOM..frame.end + WS_HEADROOM;
-        t.link.send_frame(buf, frame);
+        let frame = frame.start + SEND_HEADROOM..frame.end + SEND_HEADROOM;
+        t.link.send_in_place(buf, frame);
     }
 
     pub(super) fn read_local(&mut self, io: &mut Io<'_>, index: u32) {
@@ -384,10 +386,9 @@ impl Reactor {
         if l.recv_in_flight || l.read_done || l.connecting || l.parked {
             return;
         }
-        let mut buf = l
-            .rbuf
-            .take()
-            .unwrap_or_else(|| Vec::with_capacity(HEADROOM + MAX_PAYLOAD + DATA_TAILROOM));
+        let mut buf = l.rbuf.take().unwrap_or_else(|| {
+            splice_proto::pool::take(HEADROOM + MAX_PAYLOAD + DATA_TAILROOM + SEND_TAILROOM)
+        });
         buf.clear();
         buf.resize(HEADROOM, 0);
         l.recv_in_flight = true;
