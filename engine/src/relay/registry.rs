@@ -516,28 +516,10 @@ impl Registry {
                 t.peer_mut(side).token_use.client = Some(given);
             }
         }
-        let peer = t.peer_mut(side);
-        peer.token_use.used = true;
-        peer.connected = true;
-        peer.updated_at = now;
-        t.last_updated_at = now;
-        store.put(&t).map_err(unavailable)?;
         // What must survive a crash before the 101: a token's first use (and the client
         // token it was bound to). A reconnect waits too: the use it reconnects with may be
         // the one whose write is still queued (or failed).
-        let durable = store.barrier();
-        let serial = self.serials.fetch_add(1, Relaxed) + 1;
-        self.latest().insert((t.id.clone(), side), serial);
-        Ok(Admission {
-            services: t.services.clone(),
-            expires_at: t.expires_at(),
-            pairing: t.pairing.clone(),
-            tunnel_id: t.id,
-            side,
-            reconnect,
-            serial,
-            durable,
-        })
+        self.connect_side(&mut store, t, side, reconnect, now)
     }
 
     /// Whether a peer without a token whose client certificate (from the client CA) has
@@ -565,7 +547,7 @@ impl Registry {
                 open = Some(t);
             }
         }
-        let (mut t, reconnect) = match open {
+        let (t, reconnect) = match open {
             Some(t) => {
                 if mode == Side::Destination && t.services != announced {
                     return Err(Refusal::ServicesChanged {
@@ -605,23 +587,38 @@ impl Registry {
                 (t, false)
             }
         };
-        let peer = t.peer_mut(mode);
+        // The tunnel this contact made (or its side's use) is on disk before the 101, as
+        // for a token's first use.
+        self.connect_side(&mut store, t, mode, reconnect, now)
+    }
+
+    /// Marks `side` of `t` used and connected, stores it, and gives the admission with the
+    /// ticket for its write (the relay answers the upgrade once it is done).
+    fn connect_side(
+        &self,
+        store: &mut MutexGuard<'_, Box<dyn TunnelStore>>,
+        mut t: Tunnel,
+        side: Side,
+        reconnect: bool,
+        now: Timestamp,
+    ) -> Result<Admission, Refusal> {
+        let peer = t.peer_mut(side);
         peer.token_use.used = true;
         peer.connected = true;
         peer.updated_at = now;
         t.last_updated_at = now;
-        store.put(&t).map_err(unavailable)?;
-        // The tunnel this contact made (or its side's use) is on disk before the 101, as
-        // for a token's first use.
+        store
+            .put(&t)
+            .map_err(|e: StoreError| Refusal::Unavailable(e.0))?;
         let durable = store.barrier();
         let serial = self.serials.fetch_add(1, Relaxed) + 1;
-        self.latest().insert((t.id.clone(), mode), serial);
+        self.latest().insert((t.id.clone(), side), serial);
         Ok(Admission {
             services: t.services.clone(),
             expires_at: t.expires_at(),
             pairing: t.pairing.clone(),
             tunnel_id: t.id,
-            side: mode,
+            side,
             reconnect,
             serial,
             durable,

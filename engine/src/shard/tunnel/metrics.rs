@@ -34,7 +34,7 @@ pub(crate) fn render(list: &StatsList) -> String {
         return text;
     }
     let out = &mut text;
-    let single: [PerRelay; 5] = [
+    let single: [PerRelay; 7] = [
         (
             "splice_tunnels_open",
             "gauge",
@@ -65,14 +65,6 @@ pub(crate) fn render(list: &StatsList) -> String {
             "Admitted peers moved to the shard their tunnel lives on.",
             |s| s.handoffs.load(Relaxed) as i64,
         ),
-    ];
-    for (name, kind, help, get) in single {
-        header(out, name, kind, help);
-        for (r, s) in &relays {
-            sample(out, name, &[("relay", r)], get(s));
-        }
-    }
-    let standby: [PerRelay; 2] = [
         (
             "splice_tunnel_standby_connected",
             "gauge",
@@ -86,7 +78,7 @@ pub(crate) fn render(list: &StatsList) -> String {
             |s| s.standby_notices.load(Relaxed) as i64,
         ),
     ];
-    for (name, kind, help, get) in standby {
+    for (name, kind, help, get) in single {
         header(out, name, kind, help);
         for (r, s) in &relays {
             sample(out, name, &[("relay", r)], get(s));
