@@ -27,6 +27,9 @@ use crate::error::{Error, Result};
 /// included) before it is closed.
 pub(crate) const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long a request body may take to arrive.
+pub(crate) const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Connections served at once; more are closed as soon as they are accepted.
 pub(crate) const MAX_CONNECTIONS: usize = 64;
 

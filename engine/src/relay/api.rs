@@ -21,7 +21,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::{Bytes, Incoming};
@@ -34,14 +33,12 @@ use serde_json::{Map, Value, json};
 
 use super::console::Console;
 use super::events::{Events, RelayEvent};
+use super::json::{summary_json, tunnel_json};
 use super::registry::{OpenRequest, Registry, RegistryError, RotateSides};
 use super::secret::{Secret, secret_matches};
-use super::tunnel::{Peer, Timestamp, Tunnel};
+use super::tunnel::Timestamp;
 use crate::error::Result;
-use crate::http::HttpServer;
-
-/// How long a request body may take to arrive.
-pub(crate) const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
+use crate::http::{BODY_READ_TIMEOUT, HttpServer};
 
 /// The largest request body accepted (an OpenTunnel body is a few hundred bytes).
 pub(crate) const MAX_BODY: usize = 64 * 1024;
@@ -201,7 +198,7 @@ async fn route(req: Request<Incoming>, shared: &Shared, peer: SocketAddr) -> Ans
     let registry = &shared.registry;
     let events = &*shared.events;
     let now = Timestamp::now();
-    if let Err(e) = expire(registry, events, now) {
+    if let Err(e) = events.expire(registry, now) {
         return e.into();
     }
     let not_allowed = |allow: &'static str| Answer {
@@ -256,24 +253,6 @@ async fn route(req: Request<Incoming>, shared: &Shared, peer: SocketAddr) -> Ans
             format!("no such path {path:?}; the tunnel API is under /tunnels"),
         ),
     }
-}
-
-/// Closes the tunnels whose lifetime ended. Listing or describing would close them; close
-/// them here first, so that the data plane hears of each (the expiry timer would not see
-/// them again).
-pub(super) fn expire(
-    registry: &Registry,
-    events: &Events,
-    now: Timestamp,
-) -> std::result::Result<(), RegistryError> {
-    for tunnel_id in registry.expire(now)? {
-        tracing::info!(tunnel = %tunnel_id, "tunnel expired");
-        events.emit(RelayEvent::Closed {
-            tunnel_id,
-            expired: true,
-        });
-    }
-    Ok(())
 }
 
 /// Whether `Authorization: Bearer <token>` carries `expected` (compared in constant time).
@@ -508,59 +487,6 @@ fn close(registry: &Registry, events: &Events, id: &str, delete: bool, now: Time
         }
         Err(e) => e.into(),
     }
-}
-
-/// `DescribeTunnel`'s `tunnel`: everything but the tokens.
-pub(super) fn tunnel_json(t: &Tunnel) -> Value {
-    let state = |p: &Peer| {
-        json!({
-            "status": if p.connected { "CONNECTED" } else { "DISCONNECTED" },
-            "lastUpdatedAt": p.updated_at.epoch_seconds(),
-        })
-    };
-    let mut destination = Map::new();
-    if let Some(thing) = &t.thing_name {
-        destination.insert("thingName".into(), thing.as_str().into());
-    }
-    destination.insert("services".into(), t.services.clone().into());
-    let mut v = summary_json(t);
-    let o = v.as_object_mut().expect("an object");
-    o.insert("sourceConnectionState".into(), state(&t.source));
-    o.insert("destinationConnectionState".into(), state(&t.destination));
-    o.insert("destinationConfig".into(), Value::Object(destination));
-    o.insert(
-        "timeoutConfig".into(),
-        // AWS's field in whole minutes (a lifetime under one rounds up), and ours exact.
-        json!({
-            "maxLifetimeTimeoutMinutes": t.lifetime_seconds.div_ceil(60),
-            "maxLifetimeTimeoutSeconds": t.lifetime_seconds,
-        }),
-    );
-    v
-}
-
-/// `ListTunnels`' `TunnelSummary`.
-fn summary_json(t: &Tunnel) -> Value {
-    let mut o = Map::new();
-    o.insert("tunnelId".into(), t.id.as_str().into());
-    o.insert("status".into(), t.status.as_str().into());
-    if let Some(d) = &t.description {
-        o.insert("description".into(), d.as_str().into());
-    }
-    // Not in AWS's answer: how a tunnel not paired by tokens was paired, and by whom
-    // (a certificate identity or a thing name; never a token).
-    if let Some(identity) = t.pairing.identity() {
-        o.insert(
-            "pairing".into(),
-            json!({ "kind": t.pairing.kind(), "identity": identity }),
-        );
-    }
-    o.insert("createdAt".into(), t.created_at.epoch_seconds().into());
-    o.insert(
-        "lastUpdatedAt".into(),
-        t.last_updated_at.epoch_seconds().into(),
-    );
-    Value::Object(o)
 }
 
 /// `%XX` and `+` decoded; `None` for a bad escape or bytes that are not UTF-8.

@@ -31,11 +31,12 @@ use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{Value, json};
 use splice_proto::tunnel::relay::cookie::Asset;
 
-use super::api::{BODY_READ_TIMEOUT, expire, tunnel_json};
 use super::events::Events;
+use super::json::tunnel_json;
 use super::registry::Registry;
 use super::secret::{Secret, TokenHash, new_token, secret_matches};
 use super::tunnel::Timestamp;
+use crate::http::BODY_READ_TIMEOUT;
 
 /// The session cookie's name.
 pub(crate) const SESSION_COOKIE: &str = "splice-console";
@@ -301,7 +302,9 @@ impl Console {
     /// needs to know about the console.
     fn tunnels(&self, registry: &Registry, events: &Events, login: bool) -> Response<Full<Bytes>> {
         let now = Timestamp::now();
-        let listed = expire(registry, events, now).and_then(|()| registry.list(None, now));
+        let listed = events
+            .expire(registry, now)
+            .and_then(|()| registry.list(None, now));
         let tunnels = match listed {
             Ok(t) => t,
             Err(e) => {

@@ -5,7 +5,8 @@
 use std::sync::{Arc, RwLock};
 
 use super::counters::PerTunnel;
-use super::registry::RotateSides;
+use super::registry::{Registry, RegistryError, RotateSides};
+use super::tunnel::Timestamp;
 
 /// What the data plane must act on.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -50,6 +51,20 @@ impl Events {
 
     pub(crate) fn set(&self, hook: EventHook) {
         *self.0.write().unwrap_or_else(|p| p.into_inner()) = Some(hook);
+    }
+
+    /// Closes the tunnels whose lifetime ended and says so for each. Listing or describing
+    /// would close them; close them here first, so that the data plane hears of each (the
+    /// expiry timer would not see them again).
+    pub(crate) fn expire(&self, registry: &Registry, now: Timestamp) -> Result<(), RegistryError> {
+        for tunnel_id in registry.expire(now)? {
+            tracing::info!(tunnel = %tunnel_id, "tunnel expired");
+            self.emit(RelayEvent::Closed {
+                tunnel_id,
+                expired: true,
+            });
+        }
+        Ok(())
     }
 
     /// The relay's per-tunnel counters.

@@ -14,6 +14,7 @@ pub(crate) mod cookie;
 pub(crate) mod counters;
 pub(crate) mod events;
 pub(crate) mod identity;
+pub(crate) mod json;
 pub(crate) mod registry;
 pub(crate) mod secret;
 pub(crate) mod service;

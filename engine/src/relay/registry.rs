@@ -7,9 +7,8 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Mutex, MutexGuard};
 
 use super::secret::{RandomError, Secret, TokenHash, new_token, new_tunnel_id};
-use super::store::{StoreError, TunnelStore};
+use super::store::{Durable, StoreError, TunnelStore};
 use super::tunnel::{Pairing, Peer, Side, Timestamp, Tunnel, TunnelStatus};
-use super::writer::Durable;
 
 /// What an operator may change; the defaults are AWS IoT Secure Tunneling's.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

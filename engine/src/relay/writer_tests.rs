@@ -2,7 +2,7 @@
 //! answer from memory, the writes land in order once the disk moves, and what must be on
 //! disk first (a token's first use, the API's changes) waits for it.
 
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use super::*;
