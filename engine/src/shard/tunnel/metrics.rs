@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 
 use super::exposition::{header, sample};
-use super::relay::{REFUSAL_STATUSES, RelayStats};
+use super::relay_state::{REFUSAL_STATUSES, RelayStats};
 
 /// The relays' statistics, by name: filled as relays start, read by the metrics thread.
 pub(crate) type StatsList = Arc<Mutex<Vec<(String, Arc<RelayStats>)>>>;

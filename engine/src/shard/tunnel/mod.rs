@@ -18,6 +18,7 @@ pub(crate) mod exposition;
 pub(crate) mod link;
 pub(crate) mod metrics;
 pub(crate) mod relay;
+pub(crate) mod relay_state;
 mod slab;
 pub(crate) mod standby;
 pub(crate) mod start;
@@ -128,7 +129,7 @@ pub(crate) enum Cmd {
     /// Accept relay peers on this (per-shard, SO_REUSEPORT) listener.
     AddRelay {
         fd: OwnedFd,
-        relay: std::sync::Arc<relay::Relay>,
+        relay: std::sync::Arc<relay_state::Relay>,
     },
     /// An admitted relay peer, moved here because its tunnel lives on this shard.
     Peer(Box<relay::Arrival>),
@@ -142,7 +143,10 @@ pub(crate) enum Cmd {
     /// Stop this agent if it is here (a reload removed or changed it).
     StopAgent(std::sync::Arc<agent::AgentShared>),
     /// A relay's control side says a tunnel closed or its tokens were rotated.
-    Event { relay: u32, event: relay::Event },
+    Event {
+        relay: u32,
+        event: relay_state::Event,
+    },
     /// The registry's write that an admitted peer (this entity) waits for is on disk (or
     /// failed): answer its upgrade.
     Durable(EntityRef),
@@ -156,7 +160,7 @@ pub(crate) struct Plane {
     /// Links touched since the last kick (their ops may need submitting).
     dirty: Vec<LinkRef>,
     /// Relay listeners by relay id.
-    relays: HashMap<u32, (crate::driver::Fd, std::sync::Arc<relay::Relay>)>,
+    relays: HashMap<u32, (crate::driver::Fd, std::sync::Arc<relay_state::Relay>)>,
     /// The paired tunnels here, by relay id and tunnel id.
     tunnels: HashMap<(u32, String), EntityRef>,
     draining: bool,

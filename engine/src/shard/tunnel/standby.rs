@@ -20,7 +20,7 @@ use splice_proto::tunnel::relay::notify::{Notice, StandbyRequest, may_speak_for}
 use splice_proto::ws::close_code;
 
 use super::link::LinkRef;
-use super::relay::{Event, Relay};
+use super::relay_state::{Event, Relay};
 use super::{Entity, EntityRef, Plane};
 use crate::relay::identity::CaRole;
 use crate::relay::registry::RotateSides;

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicI64, AtomicU32};
 use std::time::{Duration, Instant};
 
 use super::Cmd;
-use super::relay::{Relay, RelayStats};
+use super::relay_state::{Relay, RelayStats};
 use crate::config::{EngineConfig, RelayConfig};
 use crate::error::{Error, Result};
 use crate::relay::service::RelayService;
