@@ -108,16 +108,6 @@ fn refused(r: Result<Ws, tungstenite::Error>) -> u16 {
     }
 }
 
-fn next_binary(ws: &mut Ws) -> Vec<u8> {
-    loop {
-        match ws.read() {
-            Ok(Message::Binary(b)) => return b.to_vec(),
-            Ok(Message::Ping(_) | Message::Pong(_)) => continue,
-            other => panic!("expected a binary message, got {other:?}"),
-        }
-    }
-}
-
 /// A STREAM_START frame (type 2, stream 1, service "echo", connection 1), hand-coded.
 fn stream_start() -> Vec<u8> {
     let m = [0x08, 2, 0x10, 1, 0x2a, 4, b'e', b'c', b'h', b'o', 0x38, 1];

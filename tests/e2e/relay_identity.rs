@@ -453,16 +453,6 @@ fn frame(kind: u64, stream: u64, service: &str, payload: &[u8]) -> Vec<u8> {
     f
 }
 
-fn next_binary(ws: &mut Ws) -> Vec<u8> {
-    loop {
-        match ws.read() {
-            Ok(Message::Binary(b)) => return b.to_vec(),
-            Ok(Message::Ping(_) | Message::Pong(_)) => continue,
-            other => panic!("expected a binary message, got {other:?}"),
-        }
-    }
-}
-
 fn kind_of(frame: &[u8]) -> u64 {
     assert!(frame.len() >= 4 && frame[2] == 0x08, "a frame: {frame:?}");
     u64::from(frame[3])

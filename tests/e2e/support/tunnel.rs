@@ -4,9 +4,9 @@
 //! [`AgentSetup`] writes one `[[source]]` or `[[destination]]` table and starts an engine
 //! running it; [`ws_upgrade`] is a peer's WebSocket upgrade as the AWS local proxy sends it.
 
-use tungstenite::WebSocket;
 use tungstenite::client::IntoClientRequest;
 use tungstenite::http::{HeaderName, HeaderValue};
+use tungstenite::{Message, WebSocket};
 
 use super::*;
 
@@ -388,4 +388,15 @@ pub fn ws_upgrade(
         .set_read_timeout(Some(IO_TIMEOUT))
         .expect("timeout");
     Ok(ws)
+}
+
+/// A peer's next binary message (pings and pongs skipped); panics on anything else.
+pub fn next_binary(ws: &mut WebSocket<TlsStream>) -> Vec<u8> {
+    loop {
+        match ws.read() {
+            Ok(Message::Binary(b)) => return b.to_vec(),
+            Ok(Message::Ping(_) | Message::Pong(_)) => continue,
+            other => panic!("expected a binary message, got {other:?}"),
+        }
+    }
 }
