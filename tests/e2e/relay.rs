@@ -59,22 +59,7 @@ fn start_relay_with(pki: &Pki, driver: &str, threads: usize, state: &str, extra:
 
 /// One HTTP/1.1 request to the API; the status and the JSON body.
 fn api(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, serde_json::Value) {
-    let mut s = connect(addr);
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .expect("write API request");
-    let mut text = String::new();
-    s.read_to_string(&mut text).expect("read API answer");
-    let status: u16 = text[9..12].parse().expect("status");
-    let json = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| serde_json::from_str(b).unwrap_or(serde_json::Value::Null))
-        .unwrap_or_default();
-    (status, json)
+    api_request(addr, method, path, body)
 }
 
 struct Tunnel {

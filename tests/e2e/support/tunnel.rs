@@ -152,22 +152,7 @@ impl Relay {
 
     /// One API call: status and JSON body (null when there is none).
     pub fn api(&self, method: &str, path: &str, body: &str) -> (u16, serde_json::Value) {
-        let mut s = connect(self.api);
-        write!(
-            s,
-            "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
-             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        )
-        .expect("write an API request");
-        let mut text = String::new();
-        s.read_to_string(&mut text).expect("read the API's answer");
-        let status: u16 = text[9..12].parse().expect("status");
-        let json = text
-            .split_once("\r\n\r\n")
-            .and_then(|(_, b)| serde_json::from_str(b).ok())
-            .unwrap_or_default();
-        (status, json)
+        api_request(self.api, method, path, body)
     }
 
     /// Opens a tunnel of `services`: its id and the source and destination tokens.
@@ -191,6 +176,32 @@ impl Relay {
             && t["sourceConnectionState"]["status"] == "CONNECTED"
             && t["destinationConnectionState"]["status"] == "CONNECTED"
     }
+}
+
+/// One HTTP/1.1 request to a relay's API at `addr`: status and JSON body (null when there is
+/// none).
+pub fn api_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> (u16, serde_json::Value) {
+    let mut s = connect(addr);
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .expect("write an API request");
+    let mut text = String::new();
+    s.read_to_string(&mut text).expect("read the API's answer");
+    let status: u16 = text[9..12].parse().expect("status");
+    let json = text
+        .split_once("\r\n\r\n")
+        .and_then(|(_, b)| serde_json::from_str(b).ok())
+        .unwrap_or_default();
+    (status, json)
 }
 
 /// One agent of ours: a `[[source]]` (`listen = […]`) or `[[destination]]` (`connect = […]`)
