@@ -7,8 +7,6 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use tungstenite::Message;
-use tungstenite::client::IntoClientRequest;
-use tungstenite::http::HeaderValue;
 use tungstenite::protocol::WebSocket;
 
 use crate::support::*;
@@ -92,23 +90,7 @@ fn try_peer(
         "localhost",
         client_config(&[&pki.ca], None, TLS_ANY),
     );
-    let mut req = format!("wss://localhost:{port}/tunnel?local-proxy-mode={mode}")
-        .into_client_request()
-        .expect("request");
-    for (k, v) in headers {
-        let name = tungstenite::http::HeaderName::from_bytes(k.as_bytes()).expect("header name");
-        req.headers_mut()
-            .append(name, HeaderValue::from_str(v).expect("header value"));
-    }
-    let (mut ws, _) = tungstenite::client(req, tls).map_err(|e| match e {
-        tungstenite::HandshakeError::Failure(e) => e,
-        tungstenite::HandshakeError::Interrupted(_) => panic!("blocking handshake interrupted"),
-    })?;
-    ws.get_mut()
-        .sock
-        .set_read_timeout(Some(IO_TIMEOUT))
-        .expect("timeout");
-    Ok(ws)
+    ws_upgrade(tls, port, mode, headers)
 }
 
 fn peer(pki: &Pki, port: u16, mode: &str, token: &str, protocol: &str) -> Ws {
