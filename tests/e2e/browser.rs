@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::relay_cookie::{Relay, https, open_tunnel, post_cookie, start_relay};
+use crate::relay_cookie::{https, open_tunnel, post_cookie, start_relay};
 use crate::support::*;
 
 const CHROMIUM: &str = "/usr/bin/chromium";
@@ -165,24 +165,9 @@ const API_TOKEN: &str = "browser-console-api-token";
 
 /// A relay by the `relay` command whose API needs `API_TOKEN`.
 fn start_relay_with_api_token(pki: &Pki, driver: &str, token_file: &Path) -> Relay {
-    let (port, api) = (free_port(), free_port());
-    let proc = EngineCmd::new("relay")
-        .opt("--listen", localhost(port).to_string())
-        .opt("--cert", &pki.server.cert)
-        .opt("--key", &pki.server.key)
-        .opt("--api", localhost(api).to_string())
-        .opt("--api-token-file", token_file)
-        .opt("--state", ":memory:")
-        .common(driver)
-        .wait_port(port)
-        .wait_port(api)
-        .label(format!("relay ({driver})"))
-        .start();
-    Relay {
-        proc,
-        port,
-        api: localhost(api),
-    }
+    RelaySetup::new(pki, driver)
+        .flag("--api-token-file", token_file)
+        .command()
 }
 
 /// `GET path` on the API with the bearer token: the JSON answer.

@@ -4,20 +4,12 @@
 //! for another thing gets nothing; a standby agent started again picks up the tunnels still
 //! open; several tunnels of one thing at once; a closed tunnel ends its destination.
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::net::{Shutdown, SocketAddr};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use crate::support::*;
-
-/// A relay (`splice-engine relay`) with a device CA, its API and its metrics.
-struct Relay {
-    proc: Proc,
-    addr: SocketAddr,
-    api: SocketAddr,
-    metrics: SocketAddr,
-}
 
 /// The test's PKI plus a device CA and its things' certificates.
 struct Fleet {
@@ -63,30 +55,13 @@ impl Fleet {
 
     /// [`Fleet::relay`] with more flags.
     fn relay_with(&self, driver: &str, flags: &[(&str, &str)]) -> Relay {
-        let (port, api, metrics) = (free_port(), free_port(), free_port());
-        let mut cmd = EngineCmd::new("relay");
+        let mut relay = RelaySetup::new(&self.pki, driver)
+            .metrics()
+            .flag("--device-ca", &self.device_ca.path);
         for (flag, value) in flags {
-            cmd = cmd.opt(flag, value);
+            relay = relay.flag(flag, value);
         }
-        let proc = cmd
-            .opt("--listen", localhost(port).to_string())
-            .opt("--cert", &self.pki.server.cert)
-            .opt("--key", &self.pki.server.key)
-            .opt("--api", localhost(api).to_string())
-            .opt("--state", ":memory:")
-            .opt("--device-ca", &self.device_ca.path)
-            .common(driver)
-            .metrics(metrics)
-            .wait_port(port)
-            .wait_port(api)
-            .label(format!("relay ({driver})"))
-            .start();
-        Relay {
-            proc,
-            addr: localhost(port),
-            api: localhost(api),
-            metrics: localhost(metrics),
-        }
+        relay.command()
     }
 
     /// `destination --thing THING` with `cert` (files), serving `connect`.
@@ -112,7 +87,7 @@ impl Fleet {
         metrics: Option<u16>,
     ) -> Proc {
         let mut cmd = EngineCmd::new("destination")
-            .opt("--relay", relay.addr.to_string())
+            .opt("--relay", relay.addr().to_string())
             .opt("--ca", &self.pki.ca.path)
             .opt("--sni", "localhost")
             .opt("--thing", thing)
@@ -132,7 +107,7 @@ impl Fleet {
     /// A source agent for a tunnel's `token`, listening for `service` on `port`.
     fn source(&self, relay: &Relay, token: &str, service: &str, port: u16, driver: &str) -> Proc {
         EngineCmd::new("source")
-            .opt("--relay", relay.addr.to_string())
+            .opt("--relay", relay.addr().to_string())
             .opt("--ca", &self.pki.ca.path)
             .opt("--sni", "localhost")
             .opt("--token", token)
@@ -144,29 +119,17 @@ impl Fleet {
     }
 }
 
-impl Relay {
-    /// One API call: status and JSON body.
-    fn api(&self, method: &str, path: &str, body: &str) -> (u16, serde_json::Value) {
-        let mut s = connect(self.api);
-        write!(
-            s,
-            "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
-             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        )
-        .expect("write an API request");
-        let mut text = String::new();
-        s.read_to_string(&mut text).expect("read the API's answer");
-        let status: u16 = text[9..12].parse().expect("status");
-        let json = text
-            .split_once("\r\n\r\n")
-            .and_then(|(_, b)| serde_json::from_str(b).ok())
-            .unwrap_or_default();
-        (status, json)
-    }
+/// What these tests ask the relay's API about a thing's tunnels.
+trait Things {
+    fn open_for(&self, thing: &str, services: &[&str]) -> (String, String);
+    fn destination_connected(&self, id: &str) -> bool;
+    fn close(&self, id: &str);
+    fn metric(&self, name: &str) -> f64;
+}
 
+impl Things for Relay {
     /// Opens a tunnel for `thing` with `services`: its id and source token.
-    fn open(&self, thing: &str, services: &[&str]) -> (String, String) {
+    fn open_for(&self, thing: &str, services: &[&str]) -> (String, String) {
         let body = serde_json::json!({
             "destinationConfig": { "thingName": thing, "services": services },
             "timeoutConfig": { "maxLifetimeTimeoutMinutes": 10 },
@@ -188,7 +151,7 @@ impl Relay {
     }
 
     fn metric(&self, name: &str) -> f64 {
-        scrape(self.metrics).value(name, &[])
+        scrape(self.metrics_addr()).value(name, &[])
     }
 }
 
@@ -244,13 +207,16 @@ fn a_thing_in_standby_gets_its_tunnels_and_they_end_when_closed() {
             standby.log(),
             relay.proc.log()
         );
-        wait_metric(relay.metrics, "splice_tunnel_standby_connected", &[], |v| {
-            v == 1.0
-        });
+        wait_metric(
+            relay.metrics_addr(),
+            "splice_tunnel_standby_connected",
+            &[],
+            |v| v == 1.0,
+        );
 
         // Two tunnels for the thing at once; one names a service the agent cannot serve.
-        let (one, one_token) = relay.open("pump-7", &["ssh"]);
-        let (two, two_token) = relay.open("pump-7", &["web", "vnc"]);
+        let (one, one_token) = relay.open_for("pump-7", &["ssh"]);
+        let (two, two_token) = relay.open_for("pump-7", &["web", "vnc"]);
         let took = wait_destination(&relay, &one, &standby);
         eprintln!("[{driver}] tunnel {one} connected {took:?} after it opened");
         wait_destination(&relay, &two, &standby);
@@ -273,7 +239,7 @@ fn a_thing_in_standby_gets_its_tunnels_and_they_end_when_closed() {
         echo_hashed(localhost(p1), 1 << 20, 1);
         echo_hashed(localhost(p2), 1 << 20, 2);
         // The device's metrics show each tunnel's agent beside the standby one.
-        let agent = format!("destination-{}/{one}", relay.addr);
+        let agent = format!("destination-{}/{one}", relay.addr());
         let labels = [("agent", agent.as_str()), ("service", "ssh")];
         wait_metric(
             localhost(device_metrics),
@@ -315,7 +281,7 @@ fn a_standby_agent_started_again_picks_up_the_open_tunnels() {
         let cert = fleet.thing_uri_cert("gate-1");
         let connect = [format!("ssh={}", ssh.addr)];
         // Opened while no agent waits: pushed when one comes.
-        let (id, token) = relay.open("gate-1", &["ssh"]);
+        let (id, token) = relay.open_for("gate-1", &["ssh"]);
         let mut standby = fleet.standby(&relay, "gate-1", &cert, &connect, driver);
         wait_destination(&relay, &id, &standby);
         let port = free_port();
@@ -352,7 +318,7 @@ fn another_ca_or_another_thing_gets_nothing() {
         let relay = fleet.relay(driver);
         let ssh = echo_backend();
         let connect = [format!("ssh={}", ssh.addr)];
-        let (id, _) = relay.open("valve-3", &["ssh"]);
+        let (id, _) = relay.open_for("valve-3", &["ssh"]);
 
         // A certificate for valve-3 from a CA the relay does not take as a device CA.
         let other = fleet.thing_cert("valve-3", true);
@@ -399,8 +365,8 @@ fn the_standby_channel_to_an_independent_websocket_client() {
             .issue(&dir, "pump-9", &[], KeyType::P256, Usage::Client);
         let cfg = client_config(&[&fleet.pki.ca], Some(&leaf), TLS_ANY);
         let channel = || {
-            let tls = tls_connect(relay.addr, "localhost", cfg.clone());
-            let mut req = format!("wss://localhost:{}/notify?thing=pump-9", relay.addr.port())
+            let tls = tls_connect(relay.addr(), "localhost", cfg.clone());
+            let mut req = format!("wss://localhost:{}/notify?thing=pump-9", relay.port)
                 .into_client_request()
                 .unwrap();
             req.headers_mut().insert(
@@ -419,7 +385,7 @@ fn the_standby_channel_to_an_independent_websocket_client() {
             .sock
             .set_read_timeout(Some(IO_TIMEOUT))
             .unwrap();
-        let (id, _) = relay.open("pump-9", &["ssh", "web"]);
+        let (id, _) = relay.open_for("pump-9", &["ssh", "web"]);
         let notice = loop {
             match ws.read().expect("a notice") {
                 Message::Binary(b) => {
@@ -449,13 +415,19 @@ fn the_standby_channel_to_an_independent_websocket_client() {
 
         // A device that reads nothing (so answers no ping) is dropped after the idle timeout.
         let silent = channel();
-        wait_metric(relay.metrics, "splice_tunnel_standby_connected", &[], |v| {
-            v == 1.0
-        });
+        wait_metric(
+            relay.metrics_addr(),
+            "splice_tunnel_standby_connected",
+            &[],
+            |v| v == 1.0,
+        );
         let since = Instant::now();
-        wait_metric(relay.metrics, "splice_tunnel_standby_connected", &[], |v| {
-            v == 0.0
-        });
+        wait_metric(
+            relay.metrics_addr(),
+            "splice_tunnel_standby_connected",
+            &[],
+            |v| v == 0.0,
+        );
         assert!(
             since.elapsed() >= Duration::from_secs(1),
             "dropped only once silent"

@@ -7,8 +7,6 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use tungstenite::Message;
-use tungstenite::client::IntoClientRequest;
-use tungstenite::http::HeaderValue;
 use tungstenite::protocol::WebSocket;
 
 use crate::support::*;
@@ -59,22 +57,7 @@ fn start_relay_with(pki: &Pki, driver: &str, threads: usize, state: &str, extra:
 
 /// One HTTP/1.1 request to the API; the status and the JSON body.
 fn api(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, serde_json::Value) {
-    let mut s = connect(addr);
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .expect("write API request");
-    let mut text = String::new();
-    s.read_to_string(&mut text).expect("read API answer");
-    let status: u16 = text[9..12].parse().expect("status");
-    let json = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| serde_json::from_str(b).unwrap_or(serde_json::Value::Null))
-        .unwrap_or_default();
-    (status, json)
+    api_request(addr, method, path, body)
 }
 
 struct Tunnel {
@@ -107,23 +90,7 @@ fn try_peer(
         "localhost",
         client_config(&[&pki.ca], None, TLS_ANY),
     );
-    let mut req = format!("wss://localhost:{port}/tunnel?local-proxy-mode={mode}")
-        .into_client_request()
-        .expect("request");
-    for (k, v) in headers {
-        let name = tungstenite::http::HeaderName::from_bytes(k.as_bytes()).expect("header name");
-        req.headers_mut()
-            .append(name, HeaderValue::from_str(v).expect("header value"));
-    }
-    let (mut ws, _) = tungstenite::client(req, tls).map_err(|e| match e {
-        tungstenite::HandshakeError::Failure(e) => e,
-        tungstenite::HandshakeError::Interrupted(_) => panic!("blocking handshake interrupted"),
-    })?;
-    ws.get_mut()
-        .sock
-        .set_read_timeout(Some(IO_TIMEOUT))
-        .expect("timeout");
-    Ok(ws)
+    ws_upgrade(tls, port, mode, headers)
 }
 
 fn peer(pki: &Pki, port: u16, mode: &str, token: &str, protocol: &str) -> Ws {

@@ -6,8 +6,6 @@ use std::io::{Read, Write};
 use std::net::SocketAddr;
 
 use tungstenite::Message;
-use tungstenite::client::IntoClientRequest;
-use tungstenite::http::HeaderValue;
 use tungstenite::protocol::WebSocket;
 
 use crate::support::*;
@@ -17,35 +15,13 @@ type Ws = WebSocket<TlsStream>;
 pub(crate) const PAGE: &str = "https://console.test:8443";
 const V3: &str = "aws.iot.securetunneling-3.0";
 
-pub(crate) struct Relay {
-    pub(crate) proc: Proc,
-    pub(crate) port: u16,
-    pub(crate) api: SocketAddr,
-}
-
 /// A relay by the `relay` command, with `--cors-origin` for each of `origins`.
 pub(crate) fn start_relay(pki: &Pki, driver: &str, origins: &[&str]) -> Relay {
-    let (port, api) = (free_port(), free_port());
-    let mut cmd = EngineCmd::new("relay")
-        .opt("--listen", localhost(port).to_string())
-        .opt("--cert", &pki.server.cert)
-        .opt("--key", &pki.server.key)
-        .opt("--api", localhost(api).to_string())
-        .opt("--state", ":memory:");
+    let mut relay = RelaySetup::new(pki, driver);
     for o in origins {
-        cmd = cmd.opt("--cors-origin", o);
+        relay = relay.flag("--cors-origin", o);
     }
-    let proc = cmd
-        .common(driver)
-        .wait_port(port)
-        .wait_port(api)
-        .label(format!("relay ({driver})"))
-        .start();
-    Relay {
-        proc,
-        port,
-        api: localhost(api),
-    }
+    relay.command()
 }
 
 /// One plain HTTP/1.1 request and its answer: status, head, body.
@@ -120,25 +96,8 @@ fn try_peer(
         "localhost",
         client_config(&[&pki.ca], None, TLS_ANY),
     );
-    let mut req = format!("wss://localhost:{port}/tunnel?local-proxy-mode={mode}")
-        .into_client_request()
-        .expect("request");
-    req.headers_mut()
-        .append("Sec-WebSocket-Protocol", HeaderValue::from_static(V3));
-    for (k, v) in headers {
-        let name = tungstenite::http::HeaderName::from_bytes(k.as_bytes()).expect("header name");
-        req.headers_mut()
-            .append(name, HeaderValue::from_str(v).expect("header value"));
-    }
-    let (ws, _) = tungstenite::client(req, tls).map_err(|e| match e {
-        tungstenite::HandshakeError::Failure(e) => e,
-        tungstenite::HandshakeError::Interrupted(_) => panic!("blocking handshake interrupted"),
-    })?;
-    ws.get_ref()
-        .sock
-        .set_read_timeout(Some(IO_TIMEOUT))
-        .expect("timeout");
-    Ok(ws)
+    let v3 = [("Sec-WebSocket-Protocol", V3)];
+    ws_upgrade(tls, port, mode, &[&v3[..], headers].concat())
 }
 
 fn refused(r: Result<Ws, tungstenite::Error>) -> u16 {
@@ -146,16 +105,6 @@ fn refused(r: Result<Ws, tungstenite::Error>) -> u16 {
         Err(tungstenite::Error::Http(resp)) => resp.status().as_u16(),
         Err(e) => panic!("expected an HTTP refusal, got {e}"),
         Ok(_) => panic!("expected an HTTP refusal, the upgrade succeeded"),
-    }
-}
-
-fn next_binary(ws: &mut Ws) -> Vec<u8> {
-    loop {
-        match ws.read() {
-            Ok(Message::Binary(b)) => return b.to_vec(),
-            Ok(Message::Ping(_) | Message::Pong(_)) => continue,
-            other => panic!("expected a binary message, got {other:?}"),
-        }
     }
 }
 

@@ -11,8 +11,6 @@ use std::net::SocketAddr;
 use std::path::Path;
 
 use tungstenite::Message;
-use tungstenite::client::IntoClientRequest;
-use tungstenite::http::HeaderValue;
 use tungstenite::protocol::WebSocket;
 
 use crate::support::*;
@@ -72,65 +70,28 @@ impl Ids {
 }
 
 /// A relay with both CAs and the CRL, metrics on.
-struct Relay {
-    proc: Proc,
-    port: u16,
-    api: SocketAddr,
-    metrics: SocketAddr,
-}
-
 fn start_relay(ids: &Ids, driver: &str) -> Relay {
-    let (port, api, metrics) = (free_port(), free_port(), free_port());
-    let path = ids.pki.dir.path().join(format!("relay-{port}.toml"));
-    let toml = format!(
-        "driver = \"{driver}\"\nthreads = 2\nmetrics = \"127.0.0.1:{metrics}\"\n\n[[relay]]\n\
-         name = \"r\"\nlisten = \"127.0.0.1:{port}\"\ncert = {:?}\nkey = {:?}\n\
-         api = \"127.0.0.1:{api}\"\nstate = \":memory:\"\nclient_ca = {:?}\ndevice_ca = {:?}\n\
-         client_crls = [{:?}]\n",
-        ids.pki.server.cert.display().to_string(),
-        ids.pki.server.key.display().to_string(),
+    let lines = format!(
+        "client_ca = {:?}\ndevice_ca = {:?}\nclient_crls = [{:?}]\n",
         ids.clients.path.display().to_string(),
         ids.devices.path.display().to_string(),
         ids.crl.display().to_string(),
     );
-    write_file(&path, toml.as_bytes());
-    let proc = EngineCmd::new("run")
-        .opt("--config", &path)
-        .opt("--log-level", "info")
-        .wait_port(port)
-        .wait_port(api)
-        .wait_port(metrics)
-        .label(format!("relay ({driver})"))
-        .start();
-    Relay {
-        proc,
-        port,
-        api: localhost(api),
-        metrics: localhost(metrics),
-    }
+    RelaySetup::new(&ids.pki, driver)
+        .metrics()
+        .lines(&lines)
+        .run_config()
 }
 
-impl Relay {
-    fn api(&self, method: &str, path: &str, body: &str) -> (u16, serde_json::Value) {
-        use std::io::{Read, Write};
-        let mut s = connect(self.api);
-        write!(
-            s,
-            "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
-             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        )
-        .expect("write an API request");
-        let mut text = String::new();
-        s.read_to_string(&mut text).expect("read the API's answer");
-        let status: u16 = text[9..12].parse().expect("status");
-        let json = text
-            .split_once("\r\n\r\n")
-            .and_then(|(_, b)| serde_json::from_str(b).ok())
-            .unwrap_or_default();
-        (status, json)
-    }
+/// What these tests ask the relay's API about tunnels paired by certificate.
+trait Pairing {
+    fn paired(&self, identity: &str) -> Vec<serde_json::Value>;
+    fn describe(&self, id: &str) -> serde_json::Value;
+    fn connected(&self, id: &str, side: &str) -> bool;
+    fn wait_pair(&self, identity: &str, logs: &[&Proc]) -> String;
+}
 
+impl Pairing for Relay {
     /// The open tunnels paired by certificate `identity`, as the API lists them.
     fn paired(&self, identity: &str) -> Vec<serde_json::Value> {
         let (status, json) = self.api("GET", "/tunnels", "");
@@ -182,25 +143,16 @@ impl Relay {
 
 /// One agent table of ours with identity `leaf` and no token.
 fn agent_table(
-    kind: &str,
+    kind: &'static str,
     name: &str,
     relay: SocketAddr,
     ids: &Ids,
     leaf: &Leaf,
     service: &str,
 ) -> String {
-    let key = if kind == "source" {
-        "listen"
-    } else {
-        "connect"
-    };
-    format!(
-        "[[{kind}]]\nname = {name:?}\nrelay = \"{relay}\"\nca = {:?}\nsni = \"localhost\"\n\
-         identity_cert = {:?}\nidentity_key = {:?}\n{key} = [{service:?}]\nkeep_trying = true\n\n",
-        ids.pki.ca.path.display().to_string(),
-        leaf.cert.display().to_string(),
-        leaf.key.display().to_string(),
-    )
+    AgentSetup::by_identity(kind, name, &leaf.cert, &leaf.key)
+        .services(vec![service.to_string()])
+        .toml(relay, &ids.pki.ca.path)
 }
 
 /// An engine running `tables`.
@@ -376,7 +328,7 @@ fn pairing_by_certificate_beside_tokens() {
             "{driver}: nothing comes back through the unpaired source"
         );
         // The metrics name the pairing and its identity, never a token.
-        let m = scrape(relay.metrics);
+        let m = scrape(relay.metrics_addr());
         let labels = [
             ("tunnel", t1.as_str()),
             ("pairing", "certificate"),
@@ -464,25 +416,8 @@ fn peer(
         client_config(&[&ids.pki.ca], cert, TLS_ANY),
     )
     .map_err(tungstenite::Error::Io)?;
-    let mut req = format!("wss://localhost:{port}/tunnel?local-proxy-mode={mode}")
-        .into_client_request()
-        .expect("request");
-    req.headers_mut()
-        .append("Sec-WebSocket-Protocol", HeaderValue::from_static(V3));
-    for (k, v) in headers {
-        let name = tungstenite::http::HeaderName::from_bytes(k.as_bytes()).expect("header name");
-        req.headers_mut()
-            .append(name, HeaderValue::from_str(v).expect("header value"));
-    }
-    let (mut ws, _) = tungstenite::client(req, tls).map_err(|e| match e {
-        tungstenite::HandshakeError::Failure(e) => e,
-        tungstenite::HandshakeError::Interrupted(_) => panic!("blocking handshake interrupted"),
-    })?;
-    ws.get_mut()
-        .sock
-        .set_read_timeout(Some(IO_TIMEOUT))
-        .expect("timeout");
-    Ok(ws)
+    let v3 = [("Sec-WebSocket-Protocol", V3)];
+    ws_upgrade(tls, port, mode, &[&v3[..], headers].concat())
 }
 
 const DATA: u64 = 1;
@@ -516,16 +451,6 @@ fn frame(kind: u64, stream: u64, service: &str, payload: &[u8]) -> Vec<u8> {
     let mut f = (m.len() as u16).to_be_bytes().to_vec();
     f.extend_from_slice(&m);
     f
-}
-
-fn next_binary(ws: &mut Ws) -> Vec<u8> {
-    loop {
-        match ws.read() {
-            Ok(Message::Binary(b)) => return b.to_vec(),
-            Ok(Message::Ping(_) | Message::Pong(_)) => continue,
-            other => panic!("expected a binary message, got {other:?}"),
-        }
-    }
 }
 
 fn kind_of(frame: &[u8]) -> u64 {
@@ -859,7 +784,8 @@ fn the_commands_pair_by_certificate_and_name_bad_files() {
         proc: relay,
         port,
         api: localhost(api),
-        metrics: localhost(api),
+        metrics: None,
+        config: None,
     };
     r.wait_pair("spiffe://t/cli", &[&src, &dst]);
     echo_through(localhost(local), 1 << 20, 5).unwrap();

@@ -6,104 +6,14 @@
 //! through `WsRelay`, a relay written with tungstenite in the test (an independent WebSocket
 //! implementation), so the agents are not only compatible with our relay.
 
-use std::fs;
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener};
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread;
 use std::time::Duration;
 
 use crate::support::*;
-
-/// One agent's table.
-struct Agent<'a> {
-    kind: &'a str,
-    name: &'a str,
-    services: Vec<String>,
-    protocol: &'a str,
-    client_token: Option<&'a str>,
-    token: String,
-    keep_trying: bool,
-    /// More lines for the table.
-    extra: &'a str,
-}
-
-impl Agent<'_> {
-    fn toml(&self, relay: SocketAddr, ca: &Path) -> String {
-        let key = if self.kind == "source" {
-            "listen"
-        } else {
-            "connect"
-        };
-        let services: Vec<String> = self.services.iter().map(|s| format!("{s:?}")).collect();
-        let client_token = self
-            .client_token
-            .map(|t| format!("client_token = {t:?}\n"))
-            .unwrap_or_default();
-        format!(
-            "[[{kind}]]\nname = {name:?}\nrelay = \"{relay}\"\nca = {ca:?}\nsni = \"localhost\"\n\
-             token = {token:?}\n{client_token}{key} = [{services}]\nprotocol = {protocol:?}\n\
-             keep_trying = {keep_trying}\n{extra}",
-            kind = self.kind,
-            token = self.token,
-            keep_trying = self.keep_trying,
-            extra = self.extra,
-            name = self.name,
-            ca = ca.display().to_string(),
-            services = services.join(", "),
-            protocol = self.protocol,
-        )
-    }
-}
-
-/// Starts an engine running `agent` against `relay`, waiting for `ports` to listen.
-fn start_agent(
-    agent: &Agent<'_>,
-    relay: SocketAddr,
-    pki: &Pki,
-    driver: &str,
-    ports: &[u16],
-) -> Proc {
-    start_agent_with(agent, relay, pki, driver, ports, None)
-}
-
-/// [`start_agent`], with `/metrics` on `metrics` if given.
-fn start_agent_with(
-    agent: &Agent<'_>,
-    relay: SocketAddr,
-    pki: &Pki,
-    driver: &str,
-    ports: &[u16],
-    metrics: Option<u16>,
-) -> Proc {
-    let dir = tempfile::Builder::new()
-        .prefix("splice-e2e-agent-")
-        .tempdir()
-        .expect("tempdir");
-    let path = dir.path().join("agent.toml");
-    fs::write(&path, agent.toml(relay, &pki.ca.path)).expect("write the config");
-    let mut cmd = EngineCmd::new("run")
-        .opt("--config", &path)
-        .common(driver)
-        .label(format!("{} ({driver})", agent.kind));
-    for &p in ports {
-        cmd = cmd.wait_port(p);
-    }
-    if let Some(m) = metrics {
-        cmd = cmd.metrics(m);
-    }
-    let proc = cmd.start();
-    // The file is read at start: once the agent runs, the directory may go.
-    assert!(
-        proc.wait_log(SOON, |l| l.contains("agent started")),
-        "the agent starts:\n{}",
-        proc.log()
-    );
-    drop(dir);
-    proc
-}
 
 /// Sends `total` random bytes through `addr` (an echo behind the tunnel) while reading them
 /// back; true when every byte came back in order.
@@ -165,105 +75,16 @@ enum Via {
     Ws,
 }
 
-/// Our relay in its own engine process.
-struct OurRelay {
-    proc: Proc,
-    port: u16,
-    api: SocketAddr,
-    config: PathBuf,
-}
-
-impl OurRelay {
-    /// A relay with its registry at `state`.
-    fn start(pki: &Pki, driver: &str, state: &str, port: Option<u16>) -> OurRelay {
-        Self::start_with(pki, driver, state, port, None)
-    }
-
-    /// [`OurRelay::start`], with `/metrics` on `metrics` if given.
-    fn start_with(
-        pki: &Pki,
-        driver: &str,
-        state: &str,
-        port: Option<u16>,
-        metrics: Option<u16>,
-    ) -> OurRelay {
-        let (port, api) = (port.unwrap_or_else(free_port), free_port());
-        let config = pki.dir.path().join(format!("relay-{port}-{api}.toml"));
-        let toml = format!(
-            "driver = \"{driver}\"\nthreads = 2\n\n[[relay]]\nname = \"r\"\n\
-             listen = \"127.0.0.1:{port}\"\ncert = {:?}\nkey = {:?}\napi = \"127.0.0.1:{api}\"\n\
-             state = {state:?}\n",
-            pki.server.cert.display().to_string(),
-            pki.server.key.display().to_string(),
-        );
-        write_file(&config, toml.as_bytes());
-        let mut cmd = EngineCmd::new("run")
-            .opt("--config", &config)
-            .opt("--log-level", "info")
-            .wait_port(port)
-            .wait_port(api)
-            .label(format!("relay ({driver})"));
-        if let Some(m) = metrics {
-            cmd = cmd.metrics(m);
-        }
-        let proc = cmd.start();
-        OurRelay {
-            proc,
-            port,
-            api: localhost(api),
-            config,
-        }
-    }
-
-    fn addr(&self) -> SocketAddr {
-        localhost(self.port)
-    }
-
-    /// One API call: status and JSON body.
-    fn api(&self, method: &str, path: &str, body: &str) -> (u16, serde_json::Value) {
-        let mut s = connect(self.api);
-        write!(
-            s,
-            "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
-             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        )
-        .expect("write an API request");
-        let mut text = String::new();
-        s.read_to_string(&mut text).expect("read the API's answer");
-        let status: u16 = text[9..12].parse().expect("status");
-        let json = text
-            .split_once("\r\n\r\n")
-            .and_then(|(_, b)| serde_json::from_str(b).ok())
-            .unwrap_or_default();
-        (status, json)
-    }
-
-    /// Opens a tunnel of `services`: its id and the source and destination tokens.
-    fn open(&self, services: &[&str]) -> (String, String, String) {
-        let body = serde_json::json!({ "destinationConfig": { "services": services } });
-        let (status, json) = self.api("POST", "/tunnels", &body.to_string());
-        assert_eq!(status, 200, "open a tunnel: {json}");
-        let s = |k: &str| json[k].as_str().expect(k).to_string();
-        (
-            s("tunnelId"),
-            s("sourceAccessToken"),
-            s("destinationAccessToken"),
-        )
-    }
-
-    /// Whether both peers of tunnel `id` are connected.
-    fn both_connected(&self, id: &str) -> bool {
-        let (status, json) = self.api("GET", &format!("/tunnels/{id}"), "");
-        let t = &json["tunnel"];
-        status == 200
-            && t["sourceConnectionState"]["status"] == "CONNECTED"
-            && t["destinationConnectionState"]["status"] == "CONNECTED"
-    }
+/// Our relay in its own engine process, its registry at `state`, agents on `port` if given.
+fn our_relay(pki: &Pki, driver: &str, state: &str, port: Option<u16>) -> Relay {
+    RelaySetup::new(pki, driver)
+        .state(state)
+        .port(port)
+        .run_config()
 }
 
 enum RelayUnderTest {
-    Ours(OurRelay, String),
+    Ours(Relay, String),
     Ws(WsRelay),
 }
 
@@ -275,32 +96,15 @@ struct Tunnel {
     ports: Vec<u16>,
     _backends: Vec<Backend>,
     /// The destination's table, to start it again.
-    dst_services: Vec<String>,
+    dst: AgentSetup,
     dst_token: String,
-    dst_protocol: String,
-    client_token: Option<String>,
     driver: String,
 }
 
 impl Tunnel {
     /// Starts another destination agent with the same table (the first one is gone).
     fn restart_destination(&mut self, pki: &Pki) {
-        self.destination = start_agent(
-            &Agent {
-                kind: "destination",
-                name: "dst",
-                services: self.dst_services.clone(),
-                protocol: &self.dst_protocol,
-                client_token: self.client_token.as_deref(),
-                token: self.dst_token.clone(),
-                keep_trying: false,
-                extra: "",
-            },
-            self.relay_addr,
-            pki,
-            &self.driver,
-            &[],
-        );
+        self.destination = self.dst.start(self.relay_addr, pki, &self.driver);
     }
 }
 
@@ -366,7 +170,7 @@ fn tunnel_with(
     let relay_services: Vec<&str> = services.iter().copied().filter(|s| !s.is_empty()).collect();
     let (relay, relay_addr, src_token, dst_token) = match via {
         Via::Ours => {
-            let r = OurRelay::start(pki, driver, ":memory:", None);
+            let r = our_relay(pki, driver, ":memory:", None);
             let (id, src, dst) = r.open(&relay_services);
             let addr = r.addr();
             (RelayUnderTest::Ours(r, id), addr, src, dst)
@@ -385,47 +189,31 @@ fn tunnel_with(
             format!("{s}={addr}")
         }
     };
-    let dst_services: Vec<String> = services
-        .iter()
-        .zip(&backends)
-        .map(|(s, b)| named(s, b.addr.to_string()))
-        .collect();
-    let destination = start_agent(
-        &Agent {
-            kind: "destination",
-            name: "dst",
-            services: dst_services.clone(),
-            protocol: dst_protocol,
-            client_token,
-            token: dst_token.clone(),
-            keep_trying: false,
-            extra: dst_extra,
-        },
-        relay_addr,
-        pki,
-        driver,
-        &[],
-    );
-    let source = start_agent(
-        &Agent {
-            kind: "source",
-            name: "src",
-            services: services
+    let dst = AgentSetup::destination(&dst_token)
+        .services(
+            services
+                .iter()
+                .zip(&backends)
+                .map(|(s, b)| named(s, b.addr.to_string()))
+                .collect(),
+        )
+        .protocol(dst_protocol)
+        .client_token(client_token)
+        .lines(dst_extra);
+    let destination = dst.start(relay_addr, pki, driver);
+    let source = AgentSetup::source(&src_token)
+        .services(
+            services
                 .iter()
                 .zip(&ports)
                 .map(|(s, p)| named(s, localhost(*p).to_string()))
                 .collect(),
-            protocol: src_protocol,
-            client_token,
-            token: src_token,
-            keep_trying: false,
-            extra: src_extra,
-        },
-        relay_addr,
-        pki,
-        driver,
-        &ports,
-    );
+        )
+        .wait_ports(&ports)
+        .protocol(src_protocol)
+        .client_token(client_token)
+        .lines(src_extra)
+        .start(relay_addr, pki, driver);
     let t = Tunnel {
         relay,
         relay_addr,
@@ -433,10 +221,8 @@ fn tunnel_with(
         destination,
         ports,
         _backends: backends,
-        dst_services,
+        dst,
         dst_token,
-        dst_protocol: dst_protocol.to_string(),
-        client_token: client_token.map(str::to_string),
         driver: driver.to_string(),
     };
     t.wait_paired(2);
@@ -504,7 +290,7 @@ fn version_pairings() {
 fn target_down_resets_only_its_stream() {
     let pki = Pki::new();
     for driver in DRIVERS {
-        let relay = OurRelay::start(&pki, driver, ":memory:", None);
+        let relay = our_relay(&pki, driver, ":memory:", None);
         let (_, src_token, dst_token) = relay.open(&["up", "down"]);
         let backend = echo_backend();
         let dead = {
@@ -513,38 +299,13 @@ fn target_down_resets_only_its_stream() {
             l.local_addr().unwrap()
         };
         let (pu, pd) = (free_port(), free_port());
-        let _dst = start_agent(
-            &Agent {
-                kind: "destination",
-                name: "dst",
-                services: vec![format!("up={}", backend.addr), format!("down={dead}")],
-                protocol: "v3",
-                client_token: None,
-                token: dst_token,
-                keep_trying: false,
-                extra: "",
-            },
-            relay.addr(),
-            &pki,
-            driver,
-            &[],
-        );
-        let _src = start_agent(
-            &Agent {
-                kind: "source",
-                name: "src",
-                services: vec![format!("up=127.0.0.1:{pu}"), format!("down=127.0.0.1:{pd}")],
-                protocol: "v3",
-                client_token: None,
-                token: src_token,
-                keep_trying: false,
-                extra: "",
-            },
-            relay.addr(),
-            &pki,
-            driver,
-            &[pu, pd],
-        );
+        let _dst = AgentSetup::destination(&dst_token)
+            .services(vec![format!("up={}", backend.addr), format!("down={dead}")])
+            .start(relay.addr(), &pki, driver);
+        let _src = AgentSetup::source(&src_token)
+            .listen("up", pu)
+            .listen("down", pd)
+            .start(relay.addr(), &pki, driver);
         assert!(wait_until(SOON, || echo_within(
             localhost(pu),
             10,
@@ -693,42 +454,18 @@ fn relay_restart(graceful: bool) {
     let driver = if graceful { "uring" } else { "epoll" };
     let state = pki.dir.path().join("relay.sqlite");
     let state = state.to_str().unwrap();
-    let relay = OurRelay::start(&pki, driver, state, None);
+    let relay = our_relay(&pki, driver, state, None);
     let (id, src_token, dst_token) = relay.open(&["ssh"]);
     let backend = echo_backend();
     let port = free_port();
-    let _dst = start_agent(
-        &Agent {
-            kind: "destination",
-            name: "dst",
-            services: vec![format!("ssh={}", backend.addr)],
-            protocol: "v3",
-            client_token: Some(token),
-            token: dst_token,
-            keep_trying: false,
-            extra: "",
-        },
-        relay.addr(),
-        &pki,
-        driver,
-        &[],
-    );
-    let src = start_agent(
-        &Agent {
-            kind: "source",
-            name: "src",
-            services: vec![format!("ssh=127.0.0.1:{port}")],
-            protocol: "v3",
-            client_token: Some(token),
-            token: src_token,
-            keep_trying: false,
-            extra: "",
-        },
-        relay.addr(),
-        &pki,
-        driver,
-        &[port],
-    );
+    let _dst = AgentSetup::destination(&dst_token)
+        .services(vec![format!("ssh={}", backend.addr)])
+        .client_token(Some(token))
+        .start(relay.addr(), &pki, driver);
+    let src = AgentSetup::source(&src_token)
+        .listen("ssh", port)
+        .client_token(Some(token))
+        .start(relay.addr(), &pki, driver);
     assert!(wait_until(SOON, || relay.both_connected(&id)));
     echo_through(localhost(port), 100_000, 1).unwrap();
     let relay_port = relay.port;
@@ -744,7 +481,7 @@ fn relay_restart(graceful: bool) {
     } else {
         drop(relay);
     }
-    let relay = OurRelay::start(&pki, driver, state, Some(relay_port));
+    let relay = our_relay(&pki, driver, state, Some(relay_port));
     assert!(
         wait_until(SOON, || relay.both_connected(&id)),
         "both agents are back; source:\n{}\nrelay:\n{}",
@@ -752,7 +489,7 @@ fn relay_restart(graceful: bool) {
         relay.proc.log()
     );
     echo_again(port);
-    assert!(relay.config.exists());
+    assert!(relay.config.as_ref().is_some_and(|c| c.exists()));
 }
 
 #[test]
@@ -839,43 +576,17 @@ fn tunnel_closed_through_the_api_makes_the_agents_give_up() {
 fn agent_metrics() {
     let pki = Pki::new();
     let driver = "uring";
-    let relay = OurRelay::start(&pki, driver, ":memory:", None);
+    let relay = our_relay(&pki, driver, ":memory:", None);
     let (id, src_token, dst_token) = relay.open(&["ssh"]);
     let backend = echo_backend();
     let (port, metrics) = (free_port(), free_port());
-    let _dst = start_agent(
-        &Agent {
-            kind: "destination",
-            name: "dst",
-            services: vec![format!("ssh={}", backend.addr)],
-            protocol: "v3",
-            client_token: None,
-            token: dst_token,
-            keep_trying: false,
-            extra: "",
-        },
-        relay.addr(),
-        &pki,
-        driver,
-        &[],
-    );
-    let _src = start_agent_with(
-        &Agent {
-            kind: "source",
-            name: "src",
-            services: vec![format!("ssh=127.0.0.1:{port}")],
-            protocol: "v3",
-            client_token: None,
-            token: src_token,
-            keep_trying: false,
-            extra: "",
-        },
-        relay.addr(),
-        &pki,
-        driver,
-        &[port],
-        Some(metrics),
-    );
+    let _dst = AgentSetup::destination(&dst_token)
+        .services(vec![format!("ssh={}", backend.addr)])
+        .start(relay.addr(), &pki, driver);
+    let _src = AgentSetup::source(&src_token)
+        .listen("ssh", port)
+        .metrics(metrics)
+        .start(relay.addr(), &pki, driver);
     assert!(wait_until(SOON, || relay.both_connected(&id)));
     for k in 0..3 {
         echo_through(localhost(port), 100_000, k).unwrap();
@@ -908,46 +619,18 @@ fn agent_metrics() {
 fn agent_kernel_bytes_equal_the_payload() {
     let pki = Pki::new();
     for driver in DRIVERS {
-        let relay = OurRelay::start(&pki, driver, ":memory:", None);
+        let relay = our_relay(&pki, driver, ":memory:", None);
         let (id, src_token, dst_token) = relay.open(&["ssh"]);
         let backend = echo_backend();
         let (port, src_metrics, dst_metrics) = (free_port(), free_port(), free_port());
-        let agent = |kind, name, services, token| Agent {
-            kind,
-            name,
-            services,
-            protocol: "v3",
-            client_token: None,
-            token,
-            keep_trying: false,
-            extra: "",
-        };
-        let _dst = start_agent_with(
-            &agent(
-                "destination",
-                "dst",
-                vec![format!("ssh={}", backend.addr)],
-                dst_token,
-            ),
-            relay.addr(),
-            &pki,
-            driver,
-            &[],
-            Some(dst_metrics),
-        );
-        let _src = start_agent_with(
-            &agent(
-                "source",
-                "src",
-                vec![format!("ssh=127.0.0.1:{port}")],
-                src_token,
-            ),
-            relay.addr(),
-            &pki,
-            driver,
-            &[port],
-            Some(src_metrics),
-        );
+        let _dst = AgentSetup::destination(&dst_token)
+            .services(vec![format!("ssh={}", backend.addr)])
+            .metrics(dst_metrics)
+            .start(relay.addr(), &pki, driver);
+        let _src = AgentSetup::source(&src_token)
+            .listen("ssh", port)
+            .metrics(src_metrics)
+            .start(relay.addr(), &pki, driver);
         assert!(wait_until(SOON, || relay.both_connected(&id)));
         let mut total = 0;
         for k in 0..3 {
@@ -1057,8 +740,7 @@ impl CountingProxy {
 fn relay_kernel_bytes_equal_the_bytes_on_the_wire() {
     let pki = Pki::new();
     for driver in DRIVERS {
-        let metrics = free_port();
-        let relay = OurRelay::start_with(&pki, driver, ":memory:", None, Some(metrics));
+        let relay = RelaySetup::new(&pki, driver).metrics().run_config();
         let (id, src_token, dst_token) = relay.open(&["ssh"]);
         let backend = echo_backend();
         let port = free_port();
@@ -1066,40 +748,13 @@ fn relay_kernel_bytes_equal_the_bytes_on_the_wire() {
             CountingProxy::start(relay.addr()),
             CountingProxy::start(relay.addr()),
         ];
-        let agent = |kind, name, services, token| Agent {
-            kind,
-            name,
-            services,
-            protocol: "v3",
-            client_token: None,
-            token,
-            keep_trying: false,
-            extra: "",
-        };
-        let dst = start_agent(
-            &agent(
-                "destination",
-                "dst",
-                vec![format!("ssh={}", backend.addr)],
-                dst_token,
-            ),
-            proxies[1].addr,
-            &pki,
-            driver,
-            &[],
-        );
-        let src = start_agent(
-            &agent(
-                "source",
-                "src",
-                vec![format!("ssh=127.0.0.1:{port}")],
-                src_token,
-            ),
-            proxies[0].addr,
-            &pki,
-            driver,
-            &[port],
-        );
+        let dst = AgentSetup::destination(&dst_token)
+            .services(vec![format!("ssh={}", backend.addr)])
+            .start(proxies[1].addr, &pki, driver);
+        let src =
+            AgentSetup::source(&src_token)
+                .listen("ssh", port)
+                .start(proxies[0].addr, &pki, driver);
         assert!(wait_until(SOON, || relay.both_connected(&id)));
         let mut total = 0;
         for k in 0..3 {
@@ -1118,7 +773,7 @@ fn relay_kernel_bytes_equal_the_bytes_on_the_wire() {
             wire.iter().all(|w| w[0] > total && w[1] > total),
             "{wire:?}"
         );
-        let m = localhost(metrics);
+        let m = relay.metrics_addr();
         let kernel = |s: &Metrics, name: &str, extra: &[(&str, &str)]| {
             ["source", "destination"].map(|side| {
                 ["in", "out"].map(|dir| {
@@ -1166,30 +821,16 @@ fn keep_trying_reconnects_after_a_close_frame() {
     let relay = WsRelay::start(&pki.server, &["ssh"], 3);
     let backend = echo_backend();
     let port = free_port();
-    let agent = |kind, services: Vec<String>, keep_trying| Agent {
-        kind,
-        name: kind,
-        services,
-        protocol: "v3",
-        client_token: None,
-        token: "t".into(),
-        keep_trying,
-        extra: "",
-    };
-    let dst = start_agent(
-        &agent("destination", vec![format!("ssh={}", backend.addr)], true),
-        relay.addr,
-        &pki,
-        driver,
-        &[],
-    );
-    let src = start_agent(
-        &agent("source", vec![format!("ssh=127.0.0.1:{port}")], true),
-        relay.addr,
-        &pki,
-        driver,
-        &[port],
-    );
+    let dst = AgentSetup::destination("t")
+        .name("destination")
+        .services(vec![format!("ssh={}", backend.addr)])
+        .keep_trying()
+        .start(relay.addr, &pki, driver);
+    let src = AgentSetup::source("t")
+        .name("source")
+        .listen("ssh", port)
+        .keep_trying()
+        .start(relay.addr, &pki, driver);
     assert!(wait_until(SOON, || relay.upgrades.lock().unwrap().len() >= 2));
     // The test relay drops what comes while a peer is away (ours resets it): the wait for
     // both peers below is what makes the first connection after the reconnect safe.
@@ -1218,22 +859,10 @@ fn a_silent_relay_is_dropped_and_reconnected() {
     for driver in DRIVERS {
         let relay = WsRelay::start(&pki.server, &["ssh"], 3);
         let port = free_port();
-        let src = start_agent(
-            &Agent {
-                kind: "source",
-                name: "src",
-                services: vec![format!("ssh=127.0.0.1:{port}")],
-                protocol: "v3",
-                client_token: None,
-                token: "t".into(),
-                keep_trying: false,
-                extra: "ping_after = \"300ms\"\nidle_timeout = \"1s\"\n",
-            },
-            relay.addr,
-            &pki,
-            driver,
-            &[port],
-        );
+        let src = AgentSetup::source("t")
+            .listen("ssh", port)
+            .lines("ping_after = \"300ms\"\nidle_timeout = \"1s\"\n")
+            .start(relay.addr, &pki, driver);
         assert!(wait_until(SOON, || relay.connected.load(Ordering::SeqCst) == 1));
         // Answered pings keep a quiet tunnel up.
         thread::sleep(Duration::from_secs(2));
@@ -1285,7 +914,7 @@ fn sigterm_lets_an_open_connection_finish_then_exits() {
 fn the_source_and_destination_commands() {
     let pki = Pki::new();
     let driver = "epoll";
-    let relay = OurRelay::start(&pki, driver, ":memory:", None);
+    let relay = our_relay(&pki, driver, ":memory:", None);
     let (id, src_token, dst_token) = relay.open(&["ssh"]);
     let backend = echo_backend();
     let port = free_port();
@@ -1545,46 +1174,20 @@ fn connections_per_service_limit_is_logged_and_counted() {
     let pki = Pki::new();
     for driver in DRIVERS {
         for (limited, src_limit, dst_limit) in [("source", 2, 128), ("destination", 128, 1)] {
-            let relay = OurRelay::start(&pki, driver, ":memory:", None);
+            let relay = our_relay(&pki, driver, ":memory:", None);
             let (id, src_token, dst_token) = relay.open(&["ssh"]);
             let backend = echo_backend();
             let (port, src_metrics, dst_metrics) = (free_port(), free_port(), free_port());
-            let dst_extra = format!("connections_per_service = {dst_limit}\n");
-            let dst = start_agent_with(
-                &Agent {
-                    kind: "destination",
-                    name: "dst",
-                    services: vec![format!("ssh={}", backend.addr)],
-                    protocol: "v3",
-                    client_token: None,
-                    token: dst_token,
-                    keep_trying: false,
-                    extra: &dst_extra,
-                },
-                relay.addr(),
-                &pki,
-                driver,
-                &[],
-                Some(dst_metrics),
-            );
-            let src_extra = format!("connections_per_service = {src_limit}\n");
-            let src = start_agent_with(
-                &Agent {
-                    kind: "source",
-                    name: "src",
-                    services: vec![format!("ssh=127.0.0.1:{port}")],
-                    protocol: "v3",
-                    client_token: None,
-                    token: src_token,
-                    keep_trying: false,
-                    extra: &src_extra,
-                },
-                relay.addr(),
-                &pki,
-                driver,
-                &[port],
-                Some(src_metrics),
-            );
+            let dst = AgentSetup::destination(&dst_token)
+                .services(vec![format!("ssh={}", backend.addr)])
+                .lines(&format!("connections_per_service = {dst_limit}\n"))
+                .metrics(dst_metrics)
+                .start(relay.addr(), &pki, driver);
+            let src = AgentSetup::source(&src_token)
+                .listen("ssh", port)
+                .lines(&format!("connections_per_service = {src_limit}\n"))
+                .metrics(src_metrics)
+                .start(relay.addr(), &pki, driver);
             assert!(wait_until(SOON, || relay.both_connected(&id)));
             let round_trip = |s: &mut std::net::TcpStream, n: u8| -> std::io::Result<()> {
                 s.write_all(&[n; 100])?;
@@ -1667,43 +1270,40 @@ fn connections_per_service_limit_is_logged_and_counted() {
 fn sighup_applies_added_changed_and_removed_agent_tables() {
     let pki = Pki::new();
     for driver in DRIVERS {
-        let relay = OurRelay::start(&pki, driver, ":memory:", None);
+        let relay = our_relay(&pki, driver, ":memory:", None);
         let (id1, s1_token, d1_token) = relay.open(&["ssh"]);
         let (id2, s2_token, d2_token) = relay.open(&["ssh"]);
         let backend = echo_backend();
         let (pa, pb, pc) = (free_port(), free_port(), free_port());
         let client = "reload-client-token-0123456789abcdef";
-        let table = |kind, name, service: String, token: &str, client_token| {
-            Agent {
-                kind,
-                name,
-                services: vec![service],
-                protocol: "v3",
-                client_token,
-                token: token.to_string(),
-                keep_trying: false,
-                extra: "",
-            }
-            .toml(relay.addr(), &pki.ca.path)
+        let table = |agent: AgentSetup, name, service: String, client_token| {
+            agent
+                .name(name)
+                .services(vec![service])
+                .client_token(client_token)
+                .toml(relay.addr(), &pki.ca.path)
         };
         let backend_svc = format!("ssh={}", backend.addr);
         let d1 = table(
-            "destination",
+            AgentSetup::destination(&d1_token),
             "d1",
             backend_svc.clone(),
-            &d1_token,
             Some(client),
         );
         let s1 = |port: u16| {
             let svc = format!("ssh=127.0.0.1:{port}");
-            table("source", "s1", svc, &s1_token, Some(client))
+            table(AgentSetup::source(&s1_token), "s1", svc, Some(client))
         };
-        let d2 = table("destination", "d2", backend_svc.clone(), &d2_token, None);
+        let d2 = table(
+            AgentSetup::destination(&d2_token),
+            "d2",
+            backend_svc.clone(),
+            None,
+        );
         let s2 = table(
-            "source",
+            AgentSetup::source(&s2_token),
             "s2",
             format!("ssh=127.0.0.1:{pb}"),
-            &s2_token,
             None,
         );
         let path = pki.dir.path().join(format!("agents-{driver}.toml"));

@@ -1,7 +1,8 @@
 //! Shared helpers for the end-to-end tests, by topic: the engine process and its command line
 //! (`engine`), its log (`logs`), a chain of two engines (`chain`), rustls peers (`tls`),
 //! `openssl` children (`openssl`), backends (`backends`), payloads and hashes (`payload`),
-//! metrics scraping (`metrics`) and sockets (`net`); certificates come from `splice-test-pki`.
+//! metrics scraping (`metrics`), sockets (`net`) and a relay of ours with
+//! its agents (`tunnel`); certificates come from `splice-test-pki`.
 //! Everything is re-exported here, so a test file needs only `use crate::support::*`.
 //!
 //! Everything panics with context on failure: these are test helpers.
@@ -38,6 +39,7 @@ mod net;
 mod openssl;
 mod payload;
 mod tls;
+mod tunnel;
 mod ws_relay;
 
 pub use backends::*;
@@ -49,6 +51,7 @@ pub use net::*;
 pub use openssl::*;
 pub use payload::*;
 pub use tls::*;
+pub use tunnel::*;
 pub use ws_relay::*;
 
 /// The binary under test.
