@@ -115,6 +115,12 @@ const IDLE_TUNNELS: &[Figure] = &[
         "KiB",
         Better::Lower,
     ),
+    fig(
+        "relay_kib_per_standby",
+        "relay KiB/standby",
+        "KiB",
+        Better::Lower,
+    ),
     fig("tunnels", "tunnels", "tunnels", Better::Higher),
     fig("connect_secs", "connect s", "s", Better::Lower),
 ];

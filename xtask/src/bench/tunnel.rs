@@ -217,6 +217,7 @@ impl PathDef for Tunnel {
             listen: free_port()?,
             api: free_port()?,
         };
+        let device_ca = write_device_identity(ctx)?;
         let mut relay_cmd = Command::new(&ctx.engine);
         relay_cmd
             .arg("relay")
@@ -229,6 +230,8 @@ impl PathDef for Tunnel {
             .arg("--api")
             .arg(relay_addrs.api.to_string())
             .args(["--state", ":memory:"])
+            .arg("--device-ca")
+            .arg(device_ca)
             .args(NO_EBPF)
             .args(LOG);
         let mut relay = Proc::spawn(
@@ -316,7 +319,7 @@ fn idle_peers(
     n: usize,
     figures: &mut BTreeMap<String, f64>,
 ) -> Result<()> {
-    raise_nofile(2 * n as u64 + 512)?;
+    raise_nofile(3 * n as u64 + 512)?;
     // The path's own tunnel has its two agents connected.
     let already = connected_peers(addrs.api)?;
     let started = Instant::now();
@@ -365,6 +368,14 @@ fn idle_peers(
     std::thread::sleep(Duration::from_secs(2)); // let the relay settle
     let after = procs::group_memory(relay_pid);
     let connected = connected_peers(addrs.api)?;
+    // Then as many devices in standby (`destination --thing`), on top of the peers.
+    let device_tls = Arc::new(device_client_config(ctx)?);
+    let standing: Vec<TcpStream> = (0..n)
+        .map(|_| connect_standby(addrs.listen, &device_tls))
+        .collect::<Result<_>>()?;
+    std::thread::sleep(Duration::from_secs(2));
+    let with_standby = procs::group_memory(relay_pid);
+    drop(standing);
     drop(held);
     let expected = 2 * n + already;
     if connected < expected {
@@ -386,6 +397,10 @@ fn idle_peers(
     figures.insert(
         "relay_rss_kib_per_peer".into(),
         (after.rss_kib as f64 - before.rss_kib as f64) / count,
+    );
+    figures.insert(
+        "relay_kib_per_standby".into(),
+        (with_standby.pss_kib as f64 - after.pss_kib as f64) / n as f64,
     );
     figures.insert("peers".into(), count);
     figures.insert("open_secs".into(), open_secs);
@@ -496,6 +511,24 @@ fn connect_peer(
     mode: &str,
     token: &str,
 ) -> Result<TcpStream> {
+    let request = format!(
+        "GET /tunnel?local-proxy-mode={mode} HTTP/1.1\r\nHost: localhost\r\n\
+         Upgrade: websocket\r\nConnection: upgrade\r\n\
+         Sec-WebSocket-Key: c3BsaWNlLWJlbmNoLWtleQ==\r\nSec-WebSocket-Version: 13\r\n\
+         Sec-WebSocket-Protocol: aws.iot.securetunneling-3.0\r\naccess-token: {token}\r\n\
+         User-Agent: splice-engine-bench\r\n\r\n"
+    );
+    upgrade(relay, tls, &request, mode)
+}
+
+/// TLS to the relay, `request` (a WebSocket upgrade), and its 101 read to the end of its
+/// headers; `who` names the peer in errors. Returns the bare socket.
+fn upgrade(
+    relay: SocketAddr,
+    tls: &Arc<rustls::ClientConfig>,
+    request: &str,
+    who: &str,
+) -> Result<TcpStream> {
     let mut sock = TcpStream::connect_timeout(&relay, Duration::from_secs(10))
         .with_context(|| format!("connecting to the relay at {relay}"))?;
     sock.set_read_timeout(Some(Duration::from_secs(30)))?;
@@ -503,21 +536,14 @@ fn connect_peer(
     let mut conn = rustls::ClientConnection::new(tls.clone(), name)?;
     {
         let mut s = rustls::Stream::new(&mut conn, &mut sock);
-        write!(
-            s,
-            "GET /tunnel?local-proxy-mode={mode} HTTP/1.1\r\nHost: localhost\r\n\
-             Upgrade: websocket\r\nConnection: upgrade\r\n\
-             Sec-WebSocket-Key: c3BsaWNlLWJlbmNoLWtleQ==\r\nSec-WebSocket-Version: 13\r\n\
-             Sec-WebSocket-Protocol: aws.iot.securetunneling-3.0\r\naccess-token: {token}\r\n\
-             User-Agent: splice-engine-bench\r\n\r\n"
-        )?;
+        s.write_all(request.as_bytes())?;
         s.flush()?;
         let mut r = BufReader::new(s);
         let mut status = String::new();
         r.read_line(&mut status)?;
         if !status.starts_with("HTTP/1.1 101") {
             bail!(
-                "the relay answered the {mode}'s upgrade with {:?}",
+                "the relay answered the {who}'s upgrade with {:?}",
                 status.trim()
             );
         }
@@ -532,6 +558,51 @@ fn connect_peer(
         }
     }
     Ok(sock)
+}
+
+/// The thing the `idle-tunnels` scenario's standby devices stand by for (their certificate's
+/// CN names it, as the relay's identity rule asks).
+const STANDBY_THING: &str = "bench-fleet";
+
+/// Makes a device CA and one device certificate for [`STANDBY_THING`] in the run's folder;
+/// returns the CA's file (the relay's `--device-ca`).
+fn write_device_identity(ctx: &Ctx) -> Result<PathBuf> {
+    use splice_test_pki::{Authority, KeyType, Usage};
+    let devices = Authority::new("splice-engine bench devices", KeyType::P256);
+    let device = devices.issue(STANDBY_THING, &[], KeyType::P256, Usage::Client);
+    ctx.write("tunnel-device.pem", &device.pem)?;
+    ctx.write("tunnel-device.key", &device.key.pem())?;
+    ctx.write("tunnel-devices-ca.pem", devices.cert_pem())
+}
+
+/// [`client_config`] with the device's certificate (see [`write_device_identity`]).
+fn device_client_config(ctx: &Ctx) -> Result<rustls::ClientConfig> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let chain = CertificateDer::pem_file_iter(ctx.file("tunnel-device.pem"))?
+        .collect::<Result<Vec<_>, _>>()?;
+    let key = PrivateKeyDer::from_pem_file(ctx.file("tunnel-device.key"))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(ctx.ca())? {
+        roots.add(c?)?;
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)?)
+}
+
+/// Connects one device in standby: TLS with the device's certificate, `GET /notify` for
+/// [`STANDBY_THING`], the 101. Returns the bare socket, which then says nothing.
+fn connect_standby(relay: SocketAddr, tls: &Arc<rustls::ClientConfig>) -> Result<TcpStream> {
+    let request = format!(
+        "GET /notify?thing={STANDBY_THING} HTTP/1.1\r\nHost: localhost\r\n\
+         Upgrade: websocket\r\nConnection: upgrade\r\n\
+         Sec-WebSocket-Key: c3BsaWNlLWJlbmNoLWtleQ==\r\nSec-WebSocket-Version: 13\r\n\
+         Sec-WebSocket-Protocol: splice.notify.v1\r\nUser-Agent: splice-engine-bench\r\n\r\n"
+    );
+    upgrade(relay, tls, &request, "standby device")
 }
 
 /// rathole with its TLS transport.
