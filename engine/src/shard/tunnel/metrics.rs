@@ -2,11 +2,12 @@
 //! (per relay, and per open tunnel: a tunnel's series go when it closes or expires, so they
 //! follow the open tunnels) and, through the same helpers, the agents'.
 
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 
 use super::exposition::{header, sample};
 use super::relay_state::{REFUSAL_STATUSES, RelayStats};
+use crate::relay::counters::TunnelCounters;
 
 /// The relays' statistics, by name: filled as relays start, read by the metrics thread.
 pub(crate) type StatsList = Arc<Mutex<Vec<(String, Arc<RelayStats>)>>>;
@@ -160,50 +161,39 @@ fn render_per_tunnel(out: &mut String, relays: &[(String, Arc<RelayStats>)]) {
         .iter()
         .map(|(r, s)| (r, s.per_tunnel.snapshot()))
         .collect();
-    let name = "splice_relay_tunnel_bytes_total";
-    header(
+    tunnel_family(
         out,
-        name,
-        "counter",
-        "Bytes of tunnel frames the relay forwarded for an open tunnel, by direction.",
+        &tunnels,
+        (
+            "splice_relay_tunnel_bytes_total",
+            "counter",
+            "Bytes of tunnel frames the relay forwarded for an open tunnel, by direction.",
+        ),
+        |c| {
+            let [up, down] = &c.bytes;
+            let n = |a: &AtomicU64| a.load(Relaxed) as i64;
+            vec![
+                (Some(("direction", DIRECTIONS[0])), n(up)),
+                (Some(("direction", DIRECTIONS[1])), n(down)),
+            ]
+        },
     );
-    for (r, list) in &tunnels {
-        for (id, c) in list {
-            for (dir, n) in DIRECTIONS.iter().zip(&c.bytes) {
-                let (kind, who) = c.pairing_labels();
-                let labels = [
-                    ("relay", r.as_str()),
-                    ("tunnel", id),
-                    ("pairing", kind),
-                    ("identity", who),
-                    ("direction", dir),
-                ];
-                sample(out, name, &labels, n.load(Relaxed));
-            }
-        }
-    }
-    let name = "splice_relay_tunnel_peers_connected";
-    header(
+    tunnel_family(
         out,
-        name,
-        "gauge",
-        "Agents of an open tunnel connected to the relay, by side.",
+        &tunnels,
+        (
+            "splice_relay_tunnel_peers_connected",
+            "gauge",
+            "Agents of an open tunnel connected to the relay, by side.",
+        ),
+        |c| {
+            let [source, destination] = &c.peers;
+            vec![
+                (Some(("side", SIDES[0])), source.load(Relaxed)),
+                (Some(("side", SIDES[1])), destination.load(Relaxed)),
+            ]
+        },
     );
-    for (r, list) in &tunnels {
-        for (id, c) in list {
-            for (side, n) in SIDES.iter().zip(&c.peers) {
-                let (kind, who) = c.pairing_labels();
-                let labels = [
-                    ("relay", r.as_str()),
-                    ("tunnel", id),
-                    ("pairing", kind),
-                    ("identity", who),
-                    ("side", side),
-                ];
-                sample(out, name, &labels, n.load(Relaxed));
-            }
-        }
-    }
     let kernel: Vec<_> = (relays.iter().zip(&tunnels))
         .flat_map(|((r, s), (_, list))| {
             list.iter()
@@ -222,18 +212,43 @@ fn render_per_tunnel(out: &mut String, relays: &[(String, Arc<RelayStats>)]) {
             kernel_samples(out, name, &[("relay", r), ("tunnel", id)], counts);
         }
     }
-    let name = "splice_relay_tunnel_streams_active";
-    header(out, name, "gauge", "Open streams of an open tunnel.");
-    for (r, list) in &tunnels {
+    tunnel_family(
+        out,
+        &tunnels,
+        (
+            "splice_relay_tunnel_streams_active",
+            "gauge",
+            "Open streams of an open tunnel.",
+        ),
+        |c| vec![(None, c.streams.load(Relaxed))],
+    );
+}
+
+/// A relay's open tunnels with their counters (`PerTunnel::snapshot`).
+type OpenTunnels = Vec<(String, Arc<TunnelCounters>)>;
+
+/// One per-tunnel family: its header, then for each open tunnel a sample per value `values`
+/// gives, labelled with the relay, the tunnel, how it was paired and the value's own label.
+fn tunnel_family(
+    out: &mut String,
+    tunnels: &[(&String, OpenTunnels)],
+    (name, kind, help): (&str, &str, &str),
+    values: impl Fn(&TunnelCounters) -> Vec<(Option<(&'static str, &'static str)>, i64)>,
+) {
+    header(out, name, kind, help);
+    for (r, list) in tunnels {
         for (id, c) in list {
-            let (kind, who) = c.pairing_labels();
-            let labels = [
-                ("relay", r.as_str()),
-                ("tunnel", id),
-                ("pairing", kind),
-                ("identity", who),
-            ];
-            sample(out, name, &labels, c.streams.load(Relaxed));
+            let (pairing, identity) = c.pairing_labels();
+            for (label, n) in values(c) {
+                let mut labels = vec![
+                    ("relay", r.as_str()),
+                    ("tunnel", id.as_str()),
+                    ("pairing", pairing),
+                    ("identity", identity),
+                ];
+                labels.extend(label);
+                sample(out, name, &labels, n);
+            }
         }
     }
 }
