@@ -276,13 +276,8 @@ impl Reactor {
                     Ok(n) => n,
                     Err(e) => {
                         tracing::debug!(agent = %self.spec.name, error = %e, "local connection failed");
-                        if let Some(id) = l.id.take() {
-                            self.by_id.remove(&id);
-                            self.sans.handle_local_closed(id);
-                        }
-                        self.remove_local(io, index, true);
-                        self.apply_actions(io);
-                        return;
+                        let id = l.id.take();
+                        return self.local_failed(io, index, id);
                     }
                 };
                 if n == 0 {
@@ -333,13 +328,8 @@ impl Reactor {
                     Ok(n) => n,
                     Err(e) => {
                         tracing::debug!(agent = %self.spec.name, error = %e, "local connection write failed");
-                        if let Some(id) = l.id.take() {
-                            self.by_id.remove(&id);
-                            self.sans.handle_local_closed(id);
-                        }
-                        self.remove_local(io, index, true);
-                        self.apply_actions(io);
-                        return;
+                        let id = l.id.take();
+                        return self.local_failed(io, index, id);
                     }
                 };
                 self.shared
@@ -443,6 +433,17 @@ impl Reactor {
     /// Resets a local connection (RST) and forgets it.
     pub(super) fn reset_local(&mut self, io: &mut Io<'_>, index: u32) {
         self.remove_local(io, index, true);
+    }
+
+    /// A local connection's read or write failed: the agent forgets its id (`id`, taken from
+    /// it), and it is reset and removed.
+    fn local_failed(&mut self, io: &mut Io<'_>, index: u32, id: Option<LocalId>) {
+        if let Some(id) = id {
+            self.by_id.remove(&id);
+            self.sans.handle_local_closed(id);
+        }
+        self.remove_local(io, index, true);
+        self.apply_actions(io);
     }
 
     pub(super) fn remove_local(&mut self, io: &mut Io<'_>, index: u32, reset: bool) {
