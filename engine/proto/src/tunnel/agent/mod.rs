@@ -40,7 +40,7 @@ use std::fmt;
 
 pub use destination::Destination;
 pub use half_close::{EOF_WAIT, HALF_CLOSE, HELLO, LocalEof};
-pub use reconnect::{Backoff, End, Next, Reconnect};
+pub use reconnect::{Backoff, End, Jitter, Next, Reconnect};
 pub use source::{START_WAIT, Source};
 
 use super::Version;

@@ -82,6 +82,29 @@ pub enum Next {
     Stop,
 }
 
+/// The jitter for [`Reconnect::handle_end`]: a xorshift64 sequence from a seed the host picks
+/// (a clock, random bytes), with values from 0.0 up to (not including) 1.0.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Jitter(u64);
+
+impl Jitter {
+    /// A sequence from `seed` (any value: xorshift needs a state other than zero, so its
+    /// lowest bit is set).
+    pub fn new(seed: u64) -> Jitter {
+        Jitter(seed | 1)
+    }
+
+    /// The next value.
+    pub fn sample(&mut self) -> f64 {
+        let mut x = self.0;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.0 = x;
+        (x >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
 /// The reconnect state of one agent: how many attempts failed in a row.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reconnect {

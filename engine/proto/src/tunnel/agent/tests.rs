@@ -837,6 +837,18 @@ fn reconnect_schedule() {
     assert_eq!(keep.handle_end(End::Status(403), 1.0), ms(200));
 }
 
+/// Jitter stays in [0, 1), spreads over it, and even a zero seed gives a moving sequence.
+#[test]
+fn jitter_is_spread_over_zero_to_one_from_any_seed() {
+    for seed in [0, 1, u64::MAX, 0x5eed] {
+        let mut j = Jitter::new(seed);
+        let v: Vec<f64> = (0..1000).map(|_| j.sample()).collect();
+        assert!(v.iter().all(|x| (0.0..1.0).contains(x)), "seed {seed}");
+        assert!(v.iter().any(|x| *x < 0.25), "seed {seed}: none low");
+        assert!(v.iter().any(|x| *x > 0.75), "seed {seed}: none high");
+    }
+}
+
 #[test]
 fn a_relay_going_away_is_a_drop_and_any_other_close_ends_the_tunnel() {
     assert_eq!(End::from_close(Some(1001)), End::Dropped);

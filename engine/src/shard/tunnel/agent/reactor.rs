@@ -25,8 +25,8 @@ use std::time::{Duration, Instant};
 
 use socket2::SockAddr;
 use splice_proto::tunnel::agent::{
-    Action, Backoff, Destination, EOF_WAIT, End, Error as AgentError, Limits, LocalEof, LocalId,
-    Next, Reconnect, START_WAIT, Source,
+    Action, Backoff, Destination, EOF_WAIT, End, Error as AgentError, Jitter, Limits, LocalEof,
+    LocalId, Next, Reconnect, START_WAIT, Source,
 };
 use splice_proto::tunnel::link::{Event, Link, SEND_HEADROOM, SEND_TAILROOM};
 use splice_proto::tunnel::{
@@ -243,7 +243,7 @@ pub(crate) struct Reactor {
     free: Vec<u32>,
     by_id: HashMap<LocalId, u32>,
     parked: Vec<u32>,
-    jitter: u64,
+    jitter: Jitter,
     /// Gave up or stopped: nothing new starts.
     done: bool,
     /// Draining: no new local connections; stops once the open ones end.
@@ -264,8 +264,7 @@ impl Reactor {
     ) -> Reactor {
         let seed = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
-            .map_or(1, |d| d.as_nanos() as u64)
-            | 1;
+            .map_or(1, |d| d.as_nanos() as u64);
         let relay_name = RelayName::new(&spec.host, spec.relay.port(), spec.relay_addrs.clone());
         Reactor {
             spec,
@@ -286,7 +285,7 @@ impl Reactor {
             free: Vec::new(),
             by_id: HashMap::new(),
             parked: Vec::new(),
-            jitter: seed,
+            jitter: Jitter::new(seed),
             done: false,
             draining: false,
             slot,
@@ -301,15 +300,6 @@ impl Reactor {
 
     fn log_name(&self) -> &str {
         &self.spec.name
-    }
-
-    fn next_jitter(&mut self) -> f64 {
-        let mut x = self.jitter;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.jitter = x;
-        (x >> 11) as f64 / (1u64 << 53) as f64
     }
 
     // ---- the tunnel connection ----
@@ -390,7 +380,7 @@ impl Reactor {
         if self.draining {
             return self.finish(io, AgentState::Stopped);
         }
-        let jitter = self.next_jitter();
+        let jitter = self.jitter.sample();
         match self.reconnect.handle_end(end, jitter) {
             Next::Retry(delay) => {
                 self.shared.reconnects.fetch_add(1, Relaxed);

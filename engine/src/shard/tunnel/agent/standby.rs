@@ -20,7 +20,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
-use splice_proto::tunnel::agent::{Backoff, End, Next, Reconnect};
+use splice_proto::tunnel::agent::{Backoff, End, Jitter, Next, Reconnect};
 use splice_proto::tunnel::link::{Event as LinkEvent, Link};
 use splice_proto::tunnel::relay::notify::{ClientRequest, Notice};
 use splice_proto::ws::{AccessToken, ClientToken, ResponseError, close_code};
@@ -53,7 +53,7 @@ pub(crate) struct StandbyAgent {
     /// The relay's 101 arrived on `link`.
     standing: bool,
     reconnect: Reconnect,
-    jitter: u64,
+    jitter: Jitter,
     /// When to connect again, after a failure.
     retry_at: Option<Instant>,
     /// When the attempt in progress must be up.
@@ -76,7 +76,7 @@ pub(crate) fn start(plane: &mut Plane, shard: &mut Shard, s: StandbyStart) {
         link: None,
         standing: false,
         reconnect,
-        jitter: u64::from_le_bytes(seed) | 1,
+        jitter: Jitter::new(u64::from_le_bytes(seed)),
         retry_at: None,
         deadline: None,
         heard: Instant::now(),
@@ -125,15 +125,6 @@ fn client_token() -> Option<ClientToken> {
 }
 
 impl StandbyAgent {
-    fn next_jitter(&mut self) -> f64 {
-        let mut x = self.jitter;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.jitter = x;
-        (x >> 11) as f64 / (1u64 << 53) as f64
-    }
-
     fn connect(&mut self, me: EntityRef, plane: &mut Plane, shard: &mut Shard) {
         if self.done {
             return;
@@ -186,7 +177,7 @@ impl StandbyAgent {
         if self.done {
             return;
         }
-        let jitter = self.next_jitter();
+        let jitter = self.jitter.sample();
         match self.reconnect.handle_end(end, jitter) {
             Next::Retry(delay) => {
                 self.shared.reconnects.fetch_add(1, Relaxed);
