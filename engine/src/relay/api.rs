@@ -509,4 +509,4 @@ fn percent_decode(s: &str) -> Option<String> {
 
 #[cfg(test)]
 #[path = "api_tests.rs"]
-mod tests;
+pub(super) mod tests;

@@ -36,17 +36,27 @@ fn api(api_token: Option<&str>) -> Api {
     }
 }
 
-/// An answer: status, head, body text.
-struct Reply {
-    status: u16,
-    head: String,
-    text: String,
+/// An answer: status, head (lowercase), body text. The console's tests read answers too.
+pub(in crate::relay) struct Reply {
+    pub(in crate::relay) status: u16,
+    pub(in crate::relay) head: String,
+    pub(in crate::relay) text: String,
 }
 
 impl Reply {
-    fn json(&self) -> Value {
+    pub(in crate::relay) fn json(&self) -> Value {
         serde_json::from_str(&self.text)
             .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.text))
+    }
+
+    /// The values of the header `name` (lowercase).
+    pub(in crate::relay) fn header(&self, name: &str) -> Vec<&str> {
+        self.head
+            .lines()
+            .filter_map(|l| l.split_once(':'))
+            .filter(|(n, _)| n.trim() == name)
+            .map(|(_, v)| v.trim())
+            .collect()
     }
 
     fn message(&self) -> String {
@@ -82,7 +92,7 @@ impl Api {
 }
 
 /// Sends `request` on a new connection and reads the answer to the end.
-fn raw(addr: SocketAddr, request: &str) -> Reply {
+pub(in crate::relay) fn raw(addr: SocketAddr, request: &str) -> Reply {
     let mut s = TcpStream::connect(addr).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(30)))
         .expect("timeout");

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use super::*;
 use crate::relay::api::ApiServer;
+use crate::relay::api::tests::{Reply, raw};
 use crate::relay::registry::Limits;
 use crate::relay::store::MemoryStore;
 
@@ -27,34 +28,8 @@ fn server(api_token: Option<&str>) -> ApiServer {
     .expect("start")
 }
 
-struct Reply {
-    status: u16,
-    /// Lowercase.
-    head: String,
-    text: String,
-}
-
-impl Reply {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.text)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.text))
-    }
-
-    fn header(&self, name: &str) -> Vec<&str> {
-        self.head
-            .lines()
-            .filter_map(|l| l.split_once(':'))
-            .filter(|(n, _)| n.trim() == name)
-            .map(|(_, v)| v.trim())
-            .collect()
-    }
-}
-
 /// One request: `headers` are whole lines without their CRLF.
 fn call(api: &ApiServer, method: &str, path: &str, headers: &[&str], body: &str) -> Reply {
-    let mut s = TcpStream::connect(api.local_addr()).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(30)))
-        .expect("timeout");
     let mut req = format!(
         "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: {}\r\n",
         body.len()
@@ -65,21 +40,7 @@ fn call(api: &ApiServer, method: &str, path: &str, headers: &[&str], body: &str)
     }
     req.push_str("\r\n");
     req.push_str(body);
-    s.write_all(req.as_bytes()).expect("write");
-    let mut answer = Vec::new();
-    s.read_to_end(&mut answer).expect("read");
-    let answer = String::from_utf8(answer).expect("UTF-8");
-    let (head, text) = answer.split_once("\r\n\r\n").expect("a head");
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no status in {head:?}"));
-    Reply {
-        status,
-        head: head.to_ascii_lowercase(),
-        text: text.to_string(),
-    }
+    raw(api.local_addr(), &req)
 }
 
 const HEADER: &str = "x-splice-console: 1";
