@@ -450,7 +450,6 @@ mod tests {
             humantime::format_duration(f.connect_timeout).to_string(),
             humantime::format_duration(f.handshake_timeout).to_string(),
             humantime::format_duration(e.drain_timeout).to_string(),
-            humantime::format_duration(e.busy_poll).to_string(),
             e.driver.to_string(),
             e.ktls.to_string(),
             e.ebpf.to_string(),
@@ -461,6 +460,11 @@ mod tests {
                 "client --help does not show the default {default}:\n{client}"
             );
         }
+        let poll = humantime::format_duration(e.busy_poll_ceiling()).to_string();
+        assert!(
+            client.contains(&format!("[default: {poll};")),
+            "client --help does not show the busy-poll default {poll}:\n{client}"
+        );
         let run = help("run");
         assert!(run.contains("SIGHUP") && run.contains("refused"), "{run}");
     }

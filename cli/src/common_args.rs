@@ -42,7 +42,8 @@ pub(crate) struct Common {
     /// Busy polling: the longest a shard that ran out of work polls before it sleeps (0 turns
     /// it off). The window adapts: it grows while packets keep arriving soon after the shard
     /// went idle and shrinks to nothing for idle or sparse traffic and on a contended CPU.
-    /// Lower latency for request/response traffic, for some CPU [default: 50us].
+    /// Lower latency for request/response traffic, for some CPU [default: 50us; 200us in a
+    /// relay, source or destination, whose replies come back through more hops].
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub(crate) busy_poll: Option<Duration>,
     /// No access line per connection (by default each connection's end is logged at info).
@@ -108,7 +109,7 @@ impl Common {
             cfg.metrics = self.metrics.clone();
         }
         if let Some(d) = self.busy_poll {
-            cfg.busy_poll = d;
+            cfg.busy_poll = Some(d);
         }
         if let Some(d) = self.drain_timeout {
             cfg.drain_timeout = d;

@@ -510,15 +510,16 @@ pub struct EngineConfig {
     /// How long SIGTERM waits for open connections to finish.
     #[serde(default = "default_drain_timeout", with = "humantime_serde")]
     pub drain_timeout: Duration,
-    /// The longest a shard that ran out of work polls for more before it sleeps (default
-    /// 50 µs; zero: never). The window adapts between zero and this: it grows while work keeps
-    /// arriving soon after the shard went idle and shrinks when it does not, or when the shard
-    /// keeps losing the CPU while it polls (see `shard/busy.rs`). A shard still polling when
-    /// the next packet arrives skips a wake-up, which is most of a hop's latency on a virtual
-    /// machine; idle connections, sparse traffic and bulk transfers cost no polling. Set it to
-    /// zero where every CPU cycle belongs to someone else.
-    #[serde(default = "default_busy_poll", with = "humantime_serde")]
-    pub busy_poll: Duration,
+    /// The longest a shard that ran out of work polls for more before it sleeps (zero: never;
+    /// unset: [`EngineConfig::busy_poll_ceiling`] picks 50 µs, or 200 µs in a process that
+    /// runs a relay or a tunnel agent). The window adapts between zero and this: it grows
+    /// while work keeps arriving soon after the shard went idle and shrinks when it does not,
+    /// or when the shard keeps losing the CPU while it polls (see `shard/busy.rs`). A shard
+    /// still polling when the next packet arrives skips a wake-up, which is most of a hop's
+    /// latency on a virtual machine; idle connections, sparse traffic and bulk transfers cost
+    /// no polling. Set it to zero where every CPU cycle belongs to someone else.
+    #[serde(default, with = "humantime_serde::option")]
+    pub busy_poll: Option<Duration>,
     /// An access line per connection at `info`, for forwarders that do not say (default on).
     #[serde(default = "default_true")]
     pub access_log: bool,
@@ -550,12 +551,17 @@ fn default_drain_timeout() -> Duration {
     Duration::from_secs(10)
 }
 
-/// Long enough to catch a backend's reply on the same machine or a LAN (it bought as much as
-/// 100 µs in the bench, see docs/design.md), short enough to waste little when a poll finds
-/// nothing.
-fn default_busy_poll() -> Duration {
-    Duration::from_micros(50)
-}
+/// The busy-polling ceiling of a process without tunnel roles: long enough to catch a
+/// backend's reply on the same machine or a LAN (it bought as much as 100 µs in the bench, see
+/// docs/design.md), short enough to waste little when a poll finds nothing.
+pub const BUSY_POLL_DEFAULT: Duration = Duration::from_micros(50);
+
+/// The busy-polling ceiling of a process that runs a relay or a tunnel agent. A reply comes
+/// back to them through more hops (the relay and the agent on the far side) than to a
+/// forwarder, so the wait between a request and its answer is longer: at 50 µs the windows
+/// never caught it and every hop slept. 200 µs is KVM's default halt-polling ceiling; in the
+/// bench it took the tunnel's added p50 from 1.4x rathole's to about 1.0x (BENCHMARKING.md).
+pub const BUSY_POLL_TUNNEL: Duration = Duration::from_micros(200);
 
 impl Default for EngineConfig {
     fn default() -> Self {
@@ -568,7 +574,7 @@ impl Default for EngineConfig {
             log_format: LogFormat::Text,
             metrics: None,
             drain_timeout: default_drain_timeout(),
-            busy_poll: default_busy_poll(),
+            busy_poll: None,
             access_log: true,
             balance: Balance::Kernel,
             forwarders: Vec::new(),
@@ -584,6 +590,19 @@ impl EngineConfig {
     /// A commented sample configuration file with every key, as [`EngineConfig::from_file`]
     /// reads it (`splice-engine config example` prints it).
     pub const EXAMPLE: &str = EXAMPLE;
+
+    /// The busy-polling ceiling the shards use: `busy_poll` when set, else
+    /// [`BUSY_POLL_TUNNEL`] when the process runs a relay or a tunnel agent, else
+    /// [`BUSY_POLL_DEFAULT`].
+    pub fn busy_poll_ceiling(&self) -> Duration {
+        self.busy_poll.unwrap_or(
+            if self.relays.is_empty() && self.sources.is_empty() && self.destinations.is_empty() {
+                BUSY_POLL_DEFAULT
+            } else {
+                BUSY_POLL_TUNNEL
+            },
+        )
+    }
 
     /// Reads and checks a TOML file. Errors name the file, the line and the key.
     pub fn from_file(path: &Path) -> Result<Self> {

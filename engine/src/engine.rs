@@ -94,7 +94,7 @@ impl StartOnly {
             driver: cfg.driver,
             ktls: cfg.ktls,
             ebpf: cfg.ebpf,
-            busy_poll: cfg.busy_poll,
+            busy_poll: cfg.busy_poll_ceiling(),
             metrics: cfg.metrics.clone(),
             log_level: cfg.log_level.clone(),
             log_format: cfg.log_format,
@@ -284,7 +284,9 @@ impl Engine {
                 .push(crate::relay::service::RelayService::start(r, &origin)?);
         }
         for i in 0..threads {
-            engine.shards.push(shard::spawn(i, driver, cfg.busy_poll)?);
+            engine
+                .shards
+                .push(shard::spawn(i, driver, cfg.busy_poll_ceiling())?);
         }
         // Before any listener: a shard may hand its first accepted connection to another.
         let peers: Vec<shard::Peer> = engine.shards.iter().map(|s| s.peer()).collect();

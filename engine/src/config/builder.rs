@@ -212,10 +212,11 @@ impl EngineConfig {
         self
     }
 
-    /// The longest a shard that ran out of work polls before it sleeps (default 50 µs; zero
+    /// The longest a shard that ran out of work polls before it sleeps (default 50 µs, or
+    /// 200 µs with a relay or a tunnel agent: [`EngineConfig::busy_poll_ceiling`]; zero
     /// turns busy polling off).
     pub fn busy_poll(mut self, window: Duration) -> Self {
-        self.busy_poll = window;
+        self.busy_poll = Some(window);
         self
     }
 

@@ -95,7 +95,7 @@ key = "k.pem"
     assert_eq!(cfg.threads, Some(2));
     assert_eq!(cfg.driver, DriverKind::Epoll);
     assert_eq!(cfg.drain_timeout, Duration::from_secs(3));
-    assert_eq!(cfg.busy_poll, Duration::from_micros(20));
+    assert_eq!(cfg.busy_poll, Some(Duration::from_micros(20)));
     assert_eq!(cfg.forwarders.len(), 2);
     assert!(cfg.forwarders[0].ca.as_ref().unwrap().is_absolute());
     assert_eq!(
@@ -111,12 +111,18 @@ key = "k.pem"
 #[test]
 fn busy_polling_is_on_up_to_50us_unless_set() {
     let base = "[[forwarder]]\nmode='client'\nlisten='127.0.0.1:1'\nconnect='a:1'\n";
-    assert_eq!(parse(base).unwrap().busy_poll, Duration::from_micros(50));
-    assert_eq!(EngineConfig::default().busy_poll, Duration::from_micros(50));
+    assert_eq!(
+        parse(base).unwrap().busy_poll_ceiling(),
+        Duration::from_micros(50)
+    );
+    assert_eq!(
+        EngineConfig::default().busy_poll_ceiling(),
+        Duration::from_micros(50)
+    );
     let longer = parse(&format!("busy_poll = \"100us\"\n{base}")).unwrap();
-    assert_eq!(longer.busy_poll, Duration::from_micros(100));
+    assert_eq!(longer.busy_poll_ceiling(), Duration::from_micros(100));
     let off = parse(&format!("busy_poll = \"0s\"\n{base}")).unwrap();
-    assert!(off.busy_poll.is_zero());
+    assert!(off.busy_poll_ceiling().is_zero());
 }
 
 #[test]
@@ -723,4 +729,19 @@ fn cors_origins_must_be_origins() {
             .to_string();
         assert!(e.contains("cors_origins"), "{bad}: {e}");
     }
+}
+
+#[test]
+fn a_relay_or_an_agent_polls_up_to_200us_unless_set() {
+    let relay = parse(RELAY).unwrap();
+    assert_eq!(relay.busy_poll_ceiling(), Duration::from_micros(200));
+    let agent = parse(&format!(
+        "{DESTINATION}token_file = \"/etc/tok\"\nconnect = [\"SSH=localhost:22\"]\n"
+    ))
+    .unwrap();
+    assert_eq!(agent.busy_poll_ceiling(), Duration::from_micros(200));
+    let set = parse(&format!("busy_poll = \"30us\"\n{RELAY}")).unwrap();
+    assert_eq!(set.busy_poll_ceiling(), Duration::from_micros(30));
+    let off = parse(&format!("busy_poll = \"0s\"\n{RELAY}")).unwrap();
+    assert!(off.busy_poll_ceiling().is_zero());
 }
