@@ -9,6 +9,7 @@
 //! It does not do the kTLS hand-off itself (that needs the kernel), nor name resolution.
 #![forbid(unsafe_code)]
 
+pub mod aead;
 pub mod forward;
 pub mod pool;
 pub mod proxy_protocol;

@@ -24,14 +24,12 @@
 
 use std::fmt;
 
-use aws_lc_rs::aead::{
-    AES_128_GCM, AES_256_GCM, Aad, Algorithm, CHACHA20_POLY1305, LessSafeKey, Nonce, UnboundKey,
-};
 use rustls::client::ClientConnectionData;
 use rustls::kernel::KernelConnection;
 use rustls::server::ServerConnectionData;
 use rustls::{ConnectionTrafficSecrets, ProtocolVersion, SupportedCipherSuite};
 
+use crate::aead::{Cipher, Key};
 use crate::tls_conn::TlsConn;
 
 /// A record's header: content type, version, length.
@@ -39,7 +37,7 @@ pub(crate) const HEADER: usize = 5;
 /// Most plaintext in one record (2^14).
 pub(crate) const MAX_PLAINTEXT: usize = 16384;
 /// The AEAD tag of every suite we seal with.
-pub(crate) const TAG: usize = 16;
+pub(crate) const TAG: usize = crate::aead::TAG;
 /// TLS 1.2 AES-GCM's explicit nonce, carried in each record.
 pub(crate) const EXPLICIT_NONCE: usize = 8;
 /// Most bytes a record adds to its plaintext, over all versions and suites.
@@ -124,30 +122,28 @@ impl Kernel {
 
 /// One direction's key, IV and record sequence number.
 struct Keys {
-    key: LessSafeKey,
+    key: Key,
     iv: [u8; 12],
     seq: u64,
 }
 
 impl Keys {
     fn new((seq, secrets): (u64, ConnectionTrafficSecrets)) -> Result<Self, String> {
-        let (alg, key, iv): (&'static Algorithm, _, _) = match &secrets {
-            ConnectionTrafficSecrets::Aes128Gcm { key, iv } => (&AES_128_GCM, key, iv),
-            ConnectionTrafficSecrets::Aes256Gcm { key, iv } => (&AES_256_GCM, key, iv),
-            ConnectionTrafficSecrets::Chacha20Poly1305 { key, iv } => (&CHACHA20_POLY1305, key, iv),
+        let (cipher, key, iv) = match &secrets {
+            ConnectionTrafficSecrets::Aes128Gcm { key, iv } => (Cipher::Aes128Gcm, key, iv),
+            ConnectionTrafficSecrets::Aes256Gcm { key, iv } => (Cipher::Aes256Gcm, key, iv),
+            ConnectionTrafficSecrets::Chacha20Poly1305 { key, iv } => {
+                (Cipher::Chacha20Poly1305, key, iv)
+            }
             _ => return Err("a cipher our record layer does not implement".to_string()),
         };
-        let key = UnboundKey::new(alg, key.as_ref())
+        let key = Key::new(crate::aead::chosen(), cipher, key.as_ref())
             .map_err(|_| "the traffic key does not suit its cipher".to_string())?;
         let iv = iv
             .as_ref()
             .try_into()
             .map_err(|_| "the traffic IV is not 12 bytes".to_string())?;
-        Ok(Self {
-            key: LessSafeKey::new(key),
-            iv,
-            seq,
-        })
+        Ok(Self { key, iv, seq })
     }
 
     /// The per-record nonce: the IV with the sequence number XORed into its last 8 bytes
@@ -298,15 +294,7 @@ impl RecordLayer {
         header.copy_from_slice(&[outer, 3, 3, l0, l1]);
         let sealed = if self.tls13 {
             // AAD: the record header. The inner content type is encrypted after the plaintext.
-            let (ciphertext, type_and_tag) = rest.split_at_mut(plain.len());
-            self.tx.key.seal_out_of_place_scatter(
-                Nonce::assume_unique_for_key(nonce),
-                Aad::from(&*header),
-                plain,
-                ciphertext,
-                &[typ],
-                type_and_tag,
-            )
+            self.tx.key.seal_into(nonce, header, plain, &[typ], rest)
         } else {
             let aad = tls12_aad(self.tx.seq, typ, plain.len());
             let rest = if self.explicit_nonce {
@@ -316,15 +304,7 @@ impl RecordLayer {
             } else {
                 rest
             };
-            let (ciphertext, tag) = rest.split_at_mut(plain.len());
-            self.tx.key.seal_out_of_place_scatter(
-                Nonce::assume_unique_for_key(nonce),
-                Aad::from(aad),
-                plain,
-                ciphertext,
-                &[],
-                tag,
-            )
+            self.tx.key.seal_into(nonce, &aad, plain, &[], rest)
         };
         sealed.map_err(|_| RecordError::send(alert::INTERNAL_ERROR, "sealing a record failed"))?;
         self.tx.advance()?;
@@ -362,27 +342,22 @@ impl RecordLayer {
             buf[plain.end] = APPLICATION_DATA;
             let (head, body) = buf.split_at_mut(plain.start);
             let aad: [u8; HEADER] = head[start..].try_into().expect("a record header");
-            let tag = self.tx.key.seal_in_place_separate_tag(
-                Nonce::assume_unique_for_key(nonce),
-                Aad::from(aad),
-                &mut body[..n + 1],
-            );
+            let tag = self.tx.key.seal_in_place(nonce, &aad, &mut body[..n + 1]);
             (plain.end + 1, tag)
         } else {
             if self.explicit_nonce {
                 buf[start + HEADER..plain.start].copy_from_slice(&nonce[4..]);
             }
             let aad = tls12_aad(self.tx.seq, APPLICATION_DATA, n);
-            let tag = self.tx.key.seal_in_place_separate_tag(
-                Nonce::assume_unique_for_key(nonce),
-                Aad::from(aad),
-                &mut buf[plain.clone()],
-            );
+            let tag = self
+                .tx
+                .key
+                .seal_in_place(nonce, &aad, &mut buf[plain.clone()]);
             (plain.end, tag)
         };
         let tag =
             tag.map_err(|_| RecordError::send(alert::INTERNAL_ERROR, "sealing a record failed"))?;
-        buf[sealed_end..sealed_end + TAG].copy_from_slice(tag.as_ref());
+        buf[sealed_end..sealed_end + TAG].copy_from_slice(&tag);
         debug_assert_eq!(sealed_end + TAG - start, len);
         self.tx.advance()?;
         Ok(start..start + len)
@@ -457,6 +432,46 @@ impl RecordLayer {
         record: &[u8],
         out: &mut [u8],
     ) -> Result<(u8, usize), RecordError> {
+        let o = self.check(record)?;
+        let (ciphertext, tag) = (&record[o.ciphertext.clone()], &record[o.ciphertext.end..]);
+        let n = ciphertext.len();
+        self.rx
+            .key
+            .open_into(o.nonce, o.aad(), ciphertext, tag, &mut out[..n])
+            .map_err(|_| bad_record_mac())?;
+        self.opened(o.typ, &out[..n])
+    }
+
+    /// Opens the whole record `record` onto the end of `out`, returning its content type and
+    /// plaintext length; `out` grows by that length. Nothing of the record is written to
+    /// `out` first (no zeroing), which is what a growing buffer wants.
+    pub(crate) fn open_append(
+        &mut self,
+        record: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(u8, usize), RecordError> {
+        let o = self.check(record)?;
+        let (ciphertext, tag) = (&record[o.ciphertext.clone()], &record[o.ciphertext.end..]);
+        let start = out.len();
+        if self
+            .rx
+            .key
+            .open_append(o.nonce, o.aad(), ciphertext, tag, out)
+            .is_err()
+        {
+            out.truncate(start);
+            return Err(bad_record_mac());
+        }
+        let opened = self.opened(o.typ, &out[start..]);
+        match opened {
+            Ok((_, len)) => out.truncate(start + len),
+            Err(_) => out.truncate(start),
+        }
+        opened
+    }
+
+    /// Checks a whole record's header and length, and works out its nonce and AAD.
+    fn check(&self, record: &[u8]) -> Result<Opening, RecordError> {
         let Some(&[typ, v0, v1, l0, l1]) = record.get(..HEADER) else {
             return Err(RecordError::send(alert::DECODE_ERROR, "malformed record"));
         };
@@ -495,27 +510,25 @@ impl RecordLayer {
         } else {
             self.rx.nonce()
         };
-        let sealed = if self.explicit_nonce {
-            &body[EXPLICIT_NONCE..]
-        } else {
-            body
-        };
-        let (ciphertext, tag) = sealed.split_at(sealed.len() - TAG);
+        let start = HEADER
+            + if self.explicit_nonce {
+                EXPLICIT_NONCE
+            } else {
+                0
+            };
+        let ciphertext = start..record.len() - TAG;
         let n = ciphertext.len();
-        let opened = if self.tls13 {
+        let mut aad = [0; 13];
+        let aad_len = if self.tls13 {
             if typ != APPLICATION_DATA {
                 return Err(RecordError::send(
                     alert::UNEXPECTED_MESSAGE,
                     format!("record of type {typ} after the TLS 1.3 handshake"),
                 ));
             }
-            self.rx.key.open_separate_gather(
-                Nonce::assume_unique_for_key(nonce),
-                Aad::from(&record[..HEADER]),
-                ciphertext,
-                tag,
-                &mut out[..n],
-            )
+            // The record header.
+            aad[..HEADER].copy_from_slice(&record[..HEADER]);
+            HEADER
         } else {
             if !matches!(typ, ALERT | HANDSHAKE | APPLICATION_DATA) {
                 return Err(RecordError::send(
@@ -523,26 +536,26 @@ impl RecordLayer {
                     format!("record of type {typ} after the TLS 1.2 handshake"),
                 ));
             }
-            let aad = tls12_aad(self.rx.seq, typ, n);
-            self.rx.key.open_separate_gather(
-                Nonce::assume_unique_for_key(nonce),
-                Aad::from(aad),
-                ciphertext,
-                tag,
-                &mut out[..n],
-            )
+            aad = tls12_aad(self.rx.seq, typ, n);
+            aad.len()
         };
-        opened.map_err(|_| {
-            RecordError::send(
-                alert::BAD_RECORD_MAC,
-                "record failed authentication (bad_record_mac)",
-            )
-        })?;
+        Ok(Opening {
+            typ,
+            nonce,
+            aad,
+            aad_len,
+            ciphertext,
+        })
+    }
+
+    /// After a record's `opened` bytes passed authentication: the sequence number moves on,
+    /// and the content type and plaintext length are found (TLS 1.3 hides them at the end).
+    fn opened(&mut self, typ: u8, opened: &[u8]) -> Result<(u8, usize), RecordError> {
         self.rx.advance()?;
         let (typ, len) = if self.tls13 {
             // The inner content type is the last non-zero byte; zeroes after it are padding.
-            match out[..n].iter().rposition(|&b| b != 0) {
-                Some(at) => (out[at], at),
+            match opened.iter().rposition(|&b| b != 0) {
+                Some(at) => (opened[at], at),
                 None => {
                     return Err(RecordError::send(
                         alert::UNEXPECTED_MESSAGE,
@@ -551,7 +564,7 @@ impl RecordLayer {
                 }
             }
         } else {
-            (typ, n)
+            (typ, opened.len())
         };
         if len > MAX_PLAINTEXT {
             return Err(RecordError::send(
@@ -689,6 +702,30 @@ impl RecordLayer {
 }
 
 /// TLS 1.2's additional data: sequence number, content type, version, plaintext length.
+/// What [`RecordLayer::check`] found out about a record to open.
+struct Opening {
+    /// The outer content type.
+    typ: u8,
+    nonce: [u8; 12],
+    aad: [u8; 13],
+    aad_len: usize,
+    /// Where the ciphertext lies in the record; the tag follows it.
+    ciphertext: std::ops::Range<usize>,
+}
+
+impl Opening {
+    fn aad(&self) -> &[u8] {
+        &self.aad[..self.aad_len]
+    }
+}
+
+fn bad_record_mac() -> RecordError {
+    RecordError::send(
+        alert::BAD_RECORD_MAC,
+        "record failed authentication (bad_record_mac)",
+    )
+}
+
 fn tls12_aad(seq: u64, typ: u8, len: usize) -> [u8; 13] {
     let mut aad = [0u8; 13];
     aad[..8].copy_from_slice(&seq.to_be_bytes());

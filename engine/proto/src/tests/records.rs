@@ -6,7 +6,14 @@ use super::*;
 #[test]
 fn own_record_layer_every_suite() {
     // Our record layer against rustls's, for every suite either version has for an ECDSA
-    // certificate (TLS 1.2 AES-GCM carries an explicit nonce, ChaCha20-Poly1305 does not).
+    // certificate (TLS 1.2 AES-GCM carries an explicit nonce, ChaCha20-Poly1305 does not),
+    // with each of the two cipher implementations the layer may pick.
+    for backend in [crate::aead::Backend::AwsLc, crate::aead::Backend::Ring] {
+        crate::aead::with_backend(backend, every_suite);
+    }
+}
+
+fn every_suite() {
     let mut tested = 0;
     for suite in rustls::crypto::aws_lc_rs::ALL_CIPHER_SUITES {
         if format!("{:?}", suite.suite()).contains("_RSA_") {
@@ -33,6 +40,12 @@ fn own_record_layer_every_suite() {
 
 #[test]
 fn own_key_update_at_the_confidentiality_limit() {
+    for backend in [crate::aead::Backend::AwsLc, crate::aead::Backend::Ring] {
+        crate::aead::with_backend(backend, own_key_update_at_the_confidentiality_limit_with);
+    }
+}
+
+fn own_key_update_at_the_confidentiality_limit_with() {
     // Our send key reaches its (lowered) limit every few records. TLS 1.3 changes it with a
     // KeyUpdate that the peer follows; TLS 1.2 cannot, so the connection fails there instead
     // of sealing past the limit.
@@ -61,6 +74,15 @@ fn own_key_update_at_the_confidentiality_limit() {
 
 #[test]
 fn forged_record_fails_the_connection_with_an_alert() {
+    for backend in [crate::aead::Backend::AwsLc, crate::aead::Backend::Ring] {
+        crate::aead::with_backend(
+            backend,
+            forged_record_fails_the_connection_with_an_alert_with,
+        );
+    }
+}
+
+fn forged_record_fails_the_connection_with_an_alert_with() {
     for mode in MODES {
         for version in VERSIONS {
             let mut p = Pair::new(Setup::new(mode, version));
@@ -96,6 +118,12 @@ fn forged_record_fails_the_connection_with_an_alert() {
 
 #[test]
 fn key_update_mid_stream() {
+    for backend in [crate::aead::Backend::AwsLc, crate::aead::Backend::Ring] {
+        crate::aead::with_backend(backend, key_update_mid_stream_with);
+    }
+}
+
+fn key_update_mid_stream_with() {
     // TLS 1.3: the peer updates its keys and asks for ours; the forwarder answers (through our
     // record layer, or through rustls) while data flows both ways.
     for mode in [Mode::Server, Mode::Client] {

@@ -496,15 +496,11 @@ impl Link {
                 self.plain = pool::take(CHUNK.max(input.len()));
             }
             let start = self.plain.len();
-            self.plain.resize(start + len, 0);
-            match layer.open(&input[at..at + len], &mut self.plain[start..]) {
-                Ok((APPLICATION_DATA, n)) => {
+            match layer.open_append(&input[at..at + len], &mut self.plain) {
+                Ok((APPLICATION_DATA, _)) => at += len,
+                Ok((typ, _)) => {
                     at += len;
-                    self.plain.truncate(start + n);
-                }
-                Ok((typ, n)) => {
-                    at += len;
-                    let content = self.plain[start..start + n].to_vec();
+                    let content = self.plain[start..].to_vec();
                     self.plain.truncate(start);
                     match layer.control(typ, &content) {
                         Ok(Control::PeerClosed) => self.eof = true,
@@ -520,7 +516,6 @@ impl Link {
                     }
                 }
                 Err(e) => {
-                    self.plain.truncate(start);
                     failed = Some(e);
                     break;
                 }
@@ -1420,6 +1415,10 @@ mod tests {
     /// TLS 1.2: the link keeps the start of a record until it is whole.
     #[test]
     fn records_in_pieces_on_both_versions() {
+        each_backend(records_in_pieces_on_both_versions_with);
+    }
+
+    fn records_in_pieces_on_both_versions_with() {
         for version in [&rustls::version::TLS13, &rustls::version::TLS12] {
             let token = AccessToken::new("d".repeat(40)).unwrap();
             let (mut client, mut server) = open_pair_with(configs_for(&[version]), &token, None);
@@ -1457,6 +1456,10 @@ mod tests {
     /// the link with bad_record_mac, sealed for the peer, which hears it as a fatal alert.
     #[test]
     fn a_record_that_does_not_open_fails_the_link_with_an_alert() {
+        each_backend(a_record_that_does_not_open_fails_the_link_with_an_alert_with);
+    }
+
+    fn a_record_that_does_not_open_fails_the_link_with_an_alert_with() {
         let (mut client, mut server) = opened(configs());
         let mut forged = vec![23, 3, 3, 0, 40];
         forged.extend_from_slice(&[0x5a; 40]);
@@ -1468,6 +1471,13 @@ mod tests {
         server.take_output(&mut alert);
         let e = client.receive_tls(&alert).unwrap_err();
         assert!(e.to_string().contains("bad_record_mac"), "{e}");
+    }
+
+    /// Runs `f` with the record layer on each of its two cipher implementations.
+    fn each_backend(f: fn()) {
+        for b in [crate::aead::Backend::AwsLc, crate::aead::Backend::Ring] {
+            crate::aead::with_backend(b, f);
+        }
     }
 
     /// Opens a pair past its upgrade.
@@ -1505,6 +1515,10 @@ mod tests {
     /// headroom, go the copying way, in order with the rest.
     #[test]
     fn send_in_place_seals_the_callers_buffer_on_every_record_layout() {
+        each_backend(send_in_place_seals_the_callers_buffer_on_every_record_layout_with);
+    }
+
+    fn send_in_place_seals_the_callers_buffer_on_every_record_layout_with() {
         for configs in all_layouts() {
             let (mut client, mut server) = opened(configs);
             let version = client.tls_version();
@@ -1554,6 +1568,10 @@ mod tests {
     /// layout, at each size where the header or the records change.
     #[test]
     fn server_messages_of_every_size_arrive_whole() {
+        each_backend(server_messages_of_every_size_arrive_whole_with);
+    }
+
+    fn server_messages_of_every_size_arrive_whole_with() {
         for configs in all_layouts() {
             let (mut client, mut server) = opened(configs);
             let version = client.tls_version();
@@ -1618,6 +1636,10 @@ mod tests {
     /// layout, and the frames in it (unmasked here by hand) carry the payloads.
     #[test]
     fn rustls_opens_records_sealed_in_place() {
+        each_backend(rustls_opens_records_sealed_in_place_with);
+    }
+
+    fn rustls_opens_records_sealed_in_place_with() {
         for (cc, sc) in all_layouts() {
             let token = AccessToken::new("h".repeat(40)).unwrap();
             let request = ClientRequest {
