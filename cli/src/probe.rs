@@ -14,6 +14,7 @@ pub(crate) fn print(p: &KernelProbe, json: bool) {
             "ktls_reason": p.ktls_reason,
             "ebpf": p.ebpf,
             "ebpf_reason": p.ebpf_reason,
+            "record_cipher": p.record_cipher,
         });
         println!("{out}");
         return;
@@ -46,4 +47,8 @@ pub(crate) fn print(p: &KernelProbe, json: bool) {
             reason.as_deref().unwrap_or("unknown reason")
         ),
     }
+    println!(
+        "TLS:      records sealed and opened in user space by {} (the faster AES-GCM on this CPU)",
+        p.record_cipher
+    );
 }

@@ -26,6 +26,10 @@ pub struct KernelProbe {
     pub ebpf: bool,
     /// Why eBPF accounting is not available, when it is not.
     pub ebpf_reason: Option<String>,
+    /// Which library seals and opens TLS records in user space (where kTLS does not): `ring`
+    /// on an x86-64 CPU with 256-bit VAES but no AVX-512, where its AES-GCM is the faster,
+    /// else `aws-lc-rs`.
+    pub record_cipher: &'static str,
 }
 
 /// Probes the kernel. It never fails: whatever is missing is reported in the result, with the
@@ -54,6 +58,7 @@ pub fn probe() -> KernelProbe {
         ktls_reason: ktls.reason,
         ebpf: ebpf.is_ok(),
         ebpf_reason: ebpf.err(),
+        record_cipher: splice_proto::aead::Backend::fastest().name(),
     }
 }
 

@@ -299,7 +299,7 @@ fn help_shows_defaults_examples_and_reload() {
         "[default: 10000]",
         "[default: 5s]",
         "[default: 10s]",
-        "[default: 50us]",
+        "[default: 50us;",
         "[default: auto]",
         "[default: text]",
     ] {

@@ -127,6 +127,8 @@ fn probe_reports_io_uring_refused_and_why() {
         "{v}"
     );
     assert!(!v["kernel"].as_str().expect("kernel").is_empty());
+    let cipher = v["record_cipher"].as_str().expect("record_cipher");
+    assert!(["ring", "aws-lc-rs"].contains(&cipher), "{v}");
 
     let (ok, stdout, _) = without_io_uring(&["probe"]);
     assert!(ok);

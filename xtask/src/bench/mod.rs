@@ -45,11 +45,13 @@ pub struct Args {
     scenario: Vec<String>,
     /// Paths to run, comma-separated (default: all that can run here). One of: direct,
     /// splice-uring, splice-epoll, splice-ktls, splice-nopoll, splice-ebpf, splice-base, nginx,
-    /// haproxy, stunnel, socat, plain-relays, tunnel, rathole, c-connect, py-connect.
+    /// haproxy, stunnel, socat, plain-relays, tunnel, tunnel-base, rathole, c-connect,
+    /// py-connect.
     #[arg(long, value_delimiter = ',')]
     paths: Vec<String>,
     /// Also measure splice-engine as built from this git revision (a commit, tag or branch), as
-    /// the path `splice-base`, run exactly like `splice-uring`, in the same repetitions.
+    /// the path `splice-base`, run exactly like `splice-uring`, and (when `tunnel` runs) as
+    /// `tunnel-base`, run exactly like `tunnel`, in the same repetitions.
     #[arg(long, value_name = "REV")]
     baseline: Option<String>,
     /// Seconds each timed measurement runs (default 5; 1 with --quick).
@@ -210,8 +212,14 @@ pub fn main(argv: &[&str]) -> Result<()> {
     let all_paths = all_paths();
     let names: Vec<&str> = all_paths.iter().map(|p| p.name()).collect();
     let mut wanted = pick(&args.paths, &names, "path")?;
-    if args.baseline.is_some() && !wanted.contains(&"splice-base") {
-        wanted.push("splice-base");
+    if args.baseline.is_some() {
+        if !wanted.contains(&"splice-base") {
+            wanted.push("splice-base");
+        }
+        // And beside the tunnel, when it runs.
+        if wanted.contains(&"tunnel") && !wanted.contains(&"tunnel-base") {
+            wanted.push("tunnel-base");
+        }
     }
     let s = Settings {
         duration: args.duration.unwrap_or(if args.quick { 1.0 } else { 5.0 }),
@@ -272,7 +280,8 @@ pub fn main(argv: &[&str]) -> Result<()> {
 fn all_paths() -> Vec<Box<dyn PathDef>> {
     let mut all = paths::chains();
     all.extend([
-        Box::new(tunnel::Tunnel) as Box<dyn PathDef>,
+        Box::new(tunnel::Tunnel::Ours) as Box<dyn PathDef>,
+        Box::new(tunnel::Tunnel::Base),
         Box::new(tunnel::Rathole),
         Box::new(embed::Embed::C),
         Box::new(embed::Embed::Python),
@@ -651,6 +660,7 @@ fn machine(probe: &Value) -> Value {
         "io_uring": probe["io_uring"],
         "ktls": probe["ktls"],
         "ktls_reason": probe["ktls_reason"],
+        "record_cipher": probe["record_cipher"],
         "git_commit": git(&["rev-parse", "--short", "HEAD"]),
         "git_dirty": dirty,
         "rustc": rustc,

@@ -379,6 +379,9 @@ pub fn summarise(ms: &[Measurement], infos: &[PathInfo]) -> Vec<Row> {
 /// The path built from `--baseline`, and the one it is compared with.
 const BASE: &str = "splice-base";
 const NEW: &str = "splice-uring";
+/// The same for the tunnel: `tunnel` against `tunnel-base`.
+const TUNNEL_BASE: &str = "tunnel-base";
+const TUNNEL: &str = "tunnel";
 /// `splice-uring` with eBPF accounting on (the others run with it off), compared with it.
 const EBPF: &str = "splice-ebpf";
 
@@ -387,6 +390,7 @@ fn base_of(path: &str) -> Option<&'static str> {
     match path {
         NEW => Some(BASE),
         EBPF => Some(NEW),
+        TUNNEL => Some(TUNNEL_BASE),
         _ => None,
     }
 }
@@ -439,12 +443,14 @@ pub fn table(rows: &[Row], infos: &[PathInfo], machine: &Value, settings: &Value
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "\nsplice-engine bench — {} ({} cores), Linux {}, io_uring {}, kTLS {}; commit {}{}",
+        "\nsplice-engine bench — {} ({} cores), Linux {}, io_uring {}, kTLS {}, user-space \
+         records by {}; commit {}{}",
         machine["cpu_model"].as_str().unwrap_or("?"),
         machine["cores"],
         machine["kernel"].as_str().unwrap_or("?"),
         yes(&machine["io_uring"]),
         yes(&machine["ktls"]),
+        machine["record_cipher"].as_str().unwrap_or("?"),
         machine["git_commit"].as_str().unwrap_or("?"),
         if machine["git_dirty"] == true {
             " (uncommitted changes)"
@@ -543,11 +549,11 @@ pub fn table(rows: &[Row], infos: &[PathInfo], machine: &Value, settings: &Value
         if let Some(b) = most_common(&best.iter().map(String::as_str).collect::<Vec<_>>()) {
             let _ = writeln!(out, "  best peer: {b}");
         }
-        for new in [NEW, EBPF] {
+        for new in [NEW, EBPF, TUNNEL] {
             let vs_base: Vec<String> = l
                 .figures
                 .iter()
-                .filter(|_| family == "chain")
+                .filter(|_| infos.iter().any(|i| i.name == new && i.family == family))
                 .filter_map(|f| {
                     let r = rows
                         .iter()
@@ -939,6 +945,46 @@ mod tests {
             "{text}"
         );
         assert!(tunnels.contains("relay"), "{text}");
+    }
+
+    #[test]
+    fn the_tunnel_is_compared_with_its_baseline_in_the_tunnels_table_only() {
+        let infos = [
+            info("splice-uring", "ours"),
+            tunnel_info("tunnel", "ours"),
+            tunnel_info("tunnel-base", "ours"),
+            tunnel_info("tpeer", "peer"),
+        ];
+        let mut ms = Vec::new();
+        for (rep, k) in [(1, 1.0), (2, 0.5), (3, 1.0)] {
+            let figs = |g: f64, relay: f64| [("gbit_per_s", g * k), ("relay_cpu_s_per_gib", relay)];
+            ms.push(m(rep, Scenario::Bulk, "splice-uring", &figs(9.0, 1.0)));
+            ms.push(m(rep, Scenario::Bulk, "tunnel", &figs(6.0, 1.0)));
+            ms.push(m(rep, Scenario::Bulk, "tunnel-base", &figs(4.0, 1.25)));
+            ms.push(m(rep, Scenario::Bulk, "tpeer", &figs(3.0, 2.0)));
+        }
+        let rows = summarise(&ms, &infos);
+        let get = |path: &str, fig: &str| {
+            rows.iter()
+                .find(|r| r.path == path && r.figure == fig)
+                .unwrap()
+        };
+        assert_eq!(get("tunnel", "gbit_per_s").vs_base, Some(1.5));
+        assert_eq!(get("tunnel", "relay_cpu_s_per_gib").vs_base, Some(0.8));
+        assert_eq!(get("tunnel-base", "gbit_per_s").vs_base, None);
+        let text = table(
+            &rows,
+            &infos,
+            &serde_json::json!({}),
+            &serde_json::json!({}),
+        );
+        let (chain, tunnels) = text.split_once("bulk (tunnels)").expect(&text);
+        assert!(!chain.contains("tunnel ÷"), "{text}");
+        assert!(
+            tunnels.contains("tunnel ÷ tunnel-base (median of per-repetition ratios): Gbit/s 1.50")
+                && tunnels.contains("relay 0.80"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -102,9 +102,27 @@ const LOG: [&str; 2] = ["--log-level", "warn"];
 const NO_EBPF: [&str; 2] = ["--ebpf", "off"];
 
 /// splice-engine's relay and agents.
-pub struct Tunnel;
+pub enum Tunnel {
+    /// This tree's binary.
+    Ours,
+    /// The `--baseline` revision's binary, run exactly like [`Tunnel::Ours`] (`tunnel-base`).
+    Base,
+}
 
 impl Tunnel {
+    /// The binary this path runs.
+    fn engine<'a>(&self, ctx: &'a Ctx) -> Option<&'a Path> {
+        match self {
+            Tunnel::Ours => Some(&ctx.engine),
+            Tunnel::Base => ctx.base_engine.as_deref(),
+        }
+    }
+
+    /// [`Self::engine`], once [`PathDef::check`] has passed.
+    fn binary<'a>(&self, ctx: &'a Ctx) -> &'a Path {
+        self.engine(ctx).expect("checked: a baseline was built")
+    }
+
     /// `splice-engine SUB --help` succeeds for each of the commands the path runs.
     fn commands_exist(engine: &Path) -> Result<(), String> {
         for sub in ["relay", "tunnel", "source", "destination"] {
@@ -122,8 +140,8 @@ impl Tunnel {
     }
 
     /// `splice-engine tunnel open` for `services`: the source's and the destination's tokens.
-    fn open(ctx: &Ctx, api: SocketAddr, services: &[&str]) -> Result<(String, String)> {
-        let mut cmd = Command::new(&ctx.engine);
+    fn open(engine: &Path, api: SocketAddr, services: &[&str]) -> Result<(String, String)> {
+        let mut cmd = Command::new(engine);
         cmd.args([
             "tunnel",
             "open",
@@ -189,7 +207,10 @@ fn write_secret(ctx: &Ctx, name: &str, token: &str) -> Result<PathBuf> {
 
 impl PathDef for Tunnel {
     fn name(&self) -> &'static str {
-        "tunnel"
+        match self {
+            Tunnel::Ours => "tunnel",
+            Tunnel::Base => "tunnel-base",
+        }
     }
     fn kind(&self) -> Kind {
         Kind::Ours
@@ -203,11 +224,22 @@ impl PathDef for Tunnel {
         tunnel_supports(sc) || sc == Scenario::IdleTunnels
     }
     fn check(&self, ctx: &Ctx) -> Result<String, String> {
-        Self::commands_exist(&ctx.engine)?;
-        Ok(word_after(
-            &output_of(&ctx.engine.to_string_lossy(), &["--version"])?,
+        let engine = self
+            .engine(ctx)
+            .ok_or("no --baseline given: nothing to compare with")?;
+        Self::commands_exist(engine)?;
+        let v = word_after(
+            &output_of(&engine.to_string_lossy(), &["--version"])?,
             "splice-engine ",
-        ))
+        );
+        Ok(match self {
+            Tunnel::Ours => v,
+            // splice-base-<commit>: the version alone would not tell the two apart.
+            Tunnel::Base => format!(
+                "{v} ({})",
+                engine.file_name().unwrap_or_default().to_string_lossy()
+            ),
+        })
     }
     fn ends(&self, _: &Ctx, _: &[Route]) -> Result<[Command; 2]> {
         unreachable!("a tunnel has three processes: see start")
@@ -218,7 +250,8 @@ impl PathDef for Tunnel {
             api: free_port()?,
         };
         let device_ca = write_device_identity(ctx)?;
-        let mut relay_cmd = Command::new(&ctx.engine);
+        let engine = self.binary(ctx);
+        let mut relay_cmd = Command::new(engine);
         relay_cmd
             .arg("relay")
             .arg("--listen")
@@ -241,10 +274,10 @@ impl PathDef for Tunnel {
         )?;
         wait_listening(relay_addrs.api, &mut relay)?;
         wait_listening(relay_addrs.listen, &mut relay)?;
-        let (source_token, destination_token) = Self::open(ctx, relay_addrs.api, &SERVICES)?;
+        let (source_token, destination_token) = Self::open(engine, relay_addrs.api, &SERVICES)?;
         let relay_at = format!("localhost:{}", relay_addrs.listen.port());
         let agent = |sub: &str, token: PathBuf| {
-            let mut cmd = Command::new(&ctx.engine);
+            let mut cmd = Command::new(engine);
             cmd.arg(sub)
                 .args(["--relay", &relay_at])
                 .arg("--ca")
