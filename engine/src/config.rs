@@ -554,14 +554,14 @@ fn default_drain_timeout() -> Duration {
 /// The busy-polling ceiling of a process without tunnel roles: long enough to catch a
 /// backend's reply on the same machine or a LAN (it bought as much as 100 µs in the bench, see
 /// docs/design.md), short enough to waste little when a poll finds nothing.
-pub const BUSY_POLL_DEFAULT: Duration = Duration::from_micros(50);
+pub(crate) const BUSY_POLL_DEFAULT: Duration = Duration::from_micros(50);
 
 /// The busy-polling ceiling of a process that runs a relay or a tunnel agent. A reply comes
 /// back to them through more hops (the relay and the agent on the far side) than to a
 /// forwarder, so the wait between a request and its answer is longer: at 50 µs the windows
 /// never caught it and every hop slept. 200 µs is KVM's default halt-polling ceiling; in the
 /// bench it took the tunnel's added p50 from 1.4x rathole's to about 1.0x (BENCHMARKING.md).
-pub const BUSY_POLL_TUNNEL: Duration = Duration::from_micros(200);
+pub(crate) const BUSY_POLL_TUNNEL: Duration = Duration::from_micros(200);
 
 impl Default for EngineConfig {
     fn default() -> Self {
@@ -591,9 +591,9 @@ impl EngineConfig {
     /// reads it (`splice-engine config example` prints it).
     pub const EXAMPLE: &str = EXAMPLE;
 
-    /// The busy-polling ceiling the shards use: `busy_poll` when set, else
-    /// [`BUSY_POLL_TUNNEL`] when the process runs a relay or a tunnel agent, else
-    /// [`BUSY_POLL_DEFAULT`].
+    /// The busy-polling ceiling the shards use: `busy_poll` when set, else 200 µs when the
+    /// process runs a relay or a tunnel agent (their answers come back through more hops), else
+    /// 50 µs.
     pub fn busy_poll_ceiling(&self) -> Duration {
         self.busy_poll.unwrap_or(
             if self.relays.is_empty() && self.sources.is_empty() && self.destinations.is_empty() {

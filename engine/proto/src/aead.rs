@@ -222,17 +222,8 @@ impl Key {
                 )
                 .map_err(|_| Unspecified),
             Key::Ring(k) => {
-                let tag: [u8; TAG] = tag.try_into().map_err(|_| Unspecified)?;
                 out.copy_from_slice(ciphertext);
-                k.open_in_place_separate_tag(
-                    rg::Nonce::assume_unique_for_key(nonce),
-                    rg::Aad::from(aad),
-                    rg::Tag::from(tag),
-                    out,
-                    0..,
-                )
-                .map(|_| ())
-                .map_err(|_| Unspecified)
+                ring_open_in_place(k, nonce, aad, tag, out)
             }
         }
     }
@@ -257,20 +248,31 @@ impl Key {
             }
             Key::Ring(k) => {
                 // The copy ring needs anyway replaces the zeroing an out-of-place open needs.
-                let tag: [u8; TAG] = tag.try_into().map_err(|_| Unspecified)?;
                 out.extend_from_slice(ciphertext);
-                k.open_in_place_separate_tag(
-                    rg::Nonce::assume_unique_for_key(nonce),
-                    rg::Aad::from(aad),
-                    rg::Tag::from(tag),
-                    &mut out[start..],
-                    0..,
-                )
-                .map(|_| ())
-                .map_err(|_| Unspecified)
+                ring_open_in_place(k, nonce, aad, tag, &mut out[start..])
             }
         }
     }
+}
+
+/// ring's open, where the ciphertext was put.
+fn ring_open_in_place(
+    k: &rg::LessSafeKey,
+    nonce: [u8; 12],
+    aad: &[u8],
+    tag: &[u8],
+    in_out: &mut [u8],
+) -> Result<(), Unspecified> {
+    let tag: [u8; TAG] = tag.try_into().map_err(|_| Unspecified)?;
+    k.open_in_place_separate_tag(
+        rg::Nonce::assume_unique_for_key(nonce),
+        rg::Aad::from(aad),
+        rg::Tag::from(tag),
+        in_out,
+        0..,
+    )
+    .map(|_| ())
+    .map_err(|_| Unspecified)
 }
 
 fn copy_tag(t: &[u8]) -> [u8; TAG] {

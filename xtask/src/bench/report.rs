@@ -681,6 +681,34 @@ mod tests {
         }
     }
 
+    /// Bulk measurements of three repetitions, the second at half the Gbit/s: for each path,
+    /// its Gbit/s and the value of the CPU figure `cpu`.
+    fn three_bulk_reps(cpu: &str, paths: &[(&str, f64, f64)]) -> Vec<Measurement> {
+        let mut ms = Vec::new();
+        for (rep, k) in [(1, 1.0), (2, 0.5), (3, 1.0)] {
+            for &(path, gbit, c) in paths {
+                ms.push(m(
+                    rep,
+                    Scenario::Bulk,
+                    path,
+                    &[("gbit_per_s", gbit * k), (cpu, c)],
+                ));
+            }
+        }
+        ms
+    }
+
+    fn find<'a>(rows: &'a [Row], path: &str, figure: &str) -> &'a Row {
+        rows.iter()
+            .find(|r| r.path == path && r.figure == figure)
+            .unwrap_or_else(|| panic!("no row {path} {figure}"))
+    }
+
+    /// The terminal report, without the machine and settings lines' values.
+    fn render(rows: &[Row], infos: &[PathInfo]) -> String {
+        table(rows, infos, &serde_json::json!({}), &serde_json::json!({}))
+    }
+
     fn tunnel_info(name: &str, kind: &str) -> PathInfo {
         PathInfo {
             family: "tunnel".into(),
@@ -817,29 +845,21 @@ mod tests {
             info("splice-uring", "ours"),
             info("splice-base", "ours"),
         ];
-        let mut ms = Vec::new();
         // Rep 2 is slower for both: the ratio stays 1.25.
-        for (rep, k) in [(1, 1.0), (2, 0.5), (3, 1.0)] {
-            let figs = |g: f64, cpu: f64| [("gbit_per_s", g * k), ("cpu_s_per_gib", cpu)];
-            ms.push(m(rep, Scenario::Bulk, "direct", &figs(20.0, 1.0)));
-            ms.push(m(rep, Scenario::Bulk, "splice-uring", &figs(10.0, 0.9)));
-            ms.push(m(rep, Scenario::Bulk, "splice-base", &figs(8.0, 1.2)));
-        }
+        let ms = three_bulk_reps(
+            "cpu_s_per_gib",
+            &[
+                ("direct", 20.0, 1.0),
+                ("splice-uring", 10.0, 0.9),
+                ("splice-base", 8.0, 1.2),
+            ],
+        );
         let rows = summarise(&ms, &infos);
-        let get = |path: &str, fig: &str| {
-            rows.iter()
-                .find(|r| r.path == path && r.figure == fig)
-                .unwrap()
-        };
+        let get = |path: &str, fig: &str| find(&rows, path, fig);
         assert_eq!(get("splice-uring", "gbit_per_s").vs_base, Some(1.25));
         assert_eq!(get("splice-uring", "cpu_s_per_gib").vs_base, Some(0.75));
         assert_eq!(get("splice-base", "gbit_per_s").vs_base, None);
-        let text = table(
-            &rows,
-            &infos,
-            &serde_json::json!({}),
-            &serde_json::json!({}),
-        );
+        let text = render(&rows, &infos);
         assert!(
             text.contains("splice-uring ÷ splice-base (median of per-repetition ratios): Gbit/s 1.25, proxy CPU s/GiB 0.75"),
             "{text}"
@@ -955,29 +975,21 @@ mod tests {
             tunnel_info("tunnel-base", "ours"),
             tunnel_info("tpeer", "peer"),
         ];
-        let mut ms = Vec::new();
-        for (rep, k) in [(1, 1.0), (2, 0.5), (3, 1.0)] {
-            let figs = |g: f64, relay: f64| [("gbit_per_s", g * k), ("relay_cpu_s_per_gib", relay)];
-            ms.push(m(rep, Scenario::Bulk, "splice-uring", &figs(9.0, 1.0)));
-            ms.push(m(rep, Scenario::Bulk, "tunnel", &figs(6.0, 1.0)));
-            ms.push(m(rep, Scenario::Bulk, "tunnel-base", &figs(4.0, 1.25)));
-            ms.push(m(rep, Scenario::Bulk, "tpeer", &figs(3.0, 2.0)));
-        }
+        let ms = three_bulk_reps(
+            "relay_cpu_s_per_gib",
+            &[
+                ("splice-uring", 9.0, 1.0),
+                ("tunnel", 6.0, 1.0),
+                ("tunnel-base", 4.0, 1.25),
+                ("tpeer", 3.0, 2.0),
+            ],
+        );
         let rows = summarise(&ms, &infos);
-        let get = |path: &str, fig: &str| {
-            rows.iter()
-                .find(|r| r.path == path && r.figure == fig)
-                .unwrap()
-        };
+        let get = |path: &str, fig: &str| find(&rows, path, fig);
         assert_eq!(get("tunnel", "gbit_per_s").vs_base, Some(1.5));
         assert_eq!(get("tunnel", "relay_cpu_s_per_gib").vs_base, Some(0.8));
         assert_eq!(get("tunnel-base", "gbit_per_s").vs_base, None);
-        let text = table(
-            &rows,
-            &infos,
-            &serde_json::json!({}),
-            &serde_json::json!({}),
-        );
+        let text = render(&rows, &infos);
         let (chain, tunnels) = text.split_once("bulk (tunnels)").expect(&text);
         assert!(!chain.contains("tunnel ÷"), "{text}");
         assert!(
