@@ -3,7 +3,7 @@
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 
-use super::upgrade::{Headers, accept_key, header_safe};
+use super::upgrade::{HeadError, Headers, accept_key, header_safe, parse_head};
 use super::{AccessToken, ClientToken, MAX_REQUEST_LEN, Mode, Subprotocol};
 
 /// The upgrade request an agent sends, in localproxy v3.3.1's header order.
@@ -120,6 +120,15 @@ pub enum ResponseError {
     Subprotocol,
 }
 
+impl From<HeadError> for ResponseError {
+    fn from(e: HeadError) -> Self {
+        match e {
+            HeadError::TooLarge => ResponseError::TooLarge,
+            HeadError::Syntax(_) => ResponseError::NotHttp("bad syntax"),
+        }
+    }
+}
+
 impl ResponseError {
     /// Whether retrying later may help: a 5xx. Everything else is as final as a 4xx (the agent
     /// exits, as localproxy does, unless told to keep trying).
@@ -142,16 +151,8 @@ pub fn parse_response(
     }
     let mut headers = [httparse::EMPTY_HEADER; 32];
     let mut response = httparse::Response::new(&mut headers);
-    let window = &buf[..buf.len().min(MAX_REQUEST_LEN)];
-    let len = match response.parse(window) {
-        Ok(httparse::Status::Complete(len)) => len,
-        Ok(httparse::Status::Partial) if window.len() < MAX_REQUEST_LEN => {
-            return Ok(ParsedResponse::Incomplete);
-        }
-        Ok(httparse::Status::Partial) | Err(httparse::Error::TooManyHeaders) => {
-            return Err(ResponseError::TooLarge);
-        }
-        Err(_) => return Err(ResponseError::NotHttp("bad syntax")),
+    let Some(len) = parse_head(buf, |w| response.parse(w))? else {
+        return Ok(ParsedResponse::Incomplete);
     };
     if response.version != Some(1) {
         return Err(ResponseError::NotHttp("the version must be HTTP/1.1"));

@@ -42,6 +42,7 @@ pub use upgrade::{
     AccessToken, ClientToken, MAX_REQUEST_LEN, ParsedRequest, TokenError, TokenSource,
     UpgradeError, UpgradeRequest, accept_key, error_response, parse_request,
 };
+pub(crate) use upgrade::{HeadError, parse_head};
 
 /// Which end of a WebSocket connection we are. A client masks what it sends and expects
 /// unmasked frames; a server the reverse.

@@ -304,16 +304,8 @@ pub fn parse_request(buf: &[u8]) -> Result<ParsedRequest, UpgradeError> {
     }
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut request = httparse::Request::new(&mut headers);
-    let window = &buf[..buf.len().min(MAX_REQUEST_LEN)];
-    let len = match request.parse(window) {
-        Ok(httparse::Status::Complete(len)) => len,
-        Ok(httparse::Status::Partial) if window.len() < MAX_REQUEST_LEN => {
-            return Ok(ParsedRequest::Incomplete);
-        }
-        Ok(httparse::Status::Partial) | Err(httparse::Error::TooManyHeaders) => {
-            return Err(UpgradeError::TooLarge);
-        }
-        Err(e) => return Err(UpgradeError::NotHttp(httparse_error(e))),
+    let Some(len) = parse_head(buf, |w| request.parse(w))? else {
+        return Ok(ParsedRequest::Incomplete);
     };
     if request.version != Some(1) {
         return Err(UpgradeError::NotHttp("the version must be HTTP/1.1"));
@@ -432,6 +424,42 @@ fn token(headers: &Headers<'_, '_>) -> Result<(AccessToken, TokenSource), Upgrad
         [] => Err(UpgradeError::NoToken),
         [(value, source)] => Ok((AccessToken::new(value)?, source)),
         _ => Err(UpgradeError::TwoTokens),
+    }
+}
+
+/// Why [`parse_head`] refused a head.
+#[derive(Debug)]
+pub(crate) enum HeadError {
+    /// No end within [`MAX_REQUEST_LEN`] bytes, or more headers than the caller has room for.
+    TooLarge,
+    /// Not HTTP: httparse's reason.
+    Syntax(httparse::Error),
+}
+
+/// Runs `parse` (an httparse request's or response's `parse`) on at most the first
+/// [`MAX_REQUEST_LEN`] bytes of `buf`: `Ok(Some(len))` for a complete head of `len` bytes,
+/// `Ok(None)` while it may still end within the limit, an error once it cannot.
+pub(crate) fn parse_head<'b>(
+    buf: &'b [u8],
+    parse: impl FnOnce(&'b [u8]) -> httparse::Result<usize>,
+) -> Result<Option<usize>, HeadError> {
+    let window = &buf[..buf.len().min(MAX_REQUEST_LEN)];
+    match parse(window) {
+        Ok(httparse::Status::Complete(len)) => Ok(Some(len)),
+        Ok(httparse::Status::Partial) if window.len() < MAX_REQUEST_LEN => Ok(None),
+        Ok(httparse::Status::Partial) | Err(httparse::Error::TooManyHeaders) => {
+            Err(HeadError::TooLarge)
+        }
+        Err(e) => Err(HeadError::Syntax(e)),
+    }
+}
+
+impl From<HeadError> for UpgradeError {
+    fn from(e: HeadError) -> Self {
+        match e {
+            HeadError::TooLarge => UpgradeError::TooLarge,
+            HeadError::Syntax(e) => UpgradeError::NotHttp(httparse_error(e)),
+        }
     }
 }
 

@@ -5,7 +5,7 @@
 //! [`classify`] tells whether the bytes at the front of a connection are one of these requests
 //! or a `GET` under [`SOURCE_PATH`] (the browser source's static page, [`respond_get`]),
 //! rather than an upgrade; [`parse_request`] reads the request (head and body, at most
-//! [`MAX_REQUEST_LEN`] and [`MAX_BODY`] bytes); [`respond`] decides and writes the whole
+//! [`MAX_REQUEST_LEN`](crate::ws::MAX_REQUEST_LEN) and [`MAX_BODY`] bytes); [`respond`] decides and writes the whole
 //! answer: CORS for the allowed origins, the preflight, the JSON body's check, the token's
 //! check (through the caller's closure: the registry), and the `Set-Cookie`. Every answer
 //! ends the connection (`Connection: close`).
@@ -14,7 +14,7 @@
 //! registry, logging. No answer and no error text carries the token, except the
 //! `Set-Cookie` header that is the point of it.
 
-use crate::ws::{AccessToken, MAX_REQUEST_LEN};
+use crate::ws::{AccessToken, HeadError, parse_head};
 
 /// The path.
 pub const PATH: &str = "/cookie";
@@ -141,9 +141,18 @@ pub enum HttpError {
     /// Not HTTP/1.1.
     #[error("not an HTTP/1.1 request: {0}")]
     NotHttp(&'static str),
-    /// A head longer than [`MAX_REQUEST_LEN`] or with too many headers.
+    /// A head longer than [`MAX_REQUEST_LEN`](crate::ws::MAX_REQUEST_LEN) or with too many headers.
     #[error("the request's head is too large")]
     TooLarge,
+}
+
+impl From<HeadError> for HttpError {
+    fn from(e: HeadError) -> Self {
+        match e {
+            HeadError::TooLarge => HttpError::TooLarge,
+            HeadError::Syntax(_) => HttpError::NotHttp("bad syntax"),
+        }
+    }
 }
 
 impl HttpError {
@@ -170,16 +179,8 @@ impl HttpError {
 pub fn parse_request(buf: &[u8]) -> Result<Parsed, HttpError> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut request = httparse::Request::new(&mut headers);
-    let window = &buf[..buf.len().min(MAX_REQUEST_LEN)];
-    let head = match request.parse(window) {
-        Ok(httparse::Status::Complete(len)) => len,
-        Ok(httparse::Status::Partial) if window.len() < MAX_REQUEST_LEN => {
-            return Ok(Parsed::Incomplete);
-        }
-        Ok(httparse::Status::Partial) | Err(httparse::Error::TooManyHeaders) => {
-            return Err(HttpError::TooLarge);
-        }
-        Err(_) => return Err(HttpError::NotHttp("bad syntax")),
+    let Some(head) = parse_head(buf, |w| request.parse(w))? else {
+        return Ok(Parsed::Incomplete);
     };
     if request.version != Some(1) {
         return Err(HttpError::NotHttp("the version must be HTTP/1.1"));

@@ -1,6 +1,7 @@
 //! `POST /cookie`: parsing and the decision, on bytes.
 
 use super::*;
+use crate::ws::MAX_REQUEST_LEN;
 
 const PAGE: &str = "https://console.example:8443";
 const TOKEN: &str = "AQGAAXi_source-token_0123456789";

@@ -18,7 +18,7 @@
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 
-use crate::ws::{MAX_REQUEST_LEN, accept_key};
+use crate::ws::{HeadError, accept_key, parse_head};
 
 /// The path of the standby upgrade.
 pub const PATH: &str = "/notify";
@@ -137,7 +137,7 @@ pub enum StandbyError {
     /// Not HTTP/1.1.
     #[error("not an HTTP/1.1 request: {0}")]
     NotHttp(&'static str),
-    /// More than [`MAX_REQUEST_LEN`] bytes, or too many headers.
+    /// More than [`MAX_REQUEST_LEN`](crate::ws::MAX_REQUEST_LEN) bytes, or too many headers.
     #[error("the request is too large")]
     TooLarge,
     /// The query is not exactly `thing=NAME`.
@@ -158,6 +158,15 @@ pub enum StandbyError {
     /// The relay's 101 does not check out (accept key, subprotocol).
     #[error("the relay's 101 does not answer the standby request")]
     BadResponse,
+}
+
+impl From<HeadError> for StandbyError {
+    fn from(e: HeadError) -> Self {
+        match e {
+            HeadError::TooLarge => StandbyError::TooLarge,
+            HeadError::Syntax(_) => StandbyError::NotHttp("bad syntax"),
+        }
+    }
 }
 
 impl StandbyError {
@@ -199,16 +208,8 @@ fn has_token(headers: &[httparse::Header<'_>], name: &str, token: &str) -> bool 
 pub fn parse_request(buf: &[u8]) -> Result<Parsed, StandbyError> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut request = httparse::Request::new(&mut headers);
-    let window = &buf[..buf.len().min(MAX_REQUEST_LEN)];
-    let len = match request.parse(window) {
-        Ok(httparse::Status::Complete(len)) => len,
-        Ok(httparse::Status::Partial) if window.len() < MAX_REQUEST_LEN => {
-            return Ok(Parsed::Incomplete);
-        }
-        Ok(httparse::Status::Partial) | Err(httparse::Error::TooManyHeaders) => {
-            return Err(StandbyError::TooLarge);
-        }
-        Err(_) => return Err(StandbyError::NotHttp("bad syntax")),
+    let Some(len) = parse_head(buf, |w| request.parse(w))? else {
+        return Ok(Parsed::Incomplete);
     };
     if request.version != Some(1) {
         return Err(StandbyError::NotHttp("the version must be HTTP/1.1"));
@@ -287,14 +288,8 @@ impl ClientRequest<'_> {
 pub fn parse_response(buf: &[u8], key: &[u8; 16]) -> Result<Option<usize>, StandbyError> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut response = httparse::Response::new(&mut headers);
-    let window = &buf[..buf.len().min(MAX_REQUEST_LEN)];
-    let len = match response.parse(window) {
-        Ok(httparse::Status::Complete(len)) => len,
-        Ok(httparse::Status::Partial) if window.len() < MAX_REQUEST_LEN => return Ok(None),
-        Ok(httparse::Status::Partial) | Err(httparse::Error::TooManyHeaders) => {
-            return Err(StandbyError::TooLarge);
-        }
-        Err(_) => return Err(StandbyError::NotHttp("bad syntax")),
+    let Some(len) = parse_head(buf, |w| response.parse(w))? else {
+        return Ok(None);
     };
     let status = response.code.unwrap_or_default();
     if status != 101 {
