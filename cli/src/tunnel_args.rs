@@ -43,6 +43,10 @@ pub(crate) struct RelayArgs {
     /// The longest lifetime a tunnel may be opened with [default: 12h].
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub(crate) max_lifetime: Option<Duration>,
+    /// How long a closed or expired tunnel stays listed and describable before the registry
+    /// forgets it [default: 3h].
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub(crate) keep_closed: Option<Duration>,
     /// Bytes per second per tunnel and direction, at most [default: no limit].
     #[arg(long, value_name = "BYTES")]
     pub(crate) rate_limit: Option<u64>,
@@ -185,6 +189,9 @@ impl RelayArgs {
         }
         if let Some(d) = self.max_lifetime {
             r.max_lifetime = d;
+        }
+        if let Some(d) = self.keep_closed {
+            r.keep_closed = d;
         }
         r.rate_limit = self.rate_limit;
         r.cors_origins = self.cors_origins;

@@ -113,6 +113,7 @@ pub use stats::{HANDSHAKE_BUCKETS, HistogramSnapshot, KernelBytes, StatsSnapshot
 #[cfg(feature = "bench-internals")]
 #[doc(hidden)]
 pub mod bench_internals {
+    pub use crate::relay::at_scale::{RegistryAtScale, RegistryOnDisk};
     pub use crate::shard::{PIPE_SIZE, PipePool};
     pub use crate::sys::pipe;
 }

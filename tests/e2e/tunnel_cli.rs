@@ -79,6 +79,18 @@ impl Relay {
 
     /// [`Relay::start`] with agents on `port`.
     fn start_on(pki: &Pki, dir: &Path, state: &str, driver: &str, port: u16) -> Relay {
+        Self::start_with(pki, dir, state, driver, port, &[])
+    }
+
+    /// [`Relay::start_on`] with more arguments.
+    fn start_with(
+        pki: &Pki,
+        dir: &Path,
+        state: &str,
+        driver: &str,
+        port: u16,
+        extra: &[&str],
+    ) -> Relay {
         let token_file = dir.join("api.token");
         fs::write(&token_file, format!("{API_TOKEN}\n")).expect("write the API token");
         let api_port = free_port();
@@ -88,7 +100,10 @@ impl Relay {
             .opt("--key", &pki.server.key)
             .opt("--api", localhost(api_port).to_string())
             .opt("--api-token-file", &token_file)
-            .opt("--state", state)
+            .opt("--state", state);
+        let proc = extra
+            .iter()
+            .fold(proc, |cmd, a| cmd.arg(a))
             .common(driver)
             .wait_port(api_port)
             .label(format!("relay ({driver})"))
@@ -319,6 +334,51 @@ fn the_relay_state_file_survives_a_restart() {
     let relay = Relay::start(&pki, dir.path(), ":memory:", "epoll");
     let list = tunnel_json(&relay, &["list"]);
     assert_eq!(list["tunnelSummaries"], serde_json::json!([]));
+    relay.stop();
+}
+
+/// `--keep-closed`: a closed tunnel is listed and described as CLOSED, then forgotten, in
+/// memory and in the state file (not back after a restart); the open one stays.
+#[test]
+fn closed_tunnels_are_forgotten_after_keep_closed() {
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("relay.sqlite");
+    let state = state.to_str().expect("UTF-8 path");
+    let keep = ["--keep-closed", "1s"];
+    let relay = Relay::start_with(&pki, dir.path(), state, "uring", free_port(), &keep);
+    let id = |v: &Value| v["tunnelId"].as_str().expect("id").to_string();
+    let closed = id(&tunnel_json(&relay, &["open", "--service", "SSH"]));
+    let open = id(&tunnel_json(&relay, &["open", "--service", "SSH"]));
+    assert!(relay.tunnel(&["close", &closed], false).status.success());
+    let t = tunnel_json(&relay, &["describe", &closed]);
+    assert_eq!(t["tunnel"]["status"], "CLOSED", "{t}");
+    assert!(
+        wait_until(SOON, || !relay
+            .tunnel(&["describe", &closed], true)
+            .status
+            .success()),
+        "still described after {SOON:?}"
+    );
+    let out = relay.tunnel(&["describe", &closed], false);
+    assert!(text(&out.stderr).contains("404"), "{}", text(&out.stderr));
+    assert!(
+        relay
+            .proc
+            .wait_log(SOON, |l| l.contains("closed tunnels forgotten"))
+    );
+    let ids = |list: &Value| -> Vec<String> {
+        let all = list["tunnelSummaries"].as_array().expect("summaries");
+        all.iter().map(id).collect()
+    };
+    assert_eq!(
+        ids(&tunnel_json(&relay, &["list"])),
+        std::slice::from_ref(&open)
+    );
+    relay.stop();
+
+    let relay = Relay::start(&pki, dir.path(), state, "epoll");
+    assert_eq!(ids(&tunnel_json(&relay, &["list"])), [open]);
     relay.stop();
 }
 

@@ -466,7 +466,7 @@ fn refused(text: &str, line: usize, key: &str) -> String {
 fn tunnel_tables_parse_and_resolve_paths() {
     let cfg = parse(&format!(
         "{RELAY}api_token_file = \"api.token\"\nstate = \"state/relay.sqlite\"\n\
-         max_lifetime = \"1h\"\n\
+         max_lifetime = \"1h\"\nkeep_closed = \"10m\"\n\
          {SOURCE}token_file = \"/etc/tok\"\nca = \"ca.pem\"\nlisten = [\"SSH=127.0.0.1:2222\", \
          \"web=127.0.0.1:8080\"]\nprotocol = \"v2\"\n\
          {DESTINATION}connect = [\"SSH=localhost:22\"]\n\
@@ -482,6 +482,7 @@ fn tunnel_tables_parse_and_resolve_paths() {
         r.state
     );
     assert_eq!(r.max_lifetime, Duration::from_secs(3600));
+    assert_eq!(r.keep_closed, Duration::from_secs(600));
     let s = &cfg.sources[0];
     assert_eq!(s.token_file.as_deref(), Some(Path::new("/etc/tok")));
     assert!(s.ca.as_ref().unwrap().is_absolute());
@@ -493,6 +494,8 @@ fn tunnel_tables_parse_and_resolve_paths() {
     // `:memory:` is not a path.
     let cfg = parse(&format!("{RELAY}state = \":memory:\"\n")).unwrap();
     assert_eq!(cfg.relays[0].state.as_deref(), Some(":memory:"));
+    // Closed tunnels are kept three hours unless told otherwise, as AWS keeps them.
+    assert_eq!(cfg.relays[0].keep_closed, Duration::from_secs(3 * 3600));
 }
 
 #[test]

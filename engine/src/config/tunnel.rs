@@ -84,6 +84,10 @@ pub struct RelayConfig {
     /// The longest lifetime a tunnel may ask for (AWS: 12 h).
     #[serde(default = "default_max_lifetime", with = "humantime_serde")]
     pub max_lifetime: Duration,
+    /// How long a closed (or expired) tunnel stays in the registry, listed and describable,
+    /// before it is forgotten (AWS: "at least three hours"). Default 3 h.
+    #[serde(default = "default_keep_closed", with = "humantime_serde")]
+    pub keep_closed: Duration,
     /// Bytes per second per tunnel and direction the relay forwards at most (off when unset):
     /// protects destinations behind slow links.
     #[serde(default)]
@@ -369,6 +373,9 @@ fn default_max_services() -> usize {
 fn default_max_lifetime() -> Duration {
     Duration::from_secs(12 * 3600)
 }
+fn default_keep_closed() -> Duration {
+    Duration::from_secs(3 * 3600)
+}
 fn default_max_peers() -> usize {
     100_000
 }
@@ -416,6 +423,7 @@ impl RelayConfig {
             state: None,
             max_services: default_max_services(),
             max_lifetime: default_max_lifetime(),
+            keep_closed: default_keep_closed(),
             rate_limit: None,
             cors_origins: Vec::new(),
             max_peers: default_max_peers(),
@@ -473,6 +481,12 @@ impl RelayConfig {
     /// The longest lifetime a tunnel may ask for (default 12 h).
     pub fn max_lifetime(mut self, d: Duration) -> Self {
         self.max_lifetime = d;
+        self
+    }
+
+    /// How long a closed tunnel stays listed before the registry forgets it (default 3 h).
+    pub fn keep_closed(mut self, d: Duration) -> Self {
+        self.keep_closed = d;
         self
     }
 

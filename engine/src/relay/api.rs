@@ -61,6 +61,7 @@ struct Shared {
 impl ApiServer {
     /// Binds `addr` (an error names it) and serves the API for `registry` on a new thread;
     /// with `api_token`, every request must carry `Authorization: Bearer <api_token>`.
+    #[cfg(test)]
     pub(crate) fn start(
         addr: SocketAddr,
         registry: Arc<Registry>,
@@ -71,6 +72,7 @@ impl ApiServer {
 
     /// [`ApiServer::start`], telling `events` of each tunnel closed (by a call, or because
     /// a call found its lifetime ended) and each rotation.
+    #[cfg(test)]
     pub(crate) fn start_with_events(
         addr: SocketAddr,
         registry: Arc<Registry>,

@@ -4,10 +4,10 @@
 //! Not here: the data plane (TLS + WebSocket endpoint, pairing peers, passing tunnel
 //! frames), which runs on the shards and asks [`registry::Registry::admit`] whether a peer
 //! may join. See `docs/relay.md`.
-// Wired into the relay command in the next step.
-#![allow(dead_code)]
 
 pub(crate) mod api;
+#[cfg(feature = "bench-internals")]
+pub(crate) mod at_scale;
 pub(crate) mod client;
 pub(crate) mod console;
 pub(crate) mod cookie;

@@ -20,6 +20,9 @@ pub(crate) struct Limits {
     pub(crate) max_lifetime_seconds: u32,
     /// Services per tunnel (AWS's default quota: 3).
     pub(crate) max_services: usize,
+    /// How long a closed tunnel stays listed (and describable) before the registry forgets
+    /// it, in seconds (AWS: "at least three hours").
+    pub(crate) keep_closed_seconds: u64,
 }
 
 impl Default for Limits {
@@ -28,6 +31,7 @@ impl Default for Limits {
             default_lifetime_seconds: 720 * 60,
             max_lifetime_seconds: 720 * 60,
             max_services: 3,
+            keep_closed_seconds: 3 * 3600,
         }
     }
 }
@@ -312,19 +316,17 @@ impl Registry {
         now: Timestamp,
     ) -> Result<Vec<Tunnel>, RegistryError> {
         self.expire(now)?;
-        let mut all = self.store().list()?;
-        if let Some(thing) = thing_name {
-            all.retain(|t| t.thing_name.as_deref() == Some(thing));
-        }
-        Ok(all)
+        let store = self.store();
+        Ok(match thing_name {
+            Some(thing) => store.find_by_thing(thing)?,
+            None => store.list()?,
+        })
     }
 
     /// The tunnels of `thing` as they are in memory, expired ones included (the caller checks
     /// `is_open_at`): for a shard, which must not wait for the disk as [`Registry::list`] may.
     pub(crate) fn of_thing(&self, thing: &str) -> Result<Vec<Tunnel>, RegistryError> {
-        let mut all = self.store().list()?;
-        all.retain(|t| t.thing_name.as_deref() == Some(thing));
-        Ok(all)
+        Ok(self.store().find_by_thing(thing)?)
     }
 
     /// One tunnel (`DescribeTunnel`), closed first if its lifetime ended.
@@ -431,7 +433,7 @@ impl Registry {
             .ok_or_else(|| RegistryError::NotFound(id.to_string()))?;
         if delete {
             store.remove(id)?;
-            self.latest().retain(|(t, _), _| t != id);
+            self.forget_latest(&[id.to_string()]);
             return Ok(durable(store)?);
         }
         if t.status == TunnelStatus::Open {
@@ -448,7 +450,7 @@ impl Registry {
     pub(crate) fn expire(&self, now: Timestamp) -> Result<Vec<String>, RegistryError> {
         let mut store = self.store();
         let mut closed = Vec::new();
-        for mut t in store.list()? {
+        for mut t in store.lifetime_over(now)? {
             if close_if_expired(&mut t, now) {
                 store.put(&t)?;
                 closed.push(t.id);
@@ -458,6 +460,25 @@ impl Registry {
             durable(store)?;
         }
         Ok(closed)
+    }
+
+    /// Forgets the tunnels closed more than [`Limits::keep_closed_seconds`] before `now`
+    /// (AWS lists a closed tunnel for a few hours, then deletes it): without this, a relay
+    /// that runs for months would keep every tunnel it ever opened. Returns how many went.
+    pub(crate) fn forget_closed(&self, now: Timestamp) -> Result<usize, RegistryError> {
+        let keep_ms = self.limits.keep_closed_seconds.saturating_mul(1000);
+        let before = Timestamp(now.0.saturating_sub(keep_ms));
+        let mut store = self.store();
+        let ids = store.closed_before(before)?;
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        for id in &ids {
+            store.remove(id)?;
+        }
+        self.forget_latest(&ids);
+        durable(store)?;
+        Ok(ids.len())
     }
 
     /// Whether a peer that presents `token` in `mode` (with `client_token`, if it sent one)
@@ -699,11 +720,25 @@ impl Registry {
         now: Timestamp,
     ) -> Result<(), RegistryError> {
         let store = self.store();
-        let latest = self.latest().get(&(id.to_string(), side)).copied();
-        if latest == Some(serial) {
+        let key = (id.to_string(), side);
+        let mut latest = self.latest();
+        if latest.get(&key) == Some(&serial) {
+            // Nobody is on this side now: the map keeps only the sides with a peer.
+            latest.remove(&key);
+            drop(latest);
             self.mark_disconnected(store, id, side, now)?;
         }
         Ok(())
+    }
+
+    /// Drops the admissions of both sides of the tunnels `ids` (which the store forgot).
+    fn forget_latest(&self, ids: &[String]) {
+        let mut latest = self.latest();
+        for id in ids {
+            for side in Side::BOTH {
+                latest.remove(&(id.clone(), side));
+            }
+        }
     }
 
     fn latest(&self) -> MutexGuard<'_, HashMap<(String, Side), u64>> {
@@ -712,6 +747,7 @@ impl Registry {
 
     /// The peer on `side` of tunnel `id` has gone. An unknown tunnel (deleted meanwhile) is
     /// not an error.
+    #[cfg(test)]
     pub(crate) fn disconnected(
         &self,
         id: &str,

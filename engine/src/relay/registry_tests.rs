@@ -735,3 +735,196 @@ fn pairing_is_persisted() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A closed tunnel, by a call or by its lifetime, stays listed and describable for
+/// `keep_closed_seconds` from its closing, then the registry forgets it (and its tokens);
+/// open tunnels are never forgotten.
+#[test]
+fn closed_tunnels_are_forgotten_after_keep_closed() {
+    const KEEP: u64 = 3 * 3600;
+    for (store, r) in registries() {
+        assert_eq!(
+            r.limits.keep_closed_seconds, KEEP,
+            "AWS: at least three hours"
+        );
+        let closed = r.open(ssh(), T0).expect("open");
+        let short = OpenRequest {
+            lifetime_seconds: Some(60),
+            ..ssh()
+        };
+        let expired = r.open(short, T0).expect("open");
+        let open = r.open(ssh(), T0).expect("open");
+        r.close(&closed.tunnel_id, false, secs(10)).expect("close");
+        assert_eq!(
+            r.expire(secs(100)).expect("expire"),
+            std::slice::from_ref(&expired.tunnel_id)
+        );
+
+        assert_eq!(
+            r.forget_closed(secs(10 + KEEP)).expect("forget"),
+            0,
+            "{store}"
+        );
+        assert_eq!(
+            r.list(None, secs(10 + KEEP)).expect("list").len(),
+            3,
+            "{store}"
+        );
+        // Forgotten once closed longer than the retention, counted from the closing (the
+        // end of the lifetime for the expired one, not when the sweep noticed it).
+        assert_eq!(
+            r.forget_closed(secs(11 + KEEP)).expect("forget"),
+            1,
+            "{store}"
+        );
+        assert!(matches!(
+            r.describe(&closed.tunnel_id, secs(11 + KEEP)),
+            Err(RegistryError::NotFound(_))
+        ));
+        assert_eq!(
+            r.admit(
+                closed.source_token.expose(),
+                Side::Source,
+                None,
+                secs(11 + KEEP)
+            ),
+            Err(Refusal::UnknownToken),
+            "{store}"
+        );
+        assert_eq!(
+            r.forget_closed(secs(61 + KEEP)).expect("forget"),
+            1,
+            "{store}"
+        );
+        let left: Vec<String> = r
+            .list(None, secs(61 + KEEP))
+            .expect("list")
+            .into_iter()
+            .map(|t| t.id)
+            .collect();
+        assert_eq!(left, std::slice::from_ref(&open.tunnel_id), "{store}");
+        assert_eq!(
+            r.forget_closed(secs(10 * KEEP)).expect("forget"),
+            0,
+            "{store}"
+        );
+        r.admit(
+            open.source_token.expose(),
+            Side::Source,
+            None,
+            secs(10 * KEEP),
+        )
+        .expect_err("the default lifetime is over by then");
+    }
+}
+
+/// `keep_closed_seconds = 0`: a closed tunnel goes at the next sweep.
+#[test]
+fn keep_closed_zero_forgets_at_the_next_sweep() {
+    let r = Registry::new(
+        Box::new(MemoryStore::default()),
+        Limits {
+            keep_closed_seconds: 0,
+            ..Limits::default()
+        },
+    );
+    let o = r.open(ssh(), T0).expect("open");
+    r.close(&o.tunnel_id, false, secs(5)).expect("close");
+    assert_eq!(
+        r.forget_closed(secs(5)).expect("forget"),
+        0,
+        "not before its closing"
+    );
+    assert_eq!(
+        r.forget_closed(Timestamp(secs(5).0 + 1)).expect("forget"),
+        1
+    );
+}
+
+/// The admissions map holds only the sides with a peer on them: a peer that goes takes its
+/// entry (a stale one from a replaced peer changes nothing), and so does a forgotten tunnel.
+#[test]
+fn admissions_are_kept_only_while_a_peer_is_there() {
+    for (store, r) in registries() {
+        let o = r.open(ssh(), T0).expect("open");
+        let first = r
+            .admit(
+                o.source_token.expose(),
+                Side::Source,
+                Some(CLIENT_A),
+                secs(1),
+            )
+            .expect("admit");
+        let second = r
+            .admit(
+                o.source_token.expose(),
+                Side::Source,
+                Some(CLIENT_A),
+                secs(2),
+            )
+            .expect("the same client token reconnects");
+        let dest = r
+            .admit(
+                o.destination_token.expose(),
+                Side::Destination,
+                None,
+                secs(2),
+            )
+            .expect("admit");
+        assert_eq!(r.latest().len(), 2, "{store}");
+        // The replaced peer's end comes after its successor's admission: nothing changes.
+        r.abandoned(&first, secs(3)).expect("gone");
+        assert_eq!(r.latest().len(), 2, "{store}");
+        assert!(
+            r.describe(&o.tunnel_id, secs(3)).unwrap().source.connected,
+            "{store}"
+        );
+        r.gone(&o.tunnel_id, Side::Source, second.serial, secs(4))
+            .expect("gone");
+        assert_eq!(r.latest().len(), 1, "{store}");
+        assert!(
+            !r.describe(&o.tunnel_id, secs(4)).unwrap().source.connected,
+            "{store}"
+        );
+        // Closed and forgotten with its destination still counted as there.
+        r.close(&o.tunnel_id, false, secs(5)).expect("close");
+        r.forget_closed(secs(5 + 3 * 3600 + 1)).expect("forget");
+        assert!(r.latest().is_empty(), "{store}");
+        // Its destination's end, after the tunnel was forgotten: not an error.
+        r.abandoned(&dest, secs(5 + 3 * 3600 + 2))
+            .expect("an unknown tunnel is not an error");
+    }
+}
+
+/// `of_thing` and `list(Some(thing))` give that thing's tunnels only, oldest first.
+#[test]
+fn tunnels_of_a_thing() {
+    for (store, r) in registries() {
+        let for_thing = |thing: &str| OpenRequest {
+            thing_name: Some(thing.into()),
+            ..ssh()
+        };
+        let a1 = r.open(for_thing("a"), secs(1)).expect("open").tunnel_id;
+        let b1 = r.open(for_thing("b"), secs(2)).expect("open").tunnel_id;
+        let a2 = r.open(for_thing("a"), secs(3)).expect("open").tunnel_id;
+        let none = OpenRequest {
+            thing_name: None,
+            ..ssh()
+        };
+        r.open(none, secs(4)).expect("open");
+        let ids = |ts: Vec<Tunnel>| ts.into_iter().map(|t| t.id).collect::<Vec<_>>();
+        assert_eq!(
+            ids(r.of_thing("a").unwrap()),
+            [a1.clone(), a2.clone()],
+            "{store}"
+        );
+        assert_eq!(
+            ids(r.list(Some("a"), secs(5)).unwrap()),
+            [a1, a2],
+            "{store}"
+        );
+        assert_eq!(ids(r.of_thing("b").unwrap()), [b1], "{store}");
+        assert!(r.of_thing("c").unwrap().is_empty(), "{store}");
+        assert_eq!(r.list(None, secs(5)).unwrap().len(), 4, "{store}");
+    }
+}

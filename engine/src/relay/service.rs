@@ -20,7 +20,8 @@ use super::writer::WriteBehind;
 use crate::config::RelayConfig;
 use crate::error::{Error, Result};
 
-/// How often the expiry timer closes tunnels whose lifetime ended.
+/// How often the expiry timer closes tunnels whose lifetime ended (and forgets those closed
+/// longer than `keep_closed`).
 pub(crate) const EXPIRY_INTERVAL: Duration = Duration::from_secs(1);
 
 /// A running relay control side. Dropping it stops the API and the expiry timer.
@@ -83,6 +84,7 @@ impl RelayService {
         for id in registry.expire(now).map_err(registry_err)? {
             tracing::info!(relay = %name, tunnel = %id, "tunnel expired");
         }
+        forget_closed(&name, &registry, now);
         // The console's browser source is served on the agents' port (see console.rs).
         let agent_port = cfg
             .listen
@@ -171,6 +173,16 @@ fn expiry_loop(name: &str, registry: &Registry, events: &Events, stop: &mpsc::Re
             }
             Err(e) => tracing::warn!(relay = %name, error = %e, "tunnel expiry failed"),
         }
+        forget_closed(name, registry, Timestamp::now());
+    }
+}
+
+/// Forgets the tunnels closed longer ago than `keep_closed`, and says how many.
+fn forget_closed(name: &str, registry: &Registry, now: Timestamp) {
+    match registry.forget_closed(now) {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(relay = %name, tunnels = n, "closed tunnels forgotten"),
+        Err(e) => tracing::warn!(relay = %name, error = %e, "forgetting closed tunnels failed"),
     }
 }
 
@@ -225,6 +237,7 @@ fn limits(cfg: &RelayConfig) -> std::result::Result<Limits, String> {
             .min(max_lifetime_seconds),
         max_lifetime_seconds,
         max_services: cfg.max_services,
+        keep_closed_seconds: cfg.keep_closed.as_secs(),
     })
 }
 

@@ -238,6 +238,44 @@ impl TunnelStore for SqliteStore {
         )
     }
 
+    fn find_by_thing(&self, thing: &str) -> Result<Vec<Tunnel>, StoreError> {
+        self.query("WHERE thing_name = ?1 ORDER BY created_at, id", &[&thing])
+    }
+
+    fn lifetime_over(&self, now: Timestamp) -> Result<Vec<Tunnel>, StoreError> {
+        self.query(
+            "WHERE status = 'OPEN' AND created_at + lifetime_seconds * 1000 <= ?1 \
+             ORDER BY created_at, id",
+            &[&ms(now)],
+        )
+    }
+
+    fn closed_before(&self, before: Timestamp) -> Result<Vec<String>, StoreError> {
+        let ids = self.query(
+            "WHERE status = 'CLOSED' AND last_updated_at < ?1",
+            &[&ms(before)],
+        )?;
+        Ok(ids.into_iter().map(|t| t.id).collect())
+    }
+
+    fn begin(&mut self) -> Result<(), StoreError> {
+        self.db
+            .execute_batch("BEGIN IMMEDIATE")
+            .map_err(|e| StoreError(e.to_string()))
+    }
+
+    fn commit(&mut self) -> Result<(), StoreError> {
+        if self.db.is_autocommit() {
+            // `begin` failed: each change was its own transaction.
+            return Ok(());
+        }
+        self.db.execute_batch("COMMIT").map_err(|e| {
+            // Leave no transaction open for the next batch.
+            let _ = self.db.execute_batch("ROLLBACK");
+            StoreError(e.to_string())
+        })
+    }
+
     fn remove(&mut self, id: &str) -> Result<bool, StoreError> {
         let n = self
             .db

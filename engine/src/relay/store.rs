@@ -3,11 +3,11 @@
 //! statuses) is the registry's, so a store shared by several relays later only has to keep
 //! records too.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Condvar, Mutex};
 
 use super::secret::TokenHash;
-use super::tunnel::{Pairing, Tunnel};
+use super::tunnel::{Pairing, Side, Timestamp, Tunnel, TunnelStatus};
 
 /// A store failed (a file that cannot be read or written, a schema it does not know).
 /// Transient as far as a peer is concerned: the relay answers 503 and the peer retries.
@@ -15,7 +15,9 @@ use super::tunnel::{Pairing, Tunnel};
 #[error("tunnel store: {0}")]
 pub(crate) struct StoreError(pub(crate) String);
 
-/// Tunnel records by id, with a lookup by access-token hash.
+/// Tunnel records by id, with lookups by what the relay asks of them as peers connect (an
+/// access token, a client token, a pairing, a thing) and as time passes (lifetimes that ended,
+/// closed tunnels past their retention).
 pub(crate) trait TunnelStore: Send {
     /// Inserts `tunnel`, or replaces the record with its id.
     fn put(&mut self, tunnel: &Tunnel) -> Result<(), StoreError>;
@@ -29,6 +31,12 @@ pub(crate) trait TunnelStore: Send {
     fn list(&self) -> Result<Vec<Tunnel>, StoreError>;
     /// The tunnels paired as `pairing` (kind and identity), oldest first.
     fn find_by_pairing(&self, pairing: &Pairing) -> Result<Vec<Tunnel>, StoreError>;
+    /// The tunnels opened for the thing `thing` (`destinationConfig.thingName`), oldest first.
+    fn find_by_thing(&self, thing: &str) -> Result<Vec<Tunnel>, StoreError>;
+    /// The tunnels still `OPEN` whose lifetime ended by `now`, oldest first.
+    fn lifetime_over(&self, now: Timestamp) -> Result<Vec<Tunnel>, StoreError>;
+    /// The ids of the `CLOSED` tunnels last changed before `before`.
+    fn closed_before(&self, before: Timestamp) -> Result<Vec<String>, StoreError>;
     /// Forgets the tunnel with this id; whether there was one.
     fn remove(&mut self, id: &str) -> Result<bool, StoreError>;
     /// A ticket that is done once every change made so far is on disk. A store that
@@ -36,18 +44,134 @@ pub(crate) trait TunnelStore: Send {
     fn barrier(&mut self) -> Durable {
         Durable::done()
     }
+    /// The changes from here to [`TunnelStore::commit`] may be written together, in one
+    /// transaction (`writer::WriteBehind` batches what queued up). Nothing by default.
+    fn begin(&mut self) -> Result<(), StoreError> {
+        Ok(())
+    }
+    /// Ends what [`TunnelStore::begin`] started: the changes since are on disk.
+    fn commit(&mut self) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
 
 /// A store that lives as long as the process: for `--state :memory:`-like throwaway relays
-/// and tests.
+/// and tests, and the memory [`WriteBehind`](super::writer::WriteBehind) answers from.
+///
+/// Every lookup the relay makes while peers connect, and every sweep of its expiry timer,
+/// goes through an index, so their cost does not grow with the number of tunnels: the
+/// registry's lock is held by them, and the shards wait on it to admit peers.
 #[derive(Debug, Default)]
 pub(crate) struct MemoryStore {
-    tunnels: BTreeMap<String, Tunnel>,
+    tunnels: HashMap<String, Tunnel>,
+    index: Index,
+}
+
+/// The indexes of a [`MemoryStore`], each from a key to tunnel ids.
+#[derive(Debug, Default)]
+struct Index {
+    /// Both sides' access-token hashes. Looking a SHA-256 up in a hash map tells a timing
+    /// observer nothing about the token it came from; the registry then compares the hash
+    /// it found in constant time ([`TokenHash::matches`]).
+    token: HashMap<TokenHash, String>,
+    client: HashMap<TokenHash, BTreeSet<String>>,
+    /// Pairings with an identity (certificate, thing); token pairing is the rest.
+    pairing: HashMap<Pairing, BTreeSet<String>>,
+    thing: HashMap<String, BTreeSet<String>>,
+    /// Open tunnels by the end of their lifetime.
+    open_until: BTreeSet<(Timestamp, String)>,
+    /// Closed tunnels by their last change.
+    closed_at: BTreeSet<(Timestamp, String)>,
+}
+
+impl Index {
+    fn add(&mut self, t: &Tunnel) {
+        let id = || t.id.clone();
+        for side in Side::BOTH {
+            let peer = t.peer(side);
+            self.token.insert(peer.token, id());
+            if let Some(c) = peer.token_use.client {
+                self.client.entry(c).or_default().insert(id());
+            }
+        }
+        if t.pairing.identity().is_some() {
+            self.pairing
+                .entry(t.pairing.clone())
+                .or_default()
+                .insert(id());
+        }
+        if let Some(thing) = &t.thing_name {
+            self.thing.entry(thing.clone()).or_default().insert(id());
+        }
+        match t.status {
+            TunnelStatus::Open => self.open_until.insert((t.expires_at(), id())),
+            TunnelStatus::Closed => self.closed_at.insert((t.last_updated_at, id())),
+        };
+    }
+
+    fn drop_entries(&mut self, t: &Tunnel) {
+        for side in Side::BOTH {
+            let peer = t.peer(side);
+            if self.token.get(&peer.token) == Some(&t.id) {
+                self.token.remove(&peer.token);
+            }
+            if let Some(c) = peer.token_use.client {
+                unlist(&mut self.client, &c, &t.id);
+            }
+        }
+        unlist(&mut self.pairing, &t.pairing, &t.id);
+        if let Some(thing) = &t.thing_name {
+            unlist(&mut self.thing, thing, &t.id);
+        }
+        let key = |at: Timestamp| (at, t.id.clone());
+        match t.status {
+            TunnelStatus::Open => self.open_until.remove(&key(t.expires_at())),
+            TunnelStatus::Closed => self.closed_at.remove(&key(t.last_updated_at)),
+        };
+    }
+}
+
+/// Takes `id` out of the set under `key`, and the set when it is left empty.
+fn unlist<K, Q>(map: &mut HashMap<K, BTreeSet<String>>, key: &Q, id: &str)
+where
+    K: std::borrow::Borrow<Q> + std::hash::Hash + Eq,
+    Q: std::hash::Hash + Eq + ?Sized,
+{
+    if let Some(ids) = map.get_mut(key) {
+        ids.remove(id);
+        if ids.is_empty() {
+            map.remove(key);
+        }
+    }
+}
+
+impl MemoryStore {
+    /// The tunnels with these ids, oldest first.
+    fn tunnels<'a>(&self, ids: impl IntoIterator<Item = &'a String>) -> Vec<Tunnel> {
+        let mut found: Vec<Tunnel> = ids
+            .into_iter()
+            .filter_map(|id| self.tunnels.get(id).cloned())
+            .collect();
+        oldest_first(&mut found);
+        found
+    }
+
+    fn listed(&self, ids: Option<&BTreeSet<String>>) -> Vec<Tunnel> {
+        ids.map_or_else(Vec::new, |ids| self.tunnels(ids))
+    }
+}
+
+/// Sorts by creation, then id: the order every listing of a store has.
+pub(crate) fn oldest_first(tunnels: &mut [Tunnel]) {
+    tunnels.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
 }
 
 impl TunnelStore for MemoryStore {
     fn put(&mut self, tunnel: &Tunnel) -> Result<(), StoreError> {
-        self.tunnels.insert(tunnel.id.clone(), tunnel.clone());
+        if let Some(old) = self.tunnels.insert(tunnel.id.clone(), tunnel.clone()) {
+            self.index.drop_entries(&old);
+        }
+        self.index.add(tunnel);
         Ok(())
     }
 
@@ -57,38 +181,62 @@ impl TunnelStore for MemoryStore {
 
     fn find_by_token(&self, hash: &TokenHash) -> Result<Option<Tunnel>, StoreError> {
         Ok(self
-            .tunnels
-            .values()
-            .find(|t| t.source.token == *hash || t.destination.token == *hash)
+            .index
+            .token
+            .get(hash)
+            .and_then(|id| self.tunnels.get(id))
             .cloned())
     }
 
     fn find_by_client_token(&self, hash: &TokenHash) -> Result<Vec<Tunnel>, StoreError> {
-        Ok(self
-            .tunnels
-            .values()
-            .filter(|t| {
-                t.source.token_use.client == Some(*hash)
-                    || t.destination.token_use.client == Some(*hash)
-            })
-            .cloned()
-            .collect())
+        Ok(self.listed(self.index.client.get(hash)))
     }
 
     fn list(&self) -> Result<Vec<Tunnel>, StoreError> {
         let mut all: Vec<Tunnel> = self.tunnels.values().cloned().collect();
-        all.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
+        oldest_first(&mut all);
         Ok(all)
-    }
-
-    fn remove(&mut self, id: &str) -> Result<bool, StoreError> {
-        Ok(self.tunnels.remove(id).is_some())
     }
 
     fn find_by_pairing(&self, pairing: &Pairing) -> Result<Vec<Tunnel>, StoreError> {
+        if pairing.identity().is_some() {
+            return Ok(self.listed(self.index.pairing.get(pairing)));
+        }
         let mut all = self.list()?;
         all.retain(|t| t.pairing == *pairing);
         Ok(all)
+    }
+
+    fn find_by_thing(&self, thing: &str) -> Result<Vec<Tunnel>, StoreError> {
+        Ok(self.listed(self.index.thing.get(thing)))
+    }
+
+    fn lifetime_over(&self, now: Timestamp) -> Result<Vec<Tunnel>, StoreError> {
+        let due = self
+            .index
+            .open_until
+            .iter()
+            .take_while(|(end, _)| *end <= now)
+            .map(|(_, id)| id);
+        Ok(self.tunnels(due))
+    }
+
+    fn closed_before(&self, before: Timestamp) -> Result<Vec<String>, StoreError> {
+        Ok(self
+            .index
+            .closed_at
+            .iter()
+            .take_while(|(at, _)| *at < before)
+            .map(|(_, id)| id.clone())
+            .collect())
+    }
+
+    fn remove(&mut self, id: &str) -> Result<bool, StoreError> {
+        let Some(old) = self.tunnels.remove(id) else {
+            return Ok(false);
+        };
+        self.index.drop_entries(&old);
+        Ok(true)
     }
 }
 
@@ -183,3 +331,7 @@ impl Durable {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "store_tests.rs"]
+mod tests;

@@ -55,20 +55,12 @@ impl Side {
             Side::Destination => "destination",
         }
     }
-
-    pub(crate) fn parse(s: &str) -> Option<Side> {
-        match s {
-            "source" => Some(Side::Source),
-            "destination" => Some(Side::Destination),
-            _ => None,
-        }
-    }
 }
 
 /// How a tunnel's peers were paired: by its access tokens (the AWS way), by the client
 /// certificates of both peers (the same identity), or for a thing whose device stands by
 /// (its device certificate). Never holds a token.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub(crate) enum Pairing {
     /// Opened by the API; each peer brings its side's access token.
     #[default]

@@ -13,7 +13,7 @@ use std::sync::mpsc;
 
 use super::secret::TokenHash;
 use super::store::{Durable, MemoryStore, StoreError, TunnelStore};
-use super::tunnel::{Pairing, Tunnel};
+use super::tunnel::{Pairing, Timestamp, Tunnel};
 
 /// One change for the writer thread.
 enum Write {
@@ -49,24 +49,7 @@ impl WriteBehind {
         let (tx, rx) = mpsc::channel::<Write>();
         let writer = std::thread::Builder::new()
             .name("relay-store".into())
-            .spawn(move || {
-                // The first failure since the last barrier, which that barrier reports.
-                let mut failed: Option<String> = None;
-                for w in rx {
-                    let r = match w {
-                        Write::Put(t) => inner.put(&t),
-                        Write::Remove(id) => inner.remove(&id).map(|_| ()),
-                        Write::Barrier(d) => {
-                            d.complete(failed.take().map_or(Ok(()), Err));
-                            continue;
-                        }
-                    };
-                    if let Err(e) = r {
-                        tracing::warn!(error = %e, "cannot write the tunnel registry");
-                        failed.get_or_insert(e.0);
-                    }
-                }
-            })
+            .spawn(move || write_loop(&mut *inner, &rx))
             .map_err(|e| StoreError(format!("the registry's writer thread: {e}")))?;
         Ok(Self {
             memory,
@@ -80,6 +63,61 @@ impl WriteBehind {
             .as_ref()
             .and_then(|q| q.send(w).ok())
             .ok_or_else(|| StoreError("the registry's writer thread has stopped".into()))
+    }
+}
+
+/// Most changes written in one transaction.
+const MAX_BATCH: usize = 4096;
+
+/// The writer thread: applies the changes in order, each batch of those queued meanwhile in
+/// one transaction (group commit), and completes a batch's tickets once it is committed.
+///
+/// A relay that restarts sees its peers come back all at once, and each waits for its
+/// admission to be on disk before its 101. One commit (an fsync) per change made the last of
+/// 2,000 peers wait 1.2 s on the bench VM's disk, and ten times that at the 10,000 peers a
+/// relay is sized for, past the handshake timeout on a slower disk; one commit per batch
+/// writes whatever queued up during the previous commit together.
+fn write_loop(inner: &mut dyn TunnelStore, rx: &mpsc::Receiver<Write>) {
+    // The first failure since the last barrier, which that barrier reports.
+    let mut failed: Option<String> = None;
+    let mut batch = Vec::new();
+    // The batch's barriers, each with the failure it reports if the commit succeeds.
+    let mut tickets: Vec<(Durable, Option<String>)> = Vec::new();
+    while let Ok(first) = rx.recv() {
+        batch.push(first);
+        batch.extend(rx.try_iter().take(MAX_BATCH - 1));
+        if let Err(e) = inner.begin() {
+            tracing::warn!(error = %e, "cannot write the tunnel registry");
+            failed.get_or_insert(e.0);
+        }
+        for w in batch.drain(..) {
+            let r = match w {
+                Write::Put(t) => inner.put(&t),
+                Write::Remove(id) => inner.remove(&id).map(|_| ()),
+                Write::Barrier(d) => {
+                    tickets.push((d, failed.take()));
+                    continue;
+                }
+            };
+            if let Err(e) = r {
+                tracing::warn!(error = %e, "cannot write the tunnel registry");
+                failed.get_or_insert(e.0);
+            }
+        }
+        // A failed commit loses the whole batch: every ticket in it reports it, and so
+        // does the next one (for the changes after the batch's last barrier).
+        let committed = inner.commit();
+        if let Err(e) = &committed {
+            tracing::warn!(error = %e, "cannot write the tunnel registry");
+            failed.get_or_insert(e.0.clone());
+        }
+        for (d, failure) in tickets.drain(..) {
+            let result = match &committed {
+                Ok(()) => failure.map_or(Ok(()), Err),
+                Err(e) => Err(e.0.clone()),
+            };
+            d.complete(result);
+        }
     }
 }
 
@@ -117,6 +155,18 @@ impl TunnelStore for WriteBehind {
 
     fn find_by_pairing(&self, pairing: &Pairing) -> Result<Vec<Tunnel>, StoreError> {
         self.memory.find_by_pairing(pairing)
+    }
+
+    fn find_by_thing(&self, thing: &str) -> Result<Vec<Tunnel>, StoreError> {
+        self.memory.find_by_thing(thing)
+    }
+
+    fn lifetime_over(&self, now: Timestamp) -> Result<Vec<Tunnel>, StoreError> {
+        self.memory.lifetime_over(now)
+    }
+
+    fn closed_before(&self, before: Timestamp) -> Result<Vec<String>, StoreError> {
+        self.memory.closed_before(before)
     }
 
     fn remove(&mut self, id: &str) -> Result<bool, StoreError> {

@@ -28,6 +28,10 @@ struct Gate {
     failing: bool,
     /// Writes done.
     writes: usize,
+    /// Every commit fails while set.
+    commit_failing: bool,
+    /// Commits (of batches) done.
+    commits: usize,
 }
 
 impl Disk {
@@ -42,6 +46,14 @@ impl Disk {
 
     fn writes(&self) -> usize {
         self.gate.0.lock().unwrap().writes
+    }
+
+    fn fail_commits(&self, failing: bool) {
+        self.gate.0.lock().unwrap().commit_failing = failing;
+    }
+
+    fn commits(&self) -> usize {
+        self.gate.0.lock().unwrap().commits
     }
 
     fn record(&self, id: &str) -> Tunnel {
@@ -87,9 +99,26 @@ impl TunnelStore for Disk {
     fn find_by_pairing(&self, pairing: &Pairing) -> Result<Vec<Tunnel>, StoreError> {
         self.records.lock().unwrap().find_by_pairing(pairing)
     }
+    fn find_by_thing(&self, thing: &str) -> Result<Vec<Tunnel>, StoreError> {
+        self.records.lock().unwrap().find_by_thing(thing)
+    }
+    fn lifetime_over(&self, now: Timestamp) -> Result<Vec<Tunnel>, StoreError> {
+        self.records.lock().unwrap().lifetime_over(now)
+    }
+    fn closed_before(&self, before: Timestamp) -> Result<Vec<String>, StoreError> {
+        self.records.lock().unwrap().closed_before(before)
+    }
     fn remove(&mut self, id: &str) -> Result<bool, StoreError> {
         self.pass()?;
         self.records.lock().unwrap().remove(id)
+    }
+    fn commit(&mut self) -> Result<(), StoreError> {
+        let mut g = self.gate.0.lock().unwrap();
+        g.commits += 1;
+        if g.commit_failing {
+            return Err(StoreError("fsync failed".into()));
+        }
+        Ok(())
     }
 }
 
@@ -303,4 +332,68 @@ fn open_on_a_stopped_writer_is_an_error_not_a_hang() {
     let (tx, rx) = std::sync::mpsc::channel();
     d.on_ready(move || tx.send(()).unwrap());
     rx.try_recv().expect("called at once");
+}
+
+/// Group commit: the admissions that queue up while the disk is busy are written in one
+/// transaction, and each one's ticket completes once that is committed.
+#[test]
+fn admissions_queued_behind_the_disk_are_committed_together() {
+    let disk = Disk::default();
+    let r = registry(&disk);
+    let opened: Vec<_> = (0..50)
+        .map(|_| r.open(one_service(), T0).expect("open"))
+        .collect();
+    let before = disk.commits();
+    disk.hold(true);
+    let admitted: Vec<_> = opened
+        .iter()
+        .map(|o| {
+            r.admit(o.source_token.expose(), Side::Source, None, T0)
+                .expect("admitted")
+        })
+        .collect();
+    std::thread::sleep(A_WHILE);
+    assert!(admitted.iter().all(|a| a.durable.poll().is_none()));
+    disk.hold(false);
+    for a in &admitted {
+        a.durable.wait().expect("on disk");
+    }
+    // The batch the writer was in when the disk stopped, then everything queued behind it.
+    let commits = disk.commits() - before;
+    assert!(
+        (1..=2).contains(&commits),
+        "{commits} commits for 50 admissions"
+    );
+    for o in &opened {
+        assert!(disk.record(&o.tunnel_id).source.token_use.used);
+    }
+}
+
+/// A failed commit fails every ticket of its batch, and the next ticket too (changes made
+/// after the batch's last ticket were in it); after that, tickets succeed again.
+#[test]
+fn a_failed_commit_fails_its_whole_batch() {
+    let disk = Disk::default();
+    let r = registry(&disk);
+    let opened: Vec<_> = (0..3)
+        .map(|_| r.open(one_service(), T0).expect("open"))
+        .collect();
+    disk.hold(true);
+    disk.fail_commits(true);
+    let admitted: Vec<_> = opened
+        .iter()
+        .map(|o| {
+            r.admit(o.source_token.expose(), Side::Source, None, T0)
+                .expect("admitted")
+        })
+        .collect();
+    disk.hold(false);
+    for a in &admitted {
+        let e = a.durable.wait().unwrap_err();
+        assert!(e.to_string().contains("fsync failed"), "{e}");
+    }
+    disk.fail_commits(false);
+    let e = r.close(&opened[0].tunnel_id, false, T0).unwrap_err();
+    assert!(e.to_string().contains("fsync failed"), "{e}");
+    r.close(&opened[1].tunnel_id, false, T0).expect("closed");
 }
