@@ -11,7 +11,7 @@ use std::net::{Shutdown, SocketAddr, TcpListener};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::support::*;
 
@@ -523,15 +523,25 @@ fn slow_reader_keeps_memory_bounded() {
         // source must not buffer what it cannot deliver.
         // (The kernel's socket buffers on the way take what they may: here up to 32 MiB
         // each, so the test asserts that the flow stops, not where.)
-        thread::sleep(Duration::from_secs(3));
-        let held = sent.load(Ordering::SeqCst);
-        thread::sleep(Duration::from_secs(1));
-        let later = sent.load(Ordering::SeqCst);
+        // Filling them takes about 3 s in a release build, longer in a debug build on a busy
+        // machine: wait (up to SOON) for a second in which less than 1 MiB more was sent.
+        let start = Instant::now();
+        let mut held = sent.load(Ordering::SeqCst);
+        let mut later;
+        loop {
+            thread::sleep(Duration::from_secs(1));
+            later = sent.load(Ordering::SeqCst);
+            if later - held < 1 << 20 || start.elapsed() > SOON {
+                break;
+            }
+            held = later;
+        }
         let rss = src.rss_kib();
         assert!(
             held < total && later - held < 1 << 20,
-            "the backend went on sending ({held}, then {later} bytes) to a reader that reads \
-             nothing ({driver})"
+            "the backend went on sending ({held}, then {later} bytes a second later, after \
+             {:?}) to a reader that reads nothing ({driver})",
+            start.elapsed()
         );
         assert!(
             rss < rss_before + 32 * 1024,
