@@ -6,7 +6,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use super::*;
-use crate::relay::registry::{Limits, OpenRequest, Registry};
+use crate::relay::registry::{Admission, Limits, OpenRequest, Opened, Registry};
 use crate::relay::tunnel::{Side, Timestamp};
 
 const T0: Timestamp = Timestamp(1_800_000_000_000);
@@ -334,24 +334,33 @@ fn open_on_a_stopped_writer_is_an_error_not_a_hang() {
     rx.try_recv().expect("called at once");
 }
 
+fn open_tunnels(r: &Registry, n: usize) -> Vec<Opened> {
+    (0..n)
+        .map(|_| r.open(one_service(), T0).expect("open"))
+        .collect()
+}
+
+/// Each tunnel's source admitted once, without a client token.
+fn admit_sources(r: &Registry, opened: &[Opened]) -> Vec<Admission> {
+    opened
+        .iter()
+        .map(|o| {
+            r.admit(o.source_token.expose(), Side::Source, None, T0)
+                .expect("admitted")
+        })
+        .collect()
+}
+
 /// Group commit: the admissions that queue up while the disk is busy are written in one
 /// transaction, and each one's ticket completes once that is committed.
 #[test]
 fn admissions_queued_behind_the_disk_are_committed_together() {
     let disk = Disk::default();
     let r = registry(&disk);
-    let opened: Vec<_> = (0..50)
-        .map(|_| r.open(one_service(), T0).expect("open"))
-        .collect();
+    let opened = open_tunnels(&r, 50);
     let before = disk.commits();
     disk.hold(true);
-    let admitted: Vec<_> = opened
-        .iter()
-        .map(|o| {
-            r.admit(o.source_token.expose(), Side::Source, None, T0)
-                .expect("admitted")
-        })
-        .collect();
+    let admitted = admit_sources(&r, &opened);
     std::thread::sleep(A_WHILE);
     assert!(admitted.iter().all(|a| a.durable.poll().is_none()));
     disk.hold(false);
@@ -375,18 +384,10 @@ fn admissions_queued_behind_the_disk_are_committed_together() {
 fn a_failed_commit_fails_its_whole_batch() {
     let disk = Disk::default();
     let r = registry(&disk);
-    let opened: Vec<_> = (0..3)
-        .map(|_| r.open(one_service(), T0).expect("open"))
-        .collect();
+    let opened = open_tunnels(&r, 3);
     disk.hold(true);
     disk.fail_commits(true);
-    let admitted: Vec<_> = opened
-        .iter()
-        .map(|o| {
-            r.admit(o.source_token.expose(), Side::Source, None, T0)
-                .expect("admitted")
-        })
-        .collect();
+    let admitted = admit_sources(&r, &opened);
     disk.hold(false);
     for a in &admitted {
         let e = a.durable.wait().unwrap_err();
