@@ -19,10 +19,11 @@ pub(crate) enum TunnelCommand {
       --source-token-file source.token --destination-token-file destination.token
   splice-engine tunnel open --service SSH --service HTTP --lifetime 2h --json")]
     Open(OpenArgs),
-    /// List the tunnels (oldest first).
+    /// List the tunnels, newest first (as AWS).
     #[command(after_help = "Examples:
   splice-engine tunnel list --api http://127.0.0.1:8480
-  splice-engine tunnel list --thing pump-7 --json")]
+  splice-engine tunnel list --thing pump-7 --json
+  splice-engine tunnel list --max-results 50")]
     List(ListArgs),
     /// Describe one tunnel: services, lifetime, status, and whether each side is connected.
     #[command(after_help = "Examples:
@@ -100,6 +101,13 @@ pub(crate) struct ListArgs {
     /// Only the tunnels of this thing [default: all].
     #[arg(long, value_name = "NAME")]
     pub(crate) thing: Option<String>,
+    /// One page of at most N tunnels (1 to 100), newest first; the answer's `nextToken`
+    /// (printed after the table) asks for the next [default: all, in one answer].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub(crate) max_results: Option<u32>,
+    /// Start after the position that a previous page's `nextToken` names.
+    #[arg(long, value_name = "TOKEN")]
+    pub(crate) next_token: Option<String>,
     #[command(flatten)]
     pub(crate) api: ApiArgs,
 }
@@ -211,7 +219,11 @@ pub(crate) fn run(cmd: TunnelCommand, out: &mut impl Write) -> Result<(), Failur
             }
         }
         TunnelCommand::List(a) => {
-            let answer = client(&a.api)?.list(a.thing.as_deref())?;
+            let answer = client(&a.api)?.list_page(
+                a.thing.as_deref(),
+                a.max_results,
+                a.next_token.as_deref(),
+            )?;
             if a.api.json {
                 print_json(out, &answer)?;
             } else {
@@ -238,6 +250,9 @@ pub(crate) fn run(cmd: TunnelCommand, out: &mut impl Write) -> Result<(), Failur
                         t["description"].as_str().unwrap_or("")
                     )
                     .context("stdout")?;
+                }
+                if let Some(next) = answer["nextToken"].as_str() {
+                    writeln!(out, "more: --next-token {next}").context("stdout")?;
                 }
             }
         }

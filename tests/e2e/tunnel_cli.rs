@@ -298,6 +298,63 @@ fn relay_serves_the_tunnel_api_to_the_tunnel_commands() {
     }
 }
 
+/// `tunnel list --max-results` pages newest first; `--next-token` takes the next page, and the
+/// table says how to ask for it.
+#[test]
+fn tunnel_list_pages() {
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let relay = Relay::start(&pki, dir.path(), ":memory:", "epoll");
+    let ids: Vec<String> = (0..3)
+        .map(|_| {
+            let opened = tunnel_json(&relay, &["open", "--service", "SSH"]);
+            opened["tunnelId"].as_str().expect("id").to_string()
+        })
+        .collect();
+    let ids_of = |v: &Value| -> Vec<String> {
+        v["tunnelSummaries"]
+            .as_array()
+            .expect("tunnelSummaries")
+            .iter()
+            .map(|t| t["tunnelId"].as_str().expect("tunnelId").to_string())
+            .collect()
+    };
+    let whole = tunnel_json(&relay, &["list"]);
+    let mut newest_first = ids_of(&whole);
+    assert!(whole.get("nextToken").is_none(), "{whole}");
+    let mut sorted = newest_first.clone();
+    sorted.sort();
+    let mut opened = ids.clone();
+    opened.sort();
+    assert_eq!(sorted, opened, "{whole}");
+
+    let first = tunnel_json(&relay, &["list", "--max-results", "2"]);
+    let token = first["nextToken"].as_str().expect("nextToken").to_string();
+    let second = tunnel_json(
+        &relay,
+        &["list", "--max-results", "2", "--next-token", &token],
+    );
+    assert!(second.get("nextToken").is_none(), "{second}");
+    let mut paged = ids_of(&first);
+    paged.extend(ids_of(&second));
+    assert_eq!(paged, newest_first);
+
+    let table = relay.tunnel(&["list", "--max-results", "1"], false);
+    assert!(table.status.success(), "{}", text(&table.stderr));
+    let table = text(&table.stdout);
+    assert!(table.contains(&newest_first.remove(0)), "{table}");
+    assert!(table.contains("more: --next-token "), "{table}");
+
+    let refused = relay.tunnel(&["list", "--max-results", "101"], false);
+    assert!(!refused.status.success());
+    assert!(
+        text(&refused.stderr).contains("101"),
+        "{}",
+        text(&refused.stderr)
+    );
+    relay.stop();
+}
+
 #[test]
 fn the_relay_state_file_survives_a_restart() {
     let pki = Pki::new();

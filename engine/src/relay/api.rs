@@ -6,7 +6,7 @@
 //! | Call | AWS | Answer |
 //! |---|---|---|
 //! | `POST /tunnels` | OpenTunnel | `tunnelId`, `sourceAccessToken`, `destinationAccessToken` |
-//! | `GET /tunnels[?thingName=T]` | ListTunnels | `tunnelSummaries` |
+//! | `GET /tunnels[?thingName=T][&maxResults=N][&nextToken=P]` | ListTunnels | `tunnelSummaries`, newest first; `nextToken` when a page is not the last |
 //! | `GET /tunnels/{id}` | DescribeTunnel | `tunnel` |
 //! | `POST /tunnels/{id}/rotate` | RotateTunnelAccessToken | the new token(s) |
 //! | `POST /tunnels/{id}/close` | CloseTunnel (`{"delete": true}` forgets it too) | `{}` |
@@ -36,7 +36,7 @@ use super::events::{Events, RelayEvent};
 use super::json::{summary_json, tunnel_json};
 use super::registry::{OpenRequest, Registry, RegistryError, RotateSides};
 use super::secret::{Secret, secret_matches};
-use super::tunnel::Timestamp;
+use super::tunnel::{Timestamp, Tunnel};
 use crate::error::Result;
 use crate::http::{BODY_READ_TIMEOUT, HttpServer};
 
@@ -417,8 +417,13 @@ fn open(registry: &Registry, events: &Events, b: OpenBody, now: Timestamp) -> An
     }
 }
 
+/// `ListTunnels`' most results per page, as AWS.
+const MAX_RESULTS: usize = 100;
+
 fn list(registry: &Registry, query: &str, now: Timestamp) -> Answer {
     let mut thing = None;
+    let mut max_results = None;
+    let mut after = None;
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         match pair.split_once('=') {
             Some(("thingName", v)) => match percent_decode(v) {
@@ -430,20 +435,94 @@ fn list(registry: &Registry, query: &str, now: Timestamp) -> Answer {
                     );
                 }
             },
+            Some(("maxResults", v)) => match v.parse::<usize>() {
+                Ok(n) if (1..=MAX_RESULTS).contains(&n) => max_results = Some(n),
+                _ => {
+                    return Answer::error(
+                        StatusCode::BAD_REQUEST,
+                        format!("maxResults must be a whole number from 1 to {MAX_RESULTS}"),
+                    );
+                }
+            },
+            Some(("nextToken", v)) => match ListPosition::parse(v) {
+                Some(p) => after = Some(p),
+                None => {
+                    return Answer::error(
+                        StatusCode::BAD_REQUEST,
+                        "nextToken is not one this relay gave out",
+                    );
+                }
+            },
             _ => {
                 return Answer::error(
                     StatusCode::BAD_REQUEST,
-                    format!("unknown query parameter {pair:?}; GET /tunnels takes thingName"),
+                    format!(
+                        "unknown query parameter {pair:?}; GET /tunnels takes thingName, \
+                         maxResults and nextToken"
+                    ),
                 );
             }
         }
     }
     match registry.list(thing.as_deref(), now) {
-        Ok(all) => {
-            let summaries: Vec<Value> = all.iter().map(summary_json).collect();
-            Answer::ok(json!({ "tunnelSummaries": summaries }))
+        Ok(mut all) => {
+            // Newest first, as AWS lists them; the id breaks ties, so that a page ends at a
+            // position that the next one starts after.
+            all.sort_by(|a, b| (b.created_at, &b.id).cmp(&(a.created_at, &a.id)));
+            let start = after.map_or(0, |p| all.partition_point(|t| p.is_before(t)));
+            let rest = &all[start..];
+            let page = &rest[..max_results.map_or(rest.len(), |n| n.min(rest.len()))];
+            let mut answer = json!({
+                "tunnelSummaries": page.iter().map(summary_json).collect::<Vec<Value>>()
+            });
+            if page.len() < rest.len()
+                && let Some(last) = page.last()
+            {
+                answer["nextToken"] = ListPosition::of(last).token().into();
+            }
+            Answer::ok(answer)
         }
         Err(e) => e.into(),
+    }
+}
+
+/// Where a page of `ListTunnels` ended: the last tunnel's creation time and id. The next page
+/// starts after it in the list's order, whether or not that tunnel is still there. As a
+/// `nextToken`: `<milliseconds>_<id>`, within AWS's token alphabet (`[a-zA-Z0-9_=-]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct ListPosition {
+    created_ms: u64,
+    id: String,
+}
+
+impl ListPosition {
+    fn of(t: &Tunnel) -> Self {
+        Self {
+            created_ms: t.created_at.0,
+            id: t.id.clone(),
+        }
+    }
+
+    fn token(&self) -> String {
+        format!("{}_{}", self.created_ms, self.id)
+    }
+
+    fn parse(token: &str) -> Option<Self> {
+        let (ms, id) = token.split_once('_')?;
+        let ok_id = !id.is_empty()
+            && id.len() <= 128
+            && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+        (ok_id && ms.bytes().all(|b| b.is_ascii_digit())).then_some(())?;
+        Some(Self {
+            created_ms: ms.parse().ok()?,
+            id: id.to_string(),
+        })
+    }
+
+    /// Whether `t` comes before this position in the list (newest first, then by id
+    /// descending): it was on an earlier page.
+    fn is_before(&self, t: &Tunnel) -> bool {
+        (t.created_at.0, t.id.as_str()) >= (self.created_ms, self.id.as_str())
     }
 }
 

@@ -375,9 +375,19 @@ fn bad_json_gets_400_with_a_clear_message() {
         assert_eq!(r.status, 400, "{body}: {}", r.text);
         assert!(r.message().contains(says), "{body}: {}", r.text);
     }
-    let r = api.call("GET", "/tunnels?maxResults=5", None);
-    assert_eq!(r.status, 400, "{}", r.text);
-    assert!(r.message().contains("maxResults"), "{}", r.text);
+    for (query, says) in [
+        ("maxResults=0", "maxResults"),
+        ("maxResults=101", "maxResults"),
+        ("maxResults=ten", "maxResults"),
+        ("nextToken=", "nextToken"),
+        ("nextToken=12x_abc", "nextToken"),
+        ("nextToken=12_a%2Fb", "nextToken"),
+        ("limit=5", "limit"),
+    ] {
+        let r = api.call("GET", &format!("/tunnels?{query}"), None);
+        assert_eq!(r.status, 400, "{query}: {}", r.text);
+        assert!(r.message().contains(says), "{query}: {}", r.text);
+    }
     assert!(
         api.registry
             .list(None, Timestamp::now())
@@ -458,4 +468,77 @@ fn lifetimes_in_seconds() {
     );
     assert_eq!(r.status, 400, "{}", r.text);
     assert!(r.message().contains("is 0 seconds"), "{}", r.text);
+}
+
+/// `ListTunnels` lists newest first, as AWS, and pages with `maxResults` and `nextToken`: the
+/// pages together are the whole list, each tunnel once, and the last page has no `nextToken`;
+/// a page still follows when the tunnel its token names was forgotten meanwhile. Without
+/// `maxResults` the list is whole.
+#[test]
+fn list_pages_newest_first() {
+    let api = api(None);
+    let base = Timestamp::now().0;
+    let mut ids = Vec::new();
+    for i in 0..7u64 {
+        let req = OpenRequest {
+            thing_name: Some(if i % 2 == 0 { "even" } else { "odd" }.into()),
+            services: vec!["ssh".into()],
+            ..OpenRequest::default()
+        };
+        // Oldest first, a second apart.
+        let at = Timestamp(base - 1000 * (10 - i));
+        ids.push(api.registry.open(req, at).expect("open").tunnel_id);
+    }
+    let newest_first: Vec<String> = ids.iter().rev().cloned().collect();
+    let listed = |query: &str| -> (Vec<String>, Option<String>) {
+        let r = api.call("GET", &format!("/tunnels?{query}"), None);
+        assert_eq!(r.status, 200, "{query}: {}", r.text);
+        let v = r.json();
+        let page = v["tunnelSummaries"]
+            .as_array()
+            .expect("tunnelSummaries")
+            .iter()
+            .map(|t| t["tunnelId"].as_str().expect("tunnelId").to_string())
+            .collect();
+        (page, v["nextToken"].as_str().map(str::to_string))
+    };
+    assert_eq!(listed(""), (newest_first.clone(), None));
+
+    let (mut all, mut sizes, mut next) = (Vec::new(), Vec::new(), None::<String>);
+    loop {
+        let query = match &next {
+            Some(t) => format!("maxResults=3&nextToken={t}"),
+            None => "maxResults=3".into(),
+        };
+        let (page, token) = listed(&query);
+        sizes.push(page.len());
+        all.extend(page);
+        match token {
+            Some(t) => {
+                assert!(
+                    t.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"_=-".contains(&b)),
+                    "{t}"
+                );
+                next = Some(t);
+            }
+            None => break,
+        }
+    }
+    assert_eq!(sizes, [3, 3, 1]);
+    assert_eq!(all, newest_first);
+
+    // By thing, and past a forgotten tunnel: the page ended at ids[4] (the second newest
+    // even one), which goes; the next page still starts after it.
+    let (page, token) = listed("thingName=even&maxResults=2");
+    assert_eq!(page, [ids[6].clone(), ids[4].clone()]);
+    let token = token.expect("more even tunnels");
+    let r = api.call("DELETE", &format!("/tunnels/{}", ids[4]), None);
+    assert_eq!(r.status, 200, "{}", r.text);
+    let (page, token) = listed(&format!("thingName=even&maxResults=2&nextToken={token}"));
+    assert_eq!(page, [ids[2].clone(), ids[0].clone()]);
+    assert_eq!(token, None);
+    // A token past the end: an empty page.
+    let (page, token) = listed("nextToken=0_zzz");
+    assert_eq!((page.len(), token), (0, None));
 }

@@ -189,11 +189,35 @@ impl TunnelApi {
         Ok(TunnelTokens::from_answer(&answer))
     }
 
-    /// `GET /tunnels` (only `thing`'s when given): `{"tunnelSummaries": [...]}`, oldest first.
+    /// `GET /tunnels` (only `thing`'s when given): `{"tunnelSummaries": [...]}`, newest first,
+    /// all of them.
     pub fn list(&self, thing: Option<&str>) -> Result<Value> {
-        let path = match thing {
-            Some(t) => format!("/tunnels?thingName={}", percent_encode(t)),
-            None => "/tunnels".into(),
+        self.list_page(thing, None, None)
+    }
+
+    /// One page of `GET /tunnels`: at most `max_results` (1 to 100) summaries, after the
+    /// position `next_token` (from the previous page's answer); the answer carries a
+    /// `nextToken` when more follow.
+    pub fn list_page(
+        &self,
+        thing: Option<&str>,
+        max_results: Option<u32>,
+        next_token: Option<&str>,
+    ) -> Result<Value> {
+        let mut query = Vec::new();
+        if let Some(t) = thing {
+            query.push(format!("thingName={}", percent_encode(t)));
+        }
+        if let Some(n) = max_results {
+            query.push(format!("maxResults={n}"));
+        }
+        if let Some(t) = next_token {
+            query.push(format!("nextToken={}", percent_encode(t)));
+        }
+        let path = if query.is_empty() {
+            "/tunnels".to_string()
+        } else {
+            format!("/tunnels?{}", query.join("&"))
         };
         self.call("GET", &path, None)
     }

@@ -395,7 +395,7 @@ def open_tunnel(
 def list_tunnels(
     api: str, *, thing: Optional[str] = None, api_token: Optional[str] = None
 ) -> List[Dict[str, Any]]:
-    """The tunnels (only ``thing``'s when given), oldest first: the API's summaries
+    """The tunnels (only ``thing``'s when given), newest first: the API's summaries
     (``tunnelId``, ``status``, ``thingName``, ``description``, ``createdAt``, ...)."""
     summaries: List[Dict[str, Any]] = json.loads(_native.api_list(api, api_token, thing))[
         "tunnelSummaries"
