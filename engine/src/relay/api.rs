@@ -36,7 +36,8 @@ use super::events::{Events, RelayEvent};
 use super::json::{summary_json, tunnel_json};
 use super::registry::{OpenRequest, Registry, RegistryError, RotateSides};
 use super::secret::{Secret, secret_matches};
-use super::tunnel::{Timestamp, Tunnel};
+use super::store::ListPosition;
+use super::tunnel::Timestamp;
 use crate::error::Result;
 use crate::http::{BODY_READ_TIMEOUT, HttpServer};
 
@@ -444,7 +445,7 @@ fn list(registry: &Registry, query: &str, now: Timestamp) -> Answer {
                     );
                 }
             },
-            Some(("nextToken", v)) => match ListPosition::parse(v) {
+            Some(("nextToken", v)) => match parse_next_token(v) {
                 Some(p) => after = Some(p),
                 None => {
                     return Answer::error(
@@ -464,21 +465,19 @@ fn list(registry: &Registry, query: &str, now: Timestamp) -> Answer {
             }
         }
     }
-    match registry.list(thing.as_deref(), now) {
-        Ok(mut all) => {
-            // Newest first, as AWS lists them; the id breaks ties, so that a page ends at a
-            // position that the next one starts after.
-            all.sort_by(|a, b| (b.created_at, &b.id).cmp(&(a.created_at, &a.id)));
-            let start = after.map_or(0, |p| all.partition_point(|t| p.is_before(t)));
-            let rest = &all[start..];
-            let page = &rest[..max_results.map_or(rest.len(), |n| n.min(rest.len()))];
+    // One more than the page, to know whether more follow.
+    let limit = max_results.map_or(usize::MAX, |n| n + 1);
+    match registry.page(thing.as_deref(), after.as_ref(), limit, now) {
+        Ok(mut page) => {
+            let more = max_results.is_some_and(|n| page.len() > n);
+            if let Some(n) = max_results {
+                page.truncate(n);
+            }
             let mut answer = json!({
                 "tunnelSummaries": page.iter().map(summary_json).collect::<Vec<Value>>()
             });
-            if page.len() < rest.len()
-                && let Some(last) = page.last()
-            {
-                answer["nextToken"] = ListPosition::of(last).token().into();
+            if more && let Some(last) = page.last() {
+                answer["nextToken"] = next_token(&ListPosition::of(last)).into();
             }
             Answer::ok(answer)
         }
@@ -486,44 +485,25 @@ fn list(registry: &Registry, query: &str, now: Timestamp) -> Answer {
     }
 }
 
-/// Where a page of `ListTunnels` ended: the last tunnel's creation time and id. The next page
-/// starts after it in the list's order, whether or not that tunnel is still there. As a
-/// `nextToken`: `<milliseconds>_<id>`, within AWS's token alphabet (`[a-zA-Z0-9_=-]`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct ListPosition {
-    created_ms: u64,
-    id: String,
+/// A [`ListPosition`] as `ListTunnels`' `nextToken`: `<milliseconds>_<id>`, within AWS's token
+/// alphabet (`[a-zA-Z0-9_=-]`).
+fn next_token(p: &ListPosition) -> String {
+    format!("{}_{}", p.created_at.0, p.id)
 }
 
-impl ListPosition {
-    fn of(t: &Tunnel) -> Self {
-        Self {
-            created_ms: t.created_at.0,
-            id: t.id.clone(),
-        }
+/// The position a `nextToken` names; `None` if this relay could not have given it.
+fn parse_next_token(token: &str) -> Option<ListPosition> {
+    let (ms, id) = token.split_once('_')?;
+    let ok_id = !id.is_empty()
+        && id.len() <= 128
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+    if !ok_id || !ms.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
     }
-
-    fn token(&self) -> String {
-        format!("{}_{}", self.created_ms, self.id)
-    }
-
-    fn parse(token: &str) -> Option<Self> {
-        let (ms, id) = token.split_once('_')?;
-        let ok_id = !id.is_empty()
-            && id.len() <= 128
-            && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
-        (ok_id && ms.bytes().all(|b| b.is_ascii_digit())).then_some(())?;
-        Some(Self {
-            created_ms: ms.parse().ok()?,
-            id: id.to_string(),
-        })
-    }
-
-    /// Whether `t` comes before this position in the list (newest first, then by id
-    /// descending): it was on an earlier page.
-    fn is_before(&self, t: &Tunnel) -> bool {
-        (t.created_at.0, t.id.as_str()) >= (self.created_ms, self.id.as_str())
-    }
+    Some(ListPosition {
+        created_at: Timestamp(ms.parse().ok()?),
+        id: id.to_string(),
+    })
 }
 
 fn rotate(registry: &Registry, events: &Events, id: &str, b: RotateBody, now: Timestamp) -> Answer {

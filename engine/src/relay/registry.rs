@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Mutex, MutexGuard};
 
 use super::secret::{RandomError, Secret, TokenHash, new_token, new_tunnel_id};
-use super::store::{Durable, StoreError, TunnelStore};
+use super::store::{Durable, ListPosition, StoreError, TunnelStore};
 use super::tunnel::{Pairing, Peer, Side, Timestamp, Tunnel, TunnelStatus};
 
 /// What an operator may change; the defaults are AWS IoT Secure Tunneling's.
@@ -321,6 +321,19 @@ impl Registry {
             Some(thing) => store.find_by_thing(thing)?,
             None => store.list()?,
         })
+    }
+
+    /// A page of `ListTunnels`: newest first, at most `limit` tunnels (of `thing_name` only,
+    /// if given) after `after`.
+    pub(crate) fn page(
+        &self,
+        thing_name: Option<&str>,
+        after: Option<&ListPosition>,
+        limit: usize,
+        now: Timestamp,
+    ) -> Result<Vec<Tunnel>, RegistryError> {
+        self.expire(now)?;
+        Ok(self.store().page(thing_name, after, limit)?)
     }
 
     /// The tunnels of `thing` as they are in memory, expired ones included (the caller checks

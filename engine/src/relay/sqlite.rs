@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use super::secret::TokenHash;
-use super::store::{StoreError, TunnelStore};
+use super::store::{ListPosition, StoreError, TunnelStore};
 use super::tunnel::{Pairing, Peer, Timestamp, TokenUse, Tunnel, TunnelStatus};
 
 /// The schema this code reads and writes.
@@ -240,6 +240,23 @@ impl TunnelStore for SqliteStore {
 
     fn find_by_thing(&self, thing: &str) -> Result<Vec<Tunnel>, StoreError> {
         self.query("WHERE thing_name = ?1 ORDER BY created_at, id", &[&thing])
+    }
+
+    fn page(
+        &self,
+        thing: Option<&str>,
+        after: Option<&ListPosition>,
+        limit: usize,
+    ) -> Result<Vec<Tunnel>, StoreError> {
+        let before_ms = after.map(|p| ms(p.created_at));
+        let before_id = after.map(|p| p.id.as_str());
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.query(
+            "WHERE (?1 IS NULL OR thing_name = ?1) \
+             AND (?2 IS NULL OR created_at < ?2 OR (created_at = ?2 AND id < ?3)) \
+             ORDER BY created_at DESC, id DESC LIMIT ?4",
+            &[&thing, &before_ms, &before_id, &limit],
+        )
     }
 
     fn lifetime_over(&self, now: Timestamp) -> Result<Vec<Tunnel>, StoreError> {

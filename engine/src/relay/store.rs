@@ -33,6 +33,14 @@ pub(crate) trait TunnelStore: Send {
     fn find_by_pairing(&self, pairing: &Pairing) -> Result<Vec<Tunnel>, StoreError>;
     /// The tunnels opened for the thing `thing` (`destinationConfig.thingName`), oldest first.
     fn find_by_thing(&self, thing: &str) -> Result<Vec<Tunnel>, StoreError>;
+    /// A page of the list, newest first (by creation time, then id, both descending): at
+    /// most `limit` tunnels (of `thing` only, when given) that come after `after`.
+    fn page(
+        &self,
+        thing: Option<&str>,
+        after: Option<&ListPosition>,
+        limit: usize,
+    ) -> Result<Vec<Tunnel>, StoreError>;
     /// The tunnels still `OPEN` whose lifetime ended by `now`, oldest first.
     fn lifetime_over(&self, now: Timestamp) -> Result<Vec<Tunnel>, StoreError>;
     /// The ids of the `CLOSED` tunnels last changed before `before`.
@@ -82,6 +90,8 @@ struct Index {
     open_until: BTreeSet<(Timestamp, String)>,
     /// Closed tunnels by their last change.
     closed_at: BTreeSet<(Timestamp, String)>,
+    /// Every tunnel by its creation (the list's order).
+    created: BTreeSet<(Timestamp, String)>,
 }
 
 impl Index {
@@ -107,6 +117,7 @@ impl Index {
             TunnelStatus::Open => self.open_until.insert((t.expires_at(), id())),
             TunnelStatus::Closed => self.closed_at.insert((t.last_updated_at, id())),
         };
+        self.created.insert((t.created_at, id()));
     }
 
     fn drop_entries(&mut self, t: &Tunnel) {
@@ -128,7 +139,36 @@ impl Index {
             TunnelStatus::Open => self.open_until.remove(&key(t.expires_at())),
             TunnelStatus::Closed => self.closed_at.remove(&key(t.last_updated_at)),
         };
+        self.created.remove(&key(t.created_at));
     }
+}
+
+/// A place in the list (`ListTunnels`' `nextToken`): the last tunnel of a page, by creation
+/// time and id. The next page starts after it in the list's order, whether or not that tunnel
+/// is still there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ListPosition {
+    pub(crate) created_at: Timestamp,
+    pub(crate) id: String,
+}
+
+impl ListPosition {
+    pub(crate) fn of(t: &Tunnel) -> Self {
+        Self {
+            created_at: t.created_at,
+            id: t.id.clone(),
+        }
+    }
+
+    /// Whether `t` comes after this place in the list (newest first, then by id descending).
+    pub(crate) fn precedes(&self, t: &Tunnel) -> bool {
+        (t.created_at, t.id.as_str()) < (self.created_at, self.id.as_str())
+    }
+}
+
+/// Sorts `tunnels` newest first (the list's order).
+pub(crate) fn newest_first(tunnels: &mut [Tunnel]) {
+    tunnels.sort_by(|a, b| (b.created_at, &b.id).cmp(&(a.created_at, &a.id)));
 }
 
 /// Takes `id` out of the set under `key`, and the set when it is left empty.
@@ -209,6 +249,36 @@ impl TunnelStore for MemoryStore {
 
     fn find_by_thing(&self, thing: &str) -> Result<Vec<Tunnel>, StoreError> {
         Ok(self.listed(self.index.thing.get(thing)))
+    }
+
+    fn page(
+        &self,
+        thing: Option<&str>,
+        after: Option<&ListPosition>,
+        limit: usize,
+    ) -> Result<Vec<Tunnel>, StoreError> {
+        let comes_after = |t: &Tunnel| after.is_none_or(|p| p.precedes(t));
+        Ok(match thing {
+            // A thing's tunnels are few: sort them.
+            Some(thing) => {
+                let mut all = self.find_by_thing(thing)?;
+                newest_first(&mut all);
+                all.into_iter().filter(comes_after).take(limit).collect()
+            }
+            None => {
+                let keys = match after {
+                    Some(p) => self
+                        .index
+                        .created
+                        .range(..(p.created_at, p.id.clone()))
+                        .rev()
+                        .take(limit),
+                    None => self.index.created.range(..).rev().take(limit),
+                };
+                keys.filter_map(|(_, id)| self.tunnels.get(id).cloned())
+                    .collect()
+            }
+        })
     }
 
     fn lifetime_over(&self, now: Timestamp) -> Result<Vec<Tunnel>, StoreError> {

@@ -117,6 +117,7 @@ fn lookups_follow_every_change() {
 
 fn check(store: &dyn TunnelStore, oracle: &Oracle, rng: &mut StdRng, at: &str) {
     assert_eq!(store.list().unwrap(), oracle.sorted(|_| true), "{at}: list");
+    check_pages(store, oracle, at);
     for t in oracle.records.values() {
         assert_eq!(store.get(&t.id).unwrap().as_ref(), Some(t), "{at}: get");
         for side in Side::BOTH {
@@ -173,5 +174,39 @@ fn check(store: &dyn TunnelStore, oracle: &Oracle, rng: &mut StdRng, at: &str) {
         let mut got = store.closed_before(now).unwrap();
         got.sort();
         assert_eq!(got, want, "{at}: closed_before");
+    }
+}
+
+/// `page`, walked to the end by each page's last tunnel, gives the list newest first; a page
+/// after a place that is no tunnel's starts where that place would be.
+fn check_pages(store: &dyn TunnelStore, oracle: &Oracle, at: &str) {
+    for thing in [None, Some("t1"), Some("t9")] {
+        let mut want = oracle.sorted(|t| thing.is_none() || t.thing_name.as_deref() == thing);
+        want.reverse();
+        for limit in [1, 3, usize::MAX] {
+            let (mut got, mut after) = (Vec::new(), None);
+            loop {
+                let page = store.page(thing, after.as_ref(), limit).unwrap();
+                assert!(page.len() <= limit, "{at}: page of {}", page.len());
+                let Some(last) = page.last() else { break };
+                after = Some(ListPosition::of(last));
+                got.extend(page);
+                assert!(got.len() <= want.len(), "{at}: pages repeat tunnels");
+            }
+            assert_eq!(got, want, "{at}: pages of {limit} of {thing:?}");
+        }
+        if let Some(mid) = want.get(want.len() / 2) {
+            // Just after `mid`'s place: an id that sorts before its own.
+            let place = ListPosition {
+                created_at: mid.created_at,
+                id: mid.id[..mid.id.len() - 1].to_string(),
+            };
+            let rest: Vec<Tunnel> = want.iter().filter(|t| place.precedes(t)).cloned().collect();
+            assert_eq!(
+                store.page(thing, Some(&place), usize::MAX).unwrap(),
+                rest,
+                "{at}: after a place of no tunnel"
+            );
+        }
     }
 }

@@ -12,7 +12,7 @@
 use std::sync::mpsc;
 
 use super::secret::TokenHash;
-use super::store::{Durable, MemoryStore, StoreError, TunnelStore};
+use super::store::{Durable, ListPosition, MemoryStore, StoreError, TunnelStore};
 use super::tunnel::{Pairing, Timestamp, Tunnel};
 
 /// One change for the writer thread.
@@ -159,6 +159,15 @@ impl TunnelStore for WriteBehind {
 
     fn find_by_thing(&self, thing: &str) -> Result<Vec<Tunnel>, StoreError> {
         self.memory.find_by_thing(thing)
+    }
+
+    fn page(
+        &self,
+        thing: Option<&str>,
+        after: Option<&ListPosition>,
+        limit: usize,
+    ) -> Result<Vec<Tunnel>, StoreError> {
+        self.memory.page(thing, after, limit)
     }
 
     fn lifetime_over(&self, now: Timestamp) -> Result<Vec<Tunnel>, StoreError> {

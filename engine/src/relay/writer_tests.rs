@@ -102,6 +102,14 @@ impl TunnelStore for Disk {
     fn find_by_thing(&self, thing: &str) -> Result<Vec<Tunnel>, StoreError> {
         self.records.lock().unwrap().find_by_thing(thing)
     }
+    fn page(
+        &self,
+        thing: Option<&str>,
+        after: Option<&ListPosition>,
+        limit: usize,
+    ) -> Result<Vec<Tunnel>, StoreError> {
+        self.records.lock().unwrap().page(thing, after, limit)
+    }
     fn lifetime_over(&self, now: Timestamp) -> Result<Vec<Tunnel>, StoreError> {
         self.records.lock().unwrap().lifetime_over(now)
     }
