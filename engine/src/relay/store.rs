@@ -4,6 +4,7 @@
 //! records too.
 
 use std::collections::{BTreeSet, HashMap};
+use std::ops::Bound;
 use std::sync::{Arc, Condvar, Mutex};
 
 use super::secret::TokenHash;
@@ -166,11 +167,6 @@ impl ListPosition {
     }
 }
 
-/// Sorts `tunnels` newest first (the list's order).
-pub(crate) fn newest_first(tunnels: &mut [Tunnel]) {
-    tunnels.sort_by(|a, b| (b.created_at, &b.id).cmp(&(a.created_at, &a.id)));
-}
-
 /// Takes `id` out of the set under `key`, and the set when it is left empty.
 fn unlist<K, Q>(map: &mut HashMap<K, BTreeSet<String>>, key: &Q, id: &str)
 where
@@ -257,25 +253,25 @@ impl TunnelStore for MemoryStore {
         after: Option<&ListPosition>,
         limit: usize,
     ) -> Result<Vec<Tunnel>, StoreError> {
-        let comes_after = |t: &Tunnel| after.is_none_or(|p| p.precedes(t));
         Ok(match thing {
-            // A thing's tunnels are few: sort them.
-            Some(thing) => {
-                let mut all = self.find_by_thing(thing)?;
-                newest_first(&mut all);
-                all.into_iter().filter(comes_after).take(limit).collect()
-            }
+            // A thing's tunnels are few: its index's list, oldest first, turned round.
+            Some(thing) => self
+                .find_by_thing(thing)?
+                .into_iter()
+                .rev()
+                .filter(|t| after.is_none_or(|p| p.precedes(t)))
+                .take(limit)
+                .collect(),
             None => {
-                let keys = match after {
-                    Some(p) => self
-                        .index
-                        .created
-                        .range(..(p.created_at, p.id.clone()))
-                        .rev()
-                        .take(limit),
-                    None => self.index.created.range(..).rev().take(limit),
-                };
-                keys.filter_map(|(_, id)| self.tunnels.get(id).cloned())
+                let end = after.map_or(Bound::Unbounded, |p| {
+                    Bound::Excluded((p.created_at, p.id.clone()))
+                });
+                self.index
+                    .created
+                    .range((Bound::Unbounded, end))
+                    .rev()
+                    .take(limit)
+                    .filter_map(|(_, id)| self.tunnels.get(id).cloned())
                     .collect()
             }
         })
