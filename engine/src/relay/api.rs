@@ -465,14 +465,21 @@ fn list(registry: &Registry, query: &str, now: Timestamp) -> Answer {
             }
         }
     }
-    // One more than the page, to know whether more follow.
-    let limit = max_results.map_or(usize::MAX, |n| n + 1);
-    match registry.page(thing.as_deref(), after.as_ref(), limit, now) {
-        Ok(mut page) => {
-            let more = max_results.is_some_and(|n| page.len() > n);
-            if let Some(n) = max_results {
+    let listed = match max_results {
+        None => registry
+            .newest_first(thing.as_deref(), after.as_ref(), now)
+            .map(|all| (all, false)),
+        // One more than the page, to know whether more follow.
+        Some(n) => registry
+            .page(thing.as_deref(), after.as_ref(), n + 1, now)
+            .map(|mut page| {
+                let more = page.len() > n;
                 page.truncate(n);
-            }
+                (page, more)
+            }),
+    };
+    match listed {
+        Ok((page, more)) => {
             let mut answer = json!({
                 "tunnelSummaries": page.iter().map(summary_json).collect::<Vec<Value>>()
             });

@@ -1,7 +1,8 @@
 //! Registries for `splice-bench`'s `registry` benchmark: what the calls the relay makes
 //! under the registry's lock cost as the number of tunnels grows (a peer's admission on a
-//! shard, the expiry timer's sweep every second, a device's lookup), and how long a burst
-//! of admissions takes to reach the disk (peers coming back after a relay restart).
+//! shard, the expiry timer's sweep every second, a device's lookup, a part of a listing),
+//! what a whole listing costs, and how long a burst of admissions takes to reach the disk
+//! (peers coming back after a relay restart).
 
 use std::path::Path;
 
@@ -83,6 +84,20 @@ impl RegistryAtScale {
         let found = self.registry.of_thing("thing-7").expect("of_thing").len();
         assert_eq!(found, 2);
         found
+    }
+
+    /// `ListTunnels`' first page of `limit` tunnels, newest first, in one hold of the lock.
+    pub fn page(&self, limit: usize) -> usize {
+        let page = self
+            .registry
+            .page(None, None, limit, self.now)
+            .expect("page");
+        page.len()
+    }
+
+    /// Every tunnel, as `ListTunnels` without a page size and the console read them.
+    pub fn list_all(&self) -> usize {
+        self.registry.list(None, self.now).expect("list").len()
     }
 }
 

@@ -928,3 +928,39 @@ fn tunnels_of_a_thing() {
         assert_eq!(r.list(None, secs(5)).unwrap().len(), 4, "{store}");
     }
 }
+
+/// A whole listing is read in parts ([`LIST_CHUNK`] per hold of the lock): across parts that
+/// end among tunnels opened in the same millisecond it is still every tunnel once, in order,
+/// on every store; from a position, the rest of the list.
+#[test]
+fn a_whole_list_read_in_parts_is_every_tunnel_once_in_order() {
+    for (store, r) in registries() {
+        let n = 2 * LIST_CHUNK + 10;
+        // Three instants only, so that parts end within a run of equal creation times.
+        for i in 0..n {
+            let req = OpenRequest {
+                thing_name: Some(if i % 3 == 0 { "a" } else { "b" }.into()),
+                services: vec!["ssh".into()],
+                ..OpenRequest::default()
+            };
+            r.open(req, secs((i % 3) as u64)).expect("open");
+        }
+        let mut expected = r.store().list().expect("store list");
+        assert_eq!(expected.len(), n, "{store}");
+        let listed = r.list(None, secs(5)).expect("list");
+        assert_eq!(listed, expected, "{store}: oldest first");
+        expected.reverse();
+        assert_eq!(r.newest_first(None, None, secs(5)).expect("list"), expected);
+        let from = ListPosition::of(&expected[LIST_CHUNK + 3]);
+        let rest = r.newest_first(None, Some(&from), secs(5)).expect("rest");
+        assert_eq!(rest, expected[LIST_CHUNK + 4..], "{store}");
+        let of_b: Vec<Tunnel> = expected
+            .iter()
+            .filter(|t| t.thing_name.as_deref() == Some("b"))
+            .cloned()
+            .collect();
+        assert!(of_b.len() > LIST_CHUNK, "{store}");
+        let listed_b = r.newest_first(Some("b"), None, secs(5)).expect("of b");
+        assert_eq!(listed_b, of_b, "{store}");
+    }
+}
