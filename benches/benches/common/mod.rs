@@ -142,6 +142,12 @@ impl Configs {
         }
     }
 
+    /// The client's and the server's rustls configurations (for `tunnel_link`'s links).
+    #[allow(dead_code)] // tls_forward builds its pairs with `pair` instead
+    pub fn rustls(&self) -> (Arc<ClientConfig>, Arc<ServerConfig>) {
+        (self.client.clone(), self.server.clone())
+    }
+
     /// A new pair of forwarders (client mode and server mode), not yet connected, with our
     /// record layer taking over after the handshake (as in the engine).
     pub fn pair(&self) -> Pair {

@@ -375,10 +375,8 @@ impl Link {
         if matches!(self.tls, Tls::Gone) {
             return Ok(()); // failed: nothing more is read
         }
-        let result = if self.rx.is_empty() && matches!(self.tls, Tls::Records(_)) {
-            // The usual case: the records are opened where the caller received them, and only
-            // a record's start that is not whole yet is kept.
-            self.open_records(data).map(|used| self.keep(&data[used..]))
+        let result = if matches!(self.tls, Tls::Records(_)) {
+            self.receive_records(data)
         } else {
             self.keep(data);
             self.run()
@@ -387,6 +385,32 @@ impl Link {
             pool::give(std::mem::take(&mut self.rx));
         }
         result
+    }
+
+    /// Once the handshake is over: the records are opened where the caller received them.
+    /// Only a record's start that is not whole yet is kept, and the next receive completes
+    /// that record alone before it goes on in place.
+    fn receive_records(&mut self, mut data: &[u8]) -> Result<(), TlsError> {
+        if !self.rx.is_empty() {
+            while let Head::Partial(more) = head(&self.rx) {
+                if data.is_empty() {
+                    return Ok(());
+                }
+                let (start, rest) = data.split_at(more.min(data.len()));
+                self.keep(start);
+                data = rest;
+            }
+            self.make_room(self.rx.len() + data.len());
+            self.run()?;
+            if !self.rx.is_empty() {
+                // Nothing more counts (close_notify came), or the record is not one.
+                self.keep(data);
+                return self.run();
+            }
+        }
+        let used = self.open_records(data)?;
+        self.keep(&data[used..]);
+        Ok(())
     }
 
     /// Appends `data` to the ciphertext kept.
@@ -472,29 +496,40 @@ impl Link {
         }
     }
 
-    /// Opens the whole records at the front of `input` into `plain`; returns the bytes used.
-    /// After close_notify nothing more counts (RFC 8446 6.1), so it is all used.
-    fn open_records(&mut self, input: &[u8]) -> Result<usize, TlsError> {
-        let Tls::Records(layer) = &mut self.tls else {
-            return Ok(0);
-        };
+    /// Room in `plain` for the plaintext of `ciphertext` more bytes, made at once so that the
+    /// buffer does not grow (and move) record by record. What was handed out goes first: only
+    /// the bytes not yet decoded (a message's start) move.
+    fn make_room(&mut self, ciphertext: usize) {
         if self.consumed > 0 {
-            // What was handed out goes before more is appended: only the bytes not yet
-            // decoded (a message's start) move.
             self.plain.drain(..self.consumed as usize);
             self.consumed = 0;
             self.message_at = u32::MAX;
         }
+        if self.plain.capacity() == 0 {
+            self.plain = pool::take(CHUNK.max(ciphertext));
+        } else {
+            self.plain.reserve(ciphertext);
+        }
+    }
+
+    /// Opens the whole records at the front of `input` into `plain`; returns the bytes used.
+    /// After close_notify nothing more counts (RFC 8446 6.1), so it is all used.
+    fn open_records(&mut self, input: &[u8]) -> Result<usize, TlsError> {
+        if !matches!(self.tls, Tls::Records(_)) {
+            return Ok(0);
+        }
+        if !self.eof && matches!(head(input), Head::Whole(_)) {
+            self.make_room(input.len());
+        }
+        let Tls::Records(layer) = &mut self.tls else {
+            unreachable!("checked above");
+        };
         let mut at = 0;
         let mut failed = None;
         while !self.eof {
             let Head::Whole(len) = head(&input[at..]) else {
                 break;
             };
-            if self.plain.capacity() == 0 {
-                // Room for all the records given: the buffer does not grow record by record.
-                self.plain = pool::take(CHUNK.max(input.len()));
-            }
             let start = self.plain.len();
             match layer.open_append(&input[at..at + len], &mut self.plain) {
                 Ok((APPLICATION_DATA, _)) => at += len,
@@ -1449,6 +1484,44 @@ mod tests {
                 })
             ));
             assert!(client.is_done() && server.is_done());
+        }
+    }
+
+    /// Receives cut anywhere: a record's start kept from one receive is completed from the
+    /// next, whose whole records after it are opened in place, in order, on both versions.
+    #[test]
+    fn records_cut_at_any_size_arrive_in_order() {
+        for version in [&rustls::version::TLS13, &rustls::version::TLS12] {
+            let token = AccessToken::new("d".repeat(40)).unwrap();
+            let (mut client, mut server) = open_pair_with(configs_for(&[version]), &token, None);
+            shuttle(&mut client, &mut server);
+            let Some(Event::Request(r)) = server.poll() else {
+                panic!("no request over {version:?}")
+            };
+            server.accept(&r.accept_response("c"));
+            shuttle(&mut client, &mut server);
+            assert!(matches!(client.poll(), Some(Event::Open(_))));
+            let sizes = [1, 5, 100, 16_000, 16_384, 16_385, 40_000, 70_000, 3];
+            let sent: Vec<Vec<u8>> = sizes
+                .iter()
+                .enumerate()
+                .map(|(m, &n)| (0..n).map(|i| (i * 31 + m * 7) as u8).collect())
+                .collect();
+            for cut in [1, 4, 5, 6, 21, 1000, 16_405, 16_406, 40_000, 65_536] {
+                let mut wire = Vec::new();
+                for m in &sent {
+                    client.send_message(m);
+                }
+                client.take_output(&mut wire);
+                let mut got = Vec::new();
+                for piece in wire.chunks(cut) {
+                    server.receive_tls(piece).unwrap();
+                    while let Some(Event::Message(m)) = server.poll() {
+                        got.push(m.to_vec());
+                    }
+                }
+                assert_eq!(got, sent, "{version:?}, cut every {cut} bytes");
+            }
         }
     }
 
