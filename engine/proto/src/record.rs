@@ -363,6 +363,36 @@ impl RecordLayer {
         Ok(start..start + len)
     }
 
+    /// Seals `plain` (at most [`MAX_PLAINTEXT`] bytes of application data) as one record at
+    /// the end of `out`: the plaintext is copied there once, between the record's header and
+    /// its tail, and sealed in place, with no pass that zeroes the room first. On an error
+    /// `out` is as it was.
+    pub(crate) fn seal_append(
+        &mut self,
+        plain: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), RecordError> {
+        const ROOM: [u8; HEADER + EXPLICIT_NONCE + 1 + TAG] =
+            [0; HEADER + EXPLICIT_NONCE + 1 + TAG];
+        let at = out.len();
+        let front = HEADER
+            + if self.explicit_nonce {
+                EXPLICIT_NONCE
+            } else {
+                0
+            };
+        let len = self.record_len(plain.len());
+        out.reserve(len);
+        out.extend_from_slice(&ROOM[..front]);
+        out.extend_from_slice(plain);
+        out.extend_from_slice(&ROOM[..len - front - plain.len()]);
+        let sealed = self.seal_in_place(&mut out[at..], front..front + plain.len());
+        if sealed.is_err() {
+            out.truncate(at);
+        }
+        sealed.map(|_| ())
+    }
+
     /// Whether sealed records wait in [`Self::take_outgoing`].
     pub(crate) fn has_outgoing(&self) -> bool {
         !self.outgoing.is_empty()

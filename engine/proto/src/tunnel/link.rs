@@ -1165,9 +1165,10 @@ fn encode(
 fn seal(layer: &mut RecordLayer, bytes: &[u8], out: &mut Vec<u8>) -> Result<(), RecordError> {
     for chunk in bytes.chunks(MAX_PLAINTEXT) {
         layer.before_seal()?;
-        seal_with(layer, out, chunk.len(), |layer, room| {
-            layer.seal(APPLICATION_DATA, chunk, room)
-        })?;
+        if layer.has_outgoing() {
+            out.extend_from_slice(&layer.take_outgoing());
+        }
+        layer.seal_append(chunk, out)?;
     }
     Ok(())
 }
