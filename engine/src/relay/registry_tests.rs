@@ -964,3 +964,44 @@ fn a_whole_list_read_in_parts_is_every_tunnel_once_in_order() {
         assert_eq!(listed_b, of_b, "{store}");
     }
 }
+
+/// Tunnels opened in one burst end in one: the expiry timer closes them, and later forgets
+/// them, [`SWEEP_PART`] per hold of the lock, and still every one of them, on every store.
+#[test]
+fn a_burst_of_ends_is_closed_and_forgotten_in_parts() {
+    for (store, r) in registries() {
+        let n = 3 * SWEEP_PART + 5;
+        let mut ids: Vec<String> = (0..n)
+            .map(|i| {
+                let req = OpenRequest {
+                    thing_name: Some(format!("t{i}")),
+                    services: vec!["ssh".into()],
+                    lifetime_seconds: Some(60),
+                    ..OpenRequest::default()
+                };
+                r.open(req, T0).expect("open").tunnel_id
+            })
+            .collect();
+        let kept = r.open(ssh(), secs(30)).expect("open").tunnel_id;
+        let mut closed = r.expire(secs(60)).expect("expire");
+        closed.sort();
+        ids.sort();
+        assert_eq!(closed, ids, "{store}");
+        let all = r.list(None, secs(60)).expect("list");
+        assert_eq!(all.len(), n + 1, "{store}");
+        assert!(
+            all.iter()
+                .all(|t| (t.status == TunnelStatus::Open) == (t.id == kept)),
+            "{store}"
+        );
+        let later = Timestamp(secs(60).0 + Limits::default().keep_closed_seconds * 1000 + 1);
+        assert_eq!(r.forget_closed(later).expect("forget"), n, "{store}");
+        let left: Vec<String> = r
+            .list(None, later)
+            .expect("list")
+            .into_iter()
+            .map(|t| t.id)
+            .collect();
+        assert_eq!(left, std::slice::from_ref(&kept), "{store}");
+    }
+}

@@ -250,27 +250,27 @@ impl TunnelStore for SqliteStore {
     ) -> Result<Vec<Tunnel>, StoreError> {
         let before_ms = after.map(|p| ms(p.created_at));
         let before_id = after.map(|p| p.id.as_str());
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         self.query(
             "WHERE (?1 IS NULL OR thing_name = ?1) \
              AND (?2 IS NULL OR created_at < ?2 OR (created_at = ?2 AND id < ?3)) \
              ORDER BY created_at DESC, id DESC LIMIT ?4",
-            &[&thing, &before_ms, &before_id, &limit],
+            &[&thing, &before_ms, &before_id, &sql_limit(limit)],
         )
     }
 
-    fn lifetime_over(&self, now: Timestamp) -> Result<Vec<Tunnel>, StoreError> {
+    fn lifetime_over(&self, now: Timestamp, limit: usize) -> Result<Vec<Tunnel>, StoreError> {
         self.query(
             "WHERE status = 'OPEN' AND created_at + lifetime_seconds * 1000 <= ?1 \
-             ORDER BY created_at, id",
-            &[&ms(now)],
+             ORDER BY created_at + lifetime_seconds * 1000, id LIMIT ?2",
+            &[&ms(now), &sql_limit(limit)],
         )
     }
 
-    fn closed_before(&self, before: Timestamp) -> Result<Vec<String>, StoreError> {
+    fn closed_before(&self, before: Timestamp, limit: usize) -> Result<Vec<String>, StoreError> {
         let ids = self.query(
-            "WHERE status = 'CLOSED' AND last_updated_at < ?1",
-            &[&ms(before)],
+            "WHERE status = 'CLOSED' AND last_updated_at < ?1 \
+             ORDER BY last_updated_at, id LIMIT ?2",
+            &[&ms(before), &sql_limit(limit)],
         )?;
         Ok(ids.into_iter().map(|t| t.id).collect())
     }
@@ -300,6 +300,11 @@ impl TunnelStore for SqliteStore {
             .map_err(|e| StoreError(e.to_string()))?;
         Ok(n > 0)
     }
+}
+
+/// A `LIMIT` for SQLite, whose integers are signed: "no limit" (`usize::MAX`) is the largest.
+fn sql_limit(limit: usize) -> i64 {
+    i64::try_from(limit).unwrap_or(i64::MAX)
 }
 
 fn ms(t: Timestamp) -> i64 {

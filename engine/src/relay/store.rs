@@ -42,10 +42,12 @@ pub(crate) trait TunnelStore: Send {
         after: Option<&ListPosition>,
         limit: usize,
     ) -> Result<Vec<Tunnel>, StoreError>;
-    /// The tunnels still `OPEN` whose lifetime ended by `now`, oldest first.
-    fn lifetime_over(&self, now: Timestamp) -> Result<Vec<Tunnel>, StoreError>;
-    /// The ids of the `CLOSED` tunnels last changed before `before`.
-    fn closed_before(&self, before: Timestamp) -> Result<Vec<String>, StoreError>;
+    /// The first `limit` tunnels still `OPEN` whose lifetime ended by `now`, by the end of
+    /// their lifetime (then id).
+    fn lifetime_over(&self, now: Timestamp, limit: usize) -> Result<Vec<Tunnel>, StoreError>;
+    /// The ids of the first `limit` `CLOSED` tunnels last changed before `before`, by that
+    /// time (then id).
+    fn closed_before(&self, before: Timestamp, limit: usize) -> Result<Vec<String>, StoreError>;
     /// Forgets the tunnel with this id; whether there was one.
     fn remove(&mut self, id: &str) -> Result<bool, StoreError>;
     /// A ticket that is done once every change made so far is on disk. A store that
@@ -277,22 +279,24 @@ impl TunnelStore for MemoryStore {
         })
     }
 
-    fn lifetime_over(&self, now: Timestamp) -> Result<Vec<Tunnel>, StoreError> {
-        let due = self
+    fn lifetime_over(&self, now: Timestamp, limit: usize) -> Result<Vec<Tunnel>, StoreError> {
+        Ok(self
             .index
             .open_until
             .iter()
             .take_while(|(end, _)| *end <= now)
-            .map(|(_, id)| id);
-        Ok(self.tunnels(due))
+            .take(limit)
+            .filter_map(|(_, id)| self.tunnels.get(id).cloned())
+            .collect())
     }
 
-    fn closed_before(&self, before: Timestamp) -> Result<Vec<String>, StoreError> {
+    fn closed_before(&self, before: Timestamp, limit: usize) -> Result<Vec<String>, StoreError> {
         Ok(self
             .index
             .closed_at
             .iter()
             .take_while(|(at, _)| *at < before)
+            .take(limit)
             .map(|(_, id)| id.clone())
             .collect())
     }

@@ -159,21 +159,26 @@ fn check(store: &dyn TunnelStore, oracle: &Oracle, rng: &mut StdRng, at: &str) {
     }
     for now in [0, 1000, 2500, 4000, 9000] {
         let now = Timestamp(now);
-        let want = oracle.sorted(|t| t.status == TunnelStatus::Open && t.expires_at() <= now);
-        assert_eq!(
-            store.lifetime_over(now).unwrap(),
-            want,
-            "{at}: lifetime_over"
-        );
-        let mut want: Vec<String> = oracle
-            .sorted(|t| t.status == TunnelStatus::Closed && t.last_updated_at < now)
-            .into_iter()
-            .map(|t| t.id)
-            .collect();
-        want.sort();
-        let mut got = store.closed_before(now).unwrap();
-        got.sort();
-        assert_eq!(got, want, "{at}: closed_before");
+        let mut due = oracle.sorted(|t| t.status == TunnelStatus::Open && t.expires_at() <= now);
+        due.sort_by(|a, b| (a.expires_at(), &a.id).cmp(&(b.expires_at(), &b.id)));
+        let mut closed =
+            oracle.sorted(|t| t.status == TunnelStatus::Closed && t.last_updated_at < now);
+        closed.sort_by(|a, b| (a.last_updated_at, &a.id).cmp(&(b.last_updated_at, &b.id)));
+        let closed: Vec<String> = closed.into_iter().map(|t| t.id).collect();
+        for limit in [1, 3, usize::MAX] {
+            let want: Vec<Tunnel> = due.iter().take(limit).cloned().collect();
+            assert_eq!(
+                store.lifetime_over(now, limit).unwrap(),
+                want,
+                "{at}: lifetime_over, limit {limit}"
+            );
+            let want: Vec<String> = closed.iter().take(limit).cloned().collect();
+            assert_eq!(
+                store.closed_before(now, limit).unwrap(),
+                want,
+                "{at}: closed_before, limit {limit}"
+            );
+        }
     }
 }
 

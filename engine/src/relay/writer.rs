@@ -170,12 +170,12 @@ impl TunnelStore for WriteBehind {
         self.memory.page(thing, after, limit)
     }
 
-    fn lifetime_over(&self, now: Timestamp) -> Result<Vec<Tunnel>, StoreError> {
-        self.memory.lifetime_over(now)
+    fn lifetime_over(&self, now: Timestamp, limit: usize) -> Result<Vec<Tunnel>, StoreError> {
+        self.memory.lifetime_over(now, limit)
     }
 
-    fn closed_before(&self, before: Timestamp) -> Result<Vec<String>, StoreError> {
-        self.memory.closed_before(before)
+    fn closed_before(&self, before: Timestamp, limit: usize) -> Result<Vec<String>, StoreError> {
+        self.memory.closed_before(before, limit)
     }
 
     fn remove(&mut self, id: &str) -> Result<bool, StoreError> {

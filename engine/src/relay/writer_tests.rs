@@ -110,11 +110,11 @@ impl TunnelStore for Disk {
     ) -> Result<Vec<Tunnel>, StoreError> {
         self.records.lock().unwrap().page(thing, after, limit)
     }
-    fn lifetime_over(&self, now: Timestamp) -> Result<Vec<Tunnel>, StoreError> {
-        self.records.lock().unwrap().lifetime_over(now)
+    fn lifetime_over(&self, now: Timestamp, limit: usize) -> Result<Vec<Tunnel>, StoreError> {
+        self.records.lock().unwrap().lifetime_over(now, limit)
     }
-    fn closed_before(&self, before: Timestamp) -> Result<Vec<String>, StoreError> {
-        self.records.lock().unwrap().closed_before(before)
+    fn closed_before(&self, before: Timestamp, limit: usize) -> Result<Vec<String>, StoreError> {
+        self.records.lock().unwrap().closed_before(before, limit)
     }
     fn remove(&mut self, id: &str) -> Result<bool, StoreError> {
         self.pass()?;
