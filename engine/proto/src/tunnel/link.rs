@@ -1493,15 +1493,7 @@ mod tests {
     #[test]
     fn records_cut_at_any_size_arrive_in_order() {
         for version in [&rustls::version::TLS13, &rustls::version::TLS12] {
-            let token = AccessToken::new("d".repeat(40)).unwrap();
-            let (mut client, mut server) = open_pair_with(configs_for(&[version]), &token, None);
-            shuttle(&mut client, &mut server);
-            let Some(Event::Request(r)) = server.poll() else {
-                panic!("no request over {version:?}")
-            };
-            server.accept(&r.accept_response("c"));
-            shuttle(&mut client, &mut server);
-            assert!(matches!(client.poll(), Some(Event::Open(_))));
+            let (mut client, mut server) = opened(configs_for(&[version]));
             let sizes = [1, 5, 100, 16_000, 16_384, 16_385, 40_000, 70_000, 3];
             let sent: Vec<Vec<u8>> = sizes
                 .iter()
