@@ -195,8 +195,6 @@ impl Refusal {
 /// The registry's answer to `POST /cookie` (the sans-IO decision's input).
 pub(crate) use splice_proto::tunnel::relay::cookie::TokenCheck as CookieCheck;
 
-/// The registry. Its calls may come from the API server's thread and the shards at once;
-/// each is one short critical section on the store.
 /// Tunnels the expiry timer closes or forgets per hold of the registry's lock: about 0.3 ms on
 /// the 2-core bench VM (about 5 µs a tunnel). Tunnels opened in one burst end in one: 50,000
 /// closed in one hold took 250 ms there, and forgetting them 184 ms, while every shard that
@@ -204,11 +202,13 @@ pub(crate) use splice_proto::tunnel::relay::cookie::TokenCheck as CookieCheck;
 const SWEEP_PART: usize = 64;
 
 /// Tunnels a whole listing reads per hold of the registry's lock ([`Registry::newest_first`]):
-/// about 60 µs on the 2-core bench VM. One hold for the whole list took 146 ms at 100,000
-/// tunnels there (`splice-bench`'s `registry/list_all`), during which every shard that
+/// about 80 µs on the 2-core bench VM (`splice-bench`'s `registry/list_part_256`). One hold
+/// for the whole list took 146 ms there at 100,000 tunnels, during which every shard that
 /// admitted a peer stopped moving bytes.
 const LIST_CHUNK: usize = 256;
 
+/// The registry. Its calls may come from the API server's thread and the shards at once;
+/// each is one short critical section on the store.
 pub(crate) struct Registry {
     store: Mutex<Box<dyn TunnelStore>>,
     limits: Limits,
