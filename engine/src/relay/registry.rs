@@ -496,11 +496,9 @@ impl Registry {
     /// relay can send both peers a close frame. [`SWEEP_PART`] tunnels per hold of the lock.
     pub(crate) fn expire(&self, now: Timestamp) -> Result<Vec<String>, RegistryError> {
         let mut closed = Vec::new();
-        let mut written = None;
-        loop {
-            let mut store = self.store();
+        self.in_parts(|store| {
             let due = store.lifetime_over(now, SWEEP_PART)?;
-            let last = due.len() < SWEEP_PART;
+            let whole = due.len() < SWEEP_PART;
             let before = closed.len();
             for mut t in due {
                 if close_if_expired(&mut t, now) {
@@ -508,17 +506,9 @@ impl Registry {
                     closed.push(t.id);
                 }
             }
-            if closed.len() > before {
-                written = Some(store.barrier());
-            }
-            drop(store);
-            if last || closed.len() == before {
-                break;
-            }
-        }
-        if let Some(d) = written {
-            d.wait()?;
-        }
+            let changed = closed.len() > before;
+            Ok((changed, whole || !changed))
+        })?;
         Ok(closed)
     }
 
@@ -530,27 +520,41 @@ impl Registry {
         let keep_ms = self.limits.keep_closed_seconds.saturating_mul(1000);
         let before = Timestamp(now.0.saturating_sub(keep_ms));
         let mut gone = 0;
-        let mut written = None;
-        loop {
-            let mut store = self.store();
+        self.in_parts(|store| {
             let ids = store.closed_before(before, SWEEP_PART)?;
             for id in &ids {
                 store.remove(id)?;
             }
             self.forget_latest(&ids);
-            if !ids.is_empty() {
+            gone += ids.len();
+            Ok((!ids.is_empty(), ids.len() < SWEEP_PART))
+        })?;
+        Ok(gone)
+    }
+
+    /// Runs `part` on the store, one hold of the lock each time, until it answers that it
+    /// was the last (`(changed, last)`); then waits once, for the disk to have what the parts
+    /// changed.
+    fn in_parts(
+        &self,
+        mut part: impl FnMut(&mut dyn TunnelStore) -> Result<(bool, bool), RegistryError>,
+    ) -> Result<(), RegistryError> {
+        let mut written = None;
+        loop {
+            let mut store = self.store();
+            let (changed, last) = part(store.as_mut())?;
+            if changed {
                 written = Some(store.barrier());
             }
             drop(store);
-            gone += ids.len();
-            if ids.len() < SWEEP_PART {
+            if last {
                 break;
             }
         }
         if let Some(d) = written {
             d.wait()?;
         }
-        Ok(gone)
+        Ok(())
     }
 
     /// Whether a peer that presents `token` in `mode` (with `client_token`, if it sent one)
