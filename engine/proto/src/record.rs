@@ -254,10 +254,13 @@ impl RecordLayer {
 
     /// Bytes a record of `len` plaintext bytes takes on the wire.
     pub(crate) fn record_len(&self, len: usize) -> usize {
+        self.front() + len + TAG + if self.tls13 { 1 } else { 0 }
+    }
+
+    /// Bytes of a record in front of its plaintext: the header, and TLS 1.2 AES-GCM's
+    /// explicit nonce.
+    fn front(&self) -> usize {
         HEADER
-            + len
-            + TAG
-            + if self.tls13 { 1 } else { 0 }
             + if self.explicit_nonce {
                 EXPLICIT_NONCE
             } else {
@@ -324,13 +327,7 @@ impl RecordLayer {
         let n = plain.len();
         debug_assert!(n <= MAX_PLAINTEXT);
         let len = self.record_len(n);
-        let front = HEADER
-            + if self.explicit_nonce {
-                EXPLICIT_NONCE
-            } else {
-                0
-            };
-        let start = plain.start - front;
+        let start = plain.start - self.front();
         let nonce = self.tx.nonce();
         let [l0, l1] = u16::try_from(len - HEADER)
             .expect("a record body fits in 16 bits")
@@ -375,12 +372,7 @@ impl RecordLayer {
         const ROOM: [u8; HEADER + EXPLICIT_NONCE + 1 + TAG] =
             [0; HEADER + EXPLICIT_NONCE + 1 + TAG];
         let at = out.len();
-        let front = HEADER
-            + if self.explicit_nonce {
-                EXPLICIT_NONCE
-            } else {
-                0
-            };
+        let front = self.front();
         let len = self.record_len(plain.len());
         out.reserve(len);
         out.extend_from_slice(&ROOM[..front]);

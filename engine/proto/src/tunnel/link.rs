@@ -401,12 +401,10 @@ impl Link {
                 data = rest;
             }
             self.make_room(self.rx.len() + data.len());
+            // `rx` held less than a record: now exactly one, which opens (close_notify
+            // included: nothing after it counts) or fails the link.
             self.run()?;
-            if !self.rx.is_empty() {
-                // Nothing more counts (close_notify came), or the record is not one.
-                self.keep(data);
-                return self.run();
-            }
+            debug_assert!(self.rx.is_empty(), "the completed record was opened");
         }
         let used = self.open_records(data)?;
         self.keep(&data[used..]);
