@@ -17,7 +17,7 @@ use std::os::fd::AsRawFd;
 use std::os::fd::RawFd;
 use std::time::Duration;
 
-use io_uring::{IoUring, cqueue, opcode, squeue, types};
+use io_uring::{IoUring, opcode, squeue, types};
 
 use super::{Completion, Op};
 use crate::sys::{self, SyscallError};
@@ -134,8 +134,9 @@ impl UringDriver {
     }
 
     fn reap(&mut self, out: &mut Vec<Completion>, drop_them: bool) {
-        let entries: Vec<cqueue::Entry> = self.ring.completion().collect();
-        for cqe in entries {
+        // The queue's head moves on when `cq` drops, after the loop: entries are read in place.
+        let cq = self.ring.completion();
+        for cqe in cq {
             let ud = cqe.user_data();
             if ud == IGNORE {
                 continue;

@@ -354,8 +354,9 @@ pub(crate) struct Shard {
     next_peer: usize,
     /// Hand-offs sent to this shard and not yet started (see [`Peer::adopt`]).
     incoming: Arc<AtomicUsize>,
-    /// The tunnel's links and entities (see [`tunnel`]).
-    pub(crate) plane: tunnel::Plane,
+    /// The tunnel's links and entities (see [`tunnel`]); out of the shard only while one of
+    /// the plane's hooks runs.
+    pub(crate) plane: Option<Box<tunnel::Plane>>,
 }
 
 impl Shard {
@@ -381,7 +382,7 @@ impl Shard {
             balance: Balance::Kernel,
             next_peer: 0,
             incoming: Arc::default(),
-            plane: tunnel::Plane::default(),
+            plane: Some(Box::default()),
         }
     }
 
@@ -395,6 +396,9 @@ impl Shard {
         );
         // When the shard last ran out of work (None while it has work).
         let mut idle_since: Option<Instant> = None;
+        // The clock, read once after each wait (and again after work): every decision below
+        // uses this reading rather than its own.
+        let mut now = Instant::now();
         loop {
             if self.commands() {
                 break;
@@ -403,14 +407,14 @@ impl Shard {
             if self.draining
                 && self.live_conns() == 0
                 && self.incoming.load(Ordering::SeqCst) == 0
-                && self.plane.is_idle()
+                && self.plane.as_ref().is_none_or(|p| p.is_idle())
             {
                 break;
             }
             let mut done = std::mem::take(&mut self.completions);
             let window = self.busy_poll.window();
             let polling = match idle_since {
-                Some(since) => since.elapsed() < window,
+                Some(since) => now.saturating_duration_since(since) < window,
                 None => !window.is_zero(),
             };
             let timeout = if polling {
@@ -422,9 +426,9 @@ impl Shard {
                     .into_iter()
                     .chain(reclaim)
                     .min()
-                    .map(|t| t.saturating_duration_since(Instant::now()))
+                    .map(|t| t.saturating_duration_since(now))
             };
-            let before = Instant::now();
+            let before = now;
             if !polling {
                 // About to sleep: an idle period starts now, unless it started earlier.
                 idle_since.get_or_insert(before);
@@ -440,17 +444,23 @@ impl Shard {
                     // process this shard is waiting for, and a spinning shard must not make it
                     // wait for the end of a time slice.
                     sys::yield_now();
-                    self.busy_poll.looked(before.elapsed());
                 }
-            } else if let Some(since) = idle_since.take() {
-                self.busy_poll.record(since.elapsed());
-            }
-            for c in done.drain(..) {
-                self.complete(c);
+                now = Instant::now();
+                if polling {
+                    self.busy_poll.looked(now.saturating_duration_since(before));
+                }
+            } else {
+                now = Instant::now();
+                if let Some(since) = idle_since.take() {
+                    self.busy_poll.record(now.saturating_duration_since(since));
+                }
+                for c in done.drain(..) {
+                    self.complete(c);
+                }
+                // The work took time: timers and the next wait count from its end.
+                now = Instant::now();
             }
             self.completions = done;
-            // One clock read for the timers and the pools' period.
-            let now = Instant::now();
             self.fire_timers(now);
             self.reclaim.tick(now, &mut self.pipes);
         }

@@ -437,30 +437,34 @@ impl Plane {
     }
 }
 
+/// Runs `f` on the shard's plane, taken out of the shard for the time (the plane's code needs
+/// both). Only the box moves: no plane is built or dropped per completion.
+fn with_plane(shard: &mut Shard, f: impl FnOnce(&mut Plane, &mut Shard)) {
+    let mut plane = (shard.plane.take()).expect("the plane's hooks do not nest");
+    f(&mut plane, shard);
+    shard.plane = Some(plane);
+}
+
 /// The shard hook: a completion whose tag is the plane's.
 pub(crate) fn complete(shard: &mut Shard, tag: u8, index: u32, generation: u32, c: Completion) {
-    let mut plane = std::mem::take(&mut shard.plane);
-    plane.complete(shard, tag, index, generation, c);
-    shard.plane = plane;
+    with_plane(shard, |plane, shard| {
+        plane.complete(shard, tag, index, generation, c)
+    });
 }
 
 /// The shard hook: a timer of the plane's (an entity's, or a lingering link's).
 pub(crate) fn timer(shard: &mut Shard, tag: u8, index: u32, generation: u32, now: Instant) {
-    let mut plane = std::mem::take(&mut shard.plane);
-    plane.timer(shard, tag, index, generation, now);
-    shard.plane = plane;
+    with_plane(shard, |plane, shard| {
+        plane.timer(shard, tag, index, generation, now)
+    });
 }
 
 /// The shard hook: a [`Cmd`].
 pub(crate) fn command(shard: &mut Shard, cmd: Cmd) {
-    let mut plane = std::mem::take(&mut shard.plane);
-    plane.command(shard, cmd);
-    shard.plane = plane;
+    with_plane(shard, |plane, shard| plane.command(shard, cmd));
 }
 
 /// The shard hook: the engine drains (listeners stop, peers are hung up without a close frame).
 pub(crate) fn drain(shard: &mut Shard) {
-    let mut plane = std::mem::take(&mut shard.plane);
-    plane.drain(shard);
-    shard.plane = plane;
+    with_plane(shard, |plane, shard| plane.drain(shard));
 }
