@@ -220,7 +220,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     {
                         systemd::stopping();
                         engine.shutdown(std::time::Duration::ZERO);
-                        anyhow::bail!("{name}: gave up: {why}");
+                        anyhow::bail!("{name}: {why}");
                     }
                     continue;
                 }

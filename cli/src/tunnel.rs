@@ -215,7 +215,7 @@ pub(crate) fn run(cmd: TunnelCommand, out: &mut impl Write) -> Result<(), Failur
                 print_json(out, &shown)?;
             } else {
                 writeln!(out, "tunnel {} opened", text(&answer["tunnelId"])).context("stdout")?;
-                print_tokens(out, &shown, &a.files)?;
+                print_tokens(out, &answer, &shown, &a.files)?;
             }
         }
         TunnelCommand::List(a) => {
@@ -270,6 +270,30 @@ pub(crate) fn run(cmd: TunnelCommand, out: &mut impl Write) -> Result<(), Failur
                 "destination" => RotateSide::Destination,
                 _ => RotateSide::Both,
             };
+            // A file for a token this rotation does not make would be left as it is, while
+            // the answer seemed to say it was written: refuse before anything changes.
+            let unmade = match side {
+                RotateSide::Source => Some((
+                    "--destination-token-file",
+                    "destination",
+                    "source",
+                    &a.files.destination_token_file,
+                )),
+                RotateSide::Destination => Some((
+                    "--source-token-file",
+                    "source",
+                    "destination",
+                    &a.files.source_token_file,
+                )),
+                RotateSide::Both => None,
+            };
+            if let Some((flag, other, this, Some(_))) = unmade {
+                return Err(anyhow::anyhow!(
+                    "command line: {flag}: `--side {this}` makes no new {other} token; give \
+                     `--side both`, or leave {flag} out"
+                )
+                .into());
+            }
             let answer = client(&a.api)?.rotate_json(&a.id, side, a.client_token.as_deref())?;
             let shown = save_tokens(&answer, &a.files)?;
             if a.api.json {
@@ -281,7 +305,7 @@ pub(crate) fn run(cmd: TunnelCommand, out: &mut impl Write) -> Result<(), Failur
                     text(&answer["tunnelId"])
                 )
                 .context("stdout")?;
-                print_tokens(out, &shown, &a.files)?;
+                print_tokens(out, &answer, &shown, &a.files)?;
             }
         }
         TunnelCommand::Close(a) => {
@@ -437,7 +461,14 @@ fn write_secret(path: &Path, token: &str) -> anyhow::Result<()> {
     writeln!(f, "{token}").with_context(|| format!("cannot write {}", path.display()))
 }
 
-fn print_tokens(out: &mut impl Write, shown: &Value, files: &TokenFiles) -> anyhow::Result<()> {
+/// The tokens of `answer`: those in `shown` printed, the others named by the file they went
+/// into (`save_tokens`).
+fn print_tokens(
+    out: &mut impl Write,
+    answer: &Value,
+    shown: &Value,
+    files: &TokenFiles,
+) -> anyhow::Result<()> {
     for (label, key, file) in [
         ("source", "sourceAccessToken", &files.source_token_file),
         (
@@ -448,7 +479,7 @@ fn print_tokens(out: &mut impl Write, shown: &Value, files: &TokenFiles) -> anyh
     ] {
         if let Some(token) = shown[key].as_str() {
             writeln!(out, "{label} access token: {token}").context("stdout")?;
-        } else if let Some(f) = file {
+        } else if let Some(f) = file.as_ref().filter(|_| answer[key].is_string()) {
             writeln!(out, "{label} access token: written to {}", f.display()).context("stdout")?;
         }
     }

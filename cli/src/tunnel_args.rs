@@ -91,6 +91,10 @@ pub(crate) struct AgentArgs {
     /// CA certificates (PEM) to verify the relay with [default: the system's roots].
     #[arg(long, value_name = "FILE", value_hint = ValueHint::FilePath)]
     pub(crate) ca: Option<PathBuf>,
+    /// Trust exactly this key instead of a CA: sha256:<base64 or hex> of the relay's public
+    /// key (SPKI) or whole certificate; repeatable. Names and dates are not checked.
+    #[arg(long = "pin", value_name = "sha256:HASH", conflicts_with = "ca")]
+    pub(crate) pin: Vec<String>,
     /// Server name to send (SNI) and verify [default: the host of --relay].
     #[arg(long, value_name = "NAME")]
     pub(crate) sni: Option<String>,
@@ -248,6 +252,7 @@ macro_rules! set_agent {
         let protocol = a.protocol();
         $c.name = a.name.unwrap_or_default();
         $c.ca = a.ca;
+        $c.pin = a.pin;
         $c.sni = a.sni;
         $c.token = a.token.map(splice_engine::SecretText);
         $c.token_file = a.token_file;

@@ -668,6 +668,44 @@ impl EngineConfig {
             .map_or(Ok(()), |p| Err(p.into_error(origin, None)))
     }
 
+    /// Where this configuration came from, for errors: its file, or "configuration" when it
+    /// was built in code or from the command line.
+    pub(crate) fn origin(&self) -> String {
+        self.source_file
+            .as_ref()
+            .map_or_else(|| "configuration".to_string(), |p| p.display().to_string())
+    }
+
+    /// An error met while loading entry `i` of the tunnel table `table` (`relay`, `source` or
+    /// `destination`) after parsing: a file it names cannot be read, a name does not resolve.
+    /// It names the file, the line of `key`, the entry, and then `message`, which names the
+    /// key.
+    pub(crate) fn entry_error(
+        &self,
+        table: &'static str,
+        i: usize,
+        key: &'static str,
+        message: String,
+    ) -> Error {
+        let name = match table {
+            "relay" => self.relays.get(i).map(|r| r.display_name()),
+            "source" => self.sources.get(i).map(|s| s.display_name()),
+            "destination" => self.destinations.get(i).map(|d| d.display_name()),
+            _ => None,
+        };
+        let what = match name {
+            Some(n) => format!("{table} \"{n}\""),
+            None => table.to_string(),
+        };
+        let line = self
+            .source_file
+            .as_ref()
+            .and_then(|p| std::fs::read_to_string(p).ok())
+            .and_then(|text| Locator::new(&text).line_in(table, Some(i), key));
+        Problem::in_table(table, i, key, format!("{what}: {message}"))
+            .into_error(&self.origin(), line)
+    }
+
     fn problem(&self) -> Option<Problem> {
         let top = |key, message| Some(Problem::new(None, key, message));
         if self.threads == Some(0) {

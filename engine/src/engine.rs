@@ -272,16 +272,13 @@ impl Engine {
             };
             engine._metrics = Some(crate::metrics::MetricsServer::start(addr, source)?);
         }
-        let origin = cfg
-            .source_file
-            .as_ref()
-            .map_or_else(|| "configuration".to_string(), |p| p.display().to_string());
-        for r in &cfg.relays {
+        for (i, r) in cfg.relays.iter().enumerate() {
+            let bad = |key, message| cfg.entry_error("relay", i, key, message);
             engine
                 .relays
                 .get_mut()
                 .expect("relays lock")
-                .push(crate::relay::service::RelayService::start(r, &origin)?);
+                .push(crate::relay::service::RelayService::start(r, &bad)?);
         }
         for i in 0..threads {
             engine
@@ -341,11 +338,15 @@ impl Engine {
         let mut agents = self.agents.lock().expect("agents lock");
         // Spread over the shards in turn; each agent lives on one.
         let shard = |i: usize| &self.shards[i % self.shards.len()];
-        for (i, s) in cfg.sources.iter().enumerate() {
-            agents.push(agent::start_source(s, shard(i))?);
+        for i in 0..cfg.sources.len() {
+            agents.push(agent::start_source(cfg, i, shard(i))?);
         }
-        for (i, d) in cfg.destinations.iter().enumerate() {
-            agents.push(agent::start_destination(d, shard(cfg.sources.len() + i))?);
+        for i in 0..cfg.destinations.len() {
+            agents.push(agent::start_destination(
+                cfg,
+                i,
+                shard(cfg.sources.len() + i),
+            )?);
         }
         // Kernel byte accounting for the agents' local connections, per service (set as the
         // agent starts: a local connection made before this is counted in user space only).
@@ -598,12 +599,13 @@ impl Engine {
         self.reloads.attempt();
         let result = load().and_then(|cfg| {
             cfg.validate("configuration")?;
+            // Every check before anything changes: a bad file refuses the whole reload.
             crate::shard::tunnel::agent::reload::check(&current, &cfg)?;
-            self.apply(&cfg, "configuration", true)?;
             let relays_changed = cfg.relays != current.relays;
             if relays_changed {
                 crate::shard::tunnel::start::check_relays(&current, &cfg)?;
             }
+            self.apply(&cfg, "configuration", true)?;
             let mut agents = self.agents.lock().expect("agents lock");
             let applied = crate::shard::tunnel::agent::reload::apply(
                 &current,
@@ -629,6 +631,13 @@ impl Engine {
                 )?;
                 self.count_relays_in_kernel();
             }
+            tracing::info!(
+                forwarders = cfg.forwarders.len(),
+                relays = cfg.relays.len(),
+                sources = cfg.sources.len(),
+                destinations = cfg.destinations.len(),
+                "configuration reloaded"
+            );
             *current = cfg;
             Ok(())
         });
@@ -824,9 +833,8 @@ impl Engine {
         }
         // In force on return: a connection made after this call meets the new forwarders.
         self.sync_shards();
-        if reread {
-            tracing::info!(forwarders = cfg.forwarders.len(), "configuration reloaded");
-        } else {
+        // A reload says so once everything else is in place too (`reload_with`).
+        if !reread {
             tracing::info!(forwarders = cfg.forwarders.len(), call = %origin, "forwarders changed");
         }
         Ok(())

@@ -194,6 +194,10 @@ impl From<crate::sys::ktls::Error> for Error {
 /// `Result` with the engine's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// Makes the error for a problem at a key of a configuration table, from a sentence about
+/// the key: the caller adds where the table is (the file, the line, the table and its name).
+pub(crate) type Bad<'a> = dyn Fn(&'static str, String) -> Error + 'a;
+
 fn tunnel_api_text(method: &str, url: &str, status: &Option<u16>, message: &str) -> String {
     match status {
         Some(s) => format!("the tunnel API refused {method} {url} ({s}): {message}"),

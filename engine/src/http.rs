@@ -65,8 +65,9 @@ impl HttpServer {
             let context = format!("{what} {context}");
             move |source| Error::Io { context, source }
         };
-        let listener =
-            std::net::TcpListener::bind(addr).map_err(|source| Error::Listen { addr, source })?;
+        // Named: "cannot listen on ADDR" alone does not say that it is the API's address.
+        let listener = std::net::TcpListener::bind(addr)
+            .map_err(io_err(&format!("cannot listen on {addr}")))?;
         let addr = listener.local_addr().unwrap_or(addr);
         listener.set_nonblocking(true).map_err(io_err("listener"))?;
         let runtime = tokio::runtime::Builder::new_current_thread()

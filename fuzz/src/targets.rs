@@ -591,7 +591,7 @@ pub fn upgrade_response(data: &[u8]) {
             }
         }
         Err(e) => {
-            let transient = matches!(e, ws::ResponseError::Rejected { status } if *status >= 500 && *status < 600);
+            let transient = matches!(e, ws::ResponseError::Rejected { status, .. } if *status >= 500 && *status < 600);
             assert_eq!(e.is_transient(), transient);
             let _ = e.to_string();
         }

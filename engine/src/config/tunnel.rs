@@ -143,6 +143,13 @@ macro_rules! agent_builders {
             self
         }
 
+        /// Trust exactly this key (`sha256:<base64 or hex>` of the relay's SPKI or
+        /// certificate) instead of a CA; repeatable.
+        pub fn pin(mut self, pin: impl Into<String>) -> Self {
+            self.pin.push(pin.into());
+            self
+        }
+
         /// The name to send (SNI) and verify (default: the relay's host).
         pub fn sni(mut self, name: impl Into<String>) -> Self {
             self.sni = Some(name.into());
@@ -228,6 +235,11 @@ macro_rules! agent_table {
             /// CA certificates to verify the relay, as PEM text (instead of `ca`).
             #[serde(default)]
             pub ca_pem: Option<String>,
+            /// Trust exactly these keys instead of a CA (not with `ca` or `ca_pem`):
+            /// `sha256:<base64 or hex>` of the relay's public key (SPKI) or whole certificate.
+            /// Names and dates are not checked.
+            #[serde(default)]
+            pub pin: Vec<String>,
             /// The name to send (SNI) and verify; default the relay's host.
             #[serde(default)]
             pub sni: Option<String>,
@@ -285,6 +297,7 @@ macro_rules! agent_table {
                     relay: relay.into(),
                     ca: None,
                     ca_pem: None,
+                    pin: Vec::new(),
                     sni: None,
                     token: None,
                     token_file: None,
@@ -322,6 +335,7 @@ macro_rules! agent_table {
                 Agent {
                     what: format!(concat!($kind, " \"{}\""), self.display_name()),
                     relay: &self.relay,
+                    trust: (self.ca.is_some(), self.ca_pem.as_deref(), &self.pin),
                     sni: self.sni.as_deref(),
                     token: self.token.as_ref(),
                     token_file: self.token_file.as_deref(),
@@ -723,6 +737,8 @@ impl RelayConfig {
 struct Agent<'a> {
     what: String,
     relay: &'a str,
+    /// Whether `ca` is set, `ca_pem` and `pin`.
+    trust: (bool, Option<&'a str>, &'a [String]),
     sni: Option<&'a str>,
     token: Option<&'a SecretText>,
     token_file: Option<&'a Path>,
@@ -757,6 +773,32 @@ impl Agent<'_> {
         }
         if self.sni == Some("") {
             return Some(("sni", format!("{what}: `sni` is empty")));
+        }
+        let (ca, ca_pem, pins) = self.trust;
+        if ca && ca_pem.is_some() {
+            return Some((
+                "ca_pem",
+                format!("{what}: `ca` and `ca_pem` exclude each other"),
+            ));
+        }
+        if !pins.is_empty() && (ca || ca_pem.is_some()) {
+            return Some((
+                "pin",
+                format!(
+                    "{what}: `pin` and `ca` (or `ca_pem`) exclude each other: a pin trusts \
+                     exactly that key, without a CA"
+                ),
+            ));
+        }
+        for p in pins {
+            if let Err(e) = crate::tls::check::parse_pin(p) {
+                return Some(("pin", format!("{what}: `pin`: {e}")));
+            }
+        }
+        if let Some(pem) = ca_pem
+            && let Err(e) = crate::tls::material::check_ca_pem(pem)
+        {
+            return Some(("ca_pem", format!("{what}: `ca_pem`: {e}")));
         }
         if self.token.is_some() && self.token_file.is_some() {
             return Some((

@@ -170,13 +170,24 @@ pub(crate) enum Refusal {
     },
     #[error("the announced services are refused: {0}")]
     BadServices(String),
+    #[error(
+        "tunnel {tunnel} has no service {unknown:?} (its services: {has:?}): check the \
+         agent's service names; this attempt did not use the access token"
+    )]
+    UnknownServices {
+        tunnel: String,
+        unknown: Vec<String>,
+        has: Vec<String>,
+    },
 }
 
 impl Refusal {
     /// The HTTP status the relay answers the upgrade with.
     pub(crate) fn status(&self) -> u16 {
         match self {
-            Refusal::BadClientToken | Refusal::BadServices(_) => 400,
+            Refusal::BadClientToken | Refusal::BadServices(_) | Refusal::UnknownServices { .. } => {
+                400
+            }
             Refusal::NoToken => 401,
             Refusal::UnknownToken
             | Refusal::WrongMode { .. }
@@ -194,6 +205,24 @@ impl Refusal {
 
 /// The registry's answer to `POST /cookie` (the sans-IO decision's input).
 pub(crate) use splice_proto::tunnel::relay::cookie::TokenCheck as CookieCheck;
+
+/// Refuses a peer that `announced` a service tunnel `t` lacks. Such an agent would fail at
+/// SERVICE_IDS, after its single-use token was spent: a typo must not cost the token.
+fn known_services(t: &Tunnel, announced: &[String]) -> Result<(), Refusal> {
+    let unknown: Vec<String> = announced
+        .iter()
+        .filter(|s| !t.services.contains(s))
+        .cloned()
+        .collect();
+    if unknown.is_empty() {
+        return Ok(());
+    }
+    Err(Refusal::UnknownServices {
+        tunnel: t.id.clone(),
+        unknown,
+        has: t.services.clone(),
+    })
+}
 
 /// Tunnels the expiry timer closes or forgets per hold of the registry's lock: about 0.3 ms on
 /// the 2-core bench VM (about 5 µs a tunnel). Tunnels opened in one burst end in one: 50,000
@@ -559,12 +588,27 @@ impl Registry {
 
     /// Whether a peer that presents `token` in `mode` (with `client_token`, if it sent one)
     /// may join its tunnel; if so, its side is marked connected and the token's use is
-    /// recorded (reference §2: single-use, unless bound to a client token).
+    /// recorded (reference §2: single-use, unless bound to a client token). This is a peer
+    /// that announced no services, as the AWS local proxy; see [`Registry::admit_naming`].
+    #[cfg(any(test, feature = "bench-internals"))]
     pub(crate) fn admit(
         &self,
         token: &str,
         mode: Side,
         client_token: Option<&str>,
+        now: Timestamp,
+    ) -> Result<Admission, Refusal> {
+        self.admit_naming(token, mode, client_token, &[], now)
+    }
+
+    /// [`Registry::admit`] for a peer that `announced` its services (our agents do): each
+    /// must be one of the tunnel's, checked before the token is used.
+    pub(crate) fn admit_naming(
+        &self,
+        token: &str,
+        mode: Side,
+        client_token: Option<&str>,
+        announced: &[String],
         now: Timestamp,
     ) -> Result<Admission, Refusal> {
         if client_token.is_some_and(|c| !valid_client_token(c)) {
@@ -595,6 +639,7 @@ impl Registry {
                 asked: mode.as_str(),
             });
         }
+        known_services(&t, announced)?;
         let given = client_token.map(TokenHash::of);
         let token_use = t.peer(side).token_use;
         let reconnect = token_use.used;
@@ -645,6 +690,9 @@ impl Registry {
         }
         let (t, reconnect) = match open {
             Some(t) => {
+                if mode == Side::Source {
+                    known_services(&t, announced)?;
+                }
                 if mode == Side::Destination && t.services != announced {
                     return Err(Refusal::ServicesChanged {
                         has: t.services,

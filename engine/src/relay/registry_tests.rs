@@ -74,6 +74,32 @@ fn open_gives_two_distinct_tokens_and_an_open_tunnel() {
 }
 
 #[test]
+fn a_service_the_tunnel_lacks_is_refused_before_the_token_is_used() {
+    for (store, r) in registries() {
+        let o = r.open(ssh(), T0).expect("open");
+        let tok = o.source_token.expose();
+        let named = |names: &[&str]| names.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let typo = r.admit_naming(tok, Side::Source, None, &named(&["SSH", "HTPP"]), secs(1));
+        let Err(refusal) = typo else {
+            panic!("{store}: admitted with a service the tunnel lacks");
+        };
+        assert_eq!(refusal.status(), 400, "{store}");
+        let text = refusal.to_string();
+        assert!(
+            text.contains(r#"no service ["HTPP"] (its services: ["SSH", "HTTP"])"#),
+            "{store}: {text}"
+        );
+        let t = r.describe(&o.tunnel_id, secs(1)).expect("describe");
+        assert!(!t.source.connected, "{store}");
+        // The token is still unused: a subset of the tunnel's services takes it.
+        r.admit_naming(tok, Side::Source, None, &named(&["HTTP"]), secs(2))
+            .expect("a subset, first use");
+        let again = r.admit_naming(tok, Side::Source, None, &named(&["HTTP"]), secs(3));
+        assert_eq!(again, Err(Refusal::TokenUsed), "{store}");
+    }
+}
+
+#[test]
 fn a_token_without_client_token_is_single_use() {
     for (store, r) in registries() {
         let o = r.open(ssh(), T0).expect("open");

@@ -18,7 +18,7 @@ use super::store::{MemoryStore, TunnelStore};
 use super::tunnel::Timestamp;
 use super::writer::WriteBehind;
 use crate::config::RelayConfig;
-use crate::error::{Error, Result};
+use crate::error::{Bad, Error, Result};
 
 /// How often the expiry timer closes tunnels whose lifetime ended (and forgets those closed
 /// longer than `keep_closed`).
@@ -41,24 +41,25 @@ impl RelayService {
     /// API token file, marks the peers of a previous run disconnected, closes tunnels whose
     /// lifetime ended, and starts the API on `cfg.api` and the expiry timer. `origin` (the
     /// configuration file or "command line") names where `cfg` came from in errors.
-    pub(crate) fn start(cfg: &RelayConfig, origin: &str) -> Result<RelayService> {
+    pub(crate) fn start(cfg: &RelayConfig, bad: &Bad<'_>) -> Result<RelayService> {
         let name = relay_name(cfg);
-        let bad = |key: &str, message: String| {
-            Error::config(origin, format!("relay \"{name}\": `{key}`: {message}"))
-        };
+        // Its files first: nothing starts (and nothing is logged as started) for a relay
+        // whose certificate cannot be read.
+        let api_token = relay_files(cfg, bad)?;
+        let bad = |key: &'static str, message: String| bad(key, format!("`{key}`: {message}"));
         let api_addr: SocketAddr = cfg
             .api
             .parse()
             .map_err(|e| bad("api", format!("must be IP:PORT, not \"{}\" ({e})", cfg.api)))?;
-        let api_token = match &cfg.api_token_file {
-            Some(path) => Some(read_token_file(path)?),
-            None => None,
-        };
         let store: Box<dyn TunnelStore> = match state_path(cfg, &name) {
-            Some(p) if p == Path::new(":memory:") => Box::new(MemoryStore::default()),
+            Some(p) if p == Path::new(":memory:") => {
+                tracing::info!(relay = %name, "tunnel registry in memory: it ends with the process");
+                Box::new(MemoryStore::default())
+            }
             // The shards' calls answer from memory; the file is written behind, in order.
             Some(p) => {
                 let file = SqliteStore::open(&p).map_err(|e| bad("state", e.to_string()))?;
+                tracing::info!(relay = %name, state = %p.display(), "tunnel registry opened");
                 Box::new(WriteBehind::new(Box::new(file)).map_err(|e| bad("state", e.to_string()))?)
             }
             None => {
@@ -258,52 +259,63 @@ pub(crate) fn read_token_file(path: &Path) -> Result<Secret> {
     Ok(Secret::new(token))
 }
 
-/// `check`'s look at the files the tunnel tables name: each relay's certificate, key and API
-/// token file, each agent's CA and token file (read, not kept). Errors name the file.
+/// Reads the files relay `cfg` names, as its start does: the certificate chain and key (and
+/// that they belong together), the API token file (its token is returned), the client and
+/// device CAs and the revocation lists. `bad` names the key at fault.
+fn relay_files(cfg: &RelayConfig, bad: &Bad<'_>) -> Result<Option<Secret>> {
+    use crate::tls::material::{ServerTlsOptions, server_config};
+    let keyed = |key: &'static str, e: Error| bad(key, format!("`{key}`: {e}"));
+    // As a TLS server would: the chain, the key, and that they belong together.
+    server_config(&ServerTlsOptions {
+        cert: cfg.cert.clone(),
+        key: cfg.key.clone(),
+        ..ServerTlsOptions::default()
+    })
+    .map_err(|e| match &e {
+        Error::Certificate { path, .. } if *path == cfg.key => keyed("key", e),
+        _ => keyed("cert", e),
+    })?;
+    let api_token = cfg
+        .api_token_file
+        .as_deref()
+        .map(read_token_file)
+        .transpose()
+        .map_err(|e| keyed("api_token_file", e))?;
+    crate::relay::identity::Identities::load(
+        cfg.client_ca.as_deref(),
+        cfg.device_ca.as_deref(),
+        &cfg.client_crls,
+    )
+    .map_err(|e| match &e {
+        Error::Certificate { path, .. } if Some(path) == cfg.client_ca.as_ref() => {
+            keyed("client_ca", e)
+        }
+        Error::Certificate { path, .. } if Some(path) == cfg.device_ca.as_ref() => {
+            keyed("device_ca", e)
+        }
+        _ => keyed("client_crls", e),
+    })?;
+    Ok(api_token)
+}
+
+/// `check`'s look at the tunnel tables: each relay's files as its start reads them, each
+/// agent loaded as its start loads it (files read, names resolved, nothing kept). Errors name
+/// the file, the line, the table and the key.
 pub(crate) fn check_files(cfg: &crate::config::EngineConfig) -> Result<()> {
-    use crate::tls::material::{ServerTlsOptions, load_roots, server_config};
-    for r in &cfg.relays {
-        // As a TLS server would: the chain, the key, and that they belong together.
-        server_config(&ServerTlsOptions {
-            cert: r.cert.clone(),
-            key: r.key.clone(),
-            ..ServerTlsOptions::default()
-        })?;
-        if let Some(f) = &r.api_token_file {
-            read_token_file(f)?;
-        }
-        crate::relay::identity::Identities::load(
-            r.client_ca.as_deref(),
-            r.device_ca.as_deref(),
-            &r.client_crls,
-        )?;
+    for i in 0..cfg.relays.len() {
+        check_relay(cfg, i)?;
     }
-    for (cert, key) in cfg
-        .sources
-        .iter()
-        .map(|s| (&s.identity_cert, &s.identity_key))
-        .chain(
-            cfg.destinations
-                .iter()
-                .map(|d| (&d.identity_cert, &d.identity_key)),
-        )
-    {
-        if let (Some(cert), Some(key)) = (cert, key) {
-            crate::tls::material::check_certified_key(cert, key)?;
-        }
-    }
-    let agents = cfg
-        .sources
-        .iter()
-        .map(|s| (&s.ca, &s.token_file))
-        .chain(cfg.destinations.iter().map(|d| (&d.ca, &d.token_file)));
-    for (ca, token_file) in agents {
-        if let Some(ca) = ca {
-            load_roots(ca)?;
-        }
-        if let Some(f) = token_file {
-            read_token_file(f)?;
-        }
+    crate::shard::tunnel::agent::check_all(cfg)
+}
+
+/// Relay `i` of `cfg`'s files, read as its start reads them; an error names the file, the
+/// line, the relay and the key.
+pub(crate) fn check_relay(cfg: &crate::config::EngineConfig, i: usize) -> Result<()> {
+    let r = &cfg.relays[i];
+    let bad = |key, message| cfg.entry_error("relay", i, key, message);
+    relay_files(r, &bad)?;
+    if let Some(path) = state_path(r, &relay_name(r)) {
+        SqliteStore::check(&path).map_err(|e| bad("state", format!("`state`: {e}")))?;
     }
     Ok(())
 }

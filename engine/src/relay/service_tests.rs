@@ -9,9 +9,22 @@ use super::*;
 use crate::relay::registry::RotateSides;
 use crate::relay::sqlite::tests::tempdir;
 use crate::relay::tunnel::{Peer, Side, Tunnel, TunnelStatus};
+use splice_test_pki::Pki;
 
-fn config(state: &str) -> RelayConfig {
-    RelayConfig::new("127.0.0.1:0", "cert.pem", "key.pem", "127.0.0.1:0").state(state)
+/// Errors as the engine makes them for a relay of the file `origin` (without the line).
+fn at(origin: &str) -> impl Fn(&'static str, String) -> Error + '_ {
+    move |_, message| Error::config(origin, format!("relay: {message}"))
+}
+
+/// A relay on ports 0 with `pki`'s server certificate and its registry at `state`.
+fn config(pki: &Pki, state: &str) -> RelayConfig {
+    RelayConfig::new(
+        "127.0.0.1:0",
+        &pki.server.cert,
+        &pki.server.key,
+        "127.0.0.1:0",
+    )
+    .state(state)
 }
 
 /// Sends one request to the API and returns the status and the body as JSON.
@@ -66,9 +79,11 @@ fn wait_for(seen: &Mutex<Vec<RelayEvent>>, want: &RelayEvent) {
 
 #[test]
 fn the_state_file_and_its_directory_are_created() {
+    let pki = Pki::new();
     let dir = tempdir();
     let path = dir.join("deeper/state/relay.sqlite");
-    let service = RelayService::start(&config(&path.display().to_string()), "test").expect("start");
+    let service = RelayService::start(&config(&pki, &path.display().to_string()), &at("test"))
+        .expect("start");
     assert!(path.is_file(), "{}", path.display());
     assert_ne!(service.api_addr().port(), 0);
     drop(service);
@@ -100,7 +115,8 @@ fn the_default_state_file_is_named_after_the_relay() {
 
 #[test]
 fn a_memory_relay_serves_the_api() {
-    let service = RelayService::start(&config(":memory:"), "test").expect("start");
+    let pki = Pki::new();
+    let service = RelayService::start(&config(&pki, ":memory:"), &at("test")).expect("start");
     let (status, opened) = call(service.api_addr(), "POST", "/tunnels", "", None);
     assert_eq!(status, 200, "{opened}");
     let id = opened["tunnelId"].as_str().expect("tunnelId");
@@ -114,11 +130,12 @@ fn a_memory_relay_serves_the_api() {
 
 #[test]
 fn the_api_token_file_is_read_and_enforced() {
+    let pki = Pki::new();
     let dir = tempdir();
     let file = dir.join("api-token");
     std::fs::write(&file, "  s3cret-api-token\n").expect("write");
-    let service =
-        RelayService::start(&config(":memory:").api_token_file(&file), "test").expect("start");
+    let service = RelayService::start(&config(&pki, ":memory:").api_token_file(&file), &at("test"))
+        .expect("start");
     let addr = service.api_addr();
     let (status, body) = call(addr, "GET", "/tunnels", "", None);
     assert_eq!(status, 401, "{body}");
@@ -132,7 +149,7 @@ fn the_api_token_file_is_read_and_enforced() {
     let empty = dir.join("empty-token");
     std::fs::write(&empty, " \n").expect("write");
     for f in [&empty, &dir.join("missing-token")] {
-        let e = RelayService::start(&config(":memory:").api_token_file(f), "test")
+        let e = RelayService::start(&config(&pki, ":memory:").api_token_file(f), &at("test"))
             .expect_err("no token");
         assert!(e.to_string().contains(&*f.display().to_string()), "{e}");
     }
@@ -141,17 +158,21 @@ fn the_api_token_file_is_read_and_enforced() {
 
 #[test]
 fn bad_fields_are_errors_naming_the_key() {
-    let mut cfg = config(":memory:");
+    let pki = Pki::new();
+    let mut cfg = config(&pki, ":memory:");
     cfg.api = "localhost".into();
-    let e = RelayService::start(&cfg, "relay.toml").expect_err("bad api");
+    let e = RelayService::start(&cfg, &at("relay.toml")).expect_err("bad api");
     assert!(e.to_string().contains("relay.toml"), "{e}");
     assert!(e.to_string().contains("`api`"), "{e}");
 
     let dir = tempdir();
     let junk = dir.join("junk.sqlite");
     std::fs::write(&junk, vec![b'x'; 4096]).expect("write");
-    let e = RelayService::start(&config(&junk.display().to_string()), "relay.toml")
-        .expect_err("not SQLite");
+    let e = RelayService::start(
+        &config(&pki, &junk.display().to_string()),
+        &at("relay.toml"),
+    )
+    .expect_err("not SQLite");
     assert!(e.to_string().contains("`state`"), "{e}");
     assert!(e.to_string().contains("junk.sqlite"), "{e}");
     let _ = std::fs::remove_dir_all(&dir);
@@ -159,7 +180,8 @@ fn bad_fields_are_errors_naming_the_key() {
 
 #[test]
 fn api_close_and_rotate_fire_events() {
-    let service = RelayService::start(&config(":memory:"), "test").expect("start");
+    let pki = Pki::new();
+    let service = RelayService::start(&config(&pki, ":memory:"), &at("test")).expect("start");
     let seen = record(&service);
     let addr = service.api_addr();
     let (_, opened) = call(addr, "POST", "/tunnels", "", None);
@@ -222,9 +244,11 @@ fn expired_tunnel(id: &str) -> Tunnel {
 
 #[test]
 fn expiry_fires_an_event() {
+    let pki = Pki::new();
     let dir = tempdir();
     let path = dir.join("relay.sqlite");
-    let service = RelayService::start(&config(&path.display().to_string()), "test").expect("start");
+    let service = RelayService::start(&config(&pki, &path.display().to_string()), &at("test"))
+        .expect("start");
     let seen = record(&service);
     // The registry's memory is the truth while the relay runs (the file is written behind
     // it), so the tunnel comes through the registry, with a lifetime of a second.
@@ -301,10 +325,11 @@ fn an_api_call_that_finds_a_tunnel_expired_announces_it() {
 
 #[test]
 fn a_restart_keeps_the_tunnels_and_their_tokens() {
+    let pki = Pki::new();
     let dir = tempdir();
     let path = dir.join("relay.sqlite");
-    let cfg = config(&path.display().to_string());
-    let service = RelayService::start(&cfg, "test").expect("start");
+    let cfg = config(&pki, &path.display().to_string());
+    let service = RelayService::start(&cfg, &at("test")).expect("start");
     let (_, opened) = call(
         service.api_addr(),
         "POST",
@@ -327,7 +352,7 @@ fn a_restart_keeps_the_tunnels_and_their_tokens() {
     let on_disk = String::from_utf8_lossy(&bytes);
     assert!(!on_disk.contains(source) && !on_disk.contains(destination));
 
-    let service = RelayService::start(&cfg, "test").expect("restart");
+    let service = RelayService::start(&cfg, &at("test")).expect("restart");
     let registry = service.registry();
     let t = registry.describe(&id, Timestamp::now()).expect("kept");
     assert_eq!(t.services, vec!["SSH".to_string()]);
@@ -354,7 +379,8 @@ fn a_restart_keeps_the_tunnels_and_their_tokens() {
 /// carries (the thing's standby agents get it); one opened without a thing does not.
 #[test]
 fn an_open_for_a_thing_fires_a_notice_with_the_destination_token() {
-    let service = RelayService::start(&config(":memory:"), "test").expect("start");
+    let pki = Pki::new();
+    let service = RelayService::start(&config(&pki, ":memory:"), &at("test")).expect("start");
     let seen = record(&service);
     let body = r#"{"destinationConfig": {"thingName": "pump-7", "services": ["ssh", "web"]}}"#;
     let (status, opened) = call(service.api_addr(), "POST", "/tunnels", body, None);

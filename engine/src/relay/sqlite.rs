@@ -158,6 +158,41 @@ impl SqliteStore {
         Ok(Self { db })
     }
 
+    /// Whether `open` would take the file at `path`, without changing it (`check`): a file
+    /// that is there must be a SQLite database with no schema yet or one `open` reads (or
+    /// migrates). A missing file is fine: `open` creates it.
+    pub(crate) fn check(path: &Path) -> Result<(), StoreError> {
+        if path == Path::new(":memory:") || !path.exists() {
+            return Ok(());
+        }
+        let name = path.display().to_string();
+        let err = |e: rusqlite::Error| StoreError(format!("{name}: {e}"));
+        let db = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .map_err(err)?;
+        let has_schema: bool = db
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+            .map_err(err)?
+            > 0;
+        if !has_schema {
+            return Ok(());
+        }
+        let version: Option<i64> = db
+            .query_row("SELECT version FROM schema_version", [], |r| r.get(0))
+            .optional()
+            .map_err(err)?;
+        match version {
+            Some(1..=SCHEMA_VERSION) => Ok(()),
+            _ => Err(StoreError(format!(
+                "{name}: schema version {version:?}; this splice-engine reads version \
+                 {SCHEMA_VERSION}"
+            ))),
+        }
+    }
+
     fn query(
         &self,
         sql_where: &str,

@@ -86,6 +86,31 @@ pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>> {
     load_signing_key(path, &provider).map(|(key, _)| key)
 }
 
+/// Whether PEM text given as `ca_pem` holds a certificate usable as a trust anchor, for the
+/// configuration's checks (no warning about dates: the start gives those).
+pub(crate) fn check_ca_pem(pem: &str) -> std::result::Result<(), String> {
+    let path = Path::new(CA_PEM);
+    let what = |e: Error| match e {
+        Error::Certificate { what, .. } => what,
+        other => other.to_string(),
+    };
+    let certs: Vec<_> = parse_pem(path, pem.as_bytes())
+        .map_err(what)?
+        .into_iter()
+        .filter_map(|item| match item {
+            Item::X509Certificate(cert) => Some(cert),
+            _ => None,
+        })
+        .collect();
+    if certs.is_empty() {
+        return Err(format!(
+            "no PEM certificate found{}",
+            not_pem_hint(pem.as_bytes())
+        ));
+    }
+    roots_from(path, certs).map(drop).map_err(what)
+}
+
 /// Loads the certificates in `path` as trust anchors.
 ///
 /// Certificates that cannot serve as trust anchors are skipped; it is an error if none can.
@@ -514,12 +539,6 @@ fn load_signing_key(
             )
         })?;
     Ok((key, signing))
-}
-
-/// Checks that `cert_path` holds a certificate chain and `key_path` its usable private key
-/// (for `check`: a client certificate an agent would present). Errors name the file.
-pub fn check_certified_key(cert_path: &Path, key_path: &Path) -> Result<()> {
-    certified_key(&engine_provider(), cert_path, key_path).map(|_| ())
 }
 
 /// Loads a certificate chain and its key, and checks that the key belongs to the leaf.

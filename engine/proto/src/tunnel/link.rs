@@ -99,8 +99,14 @@ pub enum Event<'a> {
 
 /// A TLS failure: the link cannot go on (a TLS alert may be queued for the peer).
 #[derive(Debug, thiserror::Error)]
-#[error("TLS: {0}")]
-pub struct TlsError(pub String);
+#[error("TLS: {why}")]
+pub struct TlsError {
+    /// What failed.
+    pub why: String,
+    /// rustls's error, when it was the handshake that failed: the caller can say more about
+    /// it (a certificate refused, and what to do) than its `Display` does.
+    pub rustls: Option<rustls::Error>,
+}
 
 /// The TLS session, boxed (a link sits in a slab slot, which should stay small).
 enum Tls {
@@ -129,7 +135,7 @@ enum Step {
     /// The handshake is over: our record layer takes over.
     Done,
     PeerClosed,
-    Failed(String),
+    Failed(String, Option<rustls::Error>),
 }
 
 /// Most plaintext bytes held unread: one whole WebSocket frame of the tunnel's size and its
@@ -351,6 +357,11 @@ impl Link {
         self.out_at = 0;
     }
 
+    /// Whether this end dialled (the TLS client), as agents do; the relay's links are servers.
+    pub fn is_client(&self) -> bool {
+        matches!(self.side, LinkSide::Client(_))
+    }
+
     /// Server: the certificate chain the client presented in the handshake (end entity
     /// first), verified by the server config's client certificate verifier; `None` when it
     /// presented none, before the handshake is over, or once taken.
@@ -460,13 +471,13 @@ impl Link {
                     self.eof = true;
                     return Ok(());
                 }
-                Step::Failed(why) => {
+                Step::Failed(why, cause) => {
                     // rustls hands out the alert it queued before looking at any input.
                     match &mut hs.conn {
                         TlsConn::Client(c) => hs_alert(c, &mut self.out),
                         TlsConn::Server(c) => hs_alert(c, &mut self.out),
                     }
-                    return Err(self.fail(why));
+                    return Err(self.fail_with(why, cause));
                 }
                 Step::Done => {
                     let Tls::Handshake(conn) = std::mem::replace(&mut self.tls, Tls::Gone) else {
@@ -570,9 +581,13 @@ impl Link {
     }
 
     fn fail(&mut self, why: String) -> TlsError {
+        self.fail_with(why, None)
+    }
+
+    fn fail_with(&mut self, why: String, rustls: Option<rustls::Error>) -> TlsError {
         self.tls = Tls::Gone;
         self.state = State::Done;
-        TlsError(why)
+        TlsError { why, rustls }
     }
 
     /// Seals `bytes` into the output (or keeps them until the handshake is over).
@@ -701,7 +716,10 @@ impl Link {
                     self.end_tls();
                     Some(Event::Refused(match e {
                         super::relay::notify::StandbyError::Rejected(status) => {
-                            ResponseError::Rejected { status }
+                            ResponseError::Rejected {
+                                status,
+                                reason: String::new(),
+                            }
                         }
                         _ => ResponseError::Subprotocol,
                     }))
@@ -1064,7 +1082,7 @@ fn hs_step<C: Records>(
         Ok(ConnectionState::EncodeTlsData(mut records)) => {
             match encode(out, |room| records.encode(room)) {
                 Ok(()) => Step::Again,
-                Err(e) => Step::Failed(format!("encoding a handshake record: {e}")),
+                Err(e) => Step::Failed(format!("encoding a handshake record: {e}"), None),
             }
         }
         Ok(ConnectionState::TransmitTlsData(sent)) => {
@@ -1079,8 +1097,11 @@ fn hs_step<C: Records>(
             Step::Input
         }
         Ok(ConnectionState::PeerClosed | ConnectionState::Closed) => Step::PeerClosed,
-        Ok(other) => Step::Failed(format!("unexpected TLS state {other:?} in the handshake")),
-        Err(e) => Step::Failed(e.to_string()),
+        Ok(other) => Step::Failed(
+            format!("unexpected TLS state {other:?} in the handshake"),
+            None,
+        ),
+        Err(e) => Step::Failed(e.to_string(), Some(e)),
     };
     rx.drain(..discard);
     *shown -= discard;
@@ -2002,7 +2023,7 @@ mod tests {
         assert!(server.is_done());
         shuttle(&mut client, &mut server);
         match client.poll() {
-            Some(Event::Refused(ResponseError::Rejected { status })) => assert_eq!(status, 400),
+            Some(Event::Refused(ResponseError::Rejected { status, .. })) => assert_eq!(status, 400),
             other => panic!("{other:?}"),
         }
     }
@@ -2077,7 +2098,7 @@ mod tests {
         shuttle(&mut client, &mut server);
         assert!(matches!(
             client.poll(),
-            Some(Event::Refused(ResponseError::Rejected { status: 403 }))
+            Some(Event::Refused(ResponseError::Rejected { status: 403, .. }))
         ));
 
         let (mut client, mut server) = standby_pair("bad/name");
@@ -2086,7 +2107,7 @@ mod tests {
         shuttle(&mut client, &mut server);
         assert!(matches!(
             client.poll(),
-            Some(Event::Refused(ResponseError::Rejected { status: 400 }))
+            Some(Event::Refused(ResponseError::Rejected { status: 400, .. }))
         ));
     }
 }

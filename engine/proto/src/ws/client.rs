@@ -104,10 +104,13 @@ pub enum ResponseError {
     #[error("a response head longer than {MAX_REQUEST_LEN} bytes")]
     TooLarge,
     /// The relay refused: a status other than 101.
-    #[error("the relay answered {status}")]
+    #[error("the relay answered {status}{}", if reason.is_empty() { String::new() } else { format!(": {reason}") })]
     Rejected {
         /// The status.
         status: u16,
+        /// Why, as the response's body says it (its first line, at most
+        /// [`MAX_REASON`] characters, control characters dropped); empty when it has none.
+        reason: String,
     },
     /// A 101 without `Upgrade: websocket` and `Connection: upgrade`.
     #[error("a 101 that is not a WebSocket upgrade")]
@@ -133,9 +136,12 @@ impl ResponseError {
     /// Whether retrying later may help: a 5xx. Everything else is as final as a 4xx (the agent
     /// exits, as localproxy does, unless told to keep trying).
     pub fn is_transient(&self) -> bool {
-        matches!(self, ResponseError::Rejected { status } if (500..600).contains(status))
+        matches!(self, ResponseError::Rejected { status, .. } if (500..600).contains(status))
     }
 }
+
+/// The most characters of a refusal's reason that [`ResponseError::Rejected`] keeps.
+pub const MAX_REASON: usize = 400;
 
 /// Checks the relay's response at the front of `buf` against the request sent with `key` and
 /// offering `offered`. Call it after each read until it is `Complete` or an error.
@@ -159,7 +165,18 @@ pub fn parse_response(
     }
     let status = response.code.unwrap_or_default();
     if status != 101 {
-        return Err(ResponseError::Rejected { status });
+        // Our relay says why in the body (text/plain), sent with the head: what is there.
+        let reason = String::from_utf8_lossy(&buf[len..])
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .chars()
+            .filter(|c| !c.is_control())
+            .take(MAX_REASON)
+            .collect::<String>()
+            .trim()
+            .to_owned();
+        return Err(ResponseError::Rejected { status, reason });
     }
     let headers = Headers(response.headers);
     if !headers.has_token("upgrade", "websocket") || !headers.has_token("connection", "upgrade") {

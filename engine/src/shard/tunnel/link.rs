@@ -304,7 +304,10 @@ impl LinkIo {
                     Ok(n) => {
                         self.heard = true;
                         self.ready_first = n < RECV_CHUNK;
-                        self.link.receive_tls(&buf).map_err(|e| e.to_string())
+                        let client = self.link.is_client();
+                        self.link
+                            .receive_tls(&buf)
+                            .map_err(|e| tls_failure(e, client))
                     }
                     Err(e) => Err(format!("receive: {e}")),
                 };
@@ -359,6 +362,21 @@ impl LinkIo {
         }
         let LinkIo { link, fd, .. } = self;
         Rc::try_unwrap(fd).ok().map(|fd| (fd, link))
+    }
+}
+
+/// A link's TLS failure for the log (`client`: an agent's link): a handshake that rustls
+/// refused is said as the forwarders say it (what is wrong with the certificate, and which setting fixes it), else as it came.
+pub(crate) fn tls_failure(e: splice_proto::tunnel::link::TlsError, client: bool) -> String {
+    use crate::kinds::Mode;
+    match &e.rustls {
+        Some(r) => {
+            let mode = if client { Mode::Client } else { Mode::Server };
+            // The forwarders' words: an agent's TLS peer is the relay, not "the upstream".
+            let text = crate::explain::explain(r, mode).replace("the upstream", "the relay");
+            format!("TLS: {text}")
+        }
+        None => e.to_string(),
     }
 }
 

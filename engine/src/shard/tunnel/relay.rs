@@ -48,6 +48,11 @@ pub(crate) const HIGH_WATER: usize = 256 * 1024;
 /// ... and below which it reads again.
 pub(crate) const LOW_WATER: usize = 64 * 1024;
 
+/// A peer's address for logs: the address, or "unknown" when the socket could not say.
+fn shown(addr: Option<std::net::SocketAddr>) -> String {
+    addr.map_or_else(|| "unknown".to_string(), |a| a.to_string())
+}
+
 fn side_of(s: RegSide) -> Side {
     match s {
         RegSide::Source => Side::Source,
@@ -196,7 +201,7 @@ impl Pending {
             if why.starts_with("TLS") {
                 relay.stats.tls_failures.fetch_add(1, Relaxed);
                 if shard.log_allow(&relay.name, "relay TLS handshake failed") {
-                    tracing::warn!(relay = %relay.name, peer = ?self.peer_addr, error = %why, "peer's TLS handshake failed");
+                    tracing::warn!(relay = %relay.name, peer = %shown(self.peer_addr), error = %why, "peer's TLS handshake failed");
                 }
             }
             plane.release(r);
@@ -229,7 +234,7 @@ impl Pending {
                     if let Some((status, reason)) = super::standby::refusal(&relay, io, &req) {
                         relay.stats.refusal(status);
                         if shard.log_allow(&relay.name, "relay standby refused") {
-                            tracing::warn!(relay = %relay.name, peer = ?self.peer_addr, thing = %req.thing, status, reason = %reason, "standby agent refused");
+                            tracing::warn!(relay = %relay.name, peer = %shown(self.peer_addr), thing = %req.thing, status, reason = %reason, "standby agent refused");
                         }
                         io.link.refuse(&ws::error_response(status, &reason, None));
                         plane.release(r);
@@ -243,7 +248,7 @@ impl Pending {
                 LinkEvent::BadRequest(e) => {
                     relay.stats.refusal(e.status());
                     if shard.log_allow(&relay.name, "relay upgrade refused") {
-                        tracing::warn!(relay = %relay.name, peer = ?self.peer_addr, status = e.status(), error = %e, "upgrade request refused");
+                        tracing::warn!(relay = %relay.name, peer = %shown(self.peer_addr), status = e.status(), error = %e, "upgrade request refused");
                     }
                     plane.release(r);
                     return self.gone();
@@ -269,7 +274,7 @@ impl Pending {
         {
             relay.stats.refusal(status);
             if shard.log_allow(&relay.name, "relay peer refused") {
-                tracing::warn!(relay = %relay.name, peer = ?self.peer_addr, origin = ?req.origin, status, reason, "peer refused");
+                tracing::warn!(relay = %relay.name, peer = %shown(self.peer_addr), origin = ?req.origin, status, reason, "peer refused");
             }
             io.link.refuse(&ws::error_response(status, reason, None));
             plane.release(r);
@@ -288,12 +293,13 @@ impl Pending {
                 if let Some(id) = &identity {
                     // A token wins over a certificate: the peer joins the token's tunnel (a
                     // device in standby brings the token it was sent, and its certificate).
-                    tracing::debug!(relay = %relay.name, peer = ?self.peer_addr, identity = %id.describe(), "peer brought a token and a client certificate: the token decides");
+                    tracing::debug!(relay = %relay.name, peer = %shown(self.peer_addr), identity = %id.describe(), "peer brought a token and a client certificate: the token decides");
                 }
-                relay.registry.admit(
+                relay.registry.admit_naming(
                     token.secret(),
                     mode,
                     req.client_token.as_ref().map(|t| t.secret()),
+                    &req.services,
                     Timestamp::now(),
                 )
             }
@@ -316,7 +322,7 @@ impl Pending {
                 let status = refusal.status();
                 relay.stats.refusal(status);
                 if shard.log_allow(&relay.name, "relay peer refused") {
-                    tracing::warn!(relay = %relay.name, peer = ?self.peer_addr, mode = mode.as_str(), status, identity = identity.as_ref().map(|i| i.pairing_identity()), reason = %refusal, "peer refused");
+                    tracing::warn!(relay = %relay.name, peer = %shown(self.peer_addr), mode = mode.as_str(), status, identity = identity.as_ref().map(|i| i.pairing_identity()), reason = %refusal, "peer refused");
                 }
                 io.link
                     .refuse(&ws::error_response(status, &refusal.to_string(), None));
@@ -375,7 +381,7 @@ impl Pending {
         if let Some(Err(e)) = w.admission.durable.poll() {
             relay.stats.refusal(503);
             if shard.log_allow(&relay.name, "relay peer refused") {
-                tracing::warn!(relay = %relay.name, peer = ?self.peer_addr, mode = mode.as_str(), status = 503, error = %e, "peer refused: the registry cannot record the token's use");
+                tracing::warn!(relay = %relay.name, peer = %shown(self.peer_addr), mode = mode.as_str(), status = 503, error = %e, "peer refused: the registry cannot record the token's use");
             }
             let reason = format!("the tunnel registry is unavailable: {e}");
             io.link.refuse(&ws::error_response(503, &reason, None));
@@ -387,7 +393,7 @@ impl Pending {
             .kernel
             .register(&w.admission.tunnel_id, side_of(mode), AsFd::as_fd(&*io.fd));
         io.link.accept(&w.response);
-        tracing::info!(relay = %relay.name, tunnel = %w.admission.tunnel_id, side = mode.as_str(), peer = ?self.peer_addr, protocol = w.version.subprotocol(), reconnect = w.admission.reconnect, pairing = w.admission.pairing.kind(), identity = w.admission.pairing.identity(), "peer admitted");
+        tracing::info!(relay = %relay.name, tunnel = %w.admission.tunnel_id, side = mode.as_str(), peer = %shown(self.peer_addr), protocol = w.version.subprotocol(), reconnect = w.admission.reconnect, pairing = w.admission.pairing.kind(), identity = w.admission.pairing.identity(), "peer admitted");
         self.hand_off(r, w.admission, w.version, plane, shard)
     }
 
@@ -454,7 +460,7 @@ impl Pending {
         }
         if let Some(r) = self.link.take() {
             if shard.log_allow(&self.relay.name, "relay handshake timeout") {
-                tracing::warn!(relay = %self.relay.name, peer = ?self.peer_addr, "peer's TLS handshake and upgrade took too long");
+                tracing::warn!(relay = %self.relay.name, peer = %shown(self.peer_addr), "peer's TLS handshake and upgrade took too long");
             }
             plane.drop_link(shard, r);
         }
@@ -768,7 +774,7 @@ impl TunnelPeers {
                 }
                 Action::Disconnect { to, reason } => {
                     if let Some(r) = self.links[index(to)].take() {
-                        tracing::info!(relay = %self.relay.name, tunnel = %self.tunnel_id, side = ?to, reason, "peer disconnected");
+                        tracing::info!(relay = %self.relay.name, tunnel = %self.tunnel_id, side = to.as_str(), reason, "peer disconnected");
                         plane.drop_link(shard, r);
                         self.left(to, plane, shard);
                     }
@@ -872,7 +878,9 @@ impl TunnelPeers {
                         }
                     }
                     LinkEvent::Closed { code, reason } => {
-                        gone = Some(format!("closed by the peer ({code:?} {reason})"));
+                        let code = code.map_or("no code".to_string(), |c| format!("code {c}"));
+                        let sep = if reason.is_empty() { "" } else { ": " };
+                        gone = Some(format!("closed by the peer ({code}{sep}{reason})"));
                         break;
                     }
                     LinkEvent::Failed(e) => {
@@ -931,10 +939,10 @@ impl TunnelPeers {
         if let Some((code, reason)) = rule_break {
             self.relay.stats.rule_breaks.fetch_add(1, Relaxed);
             if shard.log_allow(&self.relay.name, "relay peer broke the rules") {
-                tracing::warn!(relay = %self.relay.name, tunnel = %self.tunnel_id, side = ?side, code, reason, detail = gone.as_deref().unwrap_or(""), "peer closed for breaking the protocol's rules");
+                tracing::warn!(relay = %self.relay.name, tunnel = %self.tunnel_id, side = side.as_str(), code, reason, detail = gone.as_deref().unwrap_or(""), "peer closed for breaking the protocol's rules");
             }
         } else if let Some(why) = &gone {
-            tracing::info!(relay = %self.relay.name, tunnel = %self.tunnel_id, side = ?side, why = %why, "peer gone");
+            tracing::info!(relay = %self.relay.name, tunnel = %self.tunnel_id, side = side.as_str(), why = %why, "peer gone");
         }
         if rule_break.is_some() || gone.is_some() {
             self.links[index(side)] = None;
@@ -1033,7 +1041,7 @@ impl TunnelPeers {
                             | (RotateSides::Destination, Side::Destination)
                     );
                     if rotated && let Some(r) = self.links[index(side)].take() {
-                        tracing::info!(relay = %self.relay.name, tunnel = %self.tunnel_id, side = ?side, "token rotated: peer dropped");
+                        tracing::info!(relay = %self.relay.name, tunnel = %self.tunnel_id, side = side.as_str(), "token rotated: peer dropped");
                         plane.drop_link(shard, r);
                         self.left(side, plane, shard);
                     }

@@ -115,11 +115,9 @@ fn fresh<'a>(old: &EngineConfig, new: &'a EngineConfig) -> Vec<&'a RelayConfig> 
 /// A reload's check of its added and changed `[[relay]]` tables (certificate, key, API token
 /// file), before anything changes.
 pub(crate) fn check_relays(old: &EngineConfig, new: &EngineConfig) -> Result<()> {
-    let fresh = EngineConfig {
-        relays: fresh(old, new).into_iter().cloned().collect(),
-        ..EngineConfig::default()
-    };
-    crate::relay::service::check_files(&fresh)
+    (0..new.relays.len())
+        .filter(|&i| !old.relays.contains(&new.relays[i]))
+        .try_for_each(|i| crate::relay::service::check_relay(new, i))
 }
 
 /// How long a reload retries a relay whose addresses its old self still holds.
@@ -156,14 +154,16 @@ pub(crate) fn reload_relays(
         }
         tracing::info!(relay = %name, "relay stopped by the reload");
     }
-    let origin = new
-        .source_file
-        .as_ref()
-        .map_or_else(|| "configuration".to_string(), |p| p.display().to_string());
     for r in fresh(old, new) {
         let end = Instant::now() + RESTART_WAIT;
+        let i = new
+            .relays
+            .iter()
+            .position(|x| std::ptr::eq(x, r))
+            .expect("a relay of new");
+        let bad = |key, message| new.entry_error("relay", i, key, message);
         loop {
-            let started = RelayService::start(r, &origin).and_then(|service| {
+            let started = RelayService::start(r, &bad).and_then(|service| {
                 let id = next_id.fetch_add(1, Relaxed);
                 let plane = start_relay(r, &service, id, shards, stats_list)?;
                 Ok((service, plane))

@@ -61,6 +61,14 @@ impl Side {
             Side::Destination => 1,
         }
     }
+
+    /// `"source"` or `"destination"` (the `local-proxy-mode`), for logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Side::Source => "source",
+            Side::Destination => "destination",
+        }
+    }
 }
 
 /// WebSocket close codes and reasons the session sends, as [`Action::Close`] and

@@ -544,13 +544,19 @@ fn client_refuses_a_bad_101() {
             "403",
             "HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n".into(),
             &Subprotocol::ALL[..],
-            ResponseError::Rejected { status: 403 },
+            ResponseError::Rejected {
+                status: 403,
+                reason: String::new(),
+            },
         ),
         (
             "503",
             String::from_utf8(error_response(503, "busy", None)).unwrap(),
             &Subprotocol::ALL[..],
-            ResponseError::Rejected { status: 503 },
+            ResponseError::Rejected {
+                status: 503,
+                reason: "busy".into(),
+            },
         ),
         (
             "garbage",

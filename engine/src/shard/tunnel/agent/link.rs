@@ -35,7 +35,7 @@ pub(crate) fn version_of(p: Subprotocol) -> Version {
 /// The HTTP status the relay refused the upgrade with, if that is what happened.
 pub(crate) fn refused_status(e: &ResponseError) -> Option<u16> {
     match e {
-        ResponseError::Rejected { status } => Some(*status),
+        ResponseError::Rejected { status, .. } => Some(*status),
         _ => None,
     }
 }

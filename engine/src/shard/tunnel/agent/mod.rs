@@ -29,7 +29,7 @@ use std::sync::Arc;
 pub use status::AgentState;
 pub(crate) use status::{AgentShared, render};
 
-use crate::config::{DestinationConfig, SourceConfig, TOKEN_ENV};
+use crate::config::{EngineConfig, TOKEN_ENV};
 use crate::error::{Error, Result};
 use crate::shard::{Command, ShardHandle};
 use host::AgentStart;
@@ -49,10 +49,38 @@ impl AgentHandle {
     }
 }
 
-/// Starts a source agent on `shard`: binds its listeners here (so a port 0 is known at
+/// Checks and loads source `i` of `cfg` as a start would (token, files, addresses), without
+/// starting it. Errors name the file, the line, the table and the key.
+pub(crate) fn source_spec(cfg: &EngineConfig, i: usize) -> Result<spec::AgentSpec> {
+    let bad = |key, message| cfg.entry_error("source", i, key, message);
+    spec::source_spec(&cfg.sources[i], std::env::var(TOKEN_ENV).ok(), &bad)
+}
+
+/// [`source_spec`] for destination `i` of `cfg`.
+pub(crate) fn destination_spec(cfg: &EngineConfig, i: usize) -> Result<spec::AgentSpec> {
+    let bad = |key, message| cfg.entry_error("destination", i, key, message);
+    spec::destination_spec(&cfg.destinations[i], std::env::var(TOKEN_ENV).ok(), &bad)
+}
+
+/// Checks every agent table of `cfg` as a start would (`splice-engine check`).
+pub(crate) fn check_all(cfg: &EngineConfig) -> Result<()> {
+    for i in 0..cfg.sources.len() {
+        source_spec(cfg, i)?;
+    }
+    for i in 0..cfg.destinations.len() {
+        destination_spec(cfg, i)?;
+    }
+    Ok(())
+}
+
+/// Starts source `i` of `cfg` on `shard`: binds its listeners here (so a port 0 is known at
 /// once), then the shard connects to the relay.
-pub(crate) fn start_source(cfg: &SourceConfig, shard: &ShardHandle) -> Result<AgentHandle> {
-    let spec = spec::source_spec(cfg, std::env::var(TOKEN_ENV).ok())?;
+pub(crate) fn start_source(
+    cfg: &EngineConfig,
+    i: usize,
+    shard: &ShardHandle,
+) -> Result<AgentHandle> {
+    let spec = source_spec(cfg, i)?;
     let mut fds = Vec::new();
     let mut addrs = Vec::new();
     for s in &spec.services {
@@ -67,13 +95,14 @@ pub(crate) fn start_source(cfg: &SourceConfig, shard: &ShardHandle) -> Result<Ag
     start(spec, shard, fds, addrs)
 }
 
-/// Starts a destination agent on `shard`.
+/// Starts destination `i` of `cfg` on `shard`.
 pub(crate) fn start_destination(
-    cfg: &DestinationConfig,
+    cfg: &EngineConfig,
+    i: usize,
     shard: &ShardHandle,
 ) -> Result<AgentHandle> {
-    let spec = spec::destination_spec(cfg, std::env::var(TOKEN_ENV).ok())?;
-    if let Some(thing) = &cfg.thing {
+    let spec = destination_spec(cfg, i)?;
+    if let Some(thing) = &cfg.destinations[i].thing {
         return start_standby(spec, thing.clone(), shard);
     }
     start(spec, shard, Vec::new(), Vec::new())

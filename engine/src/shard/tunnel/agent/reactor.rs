@@ -498,7 +498,8 @@ impl Reactor {
                 t.recv_buf = Some(buf);
                 if let Err(e) = r {
                     self.flush_tunnel(io); // its alert, if one goes
-                    return self.tunnel_failed(io, End::Dropped, &e.to_string());
+                    let why = crate::shard::tunnel::link::tls_failure(e, true);
+                    return self.tunnel_failed(io, End::Dropped, &why);
                 }
                 self.tunnel_events(io);
             }

@@ -6,8 +6,8 @@
 
 use std::time::{Duration, Instant};
 
-use super::{AgentHandle, spec, start_destination, start_source};
-use crate::config::{DestinationConfig, EngineConfig, SourceConfig, TOKEN_ENV};
+use super::{AgentHandle, destination_spec, source_spec, start_destination, start_source};
+use crate::config::{DestinationConfig, EngineConfig, SourceConfig};
 use crate::error::Result;
 use crate::shard::{Command, ShardHandle};
 
@@ -37,19 +37,30 @@ impl Table<'_> {
         }
     }
 
-    /// Loads it as a start would (token, files, addresses) without starting it.
-    fn check(&self) -> Result<()> {
-        let env = std::env::var(TOKEN_ENV).ok();
+    /// Its index among the tables of its kind in `cfg`, which holds it.
+    fn index(&self, cfg: &EngineConfig) -> usize {
         match self {
-            Table::Source(s) => spec::source_spec(s, env).map(drop),
-            Table::Destination(d) => spec::destination_spec(d, env).map(drop),
+            Table::Source(s) => cfg.sources.iter().position(|x| std::ptr::eq(x, *s)),
+            Table::Destination(d) => cfg.destinations.iter().position(|x| std::ptr::eq(x, *d)),
+        }
+        .expect("a table of cfg")
+    }
+
+    /// Loads it (a table of `cfg`) as a start would (token, files, addresses) without
+    /// starting it.
+    fn check(&self, cfg: &EngineConfig) -> Result<()> {
+        let i = self.index(cfg);
+        match self {
+            Table::Source(_) => source_spec(cfg, i).map(drop),
+            Table::Destination(_) => destination_spec(cfg, i).map(drop),
         }
     }
 
-    fn start(&self, shard: &ShardHandle) -> Result<AgentHandle> {
+    fn start(&self, cfg: &EngineConfig, shard: &ShardHandle) -> Result<AgentHandle> {
+        let i = self.index(cfg);
         match self {
-            Table::Source(s) => start_source(s, shard),
-            Table::Destination(d) => start_destination(d, shard),
+            Table::Source(_) => start_source(cfg, i, shard),
+            Table::Destination(_) => start_destination(cfg, i, shard),
         }
     }
 }
@@ -72,7 +83,7 @@ fn fresh<'a>(old: &EngineConfig, new: &'a EngineConfig) -> Vec<Table<'a>> {
 
 /// Checks the added and changed tables of `new` (compared with `old`).
 pub(crate) fn check(old: &EngineConfig, new: &EngineConfig) -> Result<()> {
-    fresh(old, new).iter().try_for_each(Table::check)
+    fresh(old, new).iter().try_for_each(|t| t.check(new))
 }
 
 /// Makes `agents` run the tables of `new` (compared with `old`, which they run now).
@@ -105,7 +116,7 @@ pub(crate) fn apply(
         let end = Instant::now() + STOP_WAIT;
         // A changed source may listen where its old self did, until its sockets are gone.
         let handle = loop {
-            match t.start(shard) {
+            match t.start(new, shard) {
                 Ok(h) => break h,
                 Err(crate::Error::Listen { .. }) if Instant::now() < end => {
                     std::thread::sleep(Duration::from_millis(50));

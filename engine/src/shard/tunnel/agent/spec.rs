@@ -16,7 +16,7 @@ use crate::config::{
     DestinationConfig, SecretText, SourceConfig, TOKEN_ENV, TunnelProtocol, split_host_port,
     split_service,
 };
-use crate::error::{Error, Result};
+use crate::error::{Bad, Error, Result};
 use crate::tls::material::{ClientTlsOptions, client_config};
 
 /// One service of an agent: its name (empty for the bare V1 form) and its address (where a
@@ -70,25 +70,29 @@ impl AgentSpec {
         self.services.iter().map(|s| s.name.as_str()).collect()
     }
 
-    /// The services to announce in the upgrade request: a destination paired by its
-    /// certificate (no token) names its services, with which the relay makes the tunnel.
+    /// The services to announce in the upgrade request: the named ones. A relay refuses a
+    /// name its tunnel lacks before the token is used (a typo must not cost a single-use
+    /// token), and makes the tunnel of a destination paired by its certificate (no token)
+    /// with them. The bare (V1) form announces nothing.
     pub fn announced(&self) -> Vec<&str> {
-        if self.token.is_none() && self.mode == Mode::Destination {
-            self.service_names()
-        } else {
+        let names = self.service_names();
+        if names.contains(&"") {
             Vec::new()
+        } else {
+            names
         }
     }
 }
 
 /// The fields both agent tables share.
 struct Common<'a> {
-    what: String,
+    bad: &'a Bad<'a>,
     /// `name`, or `<kind>-<relay>`.
     name: String,
     relay: &'a str,
     ca: Option<&'a Path>,
     ca_pem: Option<&'a str>,
+    pin: &'a [String],
     sni: Option<&'a str>,
     token: Option<&'a SecretText>,
     token_file: Option<&'a Path>,
@@ -106,15 +110,15 @@ struct Common<'a> {
 /// The [`Common`] view of an agent table: `SourceConfig` and `DestinationConfig` are declared
 /// by one macro (config/tunnel.rs) with the same shared fields, so one expression reads both.
 macro_rules! common {
-    ($cfg:expr, $kind:literal) => {{
+    ($cfg:expr, $bad:expr) => {{
         let cfg = $cfg;
-        let name = cfg.display_name();
         Common {
-            what: format!(concat!($kind, " {:?}"), name),
-            name,
+            bad: $bad,
+            name: cfg.display_name(),
             relay: &cfg.relay,
             ca: cfg.ca.as_deref(),
             ca_pem: cfg.ca_pem.as_deref(),
+            pin: &cfg.pin,
             sni: cfg.sni.as_deref(),
             token: cfg.token.as_ref(),
             token_file: cfg.token_file.as_deref(),
@@ -131,30 +135,37 @@ macro_rules! common {
     }};
 }
 
-/// Checks and loads a `[[source]]`. `env_token` is the value of [`TOKEN_ENV`], if set.
-pub(crate) fn source_spec(cfg: &SourceConfig, env_token: Option<String>) -> Result<AgentSpec> {
-    let common = common!(cfg, "source");
-    let services = services(&common.what, "listen", &cfg.listen, |addr| {
+/// Checks and loads a `[[source]]`. `env_token` is the value of [`TOKEN_ENV`], if set; `bad`
+/// makes the errors.
+pub(crate) fn source_spec(
+    cfg: &SourceConfig,
+    env_token: Option<String>,
+    bad: &Bad<'_>,
+) -> Result<AgentSpec> {
+    let common = common!(cfg, bad);
+    let services = services(bad, "listen", &cfg.listen, |addr| {
         addr.parse::<SocketAddr>().map_err(|e| e.to_string())
     })?;
     build(common, Mode::Source, services, Duration::ZERO, env_token)
 }
 
-/// Checks and loads a `[[destination]]`. `env_token` is the value of [`TOKEN_ENV`], if set.
+/// Checks and loads a `[[destination]]`. `env_token` is the value of [`TOKEN_ENV`], if set;
+/// `bad` makes the errors.
 pub(crate) fn destination_spec(
     cfg: &DestinationConfig,
     env_token: Option<String>,
+    bad: &Bad<'_>,
 ) -> Result<AgentSpec> {
-    let common = common!(cfg, "destination");
-    let services = services(&common.what, "connect", &cfg.connect, resolve)?;
+    let common = common!(cfg, bad);
+    let services = services(bad, "connect", &cfg.connect, resolve)?;
     let env_token = match &cfg.thing {
         None => env_token,
         Some(thing) => standby_token(&common, thing)?,
     };
     if cfg.connect_timeout.is_zero() {
-        return Err(Error::config(
-            &common.what,
-            "`connect_timeout` must be more than 0",
+        return Err(bad(
+            "connect_timeout",
+            "`connect_timeout` must be more than 0".into(),
         ));
     }
     build(
@@ -170,18 +181,20 @@ pub(crate) fn destination_spec(
 /// none (and not the environment's), and it needs its device certificate.
 fn standby_token(c: &Common<'_>, thing: &str) -> Result<Option<String>> {
     splice_proto::tunnel::relay::notify::check_thing_name(thing)
-        .map_err(|e| Error::config(&c.what, format!("`thing` {thing:?}: {e}")))?;
+        .map_err(|e| (c.bad)("thing", format!("`thing` {thing:?}: {e}")))?;
     if c.token.is_some() || c.token_file.is_some() || c.client_token.is_some() {
-        return Err(Error::config(
-            &c.what,
+        return Err((c.bad)(
+            "thing",
             "`thing` gets its tokens from the relay: drop `token`, `token_file` and \
-             `client_token`",
+             `client_token`"
+                .into(),
         ));
     }
     if c.identity_cert.is_none() || c.identity_key.is_none() {
-        return Err(Error::config(
-            &c.what,
-            "`thing` needs the device's client certificate: `identity_cert` and `identity_key`",
+        return Err((c.bad)(
+            "thing",
+            "`thing` needs the device's client certificate: `identity_cert` and `identity_key`"
+                .into(),
         ));
     }
     Ok(None)
@@ -197,14 +210,14 @@ fn resolve(addr: &str) -> std::result::Result<SocketAddr, String> {
 }
 
 fn services(
-    what: &str,
-    key: &str,
+    bad: &Bad<'_>,
+    key: &'static str,
     list: &[String],
     parse: impl Fn(&str) -> std::result::Result<SocketAddr, String>,
 ) -> Result<Vec<ServiceSpec>> {
     if list.is_empty() {
-        return Err(Error::config(
-            what,
+        return Err(bad(
+            key,
             format!("`{key}` needs at least one NAME=ADDR (or one bare ADDR)"),
         ));
     }
@@ -212,8 +225,8 @@ fn services(
     for item in list {
         let (name, addr) = split_service(item);
         if name.is_empty() && list.len() > 1 {
-            return Err(Error::config(
-                what,
+            return Err(bad(
+                key,
                 format!(
                     "`{key}` {item:?}: a bare address is the one service of a V1 tunnel; \
                      with several services, name each (NAME=ADDR)"
@@ -221,18 +234,13 @@ fn services(
             ));
         }
         if !name.is_empty() {
-            splice_proto::tunnel::check_service_id(name).map_err(|e| {
-                Error::config(what, format!("`{key}` {item:?}: bad service name: {e}"))
-            })?;
+            splice_proto::tunnel::check_service_id(name)
+                .map_err(|e| bad(key, format!("`{key}` {item:?}: bad service name: {e}")))?;
         }
         if out.iter().any(|s| s.name == name) {
-            return Err(Error::config(
-                what,
-                format!("`{key}`: service {name:?} given twice"),
-            ));
+            return Err(bad(key, format!("`{key}`: service {name:?} given twice")));
         }
-        let addr =
-            parse(addr).map_err(|why| Error::config(what, format!("`{key}` {item:?}: {why}")))?;
+        let addr = parse(addr).map_err(|why| bad(key, format!("`{key}` {item:?}: {why}")))?;
         out.push(ServiceSpec {
             name: name.to_string(),
             addr,
@@ -248,41 +256,28 @@ fn build(
     connect_timeout: Duration,
     env_token: Option<String>,
 ) -> Result<AgentSpec> {
-    let what = &c.what;
+    let bad = c.bad;
     if c.ping_after.is_zero() || c.idle_timeout <= c.ping_after {
-        return Err(Error::config(
-            what,
-            "`idle_timeout` must be longer than `ping_after`, and both more than 0",
+        return Err(bad(
+            "idle_timeout",
+            "`idle_timeout` must be longer than `ping_after`, and both more than 0".into(),
         ));
     }
-    let (host, port) = split_host_port(c.relay)
-        .map_err(|e| Error::config(what, format!("`relay` {:?}: {e}", c.relay)))?;
+    let relay_err = |e: &dyn std::fmt::Display| bad("relay", format!("`relay` {:?}: {e}", c.relay));
+    let (host, port) = split_host_port(c.relay).map_err(|e| relay_err(&e))?;
     let relay_addrs: Vec<SocketAddr> = (host.as_str(), port)
         .to_socket_addrs()
-        .map_err(|e| Error::config(what, format!("`relay` {:?}: {e}", c.relay)))?
+        .map_err(|e| relay_err(&e))?
         .collect();
     let relay = *relay_addrs
         .first()
-        .ok_or_else(|| Error::config(what, format!("`relay` {:?} resolves to nothing", c.relay)))?;
+        .ok_or_else(|| relay_err(&"resolves to nothing"))?;
     let sni = c.sni.map_or(host.clone(), str::to_string);
-    let server_name = ServerName::try_from(sni.clone())
-        .map_err(|e| Error::config(what, format!("`sni` {sni:?}: {e}")))?;
-    if c.ca.is_some() && c.ca_pem.is_some() {
-        return Err(Error::config(what, "`ca` and `ca_pem` exclude each other"));
-    }
-    // The identity's certificate goes in the TLS config: the link presents it when the
-    // relay asks (a relay without client CAs does not ask).
-    let tls = client_config(&ClientTlsOptions {
-        ca: c.ca.map(Path::to_path_buf),
-        ca_pem: c.ca_pem.map(str::to_string),
-        cert: c.identity_cert.map(Path::to_path_buf),
-        key: c.identity_key.map(Path::to_path_buf),
-        server_name: Some(sni),
-        ..ClientTlsOptions::default()
-    })?
-    .config;
+    let server_name =
+        ServerName::try_from(sni.clone()).map_err(|e| bad("sni", format!("`sni` {sni:?}: {e}")))?;
+    let tls = tls(&c, sni)?;
     let has_identity = c.identity_cert.is_some();
-    let token = match access_token(what, c.token, c.token_file, env_token) {
+    let token = match access_token(bad, c.token, c.token_file, env_token) {
         Ok(t) => Some(t),
         Err(_) if has_identity && c.token.is_none() && c.token_file.is_none() => None,
         Err(e) => return Err(e),
@@ -291,7 +286,7 @@ fn build(
         .client_token
         .map(|t| {
             ClientToken::new(t.0.clone())
-                .map_err(|e| Error::config(what, format!("`client_token`: {e}")))
+                .map_err(|e| bad("client_token", format!("`client_token`: {e}")))
         })
         .transpose()?;
     let version = match c.protocol {
@@ -300,9 +295,9 @@ fn build(
         TunnelProtocol::V3 => Version::V3,
     };
     if version == Version::V1 && services.len() > 1 {
-        return Err(Error::config(
-            what,
-            "protocol v1 carries one service: give one, or speak v2 or v3",
+        return Err(bad(
+            "protocol",
+            "protocol v1 carries one service: give one, or speak v2 or v3".into(),
         ));
     }
     Ok(AgentSpec {
@@ -326,29 +321,74 @@ fn build(
     })
 }
 
+/// The TLS config for the relay: verified with `ca`, `ca_pem`, `pin` or the system's roots,
+/// verified for `sni`, with the identity's certificate, which the link presents when the relay
+/// asks (a relay without client CAs does not ask). A failure names the key whose file or
+/// value is at fault.
+fn tls(c: &Common<'_>, sni: String) -> Result<Arc<rustls::ClientConfig>> {
+    let bad = c.bad;
+    if c.ca.is_some() && c.ca_pem.is_some() {
+        return Err(bad("ca_pem", "`ca` and `ca_pem` exclude each other".into()));
+    }
+    if !c.pin.is_empty() && (c.ca.is_some() || c.ca_pem.is_some()) {
+        return Err(bad(
+            "pin",
+            "`pin` and `ca` (or `ca_pem`) exclude each other: a pin trusts exactly that key, \
+             without a CA"
+                .into(),
+        ));
+    }
+    let built = client_config(&ClientTlsOptions {
+        ca: c.ca.map(Path::to_path_buf),
+        ca_pem: c.ca_pem.map(str::to_string),
+        pins: c.pin.to_vec(),
+        cert: c.identity_cert.map(Path::to_path_buf),
+        key: c.identity_key.map(Path::to_path_buf),
+        server_name: Some(sni),
+        ..ClientTlsOptions::default()
+    });
+    built.map(|b| b.config).map_err(|e| {
+        let key = match &e {
+            Error::Certificate { path, .. } if Some(path.as_path()) == c.identity_cert => {
+                "identity_cert"
+            }
+            Error::Certificate { path, .. } if Some(path.as_path()) == c.identity_key => {
+                "identity_key"
+            }
+            _ if !c.pin.is_empty() => "pin",
+            _ if c.ca_pem.is_some() => "ca_pem",
+            _ => "ca",
+        };
+        bad(key, format!("`{key}`: {e}"))
+    })
+}
+
 /// The access token: `token`, else the file, else the environment; one of them, never logged.
 fn access_token(
-    what: &str,
+    bad: &Bad<'_>,
     token: Option<&SecretText>,
     file: Option<&Path>,
     env: Option<String>,
 ) -> Result<AccessToken> {
     let text = match (token, file) {
         (Some(_), Some(_)) => {
-            return Err(Error::config(
-                what,
-                "`token` and `token_file` exclude each other: give one",
+            return Err(bad(
+                "token",
+                "`token` and `token_file` exclude each other: give one".into(),
             ));
         }
         (Some(t), None) => t.0.trim().to_string(),
         (None, Some(path)) => {
             let text = std::fs::read_to_string(path).map_err(|e| {
-                Error::config(what, format!("`token_file` {}: {e}", path.display()))
+                bad(
+                    "token_file",
+                    format!("`token_file` {}: {e}", path.display()),
+                )
             })?;
             let text = text.trim().to_string();
             if text.is_empty() {
-                return Err(Error::config(
-                    what,
+                return Err(bad(
+                    "token_file",
                     format!("`token_file` {}: the file is empty", path.display()),
                 ));
             }
@@ -357,8 +397,8 @@ fn access_token(
         (None, None) => match env {
             Some(t) if !t.trim().is_empty() => t.trim().to_string(),
             _ => {
-                return Err(Error::config(
-                    what,
+                return Err(bad(
+                    "token",
                     format!(
                         "no access token: set `token_file`, `token` or {TOKEN_ENV}, or pair by \
                          certificate with `identity_cert` and `identity_key`"
@@ -367,12 +407,21 @@ fn access_token(
             }
         },
     };
-    AccessToken::new(text).map_err(|e| Error::config(what, format!("access token: {e}")))
+    let key = if file.is_some() {
+        "token_file"
+    } else {
+        "token"
+    };
+    AccessToken::new(text).map_err(|e| bad(key, format!("access token: {e}")))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn bad(_: &'static str, message: String) -> Error {
+        Error::config("test", message)
+    }
 
     fn source(listen: &[&str]) -> SourceConfig {
         SourceConfig {
@@ -393,22 +442,24 @@ mod tests {
             idle_timeout: Duration::from_secs(90),
             identity_cert: None,
             identity_key: None,
+            pin: Vec::new(),
         }
     }
 
     fn err(cfg: &SourceConfig, env: Option<&str>) -> String {
-        source_spec(cfg, env.map(str::to_string))
+        source_spec(cfg, env.map(str::to_string), &bad)
             .expect_err("refused")
             .to_string()
     }
 
     #[test]
     fn services_named_or_one_bare() {
-        let spec = source_spec(&source(&["ssh=127.0.0.1:0", "web=127.0.0.1:0"]), None).unwrap();
+        let spec =
+            source_spec(&source(&["ssh=127.0.0.1:0", "web=127.0.0.1:0"]), None, &bad).unwrap();
         assert_eq!(spec.service_names(), ["ssh", "web"]);
         assert_eq!(spec.name, "source-127.0.0.1:4443");
         assert_eq!(spec.host, "127.0.0.1");
-        let bare = source_spec(&source(&["127.0.0.1:0"]), None).unwrap();
+        let bare = source_spec(&source(&["127.0.0.1:0"]), None, &bad).unwrap();
         assert_eq!(bare.service_names(), [""]);
         assert!(err(&source(&["127.0.0.1:0", "web=127.0.0.1:0"]), None).contains("name each"));
         assert!(err(&source(&["a=127.0.0.1:0", "a=127.0.0.1:1"]), None).contains("twice"));
@@ -430,14 +481,14 @@ mod tests {
         let mut cfg = source(&["127.0.0.1:0"]);
         cfg.token = None;
         assert!(err(&cfg, None).contains("AWSIOT_TUNNEL_ACCESS_TOKEN"));
-        let spec = source_spec(&cfg, Some("from-env\n".into())).unwrap();
+        let spec = source_spec(&cfg, Some("from-env\n".into()), &bad).unwrap();
         assert_eq!(spec.token.as_ref().unwrap().secret(), "from-env");
         assert!(!format!("{spec:?}").contains("from-env"));
 
         let file = dir.join("token");
         std::fs::write(&file, "from-file\n").unwrap();
         cfg.token_file = Some(file.clone());
-        let spec = source_spec(&cfg, Some("from-env".into())).unwrap();
+        let spec = source_spec(&cfg, Some("from-env".into()), &bad).unwrap();
         assert_eq!(spec.token.as_ref().unwrap().secret(), "from-file");
         std::fs::write(&file, "\n").unwrap();
         let e = err(&cfg, None);
@@ -461,10 +512,10 @@ mod tests {
         cfg.token = None;
         cfg.identity_cert = Some(pki.client.cert.clone());
         cfg.identity_key = Some(pki.client.key.clone());
-        let spec = source_spec(&cfg, None).expect("an identity needs no token");
+        let spec = source_spec(&cfg, None, &bad).expect("an identity needs no token");
         assert!(spec.token.is_none());
-        assert!(spec.announced().is_empty(), "a source announces nothing");
-        let spec = source_spec(&cfg, Some("from-env".into())).unwrap();
+        assert_eq!(spec.announced(), ["a"], "its named services");
+        let spec = source_spec(&cfg, Some("from-env".into()), &bad).unwrap();
         assert_eq!(spec.token.as_ref().unwrap().secret(), "from-env");
         cfg.identity_key = Some(pki.other_client.key.clone());
         let e = err(&cfg, None);
@@ -479,7 +530,7 @@ mod tests {
         let mut cfg = source(&["127.0.0.1:0"]);
         let pki = splice_test_pki::Pki::new();
         cfg.ca_pem = Some(std::fs::read_to_string(&pki.ca.path).unwrap());
-        source_spec(&cfg, None).expect("a CA given as PEM text loads");
+        source_spec(&cfg, None, &bad).expect("a CA given as PEM text loads");
         cfg.ca = Some("ca.pem".into());
         let e = err(&cfg, None);
         assert!(e.contains("`ca` and `ca_pem` exclude each other"), "{e}");
@@ -497,7 +548,7 @@ mod tests {
         assert!(e.contains("client token") && !e.contains("short"), "{e}");
         let good = "a".repeat(32) + "-B9";
         cfg.client_token = Some(SecretText(good.clone()));
-        let spec = source_spec(&cfg, None).unwrap();
+        let spec = source_spec(&cfg, None, &bad).unwrap();
         assert_eq!(spec.client_token.as_ref().unwrap().secret(), good);
         assert!(!format!("{spec:?}").contains(&good));
     }
@@ -524,8 +575,9 @@ mod tests {
             thing: None,
             identity_cert: None,
             identity_key: None,
+            pin: Vec::new(),
         };
-        let spec = destination_spec(&cfg, None).unwrap();
+        let spec = destination_spec(&cfg, None, &bad).unwrap();
         assert_eq!(spec.name, "dev");
         assert_eq!(spec.services[0].addr.port(), 22);
         assert!(spec.services[0].addr.ip().is_loopback());
@@ -542,7 +594,7 @@ mod tests {
             identity_key: Some(pki.client.key.clone()),
             ..cfg.clone()
         };
-        let spec = destination_spec(&standby, Some("from-env".into())).expect("no token");
+        let spec = destination_spec(&standby, Some("from-env".into()), &bad).expect("no token");
         assert!(spec.token.is_none(), "not the environment's token either");
         let e = destination_spec(
             &DestinationConfig {
@@ -550,6 +602,7 @@ mod tests {
                 ..standby.clone()
             },
             None,
+            &bad,
         )
         .expect_err("a thing without a certificate")
         .to_string();
@@ -563,6 +616,7 @@ mod tests {
                 ..standby.clone()
             },
             None,
+            &bad,
         )
         .expect_err("a token with a thing")
         .to_string();
@@ -573,6 +627,7 @@ mod tests {
                 ..standby
             },
             None,
+            &bad,
         )
         .expect_err("a bad thing name")
         .to_string();

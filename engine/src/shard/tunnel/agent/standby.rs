@@ -248,7 +248,7 @@ impl StandbyAgent {
                 },
                 LinkEvent::Refused(e) => {
                     let end_as = match e {
-                        ResponseError::Rejected { status } => End::Status(status),
+                        ResponseError::Rejected { status, .. } => End::Status(status),
                         _ => End::Dropped,
                     };
                     end = Some((
