@@ -3,6 +3,7 @@
 //! and a self-signed CA given as `--ca` refused at start); TLS failures in words with what to
 //! do; expired certificates warned about at load; the access line.
 
+use std::ffi::OsStr;
 use std::fs;
 use std::io::{Read, Write};
 use std::net::Shutdown;
@@ -574,4 +575,124 @@ access_log = false
     assert!(lines[0].contains("forwarder=loud"), "{log}");
     let _ = tls.read_to_end(&mut Vec::new());
     assert!(access_lines(&engine.log()).is_empty(), "{}", engine.log());
+}
+
+/// The README's relay for browsers: an `openssl req -x509` certificate (CA:TRUE). As `--ca` an
+/// agent refuses it at start with the pin to use; with `--pin` both agents connect and carry
+/// bytes; a relay that does not match the pin is refused on every attempt, saying so.
+#[test]
+fn a_self_signed_relay_is_pinned_by_the_agents() {
+    let pki = Pki::new();
+    let dir = pki.path();
+    self_signed(dir, "relay");
+    self_signed(dir, "stranger");
+    let pin = openssl_spki_pin(dir, "relay");
+    let (port, api) = (free_port(), free_port());
+    let _relay = EngineCmd::new("relay")
+        .opt("--listen", localhost(port).to_string())
+        .opt("--cert", dir.join("relay.pem"))
+        .opt("--key", dir.join("relay-key.pem"))
+        .opt("--api", localhost(api).to_string())
+        .opt("--state", ":memory:")
+        .common("auto")
+        .wait_port(port)
+        .wait_port(api)
+        .label("relay")
+        .start();
+    let body = r#"{"destinationConfig":{"services":["web"]}}"#;
+    let (status, t) = api_request(localhost(api), "POST", "/tunnels", body);
+    assert_eq!(status, 200, "{t}");
+    let (src_token, dst_token) = (dir.join("src.token"), dir.join("dst.token"));
+    write_file(
+        &src_token,
+        t["sourceAccessToken"].as_str().expect("token").as_bytes(),
+    );
+    write_file(
+        &dst_token,
+        t["destinationAccessToken"]
+            .as_str()
+            .expect("token")
+            .as_bytes(),
+    );
+    let relay = format!("localhost:{port}");
+    let agent = |kind: &str, trust: (&str, &OsStr), token: &Path, service: String| {
+        EngineCmd::new(kind)
+            .opt("--relay", &relay)
+            .opt(trust.0, trust.1)
+            .opt("--token-file", token)
+            .opt(
+                if kind == "source" {
+                    "--listen"
+                } else {
+                    "--connect"
+                },
+                service,
+            )
+            .common("auto")
+            .label(kind.to_string())
+    };
+
+    let ca = dir.join("relay.pem");
+    let (status, stderr) = agent(
+        "source",
+        ("--ca", ca.as_os_str()),
+        &src_token,
+        format!("web=127.0.0.1:{}", free_port()),
+    )
+    .run_to_exit();
+    assert!(!status.success());
+    let errors = error_lines(&stderr);
+    assert_eq!(errors.len(), 1, "{stderr}");
+    assert!(
+        errors[0].contains("CA:TRUE") && errors[0].contains(&format!("--pin {pin}")),
+        "{stderr}"
+    );
+
+    // The pin of another key: refused on each attempt, with the reason (the token unused).
+    let stranger = openssl_spki_pin(dir, "stranger");
+    let wrong = agent(
+        "source",
+        ("--pin", OsStr::new(&stranger)),
+        &src_token,
+        format!("web=127.0.0.1:{}", free_port()),
+    )
+    .start();
+    assert!(
+        wrong.wait_log(SOON, |l| l.contains("reconnecting")
+            && l.contains("certificate was refused")
+            && l.contains("pin")),
+        "{}",
+        wrong.log()
+    );
+    assert!(!wrong.log().contains("OtherError"), "{}", wrong.log());
+    drop(wrong);
+
+    let backend = echo_backend();
+    let _dst = agent(
+        "destination",
+        ("--pin", OsStr::new(&pin)),
+        &dst_token,
+        format!("web={}", backend.addr),
+    )
+    .start();
+    let sp = free_port();
+    let _src = agent(
+        "source",
+        ("--pin", OsStr::new(&pin)),
+        &src_token,
+        format!("web=127.0.0.1:{sp}"),
+    )
+    .wait_port(sp)
+    .start();
+    let id = t["tunnelId"].as_str().expect("tunnelId");
+    assert!(
+        wait_until(SOON, || {
+            let (_, d) = api_request(localhost(api), "GET", &format!("/tunnels/{id}"), "");
+            d["tunnel"]["sourceConnectionState"]["status"] == "CONNECTED"
+                && d["tunnel"]["destinationConnectionState"]["status"] == "CONNECTED"
+        }),
+        "both pinned agents connect"
+    );
+    let mut s = connect(localhost(sp));
+    echo_roundtrip(&mut s, b"through a pinned relay");
 }

@@ -590,26 +590,37 @@ fn token_flags_warn_that_command_lines_are_visible() {
     }
 }
 
+/// `check` loads the tunnel tables as `run` does: it refuses what `run` refuses, and each
+/// error names the file, the line, the table and the key.
 #[test]
 fn check_summarises_the_tunnel_tables_and_reads_their_files() {
     let pki = Pki::new();
     let dir = tempfile::tempdir().expect("tempdir");
     fs::write(dir.path().join("source.token"), "a-token\n").expect("write");
     let file = dir.path().join("tunnel.toml");
-    let write = |relay_key: &Path| {
+    // Lines: the relay's `key` 5, `state` 7; the source's `relay` 9, `extra` from 10.
+    let write = |relay_key: &Path, state: &str, extra: &str| {
         fs::write(
             &file,
             format!(
                 "[[relay]]\nname = \"edge\"\nlisten = \"127.0.0.1:8443\"\ncert = {:?}\n\
-                 key = {:?}\napi = \"127.0.0.1:8480\"\n\
-                 [[source]]\nrelay = \"relay.example:8443\"\nca = {:?}\n\
+                 key = {:?}\napi = \"127.0.0.1:8480\"\nstate = {state:?}\n\
+                 [[source]]\nrelay = \"localhost:8443\"\n{extra}\
                  token_file = \"source.token\"\nlisten = [\"SSH=127.0.0.1:2222\"]\n",
-                pki.server.cert, relay_key, pki.ca.path
+                pki.server.cert, relay_key
             ),
         )
         .expect("write");
     };
-    write(&pki.server.key);
+    let ca = format!("ca = {:?}\n", pki.ca.path);
+    let check = || {
+        fails(&[
+            OsStr::new("check"),
+            OsStr::new("--config"),
+            file.as_os_str(),
+        ])
+    };
+    write(&pki.server.key, ":memory:", &ca);
     let out = cli(&[
         OsStr::new("check"),
         OsStr::new("--config"),
@@ -622,27 +633,60 @@ fn check_summarises_the_tunnel_tables_and_reads_their_files() {
         "{stdout}"
     );
     assert!(
-        stdout.contains("SSH=127.0.0.1:2222 -> relay.example:8443"),
+        stdout.contains("SSH=127.0.0.1:2222 -> localhost:8443"),
         "{stdout}"
     );
 
-    // The token file is relative to the configuration file; a missing key file is named.
+    // The token file is relative to the configuration file; a missing key file is named,
+    // with the file, the line and the key.
     let missing = dir.path().join("missing-key.pem");
-    write(&missing);
-    let e = fails(&[
-        OsStr::new("check"),
-        OsStr::new("--config"),
-        file.as_os_str(),
-    ]);
-    assert!(e.contains("missing-key.pem"), "{e}");
-    write(&pki.server.key);
+    write(&missing, ":memory:", &ca);
+    let e = check();
+    assert!(
+        e.contains("missing-key.pem") && e.contains("tunnel.toml: line 5: relay \"edge\": `key`"),
+        "{e}"
+    );
     fs::write(dir.path().join("source.token"), "\n").expect("write");
-    let e = fails(&[
-        OsStr::new("check"),
-        OsStr::new("--config"),
-        file.as_os_str(),
-    ]);
-    assert!(e.contains("source.token") && e.contains("empty"), "{e}");
+    write(&pki.server.key, ":memory:", &ca);
+    let e = check();
+    assert!(
+        e.contains("source.token") && e.contains("empty") && e.contains("`token_file`"),
+        "{e}"
+    );
+    fs::write(dir.path().join("source.token"), "a-token\n").expect("write");
+
+    // What `run` refuses: a state file that is not a registry, a missing CA, `ca` and
+    // `ca_pem` both, PEM text without a certificate, a relay whose name does not resolve.
+    let not_db = dir.path().join("not-a-db.sqlite");
+    fs::write(&not_db, vec![b'x'; 4096]).expect("write");
+    write(&pki.server.key, not_db.to_str().expect("UTF-8"), &ca);
+    let e = check();
+    assert!(e.contains("line 7") && e.contains("`state`"), "{e}");
+    let cases = [
+        ("ca = \"no-such-ca.pem\"\n".to_string(), "line 10", "`ca`"),
+        (
+            format!("{ca}ca_pem = \"x\"\n"),
+            "line 11",
+            "`ca` and `ca_pem`",
+        ),
+        ("ca_pem = \"not PEM\"\n".to_string(), "line 10", "`ca_pem`"),
+    ];
+    for (extra, line, key) in cases {
+        write(&pki.server.key, ":memory:", &extra);
+        let e = check();
+        assert!(
+            e.contains("tunnel.toml") && e.contains(line) && e.contains(key),
+            "{extra}: {e}"
+        );
+    }
+    fs::write(
+        &file,
+        "[[source]]\nrelay = \"no-such-host.invalid:8443\"\ntoken_file = \"source.token\"\n\
+         listen = [\"SSH=127.0.0.1:2222\"]\n",
+    )
+    .expect("write");
+    let e = check();
+    assert!(e.contains("line 2") && e.contains("`relay`"), "{e}");
 }
 
 #[test]
@@ -820,4 +864,81 @@ fn a_tunnel_expires_and_both_agent_commands_give_up() {
         );
         relay.stop();
     }
+}
+
+/// A source whose service name is not the tunnel's (a typo) is refused before its single-use
+/// token is used, with the relay's reason in its error; the same token then works with the
+/// right name. `tunnel rotate` refuses a token file for the side it does not rotate.
+#[test]
+fn a_service_name_the_tunnel_lacks_costs_no_token() {
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let relay = Relay::start_on(&pki, dir.path(), ":memory:", "auto", port);
+    let src_file = dir.path().join("src.token");
+    let t = tunnel_json(
+        &relay,
+        &[
+            "open",
+            "--service",
+            "web",
+            "--source-token-file",
+            src_file.to_str().expect("UTF-8"),
+        ],
+    );
+    let id = t["tunnelId"].as_str().expect("tunnelId").to_string();
+    let source = |service: &str| {
+        EngineCmd::new("source")
+            .opt("--relay", format!("localhost:{port}"))
+            .opt("--ca", &pki.ca.path)
+            .opt("--token-file", &src_file)
+            .opt("--listen", format!("{service}=127.0.0.1:{}", free_port()))
+            .common("auto")
+            .label(format!("source of {service}"))
+    };
+    let (status, stderr) = source("ssh").run_to_exit();
+    assert!(!status.success(), "{stderr}");
+    let errors = error_lines(&stderr);
+    assert_eq!(errors.len(), 1, "{stderr}");
+    assert!(
+        errors[0].contains("answered 400")
+            && errors[0].contains(r#"no service ["ssh"] (its services: ["web"])"#),
+        "the relay's reason: {stderr}"
+    );
+    assert!(!errors[0].contains("gave up: source gave up"), "{stderr}");
+    let shown = tunnel_json(&relay, &["describe", &id]);
+    assert_eq!(
+        shown["tunnel"]["sourceConnectionState"]["status"], "DISCONNECTED",
+        "{shown}"
+    );
+
+    let _src = source("web").start();
+    assert!(
+        wait_until(SOON, || {
+            let t = tunnel_json(&relay, &["describe", &id]);
+            t["tunnel"]["sourceConnectionState"]["status"] == "CONNECTED"
+        }),
+        "the token still works with the tunnel's service name"
+    );
+
+    let d2 = dir.path().join("d2.token");
+    let out = relay.tunnel(
+        &[
+            "rotate",
+            &id,
+            "--side",
+            "source",
+            "--destination-token-file",
+            d2.to_str().expect("UTF-8"),
+        ],
+        false,
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    let e = text(&out.stderr);
+    assert!(
+        e.contains("--destination-token-file") && e.contains("--side both"),
+        "{e}"
+    );
+    assert!(!d2.exists(), "nothing written");
+    relay.stop();
 }
