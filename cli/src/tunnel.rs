@@ -155,6 +155,12 @@ pub(crate) struct CloseArgs {
 
 /// `--lifetime`: a duration in whole seconds.
 fn parse_lifetime(s: &str) -> Result<Duration, String> {
+    // humantime would suggest `90ms`, which is refused below: name the units that work.
+    if !s.is_empty() && s.trim().chars().all(|c| c.is_ascii_digit()) {
+        return Err(format!(
+            "{s:?} needs a unit: {s}m (minutes, AWS's maxLifetimeTimeoutMinutes), {s}s or {s}h"
+        ));
+    }
     let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
     if d.is_zero() || d.subsec_nanos() != 0 {
         return Err(format!(

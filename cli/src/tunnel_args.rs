@@ -31,7 +31,8 @@ pub(crate) struct RelayArgs {
     #[arg(long, value_name = "FILE", value_hint = ValueHint::FilePath)]
     pub(crate) api_token_file: Option<PathBuf>,
     /// The tunnel registry's SQLite file; ":memory:" for a throwaway relay [default:
-    /// $XDG_STATE_HOME/splice-engine/relay-NAME.sqlite, or ~/.local/state/...].
+    /// $XDG_STATE_HOME/splice-engine/relay-NAME.sqlite, or ~/.local/state/..., NAME being
+    /// --name, else --listen with `:` as `_`].
     #[arg(long, value_name = "PATH", value_hint = ValueHint::FilePath)]
     pub(crate) state: Option<String>,
     /// Name in logs and metrics [default: relay-LISTEN].
@@ -116,10 +117,18 @@ pub(crate) struct AgentArgs {
     /// access token to it, and reconnects reuse both [default: none, the access token is
     /// single-use]. A value given on the command line is visible to every user of the machine
     /// (ps, /proc/PID/cmdline): prefer --token-file or the AWSIOT_TUNNEL_ACCESS_TOKEN
-    /// environment variable for the access token, and keep this one in a configuration file
-    /// (`run --config`) where that matters.
-    #[arg(long, value_name = "TOKEN", allow_hyphen_values = true)]
+    /// environment variable for the access token, and --client-token-file for this one.
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        allow_hyphen_values = true,
+        conflicts_with = "client_token_file"
+    )]
     pub(crate) client_token: Option<String>,
+    /// A file holding the client token (as --client-token, which it replaces; not visible
+    /// to other users) [default: none].
+    #[arg(long, value_name = "FILE", value_hint = ValueHint::FilePath)]
+    pub(crate) client_token_file: Option<PathBuf>,
     /// The newest tunnel protocol version to speak; the agent falls back to the peer's
     /// [default: v3].
     #[arg(long, value_name = "VERSION", value_parser = ["v3", "v2", "v1"])]
@@ -174,7 +183,7 @@ pub(crate) struct DestinationArgs {
     #[arg(
         long,
         value_name = "NAME",
-        conflicts_with_all = ["token", "token_file", "client_token"],
+        conflicts_with_all = ["token", "token_file", "client_token", "client_token_file"],
         requires = "identity_cert"
     )]
     pub(crate) thing: Option<String>,
@@ -257,6 +266,7 @@ macro_rules! set_agent {
         $c.token = a.token.map(splice_engine::SecretText);
         $c.token_file = a.token_file;
         $c.client_token = a.client_token.map(splice_engine::SecretText);
+        $c.client_token_file = a.client_token_file;
         $c.identity_cert = a.identity_cert;
         $c.identity_key = a.identity_key;
         $c.protocol = protocol;

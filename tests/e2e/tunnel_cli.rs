@@ -532,6 +532,7 @@ fn bad_tunnel_flags_and_tables_are_named() {
             "x:1",
         ][..],
         &["tunnel", "open", "--lifetime", "1500ms"],
+        &["tunnel", "open", "--lifetime", "90"],
         &["tunnel", "rotate", "some-id"],
         &["tunnel", "rotate", "some-id", "--side", "left"],
         &[
@@ -554,6 +555,9 @@ fn bad_tunnel_flags_and_tables_are_named() {
             text(&out.stderr)
         );
     }
+    let out = cli(&["tunnel", "open", "--lifetime", "90"]);
+    let e = text(&out.stderr);
+    assert!(e.contains("90m") && !e.contains("90ms"), "{e}");
     let e = fails(&["tunnel", "list", "--api", "https://127.0.0.1:1"]);
     assert!(e.contains("https is not supported"), "{e}");
 

@@ -113,11 +113,19 @@ pub(crate) fn run(cfg: EngineConfig, bytes: u64, connections: usize) -> Result<S
     }
     let _ = writeln!(
         out,
-        "  by hand (tokens go through files, never the command line):"
+        "  by hand (tokens go through files, never the command line), in an empty directory:"
     );
     let _ = writeln!(
         out,
-        "    splice-engine relay --listen {relay_addr} --cert relay.pem --key relay-key.pem --api {api_addr} --state :memory:"
+        "    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 -subj /CN=localhost -addext subjectAltName=DNS:localhost -addext basicConstraints=critical,CA:FALSE -keyout relay-key.pem -out relay.pem"
+    );
+    let _ = writeln!(
+        out,
+        "    socat TCP-LISTEN:{echo},bind=127.0.0.1,fork,reuseaddr EXEC:cat &   # the echo service"
+    );
+    let _ = writeln!(
+        out,
+        "    splice-engine relay --listen {relay_addr} --cert relay.pem --key relay-key.pem --api {api_addr} --state :memory: &"
     );
     let _ = writeln!(
         out,
@@ -125,11 +133,11 @@ pub(crate) fn run(cfg: EngineConfig, bytes: u64, connections: usize) -> Result<S
     );
     let _ = writeln!(
         out,
-        "    splice-engine destination --relay {relay_host} --ca ca.pem --token-file dest.token --connect {SERVICE}=127.0.0.1:{echo}"
+        "    splice-engine destination --relay {relay_host} --ca relay.pem --token-file dest.token --connect {SERVICE}=127.0.0.1:{echo} &"
     );
     let _ = writeln!(
         out,
-        "    splice-engine source --relay {relay_host} --ca ca.pem --token-file source.token --listen {SERVICE}={source_addr}"
+        "    splice-engine source --relay {relay_host} --ca relay.pem --token-file source.token --listen {SERVICE}={source_addr} &"
     );
     // The agents first: closing the tunnel under them would make them log that they gave up.
     source.shutdown(Duration::ZERO);

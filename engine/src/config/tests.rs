@@ -705,6 +705,10 @@ fn the_examples_tunnel_tables_parse_once_uncommented() {
         (1, 1, 1)
     );
     assert_eq!(cfg.sources[0].listen.len(), 2);
+    // The keys a new user missed in it once.
+    let s = &cfg.sources[0];
+    assert!(s.sni.is_some() && s.client_token_file.is_some(), "{s:?}");
+    assert!(EXAMPLE.contains("#half_close = ") && EXAMPLE.contains("`pin = [\"sha256:"));
     assert_eq!(cfg.relays[0].cors_origins, ["https://console.example:8443"]);
 }
 

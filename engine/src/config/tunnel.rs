@@ -198,6 +198,12 @@ macro_rules! agent_builders {
             self
         }
 
+        /// A file holding the client token (instead of [`Self::client_token`]).
+        pub fn client_token_file(mut self, path: impl Into<PathBuf>) -> Self {
+            self.client_token_file = Some(path.into());
+            self
+        }
+
         /// The client certificate (PEM chain) and its key presented to the relay: the
         /// agent's identity, by which a relay with `client_ca` pairs it without a token.
         pub fn identity(mut self, cert: impl Into<PathBuf>, key: impl Into<PathBuf>) -> Self {
@@ -253,6 +259,9 @@ macro_rules! agent_table {
             /// the same access token.
             #[serde(default)]
             pub client_token: Option<SecretText>,
+            /// A file holding the client token (instead of `client_token`).
+            #[serde(default)]
+            pub client_token_file: Option<PathBuf>,
             /// Simultaneous local connections per service (the AWS local proxy's 128); one
             /// more is refused (a source resets it, a destination resets its
             /// `CONNECTION_START`).
@@ -302,6 +311,7 @@ macro_rules! agent_table {
                     token: None,
                     token_file: None,
                     client_token: None,
+                    client_token_file: None,
                     connections_per_service: default_connections_per_service(),
                     protocol: TunnelProtocol::default(),
                     keep_trying: false,
@@ -326,6 +336,7 @@ macro_rules! agent_table {
             pub(crate) fn resolve_paths(&mut self, base: &Path) {
                 resolve(&mut self.ca, base);
                 resolve(&mut self.token_file, base);
+                resolve(&mut self.client_token_file, base);
                 resolve(&mut self.identity_cert, base);
                 resolve(&mut self.identity_key, base);
             }
@@ -340,6 +351,7 @@ macro_rules! agent_table {
                     token: self.token.as_ref(),
                     token_file: self.token_file.as_deref(),
                     client_token: self.client_token.as_ref(),
+                    client_token_file: self.client_token_file.as_deref(),
                     identity: (self.identity_cert.as_deref(), self.identity_key.as_deref()),
                     services_key,
                     services,
@@ -743,6 +755,7 @@ struct Agent<'a> {
     token: Option<&'a SecretText>,
     token_file: Option<&'a Path>,
     client_token: Option<&'a SecretText>,
+    client_token_file: Option<&'a Path>,
     /// `identity_cert` and `identity_key`.
     identity: (Option<&'a Path>, Option<&'a Path>),
     /// `listen` or `connect`.
@@ -829,6 +842,21 @@ impl Agent<'_> {
         }
         if self.token_file.is_some_and(|p| p.as_os_str().is_empty()) {
             return Some(("token_file", format!("{what}: `token_file` is empty")));
+        }
+        if self.client_token.is_some() && self.client_token_file.is_some() {
+            return Some((
+                "client_token_file",
+                format!("{what}: `client_token` and `client_token_file` exclude each other"),
+            ));
+        }
+        if self
+            .client_token_file
+            .is_some_and(|p| p.as_os_str().is_empty())
+        {
+            return Some((
+                "client_token_file",
+                format!("{what}: `client_token_file` is empty"),
+            ));
         }
         if self.client_token.is_some_and(|t| !valid_client_token(&t.0)) {
             // The value is a secret: say what is wrong, never what it is.

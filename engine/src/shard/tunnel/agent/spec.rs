@@ -97,6 +97,7 @@ struct Common<'a> {
     token: Option<&'a SecretText>,
     token_file: Option<&'a Path>,
     client_token: Option<&'a SecretText>,
+    client_token_file: Option<&'a Path>,
     identity_cert: Option<&'a Path>,
     identity_key: Option<&'a Path>,
     protocol: TunnelProtocol,
@@ -123,6 +124,7 @@ macro_rules! common {
             token: cfg.token.as_ref(),
             token_file: cfg.token_file.as_deref(),
             client_token: cfg.client_token.as_ref(),
+            client_token_file: cfg.client_token_file.as_deref(),
             identity_cert: cfg.identity_cert.as_deref(),
             identity_key: cfg.identity_key.as_deref(),
             protocol: cfg.protocol,
@@ -182,11 +184,15 @@ pub(crate) fn destination_spec(
 fn standby_token(c: &Common<'_>, thing: &str) -> Result<Option<String>> {
     splice_proto::tunnel::relay::notify::check_thing_name(thing)
         .map_err(|e| (c.bad)("thing", format!("`thing` {thing:?}: {e}")))?;
-    if c.token.is_some() || c.token_file.is_some() || c.client_token.is_some() {
+    if c.token.is_some()
+        || c.token_file.is_some()
+        || c.client_token.is_some()
+        || c.client_token_file.is_some()
+    {
         return Err((c.bad)(
             "thing",
             "`thing` gets its tokens from the relay: drop `token`, `token_file` and \
-             `client_token`"
+             `client_token` (or `client_token_file`)"
                 .into(),
         ));
     }
@@ -282,13 +288,7 @@ fn build(
         Err(_) if has_identity && c.token.is_none() && c.token_file.is_none() => None,
         Err(e) => return Err(e),
     };
-    let client_token = c
-        .client_token
-        .map(|t| {
-            ClientToken::new(t.0.clone())
-                .map_err(|e| bad("client_token", format!("`client_token`: {e}")))
-        })
-        .transpose()?;
+    let client_token = client_token(&c)?;
     let version = match c.protocol {
         TunnelProtocol::V1 => Version::V1,
         TunnelProtocol::V2 => Version::V2,
@@ -363,6 +363,33 @@ fn tls(c: &Common<'_>, sni: String) -> Result<Arc<rustls::ClientConfig>> {
     })
 }
 
+/// The client token: `client_token`, or the one in `client_token_file`; never logged.
+fn client_token(c: &Common<'_>) -> Result<Option<ClientToken>> {
+    let (key, text) = match (c.client_token, c.client_token_file) {
+        (Some(_), Some(_)) => {
+            return Err((c.bad)(
+                "client_token_file",
+                "`client_token` and `client_token_file` exclude each other".into(),
+            ));
+        }
+        (Some(t), None) => ("client_token", t.0.clone()),
+        (None, Some(path)) => {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                (c.bad)(
+                    "client_token_file",
+                    format!("`client_token_file` {}: {e}", path.display()),
+                )
+            })?;
+            ("client_token_file", text.trim().to_string())
+        }
+        (None, None) => return Ok(None),
+    };
+    // The value is a secret: say what is wrong, never what it is.
+    ClientToken::new(text)
+        .map(Some)
+        .map_err(|e| (c.bad)(key, format!("`{key}`: {e}")))
+}
+
 /// The access token: `token`, else the file, else the environment; one of them, never logged.
 fn access_token(
     bad: &Bad<'_>,
@@ -433,6 +460,7 @@ mod tests {
             token: Some(SecretText("tok".into())),
             token_file: None,
             client_token: None,
+            client_token_file: None,
             listen: listen.iter().map(|s| s.to_string()).collect(),
             protocol: TunnelProtocol::V3,
             keep_trying: false,
@@ -551,6 +579,30 @@ mod tests {
         let spec = source_spec(&cfg, None, &bad).unwrap();
         assert_eq!(spec.client_token.as_ref().unwrap().secret(), good);
         assert!(!format!("{spec:?}").contains(&good));
+
+        // From a file (trimmed); not with `client_token`; a bad one is named, not shown.
+        let dir = crate::relay::sqlite::tests::tempdir();
+        let file = dir.join("client.token");
+        std::fs::write(&file, format!("{good}\n")).unwrap();
+        cfg.client_token_file = Some(file.clone());
+        let e = err(&cfg, None);
+        assert!(e.contains("exclude each other"), "{e}");
+        cfg.client_token = None;
+        let spec = source_spec(&cfg, None, &bad).unwrap();
+        assert_eq!(spec.client_token.as_ref().unwrap().secret(), good);
+        std::fs::write(&file, "not-a-client-token\n").unwrap();
+        let e = err(&cfg, None);
+        assert!(
+            e.contains("`client_token_file`") && !e.contains("not-a-client-token"),
+            "{e}"
+        );
+        cfg.client_token_file = Some(dir.join("missing"));
+        let e = err(&cfg, None);
+        assert!(
+            e.contains("`client_token_file`") && e.contains("missing"),
+            "{e}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
@@ -564,6 +616,7 @@ mod tests {
             token: Some(SecretText("tok".into())),
             token_file: None,
             client_token: None,
+            client_token_file: None,
             connect: vec!["ssh=localhost:22".into()],
             protocol: TunnelProtocol::V2,
             keep_trying: true,
