@@ -11,6 +11,7 @@ import datetime
 import hashlib
 import os
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -130,9 +131,12 @@ def test_tunnel_through_our_relay(relay: Tuple[str, str], pki: Pki, echo: Echo) 
     assert t.source_token and t.destination_token
     assert t.source_token not in repr(t) and t.destination_token not in repr(t)
     assert [s["tunnelId"] for s in splice_engine.list_tunnels(api, thing="pump-7")] == [t.id]
+    # The destination trusts the relay's certificate by its pin (hex of the whole
+    # certificate's SHA-256) instead of a CA.
+    der = ssl.PEM_cert_to_DER_cert(pki.cert.read_text())
     with splice_engine.Destination(
         relay_addr,
-        ca=pki.ca,
+        pin=[f"sha256:{hashlib.sha256(der).hexdigest()}"],
         sni="localhost",
         token=t.destination_token,
         services={"echo": f"127.0.0.1:{echo.port}"},
@@ -199,7 +203,8 @@ def test_tunnel_errors(relay: Tuple[str, str], pki: Pki) -> None:
             relay_addr, ca=pki.ca, ca_pem=pki.ca.read_text(), token="t",
             services={"x": "127.0.0.1:0"},
         )
-    with pytest.raises(splice_engine.TlsError, match="ca_pem"):
+    # PEM text without a certificate: the key's value is wrong, found as the settings are read.
+    with pytest.raises(splice_engine.ConfigError, match="`ca_pem`: no PEM certificate"):
         splice_engine.Source(
             relay_addr, ca_pem="not PEM", token="t", services={"x": "127.0.0.1:0"}
         )

@@ -1250,6 +1250,19 @@ fn sighup_applies_added_changed_and_removed_relay_tables() {
             "({driver}) the bad table is named:\n{}",
             r1.proc.log()
         );
+        // Refused before anything changed: no line says it was reloaded (there were two good
+        // reloads before), and the error names the key and its line.
+        let log = r1.proc.log();
+        assert_eq!(
+            log.matches("configuration reloaded").count(),
+            2,
+            "({driver}) a refused reload is not reported as done:\n{log}"
+        );
+        assert!(
+            log.lines()
+                .any(|l| l.contains("reload failed") && l.contains("relay \"r3\": `cert`")),
+            "({driver}) {log}"
+        );
         assert_eq!(api(localhost(a2), "POST", "/tunnels", body).0, 200);
         let mut proc = r1.proc;
         proc.signal(libc::SIGTERM);

@@ -455,6 +455,7 @@ class _Agent:
         client_token: Optional[str] = None,
         driver: Optional[str] = None,
         ca_pem: Optional[str] = None,
+        pin: Optional[Sequence[str]] = None,
     ) -> None:
         agent: Dict[str, Any] = {
             "name": _AGENT,
@@ -468,6 +469,8 @@ class _Agent:
             agent["ca_pem"] = ca_pem
         if sni is not None:
             agent["sni"] = sni
+        if pin is not None:
+            agent["pin"] = list(pin)
         if client_token is not None:
             agent["client_token"] = client_token
         settings: Dict[str, Any] = {"threads": 1, self._kind: [agent]}
@@ -543,7 +546,9 @@ class Source(_Agent):
     """A source agent in-process: for each ``services`` entry ``NAME: "IP:PORT"`` it listens
     on the address (port 0 picks one: see :meth:`address`) and carries the connections it
     accepts through the relay at ``relay`` (``HOST:PORT``, TLS verified against ``ca``, a PEM
-    file, or ``ca_pem``, PEM text, else the system's roots, for the name ``sni``) to the tunnel's destination, with the source access ``token``
+    file, or ``ca_pem``, PEM text, else the system's roots, for the name ``sni``; or ``pin``,
+    ``["sha256:..."]`` hashes of the keys or certificates to trust instead of a CA, as a
+    self-signed relay needs) to the tunnel's destination, with the source access ``token``
     (``client_token`` when the token is bound to one). A V1 tunnel's one service has the
     name ``""``.
 
@@ -566,7 +571,7 @@ class Source(_Agent):
 
 class Destination(_Agent):
     """A destination agent in-process: it connects out to the relay at ``relay``
-    (``HOST:PORT``, TLS verified against ``ca`` or ``ca_pem`` for the name ``sni``) with the
+    (``HOST:PORT``, TLS verified against ``ca``, ``ca_pem`` or ``pin`` for the name ``sni``) with the
     destination access ``token``, and connects each stream of service ``NAME`` to ``services[NAME]``
     (``"HOST:PORT"``). Otherwise as :class:`Source`."""
 
