@@ -616,20 +616,9 @@ fn a_self_signed_relay_is_pinned_by_the_agents() {
     );
     let relay = format!("localhost:{port}");
     let agent = |kind: &str, trust: (&str, &OsStr), token: &Path, service: String| {
-        EngineCmd::new(kind)
-            .opt("--relay", &relay)
+        EngineCmd::agent(kind, &relay, token, &service)
             .opt(trust.0, trust.1)
-            .opt("--token-file", token)
-            .opt(
-                if kind == "source" {
-                    "--listen"
-                } else {
-                    "--connect"
-                },
-                service,
-            )
             .common("auto")
-            .label(kind.to_string())
     };
 
     let ca = dir.join("relay.pem");

@@ -811,18 +811,8 @@ fn a_tunnel_expires_and_both_agent_commands_give_up() {
             "{shown}"
         );
         let agent = |kind: &str, service: String, file: &Path| {
-            EngineCmd::new(kind)
-                .opt("--relay", format!("localhost:{relay_port}"))
+            EngineCmd::agent(kind, &format!("localhost:{relay_port}"), file, &service)
                 .opt("--ca", &pki.ca.path)
-                .opt("--token-file", file)
-                .opt(
-                    if kind == "source" {
-                        "--listen"
-                    } else {
-                        "--connect"
-                    },
-                    service,
-                )
                 .common(driver)
                 .label(format!("{kind} command ({driver})"))
                 .start()
@@ -892,11 +882,9 @@ fn a_service_name_the_tunnel_lacks_costs_no_token() {
     );
     let id = t["tunnelId"].as_str().expect("tunnelId").to_string();
     let source = |service: &str| {
-        EngineCmd::new("source")
-            .opt("--relay", format!("localhost:{port}"))
+        let listen = format!("{service}=127.0.0.1:{}", free_port());
+        EngineCmd::agent("source", &format!("localhost:{port}"), &src_file, &listen)
             .opt("--ca", &pki.ca.path)
-            .opt("--token-file", &src_file)
-            .opt("--listen", format!("{service}=127.0.0.1:{}", free_port()))
             .common("auto")
             .label(format!("source of {service}"))
     };

@@ -90,6 +90,22 @@ pub(crate) struct SqliteStore {
     db: Connection,
 }
 
+/// The file's schema version: `None` when it has no schema yet (a new file), else the version
+/// its `schema_version` table holds (`None` inside when the table is empty).
+fn schema_version(db: &Connection) -> rusqlite::Result<Option<Option<i64>>> {
+    let has_schema = db.query_row(
+        "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'",
+        [],
+        |r| r.get::<_, i64>(0),
+    )? > 0;
+    if !has_schema {
+        return Ok(None);
+    }
+    db.query_row("SELECT version FROM schema_version", [], |r| r.get(0))
+        .optional()
+        .map(Some)
+}
+
 impl SqliteStore {
     /// Opens (creating it, and its directory, if missing) the store at `path`; `:memory:`
     /// is a store that lives as long as this value. A file with another schema version, or
@@ -123,19 +139,7 @@ impl SqliteStore {
             .map_err(err)?;
         db.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(err)?;
-        let has_schema: bool = db
-            .query_row(
-                "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'",
-                [],
-                |r| r.get::<_, i64>(0),
-            )
-            .map_err(err)?
-            > 0;
-        if has_schema {
-            let version: Option<i64> = db
-                .query_row("SELECT version FROM schema_version", [], |r| r.get(0))
-                .optional()
-                .map_err(err)?;
+        if let Some(version) = schema_version(&db).map_err(err)? {
             if version == Some(1) {
                 db.execute_batch(&format!("BEGIN; {MIGRATE_1_TO_2} COMMIT;"))
                     .map_err(err)?;
@@ -169,21 +173,9 @@ impl SqliteStore {
         let err = |e: rusqlite::Error| StoreError(format!("{name}: {e}"));
         let db = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
             .map_err(err)?;
-        let has_schema: bool = db
-            .query_row(
-                "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'",
-                [],
-                |r| r.get::<_, i64>(0),
-            )
-            .map_err(err)?
-            > 0;
-        if !has_schema {
+        let Some(version) = schema_version(&db).map_err(err)? else {
             return Ok(());
-        }
-        let version: Option<i64> = db
-            .query_row("SELECT version FROM schema_version", [], |r| r.get(0))
-            .optional()
-            .map_err(err)?;
+        };
         match version {
             Some(1..=SCHEMA_VERSION) => Ok(()),
             _ => Err(StoreError(format!(

@@ -44,6 +44,22 @@ impl EngineCmd {
             .wait_port(listen)
     }
 
+    /// A `source` (`--listen SERVICE`) or `destination` (`--connect SERVICE`) command for the
+    /// relay at `relay` (`HOST:PORT`) with its access token in `token`, labelled `kind`; the
+    /// caller says how it trusts the relay and adds the common flags.
+    pub fn agent(kind: &str, relay: &str, token: &Path, service: &str) -> EngineCmd {
+        let services = if kind == "source" {
+            "--listen"
+        } else {
+            "--connect"
+        };
+        EngineCmd::new(kind)
+            .opt("--relay", relay)
+            .opt("--token-file", token)
+            .opt(services, service)
+            .label(kind)
+    }
+
     /// `--threads 2 --log-level info --driver DRIVER`.
     pub fn common(self, driver: &str) -> EngineCmd {
         self.opt("--threads", "2")
