@@ -508,6 +508,8 @@ impl Engine {
             });
         }
         crate::relay::service::check_files(&cfg)?;
+        // Each agent loaded as its start loads it (files read, names resolved).
+        crate::shard::tunnel::agent::check_all(&cfg)?;
         Ok((cfg, out))
     }
 

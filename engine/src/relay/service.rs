@@ -298,14 +298,10 @@ fn relay_files(cfg: &RelayConfig, bad: &Bad<'_>) -> Result<Option<Secret>> {
     Ok(api_token)
 }
 
-/// `check`'s look at the tunnel tables: each relay's files as its start reads them, each
-/// agent loaded as its start loads it (files read, names resolved, nothing kept). Errors name
-/// the file, the line, the table and the key.
+/// `check`'s look at the relay tables: each relay's files as its start reads them (nothing
+/// kept). Errors name the file, the line, the relay and the key.
 pub(crate) fn check_files(cfg: &crate::config::EngineConfig) -> Result<()> {
-    for i in 0..cfg.relays.len() {
-        check_relay(cfg, i)?;
-    }
-    crate::shard::tunnel::agent::check_all(cfg)
+    (0..cfg.relays.len()).try_for_each(|i| check_relay(cfg, i))
 }
 
 /// Relay `i` of `cfg`'s files, read as its start reads them; an error names the file, the

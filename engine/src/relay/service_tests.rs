@@ -402,8 +402,8 @@ fn an_open_for_a_thing_fires_a_notice_with_the_destination_token() {
     assert!(!format!("{events:?}").contains(&notice.client_access_token));
 }
 
-/// `check` reads the relay's client CAs and CRLs and the agents' identities: a bad file is an
-/// error that names it.
+/// `check` reads the relay's client CAs and CRLs (and `Engine::check_file` the agents'
+/// identities): a bad file is an error that names it and its key.
 #[test]
 fn check_reads_client_cas_crls_and_identities() {
     use crate::config::{EngineConfig, SourceConfig};
@@ -421,10 +421,11 @@ fn check_reads_client_cas_crls_and_identities() {
             .identity(&pki.client.cert, &pki.client.key),
     );
     check_files(&ok).expect("good files");
+    crate::shard::tunnel::agent::check_all(&ok).expect("a good identity");
     let bad_crl = EngineConfig::new().relay(relay.client_crl(&pki.client.cert));
     let e = check_files(&bad_crl).unwrap_err().to_string();
     assert!(
-        e.contains("client.crt") && e.contains("revocation list"),
+        e.contains("client.crt") && e.contains("revocation list") && e.contains("`client_crls`"),
         "{e}"
     );
     let bad_key = EngineConfig::new().source(
@@ -432,9 +433,13 @@ fn check_reads_client_cas_crls_and_identities() {
             .service("a", "127.0.0.1:0")
             .identity(&pki.client.cert, &pki.other_client.key),
     );
-    let e = check_files(&bad_key).unwrap_err().to_string();
+    let e = crate::shard::tunnel::agent::check_all(&bad_key)
+        .unwrap_err()
+        .to_string();
     assert!(
-        e.contains("other-client.key") && e.contains("does not match"),
+        e.contains("other-client.key")
+            && e.contains("does not match")
+            && e.contains("`identity_key`"),
         "{e}"
     );
 }
