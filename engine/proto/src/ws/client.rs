@@ -108,8 +108,8 @@ pub enum ResponseError {
     Rejected {
         /// The status.
         status: u16,
-        /// Why, as the response's body says it (its first line, at most
-        /// [`MAX_REASON`] characters, control characters dropped); empty when it has none.
+        /// Why, as the response's body says it (its first line, at most 400 characters,
+        /// control characters dropped); empty when it has none.
         reason: String,
     },
     /// A 101 without `Upgrade: websocket` and `Connection: upgrade`.
@@ -141,7 +141,7 @@ impl ResponseError {
 }
 
 /// The most characters of a refusal's reason that [`ResponseError::Rejected`] keeps.
-pub const MAX_REASON: usize = 400;
+const MAX_REASON: usize = 400;
 
 /// Checks the relay's response at the front of `buf` against the request sent with `key` and
 /// offering `offered`. Call it after each read until it is `Complete` or an error.
