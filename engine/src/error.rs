@@ -198,6 +198,22 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// the key: the caller adds where the table is (the file, the line, the table and its name).
 pub(crate) type Bad<'a> = dyn Fn(&'static str, String) -> Error + 'a;
 
+/// `e`, met loading the file at `key` of a table, placed by `bad`: a certificate error keeps
+/// its kind (the bindings report it as one) and its words, with where the file is set in
+/// parentheses; any other error becomes `bad`'s, naming the key.
+pub(crate) fn placed(bad: &Bad<'_>, key: &'static str, e: Error) -> Error {
+    match e {
+        Error::Certificate { path, what } => {
+            let place = bad(key, format!("`{key}`"));
+            Error::Certificate {
+                path,
+                what: format!("{what} ({place})"),
+            }
+        }
+        other => bad(key, format!("`{key}`: {other}")),
+    }
+}
+
 fn tunnel_api_text(method: &str, url: &str, status: &Option<u16>, message: &str) -> String {
     match status {
         Some(s) => format!("the tunnel API refused {method} {url} ({s}): {message}"),

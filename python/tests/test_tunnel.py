@@ -203,8 +203,8 @@ def test_tunnel_errors(relay: Tuple[str, str], pki: Pki) -> None:
             relay_addr, ca=pki.ca, ca_pem=pki.ca.read_text(), token="t",
             services={"x": "127.0.0.1:0"},
         )
-    # PEM text without a certificate: the key's value is wrong, found as the settings are read.
-    with pytest.raises(splice_engine.ConfigError, match="`ca_pem`: no PEM certificate"):
+    # PEM text without a certificate: a certificate error, which says where it was set.
+    with pytest.raises(splice_engine.TlsError, match="no PEM certificate found.*`ca_pem`"):
         splice_engine.Source(
             relay_addr, ca_pem="not PEM", token="t", services={"x": "127.0.0.1:0"}
         )

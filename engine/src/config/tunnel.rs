@@ -808,11 +808,7 @@ impl Agent<'_> {
                 return Some(("pin", format!("{what}: `pin`: {e}")));
             }
         }
-        if let Some(pem) = ca_pem
-            && let Err(e) = crate::tls::material::check_ca_pem(pem)
-        {
-            return Some(("ca_pem", format!("{what}: `ca_pem`: {e}")));
-        }
+
         if self.token.is_some() && self.token_file.is_some() {
             return Some((
                 "token",

@@ -18,7 +18,7 @@ use super::store::{MemoryStore, TunnelStore};
 use super::tunnel::Timestamp;
 use super::writer::WriteBehind;
 use crate::config::RelayConfig;
-use crate::error::{Bad, Error, Result};
+use crate::error::{Bad, Error, Result, placed};
 
 /// How often the expiry timer closes tunnels whose lifetime ended (and forgets those closed
 /// longer than `keep_closed`).
@@ -264,7 +264,7 @@ pub(crate) fn read_token_file(path: &Path) -> Result<Secret> {
 /// device CAs and the revocation lists. `bad` names the key at fault.
 fn relay_files(cfg: &RelayConfig, bad: &Bad<'_>) -> Result<Option<Secret>> {
     use crate::tls::material::{ServerTlsOptions, server_config};
-    let keyed = |key: &'static str, e: Error| bad(key, format!("`{key}`: {e}"));
+    let keyed = |key: &'static str, e: Error| placed(bad, key, e);
     // As a TLS server would: the chain, the key, and that they belong together.
     server_config(&ServerTlsOptions {
         cert: cfg.cert.clone(),

@@ -86,31 +86,6 @@ pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>> {
     load_signing_key(path, &provider).map(|(key, _)| key)
 }
 
-/// Whether PEM text given as `ca_pem` holds a certificate usable as a trust anchor, for the
-/// configuration's checks (no warning about dates: the start gives those).
-pub(crate) fn check_ca_pem(pem: &str) -> std::result::Result<(), String> {
-    let path = Path::new(CA_PEM);
-    let what = |e: Error| match e {
-        Error::Certificate { what, .. } => what,
-        other => other.to_string(),
-    };
-    let certs: Vec<_> = parse_pem(path, pem.as_bytes())
-        .map_err(what)?
-        .into_iter()
-        .filter_map(|item| match item {
-            Item::X509Certificate(cert) => Some(cert),
-            _ => None,
-        })
-        .collect();
-    if certs.is_empty() {
-        return Err(format!(
-            "no PEM certificate found{}",
-            not_pem_hint(pem.as_bytes())
-        ));
-    }
-    roots_from(path, certs).map(drop).map_err(what)
-}
-
 /// Loads the certificates in `path` as trust anchors.
 ///
 /// Certificates that cannot serve as trust anchors are skipped; it is an error if none can.

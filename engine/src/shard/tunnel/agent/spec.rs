@@ -16,7 +16,7 @@ use crate::config::{
     DestinationConfig, SecretText, SourceConfig, TOKEN_ENV, TunnelProtocol, split_host_port,
     split_service,
 };
-use crate::error::{Bad, Error, Result};
+use crate::error::{Bad, Error, Result, placed};
 use crate::tls::material::{ClientTlsOptions, client_config};
 
 /// One service of an agent: its name (empty for the bare V1 form) and its address (where a
@@ -359,7 +359,7 @@ fn tls(c: &Common<'_>, sni: String) -> Result<Arc<rustls::ClientConfig>> {
             _ if c.ca_pem.is_some() => "ca_pem",
             _ => "ca",
         };
-        bad(key, format!("`{key}`: {e}"))
+        placed(bad, key, e)
     })
 }
 
