@@ -43,26 +43,32 @@ pub fn explain(e: &Error, mode: Mode) -> String {
         Mode::Client => "the upstream",
         Mode::Server => "the client",
     };
+    explain_peer(e, mode, peer)
+}
+
+/// [`explain`] naming the TLS peer `peer` (`"the relay"` for a tunnel agent).
+pub(crate) fn explain_peer(e: &Error, mode: Mode, peer: &str) -> String {
     match e {
         Error::InvalidCertificate(c) => {
             format!("{peer}'s certificate was refused: {}", certificate(c, mode))
         }
         Error::InvalidMessage(InvalidMessage::InvalidContentType)
         | Error::InvalidMessage(InvalidMessage::UnknownProtocolVersion) => match mode {
-            Mode::Client => "the upstream did not answer with TLS (is it a plain TCP port, or \
-                             does it expect a protocol-specific STARTTLS first?)"
-                .to_string(),
-            Mode::Server => "the client did not speak TLS (a plain TCP or HTTP client on the TLS \
-                             port?)"
-                .to_string(),
+            Mode::Client => format!(
+                "{peer} did not answer with TLS (is it a plain TCP port, or does it expect a \
+                 protocol-specific STARTTLS first?)"
+            ),
+            Mode::Server => {
+                format!("{peer} did not speak TLS (a plain TCP or HTTP client on the TLS port?)")
+            }
         },
         Error::InvalidMessage(m) => format!("{peer} sent a malformed TLS message ({m:?})"),
         Error::AlertReceived(a) => format!("{peer} refused the connection: {}", alert(*a)),
         Error::NoCertificatesPresented => match mode {
             Mode::Server => {
-                "the client presented no certificate, and `client_ca` requires one".to_string()
+                format!("{peer} presented no certificate, and `client_ca` requires one")
             }
-            Mode::Client => "the upstream presented no certificate".to_string(),
+            Mode::Client => format!("{peer} presented no certificate"),
         },
         Error::PeerIncompatible(p) => format!("{peer} has no TLS setting in common: {}", {
             match p {

@@ -11,6 +11,7 @@ use std::time::Duration;
 use super::api::ApiServer;
 use super::counters::PerTunnel;
 pub(crate) use super::events::{EventHook, Events, RelayEvent};
+use super::identity::Identities;
 use super::registry::{Limits, Registry};
 use super::secret::Secret;
 use super::sqlite::{SqliteStore, default_state_path};
@@ -31,6 +32,8 @@ pub(crate) struct RelayService {
     registry: Arc<Registry>,
     events: Arc<Events>,
     api: ApiServer,
+    /// What its files hold, loaded once, for its data plane (`start_relay`).
+    files: RelayFiles,
     /// Dropped to stop the expiry thread (its `recv_timeout` then returns at once).
     stop_expiry: Option<mpsc::Sender<()>>,
     expiry: Option<std::thread::JoinHandle<()>>,
@@ -45,7 +48,7 @@ impl RelayService {
         let name = relay_name(cfg);
         // Its files first: nothing starts (and nothing is logged as started) for a relay
         // whose certificate cannot be read.
-        let api_token = relay_files(cfg, bad)?;
+        let mut files = relay_files(cfg, bad)?;
         let bad = |key: &'static str, message: String| bad(key, format!("`{key}`: {message}"));
         let api_addr: SocketAddr = cfg
             .api
@@ -96,7 +99,7 @@ impl RelayService {
         let api = ApiServer::start_with_console(
             api_addr,
             registry.clone(),
-            api_token,
+            files.api_token.take(),
             events.clone(),
             agent_port,
         )?;
@@ -116,9 +119,16 @@ impl RelayService {
             registry,
             events,
             api,
+            files,
             stop_expiry: Some(stop_expiry),
             expiry: Some(expiry),
         })
+    }
+
+    /// The TLS config its agents' port serves (asking for a client certificate when it has
+    /// client or device CAs) and those CAs, as its start loaded them.
+    pub(crate) fn tls(&self) -> (Arc<rustls::ServerConfig>, Option<Arc<Identities>>) {
+        (self.files.tls.clone(), self.files.identities.clone())
     }
 
     /// The relay's name (for logs and metrics).
@@ -259,29 +269,25 @@ pub(crate) fn read_token_file(path: &Path) -> Result<Secret> {
     Ok(Secret::new(token))
 }
 
-/// Reads the files relay `cfg` names, as its start does: the certificate chain and key (and
-/// that they belong together), the API token file (its token is returned), the client and
-/// device CAs and the revocation lists. `bad` names the key at fault.
-fn relay_files(cfg: &RelayConfig, bad: &Bad<'_>) -> Result<Option<Secret>> {
-    use crate::tls::material::{ServerTlsOptions, server_config};
+/// What the files a relay names hold.
+#[derive(Debug)]
+struct RelayFiles {
+    /// For the agents' port: the certificate chain and key, asking for an optional client
+    /// certificate when there are client or device CAs.
+    tls: Arc<rustls::ServerConfig>,
+    /// The client and device CAs, with their revocation lists.
+    identities: Option<Arc<Identities>>,
+    /// The API's bearer token (taken by the API at start).
+    api_token: Option<Secret>,
+}
+
+/// Reads the files relay `cfg` names: the client and device CAs and the revocation lists,
+/// the certificate chain and key (and that they belong together), the API token file. `bad`
+/// names the key at fault.
+fn relay_files(cfg: &RelayConfig, bad: &Bad<'_>) -> Result<RelayFiles> {
+    use crate::tls::material::{ServerTlsOptions, server_config_with};
     let keyed = |key: &'static str, e: Error| placed(bad, key, e);
-    // As a TLS server would: the chain, the key, and that they belong together.
-    server_config(&ServerTlsOptions {
-        cert: cfg.cert.clone(),
-        key: cfg.key.clone(),
-        ..ServerTlsOptions::default()
-    })
-    .map_err(|e| match &e {
-        Error::Certificate { path, .. } if *path == cfg.key => keyed("key", e),
-        _ => keyed("cert", e),
-    })?;
-    let api_token = cfg
-        .api_token_file
-        .as_deref()
-        .map(read_token_file)
-        .transpose()
-        .map_err(|e| keyed("api_token_file", e))?;
-    crate::relay::identity::Identities::load(
+    let identities = Identities::load(
         cfg.client_ca.as_deref(),
         cfg.device_ca.as_deref(),
         &cfg.client_crls,
@@ -294,8 +300,33 @@ fn relay_files(cfg: &RelayConfig, bad: &Bad<'_>) -> Result<Option<Secret>> {
             keyed("device_ca", e)
         }
         _ => keyed("client_crls", e),
-    })?;
-    Ok(api_token)
+    })?
+    .map(Arc::new);
+    // With a client or device CA the relay asks for an optional client certificate.
+    let tls = server_config_with(
+        &ServerTlsOptions {
+            cert: cfg.cert.clone(),
+            key: cfg.key.clone(),
+            ..ServerTlsOptions::default()
+        },
+        identities.as_ref().map(|i| i.verifier()),
+    )
+    .map_err(|e| match &e {
+        Error::Certificate { path, .. } if *path == cfg.key => keyed("key", e),
+        _ => keyed("cert", e),
+    })?
+    .config;
+    let api_token = cfg
+        .api_token_file
+        .as_deref()
+        .map(read_token_file)
+        .transpose()
+        .map_err(|e| keyed("api_token_file", e))?;
+    Ok(RelayFiles {
+        tls,
+        identities,
+        api_token,
+    })
 }
 
 /// `check`'s look at the relay tables: each relay's files as its start reads them (nothing

@@ -371,9 +371,11 @@ pub(crate) fn tls_failure(e: splice_proto::tunnel::link::TlsError, client: bool)
     use crate::kinds::Mode;
     match &e.rustls {
         Some(r) => {
-            let mode = if client { Mode::Client } else { Mode::Server };
-            // The forwarders' words: an agent's TLS peer is the relay, not "the upstream".
-            let text = crate::explain::explain(r, mode).replace("the upstream", "the relay");
+            // The forwarders' words, naming the peer: an agent's is the relay.
+            let text = match client {
+                true => crate::explain::explain_peer(r, Mode::Client, "the relay"),
+                false => crate::explain::explain(r, Mode::Server),
+            };
             format!("TLS: {text}")
         }
         None => e.to_string(),

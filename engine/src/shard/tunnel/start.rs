@@ -30,25 +30,8 @@ pub(crate) fn start_relay(
     stats_list: &super::metrics::StatsList,
 ) -> Result<RunningRelay> {
     let name = service.name().to_string();
-    let identities = crate::relay::identity::Identities::load(
-        cfg.client_ca.as_deref(),
-        cfg.device_ca.as_deref(),
-        &cfg.client_crls,
-    )?
-    .map(Arc::new);
-    // With a client or device CA the relay asks for an optional client certificate.
-    let tls = crate::tls::material::server_config_with(
-        &crate::tls::material::ServerTlsOptions {
-            cert: cfg.cert.clone(),
-            key: cfg.key.clone(),
-            client_ca: None,
-            alpn: Vec::new(),
-            versions: Vec::new(),
-            disable_resumption: false,
-        },
-        identities.as_ref().map(|i| i.verifier()),
-    )?
-    .config;
+    // Loaded (and their errors named) as the control side started.
+    let (tls, identities) = service.tls();
     let listen: SocketAddr = cfg.listen.parse().map_err(|e| Error::Address {
         addr: cfg.listen.clone(),
         why: format!("{e}"),

@@ -330,14 +330,6 @@ fn tls(c: &Common<'_>, sni: String) -> Result<Arc<rustls::ClientConfig>> {
     if c.ca.is_some() && c.ca_pem.is_some() {
         return Err(bad("ca_pem", "`ca` and `ca_pem` exclude each other".into()));
     }
-    if !c.pin.is_empty() && (c.ca.is_some() || c.ca_pem.is_some()) {
-        return Err(bad(
-            "pin",
-            "`pin` and `ca` (or `ca_pem`) exclude each other: a pin trusts exactly that key, \
-             without a CA"
-                .into(),
-        ));
-    }
     let built = client_config(&ClientTlsOptions {
         ca: c.ca.map(Path::to_path_buf),
         ca_pem: c.ca_pem.map(str::to_string),
