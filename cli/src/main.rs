@@ -76,7 +76,11 @@ fn main() -> ExitCode {
 
 fn check(path: &std::path::Path) -> anyhow::Result<()> {
     let origin = path.display().to_string();
-    let (cfg, forwarders) = Engine::check_file(path)?;
+    let splice_engine::Checked {
+        config: cfg,
+        forwarders,
+        warnings,
+    } = Engine::check_file(path)?;
     let n = forwarders.len();
     println!(
         "{origin}: ok, {n} forwarder{}",
@@ -117,6 +121,9 @@ fn check(path: &std::path::Path) -> anyhow::Result<()> {
     }
     if let Some(m) = &cfg.metrics {
         println!("  metrics at http://{m}/metrics");
+    }
+    for w in &warnings {
+        eprintln!("warning: {w}");
     }
     Ok(())
 }

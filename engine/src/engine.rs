@@ -465,7 +465,7 @@ impl Engine {
     /// or starting a thread: it is parsed, every address parsed (duplicates included) and
     /// resolved, and every certificate and key loaded. Each error names the file, the line
     /// and the key. This is `splice-engine check`.
-    pub fn check_file(path: &Path) -> Result<(EngineConfig, Vec<CheckedForwarder>)> {
+    pub fn check_file(path: &Path) -> Result<Checked> {
         let cfg = EngineConfig::from_file(path)?;
         // An engine with no shard, kTLS or metrics: only its `build` is used.
         let engine = Engine {
@@ -509,8 +509,12 @@ impl Engine {
         }
         crate::relay::service::check_files(&cfg)?;
         // Each agent loaded as its start loads it (files read, names resolved).
-        crate::shard::tunnel::agent::check_all(&cfg)?;
-        Ok((cfg, out))
+        let warnings = crate::shard::tunnel::agent::check_all(&cfg)?;
+        Ok(Checked {
+            config: cfg,
+            forwarders: out,
+            warnings,
+        })
     }
 
     /// [`Engine::build`] for `cfg`'s forwarder `i`. When `cfg` was read from a file, a failure
@@ -1029,6 +1033,18 @@ impl Drop for Engine {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// What [`Engine::check_file`] found.
+#[derive(Debug, Clone)]
+pub struct Checked {
+    /// The configuration, as `run` would start it.
+    pub config: EngineConfig,
+    /// Each forwarder, in the file's order.
+    pub forwarders: Vec<CheckedForwarder>,
+    /// What a start does not refuse but the operator should know (a relay's name that does
+    /// not resolve now), each naming the file, the line and the key.
+    pub warnings: Vec<String>,
 }
 
 /// What [`Engine::check_file`] found for one forwarder.

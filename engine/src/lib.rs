@@ -101,7 +101,7 @@ pub use config::{
     LogFormat, Mode, ProxyVersion, RelayConfig, SecretText, SourceConfig, TOKEN_ENV,
     TunnelProtocol, split_service,
 };
-pub use engine::{CheckedForwarder, Engine, Listening};
+pub use engine::{Checked, CheckedForwarder, Engine, Listening};
 pub use error::{Error, Result, Side, SyscallError};
 pub use probe::{KernelProbe, probe};
 pub use relay::client::{RotateSide, TunnelApi, TunnelTokens};

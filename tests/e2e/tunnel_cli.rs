@@ -660,7 +660,7 @@ fn check_summarises_the_tunnel_tables_and_reads_their_files() {
     fs::write(dir.path().join("source.token"), "a-token\n").expect("write");
 
     // What `run` refuses: a state file that is not a registry, a missing CA, `ca` and
-    // `ca_pem` both, PEM text without a certificate, a relay whose name does not resolve.
+    // `ca_pem` both, PEM text without a certificate.
     let not_db = dir.path().join("not-a-db.sqlite");
     fs::write(&not_db, vec![b'x'; 4096]).expect("write");
     write(&pki.server.key, not_db.to_str().expect("UTF-8"), &ca);
@@ -689,8 +689,22 @@ fn check_summarises_the_tunnel_tables_and_reads_their_files() {
          listen = [\"SSH=127.0.0.1:2222\"]\n",
     )
     .expect("write");
-    let e = check();
-    assert!(e.contains("line 2") && e.contains("`relay`"), "{e}");
+    // A relay whose name does not resolve now is no error (`run` starts the agent, which keeps
+    // trying: a device is often up before its DNS), but a warning with the line and the key.
+    let out = cli(&[
+        OsStr::new("check"),
+        OsStr::new("--config"),
+        file.as_os_str(),
+    ]);
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("warning: ")
+            && stderr.contains("tunnel.toml: line 2")
+            && stderr.contains("`relay`")
+            && stderr.contains("does not resolve now"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -858,6 +872,41 @@ fn a_tunnel_expires_and_both_agent_commands_give_up() {
         );
         relay.stop();
     }
+}
+
+/// An agent whose relay's name does not resolve (a device up before its DNS) starts, says so,
+/// and keeps trying with its backoff, each attempt saying why; it does not exit.
+#[test]
+fn an_agent_whose_relay_name_does_not_resolve_keeps_trying() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = dir.path().join("src.token");
+    fs::write(&token, "a-token\n").expect("write");
+    let listen = format!("web=127.0.0.1:{}", free_port());
+    let mut src = EngineCmd::agent("source", "no-such-host.invalid:8443", &token, &listen)
+        .common("auto")
+        .start();
+    assert!(
+        src.wait_log(SOON, |l| l.contains("WARN")
+            && l.contains(
+                "the relay's name does not resolve yet; the agent keeps trying"
+            )),
+        "{}",
+        src.log()
+    );
+    let retries = |log: &str| {
+        log.lines()
+            .filter(|l| {
+                l.contains("reconnecting") && l.contains("the relay's name does not resolve: ")
+            })
+            .count()
+    };
+    assert!(
+        wait_until(SOON, || retries(&src.log()) >= 3),
+        "{}",
+        src.log()
+    );
+    assert!(src.running(), "the agent is still up:\n{}", src.log());
+    assert!(!src.log().contains("a-token"), "{}", src.log());
 }
 
 /// A source whose service name is not the tunnel's (a typo) is refused before its single-use

@@ -52,7 +52,7 @@ fn check_lists_a_connector() {
         pki.ca.path.display().to_string()
     );
     std::fs::write(&path, text).expect("write the file");
-    let (_, checked) = Engine::check_file(&path).expect("check");
+    let checked = Engine::check_file(&path).expect("check").forwarders;
     assert_eq!(checked[0].listen, Listening::ConnectOnly);
     assert!(checked[0].listen.to_string().contains("no listener"));
 }

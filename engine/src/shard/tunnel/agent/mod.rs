@@ -62,15 +62,26 @@ pub(crate) fn destination_spec(cfg: &EngineConfig, i: usize) -> Result<spec::Age
     spec::destination_spec(&cfg.destinations[i], std::env::var(TOKEN_ENV).ok(), &bad)
 }
 
-/// Checks every agent table of `cfg` as a start would (`splice-engine check`).
-pub(crate) fn check_all(cfg: &EngineConfig) -> Result<()> {
+/// Checks every agent table of `cfg` as a start would (`splice-engine check`). Returns a
+/// warning for each relay name that does not resolve now, which a start does not refuse.
+pub(crate) fn check_all(cfg: &EngineConfig) -> Result<Vec<String>> {
+    let mut warnings = Vec::new();
+    let mut warn = |table, i, spec: spec::AgentSpec| {
+        if let Some(why) = spec.unresolved {
+            let message = format!(
+                "`relay` {:?} does not resolve now ({why}): the agent starts and keeps trying",
+                spec.relay
+            );
+            warnings.push(cfg.entry_error(table, i, "relay", message).to_string());
+        }
+    };
     for i in 0..cfg.sources.len() {
-        source_spec(cfg, i)?;
+        warn("source", i, source_spec(cfg, i)?);
     }
     for i in 0..cfg.destinations.len() {
-        destination_spec(cfg, i)?;
+        warn("destination", i, destination_spec(cfg, i)?);
     }
-    Ok(())
+    Ok(warnings)
 }
 
 /// Starts source `i` of `cfg` on `shard`: binds its listeners here (so a port 0 is known at
@@ -117,6 +128,7 @@ fn start_standby(spec: spec::AgentSpec, thing: String, shard: &ShardHandle) -> R
         &spec.service_names(),
     ));
     tracing::info!(agent = %spec.name, relay = %spec.relay, thing = %thing, "standby agent started");
+    warn_unresolved(&spec);
     shard.send(Command::Tunnel(crate::shard::tunnel::Cmd::StartStandby(
         Box::new(standby::StandbyStart {
             spec: Arc::new(spec),
@@ -128,6 +140,14 @@ fn start_standby(spec: spec::AgentSpec, thing: String, shard: &ShardHandle) -> R
         shared,
         addrs: Vec::new(),
     })
+}
+
+/// An agent starts although its relay's name does not resolve (a device is often up before
+/// its network or DNS): it says so, and its attempts fail, and are retried, until it does.
+fn warn_unresolved(spec: &spec::AgentSpec) {
+    if let Some(why) = &spec.unresolved {
+        tracing::warn!(agent = %spec.name, relay = %spec.relay, error = %why, "the relay's name does not resolve yet; the agent keeps trying");
+    }
 }
 
 fn start(
@@ -144,6 +164,7 @@ fn start(
         &spec.service_names(),
     ));
     tracing::info!(agent = %spec.name, relay = %spec.relay, mode = spec.mode.as_str(), "agent started");
+    warn_unresolved(&spec);
     shard.send(Command::Tunnel(crate::shard::tunnel::Cmd::StartAgent(
         Box::new(AgentStart {
             spec,

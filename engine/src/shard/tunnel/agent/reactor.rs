@@ -265,7 +265,8 @@ impl Reactor {
         let seed = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(1, |d| d.as_nanos() as u64);
-        let relay_name = RelayName::new(&spec.host, spec.relay.port(), spec.relay_addrs.clone());
+        let relay_name = RelayName::new(&spec.host, spec.port, spec.relay_addrs.clone())
+            .unresolved(spec.unresolved.clone());
         Reactor {
             spec,
             shared,
@@ -313,8 +314,8 @@ impl Reactor {
             .attempt
             .get_or_insert_with(|| self.relay_name.attempt());
         let Some(relay) = attempt.next_addr() else {
-            let why = "no address of the relay's name is left to try";
-            return self.tunnel_failed(io, End::Dropped, why);
+            let why = self.relay_name.no_address();
+            return self.tunnel_failed(io, End::Dropped, &why);
         };
         let spec = &self.spec;
         let link = match client_link(

@@ -7,6 +7,10 @@
 //! (`getaddrinfo`, which may wait seconds for a DNS server) runs on a short-lived thread of
 //! its own while the agent waits out its reconnect delay; an attempt uses the latest answer
 //! (the one from start-up until a new one came). An IP address is never looked up.
+//!
+//! A name that does not resolve at start (a device is often up before its network or its DNS)
+//! stops nothing: each attempt fails at once, saying why, and the agent retries on its
+//! reconnect policy, looking the name up again each time, until an answer comes.
 
 use std::io;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
@@ -28,6 +32,8 @@ pub(crate) struct RelayName {
 struct Shared {
     /// The latest non-empty answer.
     addrs: Mutex<Vec<SocketAddr>>,
+    /// Why the latest lookup found nothing, if it did.
+    failure: Mutex<Option<String>>,
     /// A lookup is running.
     busy: AtomicBool,
     /// Lookups finished (with an answer or not).
@@ -77,6 +83,20 @@ impl RelayName {
         }
     }
 
+    /// Why the name had no address at start (it did not resolve), if it had none.
+    pub(crate) fn unresolved(self, why: Option<String>) -> Self {
+        *lock(&self.shared.failure) = why;
+        self
+    }
+
+    /// Why an attempt has no address to try: the name has not resolved since start.
+    pub(crate) fn no_address(&self) -> String {
+        match lock(&self.shared.failure).as_deref() {
+            Some(why) => format!("the relay's name does not resolve: {why}"),
+            None => "the relay's name resolves to no address".to_string(),
+        }
+    }
+
     /// Looks the name up again, in the background (nothing if a lookup is running or the host
     /// is an IP address). A failed lookup or an empty answer keeps the addresses known.
     pub(crate) fn refresh(&self) {
@@ -92,13 +112,21 @@ impl RelayName {
         let spawned = std::thread::Builder::new()
             .name("relay-lookup".into())
             .spawn(move || {
-                match lookup(&host, port) {
+                let failure = match lookup(&host, port) {
                     Ok(found) if !found.is_empty() => {
-                        *shared.addrs.lock().unwrap_or_else(|p| p.into_inner()) = found;
+                        *lock(&shared.addrs) = found;
+                        None
                     }
-                    Ok(_) => tracing::warn!(relay = %host, "the relay's name resolves to nothing now; trying the addresses known"),
-                    Err(e) => tracing::warn!(relay = %host, error = %e, "cannot resolve the relay's name; trying the addresses known"),
+                    Ok(_) => Some("it resolves to no address".to_string()),
+                    Err(e) => Some(e.to_string()),
+                };
+                // With no address known, the next attempt fails and says why (this `failure`).
+                if let Some(why) = &failure
+                    && !lock(&shared.addrs).is_empty()
+                {
+                    tracing::warn!(relay = %host, error = %why, "cannot resolve the relay's name; trying the addresses known");
                 }
+                *lock(&shared.failure) = failure;
                 shared.busy.store(false, SeqCst);
                 shared.lookups.fetch_add(1, SeqCst);
             });
@@ -109,11 +137,7 @@ impl RelayName {
 
     /// The addresses known now, to try in order.
     pub(crate) fn addrs(&self) -> Vec<SocketAddr> {
-        self.shared
-            .addrs
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        lock(&self.shared.addrs).clone()
     }
 
     /// A connection attempt: every address known now, in turn.
@@ -129,6 +153,10 @@ impl RelayName {
     fn lookups(&self) -> u64 {
         self.shared.lookups.load(SeqCst)
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// One connection attempt's addresses: the next is tried when one refuses.
@@ -242,6 +270,31 @@ mod tests {
             assert_eq!(first(&name), want, "after lookup {n}");
         }
         assert_eq!(calls.load(SeqCst), 4);
+
+        // A name that did not resolve at start: attempts say why, until a lookup finds it.
+        let seen = Arc::new(AtomicU64::new(0));
+        let late = RelayName::with_lookup(
+            "relay.test",
+            7000,
+            vec![],
+            Arc::new(move |_: &str, port: u16| match seen.fetch_add(1, SeqCst) {
+                0 => Err(io::Error::other("DNS is not up yet")),
+                _ => Ok(vec![SocketAddr::from((Ipv4Addr::new(127, 0, 0, 3), port))]),
+            }),
+        )
+        .unresolved(Some("no network yet".into()));
+        assert!(late.attempt().next_addr().is_none());
+        assert_eq!(
+            late.no_address(),
+            "the relay's name does not resolve: no network yet"
+        );
+        late.refresh();
+        wait_lookups(&late, 1);
+        assert!(late.attempt().next_addr().is_none());
+        assert!(late.no_address().ends_with(": DNS is not up yet"));
+        late.refresh();
+        wait_lookups(&late, 2);
+        assert_eq!(first(&late), "127.0.0.3");
 
         let literal = RelayName::with_lookup(
             "[::1]",

@@ -34,11 +34,17 @@ pub(crate) struct AgentSpec {
     pub name: String,
     /// `source` or `destination` (the `local-proxy-mode`).
     pub mode: Mode,
-    /// The relay's address, resolved (the first of `relay_addrs`).
-    pub relay: SocketAddr,
+    /// The relay's `HOST:PORT` as given (for logs).
+    pub relay: String,
+    /// The relay's port.
+    pub port: u16,
     /// Every address the relay's name had at start (the agent looks it up again for each
-    /// reconnect: `resolve.rs`).
+    /// reconnect: `resolve.rs`). Empty when the name did not resolve at start: a device often
+    /// starts before its network or DNS, so the agent keeps trying, as after a lost
+    /// connection.
     pub relay_addrs: Vec<SocketAddr>,
+    /// Why the relay's name did not resolve at start, when it did not.
+    pub unresolved: Option<String>,
     /// The relay's host as given: the `Host` header.
     pub host: String,
     /// The name verified in the relay's certificate and sent as SNI.
@@ -206,7 +212,7 @@ fn standby_token(c: &Common<'_>, thing: &str) -> Result<Option<String>> {
     Ok(None)
 }
 
-/// The name an agent goes by: its own, or `<kind>-<relay>`.
+/// A destination's target, resolved once at start.
 fn resolve(addr: &str) -> std::result::Result<SocketAddr, String> {
     split_host_port(addr).map_err(|e| e.to_string())?;
     addr.to_socket_addrs()
@@ -271,13 +277,16 @@ fn build(
     }
     let relay_err = |e: &dyn std::fmt::Display| bad("relay", format!("`relay` {:?}: {e}", c.relay));
     let (host, port) = split_host_port(c.relay).map_err(|e| relay_err(&e))?;
-    let relay_addrs: Vec<SocketAddr> = (host.as_str(), port)
-        .to_socket_addrs()
-        .map_err(|e| relay_err(&e))?
-        .collect();
-    let relay = *relay_addrs
-        .first()
-        .ok_or_else(|| relay_err(&"resolves to nothing"))?;
+    let (relay_addrs, unresolved) = match (host.as_str(), port).to_socket_addrs() {
+        Ok(found) => {
+            let found: Vec<SocketAddr> = found.collect();
+            let why = found
+                .is_empty()
+                .then(|| "it resolves to no address".to_string());
+            (found, why)
+        }
+        Err(e) => (Vec::new(), Some(e.to_string())),
+    };
     let sni = c.sni.map_or(host.clone(), str::to_string);
     let server_name =
         ServerName::try_from(sni.clone()).map_err(|e| bad("sni", format!("`sni` {sni:?}: {e}")))?;
@@ -303,8 +312,10 @@ fn build(
     Ok(AgentSpec {
         name: c.name,
         mode,
-        relay,
+        relay: c.relay.to_string(),
+        port,
         relay_addrs,
+        unresolved,
         host,
         server_name,
         tls,

@@ -27,6 +27,7 @@ use splice_proto::ws::{AccessToken, ClientToken, ResponseError, close_code};
 
 use super::host::AgentStart;
 use super::reactor::Sans;
+use super::resolve::RelayName;
 use super::spec::AgentSpec;
 use super::status::{AgentShared, AgentState};
 use crate::shard::Shard;
@@ -49,6 +50,10 @@ pub(crate) struct StandbyAgent {
     spec: Arc<AgentSpec>,
     thing: String,
     shared: Arc<AgentShared>,
+    /// The relay's addresses, looked up again after each failure.
+    relay_name: RelayName,
+    /// Failed attempts so far: each moves on to the next of the relay's addresses.
+    failures: usize,
     link: Option<LinkRef>,
     /// The relay's 101 arrived on `link`.
     standing: bool,
@@ -69,7 +74,11 @@ pub(crate) fn start(plane: &mut Plane, shard: &mut Shard, s: StandbyStart) {
     let mut seed = [0u8; 8];
     let _ = SystemRandom::new().fill(&mut seed);
     let reconnect = Reconnect::new(Backoff::default(), s.spec.keep_trying);
+    let relay_name = RelayName::new(&s.spec.host, s.spec.port, s.spec.relay_addrs.clone())
+        .unresolved(s.spec.unresolved.clone());
     let e = plane.insert_entity(Entity::StandbyAgent(Box::new(StandbyAgent {
+        relay_name,
+        failures: 0,
         spec: s.spec,
         thing: s.thing,
         shared: s.shared,
@@ -130,6 +139,11 @@ impl StandbyAgent {
             return;
         }
         self.retry_at = None;
+        let addrs = self.relay_name.addrs();
+        let Some(&relay) = addrs.get(self.failures % addrs.len().max(1)) else {
+            let why = self.relay_name.no_address();
+            return self.failed(me, plane, shard, End::Dropped, &why);
+        };
         let spec = &self.spec;
         let mut random = [0u8; 24];
         if SystemRandom::new().fill(&mut random).is_err() {
@@ -154,7 +168,7 @@ impl StandbyAgent {
             user_agent: concat!("splice-engine/", env!("CARGO_PKG_VERSION")),
         };
         let link = Link::standby_client(tls, &request, seed);
-        match plane.dial(shard, spec.relay, link, me) {
+        match plane.dial(shard, relay, link, me) {
             Ok(r) => {
                 self.link = Some(r);
                 self.standing = false;
@@ -177,6 +191,8 @@ impl StandbyAgent {
         if self.done {
             return;
         }
+        self.failures = self.failures.wrapping_add(1);
+        self.relay_name.refresh();
         let jitter = self.jitter.sample();
         match self.reconnect.handle_end(end, jitter) {
             Next::Retry(delay) => {
@@ -334,6 +350,8 @@ impl StandbyAgent {
             client_token: client_token(),
             services,
             keep_trying: false,
+            // The addresses the channel found, not those of the start.
+            relay_addrs: self.relay_name.addrs(),
             ..(*self.spec).clone()
         };
         let sans = match Sans::new(&spec) {
