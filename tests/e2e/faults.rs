@@ -503,6 +503,64 @@ fn refusal_flood_epoll() {
     refusal_flood("epoll");
 }
 
+/// A relay's agent port flooded with plain text: a few "TLS handshake failed" lines and
+/// summaries whose counts add up, naming the relay (not as a forwarder); an agent still pairs.
+#[test]
+fn relay_failure_flood_is_summarised_by_relay() {
+    const FLOOD: usize = 120;
+    let pki = Pki::new();
+    let relay = RelaySetup::new(&pki, "auto").run_config();
+    for _ in 0..FLOOD {
+        let (_, end) = send_and_read_to_end(localhost(relay.port), b"GET / HTTP/1.0\r\n\r\n");
+        assert!(end.closed(), "plain text was not closed: {end:?}");
+    }
+    let failed = "peer's TLS handshake failed";
+    let complete = |log: &str| {
+        count_lines(log, failed) as u64 + sum_field(log, SUMMARY, "suppressed") == FLOOD as u64
+    };
+    assert!(
+        relay.proc.wait_log(SOON, complete),
+        "the failure lines do not add up to {FLOOD}:\n{}",
+        relay.proc.log()
+    );
+    let log = relay.proc.log();
+    let summaries: Vec<&str> = log.lines().filter(|l| l.contains(SUMMARY)).collect();
+    assert!(
+        !summaries.is_empty() && count_lines(&log, failed) <= 4,
+        "{log}"
+    );
+    for l in summaries {
+        assert!(
+            l.contains("relay=r") && !l.contains("forwarder="),
+            "a relay's summary names the relay: {l}"
+        );
+    }
+    let (id, src, dst) = relay.open(&["ssh"]);
+    let backend = echo_backend();
+    let port = free_port();
+    let _dst = AgentSetup::destination(&dst)
+        .services(vec![format!("ssh={}", backend.addr)])
+        .start(relay.addr(), &pki, "auto");
+    let _src = AgentSetup::source(&src)
+        .listen("ssh", port)
+        .start(relay.addr(), &pki, "auto");
+    assert!(wait_until(SOON, || relay.both_connected(&id)));
+    // The source accepts once the tunnel's services are known: retry until it does.
+    assert!(
+        wait_until(SOON, || {
+            let Ok(mut s) = try_connect(localhost(port)) else {
+                return false;
+            };
+            s.write_all(b"a tunnel after the flood").is_ok() && {
+                let mut back = [0u8; 24];
+                std::io::Read::read_exact(&mut s, &mut back).is_ok()
+                    && &back == b"a tunnel after the flood"
+            }
+        }),
+        "a tunnel after the flood"
+    );
+}
+
 /// 200 connections that fail the same way (plain text to a TLS port) give a few "connection
 /// failed" lines and a summary count, not 200 lines; a good client is served meanwhile.
 fn failure_flood(driver: &str) {

@@ -718,8 +718,9 @@ impl Shard {
         }
     }
 
-    /// Whether a warning of `kind` for `forwarder` may be written now; when not, it is counted
-    /// and a summary line follows at the end of the window.
+    /// Whether a warning of `kind` for `forwarder` (or relay: its kinds start with `relay `)
+    /// may be written now; when not, it is counted and a summary line follows at the end of
+    /// the window.
     pub(crate) fn log_allow(&mut self, forwarder: &str, kind: &'static str) -> bool {
         if self.log_limit.allow(forwarder, kind, Instant::now()) {
             return true;
@@ -735,14 +736,14 @@ impl Shard {
 
     fn flush_log_summaries(&mut self, now: Instant) {
         self.log_flush_at = None;
-        for (forwarder, kind, suppressed) in self.log_limit.flush(now) {
-            tracing::warn!(
-                forwarder = %forwarder,
-                kind,
-                suppressed,
-                secs = LOG_INTERVAL.as_secs(),
-                "similar lines suppressed"
-            );
+        for (name, kind, suppressed) in self.log_limit.flush(now) {
+            let secs = LOG_INTERVAL.as_secs();
+            // The summary names what its lines named: a relay's kinds say "relay …".
+            if kind.starts_with("relay ") {
+                tracing::warn!(relay = %name, kind, suppressed, secs, "similar lines suppressed");
+            } else {
+                tracing::warn!(forwarder = %name, kind, suppressed, secs, "similar lines suppressed");
+            }
         }
         if let Some(at) = self.log_limit.next_flush() {
             self.log_flush_at = Some(at);
