@@ -270,6 +270,17 @@ typedef struct tunnel_agent_opts {
    * CA certificates (PEM text) to verify the relay with, instead of a file in `ca`.
    */
   const char *ca_pem;
+  /**
+   * Trust a relay whose key (or whole certificate) has one of these hashes,
+   * comma-separated, each `sha256:<base64 or hex>`, instead of a CA (not with `ca` or
+   * `ca_pem`); names and dates are not checked. For a self-signed relay.
+   */
+  const char *pin;
+  /**
+   * A file holding the client token, instead of `client_token` (not both), so that the
+   * token need not be in the program or its arguments.
+   */
+  const char *client_token_file;
 } tunnel_agent_opts;
 
 /**
@@ -304,6 +315,12 @@ typedef struct tunnel_connect_opts {
    * ALPN protocols to offer, comma-separated.
    */
   const char *alpn;
+  /**
+   * Trust an upstream whose key (or whole certificate) has one of these hashes,
+   * comma-separated, each `sha256:<base64 or hex>`, instead of a CA (not with `ca_file` or
+   * `ca_pem`); names and dates are not checked. For a self-signed upstream.
+   */
+  const char *pin;
 } tunnel_connect_opts;
 
 /**
@@ -360,6 +377,12 @@ typedef struct tunnel_forwarder_opts {
    * ALPN protocols, comma-separated (`"h2,http/1.1"`).
    */
   const char *alpn;
+  /**
+   * Client mode: trust an upstream whose key (or whole certificate) has one of these
+   * hashes, comma-separated, each `sha256:<base64 or hex>`, instead of a CA (not with `ca`
+   * or `ca_pem`); names and dates are not checked. For a self-signed upstream.
+   */
+  const char *pin;
 } tunnel_forwarder_opts;
 
 /**

@@ -11,6 +11,7 @@ use splice_engine::{
 use crate::boundary::{
     entry, opt_str_arg, put_box, ref_arg, str_arg, str_list_arg, take_box, write_out,
 };
+use crate::engine::pin_list;
 use crate::error::{Failure, tunnel_result};
 
 /// A source agent: local listeners whose connections go into the tunnel.
@@ -71,6 +72,13 @@ pub struct tunnel_agent_opts {
     pub services_len: usize,
     /// CA certificates (PEM text) to verify the relay with, instead of a file in `ca`.
     pub ca_pem: *const c_char,
+    /// Trust a relay whose key (or whole certificate) has one of these hashes,
+    /// comma-separated, each `sha256:<base64 or hex>`, instead of a CA (not with `ca` or
+    /// `ca_pem`); names and dates are not checked. For a self-signed relay.
+    pub pin: *const c_char,
+    /// A file holding the client token, instead of `client_token` (not both), so that the
+    /// token need not be in the program or its arguments.
+    pub client_token_file: *const c_char,
 }
 
 fn agent_config(o: &tunnel_agent_opts) -> Result<EngineConfig, Failure> {
@@ -92,6 +100,12 @@ fn agent_config(o: &tunnel_agent_opts) -> Result<EngineConfig, Failure> {
             }
             if let Some(t) = opt_str_arg(o.client_token, "client_token")? {
                 c = c.client_token(t);
+            }
+            if let Some(f) = opt_str_arg(o.client_token_file, "client_token_file")? {
+                c = c.client_token_file(f);
+            }
+            for p in pin_list(opt_str_arg(o.pin, "pin")?) {
+                c = c.pin(p);
             }
             for s in &services {
                 let (name, addr) = split_service(s);

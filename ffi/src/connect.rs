@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use splice_engine::{Engine, EngineConfig, ForwarderConfig, Mode};
 
 use crate::boundary::{entry, opt_str_arg, ref_arg, str_arg, write_out};
-use crate::engine::{alpn_list, tunnel_engine};
+use crate::engine::{alpn_list, pin_list, tunnel_engine};
 use crate::error::{Failure, tunnel_result};
 
 /// How `tunnel_connect` verifies and authenticates to the upstream. Strings are
@@ -30,6 +30,10 @@ pub struct tunnel_connect_opts {
     pub key: *const c_char,
     /// ALPN protocols to offer, comma-separated.
     pub alpn: *const c_char,
+    /// Trust an upstream whose key (or whole certificate) has one of these hashes,
+    /// comma-separated, each `sha256:<base64 or hex>`, instead of a CA (not with `ca_file` or
+    /// `ca_pem`); names and dates are not checked. For a self-signed upstream.
+    pub pin: *const c_char,
 }
 
 /// The client-mode forwarder `tunnel_connect` needs for `upstream` and `o` (its name left
@@ -51,6 +55,7 @@ fn connector_config(
     f.cert = field(o.map(|o| o.cert), "cert")?.map(Into::into);
     f.key = field(o.map(|o| o.key), "key")?.map(Into::into);
     f.alpn = alpn_list(field(o.map(|o| o.alpn), "alpn")?.as_deref());
+    f.pin = pin_list(field(o.map(|o| o.pin), "pin")?.as_deref());
     Ok(f)
 }
 

@@ -87,11 +87,27 @@ pub struct tunnel_forwarder_opts {
     pub client_ca: *const c_char,
     /// ALPN protocols, comma-separated (`"h2,http/1.1"`).
     pub alpn: *const c_char,
+    /// Client mode: trust an upstream whose key (or whole certificate) has one of these
+    /// hashes, comma-separated, each `sha256:<base64 or hex>`, instead of a CA (not with `ca`
+    /// or `ca_pem`); names and dates are not checked. For a self-signed upstream.
+    pub pin: *const c_char,
 }
 
 pub(crate) fn alpn_list(alpn: Option<&str>) -> Vec<String> {
     alpn.map(|a| a.split(',').map(|p| p.trim().to_string()).collect())
         .unwrap_or_default()
+}
+
+/// The pins of a comma-separated `pin` option (none for NULL or `""`).
+pub(crate) fn pin_list(pin: Option<&str>) -> Vec<String> {
+    pin.map(|p| {
+        p.split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .map(str::to_string)
+            .collect()
+    })
+    .unwrap_or_default()
 }
 
 fn forwarder(o: &tunnel_forwarder_opts) -> Result<ForwarderConfig, Failure> {
@@ -115,6 +131,7 @@ fn forwarder(o: &tunnel_forwarder_opts) -> Result<ForwarderConfig, Failure> {
     f.key = opt_str_arg(o.key, "key")?.map(Into::into);
     f.client_ca = opt_str_arg(o.client_ca, "client_ca")?.map(Into::into);
     f.alpn = alpn_list(opt_str_arg(o.alpn, "alpn")?);
+    f.pin = pin_list(opt_str_arg(o.pin, "pin")?);
     f.validate("forwarder options")?;
     Ok(f)
 }

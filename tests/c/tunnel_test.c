@@ -20,6 +20,11 @@
  *   reconnect CA CERT KEY DRIVER   agents through a relay in a child process (mode `relay`)
  *                                  that is killed and started again: `reconnecting`, then
  *                                  `connected` again
+ *   pins CA CERT KEY PIN DRIVER    `pin` (PIN: the relay key's `sha256:` pin, as openssl
+ *                                  computes it) instead of a CA: a source agent (with its
+ *                                  client token in a file), tunnel_connect and a client-mode
+ *                                  forwarder reach the relay with the right pin, not with a
+ *                                  wrong one; malformed pins and pin with a CA are refused
  *
  * Exit status 0 on success; a failed check prints what and where and exits 1.
  */
@@ -975,6 +980,157 @@ static int mode_reconnect(const char *ca, const char *cert, const char *key, con
     return 0;
 }
 
+/* Sends an HTTP request through `fd` (a plain connection that TLS carries to the relay) and
+ * returns whether an HTTP answer came back: the TLS session to the relay was accepted. */
+static int relay_answers(int fd) {
+    static const char req[] = "GET / HTTP/1.1\r\nHost: localhost\r\n\r\n";
+    char buf[16] = {0};
+    struct timeval tv = {10, 0};
+    ssize_t n;
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    write_all(fd, (const unsigned char *)req, sizeof req - 1);
+    n = read(fd, buf, 9);
+    close(fd);
+    return n == 9 && memcmp(buf, "HTTP/1.1 ", 9) == 0;
+}
+
+static int mode_pins(const char *ca, const char *cert, const char *key, const char *pin,
+                     const char *driver) {
+    /* A well-formed pin that no key here has (32 zero bytes). */
+    static const char wrong[] = "sha256:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
+    char toml[4096], url[64], relay[64], backend[64], service[96], pins[256];
+    char token_file[] = "/tmp/tunnel-c-test-ct-XXXXXX";
+    uint16_t relay_port = 0, api_port = 0, src_port = 0, fwd_port = 0;
+    tunnel_config *cfg = NULL;
+    tunnel_engine *eng = NULL;
+    tunnel_agent *dst = NULL, *src = NULL, *bad = NULL;
+    tunnel_agent_opts o;
+    tunnel_connect_opts c;
+    tunnel_forwarder_opts f;
+    char *id = NULL, *src_token = NULL, *dst_token = NULL;
+    const char *names[] = {"echo"};
+    const char *services[1];
+    struct echo e;
+    int fd = -1, tf;
+
+    OK(tunnel_log_set_callback(on_log, NULL, "warn"));
+    snprintf(toml, sizeof toml,
+             "threads = 2\ndriver = \"%s\"\naccess_log = false\n"
+             "[[relay]]\nname = \"r\"\nlisten = \"127.0.0.1:0\"\ncert = \"%s\"\nkey = \"%s\"\n"
+             "api = \"127.0.0.1:0\"\nstate = \":memory:\"\n",
+             driver, cert, key);
+    OK(tunnel_config_from_toml(toml, &cfg));
+    OK(tunnel_engine_start(cfg, &eng));
+    OK(tunnel_config_free(&cfg));
+    OK(tunnel_engine_relay_ports(eng, "r", &relay_port, &api_port));
+    snprintf(url, sizeof url, "http://127.0.0.1:%u", api_port);
+    snprintf(relay, sizeof relay, "127.0.0.1:%u", relay_port);
+
+    /* tunnel_connect: the right pin (beside a wrong one: either may match) reaches the relay,
+     * a wrong one alone does not; malformed, or with a CA, is refused. */
+    snprintf(pins, sizeof pins, "%s, %s", wrong, pin);
+    memset(&c, 0, sizeof c);
+    c.sni = "localhost";
+    c.pin = pins;
+    OK(tunnel_connect(eng, relay, &c, &fd));
+    CHECK(relay_answers(fd), "tunnel_connect with the relay's pin: no HTTP answer");
+    c.pin = wrong;
+    OK(tunnel_connect(eng, relay, &c, &fd));
+    CHECK(!relay_answers(fd), "tunnel_connect with a wrong pin reached the relay");
+    c.pin = "sha256:not-a-hash";
+    FAILS(tunnel_connect(eng, relay, &c, &fd), TUNNEL_ERR_CONFIG, "pin");
+    c.pin = pin;
+    c.ca_file = ca;
+    FAILS(tunnel_connect(eng, relay, &c, &fd), TUNNEL_ERR_CONFIG, "pin");
+    printf("ok: tunnel_connect with pin: the relay's pin reaches it, a wrong one does not\n");
+
+    /* A client-mode forwarder pinned to the relay. */
+    memset(&f, 0, sizeof f);
+    f.mode = TUNNEL_MODE_CLIENT;
+    f.name = "pinned";
+    f.listen = "127.0.0.1:0";
+    f.connect = relay;
+    f.sni = "localhost";
+    f.pin = pin;
+    OK(tunnel_engine_add_forwarder(eng, &f));
+    OK(tunnel_engine_local_port(eng, "pinned", &fwd_port));
+    {
+        struct sockaddr_in sa;
+        memset(&sa, 0, sizeof sa);
+        sa.sin_family = AF_INET;
+        sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        sa.sin_port = htons(fwd_port);
+        fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        CHECK(connect(fd, (struct sockaddr *)&sa, sizeof sa) == 0, "connect to the forwarder: %s",
+              strerror(errno));
+        CHECK(relay_answers(fd), "a forwarder with the relay's pin: no HTTP answer");
+    }
+    f.name = "pinned-and-ca";
+    f.ca = ca;
+    FAILS(tunnel_engine_add_forwarder(eng, &f), TUNNEL_ERR_CONFIG, "pin");
+    printf("ok: a client-mode forwarder with pin reaches the relay\n");
+
+    /* Agents: the destination verifies the relay with the CA, the source with the pin and its
+     * client token in a file. */
+    OK(tunnel_api_open(url, NULL, names, 1, 30, NULL, NULL, &id, &src_token, &dst_token));
+    echo_limit = 0;
+    echo_start(&e, 1, backend, sizeof backend);
+    snprintf(service, sizeof service, "echo=%s", backend);
+    services[0] = service;
+    memset(&o, 0, sizeof o);
+    o.kind = TUNNEL_AGENT_DESTINATION;
+    o.relay = relay; o.ca = ca; o.sni = "localhost"; o.token = dst_token;
+    o.services = services; o.services_len = 1;
+    OK(tunnel_agent_start(&o, &dst));
+    tf = mkstemp(token_file);
+    CHECK(tf >= 0, "mkstemp: %s", strerror(errno));
+    write_all(tf, (const unsigned char *)CLIENT_TOKEN "\n", strlen(CLIENT_TOKEN) + 1);
+    close(tf);
+    services[0] = "echo=127.0.0.1:0";
+    o.kind = TUNNEL_AGENT_SOURCE;
+    o.token = src_token;
+    o.ca = NULL;
+    o.pin = pin;
+    o.client_token = CLIENT_TOKEN;
+    o.client_token_file = token_file;
+    FAILS(tunnel_agent_start(&o, &src), TUNNEL_ERR_CONFIG, "client_token");
+    o.client_token = NULL;
+    o.ca = ca;
+    FAILS(tunnel_agent_start(&o, &src), TUNNEL_ERR_CONFIG, "pin");
+    o.ca = NULL;
+    o.pin = "sha256:not-a-hash";
+    FAILS(tunnel_agent_start(&o, &src), TUNNEL_ERR_CONFIG, "pin");
+    o.pin = wrong;
+    OK(tunnel_agent_start(&o, &bad));
+    o.pin = pin;
+    OK(tunnel_agent_start(&o, &src));
+    OK(tunnel_agent_local_port(src, "echo", &src_port));
+    wait_state(dst, TUNNEL_AGENT_CONNECTED, "destination");
+    wait_state(src, TUNNEL_AGENT_CONNECTED, "pinned source");
+    echo_through(src_port, 0, 65536);
+    for (int i = 0; i < 100 && !log_has("matches no"); i++) usleep(100 * 1000);
+    CHECK(log_has("matches no"), "the wrongly pinned agent says why:\n%s", log_text);
+    {
+        uint32_t st = 0;
+        char *reason = NULL;
+        OK(tunnel_agent_state(bad, &st, &reason));
+        CHECK(st != TUNNEL_AGENT_CONNECTED, "a wrong pin connected");
+        OK(tunnel_string_free(reason));
+    }
+    printf("ok: a source pinned to the relay (client token from a file) carries bytes; a wrong pin is refused\n");
+    unlink(token_file);
+    OK(tunnel_agent_free(&bad));
+    OK(tunnel_agent_free(&src));
+    OK(tunnel_agent_free(&dst));
+    OK(tunnel_string_free(id));
+    OK(tunnel_string_free(src_token));
+    OK(tunnel_string_free(dst_token));
+    OK(tunnel_engine_shutdown(eng, 1000));
+    OK(tunnel_engine_free(&eng));
+    printf("ok: pins\n");
+    return 0;
+}
+
 int main(int argc, char **argv) {
     setvbuf(stdout, NULL, _IOLBF, 0);
     if (argc == 5 && strcmp(argv[1], "connect") == 0)
@@ -987,6 +1143,8 @@ int main(int argc, char **argv) {
         return mode_agents(argv[2], argv[3], argv[4], argv[5]);
     if (argc == 6 && strcmp(argv[1], "reconnect") == 0)
         return mode_reconnect(argv[2], argv[3], argv[4], argv[5]);
+    if (argc == 7 && strcmp(argv[1], "pins") == 0)
+        return mode_pins(argv[2], argv[3], argv[4], argv[5], argv[6]);
     if (argc == 8 && strcmp(argv[1], "relay") == 0)
         return mode_relay(argv[2], argv[3], argv[4], argv[5], argv[6], argv[7]);
     if (argc == 7 && strcmp(argv[1], "errors") == 0)

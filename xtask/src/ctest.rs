@@ -222,6 +222,7 @@ pub fn test_main() -> Result<()> {
     let other_cert = pki.other_server.cert.to_string_lossy().into_owned();
     let other_key = pki.other_server.key.to_string_lossy().into_owned();
     let lib = prefix.join("lib");
+    let pin = openssl_pin(&pki.server.cert)?;
     for bin in &bins {
         let run = |args: &[&str]| -> Result<()> {
             let mut cmd = test_cmd(bin, &lib);
@@ -233,11 +234,31 @@ pub fn test_main() -> Result<()> {
             run(&["threads", &ca, &cert, &key, driver])?;
             run(&["agents", &ca, &cert, &key, driver])?;
             run(&["reconnect", &ca, &cert, &key, driver])?;
+            run(&["pins", &ca, &cert, &key, &pin, driver])?;
             against_s_client(bin, &lib, &pki, driver)?;
         }
         against_s_server(bin, &lib, &pki)?;
     }
     examples(&dir, &lib, &pki)
+}
+
+/// `sha256:<base64>` of `cert`'s public key (DER), computed by `openssl`, a tool we did not
+/// write, for the `pins` mode.
+fn openssl_pin(cert: &Path) -> Result<String> {
+    let script = "openssl x509 -in \"$1\" -pubkey -noout | openssl pkey -pubin -outform der \
+                  | openssl dgst -sha256 -binary | base64";
+    let out = Command::new("sh")
+        .args(["-c", script, "sh"])
+        .arg(cert)
+        .output()?;
+    let b64 = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    ensure!(
+        out.status.success() && b64.len() == 44,
+        "openssl could not compute the pin of {}: {}",
+        cert.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(format!("sha256:{b64}"))
 }
 
 /// The two examples together: the legacy client's line goes over TLS to the embedded server,
