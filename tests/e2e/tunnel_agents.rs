@@ -335,6 +335,86 @@ fn target_down_resets_only_its_stream() {
     }
 }
 
+/// A destination whose target's name does not resolve starts (a device's service may come up
+/// after it), says so, and resets that service's streams, saying why, while the other service
+/// carries bytes; `check` warns with the line and the key.
+#[test]
+fn a_target_that_does_not_resolve_resets_only_its_streams() {
+    let pki = Pki::new();
+    let relay = our_relay(&pki, "auto", ":memory:", None);
+    let (_, src_token, dst_token) = relay.open(&["up", "gone"]);
+    let backend = echo_backend();
+    let (pu, pg) = (free_port(), free_port());
+    let dst = AgentSetup::destination(&dst_token)
+        .services(vec![
+            format!("up={}", backend.addr),
+            "gone=no-such-host.invalid:80".to_string(),
+        ])
+        .start(relay.addr(), &pki, "auto");
+    let _src = AgentSetup::source(&src_token)
+        .listen("up", pu)
+        .listen("gone", pg)
+        .start(relay.addr(), &pki, "auto");
+    assert!(
+        dst.wait_log(SOON, |l| l.contains("WARN")
+            && l.contains("the service's target does not resolve yet")
+            && l.contains("no-such-host.invalid:80")),
+        "{}",
+        dst.log()
+    );
+    assert!(wait_until(SOON, || echo_within(
+        localhost(pu),
+        10,
+        0,
+        Duration::from_secs(2)
+    )
+    .is_ok()));
+    for _ in 0..2 {
+        let Ok(mut s) = try_connect(localhost(pg)) else {
+            continue;
+        };
+        s.set_read_timeout(Some(SOON)).unwrap();
+        let _ = s.write_all(b"hello");
+        let mut buf = [0u8; 16];
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => {}
+            Ok(n) => panic!("{n} bytes from a service whose target does not resolve"),
+        }
+    }
+    assert!(
+        dst.wait_log(SOON, |l| l.contains("cannot reach the service")
+            && l.contains("service=gone")
+            && l.contains("the service's target does not resolve: ")),
+        "{}",
+        dst.log()
+    );
+    echo_through(localhost(pu), 100_000, 3).expect("the other service carries on");
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("dst.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[[destination]]\nrelay = \"127.0.0.1:{}\"\ntoken = \"a-token\"\n\
+             connect = [\"gone=no-such-host.invalid:80\"]\n",
+            relay.port
+        ),
+    )
+    .expect("write");
+    let out = std::process::Command::new(BIN)
+        .arg("check")
+        .arg("--config")
+        .arg(&file)
+        .output()
+        .expect("run check");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("warning: ") && stderr.contains("line 4") && stderr.contains("`connect`"),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn reconnect_after_drop_with_client_token() {
     let pki = Pki::new();

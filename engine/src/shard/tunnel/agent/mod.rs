@@ -63,7 +63,8 @@ pub(crate) fn destination_spec(cfg: &EngineConfig, i: usize) -> Result<spec::Age
 }
 
 /// Checks every agent table of `cfg` as a start would (`splice-engine check`). Returns a
-/// warning for each relay name that does not resolve now, which a start does not refuse.
+/// warning for each relay name or destination target that does not resolve now, which a
+/// start does not refuse.
 pub(crate) fn check_all(cfg: &EngineConfig) -> Result<Vec<String>> {
     let mut warnings = Vec::new();
     let mut warn = |table, i, spec: spec::AgentSpec| {
@@ -73,6 +74,16 @@ pub(crate) fn check_all(cfg: &EngineConfig) -> Result<Vec<String>> {
                 spec.relay
             );
             warnings.push(cfg.entry_error(table, i, "relay", message).to_string());
+        }
+        for s in &spec.services {
+            if let Some(why) = &s.unresolved {
+                let message = format!(
+                    "`connect` {:?} does not resolve now ({why}): its streams are reset until \
+                     it does",
+                    s.given
+                );
+                warnings.push(cfg.entry_error(table, i, "connect", message).to_string());
+            }
         }
     };
     for i in 0..cfg.sources.len() {
@@ -95,11 +106,12 @@ pub(crate) fn start_source(
     let mut fds = Vec::new();
     let mut addrs = Vec::new();
     for s in &spec.services {
-        if s.addr.port() != 0 {
-            crate::shard::check_port_free(s.addr)?;
+        let listen = s.listen();
+        if listen.port() != 0 {
+            crate::shard::check_port_free(listen)?;
         }
-        let fd = crate::shard::bind_listener(s.addr)?;
-        let addr = crate::shard::local_addr(&fd).unwrap_or(s.addr);
+        let fd = crate::shard::bind_listener(listen)?;
+        let addr = crate::shard::local_addr(&fd).unwrap_or(listen);
         addrs.push((s.name.clone(), addr));
         fds.push(fd);
     }
@@ -142,11 +154,17 @@ fn start_standby(spec: spec::AgentSpec, thing: String, shard: &ShardHandle) -> R
     })
 }
 
-/// An agent starts although its relay's name does not resolve (a device is often up before
-/// its network or DNS): it says so, and its attempts fail, and are retried, until it does.
+/// An agent starts although its relay's name or a destination's target does not resolve (a
+/// device is often up before its network or DNS): it says so; its attempts fail, and are
+/// retried, until the relay's name resolves, and a target's streams are reset until it does.
 fn warn_unresolved(spec: &spec::AgentSpec) {
     if let Some(why) = &spec.unresolved {
         tracing::warn!(agent = %spec.name, relay = %spec.relay, error = %why, "the relay's name does not resolve yet; the agent keeps trying");
+    }
+    for s in &spec.services {
+        if let Some(why) = &s.unresolved {
+            tracing::warn!(agent = %spec.name, service = %s.name, target = %s.given, error = %why, "the service's target does not resolve yet; its streams are reset until it does");
+        }
     }
 }
 

@@ -39,8 +39,8 @@ mod local;
 use local::Local;
 
 use super::link::{client_link, refused_status, version_of};
-use super::resolve::{Attempt, RelayName};
-use super::spec::AgentSpec;
+use super::resolve::{Attempt, Name};
+use super::spec::{AgentSpec, ServiceSpec};
 use super::status::{AgentShared, AgentState};
 use crate::driver::{Completion, Driver, Fd, Op};
 use crate::sys;
@@ -225,9 +225,11 @@ impl Tunnel {
 /// One source or destination agent.
 pub(crate) struct Reactor {
     /// The relay's name, looked up again for each reconnect.
-    relay_name: RelayName,
+    relay_name: Name,
     /// The addresses of the current connection attempt (the next is tried when one refuses).
     attempt: Option<Attempt>,
+    /// Destination: each service's target, looked up again after a connect to it failed.
+    targets: Vec<Name>,
     spec: Arc<AgentSpec>,
     shared: Arc<AgentShared>,
     sans: Sans,
@@ -252,6 +254,14 @@ pub(crate) struct Reactor {
     slot: u32,
 }
 
+/// A destination service's target as a [`Name`] (its host and port were checked at start).
+fn target_name(s: &ServiceSpec) -> Name {
+    let (host, port) = crate::config::split_host_port(&s.given).unwrap_or_default();
+    Name::new(&host, port, s.addrs.clone())
+        .unresolved(s.unresolved.clone())
+        .called("the service's target")
+}
+
 impl Reactor {
     /// An agent for `spec` running `sans`; `listeners` are the source's bound listeners, one
     /// per service in order (none for a destination); `slot` is its place on its shard.
@@ -265,9 +275,14 @@ impl Reactor {
         let seed = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(1, |d| d.as_nanos() as u64);
-        let relay_name = RelayName::new(&spec.host, spec.port, spec.relay_addrs.clone())
+        let relay_name = Name::new(&spec.host, spec.port, spec.relay_addrs.clone())
             .unresolved(spec.unresolved.clone());
+        let targets = match spec.mode {
+            Mode::Destination => spec.services.iter().map(target_name).collect(),
+            Mode::Source => Vec::new(),
+        };
         Reactor {
+            targets,
             spec,
             shared,
             sans,

@@ -1,5 +1,6 @@
-//! The relay's `HOST:PORT` for an agent's connection attempts: looked up again after every
-//! lost or failed connection, off the shard, and every address of the answer tried in turn.
+//! A `HOST:PORT` an agent connects to, the relay's or a destination's service target: looked
+//! up again after every lost or failed connection, off the shard, and (the relay's) every
+//! address of the answer tried in turn.
 //!
 //! A relay that moves (a new address behind its name, a fail-over) is found at the next
 //! reconnect, and a name with several addresses (`localhost`: `::1` and `127.0.0.1`; a relay
@@ -21,7 +22,9 @@ use std::sync::{Arc, Mutex};
 pub(crate) type Lookup = Arc<dyn Fn(&str, u16) -> io::Result<Vec<SocketAddr>> + Send + Sync>;
 
 /// See the [module documentation](self).
-pub(crate) struct RelayName {
+pub(crate) struct Name {
+    /// What the name is, for messages: "the relay's name", "the service's target".
+    what: &'static str,
     host: String,
     port: u16,
     lookup: Lookup,
@@ -40,9 +43,9 @@ struct Shared {
     lookups: AtomicU64,
 }
 
-impl std::fmt::Debug for RelayName {
+impl std::fmt::Debug for Name {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RelayName")
+        f.debug_struct("Name")
             .field("host", &self.host)
             .field("port", &self.port)
             .field("addrs", &self.addrs())
@@ -50,7 +53,7 @@ impl std::fmt::Debug for RelayName {
     }
 }
 
-impl RelayName {
+impl Name {
     /// `host:port`, whose addresses at start-up were `first`.
     pub(crate) fn new(host: &str, port: u16, first: Vec<SocketAddr>) -> Self {
         Self::with_lookup(
@@ -61,7 +64,7 @@ impl RelayName {
         )
     }
 
-    /// [`RelayName::new`] with its own way of looking the name up.
+    /// [`Name::new`] with its own way of looking the name up.
     pub(crate) fn with_lookup(
         host: &str,
         port: u16,
@@ -73,6 +76,7 @@ impl RelayName {
             .trim_end_matches(']')
             .to_string();
         Self {
+            what: "the relay's name",
             host,
             port,
             lookup,
@@ -81,6 +85,12 @@ impl RelayName {
                 ..Shared::default()
             }),
         }
+    }
+
+    /// What the name is, for messages (the relay's name unless told).
+    pub(crate) fn called(mut self, what: &'static str) -> Self {
+        self.what = what;
+        self
     }
 
     /// Why the name had no address at start (it did not resolve), if it had none.
@@ -92,8 +102,8 @@ impl RelayName {
     /// Why an attempt has no address to try: the name has not resolved since start.
     pub(crate) fn no_address(&self) -> String {
         match lock(&self.shared.failure).as_deref() {
-            Some(why) => format!("the relay's name does not resolve: {why}"),
-            None => "the relay's name resolves to no address".to_string(),
+            Some(why) => format!("{} does not resolve: {why}", self.what),
+            None => format!("{} resolves to no address", self.what),
         }
     }
 
@@ -103,7 +113,8 @@ impl RelayName {
         if self.host.parse::<IpAddr>().is_ok() || self.shared.busy.swap(true, SeqCst) {
             return;
         }
-        let (host, port, lookup, shared) = (
+        let (what, host, port, lookup, shared) = (
+            self.what,
             self.host.clone(),
             self.port,
             self.lookup.clone(),
@@ -124,7 +135,7 @@ impl RelayName {
                 if let Some(why) = &failure
                     && !lock(&shared.addrs).is_empty()
                 {
-                    tracing::warn!(relay = %host, error = %why, "cannot resolve the relay's name; trying the addresses known");
+                    tracing::warn!(name = %host, error = %why, "cannot resolve {what}; trying the addresses known");
                 }
                 *lock(&shared.failure) = failure;
                 shared.busy.store(false, SeqCst);
@@ -188,7 +199,7 @@ mod tests {
     use super::*;
 
     /// Waits (up to 10 s) until `name` has finished `n` lookups.
-    fn wait_lookups(name: &RelayName, n: u64) {
+    fn wait_lookups(name: &Name, n: u64) {
         let deadline = Instant::now() + Duration::from_secs(10);
         while name.lookups() < n {
             assert!(
@@ -212,7 +223,7 @@ mod tests {
             SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
         ];
         let answer = both.clone();
-        let name = RelayName::with_lookup(
+        let name = Name::with_lookup(
             "relay.test",
             port,
             vec![],
@@ -243,7 +254,7 @@ mod tests {
     fn each_refresh_looks_the_name_up_again() {
         let calls = Arc::new(AtomicU64::new(0));
         let seen = calls.clone();
-        let name = RelayName::with_lookup(
+        let name = Name::with_lookup(
             "relay.test",
             7000,
             vec![SocketAddr::from((Ipv4Addr::new(127, 0, 0, 1), 7000))],
@@ -257,7 +268,7 @@ mod tests {
                 }
             }),
         );
-        let first = |n: &RelayName| n.attempt().next_addr().unwrap().ip().to_string();
+        let first = |n: &Name| n.attempt().next_addr().unwrap().ip().to_string();
         assert_eq!(first(&name), "127.0.0.1");
         for (n, want) in [
             (1, "127.0.0.2"),
@@ -273,7 +284,7 @@ mod tests {
 
         // A name that did not resolve at start: attempts say why, until a lookup finds it.
         let seen = Arc::new(AtomicU64::new(0));
-        let late = RelayName::with_lookup(
+        let late = Name::with_lookup(
             "relay.test",
             7000,
             vec![],
@@ -296,7 +307,7 @@ mod tests {
         wait_lookups(&late, 2);
         assert_eq!(first(&late), "127.0.0.3");
 
-        let literal = RelayName::with_lookup(
+        let literal = Name::with_lookup(
             "[::1]",
             7000,
             vec![SocketAddr::from((Ipv6Addr::LOCALHOST, 7000))],

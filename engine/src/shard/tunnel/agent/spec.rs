@@ -24,7 +24,20 @@ use crate::tls::material::{ClientTlsOptions, client_config};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct ServiceSpec {
     pub name: String,
-    pub addr: SocketAddr,
+    /// As given: a source's `IP:PORT`, a destination's target `HOST:PORT`.
+    pub given: String,
+    /// A source's listening address (one); a destination target's addresses at start, none
+    /// when its name did not resolve then (the agent looks it up again: `resolve.rs`).
+    pub addrs: Vec<SocketAddr>,
+    /// Why a destination's target did not resolve at start, when it did not.
+    pub unresolved: Option<String>,
+}
+
+impl ServiceSpec {
+    /// A source's listening address.
+    pub(crate) fn listen(&self) -> SocketAddr {
+        self.addrs[0]
+    }
 }
 
 /// A source's or destination's settings, checked.
@@ -152,7 +165,8 @@ pub(crate) fn source_spec(
 ) -> Result<AgentSpec> {
     let common = common!(cfg, bad);
     let services = services(bad, "listen", &cfg.listen, |addr| {
-        addr.parse::<SocketAddr>().map_err(|e| e.to_string())
+        let a = addr.parse::<SocketAddr>().map_err(|e| e.to_string())?;
+        Ok((vec![a], None))
     })?;
     build(common, Mode::Source, services, Duration::ZERO, env_token)
 }
@@ -212,20 +226,27 @@ fn standby_token(c: &Common<'_>, thing: &str) -> Result<Option<String>> {
     Ok(None)
 }
 
-/// A destination's target, resolved once at start.
-fn resolve(addr: &str) -> std::result::Result<SocketAddr, String> {
+/// A destination's target: its addresses at start, and why it has none if it did not resolve
+/// (no error: the target may come up later, and the agent looks the name up again).
+fn resolve(addr: &str) -> std::result::Result<(Vec<SocketAddr>, Option<String>), String> {
     split_host_port(addr).map_err(|e| e.to_string())?;
-    addr.to_socket_addrs()
-        .map_err(|e| e.to_string())?
-        .next()
-        .ok_or_else(|| "resolves to no address".to_string())
+    Ok(match addr.to_socket_addrs() {
+        Ok(found) => {
+            let found: Vec<SocketAddr> = found.collect();
+            let why = found
+                .is_empty()
+                .then(|| "it resolves to no address".to_string());
+            (found, why)
+        }
+        Err(e) => (Vec::new(), Some(e.to_string())),
+    })
 }
 
 fn services(
     bad: &Bad<'_>,
     key: &'static str,
     list: &[String],
-    parse: impl Fn(&str) -> std::result::Result<SocketAddr, String>,
+    parse: impl Fn(&str) -> std::result::Result<(Vec<SocketAddr>, Option<String>), String>,
 ) -> Result<Vec<ServiceSpec>> {
     if list.is_empty() {
         return Err(bad(
@@ -252,10 +273,13 @@ fn services(
         if out.iter().any(|s| s.name == name) {
             return Err(bad(key, format!("`{key}`: service {name:?} given twice")));
         }
-        let addr = parse(addr).map_err(|why| bad(key, format!("`{key}` {item:?}: {why}")))?;
+        let (addrs, unresolved) =
+            parse(addr).map_err(|why| bad(key, format!("`{key}` {item:?}: {why}")))?;
         out.push(ServiceSpec {
             name: name.to_string(),
-            addr,
+            given: addr.to_string(),
+            addrs,
+            unresolved,
         });
     }
     Ok(out)
@@ -635,8 +659,8 @@ mod tests {
         };
         let spec = destination_spec(&cfg, None, &bad).unwrap();
         assert_eq!(spec.name, "dev");
-        assert_eq!(spec.services[0].addr.port(), 22);
-        assert!(spec.services[0].addr.ip().is_loopback());
+        assert_eq!(spec.services[0].addrs[0].port(), 22);
+        assert!(spec.services[0].addrs[0].ip().is_loopback());
         assert_eq!(spec.version, Version::V2);
         assert_eq!(spec.mode, Mode::Destination);
 

@@ -27,7 +27,7 @@ use splice_proto::ws::{AccessToken, ClientToken, ResponseError, close_code};
 
 use super::host::AgentStart;
 use super::reactor::Sans;
-use super::resolve::RelayName;
+use super::resolve::Name;
 use super::spec::AgentSpec;
 use super::status::{AgentShared, AgentState};
 use crate::shard::Shard;
@@ -51,7 +51,7 @@ pub(crate) struct StandbyAgent {
     thing: String,
     shared: Arc<AgentShared>,
     /// The relay's addresses, looked up again after each failure.
-    relay_name: RelayName,
+    relay_name: Name,
     /// Failed attempts so far: each moves on to the next of the relay's addresses.
     failures: usize,
     link: Option<LinkRef>,
@@ -74,7 +74,7 @@ pub(crate) fn start(plane: &mut Plane, shard: &mut Shard, s: StandbyStart) {
     let mut seed = [0u8; 8];
     let _ = SystemRandom::new().fill(&mut seed);
     let reconnect = Reconnect::new(Backoff::default(), s.spec.keep_trying);
-    let relay_name = RelayName::new(&s.spec.host, s.spec.port, s.spec.relay_addrs.clone())
+    let relay_name = Name::new(&s.spec.host, s.spec.port, s.spec.relay_addrs.clone())
         .unresolved(s.spec.unresolved.clone());
     let e = plane.insert_entity(Entity::StandbyAgent(Box::new(StandbyAgent {
         relay_name,

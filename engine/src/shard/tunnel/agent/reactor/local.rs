@@ -183,9 +183,25 @@ impl Reactor {
         let Some(i) = self.spec.services.iter().position(|s| s.name == service) else {
             return;
         };
-        let addr = SockAddr::from(self.spec.services[i].addr);
         let stats = self.shared.service(i);
         stats.connections.fetch_add(1, Relaxed);
+        let Some(&target) = self.targets[i].addrs().first() else {
+            // Not resolved yet (at start, or since): look again for the next stream.
+            stats.failed.fetch_add(1, Relaxed);
+            self.targets[i].refresh();
+            tracing::warn!(
+                agent = %self.spec.name,
+                service,
+                target = %self.spec.services[i].given,
+                error = %self.targets[i].no_address(),
+                "cannot reach the service; its stream is reset"
+            );
+            if let Sans::Destination(d) = &mut self.sans {
+                d.handle_connect_failed(local);
+            }
+            return;
+        };
+        let addr = SockAddr::from(target);
         let fd = match sys::socket::tcp_stream(&addr) {
             Ok(fd) => Rc::new(fd),
             Err(e) => {
@@ -222,10 +238,13 @@ impl Reactor {
         };
         let service = l.service;
         self.shared.service(service).failed.fetch_add(1, Relaxed);
+        // The target may have moved (a new address behind its name): the next stream uses a
+        // fresh lookup if it comes back in time.
+        self.targets[service].refresh();
         tracing::warn!(
             agent = %self.spec.name,
             service = %self.spec.services[service].name,
-            target = %self.spec.services[service].addr,
+            target = %self.spec.services[service].given,
             error = %why,
             "cannot reach the service; its stream is reset"
         );
