@@ -401,13 +401,15 @@ impl Reactor {
             Next::Retry(delay) => {
                 self.shared.reconnects.fetch_add(1, Relaxed);
                 self.shared.set_state(AgentState::Reconnecting);
+                // "lost" when it was up; an attempt that never got there "failed".
+                let what = if was_up { "lost" } else { "failed" };
                 tracing::warn!(
                     agent = %self.log_name(),
                     relay = %self.spec.relay,
                     error = %why,
                     was_up,
                     retry_in_ms = delay.as_millis() as u64,
-                    "tunnel connection lost; reconnecting"
+                    "tunnel connection {what}; reconnecting"
                 );
                 let at = io.now + delay;
                 self.retry_at = Some(at);

@@ -352,6 +352,7 @@ impl StandbyAgent {
             keep_trying: false,
             // The addresses the channel found, not those of the start.
             relay_addrs: self.relay_name.addrs(),
+            unresolved: None,
             ..(*self.spec).clone()
         };
         let sans = match Sans::new(&spec) {
