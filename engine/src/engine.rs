@@ -552,17 +552,23 @@ impl Engine {
         access_log: bool,
     ) -> Result<Forwarder> {
         let (host, port) = split_host_port(&f.connect)?;
-        let upstream = (host.as_str(), port)
+        let found: Vec<SocketAddr> = (host.as_str(), port)
             .to_socket_addrs()
             .map_err(|e| Error::Address {
                 addr: f.connect.clone(),
                 why: format!("cannot resolve: {e}"),
             })?
-            .next()
-            .ok_or_else(|| Error::Address {
-                addr: f.connect.clone(),
-                why: "resolves to no address".into(),
-            })?;
+            .collect();
+        let upstream = *found.first().ok_or_else(|| Error::Address {
+            addr: f.connect.clone(),
+            why: "resolves to no address".into(),
+        })?;
+        // A name (not an IP address) is looked up again when a connect to it fails.
+        let upstream_name = host.parse::<std::net::IpAddr>().is_err().then(|| {
+            crate::resolve::Name::new(&host, port, found)
+                .called("the upstream's name")
+                .spaced(Duration::from_secs(1))
+        });
         // The mode's plan (its TLS configs), and the certificate it presents (expiry metric).
         let crate::modes::Built { plan, leaf } = crate::modes::build(f, &host)?;
         let cert_not_after = leaf.as_ref().and_then(validity::not_after);
@@ -576,6 +582,7 @@ impl Engine {
             name: f.display_name(),
             upstream: upstream.into(),
             upstream_text: f.connect.clone(),
+            upstream_name,
             plan,
             stats,
             max_connections: f.max_connections,

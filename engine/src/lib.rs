@@ -90,6 +90,7 @@ mod metrics;
 mod modes;
 mod probe;
 mod relay;
+mod resolve;
 mod shard;
 mod stats;
 mod sys;

@@ -47,6 +47,8 @@ pub struct Forwarder {
     pub upstream: SockAddr,
     /// The upstream as configured, for logs.
     pub upstream_text: String,
+    /// The upstream's name, when it is one: looked up again after a connect to it failed.
+    pub(crate) upstream_name: Option<crate::resolve::Name>,
     /// How its connections' legs are set up, from its mode (`crate::modes`).
     pub(crate) plan: crate::modes::Plan,
     /// Counters, kept across reloads.
@@ -69,6 +71,25 @@ pub struct Forwarder {
     pub accept_proxy: bool,
     /// Send a PROXY protocol header of this version to the upstream (server mode).
     pub send_proxy: Option<crate::config::ProxyVersion>,
+}
+
+impl Forwarder {
+    /// Where to connect now: `upstream`, or the current address of its name's latest answer.
+    pub(crate) fn upstream_now(&self) -> SockAddr {
+        match self.upstream_name.as_ref().and_then(|n| n.current()) {
+            Some(a) => a.into(),
+            None => self.upstream.clone(),
+        }
+    }
+
+    /// A connect to [`Forwarder::upstream_now`] failed: the next connection goes to the next
+    /// address known, and the name is looked up again (the upstream may have moved).
+    pub(crate) fn upstream_failed(&self) {
+        if let Some(n) = &self.upstream_name {
+            n.next();
+            n.refresh();
+        }
+    }
 }
 
 /// Orders from the control thread.

@@ -63,6 +63,7 @@ fn forwarder(mode: Mode, max_connections: usize) -> Arc<Forwarder> {
         name: "fake".into(),
         upstream: SocketAddr::from(([127, 0, 0, 1], 9)).into(),
         upstream_text: "127.0.0.1:9".into(),
+        upstream_name: None,
         plan,
         stats: Arc::default(),
         max_connections,
@@ -489,6 +490,74 @@ fn a_connect_deadline_closes_the_connection_as_an_upstream_failure() {
     h.settle();
     assert!(h.ops(TAG_CONNECT).is_empty());
     assert!(h.ops(TAG_HANGUP_PLAIN).is_empty());
+}
+
+/// An upstream given by name: each failed connect (refused, or its deadline) sends the next
+/// connection to the next address known and looks the name up again; a new answer (the
+/// upstream moved) is used from then on.
+#[test]
+fn a_failed_connect_moves_a_named_upstream_on_and_looks_it_up_again() {
+    let calls = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let seen = calls.clone();
+    let name = crate::resolve::Name::with_lookup(
+        "upstream.test",
+        9,
+        vec![
+            SocketAddr::from(([127, 0, 0, 2], 9)),
+            SocketAddr::from(([127, 0, 0, 4], 9)),
+        ],
+        Arc::new(move |_: &str, port: u16| {
+            match seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst) {
+                0 => Err(io::Error::other("no DNS server")),
+                _ => Ok(vec![SocketAddr::from(([127, 0, 0, 3], port))]),
+            }
+        }),
+    );
+    let mut f = Arc::into_inner(forwarder(Mode::Client, 10)).expect("one owner");
+    f.upstream_name = Some(name);
+    let fwd = Arc::new(f);
+    let mut h = harness();
+    h.listen(1, &fwd);
+    let connect_to = |h: &Harness| {
+        h.driver
+            .borrow()
+            .in_flight
+            .iter()
+            .find_map(|(t, op)| match op {
+                Op::Connect { addr, .. } => Some((*t, addr.as_socket().expect("IP"))),
+                _ => None,
+            })
+            .expect("a connect in flight")
+    };
+    let wait_lookups = |n: u64| {
+        let name = fwd.upstream_name.as_ref().expect("a name");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while name.lookups() < n {
+            assert!(Instant::now() < deadline, "lookup {n} did not finish");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    };
+
+    h.accept(1);
+    let (t, addr) = connect_to(&h);
+    assert_eq!(addr, SocketAddr::from(([127, 0, 0, 2], 9)));
+    h.finish(t, Err(io::Error::from_raw_os_error(libc::ECONNREFUSED)));
+    assert_eq!(h.shard.live_conns(), 0);
+    // The lookup failed: the addresses known stay, and the next one is used.
+    wait_lookups(1);
+    h.accept(1);
+    let (_, addr) = connect_to(&h);
+    assert_eq!(addr, SocketAddr::from(([127, 0, 0, 4], 9)));
+    // Its connect deadline passes: a failure too; the lookup now finds the moved upstream.
+    let deadline = *h.timers(TIMER_DEADLINE, 0).last().expect("a deadline");
+    h.shard.fire_timers(deadline);
+    h.settle();
+    assert_eq!(h.shard.live_conns(), 0);
+    wait_lookups(2);
+    h.accept(1);
+    let (_, addr) = connect_to(&h);
+    assert_eq!(addr, SocketAddr::from(([127, 0, 0, 3], 9)));
+    assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 2);
 }
 
 #[test]

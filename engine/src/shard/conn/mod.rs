@@ -238,8 +238,11 @@ impl Conn {
             }
         }
         let dialed = self.leg_of(Role::Dialed);
-        if tag == TAG_CONNECT && c.result.is_ok() {
-            self.leg_mut(dialed).connected = true;
+        if tag == TAG_CONNECT {
+            match c.result {
+                Ok(_) => self.leg_mut(dialed).connected = true,
+                Err(_) => self.fwd.upstream_failed(),
+            }
         }
         match &mut self.pump {
             Pump::Records(sm) => {
@@ -352,6 +355,11 @@ impl Conn {
     }
 
     pub(crate) fn timeout(&mut self) {
+        let dialed = &self.legs[self.leg_of(Role::Dialed) as usize];
+        if dialed.fd.is_some() && !dialed.connected {
+            // The connect deadline: the upstream may have moved away from this address.
+            self.fwd.upstream_failed();
+        }
         if let Some(p) = &mut self.proxy_in {
             p.failed
                 .get_or_insert_with(|| "no complete PROXY header before the deadline".into());
@@ -467,7 +475,7 @@ impl Conn {
     /// Opens the dialed leg's socket and starts its connect to the upstream.
     fn connect(&mut self, index: u32, shard: &mut Shard) -> std::io::Result<()> {
         let fwd = self.fwd.clone();
-        let addr = &fwd.upstream;
+        let addr = &fwd.upstream_now();
         let fd: Fd = std::rc::Rc::new(sys::socket::tcp_stream(addr)?);
         if let Some(kernel) = fwd.stats.kernel.get() {
             kernel.register(fd.as_fd(), crate::accounting::Leg::Upstream, true);

@@ -18,7 +18,6 @@ pub(crate) mod host;
 mod link;
 mod reactor;
 pub(crate) mod reload;
-mod resolve;
 mod spec;
 pub(crate) mod standby;
 mod status;

@@ -39,10 +39,10 @@ mod local;
 use local::Local;
 
 use super::link::{client_link, refused_status, version_of};
-use super::resolve::{Attempt, Name};
 use super::spec::{AgentSpec, ServiceSpec};
 use super::status::{AgentShared, AgentState};
 use crate::driver::{Completion, Driver, Fd, Op};
+use crate::resolve::{Attempt, Name};
 use crate::sys;
 
 // Op tags, offset by `TAG_AGENT_FIRST` on the shard.

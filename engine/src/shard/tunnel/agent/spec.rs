@@ -27,7 +27,7 @@ pub(crate) struct ServiceSpec {
     /// As given: a source's `IP:PORT`, a destination's target `HOST:PORT`.
     pub given: String,
     /// A source's listening address (one); a destination target's addresses at start, none
-    /// when its name did not resolve then (the agent looks it up again: `resolve.rs`).
+    /// when its name did not resolve then (the agent looks it up again: `crate::resolve`).
     pub addrs: Vec<SocketAddr>,
     /// Why a destination's target did not resolve at start, when it did not.
     pub unresolved: Option<String>,
@@ -52,7 +52,7 @@ pub(crate) struct AgentSpec {
     /// The relay's port.
     pub port: u16,
     /// Every address the relay's name had at start (the agent looks it up again for each
-    /// reconnect: `resolve.rs`). Empty when the name did not resolve at start: a device often
+    /// reconnect: `crate::resolve`). Empty when the name did not resolve at start: a device often
     /// starts before its network or DNS, so the agent keeps trying, as after a lost
     /// connection.
     pub relay_addrs: Vec<SocketAddr>,

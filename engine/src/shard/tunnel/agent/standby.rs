@@ -27,9 +27,9 @@ use splice_proto::ws::{AccessToken, ClientToken, ResponseError, close_code};
 
 use super::host::AgentStart;
 use super::reactor::Sans;
-use super::resolve::Name;
 use super::spec::AgentSpec;
 use super::status::{AgentShared, AgentState};
+use crate::resolve::Name;
 use crate::shard::Shard;
 use crate::shard::tunnel::link::LinkRef;
 use crate::shard::tunnel::{Entity, EntityRef, Plane};

@@ -1,6 +1,7 @@
-//! A `HOST:PORT` an agent connects to, the relay's or a destination's service target: looked
-//! up again after every lost or failed connection, off the shard, and (the relay's) every
-//! address of the answer tried in turn.
+//! A `HOST:PORT` the engine connects to (an agent's relay, a destination's service target, a
+//! forwarder's upstream): looked up again after every lost or failed connection, off the
+//! shard; an agent tries every address of the answer in turn, a forwarder moves on to the next
+//! for its next connection (at most one lookup a second for a busy forwarder).
 //!
 //! A relay that moves (a new address behind its name, a fail-over) is found at the next
 //! reconnect, and a name with several addresses (`localhost`: `::1` and `127.0.0.1`; a relay
@@ -15,8 +16,9 @@
 
 use std::io;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 /// How a name is looked up: `getaddrinfo` (a test gives its own).
 pub(crate) type Lookup = Arc<dyn Fn(&str, u16) -> io::Result<Vec<SocketAddr>> + Send + Sync>;
@@ -28,6 +30,8 @@ pub(crate) struct Name {
     host: String,
     port: u16,
     lookup: Lookup,
+    /// At most one lookup this often (none: one after every failure).
+    spacing: Option<Duration>,
     shared: Arc<Shared>,
 }
 
@@ -41,6 +45,10 @@ struct Shared {
     busy: AtomicBool,
     /// Lookups finished (with an answer or not).
     lookups: AtomicU64,
+    /// When the latest lookup started.
+    started: Mutex<Option<Instant>>,
+    /// Which of the known addresses [`Name::current`] gives (modulo their number).
+    cursor: AtomicUsize,
 }
 
 impl std::fmt::Debug for Name {
@@ -80,6 +88,7 @@ impl Name {
             host,
             port,
             lookup,
+            spacing: None,
             shared: Arc::new(Shared {
                 addrs: Mutex::new(first),
                 ..Shared::default()
@@ -91,6 +100,25 @@ impl Name {
     pub(crate) fn called(mut self, what: &'static str) -> Self {
         self.what = what;
         self
+    }
+
+    /// At most one lookup per `spacing`, for a name refreshed after every failed connection
+    /// of a busy forwarder.
+    pub(crate) fn spaced(mut self, spacing: Duration) -> Self {
+        self.spacing = Some(spacing);
+        self
+    }
+
+    /// The address to connect to now: one of those known, the same until [`Name::next`].
+    pub(crate) fn current(&self) -> Option<SocketAddr> {
+        let addrs = lock(&self.shared.addrs);
+        let i = self.shared.cursor.load(SeqCst);
+        addrs.get(i % addrs.len().max(1)).copied()
+    }
+
+    /// A connect to [`Name::current`] failed: move on to the next address known.
+    pub(crate) fn next(&self) {
+        self.shared.cursor.fetch_add(1, SeqCst);
     }
 
     /// Why the name had no address at start (it did not resolve), if it had none.
@@ -110,7 +138,18 @@ impl Name {
     /// Looks the name up again, in the background (nothing if a lookup is running or the host
     /// is an IP address). A failed lookup or an empty answer keeps the addresses known.
     pub(crate) fn refresh(&self) {
-        if self.host.parse::<IpAddr>().is_ok() || self.shared.busy.swap(true, SeqCst) {
+        if self.host.parse::<IpAddr>().is_ok() {
+            return;
+        }
+        if let Some(spacing) = self.spacing {
+            let mut started = lock(&self.shared.started);
+            let now = Instant::now();
+            if started.is_some_and(|t| now.saturating_duration_since(t) < spacing) {
+                return;
+            }
+            *started = Some(now);
+        }
+        if self.shared.busy.swap(true, SeqCst) {
             return;
         }
         let (what, host, port, lookup, shared) = (
@@ -121,7 +160,7 @@ impl Name {
             self.shared.clone(),
         );
         let spawned = std::thread::Builder::new()
-            .name("relay-lookup".into())
+            .name("name-lookup".into())
             .spawn(move || {
                 let failure = match lookup(&host, port) {
                     Ok(found) if !found.is_empty() => {
@@ -161,7 +200,7 @@ impl Name {
 
     /// Lookups finished since start-up.
     #[cfg(test)]
-    fn lookups(&self) -> u64 {
+    pub(crate) fn lookups(&self) -> u64 {
         self.shared.lookups.load(SeqCst)
     }
 }
