@@ -205,6 +205,21 @@ impl Name {
     }
 }
 
+/// Looks `host:port` up now (blocking: at start, never on a shard): its addresses, and why
+/// there are none when there are none.
+pub(crate) fn look_up(host: &str, port: u16) -> (Vec<SocketAddr>, Option<String>) {
+    match (host, port).to_socket_addrs() {
+        Ok(found) => {
+            let found: Vec<SocketAddr> = found.collect();
+            let why = found
+                .is_empty()
+                .then(|| "it resolves to no address".to_string());
+            (found, why)
+        }
+        Err(e) => (Vec::new(), Some(e.to_string())),
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }

@@ -616,10 +616,31 @@ static void echo_through(uint16_t port, int c, size_t bytes) {
 /* A client token (`[A-Za-z0-9-]{32,128}`) for tunnel_api_rotate and the agents. */
 #define CLIENT_TOKEN "c-test-client-token-0123456789-abcdef"
 
-static int mode_agents(const char *ca, const char *cert, const char *key, const char *driver) {
-    char toml[4096], url[64], relay[64], backend[64], service[96], bad_token[64];
-    uint16_t relay_port = 0, api_port = 0, src_port = 0;
+/* An engine running relay "r" (TLS with CERT and KEY, a registry in memory) on free ports:
+ * its API's URL goes into `url`, its agents' `IP:PORT` into `relay` (64 bytes each). */
+static tunnel_engine *relay_engine(const char *driver, const char *cert, const char *key,
+                                   char *url, char *relay) {
+    char toml[4096];
+    uint16_t relay_port = 0, api_port = 0;
     tunnel_config *cfg = NULL;
+    tunnel_engine *eng = NULL;
+    snprintf(toml, sizeof toml,
+             "threads = 2\ndriver = \"%s\"\naccess_log = false\n"
+             "[[relay]]\nname = \"r\"\nlisten = \"127.0.0.1:0\"\ncert = \"%s\"\nkey = \"%s\"\n"
+             "api = \"127.0.0.1:0\"\nstate = \":memory:\"\n",
+             driver, cert, key);
+    OK(tunnel_config_from_toml(toml, &cfg));
+    OK(tunnel_engine_start(cfg, &eng));
+    OK(tunnel_config_free(&cfg));
+    OK(tunnel_engine_relay_ports(eng, "r", &relay_port, &api_port));
+    snprintf(url, 64, "http://127.0.0.1:%u", api_port);
+    snprintf(relay, 64, "127.0.0.1:%u", relay_port);
+    return eng;
+}
+
+static int mode_agents(const char *ca, const char *cert, const char *key, const char *driver) {
+    char url[64], relay[64], backend[64], service[96], bad_token[64];
+    uint16_t relay_port = 0, api_port = 0, src_port = 0;
     tunnel_engine *eng = NULL;
     tunnel_agent *dst = NULL, *src = NULL, *bad = NULL;
     tunnel_agent_opts o;
@@ -631,18 +652,8 @@ static int mode_agents(const char *ca, const char *cert, const char *key, const 
     uint32_t st = 99;
     int fds = count_dir("/proc/self/fd"), tasks = count_dir("/proc/self/task");
 
-    snprintf(toml, sizeof toml,
-             "threads = 2\ndriver = \"%s\"\naccess_log = false\n"
-             "[[relay]]\nname = \"r\"\nlisten = \"127.0.0.1:0\"\ncert = \"%s\"\nkey = \"%s\"\n"
-             "api = \"127.0.0.1:0\"\nstate = \":memory:\"\n",
-             driver, cert, key);
-    OK(tunnel_config_from_toml(toml, &cfg));
-    OK(tunnel_engine_start(cfg, &eng));
-    OK(tunnel_config_free(&cfg));
-    OK(tunnel_engine_relay_ports(eng, "r", &relay_port, &api_port));
+    eng = relay_engine(driver, cert, key, url, relay);
     FAILS(tunnel_engine_relay_ports(eng, "nope", &relay_port, &api_port), TUNNEL_ERR_INVALID_ARGUMENT, "nope");
-    snprintf(url, sizeof url, "http://127.0.0.1:%u", api_port);
-    snprintf(relay, sizeof relay, "127.0.0.1:%u", relay_port);
 
     OK(tunnel_api_open(url, NULL, names, 1, 30, "pump-7", "from C", &id, &src_token, &dst_token));
     CHECK(strlen(id) > 0 && strlen(src_token) > 0 && strlen(dst_token) > 0, "id and tokens");
@@ -998,10 +1009,9 @@ static int mode_pins(const char *ca, const char *cert, const char *key, const ch
                      const char *driver) {
     /* A well-formed pin that no key here has (32 zero bytes). */
     static const char wrong[] = "sha256:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
-    char toml[4096], url[64], relay[64], backend[64], service[96], pins[256];
+    char url[64], relay[64], backend[64], service[96], pins[256];
     char token_file[] = "/tmp/tunnel-c-test-ct-XXXXXX";
-    uint16_t relay_port = 0, api_port = 0, src_port = 0, fwd_port = 0;
-    tunnel_config *cfg = NULL;
+    uint16_t src_port = 0, fwd_port = 0;
     tunnel_engine *eng = NULL;
     tunnel_agent *dst = NULL, *src = NULL, *bad = NULL;
     tunnel_agent_opts o;
@@ -1014,17 +1024,7 @@ static int mode_pins(const char *ca, const char *cert, const char *key, const ch
     int fd = -1, tf;
 
     OK(tunnel_log_set_callback(on_log, NULL, "warn"));
-    snprintf(toml, sizeof toml,
-             "threads = 2\ndriver = \"%s\"\naccess_log = false\n"
-             "[[relay]]\nname = \"r\"\nlisten = \"127.0.0.1:0\"\ncert = \"%s\"\nkey = \"%s\"\n"
-             "api = \"127.0.0.1:0\"\nstate = \":memory:\"\n",
-             driver, cert, key);
-    OK(tunnel_config_from_toml(toml, &cfg));
-    OK(tunnel_engine_start(cfg, &eng));
-    OK(tunnel_config_free(&cfg));
-    OK(tunnel_engine_relay_ports(eng, "r", &relay_port, &api_port));
-    snprintf(url, sizeof url, "http://127.0.0.1:%u", api_port);
-    snprintf(relay, sizeof relay, "127.0.0.1:%u", relay_port);
+    eng = relay_engine(driver, cert, key, url, relay);
 
     /* tunnel_connect: the right pin (beside a wrong one: either may match) reaches the relay,
      * a wrong one alone does not; malformed, or with a CA, is refused. */

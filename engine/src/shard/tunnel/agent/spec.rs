@@ -3,7 +3,7 @@
 //! and the services with their addresses. Everything that reads a file or resolves a name
 //! happens here, before a shard sees the agent.
 
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -229,17 +229,8 @@ fn standby_token(c: &Common<'_>, thing: &str) -> Result<Option<String>> {
 /// A destination's target: its addresses at start, and why it has none if it did not resolve
 /// (no error: the target may come up later, and the agent looks the name up again).
 fn resolve(addr: &str) -> std::result::Result<(Vec<SocketAddr>, Option<String>), String> {
-    split_host_port(addr).map_err(|e| e.to_string())?;
-    Ok(match addr.to_socket_addrs() {
-        Ok(found) => {
-            let found: Vec<SocketAddr> = found.collect();
-            let why = found
-                .is_empty()
-                .then(|| "it resolves to no address".to_string());
-            (found, why)
-        }
-        Err(e) => (Vec::new(), Some(e.to_string())),
-    })
+    let (host, port) = split_host_port(addr).map_err(|e| e.to_string())?;
+    Ok(crate::resolve::look_up(&host, port))
 }
 
 fn services(
@@ -301,16 +292,7 @@ fn build(
     }
     let relay_err = |e: &dyn std::fmt::Display| bad("relay", format!("`relay` {:?}: {e}", c.relay));
     let (host, port) = split_host_port(c.relay).map_err(|e| relay_err(&e))?;
-    let (relay_addrs, unresolved) = match (host.as_str(), port).to_socket_addrs() {
-        Ok(found) => {
-            let found: Vec<SocketAddr> = found.collect();
-            let why = found
-                .is_empty()
-                .then(|| "it resolves to no address".to_string());
-            (found, why)
-        }
-        Err(e) => (Vec::new(), Some(e.to_string())),
-    };
+    let (relay_addrs, unresolved) = crate::resolve::look_up(&host, port);
     let sni = c.sni.map_or(host.clone(), str::to_string);
     let server_name =
         ServerName::try_from(sni.clone()).map_err(|e| bad("sni", format!("`sni` {sni:?}: {e}")))?;
