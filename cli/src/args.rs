@@ -71,7 +71,8 @@ SIGHUP reloads the certificate files; SIGTERM or SIGINT drains (see --drain-time
     ///
     /// Parses the file, loads every certificate and key, parses and resolves every address
     /// (two forwarders on one address included), and prints a summary of the forwarders and
-    /// exits 0, or prints the error (file, line and key) and exits 1. Nothing is bound.
+    /// exits 0, or prints the error (file, line and key) and exits 1. Nothing is bound. A
+    /// tunnel agent's name that does not resolve now is a warning: the agent keeps trying.
     #[command(after_help = "Examples:
   splice-engine check --config /etc/splice-engine/splice.toml
   splice-engine check --config splice.toml && kill -HUP $(pidof splice-engine)")]

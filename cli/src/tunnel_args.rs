@@ -86,7 +86,8 @@ pub(crate) struct RelayArgs {
 /// What both agents take.
 #[derive(Args, Debug)]
 pub(crate) struct AgentArgs {
-    /// The relay (HOST:PORT).
+    /// The relay (HOST:PORT). A name is looked up again before each reconnect; one that does
+    /// not resolve yet (a device up before its DNS) is retried, not fatal.
     #[arg(long, value_name = "HOST:PORT")]
     pub(crate) relay: String,
     /// CA certificates (PEM) to verify the relay with [default: the system's roots].
@@ -171,7 +172,8 @@ pub(crate) struct DestinationArgs {
     #[command(flatten)]
     pub(crate) agent: AgentArgs,
     /// A service and where its streams go: NAME=HOST:PORT, repeatable; one bare HOST:PORT is
-    /// the single service of a V1 tunnel.
+    /// the single service of a V1 tunnel. A name is looked up again after a failed connect;
+    /// until one that does not resolve does, its streams are reset.
     #[arg(long, value_name = "NAME=HOST:PORT", required = true)]
     pub(crate) connect: Vec<String>,
     /// Time allowed to connect to a service [default: 5s].
