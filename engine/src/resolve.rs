@@ -116,6 +116,11 @@ impl Name {
         addrs.get(i % addrs.len().max(1)).copied()
     }
 
+    /// How many addresses are known now.
+    pub(crate) fn known(&self) -> usize {
+        lock(&self.shared.addrs).len()
+    }
+
     /// A connect to [`Name::current`] failed: move on to the next address known.
     pub(crate) fn next(&self) {
         self.shared.cursor.fetch_add(1, SeqCst);

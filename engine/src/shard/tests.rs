@@ -492,9 +492,9 @@ fn a_connect_deadline_closes_the_connection_as_an_upstream_failure() {
     assert!(h.ops(TAG_HANGUP_PLAIN).is_empty());
 }
 
-/// An upstream given by name: each failed connect (refused, or its deadline) sends the next
-/// connection to the next address known and looks the name up again; a new answer (the
-/// upstream moved) is used from then on.
+/// An upstream given by name: a refused connect tries the name's next address within the same
+/// connection; each failure (refused, or the connect deadline) moves the next connection on
+/// and looks the name up again, whose new answer (the upstream moved) is used from then on.
 #[test]
 fn a_failed_connect_moves_a_named_upstream_on_and_looks_it_up_again() {
     let calls = Arc::new(std::sync::atomic::AtomicU64::new(0));
@@ -537,27 +537,42 @@ fn a_failed_connect_moves_a_named_upstream_on_and_looks_it_up_again() {
             std::thread::sleep(Duration::from_millis(5));
         }
     };
+    let refused = || Err(io::Error::from_raw_os_error(libc::ECONNREFUSED));
 
-    h.accept(1);
+    // Refused at the first address: the same connection tries the second (a new socket).
+    let down = h.accept(1);
     let (t, addr) = connect_to(&h);
     assert_eq!(addr, SocketAddr::from(([127, 0, 0, 2], 9)));
-    h.finish(t, Err(io::Error::from_raw_os_error(libc::ECONNREFUSED)));
-    assert_eq!(h.shard.live_conns(), 0);
-    // The lookup failed: the addresses known stay, and the next one is used.
-    wait_lookups(1);
-    h.accept(1);
-    let (_, addr) = connect_to(&h);
+    let first_up = h.shard.conns[0]
+        .as_ref()
+        .and_then(|c| c.socket(Role::Dialed));
+    let first_up = first_up.expect("an upstream socket").as_raw_fd();
+    h.finish(t, refused());
+    assert_eq!(h.shard.live_conns(), 1);
+    let (t, addr) = connect_to(&h);
     assert_eq!(addr, SocketAddr::from(([127, 0, 0, 4], 9)));
-    // Its connect deadline passes: a failure too; the lookup now finds the moved upstream.
-    let deadline = *h.timers(TIMER_DEADLINE, 0).last().expect("a deadline");
-    h.shard.fire_timers(deadline);
-    h.settle();
+    assert!(h.driver.borrow().cancelled.contains(&first_up));
+    assert_eq!(errors(&fwd), [0, 0, 0, 0]);
+    // The lookup failed: the addresses known stay. Refused there too: no address left for
+    // this connection, which closes as one upstream failure.
+    wait_lookups(1);
+    h.finish(t, refused());
     assert_eq!(h.shard.live_conns(), 0);
+    assert_eq!(errors(&fwd), [0, 1, 0, 0]);
+    assert!(h.calls().contains(&Call::SetLingerZero(down)));
+    // That lookup finds the moved upstream; the next connection goes there, and its connect
+    // deadline (a failure too) has no other address to try.
     wait_lookups(2);
     h.accept(1);
     let (_, addr) = connect_to(&h);
     assert_eq!(addr, SocketAddr::from(([127, 0, 0, 3], 9)));
-    assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 2);
+    let deadline = *h.timers(TIMER_DEADLINE, 0).last().expect("a deadline");
+    h.shard.fire_timers(deadline);
+    h.settle();
+    assert_eq!(h.shard.live_conns(), 0);
+    assert_eq!(errors(&fwd), [0, 2, 0, 0]);
+    wait_lookups(3);
+    assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 3);
 }
 
 #[test]

@@ -80,6 +80,11 @@ pub(crate) struct Conn {
     proxy_in: Option<Box<ProxyIn>>,
     /// The destination address a PROXY header carried (the source replaces `peer`).
     proxied_to: Option<Box<SocketAddr>>,
+    /// A failed connect to one of a named upstream's addresses, held back from the pump while
+    /// the next address is tried (at the next drive).
+    redial: Option<Box<Completion>>,
+    /// Addresses tried after the first.
+    redials: u8,
 }
 
 /// When an idle connection is to be reset.
@@ -157,6 +162,8 @@ impl Conn {
             idle,
             proxy_in,
             proxied_to: None,
+            redial: None,
+            redials: 0,
         })
     }
 
@@ -239,9 +246,14 @@ impl Conn {
         }
         let dialed = self.leg_of(Role::Dialed);
         if tag == TAG_CONNECT {
-            match c.result {
-                Ok(_) => self.leg_mut(dialed).connected = true,
-                Err(_) => self.fwd.upstream_failed(),
+            if c.result.is_ok() {
+                self.leg_mut(dialed).connected = true;
+            } else {
+                self.fwd.upstream_failed();
+                if self.may_redial() {
+                    self.redial = Some(Box::new(c));
+                    return;
+                }
             }
         }
         match &mut self.pump {
@@ -370,8 +382,32 @@ impl Conn {
         }
     }
 
+    /// Whether a failed connect may try the upstream name's next address: while addresses
+    /// are left that this connection has not tried (at most four), so a name whose first
+    /// address is dead (`localhost` as `::1` for an IPv4-only upstream) costs no connection.
+    fn may_redial(&self) -> bool {
+        let known = self.fwd.upstream_name.as_ref().map_or(0, |n| n.known());
+        usize::from(self.redials) + 1 < known.min(4)
+    }
+
+    /// Connects the dialed leg to the upstream's next address, in place of the one that
+    /// failed; if no socket can be made, the pump gets the first failure after all.
+    fn redial_now(&mut self, index: u32, shard: &mut Shard, failed: Completion) {
+        self.redials += 1;
+        if let Some(old) = self.leg(self.leg_of(Role::Dialed)).fd.as_ref() {
+            shard.driver.cancel(old.as_raw_fd());
+        }
+        if self.connect(index, shard).is_err() {
+            self.redials = u8::MAX;
+            self.complete(TAG_CONNECT, failed);
+        }
+    }
+
     /// Performs the pump's operations until it has none; says whether it closed.
     pub(crate) fn drive(&mut self, index: u32, shard: &mut Shard) -> Outcome {
+        if let Some(failed) = self.redial.take() {
+            self.redial_now(index, shard, *failed);
+        }
         if let Some(failure) = self.hangup.take() {
             self.account();
             return Outcome::Closed(Some(*failure));
