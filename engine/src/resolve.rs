@@ -121,9 +121,15 @@ impl Name {
         lock(&self.shared.addrs).len()
     }
 
-    /// A connect to [`Name::current`] failed: move on to the next address known.
-    pub(crate) fn next(&self) {
-        self.shared.cursor.fetch_add(1, SeqCst);
+    /// A connect to `addr` failed: move on to the next address known, unless another failure
+    /// already moved past it (connections that failed together move it once). `None` (not
+    /// known which): move on.
+    pub(crate) fn failed(&self, addr: Option<SocketAddr>) {
+        let addrs = lock(&self.shared.addrs);
+        let i = self.shared.cursor.load(SeqCst);
+        if addr.is_none() || addrs.get(i % addrs.len().max(1)) == addr.as_ref() {
+            self.shared.cursor.store(i.wrapping_add(1), SeqCst);
+        }
     }
 
     /// Why the name had no address at start (it did not resolve), if it had none.

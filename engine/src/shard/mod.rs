@@ -82,11 +82,11 @@ impl Forwarder {
         }
     }
 
-    /// A connect to [`Forwarder::upstream_now`] failed: the next connection goes to the next
-    /// address known, and the name is looked up again (the upstream may have moved).
-    pub(crate) fn upstream_failed(&self) {
+    /// A connect to `addr` (`None`: not known which) failed: the next connection goes to the
+    /// next address known, and the name is looked up again (the upstream may have moved).
+    pub(crate) fn upstream_failed(&self, addr: Option<SocketAddr>) {
         if let Some(n) = &self.upstream_name {
-            n.next();
+            n.failed(addr);
             n.refresh();
         }
     }

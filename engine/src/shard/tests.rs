@@ -518,16 +518,19 @@ fn a_failed_connect_moves_a_named_upstream_on_and_looks_it_up_again() {
     let fwd = Arc::new(f);
     let mut h = harness();
     h.listen(1, &fwd);
-    let connect_to = |h: &Harness| {
-        h.driver
+    let connects = |h: &Harness| -> Vec<(u64, SocketAddr)> {
+        let mut v: Vec<_> = h
+            .driver
             .borrow()
             .in_flight
             .iter()
-            .find_map(|(t, op)| match op {
+            .filter_map(|(t, op)| match op {
                 Op::Connect { addr, .. } => Some((*t, addr.as_socket().expect("IP"))),
                 _ => None,
             })
-            .expect("a connect in flight")
+            .collect();
+        v.sort();
+        v
     };
     let wait_lookups = |n: u64| {
         let name = fwd.upstream_name.as_ref().expect("a name");
@@ -538,39 +541,50 @@ fn a_failed_connect_moves_a_named_upstream_on_and_looks_it_up_again() {
         }
     };
     let refused = || Err(io::Error::from_raw_os_error(libc::ECONNREFUSED));
+    let (a2, a3, a4) = (
+        SocketAddr::from(([127, 0, 0, 2], 9)),
+        SocketAddr::from(([127, 0, 0, 3], 9)),
+        SocketAddr::from(([127, 0, 0, 4], 9)),
+    );
 
-    // Refused at the first address: the same connection tries the second (a new socket).
+    // Two connections to the first address, both refused: each tries the second in the same
+    // connection (a new socket, the old one cancelled), with no error counted. Failing
+    // together, they move the forwarder on once: both go to the second address, not back.
     let down = h.accept(1);
-    let (t, addr) = connect_to(&h);
-    assert_eq!(addr, SocketAddr::from(([127, 0, 0, 2], 9)));
+    h.accept(1);
+    let first = connects(&h);
+    assert_eq!(first.iter().map(|c| c.1).collect::<Vec<_>>(), [a2, a2]);
     let first_up = h.shard.conns[0]
         .as_ref()
         .and_then(|c| c.socket(Role::Dialed));
     let first_up = first_up.expect("an upstream socket").as_raw_fd();
-    h.finish(t, refused());
-    assert_eq!(h.shard.live_conns(), 1);
-    let (t, addr) = connect_to(&h);
-    assert_eq!(addr, SocketAddr::from(([127, 0, 0, 4], 9)));
+    h.finish(first[0].0, refused());
+    h.finish(first[1].0, refused());
+    assert_eq!(h.shard.live_conns(), 2);
+    let second = connects(&h);
+    assert_eq!(second.iter().map(|c| c.1).collect::<Vec<_>>(), [a4, a4]);
     assert!(h.driver.borrow().cancelled.contains(&first_up));
     assert_eq!(errors(&fwd), [0, 0, 0, 0]);
     // The lookup failed: the addresses known stay. Refused there too: no address left for
-    // this connection, which closes as one upstream failure.
+    // these connections, which close as upstream failures.
     wait_lookups(1);
-    h.finish(t, refused());
+    h.finish(second[0].0, refused());
+    h.finish(second[1].0, refused());
     assert_eq!(h.shard.live_conns(), 0);
-    assert_eq!(errors(&fwd), [0, 1, 0, 0]);
+    assert_eq!(errors(&fwd), [0, 2, 0, 0]);
     assert!(h.calls().contains(&Call::SetLingerZero(down)));
     // That lookup finds the moved upstream; the next connection goes there, and its connect
     // deadline (a failure too) has no other address to try.
     wait_lookups(2);
     h.accept(1);
-    let (_, addr) = connect_to(&h);
-    assert_eq!(addr, SocketAddr::from(([127, 0, 0, 3], 9)));
-    let deadline = *h.timers(TIMER_DEADLINE, 0).last().expect("a deadline");
+    let third = connects(&h);
+    assert_eq!(third.iter().map(|c| c.1).collect::<Vec<_>>(), [a3]);
+    let (_, slot, _) = untoken(third[0].0);
+    let deadline = *h.timers(TIMER_DEADLINE, slot).last().expect("a deadline");
     h.shard.fire_timers(deadline);
     h.settle();
     assert_eq!(h.shard.live_conns(), 0);
-    assert_eq!(errors(&fwd), [0, 2, 0, 0]);
+    assert_eq!(errors(&fwd), [0, 3, 0, 0]);
     wait_lookups(3);
     assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 3);
 }

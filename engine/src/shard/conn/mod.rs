@@ -249,7 +249,11 @@ impl Conn {
             if c.result.is_ok() {
                 self.leg_mut(dialed).connected = true;
             } else {
-                self.fwd.upstream_failed();
+                let tried = match &c.op {
+                    Op::Connect { addr, .. } => addr.as_socket(),
+                    _ => None,
+                };
+                self.fwd.upstream_failed(tried);
                 if self.may_redial() {
                     self.redial = Some(Box::new(c));
                     return;
@@ -370,7 +374,7 @@ impl Conn {
         let dialed = &self.legs[self.leg_of(Role::Dialed) as usize];
         if dialed.fd.is_some() && !dialed.connected {
             // The connect deadline: the upstream may have moved away from this address.
-            self.fwd.upstream_failed();
+            self.fwd.upstream_failed(None);
         }
         if let Some(p) = &mut self.proxy_in {
             p.failed
