@@ -245,7 +245,8 @@ impl Conn {
             }
         }
         let dialed = self.leg_of(Role::Dialed);
-        if tag == TAG_CONNECT {
+        let cancelled = matches!(&c.result, Err(e) if e.raw_os_error() == Some(libc::ECANCELED));
+        if tag == TAG_CONNECT && !cancelled {
             if c.result.is_ok() {
                 self.leg_mut(dialed).connected = true;
             } else {
