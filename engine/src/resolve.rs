@@ -109,7 +109,8 @@ impl Name {
         self
     }
 
-    /// The address to connect to now: one of those known, the same until [`Name::next`].
+    /// The address to connect to now: one of those known, the same until [`Name::failed`]
+    /// moves past it.
     pub(crate) fn current(&self) -> Option<SocketAddr> {
         let addrs = lock(&self.shared.addrs);
         let i = self.shared.cursor.load(SeqCst);

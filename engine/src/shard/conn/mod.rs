@@ -372,8 +372,7 @@ impl Conn {
     }
 
     pub(crate) fn timeout(&mut self) {
-        let dialed = &self.legs[self.leg_of(Role::Dialed) as usize];
-        if dialed.fd.is_some() && !dialed.connected {
+        if self.leg(self.leg_of(Role::Dialed)).connecting() {
             // The connect deadline: the upstream may have moved away from this address.
             self.fwd.upstream_failed(None);
         }

@@ -50,10 +50,9 @@ pub(crate) struct StandbyAgent {
     spec: Arc<AgentSpec>,
     thing: String,
     shared: Arc<AgentShared>,
-    /// The relay's addresses, looked up again after each failure.
+    /// The relay's addresses, looked up again after each failure, each failure moving on to
+    /// the next.
     relay_name: Name,
-    /// Failed attempts so far: each moves on to the next of the relay's addresses.
-    failures: usize,
     link: Option<LinkRef>,
     /// The relay's 101 arrived on `link`.
     standing: bool,
@@ -78,7 +77,6 @@ pub(crate) fn start(plane: &mut Plane, shard: &mut Shard, s: StandbyStart) {
         .unresolved(s.spec.unresolved.clone());
     let e = plane.insert_entity(Entity::StandbyAgent(Box::new(StandbyAgent {
         relay_name,
-        failures: 0,
         spec: s.spec,
         thing: s.thing,
         shared: s.shared,
@@ -139,8 +137,7 @@ impl StandbyAgent {
             return;
         }
         self.retry_at = None;
-        let addrs = self.relay_name.addrs();
-        let Some(&relay) = addrs.get(self.failures % addrs.len().max(1)) else {
+        let Some(relay) = self.relay_name.current() else {
             let why = self.relay_name.no_address();
             return self.failed(me, plane, shard, End::Dropped, &why);
         };
@@ -191,7 +188,7 @@ impl StandbyAgent {
         if self.done {
             return;
         }
-        self.failures = self.failures.wrapping_add(1);
+        self.relay_name.failed(None);
         self.relay_name.refresh();
         let jitter = self.jitter.sample();
         match self.reconnect.handle_end(end, jitter) {

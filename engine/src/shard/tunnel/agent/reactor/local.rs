@@ -185,7 +185,7 @@ impl Reactor {
         };
         let stats = self.shared.service(i);
         stats.connections.fetch_add(1, Relaxed);
-        let Some(&target) = self.targets[i].addrs().first() else {
+        let Some(target) = self.targets[i].current() else {
             // Not resolved yet (at start, or since): look again for the next stream.
             stats.failed.fetch_add(1, Relaxed);
             self.targets[i].refresh();
