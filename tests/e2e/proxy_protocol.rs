@@ -5,7 +5,7 @@
 //! sha256. Garbage, an over-long line and a header that never ends are reset.
 
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -54,10 +54,10 @@ impl Haproxy {
             _dir: dir,
             log,
         };
-        // Listening: nobody else can bind the port any more.
+        // Read from /proc: binding the port to probe it would race HAProxy's own bind.
+        let pid = i32::try_from(h.child.id()).expect("pid fits in i32");
         let up = wait_until(START_TIMEOUT, || {
-            TcpListener::bind(localhost(port)).is_err()
-                || h.child.try_wait().ok().flatten().is_some()
+            pid_listens_on(pid, port) || h.child.try_wait().ok().flatten().is_some()
         });
         assert!(
             up && h.child.try_wait().ok().flatten().is_none(),

@@ -226,12 +226,7 @@ impl Proc {
 
     /// Whether a socket of this process listens on `port` (any address).
     pub fn is_listening(&self, port: u16) -> bool {
-        let inodes = listening_inodes(port);
-        if inodes.is_empty() {
-            return false;
-        }
-        let mine = socket_inodes(self.pid());
-        inodes.iter().any(|i| mine.contains(i))
+        pid_listens_on(self.pid(), port)
     }
 
     /// Waits until this process listens on `port`; panics (with its stderr) if it exits or
@@ -316,7 +311,18 @@ impl Drop for Proc {
     }
 }
 
-pub(super) fn listening_inodes(port: u16) -> Vec<u64> {
+/// Whether process `pid` has a socket listening on `port` (any address). Read from /proc, so
+/// it does not disturb the port: probing by binding it would race the process's own bind.
+pub fn pid_listens_on(pid: i32, port: u16) -> bool {
+    let inodes = listening_inodes(port);
+    if inodes.is_empty() {
+        return false;
+    }
+    let mine = socket_inodes(pid);
+    inodes.iter().any(|i| mine.contains(i))
+}
+
+fn listening_inodes(port: u16) -> Vec<u64> {
     let mut out = Vec::new();
     for file in ["/proc/net/tcp", "/proc/net/tcp6"] {
         let Ok(text) = fs::read_to_string(file) else {
@@ -340,7 +346,7 @@ pub(super) fn listening_inodes(port: u16) -> Vec<u64> {
     out
 }
 
-pub(super) fn socket_inodes(pid: i32) -> HashSet<u64> {
+fn socket_inodes(pid: i32) -> HashSet<u64> {
     let mut out = HashSet::new();
     let Ok(dir) = fs::read_dir(format!("/proc/{pid}/fd")) else {
         return out;

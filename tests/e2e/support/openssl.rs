@@ -112,11 +112,7 @@ impl OpensslChild {
     /// Waits until it listens on `port` (an `s_server`).
     pub fn wait_listening(&mut self, port: u16) {
         let pid = self.pid();
-        let ok = wait_until(START_TIMEOUT, || {
-            let inodes = listening_inodes(port);
-            let mine = socket_inodes(pid);
-            inodes.iter().any(|i| mine.contains(i))
-        });
+        let ok = wait_until(START_TIMEOUT, || pid_listens_on(pid, port));
         assert!(
             ok,
             "{} did not listen on {port}; stderr:\n{}",
