@@ -886,6 +886,7 @@ mod builder;
 mod tests;
 mod tunnel;
 
+pub(crate) use tunnel::read_secret_file;
 pub use tunnel::{
     DestinationConfig, RelayConfig, SecretText, SourceConfig, TOKEN_ENV, TunnelProtocol,
     split_service,

@@ -180,7 +180,7 @@ def test_tunnel_through_our_relay(relay: Tuple[str, str], pki: Pki, echo: Echo) 
     assert src.state == "stopped" and src.closed
 
 
-def test_tunnel_errors(relay: Tuple[str, str], pki: Pki) -> None:
+def test_tunnel_errors(relay: Tuple[str, str], pki: Pki, tmp_path: Path) -> None:
     relay_addr, api = relay
     # A token the relay does not know: the agent finishes, saying why, without the token.
     bad = "not-a-token-of-this-relay"
@@ -207,6 +207,17 @@ def test_tunnel_errors(relay: Tuple[str, str], pki: Pki) -> None:
     with pytest.raises(splice_engine.TlsError, match="no PEM certificate found.*`ca_pem`"):
         splice_engine.Source(
             relay_addr, ca_pem="not PEM", token="t", services={"x": "127.0.0.1:0"}
+        )
+    # A token file that is not there, or holds nothing: the key and the file, never a token.
+    missing = tmp_path / "missing.token"
+    with pytest.raises(splice_engine.ConfigError, match="`token_file` .*missing.token: cannot read"):
+        splice_engine.Source(relay_addr, ca=pki.ca, token_file=missing, services={"x": "127.0.0.1:0"})
+    empty = tmp_path / "empty.token"
+    empty.write_text("\n")
+    with pytest.raises(splice_engine.ConfigError, match="`client_token_file` .*empty.token: it is empty"):
+        splice_engine.Destination(
+            relay_addr, ca=pki.ca, token="t", client_token_file=empty,
+            services={"x": "127.0.0.1:1"},
         )
     with pytest.raises(splice_engine.ConfigError, match="no-port-here"):
         splice_engine.Destination("no-port-here", token="t", services={"x": "127.0.0.1:1"})
@@ -291,9 +302,14 @@ def test_agents_reconnect_when_the_relay_comes_back(
         client = "py-test-client-token-0123456789-abcdef"
         r = splice_engine.rotate_tunnel(relay.api, t.id, "both", client_token=client)
         relay_addr = f"127.0.0.1:{relay.port}"
+        # The destination reads both tokens from files (as a device keeps them).
+        token_file = tmp_path / "destination.token"
+        token_file.write_text((r.destination_token or "") + "\n")
+        client_file = tmp_path / "client.token"
+        client_file.write_text(client + "\n")
         with splice_engine.Destination(
-            relay_addr, ca=pki.ca, sni="localhost", token=r.destination_token or "",
-            client_token=client, services={"echo": f"127.0.0.1:{echo.port}"},
+            relay_addr, ca=pki.ca, sni="localhost", token_file=token_file,
+            client_token_file=client_file, services={"echo": f"127.0.0.1:{echo.port}"},
         ) as dst, splice_engine.Source(
             relay_addr, ca=pki.ca, sni="localhost", token=r.source_token or "",
             client_token=client, services={"echo": "127.0.0.1:0"},

@@ -22,6 +22,7 @@ mod limits;
 mod memory;
 mod metrics;
 mod mtls;
+mod names;
 mod openssl;
 mod proxy_protocol;
 mod relay;

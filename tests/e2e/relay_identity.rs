@@ -171,6 +171,24 @@ fn start_agents(dir: &Path, label: &str, driver: &str, tables: &str, ports: &[u1
 
 /// Sends `total` random bytes through `addr` (an echo behind the tunnel) while reading them
 /// back; Ok when every byte came back in order (hashes compared).
+/// [`echo_through`] once the source carries connections: the relay counts a peer connected
+/// when it answers the upgrade, a moment before the source has read the answer, and a source
+/// refuses (resets) connections until it has.
+fn echo_when_up(addr: SocketAddr, total: u64, seed: u64) -> Result<(), String> {
+    let mut last = String::new();
+    let up = wait_until(SOON, || match echo_through(addr, 16, seed) {
+        Ok(()) => true,
+        Err(e) => {
+            last = e;
+            false
+        }
+    });
+    if !up {
+        return Err(format!("the source never carried a connection: {last}"));
+    }
+    echo_through(addr, total, seed)
+}
+
 fn echo_through(addr: SocketAddr, total: u64, seed: u64) -> Result<(), String> {
     use std::io::Read;
     let sock = try_connect(addr).map_err(|e| format!("connect {addr}: {e}"))?;
@@ -293,7 +311,7 @@ fn pairing_by_certificate_beside_tokens() {
         let t1 = relay.wait_pair(uri, &[&src, &dst]);
         let t2 = relay.wait_pair(&fingerprint, &[&src, &dst]);
         for (port, seed) in [(p1, 1), (p2, 2)] {
-            echo_through(localhost(port), 1 << 20, seed)
+            echo_when_up(localhost(port), 1 << 20, seed)
                 .unwrap_or_else(|e| panic!("{driver}: bytes through {port}: {e}"));
         }
         let d = relay.describe(&t1);
@@ -359,7 +377,7 @@ fn pairing_by_certificate_beside_tokens() {
             "{driver}: a new tunnel after the close:\n{}",
             relay.proc.log()
         );
-        echo_through(localhost(p1), 64 << 10, 9)
+        echo_when_up(localhost(p1), 64 << 10, 9)
             .unwrap_or_else(|e| panic!("{driver}: bytes through the new tunnel: {e}"));
         drop(src);
         drop(dst);
@@ -697,7 +715,7 @@ fn fifty_pairs_at_once() {
             .enumerate()
             .map(|(i, &p)| {
                 spawn("echo", move || {
-                    echo_through(localhost(p), 256 << 10, i as u64)
+                    echo_when_up(localhost(p), 256 << 10, i as u64)
                 })
             })
             .collect();
@@ -788,5 +806,5 @@ fn the_commands_pair_by_certificate_and_name_bad_files() {
         config: None,
     };
     r.wait_pair("spiffe://t/cli", &[&src, &dst]);
-    echo_through(localhost(local), 1 << 20, 5).unwrap();
+    echo_when_up(localhost(local), 1 << 20, 5).unwrap();
 }

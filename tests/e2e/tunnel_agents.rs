@@ -545,7 +545,7 @@ fn relay_restart(graceful: bool) {
         .listen("ssh", port)
         .client_token(Some(token))
         .start(relay.addr(), &pki, driver);
-    assert!(wait_until(SOON, || relay.both_connected(&id)));
+    assert!(wait_until(SOON, || relay.both_connected(&id) && connection_up(&src)));
     echo_through(localhost(port), 100_000, 1).unwrap();
     let relay_port = relay.port;
     if graceful {
@@ -672,11 +672,11 @@ fn agent_metrics() {
     let _dst = AgentSetup::destination(&dst_token)
         .services(vec![format!("ssh={}", backend.addr)])
         .start(relay.addr(), &pki, driver);
-    let _src = AgentSetup::source(&src_token)
+    let src = AgentSetup::source(&src_token)
         .listen("ssh", port)
         .metrics(metrics)
         .start(relay.addr(), &pki, driver);
-    assert!(wait_until(SOON, || relay.both_connected(&id)));
+    assert!(wait_until(SOON, || relay.both_connected(&id) && connection_up(&src)));
     for k in 0..3 {
         echo_through(localhost(port), 100_000, k).unwrap();
     }
@@ -716,11 +716,11 @@ fn agent_kernel_bytes_equal_the_payload() {
             .services(vec![format!("ssh={}", backend.addr)])
             .metrics(dst_metrics)
             .start(relay.addr(), &pki, driver);
-        let _src = AgentSetup::source(&src_token)
+        let src = AgentSetup::source(&src_token)
             .listen("ssh", port)
             .metrics(src_metrics)
             .start(relay.addr(), &pki, driver);
-        assert!(wait_until(SOON, || relay.both_connected(&id)));
+        assert!(wait_until(SOON, || relay.both_connected(&id) && connection_up(&src)));
         let mut total = 0;
         for k in 0..3 {
             echo_through(localhost(port), 100_000 + k, k).unwrap();
@@ -844,7 +844,7 @@ fn relay_kernel_bytes_equal_the_bytes_on_the_wire() {
             AgentSetup::source(&src_token)
                 .listen("ssh", port)
                 .start(proxies[0].addr, &pki, driver);
-        assert!(wait_until(SOON, || relay.both_connected(&id)));
+        assert!(wait_until(SOON, || relay.both_connected(&id) && connection_up(&src)));
         let mut total = 0;
         for k in 0..3 {
             echo_through(localhost(port), 200_000 + 7 * k, k).unwrap();

@@ -27,6 +27,18 @@ impl std::fmt::Debug for SecretText {
     }
 }
 
+/// The secret written in file `path` (a token), surrounding whitespace removed; else why not
+/// ("cannot read it: …", "it is empty"), for the caller to say with the key or the file. One
+/// reading for every token file, so they all take the same files.
+pub(crate) fn read_secret_file(path: &Path) -> std::result::Result<String, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read it: {e}"))?;
+    let secret = text.trim();
+    if secret.is_empty() {
+        return Err("it is empty".into());
+    }
+    Ok(secret.to_string())
+}
+
 /// Which tunnel protocol version an agent speaks at most (it falls back to what the peer
 /// speaks, as the AWS local proxy does).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]

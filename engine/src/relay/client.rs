@@ -12,7 +12,7 @@ use hyper::{Method, Request, Uri};
 use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 
-use crate::config::SecretText;
+use crate::config::{SecretText, read_secret_file};
 use crate::error::{Error, Result};
 
 /// How long a call may take, connection included.
@@ -99,19 +99,12 @@ impl TunnelApi {
     /// Reads the bearer token from `path` (surrounding whitespace removed); an unreadable or
     /// empty file is an [`Error::Config`] naming it.
     pub fn bearer_token_file(self, path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
+        let token = read_secret_file(path).map_err(|why| {
             Error::config(
                 path.display().to_string(),
-                format!("cannot read the API token file: {e}"),
+                format!("the API token file: {why}"),
             )
         })?;
-        let token = text.trim();
-        if token.is_empty() {
-            return Err(Error::config(
-                path.display().to_string(),
-                "the API token file is empty",
-            ));
-        }
         Ok(self.bearer_token(token))
     }
 

@@ -18,7 +18,7 @@ use super::sqlite::{SqliteStore, default_state_path};
 use super::store::{MemoryStore, TunnelStore};
 use super::tunnel::Timestamp;
 use super::writer::WriteBehind;
-use crate::config::RelayConfig;
+use crate::config::{RelayConfig, read_secret_file};
 use crate::error::{Bad, Error, Result, placed};
 
 /// How often the expiry timer closes tunnels whose lifetime ended (and forgets those closed
@@ -255,18 +255,9 @@ fn limits(cfg: &RelayConfig) -> std::result::Result<Limits, String> {
 /// The token in `path` (surrounding whitespace removed); an unreadable or empty file is an
 /// error that names it.
 pub(crate) fn read_token_file(path: &Path) -> Result<Secret> {
-    let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
-        context: format!("reading the token file {}", path.display()),
-        source,
-    })?;
-    let token = text.trim();
-    if token.is_empty() {
-        return Err(Error::config(
-            path.display().to_string(),
-            "the token file is empty",
-        ));
-    }
-    Ok(Secret::new(token))
+    read_secret_file(path)
+        .map(|token| Secret::new(&token))
+        .map_err(|why| Error::config(path.display().to_string(), format!("the token file: {why}")))
 }
 
 /// What the files a relay names hold.

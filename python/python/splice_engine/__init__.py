@@ -448,7 +448,7 @@ class _Agent:
         self,
         relay: str,
         *,
-        token: str,
+        token: Optional[str] = None,
         services: Mapping[str, str],
         ca: Optional[StrPath] = None,
         sni: Optional[str] = None,
@@ -456,13 +456,20 @@ class _Agent:
         driver: Optional[str] = None,
         ca_pem: Optional[str] = None,
         pin: Optional[Sequence[str]] = None,
+        token_file: Optional[StrPath] = None,
+        client_token_file: Optional[StrPath] = None,
     ) -> None:
         agent: Dict[str, Any] = {
             "name": _AGENT,
             "relay": relay,
-            "token": token,
             self._addr_key: [f"{n}={a}" if n else a for n, a in services.items()],
         }
+        if token is not None:
+            agent["token"] = token
+        if token_file is not None:
+            agent["token_file"] = os.fspath(token_file)
+        if client_token_file is not None:
+            agent["client_token_file"] = os.fspath(client_token_file)
         if ca is not None:
             agent["ca"] = os.fspath(ca)
         if ca_pem is not None:
@@ -549,8 +556,11 @@ class Source(_Agent):
     file, or ``ca_pem``, PEM text, else the system's roots, for the name ``sni``; or ``pin``,
     ``["sha256:..."]`` hashes of the keys or certificates to trust instead of a CA, as a
     self-signed relay needs) to the tunnel's destination, with the source access ``token``
-    (``client_token`` when the token is bound to one). A V1 tunnel's one service has the
-    name ``""``.
+    (``client_token`` when the token is bound to one). ``token_file`` and
+    ``client_token_file`` read them from files instead (surrounding whitespace is ignored),
+    keeping them out of the program; with neither ``token`` nor ``token_file`` the token comes
+    from the environment variable ``AWSIOT_TUNNEL_ACCESS_TOKEN``. A V1 tunnel's one service
+    has the name ``""``.
 
     It connects in the background and reconnects by itself; a wrong token or a closed
     tunnel shows as :attr:`state` ``"finished"`` with a :attr:`reason`. Use it as a context

@@ -16,8 +16,17 @@ pub struct Backend {
 impl Backend {
     /// Starts a backend running `handler` for every connection.
     pub fn spawn(handler: impl Fn(TcpStream) + Send + Sync + 'static) -> Backend {
+        Self::spawn_on(SocketAddr::from(([127, 0, 0, 1], 0)), handler)
+    }
+
+    /// [`Backend::spawn`] on `addr`.
+    pub fn spawn_on(
+        addr: SocketAddr,
+        handler: impl Fn(TcpStream) + Send + Sync + 'static,
+    ) -> Backend {
         let handler: Handler = Arc::new(handler);
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind a backend");
+        let listener =
+            TcpListener::bind(addr).unwrap_or_else(|e| panic!("bind a backend on {addr}: {e}"));
         let addr = listener.local_addr().expect("backend address");
         let accepted = Arc::new(AtomicUsize::new(0));
         let stop = Arc::new(AtomicBool::new(false));
@@ -63,7 +72,12 @@ impl Drop for Backend {
 
 /// Echoes every byte back; on EOF, half-closes its write side (so half-close propagates).
 pub fn echo_backend() -> Backend {
-    Backend::spawn(|mut sock| {
+    echo_backend_on(SocketAddr::from(([127, 0, 0, 1], 0)))
+}
+
+/// [`echo_backend`] on `addr`.
+pub fn echo_backend_on(addr: SocketAddr) -> Backend {
+    Backend::spawn_on(addr, |mut sock| {
         let mut buf = vec![0u8; 64 * 1024];
         loop {
             match sock.read(&mut buf) {

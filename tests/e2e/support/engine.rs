@@ -9,6 +9,7 @@ pub struct EngineCmd {
     ports: Vec<u16>,
     cwd: Option<PathBuf>,
     label: String,
+    hosts: Option<PathBuf>,
 }
 
 impl EngineCmd {
@@ -19,6 +20,7 @@ impl EngineCmd {
             ports: Vec::new(),
             cwd: None,
             label: subcommand.to_string(),
+            hosts: None,
         }
     }
 
@@ -84,6 +86,17 @@ impl EngineCmd {
         self.arg(flag).arg(value)
     }
 
+    /// `flag value`, in place of the flag's value if it is there already (`--log-level`).
+    pub fn set(mut self, flag: &str, value: impl AsRef<OsStr>) -> EngineCmd {
+        match self.args.iter().position(|a| a == flag) {
+            Some(i) if i + 1 < self.args.len() => {
+                self.args[i + 1] = value.as_ref().to_os_string();
+                self
+            }
+            _ => self.opt(flag, value),
+        }
+    }
+
     /// A port that must be listening (owned by the process) before `start` returns.
     pub fn wait_port(mut self, port: u16) -> EngineCmd {
         if !self.ports.contains(&port) {
@@ -95,6 +108,13 @@ impl EngineCmd {
     /// The working directory.
     pub fn cwd(mut self, dir: impl Into<PathBuf>) -> EngineCmd {
         self.cwd = Some(dir.into());
+        self
+    }
+
+    /// Runs the engine with `hosts` as its `/etc/hosts` (bind-mounted in a mount namespace of
+    /// its own, by `unshare`): names that resolve as a test needs, for this process only.
+    pub fn hosts(mut self, hosts: &Path) -> EngineCmd {
+        self.hosts = Some(hosts.to_path_buf());
         self
     }
 
@@ -123,7 +143,18 @@ impl EngineCmd {
         let stdout_path = dir.path().join("stdout.log");
         let stderr = fs::File::create(&stderr_path).expect("create stderr.log");
         let stdout = fs::File::create(&stdout_path).expect("create stdout.log");
-        let mut cmd = Command::new(BIN);
+        let mut cmd = match &self.hosts {
+            // `unshare` and `sh` exec in turn: the child's pid is the engine's.
+            Some(hosts) => {
+                let mut c = Command::new("unshare");
+                c.args(["--mount", "--", "sh", "-c"])
+                    .arg(r#"mount --bind "$0" /etc/hosts && exec "$@""#)
+                    .arg(hosts)
+                    .arg(BIN);
+                c
+            }
+            None => Command::new(BIN),
+        };
         cmd.args(&self.args)
             .stdin(Stdio::null())
             .stdout(stdout)

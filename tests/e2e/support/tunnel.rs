@@ -219,6 +219,8 @@ pub struct AgentSetup {
     lines: String,
     metrics: Option<u16>,
     ports: Vec<u16>,
+    hosts: Option<PathBuf>,
+    log_level: &'static str,
 }
 
 impl AgentSetup {
@@ -255,6 +257,8 @@ impl AgentSetup {
             lines: String::new(),
             metrics: None,
             ports: Vec::new(),
+            hosts: None,
+            log_level: "info",
         }
     }
 
@@ -310,6 +314,18 @@ impl AgentSetup {
         self
     }
 
+    /// Logs at `level` (`info` otherwise).
+    pub fn log_level(mut self, level: &'static str) -> Self {
+        self.log_level = level;
+        self
+    }
+
+    /// Runs with `hosts` as its `/etc/hosts` ([`EngineCmd::hosts`]).
+    pub fn hosts(mut self, hosts: &Path) -> Self {
+        self.hosts = Some(hosts.to_path_buf());
+        self
+    }
+
     /// The table, for an agent of relay `relay` that trusts `ca`.
     pub fn toml(&self, relay: SocketAddr, ca: &Path) -> String {
         let key = if self.kind == "source" {
@@ -355,12 +371,16 @@ impl AgentSetup {
         let mut cmd = EngineCmd::new("run")
             .opt("--config", &path)
             .common(driver)
+            .set("--log-level", self.log_level)
             .label(format!("{} ({driver})", self.kind));
         for &p in &self.ports {
             cmd = cmd.wait_port(p);
         }
         if let Some(m) = self.metrics {
             cmd = cmd.metrics(m);
+        }
+        if let Some(h) = &self.hosts {
+            cmd = cmd.hosts(h);
         }
         let proc = cmd.start();
         // The file is read at start: once the agent runs, the directory may go.
@@ -372,6 +392,13 @@ impl AgentSetup {
         drop(dir);
         proc
     }
+}
+
+/// Whether an agent of ours has its tunnel connection up, by its log. A relay counts a peer
+/// connected when it answers the upgrade, a moment before the agent has read the answer; a
+/// source resets the connections it accepts until then.
+pub fn connection_up(agent: &Proc) -> bool {
+    agent.log().contains("tunnel connection up")
 }
 
 /// The upgrade of a peer (`/tunnel?local-proxy-mode=MODE`) over `tls` to the relay at `port`,

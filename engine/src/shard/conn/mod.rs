@@ -256,6 +256,9 @@ impl Conn {
                 };
                 self.fwd.upstream_failed(tried);
                 if self.may_redial() {
+                    if let (Some(tried), Err(e)) = (tried, &c.result) {
+                        tracing::debug!(forwarder = %self.fwd.name, %tried, error = %e, "an address of the upstream failed; trying its next");
+                    }
                     self.redial = Some(Box::new(c));
                     return;
                 }

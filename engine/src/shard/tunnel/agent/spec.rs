@@ -13,8 +13,8 @@ use splice_proto::tunnel::Version;
 use splice_proto::ws::{AccessToken, ClientToken, Mode};
 
 use crate::config::{
-    DestinationConfig, SecretText, SourceConfig, TOKEN_ENV, TunnelProtocol, split_host_port,
-    split_service,
+    DestinationConfig, SecretText, SourceConfig, TOKEN_ENV, TunnelProtocol, read_secret_file,
+    split_host_port, split_service,
 };
 use crate::error::{Bad, Error, Result, placed};
 use crate::tls::material::{ClientTlsOptions, client_config};
@@ -383,13 +383,13 @@ fn client_token(c: &Common<'_>) -> Result<Option<ClientToken>> {
         }
         (Some(t), None) => ("client_token", t.0.clone()),
         (None, Some(path)) => {
-            let text = std::fs::read_to_string(path).map_err(|e| {
+            let text = read_secret_file(path).map_err(|why| {
                 (c.bad)(
                     "client_token_file",
-                    format!("`client_token_file` {}: {e}", path.display()),
+                    format!("`client_token_file` {}: {why}", path.display()),
                 )
             })?;
-            ("client_token_file", text.trim().to_string())
+            ("client_token_file", text)
         }
         (None, None) => return Ok(None),
     };
@@ -414,22 +414,12 @@ fn access_token(
             ));
         }
         (Some(t), None) => t.0.trim().to_string(),
-        (None, Some(path)) => {
-            let text = std::fs::read_to_string(path).map_err(|e| {
-                bad(
-                    "token_file",
-                    format!("`token_file` {}: {e}", path.display()),
-                )
-            })?;
-            let text = text.trim().to_string();
-            if text.is_empty() {
-                return Err(bad(
-                    "token_file",
-                    format!("`token_file` {}: the file is empty", path.display()),
-                ));
-            }
-            text
-        }
+        (None, Some(path)) => read_secret_file(path).map_err(|why| {
+            bad(
+                "token_file",
+                format!("`token_file` {}: {why}", path.display()),
+            )
+        })?,
         (None, None) => match env {
             Some(t) if !t.trim().is_empty() => t.trim().to_string(),
             _ => {

@@ -1,6 +1,8 @@
 //! The agent's local connections: the source's listeners and what they accept, the
 //! destination's dialed connections, their reads (framed as DATA in place) and writes.
 
+use std::net::SocketAddr;
+
 use super::*;
 
 /// A local connection.
@@ -27,7 +29,14 @@ pub(super) struct Local {
     /// Its write side is shut.
     pub(super) write_shut: bool,
     pub(super) rbuf: Option<Vec<u8>>,
+    /// A destination's connection: the target's address being dialled, and how many of its
+    /// addresses this connection has dialled (a refused one goes on to the next).
+    pub(super) target: Option<SocketAddr>,
+    pub(super) dials: usize,
 }
+
+/// Addresses a destination's connection dials at most before its stream is reset.
+const MAX_DIALS: usize = 4;
 
 impl Reactor {
     pub(super) fn listen(&mut self, io: &mut Io<'_>, service: &str) {
@@ -174,6 +183,8 @@ impl Reactor {
             shut_write: false,
             write_shut: false,
             rbuf: None,
+            target: None,
+            dials: 0,
         });
         self.by_id.insert(id, index);
         index
@@ -201,9 +212,8 @@ impl Reactor {
             }
             return;
         };
-        let addr = SockAddr::from(target);
-        let fd = match sys::socket::tcp_stream(&addr) {
-            Ok(fd) => Rc::new(fd),
+        let fd = match self.target_socket(i, target) {
+            Ok(fd) => fd,
             Err(e) => {
                 stats.failed.fetch_add(1, Relaxed);
                 tracing::warn!(agent = %self.spec.name, service, error = %e, "cannot open a socket for the service");
@@ -214,16 +224,33 @@ impl Reactor {
             }
         };
         stats.active.fetch_add(1, Relaxed);
-        if let Some(kernel) = stats.kernel.get() {
+        let index = self.insert_local(fd.clone(), i, local, true);
+        self.connect_local(io, index, fd, target);
+    }
+
+    /// A socket for a connection to service `i`'s target at `addr`, its bytes counted by the
+    /// kernel when accounting is loaded.
+    fn target_socket(&self, i: usize, addr: SocketAddr) -> std::io::Result<Fd> {
+        let fd = Rc::new(sys::socket::tcp_stream(&SockAddr::from(addr))?);
+        if let Some(kernel) = self.shared.service(i).kernel.get() {
             kernel.register(fd.as_fd(), crate::accounting::Leg::Upstream, true);
         }
-        let index = self.insert_local(fd.clone(), i, local, true);
-        let generation = self.generations[index as usize];
+        Ok(fd)
+    }
+
+    /// Dials `addr` on local connection `index` (its socket `fd`), with the connect deadline.
+    fn connect_local(&mut self, io: &mut Io<'_>, index: u32, fd: Fd, addr: SocketAddr) {
+        let Some(l) = self.locals[index as usize].as_mut() else {
+            return;
+        };
+        l.target = Some(addr);
+        l.dials += 1;
+        let generation = l.generation;
         io.driver.submit(
             op_token(self.slot, TAG_LOCAL_CONNECT, index, generation),
             Op::Connect {
                 fd,
-                addr: Box::new(addr),
+                addr: Box::new(SockAddr::from(addr)),
             },
         );
         io.timers.push((
@@ -232,15 +259,63 @@ impl Reactor {
         ));
     }
 
-    pub(super) fn connect_failed(&mut self, io: &mut Io<'_>, index: u32, why: &str) {
+    /// A destination's connection failed to connect (`why`): dials the target's next address
+    /// on a new socket if it knows one this connection has not tried; false if not.
+    fn redial_local(&mut self, io: &mut Io<'_>, index: u32, why: &str) -> bool {
+        let Some(l) = self.locals[index as usize].as_ref() else {
+            return false;
+        };
+        let (service, tried, dials) = (l.service, l.target, l.dials);
+        let target = &self.targets[service];
+        let Some(next) = target.current() else {
+            return false;
+        };
+        if Some(next) == tried || dials >= target.known().min(MAX_DIALS) {
+            return false;
+        }
+        let Ok(fd) = self.target_socket(service, next) else {
+            return false;
+        };
+        // A new socket, under a new generation: the old one's deadline timer is stale.
+        let g = &mut self.generations[index as usize];
+        *g = g.wrapping_add(1) & 0xff_ffff;
+        let generation = *g;
+        let Some(l) = self.locals[index as usize].as_mut() else {
+            return false;
+        };
+        io.driver.cancel(l.fd.as_raw_fd());
+        l.fd = fd.clone();
+        l.generation = generation;
+        l.connecting = true;
+        if let Some(tried) = tried {
+            tracing::debug!(
+                agent = %self.spec.name,
+                service = %self.spec.services[service].name,
+                %tried,
+                error = %why,
+                "an address of the service's target failed; trying its next"
+            );
+        }
+        self.connect_local(io, index, fd, next);
+        true
+    }
+
+    /// A destination's connection could not reach the target: the next connection starts at
+    /// the target's next address, and a `refused` one (not timed out) dials it now if this one
+    /// has not tried it; else its stream is reset.
+    pub(super) fn connect_failed(&mut self, io: &mut Io<'_>, index: u32, why: &str, refused: bool) {
         let Some(l) = self.locals[index as usize].as_ref() else {
             return;
         };
-        let service = l.service;
-        self.shared.service(service).failed.fetch_add(1, Relaxed);
-        // The target may have moved (a new address behind its name): the next stream uses a
-        // fresh lookup if it comes back in time.
+        let (service, tried, id) = (l.service, l.target, l.id);
+        // The target may have moved (a new address behind its name): later dials use a fresh
+        // lookup if it comes back in time.
+        self.targets[service].failed(tried);
         self.targets[service].refresh();
+        if refused && self.redial_local(io, index, why) {
+            return;
+        }
+        self.shared.service(service).failed.fetch_add(1, Relaxed);
         tracing::warn!(
             agent = %self.spec.name,
             service = %self.spec.services[service].name,
@@ -248,7 +323,6 @@ impl Reactor {
             error = %why,
             "cannot reach the service; its stream is reset"
         );
-        let id = l.id;
         self.remove_local(io, index, true);
         if let (Some(id), Sans::Destination(d)) = (id, &mut self.sans) {
             self.by_id.remove(&id);
@@ -280,7 +354,7 @@ impl Reactor {
                 }
                 l.connecting = false;
                 if let Err(e) = c.result {
-                    return self.connect_failed(io, index, &e.to_string());
+                    return self.connect_failed(io, index, &e.to_string(), true);
                 }
                 if let (Some(id), Sans::Destination(d)) = (l.id, &mut self.sans) {
                     d.handle_connected(id);

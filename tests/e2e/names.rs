@@ -1,0 +1,144 @@
+//! Upstreams and tunnel targets given by name, resolved through an `/etc/hosts` of the test's
+//! own ([`EngineCmd::hosts`]). A name whose first address refuses (`localhost` as `::1` for an
+//! IPv4-only service) costs no connection: the next address is dialled within it. A name that
+//! moves (it now gives a new address; the old one refuses) is found again by a fresh lookup.
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use crate::support::*;
+
+/// `::1` then `127.0.0.1`: nothing of a test listens on `::1`, so the first address refuses.
+const DEAD_FIRST: &str = "::1 target.test\n127.0.0.1 target.test\n";
+/// The name moved to 127.0.0.2.
+const MOVED: &str = "127.0.0.2 target.test\n";
+
+/// A hosts file in `dir` with `entries`.
+fn hosts_file(dir: &Path, entries: &str) -> std::path::PathBuf {
+    let path = dir.join("hosts");
+    std::fs::write(&path, entries).expect("write the hosts file");
+    path
+}
+
+/// Rewrites the hosts file in place: the engine's bind mount holds the file's inode, so a new
+/// file renamed over it would not be seen.
+fn rewrite(hosts: &Path, entries: &str) {
+    std::fs::write(hosts, entries).expect("rewrite the hosts file");
+}
+
+/// One connection to `addr` that echoes a message, or why not.
+fn echo_once(addr: SocketAddr) -> Result<(), String> {
+    let mut s = try_connect(addr).map_err(|e| format!("connect {addr}: {e}"))?;
+    try_echo_roundtrip(&mut s, b"through a name").map_err(|e| format!("echo via {addr}: {e}"))
+}
+
+/// The debug line each engine logs when a connection goes on to the name's next address.
+const NEXT_ADDRESS: &str = "trying its next";
+
+/// A client whose upstream's name gives a dead address first reaches the server on the next
+/// within every connection (none is lost); when the name moves, it follows.
+#[test]
+fn a_client_dials_the_next_address_of_its_upstream_and_follows_it_when_it_moves() {
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let hosts = hosts_file(dir.path(), DEAD_FIRST);
+    for driver in DRIVERS {
+        rewrite(&hosts, DEAD_FIRST);
+        let backend = echo_backend();
+        let sp = free_port();
+        let server = EngineCmd::server(sp, backend.addr, &pki.server, driver).start();
+        let cp = free_port();
+        let client = EngineCmd::new("client")
+            .opt("--listen", localhost(cp).to_string())
+            .opt("--connect", format!("target.test:{sp}"))
+            .opt("--ca", &pki.ca.path)
+            .opt("--sni", "localhost")
+            .common(driver)
+            .set("--log-level", "debug")
+            .hosts(&hosts)
+            .wait_port(cp)
+            .start();
+        for _ in 0..3 {
+            echo_once(localhost(cp)).expect("every connection gets through");
+        }
+        let log = client.log();
+        assert!(
+            log.contains(NEXT_ADDRESS) && log.contains("[::1]"),
+            "the first connection tried ::1 first, then the next address:\n{log}"
+        );
+
+        // The server moves to 127.0.0.2, same port; the name says so.
+        drop(server);
+        let moved = SocketAddr::from(([127, 0, 0, 2], sp));
+        let _server = EngineCmd::new("server")
+            .opt("--listen", moved.to_string())
+            .opt("--connect", backend.addr.to_string())
+            .opt("--cert", &pki.server.cert)
+            .opt("--key", &pki.server.key)
+            .common(driver)
+            .wait_port(sp)
+            .start();
+        rewrite(&hosts, MOVED);
+        assert!(
+            wait_until(SOON, || echo_once(localhost(cp)).is_ok()),
+            "the client follows its upstream to its new address:\n{}",
+            client.log()
+        );
+        for _ in 0..3 {
+            echo_once(localhost(cp)).expect("and stays there");
+        }
+    }
+}
+
+/// A destination whose target's name gives a dead address first reaches the target on the
+/// next within every stream (none is reset); when the name moves, it follows.
+#[test]
+fn a_destination_dials_the_next_address_of_its_target_and_follows_it_when_it_moves() {
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let hosts = hosts_file(dir.path(), DEAD_FIRST);
+    for driver in DRIVERS {
+        rewrite(&hosts, DEAD_FIRST);
+        let relay = RelaySetup::new(&pki, driver).state(":memory:").run_config();
+        let (id, src_token, dst_token) = relay.open(&["svc"]);
+        let backend = echo_backend();
+        let port = backend.addr.port();
+        let dst = AgentSetup::destination(&dst_token)
+            .services(vec![format!("svc=target.test:{port}")])
+            .log_level("debug")
+            .hosts(&hosts)
+            .start(relay.addr(), &pki, driver);
+        let sp = free_port();
+        let src =
+            AgentSetup::source(&src_token)
+                .listen("svc", sp)
+                .start(relay.addr(), &pki, driver);
+        assert!(
+            wait_until(SOON, || relay.both_connected(&id) && connection_up(&src)),
+            "both agents connect"
+        );
+        for _ in 0..3 {
+            echo_once(localhost(sp)).expect("every stream gets through");
+        }
+        let log = dst.log();
+        assert!(
+            log.contains(NEXT_ADDRESS)
+                && log.contains("[::1]")
+                && !log.contains("cannot reach the service"),
+            "the first stream tried ::1 first, then the next address, and none was reset:\n{log}"
+        );
+
+        // The target moves to 127.0.0.2, same port; the name says so.
+        drop(backend);
+        let _moved = echo_backend_on(SocketAddr::from(([127, 0, 0, 2], port)));
+        rewrite(&hosts, MOVED);
+        assert!(
+            wait_until(SOON, || echo_once(localhost(sp)).is_ok()),
+            "the destination follows its target to its new address:\n{}",
+            dst.log()
+        );
+        for _ in 0..3 {
+            echo_once(localhost(sp)).expect("and stays there");
+        }
+    }
+}
