@@ -112,7 +112,7 @@ impl Tunnel {
     /// Waits until both agents are connected through the relay.
     fn wait_paired(&self, upgrades: usize) {
         let ok = wait_until(SOON, || match &self.relay {
-            RelayUnderTest::Ours(r, id) => r.both_connected(id),
+            RelayUnderTest::Ours(r, id) => r.both_connected(id) && connection_up(&self.source),
             RelayUnderTest::Ws(r) => {
                 r.upgrades.lock().unwrap().len() >= upgrades
                     && r.connected.load(Ordering::SeqCst) == 2
@@ -1029,7 +1029,7 @@ fn the_source_and_destination_commands() {
         .label("source command")
         .start();
     assert!(
-        wait_until(SOON, || relay.both_connected(&id)),
+        wait_until(SOON, || relay.both_connected(&id) && connection_up(&src)),
         "{}",
         src.log()
     );
@@ -1277,7 +1277,7 @@ fn connections_per_service_limit_is_logged_and_counted() {
                 .lines(&format!("connections_per_service = {src_limit}\n"))
                 .metrics(src_metrics)
                 .start(relay.addr(), &pki, driver);
-            assert!(wait_until(SOON, || relay.both_connected(&id)));
+            assert!(wait_until(SOON, || relay.both_connected(&id) && connection_up(&src)));
             let round_trip = |s: &mut std::net::TcpStream, n: u8| -> std::io::Result<()> {
                 s.write_all(&[n; 100])?;
                 let mut back = [0u8; 100];
@@ -1413,7 +1413,8 @@ fn sighup_applies_added_changed_and_removed_agent_tables() {
             .wait_port(pa)
             .label(format!("agents ({driver})"))
             .start();
-        assert!(wait_until(SOON, || relay.both_connected(&id1)));
+        assert!(wait_until(SOON, || relay.both_connected(&id1)
+            && agent_up(&engine, "s1")));
         let mut held = connect(localhost(pa));
         held.set_read_timeout(Some(SOON)).unwrap();
         let mut round_trip = |n: u8| {
@@ -1428,7 +1429,8 @@ fn sighup_applies_added_changed_and_removed_agent_tables() {
         write_file(&path, format!("{d1}\n{}\n{d2}\n{s2}", s1(pa)).as_bytes());
         engine.signal(libc::SIGHUP);
         assert!(
-            wait_until(SOON, || relay.both_connected(&id2)),
+            wait_until(SOON, || relay.both_connected(&id2)
+                && agent_up(&engine, "s2")),
             "({driver}) the added agents connect:\n{}",
             engine.log()
         );

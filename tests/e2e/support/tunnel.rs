@@ -401,6 +401,15 @@ pub fn connection_up(agent: &Proc) -> bool {
     agent.log().contains("tunnel connection up")
 }
 
+/// [`connection_up`] for agent `name` of an engine that runs several.
+pub fn agent_up(engine: &Proc, name: &str) -> bool {
+    let field = format!("agent={name} ");
+    engine
+        .log()
+        .lines()
+        .any(|l| l.contains("tunnel connection up") && l.contains(&field))
+}
+
 /// The upgrade of a peer (`/tunnel?local-proxy-mode=MODE`) over `tls` to the relay at `port`,
 /// with `headers` (name, value) in order; the peer's reads time out after [`IO_TIMEOUT`].
 pub fn ws_upgrade(
