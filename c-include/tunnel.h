@@ -249,7 +249,9 @@ typedef struct tunnel_agent_opts {
    */
   const char *sni;
   /**
-   * The tunnel's access token for this side (required; from `tunnel_api_open`).
+   * The tunnel's access token for this side (from `tunnel_api_open`); or `token_file`.
+   * With neither, the token comes from the environment variable
+   * `AWSIOT_TUNNEL_ACCESS_TOKEN`, as for the AWS local proxy.
    */
   const char *token;
   /**
@@ -281,6 +283,10 @@ typedef struct tunnel_agent_opts {
    * token need not be in the program or its arguments.
    */
   const char *client_token_file;
+  /**
+   * A file holding the access token, instead of `token` (not both).
+   */
+  const char *token_file;
 } tunnel_agent_opts;
 
 /**

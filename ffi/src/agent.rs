@@ -60,7 +60,9 @@ pub struct tunnel_agent_opts {
     pub ca: *const c_char,
     /// The name to send (SNI) and verify (default: the host of `relay`).
     pub sni: *const c_char,
-    /// The tunnel's access token for this side (required; from `tunnel_api_open`).
+    /// The tunnel's access token for this side (from `tunnel_api_open`); or `token_file`.
+    /// With neither, the token comes from the environment variable
+    /// `AWSIOT_TUNNEL_ACCESS_TOKEN`, as for the AWS local proxy.
     pub token: *const c_char,
     /// The client token the access token was bound to (`tunnel_api_rotate`), if any.
     pub client_token: *const c_char,
@@ -79,16 +81,25 @@ pub struct tunnel_agent_opts {
     /// A file holding the client token, instead of `client_token` (not both), so that the
     /// token need not be in the program or its arguments.
     pub client_token_file: *const c_char,
+    /// A file holding the access token, instead of `token` (not both).
+    pub token_file: *const c_char,
 }
 
 fn agent_config(o: &tunnel_agent_opts) -> Result<EngineConfig, Failure> {
     let relay = str_arg(o.relay, "relay")?;
-    let token = str_arg(o.token, "token")?;
+    let token = opt_str_arg(o.token, "token")?;
+    let token_file = opt_str_arg(o.token_file, "token_file")?;
     let services = str_list_arg(o.services, o.services_len, "services")?;
     let mut cfg = EngineConfig::default();
     macro_rules! common {
         ($c:expr) => {{
-            let mut c = $c.name(NAME).token(token);
+            let mut c = $c.name(NAME);
+            if let Some(t) = token {
+                c = c.token(t);
+            }
+            if let Some(f) = token_file {
+                c = c.token_file(f);
+            }
             if let Some(ca) = opt_str_arg(o.ca, "ca")? {
                 c = c.ca(ca);
             }
