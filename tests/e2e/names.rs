@@ -32,6 +32,19 @@ fn echo_once(addr: SocketAddr) -> Result<(), String> {
     try_echo_roundtrip(&mut s, b"through a name").map_err(|e| format!("echo via {addr}: {e}"))
 }
 
+/// After the name moved: connections through `addr` get through again soon (the `engine`
+/// looked the name up again after a failure), and keep doing so.
+fn follows_the_name(addr: SocketAddr, engine: &Proc) {
+    assert!(
+        wait_until(SOON, || echo_once(addr).is_ok()),
+        "it follows the name to its new address:\n{}",
+        engine.log()
+    );
+    for _ in 0..3 {
+        echo_once(addr).expect("and stays there");
+    }
+}
+
 /// The debug line each engine logs when a connection goes on to the name's next address.
 const NEXT_ADDRESS: &str = "trying its next";
 
@@ -79,14 +92,7 @@ fn a_client_dials_the_next_address_of_its_upstream_and_follows_it_when_it_moves(
             .wait_port(sp)
             .start();
         rewrite(&hosts, MOVED);
-        assert!(
-            wait_until(SOON, || echo_once(localhost(cp)).is_ok()),
-            "the client follows its upstream to its new address:\n{}",
-            client.log()
-        );
-        for _ in 0..3 {
-            echo_once(localhost(cp)).expect("and stays there");
-        }
+        follows_the_name(localhost(cp), &client);
     }
 }
 
@@ -132,13 +138,6 @@ fn a_destination_dials_the_next_address_of_its_target_and_follows_it_when_it_mov
         drop(backend);
         let _moved = echo_backend_on(SocketAddr::from(([127, 0, 0, 2], port)));
         rewrite(&hosts, MOVED);
-        assert!(
-            wait_until(SOON, || echo_once(localhost(sp)).is_ok()),
-            "the destination follows its target to its new address:\n{}",
-            dst.log()
-        );
-        for _ in 0..3 {
-            echo_once(localhost(sp)).expect("and stays there");
-        }
+        follows_the_name(localhost(sp), &dst);
     }
 }
