@@ -133,6 +133,28 @@ impl Name {
         }
     }
 
+    /// Opens a socket (`open`) for the current address. An address of a family this host
+    /// lacks (`EAFNOSUPPORT`: `::1` on a kernel without IPv6) counts as failed, and the next
+    /// is tried, up to every address known; another error is returned as it is (running out
+    /// of fds is not the address's fault). `None`: no address known.
+    pub(crate) fn open<T>(
+        &self,
+        mut open: impl FnMut(SocketAddr) -> io::Result<T>,
+    ) -> Option<io::Result<(SocketAddr, T)>> {
+        let mut missing = None;
+        for _ in 0..self.known().max(1) {
+            let addr = self.current()?;
+            match open(addr) {
+                Err(e) if family_missing(&e) => {
+                    self.failed(Some(addr));
+                    missing = Some(e);
+                }
+                r => return Some(r.map(|t| (addr, t))),
+            }
+        }
+        missing.map(Err)
+    }
+
     /// Why the name had no address at start (it did not resolve), if it had none.
     pub(crate) fn unresolved(self, why: Option<String>) -> Self {
         *lock(&self.shared.failure) = why;
@@ -232,6 +254,11 @@ pub(crate) fn look_up(host: &str, port: u16) -> (Vec<SocketAddr>, Option<String>
     }
 }
 
+/// Whether a socket could not be made because this host lacks the address's family.
+fn family_missing(e: &io::Error) -> bool {
+    e.raw_os_error() == Some(libc::EAFNOSUPPORT)
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -249,6 +276,22 @@ impl Attempt {
         let a = self.addrs.get(self.next).copied();
         self.next += 1;
         a
+    }
+
+    /// [`Attempt::next_addr`] with a socket opened for it (`open`), going past addresses of
+    /// a family this host lacks, as [`Name::open`] does. `None`: no address left.
+    pub(crate) fn open_next<T>(
+        &mut self,
+        mut open: impl FnMut(SocketAddr) -> io::Result<T>,
+    ) -> Option<io::Result<(SocketAddr, T)>> {
+        let mut missing = None;
+        while let Some(addr) = self.next_addr() {
+            match open(addr) {
+                Err(e) if family_missing(&e) => missing = Some(e),
+                r => return Some(r.map(|t| (addr, t))),
+            }
+        }
+        missing.map(Err)
     }
 
     /// Whether an address is left after the one being tried.
@@ -312,6 +355,54 @@ mod tests {
         assert!(connected.is_some(), "tried {tried:?}");
         assert_eq!(tried, both);
         assert!(!attempt.has_next());
+    }
+
+    /// A socket is opened for the current address; one of a family this host lacks
+    /// (`EAFNOSUPPORT`) is passed, and the name's cursor moves past it for good, while any other
+    /// error is the caller's, with the cursor left where it was. An attempt passes such
+    /// addresses the same way.
+    #[test]
+    fn an_address_of_a_missing_family_is_passed() {
+        let v6 = SocketAddr::from((Ipv6Addr::LOCALHOST, 9));
+        let v4 = SocketAddr::from((Ipv4Addr::LOCALHOST, 9));
+        let no_ipv6 = |a: SocketAddr| -> io::Result<SocketAddr> {
+            match a {
+                SocketAddr::V6(_) => Err(io::Error::from_raw_os_error(libc::EAFNOSUPPORT)),
+                SocketAddr::V4(_) => Ok(a),
+            }
+        };
+        let name = Name::new("both.test", 9, vec![v6, v4]);
+        let (addr, opened) = name.open(no_ipv6).expect("known").expect("opened");
+        assert_eq!((addr, opened), (v4, v4));
+        assert_eq!(name.current(), Some(v4), "the cursor moved past ::1");
+        // Out of fds: not the address's fault.
+        let e = name
+            .open(|_| -> io::Result<()> { Err(io::Error::from_raw_os_error(libc::EMFILE)) })
+            .expect("known")
+            .unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EMFILE));
+        assert_eq!(name.current(), Some(v4));
+        // Nothing this host can open: the family's error, after trying each once.
+        let only_v6 = Name::new("v6.test", 9, vec![v6]);
+        let mut tries = 0;
+        let e = only_v6
+            .open(|a| {
+                tries += 1;
+                no_ipv6(a)
+            })
+            .expect("known")
+            .unwrap_err();
+        assert_eq!((e.raw_os_error(), tries), (Some(libc::EAFNOSUPPORT), 1));
+        assert!(Name::new("none.test", 9, vec![]).open(no_ipv6).is_none());
+
+        let mut attempt = Name::new("both.test", 9, vec![v6, v4]).attempt();
+        let (addr, _) = attempt.open_next(no_ipv6).expect("left").expect("opened");
+        assert_eq!(addr, v4);
+        assert!(!attempt.has_next());
+        let mut v6_only = only_v6.attempt();
+        let e = v6_only.open_next(no_ipv6).expect("tried").unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EAFNOSUPPORT));
+        assert!(v6_only.open_next(no_ipv6).is_none(), "none left");
     }
 
     /// Each refresh looks the name up again (the relay moved: the next attempt has its new

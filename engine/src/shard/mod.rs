@@ -74,12 +74,18 @@ pub struct Forwarder {
 }
 
 impl Forwarder {
-    /// Where to connect now: `upstream`, or the current address of its name's latest answer.
-    pub(crate) fn upstream_now(&self) -> SockAddr {
-        match self.upstream_name.as_ref().and_then(|n| n.current()) {
-            Some(a) => a.into(),
-            None => self.upstream.clone(),
+    /// A socket for the upstream and the address to connect it to: `upstream`, or the
+    /// current address of its name's latest answer, past any of a family this host lacks
+    /// ([`crate::resolve::Name::open`]).
+    pub(crate) fn open_upstream(&self) -> std::io::Result<(SockAddr, OwnedFd)> {
+        let tcp = |a: SocketAddr| sys::socket::tcp_stream(&a.into());
+        if let Some(opened) = self.upstream_name.as_ref().and_then(|n| n.open(tcp)) {
+            return opened.map(|(a, fd)| (a.into(), fd));
         }
+        Ok((
+            self.upstream.clone(),
+            sys::socket::tcp_stream(&self.upstream)?,
+        ))
     }
 
     /// A connect to `addr` (`None`: not known which) failed: the next connection goes to the

@@ -90,8 +90,16 @@ struct Harness {
 }
 
 fn harness() -> Harness {
-    let sys = fake::install(|call| match call {
+    harness_where(true)
+}
+
+/// [`harness`] on a host with IPv6 (`false`: without, so an IPv6 socket is `EAFNOSUPPORT`).
+fn harness_where(ipv6: bool) -> Harness {
+    let sys = fake::install(move |call| match call {
         Call::PeerAddr(_) => Some(Ok(Reply::Addr(Some(PEER.into())))),
+        Call::TcpStream { ipv6: true } if !ipv6 => {
+            Some(Err(io::Error::from_raw_os_error(libc::EAFNOSUPPORT)))
+        }
         _ => None,
     });
     let driver = FakeDriver::default();
@@ -587,6 +595,47 @@ fn a_failed_connect_moves_a_named_upstream_on_and_looks_it_up_again() {
     assert_eq!(errors(&fwd), [0, 3, 0, 0]);
     wait_lookups(3);
     assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 3);
+}
+
+/// On a host without IPv6, a named upstream's `::1` cannot have a socket (`EAFNOSUPPORT`):
+/// the connection dials the name's next address instead, with no error counted, and the
+/// forwarder's later connections start there.
+#[test]
+fn an_upstream_address_of_a_family_the_host_lacks_is_passed() {
+    let (v6, v4) = (
+        SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, 9)),
+        SocketAddr::from(([127, 0, 0, 2], 9)),
+    );
+    let mut f = Arc::into_inner(forwarder(Mode::Client, 10)).expect("one owner");
+    f.upstream_name = Some(crate::resolve::Name::new("both.test", 9, vec![v6, v4]));
+    let fwd = Arc::new(f);
+    let mut h = harness_where(false);
+    h.listen(1, &fwd);
+    for _ in 0..2 {
+        h.accept(1);
+    }
+    let connects: Vec<SocketAddr> = h
+        .driver
+        .borrow()
+        .in_flight
+        .iter()
+        .filter_map(|(_, op)| match op {
+            Op::Connect { addr, .. } => addr.as_socket(),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(connects, [v4, v4]);
+    assert_eq!(h.shard.live_conns(), 2);
+    assert_eq!(errors(&fwd), [0, 0, 0, 0]);
+    let tried: Vec<bool> = h
+        .calls()
+        .iter()
+        .filter_map(|c| match c {
+            Call::TcpStream { ipv6 } => Some(*ipv6),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(tried, [true, false, false], "::1 once, then never again");
 }
 
 #[test]

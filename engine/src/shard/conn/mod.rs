@@ -518,8 +518,8 @@ impl Conn {
     /// Opens the dialed leg's socket and starts its connect to the upstream.
     fn connect(&mut self, index: u32, shard: &mut Shard) -> std::io::Result<()> {
         let fwd = self.fwd.clone();
-        let addr = &fwd.upstream_now();
-        let fd: Fd = std::rc::Rc::new(sys::socket::tcp_stream(addr)?);
+        let (addr, fd) = fwd.open_upstream()?;
+        let fd: Fd = std::rc::Rc::new(fd);
         if let Some(kernel) = fwd.stats.kernel.get() {
             kernel.register(fd.as_fd(), crate::accounting::Leg::Upstream, true);
         }
@@ -530,7 +530,7 @@ impl Conn {
             token(TAG_CONNECT, index, self.generation),
             Op::Connect {
                 fd,
-                addr: Box::new(addr.clone()),
+                addr: Box::new(addr),
             },
         );
         Ok(())

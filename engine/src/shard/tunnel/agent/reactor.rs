@@ -328,9 +328,15 @@ impl Reactor {
         let attempt = self
             .attempt
             .get_or_insert_with(|| self.relay_name.attempt());
-        let Some(relay) = attempt.next_addr() else {
-            let why = self.relay_name.no_address();
-            return self.tunnel_failed(io, End::Dropped, &why);
+        let (relay, fd) = match attempt.open_next(|a| sys::socket::tcp_stream(&SockAddr::from(a))) {
+            Some(Ok(opened)) => opened,
+            Some(Err(e)) => {
+                return self.tunnel_failed(io, End::Dropped, &format!("socket: {e}"));
+            }
+            None => {
+                let why = self.relay_name.no_address();
+                return self.tunnel_failed(io, End::Dropped, &why);
+            }
         };
         let spec = &self.spec;
         let link = match client_link(
@@ -347,10 +353,7 @@ impl Reactor {
             Err(e) => return self.tunnel_failed(io, End::Dropped, &e),
         };
         let addr = SockAddr::from(relay);
-        let fd = match sys::socket::tcp_stream(&addr) {
-            Ok(fd) => Rc::new(fd),
-            Err(e) => return self.tunnel_failed(io, End::Dropped, &format!("socket: {e}")),
-        };
+        let fd = Rc::new(fd);
         self.link_generation = (self.link_generation + 1) & 0xff_ffff;
         let generation = self.link_generation;
         io.driver.submit(

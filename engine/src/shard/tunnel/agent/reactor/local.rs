@@ -196,27 +196,27 @@ impl Reactor {
         };
         let stats = self.shared.service(i);
         stats.connections.fetch_add(1, Relaxed);
-        let Some(target) = self.targets[i].current() else {
-            // Not resolved yet (at start, or since): look again for the next stream.
-            stats.failed.fetch_add(1, Relaxed);
-            self.targets[i].refresh();
-            tracing::warn!(
-                agent = %self.spec.name,
-                service,
-                target = %self.spec.services[i].given,
-                error = %self.targets[i].no_address(),
-                "cannot reach the service; its stream is reset"
-            );
-            if let Sans::Destination(d) = &mut self.sans {
-                d.handle_connect_failed(local);
-            }
-            return;
-        };
-        let fd = match self.target_socket(i, target) {
-            Ok(fd) => fd,
-            Err(e) => {
+        let (target, fd) = match self.targets[i].open(|a| self.target_socket(i, a)) {
+            Some(Ok(opened)) => opened,
+            Some(Err(e)) => {
                 stats.failed.fetch_add(1, Relaxed);
                 tracing::warn!(agent = %self.spec.name, service, error = %e, "cannot open a socket for the service");
+                if let Sans::Destination(d) = &mut self.sans {
+                    d.handle_connect_failed(local);
+                }
+                return;
+            }
+            None => {
+                // Not resolved yet (at start, or since): look again for the next stream.
+                stats.failed.fetch_add(1, Relaxed);
+                self.targets[i].refresh();
+                tracing::warn!(
+                    agent = %self.spec.name,
+                    service,
+                    target = %self.spec.services[i].given,
+                    error = %self.targets[i].no_address(),
+                    "cannot reach the service; its stream is reset"
+                );
                 if let Sans::Destination(d) = &mut self.sans {
                     d.handle_connect_failed(local);
                 }
@@ -267,15 +267,16 @@ impl Reactor {
         };
         let (service, tried, dials) = (l.service, l.target, l.dials);
         let target = &self.targets[service];
-        let Some(next) = target.current() else {
-            return false;
-        };
-        if Some(next) == tried || dials >= target.known().min(MAX_DIALS) {
+        if target.current() == tried || dials >= target.known().min(MAX_DIALS) {
             return false;
         }
-        let Ok(fd) = self.target_socket(service, next) else {
+        let Some(Ok((next, fd))) = target.open(|a| self.target_socket(service, a)) else {
             return false;
         };
+        if Some(next) == tried {
+            // Past the others (of a family this host lacks), back at the one that refused.
+            return false;
+        }
         // A new socket, under a new generation: the old one's deadline timer is stale.
         let g = &mut self.generations[index as usize];
         *g = g.wrapping_add(1) & 0xff_ffff;
