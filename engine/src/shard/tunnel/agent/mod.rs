@@ -67,22 +67,15 @@ pub(crate) fn destination_spec(cfg: &EngineConfig, i: usize) -> Result<spec::Age
 pub(crate) fn check_all(cfg: &EngineConfig) -> Result<Vec<String>> {
     let mut warnings = Vec::new();
     let mut warn = |table, i, spec: spec::AgentSpec| {
-        if let Some(why) = spec.unresolved {
+        for u in spec.unresolved_names() {
             let message = format!(
-                "`relay` {:?} does not resolve now ({why}): the agent starts and keeps trying",
-                spec.relay
+                "`{}` {:?} does not resolve now ({}): {}",
+                u.key,
+                u.given,
+                u.why,
+                u.consequence()
             );
-            warnings.push(cfg.entry_error(table, i, "relay", message).to_string());
-        }
-        for s in &spec.services {
-            if let Some(why) = &s.unresolved {
-                let message = format!(
-                    "`connect` {:?} does not resolve now ({why}): its streams are reset until \
-                     it does",
-                    s.given
-                );
-                warnings.push(cfg.entry_error(table, i, "connect", message).to_string());
-            }
+            warnings.push(cfg.entry_error(table, i, u.key, message).to_string());
         }
     };
     for i in 0..cfg.sources.len() {
@@ -157,12 +150,14 @@ fn start_standby(spec: spec::AgentSpec, thing: String, shard: &ShardHandle) -> R
 /// device is often up before its network or DNS): it says so; its attempts fail, and are
 /// retried, until the relay's name resolves, and a target's streams are reset until it does.
 fn warn_unresolved(spec: &spec::AgentSpec) {
-    if let Some(why) = &spec.unresolved {
-        tracing::warn!(agent = %spec.name, relay = %spec.relay, error = %why, "the relay's name does not resolve yet; the agent keeps trying");
-    }
-    for s in &spec.services {
-        if let Some(why) = &s.unresolved {
-            tracing::warn!(agent = %spec.name, service = %s.name, target = %s.given, error = %why, "the service's target does not resolve yet; its streams are reset until it does");
+    for u in spec.unresolved_names() {
+        match u.service {
+            None => {
+                tracing::warn!(agent = %spec.name, relay = %u.given, error = %u.why, "the relay's name does not resolve yet; {}", u.consequence())
+            }
+            Some(service) => {
+                tracing::warn!(agent = %spec.name, service = %service, target = %u.given, error = %u.why, "the service's target does not resolve yet; {}", u.consequence())
+            }
         }
     }
 }

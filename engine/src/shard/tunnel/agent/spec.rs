@@ -83,7 +83,50 @@ pub(crate) struct AgentSpec {
     pub idle_timeout: Duration,
 }
 
+/// A name of an agent's settings that did not resolve at start, which the agent starts with
+/// anyway (see [`AgentSpec::unresolved_names`]).
+pub(crate) struct Unresolved<'a> {
+    /// The key that gave it: `relay`, or `connect` for a destination's target.
+    pub key: &'static str,
+    /// The target's service (`None`: the relay).
+    pub service: Option<&'a str>,
+    /// `HOST:PORT` as given.
+    pub given: &'a str,
+    /// Why it did not resolve.
+    pub why: &'a str,
+}
+
+impl Unresolved<'_> {
+    /// What the agent does about it.
+    pub(crate) fn consequence(&self) -> &'static str {
+        match self.service {
+            None => "the agent keeps trying",
+            Some(_) => "its streams are reset until it does",
+        }
+    }
+}
+
 impl AgentSpec {
+    /// The relay's name and the destination's targets that did not resolve at start: `check`
+    /// warns of each, and a start logs each.
+    pub(crate) fn unresolved_names(&self) -> Vec<Unresolved<'_>> {
+        let relay = self.unresolved.as_deref().map(|why| Unresolved {
+            key: "relay",
+            service: None,
+            given: &self.relay,
+            why,
+        });
+        let targets = self.services.iter().filter_map(|s| {
+            s.unresolved.as_deref().map(|why| Unresolved {
+                key: "connect",
+                service: Some(&s.name),
+                given: &s.given,
+                why,
+            })
+        });
+        relay.into_iter().chain(targets).collect()
+    }
+
     /// The service names, as the sans-IO agents take them.
     pub fn service_names(&self) -> Vec<&str> {
         self.services.iter().map(|s| s.name.as_str()).collect()

@@ -200,7 +200,7 @@ impl Reactor {
             Some(Ok(opened)) => opened,
             Some(Err(e)) => {
                 stats.failed.fetch_add(1, Relaxed);
-                tracing::warn!(agent = %self.spec.name, service, error = %e, "cannot open a socket for the service");
+                tracing::warn!(agent = %self.spec.name, service = %service, error = %e, "cannot open a socket for the service");
                 if let Sans::Destination(d) = &mut self.sans {
                     d.handle_connect_failed(local);
                 }
@@ -212,7 +212,7 @@ impl Reactor {
                 self.targets[i].refresh();
                 tracing::warn!(
                     agent = %self.spec.name,
-                    service,
+                    service = %service,
                     target = %self.spec.services[i].given,
                     error = %self.targets[i].no_address(),
                     "cannot reach the service; its stream is reset"
