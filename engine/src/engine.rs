@@ -2,7 +2,7 @@
 //! shards, and applies reloads, run-time forwarder changes, [`Engine::connect`] and shutdowns
 //! from the control thread (or any thread of an embedding program).
 
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::sync::atomic::Ordering::Relaxed;
@@ -552,17 +552,13 @@ impl Engine {
         access_log: bool,
     ) -> Result<Forwarder> {
         let (host, port) = split_host_port(&f.connect)?;
-        let found: Vec<SocketAddr> = (host.as_str(), port)
-            .to_socket_addrs()
-            .map_err(|e| Error::Address {
+        let (found, unresolved) = crate::resolve::look_up(&host, port);
+        let Some(&upstream) = found.first() else {
+            return Err(Error::Address {
                 addr: f.connect.clone(),
-                why: format!("cannot resolve: {e}"),
-            })?
-            .collect();
-        let upstream = *found.first().ok_or_else(|| Error::Address {
-            addr: f.connect.clone(),
-            why: "resolves to no address".into(),
-        })?;
+                why: format!("cannot resolve: {}", unresolved.unwrap_or_default()),
+            });
+        };
         // A name (not an IP address) is looked up again when a connect to it fails.
         let upstream_name = host.parse::<std::net::IpAddr>().is_err().then(|| {
             crate::resolve::Name::new(&host, port, found)

@@ -20,6 +20,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// Addresses of a name one connection dials at most, each after the previous one refused.
+pub(crate) const MAX_DIALS: usize = 4;
+
 /// How a name is looked up: `getaddrinfo` (a test gives its own).
 pub(crate) type Lookup = Arc<dyn Fn(&str, u16) -> io::Result<Vec<SocketAddr>> + Send + Sync>;
 
@@ -141,18 +144,20 @@ impl Name {
         &self,
         mut open: impl FnMut(SocketAddr) -> io::Result<T>,
     ) -> Option<io::Result<(SocketAddr, T)>> {
-        let mut missing = None;
-        for _ in 0..self.known().max(1) {
+        let mut tried = 0;
+        loop {
             let addr = self.current()?;
             match open(addr) {
                 Err(e) if family_missing(&e) => {
                     self.failed(Some(addr));
-                    missing = Some(e);
+                    tried += 1;
+                    if tried >= self.known() {
+                        return Some(Err(e));
+                    }
                 }
                 r => return Some(r.map(|t| (addr, t))),
             }
         }
-        missing.map(Err)
     }
 
     /// Why the name had no address at start (it did not resolve), if it had none.

@@ -28,6 +28,7 @@ use super::{
 use crate::driver::{Completion, Fd, Op};
 use crate::error::{Error, Side};
 use crate::modes::{Plan, Role, Tls};
+use crate::resolve::MAX_DIALS;
 use crate::sys;
 use legs::LegIo;
 use proxy::ProxyIn;
@@ -390,11 +391,12 @@ impl Conn {
     }
 
     /// Whether a failed connect may try the upstream name's next address: while addresses
-    /// are left that this connection has not tried (at most four), so a name whose first
-    /// address is dead (`localhost` as `::1` for an IPv4-only upstream) costs no connection.
+    /// are left that this connection has not tried (at most [`MAX_DIALS`]), so a name whose
+    /// first address is dead (`localhost` as `::1` for an IPv4-only upstream) costs no
+    /// connection.
     fn may_redial(&self) -> bool {
         let known = self.fwd.upstream_name.as_ref().map_or(0, |n| n.known());
-        usize::from(self.redials) + 1 < known.min(4)
+        usize::from(self.redials) + 1 < known.min(MAX_DIALS)
     }
 
     /// Connects the dialed leg to the upstream's next address, in place of the one that

@@ -3,6 +3,8 @@
 
 use std::net::SocketAddr;
 
+use crate::resolve::MAX_DIALS;
+
 use super::*;
 
 /// A local connection.
@@ -34,9 +36,6 @@ pub(super) struct Local {
     pub(super) target: Option<SocketAddr>,
     pub(super) dials: usize,
 }
-
-/// Addresses a destination's connection dials at most before its stream is reset.
-const MAX_DIALS: usize = 4;
 
 impl Reactor {
     pub(super) fn listen(&mut self, io: &mut Io<'_>, service: &str) {
@@ -165,11 +164,10 @@ impl Reactor {
                 (self.locals.len() - 1) as u32
             }
         };
-        let g = &mut self.generations[index as usize];
-        *g = g.wrapping_add(1) & 0xff_ffff;
+        let generation = self.next_generation(index);
         self.locals[index as usize] = Some(Local {
             fd,
-            generation: *g,
+            generation,
             service,
             id: Some(id),
             connecting,
@@ -188,6 +186,14 @@ impl Reactor {
         });
         self.by_id.insert(id, index);
         index
+    }
+
+    /// A new generation for local slot `index` (24 bits in a token): what completions and
+    /// timers of its previous socket carry no longer matches.
+    fn next_generation(&mut self, index: u32) -> u32 {
+        let g = &mut self.generations[index as usize];
+        *g = g.wrapping_add(1) & 0xff_ffff;
+        *g
     }
 
     pub(super) fn dial(&mut self, io: &mut Io<'_>, local: LocalId, service: &str) {
@@ -278,9 +284,7 @@ impl Reactor {
             return false;
         }
         // A new socket, under a new generation: the old one's deadline timer is stale.
-        let g = &mut self.generations[index as usize];
-        *g = g.wrapping_add(1) & 0xff_ffff;
-        let generation = *g;
+        let generation = self.next_generation(index);
         let Some(l) = self.locals[index as usize].as_mut() else {
             return false;
         };
