@@ -151,22 +151,29 @@ static void echo_start(struct echo *e, int conns, char *addr, size_t len) {
     CHECK(pthread_create(&e->thread, NULL, echo_main, e) == 0, "pthread_create");
 }
 
+/* An engine started from TOML text, which must be good. */
+static tunnel_engine *engine_from_toml(const char *toml) {
+    tunnel_config *cfg = NULL;
+    tunnel_engine *eng = NULL;
+    OK(tunnel_config_from_toml(toml, &cfg));
+    OK(tunnel_engine_start(cfg, &eng));
+    OK(tunnel_config_free(&cfg));
+    CHECK(cfg == NULL, "tunnel_config_free sets the handle to NULL");
+    return eng;
+}
+
 /* An engine with a server-mode forwarder "tls-in" (TLS in on a free port, plain out to
  * `backend`), configured by TOML text; its port goes to `port`. */
 static tunnel_engine *server_engine(const char *driver, const char *cert, const char *key,
                                     const char *backend, uint16_t *port) {
     char toml[4096];
-    tunnel_config *cfg = NULL;
     tunnel_engine *eng = NULL;
     snprintf(toml, sizeof toml,
              "threads = 2\ndriver = \"%s\"\naccess_log = false\n"
              "[[forwarder]]\nname = \"tls-in\"\nmode = \"server\"\nlisten = \"127.0.0.1:0\"\n"
              "connect = \"%s\"\ncert = \"%s\"\nkey = \"%s\"\n",
              driver, backend, cert, key);
-    OK(tunnel_config_from_toml(toml, &cfg));
-    OK(tunnel_engine_start(cfg, &eng));
-    OK(tunnel_config_free(&cfg));
-    CHECK(cfg == NULL, "tunnel_config_free sets the handle to NULL");
+    eng = engine_from_toml(toml);
     OK(tunnel_engine_local_port(eng, "tls-in", port));
     return eng;
 }
@@ -382,7 +389,6 @@ static void at_capacity(const char *ca) {
     struct sockaddr_in sa;
     socklen_t sl = sizeof sa;
     char toml[1024];
-    tunnel_config *cfg = NULL;
     tunnel_engine *eng = NULL;
     int held = -1, second = -1;
     int silent = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
@@ -395,9 +401,7 @@ static void at_capacity(const char *ca) {
              "threads = 1\naccess_log = false\n[[forwarder]]\nname = \"capped\"\nmode = \"client\"\n"
              "connect = \"localhost:%u\"\nca = \"%s\"\nmax_connections = 1\n",
              ntohs(sa.sin_port), ca);
-    OK(tunnel_config_from_toml(toml, &cfg));
-    OK(tunnel_engine_start(cfg, &eng));
-    OK(tunnel_config_free(&cfg));
+    eng = engine_from_toml(toml);
     OK(tunnel_engine_connect(eng, "capped", &held));
     FAILS(tunnel_engine_connect(eng, "capped", &second), TUNNEL_ERR_AT_CAPACITY, "capped");
     CHECK(second == -1, "no descriptor from a refused connection");
@@ -616,23 +620,31 @@ static void echo_through(uint16_t port, int c, size_t bytes) {
 /* A client token (`[A-Za-z0-9-]{32,128}`) for tunnel_api_rotate and the agents. */
 #define CLIENT_TOKEN "c-test-client-token-0123456789-abcdef"
 
+/* An engine of THREADS shards running relay "r" (TLS with CERT and KEY, its tunnels in STATE:
+ * ":memory:" or a SQLite file) on AGENTS_PORT and API_PORT ("0": free ones), whose ports go
+ * into `*agents` and `*api`. */
+static tunnel_engine *start_relay(const char *driver, int threads, const char *cert,
+                                  const char *key, const char *state, const char *agents_port,
+                                  const char *api_port, uint16_t *agents, uint16_t *api) {
+    char toml[4096];
+    tunnel_engine *eng = NULL;
+    snprintf(toml, sizeof toml,
+             "threads = %d\ndriver = \"%s\"\naccess_log = false\n"
+             "[[relay]]\nname = \"r\"\nlisten = \"127.0.0.1:%s\"\ncert = \"%s\"\nkey = \"%s\"\n"
+             "api = \"127.0.0.1:%s\"\nstate = \"%s\"\n",
+             threads, driver, agents_port, cert, key, api_port, state);
+    eng = engine_from_toml(toml);
+    OK(tunnel_engine_relay_ports(eng, "r", agents, api));
+    return eng;
+}
+
 /* An engine running relay "r" (TLS with CERT and KEY, a registry in memory) on free ports:
  * its API's URL goes into `url`, its agents' `IP:PORT` into `relay` (64 bytes each). */
 static tunnel_engine *relay_engine(const char *driver, const char *cert, const char *key,
                                    char *url, char *relay) {
-    char toml[4096];
     uint16_t relay_port = 0, api_port = 0;
-    tunnel_config *cfg = NULL;
-    tunnel_engine *eng = NULL;
-    snprintf(toml, sizeof toml,
-             "threads = 2\ndriver = \"%s\"\naccess_log = false\n"
-             "[[relay]]\nname = \"r\"\nlisten = \"127.0.0.1:0\"\ncert = \"%s\"\nkey = \"%s\"\n"
-             "api = \"127.0.0.1:0\"\nstate = \":memory:\"\n",
-             driver, cert, key);
-    OK(tunnel_config_from_toml(toml, &cfg));
-    OK(tunnel_engine_start(cfg, &eng));
-    OK(tunnel_config_free(&cfg));
-    OK(tunnel_engine_relay_ports(eng, "r", &relay_port, &api_port));
+    tunnel_engine *eng =
+        start_relay(driver, 2, cert, key, ":memory:", "0", "0", &relay_port, &api_port);
     snprintf(url, 64, "http://127.0.0.1:%u", api_port);
     snprintf(relay, 64, "127.0.0.1:%u", relay_port);
     return eng;
@@ -839,19 +851,9 @@ static int mode_agents(const char *ca, const char *cert, const char *key, const 
  * stdin ends (or it is killed). */
 static int mode_relay(const char *cert, const char *key, const char *state, const char *agents_port,
                       const char *api_port, const char *driver) {
-    char toml[4096], buf[64];
+    char buf[64];
     uint16_t a = 0, b = 0;
-    tunnel_config *cfg = NULL;
-    tunnel_engine *eng = NULL;
-    snprintf(toml, sizeof toml,
-             "threads = 1\ndriver = \"%s\"\naccess_log = false\n"
-             "[[relay]]\nname = \"r\"\nlisten = \"127.0.0.1:%s\"\ncert = \"%s\"\nkey = \"%s\"\n"
-             "api = \"127.0.0.1:%s\"\nstate = \"%s\"\n",
-             driver, agents_port, cert, key, api_port, state);
-    OK(tunnel_config_from_toml(toml, &cfg));
-    OK(tunnel_engine_start(cfg, &eng));
-    OK(tunnel_config_free(&cfg));
-    OK(tunnel_engine_relay_ports(eng, "r", &a, &b));
+    tunnel_engine *eng = start_relay(driver, 1, cert, key, state, agents_port, api_port, &a, &b);
     printf("%u %u\n", a, b);
     fflush(stdout);
     while (read(0, buf, sizeof buf) > 0) {}
