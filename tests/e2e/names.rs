@@ -1,7 +1,8 @@
 //! Upstreams and tunnel targets given by name, resolved through an `/etc/hosts` of the test's
 //! own ([`EngineCmd::hosts`]). A name whose first address refuses (`localhost` as `::1` for an
-//! IPv4-only service) costs no connection: the next address is dialled within it. A name that
-//! moves (it now gives a new address; the old one refuses) is found again by a fresh lookup.
+//! IPv4-only service) costs no connection: the next address is dialled within it, as it is
+//! when the first address drops SYNs and the connect times out. A name that moves (it now gives
+//! a new address; the old one refuses) is found again by a fresh lookup.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -12,6 +13,13 @@ use crate::support::*;
 const DEAD_FIRST: &str = "::1 target.test\n127.0.0.1 target.test\n";
 /// The name moved to 127.0.0.2.
 const MOVED: &str = "127.0.0.2 target.test\n";
+/// 127.0.0.1 (a [`silent_listener`]: connects time out), then 127.0.0.2. glibc sorts
+/// 127.0.0.1 first whatever the file's order (its source address matches it best).
+const SILENT_FIRST: &str = "127.0.0.2 target.test\n127.0.0.1 target.test\n";
+/// Where [`SILENT_FIRST`]'s second address listens.
+const SECOND: [u8; 4] = [127, 0, 0, 2];
+/// The connect timeout of the tests with a silent address: short, so the test is.
+const CONNECT_TIMEOUT: &str = "300ms";
 
 /// A hosts file in `dir` with `entries`.
 fn hosts_file(dir: &Path, entries: &str) -> std::path::PathBuf {
@@ -48,6 +56,64 @@ fn follows_the_name(addr: SocketAddr, engine: &Proc) {
 /// The debug line each engine logs when a connection goes on to the name's next address.
 const NEXT_ADDRESS: &str = "trying its next";
 
+/// A client on a free port whose upstream is `target.test:{sp}` through `hosts`, logging at
+/// debug, with a short connect timeout; and its port.
+fn named_client(pki: &Pki, hosts: &Path, sp: u16, driver: &str) -> (Proc, u16) {
+    let cp = free_port();
+    let client = EngineCmd::new("client")
+        .opt("--listen", localhost(cp).to_string())
+        .opt("--connect", format!("target.test:{sp}"))
+        .opt("--ca", &pki.ca.path)
+        .opt("--sni", "localhost")
+        .common(driver)
+        .set("--log-level", "debug")
+        .set("--connect-timeout", CONNECT_TIMEOUT)
+        .hosts(hosts)
+        .wait_port(cp)
+        .start();
+    (client, cp)
+}
+
+/// A server on `addr` in front of `backend`.
+fn server_on(addr: SocketAddr, backend: &Backend, pki: &Pki, driver: &str) -> Proc {
+    EngineCmd::new("server")
+        .opt("--listen", addr.to_string())
+        .opt("--connect", backend.addr.to_string())
+        .opt("--cert", &pki.server.cert)
+        .opt("--key", &pki.server.key)
+        .common(driver)
+        .wait_port(addr.port())
+        .start()
+}
+
+/// A tunnel of one service, `svc`, through `relay`, both agents up: the destination's target is
+/// `target.test:{port}` through `hosts` (logging at debug, with a short connect timeout). The
+/// destination, the source and the source's port.
+fn named_destination(
+    relay: &Relay,
+    pki: &Pki,
+    hosts: &Path,
+    port: u16,
+    driver: &str,
+) -> (Proc, Proc, u16) {
+    let (id, src_token, dst_token) = relay.open(&["svc"]);
+    let dst = AgentSetup::destination(&dst_token)
+        .services(vec![format!("svc=target.test:{port}")])
+        .lines(&format!("connect_timeout = \"{CONNECT_TIMEOUT}\"\n"))
+        .log_level("debug")
+        .hosts(hosts)
+        .start(relay.addr(), pki, driver);
+    let sp = free_port();
+    let src = AgentSetup::source(&src_token)
+        .listen("svc", sp)
+        .start(relay.addr(), pki, driver);
+    assert!(
+        wait_until(SOON, || relay.both_connected(&id) && connection_up(&src)),
+        "both agents connect"
+    );
+    (dst, src, sp)
+}
+
 /// A client whose upstream's name gives a dead address first reaches the server on the next
 /// within every connection (none is lost); when the name moves, it follows.
 #[test]
@@ -60,17 +126,7 @@ fn a_client_dials_the_next_address_of_its_upstream_and_follows_it_when_it_moves(
         let backend = echo_backend();
         let sp = free_port();
         let server = EngineCmd::server(sp, backend.addr, &pki.server, driver).start();
-        let cp = free_port();
-        let client = EngineCmd::new("client")
-            .opt("--listen", localhost(cp).to_string())
-            .opt("--connect", format!("target.test:{sp}"))
-            .opt("--ca", &pki.ca.path)
-            .opt("--sni", "localhost")
-            .common(driver)
-            .set("--log-level", "debug")
-            .hosts(&hosts)
-            .wait_port(cp)
-            .start();
+        let (client, cp) = named_client(&pki, &hosts, sp, driver);
         for _ in 0..3 {
             echo_once(localhost(cp)).expect("every connection gets through");
         }
@@ -82,15 +138,12 @@ fn a_client_dials_the_next_address_of_its_upstream_and_follows_it_when_it_moves(
 
         // The server moves to 127.0.0.2, same port; the name says so.
         drop(server);
-        let moved = SocketAddr::from(([127, 0, 0, 2], sp));
-        let _server = EngineCmd::new("server")
-            .opt("--listen", moved.to_string())
-            .opt("--connect", backend.addr.to_string())
-            .opt("--cert", &pki.server.cert)
-            .opt("--key", &pki.server.key)
-            .common(driver)
-            .wait_port(sp)
-            .start();
+        let _server = server_on(
+            SocketAddr::from(([127, 0, 0, 2], sp)),
+            &backend,
+            &pki,
+            driver,
+        );
         rewrite(&hosts, MOVED);
         follows_the_name(localhost(cp), &client);
     }
@@ -106,23 +159,9 @@ fn a_destination_dials_the_next_address_of_its_target_and_follows_it_when_it_mov
     for driver in DRIVERS {
         rewrite(&hosts, DEAD_FIRST);
         let relay = RelaySetup::new(&pki, driver).state(":memory:").run_config();
-        let (id, src_token, dst_token) = relay.open(&["svc"]);
         let backend = echo_backend();
         let port = backend.addr.port();
-        let dst = AgentSetup::destination(&dst_token)
-            .services(vec![format!("svc=target.test:{port}")])
-            .log_level("debug")
-            .hosts(&hosts)
-            .start(relay.addr(), &pki, driver);
-        let sp = free_port();
-        let src =
-            AgentSetup::source(&src_token)
-                .listen("svc", sp)
-                .start(relay.addr(), &pki, driver);
-        assert!(
-            wait_until(SOON, || relay.both_connected(&id) && connection_up(&src)),
-            "both agents connect"
-        );
+        let (dst, _src, sp) = named_destination(&relay, &pki, &hosts, port, driver);
         for _ in 0..3 {
             echo_once(localhost(sp)).expect("every stream gets through");
         }
@@ -139,5 +178,63 @@ fn a_destination_dials_the_next_address_of_its_target_and_follows_it_when_it_mov
         let _moved = echo_backend_on(SocketAddr::from(([127, 0, 0, 2], port)));
         rewrite(&hosts, MOVED);
         follows_the_name(localhost(sp), &dst);
+    }
+}
+
+/// A client whose upstream's first address drops SYNs reaches the server on the next within the
+/// connection that timed out (none is lost); later connections start at the next address.
+#[test]
+fn a_client_whose_upstream_address_times_out_dials_the_next_within_the_connection() {
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let hosts = hosts_file(dir.path(), SILENT_FIRST);
+    for driver in DRIVERS {
+        let backend = echo_backend();
+        let sp = free_port();
+        let _silent = silent_listener(localhost(sp));
+        let _server = server_on(SocketAddr::from((SECOND, sp)), &backend, &pki, driver);
+        let (client, cp) = named_client(&pki, &hosts, sp, driver);
+        for _ in 0..3 {
+            echo_once(localhost(cp)).expect("every connection gets through");
+        }
+        let log = client.log();
+        assert!(
+            log.contains(NEXT_ADDRESS) && log.contains("tried=127.0.0.1:") && log.contains("300ms"),
+            "the first connection's connect to 127.0.0.1 timed out, then it dialled the next \
+             address:\n{log}"
+        );
+        assert_eq!(
+            log.matches(NEXT_ADDRESS).count(),
+            1,
+            "only the first connection met the silent address:\n{log}"
+        );
+    }
+}
+
+/// A destination whose target's first address drops SYNs reaches the target on the next
+/// within the stream whose connect timed out (none is reset).
+#[test]
+fn a_destination_whose_target_address_times_out_dials_the_next_within_the_stream() {
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let hosts = hosts_file(dir.path(), SILENT_FIRST);
+    for driver in DRIVERS {
+        let relay = RelaySetup::new(&pki, driver).state(":memory:").run_config();
+        let port = free_port();
+        let _backend = echo_backend_on(SocketAddr::from((SECOND, port)));
+        let _silent = silent_listener(localhost(port));
+        let (dst, _src, sp) = named_destination(&relay, &pki, &hosts, port, driver);
+        for _ in 0..3 {
+            echo_once(localhost(sp)).expect("every stream gets through");
+        }
+        let log = dst.log();
+        assert!(
+            log.contains(NEXT_ADDRESS)
+                && log.contains("tried=127.0.0.1:")
+                && log.contains("no connection within 300ms")
+                && !log.contains("cannot reach the service"),
+            "the first stream's connect to 127.0.0.1 timed out, then it dialled the next \
+             address, and none was reset:\n{log}"
+        );
     }
 }

@@ -597,6 +597,69 @@ fn a_failed_connect_moves_a_named_upstream_on_and_looks_it_up_again() {
     assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 3);
 }
 
+/// A named upstream's address that drops SYNs: at the connect deadline the connection dials
+/// the name's next address on a new socket (the old connect cancelled, its completion
+/// ignored), with no error counted. Connections that timed out together move the forwarder on
+/// once, so the next connection starts at the address that answered.
+#[test]
+fn a_timed_out_connect_dials_a_named_upstreams_next_address() {
+    let (a2, a4) = (
+        SocketAddr::from(([127, 0, 0, 2], 9)),
+        SocketAddr::from(([127, 0, 0, 4], 9)),
+    );
+    let mut f = Arc::into_inner(forwarder(Mode::Client, 10)).expect("one owner");
+    f.upstream_name = Some(crate::resolve::Name::new("silent.test", 9, vec![a2, a4]));
+    let fwd = Arc::new(f);
+    let mut h = harness();
+    h.listen(1, &fwd);
+    let connects = |h: &Harness| -> Vec<(u64, SocketAddr)> {
+        let mut v: Vec<_> = h
+            .driver
+            .borrow()
+            .in_flight
+            .iter()
+            .filter_map(|(t, op)| match op {
+                Op::Connect { addr, .. } => Some((*t, addr.as_socket().expect("IP"))),
+                _ => None,
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    h.accept(1);
+    h.accept(1);
+    let first = connects(&h);
+    assert_eq!(first.iter().map(|c| c.1).collect::<Vec<_>>(), [a2, a2]);
+    let old_up = |h: &Harness, slot: usize| {
+        let conn = h.shard.conns[slot].as_ref().expect("open");
+        conn.socket(Role::Dialed)
+            .expect("an upstream socket")
+            .as_raw_fd()
+    };
+    let olds = [old_up(&h, 0), old_up(&h, 1)];
+    let deadline = *h.timers(TIMER_DEADLINE, 1).last().expect("a deadline");
+    h.shard.fire_timers(deadline);
+    h.settle();
+    assert_eq!(h.shard.live_conns(), 2, "no connection is lost");
+    assert_eq!(errors(&fwd), [0, 0, 0, 0]);
+    let cancelled = h.driver.borrow().cancelled.clone();
+    assert!(olds.iter().all(|o| cancelled.contains(o)), "{cancelled:?}");
+    let second = connects(&h);
+    assert_eq!(second.iter().map(|c| c.1).collect::<Vec<_>>(), [a4, a4]);
+    // The new connect answers: the connection goes on to its handshake (the client's hello).
+    h.finish(second[0].0, Ok(0));
+    assert!(!h.ops(TAG_SEND_TLS).is_empty(), "the handshake starts");
+    // Moved on once, not once per connection: the next one starts at the address that answered.
+    h.accept(1);
+    let third: Vec<_> = connects(&h).into_iter().map(|c| c.1).collect();
+    assert_eq!(third, [a4, a4]);
+    // A deadline on the last address known: no other to try; the connection fails.
+    let deadline = *h.timers(TIMER_DEADLINE, 1).last().expect("a deadline");
+    h.shard.fire_timers(deadline);
+    h.settle();
+    assert_eq!(errors(&fwd)[1], 1, "{:?}", errors(&fwd));
+}
+
 /// On a host without IPv6, a named upstream's `::1` cannot have a socket (`EAFNOSUPPORT`):
 /// the connection dials the name's next address instead, with no error counted, and the
 /// forwarder's later connections start there.

@@ -45,6 +45,34 @@ pub fn connect(addr: SocketAddr) -> TcpStream {
     try_connect(addr).unwrap_or_else(|e| panic!("connect to {addr}: {e}"))
 }
 
+/// A listener on `addr` that never accepts, its accept queue full, so the kernel drops the SYNs
+/// of further connects and they time out, as to an address behind a firewall that drops them.
+pub struct SilentListener {
+    _listener: socket2::Socket,
+    _queued: TcpStream,
+}
+
+/// Listens on `addr` with room for one connection in the accept queue and fills it; checks
+/// that a further connect does time out.
+pub fn silent_listener(addr: SocketAddr) -> SilentListener {
+    use socket2::{Domain, Socket, Type};
+    let listener = Socket::new(Domain::for_address(addr), Type::STREAM, None).expect("socket");
+    listener
+        .bind(&addr.into())
+        .expect("bind the silent listener");
+    listener.listen(0).expect("listen");
+    let queued = TcpStream::connect(addr).expect("the one connection the queue takes");
+    let probe = TcpStream::connect_timeout(&addr, Duration::from_millis(300));
+    assert!(
+        matches!(&probe, Err(e) if e.kind() == io::ErrorKind::TimedOut),
+        "a connect to a full accept queue times out: {probe:?}"
+    );
+    SilentListener {
+        _listener: listener,
+        _queued: queued,
+    }
+}
+
 /// Connects with the test I/O timeouts set, or says why not.
 pub fn try_connect(addr: SocketAddr) -> io::Result<TcpStream> {
     let s = TcpStream::connect_timeout(&addr, Duration::from_secs(10))?;

@@ -81,11 +81,28 @@ pub(crate) struct Conn {
     proxy_in: Option<Box<ProxyIn>>,
     /// The destination address a PROXY header carried (the source replaces `peer`).
     proxied_to: Option<Box<SocketAddr>>,
-    /// A failed connect to one of a named upstream's addresses, held back from the pump while
-    /// the next address is tried (at the next drive).
-    redial: Option<Box<Completion>>,
+    /// The dial of a named upstream, until it connects (an upstream given as an address has
+    /// no other address to try, and no `Dial`).
+    dial: Option<Box<Dial>>,
+}
+
+/// A connection's dial of a named upstream: the address its connect goes to, and a failure
+/// held back from the pump while the next address is tried.
+struct Dial {
+    /// The address of the connect in flight.
+    to: Option<SocketAddr>,
     /// Addresses tried after the first.
     redials: u8,
+    /// The connect failed: dial the name's next address at the next drive.
+    next: Option<Failed>,
+}
+
+/// Why a connect to one of a named upstream's addresses ended.
+enum Failed {
+    /// It failed (refused, unreachable): its completion, for the pump if no address is left.
+    Completion(Completion),
+    /// Its deadline passed first.
+    TimedOut,
 }
 
 /// When an idle connection is to be reset.
@@ -163,8 +180,7 @@ impl Conn {
             idle,
             proxy_in,
             proxied_to: None,
-            redial: None,
-            redials: 0,
+            dial: None,
         })
     }
 
@@ -246,22 +262,28 @@ impl Conn {
             }
         }
         let dialed = self.leg_of(Role::Dialed);
-        let cancelled = matches!(&c.result, Err(e) if e.raw_os_error() == Some(libc::ECANCELED));
-        if tag == TAG_CONNECT && !cancelled {
+        if tag == TAG_CONNECT {
+            let current = match (&c.op, &self.leg(dialed).fd) {
+                (Op::Connect { fd, .. }, Some(now)) => std::rc::Rc::ptr_eq(fd, now),
+                _ => true,
+            };
+            if !current {
+                // The connect of an address given up for the next (timed out, then cancelled).
+                return;
+            }
+            let cancelled =
+                matches!(&c.result, Err(e) if e.raw_os_error() == Some(libc::ECANCELED));
             if c.result.is_ok() {
                 self.leg_mut(dialed).connected = true;
-            } else {
+                self.dial = None;
+            } else if !cancelled {
                 let tried = match &c.op {
                     Op::Connect { addr, .. } => addr.as_socket(),
                     _ => None,
                 };
-                self.fwd.upstream_failed(tried);
-                if self.may_redial() {
-                    if let (Some(tried), Err(e)) = (tried, &c.result) {
-                        tracing::debug!(forwarder = %self.fwd.name, %tried, error = %e, "an address of the upstream failed; trying its next");
-                    }
-                    self.redial = Some(Box::new(c));
-                    return;
+                match self.dial_next(tried, Failed::Completion(c)) {
+                    Some(Failed::Completion(back)) => c = back,
+                    _ => return,
                 }
             }
         }
@@ -377,8 +399,12 @@ impl Conn {
 
     pub(crate) fn timeout(&mut self) {
         if self.leg(self.leg_of(Role::Dialed)).connecting() {
-            // The connect deadline: the upstream may have moved away from this address.
-            self.fwd.upstream_failed(None);
+            // The connect deadline: the upstream may have moved away from this address, and
+            // its name may have another.
+            let tried = self.dial.as_ref().and_then(|d| d.to);
+            if self.dial_next(tried, Failed::TimedOut).is_none() {
+                return;
+            }
         }
         if let Some(p) = &mut self.proxy_in {
             p.failed
@@ -390,32 +416,61 @@ impl Conn {
         }
     }
 
-    /// Whether a failed connect may try the upstream name's next address: while addresses
-    /// are left that this connection has not tried (at most [`MAX_DIALS`]), so a name whose
-    /// first address is dead (`localhost` as `::1` for an IPv4-only upstream) costs no
-    /// connection.
-    fn may_redial(&self) -> bool {
+    /// A connect to `tried` failed: the next connection starts at the upstream's next address,
+    /// and this one dials it at the next drive while its name has addresses this connection
+    /// has not tried (at most [`MAX_DIALS`]), so a name whose first address is dead
+    /// (`localhost` as `::1` for an IPv4-only upstream, or an address that drops SYNs) costs
+    /// no connection. `None` when the next address is to be dialled; else the failure, for the
+    /// pump.
+    fn dial_next(&mut self, tried: Option<SocketAddr>, failed: Failed) -> Option<Failed> {
+        self.fwd.upstream_failed(tried);
         let known = self.fwd.upstream_name.as_ref().map_or(0, |n| n.known());
-        usize::from(self.redials) + 1 < known.min(MAX_DIALS)
+        let Some(dial) = self.dial.as_mut() else {
+            return Some(failed);
+        };
+        if usize::from(dial.redials) + 1 >= known.min(MAX_DIALS) {
+            return Some(failed);
+        }
+        if let Some(tried) = tried {
+            let error = match &failed {
+                Failed::Completion(Completion { result: Err(e), .. }) => e.to_string(),
+                _ => format!("no connection within {:?}", self.fwd.connect_timeout),
+            };
+            tracing::debug!(forwarder = %self.fwd.name, %tried, %error, "an address of the upstream failed; trying its next");
+        }
+        dial.next = Some(failed);
+        None
     }
 
     /// Connects the dialed leg to the upstream's next address, in place of the one that
-    /// failed; if no socket can be made, the pump gets the first failure after all.
-    fn redial_now(&mut self, index: u32, shard: &mut Shard, failed: Completion) {
-        self.redials += 1;
-        if let Some(old) = self.leg(self.leg_of(Role::Dialed)).fd.as_ref() {
-            shard.driver.cancel(old.as_raw_fd());
-        }
-        if self.connect(index, shard).is_err() {
-            self.redials = u8::MAX;
-            self.complete(TAG_CONNECT, failed);
+    /// failed (its connect, if still in flight, is cancelled); if no socket can be made, the
+    /// pump gets the first failure after all.
+    fn redial_now(&mut self, index: u32, shard: &mut Shard) {
+        let Some(failed) = self.dial.as_mut().and_then(|d| {
+            d.redials += 1;
+            d.next.take()
+        }) else {
+            return;
+        };
+        let old = self.leg_fd(self.leg_of(Role::Dialed));
+        if self.connect(index, shard).is_ok() {
+            if let Some(old) = old {
+                // A timed-out connect is still in flight; its completion is ignored.
+                shard.driver.cancel(old.as_raw_fd());
+            }
+        } else {
+            self.dial = None;
+            match failed {
+                Failed::Completion(c) => self.complete(TAG_CONNECT, c),
+                Failed::TimedOut => self.timeout(),
+            }
         }
     }
 
     /// Performs the pump's operations until it has none; says whether it closed.
     pub(crate) fn drive(&mut self, index: u32, shard: &mut Shard) -> Outcome {
-        if let Some(failed) = self.redial.take() {
-            self.redial_now(index, shard, *failed);
+        if self.dial.as_ref().is_some_and(|d| d.next.is_some()) {
+            self.redial_now(index, shard);
         }
         if let Some(failure) = self.hangup.take() {
             self.account();
@@ -527,6 +582,16 @@ impl Conn {
         }
         let dialed = self.leg_of(Role::Dialed);
         self.leg_mut(dialed).open(fd.clone());
+        if fwd.upstream_name.is_some() {
+            let dial = self.dial.get_or_insert_with(|| {
+                Box::new(Dial {
+                    to: None,
+                    redials: 0,
+                    next: None,
+                })
+            });
+            dial.to = addr.as_socket();
+        }
         self.deadline = Some(Instant::now() + self.fwd.connect_timeout);
         shard.driver.submit(
             token(TAG_CONNECT, index, self.generation),

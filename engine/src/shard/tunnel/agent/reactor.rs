@@ -864,7 +864,7 @@ impl Reactor {
             (TIMER_LINK, 2) if link_is(self) == Some(true) => self.keepalive(io),
             (TIMER_LOCAL_CONNECT, _) if connecting => {
                 let t = self.spec.connect_timeout;
-                self.connect_failed(io, index, &format!("no connection within {t:?}"), false);
+                self.connect_failed(io, index, &format!("no connection within {t:?}"));
             }
             (TIMER_START_WAIT, start) => {
                 let Some(name) =

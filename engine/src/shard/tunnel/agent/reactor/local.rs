@@ -305,10 +305,10 @@ impl Reactor {
         true
     }
 
-    /// A destination's connection could not reach the target: the next connection starts at
-    /// the target's next address, and a `refused` one (not timed out) dials it now if this one
+    /// A destination's connection could not reach the target (refused, or timed out): the
+    /// next connection starts at the target's next address, and this one dials it now if it
     /// has not tried it; else its stream is reset.
-    pub(super) fn connect_failed(&mut self, io: &mut Io<'_>, index: u32, why: &str, refused: bool) {
+    pub(super) fn connect_failed(&mut self, io: &mut Io<'_>, index: u32, why: &str) {
         let Some(l) = self.locals[index as usize].as_ref() else {
             return;
         };
@@ -317,7 +317,7 @@ impl Reactor {
         // lookup if it comes back in time.
         self.targets[service].failed(tried);
         self.targets[service].refresh();
-        if refused && self.redial_local(io, index, why) {
+        if self.redial_local(io, index, why) {
             return;
         }
         self.shared.service(service).failed.fetch_add(1, Relaxed);
@@ -359,7 +359,7 @@ impl Reactor {
                 }
                 l.connecting = false;
                 if let Err(e) = c.result {
-                    return self.connect_failed(io, index, &e.to_string(), true);
+                    return self.connect_failed(io, index, &e.to_string());
                 }
                 if let (Some(id), Sans::Destination(d)) = (l.id, &mut self.sans) {
                     d.handle_connected(id);
