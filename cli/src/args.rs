@@ -235,6 +235,11 @@ pub(crate) struct ForwarderArgs {
     /// connection; the client address it carries is used in logs and in --send-proxy.
     #[arg(long)]
     pub(crate) accept_proxy: bool,
+    /// When --connect's host name does not resolve at start: fail (do not start), or reset
+    /// (start, and reset connections until it resolves; for a device up before its network)
+    /// [default: fail].
+    #[arg(long, value_name = "WHAT")]
+    pub(crate) unresolved_upstream: Option<splice_engine::UnresolvedUpstream>,
 }
 
 #[derive(Args, Debug)]
@@ -353,6 +358,9 @@ impl ForwarderArgs {
         f.idle_timeout = self.idle_timeout;
         f.resumption = !self.no_resumption;
         f.accept_proxy = self.accept_proxy;
+        if let Some(then) = self.unresolved_upstream {
+            f.unresolved_upstream = then;
+        }
         f
     }
 }

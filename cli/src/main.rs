@@ -88,11 +88,10 @@ fn check(path: &std::path::Path) -> anyhow::Result<()> {
     );
     let width = forwarders.iter().map(|f| f.name.len()).max().unwrap_or(0);
     for f in &forwarders {
-        let resolved = f.upstream.to_string();
-        let via = if resolved == f.connect {
-            String::new()
-        } else {
-            format!(" ({resolved})")
+        let via = match f.upstream.map(|a| a.to_string()) {
+            Some(resolved) if resolved == f.connect => String::new(),
+            Some(resolved) => format!(" ({resolved})"),
+            None => " (does not resolve now)".to_string(),
         };
         println!(
             "  {:width$}  {}  {} -> {}{via}",

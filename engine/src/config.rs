@@ -8,7 +8,9 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
-pub use crate::kinds::{Balance, DriverKind, EbpfMode, KtlsMode, LogFormat, Mode, ProxyVersion};
+pub use crate::kinds::{
+    Balance, DriverKind, EbpfMode, KtlsMode, LogFormat, Mode, ProxyVersion, UnresolvedUpstream,
+};
 
 /// A commented sample configuration file with every key (`splice-engine config example`).
 pub(crate) const EXAMPLE: &str = include_str!("../splice.example.toml");
@@ -84,6 +86,10 @@ pub struct ForwarderConfig {
     /// Server mode: send a PROXY protocol header of this version to the backend first.
     #[serde(default)]
     pub send_proxy: Option<ProxyVersion>,
+    /// When `connect`'s host name does not resolve at start or at a reload: `fail` (default)
+    /// or `reset` (start, and reset connections until it resolves).
+    #[serde(default)]
+    pub unresolved_upstream: UnresolvedUpstream,
 }
 
 fn default_true() -> bool {
@@ -125,6 +131,7 @@ impl ForwarderConfig {
             idle_timeout: None,
             accept_proxy: false,
             send_proxy: None,
+            unresolved_upstream: UnresolvedUpstream::Fail,
         }
     }
 
@@ -688,6 +695,7 @@ impl EngineConfig {
         message: String,
     ) -> Error {
         let name = match table {
+            "forwarder" => self.forwarders.get(i).map(|f| f.display_name()),
             "relay" => self.relays.get(i).map(|r| r.display_name()),
             "source" => self.sources.get(i).map(|s| s.display_name()),
             "destination" => self.destinations.get(i).map(|d| d.display_name()),

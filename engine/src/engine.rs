@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use crate::config::{
     Balance, DriverKind, EngineConfig, ForwarderConfig, KtlsMode, LogFormat, Mode,
-    listen_addrs_collide, split_host_port,
+    UnresolvedUpstream, listen_addrs_collide, split_host_port,
 };
 use crate::error::{Error, Result};
 use crate::shard::{self, Command, Forwarder, Handoff, ShardHandle};
@@ -241,10 +241,9 @@ impl Engine {
         let mut built = Vec::new();
         for i in 0..cfg.forwarders.len() {
             let stats = Arc::new(ListenerStats::default());
-            built.push((
-                cfg.forwarders[i].clone(),
-                engine.build_named(&cfg, i, stats)?,
-            ));
+            let fwd = engine.build_named(&cfg, i, stats)?;
+            warn_unresolved(&cfg.forwarders[i], &fwd);
+            built.push((cfg.forwarders[i].clone(), fwd));
         }
         let mut bound = Vec::new();
         let threads = cfg.thread_count();
@@ -491,8 +490,20 @@ impl Engine {
             next_relay_id: Default::default(),
         };
         let mut out = Vec::new();
+        let mut warnings = Vec::new();
         for (i, f) in cfg.forwarders.iter().enumerate() {
             let fwd = engine.build_named(&cfg, i, Arc::default())?;
+            if let Some(why) = fwd.unresolved() {
+                let message = format!(
+                    "`connect` {:?} does not resolve now ({why}): the forwarder starts, and \
+                     resets connections until it does (unresolved_upstream = \"reset\")",
+                    f.connect
+                );
+                warnings.push(
+                    cfg.entry_error("forwarder", i, "connect", message)
+                        .to_string(),
+                );
+            }
             out.push(CheckedForwarder {
                 name: f.display_name(),
                 mode: f.mode,
@@ -501,15 +512,12 @@ impl Engine {
                     false => Listening::ConnectOnly,
                 },
                 connect: f.connect.clone(),
-                upstream: fwd
-                    .upstream
-                    .as_socket()
-                    .expect("resolved from an IP address"),
+                upstream: fwd.resolved(),
             });
         }
         crate::relay::service::check_files(&cfg)?;
         // Each agent loaded as its start loads it (files read, names resolved).
-        let warnings = crate::shard::tunnel::agent::check_all(&cfg)?;
+        warnings.extend(crate::shard::tunnel::agent::check_all(&cfg)?);
         Ok(Checked {
             config: cfg,
             forwarders: out,
@@ -553,17 +561,30 @@ impl Engine {
     ) -> Result<Forwarder> {
         let (host, port) = split_host_port(&f.connect)?;
         let (found, unresolved) = crate::resolve::look_up(&host, port);
-        let Some(&upstream) = found.first() else {
-            return Err(Error::Address {
-                addr: f.connect.clone(),
-                why: format!("cannot resolve: {}", unresolved.unwrap_or_default()),
-            });
+        let upstream = match found.first() {
+            Some(&first) => first,
+            // Started anyway: the name (below) gives no address until a lookup finds one, and
+            // this one is never dialled.
+            None if f.unresolved_upstream == UnresolvedUpstream::Reset => {
+                SocketAddr::from(([0, 0, 0, 0], port))
+            }
+            None => {
+                return Err(Error::Address {
+                    addr: f.connect.clone(),
+                    why: format!(
+                        "cannot resolve: {} (`unresolved_upstream = \"reset\"`, or \
+                         `--unresolved-upstream reset`, starts the forwarder anyway)",
+                        unresolved.unwrap_or_default()
+                    ),
+                });
+            }
         };
         // A name (not an IP address) is looked up again when a connect to it fails.
         let upstream_name = host.parse::<std::net::IpAddr>().is_err().then(|| {
             crate::resolve::Name::new(&host, port, found)
                 .called("the upstream's name")
                 .spaced(Duration::from_secs(1))
+                .unresolved(unresolved)
         });
         // The mode's plan (its TLS configs), and the certificate it presents (expiry metric).
         let crate::modes::Built { plan, leaf } = crate::modes::build(f, &host)?;
@@ -750,6 +771,7 @@ impl Engine {
                 _ => Arc::new(ListenerStats::default()),
             };
             let fwd = Arc::new(self.build_named(cfg, i, stats)?);
+            warn_unresolved(f, &fwd);
             match existing {
                 Some(i) if same_listen => plans.push(Plan::Update(i, fwd)),
                 _ if !f.listens() => {
@@ -1061,8 +1083,16 @@ pub struct CheckedForwarder {
     pub listen: Listening,
     /// Where it forwards, as configured.
     pub connect: String,
-    /// `connect`, resolved.
-    pub upstream: SocketAddr,
+    /// `connect`, resolved (its first address); `None` when its name does not resolve now and
+    /// the forwarder has `unresolved_upstream = "reset"`.
+    pub upstream: Option<SocketAddr>,
+}
+
+/// Logs a warning when forwarder `f`'s upstream name did not resolve and it starts anyway.
+fn warn_unresolved(f: &ForwarderConfig, fwd: &Forwarder) {
+    if let Some(why) = fwd.unresolved() {
+        tracing::warn!(forwarder = %f.display_name(), upstream = %f.connect, error = %why, "the upstream's name does not resolve yet; the forwarder starts, and resets connections until it does");
+    }
 }
 
 /// Where a checked forwarder would accept connections.

@@ -194,6 +194,31 @@ impl std::str::FromStr for ProxyVersion {
     }
 }
 
+/// What a forwarder does when its upstream's name does not resolve at start (or at a reload).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UnresolvedUpstream {
+    /// The forwarder does not start, and the error names the key (nginx's and HAProxy's
+    /// default).
+    #[default]
+    Fail,
+    /// The forwarder starts with a warning; each connection is reset, saying why, and the name
+    /// is looked up again (at most once a second) until it resolves (a device that starts
+    /// before its network, as HAProxy's `init-addr none`).
+    Reset,
+}
+
+impl std::str::FromStr for UnresolvedUpstream {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "fail" => Ok(Self::Fail),
+            "reset" => Ok(Self::Reset),
+            other => Err(format!("{other:?} is not one of fail, reset")),
+        }
+    }
+}
+
 /// How a forwarder's accepted connections are spread over the shards.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "kebab-case")]

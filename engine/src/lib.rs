@@ -12,7 +12,7 @@
 //!   new configuration, shut down with a drain;
 //! - the configuration: [`EngineConfig`] and [`ForwarderConfig`] (with builders, or read from a
 //!   TOML file) and the enums they use ([`Mode`], [`DriverKind`], [`KtlsMode`], [`EbpfMode`], [`LogFormat`],
-//!   [`ProxyVersion`]);
+//!   [`ProxyVersion`], [`UnresolvedUpstream`]);
 //! - [`Error`] (with the [`Side`] a connection failed on), and [`Result`];
 //! - [`probe()`]: which kernel fast paths the machine has;
 //! - [`logging::init`]: structured logs to stderr, for programs that have no subscriber of their
@@ -100,7 +100,7 @@ mod tls;
 pub use config::{
     Balance, DestinationConfig, DriverKind, EbpfMode, EngineConfig, ForwarderConfig, KtlsMode,
     LogFormat, Mode, ProxyVersion, RelayConfig, SecretText, SourceConfig, TOKEN_ENV,
-    TunnelProtocol, split_service,
+    TunnelProtocol, UnresolvedUpstream, split_service,
 };
 pub use engine::{Checked, CheckedForwarder, Engine, Listening};
 pub use error::{Error, Result, Side, SyscallError};

@@ -13,6 +13,10 @@ use crate::support::*;
 const DEAD_FIRST: &str = "::1 target.test\n127.0.0.1 target.test\n";
 /// The name moved to 127.0.0.2.
 const MOVED: &str = "127.0.0.2 target.test\n";
+/// The name is not there.
+const UNKNOWN: &str = "127.0.0.2 other.test\n";
+/// The name, at 127.0.0.1.
+const HERE: &str = "127.0.0.1 target.test\n";
 /// 127.0.0.1 (a [`silent_listener`]: connects time out), then 127.0.0.2. glibc sorts
 /// 127.0.0.1 first whatever the file's order (its source address matches it best).
 const SILENT_FIRST: &str = "127.0.0.2 target.test\n127.0.0.1 target.test\n";
@@ -55,12 +59,30 @@ fn follows_the_name(addr: SocketAddr, engine: &Proc) {
 
 /// The debug line each engine logs when a connection goes on to the name's next address.
 const NEXT_ADDRESS: &str = "trying its next";
+/// Why a connect to a silent address failed, in that line.
+const TIMED_OUT: &str = "no connection within 300ms";
 
-/// A client on a free port whose upstream is `target.test:{sp}` through `hosts`, logging at
-/// debug, with a short connect timeout; and its port.
-fn named_client(pki: &Pki, hosts: &Path, sp: u16, driver: &str) -> (Proc, u16) {
-    let cp = free_port();
-    let client = EngineCmd::new("client")
+/// Three connections through `addr` each echo; `engine`'s log shows that the first went on from
+/// `tried` (a piece of its debug line), which failed with `why`, to the name's next address,
+/// and that no tunnel stream was reset.
+fn through_the_next_address(addr: SocketAddr, engine: &Proc, tried: &str, why: &str) {
+    for _ in 0..3 {
+        echo_once(addr).expect("every connection gets through");
+    }
+    let log = engine.log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains(NEXT_ADDRESS) && l.contains(tried) && l.contains(why))
+            && !log.contains("cannot reach the service"),
+        "the first connection tried {tried} first ({why}), then the next address, and none was \
+         lost:\n{log}"
+    );
+}
+
+/// A client on port `cp` whose upstream is `target.test:{sp}` through `hosts`, logging at
+/// debug, with a short connect timeout.
+fn client_cmd(pki: &Pki, hosts: &Path, sp: u16, cp: u16, driver: &str) -> EngineCmd {
+    EngineCmd::new("client")
         .opt("--listen", localhost(cp).to_string())
         .opt("--connect", format!("target.test:{sp}"))
         .opt("--ca", &pki.ca.path)
@@ -70,8 +92,12 @@ fn named_client(pki: &Pki, hosts: &Path, sp: u16, driver: &str) -> (Proc, u16) {
         .set("--connect-timeout", CONNECT_TIMEOUT)
         .hosts(hosts)
         .wait_port(cp)
-        .start();
-    (client, cp)
+}
+
+/// [`client_cmd`] on a free port, started; and its port.
+fn named_client(pki: &Pki, hosts: &Path, sp: u16, driver: &str) -> (Proc, u16) {
+    let cp = free_port();
+    (client_cmd(pki, hosts, sp, cp, driver).start(), cp)
 }
 
 /// A server on `addr` in front of `backend`.
@@ -127,14 +153,7 @@ fn a_client_dials_the_next_address_of_its_upstream_and_follows_it_when_it_moves(
         let sp = free_port();
         let server = EngineCmd::server(sp, backend.addr, &pki.server, driver).start();
         let (client, cp) = named_client(&pki, &hosts, sp, driver);
-        for _ in 0..3 {
-            echo_once(localhost(cp)).expect("every connection gets through");
-        }
-        let log = client.log();
-        assert!(
-            log.contains(NEXT_ADDRESS) && log.contains("[::1]"),
-            "the first connection tried ::1 first, then the next address:\n{log}"
-        );
+        through_the_next_address(localhost(cp), &client, "[::1]", "refused");
 
         // The server moves to 127.0.0.2, same port; the name says so.
         drop(server);
@@ -162,16 +181,7 @@ fn a_destination_dials_the_next_address_of_its_target_and_follows_it_when_it_mov
         let backend = echo_backend();
         let port = backend.addr.port();
         let (dst, _src, sp) = named_destination(&relay, &pki, &hosts, port, driver);
-        for _ in 0..3 {
-            echo_once(localhost(sp)).expect("every stream gets through");
-        }
-        let log = dst.log();
-        assert!(
-            log.contains(NEXT_ADDRESS)
-                && log.contains("[::1]")
-                && !log.contains("cannot reach the service"),
-            "the first stream tried ::1 first, then the next address, and none was reset:\n{log}"
-        );
+        through_the_next_address(localhost(sp), &dst, "[::1]", "refused");
 
         // The target moves to 127.0.0.2, same port; the name says so.
         drop(backend);
@@ -194,15 +204,8 @@ fn a_client_whose_upstream_address_times_out_dials_the_next_within_the_connectio
         let _silent = silent_listener(localhost(sp));
         let _server = server_on(SocketAddr::from((SECOND, sp)), &backend, &pki, driver);
         let (client, cp) = named_client(&pki, &hosts, sp, driver);
-        for _ in 0..3 {
-            echo_once(localhost(cp)).expect("every connection gets through");
-        }
+        through_the_next_address(localhost(cp), &client, "tried=127.0.0.1:", TIMED_OUT);
         let log = client.log();
-        assert!(
-            log.contains(NEXT_ADDRESS) && log.contains("tried=127.0.0.1:") && log.contains("300ms"),
-            "the first connection's connect to 127.0.0.1 timed out, then it dialled the next \
-             address:\n{log}"
-        );
         assert_eq!(
             log.matches(NEXT_ADDRESS).count(),
             1,
@@ -224,17 +227,75 @@ fn a_destination_whose_target_address_times_out_dials_the_next_within_the_stream
         let _backend = echo_backend_on(SocketAddr::from((SECOND, port)));
         let _silent = silent_listener(localhost(port));
         let (dst, _src, sp) = named_destination(&relay, &pki, &hosts, port, driver);
-        for _ in 0..3 {
-            echo_once(localhost(sp)).expect("every stream gets through");
-        }
-        let log = dst.log();
+        through_the_next_address(localhost(sp), &dst, "tried=127.0.0.1:", TIMED_OUT);
+    }
+}
+
+/// A client whose upstream's name does not resolve at start does not start, and says how to
+/// start anyway. With `--unresolved-upstream reset` it starts with a warning, resets each
+/// connection saying why, and reaches the upstream once the name resolves.
+#[test]
+fn a_client_whose_upstream_does_not_resolve_fails_or_starts_and_resets_until_it_does() {
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let hosts = hosts_file(dir.path(), UNKNOWN);
+    let (status, stderr) =
+        client_cmd(&pki, &hosts, free_port(), free_port(), "uring").run_to_exit();
+    assert!(
+        !status.success()
+            && stderr.contains("target.test")
+            && stderr.contains("cannot resolve")
+            && stderr.contains("unresolved_upstream = \"reset\""),
+        "by default an upstream that does not resolve stops the start ({status}):\n{stderr}"
+    );
+    // `check` warns, naming the file, the line and the key.
+    let config = dir.path().join("reset.toml");
+    let table = format!(
+        "[[forwarder]]\nmode = \"client\"\nlisten = \"127.0.0.1:{}\"\nconnect = \"target.test:{}\"\n\
+         unresolved_upstream = \"reset\"\n",
+        free_port(),
+        free_port()
+    );
+    std::fs::write(&config, table).expect("write the config");
+    let (status, stderr) = EngineCmd::new("check")
+        .opt("--config", &config)
+        .hosts(&hosts)
+        .run_to_exit();
+    assert!(
+        status.success()
+            && stderr.contains("warning: ")
+            && stderr.contains("line 4:")
+            && stderr.contains("`connect`")
+            && stderr.contains("does not resolve now"),
+        "check passes with a warning ({status}):\n{stderr}"
+    );
+    for driver in DRIVERS {
+        rewrite(&hosts, UNKNOWN);
+        let backend = echo_backend();
+        let sp = free_port();
+        let _server = EngineCmd::server(sp, backend.addr, &pki.server, driver).start();
+        let cp = free_port();
+        let client = client_cmd(&pki, &hosts, sp, cp, driver)
+            .set("--unresolved-upstream", "reset")
+            .start();
         assert!(
-            log.contains(NEXT_ADDRESS)
-                && log.contains("tried=127.0.0.1:")
-                && log.contains("no connection within 300ms")
-                && !log.contains("cannot reach the service"),
-            "the first stream's connect to 127.0.0.1 timed out, then it dialled the next \
-             address, and none was reset:\n{log}"
+            client
+                .log()
+                .contains("the upstream's name does not resolve yet"),
+            "it starts with a warning:\n{}",
+            client.log()
         );
+        assert!(
+            echo_once(localhost(cp)).is_err(),
+            "a connection before the name resolves is reset"
+        );
+        assert!(
+            client.wait_log(SOON, |l| l
+                .contains("the upstream's name does not resolve:")),
+            "and the access line says why:\n{}",
+            client.log()
+        );
+        rewrite(&hosts, HERE);
+        follows_the_name(localhost(cp), &client);
     }
 }

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use super::{
     Balance, DestinationConfig, DriverKind, EbpfMode, EngineConfig, ForwarderConfig, KtlsMode,
-    LogFormat, Mode, ProxyVersion, RelayConfig, SourceConfig,
+    LogFormat, Mode, ProxyVersion, RelayConfig, SourceConfig, UnresolvedUpstream,
 };
 
 impl ForwarderConfig {
@@ -145,6 +145,13 @@ impl ForwarderConfig {
     /// Server mode: send a PROXY protocol header of this version to the backend first.
     pub fn send_proxy(mut self, version: ProxyVersion) -> Self {
         self.send_proxy = Some(version);
+        self
+    }
+
+    /// What to do when `connect`'s host name does not resolve at start or at a reload
+    /// (default [`UnresolvedUpstream::Fail`]).
+    pub fn unresolved_upstream(mut self, then: UnresolvedUpstream) -> Self {
+        self.unresolved_upstream = then;
         self
     }
 }

@@ -205,6 +205,7 @@ fn errors_name_file_line_and_key() {
         ("connect_timeout = '5 parsecs'\n", 7, "`connect_timeout`"),
         ("tls_versions = ['1.1']\n", 7, "`tls_versions`"),
         ("client_ca = 'x.pem'\n", 7, "`client_ca`"),
+        ("unresolved_upstream = 'wait'\n", 7, "`unresolved_upstream`"),
     ] {
         let err = parse(&format!("{base}{extra}")).unwrap_err().to_string();
         assert!(err.contains(&format!("line {line}:")), "{extra}: {err}");
@@ -232,6 +233,25 @@ fn errors_name_file_line_and_key() {
         err.contains("line 1:") && err.contains("`threads`"),
         "{err}"
     );
+}
+
+#[test]
+fn unresolved_upstream_is_fail_unless_set() {
+    let base = "[[forwarder]]\nmode='client'\nlisten='127.0.0.1:1'\nconnect='a:1'\n";
+    let cfg = parse(base).unwrap();
+    assert_eq!(
+        cfg.forwarders[0].unresolved_upstream,
+        UnresolvedUpstream::Fail
+    );
+    let cfg = parse(&format!("{base}unresolved_upstream = 'reset'\n")).unwrap();
+    assert_eq!(
+        cfg.forwarders[0].unresolved_upstream,
+        UnresolvedUpstream::Reset
+    );
+    let err = parse(&format!("{base}unresolved_upstream = 'later'\n"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("fail") && err.contains("reset"), "{err}");
 }
 
 #[test]

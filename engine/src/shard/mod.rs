@@ -79,13 +79,36 @@ impl Forwarder {
     /// ([`crate::resolve::Name::open`]).
     pub(crate) fn open_upstream(&self) -> std::io::Result<(SockAddr, OwnedFd)> {
         let tcp = |a: SocketAddr| sys::socket::tcp_stream(&a.into());
-        if let Some(opened) = self.upstream_name.as_ref().and_then(|n| n.open(tcp)) {
+        if let Some(name) = &self.upstream_name {
+            let Some(opened) = name.open(tcp) else {
+                // Not resolved since start (`unresolved_upstream = "reset"`): look again.
+                name.refresh();
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    name.no_address(),
+                ));
+            };
             return opened.map(|(a, fd)| (a.into(), fd));
         }
         Ok((
             self.upstream.clone(),
             sys::socket::tcp_stream(&self.upstream)?,
         ))
+    }
+
+    /// The upstream's first address now, if it has one (a name that has not resolved since
+    /// start has none).
+    pub(crate) fn resolved(&self) -> Option<SocketAddr> {
+        match &self.upstream_name {
+            Some(name) => name.current(),
+            None => self.upstream.as_socket(),
+        }
+    }
+
+    /// Why the upstream's name has no address: it has not resolved since start.
+    pub(crate) fn unresolved(&self) -> Option<String> {
+        let name = self.upstream_name.as_ref()?;
+        name.current().is_none().then(|| name.no_address())
     }
 
     /// A connect to `addr` (`None`: not known which) failed: the next connection goes to the

@@ -500,6 +500,22 @@ fn a_connect_deadline_closes_the_connection_as_an_upstream_failure() {
     assert!(h.ops(TAG_HANGUP_PLAIN).is_empty());
 }
 
+/// The connects in flight: their tokens and addresses, in token order.
+fn connects(h: &Harness) -> Vec<(u64, SocketAddr)> {
+    let mut v: Vec<_> = h
+        .driver
+        .borrow()
+        .in_flight
+        .iter()
+        .filter_map(|(t, op)| match op {
+            Op::Connect { addr, .. } => Some((*t, addr.as_socket().expect("IP"))),
+            _ => None,
+        })
+        .collect();
+    v.sort();
+    v
+}
+
 /// An upstream given by name: a refused connect tries the name's next address within the same
 /// connection; each failure (refused, or the connect deadline) moves the next connection on
 /// and looks the name up again, whose new answer (the upstream moved) is used from then on.
@@ -526,20 +542,6 @@ fn a_failed_connect_moves_a_named_upstream_on_and_looks_it_up_again() {
     let fwd = Arc::new(f);
     let mut h = harness();
     h.listen(1, &fwd);
-    let connects = |h: &Harness| -> Vec<(u64, SocketAddr)> {
-        let mut v: Vec<_> = h
-            .driver
-            .borrow()
-            .in_flight
-            .iter()
-            .filter_map(|(t, op)| match op {
-                Op::Connect { addr, .. } => Some((*t, addr.as_socket().expect("IP"))),
-                _ => None,
-            })
-            .collect();
-        v.sort();
-        v
-    };
     let wait_lookups = |n: u64| {
         let name = fwd.upstream_name.as_ref().expect("a name");
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -612,20 +614,6 @@ fn a_timed_out_connect_dials_a_named_upstreams_next_address() {
     let fwd = Arc::new(f);
     let mut h = harness();
     h.listen(1, &fwd);
-    let connects = |h: &Harness| -> Vec<(u64, SocketAddr)> {
-        let mut v: Vec<_> = h
-            .driver
-            .borrow()
-            .in_flight
-            .iter()
-            .filter_map(|(t, op)| match op {
-                Op::Connect { addr, .. } => Some((*t, addr.as_socket().expect("IP"))),
-                _ => None,
-            })
-            .collect();
-        v.sort();
-        v
-    };
     h.accept(1);
     h.accept(1);
     let first = connects(&h);
