@@ -81,6 +81,32 @@ def test_forwarder_errors(pki: Pki, tmp_path: Path) -> None:
         assert [s["name"] for s in engine.stats()] == ["f"]
 
 
+def test_an_upstream_name_that_does_not_resolve() -> None:
+    """Refused by default, saying how to start anyway; with ``unresolved_upstream="reset"``
+    the forwarder starts and resets each connection, counted as an upstream error."""
+    with splice_engine.Engine(threads=1) as engine:
+        with pytest.raises(ConfigError, match=r"nothing\.invalid.*cannot resolve.*unresolved_upstream"):
+            engine.add_forwarder(
+                name="f", mode="client", listen="127.0.0.1:0", connect="nothing.invalid:1"
+            )
+        engine.add_forwarder(
+            name="f", mode="client", listen="127.0.0.1:0", connect="nothing.invalid:1",
+            unresolved_upstream="reset",
+        )
+        addr = engine.local_addr("f")
+        assert addr is not None
+        with socket.create_connection(addr, timeout=SOON) as s:
+            try:
+                s.sendall(b"hello")
+                assert s.recv(16) == b""
+            except ConnectionResetError:
+                pass
+        deadline = time.monotonic() + SOON
+        while engine.stats()[0]["errors_upstream"] != 1:
+            assert time.monotonic() < deadline, engine.stats()
+            time.sleep(0.01)
+
+
 def test_address_in_use_names_the_address() -> None:
     with socket.create_server(("127.0.0.1", 0)) as taken:
         port = taken.getsockname()[1]
