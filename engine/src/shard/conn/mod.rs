@@ -397,6 +397,8 @@ impl Conn {
         true
     }
 
+    /// The connection's deadline (its connect, its handshake or its PROXY header) passed. A
+    /// connect in flight goes on to the upstream name's next address if there is one to try.
     pub(crate) fn timeout(&mut self) {
         if self.leg(self.leg_of(Role::Dialed)).connecting() {
             // The connect deadline: the upstream may have moved away from this address, and
@@ -406,6 +408,12 @@ impl Conn {
                 return;
             }
         }
+        self.timed_out();
+    }
+
+    /// The deadline passed, and nothing is left to try: the pump (or the PROXY header's read)
+    /// fails.
+    fn timed_out(&mut self) {
         if let Some(p) = &mut self.proxy_in {
             p.failed
                 .get_or_insert_with(|| "no complete PROXY header before the deadline".into());
@@ -462,7 +470,7 @@ impl Conn {
             self.dial = None;
             match failed {
                 Failed::Completion(c) => self.complete(TAG_CONNECT, c),
-                Failed::TimedOut => self.timeout(),
+                Failed::TimedOut => self.timed_out(),
             }
         }
     }
