@@ -219,7 +219,8 @@ pub(crate) struct ForwarderArgs {
     /// Most connections open at once; more are refused (reset) [default: 10000].
     #[arg(long, value_name = "N")]
     pub(crate) max_connections: Option<usize>,
-    /// Time allowed to connect to the upstream; a name's next address gets as long [default: 5s].
+    /// Time allowed to connect to each address of the upstream (a name's next address is tried
+    /// after it) [default: 5s].
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub(crate) connect_timeout: Option<Duration>,
     /// Time allowed for the TLS handshake [default: 10s].

@@ -176,7 +176,8 @@ pub(crate) struct DestinationArgs {
     /// until one that does not resolve does, its streams are reset.
     #[arg(long, value_name = "NAME=HOST:PORT", required = true)]
     pub(crate) connect: Vec<String>,
-    /// Time allowed to connect to a service; a name's next address gets as long [default: 5s].
+    /// Time allowed to connect to each address of a service (a name's next address is tried
+    /// after it) [default: 5s].
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub(crate) connect_timeout: Option<Duration>,
     /// Standby for this thing: no token; keep one connection to the relay (with the client
