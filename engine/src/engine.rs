@@ -495,8 +495,8 @@ impl Engine {
             let fwd = engine.build_named(&cfg, i, Arc::default())?;
             if let Some(why) = fwd.unresolved() {
                 let message = format!(
-                    "`connect` {:?} does not resolve now ({why}): the forwarder starts, and \
-                     resets connections until it does (unresolved_upstream = \"reset\")",
+                    "`connect` {:?} does not resolve now ({why}): {UNRESOLVED_STARTS} \
+                     (unresolved_upstream = \"reset\")",
                     f.connect
                 );
                 warnings.push(
@@ -1088,10 +1088,14 @@ pub struct CheckedForwarder {
     pub upstream: Option<SocketAddr>,
 }
 
+/// What a forwarder with `unresolved_upstream = "reset"` does when its upstream's name does not
+/// resolve (`check`'s warning and the start's log line).
+const UNRESOLVED_STARTS: &str = "the forwarder starts, and resets connections until it does";
+
 /// Logs a warning when forwarder `f`'s upstream name did not resolve and it starts anyway.
 fn warn_unresolved(f: &ForwarderConfig, fwd: &Forwarder) {
     if let Some(why) = fwd.unresolved() {
-        tracing::warn!(forwarder = %f.display_name(), upstream = %f.connect, error = %why, "the upstream's name does not resolve yet; the forwarder starts, and resets connections until it does");
+        tracing::warn!(forwarder = %f.display_name(), upstream = %f.connect, error = %why, "the upstream's name does not resolve yet; {UNRESOLVED_STARTS}");
     }
 }
 

@@ -20,8 +20,15 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// Addresses of a name one connection dials at most, each after the previous one refused.
+/// Addresses of a name one connection dials at most, each after the previous one refused or
+/// timed out.
 pub(crate) const MAX_DIALS: usize = 4;
+
+/// Why a connect failed when its deadline, `timeout` after it started, passed first (the
+/// forwarders' and the destinations' words for it).
+pub(crate) fn no_connection_within(timeout: Duration) -> String {
+    format!("no connection within {timeout:?}")
+}
 
 /// How a name is looked up: `getaddrinfo` (a test gives its own).
 pub(crate) type Lookup = Arc<dyn Fn(&str, u16) -> io::Result<Vec<SocketAddr>> + Send + Sync>;

@@ -442,7 +442,7 @@ impl Conn {
         if let Some(tried) = tried {
             let error = match &failed {
                 Failed::Completion(Completion { result: Err(e), .. }) => e.to_string(),
-                _ => format!("no connection within {:?}", self.fwd.connect_timeout),
+                _ => crate::resolve::no_connection_within(self.fwd.connect_timeout),
             };
             tracing::debug!(forwarder = %self.fwd.name, %tried, %error, "an address of the upstream failed; trying its next");
         }

@@ -863,8 +863,8 @@ impl Reactor {
             (TIMER_LINK, 1) if link_is(self).is_some() => self.tunnel_events(io),
             (TIMER_LINK, 2) if link_is(self) == Some(true) => self.keepalive(io),
             (TIMER_LOCAL_CONNECT, _) if connecting => {
-                let t = self.spec.connect_timeout;
-                self.connect_failed(io, index, &format!("no connection within {t:?}"));
+                let why = crate::resolve::no_connection_within(self.spec.connect_timeout);
+                self.connect_failed(io, index, &why);
             }
             (TIMER_START_WAIT, start) => {
                 let Some(name) =
